@@ -1,0 +1,139 @@
+//! Per-flow state kept by the probe: passed flows, denied flows being deduplicated, and
+//! fragmented datagrams.
+//!
+//! A flow is keyed per endpoint and per direction of its first packet, so that a flow between
+//! two pods of one node is decided twice (egress of one, ingress of the other) and a reply is
+//! recognised by looking up the reversed tuple in the opposite direction.
+
+use core::mem::{offset_of, size_of};
+
+/// A flow as one endpoint saw its first packet.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Endpoint id ([`crate::EndpointState::id`]).
+    pub endpoint: u32,
+    /// [`crate::Direction`] of the flow's first packet.
+    pub direction: u8,
+    /// IANA protocol number.
+    pub protocol: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+    /// Source address of the first packet (16-byte form, network byte order).
+    pub src_addr: [u8; 16],
+    /// Destination address of the first packet (16-byte form, network byte order).
+    pub dst_addr: [u8; 16],
+    /// Source port (host byte order); the echo identifier for ICMP echo; 0 otherwise.
+    pub src_port: u16,
+    /// Destination port (host byte order); the echo identifier for ICMP echo; 0 otherwise.
+    pub dst_port: u16,
+}
+
+/// A flow that passed: later packets in either direction pass without a policy lookup.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtEntry {
+    /// When the first packet was decided, ns of `CLOCK_BOOTTIME`.
+    pub created_ns: u64,
+    /// When the last packet (either direction) was seen, ns of `CLOCK_BOOTTIME`.
+    pub last_seen_ns: u64,
+    /// Packets seen, both directions.
+    pub packets: u64,
+    /// Bytes seen, both directions.
+    pub bytes: u64,
+    /// Rule that allowed the flow (0 when the reason is not a rule).
+    pub rule_id: u32,
+    /// [`crate::EndpointState::revision`] the flow was decided under.
+    pub revision: u32,
+    /// [`crate::Verdict`]: allow or audit-deny.
+    pub verdict: u8,
+    /// [`crate::Reason`] of the decision.
+    pub reason: u8,
+    /// OR of the TCP flags seen, both directions.
+    pub tcp_flags: u8,
+    /// Zero.
+    pub _pad: [u8; 5],
+}
+
+/// A denied flow: the packets and bytes denied since its last event.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenyEntry {
+    /// When the flow was first denied, ns of `CLOCK_BOOTTIME`.
+    pub first_ns: u64,
+    /// When its last event was written, ns of `CLOCK_BOOTTIME`.
+    pub last_report_ns: u64,
+    /// Packets denied since the last event.
+    pub packets: u64,
+    /// Bytes denied since the last event.
+    pub bytes: u64,
+    /// OR of the TCP flags denied since the last event.
+    pub tcp_flags: u8,
+    /// [`crate::Reason`] of the last denial.
+    pub reason: u8,
+    /// Zero.
+    pub _pad: [u8; 6],
+}
+
+/// A fragmented datagram, as seen by one endpoint in one direction.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Endpoint id.
+    pub endpoint: u32,
+    /// [`crate::Direction`].
+    pub direction: u8,
+    /// IANA protocol number of the fragmented payload.
+    pub protocol: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+    /// IPv4 identification (16 bits, zero-extended) or IPv6 fragment identification, host
+    /// byte order.
+    pub id: u32,
+    /// Source address (16-byte form, network byte order).
+    pub src_addr: [u8; 16],
+    /// Destination address (16-byte form, network byte order).
+    pub dst_addr: [u8; 16],
+}
+
+/// The verdict of a datagram's first fragment, applied to the fragments that follow it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragEntry {
+    /// [`crate::Verdict`] of the first fragment.
+    pub verdict: u8,
+    /// [`crate::Reason`] of the first fragment.
+    pub reason: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+    /// Rule that decided the first fragment (0 when none).
+    pub rule_id: u32,
+}
+
+const _: () = {
+    assert!(size_of::<FlowKey>() == 44);
+    assert!(offset_of!(FlowKey, endpoint) == 0);
+    assert!(offset_of!(FlowKey, direction) == 4);
+    assert!(offset_of!(FlowKey, protocol) == 5);
+    assert!(offset_of!(FlowKey, src_addr) == 8);
+    assert!(offset_of!(FlowKey, dst_addr) == 24);
+    assert!(offset_of!(FlowKey, src_port) == 40);
+    assert!(offset_of!(FlowKey, dst_port) == 42);
+    assert!(size_of::<CtEntry>() == 48);
+    assert!(offset_of!(CtEntry, rule_id) == 32);
+    assert!(offset_of!(CtEntry, revision) == 36);
+    assert!(offset_of!(CtEntry, verdict) == 40);
+    assert!(offset_of!(CtEntry, reason) == 41);
+    assert!(offset_of!(CtEntry, tcp_flags) == 42);
+    assert!(size_of::<DenyEntry>() == 40);
+    assert!(offset_of!(DenyEntry, tcp_flags) == 32);
+    assert!(offset_of!(DenyEntry, reason) == 33);
+    assert!(size_of::<FragKey>() == 44);
+    assert!(offset_of!(FragKey, id) == 8);
+    assert!(offset_of!(FragKey, src_addr) == 12);
+    assert!(offset_of!(FragKey, dst_addr) == 28);
+    assert!(size_of::<FragEntry>() == 8);
+    assert!(offset_of!(FragEntry, rule_id) == 4);
+};
+
+crate::user_pod!(FlowKey, CtEntry, DenyEntry, FragKey, FragEntry);

@@ -1,0 +1,220 @@
+//! The flow event: one record per flow decision, written by the probe into the ring buffer.
+
+use core::mem::{offset_of, size_of};
+
+/// Layout version of [`FlowEvent`]; bumped whenever a field changes meaning or position.
+pub const FLOW_EVENT_VERSION: u16 = 1;
+
+/// Which way a packet travels, seen from the pod that owns the endpoint.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Into the pod (the host-side veth's TC egress hook).
+    Ingress = 1,
+    /// Out of the pod (the host-side veth's TC ingress hook).
+    Egress = 2,
+}
+
+impl Direction {
+    /// The direction a raw byte names, if any.
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Ingress),
+            2 => Some(Self::Egress),
+            _ => None,
+        }
+    }
+
+    /// The other direction: where a reply to this packet travels.
+    pub const fn reverse(self) -> Self {
+        match self {
+            Self::Ingress => Self::Egress,
+            Self::Egress => Self::Ingress,
+        }
+    }
+
+    /// Lower-case name, as used in output and in the NetworkPolicy API (`ingress`, `egress`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+/// What the probe did with a packet.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// The packet passed.
+    Allow = 1,
+    /// The packet was dropped.
+    Deny = 2,
+    /// Policy would have dropped the packet, but the endpoint is in audit mode: it passed.
+    AuditDeny = 3,
+}
+
+impl Verdict {
+    /// The verdict a raw byte names, if any.
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Allow),
+            2 => Some(Self::Deny),
+            3 => Some(Self::AuditDeny),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name (`allow`, `deny`, `audit-deny`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::AuditDeny => "audit-deny",
+        }
+    }
+
+    /// Whether the packet passed.
+    pub const fn passes(self) -> bool {
+        matches!(self, Self::Allow | Self::AuditDeny)
+    }
+}
+
+/// Why the probe reached its verdict.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A policy rule allowed the flow; [`FlowEvent::rule_id`] names it.
+    AllowedByRule = 1,
+    /// The packet belongs to a flow already allowed in this direction (conntrack hit).
+    Established = 2,
+    /// The packet answers a flow allowed in the other direction (conntrack reverse hit).
+    Reply = 3,
+    /// No policy selects the pod for this direction, so the pod is not isolated.
+    NotSelected = 4,
+    /// Policies isolate the pod for this direction and none of their rules matched.
+    IsolatedNoMatch = 5,
+    /// The endpoint is known but its rules are not programmed yet: denied, never allowed.
+    NotProgrammed = 6,
+    /// The pod-side address is not a known endpoint (denied in strict mode).
+    UnknownEndpoint = 7,
+    /// The pod-side address belongs to an endpoint on another interface (spoofed source).
+    Spoofed = 8,
+    /// A non-first fragment whose first fragment was never seen: its ports are unknown.
+    Fragment = 9,
+    /// Truncated or unparseable headers.
+    Malformed = 10,
+}
+
+impl Reason {
+    /// The reason a raw byte names, if any.
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            1 => Some(Self::AllowedByRule),
+            2 => Some(Self::Established),
+            3 => Some(Self::Reply),
+            4 => Some(Self::NotSelected),
+            5 => Some(Self::IsolatedNoMatch),
+            6 => Some(Self::NotProgrammed),
+            7 => Some(Self::UnknownEndpoint),
+            8 => Some(Self::Spoofed),
+            9 => Some(Self::Fragment),
+            10 => Some(Self::Malformed),
+            _ => None,
+        }
+    }
+
+    /// Kebab-case name, as used in output and in flow records.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::AllowedByRule => "allowed-by-rule",
+            Self::Established => "established",
+            Self::Reply => "reply",
+            Self::NotSelected => "no-policy-selects-pod",
+            Self::IsolatedNoMatch => "isolated-no-rule-matched",
+            Self::NotProgrammed => "endpoint-not-programmed",
+            Self::UnknownEndpoint => "unknown-endpoint",
+            Self::Spoofed => "spoofed-source",
+            Self::Fragment => "unknown-fragment",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// One flow decision, as the probe writes it into the ring buffer.
+///
+/// Allowed flows produce one event when their first packet is decided; established and reply
+/// packets produce none. Denied flows produce one event on the first packet and then at most one
+/// per report interval ([`crate::Config::deny_report_interval_ns`]), carrying the packets and
+/// bytes denied since the previous event.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// Layout version, [`FLOW_EVENT_VERSION`].
+    pub version: u16,
+    /// Address family: 4 or 6.
+    pub family: u8,
+    /// IANA protocol number of the layer-4 header (after IPv6 extension headers).
+    pub protocol: u8,
+    /// [`Direction`] of the packet, seen from the endpoint's pod.
+    pub direction: u8,
+    /// [`Verdict`].
+    pub verdict: u8,
+    /// [`Reason`].
+    pub reason: u8,
+    /// TCP flags of the packet that produced the event (FIN=0x01 … CWR=0x80); 0 for non-TCP.
+    pub tcp_flags: u8,
+    /// When the event was produced, ns of `CLOCK_BOOTTIME`.
+    pub ts_ns: u64,
+    /// Interface index of the host-side veth the packet crossed.
+    pub ifindex: u32,
+    /// Endpoint id ([`crate::EndpointState::id`]) whose policy decided; 0 when none is known.
+    pub endpoint: u32,
+    /// Compiled rule that allowed the flow, for [`Reason::AllowedByRule`]; 0 otherwise.
+    pub rule_id: u32,
+    /// Source port (host byte order); ICMP echo identifier for ICMP echo; 0 otherwise.
+    pub src_port: u16,
+    /// Destination port (host byte order); ICMP echo identifier for ICMP echo; 0 otherwise.
+    pub dst_port: u16,
+    /// Source address (16-byte form, network byte order).
+    pub src_addr: [u8; 16],
+    /// Destination address (16-byte form, network byte order).
+    pub dst_addr: [u8; 16],
+    /// Packets this event accounts for (1 for a new allowed flow; the deduplicated count for
+    /// denied flows).
+    pub packets: u64,
+    /// Bytes this event accounts for (skb length, from the link-layer header on).
+    pub bytes: u64,
+    /// ICMP or ICMPv6 type; 0 for other protocols.
+    pub icmp_type: u8,
+    /// ICMP or ICMPv6 code; 0 for other protocols.
+    pub icmp_code: u8,
+    /// Zero.
+    pub _pad: [u8; 6],
+}
+
+const _: () = {
+    assert!(size_of::<FlowEvent>() == 88);
+    assert!(offset_of!(FlowEvent, version) == 0);
+    assert!(offset_of!(FlowEvent, family) == 2);
+    assert!(offset_of!(FlowEvent, protocol) == 3);
+    assert!(offset_of!(FlowEvent, direction) == 4);
+    assert!(offset_of!(FlowEvent, verdict) == 5);
+    assert!(offset_of!(FlowEvent, reason) == 6);
+    assert!(offset_of!(FlowEvent, tcp_flags) == 7);
+    assert!(offset_of!(FlowEvent, ts_ns) == 8);
+    assert!(offset_of!(FlowEvent, ifindex) == 16);
+    assert!(offset_of!(FlowEvent, endpoint) == 20);
+    assert!(offset_of!(FlowEvent, rule_id) == 24);
+    assert!(offset_of!(FlowEvent, src_port) == 28);
+    assert!(offset_of!(FlowEvent, dst_port) == 30);
+    assert!(offset_of!(FlowEvent, src_addr) == 32);
+    assert!(offset_of!(FlowEvent, dst_addr) == 48);
+    assert!(offset_of!(FlowEvent, packets) == 64);
+    assert!(offset_of!(FlowEvent, bytes) == 72);
+    assert!(offset_of!(FlowEvent, icmp_type) == 80);
+    assert!(offset_of!(FlowEvent, icmp_code) == 81);
+    assert!(offset_of!(FlowEvent, _pad) == 82);
+};
+
+crate::user_pod!(FlowEvent);

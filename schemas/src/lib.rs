@@ -1,0 +1,110 @@
+//! Every type that crosses the tollgate kernel/user boundary, defined once.
+//!
+//! Data flows through these types like this:
+//!
+//! 1. The enforcer's compiler turns Kubernetes objects into [`EndpointState`] values (keyed by
+//!    [`EndpointKey`]) and per-direction policy entries ([`PolicyKey`] → [`PolicyValue`]); the
+//!    map sync writes them into the maps named in [`map_names`].
+//! 2. The probe (`probe/`, TC programs on each pod's host-side veth) reads them for every packet,
+//!    keeps per-flow state in [`FlowKey`] → [`CtEntry`] / [`DenyEntry`] and fragment state in
+//!    [`FragKey`] → [`FragEntry`], counts verdicts in [`Counter`] slots, and writes one
+//!    [`FlowEvent`] per flow decision into the ring buffer.
+//! 3. Userspace reads the events and names the rule through [`FlowEvent::rule_id`].
+//!
+//! Conventions for every field below:
+//! - Addresses are 16 bytes in network byte order. IPv4 addresses are stored IPv4-mapped
+//!   (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2), so one map serves both families.
+//! - Ports are in host byte order. Timestamps are nanoseconds of `CLOCK_BOOTTIME`
+//!   (`bpf_ktime_get_boot_ns`); userspace converts them to wall-clock time.
+//! - Enumerations travel as raw `u8`: the kernel writes the discriminant, userspace converts it
+//!   with `from_raw`, which refuses unknown values instead of trusting them.
+//! - No `bool` and no implicit padding: every gap is an explicit `_pad` field that must be zero.
+
+#![no_std]
+
+pub mod addr;
+mod conntrack;
+mod event;
+mod policy;
+
+pub use conntrack::{CtEntry, DenyEntry, FlowKey, FragEntry, FragKey};
+pub use event::{Direction, FLOW_EVENT_VERSION, FlowEvent, Reason, Verdict};
+pub use policy::{
+    ANY_PROTOCOL, Config, Counter, EndpointKey, EndpointState, MAX_PORT_RULES, PolicyKey,
+    PolicyValue, PortRule, config_flags, endpoint_flags, policy_prefix_len,
+};
+
+/// IANA protocol numbers the probe understands at layer 4.
+pub mod proto {
+    /// ICMP for IPv4.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+    /// SCTP.
+    pub const SCTP: u8 = 132;
+}
+
+/// Names of the probe's maps, used by the eBPF statics and by userspace lookups alike.
+///
+/// BPF object names are at most 15 bytes.
+pub mod map_names {
+    /// Hash map: [`crate::EndpointKey`] → [`crate::EndpointState`].
+    pub const ENDPOINTS: &str = "TG_ENDPOINTS";
+    /// LPM trie for the ingress direction: [`crate::PolicyKey`] → [`crate::PolicyValue`].
+    pub const INGRESS: &str = "TG_INGRESS";
+    /// LPM trie for the egress direction: [`crate::PolicyKey`] → [`crate::PolicyValue`].
+    pub const EGRESS: &str = "TG_EGRESS";
+    /// LRU hash: [`crate::FlowKey`] → [`crate::CtEntry`], the flows that passed.
+    pub const CONNTRACK: &str = "TG_CONNTRACK";
+    /// LRU hash: [`crate::FlowKey`] → [`crate::DenyEntry`], the denied flows being deduplicated.
+    pub const DENIES: &str = "TG_DENIES";
+    /// LRU hash: [`crate::FragKey`] → [`crate::FragEntry`], verdicts of fragmented datagrams.
+    pub const FRAGS: &str = "TG_FRAGS";
+    /// Array with one [`crate::Config`] at index 0.
+    pub const CONFIG: &str = "TG_CONFIG";
+    /// Per-CPU array of `u64`, indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "TG_COUNTERS";
+    /// Ring buffer of [`crate::FlowEvent`].
+    pub const EVENTS: &str = "TG_EVENTS";
+}
+
+/// Capacities of the probe's maps.
+pub mod map_sizes {
+    /// Pod addresses on one node (a dual-stack pod has two).
+    pub const ENDPOINTS: u32 = 8192;
+    /// Policy entries per direction, over all endpoints of the node.
+    pub const POLICY: u32 = 262_144;
+    /// Tracked flows (LRU: the oldest are evicted first).
+    pub const CONNTRACK: u32 = 262_144;
+    /// Denied flows being deduplicated (LRU).
+    pub const DENIES: u32 = 65_536;
+    /// Fragmented datagrams in flight (LRU).
+    pub const FRAGS: u32 = 8192;
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 4 << 20;
+}
+
+/// Program names as they appear in the object file.
+pub mod program_names {
+    /// Attached to the host-side veth's TC ingress hook: packets leaving the pod (its egress).
+    pub const FROM_POD: &str = "from_pod";
+    /// Attached to the host-side veth's TC egress hook: packets entering the pod (its ingress).
+    pub const TO_POD: &str = "to_pod";
+}
+
+/// Implements `aya::Pod` for the listed types when the `user` feature is on.
+macro_rules! user_pod {
+    ($($t:ty),+ $(,)?) => {
+        $(
+            // SAFETY: the type is `#[repr(C)]`, `Copy`, made of integers and byte arrays only,
+            // with every padding byte written out as a field (checked by the layout assertions).
+            #[cfg(feature = "user")]
+            unsafe impl aya::Pod for $t {}
+        )+
+    };
+}
+pub(crate) use user_pod;

@@ -1,0 +1,212 @@
+//! Endpoint and policy state, written by the enforcer and read by the probe for every packet.
+//!
+//! A packet is decided for one endpoint (a pod address on this node) in one direction:
+//! 1. [`EndpointKey`] (the pod-side address of the packet) → [`EndpointState`]: which endpoint,
+//!    whether its rules are programmed, whether it is isolated in this direction.
+//! 2. If isolated: the direction's LPM trie, keyed by [`PolicyKey`] (endpoint id + peer
+//!    address), gives the [`PolicyValue`] of the longest matching peer prefix: every port rule
+//!    that applies to any address under that prefix. The first [`PortRule`] matching the packet's
+//!    protocol and port allows it and names the rule.
+
+use core::mem::{offset_of, size_of};
+
+/// Endpoint flags ([`EndpointState::flags`]).
+pub mod endpoint_flags {
+    /// The endpoint's policy entries are written. Until it is set every packet is denied with
+    /// [`crate::Reason::NotProgrammed`].
+    pub const PROGRAMMED: u32 = 1 << 0;
+    /// Some policy selects the pod for ingress: only what its rules allow may enter.
+    pub const INGRESS_ISOLATED: u32 = 1 << 1;
+    /// Some policy selects the pod for egress: only what its rules allow may leave.
+    pub const EGRESS_ISOLATED: u32 = 1 << 2;
+    /// Ingress denials are reported as audit-deny and pass.
+    pub const INGRESS_AUDIT: u32 = 1 << 3;
+    /// Egress denials are reported as audit-deny and pass.
+    pub const EGRESS_AUDIT: u32 = 1 << 4;
+}
+
+/// Global flags ([`Config::flags`]).
+pub mod config_flags {
+    /// `standard` mode: packets of addresses that are not endpoints pass instead of being
+    /// denied. The default (flag clear) is `strict`.
+    pub const ALLOW_UNKNOWN_ENDPOINTS: u32 = 1 << 0;
+}
+
+/// [`PortRule::protocol`] value that matches every protocol and port: a rule with no `ports`.
+pub const ANY_PROTOCOL: u8 = 0;
+
+/// How many port rules one [`PolicyValue`] holds.
+pub const MAX_PORT_RULES: usize = 32;
+
+/// Key of the endpoint map: the pod-side address of a packet.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    /// Pod address (16-byte form, network byte order).
+    pub addr: [u8; 16],
+}
+
+/// One endpoint: a pod address whose traffic crosses a veth this node's probe is attached to.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EndpointState {
+    /// Endpoint id, the first field of [`PolicyKey`] and [`crate::FlowKey`]; never 0. The
+    /// addresses of a dual-stack pod share one id.
+    pub id: u32,
+    /// Interface index of the pod's host-side veth. A packet of this address on any other
+    /// interface is denied as spoofed.
+    pub ifindex: u32,
+    /// [`endpoint_flags`].
+    pub flags: u32,
+    /// Digest of the endpoint's compiled policy. A tracked flow that was decided under another
+    /// revision is decided again before it may pass.
+    pub revision: u32,
+}
+
+/// Key of the per-direction LPM tries. The trie's prefix length counts the 32 bits of
+/// `endpoint` (always fully matched) plus the peer prefix in the 16-byte address form: see
+/// [`policy_prefix_len`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// Endpoint id (native byte order; always fully covered by the prefix, so the trie's
+    /// bitwise matching is not affected by it).
+    pub endpoint: u32,
+    /// Peer address or prefix (16-byte form, network byte order), host bits zero.
+    pub addr: [u8; 16],
+}
+
+/// LPM prefix length of a [`PolicyKey`] whose peer prefix is `addr_prefix_len` bits of the
+/// 16-byte address form (0 to 128).
+pub const fn policy_prefix_len(addr_prefix_len: u8) -> u32 {
+    32 + addr_prefix_len as u32
+}
+
+/// A protocol and port range that a compiled rule allows.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PortRule {
+    /// Compiled rule id; userspace maps it to the NetworkPolicy and the rule's index.
+    pub rule_id: u32,
+    /// First port allowed (host byte order).
+    pub port_lo: u16,
+    /// Last port allowed, inclusive (host byte order).
+    pub port_hi: u16,
+    /// IANA protocol number, or [`ANY_PROTOCOL`] for a rule without ports: then every protocol
+    /// and port matches, ICMP included.
+    pub protocol: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+
+/// Everything allowed towards or from the addresses under one peer prefix of one endpoint.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    /// How many entries of `rules` are in use.
+    pub count: u32,
+    /// Port rules, in the order they are tried; entries past `count` are zero.
+    pub rules: [PortRule; MAX_PORT_RULES],
+}
+
+/// Global settings, at index 0 of the config array. A zero field means its default.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Config {
+    /// [`config_flags`].
+    pub flags: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// Minimum time between two events of one denied flow, ns (default 5 s).
+    pub deny_report_interval_ns: u64,
+    /// Idle time after which a TCP flow is forgotten, ns (default 2 h; 10 s after FIN or RST).
+    pub ct_tcp_timeout_ns: u64,
+    /// Idle time after which a non-TCP flow is forgotten, ns (default 60 s).
+    pub ct_other_timeout_ns: u64,
+}
+
+impl Config {
+    /// Default of [`Config::deny_report_interval_ns`].
+    pub const DEFAULT_DENY_REPORT_INTERVAL_NS: u64 = 5_000_000_000;
+    /// Default of [`Config::ct_tcp_timeout_ns`].
+    pub const DEFAULT_CT_TCP_TIMEOUT_NS: u64 = 7_200_000_000_000;
+    /// Idle timeout of a TCP flow after FIN or RST was seen, ns.
+    pub const CT_TCP_CLOSING_TIMEOUT_NS: u64 = 10_000_000_000;
+    /// Default of [`Config::ct_other_timeout_ns`].
+    pub const DEFAULT_CT_OTHER_TIMEOUT_NS: u64 = 60_000_000_000;
+}
+
+/// Slots of the per-CPU counter array.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// Packets allowed (any reason).
+    Allow = 0,
+    /// Packets denied (any reason).
+    Deny = 1,
+    /// Packets that policy would deny, passed in audit mode.
+    AuditDeny = 2,
+    /// Flow events lost because the ring buffer had no room.
+    RingbufReserveFailed = 3,
+    /// Packets denied because their headers were truncated or unparseable.
+    Malformed = 4,
+    /// Non-IP packets and IPv6 neighbor discovery passed without a decision.
+    Infrastructure = 5,
+    /// Flow-state map updates that failed (conntrack, deny dedup, fragments).
+    MapUpdateFailed = 6,
+}
+
+impl Counter {
+    /// Number of slots.
+    pub const COUNT: u32 = 7;
+
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Self::Allow,
+        Self::Deny,
+        Self::AuditDeny,
+        Self::RingbufReserveFailed,
+        Self::Malformed,
+        Self::Infrastructure,
+        Self::MapUpdateFailed,
+    ];
+
+    /// Snake-case name, as used for metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::AuditDeny => "audit_deny",
+            Self::RingbufReserveFailed => "ringbuf_reserve_failed",
+            Self::Malformed => "malformed",
+            Self::Infrastructure => "infrastructure",
+            Self::MapUpdateFailed => "map_update_failed",
+        }
+    }
+}
+
+const _: () = {
+    assert!(size_of::<EndpointKey>() == 16);
+    assert!(size_of::<EndpointState>() == 16);
+    assert!(offset_of!(EndpointState, id) == 0);
+    assert!(offset_of!(EndpointState, ifindex) == 4);
+    assert!(offset_of!(EndpointState, flags) == 8);
+    assert!(offset_of!(EndpointState, revision) == 12);
+    assert!(size_of::<PolicyKey>() == 20);
+    assert!(offset_of!(PolicyKey, endpoint) == 0);
+    assert!(offset_of!(PolicyKey, addr) == 4);
+    assert!(size_of::<PortRule>() == 12);
+    assert!(offset_of!(PortRule, rule_id) == 0);
+    assert!(offset_of!(PortRule, port_lo) == 4);
+    assert!(offset_of!(PortRule, port_hi) == 6);
+    assert!(offset_of!(PortRule, protocol) == 8);
+    assert!(offset_of!(PortRule, _pad) == 9);
+    assert!(size_of::<PolicyValue>() == 4 + 12 * MAX_PORT_RULES);
+    assert!(offset_of!(PolicyValue, rules) == 4);
+    assert!(size_of::<Config>() == 32);
+    assert!(offset_of!(Config, deny_report_interval_ns) == 8);
+    assert!(offset_of!(Config, ct_tcp_timeout_ns) == 16);
+    assert!(offset_of!(Config, ct_other_timeout_ns) == 24);
+};
+
+crate::user_pod!(EndpointKey, EndpointState, PolicyKey, PortRule, PolicyValue, Config);

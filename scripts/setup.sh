@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything tollgate needs to build, run the lab and run the tests.
+# Idempotent: every step checks before it installs. Safe to run on every invocation.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    log "must run as root (apt-get, BPF, network namespaces)"; exit 1
+  fi
+}
+need_root
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# Debian packages: iproute2 for namespaces/veth, LLVM 22 for bpf-linker.
+apt_pkgs=(iproute2 llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Nightly rust-src: the eBPF crate is built with -Z build-std for bpfel-unknown-none.
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "rustup component add rust-src --toolchain nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+# bpf-linker 0.13.0 against Debian's LLVM 22.
+if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
+  log "cargo install bpf-linker 0.13.0 (LLVM 22)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 --locked \
+    --no-default-features --features llvm-22
+fi
+
+log "prerequisites ready"

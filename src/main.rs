@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", tollgate_enforcer::PROBE_OBJECT.len());
+}
