@@ -1,3 +1,1 @@
-fn main() {
-    println!("{}", tollgate_enforcer::PROBE_OBJECT.len());
-}
+fn main() {}

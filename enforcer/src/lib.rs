@@ -1,2 +1,28 @@
-//! tollgate's enforcer.
-pub static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-probe"));
+//! tollgate's enforcer: from Kubernetes objects to the probe's maps, and the probe itself.
+//!
+//! Data flows through the modules in this order:
+//! - [`manifest`]: Kubernetes YAML → [`snapshot::Snapshot`] plus [`snapshot::InputError`]s.
+//! - [`compile`]: snapshot → [`desired::DesiredState`] (pure: no I/O, no aya).
+//! - [`sync`]: desired vs. current state → adds/deletes, applied through the
+//!   [`sync::PolicyMaps`] trait ([`sync::InMemoryMaps`] or [`aya_maps::AyaMaps`]).
+//! - [`probe`]: loads the embedded eBPF object and attaches it to veths (TCX, else clsact).
+//! - [`events`]: decodes the flow events the probe writes into its ring buffer.
+//! - [`decision`]: the [`decision::Datapath`] trait that answers "what happens to this flow",
+//!   by the userspace [`model`] or by the real programs under BPF_PROG_TEST_RUN
+//!   ([`bpf_datapath`], with packets from [`packet`]).
+//! - [`verify`]: the offline policy checker built on both datapaths.
+
+pub mod aya_maps;
+pub mod bench;
+pub mod bpf_datapath;
+pub mod compile;
+pub mod decision;
+pub mod desired;
+pub mod events;
+pub mod manifest;
+pub mod model;
+pub mod packet;
+pub mod probe;
+pub mod snapshot;
+pub mod sync;
+pub mod verify;

@@ -109,6 +109,44 @@ pub struct PolicyValue {
     pub rules: [PortRule; MAX_PORT_RULES],
 }
 
+impl PolicyValue {
+    /// An empty value: nothing allowed.
+    pub const EMPTY: Self = Self {
+        count: 0,
+        rules: [PortRule {
+            rule_id: 0,
+            port_lo: 0,
+            port_hi: 0,
+            protocol: 0,
+            _pad: [0; 3],
+        }; MAX_PORT_RULES],
+    };
+
+    /// The rule id of the first port rule that allows `protocol` to `port`, if any.
+    ///
+    /// This is the matching the probe runs in the kernel and the userspace model runs in
+    /// `verify`: one definition, so both decide alike. The loop is bounded by
+    /// [`MAX_PORT_RULES`] for the verifier.
+    #[inline(always)]
+    pub fn matching_rule(&self, protocol: u8, port: u16) -> Option<u32> {
+        let count = self.count as usize;
+        let mut i = 0;
+        while i < MAX_PORT_RULES {
+            if i >= count {
+                return None;
+            }
+            let rule = &self.rules[i];
+            if rule.protocol == ANY_PROTOCOL
+                || (rule.protocol == protocol && rule.port_lo <= port && port <= rule.port_hi)
+            {
+                return Some(rule.rule_id);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
 /// Global settings, at index 0 of the config array. A zero field means its default.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,0 +1,103 @@
+//! What happens to a flow: the question both datapaths answer, the userspace model and the
+//! real programs under BPF_PROG_TEST_RUN.
+
+use std::net::IpAddr;
+
+use tollgate_schemas::{Reason, Verdict};
+
+use crate::desired::DesiredState;
+
+/// The first packet of a flow, from `src` to `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeFlow {
+    /// Source address (a pod's or an outside client's).
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IANA protocol number (TCP, UDP or SCTP).
+    pub protocol: u8,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port: the port policy rules match, in both directions.
+    pub dst_port: u16,
+}
+
+/// One decision at one hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// What happened to the packet.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// The compiled rule that allowed it, for [`Reason::AllowedByRule`]; 0 otherwise.
+    pub rule_id: u32,
+}
+
+/// Every decision one flow meets on its way, in order. A hook the packet never reaches (the
+/// address is not an endpoint, or an earlier hook denied it) is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowOutcome {
+    /// Egress of the source endpoint.
+    pub egress: Option<Decision>,
+    /// Ingress of the destination endpoint.
+    pub ingress: Option<Decision>,
+    /// The reply leaving the destination endpoint (its egress), through conntrack.
+    pub reply_egress: Option<Decision>,
+    /// The reply entering the source endpoint (its ingress), through conntrack.
+    pub reply_ingress: Option<Decision>,
+}
+
+impl FlowOutcome {
+    /// Allow only when every hook the flow and its reply met let them pass.
+    pub fn verdict(&self) -> Verdict {
+        let denied = self.decisions().any(|d| !d.verdict.passes());
+        if denied {
+            Verdict::Deny
+        } else if self.decisions().any(|d| d.verdict == Verdict::AuditDeny) {
+            Verdict::AuditDeny
+        } else {
+            Verdict::Allow
+        }
+    }
+
+    /// The decision that settled the flow: the first denial, else the first audit-deny, else
+    /// the destination's ingress decision, else the source's egress decision.
+    pub fn deciding(&self) -> Option<Decision> {
+        let first = |v: Verdict| self.decisions().find(|d| d.verdict == v);
+        first(Verdict::Deny)
+            .or_else(|| first(Verdict::AuditDeny))
+            .or(self.ingress)
+            .or(self.egress)
+    }
+
+    fn decisions(&self) -> impl Iterator<Item = Decision> + '_ {
+        [
+            self.egress,
+            self.ingress,
+            self.reply_egress,
+            self.reply_ingress,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// Error of a datapath: the question could not be answered (not: the flow was denied).
+#[derive(Debug, thiserror::Error)]
+#[error("{datapath} datapath: {message}")]
+pub struct DatapathError {
+    /// `model` or `bpf`.
+    pub datapath: &'static str,
+    /// What failed.
+    pub message: String,
+}
+
+/// Something that decides flows the way the probe does.
+pub trait Datapath {
+    /// Makes `desired` the state every following decision is taken under.
+    fn program(&mut self, desired: &DesiredState) -> Result<(), DatapathError>;
+
+    /// Decides a new flow, as if no earlier flow had been seen: egress of the source endpoint,
+    /// ingress of the destination endpoint, then the reply through conntrack.
+    fn decide(&mut self, flow: &ProbeFlow) -> Result<FlowOutcome, DatapathError>;
+}
