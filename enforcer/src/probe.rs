@@ -1,1 +1,302 @@
-//! (in progress)
+//! Loading the embedded eBPF object and attaching its programs to pod veths.
+//!
+//! [`Probe::load`] loads the object built from `probe/` (embedded at build time), loads both
+//! TC programs into the kernel and takes every map into a typed handle. [`Probe::attach`] puts
+//! `from_pod` on the TC ingress hook and `to_pod` on the TC egress hook of a host-side veth,
+//! with TCX links where the kernel has them (6.6+), else through a clsact qdisc. Dropping the
+//! probe detaches the programs and frees the maps.
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        links::LinkOrder,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+    },
+};
+use tollgate_schemas::{
+    Config, Counter, CtEntry, DenyEntry, EndpointKey, EndpointState, FlowKey, FragEntry, FragKey,
+    PolicyKey, PolicyValue, map_names, program_names,
+};
+
+use crate::{aya_maps::AyaMaps, events::EventReader};
+
+/// The eBPF object built from `probe/` by `build.rs`.
+static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-probe"));
+
+/// Error of loading, attaching or reading the probe.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The object could not be loaded (permissions, kernel support, verifier).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program is missing from the object or was refused.
+    #[error("program {name}: {source}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// What failed.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is missing from the object or has an unexpected type or size.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// What failed.
+        #[source]
+        source: MapError,
+    },
+    /// A map is missing from the object.
+    #[error("map {0}: not in the eBPF object")]
+    MissingMap(&'static str),
+    /// Attaching to an interface failed, with TCX and with clsact.
+    #[error("attaching {program} to {ifname}: {source}")]
+    Attach {
+        /// Interface name.
+        ifname: String,
+        /// Program name.
+        program: &'static str,
+        /// What failed.
+        #[source]
+        source: ProgramError,
+    },
+    /// The ring buffer was taken already.
+    #[error("the event ring buffer was taken already")]
+    EventsTaken,
+}
+
+/// How the programs were attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX links (Linux 6.6+).
+    Tcx,
+    /// A clsact qdisc with direct-action filters.
+    Clsact,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcx => "tcx",
+            Self::Clsact => "clsact",
+        })
+    }
+}
+
+/// Sums over all CPUs of the probe's counters, indexed by [`Counter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    /// One counter's total.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+}
+
+/// The probe's maps, each in its typed handle.
+pub(crate) struct ProbeMaps {
+    pub endpoints: HashMap<MapData, EndpointKey, EndpointState>,
+    pub ingress: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    pub egress: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
+    pub denies: HashMap<MapData, FlowKey, DenyEntry>,
+    pub frags: HashMap<MapData, FragKey, FragEntry>,
+    pub config: Array<MapData, Config>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+/// The loaded probe: both programs and every map.
+pub struct Probe {
+    ebpf: Ebpf,
+    maps: ProbeMaps,
+    events: Option<RingBuf<MapData>>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, ProbeError> {
+    T::try_from(take(ebpf, name)?).map_err(|source| ProbeError::Map { name, source })
+}
+
+impl Probe {
+    /// Loads the embedded object and both programs, in strict mode (unknown endpoints denied).
+    pub fn load() -> Result<Self, ProbeError> {
+        let mut ebpf = Ebpf::load(PROBE_OBJECT)?;
+        for name in [program_names::FROM_POD, program_names::TO_POD] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+        let maps = ProbeMaps {
+            endpoints: typed(&mut ebpf, map_names::ENDPOINTS)?,
+            ingress: typed(&mut ebpf, map_names::INGRESS)?,
+            egress: typed(&mut ebpf, map_names::EGRESS)?,
+            conntrack: typed(&mut ebpf, map_names::CONNTRACK)?,
+            denies: typed(&mut ebpf, map_names::DENIES)?,
+            frags: typed(&mut ebpf, map_names::FRAGS)?,
+            config: typed(&mut ebpf, map_names::CONFIG)?,
+            counters: typed(&mut ebpf, map_names::COUNTERS)?,
+        };
+        let events = Some(typed(&mut ebpf, map_names::EVENTS)?);
+        let mut probe = Self { ebpf, maps, events };
+        probe.set_config(&Config::default())?;
+        Ok(probe)
+    }
+
+    /// Replaces the global settings.
+    pub fn set_config(&mut self, config: &Config) -> Result<(), ProbeError> {
+        self.maps
+            .config
+            .set(0, config, 0)
+            .map_err(|source| ProbeError::Map {
+                name: map_names::CONFIG,
+                source,
+            })
+    }
+
+    /// Attaches `from_pod` to the TC ingress hook and `to_pod` to the TC egress hook of
+    /// `ifname`, a host-side veth in the calling thread's network namespace: TCX links when the
+    /// kernel has them, else a clsact qdisc.
+    pub fn attach(&mut self, ifname: &str) -> Result<AttachMode, ProbeError> {
+        let hooks = [
+            (program_names::FROM_POD, TcAttachType::Ingress),
+            (program_names::TO_POD, TcAttachType::Egress),
+        ];
+        let mut attached = Vec::with_capacity(hooks.len());
+        for &(name, hook) in &hooks {
+            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+            match self.attach_one(ifname, name, hook, options) {
+                Ok(link) => attached.push((name, link)),
+                Err(error) => {
+                    tracing::info!(ifname, %error, "TCX attach failed, falling back to clsact");
+                    // Undo a half-done TCX attach before trying clsact.
+                    for (name, link) in attached.drain(..) {
+                        classifier(&mut self.ebpf, name)?
+                            .detach(link)
+                            .map_err(|source| ProbeError::Program { name, source })?;
+                    }
+                    return self.attach_clsact(ifname, &hooks);
+                }
+            }
+        }
+        Ok(AttachMode::Tcx)
+    }
+
+    fn attach_clsact(
+        &mut self,
+        ifname: &str,
+        hooks: &[(&'static str, TcAttachType)],
+    ) -> Result<AttachMode, ProbeError> {
+        // A qdisc that already exists is fine: it is the one we need.
+        if let Err(error) = tc::qdisc_add_clsact(ifname) {
+            tracing::debug!(ifname, %error, "clsact qdisc not added");
+        }
+        for &(name, hook) in hooks {
+            let options = TcAttachOptions::Netlink(NlOptions::default());
+            self.attach_one(ifname, name, hook, options)?;
+        }
+        Ok(AttachMode::Clsact)
+    }
+
+    fn attach_one(
+        &mut self,
+        ifname: &str,
+        name: &'static str,
+        hook: TcAttachType,
+        options: TcAttachOptions,
+    ) -> Result<SchedClassifierLinkId, ProbeError> {
+        classifier(&mut self.ebpf, name)?
+            .attach_with_options(ifname, hook, options)
+            .map_err(|source| ProbeError::Attach {
+                ifname: ifname.to_owned(),
+                program: name,
+                source,
+            })
+    }
+
+    /// The policy maps, for [`crate::sync::sync`].
+    pub fn policy_maps(&mut self) -> AyaMaps<'_> {
+        AyaMaps::new(&mut self.maps)
+    }
+
+    /// The event ring buffer; it can be taken once.
+    pub fn take_events(&mut self) -> Result<EventReader, ProbeError> {
+        self.events
+            .take()
+            .map(EventReader::new)
+            .ok_or(ProbeError::EventsTaken)
+    }
+
+    /// Totals of the per-CPU counters.
+    pub fn counters(&self) -> Result<Counters, ProbeError> {
+        let mut totals = Counters::default();
+        for counter in Counter::ALL {
+            let values = self
+                .maps
+                .counters
+                .get(&(counter as u32), 0)
+                .map_err(|source| ProbeError::Map {
+                    name: map_names::COUNTERS,
+                    source,
+                })?;
+            totals.0[counter as usize] = values.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Forgets every tracked, denied and fragmented flow, as if no packet had been seen.
+    pub fn clear_flow_state(&mut self) -> Result<(), ProbeError> {
+        let maps = &mut self.maps;
+        clear(&mut maps.conntrack, map_names::CONNTRACK)?;
+        clear(&mut maps.denies, map_names::DENIES)?;
+        clear(&mut maps.frags, map_names::FRAGS)
+    }
+
+    /// One of the two programs, for BPF_PROG_TEST_RUN.
+    pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, ProbeError> {
+        let program = self.ebpf.program(name).ok_or(ProbeError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?;
+        program
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })
+    }
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, ProbeError> {
+    let program = ebpf.program_mut(name).ok_or(ProbeError::Program {
+        name,
+        source: ProgramError::NotLoaded,
+    })?;
+    program
+        .try_into()
+        .map_err(|source| ProbeError::Program { name, source })
+}
+
+fn clear<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<(), ProbeError> {
+    let error = |source| ProbeError::Map { name, source };
+    let keys = map.keys().collect::<Result<Vec<K>, _>>().map_err(error)?;
+    for key in keys {
+        match map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(error(source)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! The decision for one packet at one hook: endpoint checks, then conntrack, then policy.
+//!
+//! Order of the checks, each exit failing open or closed on purpose:
+//! 1. Parsing (see [`crate::parse`]): ARP/NDP pass (open: policy is L3/L4); other non-IP and
+//!    malformed packets drop (closed: what cannot be read cannot be allowed).
+//! 2. The endpoint of the packet's pod-side address. Unknown: drop (closed), unless the
+//!    `standard` mode flag is set. On another interface than its own: drop (closed, spoofed).
+//!    Known but not programmed: drop (closed: never an allow window at pod start).
+//! 3. Fragments after the first take the first fragment's verdict; without one they drop
+//!    (closed: their ports are unknown).
+//! 4. Conntrack: a flow already passed in this direction, or the reply to one passed in the
+//!    other direction, passes, if the endpoint's policy revision is still the one the flow was
+//!    decided under; otherwise the flow is decided again against the current policy, so a
+//!    tightened policy (a quarantine) cuts established flows too.
+//! 5. Policy: not isolated in this direction passes; isolated passes only when a rule matches
+//!    the peer's longest prefix and the protocol and destination port; else drop (or pass as
+//!    audit-deny in audit mode).
+
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use tollgate_schemas::{
+    Config, Counter, CtEntry, Direction, EndpointKey, EndpointState, FlowKey, FragKey, PolicyKey,
+    Reason, Verdict, config_flags, endpoint_flags, policy_prefix_len, proto,
+};
+
+use crate::{
+    DROP, PASS,
+    flow,
+    maps::{CONFIG, CONNTRACK, EGRESS, ENDPOINTS, FRAGS, INGRESS, SCRATCH, count},
+    parse::{self, Fragment, Packet, Parsed},
+};
+
+/// TCP FIN and RST flags.
+const TCP_FIN_RST: u8 = 0x01 | 0x04;
+
+/// Decides the packet in `ctx`, seen in `direction` from its pod, and returns the TC action.
+#[inline(always)]
+pub fn run(ctx: &TcContext, direction: Direction) -> i32 {
+    let Some(packet) = SCRATCH.get_ptr_mut(0) else {
+        // Fail closed: the scratch array always has its one slot; this cannot happen.
+        count(Counter::Deny);
+        return DROP;
+    };
+    // SAFETY: this CPU's slot; no other program run uses it until this one returns.
+    let packet = unsafe { &mut *packet };
+    packet.reset(ctx, direction);
+    match parse::parse(ctx, packet) {
+        Parsed::Ip => decide_ip(packet, false),
+        Parsed::Truncated => decide_ip(packet, true),
+        Parsed::Infrastructure => {
+            // Fail open on purpose: ARP and neighbor discovery carry no layer-4 flow.
+            count(Counter::Infrastructure);
+            PASS
+        }
+        Parsed::NotIp | Parsed::Malformed => {
+            // Fail closed: no addresses to attribute, so counted, without an event.
+            count(Counter::Malformed);
+            count(Counter::Deny);
+            DROP
+        }
+    }
+}
+
+/// A verdict with its reason and rule.
+#[derive(Clone, Copy)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub rule_id: u32,
+}
+
+impl Outcome {
+    const fn new(verdict: Verdict, reason: Reason, rule_id: u32) -> Self {
+        Self {
+            verdict,
+            reason,
+            rule_id,
+        }
+    }
+}
+
+/// `truncated`: the layer-4 header could not be read; such a packet is attributed to its
+/// endpoint, then dropped.
+#[inline(always)]
+fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
+    let direction = packet.direction;
+    let (own, peer) = match direction {
+        Direction::Egress => (&packet.src, &packet.dst),
+        Direction::Ingress => (&packet.dst, &packet.src),
+    };
+    let Some(config) = CONFIG.get(0) else {
+        // Fail closed: the config array always has its one slot; this cannot happen.
+        count(Counter::Deny);
+        return DROP;
+    };
+    let Some(endpoint) = endpoint(own) else {
+        if config.flags & config_flags::ALLOW_UNKNOWN_ENDPOINTS != 0 {
+            // Fail open on purpose: `standard` mode, chosen by the operator.
+            count(Counter::Allow);
+            return PASS;
+        }
+        // Fail closed: a pod address that no endpoint claims.
+        return flow::deny(packet, 0, Reason::UnknownEndpoint, &config);
+    };
+    if endpoint.ifindex != packet.ifindex {
+        // Fail closed: the address arrived on another pod's veth.
+        return flow::deny(packet, endpoint.id, Reason::Spoofed, &config);
+    }
+    if endpoint.flags & endpoint_flags::PROGRAMMED == 0 {
+        // Fail closed: selected by policy, rules not written yet.
+        return flow::deny(packet, endpoint.id, Reason::NotProgrammed, &config);
+    }
+    if truncated {
+        // Fail closed: ports unknown.
+        count(Counter::Malformed);
+        return flow::deny(packet, endpoint.id, Reason::Malformed, &config);
+    }
+    if let Fragment::Later { id } = packet.fragment {
+        return later_fragment(packet, &endpoint, id, config);
+    }
+    let key = flow_key(&endpoint, direction, packet);
+    if let Some(outcome) = tracked(packet, &endpoint, &key, peer, config) {
+        remember_fragment(packet, &endpoint, &outcome);
+        return flow::pass(outcome);
+    }
+    let outcome = policy(&endpoint, direction, peer, packet.protocol, packet.dst_port);
+    remember_fragment(packet, &endpoint, &outcome);
+    if outcome.verdict.passes() {
+        flow::track(packet, &key, &endpoint, &outcome);
+        flow::pass(outcome)
+    } else {
+        flow::deny(packet, endpoint.id, outcome.reason, config)
+    }
+}
+
+#[inline(always)]
+fn endpoint(addr: &[u8; 16]) -> Option<EndpointState> {
+    let ptr = ENDPOINTS.get_ptr(EndpointKey { addr: *addr })?;
+    // SAFETY: a pointer into the map value, copied out at once.
+    Some(unsafe { *ptr })
+}
+
+#[inline(always)]
+fn flow_key(endpoint: &EndpointState, direction: Direction, packet: &Packet) -> FlowKey {
+    FlowKey {
+        endpoint: endpoint.id,
+        direction: direction as u8,
+        protocol: packet.protocol,
+        _pad: [0; 2],
+        src_addr: packet.src,
+        dst_addr: packet.dst,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+    }
+}
+
+/// The verdict of a flow conntrack knows, in this direction or as a reply; `None` when the flow
+/// is new (or was forgotten because current policy no longer allows it). A BPF function of its
+/// own: its reversed key must not weigh on the entry point's stack frame.
+#[inline(never)]
+fn tracked(
+    packet: &Packet,
+    endpoint: &EndpointState,
+    key: &FlowKey,
+    peer: &[u8; 16],
+    config: &Config,
+) -> Option<Outcome> {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: a pointer into the LRU map value, valid for this program run.
+        let entry = unsafe { &mut *entry };
+        if !expired(entry, key.protocol, packet.now, config) {
+            let direction = packet.direction;
+            let current = entry.revision == endpoint.revision
+                || redecide(entry, endpoint, direction, peer, key.protocol, key.dst_port);
+            if current {
+                flow::touch(entry, packet);
+                return Some(Outcome::new(entry_verdict(entry), Reason::Established, 0));
+            }
+        }
+        // Expired, or no longer allowed: forget it and decide the packet as a new flow.
+        let _ = CONNTRACK.remove(key);
+        return None;
+    }
+    let reverse = FlowKey {
+        endpoint: key.endpoint,
+        direction: packet.direction.reverse() as u8,
+        protocol: key.protocol,
+        _pad: [0; 2],
+        src_addr: key.dst_addr,
+        dst_addr: key.src_addr,
+        src_port: key.dst_port,
+        dst_port: key.src_port,
+    };
+    let entry = CONNTRACK.get_ptr_mut(&reverse)?;
+    // SAFETY: as above.
+    let entry = unsafe { &mut *entry };
+    if !expired(entry, key.protocol, packet.now, config) {
+        // The original flow's destination port is this reply's source port.
+        let original = packet.direction.reverse();
+        let current = entry.revision == endpoint.revision
+            || redecide(entry, endpoint, original, peer, key.protocol, key.src_port);
+        if current {
+            flow::touch(entry, packet);
+            return Some(Outcome::new(Verdict::Allow, Reason::Reply, 0));
+        }
+    }
+    let _ = CONNTRACK.remove(&reverse);
+    None
+}
+
+#[inline(always)]
+fn entry_verdict(entry: &CtEntry) -> Verdict {
+    match Verdict::from_raw(entry.verdict) {
+        Some(verdict) => verdict,
+        None => Verdict::Allow,
+    }
+}
+
+/// Decides a tracked flow again under the endpoint's current policy; on a pass the entry is
+/// brought to the current revision.
+#[inline(always)]
+fn redecide(
+    entry: &mut CtEntry,
+    endpoint: &EndpointState,
+    direction: Direction,
+    peer: &[u8; 16],
+    protocol: u8,
+    dst_port: u16,
+) -> bool {
+    let outcome = policy(endpoint, direction, peer, protocol, dst_port);
+    if !outcome.verdict.passes() {
+        return false;
+    }
+    entry.revision = endpoint.revision;
+    entry.rule_id = outcome.rule_id;
+    entry.reason = outcome.reason as u8;
+    entry.verdict = outcome.verdict as u8;
+    true
+}
+
+#[inline(always)]
+fn expired(entry: &CtEntry, protocol: u8, now: u64, config: &Config) -> bool {
+    let timeout = if protocol == proto::TCP {
+        if entry.tcp_flags & TCP_FIN_RST != 0 {
+            Config::CT_TCP_CLOSING_TIMEOUT_NS
+        } else {
+            or_default(config.ct_tcp_timeout_ns, Config::DEFAULT_CT_TCP_TIMEOUT_NS)
+        }
+    } else {
+        or_default(config.ct_other_timeout_ns, Config::DEFAULT_CT_OTHER_TIMEOUT_NS)
+    };
+    now.saturating_sub(entry.last_seen_ns) > timeout
+}
+
+#[inline(always)]
+pub fn or_default(value: u64, default: u64) -> u64 {
+    if value == 0 { default } else { value }
+}
+
+/// What the endpoint's policy says about a new flow with `peer` in `direction`.
+#[inline(always)]
+fn policy(
+    endpoint: &EndpointState,
+    direction: Direction,
+    peer: &[u8; 16],
+    protocol: u8,
+    dst_port: u16,
+) -> Outcome {
+    let (isolated, audit) = match direction {
+        Direction::Ingress => (
+            endpoint_flags::INGRESS_ISOLATED,
+            endpoint_flags::INGRESS_AUDIT,
+        ),
+        Direction::Egress => (
+            endpoint_flags::EGRESS_ISOLATED,
+            endpoint_flags::EGRESS_AUDIT,
+        ),
+    };
+    if endpoint.flags & isolated == 0 {
+        return Outcome::new(Verdict::Allow, Reason::NotSelected, 0);
+    }
+    let key = Key::new(
+        policy_prefix_len(128),
+        PolicyKey {
+            endpoint: endpoint.id,
+            addr: *peer,
+        },
+    );
+    let value = match direction {
+        Direction::Ingress => INGRESS.get(&key),
+        Direction::Egress => EGRESS.get(&key),
+    };
+    if let Some(value) = value
+        && let Some(rule_id) = value.matching_rule(protocol, dst_port)
+    {
+        return Outcome::new(Verdict::Allow, Reason::AllowedByRule, rule_id);
+    }
+    let verdict = if endpoint.flags & audit != 0 {
+        Verdict::AuditDeny
+    } else {
+        Verdict::Deny
+    };
+    Outcome::new(verdict, Reason::IsolatedNoMatch, 0)
+}
+
+#[inline(always)]
+fn frag_key(packet: &Packet, endpoint: &EndpointState, id: u32) -> FragKey {
+    FragKey {
+        endpoint: endpoint.id,
+        direction: packet.direction as u8,
+        protocol: packet.protocol,
+        _pad: [0; 2],
+        id,
+        src_addr: packet.src,
+        dst_addr: packet.dst,
+    }
+}
+
+/// A first fragment's verdict, kept for the fragments that follow it.
+#[inline(always)]
+fn remember_fragment(packet: &Packet, endpoint: &EndpointState, outcome: &Outcome) {
+    if let Fragment::First { id } = packet.fragment {
+        flow::remember_fragment(&frag_key(packet, endpoint, id), outcome);
+    }
+}
+
+/// A fragment after the first: the first fragment's verdict, without an event of its own. A BPF
+/// function of its own, like the records in [`flow`].
+#[inline(never)]
+fn later_fragment(packet: &Packet, endpoint: &EndpointState, id: u32, config: &Config) -> i32 {
+    let key = frag_key(packet, endpoint, id);
+    match FRAGS.get_ptr(&key) {
+        Some(entry) => {
+            // SAFETY: a pointer into the LRU map value, copied out at once.
+            let entry = unsafe { *entry };
+            match Verdict::from_raw(entry.verdict) {
+                Some(verdict) if verdict.passes() => {
+                    let reason = Reason::from_raw(entry.reason).unwrap_or(Reason::Established);
+                    flow::pass(Outcome::new(verdict, reason, entry.rule_id))
+                }
+                // Fail closed: the first fragment was denied, or its entry is unreadable.
+                _ => flow::deny(packet, endpoint.id, Reason::Fragment, config),
+            }
+        }
+        // Fail closed: no first fragment seen, so the ports are unknown.
+        None => flow::deny(packet, endpoint.id, Reason::Fragment, config),
+    }
+}

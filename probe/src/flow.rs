@@ -1,0 +1,177 @@
+//! Records decisions: conntrack entries for passed flows, deduplicated deny state, fragment
+//! verdicts, per-CPU counters, and flow events in the ring buffer.
+//!
+//! Events: a passed flow gets one event when it is first decided; a denied flow gets one on its
+//! first packet and then at most one per report interval, carrying the packets and bytes denied
+//! since the previous event. A failed ring-buffer reservation is counted per CPU
+//! ([`Counter::RingbufReserveFailed`]), so userspace can report the gap.
+
+use tollgate_schemas::{
+    Config, Counter, CtEntry, DenyEntry, EndpointState, FLOW_EVENT_VERSION, FlowEvent, FlowKey,
+    FragEntry, FragKey, Reason, Verdict,
+};
+
+use crate::{
+    DROP, PASS,
+    decide::{Outcome, or_default},
+    maps::{CONNTRACK, DENIES, EVENTS, FRAGS, count},
+    parse::Packet,
+};
+
+/// The flow key of `packet` for `endpoint`, in the packet's own direction.
+#[inline(always)]
+fn key_of(packet: &Packet, endpoint: u32) -> FlowKey {
+    FlowKey {
+        endpoint,
+        direction: packet.direction as u8,
+        protocol: packet.protocol,
+        _pad: [0; 2],
+        src_addr: packet.src,
+        dst_addr: packet.dst,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+    }
+}
+
+/// Counts a passing packet and returns the TC action for it.
+#[inline(always)]
+pub fn pass(outcome: Outcome) -> i32 {
+    match outcome.verdict {
+        Verdict::AuditDeny => count(Counter::AuditDeny),
+        _ => count(Counter::Allow),
+    }
+    PASS
+}
+
+/// Starts tracking a newly passed flow and writes its event. A BPF function of its own, so its
+/// stack frame is not added to the entry point's.
+#[inline(never)]
+pub fn track(packet: &Packet, key: &FlowKey, endpoint: &EndpointState, outcome: &Outcome) {
+    let entry = CtEntry {
+        created_ns: packet.now,
+        last_seen_ns: packet.now,
+        packets: 1,
+        bytes: packet.len,
+        rule_id: outcome.rule_id,
+        revision: endpoint.revision,
+        verdict: outcome.verdict as u8,
+        reason: outcome.reason as u8,
+        tcp_flags: packet.tcp_flags,
+        _pad: [0; 5],
+    };
+    if CONNTRACK.insert(key, &entry, 0).is_err() {
+        // The flow still passes (it was allowed); its replies are decided on their own.
+        count(Counter::MapUpdateFailed);
+    }
+    emit(packet, endpoint.id, outcome, 1, packet.len);
+}
+
+/// Accounts a packet of a tracked flow.
+#[inline(always)]
+pub fn touch(entry: &mut CtEntry, packet: &Packet) {
+    entry.last_seen_ns = packet.now;
+    entry.packets += 1;
+    entry.bytes += packet.len;
+    entry.tcp_flags |= packet.tcp_flags;
+}
+
+/// Drops the packet, deduplicating its event per flow and report interval. A BPF function of
+/// its own, like [`track`].
+#[inline(never)]
+pub fn deny(packet: &Packet, endpoint: u32, reason: Reason, config: &Config) -> i32 {
+    count(Counter::Deny);
+    let key = key_of(packet, endpoint);
+    let outcome = Outcome {
+        verdict: Verdict::Deny,
+        reason,
+        rule_id: 0,
+    };
+    match DENIES.get_ptr_mut(&key) {
+        Some(entry) => {
+            // SAFETY: a pointer into the LRU map value, valid for this program run.
+            let entry = unsafe { &mut *entry };
+            entry.packets += 1;
+            entry.bytes += packet.len;
+            entry.tcp_flags |= packet.tcp_flags;
+            entry.reason = reason as u8;
+            let interval = or_default(
+                config.deny_report_interval_ns,
+                Config::DEFAULT_DENY_REPORT_INTERVAL_NS,
+            );
+            if packet.now.saturating_sub(entry.last_report_ns) >= interval {
+                emit(packet, endpoint, &outcome, entry.packets, entry.bytes);
+                entry.last_report_ns = packet.now;
+                entry.packets = 0;
+                entry.bytes = 0;
+                entry.tcp_flags = 0;
+            }
+        }
+        None => {
+            emit(packet, endpoint, &outcome, 1, packet.len);
+            let entry = DenyEntry {
+                first_ns: packet.now,
+                last_report_ns: packet.now,
+                packets: 0,
+                bytes: 0,
+                tcp_flags: 0,
+                reason: reason as u8,
+                _pad: [0; 6],
+            };
+            if DENIES.insert(&key, &entry, 0).is_err() {
+                // The packet is still dropped; the next one will produce an event again.
+                count(Counter::MapUpdateFailed);
+            }
+        }
+    }
+    DROP
+}
+
+/// Keeps a first fragment's verdict for the fragments that follow it.
+#[inline(always)]
+pub fn remember_fragment(key: &FragKey, outcome: &Outcome) {
+    let entry = FragEntry {
+        verdict: outcome.verdict as u8,
+        reason: outcome.reason as u8,
+        _pad: [0; 2],
+        rule_id: outcome.rule_id,
+    };
+    if FRAGS.insert(key, &entry, 0).is_err() {
+        // Later fragments will be denied as unknown: fail closed.
+        count(Counter::MapUpdateFailed);
+    }
+}
+
+/// Writes one event straight into the ring buffer (no copy on the 512-byte stack). The TCP
+/// flags are the current packet's.
+#[inline(always)]
+fn emit(packet: &Packet, endpoint: u32, outcome: &Outcome, packets: u64, bytes: u64) {
+    let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
+        count(Counter::RingbufReserveFailed);
+        return;
+    };
+    let event = slot.as_mut_ptr();
+    // SAFETY: the reserved slot holds one FlowEvent; every field is written before submit.
+    unsafe {
+        (*event).version = FLOW_EVENT_VERSION;
+        (*event).family = packet.family;
+        (*event).protocol = packet.protocol;
+        (*event).direction = packet.direction as u8;
+        (*event).verdict = outcome.verdict as u8;
+        (*event).reason = outcome.reason as u8;
+        (*event).tcp_flags = packet.tcp_flags;
+        (*event).ts_ns = packet.now;
+        (*event).ifindex = packet.ifindex;
+        (*event).endpoint = endpoint;
+        (*event).rule_id = outcome.rule_id;
+        (*event).src_port = packet.src_port;
+        (*event).dst_port = packet.dst_port;
+        (*event).src_addr = packet.src;
+        (*event).dst_addr = packet.dst;
+        (*event).packets = packets;
+        (*event).bytes = bytes;
+        (*event).icmp_type = packet.icmp_type;
+        (*event).icmp_code = packet.icmp_code;
+        (*event)._pad = [0; 6];
+    }
+    slot.submit(0);
+}

@@ -1,0 +1,309 @@
+//! Header parsing: from the skb to a [`Packet`], or a reason not to decide it.
+//!
+//! Choices, made on purpose and tested in `enforcer/tests/bpf_datapath.rs`:
+//! - ARP passes without a decision (NetworkPolicy is layer 3/4; the pod needs it). VLAN-tagged
+//!   and every other non-IP frame is dropped: a pod on the VPC CNI speaks only IP and ARP, and a
+//!   frame the probe cannot read must not slip past policy.
+//! - IPv4 options are skipped by the header length and not interpreted; a header length below
+//!   20 bytes is malformed.
+//! - IPv6 extension headers (hop-by-hop, routing, destination options, fragment, AH) are walked,
+//!   at most [`MAX_IPV6_EXT_HEADERS`] of them; more, or a truncated one, is malformed.
+//! - Fragments: the first fragment carries the ports and is decided like any packet; the
+//!   fragments that follow take its verdict (see `decide`). A non-first fragment whose first
+//!   fragment was not seen is denied, since its ports cannot be known.
+//! - Protocols other than TCP, UDP, SCTP, ICMP and ICMPv6 are decided with port 0, so only
+//!   rules without `ports` (which match every protocol) can allow them.
+//! - ICMPv6 neighbor discovery with hop limit 255 (RFC 4861 §7.1) passes without a decision,
+//!   like ARP for IPv4.
+//! - Truncated headers are malformed. Malformed packets are denied (fail closed).
+
+use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TcContext};
+use tollgate_schemas::{Direction, proto};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
+
+/// IPv6 extension headers walked before giving up as malformed.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DSTOPTS: u8 = 60;
+
+/// The packet being decided: filled in place by [`parse`], then read by every record.
+pub struct Packet {
+    /// Direction seen from the endpoint's pod.
+    pub direction: Direction,
+    /// When the program ran, ns of `CLOCK_BOOTTIME`.
+    pub now: u64,
+    /// Interface the packet crossed.
+    pub ifindex: u32,
+    /// skb length in bytes, from the link-layer header on.
+    pub len: u64,
+    /// 4 or 6.
+    pub family: u8,
+    /// IANA protocol number of the layer-4 payload.
+    pub protocol: u8,
+    /// Source address, 16-byte form.
+    pub src: [u8; 16],
+    /// Destination address, 16-byte form.
+    pub dst: [u8; 16],
+    /// Source port (host order); ICMP echo identifier; 0 otherwise.
+    pub src_port: u16,
+    /// Destination port (host order); ICMP echo identifier; 0 otherwise.
+    pub dst_port: u16,
+    /// TCP flags; 0 for other protocols.
+    pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type.
+    pub icmp_type: u8,
+    /// ICMP/ICMPv6 code.
+    pub icmp_code: u8,
+    /// Fragment position.
+    pub fragment: Fragment,
+}
+
+/// Where a packet stands in a fragmented datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not fragmented.
+    None,
+    /// First fragment (offset 0, more fragments follow): has the layer-4 header.
+    First { id: u32 },
+    /// Any later fragment: no layer-4 header.
+    Later { id: u32 },
+}
+
+/// What parsing found.
+pub enum Parsed {
+    /// An IP packet to decide.
+    Ip,
+    /// ARP or IPv6 neighbor discovery: passes without a decision.
+    Infrastructure,
+    /// Addresses readable, layer-4 header truncated: dropped and attributed to its endpoint.
+    Truncated,
+    /// Not IP and not ARP: dropped.
+    NotIp,
+    /// Truncated or inconsistent network header: dropped, counted, no event (no addresses).
+    Malformed,
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, offset: usize) -> Option<T> {
+    ctx.load::<T>(offset).ok()
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+impl Packet {
+    /// Makes this record an empty one for a packet crossing `ctx` in `direction`.
+    #[inline(always)]
+    pub fn reset(&mut self, ctx: &TcContext, direction: Direction) {
+        self.direction = direction;
+        // SAFETY: a helper without arguments.
+        self.now = unsafe { bpf_ktime_get_boot_ns() };
+        // SAFETY: `skb` is the context pointer the kernel handed to the program.
+        self.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        self.len = ctx.len() as u64;
+        self.family = 0;
+        self.protocol = 0;
+        self.src = [0; 16];
+        self.dst = [0; 16];
+        self.src_port = 0;
+        self.dst_port = 0;
+        self.tcp_flags = 0;
+        self.icmp_type = 0;
+        self.icmp_code = 0;
+        self.fragment = Fragment::None;
+    }
+}
+
+/// Parses the packet in `ctx` into `packet`.
+#[inline(always)]
+pub fn parse(ctx: &TcContext, packet: &mut Packet) -> Parsed {
+    let Some(ethertype) = load::<[u8; 2]>(ctx, 12) else {
+        return Parsed::Malformed;
+    };
+    match be16(ethertype) {
+        ETH_P_IP => parse_v4(ctx, packet),
+        ETH_P_IPV6 => parse_v6(ctx, packet),
+        ETH_P_ARP => Parsed::Infrastructure,
+        _ => Parsed::NotIp,
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &TcContext, packet: &mut Packet) -> Parsed {
+    let Some(h) = load::<[u8; 20]>(ctx, ETH_HLEN) else {
+        return Parsed::Malformed;
+    };
+    let version = h[0] >> 4;
+    let ihl = (h[0] & 0x0f) as usize;
+    if version != 4 || ihl < 5 {
+        return Parsed::Malformed;
+    }
+    let id = be16([h[4], h[5]]) as u32;
+    let frag = be16([h[6], h[7]]);
+    let more_fragments = frag & 0x2000 != 0;
+    let offset = frag & 0x1fff;
+    packet.fragment = if offset != 0 {
+        Fragment::Later { id }
+    } else if more_fragments {
+        Fragment::First { id }
+    } else {
+        Fragment::None
+    };
+    packet.family = 4;
+    packet.protocol = h[9];
+    packet.src = mapped([h[12], h[13], h[14], h[15]]);
+    packet.dst = mapped([h[16], h[17], h[18], h[19]]);
+    if let Fragment::Later { .. } = packet.fragment {
+        return Parsed::Ip;
+    }
+    match parse_l4(ctx, ETH_HLEN + ihl * 4, packet) {
+        Some(()) => Parsed::Ip,
+        None => Parsed::Truncated,
+    }
+}
+
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &TcContext, packet: &mut Packet) -> Parsed {
+    let Some(h) = load::<[u8; 8]>(ctx, ETH_HLEN) else {
+        return Parsed::Malformed;
+    };
+    if h[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let hop_limit = h[7];
+    let (Some(src), Some(dst)) = (
+        load::<[u8; 16]>(ctx, ETH_HLEN + 8),
+        load::<[u8; 16]>(ctx, ETH_HLEN + 24),
+    ) else {
+        return Parsed::Malformed;
+    };
+    packet.family = 6;
+    packet.src = src;
+    packet.dst = dst;
+    let mut next = h[6];
+    let mut offset = ETH_HLEN + 40;
+    let mut walked = 0;
+    while walked < MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let Some(ext) = load::<[u8; 2]>(ctx, offset) else {
+                    return Parsed::Truncated;
+                };
+                next = ext[0];
+                offset += (ext[1] as usize + 1) * 8;
+            }
+            IPV6_AH => {
+                let Some(ext) = load::<[u8; 2]>(ctx, offset) else {
+                    return Parsed::Truncated;
+                };
+                next = ext[0];
+                offset += (ext[1] as usize + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let Some(ext) = load::<[u8; 8]>(ctx, offset) else {
+                    return Parsed::Truncated;
+                };
+                next = ext[0];
+                offset += 8;
+                let frag_offset = be16([ext[2], ext[3]]) >> 3;
+                let more = ext[3] & 1 != 0;
+                let id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
+                packet.fragment = if frag_offset != 0 {
+                    Fragment::Later { id }
+                } else if more {
+                    Fragment::First { id }
+                } else {
+                    Fragment::None
+                };
+            }
+            _ => break,
+        }
+        walked += 1;
+    }
+    packet.protocol = next;
+    if is_ext_header(next) {
+        // Fail closed: a chain longer than we walk could hide the real layer-4 header.
+        return Parsed::Truncated;
+    }
+    if let Fragment::Later { .. } = packet.fragment {
+        return Parsed::Ip;
+    }
+    if parse_l4(ctx, offset, packet).is_none() {
+        return Parsed::Truncated;
+    }
+    if packet.protocol == proto::ICMPV6
+        && (133..=137).contains(&packet.icmp_type)
+        && hop_limit == 255
+    {
+        return Parsed::Infrastructure;
+    }
+    Parsed::Ip
+}
+
+#[inline(always)]
+fn is_ext_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH
+    )
+}
+
+/// Reads ports, flags and ICMP fields at `offset`. `None` when the header is truncated.
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Option<()> {
+    match packet.protocol {
+        proto::TCP => {
+            let h = load::<[u8; 14]>(ctx, offset)?;
+            packet.src_port = be16([h[0], h[1]]);
+            packet.dst_port = be16([h[2], h[3]]);
+            packet.tcp_flags = h[13];
+        }
+        proto::UDP => {
+            let h = load::<[u8; 8]>(ctx, offset)?;
+            packet.src_port = be16([h[0], h[1]]);
+            packet.dst_port = be16([h[2], h[3]]);
+        }
+        proto::SCTP => {
+            let h = load::<[u8; 12]>(ctx, offset)?;
+            packet.src_port = be16([h[0], h[1]]);
+            packet.dst_port = be16([h[2], h[3]]);
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let h = load::<[u8; 8]>(ctx, offset)?;
+            packet.icmp_type = h[0];
+            packet.icmp_code = h[1];
+            if is_echo(packet.protocol, h[0]) {
+                // Echo request and reply share the identifier: use it as both "ports", so a
+                // reply matches its request's reversed tuple.
+                let id = be16([h[4], h[5]]);
+                packet.src_port = id;
+                packet.dst_port = id;
+            }
+        }
+        _ => {}
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn is_echo(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        proto::ICMP => icmp_type == 8 || icmp_type == 0,
+        _ => icmp_type == 128 || icmp_type == 129,
+    }
+}
