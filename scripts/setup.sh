@@ -26,11 +26,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Nightly rust-src: the eBPF crate is built with -Z build-std for bpfel-unknown-none.
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-  log "rustup component add rust-src --toolchain nightly"
-  rustup component add rust-src --toolchain nightly
-fi
+# Nightly rust-src: the eBPF crate is built with -Z build-std for bpfel-unknown-none; nightly
+# clippy lints it.
+for component in rust-src clippy; do
+  if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q "^$component"; then
+    log "rustup component add $component --toolchain nightly"
+    rustup component add "$component" --toolchain nightly
+  fi
+done
 
 # bpf-linker 0.13.0 against Debian's LLVM 22.
 if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then

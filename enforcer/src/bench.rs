@@ -1,1 +1,240 @@
-//! (in progress)
+//! `tollgate bench datapath`: what one packet costs in the probe, as the kernel measures it
+//! under BPF_PROG_TEST_RUN.
+//!
+//! Each case compiles a real NetworkPolicy into the maps, then runs the `to_pod` program:
+//! - established: one packet of an already tracked flow, `repeat` times per syscall (the kernel
+//!   reports the mean per run), over several rounds;
+//! - new flow allowed among N CIDR rules: every run a packet of a different flow (another source
+//!   port), so each one takes the whole path: endpoint, conntrack miss, LPM lookup, port match,
+//!   conntrack insert and the flow event;
+//! - denied: one packet of a denied flow, `repeat` times per syscall: the deduplicated path.
+//!
+//! Medians are printed: of the per-round means for repeated runs, of the single runs otherwise.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Pod, PodIP, PodSpec, PodStatus},
+        networking::v1::{
+            IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec,
+        },
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+};
+use tollgate_schemas::{Direction, proto};
+
+use crate::{
+    bpf_datapath::BpfDatapath,
+    compile::{Placement, compile},
+    decision::{Datapath, DatapathError},
+    desired::Ids,
+    packet::PacketSpec,
+    snapshot::Snapshot,
+};
+
+/// Address of the pod the benchmark's packets enter.
+const SERVER: &str = "198.18.0.10";
+/// Runs of one round of repeated runs.
+const ROUNDS: u32 = 10;
+
+/// One measured case.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchResult {
+    /// What was measured.
+    pub case: String,
+    /// Median kernel-reported time per packet, ns.
+    pub median_ns: f64,
+    /// Packets measured.
+    pub packets: u64,
+}
+
+/// Runs every case with `repeat` packets each (at least 100,000 is meaningful).
+pub fn datapath(repeat: u32) -> Result<Vec<BenchResult>, DatapathError> {
+    let mut results = Vec::new();
+    for rules in [1usize, 100, 10_000] {
+        let mut datapath = BpfDatapath::new()?;
+        program(&mut datapath, rules)?;
+        results.push(new_flows(&mut datapath, rules, repeat)?);
+        if rules == 1 {
+            results.push(established(&mut datapath, repeat)?);
+            results.push(denied(&mut datapath, repeat)?);
+        }
+    }
+    Ok(results)
+}
+
+/// The table the `bench` command prints.
+pub fn render(results: &[BenchResult]) -> String {
+    let mut out = format!("{:<44} {:>12} {:>10}\n", "CASE", "MEDIAN ns", "PACKETS");
+    for r in results {
+        out.push_str(&format!(
+            "{:<44} {:>12.1} {:>10}\n",
+            r.case, r.median_ns, r.packets
+        ));
+    }
+    out
+}
+
+/// The n-th client /24 (10.a.b.0/24); its host .7 is a client the rules allow.
+fn client_net(n: usize) -> (String, IpAddr) {
+    let (a, b) = (n / 256, n % 256);
+    (
+        format!("10.{a}.{b}.0/24"),
+        format!("10.{a}.{b}.7").parse().expect("valid address"),
+    )
+}
+
+fn program(datapath: &mut BpfDatapath, rules: usize) -> Result<(), DatapathError> {
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some("bench".to_owned()),
+        labels: Some(BTreeMap::from([("app".to_owned(), name.to_owned())])),
+        ..ObjectMeta::default()
+    };
+    let server = Pod {
+        metadata: meta("server"),
+        spec: Some(PodSpec::default()),
+        status: Some(PodStatus {
+            phase: Some("Running".to_owned()),
+            pod_ip: Some(SERVER.to_owned()),
+            pod_ips: Some(vec![PodIP {
+                ip: SERVER.to_owned(),
+            }]),
+            ..PodStatus::default()
+        }),
+    };
+    let peers = (0..rules)
+        .map(|n| NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: client_net(n).0,
+                except: None,
+            }),
+            ..NetworkPolicyPeer::default()
+        })
+        .collect();
+    let policy = NetworkPolicy {
+        metadata: meta("allow-clients"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([("app".to_owned(), "server".to_owned())])),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(peers),
+                ports: None,
+            }]),
+            ..NetworkPolicySpec::default()
+        }),
+    };
+    let snapshot = Snapshot {
+        namespaces: vec![Namespace {
+            metadata: ObjectMeta {
+                name: Some("bench".to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        }],
+        pods: vec![server],
+        policies: vec![policy],
+    };
+    let compiled = compile(&snapshot, &Placement::AllPods { ifindex: 1 }, &Ids::default());
+    if let Some(error) = compiled.errors.first() {
+        return Err(DatapathError {
+            datapath: "bpf",
+            message: format!("benchmark policy did not compile: {error}"),
+        });
+    }
+    datapath.program(&compiled.desired)
+}
+
+fn packet(src: IpAddr, src_port: u16, dst_port: u16) -> Vec<u8> {
+    let server: IpAddr = SERVER.parse().expect("valid address");
+    PacketSpec::first(src, server, proto::TCP, src_port, dst_port).build()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn expect_passed(passed: bool, case: &str, expected: bool) -> Result<(), DatapathError> {
+    if passed == expected {
+        Ok(())
+    } else {
+        Err(DatapathError {
+            datapath: "bpf",
+            message: format!("{case}: the packet was {}", if passed { "passed" } else { "dropped" }),
+        })
+    }
+}
+
+fn new_flows(
+    datapath: &mut BpfDatapath,
+    rules: usize,
+    count: u32,
+) -> Result<BenchResult, DatapathError> {
+    let case = format!("new flow, allowed among {rules} CIDR rules");
+    datapath.probe_mut().clear_flow_state().map_err(probe_error)?;
+    let (_, client) = client_net(rules - 1);
+    let mut samples = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        // A different flow every run: source ports cycle, and the flow state is cleared before
+        // they would repeat.
+        let port = 1024 + (i % 60_000) as u16;
+        if i > 0 && i % 60_000 == 0 {
+            datapath.probe_mut().clear_flow_state().map_err(probe_error)?;
+        }
+        let run = datapath.run(Direction::Ingress, &packet(client, port, 80))?;
+        expect_passed(run.passed, &case, true)?;
+        samples.push(run.duration_ns as f64);
+    }
+    Ok(BenchResult {
+        case,
+        median_ns: median(samples),
+        packets: u64::from(count),
+    })
+}
+
+fn repeated(
+    datapath: &mut BpfDatapath,
+    case: &str,
+    frame: &[u8],
+    count: u32,
+    passes: bool,
+) -> Result<BenchResult, DatapathError> {
+    let per_round = count.div_ceil(ROUNDS);
+    let mut means = Vec::with_capacity(ROUNDS as usize);
+    for _ in 0..ROUNDS {
+        let run = datapath.run_repeated(Direction::Ingress, frame, per_round)?;
+        expect_passed(run.passed, case, passes)?;
+        means.push(run.duration_ns as f64);
+    }
+    Ok(BenchResult {
+        case: case.to_owned(),
+        median_ns: median(means),
+        packets: u64::from(per_round * ROUNDS),
+    })
+}
+
+fn established(datapath: &mut BpfDatapath, count: u32) -> Result<BenchResult, DatapathError> {
+    let (_, client) = client_net(0);
+    let frame = packet(client, 40_000, 80);
+    // The first run tracks the flow; every measured run is then an established packet.
+    datapath.run(Direction::Ingress, &frame)?;
+    repeated(datapath, "established flow", &frame, count, true)
+}
+
+fn denied(datapath: &mut BpfDatapath, count: u32) -> Result<BenchResult, DatapathError> {
+    let outside: IpAddr = "203.0.113.9".parse().expect("valid address");
+    let frame = packet(outside, 40_001, 80);
+    repeated(datapath, "denied flow (deduplicated)", &frame, count, false)
+}
+
+fn probe_error(e: crate::probe::ProbeError) -> DatapathError {
+    DatapathError {
+        datapath: "bpf",
+        message: e.to_string(),
+    }
+}

@@ -75,9 +75,13 @@ impl PacketSpec {
         }
     }
 
-    /// The reply to this packet: addresses and ports swapped, SYN-ACK for a SYN, echo reply for
-    /// an echo request.
+    /// The reply to this packet: addresses and ports swapped (an ICMP echo keeps its
+    /// identifier), SYN-ACK for a SYN, echo reply for an echo request.
     pub fn reply(&self) -> Self {
+        let (src_port, dst_port) = match self.protocol {
+            proto::ICMP | proto::ICMPV6 => (self.src_port, self.dst_port),
+            _ => (self.dst_port, self.src_port),
+        };
         let icmp_type = match self.icmp_type {
             8 => 0,
             128 => 129,
@@ -86,8 +90,8 @@ impl PacketSpec {
         Self {
             src: self.dst,
             dst: self.src,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
+            src_port,
+            dst_port,
             tcp_flags: if self.tcp_flags == TCP_SYN {
                 TCP_SYN | TCP_ACK
             } else {

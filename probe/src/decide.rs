@@ -99,20 +99,20 @@ fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
             return PASS;
         }
         // Fail closed: a pod address that no endpoint claims.
-        return flow::deny(packet, 0, Reason::UnknownEndpoint, &config);
+        return flow::deny(packet, 0, Reason::UnknownEndpoint, config);
     };
     if endpoint.ifindex != packet.ifindex {
         // Fail closed: the address arrived on another pod's veth.
-        return flow::deny(packet, endpoint.id, Reason::Spoofed, &config);
+        return flow::deny(packet, endpoint.id, Reason::Spoofed, config);
     }
     if endpoint.flags & endpoint_flags::PROGRAMMED == 0 {
         // Fail closed: selected by policy, rules not written yet.
-        return flow::deny(packet, endpoint.id, Reason::NotProgrammed, &config);
+        return flow::deny(packet, endpoint.id, Reason::NotProgrammed, config);
     }
     if truncated {
         // Fail closed: ports unknown.
         count(Counter::Malformed);
-        return flow::deny(packet, endpoint.id, Reason::Malformed, &config);
+        return flow::deny(packet, endpoint.id, Reason::Malformed, config);
     }
     if let Fragment::Later { id } = packet.fragment {
         return later_fragment(packet, &endpoint, id, config);
@@ -190,7 +190,7 @@ fn tracked(
         src_port: key.dst_port,
         dst_port: key.src_port,
     };
-    let entry = CONNTRACK.get_ptr_mut(&reverse)?;
+    let entry = CONNTRACK.get_ptr_mut(reverse)?;
     // SAFETY: as above.
     let entry = unsafe { &mut *entry };
     if !expired(entry, key.protocol, packet.now, config) {
@@ -203,7 +203,7 @@ fn tracked(
             return Some(Outcome::new(Verdict::Allow, Reason::Reply, 0));
         }
     }
-    let _ = CONNTRACK.remove(&reverse);
+    let _ = CONNTRACK.remove(reverse);
     None
 }
 
@@ -328,7 +328,7 @@ fn remember_fragment(packet: &Packet, endpoint: &EndpointState, outcome: &Outcom
 #[inline(never)]
 fn later_fragment(packet: &Packet, endpoint: &EndpointState, id: u32, config: &Config) -> i32 {
     let key = frag_key(packet, endpoint, id);
-    match FRAGS.get_ptr(&key) {
+    match FRAGS.get_ptr(key) {
         Some(entry) => {
             // SAFETY: a pointer into the LRU map value, copied out at once.
             let entry = unsafe { *entry };

@@ -59,7 +59,7 @@ pub fn track(packet: &Packet, key: &FlowKey, endpoint: &EndpointState, outcome: 
         tcp_flags: packet.tcp_flags,
         _pad: [0; 5],
     };
-    if CONNTRACK.insert(key, &entry, 0).is_err() {
+    if CONNTRACK.insert(key, entry, 0).is_err() {
         // The flow still passes (it was allowed); its replies are decided on their own.
         count(Counter::MapUpdateFailed);
     }
@@ -86,7 +86,7 @@ pub fn deny(packet: &Packet, endpoint: u32, reason: Reason, config: &Config) -> 
         reason,
         rule_id: 0,
     };
-    match DENIES.get_ptr_mut(&key) {
+    match DENIES.get_ptr_mut(key) {
         Some(entry) => {
             // SAFETY: a pointer into the LRU map value, valid for this program run.
             let entry = unsafe { &mut *entry };
@@ -117,7 +117,7 @@ pub fn deny(packet: &Packet, endpoint: u32, reason: Reason, config: &Config) -> 
                 reason: reason as u8,
                 _pad: [0; 6],
             };
-            if DENIES.insert(&key, &entry, 0).is_err() {
+            if DENIES.insert(key, entry, 0).is_err() {
                 // The packet is still dropped; the next one will produce an event again.
                 count(Counter::MapUpdateFailed);
             }
@@ -135,7 +135,7 @@ pub fn remember_fragment(key: &FragKey, outcome: &Outcome) {
         _pad: [0; 2],
         rule_id: outcome.rule_id,
     };
-    if FRAGS.insert(key, &entry, 0).is_err() {
+    if FRAGS.insert(key, entry, 0).is_err() {
         // Later fragments will be denied as unknown: fail closed.
         count(Counter::MapUpdateFailed);
     }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every check and test of tollgate: formatting, lints (userspace and eBPF), and the whole
+# test suite, privileged tests included (BPF_PROG_TEST_RUN, network namespaces). Must run as
+# root; installs its own prerequisites first (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (userspace)"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo clippy (eBPF probe, bpfel-unknown-none)"
+cargo +nightly clippy --locked -p tollgate-probe --target bpfel-unknown-none \
+  -Z build-std=core -- -D warnings
+
+step "cargo test"
+cargo test --locked --no-fail-fast
