@@ -11,9 +11,7 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use aya::programs::{TestRun, TestRunOptions};
-use tollgate_schemas::{
-    Direction, EndpointKey, FlowEvent, Reason, Verdict, addr, program_names,
-};
+use tollgate_schemas::{Direction, EndpointKey, FlowEvent, Reason, Verdict, addr, program_names};
 
 use crate::{
     decision::{Datapath, DatapathError, Decision, FlowOutcome, ProbeFlow},
@@ -96,7 +94,13 @@ impl BpfDatapath {
                 repeat,
                 ..TestRunOptions::default()
             })
-            .map_err(|e| error(format!("BPF_PROG_TEST_RUN of {name}: {e}")))?;
+            .map_err(|e| {
+                let cause = std::error::Error::source(&e).map(ToString::to_string);
+                error(format!(
+                    "BPF_PROG_TEST_RUN of {name}: {e}: {}",
+                    cause.unwrap_or_default()
+                ))
+            })?;
         let passed = match result.return_value {
             TC_ACT_UNSPEC => true,
             TC_ACT_SHOT => false,

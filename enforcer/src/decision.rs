@@ -61,11 +61,17 @@ impl FlowOutcome {
     }
 
     /// The decision that settled the flow: the first denial, else the first audit-deny, else
-    /// the destination's ingress decision, else the source's egress decision.
+    /// the first rule that allowed it (the destination's ingress rule before the source's
+    /// egress rule), else the destination's ingress decision, else the source's egress one.
     pub fn deciding(&self) -> Option<Decision> {
         let first = |v: Verdict| self.decisions().find(|d| d.verdict == v);
+        let by_rule = [self.ingress, self.egress]
+            .into_iter()
+            .flatten()
+            .find(|d| d.reason == Reason::AllowedByRule);
         first(Verdict::Deny)
             .or_else(|| first(Verdict::AuditDeny))
+            .or(by_rule)
             .or(self.ingress)
             .or(self.egress)
     }

@@ -23,8 +23,7 @@ use tollgate_schemas::{
 };
 
 use crate::{
-    DROP, PASS,
-    flow,
+    DROP, PASS, flow,
     maps::{CONFIG, CONNTRACK, EGRESS, ENDPOINTS, FRAGS, INGRESS, SCRATCH, count},
     parse::{self, Fragment, Packet, Parsed},
 };
@@ -118,7 +117,8 @@ fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
         return later_fragment(packet, &endpoint, id, config);
     }
     let key = flow_key(&endpoint, direction, packet);
-    if let Some(outcome) = tracked(packet, &endpoint, &key, peer, config) {
+    let mut outcome = Outcome::new(Verdict::Allow, Reason::Established, 0);
+    if tracked(packet, &endpoint, &key, config, &mut outcome) {
         remember_fragment(packet, &endpoint, &outcome);
         return flow::pass(outcome);
     }
@@ -153,17 +153,23 @@ fn flow_key(endpoint: &EndpointState, direction: Direction, packet: &Packet) -> 
     }
 }
 
-/// The verdict of a flow conntrack knows, in this direction or as a reply; `None` when the flow
-/// is new (or was forgotten because current policy no longer allows it). A BPF function of its
-/// own: its reversed key must not weigh on the entry point's stack frame.
+/// Whether conntrack knows the packet's flow, in this direction or as a reply; if so, its
+/// verdict is written to `outcome`. `false` when the flow is new (or was forgotten because
+/// current policy no longer allows it). A BPF function of its own: its reversed key must not
+/// weigh on the entry point's stack frame. It returns a plain `bool` because the BTF of a Rust
+/// `Option` return type is refused by the kernel.
 #[inline(never)]
 fn tracked(
     packet: &Packet,
     endpoint: &EndpointState,
     key: &FlowKey,
-    peer: &[u8; 16],
     config: &Config,
-) -> Option<Outcome> {
+    outcome: &mut Outcome,
+) -> bool {
+    let peer = match packet.direction {
+        Direction::Egress => &packet.dst,
+        Direction::Ingress => &packet.src,
+    };
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a pointer into the LRU map value, valid for this program run.
         let entry = unsafe { &mut *entry };
@@ -173,12 +179,13 @@ fn tracked(
                 || redecide(entry, endpoint, direction, peer, key.protocol, key.dst_port);
             if current {
                 flow::touch(entry, packet);
-                return Some(Outcome::new(entry_verdict(entry), Reason::Established, 0));
+                *outcome = Outcome::new(entry_verdict(entry), Reason::Established, 0);
+                return true;
             }
         }
         // Expired, or no longer allowed: forget it and decide the packet as a new flow.
         let _ = CONNTRACK.remove(key);
-        return None;
+        return false;
     }
     let reverse = FlowKey {
         endpoint: key.endpoint,
@@ -190,7 +197,9 @@ fn tracked(
         src_port: key.dst_port,
         dst_port: key.src_port,
     };
-    let entry = CONNTRACK.get_ptr_mut(reverse)?;
+    let Some(entry) = CONNTRACK.get_ptr_mut(reverse) else {
+        return false;
+    };
     // SAFETY: as above.
     let entry = unsafe { &mut *entry };
     if !expired(entry, key.protocol, packet.now, config) {
@@ -200,11 +209,12 @@ fn tracked(
             || redecide(entry, endpoint, original, peer, key.protocol, key.src_port);
         if current {
             flow::touch(entry, packet);
-            return Some(Outcome::new(Verdict::Allow, Reason::Reply, 0));
+            *outcome = Outcome::new(Verdict::Allow, Reason::Reply, 0);
+            return true;
         }
     }
     let _ = CONNTRACK.remove(reverse);
-    None
+    false
 }
 
 #[inline(always)]
@@ -246,7 +256,10 @@ fn expired(entry: &CtEntry, protocol: u8, now: u64, config: &Config) -> bool {
             or_default(config.ct_tcp_timeout_ns, Config::DEFAULT_CT_TCP_TIMEOUT_NS)
         }
     } else {
-        or_default(config.ct_other_timeout_ns, Config::DEFAULT_CT_OTHER_TIMEOUT_NS)
+        or_default(
+            config.ct_other_timeout_ns,
+            Config::DEFAULT_CT_OTHER_TIMEOUT_NS,
+        )
     };
     now.saturating_sub(entry.last_seen_ns) > timeout
 }

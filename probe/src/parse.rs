@@ -174,7 +174,9 @@ fn parse_v4(ctx: &TcContext, packet: &mut Packet) -> Parsed {
 
 #[inline(always)]
 fn mapped(v4: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
 }
 
 #[inline(always)]
