@@ -1,8 +1,10 @@
 //! Reading flow events from the probe's ring buffer.
 //!
 //! The kernel writes one [`FlowEvent`] per flow decision; [`EventReader::drain`] copies out
-//! every event available now. The reader is also a file descriptor that becomes readable when
-//! events arrive, for use with an async reactor.
+//! every event available now. The reader is also a file descriptor for an async reactor, but
+//! the probe wakes it only once 64 KiB of events are waiting (a wakeup costs the kernel a
+//! self-IPI per event otherwise): a reader must also drain on a timer, or after each test run
+//! as `verify` does.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
