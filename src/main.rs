@@ -1,1 +1,161 @@
-fn main() {}
+//! The `tollgate` command: wiring of the library crates to a command line, nothing more.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tollgate_enforcer::{
+    bench, bpf_datapath::BpfDatapath, decision::Datapath, model::ModelDatapath, verify,
+};
+
+/// Kubernetes NetworkPolicy enforcement and flow auditing on eBPF.
+#[derive(Parser)]
+#[command(name = "tollgate", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check what NetworkPolicies do to given flows, offline (what-if, conformance).
+    Verify(VerifyArgs),
+    /// Run the seed scenario for real in network namespaces wired like the VPC CNI.
+    Lab(LabArgs),
+    /// Measure the datapath.
+    Bench {
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// Kubernetes YAML (Namespaces, Pods, NetworkPolicies; Lists too). Repeatable.
+    #[arg(long = "manifests", required = true)]
+    manifests: Vec<PathBuf>,
+    /// One probe per line: `FROM TO PORT/PROTOCOL`; FROM and TO are `namespace/pod` or an IP.
+    #[arg(long)]
+    probes: PathBuf,
+    /// `model` evaluates the compiled maps in userspace; `bpf` runs the real programs under
+    /// BPF_PROG_TEST_RUN (needs root).
+    #[arg(long, value_enum)]
+    datapath: DatapathKind,
+    /// `json`: one object per probe and line; `table`: aligned columns.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(clap::Args)]
+struct LabArgs {
+    /// `table`: readable steps and flow events; `json`: one object per check and line.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// Kernel-reported ns per packet under BPF_PROG_TEST_RUN (needs root).
+    Datapath {
+        /// Packets per case.
+        #[arg(long, default_value_t = 100_000)]
+        packets: u32,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DatapathKind {
+    Model,
+    Bpf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Json,
+    Table,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Verify(args) => verify_command(&args),
+        Command::Lab(args) => lab_command(&args),
+        Command::Bench {
+            target: BenchTarget::Datapath { packets },
+        } => {
+            let results = bench::datapath(packets)?;
+            print!("{}", bench::render(&results));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Exit code 0 only when all input was valid; 1 when some was not (the valid part was still
+/// evaluated); 2 on a fatal error.
+fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let read = |path: &PathBuf| {
+        verify::SourceText::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let input = verify::VerifyInput {
+        manifests: args
+            .manifests
+            .iter()
+            .map(read)
+            .collect::<anyhow::Result<_>>()?,
+        probes: read(&args.probes)?,
+    };
+    let mut datapath: Box<dyn Datapath> = match args.datapath {
+        DatapathKind::Model => Box::new(ModelDatapath::new()),
+        DatapathKind::Bpf => Box::new(BpfDatapath::new()?),
+    };
+    let verification = verify::verify(&input, datapath.as_mut())?;
+    for error in &verification.errors {
+        eprintln!("error: {error}");
+    }
+    match args.output {
+        Output::Json => print!("{}", verify::render_json(&verification.results)),
+        Output::Table => print!("{}", verify::render_table(&verification.results)),
+    }
+    Ok(if verification.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Exit code 0 only when every outcome matched the seed.
+fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
+    let options = tollgate_lab::LabOptions {
+        output: match args.output {
+            Output::Json => tollgate_lab::OutputFormat::Json,
+            Output::Table => tollgate_lab::OutputFormat::Table,
+        },
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime.block_on(tollgate_lab::run(&options))?;
+    match args.output {
+        Output::Json => print!("{}", report.render_json()),
+        Output::Table => print!("{}", report.render_table()),
+    }
+    Ok(if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -139,7 +139,11 @@ fn program(datapath: &mut BpfDatapath, rules: usize) -> Result<(), DatapathError
         pods: vec![server],
         policies: vec![policy],
     };
-    let compiled = compile(&snapshot, &Placement::AllPods { ifindex: 1 }, &Ids::default());
+    let compiled = compile(
+        &snapshot,
+        &Placement::AllPods { ifindex: 1 },
+        &Ids::default(),
+    );
     if let Some(error) = compiled.errors.first() {
         return Err(DatapathError {
             datapath: "bpf",
@@ -165,7 +169,10 @@ fn expect_passed(passed: bool, case: &str, expected: bool) -> Result<(), Datapat
     } else {
         Err(DatapathError {
             datapath: "bpf",
-            message: format!("{case}: the packet was {}", if passed { "passed" } else { "dropped" }),
+            message: format!(
+                "{case}: the packet was {}",
+                if passed { "passed" } else { "dropped" }
+            ),
         })
     }
 }
@@ -176,7 +183,10 @@ fn new_flows(
     count: u32,
 ) -> Result<BenchResult, DatapathError> {
     let case = format!("new flow, allowed among {rules} CIDR rules");
-    datapath.probe_mut().clear_flow_state().map_err(probe_error)?;
+    datapath
+        .probe_mut()
+        .clear_flow_state()
+        .map_err(probe_error)?;
     let (_, client) = client_net(rules - 1);
     let mut samples = Vec::with_capacity(count as usize);
     for i in 0..count {
@@ -184,7 +194,10 @@ fn new_flows(
         // they would repeat.
         let port = 1024 + (i % 60_000) as u16;
         if i > 0 && i % 60_000 == 0 {
-            datapath.probe_mut().clear_flow_state().map_err(probe_error)?;
+            datapath
+                .probe_mut()
+                .clear_flow_state()
+                .map_err(probe_error)?;
         }
         let run = datapath.run(Direction::Ingress, &packet(client, port, 80))?;
         expect_passed(run.passed, &case, true)?;

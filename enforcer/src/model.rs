@@ -1,1 +1,321 @@
-//! (in progress)
+//! The probe's decision logic in userspace, over a [`DesiredState`].
+//!
+//! A flow goes through the same hooks as in the kernel: [`decide_hook`] at the source
+//! endpoint's egress, then at the destination endpoint's ingress, each one reading the endpoint
+//! map and the direction's LPM trie exactly as the probe does (longest prefix, then
+//! [`PolicyValue::matching_rule`](tollgate_schemas::PolicyValue::matching_rule), the one
+//! matching function both share). If both let the first packet pass, the reply passes through
+//! conntrack. [`ModelDatapath`] wraps this as a [`Datapath`].
+//!
+//! Not modelled: conntrack state across flows, the standard mode's unknown endpoints, spoofing,
+//! fragments and malformed packets (the BPF datapath covers those).
+
+use tollgate_schemas::{
+    Direction, EndpointKey, PolicyKey, Reason, Verdict, addr, endpoint_flags, policy_prefix_len,
+};
+
+use crate::decision::{Datapath, DatapathError, Decision, FlowOutcome, ProbeFlow};
+use crate::desired::{DesiredState, PolicyEntryKey};
+
+/// The probe's decision logic in userspace, over a [`DesiredState`].
+#[derive(Debug, Clone, Default)]
+pub struct ModelDatapath {
+    desired: DesiredState,
+}
+
+impl ModelDatapath {
+    /// A datapath with empty maps (no endpoints: every hook is skipped).
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Datapath for ModelDatapath {
+    fn program(&mut self, desired: &DesiredState) -> Result<(), DatapathError> {
+        self.desired = desired.clone();
+        Ok(())
+    }
+
+    fn decide(&mut self, flow: &ProbeFlow) -> Result<FlowOutcome, DatapathError> {
+        Ok(decide_flow(&self.desired, flow))
+    }
+}
+
+/// Every hook a new flow meets under `desired`: see [`Datapath::decide`].
+pub fn decide_flow(desired: &DesiredState, flow: &ProbeFlow) -> FlowOutcome {
+    let src = addr::to_bytes(flow.src);
+    let dst = addr::to_bytes(flow.dst);
+    let hook = |direction, endpoint, peer| {
+        decide_hook(
+            desired,
+            direction,
+            endpoint,
+            peer,
+            flow.protocol,
+            flow.dst_port,
+        )
+    };
+    let mut outcome = FlowOutcome {
+        egress: hook(Direction::Egress, src, dst),
+        ..FlowOutcome::default()
+    };
+    if outcome.egress.is_some_and(|d| !d.verdict.passes()) {
+        return outcome;
+    }
+    outcome.ingress = hook(Direction::Ingress, dst, src);
+    if outcome.ingress.is_some_and(|d| !d.verdict.passes()) {
+        return outcome;
+    }
+    let reply = |endpoint: [u8; 16]| {
+        desired
+            .endpoints
+            .contains_key(&EndpointKey { addr: endpoint })
+            .then_some(Decision {
+                verdict: Verdict::Allow,
+                reason: Reason::Reply,
+                rule_id: 0,
+            })
+    };
+    outcome.reply_egress = reply(dst);
+    outcome.reply_ingress = reply(src);
+    outcome
+}
+
+/// One hook: endpoint `endpoint` (16-byte addr) in `direction`, peer address, protocol, the
+/// flow's destination port. None when `endpoint` is not in `desired.endpoints`.
+pub fn decide_hook(
+    desired: &DesiredState,
+    direction: Direction,
+    endpoint: [u8; 16],
+    peer: [u8; 16],
+    protocol: u8,
+    dst_port: u16,
+) -> Option<Decision> {
+    let state = desired.endpoints.get(&EndpointKey { addr: endpoint })?;
+    let (isolated, audit) = match direction {
+        Direction::Ingress => (
+            endpoint_flags::INGRESS_ISOLATED,
+            endpoint_flags::INGRESS_AUDIT,
+        ),
+        Direction::Egress => (
+            endpoint_flags::EGRESS_ISOLATED,
+            endpoint_flags::EGRESS_AUDIT,
+        ),
+    };
+    let decision = |verdict, reason, rule_id| {
+        Some(Decision {
+            verdict,
+            reason,
+            rule_id,
+        })
+    };
+    if state.flags & endpoint_flags::PROGRAMMED == 0 {
+        return decision(Verdict::Deny, Reason::NotProgrammed, 0);
+    }
+    if state.flags & isolated == 0 {
+        return decision(Verdict::Allow, Reason::NotSelected, 0);
+    }
+    let rule = longest_prefix_match(desired, direction, state.id, peer)
+        .and_then(|value| value.matching_rule(protocol, dst_port));
+    match rule {
+        Some(rule_id) => decision(Verdict::Allow, Reason::AllowedByRule, rule_id),
+        None if state.flags & audit != 0 => {
+            decision(Verdict::AuditDeny, Reason::IsolatedNoMatch, 0)
+        }
+        None => decision(Verdict::Deny, Reason::IsolatedNoMatch, 0),
+    }
+}
+
+/// The value of the longest prefix of `peer` in `direction`'s trie for endpoint `id`, as the
+/// kernel's LPM trie returns it.
+fn longest_prefix_match(
+    desired: &DesiredState,
+    direction: Direction,
+    id: u32,
+    peer: [u8; 16],
+) -> Option<&tollgate_schemas::PolicyValue> {
+    let trie = desired.policy(direction);
+    let peer = u128::from_be_bytes(peer);
+    (0..=128u8).rev().find_map(|len| {
+        let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+        trie.get(&PolicyEntryKey {
+            prefix_len: policy_prefix_len(len),
+            key: PolicyKey {
+                endpoint: id,
+                addr: (peer & mask).to_be_bytes(),
+            },
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_schemas::{PolicyValue, PortRule, proto};
+
+    use super::*;
+
+    const EP: [u8; 16] = addr::v4_bytes([10, 0, 0, 1]);
+    const OTHER: [u8; 16] = addr::v4_bytes([10, 0, 0, 2]);
+
+    fn state(flags: u32) -> DesiredState {
+        let mut desired = DesiredState::default();
+        for (addr, id) in [(EP, 1), (OTHER, 2)] {
+            desired.endpoints.insert(
+                EndpointKey { addr },
+                tollgate_schemas::EndpointState {
+                    id,
+                    ifindex: 1,
+                    flags,
+                    revision: 0,
+                },
+            );
+        }
+        // Endpoint 1, ingress: 10.0.0.0/8 may reach port 80 (rule 7); 10.0.0.0/24 nothing.
+        let mut allow = PolicyValue::EMPTY;
+        allow.count = 1;
+        allow.rules[0] = PortRule {
+            rule_id: 7,
+            port_lo: 80,
+            port_hi: 80,
+            protocol: proto::TCP,
+            _pad: [0; 3],
+        };
+        let key = |octets: [u8; 4], len: u8| PolicyEntryKey {
+            prefix_len: policy_prefix_len(96 + len),
+            key: PolicyKey {
+                endpoint: 1,
+                addr: addr::v4_bytes(octets),
+            },
+        };
+        desired.ingress.insert(key([10, 0, 0, 0], 8), allow);
+        desired
+            .ingress
+            .insert(key([10, 0, 0, 0], 24), PolicyValue::EMPTY);
+        desired
+    }
+
+    fn hook(desired: &DesiredState, peer: [u8; 4], port: u16) -> Option<Decision> {
+        decide_hook(
+            desired,
+            Direction::Ingress,
+            EP,
+            addr::v4_bytes(peer),
+            proto::TCP,
+            port,
+        )
+    }
+
+    fn decision(verdict: Verdict, reason: Reason, rule_id: u32) -> Option<Decision> {
+        Some(Decision {
+            verdict,
+            reason,
+            rule_id,
+        })
+    }
+
+    #[test]
+    fn hook_steps() {
+        use endpoint_flags::*;
+        let isolated = state(PROGRAMMED | INGRESS_ISOLATED);
+        assert_eq!(
+            decide_hook(
+                &isolated,
+                Direction::Ingress,
+                addr::v4_bytes([10, 9, 9, 9]),
+                EP,
+                6,
+                80
+            ),
+            None
+        );
+        assert_eq!(
+            hook(&state(INGRESS_ISOLATED), [10, 1, 0, 1], 80),
+            decision(Verdict::Deny, Reason::NotProgrammed, 0)
+        );
+        assert_eq!(
+            hook(&state(PROGRAMMED | EGRESS_ISOLATED), [10, 1, 0, 1], 80),
+            decision(Verdict::Allow, Reason::NotSelected, 0)
+        );
+        assert_eq!(
+            hook(&isolated, [10, 1, 0, 1], 80),
+            decision(Verdict::Allow, Reason::AllowedByRule, 7)
+        );
+        // Longest prefix: the empty /24 shadows the /8.
+        assert_eq!(
+            hook(&isolated, [10, 0, 0, 9], 80),
+            decision(Verdict::Deny, Reason::IsolatedNoMatch, 0)
+        );
+        assert_eq!(
+            hook(&isolated, [10, 1, 0, 1], 81),
+            decision(Verdict::Deny, Reason::IsolatedNoMatch, 0)
+        );
+        assert_eq!(
+            hook(&isolated, [192, 0, 2, 1], 80),
+            decision(Verdict::Deny, Reason::IsolatedNoMatch, 0)
+        );
+        assert_eq!(
+            hook(
+                &state(PROGRAMMED | INGRESS_ISOLATED | INGRESS_AUDIT),
+                [192, 0, 2, 1],
+                80
+            ),
+            decision(Verdict::AuditDeny, Reason::IsolatedNoMatch, 0)
+        );
+    }
+
+    #[test]
+    fn flows_go_egress_then_ingress_then_reply() {
+        use endpoint_flags::*;
+        let flow = |src: [u8; 4], dst: [u8; 4], port| ProbeFlow {
+            src: std::net::Ipv4Addr::from(src).into(),
+            dst: std::net::Ipv4Addr::from(dst).into(),
+            protocol: proto::TCP,
+            src_port: 40000,
+            dst_port: port,
+        };
+        let reply = decision(Verdict::Allow, Reason::Reply, 0);
+        let mut model = ModelDatapath::new();
+        model
+            .program(&state(PROGRAMMED | INGRESS_ISOLATED))
+            .unwrap();
+        // 10.0.0.2 → 10.0.0.1: the /24 allows nothing; no reply.
+        let denied = model
+            .decide(&flow([10, 0, 0, 2], [10, 0, 0, 1], 80))
+            .unwrap();
+        assert_eq!(
+            denied.egress,
+            decision(Verdict::Allow, Reason::NotSelected, 0)
+        );
+        assert_eq!(
+            denied.ingress,
+            decision(Verdict::Deny, Reason::IsolatedNoMatch, 0)
+        );
+        assert_eq!((denied.reply_egress, denied.reply_ingress), (None, None));
+        // From outside: no egress hook; the reply leaves through endpoint 1 only.
+        let allowed = model
+            .decide(&flow([10, 1, 0, 1], [10, 0, 0, 1], 80))
+            .unwrap();
+        assert_eq!(allowed.egress, None);
+        assert_eq!(
+            allowed.ingress,
+            decision(Verdict::Allow, Reason::AllowedByRule, 7)
+        );
+        assert_eq!((allowed.reply_egress, allowed.reply_ingress), (reply, None));
+        // Out of endpoint 2 to the outside, egress-isolated with no entries: stops at egress.
+        model.program(&state(PROGRAMMED | EGRESS_ISOLATED)).unwrap();
+        let out = model
+            .decide(&flow([10, 0, 0, 2], [192, 0, 2, 1], 443))
+            .unwrap();
+        assert_eq!(
+            out.egress,
+            decision(Verdict::Deny, Reason::IsolatedNoMatch, 0)
+        );
+        assert_eq!(
+            out,
+            FlowOutcome {
+                egress: out.egress,
+                ..FlowOutcome::default()
+            }
+        );
+    }
+}

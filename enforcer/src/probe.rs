@@ -23,7 +23,8 @@ use tollgate_schemas::{
 use crate::{aya_maps::AyaMaps, events::EventReader};
 
 /// The eBPF object built from `probe/` by `build.rs`.
-static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-probe"));
+static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-probe"));
 
 /// Error of loading, attaching or reading the probe.
 #[derive(Debug, thiserror::Error)]

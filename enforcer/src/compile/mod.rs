@@ -1,0 +1,225 @@
+//! The NetworkPolicy compiler: a cluster [`Snapshot`] → the probe's [`DesiredState`] for the
+//! endpoints of one node. Pure (no I/O, no aya) and deterministic: the same input gives the
+//! same output, entry for entry.
+//!
+//! How a rule becomes map entries:
+//! 1. Checking. `cluster` checks namespaces and pods, `policy` checks NetworkPolicies (with
+//!    `selector`, `peers`, `ports` and `cidr`). An invalid object is left out, with every
+//!    problem reported as an [`InputError`] naming the object and the field.
+//! 2. Ids. Every rule of every valid policy (namespace, name, direction, index) and every
+//!    endpoint pod gets a stable id (`ids`): the one it had in `prior`, else the smallest free.
+//! 3. Grants (`grants`). For each endpoint pod (chosen by [`Placement`]) and direction, the
+//!    policies of its namespace that select it and have that policy type isolate it. Each of
+//!    their rules becomes grants: a peer prefix (a pod address as /32 or /128, an ipBlock with
+//!    its excepts as holes, or every address) with the rule's port ranges. Named ports
+//!    resolve against the destination pod: the endpoint itself for ingress, each peer pod for
+//!    egress; an address that is no pod's gets nothing from a named port.
+//! 4. The LPM merge (`lpm`) turns one endpoint's grants of one direction into trie entries,
+//!    each holding every rule that allows its whole prefix, with port rules deduplicated and
+//!    ordered (`ports`). Endpoints isolated by the same rules share one merge.
+//! 5. The endpoint (`endpoint`): its entries go into the tries, and every address of the pod
+//!    maps to its id, its veth's ifindex, its flags (programmed, isolated and audit per
+//!    direction) and a revision digest of flags and entries, which changes exactly when its
+//!    policy does.
+
+mod cidr;
+mod cluster;
+mod endpoint;
+mod grants;
+mod ids;
+mod lpm;
+mod peers;
+mod policy;
+mod ports;
+mod selector;
+
+use std::collections::{BTreeMap, HashMap};
+
+use tollgate_schemas::Direction;
+
+pub use cluster::ENFORCEMENT_ANNOTATION;
+
+use crate::desired::{DesiredState, Ids, RuleRef};
+use crate::snapshot::{InputError, Snapshot};
+use cluster::{Cluster, PodInfo};
+use endpoint::{PolicyRules, Writer};
+use grants::Grants;
+use policy::Policy;
+
+/// Which pods are endpoints on this node, and the ifindex of each one's host-side veth.
+#[derive(Debug, Clone, Copy)]
+pub enum Placement<'a> {
+    /// Every pod with an IP is an endpoint, all on one interface (verify, tests).
+    AllPods {
+        /// Interface index every endpoint gets.
+        ifindex: u32,
+    },
+    /// Only these pods, by "namespace/name", on these interfaces (lab, agent).
+    Interfaces(&'a BTreeMap<String, u32>),
+}
+
+/// The result of one compilation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// What the probe's maps should hold.
+    pub desired: DesiredState,
+    /// The ids this compilation used: pass them as `prior` to the next one.
+    pub ids: Ids,
+    /// Rule id → the policy rule it stands for.
+    pub rules: BTreeMap<u32, RuleRef>,
+    /// Endpoint id → the pod, as `namespace/name`.
+    pub endpoint_pods: BTreeMap<u32, String>,
+    /// Invalid objects (left out) and capacity problems.
+    pub errors: Vec<InputError>,
+}
+
+/// Problems found in one object, by field; reported as [`InputError`]s once the object is
+/// named.
+#[derive(Debug, Default)]
+pub(crate) struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    /// Records that `field` is wrong, and why.
+    pub(crate) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push((field.into(), message.into()));
+    }
+
+    /// How many problems were recorded (compare before and after a check).
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Turns the problems into errors of `object`.
+    pub(crate) fn report(self, object: &str, errors: &mut Vec<InputError>) {
+        errors.extend(self.0.into_iter().map(|(field, message)| InputError {
+            object: object.to_owned(),
+            field,
+            message,
+        }));
+    }
+
+    /// The problems as (field, message) pairs.
+    #[cfg(test)]
+    pub(crate) fn into_fields(self) -> Vec<(String, String)> {
+        self.0
+    }
+}
+
+/// Compiles `snapshot` into the maps' desired state for the endpoints `placement` names,
+/// keeping the ids of `prior` for endpoints and rules that still exist.
+pub fn compile(snapshot: &Snapshot, placement: &Placement<'_>, prior: &Ids) -> Compiled {
+    let mut errors = Vec::new();
+    let cluster = Cluster::build(snapshot, &mut errors);
+    let policies = policy::check_policies(&snapshot.policies, &mut errors);
+
+    let rule_ids = ids::assign(&prior.rules, policies.iter().flat_map(rule_refs));
+    let mut rules = HashMap::new();
+    let policy_rules: Vec<PolicyRules<'_>> = policies
+        .iter()
+        .map(|policy| {
+            let mut ids = |direction| {
+                let list = match direction {
+                    Direction::Ingress => policy.ingress.as_deref(),
+                    Direction::Egress => policy.egress.as_deref(),
+                }?;
+                let refs = rule_refs_of(policy, direction, list.len());
+                Some(
+                    refs.zip(list)
+                        .map(|(rule, compiled)| {
+                            let id = rule_ids[&rule];
+                            rules.insert(id, (policy, compiled));
+                            id
+                        })
+                        .collect(),
+                )
+            };
+            PolicyRules {
+                policy,
+                ingress: ids(Direction::Ingress),
+                egress: ids(Direction::Egress),
+            }
+        })
+        .collect();
+
+    let endpoints: Vec<(&PodInfo, u32)> = cluster
+        .pods
+        .iter()
+        .filter(|pod| pod.is_networked())
+        .filter_map(|pod| match placement {
+            Placement::AllPods { ifindex } => Some((pod, *ifindex)),
+            Placement::Interfaces(interfaces) => {
+                interfaces.get(&pod.key()).map(|ifindex| (pod, *ifindex))
+            }
+        })
+        .collect();
+    let endpoint_ids = ids::assign(&prior.endpoints, endpoints.iter().map(|(pod, _)| pod.key()));
+
+    let mut grants = Grants::new(&cluster, rules);
+    let mut writer = Writer::new();
+    for (pod, ifindex) in endpoints {
+        let namespace_audit = cluster
+            .namespaces
+            .get(&pod.namespace)
+            .is_some_and(|ns| ns.audit);
+        let id = endpoint_ids[&pod.key()];
+        writer.endpoint(
+            &mut grants,
+            &policy_rules,
+            namespace_audit,
+            pod,
+            id,
+            ifindex,
+        );
+    }
+    errors.append(&mut writer.errors);
+    let desired = writer.desired;
+
+    tracing::debug!(
+        endpoints = endpoint_ids.len(),
+        rules = rule_ids.len(),
+        ingress_entries = desired.ingress.len(),
+        egress_entries = desired.egress.len(),
+        errors = errors.len(),
+        "compiled network policies"
+    );
+    Compiled {
+        desired,
+        rules: rule_ids.iter().map(|(r, id)| (*id, r.clone())).collect(),
+        endpoint_pods: endpoint_ids
+            .iter()
+            .map(|(p, id)| (*id, p.clone()))
+            .collect(),
+        ids: Ids {
+            endpoints: endpoint_ids,
+            rules: rule_ids,
+        },
+        errors,
+    }
+}
+
+/// Every compiled rule of `policy`: those of the types it has.
+fn rule_refs(policy: &Policy) -> impl Iterator<Item = RuleRef> + '_ {
+    let ingress = policy.ingress.as_ref().map_or(0, Vec::len);
+    let egress = policy.egress.as_ref().map_or(0, Vec::len);
+    rule_refs_of(policy, Direction::Ingress, ingress).chain(rule_refs_of(
+        policy,
+        Direction::Egress,
+        egress,
+    ))
+}
+
+fn rule_refs_of(
+    policy: &Policy,
+    direction: Direction,
+    count: usize,
+) -> impl Iterator<Item = RuleRef> + '_ {
+    (0..count).map(move |index| RuleRef {
+        namespace: policy.namespace.clone(),
+        policy: policy.name.clone(),
+        direction,
+        index: index as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests;

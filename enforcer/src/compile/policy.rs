@@ -1,0 +1,169 @@
+//! NetworkPolicies: each object is checked in full into a [`Policy`] or left out with every
+//! problem reported (a policy the API server would refuse is as if it had never been applied).
+//!
+//! Checking also settles the API's defaults: `podSelector` absent means `{}`; `policyTypes`
+//! absent or empty means `[Ingress]`, plus `Egress` when `spec.egress` is non-empty. A rule
+//! list of a type the policy does not have is checked but not compiled; a rule list that is
+//! absent or empty for a type the policy has isolates and allows nothing.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::Problems;
+use super::cluster::{audit_annotation, object_label};
+use super::peers::{Peer, parse_peers};
+use super::ports::{PortSpec, parse_ports};
+use super::selector::Selector;
+use crate::manifest::DEFAULT_NAMESPACE;
+use crate::snapshot::InputError;
+
+/// One rule of `spec.ingress` or `spec.egress`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rule {
+    /// `from`/`to`; `None`: every address.
+    pub(crate) peers: Option<Vec<Peer>>,
+    /// `ports`; `[PortSpec::Any]` when the rule has none.
+    pub(crate) ports: Vec<PortSpec>,
+}
+
+/// A valid NetworkPolicy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Policy {
+    /// Namespace.
+    pub(crate) namespace: String,
+    /// Name.
+    pub(crate) name: String,
+    /// `spec.podSelector`: which pods of the namespace it applies to.
+    pub(crate) selector: Selector,
+    /// Annotated for audit mode.
+    pub(crate) audit: bool,
+    /// Ingress rules, when the policy has the Ingress type.
+    pub(crate) ingress: Option<Vec<Rule>>,
+    /// Egress rules, when the policy has the Egress type.
+    pub(crate) egress: Option<Vec<Rule>>,
+}
+
+/// Checks every policy; the valid ones come back ordered by namespace and name.
+pub(crate) fn check_policies(
+    policies: &[NetworkPolicy],
+    errors: &mut Vec<InputError>,
+) -> Vec<Policy> {
+    let mut valid = BTreeMap::new();
+    for (index, policy) in policies.iter().enumerate() {
+        let label = object_label("NetworkPolicy", &policy.metadata, "policies", index);
+        // An unknown enforcement mode is reported but does not invalidate the policy.
+        let mut notes = Problems::default();
+        let audit = audit_annotation(&policy.metadata, &mut notes);
+        notes.report(&label, errors);
+        let mut problems = Problems::default();
+        let checked = check_policy(policy, audit, &mut problems);
+        problems.report(&label, errors);
+        if let Some(checked) = checked {
+            let key = (checked.namespace.clone(), checked.name.clone());
+            if valid.insert(key, checked).is_some() {
+                errors.push(InputError {
+                    object: label,
+                    field: "metadata.name".to_owned(),
+                    message: "defined more than once; the last definition is used".to_owned(),
+                });
+            }
+        }
+    }
+    valid.into_values().collect()
+}
+
+fn check_policy(policy: &NetworkPolicy, audit: bool, problems: &mut Problems) -> Option<Policy> {
+    let before = problems.len();
+    let meta = &policy.metadata;
+    let name = meta.name.clone().filter(|n| !n.is_empty());
+    if name.is_none() {
+        problems.push("metadata.name", "missing: a NetworkPolicy needs a name");
+    }
+    let spec = policy.spec.clone().unwrap_or_default();
+    let selector = Selector::parse(
+        spec.pod_selector
+            .as_ref()
+            .unwrap_or(&LabelSelector::default()),
+        "spec.podSelector",
+        problems,
+    );
+    let egress_given = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+    let mut types = (false, false);
+    let declared = spec.policy_types.as_deref().unwrap_or_default();
+    for (index, policy_type) in declared.iter().enumerate() {
+        match policy_type.as_str() {
+            "Ingress" => types.0 = true,
+            "Egress" => types.1 = true,
+            other => problems.push(
+                format!("spec.policyTypes[{index}]"),
+                format!("unknown policy type {other:?} (Ingress or Egress)"),
+            ),
+        }
+    }
+    if declared.is_empty() {
+        types = (true, egress_given);
+    }
+    let ingress: Vec<Rule> = spec
+        .ingress
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, rule)| {
+            let at = format!("spec.ingress[{i}]");
+            check_rule(
+                rule.from.as_deref(),
+                "from",
+                rule.ports.as_deref(),
+                &at,
+                problems,
+            )
+        })
+        .collect();
+    let egress: Vec<Rule> = spec
+        .egress
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, rule)| {
+            let at = format!("spec.egress[{i}]");
+            check_rule(
+                rule.to.as_deref(),
+                "to",
+                rule.ports.as_deref(),
+                &at,
+                problems,
+            )
+        })
+        .collect();
+    if problems.len() != before {
+        return None;
+    }
+    Some(Policy {
+        namespace: meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+        name: name?,
+        selector: selector?,
+        audit,
+        ingress: types.0.then_some(ingress),
+        egress: types.1.then_some(egress),
+    })
+}
+
+fn check_rule(
+    peers: Option<&[NetworkPolicyPeer]>,
+    peers_field: &str,
+    ports: Option<&[NetworkPolicyPort]>,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<Rule> {
+    let peers = parse_peers(peers, &format!("{at}.{peers_field}"), problems);
+    let ports = parse_ports(ports, &format!("{at}.ports"), problems);
+    Some(Rule {
+        peers: peers?,
+        ports: ports?,
+    })
+}

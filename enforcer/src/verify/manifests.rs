@@ -1,0 +1,113 @@
+//! Manifest files → one [`Snapshot`]: each file is parsed by
+//! [`crate::manifest::parse_manifests`], then the objects are merged in file order.
+//!
+//! A later object of the same kind, namespace and name replaces the earlier one, in its place,
+//! as `kubectl apply` would: a base cluster can be followed by files that relabel a pod or
+//! update a policy. Every replacement is logged; objects without a name are never merged.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::manifest::parse_manifests;
+use crate::snapshot::{InputError, Snapshot};
+
+/// A text and the name it is known by in errors (usually its path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceText {
+    /// Name of the text in errors (`SOURCE document N`, `SOURCE line N`).
+    pub source: String,
+    /// The text itself.
+    pub text: String,
+}
+
+impl SourceText {
+    /// Reads a file; its path, as given, names it.
+    pub fn read(path: impl AsRef<Path>) -> std::io::Result<Self> {
+        let path = path.as_ref();
+        Ok(Self {
+            source: path.display().to_string(),
+            text: std::fs::read_to_string(path)?,
+        })
+    }
+}
+
+/// Parses every file and merges their objects into one snapshot (see the module doc), with
+/// the errors of every file.
+pub fn load_manifests(files: &[SourceText]) -> (Snapshot, Vec<InputError>) {
+    let mut merged = Merged::default();
+    let mut errors = Vec::new();
+    for file in files {
+        let (snapshot, mut file_errors) = parse_manifests(&file.text, &file.source);
+        errors.append(&mut file_errors);
+        for namespace in snapshot.namespaces {
+            merged
+                .namespaces
+                .upsert("Namespace", &file.source, namespace, |n| &n.metadata);
+        }
+        for pod in snapshot.pods {
+            merged
+                .pods
+                .upsert("Pod", &file.source, pod, |p| &p.metadata);
+        }
+        for policy in snapshot.policies {
+            merged
+                .policies
+                .upsert("NetworkPolicy", &file.source, policy, |p| &p.metadata);
+        }
+    }
+    let snapshot = Snapshot {
+        namespaces: merged.namespaces.items,
+        pods: merged.pods.items,
+        policies: merged.policies.items,
+    };
+    (snapshot, errors)
+}
+
+#[derive(Default)]
+struct Merged {
+    namespaces: Objects<k8s_openapi::api::core::v1::Namespace>,
+    pods: Objects<k8s_openapi::api::core::v1::Pod>,
+    policies: Objects<k8s_openapi::api::networking::v1::NetworkPolicy>,
+}
+
+/// Objects of one kind, in first-seen order, with the position of each named one.
+struct Objects<T> {
+    items: Vec<T>,
+    positions: HashMap<(Option<String>, String), usize>,
+}
+
+impl<T> Default for Objects<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            positions: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Objects<T> {
+    fn upsert(&mut self, kind: &str, source: &str, item: T, meta: impl Fn(&T) -> &ObjectMeta) {
+        let metadata = meta(&item);
+        let Some(name) = metadata.name.clone() else {
+            self.items.push(item);
+            return;
+        };
+        let key = (metadata.namespace.clone(), name);
+        match self.positions.get(&key) {
+            Some(&position) => {
+                let object = match &key.0 {
+                    Some(namespace) => format!("{kind} {namespace}/{}", key.1),
+                    None => format!("{kind} {}", key.1),
+                };
+                tracing::info!(%object, %source, "a later manifest replaces an object");
+                self.items[position] = item;
+            }
+            None => {
+                self.positions.insert(key, self.items.len());
+                self.items.push(item);
+            }
+        }
+    }
+}

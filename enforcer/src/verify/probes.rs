@@ -1,0 +1,396 @@
+//! The probes file: text → [`ProbeSpec`]s ([`parse_probes`]) → flows between addresses
+//! ([`resolve_probes`], which looks pod names up in the snapshot).
+//!
+//! One probe per line, `FROM TO PORT/PROTOCOL`, where FROM and TO are `namespace/pod` or an IP
+//! address (a client or server outside the cluster). `#` starts a comment, anywhere on a line;
+//! blank lines are ignored. A line that cannot be used becomes an [`InputError`] naming
+//! `FILE line N` and the field; the other probes still run.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use tollgate_schemas::proto;
+
+use crate::decision::ProbeFlow;
+use crate::snapshot::{InputError, Snapshot};
+
+/// The layer-4 protocols a probe (and a NetworkPolicy port) can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// IANA protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => proto::TCP,
+            Self::Udp => proto::UDP,
+            Self::Sctp => proto::SCTP,
+        }
+    }
+
+    /// Upper-case name, as in the NetworkPolicy API (`TCP`, `UDP`, `SCTP`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A protocol name that is not TCP, UDP or SCTP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?}: expected TCP, UDP or SCTP")]
+pub struct UnknownProtocol(pub String);
+
+impl FromStr for Protocol {
+    type Err = UnknownProtocol;
+
+    /// Parses a protocol name, case-insensitively.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Tcp, Self::Udp, Self::Sctp]
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownProtocol(s.to_owned()))
+    }
+}
+
+/// One side of a probe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// A pod of the manifests, by namespace and name.
+    Pod {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        name: String,
+    },
+    /// An address, usually of a client or server outside the cluster.
+    Address(IpAddr),
+}
+
+impl Peer {
+    /// Parses `namespace/pod` or an IP address; `None` when `text` is neither.
+    pub fn parse(text: &str) -> Option<Self> {
+        if let Ok(ip) = text.parse() {
+            return Some(Self::Address(ip));
+        }
+        let (namespace, name) = text.split_once('/')?;
+        let valid = |part: &str| !part.is_empty() && !part.contains('/');
+        (valid(namespace) && valid(name)).then(|| Self::Pod {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pod { namespace, name } => write!(f, "{namespace}/{name}"),
+            Self::Address(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// One probe, as written: a new flow from `from` to `to` on `port`/`protocol`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    /// Where the probe was written, as errors name it (`FILE line N`).
+    pub origin: String,
+    /// The client.
+    pub from: Peer,
+    /// The server.
+    pub to: Peer,
+    /// Destination port (1 to 65535).
+    pub port: u16,
+    /// Layer-4 protocol.
+    pub protocol: Protocol,
+}
+
+/// Parses a probes file. `source` names it in errors (`SOURCE line N`).
+///
+/// Returns every valid probe, in input order, and one error per invalid line (more when
+/// several fields of one line are wrong).
+pub fn parse_probes(text: &str, source: &str) -> (Vec<ProbeSpec>, Vec<InputError>) {
+    let mut probes = Vec::new();
+    let mut errors = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let origin = format!("{source} line {}", index + 1);
+        let content = raw.split_once('#').map_or(raw, |(before, _)| before);
+        let fields: Vec<&str> = content.split_whitespace().collect();
+        if fields.is_empty() {
+            continue;
+        }
+        match parse_fields(&fields, &origin) {
+            Ok(probe) => probes.push(probe),
+            Err(mut line_errors) => errors.append(&mut line_errors),
+        }
+    }
+    (probes, errors)
+}
+
+fn parse_fields(fields: &[&str], origin: &str) -> Result<ProbeSpec, Vec<InputError>> {
+    let error = |field: &str, message: String| InputError {
+        object: origin.to_owned(),
+        field: field.to_owned(),
+        message,
+    };
+    let &[from, to, port_protocol] = fields else {
+        return Err(vec![error(
+            "fields",
+            format!(
+                "expected 3 fields (FROM TO PORT/PROTOCOL), found {}",
+                fields.len()
+            ),
+        )]);
+    };
+    let mut errors = Vec::new();
+    let peer = |field: &str, text: &str, errors: &mut Vec<InputError>| {
+        let peer = Peer::parse(text);
+        if peer.is_none() {
+            errors.push(error(
+                field,
+                format!("{text:?} is neither namespace/pod nor an IP address"),
+            ));
+        }
+        peer
+    };
+    let from = peer("from", from, &mut errors);
+    let to = peer("to", to, &mut errors);
+    let (port_text, protocol_text) = match port_protocol.split_once('/') {
+        Some((port, protocol)) => (port, Some(protocol)),
+        None => (port_protocol, None),
+    };
+    let port = match port_text.parse::<u16>() {
+        Ok(port) if port > 0 => Some(port),
+        _ => {
+            errors.push(error(
+                "port",
+                format!("{port_text:?} is not a port number from 1 to 65535"),
+            ));
+            None
+        }
+    };
+    let protocol = match protocol_text {
+        None => {
+            errors.push(error(
+                "protocol",
+                format!("missing in {port_protocol:?}: expected PORT/PROTOCOL, e.g. 80/TCP"),
+            ));
+            None
+        }
+        Some(text) => match text.parse::<Protocol>() {
+            Ok(protocol) => Some(protocol),
+            Err(e) => {
+                errors.push(error("protocol", e.to_string()));
+                None
+            }
+        },
+    };
+    match (from, to, port, protocol) {
+        (Some(from), Some(to), Some(port), Some(protocol)) => Ok(ProbeSpec {
+            origin: origin.to_owned(),
+            from,
+            to,
+            port,
+            protocol,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// A probe whose peers are addresses: the flow a datapath decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedProbe {
+    /// The probe as written.
+    pub spec: ProbeSpec,
+    /// Its first packet.
+    pub flow: ProbeFlow,
+}
+
+impl ResolvedProbe {
+    /// Whether the flow goes from an address to itself (a pod probing itself): such a packet
+    /// never crosses the pod's veth, so no hook sees it.
+    pub fn is_loopback(&self) -> bool {
+        self.flow.src == self.flow.dst
+    }
+}
+
+/// First source port handed out; probe `i` uses `FIRST_SOURCE_PORT + i % SOURCE_PORTS`.
+const FIRST_SOURCE_PORT: u16 = 40_000;
+/// How many source ports are handed out before they repeat (all inside Linux's default
+/// ephemeral range, 32768 to 60999).
+const SOURCE_PORTS: usize = 20_000;
+
+/// Turns each probe's peers into addresses, looking pods up in `snapshot`.
+///
+/// A pod stands for its first address (`status.podIPs`, else `status.podIP`) of the family
+/// the other side uses: an IP address forces its family; between two pods IPv4 is preferred
+/// when both have it, else IPv6. A probe whose peers cannot be resolved (unknown pod, pod
+/// without addresses, no common family) becomes an [`InputError`] and is skipped. Probe `i`
+/// (its position in `probes`) gets the source port `40000 + i % 20000`, so that flows stay
+/// distinct.
+pub fn resolve_probes(
+    probes: &[ProbeSpec],
+    snapshot: &Snapshot,
+) -> (Vec<ResolvedProbe>, Vec<InputError>) {
+    let addresses = pod_addresses(snapshot);
+    let mut resolved = Vec::new();
+    let mut errors = Vec::new();
+    for (index, spec) in probes.iter().enumerate() {
+        match resolve(spec, &addresses) {
+            Ok((src, dst)) => resolved.push(ResolvedProbe {
+                spec: spec.clone(),
+                flow: ProbeFlow {
+                    src,
+                    dst,
+                    protocol: spec.protocol.number(),
+                    src_port: source_port(index),
+                    dst_port: spec.port,
+                },
+            }),
+            Err(mut probe_errors) => errors.append(&mut probe_errors),
+        }
+    }
+    (resolved, errors)
+}
+
+fn source_port(index: usize) -> u16 {
+    let offset = u16::try_from(index % SOURCE_PORTS).unwrap_or_default();
+    FIRST_SOURCE_PORT + offset
+}
+
+/// Every pod's addresses, in the order the pod lists them, by `namespace/name`. Addresses that
+/// do not parse are left out here; the compiler reports them.
+fn pod_addresses(snapshot: &Snapshot) -> BTreeMap<String, Vec<IpAddr>> {
+    snapshot
+        .pods
+        .iter()
+        .filter_map(|pod| {
+            let name = pod.metadata.name.as_deref()?;
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let status = pod.status.as_ref();
+            let listed: Vec<&str> = match status.and_then(|s| s.pod_ips.as_ref()) {
+                Some(ips) if !ips.is_empty() => ips.iter().map(|ip| ip.ip.as_str()).collect(),
+                _ => status
+                    .and_then(|s| s.pod_ip.as_deref())
+                    .into_iter()
+                    .collect(),
+            };
+            let parsed = listed.iter().filter_map(|ip| ip.parse().ok()).collect();
+            Some((format!("{namespace}/{name}"), parsed))
+        })
+        .collect()
+}
+
+/// The address family of an address, for messages.
+fn family(ip: &IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
+}
+
+/// The address families of a pod's addresses, for messages.
+fn families(ips: &[IpAddr]) -> &'static str {
+    match (
+        ips.iter().any(IpAddr::is_ipv4),
+        ips.iter().any(IpAddr::is_ipv6),
+    ) {
+        (true, true) => "IPv4 and IPv6",
+        (true, false) => "IPv4 only",
+        _ => "IPv6 only",
+    }
+}
+
+/// One side of a probe, looked up: an address, or a pod's addresses (never empty).
+enum Side<'a> {
+    Address(IpAddr),
+    Pod(&'a [IpAddr]),
+}
+
+fn resolve(
+    spec: &ProbeSpec,
+    addresses: &BTreeMap<String, Vec<IpAddr>>,
+) -> Result<(IpAddr, IpAddr), Vec<InputError>> {
+    let error = |field: &str, message: String| InputError {
+        object: spec.origin.clone(),
+        field: field.to_owned(),
+        message,
+    };
+    let lookup = |field: &str, peer: &Peer| match peer {
+        Peer::Address(ip) => Ok(Side::Address(*ip)),
+        Peer::Pod { .. } => match addresses.get(&peer.to_string()) {
+            None => Err(error(field, format!("no pod {peer} in the manifests"))),
+            Some(ips) if ips.is_empty() => Err(error(
+                field,
+                format!("pod {peer} has no IP address (status.podIPs)"),
+            )),
+            Some(ips) => Ok(Side::Pod(ips)),
+        },
+    };
+    let (from, to) = match (lookup("from", &spec.from), lookup("to", &spec.to)) {
+        (Ok(from), Ok(to)) => (from, to),
+        (from, to) => return Err([from.err(), to.err()].into_iter().flatten().collect()),
+    };
+    let first_like = |ips: &[IpAddr], like: &IpAddr| {
+        ips.iter()
+            .find(|ip| ip.is_ipv4() == like.is_ipv4())
+            .copied()
+    };
+    match (from, to) {
+        (Side::Address(src), Side::Address(dst)) => {
+            if src.is_ipv4() == dst.is_ipv4() {
+                Ok((src, dst))
+            } else {
+                let message = format!("{dst} is {} but {src} is {}", family(&dst), family(&src));
+                Err(vec![error("to", message)])
+            }
+        }
+        (Side::Address(src), Side::Pod(ips)) => {
+            first_like(ips, &src).map(|dst| (src, dst)).ok_or_else(|| {
+                let message = format!("pod {} has no {} address", spec.to, family(&src));
+                vec![error("to", message)]
+            })
+        }
+        (Side::Pod(ips), Side::Address(dst)) => {
+            first_like(ips, &dst).map(|src| (src, dst)).ok_or_else(|| {
+                let message = format!("pod {} has no {} address", spec.from, family(&dst));
+                vec![error("from", message)]
+            })
+        }
+        (Side::Pod(from_ips), Side::Pod(to_ips)) => {
+            let v4_first = from_ips.iter().filter(|ip| ip.is_ipv4());
+            v4_first
+                .chain(from_ips.iter().filter(|ip| ip.is_ipv6()))
+                .find_map(|src| first_like(to_ips, src).map(|dst| (*src, dst)))
+                .ok_or_else(|| {
+                    let message = format!(
+                        "no common address family: pod {} has {}, pod {} has {}",
+                        spec.from,
+                        families(from_ips),
+                        spec.to,
+                        families(to_ips)
+                    );
+                    vec![error("to", message)]
+                })
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! [`ProbeResult`]s → text: JSON Lines for programs ([`render_json`]), aligned columns for
+//! people ([`render_table`]).
+
+use std::fmt::Write as _;
+
+use super::run::{ProbeResult, ProbeVerdict};
+
+/// JSON Lines: one object per probe, in input order, each line ending in `\n`.
+///
+/// Fields: `from`, `to` (as written), `src`, `dst` (the addresses they resolved to), `port`,
+/// `protocol`, `verdict` (`allow` or `deny`), `audit` (true when the flow passes only because
+/// of audit mode), `reason`, `policy` and `rule` of the deciding decision (null when no rule
+/// decided), and `hooks`: `egress`, `ingress`, `reply_egress`, `reply_ingress`, each null (not
+/// reached) or `{verdict, reason, policy, rule}` with the hook's own verdict (`allow`, `deny`
+/// or `audit-deny`).
+pub fn render_json(results: &[ProbeResult]) -> String {
+    results
+        .iter()
+        .map(|result| {
+            // Strings, numbers and options only: serializing cannot fail, but should it, the
+            // line says so instead of vanishing.
+            let mut line = serde_json::to_string(result)
+                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
+            line.push('\n');
+            line
+        })
+        .collect()
+}
+
+/// Aligned columns FROM, TO, PORT/PROTO, VERDICT, REASON, POLICY/RULE, a header line first.
+pub fn render_table(results: &[ProbeResult]) -> String {
+    let header = [
+        "FROM",
+        "TO",
+        "PORT/PROTO",
+        "VERDICT",
+        "REASON",
+        "POLICY/RULE",
+    ]
+    .map(String::from);
+    let rows: Vec<[String; 6]> = std::iter::once(header)
+        .chain(results.iter().map(|r| {
+            let verdict = match (r.verdict, r.audit) {
+                (ProbeVerdict::Allow, false) => "allow",
+                (ProbeVerdict::Allow, true) => "allow (audit)",
+                (ProbeVerdict::Deny, _) => "deny",
+            };
+            let by = match (&r.policy, &r.rule) {
+                (Some(policy), Some(rule)) => format!("{policy} {rule}"),
+                (None, Some(rule)) => rule.clone(),
+                _ => "-".to_owned(),
+            };
+            [
+                r.from.clone(),
+                r.to.clone(),
+                format!("{}/{}", r.port, r.protocol),
+                verdict.to_owned(),
+                r.reason.to_owned(),
+                by,
+            ]
+        }))
+        .collect();
+    let mut widths = [0; 6];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(widths) {
+            let _ = write!(line, "{cell:<width$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

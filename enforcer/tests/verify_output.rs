@@ -1,0 +1,381 @@
+//! `tollgate verify` from text to text: the probes file (parsing, errors, resolution of pods
+//! to addresses) and the two renderings, checked against golden strings on the example in
+//! `examples/verify` (so the README's output is the real output).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::Pod;
+use tollgate_enforcer::bpf_datapath::BpfDatapath;
+use tollgate_enforcer::decision::ProbeFlow;
+use tollgate_enforcer::model::ModelDatapath;
+use tollgate_enforcer::snapshot::{InputError, Snapshot};
+use tollgate_enforcer::verify::{self, Peer, ProbeSpec, Protocol, SourceText, VerifyInput};
+
+fn error(object: &str, field: &str) -> (String, String) {
+    (object.to_owned(), field.to_owned())
+}
+
+fn located(errors: &[InputError]) -> Vec<(String, String)> {
+    errors
+        .iter()
+        .map(|e| (e.object.clone(), e.field.clone()))
+        .collect()
+}
+
+fn pod(peer: &str) -> Peer {
+    Peer::parse(peer).expect("a pod reference")
+}
+
+#[test]
+fn parse_probes_reads_fields_comments_and_blank_lines() {
+    let text = "\
+# a comment line
+
+x/a   y/b  80/TCP
+x/a 10.0.0.1 53/udp   # trailing comment
+  2001:db8::7 x/b 9000/Sctp
+x/a y/b 81/TCP#comment right after the field
+";
+    let (probes, errors) = verify::parse_probes(text, "probes.txt");
+    assert!(errors.is_empty(), "{errors:?}");
+    let ip = |s: &str| Peer::Address(s.parse::<IpAddr>().unwrap());
+    assert_eq!(
+        probes,
+        vec![
+            ProbeSpec {
+                origin: "probes.txt line 3".into(),
+                from: pod("x/a"),
+                to: pod("y/b"),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            ProbeSpec {
+                origin: "probes.txt line 4".into(),
+                from: pod("x/a"),
+                to: ip("10.0.0.1"),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+            ProbeSpec {
+                origin: "probes.txt line 5".into(),
+                from: ip("2001:db8::7"),
+                to: pod("x/b"),
+                port: 9000,
+                protocol: Protocol::Sctp,
+            },
+            ProbeSpec {
+                origin: "probes.txt line 6".into(),
+                from: pod("x/a"),
+                to: pod("y/b"),
+                port: 81,
+                protocol: Protocol::Tcp,
+            },
+        ]
+    );
+}
+
+#[test]
+fn parse_probes_reports_each_bad_field_and_keeps_the_good_lines() {
+    let text = "\
+x/a y/b 80/TCP
+x/a y/b
+x/a y/b 80/TCP extra
+x/a y/b 0/TCP
+x/a y/b 65536/TCP
+x/a y/b http/TCP
+x/a y/b 80/ICMP
+x/a y/b 80
+just-a-name y/b 80/TCP
+x/a /b 80/TCP
+x/a a/b/c 80/TCP
+x/a 300.1.1.1 80/TCP
+x/a y/b 65535/udp
+nope also/bad 0/XX
+";
+    let (probes, errors) = verify::parse_probes(text, "p.txt");
+    assert_eq!(
+        probes.iter().map(|p| p.origin.as_str()).collect::<Vec<_>>(),
+        ["p.txt line 1", "p.txt line 13"]
+    );
+    assert_eq!(probes[1].port, 65535);
+    assert_eq!(
+        located(&errors),
+        [
+            error("p.txt line 2", "fields"),
+            error("p.txt line 3", "fields"),
+            error("p.txt line 4", "port"),
+            error("p.txt line 5", "port"),
+            error("p.txt line 6", "port"),
+            error("p.txt line 7", "protocol"),
+            error("p.txt line 8", "protocol"),
+            error("p.txt line 9", "from"),
+            error("p.txt line 10", "to"),
+            error("p.txt line 11", "to"),
+            error("p.txt line 12", "to"),
+            error("p.txt line 14", "from"),
+            error("p.txt line 14", "port"),
+            error("p.txt line 14", "protocol"),
+        ]
+    );
+    assert_eq!(
+        errors[0].to_string(),
+        "p.txt line 2: fields: expected 3 fields (FROM TO PORT/PROTOCOL), found 2"
+    );
+    assert_eq!(
+        errors[5].to_string(),
+        "p.txt line 7: protocol: unknown protocol \"ICMP\": expected TCP, UDP or SCTP"
+    );
+    assert_eq!(
+        errors[7].to_string(),
+        "p.txt line 9: from: \"just-a-name\" is neither namespace/pod nor an IP address"
+    );
+}
+
+/// Pods as `kubectl get pods -o yaml` shows them (only the fields resolution reads).
+fn snapshot(pods: &[(&str, &str, &[&str])]) -> Snapshot {
+    let pods = pods
+        .iter()
+        .map(|(namespace, name, ips)| {
+            let ips: Vec<String> = ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
+            let yaml = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+                 status: {{phase: Running, podIPs: [{}]}}\n",
+                ips.join(", ")
+            );
+            serde_yaml::from_str::<Pod>(&yaml).expect("a pod")
+        })
+        .collect();
+    Snapshot {
+        pods,
+        ..Snapshot::default()
+    }
+}
+
+#[test]
+fn resolve_probes_picks_addresses_by_family() {
+    let snapshot = snapshot(&[
+        ("x", "dual", &["10.0.0.1", "fd00::1"]),
+        ("x", "dual2", &["fd00::2", "10.0.0.2"]),
+        ("x", "v4", &["10.0.0.3"]),
+        ("x", "v6", &["fd00::4", "fd00::44"]),
+        ("x", "none", &[]),
+    ]);
+    let text = "\
+x/dual x/dual2 80/TCP
+x/dual x/v6 80/TCP
+x/v6 x/dual 80/UDP
+2001:db8::9 x/dual 80/TCP
+x/dual2 198.51.100.1 443/TCP
+x/dual x/dual 80/TCP
+x/v4 x/v6 80/TCP
+x/v6 10.1.1.1 80/TCP
+10.1.1.1 x/v6 80/TCP
+10.1.1.1 2001:db8::1 80/TCP
+x/missing x/other 80/TCP
+x/none x/dual 80/TCP
+198.51.100.1 203.0.113.1 80/SCTP
+";
+    let (specs, parse_errors) = verify::parse_probes(text, "p");
+    assert!(parse_errors.is_empty());
+    let (resolved, errors) = verify::resolve_probes(&specs, &snapshot);
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let flows: Vec<(String, ProbeFlow)> = resolved
+        .iter()
+        .map(|r| (r.spec.origin.clone(), r.flow))
+        .collect();
+    let flow = |line: usize, src: &str, dst: &str, protocol: u8, port: u16| {
+        (
+            format!("p line {line}"),
+            ProbeFlow {
+                src: ip(src),
+                dst: ip(dst),
+                protocol,
+                src_port: 40_000 + u16::try_from(line - 1).unwrap(),
+                dst_port: port,
+            },
+        )
+    };
+    assert_eq!(
+        flows,
+        vec![
+            flow(1, "10.0.0.1", "10.0.0.2", 6, 80),
+            flow(2, "fd00::1", "fd00::4", 6, 80),
+            flow(3, "fd00::4", "fd00::1", 17, 80),
+            flow(4, "2001:db8::9", "fd00::1", 6, 80),
+            flow(5, "10.0.0.2", "198.51.100.1", 6, 443),
+            flow(6, "10.0.0.1", "10.0.0.1", 6, 80),
+            flow(13, "198.51.100.1", "203.0.113.1", 132, 80),
+        ]
+    );
+    assert!(resolved[5].is_loopback());
+    assert!(!resolved[0].is_loopback());
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        [
+            "p line 7: to: no common address family: pod x/v4 has IPv4 only, pod x/v6 has IPv6 only",
+            "p line 8: from: pod x/v6 has no IPv4 address",
+            "p line 9: to: pod x/v6 has no IPv4 address",
+            "p line 10: to: 2001:db8::1 is IPv6 but 10.1.1.1 is IPv4",
+            "p line 11: from: no pod x/missing in the manifests",
+            "p line 11: to: no pod x/other in the manifests",
+            "p line 12: from: pod x/none has no IP address (status.podIPs)",
+        ]
+    );
+}
+
+#[test]
+fn protocols_parse_case_insensitively() {
+    assert_eq!("sctp".parse(), Ok(Protocol::Sctp));
+    assert_eq!("Udp".parse(), Ok(Protocol::Udp));
+    assert_eq!(Protocol::Udp.to_string(), "UDP");
+    assert_eq!(
+        "icmp".parse::<Protocol>().unwrap_err().to_string(),
+        "unknown protocol \"icmp\": expected TCP, UDP or SCTP"
+    );
+}
+
+fn example() -> VerifyInput {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/verify");
+    let read = |name: &str| {
+        let mut file = SourceText::read(dir.join(name)).expect("example file");
+        file.source = format!("examples/verify/{name}");
+        file
+    };
+    VerifyInput {
+        manifests: vec![read("cluster.yaml"), read("policies.yaml")],
+        probes: read("probes.txt"),
+    }
+}
+
+const EXAMPLE_TABLE: &str = "\
+FROM           TO                                    PORT/PROTO  VERDICT  REASON                    POLICY/RULE\n\
+default/pod-1  kube-system/coredns-5d8d9f5b7c-8vz4p  53/UDP      allow    allowed-by-rule           default/allow-amazonlinux-to-nginx egress[0]\n\
+default/pod-1  default/nginx-7854ff8877-9x2kq        80/TCP      allow    allowed-by-rule           default/allow-nginx-from-amazonlinux ingress[0]\n\
+default/pod-1  default/httpd-6d6c5d8f7b-4mzrt        80/TCP      deny     isolated-no-rule-matched  -\n\
+default/pod-1  kube-system/coredns-5d8d9f5b7c-8vz4p  53/TCP      deny     isolated-no-rule-matched  -\n\
+203.0.113.7    default/nginx-7854ff8877-9x2kq        80/TCP      deny     isolated-no-rule-matched  -\n\
+default/pod-1  default/pod-1                         8080/TCP    allow    loopback                  -\n\
+198.51.100.10  kube-system/coredns-5d8d9f5b7c-8vz4p  53/UDP      allow    no-policy-selects-pod     -\n";
+
+const EXAMPLE_JSON: &str = concat!(
+    r#"{"from":"default/pod-1","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"192.168.10.11","dst":"192.168.40.44","port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]"},"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
+    "\n",
+    r#"{"from":"default/pod-1","to":"default/nginx-7854ff8877-9x2kq","src":"192.168.10.11","dst":"192.168.20.22","port":80,"protocol":"TCP","verdict":"allow","audit":false,"reason":"allowed-by-rule","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[1]"},"ingress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]"},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
+    "\n",
+    r#"{"from":"default/pod-1","to":"default/httpd-6d6c5d8f7b-4mzrt","src":"192.168.10.11","dst":"192.168.30.33","port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
+    "\n",
+    r#"{"from":"default/pod-1","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"192.168.10.11","dst":"192.168.40.44","port":53,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
+    "\n",
+    r#"{"from":"203.0.113.7","to":"default/nginx-7854ff8877-9x2kq","src":"203.0.113.7","dst":"192.168.20.22","port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","policy":null,"rule":null,"hooks":{"egress":null,"ingress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"reply_egress":null,"reply_ingress":null}}"#,
+    "\n",
+    r#"{"from":"default/pod-1","to":"default/pod-1","src":"192.168.10.11","dst":"192.168.10.11","port":8080,"protocol":"TCP","verdict":"allow","audit":false,"reason":"loopback","policy":null,"rule":null,"hooks":{"egress":null,"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
+    "\n",
+    r#"{"from":"198.51.100.10","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"198.51.100.10","dst":"192.168.40.44","port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"no-policy-selects-pod","policy":null,"rule":null,"hooks":{"egress":null,"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":null}}"#,
+    "\n",
+);
+
+#[test]
+fn example_renders_as_documented() {
+    let verification = verify::verify(&example(), &mut ModelDatapath::new()).expect("model");
+    assert!(verification.errors.is_empty(), "{:?}", verification.errors);
+    assert_eq!(verify::render_table(&verification.results), EXAMPLE_TABLE);
+    assert_eq!(verify::render_json(&verification.results), EXAMPLE_JSON);
+}
+
+#[test]
+fn invalid_input_is_reported_and_the_rest_still_evaluated() {
+    let mut input = example();
+    input.manifests.push(SourceText {
+        source: "extra.yaml".into(),
+        text: "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: bad-port
+  namespace: default
+spec:
+  podSelector: {}
+  ingress:
+  - ports:
+    - port: 0
+"
+        .into(),
+    });
+    input
+        .probes
+        .text
+        .push_str("default/pod-1 default/nobody 80/TCP\nbroken line\n");
+    let verification = verify::verify(&input, &mut ModelDatapath::new()).expect("model");
+    assert_eq!(
+        located(&verification.errors),
+        [
+            error(
+                "NetworkPolicy default/bad-port",
+                "spec.ingress[0].ports[0].port"
+            ),
+            error("examples/verify/probes.txt line 14", "fields"),
+            error("examples/verify/probes.txt line 13", "to"),
+        ]
+    );
+    let clean = verify::verify(&example(), &mut ModelDatapath::new()).expect("model");
+    assert_eq!(verification.results, clean.results);
+}
+
+#[test]
+fn example_renders_the_same_on_the_ebpf_programs() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED (needs root): example_renders_the_same_on_the_ebpf_programs loads eBPF \
+             programs; CI runs it as root"
+        );
+        return;
+    }
+    let mut bpf = BpfDatapath::new().expect("load the eBPF programs");
+    let verification = verify::verify(&example(), &mut bpf).expect("bpf");
+    assert_eq!(verify::render_json(&verification.results), EXAMPLE_JSON);
+}
+
+#[test]
+fn later_manifests_replace_objects_of_the_same_kind_namespace_and_name() {
+    let pod = |name: &str, labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: x\n  \
+             labels: {{{labels}}}\nstatus:\n  podIP: 10.0.0.1\n"
+        )
+    };
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  \
+                  name: a\n  namespace: x\nspec:\n  podSelector: {}\n";
+    let files = [
+        SourceText {
+            source: "base.yaml".into(),
+            text: format!(
+                "{}---\n{}---\n{policy}",
+                pod("a", "v: '1'"),
+                pod("b", "v: '1'")
+            ),
+        },
+        SourceText {
+            source: "change.yaml".into(),
+            text: pod("a", "v: '2'"),
+        },
+    ];
+    let (snapshot, errors) = verify::load_manifests(&files);
+    assert!(errors.is_empty(), "{errors:?}");
+    let pods: Vec<(String, String)> = snapshot
+        .pods
+        .iter()
+        .map(|p| {
+            let labels = p.metadata.labels.as_ref().expect("labels");
+            (p.metadata.name.clone().unwrap(), labels["v"].clone())
+        })
+        .collect();
+    assert_eq!(pods, [("a".into(), "2".into()), ("b".into(), "1".into())]);
+    assert_eq!(
+        snapshot.policies.len(),
+        1,
+        "a policy and a pod may share a name"
+    );
+}
