@@ -247,4 +247,11 @@ const _: () = {
     assert!(offset_of!(Config, ct_other_timeout_ns) == 24);
 };
 
-crate::user_pod!(EndpointKey, EndpointState, PolicyKey, PortRule, PolicyValue, Config);
+crate::user_pod!(
+    EndpointKey,
+    EndpointState,
+    PolicyKey,
+    PortRule,
+    PolicyValue,
+    Config
+);
