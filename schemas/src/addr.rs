@@ -38,3 +38,33 @@ pub const fn mapped_prefix_len(ip: IpAddr, prefix_len: u8) -> u8 {
         IpAddr::V6(_) => prefix_len,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_travels_ipv4_mapped_and_comes_back() {
+        let ip: IpAddr = "198.18.0.10".parse().expect("address");
+        let bytes = to_bytes(ip);
+        assert_eq!(bytes[..12], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!(bytes[12..], [198, 18, 0, 10]);
+        assert_eq!(v4_bytes([198, 18, 0, 10]), bytes);
+        assert_eq!(from_bytes(bytes), ip);
+    }
+
+    #[test]
+    fn ipv6_is_stored_as_is() {
+        let ip: IpAddr = "fd00::10".parse().expect("address");
+        assert_eq!(to_bytes(ip)[0], 0xfd);
+        assert_eq!(from_bytes(to_bytes(ip)), ip);
+    }
+
+    #[test]
+    fn prefix_lengths_count_in_the_mapped_form() {
+        let v4: IpAddr = "10.0.0.0".parse().expect("address");
+        let v6: IpAddr = "fd00::".parse().expect("address");
+        assert_eq!(mapped_prefix_len(v4, 24), 120);
+        assert_eq!(mapped_prefix_len(v6, 64), 64);
+    }
+}
