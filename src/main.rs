@@ -31,8 +31,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct VerifyArgs {
-    /// Kubernetes YAML (Namespaces, Pods, NetworkPolicies; Lists too). Repeatable.
-    #[arg(long = "manifests", required = true)]
+    /// Kubernetes YAML (Namespaces, Pods, NetworkPolicies; Lists too): one or more files,
+    /// and the flag may be repeated. A later object replaces an earlier one of the same kind,
+    /// namespace and name.
+    #[arg(long = "manifests", required = true, num_args = 1..)]
     manifests: Vec<PathBuf>,
     /// One probe per line: `FROM TO PORT/PROTOCOL`; FROM and TO are `namespace/pod` or an IP.
     #[arg(long)]

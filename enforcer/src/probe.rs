@@ -16,8 +16,8 @@ use aya::{
     },
 };
 use tollgate_schemas::{
-    Config, Counter, CtEntry, DenyEntry, EndpointKey, EndpointState, FlowKey, FragEntry, FragKey,
-    PolicyKey, PolicyValue, map_names, program_names,
+    Config, Counter, CtEntry, DenyEntry, EndpointKey, EndpointState, FLOW_EVENT_VERSION, FlowEvent,
+    FlowKey, FragEntry, FragKey, PolicyKey, PolicyValue, Verdict, addr, map_names, program_names,
 };
 
 use crate::{aya_maps::AyaMaps, events::EventReader};
@@ -254,6 +254,37 @@ impl Probe {
         Ok(totals)
     }
 
+    /// Reports what the kernel counted but has not reported yet: every denied flow with packets
+    /// since its last event becomes one more event (verdict deny, its last reason, those
+    /// packets and bytes, `ifindex` 0 as the entry does not keep it), and its entry is removed,
+    /// so that its next packet starts a new report at once. Packets denied between the read and
+    /// the removal of an entry are the only ones that can go unreported.
+    pub fn flush_denies(&mut self) -> Result<Vec<FlowEvent>, ProbeError> {
+        let denies = &mut self.maps.denies;
+        let error = |source| ProbeError::Map {
+            name: map_names::DENIES,
+            source,
+        };
+        let pending = denies
+            .iter()
+            .filter_map(|entry| match entry {
+                Ok((_, deny)) if deny.packets == 0 => None,
+                other => Some(other),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(error)?;
+        let now = boottime_ns();
+        let mut events = Vec::with_capacity(pending.len());
+        for (key, deny) in pending {
+            match denies.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(error(source)),
+            }
+            events.push(residual_event(&key, &deny, now));
+        }
+        Ok(events)
+    }
+
     /// Forgets every tracked, denied and fragmented flow, as if no packet had been seen.
     pub fn clear_flow_state(&mut self) -> Result<(), ProbeError> {
         let maps = &mut self.maps;
@@ -272,6 +303,47 @@ impl Probe {
             .try_into()
             .map_err(|source| ProbeError::Program { name, source })
     }
+}
+
+/// The event for what a deny entry counted since its last event.
+fn residual_event(key: &FlowKey, deny: &DenyEntry, now: u64) -> FlowEvent {
+    let family = match addr::from_bytes(key.src_addr) {
+        std::net::IpAddr::V4(_) => 4,
+        std::net::IpAddr::V6(_) => 6,
+    };
+    FlowEvent {
+        version: FLOW_EVENT_VERSION,
+        family,
+        protocol: key.protocol,
+        direction: key.direction,
+        verdict: Verdict::Deny as u8,
+        reason: deny.reason,
+        tcp_flags: deny.tcp_flags,
+        ts_ns: now,
+        ifindex: 0,
+        endpoint: key.endpoint,
+        rule_id: 0,
+        src_port: key.src_port,
+        dst_port: key.dst_port,
+        src_addr: key.src_addr,
+        dst_addr: key.dst_addr,
+        packets: deny.packets,
+        bytes: deny.bytes,
+        icmp_type: 0,
+        icmp_code: 0,
+        _pad: [0; 6],
+    }
+}
+
+/// Now, in ns of `CLOCK_BOOTTIME`: the clock of the probe's timestamps.
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn classifier<'a>(

@@ -359,6 +359,30 @@ fn denied_flows_are_deduplicated_and_carry_their_packet_count() {
     assert_eq!(one_event(&run), (Verdict::Deny, Reason::IsolatedNoMatch, 5));
     let event = &run.events[0];
     assert_eq!(event.bytes, 5 * spec.build().len() as u64);
+
+    // What was counted after the last event is flushed on demand, and then starts afresh.
+    lab.datapath
+        .probe_mut()
+        .set_config(&Config::default())
+        .expect("config");
+    for _ in 0..3 {
+        assert!(lab.run(Direction::Ingress, &spec).events.is_empty());
+    }
+    let residual = lab.datapath.probe_mut().flush_denies().expect("flush");
+    assert_eq!(residual.len(), 1, "{residual:?}");
+    assert_eq!(residual[0].packets, 3);
+    assert_eq!(
+        Reason::from_raw(residual[0].reason),
+        Some(Reason::IsolatedNoMatch)
+    );
+    assert!(
+        lab.datapath
+            .probe_mut()
+            .flush_denies()
+            .expect("flush")
+            .is_empty()
+    );
+    assert_eq!(one_event(&lab.run(Direction::Ingress, &spec)).2, 1);
 }
 
 #[test]

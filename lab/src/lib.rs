@@ -1,1 +1,177 @@
-//! The lab.
+//! `tollgate lab`: the seed scenario for real, on one machine, with no cluster.
+//!
+//! Data flows through the modules in this order:
+//! - [`pods`]: `examples/seed/lab-pods.yaml` (embedded) → the lab's pods, their addresses and
+//!   what each one serves.
+//! - [`names`] and [`topology`]: a node network namespace and one per pod, wired like the AWS
+//!   VPC CNI (host veth `eni…` in the node, `eth0` with a /32 in the pod, static neighbors,
+//!   /32 routes); [`netns`] runs code inside one of them.
+//! - [`enforce`]: loads the probe, attaches it to every host veth in the node namespace, and
+//!   for each step compiles the policies and syncs the maps.
+//! - [`servers`] (nginx and httpd over [`http`], kube-dns over [`dns`]) and [`client`] (the
+//!   curl-like client in the amazonlinux pod).
+//! - [`scenario`]: the seed's steps, policies and expected outcomes; [`walk`] runs them, and
+//!   [`run`] runs the walk under a time limit and the signal handlers.
+//! - [`report`]: each step's checks and flow events, as a table or as JSON lines.
+//!
+//! Everything the lab creates is named with one run prefix and removed when the run ends: on
+//! success, on error, on panic (drop guards) and on Ctrl-C/SIGTERM. Test traffic never leaves
+//! the namespaces the run creates: addresses come from 198.18.0.0/24 and are only put on
+//! interfaces inside them, and the node namespace has no route out.
+
+pub mod client;
+pub mod dns;
+pub mod enforce;
+pub mod http;
+pub mod names;
+pub mod netns;
+pub mod pods;
+pub mod report;
+pub mod scenario;
+pub mod servers;
+pub mod topology;
+pub mod walk;
+
+use std::time::Duration;
+
+use tollgate_enforcer::{aya_maps::AyaMapError, probe::ProbeError, snapshot::InputError, sync};
+
+pub use report::{CheckResult, FlowRecord, LabReport, StepReport};
+
+/// Longest a whole lab run may take before it is stopped (and cleaned up).
+pub const RUN_TIME_LIMIT: Duration = Duration::from_secs(60);
+
+/// How the lab's report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// A readable table per step, with its flow events.
+    #[default]
+    Table,
+    /// One JSON object per check per line.
+    Json,
+}
+
+/// Options of a lab run.
+#[derive(Debug, Clone, Default)]
+pub struct LabOptions {
+    /// How the report is meant to be printed ([`LabReport::render`]).
+    pub output: OutputFormat,
+}
+
+/// Why a lab run failed (as opposed to: ran, and some outcome differed from the seed, which
+/// the [`LabReport`] tells).
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The lab needs root: network namespaces, veths and BPF.
+    #[error("the lab needs root (network namespaces, veths, BPF)")]
+    NotRoot,
+    /// Invalid objects in a manifest the lab reads, or pods the lab cannot run.
+    #[error("{manifest}: {}", join_errors(errors))]
+    Input {
+        /// The manifest's name.
+        manifest: String,
+        /// Every problem, naming object and field.
+        errors: Vec<InputError>,
+    },
+    /// An iproute2 command failed.
+    #[error("`{command}` failed: {message}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status and standard error.
+        message: String,
+    },
+    /// Entering a network namespace failed.
+    #[error("entering network namespace {netns}: {source}")]
+    Netns {
+        /// The namespace's name.
+        netns: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A socket could not be created or bound inside a pod.
+    #[error("{what} in pod {pod}: {source}")]
+    Socket {
+        /// The pod, as `namespace/name`.
+        pod: String,
+        /// Which socket.
+        what: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lab's pods lack something the walk needs.
+    #[error("lab pods: {0}")]
+    Scenario(String),
+    /// Loading or attaching the probe failed.
+    #[error("probe: {0}")]
+    Probe(#[source] Box<ProbeError>),
+    /// The compiler refused part of a step's objects.
+    #[error("step {step}: compiling: {}", join_errors(errors))]
+    Compile {
+        /// The step's number.
+        step: u32,
+        /// What the compiler reported.
+        errors: Vec<InputError>,
+    },
+    /// Writing the policy maps failed.
+    #[error("syncing the policy maps: {0}")]
+    Sync(#[source] Box<sync::SyncError<AyaMapError>>),
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The run was stopped by a signal; everything it created was removed.
+    #[error("interrupted by {0}; cleaned up")]
+    Interrupted(&'static str),
+    /// The run took longer than [`RUN_TIME_LIMIT`]; everything it created was removed.
+    #[error("the lab did not finish within {0:?}; cleaned up")]
+    TimedOut(Duration),
+}
+
+impl From<ProbeError> for LabError {
+    fn from(error: ProbeError) -> Self {
+        Self::Probe(Box::new(error))
+    }
+}
+
+impl From<sync::SyncError<AyaMapError>> for LabError {
+    fn from(error: sync::SyncError<AyaMapError>) -> Self {
+        Self::Sync(Box::new(error))
+    }
+}
+
+fn join_errors(errors: &[InputError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Runs the seed scenario: builds the topology, loads and attaches the probe, starts the
+/// servers, walks the steps, and removes everything it created before returning.
+///
+/// Returns the report even when outcomes differ from the seed ([`LabReport::all_ok`] tells);
+/// errors are reserved for runs that could not be carried out. Ctrl-C and SIGTERM stop the run
+/// with [`LabError::Interrupted`], after cleanup.
+pub async fn run(options: &LabOptions) -> Result<LabReport, LabError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LabError::NotRoot);
+    }
+    topology::sweep_stale();
+    let names = names::RunNames::new();
+    tracing::info!(run = names.prefix(), output = ?options.output, "lab starting");
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(LabError::Signals)?;
+    // Dropping the walk (on a signal or the time limit) drops its guards: servers stop, the
+    // probe detaches, the namespaces go.
+    tokio::select! {
+        walked = tokio::time::timeout(RUN_TIME_LIMIT, walk::walk(names)) => {
+            walked.map_err(|_| LabError::TimedOut(RUN_TIME_LIMIT))?
+        }
+        _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted("SIGINT")),
+        _ = sigterm.recv() => Err(LabError::Interrupted("SIGTERM")),
+    }
+}

@@ -1,0 +1,525 @@
+//! What a lab run found: per step, each check's expected and observed outcome, and the flow
+//! events the probe wrote during the step, named.
+//!
+//! [`CheckResult::new`] judges a client [`Outcome`] against the seed; [`FlowRecord::from_event`]
+//! turns a raw [`FlowEvent`] into pod names (by address, from the step's snapshot), the
+//! deciding endpoint's pod and the policy rule (from the step's compilation). [`LabReport`]
+//! renders the whole run as a table ([`LabReport::render_table`]) or as one JSON object per
+//! check per line ([`LabReport::render_json`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde::Serialize;
+use tollgate_enforcer::{compile::Compiled, desired::RuleRef, snapshot::Snapshot};
+use tollgate_schemas::{Counter, Direction, FlowEvent, Reason, Verdict, addr, proto};
+
+use crate::{
+    OutputFormat,
+    client::Outcome,
+    scenario::{Check, Step},
+};
+
+/// One check of one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    /// Step number.
+    pub step: u32,
+    /// `curl NAME`.
+    pub check: String,
+    /// What the seed shows, as a curl-like line.
+    pub expected: String,
+    /// What happened, as a curl-like line.
+    pub observed: String,
+    /// Whether the outcome is the seed's.
+    pub ok: bool,
+}
+
+impl CheckResult {
+    /// The result of `check` in step `step`, which ended with `outcome`.
+    pub fn new(step: u32, check: &Check, outcome: &Outcome) -> Self {
+        Self {
+            step,
+            check: check.name(),
+            expected: check.expect.describe(check.host),
+            observed: outcome.curl_line(check.expect.marker()),
+            ok: check.expect.matches(outcome),
+        }
+    }
+}
+
+/// One side of a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowPeer {
+    /// Address.
+    pub addr: IpAddr,
+    /// Port (0 for protocols without ports).
+    pub port: u16,
+    /// The pod with that address, as `namespace/name`.
+    pub pod: Option<String>,
+}
+
+impl std::fmt::Display for FlowPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.pod {
+            Some(pod) => write!(f, "{pod}:{}", self.port),
+            None => write!(f, "{}", std::net::SocketAddr::new(self.addr, self.port)),
+        }
+    }
+}
+
+/// A flow event, named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// Direction seen from the deciding endpoint's pod.
+    pub direction: Direction,
+    /// What the probe did.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// IANA protocol number.
+    pub protocol: u8,
+    /// Source.
+    pub src: FlowPeer,
+    /// Destination.
+    pub dst: FlowPeer,
+    /// The pod whose policy decided (`namespace/name`), when the endpoint is known.
+    pub endpoint_pod: Option<String>,
+    /// The rule id that allowed the flow (0 when no rule did).
+    pub rule_id: u32,
+    /// The policy rule the id stands for.
+    pub rule: Option<RuleRef>,
+    /// Packets the event accounts for.
+    pub packets: u64,
+    /// Bytes the event accounts for.
+    pub bytes: u64,
+}
+
+impl FlowRecord {
+    /// Names `event` with `pods` (see [`pods_by_ip`]) and the endpoints and rules of
+    /// `compiled`; `None` when the event carries a direction, verdict or reason this build
+    /// does not know.
+    pub fn from_event(
+        event: &FlowEvent,
+        pods: &BTreeMap<IpAddr, String>,
+        compiled: &Compiled,
+    ) -> Option<Self> {
+        let peer = |bytes: [u8; 16], port: u16| {
+            let addr = addr::from_bytes(bytes);
+            FlowPeer {
+                addr,
+                port,
+                pod: pods.get(&addr).cloned(),
+            }
+        };
+        Some(Self {
+            direction: Direction::from_raw(event.direction)?,
+            verdict: Verdict::from_raw(event.verdict)?,
+            reason: Reason::from_raw(event.reason)?,
+            protocol: event.protocol,
+            src: peer(event.src_addr, event.src_port),
+            dst: peer(event.dst_addr, event.dst_port),
+            endpoint_pod: compiled.endpoint_pods.get(&event.endpoint).cloned(),
+            rule_id: event.rule_id,
+            rule: compiled.rules.get(&event.rule_id).cloned(),
+            packets: event.packets,
+            bytes: event.bytes,
+        })
+    }
+
+    /// `namespace/policy direction[index]`, `rule #ID` for an id the compilation does not
+    /// know, or `-` when no rule decided.
+    pub fn rule_label(&self) -> String {
+        match (&self.rule, self.rule_id) {
+            (Some(rule), _) => rule.to_string(),
+            (None, 0) => "-".to_string(),
+            (None, id) => format!("rule #{id}"),
+        }
+    }
+}
+
+/// Pod `namespace/name` by address, for every pod of the snapshot.
+pub fn pods_by_ip(snapshot: &Snapshot) -> BTreeMap<IpAddr, String> {
+    let mut pods = BTreeMap::new();
+    for pod in &snapshot.pods {
+        let name = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        );
+        let Some(status) = &pod.status else { continue };
+        let ips = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .map(|ip| ip.ip.as_str())
+            .chain(status.pod_ip.as_deref());
+        for ip in ips {
+            if let Ok(ip) = ip.parse() {
+                pods.insert(ip, name.clone());
+            }
+        }
+    }
+    pods
+}
+
+fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::ICMP => "icmp".into(),
+        proto::ICMPV6 => "icmpv6".into(),
+        proto::SCTP => "sctp".into(),
+        other => format!("proto {other}"),
+    }
+}
+
+/// One step of the walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepReport {
+    /// Step number.
+    pub number: u32,
+    /// What the step is about.
+    pub title: String,
+    /// The manifests applied during the step.
+    pub policies: Vec<String>,
+    /// The checks, in order.
+    pub checks: Vec<CheckResult>,
+    /// The flow events written during the step, oldest first.
+    pub flows: Vec<FlowRecord>,
+    /// Events that could not be decoded or named (unknown enumeration values).
+    pub undecodable: u64,
+}
+
+impl StepReport {
+    /// The report of `step`: its checks, and its events named with its snapshot and
+    /// compilation.
+    pub fn new(
+        step: &Step,
+        checks: Vec<CheckResult>,
+        events: &[FlowEvent],
+        undecodable: u64,
+        snapshot: &Snapshot,
+        compiled: &Compiled,
+    ) -> Self {
+        let pods = pods_by_ip(snapshot);
+        let mut flows = Vec::with_capacity(events.len());
+        let mut unnamed = 0;
+        for event in events {
+            match FlowRecord::from_event(event, &pods, compiled) {
+                Some(flow) => flows.push(flow),
+                None => unnamed += 1,
+            }
+        }
+        Self {
+            number: step.number,
+            title: step.title.to_string(),
+            policies: step.policies.iter().map(|p| p.path.to_string()).collect(),
+            checks,
+            flows,
+            undecodable: undecodable + unnamed,
+        }
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabReport {
+    /// The run's prefix (`tg<pid>-<n>`), which every namespace it created started with.
+    pub run: String,
+    /// How the probe was attached (`tcx` or `clsact`).
+    pub attach_mode: String,
+    /// Host veths the probe was attached to.
+    pub interfaces: usize,
+    /// The steps, in order.
+    pub steps: Vec<StepReport>,
+    /// The probe's counters at the end of the run, by name.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+impl LabReport {
+    /// Whether every check of every step had the seed's outcome (and there was at least one).
+    pub fn all_ok(&self) -> bool {
+        let mut checks = self.steps.iter().flat_map(|s| &s.checks).peekable();
+        checks.peek().is_some() && checks.all(|c| c.ok)
+    }
+
+    /// The report in `format`.
+    pub fn render(&self, format: OutputFormat) -> String {
+        match format {
+            OutputFormat::Table => self.render_table(),
+            OutputFormat::Json => self.render_json(),
+        }
+    }
+
+    /// One JSON object per check, one per line: `step`, `check`, `expected`, `observed`, `ok`.
+    pub fn render_json(&self) -> String {
+        let mut out = String::new();
+        for check in self.steps.iter().flat_map(|s| &s.checks) {
+            // A struct of strings, numbers and a bool always serializes.
+            out.push_str(&serde_json::to_string(check).unwrap_or_default());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// A table per step (checks, then flow events), and a summary.
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "tollgate lab: run {}, probe attached ({}) to {} host veths",
+            self.run, self.attach_mode, self.interfaces
+        );
+        for step in &self.steps {
+            let _ = writeln!(out, "\nStep {}: {}", step.number, step.title);
+            let policies = if step.policies.is_empty() {
+                "(none)".to_string()
+            } else {
+                step.policies.join(", ")
+            };
+            let _ = writeln!(out, "  policies: {policies}");
+            let rows = step
+                .checks
+                .iter()
+                .map(|c| {
+                    let mark = if c.ok { "ok" } else { "MISMATCH" };
+                    vec![
+                        c.check.clone(),
+                        c.expected.clone(),
+                        c.observed.clone(),
+                        mark.into(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                "  ",
+                &["CHECK", "EXPECTED (seed)", "OBSERVED", "OK"],
+                rows,
+            ));
+            let _ = writeln!(out, "  flow events: {}", step.flows.len());
+            let rows = step
+                .flows
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.direction.name().into(),
+                        f.endpoint_pod.clone().unwrap_or("-".into()),
+                        f.verdict.name().into(),
+                        f.reason.name().into(),
+                        format!("{} -> {}", f.src, f.dst),
+                        protocol_name(f.protocol),
+                        f.rule_label(),
+                        f.packets.to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>();
+            if !rows.is_empty() {
+                out.push_str(&table(
+                    "    ",
+                    &[
+                        "DIRECTION",
+                        "POD",
+                        "VERDICT",
+                        "REASON",
+                        "FLOW",
+                        "PROTO",
+                        "RULE",
+                        "PACKETS",
+                    ],
+                    rows,
+                ));
+            }
+            if step.undecodable > 0 {
+                let _ = writeln!(out, "  undecodable events: {}", step.undecodable);
+            }
+        }
+        let total = self.steps.iter().map(|s| s.checks.len()).sum::<usize>();
+        let failed = self
+            .steps
+            .iter()
+            .flat_map(|s| &s.checks)
+            .filter(|c| !c.ok)
+            .count();
+        let counters = self
+            .counters
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = writeln!(out, "\nprobe counters: {counters}");
+        if self.all_ok() {
+            let _ = writeln!(out, "result: all {total} checks match the seed");
+        } else {
+            let _ = writeln!(
+                out,
+                "result: {failed} of {total} checks differ from the seed"
+            );
+        }
+        out
+    }
+}
+
+/// Counter values by name, in slot order.
+pub fn named_counters(counters: &tollgate_enforcer::probe::Counters) -> Vec<(&'static str, u64)> {
+    Counter::ALL
+        .iter()
+        .map(|&c| (c.name(), counters.get(c)))
+        .collect()
+}
+
+/// Left-aligned columns, each as wide as its widest cell; the last column is not padded.
+fn table(indent: &str, headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header_row = headers.iter().map(|h| h.to_string()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(header_row).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        let mut line = indent.to_string();
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            if i == last {
+                line.push_str(cell);
+            } else {
+                let pad = width - cell.chars().count();
+                let _ = write!(line, "{cell}{}  ", " ".repeat(pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::STEPS;
+
+    fn report(ok: bool) -> LabReport {
+        let step = &STEPS[0];
+        let checks = step
+            .checks
+            .iter()
+            .map(|c| {
+                let outcome = Outcome::CouldNotResolve {
+                    host: c.host.into(),
+                };
+                let mut result = CheckResult::new(step.number, c, &outcome);
+                result.ok = ok;
+                result
+            })
+            .collect();
+        LabReport {
+            run: "tg1-0".into(),
+            attach_mode: "tcx".into(),
+            interfaces: 4,
+            steps: vec![StepReport::new(
+                step,
+                checks,
+                &[],
+                0,
+                &Snapshot::default(),
+                &Compiled::default(),
+            )],
+            counters: vec![("allow", 3)],
+        }
+    }
+
+    #[test]
+    fn json_has_one_object_per_check_with_exactly_the_five_fields() {
+        let json = report(true).render_json();
+        let lines: Vec<&str> = json.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        let keys: Vec<&str> = first
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys.len(), 5);
+        for key in ["step", "check", "expected", "observed", "ok"] {
+            assert!(keys.contains(&key), "{key}");
+        }
+        assert_eq!(first["step"], 1);
+        assert_eq!(first["check"], "curl nginx");
+        assert_eq!(first["observed"], "curl: (6) Could not resolve host: nginx");
+    }
+
+    #[test]
+    fn all_ok_needs_every_check_and_at_least_one() {
+        assert!(report(true).all_ok());
+        assert!(!report(false).all_ok());
+        let mut empty = report(true);
+        empty.steps.clear();
+        assert!(!empty.all_ok());
+        assert!(
+            report(false)
+                .render_table()
+                .contains("2 of 2 checks differ")
+        );
+    }
+
+    #[test]
+    fn events_are_named() {
+        let yaml = crate::pods::LAB_PODS_YAML;
+        let (snapshot, _) = tollgate_enforcer::manifest::parse_manifests(yaml, "lab-pods.yaml");
+        let mut compiled = Compiled::default();
+        compiled
+            .endpoint_pods
+            .insert(4, "default/amazonlinux".into());
+        compiled.rules.insert(
+            2,
+            RuleRef {
+                namespace: "default".into(),
+                policy: "allow-amazonlinux-to-nginx".into(),
+                direction: Direction::Egress,
+                index: 1,
+            },
+        );
+        let event = FlowEvent {
+            version: tollgate_schemas::FLOW_EVENT_VERSION,
+            family: 4,
+            protocol: proto::TCP,
+            direction: Direction::Egress as u8,
+            verdict: Verdict::Allow as u8,
+            reason: Reason::AllowedByRule as u8,
+            tcp_flags: 0x02,
+            ts_ns: 0,
+            ifindex: 9,
+            endpoint: 4,
+            rule_id: 2,
+            src_port: 40000,
+            dst_port: 80,
+            src_addr: addr::v4_bytes([198, 18, 0, 40]),
+            dst_addr: addr::v4_bytes([198, 18, 0, 20]),
+            packets: 1,
+            bytes: 74,
+            icmp_type: 0,
+            icmp_code: 0,
+            _pad: [0; 6],
+        };
+        let pods = pods_by_ip(&snapshot);
+        let flow = FlowRecord::from_event(&event, &pods, &compiled).unwrap();
+        assert_eq!(flow.endpoint_pod.as_deref(), Some("default/amazonlinux"));
+        assert_eq!(
+            flow.rule_label(),
+            "default/allow-amazonlinux-to-nginx egress[1]"
+        );
+        assert_eq!(
+            format!("{} -> {}", flow.src, flow.dst),
+            "default/amazonlinux:40000 -> default/nginx:80"
+        );
+        let bad = FlowEvent {
+            reason: 200,
+            ..event
+        };
+        assert_eq!(FlowRecord::from_event(&bad, &pods, &compiled), None);
+    }
+}

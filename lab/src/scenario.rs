@@ -1,0 +1,215 @@
+//! The seed scenario as data: three steps, the policies each has applied (the files of
+//! `examples/seed/`, embedded verbatim), the `curl` checks and the outcome the seed shows for
+//! each. [`Step::snapshot`] adds a step's policies to the lab's pods for the compiler;
+//! [`Expect::matches`] judges an [`Outcome`] against the seed.
+
+use tollgate_enforcer::{manifest::parse_manifests, snapshot::Snapshot};
+
+use crate::{LabError, client::Outcome, pods::LabPods, pods::Page};
+
+/// The pod the checks run from (the seed's AmazonLinux pod).
+pub const CLIENT_POD: &str = "default/amazonlinux";
+
+/// A manifest of `examples/seed/`, embedded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyFile {
+    /// Path in the repository.
+    pub path: &'static str,
+    /// The YAML, verbatim.
+    pub yaml: &'static str,
+}
+
+/// The seed's first policy: no traffic in or out of any pod of `default`.
+pub const ALL_DENY: PolicyFile = PolicyFile {
+    path: "examples/seed/all-deny.yaml",
+    yaml: include_str!("../../examples/seed/all-deny.yaml"),
+};
+
+/// The seed's two allow policies: amazonlinux may ask kube-dns and reach nginx, and nginx
+/// accepts amazonlinux.
+pub const ALLOW_AMAZONLINUX_TO_NGINX: PolicyFile = PolicyFile {
+    path: "examples/seed/allow-amazonlinux-to-nginx.yaml",
+    yaml: include_str!("../../examples/seed/allow-amazonlinux-to-nginx.yaml"),
+};
+
+/// The outcome the seed shows for a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The page is served (status 200, the page's marker in the body).
+    Page(Page),
+    /// curl exit 6: the name does not resolve.
+    CouldNotResolve,
+    /// curl exit 28: the name resolves, the connection times out.
+    ConnectTimeout,
+}
+
+impl Expect {
+    /// Whether `outcome` is what the seed shows.
+    pub fn matches(&self, outcome: &Outcome) -> bool {
+        match (self, outcome) {
+            (Self::Page(page), Outcome::Response { status, body }) => {
+                *status == 200 && body.contains(page.marker())
+            }
+            (Self::CouldNotResolve, Outcome::CouldNotResolve { .. }) => true,
+            (Self::ConnectTimeout, Outcome::ConnectTimeout { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// The marker a response is checked for, if any.
+    pub fn marker(&self) -> Option<&'static str> {
+        match self {
+            Self::Page(page) => Some(page.marker()),
+            Self::CouldNotResolve | Self::ConnectTimeout => None,
+        }
+    }
+
+    /// The expected outcome as a curl-like line (the time of a timeout elided).
+    pub fn describe(&self, host: &str) -> String {
+        match self {
+            Self::Page(page) => page
+                .html()
+                .lines()
+                .find(|line| line.contains(page.marker()))
+                .unwrap_or(page.marker())
+                .trim()
+                .to_string(),
+            Self::CouldNotResolve => format!("curl: (6) Could not resolve host: {host}"),
+            Self::ConnectTimeout => format!(
+                "curl: (28) Failed to connect to {host} port {} after … ms: \
+                 Couldn't connect to server",
+                crate::client::HTTP_PORT
+            ),
+        }
+    }
+}
+
+/// One `curl NAME` from the client pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check {
+    /// The name given to curl.
+    pub host: &'static str,
+    /// What the seed shows.
+    pub expect: Expect,
+}
+
+impl Check {
+    /// `curl NAME`.
+    pub fn name(&self) -> String {
+        format!("curl {}", self.host)
+    }
+}
+
+/// One step of the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// 1-based step number.
+    pub number: u32,
+    /// What the step is about.
+    pub title: &'static str,
+    /// The policies applied during the step (all of them, not only the new ones).
+    pub policies: &'static [PolicyFile],
+    /// The checks, in order.
+    pub checks: &'static [Check],
+}
+
+impl Step {
+    /// The lab's pods plus this step's policies, as the compiler reads them.
+    pub fn snapshot(&self, pods: &LabPods) -> Result<Snapshot, LabError> {
+        let mut snapshot = pods.snapshot.clone();
+        for policy in self.policies {
+            let (parsed, errors) = parse_manifests(policy.yaml, policy.path);
+            if !errors.is_empty() {
+                return Err(LabError::Input {
+                    manifest: policy.path.to_string(),
+                    errors,
+                });
+            }
+            snapshot.namespaces.extend(parsed.namespaces);
+            snapshot.pods.extend(parsed.pods);
+            snapshot.policies.extend(parsed.policies);
+        }
+        Ok(snapshot)
+    }
+}
+
+const NGINX_SERVED: Check = Check {
+    host: "nginx",
+    expect: Expect::Page(Page::NginxWelcome),
+};
+
+/// The seed's steps, in order.
+pub const STEPS: [Step; 3] = [
+    Step {
+        number: 1,
+        title: "no NetworkPolicy: amazonlinux reaches nginx and httpd by name",
+        policies: &[],
+        checks: &[
+            NGINX_SERVED,
+            Check {
+                host: "httpd",
+                expect: Expect::Page(Page::HttpdItWorks),
+            },
+        ],
+    },
+    Step {
+        number: 2,
+        title: "all-deny in default: kube-dns is unreachable, no name resolves",
+        policies: &[ALL_DENY],
+        checks: &[
+            Check {
+                host: "nginx",
+                expect: Expect::CouldNotResolve,
+            },
+            Check {
+                host: "httpd",
+                expect: Expect::CouldNotResolve,
+            },
+        ],
+    },
+    Step {
+        number: 3,
+        title: "all-deny plus the two allow policies: nginx answers, httpd times out",
+        policies: &[ALL_DENY, ALLOW_AMAZONLINUX_TO_NGINX],
+        checks: &[
+            NGINX_SERVED,
+            Check {
+                host: "httpd",
+                expect: Expect::ConnectTimeout,
+            },
+        ],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn expectations_judge_outcomes() {
+        let page = Outcome::Response {
+            status: 200,
+            body: Page::HttpdItWorks.html().to_string(),
+        };
+        assert!(Expect::Page(Page::HttpdItWorks).matches(&page));
+        assert!(!Expect::Page(Page::NginxWelcome).matches(&page));
+        assert!(!Expect::CouldNotResolve.matches(&page));
+        let timeout = Outcome::ConnectTimeout {
+            host: "httpd".into(),
+            port: 80,
+            elapsed: Duration::from_secs(2),
+        };
+        assert!(Expect::ConnectTimeout.matches(&timeout));
+        assert!(!Expect::CouldNotResolve.matches(&timeout));
+        assert_eq!(
+            Expect::Page(Page::NginxWelcome).describe("nginx"),
+            "<title>Welcome to nginx!</title>"
+        );
+        assert_eq!(
+            Expect::Page(Page::HttpdItWorks).describe("httpd"),
+            "<html><body><h1>It works!</h1></body></html>"
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! The whole lab, as `tollgate lab` runs it: the seed's three steps with the real probe
+//! attached. Needs root (namespaces, veths, BPF).
+
+use tollgate_lab::{FlowRecord, LabOptions, OutputFormat, StepReport, run, topology::list_netns};
+use tollgate_schemas::{Direction, Reason, Verdict, proto};
+
+fn is_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
+    }
+    root
+}
+
+fn pod(peer: &Option<String>) -> &str {
+    peer.as_deref().unwrap_or("?")
+}
+
+fn find<'a>(
+    step: &'a StepReport,
+    what: &str,
+    predicate: impl Fn(&FlowRecord) -> bool,
+) -> &'a FlowRecord {
+    step.flows.iter().find(|f| predicate(f)).unwrap_or_else(|| {
+        panic!(
+            "step {}: no event {what}; events: {:#?}",
+            step.number, step.flows
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenario_runs_as_documented() {
+    if !is_root("the_seed_scenario_runs_as_documented") {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let report = run(&LabOptions {
+        output: OutputFormat::Table,
+    })
+    .await
+    .unwrap();
+    eprintln!("{}", report.render_table());
+    eprintln!("lab took {:?}", started.elapsed());
+
+    assert!(report.all_ok(), "{}", report.render_table());
+    assert_eq!(report.steps.len(), 3);
+    assert_eq!(
+        report.render(OutputFormat::Json).lines().count(),
+        6,
+        "one JSON line per check"
+    );
+
+    // Step 1: no policy, the flows pass because no policy selects the pods.
+    let step1 = &report.steps[0];
+    let dns = find(step1, "allowing the DNS query", |f| {
+        f.direction == Direction::Egress && f.protocol == proto::UDP && f.dst.port == 53
+    });
+    assert_eq!(dns.verdict, Verdict::Allow);
+    assert_eq!(dns.reason, Reason::NotSelected);
+    assert_eq!(pod(&dns.src.pod), "default/amazonlinux");
+    assert_eq!(pod(&dns.dst.pod), "kube-system/kube-dns");
+
+    // Step 2: all-deny: the client's DNS queries are denied at its egress.
+    let step2 = &report.steps[1];
+    let denied_dns = find(step2, "denying the DNS query", |f| {
+        f.verdict == Verdict::Deny && f.protocol == proto::UDP && f.dst.port == 53
+    });
+    assert_eq!(denied_dns.direction, Direction::Egress);
+    assert_eq!(denied_dns.reason, Reason::IsolatedNoMatch);
+    assert_eq!(pod(&denied_dns.src.pod), "default/amazonlinux");
+    assert_eq!(pod(&denied_dns.dst.pod), "kube-system/kube-dns");
+    assert_eq!(pod(&denied_dns.endpoint_pod), "default/amazonlinux");
+    assert!(
+        step2
+            .flows
+            .iter()
+            .all(|f| f.protocol != proto::TCP || f.verdict == Verdict::Deny),
+        "nothing reaches a web server in step 2"
+    );
+
+    // Step 3: the allow policies.
+    let step3 = &report.steps[2];
+    let httpd = find(step3, "denying amazonlinux → httpd:80", |f| {
+        f.verdict == Verdict::Deny && f.dst.pod.as_deref() == Some("default/httpd")
+    });
+    assert_eq!(pod(&httpd.src.pod), "default/amazonlinux");
+    assert_eq!((httpd.protocol, httpd.dst.port), (proto::TCP, 80));
+    assert_eq!(httpd.direction, Direction::Egress);
+    assert_eq!(httpd.reason, Reason::IsolatedNoMatch);
+    assert_eq!(httpd.reason.name(), "isolated-no-rule-matched");
+
+    let dns = find(step3, "allowing the DNS query by rule", |f| {
+        f.verdict == Verdict::Allow && f.reason == Reason::AllowedByRule && f.dst.port == 53
+    });
+    assert_eq!(
+        dns.rule_label(),
+        "default/allow-amazonlinux-to-nginx egress[0]"
+    );
+    let egress = find(step3, "allowing amazonlinux → nginx at its egress", |f| {
+        f.direction == Direction::Egress
+            && f.verdict == Verdict::Allow
+            && f.dst.pod.as_deref() == Some("default/nginx")
+    });
+    assert_eq!(egress.reason, Reason::AllowedByRule);
+    assert_eq!(
+        egress.rule_label(),
+        "default/allow-amazonlinux-to-nginx egress[1]"
+    );
+    assert_eq!(pod(&egress.endpoint_pod), "default/amazonlinux");
+    assert!(egress.packets >= 1);
+    let ingress = find(
+        step3,
+        "allowing amazonlinux → nginx at nginx's ingress",
+        |f| {
+            f.direction == Direction::Ingress
+                && f.verdict == Verdict::Allow
+                && f.dst.pod.as_deref() == Some("default/nginx")
+        },
+    );
+    assert_eq!(ingress.reason, Reason::AllowedByRule);
+    assert_eq!(
+        ingress.rule_label(),
+        "default/allow-nginx-from-amazonlinux ingress[0]"
+    );
+    assert_eq!(pod(&ingress.endpoint_pod), "default/nginx");
+    assert_eq!(ingress.dst.port, 80);
+
+    for step in &report.steps {
+        assert_eq!(step.undecodable, 0, "step {}", step.number);
+    }
+    let lost = report
+        .counters
+        .iter()
+        .find(|(name, _)| *name == "ringbuf_reserve_failed")
+        .map(|(_, value)| *value);
+    assert_eq!(lost, Some(0), "no event lost");
+
+    // Everything the run created is gone.
+    let prefix = format!("{}-", report.run);
+    let left: Vec<String> = list_netns()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the lab takes well under a minute"
+    );
+}
