@@ -53,6 +53,15 @@ struct LabArgs {
     /// `table`: readable steps and flow events; `json`: one object per check and line.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// `auto`: TCX links where the kernel has them, else clsact; `clsact`: always clsact.
+    #[arg(long, value_enum, default_value_t = AttachArg::Auto)]
+    attach: AttachArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AttachArg {
+    Auto,
+    Clsact,
 }
 
 #[derive(Subcommand)]
@@ -147,6 +156,10 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
         output: match args.output {
             Output::Json => tollgate_lab::OutputFormat::Json,
             Output::Table => tollgate_lab::OutputFormat::Table,
+        },
+        attach: match args.attach {
+            AttachArg::Auto => tollgate_lab::Attach::Auto,
+            AttachArg::Clsact => tollgate_lab::Attach::Clsact,
         },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -87,6 +87,12 @@ impl std::fmt::Display for AttachMode {
     }
 }
 
+/// Each program and the TC hook of the host-side veth it goes on.
+const HOOKS: [(&str, TcAttachType); 2] = [
+    (program_names::FROM_POD, TcAttachType::Ingress),
+    (program_names::TO_POD, TcAttachType::Egress),
+];
+
 /// Sums over all CPUs of the probe's counters, indexed by [`Counter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counters(pub [u64; Counter::COUNT as usize]);
@@ -168,12 +174,8 @@ impl Probe {
     /// `ifname`, a host-side veth in the calling thread's network namespace: TCX links when the
     /// kernel has them, else a clsact qdisc.
     pub fn attach(&mut self, ifname: &str) -> Result<AttachMode, ProbeError> {
-        let hooks = [
-            (program_names::FROM_POD, TcAttachType::Ingress),
-            (program_names::TO_POD, TcAttachType::Egress),
-        ];
-        let mut attached = Vec::with_capacity(hooks.len());
-        for &(name, hook) in &hooks {
+        let mut attached = Vec::with_capacity(HOOKS.len());
+        for (name, hook) in HOOKS {
             let options = TcAttachOptions::TcxOrder(LinkOrder::default());
             match self.attach_one(ifname, name, hook, options) {
                 Ok(link) => attached.push((name, link)),
@@ -185,23 +187,22 @@ impl Probe {
                             .detach(link)
                             .map_err(|source| ProbeError::Program { name, source })?;
                     }
-                    return self.attach_clsact(ifname, &hooks);
+                    return self.attach_clsact(ifname);
                 }
             }
         }
         Ok(AttachMode::Tcx)
     }
 
-    fn attach_clsact(
-        &mut self,
-        ifname: &str,
-        hooks: &[(&'static str, TcAttachType)],
-    ) -> Result<AttachMode, ProbeError> {
+    /// Attaches like [`Probe::attach`], but through a clsact qdisc even where TCX exists: the
+    /// fallback [`Probe::attach`] takes on kernels before 6.6, also for setups that must share
+    /// the qdisc with other direct-action filters.
+    pub fn attach_clsact(&mut self, ifname: &str) -> Result<AttachMode, ProbeError> {
         // A qdisc that already exists is fine: it is the one we need.
         if let Err(error) = tc::qdisc_add_clsact(ifname) {
             tracing::debug!(ifname, %error, "clsact qdisc not added");
         }
-        for &(name, hook) in hooks {
+        for (name, hook) in HOOKS {
             let options = TcAttachOptions::Netlink(NlOptions::default());
             self.attach_one(ifname, name, hook, options)?;
         }

@@ -20,7 +20,7 @@ use tollgate_enforcer::{
 };
 use tollgate_schemas::FlowEvent;
 
-use crate::{LabError, netns::in_netns, topology::Topology};
+use crate::{Attach, LabError, netns::in_netns, topology::Topology};
 
 /// The loaded, attached probe and the compiler's ids so far.
 pub struct Enforcement {
@@ -45,14 +45,17 @@ impl Enforcement {
     /// Loads the probe and attaches it to every host veth of `topology`, in its node
     /// namespace. Nothing is enforced until [`Enforcement::apply`]: in strict mode, traffic of
     /// pods that are not endpoints yet is denied.
-    pub fn start(topology: &Topology) -> Result<Self, LabError> {
+    pub fn start(topology: &Topology, attach: Attach) -> Result<Self, LabError> {
         let mut probe = Probe::load()?;
         let events = probe.take_events()?;
         let veths: Vec<&str> = topology.links().map(|l| l.host_veth.as_str()).collect();
         let modes = in_netns(topology.node_netns(), || {
             veths
                 .iter()
-                .map(|veth| probe.attach(veth))
+                .map(|veth| match attach {
+                    Attach::Auto => probe.attach(veth),
+                    Attach::Clsact => probe.attach_clsact(veth),
+                })
                 .collect::<Result<Vec<_>, _>>()
         })??;
         for (veth, mode) in veths.iter().zip(&modes) {

@@ -56,6 +56,18 @@ pub enum OutputFormat {
 pub struct LabOptions {
     /// How the report is meant to be printed ([`LabReport::render`]).
     pub output: OutputFormat,
+    /// How the probe is attached to the host veths.
+    pub attach: Attach,
+}
+
+/// How the probe is attached to the host veths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Attach {
+    /// TCX links where the kernel has them, else a clsact qdisc (what the agent does).
+    #[default]
+    Auto,
+    /// A clsact qdisc even where TCX exists: the fallback path, for older kernels.
+    Clsact,
 }
 
 /// Why a lab run failed (as opposed to: ran, and some outcome differed from the seed, which
@@ -168,7 +180,7 @@ pub async fn run(options: &LabOptions) -> Result<LabReport, LabError> {
     // Dropping the walk (on a signal or the time limit) drops its guards: servers stop, the
     // probe detaches, the namespaces go.
     tokio::select! {
-        walked = tokio::time::timeout(RUN_TIME_LIMIT, walk::walk(names)) => {
+        walked = tokio::time::timeout(RUN_TIME_LIMIT, walk::walk(names, options.attach)) => {
             walked.map_err(|_| LabError::TimedOut(RUN_TIME_LIMIT))?
         }
         _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted("SIGINT")),

@@ -6,7 +6,7 @@
 //! namespaces are removed, in that order.
 
 use crate::{
-    LabError,
+    Attach, LabError,
     client::{Client, Timeouts},
     enforce::Enforcement,
     names::RunNames,
@@ -18,11 +18,11 @@ use crate::{
 };
 
 /// Runs every step of the seed in a fresh topology named by `names`.
-pub async fn walk(names: RunNames) -> Result<LabReport, LabError> {
+pub async fn walk(names: RunNames, attach: Attach) -> Result<LabReport, LabError> {
     let pods = LabPods::embedded()?;
     let topology = Topology::create(names, &pods)?;
     // Attached before any server or client socket exists: no pod packet escapes the probe.
-    let mut enforcement = Enforcement::start(&topology)?;
+    let mut enforcement = Enforcement::start(&topology, attach)?;
     let servers = Servers::start(&topology, &pods).await?;
     let client = Client::new(&topology, &pods, CLIENT_POD, Timeouts::default())?;
 

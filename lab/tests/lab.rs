@@ -1,7 +1,9 @@
 //! The whole lab, as `tollgate lab` runs it: the seed's three steps with the real probe
 //! attached. Needs root (namespaces, veths, BPF).
 
-use tollgate_lab::{FlowRecord, LabOptions, OutputFormat, StepReport, run, topology::list_netns};
+use tollgate_lab::{
+    Attach, FlowRecord, LabOptions, OutputFormat, StepReport, run, topology::list_netns,
+};
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
 
 fn is_root(test: &str) -> bool {
@@ -38,6 +40,7 @@ async fn the_seed_scenario_runs_as_documented() {
     let started = std::time::Instant::now();
     let report = run(&LabOptions {
         output: OutputFormat::Table,
+        attach: Attach::Auto,
     })
     .await
     .unwrap();
@@ -45,6 +48,7 @@ async fn the_seed_scenario_runs_as_documented() {
     eprintln!("lab took {:?}", started.elapsed());
 
     assert!(report.all_ok(), "{}", report.render_table());
+    assert_eq!(report.attach_mode, "tcx", "this kernel has TCX");
     assert_eq!(report.steps.len(), 3);
     assert_eq!(
         report.render(OutputFormat::Json).lines().count(),
@@ -149,4 +153,19 @@ async fn the_seed_scenario_runs_as_documented() {
         started.elapsed() < std::time::Duration::from_secs(30),
         "the lab takes well under a minute"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenario_runs_the_same_through_clsact() {
+    if !is_root("the_seed_scenario_runs_the_same_through_clsact") {
+        return;
+    }
+    let report = run(&LabOptions {
+        output: OutputFormat::Table,
+        attach: Attach::Clsact,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.attach_mode, "clsact");
+    assert!(report.all_ok(), "{}", report.render_table());
 }
