@@ -92,16 +92,10 @@ pub fn decide_hook(
     dst_port: u16,
 ) -> Option<Decision> {
     let state = desired.endpoints.get(&EndpointKey { addr: endpoint })?;
-    let (isolated, audit) = match direction {
-        Direction::Ingress => (
-            endpoint_flags::INGRESS_ISOLATED,
-            endpoint_flags::INGRESS_AUDIT,
-        ),
-        Direction::Egress => (
-            endpoint_flags::EGRESS_ISOLATED,
-            endpoint_flags::EGRESS_AUDIT,
-        ),
-    };
+    let (isolated, audit) = (
+        endpoint_flags::isolated(direction),
+        endpoint_flags::audit(direction),
+    );
     let decision = |verdict, reason, rule_id| {
         Some(Decision {
             verdict,

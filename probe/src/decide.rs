@@ -116,7 +116,7 @@ fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
     if let Fragment::Later { id } = packet.fragment {
         return later_fragment(packet, &endpoint, id, config);
     }
-    let key = flow_key(&endpoint, direction, packet);
+    let key = flow::key_of(packet, endpoint.id);
     let mut outcome = Outcome::new(Verdict::Allow, Reason::Established, 0);
     if tracked(packet, &endpoint, &key, config, &mut outcome) {
         remember_fragment(packet, &endpoint, &outcome);
@@ -137,20 +137,6 @@ fn endpoint(addr: &[u8; 16]) -> Option<EndpointState> {
     let ptr = ENDPOINTS.get_ptr(EndpointKey { addr: *addr })?;
     // SAFETY: a pointer into the map value, copied out at once.
     Some(unsafe { *ptr })
-}
-
-#[inline(always)]
-fn flow_key(endpoint: &EndpointState, direction: Direction, packet: &Packet) -> FlowKey {
-    FlowKey {
-        endpoint: endpoint.id,
-        direction: direction as u8,
-        protocol: packet.protocol,
-        _pad: [0; 2],
-        src_addr: packet.src,
-        dst_addr: packet.dst,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
-    }
 }
 
 /// Whether conntrack knows the packet's flow, in this direction or as a reply; if so, its
@@ -278,16 +264,10 @@ fn policy(
     protocol: u8,
     dst_port: u16,
 ) -> Outcome {
-    let (isolated, audit) = match direction {
-        Direction::Ingress => (
-            endpoint_flags::INGRESS_ISOLATED,
-            endpoint_flags::INGRESS_AUDIT,
-        ),
-        Direction::Egress => (
-            endpoint_flags::EGRESS_ISOLATED,
-            endpoint_flags::EGRESS_AUDIT,
-        ),
-    };
+    let (isolated, audit) = (
+        endpoint_flags::isolated(direction),
+        endpoint_flags::audit(direction),
+    );
     if endpoint.flags & isolated == 0 {
         return Outcome::new(Verdict::Allow, Reason::NotSelected, 0);
     }

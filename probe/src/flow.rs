@@ -30,7 +30,7 @@ pub const WAKEUP_PENDING_BYTES: u64 = 64 * 1024;
 
 /// The flow key of `packet` for `endpoint`, in the packet's own direction.
 #[inline(always)]
-fn key_of(packet: &Packet, endpoint: u32) -> FlowKey {
+pub fn key_of(packet: &Packet, endpoint: u32) -> FlowKey {
     FlowKey {
         endpoint,
         direction: packet.direction as u8,

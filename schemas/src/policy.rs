@@ -23,6 +23,24 @@ pub mod endpoint_flags {
     pub const INGRESS_AUDIT: u32 = 1 << 3;
     /// Egress denials are reported as audit-deny and pass.
     pub const EGRESS_AUDIT: u32 = 1 << 4;
+
+    use crate::Direction;
+
+    /// The isolation flag of `direction`.
+    pub const fn isolated(direction: Direction) -> u32 {
+        match direction {
+            Direction::Ingress => INGRESS_ISOLATED,
+            Direction::Egress => EGRESS_ISOLATED,
+        }
+    }
+
+    /// The audit flag of `direction`.
+    pub const fn audit(direction: Direction) -> u32 {
+        match direction {
+            Direction::Ingress => INGRESS_AUDIT,
+            Direction::Egress => EGRESS_AUDIT,
+        }
+    }
 }
 
 /// Global flags ([`Config::flags`]).

@@ -83,16 +83,10 @@ impl<'c> Writer<'c> {
             if isolating.is_empty() {
                 continue;
             }
-            let (isolated, audit) = match direction {
-                Direction::Ingress => (
-                    endpoint_flags::INGRESS_ISOLATED,
-                    endpoint_flags::INGRESS_AUDIT,
-                ),
-                Direction::Egress => (
-                    endpoint_flags::EGRESS_ISOLATED,
-                    endpoint_flags::EGRESS_AUDIT,
-                ),
-            };
+            let (isolated, audit) = (
+                endpoint_flags::isolated(direction),
+                endpoint_flags::audit(direction),
+            );
             flags |= isolated;
             if namespace_audit || isolating.iter().all(|p| p.policy.audit) {
                 flags |= audit;
