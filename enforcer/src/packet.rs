@@ -50,6 +50,9 @@ pub struct PacketSpec {
     pub fragment: Option<Fragment>,
     /// Payload bytes after the layer-4 header.
     pub payload_len: usize,
+    /// For an ICMP error (set `icmp_type`): the packet it quotes, of which its IP header and
+    /// the first 8 bytes after it are carried.
+    pub quote: Option<Box<PacketSpec>>,
 }
 
 impl PacketSpec {
@@ -72,6 +75,22 @@ impl PacketSpec {
             ipv6_extensions: Vec::new(),
             fragment: None,
             payload_len: 16,
+            quote: None,
+        }
+    }
+
+    /// An ICMP or ICMPv6 error of `icmp_type` from `src` about `quoted` (sent to its source).
+    pub fn icmp_error(src: IpAddr, icmp_type: u8, quoted: PacketSpec) -> Self {
+        let protocol = if src.is_ipv4() {
+            proto::ICMP
+        } else {
+            proto::ICMPV6
+        };
+        Self {
+            icmp_type,
+            payload_len: 0,
+            quote: Some(Box::new(quoted.clone())),
+            ..Self::first(src, quoted.src, protocol, 0, 0)
         }
     }
 
@@ -195,8 +214,21 @@ impl PacketSpec {
                 h.push(self.icmp_type);
                 h.push(0);
                 h.extend_from_slice(&[0, 0]);
-                h.extend_from_slice(&self.src_port.to_be_bytes());
-                h.extend_from_slice(&[0, 1]);
+                match &self.quote {
+                    Some(quoted) => {
+                        h.extend_from_slice(&[0, 0, 0x05, 0xdc]); // unused / MTU 1500
+                        let frame = quoted.build();
+                        let ip_len = match quoted.src {
+                            IpAddr::V4(_) => usize::from(frame[14] & 0x0f) * 4,
+                            IpAddr::V6(_) => 40,
+                        };
+                        h.extend_from_slice(&frame[14..(14 + ip_len + 8).min(frame.len())]);
+                    }
+                    None => {
+                        h.extend_from_slice(&self.src_port.to_be_bytes());
+                        h.extend_from_slice(&[0, 1]);
+                    }
+                }
             }
             _ => {}
         }

@@ -571,6 +571,53 @@ fn protocols_without_ports_need_a_rule_without_ports() {
     );
 }
 
+/// The client may reach the server's port 80 and nothing may reach the client.
+const CLIENT_EGRESS_ONLY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-out, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Ingress, Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: server}}}]
+    ports: [{protocol: TCP, port: 80}]
+"#;
+
+#[test]
+fn icmp_errors_about_tracked_flows_pass_as_related() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new(CLIENT_EGRESS_ONLY);
+    for (client, server, router, too_big) in [
+        (CLIENT, SERVER, "203.0.113.1", 3u8),
+        (CLIENT6, SERVER6, "2001:db8::1", 2u8),
+    ] {
+        lab.datapath.probe_mut().clear_flow_state().expect("clear");
+        let request = PacketSpec::first(ip(client), ip(server), proto::TCP, 40_000, 80);
+        let error = PacketSpec::icmp_error(ip(router), too_big, request.clone());
+        // Before the flow exists, the error is an ICMP packet like any other: denied.
+        let run = lab.run(Direction::Ingress, &error);
+        assert!(!run.passed, "{client}: unsolicited error passed");
+        assert_eq!(one_event(&run).1, Reason::IsolatedNoMatch);
+
+        assert!(lab.run(Direction::Egress, &request).passed);
+        let run = lab.run(Direction::Ingress, &error);
+        assert!(run.passed && run.events.is_empty(), "{client}: {run:?}");
+
+        // An error quoting a flow that was never allowed stays denied.
+        let other = PacketSpec::first(ip(client), ip(server), proto::TCP, 40_001, 443);
+        let unrelated = PacketSpec::icmp_error(ip(router), too_big, other);
+        assert!(!lab.run(Direction::Ingress, &unrelated).passed);
+    }
+    // After a policy change the flow must be decided again before its errors are related.
+    lab.apply(DENY_ALL);
+    let request = PacketSpec::first(ip(CLIENT), ip(SERVER), proto::TCP, 40_000, 80);
+    let error = PacketSpec::icmp_error(ip("203.0.113.1"), 3, request);
+    assert!(!lab.run(Direction::Ingress, &error).passed);
+}
+
 #[test]
 fn arp_and_neighbor_discovery_pass_without_a_decision() {
     if !root() {

@@ -7,7 +7,9 @@
 //!    `standard` mode flag is set. On another interface than its own: drop (closed, spoofed).
 //!    Known but not programmed: drop (closed: never an allow window at pod start).
 //! 3. Fragments after the first take the first fragment's verdict; without one they drop
-//!    (closed: their ports are unknown).
+//!    (closed: their ports are unknown). An ICMP error about a tracked flow of the endpoint
+//!    passes as related (open for the flow's own errors: path MTU discovery must work); any
+//!    other ICMP error is decided like a new flow.
 //! 4. Conntrack: a flow already passed in this direction, or the reply to one passed in the
 //!    other direction, passes, if the endpoint's policy revision is still the one the flow was
 //!    decided under; otherwise the flow is decided again against the current policy, so a
@@ -116,6 +118,9 @@ fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
     if let Fragment::Later { id } = packet.fragment {
         return later_fragment(packet, &endpoint, id, config);
     }
+    if packet.quoted.present != 0 && related(packet, &endpoint, config) {
+        return flow::pass(Outcome::new(Verdict::Allow, Reason::Related, 0));
+    }
     let key = flow::key_of(packet, endpoint.id);
     let mut outcome = Outcome::new(Verdict::Allow, Reason::Established, 0);
     if tracked(packet, &endpoint, &key, config, &mut outcome) {
@@ -200,6 +205,45 @@ fn tracked(
         }
     }
     let _ = CONNTRACK.remove(reverse);
+    false
+}
+
+/// Whether an ICMP error quotes a packet of a flow conntrack tracks for this endpoint under its
+/// current policy revision. The quoted packet travelled the other way than the error: it is
+/// either the flow's first direction as quoted, or its reply (then the flow is keyed reversed).
+/// A BPF function of its own, for the stack.
+#[inline(never)]
+fn related(packet: &Packet, endpoint: &EndpointState, config: &Config) -> bool {
+    let quoted = &packet.quoted;
+    let as_quoted = FlowKey {
+        endpoint: endpoint.id,
+        direction: packet.direction.reverse() as u8,
+        protocol: quoted.protocol,
+        _pad: [0; 2],
+        src_addr: quoted.src,
+        dst_addr: quoted.dst,
+        src_port: quoted.src_port,
+        dst_port: quoted.dst_port,
+    };
+    let reversed = FlowKey {
+        direction: packet.direction as u8,
+        src_addr: quoted.dst,
+        dst_addr: quoted.src,
+        src_port: quoted.dst_port,
+        dst_port: quoted.src_port,
+        ..as_quoted
+    };
+    for key in [as_quoted, reversed] {
+        if let Some(entry) = CONNTRACK.get_ptr(key) {
+            // SAFETY: a pointer into the LRU map value, copied out at once.
+            let entry = unsafe { *entry };
+            if entry.revision == endpoint.revision
+                && !expired(&entry, quoted.protocol, packet.now, config)
+            {
+                return true;
+            }
+        }
+    }
     false
 }
 

@@ -15,6 +15,8 @@
 //!   rules without `ports` (which match every protocol) can allow them.
 //! - ICMPv6 neighbor discovery with hop limit 255 (RFC 4861 §7.1) passes without a decision,
 //!   like ARP for IPv4.
+//! - ICMP errors keep the packet they quote ([`Quoted`]), so `decide` can let an error about a
+//!   tracked flow through (path MTU discovery needs "packet too big" from any router).
 //! - Truncated headers are malformed. Malformed packets are denied (fail closed).
 
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TcContext};
@@ -64,6 +66,25 @@ pub struct Packet {
     pub icmp_code: u8,
     /// Fragment position.
     pub fragment: Fragment,
+    /// For an ICMP error: the packet it is about, as quoted in it.
+    pub quoted: Quoted,
+}
+
+/// The packet an ICMP error quotes (RFC 792, RFC 4443 §2.4): its addresses, protocol and
+/// ports, enough to find its flow in conntrack.
+pub struct Quoted {
+    /// 1 when the fields below hold a quoted packet, 0 otherwise.
+    pub present: u8,
+    /// IANA protocol number of the quoted packet.
+    pub protocol: u8,
+    /// Source address of the quoted packet, 16-byte form.
+    pub src: [u8; 16],
+    /// Destination address of the quoted packet, 16-byte form.
+    pub dst: [u8; 16],
+    /// Source port (or echo identifier) of the quoted packet.
+    pub src_port: u16,
+    /// Destination port (or echo identifier) of the quoted packet.
+    pub dst_port: u16,
 }
 
 /// Where a packet stands in a fragmented datagram.
@@ -121,6 +142,7 @@ impl Packet {
         self.icmp_type = 0;
         self.icmp_code = 0;
         self.fragment = Fragment::None;
+        self.quoted.present = 0;
     }
 }
 
@@ -295,11 +317,78 @@ fn parse_l4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Option<()> {
                 let id = be16([h[4], h[5]]);
                 packet.src_port = id;
                 packet.dst_port = id;
+            } else if is_error(packet.protocol, h[0]) {
+                // A quote that cannot be read leaves the error unrelated: it is then decided
+                // like any ICMP packet (fail closed).
+                parse_quoted(ctx, offset + 8, packet);
             }
         }
         _ => {}
     }
     Some(())
+}
+
+/// ICMP errors that quote the packet they are about: destination unreachable (including
+/// fragmentation needed), time exceeded, parameter problem; for ICMPv6 also packet too big.
+#[inline(always)]
+fn is_error(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        proto::ICMP => matches!(icmp_type, 3 | 11 | 12),
+        _ => matches!(icmp_type, 1..=4),
+    }
+}
+
+/// Reads the quoted IP header and the first four bytes of its layer-4 header (the ports, or an
+/// echo's type, code and checksum, whose identifier follows). Quoted IPv6 extension headers are
+/// not walked: such a quote stays unread. A BPF function of its own, so its loads do not weigh
+/// on the entry point's stack frame.
+#[inline(never)]
+fn parse_quoted(ctx: &TcContext, offset: usize, packet: &mut Packet) {
+    let quoted = &mut packet.quoted;
+    let l4 = if packet.family == 4 {
+        let Some(h) = load::<[u8; 20]>(ctx, offset) else {
+            return;
+        };
+        let ihl = (h[0] & 0x0f) as usize;
+        if h[0] >> 4 != 4 || ihl < 5 {
+            return;
+        }
+        quoted.protocol = h[9];
+        quoted.src = mapped([h[12], h[13], h[14], h[15]]);
+        quoted.dst = mapped([h[16], h[17], h[18], h[19]]);
+        offset + ihl * 4
+    } else {
+        let Some(h) = load::<[u8; 8]>(ctx, offset) else {
+            return;
+        };
+        let (Some(src), Some(dst)) = (
+            load::<[u8; 16]>(ctx, offset + 8),
+            load::<[u8; 16]>(ctx, offset + 24),
+        ) else {
+            return;
+        };
+        if h[0] >> 4 != 6 {
+            return;
+        }
+        quoted.protocol = h[6];
+        quoted.src = src;
+        quoted.dst = dst;
+        offset + 40
+    };
+    let Some(ports) = load::<[u8; 8]>(ctx, l4) else {
+        return;
+    };
+    (quoted.src_port, quoted.dst_port) = match quoted.protocol {
+        proto::TCP | proto::UDP | proto::SCTP => {
+            (be16([ports[0], ports[1]]), be16([ports[2], ports[3]]))
+        }
+        proto::ICMP | proto::ICMPV6 if is_echo(quoted.protocol, ports[0]) => {
+            let id = be16([ports[4], ports[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    quoted.present = 1;
 }
 
 #[inline(always)]

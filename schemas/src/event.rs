@@ -104,6 +104,9 @@ pub enum Reason {
     Fragment = 9,
     /// Truncated or unparseable headers.
     Malformed = 10,
+    /// An ICMP error (unreachable, packet too big, time exceeded, parameter problem) about a
+    /// packet of a tracked flow of this endpoint: passes like the flow's own packets.
+    Related = 11,
 }
 
 impl Reason {
@@ -120,6 +123,7 @@ impl Reason {
             8 => Some(Self::Spoofed),
             9 => Some(Self::Fragment),
             10 => Some(Self::Malformed),
+            11 => Some(Self::Related),
             _ => None,
         }
     }
@@ -137,6 +141,7 @@ impl Reason {
             Self::Spoofed => "spoofed-source",
             Self::Fragment => "unknown-fragment",
             Self::Malformed => "malformed",
+            Self::Related => "related",
         }
     }
 }
