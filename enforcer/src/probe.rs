@@ -30,7 +30,7 @@ static PROBE_OBJECT: &[u8] =
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// The object could not be loaded (permissions, kernel support, verifier).
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object (this needs root, or CAP_BPF and CAP_NET_ADMIN): {0}")]
     Load(#[from] aya::EbpfError),
     /// A program is missing from the object or was refused.
     #[error("program {name}: {source}")]
