@@ -33,6 +33,31 @@ pub struct Decision {
     pub rule_id: u32,
 }
 
+/// A place where a flow is decided, in the order the flow meets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Egress of the source endpoint.
+    Egress,
+    /// Ingress of the destination endpoint.
+    Ingress,
+    /// The reply leaving the destination endpoint.
+    ReplyEgress,
+    /// The reply entering the source endpoint.
+    ReplyIngress,
+}
+
+impl Hook {
+    /// Snake-case name, as the fields of [`FlowOutcome`] and in output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+            Self::ReplyEgress => "reply_egress",
+            Self::ReplyIngress => "reply_ingress",
+        }
+    }
+}
+
 /// Every decision one flow meets on its way, in order. A hook the packet never reaches (the
 /// address is not an endpoint, or an earlier hook denied it) is `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,31 +85,40 @@ impl FlowOutcome {
         }
     }
 
-    /// The decision that settled the flow: the first denial, else the first audit-deny, else
-    /// the first rule that allowed it (the destination's ingress rule before the source's
-    /// egress rule), else the destination's ingress decision, else the source's egress one.
-    pub fn deciding(&self) -> Option<Decision> {
-        let first = |v: Verdict| self.decisions().find(|d| d.verdict == v);
-        let by_rule = [self.ingress, self.egress]
-            .into_iter()
-            .flatten()
-            .find(|d| d.reason == Reason::AllowedByRule);
+    /// The decision that settled the flow, and the hook that took it: the first denial, else
+    /// the first audit-deny, else the first rule that allowed it (the destination's ingress
+    /// rule before the source's egress rule), else the destination's ingress decision, else the
+    /// source's egress one.
+    pub fn deciding(&self) -> Option<(Hook, Decision)> {
+        let first = |v: Verdict| self.hooks().find(|(_, d)| d.verdict == v);
+        let by_rule = self
+            .hooks()
+            .filter(|(hook, d)| {
+                matches!(hook, Hook::Ingress | Hook::Egress) && d.reason == Reason::AllowedByRule
+            })
+            .min_by_key(|(hook, _)| *hook != Hook::Ingress);
+        let at = |hook: Hook| self.hooks().find(|(h, _)| *h == hook);
         first(Verdict::Deny)
             .or_else(|| first(Verdict::AuditDeny))
             .or(by_rule)
-            .or(self.ingress)
-            .or(self.egress)
+            .or_else(|| at(Hook::Ingress))
+            .or_else(|| at(Hook::Egress))
+    }
+
+    /// The hooks the flow met, in order, with their decisions.
+    pub fn hooks(&self) -> impl Iterator<Item = (Hook, Decision)> + '_ {
+        [
+            (Hook::Egress, self.egress),
+            (Hook::Ingress, self.ingress),
+            (Hook::ReplyEgress, self.reply_egress),
+            (Hook::ReplyIngress, self.reply_ingress),
+        ]
+        .into_iter()
+        .filter_map(|(hook, decision)| Some((hook, decision?)))
     }
 
     fn decisions(&self) -> impl Iterator<Item = Decision> + '_ {
-        [
-            self.egress,
-            self.ingress,
-            self.reply_egress,
-            self.reply_ingress,
-        ]
-        .into_iter()
-        .flatten()
+        self.hooks().map(|(_, decision)| decision)
     }
 }
 

@@ -250,29 +250,29 @@ fn example() -> VerifyInput {
 }
 
 const EXAMPLE_TABLE: &str = "\
-FROM           TO                                    PORT/PROTO  VERDICT  REASON                    POLICY/RULE\n\
-default/pod-1  kube-system/coredns-5d8d9f5b7c-8vz4p  53/UDP      allow    allowed-by-rule           default/allow-amazonlinux-to-nginx egress[0]\n\
-default/pod-1  default/nginx-7854ff8877-9x2kq        80/TCP      allow    allowed-by-rule           default/allow-nginx-from-amazonlinux ingress[0]\n\
-default/pod-1  default/httpd-6d6c5d8f7b-4mzrt        80/TCP      deny     isolated-no-rule-matched  -\n\
-default/pod-1  kube-system/coredns-5d8d9f5b7c-8vz4p  53/TCP      deny     isolated-no-rule-matched  -\n\
-203.0.113.7    default/nginx-7854ff8877-9x2kq        80/TCP      deny     isolated-no-rule-matched  -\n\
-default/pod-1  default/pod-1                         8080/TCP    allow    loopback                  -\n\
-198.51.100.10  kube-system/coredns-5d8d9f5b7c-8vz4p  53/UDP      allow    no-policy-selects-pod     -\n";
+FROM           TO                                    PORT/PROTO  VERDICT  REASON                    AT       POLICY/RULE\n\
+default/pod-1  kube-system/coredns-5d8d9f5b7c-8vz4p  53/UDP      allow    allowed-by-rule           egress   default/allow-amazonlinux-to-nginx egress[0]\n\
+default/pod-1  default/nginx-7854ff8877-9x2kq        80/TCP      allow    allowed-by-rule           ingress  default/allow-nginx-from-amazonlinux ingress[0]\n\
+default/pod-1  default/httpd-6d6c5d8f7b-4mzrt        80/TCP      deny     isolated-no-rule-matched  egress   -\n\
+default/pod-1  kube-system/coredns-5d8d9f5b7c-8vz4p  53/TCP      deny     isolated-no-rule-matched  egress   -\n\
+203.0.113.7    default/nginx-7854ff8877-9x2kq        80/TCP      deny     isolated-no-rule-matched  ingress  -\n\
+default/pod-1  default/pod-1                         8080/TCP    allow    loopback                  -        -\n\
+198.51.100.10  kube-system/coredns-5d8d9f5b7c-8vz4p  53/UDP      allow    no-policy-selects-pod     ingress  -\n";
 
 const EXAMPLE_JSON: &str = concat!(
-    r#"{"from":"default/pod-1","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"192.168.10.11","dst":"192.168.40.44","port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]"},"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
+    r#"{"from":"default/pod-1","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"192.168.10.11","dst":"192.168.40.44","port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"allowed-by-rule","at":"egress","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]"},"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
     "\n",
-    r#"{"from":"default/pod-1","to":"default/nginx-7854ff8877-9x2kq","src":"192.168.10.11","dst":"192.168.20.22","port":80,"protocol":"TCP","verdict":"allow","audit":false,"reason":"allowed-by-rule","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[1]"},"ingress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]"},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
+    r#"{"from":"default/pod-1","to":"default/nginx-7854ff8877-9x2kq","src":"192.168.10.11","dst":"192.168.20.22","port":80,"protocol":"TCP","verdict":"allow","audit":false,"reason":"allowed-by-rule","at":"ingress","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[1]"},"ingress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]"},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
     "\n",
-    r#"{"from":"default/pod-1","to":"default/httpd-6d6c5d8f7b-4mzrt","src":"192.168.10.11","dst":"192.168.30.33","port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
+    r#"{"from":"default/pod-1","to":"default/httpd-6d6c5d8f7b-4mzrt","src":"192.168.10.11","dst":"192.168.30.33","port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","at":"egress","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
     "\n",
-    r#"{"from":"default/pod-1","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"192.168.10.11","dst":"192.168.40.44","port":53,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
+    r#"{"from":"default/pod-1","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"192.168.10.11","dst":"192.168.40.44","port":53,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","at":"egress","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
     "\n",
-    r#"{"from":"203.0.113.7","to":"default/nginx-7854ff8877-9x2kq","src":"203.0.113.7","dst":"192.168.20.22","port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","policy":null,"rule":null,"hooks":{"egress":null,"ingress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"reply_egress":null,"reply_ingress":null}}"#,
+    r#"{"from":"203.0.113.7","to":"default/nginx-7854ff8877-9x2kq","src":"203.0.113.7","dst":"192.168.20.22","port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","at":"ingress","policy":null,"rule":null,"hooks":{"egress":null,"ingress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"reply_egress":null,"reply_ingress":null}}"#,
     "\n",
-    r#"{"from":"default/pod-1","to":"default/pod-1","src":"192.168.10.11","dst":"192.168.10.11","port":8080,"protocol":"TCP","verdict":"allow","audit":false,"reason":"loopback","policy":null,"rule":null,"hooks":{"egress":null,"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
+    r#"{"from":"default/pod-1","to":"default/pod-1","src":"192.168.10.11","dst":"192.168.10.11","port":8080,"protocol":"TCP","verdict":"allow","audit":false,"reason":"loopback","at":null,"policy":null,"rule":null,"hooks":{"egress":null,"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
     "\n",
-    r#"{"from":"198.51.100.10","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"198.51.100.10","dst":"192.168.40.44","port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"no-policy-selects-pod","policy":null,"rule":null,"hooks":{"egress":null,"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":null}}"#,
+    r#"{"from":"198.51.100.10","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"198.51.100.10","dst":"192.168.40.44","port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"no-policy-selects-pod","at":"ingress","policy":null,"rule":null,"hooks":{"egress":null,"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":null}}"#,
     "\n",
 );
 

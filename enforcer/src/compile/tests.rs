@@ -171,8 +171,8 @@ fn probe(snapshot: &Snapshot, compiled: &Compiled, from: &str, to: &str, port: &
     let outcome = decide_flow(&compiled.desired, &flow);
     let verdict = outcome.verdict().name();
     match outcome.deciding() {
-        Some(d) if d.rule_id != 0 => format!("{verdict} {}", compiled.rules[&d.rule_id]),
-        Some(d) => format!("{verdict} {}", d.reason.name()),
+        Some((_, d)) if d.rule_id != 0 => format!("{verdict} {}", compiled.rules[&d.rule_id]),
+        Some((_, d)) => format!("{verdict} {}", d.reason.name()),
         None => format!("{verdict} no-endpoint"),
     }
 }

@@ -9,8 +9,8 @@ use super::run::{ProbeResult, ProbeVerdict};
 ///
 /// Fields: `from`, `to` (as written), `src`, `dst` (the addresses they resolved to), `port`,
 /// `protocol`, `verdict` (`allow` or `deny`), `audit` (true when the flow passes only because
-/// of audit mode), `reason`, `policy` and `rule` of the deciding decision (null when no rule
-/// decided), and `hooks`: `egress`, `ingress`, `reply_egress`, `reply_ingress`, each null (not
+/// of audit mode), `reason`, `at` (the hook that decided), `policy` and `rule` of the deciding
+/// decision (null when no rule decided), and `hooks`: `egress`, `ingress`, `reply_egress`, `reply_ingress`, each null (not
 /// reached) or `{verdict, reason, policy, rule}` with the hook's own verdict (`allow`, `deny`
 /// or `audit-deny`).
 pub fn render_json(results: &[ProbeResult]) -> String {
@@ -27,7 +27,8 @@ pub fn render_json(results: &[ProbeResult]) -> String {
         .collect()
 }
 
-/// Aligned columns FROM, TO, PORT/PROTO, VERDICT, REASON, POLICY/RULE, a header line first.
+/// Aligned columns FROM, TO, PORT/PROTO, VERDICT, REASON, AT (the hook that decided),
+/// POLICY/RULE, a header line first.
 pub fn render_table(results: &[ProbeResult]) -> String {
     let header = [
         "FROM",
@@ -35,10 +36,11 @@ pub fn render_table(results: &[ProbeResult]) -> String {
         "PORT/PROTO",
         "VERDICT",
         "REASON",
+        "AT",
         "POLICY/RULE",
     ]
     .map(String::from);
-    let rows: Vec<[String; 6]> = std::iter::once(header)
+    let rows: Vec<[String; 7]> = std::iter::once(header)
         .chain(results.iter().map(|r| {
             let verdict = match (r.verdict, r.audit) {
                 (ProbeVerdict::Allow, false) => "allow",
@@ -56,11 +58,12 @@ pub fn render_table(results: &[ProbeResult]) -> String {
                 format!("{}/{}", r.port, r.protocol),
                 verdict.to_owned(),
                 r.reason.to_owned(),
+                r.at.unwrap_or("-").to_owned(),
                 by,
             ]
         }))
         .collect();
-    let mut widths = [0; 6];
+    let mut widths = [0; 7];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());

@@ -77,6 +77,9 @@ pub struct ProbeResult {
     pub audit: bool,
     /// Why: the deciding decision's [`tollgate_schemas::Reason::name`], or `loopback`.
     pub reason: &'static str,
+    /// Where: the hook of the deciding decision ([`crate::decision::Hook::name`]), null when
+    /// no hook was reached.
+    pub at: Option<&'static str>,
     /// The NetworkPolicy (`namespace/name`) of the rule behind the deciding decision, if any.
     pub policy: Option<String>,
     /// That rule (`ingress[0]`).
@@ -124,8 +127,15 @@ fn describe(
             }
         })
     };
-    let (verdict, audit, reason, policy, rule) = match &outcome {
-        None => (ProbeVerdict::Allow, false, LOOPBACK_REASON, None, None),
+    let (verdict, audit, reason, at, policy, rule) = match &outcome {
+        None => (
+            ProbeVerdict::Allow,
+            false,
+            LOOPBACK_REASON,
+            None,
+            None,
+            None,
+        ),
         Some(outcome) => {
             let (verdict, audit) = match outcome.verdict() {
                 Verdict::Allow => (ProbeVerdict::Allow, false),
@@ -133,11 +143,12 @@ fn describe(
                 Verdict::Deny => (ProbeVerdict::Deny, false),
             };
             match outcome.deciding() {
-                Some(deciding) => {
+                Some((hook, deciding)) => {
                     let (policy, rule) = rule_names(compiled, &deciding);
-                    (verdict, audit, deciding.reason.name(), policy, rule)
+                    let reason = deciding.reason.name();
+                    (verdict, audit, reason, Some(hook.name()), policy, rule)
                 }
-                None => (verdict, audit, NO_ENDPOINT_REASON, None, None),
+                None => (verdict, audit, NO_ENDPOINT_REASON, None, None, None),
             }
         }
     };
@@ -152,6 +163,7 @@ fn describe(
         verdict,
         audit,
         reason,
+        at,
         policy,
         rule,
         hooks: Hooks {
