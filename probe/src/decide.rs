@@ -178,16 +178,7 @@ fn tracked(
         let _ = CONNTRACK.remove(key);
         return false;
     }
-    let reverse = FlowKey {
-        endpoint: key.endpoint,
-        direction: packet.direction.reverse() as u8,
-        protocol: key.protocol,
-        _pad: [0; 2],
-        src_addr: key.dst_addr,
-        dst_addr: key.src_addr,
-        src_port: key.dst_port,
-        dst_port: key.src_port,
-    };
+    let reverse = key.reversed();
     let Some(entry) = CONNTRACK.get_ptr_mut(reverse) else {
         return false;
     };
@@ -225,15 +216,7 @@ fn related(packet: &Packet, endpoint: &EndpointState, config: &Config) -> bool {
         src_port: quoted.src_port,
         dst_port: quoted.dst_port,
     };
-    let reversed = FlowKey {
-        direction: packet.direction as u8,
-        src_addr: quoted.dst,
-        dst_addr: quoted.src,
-        src_port: quoted.dst_port,
-        dst_port: quoted.src_port,
-        ..as_quoted
-    };
-    for key in [as_quoted, reversed] {
+    for key in [as_quoted, as_quoted.reversed()] {
         if let Some(entry) = CONNTRACK.get_ptr(key) {
             // SAFETY: a pointer into the LRU map value, copied out at once.
             let entry = unsafe { *entry };

@@ -29,6 +29,27 @@ pub struct FlowKey {
     pub dst_port: u16,
 }
 
+impl FlowKey {
+    /// The same flow seen from its other end: the opposite direction, addresses and ports
+    /// swapped. A reply's key reversed is the key its flow was tracked under.
+    pub const fn reversed(&self) -> Self {
+        let direction = match crate::Direction::from_raw(self.direction) {
+            Some(direction) => direction.reverse() as u8,
+            None => self.direction,
+        };
+        Self {
+            endpoint: self.endpoint,
+            direction,
+            protocol: self.protocol,
+            _pad: [0; 2],
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
+    }
+}
+
 /// A flow that passed: later packets in either direction pass without a policy lookup.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,3 +158,28 @@ const _: () = {
 };
 
 crate::user_pod!(FlowKey, CtEntry, DenyEntry, FragKey, FragEntry);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Direction;
+
+    #[test]
+    fn a_reversed_key_is_the_other_end_of_the_flow() {
+        let key = FlowKey {
+            endpoint: 7,
+            direction: Direction::Egress as u8,
+            protocol: 6,
+            _pad: [0; 2],
+            src_addr: [1; 16],
+            dst_addr: [2; 16],
+            src_port: 40_000,
+            dst_port: 80,
+        };
+        let reply = key.reversed();
+        assert_eq!(reply.direction, Direction::Ingress as u8);
+        assert_eq!((reply.src_addr, reply.dst_addr), ([2; 16], [1; 16]));
+        assert_eq!((reply.src_port, reply.dst_port), (80, 40_000));
+        assert_eq!(reply.reversed(), key);
+    }
+}
