@@ -34,6 +34,17 @@ impl DesiredState {
             Direction::Egress => &self.egress,
         }
     }
+
+    /// The LPM trie of one direction, to change.
+    pub fn policy_mut(
+        &mut self,
+        direction: Direction,
+    ) -> &mut BTreeMap<PolicyEntryKey, PolicyValue> {
+        match direction {
+            Direction::Ingress => &mut self.ingress,
+            Direction::Egress => &mut self.egress,
+        }
+    }
 }
 
 /// One rule of one NetworkPolicy: what a compiled rule id stands for.

@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 
 use tollgate_schemas::{Direction, EndpointKey, EndpointState, PolicyValue};
 
-use crate::desired::{DesiredState, PolicyEntryKey};
+use crate::{
+    compile::cidr::Prefix,
+    desired::{DesiredState, PolicyEntryKey},
+};
 
 /// The probe's policy maps, as the sync sees them: read everything, change one entry.
 ///
@@ -154,7 +157,7 @@ pub enum SyncError<E: std::error::Error + 'static> {
     },
     /// Writing or removing one policy entry failed.
     #[error(
-        "{operation} of entry (endpoint {endpoint}, {addr}/{prefix_len}) in the {} policy map: {source}",
+        "{operation} of entry (endpoint {endpoint}, {prefix}) in the {} policy map: {source}",
         direction.name()
     )]
     Policy {
@@ -164,10 +167,8 @@ pub enum SyncError<E: std::error::Error + 'static> {
         direction: Direction,
         /// Endpoint id of the entry.
         endpoint: u32,
-        /// Peer prefix of the entry.
-        addr: std::net::IpAddr,
-        /// Peer prefix length in the address's own family.
-        prefix_len: u8,
+        /// Peer prefix of the entry, in its own family (`10.0.0.0/8`).
+        prefix: String,
         /// The maps' error.
         source: E,
     },
@@ -179,21 +180,11 @@ fn policy_error<E: std::error::Error>(
     key: &PolicyEntryKey,
     source: E,
 ) -> SyncError<E> {
-    let addr = tollgate_schemas::addr::from_bytes(key.key.addr);
-    // Bits of the 16-byte form past the endpoint id, shown in the address's own family.
-    let mapped = key.prefix_len.saturating_sub(32) as u8;
-    let prefix_len = match addr {
-        std::net::IpAddr::V4(_) => {
-            mapped.saturating_sub(tollgate_schemas::addr::V4_MAPPED_PREFIX_BITS)
-        }
-        std::net::IpAddr::V6(_) => mapped,
-    };
     SyncError::Policy {
         operation,
         direction,
         endpoint: key.key.endpoint,
-        addr,
-        prefix_len,
+        prefix: Prefix::of_entry(key).to_string(),
         source,
     }
 }
@@ -298,11 +289,7 @@ impl PolicyMaps for InMemoryMaps {
         key: &PolicyEntryKey,
         value: &PolicyValue,
     ) -> Result<(), Self::Error> {
-        let map = match direction {
-            Direction::Ingress => &mut self.state.ingress,
-            Direction::Egress => &mut self.state.egress,
-        };
-        map.insert(*key, *value);
+        self.state.policy_mut(direction).insert(*key, *value);
         Ok(())
     }
 
@@ -311,11 +298,7 @@ impl PolicyMaps for InMemoryMaps {
         direction: Direction,
         key: &PolicyEntryKey,
     ) -> Result<(), Self::Error> {
-        let map = match direction {
-            Direction::Ingress => &mut self.state.ingress,
-            Direction::Egress => &mut self.state.egress,
-        };
-        map.remove(key);
+        self.state.policy_mut(direction).remove(key);
         Ok(())
     }
 }

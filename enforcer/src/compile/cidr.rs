@@ -9,6 +9,8 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use tollgate_schemas::addr::{self, V4_MAPPED_PREFIX_BITS};
 
+use crate::desired::PolicyEntryKey;
+
 /// An address prefix in the 16-byte form, host bits zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Prefix {
@@ -40,6 +42,12 @@ impl Prefix {
             bits: bits & mask(len),
             len,
         }
+    }
+
+    /// The peer prefix of a policy trie entry (its length past the 32-bit endpoint id).
+    pub(crate) fn of_entry(key: &PolicyEntryKey) -> Prefix {
+        let len = key.prefix_len.saturating_sub(32).min(128) as u8;
+        Prefix::new(u128::from_be_bytes(key.key.addr), len)
     }
 
     /// One address, as a /32 or /128.

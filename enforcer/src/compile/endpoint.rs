@@ -83,13 +83,9 @@ impl<'c> Writer<'c> {
             if isolating.is_empty() {
                 continue;
             }
-            let (isolated, audit) = (
-                endpoint_flags::isolated(direction),
-                endpoint_flags::audit(direction),
-            );
-            flags |= isolated;
+            flags |= endpoint_flags::isolated(direction);
             if namespace_audit || isolating.iter().all(|p| p.policy.audit) {
-                flags |= audit;
+                flags |= endpoint_flags::audit(direction);
             }
             let ids = isolating
                 .iter()
@@ -126,11 +122,7 @@ impl<'c> Writer<'c> {
                 ),
             });
         }
-        let trie = match direction {
-            Direction::Ingress => &mut self.desired.ingress,
-            Direction::Egress => &mut self.desired.egress,
-        };
-        trie.insert(
+        self.desired.policy_mut(direction).insert(
             PolicyEntryKey {
                 prefix_len: policy_prefix_len(entry.prefix.len()),
                 key: PolicyKey {

@@ -22,7 +22,7 @@
 //!    direction) and a revision digest of flags and entries, which changes exactly when its
 //!    policy does.
 
-mod cidr;
+pub(crate) mod cidr;
 mod cluster;
 mod endpoint;
 mod grants;
