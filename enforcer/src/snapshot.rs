@@ -1,5 +1,7 @@
 //! The cluster objects a compilation starts from, and the error type for bad input.
 
+use std::net::IpAddr;
+
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
     networking::v1::NetworkPolicy,
@@ -14,6 +16,51 @@ pub struct Snapshot {
     pub pods: Vec<Pod>,
     /// networking.k8s.io/v1 NetworkPolicies.
     pub policies: Vec<NetworkPolicy>,
+}
+
+/// The addresses a pod lists, each with the field it comes from: `status.podIPs[i].ip`, or
+/// `status.podIP` when `podIPs` is empty (the API server keeps the two in step; `podIP` alone is
+/// what older manifests carry). The texts are not checked: callers parse them.
+pub fn pod_ip_fields(pod: &Pod) -> Vec<(String, &str)> {
+    let status = pod.status.as_ref();
+    let listed: Vec<(String, &str)> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, ip)| (format!("status.podIPs[{i}].ip"), ip.ip.as_str()))
+        .collect();
+    if !listed.is_empty() {
+        return listed;
+    }
+    status
+        .and_then(|s| s.pod_ip.as_deref())
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| ("status.podIP".to_owned(), ip))
+        .into_iter()
+        .collect()
+}
+
+/// The addresses of [`pod_ip_fields`] that parse, in the pod's order; the others are left out
+/// (the compiler reports them).
+pub fn pod_addresses(pod: &Pod) -> Vec<IpAddr> {
+    pod_ip_fields(pod)
+        .into_iter()
+        .filter_map(|(_, text)| text.parse().ok())
+        .collect()
+}
+
+/// A pod's `namespace/name`, the namespace defaulting to `default` as for any namespaced
+/// object without one.
+pub fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(crate::manifest::DEFAULT_NAMESPACE),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Invalid input: which object, which field, what is wrong.

@@ -12,7 +12,11 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use serde::Serialize;
-use tollgate_enforcer::{compile::Compiled, desired::RuleRef, snapshot::Snapshot};
+use tollgate_enforcer::{
+    compile::Compiled,
+    desired::RuleRef,
+    snapshot::{Snapshot, pod_addresses, pod_key},
+};
 use tollgate_schemas::{Counter, Direction, FlowEvent, Reason, Verdict, addr, proto};
 
 use crate::{
@@ -143,22 +147,8 @@ impl FlowRecord {
 pub fn pods_by_ip(snapshot: &Snapshot) -> BTreeMap<IpAddr, String> {
     let mut pods = BTreeMap::new();
     for pod in &snapshot.pods {
-        let name = format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-            pod.metadata.name.as_deref().unwrap_or_default()
-        );
-        let Some(status) = &pod.status else { continue };
-        let ips = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .map(|ip| ip.ip.as_str())
-            .chain(status.pod_ip.as_deref());
-        for ip in ips {
-            if let Ok(ip) = ip.parse() {
-                pods.insert(ip, name.clone());
-            }
+        for ip in pod_addresses(pod) {
+            pods.insert(ip, pod_key(pod));
         }
     }
     pods

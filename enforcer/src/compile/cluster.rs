@@ -16,7 +16,7 @@ use super::Problems;
 use super::cidr::parse_ip;
 use super::ports::{NamedPort, protocol_number, valid_port_name};
 use crate::manifest::DEFAULT_NAMESPACE;
-use crate::snapshot::{InputError, Snapshot};
+use crate::snapshot::{InputError, Snapshot, pod_ip_fields};
 
 /// Label the API server puts on every namespace.
 pub(crate) const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -178,21 +178,7 @@ fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
         problems.push("metadata.name", "missing: a Pod needs a name");
         return None;
     };
-    let status = pod.status.as_ref();
-    let mut texts: Vec<(String, &str)> = status
-        .and_then(|s| s.pod_ips.as_ref())
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, ip)| (format!("status.podIPs[{i}].ip"), ip.ip.as_str()))
-        .collect();
-    if texts.is_empty()
-        && let Some(ip) = status
-            .and_then(|s| s.pod_ip.as_deref())
-            .filter(|ip| !ip.is_empty())
-    {
-        texts.push(("status.podIP".to_owned(), ip));
-    }
+    let texts = pod_ip_fields(pod);
     let before = problems.len();
     let mut ips = Vec::new();
     for (field, text) in texts {
@@ -258,7 +244,7 @@ fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
         named_ports,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         finished: matches!(
-            status.and_then(|s| s.phase.as_deref()),
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         ),
     })

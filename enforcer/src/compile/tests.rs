@@ -140,15 +140,7 @@ fn address(snapshot: &Snapshot, who: &str) -> IpAddr {
                 && p.metadata.name.as_deref() == Some(name)
         })
         .unwrap_or_else(|| panic!("no pod {who}"));
-    let status = pod.status.as_ref().unwrap();
-    let ip = status
-        .pod_ips
-        .as_ref()
-        .and_then(|ips| ips.first())
-        .map(|ip| ip.ip.as_str())
-        .or(status.pod_ip.as_deref())
-        .unwrap();
-    ip.parse().unwrap()
+    crate::snapshot::pod_addresses(pod)[0]
 }
 
 /// What the model says about a new flow: `allow <rule>`, or `<verdict> <reason>`.

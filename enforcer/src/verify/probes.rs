@@ -14,7 +14,7 @@ use std::str::FromStr;
 use tollgate_schemas::proto;
 
 use crate::decision::ProbeFlow;
-use crate::snapshot::{InputError, Snapshot};
+use crate::snapshot::{self, InputError, Snapshot, pod_key};
 
 /// The layer-4 protocols a probe (and a NetworkPolicy port) can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -283,20 +283,8 @@ fn pod_addresses(snapshot: &Snapshot) -> BTreeMap<String, Vec<IpAddr>> {
     snapshot
         .pods
         .iter()
-        .filter_map(|pod| {
-            let name = pod.metadata.name.as_deref()?;
-            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-            let status = pod.status.as_ref();
-            let listed: Vec<&str> = match status.and_then(|s| s.pod_ips.as_ref()) {
-                Some(ips) if !ips.is_empty() => ips.iter().map(|ip| ip.ip.as_str()).collect(),
-                _ => status
-                    .and_then(|s| s.pod_ip.as_deref())
-                    .into_iter()
-                    .collect(),
-            };
-            let parsed = listed.iter().filter_map(|ip| ip.parse().ok()).collect();
-            Some((format!("{namespace}/{name}"), parsed))
-        })
+        .filter(|pod| pod.metadata.name.is_some())
+        .map(|pod| (pod_key(pod), snapshot::pod_addresses(pod)))
         .collect()
 }
 
