@@ -98,6 +98,21 @@ pub enum Fragment {
     Later { id: u32 },
 }
 
+impl Fragment {
+    /// The position of a packet whose fragment offset is `offset` (8-byte units) and whose
+    /// more-fragments flag is `more`.
+    #[inline(always)]
+    fn of(id: u32, offset: u16, more: bool) -> Self {
+        if offset != 0 {
+            Self::Later { id }
+        } else if more {
+            Self::First { id }
+        } else {
+            Self::None
+        }
+    }
+}
+
 /// What parsing found.
 pub enum Parsed {
     /// An IP packet to decide.
@@ -174,13 +189,7 @@ fn parse_v4(ctx: &TcContext, packet: &mut Packet) -> Parsed {
     let frag = be16([h[6], h[7]]);
     let more_fragments = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
-    packet.fragment = if offset != 0 {
-        Fragment::Later { id }
-    } else if more_fragments {
-        Fragment::First { id }
-    } else {
-        Fragment::None
-    };
+    packet.fragment = Fragment::of(id, offset, more_fragments);
     packet.family = 4;
     packet.protocol = h[9];
     packet.src = mapped([h[12], h[13], h[14], h[15]]);
@@ -247,13 +256,7 @@ fn parse_v6(ctx: &TcContext, packet: &mut Packet) -> Parsed {
                 let frag_offset = be16([ext[2], ext[3]]) >> 3;
                 let more = ext[3] & 1 != 0;
                 let id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
-                packet.fragment = if frag_offset != 0 {
-                    Fragment::Later { id }
-                } else if more {
-                    Fragment::First { id }
-                } else {
-                    Fragment::None
-                };
+                packet.fragment = Fragment::of(id, frag_offset, more);
             }
             _ => break,
         }
