@@ -9,7 +9,8 @@
 //!    keeps per-flow state in [`FlowKey`] → [`CtEntry`] / [`DenyEntry`] and fragment state in
 //!    [`FragKey`] → [`FragEntry`], counts verdicts in [`Counter`] slots, and writes one
 //!    [`FlowEvent`] per flow decision into the ring buffer.
-//! 3. Userspace reads the events and names the rule through [`FlowEvent::rule_id`].
+//! 3. Userspace reads the events and names the rule through [`FlowEvent::rule_id`]; the
+//!    collector turns them into flow records, whose columns [`record::COLUMNS`] defines.
 //!
 //! Conventions for every field below:
 //! - Addresses are 16 bytes in network byte order. IPv4 addresses are stored IPv4-mapped
@@ -26,6 +27,7 @@ pub mod addr;
 mod conntrack;
 mod event;
 mod policy;
+pub mod record;
 
 pub use conntrack::{CtEntry, DenyEntry, FlowKey, FragEntry, FragKey};
 pub use event::{Direction, FLOW_EVENT_VERSION, FlowEvent, Reason, Verdict};

@@ -1,0 +1,264 @@
+//! The collector's settings: one serde schema, read from the agent's configuration file and
+//! filled with the embedded defaults for everything left out (what `tollgate lab` runs on).
+//!
+//! Durations are whole seconds or milliseconds and sizes whole bytes; each field's name says
+//! which. Unknown fields are refused, so a typo is an error rather than a silent default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which flow records are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordMode {
+    /// Every flow: allowed, denied and audit-denied (the default).
+    #[default]
+    All,
+    /// Only flows whose packets were dropped (`action = 'REJECT'`). Loss records are always
+    /// written.
+    Denied,
+}
+
+/// Settings of the node collector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Name of the cluster: the `cluster` column and first partition key.
+    pub cluster: String,
+    /// Name of the node: the `node` column and the first part of every file name.
+    pub node: String,
+    /// Aggregation window in seconds: events of one flow and verdict within a window become
+    /// one record (VPC Flow Logs' one-minute option by default).
+    pub window_secs: u64,
+    /// Which records are written.
+    pub mode: RecordMode,
+    /// How often the ring buffer is drained even without a wakeup, in milliseconds (the probe
+    /// wakes the reader only once 64 KiB of events are waiting).
+    pub drain_interval_ms: u64,
+    /// Most flow records held open across the current windows; events of further flows are
+    /// counted as lost (`aggregation-full`) until the window closes.
+    pub max_open_records: usize,
+    /// A Parquet file is closed and spooled once it reaches this many bytes…
+    pub rotate_bytes: u64,
+    /// …or once it has been open this many seconds, whichever comes first.
+    pub rotate_age_secs: u64,
+    /// Local spool: closed files wait here until the sink has them.
+    pub spool_dir: PathBuf,
+    /// Most bytes the spool keeps; a file that would exceed it is dropped and counted
+    /// (`spool-full`).
+    pub spool_max_bytes: u64,
+    /// Where files go from the spool.
+    pub sink: SinkConfig,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            cluster: "lab".to_owned(),
+            node: hostname(),
+            window_secs: 60,
+            mode: RecordMode::All,
+            drain_interval_ms: 100,
+            max_open_records: 1_000_000,
+            rotate_bytes: 128 * 1024 * 1024,
+            rotate_age_secs: 300,
+            spool_dir: PathBuf::from("/var/lib/tollgate/spool"),
+            spool_max_bytes: 1024 * 1024 * 1024,
+            sink: SinkConfig::default(),
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// [`CollectorConfig::window_secs`] as a duration.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_secs)
+    }
+
+    /// [`CollectorConfig::drain_interval_ms`] as a duration.
+    pub fn drain_interval(&self) -> Duration {
+        Duration::from_millis(self.drain_interval_ms)
+    }
+
+    /// [`CollectorConfig::rotate_age_secs`] as a duration.
+    pub fn rotate_age(&self) -> Duration {
+        Duration::from_secs(self.rotate_age_secs)
+    }
+
+    /// Every setting that cannot work, as `field: why`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, field: &str, why: &str| {
+            if !ok {
+                problems.push(format!("{field}: {why}"));
+            }
+        };
+        check(
+            is_path_segment(&self.cluster),
+            "cluster",
+            "must be a non-empty name without '/', '=' or whitespace",
+        );
+        check(
+            is_path_segment(&self.node),
+            "node",
+            "must be a non-empty name without '/', '=' or whitespace",
+        );
+        check(self.window_secs > 0, "window_secs", "must be at least 1");
+        check(
+            self.drain_interval_ms > 0,
+            "drain_interval_ms",
+            "must be at least 1",
+        );
+        check(
+            self.max_open_records > 0,
+            "max_open_records",
+            "must be at least 1",
+        );
+        check(self.rotate_bytes > 0, "rotate_bytes", "must be at least 1");
+        check(self.rotate_age_secs > 0, "rotate_age_secs", "must be at least 1");
+        check(
+            self.spool_max_bytes > 0,
+            "spool_max_bytes",
+            "must be at least 1",
+        );
+        problems.extend(self.sink.problems());
+        problems
+    }
+}
+
+/// Where spooled files are delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// A local directory in the same layout as the bucket (the embedded default).
+    Local {
+        /// The directory; created when missing.
+        dir: PathBuf,
+    },
+    /// An S3 bucket (or an S3-compatible server).
+    S3(S3Config),
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self::Local {
+            dir: PathBuf::from("/var/lib/tollgate/flows"),
+        }
+    }
+}
+
+impl SinkConfig {
+    fn problems(&self) -> Vec<String> {
+        match self {
+            Self::Local { dir } if dir.as_os_str().is_empty() => {
+                vec!["sink.dir: must not be empty".to_owned()]
+            }
+            Self::Local { .. } => Vec::new(),
+            Self::S3(s3) => s3.problems(),
+        }
+    }
+}
+
+/// Server-side encryption of uploaded objects.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ServerSideEncryption {
+    /// No header: the bucket's default encryption applies.
+    #[default]
+    BucketDefault,
+    /// SSE-S3 (`AES256`).
+    S3,
+    /// SSE-KMS with the given key (ARN, id or alias), or the bucket's KMS key when absent.
+    Kms {
+        /// KMS key id.
+        #[serde(default)]
+        key_id: Option<String>,
+    },
+}
+
+/// Settings of the S3 sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// AWS region of the bucket.
+    pub region: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix, without leading or trailing '/': objects go to
+    /// `<prefix>/cluster=…/dt=…/hour=…/<file>` (or straight under `cluster=…` when empty).
+    #[serde(default)]
+    pub prefix: String,
+    /// Endpoint URL of an S3-compatible server (`http://127.0.0.1:9000`); AWS when absent.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Server-side encryption.
+    #[serde(default)]
+    pub sse: ServerSideEncryption,
+    /// Files of at least this many bytes are uploaded in parts (multipart upload).
+    #[serde(default = "default_multipart_threshold")]
+    pub multipart_threshold_bytes: u64,
+    /// Size of each part of a multipart upload (S3's minimum is 5 MiB, except the last part).
+    #[serde(default = "default_part_size")]
+    pub part_size_bytes: u64,
+    /// Attempts per request inside the SDK (its standard retry mode with backoff) before the
+    /// shipper's own backoff takes over; the shipper retries without limit.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_multipart_threshold() -> u64 {
+    64 * 1024 * 1024
+}
+
+fn default_part_size() -> u64 {
+    16 * 1024 * 1024
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+impl S3Config {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.region.is_empty() {
+            problems.push("sink.region: must not be empty".to_owned());
+        }
+        if self.bucket.is_empty() {
+            problems.push("sink.bucket: must not be empty".to_owned());
+        }
+        if self.prefix.starts_with('/') || self.prefix.ends_with('/') {
+            problems.push("sink.prefix: must not start or end with '/'".to_owned());
+        }
+        if self.part_size_bytes < 5 * 1024 * 1024 {
+            problems.push("sink.part_size_bytes: S3 needs at least 5 MiB per part".to_owned());
+        }
+        if self.max_attempts == 0 {
+            problems.push("sink.max_attempts: must be at least 1".to_owned());
+        }
+        problems
+    }
+}
+
+fn is_path_segment(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '=' || c.is_whitespace() || c.is_control())
+}
+
+/// This machine's host name, or `node` when it has none.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| is_path_segment(h))
+        .unwrap_or_else(|| "node".to_owned())
+}

@@ -1,0 +1,370 @@
+//! The flow record: what the collector writes to Parquet and Athena queries, one row per flow,
+//! verdict and aggregation window.
+//!
+//! [`COLUMNS`] is the one definition of the record: the collector builds its Arrow batches in
+//! this order with these types ([`crate::record::arrow_schema`] under the `user` feature), the
+//! Glue table in `schemas/athena/` declares the same columns (a test compares them), and the
+//! docs below are the column reference users read.
+//!
+//! The names follow VPC Flow Logs where the meaning is the same (`srcaddr`, `packets`,
+//! `action`, `log_status`, …), so queries written for VPC Flow Logs read naturally here; the
+//! Kubernetes columns come after them. A record covers one flow (addresses, ports, protocol,
+//! direction), one verdict and one reason within one aggregation window; `start` and `end` are
+//! the first and last events it aggregates. Records with `log_status = 'SKIPDATA'` are loss
+//! records: they say how many events were lost (`skipped_events`), where (`loss_source`) and
+//! when (`start` to `end`); their flow columns are null.
+//!
+//! Partitions: files live under `cluster=<c>/dt=YYYY-MM-DD/hour=HH/` (UTC, from the first
+//! record's `start`). `cluster` is both a column of the files and the first partition key;
+//! `dt` and `hour` exist only in the path.
+
+/// Layout version of the record, written in the `version` column; bumped whenever a column
+/// changes meaning or type. Columns are only ever appended.
+pub const FLOW_RECORD_VERSION: i32 = 1;
+
+/// The type of a column, named for Athena (Glue) and mapped to one Arrow type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// Athena `int`, Arrow `Int32`.
+    Int,
+    /// Athena `bigint`, Arrow `Int64`.
+    BigInt,
+    /// Athena `string`, Arrow `Utf8`.
+    String,
+    /// Athena `map<string,string>`, Arrow `Map<Utf8, Utf8>` (keys non-null, values nullable).
+    StringMap,
+}
+
+impl ColumnType {
+    /// The Athena (Hive DDL) spelling of the type.
+    pub const fn athena(self) -> &'static str {
+        match self {
+            Self::Int => "int",
+            Self::BigInt => "bigint",
+            Self::String => "string",
+            Self::StringMap => "map<string,string>",
+        }
+    }
+}
+
+/// One column of the flow record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column {
+    /// Column name, exactly as in Parquet and Athena.
+    pub name: &'static str,
+    /// Type.
+    pub kind: ColumnType,
+    /// Whether the column may be null (in some records; see the doc for when).
+    pub nullable: bool,
+    /// What the column holds: units, values, when it is null.
+    pub doc: &'static str,
+}
+
+const fn column(name: &'static str, kind: ColumnType, nullable: bool, doc: &'static str) -> Column {
+    Column {
+        name,
+        kind,
+        nullable,
+        doc,
+    }
+}
+
+use ColumnType::{BigInt, Int, String, StringMap};
+
+/// Every column of the flow record, in file order.
+pub const COLUMNS: &[Column] = &[
+    column(
+        "version",
+        Int,
+        false,
+        "Record layout version (FLOW_RECORD_VERSION); 1 for this layout.",
+    ),
+    column(
+        "srcaddr",
+        String,
+        true,
+        "Source address of the flow's packets, as text (IPv4 dotted quad, IPv6 RFC 5952). \
+         Null in SKIPDATA records.",
+    ),
+    column(
+        "dstaddr",
+        String,
+        true,
+        "Destination address, as text. Null in SKIPDATA records.",
+    ),
+    column(
+        "srcport",
+        Int,
+        true,
+        "Source port (TCP, UDP, SCTP); the echo identifier for ICMP echo; 0 for other \
+         protocols. Null in SKIPDATA records.",
+    ),
+    column(
+        "dstport",
+        Int,
+        true,
+        "Destination port, as srcport. Null in SKIPDATA records.",
+    ),
+    column(
+        "protocol",
+        Int,
+        true,
+        "IANA protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, 132 SCTP, …). Null in \
+         SKIPDATA records.",
+    ),
+    column(
+        "packets",
+        BigInt,
+        true,
+        "Packets of the flow in the window that the probe reported: every denied packet; for \
+         an allowed flow, the packet that was decided (later packets of an allowed flow pass \
+         through connection tracking without an event). Null in SKIPDATA records.",
+    ),
+    column(
+        "bytes",
+        BigInt,
+        true,
+        "Bytes of those packets, counted from the link-layer header on. Null in SKIPDATA \
+         records.",
+    ),
+    column(
+        "start",
+        BigInt,
+        false,
+        "Time of the first event the record aggregates, in seconds since the Unix epoch (UTC). \
+         For SKIPDATA records, the start of the span in which events were lost.",
+    ),
+    column(
+        "end",
+        BigInt,
+        false,
+        "Time of the last event the record aggregates, in seconds since the Unix epoch (UTC). \
+         For SKIPDATA records, the end of the span in which events were lost.",
+    ),
+    column(
+        "action",
+        String,
+        true,
+        "What happened to the packets: ACCEPT (allowed, or denied in audit mode and passed) or \
+         REJECT (dropped). Null in SKIPDATA records.",
+    ),
+    column(
+        "log_status",
+        String,
+        false,
+        "OK for a flow record; SKIPDATA for a loss record (see skipped_events, loss_source).",
+    ),
+    column(
+        "flow_direction",
+        String,
+        true,
+        "ingress or egress, seen from the pod whose policy decided (the endpoint): egress \
+         packets leave that pod, ingress packets enter it. Null in SKIPDATA records.",
+    ),
+    column(
+        "tcp_flags",
+        Int,
+        true,
+        "Bitwise OR of the TCP flags of the reported packets (FIN 1, SYN 2, RST 4, PSH 8, \
+         ACK 16, URG 32, ECE 64, CWR 128); 0 for other protocols. Null in SKIPDATA records.",
+    ),
+    column(
+        "icmp_type",
+        Int,
+        true,
+        "ICMP or ICMPv6 type; null for other protocols.",
+    ),
+    column(
+        "icmp_code",
+        Int,
+        true,
+        "ICMP or ICMPv6 code; null for other protocols.",
+    ),
+    column(
+        "src_namespace",
+        String,
+        true,
+        "Namespace of the pod that held srcaddr at the time of the flow; null when the source \
+         is not a pod of the cluster.",
+    ),
+    column(
+        "src_pod",
+        String,
+        true,
+        "Name of that pod; null when the source is not a pod of the cluster.",
+    ),
+    column(
+        "src_workload",
+        String,
+        true,
+        "The workload that owns the source pod, as Kind/name (Deployment/nginx, \
+         StatefulSet/db, DaemonSet/agent, Job/x, CronJob/y); Pod/name for a pod without a \
+         controller; null when the source is not a pod of the cluster.",
+    ),
+    column(
+        "src_labels",
+        StringMap,
+        true,
+        "Labels of the source pod at the time of the flow; null when the source is not a pod \
+         of the cluster.",
+    ),
+    column(
+        "dst_namespace",
+        String,
+        true,
+        "Namespace of the pod that held dstaddr at the time of the flow; null outside the \
+         cluster.",
+    ),
+    column(
+        "dst_pod",
+        String,
+        true,
+        "Name of that pod; null outside the cluster.",
+    ),
+    column(
+        "dst_workload",
+        String,
+        true,
+        "The workload that owns the destination pod, as src_workload.",
+    ),
+    column(
+        "dst_labels",
+        StringMap,
+        true,
+        "Labels of the destination pod at the time of the flow; null outside the cluster.",
+    ),
+    column(
+        "verdict",
+        String,
+        true,
+        "The probe's verdict: allow, deny, or audit-deny (policy would deny, the endpoint is \
+         in audit mode, the packets passed). Null in SKIPDATA records.",
+    ),
+    column(
+        "verdict_reason",
+        String,
+        true,
+        "Why: allowed-by-rule, established, reply, related, no-policy-selects-pod, \
+         isolated-no-rule-matched, endpoint-not-programmed, unknown-endpoint, spoofed-source, \
+         unknown-fragment, malformed. Null in SKIPDATA records.",
+    ),
+    column(
+        "policy_namespace",
+        String,
+        true,
+        "Namespace of the NetworkPolicy whose rule allowed the flow (allowed-by-rule); null \
+         for other reasons (a deny is the absence of a matching rule, not a rule).",
+    ),
+    column(
+        "policy_name",
+        String,
+        true,
+        "Name of that NetworkPolicy; null when no rule decided.",
+    ),
+    column(
+        "policy_rule",
+        Int,
+        true,
+        "Index of the rule in the policy's spec.ingress or spec.egress list (which one: \
+         flow_direction); null when no rule decided.",
+    ),
+    column(
+        "enforcement_mode",
+        String,
+        true,
+        "enforce, or audit when the deciding endpoint's policies run in audit mode \
+         (tollgate.io/enforcement: audit). Null in SKIPDATA records.",
+    ),
+    column(
+        "events",
+        BigInt,
+        false,
+        "How many flow events of the probe the record aggregates (0 for SKIPDATA records).",
+    ),
+    column(
+        "skipped_events",
+        BigInt,
+        true,
+        "SKIPDATA records: how many flow events were lost in the span; null when the count is \
+         unknown (the collector was killed and restarted). Null in OK records.",
+    ),
+    column(
+        "loss_source",
+        String,
+        true,
+        "SKIPDATA records: where events were lost: ringbuf-full (the kernel found the ring \
+         buffer full), undecodable (a ring-buffer record of an unknown layout), \
+         aggregation-full (too many open flows in the window), spool-full (the local spool \
+         was at its bound), collector-restart (the collector stopped without flushing). Null \
+         in OK records.",
+    ),
+    column(
+        "node",
+        String,
+        false,
+        "Name of the Kubernetes node whose probe decided.",
+    ),
+    column(
+        "cluster",
+        String,
+        false,
+        "Name of the cluster, as configured; also the first partition key.",
+    ),
+];
+
+/// Hive partition keys of the flow directory, in path order. Each is a string in the path:
+/// `cluster` as configured, `dt` as `YYYY-MM-DD` and `hour` as `HH` (UTC).
+pub const PARTITION_KEYS: &[&str] = &["cluster", "dt", "hour"];
+
+/// The column named `name`, if any.
+pub fn column_named(name: &str) -> Option<&'static Column> {
+    COLUMNS.iter().find(|c| c.name == name)
+}
+
+#[cfg(feature = "user")]
+mod arrow {
+    extern crate std;
+
+    use std::{sync::Arc, vec::Vec};
+
+    use arrow_schema::{DataType, Field, Fields, Schema};
+
+    use super::{COLUMNS, ColumnType};
+
+    /// The entries field of a label map: non-null `key`, nullable `value` (the names Athena
+    /// and Parquet readers expect).
+    pub fn label_map_entries() -> Arc<Field> {
+        Arc::new(Field::new(
+            "entries",
+            DataType::Struct(Fields::from(std::vec![
+                Field::new("key", DataType::Utf8, false),
+                Field::new("value", DataType::Utf8, true),
+            ])),
+            false,
+        ))
+    }
+
+    impl ColumnType {
+        /// The Arrow type of the column.
+        pub fn arrow(self) -> DataType {
+            match self {
+                Self::Int => DataType::Int32,
+                Self::BigInt => DataType::Int64,
+                Self::String => DataType::Utf8,
+                Self::StringMap => DataType::Map(label_map_entries(), false),
+            }
+        }
+    }
+
+    /// The Arrow schema of the flow record, built from [`COLUMNS`].
+    pub fn arrow_schema() -> Schema {
+        let fields: Vec<Field> = COLUMNS
+            .iter()
+            .map(|c| Field::new(c.name, c.kind.arrow(), c.nullable))
+            .collect();
+        Schema::new(fields)
+    }
+}
+
+#[cfg(feature = "user")]
+pub use arrow::{arrow_schema, label_map_entries};
