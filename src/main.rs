@@ -56,6 +56,10 @@ struct LabArgs {
     /// `auto`: TCX links where the kernel has them, else clsact; `clsact`: always clsact.
     #[arg(long, value_enum, default_value_t = AttachArg::Auto)]
     attach: AttachArg,
+    /// Keep the flow directory (Parquet, partitioned like the bucket) here; a temporary
+    /// directory, named at the end, otherwise.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,6 +165,7 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
             AttachArg::Auto => tollgate_lab::Attach::Auto,
             AttachArg::Clsact => tollgate_lab::Attach::Clsact,
         },
+        out: args.out.clone(),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(tollgate_lab::run(&options))?;

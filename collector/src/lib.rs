@@ -1,4 +1,36 @@
-//! The node collector: flow events from the probe's ring buffer to Parquet files in S3.
+//! The node collector: flow events from the probe's ring buffer to Parquet files in S3, with
+//! every loss counted and written down.
+//!
+//! Data flows through the modules in this order:
+//! - [`service`]: the running collector. Its reader thread waits on the ring buffer
+//!   (`AsyncFd`), drains it on wakeups and on a timer, and reports residual denies;
+//! - [`identity`]: who held each address, what each rule id meant and which endpoints ran in
+//!   audit mode, over time, so events are named as of their own timestamp;
+//! - [`aggregate`]: enrichment and aggregation per flow, verdict and window ([`clock`] turns
+//!   the probe's boot-time stamps into Unix time);
+//! - [`record`]: records as Arrow batches of the schema `tollgate_schemas::record` defines;
+//! - [`writer`]: Parquet files per partition, rotated by size and age, committed to the
+//!   [`spool`] under deterministic object keys;
+//! - [`ship`]: spooled files to the [`sink`] (a local directory or S3), removed only once
+//!   delivered, retried with backoff;
+//! - [`loss`] and [`metrics`]: every event lost (kernel ring buffer full, undecodable,
+//!   aggregation table full, spool full, collector restart) becomes a `SKIPDATA` record and a
+//!   counter.
+//!
+//! [`pipeline`] holds the synchronous stages together; [`read`] reads a flow directory back
+//! (`tollgate flows`, the lab's summary); [`config`] is the settings schema.
 
+pub mod aggregate;
+pub mod clock;
 pub mod config;
+pub mod identity;
+pub mod loss;
+pub mod metrics;
+pub mod pipeline;
+pub mod read;
+pub mod record;
+pub mod service;
+pub mod ship;
 pub mod sink;
+pub mod spool;
+pub mod writer;

@@ -1,27 +1,43 @@
 //! Reading flow events from the probe's ring buffer.
 //!
 //! The kernel writes one [`FlowEvent`] per flow decision; [`EventReader::drain`] copies out
-//! every event available now. The reader is also a file descriptor for an async reactor, but
-//! the probe wakes it only once 64 KiB of events are waiting (a wakeup costs the kernel a
-//! self-IPI per event otherwise): a reader must also drain on a timer, or after each test run
-//! as `verify` does.
+//! every event available now, [`EventReader::drain_with`] hands each to a function without
+//! collecting them. The reader is also a file descriptor for an async reactor, but the probe
+//! wakes it only once 64 KiB of events are waiting (a wakeup costs the kernel a self-IPI per
+//! event otherwise): a reader must also drain on a timer, or after each test run as `verify`
+//! does.
+//!
+//! The reader holds its own handles on the deny map and the counters, so whoever owns it (the
+//! collector) can also report residual denies ([`EventReader::flush_denies`]) and read the
+//! kernel's loss counters ([`EventReader::counters`]) while the probe itself stays with the
+//! enforcer.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
-use aya::maps::{MapData, RingBuf};
-use tollgate_schemas::{FLOW_EVENT_VERSION, FlowEvent};
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use tollgate_schemas::{DenyEntry, FLOW_EVENT_VERSION, FlowEvent, FlowKey};
 
-/// The probe's event ring buffer.
+use crate::probe::{Counters, ProbeError, flush_denies, read_counters};
+
+/// The probe's event ring buffer, with handles on the deny map and the counters.
 pub struct EventReader {
     ring: RingBuf<MapData>,
+    denies: HashMap<MapData, FlowKey, DenyEntry>,
+    counters: PerCpuArray<MapData, u64>,
     /// Records that were not a whole [`FlowEvent`] of the known version.
     undecodable: u64,
 }
 
 impl EventReader {
-    pub(crate) fn new(ring: RingBuf<MapData>) -> Self {
+    pub(crate) fn new(
+        ring: RingBuf<MapData>,
+        denies: HashMap<MapData, FlowKey, DenyEntry>,
+        counters: PerCpuArray<MapData, u64>,
+    ) -> Self {
         Self {
             ring,
+            denies,
+            counters,
             undecodable: 0,
         }
     }
@@ -29,19 +45,39 @@ impl EventReader {
     /// Every event available now, oldest first.
     pub fn drain(&mut self) -> Vec<FlowEvent> {
         let mut events = Vec::new();
+        self.drain_with(|event| events.push(*event));
+        events
+    }
+
+    /// Hands every event available now to `each`, oldest first, and returns how many records
+    /// were read (undecodable ones included).
+    pub fn drain_with(&mut self, mut each: impl FnMut(&FlowEvent)) -> u64 {
+        let mut read = 0;
         while let Some(item) = self.ring.next() {
+            read += 1;
             match decode(&item) {
-                Some(event) => events.push(event),
+                Some(event) => each(&event),
                 None => self.undecodable += 1,
             }
         }
-        events
+        read
     }
 
     /// How many records could not be decoded (wrong size or version), since the reader was
     /// created. They are counted, never silently skipped.
     pub fn undecodable(&self) -> u64 {
         self.undecodable
+    }
+
+    /// Reports the denied packets the kernel counted but has not reported yet, as
+    /// [`crate::probe::Probe::flush_denies`] does.
+    pub fn flush_denies(&mut self) -> Result<Vec<FlowEvent>, ProbeError> {
+        flush_denies(&mut self.denies)
+    }
+
+    /// The probe's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, ProbeError> {
+        read_counters(&self.counters)
     }
 }
 

@@ -114,6 +114,9 @@ pub(crate) struct ProbeMaps {
     pub frags: HashMap<MapData, FragKey, FragEntry>,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Kernel ids of the deny and counter maps, to open second handles on them.
+    pub denies_id: u32,
+    pub counters_id: u32,
 }
 
 /// The loaded probe: both programs and every map.
@@ -143,15 +146,27 @@ impl Probe {
                 .load()
                 .map_err(|source| ProbeError::Program { name, source })?;
         }
+        let denies = take(&mut ebpf, map_names::DENIES)?;
+        let counters = take(&mut ebpf, map_names::COUNTERS)?;
+        let denies_id = map_id(&denies, map_names::DENIES)?;
+        let counters_id = map_id(&counters, map_names::COUNTERS)?;
         let maps = ProbeMaps {
             endpoints: typed(&mut ebpf, map_names::ENDPOINTS)?,
             ingress: typed(&mut ebpf, map_names::INGRESS)?,
             egress: typed(&mut ebpf, map_names::EGRESS)?,
             conntrack: typed(&mut ebpf, map_names::CONNTRACK)?,
-            denies: typed(&mut ebpf, map_names::DENIES)?,
+            denies: HashMap::try_from(denies).map_err(|source| ProbeError::Map {
+                name: map_names::DENIES,
+                source,
+            })?,
             frags: typed(&mut ebpf, map_names::FRAGS)?,
             config: typed(&mut ebpf, map_names::CONFIG)?,
-            counters: typed(&mut ebpf, map_names::COUNTERS)?,
+            counters: PerCpuArray::try_from(counters).map_err(|source| ProbeError::Map {
+                name: map_names::COUNTERS,
+                source,
+            })?,
+            denies_id,
+            counters_id,
         };
         let events = Some(typed(&mut ebpf, map_names::EVENTS)?);
         let mut probe = Self { ebpf, maps, events };
@@ -230,29 +245,19 @@ impl Probe {
         AyaMaps::new(&mut self.maps)
     }
 
-    /// The event ring buffer; it can be taken once.
+    /// The event ring buffer, with handles of its own on the deny and counter maps (for
+    /// [`EventReader::flush_denies`] and [`EventReader::counters`]), so that a collector can
+    /// own it while the probe stays with the enforcer; it can be taken once.
     pub fn take_events(&mut self) -> Result<EventReader, ProbeError> {
-        self.events
-            .take()
-            .map(EventReader::new)
-            .ok_or(ProbeError::EventsTaken)
+        let ring = self.events.take().ok_or(ProbeError::EventsTaken)?;
+        let denies = reopen(self.maps.denies_id, map_names::DENIES)?;
+        let counters = reopen(self.maps.counters_id, map_names::COUNTERS)?;
+        Ok(EventReader::new(ring, denies, counters))
     }
 
     /// Totals of the per-CPU counters.
     pub fn counters(&self) -> Result<Counters, ProbeError> {
-        let mut totals = Counters::default();
-        for counter in Counter::ALL {
-            let values = self
-                .maps
-                .counters
-                .get(&(counter as u32), 0)
-                .map_err(|source| ProbeError::Map {
-                    name: map_names::COUNTERS,
-                    source,
-                })?;
-            totals.0[counter as usize] = values.iter().sum();
-        }
-        Ok(totals)
+        read_counters(&self.maps.counters)
     }
 
     /// Reports what the kernel counted but has not reported yet: every denied flow with packets
@@ -261,29 +266,7 @@ impl Probe {
     /// so that its next packet starts a new report at once. Packets denied between the read and
     /// the removal of an entry are the only ones that can go unreported.
     pub fn flush_denies(&mut self) -> Result<Vec<FlowEvent>, ProbeError> {
-        let denies = &mut self.maps.denies;
-        let error = |source| ProbeError::Map {
-            name: map_names::DENIES,
-            source,
-        };
-        let pending = denies
-            .iter()
-            .filter_map(|entry| match entry {
-                Ok((_, deny)) if deny.packets == 0 => None,
-                other => Some(other),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(error)?;
-        let now = boottime_ns();
-        let mut events = Vec::with_capacity(pending.len());
-        for (key, deny) in pending {
-            match denies.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(error(source)),
-            }
-            events.push(residual_event(&key, &deny, now));
-        }
-        Ok(events)
+        flush_denies(&mut self.maps.denies)
     }
 
     /// Forgets every tracked, denied and fragmented flow, as if no packet had been seen.
@@ -304,6 +287,69 @@ impl Probe {
             .try_into()
             .map_err(|source| ProbeError::Program { name, source })
     }
+}
+
+/// Reports what `denies` counted but has not reported yet; see [`Probe::flush_denies`].
+pub(crate) fn flush_denies(
+    denies: &mut HashMap<MapData, FlowKey, DenyEntry>,
+) -> Result<Vec<FlowEvent>, ProbeError> {
+    let error = |source| ProbeError::Map {
+        name: map_names::DENIES,
+        source,
+    };
+    let pending = denies
+        .iter()
+        .filter_map(|entry| match entry {
+            Ok((_, deny)) if deny.packets == 0 => None,
+            other => Some(other),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(error)?;
+    let now = boottime_ns();
+    let mut events = Vec::with_capacity(pending.len());
+    for (key, deny) in pending {
+        match denies.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(error(source)),
+        }
+        events.push(residual_event(&key, &deny, now));
+    }
+    Ok(events)
+}
+
+/// Totals of the per-CPU `counters`.
+pub(crate) fn read_counters(
+    counters: &PerCpuArray<MapData, u64>,
+) -> Result<Counters, ProbeError> {
+    let mut totals = Counters::default();
+    for counter in Counter::ALL {
+        let values = counters
+            .get(&(counter as u32), 0)
+            .map_err(|source| ProbeError::Map {
+                name: map_names::COUNTERS,
+                source,
+            })?;
+        totals.0[counter as usize] = values.iter().sum();
+    }
+    Ok(totals)
+}
+
+/// A second, independent handle on the map with kernel id `id`.
+fn reopen<T: TryFrom<Map, Error = MapError>>(id: u32, name: &'static str) -> Result<T, ProbeError> {
+    let error = |source| ProbeError::Map { name, source };
+    let data = MapData::from_id(id).map_err(error)?;
+    T::try_from(Map::from_map_data(data).map_err(error)?).map_err(error)
+}
+
+/// The kernel id of a map, to open it again with [`reopen`].
+fn map_id(map: &Map, name: &'static str) -> Result<u32, ProbeError> {
+    let data = match map {
+        Map::LruHashMap(data) | Map::PerCpuArray(data) => data,
+        _ => return Err(ProbeError::MissingMap(name)),
+    };
+    data.info()
+        .map(|info| info.id())
+        .map_err(|source| ProbeError::Map { name, source })
 }
 
 /// The event for what a deny entry counted since its last event.

@@ -5,8 +5,8 @@
 //! interfaces are looked up by name in the attaching thread's namespace), before any pod sends
 //! a packet. [`Enforcement::apply`] compiles a step's snapshot with
 //! [`Placement::Interfaces`] (each pod on its host veth's ifindex), carrying the ids of the
-//! previous compilation, and syncs the policy maps. [`Enforcement::drain`] collects the flow
-//! events written since the last drain.
+//! previous compilation, and syncs the policy maps. [`Enforcement::take_events`] hands the
+//! probe's ring buffer to the flow log.
 
 use std::collections::BTreeMap;
 
@@ -18,27 +18,15 @@ use tollgate_enforcer::{
     snapshot::Snapshot,
     sync::sync,
 };
-use tollgate_schemas::FlowEvent;
 
 use crate::{Attach, LabError, netns::in_netns, topology::Topology};
 
 /// The loaded, attached probe and the compiler's ids so far.
 pub struct Enforcement {
     probe: Probe,
-    events: EventReader,
     attach_mode: AttachMode,
     interfaces: BTreeMap<String, u32>,
     ids: Ids,
-    undecodable: u64,
-}
-
-/// Flow events drained after a step.
-#[derive(Debug, Clone, Default)]
-pub struct Drained {
-    /// The events, oldest first.
-    pub events: Vec<FlowEvent>,
-    /// Ring-buffer records that could not be decoded since the previous drain.
-    pub undecodable: u64,
 }
 
 impl Enforcement {
@@ -47,7 +35,6 @@ impl Enforcement {
     /// pods that are not endpoints yet is denied.
     pub fn start(topology: &Topology, attach: Attach) -> Result<Self, LabError> {
         let mut probe = Probe::load()?;
-        let events = probe.take_events()?;
         let veths: Vec<&str> = topology.links().map(|l| l.host_veth.as_str()).collect();
         let modes = in_netns(topology.node_netns(), || {
             veths
@@ -65,11 +52,9 @@ impl Enforcement {
         let attach_mode = modes.first().copied().unwrap_or(AttachMode::Tcx);
         Ok(Self {
             probe,
-            events,
             attach_mode,
             interfaces: topology.interfaces(),
             ids: Ids::default(),
-            undecodable: 0,
         })
     }
 
@@ -103,19 +88,9 @@ impl Enforcement {
         Ok(compiled)
     }
 
-    /// The flow events written since the last drain, then the denied packets the kernel
-    /// counted but had not reported yet (its deduplication waits for the next packet after the
-    /// report interval, which may never come).
-    pub fn drain(&mut self) -> Result<Drained, LabError> {
-        let mut events = self.events.drain();
-        events.extend(self.probe.flush_denies()?);
-        let total = self.events.undecodable();
-        let undecodable = total - self.undecodable;
-        self.undecodable = total;
-        Ok(Drained {
-            events,
-            undecodable,
-        })
+    /// The probe's event ring buffer, with its own handles on the deny map and counters.
+    pub fn take_events(&mut self) -> Result<EventReader, LabError> {
+        Ok(self.probe.take_events()?)
     }
 
     /// The probe's counters, summed over CPUs.

@@ -8,11 +8,14 @@
 //!   /32 routes); [`netns`] runs code inside one of them.
 //! - [`enforce`]: loads the probe, attaches it to every host veth in the node namespace, and
 //!   for each step compiles the policies and syncs the maps.
+//! - [`flowlog`]: the collector on the probe's ring buffer, writing Parquet flow records into
+//!   a local directory in the bucket's layout (`--out`), read back at the end.
 //! - [`servers`] (nginx and httpd over [`http`], kube-dns over [`dns`]) and [`client`] (the
 //!   curl-like client in the amazonlinux pod).
 //! - [`scenario`]: the seed's steps, policies and expected outcomes; [`walk`] runs them, and
 //!   [`run`] runs the walk under a time limit and the signal handlers.
-//! - [`report`]: each step's checks and flow events, as a table or as JSON lines.
+//! - [`report`]: each step's checks and flow events, and the flow log's denied flows, as a
+//!   table or as JSON lines.
 //!
 //! Everything the lab creates is named with one run prefix and removed when the run ends: on
 //! success, on error, on panic (drop guards) and on Ctrl-C/SIGTERM. Test traffic never leaves
@@ -22,6 +25,7 @@
 pub mod client;
 pub mod dns;
 pub mod enforce;
+pub mod flowlog;
 pub mod http;
 pub mod names;
 pub mod netns;
@@ -32,6 +36,7 @@ pub mod servers;
 pub mod topology;
 pub mod walk;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tollgate_enforcer::{aya_maps::AyaMapError, probe::ProbeError, snapshot::InputError, sync};
@@ -58,6 +63,9 @@ pub struct LabOptions {
     pub output: OutputFormat,
     /// How the probe is attached to the host veths.
     pub attach: Attach,
+    /// The flow directory to write into (kept); a temporary one named after the run when
+    /// absent (also kept, and named in the report).
+    pub out: Option<PathBuf>,
 }
 
 /// How the probe is attached to the host veths.
@@ -130,6 +138,9 @@ pub enum LabError {
     /// Writing the policy maps failed.
     #[error("syncing the policy maps: {0}")]
     Sync(#[source] Box<sync::SyncError<AyaMapError>>),
+    /// The collector failed (start, delivery, or reading the flow directory back).
+    #[error("flow log: {0}")]
+    FlowLog(String),
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -180,7 +191,7 @@ pub async fn run(options: &LabOptions) -> Result<LabReport, LabError> {
     // Dropping the walk (on a signal or the time limit) drops its guards: servers stop, the
     // probe detaches, the namespaces go.
     tokio::select! {
-        walked = tokio::time::timeout(RUN_TIME_LIMIT, walk::walk(names, options.attach)) => {
+        walked = tokio::time::timeout(RUN_TIME_LIMIT, walk::walk(names, options.attach, options.out.as_deref())) => {
             walked.map_err(|_| LabError::TimedOut(RUN_TIME_LIMIT))?
         }
         _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted("SIGINT")),

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use serde::Serialize;
+use tollgate_collector::read::{StoredRecord, render_table as render_records};
 use tollgate_enforcer::{
     compile::Compiled,
     desired::RuleRef,
@@ -22,7 +23,8 @@ use tollgate_schemas::{Counter, Direction, FlowEvent, Reason, Verdict, addr, pro
 use crate::{
     OutputFormat,
     client::Outcome,
-    scenario::{Check, Step},
+    flowlog::FlowLogSummary,
+    scenario::{Check, DeniedFlow, Step},
 };
 
 /// One check of one step.
@@ -213,6 +215,51 @@ impl StepReport {
     }
 }
 
+/// One denial of the seed, looked up in the flow log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowCheck {
+    /// What the seed shows.
+    pub what: String,
+    /// The records expected, as `REJECT src -> dst:port/proto`.
+    pub expected: String,
+    /// Matching `REJECT` records found.
+    pub records: usize,
+    /// Packets they account for.
+    pub packets: i64,
+    /// Whether at least one was found.
+    pub ok: bool,
+}
+
+impl FlowCheck {
+    /// Looks `denied` up among the records of `summary`.
+    pub fn new(denied: &DeniedFlow, summary: &FlowLogSummary) -> Self {
+        let found: Vec<&StoredRecord> = summary
+            .denied
+            .iter()
+            .filter(|r| {
+                r.is_reject()
+                    && r.src_pod.as_deref() == Some(denied.src_pod)
+                    && r.dst_pod.as_deref() == Some(denied.dst_pod)
+                    && r.protocol == Some(denied.protocol)
+                    && r.dstport == Some(denied.dst_port)
+            })
+            .collect();
+        Self {
+            what: denied.what.to_owned(),
+            expected: format!(
+                "REJECT {} -> {}:{}/{}",
+                denied.src_pod,
+                denied.dst_pod,
+                denied.dst_port,
+                protocol_name(u8::try_from(denied.protocol).unwrap_or_default())
+            ),
+            records: found.len(),
+            packets: found.iter().filter_map(|r| r.packets).sum(),
+            ok: !found.is_empty(),
+        }
+    }
+}
+
 /// The whole run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabReport {
@@ -226,13 +273,18 @@ pub struct LabReport {
     pub steps: Vec<StepReport>,
     /// The probe's counters at the end of the run, by name.
     pub counters: Vec<(&'static str, u64)>,
+    /// What the collector wrote.
+    pub flow_log: FlowLogSummary,
+    /// The seed's denials, looked up in the flow log.
+    pub flow_checks: Vec<FlowCheck>,
 }
 
 impl LabReport {
-    /// Whether every check of every step had the seed's outcome (and there was at least one).
+    /// Whether every check of every step had the seed's outcome (and there was at least one),
+    /// and the flow log shows every denial of the seed.
     pub fn all_ok(&self) -> bool {
         let mut checks = self.steps.iter().flat_map(|s| &s.checks).peekable();
-        checks.peek().is_some() && checks.all(|c| c.ok)
+        checks.peek().is_some() && checks.all(|c| c.ok) && self.flow_checks.iter().all(|c| c.ok)
     }
 
     /// The report in `format`.
@@ -339,14 +391,63 @@ impl LabReport {
             .collect::<Vec<_>>()
             .join(" ");
         let _ = writeln!(out, "\nprobe counters: {counters}");
+        out.push_str(&self.render_flow_log());
         if self.all_ok() {
-            let _ = writeln!(out, "result: all {total} checks match the seed");
-        } else {
             let _ = writeln!(
                 out,
-                "result: {failed} of {total} checks differ from the seed"
+                "result: all {total} checks match the seed, and the flow log shows its {} \
+                 denials",
+                self.flow_checks.len()
+            );
+        } else {
+            let missing = self.flow_checks.iter().filter(|c| !c.ok).count();
+            let _ = writeln!(
+                out,
+                "result: {failed} of {total} checks differ from the seed; {missing} of {} \
+                 denials missing from the flow log",
+                self.flow_checks.len()
             );
         }
+        out
+    }
+}
+
+impl LabReport {
+    /// The flow log: where it is, what it holds, the denied flows read back from its Parquet
+    /// files, and the seed's denials found in them.
+    fn render_flow_log(&self) -> String {
+        let log = &self.flow_log;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\nFlow log: {} records in {} Parquet files under {} ({} events read, {} lost)",
+            log.records,
+            log.files,
+            log.dir.display(),
+            log.events,
+            log.lost
+        );
+        let _ = writeln!(out, "  denied flows (action = 'REJECT'), read back from Parquet:");
+        for line in render_records(&log.denied).lines() {
+            let _ = writeln!(out, "    {line}");
+        }
+        let rows = self
+            .flow_checks
+            .iter()
+            .map(|c| {
+                vec![
+                    c.what.clone(),
+                    c.expected.clone(),
+                    format!("{} records, {} packets", c.records, c.packets),
+                    if c.ok { "ok" } else { "MISSING" }.into(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            "  ",
+            &["SEED DENIAL", "EXPECTED RECORD", "FOUND", "OK"],
+            rows,
+        ));
         out
     }
 }
@@ -418,6 +519,8 @@ mod tests {
                 &Compiled::default(),
             )],
             counters: vec![("allow", 3)],
+            flow_log: FlowLogSummary::default(),
+            flow_checks: Vec::new(),
         }
     }
 

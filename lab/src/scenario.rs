@@ -181,6 +181,39 @@ pub const STEPS: [Step; 3] = [
     },
 ];
 
+/// A denial the flow log must show at the end of the walk, as a `REJECT` record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeniedFlow {
+    /// What the seed shows.
+    pub what: &'static str,
+    /// Source pod, `namespace/name`.
+    pub src_pod: &'static str,
+    /// Destination pod, `namespace/name`.
+    pub dst_pod: &'static str,
+    /// IANA protocol number.
+    pub protocol: i32,
+    /// Destination port.
+    pub dst_port: i32,
+}
+
+/// The denials of the seed, as the flow log records them.
+pub const DENIED_FLOWS: [DeniedFlow; 2] = [
+    DeniedFlow {
+        what: "DNS lookups blocked by all-deny",
+        src_pod: CLIENT_POD,
+        dst_pod: "kube-system/kube-dns",
+        protocol: 17,
+        dst_port: 53,
+    },
+    DeniedFlow {
+        what: "curl httpd blocked",
+        src_pod: CLIENT_POD,
+        dst_pod: "default/httpd",
+        protocol: 6,
+        dst_port: 80,
+    },
+];
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -41,6 +41,7 @@ async fn the_seed_scenario_runs_as_documented() {
     let report = run(&LabOptions {
         output: OutputFormat::Table,
         attach: Attach::Auto,
+        out: None,
     })
     .await
     .unwrap();
@@ -163,6 +164,7 @@ async fn the_seed_scenario_runs_the_same_through_clsact() {
     let report = run(&LabOptions {
         output: OutputFormat::Table,
         attach: Attach::Clsact,
+        out: None,
     })
     .await
     .unwrap();

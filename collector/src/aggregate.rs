@@ -1,0 +1,321 @@
+//! Aggregation: flow events → flow records, one per flow, verdict and window.
+//!
+//! [`Aggregator::ingest`] enriches each event as it arrives, with the identities that held
+//! *at the event's timestamp* ([`Identities`]), and adds it to the open record of its key:
+//! the window (Unix seconds / window length), the flow's addresses, ports, protocol and
+//! direction, the deciding endpoint, verdict, reason and rule, and the identity spans of both
+//! ends (so the same addresses held by two pods in one window make two records). Packets,
+//! bytes and events are summed, TCP flags OR-ed, first and last times kept.
+//! [`Aggregator::close_before`] hands out the records of every window that ended; a late event
+//! for a closed window opens a fresh record, which is closed at the next call.
+//!
+//! The table is bounded ([`Aggregator::new`]'s `max_open`): an event that would open one more
+//! record is refused ([`Skipped::Full`]), and the caller counts it as lost.
+
+use std::collections::HashMap;
+
+use tollgate_schemas::{Direction, FlowEvent, Reason, Verdict, addr, proto};
+
+use crate::{
+    clock::{Clock, NS_PER_S},
+    config::RecordMode,
+    identity::Identities,
+    record::{Flow, FlowRecord, RecordBody},
+};
+
+/// What makes two events one record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    window: u64,
+    src: [u8; 16],
+    dst: [u8; 16],
+    src_port: u16,
+    dst_port: u16,
+    protocol: u8,
+    direction: u8,
+    verdict: u8,
+    reason: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+    endpoint: u32,
+    rule_id: u32,
+    /// Identity spans of source, destination and rule (0: none).
+    src_serial: u64,
+    dst_serial: u64,
+    rule_serial: u64,
+}
+
+/// A record being aggregated.
+#[derive(Debug)]
+struct Open {
+    first_ns: u64,
+    last_ns: u64,
+    flow: Flow,
+}
+
+/// Why an event was not aggregated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// The record mode leaves it out (allowed flows in `denied` mode).
+    Filtered,
+    /// A direction, verdict or reason this build does not know.
+    Unknown,
+    /// The table is full.
+    Full,
+}
+
+/// The open records of the current windows.
+#[derive(Debug)]
+pub struct Aggregator {
+    window_s: u64,
+    mode: RecordMode,
+    max_open: usize,
+    open: HashMap<Key, Open>,
+}
+
+impl Aggregator {
+    /// Windows of `window_s` seconds, at most `max_open` open records.
+    pub fn new(window_s: u64, mode: RecordMode, max_open: usize) -> Self {
+        Self {
+            window_s: window_s.max(1),
+            mode,
+            max_open,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Open records.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether no record is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Adds `event` (stamped in boot time, converted with `clock`), enriched with
+    /// `identities`.
+    pub fn ingest(
+        &mut self,
+        event: &FlowEvent,
+        clock: &Clock,
+        identities: &Identities,
+    ) -> Result<(), Skipped> {
+        let (Some(direction), Some(verdict), Some(reason)) = (
+            Direction::from_raw(event.direction),
+            Verdict::from_raw(event.verdict),
+            Reason::from_raw(event.reason),
+        ) else {
+            return Err(Skipped::Unknown);
+        };
+        if self.mode == RecordMode::Denied && verdict == Verdict::Allow {
+            return Err(Skipped::Filtered);
+        }
+        let unix_ns = clock.unix_ns(event.ts_ns);
+        let ts = event.ts_ns;
+        let src_pod = identities.pod_at(&event.src_addr, ts);
+        let dst_pod = identities.pod_at(&event.dst_addr, ts);
+        let rule = (event.rule_id != 0)
+            .then(|| identities.rule_at(event.rule_id, ts))
+            .flatten();
+        let icmp = matches!(event.protocol, proto::ICMP | proto::ICMPV6);
+        let key = Key {
+            window: unix_ns / NS_PER_S / self.window_s,
+            src: event.src_addr,
+            dst: event.dst_addr,
+            src_port: event.src_port,
+            dst_port: event.dst_port,
+            protocol: event.protocol,
+            direction: event.direction,
+            verdict: event.verdict,
+            reason: event.reason,
+            icmp_type: event.icmp_type,
+            icmp_code: event.icmp_code,
+            endpoint: event.endpoint,
+            rule_id: event.rule_id,
+            src_serial: src_pod.as_ref().map_or(0, |h| h.serial),
+            dst_serial: dst_pod.as_ref().map_or(0, |h| h.serial),
+            rule_serial: rule.as_ref().map_or(0, |h| h.serial),
+        };
+        if let Some(open) = self.open.get_mut(&key) {
+            open.first_ns = open.first_ns.min(unix_ns);
+            open.last_ns = open.last_ns.max(unix_ns);
+            open.flow.packets += event.packets;
+            open.flow.bytes += event.bytes;
+            open.flow.tcp_flags |= event.tcp_flags;
+            open.flow.events += 1;
+            return Ok(());
+        }
+        if self.open.len() >= self.max_open {
+            return Err(Skipped::Full);
+        }
+        let audit = verdict == Verdict::AuditDeny
+            || identities.audit_at(event.endpoint, direction, ts);
+        let flow = Flow {
+            src: addr::from_bytes(event.src_addr),
+            dst: addr::from_bytes(event.dst_addr),
+            src_port: event.src_port,
+            dst_port: event.dst_port,
+            protocol: event.protocol,
+            direction,
+            verdict,
+            reason,
+            icmp: icmp.then_some((event.icmp_type, event.icmp_code)),
+            packets: event.packets,
+            bytes: event.bytes,
+            tcp_flags: event.tcp_flags,
+            events: 1,
+            src_pod: src_pod.map(|h| h.value),
+            dst_pod: dst_pod.map(|h| h.value),
+            rule: rule.map(|h| h.value),
+            audit,
+        };
+        self.open.insert(
+            key,
+            Open {
+                first_ns: unix_ns,
+                last_ns: unix_ns,
+                flow,
+            },
+        );
+        Ok(())
+    }
+
+    /// The records of every window that ends at or before Unix second `now_s` less `grace_s`
+    /// (events are stamped when decided and may reach the collector a drain interval later).
+    pub fn close_before(&mut self, now_s: u64, grace_s: u64) -> Vec<FlowRecord> {
+        let window_s = self.window_s;
+        let cutoff = now_s.saturating_sub(grace_s) / window_s;
+        self.take(|key| key.window < cutoff)
+    }
+
+    /// Every open record, whatever its window (on shutdown).
+    pub fn close_all(&mut self) -> Vec<FlowRecord> {
+        self.take(|_| true)
+    }
+
+    fn take(&mut self, closes: impl Fn(&Key) -> bool) -> Vec<FlowRecord> {
+        let mut records: Vec<FlowRecord> = self
+            .open
+            .extract_if(|key, _| closes(key))
+            .map(|(_, open)| FlowRecord {
+                start_s: open.first_ns / NS_PER_S,
+                end_s: open.last_ns / NS_PER_S,
+                body: RecordBody::Flow(Box::new(open.flow)),
+            })
+            .collect();
+        records.sort_by_key(|r| r.start_s);
+        records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_schemas::FLOW_EVENT_VERSION;
+
+    fn event(ts_s: u64, src_port: u16, verdict: Verdict) -> FlowEvent {
+        FlowEvent {
+            version: FLOW_EVENT_VERSION,
+            family: 4,
+            protocol: proto::TCP,
+            direction: Direction::Egress as u8,
+            verdict: verdict as u8,
+            reason: Reason::IsolatedNoMatch as u8,
+            tcp_flags: 0x02,
+            ts_ns: ts_s * NS_PER_S,
+            ifindex: 3,
+            endpoint: 1,
+            rule_id: 0,
+            src_port,
+            dst_port: 80,
+            src_addr: addr::to_bytes("198.18.0.40".parse().unwrap()),
+            dst_addr: addr::to_bytes("198.18.0.30".parse().unwrap()),
+            packets: 2,
+            bytes: 120,
+            icmp_type: 0,
+            icmp_code: 0,
+            _pad: [0; 6],
+        }
+    }
+
+    fn flow(record: &FlowRecord) -> &Flow {
+        match &record.body {
+            RecordBody::Flow(flow) => flow,
+            RecordBody::Loss(_) => panic!("a loss record"),
+        }
+    }
+
+    #[test]
+    fn events_of_one_flow_and_window_sum_and_windows_split() {
+        let clock = Clock::with_offset(0);
+        let identities = Identities::default();
+        let mut agg = Aggregator::new(60, RecordMode::All, 100);
+        for ts in [120, 130, 179, 180] {
+            agg.ingest(&event(ts, 1000, Verdict::Deny), &clock, &identities)
+                .unwrap();
+        }
+        agg.ingest(&event(125, 1001, Verdict::Deny), &clock, &identities)
+            .unwrap();
+        assert_eq!(agg.len(), 3);
+        // Window [120, 180) closes once 180 + grace has passed.
+        assert!(agg.close_before(181, 2).is_empty());
+        let closed = agg.close_before(182, 2);
+        assert_eq!(closed.len(), 2);
+        let first = closed.iter().find(|r| flow(r).src_port == 1000).unwrap();
+        assert_eq!((first.start_s, first.end_s), (120, 179));
+        assert_eq!(flow(first).packets, 6);
+        assert_eq!(flow(first).bytes, 360);
+        assert_eq!(flow(first).events, 3);
+        let rest = agg.close_all();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].start_s, 180);
+    }
+
+    #[test]
+    fn denied_mode_keeps_denies_and_audit_denies_only() {
+        let clock = Clock::with_offset(0);
+        let identities = Identities::default();
+        let mut agg = Aggregator::new(60, RecordMode::Denied, 100);
+        let allow = agg.ingest(&event(1, 1, Verdict::Allow), &clock, &identities);
+        assert_eq!(allow, Err(Skipped::Filtered));
+        for verdict in [Verdict::Deny, Verdict::AuditDeny] {
+            agg.ingest(&event(1, 1, verdict), &clock, &identities)
+                .unwrap();
+        }
+        let records = agg.close_all();
+        assert_eq!(records.len(), 2);
+        assert!(flow(&records[0]).audit != flow(&records[1]).audit);
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_flows_only() {
+        let clock = Clock::with_offset(0);
+        let identities = Identities::default();
+        let mut agg = Aggregator::new(60, RecordMode::All, 2);
+        let refused = (0..5)
+            .filter(|port| {
+                agg.ingest(&event(10, *port, Verdict::Deny), &clock, &identities)
+                    == Err(Skipped::Full)
+            })
+            .count();
+        assert_eq!(refused, 3);
+        // An event of an open record still counts.
+        agg.ingest(&event(11, 0, Verdict::Deny), &clock, &identities)
+            .unwrap();
+    }
+
+    #[test]
+    fn unknown_enumerations_are_counted_not_trusted() {
+        let clock = Clock::with_offset(0);
+        let identities = Identities::default();
+        let mut agg = Aggregator::new(60, RecordMode::All, 2);
+        let mut bad = event(10, 1, Verdict::Deny);
+        bad.verdict = 9;
+        assert_eq!(
+            agg.ingest(&bad, &clock, &identities),
+            Err(Skipped::Unknown)
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! Kubernetes identity over time: who held an address, what a rule id stood for, and whether an
+//! endpoint ran in audit mode, *at the time of an event*.
+//!
+//! The enforcer tells the collector what the cluster looks like after every change
+//! ([`Identities::observe`], with the time of the change in the probe's clock); each fact is
+//! kept as a [`History`] of spans. Enrichment asks for the fact at the event's timestamp
+//! ([`Identities::pod_at`], [`Identities::rule_at`], [`Identities::audit_at`]), so an address
+//! that moved to another pod between the event and the write is still attributed to the pod
+//! that had it when the packet was decided. Histories are bounded: closed spans older than the
+//! retention are pruned, and each key keeps at most a few spans.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use tollgate_enforcer::{
+    compile::Compiled,
+    desired::RuleRef,
+    snapshot::{Snapshot, pod_addresses},
+};
+use tollgate_schemas::{Direction, addr, endpoint_flags};
+
+/// How long a closed span is kept: events older than this arrive only from a stalled reader.
+pub const DEFAULT_RETENTION_NS: u64 = 15 * 60 * 1_000_000_000;
+
+/// Most spans kept per key (the newest win).
+pub const MAX_SPANS_PER_KEY: usize = 8;
+
+/// Who a pod is, as flow records name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Owning workload as `Kind/name` (see [`workload_of`]).
+    pub workload: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl PodIdentity {
+    /// The identity of `pod`.
+    pub fn of(pod: &Pod) -> Self {
+        let meta = &pod.metadata;
+        let name = meta.name.clone().unwrap_or_default();
+        Self {
+            namespace: meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+            workload: workload_of(pod),
+            labels: meta.labels.clone().unwrap_or_default().into_iter().collect(),
+            name,
+        }
+    }
+}
+
+/// The workload that owns `pod`, as `Kind/name`: its controller owner, with a ReplicaSet
+/// named `<deployment>-<pod-template-hash>` read as `Deployment/<deployment>` (what
+/// `kubectl get deploy` shows); `Pod/<name>` for a pod without a controller.
+pub fn workload_of(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true));
+    let Some(owner) = controller else {
+        return format!("Pod/{}", meta.name.as_deref().unwrap_or_default());
+    };
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get("pod-template-hash"));
+    if owner.kind == "ReplicaSet"
+        && let Some(hash) = hash
+        && let Some(deployment) = owner
+            .name
+            .strip_suffix(hash.as_str())
+            .and_then(|rest| rest.strip_suffix('-'))
+        && !deployment.is_empty()
+    {
+        return format!("Deployment/{deployment}");
+    }
+    format!("{}/{}", owner.kind, owner.name)
+}
+
+/// One value of a key over a span of time (ns of `CLOCK_BOOTTIME`).
+#[derive(Debug, Clone)]
+struct Span<V> {
+    from_ns: u64,
+    until_ns: Option<u64>,
+    serial: u64,
+    value: Arc<V>,
+}
+
+/// A fact at one moment: the value and the serial of its span, which tells two holders of the
+/// same key apart (flow records never merge across them).
+#[derive(Debug, Clone)]
+pub struct Held<V> {
+    /// Serial of the span, unique within the [`Identities`].
+    pub serial: u64,
+    /// The value.
+    pub value: Arc<V>,
+}
+
+/// The values a key took over time, newest last.
+#[derive(Debug)]
+pub struct History<K, V> {
+    spans: HashMap<K, VecDeque<Span<V>>>,
+}
+
+impl<K, V> Default for History<K, V> {
+    fn default() -> Self {
+        Self {
+            spans: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: PartialEq> History<K, V> {
+    /// From `at_ns` on, `key` holds `value` (a no-op when it already does).
+    fn set(&mut self, key: &K, value: V, at_ns: u64, serial: &mut u64) {
+        let spans = self.spans.entry(key.clone()).or_default();
+        if let Some(last) = spans.back_mut()
+            && last.until_ns.is_none()
+        {
+            if *last.value == value {
+                return;
+            }
+            last.until_ns = Some(at_ns);
+        }
+        *serial += 1;
+        spans.push_back(Span {
+            from_ns: at_ns,
+            until_ns: None,
+            serial: *serial,
+            value: Arc::new(value),
+        });
+        while spans.len() > MAX_SPANS_PER_KEY {
+            spans.pop_front();
+        }
+    }
+
+    /// From `at_ns` on, `key` holds nothing.
+    fn end(&mut self, key: &K, at_ns: u64) {
+        if let Some(last) = self.spans.get_mut(key).and_then(VecDeque::back_mut)
+            && last.until_ns.is_none()
+        {
+            last.until_ns = Some(at_ns);
+        }
+    }
+
+    /// Keys that hold a value now.
+    fn current_keys(&self) -> Vec<K> {
+        self.spans
+            .iter()
+            .filter(|(_, spans)| spans.back().is_some_and(|s| s.until_ns.is_none()))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// What `key` held at `ts_ns`. A time before the first span the history knows of is read
+    /// as that first span when it started with the collector (`from_ns` 0): the collector
+    /// cannot know of earlier holders.
+    pub fn at(&self, key: &K, ts_ns: u64) -> Option<Held<V>> {
+        let spans = self.spans.get(key)?;
+        spans
+            .iter()
+            .rev()
+            .find(|s| s.from_ns <= ts_ns && s.until_ns.is_none_or(|until| ts_ns < until))
+            .map(|s| Held {
+                serial: s.serial,
+                value: Arc::clone(&s.value),
+            })
+    }
+
+    /// Forgets spans that ended before `before_ns`.
+    fn prune(&mut self, before_ns: u64) {
+        self.spans.retain(|_, spans| {
+            spans.retain(|s| s.until_ns.is_none_or(|until| until >= before_ns));
+            !spans.is_empty()
+        });
+    }
+
+    /// How many spans are kept, over all keys.
+    pub fn len(&self) -> usize {
+        self.spans.values().map(VecDeque::len).sum()
+    }
+
+    /// Whether no span is kept.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+/// The audit flags of one endpoint (per direction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AuditFlags(u32);
+
+/// Every identity fact the collector needs, over time.
+#[derive(Debug)]
+pub struct Identities {
+    pods: History<[u8; 16], PodIdentity>,
+    rules: History<u32, RuleRef>,
+    endpoints: History<u32, AuditFlags>,
+    serial: u64,
+    retention_ns: u64,
+    observed: bool,
+}
+
+impl Default for Identities {
+    fn default() -> Self {
+        Self::new(DEFAULT_RETENTION_NS)
+    }
+}
+
+impl Identities {
+    /// Empty, keeping closed spans for `retention_ns`.
+    pub fn new(retention_ns: u64) -> Self {
+        Self {
+            pods: History::default(),
+            rules: History::default(),
+            endpoints: History::default(),
+            serial: 0,
+            retention_ns,
+            observed: false,
+        }
+    }
+
+    /// Records the cluster as it is from `at_ns` (ns of `CLOCK_BOOTTIME`) on: the pods of
+    /// `snapshot` by address, and the rule ids and endpoint audit flags of `compiled`. What
+    /// the first call records is taken to hold since before the collector started.
+    pub fn observe(&mut self, snapshot: &Snapshot, compiled: &Compiled, at_ns: u64) {
+        let at_ns = if self.observed { at_ns } else { 0 };
+        self.observed = true;
+
+        let mut pods: HashMap<[u8; 16], PodIdentity> = HashMap::new();
+        for pod in &snapshot.pods {
+            let identity = PodIdentity::of(pod);
+            for address in pod_addresses(pod) {
+                pods.insert(addr::to_bytes(address), identity.clone());
+            }
+        }
+        replace(&mut self.pods, pods, at_ns, &mut self.serial);
+
+        let rules: HashMap<u32, RuleRef> = compiled
+            .rules
+            .iter()
+            .map(|(id, rule)| (*id, rule.clone()))
+            .collect();
+        replace(&mut self.rules, rules, at_ns, &mut self.serial);
+
+        let endpoints: HashMap<u32, AuditFlags> = compiled
+            .desired
+            .endpoints
+            .values()
+            .map(|state| (state.id, AuditFlags(state.flags)))
+            .collect();
+        replace(&mut self.endpoints, endpoints, at_ns, &mut self.serial);
+
+        if let Some(before) = at_ns.checked_sub(self.retention_ns) {
+            self.pods.prune(before);
+            self.rules.prune(before);
+            self.endpoints.prune(before);
+        }
+    }
+
+    /// The pod that held `address` (16-byte form) at `ts_ns`.
+    pub fn pod_at(&self, address: &[u8; 16], ts_ns: u64) -> Option<Held<PodIdentity>> {
+        self.pods.at(address, ts_ns)
+    }
+
+    /// The policy rule `rule_id` stood for at `ts_ns`.
+    pub fn rule_at(&self, rule_id: u32, ts_ns: u64) -> Option<Held<RuleRef>> {
+        self.rules.at(&rule_id, ts_ns)
+    }
+
+    /// Whether endpoint `endpoint` ran `direction` in audit mode at `ts_ns`.
+    pub fn audit_at(&self, endpoint: u32, direction: Direction, ts_ns: u64) -> bool {
+        self.endpoints
+            .at(&endpoint, ts_ns)
+            .is_some_and(|flags| flags.value.0 & endpoint_flags::audit(direction) != 0)
+    }
+
+    /// Spans kept for pod addresses (for metrics).
+    pub fn pod_spans(&self) -> usize {
+        self.pods.len()
+    }
+}
+
+/// Makes `history` hold exactly `now` from `at_ns` on: changed keys get a new span, vanished
+/// ones end.
+fn replace<K: Eq + Hash + Clone, V: PartialEq>(
+    history: &mut History<K, V>,
+    now: HashMap<K, V>,
+    at_ns: u64,
+    serial: &mut u64,
+) {
+    for key in history.current_keys() {
+        if !now.contains_key(&key) {
+            history.end(&key, at_ns);
+        }
+    }
+    for (key, value) in now {
+        history.set(&key, value, at_ns, serial);
+    }
+}

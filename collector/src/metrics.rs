@@ -1,0 +1,118 @@
+//! The collector's counters and gauges: shared atomics that every stage bumps, read by the
+//! lab's report, `tollgate bench`, and rendered in the Prometheus text format for `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::loss::LossSource;
+
+/// Counters and gauges of one collector.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Flow events decoded from the ring buffer (and residual deny reports).
+    pub events: AtomicU64,
+    /// Flow records (loss records included) in files committed to the spool.
+    pub records: AtomicU64,
+    /// Files closed and spooled.
+    pub files_spooled: AtomicU64,
+    /// Files delivered to the sink and removed from the spool.
+    pub files_shipped: AtomicU64,
+    /// Failed deliveries (each retried later).
+    pub ship_failures: AtomicU64,
+    /// Bytes waiting in the spool (gauge).
+    pub spool_bytes: AtomicU64,
+    /// Files waiting in the spool (gauge).
+    pub spool_files: AtomicU64,
+    /// Kernel ring-buffer reservation failures, as last read from the probe's counters.
+    pub ringbuf_reserve_failed: AtomicU64,
+    /// Lost events, indexed by [`LossSource`] (`source as usize`); unknown counts add 0.
+    pub lost: [AtomicU64; LossSource::ALL.len()],
+    /// Loss records written, indexed by [`LossSource`].
+    pub loss_records: [AtomicU64; LossSource::ALL.len()],
+}
+
+impl Metrics {
+    /// Counts `events` lost at `source` (unknown counts only count the loss record).
+    pub fn lose(&self, source: LossSource, events: Option<u64>) {
+        self.lost[source as usize].fetch_add(events.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Counts one loss record written for `source`.
+    pub fn loss_record(&self, source: LossSource) {
+        self.loss_records[source as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events lost at `source` so far.
+    pub fn lost(&self, source: LossSource) -> u64 {
+        self.lost[source as usize].load(Ordering::Relaxed)
+    }
+
+    /// Everything, in the Prometheus text exposition format.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut one = |name: &str, kind: &str, help: &str, value: &AtomicU64| {
+            let _ = writeln!(out, "# HELP tollgate_collector_{name} {help}");
+            let _ = writeln!(out, "# TYPE tollgate_collector_{name} {kind}");
+            let _ = writeln!(
+                out,
+                "tollgate_collector_{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        };
+        one("events_total", "counter", "Flow events read.", &self.events);
+        one("records_total", "counter", "Flow records written.", &self.records);
+        one(
+            "files_spooled_total",
+            "counter",
+            "Parquet files closed into the spool.",
+            &self.files_spooled,
+        );
+        one(
+            "files_shipped_total",
+            "counter",
+            "Parquet files delivered to the sink.",
+            &self.files_shipped,
+        );
+        one(
+            "ship_failures_total",
+            "counter",
+            "Failed deliveries (retried).",
+            &self.ship_failures,
+        );
+        one("spool_bytes", "gauge", "Bytes waiting in the spool.", &self.spool_bytes);
+        one("spool_files", "gauge", "Files waiting in the spool.", &self.spool_files);
+        one(
+            "ringbuf_reserve_failed_total",
+            "counter",
+            "Events the kernel dropped because the ring buffer was full.",
+            &self.ringbuf_reserve_failed,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_collector_lost_events_total Events lost, by where.\n\
+             # TYPE tollgate_collector_lost_events_total counter"
+        );
+        for (source, value) in LossSource::ALL.iter().zip(&self.lost) {
+            let _ = writeln!(
+                out,
+                "tollgate_collector_lost_events_total{{source=\"{}\"}} {}",
+                source.name(),
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_collector_loss_records_total SKIPDATA records written, by where.\n\
+             # TYPE tollgate_collector_loss_records_total counter"
+        );
+        for (source, value) in LossSource::ALL.iter().zip(&self.loss_records) {
+            let _ = writeln!(
+                out,
+                "tollgate_collector_loss_records_total{{source=\"{}\"}} {}",
+                source.name(),
+                value.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,258 @@
+//! The collector's synchronous stages in one place: events in, Parquet files out.
+//!
+//! [`Pipeline::ingest`] takes each decoded event through enrichment and aggregation;
+//! [`Pipeline::tick`] (every drain interval) reads the kernel's loss counters, closes the
+//! windows that ended, writes their records and any pending loss records, rotates aged files,
+//! and accounts for every file that could not be kept; [`Pipeline::finish`] closes everything
+//! on shutdown. Opening the pipeline opens the spool, and a previous collector that died
+//! without flushing becomes a `collector-restart` loss record.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
+use tollgate_enforcer::events::EventReader;
+use tollgate_schemas::{Counter, FlowEvent};
+
+use crate::{
+    aggregate::{Aggregator, Skipped},
+    clock::{Clock, NS_PER_S, unix_now_ns},
+    config::CollectorConfig,
+    identity::Identities,
+    loss::{LossLedger, LossSource},
+    metrics::Metrics,
+    record::FlowRecord,
+    spool::{Recovery, Spool, SpoolError},
+    writer::{Closed, FileWriter},
+};
+
+/// Seconds after a window's end before it is closed: events reach the collector up to a drain
+/// interval after they were stamped.
+pub const WINDOW_GRACE_S: u64 = 2;
+
+/// The identities shared between whoever watches the cluster and the collector.
+pub type SharedIdentities = Arc<Mutex<Identities>>;
+
+/// A function that sees every event the collector reads (the lab lists each step's events).
+pub type Tap = Box<dyn FnMut(&FlowEvent) + Send>;
+
+/// Events in, Parquet files out.
+pub struct Pipeline {
+    clock: Clock,
+    identities: SharedIdentities,
+    aggregator: Aggregator,
+    losses: LossLedger,
+    writer: FileWriter,
+    spool: Spool,
+    metrics: Arc<Metrics>,
+    spooled: Arc<Notify>,
+    /// Kernel ring-buffer failures and undecodable records seen so far.
+    ringbuf_failed: Option<u64>,
+    undecodable: u64,
+    last_tick_s: u64,
+}
+
+impl Pipeline {
+    /// Opens the spool of `config` and readies every stage. `spooled` is notified whenever
+    /// a file is committed to the spool.
+    pub fn open(
+        config: &CollectorConfig,
+        identities: SharedIdentities,
+        metrics: Arc<Metrics>,
+        spooled: Arc<Notify>,
+    ) -> Result<(Self, Recovery), SpoolError> {
+        let (spool, recovery) = Spool::open(&config.spool_dir, config.spool_max_bytes)?;
+        let now_s = unix_now_ns() / NS_PER_S;
+        let mut pipeline = Self {
+            clock: Clock::sample(),
+            identities,
+            aggregator: Aggregator::new(
+                config.window_secs,
+                config.mode,
+                config.max_open_records,
+            ),
+            losses: LossLedger::default(),
+            writer: FileWriter::new(
+                &config.cluster,
+                &config.node,
+                config.rotate_bytes,
+                config.rotate_age(),
+            ),
+            spool,
+            metrics,
+            spooled,
+            ringbuf_failed: None,
+            undecodable: 0,
+            last_tick_s: now_s,
+        };
+        if let Some(since) = recovery.unclean_since_s {
+            tracing::warn!(
+                since,
+                partial_files = recovery.removed_partial,
+                "the previous collector stopped without flushing; recording the gap"
+            );
+            pipeline.lose(LossSource::CollectorRestart, None, since, now_s);
+        }
+        Ok((pipeline, recovery))
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Adds every event waiting in `reader`, handing each to `tap` too (when given).
+    pub fn drain(&mut self, reader: &mut EventReader, tap: &mut Option<Tap>) {
+        let identities = Arc::clone(&self.identities);
+        let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
+        reader.drain_with(|event| {
+            if let Some(tap) = tap.as_mut() {
+                tap(event);
+            }
+            self.add(event, &identities);
+        });
+    }
+
+    /// Adds `events` (residual denies, or events from elsewhere than a ring buffer).
+    pub fn ingest(&mut self, events: &[FlowEvent]) {
+        let identities = Arc::clone(&self.identities);
+        let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
+        for event in events {
+            self.add(event, &identities);
+        }
+    }
+
+    fn add(&mut self, event: &FlowEvent, identities: &Identities) {
+        self.metrics.events.fetch_add(1, Ordering::Relaxed);
+        match self.aggregator.ingest(event, &self.clock, identities) {
+            Ok(()) | Err(Skipped::Filtered) => {}
+            Err(Skipped::Unknown) => {
+                let at = self.clock.unix_s(event.ts_ns);
+                self.lose(LossSource::Undecodable, Some(1), at, at);
+            }
+            Err(Skipped::Full) => {
+                let at = self.clock.unix_s(event.ts_ns);
+                self.lose(LossSource::AggregationFull, Some(1), at, at);
+            }
+        }
+    }
+
+    /// Counts lost events in the metrics and in the pending loss records.
+    pub fn lose(&mut self, source: LossSource, events: Option<u64>, from_s: u64, to_s: u64) {
+        self.metrics.lose(source, events);
+        self.losses.add(source, events, from_s, to_s);
+    }
+
+    /// The periodic work: kernel loss counters (when `reader` is given), closing ended
+    /// windows, writing records and loss records, rotating aged files.
+    pub fn tick(&mut self, reader: Option<&EventReader>) {
+        self.clock = Clock::sample();
+        let now_s = unix_now_ns() / NS_PER_S;
+        if let Some(reader) = reader {
+            self.read_kernel_losses(reader, now_s);
+        }
+        let records = self.aggregator.close_before(now_s, WINDOW_GRACE_S);
+        self.write(records);
+        let closed = self.writer.rotate_aged(&mut self.spool);
+        self.account(closed);
+        self.last_tick_s = now_s;
+    }
+
+    /// Closes every window and file, then the spool (a clean stop).
+    pub fn finish(mut self, reader: Option<&EventReader>) -> Result<(), SpoolError> {
+        let now_s = unix_now_ns() / NS_PER_S;
+        if let Some(reader) = reader {
+            self.read_kernel_losses(reader, now_s);
+        }
+        let records = self.aggregator.close_all();
+        self.write(records);
+        let closed = self.writer.close_all(&mut self.spool);
+        self.account(closed);
+        // Losses found while closing (a file that did not fit) get one more chance to be
+        // written; if that fails too, the metrics still have them.
+        if !self.losses.is_empty() {
+            self.write(Vec::new());
+            let closed = self.writer.close_all(&mut self.spool);
+            self.account(closed);
+        }
+        self.spool.close()
+    }
+
+    fn read_kernel_losses(&mut self, reader: &EventReader, now_s: u64) {
+        let undecodable = reader.undecodable();
+        if undecodable > self.undecodable {
+            let new = undecodable - self.undecodable;
+            self.lose(LossSource::Undecodable, Some(new), self.last_tick_s, now_s);
+            self.undecodable = undecodable;
+        }
+        match reader.counters() {
+            Ok(counters) => {
+                let failed = counters.get(Counter::RingbufReserveFailed);
+                self.metrics
+                    .ringbuf_reserve_failed
+                    .store(failed, Ordering::Relaxed);
+                // The first reading is the baseline: a probe adopted from a previous agent
+                // counted failures this collector already reported (or never saw).
+                let seen = self.ringbuf_failed.replace(failed).unwrap_or(failed);
+                if failed > seen {
+                    self.lose(
+                        LossSource::RingbufFull,
+                        Some(failed - seen),
+                        self.last_tick_s,
+                        now_s,
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading the probe's counters"),
+        }
+    }
+
+    fn write(&mut self, mut records: Vec<FlowRecord>) {
+        let losses = self.losses.take();
+        for span in &losses {
+            self.metrics.loss_record(span.source);
+        }
+        records.extend(losses.into_iter().map(FlowRecord::loss));
+        if records.is_empty() {
+            return;
+        }
+        let closed = self.writer.write(&mut self.spool, &records);
+        self.account(closed);
+    }
+
+    fn account(&mut self, closed: Vec<Closed>) {
+        for file in closed {
+            match file {
+                Closed::Spooled { file, records } => {
+                    tracing::info!(key = file.key, records, bytes = file.bytes, "file spooled");
+                    self.metrics.files_spooled.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.records.fetch_add(records, Ordering::Relaxed);
+                    self.spooled.notify_one();
+                }
+                Closed::Lost {
+                    source,
+                    events,
+                    records,
+                    from_s,
+                    to_s,
+                    detail,
+                    requeue,
+                } => {
+                    tracing::error!(
+                        loss_source = source.name(),
+                        records,
+                        events,
+                        detail,
+                        "flow records lost"
+                    );
+                    if events > 0 {
+                        self.lose(source, Some(events), from_s, to_s);
+                    }
+                    for span in requeue {
+                        self.losses.add(span.source, span.events, span.from_s, span.to_s);
+                    }
+                }
+            }
+        }
+    }
+}

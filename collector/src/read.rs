@@ -1,0 +1,376 @@
+//! Reading a local flow directory back: every Parquet file under it (any partition), decoded
+//! into [`StoredRecord`]s, filtered, sorted by time, and rendered as a table. `tollgate flows`
+//! and the lab's summary use it; Athena and DuckDB read the same files with SQL.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_array::{
+    Array, Int32Array, Int64Array, RecordBatch, StringArray, cast::AsArray,
+    types::{Int32Type, Int64Type},
+};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::Serialize;
+
+use crate::clock::rfc3339_utc;
+
+/// Reading a flow directory failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A directory or file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not a flow-record Parquet file.
+    #[error("{path}: {message}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Which records to keep.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only `action = 'REJECT'` (and loss records, which say where denials may be missing).
+    pub denied: bool,
+    /// Only records whose `end` is at or after this Unix second.
+    pub since_s: Option<u64>,
+}
+
+/// One record, as read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoredRecord {
+    /// `start`, Unix seconds.
+    pub start: i64,
+    /// `end`, Unix seconds.
+    pub end: i64,
+    /// `log_status`.
+    pub log_status: String,
+    /// `action`.
+    pub action: Option<String>,
+    /// `flow_direction`.
+    pub flow_direction: Option<String>,
+    /// `protocol`.
+    pub protocol: Option<i32>,
+    /// `srcaddr`.
+    pub srcaddr: Option<String>,
+    /// `srcport`.
+    pub srcport: Option<i32>,
+    /// `dstaddr`.
+    pub dstaddr: Option<String>,
+    /// `dstport`.
+    pub dstport: Option<i32>,
+    /// `src_namespace`/`src_pod`.
+    pub src_pod: Option<String>,
+    /// `src_workload`.
+    pub src_workload: Option<String>,
+    /// `dst_namespace`/`dst_pod`.
+    pub dst_pod: Option<String>,
+    /// `dst_workload`.
+    pub dst_workload: Option<String>,
+    /// `verdict`.
+    pub verdict: Option<String>,
+    /// `verdict_reason`.
+    pub verdict_reason: Option<String>,
+    /// `policy_namespace`/`policy_name`.
+    pub policy: Option<String>,
+    /// `policy_rule`.
+    pub policy_rule: Option<i32>,
+    /// `enforcement_mode`.
+    pub enforcement_mode: Option<String>,
+    /// `packets`.
+    pub packets: Option<i64>,
+    /// `bytes`.
+    pub bytes: Option<i64>,
+    /// `events`.
+    pub events: i64,
+    /// `skipped_events`.
+    pub skipped_events: Option<i64>,
+    /// `loss_source`.
+    pub loss_source: Option<String>,
+    /// `node`.
+    pub node: String,
+    /// `cluster`.
+    pub cluster: String,
+}
+
+impl StoredRecord {
+    /// Whether the packets were dropped.
+    pub fn is_reject(&self) -> bool {
+        self.action.as_deref() == Some("REJECT")
+    }
+
+    /// Whether this is a loss record.
+    pub fn is_loss(&self) -> bool {
+        self.log_status == "SKIPDATA"
+    }
+}
+
+/// Every `.parquet` file under `dir`, sorted (hidden files, such as a sink's partial copies,
+/// are skipped).
+pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|source| ReadError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let path = entry
+                .map_err(|source| ReadError::Io {
+                    path: dir.clone(),
+                    source,
+                })?
+                .path();
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The records of every file under `dir` that pass `filter`, oldest first.
+pub fn read_dir(dir: &Path, filter: &Filter) -> Result<Vec<StoredRecord>, ReadError> {
+    let mut records = Vec::new();
+    for path in parquet_files(dir)? {
+        records.extend(
+            read_file(&path)?
+                .into_iter()
+                .filter(|r| !filter.denied || r.is_reject() || r.is_loss())
+                .filter(|r| filter.since_s.is_none_or(|s| r.end >= s as i64)),
+        );
+    }
+    records.sort_by(|a, b| (a.start, a.end).cmp(&(b.start, b.end)));
+    Ok(records)
+}
+
+/// Every record of one Parquet file.
+pub fn read_file(path: &Path) -> Result<Vec<StoredRecord>, ReadError> {
+    let parquet = |message: String| ReadError::Parquet {
+        path: path.to_owned(),
+        message,
+    };
+    let file = File::open(path).map_err(|source| ReadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| parquet(e.to_string()))?;
+    let mut records = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| parquet(e.to_string()))?;
+        decode(&batch, &mut records).map_err(|column| parquet(format!("column {column}: missing or of another type")))?;
+    }
+    Ok(records)
+}
+
+/// Appends the rows of `batch`; the error names a column that is missing or mistyped.
+fn decode(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), &'static str> {
+    let text = |name: &'static str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or(name)
+    };
+    let int = |name: &'static str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<Int32Type>())
+            .ok_or(name)
+    };
+    let bigint = |name: &'static str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or(name)
+    };
+    let (start, end, events) = (bigint("start")?, bigint("end")?, bigint("events")?);
+    let (packets, bytes, skipped) = (bigint("packets")?, bigint("bytes")?, bigint("skipped_events")?);
+    let (protocol, srcport, dstport, rule) = (
+        int("protocol")?,
+        int("srcport")?,
+        int("dstport")?,
+        int("policy_rule")?,
+    );
+    let columns = [
+        "log_status",
+        "action",
+        "flow_direction",
+        "srcaddr",
+        "dstaddr",
+        "src_namespace",
+        "src_pod",
+        "src_workload",
+        "dst_namespace",
+        "dst_pod",
+        "dst_workload",
+        "verdict",
+        "verdict_reason",
+        "policy_namespace",
+        "policy_name",
+        "enforcement_mode",
+        "loss_source",
+        "node",
+        "cluster",
+    ];
+    let texts = columns
+        .iter()
+        .map(|name| text(name))
+        .collect::<Result<Vec<&StringArray>, _>>()?;
+    let s = |column: usize, row: usize| opt_text(texts[column], row);
+    for row in 0..batch.num_rows() {
+        out.push(StoredRecord {
+            start: start.value(row),
+            end: end.value(row),
+            log_status: s(0, row).unwrap_or_default(),
+            action: s(1, row),
+            flow_direction: s(2, row),
+            protocol: opt_int(protocol, row),
+            srcaddr: s(3, row),
+            srcport: opt_int(srcport, row),
+            dstaddr: s(4, row),
+            dstport: opt_int(dstport, row),
+            src_pod: joined(s(5, row), s(6, row)),
+            src_workload: s(7, row),
+            dst_pod: joined(s(8, row), s(9, row)),
+            dst_workload: s(10, row),
+            verdict: s(11, row),
+            verdict_reason: s(12, row),
+            policy: joined(s(13, row), s(14, row)),
+            policy_rule: opt_int(rule, row),
+            enforcement_mode: s(15, row),
+            packets: opt_bigint(packets, row),
+            bytes: opt_bigint(bytes, row),
+            events: events.value(row),
+            skipped_events: opt_bigint(skipped, row),
+            loss_source: s(16, row),
+            node: s(17, row).unwrap_or_default(),
+            cluster: s(18, row).unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
+fn opt_text(array: &StringArray, row: usize) -> Option<String> {
+    array.is_valid(row).then(|| array.value(row).to_owned())
+}
+
+fn opt_int(array: &Int32Array, row: usize) -> Option<i32> {
+    array.is_valid(row).then(|| array.value(row))
+}
+
+fn opt_bigint(array: &Int64Array, row: usize) -> Option<i64> {
+    array.is_valid(row).then(|| array.value(row))
+}
+
+fn joined(namespace: Option<String>, name: Option<String>) -> Option<String> {
+    Some(format!("{}/{}", namespace?, name?))
+}
+
+/// `records` as a table: time, action, direction, protocol, source, destination, reason,
+/// policy, packets; loss records say what was lost.
+pub fn render_table(records: &[StoredRecord]) -> String {
+    let mut rows = vec![[
+        "START".to_owned(),
+        "END".to_owned(),
+        "ACTION".to_owned(),
+        "DIR".to_owned(),
+        "PROTO".to_owned(),
+        "SOURCE".to_owned(),
+        "DESTINATION".to_owned(),
+        "REASON".to_owned(),
+        "POLICY".to_owned(),
+        "PACKETS".to_owned(),
+    ]];
+    for r in records {
+        let time = |s: i64| rfc3339_utc(u64::try_from(s).unwrap_or_default());
+        if r.is_loss() {
+            rows.push([
+                time(r.start),
+                time(r.end),
+                "SKIPDATA".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                format!("node {}", r.node),
+                "-".to_owned(),
+                r.loss_source.clone().unwrap_or_default(),
+                "-".to_owned(),
+                r.skipped_events
+                    .map_or_else(|| "unknown".to_owned(), |n| format!("{n} events lost")),
+            ]);
+            continue;
+        }
+        let peer = |pod: &Option<String>, addr: &Option<String>, port: Option<i32>| {
+            let who = pod.clone().or_else(|| addr.clone()).unwrap_or_default();
+            match port {
+                Some(port) if port != 0 => format!("{who}:{port}"),
+                _ => who,
+            }
+        };
+        let mut reason = r.verdict_reason.clone().unwrap_or_default();
+        if r.enforcement_mode.as_deref() == Some("audit") {
+            reason.push_str(" (audit)");
+        }
+        rows.push([
+            time(r.start),
+            time(r.end),
+            r.action.clone().unwrap_or_default(),
+            r.flow_direction.clone().unwrap_or_default(),
+            protocol_name(r.protocol),
+            peer(&r.src_pod, &r.srcaddr, r.srcport),
+            peer(&r.dst_pod, &r.dstaddr, r.dstport),
+            reason,
+            match (&r.policy, r.policy_rule) {
+                (Some(policy), Some(rule)) => format!("{policy}[{rule}]"),
+                _ => "-".to_owned(),
+            },
+            r.packets.unwrap_or_default().to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+fn protocol_name(protocol: Option<i32>) -> String {
+    match protocol {
+        Some(6) => "TCP".to_owned(),
+        Some(17) => "UDP".to_owned(),
+        Some(1) => "ICMP".to_owned(),
+        Some(58) => "ICMPv6".to_owned(),
+        Some(132) => "SCTP".to_owned(),
+        Some(other) => other.to_string(),
+        None => "-".to_owned(),
+    }
+}

@@ -1,0 +1,385 @@
+//! Flow records in memory and their encoding as Arrow record batches.
+//!
+//! The aggregator produces [`FlowRecord`]s (a flow, or a loss span); [`encode`] lays a slice of
+//! them out as one [`RecordBatch`] of the schema `tollgate_schemas::record` defines, column by
+//! column in [`COLUMNS`] order. The schema is checked against the builders at every call:
+//! a column added to the schema but not here fails loudly instead of writing a wrong file.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, RecordBatch,
+    builder::{Int32Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder},
+};
+use arrow_schema::{ArrowError, SchemaRef};
+use tollgate_enforcer::desired::RuleRef;
+use tollgate_schemas::{
+    Direction, Reason, Verdict,
+    record::{COLUMNS, FLOW_RECORD_VERSION, arrow_schema},
+};
+
+use crate::{identity::PodIdentity, loss::LossSpan};
+
+/// One flow, one verdict and reason, within one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flow {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port (or ICMP echo id).
+    pub src_port: u16,
+    /// Destination port (or ICMP echo id).
+    pub dst_port: u16,
+    /// IANA protocol number.
+    pub protocol: u8,
+    /// Direction seen from the deciding endpoint's pod.
+    pub direction: Direction,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Reason.
+    pub reason: Reason,
+    /// ICMP type and code, for ICMP and ICMPv6.
+    pub icmp: Option<(u8, u8)>,
+    /// Packets reported.
+    pub packets: u64,
+    /// Bytes reported.
+    pub bytes: u64,
+    /// OR of TCP flags.
+    pub tcp_flags: u8,
+    /// Events aggregated.
+    pub events: u64,
+    /// The pod that held `src` at the time.
+    pub src_pod: Option<Arc<PodIdentity>>,
+    /// The pod that held `dst` at the time.
+    pub dst_pod: Option<Arc<PodIdentity>>,
+    /// The rule that allowed the flow.
+    pub rule: Option<Arc<RuleRef>>,
+    /// Whether the deciding endpoint ran this direction in audit mode.
+    pub audit: bool,
+}
+
+/// What a record says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordBody {
+    /// A flow (`log_status = 'OK'`).
+    Flow(Box<Flow>),
+    /// Lost events (`log_status = 'SKIPDATA'`).
+    Loss(LossSpan),
+}
+
+/// One row of the flow log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowRecord {
+    /// First second covered (Unix).
+    pub start_s: u64,
+    /// Last second covered (Unix).
+    pub end_s: u64,
+    /// The flow, or the loss.
+    pub body: RecordBody,
+}
+
+impl FlowRecord {
+    /// The loss record of `span`.
+    pub fn loss(span: LossSpan) -> Self {
+        Self {
+            start_s: span.from_s,
+            end_s: span.to_s,
+            body: RecordBody::Loss(span),
+        }
+    }
+
+    /// Flow events the record aggregates (0 for a loss record).
+    pub fn events(&self) -> u64 {
+        match &self.body {
+            RecordBody::Flow(flow) => flow.events,
+            RecordBody::Loss(_) => 0,
+        }
+    }
+
+    /// The loss span a loss record reports.
+    pub fn loss_span(&self) -> Option<LossSpan> {
+        match &self.body {
+            RecordBody::Flow(_) => None,
+            RecordBody::Loss(span) => Some(*span),
+        }
+    }
+}
+
+/// The record batch of `records`, written by `node` of `cluster`.
+pub fn encode(
+    records: &[FlowRecord],
+    node: &str,
+    cluster: &str,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, ArrowError> {
+    let mut columns = Columns::with_capacity(records.len());
+    for record in records {
+        columns.push(record, node, cluster);
+    }
+    let arrays = columns.finish();
+    if arrays.len() != COLUMNS.len() {
+        return Err(ArrowError::SchemaError(format!(
+            "the encoder builds {} columns, the record schema has {}",
+            arrays.len(),
+            COLUMNS.len()
+        )));
+    }
+    RecordBatch::try_new(Arc::clone(schema), arrays)
+}
+
+/// The flow record's Arrow schema, shared.
+pub fn schema() -> SchemaRef {
+    Arc::new(arrow_schema())
+}
+
+/// One builder per column, in [`COLUMNS`] order.
+struct Columns {
+    version: Int32Builder,
+    srcaddr: StringBuilder,
+    dstaddr: StringBuilder,
+    srcport: Int32Builder,
+    dstport: Int32Builder,
+    protocol: Int32Builder,
+    packets: Int64Builder,
+    bytes: Int64Builder,
+    start: Int64Builder,
+    end: Int64Builder,
+    action: StringBuilder,
+    log_status: StringBuilder,
+    flow_direction: StringBuilder,
+    tcp_flags: Int32Builder,
+    icmp_type: Int32Builder,
+    icmp_code: Int32Builder,
+    src: PodColumns,
+    dst: PodColumns,
+    verdict: StringBuilder,
+    verdict_reason: StringBuilder,
+    policy_namespace: StringBuilder,
+    policy_name: StringBuilder,
+    policy_rule: Int32Builder,
+    enforcement_mode: StringBuilder,
+    events: Int64Builder,
+    skipped_events: Int64Builder,
+    loss_source: StringBuilder,
+    node: StringBuilder,
+    cluster: StringBuilder,
+}
+
+/// The four columns of one side's pod.
+struct PodColumns {
+    namespace: StringBuilder,
+    pod: StringBuilder,
+    workload: StringBuilder,
+    labels: MapBuilder<StringBuilder, StringBuilder>,
+}
+
+impl PodColumns {
+    fn with_capacity(rows: usize) -> Self {
+        let names = MapFieldNames {
+            entry: "entries".to_owned(),
+            key: "key".to_owned(),
+            value: "value".to_owned(),
+        };
+        Self {
+            namespace: StringBuilder::with_capacity(rows, rows * 8),
+            pod: StringBuilder::with_capacity(rows, rows * 16),
+            workload: StringBuilder::with_capacity(rows, rows * 16),
+            labels: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()),
+        }
+    }
+
+    fn push(&mut self, pod: Option<&PodIdentity>) {
+        match pod {
+            Some(pod) => {
+                self.namespace.append_value(&pod.namespace);
+                self.pod.append_value(&pod.name);
+                self.workload.append_value(&pod.workload);
+                for (key, value) in &pod.labels {
+                    self.labels.keys().append_value(key);
+                    self.labels.values().append_value(value);
+                }
+                // The entry counts always match: keys and values are appended in pairs.
+                let _ = self.labels.append(true);
+            }
+            None => {
+                self.namespace.append_null();
+                self.pod.append_null();
+                self.workload.append_null();
+                let _ = self.labels.append(false);
+            }
+        }
+    }
+
+    fn finish(mut self, arrays: &mut Vec<ArrayRef>) {
+        arrays.push(Arc::new(self.namespace.finish()));
+        arrays.push(Arc::new(self.pod.finish()));
+        arrays.push(Arc::new(self.workload.finish()));
+        arrays.push(Arc::new(self.labels.finish()));
+    }
+}
+
+fn text_of(address: IpAddr) -> String {
+    address.to_string()
+}
+
+impl Columns {
+    fn with_capacity(rows: usize) -> Self {
+        let strings = |bytes_per_row: usize| StringBuilder::with_capacity(rows, rows * bytes_per_row);
+        Self {
+            version: Int32Builder::with_capacity(rows),
+            srcaddr: strings(16),
+            dstaddr: strings(16),
+            srcport: Int32Builder::with_capacity(rows),
+            dstport: Int32Builder::with_capacity(rows),
+            protocol: Int32Builder::with_capacity(rows),
+            packets: Int64Builder::with_capacity(rows),
+            bytes: Int64Builder::with_capacity(rows),
+            start: Int64Builder::with_capacity(rows),
+            end: Int64Builder::with_capacity(rows),
+            action: strings(6),
+            log_status: strings(2),
+            flow_direction: strings(7),
+            tcp_flags: Int32Builder::with_capacity(rows),
+            icmp_type: Int32Builder::with_capacity(rows),
+            icmp_code: Int32Builder::with_capacity(rows),
+            src: PodColumns::with_capacity(rows),
+            dst: PodColumns::with_capacity(rows),
+            verdict: strings(5),
+            verdict_reason: strings(16),
+            policy_namespace: strings(8),
+            policy_name: strings(16),
+            policy_rule: Int32Builder::with_capacity(rows),
+            enforcement_mode: strings(7),
+            events: Int64Builder::with_capacity(rows),
+            skipped_events: Int64Builder::with_capacity(rows),
+            loss_source: strings(0),
+            node: strings(16),
+            cluster: strings(8),
+        }
+    }
+
+    fn push(&mut self, record: &FlowRecord, node: &str, cluster: &str) {
+        self.version.append_value(FLOW_RECORD_VERSION);
+        self.start.append_value(clamp(record.start_s));
+        self.end.append_value(clamp(record.end_s));
+        self.node.append_value(node);
+        self.cluster.append_value(cluster);
+        match &record.body {
+            RecordBody::Flow(flow) => self.push_flow(flow),
+            RecordBody::Loss(span) => self.push_loss(span),
+        }
+    }
+
+    fn push_flow(&mut self, flow: &Flow) {
+        self.srcaddr.append_value(text_of(flow.src));
+        self.dstaddr.append_value(text_of(flow.dst));
+        self.srcport.append_value(i32::from(flow.src_port));
+        self.dstport.append_value(i32::from(flow.dst_port));
+        self.protocol.append_value(i32::from(flow.protocol));
+        self.packets.append_value(clamp(flow.packets));
+        self.bytes.append_value(clamp(flow.bytes));
+        self.action.append_value(if flow.verdict.passes() {
+            "ACCEPT"
+        } else {
+            "REJECT"
+        });
+        self.log_status.append_value("OK");
+        self.flow_direction.append_value(flow.direction.name());
+        self.tcp_flags.append_value(i32::from(flow.tcp_flags));
+        self.icmp_type
+            .append_option(flow.icmp.map(|(t, _)| i32::from(t)));
+        self.icmp_code
+            .append_option(flow.icmp.map(|(_, c)| i32::from(c)));
+        self.src.push(flow.src_pod.as_deref());
+        self.dst.push(flow.dst_pod.as_deref());
+        self.verdict.append_value(flow.verdict.name());
+        self.verdict_reason.append_value(flow.reason.name());
+        match flow.rule.as_deref() {
+            Some(rule) => {
+                self.policy_namespace.append_value(&rule.namespace);
+                self.policy_name.append_value(&rule.policy);
+                self.policy_rule
+                    .append_value(i32::try_from(rule.index).unwrap_or(i32::MAX));
+            }
+            None => {
+                self.policy_namespace.append_null();
+                self.policy_name.append_null();
+                self.policy_rule.append_null();
+            }
+        }
+        self.enforcement_mode
+            .append_value(if flow.audit { "audit" } else { "enforce" });
+        self.events.append_value(clamp(flow.events));
+        self.skipped_events.append_null();
+        self.loss_source.append_null();
+    }
+
+    fn push_loss(&mut self, span: &LossSpan) {
+        self.srcaddr.append_null();
+        self.dstaddr.append_null();
+        self.srcport.append_null();
+        self.dstport.append_null();
+        self.protocol.append_null();
+        self.packets.append_null();
+        self.bytes.append_null();
+        self.action.append_null();
+        self.log_status.append_value("SKIPDATA");
+        self.flow_direction.append_null();
+        self.tcp_flags.append_null();
+        self.icmp_type.append_null();
+        self.icmp_code.append_null();
+        self.src.push(None);
+        self.dst.push(None);
+        self.verdict.append_null();
+        self.verdict_reason.append_null();
+        self.policy_namespace.append_null();
+        self.policy_name.append_null();
+        self.policy_rule.append_null();
+        self.enforcement_mode.append_null();
+        self.events.append_value(0);
+        self.skipped_events.append_option(span.events.map(clamp));
+        self.loss_source.append_value(span.source.name());
+    }
+
+    /// The arrays in [`COLUMNS`] order.
+    fn finish(mut self) -> Vec<ArrayRef> {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
+        arrays.push(Arc::new(self.version.finish()));
+        arrays.push(Arc::new(self.srcaddr.finish()));
+        arrays.push(Arc::new(self.dstaddr.finish()));
+        arrays.push(Arc::new(self.srcport.finish()));
+        arrays.push(Arc::new(self.dstport.finish()));
+        arrays.push(Arc::new(self.protocol.finish()));
+        arrays.push(Arc::new(self.packets.finish()));
+        arrays.push(Arc::new(self.bytes.finish()));
+        arrays.push(Arc::new(self.start.finish()));
+        arrays.push(Arc::new(self.end.finish()));
+        arrays.push(Arc::new(self.action.finish()));
+        arrays.push(Arc::new(self.log_status.finish()));
+        arrays.push(Arc::new(self.flow_direction.finish()));
+        arrays.push(Arc::new(self.tcp_flags.finish()));
+        arrays.push(Arc::new(self.icmp_type.finish()));
+        arrays.push(Arc::new(self.icmp_code.finish()));
+        self.src.finish(&mut arrays);
+        self.dst.finish(&mut arrays);
+        arrays.push(Arc::new(self.verdict.finish()));
+        arrays.push(Arc::new(self.verdict_reason.finish()));
+        arrays.push(Arc::new(self.policy_namespace.finish()));
+        arrays.push(Arc::new(self.policy_name.finish()));
+        arrays.push(Arc::new(self.policy_rule.finish()));
+        arrays.push(Arc::new(self.enforcement_mode.finish()));
+        arrays.push(Arc::new(self.events.finish()));
+        arrays.push(Arc::new(self.skipped_events.finish()));
+        arrays.push(Arc::new(self.loss_source.finish()));
+        arrays.push(Arc::new(self.node.finish()));
+        arrays.push(Arc::new(self.cluster.finish()));
+        arrays
+    }
+}
+
+/// A count as Athena's `bigint` (counts never reach 2^63; saturate rather than wrap).
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,346 @@
+//! The local spool: closed Parquet files wait here, durably, until the sink has them.
+//!
+//! Layout under the spool directory:
+//! - `tmp/`: files being written. A file is only ever written here; on startup whatever is
+//!   left in `tmp/` was never acknowledged (the collector died while writing) and is removed.
+//! - `ready/<key>`: closed files, each under its object key (`cluster=…/dt=…/hour=…/….parquet`).
+//!   [`Spool::commit`] fsyncs the file, renames it here and fsyncs the directory: from then on
+//!   it is acknowledged and survives a crash. The shipper removes it only after the sink has
+//!   it ([`Spool::remove`]).
+//! - `state.json`: the next file sequence number (so names never repeat across restarts),
+//!   whether a collector is running (a restart that finds `running` true knows the previous
+//!   one died without flushing), and until when records were acknowledged. Written through a
+//!   temporary file and a rename.
+//!
+//! The spool is bounded ([`Spool::commit`] refuses a file that would take it past its byte
+//! limit); refused files are reported by the caller as lost, never silently dropped.
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A spool operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("spool {path}: {what}: {source}")]
+pub struct SpoolError {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// What was being done.
+    pub what: &'static str,
+    /// The I/O error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn io<T>(
+    result: std::io::Result<T>,
+    path: &Path,
+    what: &'static str,
+) -> Result<T, SpoolError> {
+    result.map_err(|source| SpoolError {
+        path: path.to_owned(),
+        what,
+        source,
+    })
+}
+
+/// What `state.json` keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct State {
+    next_seq: u64,
+    running: bool,
+    acknowledged_until_s: u64,
+}
+
+/// What opening the spool found of a previous run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Files waiting to be shipped.
+    pub pending: usize,
+    /// Unfinished files removed from `tmp/`.
+    pub removed_partial: usize,
+    /// The previous collector did not stop cleanly: records after this Unix second may be
+    /// missing.
+    pub unclean_since_s: Option<u64>,
+}
+
+/// A closed file waiting in the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spooled {
+    /// Object key (relative, `/`-separated).
+    pub key: String,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Size.
+    pub bytes: u64,
+}
+
+/// Outcome of [`Spool::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commit {
+    /// The file is in the spool.
+    Spooled(Spooled),
+    /// The file would take the spool past its limit and was removed.
+    Full {
+        /// Its size.
+        bytes: u64,
+        /// Bytes already waiting.
+        waiting: u64,
+    },
+}
+
+/// The spool directory.
+#[derive(Debug)]
+pub struct Spool {
+    root: PathBuf,
+    max_bytes: u64,
+    state: State,
+}
+
+impl Spool {
+    /// Opens (creating) the spool at `root`, removes unfinished files, and marks a collector
+    /// as running.
+    pub fn open(root: &Path, max_bytes: u64) -> Result<(Self, Recovery), SpoolError> {
+        for dir in [root.join("tmp"), root.join("ready")] {
+            io(fs::create_dir_all(&dir), &dir, "creating")?;
+        }
+        let state_path = root.join("state.json");
+        let state: State = match fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SpoolError {
+                path: state_path.clone(),
+                what: "reading",
+                source: std::io::Error::other(e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(io(Err(e), &state_path, "reading")?),
+        };
+        let tmp = root.join("tmp");
+        let mut removed_partial = 0;
+        for entry in io(fs::read_dir(&tmp), &tmp, "listing")? {
+            let path = io(entry, &tmp, "listing")?.path();
+            io(fs::remove_file(&path), &path, "removing an unfinished file")?;
+            removed_partial += 1;
+        }
+        let mut spool = Self {
+            root: root.to_owned(),
+            max_bytes,
+            state,
+        };
+        let recovery = Recovery {
+            pending: spool.pending()?.len(),
+            removed_partial,
+            unclean_since_s: spool
+                .state
+                .running
+                .then_some(spool.state.acknowledged_until_s),
+        };
+        spool.state.running = true;
+        spool.save()?;
+        Ok((spool, recovery))
+    }
+
+    /// The spool directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A fresh path in `tmp/` for a file being written, with the sequence number its object
+    /// name must carry (taken from the state, which is saved first so that a number is never
+    /// used twice).
+    pub fn begin(&mut self) -> Result<(u64, PathBuf), SpoolError> {
+        let seq = self.state.next_seq;
+        self.state.next_seq += 1;
+        self.save()?;
+        Ok((seq, self.root.join("tmp").join(format!("{seq:06}.parquet"))))
+    }
+
+    /// Moves the finished file `temp` (from [`Spool::begin`]) into `ready/<key>`, durably,
+    /// and records that records up to `until_s` are acknowledged; or removes it when the spool
+    /// has no room for it.
+    pub fn commit(&mut self, temp: &Path, key: &str, until_s: u64) -> Result<Commit, SpoolError> {
+        let file = io(File::open(temp), temp, "opening")?;
+        io(file.sync_all(), temp, "syncing")?;
+        let bytes = io(file.metadata(), temp, "reading metadata")?.len();
+        let waiting = self.waiting_bytes()?;
+        if waiting + bytes > self.max_bytes {
+            io(fs::remove_file(temp), temp, "removing a file the spool has no room for")?;
+            return Ok(Commit::Full { bytes, waiting });
+        }
+        let path = self.root.join("ready").join(key);
+        let dir = path.parent().unwrap_or(&self.root).to_owned();
+        // The shipper removes partition directories once empty; should it remove this one
+        // between its creation and the rename, create it again.
+        let mut attempts = 0;
+        loop {
+            io(fs::create_dir_all(&dir), &dir, "creating")?;
+            match fs::rename(temp, &path) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
+                    attempts += 1;
+                }
+                Err(e) => return io(Err(e), &path, "moving into ready/"),
+            }
+        }
+        io(File::open(&dir).and_then(|d| d.sync_all()), &dir, "syncing")?;
+        self.state.acknowledged_until_s = self.state.acknowledged_until_s.max(until_s);
+        self.save()?;
+        Ok(Commit::Spooled(Spooled {
+            key: key.to_owned(),
+            path,
+            bytes,
+        }))
+    }
+
+    /// Every file waiting in `ready/`, in key order.
+    pub fn pending(&self) -> Result<Vec<Spooled>, SpoolError> {
+        pending_in(&self.root)
+    }
+
+    /// Bytes waiting in `ready/`.
+    pub fn waiting_bytes(&self) -> Result<u64, SpoolError> {
+        Ok(self.pending()?.iter().map(|s| s.bytes).sum())
+    }
+
+    /// Marks the collector as stopped cleanly.
+    pub fn close(mut self) -> Result<(), SpoolError> {
+        self.state.running = false;
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), SpoolError> {
+        let path = self.root.join("state.json");
+        let temp = self.root.join("state.json.tmp");
+        let bytes = serde_json::to_vec(&self.state).unwrap_or_default();
+        let mut file = io(File::create(&temp), &temp, "creating")?;
+        io(file.write_all(&bytes), &temp, "writing")?;
+        io(file.sync_all(), &temp, "syncing")?;
+        io(fs::rename(&temp, &path), &path, "replacing")
+    }
+}
+
+/// The files waiting under `<root>/ready`, in key order: what the shipper reads, without
+/// owning the spool.
+pub fn pending_in(root: &Path) -> Result<Vec<Spooled>, SpoolError> {
+    let ready = root.join("ready");
+    let mut found = Vec::new();
+    let mut dirs = vec![ready.clone()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(Err(e), &dir, "listing")?),
+        };
+        for entry in entries {
+            let entry = io(entry, &dir, "listing")?;
+            let path = entry.path();
+            let meta = io(entry.metadata(), &path, "reading metadata")?;
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if let Ok(relative) = path.strip_prefix(&ready) {
+                let key = relative
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                found.push(Spooled {
+                    key,
+                    bytes: meta.len(),
+                    path,
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(found)
+}
+
+/// Removes a shipped file, and its partition directories once empty.
+pub fn remove(root: &Path, spooled: &Spooled) -> Result<(), SpoolError> {
+    match fs::remove_file(&spooled.path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return io(Err(e), &spooled.path, "removing a shipped file"),
+    }
+    let ready = root.join("ready");
+    let mut dir = spooled.path.parent();
+    while let Some(d) = dir {
+        if d == ready || fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tollgate-spool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn write(path: &Path, bytes: usize) {
+        fs::write(path, vec![7u8; bytes]).unwrap();
+    }
+
+    #[test]
+    fn commit_pending_remove_and_sequence_survive_reopen() {
+        let root = temp_dir("cycle");
+        let (mut spool, recovery) = Spool::open(&root, 1000).unwrap();
+        assert_eq!(recovery, Recovery::default());
+        let (seq, temp) = spool.begin().unwrap();
+        assert_eq!(seq, 0);
+        write(&temp, 100);
+        let key = "cluster=c/dt=2026-11-25/hour=06/n-20261125T060000Z-000000.parquet";
+        let Commit::Spooled(spooled) = spool.commit(&temp, key, 42).unwrap() else {
+            panic!("not spooled");
+        };
+        assert_eq!(spool.pending().unwrap(), vec![spooled.clone()]);
+        // A file that does not fit is refused and removed.
+        let (_, temp) = spool.begin().unwrap();
+        write(&temp, 901);
+        assert_eq!(
+            spool.commit(&temp, "x.parquet", 43).unwrap(),
+            Commit::Full {
+                bytes: 901,
+                waiting: 100
+            }
+        );
+        assert!(!temp.exists());
+        spool.close().unwrap();
+
+        let (mut spool, recovery) = Spool::open(&root, 1000).unwrap();
+        assert_eq!(recovery.pending, 1);
+        assert_eq!(recovery.unclean_since_s, None);
+        assert_eq!(spool.begin().unwrap().0, 2, "sequence numbers never repeat");
+        remove(&root, &spooled).unwrap();
+        assert!(spool.pending().unwrap().is_empty());
+        assert!(!root.join("ready/cluster=c").exists(), "empty partitions go");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_unclean_stop_is_reported_and_partial_files_removed() {
+        let root = temp_dir("unclean");
+        let (mut spool, _) = Spool::open(&root, 1000).unwrap();
+        let (_, temp) = spool.begin().unwrap();
+        write(&temp, 10);
+        let Commit::Spooled(_) = spool.commit(&temp, "a.parquet", 1_000).unwrap() else {
+            panic!("not spooled");
+        };
+        let (_, partial) = spool.begin().unwrap();
+        write(&partial, 10);
+        drop(spool); // no close(): as if killed
+        let (_, recovery) = Spool::open(&root, 1000).unwrap();
+        assert_eq!(recovery.removed_partial, 1);
+        assert_eq!(recovery.pending, 1);
+        assert_eq!(recovery.unclean_since_s, Some(1_000));
+        assert!(!partial.exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

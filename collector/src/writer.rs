@@ -1,0 +1,283 @@
+//! Parquet files: flow records → one open file per partition → closed files in the spool.
+//!
+//! [`FileWriter::write`] routes each record to the partition of its start time
+//! (`cluster=…/dt=…/hour=…`, UTC), encodes each partition's records as one Arrow batch and
+//! appends it to that partition's open file (a temporary file in the spool). A file is closed
+//! when it reaches the size limit ([`FileWriter::write`]) or the age limit
+//! ([`FileWriter::rotate_aged`]), or on shutdown ([`FileWriter::close_all`]); closing writes
+//! the Parquet footer and commits the file to the spool under its object key,
+//! `<partition>/<node>-<first record's start, YYYYMMDDTHHMMSSZ>-<spool sequence>.parquet`. The
+//! name is fixed before the first byte is written, so every retry of the upload uses it.
+//!
+//! Writer properties are built once: ZSTD, dictionary encoding, page-level statistics, and
+//! the record schema's column docs as Arrow field metadata are not repeated in each file.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use arrow_schema::SchemaRef;
+use parquet::{
+    arrow::ArrowWriter,
+    basic::{Compression, ZstdLevel},
+    file::properties::{EnabledStatistics, WriterProperties},
+};
+
+use crate::{
+    clock::{compact_utc, partition_date},
+    loss::{LossSource, LossSpan},
+    record::{FlowRecord, encode, schema},
+    spool::{Commit, Spool, Spooled},
+};
+
+/// Rows per Parquet row group: large enough for good compression and pruning, small enough
+/// that a row group in progress stays within a few tens of MiB.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// What became of a closed file.
+#[derive(Debug)]
+pub enum Closed {
+    /// Committed to the spool.
+    Spooled {
+        /// The file.
+        file: Spooled,
+        /// Records in it.
+        records: u64,
+    },
+    /// Its records could not be kept.
+    Lost {
+        /// Why: [`LossSource::SpoolFull`] or [`LossSource::SpoolError`].
+        source: LossSource,
+        /// Flow events its records aggregated.
+        events: u64,
+        /// Records in it.
+        records: u64,
+        /// First record's start (Unix s).
+        from_s: u64,
+        /// Last record's end (Unix s).
+        to_s: u64,
+        /// What went wrong, for the log.
+        detail: String,
+        /// Loss records the file carried: still unreported, to be written again.
+        requeue: Vec<LossSpan>,
+    },
+}
+
+/// What a file (or a batch) holds, for accounting.
+#[derive(Debug, Default)]
+struct Tally {
+    records: u64,
+    events: u64,
+    first_s: u64,
+    last_s: u64,
+    losses: Vec<LossSpan>,
+}
+
+impl Tally {
+    fn of(records: &[FlowRecord]) -> Self {
+        Self {
+            records: records.len() as u64,
+            events: records.iter().map(FlowRecord::events).sum(),
+            first_s: records.iter().map(|r| r.start_s).min().unwrap_or_default(),
+            last_s: records.iter().map(|r| r.end_s).max().unwrap_or_default(),
+            losses: records.iter().filter_map(FlowRecord::loss_span).collect(),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        if self.records == 0 {
+            self.first_s = other.first_s;
+        }
+        self.records += other.records;
+        self.events += other.events;
+        self.first_s = self.first_s.min(other.first_s);
+        self.last_s = self.last_s.max(other.last_s);
+        self.losses.extend(other.losses);
+    }
+
+    /// What is lost with these records.
+    fn lost(self, source: LossSource, detail: String) -> Closed {
+        Closed::Lost {
+            source,
+            events: self.events,
+            records: self.records,
+            from_s: self.first_s,
+            to_s: self.last_s,
+            detail,
+            requeue: self.losses,
+        }
+    }
+}
+
+/// A file being written.
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    temp: PathBuf,
+    key: String,
+    opened: Instant,
+    tally: Tally,
+}
+
+/// Writes flow records into rotated Parquet files in the spool.
+pub struct FileWriter {
+    cluster: String,
+    node: String,
+    schema: SchemaRef,
+    properties: WriterProperties,
+    rotate_bytes: u64,
+    rotate_age: Duration,
+    open: BTreeMap<(String, String), OpenFile>,
+}
+
+/// The writer properties of every flow file: ZSTD (level 3), dictionary encoding, page-level
+/// statistics (min/max for pruning), [`ROW_GROUP_ROWS`] rows per row group.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_dictionary_enabled(true)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("tollgate {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+impl FileWriter {
+    /// A writer for `node` of `cluster`, rotating at `rotate_bytes` or `rotate_age`.
+    pub fn new(cluster: &str, node: &str, rotate_bytes: u64, rotate_age: Duration) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            node: node.to_owned(),
+            schema: schema(),
+            properties: writer_properties(),
+            rotate_bytes,
+            rotate_age,
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Files open now.
+    pub fn open_files(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Appends `records` to their partitions' files; returns the files this closed.
+    pub fn write(&mut self, spool: &mut Spool, records: &[FlowRecord]) -> Vec<Closed> {
+        let mut by_partition: BTreeMap<(String, String), Vec<FlowRecord>> = BTreeMap::new();
+        for record in records {
+            by_partition
+                .entry(partition_date(record.start_s))
+                .or_default()
+                .push(record.clone());
+        }
+        let mut closed = Vec::new();
+        for (partition, records) in by_partition {
+            closed.extend(self.append(spool, partition, &records));
+        }
+        closed
+    }
+
+    fn append(
+        &mut self,
+        spool: &mut Spool,
+        partition: (String, String),
+        records: &[FlowRecord],
+    ) -> Option<Closed> {
+        let batch = Tally::of(records);
+        let mut file = match self.open.remove(&partition) {
+            Some(file) => file,
+            None => match self.create(spool, &partition, batch.first_s) {
+                Ok(file) => file,
+                Err(detail) => return Some(batch.lost(LossSource::SpoolError, detail)),
+            },
+        };
+        let written = encode(records, &self.node, &self.cluster, &self.schema)
+            .map_err(|e| format!("encoding: {e}"))
+            .and_then(|arrays| {
+                file.writer
+                    .write(&arrays)
+                    .map_err(|e| format!("writing {}: {e}", file.temp.display()))
+            });
+        file.tally.add(batch);
+        if let Err(detail) = written {
+            // The file is unusable: what it held so far is lost with it.
+            let _ = std::fs::remove_file(&file.temp);
+            return Some(file.tally.lost(LossSource::SpoolError, detail));
+        }
+        let size = file.writer.bytes_written() + file.writer.in_progress_size();
+        self.open.insert(partition.clone(), file);
+        (size as u64 >= self.rotate_bytes)
+            .then(|| self.close(spool, &partition))
+            .flatten()
+    }
+
+    fn create(
+        &self,
+        spool: &mut Spool,
+        partition: &(String, String),
+        first_s: u64,
+    ) -> Result<OpenFile, String> {
+        let (seq, temp) = spool.begin().map_err(|e| e.to_string())?;
+        let (dt, hour) = partition;
+        let key = format!(
+            "cluster={}/dt={dt}/hour={hour}/{}-{}-{seq:06}.parquet",
+            self.cluster,
+            self.node,
+            compact_utc(first_s)
+        );
+        let file = File::create(&temp).map_err(|e| format!("creating {}: {e}", temp.display()))?;
+        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.properties.clone()))
+            .map_err(|e| format!("starting {}: {e}", temp.display()))?;
+        Ok(OpenFile {
+            writer,
+            temp,
+            key,
+            opened: Instant::now(),
+            tally: Tally::default(),
+        })
+    }
+
+    /// Closes every file open for `rotate_age` or longer.
+    pub fn rotate_aged(&mut self, spool: &mut Spool) -> Vec<Closed> {
+        let aged: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(_, f)| f.opened.elapsed() >= self.rotate_age)
+            .map(|(p, _)| p.clone())
+            .collect();
+        aged.iter()
+            .filter_map(|partition| self.close(spool, partition))
+            .collect()
+    }
+
+    /// Closes every open file.
+    pub fn close_all(&mut self, spool: &mut Spool) -> Vec<Closed> {
+        let all: Vec<_> = self.open.keys().cloned().collect();
+        all.iter()
+            .filter_map(|partition| self.close(spool, partition))
+            .collect()
+    }
+
+    fn close(&mut self, spool: &mut Spool, partition: &(String, String)) -> Option<Closed> {
+        let mut file = self.open.remove(partition)?;
+        if let Err(error) = file.writer.finish() {
+            let _ = std::fs::remove_file(&file.temp);
+            let detail = format!("closing {}: {error}", file.temp.display());
+            return Some(file.tally.lost(LossSource::SpoolError, detail));
+        }
+        Some(match spool.commit(&file.temp, &file.key, file.tally.last_s) {
+            Ok(Commit::Spooled(spooled)) => Closed::Spooled {
+                file: spooled,
+                records: file.tally.records,
+            },
+            Ok(Commit::Full { bytes, waiting }) => {
+                let detail = format!("{}: {bytes} bytes do not fit, {waiting} waiting", file.key);
+                file.tally.lost(LossSource::SpoolFull, detail)
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&file.temp);
+                file.tally.lost(LossSource::SpoolError, error.to_string())
+            }
+        })
+    }
+}
