@@ -42,4 +42,33 @@ if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
     --no-default-features --features llvm-22
 fi
 
+# Python venv at <repo>/.venv for the Athena queries' local runner (schemas/athena/run_duckdb.py,
+# DuckDB + sqlglot) and its tests; requirements.txt is reinstalled only when its sha256 changes.
+athena_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+athena_venv="$athena_repo/.venv"
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  log "apt-get install python3 python3-venv"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+fi
+if ! "$athena_venv/bin/python" -c '' 2>/dev/null; then
+  log "python3 -m venv $athena_venv"
+  rm -rf "$athena_venv"
+  python3 -m venv "$athena_venv"
+fi
+athena_req_sum="$(sha256sum "$athena_repo/requirements.txt" | cut -d' ' -f1)"
+if [ "$(cat "$athena_venv/requirements.sha256" 2>/dev/null)" != "$athena_req_sum" ]; then
+  log "pip install -r requirements.txt into $athena_venv"
+  "$athena_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r "$athena_repo/requirements.txt"
+  printf '%s\n' "$athena_req_sum" >"$athena_venv/requirements.sha256"
+fi
+
+# s3s-fs 0.14.1: the S3-compatible server (a directory per bucket, SigV4 checked) that the
+# collector's S3 tests start on 127.0.0.1.
+if ! s3s-fs --version 2>/dev/null | grep -q '^s3s-fs 0\.14\.1$'; then
+  log "cargo install s3s-fs 0.14.1"
+  cargo install s3s-fs@0.14.1 --features binary --locked
+fi
+
 log "prerequisites ready"

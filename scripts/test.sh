@@ -19,5 +19,8 @@ step "cargo clippy (eBPF probe, bpfel-unknown-none)"
 cargo +nightly clippy --locked -p tollgate-probe --target bpfel-unknown-none \
   -Z build-std=core -- -D warnings
 
+step "python: the Athena queries on DuckDB (schemas/athena)"
+.venv/bin/python -m unittest discover -s schemas/athena -p 'test_*.py'
+
 step "cargo test"
 cargo test --locked --no-fail-fast

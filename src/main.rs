@@ -76,6 +76,13 @@ enum BenchTarget {
         #[arg(long, default_value_t = 100_000)]
         packets: u32,
     },
+    /// Collector events per second per core, ring buffer to Parquet bytes, against the bare
+    /// arrow-rs writer (needs root).
+    Collector {
+        /// Events to collect (each a distinct denied flow).
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -116,6 +123,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let results = bench::datapath(packets)?;
             print!("{}", bench::render(&results));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target: BenchTarget::Collector { events },
+        } => {
+            let result = tollgate_collector::bench::collector(events)?;
+            print!("{}", tollgate_collector::bench::render(&result));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use tollgate_schemas::{Direction, FlowEvent, Reason, Verdict, addr, proto};
 
 use crate::{
@@ -70,7 +72,8 @@ pub struct Aggregator {
     window_s: u64,
     mode: RecordMode,
     max_open: usize,
-    open: HashMap<Key, Open>,
+    /// Keyed with foldhash: the key is ~90 bytes, hashed for every event.
+    open: HashMap<Key, Open, RandomState>,
 }
 
 impl Aggregator {
@@ -80,7 +83,7 @@ impl Aggregator {
             window_s: window_s.max(1),
             mode,
             max_open,
-            open: HashMap::new(),
+            open: HashMap::default(),
         }
     }
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
 use k8s_openapi::api::core::v1::Pod;
 use tollgate_enforcer::{
     compile::Compiled,
@@ -109,13 +110,14 @@ pub struct Held<V> {
 /// The values a key took over time, newest last.
 #[derive(Debug)]
 pub struct History<K, V> {
-    spans: HashMap<K, VecDeque<Span<V>>>,
+    /// Keyed with foldhash: looked up twice for every event.
+    spans: HashMap<K, VecDeque<Span<V>>, RandomState>,
 }
 
 impl<K, V> Default for History<K, V> {
     fn default() -> Self {
         Self {
-            spans: HashMap::new(),
+            spans: HashMap::default(),
         }
     }
 }

@@ -22,7 +22,9 @@
 
 pub mod aggregate;
 pub mod clock;
+pub mod bench;
 pub mod config;
+pub mod flood;
 pub mod identity;
 pub mod loss;
 pub mod metrics;

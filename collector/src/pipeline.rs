@@ -158,22 +158,26 @@ impl Pipeline {
         self.last_tick_s = now_s;
     }
 
+    /// Closes every window and file now, whatever their age: the records so far become files
+    /// in the spool.
+    pub fn flush(&mut self) {
+        let records = self.aggregator.close_all();
+        self.write(records);
+        let closed = self.writer.close_all(&mut self.spool);
+        self.account(closed);
+    }
+
     /// Closes every window and file, then the spool (a clean stop).
     pub fn finish(mut self, reader: Option<&EventReader>) -> Result<(), SpoolError> {
         let now_s = unix_now_ns() / NS_PER_S;
         if let Some(reader) = reader {
             self.read_kernel_losses(reader, now_s);
         }
-        let records = self.aggregator.close_all();
-        self.write(records);
-        let closed = self.writer.close_all(&mut self.spool);
-        self.account(closed);
+        self.flush();
         // Losses found while closing (a file that did not fit) get one more chance to be
         // written; if that fails too, the metrics still have them.
         if !self.losses.is_empty() {
-            self.write(Vec::new());
-            let closed = self.writer.close_all(&mut self.spool);
-            self.account(closed);
+            self.flush();
         }
         self.spool.close()
     }
@@ -216,7 +220,7 @@ impl Pipeline {
         if records.is_empty() {
             return;
         }
-        let closed = self.writer.write(&mut self.spool, &records);
+        let closed = self.writer.write(&mut self.spool, records);
         self.account(closed);
     }
 

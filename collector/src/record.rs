@@ -5,6 +5,7 @@
 //! column in [`COLUMNS`] order. The schema is checked against the builders at every call:
 //! a column added to the schema but not here fails loudly instead of writing a wrong file.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -220,8 +221,11 @@ impl PodColumns {
     }
 }
 
-fn text_of(address: IpAddr) -> String {
-    address.to_string()
+/// Appends `address` as text without an intermediate `String`.
+fn append_address(builder: &mut StringBuilder, address: IpAddr) {
+    // Writing into a StringBuilder cannot fail.
+    let _ = write!(builder, "{address}");
+    builder.append_value("");
 }
 
 impl Columns {
@@ -273,8 +277,8 @@ impl Columns {
     }
 
     fn push_flow(&mut self, flow: &Flow) {
-        self.srcaddr.append_value(text_of(flow.src));
-        self.dstaddr.append_value(text_of(flow.dst));
+        append_address(&mut self.srcaddr, flow.src);
+        append_address(&mut self.dstaddr, flow.dst);
         self.srcport.append_value(i32::from(flow.src_port));
         self.dstport.append_value(i32::from(flow.dst_port));
         self.protocol.append_value(i32::from(flow.protocol));

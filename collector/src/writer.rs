@@ -162,16 +162,15 @@ impl FileWriter {
     }
 
     /// Appends `records` to their partitions' files; returns the files this closed.
-    pub fn write(&mut self, spool: &mut Spool, records: &[FlowRecord]) -> Vec<Closed> {
-        let mut by_partition: BTreeMap<(String, String), Vec<FlowRecord>> = BTreeMap::new();
+    pub fn write(&mut self, spool: &mut Spool, records: Vec<FlowRecord>) -> Vec<Closed> {
+        // Partitions are hours: group by the hour of each record's start, name them once.
+        let mut by_hour: BTreeMap<u64, Vec<FlowRecord>> = BTreeMap::new();
         for record in records {
-            by_partition
-                .entry(partition_date(record.start_s))
-                .or_default()
-                .push(record.clone());
+            by_hour.entry(record.start_s / 3600).or_default().push(record);
         }
         let mut closed = Vec::new();
-        for (partition, records) in by_partition {
+        for (hour, records) in by_hour {
+            let partition = partition_date(hour * 3600);
             closed.extend(self.append(spool, partition, &records));
         }
         closed
