@@ -46,8 +46,9 @@ pub struct Pipeline {
     spool: Spool,
     metrics: Arc<Metrics>,
     spooled: Arc<Notify>,
-    /// Kernel ring-buffer failures and undecodable records seen so far.
-    ringbuf_failed: Option<u64>,
+    /// Kernel ring-buffer failures (counted by the probe since it was loaded) and undecodable
+    /// records seen so far.
+    ringbuf_failed: u64,
     undecodable: u64,
     last_tick_s: u64,
 }
@@ -81,7 +82,7 @@ impl Pipeline {
             spool,
             metrics,
             spooled,
-            ringbuf_failed: None,
+            ringbuf_failed: 0,
             undecodable: 0,
             last_tick_s: now_s,
         };
@@ -195,9 +196,7 @@ impl Pipeline {
                 self.metrics
                     .ringbuf_reserve_failed
                     .store(failed, Ordering::Relaxed);
-                // The first reading is the baseline: a probe adopted from a previous agent
-                // counted failures this collector already reported (or never saw).
-                let seen = self.ringbuf_failed.replace(failed).unwrap_or(failed);
+                let seen = std::mem::replace(&mut self.ringbuf_failed, failed);
                 if failed > seen {
                     self.lose(
                         LossSource::RingbufFull,
