@@ -22,7 +22,10 @@ enum Command {
     Verify(VerifyArgs),
     /// Run the seed scenario for real in network namespaces wired like the VPC CNI.
     Lab(LabArgs),
-    /// Measure the datapath.
+    /// Print the flow records of a local flow directory (what `lab --out` or a local sink
+    /// wrote).
+    Flows(FlowsArgs),
+    /// Measure the datapath or the collector.
     Bench {
         #[command(subcommand)]
         target: BenchTarget,
@@ -60,6 +63,23 @@ struct LabArgs {
     /// directory, named at the end, otherwise.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct FlowsArgs {
+    /// The flow directory (`cluster=…/dt=…/hour=…/*.parquet` under it).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Only denied flows (`action = 'REJECT'`), with the loss records.
+    #[arg(long)]
+    denied: bool,
+    /// Only records that end at or after this time: `2026-11-25T06:00:00Z`, Unix seconds, or
+    /// an age such as `15m`, `2h`, `1d`.
+    #[arg(long)]
+    since: Option<String>,
+    /// `table`: aligned columns; `json`: one record per line.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,6 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Verify(args) => verify_command(&args),
         Command::Lab(args) => lab_command(&args),
+        Command::Flows(args) => flows_command(&args),
         Command::Bench {
             target: BenchTarget::Datapath { packets },
         } => {
@@ -166,6 +187,34 @@ fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn flows_command(args: &FlowsArgs) -> anyhow::Result<ExitCode> {
+    use tollgate_collector::{clock, read};
+    let now_s = clock::unix_now_ns() / clock::NS_PER_S;
+    let since_s = match &args.since {
+        Some(text) => Some(read::parse_since(text, now_s).with_context(|| {
+            format!(
+                "--since {text:?}: expected YYYY-MM-DDTHH:MM:SSZ, Unix seconds, or an age like \
+                 15m, 2h, 1d"
+            )
+        })?),
+        None => None,
+    };
+    let filter = read::Filter {
+        denied: args.denied,
+        since_s,
+    };
+    let records = read::read_dir(&args.dir, &filter)?;
+    match args.output {
+        Output::Table => print!("{}", read::render_table(&records)),
+        Output::Json => {
+            for record in &records {
+                println!("{}", serde_json::to_string(record)?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Exit code 0 only when every outcome matched the seed.

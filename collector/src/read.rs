@@ -19,7 +19,7 @@ use crate::clock::rfc3339_utc;
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// A directory or file could not be read.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -44,6 +44,18 @@ pub struct Filter {
     pub denied: bool,
     /// Only records whose `end` is at or after this Unix second.
     pub since_s: Option<u64>,
+}
+
+/// Parses a `--since` value into a Unix second: `YYYY-MM-DDTHH:MM:SSZ`, a Unix second count,
+/// or an age before `now_s` such as `90s`, `15m`, `2h`, `1d`.
+pub fn parse_since(text: &str, now_s: u64) -> Option<u64> {
+    let units = [('s', 1), ('m', 60), ('h', 3600), ('d', 86_400)];
+    for (suffix, seconds) in units {
+        if let Some(count) = text.strip_suffix(suffix).and_then(|n| n.parse::<u64>().ok()) {
+            return Some(now_s.saturating_sub(count.saturating_mul(seconds)));
+        }
+    }
+    crate::clock::parse_utc(text)
 }
 
 /// One record, as read back.

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 /// A spool operation failed.
 #[derive(Debug, thiserror::Error)]
-#[error("spool {path}: {what}: {source}")]
+#[error("spool {path}: {what}")]
 pub struct SpoolError {
     /// The file or directory.
     pub path: PathBuf,
@@ -97,6 +97,13 @@ pub struct Spool {
     root: PathBuf,
     max_bytes: u64,
     state: State,
+}
+
+impl SpoolError {
+    /// The error with its cause, on one line (for logs and loss details).
+    pub fn detail(&self) -> String {
+        format!("{self}: {}", self.source)
+    }
 }
 
 impl Spool {

@@ -216,7 +216,7 @@ impl FileWriter {
         partition: &(String, String),
         first_s: u64,
     ) -> Result<OpenFile, String> {
-        let (seq, temp) = spool.begin().map_err(|e| e.to_string())?;
+        let (seq, temp) = spool.begin().map_err(|e| e.detail())?;
         let (dt, hour) = partition;
         let key = format!(
             "cluster={}/dt={dt}/hour={hour}/{}-{}-{seq:06}.parquet",
@@ -275,7 +275,7 @@ impl FileWriter {
             }
             Err(error) => {
                 let _ = std::fs::remove_file(&file.temp);
-                file.tally.lost(LossSource::SpoolError, error.to_string())
+                file.tally.lost(LossSource::SpoolError, error.detail())
             }
         })
     }

@@ -1,8 +1,10 @@
 //! The lab's flow log: the real collector on the probe's ring buffer, writing Parquet into a
 //! local directory in the bucket's layout, then read back for the report.
 //!
-//! [`FlowLog::start`] starts the collector (cluster `lab`, node `lab-node`, spool in a
-//! temporary directory of the run, sink the `--out` directory or a temporary one that is kept).
+//! [`FlowLog::start`] starts the collector (cluster `lab`, node `lab-node`, sink the `--out`
+//! directory or a temporary one that is kept, spool in its hidden `.spool/`, which readers of
+//! the layout skip: a run stopped by a signal leaves its last records there, and the next run
+//! into the same directory delivers them first, as an agent restart would).
 //! [`FlowLog::observe`] tells it the cluster after each step's policies are synced, so records
 //! name pods and policies; [`FlowLog::step_events`] is the step barrier: every event written
 //! so far has gone through the collector, and the step's own events are returned for the
@@ -58,7 +60,7 @@ pub struct FlowLog {
     collector: Collector,
     identities: SharedIdentities,
     seen: Arc<Mutex<Vec<FlowEvent>>>,
-    work: PathBuf,
+    spool: PathBuf,
     dir: PathBuf,
     started_s: u64,
 }
@@ -67,7 +69,6 @@ impl FlowLog {
     /// Starts the collector on `reader` for run `run`, delivering into `out` (or a temporary
     /// directory named after the run).
     pub async fn start(reader: EventReader, run: &str, out: Option<&Path>) -> Result<Self, LabError> {
-        let work = std::env::temp_dir().join(format!("tollgate-lab-{run}"));
         let dir = out.map_or_else(
             || std::env::temp_dir().join(format!("tollgate-lab-{run}-flows")),
             Path::to_owned,
@@ -75,7 +76,7 @@ impl FlowLog {
         let config = CollectorConfig {
             cluster: CLUSTER.to_owned(),
             node: NODE.to_owned(),
-            spool_dir: work.join("spool"),
+            spool_dir: dir.join(".spool"),
             sink: SinkConfig::Local { dir: dir.clone() },
             ..CollectorConfig::default()
         };
@@ -89,14 +90,13 @@ impl FlowLog {
                     .push(*event);
             })
         };
-        let (collector, _) = Collector::start(&config, reader, Arc::clone(&identities), Some(tap))
-            .await
-            .map_err(|e| LabError::FlowLog(e.to_string()))?;
+        let (collector, _) =
+            Collector::start(&config, reader, Arc::clone(&identities), Some(tap)).await?;
         Ok(Self {
             collector,
             identities,
             seen,
-            work,
+            spool: config.spool_dir,
             dir,
             started_s: unix_now_ns() / NS_PER_S,
         })
@@ -114,10 +114,7 @@ impl FlowLog {
     /// the collector has taken them in; and how many records could not be decoded.
     pub async fn step_events(&self) -> Result<(Vec<FlowEvent>, u64), LabError> {
         let before = self.collector.metrics().lost(LossSource::Undecodable);
-        self.collector
-            .sync()
-            .await
-            .map_err(|e| LabError::FlowLog(e.to_string()))?;
+        self.collector.sync().await?;
         let events = std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner));
         let undecodable = self.collector.metrics().lost(LossSource::Undecodable) - before;
         Ok((events, undecodable))
@@ -126,27 +123,21 @@ impl FlowLog {
     /// Stops the collector and reads the flow directory back.
     pub async fn finish(self) -> Result<FlowLogSummary, LabError> {
         let metrics = Arc::clone(self.collector.metrics());
-        let stopped = self
-            .collector
-            .stop(SHIP_WITHIN)
-            .await
-            .map_err(|e| LabError::FlowLog(e.to_string()))?;
+        let stopped = self.collector.stop(SHIP_WITHIN).await?;
         if stopped.shipped.left > 0 {
-            return Err(LabError::FlowLog(format!(
-                "{} files were not delivered to {} (still in {})",
-                stopped.shipped.left,
-                self.dir.display(),
-                self.work.display()
-            )));
+            return Err(LabError::Undelivered {
+                left: stopped.shipped.left,
+                dir: self.dir,
+                spool: self.spool,
+            });
         }
-        let _ = std::fs::remove_dir_all(&self.work);
         // The directory may hold earlier runs (`--out`): only this run's records count.
         let read = |denied| {
             let filter = Filter {
                 denied,
                 since_s: Some(self.started_s),
             };
-            read_dir(&self.dir, &filter).map_err(|e| LabError::FlowLog(e.to_string()))
+            read_dir(&self.dir, &filter)
         };
         let all = read(false)?;
         let denied = read(true)?;

@@ -138,9 +138,22 @@ pub enum LabError {
     /// Writing the policy maps failed.
     #[error("syncing the policy maps: {0}")]
     Sync(#[source] Box<sync::SyncError<AyaMapError>>),
-    /// The collector failed (start, delivery, or reading the flow directory back).
-    #[error("flow log: {0}")]
-    FlowLog(String),
+    /// The collector failed to start or stop.
+    #[error("flow log: the collector")]
+    Collector(#[from] tollgate_collector::service::CollectorError),
+    /// The flow directory could not be read back.
+    #[error("flow log: reading the flow directory back")]
+    FlowRead(#[from] tollgate_collector::read::ReadError),
+    /// Files did not reach the flow directory in time.
+    #[error("flow log: {left} files were not delivered to {dir} (still in the spool {spool})")]
+    Undelivered {
+        /// Files left.
+        left: u64,
+        /// The flow directory.
+        dir: PathBuf,
+        /// The spool that still holds them.
+        spool: PathBuf,
+    },
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
