@@ -153,8 +153,8 @@ impl Aggregator {
         if self.open.len() >= self.max_open {
             return Err(Skipped::Full);
         }
-        let audit = verdict == Verdict::AuditDeny
-            || identities.audit_at(event.endpoint, direction, ts);
+        let audit =
+            verdict == Verdict::AuditDeny || identities.audit_at(event.endpoint, direction, ts);
         let flow = Flow {
             src: addr::from_bytes(event.src_addr),
             dst: addr::from_bytes(event.dst_addr),
@@ -316,9 +316,6 @@ mod tests {
         let mut agg = Aggregator::new(60, RecordMode::All, 2);
         let mut bad = event(10, 1, Verdict::Deny);
         bad.verdict = 9;
-        assert_eq!(
-            agg.ingest(&bad, &clock, &identities),
-            Err(Skipped::Unknown)
-        );
+        assert_eq!(agg.ingest(&bad, &clock, &identities), Err(Skipped::Unknown));
     }
 }

@@ -99,8 +99,12 @@ pub fn collector(events: u64) -> Result<CollectorBench, BenchError> {
     };
     let metrics = Arc::new(Metrics::default());
     let identities = Arc::new(Mutex::new(Identities::default()));
-    let (mut pipeline, _) =
-        Pipeline::open(&config, identities, Arc::clone(&metrics), Arc::new(Notify::new()))?;
+    let (mut pipeline, _) = Pipeline::open(
+        &config,
+        identities,
+        Arc::clone(&metrics),
+        Arc::new(Notify::new()),
+    )?;
     let (mut flood, mut reader) = Flood::new()?;
     let mut cpu = Duration::ZERO;
     let mut reader_cpu = Duration::ZERO;
@@ -118,7 +122,8 @@ pub fn collector(events: u64) -> Result<CollectorBench, BenchError> {
     }
     let records = metrics.records.load(std::sync::atomic::Ordering::Relaxed);
     pipeline.finish(None)?;
-    let files = parquet_files(&spool_dir.join("ready")).map_err(|e| BenchError::Files(e.to_string()))?;
+    let files =
+        parquet_files(&spool_dir.join("ready")).map_err(|e| BenchError::Files(e.to_string()))?;
     let parquet_bytes = files
         .iter()
         .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
@@ -152,8 +157,9 @@ fn bare_writer(files: &[std::path::PathBuf]) -> Result<Duration, BenchError> {
             continue;
         };
         let started = thread_cpu();
-        let mut writer = ArrowWriter::try_new(Vec::new(), first.schema(), Some(writer_properties()))
-            .map_err(|e| error(&e))?;
+        let mut writer =
+            ArrowWriter::try_new(Vec::new(), first.schema(), Some(writer_properties()))
+                .map_err(|e| error(&e))?;
         for batch in &batches {
             writer.write(batch).map_err(|e| error(&e))?;
         }

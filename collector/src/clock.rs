@@ -62,7 +62,10 @@ fn read(clock: libc::clockid_t) -> u64 {
 /// `YYYY-MM-DD` and `HH` (UTC) of Unix second `unix_s`: the `dt` and `hour` partitions.
 pub fn partition_date(unix_s: u64) -> (String, String) {
     let (year, month, day, hour, _, _) = civil(unix_s);
-    (format!("{year:04}-{month:02}-{day:02}"), format!("{hour:02}"))
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{hour:02}"),
+    )
 }
 
 /// `YYYYMMDDTHHMMSSZ` (UTC) of Unix second `unix_s`, for file names.
@@ -144,7 +147,12 @@ mod tests {
         assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(parse_utc("2000-02-29T00:00:00Z"), Some(951_782_400));
-        for bad in ["2026-13-01T00:00:00Z", "2026-11-25 06:07:08", "x", "2026-11-25T06:07Z"] {
+        for bad in [
+            "2026-13-01T00:00:00Z",
+            "2026-11-25 06:07:08",
+            "x",
+            "2026-11-25T06:07Z",
+        ] {
             assert_eq!(parse_utc(bad), None, "{bad}");
         }
     }

@@ -117,7 +117,11 @@ impl CollectorConfig {
             "must be at least 1",
         );
         check(self.rotate_bytes > 0, "rotate_bytes", "must be at least 1");
-        check(self.rotate_age_secs > 0, "rotate_age_secs", "must be at least 1");
+        check(
+            self.rotate_age_secs > 0,
+            "rotate_age_secs",
+            "must be at least 1",
+        );
         check(
             self.spool_max_bytes > 0,
             "spool_max_bytes",

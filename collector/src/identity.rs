@@ -52,7 +52,12 @@ impl PodIdentity {
                 .clone()
                 .unwrap_or_else(|| "default".to_owned()),
             workload: workload_of(pod),
-            labels: meta.labels.clone().unwrap_or_default().into_iter().collect(),
+            labels: meta
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             name,
         }
     }

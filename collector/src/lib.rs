@@ -21,8 +21,8 @@
 //! (`tollgate flows`, the lab's summary); [`config`] is the settings schema.
 
 pub mod aggregate;
-pub mod clock;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod flood;
 pub mod identity;

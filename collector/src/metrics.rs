@@ -60,7 +60,12 @@ impl Metrics {
             );
         };
         one("events_total", "counter", "Flow events read.", &self.events);
-        one("records_total", "counter", "Flow records written.", &self.records);
+        one(
+            "records_total",
+            "counter",
+            "Flow records written.",
+            &self.records,
+        );
         one(
             "files_spooled_total",
             "counter",
@@ -79,8 +84,18 @@ impl Metrics {
             "Failed deliveries (retried).",
             &self.ship_failures,
         );
-        one("spool_bytes", "gauge", "Bytes waiting in the spool.", &self.spool_bytes);
-        one("spool_files", "gauge", "Files waiting in the spool.", &self.spool_files);
+        one(
+            "spool_bytes",
+            "gauge",
+            "Bytes waiting in the spool.",
+            &self.spool_bytes,
+        );
+        one(
+            "spool_files",
+            "gauge",
+            "Files waiting in the spool.",
+            &self.spool_files,
+        );
         one(
             "ringbuf_reserve_failed_total",
             "counter",

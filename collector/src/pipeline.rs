@@ -62,16 +62,12 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         spooled: Arc<Notify>,
     ) -> Result<(Self, Recovery), SpoolError> {
-        let (spool, recovery) = Spool::open(&config.spool_dir, config.spool_max_bytes)?;
         let now_s = unix_now_ns() / NS_PER_S;
+        let (spool, recovery) = Spool::open(&config.spool_dir, config.spool_max_bytes, now_s)?;
         let mut pipeline = Self {
             clock: Clock::sample(),
             identities,
-            aggregator: Aggregator::new(
-                config.window_secs,
-                config.mode,
-                config.max_open_records,
-            ),
+            aggregator: Aggregator::new(config.window_secs, config.mode, config.max_open_records),
             losses: LossLedger::default(),
             writer: FileWriter::new(
                 &config.cluster,
@@ -212,9 +208,6 @@ impl Pipeline {
 
     fn write(&mut self, mut records: Vec<FlowRecord>) {
         let losses = self.losses.take();
-        for span in &losses {
-            self.metrics.loss_record(span.source);
-        }
         records.extend(losses.into_iter().map(FlowRecord::loss));
         if records.is_empty() {
             return;
@@ -226,8 +219,15 @@ impl Pipeline {
     fn account(&mut self, closed: Vec<Closed>) {
         for file in closed {
             match file {
-                Closed::Spooled { file, records } => {
+                Closed::Spooled {
+                    file,
+                    records,
+                    losses,
+                } => {
                     tracing::info!(key = file.key, records, bytes = file.bytes, "file spooled");
+                    for span in &losses {
+                        self.metrics.loss_record(span.source);
+                    }
                     self.metrics.files_spooled.fetch_add(1, Ordering::Relaxed);
                     self.metrics.records.fetch_add(records, Ordering::Relaxed);
                     self.spooled.notify_one();
@@ -252,7 +252,8 @@ impl Pipeline {
                         self.lose(source, Some(events), from_s, to_s);
                     }
                     for span in requeue {
-                        self.losses.add(span.source, span.events, span.from_s, span.to_s);
+                        self.losses
+                            .add(span.source, span.events, span.from_s, span.to_s);
                     }
                 }
             }

@@ -7,7 +7,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow_array::{
-    Array, Int32Array, Int64Array, RecordBatch, StringArray, cast::AsArray,
+    Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    cast::AsArray,
     types::{Int32Type, Int64Type},
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -51,7 +52,10 @@ pub struct Filter {
 pub fn parse_since(text: &str, now_s: u64) -> Option<u64> {
     let units = [('s', 1), ('m', 60), ('h', 3600), ('d', 86_400)];
     for (suffix, seconds) in units {
-        if let Some(count) = text.strip_suffix(suffix).and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(count) = text
+            .strip_suffix(suffix)
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             return Some(now_s.saturating_sub(count.saturating_mul(seconds)));
         }
     }
@@ -172,7 +176,7 @@ pub fn read_dir(dir: &Path, filter: &Filter) -> Result<Vec<StoredRecord>, ReadEr
                 .filter(|r| filter.since_s.is_none_or(|s| r.end >= s as i64)),
         );
     }
-    records.sort_by(|a, b| (a.start, a.end).cmp(&(b.start, b.end)));
+    records.sort_by_key(|r| (r.start, r.end));
     Ok(records)
 }
 
@@ -192,7 +196,8 @@ pub fn read_file(path: &Path) -> Result<Vec<StoredRecord>, ReadError> {
     let mut records = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| parquet(e.to_string()))?;
-        decode(&batch, &mut records).map_err(|column| parquet(format!("column {column}: missing or of another type")))?;
+        decode(&batch, &mut records)
+            .map_err(|column| parquet(format!("column {column}: missing or of another type")))?;
     }
     Ok(records)
 }
@@ -218,7 +223,11 @@ fn decode(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), &'stat
             .ok_or(name)
     };
     let (start, end, events) = (bigint("start")?, bigint("end")?, bigint("events")?);
-    let (packets, bytes, skipped) = (bigint("packets")?, bigint("bytes")?, bigint("skipped_events")?);
+    let (packets, bytes, skipped) = (
+        bigint("packets")?,
+        bigint("bytes")?,
+        bigint("skipped_events")?,
+    );
     let (protocol, srcport, dstport, rule) = (
         int("protocol")?,
         int("srcport")?,

@@ -230,7 +230,8 @@ fn append_address(builder: &mut StringBuilder, address: IpAddr) {
 
 impl Columns {
     fn with_capacity(rows: usize) -> Self {
-        let strings = |bytes_per_row: usize| StringBuilder::with_capacity(rows, rows * bytes_per_row);
+        let strings =
+            |bytes_per_row: usize| StringBuilder::with_capacity(rows, rows * bytes_per_row);
         Self {
             version: Int32Builder::with_capacity(rows),
             srcaddr: strings(16),

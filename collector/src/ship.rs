@@ -124,7 +124,12 @@ async fn pass(
                 }
                 shipped.files += 1;
                 metrics.files_shipped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(key = file.key, bytes = file.bytes, location = sink.location(&file.key), "shipped");
+                tracing::debug!(
+                    key = file.key,
+                    bytes = file.bytes,
+                    location = sink.location(&file.key),
+                    "shipped"
+                );
             }
             Err(error) => {
                 metrics.ship_failures.fetch_add(1, Ordering::Relaxed);

@@ -34,11 +34,7 @@ pub struct SpoolError {
     pub source: std::io::Error,
 }
 
-fn io<T>(
-    result: std::io::Result<T>,
-    path: &Path,
-    what: &'static str,
-) -> Result<T, SpoolError> {
+fn io<T>(result: std::io::Result<T>, path: &Path, what: &'static str) -> Result<T, SpoolError> {
     result.map_err(|source| SpoolError {
         path: path.to_owned(),
         what,
@@ -51,6 +47,12 @@ fn io<T>(
 struct State {
     next_seq: u64,
     running: bool,
+    /// When the running (or last) collector started, Unix seconds.
+    #[serde(default)]
+    started_s: u64,
+    /// Files that collector committed.
+    #[serde(default)]
+    committed: u64,
     acknowledged_until_s: u64,
 }
 
@@ -62,7 +64,8 @@ pub struct Recovery {
     /// Unfinished files removed from `tmp/`.
     pub removed_partial: usize,
     /// The previous collector did not stop cleanly: records after this Unix second may be
-    /// missing.
+    /// missing (the end of its last acknowledged record, or its start when it acknowledged
+    /// none).
     pub unclean_since_s: Option<u64>,
 }
 
@@ -108,8 +111,8 @@ impl SpoolError {
 
 impl Spool {
     /// Opens (creating) the spool at `root`, removes unfinished files, and marks a collector
-    /// as running.
-    pub fn open(root: &Path, max_bytes: u64) -> Result<(Self, Recovery), SpoolError> {
+    /// as running since `now_s` (Unix seconds).
+    pub fn open(root: &Path, max_bytes: u64, now_s: u64) -> Result<(Self, Recovery), SpoolError> {
         for dir in [root.join("tmp"), root.join("ready")] {
             io(fs::create_dir_all(&dir), &dir, "creating")?;
         }
@@ -138,12 +141,15 @@ impl Spool {
         let recovery = Recovery {
             pending: spool.pending()?.len(),
             removed_partial,
-            unclean_since_s: spool
-                .state
-                .running
-                .then_some(spool.state.acknowledged_until_s),
+            unclean_since_s: spool.state.running.then_some(if spool.state.committed > 0 {
+                spool.state.acknowledged_until_s
+            } else {
+                spool.state.acknowledged_until_s.max(spool.state.started_s)
+            }),
         };
         spool.state.running = true;
+        spool.state.started_s = now_s;
+        spool.state.committed = 0;
         spool.save()?;
         Ok((spool, recovery))
     }
@@ -172,7 +178,11 @@ impl Spool {
         let bytes = io(file.metadata(), temp, "reading metadata")?.len();
         let waiting = self.waiting_bytes()?;
         if waiting + bytes > self.max_bytes {
-            io(fs::remove_file(temp), temp, "removing a file the spool has no room for")?;
+            io(
+                fs::remove_file(temp),
+                temp,
+                "removing a file the spool has no room for",
+            )?;
             return Ok(Commit::Full { bytes, waiting });
         }
         let path = self.root.join("ready").join(key);
@@ -192,6 +202,7 @@ impl Spool {
         }
         io(File::open(&dir).and_then(|d| d.sync_all()), &dir, "syncing")?;
         self.state.acknowledged_until_s = self.state.acknowledged_until_s.max(until_s);
+        self.state.committed += 1;
         self.save()?;
         Ok(Commit::Spooled(Spooled {
             key: key.to_owned(),
@@ -286,7 +297,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tollgate-spool-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-spool-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -298,7 +310,7 @@ mod tests {
     #[test]
     fn commit_pending_remove_and_sequence_survive_reopen() {
         let root = temp_dir("cycle");
-        let (mut spool, recovery) = Spool::open(&root, 1000).unwrap();
+        let (mut spool, recovery) = Spool::open(&root, 1000, 7).unwrap();
         assert_eq!(recovery, Recovery::default());
         let (seq, temp) = spool.begin().unwrap();
         assert_eq!(seq, 0);
@@ -321,20 +333,23 @@ mod tests {
         assert!(!temp.exists());
         spool.close().unwrap();
 
-        let (mut spool, recovery) = Spool::open(&root, 1000).unwrap();
+        let (mut spool, recovery) = Spool::open(&root, 1000, 7).unwrap();
         assert_eq!(recovery.pending, 1);
         assert_eq!(recovery.unclean_since_s, None);
         assert_eq!(spool.begin().unwrap().0, 2, "sequence numbers never repeat");
         remove(&root, &spooled).unwrap();
         assert!(spool.pending().unwrap().is_empty());
-        assert!(!root.join("ready/cluster=c").exists(), "empty partitions go");
+        assert!(
+            !root.join("ready/cluster=c").exists(),
+            "empty partitions go"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn an_unclean_stop_is_reported_and_partial_files_removed() {
         let root = temp_dir("unclean");
-        let (mut spool, _) = Spool::open(&root, 1000).unwrap();
+        let (mut spool, _) = Spool::open(&root, 1000, 7).unwrap();
         let (_, temp) = spool.begin().unwrap();
         write(&temp, 10);
         let Commit::Spooled(_) = spool.commit(&temp, "a.parquet", 1_000).unwrap() else {
@@ -343,10 +358,22 @@ mod tests {
         let (_, partial) = spool.begin().unwrap();
         write(&partial, 10);
         drop(spool); // no close(): as if killed
-        let (_, recovery) = Spool::open(&root, 1000).unwrap();
+        let (_, recovery) = Spool::open(&root, 1000, 7).unwrap();
         assert_eq!(recovery.removed_partial, 1);
         assert_eq!(recovery.pending, 1);
-        assert_eq!(recovery.unclean_since_s, Some(1_000));
+        assert_eq!(
+            recovery.unclean_since_s,
+            Some(1_000),
+            "the last acknowledged record"
+        );
+        // A collector started at 5,000 dies before acknowledging anything.
+        drop(Spool::open(&root, 1000, 5_000).unwrap());
+        let (_, recovery) = Spool::open(&root, 1000, 6_000).unwrap();
+        assert_eq!(
+            recovery.unclean_since_s,
+            Some(5_000),
+            "the start of a collector that died before acknowledging anything"
+        );
         assert!(!partial.exists());
         fs::remove_dir_all(&root).unwrap();
     }

@@ -44,6 +44,8 @@ pub enum Closed {
         file: Spooled,
         /// Records in it.
         records: u64,
+        /// The loss records among them.
+        losses: Vec<LossSpan>,
     },
     /// Its records could not be kept.
     Lost {
@@ -166,7 +168,10 @@ impl FileWriter {
         // Partitions are hours: group by the hour of each record's start, name them once.
         let mut by_hour: BTreeMap<u64, Vec<FlowRecord>> = BTreeMap::new();
         for record in records {
-            by_hour.entry(record.start_s / 3600).or_default().push(record);
+            by_hour
+                .entry(record.start_s / 3600)
+                .or_default()
+                .push(record);
         }
         let mut closed = Vec::new();
         for (hour, records) in by_hour {
@@ -264,19 +269,23 @@ impl FileWriter {
             let detail = format!("closing {}: {error}", file.temp.display());
             return Some(file.tally.lost(LossSource::SpoolError, detail));
         }
-        Some(match spool.commit(&file.temp, &file.key, file.tally.last_s) {
-            Ok(Commit::Spooled(spooled)) => Closed::Spooled {
-                file: spooled,
-                records: file.tally.records,
+        Some(
+            match spool.commit(&file.temp, &file.key, file.tally.last_s) {
+                Ok(Commit::Spooled(spooled)) => Closed::Spooled {
+                    file: spooled,
+                    records: file.tally.records,
+                    losses: file.tally.losses,
+                },
+                Ok(Commit::Full { bytes, waiting }) => {
+                    let detail =
+                        format!("{}: {bytes} bytes do not fit, {waiting} waiting", file.key);
+                    file.tally.lost(LossSource::SpoolFull, detail)
+                }
+                Err(error) => {
+                    let _ = std::fs::remove_file(&file.temp);
+                    file.tally.lost(LossSource::SpoolError, error.detail())
+                }
             },
-            Ok(Commit::Full { bytes, waiting }) => {
-                let detail = format!("{}: {bytes} bytes do not fit, {waiting} waiting", file.key);
-                file.tally.lost(LossSource::SpoolFull, detail)
-            }
-            Err(error) => {
-                let _ = std::fs::remove_file(&file.temp);
-                file.tally.lost(LossSource::SpoolError, error.detail())
-            }
-        })
+        )
     }
 }

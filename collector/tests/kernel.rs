@@ -73,7 +73,11 @@ fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
     pipeline.finish(Some(&reader)).unwrap();
 
     let drained = metrics.events.load(Ordering::Relaxed);
-    assert_eq!(drained + failed, 60_000, "every event is either read or counted");
+    assert_eq!(
+        drained + failed,
+        60_000,
+        "every event is either read or counted"
+    );
     let records = read_dir(&config.spool_dir.join("ready"), &Filter::default()).unwrap();
     let losses: Vec<_> = records.iter().filter(|r| r.is_loss()).collect();
     assert_eq!(losses.len(), 1, "{losses:#?}");
@@ -117,7 +121,12 @@ async fn the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each
     assert_eq!(stopped.shipped.left, 0);
     assert!(stopped.shipped.files >= 1);
     assert!(
-        !config.spool_dir.join("ready").read_dir().unwrap().any(|_| true),
+        !config
+            .spool_dir
+            .join("ready")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
         "the spool is empty once everything is shipped"
     );
     let records = read_dir(&dir.path().join("flows"), &Filter::default()).unwrap();

@@ -101,7 +101,10 @@ async fn every_record_arrives_exactly_once_across_an_outage_of_the_server() {
         .metrics()
         .ship_failures
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(failures > 0, "deliveries must have failed during the outage");
+    assert!(
+        failures > 0,
+        "deliveries must have failed during the outage"
+    );
     let waiting = collector
         .metrics()
         .spool_files
@@ -110,11 +113,18 @@ async fn every_record_arrives_exactly_once_across_an_outage_of_the_server() {
     server.restart().await;
     traffic(&mut flood, 1_000, Duration::from_secs(1)).await;
     let stopped = collector.stop(Duration::from_secs(30)).await.unwrap();
-    assert_eq!(stopped.shipped.left, 0, "everything shipped after the outage");
+    assert_eq!(
+        stopped.shipped.left, 0,
+        "everything shipped after the outage"
+    );
 
     let scratch = TempDir::new("s3-outage-objects");
     let objects = objects(&server, &scratch).await;
-    assert!(objects.keys().all(|k| k.starts_with("flows/cluster=test/dt=")));
+    assert!(
+        objects
+            .keys()
+            .all(|k| k.starts_with("flows/cluster=test/dt="))
+    );
     let flows = flows(&objects);
     assert_eq!(flows.len(), 5_000, "every flow arrives");
     let repeated: Vec<_> = flows.iter().filter(|(_, n)| **n > 1).collect();
@@ -215,7 +225,11 @@ async fn after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_u
     }
     // Kill it while a file is being written (one is open in the spool's tmp/).
     let writing = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(spool.join("tmp")).unwrap().next().is_none() {
+    while std::fs::read_dir(spool.join("tmp"))
+        .unwrap()
+        .next()
+        .is_none()
+    {
         assert!(Instant::now() < writing, "the child never had a file open");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -264,7 +278,10 @@ async fn after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_u
     assert_eq!(restarts.len(), 1, "the gap is on record: {restarts:#?}");
     assert_eq!(restarts[0].skipped_events, None, "its size is unknown");
     let keys: BTreeSet<_> = objects.keys().collect();
-    assert!(keys.iter().all(|k| k.ends_with(".parquet") && !k.contains("tmp")));
+    assert!(
+        keys.iter()
+            .all(|k| k.ends_with(".parquet") && !k.contains("tmp"))
+    );
     eprintln!(
         "{} acknowledged files before the kill, {} objects in all, {} partial files removed",
         acked.len(),

@@ -318,9 +318,7 @@ pub(crate) fn flush_denies(
 }
 
 /// Totals of the per-CPU `counters`.
-pub(crate) fn read_counters(
-    counters: &PerCpuArray<MapData, u64>,
-) -> Result<Counters, ProbeError> {
+pub(crate) fn read_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Counters, ProbeError> {
     let mut totals = Counters::default();
     for counter in Counter::ALL {
         let values = counters

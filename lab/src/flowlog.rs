@@ -68,7 +68,11 @@ pub struct FlowLog {
 impl FlowLog {
     /// Starts the collector on `reader` for run `run`, delivering into `out` (or a temporary
     /// directory named after the run).
-    pub async fn start(reader: EventReader, run: &str, out: Option<&Path>) -> Result<Self, LabError> {
+    pub async fn start(
+        reader: EventReader,
+        run: &str,
+        out: Option<&Path>,
+    ) -> Result<Self, LabError> {
         let dir = out.map_or_else(
             || std::env::temp_dir().join(format!("tollgate-lab-{run}-flows")),
             Path::to_owned,

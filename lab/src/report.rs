@@ -427,7 +427,10 @@ impl LabReport {
             log.events,
             log.lost
         );
-        let _ = writeln!(out, "  denied flows (action = 'REJECT'), read back from Parquet:");
+        let _ = writeln!(
+            out,
+            "  denied flows (action = 'REJECT'), read back from Parquet:"
+        );
         for line in render_records(&log.denied).lines() {
             let _ = writeln!(out, "    {line}");
         }

@@ -31,12 +31,8 @@ pub async fn walk(
     let topology = Topology::create(names, &pods)?;
     // Attached before any server or client socket exists: no pod packet escapes the probe.
     let mut enforcement = Enforcement::start(&topology, attach)?;
-    let flow_log = FlowLog::start(
-        enforcement.take_events()?,
-        topology.names().prefix(),
-        out,
-    )
-    .await?;
+    let flow_log =
+        FlowLog::start(enforcement.take_events()?, topology.names().prefix(), out).await?;
     let servers = Servers::start(&topology, &pods).await?;
     let client = Client::new(&topology, &pods, CLIENT_POD, Timeouts::default())?;
 

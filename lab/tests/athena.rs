@@ -132,9 +132,18 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
                 && r["policy_rule"] == index
         })
     };
-    assert!(rule("allow-amazonlinux-to-nginx", "egress", 0), "DNS: {hits:#?}");
-    assert!(rule("allow-amazonlinux-to-nginx", "egress", 1), "nginx: {hits:#?}");
-    assert!(rule("allow-nginx-from-amazonlinux", "ingress", 0), "{hits:#?}");
+    assert!(
+        rule("allow-amazonlinux-to-nginx", "egress", 0),
+        "DNS: {hits:#?}"
+    );
+    assert!(
+        rule("allow-amazonlinux-to-nginx", "egress", 1),
+        "nginx: {hits:#?}"
+    );
+    assert!(
+        rule("allow-nginx-from-amazonlinux", "ingress", 0),
+        "{hits:#?}"
+    );
 
     // Pods no policy selects: kube-dns (kube-system has no policy) for ingress.
     let unselected = query(&out, "unselected-pods", &window);
