@@ -3,7 +3,7 @@
 //! The kernel writes one [`FlowEvent`] per flow decision; [`EventReader::drain`] copies out
 //! every event available now, [`EventReader::drain_with`] hands each to a function without
 //! collecting them. The reader is also a file descriptor for an async reactor, but the probe
-//! wakes it only once 64 KiB of events are waiting (a wakeup costs the kernel a self-IPI per
+//! wakes it only when the waiting events cross 64 KiB (a wakeup costs the kernel a self-IPI per
 //! event otherwise): a reader must also drain on a timer, or after each test run as `verify`
 //! does.
 //!

@@ -6,10 +6,12 @@
 //! since the previous event. A failed ring-buffer reservation is counted per CPU
 //! ([`Counter::RingbufReserveFailed`]), so userspace can report the gap.
 //!
-//! Wakeups are adaptive: a submit wakes the reader only when [`WAKEUP_PENDING_BYTES`] or more
-//! are waiting. Each wakeup is an irq_work self-IPI, which costs about 8 µs on a virtual
+//! Wakeups are adaptive: a submit wakes the reader only when it takes the waiting bytes across
+//! [`WAKEUP_PENDING_BYTES`], so once per 64 KiB of events however fast they come and however
+//! slow the reader is. Each wakeup is an irq_work self-IPI, which costs about 8 µs on a virtual
 //! machine (an EKS node), twenty times the rest of a new flow's decision; readers therefore
-//! also drain on a short timer.
+//! also drain on a short timer, which also covers a crossing missed by two CPUs submitting at
+//! once.
 
 use tollgate_schemas::{
     Config, Counter, CtEntry, DenyEntry, EndpointState, FLOW_EVENT_VERSION, FlowEvent, FlowKey,
@@ -25,8 +27,12 @@ use crate::{
     parse::Packet,
 };
 
-/// Bytes waiting in the ring buffer from which a submit wakes the reader (1/64 of the ring).
+/// Bytes waiting in the ring buffer whose crossing wakes the reader (1/64 of the ring).
 pub const WAKEUP_PENDING_BYTES: u64 = 64 * 1024;
+
+/// Bytes one event takes in the ring: the kernel's 8-byte record header, then the event,
+/// rounded up to 8 bytes.
+const EVENT_RECORD_BYTES: u64 = (8 + size_of::<FlowEvent>() as u64).next_multiple_of(8);
 
 /// The flow key of `packet` for `endpoint`, in the packet's own direction.
 #[inline(always)]
@@ -183,7 +189,12 @@ fn emit(packet: &Packet, endpoint: u32, outcome: &Outcome, packets: u64, bytes: 
         (*event).icmp_code = packet.icmp_code;
         (*event)._pad = [0; 6];
     }
-    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_PENDING_BYTES {
+    // The reservation already counts in the waiting bytes: wake only if this event is the one
+    // that takes them across the mark.
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let crossed =
+        waiting >= WAKEUP_PENDING_BYTES && waiting < WAKEUP_PENDING_BYTES + EVENT_RECORD_BYTES;
+    let wakeup = if crossed {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
