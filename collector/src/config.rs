@@ -266,3 +266,72 @@ fn hostname() -> String {
         .filter(|h| is_path_segment(h))
         .unwrap_or_else(|| "node".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_defaults_work() {
+        assert_eq!(CollectorConfig::default().problems(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_s3_configuration_parses_with_defaults_for_what_it_leaves_out() {
+        let yaml = "cluster: prod-eu-1\nnode: ip-10-0-12-34\nsink:\n  kind: s3\n  region: eu-west-1\n  bucket: acme-flow-logs\n  prefix: tollgate\n  sse: {kind: kms, key_id: alias/flow-logs}\n";
+        let config: CollectorConfig = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(config.window_secs, 60);
+        assert_eq!(config.mode, RecordMode::All);
+        let SinkConfig::S3(s3) = &config.sink else {
+            panic!("not S3: {:?}", config.sink);
+        };
+        assert_eq!(
+            s3.sse,
+            ServerSideEncryption::Kms {
+                key_id: Some("alias/flow-logs".into())
+            }
+        );
+        assert_eq!(s3.multipart_threshold_bytes, 64 * 1024 * 1024);
+        assert!(config.problems().is_empty());
+    }
+
+    #[test]
+    fn a_misspelt_field_is_an_error_naming_it() {
+        let error = serde_yaml::from_str::<CollectorConfig>("windw_secs: 30\n").unwrap_err();
+        assert!(error.to_string().contains("windw_secs"), "{error}");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_named_with_their_field() {
+        let config = CollectorConfig {
+            cluster: "a/b".into(),
+            window_secs: 0,
+            sink: SinkConfig::S3(S3Config {
+                region: String::new(),
+                bucket: "b".into(),
+                prefix: "/x/".into(),
+                endpoint_url: None,
+                path_style: false,
+                sse: ServerSideEncryption::S3,
+                multipart_threshold_bytes: 1,
+                part_size_bytes: 1024,
+                max_attempts: 0,
+            }),
+            ..CollectorConfig::default()
+        };
+        let problems = config.problems();
+        for field in [
+            "cluster:",
+            "window_secs:",
+            "sink.region:",
+            "sink.prefix:",
+            "sink.part_size_bytes:",
+            "sink.max_attempts:",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(field)),
+                "{field} missing from {problems:?}"
+            );
+        }
+    }
+}

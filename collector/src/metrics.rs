@@ -131,3 +131,33 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_has_every_counter_and_loss_source() {
+        let metrics = Metrics::default();
+        metrics.events.fetch_add(5, Ordering::Relaxed);
+        metrics.lose(LossSource::RingbufFull, Some(3));
+        metrics.lose(LossSource::CollectorRestart, None);
+        metrics.loss_record(LossSource::CollectorRestart);
+        let text = metrics.render_prometheus();
+        assert!(text.contains("tollgate_collector_events_total 5\n"));
+        assert!(text.contains("tollgate_collector_lost_events_total{source=\"ringbuf-full\"} 3\n"));
+        assert!(
+            text.contains(
+                "tollgate_collector_loss_records_total{source=\"collector-restart\"} 1\n"
+            )
+        );
+        assert_eq!(
+            metrics.lost(LossSource::CollectorRestart),
+            0,
+            "unknown counts add 0"
+        );
+        for source in LossSource::ALL {
+            assert!(text.contains(&format!("source=\"{}\"", source.name())));
+        }
+    }
+}

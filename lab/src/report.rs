@@ -410,9 +410,7 @@ impl LabReport {
         }
         out
     }
-}
 
-impl LabReport {
     /// The flow log: where it is, what it holds, the denied flows read back from its Parquet
     /// files, and the seed's denials found in them.
     fn render_flow_log(&self) -> String {
