@@ -193,7 +193,7 @@ fn emit(packet: &Packet, endpoint: u32, outcome: &Outcome, packets: u64, bytes: 
     // that takes them across the mark.
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let crossed =
-        waiting >= WAKEUP_PENDING_BYTES && waiting < WAKEUP_PENDING_BYTES + EVENT_RECORD_BYTES;
+        (WAKEUP_PENDING_BYTES..WAKEUP_PENDING_BYTES + EVENT_RECORD_BYTES).contains(&waiting);
     let wakeup = if crossed {
         BPF_RB_FORCE_WAKEUP
     } else {
