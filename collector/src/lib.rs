@@ -3,7 +3,8 @@
 //!
 //! Data flows through the modules in this order:
 //! - [`service`]: the running collector. Its reader thread waits on the ring buffer
-//!   (`AsyncFd`), drains it on wakeups and on a timer, and reports residual denies;
+//!   (`AsyncFd`), drains it on wakeups and on a timer, reports residual denies, and has
+//!   [`accounting`] turn the packets conntrack counted for allowed flows into events;
 //! - [`identity`]: who held each address, what each rule id meant and which endpoints ran in
 //!   audit mode, over time, so events are named as of their own timestamp;
 //! - [`aggregate`]: enrichment and aggregation per flow, verdict and window ([`clock`] turns
@@ -20,6 +21,7 @@
 //! [`pipeline`] holds the synchronous stages together; [`read`] reads a flow directory back
 //! (`tollgate flows`, the lab's summary); [`config`] is the settings schema.
 
+pub mod accounting;
 pub mod aggregate;
 pub mod bench;
 pub mod clock;

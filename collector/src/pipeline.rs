@@ -1,6 +1,7 @@
 //! The collector's synchronous stages in one place: events in, Parquet files out.
 //!
-//! [`Pipeline::ingest`] takes each decoded event through enrichment and aggregation;
+//! [`Pipeline::ingest`] takes each decoded event through enrichment and aggregation
+//! ([`Pipeline::account_tracked`] adds the packets conntrack counted for allowed flows);
 //! [`Pipeline::tick`] (every drain interval) reads the kernel's loss counters, closes the
 //! windows that ended, writes their records and any pending loss records, rotates aged files,
 //! and accounts for every file that could not be kept; [`Pipeline::finish`] closes everything
@@ -15,6 +16,7 @@ use tollgate_enforcer::events::EventReader;
 use tollgate_schemas::{Counter, FlowEvent};
 
 use crate::{
+    accounting::Accounting,
     aggregate::{Aggregator, Skipped},
     clock::{Clock, NS_PER_S, unix_now_ns},
     config::CollectorConfig,
@@ -41,6 +43,7 @@ pub struct Pipeline {
     clock: Clock,
     identities: SharedIdentities,
     aggregator: Aggregator,
+    accounting: Accounting,
     losses: LossLedger,
     writer: FileWriter,
     spool: Spool,
@@ -68,6 +71,7 @@ impl Pipeline {
             clock: Clock::sample(),
             identities,
             aggregator: Aggregator::new(config.window_secs, config.mode, config.max_open_records),
+            accounting: Accounting::default(),
             losses: LossLedger::default(),
             writer: FileWriter::new(
                 &config.cluster,
@@ -116,6 +120,18 @@ impl Pipeline {
         let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
         for event in events {
             self.add(event, &identities);
+        }
+    }
+
+    /// Adds what conntrack counted for allowed flows since the previous call (see
+    /// [`Accounting`]).
+    pub fn account_tracked(&mut self, reader: &EventReader) {
+        match reader.tracked_flows() {
+            Ok(flows) => {
+                let events = self.accounting.report(&flows);
+                self.ingest(&events);
+            }
+            Err(error) => tracing::warn!(%error, "reading conntrack for accounting"),
         }
     }
 

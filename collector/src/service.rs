@@ -5,7 +5,8 @@
 //!   work is CPU-bound and must not stall the caller's runtime): it waits on the ring buffer
 //!   with [`AsyncFd`] (no busy polling), drains it on every wakeup and every drain interval
 //!   (the probe wakes readers only once 64 KiB are waiting), reports residual denies every
-//!   deny report interval, and ticks the pipeline;
+//!   deny report interval, accounts the packets of allowed flows from conntrack every
+//!   [`ACCOUNTING_INTERVAL`], and ticks the pipeline;
 //! - the shipper ([`crate::ship::ship`]) on the caller's runtime.
 //!
 //! [`Collector::sync`] drains everything the kernel has now (a barrier for tests and the lab);
@@ -54,6 +55,10 @@ enum Command {
     Sync(oneshot::Sender<()>),
     Stop(oneshot::Sender<Result<(), SpoolError>>),
 }
+
+/// How often conntrack is walked to account the packets of allowed flows (a walk of a full
+/// table costs about half a CPU second).
+pub const ACCOUNTING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a stopped collector did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -166,8 +171,9 @@ impl Collector {
         &self.sink
     }
 
-    /// Returns once every event the kernel has written so far, and every residual deny, has
-    /// gone through the pipeline (and the tap).
+    /// Returns once every event the kernel has written so far, every residual deny (both also
+    /// through the tap) and what conntrack counted for allowed flows have gone through the
+    /// pipeline.
     pub async fn sync(&self) -> Result<(), CollectorError> {
         let (reply, done) = oneshot::channel();
         self.commands
@@ -222,6 +228,7 @@ enum Wake {
     Readable,
     Tick,
     DenyFlush,
+    Accounting,
     Command(Option<Command>),
 }
 
@@ -248,6 +255,8 @@ async fn read_loop(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut deny_flush = tokio::time::interval(timers.deny_flush);
     deny_flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut accounting = tokio::time::interval(ACCOUNTING_INTERVAL);
+    accounting.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let wake = tokio::select! {
             ready = ring.readable() => {
@@ -258,6 +267,7 @@ async fn read_loop(
             }
             _ = tick.tick() => Wake::Tick,
             _ = deny_flush.tick() => Wake::DenyFlush,
+            _ = accounting.tick() => Wake::Accounting,
             command = commands.recv() => Wake::Command(command),
         };
         let tap = &mut tap;
@@ -268,12 +278,15 @@ async fn read_loop(
                 pipeline.tick(Some(ring.get_ref()));
             }
             Wake::DenyFlush => flush_denies(&mut pipeline, ring.get_mut(), tap),
+            Wake::Accounting => pipeline.account_tracked(ring.get_ref()),
             Wake::Command(Some(Command::Sync(reply))) => {
                 flush_denies(&mut pipeline, ring.get_mut(), tap);
+                pipeline.account_tracked(ring.get_ref());
                 let _ = reply.send(());
             }
             Wake::Command(command) => {
                 flush_denies(&mut pipeline, ring.get_mut(), tap);
+                pipeline.account_tracked(ring.get_ref());
                 let finished = pipeline.finish(Some(ring.get_ref()));
                 if let Some(Command::Stop(reply)) = command {
                     let _ = reply.send(finished);

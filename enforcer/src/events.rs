@@ -7,21 +7,24 @@
 //! event otherwise): a reader must also drain on a timer, or after each test run as `verify`
 //! does.
 //!
-//! The reader holds its own handles on the deny map and the counters, so whoever owns it (the
-//! collector) can also report residual denies ([`EventReader::flush_denies`]) and read the
-//! kernel's loss counters ([`EventReader::counters`]) while the probe itself stays with the
-//! enforcer.
+//! The reader holds its own handles on the conntrack and deny maps and the counters, so
+//! whoever owns it (the collector) can also account the packets of tracked flows
+//! ([`EventReader::tracked_flows`]), report residual denies ([`EventReader::flush_denies`])
+//! and read the kernel's loss counters ([`EventReader::counters`]) while the probe itself
+//! stays with the enforcer.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use tollgate_schemas::{DenyEntry, FLOW_EVENT_VERSION, FlowEvent, FlowKey};
+use tollgate_schemas::{CtEntry, DenyEntry, FLOW_EVENT_VERSION, FlowEvent, FlowKey, map_names};
 
 use crate::probe::{Counters, ProbeError, flush_denies, read_counters};
 
-/// The probe's event ring buffer, with handles on the deny map and the counters.
+/// The probe's event ring buffer, with handles on the conntrack and deny maps and the
+/// counters.
 pub struct EventReader {
     ring: RingBuf<MapData>,
+    conntrack: HashMap<MapData, FlowKey, CtEntry>,
     denies: HashMap<MapData, FlowKey, DenyEntry>,
     counters: PerCpuArray<MapData, u64>,
     /// Records that were not a whole [`FlowEvent`] of the known version.
@@ -31,11 +34,13 @@ pub struct EventReader {
 impl EventReader {
     pub(crate) fn new(
         ring: RingBuf<MapData>,
+        conntrack: HashMap<MapData, FlowKey, CtEntry>,
         denies: HashMap<MapData, FlowKey, DenyEntry>,
         counters: PerCpuArray<MapData, u64>,
     ) -> Self {
         Self {
             ring,
+            conntrack,
             denies,
             counters,
             undecodable: 0,
@@ -73,6 +78,25 @@ impl EventReader {
     /// [`crate::probe::Probe::flush_denies`] does.
     pub fn flush_denies(&mut self) -> Result<Vec<FlowEvent>, ProbeError> {
         flush_denies(&mut self.denies)
+    }
+
+    /// Every flow conntrack tracks now, with its packet and byte totals. Entries that vanish
+    /// while the map is walked (expired, evicted) are skipped.
+    pub fn tracked_flows(&self) -> Result<Vec<(FlowKey, CtEntry)>, ProbeError> {
+        let mut flows = Vec::new();
+        for entry in self.conntrack.iter() {
+            match entry {
+                Ok(flow) => flows.push(flow),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(ProbeError::Map {
+                        name: map_names::CONNTRACK,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(flows)
     }
 
     /// The probe's counters, summed over CPUs.

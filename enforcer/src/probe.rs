@@ -114,7 +114,8 @@ pub(crate) struct ProbeMaps {
     pub frags: HashMap<MapData, FragKey, FragEntry>,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, u64>,
-    /// Kernel ids of the deny and counter maps, to open second handles on them.
+    /// Kernel ids of the conntrack, deny and counter maps, to open second handles on them.
+    pub conntrack_id: u32,
     pub denies_id: u32,
     pub counters_id: u32,
 }
@@ -146,6 +147,8 @@ impl Probe {
                 .load()
                 .map_err(|source| ProbeError::Program { name, source })?;
         }
+        let conntrack = take(&mut ebpf, map_names::CONNTRACK)?;
+        let conntrack_id = map_id(&conntrack, map_names::CONNTRACK)?;
         let denies = take(&mut ebpf, map_names::DENIES)?;
         let counters = take(&mut ebpf, map_names::COUNTERS)?;
         let denies_id = map_id(&denies, map_names::DENIES)?;
@@ -154,7 +157,10 @@ impl Probe {
             endpoints: typed(&mut ebpf, map_names::ENDPOINTS)?,
             ingress: typed(&mut ebpf, map_names::INGRESS)?,
             egress: typed(&mut ebpf, map_names::EGRESS)?,
-            conntrack: typed(&mut ebpf, map_names::CONNTRACK)?,
+            conntrack: HashMap::try_from(conntrack).map_err(|source| ProbeError::Map {
+                name: map_names::CONNTRACK,
+                source,
+            })?,
             denies: HashMap::try_from(denies).map_err(|source| ProbeError::Map {
                 name: map_names::DENIES,
                 source,
@@ -165,6 +171,7 @@ impl Probe {
                 name: map_names::COUNTERS,
                 source,
             })?,
+            conntrack_id,
             denies_id,
             counters_id,
         };
@@ -245,14 +252,16 @@ impl Probe {
         AyaMaps::new(&mut self.maps)
     }
 
-    /// The event ring buffer, with handles of its own on the deny and counter maps (for
-    /// [`EventReader::flush_denies`] and [`EventReader::counters`]), so that a collector can
-    /// own it while the probe stays with the enforcer; it can be taken once.
+    /// The event ring buffer, with handles of its own on the conntrack, deny and counter maps
+    /// (for [`EventReader::tracked_flows`], [`EventReader::flush_denies`] and
+    /// [`EventReader::counters`]), so that a collector can own it while the probe stays with
+    /// the enforcer; it can be taken once.
     pub fn take_events(&mut self) -> Result<EventReader, ProbeError> {
         let ring = self.events.take().ok_or(ProbeError::EventsTaken)?;
+        let conntrack = reopen(self.maps.conntrack_id, map_names::CONNTRACK)?;
         let denies = reopen(self.maps.denies_id, map_names::DENIES)?;
         let counters = reopen(self.maps.counters_id, map_names::COUNTERS)?;
-        Ok(EventReader::new(ring, denies, counters))
+        Ok(EventReader::new(ring, conntrack, denies, counters))
     }
 
     /// Totals of the per-CPU counters.

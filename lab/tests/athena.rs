@@ -107,10 +107,16 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
     );
     let directions: Vec<&str> = nginx.iter().map(|r| text(r, "flow_direction")).collect();
     assert!(directions.contains(&"ingress") && directions.contains(&"egress"));
-    assert!(nginx.iter().any(|r| {
-        text(r, "verdict_reason") == "allowed-by-rule"
-            && text(r, "policy_name") == "allow-nginx-from-amazonlinux"
-    }));
+    let allowed = nginx
+        .iter()
+        .find(|r| {
+            text(r, "verdict_reason") == "allowed-by-rule"
+                && text(r, "policy_name") == "allow-nginx-from-amazonlinux"
+        })
+        .expect("the allowed connection to nginx");
+    // The whole HTTP exchange, both directions, from connection tracking.
+    assert!(allowed["packets"].as_i64().unwrap() >= 6, "{allowed:#?}");
+    assert!(allowed["events"].as_i64().unwrap() >= 2, "{allowed:#?}");
 
     // Top denied sources and destinations.
     let sources = query(&out, "top-denied-sources", &with(&[("limit", "5".into())]));

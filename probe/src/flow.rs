@@ -73,7 +73,8 @@ pub fn track(packet: &Packet, key: &FlowKey, endpoint: &EndpointState, outcome: 
         verdict: outcome.verdict as u8,
         reason: outcome.reason as u8,
         tcp_flags: packet.tcp_flags,
-        _pad: [0; 5],
+        _pad: 0,
+        first_len: u32::try_from(packet.len).unwrap_or(u32::MAX),
     };
     if CONNTRACK.insert(key, entry, 0).is_err() {
         // The flow still passes (it was allowed); its replies are decided on their own.

@@ -73,7 +73,10 @@ pub struct CtEntry {
     /// OR of the TCP flags seen, both directions.
     pub tcp_flags: u8,
     /// Zero.
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Length of the first packet (the one the flow's decision event reported), bytes: the
+    /// collector's accounting starts after it.
+    pub first_len: u32,
 }
 
 /// A denied flow: the packets and bytes denied since its last event.
@@ -146,6 +149,7 @@ const _: () = {
     assert!(offset_of!(CtEntry, verdict) == 40);
     assert!(offset_of!(CtEntry, reason) == 41);
     assert!(offset_of!(CtEntry, tcp_flags) == 42);
+    assert!(offset_of!(CtEntry, first_len) == 44);
     assert!(size_of::<DenyEntry>() == 40);
     assert!(offset_of!(DenyEntry, tcp_flags) == 32);
     assert!(offset_of!(DenyEntry, reason) == 33);

@@ -116,9 +116,11 @@ pub const COLUMNS: &[Column] = &[
         "packets",
         BigInt,
         true,
-        "Packets of the flow in the window that the probe reported: every denied packet; for \
-         an allowed flow, the packet that was decided (later packets of an allowed flow pass \
-         through connection tracking without an event). Null in SKIPDATA records.",
+        "Packets of the flow in the window. Denied flows: every denied packet (the probe \
+         reports them deduplicated, one event per flow per 5 s). Allowed flows: every packet of \
+         the connection, both directions, as connection tracking counted them (reported every \
+         10 s and at shutdown; packets counted after the last report of an entry that expires \
+         are missed). Null in SKIPDATA records.",
     ),
     column(
         "bytes",
@@ -279,7 +281,8 @@ pub const COLUMNS: &[Column] = &[
         "events",
         BigInt,
         false,
-        "How many flow events of the probe the record aggregates (0 for SKIPDATA records).",
+        "How many reports the record aggregates: the probe's flow events and the collector's \
+         connection-tracking reports (0 for SKIPDATA records).",
     ),
     column(
         "skipped_events",
