@@ -9,8 +9,8 @@
 //! `<partition>/<node>-<first record's start, YYYYMMDDTHHMMSSZ>-<spool sequence>.parquet`. The
 //! name is fixed before the first byte is written, so every retry of the upload uses it.
 //!
-//! Writer properties are built once: ZSTD, dictionary encoding, page-level statistics, and
-//! the record schema's column docs as Arrow field metadata are not repeated in each file.
+//! Writer properties are built once ([`writer_properties`]): ZSTD, dictionary encoding,
+//! page-level statistics, [`ROW_GROUP_ROWS`] rows per row group.
 
 use std::collections::BTreeMap;
 use std::fs::File;
