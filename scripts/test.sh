@@ -22,5 +22,8 @@ cargo +nightly clippy --locked -p tollgate-probe --target bpfel-unknown-none \
 step "python: the Athena queries on DuckDB (schemas/athena)"
 .venv/bin/python -m unittest discover -s schemas/athena -p 'test_*.py'
 
+step "python: the deployment (deploy/: manifests, chart, capability set)"
+.venv/bin/python -m unittest discover -s deploy -p 'test_*.py'
+
 step "cargo test"
 cargo test --locked --no-fail-fast

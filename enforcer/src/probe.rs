@@ -5,14 +5,28 @@
 //! `from_pod` on the TC ingress hook and `to_pod` on the TC egress hook of a host-side veth,
 //! with TCX links where the kernel has them (6.6+), else through a clsact qdisc. Dropping the
 //! probe detaches the programs and frees the maps.
+//!
+//! For an agent that must survive its own restarts, [`Probe::load_pinned`] loads the same
+//! object with every shared map pinned under a bpffs directory (reused when already pinned:
+//! the kernel objects outlive the process), [`Probe::attach_links`] hands the caller the links
+//! of one veth instead of keeping them (so they can be pinned, or left attached on exit), and
+//! [`Probe::replace_link`] moves an existing link, found again after a restart, to this
+//! probe's programs in one atomic step. `tollgate-agent`'s `pins` module builds restart
+//! safety from these.
+
+use std::path::{Path, PathBuf};
 
 use aya::{
-    Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, RingBuf,
+    },
     programs::{
         ProgramError, SchedClassifier, TcAttachType,
         links::LinkOrder,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        tc::{
+            self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle,
+        },
     },
 };
 use tollgate_schemas::{
@@ -67,6 +81,26 @@ pub enum ProbeError {
     /// The ring buffer was taken already.
     #[error("the event ring buffer was taken already")]
     EventsTaken,
+    /// The pin directory could not be created or read.
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A map pinned under the pin directory is not the map this probe's programs expect (an
+    /// object of another layout pinned under the same name).
+    #[error("pinned map {name}: found {found}, expected {expected}")]
+    PinnedMapMismatch {
+        /// Map name.
+        name: &'static str,
+        /// What the programs expect.
+        expected: MapSpec,
+        /// What the kernel holds.
+        found: MapSpec,
+    },
 }
 
 /// How the programs were attached to an interface.
@@ -88,10 +122,177 @@ impl std::fmt::Display for AttachMode {
 }
 
 /// Each program and the TC hook of the host-side veth it goes on.
-const HOOKS: [(&str, TcAttachType); 2] = [
+pub const HOOKS: [(&str, TcAttachType); 2] = [
     (program_names::FROM_POD, TcAttachType::Ingress),
     (program_names::TO_POD, TcAttachType::Egress),
 ];
+
+/// Priority of tollgate's filters on both clsact hooks. Fixed, with [`CLSACT_HANDLE`], so
+/// that a restarted agent finds its own filters again (they are not pinned: a clsact filter
+/// stays until it is deleted) and replaces their program in place. 1 runs first.
+pub const CLSACT_PRIORITY: u16 = 1;
+/// Handle of tollgate's filters on both clsact hooks: `0x7467` ("tg"), not 1, so that a filter
+/// of another tool at priority 1 (which commonly takes handle 1) is never mistaken for ours
+/// and replaced. See [`CLSACT_PRIORITY`].
+pub const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 0x7467);
+
+/// The hook of the host-side veth that `program` goes on.
+pub fn hook_of(program: &str) -> Option<TcAttachType> {
+    HOOKS
+        .iter()
+        .find(|(name, _)| *name == program)
+        .map(|(_, hook)| *hook)
+}
+
+/// What the kernel knows of a map, as far as its programs depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSpec {
+    /// `bpf_map_type`.
+    pub map_type: u32,
+    /// Key size, bytes.
+    pub key_size: u32,
+    /// Value size, bytes.
+    pub value_size: u32,
+    /// Capacity (for the ring buffer: its size in bytes).
+    pub max_entries: u32,
+}
+
+impl std::fmt::Display for MapSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {} key {} B value {} B max {}",
+            self.map_type, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+impl MapSpec {
+    const fn of<K, V>(map_type: MapType, max_entries: u32) -> Self {
+        Self {
+            map_type: map_type as u32,
+            key_size: size_of::<K>() as u32,
+            value_size: size_of::<V>() as u32,
+            max_entries,
+        }
+    }
+
+    fn from_info(info: &MapInfo) -> Self {
+        Self {
+            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        }
+    }
+}
+
+/// Bump when a map's key or value changes meaning without changing size: maps pinned by an
+/// agent of another format are then never reused (see [`map_layout_id`]).
+pub const MAP_FORMAT: u32 = 1;
+
+/// Every map the programs share with userspace, with what they expect of it: the maps
+/// [`Probe::load_pinned`] pins. `TG_SCRATCH` is left out: per-CPU room of one run, it is
+/// created anew by each load.
+pub const PINNED_MAPS: [(&str, MapSpec); 9] = {
+    use tollgate_schemas::map_sizes;
+    [
+        (
+            map_names::ENDPOINTS,
+            MapSpec::of::<EndpointKey, EndpointState>(MapType::Hash, map_sizes::ENDPOINTS),
+        ),
+        (
+            map_names::INGRESS,
+            MapSpec::of::<aya::maps::lpm_trie::Key<PolicyKey>, PolicyValue>(
+                MapType::LpmTrie,
+                map_sizes::POLICY,
+            ),
+        ),
+        (
+            map_names::EGRESS,
+            MapSpec::of::<aya::maps::lpm_trie::Key<PolicyKey>, PolicyValue>(
+                MapType::LpmTrie,
+                map_sizes::POLICY,
+            ),
+        ),
+        (
+            map_names::CONNTRACK,
+            MapSpec::of::<FlowKey, CtEntry>(MapType::LruHash, map_sizes::CONNTRACK),
+        ),
+        (
+            map_names::DENIES,
+            MapSpec::of::<FlowKey, DenyEntry>(MapType::LruHash, map_sizes::DENIES),
+        ),
+        (
+            map_names::FRAGS,
+            MapSpec::of::<FragKey, FragEntry>(MapType::LruHash, map_sizes::FRAGS),
+        ),
+        (
+            map_names::CONFIG,
+            MapSpec::of::<u32, Config>(MapType::Array, 1),
+        ),
+        (
+            map_names::COUNTERS,
+            MapSpec::of::<u32, u64>(MapType::PerCpuArray, Counter::COUNT),
+        ),
+        (
+            map_names::EVENTS,
+            MapSpec::of::<(), ()>(MapType::RingBuf, map_sizes::EVENTS_BYTES),
+        ),
+    ]
+};
+
+/// A name for the layout of [`PINNED_MAPS`] (and [`MAP_FORMAT`]): 16 hex digits of an FNV-1a
+/// hash over every map's name and [`MapSpec`]. Maps pinned under one layout id are reused only
+/// by probes of the same layout, so an agent never binds its programs to maps whose entries it
+/// would misread.
+pub fn map_layout_id() -> String {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    };
+    eat(&MAP_FORMAT.to_le_bytes());
+    for (name, spec) in PINNED_MAPS {
+        eat(name.as_bytes());
+        eat(&[0]);
+        for field in [
+            spec.map_type,
+            spec.key_size,
+            spec.value_size,
+            spec.max_entries,
+        ] {
+            eat(&field.to_le_bytes());
+        }
+    }
+    format!("{hash:016x}")
+}
+
+/// Whether [`Probe::load_pinned`] found the maps pinned already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapsOrigin {
+    /// Created by this load and pinned (all, or those an interrupted earlier load had not
+    /// pinned yet): empty; the settings default unless they were pinned.
+    Created,
+    /// Pinned by an earlier load (an earlier agent): entries, settings, tracked flows, counters
+    /// and unread events as that load left them.
+    Reused,
+}
+
+/// Both programs' links on one host-side veth, owned by the caller rather than the probe.
+///
+/// Dropping a link detaches its program — except a TCX link that is pinned (the pin holds it)
+/// — so an agent that must leave its clsact filters in place on exit forgets them instead.
+#[derive(Debug)]
+pub struct VethLinks {
+    /// How they were attached.
+    pub mode: AttachMode,
+    /// Each program's link, in the order of [`HOOKS`].
+    pub links: Vec<(&'static str, SchedClassifierLink)>,
+}
 
 /// Sums over all CPUs of the probe's counters, indexed by [`Counter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,7 +342,58 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
 impl Probe {
     /// Loads the embedded object and both programs, in strict mode (unknown endpoints denied).
     pub fn load() -> Result<Self, ProbeError> {
-        let mut ebpf = Ebpf::load(PROBE_OBJECT)?;
+        let mut probe = Self::from_ebpf(Ebpf::load(PROBE_OBJECT)?)?;
+        probe.set_config(&Config::default())?;
+        Ok(probe)
+    }
+
+    /// Loads the embedded object like [`Probe::load`], with every map of [`PINNED_MAPS`]
+    /// pinned in `dir` (a bpffs directory, created if missing) under its name. Maps already
+    /// pinned there are reused as they are — entries, settings, tracked flows, unread events —
+    /// after checking that each is the map the programs expect; missing ones are created, pinned
+    /// and, for the settings, set to the default (strict mode).
+    ///
+    /// Programs attached by an earlier load keep running with these same maps, so whatever
+    /// this probe writes reaches them too.
+    pub fn load_pinned(dir: &Path) -> Result<(Self, MapsOrigin), ProbeError> {
+        std::fs::create_dir_all(dir).map_err(|source| ProbeError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let pins: Vec<(&str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|(name, _)| (*name, dir.join(name)))
+            .collect();
+        let mut existing = 0;
+        for (name, path) in &pins {
+            if path.exists() {
+                check_pinned(name, path)?;
+                existing += 1;
+            }
+        }
+        let config_pinned = dir.join(map_names::CONFIG).exists();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut probe = Self::from_ebpf(loader.load(PROBE_OBJECT)?)?;
+        // The maps this load created must be what the next load will expect.
+        for (name, path) in &pins {
+            check_pinned(name, path)?;
+        }
+        if !config_pinned {
+            probe.set_config(&Config::default())?;
+        }
+        let origin = if existing == pins.len() {
+            MapsOrigin::Reused
+        } else {
+            MapsOrigin::Created
+        };
+        Ok((probe, origin))
+    }
+
+    /// Loads both programs of `ebpf` and takes every map.
+    fn from_ebpf(mut ebpf: Ebpf) -> Result<Self, ProbeError> {
         for name in [program_names::FROM_POD, program_names::TO_POD] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -176,9 +428,7 @@ impl Probe {
             counters_id,
         };
         let events = Some(typed(&mut ebpf, map_names::EVENTS)?);
-        let mut probe = Self { ebpf, maps, events };
-        probe.set_config(&Config::default())?;
-        Ok(probe)
+        Ok(Self { ebpf, maps, events })
     }
 
     /// Replaces the global settings.
@@ -245,6 +495,114 @@ impl Probe {
                 program: name,
                 source,
             })
+    }
+
+    /// Attaches both programs to `ifname` like [`Probe::attach`] (TCX, else clsact) and hands
+    /// the links to the caller: dropping them detaches the programs, unless pinned. Clsact
+    /// filters get [`CLSACT_PRIORITY`] and [`CLSACT_HANDLE`]; a filter of an earlier load found
+    /// there has its program replaced in place.
+    pub fn attach_links(&mut self, ifname: &str) -> Result<VethLinks, ProbeError> {
+        let mut links = Vec::with_capacity(HOOKS.len());
+        for (name, _) in HOOKS {
+            match self.attach_tcx_link(ifname, name) {
+                Ok(link) => links.push((name, link)),
+                Err(error) => {
+                    tracing::info!(ifname, %error, "TCX attach failed, falling back to clsact");
+                    // Dropping them undoes a half-done TCX attach before trying clsact.
+                    drop(links);
+                    return self.attach_links_clsact(ifname);
+                }
+            }
+        }
+        Ok(VethLinks {
+            mode: AttachMode::Tcx,
+            links,
+        })
+    }
+
+    /// Attaches `program` alone to its hook of `ifname` (see [`HOOKS`]) with a TCX link after
+    /// any others there, and hands the link to the caller.
+    pub fn attach_tcx_link(
+        &mut self,
+        ifname: &str,
+        program: &'static str,
+    ) -> Result<SchedClassifierLink, ProbeError> {
+        let hook = hook_of(program).ok_or(ProbeError::Program {
+            name: program,
+            source: ProgramError::NotLoaded,
+        })?;
+        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        let id = self.attach_one(ifname, program, hook, options)?;
+        self.take_link(program, id)
+    }
+
+    /// Attaches like [`Probe::attach_links`], through a clsact qdisc even where TCX exists.
+    pub fn attach_links_clsact(&mut self, ifname: &str) -> Result<VethLinks, ProbeError> {
+        if let Err(error) = tc::qdisc_add_clsact(ifname) {
+            tracing::debug!(ifname, %error, "clsact qdisc not added");
+        }
+        // Filters already in place when a later hook fails are left, not deleted: they
+        // enforce with this probe's maps (fail closed), and the next attach takes them over.
+        let mut links = Vec::with_capacity(HOOKS.len());
+        for (name, hook) in HOOKS {
+            let options = TcAttachOptions::Netlink(NlOptions {
+                priority: CLSACT_PRIORITY,
+                handle: CLSACT_HANDLE,
+                classid: None,
+            });
+            let link = match self.attach_one(ifname, name, hook, options) {
+                Ok(id) => self.take_link(name, id)?,
+                // The filter exists already (an earlier agent's): take it over.
+                Err(error) => match clsact_link(ifname, name)
+                    .ok()
+                    .map(|existing| self.replace_link(ifname, name, existing))
+                {
+                    Some(Ok(link)) => link,
+                    _ => return Err(error),
+                },
+            };
+            links.push((name, std::mem::ManuallyDrop::new(link)));
+        }
+        Ok(VethLinks {
+            mode: AttachMode::Clsact,
+            links: links
+                .into_iter()
+                .map(|(name, link)| (name, std::mem::ManuallyDrop::into_inner(link)))
+                .collect(),
+        })
+    }
+
+    /// Moves `link`, an attachment of `program` that exists already (a TCX link found through
+    /// its pin, or a clsact filter found by [`clsact_link`]), to this probe's `program`: TCX
+    /// swaps the program of the link in one step (`BPF_LINK_UPDATE`), clsact replaces the
+    /// filter's program in place. No packet passes the hook unprogrammed in between. `ifname`
+    /// only names the interface in errors.
+    ///
+    /// Fails for a TCX link whose interface is gone (ENOLINK): such a link enforces nothing.
+    pub fn replace_link(
+        &mut self,
+        ifname: &str,
+        program: &'static str,
+        link: SchedClassifierLink,
+    ) -> Result<SchedClassifierLink, ProbeError> {
+        let id = classifier(&mut self.ebpf, program)?
+            .attach_to_link(link)
+            .map_err(|source| ProbeError::Attach {
+                ifname: ifname.to_owned(),
+                program,
+                source,
+            })?;
+        self.take_link(program, id)
+    }
+
+    fn take_link(
+        &mut self,
+        name: &'static str,
+        id: SchedClassifierLinkId,
+    ) -> Result<SchedClassifierLink, ProbeError> {
+        classifier(&mut self.ebpf, name)?
+            .take_link(id)
+            .map_err(|source| ProbeError::Program { name, source })
     }
 
     /// The policy maps, for [`crate::sync::sync`].
@@ -357,6 +715,38 @@ fn map_id(map: &Map, name: &'static str) -> Result<u32, ProbeError> {
     data.info()
         .map(|info| info.id())
         .map_err(|source| ProbeError::Map { name, source })
+}
+
+/// The clsact filter of `program` on `ifname` that [`Probe::attach_links_clsact`] creates
+/// (priority [`CLSACT_PRIORITY`], handle [`CLSACT_HANDLE`]), as a link: to replace its program
+/// with [`Probe::replace_link`], or to delete the filter by dropping it. Fails only when there
+/// is no interface `ifname` in the calling thread's network namespace; whether the filter
+/// exists shows when it is used.
+pub fn clsact_link(ifname: &str, program: &str) -> Result<SchedClassifierLink, std::io::Error> {
+    let hook = hook_of(program).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("no program {program}"),
+        )
+    })?;
+    SchedClassifierLink::attached(ifname, hook, CLSACT_PRIORITY, CLSACT_HANDLE, None)
+}
+
+/// Checks that the map pinned at `path` is the map `name` of [`PINNED_MAPS`].
+fn check_pinned(name: &'static str, path: &Path) -> Result<(), ProbeError> {
+    let Some((_, expected)) = PINNED_MAPS.iter().find(|(n, _)| *n == name) else {
+        return Err(ProbeError::MissingMap(name));
+    };
+    let info = MapInfo::from_pin(path).map_err(|source| ProbeError::Map { name, source })?;
+    let found = MapSpec::from_info(&info);
+    if found != *expected {
+        return Err(ProbeError::PinnedMapMismatch {
+            name,
+            expected: *expected,
+            found,
+        });
+    }
+    Ok(())
 }
 
 /// The event for what a deny entry counted since its last event.

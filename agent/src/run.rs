@@ -1,0 +1,309 @@
+//! The agent's loop: wait for the cluster to change, reconcile, say what it did.
+//!
+//! [`Agent::next`] waits for a batch of [`Changes`] from the [`ClusterSource`], takes a
+//! snapshot *after* the batch (so it holds every change the batch names), asks
+//! [`LocalEndpoints`] for the node's endpoints and has the [`Reconciler`] compile and sync. The
+//! propagation latency of a pass runs from the arrival of the batch's oldest change to the
+//! end of the sync. A pass that fails is retried after 1 s, doubling to 30 s, or sooner
+//! when the cluster changes again.
+
+use std::time::Duration;
+
+use tollgate_enforcer::sync::PolicyMaps;
+
+use crate::Error;
+use crate::reconcile::{LocalEndpoints, Reconciler, Report};
+use crate::source::ClusterSource;
+use crate::watch::Changes;
+
+/// Delay before the first retry of a failed pass.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest delay between retries.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The cluster source, the node's endpoints and the reconciler, driven together.
+#[derive(Debug)]
+pub struct Agent<S, E> {
+    source: S,
+    endpoints: E,
+    reconciler: Reconciler,
+    /// Set after a failed pass: how long to wait before the next try without a change.
+    retry: Option<Duration>,
+}
+
+/// One pass of the agent.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    /// The changes that caused it; `None` for the retry of a failed pass.
+    pub changes: Option<Changes>,
+    /// What the reconciliation did.
+    pub report: Report,
+    /// From the arrival of the oldest change to the maps synced.
+    pub latency: Option<Duration>,
+}
+
+impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
+    /// An agent that has not synced yet.
+    pub fn new(source: S, endpoints: E) -> Agent<S, E> {
+        Agent {
+            source,
+            endpoints,
+            reconciler: Reconciler::new(),
+            retry: None,
+        }
+    }
+
+    /// Waits for the cluster to change (or for a retry to be due) and brings `maps` in line.
+    /// The first pass comes once the source knows the whole cluster. A failed pass is logged
+    /// here and returned; the next call retries it. `None` when the source has ended.
+    pub async fn next<M: PolicyMaps>(&mut self, maps: &mut M) -> Option<Result<Pass, Error>> {
+        let changes = match self.retry {
+            None => Some(self.source.changed().await?),
+            Some(delay) => tokio::select! {
+                changes = self.source.changed() => Some(changes?),
+                () = tokio::time::sleep(delay) => None,
+            },
+        };
+        let snapshot = self.source.snapshot();
+        let local = self.endpoints.local(&snapshot);
+        let report = match self.reconciler.reconcile(&snapshot, &local, maps) {
+            Ok(report) => report,
+            Err(error) => {
+                let delay = self
+                    .retry
+                    .map_or(RETRY_FIRST, |delay| (delay * 2).min(RETRY_MAX));
+                self.retry = Some(delay);
+                tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    %error,
+                    "reconciliation failed"
+                );
+                return Some(Err(error));
+            }
+        };
+        self.retry = None;
+        let latency = changes.as_ref().map(|c| c.first_arrival.elapsed());
+        log_pass(changes.as_ref(), &report, latency);
+        Some(Ok(Pass {
+            changes,
+            report,
+            latency,
+        }))
+    }
+}
+
+/// One line per pass: at info when the maps changed, at debug when they did not.
+fn log_pass(changes: Option<&Changes>, report: &Report, latency: Option<Duration>) {
+    let events = changes.map_or(0, |c| c.events);
+    let latency_ms = latency.map_or(0.0, |l| l.as_secs_f64() * 1e3);
+    let compile_ms = report.compile_time.as_secs_f64() * 1e3;
+    let sync_ms = report.sync_time.as_secs_f64() * 1e3;
+    let versions = changes.map(|c| format!("{:?}", c.resource_versions));
+    macro_rules! pass {
+        ($level:expr, $message:literal) => {
+            tracing::event!(
+                $level,
+                events,
+                resource_versions = versions.as_deref().unwrap_or(""),
+                endpoints = report.endpoints,
+                touched = report.touched.len(),
+                upserts = report.upserts,
+                deletes = report.deletes,
+                errors = report.errors.len(),
+                compile_ms,
+                sync_ms,
+                latency_ms,
+                $message
+            )
+        };
+    }
+    if report.upserts + report.deletes > 0 {
+        pass!(tracing::Level::INFO, "policy maps synced");
+    } else {
+        pass!(tracing::Level::DEBUG, "policy maps already in line");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tollgate_enforcer::{
+        decision::ProbeFlow,
+        desired::{DesiredState, PolicyEntryKey},
+        manifest::parse_manifests,
+        model::decide_flow,
+        snapshot::Snapshot,
+        sync::InMemoryMaps,
+    };
+    use tollgate_schemas::{
+        Direction, EndpointKey, EndpointState, PolicyValue, Verdict, endpoint_flags,
+    };
+
+    use super::*;
+    use crate::source::StaticSource;
+
+    const PODS: &str = include_str!("../../examples/seed/lab-pods.yaml");
+    // all-deny, then allow-amazonlinux-to-nginx and allow-nginx-from-amazonlinux.
+    const POLICIES: [&str; 2] = [
+        include_str!("../../examples/seed/all-deny.yaml"),
+        include_str!("../../examples/seed/allow-amazonlinux-to-nginx.yaml"),
+    ];
+
+    fn seed(policies: bool) -> Snapshot {
+        let mut text = PODS.to_owned();
+        if policies {
+            for policy in POLICIES {
+                text = format!("{text}\n---\n{policy}");
+            }
+        }
+        let (snapshot, errors) = parse_manifests(&text, "seed");
+        assert_eq!(errors, vec![]);
+        snapshot
+    }
+
+    /// In-memory maps whose writes fail while `failing` is set, and that count reads.
+    #[derive(Default)]
+    struct Flaky {
+        maps: InMemoryMaps,
+        failing: bool,
+        reads: std::cell::Cell<usize>,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("map full")]
+    struct Full;
+
+    impl Flaky {
+        fn check(&self) -> Result<(), Full> {
+            if self.failing { Err(Full) } else { Ok(()) }
+        }
+    }
+
+    impl PolicyMaps for Flaky {
+        type Error = Full;
+
+        fn read(&self) -> Result<DesiredState, Full> {
+            self.reads.set(self.reads.get() + 1);
+            Ok(self.maps.state.clone())
+        }
+
+        fn upsert_endpoint(
+            &mut self,
+            key: &EndpointKey,
+            value: &EndpointState,
+        ) -> Result<(), Full> {
+            self.check()?;
+            self.maps.state.endpoints.insert(*key, *value);
+            Ok(())
+        }
+
+        fn delete_endpoint(&mut self, key: &EndpointKey) -> Result<(), Full> {
+            self.check()?;
+            self.maps.state.endpoints.remove(key);
+            Ok(())
+        }
+
+        fn upsert_policy(
+            &mut self,
+            direction: Direction,
+            key: &PolicyEntryKey,
+            value: &PolicyValue,
+        ) -> Result<(), Full> {
+            self.check()?;
+            self.maps.state.policy_mut(direction).insert(*key, *value);
+            Ok(())
+        }
+
+        fn delete_policy(
+            &mut self,
+            direction: Direction,
+            key: &PolicyEntryKey,
+        ) -> Result<(), Full> {
+            self.check()?;
+            self.maps.state.policy_mut(direction).remove(key);
+            Ok(())
+        }
+    }
+
+    fn verdict(maps: &Flaky, src: &str, dst: &str, port: u16) -> Verdict {
+        let flow = ProbeFlow {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: 6,
+            src_port: 40_000,
+            dst_port: port,
+        };
+        decide_flow(&maps.maps.state, &flow).verdict()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_static_source_drives_the_loop_and_a_failed_sync_is_retried() {
+        let interfaces = BTreeMap::from([
+            ("kube-system/kube-dns".to_owned(), 10),
+            ("default/nginx".to_owned(), 20),
+            ("default/httpd".to_owned(), 30),
+            ("default/amazonlinux".to_owned(), 40),
+        ]);
+        let (source, handle) = StaticSource::new(seed(false));
+        let mut agent = Agent::new(source, interfaces);
+        let mut maps = Flaky::default();
+
+        let first = agent.next(&mut maps).await.unwrap().unwrap();
+        assert_eq!(first.report.endpoints, 4);
+        assert_eq!(first.report.touched.len(), 4);
+        assert!(
+            maps.maps
+                .state
+                .endpoints
+                .values()
+                .all(|e| e.flags == endpoint_flags::PROGRAMMED)
+        );
+
+        // The policies arrive while the maps refuse writes: the pass fails, nothing is
+        // enforced yet.
+        handle.set(seed(true));
+        maps.failing = true;
+        let failed = agent.next(&mut maps).await.unwrap().unwrap_err();
+        assert_eq!(
+            failed.to_string(),
+            "syncing the policy maps: upsert of entry (endpoint 3, 198.18.0.40/32) in the \
+             ingress policy map: map full"
+        );
+        assert_eq!(
+            verdict(&maps, "198.18.0.20", "198.18.0.30", 80),
+            Verdict::Allow
+        );
+
+        // Without any further change, the retry (1 s later) completes it.
+        maps.failing = false;
+        let started = tokio::time::Instant::now();
+        let retried = agent.next(&mut maps).await.unwrap().unwrap();
+        assert_eq!(started.elapsed(), RETRY_FIRST);
+        assert!(retried.changes.is_none() && retried.latency.is_none());
+        assert_eq!(retried.report.touched.len(), 3);
+        assert_eq!(
+            verdict(&maps, "198.18.0.20", "198.18.0.30", 80),
+            Verdict::Deny
+        );
+        assert_eq!(
+            verdict(&maps, "198.18.0.40", "198.18.0.20", 80),
+            Verdict::Allow
+        );
+        assert_eq!(
+            verdict(&maps, "198.18.0.40", "198.18.0.30", 80),
+            Verdict::Deny
+        );
+
+        // The same snapshot again: compiled, and the maps not even read.
+        handle.set(seed(true));
+        let reads = maps.reads.get();
+        let again = agent.next(&mut maps).await.unwrap().unwrap();
+        assert_eq!(maps.reads.get(), reads);
+        assert!(again.report.touched.is_empty());
+        assert_eq!((again.report.upserts, again.report.deletes), (0, 0));
+
+        drop(handle);
+        assert!(agent.next(&mut maps).await.is_none());
+    }
+}

@@ -1,0 +1,280 @@
+//! Endpoint discovery and attach on a node-shaped set of namespaces: host veths `eni…` with
+//! /32 and /128 routes as the VPC CNI makes them, discovered from inside the node namespace,
+//! the probe attached (pinned) and enforcing, and a deleted pod's veth leaving nothing behind.
+//!
+//! Needs root (CI runs as root); without it every test says SKIPPED loudly and returns.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use tollgate_agent::{
+    endpoints::{DEFAULT_VETH_PREFIX, Endpoints, Veth, discover},
+    pins::PinnedProbe,
+};
+
+use support::{Bpffs, Node, in_netns, program, root, udp_reaches};
+
+const WAIT_PASS: Duration = Duration::from_secs(2);
+const WAIT_DENY: Duration = Duration::from_millis(700);
+
+/// How many TCX programs sit on each hook of `ifname` in `netns`.
+fn tcx_programs(netns: &str, ifname: &str) -> (usize, usize) {
+    in_netns(netns, || {
+        let count = |hook| {
+            SchedClassifier::query_tcx(ifname, hook)
+                .map(|(_, programs)| programs.len())
+                .expect("query TCX")
+        };
+        (count(TcAttachType::Ingress), count(TcAttachType::Egress))
+    })
+}
+
+#[test]
+fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
+    if !root("endpoint discovery and attach in network namespaces") {
+        return;
+    }
+    let mut node = Node::new("ep");
+    let a = node.add_pod("a", "198.18.0.10", 1);
+    let b = node.add_pod("b", "198.18.0.11", 2);
+    let c = node.add_pod("c", "2001:db8:198:18::c", 3);
+    let pods = node.local_pods();
+
+    // Discovery, from inside the node namespace: each pod on its veth, by the kernel's
+    // ifindex there.
+    let found = in_netns(&node.netns, || discover(&pods, DEFAULT_VETH_PREFIX)).expect("discover");
+    let expected: BTreeMap<String, Veth> = [&a, &b, &c]
+        .iter()
+        .map(|pod| {
+            (
+                pod.key.clone(),
+                Veth {
+                    ifname: pod.host_veth.clone(),
+                    ifindex: node.ifindex(&pod.host_veth),
+                },
+            )
+        })
+        .collect();
+    assert_eq!(found.veths, expected);
+    assert!(found.unrouted.is_empty() && found.conflicts.is_empty());
+    // The root namespace has none of these routes.
+    let outside = discover(&pods, DEFAULT_VETH_PREFIX).expect("discover outside");
+    assert!(outside.veths.is_empty(), "{outside:?}");
+    // Another prefix finds nothing.
+    let other = in_netns(&node.netns, || discover(&pods, "vlan")).expect("discover");
+    assert!(other.veths.is_empty());
+
+    // Attach: both hooks of every veth, pinned.
+    let bpffs = Bpffs::new("ep");
+    let pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
+    let mut endpoints = Endpoints::new(pinned);
+    let applied = in_netns(&node.netns, || endpoints.apply(&found));
+    assert!(applied.failed.is_empty(), "{applied:?}");
+    assert_eq!(applied.attached.len(), 3);
+    for pod in [&a, &b, &c] {
+        assert_eq!(
+            tcx_programs(&node.netns, &pod.host_veth),
+            (1, 1),
+            "{}",
+            pod.key
+        );
+        for program in ["from_pod", "to_pod"] {
+            assert!(
+                bpffs
+                    .root
+                    .join("links")
+                    .join(&pod.host_veth)
+                    .join(program)
+                    .exists()
+            );
+        }
+    }
+    let interfaces = endpoints.interfaces();
+    assert_eq!(
+        interfaces,
+        expected
+            .iter()
+            .map(|(pod, veth)| (pod.clone(), veth.ifindex))
+            .collect()
+    );
+    // Applying the same discovery again changes nothing.
+    let again = in_netns(&node.netns, || endpoints.apply(&found));
+    assert!(again.attached.is_empty() && again.detached.is_empty() && again.failed.is_empty());
+
+    // Enforced: in strict mode, pods that are not endpoints yet are denied…
+    assert!(!udp_reaches(&a, &b, WAIT_DENY), "a → b before the sync");
+    // …and pass once the compiler made them endpoints (no policy selects them)…
+    program(
+        endpoints.attacher_mut().probe(),
+        &node.pods,
+        "",
+        &interfaces,
+    );
+    assert!(udp_reaches(&a, &b, WAIT_PASS), "a → b, no policy");
+    assert!(udp_reaches(&b, &a, WAIT_PASS), "b → a, no policy");
+    // …until a policy isolates b.
+    program(
+        endpoints.attacher_mut().probe(),
+        &node.pods,
+        support::ISOLATE_B,
+        &interfaces,
+    );
+    assert!(!udp_reaches(&a, &b, WAIT_DENY), "a → b, b isolated");
+
+    // b deleted: its veth and route vanish with it; the next pass drops its bookkeeping and
+    // pins (no detach needed: its links went with the veth).
+    node.delete_pod("b");
+    let pods = node.local_pods();
+    let found = in_netns(&node.netns, || discover(&pods, DEFAULT_VETH_PREFIX)).expect("discover");
+    assert_eq!(found.veths.len(), 2);
+    let applied = in_netns(&node.netns, || endpoints.apply(&found));
+    assert_eq!(applied.detached, std::slice::from_ref(&b.host_veth));
+    assert!(applied.failed.is_empty(), "{applied:?}");
+    assert!(!bpffs.root.join("links").join(&b.host_veth).exists());
+    assert!(!endpoints.interfaces().contains_key(&b.key));
+    assert_eq!(endpoints.interfaces().len(), 2);
+    assert_eq!(tcx_programs(&node.netns, &a.host_veth), (1, 1));
+
+    // A pod that is not local any more (rescheduled) but whose veth still exists: detached.
+    let only_a: Vec<_> = node
+        .local_pods()
+        .into_iter()
+        .filter(|pod| pod.pod == a.key)
+        .collect();
+    let found = in_netns(&node.netns, || discover(&only_a, DEFAULT_VETH_PREFIX)).expect("discover");
+    let applied = in_netns(&node.netns, || endpoints.apply(&found));
+    assert_eq!(applied.detached, std::slice::from_ref(&c.host_veth));
+    assert_eq!(tcx_programs(&node.netns, &c.host_veth), (0, 0));
+    assert!(!bpffs.root.join("links").join(&c.host_veth).exists());
+
+    // Uninstall: nothing attached, nothing pinned.
+    let uninstalled = endpoints.into_attacher().uninstall().expect("uninstall");
+    assert_eq!(uninstalled.veths, std::slice::from_ref(&a.host_veth));
+    assert_eq!(tcx_programs(&node.netns, &a.host_veth), (0, 0));
+    assert!(!bpffs.root.exists());
+}
+
+#[test]
+fn a_veth_recreated_under_its_name_is_attached_again() {
+    if !root("endpoint re-attach in network namespaces") {
+        return;
+    }
+    let mut node = Node::new("re");
+    let a = node.add_pod("a", "198.18.0.20", 1);
+    let bpffs = Bpffs::new("re");
+    let pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
+    let mut endpoints = Endpoints::new(pinned);
+    let pods = node.local_pods();
+    let first = in_netns(&node.netns, || {
+        let found = discover(&pods, DEFAULT_VETH_PREFIX).expect("discover");
+        endpoints.apply(&found);
+        found
+    });
+    let old_index = first.veths[&a.key].ifindex;
+
+    // The VPC CNI deletes a leftover host veth of the same name and creates it anew.
+    node.delete_pod("a");
+    let a = node.add_pod("a", "198.18.0.20", 1);
+    let new_index = node.ifindex(&a.host_veth);
+    assert_ne!(old_index, new_index);
+    let applied = in_netns(&node.netns, || {
+        let found = discover(&pods, DEFAULT_VETH_PREFIX).expect("discover");
+        endpoints.apply(&found)
+    });
+    assert_eq!(applied.detached, std::slice::from_ref(&a.host_veth));
+    assert_eq!(applied.attached.len(), 1);
+    assert_eq!(endpoints.interfaces()[&a.key], new_index);
+    assert_eq!(tcx_programs(&node.netns, &a.host_veth), (1, 1));
+    let uninstalled = endpoints.into_attacher().uninstall().expect("uninstall");
+    assert!(uninstalled.removed_root);
+}
+
+#[test]
+fn clsact_attach_and_detach() {
+    if !root("endpoint attach through clsact in network namespaces") {
+        return;
+    }
+    let mut node = Node::new("cl");
+    let a = node.add_pod("a", "198.18.0.30", 1);
+    let b = node.add_pod("b", "198.18.0.31", 2);
+    let bpffs = Bpffs::new("cl");
+    let mut pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
+    pinned.prefer_clsact(true);
+    let mut endpoints = Endpoints::new(pinned);
+    let pods = node.local_pods();
+    let applied = in_netns(&node.netns, || {
+        let found = discover(&pods, DEFAULT_VETH_PREFIX).expect("discover");
+        endpoints.apply(&found)
+    });
+    assert_eq!(applied.attached.len(), 2, "{applied:?}");
+    assert_eq!(tcx_programs(&node.netns, &a.host_veth), (0, 0));
+    assert!(
+        bpffs
+            .root
+            .join("links")
+            .join(&a.host_veth)
+            .join("clsact")
+            .is_dir()
+    );
+    let filters = support::ip(&[
+        "netns",
+        "exec",
+        &node.netns,
+        "tc",
+        "filter",
+        "show",
+        "dev",
+        &a.host_veth,
+        "ingress",
+    ]);
+    assert!(filters.contains("from_pod"), "{filters}");
+    assert!(!udp_reaches(&a, &b, WAIT_DENY), "a → b before the sync");
+    let interfaces = endpoints.interfaces();
+    program(
+        endpoints.attacher_mut().probe(),
+        &node.pods,
+        "",
+        &interfaces,
+    );
+    assert!(udp_reaches(&a, &b, WAIT_PASS), "a → b, no policy");
+
+    // A pod that is not local any more: its filters are deleted.
+    let only_b: Vec<_> = pods.into_iter().filter(|p| p.pod == b.key).collect();
+    let applied = in_netns(&node.netns, || {
+        let found = discover(&only_b, DEFAULT_VETH_PREFIX).expect("discover");
+        endpoints.apply(&found)
+    });
+    assert_eq!(
+        applied.detached,
+        std::slice::from_ref(&a.host_veth),
+        "{applied:?}"
+    );
+    let filters = support::ip(&[
+        "netns",
+        "exec",
+        &node.netns,
+        "tc",
+        "filter",
+        "show",
+        "dev",
+        &a.host_veth,
+        "ingress",
+    ]);
+    assert!(!filters.contains("from_pod"), "{filters}");
+    in_netns(&node.netns, || endpoints.into_attacher().uninstall()).expect("uninstall");
+    let filters = support::ip(&[
+        "netns",
+        "exec",
+        &node.netns,
+        "tc",
+        "filter",
+        "show",
+        "dev",
+        &b.host_veth,
+        "ingress",
+    ]);
+    assert!(!filters.contains("from_pod"), "{filters}");
+}

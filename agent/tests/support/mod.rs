@@ -1,0 +1,383 @@
+//! What the privileged agent tests share: a node-shaped set of network namespaces wired like
+//! the VPC CNI, running code inside one, UDP probes between pods, a bpffs to pin into, and
+//! the compiler and sync on the node's pods. Everything is removed on drop, also when a test
+//! fails; addresses exist only inside the namespaces a test creates.
+
+#![allow(dead_code, reason = "each test binary uses its own part")]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tollgate_agent::endpoints::LocalPod;
+use tollgate_enforcer::{
+    compile::{Compiled, Placement, compile},
+    desired::Ids,
+    manifest::parse_manifests,
+    probe::Probe,
+    sync::sync,
+};
+
+/// Whether the test runs as root; says SKIPPED loudly when not.
+pub fn root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED (needs root): {what}");
+    }
+    root
+}
+
+/// Runs `ip ARGS`, panicking on failure; returns its standard output.
+pub fn ip(args: &[&str]) -> String {
+    run("ip", args)
+}
+
+/// Runs `program ARGS`, panicking on failure; returns its standard output.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `f` on a fresh thread inside network namespace `netns` (as `ip netns` names it).
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let handle = File::open(format!("/run/netns/{netns}")).expect("open the namespace");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: the descriptor is open for the whole call; only this thread, which
+                // ends after `f`, changes namespace.
+                let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// One wired pod.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// `namespace/name`.
+    pub key: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its address.
+    pub ip: IpAddr,
+    /// Its host-side veth, in the node namespace.
+    pub host_veth: String,
+}
+
+/// A node namespace and one namespace per pod, wired like the VPC CNI; removed on drop.
+#[derive(Debug)]
+pub struct Node {
+    /// The node's network namespace.
+    pub netns: String,
+    tag: String,
+    /// Namespaces created, in order.
+    created: Vec<String>,
+    /// The pods, in the order they were added.
+    pub pods: Vec<Pod>,
+}
+
+impl Node {
+    /// An empty node namespace with forwarding on, named after `tag` and the process.
+    pub fn new(tag: &str) -> Self {
+        let tag = format!("tg-{tag}-{}", std::process::id());
+        let mut node = Self {
+            netns: format!("{tag}-node"),
+            tag,
+            created: Vec::new(),
+            pods: Vec::new(),
+        };
+        node.add_netns(&node.netns.clone());
+        sysctl(&node.netns, &["net.ipv4.ip_forward=1"]);
+        node
+    }
+
+    fn add_netns(&mut self, netns: &str) {
+        ip(&["netns", "add", netns]);
+        self.created.push(netns.to_string());
+        ip(&["-n", netns, "link", "set", "lo", "up"]);
+    }
+
+    /// Adds pod `default/<name>` with address `addr` on a host veth `eni…` numbered `n`: an
+    /// IPv4 pod gets the VPC CNI's full wiring (so it can send), an IPv6 pod only its veth and
+    /// the node's /128 route to it (enough to be discovered and attached to).
+    pub fn add_pod(&mut self, name: &str, addr: &str, n: u32) -> Pod {
+        let ip_addr: IpAddr = addr.parse().expect("pod address");
+        let netns = format!("{}-{name}", self.tag);
+        self.add_netns(&netns);
+        // The VPC CNI's names: the prefix and 11 hex digits.
+        let host_veth = format!("eni{n:011x}");
+        let node = self.netns.clone();
+        ip(&[
+            "-n", &node, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0",
+            "netns", &netns,
+        ]);
+        ip(&["-n", &node, "link", "set", &host_veth, "up"]);
+        ip(&["-n", &netns, "link", "set", "eth0", "up"]);
+        match ip_addr {
+            IpAddr::V4(_) => {
+                // No IPv6 chatter from this pod into the probe.
+                sysctl(&netns, &["net.ipv6.conf.all.disable_ipv6=1"]);
+                let cidr = format!("{addr}/32");
+                let gateway = "169.254.1.1";
+                ip(&["-n", &netns, "addr", "add", &cidr, "dev", "eth0"]);
+                ip(&[
+                    "-n", &netns, "route", "add", gateway, "dev", "eth0", "scope", "link",
+                ]);
+                ip(&[
+                    "-n", &netns, "route", "add", "default", "via", gateway, "dev", "eth0",
+                ]);
+                let host_mac = mac(&node, &host_veth);
+                let pod_mac = mac(&netns, "eth0");
+                ip(&[
+                    "-n",
+                    &netns,
+                    "neigh",
+                    "add",
+                    gateway,
+                    "lladdr",
+                    &host_mac,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ]);
+                ip(&[
+                    "-n", &node, "route", "add", &cidr, "dev", &host_veth, "scope", "link",
+                ]);
+                ip(&[
+                    "-n",
+                    &node,
+                    "neigh",
+                    "add",
+                    addr,
+                    "lladdr",
+                    &pod_mac,
+                    "dev",
+                    &host_veth,
+                    "nud",
+                    "permanent",
+                ]);
+            }
+            IpAddr::V6(_) => {
+                let cidr = format!("{addr}/128");
+                ip(&["-n", &node, "-6", "route", "add", &cidr, "dev", &host_veth]);
+            }
+        }
+        let pod = Pod {
+            key: format!("default/{name}"),
+            netns,
+            ip: ip_addr,
+            host_veth,
+        };
+        self.pods.push(pod.clone());
+        pod
+    }
+
+    /// Deletes a pod's namespace (and with it its veth pair, routes and neighbors), as the
+    /// VPC CNI's DEL and the runtime do.
+    pub fn delete_pod(&mut self, name: &str) {
+        let key = format!("default/{name}");
+        let position = self
+            .pods
+            .iter()
+            .position(|pod| pod.key == key)
+            .expect("known pod");
+        let pod = self.pods.remove(position);
+        ip(&["netns", "del", &pod.netns]);
+        self.created.retain(|netns| *netns != pod.netns);
+    }
+
+    /// The pods as the agent's watch would report them.
+    pub fn local_pods(&self) -> Vec<LocalPod> {
+        local_pods(&self.pods)
+    }
+
+    /// The pod `default/<name>`.
+    pub fn pod(&self, name: &str) -> &Pod {
+        let key = format!("default/{name}");
+        self.pods
+            .iter()
+            .find(|pod| pod.key == key)
+            .expect("known pod")
+    }
+
+    /// The ifindex of `ifname` in the node namespace, as `ip` reports it.
+    pub fn ifindex(&self, ifname: &str) -> u32 {
+        let out = ip(&["-n", &self.netns, "-o", "link", "show", "dev", ifname]);
+        out.split(':')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .expect("ifindex")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for netns in self.created.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", netns]).status();
+        }
+    }
+}
+
+fn sysctl(netns: &str, settings: &[&str]) {
+    let mut args = vec!["netns", "exec", netns, "sysctl", "-q", "-w"];
+    args.extend_from_slice(settings);
+    ip(&args);
+}
+
+fn mac(netns: &str, ifname: &str) -> String {
+    let out = ip(&["-n", netns, "-o", "link", "show", "dev", ifname]);
+    let at = out.find("link/ether ").expect("ether address") + "link/ether ".len();
+    out[at..at + 17].to_string()
+}
+
+/// Whether one UDP datagram from `from` reaches `to` (port 7000) within `wait`.
+pub fn udp_reaches(from: &Pod, to: &Pod, wait: Duration) -> bool {
+    let receiver = in_netns(&to.netns, || {
+        UdpSocket::bind(SocketAddr::new(to.ip, 7000)).expect("bind the receiver")
+    });
+    let sender = in_netns(&from.netns, || {
+        UdpSocket::bind(SocketAddr::new(from.ip, 0)).expect("bind the sender")
+    });
+    receiver.set_read_timeout(Some(wait)).unwrap();
+    sender
+        .send_to(b"tollgate", SocketAddr::new(to.ip, 7000))
+        .expect("send");
+    let mut buf = [0u8; 16];
+    match receiver.recv_from(&mut buf) {
+        Ok((n, _)) => &buf[..n] == b"tollgate",
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(error) => panic!("receive: {error}"),
+    }
+}
+
+/// `pods` as the agent's watch would report them.
+pub fn local_pods(pods: &[Pod]) -> Vec<LocalPod> {
+    pods.iter()
+        .map(|pod| LocalPod {
+            pod: pod.key.clone(),
+            ips: vec![pod.ip],
+        })
+        .collect()
+}
+
+/// Namespace `default` with `pods` (label `app: <name>`), then `policies`.
+pub fn cluster_yaml(pods: &[Pod], policies: &str) -> String {
+    let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n");
+    for pod in pods {
+        let name = pod.key.trim_start_matches("default/");
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {name}}}}}\n\
+             spec: {{containers: [{{name: c, image: busybox}}]}}\n\
+             status: {{phase: Running, podIP: \"{ip}\", podIPs: [{{ip: \"{ip}\"}}]}}\n",
+            ip = pod.ip
+        ));
+    }
+    if !policies.is_empty() {
+        yaml.push_str("---\n");
+        yaml.push_str(policies);
+    }
+    yaml
+}
+
+/// Compiles `pods` and `policies` for the endpoints in `interfaces`.
+pub fn compiled(pods: &[Pod], policies: &str, interfaces: &BTreeMap<String, u32>) -> Compiled {
+    let (snapshot, errors) = parse_manifests(&cluster_yaml(pods, policies), "test");
+    assert!(errors.is_empty(), "fixture errors: {errors:?}");
+    let compiled = compile(
+        &snapshot,
+        &Placement::Interfaces(interfaces),
+        &Ids::default(),
+    );
+    assert!(compiled.errors.is_empty(), "{:?}", compiled.errors);
+    compiled
+}
+
+/// Compiles and syncs the probe's maps.
+pub fn program(
+    probe: &mut Probe,
+    pods: &[Pod],
+    policies: &str,
+    interfaces: &BTreeMap<String, u32>,
+) -> Compiled {
+    let compiled = compiled(pods, policies, interfaces);
+    sync(&mut probe.policy_maps(), &compiled.desired).expect("sync");
+    compiled
+}
+
+/// An ingress policy on `default/b` that allows nothing.
+pub const ISOLATE_B: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: isolate-b, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  policyTypes: [Ingress]
+"#;
+
+/// A directory on a BPF file system for one test: under `/sys/fs/bpf` when a bpffs is mounted
+/// there, else a private bpffs instance mounted on a temporary directory. Removed (and
+/// unmounted) on drop.
+#[derive(Debug)]
+pub struct Bpffs {
+    /// Where to pin.
+    pub root: PathBuf,
+    mount: Option<PathBuf>,
+}
+
+impl Bpffs {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("tollgate-test-{}-{tag}", std::process::id());
+        let system = Path::new("/sys/fs/bpf");
+        if tollgate_agent::pins::is_bpffs(system).unwrap_or(false) {
+            return Self {
+                root: system.join(name),
+                mount: None,
+            };
+        }
+        let mount = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&mount).expect("mount point");
+        run("mount", &["-t", "bpf", "bpf", mount.to_str().unwrap()]);
+        Self {
+            root: mount.join("tollgate"),
+            mount: Some(mount),
+        }
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+        if let Some(mount) = &self.mount {
+            let _ = Command::new("umount").arg("-l").arg(mount).status();
+            let _ = std::fs::remove_dir(mount);
+        }
+    }
+}

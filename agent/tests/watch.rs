@@ -1,0 +1,576 @@
+//! The agent against a scripted API server: real `watcher`s and reflector stores fed with API
+//! server responses (`tests/fixtures/watch/`), the real compiler, and the map sync into
+//! in-memory maps that log every write.
+//!
+//! The cluster is the seed's (`examples/seed/`): kube-dns, nginx, httpd and amazonlinux on
+//! this node (`lab-node`), the three seed policies, and besides, a host-network aws-node pod
+//! here, a prometheus pod on another node, and a policy that lets namespaces labelled
+//! `tollgate.io/scrape=true` scrape nginx on 9113. Every test starts from the initial lists
+//! (resourceVersion 1000) and serves one scenario's watch responses, then checks which
+//! endpoints' entries were written and what the probe's decision logic (the userspace model,
+//! over the very maps the sync wrote) makes of the flows that matter.
+
+mod apiserver;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use apiserver::{ApiServer, Resource, Verb};
+use tollgate_agent::{
+    reconcile::LocalEndpoints,
+    run::{Agent, Pass},
+    source::KubeSource,
+    watch::Kind,
+};
+use tollgate_enforcer::{
+    decision::ProbeFlow,
+    desired::{DesiredState, PolicyEntryKey},
+    model::decide_flow,
+    snapshot::{Snapshot, pod_addresses, pod_key},
+    sync::{InMemoryMaps, PolicyMaps},
+};
+use tollgate_schemas::{
+    Direction, EndpointKey, EndpointState, PolicyValue, Verdict, addr, endpoint_flags,
+};
+
+/// The node the agent runs on, as the pods' `spec.nodeName` says.
+const NODE: &str = "lab-node";
+
+/// Every pod of the fixtures that has an address of its own.
+const PODS: &[(&str, &str)] = &[
+    ("kube-system/kube-dns", "198.18.0.10"),
+    ("default/nginx", "198.18.0.20"),
+    ("default/nginx-7c5ddbdf54-x2x9k", "198.18.0.21"),
+    ("default/httpd", "198.18.0.30"),
+    ("default/amazonlinux", "198.18.0.40"),
+    ("default/curl", "198.18.0.41"),
+    ("monitoring/prometheus-0", "198.18.1.50"),
+];
+
+fn ip(pod: &str) -> IpAddr {
+    let (_, ip) = PODS.iter().find(|(name, _)| *name == pod).unwrap();
+    ip.parse().unwrap()
+}
+
+fn pod_at(ip: IpAddr) -> &'static str {
+    PODS.iter()
+        .find(|(_, a)| a.parse::<IpAddr>().unwrap() == ip)
+        .map(|(name, _)| *name)
+        .unwrap_or_else(|| panic!("no pod has {ip}"))
+}
+
+/// The node's endpoints as the VPC CNI makes them: the pods scheduled here that have an
+/// address of their own, each on a host veth, here numbered 100 + the address's last byte.
+struct ScheduledHere;
+
+impl LocalEndpoints for ScheduledHere {
+    fn local(&mut self, snapshot: &Snapshot) -> BTreeMap<String, u32> {
+        snapshot
+            .pods
+            .iter()
+            .filter(|pod| {
+                let spec = pod.spec.as_ref();
+                spec.and_then(|s| s.node_name.as_deref()) == Some(NODE)
+                    && !spec.and_then(|s| s.host_network).unwrap_or(false)
+            })
+            .filter_map(|pod| match pod_addresses(pod).first()? {
+                IpAddr::V4(v4) => Some((pod_key(pod), 100 + u32::from(v4.octets()[3]))),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// In-memory policy maps that log the endpoint id of every write, in order.
+#[derive(Default)]
+struct Recorder {
+    maps: InMemoryMaps,
+    writes: Vec<Write>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Endpoint(u32),
+    Policy(u32),
+}
+
+impl Write {
+    fn endpoint(self) -> u32 {
+        match self {
+            Write::Endpoint(id) | Write::Policy(id) => id,
+        }
+    }
+}
+
+impl PolicyMaps for Recorder {
+    type Error = std::convert::Infallible;
+
+    fn read(&self) -> Result<DesiredState, Self::Error> {
+        self.maps.read()
+    }
+
+    fn upsert_endpoint(
+        &mut self,
+        key: &EndpointKey,
+        value: &EndpointState,
+    ) -> Result<(), Self::Error> {
+        self.writes.push(Write::Endpoint(value.id));
+        self.maps.upsert_endpoint(key, value)
+    }
+
+    fn delete_endpoint(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
+        self.writes
+            .push(Write::Endpoint(self.maps.state.endpoints[key].id));
+        self.maps.delete_endpoint(key)
+    }
+
+    fn upsert_policy(
+        &mut self,
+        direction: Direction,
+        key: &PolicyEntryKey,
+        value: &PolicyValue,
+    ) -> Result<(), Self::Error> {
+        self.writes.push(Write::Policy(key.key.endpoint));
+        self.maps.upsert_policy(direction, key, value)
+    }
+
+    fn delete_policy(
+        &mut self,
+        direction: Direction,
+        key: &PolicyEntryKey,
+    ) -> Result<(), Self::Error> {
+        self.writes.push(Write::Policy(key.key.endpoint));
+        self.maps.delete_policy(direction, key)
+    }
+}
+
+/// One pass and what it wrote.
+struct Step {
+    pass: Pass,
+    /// The pods whose entries were written or removed, from the write log.
+    written: BTreeSet<&'static str>,
+    /// The write log of the pass.
+    writes: Vec<Write>,
+}
+
+impl Step {
+    /// Checks that exactly `pods` had entries written, by the write log and by the report.
+    fn assert_written(&self, pods: &[&str]) {
+        let expected: BTreeSet<&str> = pods.iter().copied().collect();
+        assert_eq!(self.written, expected, "pods written");
+        let touched: BTreeSet<&str> = self
+            .pass
+            .report
+            .touched
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(touched, expected, "pods the report names");
+        assert_eq!(
+            self.pass.report.upserts + self.pass.report.deletes,
+            self.writes.len()
+        );
+    }
+}
+
+/// One node's agent against the scripted API server.
+struct Node {
+    server: ApiServer,
+    agent: Agent<KubeSource, ScheduledHere>,
+    maps: Recorder,
+}
+
+impl Node {
+    /// An agent on a fresh API server; nothing is served yet.
+    fn new() -> Node {
+        let (client, server) = ApiServer::start();
+        Node {
+            server,
+            agent: Agent::new(KubeSource::start(client), ScheduledHere),
+            maps: Recorder::default(),
+        }
+    }
+
+    /// An agent that has synced the initial lists.
+    async fn started() -> Node {
+        let mut node = Node::new();
+        node.serve_initial_lists();
+        let first = node.pass().await;
+        assert_eq!(first.written.len(), 4);
+        node
+    }
+
+    fn serve_initial_lists(&self) {
+        self.server.serve(
+            Resource::Namespaces,
+            Verb::List,
+            "initial/namespaces.list.json",
+        );
+        self.server
+            .serve(Resource::Pods, Verb::List, "initial/pods.list.json");
+        self.server.serve(
+            Resource::NetworkPolicies,
+            Verb::List,
+            "initial/networkpolicies.list.json",
+        );
+    }
+
+    /// Waits for the agent's next pass.
+    async fn pass(&mut self) -> Step {
+        let before = self.maps.maps.state.clone();
+        self.maps.writes.clear();
+        let pass = tokio::time::timeout(Duration::from_secs(30), self.agent.next(&mut self.maps))
+            .await
+            .expect("a pass within 30 s")
+            .expect("the source goes on")
+            .expect("the pass succeeds");
+        let writes = std::mem::take(&mut self.maps.writes);
+        let written = writes
+            .iter()
+            .flat_map(|w| self.pods_of(w.endpoint(), &before))
+            .collect();
+        assert!(pass.latency.is_some());
+        Step {
+            pass,
+            written,
+            writes,
+        }
+    }
+
+    /// The pods of endpoint `id`, now and before the pass: two when the id changed hands (a
+    /// removed endpoint's id is free for a new one in the same pass).
+    fn pods_of(&self, id: u32, before: &DesiredState) -> Vec<&'static str> {
+        let pods: Vec<&'static str> = [&self.maps.maps.state, before]
+            .into_iter()
+            .flat_map(|state| &state.endpoints)
+            .filter(|(_, state)| state.id == id)
+            .map(|(key, _)| pod_at(addr::from_bytes(key.addr)))
+            .collect();
+        assert!(!pods.is_empty(), "endpoint {id} is in no endpoint map");
+        pods
+    }
+
+    /// The endpoint state of `pod`, if it is an endpoint.
+    fn endpoint(&self, pod: &str) -> Option<EndpointState> {
+        let key = EndpointKey {
+            addr: addr::to_bytes(ip(pod)),
+        };
+        self.maps.maps.state.endpoints.get(&key).copied()
+    }
+
+    /// What the probe does with a new flow from `from` to `to` on `port`/`protocol`.
+    fn verdict(&self, from: &str, to: &str, protocol: u8, port: u16) -> Verdict {
+        let flow = ProbeFlow {
+            src: ip(from),
+            dst: ip(to),
+            protocol,
+            src_port: 40_000,
+            dst_port: port,
+        };
+        decide_flow(&self.maps.maps.state, &flow).verdict()
+    }
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+const ALL_ISOLATED: u32 =
+    endpoint_flags::PROGRAMMED | endpoint_flags::INGRESS_ISOLATED | endpoint_flags::EGRESS_ISOLATED;
+
+#[tokio::test]
+async fn nothing_is_synced_before_every_initial_list_is_complete() {
+    let mut node = Node::new();
+    node.server.serve(
+        Resource::Namespaces,
+        Verb::List,
+        "initial/namespaces.list.json",
+    );
+    node.server.serve(
+        Resource::NetworkPolicies,
+        Verb::List,
+        "initial/networkpolicies.list.json",
+    );
+    // The pod list is outstanding: the agent waits, and the maps stay empty (in strict mode
+    // the probe denies every pod that is not programmed yet).
+    node.server.requested(Resource::Pods, Verb::List, 1).await;
+    let early =
+        tokio::time::timeout(Duration::from_millis(500), node.agent.next(&mut node.maps)).await;
+    assert!(early.is_err(), "no pass before the pod list");
+    assert_eq!(node.maps.maps.state, DesiredState::default());
+
+    node.server
+        .serve(Resource::Pods, Verb::List, "initial/pods.list.json");
+    let first = node.pass().await;
+    let changes = first.pass.changes.as_ref().unwrap();
+    assert_eq!(
+        changes.listed,
+        BTreeSet::from([Kind::Namespace, Kind::Pod, Kind::NetworkPolicy])
+    );
+    // The four pods of this node with an address of their own: not the host-network aws-node
+    // pod, not prometheus on the other node.
+    first.assert_written(&[
+        "kube-system/kube-dns",
+        "default/nginx",
+        "default/httpd",
+        "default/amazonlinux",
+    ]);
+    assert_eq!(first.pass.report.endpoints, 4);
+    assert_eq!(first.pass.report.errors, vec![]);
+    assert_eq!(
+        node.endpoint("kube-system/kube-dns").unwrap().flags,
+        endpoint_flags::PROGRAMMED
+    );
+    assert_eq!(node.endpoint("default/httpd").unwrap().flags, ALL_ISOLATED);
+
+    // The seed's outcome.
+    assert_eq!(
+        node.verdict("default/amazonlinux", "kube-system/kube-dns", UDP, 53),
+        Verdict::Allow
+    );
+    assert_eq!(
+        node.verdict("default/amazonlinux", "default/nginx", TCP, 80),
+        Verdict::Allow
+    );
+    assert_eq!(
+        node.verdict("default/amazonlinux", "default/httpd", TCP, 80),
+        Verdict::Deny
+    );
+
+    // Each kind then watches from its list's resourceVersion, with bookmarks.
+    for resource in [
+        Resource::Namespaces,
+        Resource::Pods,
+        Resource::NetworkPolicies,
+    ] {
+        let watch = node.server.requested(resource, Verb::Watch, 1).await;
+        assert_eq!(watch.param("resourceVersion"), Some("1000"), "{resource:?}");
+        assert_eq!(watch.param("allowWatchBookmarks"), Some("true"));
+    }
+    assert_eq!(node.server.unexpected(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_new_pod_is_enforced_once_it_has_an_address() {
+    let mut node = Node::started().await;
+
+    // Created, then scheduled here: no address yet, so no endpoint and no peer.
+    node.server.serve(
+        Resource::Pods,
+        Verb::Watch,
+        "pod-created/pods.1.watch.jsonl",
+    );
+    let scheduled = node.pass().await;
+    let changes = scheduled.pass.changes.as_ref().unwrap();
+    assert_eq!(changes.resource_versions[&Kind::Pod], "1102");
+    scheduled.assert_written(&[]);
+
+    // Its address, then Running, in one burst: one pass. The new pod's entries are written
+    // (before its endpoint, which the probe looks up first), and so are amazonlinux's, whose
+    // egress rule to app=nginx now has a second peer. No other endpoint is touched.
+    node.server.serve(
+        Resource::Pods,
+        Verb::Watch,
+        "pod-created/pods.2.watch.jsonl",
+    );
+    let addressed = node.pass().await;
+    let changes = addressed.pass.changes.as_ref().unwrap();
+    assert_eq!(changes.events, 2);
+    assert_eq!(changes.resource_versions[&Kind::Pod], "1107");
+    addressed.assert_written(&["default/nginx-7c5ddbdf54-x2x9k", "default/amazonlinux"]);
+
+    let new = node.endpoint("default/nginx-7c5ddbdf54-x2x9k").unwrap();
+    assert_eq!(new.flags, ALL_ISOLATED);
+    assert_eq!(new.ifindex, 121);
+    let endpoint_write = addressed
+        .writes
+        .iter()
+        .position(|w| *w == Write::Endpoint(new.id))
+        .unwrap();
+    let last_entry = addressed
+        .writes
+        .iter()
+        .rposition(|w| *w == Write::Policy(new.id))
+        .unwrap();
+    assert!(last_entry < endpoint_write, "{:?}", addressed.writes);
+
+    let new = "default/nginx-7c5ddbdf54-x2x9k";
+    assert_eq!(
+        node.verdict("default/amazonlinux", new, TCP, 80),
+        Verdict::Allow
+    );
+    assert_eq!(node.verdict("default/httpd", new, TCP, 80), Verdict::Deny);
+    assert_eq!(node.verdict(new, "default/nginx", TCP, 80), Verdict::Deny);
+}
+
+#[tokio::test]
+async fn a_label_change_rewrites_only_the_endpoints_it_affects() {
+    let mut node = Node::started().await;
+    let before: BTreeMap<&str, EndpointState> = ["kube-system/kube-dns", "default/nginx"]
+        .into_iter()
+        .map(|pod| (pod, node.endpoint(pod).unwrap()))
+        .collect();
+    assert_eq!(
+        node.verdict("default/amazonlinux", "default/httpd", TCP, 80),
+        Verdict::Deny
+    );
+
+    // httpd restarts a container (no change that matters: dropped before the reconciler),
+    // then is relabelled app=nginx: the nginx policies now select it, and amazonlinux's
+    // egress rule to app=nginx has it as a peer. nginx and kube-dns are not touched.
+    node.server
+        .serve(Resource::Pods, Verb::Watch, "label-change/pods.watch.jsonl");
+    let relabelled = node.pass().await;
+    let changes = relabelled.pass.changes.as_ref().unwrap();
+    assert_eq!(changes.events, 1);
+    assert_eq!(changes.resource_versions[&Kind::Pod], "1203");
+    relabelled.assert_written(&["default/httpd", "default/amazonlinux"]);
+    for (pod, state) in before {
+        assert_eq!(node.endpoint(pod), Some(state), "{pod}");
+    }
+    assert_eq!(
+        node.verdict("default/amazonlinux", "default/httpd", TCP, 80),
+        Verdict::Allow
+    );
+    assert_eq!(
+        node.verdict("default/nginx", "default/httpd", TCP, 80),
+        Verdict::Deny
+    );
+
+    // The response ended with a bookmark: the watch resumes from it.
+    let resumed = node.server.requested(Resource::Pods, Verb::Watch, 2).await;
+    assert_eq!(resumed.param("resourceVersion"), Some("1250"));
+}
+
+#[tokio::test]
+async fn a_deleted_policy_lifts_its_enforcement() {
+    let mut node = Node::started().await;
+    assert_eq!(
+        node.verdict("default/nginx", "default/httpd", TCP, 80),
+        Verdict::Deny
+    );
+
+    // all-deny goes: httpd is isolated by nothing any more; nginx keeps its ingress policies
+    // but its egress is open, amazonlinux keeps its egress policy but its ingress is open.
+    // kube-dns (another namespace) is not touched.
+    node.server.serve(
+        Resource::NetworkPolicies,
+        Verb::Watch,
+        "policy-deleted/networkpolicies.watch.jsonl",
+    );
+    let deleted = node.pass().await;
+    assert_eq!(
+        deleted.pass.changes.as_ref().unwrap().resource_versions[&Kind::NetworkPolicy],
+        "1301"
+    );
+    deleted.assert_written(&["default/nginx", "default/httpd", "default/amazonlinux"]);
+    assert_eq!(
+        node.endpoint("default/httpd").unwrap().flags,
+        endpoint_flags::PROGRAMMED
+    );
+    assert_eq!(
+        node.endpoint("default/nginx").unwrap().flags,
+        endpoint_flags::PROGRAMMED | endpoint_flags::INGRESS_ISOLATED
+    );
+    assert_eq!(
+        node.verdict("default/nginx", "default/httpd", TCP, 80),
+        Verdict::Allow
+    );
+    assert_eq!(
+        node.verdict("default/httpd", "default/nginx", TCP, 80),
+        Verdict::Deny
+    );
+    assert_eq!(
+        node.verdict("default/amazonlinux", "default/nginx", TCP, 80),
+        Verdict::Allow
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_label_change_reaches_the_policies_that_select_it() {
+    let mut node = Node::started().await;
+    assert_eq!(
+        node.verdict("monitoring/prometheus-0", "default/nginx", TCP, 9113),
+        Verdict::Deny
+    );
+
+    // monitoring gains tollgate.io/scrape=true: nginx's ingress gains prometheus-0's address
+    // on 9113, and nothing else changes.
+    node.server.serve(
+        Resource::Namespaces,
+        Verb::Watch,
+        "namespace-label/namespaces.watch.jsonl",
+    );
+    let labelled = node.pass().await;
+    assert_eq!(
+        labelled.pass.changes.as_ref().unwrap().resource_versions[&Kind::Namespace],
+        "1401"
+    );
+    labelled.assert_written(&["default/nginx"]);
+    // One new trie entry and nginx's endpoint (new revision).
+    assert_eq!(
+        (labelled.pass.report.upserts, labelled.pass.report.deletes),
+        (2, 0)
+    );
+    assert_eq!(
+        node.verdict("monitoring/prometheus-0", "default/nginx", TCP, 9113),
+        Verdict::Allow
+    );
+    assert_eq!(
+        node.verdict("monitoring/prometheus-0", "default/nginx", TCP, 80),
+        Verdict::Deny
+    );
+}
+
+#[tokio::test]
+async fn an_expired_watch_relists_and_loses_no_deletion() {
+    let mut node = Node::started().await;
+    let amazonlinux = node.endpoint("default/amazonlinux").unwrap();
+
+    // A bookmark, then 410 Gone: the pod watcher lists again (after its backoff). While it
+    // was down, amazonlinux was deleted and curl started; no event says so.
+    node.server.serve(
+        Resource::Pods,
+        Verb::Watch,
+        "watch-restart/pods.watch.jsonl",
+    );
+    node.server.requested(Resource::Pods, Verb::List, 2).await;
+
+    // While the relist is outstanding the pod store still holds the old list, whole: a
+    // namespace change meanwhile compiles against it and removes nothing.
+    node.server.serve(
+        Resource::Namespaces,
+        Verb::Watch,
+        "namespace-label/namespaces.watch.jsonl",
+    );
+    let meanwhile = node.pass().await;
+    meanwhile.assert_written(&["default/nginx"]);
+    assert_eq!(node.endpoint("default/amazonlinux"), Some(amazonlinux));
+
+    // The relist replaces the store at once: amazonlinux's endpoint and every entry of it
+    // go, nginx's ingress loses amazonlinux's address, curl is programmed.
+    node.server
+        .serve(Resource::Pods, Verb::List, "watch-restart/pods.list.json");
+    let relisted = node.pass().await;
+    let changes = relisted.pass.changes.as_ref().unwrap();
+    assert_eq!(changes.listed, BTreeSet::from([Kind::Pod]));
+    relisted.assert_written(&["default/amazonlinux", "default/nginx", "default/curl"]);
+    assert_eq!(node.endpoint("default/amazonlinux"), None);
+    // No entry is left without its endpoint, and curl (isolated by all-deny alone) has
+    // none, also when it took over amazonlinux's endpoint id.
+    let state = &node.maps.maps.state;
+    let ids: BTreeSet<u32> = state.endpoints.values().map(|e| e.id).collect();
+    let curl = node.endpoint("default/curl").unwrap();
+    assert_eq!(curl.flags, ALL_ISOLATED);
+    for key in state.ingress.keys().chain(state.egress.keys()) {
+        assert!(ids.contains(&key.key.endpoint) && key.key.endpoint != curl.id);
+    }
+    assert_eq!(
+        node.verdict("default/curl", "default/nginx", TCP, 80),
+        Verdict::Deny
+    );
+
+    // The new watch starts from the relist's resourceVersion.
+    let watch = node.server.requested(Resource::Pods, Verb::Watch, 2).await;
+    assert_eq!(watch.param("resourceVersion"), Some("1620"));
+}
