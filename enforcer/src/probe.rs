@@ -16,6 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
@@ -46,6 +48,14 @@ pub enum ProbeError {
     /// The object could not be loaded (permissions, kernel support, verifier).
     #[error("loading the eBPF object (this needs root, or CAP_BPF and CAP_NET_ADMIN): {0}")]
     Load(#[from] aya::EbpfError),
+    /// A map's file descriptor could not be duplicated.
+    #[error("duplicating the descriptor of map {name}: {source}")]
+    Duplicate {
+        /// Map name.
+        name: &'static str,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// A program is missing from the object or was refused.
     #[error("program {name}: {source}")]
     Program {
@@ -315,10 +325,11 @@ pub(crate) struct ProbeMaps {
     pub frags: HashMap<MapData, FragKey, FragEntry>,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, u64>,
-    /// Kernel ids of the conntrack, deny and counter maps, to open second handles on them.
-    pub conntrack_id: u32,
-    pub denies_id: u32,
-    pub counters_id: u32,
+    /// Duplicated descriptors of the conntrack, deny and counter maps, to open second handles
+    /// on them (opening a map by id would need CAP_SYS_ADMIN, which the agent does not have).
+    pub conntrack_fd: OwnedFd,
+    pub denies_fd: OwnedFd,
+    pub counters_fd: OwnedFd,
 }
 
 /// The loaded probe: both programs and every map.
@@ -400,11 +411,11 @@ impl Probe {
                 .map_err(|source| ProbeError::Program { name, source })?;
         }
         let conntrack = take(&mut ebpf, map_names::CONNTRACK)?;
-        let conntrack_id = map_id(&conntrack, map_names::CONNTRACK)?;
+        let conntrack_fd = duplicate(&conntrack, map_names::CONNTRACK)?;
         let denies = take(&mut ebpf, map_names::DENIES)?;
         let counters = take(&mut ebpf, map_names::COUNTERS)?;
-        let denies_id = map_id(&denies, map_names::DENIES)?;
-        let counters_id = map_id(&counters, map_names::COUNTERS)?;
+        let denies_fd = duplicate(&denies, map_names::DENIES)?;
+        let counters_fd = duplicate(&counters, map_names::COUNTERS)?;
         let maps = ProbeMaps {
             endpoints: typed(&mut ebpf, map_names::ENDPOINTS)?,
             ingress: typed(&mut ebpf, map_names::INGRESS)?,
@@ -423,9 +434,9 @@ impl Probe {
                 name: map_names::COUNTERS,
                 source,
             })?,
-            conntrack_id,
-            denies_id,
-            counters_id,
+            conntrack_fd,
+            denies_fd,
+            counters_fd,
         };
         let events = Some(typed(&mut ebpf, map_names::EVENTS)?);
         Ok(Self { ebpf, maps, events })
@@ -616,9 +627,9 @@ impl Probe {
     /// the enforcer; it can be taken once.
     pub fn take_events(&mut self) -> Result<EventReader, ProbeError> {
         let ring = self.events.take().ok_or(ProbeError::EventsTaken)?;
-        let conntrack = reopen(self.maps.conntrack_id, map_names::CONNTRACK)?;
-        let denies = reopen(self.maps.denies_id, map_names::DENIES)?;
-        let counters = reopen(self.maps.counters_id, map_names::COUNTERS)?;
+        let conntrack = reopen(&self.maps.conntrack_fd, map_names::CONNTRACK)?;
+        let denies = reopen(&self.maps.denies_fd, map_names::DENIES)?;
+        let counters = reopen(&self.maps.counters_fd, map_names::COUNTERS)?;
         Ok(EventReader::new(ring, conntrack, denies, counters))
     }
 
@@ -699,22 +710,29 @@ pub(crate) fn read_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Coun
     Ok(totals)
 }
 
-/// A second, independent handle on the map with kernel id `id`.
-fn reopen<T: TryFrom<Map, Error = MapError>>(id: u32, name: &'static str) -> Result<T, ProbeError> {
+/// A second, independent handle on the map behind `fd`.
+fn reopen<T: TryFrom<Map, Error = MapError>>(
+    fd: &OwnedFd,
+    name: &'static str,
+) -> Result<T, ProbeError> {
     let error = |source| ProbeError::Map { name, source };
-    let data = MapData::from_id(id).map_err(error)?;
+    let fd = fd
+        .try_clone()
+        .map_err(|source| ProbeError::Duplicate { name, source })?;
+    let data = MapData::from_fd(fd).map_err(error)?;
     T::try_from(Map::from_map_data(data).map_err(error)?).map_err(error)
 }
 
-/// The kernel id of a map, to open it again with [`reopen`].
-fn map_id(map: &Map, name: &'static str) -> Result<u32, ProbeError> {
+/// A duplicate of a map's descriptor, to open it again with [`reopen`].
+fn duplicate(map: &Map, name: &'static str) -> Result<OwnedFd, ProbeError> {
     let data = match map {
-        Map::LruHashMap(data) | Map::PerCpuArray(data) => data,
+        Map::HashMap(data) | Map::LruHashMap(data) | Map::PerCpuArray(data) => data,
         _ => return Err(ProbeError::MissingMap(name)),
     };
-    data.info()
-        .map(|info| info.id())
-        .map_err(|source| ProbeError::Map { name, source })
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| ProbeError::Duplicate { name, source })
 }
 
 /// The clsact filter of `program` on `ifname` that [`Probe::attach_links_clsact`] creates
