@@ -18,6 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node agent (one per node, the DaemonSet): keep the probe's maps in step with
+    /// the cluster's NetworkPolicies and collect flow records. The node's name comes from
+    /// `TOLLGATE_NODE`.
+    Agent(AgentArgs),
     /// Check what NetworkPolicies do to given flows, offline (what-if, conformance).
     Verify(VerifyArgs),
     /// Run the seed scenario for real in network namespaces wired like the VPC CNI.
@@ -30,6 +34,16 @@ enum Command {
         #[command(subcommand)]
         target: BenchTarget,
     },
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The settings file (`agent:` and `collector:` sections); every field has a default.
+    #[arg(long)]
+    config: PathBuf,
+    /// Remove everything the agent pinned (filters, links, maps) and exit; no agent may run.
+    #[arg(long)]
+    uninstall: bool,
 }
 
 #[derive(clap::Args)]
@@ -118,14 +132,18 @@ enum Output {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // The agent sets up its own telemetry from its settings file.
+    if !matches!(cli.command, Command::Agent(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -136,6 +154,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Agent(args) => agent_command(&args),
         Command::Verify(args) => verify_command(&args),
         Command::Lab(args) => lab_command(&args),
         Command::Flows(args) => flows_command(&args),
@@ -154,6 +173,57 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The node agent until SIGTERM or SIGINT; or, with `--uninstall`, removal of its pins.
+fn agent_command(args: &AgentArgs) -> anyhow::Result<ExitCode> {
+    use tollgate_agent::{config::AgentConfig, daemon, pins, source::KubeSource, telemetry};
+    let node = std::env::var("TOLLGATE_NODE").ok();
+    let config = AgentConfig::load(&args.config, node)?;
+    let (telemetry, subscriber) =
+        telemetry::Telemetry::subscriber(config.agent.log_format, &config.agent.otlp_endpoint)?;
+    tracing::subscriber::set_global_default(subscriber)
+        .context("installing the tracing subscriber")?;
+    if args.uninstall {
+        let uninstalled = pins::uninstall(&config.agent.bpffs)?;
+        tracing::info!(
+            root = %config.agent.bpffs.display(),
+            veths = uninstalled.veths.len(),
+            removed_root = uninstalled.removed_root,
+            "uninstalled"
+        );
+        telemetry.shutdown();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the API server (in-cluster or kubeconfig)")?;
+        let source = KubeSource::start(client);
+        daemon::run_agent(config, source, shutdown_signal()?).await?;
+        anyhow::Ok(())
+    });
+    drop(runtime);
+    telemetry.shutdown();
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Completes on the first SIGTERM (the kubelet stopping the pod) or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
 }
 
 /// Exit code 0 only when all input was valid; 1 when some was not (the valid part was still

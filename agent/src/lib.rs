@@ -13,11 +13,16 @@
 //! - [`run`]: the loop that waits for changes, reconciles, retries a failed sync, and
 //!   measures the propagation latency (watch event arrival → maps synced).
 //!
+//! [`daemon`] wires them into `tollgate agent`: the pinned probe ([`pins`]), the node's veths
+//! ([`endpoints`]) as the reconciler's local endpoints, the collector on the probe's events,
+//! and the HTTP endpoints.
+//!
 //! Around them: [`config`] (the one settings file of agent and collector), [`http`]
 //! (`/metrics`, `/healthz`, `/readyz`) and [`telemetry`] (text or JSON logs; traces and
 //! metrics over OTLP).
 
 pub mod config;
+pub mod daemon;
 pub mod endpoints;
 pub mod http;
 pub mod metrics;

@@ -260,6 +260,12 @@ impl PinnedProbe {
         &self.root
     }
 
+    /// Whether an earlier agent left links (or a clsact marker) for `ifname` that this one has
+    /// not taken over yet: [`PinnedProbe::adopt`] swaps them; attaching would swap them early.
+    pub fn has_foreign_pins(&self, ifname: &str) -> bool {
+        !self.veths.contains_key(ifname) && links_dir(&self.root).join(ifname).exists()
+    }
+
     /// The probe: its maps (to sync), settings and events.
     pub fn probe(&mut self) -> &mut Probe {
         &mut self.probe

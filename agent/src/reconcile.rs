@@ -84,6 +84,12 @@ impl Reconciler {
         Reconciler::default()
     }
 
+    /// The compilation the maps were last synced to; `None` before the first sync and after
+    /// a failed one.
+    pub fn synced(&self) -> Option<&Compiled> {
+        self.synced.as_ref()
+    }
+
     /// Makes `maps` hold the compiled state of `snapshot` for the endpoints `local` names.
     pub fn reconcile<M: PolicyMaps>(
         &mut self,

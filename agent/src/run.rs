@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use tollgate_enforcer::sync::PolicyMaps;
+use tollgate_enforcer::{compile::Compiled, snapshot::Snapshot, sync::PolicyMaps};
 
 use crate::Error;
 use crate::reconcile::{LocalEndpoints, Reconciler, Report};
@@ -27,14 +27,18 @@ pub struct Agent<S, E> {
     source: S,
     endpoints: E,
     reconciler: Reconciler,
-    /// Set after a failed pass: how long to wait before the next try without a change.
+    /// The snapshot of the last pass that synced (what the collector's identities observe).
+    snapshot: Option<Snapshot>,
+    /// Set after a failed pass (or by [`Agent::pass_again_after`]): how long to wait before
+    /// the next pass without a change.
     retry: Option<Duration>,
 }
 
 /// One pass of the agent.
 #[derive(Debug, Clone)]
 pub struct Pass {
-    /// The changes that caused it; `None` for the retry of a failed pass.
+    /// The changes that caused it; `None` for the retry of a failed pass (or a pass asked for
+    /// by [`Agent::pass_again_after`]).
     pub changes: Option<Changes>,
     /// What the reconciliation did.
     pub report: Report,
@@ -49,8 +53,32 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             source,
             endpoints,
             reconciler: Reconciler::new(),
+            snapshot: None,
             retry: None,
         }
+    }
+
+    /// The snapshot and compilation the maps were last synced to: what
+    /// `tollgate_collector::identity::Identities::observe` records after a pass. `None` before
+    /// the first pass and after a failed one.
+    pub fn synced(&self) -> Option<(&Snapshot, &Compiled)> {
+        Some((self.snapshot.as_ref()?, self.reconciler.synced()?))
+    }
+
+    /// Makes the next [`Agent::next`] pass after `delay` at the latest, even when the cluster
+    /// does not change: the node's endpoints are not all in place yet (a failed attach).
+    pub fn pass_again_after(&mut self, delay: Duration) {
+        self.retry = Some(self.retry.map_or(delay, |retry| retry.min(delay)));
+    }
+
+    /// The node's endpoints.
+    pub fn endpoints(&self) -> &E {
+        &self.endpoints
+    }
+
+    /// The node's endpoints, to act on them between passes.
+    pub fn endpoints_mut(&mut self) -> &mut E {
+        &mut self.endpoints
     }
 
     /// Waits for the cluster to change (or for a retry to be due) and brings `maps` in line.
@@ -69,6 +97,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         let report = match self.reconciler.reconcile(&snapshot, &local, maps) {
             Ok(report) => report,
             Err(error) => {
+                self.snapshot = None;
                 let delay = self
                     .retry
                     .map_or(RETRY_FIRST, |delay| (delay * 2).min(RETRY_MAX));
@@ -82,6 +111,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             }
         };
         self.retry = None;
+        self.snapshot = Some(snapshot);
         let latency = changes.as_ref().map(|c| c.first_arrival.elapsed());
         log_pass(changes.as_ref(), &report, latency);
         Some(Ok(Pass {
@@ -302,6 +332,13 @@ mod tests {
         assert_eq!(maps.reads.get(), reads);
         assert!(again.report.touched.is_empty());
         assert_eq!((again.report.upserts, again.report.deletes), (0, 0));
+
+        // A pass asked for without a change.
+        agent.pass_again_after(Duration::from_millis(300));
+        let started = tokio::time::Instant::now();
+        let asked = agent.next(&mut maps).await.unwrap().unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert!(asked.changes.is_none() && asked.report.touched.is_empty());
 
         drop(handle);
         assert!(agent.next(&mut maps).await.is_none());

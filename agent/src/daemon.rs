@@ -1,0 +1,463 @@
+//! `tollgate agent`: the parts of this crate wired into one running node agent.
+//!
+//! [`run_agent`] follows the start sequence of `docs/agent.md`:
+//! 1. [`PinnedProbe::open`] under `agent.bpffs` (maps reused or created, no link touched), the
+//!    enforcement mode written to the probe's settings (`standard` sets
+//!    `ALLOW_UNKNOWN_ENDPOINTS`);
+//! 2. the probe's events go to the collector (`tollgate_collector::service::Collector`), which
+//!    names flows with the [`Identities`] this loop keeps up to date;
+//! 3. `/metrics`, `/healthz` and `/readyz` are served ([`crate::http`]);
+//! 4. the passes of [`crate::run::Agent`]: each asks [`NodeEndpoints`] (the reconciler's
+//!    [`LocalEndpoints`]) for the node's endpoints — it discovers the veths and attaches the
+//!    probe to new ones before their entries are written — then compiles and syncs. After the
+//!    first pass, [`PinnedProbe::adopt`] swaps the links an earlier agent left to this agent's
+//!    programs (never before: with new maps that would deny every pod until the sync). After
+//!    every pass the identities observe the snapshot and compilation, the propagation latency
+//!    goes into [`AgentMetrics`], and the agent is ready once a pass has programmed every local
+//!    endpoint; while one is missing (a failed attach), the next pass comes after [`RECHECK`].
+//!
+//! On shutdown the collector drains and ships (within [`SHIP_WITHIN`]); pins and links stay, so
+//! enforcement goes on with no agent running, and the next agent adopts them.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::net::TcpListener;
+use tollgate_collector::{
+    clock::boottime_ns,
+    identity::Identities,
+    service::{Collector, CollectorError},
+};
+use tollgate_enforcer::{
+    aya_maps::AyaMapError,
+    desired::{DesiredState, PolicyEntryKey},
+    probe::ProbeError,
+    snapshot::{Snapshot, pod_addresses, pod_key},
+    sync::PolicyMaps,
+};
+use tollgate_schemas::{Config, Direction, EndpointKey, EndpointState, PolicyValue, config_flags};
+
+use crate::config::{AgentConfig, EnforcementMode};
+use crate::endpoints::{Attacher, Discovery, Endpoints, LocalPod, Veth, discover};
+use crate::http::{Response, Routes, serve};
+use crate::metrics::AgentMetrics;
+use crate::pins::{PinError, PinnedProbe};
+use crate::reconcile::LocalEndpoints;
+use crate::run::Agent;
+use crate::source::ClusterSource;
+
+/// How long [`run_agent`] waits for another agent to release the pins (a rolling update).
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the collector may ship on shutdown (the DaemonSet's grace period is longer).
+pub const SHIP_WITHIN: Duration = Duration::from_secs(20);
+
+/// How soon a pass runs again when the last one left a local endpoint without the probe (a
+/// failed attach or discovery), even if the cluster does not change.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// The agent could not start, or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The pinned probe could not be opened or adopted.
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    /// The probe's settings or events could not be set up.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// The collector could not start or stop.
+    #[error(transparent)]
+    Collector(#[from] CollectorError),
+    /// An HTTP address could not be bound.
+    #[error("binding {address}: {source}")]
+    Bind {
+        /// The configured address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The pinned probe, shared by the endpoint manager (attach), the sync (maps) and `/metrics`
+/// (counters). Locked only for synchronous work, never across an await.
+#[derive(Debug, Clone)]
+pub struct SharedProbe(Arc<Mutex<PinnedProbe>>);
+
+impl SharedProbe {
+    /// Shares `probe`.
+    pub fn new(probe: PinnedProbe) -> Self {
+        Self(Arc::new(Mutex::new(probe)))
+    }
+
+    /// The probe, locked.
+    pub fn lock(&self) -> MutexGuard<'_, PinnedProbe> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Attacher for SharedProbe {
+    type Error = PinError;
+
+    fn attached(&self) -> BTreeMap<String, u32> {
+        self.lock().attached()
+    }
+
+    fn attach(&mut self, veth: &Veth) -> Result<(), PinError> {
+        self.lock().attach(veth)
+    }
+
+    fn detach(&mut self, ifname: &str) -> Result<(), PinError> {
+        self.lock().detach(ifname)
+    }
+}
+
+impl PolicyMaps for SharedProbe {
+    type Error = AyaMapError;
+
+    fn read(&self) -> Result<DesiredState, AyaMapError> {
+        self.lock().probe().policy_maps().read()
+    }
+
+    fn upsert_endpoint(
+        &mut self,
+        key: &EndpointKey,
+        value: &EndpointState,
+    ) -> Result<(), AyaMapError> {
+        self.lock()
+            .probe()
+            .policy_maps()
+            .upsert_endpoint(key, value)
+    }
+
+    fn delete_endpoint(&mut self, key: &EndpointKey) -> Result<(), AyaMapError> {
+        self.lock().probe().policy_maps().delete_endpoint(key)
+    }
+
+    fn upsert_policy(
+        &mut self,
+        direction: Direction,
+        key: &PolicyEntryKey,
+        value: &PolicyValue,
+    ) -> Result<(), AyaMapError> {
+        self.lock()
+            .probe()
+            .policy_maps()
+            .upsert_policy(direction, key, value)
+    }
+
+    fn delete_policy(
+        &mut self,
+        direction: Direction,
+        key: &PolicyEntryKey,
+    ) -> Result<(), AyaMapError> {
+        self.lock()
+            .probe()
+            .policy_maps()
+            .delete_policy(direction, key)
+    }
+}
+
+/// The node's endpoints as the reconciler asks for them: discovered from the host routes of
+/// the calling thread's network namespace, with the probe attached to their veths.
+#[derive(Debug)]
+pub struct NodeEndpoints {
+    endpoints: Endpoints<SharedProbe>,
+    node: String,
+    prefix: String,
+    /// Whether [`NodeEndpoints::adopt`] ran: before, veths an earlier agent pinned are left
+    /// to it (their entries are written, their programs swapped by the adoption).
+    adopted: bool,
+    discovery: Discovery,
+    /// What the last call returned: the endpoints kept when a discovery fails.
+    interfaces: BTreeMap<String, u32>,
+    /// Whether the last call attached every discovered veth.
+    complete: bool,
+}
+
+impl NodeEndpoints {
+    /// The endpoints of node `node` on veths named `prefix…`.
+    pub fn new(probe: SharedProbe, node: &str, prefix: &str) -> Self {
+        Self {
+            endpoints: Endpoints::new(probe),
+            node: node.to_owned(),
+            prefix: prefix.to_owned(),
+            adopted: false,
+            discovery: Discovery::default(),
+            interfaces: BTreeMap::new(),
+            complete: false,
+        }
+    }
+
+    /// Whether the last pass found every local endpoint's veth with the probe on it.
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Takes over the links of an earlier agent, then attaches and detaches to match the
+    /// last discovery. Call once, after the first pass synced the maps.
+    pub fn adopt(&mut self) -> Result<(), PinError> {
+        let adoption = self.endpoints.attacher().lock().adopt()?;
+        tracing::info!(
+            adopted = adoption.adopted.len(),
+            stale = adoption.stale.len(),
+            old_layouts = adoption.old_layouts.len(),
+            "links of an earlier agent adopted"
+        );
+        self.adopted = true;
+        let applied = self.endpoints.apply(&self.discovery);
+        self.complete = applied.failed.is_empty();
+        Ok(())
+    }
+
+    /// The pods of the snapshot that may be on this node: not `hostNetwork`, and scheduled
+    /// here (or not scheduled anywhere yet, as in a snapshot set in code).
+    fn local_pods(&self, snapshot: &Snapshot) -> Vec<LocalPod> {
+        snapshot
+            .pods
+            .iter()
+            .filter(|pod| is_local(pod, &self.node))
+            .map(|pod| LocalPod {
+                pod: pod_key(pod),
+                ips: pod_addresses(pod),
+            })
+            .filter(|pod| !pod.ips.is_empty())
+            .collect()
+    }
+}
+
+fn is_local(pod: &Pod, node: &str) -> bool {
+    let Some(spec) = &pod.spec else {
+        return false;
+    };
+    spec.host_network != Some(true)
+        && spec
+            .node_name
+            .as_deref()
+            .is_none_or(|name| node.is_empty() || name == node)
+}
+
+impl LocalEndpoints for NodeEndpoints {
+    fn local(&mut self, snapshot: &Snapshot) -> BTreeMap<String, u32> {
+        let pods = self.local_pods(snapshot);
+        match discover(&pods, &self.prefix) {
+            Ok(discovery) => self.discovery = discovery,
+            Err(error) => {
+                // The previous endpoints stand (none before the first discovery).
+                tracing::warn!(%error, "endpoint discovery failed");
+                self.complete = false;
+                return self.interfaces.clone();
+            }
+        }
+        if self.adopted {
+            let applied = self.endpoints.apply(&self.discovery);
+            self.complete = applied.failed.is_empty();
+            self.interfaces = self.endpoints.interfaces();
+            return self.interfaces.clone();
+        }
+        // Before the adoption: new veths are attached now, veths pinned by an earlier agent
+        // keep its programs (on the maps this pass syncs) until the adoption swaps them.
+        let (pinned, fresh): (BTreeMap<_, _>, BTreeMap<_, _>) = {
+            let probe = self.endpoints.attacher().lock();
+            self.discovery
+                .veths
+                .clone()
+                .into_iter()
+                .partition(|(_, veth)| probe.has_foreign_pins(&veth.ifname))
+        };
+        let applied = self.endpoints.apply(&Discovery {
+            veths: fresh,
+            ..Discovery::default()
+        });
+        self.complete = applied.failed.is_empty();
+        let mut interfaces = self.endpoints.interfaces();
+        interfaces.extend(pinned.into_iter().map(|(pod, veth)| (pod, veth.ifindex)));
+        self.interfaces = interfaces;
+        self.interfaces.clone()
+    }
+}
+
+/// The probe's settings for `mode`.
+fn probe_config(mode: EnforcementMode) -> Config {
+    let flags = match mode {
+        EnforcementMode::Strict => 0,
+        EnforcementMode::Standard => config_flags::ALLOW_UNKNOWN_ENDPOINTS,
+    };
+    // Zero fields are the probe's defaults.
+    Config {
+        flags,
+        ..Config::default()
+    }
+}
+
+/// Runs the node agent on `source` until `shutdown` completes or the source ends; see the
+/// module doc. Endpoint discovery and attach run in the network namespace of the runtime's
+/// threads (the node's: the agent runs with `hostNetwork`).
+pub async fn run_agent<S: ClusterSource>(
+    config: AgentConfig,
+    source: S,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let settings = &config.agent;
+    // Waiting for the lock sleeps: off the runtime's threads.
+    let bpffs = settings.bpffs.clone();
+    let mut pinned = tokio::task::spawn_blocking(move || PinnedProbe::open(&bpffs, LOCK_WAIT))
+        .await
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))?;
+    pinned
+        .probe()
+        .set_config(&probe_config(settings.enforcement))?;
+    let reader = pinned.probe().take_events()?;
+    let probe = SharedProbe::new(pinned);
+
+    let identities = Arc::new(Mutex::new(Identities::default()));
+    let (collector, recovery) =
+        Collector::start(&config.collector, reader, Arc::clone(&identities), None).await?;
+    tracing::info!(
+        sink = collector.sink(),
+        pending = recovery.pending,
+        "collector started"
+    );
+
+    let metrics = Arc::new(AgentMetrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let servers = start_http(&config, &probe, &metrics, collector.metrics(), &ready).await?;
+
+    let node_endpoints = NodeEndpoints::new(
+        probe.clone(),
+        &config.collector.node,
+        &settings.interface_prefix,
+    );
+    let mut agent = Agent::new(source, node_endpoints);
+    let mut maps = probe.clone();
+    let result = async {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut adopted = false;
+        loop {
+            let pass = tokio::select! {
+                () = &mut shutdown => break,
+                pass = agent.next(&mut maps) => pass,
+            };
+            let pass = match pass {
+                None => {
+                    tracing::info!("the cluster source ended");
+                    break;
+                }
+                Some(Err(_)) => {
+                    // Logged by the loop; retried by the next call.
+                    metrics.sync_failures.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Some(Ok(pass)) => pass,
+            };
+            if !adopted {
+                agent.endpoints_mut().adopt()?;
+                adopted = true;
+            }
+            if let Some((snapshot, compiled)) = agent.synced() {
+                identities
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .observe(snapshot, compiled, boottime_ns());
+            }
+            metrics.passes.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .endpoints
+                .store(pass.report.endpoints as u64, Ordering::Relaxed);
+            if let Some(latency) = pass.latency {
+                metrics.observe_latency(latency);
+            }
+            if !agent.endpoints().complete() {
+                agent.pass_again_after(RECHECK);
+            } else if !ready.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    endpoints = pass.report.endpoints,
+                    "ready: every local endpoint programmed"
+                );
+            }
+        }
+        Ok::<(), DaemonError>(())
+    }
+    .await;
+
+    for server in servers {
+        server.abort();
+    }
+    let stopped = collector.stop(SHIP_WITHIN).await;
+    drop(agent);
+    drop(maps);
+    // The pins and links stay: enforcement goes on until the next agent adopts them.
+    drop(probe);
+    result?;
+    stopped?;
+    tracing::info!("agent stopped; pinned maps and links left in place");
+    Ok(())
+}
+
+/// Binds `/metrics` and the health endpoints (one listener when both addresses are the same).
+async fn start_http(
+    config: &AgentConfig,
+    probe: &SharedProbe,
+    metrics: &Arc<AgentMetrics>,
+    collector: &Arc<tollgate_collector::metrics::Metrics>,
+    ready: &Arc<AtomicBool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
+    let render_metrics = {
+        let (probe, metrics, collector) =
+            (probe.clone(), Arc::clone(metrics), Arc::clone(collector));
+        move || {
+            match probe.lock().probe().counters() {
+                Ok(counters) => {
+                    for (slot, value) in metrics.probe.iter().zip(counters.0) {
+                        slot.store(value, Ordering::Relaxed);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "reading the probe's counters"),
+            }
+            let mut body = metrics.render_prometheus();
+            body.push_str(&collector.render_prometheus());
+            body
+        }
+    };
+    let health = {
+        let ready = Arc::clone(ready);
+        move |path: &str| match path {
+            "/healthz" => Some(Response::text(200, "ok\n")),
+            "/readyz" if ready.load(Ordering::Relaxed) => Some(Response::text(200, "ready\n")),
+            "/readyz" => Some(Response::text(503, "not ready: first sync pending\n")),
+            _ => None,
+        }
+    };
+    let metrics_route = move |path: &str| {
+        (path == "/metrics").then(|| Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: render_metrics(),
+        })
+    };
+    let settings = &config.agent;
+    let mut routes: Vec<(SocketAddr, Routes)> = Vec::new();
+    if settings.metrics_address == settings.health_address {
+        routes.push((
+            settings.metrics_address,
+            Arc::new(move |path: &str| metrics_route(path).or_else(|| health(path))),
+        ));
+    } else {
+        routes.push((settings.metrics_address, Arc::new(metrics_route)));
+        routes.push((settings.health_address, Arc::new(health)));
+    }
+    let mut servers = Vec::new();
+    for (address, routes) in routes {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| DaemonError::Bind { address, source })?;
+        tracing::info!(%address, "serving http");
+        servers.push(tokio::spawn(serve(listener, routes)));
+    }
+    Ok(servers)
+}
