@@ -1,0 +1,657 @@
+//! Audit mode end to end (issue 5): `run_agent` on a `StaticSource` in the VPC-CNI-shaped node
+//! of `daemon.rs` (addresses of 198.18.0.0/24 inside the test's namespaces only), the collector
+//! writing to a temporary directory that is read back at the end.
+//!
+//! - `a_namespace_in_audit_mode_passes_would_be_denies_and_records_them`: the seed with
+//!   namespace `default` annotated `tollgate.io/enforcement: audit`: amazonlinux → httpd:80
+//!   passes (audit-deny), amazonlinux → nginx:80 is allowed by its rule; the annotation removed,
+//!   httpd is denied again. The records say which was which.
+//! - `a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does`: the annotation on
+//!   the `all-deny` policy instead. A direction of an endpoint is in audit mode only when every
+//!   policy isolating it is (`enforcer/src/compile/endpoint.rs`): amazonlinux's egress is also
+//!   isolated by `allow-amazonlinux-to-nginx`, so amazonlinux → httpd stays denied at
+//!   amazonlinux's egress, while nginx → httpd:80 (nginx's egress and httpd's ingress isolated by
+//!   `all-deny` alone) passes as audit-deny. Annotating `allow-amazonlinux-to-nginx` as well lets
+//!   amazonlinux → httpd pass too; removing both annotations denies both again.
+//!
+//! Needs root (CI runs as root); without it the tests say SKIPPED loudly and return.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tollgate_agent::{
+    config::AgentConfig,
+    daemon::run_agent,
+    source::{StaticHandle, StaticSource},
+};
+use tollgate_collector::{
+    config::SinkConfig,
+    read::{Filter, StoredRecord, read_dir, render_table},
+};
+use tollgate_enforcer::{
+    compile::ENFORCEMENT_ANNOTATION, manifest::parse_manifests, snapshot::Snapshot,
+};
+
+use support::{Bpffs, Node, Pod, in_netns, root};
+
+const SEED: [&str; 3] = [
+    include_str!("../../examples/seed/lab-pods.yaml"),
+    include_str!("../../examples/seed/all-deny.yaml"),
+    include_str!("../../examples/seed/allow-amazonlinux-to-nginx.yaml"),
+];
+
+const WAIT_PASS: Duration = Duration::from_secs(2);
+const WAIT_DENY: Duration = Duration::from_millis(700);
+
+/// The seed scenario.
+fn seed() -> Snapshot {
+    let (snapshot, errors) = parse_manifests(&SEED.join("\n---\n"), "seed");
+    assert!(errors.is_empty(), "{errors:?}");
+    snapshot
+}
+
+/// `annotations` with `tollgate.io/enforcement: audit` (or without it when `audit` is false).
+fn annotate(annotations: &mut Option<BTreeMap<String, String>>, audit: bool) {
+    let annotations = annotations.get_or_insert_with(BTreeMap::new);
+    if audit {
+        annotations.insert(ENFORCEMENT_ANNOTATION.to_owned(), "audit".to_owned());
+    } else {
+        annotations.remove(ENFORCEMENT_ANNOTATION);
+    }
+}
+
+/// The seed with namespace `default` annotated for audit mode.
+fn seed_with_namespace_audit() -> Snapshot {
+    let mut snapshot = seed();
+    let namespace = snapshot
+        .namespaces
+        .iter_mut()
+        .find(|ns| ns.metadata.name.as_deref() == Some("default"))
+        .expect("namespace default");
+    annotate(&mut namespace.metadata.annotations, true);
+    snapshot
+}
+
+/// The seed with the policies named in `policies` annotated for audit mode.
+fn seed_with_policy_audit(policies: &[&str]) -> Snapshot {
+    let mut snapshot = seed();
+    for name in policies {
+        let policy = snapshot
+            .policies
+            .iter_mut()
+            .find(|p| p.metadata.name.as_deref() == Some(*name))
+            .unwrap_or_else(|| panic!("policy {name}"));
+        annotate(&mut policy.metadata.annotations, true);
+    }
+    snapshot
+}
+
+/// Whether a TCP connection from `from` to `to` on port 80 is established within `wait`.
+fn tcp_reaches(from: &Pod, to: &Pod, wait: Duration) -> bool {
+    let address = SocketAddr::new(to.ip, 80);
+    let _listener = in_netns(&to.netns, || TcpListener::bind(address).expect("listen"));
+    in_netns(&from.netns, || {
+        TcpStream::connect_timeout(&address, wait).is_ok()
+    })
+}
+
+/// `GET path` on `address` in the node namespace: the status and the body (status 0 when
+/// nothing answers).
+fn get(node: &Node, address: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut stream) = in_netns(&node.netns, || {
+        TcpStream::connect_timeout(&address, Duration::from_millis(500))
+    }) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").unwrap();
+    let mut response = String::new();
+    if stream.read_to_string(&mut response).is_err() {
+        return (0, String::new());
+    }
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A free loopback port of the node namespace.
+fn free_port(node: &Node) -> SocketAddr {
+    in_netns(&node.netns, || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+    })
+}
+
+/// The agent on a thread of its own inside the node namespace; stopped and joined on drop,
+/// also when the test fails.
+struct RunningAgent {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl RunningAgent {
+    fn start(netns: &str, config: AgentConfig, source: StaticSource) -> Self {
+        let handle = std::fs::File::open(format!("/run/netns/{netns}")).expect("open netns");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: the descriptor is open for the whole call; only this thread (and the
+            // threads it starts, which inherit it) lives in the node namespace.
+            let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime
+                .block_on(run_agent(config, source, async {
+                    let _ = stopped.await;
+                }))
+                .map_err(|e| e.to_string())
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> Result<(), String> {
+        self.finish().expect("agent thread")
+    }
+
+    fn finish(&mut self) -> Option<Result<(), String>> {
+        drop(self.stop.take());
+        let thread = self.thread.take()?;
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|_| Err("agent panicked".to_owned())),
+        )
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The agent's settings for a test: pins under `bpffs`, one HTTP address for `/metrics` and
+/// health on the node's loopback, flows to `files/flows`.
+fn agent_config(node: &Node, bpffs: &Bpffs, files: &Path) -> AgentConfig {
+    let mut config = AgentConfig::default();
+    config.agent.bpffs = bpffs.root.clone();
+    let http = free_port(node);
+    config.agent.metrics_address = http;
+    config.agent.health_address = http;
+    config.collector.node = "lab-node".to_owned();
+    config.collector.spool_dir = files.join("spool");
+    config.collector.sink = SinkConfig::Local {
+        dir: files.join("flows"),
+    };
+    config
+}
+
+/// `tollgate_agent_sync_passes_total` as `/metrics` says it (0 while nothing answers).
+fn passes(node: &Node, http: SocketAddr) -> u64 {
+    let (status, text) = get(node, http, "/metrics");
+    if status != 200 {
+        return 0;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("tollgate_agent_sync_passes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits (10 s at most) until the agent has completed more than `done` passes — the maps
+/// synced and the collector's identities updated — and is ready.
+fn wait_pass(node: &Node, http: SocketAddr, done: u64) {
+    for _ in 0..100 {
+        if passes(node, http) > done && get(node, http, "/readyz").0 == 200 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no pass after pass {done} within 10 s");
+}
+
+/// Replaces the cluster with `snapshot` and waits for the pass that synced it.
+fn switch(node: &Node, http: SocketAddr, handle: &StaticHandle, snapshot: Snapshot) {
+    let done = passes(node, http);
+    handle.set(snapshot);
+    wait_pass(node, http, done);
+}
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// Sleeps into the next wall-clock second (and 50 ms more), so that records of the phase
+/// before and the phase after have different `start` seconds; returns the new second.
+fn next_second() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+    let left =
+        Duration::from_secs(1).saturating_sub(Duration::from_nanos(now.subsec_nanos().into()));
+    std::thread::sleep(left + Duration::from_millis(50));
+    now_s()
+}
+
+/// The flow records of `from` → `to`:80 over TCP.
+fn records_of<'r>(records: &'r [StoredRecord], from: &str, to: &str) -> Vec<&'r StoredRecord> {
+    records
+        .iter()
+        .filter(|r| {
+            r.src_pod.as_deref() == Some(from)
+                && r.dst_pod.as_deref() == Some(to)
+                && r.dstport == Some(80)
+                && r.protocol == Some(6)
+        })
+        .collect()
+}
+
+fn is(record: &StoredRecord, action: &str, verdict: &str, mode: &str) -> bool {
+    record.action.as_deref() == Some(action)
+        && record.verdict.as_deref() == Some(verdict)
+        && record.enforcement_mode.as_deref() == Some(mode)
+}
+
+/// Asserts `records` of one pair hold an audit-deny record (policy would deny, passed) in
+/// `direction`, started at or before `until_s`.
+fn assert_audit_denied(records: &[&StoredRecord], direction: &str, until_s: i64, table: &str) {
+    assert!(
+        records
+            .iter()
+            .any(|r| is(r, "ACCEPT", "audit-deny", "audit")
+                && r.flow_direction.as_deref() == Some(direction)
+                && r.verdict_reason.as_deref() == Some("isolated-no-rule-matched")
+                && r.policy.is_none()
+                && r.start <= until_s),
+        "no ACCEPT/audit-deny/audit {direction} record by {until_s}:\n{table}"
+    );
+}
+
+/// Asserts `records` of one pair hold a denial in `direction` from `from_s` on, and no denial
+/// before it.
+fn assert_denied_from(records: &[&StoredRecord], direction: &str, from_s: i64, table: &str) {
+    assert!(
+        records.iter().any(|r| is(r, "REJECT", "deny", "enforce")
+            && r.flow_direction.as_deref() == Some(direction)
+            && r.verdict_reason.as_deref() == Some("isolated-no-rule-matched")
+            && r.start >= from_s),
+        "no REJECT/deny/enforce {direction} record from {from_s} on:\n{table}"
+    );
+    for r in records {
+        if r.is_reject() {
+            assert!(
+                r.start >= from_s && is(r, "REJECT", "deny", "enforce"),
+                "a denial before {from_s} or an incoherent one:\n{table}"
+            );
+        }
+    }
+}
+
+/// Asserts amazonlinux → nginx:80 was allowed by its rules, in both directions.
+fn assert_nginx_allowed(records: &[StoredRecord], table: &str) {
+    let nginx = records_of(records, "default/amazonlinux", "default/nginx");
+    for (direction, policy) in [
+        ("egress", "default/allow-amazonlinux-to-nginx"),
+        ("ingress", "default/allow-nginx-from-amazonlinux"),
+    ] {
+        assert!(
+            nginx.iter().any(|r| r.action.as_deref() == Some("ACCEPT")
+                && r.verdict.as_deref() == Some("allow")
+                && r.verdict_reason.as_deref() == Some("allowed-by-rule")
+                && r.flow_direction.as_deref() == Some(direction)
+                && r.policy.as_deref() == Some(policy)
+                && r.policy_rule.is_some()),
+            "no {direction} allow record naming {policy}:\n{table}"
+        );
+    }
+    assert!(
+        nginx.iter().all(|r| !r.is_reject()),
+        "amazonlinux → nginx denied:\n{table}"
+    );
+}
+
+/// A TCP connection from one pod to another, established, both ends kept.
+struct Connection {
+    client: TcpStream,
+    server: TcpStream,
+}
+
+impl Connection {
+    /// Connects `from` to `to` on `port` (2 s at most).
+    fn open(from: &Pod, to: &Pod, port: u16) -> Self {
+        let address = SocketAddr::new(to.ip, port);
+        let listener = in_netns(&to.netns, || TcpListener::bind(address).expect("listen"));
+        let client = in_netns(&from.netns, || {
+            TcpStream::connect_timeout(&address, WAIT_PASS).expect("connect")
+        });
+        let (server, _) = listener.accept().expect("accept");
+        server.set_read_timeout(Some(WAIT_PASS)).unwrap();
+        Self { client, server }
+    }
+
+    /// Whether a few bytes written by the client reach the server within 2 s.
+    fn carries(&mut self) -> bool {
+        if self.client.write_all(b"tollgate").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 8];
+        self.server.read_exact(&mut buf).is_ok() && &buf == b"tollgate"
+    }
+}
+
+/// A node with the seed's three wired pods.
+fn seed_node(tag: &str) -> (Node, Pod, Pod, Pod) {
+    let mut node = Node::new(tag);
+    let nginx = node.add_pod("nginx", "198.18.0.20", 1);
+    let httpd = node.add_pod("httpd", "198.18.0.30", 2);
+    let amazonlinux = node.add_pod("amazonlinux", "198.18.0.40", 3);
+    (node, nginx, httpd, amazonlinux)
+}
+
+/// Stops the agent and reads every record it shipped, printed as a table.
+fn stop_and_read(agent: RunningAgent, files: &Path) -> (Vec<StoredRecord>, String) {
+    agent.stop().expect("agent stopped cleanly");
+    let records = read_dir(&files.join("flows"), &Filter::default()).expect("read the flows");
+    let table = render_table(&records);
+    eprintln!("{table}");
+    (records, table)
+}
+
+#[test]
+fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
+    if !root("run_agent in network namespaces") {
+        return;
+    }
+    let (node, nginx, httpd, amazonlinux) = seed_node("audit-ns");
+    let bpffs = Bpffs::new("audit-ns");
+    let files = TempDir(
+        std::env::temp_dir().join(format!("tollgate-audit-ns-test-{}", std::process::id())),
+    );
+    let config = agent_config(&node, &bpffs, &files.0);
+    let http = config.agent.metrics_address;
+    let (source, handle) = StaticSource::new(seed_with_namespace_audit());
+    let agent = RunningAgent::start(&node.netns, config, source);
+    wait_pass(&node, http, 0);
+
+    // Audit: the would-be deny passes, the allowed flow still is.
+    assert!(
+        tcp_reaches(&amazonlinux, &httpd, WAIT_PASS),
+        "amazonlinux → httpd:80 passes in audit mode"
+    );
+    assert!(
+        tcp_reaches(&amazonlinux, &nginx, WAIT_PASS),
+        "amazonlinux → nginx:80 allowed in audit mode"
+    );
+    // A connection opened under audit, kept across the switch.
+    let mut kept = Connection::open(&amazonlinux, &httpd, 8080);
+    assert!(
+        kept.carries(),
+        "amazonlinux → httpd:8080 carries data in audit mode"
+    );
+    let audit_until = now_s();
+
+    // The annotation removed: enforced again.
+    let enforce_from = next_second();
+    switch(&node, http, &handle, seed());
+    // The endpoints' policy changed: the connection is decided again, and denied.
+    assert!(
+        !kept.carries(),
+        "a connection opened under audit still carries data once enforced"
+    );
+    assert!(
+        !tcp_reaches(&amazonlinux, &httpd, WAIT_DENY),
+        "amazonlinux → httpd:80 denied once the annotation is gone"
+    );
+    assert!(
+        tcp_reaches(&amazonlinux, &nginx, WAIT_PASS),
+        "amazonlinux → nginx:80 still allowed"
+    );
+
+    let (records, table) = stop_and_read(agent, &files.0);
+    drop(handle);
+    let httpd_records = records_of(&records, "default/amazonlinux", "default/httpd");
+    // Audit: denied by policy at both ends, passed, recorded at both.
+    assert_audit_denied(&httpd_records, "egress", audit_until, &table);
+    assert_audit_denied(&httpd_records, "ingress", audit_until, &table);
+    // Enforce: dropped at amazonlinux's egress.
+    assert_denied_from(&httpd_records, "egress", enforce_from, &table);
+    assert!(
+        httpd_records
+            .iter()
+            .filter(|r| r.verdict.as_deref() == Some("audit-deny"))
+            .all(|r| r.start <= audit_until),
+        "audit-deny after the annotation was removed:\n{table}"
+    );
+    // The connection kept across the switch: audit-denied, then denied.
+    let kept: Vec<&StoredRecord> = records
+        .iter()
+        .filter(|r| {
+            r.src_pod.as_deref() == Some("default/amazonlinux")
+                && r.dst_pod.as_deref() == Some("default/httpd")
+                && r.dstport == Some(8080)
+        })
+        .collect();
+    assert_audit_denied(&kept, "egress", audit_until, &table);
+    assert_denied_from(&kept, "egress", enforce_from, &table);
+    assert_nginx_allowed(&records, &table);
+}
+
+#[test]
+fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
+    if !root("run_agent in network namespaces") {
+        return;
+    }
+    let (node, nginx, httpd, amazonlinux) = seed_node("audit-pol");
+    let bpffs = Bpffs::new("audit-pol");
+    let files = TempDir(
+        std::env::temp_dir().join(format!("tollgate-audit-pol-test-{}", std::process::id())),
+    );
+    let config = agent_config(&node, &bpffs, &files.0);
+    let http = config.agent.metrics_address;
+    let (source, handle) = StaticSource::new(seed_with_policy_audit(&["all-deny"]));
+    let agent = RunningAgent::start(&node.netns, config, source);
+    wait_pass(&node, http, 0);
+
+    // `all-deny` in audit mode: nginx's egress and httpd's ingress are isolated by it alone.
+    assert!(
+        tcp_reaches(&nginx, &httpd, WAIT_PASS),
+        "nginx → httpd:80 passes with all-deny in audit mode"
+    );
+    // amazonlinux's egress is also isolated by allow-amazonlinux-to-nginx, not in audit mode.
+    assert!(
+        !tcp_reaches(&amazonlinux, &httpd, WAIT_DENY),
+        "amazonlinux → httpd:80 still denied at amazonlinux's egress"
+    );
+    assert!(
+        tcp_reaches(&amazonlinux, &nginx, WAIT_PASS),
+        "amazonlinux → nginx:80 allowed"
+    );
+    let first_until = now_s();
+    next_second();
+
+    // Both policies isolating amazonlinux's egress in audit mode: it passes too.
+    switch(
+        &node,
+        http,
+        &handle,
+        seed_with_policy_audit(&["all-deny", "allow-amazonlinux-to-nginx"]),
+    );
+    assert!(
+        tcp_reaches(&amazonlinux, &httpd, WAIT_PASS),
+        "amazonlinux → httpd:80 passes with both its egress policies in audit mode"
+    );
+    assert!(
+        tcp_reaches(&amazonlinux, &nginx, WAIT_PASS),
+        "amazonlinux → nginx:80 allowed"
+    );
+    let audit_until = now_s();
+
+    // No annotation: enforced.
+    let enforce_from = next_second();
+    switch(&node, http, &handle, seed());
+    assert!(
+        !tcp_reaches(&nginx, &httpd, WAIT_DENY),
+        "nginx → httpd:80 denied once the annotations are gone"
+    );
+    assert!(
+        !tcp_reaches(&amazonlinux, &httpd, WAIT_DENY),
+        "amazonlinux → httpd:80 denied once the annotations are gone"
+    );
+    assert!(
+        tcp_reaches(&amazonlinux, &nginx, WAIT_PASS),
+        "amazonlinux → nginx:80 still allowed"
+    );
+
+    let (records, table) = stop_and_read(agent, &files.0);
+    drop(handle);
+    let from_nginx = records_of(&records, "default/nginx", "default/httpd");
+    assert_audit_denied(&from_nginx, "egress", first_until, &table);
+    assert_audit_denied(&from_nginx, "ingress", first_until, &table);
+    assert_denied_from(&from_nginx, "egress", enforce_from, &table);
+
+    let from_amazonlinux = records_of(&records, "default/amazonlinux", "default/httpd");
+    // First phase: denied (enforce) at amazonlinux's egress.
+    assert!(
+        from_amazonlinux
+            .iter()
+            .any(|r| is(r, "REJECT", "deny", "enforce")
+                && r.flow_direction.as_deref() == Some("egress")
+                && r.start <= first_until),
+        "amazonlinux → httpd:80 not denied while only all-deny was in audit mode:\n{table}"
+    );
+    // Third phase: denied again.
+    assert!(
+        from_amazonlinux
+            .iter()
+            .any(|r| is(r, "REJECT", "deny", "enforce")
+                && r.flow_direction.as_deref() == Some("egress")
+                && r.start >= enforce_from),
+        "amazonlinux → httpd:80 not denied once the annotations were gone:\n{table}"
+    );
+    // Second phase: audit-denied at both ends.
+    assert_audit_denied(&from_amazonlinux, "egress", audit_until, &table);
+    assert_audit_denied(&from_amazonlinux, "ingress", audit_until, &table);
+    assert!(
+        from_amazonlinux
+            .iter()
+            .filter(|r| r.verdict.as_deref() == Some("audit-deny"))
+            .all(|r| r.start > first_until),
+        "amazonlinux → httpd:80 audit-denied while only all-deny was in audit mode:\n{table}"
+    );
+    assert!(
+        from_amazonlinux
+            .iter()
+            .chain(&from_nginx)
+            .filter(|r| r.verdict.as_deref() == Some("audit-deny"))
+            .all(|r| r.start <= audit_until),
+        "audit-deny after the annotations were removed:\n{table}"
+    );
+    assert_nginx_allowed(&records, &table);
+}
+
+/// The window between a pass's sync and the collector's `Identities::observe` (which the
+/// daemon calls after the pass, stamped with the time it runs): UDP from new source ports
+/// while the namespace switches between audit and enforce modes. A packet the probe denies
+/// (verdict `deny`: the endpoint was enforcing) in that window is recorded with the previous
+/// pass's audit flags, `enforcement_mode = 'audit'` on a `REJECT` record. Reproduces it in
+/// most runs (6 runs out of 9, up to 900 such records in one); ignored until the mode of a decided
+/// denial comes from the probe rather than the identity history.
+#[test]
+#[ignore = "known bug: REJECT records right after leaving audit mode say enforcement_mode audit"]
+fn denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
+    if !root("run_agent in network namespaces") {
+        return;
+    }
+    let (node, _nginx, httpd, amazonlinux) = seed_node("audit-race");
+    let bpffs = Bpffs::new("audit-race");
+    let files = TempDir(
+        std::env::temp_dir().join(format!("tollgate-audit-race-test-{}", std::process::id())),
+    );
+    let config = agent_config(&node, &bpffs, &files.0);
+    let http = config.agent.metrics_address;
+    let (source, handle) = StaticSource::new(seed_with_namespace_audit());
+    let agent = RunningAgent::start(&node.netns, config, source);
+    wait_pass(&node, http, 0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            in_netns(&amazonlinux.netns, || {
+                let target = SocketAddr::new(httpd.ip, 9);
+                let mut sent = 0u32;
+                while sent < 400_000 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let socket = std::net::UdpSocket::bind(SocketAddr::new(amazonlinux.ip, 0))
+                        .expect("bind");
+                    let _ = socket.send_to(b"x", target);
+                    sent += 1;
+                }
+                sent
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        for round in 0..6 {
+            let snapshot = if round % 2 == 0 {
+                seed()
+            } else {
+                seed_with_namespace_audit()
+            };
+            switch(&node, http, &handle, snapshot);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("sent {}", sender.join().expect("sender"));
+    });
+    agent.stop().expect("agent stopped cleanly");
+    drop(handle);
+    let records = read_dir(&files.0.join("flows"), &Filter::default()).expect("read the flows");
+    let incoherent: Vec<StoredRecord> = records
+        .iter()
+        .filter(|r| {
+            r.protocol == Some(17)
+                && r.is_reject()
+                && r.enforcement_mode.as_deref() == Some("audit")
+        })
+        .cloned()
+        .collect();
+    let udp = records.iter().filter(|r| r.protocol == Some(17)).count();
+    eprintln!(
+        "{udp} UDP records, {} REJECT recorded as audit",
+        incoherent.len()
+    );
+    assert!(
+        incoherent.is_empty(),
+        "{} REJECT records say enforcement_mode audit; the first ones:\n{}",
+        incoherent.len(),
+        render_table(&incoherent[..incoherent.len().min(10)])
+    );
+}
