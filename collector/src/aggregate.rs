@@ -153,8 +153,15 @@ impl Aggregator {
         if self.open.len() >= self.max_open {
             return Err(Skipped::Full);
         }
-        let audit =
-            verdict == Verdict::AuditDeny || identities.audit_at(event.endpoint, direction, ts);
+        // The verdict says it for denials: a dropped packet was enforced, a would-be deny that
+        // passed was audited. Only an allowed flow needs the endpoint's mode at the time (the
+        // probe does not carry it), which can lag a mode switch by the time between the maps'
+        // sync and the enforcer's report of it.
+        let audit = match verdict {
+            Verdict::AuditDeny => true,
+            Verdict::Deny => false,
+            Verdict::Allow => identities.audit_at(event.endpoint, direction, ts),
+        };
         let flow = Flow {
             src: addr::from_bytes(event.src_addr),
             dst: addr::from_bytes(event.dst_addr),
@@ -289,7 +296,10 @@ mod tests {
         }
         let records = agg.close_all();
         assert_eq!(records.len(), 2);
-        assert!(flow(&records[0]).audit != flow(&records[1]).audit);
+        for record in &records {
+            let flow = flow(record);
+            assert_eq!(flow.audit, flow.verdict == Verdict::AuditDeny, "{flow:?}");
+        }
     }
 
     #[test]

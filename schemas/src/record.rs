@@ -274,8 +274,9 @@ pub const COLUMNS: &[Column] = &[
         "enforcement_mode",
         String,
         true,
-        "enforce, or audit when the deciding endpoint's policies run in audit mode \
-         (tollgate.io/enforcement: audit). Null in SKIPDATA records.",
+        "enforce or audit (tollgate.io/enforcement: audit on the namespace or the isolating \
+         policies): audit for audit-deny, enforce for deny; for an allowed flow, the mode the \
+         deciding endpoint ran in at the time. Null in SKIPDATA records.",
     ),
     column(
         "events",
