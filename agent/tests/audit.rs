@@ -582,13 +582,11 @@ fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
 
 /// The window between a pass's sync and the collector's `Identities::observe` (which the
 /// daemon calls after the pass, stamped with the time it runs): UDP from new source ports
-/// while the namespace switches between audit and enforce modes. A packet the probe denies
-/// (verdict `deny`: the endpoint was enforcing) in that window is recorded with the previous
-/// pass's audit flags, `enforcement_mode = 'audit'` on a `REJECT` record. Reproduces it in
-/// most runs (6 runs out of 9, up to 900 such records in one); ignored until the mode of a decided
-/// denial comes from the probe rather than the identity history.
+/// while the namespace switches between audit and enforce modes. A packet the probe denies in
+/// that window must still be recorded as enforced: a denial's mode follows its verdict, not the
+/// identity history (before that fix, 6 runs out of 9 recorded up to 900 `REJECT` records with
+/// `enforcement_mode = 'audit'`).
 #[test]
-#[ignore = "known bug: REJECT records right after leaving audit mode say enforcement_mode audit"]
 fn denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
     if !root("run_agent in network namespaces") {
         return;
