@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# One-shot builds: incremental caches would only take disk.
+export CARGO_INCREMENTAL=0
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
@@ -27,3 +29,6 @@ step "python: the deployment (deploy/: manifests, chart, capability set)"
 
 step "cargo test"
 cargo test --locked --no-fail-fast
+
+step "disk used by target/"
+du -sh target >&2
