@@ -9,7 +9,10 @@
 //! 3. `/metrics`, `/healthz` and `/readyz` are served ([`crate::http`]);
 //! 4. the passes of [`crate::run::Agent`]: each asks [`NodeEndpoints`] (the reconciler's
 //!    [`LocalEndpoints`]) for the node's endpoints — it discovers the veths and attaches the
-//!    probe to new ones before their entries are written — then compiles and syncs. After the
+//!    probe to new ones before their entries are written — then compiles and syncs. Between
+//!    passes, [`NodeEndpoints`]'s netlink watch ([`crate::links`]) attaches the probe to a
+//!    veth the moment it appears (the VPC CNI's ADD, before the pod runs and long before its
+//!    address reaches the API server) and starts a pass when a host route comes or goes. After the
 //!    first pass, [`PinnedProbe::adopt`] swaps the links an earlier agent left to this agent's
 //!    programs (never before: with new maps that would deny every pod until the sync). After
 //!    every pass the identities observe the snapshot and compilation, the propagation latency
@@ -45,6 +48,7 @@ use tollgate_schemas::{Config, Direction, EndpointKey, EndpointState, PolicyValu
 use crate::config::{AgentConfig, EnforcementMode};
 use crate::endpoints::{Attacher, Discovery, Endpoints, LocalPod, Veth, discover};
 use crate::http::{Response, Routes, serve};
+use crate::links::{LinkWatch, prefixed_links};
 use crate::metrics::AgentMetrics;
 use crate::pins::{PinError, PinnedProbe};
 use crate::reconcile::LocalEndpoints;
@@ -60,6 +64,13 @@ pub const SHIP_WITHIN: Duration = Duration::from_secs(20);
 /// How soon a pass runs again when the last one left a local endpoint without the probe (a
 /// failed attach or discovery), even if the cluster does not change.
 pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// Quiet time that ends a burst of node changes (a pod's CNI ADD: the veth, its state, the
+/// host route) before the pass they start.
+const NODE_QUIET: Duration = Duration::from_millis(20);
+
+/// Longest a burst of node changes delays its pass.
+const NODE_BURST_MAX: Duration = Duration::from_millis(200);
 
 /// The agent could not start, or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -164,12 +175,16 @@ impl PolicyMaps for SharedProbe {
 }
 
 /// The node's endpoints as the reconciler asks for them: discovered from the host routes of
-/// the calling thread's network namespace, with the probe attached to their veths.
+/// the calling thread's network namespace, with the probe attached to their veths, and to
+/// every other veth of the prefix (pods the cluster has not named yet).
 #[derive(Debug)]
 pub struct NodeEndpoints {
     endpoints: Endpoints<SharedProbe>,
     node: String,
     prefix: String,
+    /// The netlink watch of the node's links and routes; `None` if it could not be opened or
+    /// failed (discovery then happens only on cluster changes and rechecks).
+    watch: Option<LinkWatch>,
     /// Whether [`NodeEndpoints::adopt`] ran: before, veths an earlier agent pinned are left
     /// to it (their entries are written, their programs swapped by the adoption).
     adopted: bool,
@@ -181,12 +196,19 @@ pub struct NodeEndpoints {
 }
 
 impl NodeEndpoints {
-    /// The endpoints of node `node` on veths named `prefix…`.
+    /// The endpoints of node `node` on veths named `prefix…`, watching the links and routes
+    /// of the calling thread's network namespace (call it inside the runtime).
     pub fn new(probe: SharedProbe, node: &str, prefix: &str) -> Self {
+        let watch = LinkWatch::open(prefix)
+            .inspect_err(|error| {
+                tracing::warn!(%error, "no netlink watch: new veths wait for the pod's watch event");
+            })
+            .ok();
         Self {
             endpoints: Endpoints::new(probe),
             node: node.to_owned(),
             prefix: prefix.to_owned(),
+            watch,
             adopted: false,
             discovery: Discovery::default(),
             interfaces: BTreeMap::new(),
@@ -262,16 +284,26 @@ impl LocalEndpoints for NodeEndpoints {
         }
         // Before the adoption: new veths are attached now, veths pinned by an earlier agent
         // keep its programs (on the maps this pass syncs) until the adoption swaps them.
-        let (pinned, fresh): (BTreeMap<_, _>, BTreeMap<_, _>) = {
+        let (pinned, fresh, fresh_links) = {
             let probe = self.endpoints.attacher().lock();
-            self.discovery
+            let (pinned, fresh): (BTreeMap<_, _>, BTreeMap<_, _>) = self
+                .discovery
                 .veths
                 .clone()
                 .into_iter()
-                .partition(|(_, veth)| probe.has_foreign_pins(&veth.ifname))
+                .partition(|(_, veth)| probe.has_foreign_pins(&veth.ifname));
+            let fresh_links: Vec<Veth> = self
+                .discovery
+                .links
+                .iter()
+                .filter(|veth| !probe.has_foreign_pins(&veth.ifname))
+                .cloned()
+                .collect();
+            (pinned, fresh, fresh_links)
         };
         let applied = self.endpoints.apply(&Discovery {
             veths: fresh,
+            links: fresh_links,
             ..Discovery::default()
         });
         self.complete = applied.failed.is_empty();
@@ -279,6 +311,65 @@ impl LocalEndpoints for NodeEndpoints {
         interfaces.extend(pinned.into_iter().map(|(pod, veth)| (pod, veth.ifindex)));
         self.interfaces = interfaces;
         self.interfaces.clone()
+    }
+
+    fn changed(&mut self) -> impl Future<Output = ()> + Send {
+        let Self {
+            watch,
+            endpoints,
+            prefix,
+            adopted,
+            ..
+        } = self;
+        async move {
+            let Some(link_watch) = watch.as_mut() else {
+                return std::future::pending().await;
+            };
+            // Set by the first relevant event: the pass waits for the burst to end.
+            let mut burst_end: Option<tokio::time::Instant> = None;
+            loop {
+                let read = match burst_end {
+                    None => link_watch.next().await,
+                    Some(end) => {
+                        let quiet = (tokio::time::Instant::now() + NODE_QUIET).min(end);
+                        match tokio::time::timeout_at(quiet, link_watch.next()).await {
+                            Ok(read) => read,
+                            Err(_) => return,
+                        }
+                    }
+                };
+                let events = match read {
+                    Ok(events) => events,
+                    Err(error) => {
+                        tracing::warn!(%error, "netlink watch failed; new veths now wait for the pod's watch event");
+                        *watch = None;
+                        return;
+                    }
+                };
+                let mut links = events.new_links.clone();
+                if events.overflowed {
+                    match prefixed_links(prefix) {
+                        Ok(all) => links = all,
+                        Err(error) => {
+                            tracing::warn!(%error, "listing the veths after a netlink overflow")
+                        }
+                    }
+                }
+                // A new veth gets the probe before anything else: from here on its pod is
+                // enforced (an unknown endpoint until its entries are written).
+                let links: Vec<Veth> = {
+                    let probe = endpoints.attacher().lock();
+                    links
+                        .into_iter()
+                        .filter(|veth| *adopted || !probe.has_foreign_pins(&veth.ifname))
+                        .collect()
+                };
+                endpoints.attach_new(&links);
+                if events.relevant() && burst_end.is_none() {
+                    burst_end = Some(tokio::time::Instant::now() + NODE_BURST_MAX);
+                }
+            }
+        }
     }
 }
 

@@ -27,17 +27,23 @@
 //! finished (found on a later pass), and security-groups-for-pods pods in strict mode, whose
 //! route the VPC CNI puts in a per-VLAN table (`vlanID + 100`), not in main.
 //!
-//! [`Endpoints`] keeps the probe attached to the veths of the discovered pods through an
-//! [`Attacher`] (the pinned probe of [`crate::pins`] on a node, an in-memory one in tests):
-//! [`Endpoints::apply`] detaches from veths no pod uses any more, and from veths that came
-//! back under the same name with another ifindex (a veth that vanished with its pod took its
-//! links with it; only the bookkeeping and pins are left to drop), then attaches to the new
-//! ones. [`Endpoints::interfaces`] is the pod → ifindex map for the compiler's
+//! [`discover`] also lists every interface of the prefix ([`Discovery::links`]), a known pod's
+//! or not.
+//!
+//! [`Endpoints`] keeps the probe attached to every veth of the prefix through an [`Attacher`]
+//! (the pinned probe of [`crate::pins`] on a node, an in-memory one in tests), so a pod the
+//! cluster has not named yet is enforced as an unknown endpoint (denied in strict mode):
+//! [`Endpoints::apply`] detaches from veths that are gone and from veths that came back under
+//! the same name with another ifindex (a veth that vanished with its pod took its links with
+//! it; only the bookkeeping and pins are left to drop), then attaches to the new ones;
+//! [`Endpoints::attach_new`] attaches to a veth the moment [`crate::links`] sees it appear. [`Endpoints::interfaces`] is the pod → ifindex map for the compiler's
 //! [`tollgate_enforcer::compile::Placement::Interfaces`]: only pods whose veth is attached.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::links::prefixed_links;
 
 /// The VPC CNI's default host veth prefix (`AWS_VPC_K8S_CNI_VETHPREFIX`).
 pub const DEFAULT_VETH_PREFIX: &str = "eni";
@@ -68,6 +74,13 @@ pub enum EndpointError {
     Routes {
         /// The file.
         path: &'static str,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node's interfaces could not be listed.
+    #[error("listing the network interfaces: {source}")]
+    Links {
         /// What failed.
         #[source]
         source: std::io::Error,
@@ -112,6 +125,10 @@ pub struct Discovery {
     /// Pods whose addresses are routed onto more than one veth: left out, as either could be
     /// the wrong one.
     pub conflicts: BTreeMap<String, BTreeSet<String>>,
+    /// Every interface of the prefix on the node, a pod's or not (yet): the probe sits on all
+    /// of them, so a pod the cluster has not named yet is enforced from its first packet
+    /// (denied in strict mode, as an unknown endpoint).
+    pub links: Vec<Veth>,
 }
 
 impl Discovery {
@@ -251,10 +268,12 @@ pub fn match_pods(
     discovery
 }
 
-/// Finds each pod's host veth in the calling thread's network namespace; see the module doc.
+/// Finds each pod's host veth, and every veth of the prefix, in the calling thread's network
+/// namespace; see the module doc.
 pub fn discover(pods: &[LocalPod], prefix: &str) -> Result<Discovery, EndpointError> {
     let routes = read_host_routes()?;
-    let discovery = match_pods(pods, &routes, prefix, ifindex);
+    let mut discovery = match_pods(pods, &routes, prefix, ifindex);
+    discovery.links = prefixed_links(prefix).map_err(|source| EndpointError::Links { source })?;
     for (pod, ifnames) in &discovery.conflicts {
         tracing::warn!(pod = %pod, ?ifnames, "pod addresses routed onto several veths; not an endpoint");
     }
@@ -307,14 +326,15 @@ impl<A: Attacher> Endpoints<A> {
         }
     }
 
-    /// Makes the probe sit on exactly the veths of `discovery`: detaches first (veths no pod
-    /// uses, and veths whose name came back with another ifindex), then attaches. A failure
-    /// is reported in [`Applied::failed`] and leaves that veth's pods out of
-    /// [`Endpoints::interfaces`]; the next apply tries again.
+    /// Makes the probe sit on exactly the veths of `discovery` (its pods' and its links):
+    /// detaches first (veths that are gone, and veths whose name came back with another
+    /// ifindex), then attaches. A failure is reported in [`Applied::failed`] and leaves that
+    /// veth's pods out of [`Endpoints::interfaces`]; the next apply tries again.
     pub fn apply(&mut self, discovery: &Discovery) -> Applied {
         let wanted: BTreeMap<&str, u32> = discovery
-            .veths
-            .values()
+            .links
+            .iter()
+            .chain(discovery.veths.values())
             .map(|veth| (veth.ifname.as_str(), veth.ifindex))
             .collect();
         let mut applied = Applied::default();
@@ -360,6 +380,30 @@ impl<A: Attacher> Endpoints<A> {
             .filter(|(_, veth)| attached.get(&veth.ifname) == Some(&veth.ifindex))
             .map(|(pod, veth)| (pod.clone(), veth.clone()))
             .collect();
+        applied
+    }
+
+    /// Attaches the probe to each of `links` it is not on yet (under that ifindex), and
+    /// detaches nothing: a veth that just appeared, before any pass names its pod.
+    pub fn attach_new(&mut self, links: &[Veth]) -> Applied {
+        let mut applied = Applied::default();
+        for veth in links {
+            if self.attacher.attached().get(&veth.ifname) == Some(&veth.ifindex) {
+                continue;
+            }
+            match self.attacher.attach(veth) {
+                Ok(()) => {
+                    tracing::info!(ifname = %veth.ifname, ifindex = veth.ifindex, "probe attached to a new veth");
+                    applied.attached.push(veth.clone());
+                }
+                Err(error) => {
+                    tracing::warn!(ifname = %veth.ifname, ifindex = veth.ifindex, %error, "probe not attached to a new veth");
+                    applied
+                        .failed
+                        .push((veth.ifname.clone(), error.to_string()));
+                }
+            }
+        }
         applied
     }
 

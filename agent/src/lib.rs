@@ -14,8 +14,9 @@
 //!   measures the propagation latency (watch event arrival → maps synced).
 //!
 //! [`daemon`] wires them into `tollgate agent`: the pinned probe ([`pins`]), the node's veths
-//! ([`endpoints`]) as the reconciler's local endpoints, the collector on the probe's events,
-//! and the HTTP endpoints.
+//! ([`endpoints`]) as the reconciler's local endpoints, kept current between cluster changes
+//! by a netlink watch ([`links`]: a new veth gets the probe at once, a late host route starts a
+//! pass), the collector on the probe's events, and the HTTP endpoints.
 //!
 //! Around them: [`config`] (the one settings file of agent and collector), [`http`]
 //! (`/metrics`, `/healthz`, `/readyz`) and [`telemetry`] (text or JSON logs; traces and
@@ -25,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod endpoints;
 pub mod http;
+pub mod links;
 pub mod metrics;
 pub mod pins;
 pub mod reconcile;

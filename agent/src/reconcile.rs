@@ -17,6 +17,7 @@
 //! and completes the change.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tollgate_enforcer::{
@@ -37,6 +38,13 @@ use crate::Error;
 pub trait LocalEndpoints {
     /// Endpoint pods by `namespace/name`, each with the ifindex of its host-side veth.
     fn local(&mut self, snapshot: &Snapshot) -> BTreeMap<String, u32>;
+
+    /// Resolves when the node itself changed so that the next pass may find other endpoints
+    /// (a veth or a pod's host route came or went), without any cluster change. Must be
+    /// cancel-safe: the loop drops it when the cluster changes first. Never, by default.
+    fn changed(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }
 
 /// A fixed set of endpoints, whatever the snapshot says (the lab's topology).

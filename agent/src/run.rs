@@ -5,7 +5,9 @@
 //! [`LocalEndpoints`] for the node's endpoints and has the [`Reconciler`] compile and sync. The
 //! propagation latency of a pass runs from the arrival of the batch's oldest change to the
 //! end of the sync. A pass that fails is retried after 1 s, doubling to 30 s, or sooner
-//! when the cluster changes again.
+//! when the cluster changes again. Once a pass has synced, a change of the node itself
+//! ([`LocalEndpoints::changed`]: a new veth, a late host route) also starts a pass, on the
+//! snapshot the agent already has.
 
 use std::time::Duration;
 
@@ -32,13 +34,16 @@ pub struct Agent<S, E> {
     /// Set after a failed pass (or by [`Agent::pass_again_after`]): how long to wait before
     /// the next pass without a change.
     retry: Option<Duration>,
+    /// Whether a pass has synced: the source was complete then, so a pass that the node
+    /// starts compiles a whole cluster.
+    synced_once: bool,
 }
 
 /// One pass of the agent.
 #[derive(Debug, Clone)]
 pub struct Pass {
-    /// The changes that caused it; `None` for the retry of a failed pass (or a pass asked for
-    /// by [`Agent::pass_again_after`]).
+    /// The changes that caused it; `None` for the retry of a failed pass, a pass asked for
+    /// by [`Agent::pass_again_after`], or one that a change of the node started.
     pub changes: Option<Changes>,
     /// What the reconciliation did.
     pub report: Report,
@@ -55,6 +60,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             reconciler: Reconciler::new(),
             snapshot: None,
             retry: None,
+            synced_once: false,
         }
     }
 
@@ -85,12 +91,18 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
     /// The first pass comes once the source knows the whole cluster. A failed pass is logged
     /// here and returned; the next call retries it. `None` when the source has ended.
     pub async fn next<M: PolicyMaps>(&mut self, maps: &mut M) -> Option<Result<Pass, Error>> {
-        let changes = match self.retry {
-            None => Some(self.source.changed().await?),
-            Some(delay) => tokio::select! {
-                changes = self.source.changed() => Some(changes?),
-                () = tokio::time::sleep(delay) => None,
-            },
+        let retry = async {
+            match self.retry {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending().await,
+            }
+        };
+        // The node's own changes count once the maps were synced to a complete cluster.
+        let node = self.synced_once;
+        let changes = tokio::select! {
+            changes = self.source.changed() => Some(changes?),
+            () = retry => None,
+            () = self.endpoints.changed(), if node => None,
         };
         let snapshot = self.source.snapshot();
         let local = self.endpoints.local(&snapshot);
@@ -112,6 +124,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         };
         self.retry = None;
         self.snapshot = Some(snapshot);
+        self.synced_once = true;
         let latency = changes.as_ref().map(|c| c.first_arrival.elapsed());
         log_pass(changes.as_ref(), &report, latency);
         Some(Ok(Pass {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tollgate_agent::endpoints::LocalPod;
+use tollgate_agent::endpoints::{LocalPod, ifindex};
 use tollgate_enforcer::{
     compile::{Compiled, Placement, compile},
     desired::Ids,
@@ -192,7 +192,8 @@ impl Node {
     }
 
     /// Deletes a pod's namespace (and with it its veth pair, routes and neighbors), as the
-    /// VPC CNI's DEL and the runtime do.
+    /// VPC CNI's DEL and the runtime do, and waits (at most 5 s) for the host veth to go: the
+    /// kernel tears a namespace down asynchronously.
     pub fn delete_pod(&mut self, name: &str) {
         let key = format!("default/{name}");
         let position = self
@@ -203,6 +204,15 @@ impl Node {
         let pod = self.pods.remove(position);
         ip(&["netns", "del", &pod.netns]);
         self.created.retain(|netns| *netns != pod.netns);
+        let started = std::time::Instant::now();
+        while in_netns(&self.netns, || ifindex(&pod.host_veth)).is_some() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{} still there",
+                pod.host_veth
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The pods as the agent's watch would report them.
