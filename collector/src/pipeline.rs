@@ -24,7 +24,7 @@ use crate::{
     loss::{LossLedger, LossSource},
     metrics::Metrics,
     record::FlowRecord,
-    spool::{Recovery, Spool, SpoolError},
+    spool::{Recovery, RingbufMark, Spool, SpoolError},
     writer::{Closed, FileWriter},
 };
 
@@ -49,11 +49,23 @@ pub struct Pipeline {
     spool: Spool,
     metrics: Arc<Metrics>,
     spooled: Arc<Notify>,
-    /// Kernel ring-buffer failures (counted by the probe since it was loaded) and undecodable
-    /// records seen so far.
-    ringbuf_failed: u64,
+    /// The probe's ring-buffer reserve failures reported so far (its pinned counter outlives
+    /// this collector: the mark starts where the previous collector's ended).
+    ringbuf: RingbufMark,
+    /// Undecodable records seen so far.
     undecodable: u64,
     last_tick_s: u64,
+}
+
+/// The ring-buffer reserve failures counted since `seen`, from the probe's counter `failed`.
+/// A counter below the mark belongs to maps created anew (an uninstall, a new layout): all of
+/// it is new.
+fn ringbuf_failures_since(seen: u64, failed: u64) -> u64 {
+    if failed >= seen {
+        failed - seen
+    } else {
+        failed
+    }
 }
 
 impl Pipeline {
@@ -82,7 +94,10 @@ impl Pipeline {
             spool,
             metrics,
             spooled,
-            ringbuf_failed: 0,
+            ringbuf: recovery.ringbuf_reported.unwrap_or(RingbufMark {
+                failed: 0,
+                read_s: now_s,
+            }),
             undecodable: 0,
             last_tick_s: now_s,
         };
@@ -208,15 +223,16 @@ impl Pipeline {
                 self.metrics
                     .ringbuf_reserve_failed
                     .store(failed, Ordering::Relaxed);
-                let seen = std::mem::replace(&mut self.ringbuf_failed, failed);
-                if failed > seen {
-                    self.lose(
-                        LossSource::RingbufFull,
-                        Some(failed - seen),
-                        self.last_tick_s,
-                        now_s,
-                    );
+                let seen = self.ringbuf;
+                self.ringbuf = RingbufMark {
+                    failed,
+                    read_s: now_s,
+                };
+                let new = ringbuf_failures_since(seen.failed, failed);
+                if new > 0 {
+                    self.lose(LossSource::RingbufFull, Some(new), seen.read_s, now_s);
                 }
+                self.spool.note_ringbuf_reported(self.ringbuf);
             }
             Err(error) => tracing::warn!(%error, "reading the probe's counters"),
         }

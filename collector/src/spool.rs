@@ -9,8 +9,8 @@
 //!   it ([`Spool::remove`]).
 //! - `state.json`: the next file sequence number (so names never repeat across restarts),
 //!   whether a collector is running (a restart that finds `running` true knows the previous
-//!   one died without flushing), and until when records were acknowledged. Written through a
-//!   temporary file and a rename.
+//!   one died without flushing), until when records were acknowledged, and how far the probe's
+//!   ring-buffer reserve failures were reported. Written through a temporary file and a rename.
 //!
 //! The spool is bounded ([`Spool::commit`] refuses a file that would take it past its byte
 //! limit); refused files are reported by the caller as lost, never silently dropped.
@@ -54,6 +54,20 @@ struct State {
     #[serde(default)]
     committed: u64,
     acknowledged_until_s: u64,
+    /// The probe's ring-buffer reserve failures (summed over CPUs) that loss records account
+    /// for, and when the counter was read (Unix seconds). The probe's counters are pinned and
+    /// outlive a collector, so the next one reports only what came after.
+    #[serde(default)]
+    ringbuf_reported: Option<RingbufMark>,
+}
+
+/// How far the ring-buffer reserve failures have been reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingbufMark {
+    /// The counter's value (summed over CPUs) when it was read.
+    pub failed: u64,
+    /// When it was read, Unix seconds.
+    pub read_s: u64,
 }
 
 /// What opening the spool found of a previous run.
@@ -67,6 +81,9 @@ pub struct Recovery {
     /// missing (the end of its last acknowledged record, or its start when it acknowledged
     /// none).
     pub unclean_since_s: Option<u64>,
+    /// How far the previous collector reported the probe's ring-buffer reserve failures;
+    /// `None` when no collector used this spool before.
+    pub ringbuf_reported: Option<RingbufMark>,
 }
 
 /// A closed file waiting in the spool.
@@ -146,6 +163,7 @@ impl Spool {
             } else {
                 spool.state.acknowledged_until_s.max(spool.state.started_s)
             }),
+            ringbuf_reported: spool.state.ringbuf_reported,
         };
         spool.state.running = true;
         spool.state.started_s = now_s;
@@ -219,6 +237,14 @@ impl Spool {
     /// Bytes waiting in `ready/`.
     pub fn waiting_bytes(&self) -> Result<u64, SpoolError> {
         Ok(self.pending()?.iter().map(|s| s.bytes).sum())
+    }
+
+    /// Records how far the ring-buffer reserve failures are reported, saved with the next
+    /// state change (a file begun or committed, the close). After a crash the loss record of
+    /// the last failures may be missing from the files while the mark was saved; the next
+    /// collector's `collector-restart` loss record covers that span.
+    pub fn note_ringbuf_reported(&mut self, mark: RingbufMark) {
+        self.state.ringbuf_reported = Some(mark);
     }
 
     /// Marks the collector as stopped cleanly.
@@ -343,6 +369,33 @@ mod tests {
             !root.join("ready/cluster=c").exists(),
             "empty partitions go"
         );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_ring_buffer_mark_outlives_the_collector() {
+        let root = temp_dir("ringbuf");
+        let (mut spool, recovery) = Spool::open(&root, 1000, 7).unwrap();
+        assert_eq!(recovery.ringbuf_reported, None);
+        let mark = RingbufMark {
+            failed: 1234,
+            read_s: 9,
+        };
+        spool.note_ringbuf_reported(mark);
+        spool.close().unwrap();
+        let (mut spool, recovery) = Spool::open(&root, 1000, 11).unwrap();
+        assert_eq!(recovery.ringbuf_reported, Some(mark));
+        // A crash keeps the last mark saved with a state change.
+        let later = RingbufMark {
+            failed: 2000,
+            read_s: 12,
+        };
+        spool.note_ringbuf_reported(later);
+        spool.begin().unwrap();
+        drop(spool);
+        let (_, recovery) = Spool::open(&root, 1000, 13).unwrap();
+        assert_eq!(recovery.ringbuf_reported, Some(later));
+        assert!(recovery.unclean_since_s.is_some());
         fs::remove_dir_all(&root).unwrap();
     }
 

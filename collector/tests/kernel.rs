@@ -86,6 +86,41 @@ fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
     assert!(losses[0].start <= losses[0].end);
     let flows = records.iter().filter(|r| !r.is_loss()).count() as u64;
     assert_eq!(flows, drained, "one record per distinct flow read");
+
+    // While no collector runs, the ring overflows again; a restarted collector on the same
+    // spool and the same (pinned) probe reports only the failures counted after the last
+    // one's read, over the time since that read.
+    std::fs::remove_dir_all(config.spool_dir.join("ready")).unwrap();
+    flood.deny(60_000).unwrap();
+    let now_failed = reader
+        .counters()
+        .unwrap()
+        .get(Counter::RingbufReserveFailed);
+    assert!(now_failed > failed, "the ring overflowed again");
+    let metrics = Arc::new(Metrics::default());
+    let (mut pipeline, recovery) = Pipeline::open(
+        &config,
+        Arc::new(Mutex::new(Identities::default())),
+        Arc::clone(&metrics),
+        Arc::new(Notify::new()),
+    )
+    .unwrap();
+    let mark = recovery
+        .ringbuf_reported
+        .expect("the first collector's mark");
+    assert_eq!(mark.failed, failed);
+    pipeline.drain(&mut reader, &mut None);
+    pipeline.tick(Some(&reader));
+    pipeline.finish(Some(&reader)).unwrap();
+    let records = read_dir(&config.spool_dir.join("ready"), &Filter::default()).unwrap();
+    let losses: Vec<_> = records.iter().filter(|r| r.is_loss()).collect();
+    assert_eq!(losses.len(), 1, "{losses:#?}");
+    assert_eq!(
+        losses[0].skipped_events,
+        Some((now_failed - failed) as i64),
+        "only the new failures"
+    );
+    assert_eq!(losses[0].start, mark.read_s as i64, "since the last read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

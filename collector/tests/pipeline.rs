@@ -1191,6 +1191,8 @@ fn an_unclean_stop_becomes_a_collector_restart_record() {
             pending: 1,
             removed_partial: 1,
             unclean_since_s: Some(acknowledged),
+            // No probe was read: no mark.
+            ringbuf_reported: None,
         }
     );
     pipeline.finish(None).expect("a clean stop");
