@@ -31,15 +31,18 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tollgate_collector::{
     clock::boottime_ns,
     identity::Identities,
-    service::{Collector, CollectorError},
+    pipeline::Tap,
+    service::{Collector, CollectorError, Stopped},
 };
 use tollgate_enforcer::{
     aya_maps::AyaMapError,
+    compile::Compiled,
     desired::{DesiredState, PolicyEntryKey},
-    probe::ProbeError,
+    probe::{AttachMode, Counters, ProbeError},
     snapshot::{Snapshot, pod_addresses, pod_key},
     sync::PolicyMaps,
 };
@@ -51,7 +54,7 @@ use crate::http::{Response, Routes, serve};
 use crate::links::{LinkWatch, prefixed_links};
 use crate::metrics::AgentMetrics;
 use crate::pins::{PinError, PinnedProbe};
-use crate::reconcile::LocalEndpoints;
+use crate::reconcile::{LocalEndpoints, Report};
 use crate::run::Agent;
 use crate::source::ClusterSource;
 
@@ -386,6 +389,43 @@ fn probe_config(mode: EnforcementMode) -> Config {
     }
 }
 
+/// What a program that runs the agent in its own process (the lab) may plug in; a node's
+/// agent runs with none. Everything else is the node's code path.
+#[derive(Default)]
+pub struct Hooks {
+    /// Sees every event the collector reads, in order.
+    pub tap: Option<Tap>,
+    /// Gets every pass that synced: what the maps hold from then on.
+    pub passes: Option<mpsc::UnboundedSender<Synced>>,
+    /// Barriers: each is answered once every event the probe wrote before it has gone
+    /// through the collector, with the node's state then.
+    pub barriers: Option<mpsc::UnboundedReceiver<oneshot::Sender<NodeState>>>,
+    /// Attach new veths through clsact filters even where TCX exists.
+    pub prefer_clsact: bool,
+}
+
+/// A pass that synced the maps.
+#[derive(Debug, Clone)]
+pub struct Synced {
+    /// The snapshot compiled.
+    pub snapshot: Snapshot,
+    /// The compilation the maps now hold.
+    pub compiled: Compiled,
+    /// What the pass did.
+    pub report: Report,
+}
+
+/// The node as a barrier finds it.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// The probe's counters, summed over CPUs; `None` when they could not be read.
+    pub counters: Option<Counters>,
+    /// How the probe is attached to each veth, by name.
+    pub attached: BTreeMap<String, AttachMode>,
+    /// The collector's counters.
+    pub collector: Arc<tollgate_collector::metrics::Metrics>,
+}
+
 /// Runs the node agent on `source` until `shutdown` completes or the source ends; see the
 /// module doc. Endpoint discovery and attach run in the network namespace of the runtime's
 /// threads (the node's: the agent runs with `hostNetwork`).
@@ -394,6 +434,18 @@ pub async fn run_agent<S: ClusterSource>(
     source: S,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    run_agent_with(config, source, shutdown, Hooks::default())
+        .await
+        .map(drop)
+}
+
+/// [`run_agent`] with `hooks`; what the collector delivered when it stopped.
+pub async fn run_agent_with<S: ClusterSource>(
+    config: AgentConfig,
+    source: S,
+    shutdown: impl Future<Output = ()>,
+    hooks: Hooks,
+) -> Result<Stopped, DaemonError> {
     let settings = &config.agent;
     // Waiting for the lock sleeps: off the runtime's threads.
     let bpffs = settings.bpffs.clone();
@@ -403,12 +455,18 @@ pub async fn run_agent<S: ClusterSource>(
     pinned
         .probe()
         .set_config(&probe_config(settings.enforcement))?;
+    pinned.prefer_clsact(hooks.prefer_clsact);
     let reader = pinned.probe().take_events()?;
     let probe = SharedProbe::new(pinned);
 
     let identities = Arc::new(Mutex::new(Identities::default()));
-    let (collector, recovery) =
-        Collector::start(&config.collector, reader, Arc::clone(&identities), None).await?;
+    let (collector, recovery) = Collector::start(
+        &config.collector,
+        reader,
+        Arc::clone(&identities),
+        hooks.tap,
+    )
+    .await?;
     tracing::info!(
         sink = collector.sink(),
         pending = recovery.pending,
@@ -426,12 +484,24 @@ pub async fn run_agent<S: ClusterSource>(
     );
     let mut agent = Agent::new(source, node_endpoints);
     let mut maps = probe.clone();
+    let (passes, mut barriers) = (hooks.passes, hooks.barriers);
     let result = async {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut adopted = false;
         loop {
+            let barrier = async {
+                match barriers.as_mut() {
+                    Some(barriers) => barriers.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let pass = tokio::select! {
                 () = &mut shutdown => break,
+                Some(reply) = barrier => {
+                    collector.sync().await?;
+                    let _ = reply.send(node_state(&probe, &collector));
+                    continue;
+                }
                 pass = agent.next(&mut maps) => pass,
             };
             let pass = match pass {
@@ -455,6 +525,13 @@ pub async fn run_agent<S: ClusterSource>(
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .observe(snapshot, compiled, boottime_ns());
+                if let Some(passes) = &passes {
+                    let _ = passes.send(Synced {
+                        snapshot: snapshot.clone(),
+                        compiled: compiled.clone(),
+                        report: pass.report.clone(),
+                    });
+                }
             }
             metrics.passes.fetch_add(1, Ordering::Relaxed);
             metrics
@@ -485,9 +562,24 @@ pub async fn run_agent<S: ClusterSource>(
     // The pins and links stay: enforcement goes on until the next agent adopts them.
     drop(probe);
     result?;
-    stopped?;
+    let stopped = stopped?;
     tracing::info!("agent stopped; pinned maps and links left in place");
-    Ok(())
+    Ok(stopped)
+}
+
+/// The probe's counters and attachments, and the collector's counters.
+fn node_state(probe: &SharedProbe, collector: &Collector) -> NodeState {
+    let mut pinned = probe.lock();
+    let counters = pinned
+        .probe()
+        .counters()
+        .inspect_err(|error| tracing::warn!(%error, "reading the probe's counters"))
+        .ok();
+    NodeState {
+        counters,
+        attached: pinned.attach_modes(),
+        collector: Arc::clone(collector.metrics()),
+    }
 }
 
 /// Binds `/metrics` and the health endpoints (one listener when both addresses are the same).

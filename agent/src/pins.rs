@@ -250,6 +250,20 @@ impl PinnedProbe {
         self.clsact = clsact;
     }
 
+    /// How the probe is attached to each veth, by name.
+    pub fn attach_modes(&self) -> BTreeMap<String, AttachMode> {
+        self.veths
+            .iter()
+            .map(|(ifname, attached)| {
+                let mode = match attached.hold {
+                    Hold::Tcx(_) => AttachMode::Tcx,
+                    Hold::Clsact(_) => AttachMode::Clsact,
+                };
+                (ifname.clone(), mode)
+            })
+            .collect()
+    }
+
     /// Whether the maps were found pinned or created.
     pub fn origin(&self) -> MapsOrigin {
         self.origin

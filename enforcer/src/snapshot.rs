@@ -8,7 +8,7 @@ use k8s_openapi::api::{
 };
 
 /// The objects the compiler reads: everything it needs to know about the cluster.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// v1 Namespaces (their labels feed namespaceSelectors).
     pub namespaces: Vec<Namespace>,

@@ -1,100 +1,204 @@
-//! Enforcement in the lab: the real probe on the lab's host veths, programmed step by step.
+//! Enforcement in the lab: the node agent itself (`tollgate_agent::daemon::run_agent_with`) in
+//! the lab's node, on the code path it runs on EKS except for the cluster source — a
+//! `StaticSource` that the walk sets to each step's snapshot instead of the API server's
+//! watches.
 //!
-//! [`Enforcement::start`] loads the probe (strict mode), takes its event ring buffer and
-//! attaches both programs to every host veth from a thread inside the node namespace (the
-//! interfaces are looked up by name in the attaching thread's namespace), before any pod sends
-//! a packet. [`Enforcement::apply`] compiles a step's snapshot with
-//! [`Placement::Interfaces`] (each pod on its host veth's ifindex), carrying the ids of the
-//! previous compilation, and syncs the policy maps. [`Enforcement::take_events`] hands the
-//! probe's ring buffer to the flow log.
+//! [`NodeAgent::start`] mounts the run's bpffs ([`crate::bpffs`]) and starts the agent on a
+//! thread of its own inside the node namespace (discovery reads that namespace's routes, the
+//! probe is attached by interface name there, the netlink watch listens there), with its own
+//! current-thread runtime. Like on a node, the agent pins its maps and links, finds the pods'
+//! host veths from their `/32` routes, attaches the probe to them before their entries are
+//! written (in strict mode their traffic is denied until then), compiles, syncs by
+//! difference, and runs the collector on the probe's ring buffer. The walk talks to it through
+//! the agent's hooks: [`NodeAgent::apply`] sets a step's snapshot and waits for the pass that
+//! synced it; [`NodeAgent::barrier`] waits until the collector has every event so far and
+//! returns the probe's counters; [`NodeAgent::stop`] stops the agent (the collector ships its
+//! last files) and unmounts the bpffs, which takes the pinned links and maps with it.
 
-use std::collections::BTreeMap;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use tollgate_enforcer::{
-    compile::{Compiled, Placement, compile},
-    desired::Ids,
-    events::EventReader,
-    probe::{AttachMode, Counters, Probe},
-    snapshot::Snapshot,
-    sync::sync,
+use tokio::sync::{mpsc, oneshot};
+use tollgate_agent::{
+    config::AgentConfig,
+    daemon::{Hooks, NodeState, Synced, run_agent_with},
+    source::{StaticHandle, StaticSource},
 };
+use tollgate_collector::{config::CollectorConfig, pipeline::Tap, service::Stopped};
+use tollgate_enforcer::snapshot::Snapshot;
 
-use crate::{Attach, LabError, netns::in_netns, topology::Topology};
+use crate::{Attach, LabError, bpffs::RunBpffs, netns::netns_path, topology::Topology};
 
-/// The loaded, attached probe and the compiler's ids so far.
-pub struct Enforcement {
-    probe: Probe,
-    attach_mode: AttachMode,
-    interfaces: BTreeMap<String, u32>,
-    ids: Ids,
+/// Longest the lab waits for the agent to sync a step.
+const PASS_WITHIN: Duration = Duration::from_secs(10);
+
+/// The agent running in the lab's node.
+pub struct NodeAgent {
+    handle: Option<StaticHandle>,
+    passes: mpsc::UnboundedReceiver<Synced>,
+    barriers: mpsc::UnboundedSender<oneshot::Sender<NodeState>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<Stopped, String>>>,
+    /// Dropped after the agent's thread ended: unmounting takes the pins with it.
+    bpffs: Option<RunBpffs>,
 }
 
-impl Enforcement {
-    /// Loads the probe and attaches it to every host veth of `topology`, in its node
-    /// namespace. Nothing is enforced until [`Enforcement::apply`]: in strict mode, traffic of
-    /// pods that are not endpoints yet is denied.
-    pub fn start(topology: &Topology, attach: Attach) -> Result<Self, LabError> {
-        let mut probe = Probe::load()?;
-        let veths: Vec<&str> = topology.links().map(|l| l.host_veth.as_str()).collect();
-        let modes = in_netns(topology.node_netns(), || {
-            veths
-                .iter()
-                .map(|veth| match attach {
-                    Attach::Auto => probe.attach(veth),
-                    Attach::Clsact => probe.attach_clsact(veth),
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })??;
-        for (veth, mode) in veths.iter().zip(&modes) {
-            tracing::debug!(veth, mode = %mode, "probe attached");
-        }
-        // Every veth of one kernel gets the same mode; report the first.
-        let attach_mode = modes.first().copied().unwrap_or(AttachMode::Tcx);
+impl NodeAgent {
+    /// Starts the agent in `topology`'s node on `first` (the first step's snapshot), with the
+    /// collector of `collector` (its events also go to `tap`). Returns once the agent runs;
+    /// its first pass comes with [`NodeAgent::apply`] of the same snapshot.
+    pub fn start(
+        topology: &Topology,
+        attach: Attach,
+        collector: CollectorConfig,
+        tap: Tap,
+        first: Snapshot,
+    ) -> Result<Self, LabError> {
+        let bpffs = RunBpffs::mount(topology.names().prefix())?;
+        let mut config = AgentConfig::default();
+        config.agent.bpffs = bpffs.root().to_owned();
+        config.collector = collector;
+        let (source, handle) = StaticSource::new(first);
+        let (passes_in, passes) = mpsc::unbounded_channel();
+        let (barriers, barriers_in) = mpsc::unbounded_channel();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let hooks = Hooks {
+            tap: Some(tap),
+            passes: Some(passes_in),
+            barriers: Some(barriers_in),
+            prefer_clsact: attach == Attach::Clsact,
+        };
+        let node = topology.node_netns().to_owned();
+        let netns = std::fs::File::open(netns_path(&node)).map_err(|source| LabError::Netns {
+            netns: node.clone(),
+            source,
+        })?;
+        let thread = std::thread::Builder::new()
+            .name("tollgate-agent".to_owned())
+            .spawn(move || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: the descriptor is open for the call; only this thread (and the
+                // threads it starts, which inherit it) moves into the node namespace.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    let error = std::io::Error::last_os_error();
+                    return Err(format!("entering network namespace {node}: {error}"));
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|error| format!("the agent's runtime: {error}"))?;
+                runtime
+                    .block_on(run_agent_with(
+                        config,
+                        source,
+                        async {
+                            let _ = stopped.await;
+                        },
+                        hooks,
+                    ))
+                    .map_err(|error| error.to_string())
+            })
+            .map_err(|error| LabError::Agent(format!("starting its thread: {error}")))?;
         Ok(Self {
-            probe,
-            attach_mode,
-            interfaces: topology.interfaces(),
-            ids: Ids::default(),
+            handle: Some(handle),
+            passes,
+            barriers,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+            bpffs: Some(bpffs),
         })
     }
 
-    /// How the programs were attached.
-    pub fn attach_mode(&self) -> AttachMode {
-        self.attach_mode
-    }
-
-    /// Compiles `snapshot` for the lab's pods and syncs the probe's maps to it. Any input or
-    /// capacity error of the compiler fails the step: the lab's manifests must be exact.
-    pub fn apply(&mut self, step: u32, snapshot: &Snapshot) -> Result<Compiled, LabError> {
-        let placement = Placement::Interfaces(&self.interfaces);
-        let compiled = compile(snapshot, &placement, &self.ids);
-        if !compiled.errors.is_empty() {
+    /// Makes `snapshot` the cluster (unless it is already) and waits for the agent's pass
+    /// that synced it: the maps hold it from then on. The compiler must accept every object
+    /// of a step: the lab's manifests are exact.
+    pub async fn apply(&mut self, step: u32, snapshot: &Snapshot) -> Result<Synced, LabError> {
+        if let Some(handle) = &self.handle {
+            handle.set(snapshot.clone());
+        }
+        let synced = tokio::time::timeout(PASS_WITHIN, async {
+            while let Some(synced) = self.passes.recv().await {
+                if synced.snapshot == *snapshot {
+                    return Some(synced);
+                }
+            }
+            None
+        })
+        .await
+        .map_err(|_| {
+            LabError::Agent(format!("step {step} was not synced within {PASS_WITHIN:?}"))
+        })?;
+        let Some(synced) = synced else {
+            return Err(self.ended().await);
+        };
+        if !synced.report.errors.is_empty() {
             return Err(LabError::Compile {
                 step,
-                errors: compiled.errors,
+                errors: synced.report.errors,
             });
         }
-        let stats = sync(&mut self.probe.policy_maps(), &compiled.desired)?;
         tracing::info!(
             step,
-            endpoints = compiled.desired.endpoints.len(),
-            ingress_entries = compiled.desired.ingress.len(),
-            egress_entries = compiled.desired.egress.len(),
-            upserts = stats.upserts,
-            deletes = stats.deletes,
-            "policy maps synced"
+            endpoints = synced.report.endpoints,
+            upserts = synced.report.upserts,
+            deletes = synced.report.deletes,
+            "policy maps synced by the agent"
         );
-        self.ids = compiled.ids.clone();
-        Ok(compiled)
+        Ok(synced)
     }
 
-    /// The probe's event ring buffer, with its own handles on the deny map and counters.
-    pub fn take_events(&mut self) -> Result<EventReader, LabError> {
-        Ok(self.probe.take_events()?)
+    /// Waits until the collector has taken in every event the probe wrote so far; the node's
+    /// state then.
+    pub async fn barrier(&mut self) -> Result<NodeState, LabError> {
+        let (reply, state) = oneshot::channel();
+        if self.barriers.send(reply).is_err() {
+            return Err(self.ended().await);
+        }
+        match state.await {
+            Ok(state) => Ok(state),
+            Err(_) => Err(self.ended().await),
+        }
     }
 
-    /// The probe's counters, summed over CPUs.
-    pub fn counters(&self) -> Result<Counters, LabError> {
-        Ok(self.probe.counters()?)
+    /// Stops the agent: the collector closes its windows and files and ships them; the pins
+    /// are removed with the run's bpffs.
+    pub async fn stop(mut self) -> Result<Stopped, LabError> {
+        self.handle = None;
+        drop(self.shutdown.take());
+        let thread = self.thread.take();
+        let result = tokio::task::spawn_blocking(move || thread.map(JoinHandle::join))
+            .await
+            .map_err(|error| LabError::Agent(error.to_string()))?;
+        drop(self.bpffs.take());
+        match result {
+            Some(Ok(Ok(stopped))) => Ok(stopped),
+            Some(Ok(Err(error))) => Err(LabError::Agent(error)),
+            Some(Err(_)) => Err(LabError::Agent("its thread panicked".to_owned())),
+            None => Err(LabError::Agent("already stopped".to_owned())),
+        }
+    }
+
+    /// Why the agent ended before it was stopped.
+    async fn ended(&mut self) -> LabError {
+        let thread = self.thread.take();
+        let joined = tokio::task::spawn_blocking(move || thread.map(JoinHandle::join)).await;
+        match joined {
+            Ok(Some(Ok(Err(error)))) => LabError::Agent(error),
+            Ok(Some(Err(_))) => LabError::Agent("its thread panicked".to_owned()),
+            _ => LabError::Agent("it ended before the walk did".to_owned()),
+        }
+    }
+}
+
+impl Drop for NodeAgent {
+    /// A walk that failed or was stopped: the agent stops (its collector keeps what it has in
+    /// the spool) before the bpffs is unmounted.
+    fn drop(&mut self) {
+        self.handle = None;
+        drop(self.shutdown.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        drop(self.bpffs.take());
     }
 }

@@ -1,30 +1,29 @@
-//! The lab's flow log: the real collector on the probe's ring buffer, writing Parquet into a
-//! local directory in the bucket's layout, then read back for the report.
+//! The lab's flow log: the agent's collector on the probe's ring buffer, writing Parquet into
+//! a local directory in the bucket's layout, then read back for the report.
 //!
-//! [`FlowLog::start`] starts the collector (cluster `lab`, node `lab-node`, sink the `--out`
-//! directory or a temporary one that is kept, spool in its hidden `.spool/`, which readers of
-//! the layout skip: a run stopped by a signal leaves its last records there, and the next run
-//! into the same directory delivers them first, as an agent restart would).
-//! [`FlowLog::observe`] tells it the cluster after each step's policies are synced, so records
-//! name pods and policies; [`FlowLog::step_events`] is the step barrier: every event written
-//! so far has gone through the collector, and the step's own events are returned for the
-//! step report. [`FlowLog::finish`] stops the collector (every window and file closed and
-//! delivered) and reads the denied flows back from the Parquet files.
+//! [`FlowLog::new`] gives the collector settings the agent runs with (cluster `lab`, node
+//! `lab-node`, sink the `--out` directory or a temporary one that is kept, spool in its hidden
+//! `.spool/`, which readers of the layout skip: a run stopped by a signal leaves its last
+//! records there, and the next run into the same directory delivers them first, as an agent
+//! restart would) and a tap on the events it reads. The agent names records with the pods and
+//! policies of each pass, as on a node. [`FlowLog::step_events`] returns a step's own events
+//! after the agent's barrier (every event written so far has gone through the collector).
+//! [`FlowLog::finish`] reads the denied flows back from the Parquet files once the agent has
+//! stopped (every window and file closed and delivered).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
+use tollgate_agent::daemon::NodeState;
 use tollgate_collector::{
-    clock::{NS_PER_S, boottime_ns, unix_now_ns},
+    clock::{NS_PER_S, unix_now_ns},
     config::{CollectorConfig, SinkConfig},
-    identity::Identities,
     loss::LossSource,
-    pipeline::SharedIdentities,
+    metrics::Metrics,
+    pipeline::Tap,
     read::{Filter, StoredRecord, read_dir},
-    service::Collector,
+    service::Stopped,
 };
-use tollgate_enforcer::{compile::Compiled, events::EventReader, snapshot::Snapshot};
 use tollgate_schemas::FlowEvent;
 
 use crate::LabError;
@@ -34,9 +33,6 @@ pub const CLUSTER: &str = "lab";
 
 /// The lab's node name (the pods' `spec.nodeName`).
 pub const NODE: &str = "lab-node";
-
-/// Longest the lab waits for the last files to reach the flow directory.
-const SHIP_WITHIN: Duration = Duration::from_secs(10);
 
 /// What the flow log holds at the end of the run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,24 +51,21 @@ pub struct FlowLogSummary {
     pub denied: Vec<StoredRecord>,
 }
 
-/// The running collector of a lab run.
+/// The flow log of a lab run: where the agent's collector delivers, and the events it taps.
 pub struct FlowLog {
-    collector: Collector,
-    identities: SharedIdentities,
     seen: Arc<Mutex<Vec<FlowEvent>>>,
     spool: PathBuf,
     dir: PathBuf,
     started_s: u64,
+    /// Undecodable records the collector had counted at the previous step's end.
+    undecodable: u64,
 }
 
 impl FlowLog {
-    /// Starts the collector on `reader` for run `run`, delivering into `out` (or a temporary
-    /// directory named after the run).
-    pub async fn start(
-        reader: EventReader,
-        run: &str,
-        out: Option<&Path>,
-    ) -> Result<Self, LabError> {
+    /// The flow log of run `run`, delivering into `out` (or a temporary directory named after
+    /// the run): the collector settings for the agent, and the tap that hands this flow log
+    /// every event the collector reads.
+    pub fn new(run: &str, out: Option<&Path>) -> (Self, CollectorConfig, Tap) {
         let dir = out.map_or_else(
             || std::env::temp_dir().join(format!("tollgate-lab-{run}-flows")),
             Path::to_owned,
@@ -84,9 +77,8 @@ impl FlowLog {
             sink: SinkConfig::Local { dir: dir.clone() },
             ..CollectorConfig::default()
         };
-        let identities: SharedIdentities = Arc::new(Mutex::new(Identities::default()));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let tap = {
+        let tap: Tap = {
             let seen = Arc::clone(&seen);
             Box::new(move |event: &FlowEvent| {
                 seen.lock()
@@ -94,40 +86,30 @@ impl FlowLog {
                     .push(*event);
             })
         };
-        let (collector, _) =
-            Collector::start(&config, reader, Arc::clone(&identities), Some(tap)).await?;
-        Ok(Self {
-            collector,
-            identities,
+        let flow_log = Self {
             seen,
-            spool: config.spool_dir,
+            spool: config.spool_dir.clone(),
             dir,
             started_s: unix_now_ns() / NS_PER_S,
-        })
+            undecodable: 0,
+        };
+        (flow_log, config, tap)
     }
 
-    /// Records the cluster as compiled for a step, from now on.
-    pub fn observe(&self, snapshot: &Snapshot, compiled: &Compiled) {
-        self.identities
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .observe(snapshot, compiled, boottime_ns());
-    }
-
-    /// Every event the probe wrote since the previous call (residual denies included), once
-    /// the collector has taken them in; and how many records could not be decoded.
-    pub async fn step_events(&self) -> Result<(Vec<FlowEvent>, u64), LabError> {
-        let before = self.collector.metrics().lost(LossSource::Undecodable);
-        self.collector.sync().await?;
+    /// Every event the probe wrote since the previous call (residual denies included), as of
+    /// `barrier` (the collector has taken them in by then); and how many records could not be
+    /// decoded.
+    pub fn step_events(&mut self, barrier: &NodeState) -> (Vec<FlowEvent>, u64) {
         let events = std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner));
-        let undecodable = self.collector.metrics().lost(LossSource::Undecodable) - before;
-        Ok((events, undecodable))
+        let undecodable = barrier.collector.lost(LossSource::Undecodable);
+        let step = undecodable - self.undecodable;
+        self.undecodable = undecodable;
+        (events, step)
     }
 
-    /// Stops the collector and reads the flow directory back.
-    pub async fn finish(self) -> Result<FlowLogSummary, LabError> {
-        let metrics = Arc::clone(self.collector.metrics());
-        let stopped = self.collector.stop(SHIP_WITHIN).await?;
+    /// Reads the flow directory back once the agent stopped (`stopped`: what its collector
+    /// shipped; `metrics`: its counters).
+    pub fn finish(self, stopped: &Stopped, metrics: &Metrics) -> Result<FlowLogSummary, LabError> {
         if stopped.shipped.left > 0 {
             return Err(LabError::Undelivered {
                 left: stopped.shipped.left,

@@ -6,10 +6,12 @@
 //! - [`names`] and [`topology`]: a node network namespace and one per pod, wired like the AWS
 //!   VPC CNI (host veth `eni…` in the node, `eth0` with a /32 in the pod, static neighbors,
 //!   /32 routes); [`netns`] runs code inside one of them.
-//! - [`enforce`]: loads the probe, attaches it to every host veth in the node namespace, and
-//!   for each step compiles the policies and syncs the maps.
-//! - [`flowlog`]: the collector on the probe's ring buffer, writing Parquet flow records into
-//!   a local directory in the bucket's layout (`--out`), read back at the end.
+//! - [`enforce`]: the node agent (`tollgate agent`'s code path, with a static cluster source
+//!   instead of the API server) in the node namespace, on a bpffs of the run's own
+//!   ([`bpffs`]): it attaches the probe to the pods' host veths, and for each step compiles the
+//!   policies and syncs the maps.
+//! - [`flowlog`]: the agent's collector on the probe's ring buffer, writing Parquet flow
+//!   records into a local directory in the bucket's layout (`--out`), read back at the end.
 //! - [`servers`] (nginx and httpd over [`http`], kube-dns over [`dns`]) and [`client`] (the
 //!   curl-like client in the amazonlinux pod).
 //! - [`scenario`]: the seed's steps, policies and expected outcomes; [`walk`] runs them, and
@@ -22,6 +24,7 @@
 //! the namespaces the run creates: addresses come from 198.18.0.0/24 and are only put on
 //! interfaces inside them, and the node namespace has no route out.
 
+pub mod bpffs;
 pub mod client;
 pub mod dns;
 pub mod enforce;
@@ -39,7 +42,7 @@ pub mod walk;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tollgate_enforcer::{aya_maps::AyaMapError, probe::ProbeError, snapshot::InputError, sync};
+use tollgate_enforcer::snapshot::InputError;
 
 pub use report::{CheckResult, FlowRecord, LabReport, StepReport};
 
@@ -124,9 +127,6 @@ pub enum LabError {
     /// The lab's pods lack something the walk needs.
     #[error("lab pods: {0}")]
     Scenario(String),
-    /// Loading or attaching the probe failed.
-    #[error("probe: {0}")]
-    Probe(#[source] Box<ProbeError>),
     /// The compiler refused part of a step's objects.
     #[error("step {step}: compiling: {}", join_errors(errors))]
     Compile {
@@ -135,12 +135,20 @@ pub enum LabError {
         /// What the compiler reported.
         errors: Vec<InputError>,
     },
-    /// Writing the policy maps failed.
-    #[error("syncing the policy maps: {0}")]
-    Sync(#[source] Box<sync::SyncError<AyaMapError>>),
-    /// The collector failed to start or stop.
-    #[error("flow log: the collector")]
-    Collector(#[from] tollgate_collector::service::CollectorError),
+    /// The run's bpffs could not be set up.
+    #[error("bpffs {path}: {what}: {source}")]
+    Bpffs {
+        /// Its mount point.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node agent failed to start, sync a step, or stop.
+    #[error("node agent: {0}")]
+    Agent(String),
     /// The flow directory could not be read back.
     #[error("flow log: reading the flow directory back")]
     FlowRead(#[from] tollgate_collector::read::ReadError),
@@ -165,18 +173,6 @@ pub enum LabError {
     TimedOut(Duration),
 }
 
-impl From<ProbeError> for LabError {
-    fn from(error: ProbeError) -> Self {
-        Self::Probe(Box::new(error))
-    }
-}
-
-impl From<sync::SyncError<AyaMapError>> for LabError {
-    fn from(error: sync::SyncError<AyaMapError>) -> Self {
-        Self::Sync(Box::new(error))
-    }
-}
-
 fn join_errors(errors: &[InputError]) -> String {
     errors
         .iter()
@@ -197,6 +193,7 @@ pub async fn run(options: &LabOptions) -> Result<LabReport, LabError> {
         return Err(LabError::NotRoot);
     }
     topology::sweep_stale();
+    bpffs::sweep_stale();
     let names = names::RunNames::new();
     tracing::info!(run = names.prefix(), output = ?options.output, "lab starting");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

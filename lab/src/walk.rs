@@ -1,17 +1,17 @@
-//! The walk through the seed: pods → topology → probe → flow log (the collector) → servers →
-//! for each step: compile and sync its policies, tell the flow log, run its checks from the
-//! client pod, collect its flow events → the flow log's denied flows → report.
+//! The walk through the seed: pods → topology → the node agent (probe, maps, collector) →
+//! servers → for each step: the agent syncs its policies, the checks run from the client pod,
+//! the step's flow events are collected → the flow log's denied flows → report.
 //!
 //! Each resource is a guard owned by [`walk`]'s future: when the walk returns, fails, panics or
-//! is dropped (a signal, the time limit), the servers stop, the probe detaches and the
-//! namespaces are removed, in that order.
+//! is dropped (a signal, the time limit), the servers stop, the agent stops and its bpffs is
+//! unmounted (the probe detaches), and the namespaces are removed, in that order.
 
 use std::path::Path;
 
 use crate::{
     Attach, LabError,
     client::{Client, Timeouts},
-    enforce::Enforcement,
+    enforce::NodeAgent,
     flowlog::FlowLog,
     names::RunNames,
     pods::LabPods,
@@ -29,18 +29,22 @@ pub async fn walk(
 ) -> Result<LabReport, LabError> {
     let pods = LabPods::embedded()?;
     let topology = Topology::create(names, &pods)?;
-    // Attached before any server or client socket exists: no pod packet escapes the probe.
-    let mut enforcement = Enforcement::start(&topology, attach)?;
-    let flow_log =
-        FlowLog::start(enforcement.take_events()?, topology.names().prefix(), out).await?;
+    let (mut flow_log, collector, tap) = FlowLog::new(topology.names().prefix(), out);
+    let first = STEPS
+        .first()
+        .ok_or_else(|| LabError::Scenario("no steps".to_owned()))?
+        .snapshot(&pods)?;
+    let mut agent = NodeAgent::start(&topology, attach, collector, tap, first.clone())?;
+    // The first step synced before any server or client socket exists: every veth has the
+    // probe, and no pod packet escapes it.
+    agent.apply(STEPS[0].number, &first).await?;
     let servers = Servers::start(&topology, &pods).await?;
     let client = Client::new(&topology, &pods, CLIENT_POD, Timeouts::default())?;
 
     let mut steps = Vec::with_capacity(STEPS.len());
     for step in &STEPS {
         let snapshot = step.snapshot(&pods)?;
-        let compiled = enforcement.apply(step.number, &snapshot)?;
-        flow_log.observe(&snapshot, &compiled);
+        let synced = agent.apply(step.number, &snapshot).await?;
         let mut checks = Vec::with_capacity(step.checks.len());
         for check in step.checks {
             let outcome = client.curl(check.host).await?;
@@ -49,22 +53,36 @@ pub async fn walk(
                 observed = %result.observed, "check done");
             checks.push(result);
         }
-        let (events, undecodable) = flow_log.step_events().await?;
+        let barrier = agent.barrier().await?;
+        let (events, undecodable) = flow_log.step_events(&barrier);
         steps.push(StepReport::new(
             step,
             checks,
             &events,
             undecodable,
-            &snapshot,
-            &compiled,
+            &synced.snapshot,
+            &synced.compiled,
         ));
     }
 
-    let counters = named_counters(&enforcement.counters()?);
-    let flow_log = flow_log.finish().await?;
+    let state = agent.barrier().await?;
+    let counters = named_counters(
+        &state
+            .counters
+            .ok_or_else(|| LabError::Agent("the probe's counters could not be read".to_owned()))?,
+    );
+    // Every veth of one kernel gets the same mode; report the first.
+    let attach_mode = state
+        .attached
+        .values()
+        .next()
+        .map_or_else(|| "none".to_owned(), ToString::to_string);
+    drop(servers);
+    let stopped = agent.stop().await?;
+    let flow_log = flow_log.finish(&stopped, &state.collector)?;
     let report = LabReport {
         run: topology.names().prefix().to_string(),
-        attach_mode: enforcement.attach_mode().to_string(),
+        attach_mode,
         interfaces: topology.links().count(),
         steps,
         counters,
@@ -74,8 +92,6 @@ pub async fn walk(
             .collect(),
         flow_log,
     };
-    drop(servers);
-    drop(enforcement);
     drop(topology);
     Ok(report)
 }

@@ -1,5 +1,6 @@
-//! SIGTERM in the middle of a lab run: the run stops with `Interrupted` and leaves nothing
-//! behind. Its own test binary, so the signal reaches no other test. Needs root.
+//! SIGTERM in the middle of a lab run, once its node agent runs: the run stops with
+//! `Interrupted` and leaves nothing behind (namespaces, the agent's bpffs). Its own test
+//! binary, so the signal reaches no other test. Needs root.
 
 use std::time::Duration;
 
@@ -15,16 +16,17 @@ async fn sigterm_stops_the_run_and_cleans_up() {
     let ours = format!("tg{}-", std::process::id());
     let lab = tokio::spawn(async { run(&LabOptions::default()).await });
 
-    // Wait until the run has built its namespaces (its handlers are installed before that).
-    let mut built = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if list_netns().unwrap().iter().any(|n| n.starts_with(&ours)) {
-            built = true;
+    // Wait until the run's agent has mounted its bpffs (the namespaces and the signal
+    // handlers come before).
+    let mut started = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        if !bpf_mounts(&ours).is_empty() {
+            started = true;
             break;
         }
     }
-    assert!(built, "the run built no namespace within 5 s");
+    assert!(started, "the run mounted no bpffs within 5 s");
     // SAFETY: kill with our own pid and a valid signal number.
     assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGTERM) }, 0);
 
@@ -42,4 +44,18 @@ async fn sigterm_stops_the_run_and_cleans_up() {
         .filter(|n| n.starts_with(&ours))
         .collect();
     assert_eq!(left, Vec::<String>::new());
+    assert_eq!(bpf_mounts(&ours), Vec::<String>::new());
+}
+
+/// The mount points of bpffs mounts whose path contains `run`.
+fn bpf_mounts(run: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"bpf") && fields.get(1).is_some_and(|p| p.contains(run)))
+                .then(|| fields[1].to_owned())
+        })
+        .collect()
 }
