@@ -145,6 +145,28 @@ fn parquet_files(dir: &std::path::Path) -> usize {
     count
 }
 
+/// The seed: its pods and the policies of its last step.
+fn seed() -> tollgate_enforcer::snapshot::Snapshot {
+    let (snapshot, errors) = parse_manifests(&SEED.join("\n---\n"), "seed");
+    assert!(errors.is_empty(), "{errors:?}");
+    snapshot
+}
+
+/// The agent's settings for `node`: pins in `bpffs`, the HTTP endpoints on free ports of the
+/// node namespace, spool and flow files under `files`.
+fn agent_config(node: &Node, bpffs: &Bpffs, files: &TempDir) -> AgentConfig {
+    let mut config = AgentConfig::default();
+    config.agent.bpffs = bpffs.root.clone();
+    config.agent.metrics_address = free_port(node);
+    config.agent.health_address = free_port(node);
+    config.collector.node = "lab-node".to_owned();
+    config.collector.spool_dir = files.0.join("spool");
+    config.collector.sink = SinkConfig::Local {
+        dir: files.0.join("flows"),
+    };
+    config
+}
+
 /// A temporary directory, removed on drop.
 struct TempDir(PathBuf);
 
@@ -196,18 +218,8 @@ fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() 
     };
     let earlier = programs(&nginx);
 
-    let (snapshot, errors) = parse_manifests(&SEED.join("\n---\n"), "seed");
-    assert!(errors.is_empty(), "{errors:?}");
-    let (source, handle) = StaticSource::new(snapshot);
-    let mut config = AgentConfig::default();
-    config.agent.bpffs = bpffs.root.clone();
-    config.agent.metrics_address = free_port(&node);
-    config.agent.health_address = free_port(&node);
-    config.collector.node = "lab-node".to_owned();
-    config.collector.spool_dir = files.0.join("spool");
-    config.collector.sink = SinkConfig::Local {
-        dir: files.0.join("flows"),
-    };
+    let (source, handle) = StaticSource::new(seed());
+    let config = agent_config(&node, &bpffs, &files);
     let (metrics, health) = (config.agent.metrics_address, config.agent.health_address);
     let agent = RunningAgent::start(&node.netns, config, source);
 
@@ -367,18 +379,9 @@ fn new_veths_are_enforced_at_once_and_late_routes_programmed() {
     let files = TempDir(
         std::env::temp_dir().join(format!("tollgate-podstart-test-{}", std::process::id())),
     );
-    let (snapshot, errors) = parse_manifests(&SEED.join("\n---\n"), "seed");
-    assert!(errors.is_empty(), "{errors:?}");
-    let (source, handle) = StaticSource::new(snapshot);
-    let mut config = AgentConfig::default();
-    config.agent.bpffs = bpffs.root.clone();
-    config.agent.metrics_address = free_port(&node);
+    let (source, handle) = StaticSource::new(seed());
+    let mut config = agent_config(&node, &bpffs, &files);
     config.agent.health_address = config.agent.metrics_address;
-    config.collector.node = "lab-node".to_owned();
-    config.collector.spool_dir = files.0.join("spool");
-    config.collector.sink = SinkConfig::Local {
-        dir: files.0.join("flows"),
-    };
     let http = config.agent.metrics_address;
     let agent = RunningAgent::start(&node.netns, config, source);
     let ready = time_until(Duration::from_secs(10), || {
