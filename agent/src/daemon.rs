@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -67,6 +67,46 @@ pub const SHIP_WITHIN: Duration = Duration::from_secs(20);
 /// How soon a pass runs again when the last one left a local endpoint without the probe (a
 /// failed attach or discovery), even if the cluster does not change.
 pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// How often the agent's loop shows it turns, when nothing else happens.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How long the loop may go without turning (a sync or a discovery that hangs) before
+/// `/healthz` fails; the liveness probe then restarts the agent, and the pinned programs keep
+/// enforcing meanwhile.
+pub const STALLED_AFTER: Duration = Duration::from_secs(60);
+
+/// When the agent's loop last turned.
+#[derive(Debug)]
+pub struct Liveness {
+    started: std::time::Instant,
+    /// Milliseconds from `started` to the last turn.
+    last_ms: AtomicU64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Liveness {
+    /// The loop turned now.
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the loop has not turned, when that is longer than [`STALLED_AFTER`].
+    pub fn stalled_for(&self) -> Option<Duration> {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        let since = self.started.elapsed().saturating_sub(last);
+        (since > STALLED_AFTER).then_some(since)
+    }
+}
 
 /// Quiet time that ends a burst of node changes (a pod's CNI ADD: the veth, its state, the
 /// host route) before the pass they start.
@@ -188,6 +228,9 @@ pub struct NodeEndpoints {
     /// The netlink watch of the node's links and routes; `None` if it could not be opened or
     /// failed (discovery then happens only on cluster changes and rechecks).
     watch: Option<LinkWatch>,
+    /// Set by the first node change of a burst: when the burst's pass is due at the latest.
+    /// Kept here, not in [`LocalEndpoints::changed`]'s future, which the loop may drop.
+    burst_end: Option<tokio::time::Instant>,
     /// Whether [`NodeEndpoints::adopt`] ran: before, veths an earlier agent pinned are left
     /// to it (their entries are written, their programs swapped by the adoption).
     adopted: bool,
@@ -212,6 +255,7 @@ impl NodeEndpoints {
             node: node.to_owned(),
             prefix: prefix.to_owned(),
             watch,
+            burst_end: None,
             adopted: false,
             discovery: Discovery::default(),
             interfaces: BTreeMap::new(),
@@ -322,22 +366,24 @@ impl LocalEndpoints for NodeEndpoints {
             endpoints,
             prefix,
             adopted,
+            burst_end,
             ..
         } = self;
         async move {
             let Some(link_watch) = watch.as_mut() else {
                 return std::future::pending().await;
             };
-            // Set by the first relevant event: the pass waits for the burst to end.
-            let mut burst_end: Option<tokio::time::Instant> = None;
             loop {
-                let read = match burst_end {
+                let read = match *burst_end {
                     None => link_watch.next().await,
                     Some(end) => {
                         let quiet = (tokio::time::Instant::now() + NODE_QUIET).min(end);
                         match tokio::time::timeout_at(quiet, link_watch.next()).await {
                             Ok(read) => read,
-                            Err(_) => return,
+                            Err(_) => {
+                                *burst_end = None;
+                                return;
+                            }
                         }
                     }
                 };
@@ -346,6 +392,7 @@ impl LocalEndpoints for NodeEndpoints {
                     Err(error) => {
                         tracing::warn!(%error, "netlink watch failed; new veths now wait for the pod's watch event");
                         *watch = None;
+                        *burst_end = None;
                         return;
                     }
                 };
@@ -369,7 +416,7 @@ impl LocalEndpoints for NodeEndpoints {
                 };
                 endpoints.attach_new(&links);
                 if events.relevant() && burst_end.is_none() {
-                    burst_end = Some(tokio::time::Instant::now() + NODE_BURST_MAX);
+                    *burst_end = Some(tokio::time::Instant::now() + NODE_BURST_MAX);
                 }
             }
         }
@@ -475,7 +522,16 @@ pub async fn run_agent_with<S: ClusterSource>(
 
     let metrics = Arc::new(AgentMetrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let servers = start_http(&config, &probe, &metrics, collector.metrics(), &ready).await?;
+    let liveness = Arc::new(Liveness::default());
+    let servers = start_http(
+        &config,
+        &probe,
+        &metrics,
+        collector.metrics(),
+        &ready,
+        &liveness,
+    )
+    .await?;
 
     let node_endpoints = NodeEndpoints::new(
         probe.clone(),
@@ -488,7 +544,9 @@ pub async fn run_agent_with<S: ClusterSource>(
     let result = async {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut adopted = false;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
+            liveness.beat();
             let barrier = async {
                 match barriers.as_mut() {
                     Some(barriers) => barriers.recv().await,
@@ -497,6 +555,7 @@ pub async fn run_agent_with<S: ClusterSource>(
             };
             let pass = tokio::select! {
                 () = &mut shutdown => break,
+                _ = heartbeat.tick() => continue,
                 Some(reply) = barrier => {
                     collector.sync().await?;
                     let _ = reply.send(node_state(&probe, &collector));
@@ -589,6 +648,7 @@ async fn start_http(
     metrics: &Arc<AgentMetrics>,
     collector: &Arc<tollgate_collector::metrics::Metrics>,
     ready: &Arc<AtomicBool>,
+    liveness: &Arc<Liveness>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
     let render_metrics = {
         let (probe, metrics, collector) =
@@ -608,9 +668,15 @@ async fn start_http(
         }
     };
     let health = {
-        let ready = Arc::clone(ready);
+        let (ready, liveness) = (Arc::clone(ready), Arc::clone(liveness));
         move |path: &str| match path {
-            "/healthz" => Some(Response::text(200, "ok\n")),
+            "/healthz" => Some(match liveness.stalled_for() {
+                None => Response::text(200, "ok\n"),
+                Some(stalled) => Response::text(
+                    503,
+                    format!("stalled: the agent's loop has not turned for {stalled:?}\n"),
+                ),
+            }),
             "/readyz" if ready.load(Ordering::Relaxed) => Some(Response::text(200, "ready\n")),
             "/readyz" => Some(Response::text(503, "not ready: first sync pending\n")),
             _ => None,
@@ -643,4 +709,22 @@ async fn start_http(
         servers.push(tokio::spawn(serve(listener, routes)));
     }
     Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_that_stops_turning_fails_the_health_check() {
+        let liveness = Liveness::default();
+        assert_eq!(liveness.stalled_for(), None);
+        let stuck = Liveness {
+            started: std::time::Instant::now() - STALLED_AFTER - Duration::from_secs(5),
+            last_ms: AtomicU64::new(0),
+        };
+        assert!(stuck.stalled_for().is_some_and(|d| d > STALLED_AFTER));
+        stuck.beat();
+        assert_eq!(stuck.stalled_for(), None);
+    }
 }

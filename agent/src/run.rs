@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tollgate_enforcer::{compile::Compiled, snapshot::Snapshot, sync::PolicyMaps};
 
 use crate::Error;
@@ -34,6 +35,9 @@ pub struct Agent<S, E> {
     /// Set after a failed pass (or by [`Agent::pass_again_after`]): how long to wait before
     /// the next pass without a change.
     retry: Option<Duration>,
+    /// When that next pass is due: a deadline, so a [`Agent::next`] dropped and called again
+    /// (it is cancel-safe) does not wait anew.
+    retry_at: Option<Instant>,
     /// Whether a pass has synced: the source was complete then, so a pass that the node
     /// starts compiles a whole cluster.
     synced_once: bool,
@@ -60,6 +64,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             reconciler: Reconciler::new(),
             snapshot: None,
             retry: None,
+            retry_at: None,
             synced_once: false,
         }
     }
@@ -75,6 +80,8 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
     /// does not change: the node's endpoints are not all in place yet (a failed attach).
     pub fn pass_again_after(&mut self, delay: Duration) {
         self.retry = Some(self.retry.map_or(delay, |retry| retry.min(delay)));
+        let at = Instant::now() + delay;
+        self.retry_at = Some(self.retry_at.map_or(at, |due| due.min(at)));
     }
 
     /// The node's endpoints.
@@ -90,10 +97,13 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
     /// Waits for the cluster to change (or for a retry to be due) and brings `maps` in line.
     /// The first pass comes once the source knows the whole cluster. A failed pass is logged
     /// here and returned; the next call retries it. `None` when the source has ended.
+    ///
+    /// Cancel-safe: dropped while it waits, nothing is lost (the source and the endpoints keep
+    /// what they have not handed over, a retry keeps its deadline).
     pub async fn next<M: PolicyMaps>(&mut self, maps: &mut M) -> Option<Result<Pass, Error>> {
         let retry = async {
-            match self.retry {
-                Some(delay) => tokio::time::sleep(delay).await,
+            match self.retry_at {
+                Some(due) => tokio::time::sleep_until(due).await,
                 None => std::future::pending().await,
             }
         };
@@ -114,6 +124,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
                     .retry
                     .map_or(RETRY_FIRST, |delay| (delay * 2).min(RETRY_MAX));
                 self.retry = Some(delay);
+                self.retry_at = Some(Instant::now() + delay);
                 tracing::warn!(
                     retry_in_ms = delay.as_millis() as u64,
                     %error,
@@ -123,6 +134,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             }
         };
         self.retry = None;
+        self.retry_at = None;
         self.snapshot = Some(snapshot);
         self.synced_once = true;
         let latency = changes.as_ref().map(|c| c.first_arrival.elapsed());
