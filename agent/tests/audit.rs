@@ -21,40 +21,20 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tollgate_agent::{
-    config::AgentConfig,
-    daemon::run_agent,
-    source::{StaticHandle, StaticSource},
-};
-use tollgate_collector::{
-    config::SinkConfig,
-    read::{Filter, StoredRecord, read_dir, render_table},
-};
-use tollgate_enforcer::{
-    compile::ENFORCEMENT_ANNOTATION, manifest::parse_manifests, snapshot::Snapshot,
-};
+use tollgate_agent::source::{StaticHandle, StaticSource};
+use tollgate_collector::read::{Filter, StoredRecord, read_dir, render_table};
+use tollgate_enforcer::{compile::ENFORCEMENT_ANNOTATION, snapshot::Snapshot};
 
-use support::{Bpffs, Node, Pod, in_netns, root};
-
-const SEED: [&str; 3] = [
-    include_str!("../../examples/seed/lab-pods.yaml"),
-    include_str!("../../examples/seed/all-deny.yaml"),
-    include_str!("../../examples/seed/allow-amazonlinux-to-nginx.yaml"),
-];
+use support::{
+    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, http_get, http_ok, in_netns, root, seed,
+    tcp_reaches,
+};
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
-
-/// The seed scenario.
-fn seed() -> Snapshot {
-    let (snapshot, errors) = parse_manifests(&SEED.join("\n---\n"), "seed");
-    assert!(errors.is_empty(), "{errors:?}");
-    snapshot
-}
 
 /// `annotations` with `tollgate.io/enforcement: audit` (or without it when `audit` is false).
 fn annotate(annotations: &mut Option<BTreeMap<String, String>>, audit: bool) {
@@ -92,136 +72,11 @@ fn seed_with_policy_audit(policies: &[&str]) -> Snapshot {
     snapshot
 }
 
-/// Whether a TCP connection from `from` to `to` on port 80 is established within `wait`.
-fn tcp_reaches(from: &Pod, to: &Pod, wait: Duration) -> bool {
-    let address = SocketAddr::new(to.ip, 80);
-    let _listener = in_netns(&to.netns, || TcpListener::bind(address).expect("listen"));
-    in_netns(&from.netns, || {
-        TcpStream::connect_timeout(&address, wait).is_ok()
-    })
-}
-
-/// `GET path` on `address` in the node namespace: the status and the body (status 0 when
-/// nothing answers).
-fn get(node: &Node, address: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut stream) = in_netns(&node.netns, || {
-        TcpStream::connect_timeout(&address, Duration::from_millis(500))
-    }) else {
-        return (0, String::new());
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").unwrap();
-    let mut response = String::new();
-    if stream.read_to_string(&mut response).is_err() {
-        return (0, String::new());
-    }
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// A free loopback port of the node namespace.
-fn free_port(node: &Node) -> SocketAddr {
-    in_netns(&node.netns, || {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-    })
-}
-
-/// The agent on a thread of its own inside the node namespace; stopped and joined on drop,
-/// also when the test fails.
-struct RunningAgent {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-impl RunningAgent {
-    fn start(netns: &str, config: AgentConfig, source: StaticSource) -> Self {
-        let handle = std::fs::File::open(format!("/run/netns/{netns}")).expect("open netns");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            // SAFETY: the descriptor is open for the whole call; only this thread (and the
-            // threads it starts, which inherit it) lives in the node namespace.
-            let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime
-                .block_on(run_agent(config, source, async {
-                    let _ = stopped.await;
-                }))
-                .map_err(|e| e.to_string())
-        });
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> Result<(), String> {
-        self.finish().expect("agent thread")
-    }
-
-    fn finish(&mut self) -> Option<Result<(), String>> {
-        drop(self.stop.take());
-        let thread = self.thread.take()?;
-        Some(
-            thread
-                .join()
-                .unwrap_or_else(|_| Err("agent panicked".to_owned())),
-        )
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        let _ = self.finish();
-    }
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The agent's settings for a test: pins under `bpffs`, one HTTP address for `/metrics` and
-/// health on the node's loopback, flows to `files/flows`.
-fn agent_config(node: &Node, bpffs: &Bpffs, files: &Path) -> AgentConfig {
-    let mut config = AgentConfig::default();
-    config.agent.bpffs = bpffs.root.clone();
-    let http = free_port(node);
-    config.agent.metrics_address = http;
-    config.agent.health_address = http;
-    config.collector.node = "lab-node".to_owned();
-    config.collector.spool_dir = files.join("spool");
-    config.collector.sink = SinkConfig::Local {
-        dir: files.join("flows"),
-    };
-    config
-}
-
 /// `tollgate_agent_sync_passes_total` as `/metrics` says it (0 while nothing answers).
 fn passes(node: &Node, http: SocketAddr) -> u64 {
-    let (status, text) = get(node, http, "/metrics");
-    if status != 200 {
+    let Some((200, text)) = http_get(node, http, "/metrics") else {
         return 0;
-    }
+    };
     text.lines()
         .find_map(|l| l.strip_prefix("tollgate_agent_sync_passes_total "))
         .and_then(|v| v.parse().ok())
@@ -232,7 +87,7 @@ fn passes(node: &Node, http: SocketAddr) -> u64 {
 /// synced and the collector's identities updated — and is ready.
 fn wait_pass(node: &Node, http: SocketAddr, done: u64) {
     for _ in 0..100 {
-        if passes(node, http) > done && get(node, http, "/readyz").0 == 200 {
+        if passes(node, http) > done && http_ok(node, http, "/readyz") {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -395,9 +250,7 @@ fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
     }
     let (node, nginx, httpd, amazonlinux) = seed_node("audit-ns");
     let bpffs = Bpffs::new("audit-ns");
-    let files = TempDir(
-        std::env::temp_dir().join(format!("tollgate-audit-ns-test-{}", std::process::id())),
-    );
+    let files = TempDir::new("audit-ns");
     let config = agent_config(&node, &bpffs, &files.0);
     let http = config.agent.metrics_address;
     let (source, handle) = StaticSource::new(seed_with_namespace_audit());
@@ -474,9 +327,7 @@ fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
     }
     let (node, nginx, httpd, amazonlinux) = seed_node("audit-pol");
     let bpffs = Bpffs::new("audit-pol");
-    let files = TempDir(
-        std::env::temp_dir().join(format!("tollgate-audit-pol-test-{}", std::process::id())),
-    );
+    let files = TempDir::new("audit-pol");
     let config = agent_config(&node, &bpffs, &files.0);
     let http = config.agent.metrics_address;
     let (source, handle) = StaticSource::new(seed_with_policy_audit(&["all-deny"]));
@@ -593,9 +444,7 @@ fn denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
     }
     let (node, _nginx, httpd, amazonlinux) = seed_node("audit-race");
     let bpffs = Bpffs::new("audit-race");
-    let files = TempDir(
-        std::env::temp_dir().join(format!("tollgate-audit-race-test-{}", std::process::id())),
-    );
+    let files = TempDir::new("audit-race");
     let config = agent_config(&node, &bpffs, &files.0);
     let http = config.agent.metrics_address;
     let (source, handle) = StaticSource::new(seed_with_namespace_audit());

@@ -7,126 +7,23 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tollgate_agent::{
-    config::AgentConfig,
-    daemon::run_agent,
     endpoints::{DEFAULT_VETH_PREFIX, Endpoints, discover},
     pins::{PinnedProbe, maps_dir, pinned_link_target},
     source::StaticSource,
 };
-use tollgate_collector::config::SinkConfig;
 use tollgate_enforcer::manifest::parse_manifests;
 
-use support::{Bpffs, Node, Pod, in_netns, root, udp_reaches};
-
-const SEED: [&str; 3] = [
-    include_str!("../../examples/seed/lab-pods.yaml"),
-    include_str!("../../examples/seed/all-deny.yaml"),
-    include_str!("../../examples/seed/allow-amazonlinux-to-nginx.yaml"),
-];
+use support::{
+    Bpffs, Node, Pod, RunningAgent, SEED, TempDir, agent_config, free_port, http_get, http_ok,
+    in_netns, root, seed, spawn_in_netns, tcp_reaches, udp_reaches,
+};
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
-
-/// Whether a TCP connection from `from` to `to` on port 80 is established within `wait`.
-fn tcp_reaches(from: &Pod, to: &Pod, wait: Duration) -> bool {
-    let address = SocketAddr::new(to.ip, 80);
-    let _listener = in_netns(&to.netns, || TcpListener::bind(address).expect("listen"));
-    in_netns(&from.netns, || {
-        TcpStream::connect_timeout(&address, wait).is_ok()
-    })
-}
-
-/// `GET path` on `address` in the node namespace: the status and the body.
-fn get(node: &Node, address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = in_netns(&node.netns, || {
-        TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connect")
-    });
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// A free loopback port of the node namespace (nothing else binds there).
-fn free_port(node: &Node) -> SocketAddr {
-    in_netns(&node.netns, || {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-    })
-}
-
-/// The agent on a thread of its own inside the node namespace; stopped and joined on drop,
-/// also when the test fails.
-struct RunningAgent {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-impl RunningAgent {
-    fn start(netns: &str, config: AgentConfig, source: StaticSource) -> Self {
-        let handle = std::fs::File::open(format!("/run/netns/{netns}")).expect("open netns");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            // SAFETY: the descriptor is open for the whole call; only this thread (and the
-            // threads it starts, which inherit it) lives in the node namespace.
-            let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime
-                .block_on(run_agent(config, source, async {
-                    let _ = stopped.await;
-                }))
-                .map_err(|e| e.to_string())
-        });
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> Result<(), String> {
-        self.finish().expect("agent thread")
-    }
-
-    fn finish(&mut self) -> Option<Result<(), String>> {
-        drop(self.stop.take());
-        let thread = self.thread.take()?;
-        Some(
-            thread
-                .join()
-                .unwrap_or_else(|_| Err("agent panicked".to_owned())),
-        )
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        let _ = self.finish();
-    }
-}
 
 /// How many Parquet files are under `dir` (at most a few levels deep).
 fn parquet_files(dir: &std::path::Path) -> usize {
@@ -145,37 +42,6 @@ fn parquet_files(dir: &std::path::Path) -> usize {
     count
 }
 
-/// The seed: its pods and the policies of its last step.
-fn seed() -> tollgate_enforcer::snapshot::Snapshot {
-    let (snapshot, errors) = parse_manifests(&SEED.join("\n---\n"), "seed");
-    assert!(errors.is_empty(), "{errors:?}");
-    snapshot
-}
-
-/// The agent's settings for `node`: pins in `bpffs`, the HTTP endpoints on free ports of the
-/// node namespace, spool and flow files under `files`.
-fn agent_config(node: &Node, bpffs: &Bpffs, files: &TempDir) -> AgentConfig {
-    let mut config = AgentConfig::default();
-    config.agent.bpffs = bpffs.root.clone();
-    config.agent.metrics_address = free_port(node);
-    config.agent.health_address = free_port(node);
-    config.collector.node = "lab-node".to_owned();
-    config.collector.spool_dir = files.0.join("spool");
-    config.collector.sink = SinkConfig::Local {
-        dir: files.0.join("flows"),
-    };
-    config
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() {
     if !root("run_agent in network namespaces") {
@@ -186,8 +52,7 @@ fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() 
     let httpd = node.add_pod("httpd", "198.18.0.30", 2);
     let amazonlinux = node.add_pod("amazonlinux", "198.18.0.40", 3);
     let bpffs = Bpffs::new("agent");
-    let files =
-        TempDir(std::env::temp_dir().join(format!("tollgate-agent-test-{}", std::process::id())));
+    let files = TempDir::new("agent");
 
     // An earlier agent attached the probe (strict) and ended before its first sync: the pods
     // are not endpoints yet, so their traffic is denied.
@@ -219,24 +84,22 @@ fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() 
     let earlier = programs(&nginx);
 
     let (source, handle) = StaticSource::new(seed());
-    let config = agent_config(&node, &bpffs, &files);
+    let mut config = agent_config(&node, &bpffs, &files.0);
+    config.agent.health_address = free_port(&node);
     let (metrics, health) = (config.agent.metrics_address, config.agent.health_address);
     let agent = RunningAgent::start(&node.netns, config, source);
 
     // Ready once the first pass programmed every local endpoint.
     let mut ready = false;
     for _ in 0..100 {
-        let answered = in_netns(&node.netns, || {
-            TcpStream::connect_timeout(&health, Duration::from_millis(200)).is_ok()
-        });
-        if answered && get(&node, health, "/readyz").0 == 200 {
+        if http_ok(&node, health, "/readyz") {
             ready = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(ready, "/readyz never answered 200");
-    assert_eq!(get(&node, health, "/healthz").0, 200);
+    assert!(http_ok(&node, health, "/healthz"));
 
     assert!(
         tcp_reaches(&amazonlinux, &nginx, WAIT_PASS),
@@ -247,7 +110,7 @@ fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() 
         "amazonlinux → httpd:80 is denied"
     );
 
-    let (status, text) = get(&node, metrics, "/metrics");
+    let (status, text) = http_get(&node, metrics, "/metrics").expect("/metrics answers");
     assert_eq!(status, 200, "{text}");
     let count: u64 = text
         .lines()
@@ -310,7 +173,7 @@ fn sample(text: &str, name: &str) -> Option<u64> {
 /// `tollgate_agent_endpoints_enforced` as the agent serves it.
 fn enforced(node: &Node, http: SocketAddr) -> Option<u64> {
     sample(
-        &get(node, http, "/metrics").1,
+        &http_get(node, http, "/metrics")?.1,
         "tollgate_agent_endpoints_enforced",
     )
 }
@@ -334,15 +197,11 @@ fn watch_attach(
     ifname: &str,
     pin: &std::path::Path,
 ) -> std::thread::JoinHandle<Option<Duration>> {
-    let handle = std::fs::File::open(format!("/run/netns/{netns}")).expect("open netns");
     let (ifname, pin) = (
         std::ffi::CString::new(ifname).expect("name"),
         pin.to_owned(),
     );
-    std::thread::spawn(move || {
-        // SAFETY: the descriptor is open for the call; only this thread changes namespace.
-        let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+    spawn_in_netns(netns, move || {
         let started = std::time::Instant::now();
         let mut appeared = None;
         while started.elapsed() < Duration::from_secs(2) {
@@ -376,19 +235,12 @@ fn new_veths_are_enforced_at_once_and_late_routes_programmed() {
     node.add_pod("nginx", "198.18.0.20", 2);
     node.add_pod("amazonlinux", "198.18.0.40", 4);
     let bpffs = Bpffs::new("podstart");
-    let files = TempDir(
-        std::env::temp_dir().join(format!("tollgate-podstart-test-{}", std::process::id())),
-    );
+    let files = TempDir::new("podstart");
     let (source, handle) = StaticSource::new(seed());
-    let mut config = agent_config(&node, &bpffs, &files);
-    config.agent.health_address = config.agent.metrics_address;
+    let config = agent_config(&node, &bpffs, &files.0);
     let http = config.agent.metrics_address;
     let agent = RunningAgent::start(&node.netns, config, source);
-    let ready = time_until(Duration::from_secs(10), || {
-        in_netns(&node.netns, || {
-            TcpStream::connect_timeout(&http, Duration::from_millis(100)).is_ok()
-        }) && get(&node, http, "/readyz").0 == 200
-    });
+    let ready = time_until(Duration::from_secs(10), || http_ok(&node, http, "/readyz"));
     assert!(ready.is_some(), "/readyz never answered 200");
     assert_eq!(enforced(&node, http), Some(3));
 
@@ -415,7 +267,7 @@ fn new_veths_are_enforced_at_once_and_late_routes_programmed() {
         !udp_reaches(&newcomer, &kube_dns, WAIT_DENY),
         "an unnamed pod is denied in strict mode"
     );
-    let (status, text) = get(&node, http, "/metrics");
+    let (status, text) = http_get(&node, http, "/metrics").expect("/metrics answers");
     assert_eq!(status, 200);
     assert_eq!(sample(&text, "tollgate_agent_endpoints_enforced"), Some(4));
 

@@ -9,28 +9,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use tollgate_agent::{
     endpoints::{Applied, DEFAULT_VETH_PREFIX, Endpoints, Veth, discover},
     pins::PinnedProbe,
 };
 
-use support::{Bpffs, Node, in_netns, program, root, udp_reaches};
+use support::{Bpffs, Node, in_netns, ingress_filters, program, root, tcx_programs, udp_reaches};
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
-
-/// How many TCX programs sit on each hook of `ifname` in `netns`.
-fn tcx_programs(netns: &str, ifname: &str) -> (usize, usize) {
-    in_netns(netns, || {
-        let count = |hook| {
-            SchedClassifier::query_tcx(ifname, hook)
-                .map(|(_, programs)| programs.len())
-                .expect("query TCX")
-        };
-        (count(TcAttachType::Ingress), count(TcAttachType::Egress))
-    })
-}
 
 #[test]
 fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
@@ -228,17 +215,7 @@ fn clsact_attach_and_detach() {
             .join("clsact")
             .is_dir()
     );
-    let filters = support::ip(&[
-        "netns",
-        "exec",
-        &node.netns,
-        "tc",
-        "filter",
-        "show",
-        "dev",
-        &a.host_veth,
-        "ingress",
-    ]);
+    let filters = ingress_filters(&node.netns, &a.host_veth);
     assert!(filters.contains("from_pod"), "{filters}");
     assert!(!udp_reaches(&a, &b, WAIT_DENY), "a → b before the sync");
     let interfaces = endpoints.interfaces();
@@ -265,29 +242,9 @@ fn clsact_attach_and_detach() {
         std::slice::from_ref(&a.host_veth),
         "{applied:?}"
     );
-    let filters = support::ip(&[
-        "netns",
-        "exec",
-        &node.netns,
-        "tc",
-        "filter",
-        "show",
-        "dev",
-        &a.host_veth,
-        "ingress",
-    ]);
+    let filters = ingress_filters(&node.netns, &a.host_veth);
     assert!(!filters.contains("from_pod"), "{filters}");
     in_netns(&node.netns, || endpoints.into_attacher().uninstall()).expect("uninstall");
-    let filters = support::ip(&[
-        "netns",
-        "exec",
-        &node.netns,
-        "tc",
-        "filter",
-        "show",
-        "dev",
-        &b.host_veth,
-        "ingress",
-    ]);
+    let filters = ingress_filters(&node.netns, &b.host_veth);
     assert!(!filters.contains("from_pod"), "{filters}");
 }

@@ -16,7 +16,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use aya::maps::MapData;
-use aya::programs::{SchedClassifier, TcAttachType};
 use tollgate_agent::{
     endpoints::{DEFAULT_VETH_PREFIX, Endpoints, discover},
     pins::{PinError, PinnedProbe, maps_dir, pinned_link_target, pinned_map_names},
@@ -28,7 +27,8 @@ use tollgate_enforcer::{
 use tollgate_schemas::{Reason, Verdict, addr, map_names, program_names};
 
 use support::{
-    Bpffs, ISOLATE_B, Node, Pod, compiled, in_netns, local_pods, program, root, udp_reaches,
+    Bpffs, ISOLATE_B, Node, Pod, compiled, in_netns, ingress_filters, local_pods, program, root,
+    tcx_programs, udp_reaches,
 };
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
@@ -38,17 +38,6 @@ const CHILD_ROOT: &str = "TOLLGATE_PINS_CHILD_ROOT";
 const CHILD_NETNS: &str = "TOLLGATE_PINS_CHILD_NETNS";
 const CHILD_PODS: &str = "TOLLGATE_PINS_CHILD_PODS";
 const READY: &str = "TOLLGATE-PINS-CHILD-READY";
-
-fn tcx_programs(netns: &str, ifname: &str) -> (usize, usize) {
-    in_netns(netns, || {
-        let count = |hook| {
-            SchedClassifier::query_tcx(ifname, hook)
-                .map(|(_, programs)| programs.len())
-                .expect("query TCX")
-        };
-        (count(TcAttachType::Ingress), count(TcAttachType::Egress))
-    })
-}
 
 fn encode(pods: &[Pod]) -> String {
     pods.iter()
@@ -250,19 +239,7 @@ fn clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
     let a = node.add_pod("a", "198.18.0.50", 1);
     let b = node.add_pod("b", "198.18.0.51", 2);
     let bpffs = Bpffs::new("rc");
-    let filters = |ifname: &str| {
-        support::ip(&[
-            "netns",
-            "exec",
-            &node.netns,
-            "tc",
-            "filter",
-            "show",
-            "dev",
-            ifname,
-            "ingress",
-        ])
-    };
+    let filters = |ifname: &str| ingress_filters(&node.netns, ifname);
     let local = node.local_pods();
 
     let mut pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");

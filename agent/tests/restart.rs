@@ -14,20 +14,19 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tollgate_agent::{
-    config::AgentConfig, daemon::run_agent, pins::pinned_link_target, source::StaticSource,
-};
-use tollgate_collector::config::SinkConfig;
+use tollgate_agent::{daemon::run_agent, pins::pinned_link_target, source::StaticSource};
 use tollgate_enforcer::manifest::parse_manifests;
 
-use support::{Bpffs, Node, Pod, in_netns, root};
+use support::{
+    Bpffs, Node, Pod, TempDir, agent_settings, enter_netns, free_port, http_get, http_ok, in_netns,
+    root, spawn_in_netns,
+};
 
 const PODS: &str = include_str!("../../examples/seed/lab-pods.yaml");
 const ALL_DENY: &str = include_str!("../../examples/seed/all-deny.yaml");
@@ -84,15 +83,7 @@ fn agent_process() {
         .with_writer(std::io::stderr)
         .try_init();
 
-    let mut config = AgentConfig::default();
-    config.agent.bpffs = PathBuf::from(bpffs);
-    config.agent.metrics_address = address;
-    config.agent.health_address = address;
-    config.collector.node = "lab-node".to_owned();
-    config.collector.spool_dir = files.join("spool");
-    config.collector.sink = SinkConfig::Local {
-        dir: files.join("flows"),
-    };
+    let config = agent_settings(Path::new(&bpffs), address, &files);
     let (source, handle) = StaticSource::new(seed(true));
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -106,11 +97,9 @@ fn agent_process() {
         std::mem::forget(handle);
     });
 
-    let handle = std::fs::File::open(format!("/run/netns/{netns}")).expect("open netns");
-    // SAFETY: the descriptor is open for the call; this process exists to run the agent in
-    // the node namespace (the runtime's threads, started after, inherit it).
-    let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+    // This process exists to run the agent in the node namespace (the runtime's threads,
+    // started after, inherit it).
+    enter_netns(&netns);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -174,7 +163,7 @@ impl AgentProcess {
                     self.log.lock().unwrap().join("\n")
                 );
             }
-            if get(node, self.address, "/readyz").is_some_and(|(status, _)| status == 200) {
+            if http_ok(node, self.address, "/readyz") {
                 return started.elapsed();
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -186,7 +175,7 @@ impl AgentProcess {
     }
 
     fn metrics(&self, node: &Node) -> String {
-        let (status, text) = get(node, self.address, "/metrics").expect("/metrics");
+        let (status, text) = http_get(node, self.address, "/metrics").expect("/metrics");
         assert_eq!(status, 200, "{text}");
         text
     }
@@ -212,33 +201,6 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `GET path` on `address` in the node namespace: the status and the body; `None` when
-/// nothing answers.
-fn get(node: &Node, address: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = in_netns(&node.netns, || {
-        TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok()
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-/// A free loopback port of the node namespace (nothing else binds there).
-fn free_port(node: &Node) -> SocketAddr {
-    in_netns(&node.netns, || {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-    })
 }
 
 /// `name value` of a Prometheus text line.
@@ -331,13 +293,8 @@ fn prober(
     tally: &Arc<Tally>,
 ) -> std::thread::JoinHandle<()> {
     let (counts, stop) = (Arc::clone(tally), Arc::clone(stop));
-    let netns = std::fs::File::open(format!("/run/netns/{}", from.netns)).expect("open netns");
     let address = SocketAddr::new(to.ip, 80);
-    std::thread::spawn(move || {
-        // SAFETY: the descriptor is open for the call; only this thread, which ends after the
-        // traffic, changes namespace.
-        let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+    spawn_in_netns(&from.netns, move || {
         while !stop.load(Ordering::Relaxed) && start.elapsed() < TRAFFIC_AT_MOST {
             let began = Instant::now();
             counts.attempts.fetch_add(1, Ordering::Relaxed);
@@ -409,15 +366,6 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
     if !root("SIGKILL of an agent process in network namespaces") {
@@ -429,8 +377,7 @@ fn sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
     let httpd = node.add_pod("httpd", "198.18.0.30", 3);
     let amazonlinux = node.add_pod("amazonlinux", "198.18.0.40", 4);
     let bpffs = Bpffs::new("restart");
-    let files =
-        TempDir(std::env::temp_dir().join(format!("tollgate-restart-test-{}", std::process::id())));
+    let files = TempDir::new("restart");
     let _servers = (Server::start(&nginx), Server::start(&httpd));
 
     // The first agent.

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::s3_server::TempDir;
+use support::{is_root, s3_server::TempDir};
 use tokio::sync::Notify;
 use tollgate_collector::{
     config::{CollectorConfig, SinkConfig},
@@ -20,15 +20,6 @@ use tollgate_collector::{
     service::Collector,
 };
 use tollgate_schemas::Counter;
-
-fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
-    }
-    root
-}
 
 fn config(dir: &TempDir) -> CollectorConfig {
     CollectorConfig {

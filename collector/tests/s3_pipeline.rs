@@ -11,7 +11,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::s3_server::{S3Server, TempDir};
+use support::{
+    is_root,
+    s3_server::{S3Server, TempDir},
+};
 use tollgate_collector::{
     config::{CollectorConfig, S3Config, SinkConfig},
     flood::Flood,
@@ -19,15 +22,6 @@ use tollgate_collector::{
     read::{StoredRecord, read_file},
     service::Collector,
 };
-
-fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
-    }
-    root
-}
 
 /// One-second windows, files closed every second, drained every 50 ms: many small objects in
 /// a short test.

@@ -3,20 +3,15 @@
 //! real lab run wrote. Needs root (the lab) and the Python environment `scripts/setup.sh`
 //! creates (`.venv`, DuckDB and sqlglot).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 use tollgate_lab::{Attach, LabOptions, OutputFormat, run};
 
-fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
-    }
-    root
-}
+use support::is_root;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -1,19 +1,14 @@
 //! The whole lab, as `tollgate lab` runs it: the seed's three steps with the real probe
 //! attached. Needs root (namespaces, veths, BPF).
 
+mod support;
+
 use tollgate_lab::{
     Attach, FlowRecord, LabOptions, OutputFormat, StepReport, run, topology::list_netns,
 };
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
 
-fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
-    }
-    root
-}
+use support::is_root;
 
 fn pod(peer: &Option<String>) -> &str {
     peer.as_deref().unwrap_or("?")

@@ -1,6 +1,8 @@
 //! The lab's network without enforcement: the VPC CNI wiring, the servers and the client, and
 //! cleanup on success, on a failed build and on panic. Needs root (namespaces, veths).
 
+mod support;
+
 use std::net::Ipv4Addr;
 use std::process::Command;
 
@@ -15,14 +17,7 @@ use tollgate_lab::{
     topology::{GATEWAY, Topology, list_netns},
 };
 
-fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
-    }
-    root
-}
+use support::is_root;
 
 /// `ip ARGS -j …` as JSON.
 fn ip_json(args: &[&str]) -> Value {

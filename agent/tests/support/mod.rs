@@ -7,20 +7,43 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tollgate_agent::endpoints::{LocalPod, ifindex};
+use aya::programs::{SchedClassifier, TcAttachType};
+use tollgate_agent::{
+    config::AgentConfig,
+    daemon::run_agent,
+    endpoints::{LocalPod, ifindex},
+    source::StaticSource,
+};
+use tollgate_collector::config::SinkConfig;
 use tollgate_enforcer::{
     compile::{Compiled, Placement, compile},
     desired::Ids,
     manifest::parse_manifests,
     probe::Probe,
+    snapshot::Snapshot,
     sync::sync,
 };
+
+/// The seed scenario's manifests: the lab's pods, `all-deny`, and the two allow policies.
+pub const SEED: [&str; 3] = [
+    include_str!("../../../examples/seed/lab-pods.yaml"),
+    include_str!("../../../examples/seed/all-deny.yaml"),
+    include_str!("../../../examples/seed/allow-amazonlinux-to-nginx.yaml"),
+];
+
+/// The seed scenario as one snapshot.
+pub fn seed() -> Snapshot {
+    let (snapshot, errors) = parse_manifests(&SEED.join("\n---\n"), "seed");
+    assert!(errors.is_empty(), "{errors:?}");
+    snapshot
+}
 
 /// Whether the test runs as root; says SKIPPED loudly when not.
 pub fn root(what: &str) -> bool {
@@ -52,20 +75,38 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Runs `f` on a fresh thread inside network namespace `netns` (as `ip netns` names it).
-pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+/// Moves the calling thread into network namespace `netns` (as `ip netns` names it); threads
+/// it starts afterwards inherit it. Call it only on a thread of its own (or in a process that
+/// exists for it).
+pub fn enter_netns(netns: &str) {
     let handle = File::open(format!("/run/netns/{netns}")).expect("open the namespace");
+    // SAFETY: the descriptor is open for the whole call.
+    let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a fresh thread inside network namespace `netns` and returns its result.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                // SAFETY: the descriptor is open for the whole call; only this thread, which
-                // ends after `f`, changes namespace.
-                let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+                enter_netns(netns);
                 f()
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Starts `f` on a thread of its own inside network namespace `netns`.
+pub fn spawn_in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let netns = netns.to_owned();
+    std::thread::spawn(move || {
+        enter_netns(&netns);
+        f()
     })
 }
 
@@ -389,5 +430,153 @@ impl Drop for Bpffs {
             let _ = Command::new("umount").arg("-l").arg(mount).status();
             let _ = std::fs::remove_dir(mount);
         }
+    }
+}
+
+/// How many TCX programs sit on each hook (ingress, egress) of `ifname` in `netns`.
+pub fn tcx_programs(netns: &str, ifname: &str) -> (usize, usize) {
+    in_netns(netns, || {
+        let count = |hook| {
+            SchedClassifier::query_tcx(ifname, hook)
+                .map(|(_, programs)| programs.len())
+                .expect("query TCX")
+        };
+        (count(TcAttachType::Ingress), count(TcAttachType::Egress))
+    })
+}
+
+/// The tc filters on the ingress hook (traffic from the pod) of `ifname` in `netns`, as
+/// `tc filter show` prints them.
+pub fn ingress_filters(netns: &str, ifname: &str) -> String {
+    ip(&[
+        "netns", "exec", netns, "tc", "filter", "show", "dev", ifname, "ingress",
+    ])
+}
+
+/// Whether a TCP connection from `from` to `to` on port 80 is established within `wait`.
+pub fn tcp_reaches(from: &Pod, to: &Pod, wait: Duration) -> bool {
+    let address = SocketAddr::new(to.ip, 80);
+    let _listener = in_netns(&to.netns, || TcpListener::bind(address).expect("listen"));
+    in_netns(&from.netns, || {
+        TcpStream::connect_timeout(&address, wait).is_ok()
+    })
+}
+
+/// `GET path` on `address` in the node namespace: the status and the body; `None` when
+/// nothing answers.
+pub fn http_get(node: &Node, address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = in_netns(&node.netns, || {
+        TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok()
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Whether `GET path` answers 200.
+pub fn http_ok(node: &Node, address: SocketAddr, path: &str) -> bool {
+    http_get(node, address, path).is_some_and(|(status, _)| status == 200)
+}
+
+/// A free loopback port of the node namespace (nothing else binds there).
+pub fn free_port(node: &Node) -> SocketAddr {
+    in_netns(&node.netns, || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+    })
+}
+
+/// The agent's settings for a test in `node`: pins under `bpffs`, one HTTP address for
+/// `/metrics` and health on the node's loopback, spool and flows under `files`.
+pub fn agent_config(node: &Node, bpffs: &Bpffs, files: &Path) -> AgentConfig {
+    agent_settings(&bpffs.root, free_port(node), files)
+}
+
+/// The agent's settings for a test: pins under `bpffs`, `/metrics` and health on `http`,
+/// spool and flows under `files`.
+pub fn agent_settings(bpffs: &Path, http: SocketAddr, files: &Path) -> AgentConfig {
+    let mut config = AgentConfig::default();
+    config.agent.bpffs = bpffs.to_owned();
+    config.agent.metrics_address = http;
+    config.agent.health_address = http;
+    config.collector.node = "lab-node".to_owned();
+    config.collector.spool_dir = files.join("spool");
+    config.collector.sink = SinkConfig::Local {
+        dir: files.join("flows"),
+    };
+    config
+}
+
+/// `run_agent` on a thread of its own inside a node namespace; stopped and joined on drop,
+/// also when the test fails.
+pub struct RunningAgent {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl RunningAgent {
+    /// Starts the agent on `source` in `netns`.
+    pub fn start(netns: &str, config: AgentConfig, source: StaticSource) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = spawn_in_netns(netns, move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime
+                .block_on(run_agent(config, source, async {
+                    let _ = stopped.await;
+                }))
+                .map_err(|e| e.to_string())
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the agent and says how it ended.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.finish().expect("agent thread")
+    }
+
+    fn finish(&mut self) -> Option<Result<(), String>> {
+        drop(self.stop.take());
+        let thread = self.thread.take()?;
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|_| Err("agent panicked".to_owned())),
+        )
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// A temporary directory named after `tag` and the process, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// `<temp dir>/tollgate-<tag>-test-<pid>`.
+    pub fn new(tag: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("tollgate-{tag}-test-{}", std::process::id())))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
