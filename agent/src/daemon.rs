@@ -365,7 +365,6 @@ impl LocalEndpoints for NodeEndpoints {
             watch,
             endpoints,
             prefix,
-            adopted,
             burst_end,
             ..
         } = self;
@@ -406,14 +405,9 @@ impl LocalEndpoints for NodeEndpoints {
                     }
                 }
                 // A new veth gets the probe before anything else: from here on its pod is
-                // enforced (an unknown endpoint until its entries are written).
-                let links: Vec<Veth> = {
-                    let probe = endpoints.attacher().lock();
-                    links
-                        .into_iter()
-                        .filter(|veth| *adopted || !probe.has_foreign_pins(&veth.ifname))
-                        .collect()
-                };
+                // enforced (an unknown endpoint until its entries are written). The loop asks
+                // for node changes only after a pass synced, and the adoption follows that
+                // first pass: no earlier agent's pins are left to leave alone here.
                 endpoints.attach_new(&links);
                 if events.relevant() && burst_end.is_none() {
                     *burst_end = Some(tokio::time::Instant::now() + NODE_BURST_MAX);

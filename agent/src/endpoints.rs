@@ -353,26 +353,16 @@ impl<A: Attacher> Endpoints<A> {
                 }
             }
         }
-        let attached = self.attacher.attached();
-        for (ifname, ifindex) in &wanted {
-            if attached.get(*ifname) == Some(ifindex) {
-                continue;
-            }
-            let veth = Veth {
-                ifname: (*ifname).to_string(),
-                ifindex: *ifindex,
-            };
-            match self.attacher.attach(&veth) {
-                Ok(()) => {
-                    tracing::info!(ifname, ifindex, "probe attached");
-                    applied.attached.push(veth);
-                }
-                Err(error) => {
-                    tracing::warn!(ifname, ifindex, %error, "probe not attached");
-                    applied.failed.push((veth.ifname, error.to_string()));
-                }
-            }
-        }
+        let wanted: Vec<Veth> = wanted
+            .into_iter()
+            .map(|(ifname, ifindex)| Veth {
+                ifname: ifname.to_owned(),
+                ifindex,
+            })
+            .collect();
+        let added = self.attach_new(&wanted);
+        applied.attached = added.attached;
+        applied.failed.extend(added.failed);
         let attached = self.attacher.attached();
         self.pods = discovery
             .veths
@@ -384,7 +374,7 @@ impl<A: Attacher> Endpoints<A> {
     }
 
     /// Attaches the probe to each of `links` it is not on yet (under that ifindex), and
-    /// detaches nothing: a veth that just appeared, before any pass names its pod.
+    /// detaches nothing: also a veth that just appeared, before any pass names its pod.
     pub fn attach_new(&mut self, links: &[Veth]) -> Applied {
         let mut applied = Applied::default();
         for veth in links {
@@ -393,11 +383,11 @@ impl<A: Attacher> Endpoints<A> {
             }
             match self.attacher.attach(veth) {
                 Ok(()) => {
-                    tracing::info!(ifname = %veth.ifname, ifindex = veth.ifindex, "probe attached to a new veth");
+                    tracing::info!(ifname = %veth.ifname, ifindex = veth.ifindex, "probe attached");
                     applied.attached.push(veth.clone());
                 }
                 Err(error) => {
-                    tracing::warn!(ifname = %veth.ifname, ifindex = veth.ifindex, %error, "probe not attached to a new veth");
+                    tracing::warn!(ifname = %veth.ifname, ifindex = veth.ifindex, %error, "probe not attached");
                     applied
                         .failed
                         .push((veth.ifname.clone(), error.to_string()));

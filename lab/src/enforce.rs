@@ -11,9 +11,10 @@
 //! written (in strict mode their traffic is denied until then), compiles, syncs by
 //! difference, and runs the collector on the probe's ring buffer. The walk talks to it through
 //! the agent's hooks: [`NodeAgent::apply`] sets a step's snapshot and waits for the pass that
-//! synced it; [`NodeAgent::barrier`] waits until the collector has every event so far and
-//! returns the probe's counters; [`NodeAgent::stop`] stops the agent (the collector ships its
-//! last files) and unmounts the bpffs, which takes the pinned links and maps with it.
+//! synced it ([`NodeAgent::synced`] only waits: for the first step's); [`NodeAgent::barrier`]
+//! waits until the collector has every event so far and returns the probe's counters;
+//! [`NodeAgent::stop`] stops the agent (the collector ships its last files) and unmounts the
+//! bpffs, which takes the pinned links and maps with it.
 
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -46,7 +47,7 @@ pub struct NodeAgent {
 impl NodeAgent {
     /// Starts the agent in `topology`'s node on `first` (the first step's snapshot), with the
     /// collector of `collector` (its events also go to `tap`). Returns once the agent runs;
-    /// its first pass comes with [`NodeAgent::apply`] of the same snapshot.
+    /// [`NodeAgent::synced`] waits for its first pass.
     pub fn start(
         topology: &Topology,
         attach: Attach,
@@ -109,13 +110,19 @@ impl NodeAgent {
         })
     }
 
-    /// Makes `snapshot` the cluster (unless it is already) and waits for the agent's pass
-    /// that synced it: the maps hold it from then on. The compiler must accept every object
-    /// of a step: the lab's manifests are exact.
+    /// Makes `snapshot` the cluster and waits for the agent's pass that synced it (see
+    /// [`NodeAgent::synced`]).
     pub async fn apply(&mut self, step: u32, snapshot: &Snapshot) -> Result<Synced, LabError> {
         if let Some(handle) = &self.handle {
             handle.set(snapshot.clone());
         }
+        self.synced(step, snapshot).await
+    }
+
+    /// Waits for the agent's pass that synced `snapshot` (the first step's, given to
+    /// [`NodeAgent::start`], or the one last [`NodeAgent::apply`]-ed): the maps hold it from
+    /// then on. The compiler must accept every object of a step: the lab's manifests are exact.
+    pub async fn synced(&mut self, step: u32, snapshot: &Snapshot) -> Result<Synced, LabError> {
         let synced = tokio::time::timeout(PASS_WITHIN, async {
             while let Some(synced) = self.passes.recv().await {
                 if synced.snapshot == *snapshot {
@@ -165,27 +172,30 @@ impl NodeAgent {
     pub async fn stop(mut self) -> Result<Stopped, LabError> {
         self.handle = None;
         drop(self.shutdown.take());
-        let thread = self.thread.take();
-        let result = tokio::task::spawn_blocking(move || thread.map(JoinHandle::join))
-            .await
-            .map_err(|error| LabError::Agent(error.to_string()))?;
+        let stopped = self.join().await;
         drop(self.bpffs.take());
-        match result {
-            Some(Ok(Ok(stopped))) => Ok(stopped),
-            Some(Ok(Err(error))) => Err(LabError::Agent(error)),
-            Some(Err(_)) => Err(LabError::Agent("its thread panicked".to_owned())),
-            None => Err(LabError::Agent("already stopped".to_owned())),
-        }
+        stopped
     }
 
     /// Why the agent ended before it was stopped.
     async fn ended(&mut self) -> LabError {
+        match self.join().await {
+            Ok(_) => LabError::Agent("it ended before the walk did".to_owned()),
+            Err(error) => error,
+        }
+    }
+
+    /// Waits for the agent's thread to end; what its collector shipped.
+    async fn join(&mut self) -> Result<Stopped, LabError> {
         let thread = self.thread.take();
-        let joined = tokio::task::spawn_blocking(move || thread.map(JoinHandle::join)).await;
+        let joined = tokio::task::spawn_blocking(move || thread.map(JoinHandle::join))
+            .await
+            .map_err(|error| LabError::Agent(error.to_string()))?;
         match joined {
-            Ok(Some(Ok(Err(error)))) => LabError::Agent(error),
-            Ok(Some(Err(_))) => LabError::Agent("its thread panicked".to_owned()),
-            _ => LabError::Agent("it ended before the walk did".to_owned()),
+            Some(Ok(Ok(stopped))) => Ok(stopped),
+            Some(Ok(Err(error))) => Err(LabError::Agent(error)),
+            Some(Err(_)) => Err(LabError::Agent("its thread panicked".to_owned())),
+            None => Err(LabError::Agent("already stopped".to_owned())),
         }
     }
 }

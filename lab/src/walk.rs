@@ -37,14 +37,16 @@ pub async fn walk(
     let mut agent = NodeAgent::start(&topology, attach, collector, tap, first.clone())?;
     // The first step synced before any server or client socket exists: every veth has the
     // probe, and no pod packet escapes it.
-    agent.apply(STEPS[0].number, &first).await?;
+    let mut first = Some(agent.synced(STEPS[0].number, &first).await?);
     let servers = Servers::start(&topology, &pods).await?;
     let client = Client::new(&topology, &pods, CLIENT_POD, Timeouts::default())?;
 
     let mut steps = Vec::with_capacity(STEPS.len());
     for step in &STEPS {
-        let snapshot = step.snapshot(&pods)?;
-        let synced = agent.apply(step.number, &snapshot).await?;
+        let synced = match first.take() {
+            Some(synced) => synced,
+            None => agent.apply(step.number, &step.snapshot(&pods)?).await?,
+        };
         let mut checks = Vec::with_capacity(step.checks.len());
         for check in step.checks {
             let outcome = client.curl(check.host).await?;
