@@ -475,20 +475,14 @@ class Validation(unittest.TestCase):
 class Structure(unittest.TestCase):
     """What python-hcl2 reads in the source: documentation, pins, and the wiring."""
 
-    def test_every_variable_has_a_description_and_a_type(self):
+    def test_every_variable_and_output_is_described_and_every_variable_typed(self):
         for path in tf_files():
-            for block in load_hcl(path).get("variable", []):
-                for name, body in block.items():
-                    with self.subTest(file=str(path.relative_to(ROOT)), variable=name):
-                        self.assertTrue(body.get("description", "").strip(), "no description")
-                        self.assertTrue(body.get("type"), "no type")
-
-    def test_every_output_has_a_description(self):
-        for path in tf_files():
-            for block in load_hcl(path).get("output", []):
-                for name, body in block.items():
-                    with self.subTest(file=str(path.relative_to(ROOT)), output=name):
-                        self.assertTrue(body.get("description", "").strip(), "no description")
+            for kind, required in (("variable", ("description", "type")), ("output", ("description",))):
+                for block in load_hcl(path).get(kind, []):
+                    for name, body in block.items():
+                        for attribute in required:
+                            with self.subTest(file=str(path.relative_to(ROOT)), block=f"{kind} {name}", attribute=attribute):
+                                self.assertTrue(str(body.get(attribute, "")).strip(), f"no {attribute}")
 
     def test_every_module_pins_terraform_and_its_providers(self):
         for directory in module_dirs():
@@ -599,19 +593,29 @@ class Structure(unittest.TestCase):
         sse = resources["aws_s3_bucket_server_side_encryption_configuration"]["this"]["rule"][0]
         self.assertEqual(sse["apply_server_side_encryption_by_default"][0]["sse_algorithm"], "aws:kms")
         self.assertIs(sse["bucket_key_enabled"], True)
-        policy = blocks(MODULES / "encrypted-bucket", "data")["aws_iam_policy_document"]["bucket"]
-        statements = {s["sid"]: s for s in policy["statement"]}
+        statement = blocks(MODULES / "encrypted-bucket", "data")["aws_iam_policy_document"]["bucket"]["dynamic"][0]
+        self.assertEqual(statement["statement"]["for_each"], "${local.refusals}")
+        self.assertEqual(statement["statement"]["content"][0]["effect"], "Deny")
+        locals_ = {}
+        for block in load_hcl(MODULES / "encrypted-bucket" / "main.tf")["locals"]:
+            locals_.update(block)
+        refusals = {r["sid"]: (r["test"], r["variable"], r["values"], r["resources"]) for r in locals_["refusals"]}
+        everything, objects = "${local.bucket_and_objects}", "${local.objects}"
         self.assertEqual(
-            set(statements),
-            {"DenyInsecureTransport", "DenyOutdatedTls", "DenyOtherEncryption", "DenyOtherKmsKey", "DenyCustomerProvidedKeys"},
+            refusals,
+            {
+                "DenyInsecureTransport": ("Bool", "aws:SecureTransport", ["false"], everything),
+                "DenyOutdatedTls": ("NumericLessThan", "s3:TlsVersion", ["1.2"], everything),
+                "DenyOtherEncryption": ("StringNotEqualsIfExists", "s3:x-amz-server-side-encryption", ["aws:kms"], objects),
+                "DenyOtherKmsKey": (
+                    "StringNotEqualsIfExists",
+                    "s3:x-amz-server-side-encryption-aws-kms-key-id",
+                    ["${local.kms_key_arn}"],
+                    objects,
+                ),
+                "DenyCustomerProvidedKeys": ("Null", "s3:x-amz-server-side-encryption-customer-algorithm", ["false"], objects),
+            },
         )
-        for s in statements.values():
-            self.assertEqual(s["effect"], "Deny")
-        tls = statements["DenyInsecureTransport"]["condition"][0]
-        self.assertEqual((tls["test"], tls["variable"], tls["values"]), ("Bool", "aws:SecureTransport", ["false"]))
-        encryption = statements["DenyOtherEncryption"]["condition"][0]
-        self.assertEqual(encryption["values"], ["aws:kms"])
-        self.assertEqual(statements["DenyOtherKmsKey"]["condition"][0]["values"], ["${local.kms_key_arn}"])
 
     def test_helm_values_exist_in_the_chart(self):
         import yaml

@@ -165,94 +165,40 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
   depends_on = [aws_s3_bucket_versioning.this]
 }
 
+locals {
+  bucket_and_objects = [aws_s3_bucket.this.arn, "${aws_s3_bucket.this.arn}/*"]
+  objects            = ["${aws_s3_bucket.this.arn}/*"]
+
+  # What the bucket policy refuses to everyone: one statement each, Deny when the condition
+  # holds. The *IfExists tests let a request without the header through (see the top).
+  refusals = [
+    { sid = "DenyInsecureTransport", actions = ["s3:*"], resources = local.bucket_and_objects, test = "Bool", variable = "aws:SecureTransport", values = ["false"] },
+    { sid = "DenyOutdatedTls", actions = ["s3:*"], resources = local.bucket_and_objects, test = "NumericLessThan", variable = "s3:TlsVersion", values = ["1.2"] },
+    { sid = "DenyOtherEncryption", actions = ["s3:PutObject"], resources = local.objects, test = "StringNotEqualsIfExists", variable = "s3:x-amz-server-side-encryption", values = ["aws:kms"] },
+    { sid = "DenyOtherKmsKey", actions = ["s3:PutObject"], resources = local.objects, test = "StringNotEqualsIfExists", variable = "s3:x-amz-server-side-encryption-aws-kms-key-id", values = [local.kms_key_arn] },
+    { sid = "DenyCustomerProvidedKeys", actions = ["s3:PutObject"], resources = local.objects, test = "Null", variable = "s3:x-amz-server-side-encryption-customer-algorithm", values = ["false"] },
+  ]
+}
+
 data "aws_iam_policy_document" "bucket" {
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.this.arn, "${aws_s3_bucket.this.arn}/*"]
+  dynamic "statement" {
+    for_each = local.refusals
+    content {
+      sid       = statement.value.sid
+      effect    = "Deny"
+      actions   = statement.value.actions
+      resources = statement.value.resources
 
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
+      principals {
+        type        = "*"
+        identifiers = ["*"]
+      }
 
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
-
-  statement {
-    sid       = "DenyOutdatedTls"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.this.arn, "${aws_s3_bucket.this.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "NumericLessThan"
-      variable = "s3:TlsVersion"
-      values   = ["1.2"]
-    }
-  }
-
-  statement {
-    sid       = "DenyOtherEncryption"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.this.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "StringNotEqualsIfExists"
-      variable = "s3:x-amz-server-side-encryption"
-      values   = ["aws:kms"]
-    }
-  }
-
-  statement {
-    sid       = "DenyOtherKmsKey"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.this.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "StringNotEqualsIfExists"
-      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
-      values   = [local.kms_key_arn]
-    }
-  }
-
-  statement {
-    sid       = "DenyCustomerProvidedKeys"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.this.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption-customer-algorithm"
-      values   = ["false"]
+      condition {
+        test     = statement.value.test
+        variable = statement.value.variable
+        values   = statement.value.values
+      }
     }
   }
 }
