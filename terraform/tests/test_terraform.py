@@ -121,6 +121,9 @@ def plain(value):
         if heredoc:
             body = heredoc.group(3) + "\n"
             return textwrap.dedent(body) if heredoc.group(1) else body
+        if "${" in value:
+            # A template: expressions inside may hold quotes of their own; kept as written.
+            return value[1:-1]
         # HCL's string escapes (\", \\, \n) are JSON's.
         return json.loads(value)
     return value
@@ -368,13 +371,16 @@ VALIDATION_CASES = [
     ("flow-log-layout", dict(LAYOUT_INPUTS, partition="azure"), "partition: one of"),
     ("encrypted-bucket", BUCKET_BASE, None),
     ("encrypted-bucket", dict(BUCKET_BASE, object_lock={"mode": "COMPLIANCE", "retention_days": 365}), None),
-    ("encrypted-bucket", dict(BUCKET_BASE, storage_lifecycle={"transition_days": None, "expiration_days": None}), None),
+    ("encrypted-bucket", dict(BUCKET_BASE, storage_lifecycle={"transition_days": 0, "expiration_days": 0}), None),
+    ("encrypted-bucket", dict(BUCKET_BASE, storage_lifecycle={"transition_days": 0, "expiration_days": 30}), None),
+    ("encrypted-bucket", dict(BUCKET_BASE, storage_lifecycle={"expiration_days": 0}, object_lock={"mode": "GOVERNANCE", "retention_days": 3650}), None),
+    ("encrypted-bucket", dict(BUCKET_BASE, storage_lifecycle={"transition_days": 90, "expiration_days": -1}), "0 (never) or more"),
     ("encrypted-bucket", dict(BUCKET_BASE, kms_key_arn="alias/aws/s3"), "kms_key_arn: the ARN of a KMS key"),
     ("encrypted-bucket", dict(BUCKET_BASE, kms_key_deletion_window_days=3), "kms_key_deletion_window_days"),
     ("encrypted-bucket", dict(BUCKET_BASE, storage_lifecycle={"transition_storage_class": "GLACIER"}), "storage classes Athena reads"),
     ("encrypted-bucket", dict(BUCKET_BASE, storage_lifecycle={"transition_days": 7}), "only after at least 30 days"),
     ("encrypted-bucket", dict(BUCKET_BASE, storage_lifecycle={"transition_days": 90, "expiration_days": 60}), "expiration_days: after transition_days"),
-    ("encrypted-bucket", dict(BUCKET_BASE, storage_lifecycle={"noncurrent_expiration_days": 0}), "are at least 1"),
+    ("encrypted-bucket", dict(BUCKET_BASE, storage_lifecycle={"noncurrent_expiration_days": 0}), "abort_incomplete_multipart_upload_days at least 1"),
     ("encrypted-bucket", dict(BUCKET_BASE, object_lock={"mode": "LEGAL_HOLD", "retention_days": 30}), "GOVERNANCE or COMPLIANCE"),
     ("encrypted-bucket", dict(BUCKET_BASE, object_lock={"mode": "GOVERNANCE", "retention_days": 0}), "between 1 and 36500"),
     ("encrypted-bucket", dict(BUCKET_BASE, object_lock={"mode": "COMPLIANCE", "retention_days": 500}), "would expire from queries"),

@@ -28,7 +28,7 @@ module "athena_results" {
 
   name = var.athena_results_bucket
   storage_lifecycle = {
-    transition_days = null
+    transition_days = 0
     expiration_days = var.results_expiration_days
     # Results are never overwritten: a replaced version is a leftover.
     noncurrent_expiration_days = 1

@@ -47,7 +47,8 @@ resource "aws_kms_key" "this" {
 resource "aws_kms_alias" "this" {
   count = local.create_key ? 1 : 0
 
-  name          = "alias/s3-${var.name}"
+  # Alias names have no dots; bucket names may.
+  name          = "alias/s3-${replace(var.name, ".", "-")}"
   target_key_id = aws_kms_key.this[0].key_id
 }
 
@@ -126,7 +127,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     filter {}
 
     dynamic "transition" {
-      for_each = var.storage_lifecycle.transition_days == null ? [] : [var.storage_lifecycle]
+      for_each = var.storage_lifecycle.transition_days == 0 ? [] : [var.storage_lifecycle]
       content {
         days          = transition.value.transition_days
         storage_class = transition.value.transition_storage_class
@@ -134,7 +135,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     }
 
     dynamic "expiration" {
-      for_each = var.storage_lifecycle.expiration_days == null ? [] : [var.storage_lifecycle]
+      for_each = var.storage_lifecycle.expiration_days == 0 ? [] : [var.storage_lifecycle]
       content {
         days = expiration.value.expiration_days
       }

@@ -31,7 +31,7 @@ variable "kms_key_deletion_window_days" {
 }
 
 variable "storage_lifecycle" {
-  description = "Lifecycle of every object: current versions move to transition_storage_class after transition_days (null: never) and expire after expiration_days (null: never); replaced or expired versions are deleted noncurrent_expiration_days later; unfinished multipart uploads are aborted after abort_incomplete_multipart_upload_days."
+  description = "Lifecycle of every object: current versions move to transition_storage_class after transition_days (0: never) and expire after expiration_days (0: never); replaced or expired versions are deleted noncurrent_expiration_days later; unfinished multipart uploads are aborted after abort_incomplete_multipart_upload_days. (0, not null, means never: Terraform replaces a null attribute by its default.)"
   type = object({
     transition_days                        = optional(number, 30)
     transition_storage_class               = optional(string, "STANDARD_IA")
@@ -49,19 +49,18 @@ variable "storage_lifecycle" {
   }
 
   validation {
-    # try(…, true): a null transition_days has nothing to check.
-    condition     = !contains(["STANDARD_IA", "ONEZONE_IA"], var.storage_lifecycle.transition_storage_class) || try(var.storage_lifecycle.transition_days >= 30, true)
+    condition     = var.storage_lifecycle.transition_days == 0 || !contains(["STANDARD_IA", "ONEZONE_IA"], var.storage_lifecycle.transition_storage_class) || var.storage_lifecycle.transition_days >= 30
     error_message = "storage_lifecycle.transition_days: S3 moves objects to STANDARD_IA or ONEZONE_IA only after at least 30 days."
   }
 
   validation {
-    condition     = try(var.storage_lifecycle.expiration_days > coalesce(var.storage_lifecycle.transition_days, 0), true)
-    error_message = "storage_lifecycle.expiration_days: after transition_days."
+    condition     = var.storage_lifecycle.expiration_days == 0 || var.storage_lifecycle.expiration_days > var.storage_lifecycle.transition_days
+    error_message = "storage_lifecycle.expiration_days: after transition_days (or 0: never)."
   }
 
   validation {
-    condition     = var.storage_lifecycle.noncurrent_expiration_days >= 1 && var.storage_lifecycle.abort_incomplete_multipart_upload_days >= 1
-    error_message = "storage_lifecycle: noncurrent_expiration_days and abort_incomplete_multipart_upload_days are at least 1."
+    condition     = var.storage_lifecycle.transition_days >= 0 && var.storage_lifecycle.expiration_days >= 0 && var.storage_lifecycle.noncurrent_expiration_days >= 1 && var.storage_lifecycle.abort_incomplete_multipart_upload_days >= 1
+    error_message = "storage_lifecycle: transition_days and expiration_days are 0 (never) or more, noncurrent_expiration_days and abort_incomplete_multipart_upload_days at least 1."
   }
 }
 
@@ -86,8 +85,8 @@ variable "object_lock" {
   validation {
     # A record that expires while locked is hidden behind a delete marker: still kept, no
     # longer queryable, which defeats keeping it as evidence.
-    # try(…, true): without a lock or without expiry there is nothing to check.
-    condition     = try(var.storage_lifecycle.expiration_days >= var.object_lock.retention_days, true)
+    # try(…, true): without a lock there is nothing to check.
+    condition     = var.storage_lifecycle.expiration_days == 0 || try(var.storage_lifecycle.expiration_days >= var.object_lock.retention_days, true)
     error_message = "object_lock.retention_days: longer than storage_lifecycle.expiration_days; a locked record would expire from queries while still retained."
   }
 }
