@@ -139,7 +139,8 @@ def tf_files() -> list[Path]:
 
 
 def blocks(directory: Path, kind: str) -> dict:
-    """Every `kind` block of a module, by label: {label: body} (resources: {type: {name: body}})."""
+    """Every `kind` block of a module, by label: {label: body} (resources: {type: {name: body}};
+    locals: {name: value}, every locals block of the module merged)."""
     found: dict = {}
     for path in sorted(directory.glob("*.tf")):
         for block in load_hcl(path).get(kind, []):
@@ -325,9 +326,7 @@ class Layout(unittest.TestCase):
 
     def test_layout_hcl_declares_the_ddl_columns(self):
         # The same check on the source text, as a reader sees it.
-        locals_ = {}
-        for block in load_hcl(MODULES / "flow-log-layout" / "main.tf")["locals"]:
-            locals_.update(block)
+        locals_ = blocks(MODULES / "flow-log-layout", "locals")
         self.assertEqual(locals_["columns"], self.ddl["columns"])
         self.assertEqual(locals_["partition_keys"], self.ddl["partition_keys"])
 
@@ -539,9 +538,7 @@ class Structure(unittest.TestCase):
         named = blocks(module, "resource")["aws_athena_named_query"]["this"]
         self.assertEqual(named["for_each"], "${local.queries}")
         self.assertEqual(named["query"], "${each.value}")
-        locals_ = {}
-        for block in load_hcl(module / "main.tf")["locals"]:
-            locals_.update(block)
+        locals_ = blocks(module, "locals")
         self.assertIn('"${path.module}/../../../schemas/athena/queries"', locals_["queries_dir"])
         self.assertEqual((module / "../../../schemas/athena/queries").resolve(), QUERIES)
         files = sorted(QUERIES.glob("*.sql"))
@@ -602,9 +599,7 @@ class Structure(unittest.TestCase):
         statement = blocks(MODULES / "encrypted-bucket", "data")["aws_iam_policy_document"]["bucket"]["dynamic"][0]
         self.assertEqual(statement["statement"]["for_each"], "${local.refusals}")
         self.assertEqual(statement["statement"]["content"][0]["effect"], "Deny")
-        locals_ = {}
-        for block in load_hcl(MODULES / "encrypted-bucket" / "main.tf")["locals"]:
-            locals_.update(block)
+        locals_ = blocks(MODULES / "encrypted-bucket", "locals")
         refusals = {r["sid"]: (r["test"], r["variable"], r["values"], r["resources"]) for r in locals_["refusals"]}
         everything, objects = "${local.bucket_and_objects}", "${local.objects}"
         self.assertEqual(
@@ -627,9 +622,7 @@ class Structure(unittest.TestCase):
         import yaml
 
         chart = yaml.safe_load(CHART_VALUES.read_text())
-        locals_ = {}
-        for block in load_hcl(MODULES / "node-agent" / "main.tf")["locals"]:
-            locals_.update(block)
+        locals_ = blocks(MODULES / "node-agent", "locals")
 
         def paths(tree, prefix=()):
             for key, value in tree.items():
