@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use tollgate_agent::{
@@ -245,7 +245,7 @@ impl Node {
         let pod = self.pods.remove(position);
         ip(&["netns", "del", &pod.netns]);
         self.created.retain(|netns| *netns != pod.netns);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         while in_netns(&self.netns, || ifindex(&pod.host_veth)).is_some() {
             assert!(
                 started.elapsed() < Duration::from_secs(5),
@@ -310,22 +310,34 @@ pub fn udp_reaches(from: &Pod, to: &Pod, wait: Duration) -> bool {
     let sender = in_netns(&from.netns, || {
         UdpSocket::bind(SocketAddr::new(from.ip, 0)).expect("bind the sender")
     });
+    let deadline = Instant::now() + wait;
     receiver.set_read_timeout(Some(wait)).unwrap();
     sender
         .send_to(b"tollgate", SocketAddr::new(to.ip, 7000))
         .expect("send");
     let mut buf = [0u8; 16];
-    match receiver.recv_from(&mut buf) {
-        Ok((n, _)) => &buf[..n] == b"tollgate",
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            false
+    loop {
+        match receiver.recv_from(&mut buf) {
+            Ok((n, _)) => return &buf[..n] == b"tollgate",
+            // A signal (SIGCHLD of an agent process a test killed) ends a receive that has a
+            // timeout with EINTR, whatever SA_RESTART says (signal(7)): wait out the rest.
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                receiver.set_read_timeout(Some(left)).unwrap();
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(error) => panic!("receive: {error}"),
         }
-        Err(error) => panic!("receive: {error}"),
     }
 }
 
