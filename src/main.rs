@@ -29,6 +29,13 @@ enum Command {
     /// Print the flow records of a local flow directory (what `lab --out` or a local sink
     /// wrote).
     Flows(FlowsArgs),
+    /// Isolate a pod at once, ingress and egress (a label and a deny-all NetworkPolicy that
+    /// tollgate owns), through the Kubernetes API (kubeconfig or in-cluster); the act is
+    /// recorded in the flow log. `--release` lifts it.
+    Quarantine(QuarantineArgs),
+    /// Write an evidence bundle of a pod's flow records in a time window, from the flow log;
+    /// or `evidence verify DIR`.
+    Evidence(EvidenceArgs),
     /// Measure the datapath or the collector.
     Bench {
         #[command(subcommand)]
@@ -77,6 +84,11 @@ struct LabArgs {
     /// directory, named at the end, otherwise.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Two steps more: default-deny for kube-system in audit mode, then the amazonlinux
+    /// client quarantined while it keeps trying nginx and kube-dns; its evidence bundle goes
+    /// to `<out>/evidence`.
+    #[arg(long)]
+    quarantine: bool,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +106,107 @@ struct FlowsArgs {
     /// `table`: aligned columns; `json`: one record per line.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
+}
+
+#[derive(clap::Args)]
+struct QuarantineArgs {
+    /// The pod, as NAMESPACE/POD.
+    pod: tollgate_incident::PodRef,
+    /// Why (required): goes into the policy's annotations and the isolation record.
+    #[arg(long)]
+    reason: String,
+    /// Lift the quarantine instead: remove the label, delete the policy.
+    #[arg(long)]
+    release: bool,
+    /// The cluster's name in the flow log (the collectors' `cluster` setting).
+    #[arg(long)]
+    cluster: String,
+    /// The flow log: `s3://bucket/prefix` (the collectors' sink) or a local directory.
+    #[arg(long)]
+    flow_log: tollgate_incident::location::FlowLogLocation,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct EvidenceArgs {
+    #[command(subcommand)]
+    verify: Option<EvidenceCommand>,
+    /// The pod, as NAMESPACE/POD.
+    #[arg(required = true)]
+    pod: Option<tollgate_incident::PodRef>,
+    /// Window start: `2026-11-25T06:00:00Z`, Unix seconds, or an age such as `2h`.
+    #[arg(long, required = true)]
+    from: Option<String>,
+    /// Window end (exclusive), as --from; now when absent.
+    #[arg(long)]
+    to: Option<String>,
+    /// The bundle's directory (created; must be empty).
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    /// The flow log: `s3://bucket/prefix` or a local directory.
+    #[arg(long, required = true)]
+    flow_log: Option<tollgate_incident::location::FlowLogLocation>,
+    /// Only this cluster's records (every cluster's in the flow log otherwise).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Also read the pod's namespace's NetworkPolicies from the Kubernetes API now
+    /// (kubeconfig or in-cluster) into `policies.json`.
+    #[arg(long)]
+    policies_from_cluster: bool,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+#[derive(Subcommand)]
+enum EvidenceCommand {
+    /// Re-check a bundle: every file's size and SHA-256 against its manifest, no file missing
+    /// or added. Exit code 1 on any difference.
+    Verify {
+        /// The bundle's directory.
+        dir: PathBuf,
+        /// The manifest's own SHA-256, as printed when the bundle was written.
+        #[arg(long)]
+        manifest_sha256: Option<String>,
+    },
+}
+
+/// How to reach an S3 flow log.
+#[derive(clap::Args)]
+struct S3Args {
+    /// The bucket's region; `AWS_REGION` or `AWS_DEFAULT_REGION` when absent.
+    #[arg(long)]
+    region: Option<String>,
+    /// An S3-compatible endpoint instead of AWS.
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// Path-style addressing (most S3-compatible servers).
+    #[arg(long)]
+    path_style: bool,
+}
+
+impl S3Args {
+    fn options(
+        &self,
+        location: &tollgate_incident::location::FlowLogLocation,
+    ) -> anyhow::Result<tollgate_incident::location::S3Options> {
+        let region = self
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
+        let region = match (location, region) {
+            (_, Some(region)) => region,
+            (tollgate_incident::location::FlowLogLocation::Local(_), None) => String::new(),
+            (_, None) => anyhow::bail!("--region: needed for {location} (or set AWS_REGION)"),
+        };
+        Ok(tollgate_incident::location::S3Options {
+            region,
+            endpoint_url: self.endpoint_url.clone(),
+            path_style: self.path_style,
+        })
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -158,6 +271,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify_command(&args),
         Command::Lab(args) => lab_command(&args),
         Command::Flows(args) => flows_command(&args),
+        Command::Quarantine(args) => quarantine_command(&args),
+        Command::Evidence(args) => evidence_command(&args),
         Command::Bench {
             target: BenchTarget::Datapath { packets },
         } => {
@@ -299,6 +414,7 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
             AttachArg::Clsact => tollgate_lab::Attach::Clsact,
         },
         out: args.out.clone(),
+        quarantine: args.quarantine,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(tollgate_lab::run(&options))?;
@@ -310,5 +426,167 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// Exit code 0: done and recorded; 1: done, but the isolation record is not in the flow log
+/// yet (it is kept locally, and the command says where); 2: refused or failed, nothing
+/// changed (or what is left is named).
+fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
+    use tollgate_collector::clock::{NS_PER_S, rfc3339_utc, unix_now_ns};
+    use tollgate_incident::{cluster::KubeCluster, quarantine, record};
+    let s3 = args.s3.options(&args.flow_log)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the API server (in-cluster or kubeconfig)")?;
+        let cluster = KubeCluster::new(client);
+        let now = || unix_now_ns() / NS_PER_S;
+        let outcome = if args.release {
+            quarantine::release(&cluster, &args.pod, &args.reason, now).await?
+        } else {
+            quarantine::quarantine(&cluster, &args.pod, &args.reason, now).await?
+        };
+        let isolation = &outcome.isolation;
+        println!(
+            "{} {}: NetworkPolicy {}/{}, label {}, by {} at {}",
+            if args.release {
+                "released"
+            } else {
+                "quarantined"
+            },
+            args.pod,
+            isolation.policy_namespace,
+            isolation.policy_name,
+            quarantine::LABEL,
+            isolation.actor,
+            rfc3339_utc(outcome.at_s)
+        );
+        let staging = std::env::temp_dir().join("tollgate-isolation-records");
+        match record::deliver(&args.cluster, &outcome, &args.flow_log, &s3, &staging).await {
+            Ok(location) => {
+                println!("isolation record: {location}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!(
+                    "error: the pod IS {}, but its isolation record is not in the flow log: \
+                     {error}\nThe record is kept in {} as {}; copy it there.",
+                    if args.release {
+                        "released"
+                    } else {
+                        "quarantined"
+                    },
+                    staging.display(),
+                    record::key(&args.cluster, &outcome)
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+    })
+}
+
+/// Exit code 0: bundle written (or verified intact); 1: `verify` found a difference; 2: error.
+fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
+    use tollgate_collector::{
+        clock::{NS_PER_S, unix_now_ns},
+        read::parse_since,
+    };
+    use tollgate_incident::evidence;
+    if let Some(EvidenceCommand::Verify {
+        dir,
+        manifest_sha256,
+    }) = &args.verify
+    {
+        return Ok(match evidence::verify(dir, manifest_sha256.as_deref()) {
+            Ok(manifest) => {
+                println!(
+                    "evidence bundle {} is intact: {} files as listed in its manifest ({}, {} \
+                     to {})",
+                    dir.display(),
+                    manifest.files.len(),
+                    format_args!("{}/{}", manifest.pod.namespace, manifest.pod.name),
+                    manifest.window.from_utc,
+                    manifest.window.to_utc
+                );
+                ExitCode::SUCCESS
+            }
+            Err(tampered) => {
+                eprintln!("{tampered}");
+                ExitCode::from(1)
+            }
+        });
+    }
+    let (Some(pod), Some(from), Some(out), Some(flow_log)) =
+        (&args.pod, &args.from, &args.out, &args.flow_log)
+    else {
+        anyhow::bail!("evidence: NAMESPACE/POD, --from, --out and --flow-log are required");
+    };
+    let now_s = unix_now_ns() / NS_PER_S;
+    let time = |flag: &str, text: &str| {
+        parse_since(text, now_s).with_context(|| {
+            format!(
+                "{flag} {text:?}: expected YYYY-MM-DDTHH:MM:SSZ, Unix seconds, or an age like 2h"
+            )
+        })
+    };
+    let request = evidence::Request {
+        pod: pod.clone(),
+        cluster: args.cluster.clone(),
+        from_s: time("--from", from)?,
+        to_s: match &args.to {
+            Some(to) => time("--to", to)?,
+            None => now_s + 1,
+        },
+        s3: args.s3.options(flow_log)?,
+        location: flow_log.clone(),
+        out: out.clone(),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let bundle = runtime.block_on(async {
+        let mut policies = Vec::new();
+        if args.policies_from_cluster {
+            policies.push(cluster_policies(&pod.namespace, now_s).await?);
+        }
+        anyhow::Ok(evidence::collect(&request, policies, now_s).await?)
+    })?;
+    print!("{}", bundle.timeline);
+    let counts = bundle.manifest.counts;
+    println!(
+        "\nevidence bundle {}: {} flow records, {} isolation records, {} loss records, from {} \
+         flow-log files\nmanifest SHA-256: {} (note it: `tollgate evidence verify {} \
+         --manifest-sha256 …` proves the manifest unchanged too)",
+        bundle.dir.display(),
+        counts.flows,
+        counts.isolations,
+        counts.losses,
+        counts.sources,
+        bundle.manifest_sha256,
+        bundle.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The NetworkPolicies of `namespace` now, from the API server.
+async fn cluster_policies(
+    namespace: &str,
+    now_s: u64,
+) -> anyhow::Result<tollgate_incident::evidence::PolicySnapshot> {
+    use tollgate_incident::cluster::{Cluster as _, KubeCluster};
+    let client = kube::Client::try_default()
+        .await
+        .context("--policies-from-cluster: connecting to the API server")?;
+    let policies = KubeCluster::new(client)
+        .policies(namespace)
+        .await
+        .context("--policies-from-cluster")?;
+    Ok(tollgate_incident::evidence::PolicySnapshot {
+        source: "cluster".to_owned(),
+        at: now_s,
+        policies: policies
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?,
     })
 }

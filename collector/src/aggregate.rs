@@ -253,7 +253,7 @@ mod tests {
     fn flow(record: &FlowRecord) -> &Flow {
         match &record.body {
             RecordBody::Flow(flow) => flow,
-            RecordBody::Loss(_) => panic!("a loss record"),
+            other => panic!("not a flow record: {other:?}"),
         }
     }
 

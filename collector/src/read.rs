@@ -117,6 +117,14 @@ pub struct StoredRecord {
     pub node: String,
     /// `cluster`.
     pub cluster: String,
+    /// `isolation_action` (null in files written before the column existed).
+    pub isolation_action: Option<String>,
+    /// `isolation_actor`.
+    pub isolation_actor: Option<String>,
+    /// `isolation_reason`.
+    pub isolation_reason: Option<String>,
+    /// `isolation_detail` (JSON).
+    pub isolation_detail: Option<String>,
 }
 
 impl StoredRecord {
@@ -129,10 +137,16 @@ impl StoredRecord {
     pub fn is_loss(&self) -> bool {
         self.log_status == "SKIPDATA"
     }
+
+    /// Whether this is an isolation record.
+    pub fn is_isolation(&self) -> bool {
+        self.log_status == "ISOLATION"
+    }
 }
 
-/// Every `.parquet` file under `dir`, sorted (hidden files, such as a sink's partial copies,
-/// are skipped).
+/// Every `.parquet` file under `dir` in partition directories (`key=value`, the layout's
+/// `cluster=…/dt=…/hour=…`) or directly in it, sorted. Hidden files (a sink's partial copies)
+/// and other directories (an evidence bundle kept next to the flow log) are skipped.
 pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
     let mut files = Vec::new();
     let mut dirs = vec![dir.to_owned()];
@@ -154,8 +168,13 @@ pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
             if hidden {
                 continue;
             }
+            let partition = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains('='));
             if path.is_dir() {
-                dirs.push(path);
+                if partition {
+                    dirs.push(path);
+                }
             } else if path.extension().is_some_and(|e| e == "parquet") {
                 files.push(path);
             }
@@ -260,6 +279,18 @@ fn decode(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), &'stat
         .map(|name| text(name))
         .collect::<Result<Vec<&StringArray>, _>>()?;
     let s = |column: usize, row: usize| opt_text(texts[column], row);
+    // Appended columns: files written before they existed read as null.
+    let appended = |name: &'static str| match batch.column_by_name(name) {
+        None => Ok(None),
+        Some(column) => column.as_string_opt::<i32>().map(Some).ok_or(name),
+    };
+    let (isolation_action, isolation_actor, isolation_reason, isolation_detail) = (
+        appended("isolation_action")?,
+        appended("isolation_actor")?,
+        appended("isolation_reason")?,
+        appended("isolation_detail")?,
+    );
+    let a = |column: Option<&StringArray>, row: usize| column.and_then(|c| opt_text(c, row));
     for row in 0..batch.num_rows() {
         out.push(StoredRecord {
             start: start.value(row),
@@ -288,6 +319,10 @@ fn decode(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), &'stat
             loss_source: s(16, row),
             node: s(17, row).unwrap_or_default(),
             cluster: s(18, row).unwrap_or_default(),
+            isolation_action: a(isolation_action, row),
+            isolation_actor: a(isolation_actor, row),
+            isolation_reason: a(isolation_reason, row),
+            isolation_detail: a(isolation_detail, row),
         });
     }
     Ok(())
@@ -310,7 +345,8 @@ fn joined(namespace: Option<String>, name: Option<String>) -> Option<String> {
 }
 
 /// `records` as a table: time, action, direction, protocol, source, destination, reason,
-/// policy, packets; loss records say what was lost.
+/// policy, packets; loss records say what was lost, isolation records who isolated which pod,
+/// why and with which policy.
 pub fn render_table(records: &[StoredRecord]) -> String {
     let mut rows = vec![[
         "START".to_owned(),
@@ -339,6 +375,28 @@ pub fn render_table(records: &[StoredRecord]) -> String {
                 "-".to_owned(),
                 r.skipped_events
                     .map_or_else(|| "unknown".to_owned(), |n| format!("{n} events lost")),
+            ]);
+            continue;
+        }
+        if r.is_isolation() {
+            rows.push([
+                time(r.start),
+                time(r.end),
+                r.isolation_action
+                    .clone()
+                    .unwrap_or_default()
+                    .to_uppercase(),
+                "both".to_owned(),
+                "-".to_owned(),
+                r.src_pod.clone().unwrap_or_default(),
+                "-".to_owned(),
+                format!(
+                    "{:?} by {}",
+                    r.isolation_reason.clone().unwrap_or_default(),
+                    r.isolation_actor.clone().unwrap_or_default()
+                ),
+                r.policy.clone().unwrap_or_default(),
+                "-".to_owned(),
             ]);
             continue;
         }

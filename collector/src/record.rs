@@ -1,6 +1,7 @@
 //! Flow records in memory and their encoding as Arrow record batches.
 //!
-//! The aggregator produces [`FlowRecord`]s (a flow, or a loss span); [`encode`] lays a slice of
+//! The aggregator produces [`FlowRecord`]s (a flow, or a loss span), `tollgate quarantine` an
+//! isolation record (an [`Isolation`]); [`encode`] lays a slice of
 //! them out as one [`RecordBatch`] of the schema `tollgate_schemas::record` defines, column by
 //! column in [`COLUMNS`] order. The schema is checked against the builders at every call:
 //! a column added to the schema but not here fails loudly instead of writing a wrong file.
@@ -68,6 +69,49 @@ pub enum RecordBody {
     Flow(Box<Flow>),
     /// Lost events (`log_status = 'SKIPDATA'`).
     Loss(LossSpan),
+    /// A pod quarantined or released (`log_status = 'ISOLATION'`).
+    Isolation(Box<Isolation>),
+}
+
+/// What an isolation record says: who put which pod under quarantine (or released it), why,
+/// and with which NetworkPolicy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Isolation {
+    /// `quarantine` or `release`.
+    pub action: IsolationAction,
+    /// Who acted, as the API server authenticated them.
+    pub actor: String,
+    /// Why, in the operator's words.
+    pub reason: String,
+    /// The pod, with its labels before the act.
+    pub pod: PodIdentity,
+    /// The pod's first address, if it had one.
+    pub address: Option<IpAddr>,
+    /// Namespace of the quarantine NetworkPolicy.
+    pub policy_namespace: String,
+    /// Name of the quarantine NetworkPolicy.
+    pub policy_name: String,
+    /// The `isolation_detail` JSON object (see the column's doc).
+    pub detail: String,
+}
+
+/// What an isolation record records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationAction {
+    /// The pod was cut off.
+    Quarantine,
+    /// The quarantine was lifted.
+    Release,
+}
+
+impl IsolationAction {
+    /// The `isolation_action` value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Quarantine => "quarantine",
+            Self::Release => "release",
+        }
+    }
 }
 
 /// One row of the flow log.
@@ -91,18 +135,27 @@ impl FlowRecord {
         }
     }
 
-    /// Flow events the record aggregates (0 for a loss record).
+    /// The isolation record of `isolation`, at `at_s` (Unix seconds).
+    pub fn isolation(isolation: Isolation, at_s: u64) -> Self {
+        Self {
+            start_s: at_s,
+            end_s: at_s,
+            body: RecordBody::Isolation(Box::new(isolation)),
+        }
+    }
+
+    /// Flow events the record aggregates (0 for loss and isolation records).
     pub fn events(&self) -> u64 {
         match &self.body {
             RecordBody::Flow(flow) => flow.events,
-            RecordBody::Loss(_) => 0,
+            RecordBody::Loss(_) | RecordBody::Isolation(_) => 0,
         }
     }
 
     /// The loss span a loss record reports.
     pub fn loss_span(&self) -> Option<LossSpan> {
         match &self.body {
-            RecordBody::Flow(_) => None,
+            RecordBody::Flow(_) | RecordBody::Isolation(_) => None,
             RecordBody::Loss(span) => Some(*span),
         }
     }
@@ -166,6 +219,10 @@ struct Columns {
     loss_source: StringBuilder,
     node: StringBuilder,
     cluster: StringBuilder,
+    isolation_action: StringBuilder,
+    isolation_actor: StringBuilder,
+    isolation_reason: StringBuilder,
+    isolation_detail: StringBuilder,
 }
 
 /// The four columns of one side's pod.
@@ -262,6 +319,10 @@ impl Columns {
             loss_source: strings(0),
             node: strings(16),
             cluster: strings(8),
+            isolation_action: strings(0),
+            isolation_actor: strings(0),
+            isolation_reason: strings(0),
+            isolation_detail: strings(0),
         }
     }
 
@@ -274,7 +335,16 @@ impl Columns {
         match &record.body {
             RecordBody::Flow(flow) => self.push_flow(flow),
             RecordBody::Loss(span) => self.push_loss(span),
+            RecordBody::Isolation(isolation) => self.push_isolation(isolation),
         }
+    }
+
+    /// The `isolation_*` columns of a record that is not an isolation record.
+    fn push_no_isolation(&mut self) {
+        self.isolation_action.append_null();
+        self.isolation_actor.append_null();
+        self.isolation_reason.append_null();
+        self.isolation_detail.append_null();
     }
 
     fn push_flow(&mut self, flow: &Flow) {
@@ -319,6 +389,7 @@ impl Columns {
         self.events.append_value(clamp(flow.events));
         self.skipped_events.append_null();
         self.loss_source.append_null();
+        self.push_no_isolation();
     }
 
     fn push_loss(&mut self, span: &LossSpan) {
@@ -346,6 +417,42 @@ impl Columns {
         self.events.append_value(0);
         self.skipped_events.append_option(span.events.map(clamp));
         self.loss_source.append_value(span.source.name());
+        self.push_no_isolation();
+    }
+
+    fn push_isolation(&mut self, isolation: &Isolation) {
+        match isolation.address {
+            Some(address) => append_address(&mut self.srcaddr, address),
+            None => self.srcaddr.append_null(),
+        }
+        self.dstaddr.append_null();
+        self.srcport.append_null();
+        self.dstport.append_null();
+        self.protocol.append_null();
+        self.packets.append_null();
+        self.bytes.append_null();
+        self.action.append_null();
+        self.log_status.append_value("ISOLATION");
+        self.flow_direction.append_null();
+        self.tcp_flags.append_null();
+        self.icmp_type.append_null();
+        self.icmp_code.append_null();
+        self.src.push(Some(&isolation.pod));
+        self.dst.push(None);
+        self.verdict.append_null();
+        self.verdict_reason.append_null();
+        self.policy_namespace
+            .append_value(&isolation.policy_namespace);
+        self.policy_name.append_value(&isolation.policy_name);
+        self.policy_rule.append_null();
+        self.enforcement_mode.append_value("enforce");
+        self.events.append_value(0);
+        self.skipped_events.append_null();
+        self.loss_source.append_null();
+        self.isolation_action.append_value(isolation.action.name());
+        self.isolation_actor.append_value(&isolation.actor);
+        self.isolation_reason.append_value(&isolation.reason);
+        self.isolation_detail.append_value(&isolation.detail);
     }
 
     /// The arrays in [`COLUMNS`] order.
@@ -380,6 +487,10 @@ impl Columns {
         arrays.push(Arc::new(self.loss_source.finish()));
         arrays.push(Arc::new(self.node.finish()));
         arrays.push(Arc::new(self.cluster.finish()));
+        arrays.push(Arc::new(self.isolation_action.finish()));
+        arrays.push(Arc::new(self.isolation_actor.finish()));
+        arrays.push(Arc::new(self.isolation_reason.finish()));
+        arrays.push(Arc::new(self.isolation_detail.finish()));
         arrays
     }
 }

@@ -472,6 +472,7 @@ fn flow_row(
             loss_source: None,
             node: NODE.to_owned(),
             cluster: CLUSTER.to_owned(),
+            ..StoredRecord::default()
         },
         raw: Raw {
             version: 1,

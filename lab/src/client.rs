@@ -189,6 +189,10 @@ impl Client {
     /// Errors are for a client that could not run (its sockets could not be created); every
     /// network outcome, failures included, is an [`Outcome`].
     pub async fn curl(&self, host: &str) -> Result<Outcome, LabError> {
+        // An address is used as it is, as curl does: no DNS query.
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            return self.fetch(host, ip).await;
+        }
         let Some(ip) = self.resolve(host).await? else {
             return Ok(Outcome::CouldNotResolve {
                 host: host.to_string(),

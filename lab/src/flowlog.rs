@@ -96,6 +96,16 @@ impl FlowLog {
         (flow_log, config, tap)
     }
 
+    /// The flow directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// When the run started (Unix seconds): its records end at or after it.
+    pub fn started_s(&self) -> u64 {
+        self.started_s
+    }
+
     /// Every event the probe wrote since the previous call (residual denies included), as of
     /// `barrier` (the collector has taken them in by then); and how many records could not be
     /// decoded.

@@ -16,6 +16,8 @@
 //!   curl-like client in the amazonlinux pod).
 //! - [`scenario`]: the seed's steps, policies and expected outcomes; [`walk`] runs them, and
 //!   [`run`] runs the walk under a time limit and the signal handlers.
+//! - [`isolate`] (with `--quarantine`): the lab's objects as the cluster `tollgate quarantine`
+//!   acts on, and the client's evidence bundle at the end.
 //! - [`report`]: each step's checks and flow events, and the flow log's denied flows, as a
 //!   table or as JSON lines.
 //!
@@ -30,6 +32,7 @@ pub mod dns;
 pub mod enforce;
 pub mod flowlog;
 pub mod http;
+pub mod isolate;
 pub mod names;
 pub mod netns;
 pub mod pods;
@@ -46,8 +49,9 @@ use tollgate_enforcer::snapshot::InputError;
 
 pub use report::{CheckResult, FlowRecord, LabReport, StepReport};
 
-/// Longest a whole lab run may take before it is stopped (and cleaned up).
-pub const RUN_TIME_LIMIT: Duration = Duration::from_secs(60);
+/// Longest a whole lab run may take before it is stopped (and cleaned up): the seed's steps
+/// take about 20 s, the incident steps of `--quarantine` about 10 s more.
+pub const RUN_TIME_LIMIT: Duration = Duration::from_secs(90);
 
 /// How the lab's report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +73,10 @@ pub struct LabOptions {
     /// The flow directory to write into (kept); a temporary one named after the run when
     /// absent (also kept, and named in the report).
     pub out: Option<PathBuf>,
+    /// After the seed's steps, an audit-mode default-deny step, then the client quarantined
+    /// (`tollgate quarantine`'s code on the lab's objects) and its evidence bundle written
+    /// to `<out>/evidence`.
+    pub quarantine: bool,
 }
 
 /// How the probe is attached to the host veths.
@@ -168,6 +176,9 @@ pub enum LabError {
     /// The run was stopped by a signal; everything it created was removed.
     #[error("interrupted by {0}; cleaned up")]
     Interrupted(&'static str),
+    /// The incident steps (`--quarantine`) failed: the quarantine, its record, the bundle.
+    #[error("incident: {0}")]
+    Incident(String),
     /// The run took longer than [`RUN_TIME_LIMIT`]; everything it created was removed.
     #[error("the lab did not finish within {0:?}; cleaned up")]
     TimedOut(Duration),
@@ -201,7 +212,7 @@ pub async fn run(options: &LabOptions) -> Result<LabReport, LabError> {
     // Dropping the walk (on a signal or the time limit) drops its guards: servers stop, the
     // probe detaches, the namespaces go.
     tokio::select! {
-        walked = tokio::time::timeout(RUN_TIME_LIMIT, walk::walk(names, options.attach, options.out.as_deref())) => {
+        walked = tokio::time::timeout(RUN_TIME_LIMIT, walk::walk(names, options.attach, options.out.as_deref(), options.quarantine)) => {
             walked.map_err(|_| LabError::TimedOut(RUN_TIME_LIMIT))?
         }
         _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted("SIGINT")),

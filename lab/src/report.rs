@@ -12,7 +12,10 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use serde::Serialize;
-use tollgate_collector::read::{StoredRecord, render_table as render_records};
+use tollgate_collector::{
+    clock::rfc3339_utc,
+    read::{StoredRecord, render_table as render_records},
+};
 use tollgate_enforcer::{
     compile::Compiled,
     desired::RuleRef,
@@ -24,7 +27,8 @@ use crate::{
     OutputFormat,
     client::Outcome,
     flowlog::FlowLogSummary,
-    scenario::{Check, DeniedFlow, Step},
+    isolate::{IncidentCheck, IncidentReport},
+    scenario::{CLIENT_POD, Check, DeniedFlow, Step},
 };
 
 /// One check of one step.
@@ -277,6 +281,8 @@ pub struct LabReport {
     pub flow_log: FlowLogSummary,
     /// The seed's denials, looked up in the flow log.
     pub flow_checks: Vec<FlowCheck>,
+    /// With `--quarantine`: the quarantine, and the evidence bundle and what it shows.
+    pub incident: Option<IncidentReport>,
 }
 
 impl LabReport {
@@ -284,7 +290,15 @@ impl LabReport {
     /// and the flow log shows every denial of the seed.
     pub fn all_ok(&self) -> bool {
         let mut checks = self.steps.iter().flat_map(|s| &s.checks).peekable();
-        checks.peek().is_some() && checks.all(|c| c.ok) && self.flow_checks.iter().all(|c| c.ok)
+        checks.peek().is_some()
+            && checks.all(|c| c.ok)
+            && self.flow_checks.iter().all(|c| c.ok)
+            && self.incident_checks().all(|c| c.ok)
+    }
+
+    /// The incident steps' checks (none without `--quarantine`).
+    fn incident_checks(&self) -> impl Iterator<Item = &IncidentCheck> {
+        self.incident.iter().flat_map(|i| &i.checks)
     }
 
     /// The report in `format`.
@@ -295,12 +309,22 @@ impl LabReport {
         }
     }
 
-    /// One JSON object per check, one per line: `step`, `check`, `expected`, `observed`, `ok`.
+    /// One JSON object per check, one per line: `step`, `check`, `expected`, `observed`, `ok`;
+    /// with `--quarantine`, then one per evidence check: `evidence`, `observed`, `ok`.
     pub fn render_json(&self) -> String {
         let mut out = String::new();
         for check in self.steps.iter().flat_map(|s| &s.checks) {
             // A struct of strings, numbers and a bool always serializes.
             out.push_str(&serde_json::to_string(check).unwrap_or_default());
+            out.push('\n');
+        }
+        for check in self.incident_checks() {
+            let line = serde_json::json!({
+                "evidence": check.what,
+                "observed": check.found,
+                "ok": check.ok,
+            });
+            out.push_str(&line.to_string());
             out.push('\n');
         }
         out
@@ -392,6 +416,9 @@ impl LabReport {
             .join(" ");
         let _ = writeln!(out, "\nprobe counters: {counters}");
         out.push_str(&self.render_flow_log());
+        if let Some(incident) = &self.incident {
+            out.push_str(&render_incident(incident));
+        }
         if self.all_ok() {
             let _ = writeln!(
                 out,
@@ -451,6 +478,54 @@ impl LabReport {
         ));
         out
     }
+}
+
+/// The quarantine and the evidence bundle: who, why, which policy, where the record and the
+/// bundle are, the bundle's timeline, and its checks.
+fn render_incident(incident: &IncidentReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nIncident: {} quarantined {CLIENT_POD} at {} with NetworkPolicy {}",
+        incident.actor,
+        rfc3339_utc(incident.at_s),
+        incident.policy
+    );
+    let _ = writeln!(out, "  reason: {}", incident.reason);
+    let _ = writeln!(out, "  isolation record: {}", incident.record);
+    let counts = incident.counts;
+    let _ = writeln!(
+        out,
+        "  evidence bundle: {} ({} flow records, {} isolation records, {} loss records, from \
+         {} flow-log files)",
+        incident.bundle.display(),
+        counts.flows,
+        counts.isolations,
+        counts.losses,
+        counts.sources
+    );
+    let _ = writeln!(
+        out,
+        "  manifest SHA-256: {} (tollgate evidence verify {} --manifest-sha256 …)",
+        incident.manifest_sha256,
+        incident.bundle.display()
+    );
+    for line in incident.timeline.lines() {
+        let _ = writeln!(out, "    {line}");
+    }
+    let rows = incident
+        .checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.what.clone(),
+                c.found.clone(),
+                if c.ok { "ok" } else { "MISSING" }.into(),
+            ]
+        })
+        .collect();
+    out.push_str(&table("  ", &["EVIDENCE", "FOUND", "OK"], rows));
+    out
 }
 
 /// Counter values by name, in slot order.
@@ -522,6 +597,7 @@ mod tests {
             counters: vec![("allow", 3)],
             flow_log: FlowLogSummary::default(),
             flow_checks: Vec::new(),
+            incident: None,
         }
     }
 

@@ -181,6 +181,57 @@ pub const STEPS: [Step; 3] = [
     },
 ];
 
+/// Step 4 of `lab --quarantine`: default-deny for kube-system in audit mode.
+pub const KUBE_SYSTEM_AUDIT: PolicyFile = PolicyFile {
+    path: "examples/incident/kube-system-default-deny-audit.yaml",
+    yaml: include_str!("../../examples/incident/kube-system-default-deny-audit.yaml"),
+};
+
+/// nginx's address (`examples/seed/lab-pods.yaml`): step 5 tries it without DNS too.
+pub const NGINX_ADDRESS: &str = "198.18.0.20";
+
+/// Why the lab quarantines the client, as `--reason` says it.
+pub const QUARANTINE_REASON: &str =
+    "lab: amazonlinux suspected compromised; isolate it and keep the evidence";
+
+/// The steps `lab --quarantine` adds after the seed's. Step 5's cluster also has what
+/// `tollgate quarantine` adds to it (the label and the policy), applied by the walk.
+pub const QUARANTINE_STEPS: [Step; 2] = [
+    Step {
+        number: 4,
+        title: "default-deny for kube-system in audit mode: DNS still answers, the would-be \
+                denies are recorded",
+        policies: &[ALL_DENY, ALLOW_AMAZONLINUX_TO_NGINX, KUBE_SYSTEM_AUDIT],
+        checks: &[NGINX_SERVED],
+    },
+    Step {
+        number: 5,
+        title: "tollgate quarantine default/amazonlinux: it keeps trying kube-dns and nginx, \
+                by name and by address, and reaches neither",
+        policies: &[ALL_DENY, ALLOW_AMAZONLINUX_TO_NGINX, KUBE_SYSTEM_AUDIT],
+        checks: &[
+            Check {
+                host: "nginx",
+                expect: Expect::CouldNotResolve,
+            },
+            Check {
+                host: NGINX_ADDRESS,
+                expect: Expect::ConnectTimeout,
+            },
+        ],
+    },
+];
+
+/// The denial only the quarantine causes: nginx allows amazonlinux by rule, the quarantine
+/// cuts it off anyway.
+pub const QUARANTINE_DENIED_FLOWS: [DeniedFlow; 1] = [DeniedFlow {
+    what: "curl nginx's address blocked by the quarantine",
+    src_pod: CLIENT_POD,
+    dst_pod: "default/nginx",
+    protocol: 6,
+    dst_port: 80,
+}];
+
 /// A denial the flow log must show at the end of the walk, as a `REJECT` record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeniedFlow {

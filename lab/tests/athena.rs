@@ -62,6 +62,7 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
         output: OutputFormat::Table,
         attach: Attach::Auto,
         out: Some(out.clone()),
+        quarantine: false,
     })
     .await
     .unwrap();

@@ -37,6 +37,7 @@ async fn the_seed_scenario_runs_as_documented() {
         output: OutputFormat::Table,
         attach: Attach::Auto,
         out: None,
+        quarantine: false,
     })
     .await
     .unwrap();
@@ -160,6 +161,7 @@ async fn the_seed_scenario_runs_the_same_through_clsact() {
         output: OutputFormat::Table,
         attach: Attach::Clsact,
         out: None,
+        quarantine: false,
     })
     .await
     .unwrap();

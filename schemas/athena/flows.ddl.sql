@@ -66,7 +66,11 @@ CREATE EXTERNAL TABLE IF NOT EXISTS `${database}`.`flows` (
   `events` bigint,
   `skipped_events` bigint,
   `loss_source` string,
-  `node` string
+  `node` string,
+  `isolation_action` string,
+  `isolation_actor` string,
+  `isolation_reason` string,
+  `isolation_detail` string
 )
 COMMENT 'tollgate flow records: one row per flow, verdict and aggregation window (column reference: schemas/src/record.rs)'
 PARTITIONED BY (

@@ -12,7 +12,10 @@
 //! direction), one verdict and one reason within one aggregation window; `start` and `end` are
 //! the first and last events it aggregates. Records with `log_status = 'SKIPDATA'` are loss
 //! records: they say how many events were lost (`skipped_events`), where (`loss_source`) and
-//! when (`start` to `end`); their flow columns are null.
+//! when (`start` to `end`); their flow columns are null. Records with `log_status =
+//! 'ISOLATION'` are isolation records: a pod put under quarantine or released
+//! (`tollgate quarantine`), with who, when, why and which policy (the `isolation_*` columns,
+//! `policy_*`); the isolated pod is in the `src_*` columns.
 //!
 //! Partitions: files live under `cluster=<c>/dt=YYYY-MM-DD/hour=HH/` (UTC, from the first
 //! record's `start`). `cluster` is both a column of the files and the first partition key;
@@ -154,7 +157,8 @@ pub const COLUMNS: &[Column] = &[
         "log_status",
         String,
         false,
-        "OK for a flow record; SKIPDATA for a loss record (see skipped_events, loss_source).",
+        "OK for a flow record; SKIPDATA for a loss record (see skipped_events, loss_source); \
+         ISOLATION for an isolation record (see isolation_action).",
     ),
     column(
         "flow_direction",
@@ -313,6 +317,40 @@ pub const COLUMNS: &[Column] = &[
         String,
         false,
         "Name of the cluster, as configured; also the first partition key.",
+    ),
+    column(
+        "isolation_action",
+        String,
+        true,
+        "ISOLATION records: quarantine (the pod was cut off, ingress and egress) or release \
+         (the quarantine was lifted). The record's start and end are the time of the act; the \
+         pod is in src_namespace, src_pod, src_workload, src_labels (its labels before the \
+         act) and srcaddr; the quarantine NetworkPolicy in policy_namespace, policy_name; node \
+         is the pod's node. Null in other records.",
+    ),
+    column(
+        "isolation_actor",
+        String,
+        true,
+        "ISOLATION records: who acted, as the Kubernetes API server authenticated them \
+         (user name, e.g. arn:aws:sts::…:assumed-role/… on EKS), or lab:<user> in the lab. \
+         Null in other records.",
+    ),
+    column(
+        "isolation_reason",
+        String,
+        true,
+        "ISOLATION records: why, as the operator wrote it (--reason). Null in other records.",
+    ),
+    column(
+        "isolation_detail",
+        String,
+        true,
+        "ISOLATION records: a JSON object with what the act changed and saw: policy \
+         (namespace, name, uid, resource_version of the quarantine NetworkPolicy), label (key \
+         and value put on the pod), pod (uid, ip, node), policies_in_force (every \
+         NetworkPolicy of the pod's namespace right after the act, as Kubernetes JSON). Null \
+         in other records.",
     ),
 ];
 

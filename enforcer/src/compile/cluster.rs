@@ -25,6 +25,15 @@ pub(crate) const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// reported and pass.
 pub const ENFORCEMENT_ANNOTATION: &str = "tollgate.io/enforcement";
 
+/// Label that marks a pod quarantined by `tollgate quarantine`; its value names the pod.
+pub const QUARANTINE_LABEL: &str = "tollgate.io/quarantine";
+
+/// Name prefix of the quarantine NetworkPolicies `tollgate quarantine` creates.
+pub const QUARANTINE_POLICY_PREFIX: &str = "tollgate-quarantine-";
+
+/// Label (key, value) on every object tollgate creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tollgate");
+
 /// One namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NamespaceInfo {

@@ -59,7 +59,8 @@ impl<'c> Writer<'c> {
     ///
     /// A direction is isolated when a policy of the pod's namespace selects the pod and has
     /// that type; it is in audit mode when, besides, the namespace is, or every isolating
-    /// policy is.
+    /// policy is. A quarantine policy that selects the pod is the only one that counts, and
+    /// never in audit mode.
     pub(crate) fn endpoint(
         &mut self,
         grants: &mut Grants<'_>,
@@ -72,19 +73,25 @@ impl<'c> Writer<'c> {
         let mut flags = endpoint_flags::PROGRAMMED;
         let mut digest = Fnv1a::new();
         let mut directions = Vec::new();
+        let selecting = |p: &&PolicyRules<'_>| {
+            p.policy.namespace == pod.namespace && p.policy.selector.matches(&pod.labels)
+        };
+        let quarantined = policies
+            .iter()
+            .filter(selecting)
+            .any(|p| p.policy.quarantine);
         for direction in [Direction::Ingress, Direction::Egress] {
             let isolating: Vec<&PolicyRules<'_>> = policies
                 .iter()
                 .filter(|p| p.ids(direction).is_some())
-                .filter(|p| {
-                    p.policy.namespace == pod.namespace && p.policy.selector.matches(&pod.labels)
-                })
+                .filter(selecting)
+                .filter(|p| !quarantined || p.policy.quarantine)
                 .collect();
             if isolating.is_empty() {
                 continue;
             }
             flags |= endpoint_flags::isolated(direction);
-            if namespace_audit || isolating.iter().all(|p| p.policy.audit) {
+            if !quarantined && (namespace_audit || isolating.iter().all(|p| p.policy.audit)) {
                 flags |= endpoint_flags::audit(direction);
             }
             let ids = isolating

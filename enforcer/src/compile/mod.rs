@@ -17,6 +17,11 @@
 //! 4. The LPM merge (`lpm`) turns one endpoint's grants of one direction into trie entries,
 //!    each holding every rule that allows its whole prefix, with port rules deduplicated and
 //!    ordered (`ports`). Endpoints isolated by the same rules share one merge.
+//!    A quarantine policy (`tollgate quarantine`'s: named `tollgate-quarantine-…`, labelled
+//!    as managed by tollgate, selecting on `tollgate.io/quarantine`, both types, no rule)
+//!    takes precedence: a pod it selects is isolated both ways with no grant at all, in
+//!    enforce mode, whatever else selects it. NetworkPolicies only ever add allows, so a
+//!    plain deny-all could not cut off a pod that another policy allows.
 //! 5. The endpoint (`endpoint`): its entries go into the tries, and every address of the pod
 //!    maps to its id, its veth's ifindex, its flags (programmed, isolated and audit per
 //!    direction) and a revision digest of flags and entries, which changes exactly when its
@@ -37,7 +42,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tollgate_schemas::Direction;
 
-pub use cluster::ENFORCEMENT_ANNOTATION;
+pub use cluster::{ENFORCEMENT_ANNOTATION, MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX};
 
 use crate::desired::{DesiredState, Ids, RuleRef};
 use crate::snapshot::{InputError, Snapshot};

@@ -12,7 +12,9 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::Problems;
-use super::cluster::{audit_annotation, object_label};
+use super::cluster::{
+    MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX, audit_annotation, object_label,
+};
 use super::peers::{Peer, parse_peers};
 use super::ports::{PortSpec, parse_ports};
 use super::selector::Selector;
@@ -39,6 +41,9 @@ pub(crate) struct Policy {
     pub(crate) selector: Selector,
     /// Annotated for audit mode.
     pub(crate) audit: bool,
+    /// A quarantine policy (see [`is_quarantine`]): it overrides every other policy of the
+    /// pods it selects.
+    pub(crate) quarantine: bool,
     /// Ingress rules, when the policy has the Ingress type.
     pub(crate) ingress: Option<Vec<Rule>>,
     /// Egress rules, when the policy has the Egress type.
@@ -140,6 +145,7 @@ fn check_policy(policy: &NetworkPolicy, audit: bool, problems: &mut Problems) ->
     if problems.len() != before {
         return None;
     }
+    let quarantine = is_quarantine(policy, types, ingress.is_empty() && egress.is_empty());
     Some(Policy {
         namespace: meta
             .namespace
@@ -147,10 +153,36 @@ fn check_policy(policy: &NetworkPolicy, audit: bool, problems: &mut Problems) ->
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
         name: name?,
         selector: selector?,
-        audit,
+        audit: audit && !quarantine,
+        quarantine,
         ingress: types.0.then_some(ingress),
         egress: types.1.then_some(egress),
     })
+}
+
+/// Whether `policy` is one `tollgate quarantine` creates: named with the quarantine prefix,
+/// labelled as managed by tollgate, selecting on the quarantine label (matchLabels), both
+/// policy types (`types`: ingress, egress), and no rule (`no_rules`). Anything else is an
+/// ordinary policy, whatever its name. Its audit annotation, if any, is ignored: a quarantine
+/// is enforced.
+fn is_quarantine(policy: &NetworkPolicy, types: (bool, bool), no_rules: bool) -> bool {
+    let meta = &policy.metadata;
+    let named = meta
+        .name
+        .as_deref()
+        .is_some_and(|n| n.starts_with(QUARANTINE_POLICY_PREFIX));
+    let managed = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY.0))
+        .is_some_and(|v| v == MANAGED_BY.1);
+    let selects_label = policy
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_selector.as_ref())
+        .and_then(|s| s.match_labels.as_ref())
+        .is_some_and(|l| l.contains_key(QUARANTINE_LABEL));
+    named && managed && selects_label && types == (true, true) && no_rules
 }
 
 fn check_rule(

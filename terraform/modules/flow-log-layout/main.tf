@@ -49,6 +49,10 @@ locals {
     { name = "skipped_events", type = "bigint" },
     { name = "loss_source", type = "string" },
     { name = "node", type = "string" },
+    { name = "isolation_action", type = "string" },
+    { name = "isolation_actor", type = "string" },
+    { name = "isolation_reason", type = "string" },
+    { name = "isolation_detail", type = "string" },
   ]
 
   partition_keys = [

@@ -1,0 +1,739 @@
+//! Evidence bundles: every flow-log record about one pod in a time window, written so that
+//! anyone can check later that nothing in it changed.
+//!
+//! [`collect`] lists the window's files ([`Reader::list`]), reads each one whole (keeping its
+//! ETag, version and SHA-256 as a [`SourceObject`]), brings every batch to the current record
+//! schema (files written before a column was appended get nulls) and keeps three kinds of
+//! rows:
+//! - `flows`: `OK` records with the pod at either end (both directions, every verdict) whose
+//!   span `[start, end]` overlaps `[from, to)`;
+//! - `isolations`: the pod's `ISOLATION` records in the window;
+//! - `losses`: `SKIPDATA` records overlapping the window, from any node (a flow of the pod may
+//!   be recorded by its peer's node too), which say the other two may be incomplete.
+//!
+//! Each kind is written sorted by time as Parquet (the flow log's own schema) and as CSV; then
+//! `policies.json` (the NetworkPolicies in force: from the cluster when the caller read them,
+//! and as every isolation record saw them), `sources.json`, `timeline.txt` (the three kinds on
+//! one timeline, as `tollgate flows` prints it), and last `manifest.json`: what was asked, and
+//! the size and SHA-256 of every other file. [`verify`] recomputes them and fails on any
+//! difference, missing or extra file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, MapArray, RecordBatch, StringArray,
+    UInt32Array, cast::AsArray, new_null_array,
+};
+use arrow_schema::{DataType, SchemaRef};
+use parquet::arrow::{ArrowWriter, arrow_reader::ParquetRecordBatchReaderBuilder};
+use serde::{Deserialize, Serialize};
+use tollgate_collector::{
+    clock::rfc3339_utc,
+    read::{StoredRecord, read_file, render_table},
+    record::schema,
+    writer::writer_properties,
+};
+
+use crate::{
+    PodRef,
+    location::{FlowLogLocation, S3Options},
+    source::{Reader, SourceError, SourceObject, sha256_hex},
+};
+
+/// The `format` of a bundle's manifest.
+pub const FORMAT: &str = "tollgate-evidence/1";
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "manifest.json";
+
+/// Why a bundle could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// The request makes no sense.
+    #[error("{0}")]
+    Request(String),
+    /// Reading the flow log.
+    #[error("reading the flow log: {0}")]
+    Source(#[from] SourceError),
+    /// A flow-log file is not a readable flow-record file.
+    #[error("{location}: {message}")]
+    Parquet {
+        /// The file.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Writing the bundle.
+    #[error("writing {path}: {message}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// What to put in a bundle.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The pod.
+    pub pod: PodRef,
+    /// Only this cluster's records; every cluster's when absent.
+    pub cluster: Option<String>,
+    /// Window start, Unix seconds, inclusive.
+    pub from_s: u64,
+    /// Window end, Unix seconds, exclusive.
+    pub to_s: u64,
+    /// The flow log.
+    pub location: FlowLogLocation,
+    /// How to reach S3.
+    pub s3: S3Options,
+    /// The bundle's directory (created; must be empty if it exists).
+    pub out: PathBuf,
+}
+
+/// NetworkPolicies in force, as one source saw them at one time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicySnapshot {
+    /// Where they come from: `cluster` (read by the caller), `lab`, or `isolation record`.
+    pub source: String,
+    /// When (Unix seconds).
+    pub at: u64,
+    /// The NetworkPolicies, as Kubernetes JSON.
+    pub policies: Vec<serde_json::Value>,
+}
+
+/// One file of a bundle, in its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// Path relative to the bundle.
+    pub path: String,
+    /// Size.
+    pub bytes: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+/// Row counts of a bundle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Flow records.
+    pub flows: u64,
+    /// Isolation records.
+    pub isolations: u64,
+    /// Loss records.
+    pub losses: u64,
+    /// Flow-log files read.
+    pub sources: u64,
+}
+
+/// A bundle's `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The pod.
+    pub pod: ManifestPod,
+    /// The cluster asked for, or null for all.
+    pub cluster: Option<String>,
+    /// The window.
+    pub window: ManifestWindow,
+    /// When the bundle was written (Unix seconds).
+    pub created: u64,
+    /// The flow log read (`s3://…` or a directory).
+    pub source: String,
+    /// What `tollgate` wrote it.
+    pub tool: String,
+    /// Row counts.
+    pub counts: Counts,
+    /// Every other file, sorted by path.
+    pub files: Vec<FileDigest>,
+}
+
+/// The pod of a manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestPod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// The window of a manifest, in Unix seconds and as RFC 3339.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestWindow {
+    /// Start, inclusive.
+    pub from: u64,
+    /// End, exclusive.
+    pub to: u64,
+    /// Start, RFC 3339 UTC.
+    pub from_utc: String,
+    /// End, RFC 3339 UTC.
+    pub to_utc: String,
+}
+
+/// A written bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// SHA-256 of `manifest.json` itself: note it elsewhere (a ticket, a chat) and
+    /// `evidence verify --manifest-sha256` proves the manifest unchanged too.
+    pub manifest_sha256: String,
+    /// The timeline, as in `timeline.txt`.
+    pub timeline: String,
+}
+
+/// Writes the bundle `request` describes; `policies` are snapshots the caller read (the
+/// cluster's, the lab's), added to those of the isolation records.
+pub async fn collect(
+    request: &Request,
+    policies: Vec<PolicySnapshot>,
+    now_s: u64,
+) -> Result<Bundle, EvidenceError> {
+    if request.from_s >= request.to_s {
+        return Err(EvidenceError::Request(format!(
+            "--from {} is not before --to {}",
+            rfc3339_utc(request.from_s),
+            rfc3339_utc(request.to_s)
+        )));
+    }
+    prepare_dir(&request.out)?;
+    let reader = Reader::new(&request.location, &request.s3).await;
+    let names = reader
+        .list(request.cluster.as_deref(), request.from_s, request.to_s)
+        .await?;
+    let schema = schema();
+    let mut kept = Kept::default();
+    let mut sources = Vec::with_capacity(names.len());
+    for name in &names {
+        let (object, data) = reader.fetch(name).await?;
+        let taken = kept.take(&object.location, data, &schema, request)?;
+        sources.push(SourceUse {
+            object,
+            records: taken,
+        });
+    }
+    let out = &request.out;
+    let mut files = Vec::new();
+    let mut counts = Counts {
+        sources: sources.len() as u64,
+        ..Counts::default()
+    };
+    let mut timeline = Vec::new();
+    for (kind, batches) in [
+        ("flows", &kept.flows),
+        ("isolations", &kept.isolations),
+        ("losses", &kept.losses),
+    ] {
+        let batch = sorted(&schema, batches)?;
+        let rows = batch.num_rows() as u64;
+        match kind {
+            "flows" => counts.flows = rows,
+            "isolations" => counts.isolations = rows,
+            _ => counts.losses = rows,
+        }
+        let parquet = out.join(format!("{kind}.parquet"));
+        write_parquet(&parquet, &schema, &batch)?;
+        write_file(&out.join(format!("{kind}.csv")), &to_csv(&batch))?;
+        timeline.extend(read_file(&parquet).map_err(|e| EvidenceError::Write {
+            path: parquet.clone(),
+            message: e.to_string(),
+        })?);
+        files.push(format!("{kind}.parquet"));
+        files.push(format!("{kind}.csv"));
+    }
+    let mut snapshots = policies;
+    snapshots.extend(isolation_snapshots(&timeline));
+    write_json(&out.join("policies.json"), &policies_document(snapshots))?;
+    files.push("policies.json".to_owned());
+    write_json(&out.join("sources.json"), &sources)?;
+    files.push("sources.json".to_owned());
+    timeline.sort_by_key(|r| (r.start, r.end));
+    let timeline = render_timeline(&request.pod, &timeline);
+    write_file(&out.join("timeline.txt"), &timeline)?;
+    files.push("timeline.txt".to_owned());
+    files.sort();
+    let manifest = Manifest {
+        format: FORMAT.to_owned(),
+        pod: ManifestPod {
+            namespace: request.pod.namespace.clone(),
+            name: request.pod.name.clone(),
+        },
+        cluster: request.cluster.clone(),
+        window: ManifestWindow {
+            from: request.from_s,
+            to: request.to_s,
+            from_utc: rfc3339_utc(request.from_s),
+            to_utc: rfc3339_utc(request.to_s),
+        },
+        created: now_s,
+        source: request.location.to_string(),
+        tool: format!("tollgate {}", env!("CARGO_PKG_VERSION")),
+        counts,
+        files: files
+            .iter()
+            .map(|path| digest(out, path))
+            .collect::<Result<_, _>>()?,
+    };
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| EvidenceError::Write {
+        path: out.join(MANIFEST),
+        message: e.to_string(),
+    })?;
+    write_file(&out.join(MANIFEST), &format!("{text}\n"))?;
+    Ok(Bundle {
+        dir: out.clone(),
+        manifest,
+        manifest_sha256: sha256_hex(format!("{text}\n").as_bytes()),
+        timeline,
+    })
+}
+
+/// A flow-log file and how many of its rows went into the bundle.
+#[derive(Debug, Serialize)]
+struct SourceUse {
+    #[serde(flatten)]
+    object: SourceObject,
+    records: u64,
+}
+
+/// The rows kept so far, per kind.
+#[derive(Default)]
+struct Kept {
+    flows: Vec<RecordBatch>,
+    isolations: Vec<RecordBatch>,
+    losses: Vec<RecordBatch>,
+}
+
+impl Kept {
+    /// Keeps the rows of the Parquet file `data` (from `location`) that `request` asks for;
+    /// how many.
+    fn take(
+        &mut self,
+        location: &str,
+        data: bytes::Bytes,
+        schema: &SchemaRef,
+        request: &Request,
+    ) -> Result<u64, EvidenceError> {
+        let bad = |message: String| EvidenceError::Parquet {
+            location: location.to_owned(),
+            message,
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data)
+            .and_then(|b| b.build())
+            .map_err(|e| bad(e.to_string()))?;
+        let mut taken = 0;
+        for batch in reader {
+            let batch = conform(&batch.map_err(|e| bad(e.to_string()))?, schema).map_err(bad)?;
+            let masks = masks(&batch, request).map_err(bad)?;
+            for (mask, into) in [
+                (masks.flows, &mut self.flows),
+                (masks.isolations, &mut self.isolations),
+                (masks.losses, &mut self.losses),
+            ] {
+                let rows = arrow_select::filter::filter_record_batch(&batch, &mask)
+                    .map_err(|e| bad(e.to_string()))?;
+                taken += rows.num_rows() as u64;
+                if rows.num_rows() > 0 {
+                    into.push(rows);
+                }
+            }
+        }
+        Ok(taken)
+    }
+}
+
+/// `batch` with the columns of `schema`, in its order: columns appended to the record after
+/// the file was written are null.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => Ok(Arc::clone(column)),
+            Some(column) => Err(format!(
+                "column {} is {}, the flow record has {}",
+                field.name(),
+                column.data_type(),
+                field.data_type()
+            )),
+            None => Ok(new_null_array(field.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<ArrayRef>, String>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| e.to_string())
+}
+
+struct Masks {
+    flows: BooleanArray,
+    isolations: BooleanArray,
+    losses: BooleanArray,
+}
+
+/// Which rows of `batch` are flows, isolations and losses of the request.
+fn masks(batch: &RecordBatch, request: &Request) -> Result<Masks, String> {
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| format!("column {name} missing or not a string"))
+    };
+    let bigint = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<arrow_array::types::Int64Type>())
+            .ok_or_else(|| format!("column {name} missing or not a bigint"))
+    };
+    let (status, cluster) = (text("log_status")?, text("cluster")?);
+    let (src_ns, src_pod) = (text("src_namespace")?, text("src_pod")?);
+    let (dst_ns, dst_pod) = (text("dst_namespace")?, text("dst_pod")?);
+    let (start, end) = (bigint("start")?, bigint("end")?);
+    let is = |array: &StringArray, row: usize, value: &str| {
+        array.is_valid(row) && array.value(row) == value
+    };
+    let pod = &request.pod;
+    let (from, to) = (
+        i64::try_from(request.from_s).unwrap_or(i64::MAX),
+        i64::try_from(request.to_s).unwrap_or(i64::MAX),
+    );
+    let rows = batch.num_rows();
+    let (mut flows, mut isolations, mut losses) = (
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+    );
+    for row in 0..rows {
+        let in_cluster = request
+            .cluster
+            .as_deref()
+            .is_none_or(|c| is(cluster, row, c));
+        let overlaps = in_cluster && end.value(row) >= from && start.value(row) < to;
+        let src = is(src_ns, row, &pod.namespace) && is(src_pod, row, &pod.name);
+        let dst = is(dst_ns, row, &pod.namespace) && is(dst_pod, row, &pod.name);
+        flows.push(overlaps && is(status, row, "OK") && (src || dst));
+        isolations.push(overlaps && is(status, row, "ISOLATION") && src);
+        losses.push(overlaps && is(status, row, "SKIPDATA"));
+    }
+    Ok(Masks {
+        flows: BooleanArray::from(flows),
+        isolations: BooleanArray::from(isolations),
+        losses: BooleanArray::from(losses),
+    })
+}
+
+/// `batches` as one batch sorted by start, end, node, then source and destination address.
+fn sorted(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, EvidenceError> {
+    let failed = |e: arrow_schema::ArrowError| EvidenceError::Write {
+        path: PathBuf::from("(sorting)"),
+        message: e.to_string(),
+    };
+    let all = arrow_select::concat::concat_batches(schema, batches).map_err(failed)?;
+    let column = |name: &str| all.column_by_name(name).map(Arc::clone);
+    let (Some(start), Some(end), Some(node), Some(src), Some(dst)) = (
+        column("start"),
+        column("end"),
+        column("node"),
+        column("srcaddr"),
+        column("dstaddr"),
+    ) else {
+        return Ok(all);
+    };
+    let (start, end) = (
+        start.as_primitive::<arrow_array::types::Int64Type>(),
+        end.as_primitive::<arrow_array::types::Int64Type>(),
+    );
+    let (node, src, dst) = (
+        node.as_string::<i32>(),
+        src.as_string::<i32>(),
+        dst.as_string::<i32>(),
+    );
+    let text = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_owned());
+    let mut order: Vec<u32> = (0..u32::try_from(all.num_rows()).unwrap_or(u32::MAX)).collect();
+    order.sort_by_key(|&i| {
+        let i = i as usize;
+        (
+            start.value(i),
+            end.value(i),
+            text(node, i),
+            text(src, i),
+            text(dst, i),
+        )
+    });
+    arrow_select::take::take_record_batch(&all, &UInt32Array::from(order)).map_err(failed)
+}
+
+/// `batch` as CSV: a header of column names, one line per row; maps as JSON objects, nulls
+/// as empty fields, fields quoted when they hold a comma, quote or line break.
+fn to_csv(batch: &RecordBatch) -> String {
+    let mut out = String::new();
+    let header: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| quote(f.name()))
+        .collect();
+    let _ = writeln!(out, "{}", header.join(","));
+    for row in 0..batch.num_rows() {
+        let fields: Vec<String> = batch
+            .columns()
+            .iter()
+            .map(|column| quote(&cell(column.as_ref(), row)))
+            .collect();
+        let _ = writeln!(out, "{}", fields.join(","));
+    }
+    out
+}
+
+fn cell(column: &dyn Array, row: usize) -> String {
+    if column.is_null(row) {
+        return String::new();
+    }
+    match column.data_type() {
+        DataType::Int32 => column
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .map(|a| a.value(row).to_string()),
+        DataType::Int64 => column
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .map(|a| a.value(row).to_string()),
+        DataType::Utf8 => column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .map(|a| a.value(row).to_owned()),
+        DataType::Map(..) => column.as_any().downcast_ref::<MapArray>().map(|a| {
+            let entries = a.value(row);
+            let keys = entries.column(0).as_string::<i32>();
+            let values = entries.column(1).as_string::<i32>();
+            let map: BTreeMap<&str, Option<&str>> = (0..entries.len())
+                .map(|i| (keys.value(i), values.is_valid(i).then(|| values.value(i))))
+                .collect();
+            serde_json::to_string(&map).unwrap_or_default()
+        }),
+        _ => None,
+    }
+    .unwrap_or_default()
+}
+
+fn quote(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+/// The policies each isolation record saw right after its act.
+fn isolation_snapshots(records: &[StoredRecord]) -> Vec<PolicySnapshot> {
+    records
+        .iter()
+        .filter(|r| r.is_isolation())
+        .filter_map(|r| {
+            let detail: serde_json::Value =
+                serde_json::from_str(r.isolation_detail.as_deref()?).ok()?;
+            let policies = detail.get("policies_in_force")?.as_array()?.clone();
+            Some(PolicySnapshot {
+                source: format!(
+                    "isolation record ({})",
+                    r.isolation_action.as_deref().unwrap_or("?")
+                ),
+                at: u64::try_from(r.start).unwrap_or_default(),
+                policies,
+            })
+        })
+        .collect()
+}
+
+/// `policies.json`: the latest snapshot's policies as `policies`, and every snapshot.
+fn policies_document(mut snapshots: Vec<PolicySnapshot>) -> serde_json::Value {
+    snapshots.sort_by_key(|s| s.at);
+    let latest = snapshots.last();
+    serde_json::json!({
+        "policies": latest.map(|s| s.policies.clone()).unwrap_or_default(),
+        "as_of": latest.map(|s| s.at),
+        "as_of_utc": latest.map(|s| rfc3339_utc(s.at)),
+        "source": latest.map(|s| s.source.clone()),
+        "snapshots": snapshots,
+    })
+}
+
+/// The timeline: a line on what it shows, then the records as `tollgate flows` prints them.
+fn render_timeline(pod: &PodRef, records: &[StoredRecord]) -> String {
+    let quarantined = records
+        .iter()
+        .find(|r| r.is_isolation() && r.isolation_action.as_deref() == Some("quarantine"))
+        .map(|r| r.start);
+    let count = |f: &dyn Fn(&StoredRecord) -> bool| records.iter().filter(|r| f(r)).count();
+    let mut out = format!("Timeline of {pod}: {} records", records.len());
+    if let Some(at) = quarantined {
+        let at_s = u64::try_from(at).unwrap_or_default();
+        let _ = write!(
+            out,
+            "; quarantined at {}: {} allowed before, {} denied after",
+            rfc3339_utc(at_s),
+            count(&|r| !r.is_isolation() && !r.is_loss() && r.end < at && !r.is_reject()),
+            count(&|r| !r.is_isolation() && !r.is_loss() && r.start >= at && r.is_reject())
+        );
+    }
+    let _ = writeln!(out, "\n");
+    out.push_str(&render_table(records));
+    out
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), EvidenceError> {
+    let failed = |message: String| EvidenceError::Write {
+        path: dir.to_owned(),
+        message,
+    };
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(|e| failed(e.to_string()))?;
+        if entries.next().is_some() {
+            return Err(failed(
+                "exists and is not empty; a bundle needs a directory of its own".to_owned(),
+            ));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), EvidenceError> {
+    std::fs::write(path, text).map_err(|e| EvidenceError::Write {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EvidenceError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| EvidenceError::Write {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    write_file(path, &format!("{text}\n"))
+}
+
+fn write_parquet(
+    path: &Path,
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> Result<(), EvidenceError> {
+    let failed = |message: String| EvidenceError::Write {
+        path: path.to_owned(),
+        message,
+    };
+    let file = File::create(path).map_err(|e| failed(e.to_string()))?;
+    let mut writer = ArrowWriter::try_new(file, Arc::clone(schema), Some(writer_properties()))
+        .map_err(|e| failed(e.to_string()))?;
+    writer.write(batch).map_err(|e| failed(e.to_string()))?;
+    writer.close().map_err(|e| failed(e.to_string()))?;
+    Ok(())
+}
+
+fn digest(dir: &Path, path: &str) -> Result<FileDigest, EvidenceError> {
+    let data = std::fs::read(dir.join(path)).map_err(|e| EvidenceError::Write {
+        path: dir.join(path),
+        message: e.to_string(),
+    })?;
+    Ok(FileDigest {
+        path: path.to_owned(),
+        bytes: data.len() as u64,
+        sha256: sha256_hex(&data),
+    })
+}
+
+/// What [`verify`] found wrong; empty when the bundle is intact.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "evidence bundle {dir} FAILED verification ({} problems):\n  {}",
+    problems.len(),
+    problems.join("\n  ")
+)]
+pub struct Tampered {
+    /// The bundle.
+    pub dir: PathBuf,
+    /// One line per problem: the file and what differs.
+    pub problems: Vec<String>,
+}
+
+/// Re-checks the bundle in `dir`: the manifest parses and has this format, every file it lists
+/// exists with the listed size and SHA-256, no other file is there, and — when given — the
+/// manifest itself has the SHA-256 noted when the bundle was written. The manifest on success.
+pub fn verify(dir: &Path, manifest_sha256: Option<&str>) -> Result<Manifest, Tampered> {
+    let mut problems = Vec::new();
+    let tampered = |problems: Vec<String>| Tampered {
+        dir: dir.to_owned(),
+        problems,
+    };
+    let text = match std::fs::read(dir.join(MANIFEST)) {
+        Ok(text) => text,
+        Err(e) => return Err(tampered(vec![format!("{MANIFEST}: {e}")])),
+    };
+    if let Some(expected) = manifest_sha256 {
+        let actual = sha256_hex(&text);
+        if !actual.eq_ignore_ascii_case(expected) {
+            problems.push(format!(
+                "{MANIFEST}: SHA-256 is {actual}, the one noted is {expected}"
+            ));
+        }
+    }
+    let manifest: Manifest = match serde_json::from_slice(&text) {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            problems.push(format!("{MANIFEST}: {e}"));
+            return Err(tampered(problems));
+        }
+    };
+    if manifest.format != FORMAT {
+        problems.push(format!(
+            "{MANIFEST}: format {:?}, expected {FORMAT:?}",
+            manifest.format
+        ));
+    }
+    for listed in &manifest.files {
+        let path = Path::new(&listed.path);
+        if path.is_absolute() || path.components().count() != 1 {
+            problems.push(format!("{}: not a file name of the bundle", listed.path));
+            continue;
+        }
+        match std::fs::read(dir.join(path)) {
+            Err(e) => problems.push(format!("{}: {e}", listed.path)),
+            Ok(data) => {
+                let sha256 = sha256_hex(&data);
+                if data.len() as u64 != listed.bytes {
+                    problems.push(format!(
+                        "{}: {} bytes, the manifest says {}",
+                        listed.path,
+                        data.len(),
+                        listed.bytes
+                    ));
+                }
+                if sha256 != listed.sha256 {
+                    problems.push(format!(
+                        "{}: SHA-256 is {sha256}, the manifest says {}",
+                        listed.path, listed.sha256
+                    ));
+                }
+            }
+        }
+    }
+    match std::fs::read_dir(dir) {
+        Err(e) => problems.push(format!("{}: {e}", dir.display())),
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name != MANIFEST && !manifest.files.iter().any(|f| f.path == name) {
+                    problems.push(format!("{name}: not in the manifest"));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(manifest)
+    } else {
+        Err(tampered(problems))
+    }
+}

@@ -1,0 +1,512 @@
+//! Quarantine: cut a pod off, ingress and egress, with one label and one deny-all
+//! NetworkPolicy that tollgate names and owns; and release it again.
+//!
+//! [`quarantine`] runs, against any [`Cluster`]:
+//! 1. checks, changing nothing: the caller's rights (one SelfSubjectAccessReview per
+//!    [`Access`] needed, every missing one named), the pod exists, it is not quarantined
+//!    already, no stale quarantine policy is in the way; reads the namespace's policies;
+//! 2. creates the policy `tollgate-quarantine-<pod>` selecting `tollgate.io/quarantine=<pod>`
+//!    with `policyTypes: [Ingress, Egress]` and no rule (deny all), annotated with who, when
+//!    and why. NetworkPolicies only add allows, so tollgate's compiler gives this policy
+//!    precedence over every other one selecting the pod (`tollgate_enforcer::compile`);
+//!    under another enforcer it would only cut what no other policy allows;
+//! 3. puts the label on the pod, only if the pod is still the version read in 1. From this
+//!    write on the pod is isolated: the node agents compile the policy as soon as they see the
+//!    label. If the write fails, the policy is deleted again: an error leaves nothing behind.
+//!
+//! [`release`] removes the label, then deletes the policy. Both return an [`Isolation`] for the
+//! flow log ([`crate::record`] writes it), with the pod as it was, the policy as stored and the
+//! namespace's policies in force right after the act.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::Pod,
+        networking::v1::{NetworkPolicy, NetworkPolicySpec},
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+};
+use sha2::{Digest, Sha256};
+use tollgate_collector::{
+    clock::rfc3339_utc,
+    identity::PodIdentity,
+    record::{Isolation, IsolationAction},
+};
+use tollgate_enforcer::snapshot::pod_addresses;
+
+use crate::{
+    PodRef,
+    cluster::{Access, Cluster, ClusterError},
+};
+
+/// The label that marks a quarantined pod; its value names the pod (see [`label_value`]).
+/// The compiler gives the policy that selects on it precedence over every other policy of the
+/// pod (NetworkPolicies only add allows: a plain deny-all cannot cut off what another allows).
+pub use tollgate_enforcer::compile::QUARANTINE_LABEL as LABEL;
+/// Prefix of the quarantine policies' names, and the label on every object tollgate owns.
+pub use tollgate_enforcer::compile::{MANAGED_BY, QUARANTINE_POLICY_PREFIX as POLICY_PREFIX};
+
+/// Annotations of the quarantine policy: who, when (RFC 3339, UTC), why, and which pod (UID).
+pub const ANNOTATION_ACTOR: &str = "tollgate.io/quarantined-by";
+/// See [`ANNOTATION_ACTOR`].
+pub const ANNOTATION_AT: &str = "tollgate.io/quarantined-at";
+/// See [`ANNOTATION_ACTOR`].
+pub const ANNOTATION_REASON: &str = "tollgate.io/reason";
+/// See [`ANNOTATION_ACTOR`].
+pub const ANNOTATION_POD_UID: &str = "tollgate.io/pod-uid";
+
+/// Longest `--reason` accepted (an annotation and a flow-log column, not a report).
+pub const MAX_REASON_CHARS: usize = 1024;
+
+/// Why a quarantine or release was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuarantineError {
+    /// `--reason` is empty or too long.
+    #[error("--reason: {0}")]
+    Reason(String),
+    /// The caller lacks rights; nothing was changed.
+    #[error(
+        "missing RBAC rights, nothing was changed: {}",
+        missing.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    Forbidden {
+        /// Every right that is missing.
+        missing: Vec<Access>,
+    },
+    /// The pod does not exist; nothing was changed.
+    #[error("pod {0} not found; nothing was changed")]
+    NoSuchPod(PodRef),
+    /// The pod is quarantined already; nothing was changed.
+    #[error("pod {pod} is already quarantined ({detail}); nothing was changed")]
+    AlreadyQuarantined {
+        /// The pod.
+        pod: PodRef,
+        /// The label and policy found.
+        detail: String,
+    },
+    /// A policy of the quarantine's name exists but the pod has no label.
+    #[error(
+        "NetworkPolicy {namespace}/{name} exists but pod {pod} has no {LABEL} label (left \
+         from an interrupted run?): release the pod first; nothing was changed"
+    )]
+    StalePolicy {
+        /// The pod.
+        pod: PodRef,
+        /// Namespace of the policy.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// `--release` of a pod that is not quarantined; nothing was changed.
+    #[error(
+        "pod {0} is not quarantined (no {LABEL} label, no quarantine policy); nothing was changed"
+    )]
+    NotQuarantined(PodRef),
+    /// A cluster call failed before anything was changed.
+    #[error("{0}; nothing was changed")]
+    Check(#[source] ClusterError),
+    /// A change failed and was undone.
+    #[error("{failed}; undone: {undone}")]
+    RolledBack {
+        /// What failed.
+        failed: ClusterError,
+        /// What was undone.
+        undone: String,
+    },
+    /// A change failed and could not be (fully) undone: the cluster needs a look.
+    #[error("{failed}; and undoing it failed too ({undo}): {left}")]
+    Partial {
+        /// What failed.
+        failed: ClusterError,
+        /// Why undoing failed.
+        undo: ClusterError,
+        /// What is left in the cluster.
+        left: String,
+    },
+}
+
+/// What a successful quarantine or release did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The isolation record's content.
+    pub isolation: Isolation,
+    /// When it happened (Unix seconds): the label's write.
+    pub at_s: u64,
+    /// The node the pod runs on (the record's `node`).
+    pub node: String,
+}
+
+/// The label value that marks `pod`: its name when that is a valid label value (at most 63
+/// characters), else its first 54 characters, `-` and 8 hex digits of its SHA-256.
+pub fn label_value(pod: &str) -> String {
+    shortened(pod, 63)
+}
+
+/// The name of `pod`'s quarantine policy (at most 253 characters, as any object name).
+pub fn policy_name(pod: &str) -> String {
+    shortened(&format!("{POLICY_PREFIX}{pod}"), 253)
+}
+
+fn shortened(name: &str, limit: usize) -> String {
+    if name.len() <= limit {
+        return name.to_owned();
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    // Pod names are ASCII (DNS subdomains): byte slicing stays on a character boundary.
+    let head = name[..limit - 9].trim_end_matches(['-', '.']);
+    format!("{head}-{hash}")
+}
+
+/// The quarantine policy of `pod`: deny all ingress and egress of the pods labelled
+/// `tollgate.io/quarantine=<label value>`.
+pub fn quarantine_policy(
+    pod: &PodRef,
+    actor: &str,
+    reason: &str,
+    at_s: u64,
+    uid: &str,
+) -> NetworkPolicy {
+    let annotations = BTreeMap::from([
+        (ANNOTATION_ACTOR.to_owned(), actor.to_owned()),
+        (ANNOTATION_AT.to_owned(), rfc3339_utc(at_s)),
+        (ANNOTATION_REASON.to_owned(), reason.to_owned()),
+        (ANNOTATION_POD_UID.to_owned(), uid.to_owned()),
+    ]);
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(policy_name(&pod.name)),
+            namespace: Some(pod.namespace.clone()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.0.to_owned(),
+                MANAGED_BY.1.to_owned(),
+            )])),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(LABEL.to_owned(), label_value(&pod.name))])),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
+            ingress: None,
+            egress: None,
+        }),
+    }
+}
+
+/// The rights [`quarantine`] needs in `namespace` (release needs the same: it reads, patches and
+/// deletes; create is what undoing a failed release would need, and is asked for both so a
+/// caller allowed to quarantine is allowed to release and the other way round).
+pub fn needed_access(namespace: &str) -> Vec<Access> {
+    let access = |verb, group, resource| Access {
+        verb,
+        group,
+        resource,
+        namespace: namespace.to_owned(),
+    };
+    vec![
+        access("get", "", "pods"),
+        access("patch", "", "pods"),
+        access("list", "networking.k8s.io", "networkpolicies"),
+        access("create", "networking.k8s.io", "networkpolicies"),
+        access("delete", "networking.k8s.io", "networkpolicies"),
+    ]
+}
+
+/// Checks the caller's rights and reads the pod; nothing is changed.
+async fn precheck(cluster: &impl Cluster, pod: &PodRef) -> Result<(String, Pod), QuarantineError> {
+    let mut missing = Vec::new();
+    for access in needed_access(&pod.namespace) {
+        if !cluster
+            .allowed(&access)
+            .await
+            .map_err(QuarantineError::Check)?
+        {
+            missing.push(access);
+        }
+    }
+    if !missing.is_empty() {
+        return Err(QuarantineError::Forbidden { missing });
+    }
+    let actor = match cluster.whoami().await {
+        Ok(actor) => actor,
+        // Isolating a compromised pod must not wait on an older API server without
+        // SelfSubjectReview: the record says the name is unknown, and why.
+        Err(error) => {
+            tracing::warn!(%error, "could not learn who is acting; recorded as unknown");
+            format!("unknown ({error})")
+        }
+    };
+    let found = cluster
+        .pod(&pod.namespace, &pod.name)
+        .await
+        .map_err(QuarantineError::Check)?
+        .ok_or_else(|| QuarantineError::NoSuchPod(pod.clone()))?;
+    Ok((actor, found))
+}
+
+fn check_reason(reason: &str) -> Result<(), QuarantineError> {
+    if reason.trim().is_empty() {
+        return Err(QuarantineError::Reason(
+            "must say why (it goes into the flow log)".into(),
+        ));
+    }
+    let chars = reason.chars().count();
+    if chars > MAX_REASON_CHARS {
+        return Err(QuarantineError::Reason(format!(
+            "{chars} characters; at most {MAX_REASON_CHARS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Quarantines `pod`: see the module doc. `now_s` gives the time (Unix seconds).
+pub async fn quarantine(
+    cluster: &impl Cluster,
+    pod: &PodRef,
+    reason: &str,
+    now_s: impl Fn() -> u64,
+) -> Result<Outcome, QuarantineError> {
+    check_reason(reason)?;
+    let (actor, found) = precheck(cluster, pod).await?;
+    let name = policy_name(&pod.name);
+    let policies = cluster
+        .policies(&pod.namespace)
+        .await
+        .map_err(QuarantineError::Check)?;
+    if let Some(value) = label_of(&found) {
+        return Err(QuarantineError::AlreadyQuarantined {
+            pod: pod.clone(),
+            detail: format!(
+                "label {LABEL}={value}{}",
+                if policies
+                    .iter()
+                    .any(|p| p.metadata.name.as_deref() == Some(&name))
+                {
+                    format!(", NetworkPolicy {}/{name}", pod.namespace)
+                } else {
+                    String::new()
+                }
+            ),
+        });
+    }
+    if policies
+        .iter()
+        .any(|p| p.metadata.name.as_deref() == Some(&name))
+    {
+        return Err(QuarantineError::StalePolicy {
+            pod: pod.clone(),
+            namespace: pod.namespace.clone(),
+            name,
+        });
+    }
+    let uid = found.metadata.uid.clone().unwrap_or_default();
+    let version = found.metadata.resource_version.clone().unwrap_or_default();
+    let at_s = now_s();
+    let desired = quarantine_policy(pod, &actor, reason, at_s, &uid);
+    let created = cluster
+        .create_policy(&desired)
+        .await
+        .map_err(QuarantineError::Check)?;
+    let label = label_value(&pod.name);
+    if let Err(failed) = cluster
+        .set_pod_label(&pod.namespace, &pod.name, LABEL, Some(&label), &version)
+        .await
+    {
+        return Err(match cluster.delete_policy(&pod.namespace, &name).await {
+            Ok(()) => QuarantineError::RolledBack {
+                failed,
+                undone: format!("NetworkPolicy {}/{name} deleted", pod.namespace),
+            },
+            Err(undo) => QuarantineError::Partial {
+                failed,
+                undo,
+                left: format!(
+                    "NetworkPolicy {}/{name} (selects no pod: the label was not set)",
+                    pod.namespace
+                ),
+            },
+        });
+    }
+    let mut in_force = policies;
+    in_force.push(created.clone());
+    Ok(outcome(
+        IsolationAction::Quarantine,
+        actor,
+        reason,
+        &found,
+        &created,
+        &label,
+        in_force,
+        at_s,
+    ))
+}
+
+/// Releases `pod` from quarantine: removes the label, then deletes the policy. Either may be
+/// missing already (an interrupted quarantine or release); not both.
+pub async fn release(
+    cluster: &impl Cluster,
+    pod: &PodRef,
+    reason: &str,
+    now_s: impl Fn() -> u64,
+) -> Result<Outcome, QuarantineError> {
+    check_reason(reason)?;
+    let (actor, found) = precheck(cluster, pod).await?;
+    let name = policy_name(&pod.name);
+    let policies = cluster
+        .policies(&pod.namespace)
+        .await
+        .map_err(QuarantineError::Check)?;
+    let policy = policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(&name))
+        .cloned();
+    let label = label_of(&found);
+    if label.is_none() && policy.is_none() {
+        return Err(QuarantineError::NotQuarantined(pod.clone()));
+    }
+    let at_s = now_s();
+    if label.is_some() {
+        let version = found.metadata.resource_version.clone().unwrap_or_default();
+        cluster
+            .set_pod_label(&pod.namespace, &pod.name, LABEL, None, &version)
+            .await
+            .map_err(QuarantineError::Check)?;
+    }
+    if policy.is_some()
+        && let Err(failed) = cluster.delete_policy(&pod.namespace, &name).await
+    {
+        return Err(QuarantineError::Partial {
+            failed,
+            undo: ClusterError::Api("a removed label is not put back: the pod is free".into()),
+            left: format!(
+                "NetworkPolicy {}/{name} (selects no pod: the label is gone); delete it by hand",
+                pod.namespace
+            ),
+        });
+    }
+    let policy = policy.unwrap_or_else(|| quarantine_policy(pod, &actor, reason, at_s, ""));
+    let in_force = policies
+        .into_iter()
+        .filter(|p| p.metadata.name.as_deref() != Some(&name))
+        .collect();
+    let label = label.unwrap_or_else(|| label_value(&pod.name));
+    Ok(outcome(
+        IsolationAction::Release,
+        actor,
+        reason,
+        &found,
+        &policy,
+        &label,
+        in_force,
+        at_s,
+    ))
+}
+
+/// The quarantine label's value on `pod`, if it has the label.
+fn label_of(pod: &Pod) -> Option<String> {
+    pod.metadata.labels.as_ref()?.get(LABEL).cloned()
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one record's fields, named at the call sites"
+)]
+fn outcome(
+    action: IsolationAction,
+    actor: String,
+    reason: &str,
+    pod: &Pod,
+    policy: &NetworkPolicy,
+    label: &str,
+    in_force: Vec<NetworkPolicy>,
+    at_s: u64,
+) -> Outcome {
+    let address = pod_addresses(pod).into_iter().next();
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    let detail = serde_json::json!({
+        "policy": {
+            "namespace": policy.metadata.namespace,
+            "name": policy.metadata.name,
+            "uid": policy.metadata.uid,
+            "resource_version": policy.metadata.resource_version,
+        },
+        "label": { "key": LABEL, "value": label },
+        "pod": {
+            "uid": pod.metadata.uid,
+            "ip": address.map(|a| a.to_string()),
+            "node": node,
+        },
+        "policies_in_force": in_force,
+    });
+    Outcome {
+        isolation: Isolation {
+            action,
+            actor,
+            reason: reason.to_owned(),
+            pod: PodIdentity::of(pod),
+            address,
+            policy_namespace: policy.metadata.namespace.clone().unwrap_or_default(),
+            policy_name: policy.metadata.name.clone().unwrap_or_default(),
+            detail: detail.to_string(),
+        },
+        at_s,
+        node,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_kubernetes_limits() {
+        assert_eq!(label_value("amazonlinux"), "amazonlinux");
+        assert_eq!(
+            policy_name("amazonlinux"),
+            "tollgate-quarantine-amazonlinux"
+        );
+        let long = "a".repeat(70);
+        let value = label_value(&long);
+        assert_eq!(value.len(), 63);
+        assert!(value.starts_with(&"a".repeat(54)));
+        assert_ne!(
+            label_value(&format!("{long}b")),
+            value,
+            "distinct pods, distinct labels"
+        );
+        let dotted = format!("{}.-x{}", "b".repeat(52), "c".repeat(20));
+        let value = label_value(&dotted);
+        assert!(value.len() <= 63 && !value.contains(".-"), "{value}");
+        assert!(policy_name(&"p".repeat(253)).len() <= 253);
+    }
+
+    #[test]
+    fn the_policy_denies_everything_for_the_label() {
+        let pod = PodRef {
+            namespace: "default".into(),
+            name: "amazonlinux".into(),
+        };
+        let policy = quarantine_policy(&pod, "alice", "C2 beacon", 1_764_054_000, "uid-1");
+        let yaml = serde_json::to_value(&policy).unwrap();
+        assert_eq!(
+            yaml["spec"],
+            serde_json::json!({
+                "podSelector": {"matchLabels": {LABEL: "amazonlinux"}},
+                "policyTypes": ["Ingress", "Egress"],
+            })
+        );
+        assert_eq!(
+            yaml["metadata"]["annotations"][ANNOTATION_AT],
+            "2025-11-25T07:00:00Z"
+        );
+        assert_eq!(yaml["metadata"]["labels"][MANAGED_BY.0], MANAGED_BY.1);
+    }
+}

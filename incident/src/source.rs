@@ -1,0 +1,335 @@
+//! The flow log's files for a time window, read whole, with what identifies each one: for a
+//! local directory its path and size, for S3 its key, ETag, version ID and size — what an
+//! evidence bundle lists as its sources.
+//!
+//! Only the partitions that can hold a record overlapping `[from, to)` are listed: the
+//! collector files each record under the hour of its own start, and a flow record spans at most
+//! one aggregation window, so the hours from `from - 1 h` to `to` (the margin the named Athena
+//! queries prune with too). Objects are listed, then fetched one at a time by the caller.
+
+use std::path::{Path, PathBuf};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::{Client, error::DisplayErrorContext};
+use bytes::Bytes;
+use tollgate_collector::clock::partition_date;
+
+use crate::location::{FlowLogLocation, S3Options};
+
+/// Why the flow log could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A local file or directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An S3 call.
+    #[error("{location}: {message}")]
+    S3 {
+        /// `s3://bucket/key-or-prefix`.
+        location: String,
+        /// The SDK's error with its causes.
+        message: String,
+    },
+}
+
+/// One file of the flow log, as read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceObject {
+    /// Local path or `s3://bucket/key`.
+    pub location: String,
+    /// S3's ETag (quotes removed); null for local files.
+    pub etag: Option<String>,
+    /// S3's version ID when the bucket is versioned; null otherwise.
+    pub version_id: Option<String>,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Last modification, RFC 3339 (S3's `Last-Modified`, or the file's mtime).
+    pub last_modified: Option<String>,
+    /// SHA-256 of the bytes read, hex.
+    pub sha256: String,
+}
+
+/// Where to read from.
+pub enum Reader {
+    /// A local directory.
+    Local(PathBuf),
+    /// An S3 prefix.
+    S3 {
+        /// The client.
+        client: Client,
+        /// Bucket.
+        bucket: String,
+        /// Prefix, without trailing `/`.
+        prefix: String,
+    },
+}
+
+/// Every `(dt, hour)` partition that can hold a record overlapping `[from_s, to_s)`.
+pub fn partitions(from_s: u64, to_s: u64) -> Vec<(String, String)> {
+    let first = from_s.saturating_sub(3600) / 3600;
+    let last = to_s.saturating_sub(1).max(from_s) / 3600;
+    (first..=last)
+        .map(|hour| partition_date(hour * 3600))
+        .collect()
+}
+
+impl Reader {
+    /// A reader of `location` (an S3 client from aws-config's default chain for S3).
+    pub async fn new(location: &FlowLogLocation, s3: &S3Options) -> Self {
+        match location {
+            FlowLogLocation::Local(dir) => Self::Local(dir.clone()),
+            FlowLogLocation::S3 { bucket, prefix } => {
+                let shared = aws_config::defaults(BehaviorVersion::latest())
+                    .region(Region::new(s3.region.clone()))
+                    .load()
+                    .await;
+                let mut config =
+                    aws_sdk_s3::config::Builder::from(&shared).force_path_style(s3.path_style);
+                config.set_endpoint_url(s3.endpoint_url.clone());
+                Self::S3 {
+                    client: Client::from_conf(config.build()),
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                }
+            }
+        }
+    }
+
+    /// The files of the partitions of `[from_s, to_s)`, of `cluster` or of every cluster,
+    /// sorted.
+    pub async fn list(
+        &self,
+        cluster: Option<&str>,
+        from_s: u64,
+        to_s: u64,
+    ) -> Result<Vec<String>, SourceError> {
+        let clusters = match cluster {
+            Some(cluster) => vec![cluster.to_owned()],
+            None => self.clusters().await?,
+        };
+        let mut found = Vec::new();
+        for cluster in &clusters {
+            for (dt, hour) in partitions(from_s, to_s) {
+                let partition = format!("cluster={cluster}/dt={dt}/hour={hour}");
+                found.extend(self.list_partition(&partition).await?);
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// The cluster names of the flow log (its `cluster=…` directories or prefixes).
+    async fn clusters(&self) -> Result<Vec<String>, SourceError> {
+        let names = match self {
+            Self::Local(dir) => read_dir(dir)?
+                .into_iter()
+                .filter(|p| p.is_dir())
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect(),
+            Self::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let root = if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                };
+                let mut names = Vec::new();
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(&root)
+                    .delimiter("/")
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| s3_error(bucket, &root, &e))?;
+                    for common in page.common_prefixes() {
+                        if let Some(p) = common.prefix() {
+                            names.push(p[root.len()..].trim_end_matches('/').to_owned());
+                        }
+                    }
+                }
+                names
+            }
+        };
+        Ok(names
+            .iter()
+            .filter_map(|n| n.strip_prefix("cluster="))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The `.parquet` files directly under `partition` (hidden ones skipped: a sink's partial
+    /// copies).
+    async fn list_partition(&self, partition: &str) -> Result<Vec<String>, SourceError> {
+        match self {
+            Self::Local(dir) => {
+                let dir = dir.join(partition);
+                if !dir.is_dir() {
+                    return Ok(Vec::new());
+                }
+                Ok(read_dir(&dir)?
+                    .into_iter()
+                    .filter(|p| is_visible_parquet(p))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect())
+            }
+            Self::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let under = if prefix.is_empty() {
+                    format!("{partition}/")
+                } else {
+                    format!("{prefix}/{partition}/")
+                };
+                let mut keys = Vec::new();
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(&under)
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| s3_error(bucket, &under, &e))?;
+                    keys.extend(
+                        page.contents()
+                            .iter()
+                            .filter_map(|o| o.key())
+                            .filter(|k| is_visible_parquet(Path::new(k)))
+                            .map(str::to_owned),
+                    );
+                }
+                Ok(keys)
+            }
+        }
+    }
+
+    /// Reads one listed file whole: its bytes and what identifies them.
+    pub async fn fetch(&self, name: &str) -> Result<(SourceObject, Bytes), SourceError> {
+        match self {
+            Self::Local(_) => {
+                let path = PathBuf::from(name);
+                let io = |source| SourceError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                let data = Bytes::from(std::fs::read(&path).map_err(io)?);
+                let modified = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| tollgate_collector::clock::rfc3339_utc(d.as_secs()));
+                Ok((
+                    SourceObject {
+                        location: name.to_owned(),
+                        etag: None,
+                        version_id: None,
+                        bytes: data.len() as u64,
+                        last_modified: modified,
+                        sha256: sha256_hex(&data),
+                    },
+                    data,
+                ))
+            }
+            Self::S3 { client, bucket, .. } => {
+                let object = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(name)
+                    .send()
+                    .await
+                    .map_err(|e| s3_error(bucket, name, &e))?;
+                let etag = object.e_tag().map(|t| t.trim_matches('"').to_owned());
+                let version_id = object.version_id().map(str::to_owned);
+                let last_modified = object
+                    .last_modified()
+                    .and_then(|t| u64::try_from(t.secs()).ok())
+                    .map(tollgate_collector::clock::rfc3339_utc);
+                let data = object
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| SourceError::S3 {
+                        location: format!("s3://{bucket}/{name}"),
+                        message: e.to_string(),
+                    })?
+                    .into_bytes();
+                Ok((
+                    SourceObject {
+                        location: format!("s3://{bucket}/{name}"),
+                        etag,
+                        version_id,
+                        bytes: data.len() as u64,
+                        last_modified,
+                        sha256: sha256_hex(&data),
+                    },
+                    data,
+                ))
+            }
+        }
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let io = |source| SourceError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        paths.push(entry.map_err(io)?.path());
+    }
+    Ok(paths)
+}
+
+fn is_visible_parquet(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "parquet")
+        && path
+            .file_name()
+            .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+}
+
+fn s3_error(bucket: &str, key: &str, error: &impl std::error::Error) -> SourceError {
+    SourceError::S3 {
+        location: format!("s3://{bucket}/{key}"),
+        message: DisplayErrorContext(error).to_string(),
+    }
+}
+
+/// The SHA-256 of `data`, as lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partitions;
+
+    #[test]
+    fn partitions_cover_the_window_and_an_hour_before() {
+        // 2026-11-25T10:30:00Z to 11:10:00Z.
+        let from = 1_795_602_600;
+        let hours: Vec<String> = partitions(from, from + 2400)
+            .into_iter()
+            .map(|(dt, hour)| format!("{dt}/{hour}"))
+            .collect();
+        assert_eq!(hours, ["2026-11-25/09", "2026-11-25/10", "2026-11-25/11"]);
+        // An end on the hour does not reach into the next one.
+        assert_eq!(partitions(from, 1_795_604_400).len(), 2);
+    }
+}

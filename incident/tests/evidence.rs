@@ -1,0 +1,417 @@
+//! Evidence bundles from a flow log on disk and on a real S3-compatible server (s3s-fs):
+//! exactly the pod's records of the window (both ends, every verdict), its isolation records,
+//! the losses that overlap, files of an older record layout read with nulls, every source
+//! named with its digest (and ETag on S3); and `verify` catching every kind of change.
+
+#[path = "../../collector/tests/support/s3_server.rs"]
+mod s3_server;
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use parquet::arrow::ArrowWriter;
+use s3_server::S3Server;
+use support::TempDir;
+use tollgate_collector::{
+    identity::PodIdentity,
+    loss::{LossSource, LossSpan},
+    read::read_file,
+    record::{Flow, FlowRecord, Isolation, IsolationAction, RecordBody, encode, schema},
+    sink::Sink,
+};
+use tollgate_enforcer::desired::RuleRef;
+use tollgate_incident::{
+    PodRef,
+    evidence::{self, PolicySnapshot, Request},
+    location::{FlowLogLocation, S3Options},
+};
+use tollgate_schemas::{Direction, Reason, Verdict};
+
+/// 2026-11-25T10:00:00Z.
+const HOUR: u64 = 1_795_600_800;
+const FROM: u64 = HOUR + 600;
+const TO: u64 = HOUR + 1800;
+
+fn identity(namespace: &str, name: &str, app: &str) -> Arc<PodIdentity> {
+    Arc::new(PodIdentity {
+        namespace: namespace.into(),
+        name: name.into(),
+        workload: format!("Deployment/{app}"),
+        labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+    })
+}
+
+fn flow(at: u64, src: &Arc<PodIdentity>, dst: &Arc<PodIdentity>, verdict: Verdict) -> FlowRecord {
+    let address = |pod: &PodIdentity| -> IpAddr {
+        if pod.name == "web" {
+            "10.0.1.57"
+        } else {
+            "10.0.2.9"
+        }
+        .parse()
+        .unwrap()
+    };
+    FlowRecord {
+        start_s: at,
+        end_s: at + 5,
+        body: RecordBody::Flow(Box::new(Flow {
+            src: address(src),
+            dst: address(dst),
+            src_port: 40_000,
+            dst_port: 443,
+            protocol: 6,
+            direction: Direction::Egress,
+            verdict,
+            reason: if verdict == Verdict::Allow {
+                Reason::AllowedByRule
+            } else {
+                Reason::IsolatedNoMatch
+            },
+            icmp: None,
+            packets: 3,
+            bytes: 222,
+            tcp_flags: 2,
+            events: 1,
+            src_pod: Some(Arc::clone(src)),
+            dst_pod: Some(Arc::clone(dst)),
+            rule: (verdict == Verdict::Allow).then(|| {
+                Arc::new(RuleRef {
+                    namespace: "shop".into(),
+                    policy: "allow-web, \"egress\"".into(),
+                    direction: Direction::Egress,
+                    index: 0,
+                })
+            }),
+            audit: false,
+        })),
+    }
+}
+
+fn isolation(at: u64, pod: &Arc<PodIdentity>) -> FlowRecord {
+    FlowRecord::isolation(
+        Isolation {
+            action: IsolationAction::Quarantine,
+            actor: "alice@example.com".into(),
+            reason: "C2 beacon".into(),
+            pod: (**pod).clone(),
+            address: Some("10.0.1.57".parse().unwrap()),
+            policy_namespace: pod.namespace.clone(),
+            policy_name: format!("tollgate-quarantine-{}", pod.name),
+            detail: serde_json::json!({"policies_in_force": [{"metadata": {"name": "allow-web"}}]})
+                .to_string(),
+        },
+        at,
+    )
+}
+
+/// Writes `records` as one Parquet file at `key` under `dir`; `columns` keeps only the
+/// first columns (a file of an older layout).
+fn write(dir: &Path, key: &str, records: &[FlowRecord], columns: Option<usize>) {
+    let schema = schema();
+    let mut batch = encode(records, "node-a", "prod", &schema).unwrap();
+    if let Some(n) = columns {
+        batch = batch.project(&(0..n).collect::<Vec<_>>()).unwrap();
+    }
+    let path = dir.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut writer =
+        ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// A flow log of cluster `prod` around the window, with what belongs in the bundle and
+/// what does not.
+fn flow_log(dir: &Path) {
+    let web = identity("shop", "web", "web");
+    let api = identity("shop", "api", "api");
+    let db = identity("data", "db", "db");
+    write(
+        dir,
+        "cluster=prod/dt=2026-11-25/hour=10/node-a-1.parquet",
+        &[
+            flow(FROM + 10, &web, &api, Verdict::Allow), // in: web is the source
+            flow(FROM + 900, &api, &web, Verdict::Deny), // in: web is the destination
+            flow(FROM - 100, &web, &api, Verdict::Allow), // out: ends before the window
+            flow(TO, &web, &api, Verdict::Deny),         // out: starts at its end
+            flow(FROM + 20, &api, &db, Verdict::Allow),  // out: another pod's
+            FlowRecord::loss(LossSpan {
+                source: LossSource::RingbufFull,
+                events: Some(7),
+                from_s: FROM - 30,
+                to_s: FROM + 30,
+            }),
+            FlowRecord::loss(LossSpan {
+                source: LossSource::SpoolFull,
+                events: None,
+                from_s: FROM - 500,
+                to_s: FROM - 400,
+            }),
+            isolation(FROM + 800, &web),
+            isolation(FROM + 800, &api),
+        ],
+        None,
+    );
+    // Written before the isolation columns were appended.
+    write(
+        dir,
+        "cluster=prod/dt=2026-11-25/hour=10/node-b-1.parquet",
+        &[flow(FROM + 60, &web, &db, Verdict::Deny)],
+        Some(tollgate_schemas::record::COLUMNS.len() - 4),
+    );
+    // Another cluster, and an hour far outside the window: neither is read.
+    write(
+        dir,
+        "cluster=stage/dt=2026-11-25/hour=10/n.parquet",
+        &[flow(FROM + 10, &web, &api, Verdict::Allow)],
+        None,
+    );
+    write(
+        dir,
+        "cluster=prod/dt=2026-11-24/hour=03/n.parquet",
+        &[flow(FROM + 10, &web, &api, Verdict::Allow)],
+        None,
+    );
+}
+
+fn request(location: FlowLogLocation, s3: S3Options, out: &Path) -> Request {
+    Request {
+        pod: "shop/web".parse::<PodRef>().unwrap(),
+        cluster: Some("prod".into()),
+        from_s: FROM,
+        to_s: TO,
+        location,
+        s3,
+        out: out.to_owned(),
+    }
+}
+
+fn check_bundle(out: &Path, snapshots: usize) {
+    let flows = read_file(&out.join("flows.parquet")).unwrap();
+    let times: Vec<(i64, Option<&str>)> = flows
+        .iter()
+        .map(|r| (r.start, r.action.as_deref()))
+        .collect();
+    assert_eq!(
+        times,
+        [
+            ((FROM + 10) as i64, Some("ACCEPT")),
+            ((FROM + 60) as i64, Some("REJECT")),
+            ((FROM + 900) as i64, Some("REJECT")),
+        ]
+    );
+    assert!(flows.iter().all(|r| r.isolation_action.is_none()));
+    let isolations = read_file(&out.join("isolations.parquet")).unwrap();
+    assert_eq!(isolations.len(), 1);
+    assert_eq!(isolations[0].src_pod.as_deref(), Some("shop/web"));
+    let losses = read_file(&out.join("losses.parquet")).unwrap();
+    assert_eq!(losses.len(), 1);
+    assert_eq!(losses[0].loss_source.as_deref(), Some("ringbuf-full"));
+
+    let csv = std::fs::read_to_string(out.join("flows.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(
+        lines[0].starts_with("version,srcaddr,dstaddr,"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].ends_with(",isolation_detail"), "{}", lines[0]);
+    assert!(
+        lines[1].contains(r#""{""app"":""web""}""#),
+        "labels as JSON, quoted: {}",
+        lines[1]
+    );
+    assert!(
+        lines[1].contains(r#""allow-web, ""egress""""#),
+        "a name with a comma and quotes: {}",
+        lines[1]
+    );
+
+    let policies: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("policies.json")).unwrap()).unwrap();
+    assert_eq!(policies["policies"][0]["metadata"]["name"], "allow-web");
+    assert_eq!(policies["snapshots"].as_array().unwrap().len(), snapshots);
+    let timeline = std::fs::read_to_string(out.join("timeline.txt")).unwrap();
+    assert!(
+        timeline.contains("quarantined at 2026-11-25T10:23:20Z: 1 allowed before, 1 denied after"),
+        "{timeline}"
+    );
+}
+
+#[tokio::test]
+async fn a_bundle_from_a_local_flow_log_holds_the_pods_records_and_verifies() {
+    let flows = TempDir::new("flows");
+    flow_log(flows.path());
+    let out = TempDir::new("bundle");
+    let request = request(
+        FlowLogLocation::Local(flows.path().to_owned()),
+        S3Options::default(),
+        &out.path().join("b"),
+    );
+    let caller = PolicySnapshot {
+        source: "cluster".into(),
+        at: TO,
+        policies: vec![serde_json::json!({"metadata": {"name": "allow-web"}})],
+    };
+    let bundle = evidence::collect(&request, vec![caller], TO + 5)
+        .await
+        .expect("bundle");
+    check_bundle(&bundle.dir, 2);
+    let counts = bundle.manifest.counts;
+    assert_eq!(
+        (
+            counts.flows,
+            counts.isolations,
+            counts.losses,
+            counts.sources
+        ),
+        (3, 1, 1, 2)
+    );
+    let sources: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.dir.join("sources.json")).unwrap())
+            .unwrap();
+    let records: Vec<u64> = sources
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["records"].as_u64().unwrap())
+        .collect();
+    assert_eq!(records, [4, 1], "rows taken per file");
+    assert_eq!(sources[0]["sha256"].as_str().unwrap().len(), 64);
+
+    // Intact, with and without the manifest's own digest.
+    let manifest = evidence::verify(&bundle.dir, Some(&bundle.manifest_sha256)).expect("intact");
+    assert_eq!(manifest.files.len(), 9);
+
+    // One byte of one file changed: found, and named.
+    let csv = bundle.dir.join("flows.csv");
+    let original = std::fs::read(&csv).unwrap();
+    let mut changed = original.clone();
+    changed[100] ^= 1;
+    std::fs::write(&csv, &changed).unwrap();
+    let tampered = evidence::verify(&bundle.dir, None).unwrap_err();
+    assert_eq!(tampered.problems.len(), 1, "{tampered}");
+    assert!(
+        tampered.problems[0].starts_with("flows.csv: SHA-256 is "),
+        "{tampered}"
+    );
+    std::fs::write(&csv, &original).unwrap();
+
+    // A file added, a file removed, the manifest edited.
+    std::fs::write(bundle.dir.join("notes.txt"), "x").unwrap();
+    let tampered = evidence::verify(&bundle.dir, None).unwrap_err();
+    assert_eq!(tampered.problems, ["notes.txt: not in the manifest"]);
+    std::fs::remove_file(bundle.dir.join("notes.txt")).unwrap();
+    std::fs::remove_file(bundle.dir.join("losses.csv")).unwrap();
+    let tampered = evidence::verify(&bundle.dir, None).unwrap_err();
+    assert!(
+        tampered.problems[0].starts_with("losses.csv: "),
+        "{tampered}"
+    );
+    let manifest_path = bundle.dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest_path)
+        .unwrap()
+        .replace("\"flows\": 3", "\"flows\": 2");
+    std::fs::write(&manifest_path, text).unwrap();
+    let tampered = evidence::verify(&bundle.dir, Some(&bundle.manifest_sha256)).unwrap_err();
+    assert!(
+        tampered.problems[0].starts_with("manifest.json: SHA-256 is"),
+        "{tampered}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_anything_is_read() {
+    let flows = TempDir::new("flows");
+    let out = TempDir::new("bundle");
+    let mut backwards = request(
+        FlowLogLocation::Local(flows.path().to_owned()),
+        S3Options::default(),
+        out.path(),
+    );
+    backwards.to_s = backwards.from_s;
+    let error = evidence::collect(&backwards, Vec::new(), TO)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("is not before --to"), "{error}");
+    std::fs::write(out.path().join("old.txt"), "x").unwrap();
+    let error = evidence::collect(
+        &request(
+            FlowLogLocation::Local(flows.path().to_owned()),
+            S3Options::default(),
+            out.path(),
+        ),
+        Vec::new(),
+        TO,
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("not empty"), "{error}");
+}
+
+/// The same flow log uploaded to a real S3-compatible server: the same bundle, with every
+/// object's ETag.
+#[tokio::test]
+async fn a_bundle_from_s3_names_every_object_with_its_etag() {
+    let server = S3Server::start().await;
+    let flows = TempDir::new("flows");
+    flow_log(flows.path());
+    let config = server.config("tollgate");
+    let sink = Sink::from_config(&tollgate_collector::config::SinkConfig::S3(config.clone()))
+        .await
+        .unwrap();
+    for path in tollgate_collector::read::parquet_files(flows.path()).unwrap() {
+        let key = path
+            .strip_prefix(flows.path())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        sink.put(&key, &path).await.unwrap();
+    }
+    let location: FlowLogLocation = format!("s3://{}/tollgate", server.bucket())
+        .parse()
+        .unwrap();
+    let s3 = S3Options {
+        region: config.region.clone(),
+        endpoint_url: Some(server.endpoint_url()),
+        path_style: true,
+    };
+    let out = TempDir::new("bundle");
+    let bundle = evidence::collect(
+        &request(location, s3, &out.path().join("b")),
+        Vec::new(),
+        TO + 5,
+    )
+    .await
+    .expect("bundle from S3");
+    check_bundle(&bundle.dir, 1);
+    let sources: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.dir.join("sources.json")).unwrap())
+            .unwrap();
+    let sources = sources.as_array().unwrap();
+    assert_eq!(sources.len(), 2);
+    for source in sources {
+        let location = source["location"].as_str().unwrap();
+        assert!(
+            location.starts_with(&format!(
+                "s3://{}/tollgate/cluster=prod/dt=2026-11-25/hour=10/",
+                server.bucket()
+            )),
+            "{location}"
+        );
+        assert!(
+            !source["etag"].as_str().unwrap_or_default().is_empty(),
+            "{source}"
+        );
+    }
+    evidence::verify(&bundle.dir, Some(&bundle.manifest_sha256)).expect("intact");
+    assert_eq!(
+        bundle.manifest.source,
+        format!("s3://{}/tollgate", server.bucket())
+    );
+}

@@ -1,0 +1,370 @@
+//! The lab's incident steps (`tollgate lab --quarantine`): the lab's objects as the
+//! [`Cluster`] that `tollgate quarantine` acts on, and the evidence bundle at the end.
+//!
+//! [`LabCluster`] holds a step's snapshot (the lab's pods and the policies applied) and
+//! answers the quarantine's calls the way the API server would: everything is allowed, the
+//! caller is `lab:<user>`, a policy gets a UID and a resourceVersion when created, a label
+//! write is refused if the pod changed since it was read. After
+//! [`tollgate_incident::quarantine::quarantine`] ran against it, [`LabCluster::snapshot`] is
+//! what the node agent is given next, as the API server's watches would have told it.
+//!
+//! [`Quarantined::act`] is step 5's quarantine (the record goes into the run's flow
+//! directory, as the CLI's goes into the flow log); [`Quarantined::evidence`] writes the
+//! client's bundle for the whole run into `<flow directory>/evidence` once the agent stopped,
+//! verifies it and checks that it tells the story: allowed before, denied after, and the
+//! isolation record between.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
+use tollgate_collector::{
+    clock::{NS_PER_S, unix_now_ns},
+    read::read_file,
+};
+use tollgate_enforcer::snapshot::Snapshot;
+use tollgate_incident::{
+    PodRef,
+    cluster::{Access, Cluster, ClusterError},
+    evidence::{self, Counts, PolicySnapshot, Request},
+    location::{FlowLogLocation, S3Options},
+    quarantine::{LABEL, Outcome, quarantine},
+    record,
+};
+
+use crate::{
+    LabError,
+    flowlog::{CLUSTER, FlowLogSummary},
+    scenario::{CLIENT_POD, QUARANTINE_REASON},
+};
+
+/// The lab's objects, changed as the API server would change them.
+pub struct LabCluster {
+    state: Mutex<State>,
+    actor: String,
+}
+
+struct State {
+    snapshot: Snapshot,
+    /// The last resourceVersion handed out.
+    version: u64,
+}
+
+impl LabCluster {
+    /// The cluster holding `snapshot`; the caller is `lab:<user>` (the user who ran the lab,
+    /// through sudo too).
+    pub fn new(snapshot: Snapshot) -> Self {
+        let user = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| {
+                // SAFETY: getuid has no preconditions and cannot fail.
+                format!("uid-{}", unsafe { libc::getuid() })
+            });
+        Self {
+            state: Mutex::new(State {
+                snapshot,
+                version: 0,
+            }),
+            actor: format!("lab:{user}"),
+        }
+    }
+
+    /// The objects as they are now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().snapshot.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn named(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ns: &str,
+    name: &str,
+) -> bool {
+    meta.namespace.as_deref() == Some(ns) && meta.name.as_deref() == Some(name)
+}
+
+impl Cluster for LabCluster {
+    async fn whoami(&self) -> Result<String, ClusterError> {
+        Ok(self.actor.clone())
+    }
+
+    async fn allowed(&self, _access: &Access) -> Result<bool, ClusterError> {
+        Ok(true)
+    }
+
+    async fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, ClusterError> {
+        Ok(self
+            .lock()
+            .snapshot
+            .pods
+            .iter()
+            .find(|p| named(&p.metadata, namespace, name))
+            .cloned())
+    }
+
+    async fn policies(&self, namespace: &str) -> Result<Vec<NetworkPolicy>, ClusterError> {
+        Ok(self
+            .lock()
+            .snapshot
+            .policies
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+            .cloned()
+            .collect())
+    }
+
+    async fn create_policy(&self, policy: &NetworkPolicy) -> Result<NetworkPolicy, ClusterError> {
+        let mut state = self.lock();
+        let (namespace, name) = (
+            policy.metadata.namespace.clone().unwrap_or_default(),
+            policy.metadata.name.clone().unwrap_or_default(),
+        );
+        if state
+            .snapshot
+            .policies
+            .iter()
+            .any(|p| named(&p.metadata, &namespace, &name))
+        {
+            return Err(ClusterError::Conflict(format!(
+                "NetworkPolicy {namespace}/{name} already exists"
+            )));
+        }
+        state.version += 1;
+        let mut stored = policy.clone();
+        stored.metadata.uid = Some(format!("lab-{:012}", state.version));
+        stored.metadata.resource_version = Some(state.version.to_string());
+        state.snapshot.policies.push(stored.clone());
+        Ok(stored)
+    }
+
+    async fn delete_policy(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        let mut state = self.lock();
+        let before = state.snapshot.policies.len();
+        state
+            .snapshot
+            .policies
+            .retain(|p| !named(&p.metadata, namespace, name));
+        if state.snapshot.policies.len() == before {
+            return Err(ClusterError::NotFound(format!(
+                "NetworkPolicy {namespace}/{name}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn set_pod_label(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+        resource_version: &str,
+    ) -> Result<Pod, ClusterError> {
+        let mut state = self.lock();
+        state.version += 1;
+        let version = state.version.to_string();
+        let pod = state
+            .snapshot
+            .pods
+            .iter_mut()
+            .find(|p| named(&p.metadata, namespace, name))
+            .ok_or_else(|| ClusterError::NotFound(format!("pod {namespace}/{name}")))?;
+        if pod.metadata.resource_version.as_deref().unwrap_or_default() != resource_version {
+            return Err(ClusterError::Conflict(format!(
+                "pod {namespace}/{name} changed since it was read"
+            )));
+        }
+        let labels = pod.metadata.labels.get_or_insert_with(Default::default);
+        match value {
+            Some(value) => labels.insert(key.to_owned(), value.to_owned()),
+            None => labels.remove(key),
+        };
+        pod.metadata.resource_version = Some(version);
+        Ok(pod.clone())
+    }
+}
+
+/// The client quarantined in the lab: the cluster after the act, and what the act recorded.
+pub struct Quarantined {
+    /// The lab's objects with the label and the policy.
+    pub snapshot: Snapshot,
+    outcome: Outcome,
+    /// Where the isolation record went.
+    record: String,
+}
+
+/// What the incident steps did and found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentReport {
+    /// The isolation: who, why, which policy, when, and where its record went.
+    pub actor: String,
+    /// `--reason`.
+    pub reason: String,
+    /// The quarantine policy, `namespace/name`.
+    pub policy: String,
+    /// When (Unix seconds).
+    pub at_s: u64,
+    /// The isolation record's file in the flow log.
+    pub record: String,
+    /// The evidence bundle's directory.
+    pub bundle: PathBuf,
+    /// SHA-256 of its manifest.
+    pub manifest_sha256: String,
+    /// Its row counts.
+    pub counts: Counts,
+    /// Its timeline.
+    pub timeline: String,
+    /// What the bundle must show.
+    pub checks: Vec<IncidentCheck>,
+}
+
+/// One thing the bundle must show.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IncidentCheck {
+    /// What.
+    pub what: String,
+    /// What was found.
+    pub found: String,
+    /// Whether it was.
+    pub ok: bool,
+}
+
+impl Quarantined {
+    /// Quarantines the client in `snapshot`'s cluster, as `tollgate quarantine` does, and
+    /// writes the isolation record into the flow directory `flow_dir`.
+    pub async fn act(snapshot: Snapshot, flow_dir: &Path) -> Result<Self, LabError> {
+        let cluster = LabCluster::new(snapshot);
+        let pod: PodRef = CLIENT_POD.parse().map_err(LabError::Scenario)?;
+        let now = || unix_now_ns() / NS_PER_S;
+        let outcome = quarantine(&cluster, &pod, QUARANTINE_REASON, now)
+            .await
+            .map_err(|e| LabError::Incident(e.to_string()))?;
+        let record = record::deliver(
+            CLUSTER,
+            &outcome,
+            &FlowLogLocation::Local(flow_dir.to_owned()),
+            &S3Options::default(),
+            &flow_dir.join(".isolation"),
+        )
+        .await
+        .map_err(|e| LabError::Incident(e.to_string()))?;
+        tracing::info!(pod = %pod, policy = %outcome.isolation.policy_name, record, "quarantined");
+        Ok(Self {
+            snapshot: cluster.snapshot(),
+            outcome,
+            record,
+        })
+    }
+
+    /// The act, for the step's list of what was applied.
+    pub fn describe(&self) -> String {
+        let isolation = &self.outcome.isolation;
+        format!(
+            "tollgate quarantine {CLIENT_POD} (label {LABEL}={}, NetworkPolicy {}/{})",
+            isolation.pod.name, isolation.policy_namespace, isolation.policy_name
+        )
+    }
+
+    /// Writes the client's evidence bundle for the whole run (from `started_s`) into
+    /// `<flow directory>/evidence`, verifies it, and checks that it shows the client's allowed
+    /// flows before the quarantine, its denied attempts after, and the isolation record.
+    pub async fn evidence(
+        self,
+        flow_log: &FlowLogSummary,
+        started_s: u64,
+    ) -> Result<IncidentReport, LabError> {
+        let failed = |e: &dyn std::fmt::Display| LabError::Incident(e.to_string());
+        let out = flow_log.dir.join("evidence");
+        // The bundle of an earlier run into the same directory is replaced.
+        if out.exists() {
+            std::fs::remove_dir_all(&out).map_err(|e| failed(&e))?;
+        }
+        let now_s = unix_now_ns() / NS_PER_S;
+        let request = Request {
+            pod: CLIENT_POD.parse().map_err(LabError::Scenario)?,
+            cluster: Some(CLUSTER.to_owned()),
+            from_s: started_s,
+            to_s: now_s + 1,
+            location: FlowLogLocation::Local(flow_log.dir.clone()),
+            s3: S3Options::default(),
+            out: out.clone(),
+        };
+        let lab_policies = PolicySnapshot {
+            source: "lab".to_owned(),
+            at: now_s,
+            policies: self
+                .snapshot
+                .policies
+                .iter()
+                .filter_map(|p| serde_json::to_value(p).ok())
+                .collect(),
+        };
+        let bundle = evidence::collect(&request, vec![lab_policies], now_s)
+            .await
+            .map_err(|e| failed(&e))?;
+        let verified = evidence::verify(&bundle.dir, Some(&bundle.manifest_sha256));
+        let at = i64::try_from(self.outcome.at_s).unwrap_or(i64::MAX);
+        let flows = read_file(&bundle.dir.join("flows.parquet")).map_err(|e| failed(&e))?;
+        let isolations =
+            read_file(&bundle.dir.join("isolations.parquet")).map_err(|e| failed(&e))?;
+        let allowed_before = flows
+            .iter()
+            .filter(|r| !r.is_reject() && r.end < at)
+            .count();
+        let denied_after = flows
+            .iter()
+            .filter(|r| r.is_reject() && r.start >= at)
+            .count();
+        let quarantines = isolations
+            .iter()
+            .filter(|r| r.isolation_action.as_deref() == Some("quarantine"))
+            .count();
+        let check = |what: &str, found: String, ok: bool| IncidentCheck {
+            what: what.to_owned(),
+            found,
+            ok,
+        };
+        let checks = vec![
+            check(
+                "the isolation record, in the flow log",
+                format!("{quarantines} quarantine records"),
+                quarantines == 1,
+            ),
+            check(
+                "the client's allowed flows before the quarantine",
+                format!("{allowed_before} records"),
+                allowed_before > 0,
+            ),
+            check(
+                "its denied attempts after",
+                format!("{denied_after} records"),
+                denied_after > 0,
+            ),
+            check(
+                "evidence verify",
+                match &verified {
+                    Ok(_) => "intact".to_owned(),
+                    Err(tampered) => tampered.problems.join("; "),
+                },
+                verified.is_ok(),
+            ),
+        ];
+        let isolation = self.outcome.isolation;
+        Ok(IncidentReport {
+            actor: isolation.actor,
+            reason: isolation.reason,
+            policy: format!("{}/{}", isolation.policy_namespace, isolation.policy_name),
+            at_s: self.outcome.at_s,
+            record: self.record,
+            bundle: bundle.dir,
+            manifest_sha256: bundle.manifest_sha256,
+            counts: bundle.manifest.counts,
+            timeline: bundle.timeline,
+            checks,
+        })
+    }
+}
