@@ -33,5 +33,8 @@ step "terraform: fmt, the layout applied, validation, structure, checkov (terraf
 step "cargo test"
 cargo test --locked --no-fail-fast
 
+step "python: the notebooks, run headless on a lab run (notebooks/)"
+.venv/bin/python -m unittest discover -s notebooks -p 'test_*.py'
+
 step "disk used by target/"
 du -sh target >&2

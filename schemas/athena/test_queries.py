@@ -4,7 +4,9 @@ The directory is written by DuckDB in the collector's exact layout
 (`cluster=…/dt=…/hour=…/<node>-<first-ts>-<seq>.parquet`, `cluster` also inside the files),
 with the column types of flows.ddl.sql. The records tell the seed scenario (examples/seed/):
 the all-deny step, where amazonlinux's DNS and HTTP to httpd are refused, and the step with
-the allow policies, where DNS and nginx are allowed by rule; kube-system has no policy.
+the allow policies, where DNS and nginx are allowed by rule; kube-system has no policy until
+an audit-mode default-deny (examples/incident/) records what it would deny. Then amazonlinux
+is put under quarantine (an ISOLATION record), its attempts are refused, and it is released.
 
     .venv/bin/python -m unittest discover -s schemas/athena -p 'test_*.py'
 """
@@ -82,7 +84,8 @@ def flow(
     mode: str = "enforce",
     node: str = "lab-node",
 ) -> dict:
-    """A flow record; src and dst are pod tuples or a bare address (outside the cluster)."""
+    """A flow record; src and dst are pod tuples or a bare address (outside the cluster); the
+    columns it does not set (isolation_*) are null."""
 
     def end_columns(prefix: str, peer) -> dict:
         if isinstance(peer, str):
@@ -102,7 +105,8 @@ def flow(
             f"{prefix}_labels": labels,
         }
 
-    record = {
+    record = {name: None for name, _ in ddl_columns()}
+    record |= {
         "version": 1,
         "srcport": srcport,
         "dstport": dstport,
@@ -147,6 +151,50 @@ def loss(start: str, end: str, source: str, skipped: int | None, node: str = "la
         loss_source=source,
         node=node,
         cluster="lab",
+    )
+    return record
+
+
+# amazonlinux with the label its quarantine policy selects.
+AMAZONLINUX_QUARANTINED = (
+    *AMAZONLINUX[:3],
+    {**AMAZONLINUX[3], "tollgate.io/quarantine": "amazonlinux"},
+    AMAZONLINUX[4],
+)
+
+
+def isolation(at: str, pod, action: str, actor: str, reason: str) -> dict:
+    """An ISOLATION record: the pod (as before the act) in the src_* columns, the quarantine
+    policy in policy_*, who, why and the detail; the flow columns null."""
+    ns, name, workload, labels, addr = pod
+    policy = {"namespace": ns, "name": f"tollgate-quarantine-{name}", "uid": f"uid-{name}"}
+    detail = {
+        "policy": {**policy, "resource_version": "4711"},
+        "label": {"key": "tollgate.io/quarantine", "value": name},
+        "pod": {"uid": f"pod-uid-{name}", "ip": addr, "node": "lab-node"},
+        "policies_in_force": [],
+    }
+    record = {column: None for column, _ in ddl_columns()}
+    record.update(
+        version=1,
+        start=epoch(at),
+        end=epoch(at),
+        log_status="ISOLATION",
+        src_namespace=ns,
+        src_pod=name,
+        src_workload=workload,
+        src_labels=labels,
+        srcaddr=addr,
+        policy_namespace=ns,
+        policy_name=policy["name"],
+        enforcement_mode="enforce",
+        events=0,
+        node="lab-node",
+        cluster="lab",
+        isolation_action=action,
+        isolation_actor=actor,
+        isolation_reason=reason,
+        isolation_detail=json.dumps(detail),
     )
     return record
 
@@ -324,6 +372,68 @@ RECORDS = [
         2,
         srcport=44000,
     ),
+    # Another audit-mode denial of the same flow, and kube-system's audit-mode default-deny
+    # (examples/incident/) recording kube-dns's upstream query it would refuse.
+    flow(
+        "2026-11-25T00:07:30",
+        "2026-11-25T00:07:31",
+        HTTPD,
+        NGINX,
+        8080,
+        6,
+        "egress",
+        "audit-deny",
+        "isolated-no-rule-matched",
+        2,
+        srcport=40200,
+        mode="audit",
+    ),
+    flow(
+        "2026-11-25T00:12:00",
+        "2026-11-25T00:12:00",
+        KUBE_DNS,
+        "8.8.4.4",
+        53,
+        17,
+        "egress",
+        "audit-deny",
+        "isolated-no-rule-matched",
+        1,
+        srcport=53100,
+        mode="audit",
+    ),
+    # amazonlinux is put under quarantine inside the window; its next attempts, after the
+    # window, are refused (the last with the quarantine label already on it); then it is
+    # released. nginx was quarantined two days earlier.
+    isolation("2026-11-25T00:29:00", AMAZONLINUX, "quarantine", "lab:root", "calls httpd"),
+    flow(
+        "2026-11-25T00:31:10",
+        "2026-11-25T00:31:12",
+        AMAZONLINUX,
+        KUBE_DNS,
+        53,
+        17,
+        "egress",
+        "deny",
+        "isolated-no-rule-matched",
+        4,
+        srcport=44100,
+    ),
+    flow(
+        "2026-11-25T00:31:40",
+        "2026-11-25T00:31:41",
+        AMAZONLINUX_QUARANTINED,
+        NGINX,
+        80,
+        6,
+        "egress",
+        "deny",
+        "isolated-no-rule-matched",
+        1,
+        srcport=44200,
+    ),
+    isolation("2026-11-25T00:40:00", AMAZONLINUX_QUARANTINED, "release", "lab:root", "cleaned"),
+    isolation("2026-11-23T12:30:00", NGINX, "quarantine", "alice", "scan"),
     # Loss: the ring buffer overflowed inside the window; a collector restart whose span began
     # two days earlier and ends inside the window; and a loss after the window.
     loss("2026-11-25T00:08:00", "2026-11-25T00:08:01", "ringbuf-full", 17),
@@ -431,6 +541,11 @@ class QueryFileTest(unittest.TestCase):
             "policy-rule-hits",
             "unselected-pods",
             "loss-records",
+            "denied-pairs",
+            "denied-over-time",
+            "pod-timeline",
+            "isolation-records",
+            "audit-would-be-denied",
         }
     )
 
@@ -481,7 +596,10 @@ class QueryFileTest(unittest.TestCase):
     def test_the_ddl_has_every_column_but_the_partition_keys(self):
         names = [n for n, _ in ddl_columns()]
         self.assertEqual(names[0], "version")
-        self.assertEqual(names[-1], "node")
+        self.assertEqual(
+            names[-5:],
+            ["node", "isolation_action", "isolation_actor", "isolation_reason", "isolation_detail"],
+        )
         self.assertNotIn("cluster", names)
         self.assertIn(
             "PARTITIONED BY (\n  `cluster` string,\n  `dt` string,\n  `hour` string\n)",
@@ -656,6 +774,178 @@ class QueriesTest(FlowDirTest):
         )
         self.assertEqual(self.run_query("loss-records", **{"from": TO, "to": TO + 60}), [])
 
+    def test_denied_pairs(self):
+        rows = self.run_query("denied-pairs", limit=10, **self.window())
+        self.assertEqual(
+            [
+                (
+                    r["rank"],
+                    r["flow_direction"],
+                    r["src_pod"],
+                    r["srcaddr"],
+                    r["dst_namespace"],
+                    r["dst_pod"],
+                    r["dstport"],
+                    r["protocol"],
+                    r["flows"],
+                    r["packets"],
+                )
+                for r in rows
+            ],
+            [
+                (1, "egress", "amazonlinux", "198.18.0.40", "kube-system", "kube-dns", 53, 17, 1, 5),
+                (2, "egress", "amazonlinux", "198.18.0.40", "default", "httpd", 80, 6, 1, 3),
+                (3, "ingress", None, "203.0.113.7", "default", "amazonlinux", 22, 6, 1, 2),
+            ],
+        )  # fmt: skip
+        self.assertEqual(rows[0]["src_workload"], "Pod/amazonlinux")
+        self.assertEqual(rows[0]["dst_workload"], "Pod/kube-dns")
+        self.assertEqual(rows[0]["bytes"], 410)
+        # Over a longer window the DNS pair adds up its two refusals, before and after the
+        # quarantine (whatever the source port and the source's labels).
+        longer = self.run_query("denied-pairs", limit=1, **{"from": FROM, "to": TO + 300})
+        self.assertEqual(
+            [(r["dst_pod"], r["flows"], r["packets"]) for r in longer], [("kube-dns", 2, 9)]
+        )
+        self.assertEqual(longer[0]["first_seen"], epoch("2026-11-24T23:59:50"))
+        self.assertEqual(longer[0]["last_seen"], epoch("2026-11-25T00:31:12"))
+
+    def test_denied_over_time(self):
+        rows = self.run_query("denied-over-time", **self.window())
+        self.assertEqual(
+            [
+                (
+                    r["start"],
+                    r["flow_direction"],
+                    r["namespace"],
+                    r["pod"],
+                    r["workload"],
+                    r["labels"],
+                    r["flows"],
+                    r["packets"],
+                )
+                for r in rows
+            ],
+            [
+                (epoch("2026-11-24T23:59:50"), "egress", "default", "amazonlinux",
+                 "Pod/amazonlinux", {"app": "amazonlinux"}, 1, 5),
+                (epoch("2026-11-25T00:05:00"), "egress", "default", "amazonlinux",
+                 "Pod/amazonlinux", {"app": "amazonlinux"}, 1, 3),
+                # Refused at amazonlinux's ingress: the endpoint is the destination.
+                (epoch("2026-11-25T00:06:00"), "ingress", "default", "amazonlinux",
+                 "Pod/amazonlinux", {"app": "amazonlinux"}, 1, 2),
+            ],
+        )  # fmt: skip
+        self.assertEqual(rows[0]["verdict_reason"], "isolated-no-rule-matched")
+        self.assertEqual(rows[0]["last_seen"], epoch("2026-11-25T00:00:40"))
+        # After the quarantine: the label is on the pod from the second refusal on.
+        later = self.run_query("denied-over-time", **{"from": TO, "to": TO + 300})
+        self.assertEqual(
+            [(r["start"], r["packets"], r["labels"]) for r in later],
+            [
+                (epoch("2026-11-25T00:30:00"), 2, {"app": "amazonlinux"}),
+                (epoch("2026-11-25T00:31:10"), 4, {"app": "amazonlinux"}),
+                (epoch("2026-11-25T00:31:40"), 1, AMAZONLINUX_QUARANTINED[3]),
+            ],
+        )
+
+    def test_pod_timeline_has_the_flows_and_the_isolation_records(self):
+        window = {"from": epoch("2026-11-25T00:20:00"), "to": epoch("2026-11-25T00:45:00")}
+        rows = self.run_query("pod-timeline", namespace="default", pod="amazonlinux", **window)
+        self.assertEqual(
+            [(r["log_status"], r["isolation_action"], r["verdict"], r["dst_pod"]) for r in rows],
+            [
+                ("ISOLATION", "quarantine", None, None),
+                ("OK", None, "deny", "httpd"),
+                ("OK", None, "deny", "kube-dns"),
+                ("OK", None, "deny", "nginx"),
+                ("ISOLATION", "release", None, None),
+            ],
+        )
+        quarantine = rows[0]
+        self.assertEqual(quarantine["start"], epoch("2026-11-25T00:29:00"))
+        self.assertEqual(quarantine["end"], quarantine["start"])
+        self.assertEqual(
+            (
+                quarantine["src_namespace"],
+                quarantine["src_pod"],
+                quarantine["isolation_actor"],
+                quarantine["isolation_reason"],
+                quarantine["policy_namespace"],
+                quarantine["policy_name"],
+            ),
+            ("default", "amazonlinux", "lab:root", "calls httpd", "default",
+             "tollgate-quarantine-amazonlinux"),
+        )  # fmt: skip
+        self.assertEqual(rows[1]["action"], "REJECT")
+        # Over the whole window: every flow record of pod-flows, and the quarantine.
+        pod = {"namespace": "default", "pod": "amazonlinux", **self.window()}
+        self.assertEqual(
+            len(self.run_query("pod-timeline", **pod)), len(self.run_query("pod-flows", **pod)) + 1
+        )
+        # httpd's timeline has the refused flow to it, not amazonlinux's isolation record.
+        httpd = self.run_query("pod-timeline", namespace="default", pod="httpd", **window)
+        self.assertEqual([(r["log_status"], r["src_pod"]) for r in httpd], [("OK", "amazonlinux")])
+
+    def test_isolation_records(self):
+        rows = self.run_query("isolation-records", **self.window())
+        self.assertEqual(len(rows), 1)
+        r = rows[0]
+        self.assertEqual(
+            (r["start"], r["isolation_action"], r["src_namespace"], r["src_pod"], r["srcaddr"]),
+            (epoch("2026-11-25T00:29:00"), "quarantine", "default", "amazonlinux", "198.18.0.40"),
+        )
+        self.assertEqual(r["src_workload"], "Pod/amazonlinux")
+        self.assertEqual(r["src_labels"], {"app": "amazonlinux"})
+        self.assertEqual((r["isolation_actor"], r["isolation_reason"]), ("lab:root", "calls httpd"))
+        self.assertEqual(r["policy_name"], "tollgate-quarantine-amazonlinux")
+        detail = json.loads(r["isolation_detail"])
+        self.assertEqual(detail["label"], {"key": "tollgate.io/quarantine", "value": "amazonlinux"})
+        self.assertEqual(detail["policy"]["resource_version"], "4711")
+        self.assertEqual((r["node"], r["cluster"]), ("lab-node", "lab"))
+        days = self.run_query(
+            "isolation-records",
+            **{"from": epoch("2026-11-23T00:00:00"), "to": epoch("2026-11-26T00:00:00")},
+        )
+        self.assertEqual(
+            [(r["src_pod"], r["isolation_action"], r["isolation_actor"]) for r in days],
+            [("nginx", "quarantine", "alice"), ("amazonlinux", "quarantine", "lab:root"),
+             ("amazonlinux", "release", "lab:root")],
+        )  # fmt: skip
+        at = epoch("2026-11-25T00:29:00")
+        self.assertEqual(len(self.run_query("isolation-records", **{"from": at, "to": at + 1})), 1)
+        self.assertEqual(self.run_query("isolation-records", **{"from": at + 1, "to": TO}), [])
+        self.assertEqual(self.run_query("isolation-records", **{"from": FROM, "to": at}), [])
+
+    def test_audit_would_be_denied(self):
+        rows = self.run_query("audit-would-be-denied", **self.window())
+        self.assertEqual(
+            [
+                (
+                    r["flow_direction"],
+                    r["src_namespace"],
+                    r["src_pod"],
+                    r["dst_pod"],
+                    r["dstaddr"],
+                    r["dstport"],
+                    r["protocol"],
+                    r["flows"],
+                    r["packets"],
+                )
+                for r in rows
+            ],
+            [
+                ("egress", "default", "httpd", "nginx", "198.18.0.20", 8080, 6, 2, 3),
+                ("egress", "kube-system", "kube-dns", None, "8.8.4.4", 53, 17, 1, 1),
+            ],
+        )
+        self.assertEqual(rows[0]["verdict_reason"], "isolated-no-rule-matched")
+        self.assertEqual(rows[0]["first_seen"], epoch("2026-11-25T00:07:00"))
+        self.assertEqual(rows[0]["last_seen"], epoch("2026-11-25T00:07:31"))
+        # Audit-mode denials passed: none of them is a denied flow.
+        denied = self.run_query("denied-flows", **self.window())
+        self.assertNotIn("audit-deny", {r["verdict"] for r in denied})
+
     def test_integer_params_may_be_strings(self):
         rows = self.run_query("denied-flows", **{"from": str(FROM), "to": str(TO)})
         self.assertEqual(len(rows), 3)
@@ -667,7 +957,9 @@ class ErrorTest(FlowDirTest):
             run_duckdb.run_query(directory or self.dir, name, params)
 
     def test_unknown_query(self):
-        self.assert_error(r"unknown query 'nope' \(known: denied-flows, loss-records", "nope", {})
+        self.assert_error(
+            r"unknown query 'nope' \(known: audit-would-be-denied, denied-flows, ", "nope", {}
+        )
         self.assert_error(r"unknown query", "../denied-flows", {})
 
     def test_missing_extra_and_bad_params(self):

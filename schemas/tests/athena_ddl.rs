@@ -331,9 +331,14 @@ fn every_query_has_a_header_with_one_param_per_placeholder() {
         names.insert(stem);
     }
     let expected: BTreeSet<String> = [
+        "audit-would-be-denied",
         "denied-flows",
+        "denied-over-time",
+        "denied-pairs",
+        "isolation-records",
         "loss-records",
         "pod-flows",
+        "pod-timeline",
         "policy-rule-hits",
         "top-denied-destinations",
         "top-denied-sources",

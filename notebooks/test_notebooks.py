@@ -1,0 +1,408 @@
+"""Runs the analysis notebooks headless on a lab run, and checks their shared module.
+
+The data: $TOLLGATE_LAB_DATA when set (the --out directory of `tollgate lab --quarantine`),
+else a fresh `target/debug/tollgate lab --quarantine --out <tmp>` (after `cargo build`, a no-op
+when the binary is fresh; the lab needs root, and without it the lab tests are skipped with a
+loud line). Every notebook runs through run_notebook.execute (nbclient, the venv's ipykernel,
+the parameters injected after the `parameters` cell) and must run without an error, draw a PNG
+in every cell that calls a plot_ function, show no empty table (an empty result is a sentence
+instead), and show the tables a quarantine lab run fills.
+
+    .venv/bin/python -m unittest discover -s notebooks -p 'test_*.py'
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import duckdb
+import pandas as pd
+from nbclient.exceptions import CellExecutionError
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import run_notebook
+import tollgate_notebooks as tn
+
+NOTEBOOKS = ("denied-flows-triage", "incident-timeline", "policy-coverage")
+MANIFESTS = [
+    str(REPO / "examples" / "seed" / "all-deny.yaml"),
+    str(REPO / "examples" / "seed" / "allow-amazonlinux-to-nginx.yaml"),
+    str(REPO / "examples" / "incident" / "*.yaml"),
+]
+# A policy no flow of the lab matches: its rule must be listed as never matched.
+UNUSED_POLICY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-httpd-from-monitoring, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: httpd}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+    ports: [{port: 9100}]
+"""
+NO_SETTINGS = {
+    "flow_dir": None,
+    "athena_workgroup": None,
+    "athena_database": None,
+    "aws_region": None,
+    "athena_s3_staging_dir": None,
+}
+
+
+def run(name: str, **params):
+    return run_notebook.execute(HERE / f"{name}.ipynb", params)
+
+
+def shown(notebook) -> tuple[dict[str, int], str]:
+    """The tables the notebook showed (title → rows; 0 for a sentence instead of a table)
+    and all it printed; asserts on the way that each plot cell drew a PNG and that no table
+    shown is empty."""
+    tables: dict[str, int] = {}
+    printed = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        kinds = [o for o in cell.outputs if o.output_type in ("display_data", "execute_result")]
+        if "tn.plot_" in cell.source:
+            assert any("image/png" in o.data for o in kinds), f"no image from: {cell.source}"
+        for output in kinds:
+            text = output.data.get("text/html", "")
+            rows = text[text.find("<tbody>") :].count("<tr>") if "<table" in text else None
+            assert rows != 0, f"an empty table from: {cell.source}"
+            title = re.match(r"<h4>(.*?)</h4>", text)
+            if title:
+                tables[html.unescape(title.group(1))] = rows or 0
+        printed += [o.text for o in cell.outputs if o.output_type == "stream"]
+    return tables, "".join(printed)
+
+
+class ModuleTest(unittest.TestCase):
+    """tollgate_notebooks on its own: no lab needed."""
+
+    def test_label_selectors(self):
+        labels = {"app": "web", "tier": "front"}
+        self.assertTrue(tn.selects({}, labels))
+        self.assertTrue(tn.selects(None, {}))
+        self.assertTrue(tn.selects({"matchLabels": {"app": "web"}}, labels))
+        self.assertFalse(tn.selects({"matchLabels": {"app": "db"}}, labels))
+        cases = [
+            ({"key": "tier", "operator": "In", "values": ["front", "x"]}, True),
+            ({"key": "tier", "operator": "In", "values": ["back"]}, False),
+            ({"key": "tier", "operator": "NotIn", "values": ["back"]}, True),
+            ({"key": "zone", "operator": "NotIn", "values": ["a"]}, True),
+            ({"key": "tier", "operator": "NotIn", "values": ["front"]}, False),
+            ({"key": "app", "operator": "Exists"}, True),
+            ({"key": "zone", "operator": "Exists"}, False),
+            ({"key": "zone", "operator": "DoesNotExist"}, True),
+            ({"key": "app", "operator": "DoesNotExist"}, False),
+        ]
+        for expression, expected in cases:
+            self.assertEqual(tn.selects({"matchExpressions": [expression]}, labels), expected)
+
+    def test_isolating_policies(self):
+        policies = tn.load_policies(MANIFESTS)
+        self.assertEqual(
+            [tn.policy_name(p) for p in policies],
+            [
+                "default/all-deny",
+                "default/allow-amazonlinux-to-nginx",
+                "default/allow-nginx-from-amazonlinux",
+                "kube-system/default-deny",
+            ],
+        )
+        client = {"app": "amazonlinux"}
+        self.assertEqual(
+            tn.isolating_policies(policies, "default", client, "egress"),
+            ["default/all-deny", "default/allow-amazonlinux-to-nginx"],
+        )
+        self.assertEqual(
+            tn.isolating_policies(policies, "default", client, "ingress"), ["default/all-deny"]
+        )
+        self.assertEqual(
+            tn.isolating_policies(policies, "kube-system", {"k8s-app": "kube-dns"}, "ingress"),
+            ["kube-system/default-deny"],
+        )
+        # Without policyTypes: Ingress, and Egress when there are egress rules.
+        self.assertEqual(tn.policy_types({"spec": {}}), {"ingress"})
+        self.assertEqual(tn.policy_types({"spec": {"egress": [{}]}}), {"ingress", "egress"})
+        with self.assertRaisesRegex(tn.SettingsError, "names no file"):
+            tn.load_policies(["/nonexistent/*.yaml"])
+        with self.assertRaisesRegex(tn.SettingsError, "give a list"):
+            tn.load_policies("examples/seed/all-deny.yaml")
+
+    def test_denials_are_attributed_to_quarantine_then_manifests_then_reason(self):
+        def denied(second, namespace, pod, labels, direction="egress"):
+            return (second, direction, namespace, pod, f"Pod/{pod}", labels,
+                    "isolated-no-rule-matched", 1, 2, 148, second + 4)  # fmt: skip
+
+        columns = [
+            "start", "flow_direction", "namespace", "pod", "workload", "labels",
+            "verdict_reason", "flows", "packets", "bytes", "last_seen",
+        ]  # fmt: skip
+        rows = tn.frame(
+            columns,
+            [
+                denied(60, "default", "amazonlinux", {"app": "amazonlinux"}),
+                denied(300, "default", "amazonlinux", {"app": "amazonlinux"}),
+                denied(1200, "default", "amazonlinux", {"app": "amazonlinux"}, "ingress"),
+                denied(60, "kube-system", "kube-dns", {"k8s-app": "kube-dns"}),
+            ],
+        )
+        isolations = tn.frame(
+            ["start", "isolation_action", "src_namespace", "src_pod", "policy_namespace",
+             "policy_name"],
+            [
+                (300, "quarantine", "default", "amazonlinux", "default", "q-amazonlinux"),
+                (900, "release", "default", "amazonlinux", "default", "q-amazonlinux"),
+            ],
+        )  # fmt: skip
+        attributed = tn.attribute_denials(rows, isolations, tn.load_policies(MANIFESTS[:2]))
+        self.assertEqual(
+            list(zip(attributed["policies"], attributed["attributed_by"])),
+            [
+                ("default/all-deny + default/allow-amazonlinux-to-nginx", "manifests"),
+                ("default/q-amazonlinux", "quarantine"),  # in the quarantine's second
+                ("default/all-deny", "manifests"),  # released by then
+                ("(isolated-no-rule-matched)", "verdict_reason"),
+            ],
+        )
+        by_policy = tn.denials_by_policy(attributed).set_index("policy")
+        self.assertEqual(by_policy.loc["default/all-deny", "flows"], 2)
+        self.assertEqual(by_policy.loc["default/q-amazonlinux", "packets"], 2)
+
+    def test_athena_gets_the_query_text_and_positional_literals(self):
+        calls = []
+
+        class Cursor:
+            description = (("start",), ("dst_pod",))
+
+            def execute(self, sql, parameters=None, paramstyle=None):
+                calls.append((sql, parameters, paramstyle))
+
+            def fetchall(self):
+                return [(1795564830, "kube-dns")]
+
+        connection = mock.Mock()
+        connection.cursor.return_value = Cursor()
+        with mock.patch("pyathena.connect", return_value=connection) as connect:
+            source = tn.connect(
+                None,
+                athena_workgroup="tollgate",
+                athena_database="tollgate",
+                aws_region="eu-west-1",
+            )
+            rows = source.run(
+                "pod-flows", {"namespace": "default", "pod": "o'brien", "from": 10, "to": 20}
+            )
+        connect.assert_called_once_with(
+            work_group="tollgate",
+            schema_name="tollgate",
+            region_name="eu-west-1",
+            s3_staging_dir=None,
+        )
+        sql, parameters, paramstyle = calls[0]
+        self.assertEqual(sql, (REPO / "schemas/athena/queries/pod-flows.sql").read_text())
+        self.assertEqual(paramstyle, "qmark")
+        self.assertEqual(
+            parameters,
+            ["'default'", "'o''brien'", "'default'", "'o''brien'", "10", "20", "10", "20"],
+        )
+        self.assertEqual(rows.to_dict("records"), [{"start": 1795564830, "dst_pod": "kube-dns"}])
+
+    def test_settings_errors_say_what_to_set(self):
+        with self.assertRaisesRegex(tn.SettingsError, r"set flow_dir .* \$ATHENA_WORKGROUP"):
+            tn.connect(None)
+        with self.assertRaisesRegex(tn.SettingsError, r"not athena_database .* nor aws_region"):
+            tn.connect(None, athena_workgroup="tollgate")
+        with self.assertRaisesRegex(tn.SettingsError, "does not exist"):
+            tn.connect("/nonexistent")
+        with self.assertRaisesRegex(tn.SettingsError, "is not before"):
+            tn.window("2026-11-25T10:00:00", "2026-11-25T09:00:00Z")
+        self.assertEqual(
+            tn.window("2026-11-25T10:00:00Z", 1795600000 + 3600),
+            {"from": 1795600800, "to": 1795603600},
+        )
+
+    def test_a_notebook_without_settings_stops_at_once_with_the_message(self):
+        with self.assertRaises(CellExecutionError) as caught:
+            run("denied-flows-triage", **NO_SETTINGS)
+        self.assertEqual(caught.exception.ename, "SettingsError")
+        failed = [
+            (i, o)
+            for i, c in enumerate(caught.exception.notebook.cells)
+            for o in c.get("outputs", [])
+            if o.output_type == "error"
+        ]
+        self.assertEqual(len(failed), 1)
+        index, error = failed[0]
+        self.assertIn("parameters", caught.exception.notebook.cells[index - 2].metadata.tags)
+        self.assertEqual(len(error.traceback), 1, "the message, no traceback")
+        self.assertIn("ATHENA_WORKGROUP", error.traceback[0])
+
+
+def lab_data() -> Path:
+    """The output of a quarantine lab run: $TOLLGATE_LAB_DATA, or a new run (root only)."""
+    given = os.environ.get("TOLLGATE_LAB_DATA")
+    if given:
+        return Path(given)
+    if os.geteuid() != 0:
+        print(
+            "\n!!!!!!!! SKIPPED (needs root) the notebooks on a lab run: run as root, or set "
+            "TOLLGATE_LAB_DATA to the --out directory of `tollgate lab --quarantine` !!!!!!!!",
+            file=sys.stderr,
+        )
+        raise unittest.SkipTest("the lab needs root")
+    subprocess.run(["cargo", "build", "--locked", "-q"], cwd=REPO, check=True)
+    out = Path(tempfile.mkdtemp(prefix="tollgate-notebooks-lab-"))
+    lab = subprocess.run(
+        [str(REPO / "target/debug/tollgate"), "lab", "--quarantine", "--out", str(out / "lab")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if lab.returncode != 0:
+        shutil.rmtree(out, ignore_errors=True)
+        raise AssertionError(f"tollgate lab --quarantine failed:\n{lab.stdout}\n{lab.stderr}")
+    return out / "lab"
+
+
+class LabTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.data = lab_data()
+        cls.bundle = cls.data / "evidence"
+        con = duckdb.connect()
+        first, last = con.execute(
+            'SELECT min("start"), max("end") FROM read_parquet(?, hive_partitioning = false)',
+            [str(cls.data / tn.run_duckdb.FILE_GLOB)],
+        ).fetchone()
+        cls.window = {"from_ts": first - 60, "to_ts": last + 60}
+        cls.scratch = Path(tempfile.mkdtemp(prefix="tollgate-notebooks-"))
+        (cls.scratch / "unused.yaml").write_text(UNUSED_POLICY)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.scratch, ignore_errors=True)
+        if "TOLLGATE_LAB_DATA" not in os.environ:
+            shutil.rmtree(cls.data.parent, ignore_errors=True)
+
+    def assert_tables(self, tables: dict[str, int], filled: list[str]):
+        for title in filled:
+            self.assertIn(title, tables)
+            self.assertGreater(tables[title], 0, f"{title}: no row")
+
+    def test_denied_flows_triage(self):
+        nb = run("denied-flows-triage", flow_dir=str(self.data), manifests=MANIFESTS, **self.window)
+        tables, _ = shown(nb)
+        self.assert_tables(
+            tables,
+            [
+                "Top 20 denied pairs, by dropped packets",
+                "Denied flows by policy",
+                "Denied flows by deciding pod, with the policies isolating it",
+            ],
+        )
+        by_policy = next(
+            o.data["text/plain"]
+            for c in nb.cells
+            for o in c.get("outputs", [])
+            if o.get("data", {}).get("text/plain", "").startswith("Denied flows by policy")
+        )
+        # The client's refusals before its quarantine go to the seed's policies, after it to
+        # the quarantine policy.
+        self.assertRegex(by_policy, r"default/tollgate-quarantine-amazonlinux\s+quarantine")
+        self.assertRegex(by_policy, r"default/all-deny\s+manifests")
+
+    def test_incident_timeline_from_the_bundle(self):
+        tables, printed = shown(run("incident-timeline", bundle=str(self.bundle)))
+        self.assert_tables(
+            tables,
+            [
+                "Allowed before the quarantine",
+                "Denied from the quarantine on",
+                "Isolation records",
+                "The bundle's files, hashed again",
+            ],
+        )
+        self.assertIn("default/amazonlinux, reading evidence bundle", printed)
+        self.assertIn("VERIFIED: the ", printed)
+        self.assertNotIn("NOT VERIFIED", printed)
+
+    def test_incident_timeline_from_the_flow_log(self):
+        manifest = json.loads((self.bundle / "manifest.json").read_text())
+        tables, printed = shown(
+            run(
+                "incident-timeline",
+                flow_dir=str(self.data),
+                namespace=manifest["pod"]["namespace"],
+                pod=manifest["pod"]["name"],
+                **self.window,
+            )
+        )
+        self.assert_tables(
+            tables,
+            ["Allowed before the quarantine", "Denied from the quarantine on", "Isolation records"],
+        )
+        self.assertIn("No bundle given", printed)
+
+    def test_policy_coverage(self):
+        tables, _ = shown(
+            run(
+                "policy-coverage",
+                flow_dir=str(self.data),
+                manifests=[*MANIFESTS, str(self.scratch / "unused.yaml")],
+                bundle=str(self.bundle),
+                **self.window,
+            )
+        )
+        self.assert_tables(
+            tables,
+            [
+                "Pods no policy selects",
+                "Every rule of the given policies, with its hits",
+                "Rules that never matched",
+                "Policies none of whose rules matched",
+                "Rule hits in the flow log",
+                "Flows that enforcing would deny",
+            ],
+        )
+        self.assertEqual(tables["Rules that never matched"], 1)
+
+    def test_a_changed_bundle_fails_the_check(self):
+        copy = self.scratch / "bundle"
+        shutil.copytree(self.bundle, copy)
+        bundle = tn.Bundle(copy)
+        files, ok, verdict = tn.verify(bundle)
+        self.assertTrue(ok, verdict)
+        manifest_sha256 = tn.sha256_file(copy / "manifest.json")
+        self.assertTrue(tn.verify(bundle, manifest_sha256)[1])
+        with (copy / "flows.csv").open("a") as f:
+            f.write("\n")
+        (copy / "notes.txt").write_text("added later")
+        files, ok, verdict = tn.verify(bundle, "0" * 64)
+        self.assertFalse(ok)
+        self.assertTrue(verdict.startswith("NOT VERIFIED: 3 problem(s)"), verdict)
+        status = dict(zip(files["file"], files["status"]))
+        self.assertEqual(status["flows.csv"], "SHA-256 differs")
+        self.assertEqual(status["notes.txt"], "not in the manifest")
+        self.assertEqual(status["manifest.json"], "SHA-256 differs")
+        self.assertIsInstance(files, pd.DataFrame)
+
+
+if __name__ == "__main__":
+    unittest.main()
