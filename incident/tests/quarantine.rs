@@ -322,3 +322,32 @@ async fn an_unknown_actor_is_recorded_as_such() {
     );
     assert_eq!(server.writes().len(), 2);
 }
+
+/// `deploy/incident/quarantine-role.yaml` grants exactly what quarantine checks for.
+#[test]
+fn the_shipped_cluster_role_grants_exactly_the_rights_checked() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/incident/quarantine-role.yaml");
+    let role: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut granted: Vec<(String, String, String)> = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    granted.push((
+                        verb.as_str().unwrap().to_owned(),
+                        group.as_str().unwrap().to_owned(),
+                        resource.as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    granted.sort();
+    let mut needed: Vec<(String, String, String)> = tollgate_incident::quarantine::needed_access("x")
+        .into_iter()
+        .map(|a| (a.verb.to_owned(), a.group.to_owned(), a.resource.to_owned()))
+        .collect();
+    needed.sort();
+    assert_eq!(granted, needed);
+}
