@@ -392,8 +392,9 @@ impl Columns {
         self.push_no_isolation();
     }
 
-    fn push_loss(&mut self, span: &LossSpan) {
-        self.srcaddr.append_null();
+    /// The flow columns of a record that is not a flow: null, except those a loss or an
+    /// isolation record sets itself (source address and pod, policy, enforcement mode).
+    fn push_not_a_flow(&mut self) {
         self.dstaddr.append_null();
         self.srcport.append_null();
         self.dstport.append_null();
@@ -401,52 +402,42 @@ impl Columns {
         self.packets.append_null();
         self.bytes.append_null();
         self.action.append_null();
-        self.log_status.append_value("SKIPDATA");
         self.flow_direction.append_null();
         self.tcp_flags.append_null();
         self.icmp_type.append_null();
         self.icmp_code.append_null();
-        self.src.push(None);
         self.dst.push(None);
         self.verdict.append_null();
         self.verdict_reason.append_null();
+        self.policy_rule.append_null();
+        self.events.append_value(0);
+    }
+
+    fn push_loss(&mut self, span: &LossSpan) {
+        self.push_not_a_flow();
+        self.srcaddr.append_null();
+        self.log_status.append_value("SKIPDATA");
+        self.src.push(None);
         self.policy_namespace.append_null();
         self.policy_name.append_null();
-        self.policy_rule.append_null();
         self.enforcement_mode.append_null();
-        self.events.append_value(0);
         self.skipped_events.append_option(span.events.map(clamp));
         self.loss_source.append_value(span.source.name());
         self.push_no_isolation();
     }
 
     fn push_isolation(&mut self, isolation: &Isolation) {
+        self.push_not_a_flow();
         match isolation.address {
             Some(address) => append_address(&mut self.srcaddr, address),
             None => self.srcaddr.append_null(),
         }
-        self.dstaddr.append_null();
-        self.srcport.append_null();
-        self.dstport.append_null();
-        self.protocol.append_null();
-        self.packets.append_null();
-        self.bytes.append_null();
-        self.action.append_null();
         self.log_status.append_value("ISOLATION");
-        self.flow_direction.append_null();
-        self.tcp_flags.append_null();
-        self.icmp_type.append_null();
-        self.icmp_code.append_null();
         self.src.push(Some(&isolation.pod));
-        self.dst.push(None);
-        self.verdict.append_null();
-        self.verdict_reason.append_null();
         self.policy_namespace
             .append_value(&isolation.policy_namespace);
         self.policy_name.append_value(&isolation.policy_name);
-        self.policy_rule.append_null();
         self.enforcement_mode.append_value("enforce");
-        self.events.append_value(0);
         self.skipped_events.append_null();
         self.loss_source.append_null();
         self.isolation_action.append_value(isolation.action.name());

@@ -216,8 +216,28 @@ pub fn needed_access(namespace: &str) -> Vec<Access> {
     ]
 }
 
-/// Checks the caller's rights and reads the pod; nothing is changed.
-async fn precheck(cluster: &impl Cluster, pod: &PodRef) -> Result<(String, Pod), QuarantineError> {
+/// What the checks read, before anything is changed.
+struct Found {
+    /// Who is acting.
+    actor: String,
+    /// The pod.
+    pod: Pod,
+    /// Every NetworkPolicy of its namespace.
+    policies: Vec<NetworkPolicy>,
+    /// The name of its quarantine policy.
+    name: String,
+    /// That policy, if it exists.
+    existing: Option<NetworkPolicy>,
+}
+
+/// Checks the reason and the caller's rights, reads who is acting, the pod and its
+/// namespace's policies; nothing is changed.
+async fn precheck(
+    cluster: &impl Cluster,
+    pod: &PodRef,
+    reason: &str,
+) -> Result<Found, QuarantineError> {
+    check_reason(reason)?;
     let mut missing = Vec::new();
     for access in needed_access(&pod.namespace) {
         if !cluster
@@ -245,7 +265,22 @@ async fn precheck(cluster: &impl Cluster, pod: &PodRef) -> Result<(String, Pod),
         .await
         .map_err(QuarantineError::Check)?
         .ok_or_else(|| QuarantineError::NoSuchPod(pod.clone()))?;
-    Ok((actor, found))
+    let policies = cluster
+        .policies(&pod.namespace)
+        .await
+        .map_err(QuarantineError::Check)?;
+    let name = policy_name(&pod.name);
+    let existing = policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(&name))
+        .cloned();
+    Ok(Found {
+        actor,
+        pod: found,
+        policies,
+        name,
+        existing,
+    })
 }
 
 fn check_reason(reason: &str) -> Result<(), QuarantineError> {
@@ -270,43 +305,30 @@ pub async fn quarantine(
     reason: &str,
     now_s: impl Fn() -> u64,
 ) -> Result<Outcome, QuarantineError> {
-    check_reason(reason)?;
-    let (actor, found) = precheck(cluster, pod).await?;
-    let name = policy_name(&pod.name);
-    let policies = cluster
-        .policies(&pod.namespace)
-        .await
-        .map_err(QuarantineError::Check)?;
-    if let Some(value) = label_of(&found) {
+    let found = precheck(cluster, pod, reason).await?;
+    let name = &found.name;
+    if let Some(value) = label_of(&found.pod) {
+        let policy = match &found.existing {
+            Some(_) => format!(", NetworkPolicy {}/{name}", pod.namespace),
+            None => String::new(),
+        };
         return Err(QuarantineError::AlreadyQuarantined {
             pod: pod.clone(),
-            detail: format!(
-                "label {LABEL}={value}{}",
-                if policies
-                    .iter()
-                    .any(|p| p.metadata.name.as_deref() == Some(&name))
-                {
-                    format!(", NetworkPolicy {}/{name}", pod.namespace)
-                } else {
-                    String::new()
-                }
-            ),
+            detail: format!("label {LABEL}={value}{policy}"),
         });
     }
-    if policies
-        .iter()
-        .any(|p| p.metadata.name.as_deref() == Some(&name))
-    {
+    if found.existing.is_some() {
         return Err(QuarantineError::StalePolicy {
             pod: pod.clone(),
             namespace: pod.namespace.clone(),
-            name,
+            name: name.clone(),
         });
     }
-    let uid = found.metadata.uid.clone().unwrap_or_default();
-    let version = found.metadata.resource_version.clone().unwrap_or_default();
+    let meta = &found.pod.metadata;
+    let uid = meta.uid.clone().unwrap_or_default();
+    let version = meta.resource_version.clone().unwrap_or_default();
     let at_s = now_s();
-    let desired = quarantine_policy(pod, &actor, reason, at_s, &uid);
+    let desired = quarantine_policy(pod, &found.actor, reason, at_s, &uid);
     let created = cluster
         .create_policy(&desired)
         .await
@@ -316,7 +338,7 @@ pub async fn quarantine(
         .set_pod_label(&pod.namespace, &pod.name, LABEL, Some(&label), &version)
         .await
     {
-        return Err(match cluster.delete_policy(&pod.namespace, &name).await {
+        return Err(match cluster.delete_policy(&pod.namespace, name).await {
             Ok(()) => QuarantineError::RolledBack {
                 failed,
                 undone: format!("NetworkPolicy {}/{name} deleted", pod.namespace),
@@ -331,18 +353,16 @@ pub async fn quarantine(
             },
         });
     }
-    let mut in_force = policies;
+    let mut in_force = found.policies.clone();
     in_force.push(created.clone());
-    Ok(outcome(
-        IsolationAction::Quarantine,
-        actor,
+    let act = Act {
+        action: IsolationAction::Quarantine,
         reason,
-        &found,
-        &created,
-        &label,
-        in_force,
+        policy: &created,
+        label: &label,
         at_s,
-    ))
+    };
+    Ok(outcome(&found, &act, in_force))
 }
 
 /// Releases `pod` from quarantine: removes the label, then deletes the policy. Either may be
@@ -353,31 +373,27 @@ pub async fn release(
     reason: &str,
     now_s: impl Fn() -> u64,
 ) -> Result<Outcome, QuarantineError> {
-    check_reason(reason)?;
-    let (actor, found) = precheck(cluster, pod).await?;
-    let name = policy_name(&pod.name);
-    let policies = cluster
-        .policies(&pod.namespace)
-        .await
-        .map_err(QuarantineError::Check)?;
-    let policy = policies
-        .iter()
-        .find(|p| p.metadata.name.as_deref() == Some(&name))
-        .cloned();
-    let label = label_of(&found);
-    if label.is_none() && policy.is_none() {
+    let found = precheck(cluster, pod, reason).await?;
+    let name = &found.name;
+    let label = label_of(&found.pod);
+    if label.is_none() && found.existing.is_none() {
         return Err(QuarantineError::NotQuarantined(pod.clone()));
     }
     let at_s = now_s();
     if label.is_some() {
-        let version = found.metadata.resource_version.clone().unwrap_or_default();
+        let version = found
+            .pod
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
         cluster
             .set_pod_label(&pod.namespace, &pod.name, LABEL, None, &version)
             .await
             .map_err(QuarantineError::Check)?;
     }
-    if policy.is_some()
-        && let Err(failed) = cluster.delete_policy(&pod.namespace, &name).await
+    if found.existing.is_some()
+        && let Err(failed) = cluster.delete_policy(&pod.namespace, name).await
     {
         return Err(QuarantineError::Partial {
             failed,
@@ -388,22 +404,26 @@ pub async fn release(
             ),
         });
     }
-    let policy = policy.unwrap_or_else(|| quarantine_policy(pod, &actor, reason, at_s, ""));
-    let in_force = policies
-        .into_iter()
-        .filter(|p| p.metadata.name.as_deref() != Some(&name))
+    // Without the policy (an interrupted quarantine), the record names the one it would be.
+    let policy = found
+        .existing
+        .clone()
+        .unwrap_or_else(|| quarantine_policy(pod, &found.actor, reason, at_s, ""));
+    let in_force = found
+        .policies
+        .iter()
+        .filter(|p| p.metadata.name.as_deref() != Some(name))
+        .cloned()
         .collect();
     let label = label.unwrap_or_else(|| label_value(&pod.name));
-    Ok(outcome(
-        IsolationAction::Release,
-        actor,
+    let act = Act {
+        action: IsolationAction::Release,
         reason,
-        &found,
-        &policy,
-        &label,
-        in_force,
+        policy: &policy,
+        label: &label,
         at_s,
-    ))
+    };
+    Ok(outcome(&found, &act, in_force))
 }
 
 /// The quarantine label's value on `pod`, if it has the label.
@@ -411,20 +431,19 @@ fn label_of(pod: &Pod) -> Option<String> {
     pod.metadata.labels.as_ref()?.get(LABEL).cloned()
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one record's fields, named at the call sites"
-)]
-fn outcome(
+/// One act, for its record.
+struct Act<'a> {
     action: IsolationAction,
-    actor: String,
-    reason: &str,
-    pod: &Pod,
-    policy: &NetworkPolicy,
-    label: &str,
-    in_force: Vec<NetworkPolicy>,
+    reason: &'a str,
+    /// The quarantine policy as stored (or as it would be).
+    policy: &'a NetworkPolicy,
+    label: &'a str,
     at_s: u64,
-) -> Outcome {
+}
+
+/// The outcome of `act` on the pod `found`, with the policies `in_force` after it.
+fn outcome(found: &Found, act: &Act<'_>, in_force: Vec<NetworkPolicy>) -> Outcome {
+    let (pod, policy) = (&found.pod, act.policy);
     let address = pod_addresses(pod).into_iter().next();
     let node = pod
         .spec
@@ -438,7 +457,7 @@ fn outcome(
             "uid": policy.metadata.uid,
             "resource_version": policy.metadata.resource_version,
         },
-        "label": { "key": LABEL, "value": label },
+        "label": { "key": LABEL, "value": act.label },
         "pod": {
             "uid": pod.metadata.uid,
             "ip": address.map(|a| a.to_string()),
@@ -448,16 +467,16 @@ fn outcome(
     });
     Outcome {
         isolation: Isolation {
-            action,
-            actor,
-            reason: reason.to_owned(),
+            action: act.action,
+            actor: found.actor.clone(),
+            reason: act.reason.to_owned(),
             pod: PodIdentity::of(pod),
             address,
             policy_namespace: policy.metadata.namespace.clone().unwrap_or_default(),
             policy_name: policy.metadata.name.clone().unwrap_or_default(),
             detail: detail.to_string(),
         },
-        at_s,
+        at_s: act.at_s,
         node,
     }
 }

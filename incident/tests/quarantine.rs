@@ -326,7 +326,10 @@ async fn an_unknown_actor_is_recorded_as_such() {
 /// `deploy/incident/quarantine-role.yaml` grants exactly what quarantine checks for.
 #[test]
 fn the_shipped_cluster_role_grants_exactly_the_rights_checked() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/incident/quarantine-role.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/incident/quarantine-role.yaml"
+    );
     let role: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut granted: Vec<(String, String, String)> = Vec::new();
@@ -344,10 +347,11 @@ fn the_shipped_cluster_role_grants_exactly_the_rights_checked() {
         }
     }
     granted.sort();
-    let mut needed: Vec<(String, String, String)> = tollgate_incident::quarantine::needed_access("x")
-        .into_iter()
-        .map(|a| (a.verb.to_owned(), a.group.to_owned(), a.resource.to_owned()))
-        .collect();
+    let mut needed: Vec<(String, String, String)> =
+        tollgate_incident::quarantine::needed_access("x")
+            .into_iter()
+            .map(|a| (a.verb.to_owned(), a.group.to_owned(), a.resource.to_owned()))
+            .collect();
     needed.sort();
     assert_eq!(granted, needed);
 }
