@@ -155,6 +155,29 @@ struct EvidenceArgs {
     /// (kubeconfig or in-cluster) into `policies.json`.
     #[arg(long)]
     policies_from_cluster: bool,
+    /// Find the pod's objects through Athena, in this workgroup: one query over the flow
+    /// table names the objects that hold its records, and only those are read from S3 (with
+    /// their ETags, as without it). Needs an `s3://` --flow-log that the table points to.
+    #[arg(long)]
+    athena_workgroup: Option<String>,
+    /// The Glue database of the flow table (with --athena-workgroup).
+    #[arg(
+        long,
+        default_value = tollgate_incident::athena::DEFAULT_DATABASE,
+        requires = "athena_workgroup"
+    )]
+    athena_database: String,
+    /// The flow table (with --athena-workgroup).
+    #[arg(
+        long,
+        default_value = tollgate_incident::athena::DEFAULT_TABLE,
+        requires = "athena_workgroup"
+    )]
+    athena_table: String,
+    /// An Athena endpoint instead of the region's, e.g. a VPC endpoint (with
+    /// --athena-workgroup; the region is --region's).
+    #[arg(long, requires = "athena_workgroup")]
+    athena_endpoint_url: Option<String>,
     #[command(flatten)]
     s3: S3Args,
 }
@@ -542,6 +565,14 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
         s3: args.s3.options(flow_log)?,
         location: flow_log.clone(),
         out: out.clone(),
+        athena: args.athena_workgroup.as_ref().map(|workgroup| {
+            tollgate_incident::athena::AthenaOptions {
+                database: args.athena_database.clone(),
+                table: args.athena_table.clone(),
+                endpoint_url: args.athena_endpoint_url.clone(),
+                ..tollgate_incident::athena::AthenaOptions::new(workgroup)
+            }
+        }),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let bundle = runtime.block_on(async {

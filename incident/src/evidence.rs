@@ -4,7 +4,8 @@
 //! [`collect`] lists the window's files ([`Reader::list`]), reads each one whole (keeping its
 //! ETag, version and SHA-256 as a [`SourceObject`]), brings every batch to the current record
 //! schema (files written before a column was appended get nulls) and keeps three kinds of
-//! rows:
+//! rows (with [`Request::athena`], one Athena query — [`crate::athena::objects`] — names the
+//! objects that hold the pod's records instead, and only those are read, the same way):
 //! - `flows`: `OK` records with the pod at either end (both directions, every verdict) whose
 //!   span `[start, end]` overlaps `[from, to)`;
 //! - `isolations`: the pod's `ISOLATION` records in the window;
@@ -40,6 +41,7 @@ use tollgate_collector::{
 
 use crate::{
     PodRef,
+    athena::{AthenaError, AthenaOptions},
     location::{FlowLogLocation, S3Options},
     source::{Reader, SourceError, SourceObject, sha256_hex},
 };
@@ -59,6 +61,9 @@ pub enum EvidenceError {
     /// Reading the flow log.
     #[error("reading the flow log: {0}")]
     Source(#[from] SourceError),
+    /// Asking Athena which objects to read (its messages name Athena or the flag).
+    #[error(transparent)]
+    Athena(#[from] AthenaError),
     /// A flow-log file is not a readable flow-record file.
     #[error("{location}: {message}")]
     Parquet {
@@ -94,6 +99,9 @@ pub struct Request {
     pub s3: S3Options,
     /// The bundle's directory (created; must be empty if it exists).
     pub out: PathBuf,
+    /// Athena as the index of an S3 flow log: which objects to read; every file of the
+    /// window's partitions when absent.
+    pub athena: Option<AthenaOptions>,
 }
 
 /// NetworkPolicies in force, as one source saw them at one time.
@@ -144,7 +152,8 @@ pub struct Manifest {
     pub window: ManifestWindow,
     /// When the bundle was written (Unix seconds).
     pub created: u64,
-    /// The flow log read (`s3://…` or a directory).
+    /// The flow log read (`s3://…` or a directory; `athena:<workgroup>/<db>.<table> → s3://…`
+    /// when Athena chose the objects).
     pub source: String,
     /// What `tollgate` wrote it.
     pub tool: String,
@@ -204,11 +213,24 @@ pub async fn collect(
             rfc3339_utc(request.to_s)
         )));
     }
+    if let Some(athena) = &request.athena {
+        if !matches!(request.location, FlowLogLocation::S3 { .. }) {
+            return Err(EvidenceError::Request(
+                "--athena-workgroup needs an s3:// --flow-log".to_owned(),
+            ));
+        }
+        athena.validate()?;
+    }
     prepare_dir(&request.out)?;
     let reader = Reader::new(&request.location, &request.s3).await;
-    let names = reader
-        .list(request.cluster.as_deref(), request.from_s, request.to_s)
-        .await?;
+    let names = match &request.athena {
+        Some(athena) => crate::athena::objects(athena, &request.s3.region, request).await?,
+        None => {
+            reader
+                .list(request.cluster.as_deref(), request.from_s, request.to_s)
+                .await?
+        }
+    };
     let schema = schema();
     let mut kept = Kept::default();
     let mut sources = Vec::with_capacity(names.len());
@@ -274,7 +296,10 @@ pub async fn collect(
             to_utc: rfc3339_utc(request.to_s),
         },
         created: now_s,
-        source: request.location.to_string(),
+        source: match &request.athena {
+            Some(athena) => format!("{athena} → {}", request.location),
+            None => request.location.to_string(),
+        },
         tool: format!("tollgate {}", env!("CARGO_PKG_VERSION")),
         counts,
         files: files

@@ -8,8 +8,10 @@
 //!   directory or an S3 prefix), in the collector's layout, as one Parquet file;
 //! - [`evidence`]: a pod's records in a time window read back from the flow log
 //!   ([`source`]: local files, or S3 objects with their ETags and versions), written as a
-//!   bundle with a manifest of SHA-256 digests, and verified again later.
+//!   bundle with a manifest of SHA-256 digests, and verified again later;
+//! - [`athena`]: one Athena query naming the S3 objects that hold a pod's records, read alone.
 
+pub mod athena;
 pub mod cluster;
 pub mod evidence;
 pub mod location;

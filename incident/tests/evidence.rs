@@ -7,129 +7,40 @@
 mod s3_server;
 mod support;
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
 
-use parquet::arrow::ArrowWriter;
 use s3_server::S3Server;
-use support::TempDir;
+use support::{
+    TempDir,
+    flowlog::{FROM, TO, flow, identity, isolation, parquet},
+};
 use tollgate_collector::{
-    identity::PodIdentity,
     loss::{LossSource, LossSpan},
     read::read_file,
-    record::{Flow, FlowRecord, Isolation, IsolationAction, RecordBody, encode, schema},
+    record::FlowRecord,
     sink::Sink,
 };
-use tollgate_enforcer::desired::RuleRef;
 use tollgate_incident::{
     PodRef,
     evidence::{self, PolicySnapshot, Request},
     location::{FlowLogLocation, S3Options},
 };
-use tollgate_schemas::{Direction, Reason, Verdict};
-
-/// 2026-11-25T10:00:00Z.
-const HOUR: u64 = 1_795_600_800;
-const FROM: u64 = HOUR + 600;
-const TO: u64 = HOUR + 1800;
-
-fn identity(namespace: &str, name: &str, app: &str) -> Arc<PodIdentity> {
-    Arc::new(PodIdentity {
-        namespace: namespace.into(),
-        name: name.into(),
-        workload: format!("Deployment/{app}"),
-        labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
-    })
-}
-
-fn flow(at: u64, src: &Arc<PodIdentity>, dst: &Arc<PodIdentity>, verdict: Verdict) -> FlowRecord {
-    let address = |pod: &PodIdentity| -> IpAddr {
-        if pod.name == "web" {
-            "10.0.1.57"
-        } else {
-            "10.0.2.9"
-        }
-        .parse()
-        .unwrap()
-    };
-    FlowRecord {
-        start_s: at,
-        end_s: at + 5,
-        body: RecordBody::Flow(Box::new(Flow {
-            src: address(src),
-            dst: address(dst),
-            src_port: 40_000,
-            dst_port: 443,
-            protocol: 6,
-            direction: Direction::Egress,
-            verdict,
-            reason: if verdict == Verdict::Allow {
-                Reason::AllowedByRule
-            } else {
-                Reason::IsolatedNoMatch
-            },
-            icmp: None,
-            packets: 3,
-            bytes: 222,
-            tcp_flags: 2,
-            events: 1,
-            src_pod: Some(Arc::clone(src)),
-            dst_pod: Some(Arc::clone(dst)),
-            rule: (verdict == Verdict::Allow).then(|| {
-                Arc::new(RuleRef {
-                    namespace: "shop".into(),
-                    policy: "allow-web, \"egress\"".into(),
-                    direction: Direction::Egress,
-                    index: 0,
-                })
-            }),
-            audit: false,
-        })),
-    }
-}
-
-fn isolation(at: u64, pod: &Arc<PodIdentity>) -> FlowRecord {
-    FlowRecord::isolation(
-        Isolation {
-            action: IsolationAction::Quarantine,
-            actor: "alice@example.com".into(),
-            reason: "C2 beacon".into(),
-            pod: (**pod).clone(),
-            address: Some("10.0.1.57".parse().unwrap()),
-            policy_namespace: pod.namespace.clone(),
-            policy_name: format!("tollgate-quarantine-{}", pod.name),
-            detail: serde_json::json!({"policies_in_force": [{"metadata": {"name": "allow-web"}}]})
-                .to_string(),
-        },
-        at,
-    )
-}
+use tollgate_schemas::Verdict;
 
 /// Writes `records` as one Parquet file at `key` under `dir`; `columns` keeps only the
 /// first columns (a file of an older layout).
 fn write(dir: &Path, key: &str, records: &[FlowRecord], columns: Option<usize>) {
-    let schema = schema();
-    let mut batch = encode(records, "node-a", "prod", &schema).unwrap();
-    if let Some(n) = columns {
-        batch = batch.project(&(0..n).collect::<Vec<_>>()).unwrap();
-    }
     let path = dir.join(key);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut writer =
-        ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    std::fs::write(&path, parquet("node-a", records, columns)).unwrap();
 }
 
 /// A flow log of cluster `prod` around the window, with what belongs in the bundle and
 /// what does not.
 fn flow_log(dir: &Path) {
-    let web = identity("shop", "web", "web");
-    let api = identity("shop", "api", "api");
-    let db = identity("data", "db", "db");
+    let web = identity("shop", "web");
+    let api = identity("shop", "api");
+    let db = identity("data", "db");
     write(
         dir,
         "cluster=prod/dt=2026-11-25/hour=10/node-a-1.parquet",
@@ -187,6 +98,7 @@ fn request(location: FlowLogLocation, s3: S3Options, out: &Path) -> Request {
         location,
         s3,
         out: out.to_owned(),
+        athena: None,
     }
 }
 

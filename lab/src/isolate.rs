@@ -292,6 +292,7 @@ impl Quarantined {
             location: FlowLogLocation::Local(flow_log.dir.clone()),
             s3: S3Options::default(),
             out: out.clone(),
+            athena: None,
         };
         let lab_policies = PolicySnapshot {
             source: "lab".to_owned(),

@@ -1,6 +1,10 @@
-//! What the incident crate's test binaries share: the API server, and a temporary directory.
+//! What the incident crate's test binaries share: the API server, a stub of Athena, flow
+//! logs, and a temporary directory.
+#![allow(dead_code, reason = "each test binary uses its own part")]
 
 pub mod apiserver;
+pub mod athena_stub;
+pub mod flowlog;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
