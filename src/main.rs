@@ -471,14 +471,14 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
         } else {
             quarantine::quarantine(&cluster, &args.pod, &args.reason, now).await?
         };
+        let done = if args.release {
+            "released"
+        } else {
+            "quarantined"
+        };
         let isolation = &outcome.isolation;
         println!(
-            "{} {}: NetworkPolicy {}/{}, label {}, by {} at {}",
-            if args.release {
-                "released"
-            } else {
-                "quarantined"
-            },
+            "{done} {}: NetworkPolicy {}/{}, label {}, by {} at {}",
             args.pod,
             isolation.policy_namespace,
             isolation.policy_name,
@@ -494,13 +494,8 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
             }
             Err(error) => {
                 eprintln!(
-                    "error: the pod IS {}, but its isolation record is not in the flow log: \
+                    "error: the pod IS {done}, but its isolation record is not in the flow log: \
                      {error}\nThe record is kept in {} as {}; copy it there.",
-                    if args.release {
-                        "released"
-                    } else {
-                        "quarantined"
-                    },
                     staging.display(),
                     record::key(&args.cluster, &outcome)
                 );

@@ -197,6 +197,8 @@ pub struct Bundle {
     pub manifest_sha256: String,
     /// The timeline, as in `timeline.txt`.
     pub timeline: String,
+    /// What the records tell about the pod's quarantine.
+    pub story: Story,
 }
 
 /// Writes the bundle `request` describes; `policies` are snapshots the caller read (the
@@ -278,7 +280,8 @@ pub async fn collect(
     write_json(&out.join("sources.json"), &sources)?;
     files.push("sources.json".to_owned());
     timeline.sort_by_key(|r| (r.start, r.end));
-    let timeline = render_timeline(&request.pod, &timeline);
+    let story = Story::of(&timeline);
+    let timeline = render_timeline(&request.pod, &timeline, &story);
     write_file(&out.join("timeline.txt"), &timeline)?;
     files.push("timeline.txt".to_owned());
     files.sort();
@@ -317,6 +320,7 @@ pub async fn collect(
         manifest,
         manifest_sha256: sha256_hex(format!("{text}\n").as_bytes()),
         timeline,
+        story,
     })
 }
 
@@ -588,26 +592,60 @@ fn policies_document(mut snapshots: Vec<PolicySnapshot>) -> serde_json::Value {
 }
 
 /// The timeline: a line on what it shows, then the records as `tollgate flows` prints them.
-fn render_timeline(pod: &PodRef, records: &[StoredRecord]) -> String {
-    let quarantined = records
-        .iter()
-        .find(|r| r.is_isolation() && r.isolation_action.as_deref() == Some("quarantine"))
-        .map(|r| r.start);
-    let count = |f: &dyn Fn(&StoredRecord) -> bool| records.iter().filter(|r| f(r)).count();
+fn render_timeline(pod: &PodRef, records: &[StoredRecord], story: &Story) -> String {
     let mut out = format!("Timeline of {pod}: {} records", records.len());
-    if let Some(at) = quarantined {
-        let at_s = u64::try_from(at).unwrap_or_default();
+    if let Some(split) = &story.first_quarantine {
         let _ = write!(
             out,
             "; quarantined at {}: {} allowed before, {} denied after",
-            rfc3339_utc(at_s),
-            count(&|r| !r.is_isolation() && !r.is_loss() && r.end < at && !r.is_reject()),
-            count(&|r| !r.is_isolation() && !r.is_loss() && r.start >= at && r.is_reject())
+            rfc3339_utc(split.at_s),
+            split.allowed_before,
+            split.denied_after
         );
     }
     let _ = writeln!(out, "\n");
     out.push_str(&render_table(records));
     out
+}
+
+/// What a bundle's records tell about the quarantine of its pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Story {
+    /// Isolation records of action `quarantine`.
+    pub quarantines: usize,
+    /// Around the first quarantine, if there is one.
+    pub first_quarantine: Option<Split>,
+}
+
+/// The pod's flow records on either side of its first quarantine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    /// When (Unix seconds).
+    pub at_s: u64,
+    /// Flow records allowed that ended before it.
+    pub allowed_before: usize,
+    /// Flow records denied that started at it or after.
+    pub denied_after: usize,
+}
+
+impl Story {
+    /// The story of `records` (flows, isolations and losses, sorted by time).
+    fn of(records: &[StoredRecord]) -> Self {
+        let quarantines: Vec<i64> = records
+            .iter()
+            .filter(|r| r.is_isolation() && r.isolation_action.as_deref() == Some("quarantine"))
+            .map(|r| r.start)
+            .collect();
+        let flows = || records.iter().filter(|r| !r.is_isolation() && !r.is_loss());
+        Self {
+            quarantines: quarantines.len(),
+            first_quarantine: quarantines.first().map(|&at| Split {
+                at_s: u64::try_from(at).unwrap_or_default(),
+                allowed_before: flows().filter(|r| !r.is_reject() && r.end < at).count(),
+                denied_after: flows().filter(|r| r.is_reject() && r.start >= at).count(),
+            }),
+        }
+    }
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), EvidenceError> {

@@ -18,10 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
-use tollgate_collector::{
-    clock::{NS_PER_S, unix_now_ns},
-    read::read_file,
-};
+use tollgate_collector::clock::{NS_PER_S, unix_now_ns};
 use tollgate_enforcer::snapshot::Snapshot;
 use tollgate_incident::{
     PodRef,
@@ -308,22 +305,13 @@ impl Quarantined {
             .await
             .map_err(|e| failed(&e))?;
         let verified = evidence::verify(&bundle.dir, Some(&bundle.manifest_sha256));
-        let at = i64::try_from(self.outcome.at_s).unwrap_or(i64::MAX);
-        let flows = read_file(&bundle.dir.join("flows.parquet")).map_err(|e| failed(&e))?;
-        let isolations =
-            read_file(&bundle.dir.join("isolations.parquet")).map_err(|e| failed(&e))?;
-        let allowed_before = flows
-            .iter()
-            .filter(|r| !r.is_reject() && r.end < at)
-            .count();
-        let denied_after = flows
-            .iter()
-            .filter(|r| r.is_reject() && r.start >= at)
-            .count();
-        let quarantines = isolations
-            .iter()
-            .filter(|r| r.isolation_action.as_deref() == Some("quarantine"))
-            .count();
+        let story = bundle.story;
+        let quarantines = story.quarantines;
+        // The split around the record this run wrote (the only quarantine in the window).
+        let (allowed_before, denied_after) = story
+            .first_quarantine
+            .filter(|split| split.at_s == self.outcome.at_s)
+            .map_or((0, 0), |split| (split.allowed_before, split.denied_after));
         let check = |what: &str, found: String, ok: bool| IncidentCheck {
             what: what.to_owned(),
             found,
