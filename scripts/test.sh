@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export PATH="$HOME/.cargo/bin:$PATH"
+# .tools/bin: helm, for the chart's tests (installed by setup.sh).
+export PATH="$PWD/.tools/bin:$HOME/.cargo/bin:$PATH"
 # One-shot builds: incremental caches would only take disk.
 export CARGO_INCREMENTAL=0
 

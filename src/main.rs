@@ -60,7 +60,8 @@ struct VerifyArgs {
     /// namespace and name.
     #[arg(long = "manifests", required = true, num_args = 1..)]
     manifests: Vec<PathBuf>,
-    /// One probe per line: `FROM TO PORT/PROTOCOL`; FROM and TO are `namespace/pod` or an IP.
+    /// One probe per line: `FROM TO PORT/PROTOCOL`; FROM and TO are `namespace/pod` or an IP, and
+    /// TO may be `service:namespace/name` or a ClusterIP (one result per ready backend).
     #[arg(long)]
     probes: PathBuf,
     /// `model` evaluates the compiled maps in userspace; `bpf` runs the real programs under
@@ -89,6 +90,10 @@ struct LabArgs {
     /// to `<out>/evidence`.
     #[arg(long)]
     quarantine: bool,
+    /// The cluster's address family: `ipv4` (pods 198.18.0.0/24, Services 198.19.0.0/16) or
+    /// `ipv6` (an EKS IPv6 cluster: pods 2001:db8::/64, Services 2001:db8:ffff::/112).
+    #[arg(long, value_enum, default_value_t = IpFamilyArg::Ipv4)]
+    ip_family: IpFamilyArg,
 }
 
 #[derive(clap::Args)]
@@ -236,6 +241,12 @@ impl S3Args {
 enum AttachArg {
     Auto,
     Clsact,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IpFamilyArg {
+    Ipv4,
+    Ipv6,
 }
 
 #[derive(Subcommand)]
@@ -438,6 +449,10 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
         },
         out: args.out.clone(),
         quarantine: args.quarantine,
+        ip_family: match args.ip_family {
+            IpFamilyArg::Ipv4 => tollgate_lab::IpFamily::V4,
+            IpFamilyArg::Ipv6 => tollgate_lab::IpFamily::V6,
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(tollgate_lab::run(&options))?;

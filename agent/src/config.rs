@@ -22,6 +22,19 @@ pub enum EnforcementMode {
     Standard,
 }
 
+/// Whether traffic from the node's own addresses to a local pod passes ingress policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeIngress {
+    /// It passes, with reason `from-node` in its event, as the NetworkPolicy API requires
+    /// (kubelet probes, node-local agents): the default.
+    #[default]
+    Allow,
+    /// Ingress policy decides it like any other peer's (the VPC CNI agent's strict mode): a
+    /// pod under default-deny ingress fails its kubelet probes.
+    Policy,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -43,6 +56,8 @@ pub struct AgentSettings {
     pub bpffs: PathBuf,
     /// Prefix of the VPC CNI's host-side veth names.
     pub interface_prefix: String,
+    /// Whether the node's own traffic to its pods passes ingress policy.
+    pub node_ingress: NodeIngress,
     /// Where `/metrics` (Prometheus text) is served.
     pub metrics_address: SocketAddr,
     /// Where `/healthz` and `/readyz` are served.
@@ -59,6 +74,7 @@ impl Default for AgentSettings {
             enforcement: EnforcementMode::Strict,
             bpffs: PathBuf::from("/sys/fs/bpf/tollgate"),
             interface_prefix: "eni".to_owned(),
+            node_ingress: NodeIngress::Allow,
             metrics_address: SocketAddr::from(([0, 0, 0, 0], 9464)),
             health_address: SocketAddr::from(([0, 0, 0, 0], 9465)),
             log_format: LogFormat::Text,
@@ -165,7 +181,20 @@ mod tests {
     fn an_empty_file_is_the_embedded_defaults() {
         let config = parse("").unwrap();
         assert_eq!(config.agent.enforcement, EnforcementMode::Strict);
+        assert_eq!(config.agent.node_ingress, NodeIngress::Allow);
         assert_eq!(config.collector.window_secs, 60);
+    }
+
+    #[test]
+    fn node_ingress_is_allow_or_policy() {
+        let strict = parse("agent: {node_ingress: policy}\n").unwrap();
+        assert_eq!(strict.agent.node_ingress, NodeIngress::Policy);
+        let bad = parse("agent: {node_ingress: deny}\n").unwrap_err();
+        let text = bad.to_string();
+        assert!(
+            text.contains("node_ingress") && text.contains("allow"),
+            "{text}"
+        );
     }
 
     #[test]

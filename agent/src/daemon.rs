@@ -9,22 +9,24 @@
 //! 3. `/metrics`, `/healthz` and `/readyz` are served ([`crate::http`]);
 //! 4. the passes of [`crate::run::Agent`]: each asks [`NodeEndpoints`] (the reconciler's
 //!    [`LocalEndpoints`]) for the node's endpoints — it discovers the veths and attaches the
-//!    probe to new ones before their entries are written — then compiles and syncs. Between
-//!    passes, [`NodeEndpoints`]'s netlink watch ([`crate::links`]) attaches the probe to a
-//!    veth the moment it appears (the VPC CNI's ADD, before the pod runs and long before its
-//!    address reaches the API server) and starts a pass when a host route comes or goes. After the
-//!    first pass, [`PinnedProbe::adopt`] swaps the links an earlier agent left to this agent's
-//!    programs (never before: with new maps that would deny every pod until the sync). After
-//!    every pass the identities observe the snapshot and compilation, the propagation latency
-//!    goes into [`AgentMetrics`], and the agent is ready once a pass has programmed every local
-//!    endpoint; while one is missing (a failed attach), the next pass comes after [`RECHECK`].
+//!    probe to new ones before their entries are written — and, unless `agent.node_ingress`
+//!    is `policy`, for the node's own addresses ([`crate::node_addresses`]), then compiles and
+//!    syncs. Between passes, [`NodeEndpoints`]'s netlink watch ([`crate::links`]) attaches the
+//!    probe to a veth the moment it appears (the VPC CNI's ADD, before the pod runs and long
+//!    before its address reaches the API server) and starts a pass when a host route or one of
+//!    the node's addresses comes or goes. After the first pass, [`PinnedProbe::adopt`] swaps
+//!    the links an earlier agent left to this agent's programs (never before: with new maps
+//!    that would deny every pod until the sync). After every pass the identities observe the
+//!    snapshot and compilation, the propagation latency goes into [`AgentMetrics`], and the
+//!    agent is ready once a pass has programmed every local endpoint; while one is missing (a
+//!    failed attach), the next pass comes after [`RECHECK`].
 //!
 //! On shutdown the collector drains and ships (within [`SHIP_WITHIN`]); pins and links stay, so
 //! enforcement goes on with no agent running, and the next agent adopts them.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -48,11 +50,12 @@ use tollgate_enforcer::{
 };
 use tollgate_schemas::{Config, Direction, EndpointKey, EndpointState, PolicyValue, config_flags};
 
-use crate::config::{AgentConfig, EnforcementMode};
+use crate::config::{AgentConfig, EnforcementMode, NodeIngress};
 use crate::endpoints::{Attacher, Discovery, Endpoints, LocalPod, Veth, discover};
 use crate::http::{Response, Routes, serve};
 use crate::links::{LinkWatch, prefixed_links};
 use crate::metrics::AgentMetrics;
+use crate::node_addresses;
 use crate::pins::{PinError, PinnedProbe};
 use crate::reconcile::{LocalEndpoints, Report};
 use crate::run::Agent;
@@ -215,18 +218,37 @@ impl PolicyMaps for SharedProbe {
             .policy_maps()
             .delete_policy(direction, key)
     }
+
+    fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), AyaMapError> {
+        self.lock().probe().policy_maps().insert_node_addr(key)
+    }
+
+    fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), AyaMapError> {
+        self.lock().probe().policy_maps().delete_node_addr(key)
+    }
 }
 
 /// The node's endpoints as the reconciler asks for them: discovered from the host routes of
 /// the calling thread's network namespace, with the probe attached to their veths, and to
-/// every other veth of the prefix (pods the cluster has not named yet).
+/// every other veth of the prefix (pods the cluster has not named yet); and the node's own
+/// addresses, read from the same namespace.
 #[derive(Debug)]
 pub struct NodeEndpoints {
     endpoints: Endpoints<SharedProbe>,
     node: String,
     prefix: String,
-    /// The netlink watch of the node's links and routes; `None` if it could not be opened or
-    /// failed (discovery then happens only on cluster changes and rechecks).
+    /// Whether the node's addresses pass ingress policy (then they are read and watched).
+    node_ingress: NodeIngress,
+    /// The node's addresses as last read: kept when a read fails.
+    addresses: Vec<IpAddr>,
+    /// Whether the addresses must be read again: at first, after the netlink watch heard one
+    /// come or go (or dropped notifications), and after a failed read. Reading them costs a
+    /// netlink dump of every link (~0.8 ms with 220 interfaces), so a pass that nothing about
+    /// them started does not pay it.
+    addresses_stale: bool,
+    /// The netlink watch of the node's links, routes and (with `node_ingress: allow`)
+    /// addresses; `None` if it could not be opened or failed (discovery then happens only on
+    /// cluster changes and rechecks).
     watch: Option<LinkWatch>,
     /// Set by the first node change of a burst: when the burst's pass is due at the latest.
     /// Kept here, not in [`LocalEndpoints::changed`]'s future, which the loop may drop.
@@ -243,9 +265,10 @@ pub struct NodeEndpoints {
 
 impl NodeEndpoints {
     /// The endpoints of node `node` on veths named `prefix…`, watching the links and routes
-    /// of the calling thread's network namespace (call it inside the runtime).
-    pub fn new(probe: SharedProbe, node: &str, prefix: &str) -> Self {
-        let watch = LinkWatch::open(prefix)
+    /// of the calling thread's network namespace, and its addresses unless `node_ingress` is
+    /// [`NodeIngress::Policy`] (call it inside the runtime).
+    pub fn new(probe: SharedProbe, node: &str, prefix: &str, node_ingress: NodeIngress) -> Self {
+        let watch = LinkWatch::open(prefix, node_ingress == NodeIngress::Allow)
             .inspect_err(|error| {
                 tracing::warn!(%error, "no netlink watch: new veths wait for the pod's watch event");
             })
@@ -254,6 +277,9 @@ impl NodeEndpoints {
             endpoints: Endpoints::new(probe),
             node: node.to_owned(),
             prefix: prefix.to_owned(),
+            node_ingress,
+            addresses: Vec::new(),
+            addresses_stale: true,
             watch,
             burst_end: None,
             adopted: false,
@@ -360,12 +386,38 @@ impl LocalEndpoints for NodeEndpoints {
         self.interfaces.clone()
     }
 
+    fn node_addresses(&mut self) -> Vec<IpAddr> {
+        if self.node_ingress == NodeIngress::Policy {
+            return Vec::new();
+        }
+        // Without the watch no change would be heard: read at every pass.
+        if !self.addresses_stale && self.watch.is_some() {
+            return self.addresses.clone();
+        }
+        match node_addresses::discover(&self.prefix) {
+            Ok(addresses) => {
+                if addresses != self.addresses {
+                    tracing::info!(
+                        ?addresses,
+                        "node addresses: their traffic to local pods passes ingress policy"
+                    );
+                    self.addresses = addresses;
+                }
+                self.addresses_stale = false;
+            }
+            // The previous addresses stand (none before the first read); read again next pass.
+            Err(error) => tracing::warn!(%error, "reading the node's addresses failed"),
+        }
+        self.addresses.clone()
+    }
+
     fn changed(&mut self) -> impl Future<Output = ()> + Send {
         let Self {
             watch,
             endpoints,
             prefix,
             burst_end,
+            addresses_stale,
             ..
         } = self;
         async move {
@@ -409,6 +461,7 @@ impl LocalEndpoints for NodeEndpoints {
                 // for node changes only after a pass synced, and the adoption follows that
                 // first pass: no earlier agent's pins are left to leave alone here.
                 endpoints.attach_new(&links);
+                *addresses_stale |= events.addresses_changed || events.overflowed;
                 if events.relevant() && burst_end.is_none() {
                     *burst_end = Some(tokio::time::Instant::now() + NODE_BURST_MAX);
                 }
@@ -448,8 +501,11 @@ pub struct Hooks {
 /// A pass that synced the maps.
 #[derive(Debug, Clone)]
 pub struct Synced {
-    /// The snapshot compiled.
+    /// The cluster compiled, as the source handed it over (`node_addresses` empty: the node's
+    /// addresses it was compiled with are in [`Synced::node_addresses`]).
     pub snapshot: Snapshot,
+    /// The node's addresses the pass compiled (empty with `agent.node_ingress: policy`).
+    pub node_addresses: Vec<IpAddr>,
     /// The compilation the maps now hold.
     pub compiled: Compiled,
     /// What the pass did.
@@ -531,6 +587,7 @@ pub async fn run_agent_with<S: ClusterSource>(
         probe.clone(),
         &config.collector.node,
         &settings.interface_prefix,
+        settings.node_ingress,
     );
     let mut agent = Agent::new(source, node_endpoints);
     let mut maps = probe.clone();
@@ -579,8 +636,11 @@ pub async fn run_agent_with<S: ClusterSource>(
                     .unwrap_or_else(PoisonError::into_inner)
                     .observe(snapshot, compiled, boottime_ns());
                 if let Some(passes) = &passes {
+                    let mut snapshot = snapshot.clone();
+                    let node_addresses = std::mem::take(&mut snapshot.node_addresses);
                     let _ = passes.send(Synced {
-                        snapshot: snapshot.clone(),
+                        snapshot,
+                        node_addresses,
                         compiled: compiled.clone(),
                         report: pass.report.clone(),
                     });

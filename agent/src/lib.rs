@@ -2,8 +2,9 @@
 //! with the cluster.
 //!
 //! Data flows through the modules in this order:
-//! - [`watch`]: reflectors for Namespaces, Pods and NetworkPolicies fill shared stores, and
-//!   every change that matters goes into a change log that coalesces bursts into batches;
+//! - [`watch`]: reflectors for Namespaces, Pods, NetworkPolicies, Services and EndpointSlices
+//!   fill shared stores with objects slimmed to what the compiler reads ([`slim`]), and every
+//!   change that matters goes into a change log that coalesces bursts into batches;
 //! - [`source`]: the [`source::ClusterSource`] the agent reads: a snapshot of the cluster and
 //!   "it changed". [`source::KubeSource`] is the reflectors on EKS; [`source::StaticSource`]
 //!   is a snapshot set in code (the lab, tests) — everything after it is the same path;
@@ -14,9 +15,11 @@
 //!   measures the propagation latency (watch event arrival → maps synced).
 //!
 //! [`daemon`] wires them into `tollgate agent`: the pinned probe ([`pins`]), the node's veths
-//! ([`endpoints`]) as the reconciler's local endpoints, kept current between cluster changes
-//! by a netlink watch ([`links`]: a new veth gets the probe at once, a late host route starts a
-//! pass), the collector on the probe's events, and the HTTP endpoints.
+//! ([`endpoints`]) as the reconciler's local endpoints and the node's own addresses
+//! ([`node_addresses`]: their traffic to local pods passes ingress policy), kept current between
+//! cluster changes by a netlink watch ([`links`]: a new veth gets the probe at once, a late host
+//! route or a changed node address starts a pass), the collector on the probe's events, and the
+//! HTTP endpoints.
 //!
 //! Around them: [`config`] (the one settings file of agent and collector), [`http`]
 //! (`/metrics`, `/healthz`, `/readyz`) and [`telemetry`] (text or JSON logs; traces and
@@ -28,9 +31,11 @@ pub mod endpoints;
 pub mod http;
 pub mod links;
 pub mod metrics;
+pub mod node_addresses;
 pub mod pins;
 pub mod reconcile;
 pub mod run;
+pub mod slim;
 pub mod source;
 pub mod telemetry;
 pub mod watch;

@@ -1,11 +1,13 @@
 //! The node's host veths as the kernel reports them, and a netlink watch that says at once when
-//! one appears or a pod's host route changes — without waiting for the Kubernetes watch.
+//! one appears, a pod's host route changes, or the node's own addresses change — without
+//! waiting for the Kubernetes watch.
 //!
 //! Why: the VPC CNI creates a pod's veth and host route during CNI ADD, before the kubelet
 //! starts the pod's containers, and seconds before the pod's address reaches the API server
 //! and the agent's watch. [`LinkWatch`] closes that gap: a `NETLINK_ROUTE` socket bound to the
-//! link and route multicast groups (`RTNLGRP_LINK`, `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`)
-//! of the calling thread's network namespace, read through tokio's `AsyncFd` (no polling).
+//! link and route multicast groups (`RTNLGRP_LINK`, `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`),
+//! and when asked the address groups (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`), of the
+//! calling thread's network namespace, read through tokio's `AsyncFd` (no polling).
 //! [`parse`] turns a datagram of messages into [`NodeEvents`]:
 //! - `RTM_NEWLINK` of an interface named `<prefix>…` → [`NodeEvents::new_links`]: the agent
 //!   attaches the probe to it right away; in strict mode the probe then denies the pod's
@@ -14,6 +16,11 @@
 //!   (`/32`, `/128`; not the local table's addresses of this host) →
 //!   [`NodeEvents::changed`]: the next pass should discover again (a pod's route arrived after
 //!   the pass that saw its address, or a pod left).
+//! - `RTM_NEWADDR`/`RTM_DELADDR` of an address wider than link scope →
+//!   [`NodeEvents::addresses_changed`]: the node's own addresses
+//!   ([`crate::node_addresses`]) are read again by the next pass. Link-local and host-scope
+//!   addresses (every new veth's `fe80::`, the loopback's) are never node addresses and start
+//!   nothing.
 //! - A full socket buffer (`ENOBUFS`: notifications were dropped) → [`NodeEvents::overflowed`]:
 //!   the caller lists every link again with [`prefixed_links`].
 //!
@@ -38,6 +45,10 @@ const RTMSG_LEN: usize = 12;
 const RTA_HDRLEN: usize = 4;
 /// The local routing table (addresses of this host).
 const RT_TABLE_LOCAL: u8 = 255;
+/// `ifaddrmsg`: family, prefix length, flags, scope, index.
+const IFADDRMSG_LEN: usize = 8;
+/// `RT_SCOPE_LINK`: scopes from here on (link, host, nowhere) are not the node's addresses.
+const RT_SCOPE_LINK: u8 = 253;
 /// Receive buffer for one datagram: netlink notifications are far smaller.
 const RECV_BUFFER: usize = 64 * 1024;
 
@@ -49,14 +60,17 @@ pub struct NodeEvents {
     pub new_links: Vec<Veth>,
     /// A link of the prefix went away, or a host route came or went.
     pub changed: bool,
+    /// An address of the node came or went (only reported when the watch was opened with
+    /// the address groups).
+    pub addresses_changed: bool,
     /// The kernel dropped notifications (the socket buffer was full): list again.
     pub overflowed: bool,
 }
 
 impl NodeEvents {
-    /// Whether the next pass should discover the node's endpoints again.
+    /// Whether the next pass should discover the node's endpoints (and addresses) again.
     pub fn relevant(&self) -> bool {
-        !self.new_links.is_empty() || self.changed || self.overflowed
+        !self.new_links.is_empty() || self.changed || self.addresses_changed || self.overflowed
     }
 }
 
@@ -90,7 +104,8 @@ pub fn prefixed_links(prefix: &str) -> io::Result<Vec<Veth>> {
     Ok(links)
 }
 
-/// A netlink socket subscribed to the link and route changes of the namespace it was opened in.
+/// A netlink socket subscribed to the link and route changes of the namespace it was opened
+/// in, and to its address changes when asked.
 #[derive(Debug)]
 pub struct LinkWatch {
     socket: AsyncFd<OwnedFd>,
@@ -99,9 +114,10 @@ pub struct LinkWatch {
 }
 
 impl LinkWatch {
-    /// Subscribes to the link and route changes of the calling thread's network namespace;
-    /// only links named `prefix…` are reported. Needs a tokio runtime with I/O enabled.
-    pub fn open(prefix: &str) -> io::Result<LinkWatch> {
+    /// Subscribes to the link and route changes of the calling thread's network namespace,
+    /// and to its address changes when `addresses` is set; only links named `prefix…` are
+    /// reported. Needs a tokio runtime with I/O enabled.
+    pub fn open(prefix: &str, addresses: bool) -> io::Result<LinkWatch> {
         // SAFETY: plain socket(2); the descriptor is owned below.
         let fd = unsafe {
             libc::socket(
@@ -118,8 +134,11 @@ impl LinkWatch {
         // SAFETY: sockaddr_nl is plain data; zero is valid for every field.
         let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        address.nl_groups =
-            (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE) as u32;
+        let mut groups = libc::RTMGRP_LINK | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE;
+        if addresses {
+            groups |= libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR;
+        }
+        address.nl_groups = groups as u32;
         // SAFETY: `address` is a valid sockaddr_nl of the size given.
         let bound = unsafe {
             libc::bind(
@@ -208,6 +227,9 @@ pub fn parse(datagram: &[u8], prefix: &str, events: &mut NodeEvents) {
             libc::RTM_NEWROUTE | libc::RTM_DELROUTE => {
                 events.changed |= is_host_route(body);
             }
+            libc::RTM_NEWADDR | libc::RTM_DELADDR => {
+                events.addresses_changed |= is_wider_than_link(body);
+            }
             _ => {}
         }
         rest = &rest[align(length).min(rest.len())..];
@@ -246,6 +268,13 @@ fn is_host_route(body: &[u8]) -> bool {
         _ => false,
     };
     host && table != RT_TABLE_LOCAL
+}
+
+/// Whether an `RTM_*ADDR` message is about an address of a scope wider than the link (global
+/// or site): one that may be a node address.
+fn is_wider_than_link(body: &[u8]) -> bool {
+    body.get(..IFADDRMSG_LEN)
+        .is_some_and(|header| header[3] < RT_SCOPE_LINK)
 }
 
 /// The `(type, value)` of each attribute in `bytes`.
@@ -375,6 +404,32 @@ mod tests {
                     relevant,
                     "{family} /{dst_len} table {table}"
                 );
+            }
+        }
+    }
+
+    fn ifaddr(family: i32, scope: u8) -> Vec<u8> {
+        let mut header = vec![0; IFADDRMSG_LEN];
+        header[0] = family as u8;
+        header[3] = scope;
+        header
+    }
+
+    #[test]
+    fn node_address_changes_of_global_scope_ask_for_a_pass() {
+        const RT_SCOPE_UNIVERSE: u8 = 0;
+        const RT_SCOPE_HOST: u8 = 254;
+        for (family, scope, relevant) in [
+            (libc::AF_INET, RT_SCOPE_UNIVERSE, true),
+            (libc::AF_INET6, RT_SCOPE_UNIVERSE, true),
+            (libc::AF_INET6, RT_SCOPE_LINK, false),
+            (libc::AF_INET, RT_SCOPE_HOST, false),
+        ] {
+            for kind in [libc::RTM_NEWADDR, libc::RTM_DELADDR] {
+                let events = parsed(&[message(kind, &ifaddr(family, scope), &[])]);
+                assert_eq!(events.addresses_changed, relevant, "{family} scope {scope}");
+                assert_eq!(events.relevant(), relevant);
+                assert!(!events.changed && events.new_links.is_empty());
             }
         }
     }

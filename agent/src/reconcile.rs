@@ -1,7 +1,9 @@
 //! One reconciliation: a cluster snapshot → the probe's policy maps for this node's endpoints.
 //!
 //! 1. [`LocalEndpoints::local`] names the node's endpoints: the pods whose host-side veth is
-//!    on this node (and has the probe attached), each with that veth's ifindex.
+//!    on this node (and has the probe attached), each with that veth's ifindex;
+//!    [`LocalEndpoints::node_addresses`] the node's own addresses, which the caller puts into
+//!    the snapshot (`Snapshot::node_addresses`) before it is compiled.
 //! 2. The pure compiler (`tollgate_enforcer::compile`) turns the whole snapshot into the
 //!    desired state of those endpoints, keeping the endpoint and rule ids of the previous
 //!    compilation, so an unchanged endpoint compiles to the very same entries.
@@ -18,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use tollgate_enforcer::{
@@ -30,7 +33,7 @@ use tollgate_schemas::Direction;
 
 use crate::Error;
 
-/// The pods of this node that are endpoints.
+/// The pods of this node that are endpoints, and the node's own addresses.
 ///
 /// Called once per pass, before the compiler, with the snapshot the pass compiles: the
 /// place to find the veths of new pods and attach the probe to them, so a pod is attached
@@ -38,6 +41,13 @@ use crate::Error;
 pub trait LocalEndpoints {
     /// Endpoint pods by `namespace/name`, each with the ifindex of its host-side veth.
     fn local(&mut self, snapshot: &Snapshot) -> BTreeMap<String, u32>;
+
+    /// The node's own addresses, whose traffic to a local pod passes ingress policy (reason
+    /// `from-node`); empty when that allowance is off. Called once per pass, after
+    /// [`LocalEndpoints::local`]. None, by default.
+    fn node_addresses(&mut self) -> Vec<IpAddr> {
+        Vec::new()
+    }
 
     /// Resolves when the node itself changed so that the next pass may find other endpoints
     /// (a veth or a pod's host route came or went), without any cluster change. Must be

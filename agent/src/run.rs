@@ -2,7 +2,9 @@
 //!
 //! [`Agent::next`] waits for a batch of [`Changes`] from the [`ClusterSource`], takes a
 //! snapshot *after* the batch (so it holds every change the batch names), asks
-//! [`LocalEndpoints`] for the node's endpoints and has the [`Reconciler`] compile and sync. The
+//! [`LocalEndpoints`] for the node's endpoints and its own addresses (which replace the
+//! snapshot's `node_addresses`: they are the node's, not the cluster's) and has the
+//! [`Reconciler`] compile and sync. The
 //! propagation latency of a pass runs from the arrival of the batch's oldest change to the
 //! end of the sync. A pass that fails is retried after 1 s, doubling to 30 s, or sooner
 //! when the cluster changes again. Once a pass has synced, a change of the node itself
@@ -114,8 +116,9 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             () = retry => None,
             () = self.endpoints.changed(), if node => None,
         };
-        let snapshot = self.source.snapshot();
+        let mut snapshot = self.source.snapshot();
         let local = self.endpoints.local(&snapshot);
+        snapshot.node_addresses = self.endpoints.node_addresses();
         let report = match self.reconciler.reconcile(&snapshot, &local, maps) {
             Ok(report) => report,
             Err(error) => {
@@ -279,6 +282,18 @@ mod tests {
             self.maps.state.policy_mut(direction).remove(key);
             Ok(())
         }
+
+        fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), Full> {
+            self.check()?;
+            self.maps.state.node_addrs.insert(*key);
+            Ok(())
+        }
+
+        fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), Full> {
+            self.check()?;
+            self.maps.state.node_addrs.remove(key);
+            Ok(())
+        }
     }
 
     fn verdict(maps: &Flaky, src: &str, dst: &str, port: u16) -> Verdict {
@@ -288,6 +303,7 @@ mod tests {
             protocol: 6,
             src_port: 40_000,
             dst_port: port,
+            service: None,
         };
         decide_flow(&maps.maps.state, &flow).verdict()
     }
@@ -367,5 +383,48 @@ mod tests {
 
         drop(handle);
         assert!(agent.next(&mut maps).await.is_none());
+    }
+
+    /// The seed's endpoints on a node whose addresses the test sets.
+    struct Node {
+        interfaces: BTreeMap<String, u32>,
+        addresses: Vec<std::net::IpAddr>,
+    }
+
+    impl LocalEndpoints for Node {
+        fn local(&mut self, _snapshot: &Snapshot) -> BTreeMap<String, u32> {
+            self.interfaces.clone()
+        }
+
+        fn node_addresses(&mut self) -> Vec<std::net::IpAddr> {
+            self.addresses.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_nodes_addresses_replace_the_snapshots_and_reach_the_maps() {
+        let node = Node {
+            interfaces: BTreeMap::from([("default/httpd".to_owned(), 30)]),
+            addresses: vec!["198.18.10.17".parse().unwrap()],
+        };
+        let mut cluster = seed(true);
+        cluster.node_addresses = vec!["198.18.99.99".parse().unwrap()];
+        let (source, handle) = StaticSource::new(cluster);
+        let mut agent = Agent::new(source, node);
+        let mut maps = Flaky::default();
+        agent.next(&mut maps).await.unwrap().unwrap();
+        let (snapshot, _) = agent.synced().unwrap();
+        assert_eq!(snapshot.node_addresses, agent.endpoints().addresses);
+        let key = EndpointKey {
+            addr: tollgate_schemas::addr::to_bytes("198.18.10.17".parse().unwrap()),
+        };
+        assert_eq!(maps.maps.state.node_addrs, [key].into());
+
+        // The node loses its address: the next pass removes it, and nothing else.
+        agent.endpoints_mut().addresses.clear();
+        handle.set(seed(true));
+        let pass = agent.next(&mut maps).await.unwrap().unwrap();
+        assert!(maps.maps.state.node_addrs.is_empty());
+        assert_eq!((pass.report.upserts, pass.report.deletes), (0, 1));
     }
 }

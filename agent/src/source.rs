@@ -5,7 +5,11 @@
 //! is something new (a batch of [`Changes`]), and [`ClusterSource::snapshot`] hands over the
 //! whole cluster as it is now. [`KubeSource`] answers from the reflectors of [`crate::watch`]
 //! on a real cluster; [`StaticSource`] from a [`Snapshot`] that code sets through a
-//! [`StaticHandle`] (the lab, tests). Everything after the source is the same code.
+//! [`StaticHandle`] (the lab, tests): every object kind of the snapshot, Services and
+//! EndpointSlices included, as given. Everything after the source is the same code.
+//!
+//! A snapshot's `node_addresses` are not the cluster's: the agent replaces them, at every pass,
+//! with the addresses it finds on the node ([`crate::reconcile::LocalEndpoints::node_addresses`]).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -164,5 +168,41 @@ mod tests {
 
         drop(handle);
         assert_eq!(source.changed().await, None);
+    }
+
+    #[tokio::test]
+    async fn services_and_endpoint_slices_pass_through() {
+        let (cluster, errors) = parse_manifests(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: nginx, namespace: default}
+spec:
+  clusterIP: 198.19.117.42
+  selector: {app: nginx}
+  ports: [{port: 80, protocol: TCP, targetPort: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: nginx-6xq8v
+  namespace: default
+  labels: {kubernetes.io/service-name: nginx}
+addressType: IPv4
+endpoints: [{addresses: [198.18.0.20], conditions: {ready: true}}]
+ports: [{name: "", port: 80, protocol: TCP}]
+"#,
+            "services.yaml",
+        );
+        assert_eq!(errors, vec![]);
+        assert_eq!(
+            (cluster.services.len(), cluster.endpoint_slices.len()),
+            (1, 1)
+        );
+        let (mut source, handle) = StaticSource::new(Snapshot::default());
+        source.changed().await.unwrap();
+        handle.set(cluster.clone());
+        source.changed().await.unwrap();
+        assert_eq!(source.snapshot(), cluster);
     }
 }

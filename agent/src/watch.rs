@@ -1,13 +1,14 @@
 //! The cluster as the API server tells it: one reflector each for Namespaces, Pods (all
-//! namespaces: policies' peers select pods cluster-wide) and NetworkPolicies, and the change
-//! log that tells the reconciler when to look again.
+//! namespaces: policies' peers select pods cluster-wide), NetworkPolicies, Services and
+//! EndpointSlices (what a ClusterIP reaches), and the change log that tells the reconciler
+//! when to look again.
 //!
 //! Data flows like this, per kind:
 //! 1. `watcher(api).default_backoff()` lists, then watches from the list's resourceVersion;
 //!    after a `410 Gone` (the resourceVersion expired) or any other desync it lists again,
 //!    with backoff. A watch that ends (its timeout) resumes from the last resourceVersion.
-//! 2. Every object is slimmed ([`slim_pod`], [`slim_namespace`], [`slim_policy`]) to what the
-//!    compiler and the collector read, so a store of every pod of a large cluster stays small.
+//! 2. Every object is slimmed ([`crate::slim`]) to what the compiler and the collector read,
+//!    so a store of every pod and EndpointSlice of a large cluster stays small.
 //! 3. The event goes into kube's reflector store ([`Writer::apply_watcher_event`]): an
 //!    add, change or delete at once; a list into a buffer that replaces the whole store only
 //!    when the list is complete (`InitDone`). A store therefore always holds one complete
@@ -15,7 +16,8 @@
 //!    watch was down is gone after the relist even though no delete event was ever seen.
 //! 4. A change that matters is recorded in the [`ChangeLog`] *after* the store holds it:
 //!    an add or delete, a change of what slimming kept (an update that only touched other
-//!    fields, such as a container's restart count, is dropped here), and every completed list.
+//!    fields, such as a container's restart count or an EndpointSlice endpoint's `serving`
+//!    condition, is dropped here), and every completed list.
 //!
 //! [`ChangeLog::next`] hands the recorded changes over as one [`Changes`] batch once the
 //! burst is over: when no change came for [`Debounce::quiet`], or at the latest
@@ -32,10 +34,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{Container, Namespace, Pod, PodSpec, PodStatus},
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -46,7 +48,11 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
-use tollgate_enforcer::{compile::ENFORCEMENT_ANNOTATION, snapshot::Snapshot};
+use tollgate_enforcer::snapshot::Snapshot;
+
+use crate::slim::{
+    same_but_version, slim_endpoint_slice, slim_namespace, slim_pod, slim_policy, slim_service,
+};
 
 /// The kinds the agent watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,6 +63,10 @@ pub enum Kind {
     Pod,
     /// networking.k8s.io/v1 NetworkPolicy.
     NetworkPolicy,
+    /// v1 Service.
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
 }
 
 impl Kind {
@@ -66,6 +76,8 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 }
@@ -203,7 +215,7 @@ impl ChangeLog {
     }
 }
 
-/// The three reflectors of one agent, their stores, and the change log they feed.
+/// The reflectors of one agent (one per [`Kind`]), their stores, and the change log they feed.
 ///
 /// Dropping it stops the watches.
 #[derive(Debug)]
@@ -211,13 +223,15 @@ pub struct Watchers {
     namespaces: Store<Namespace>,
     pods: Store<Pod>,
     policies: Store<NetworkPolicy>,
+    services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
     changes: Arc<ChangeLog>,
     _tasks: JoinSet<()>,
 }
 
 impl Watchers {
-    /// Starts watching Namespaces, Pods and NetworkPolicies of the whole cluster through
-    /// `client`, each with `config` (inside a tokio runtime).
+    /// Starts watching Namespaces, Pods, NetworkPolicies, Services and EndpointSlices of the
+    /// whole cluster through `client`, each with `config` (inside a tokio runtime).
     pub fn start(client: Client, config: watcher::Config) -> Watchers {
         let changes = Arc::new(ChangeLog::default());
         let mut spawner = Spawner {
@@ -230,6 +244,8 @@ impl Watchers {
             namespaces: spawner.reflector(Kind::Namespace, slim_namespace),
             pods: spawner.reflector(Kind::Pod, slim_pod),
             policies: spawner.reflector(Kind::NetworkPolicy, slim_policy),
+            services: spawner.reflector(Kind::Service, slim_service),
+            endpoint_slices: spawner.reflector(Kind::EndpointSlice, slim_endpoint_slice),
             changes,
             _tasks: spawner.tasks,
         }
@@ -241,6 +257,8 @@ impl Watchers {
         self.namespaces.wait_until_ready().await?;
         self.pods.wait_until_ready().await?;
         self.policies.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.endpoint_slices.wait_until_ready().await?;
         Ok(())
     }
 
@@ -251,14 +269,19 @@ impl Watchers {
 
     /// What the stores hold now, each kind ordered by namespace and name.
     ///
-    /// Each kind is read at once (one complete list plus the events after it); the three
-    /// kinds are read one after the other, so an event arriving in between may be in one and
-    /// not yet in another — the change log has it, and the next snapshot is complete.
+    /// Each kind is read at once (one complete list plus the events after it); the kinds are
+    /// read one after the other, so an event arriving in between may be in one and not yet in
+    /// another — the change log has it, and the next snapshot is complete. (The API server
+    /// orders nothing across kinds either: an EndpointSlice may name a pod whose own event has
+    /// not arrived yet.) The node's addresses are not the cluster's: left empty here.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             namespaces: sorted(&self.namespaces),
             pods: sorted(&self.pods),
             policies: sorted(&self.policies),
+            services: sorted(&self.services),
+            endpoint_slices: sorted(&self.endpoint_slices),
+            node_addresses: Vec::new(),
         }
     }
 }
@@ -385,73 +408,6 @@ where
     }
 }
 
-/// Whether two versions of an object differ only in their resourceVersion.
-fn same_but_version<K: Resource + Clone + PartialEq>(stored: &K, new: &K) -> bool {
-    let mut stored = stored.clone();
-    stored.meta_mut().resource_version = new.meta().resource_version.clone();
-    stored == *new
-}
-
-/// The metadata every kind keeps: identity, labels, owners, and the enforcement annotation.
-fn slim_meta(meta: &mut ObjectMeta) {
-    let annotations = meta.annotations.take().and_then(|mut all| {
-        let kept: BTreeMap<String, String> = all
-            .remove_entry(ENFORCEMENT_ANNOTATION)
-            .into_iter()
-            .collect();
-        (!kept.is_empty()).then_some(kept)
-    });
-    *meta = ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        uid: meta.uid.take(),
-        resource_version: meta.resource_version.take(),
-        labels: meta.labels.take(),
-        owner_references: meta.owner_references.take(),
-        annotations,
-        ..ObjectMeta::default()
-    };
-}
-
-/// Keeps what the compiler reads of a pod (labels, addresses, phase, host network, named
-/// container ports) and what the collector names it by (owners), plus its node.
-pub fn slim_pod(pod: &mut Pod) {
-    slim_meta(&mut pod.metadata);
-    pod.spec = pod.spec.take().map(|spec| PodSpec {
-        containers: spec
-            .containers
-            .into_iter()
-            .map(|container| Container {
-                name: container.name,
-                ports: container.ports,
-                ..Container::default()
-            })
-            .collect(),
-        host_network: spec.host_network,
-        node_name: spec.node_name,
-        ..PodSpec::default()
-    });
-    pod.status = pod.status.take().map(|status| PodStatus {
-        phase: status.phase,
-        pod_ip: status.pod_ip,
-        pod_ips: status.pod_ips,
-        ..PodStatus::default()
-    });
-}
-
-/// Keeps a namespace's name, labels and enforcement annotation.
-pub fn slim_namespace(namespace: &mut Namespace) {
-    slim_meta(&mut namespace.metadata);
-    namespace.spec = None;
-    namespace.status = None;
-}
-
-/// Keeps a NetworkPolicy's spec and enforcement annotation (not, for one, the
-/// `last-applied-configuration` copy of its spec).
-pub fn slim_policy(policy: &mut NetworkPolicy) {
-    slim_meta(&mut policy.metadata);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,77 +453,5 @@ mod tests {
         log.close();
         assert_eq!(log.next(Debounce::NONE).await.unwrap().events, 1);
         assert_eq!(log.next(Debounce::NONE).await, None);
-    }
-
-    #[test]
-    fn slimming_keeps_what_the_compiler_reads() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": "web-1", "namespace": "shop", "uid": "u1", "resourceVersion": "5",
-                "labels": {"app": "web"},
-                "annotations": {"kubectl.kubernetes.io/restartedAt": "now"},
-                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                    "name": "web-5d", "uid": "u0", "controller": true}]
-            },
-            "spec": {"nodeName": "n1", "hostNetwork": false, "containers": [{
-                "name": "web", "image": "nginx",
-                "env": [{"name": "A", "value": "b"}],
-                "ports": [{"name": "http", "containerPort": 80, "protocol": "TCP"}]
-            }]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}],
-                "hostIP": "192.168.0.1",
-                "containerStatuses": [{"name": "web", "image": "nginx", "imageID": "",
-                    "ready": true, "restartCount": 3}]}
-        }))
-        .unwrap();
-        let mut slim = pod.clone();
-        slim_pod(&mut slim);
-        let expected: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": "web-1", "namespace": "shop", "uid": "u1", "resourceVersion": "5",
-                "labels": {"app": "web"},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                    "name": "web-5d", "uid": "u0", "controller": true}]
-            },
-            "spec": {"nodeName": "n1", "hostNetwork": false, "containers": [{
-                "name": "web",
-                "ports": [{"name": "http", "containerPort": 80, "protocol": "TCP"}]
-            }]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}]}
-        }))
-        .unwrap();
-        assert_eq!(slim, expected);
-
-        // A restart count is no change; a label is.
-        let mut restarted = pod.clone();
-        restarted.metadata.resource_version = Some("6".to_owned());
-        restarted
-            .status
-            .as_mut()
-            .unwrap()
-            .container_statuses
-            .as_mut()
-            .unwrap()[0]
-            .restart_count = 4;
-        slim_pod(&mut restarted);
-        assert!(same_but_version(&slim, &restarted));
-        restarted
-            .labels_mut()
-            .insert("tier".to_owned(), "front".to_owned());
-        assert!(!same_but_version(&slim, &restarted));
-
-        let mut policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "shop", "annotations": {
-                ENFORCEMENT_ANNOTATION: "audit",
-                "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
-            "spec": {"podSelector": {}}
-        }))
-        .unwrap();
-        slim_policy(&mut policy);
-        assert_eq!(
-            policy.annotations(),
-            &BTreeMap::from([(ENFORCEMENT_ANNOTATION.to_owned(), "audit".to_owned())])
-        );
     }
 }

@@ -84,6 +84,7 @@ fn cluster() -> Snapshot {
         namespaces,
         pods,
         policies,
+        ..Snapshot::default()
     }
 }
 

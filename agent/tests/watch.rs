@@ -3,12 +3,15 @@
 //! in-memory maps that log every write.
 //!
 //! The cluster is the seed's (`examples/seed/`): kube-dns, nginx, httpd and amazonlinux on
-//! this node (`lab-node`), the three seed policies, and besides, a host-network aws-node pod
-//! here, a prometheus pod on another node, and a policy that lets namespaces labelled
-//! `tollgate.io/scrape=true` scrape nginx on 9113. Every test starts from the initial lists
-//! (resourceVersion 1000) and serves one scenario's watch responses, then checks which
-//! endpoints' entries were written and what the probe's decision logic (the userspace model,
-//! over the very maps the sync wrote) makes of the flows that matter.
+//! this node (`lab-node`, address 10.0.1.17), the three seed policies, and besides, a
+//! host-network aws-node pod here, a prometheus pod on another node, a policy that lets
+//! namespaces labelled `tollgate.io/scrape=true` scrape nginx on 9113, and the Services of an
+//! EKS cluster: `default/kubernetes` (no selector: the API server's addresses in a slice of its
+//! own) and `kube-system/kube-dns` (ClusterIP 198.19.0.10), each with its EndpointSlice. Every
+//! test starts from the initial lists (resourceVersion 1000) and serves one scenario's watch
+//! responses, then checks which endpoints' entries were written and what the probe's decision
+//! logic (the userspace model, over the very maps the sync wrote) makes of the flows that
+//! matter.
 
 mod apiserver;
 
@@ -24,18 +27,27 @@ use tollgate_agent::{
     watch::Kind,
 };
 use tollgate_enforcer::{
-    decision::ProbeFlow,
+    decision::{Decision, ProbeFlow},
     desired::{DesiredState, PolicyEntryKey},
-    model::decide_flow,
+    model::{decide_flow, decide_hook},
     snapshot::{Snapshot, pod_addresses, pod_key},
     sync::{InMemoryMaps, PolicyMaps},
 };
 use tollgate_schemas::{
-    Direction, EndpointKey, EndpointState, PolicyValue, Verdict, addr, endpoint_flags,
+    Direction, EndpointKey, EndpointState, PolicyValue, Reason, Verdict, addr, endpoint_flags,
 };
 
 /// The node the agent runs on, as the pods' `spec.nodeName` says.
 const NODE: &str = "lab-node";
+
+/// The node's address (its pods' `status.hostIP`).
+const NODE_ADDRESS: &str = "10.0.1.17";
+
+/// ClusterIPs of the fixtures' Services.
+const KUBE_DNS: &str = "198.19.0.10";
+const KUBERNETES: &str = "198.19.0.1";
+const NGINX: &str = "198.19.117.42";
+const HTTPD: &str = "198.19.205.17";
 
 /// Every pod of the fixtures that has an address of its own.
 const PODS: &[(&str, &str)] = &[
@@ -46,6 +58,7 @@ const PODS: &[(&str, &str)] = &[
     ("default/amazonlinux", "198.18.0.40"),
     ("default/curl", "198.18.0.41"),
     ("monitoring/prometheus-0", "198.18.1.50"),
+    ("kube-system/coredns-5d78c9869d-7xq2m", "198.18.1.53"),
 ];
 
 fn ip(pod: &str) -> IpAddr {
@@ -61,7 +74,8 @@ fn pod_at(ip: IpAddr) -> &'static str {
 }
 
 /// The node's endpoints as the VPC CNI makes them: the pods scheduled here that have an
-/// address of their own, each on a host veth, here numbered 100 + the address's last byte.
+/// address of their own, each on a host veth, here numbered 100 + the address's last byte; and
+/// the node's address.
 struct ScheduledHere;
 
 impl LocalEndpoints for ScheduledHere {
@@ -80,9 +94,14 @@ impl LocalEndpoints for ScheduledHere {
             })
             .collect()
     }
+
+    fn node_addresses(&mut self) -> Vec<IpAddr> {
+        vec![NODE_ADDRESS.parse().unwrap()]
+    }
 }
 
-/// In-memory policy maps that log the endpoint id of every write, in order.
+/// In-memory policy maps that log every write (its endpoint id, or the node address), in
+/// order.
 #[derive(Default)]
 struct Recorder {
     maps: InMemoryMaps,
@@ -93,12 +112,14 @@ struct Recorder {
 enum Write {
     Endpoint(u32),
     Policy(u32),
+    NodeAddr,
 }
 
 impl Write {
-    fn endpoint(self) -> u32 {
+    fn endpoint(self) -> Option<u32> {
         match self {
-            Write::Endpoint(id) | Write::Policy(id) => id,
+            Write::Endpoint(id) | Write::Policy(id) => Some(id),
+            Write::NodeAddr => None,
         }
     }
 }
@@ -142,6 +163,16 @@ impl PolicyMaps for Recorder {
     ) -> Result<(), Self::Error> {
         self.writes.push(Write::Policy(key.key.endpoint));
         self.maps.delete_policy(direction, key)
+    }
+
+    fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
+        self.writes.push(Write::NodeAddr);
+        self.maps.insert_node_addr(key)
+    }
+
+    fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
+        self.writes.push(Write::NodeAddr);
+        self.maps.delete_node_addr(key)
     }
 }
 
@@ -214,6 +245,17 @@ impl Node {
             Verb::List,
             "initial/networkpolicies.list.json",
         );
+        self.serve_service_lists();
+    }
+
+    fn serve_service_lists(&self) {
+        self.server
+            .serve(Resource::Services, Verb::List, "initial/services.list.json");
+        self.server.serve(
+            Resource::EndpointSlices,
+            Verb::List,
+            "initial/endpointslices.list.json",
+        );
     }
 
     /// Waits for the agent's next pass.
@@ -228,7 +270,8 @@ impl Node {
         let writes = std::mem::take(&mut self.maps.writes);
         let written = writes
             .iter()
-            .flat_map(|w| self.pods_of(w.endpoint(), &before))
+            .filter_map(|w| w.endpoint())
+            .flat_map(|id| self.pods_of(id, &before))
             .collect();
         assert!(pass.latency.is_some());
         Step {
@@ -267,8 +310,38 @@ impl Node {
             protocol,
             src_port: 40_000,
             dst_port: port,
+            service: None,
         };
         decide_flow(&self.maps.maps.state, &flow).verdict()
+    }
+
+    /// How `from`'s egress decides a new connection to a Service's ClusterIP (`vip`) and port:
+    /// what the probe sees before kube-proxy's DNAT.
+    fn to_service(&self, from: &str, vip: &str, protocol: u8, port: u16) -> Decision {
+        let (src, vip): (IpAddr, IpAddr) = (ip(from), vip.parse().unwrap());
+        decide_hook(
+            &self.maps.maps.state,
+            Direction::Egress,
+            addr::to_bytes(src),
+            addr::to_bytes(vip),
+            protocol,
+            port,
+        )
+        .unwrap_or_else(|| panic!("{from} is no endpoint"))
+    }
+
+    /// How `to`'s ingress decides a new connection from `src` on `port`.
+    fn ingress_from(&self, src: &str, to: &str, protocol: u8, port: u16) -> Decision {
+        let src: IpAddr = src.parse().unwrap();
+        decide_hook(
+            &self.maps.maps.state,
+            Direction::Ingress,
+            addr::to_bytes(ip(to)),
+            addr::to_bytes(src),
+            protocol,
+            port,
+        )
+        .unwrap_or_else(|| panic!("{to} is no endpoint"))
     }
 }
 
@@ -291,6 +364,7 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
         Verb::List,
         "initial/networkpolicies.list.json",
     );
+    node.serve_service_lists();
     // The pod list is outstanding: the agent waits, and the maps stay empty (in strict mode
     // the probe denies every pod that is not programmed yet).
     node.server.requested(Resource::Pods, Verb::List, 1).await;
@@ -305,7 +379,22 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
     let changes = first.pass.changes.as_ref().unwrap();
     assert_eq!(
         changes.listed,
-        BTreeSet::from([Kind::Namespace, Kind::Pod, Kind::NetworkPolicy])
+        BTreeSet::from([
+            Kind::Namespace,
+            Kind::Pod,
+            Kind::NetworkPolicy,
+            Kind::Service,
+            Kind::EndpointSlice
+        ])
+    );
+    let (snapshot, _) = node.agent.synced().unwrap();
+    assert_eq!(
+        (snapshot.services.len(), snapshot.endpoint_slices.len()),
+        (2, 2)
+    );
+    assert_eq!(
+        snapshot.node_addresses,
+        [NODE_ADDRESS.parse::<IpAddr>().unwrap()]
     );
     // The four pods of this node with an address of their own: not the host-network aws-node
     // pod, not prometheus on the other node.
@@ -336,12 +425,38 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
         node.verdict("default/amazonlinux", "default/httpd", TCP, 80),
         Verdict::Deny
     );
+    // Through kube-dns's ClusterIP: DNS over UDP reaches its one backend, which amazonlinux
+    // may reach; TCP 53 and the API server's addresses it may not.
+    let dns = node.to_service("default/amazonlinux", KUBE_DNS, UDP, 53);
+    assert_eq!(
+        (dns.verdict, dns.reason),
+        (Verdict::Allow, Reason::AllowedByRule)
+    );
+    for (vip, protocol, port) in [(KUBE_DNS, TCP, 53), (KUBERNETES, TCP, 443)] {
+        let denied = node.to_service("default/amazonlinux", vip, protocol, port);
+        assert_eq!(
+            (denied.verdict, denied.reason),
+            (Verdict::Deny, Reason::IsolatedNoMatch),
+            "{vip}:{port}"
+        );
+    }
+    // The node's own traffic passes httpd's default-deny ingress (kubelet probes); another
+    // address does not.
+    let probe = node.ingress_from(NODE_ADDRESS, "default/httpd", TCP, 80);
+    assert_eq!(
+        (probe.verdict, probe.reason),
+        (Verdict::Allow, Reason::FromNode)
+    );
+    let other = node.ingress_from("10.0.2.31", "default/httpd", TCP, 80);
+    assert_eq!(other.verdict, Verdict::Deny);
 
     // Each kind then watches from its list's resourceVersion, with bookmarks.
     for resource in [
         Resource::Namespaces,
         Resource::Pods,
         Resource::NetworkPolicies,
+        Resource::Services,
+        Resource::EndpointSlices,
     ] {
         let watch = node.server.requested(resource, Verb::Watch, 1).await;
         assert_eq!(watch.param("resourceVersion"), Some("1000"), "{resource:?}");
@@ -573,4 +688,148 @@ async fn an_expired_watch_relists_and_loses_no_deletion() {
     // The new watch starts from the relist's resourceVersion.
     let watch = node.server.requested(Resource::Pods, Verb::Watch, 2).await;
     assert_eq!(watch.param("resourceVersion"), Some("1620"));
+}
+
+#[tokio::test]
+async fn services_and_their_backends_reach_the_compiler() {
+    let mut node = Node::started().await;
+    for vip in [NGINX, HTTPD] {
+        let unknown = node.to_service("default/amazonlinux", vip, TCP, 80);
+        assert_eq!(unknown.verdict, Verdict::Deny, "{vip}");
+    }
+
+    // Added: `kubectl expose deployment nginx --port 80`, and httpd the same. Before their
+    // EndpointSlices, each Service's backends are the ready pods its selector matches:
+    // amazonlinux may reach nginx's ClusterIP (only its egress entries change), not httpd's.
+    node.server.serve(
+        Resource::Services,
+        Verb::Watch,
+        "services/services.1.watch.jsonl",
+    );
+    let exposed = node.pass().await;
+    let changes = exposed.pass.changes.as_ref().unwrap();
+    assert_eq!(
+        (
+            changes.events,
+            changes.resource_versions[&Kind::Service].as_str()
+        ),
+        (2, "1702")
+    );
+    exposed.assert_written(&["default/amazonlinux"]);
+    let nginx = node.to_service("default/amazonlinux", NGINX, TCP, 80);
+    assert_eq!(
+        (nginx.verdict, nginx.reason),
+        (Verdict::Allow, Reason::AllowedByRule)
+    );
+    assert_eq!(
+        node.to_service("default/amazonlinux", HTTPD, TCP, 80)
+            .verdict,
+        Verdict::Deny
+    );
+
+    // Their EndpointSlices name the same backends: a pass, and nothing to write.
+    node.server.serve(
+        Resource::EndpointSlices,
+        Verb::Watch,
+        "services/endpointslices.1.watch.jsonl",
+    );
+    let sliced = node.pass().await;
+    assert_eq!(
+        sliced.pass.changes.as_ref().unwrap().resource_versions[&Kind::EndpointSlice],
+        "1704"
+    );
+    sliced.assert_written(&[]);
+
+    // Backends change: CoreDNS scales to two, and kube-dns's slice names the new replica (on
+    // another node) before the pod's own events arrive. amazonlinux's policy cannot be shown
+    // to allow a pod the agent does not know, and kube-proxy may pick it: DNS through the
+    // ClusterIP is denied, with its reason (fail closed).
+    node.server.serve(
+        Resource::EndpointSlices,
+        Verb::Watch,
+        "services/endpointslices.2.watch.jsonl",
+    );
+    let scaled = node.pass().await;
+    scaled.assert_written(&["default/amazonlinux"]);
+    let partly = node.to_service("default/amazonlinux", KUBE_DNS, UDP, 53);
+    assert_eq!(
+        (partly.verdict, partly.reason),
+        (Verdict::Deny, Reason::ServiceBackendsDenied)
+    );
+    // Its pod arrives (created, then running): amazonlinux may reach it, so both backends.
+    node.server
+        .serve(Resource::Pods, Verb::Watch, "services/pods.watch.jsonl");
+    let arrived = node.pass().await;
+    assert_eq!(
+        arrived.pass.changes.as_ref().unwrap().resource_versions[&Kind::Pod],
+        "1709"
+    );
+    arrived.assert_written(&["default/amazonlinux"]);
+    let both = node.to_service("default/amazonlinux", KUBE_DNS, UDP, 53);
+    assert_eq!(
+        (both.verdict, both.reason),
+        (Verdict::Allow, Reason::AllowedByRule)
+    );
+
+    // Scaled back: the replica stops being ready, then stops serving (a change of nothing the
+    // compiler reads: dropped before the change log), then leaves the slice. Two changes, and
+    // DNS through the ClusterIP stays allowed.
+    node.server.serve(
+        Resource::EndpointSlices,
+        Verb::Watch,
+        "services/endpointslices.3.watch.jsonl",
+    );
+    let drained = node.pass().await;
+    let changes = drained.pass.changes.as_ref().unwrap();
+    assert_eq!(
+        (
+            changes.events,
+            changes.resource_versions[&Kind::EndpointSlice].as_str()
+        ),
+        (2, "1722")
+    );
+    drained.assert_written(&[]);
+    assert_eq!(
+        node.to_service("default/amazonlinux", KUBE_DNS, UDP, 53)
+            .verdict,
+        Verdict::Allow
+    );
+
+    // Deleted: an annotation (no change), then nginx's Service goes: its ClusterIP leaves
+    // amazonlinux's entries. Its slice, garbage-collected after it, changes nothing more.
+    node.server.serve(
+        Resource::Services,
+        Verb::Watch,
+        "services/services.2.watch.jsonl",
+    );
+    let deleted = node.pass().await;
+    let changes = deleted.pass.changes.as_ref().unwrap();
+    assert_eq!(
+        (
+            changes.events,
+            changes.resource_versions[&Kind::Service].as_str()
+        ),
+        (1, "1731")
+    );
+    deleted.assert_written(&["default/amazonlinux"]);
+    assert_eq!(
+        node.to_service("default/amazonlinux", NGINX, TCP, 80)
+            .verdict,
+        Verdict::Deny
+    );
+    node.server.serve(
+        Resource::EndpointSlices,
+        Verb::Watch,
+        "services/endpointslices.4.watch.jsonl",
+    );
+    node.pass().await.assert_written(&[]);
+    let (snapshot, _) = node.agent.synced().unwrap();
+    let names: Vec<&str> = snapshot
+        .services
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, ["httpd", "kubernetes", "kube-dns"]);
+    assert_eq!(snapshot.endpoint_slices.len(), 3);
+    assert_eq!(node.server.unexpected(), Vec::<String>::new());
 }

@@ -1,11 +1,13 @@
 //! Aggregation: flow events → flow records, one per flow, verdict and window.
 //!
 //! [`Aggregator::ingest`] enriches each event as it arrives, with the identities that held
-//! *at the event's timestamp* ([`Identities`]), and adds it to the open record of its key:
-//! the window (Unix seconds / window length), the flow's addresses, ports, protocol and
-//! direction, the deciding endpoint, verdict, reason and rule, and the identity spans of both
-//! ends (so the same addresses held by two pods in one window make two records). Packets,
-//! bytes and events are summed, TCP flags OR-ed, first and last times kept.
+//! *at the event's timestamp* ([`Identities`]): who held each end (a pod, or the node itself),
+//! the Service whose ClusterIP, protocol and port the destination was, and the rule. It adds
+//! the event to the open record of its key: the window (Unix seconds / window length), the
+//! flow's addresses, ports, protocol and direction, the deciding endpoint, verdict, reason and
+//! rule, and the identity spans of both ends and of the Service (so the same addresses held
+//! by two pods in one window make two records, as does a ClusterIP handed from one Service to
+//! another). Packets, bytes and events are summed, TCP flags OR-ed, first and last times kept.
 //! [`Aggregator::close_before`] hands out the records of every window that ended; a late event
 //! for a closed window opens a fresh record, which is closed at the next call.
 //!
@@ -21,7 +23,7 @@ use tollgate_schemas::{Direction, FlowEvent, Reason, Verdict, addr, proto};
 use crate::{
     clock::{Clock, NS_PER_S},
     config::RecordMode,
-    identity::Identities,
+    identity::{Identities, ServiceAddress},
     record::{Flow, FlowRecord, RecordBody},
 };
 
@@ -41,9 +43,10 @@ struct Key {
     icmp_code: u8,
     endpoint: u32,
     rule_id: u32,
-    /// Identity spans of source, destination and rule (0: none).
+    /// Identity spans of source, destination, Service and rule (0: none).
     src_serial: u64,
     dst_serial: u64,
+    svc_serial: u64,
     rule_serial: u64,
 }
 
@@ -72,7 +75,7 @@ pub struct Aggregator {
     window_s: u64,
     mode: RecordMode,
     max_open: usize,
-    /// Keyed with foldhash: the key is ~90 bytes, hashed for every event.
+    /// Keyed with foldhash: the key is ~100 bytes, hashed for every event.
     open: HashMap<Key, Open, RandomState>,
 }
 
@@ -117,8 +120,16 @@ impl Aggregator {
         }
         let unix_ns = clock.unix_ns(event.ts_ns);
         let ts = event.ts_ns;
-        let src_pod = identities.pod_at(&event.src_addr, ts);
-        let dst_pod = identities.pod_at(&event.dst_addr, ts);
+        let src = identities.holder_at(&event.src_addr, ts);
+        let dst = identities.holder_at(&event.dst_addr, ts);
+        let service = identities.service_at(
+            &ServiceAddress {
+                addr: event.dst_addr,
+                protocol: event.protocol,
+                port: event.dst_port,
+            },
+            ts,
+        );
         let rule = (event.rule_id != 0)
             .then(|| identities.rule_at(event.rule_id, ts))
             .flatten();
@@ -137,8 +148,9 @@ impl Aggregator {
             icmp_code: event.icmp_code,
             endpoint: event.endpoint,
             rule_id: event.rule_id,
-            src_serial: src_pod.as_ref().map_or(0, |h| h.serial),
-            dst_serial: dst_pod.as_ref().map_or(0, |h| h.serial),
+            src_serial: src.as_ref().map_or(0, |h| h.serial),
+            dst_serial: dst.as_ref().map_or(0, |h| h.serial),
+            svc_serial: service.as_ref().map_or(0, |h| h.serial),
             rule_serial: rule.as_ref().map_or(0, |h| h.serial),
         };
         if let Some(open) = self.open.get_mut(&key) {
@@ -176,8 +188,9 @@ impl Aggregator {
             bytes: event.bytes,
             tcp_flags: event.tcp_flags,
             events: 1,
-            src_pod: src_pod.map(|h| h.value),
-            dst_pod: dst_pod.map(|h| h.value),
+            src_holder: src.map(|h| h.holder),
+            dst_holder: dst.map(|h| h.holder),
+            service: service.map(|h| h.value),
             rule: rule.map(|h| h.value),
             audit,
         };

@@ -1,22 +1,33 @@
-//! Kubernetes identity over time: who held an address, what a rule id stood for, and whether an
-//! endpoint ran in audit mode, *at the time of an event*.
+//! Kubernetes identity over time: who held an address (a pod, or the node itself), which
+//! Service a ClusterIP and port stood for, what a rule id stood for, and whether an endpoint
+//! ran in audit mode, *at the time of an event*.
 //!
 //! The enforcer tells the collector what the cluster looks like after every change
 //! ([`Identities::observe`], with the time of the change in the probe's clock); each fact is
-//! kept as a [`History`] of spans. Enrichment asks for the fact at the event's timestamp
-//! ([`Identities::pod_at`], [`Identities::rule_at`], [`Identities::audit_at`]), so an address
-//! that moved to another pod between the event and the write is still attributed to the pod
-//! that had it when the packet was decided. Histories are bounded: closed spans older than the
-//! retention are pruned, and each key keeps at most a few spans.
+//! kept as a [`History`] of spans:
+//! - pods by address, from the snapshot's pods (hostNetwork pods left out: their addresses
+//!   are their node's, shared by every such pod of the node);
+//! - the node's own addresses, from the snapshot (the agent finds them on the node);
+//! - Services by (ClusterIP, protocol, port), from the compiled Services (headless Services
+//!   have no ClusterIP and name nothing);
+//! - rule ids and endpoint audit flags, from the compilation.
+//!
+//! Enrichment asks for the fact at the event's timestamp ([`Identities::holder_at`],
+//! [`Identities::service_at`], [`Identities::rule_at`], [`Identities::audit_at`]), so an
+//! address that moved to another pod, or a ClusterIP handed to another Service, between the
+//! event and the write is still attributed to what held it when the packet was decided.
+//! Histories are bounded: closed spans older than the retention are pruned, and each key keeps
+//! at most a few spans.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use k8s_openapi::api::core::v1::Pod;
 use tollgate_enforcer::{
-    compile::Compiled,
+    compile::{Compiled, services::ServiceInfo},
     desired::RuleRef,
     snapshot::{Snapshot, pod_addresses},
 };
@@ -92,6 +103,61 @@ pub fn workload_of(pod: &Pod) -> String {
     }
     format!("{}/{}", owner.kind, owner.name)
 }
+
+/// Who held an address at a moment, as flow records name an end of a flow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Holder {
+    /// A pod of the cluster.
+    Pod(Arc<PodIdentity>),
+    /// The node itself: one of the addresses the agent found on it (kubelet probes and
+    /// node-local agents come from these). Records name it `Node/<node>`.
+    Node,
+}
+
+/// Who held an address at a moment, with the serial of the span in which they held it (as
+/// [`Held`]: two holders of one address never share a record).
+#[derive(Debug, Clone)]
+pub struct Holding {
+    /// Serial of the span, unique within the [`Identities`].
+    pub serial: u64,
+    /// Who held the address.
+    pub holder: Holder,
+}
+
+/// A Service, as flow records name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceIdentity {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// What a connection is addressed to when it goes to a Service: a ClusterIP (16-byte form),
+/// the IANA protocol and the Service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServiceAddress {
+    /// The ClusterIP.
+    pub addr: [u8; 16],
+    /// TCP, UDP or SCTP.
+    pub protocol: u8,
+    /// The Service port (not the backends' `targetPort`).
+    pub port: u16,
+}
+
+impl ServiceAddress {
+    fn new(addr: IpAddr, protocol: u8, port: u16) -> Self {
+        Self {
+            addr: addr::to_bytes(addr),
+            protocol,
+            port,
+        }
+    }
+}
+
+/// The mark of one of the node's own addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NodeAddress;
 
 /// One value of a key over a span of time (ns of `CLOCK_BOOTTIME`).
 #[derive(Debug, Clone)]
@@ -211,6 +277,8 @@ struct AuditFlags(u32);
 #[derive(Debug)]
 pub struct Identities {
     pods: History<[u8; 16], PodIdentity>,
+    nodes: History<[u8; 16], NodeAddress>,
+    services: History<ServiceAddress, ServiceIdentity>,
     rules: History<u32, RuleRef>,
     endpoints: History<u32, AuditFlags>,
     serial: u64,
@@ -229,6 +297,8 @@ impl Identities {
     pub fn new(retention_ns: u64) -> Self {
         Self {
             pods: History::default(),
+            nodes: History::default(),
+            services: History::default(),
             rules: History::default(),
             endpoints: History::default(),
             serial: 0,
@@ -238,20 +308,35 @@ impl Identities {
     }
 
     /// Records the cluster as it is from `at_ns` (ns of `CLOCK_BOOTTIME`) on: the pods of
-    /// `snapshot` by address, and the rule ids and endpoint audit flags of `compiled`. What
-    /// the first call records is taken to hold since before the collector started.
+    /// `snapshot` by address and the node's own addresses, and the Services, rule ids and
+    /// endpoint audit flags of `compiled`. What the first call records is taken to hold since
+    /// before the collector started.
     pub fn observe(&mut self, snapshot: &Snapshot, compiled: &Compiled, at_ns: u64) {
         let at_ns = if self.observed { at_ns } else { 0 };
         self.observed = true;
 
         let mut pods: HashMap<[u8; 16], PodIdentity> = HashMap::new();
-        for pod in &snapshot.pods {
+        for pod in snapshot.pods.iter().filter(|pod| !is_host_network(pod)) {
             let identity = PodIdentity::of(pod);
             for address in pod_addresses(pod) {
                 pods.insert(addr::to_bytes(address), identity.clone());
             }
         }
         replace(&mut self.pods, pods, at_ns, &mut self.serial);
+
+        let nodes: HashMap<[u8; 16], NodeAddress> = snapshot
+            .node_addresses
+            .iter()
+            .map(|address| (addr::to_bytes(*address), NodeAddress))
+            .collect();
+        replace(&mut self.nodes, nodes, at_ns, &mut self.serial);
+
+        replace(
+            &mut self.services,
+            service_addresses(&compiled.services),
+            at_ns,
+            &mut self.serial,
+        );
 
         let rules: HashMap<u32, RuleRef> = compiled
             .rules
@@ -270,14 +355,31 @@ impl Identities {
 
         if let Some(before) = at_ns.checked_sub(self.retention_ns) {
             self.pods.prune(before);
+            self.nodes.prune(before);
+            self.services.prune(before);
             self.rules.prune(before);
             self.endpoints.prune(before);
         }
     }
 
-    /// The pod that held `address` (16-byte form) at `ts_ns`.
-    pub fn pod_at(&self, address: &[u8; 16], ts_ns: u64) -> Option<Held<PodIdentity>> {
-        self.pods.at(address, ts_ns)
+    /// Who held `address` (16-byte form) at `ts_ns`: the node, when it was one of the node's
+    /// own addresses then, or else the pod that had it.
+    pub fn holder_at(&self, address: &[u8; 16], ts_ns: u64) -> Option<Holding> {
+        if let Some(node) = self.nodes.at(address, ts_ns) {
+            return Some(Holding {
+                serial: node.serial,
+                holder: Holder::Node,
+            });
+        }
+        self.pods.at(address, ts_ns).map(|pod| Holding {
+            serial: pod.serial,
+            holder: Holder::Pod(pod.value),
+        })
+    }
+
+    /// The Service whose ClusterIP, protocol and port `to` was at `ts_ns`.
+    pub fn service_at(&self, to: &ServiceAddress, ts_ns: u64) -> Option<Held<ServiceIdentity>> {
+        self.services.at(to, ts_ns)
     }
 
     /// The policy rule `rule_id` stood for at `ts_ns`.
@@ -296,6 +398,36 @@ impl Identities {
     pub fn pod_spans(&self) -> usize {
         self.pods.len()
     }
+}
+
+/// Whether `pod` shares its node's network namespace (`spec.hostNetwork`): its addresses are
+/// the node's, so they name no pod.
+fn is_host_network(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.host_network)
+        .unwrap_or(false)
+}
+
+/// Every (ClusterIP, protocol, port) of `services` with the Service it stands for; headless
+/// Services have no ClusterIP and add nothing.
+fn service_addresses(services: &[ServiceInfo]) -> HashMap<ServiceAddress, ServiceIdentity> {
+    let mut table = HashMap::new();
+    for service in services {
+        let identity = ServiceIdentity {
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+        };
+        for cluster_ip in &service.cluster_ips {
+            for port in &service.ports {
+                table.insert(
+                    ServiceAddress::new(*cluster_ip, port.protocol, port.port),
+                    identity.clone(),
+                );
+            }
+        }
+    }
+    table
 }
 
 /// Makes `history` hold exactly `now` from `at_ns` on: changed keys get a new span, vanished

@@ -87,7 +87,7 @@ pub struct StoredRecord {
     pub dstport: Option<i32>,
     /// `src_namespace`/`src_pod`.
     pub src_pod: Option<String>,
-    /// `src_workload`.
+    /// `src_workload` (`Node/<node>` for the node itself, with `src_pod` null).
     pub src_workload: Option<String>,
     /// `dst_namespace`/`dst_pod`.
     pub dst_pod: Option<String>,
@@ -125,6 +125,13 @@ pub struct StoredRecord {
     pub isolation_reason: Option<String>,
     /// `isolation_detail` (JSON).
     pub isolation_detail: Option<String>,
+    /// `svc_namespace`/`svc_name`: the Service the flow was addressed to (null in files
+    /// written before the columns existed).
+    pub service: Option<String>,
+    /// `svc_addr`.
+    pub svc_addr: Option<String>,
+    /// `svc_port`.
+    pub svc_port: Option<i32>,
 }
 
 impl StoredRecord {
@@ -290,6 +297,15 @@ fn decode(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), &'stat
         appended("isolation_reason")?,
         appended("isolation_detail")?,
     );
+    let (svc_namespace, svc_name, svc_addr) = (
+        appended("svc_namespace")?,
+        appended("svc_name")?,
+        appended("svc_addr")?,
+    );
+    let svc_port = match batch.column_by_name("svc_port") {
+        None => None,
+        Some(column) => Some(column.as_primitive_opt::<Int32Type>().ok_or("svc_port")?),
+    };
     let a = |column: Option<&StringArray>, row: usize| column.and_then(|c| opt_text(c, row));
     for row in 0..batch.num_rows() {
         out.push(StoredRecord {
@@ -323,6 +339,9 @@ fn decode(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), &'stat
             isolation_actor: a(isolation_actor, row),
             isolation_reason: a(isolation_reason, row),
             isolation_detail: a(isolation_detail, row),
+            service: joined(a(svc_namespace, row), a(svc_name, row)),
+            svc_addr: a(svc_addr, row),
+            svc_port: svc_port.and_then(|c| opt_int(c, row)),
         });
     }
     Ok(())
@@ -346,7 +365,9 @@ fn joined(namespace: Option<String>, name: Option<String>) -> Option<String> {
 
 /// `records` as a table: time, action, direction, protocol, source, destination, reason,
 /// policy, packets; loss records say what was lost, isolation records who isolated which pod,
-/// why and with which policy.
+/// why and with which policy. An end is named by its pod, else its workload (`Node/<node>`
+/// for the node itself), else its address; a destination that was a Service's ClusterIP as
+/// `service:<namespace>/<name>`.
 pub fn render_table(records: &[StoredRecord]) -> String {
     let mut rows = vec![[
         "START".to_owned(),
@@ -400,8 +421,8 @@ pub fn render_table(records: &[StoredRecord]) -> String {
             ]);
             continue;
         }
-        let peer = |pod: &Option<String>, addr: &Option<String>, port: Option<i32>| {
-            let who = pod.clone().or_else(|| addr.clone()).unwrap_or_default();
+        let peer = |who: Option<String>, addr: &Option<String>, port: Option<i32>| {
+            let who = who.or_else(|| addr.clone()).unwrap_or_default();
             match port {
                 Some(port) if port != 0 => format!("{who}:{port}"),
                 _ => who,
@@ -417,8 +438,20 @@ pub fn render_table(records: &[StoredRecord]) -> String {
             r.action.clone().unwrap_or_default(),
             r.flow_direction.clone().unwrap_or_default(),
             protocol_name(r.protocol),
-            peer(&r.src_pod, &r.srcaddr, r.srcport),
-            peer(&r.dst_pod, &r.dstaddr, r.dstport),
+            peer(
+                r.src_pod.clone().or_else(|| r.src_workload.clone()),
+                &r.srcaddr,
+                r.srcport,
+            ),
+            peer(
+                r.service
+                    .as_ref()
+                    .map(|service| format!("service:{service}"))
+                    .or_else(|| r.dst_pod.clone())
+                    .or_else(|| r.dst_workload.clone()),
+                &r.dstaddr,
+                r.dstport,
+            ),
             reason,
             match (&r.policy, r.policy_rule) {
                 (Some(policy), Some(rule)) => format!("{policy}[{rule}]"),

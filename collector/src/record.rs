@@ -5,6 +5,11 @@
 //! them out as one [`RecordBatch`] of the schema `tollgate_schemas::record` defines, column by
 //! column in [`COLUMNS`] order. The schema is checked against the builders at every call:
 //! a column added to the schema but not here fails loudly instead of writing a wrong file.
+//!
+//! An end of a flow held by the node itself is written as `Node/<node>` in its workload
+//! column (the record's own `node`: the addresses are the deciding node's), its other pod
+//! columns null; a flow to a Service fills the `svc_*` columns from the Service and the
+//! flow's destination.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -21,7 +26,10 @@ use tollgate_schemas::{
     record::{COLUMNS, FLOW_RECORD_VERSION, arrow_schema},
 };
 
-use crate::{identity::PodIdentity, loss::LossSpan};
+use crate::{
+    identity::{Holder, PodIdentity, ServiceIdentity},
+    loss::LossSpan,
+};
 
 /// One flow, one verdict and reason, within one window.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,10 +60,13 @@ pub struct Flow {
     pub tcp_flags: u8,
     /// Events aggregated.
     pub events: u64,
-    /// The pod that held `src` at the time.
-    pub src_pod: Option<Arc<PodIdentity>>,
-    /// The pod that held `dst` at the time.
-    pub dst_pod: Option<Arc<PodIdentity>>,
+    /// Who held `src` at the time.
+    pub src_holder: Option<Holder>,
+    /// Who held `dst` at the time.
+    pub dst_holder: Option<Holder>,
+    /// The Service whose ClusterIP, protocol and port `dst`, `protocol` and `dst_port` were at
+    /// the time.
+    pub service: Option<Arc<ServiceIdentity>>,
     /// The rule that allowed the flow.
     pub rule: Option<Arc<RuleRef>>,
     /// Whether the deciding endpoint ran this direction in audit mode.
@@ -223,6 +234,10 @@ struct Columns {
     isolation_actor: StringBuilder,
     isolation_reason: StringBuilder,
     isolation_detail: StringBuilder,
+    svc_namespace: StringBuilder,
+    svc_name: StringBuilder,
+    svc_addr: StringBuilder,
+    svc_port: Int32Builder,
 }
 
 /// The four columns of one side's pod.
@@ -245,6 +260,23 @@ impl PodColumns {
             pod: StringBuilder::with_capacity(rows, rows * 16),
             workload: StringBuilder::with_capacity(rows, rows * 16),
             labels: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()),
+        }
+    }
+
+    /// An end of a flow: its pod, the node (`Node/<node>` as the workload, the rest null),
+    /// or nothing known.
+    fn push_holder(&mut self, holder: Option<&Holder>, node: &str) {
+        match holder {
+            Some(Holder::Pod(pod)) => self.push(Some(pod)),
+            Some(Holder::Node) => {
+                self.namespace.append_null();
+                self.pod.append_null();
+                // Writing into a StringBuilder cannot fail.
+                let _ = write!(self.workload, "Node/{node}");
+                self.workload.append_value("");
+                let _ = self.labels.append(false);
+            }
+            None => self.push(None),
         }
     }
 
@@ -323,6 +355,10 @@ impl Columns {
             isolation_actor: strings(0),
             isolation_reason: strings(0),
             isolation_detail: strings(0),
+            svc_namespace: strings(0),
+            svc_name: strings(0),
+            svc_addr: strings(0),
+            svc_port: Int32Builder::with_capacity(rows),
         }
     }
 
@@ -333,9 +369,28 @@ impl Columns {
         self.node.append_value(node);
         self.cluster.append_value(cluster);
         match &record.body {
-            RecordBody::Flow(flow) => self.push_flow(flow),
+            RecordBody::Flow(flow) => self.push_flow(flow, node),
             RecordBody::Loss(span) => self.push_loss(span),
             RecordBody::Isolation(isolation) => self.push_isolation(isolation),
+        }
+    }
+
+    /// The `svc_*` columns: the Service a flow was addressed to with its ClusterIP and port
+    /// (the flow's destination), or nulls.
+    fn push_service(&mut self, service: Option<(&ServiceIdentity, IpAddr, u16)>) {
+        match service {
+            Some((service, addr, port)) => {
+                self.svc_namespace.append_value(&service.namespace);
+                self.svc_name.append_value(&service.name);
+                append_address(&mut self.svc_addr, addr);
+                self.svc_port.append_value(i32::from(port));
+            }
+            None => {
+                self.svc_namespace.append_null();
+                self.svc_name.append_null();
+                self.svc_addr.append_null();
+                self.svc_port.append_null();
+            }
         }
     }
 
@@ -347,7 +402,7 @@ impl Columns {
         self.isolation_detail.append_null();
     }
 
-    fn push_flow(&mut self, flow: &Flow) {
+    fn push_flow(&mut self, flow: &Flow, node: &str) {
         append_address(&mut self.srcaddr, flow.src);
         append_address(&mut self.dstaddr, flow.dst);
         self.srcport.append_value(i32::from(flow.src_port));
@@ -367,8 +422,8 @@ impl Columns {
             .append_option(flow.icmp.map(|(t, _)| i32::from(t)));
         self.icmp_code
             .append_option(flow.icmp.map(|(_, c)| i32::from(c)));
-        self.src.push(flow.src_pod.as_deref());
-        self.dst.push(flow.dst_pod.as_deref());
+        self.src.push_holder(flow.src_holder.as_ref(), node);
+        self.dst.push_holder(flow.dst_holder.as_ref(), node);
         self.verdict.append_value(flow.verdict.name());
         self.verdict_reason.append_value(flow.reason.name());
         match flow.rule.as_deref() {
@@ -390,6 +445,11 @@ impl Columns {
         self.skipped_events.append_null();
         self.loss_source.append_null();
         self.push_no_isolation();
+        self.push_service(
+            flow.service
+                .as_deref()
+                .map(|service| (service, flow.dst, flow.dst_port)),
+        );
     }
 
     /// The flow columns of a record that is not a flow: null, except those a loss or an
@@ -411,6 +471,7 @@ impl Columns {
         self.verdict_reason.append_null();
         self.policy_rule.append_null();
         self.events.append_value(0);
+        self.push_service(None);
     }
 
     fn push_loss(&mut self, span: &LossSpan) {
@@ -482,6 +543,10 @@ impl Columns {
         arrays.push(Arc::new(self.isolation_actor.finish()));
         arrays.push(Arc::new(self.isolation_reason.finish()));
         arrays.push(Arc::new(self.isolation_detail.finish()));
+        arrays.push(Arc::new(self.svc_namespace.finish()));
+        arrays.push(Arc::new(self.svc_name.finish()));
+        arrays.push(Arc::new(self.svc_addr.finish()));
+        arrays.push(Arc::new(self.svc_port.finish()));
         arrays
     }
 }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_array::{Array, RecordBatch, cast::AsArray, types::Int32Type};
+use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::schema::printer::print_schema;
@@ -29,7 +30,7 @@ use tollgate_collector::{
     loss::LossSource,
     metrics::Metrics,
     pipeline::{Pipeline, SharedIdentities},
-    read::{StoredRecord, parquet_files, read_file},
+    read::{StoredRecord, parquet_files, read_file, render_table},
     record::schema,
     spool::Recovery,
 };
@@ -222,6 +223,8 @@ fn snapshot(manifests: &[(&str, &str)]) -> Snapshot {
         snapshot.namespaces.extend(part.namespaces);
         snapshot.pods.extend(part.pods);
         snapshot.policies.extend(part.policies);
+        snapshot.services.extend(part.services);
+        snapshot.endpoint_slices.extend(part.endpoint_slices);
     }
     snapshot
 }
@@ -1284,5 +1287,361 @@ fn loss_records_count_only_records_that_reached_the_spool() {
         load(&metrics.loss_records[LossSource::SpoolFull as usize]),
         0,
         "no SKIPDATA record reached the spool"
+    );
+}
+
+/// Services of the Service tests: `default/web` (dual-stack, selecting [`TEST_PODS`]' web pod)
+/// with a TCP port whose `targetPort` differs and a UDP port.
+const WEB_SERVICE: &str = "
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  clusterIP: 198.19.0.80
+  clusterIPs:
+  - 198.19.0.80
+  - fd00:19::80
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+  - name: metrics
+    port: 9090
+    protocol: UDP
+    targetPort: 9090
+";
+
+const WEB_CLUSTER_IP: &str = "198.19.0.80";
+const WEB_CLUSTER_IP_V6: &str = "fd00:19::80";
+
+/// What a record says about the Service: `svc_namespace/svc_name`, `svc_addr`, `svc_port`.
+fn service_of(row: &Row) -> (Option<&str>, Option<&str>, Option<i32>) {
+    (
+        row.stored.service.as_deref(),
+        row.stored.svc_addr.as_deref(),
+        row.stored.svc_port,
+    )
+}
+
+#[test]
+fn records_name_the_service_a_flow_was_addressed_to() {
+    let spool = TempDir::new("service");
+    let mut snapshot = seed();
+    snapshot.services.extend(snapshot_services(WEB_SERVICE));
+    let compiled = compiled(&snapshot, &Ids::default());
+    let identities = shared(Identities::default());
+    identities
+        .lock()
+        .unwrap()
+        .observe(&snapshot, &compiled, boottime_ns());
+    let (mut pipeline, _, _) = open(&settings(&spool), &identities);
+    let amazonlinux = endpoint(&compiled, "default/amazonlinux");
+    let web = endpoint(&compiled, "default/web-7c5ddbdf54-x2x9q");
+    let second = now_s() / 60 * 60 + 30;
+    let egress = |src_port: u16, dst: &str, dst_port: u16| FlowEvent {
+        endpoint: amazonlinux,
+        ..tcp(AMAZONLINUX, src_port, dst, dst_port, at(second))
+    };
+    pipeline.ingest(&[
+        // Only some backends allowed: denied before kube-proxy picks one.
+        FlowEvent {
+            reason: Reason::ServiceBackendsDenied as u8,
+            ..egress(40_000, WEB_CLUSTER_IP, 80)
+        },
+        // The UDP port of the same ClusterIP.
+        FlowEvent {
+            protocol: proto::UDP,
+            tcp_flags: 0,
+            ..egress(40_001, WEB_CLUSTER_IP, 9090)
+        },
+        // The Service's IPv6 ClusterIP.
+        FlowEvent {
+            family: 6,
+            ..tcp(OUTSIDE_V6_SRC, 40_002, WEB_CLUSTER_IP_V6, 80, at(second))
+        },
+        // Not a Service port: TCP to the UDP port, and a port the Service does not have.
+        egress(40_003, WEB_CLUSTER_IP, 9090),
+        egress(40_004, WEB_CLUSTER_IP, 443),
+        // The backend's own ingress decision, after kube-proxy's rewrite: no Service seen.
+        FlowEvent {
+            direction: Direction::Ingress as u8,
+            endpoint: web,
+            ..tcp(AMAZONLINUX, 40_005, WEB, 8080, at(second))
+        },
+    ]);
+    pipeline.finish(None).expect("a clean stop");
+
+    let rows = read_ready(&spool);
+    assert_eq!(rows.len(), 6, "{rows:#?}");
+    let denied = row_of(
+        &rows,
+        (AMAZONLINUX, 40_000),
+        (WEB_CLUSTER_IP, 80),
+        proto::TCP,
+    );
+    assert_eq!(
+        service_of(denied),
+        (Some("default/web"), Some(WEB_CLUSTER_IP), Some(80))
+    );
+    assert_eq!(
+        denied.stored.verdict_reason.as_deref(),
+        Some("service-backends-denied")
+    );
+    assert_eq!(denied.stored.action.as_deref(), Some("REJECT"));
+    assert_eq!(
+        denied.stored.src_pod.as_deref(),
+        Some("default/amazonlinux")
+    );
+    // The destination is the ClusterIP the probe saw, which no pod holds.
+    assert_eq!(
+        (
+            denied.stored.dst_pod.as_deref(),
+            denied.stored.dst_workload.as_deref()
+        ),
+        (None, None)
+    );
+    let udp = row_of(
+        &rows,
+        (AMAZONLINUX, 40_001),
+        (WEB_CLUSTER_IP, 9090),
+        proto::UDP,
+    );
+    assert_eq!(
+        service_of(udp),
+        (Some("default/web"), Some(WEB_CLUSTER_IP), Some(9090))
+    );
+    let v6 = row_of(
+        &rows,
+        (OUTSIDE_V6_SRC, 40_002),
+        (WEB_CLUSTER_IP_V6, 80),
+        proto::TCP,
+    );
+    assert_eq!(
+        service_of(v6),
+        (Some("default/web"), Some(WEB_CLUSTER_IP_V6), Some(80))
+    );
+    for (src_port, dst, dst_port) in [
+        (40_003, WEB_CLUSTER_IP, 9090),
+        (40_004, WEB_CLUSTER_IP, 443),
+        (40_005, WEB, 8080),
+    ] {
+        let row = row_of(&rows, (AMAZONLINUX, src_port), (dst, dst_port), proto::TCP);
+        assert_eq!(service_of(row), (None, None, None), "{row:#?}");
+    }
+    let backend = row_of(&rows, (AMAZONLINUX, 40_005), (WEB, 8080), proto::TCP);
+    assert_eq!(
+        backend.stored.dst_pod.as_deref(),
+        Some("default/web-7c5ddbdf54-x2x9q")
+    );
+
+    // `tollgate flows` names the Service as the destination.
+    let table = render_table(std::slice::from_ref(&denied.stored));
+    assert!(
+        table.contains("service:default/web:80"),
+        "the Service in the table:\n{table}"
+    );
+
+    // A file written before the Service columns were appended reads them as null.
+    let files = ready_files(&spool);
+    let older = spool.path().join("older.parquet");
+    write_without(&files[0], &older, &SERVICE_COLUMNS);
+    let stored = read_file(&older).expect("reading a file of the older layout");
+    assert_eq!(stored.len(), rows.len());
+    for (old, new) in stored.iter().zip(&rows) {
+        assert_eq!(
+            (
+                old.service.as_deref(),
+                old.svc_addr.as_deref(),
+                old.svc_port
+            ),
+            (None, None, None)
+        );
+        assert_eq!(old.dstaddr, new.stored.dstaddr);
+    }
+}
+
+/// The columns appended for Services.
+const SERVICE_COLUMNS: [&str; 4] = ["svc_namespace", "svc_name", "svc_addr", "svc_port"];
+
+/// Copies the Parquet file `from` to `to` without the columns `left_out`, as a collector that
+/// did not know them wrote it.
+fn write_without(from: &Path, to: &Path, left_out: &[&str]) {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(from).expect("opening"))
+        .and_then(|builder| builder.build())
+        .expect("a Parquet file");
+    let mut writer = None;
+    for batch in reader {
+        let batch = batch.expect("a record batch");
+        let kept: Vec<usize> = (0..batch.num_columns())
+            .filter(|i| !left_out.contains(&batch.schema().field(*i).name().as_str()))
+            .collect();
+        let batch = batch.project(&kept).expect("projecting");
+        writer
+            .get_or_insert_with(|| {
+                ArrowWriter::try_new(File::create(to).expect("creating"), batch.schema(), None)
+                    .expect("a writer")
+            })
+            .write(&batch)
+            .expect("writing");
+    }
+    writer.expect("a batch").close().expect("closing");
+}
+
+/// The Services of `text` (YAML), which must all be valid.
+fn snapshot_services(text: &str) -> Vec<k8s_openapi::api::core::v1::Service> {
+    snapshot(&[("services", text)]).services
+}
+
+#[test]
+fn a_cluster_ip_handed_to_another_service_is_named_as_of_the_event() {
+    let spool = TempDir::new("service-reuse");
+    let search = "
+apiVersion: v1
+kind: Service
+metadata:
+  name: search
+  namespace: beta
+spec:
+  clusterIP: 198.19.0.80
+  ports:
+  - port: 80
+    protocol: TCP
+";
+    let pods = snapshot(&[("test pods", TEST_PODS)]);
+    let mut before = pods.clone();
+    before.services = snapshot_services(WEB_SERVICE);
+    let mut after = pods;
+    after.services = snapshot_services(search);
+    let compiled_before = compiled(&before, &Ids::default());
+    let compiled_after = compiled(&after, &compiled_before.ids);
+
+    let identities = shared(Identities::default());
+    let (mut pipeline, _, _) = open(&settings(&spool), &identities);
+    let minute = now_s() / 60 * 60;
+    let (t0, t1, t2, t3) = (minute + 20, minute + 21, minute + 22, minute + 23);
+    // The same 5-tuple each time: only the Service that held the ClusterIP tells them apart.
+    let to_cluster_ip = |second: u64, packets: u64| FlowEvent {
+        packets,
+        ..tcp(TOOLBOX, 41_000, WEB_CLUSTER_IP, 80, at(second))
+    };
+    identities
+        .lock()
+        .unwrap()
+        .observe(&before, &compiled_before, at(t0));
+    pipeline.ingest(&[to_cluster_ip(t1, 1)]);
+    // web is deleted; search gets its ClusterIP.
+    identities
+        .lock()
+        .unwrap()
+        .observe(&after, &compiled_after, at(t2));
+    pipeline.ingest(&[to_cluster_ip(t3, 4)]);
+    // An event stamped at t1 that reaches the collector late is still web's.
+    pipeline.ingest(&[to_cluster_ip(t1, 2)]);
+    pipeline.finish(None).expect("a clean stop");
+
+    let mut named: Vec<(Option<String>, i64, Option<i64>)> = read_ready(&spool)
+        .into_iter()
+        .map(|r| (r.stored.service, r.stored.start, r.stored.packets))
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        [
+            (some("beta/search"), t3 as i64, Some(4)),
+            (some("default/web"), t1 as i64, Some(3)),
+        ]
+    );
+}
+
+#[test]
+fn the_node_is_named_as_the_node_and_a_host_network_pod_not_at_all() {
+    let spool = TempDir::new("node");
+    let host_network = "
+apiVersion: v1
+kind: Pod
+metadata:
+  name: kube-proxy-x7k2p
+  namespace: kube-system
+spec:
+  hostNetwork: true
+  nodeName: lab-node
+  containers:
+  - name: kube-proxy
+    image: kube-proxy
+status:
+  phase: Running
+  podIP: 198.18.0.1
+  podIPs:
+  - ip: 198.18.0.1
+";
+    let node_address = "198.18.0.1";
+    let mut snapshot = snapshot(&[("test pods", TEST_PODS), ("kube-proxy", host_network)]);
+    snapshot.node_addresses = vec![node_address.parse().unwrap()];
+    let compiled = compiled(&snapshot, &Ids::default());
+    let identities = shared(Identities::default());
+    identities
+        .lock()
+        .unwrap()
+        .observe(&snapshot, &compiled, boottime_ns());
+    let (mut pipeline, _, _) = open(&settings(&spool), &identities);
+    let web = endpoint(&compiled, "default/web-7c5ddbdf54-x2x9q");
+    let toolbox = endpoint(&compiled, "default/toolbox");
+    let second = now_s() / 60 * 60 + 30;
+    pipeline.ingest(&[
+        // The kubelet's readiness probe: passes ingress policy as from-node.
+        FlowEvent {
+            direction: Direction::Ingress as u8,
+            verdict: Verdict::Allow as u8,
+            reason: Reason::FromNode as u8,
+            endpoint: web,
+            ..tcp(node_address, 50_000, WEB, 8080, at(second))
+        },
+        // A pod calling the node (kubelet's port).
+        FlowEvent {
+            endpoint: toolbox,
+            ..tcp(TOOLBOX, 40_000, node_address, 10_250, at(second))
+        },
+    ]);
+    pipeline.finish(None).expect("a clean stop");
+
+    let rows = read_ready(&spool);
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    let node_workload = format!("Node/{NODE}");
+    let probe = row_of(&rows, (node_address, 50_000), (WEB, 8080), proto::TCP);
+    assert_eq!(probe.stored.verdict_reason.as_deref(), Some("from-node"));
+    assert_eq!(probe.stored.action.as_deref(), Some("ACCEPT"));
+    assert_eq!(
+        probe.stored.src_workload.as_deref(),
+        Some(node_workload.as_str())
+    );
+    assert_eq!(
+        (
+            probe.raw.src_namespace.as_deref(),
+            probe.raw.src_pod.as_deref(),
+            probe.raw.src_labels.as_ref()
+        ),
+        (None, None, None),
+        "the node is no pod, whatever hostNetwork pod shares its address"
+    );
+    assert_eq!(
+        probe.stored.dst_pod.as_deref(),
+        Some("default/web-7c5ddbdf54-x2x9q")
+    );
+    let to_node = row_of(&rows, (TOOLBOX, 40_000), (node_address, 10_250), proto::TCP);
+    assert_eq!(
+        to_node.stored.dst_workload.as_deref(),
+        Some(node_workload.as_str())
+    );
+    assert_eq!(to_node.raw.dst_pod, None);
+
+    let table = render_table(std::slice::from_ref(&probe.stored));
+    assert!(
+        table.contains(&format!("{node_workload}:50000")),
+        "the node as the source in the table:\n{table}"
     );
 }

@@ -2,7 +2,7 @@
 //! programs read.
 
 use aya::maps::{MapError, lpm_trie::Key};
-use tollgate_schemas::{Direction, EndpointKey, EndpointState, PolicyValue, map_names};
+use tollgate_schemas::{Direction, EndpointKey, EndpointState, NodeAddr, PolicyValue, map_names};
 
 use crate::{
     desired::{DesiredState, PolicyEntryKey},
@@ -71,6 +71,11 @@ impl PolicyMaps for AyaMaps<'_> {
                 out.insert(key, value);
             }
         }
+        for key in self.maps.node_addrs.keys() {
+            state
+                .node_addrs
+                .insert(key.map_err(named(map_names::NODE_ADDRS))?);
+        }
         Ok(state)
     }
 
@@ -111,5 +116,19 @@ impl PolicyMaps for AyaMaps<'_> {
         let (trie, name) = self.trie(direction);
         trie.remove(&Key::new(key.prefix_len, key.key))
             .map_err(named(name))
+    }
+
+    fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
+        self.maps
+            .node_addrs
+            .insert(key, NodeAddr::default(), 0)
+            .map_err(named(map_names::NODE_ADDRS))
+    }
+
+    fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
+        self.maps
+            .node_addrs
+            .remove(key)
+            .map_err(named(map_names::NODE_ADDRS))
     }
 }

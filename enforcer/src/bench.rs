@@ -7,7 +7,10 @@
 //! - new flow allowed among N CIDR rules: every run a packet of a different flow (another source
 //!   port), so each one takes the whole path: endpoint, conntrack miss, LPM lookup, port match,
 //!   conntrack insert and the flow event;
-//! - denied: one packet of a denied flow, `repeat` times per syscall: the deduplicated path.
+//! - denied: one packet of a denied flow, `repeat` times per syscall: the deduplicated path;
+//! - new egress flow (the `from_pod` program) of a client whose policy allows one server: to the
+//!   server's address, and to a Service's ClusterIP whose one backend is that server (what the
+//!   Service handling costs: the ClusterIP is a host entry of the client's egress trie).
 //!
 //! Medians are printed: of the per-round means for repeated runs, of the single runs otherwise.
 
@@ -61,7 +64,76 @@ pub fn datapath(repeat: u32) -> Result<Vec<BenchResult>, DatapathError> {
             results.push(denied(&mut datapath, repeat)?);
         }
     }
+    let mut datapath = BpfDatapath::new()?;
+    program_service(&mut datapath)?;
+    let server: IpAddr = SERVER.parse().expect("valid address");
+    let cluster_ip: IpAddr = CLUSTER_IP.parse().expect("valid address");
+    for (case, dst, port) in [
+        ("new egress flow, to the pod's address", server, 80),
+        ("new egress flow, to a ClusterIP", cluster_ip, 8080),
+    ] {
+        let client: IpAddr = CLIENT.parse().expect("valid address");
+        results.push(fresh_flows(
+            &mut datapath,
+            case,
+            Direction::Egress,
+            repeat,
+            |src_port| PacketSpec::first(client, dst, proto::TCP, src_port, port).build(),
+        )?);
+    }
     Ok(results)
+}
+
+/// Client of the egress cases, and the ClusterIP of the server's Service.
+const CLIENT: &str = "198.18.0.20";
+const CLUSTER_IP: &str = "198.19.0.10";
+
+/// A client allowed to the server on 80/TCP, and a Service (8080 → 80) in front of the server.
+fn program_service(datapath: &mut BpfDatapath) -> Result<(), DatapathError> {
+    let manifests = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: server, namespace: bench, labels: {{app: server}}}}
+status: {{phase: Running, podIP: {SERVER}, podIPs: [{{ip: {SERVER}}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: bench, labels: {{app: client}}}}
+status: {{phase: Running, podIP: {CLIENT}, podIPs: [{{ip: {CLIENT}}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: server, namespace: bench}}
+spec:
+  clusterIP: {CLUSTER_IP}
+  selector: {{app: server}}
+  ports: [{{port: 8080, protocol: TCP, targetPort: 80}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: client-to-server, namespace: bench}}
+spec:
+  podSelector: {{matchLabels: {{app: client}}}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{{podSelector: {{matchLabels: {{app: server}}}}}}]
+    ports: [{{port: 80, protocol: TCP}}]
+"#
+    );
+    let (snapshot, errors) = crate::manifest::parse_manifests(&manifests, "bench");
+    let compiled = compile(
+        &snapshot,
+        &Placement::AllPods { ifindex: 1 },
+        &Ids::default(),
+    );
+    if let Some(error) = errors.first().or(compiled.errors.first()) {
+        return Err(DatapathError {
+            datapath: "bpf",
+            message: format!("benchmark objects did not compile: {error}"),
+        });
+    }
+    datapath.program(&compiled.desired)
 }
 
 /// The table the `bench` command prints.
@@ -138,6 +210,7 @@ fn program(datapath: &mut BpfDatapath, rules: usize) -> Result<(), DatapathError
         }],
         pods: vec![server],
         policies: vec![policy],
+        ..Snapshot::default()
     };
     let compiled = compile(
         &snapshot,
@@ -183,11 +256,26 @@ fn new_flows(
     count: u32,
 ) -> Result<BenchResult, DatapathError> {
     let case = format!("new flow, allowed among {rules} CIDR rules");
+    let (_, client) = client_net(rules - 1);
+    fresh_flows(datapath, &case, Direction::Ingress, count, |port| {
+        packet(client, port, 80)
+    })
+}
+
+/// `count` runs of `direction`'s program, each on the packet `frame(source port)` of a flow
+/// not seen before, so each one takes the whole path: endpoint, conntrack miss, LPM lookup,
+/// port match, conntrack insert and the flow event.
+fn fresh_flows(
+    datapath: &mut BpfDatapath,
+    case: &str,
+    direction: Direction,
+    count: u32,
+    frame: impl Fn(u16) -> Vec<u8>,
+) -> Result<BenchResult, DatapathError> {
     datapath
         .probe_mut()
         .clear_flow_state()
         .map_err(probe_error)?;
-    let (_, client) = client_net(rules - 1);
     let mut samples = Vec::with_capacity(count as usize);
     for i in 0..count {
         // A different flow every run: source ports cycle, and the flow state is cleared before
@@ -199,12 +287,12 @@ fn new_flows(
                 .clear_flow_state()
                 .map_err(probe_error)?;
         }
-        let run = datapath.run(Direction::Ingress, &packet(client, port, 80))?;
-        expect_passed(run.passed, &case, true)?;
+        let run = datapath.run(direction, &frame(port))?;
+        expect_passed(run.passed, case, true)?;
         samples.push(run.duration_ns as f64);
     }
     Ok(BenchResult {
-        case,
+        case: case.to_owned(),
         median_ns: median(samples),
         packets: u64::from(count),
     })

@@ -176,30 +176,42 @@ impl Datapath for BpfDatapath {
     fn decide(&mut self, flow: &ProbeFlow) -> Result<FlowOutcome, DatapathError> {
         self.probe.clear_flow_state().map_err(error)?;
         self.events.drain();
-        let first = PacketSpec::first(
+        // Through a Service, the source sees the ClusterIP both ways and the backend sees the
+        // client after kube-proxy's DNAT; without one, both packets are the same.
+        let (addressed, addressed_port) = flow.addressed();
+        let sent = PacketSpec::first(
+            flow.src,
+            addressed,
+            flow.protocol,
+            flow.src_port,
+            addressed_port,
+        );
+        let delivered = PacketSpec::first(
             flow.src,
             flow.dst,
             flow.protocol,
             flow.src_port,
             flow.dst_port,
         );
-        let reply = first.reply();
         let mut outcome = FlowOutcome::default();
         let passes = |d: &Option<Decision>| d.is_none_or(|d| d.verdict.passes());
         if self.is_endpoint(flow.src) {
-            outcome.egress = Some(self.hook(Direction::Egress, &first, Reason::Established)?);
+            outcome.egress = Some(self.hook(Direction::Egress, &sent, Reason::Established)?);
         }
         if passes(&outcome.egress) && self.is_endpoint(flow.dst) {
-            outcome.ingress = Some(self.hook(Direction::Ingress, &first, Reason::Established)?);
+            outcome.ingress =
+                Some(self.hook(Direction::Ingress, &delivered, Reason::Established)?);
         }
         if !(passes(&outcome.egress) && passes(&outcome.ingress)) {
             return Ok(outcome);
         }
         if self.is_endpoint(flow.dst) {
-            outcome.reply_egress = Some(self.hook(Direction::Egress, &reply, Reason::Reply)?);
+            outcome.reply_egress =
+                Some(self.hook(Direction::Egress, &delivered.reply(), Reason::Reply)?);
         }
         if passes(&outcome.reply_egress) && self.is_endpoint(flow.src) {
-            outcome.reply_ingress = Some(self.hook(Direction::Ingress, &reply, Reason::Reply)?);
+            outcome.reply_ingress =
+                Some(self.hook(Direction::Ingress, &sent.reply(), Reason::Reply)?);
         }
         Ok(outcome)
     }

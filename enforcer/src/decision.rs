@@ -20,6 +20,28 @@ pub struct ProbeFlow {
     pub src_port: u16,
     /// Destination port: the port policy rules match, in both directions.
     pub dst_port: u16,
+    /// The Service address the client connected to, when `dst`:`dst_port` is a backend that
+    /// kube-proxy picked for it: the source's egress (and the reply arriving at the source)
+    /// sees this address and port, the destination's ingress sees `dst`:`dst_port`.
+    pub service: Option<ServiceHop>,
+}
+
+/// A Service's ClusterIP and port, as the client addressed it before kube-proxy's DNAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceHop {
+    /// The ClusterIP.
+    pub addr: IpAddr,
+    /// The Service port.
+    pub port: u16,
+}
+
+impl ProbeFlow {
+    /// The destination address and port the source's egress sees: the Service's when there is
+    /// one, else the flow's own.
+    pub fn addressed(&self) -> (IpAddr, u16) {
+        self.service
+            .map_or((self.dst, self.dst_port), |hop| (hop.addr, hop.port))
+    }
 }
 
 /// One decision at one hook.

@@ -1,7 +1,7 @@
 //! The desired contents of the probe's policy maps, as the compiler produces them and the
 //! map sync writes them, plus the tables userspace needs to name what the maps refer to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tollgate_schemas::{Direction, EndpointKey, EndpointState, PolicyKey, PolicyValue};
 
@@ -24,6 +24,9 @@ pub struct DesiredState {
     pub ingress: BTreeMap<PolicyEntryKey, PolicyValue>,
     /// Egress LPM trie: (endpoint, destination prefix) → what may leave towards there.
     pub egress: BTreeMap<PolicyEntryKey, PolicyValue>,
+    /// Node-address map: the node's own addresses, whose traffic to a local pod passes
+    /// ingress policy (reason `from-node`).
+    pub node_addrs: BTreeSet<EndpointKey>,
 }
 
 impl DesiredState {

@@ -5,14 +5,16 @@
 //!    itself (documents are numbered from 1, as `SOURCE document N` in errors).
 //! 2. Each document is parsed into a generic YAML value; `kind: List` and `*List` documents
 //!    (what `kubectl get -o yaml` prints) are flattened into their `items`.
-//! 3. Each object's `kind` decides what happens to it: Namespace, Pod and NetworkPolicy are
-//!    checked for their `apiVersion` and `metadata.name`; every other kind is ignored.
+//! 3. Each object's `kind` decides what happens to it: Namespace, Pod, NetworkPolicy, Service
+//!    and EndpointSlice are checked for their `apiVersion` and `metadata.name`; every other
+//!    kind is ignored.
 //! 4. The object is decoded into its k8s-openapi type and added to the [`Snapshot`]. Field
 //!    values (CIDRs, ports, selectors) are checked later, by [`crate::compile`], which sees
 //!    snapshots from every source.
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod},
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
 use serde_yaml::Value;
@@ -24,7 +26,8 @@ use crate::snapshot::{InputError, Snapshot};
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Multi-document YAML as `kubectl get -o yaml` prints it; `kind: List` (and `*List`) items are
-/// flattened; kinds other than Namespace, Pod, NetworkPolicy are ignored without error.
+/// flattened; kinds other than Namespace, Pod, NetworkPolicy, Service and EndpointSlice are
+/// ignored without error.
 pub fn parse_manifests(text: &str, source: &str) -> (Snapshot, Vec<InputError>) {
     let mut parser = Parser {
         snapshot: Snapshot::default(),
@@ -155,8 +158,9 @@ impl Parser {
             return;
         }
         let expected = match kind.as_str() {
-            "Namespace" | "Pod" => "v1",
+            "Namespace" | "Pod" | "Service" => "v1",
             "NetworkPolicy" => "networking.k8s.io/v1",
+            "EndpointSlice" => "discovery.k8s.io/v1",
             _ => {
                 tracing::debug!(kind = %kind, object = %label, "ignoring object of another kind");
                 return;
@@ -214,6 +218,16 @@ impl Parser {
             "Pod" => {
                 if let Some(pod) = self.decode::<Pod>(&value, &object) {
                     self.snapshot.pods.push(pod);
+                }
+            }
+            "Service" => {
+                if let Some(service) = self.decode::<Service>(&value, &object) {
+                    self.snapshot.services.push(service);
+                }
+            }
+            "EndpointSlice" => {
+                if let Some(slice) = self.decode::<EndpointSlice>(&value, &object) {
+                    self.snapshot.endpoint_slices.push(slice);
                 }
             }
             _ => {

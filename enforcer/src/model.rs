@@ -1,7 +1,8 @@
 //! The probe's decision logic in userspace, over a [`DesiredState`].
 //!
 //! A flow goes through the same hooks as in the kernel: [`decide_hook`] at the source
-//! endpoint's egress, then at the destination endpoint's ingress, each one reading the endpoint
+//! endpoint's egress (towards the Service address when the flow goes through one), then at
+//! the destination endpoint's ingress (the backend, after kube-proxy's DNAT), each one reading the endpoint
 //! map and the direction's LPM trie exactly as the probe does (longest prefix, then
 //! [`PolicyValue::matching_rule`](tollgate_schemas::PolicyValue::matching_rule), the one
 //! matching function both share). If both let the first packet pass, the reply passes through
@@ -12,6 +13,7 @@
 
 use tollgate_schemas::{
     Direction, EndpointKey, PolicyKey, Reason, Verdict, addr, endpoint_flags, policy_prefix_len,
+    port_action,
 };
 
 use crate::decision::{Datapath, DatapathError, Decision, FlowOutcome, ProbeFlow};
@@ -45,24 +47,23 @@ impl Datapath for ModelDatapath {
 pub fn decide_flow(desired: &DesiredState, flow: &ProbeFlow) -> FlowOutcome {
     let src = addr::to_bytes(flow.src);
     let dst = addr::to_bytes(flow.dst);
-    let hook = |direction, endpoint, peer| {
-        decide_hook(
-            desired,
-            direction,
-            endpoint,
-            peer,
-            flow.protocol,
-            flow.dst_port,
-        )
+    let (addressed, addressed_port) = flow.addressed();
+    let hook = |direction, endpoint, peer, port| {
+        decide_hook(desired, direction, endpoint, peer, flow.protocol, port)
     };
     let mut outcome = FlowOutcome {
-        egress: hook(Direction::Egress, src, dst),
+        egress: hook(
+            Direction::Egress,
+            src,
+            addr::to_bytes(addressed),
+            addressed_port,
+        ),
         ..FlowOutcome::default()
     };
     if outcome.egress.is_some_and(|d| !d.verdict.passes()) {
         return outcome;
     }
-    outcome.ingress = hook(Direction::Ingress, dst, src);
+    outcome.ingress = hook(Direction::Ingress, dst, src, flow.dst_port);
     if outcome.ingress.is_some_and(|d| !d.verdict.passes()) {
         return outcome;
     }
@@ -109,14 +110,24 @@ pub fn decide_hook(
     if state.flags & isolated == 0 {
         return decision(Verdict::Allow, Reason::NotSelected, 0);
     }
+    let denied = if state.flags & audit != 0 {
+        Verdict::AuditDeny
+    } else {
+        Verdict::Deny
+    };
     let rule = longest_prefix_match(desired, direction, state.id, peer)
         .and_then(|value| value.matching_rule(protocol, dst_port));
     match rule {
-        Some(rule_id) => decision(Verdict::Allow, Reason::AllowedByRule, rule_id),
-        None if state.flags & audit != 0 => {
-            decision(Verdict::AuditDeny, Reason::IsolatedNoMatch, 0)
+        Some(rule) if rule.action == port_action::DENY_SERVICE => {
+            decision(denied, Reason::ServiceBackendsDenied, rule.rule_id)
         }
-        None => decision(Verdict::Deny, Reason::IsolatedNoMatch, 0),
+        Some(rule) => decision(Verdict::Allow, Reason::AllowedByRule, rule.rule_id),
+        None if direction == Direction::Ingress
+            && desired.node_addrs.contains(&EndpointKey { addr: peer }) =>
+        {
+            decision(Verdict::Allow, Reason::FromNode, 0)
+        }
+        None => decision(denied, Reason::IsolatedNoMatch, 0),
     }
 }
 
@@ -172,7 +183,8 @@ mod tests {
             port_lo: 80,
             port_hi: 80,
             protocol: proto::TCP,
-            _pad: [0; 3],
+            action: port_action::ALLOW,
+            _pad: [0; 2],
         };
         let key = |octets: [u8; 4], len: u8| PolicyEntryKey {
             prefix_len: policy_prefix_len(96 + len),
@@ -266,6 +278,7 @@ mod tests {
             protocol: proto::TCP,
             src_port: 40000,
             dst_port: port,
+            service: None,
         };
         let reply = decision(Verdict::Allow, Reason::Reply, 0);
         let mut model = ModelDatapath::new();

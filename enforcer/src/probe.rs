@@ -33,7 +33,8 @@ use aya::{
 };
 use tollgate_schemas::{
     Config, Counter, CtEntry, DenyEntry, EndpointKey, EndpointState, FLOW_EVENT_VERSION, FlowEvent,
-    FlowKey, FragEntry, FragKey, PolicyKey, PolicyValue, Verdict, addr, map_names, program_names,
+    FlowKey, FragEntry, FragKey, NodeAddr, PolicyKey, PolicyValue, Verdict, addr, map_names,
+    program_names,
 };
 
 use crate::{aya_maps::AyaMaps, events::EventReader};
@@ -204,12 +205,16 @@ pub const MAP_FORMAT: u32 = 1;
 /// Every map the programs share with userspace, with what they expect of it: the maps
 /// [`Probe::load_pinned`] pins. `TG_SCRATCH` is left out: per-CPU room of one run, it is
 /// created anew by each load.
-pub const PINNED_MAPS: [(&str, MapSpec); 9] = {
+pub const PINNED_MAPS: [(&str, MapSpec); 10] = {
     use tollgate_schemas::map_sizes;
     [
         (
             map_names::ENDPOINTS,
             MapSpec::of::<EndpointKey, EndpointState>(MapType::Hash, map_sizes::ENDPOINTS),
+        ),
+        (
+            map_names::NODE_ADDRS,
+            MapSpec::of::<EndpointKey, NodeAddr>(MapType::Hash, map_sizes::NODE_ADDRS),
         ),
         (
             map_names::INGRESS,
@@ -318,6 +323,7 @@ impl Counters {
 /// The probe's maps, each in its typed handle.
 pub(crate) struct ProbeMaps {
     pub endpoints: HashMap<MapData, EndpointKey, EndpointState>,
+    pub node_addrs: HashMap<MapData, EndpointKey, NodeAddr>,
     pub ingress: LpmTrie<MapData, PolicyKey, PolicyValue>,
     pub egress: LpmTrie<MapData, PolicyKey, PolicyValue>,
     pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
@@ -418,6 +424,7 @@ impl Probe {
         let counters_fd = duplicate(&counters, map_names::COUNTERS)?;
         let maps = ProbeMaps {
             endpoints: typed(&mut ebpf, map_names::ENDPOINTS)?,
+            node_addrs: typed(&mut ebpf, map_names::NODE_ADDRS)?,
             ingress: typed(&mut ebpf, map_names::INGRESS)?,
             egress: typed(&mut ebpf, map_names::EGRESS)?,
             conntrack: HashMap::try_from(conntrack).map_err(|source| ProbeError::Map {

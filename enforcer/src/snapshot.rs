@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod},
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
 
@@ -16,6 +17,16 @@ pub struct Snapshot {
     pub pods: Vec<Pod>,
     /// networking.k8s.io/v1 NetworkPolicies.
     pub policies: Vec<NetworkPolicy>,
+    /// v1 Services: their ClusterIPs and ports, and the selector that picks their backends
+    /// when no EndpointSlice names them.
+    pub services: Vec<Service>,
+    /// discovery.k8s.io/v1 EndpointSlices: the backends of the Service each one's
+    /// `kubernetes.io/service-name` label names, as kube-proxy programs them.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// The addresses of the node the compilation is for (not a cluster object: the agent finds
+    /// them on the node). Traffic from them to a local pod passes ingress policy, as the
+    /// NetworkPolicy API requires (kubelet probes); empty when that allowance is turned off.
+    pub node_addresses: Vec<IpAddr>,
 }
 
 /// The addresses a pod lists, each with the field it comes from: `status.podIPs[i].ip`, or

@@ -7,7 +7,7 @@
 //! [`sync`]). [`InMemoryMaps`] is the in-memory implementation of the maps, used by tests and
 //! by anything that wants the sync's result without a kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tollgate_schemas::{Direction, EndpointKey, EndpointState, PolicyValue};
 
@@ -47,6 +47,10 @@ pub trait PolicyMaps {
         direction: Direction,
         key: &PolicyEntryKey,
     ) -> Result<(), Self::Error>;
+    /// Adds one of the node's own addresses.
+    fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), Self::Error>;
+    /// Removes one of the node's own addresses.
+    fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), Self::Error>;
 }
 
 /// The changes that turn one map's contents into another's.
@@ -83,12 +87,17 @@ pub struct Diff {
     pub ingress: MapDiff<PolicyEntryKey, PolicyValue>,
     /// Changes of the egress LPM trie.
     pub egress: MapDiff<PolicyEntryKey, PolicyValue>,
+    /// Changes of the node-address map.
+    pub node_addrs: MapDiff<EndpointKey, ()>,
 }
 
 impl Diff {
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty() && self.ingress.is_empty() && self.egress.is_empty()
+        self.endpoints.is_empty()
+            && self.ingress.is_empty()
+            && self.egress.is_empty()
+            && self.node_addrs.is_empty()
     }
 
     /// The changes of one direction's trie.
@@ -117,6 +126,13 @@ fn diff_map<K: Ord + Copy, V: PartialEq + Copy>(
     MapDiff { upserts, deletes }
 }
 
+fn diff_set<K: Ord + Copy>(current: &BTreeSet<K>, desired: &BTreeSet<K>) -> MapDiff<K, ()> {
+    MapDiff {
+        upserts: desired.difference(current).map(|key| (*key, ())).collect(),
+        deletes: current.difference(desired).copied().collect(),
+    }
+}
+
 /// What must change so that maps holding `current` hold `desired`: only entries that are
 /// missing, hold another value, or must go.
 pub fn diff(current: &DesiredState, desired: &DesiredState) -> Diff {
@@ -124,6 +140,7 @@ pub fn diff(current: &DesiredState, desired: &DesiredState) -> Diff {
         endpoints: diff_map(&current.endpoints, &desired.endpoints),
         ingress: diff_map(&current.ingress, &desired.ingress),
         egress: diff_map(&current.egress, &desired.egress),
+        node_addrs: diff_set(&current.node_addrs, &desired.node_addrs),
     }
 }
 
@@ -151,6 +168,16 @@ pub enum SyncError<E: std::error::Error + 'static> {
         /// `upsert` or `delete`.
         operation: &'static str,
         /// The endpoint's address.
+        addr: std::net::IpAddr,
+        /// The maps' error.
+        source: E,
+    },
+    /// Writing or removing one of the node's addresses failed.
+    #[error("{operation} of node address {addr} in the node-address map: {source}")]
+    NodeAddr {
+        /// `insert` or `delete`.
+        operation: &'static str,
+        /// The address.
         addr: std::net::IpAddr,
         /// The maps' error.
         source: E,
@@ -201,10 +228,23 @@ fn endpoint_error<E: std::error::Error>(
     }
 }
 
+fn node_addr_error<E: std::error::Error>(
+    operation: &'static str,
+    key: &EndpointKey,
+    source: E,
+) -> SyncError<E> {
+    SyncError::NodeAddr {
+        operation,
+        addr: tollgate_schemas::addr::from_bytes(key.addr),
+        source,
+    }
+}
+
 /// Makes `maps` hold `desired`: reads what they hold, computes the [`diff`], and applies it.
 ///
-/// The order is: policy upserts (ingress, then egress), endpoint upserts, policy deletes,
-/// endpoint deletes. A new endpoint's entries are therefore in the tries before the endpoint
+/// The order is: node-address deletes, policy upserts (ingress, then egress), node-address
+/// inserts, endpoint upserts, policy deletes, endpoint deletes. A node address that no longer
+/// belongs to the node loses its ingress allowance before anything else is written. A new endpoint's entries are therefore in the tries before the endpoint
 /// appears (it is never seen isolated with its allow entries missing), and an endpoint's new
 /// flags and revision are written only once the entries they describe are there. Policy entries
 /// are removed only after the endpoints stopped pointing at them, and a removed endpoint's
@@ -219,11 +259,19 @@ pub fn sync<M: PolicyMaps>(
 ) -> Result<SyncStats, SyncError<M::Error>> {
     let current = maps.read().map_err(|source| SyncError::Read { source })?;
     let diff = diff(&current, desired);
+    for key in &diff.node_addrs.deletes {
+        maps.delete_node_addr(key)
+            .map_err(|e| node_addr_error("delete", key, e))?;
+    }
     for direction in [Direction::Ingress, Direction::Egress] {
         for (key, value) in &diff.policy(direction).upserts {
             maps.upsert_policy(direction, key, value)
                 .map_err(|e| policy_error("upsert", direction, key, e))?;
         }
+    }
+    for (key, ()) in &diff.node_addrs.upserts {
+        maps.insert_node_addr(key)
+            .map_err(|e| node_addr_error("insert", key, e))?;
     }
     for (key, value) in &diff.endpoints.upserts {
         maps.upsert_endpoint(key, value)
@@ -242,10 +290,12 @@ pub fn sync<M: PolicyMaps>(
     let stats = SyncStats {
         upserts: diff.endpoints.upserts.len()
             + diff.ingress.upserts.len()
-            + diff.egress.upserts.len(),
+            + diff.egress.upserts.len()
+            + diff.node_addrs.upserts.len(),
         deletes: diff.endpoints.deletes.len()
             + diff.ingress.deletes.len()
-            + diff.egress.deletes.len(),
+            + diff.egress.deletes.len()
+            + diff.node_addrs.deletes.len(),
     };
     tracing::debug!(
         upserts = stats.upserts,
@@ -299,6 +349,16 @@ impl PolicyMaps for InMemoryMaps {
         key: &PolicyEntryKey,
     ) -> Result<(), Self::Error> {
         self.state.policy_mut(direction).remove(key);
+        Ok(())
+    }
+
+    fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
+        self.state.node_addrs.insert(*key);
+        Ok(())
+    }
+
+    fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
+        self.state.node_addrs.remove(key);
         Ok(())
     }
 }
@@ -459,6 +519,18 @@ spec:
         ) -> Result<(), Injected> {
             self.record("delete", direction.name())?;
             let _ = self.maps.delete_policy(direction, key);
+            Ok(())
+        }
+
+        fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), Injected> {
+            self.record("insert", "node")?;
+            let _ = self.maps.insert_node_addr(key);
+            Ok(())
+        }
+
+        fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), Injected> {
+            self.record("delete", "node")?;
+            let _ = self.maps.delete_node_addr(key);
             Ok(())
         }
     }

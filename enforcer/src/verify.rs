@@ -25,8 +25,11 @@ pub use probes::{
 };
 pub use render::{render_json, render_table};
 pub use run::{
-    HookResult, Hooks, LOOPBACK_REASON, NO_ENDPOINT_REASON, ProbeResult, ProbeVerdict, run,
+    HookResult, Hooks, LOOPBACK_REASON, NO_BACKENDS_REASON, NO_ENDPOINT_REASON, ProbeResult,
+    ProbeVerdict, run,
 };
+
+use tollgate_schemas::Reason;
 
 use crate::compile::{Compiled, Placement, compile};
 use crate::decision::{Datapath, DatapathError};
@@ -65,9 +68,25 @@ pub fn verify(
     errors.extend(compiled.errors.iter().cloned());
     let (specs, mut probe_errors) = parse_probes(&input.probes.text, &input.probes.source);
     errors.append(&mut probe_errors);
-    let (resolved, mut resolve_errors) = resolve_probes(&specs, &snapshot);
+    let (resolved, mut resolve_errors) = resolve_probes(&specs, &snapshot, &compiled.services);
     errors.append(&mut resolve_errors);
     let results = run(&compiled, &resolved, datapath)?;
+    for result in &results {
+        let partial = result
+            .hooks
+            .egress
+            .as_ref()
+            .is_some_and(|hook| hook.reason == Reason::ServiceBackendsDenied.name());
+        if partial && let Some(service) = &result.service {
+            tracing::warn!(
+                from = %result.from,
+                service = %service,
+                backend = result.backend.as_deref().unwrap_or_default(),
+                "policy allows only some ready backends of the Service on this port: every \
+                 connection through its ClusterIP is denied (kube-proxy could pick a denied one)"
+            );
+        }
+    }
     tracing::info!(
         probes = results.len(),
         errors = errors.len(),

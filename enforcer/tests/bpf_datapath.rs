@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use tollgate_enforcer::{
     bpf_datapath::{BpfDatapath, HookRun},
     compile::{Compiled, Placement, compile},
-    decision::{Datapath, Decision, FlowOutcome, ProbeFlow},
+    decision::{Datapath, Decision, FlowOutcome, ProbeFlow, ServiceHop},
     desired::Ids,
     manifest::parse_manifests,
     model::ModelDatapath,
@@ -110,9 +110,13 @@ struct Lab {
 
 impl Lab {
     fn new(policies: &str) -> Self {
+        Self::of(&cluster(policies))
+    }
+
+    fn of(snapshot: &Snapshot) -> Self {
         let mut datapath = BpfDatapath::new().expect("load the probe");
         let compiled = compile(
-            &cluster(policies),
+            snapshot,
             &Placement::AllPods { ifindex: 1 },
             &Ids::default(),
         );
@@ -123,8 +127,13 @@ impl Lab {
 
     /// Recompiles with other policies, keeping ids, and syncs the difference.
     fn apply(&mut self, policies: &str) {
+        self.apply_snapshot(&cluster(policies));
+    }
+
+    /// Recompiles another snapshot, keeping ids, and syncs the difference.
+    fn apply_snapshot(&mut self, snapshot: &Snapshot) {
         self.compiled = compile(
-            &cluster(policies),
+            snapshot,
             &Placement::AllPods { ifindex: 1 },
             &self.compiled.ids,
         );
@@ -133,13 +142,17 @@ impl Lab {
     }
 
     fn decide(&mut self, src: &str, dst: &str, protocol: u8, port: u16) -> FlowOutcome {
-        let flow = ProbeFlow {
+        self.decide_flow(ProbeFlow {
             src: ip(src),
             dst: ip(dst),
             protocol,
             src_port: 40_000,
             dst_port: port,
-        };
+            service: None,
+        })
+    }
+
+    fn decide_flow(&mut self, flow: ProbeFlow) -> FlowOutcome {
         let outcome = self.datapath.decide(&flow).expect("bpf decide");
         let mut model = ModelDatapath::default();
         model.program(&self.compiled.desired).expect("model");
@@ -643,4 +656,194 @@ fn arp_and_neighbor_discovery_pass_without_a_decision() {
     let counters = lab.datapath.probe_mut().counters().expect("counters");
     assert_eq!(counters.get(Counter::Infrastructure), 2);
     assert_eq!(counters.get(Counter::RingbufReserveFailed), 0);
+}
+
+/// The node's own address and the Service of these tests' server (ClusterIP 198.19.0.10, port
+/// 8080 → the server's named port `http`).
+const NODE: &str = "198.18.0.1";
+const NODE6: &str = "fd00::1";
+const SERVICE_IP: &str = "198.19.0.10";
+
+const SERVER_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 198.19.0.10
+  clusterIPs: [198.19.0.10]
+  selector: {app: server}
+  ports: [{port: 8080, protocol: TCP, targetPort: http}]
+"#;
+
+const CLIENT_TO_SERVER_HTTP: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-to-server, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Ingress, Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: server}}}]
+    ports: [{protocol: TCP, port: 80}]
+"#;
+
+fn through_service(port: u16) -> ProbeFlow {
+    ProbeFlow {
+        src: ip(CLIENT),
+        dst: ip(SERVER),
+        protocol: proto::TCP,
+        src_port: 40_000,
+        dst_port: 80,
+        service: Some(ServiceHop {
+            addr: ip(SERVICE_IP),
+            port,
+        }),
+    }
+}
+
+#[test]
+fn node_addresses_pass_ingress_as_from_node_unless_turned_off() {
+    if !root() {
+        return;
+    }
+    let mut snapshot = cluster(DENY_ALL);
+    snapshot.node_addresses = vec![ip(NODE), ip(NODE6)];
+    let mut lab = Lab::of(&snapshot);
+    for (node, server) in [(NODE, SERVER), (NODE6, SERVER6)] {
+        let outcome = lab.decide(node, server, proto::TCP, 80);
+        assert_eq!(
+            outcome.ingress,
+            Some(decision(Verdict::Allow, Reason::FromNode)),
+            "{node} -> {server}"
+        );
+        assert_eq!(
+            outcome.reply_egress,
+            Some(decision(Verdict::Allow, Reason::Reply))
+        );
+    }
+    // The event names the allowance.
+    lab.datapath.probe_mut().clear_flow_state().expect("clear");
+    let first = PacketSpec::first(ip(NODE), ip(SERVER), proto::TCP, 41_000, 80);
+    let run = lab.run(Direction::Ingress, &first);
+    assert!(run.passed);
+    assert_eq!(one_event(&run).1, Reason::FromNode);
+    // Only ingress: the pod's own connection to the node is still its egress, and denied.
+    let outcome = lab.decide(SERVER, NODE, proto::TCP, 10_250);
+    assert_eq!(
+        outcome.egress,
+        Some(decision(Verdict::Deny, Reason::IsolatedNoMatch))
+    );
+    // Another address than the node's gets nothing from it.
+    let outcome = lab.decide(OUTSIDE, SERVER, proto::TCP, 80);
+    assert_eq!(
+        outcome.ingress,
+        Some(decision(Verdict::Deny, Reason::IsolatedNoMatch))
+    );
+
+    // Turned off (the agent hands the compiler no node addresses): policy decides.
+    snapshot.node_addresses.clear();
+    lab.apply_snapshot(&snapshot);
+    let outcome = lab.decide(NODE, SERVER, proto::TCP, 80);
+    assert_eq!(
+        outcome.ingress,
+        Some(decision(Verdict::Deny, Reason::IsolatedNoMatch))
+    );
+}
+
+#[test]
+fn cluster_ip_passes_when_every_backend_is_allowed_and_replies_come_back_from_it() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new(&format!("{CLIENT_TO_SERVER_HTTP}\n---\n{SERVER_SERVICE}"));
+    let outcome = lab.decide_flow(through_service(8080));
+    let egress = outcome.egress.expect("egress decided");
+    assert_eq!(
+        (egress.verdict, egress.reason),
+        (Verdict::Allow, Reason::AllowedByRule)
+    );
+    assert_eq!(
+        lab.rule_name(egress.rule_id),
+        "default/client-to-server egress[0]"
+    );
+    assert_eq!(
+        outcome.reply_ingress,
+        Some(decision(Verdict::Allow, Reason::Reply)),
+        "the reply from the ClusterIP passes through conntrack"
+    );
+
+    // On the wire: the client's SYN to the ClusterIP, then the reply from it.
+    lab.datapath.probe_mut().clear_flow_state().expect("clear");
+    let sent = PacketSpec::first(ip(CLIENT), ip(SERVICE_IP), proto::TCP, 41_000, 8080);
+    assert!(lab.run(Direction::Egress, &sent).passed);
+    let mut reply = sent.reply();
+    reply.tcp_flags = 0x12;
+    let run = lab.run(Direction::Ingress, &reply);
+    assert!(run.passed, "{run:?}");
+    // An ICMP error from the ClusterIP about the connection (kube-proxy's reject, a path MTU
+    // error after the un-DNAT) quotes the client's packet to the ClusterIP: related.
+    let error = PacketSpec::icmp_error(ip(SERVICE_IP), 3, sent.clone());
+    let run = lab.run(Direction::Ingress, &error);
+    assert!(run.passed && run.events.is_empty(), "{run:?}");
+    // The ClusterIP on a port the Service does not have: nothing allows it.
+    let other = PacketSpec::first(ip(CLIENT), ip(SERVICE_IP), proto::TCP, 41_001, 80);
+    let run = lab.run(Direction::Egress, &other);
+    assert!(!run.passed);
+    assert_eq!(one_event(&run).1, Reason::IsolatedNoMatch);
+    // Port 8080 straight to the pod is not what the rule allows (it allows the targetPort).
+    let outcome = lab.decide(CLIENT, SERVER, proto::TCP, 8080);
+    assert_eq!(
+        outcome.egress,
+        Some(decision(Verdict::Deny, Reason::IsolatedNoMatch))
+    );
+}
+
+#[test]
+fn cluster_ip_with_a_denied_backend_is_denied_for_every_connection() {
+    if !root() {
+        return;
+    }
+    // A second backend that the client's policy does not allow.
+    let other_backend = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server-2, namespace: default, labels: {app: server, canary: "true"}}
+spec:
+  containers:
+  - name: s
+    image: nginx
+    ports: [{name: http, containerPort: 80, protocol: TCP}]
+status: {phase: Running, podIP: 198.18.0.11, podIPs: [{ip: 198.18.0.11}]}
+"#;
+    let only_first = CLIENT_TO_SERVER_HTTP.replace(
+        "podSelector: {matchLabels: {app: server}}",
+        "podSelector: {matchLabels: {app: server}, matchExpressions: [{key: canary, operator: DoesNotExist}]}",
+    );
+    let mut lab = Lab::new(&format!(
+        "{only_first}\n---\n{SERVER_SERVICE}\n---\n{other_backend}"
+    ));
+    let outcome = lab.decide_flow(through_service(8080));
+    assert_eq!(
+        outcome.egress,
+        Some(decision(Verdict::Deny, Reason::ServiceBackendsDenied))
+    );
+    let sent = PacketSpec::first(ip(CLIENT), ip(SERVICE_IP), proto::TCP, 41_000, 8080);
+    let run = lab.run(Direction::Egress, &sent);
+    assert!(!run.passed);
+    assert_eq!(one_event(&run).1, Reason::ServiceBackendsDenied);
+    // The allowed backend stays reachable by its own address.
+    let outcome = lab.decide(CLIENT, SERVER, proto::TCP, 80);
+    assert_eq!(outcome.egress.map(|d| d.verdict), Some(Verdict::Allow));
+}
+
+#[test]
+fn bench_datapath_runs_every_case() {
+    if !root() {
+        return;
+    }
+    let results = tollgate_enforcer::bench::datapath(200).expect("bench");
+    let cases: Vec<&str> = results.iter().map(|r| r.case.as_str()).collect();
+    assert_eq!(cases.len(), 7, "{cases:?}");
+    assert!(cases.contains(&"new egress flow, to a ClusterIP"));
+    assert!(results.iter().all(|r| r.median_ns > 0.0), "{results:?}");
 }

@@ -128,7 +128,8 @@ nope also/bad 0/XX
     );
     assert_eq!(
         errors[7].to_string(),
-        "p.txt line 9: from: \"just-a-name\" is neither namespace/pod nor an IP address"
+        "p.txt line 9: from: \"just-a-name\" is neither namespace/pod, service:namespace/name \
+         nor an IP address"
     );
 }
 
@@ -178,7 +179,7 @@ x/none x/dual 80/TCP
 ";
     let (specs, parse_errors) = verify::parse_probes(text, "p");
     assert!(parse_errors.is_empty());
-    let (resolved, errors) = verify::resolve_probes(&specs, &snapshot);
+    let (resolved, errors) = verify::resolve_probes(&specs, &snapshot, &[]);
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let flows: Vec<(String, ProbeFlow)> = resolved
         .iter()
@@ -193,6 +194,7 @@ x/none x/dual 80/TCP
                 protocol,
                 src_port: 40_000 + u16::try_from(line - 1).unwrap(),
                 dst_port: port,
+                service: None,
             },
         )
     };
@@ -244,35 +246,48 @@ fn example() -> VerifyInput {
         file
     };
     VerifyInput {
-        manifests: vec![read("cluster.yaml"), read("policies.yaml")],
+        manifests: vec![
+            read("cluster.yaml"),
+            read("services.yaml"),
+            read("policies.yaml"),
+        ],
         probes: read("probes.txt"),
     }
 }
 
 const EXAMPLE_TABLE: &str = "\
-FROM           TO                                    PORT/PROTO  VERDICT  REASON                    AT       POLICY/RULE\n\
-default/pod-1  kube-system/coredns-5d8d9f5b7c-8vz4p  53/UDP      allow    allowed-by-rule           egress   default/allow-amazonlinux-to-nginx egress[0]\n\
-default/pod-1  default/nginx-7854ff8877-9x2kq        80/TCP      allow    allowed-by-rule           ingress  default/allow-nginx-from-amazonlinux ingress[0]\n\
-default/pod-1  default/httpd-6d6c5d8f7b-4mzrt        80/TCP      deny     isolated-no-rule-matched  egress   -\n\
-default/pod-1  kube-system/coredns-5d8d9f5b7c-8vz4p  53/TCP      deny     isolated-no-rule-matched  egress   -\n\
-203.0.113.7    default/nginx-7854ff8877-9x2kq        80/TCP      deny     isolated-no-rule-matched  ingress  -\n\
-default/pod-1  default/pod-1                         8080/TCP    allow    loopback                  -        -\n\
-198.51.100.10  kube-system/coredns-5d8d9f5b7c-8vz4p  53/UDP      allow    no-policy-selects-pod     ingress  -\n";
+FROM           TO                                                                    PORT/PROTO  VERDICT  REASON                    AT       POLICY/RULE\n\
+default/pod-1  kube-system/coredns-5d8d9f5b7c-8vz4p                                  53/UDP      allow    allowed-by-rule           egress   default/allow-amazonlinux-to-nginx egress[0]\n\
+default/pod-1  default/nginx-7854ff8877-9x2kq                                        80/TCP      allow    allowed-by-rule           ingress  default/allow-nginx-from-amazonlinux ingress[0]\n\
+default/pod-1  default/httpd-6d6c5d8f7b-4mzrt                                        80/TCP      deny     isolated-no-rule-matched  egress   -\n\
+default/pod-1  kube-system/coredns-5d8d9f5b7c-8vz4p                                  53/TCP      deny     isolated-no-rule-matched  egress   -\n\
+203.0.113.7    default/nginx-7854ff8877-9x2kq                                        80/TCP      deny     isolated-no-rule-matched  ingress  -\n\
+default/pod-1  default/pod-1                                                         8080/TCP    allow    loopback                  -        -\n\
+198.51.100.10  kube-system/coredns-5d8d9f5b7c-8vz4p                                  53/UDP      allow    no-policy-selects-pod     ingress  -\n\
+default/pod-1  service:kube-system/kube-dns -> kube-system/coredns-5d8d9f5b7c-8vz4p  53/UDP      allow    allowed-by-rule           egress   default/allow-amazonlinux-to-nginx egress[0]\n\
+default/pod-1  service:default/nginx -> default/nginx-7854ff8877-9x2kq               80/TCP      allow    allowed-by-rule           ingress  default/allow-nginx-from-amazonlinux ingress[0]\n\
+default/pod-1  10.100.193.141 -> default/httpd-6d6c5d8f7b-4mzrt                      80/TCP      deny     isolated-no-rule-matched  egress   -\n";
 
 const EXAMPLE_JSON: &str = concat!(
-    r#"{"from":"default/pod-1","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"192.168.10.11","dst":"192.168.40.44","port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"allowed-by-rule","at":"egress","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]"},"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
+    r#"{"from":"default/pod-1","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"192.168.10.11","dst":"192.168.40.44","service":null,"backend":null,"service_addr":null,"port":53,"target_port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"allowed-by-rule","at":"egress","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]"},"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
     "\n",
-    r#"{"from":"default/pod-1","to":"default/nginx-7854ff8877-9x2kq","src":"192.168.10.11","dst":"192.168.20.22","port":80,"protocol":"TCP","verdict":"allow","audit":false,"reason":"allowed-by-rule","at":"ingress","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[1]"},"ingress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]"},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
+    r#"{"from":"default/pod-1","to":"default/nginx-7854ff8877-9x2kq","src":"192.168.10.11","dst":"192.168.20.22","service":null,"backend":null,"service_addr":null,"port":80,"target_port":80,"protocol":"TCP","verdict":"allow","audit":false,"reason":"allowed-by-rule","at":"ingress","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[1]"},"ingress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]"},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
     "\n",
-    r#"{"from":"default/pod-1","to":"default/httpd-6d6c5d8f7b-4mzrt","src":"192.168.10.11","dst":"192.168.30.33","port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","at":"egress","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
+    r#"{"from":"default/pod-1","to":"default/httpd-6d6c5d8f7b-4mzrt","src":"192.168.10.11","dst":"192.168.30.33","service":null,"backend":null,"service_addr":null,"port":80,"target_port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","at":"egress","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
     "\n",
-    r#"{"from":"default/pod-1","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"192.168.10.11","dst":"192.168.40.44","port":53,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","at":"egress","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
+    r#"{"from":"default/pod-1","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"192.168.10.11","dst":"192.168.40.44","service":null,"backend":null,"service_addr":null,"port":53,"target_port":53,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","at":"egress","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
     "\n",
-    r#"{"from":"203.0.113.7","to":"default/nginx-7854ff8877-9x2kq","src":"203.0.113.7","dst":"192.168.20.22","port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","at":"ingress","policy":null,"rule":null,"hooks":{"egress":null,"ingress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"reply_egress":null,"reply_ingress":null}}"#,
+    r#"{"from":"203.0.113.7","to":"default/nginx-7854ff8877-9x2kq","src":"203.0.113.7","dst":"192.168.20.22","service":null,"backend":null,"service_addr":null,"port":80,"target_port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","at":"ingress","policy":null,"rule":null,"hooks":{"egress":null,"ingress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"reply_egress":null,"reply_ingress":null}}"#,
     "\n",
-    r#"{"from":"default/pod-1","to":"default/pod-1","src":"192.168.10.11","dst":"192.168.10.11","port":8080,"protocol":"TCP","verdict":"allow","audit":false,"reason":"loopback","at":null,"policy":null,"rule":null,"hooks":{"egress":null,"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
+    r#"{"from":"default/pod-1","to":"default/pod-1","src":"192.168.10.11","dst":"192.168.10.11","service":null,"backend":null,"service_addr":null,"port":8080,"target_port":8080,"protocol":"TCP","verdict":"allow","audit":false,"reason":"loopback","at":null,"policy":null,"rule":null,"hooks":{"egress":null,"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
     "\n",
-    r#"{"from":"198.51.100.10","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"198.51.100.10","dst":"192.168.40.44","port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"no-policy-selects-pod","at":"ingress","policy":null,"rule":null,"hooks":{"egress":null,"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":null}}"#,
+    r#"{"from":"198.51.100.10","to":"kube-system/coredns-5d8d9f5b7c-8vz4p","src":"198.51.100.10","dst":"192.168.40.44","service":null,"backend":null,"service_addr":null,"port":53,"target_port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"no-policy-selects-pod","at":"ingress","policy":null,"rule":null,"hooks":{"egress":null,"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":null}}"#,
+    "\n",
+    r#"{"from":"default/pod-1","to":"service:kube-system/kube-dns","src":"192.168.10.11","dst":"192.168.40.44","service":"kube-system/kube-dns","backend":"kube-system/coredns-5d8d9f5b7c-8vz4p","service_addr":"10.100.0.10","port":53,"target_port":53,"protocol":"UDP","verdict":"allow","audit":false,"reason":"allowed-by-rule","at":"egress","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[0]"},"ingress":{"verdict":"allow","reason":"no-policy-selects-pod","policy":null,"rule":null},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
+    "\n",
+    r#"{"from":"default/pod-1","to":"service:default/nginx","src":"192.168.10.11","dst":"192.168.20.22","service":"default/nginx","backend":"default/nginx-7854ff8877-9x2kq","service_addr":"10.100.83.206","port":80,"target_port":80,"protocol":"TCP","verdict":"allow","audit":false,"reason":"allowed-by-rule","at":"ingress","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]","hooks":{"egress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-amazonlinux-to-nginx","rule":"egress[1]"},"ingress":{"verdict":"allow","reason":"allowed-by-rule","policy":"default/allow-nginx-from-amazonlinux","rule":"ingress[0]"},"reply_egress":{"verdict":"allow","reason":"reply","policy":null,"rule":null},"reply_ingress":{"verdict":"allow","reason":"reply","policy":null,"rule":null}}}"#,
+    "\n",
+    r#"{"from":"default/pod-1","to":"10.100.193.141","src":"192.168.10.11","dst":"192.168.30.33","service":"default/httpd","backend":"default/httpd-6d6c5d8f7b-4mzrt","service_addr":"10.100.193.141","port":80,"target_port":80,"protocol":"TCP","verdict":"deny","audit":false,"reason":"isolated-no-rule-matched","at":"egress","policy":null,"rule":null,"hooks":{"egress":{"verdict":"deny","reason":"isolated-no-rule-matched","policy":null,"rule":null},"ingress":null,"reply_egress":null,"reply_ingress":null}}"#,
     "\n",
 );
 
@@ -315,8 +330,8 @@ spec:
                 "NetworkPolicy default/bad-port",
                 "spec.ingress[0].ports[0].port"
             ),
-            error("examples/verify/probes.txt line 14", "fields"),
-            error("examples/verify/probes.txt line 13", "to"),
+            error("examples/verify/probes.txt line 18", "fields"),
+            error("examples/verify/probes.txt line 17", "to"),
         ]
     );
     let clean = verify::verify(&example(), &mut ModelDatapath::new()).expect("model");

@@ -57,7 +57,9 @@ struct CaseSpec {
     checks: Vec<Check>,
     /// `FROM TO PORT/PROTOCOL VERDICT [reason=R] [policy=NS/NAME] [rule=DIR[I]]`, the last
     /// three about the deciding decision, plus `egress=NS/NAME:DIR[I]` and
-    /// `ingress=NS/NAME:DIR[I]`: the rule that let the packet through that hook.
+    /// `ingress=NS/NAME:DIR[I]`: the rule that let the packet through that hook. TO may be a
+    /// Service (`service:NS/NAME` or its ClusterIP): every backend's flow must meet the
+    /// expectation, or only `backend=NS/POD`'s when given.
     #[serde(default)]
     probes: Vec<String>,
     #[serde(default)]
@@ -273,9 +275,13 @@ fn describe(result: &ProbeResult) -> String {
         _ => String::new(),
     };
     format!(
-        "{} -> {} {}/{}: {} ({}{by}) [{} -> {}]",
+        "{} -> {}{} {}/{}: {} ({}{by}) [{} -> {}]",
         result.from,
         result.to,
+        result
+            .backend
+            .as_ref()
+            .map_or(String::new(), |b| format!(" (backend {b})")),
         result.port,
         result.protocol,
         match mark {
@@ -340,6 +346,7 @@ fn evaluate(path: &Path, failures: &mut Vec<String>) -> Option<Evaluated> {
     }
 
     let mut specs = Vec::new();
+    let mut explicit = Vec::new();
     let mut expectations = Vec::new();
     let mut matrices = Vec::new();
     for (index, check) in header.spec.checks.iter().enumerate() {
@@ -393,17 +400,29 @@ fn evaluate(path: &Path, failures: &mut Vec<String>) -> Option<Evaluated> {
         let mut wanted = Vec::new();
         for extra in &fields[4..] {
             match extra.split_once('=') {
-                Some((key @ ("reason" | "policy" | "rule" | "egress" | "ingress"), value)) => {
-                    wanted.push((key.to_owned(), value.to_owned()))
-                }
+                Some((
+                    key @ ("reason" | "policy" | "rule" | "egress" | "ingress" | "backend"),
+                    value,
+                )) => wanted.push((key.to_owned(), value.to_owned())),
                 _ => fail(format!("probes[{index}]: bad expectation {extra:?}")),
             }
         }
-        expectations.push((specs.len(), index, mark, wanted));
-        specs.push(spec);
+        expectations.push((index, mark, wanted));
+        explicit.push(spec);
     }
 
-    let (probes, resolve_errors) = verify::resolve_probes(&specs, &snapshot);
+    // A probe to a Service resolves to one flow per ready backend: each explicit probe's
+    // results are the range its own resolution adds.
+    let services = &compiled.services;
+    let (mut probes, mut resolve_errors) = verify::resolve_probes(&specs, &snapshot, services);
+    let mut ranges = Vec::new();
+    for spec in &explicit {
+        let (mut resolved, mut errors) =
+            verify::resolve_probes(std::slice::from_ref(spec), &snapshot, services);
+        ranges.push(probes.len()..probes.len() + resolved.len());
+        probes.append(&mut resolved);
+        resolve_errors.append(&mut errors);
+    }
     if !resolve_errors.is_empty() {
         let first: Vec<String> = resolve_errors
             .iter()
@@ -456,38 +475,51 @@ fn evaluate(path: &Path, failures: &mut Vec<String>) -> Option<Evaluated> {
             ));
         }
     }
-    for (position, index, mark, wanted) in &expectations {
-        let result = &model[*position];
-        let mut wrong = Vec::new();
-        if Mark::of(result) != *mark {
-            wrong.push(format!("verdict {}", mark.symbol()));
+    for ((index, mark, wanted), range) in expectations.iter().zip(&ranges) {
+        let backend = wanted
+            .iter()
+            .find(|(key, _)| key == "backend")
+            .map(|(_, value)| value.as_str());
+        let results: Vec<&ProbeResult> = model[range.clone()]
+            .iter()
+            .filter(|r| backend.is_none() || r.backend.as_deref() == backend)
+            .collect();
+        if results.is_empty() {
+            fail(format!("probes[{index}]: no flow (backend {backend:?})"));
         }
-        for (key, value) in wanted {
-            let hook_rule = |hook: &Option<HookResult>| {
-                let hook = hook.as_ref()?;
-                Some(format!(
-                    "{}:{}",
-                    hook.policy.as_deref()?,
-                    hook.rule.as_deref()?
-                ))
-            };
-            let actual = match key.as_str() {
-                "reason" => Some(result.reason.to_owned()),
-                "policy" => result.policy.clone(),
-                "rule" => result.rule.clone(),
-                "egress" => hook_rule(&result.hooks.egress),
-                _ => hook_rule(&result.hooks.ingress),
-            };
-            if actual.as_deref() != Some(value.as_str()) {
-                wrong.push(format!("{key}={value}"));
+        for result in results {
+            let mut wrong = Vec::new();
+            if Mark::of(result) != *mark {
+                wrong.push(format!("verdict {}", mark.symbol()));
             }
-        }
-        if !wrong.is_empty() {
-            fail(format!(
-                "probes[{index}]: expected {}, got {}",
-                wrong.join(" "),
-                describe(result)
-            ));
+            for (key, value) in wanted {
+                let hook_rule = |hook: &Option<HookResult>| {
+                    let hook = hook.as_ref()?;
+                    Some(format!(
+                        "{}:{}",
+                        hook.policy.as_deref()?,
+                        hook.rule.as_deref()?
+                    ))
+                };
+                let actual = match key.as_str() {
+                    "reason" => Some(result.reason.to_owned()),
+                    "policy" => result.policy.clone(),
+                    "rule" => result.rule.clone(),
+                    "egress" => hook_rule(&result.hooks.egress),
+                    "backend" => result.backend.clone(),
+                    _ => hook_rule(&result.hooks.ingress),
+                };
+                if actual.as_deref() != Some(value.as_str()) {
+                    wrong.push(format!("{key}={value}"));
+                }
+            }
+            if !wrong.is_empty() {
+                fail(format!(
+                    "probes[{index}]: expected {}, got {}",
+                    wrong.join(" "),
+                    describe(result)
+                ));
+            }
         }
     }
     Some(Evaluated {

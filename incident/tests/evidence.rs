@@ -67,12 +67,12 @@ fn flow_log(dir: &Path) {
         ],
         None,
     );
-    // Written before the isolation columns were appended.
+    // Written before the isolation and Service columns were appended.
     write(
         dir,
         "cluster=prod/dt=2026-11-25/hour=10/node-b-1.parquet",
         &[flow(FROM + 60, &web, &db, Verdict::Deny)],
-        Some(tollgate_schemas::record::COLUMNS.len() - 4),
+        Some(tollgate_schemas::record::COLUMNS.len() - 8),
     );
     // Another cluster, and an hour far outside the window: neither is read.
     write(
@@ -117,6 +117,11 @@ fn check_bundle(out: &Path, snapshots: usize) {
         ]
     );
     assert!(flows.iter().all(|r| r.isolation_action.is_none()));
+    assert!(
+        flows
+            .iter()
+            .all(|r| r.service.is_none() && r.svc_port.is_none())
+    );
     let isolations = read_file(&out.join("isolations.parquet")).unwrap();
     assert_eq!(isolations.len(), 1);
     assert_eq!(isolations[0].src_pod.as_deref(), Some("shop/web"));
@@ -132,7 +137,11 @@ fn check_bundle(out: &Path, snapshots: usize) {
         "{}",
         lines[0]
     );
-    assert!(lines[0].ends_with(",isolation_detail"), "{}", lines[0]);
+    assert!(
+        lines[0].ends_with(",isolation_detail,svc_namespace,svc_name,svc_addr,svc_port"),
+        "{}",
+        lines[0]
+    );
     assert!(
         lines[1].contains(r#""{""app"":""web""}""#),
         "labels as JSON, quoted: {}",

@@ -1,19 +1,25 @@
 //! `tollgate lab`: the seed scenario for real, on one machine, with no cluster.
 //!
 //! Data flows through the modules in this order:
-//! - [`pods`]: `examples/seed/lab-pods.yaml` (embedded) → the lab's pods, their addresses and
-//!   what each one serves.
-//! - [`names`] and [`topology`]: a node network namespace and one per pod, wired like the AWS
-//!   VPC CNI (host veth `eni…` in the node, `eth0` with a /32 in the pod, static neighbors,
-//!   /32 routes); [`netns`] runs code inside one of them.
+//! - [`family`] and [`pods`]: the seed's pods and Services of one address family
+//!   (`examples/seed/` for IPv4, `examples/seed/ipv6/`, embedded) → the lab's pods, their
+//!   addresses and what each one serves, the Services' ClusterIPs.
+//! - [`names`] and [`topology`]: a node network namespace (with the node's own address on a
+//!   dummy `eth0`) and one per pod, wired like the AWS VPC CNI (host veth `eni…` in the node,
+//!   `eth0` with a /32 or /128 in the pod, static neighbors, host routes); [`netns`] runs code
+//!   inside one of them.
 //! - [`enforce`]: the node agent (`tollgate agent`'s code path, with a static cluster source
 //!   instead of the API server) in the node namespace, on a bpffs of the run's own
 //!   ([`bpffs`]): it attaches the probe to the pods' host veths, and for each step compiles the
-//!   policies and syncs the maps.
+//!   policies and Services and syncs the maps.
+//! - [`kubeproxy`]: the Services' backends as the compiler resolved them → kube-proxy's
+//!   `KUBE-SERVICES` → `KUBE-SVC-…` → `KUBE-SEP-…` DNAT chains, with the machine's iptables,
+//!   in the node namespace.
 //! - [`flowlog`]: the agent's collector on the probe's ring buffer, writing Parquet flow
 //!   records into a local directory in the bucket's layout (`--out`), read back at the end.
-//! - [`servers`] (nginx and httpd over [`http`], kube-dns over [`dns`]) and [`client`] (the
-//!   curl-like client in the amazonlinux pod).
+//! - [`resolv`] (each pod's `resolv.conf`, as the kubelet writes it), [`servers`] (Debian's
+//!   nginx, apache2 and dnsmasq in the pods), [`kubelet`] (probes from the node) and
+//!   [`client`] (curl in the amazonlinux pod).
 //! - [`scenario`]: the seed's steps, policies and expected outcomes; [`walk`] runs them, and
 //!   [`run`] runs the walk under a time limit and the signal handlers.
 //! - [`isolate`] (with `--quarantine`): the lab's objects as the cluster `tollgate quarantine`
@@ -22,21 +28,24 @@
 //!   table or as JSON lines.
 //!
 //! Everything the lab creates is named with one run prefix and removed when the run ends: on
-//! success, on error, on panic (drop guards) and on Ctrl-C/SIGTERM. Test traffic never leaves
-//! the namespaces the run creates: addresses come from 198.18.0.0/24 and are only put on
-//! interfaces inside them, and the node namespace has no route out.
+//! success, on error, on panic (drop guards) and on Ctrl-C/SIGTERM, the server processes
+//! included. Test traffic never leaves the namespaces the run creates: addresses come from
+//! 198.18.0.0/15 and 2001:db8::/32 and are only put on interfaces inside them, iptables runs in
+//! the node namespace only, and the node namespace has no route out.
 
 pub mod bpffs;
 pub mod client;
-pub mod dns;
 pub mod enforce;
+pub mod family;
 pub mod flowlog;
-pub mod http;
 pub mod isolate;
+pub mod kubelet;
+pub mod kubeproxy;
 pub mod names;
 pub mod netns;
 pub mod pods;
 pub mod report;
+pub mod resolv;
 pub mod scenario;
 pub mod servers;
 pub mod topology;
@@ -47,11 +56,12 @@ use std::time::Duration;
 
 use tollgate_enforcer::snapshot::InputError;
 
+pub use family::IpFamily;
 pub use report::{CheckResult, FlowRecord, LabReport, StepReport};
 
 /// Longest a whole lab run may take before it is stopped (and cleaned up): the seed's steps
-/// take about 20 s, the incident steps of `--quarantine` about 10 s more.
-pub const RUN_TIME_LIMIT: Duration = Duration::from_secs(90);
+/// take about 25 s, the incident steps of `--quarantine` about 15 s more.
+pub const RUN_TIME_LIMIT: Duration = Duration::from_secs(120);
 
 /// How the lab's report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +87,8 @@ pub struct LabOptions {
     /// (`tollgate quarantine`'s code on the lab's objects) and its evidence bundle written
     /// to `<out>/evidence`.
     pub quarantine: bool,
+    /// The cluster's address family: the seed on IPv4 (the default) or on IPv6.
+    pub ip_family: IpFamily,
 }
 
 /// How the probe is attached to the host veths.
@@ -104,7 +116,18 @@ pub enum LabError {
         /// Every problem, naming object and field.
         errors: Vec<InputError>,
     },
-    /// An iproute2 command failed.
+    /// A file or directory of the run could not be written or removed.
+    #[error("{what} {path}: {source}")]
+    File {
+        /// The path.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command (iproute2, iptables, a server) failed.
     #[error("`{command}` failed: {message}")]
     Command {
         /// The command line.
@@ -192,8 +215,9 @@ fn join_errors(errors: &[InputError]) -> String {
         .join("; ")
 }
 
-/// Runs the seed scenario: builds the topology, loads and attaches the probe, starts the
-/// servers, walks the steps, and removes everything it created before returning.
+/// Runs the seed scenario: builds the topology, loads and attaches the probe, installs
+/// kube-proxy's chains, starts the servers and the kubelet, walks the steps, and removes
+/// everything it created before returning.
 ///
 /// Returns the report even when outcomes differ from the seed ([`LabReport::all_ok`] tells);
 /// errors are reserved for runs that could not be carried out. Ctrl-C and SIGTERM stop the run
@@ -205,14 +229,17 @@ pub async fn run(options: &LabOptions) -> Result<LabReport, LabError> {
     }
     topology::sweep_stale();
     bpffs::sweep_stale();
+    resolv::sweep_stale();
+    servers::sweep_stale();
     let names = names::RunNames::new();
-    tracing::info!(run = names.prefix(), output = ?options.output, "lab starting");
+    tracing::info!(run = names.prefix(), family = %options.ip_family, output = ?options.output,
+        "lab starting");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(LabError::Signals)?;
     // Dropping the walk (on a signal or the time limit) drops its guards: servers stop, the
     // probe detaches, the namespaces go.
     tokio::select! {
-        walked = tokio::time::timeout(RUN_TIME_LIMIT, walk::walk(names, options.attach, options.out.as_deref(), options.quarantine)) => {
+        walked = tokio::time::timeout(RUN_TIME_LIMIT, walk::walk(names, options)) => {
             walked.map_err(|_| LabError::TimedOut(RUN_TIME_LIMIT))?
         }
         _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted("SIGINT")),

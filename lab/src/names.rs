@@ -5,7 +5,9 @@
 //! processes, or two runs in one process) never share a name, cleanup removes exactly what the
 //! run made, and a test can check that nothing with the prefix is left. Interface names live
 //! inside those namespaces, so they need no prefix: the host veth is named like the VPC CNI
-//! names it (`eni` + the first 11 hex digits of SHA-1 over `namespace.pod`).
+//! names it (`eni` + the first 11 hex digits of SHA-1 over `namespace.pod`). The run's files
+//! (the servers' configuration, pid and log files) live in one directory named with the prefix
+//! too ([`RunNames::run_dir`]).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -22,6 +24,9 @@ pub const HOST_VETH_HASH_DIGITS: usize = 11;
 
 /// Linux interface names are at most 15 bytes (IFNAMSIZ less the terminating NUL).
 pub const MAX_IFNAME_LEN: usize = 15;
+
+/// What a run directory's name ends with, after the run's prefix.
+pub const RUN_DIR_SUFFIX: &str = "-run";
 
 static NEXT_RUN: AtomicU32 = AtomicU32::new(0);
 
@@ -53,6 +58,11 @@ impl RunNames {
     /// Name of the network namespace of pod `namespace/pod`.
     pub fn pod_netns(&self, namespace: &str, pod: &str) -> String {
         format!("{}-{namespace}-{pod}", self.prefix)
+    }
+
+    /// The directory of the run's files: `<temp dir>/<prefix>-run`.
+    pub fn run_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}{RUN_DIR_SUFFIX}", self.prefix))
     }
 
     /// Whether `netns` was named by this run.

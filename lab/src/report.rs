@@ -1,11 +1,12 @@
-//! What a lab run found: per step, each check's expected and observed outcome, and the flow
-//! events the probe wrote during the step, named.
+//! What a lab run found: per step, each check's expected and observed outcome (curl's own
+//! line and exit code), the kubelet's probes, and the flow events the probe wrote during the
+//! step, named.
 //!
-//! [`CheckResult::new`] judges a client [`Outcome`] against the seed; [`FlowRecord::from_event`]
-//! turns a raw [`FlowEvent`] into pod names (by address, from the step's snapshot), the
-//! deciding endpoint's pod and the policy rule (from the step's compilation). [`LabReport`]
-//! renders the whole run as a table ([`LabReport::render_table`]) or as one JSON object per
-//! check per line ([`LabReport::render_json`]).
+//! [`CheckResult::new`] judges a curl [`Outcome`] against the seed; [`FlowRecord::from_event`]
+//! turns a raw [`FlowEvent`] into pod names (by address, from the step's snapshot), the Service
+//! a ClusterIP stands for, the deciding endpoint's pod and the policy rule (from the step's
+//! compilation). [`LabReport`] renders the whole run as a table ([`LabReport::render_table`])
+//! or as one JSON object per check per line ([`LabReport::render_json`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,7 +29,8 @@ use crate::{
     client::Outcome,
     flowlog::FlowLogSummary,
     isolate::{IncidentCheck, IncidentReport},
-    scenario::{CLIENT_POD, Check, DeniedFlow, Step},
+    kubelet::ProbeTally,
+    scenario::{CLIENT_POD, Check, DeniedFlow, Destination, Step},
 };
 
 /// One check of one step.
@@ -36,25 +38,28 @@ use crate::{
 pub struct CheckResult {
     /// Step number.
     pub step: u32,
-    /// `curl NAME`.
+    /// `curl HOST`.
     pub check: String,
-    /// What the seed shows, as a curl-like line.
+    /// What the seed shows, as curl prints it.
     pub expected: String,
-    /// What happened, as a curl-like line.
+    /// What curl printed.
     pub observed: String,
     /// Whether the outcome is the seed's.
     pub ok: bool,
+    /// curl's exit code.
+    pub exit_code: i32,
 }
 
 impl CheckResult {
-    /// The result of `check` in step `step`, which ended with `outcome`.
-    pub fn new(step: u32, check: &Check, outcome: &Outcome) -> Self {
+    /// The result of `check` (curl given `host`) in step `step`, which ended with `outcome`.
+    pub fn new(step: u32, check: &Check, host: &str, outcome: &Outcome) -> Self {
         Self {
             step,
-            check: check.name(),
-            expected: check.expect.describe(check.host),
+            check: format!("curl {host}"),
+            expected: check.expect.describe(host),
             observed: outcome.curl_line(check.expect.marker()),
             ok: check.expect.matches(outcome),
+            exit_code: outcome.exit,
         }
     }
 }
@@ -68,13 +73,16 @@ pub struct FlowPeer {
     pub port: u16,
     /// The pod with that address, as `namespace/name`.
     pub pod: Option<String>,
+    /// The Service whose ClusterIP and port it is, as `namespace/name`.
+    pub service: Option<String>,
 }
 
 impl std::fmt::Display for FlowPeer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.pod {
-            Some(pod) => write!(f, "{pod}:{}", self.port),
-            None => write!(f, "{}", std::net::SocketAddr::new(self.addr, self.port)),
+        match (&self.pod, &self.service) {
+            (Some(pod), _) => write!(f, "{pod}:{}", self.port),
+            (None, Some(service)) => write!(f, "service {service}:{}", self.port),
+            (None, None) => write!(f, "{}", std::net::SocketAddr::new(self.addr, self.port)),
         }
     }
 }
@@ -107,8 +115,8 @@ pub struct FlowRecord {
 }
 
 impl FlowRecord {
-    /// Names `event` with `pods` (see [`pods_by_ip`]) and the endpoints and rules of
-    /// `compiled`; `None` when the event carries a direction, verdict or reason this build
+    /// Names `event` with `pods` (see [`pods_by_ip`]) and the Services, endpoints and rules
+    /// of `compiled`; `None` when the event carries a direction, verdict or reason this build
     /// does not know.
     pub fn from_event(
         event: &FlowEvent,
@@ -121,6 +129,7 @@ impl FlowRecord {
                 addr,
                 port,
                 pod: pods.get(&addr).cloned(),
+                service: service_at(compiled, addr, port, event.protocol),
             }
         };
         Some(Self {
@@ -147,6 +156,21 @@ impl FlowRecord {
             (None, id) => format!("rule #{id}"),
         }
     }
+}
+
+/// The Service `namespace/name` that has ClusterIP `addr` with `port` over `protocol`.
+fn service_at(compiled: &Compiled, addr: IpAddr, port: u16, protocol: u8) -> Option<String> {
+    compiled
+        .services
+        .iter()
+        .find(|service| {
+            service.cluster_ips.contains(&addr)
+                && service
+                    .ports
+                    .iter()
+                    .any(|p| p.port == port && p.protocol == protocol)
+        })
+        .map(|service| service.key())
 }
 
 /// Pod `namespace/name` by address, for every pod of the snapshot.
@@ -182,6 +206,8 @@ pub struct StepReport {
     pub policies: Vec<String>,
     /// The checks, in order.
     pub checks: Vec<CheckResult>,
+    /// The kubelet's probes during the step, per pod and probe.
+    pub kubelet: Vec<ProbeTally>,
     /// The flow events written during the step, oldest first.
     pub flows: Vec<FlowRecord>,
     /// Events that could not be decoded or named (unknown enumeration values).
@@ -189,11 +215,12 @@ pub struct StepReport {
 }
 
 impl StepReport {
-    /// The report of `step`: its checks, and its events named with its snapshot and
-    /// compilation.
+    /// The report of `step`: its checks, the kubelet's probes, and its events named with its
+    /// snapshot and compilation.
     pub fn new(
         step: &Step,
         checks: Vec<CheckResult>,
+        kubelet: Vec<ProbeTally>,
         events: &[FlowEvent],
         undecodable: u64,
         snapshot: &Snapshot,
@@ -213,6 +240,7 @@ impl StepReport {
             title: step.title.to_string(),
             policies: step.policies.iter().map(|p| p.path.to_string()).collect(),
             checks,
+            kubelet,
             flows,
             undecodable: undecodable + unnamed,
         }
@@ -241,19 +269,26 @@ impl FlowCheck {
             .denied
             .iter()
             .filter(|r| {
+                let to = match denied.dst {
+                    Destination::Pod(pod) => r.dst_pod.as_deref() == Some(pod),
+                    Destination::Service(service) => r.service.as_deref() == Some(service),
+                };
                 r.is_reject()
                     && r.src_pod.as_deref() == Some(denied.src_pod)
-                    && r.dst_pod.as_deref() == Some(denied.dst_pod)
+                    && to
                     && r.protocol == Some(denied.protocol)
                     && r.dstport == Some(denied.dst_port)
             })
             .collect();
+        let dst = match denied.dst {
+            Destination::Pod(pod) => pod.to_owned(),
+            Destination::Service(service) => format!("service {service}"),
+        };
         Self {
             what: denied.what.to_owned(),
             expected: format!(
-                "REJECT {} -> {}:{}/{}",
+                "REJECT {} -> {dst}:{}/{}",
                 denied.src_pod,
-                denied.dst_pod,
                 denied.dst_port,
                 protocol_name(u8::try_from(denied.protocol).unwrap_or_default())
             ),
@@ -269,6 +304,8 @@ impl FlowCheck {
 pub struct LabReport {
     /// The run's prefix (`tg<pid>-<n>`), which every namespace it created started with.
     pub run: String,
+    /// The cluster's address family (`ipv4`, `ipv6`).
+    pub ip_family: String,
     /// How the probe was attached (`tcx` or `clsact`).
     pub attach_mode: String,
     /// Host veths the probe was attached to.
@@ -287,11 +324,16 @@ pub struct LabReport {
 
 impl LabReport {
     /// Whether every check of every step had the seed's outcome (and there was at least one),
-    /// and the flow log shows every denial of the seed.
+    /// the kubelet's probes passed in every step (and there were some), and the flow log shows
+    /// every denial of the seed.
     pub fn all_ok(&self) -> bool {
         let mut checks = self.steps.iter().flat_map(|s| &s.checks).peekable();
         checks.peek().is_some()
             && checks.all(|c| c.ok)
+            && self
+                .steps
+                .iter()
+                .all(|s| !s.kubelet.is_empty() && s.kubelet.iter().all(ProbeTally::ok))
             && self.flow_checks.iter().all(|c| c.ok)
             && self.incident_checks().all(|c| c.ok)
     }
@@ -309,14 +351,28 @@ impl LabReport {
         }
     }
 
-    /// One JSON object per check, one per line: `step`, `check`, `expected`, `observed`, `ok`;
-    /// with `--quarantine`, then one per evidence check: `evidence`, `observed`, `ok`.
+    /// One JSON object per check, one per line: `step`, `check`, `expected`, `observed`, `ok`
+    /// and curl's `exit_code`; then one per step and kubelet probe: `step`, `kubelet` (pod and
+    /// probe), `observed`, `ok`; with `--quarantine`, then one per evidence check: `evidence`,
+    /// `observed`, `ok`.
     pub fn render_json(&self) -> String {
         let mut out = String::new();
         for check in self.steps.iter().flat_map(|s| &s.checks) {
             // A struct of strings, numbers and a bool always serializes.
             out.push_str(&serde_json::to_string(check).unwrap_or_default());
             out.push('\n');
+        }
+        for step in &self.steps {
+            for probe in &step.kubelet {
+                let line = serde_json::json!({
+                    "step": step.number,
+                    "kubelet": format!("{} {}", probe.pod, probe.probe),
+                    "observed": probe.describe(),
+                    "ok": probe.ok(),
+                });
+                out.push_str(&line.to_string());
+                out.push('\n');
+            }
         }
         for check in self.incident_checks() {
             let line = serde_json::json!({
@@ -335,8 +391,8 @@ impl LabReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "tollgate lab: run {}, probe attached ({}) to {} host veths",
-            self.run, self.attach_mode, self.interfaces
+            "tollgate lab: run {} ({}), probe attached ({}) to {} host veths",
+            self.run, self.ip_family, self.attach_mode, self.interfaces
         );
         for step in &self.steps {
             let _ = writeln!(out, "\nStep {}: {}", step.number, step.title);
@@ -355,13 +411,31 @@ impl LabReport {
                         c.check.clone(),
                         c.expected.clone(),
                         c.observed.clone(),
+                        c.exit_code.to_string(),
                         mark.into(),
                     ]
                 })
                 .collect();
             out.push_str(&table(
                 "  ",
-                &["CHECK", "EXPECTED (seed)", "OBSERVED", "OK"],
+                &["CHECK", "EXPECTED (seed)", "OBSERVED", "EXIT", "OK"],
+                rows,
+            ));
+            let rows = step
+                .kubelet
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.pod.clone(),
+                        p.probe.clone(),
+                        p.describe(),
+                        if p.ok() { "ok" } else { "FAILED" }.into(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                "  ",
+                &["KUBELET PROBE (from the node)", "PROBE", "OBSERVED", "OK"],
                 rows,
             ));
             let _ = writeln!(out, "  flow events: {}", step.flows.len());
@@ -574,21 +648,35 @@ mod tests {
             .checks
             .iter()
             .map(|c| {
-                let outcome = Outcome::CouldNotResolve {
-                    host: c.host.into(),
+                let host = c.host(&crate::pods::LabPods::embedded(Default::default()).unwrap());
+                let host = host.unwrap();
+                let outcome = Outcome {
+                    exit: 6,
+                    body: String::new(),
+                    error: format!("curl: (6) Could not resolve host: {host}"),
+                    elapsed: std::time::Duration::from_secs(4),
                 };
-                let mut result = CheckResult::new(step.number, c, &outcome);
+                let mut result = CheckResult::new(step.number, c, &host, &outcome);
                 result.ok = ok;
                 result
             })
             .collect();
+        let kubelet = vec![ProbeTally {
+            pod: "default/nginx".into(),
+            probe: "httpGet http://198.18.0.20:80/".into(),
+            succeeded: 3,
+            failed: 0,
+            last_error: None,
+        }];
         LabReport {
             run: "tg1-0".into(),
+            ip_family: "ipv4".into(),
             attach_mode: "tcx".into(),
             interfaces: 4,
             steps: vec![StepReport::new(
                 step,
                 checks,
+                kubelet,
                 &[],
                 0,
                 &Snapshot::default(),
@@ -602,10 +690,10 @@ mod tests {
     }
 
     #[test]
-    fn json_has_one_object_per_check_with_exactly_the_five_fields() {
+    fn json_has_one_object_per_check_with_the_five_fields_and_the_exit_code() {
         let json = report(true).render_json();
         let lines: Vec<&str> = json.lines().collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3, "two checks and a kubelet probe");
         let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
         let keys: Vec<&str> = first
             .as_object()
@@ -613,13 +701,20 @@ mod tests {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(keys.len(), 5);
-        for key in ["step", "check", "expected", "observed", "ok"] {
+        assert_eq!(keys.len(), 6);
+        for key in ["step", "check", "expected", "observed", "ok", "exit_code"] {
             assert!(keys.contains(&key), "{key}");
         }
         assert_eq!(first["step"], 1);
         assert_eq!(first["check"], "curl nginx");
         assert_eq!(first["observed"], "curl: (6) Could not resolve host: nginx");
+        assert_eq!(first["exit_code"], 6);
+        let kubelet: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+        assert_eq!(
+            kubelet["kubelet"],
+            "default/nginx httpGet http://198.18.0.20:80/"
+        );
+        assert_eq!(kubelet["ok"], true);
     }
 
     #[test]
@@ -638,8 +733,9 @@ mod tests {
 
     #[test]
     fn events_are_named() {
-        let yaml = crate::pods::LAB_PODS_YAML;
-        let (snapshot, _) = tollgate_enforcer::manifest::parse_manifests(yaml, "lab-pods.yaml");
+        let snapshot = crate::pods::LabPods::embedded(Default::default())
+            .unwrap()
+            .snapshot;
         let mut compiled = Compiled::default();
         compiled
             .endpoint_pods

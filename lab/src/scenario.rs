@@ -1,23 +1,17 @@
 //! The seed scenario as data: three steps, the policies each has applied (the files of
 //! `examples/seed/`, embedded verbatim), the `curl` checks and the outcome the seed shows for
-//! each. [`Step::snapshot`] adds a step's policies to the lab's pods for the compiler;
-//! [`Expect::matches`] judges an [`Outcome`] against the seed.
+//! each. [`Step::snapshot`] adds a step's policies to the lab's cluster for the compiler;
+//! [`Expect::matches`] judges a curl [`Outcome`] by its exit code (and the page it printed).
 
 use tollgate_enforcer::{manifest::parse_manifests, snapshot::Snapshot};
 
-use crate::{LabError, client::Outcome, pods::LabPods, pods::Page};
+use crate::{LabError, client::Outcome, family::Manifest, pods::LabPods, pods::Page};
 
 /// The pod the checks run from (the seed's AmazonLinux pod).
 pub const CLIENT_POD: &str = "default/amazonlinux";
 
-/// A manifest of `examples/seed/`, embedded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PolicyFile {
-    /// Path in the repository.
-    pub path: &'static str,
-    /// The YAML, verbatim.
-    pub yaml: &'static str,
-}
+/// A policy manifest of `examples/seed/`, embedded.
+pub type PolicyFile = Manifest;
 
 /// The seed's first policy: no traffic in or out of any pod of `default`.
 pub const ALL_DENY: PolicyFile = PolicyFile {
@@ -35,7 +29,7 @@ pub const ALLOW_AMAZONLINUX_TO_NGINX: PolicyFile = PolicyFile {
 /// The outcome the seed shows for a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
-    /// The page is served (status 200, the page's marker in the body).
+    /// curl exit 0 and the page's marker in what it printed.
     Page(Page),
     /// curl exit 6: the name does not resolve.
     CouldNotResolve,
@@ -43,16 +37,18 @@ pub enum Expect {
     ConnectTimeout,
 }
 
+/// curl's exit code for a name that does not resolve.
+pub const CURL_COULDNT_RESOLVE_HOST: i32 = 6;
+/// curl's exit code for a timeout.
+pub const CURL_OPERATION_TIMEDOUT: i32 = 28;
+
 impl Expect {
     /// Whether `outcome` is what the seed shows.
     pub fn matches(&self, outcome: &Outcome) -> bool {
-        match (self, outcome) {
-            (Self::Page(page), Outcome::Response { status, body }) => {
-                *status == 200 && body.contains(page.marker())
-            }
-            (Self::CouldNotResolve, Outcome::CouldNotResolve { .. }) => true,
-            (Self::ConnectTimeout, Outcome::ConnectTimeout { .. }) => true,
-            _ => false,
+        match self {
+            Self::Page(page) => outcome.exit == 0 && outcome.body.contains(page.marker()),
+            Self::CouldNotResolve => outcome.exit == CURL_COULDNT_RESOLVE_HOST,
+            Self::ConnectTimeout => outcome.exit == CURL_OPERATION_TIMEDOUT,
         }
     }
 
@@ -67,13 +63,7 @@ impl Expect {
     /// The expected outcome as a curl-like line (the time of a timeout elided).
     pub fn describe(&self, host: &str) -> String {
         match self {
-            Self::Page(page) => page
-                .html()
-                .lines()
-                .find(|line| line.contains(page.marker()))
-                .unwrap_or(page.marker())
-                .trim()
-                .to_string(),
+            Self::Page(page) => page.line().to_string(),
             Self::CouldNotResolve => format!("curl: (6) Could not resolve host: {host}"),
             Self::ConnectTimeout => format!(
                 "curl: (28) Failed to connect to {host} port {} after … ms: \
@@ -84,19 +74,40 @@ impl Expect {
     }
 }
 
-/// One `curl NAME` from the client pod.
+/// What curl is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A name, resolved through kube-dns (`nginx`).
+    Name(&'static str),
+    /// The address of pod `namespace/name` of the cluster at hand, used as it is.
+    PodAddress(&'static str),
+}
+
+/// One `curl HOST` from the client pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Check {
-    /// The name given to curl.
-    pub host: &'static str,
+    /// What curl is given.
+    pub target: Target,
     /// What the seed shows.
     pub expect: Expect,
 }
 
 impl Check {
-    /// `curl NAME`.
-    pub fn name(&self) -> String {
-        format!("curl {}", self.host)
+    /// The host curl is given in the cluster of `pods`.
+    pub fn host(&self, pods: &LabPods) -> Result<String, LabError> {
+        match self.target {
+            Target::Name(name) => Ok(name.to_owned()),
+            Target::PodAddress(key) => pods
+                .pods
+                .iter()
+                .find(|pod| pod.key() == key)
+                .map(|pod| match pod.ip {
+                    // As curl takes an IPv6 address in a URL.
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip @ std::net::IpAddr::V4(_) => ip.to_string(),
+                })
+                .ok_or_else(|| LabError::Scenario(format!("no pod {key} to curl"))),
+        }
     }
 }
 
@@ -114,7 +125,7 @@ pub struct Step {
 }
 
 impl Step {
-    /// The lab's pods plus this step's policies, as the compiler reads them.
+    /// The lab's cluster plus this step's policies, as the compiler reads them.
     pub fn snapshot(&self, pods: &LabPods) -> Result<Snapshot, LabError> {
         let mut snapshot = pods.snapshot.clone();
         for policy in self.policies {
@@ -134,7 +145,7 @@ impl Step {
 }
 
 const NGINX_SERVED: Check = Check {
-    host: "nginx",
+    target: Target::Name("nginx"),
     expect: Expect::Page(Page::NginxWelcome),
 };
 
@@ -147,7 +158,7 @@ pub const STEPS: [Step; 3] = [
         checks: &[
             NGINX_SERVED,
             Check {
-                host: "httpd",
+                target: Target::Name("httpd"),
                 expect: Expect::Page(Page::HttpdItWorks),
             },
         ],
@@ -158,11 +169,11 @@ pub const STEPS: [Step; 3] = [
         policies: &[ALL_DENY],
         checks: &[
             Check {
-                host: "nginx",
+                target: Target::Name("nginx"),
                 expect: Expect::CouldNotResolve,
             },
             Check {
-                host: "httpd",
+                target: Target::Name("httpd"),
                 expect: Expect::CouldNotResolve,
             },
         ],
@@ -174,7 +185,7 @@ pub const STEPS: [Step; 3] = [
         checks: &[
             NGINX_SERVED,
             Check {
-                host: "httpd",
+                target: Target::Name("httpd"),
                 expect: Expect::ConnectTimeout,
             },
         ],
@@ -186,9 +197,6 @@ pub const KUBE_SYSTEM_AUDIT: PolicyFile = PolicyFile {
     path: "examples/incident/kube-system-default-deny-audit.yaml",
     yaml: include_str!("../../examples/incident/kube-system-default-deny-audit.yaml"),
 };
-
-/// nginx's address (`examples/seed/lab-pods.yaml`): step 5 tries it without DNS too.
-pub const NGINX_ADDRESS: &str = "198.18.0.20";
 
 /// Why the lab quarantines the client, as `--reason` says it.
 pub const QUARANTINE_REASON: &str =
@@ -211,11 +219,11 @@ pub const QUARANTINE_STEPS: [Step; 2] = [
         policies: &[ALL_DENY, ALLOW_AMAZONLINUX_TO_NGINX, KUBE_SYSTEM_AUDIT],
         checks: &[
             Check {
-                host: "nginx",
+                target: Target::Name("nginx"),
                 expect: Expect::CouldNotResolve,
             },
             Check {
-                host: NGINX_ADDRESS,
+                target: Target::PodAddress("default/nginx"),
                 expect: Expect::ConnectTimeout,
             },
         ],
@@ -227,10 +235,19 @@ pub const QUARANTINE_STEPS: [Step; 2] = [
 pub const QUARANTINE_DENIED_FLOWS: [DeniedFlow; 1] = [DeniedFlow {
     what: "curl nginx's address blocked by the quarantine",
     src_pod: CLIENT_POD,
-    dst_pod: "default/nginx",
+    dst: Destination::Pod("default/nginx"),
     protocol: 6,
     dst_port: 80,
 }];
+
+/// Where a denied flow was addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// Pod `namespace/name`, by its address.
+    Pod(&'static str),
+    /// Service `namespace/name`, by its ClusterIP (the record's `svc_*` columns name it).
+    Service(&'static str),
+}
 
 /// A denial the flow log must show at the end of the walk, as a `REJECT` record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,27 +256,28 @@ pub struct DeniedFlow {
     pub what: &'static str,
     /// Source pod, `namespace/name`.
     pub src_pod: &'static str,
-    /// Destination pod, `namespace/name`.
-    pub dst_pod: &'static str,
+    /// Where it was addressed.
+    pub dst: Destination,
     /// IANA protocol number.
     pub protocol: i32,
-    /// Destination port.
+    /// Destination port (the Service port for a Service).
     pub dst_port: i32,
 }
 
-/// The denials of the seed, as the flow log records them.
+/// The denials of the seed, as the flow log records them: addressed to the Services'
+/// ClusterIPs, where the client's egress policy decides them (before kube-proxy's DNAT).
 pub const DENIED_FLOWS: [DeniedFlow; 2] = [
     DeniedFlow {
         what: "DNS lookups blocked by all-deny",
         src_pod: CLIENT_POD,
-        dst_pod: "kube-system/kube-dns",
+        dst: Destination::Service("kube-system/kube-dns"),
         protocol: 17,
         dst_port: 53,
     },
     DeniedFlow {
         what: "curl httpd blocked",
         src_pod: CLIENT_POD,
-        dst_pod: "default/httpd",
+        dst: Destination::Service("default/httpd"),
         protocol: 6,
         dst_port: 80,
     },
@@ -271,22 +289,25 @@ mod tests {
 
     use super::*;
 
+    fn curl(exit: i32, body: &str) -> Outcome {
+        Outcome {
+            exit,
+            body: body.into(),
+            error: String::new(),
+            elapsed: Duration::from_millis(1),
+        }
+    }
+
     #[test]
-    fn expectations_judge_outcomes() {
-        let page = Outcome::Response {
-            status: 200,
-            body: Page::HttpdItWorks.html().to_string(),
-        };
+    fn expectations_judge_curls_exit_code_and_page() {
+        let page = curl(0, crate::pods::HTTPD_INDEX);
         assert!(Expect::Page(Page::HttpdItWorks).matches(&page));
         assert!(!Expect::Page(Page::NginxWelcome).matches(&page));
         assert!(!Expect::CouldNotResolve.matches(&page));
-        let timeout = Outcome::ConnectTimeout {
-            host: "httpd".into(),
-            port: 80,
-            elapsed: Duration::from_secs(2),
-        };
+        let timeout = curl(28, "");
         assert!(Expect::ConnectTimeout.matches(&timeout));
         assert!(!Expect::CouldNotResolve.matches(&timeout));
+        assert!(Expect::CouldNotResolve.matches(&curl(6, "")));
         assert_eq!(
             Expect::Page(Page::NginxWelcome).describe("nginx"),
             "<title>Welcome to nginx!</title>"

@@ -1,40 +1,51 @@
 //! The lab's network: a node namespace and one namespace per pod, wired like the AWS VPC CNI,
-//! built and torn down with iproute2.
+//! built and torn down with iproute2, for one [`IpFamily`].
 //!
 //! For each pod, [`Topology::create`] makes a veth pair whose host side (`eni…`, see
 //! [`crate::names::host_veth_name`]) stays in the node namespace and whose pod side is `eth0` in
 //! the pod's namespace, then wires it as the VPC CNI does:
-//! - pod: the pod address as a /32 on `eth0`, `169.254.1.1` as an on-link gateway and the
-//!   default route through it, and a permanent neighbor entry `169.254.1.1` → the host veth's
-//!   MAC (no ARP for the gateway);
-//! - node: a /32 route per pod to its host veth (`scope link`) and a permanent neighbor entry
-//!   pod address → the pod's `eth0` MAC; forwarding on in the node namespace only.
+//! - pod: the pod address as a /32 (/128) on `eth0`, the family's gateway (`169.254.1.1`,
+//!   `fe80::1`) as an on-link route and the default route through it, and a permanent neighbor
+//!   entry gateway → the host veth's MAC (no ARP or neighbor discovery for the gateway);
+//! - node: a /32 (/128) route per pod to its host veth and a permanent neighbor entry pod
+//!   address → the pod's `eth0` MAC; forwarding on in the node namespace only.
 //!
-//! The node namespace has no other route, so nothing the pods send can leave it, and nothing in
-//! the root namespace is touched. IPv6 is disabled in every namespace of the run before any
-//! interface exists, so the pods' link-local chatter does not reach the probe (which, in strict
-//! mode, would report it as traffic of unknown endpoints).
+//! The node's own address (its primary ENI's) sits on a dummy `eth0` (or an `ifb`, which
+//! likewise drops what is sent to it, where the kernel has no dummy driver) in the node
+//! namespace:
+//! the kubelet's probes and kube-proxy's hairpin masquerade leave from it, and the agent finds
+//! it there. The node namespace has no other route, so nothing the pods or the node send can
+//! leave it, and nothing in the root namespace is touched.
+//!
+//! The other family is off: IPv6 is disabled in every namespace of an IPv4 run before any
+//! interface exists. An IPv6 run keeps IPv6 but generates no link-local addresses, runs no
+//! duplicate address detection (addresses are added `nodad`), takes no router advertisements,
+//! joins no multicast group it would report over MLD (the pods' `eth0` is `arp off`, so no
+//! solicited-node group; the host veths are not routers on their link), so the only packets on
+//! a veth are the pods' own traffic: chatter from `::` or link-local addresses no pod owns
+//! would be reported by the probe (strict mode denies unknown sources).
 //!
 //! Every namespace is recorded as soon as it exists; dropping the [`Topology`] deletes them all
 //! (and with them the veths, routes and neighbors), whether the build finished or not.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::{
     LabError,
+    family::IpFamily,
     names::{self, RunNames},
     netns::netns_path,
-    pods::{LabPods, is_lab_address},
+    pods::LabPods,
 };
 
-/// The gateway address every pod routes through, answered by the host veth (VPC CNI).
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The pod side of every veth pair.
 pub const POD_IFNAME: &str = "eth0";
+/// The node's primary interface (a dummy in the lab), holding the node's address.
+pub const NODE_IFNAME: &str = "eth0";
 
 /// One pod's wiring.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +55,7 @@ pub struct PodLink {
     /// The pod's network namespace.
     pub netns: String,
     /// The pod's address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Name of the host-side veth, in the node namespace.
     pub host_veth: String,
     /// Interface index of the host-side veth, in the node namespace.
@@ -55,6 +66,7 @@ pub struct PodLink {
 #[derive(Debug)]
 pub struct Topology {
     names: RunNames,
+    family: IpFamily,
     node: String,
     links: BTreeMap<String, PodLink>,
     /// Namespaces created so far, in creation order.
@@ -65,21 +77,36 @@ impl Topology {
     /// Builds the node namespace and one wired namespace per pod. On error, what was built is
     /// removed before the error is returned.
     pub fn create(names: RunNames, pods: &LabPods) -> Result<Self, LabError> {
+        let family = pods.family;
         let node = names.node_netns();
         let mut topology = Self {
             names,
+            family,
             node: node.clone(),
             links: BTreeMap::new(),
             created: Vec::new(),
         };
         topology.add_netns(&node)?;
-        sysctl(&node, &["net.ipv4.ip_forward=1"])?;
+        match family {
+            IpFamily::V4 => sysctl(&node, &["net.ipv4.ip_forward=1"])?,
+            // Forwarding follows `all`; an interface's own `forwarding` only makes it act as
+            // a router on its link (joining the all-routers groups, and reporting that over
+            // MLD), which the host veths, created after this, do not.
+            IpFamily::V6 => sysctl(
+                &node,
+                &[
+                    "net.ipv6.conf.all.forwarding=1",
+                    "net.ipv6.conf.default.forwarding=0",
+                ],
+            )?,
+        }
+        add_node_address(&node, family)?;
         for pod in &pods.pods {
             // Checked when the pods were read; checked again here because this is where an
             // address would be put on an interface.
-            if !is_lab_address(pod.ip) {
+            if !family.is_pod_address(pod.ip) {
                 return Err(LabError::Scenario(format!(
-                    "pod {} has address {} outside the lab's range",
+                    "pod {} has address {} outside the lab's {family} pod network",
                     pod.key(),
                     pod.ip
                 )));
@@ -87,7 +114,7 @@ impl Topology {
             let netns = topology.names.pod_netns(&pod.namespace, &pod.name);
             topology.add_netns(&netns)?;
             let host_veth = names::host_veth_name(&pod.namespace, &pod.name);
-            let link = wire_pod(&node, &netns, &host_veth, pod.ip, pod.key())?;
+            let link = wire_pod(family, &node, &netns, &host_veth, pod.ip, pod.key())?;
             tracing::debug!(pod = %link.pod, netns = %link.netns, host_veth = %link.host_veth,
                 ifindex = link.host_ifindex, ip = %link.ip, "pod wired");
             topology.links.insert(link.pod.clone(), link);
@@ -103,6 +130,11 @@ impl Topology {
     /// The node's network namespace.
     pub fn node_netns(&self) -> &str {
         &self.node
+    }
+
+    /// The address family of every address in it.
+    pub fn family(&self) -> IpFamily {
+        self.family
     }
 
     /// The wiring of pod `namespace/name`.
@@ -123,20 +155,38 @@ impl Topology {
             .collect()
     }
 
-    /// Creates network namespace `netns` (with loopback up and IPv6 off) and records it for
-    /// removal.
+    /// Creates network namespace `netns` (with loopback up and the family's sysctls, see the
+    /// module doc) and records it for removal.
     fn add_netns(&mut self, netns: &str) -> Result<(), LabError> {
         debug_assert!(self.names.owns(netns));
         ip(&["netns", "add", netns])?;
         self.created.push(netns.to_string());
-        ip(&["-n", netns, "link", "set", "lo", "up"])?;
-        sysctl(
-            netns,
-            &[
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-        )
+        match self.family {
+            IpFamily::V4 => sysctl(
+                netns,
+                &[
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+            )?,
+            IpFamily::V6 => {
+                let mut settings = Vec::new();
+                for scope in ["all", "default"] {
+                    for (key, value) in [
+                        ("disable_ipv6", "0"),
+                        ("addr_gen_mode", "1"),
+                        ("accept_dad", "0"),
+                        ("accept_ra", "0"),
+                        ("autoconf", "0"),
+                    ] {
+                        settings.push(format!("net.ipv6.conf.{scope}.{key}={value}"));
+                    }
+                }
+                let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+                sysctl(netns, &settings)?;
+            }
+        }
+        ip(&["-n", netns, "link", "set", "lo", "up"]).map(drop)
     }
 }
 
@@ -153,29 +203,61 @@ impl Drop for Topology {
     }
 }
 
+/// Puts the node's address on a dummy `eth0` in the node namespace: a local address only
+/// (no prefix route), on an interface that sends nothing anywhere. Where the kernel has no
+/// `dummy` driver, an `ifb` device serves: it too drops whatever is sent to it.
+fn add_node_address(node: &str, family: IpFamily) -> Result<(), LabError> {
+    let address = format!("{}/{}", family.node_address(), family.host_prefix_len());
+    let dummy = ["-n", node, "link", "add", NODE_IFNAME, "type", "dummy"];
+    if let Err(error) = ip(&dummy) {
+        tracing::debug!(%error, "no dummy driver; the node's eth0 is an ifb device");
+        ip(&["-n", node, "link", "add", NODE_IFNAME, "type", "ifb"])?;
+    }
+    let mut add = vec!["-n", node, "addr", "add", &address, "dev", NODE_IFNAME];
+    if family == IpFamily::V6 {
+        add.extend(["nodad", "noprefixroute"]);
+    }
+    ip(&add)?;
+    ip(&["-n", node, "link", "set", NODE_IFNAME, "up"]).map(drop)
+}
+
 /// Wires pod namespace `netns` to the node: veth pair, addresses, routes, neighbors.
 fn wire_pod(
+    family: IpFamily,
     node: &str,
     netns: &str,
     host_veth: &str,
-    ip_addr: Ipv4Addr,
+    ip_addr: IpAddr,
     pod: String,
 ) -> Result<PodLink, LabError> {
-    let pod_cidr = format!("{ip_addr}/32");
+    let pod_cidr = format!("{ip_addr}/{}", family.host_prefix_len());
     let pod_ip = ip_addr.to_string();
-    let gateway = GATEWAY.to_string();
+    let gateway = family.gateway().to_string();
+    let fam = match family {
+        IpFamily::V4 => "-4",
+        IpFamily::V6 => "-6",
+    };
     ip(&[
         "-n", node, "link", "add", host_veth, "type", "veth", "peer", "name", POD_IFNAME, "netns",
         netns,
     ])?;
     ip(&["-n", node, "link", "set", host_veth, "up"])?;
+    if family == IpFamily::V6 {
+        // No solicited-node group for the pod's address, so no MLD report from `::` (the pod
+        // has no link-local address to send it from); the gateway's neighbor entry is static.
+        ip(&["-n", netns, "link", "set", POD_IFNAME, "arp", "off"])?;
+    }
     ip(&["-n", netns, "link", "set", POD_IFNAME, "up"])?;
-    ip(&["-n", netns, "addr", "add", &pod_cidr, "dev", POD_IFNAME])?;
+    let mut add = vec!["-n", netns, "addr", "add", &pod_cidr, "dev", POD_IFNAME];
+    if family == IpFamily::V6 {
+        add.push("nodad");
+    }
+    ip(&add)?;
     ip(&[
-        "-n", netns, "route", "add", &gateway, "dev", POD_IFNAME, "scope", "link",
+        fam, "-n", netns, "route", "add", &gateway, "dev", POD_IFNAME, "scope", "link",
     ])?;
     ip(&[
-        "-n", netns, "route", "add", "default", "via", &gateway, "dev", POD_IFNAME,
+        fam, "-n", netns, "route", "add", "default", "via", &gateway, "dev", POD_IFNAME,
     ])?;
     let (host_ifindex, host_mac) = link_info(node, host_veth)?;
     let (_, pod_mac) = link_info(netns, POD_IFNAME)?;
@@ -193,7 +275,7 @@ fn wire_pod(
         "permanent",
     ])?;
     ip(&[
-        "-n", node, "route", "add", &pod_cidr, "dev", host_veth, "scope", "link",
+        fam, "-n", node, "route", "add", &pod_cidr, "dev", host_veth, "scope", "link",
     ])?;
     ip(&[
         "-n",
@@ -289,6 +371,19 @@ pub fn list_netns() -> Result<Vec<String>, LabError> {
 /// process cannot see in `/proc`, is never mistaken for a dead one.
 pub const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
 
+/// Whether what lab run `pid` left at `path` is stale: its process is gone and the path was
+/// last changed more than [`STALE_AFTER`] ago (unknown age: not stale).
+pub fn is_stale(pid: u32, path: &Path) -> bool {
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        return false;
+    }
+    let age = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| modified.elapsed().ok());
+    age.is_some_and(|age| age > STALE_AFTER)
+}
+
 /// Removes the namespaces of lab runs whose process is gone (killed before it could clean
 /// up) and that are older than [`STALE_AFTER`]. Everything else is left alone. Returns the
 /// names removed.
@@ -305,14 +400,7 @@ pub fn sweep_stale() -> Vec<String> {
         let Some(pid) = names::creator_pid(&netns) else {
             continue;
         };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let age = std::fs::metadata(netns_path(&netns))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|modified| modified.elapsed().ok());
-        if age.is_none_or(|age| age <= STALE_AFTER) {
+        if !is_stale(pid, Path::new(&netns_path(&netns))) {
             continue;
         }
         match ip(&["netns", "del", &netns]) {

@@ -63,6 +63,7 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
         attach: Attach::Auto,
         out: Some(out.clone()),
         quarantine: false,
+        ip_family: Default::default(),
     })
     .await
     .unwrap();
@@ -74,12 +75,16 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
         params
     };
 
-    // Which flows were denied: the seed's blocked DNS lookups and its blocked curl httpd.
+    // Which flows were denied: the seed's blocked DNS lookups and its blocked curl httpd, both
+    // addressed to the Services' ClusterIPs (the svc_* columns name them).
     let denied = query(&out, "denied-flows", &window);
-    let to = |pod: &str, port: i64| {
+    let to = |name: &str, port: i64| {
         denied
             .iter()
-            .filter(|r| text(r, "src_pod") == "amazonlinux" && text(r, "dst_pod") == pod)
+            .filter(|r| {
+                text(r, "src_pod") == "amazonlinux"
+                    && (text(r, "dst_pod") == name || text(r, "svc_name") == name)
+            })
             .filter(|r| r["dstport"] == port)
             .count()
     };
@@ -95,14 +100,33 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
     );
     assert!(none.is_empty());
 
-    // All flows of nginx, both directions: amazonlinux reached it, allowed by rule in step 3.
+    // All flows of nginx: amazonlinux reached it, allowed by rule in step 3 (at nginx's
+    // ingress, after kube-proxy's DNAT); the kubelet's probes came from the node.
     let nginx = query(
         &out,
         "pod-flows",
         &with(&[("namespace", "default".into()), ("pod", "nginx".into())]),
     );
-    let directions: Vec<&str> = nginx.iter().map(|r| text(r, "flow_direction")).collect();
-    assert!(directions.contains(&"ingress") && directions.contains(&"egress"));
+    assert!(
+        nginx
+            .iter()
+            .any(|r| text(r, "verdict_reason") == "from-node")
+    );
+    // amazonlinux's side: its egress to nginx's Service, by rule.
+    let client = query(
+        &out,
+        "pod-flows",
+        &with(&[
+            ("namespace", "default".into()),
+            ("pod", "amazonlinux".into()),
+        ]),
+    );
+    assert!(
+        client.iter().any(|r| text(r, "flow_direction") == "egress"
+            && text(r, "svc_name") == "nginx"
+            && text(r, "policy_name") == "allow-amazonlinux-to-nginx"),
+        "{client:#?}"
+    );
     let allowed = nginx
         .iter()
         .find(|r| {
@@ -123,7 +147,7 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
         &with(&[("limit", "1".into())]),
     );
     assert_eq!(destinations.len(), 1, "the limit holds");
-    assert_eq!(text(&destinations[0], "dst_pod"), "kube-dns");
+    assert_eq!(text(&destinations[0], "svc_name"), "kube-dns");
 
     // Hits per policy and rule: both allow policies of the seed.
     let hits = query(&out, "policy-rule-hits", &window);

@@ -1,10 +1,14 @@
 //! The whole lab, as `tollgate lab` runs it: the seed's three steps with the real probe
-//! attached. Needs root (namespaces, veths, BPF).
+//! attached, through kube-proxy's chains, with real nginx, apache2, dnsmasq and curl, on IPv4
+//! and IPv6, over TCX and clsact. Needs root (namespaces, veths, BPF, iptables).
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use tollgate_lab::{
-    Attach, FlowRecord, LabOptions, OutputFormat, StepReport, run, topology::list_netns,
+    Attach, FlowRecord, IpFamily, LabOptions, LabReport, OutputFormat, StepReport, run,
+    topology::list_netns,
 };
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
 
@@ -27,31 +31,53 @@ fn find<'a>(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seed_scenario_runs_as_documented() {
-    if !is_root("the_seed_scenario_runs_as_documented") {
-        return;
-    }
-    let started = std::time::Instant::now();
+async fn seed(family: IpFamily, attach: Attach) -> LabReport {
+    let started = Instant::now();
     let report = run(&LabOptions {
         output: OutputFormat::Table,
-        attach: Attach::Auto,
+        attach,
         out: None,
         quarantine: false,
+        ip_family: family,
     })
     .await
     .unwrap();
     eprintln!("{}", report.render_table());
-    eprintln!("lab took {:?}", started.elapsed());
-
+    eprintln!("lab ({family}, {attach:?}) took {:?}", started.elapsed());
     assert!(report.all_ok(), "{}", report.render_table());
-    assert_eq!(report.attach_mode, "tcx", "this kernel has TCX");
+    assert_eq!(report.ip_family, family.name());
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "the lab takes well under a minute"
+    );
+    // Everything the run created is gone.
+    let prefix = format!("{}-", report.run);
+    let left: Vec<String> = list_netns()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+    assert!(
+        !std::env::temp_dir()
+            .join(format!("{}-run", report.run))
+            .exists(),
+        "the servers' run directory is removed"
+    );
+    report
+}
+
+/// What the seed shows, flow by flow: the client's egress decided on the Services' ClusterIPs
+/// (before kube-proxy's DNAT), the backends' ingress on their own addresses (after it), and
+/// the kubelet's probes from the node passing even under all-deny.
+fn the_flows_are_the_seeds(report: &LabReport, family: IpFamily) {
     assert_eq!(report.steps.len(), 3);
     assert_eq!(
         report.render(OutputFormat::Json).lines().count(),
-        6,
-        "one JSON line per check"
+        6 + 3 * 3,
+        "one JSON line per check, and per step and kubelet probe"
     );
+    let node = family.node_address();
 
     // Step 1: no policy, the flows pass because no policy selects the pods.
     let step1 = &report.steps[0];
@@ -61,9 +87,16 @@ async fn the_seed_scenario_runs_as_documented() {
     assert_eq!(dns.verdict, Verdict::Allow);
     assert_eq!(dns.reason, Reason::NotSelected);
     assert_eq!(pod(&dns.src.pod), "default/amazonlinux");
-    assert_eq!(pod(&dns.dst.pod), "kube-system/kube-dns");
+    assert_eq!(dns.dst.service.as_deref(), Some("kube-system/kube-dns"));
+    assert_eq!(dns.dst.pod, None, "addressed to the ClusterIP");
+    let delivered = find(step1, "kube-dns receiving the query", |f| {
+        f.direction == Direction::Ingress && f.protocol == proto::UDP && f.dst.port == 53
+    });
+    assert_eq!(pod(&delivered.dst.pod), "kube-system/kube-dns");
+    assert_eq!(pod(&delivered.src.pod), "default/amazonlinux");
 
-    // Step 2: all-deny: the client's DNS queries are denied at its egress.
+    // Step 2: all-deny: the client's DNS queries to kube-dns's ClusterIP are denied at its
+    // egress; the kubelet still reaches every pod, from the node.
     let step2 = &report.steps[1];
     let denied_dns = find(step2, "denying the DNS query", |f| {
         f.verdict == Verdict::Deny && f.protocol == proto::UDP && f.dst.port == 53
@@ -71,20 +104,34 @@ async fn the_seed_scenario_runs_as_documented() {
     assert_eq!(denied_dns.direction, Direction::Egress);
     assert_eq!(denied_dns.reason, Reason::IsolatedNoMatch);
     assert_eq!(pod(&denied_dns.src.pod), "default/amazonlinux");
-    assert_eq!(pod(&denied_dns.dst.pod), "kube-system/kube-dns");
+    assert_eq!(
+        denied_dns.dst.service.as_deref(),
+        Some("kube-system/kube-dns")
+    );
     assert_eq!(pod(&denied_dns.endpoint_pod), "default/amazonlinux");
     assert!(
         step2
             .flows
             .iter()
-            .all(|f| f.protocol != proto::TCP || f.verdict == Verdict::Deny),
-        "nothing reaches a web server in step 2"
+            .all(|f| f.protocol != proto::TCP || f.verdict == Verdict::Deny || f.src.addr == node),
+        "nothing but the kubelet reaches a web server in step 2"
     );
+    for web in ["default/nginx", "default/httpd"] {
+        let probe = find(step2, "the kubelet's probe passing", |f| {
+            f.direction == Direction::Ingress && f.dst.pod.as_deref() == Some(web)
+        });
+        assert_eq!(probe.src.addr, node);
+        assert_eq!(
+            (probe.verdict, probe.reason),
+            (Verdict::Allow, Reason::FromNode)
+        );
+    }
+    assert!(step2.kubelet.iter().all(|p| p.ok() && p.succeeded >= 1));
 
     // Step 3: the allow policies.
     let step3 = &report.steps[2];
-    let httpd = find(step3, "denying amazonlinux → httpd:80", |f| {
-        f.verdict == Verdict::Deny && f.dst.pod.as_deref() == Some("default/httpd")
+    let httpd = find(step3, "denying amazonlinux → httpd's ClusterIP", |f| {
+        f.verdict == Verdict::Deny && f.dst.service.as_deref() == Some("default/httpd")
     });
     assert_eq!(pod(&httpd.src.pod), "default/amazonlinux");
     assert_eq!((httpd.protocol, httpd.dst.port), (proto::TCP, 80));
@@ -102,7 +149,7 @@ async fn the_seed_scenario_runs_as_documented() {
     let egress = find(step3, "allowing amazonlinux → nginx at its egress", |f| {
         f.direction == Direction::Egress
             && f.verdict == Verdict::Allow
-            && f.dst.pod.as_deref() == Some("default/nginx")
+            && f.dst.service.as_deref() == Some("default/nginx")
     });
     assert_eq!(egress.reason, Reason::AllowedByRule);
     assert_eq!(
@@ -117,6 +164,7 @@ async fn the_seed_scenario_runs_as_documented() {
         |f| {
             f.direction == Direction::Ingress
                 && f.verdict == Verdict::Allow
+                && f.src.pod.as_deref() == Some("default/amazonlinux")
                 && f.dst.pod.as_deref() == Some("default/nginx")
         },
     );
@@ -130,6 +178,15 @@ async fn the_seed_scenario_runs_as_documented() {
 
     for step in &report.steps {
         assert_eq!(step.undecodable, 0, "step {}", step.number);
+        // No chatter of addresses no pod owns (IPv6: no link-local, no MLD from `::`).
+        assert!(
+            step.flows
+                .iter()
+                .all(|f| f.reason != Reason::UnknownEndpoint),
+            "step {}: {:#?}",
+            step.number,
+            step.flows
+        );
     }
     let lost = report
         .counters
@@ -137,19 +194,18 @@ async fn the_seed_scenario_runs_as_documented() {
         .find(|(name, _)| *name == "ringbuf_reserve_failed")
         .map(|(_, value)| *value);
     assert_eq!(lost, Some(0), "no event lost");
+}
 
-    // Everything the run created is gone.
-    let prefix = format!("{}-", report.run);
-    let left: Vec<String> = list_netns()
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    assert_eq!(left, Vec::<String>::new());
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(30),
-        "the lab takes well under a minute"
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6() {
+    if !is_root("the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6") {
+        return;
+    }
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let report = seed(family, Attach::Auto).await;
+        assert_eq!(report.attach_mode, "tcx", "this kernel has TCX");
+        the_flows_are_the_seeds(&report, family);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,14 +213,9 @@ async fn the_seed_scenario_runs_the_same_through_clsact() {
     if !is_root("the_seed_scenario_runs_the_same_through_clsact") {
         return;
     }
-    let report = run(&LabOptions {
-        output: OutputFormat::Table,
-        attach: Attach::Clsact,
-        out: None,
-        quarantine: false,
-    })
-    .await
-    .unwrap();
-    assert_eq!(report.attach_mode, "clsact");
-    assert!(report.all_ok(), "{}", report.render_table());
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let report = seed(family, Attach::Clsact).await;
+        assert_eq!(report.attach_mode, "clsact");
+        the_flows_are_the_seeds(&report, family);
+    }
 }

@@ -1,12 +1,13 @@
-//! The lab's manifests: the seed's policies verbatim, the lab's pods as the lab reads them,
-//! and the errors for pods it cannot run. No root needed.
+//! The lab's manifests: the seed's policies verbatim, the lab's pods and Services (IPv4 and
+//! IPv6) as the lab reads them, and the errors for objects it cannot run. No root needed.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 use tollgate_lab::{
-    LabError,
-    pods::{LabPods, Page, Service},
+    IpFamily, LabError,
+    family::Manifest,
+    pods::{HttpServer, LabPods, Serves},
     scenario::{ALL_DENY, ALLOW_AMAZONLINUX_TO_NGINX, STEPS},
 };
 
@@ -49,7 +50,7 @@ fn steps_apply_the_seed_policies_in_order() {
             ],
         ]
     );
-    let pods = LabPods::embedded().unwrap();
+    let pods = LabPods::embedded(IpFamily::V4).unwrap();
     let policies: Vec<usize> = STEPS
         .iter()
         .map(|s| s.snapshot(&pods).unwrap().policies.len())
@@ -57,52 +58,102 @@ fn steps_apply_the_seed_policies_in_order() {
     assert_eq!(policies, [0, 1, 3]);
 }
 
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
 #[test]
-fn lab_pods_are_read_from_the_example() {
-    let pods = LabPods::embedded().unwrap();
-    let summary: Vec<(String, Ipv4Addr, Vec<Service>)> = pods
-        .pods
-        .iter()
-        .map(|p| (p.key(), p.ip, p.services.clone()))
-        .collect();
-    assert_eq!(
-        summary,
-        [
-            (
-                "kube-system/kube-dns".to_string(),
-                Ipv4Addr::new(198, 18, 0, 10),
-                vec![Service::Dns { port: 53 }]
+fn lab_pods_and_services_are_read_from_the_examples_of_both_families() {
+    for (family, dns, nginx, services) in [
+        (
+            IpFamily::V4,
+            "198.18.0.10",
+            "198.18.0.20",
+            ["198.19.0.10", "198.19.104.37", "198.19.212.118"],
+        ),
+        (
+            IpFamily::V6,
+            "2001:db8::10",
+            "2001:db8::20",
+            [
+                "2001:db8:ffff::a",
+                "2001:db8:ffff::6825",
+                "2001:db8:ffff::d476",
+            ],
+        ),
+    ] {
+        let pods = LabPods::embedded(family).unwrap();
+        let summary: Vec<(String, IpAddr, Vec<Serves>)> = pods
+            .pods
+            .iter()
+            .map(|p| (p.key(), p.ip, p.serves.clone()))
+            .collect();
+        let http = |server| vec![Serves::Http { port: 80, server }];
+        assert_eq!(
+            summary[..2],
+            [
+                (
+                    "kube-system/kube-dns".to_string(),
+                    ip(dns),
+                    vec![Serves::Dns { port: 53 }]
+                ),
+                (
+                    "default/nginx".to_string(),
+                    ip(nginx),
+                    http(HttpServer::Nginx)
+                ),
+            ],
+            "{family}"
+        );
+        assert_eq!(summary[2].2, http(HttpServer::Apache));
+        assert_eq!(summary[3].0, "default/amazonlinux");
+        assert!(summary[3].2.is_empty());
+        assert_eq!(pods.snapshot.namespaces.len(), 2);
+        assert_eq!(pods.snapshot.services.len(), 3);
+        let names: Vec<(&str, IpAddr)> = pods
+            .names
+            .iter()
+            .map(|n| (n.fqdn.as_str(), n.cluster_ip))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("kube-dns.kube-system.svc.cluster.local", ip(services[0])),
+                ("nginx.default.svc.cluster.local", ip(services[1])),
+                ("httpd.default.svc.cluster.local", ip(services[2])),
+            ]
+        );
+        assert_eq!(pods.dns_cluster_ip().unwrap(), ip(services[0]));
+    }
+}
+
+/// The Services of `services.yaml` with `kubectl expose`'s shape: one unnamed TCP port 80 with
+/// targetPort 80 and the Deployment's selector; kube-dns with UDP and TCP 53.
+#[test]
+fn services_are_what_the_seeds_commands_create() {
+    let pods = LabPods::embedded(IpFamily::V4).unwrap();
+    for service in &pods.snapshot.services {
+        let name = service.metadata.name.as_deref().unwrap();
+        let spec = service.spec.as_ref().unwrap();
+        let ports: Vec<(Option<&str>, &str, i32)> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref(), p.protocol.as_deref().unwrap(), p.port))
+            .collect();
+        match name {
+            "kube-dns" => assert_eq!(
+                ports,
+                [(Some("dns"), "UDP", 53), (Some("dns-tcp"), "TCP", 53)]
             ),
-            (
-                "default/nginx".to_string(),
-                Ipv4Addr::new(198, 18, 0, 20),
-                vec![Service::Http {
-                    port: 80,
-                    page: Page::NginxWelcome
-                }]
-            ),
-            (
-                "default/httpd".to_string(),
-                Ipv4Addr::new(198, 18, 0, 30),
-                vec![Service::Http {
-                    port: 80,
-                    page: Page::HttpdItWorks
-                }]
-            ),
-            (
-                "default/amazonlinux".to_string(),
-                Ipv4Addr::new(198, 18, 0, 40),
-                vec![]
-            ),
-        ]
-    );
-    assert_eq!(pods.snapshot.namespaces.len(), 2);
-    assert_eq!(
-        pods.zone.lookup("nginx.default.svc.cluster.local"),
-        Some(Ipv4Addr::new(198, 18, 0, 20))
-    );
-    let (dns, port) = pods.dns_server().unwrap();
-    assert_eq!((dns.key(), port), ("kube-system/kube-dns".to_string(), 53));
+            "nginx" | "httpd" => {
+                assert_eq!(ports, [(None, "TCP", 80)]);
+                let selector = spec.selector.as_ref().unwrap();
+                assert_eq!(selector.get("app").map(String::as_str), Some(name));
+            }
+            other => panic!("unexpected Service {other}"),
+        }
+    }
 }
 
 const BAD_PODS: &str = r#"
@@ -132,13 +183,34 @@ spec:
 status: {podIP: 198.18.0.8}
 "#;
 
+const BAD_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.100.0.7
+  selector: {app: web}
+  ports: [{port: 80}]
+"#;
+
 #[test]
 fn pods_the_lab_cannot_run_are_named_with_their_field() {
-    let Err(LabError::Input { manifest, errors }) = LabPods::from_manifests(BAD_PODS, "bad.yaml")
+    let manifests = [
+        Manifest {
+            path: "bad.yaml",
+            yaml: BAD_PODS,
+        },
+        Manifest {
+            path: "service.yaml",
+            yaml: BAD_SERVICE,
+        },
+    ];
+    let Err(LabError::Input { manifest, errors }) =
+        LabPods::from_manifests(IpFamily::V4, &manifests)
     else {
         panic!("bad pods accepted");
     };
-    assert_eq!(manifest, "bad.yaml");
+    assert_eq!(manifest, "bad.yaml, service.yaml");
     let found: Vec<(&str, &str)> = errors
         .iter()
         .map(|e| (e.object.as_str(), e.field.as_str()))
@@ -149,8 +221,22 @@ fn pods_the_lab_cannot_run_are_named_with_their_field() {
             ("Pod default/outside", "status.podIP"),
             ("Pod default/odd", "spec.containers[0].image"),
             ("Pod default/odd", "spec.containers[1].ports[0]"),
+            ("Service default/web", "spec.clusterIP"),
         ],
         "{errors:#?}"
     );
     assert!(errors[0].message.contains("198.18.0.0/24"));
+    assert!(errors[3].message.contains("198.19.0.0/16"));
+    // The IPv4 pods on an IPv6 cluster: every address is refused.
+    let Err(LabError::Input { errors, .. }) =
+        LabPods::from_manifests(IpFamily::V6, &IpFamily::V4.manifests())
+    else {
+        panic!("IPv4 pods accepted on an IPv6 cluster");
+    };
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.object == "Pod default/nginx" && e.message.contains("2001:db8::/64")),
+        "{errors:#?}"
+    );
 }

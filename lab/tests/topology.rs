@@ -1,20 +1,28 @@
-//! The lab's network without enforcement: the VPC CNI wiring, the servers and the client, and
-//! cleanup on success, on a failed build and on panic. Needs root (namespaces, veths).
+//! The lab's network without enforcement: the VPC CNI wiring of both families, kube-proxy's
+//! chains, the pods' resolv.conf, the real servers, curl and the kubelet's probes, and cleanup
+//! on success, on a failed build and on panic. Needs root (namespaces, veths, iptables).
 
 mod support;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::Command;
 
 use serde_json::Value;
+use tollgate_enforcer::{
+    compile::{Placement, compile},
+    desired::Ids,
+};
 use tollgate_lab::{
-    LabError,
-    client::{Client, Outcome, Timeouts},
+    IpFamily, LabError,
+    client::{Client, Timeouts},
+    kubelet::Kubelet,
+    kubeproxy,
     names::{RunNames, host_veth_name},
     pods::LabPods,
+    resolv::{NETNS_ETC, ResolvConfs},
     scenario::CLIENT_POD,
     servers::Servers,
-    topology::{GATEWAY, Topology, list_netns},
+    topology::{Topology, list_netns},
 };
 
 use support::is_root;
@@ -36,6 +44,30 @@ fn left_over(prefix: &str) -> Vec<String> {
 
 fn root_forwarding() -> String {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap()
+        + &std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap_or_default()
+}
+
+/// The root namespace's nat tables (both families), as `iptables-save` prints them without
+/// its timestamps.
+fn root_nat() -> String {
+    ["iptables-save", "ip6tables-save"]
+        .iter()
+        .map(|save| {
+            let out = Command::new(save).args(["-t", "nat"]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect()
+}
+
+fn family_flag(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "-4",
+        IpFamily::V6 => "-6",
+    }
 }
 
 #[test]
@@ -43,21 +75,48 @@ fn pods_are_wired_like_the_vpc_cni() {
     if !is_root("pods_are_wired_like_the_vpc_cni") {
         return;
     }
+    for family in [IpFamily::V4, IpFamily::V6] {
+        wired(family);
+    }
+}
+
+fn wired(family: IpFamily) {
     let forwarding_before = root_forwarding();
     let root_routes_before = ip_json(&["route", "show"]);
-    let pods = LabPods::embedded().unwrap();
+    let root_routes6_before = ip_json(&["-6", "route", "show"]);
+    let pods = LabPods::embedded(family).unwrap();
     let names = RunNames::new();
     let prefix = names.prefix().to_string();
     let topology = Topology::create(names, &pods).unwrap();
     let node = topology.node_netns().to_string();
+    let fam = family_flag(family);
+    let gateway = family.gateway().to_string();
 
-    let node_routes = ip_json(&["-n", &node, "route", "show"]);
-    let node_neighbors = ip_json(&["-n", &node, "neigh", "show"]);
+    // Loopback's own route (`::1`) aside.
+    let node_routes = Value::Array(
+        ip_json(&[fam, "-n", &node, "route", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["dev"] != "lo")
+            .cloned()
+            .collect(),
+    );
+    let node_neighbors = ip_json(&[fam, "-n", &node, "neigh", "show"]);
     assert_eq!(
         node_routes.as_array().unwrap().len(),
         pods.pods.len(),
-        "the node has one /32 per pod and nothing else: {node_routes}"
+        "{family}: the node has one host route per pod and nothing else: {node_routes}"
     );
+    // The node's own address, on its eth0 and nowhere else.
+    let node_eth0 = ip_json(&[fam, "-n", &node, "addr", "show", "dev", "eth0"]);
+    let addresses: Vec<&str> = node_eth0[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["local"].as_str().unwrap())
+        .collect();
+    assert_eq!(addresses, [family.node_address().to_string()], "{family}");
     for pod in &pods.pods {
         let link = topology.link(&pod.key()).unwrap();
         assert_eq!(link.host_veth, host_veth_name(&pod.namespace, &pod.name));
@@ -69,7 +128,7 @@ fn pods_are_wired_like_the_vpc_cni() {
         let eth0 = &ip_json(&["-n", &link.netns, "link", "show", "dev", "eth0"])[0];
         let pod_mac = eth0["address"].as_str().unwrap();
 
-        // Node: /32 route to the host veth, permanent neighbor → the pod's MAC.
+        // Node: host route to the host veth, permanent neighbor → the pod's MAC.
         let route = node_routes
             .as_array()
             .unwrap()
@@ -77,7 +136,6 @@ fn pods_are_wired_like_the_vpc_cni() {
             .find(|r| r["dst"] == pod.ip.to_string())
             .unwrap_or_else(|| panic!("no route to {}: {node_routes}", pod.ip));
         assert_eq!(route["dev"], link.host_veth.as_str());
-        assert_eq!(route["scope"], "link");
         let neighbor = node_neighbors
             .as_array()
             .unwrap()
@@ -87,40 +145,42 @@ fn pods_are_wired_like_the_vpc_cni() {
         assert_eq!(neighbor["lladdr"], pod_mac);
         assert_eq!(neighbor["state"][0], "PERMANENT");
 
-        // Pod: the address as /32 on eth0, the on-link gateway and the default route through
-        // it, and a permanent neighbor for the gateway → the host veth's MAC.
+        // Pod: its one address as a host prefix on eth0 (no link-local one), the on-link
+        // gateway and the default route through it, and a permanent neighbor for the gateway →
+        // the host veth's MAC.
         let addrs = ip_json(&["-n", &link.netns, "addr", "show", "dev", "eth0"]);
-        let inet: Vec<_> = addrs[0]["addr_info"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["family"] == "inet")
-            .collect();
-        assert_eq!(inet.len(), 1);
+        let inet: Vec<_> = addrs[0]["addr_info"].as_array().unwrap().iter().collect();
+        assert_eq!(inet.len(), 1, "{family} {}: {addrs}", pod.key());
         assert_eq!(inet[0]["local"], pod.ip.to_string());
-        assert_eq!(inet[0]["prefixlen"], 32);
-        let routes = ip_json(&["-n", &link.netns, "route", "show"]);
+        assert_eq!(inet[0]["prefixlen"], family.host_prefix_len());
+        let routes = ip_json(&[fam, "-n", &link.netns, "route", "show"]);
         let routes = routes.as_array().unwrap();
-        assert!(routes.iter().any(|r| r["dst"] == "default"
-            && r["gateway"] == GATEWAY.to_string()
-            && r["dev"] == "eth0"));
-        assert!(routes.iter().any(|r| r["dst"] == GATEWAY.to_string()
-            && r["dev"] == "eth0"
-            && r["scope"] == "link"));
-        let neighbors = ip_json(&["-n", &link.netns, "neigh", "show"]);
-        let gateway = neighbors
+        assert!(
+            routes
+                .iter()
+                .any(|r| r["dst"] == "default" && r["gateway"] == gateway && r["dev"] == "eth0"),
+            "{routes:?}"
+        );
+        assert!(
+            routes
+                .iter()
+                .any(|r| r["dst"] == gateway && r["dev"] == "eth0")
+        );
+        let neighbors = ip_json(&[fam, "-n", &link.netns, "neigh", "show"]);
+        let gw = neighbors
             .as_array()
             .unwrap()
             .iter()
-            .find(|n| n["dst"] == GATEWAY.to_string())
+            .find(|n| n["dst"] == gateway)
             .unwrap();
-        assert_eq!(gateway["lladdr"], host_mac);
-        assert_eq!(gateway["state"][0], "PERMANENT");
+        assert_eq!(gw["lladdr"], host_mac);
+        assert_eq!(gw["state"][0], "PERMANENT");
     }
 
     // The root namespace is untouched.
     assert_eq!(root_forwarding(), forwarding_before);
     assert_eq!(ip_json(&["route", "show"]), root_routes_before);
+    assert_eq!(ip_json(&["-6", "route", "show"]), root_routes6_before);
     let root_links = ip_json(&["link", "show"]);
     for link in topology.links() {
         assert!(
@@ -138,49 +198,126 @@ fn pods_are_wired_like_the_vpc_cni() {
     assert_eq!(left_over(&prefix), Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn servers_answer_the_client_without_enforcement() {
-    if !is_root("servers_answer_the_client_without_enforcement") {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reaches_the_servers_through_kube_dns_and_kube_proxy() {
+    if !is_root("curl_reaches_the_servers_through_kube_dns_and_kube_proxy") {
         return;
     }
-    let pods = LabPods::embedded().unwrap();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        through_services(family).await;
+    }
+}
+
+async fn through_services(family: IpFamily) {
+    let root_nat_before = root_nat();
+    let pods = LabPods::embedded(family).unwrap();
     let names = RunNames::new();
     let prefix = names.prefix().to_string();
+    let run_dir = names.run_dir();
     {
         let topology = Topology::create(names, &pods).unwrap();
+        let compiled = compile(
+            &pods.snapshot,
+            &Placement::AllPods { ifindex: 1 },
+            &Ids::default(),
+        );
+        kubeproxy::install(topology.node_netns(), &compiled.services, family).unwrap();
+        let nat = kubeproxy::saved(topology.node_netns(), family).unwrap();
+        for chain in [
+            "KUBE-SERVICES",
+            "KUBE-SVC-",
+            "KUBE-SEP-",
+            "KUBE-POSTROUTING",
+        ] {
+            assert!(nat.contains(chain), "{family}: no {chain} in {nat}");
+        }
+        assert!(
+            nat.contains("-A PREROUTING") && nat.contains("-A OUTPUT"),
+            "{nat}"
+        );
+        let dns = pods.dns_cluster_ip().unwrap();
+        let resolv = ResolvConfs::write(
+            pods.pods.iter().map(|pod| {
+                let link = topology.link(&pod.key()).unwrap();
+                (link.netns.as_str(), pod.namespace.as_str())
+            }),
+            dns,
+        )
+        .unwrap();
+        let client_netns = topology.link(CLIENT_POD).unwrap().netns.clone();
+        let resolv_conf =
+            std::fs::read_to_string(format!("{NETNS_ETC}/{client_netns}/resolv.conf")).unwrap();
+        assert!(
+            resolv_conf.contains(&format!("nameserver {dns}")),
+            "{resolv_conf}"
+        );
+
         let servers = Servers::start(&topology, &pods).await.unwrap();
-        let client = Client::new(&topology, &pods, CLIENT_POD, Timeouts::default()).unwrap();
+        // Each server listens on its pod's address only.
+        for pod in pods.pods.iter().filter(|p| !p.serves.is_empty()) {
+            let netns = &topology.link(&pod.key()).unwrap().netns;
+            let out = Command::new("ip")
+                .args(["netns", "exec", netns, "ss", "-Hlntu"])
+                .output()
+                .unwrap();
+            let listening = String::from_utf8_lossy(&out.stdout).into_owned();
+            for line in listening.lines() {
+                let local = line.split_whitespace().nth(4).unwrap();
+                let host = local.rsplit_once(':').unwrap().0;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                assert_eq!(
+                    host.parse::<IpAddr>().ok(),
+                    Some(pod.ip),
+                    "{}: {line}",
+                    pod.key()
+                );
+            }
+        }
+        let kubelet = Kubelet::start(&topology, &pods);
+        let client = Client::new(&topology, CLIENT_POD, Timeouts::default()).unwrap();
 
         for (host, marker) in [
             ("nginx", "Welcome to nginx!"),
             ("httpd.default.svc.cluster.local", "It works!"),
         ] {
-            match client.curl(host).await.unwrap() {
-                Outcome::Response { status, body } => {
-                    assert_eq!(status, 200, "{host}");
-                    assert!(body.contains(marker), "{host}: {body}");
-                }
-                other => panic!("{host}: {other:?}"),
-            }
+            let outcome = client.curl(host).await.unwrap();
+            assert_eq!(outcome.exit, 0, "{family} {host}: {outcome:?}");
+            assert!(outcome.body.contains(marker), "{host}: {outcome:?}");
         }
+        let outcome = client.curl("nothing-here").await.unwrap();
+        assert_eq!(outcome.exit, 6, "{outcome:?}");
         assert_eq!(
-            client.resolve("kube-dns.kube-system").await.unwrap(),
-            Some(Ipv4Addr::new(198, 18, 0, 10))
+            outcome.error,
+            "curl: (6) Could not resolve host: nothing-here"
         );
-        assert_eq!(
-            client.curl("nothing-here").await.unwrap(),
-            Outcome::CouldNotResolve {
-                host: "nothing-here".into()
-            }
-        );
-        // kube-dns serves no HTTP: refused at once, not timed out.
-        assert!(matches!(
-            client.curl("kube-dns").await.unwrap(),
-            Outcome::ConnectFailed { .. }
-        ));
+        // kube-dns's Service has no port 80: nothing listens there, refused at once.
+        let outcome = client.curl("kube-dns.kube-system").await.unwrap();
+        assert_eq!(outcome.exit, 7, "{outcome:?}");
+        // The servers logged the client (through kube-proxy's DNAT: its own address).
+        let nginx = pods
+            .pods
+            .iter()
+            .find(|p| p.key() == "default/nginx")
+            .unwrap();
+        let client_ip = topology.link(CLIENT_POD).unwrap().ip.to_string();
+        assert!(servers.access_log(nginx).contains(&client_ip));
+
+        kubelet.round().await;
+        let probes = kubelet.take();
+        assert_eq!(probes.len(), 3, "{probes:?}");
+        assert!(probes.iter().all(|p| p.ok()), "{probes:?}");
+        drop(kubelet);
         drop(servers);
+        drop(resolv);
+        assert!(!std::path::Path::new(&format!("{NETNS_ETC}/{client_netns}")).exists());
     }
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
     assert_eq!(left_over(&prefix), Vec::<String>::new());
+    assert_eq!(
+        root_nat(),
+        root_nat_before,
+        "the root namespace's nat tables are untouched"
+    );
 }
 
 #[test]
@@ -188,7 +325,7 @@ fn a_failed_build_removes_what_it_made() {
     if !is_root("a_failed_build_removes_what_it_made") {
         return;
     }
-    let mut pods = LabPods::embedded().unwrap();
+    let mut pods = LabPods::embedded(IpFamily::V4).unwrap();
     // The same pod twice: its namespace exists already when the copy is built.
     let copy = pods.pods[1].clone();
     pods.pods.push(copy);
@@ -207,7 +344,7 @@ fn a_panic_removes_the_namespaces() {
     if !is_root("a_panic_removes_the_namespaces") {
         return;
     }
-    let pods = LabPods::embedded().unwrap();
+    let pods = LabPods::embedded(IpFamily::V6).unwrap();
     let names = RunNames::new();
     let prefix = names.prefix().to_string();
     let panicked = std::panic::catch_unwind(|| {

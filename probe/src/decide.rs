@@ -16,17 +16,20 @@
 //!    tightened policy (a quarantine) cuts established flows too.
 //! 5. Policy: not isolated in this direction passes; isolated passes only when a rule matches
 //!    the peer's longest prefix and the protocol and destination port; else drop (or pass as
-//!    audit-deny in audit mode).
+//!    audit-deny in audit mode). A matching rule may itself deny: the peer is a Service's
+//!    ClusterIP of which policy allows only some ready backends (closed: kube-proxy picks the
+//!    backend after this hook). Ingress from one of the node's own addresses that no rule
+//!    allows passes as `from-node` (open on purpose: the API exempts the node's traffic).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use tollgate_schemas::{
     Config, Counter, CtEntry, Direction, EndpointKey, EndpointState, FlowKey, FragKey, PolicyKey,
-    Reason, Verdict, config_flags, endpoint_flags, policy_prefix_len, proto,
+    Reason, Verdict, config_flags, endpoint_flags, policy_prefix_len, port_action, proto,
 };
 
 use crate::{
     DROP, PASS, flow,
-    maps::{CONFIG, CONNTRACK, EGRESS, ENDPOINTS, FRAGS, INGRESS, SCRATCH, count},
+    maps::{CONFIG, CONNTRACK, EGRESS, ENDPOINTS, FRAGS, INGRESS, NODE_ADDRS, SCRATCH, count},
     parse::{self, Fragment, Packet, Parsed},
 };
 
@@ -309,16 +312,27 @@ fn policy(
         Direction::Ingress => INGRESS.get(&key),
         Direction::Egress => EGRESS.get(&key),
     };
-    if let Some(value) = value
-        && let Some(rule_id) = value.matching_rule(protocol, dst_port)
-    {
-        return Outcome::new(Verdict::Allow, Reason::AllowedByRule, rule_id);
-    }
     let verdict = if endpoint.flags & audit != 0 {
         Verdict::AuditDeny
     } else {
         Verdict::Deny
     };
+    if let Some(value) = value
+        && let Some(rule) = value.matching_rule(protocol, dst_port)
+    {
+        if rule.action == port_action::DENY_SERVICE {
+            // Fail closed: the peer is a ClusterIP and kube-proxy may pick a backend that
+            // policy denies; only a Service whose every ready backend is allowed passes.
+            return Outcome::new(verdict, Reason::ServiceBackendsDenied, rule.rule_id);
+        }
+        return Outcome::new(Verdict::Allow, Reason::AllowedByRule, rule.rule_id);
+    }
+    if direction == Direction::Ingress && NODE_ADDRS.get_ptr(EndpointKey::of(peer)).is_some() {
+        // Open on purpose: the NetworkPolicy API exempts the node's own traffic to its pods
+        // (kubelet probes); the agent leaves the map empty when that is turned off. Looked up
+        // only after no rule matched, so allowed flows do not pay for it.
+        return Outcome::new(Verdict::Allow, Reason::FromNode, 0);
+    }
     Outcome::new(verdict, Reason::IsolatedNoMatch, 0)
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tollgate_schemas::{
     Config, Counter, CtEntry, DenyEntry, EndpointKey, EndpointState, FlowKey, FragEntry, FragKey,
-    PolicyKey, PolicyValue, map_sizes,
+    NodeAddr, PolicyKey, PolicyValue, map_sizes,
 };
 
 use crate::parse::Packet;
@@ -23,6 +23,10 @@ pub static INGRESS: LpmTrie<PolicyKey, PolicyValue> =
 #[map(name = "TG_EGRESS")]
 pub static EGRESS: LpmTrie<PolicyKey, PolicyValue> =
     LpmTrie::with_max_entries(map_sizes::POLICY, 0);
+
+#[map(name = "TG_NODE_ADDRS")]
+pub static NODE_ADDRS: HashMap<EndpointKey, NodeAddr> =
+    HashMap::with_max_entries(map_sizes::NODE_ADDRS, 0);
 
 #[map(name = "TG_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =

@@ -70,7 +70,11 @@ CREATE EXTERNAL TABLE IF NOT EXISTS `${database}`.`flows` (
   `isolation_action` string,
   `isolation_actor` string,
   `isolation_reason` string,
-  `isolation_detail` string
+  `isolation_detail` string,
+  `svc_namespace` string,
+  `svc_name` string,
+  `svc_addr` string,
+  `svc_port` int
 )
 COMMENT 'tollgate flow records: one row per flow, verdict and aggregation window (column reference: schemas/src/record.rs)'
 PARTITIONED BY (

@@ -23,6 +23,10 @@ Each query file begins with a header: ``-- name: <name>`` (the file's stem), ``-
 <one line>``, then one ``-- param: <name> <type> <meaning>`` line per ``?`` of the query, in
 the order the ``?`` appear. A name may occur several times (Athena parameters are positional,
 so a value used twice is written twice); the caller gives it once and it is bound everywhere.
+
+The view has every column of the Athena table (``flows.ddl.sql``) with the table's types, as
+Athena gives them from the table's schema: a file written before a column was appended reads
+it as null, also when no file of the directory has it yet.
 """
 
 from __future__ import annotations
@@ -41,6 +45,15 @@ import sqlglot
 from sqlglot import exp
 
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
+DDL = Path(__file__).resolve().parent / "flows.ddl.sql"
+
+# Athena (Hive DDL) types of the table's columns → DuckDB types.
+DUCKDB_TYPES = {
+    "int": "INTEGER",
+    "bigint": "BIGINT",
+    "string": "VARCHAR",
+    "map<string,string>": "MAP(VARCHAR, VARCHAR)",
+}
 
 # The layout the collector writes (schemas/src/record.rs, PARTITION_KEYS), relative to the
 # flow directory.
@@ -243,6 +256,25 @@ def flow_files(directory: Path) -> list[Path]:
     return files
 
 
+def table_columns() -> list[tuple[str, str]]:
+    """(name, Athena type) of the table's data columns, in the DDL's order."""
+    text = DDL.read_text(encoding="utf-8")
+    body = text[text.index("CREATE EXTERNAL TABLE") :]
+    body = body[body.index("(") + 1 : body.index("\n)")]
+    return re.findall(r"^\s*`(\w+)`\s+([a-z<>,]+?),?\s*$", body, re.MULTILINE)
+
+
+def with_table_columns(files_sql: str) -> str:
+    """``files_sql`` (a SELECT over flow files) with every column of the table: an empty
+    SELECT of the DDL's columns, cast to their types, combined with it ``UNION ALL BY NAME``,
+    so a column no file holds reads as null, typed (DuckDB still pushes partition filters
+    into the file scan)."""
+    typed = ", ".join(
+        f'CAST(NULL AS {DUCKDB_TYPES[athena]}) AS "{name}"' for name, athena in table_columns()
+    )
+    return f"SELECT * FROM (SELECT {typed} LIMIT 0) UNION ALL BY NAME {files_sql}"
+
+
 def connect(directory: Path):
     """A DuckDB connection in which ``flows`` is a view over the flow directory.
 
@@ -250,7 +282,8 @@ def connect(directory: Path):
       declares them as strings; DuckDB would otherwise read `hour=06` as the integer 6).
       `cluster` is also a column inside the files: DuckDB then takes the path's value, as
       Athena does (it only knows `cluster` as a partition key); the collector writes both equal.
-    - ``union_by_name``: files written before a column was appended read it as null.
+    - ``union_by_name``, and every column of the table (``with_table_columns``): files
+      written before a column was appended read it as null.
     - The session time zone is UTC, as Athena's: `date_format(from_unixtime(x), …)` becomes
       `STRFTIME(TO_TIMESTAMP(x), …)`, whose TIMESTAMP WITH TIME ZONE DuckDB would otherwise
       format in the machine's local zone, and the dt partition bounds would shift.
@@ -259,15 +292,15 @@ def connect(directory: Path):
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     pattern = str(directory.resolve() / FILE_GLOB).replace("'", "''")
-    con.execute(f"""
-        CREATE VIEW flows AS
+    files = f"""
         SELECT * FROM read_parquet(
             '{pattern}',
             hive_partitioning = true,
             hive_types = {{'cluster': VARCHAR, 'dt': VARCHAR, 'hour': VARCHAR}},
             union_by_name = true
         )
-        """)
+        """
+    con.execute(f"CREATE VIEW flows AS {with_table_columns(files)}")
     return con
 
 

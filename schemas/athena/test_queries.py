@@ -7,6 +7,8 @@ the all-deny step, where amazonlinux's DNS and HTTP to httpd are refused, and th
 the allow policies, where DNS and nginx are allowed by rule; kube-system has no policy until
 an audit-mode default-deny (examples/incident/) records what it would deny. Then amazonlinux
 is put under quarantine (an ISOLATION record), its attempts are refused, and it is released.
+Two hours later, in a window of its own, the same client goes through Services (ClusterIPs,
+the svc_* columns) and the kubelet probes nginx from the node (reason from-node).
 
     .venv/bin/python -m unittest discover -s schemas/athena -p 'test_*.py'
 """
@@ -83,8 +85,10 @@ def flow(
     policy: tuple[str, str, int] | None = None,
     mode: str = "enforce",
     node: str = "lab-node",
+    service: tuple[str, str] | None = None,
 ) -> dict:
-    """A flow record; src and dst are pod tuples or a bare address (outside the cluster); the
+    """A flow record; src and dst are pod tuples or a bare address (outside the cluster);
+    service (namespace, name) is the Service whose ClusterIP dst is, with dstport its port; the
     columns it does not set (isolation_*) are null."""
 
     def end_columns(prefix: str, peer) -> dict:
@@ -135,6 +139,13 @@ def flow(
     }
     record.update(end_columns("src", src))
     record.update(end_columns("dst", dst))
+    if service is not None:
+        record.update(
+            svc_namespace=service[0],
+            svc_name=service[1],
+            svc_addr=record["dstaddr"],
+            svc_port=dstport,
+        )
     return record
 
 
@@ -198,6 +209,93 @@ def isolation(at: str, pod, action: str, actor: str, reason: str) -> dict:
     )
     return record
 
+
+# The Services' window, two hours after the seed's: [02:00:00, 02:30:00) on 2026-11-25.
+SVC_FROM = epoch("2026-11-25T02:00:00")
+SVC_TO = epoch("2026-11-25T02:30:00")
+KUBE_DNS_SVC = ("kube-system", "kube-dns")
+KUBE_DNS_CLUSTER_IP = "198.19.0.10"
+NGINX_SVC = ("default", "nginx")
+NGINX_CLUSTER_IP = "198.19.104.37"
+# The node itself, as the collector names it: no pod, workload Node/<node>.
+LAB_NODE = (None, None, "Node/lab-node", None, "198.18.0.1")
+SVC_COLUMNS = ("svc_namespace", "svc_name", "svc_addr", "svc_port")
+
+# The seed through Services: DNS to kube-dns's ClusterIP refused (all-deny), then allowed;
+# nginx's ClusterIP refused because policy allows only some of its backends; the backend's
+# own ingress decision, after kube-proxy's rewrite, names no Service; the kubelet's probe of
+# nginx passes as from-node.
+SERVICE_RECORDS = [
+    flow(
+        "2026-11-25T02:01:00",
+        "2026-11-25T02:01:04",
+        AMAZONLINUX,
+        KUBE_DNS_CLUSTER_IP,
+        53,
+        17,
+        "egress",
+        "deny",
+        "isolated-no-rule-matched",
+        4,
+        srcport=45000,
+        service=KUBE_DNS_SVC,
+    ),
+    flow(
+        "2026-11-25T02:02:00",
+        "2026-11-25T02:02:00",
+        AMAZONLINUX,
+        KUBE_DNS_CLUSTER_IP,
+        53,
+        17,
+        "egress",
+        "allow",
+        "allowed-by-rule",
+        1,
+        srcport=45100,
+        policy=("default", "allow-amazonlinux-to-nginx", 0),
+        service=KUBE_DNS_SVC,
+    ),
+    flow(
+        "2026-11-25T02:03:00",
+        "2026-11-25T02:03:05",
+        AMAZONLINUX,
+        NGINX_CLUSTER_IP,
+        80,
+        6,
+        "egress",
+        "deny",
+        "service-backends-denied",
+        6,
+        srcport=45200,
+        service=NGINX_SVC,
+    ),
+    flow(
+        "2026-11-25T02:04:00",
+        "2026-11-25T02:04:02",
+        AMAZONLINUX,
+        NGINX,
+        80,
+        6,
+        "ingress",
+        "deny",
+        "isolated-no-rule-matched",
+        2,
+        srcport=45300,
+    ),
+    flow(
+        "2026-11-25T02:05:00",
+        "2026-11-25T02:05:00",
+        LAB_NODE,
+        NGINX,
+        80,
+        6,
+        "ingress",
+        "allow",
+        "from-node",
+        1,
+        srcport=45400,
+    ),
+]
 
 RULE_DNS = ("default", "allow-amazonlinux-to-nginx", 0)
 RULE_NGINX = ("default", "allow-amazonlinux-to-nginx", 1)
@@ -439,14 +537,16 @@ RECORDS = [
     loss("2026-11-25T00:08:00", "2026-11-25T00:08:01", "ringbuf-full", 17),
     loss("2026-11-23T00:20:00", "2026-11-25T00:01:00", "collector-restart", None),
     loss("2026-11-25T01:00:00", "2026-11-25T01:00:01", "aggregation-full", 4),
+    *SERVICE_RECORDS,
 ]
 
 
-def write_flow_dir(root: Path, records: list[dict]) -> None:
+def write_flow_dir(root: Path, records: list[dict], omit: tuple[str, ...] = ()) -> None:
     """Writes the records as the collector does (collector/src/writer.rs): each record under
     the cluster=/dt=/hour= of its own start, one file per partition, named
-    <node>-<first start, YYYYMMDDTHHMMSSZ>-<seq>.parquet."""
-    columns = ddl_columns()
+    <node>-<first start, YYYYMMDDTHHMMSSZ>-<seq>.parquet; without the columns of omit (files of
+    an older record layout)."""
+    columns = [(n, t) for n, t in ddl_columns() if n not in omit]
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     definition = ", ".join(f'"{n}" {DUCKDB_TYPES[t]}' for n, t in columns)
@@ -546,6 +646,7 @@ class QueryFileTest(unittest.TestCase):
             "pod-timeline",
             "isolation-records",
             "audit-would-be-denied",
+            "denied-service-flows",
         }
     )
 
@@ -597,8 +698,18 @@ class QueryFileTest(unittest.TestCase):
         names = [n for n, _ in ddl_columns()]
         self.assertEqual(names[0], "version")
         self.assertEqual(
-            names[-5:],
-            ["node", "isolation_action", "isolation_actor", "isolation_reason", "isolation_detail"],
+            names[-9:],
+            [
+                "node",
+                "isolation_action",
+                "isolation_actor",
+                "isolation_reason",
+                "isolation_detail",
+                "svc_namespace",
+                "svc_name",
+                "svc_addr",
+                "svc_port",
+            ],
         )
         self.assertNotIn("cluster", names)
         self.assertIn(
@@ -949,6 +1060,117 @@ class QueriesTest(FlowDirTest):
     def test_integer_params_may_be_strings(self):
         rows = self.run_query("denied-flows", **{"from": str(FROM), "to": str(TO)})
         self.assertEqual(len(rows), 3)
+
+
+class ServiceTest(FlowDirTest):
+    def svc_window(self, **more) -> dict:
+        return {"from": SVC_FROM, "to": SVC_TO, **more}
+
+    def test_denied_flows_name_the_service_and_keep_the_cluster_ip(self):
+        rows = self.run_query("denied-flows", **self.svc_window())
+        self.assertEqual(
+            [
+                (r["dstaddr"], r["dst_pod"], r["svc_namespace"], r["svc_name"], r["svc_addr"],
+                 r["svc_port"], r["verdict_reason"])
+                for r in rows
+            ],
+            [
+                (KUBE_DNS_CLUSTER_IP, None, "kube-system", "kube-dns", KUBE_DNS_CLUSTER_IP, 53,
+                 "isolated-no-rule-matched"),
+                (NGINX_CLUSTER_IP, None, "default", "nginx", NGINX_CLUSTER_IP, 80,
+                 "service-backends-denied"),
+                # The backend's ingress decision: no Service seen after the rewrite.
+                ("198.18.0.20", "nginx", None, None, None, None, "isolated-no-rule-matched"),
+            ],
+        )  # fmt: skip
+        # The seed's records, written without Services, have them null.
+        seed = self.run_query("denied-flows", **self.window())
+        self.assertTrue(all(r[c] is None for r in seed for c in SVC_COLUMNS))
+
+    def test_denied_service_flows(self):
+        rows = self.run_query("denied-service-flows", **self.svc_window())
+        self.assertEqual(
+            [
+                (r["svc_namespace"], r["svc_name"], r["svc_addr"], r["svc_port"], r["protocol"],
+                 r["src_pod"], r["verdict_reason"], r["flows"], r["packets"])
+                for r in rows
+            ],
+            [
+                ("default", "nginx", NGINX_CLUSTER_IP, 80, 6, "amazonlinux",
+                 "service-backends-denied", 1, 6),
+                ("kube-system", "kube-dns", KUBE_DNS_CLUSTER_IP, 53, 17, "amazonlinux",
+                 "isolated-no-rule-matched", 1, 4),
+            ],
+        )  # fmt: skip
+        self.assertEqual(rows[0]["bytes"], 6 * 74)
+        self.assertEqual(rows[0]["first_seen"], epoch("2026-11-25T02:03:00"))
+        self.assertEqual(rows[0]["last_seen"], epoch("2026-11-25T02:03:05"))
+        self.assertEqual(self.run_query("denied-service-flows", **self.window()), [])
+
+    def test_destinations_and_pairs_name_the_service(self):
+        top = self.run_query("top-denied-destinations", limit=10, **self.svc_window())
+        self.assertEqual(
+            [(r["dstaddr"], r["svc_namespace"], r["svc_name"], r["packets"]) for r in top],
+            [
+                (NGINX_CLUSTER_IP, "default", "nginx", 6),
+                (KUBE_DNS_CLUSTER_IP, "kube-system", "kube-dns", 4),
+                ("198.18.0.20", None, None, 2),
+            ],
+        )
+        pairs = self.run_query("denied-pairs", limit=1, **self.svc_window())
+        self.assertEqual(
+            [(r["src_pod"], r["dstaddr"], r["svc_name"], r["dstport"]) for r in pairs],
+            [("amazonlinux", NGINX_CLUSTER_IP, "nginx", 80)],
+        )
+
+    def test_pod_flows_have_the_service_and_the_node(self):
+        rows = self.run_query("pod-flows", namespace="default", pod="nginx", **self.svc_window())
+        self.assertEqual(
+            [
+                (r["src_namespace"], r["src_pod"], r["srcaddr"], r["verdict"], r["verdict_reason"])
+                for r in rows
+            ],
+            [
+                ("default", "amazonlinux", "198.18.0.40", "deny", "isolated-no-rule-matched"),
+                (None, None, "198.18.0.1", "allow", "from-node"),
+            ],
+        )
+        timeline = self.run_query(
+            "pod-timeline", namespace="default", pod="amazonlinux", **self.svc_window()
+        )
+        self.assertEqual(
+            [(r["svc_name"], r["svc_port"], r["verdict"]) for r in timeline],
+            [("kube-dns", 53, "deny"), ("kube-dns", 53, "allow"), ("nginx", 80, "deny"),
+             (None, None, "deny")],
+        )  # fmt: skip
+        self.assertEqual(timeline[2]["svc_addr"], NGINX_CLUSTER_IP)
+
+
+class OlderLayoutTest(unittest.TestCase):
+    """Files written before the svc_* columns were appended read them as null: next to newer
+    files (union_by_name) and alone (the view has every column of the table, as Athena)."""
+
+    def write_and_query(self, name: str, old: list[dict], new: list[dict]) -> list[dict]:
+        with tempfile.TemporaryDirectory(prefix="tollgate-old-") as tmp:
+            root = Path(tmp) / "flows"
+            write_flow_dir(root, old, omit=SVC_COLUMNS)
+            if new:
+                # Other node names, so no file of the older layout is overwritten.
+                write_flow_dir(root, [{**r, "node": "new-node"} for r in new])
+            return run_duckdb.run_query(root, name, {"from": SVC_FROM, "to": SVC_TO})
+
+    def test_only_older_files(self):
+        rows = self.write_and_query("denied-flows", SERVICE_RECORDS, [])
+        self.assertEqual(len(rows), 3)
+        self.assertTrue(all(r[c] is None for r in rows for c in SVC_COLUMNS))
+        self.assertEqual(self.write_and_query("denied-service-flows", SERVICE_RECORDS, []), [])
+
+    def test_older_next_to_newer_files(self):
+        rows = self.write_and_query("denied-flows", SERVICE_RECORDS[:1], SERVICE_RECORDS[2:3])
+        self.assertEqual(
+            [(r["node"], r["svc_name"], r["svc_port"]) for r in rows],
+            [("lab-node", None, None), ("new-node", "nginx", 80)],
+        )
 
 
 class ErrorTest(FlowDirTest):

@@ -107,6 +107,12 @@ pub enum Reason {
     /// An ICMP error (unreachable, packet too big, time exceeded, parameter problem) about a
     /// packet of a tracked flow of this endpoint: passes like the flow's own packets.
     Related = 11,
+    /// The destination is a Service's ClusterIP and policy allows only some of its ready
+    /// backends on that port: denied, since kube-proxy could pick a denied one.
+    ServiceBackendsDenied = 12,
+    /// The source is one of the node's own addresses (kubelet probes, node agents): the
+    /// NetworkPolicy API exempts it from ingress policy.
+    FromNode = 13,
 }
 
 impl Reason {
@@ -124,6 +130,8 @@ impl Reason {
             9 => Some(Self::Fragment),
             10 => Some(Self::Malformed),
             11 => Some(Self::Related),
+            12 => Some(Self::ServiceBackendsDenied),
+            13 => Some(Self::FromNode),
             _ => None,
         }
     }
@@ -142,6 +150,8 @@ impl Reason {
             Self::Fragment => "unknown-fragment",
             Self::Malformed => "malformed",
             Self::Related => "related",
+            Self::ServiceBackendsDenied => "service-backends-denied",
+            Self::FromNode => "from-node",
         }
     }
 }

@@ -32,8 +32,8 @@ pub mod record;
 pub use conntrack::{CtEntry, DenyEntry, FlowKey, FragEntry, FragKey};
 pub use event::{Direction, FLOW_EVENT_VERSION, FlowEvent, Reason, Verdict};
 pub use policy::{
-    ANY_PROTOCOL, Config, Counter, EndpointKey, EndpointState, MAX_PORT_RULES, PolicyKey,
-    PolicyValue, PortRule, config_flags, endpoint_flags, policy_prefix_len,
+    ANY_PROTOCOL, Config, Counter, EndpointKey, EndpointState, MAX_PORT_RULES, NodeAddr, PolicyKey,
+    PolicyValue, PortRule, config_flags, endpoint_flags, policy_prefix_len, port_action,
 };
 
 /// IANA protocol numbers the probe understands at layer 4.
@@ -72,6 +72,9 @@ pub mod map_names {
     pub const COUNTERS: &str = "TG_COUNTERS";
     /// Ring buffer of [`crate::FlowEvent`].
     pub const EVENTS: &str = "TG_EVENTS";
+    /// Hash map: [`crate::EndpointKey`] (an address of the node itself) → [`crate::NodeAddr`]:
+    /// traffic from these addresses passes ingress policy (reason `from-node`).
+    pub const NODE_ADDRS: &str = "TG_NODE_ADDRS";
 }
 
 /// Capacities of the probe's maps.
@@ -86,6 +89,8 @@ pub mod map_sizes {
     pub const DENIES: u32 = 65_536;
     /// Fragmented datagrams in flight (LRU).
     pub const FRAGS: u32 = 8192;
+    /// Addresses of the node itself (every ENI's, both families).
+    pub const NODE_ADDRS: u32 = 256;
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub const EVENTS_BYTES: u32 = 4 << 20;
 }

@@ -50,18 +50,39 @@ pub mod config_flags {
     pub const ALLOW_UNKNOWN_ENDPOINTS: u32 = 1 << 0;
 }
 
+/// What a matching [`PortRule`] does ([`PortRule::action`]).
+pub mod port_action {
+    /// The rule allows the packet (reason [`crate::Reason::AllowedByRule`]).
+    pub const ALLOW: u8 = 0;
+    /// The peer is a Service's ClusterIP and policy allows only some of the Service's ready
+    /// backends on this port: the packet is denied (reason
+    /// [`crate::Reason::ServiceBackendsDenied`]), since kube-proxy may pick any backend.
+    pub const DENY_SERVICE: u8 = 1;
+}
+
 /// [`PortRule::protocol`] value that matches every protocol and port: a rule with no `ports`.
 pub const ANY_PROTOCOL: u8 = 0;
 
 /// How many port rules one [`PolicyValue`] holds.
 pub const MAX_PORT_RULES: usize = 32;
 
-/// Key of the endpoint map: the pod-side address of a packet.
-#[repr(C)]
+/// Key of the endpoint map: the pod-side address of a packet. Transparent over the address,
+/// so a borrowed address is a borrowed key ([`EndpointKey::of`]).
+#[repr(transparent)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
     /// Pod address (16-byte form, network byte order).
     pub addr: [u8; 16],
+}
+
+impl EndpointKey {
+    /// `addr` as a key, without a copy (the probe's stack is 512 bytes).
+    #[inline(always)]
+    pub fn of(addr: &[u8; 16]) -> &EndpointKey {
+        // SAFETY: `EndpointKey` is `repr(transparent)` over `[u8; 16]`: same size, alignment
+        // and validity, so the reference may be reinterpreted.
+        unsafe { &*(addr as *const [u8; 16]).cast::<EndpointKey>() }
+    }
 }
 
 /// One endpoint: a pod address whose traffic crosses a veth this node's probe is attached to.
@@ -113,8 +134,10 @@ pub struct PortRule {
     /// IANA protocol number, or [`ANY_PROTOCOL`] for a rule without ports: then every protocol
     /// and port matches, ICMP included.
     pub protocol: u8,
+    /// What the rule does when it matches: [`port_action`].
+    pub action: u8,
     /// Zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
 
 /// Everything allowed towards or from the addresses under one peer prefix of one endpoint.
@@ -136,17 +159,19 @@ impl PolicyValue {
             port_lo: 0,
             port_hi: 0,
             protocol: 0,
-            _pad: [0; 3],
+            action: 0,
+            _pad: [0; 2],
         }; MAX_PORT_RULES],
     };
 
-    /// The rule id of the first port rule that allows `protocol` to `port`, if any.
+    /// The first port rule that matches `protocol` to `port`, if any; its
+    /// [`PortRule::action`] says what it does.
     ///
     /// This is the matching the probe runs in the kernel and the userspace model runs in
     /// `verify`: one definition, so both decide alike. The loop is bounded by
     /// [`MAX_PORT_RULES`] for the verifier.
     #[inline(always)]
-    pub fn matching_rule(&self, protocol: u8, port: u16) -> Option<u32> {
+    pub fn matching_rule(&self, protocol: u8, port: u16) -> Option<&PortRule> {
         let count = self.count as usize;
         let mut i = 0;
         while i < MAX_PORT_RULES {
@@ -157,12 +182,21 @@ impl PolicyValue {
             if rule.protocol == ANY_PROTOCOL
                 || (rule.protocol == protocol && rule.port_lo <= port && port <= rule.port_hi)
             {
-                return Some(rule.rule_id);
+                return Some(rule);
             }
             i += 1;
         }
         None
     }
+}
+
+/// Value of the node-address map: an address of the node itself, whose traffic to a local pod
+/// passes ingress policy.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeAddr {
+    /// Zero; room for per-address flags.
+    pub flags: u32,
 }
 
 /// Global settings, at index 0 of the config array. A zero field means its default.
@@ -256,9 +290,11 @@ const _: () = {
     assert!(offset_of!(PortRule, port_lo) == 4);
     assert!(offset_of!(PortRule, port_hi) == 6);
     assert!(offset_of!(PortRule, protocol) == 8);
-    assert!(offset_of!(PortRule, _pad) == 9);
+    assert!(offset_of!(PortRule, action) == 9);
+    assert!(offset_of!(PortRule, _pad) == 10);
     assert!(size_of::<PolicyValue>() == 4 + 12 * MAX_PORT_RULES);
     assert!(offset_of!(PolicyValue, rules) == 4);
+    assert!(size_of::<NodeAddr>() == 4);
     assert!(size_of::<Config>() == 32);
     assert!(offset_of!(Config, deny_report_interval_ns) == 8);
     assert!(offset_of!(Config, ct_tcp_timeout_ns) == 16);
@@ -271,5 +307,6 @@ crate::user_pod!(
     PolicyKey,
     PortRule,
     PolicyValue,
+    NodeAddr,
     Config
 );

@@ -17,6 +17,13 @@
 //! (`tollgate quarantine`), with who, when, why and which policy (the `isolation_*` columns,
 //! `policy_*`); the isolated pod is in the `src_*` columns.
 //!
+//! A flow addressed to a Service's ClusterIP is decided before kube-proxy rewrites it to a
+//! backend: its `dst*` columns hold the ClusterIP and port the probe saw, and the `svc_*`
+//! columns name the Service that held them at the time (as VPC Flow Logs' `pkt-dstaddr` keeps
+//! the address before translation). A flow from one of the deciding node's own addresses
+//! (kubelet probes: reason `from-node`) names the node, not a pod: `src_workload` is
+//! `Node/<node>`.
+//!
 //! Partitions: files live under `cluster=<c>/dt=YYYY-MM-DD/hour=HH/` (UTC, from the first
 //! record's `start`). `cluster` is both a column of the files and the first partition key;
 //! `dt` and `hour` exist only in the path.
@@ -191,7 +198,7 @@ pub const COLUMNS: &[Column] = &[
         String,
         true,
         "Namespace of the pod that held srcaddr at the time of the flow; null when the source \
-         is not a pod of the cluster.",
+         is not a pod of the cluster (hostNetwork pods are not: their address is their node's).",
     ),
     column(
         "src_pod",
@@ -205,7 +212,9 @@ pub const COLUMNS: &[Column] = &[
         true,
         "The workload that owns the source pod, as Kind/name (Deployment/nginx, \
          StatefulSet/db, DaemonSet/agent, Job/x, CronJob/y); Pod/name for a pod without a \
-         controller; null when the source is not a pod of the cluster.",
+         controller; Node/<node> when srcaddr was one of the deciding node's own addresses \
+         (the node column; kubelet probes, reason from-node), with src_namespace, src_pod and \
+         src_labels null; null when the source is neither.",
     ),
     column(
         "src_labels",
@@ -231,7 +240,8 @@ pub const COLUMNS: &[Column] = &[
         "dst_workload",
         String,
         true,
-        "The workload that owns the destination pod, as src_workload.",
+        "The workload that owns the destination pod, or Node/<node> for one of the deciding \
+         node's own addresses, as src_workload.",
     ),
     column(
         "dst_labels",
@@ -252,7 +262,10 @@ pub const COLUMNS: &[Column] = &[
         true,
         "Why: allowed-by-rule, established, reply, related, no-policy-selects-pod, \
          isolated-no-rule-matched, endpoint-not-programmed, unknown-endpoint, spoofed-source, \
-         unknown-fragment, malformed. Null in SKIPDATA records.",
+         unknown-fragment, malformed, service-backends-denied (the destination is a Service's \
+         ClusterIP and policy allows only some of its ready backends: denied, since kube-proxy \
+         could pick a denied one), from-node (the source is one of the node's own addresses, \
+         which the NetworkPolicy API exempts from ingress policy). Null in SKIPDATA records.",
     ),
     column(
         "policy_namespace",
@@ -351,6 +364,38 @@ pub const COLUMNS: &[Column] = &[
          and value put on the pod), pod (uid, ip, node), policies_in_force (every \
          NetworkPolicy of the pod's namespace right after the act, as Kubernetes JSON). Null \
          in other records.",
+    ),
+    column(
+        "svc_namespace",
+        String,
+        true,
+        "Namespace of the Service whose ClusterIP, port and protocol were the flow's \
+         destination (dstaddr, dstport, protocol) at the time of the flow: the pod connected to \
+         the Service and kube-proxy picked a backend after the decision. Null when no Service \
+         was involved, in records of the backend's own ingress decision (its packets arrive \
+         after kube-proxy's rewrite, with the backend's address), in files written before the \
+         column existed, and in SKIPDATA and ISOLATION records.",
+    ),
+    column(
+        "svc_name",
+        String,
+        true,
+        "Name of that Service; null as svc_namespace.",
+    ),
+    column(
+        "svc_addr",
+        String,
+        true,
+        "The Service's ClusterIP the flow was addressed to, before kube-proxy's rewrite (VPC \
+         Flow Logs' pkt-dstaddr), as text; equal to dstaddr, since tollgate decides before \
+         the rewrite. Null as svc_namespace.",
+    ),
+    column(
+        "svc_port",
+        Int,
+        true,
+        "The Service port the flow was addressed to (its port, not the backend's \
+         targetPort); equal to dstport. Null as svc_namespace.",
     ),
 ];
 

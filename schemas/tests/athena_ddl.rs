@@ -335,6 +335,7 @@ fn every_query_has_a_header_with_one_param_per_placeholder() {
         "denied-flows",
         "denied-over-time",
         "denied-pairs",
+        "denied-service-flows",
         "isolation-records",
         "loss-records",
         "pod-flows",

@@ -398,6 +398,7 @@ VALIDATION_CASES = [
     ("node-agent", AGENT_BASE, None),
     ("node-agent", dict(AGENT_BASE, vpc_cni_addon_version="v1.20.4-eksbuild.1"), None),
     ("node-agent", dict(AGENT_BASE, enforcement="loose"), "enforcement: strict or standard"),
+    ("node-agent", dict(AGENT_BASE, node_ingress="deny"), "node_ingress: allow or policy"),
     ("node-agent", dict(AGENT_BASE, flow_mode="allowed"), "flow_mode: all or denied"),
     ("node-agent", dict(AGENT_BASE, image={"repository": ""}), "image.repository"),
     ("node-agent", dict(AGENT_BASE, vpc_cni_addon_version="v1.13.4-eksbuild.1"), "v1.14 or later"),

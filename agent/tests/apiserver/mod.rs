@@ -26,6 +26,8 @@ pub enum Resource {
     Namespaces,
     Pods,
     NetworkPolicies,
+    Services,
+    EndpointSlices,
 }
 
 /// List or watch.
@@ -95,6 +97,8 @@ impl ApiServer {
             "/api/v1/namespaces" => Resource::Namespaces,
             "/api/v1/pods" => Resource::Pods,
             "/apis/networking.k8s.io/v1/networkpolicies" => Resource::NetworkPolicies,
+            "/api/v1/services" => Resource::Services,
+            "/apis/discovery.k8s.io/v1/endpointslices" => Resource::EndpointSlices,
             _ => {
                 self.lock().unexpected.push(uri.to_string());
                 let response = Response::builder()

@@ -189,7 +189,7 @@ impl Fnv1a {
             self.write(&rule.rule_id.to_le_bytes());
             self.write(&rule.port_lo.to_le_bytes());
             self.write(&rule.port_hi.to_le_bytes());
-            self.write(&[rule.protocol]);
+            self.write(&[rule.protocol, rule.action]);
         }
     }
 

@@ -7,6 +7,8 @@
 //! merge is shared only between endpoints with the same named ports), for egress each peer
 //! pod, whose addresses then get grants of their own. An address that is no pod's gets nothing
 //! from a named port, even inside an ipBlock or under a rule without peers.
+//!
+//! Egress entries then gain the Services' ClusterIPs, decided by their backends (`vips`).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -19,6 +21,8 @@ use super::lpm::{self, Entry, Grant};
 use super::peers::{Block, Peer, selected_pods};
 use super::policy::{Policy, Rule};
 use super::ports::{NamedPort, PortRange, PortSpec, has_named, resolve};
+use super::services::ServiceInfo;
+use super::vips;
 
 /// What a rule's peers stand for, resolved against the cluster.
 enum Target<'c> {
@@ -39,6 +43,8 @@ pub(crate) struct Grants<'c> {
     cluster: &'c Cluster,
     /// Rule id → its policy and rule.
     rules: HashMap<u32, (&'c Policy, &'c Rule)>,
+    /// The Services whose ClusterIPs egress entries decide by their backends.
+    services: &'c [ServiceInfo],
     /// Rule id → what its peers resolve to.
     targets: HashMap<u32, Rc<Vec<Target<'c>>>>,
     /// Merged entries, shared by endpoints isolated by the same rules.
@@ -46,14 +52,16 @@ pub(crate) struct Grants<'c> {
 }
 
 impl<'c> Grants<'c> {
-    /// Grants of `rules` (rule id → policy and rule) over `cluster`.
+    /// Grants of `rules` (rule id → policy and rule) over `cluster` and its `services`.
     pub(crate) fn new(
         cluster: &'c Cluster,
         rules: HashMap<u32, (&'c Policy, &'c Rule)>,
+        services: &'c [ServiceInfo],
     ) -> Grants<'c> {
         Grants {
             cluster,
             rules,
+            services,
             targets: HashMap::new(),
             merged: HashMap::new(),
         }
@@ -91,7 +99,11 @@ impl<'c> Grants<'c> {
                 Direction::Egress => self.egress_grants(id, &rule.ports, &targets, &mut grants),
             }
         }
-        let entries = Rc::new(lpm::merge(&grants));
+        let mut entries = lpm::merge(&grants);
+        if direction == Direction::Egress {
+            vips::add_cluster_ips(&mut entries, self.services);
+        }
+        let entries = Rc::new(entries);
         self.merged.insert(key, Rc::clone(&entries));
         entries
     }

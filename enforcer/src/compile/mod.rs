@@ -22,10 +22,16 @@
 //!    takes precedence: a pod it selects is isolated both ways with no grant at all, in
 //!    enforce mode, whatever else selects it. NetworkPolicies only ever add allows, so a
 //!    plain deny-all could not cut off a pod that another policy allows.
+//!    Egress entries then gain each Service's ClusterIP, decided by its ready backends
+//!    (`services` finds them from EndpointSlices or the selector; `vips` writes the entries):
+//!    allowed when the endpoint may reach every backend on its targetPort, denied with reason
+//!    `service-backends-denied` when only some.
 //! 5. The endpoint (`endpoint`): its entries go into the tries, and every address of the pod
 //!    maps to its id, its veth's ifindex, its flags (programmed, isolated and audit per
 //!    direction) and a revision digest of flags and entries, which changes exactly when its
 //!    policy does.
+//! 6. The node's own addresses (`Snapshot::node_addresses`) go into the node-address map:
+//!    their traffic to a local pod passes ingress policy (`from-node`), as the API requires.
 
 pub(crate) mod cidr;
 mod cluster;
@@ -37,10 +43,12 @@ mod peers;
 mod policy;
 mod ports;
 mod selector;
+pub mod services;
+mod vips;
 
 use std::collections::{BTreeMap, HashMap};
 
-use tollgate_schemas::Direction;
+use tollgate_schemas::{Direction, EndpointKey, addr};
 
 pub use cluster::{ENFORCEMENT_ANNOTATION, MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX};
 
@@ -74,6 +82,9 @@ pub struct Compiled {
     pub rules: BTreeMap<u32, RuleRef>,
     /// Endpoint id → the pod, as `namespace/name`.
     pub endpoint_pods: BTreeMap<u32, String>,
+    /// Every valid Service with its ready backends (see [`services`]), by namespace and name:
+    /// what a ClusterIP stands for, for flow records, verify and the lab's kube-proxy.
+    pub services: Vec<services::ServiceInfo>,
     /// Invalid objects (left out) and capacity problems.
     pub errors: Vec<InputError>,
 }
@@ -116,6 +127,7 @@ pub fn compile(snapshot: &Snapshot, placement: &Placement<'_>, prior: &Ids) -> C
     let mut errors = Vec::new();
     let cluster = Cluster::build(snapshot, &mut errors);
     let policies = policy::check_policies(&snapshot.policies, &mut errors);
+    let services = services::resolve(snapshot, &cluster, &mut errors);
 
     let rule_ids = ids::assign(&prior.rules, policies.iter().flat_map(rule_refs));
     let mut rules = HashMap::new();
@@ -159,7 +171,7 @@ pub fn compile(snapshot: &Snapshot, placement: &Placement<'_>, prior: &Ids) -> C
         .collect();
     let endpoint_ids = ids::assign(&prior.endpoints, endpoints.iter().map(|(pod, _)| pod.key()));
 
-    let mut grants = Grants::new(&cluster, rules);
+    let mut grants = Grants::new(&cluster, rules, &services);
     let mut writer = Writer::new();
     for (pod, ifindex) in endpoints {
         let namespace_audit = cluster
@@ -177,7 +189,14 @@ pub fn compile(snapshot: &Snapshot, placement: &Placement<'_>, prior: &Ids) -> C
         );
     }
     errors.append(&mut writer.errors);
-    let desired = writer.desired;
+    let mut desired = writer.desired;
+    desired.node_addrs = snapshot
+        .node_addresses
+        .iter()
+        .map(|ip| EndpointKey {
+            addr: addr::to_bytes(*ip),
+        })
+        .collect();
 
     tracing::debug!(
         endpoints = endpoint_ids.len(),
@@ -198,6 +217,7 @@ pub fn compile(snapshot: &Snapshot, placement: &Placement<'_>, prior: &Ids) -> C
             endpoints: endpoint_ids,
             rules: rule_ids,
         },
+        services,
         errors,
     }
 }

@@ -67,7 +67,8 @@ impl PortRange {
             port_lo: self.lo,
             port_hi: self.hi,
             protocol: self.protocol,
-            _pad: [0; 3],
+            action: tollgate_schemas::port_action::ALLOW,
+            _pad: [0; 2],
         }
     }
 }

@@ -159,6 +159,7 @@ fn probe(snapshot: &Snapshot, compiled: &Compiled, from: &str, to: &str, port: &
         protocol,
         src_port: 40000,
         dst_port: number.parse().unwrap(),
+        service: None,
     };
     let outcome = decide_flow(&compiled.desired, &flow);
     let verdict = outcome.verdict().name();
@@ -1289,4 +1290,65 @@ fn ten_thousand_ip_blocks_on_one_endpoint() {
             ("198.51.0.5", "x/a", "2/TCP", "allow x/big ingress[1]"),
         ],
     );
+}
+
+/// `count` Services in namespace `x`, each a ClusterIP 10.96.0.N in front of the pods `app=web`
+/// (x/a) on port 80.
+fn services(count: u8) -> String {
+    (1..=count)
+        .map(|n| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{n}, namespace: x}}\n\
+                 spec: {{clusterIP: 10.96.0.{n}, selector: {{app: web}}, ports: [{{port: 80}}]}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+#[test]
+fn cluster_ips_get_entries_only_where_they_change_an_answer() {
+    let allow_all = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-anywhere, namespace: y}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{}]
+";
+    let to_web = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-to-web, namespace: y}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 80}]
+";
+    let egress_entries = |policies: &str| compiled(policies).1.desired.egress.len();
+    // Everything allowed already: the addresses answer for the ClusterIPs.
+    assert_eq!(
+        egress_entries(&format!("{allow_all}---\n{}", services(50))),
+        egress_entries(allow_all)
+    );
+    // Only the backends allowed: one host entry per ClusterIP per egress-isolated endpoint.
+    let (snapshot, with_services) = compiled(&format!("{to_web}---\n{}", services(50)));
+    let isolated = with_services
+        .desired
+        .endpoints
+        .values()
+        .filter(|e| e.flags & endpoint_flags::EGRESS_ISOLATED != 0)
+        .map(|e| e.id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert!(isolated > 0);
+    assert_eq!(
+        with_services.desired.egress.len(),
+        egress_entries(to_web) + 50 * isolated
+    );
+    assert_eq!(with_services.services.len(), 50);
+    assert!(snapshot.services.len() == 50);
 }

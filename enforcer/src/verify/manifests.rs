@@ -56,11 +56,24 @@ pub fn load_manifests(files: &[SourceText]) -> (Snapshot, Vec<InputError>) {
                 .policies
                 .upsert("NetworkPolicy", &file.source, policy, |p| &p.metadata);
         }
+        for service in snapshot.services {
+            merged
+                .services
+                .upsert("Service", &file.source, service, |s| &s.metadata);
+        }
+        for slice in snapshot.endpoint_slices {
+            merged
+                .endpoint_slices
+                .upsert("EndpointSlice", &file.source, slice, |s| &s.metadata);
+        }
     }
     let snapshot = Snapshot {
         namespaces: merged.namespaces.items,
         pods: merged.pods.items,
         policies: merged.policies.items,
+        services: merged.services.items,
+        endpoint_slices: merged.endpoint_slices.items,
+        node_addresses: Vec::new(),
     };
     (snapshot, errors)
 }
@@ -70,6 +83,8 @@ struct Merged {
     namespaces: Objects<k8s_openapi::api::core::v1::Namespace>,
     pods: Objects<k8s_openapi::api::core::v1::Pod>,
     policies: Objects<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    services: Objects<k8s_openapi::api::core::v1::Service>,
+    endpoint_slices: Objects<k8s_openapi::api::discovery::v1::EndpointSlice>,
 }
 
 /// Objects of one kind, in first-seen order, with the position of each named one.

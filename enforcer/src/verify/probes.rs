@@ -2,8 +2,11 @@
 //! ([`resolve_probes`], which looks pod names up in the snapshot).
 //!
 //! One probe per line, `FROM TO PORT/PROTOCOL`, where FROM and TO are `namespace/pod` or an IP
-//! address (a client or server outside the cluster). `#` starts a comment, anywhere on a line;
-//! blank lines are ignored. A line that cannot be used becomes an [`InputError`] naming
+//! address (a client or server outside the cluster); TO may also be `service:namespace/name`
+//! or a Service's ClusterIP, with the Service's port. A probe to a Service stands for one flow
+//! per ready backend of that port (in the client's family), as kube-proxy may send it to any:
+//! the client's egress sees the ClusterIP and port, the backend's ingress the backend's address
+//! and targetPort. `#` starts a comment, anywhere on a line; blank lines are ignored. A line that cannot be used becomes an [`InputError`] naming
 //! `FILE line N` and the field; the other probes still run.
 
 use std::collections::BTreeMap;
@@ -13,7 +16,8 @@ use std::str::FromStr;
 
 use tollgate_schemas::proto;
 
-use crate::decision::ProbeFlow;
+use crate::compile::services::{Backend, ServiceInfo};
+use crate::decision::{ProbeFlow, ServiceHop};
 use crate::snapshot::{self, InputError, Snapshot, pod_key};
 
 /// The layer-4 protocols a probe (and a NetworkPolicy port) can name.
@@ -81,21 +85,41 @@ pub enum Peer {
         /// The pod's name.
         name: String,
     },
-    /// An address, usually of a client or server outside the cluster.
+    /// An address, usually of a client or server outside the cluster, or a ClusterIP.
     Address(IpAddr),
+    /// A Service of the manifests (`service:namespace/name`), reached through its ClusterIP.
+    Service {
+        /// The Service's namespace.
+        namespace: String,
+        /// The Service's name.
+        name: String,
+    },
 }
 
+/// Prefix of a probe peer that names a Service.
+const SERVICE_PREFIX: &str = "service:";
+
 impl Peer {
-    /// Parses `namespace/pod` or an IP address; `None` when `text` is neither.
+    /// Parses `namespace/pod`, `service:namespace/name` or an IP address; `None` when `text`
+    /// is none of them.
     pub fn parse(text: &str) -> Option<Self> {
         if let Ok(ip) = text.parse() {
             return Some(Self::Address(ip));
         }
+        let (service, text) = match text.strip_prefix(SERVICE_PREFIX) {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
         let (namespace, name) = text.split_once('/')?;
         let valid = |part: &str| !part.is_empty() && !part.contains('/');
-        (valid(namespace) && valid(name)).then(|| Self::Pod {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+        if !(valid(namespace) && valid(name)) {
+            return None;
+        }
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        Some(if service {
+            Self::Service { namespace, name }
+        } else {
+            Self::Pod { namespace, name }
         })
     }
 }
@@ -105,6 +129,7 @@ impl fmt::Display for Peer {
         match self {
             Self::Pod { namespace, name } => write!(f, "{namespace}/{name}"),
             Self::Address(ip) => write!(f, "{ip}"),
+            Self::Service { namespace, name } => write!(f, "{SERVICE_PREFIX}{namespace}/{name}"),
         }
     }
 }
@@ -167,12 +192,20 @@ fn parse_fields(fields: &[&str], origin: &str) -> Result<ProbeSpec, Vec<InputErr
         if peer.is_none() {
             errors.push(error(
                 field,
-                format!("{text:?} is neither namespace/pod nor an IP address"),
+                format!(
+                    "{text:?} is neither namespace/pod, service:namespace/name nor an IP address"
+                ),
             ));
         }
         peer
     };
     let from = peer("from", from, &mut errors);
+    if let Some(Peer::Service { .. }) = from {
+        errors.push(error(
+            "from",
+            "a Service is only a destination: name one of its pods as the client".to_owned(),
+        ));
+    }
     let to = peer("to", to, &mut errors);
     let (port_text, protocol_text) = match port_protocol.split_once('/') {
         Some((port, protocol)) => (port, Some(protocol)),
@@ -205,7 +238,7 @@ fn parse_fields(fields: &[&str], origin: &str) -> Result<ProbeSpec, Vec<InputErr
         },
     };
     match (from, to, port, protocol) {
-        (Some(from), Some(to), Some(port), Some(protocol)) => Ok(ProbeSpec {
+        (Some(from), Some(to), Some(port), Some(protocol)) if errors.is_empty() => Ok(ProbeSpec {
             origin: origin.to_owned(),
             from,
             to,
@@ -223,6 +256,10 @@ pub struct ResolvedProbe {
     pub spec: ProbeSpec,
     /// Its first packet.
     pub flow: ProbeFlow,
+    /// Through a Service: which one (`namespace/name`) and the backend this flow stands for
+    /// (`namespace/pod`, or its address when no pod has it); `None` for a backend when the
+    /// Service port has no ready backend in the client's family.
+    pub service: Option<(String, Option<String>)>,
 }
 
 impl ResolvedProbe {
@@ -239,37 +276,174 @@ const FIRST_SOURCE_PORT: u16 = 40_000;
 /// ephemeral range, 32768 to 60999).
 const SOURCE_PORTS: usize = 20_000;
 
-/// Turns each probe's peers into addresses, looking pods up in `snapshot`.
+/// Turns each probe's peers into addresses, looking pods up in `snapshot` and Services up in
+/// `services` (the compiler's, with their ready backends).
 ///
 /// A pod stands for its first address (`status.podIPs`, else `status.podIP`) of the family
 /// the other side uses: an IP address forces its family; between two pods IPv4 is preferred
-/// when both have it, else IPv6. A probe whose peers cannot be resolved (unknown pod, pod
-/// without addresses, no common family) becomes an [`InputError`] and is skipped. Probe `i`
-/// (its position in `probes`) gets the source port `40000 + i % 20000`, so that flows stay
-/// distinct.
+/// when both have it, else IPv6. A Service (by name or by ClusterIP) stands for one flow per
+/// ready backend of the probe's port and protocol, through the ClusterIP of the client's
+/// family; with no ready backend, one flow to the ClusterIP itself. A probe whose peers cannot
+/// be resolved (unknown pod or Service, pod without addresses, no common family, no such
+/// Service port) becomes an [`InputError`] and is skipped. Probe `i` (its position in
+/// `probes`) gets the source port `40000 + i % 20000`, so that flows stay distinct.
 pub fn resolve_probes(
     probes: &[ProbeSpec],
     snapshot: &Snapshot,
+    services: &[ServiceInfo],
 ) -> (Vec<ResolvedProbe>, Vec<InputError>) {
     let addresses = pod_addresses(snapshot);
     let mut resolved = Vec::new();
     let mut errors = Vec::new();
     for (index, spec) in probes.iter().enumerate() {
-        match resolve(spec, &addresses) {
-            Ok((src, dst)) => resolved.push(ResolvedProbe {
-                spec: spec.clone(),
-                flow: ProbeFlow {
-                    src,
-                    dst,
-                    protocol: spec.protocol.number(),
-                    src_port: source_port(index),
-                    dst_port: spec.port,
-                },
+        let flow = |src, dst, dst_port, service| ProbeFlow {
+            src,
+            dst,
+            protocol: spec.protocol.number(),
+            src_port: source_port(index),
+            dst_port,
+            service,
+        };
+        let through = match &spec.to {
+            Peer::Service { namespace, name } => services
+                .iter()
+                .find(|s| s.namespace == *namespace && s.name == *name)
+                .ok_or_else(|| {
+                    vec![probe_error(
+                        spec,
+                        "to",
+                        format!("no Service {namespace}/{name} in the manifests"),
+                    )]
+                })
+                .map(Some),
+            Peer::Address(ip) => Ok(services.iter().find(|s| s.cluster_ips.contains(ip))),
+            Peer::Pod { .. } => Ok(None),
+        };
+        let outcome = through.and_then(|service| match service {
+            None => resolve(spec, &addresses).map(|(src, dst)| {
+                vec![ResolvedProbe {
+                    spec: spec.clone(),
+                    flow: flow(src, dst, spec.port, None),
+                    service: None,
+                }]
             }),
+            Some(service) => {
+                resolve_service(spec, service, &addresses).map(|(src, vip, backends)| {
+                    let hop = Some(ServiceHop {
+                        addr: vip,
+                        port: spec.port,
+                    });
+                    if backends.is_empty() {
+                        return vec![ResolvedProbe {
+                            spec: spec.clone(),
+                            flow: flow(src, vip, spec.port, hop),
+                            service: Some((service.key(), None)),
+                        }];
+                    }
+                    backends
+                        .into_iter()
+                        .map(|backend| ResolvedProbe {
+                            spec: spec.clone(),
+                            flow: flow(src, backend.addr, backend.port, hop),
+                            service: Some((
+                                service.key(),
+                                Some(backend.pod.unwrap_or_else(|| backend.addr.to_string())),
+                            )),
+                        })
+                        .collect()
+                })
+            }
+        });
+        match outcome {
+            Ok(mut probes) => resolved.append(&mut probes),
             Err(mut probe_errors) => errors.append(&mut probe_errors),
         }
     }
     (resolved, errors)
+}
+
+fn probe_error(spec: &ProbeSpec, field: &str, message: String) -> InputError {
+    InputError {
+        object: spec.origin.clone(),
+        field: field.to_owned(),
+        message,
+    }
+}
+
+/// The client's address, the ClusterIP of its family, and the ready backends of the probe's
+/// Service port in that family.
+fn resolve_service(
+    spec: &ProbeSpec,
+    service: &ServiceInfo,
+    addresses: &BTreeMap<String, Vec<IpAddr>>,
+) -> Result<(IpAddr, IpAddr, Vec<Backend>), Vec<InputError>> {
+    let error = |field: &str, message: String| vec![probe_error(spec, field, message)];
+    let key = service.key();
+    if service.is_headless() {
+        return Err(error(
+            "to",
+            format!(
+                "Service {key} is headless (clusterIP: None): name the pod, as its DNS name does"
+            ),
+        ));
+    }
+    let port = service
+        .ports
+        .iter()
+        .find(|p| p.port == spec.port && p.protocol == spec.protocol.number())
+        .ok_or_else(|| {
+            error(
+                "port",
+                format!("Service {key} has no port {}/{}", spec.port, spec.protocol),
+            )
+        })?;
+    let clients: Vec<IpAddr> = match &spec.from {
+        Peer::Address(ip) => vec![*ip],
+        peer => match addresses.get(&peer.to_string()) {
+            Some(ips) if !ips.is_empty() => ips.clone(),
+            Some(_) => {
+                return Err(error(
+                    "from",
+                    format!("pod {peer} has no IP address (status.podIPs)"),
+                ));
+            }
+            None => return Err(error("from", format!("no pod {peer} in the manifests"))),
+        },
+    };
+    let wanted: Vec<IpAddr> = match &spec.to {
+        Peer::Address(ip) => vec![*ip],
+        _ => service.cluster_ips.clone(),
+    };
+    let v4_first = clients
+        .iter()
+        .filter(|ip| ip.is_ipv4())
+        .chain(clients.iter().filter(|ip| ip.is_ipv6()));
+    let (src, vip) = v4_first
+        .clone()
+        .find_map(|src| {
+            wanted
+                .iter()
+                .find(|vip| vip.is_ipv4() == src.is_ipv4())
+                .map(|vip| (*src, *vip))
+        })
+        .ok_or_else(|| {
+            error(
+                "to",
+                format!(
+                    "no common address family: {} has {}, Service {key} has {}",
+                    spec.from,
+                    families(&clients),
+                    families(&wanted)
+                ),
+            )
+        })?;
+    let backends = port
+        .backends
+        .iter()
+        .filter(|b| b.addr.is_ipv4() == vip.is_ipv4())
+        .cloned()
+        .collect();
+    Ok((src, vip, backends))
 }
 
 fn source_port(index: usize) -> u16 {
@@ -325,6 +499,7 @@ fn resolve(
     };
     let lookup = |field: &str, peer: &Peer| match peer {
         Peer::Address(ip) => Ok(Side::Address(*ip)),
+        Peer::Service { .. } => Err(error(field, format!("{peer} is not a pod or an address"))),
         Peer::Pod { .. } => match addresses.get(&peer.to_string()) {
             None => Err(error(field, format!("no pod {peer} in the manifests"))),
             Some(ips) if ips.is_empty() => Err(error(

@@ -7,8 +7,11 @@ use super::run::{ProbeResult, ProbeVerdict};
 
 /// JSON Lines: one object per probe, in input order, each line ending in `\n`.
 ///
-/// Fields: `from`, `to` (as written), `src`, `dst` (the addresses they resolved to), `port`,
-/// `protocol`, `verdict` (`allow` or `deny`), `audit` (true when the flow passes only because
+/// Fields: `from`, `to` (as written), `src`, `dst` (the addresses they resolved to; through a
+/// Service, the backend's), `service` and `backend` (through a Service: `namespace/name` and
+/// the backend's `namespace/pod`, one object per backend; else null), `service_addr` (the
+/// ClusterIP addressed, or null), `port` (as written), `target_port` (the port the server
+/// receives on), `protocol`, `verdict` (`allow` or `deny`), `audit` (true when the flow passes only because
 /// of audit mode), `reason`, `at` (the hook that decided), `policy` and `rule` of the deciding
 /// decision (null when no rule decided), and `hooks`: `egress`, `ingress`, `reply_egress`, `reply_ingress`, each null (not
 /// reached) or `{verdict, reason, policy, rule}` with the hook's own verdict (`allow`, `deny`
@@ -27,7 +30,7 @@ pub fn render_json(results: &[ProbeResult]) -> String {
         .collect()
 }
 
-/// Aligned columns FROM, TO, PORT/PROTO, VERDICT, REASON, AT (the hook that decided),
+/// Aligned columns FROM, TO (through a Service: `service:ns/name -> ns/backend`), PORT/PROTO, VERDICT, REASON, AT (the hook that decided),
 /// POLICY/RULE, a header line first.
 pub fn render_table(results: &[ProbeResult]) -> String {
     let header = [
@@ -52,9 +55,13 @@ pub fn render_table(results: &[ProbeResult]) -> String {
                 (None, Some(rule)) => rule.clone(),
                 _ => "-".to_owned(),
             };
+            let to = match &r.backend {
+                Some(backend) => format!("{} -> {backend}", r.to),
+                None => r.to.clone(),
+            };
             [
                 r.from.clone(),
-                r.to.clone(),
+                to,
                 format!("{}/{}", r.port, r.protocol),
                 verdict.to_owned(),
                 r.reason.to_owned(),

@@ -4,6 +4,8 @@
 //! A probe from an address to itself (a pod probing itself) is answered `allow`, reason
 //! `loopback`, without the datapath: such a packet never crosses the pod's veth. A flow
 //! between two addresses that are not endpoints meets no hook: `allow`, reason `no-endpoint`.
+//! A probe to a Service port without a ready backend is `deny`, reason `no-ready-backends`
+//! (kube-proxy rejects it), with the hooks the datapath saw still listed.
 
 use std::net::IpAddr;
 
@@ -18,6 +20,10 @@ pub const LOOPBACK_REASON: &str = "loopback";
 
 /// Reason reported for a flow that no hook sees: neither address is an endpoint.
 pub const NO_ENDPOINT_REASON: &str = "no-endpoint";
+
+/// Reason reported for a probe to a Service port without a ready backend: kube-proxy rejects
+/// the connection, whatever policy says.
+pub const NO_BACKENDS_REASON: &str = "no-ready-backends";
 
 /// Whether a probe's flow gets through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -65,10 +71,21 @@ pub struct ProbeResult {
     pub to: String,
     /// The address the client resolved to.
     pub src: IpAddr,
-    /// The address the server resolved to.
+    /// The address the server resolved to (through a Service: the backend's, or the ClusterIP
+    /// when the port has no ready backend).
     pub dst: IpAddr,
-    /// Destination port.
+    /// Through a Service: its `namespace/name`; null otherwise.
+    pub service: Option<String>,
+    /// Through a Service: the backend this result is for (`namespace/pod`, or its address when
+    /// no pod has it); null otherwise, and when the port has no ready backend.
+    pub backend: Option<String>,
+    /// Through a Service: the ClusterIP and port the client addressed; null otherwise.
+    pub service_addr: Option<IpAddr>,
+    /// Destination port, as written (a Service's port).
     pub port: u16,
+    /// The port the server receives on: the backend's targetPort through a Service, else
+    /// `port`.
+    pub target_port: u16,
     /// Protocol.
     pub protocol: Protocol,
     /// Whether the flow gets through.
@@ -152,13 +169,24 @@ fn describe(
             }
         }
     };
+    let (service, backend) = probe.service.clone().unzip();
+    let backend = backend.flatten();
+    let (verdict, reason) = if service.is_some() && backend.is_none() {
+        (ProbeVerdict::Deny, NO_BACKENDS_REASON)
+    } else {
+        (verdict, reason)
+    };
     let hooks = outcome.unwrap_or_default();
     ProbeResult {
         from: probe.spec.from.to_string(),
         to: probe.spec.to.to_string(),
         src: probe.flow.src,
         dst: probe.flow.dst,
+        service,
+        backend,
+        service_addr: probe.flow.service.map(|hop| hop.addr),
         port: probe.spec.port,
+        target_port: probe.flow.dst_port,
         protocol: probe.spec.protocol,
         verdict,
         audit,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parquet::arrow::ArrowWriter;
 use tollgate_collector::{
-    identity::PodIdentity,
+    identity::{Holder, PodIdentity},
     record::{Flow, FlowRecord, Isolation, IsolationAction, RecordBody, encode, schema},
 };
 use tollgate_enforcer::desired::RuleRef;
@@ -69,8 +69,9 @@ pub fn flow(
             bytes: 222,
             tcp_flags: 2,
             events: 1,
-            src_pod: Some(Arc::clone(src)),
-            dst_pod: Some(Arc::clone(dst)),
+            src_holder: Some(Holder::Pod(Arc::clone(src))),
+            dst_holder: Some(Holder::Pod(Arc::clone(dst))),
+            service: None,
             rule: allowed.then(|| {
                 Arc::new(RuleRef {
                     namespace: "shop".into(),

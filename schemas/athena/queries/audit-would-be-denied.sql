@@ -1,5 +1,5 @@
 -- name: audit-would-be-denied
--- description: What enforcing would break: flows that endpoints in audit mode would have denied (verdict audit-deny; the packets passed) in a time window, per direction, source, destination, port and protocol, most packets first: both ends as pod and workload (or an address outside the cluster), the reason, flows, packets, bytes, first and last seen. A record is in the window when its span [start, end] overlaps [from, to).
+-- description: What enforcing would break: flows that endpoints in audit mode would have denied (verdict audit-deny; the packets passed) in a time window, per direction, source, destination, port and protocol, most packets first: both ends as pod and workload (or an address outside the cluster; the node itself as workload Node/<node>), the Service the flow was addressed to (null when none), the reason, flows, packets, bytes, first and last seen. A record is in the window when its span [start, end] overlaps [from, to).
 -- param: from bigint window start, epoch seconds, inclusive
 -- param: to bigint window end, epoch seconds, exclusive
 -- param: from bigint window start, epoch seconds, inclusive
@@ -19,6 +19,8 @@ SELECT
   dst_pod,
   dst_workload,
   dstaddr,
+  svc_namespace,
+  svc_name,
   dstport,
   protocol,
   verdict_reason,
@@ -35,6 +37,6 @@ WHERE dt >= date_format(from_unixtime(? - 3600), '%Y-%m-%d')
   AND log_status = 'OK'
   AND verdict = 'audit-deny'
 GROUP BY flow_direction, src_namespace, src_pod, src_workload, srcaddr, dst_namespace, dst_pod,
-  dst_workload, dstaddr, dstport, protocol, verdict_reason
+  dst_workload, dstaddr, svc_namespace, svc_name, dstport, protocol, verdict_reason
 ORDER BY sum(packets) DESC, count(*) DESC, src_namespace, src_pod, srcaddr, dst_namespace, dst_pod,
-  dstaddr, dstport, protocol, flow_direction
+  dstaddr, svc_namespace, svc_name, dstport, protocol, flow_direction

@@ -1,5 +1,5 @@
 -- name: denied-flows
--- description: Flows whose packets were dropped (action REJECT) in a time window, oldest first: pods, namespaces, addresses, ports, protocol, packets, bytes, the reason and the node. A record is in the window when its span [start, end] overlaps [from, to).
+-- description: Flows whose packets were dropped (action REJECT) in a time window, oldest first: pods, namespaces, addresses, ports, the Service a flow was addressed to (namespace, name, ClusterIP, port; null when none), protocol, packets, bytes, the reason and the node. A record is in the window when its span [start, end] overlaps [from, to).
 -- param: from bigint window start, epoch seconds, inclusive
 -- param: to bigint window end, epoch seconds, exclusive
 -- param: from bigint window start, epoch seconds, inclusive
@@ -20,6 +20,10 @@ SELECT
   dst_pod,
   dstaddr,
   dstport,
+  svc_namespace,
+  svc_name,
+  svc_addr,
+  svc_port,
   protocol,
   packets,
   bytes,

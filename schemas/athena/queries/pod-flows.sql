@@ -1,5 +1,5 @@
 -- name: pod-flows
--- description: Every flow of one pod in a time window, as source or destination, allowed and denied, oldest first, with the verdict, its reason and the deciding policy rule. A record is in the window when its span [start, end] overlaps [from, to).
+-- description: Every flow of one pod in a time window, as source or destination, allowed and denied, oldest first, with the verdict, its reason, the deciding policy rule and the Service a flow was addressed to (svc_*, null when none). A record is in the window when its span [start, end] overlaps [from, to).
 -- param: namespace string namespace of the pod
 -- param: pod string name of the pod
 -- param: namespace string namespace of the pod
@@ -31,6 +31,10 @@ SELECT
   dst_pod,
   dstaddr,
   dstport,
+  svc_namespace,
+  svc_name,
+  svc_addr,
+  svc_port,
   protocol,
   tcp_flags,
   icmp_type,

@@ -1,5 +1,5 @@
 -- name: pod-timeline
--- description: Everything recorded about one pod in a time window, oldest first: its flow records (log_status OK, the pod as source or destination, every verdict) and its isolation records (log_status ISOLATION: quarantine or release, who and why, the quarantine policy). A record is in the window when its span [start, end] overlaps [from, to).
+-- description: Everything recorded about one pod in a time window, oldest first: its flow records (log_status OK, the pod as source or destination, every verdict, the Service a flow was addressed to) and its isolation records (log_status ISOLATION: quarantine or release, who and why, the quarantine policy). A record is in the window when its span [start, end] overlaps [from, to).
 -- param: namespace string namespace of the pod
 -- param: pod string name of the pod
 -- param: namespace string namespace of the pod
@@ -34,6 +34,10 @@ SELECT
   dst_workload,
   dstaddr,
   dstport,
+  svc_namespace,
+  svc_name,
+  svc_addr,
+  svc_port,
   protocol,
   packets,
   bytes,

@@ -84,6 +84,7 @@ module "node_agent" {
   collector_sink             = module.layout.collector_sink
   flow_mode                  = var.flow_mode
   enforcement                = var.enforcement
+  node_ingress               = var.node_ingress
   manage_vpc_cni_addon       = var.manage_vpc_cni_addon
   vpc_cni_addon_version      = var.vpc_cni_addon_version
   vpc_cni_configuration_json = var.vpc_cni_configuration_json

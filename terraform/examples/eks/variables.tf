@@ -114,6 +114,12 @@ variable "enforcement" {
   default     = "strict"
 }
 
+variable "node_ingress" {
+  description = "`allow` (the node's own traffic to its pods passes ingress policy, as the API requires) or `policy`."
+  type        = string
+  default     = "allow"
+}
+
 variable "manage_vpc_cni_addon" {
   description = "Manage the vpc-cni add-on here (enableNetworkPolicy off); false when another configuration manages it."
   type        = bool

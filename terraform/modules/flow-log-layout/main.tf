@@ -53,6 +53,10 @@ locals {
     { name = "isolation_actor", type = "string" },
     { name = "isolation_reason", type = "string" },
     { name = "isolation_detail", type = "string" },
+    { name = "svc_namespace", type = "string" },
+    { name = "svc_name", type = "string" },
+    { name = "svc_addr", type = "string" },
+    { name = "svc_port", type = "int" },
   ]
 
   partition_keys = [

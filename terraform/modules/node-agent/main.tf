@@ -30,7 +30,8 @@ locals {
         sink    = var.collector_sink
       }
       agent = {
-        enforcement = var.enforcement
+        enforcement  = var.enforcement
+        node_ingress = var.node_ingress
       }
     }
   }

@@ -107,6 +107,17 @@ variable "enforcement" {
   }
 }
 
+variable "node_ingress" {
+  description = "`allow`: the node's own addresses reach its pods whatever ingress policy says (kubelet probes), as the NetworkPolicy API requires; `policy`: ingress policy decides them like any other peer."
+  type        = string
+  default     = "allow"
+
+  validation {
+    condition     = contains(["allow", "policy"], var.node_ingress)
+    error_message = "node_ingress: allow or policy."
+  }
+}
+
 variable "extra_values" {
   description = "More Helm values, as YAML documents applied after the module's own (resources, tolerations, otlp_endpoint…); deploy/helm/tollgate/values.yaml documents each."
   type        = list(string)

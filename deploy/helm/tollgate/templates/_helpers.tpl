@@ -78,4 +78,7 @@ values replaces it whole, so no field of the default (dir) leaks into an S3 sink
 {{- if not (has .Values.config.agent.enforcement (list "strict" "standard")) }}
 {{- fail (printf "config.agent.enforcement %q: strict or standard" .Values.config.agent.enforcement) }}
 {{- end }}
+{{- if not (has .Values.config.agent.node_ingress (list "allow" "policy")) }}
+{{- fail (printf "config.agent.node_ingress %q: allow or policy" .Values.config.agent.node_ingress) }}
+{{- end }}
 {{- end }}

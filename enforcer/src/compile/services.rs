@@ -1,0 +1,419 @@
+//! Services: what a connection to a ClusterIP reaches, as kube-proxy programs it.
+//!
+//! Data flows in two steps:
+//! 1. Checking (`check`): each v1 Service gives its ClusterIPs (none when headless, `None`)
+//!    and its ports (protocol, `port`, `targetPort` as a number or a container port name). An
+//!    invalid Service is left out, with each problem naming the field.
+//! 2. Backends (`backends`): for each Service port, the ready endpoints of the EndpointSlices
+//!    labelled `kubernetes.io/service-name: <service>` in its namespace, matched to the port
+//!    by name and protocol, each with the port the slice gives (the `targetPort` already
+//!    resolved for that backend, as the EndpointSlice controller does). A Service no slice
+//!    names falls back to the ready pods its selector matches in its namespace, with a named
+//!    `targetPort` resolved against each pod's own container ports (a pod without that name is
+//!    no backend of the port). A Service without a selector and without slices has no
+//!    backends.
+//!
+//! A ready endpoint is one whose `conditions.ready` is not false (absent means ready, as the
+//! API says); a ready pod is a networked one whose `Ready` condition is not `False`.
+//!
+//! The compiler then decides, per egress-isolated endpoint, each `ClusterIP:port` from the
+//! backends (see [`super::grants`]), and names the Service in flow records through
+//! [`ServiceInfo`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::Problems;
+use super::cidr::parse_ip;
+use super::cluster::{Cluster, PodInfo, object_label};
+use super::ports::{protocol_number, valid_port_name};
+use super::selector::Selector;
+use crate::snapshot::{InputError, Snapshot};
+
+/// Label of an EndpointSlice that names its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One Service with its backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `spec.clusterIPs` (or `spec.clusterIP`); empty for a headless Service.
+    pub cluster_ips: Vec<IpAddr>,
+    /// The ports, in the Service's order.
+    pub ports: Vec<ServicePort>,
+}
+
+impl ServiceInfo {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether the Service has no virtual address (`clusterIP: None`): DNS names its pods.
+    pub fn is_headless(&self) -> bool {
+        self.cluster_ips.is_empty()
+    }
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// `name` (required by the API when a Service has several ports).
+    pub name: Option<String>,
+    /// IANA protocol number (TCP, UDP or SCTP).
+    pub protocol: u8,
+    /// `port`: what clients connect to on the ClusterIP.
+    pub port: u16,
+    /// The ready backends, of every address family.
+    pub backends: Vec<Backend>,
+}
+
+/// One ready backend of a Service port: where kube-proxy may send a connection.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Backend {
+    /// The backend's address.
+    pub addr: IpAddr,
+    /// The port connections arrive on (the resolved `targetPort`).
+    pub port: u16,
+    /// The pod, as `namespace/name`, when known (the slice's `targetRef`, or the pod found by
+    /// its address).
+    pub pod: Option<String>,
+}
+
+/// A checked Service, before its backends are found.
+struct Checked<'s> {
+    namespace: String,
+    name: String,
+    cluster_ips: Vec<IpAddr>,
+    selector: Option<Selector>,
+    ports: Vec<CheckedPort<'s>>,
+}
+
+struct CheckedPort<'s> {
+    name: Option<&'s str>,
+    protocol: u8,
+    port: u16,
+    target: Target<'s>,
+}
+
+/// `targetPort`.
+enum Target<'s> {
+    Number(u16),
+    Name(&'s str),
+}
+
+/// Every valid Service of `snapshot` with its backends (see the module doc), ordered by
+/// namespace and name; problems go to `errors`.
+pub(crate) fn resolve(
+    snapshot: &Snapshot,
+    cluster: &Cluster,
+    errors: &mut Vec<InputError>,
+) -> Vec<ServiceInfo> {
+    let mut checked = BTreeMap::new();
+    for (index, service) in snapshot.services.iter().enumerate() {
+        let label = object_label("Service", &service.metadata, "services", index);
+        let mut problems = Problems::default();
+        let service = check(service, &mut problems);
+        problems.report(&label, errors);
+        if let Some(service) = service
+            && let Some(earlier) =
+                checked.insert((service.namespace.clone(), service.name.clone()), service)
+        {
+            errors.push(InputError {
+                object: format!("Service {}/{}", earlier.namespace, earlier.name),
+                field: "metadata.name".to_owned(),
+                message: "defined more than once; the last definition is used".to_owned(),
+            });
+        }
+    }
+    let slices = slices_by_service(&snapshot.endpoint_slices, errors);
+    let pods_by_ip: BTreeMap<IpAddr, &PodInfo> = cluster
+        .pods
+        .iter()
+        .filter(|pod| pod.is_networked())
+        .flat_map(|pod| pod.ips.iter().map(move |ip| (*ip, pod)))
+        .collect();
+    checked
+        .into_values()
+        .map(|service| {
+            let key = (service.namespace.clone(), service.name.clone());
+            let ports = service
+                .ports
+                .iter()
+                .map(|port| ServicePort {
+                    name: port.name.map(str::to_owned),
+                    protocol: port.protocol,
+                    port: port.port,
+                    backends: match slices.get(&key) {
+                        Some(slices) => slice_backends(slices, port, &pods_by_ip),
+                        None => selector_backends(&service, port, cluster, &snapshot.pods),
+                    },
+                })
+                .collect();
+            ServiceInfo {
+                namespace: service.namespace,
+                name: service.name,
+                cluster_ips: service.cluster_ips,
+                ports,
+            }
+        })
+        .collect()
+}
+
+fn check<'s>(service: &'s Service, problems: &mut Problems) -> Option<Checked<'s>> {
+    let meta = &service.metadata;
+    let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
+        problems.push("metadata.name", "missing: a Service needs a name");
+        return None;
+    };
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| crate::manifest::DEFAULT_NAMESPACE.to_owned());
+    let Some(spec) = service.spec.as_ref() else {
+        problems.push("spec", "missing");
+        return None;
+    };
+    let before = problems.len();
+    let texts: Vec<(String, &str)> = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip.as_str()))
+            .collect(),
+        _ => spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty())
+            .map(|ip| ("spec.clusterIP".to_owned(), ip))
+            .into_iter()
+            .collect(),
+    };
+    let mut cluster_ips = Vec::new();
+    for (field, text) in texts {
+        if text == "None" {
+            continue;
+        }
+        match parse_ip(text) {
+            Ok(ip) if !cluster_ips.contains(&ip) => cluster_ips.push(ip),
+            Ok(_) => {}
+            Err(message) => problems.push(field, message),
+        }
+    }
+    let selector = spec
+        .selector
+        .as_ref()
+        .filter(|labels| !labels.is_empty())
+        .and_then(|labels| {
+            let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some(labels.clone()),
+                match_expressions: None,
+            };
+            Selector::parse(&selector, "spec.selector", problems)
+        });
+    let mut ports = Vec::new();
+    for (index, port) in spec.ports.iter().flatten().enumerate() {
+        let at = format!("spec.ports[{index}]");
+        let protocol = protocol_number(port.protocol.as_deref())
+            .map_err(|message| problems.push(format!("{at}.protocol"), message))
+            .ok();
+        let number = checked_port(port.port, &format!("{at}.port"), problems);
+        let target = match &port.target_port {
+            None => number.map(Target::Number),
+            Some(IntOrString::Int(n)) => {
+                checked_port(*n, &format!("{at}.targetPort"), problems).map(Target::Number)
+            }
+            Some(IntOrString::String(text)) => match text.parse::<i32>() {
+                Ok(n) => checked_port(n, &format!("{at}.targetPort"), problems).map(Target::Number),
+                Err(_) if valid_port_name(text) => Some(Target::Name(text)),
+                Err(_) => {
+                    problems.push(
+                        format!("{at}.targetPort"),
+                        format!("{text:?} is neither a port number nor a valid port name"),
+                    );
+                    None
+                }
+            },
+        };
+        if let (Some(protocol), Some(port_number), Some(target)) = (protocol, number, target) {
+            ports.push(CheckedPort {
+                name: port.name.as_deref().filter(|n| !n.is_empty()),
+                protocol,
+                port: port_number,
+                target,
+            });
+        }
+    }
+    if problems.len() != before {
+        return None;
+    }
+    Some(Checked {
+        namespace,
+        name,
+        cluster_ips,
+        selector,
+        ports,
+    })
+}
+
+fn checked_port(value: i32, field: &str, problems: &mut Problems) -> Option<u16> {
+    match u16::try_from(value) {
+        Ok(port) if port != 0 => Some(port),
+        _ => {
+            problems.push(field, format!("{value} is out of range 1-65535"));
+            None
+        }
+    }
+}
+
+/// The EndpointSlices of each Service, by (namespace, service name). A slice without the
+/// service-name label belongs to no Service and is ignored, as kube-proxy ignores it.
+fn slices_by_service<'s>(
+    slices: &'s [EndpointSlice],
+    errors: &mut Vec<InputError>,
+) -> BTreeMap<(String, String), Vec<&'s EndpointSlice>> {
+    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for (index, slice) in slices.iter().enumerate() {
+        let meta = &slice.metadata;
+        let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+            continue;
+        };
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            errors.push(InputError {
+                object: object_label("EndpointSlice", meta, "endpointSlices", index),
+                field: "addressType".to_owned(),
+                message: format!(
+                    "{:?} is not IPv4 or IPv6; its endpoints are left out",
+                    slice.address_type
+                ),
+            });
+            continue;
+        }
+        let namespace = meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| crate::manifest::DEFAULT_NAMESPACE.to_owned());
+        by_service
+            .entry((namespace, service.clone()))
+            .or_default()
+            .push(slice);
+    }
+    by_service
+}
+
+/// Ready endpoints of `slices` for `port`: the slice port with the Service port's name and
+/// protocol gives the number.
+fn slice_backends(
+    slices: &[&EndpointSlice],
+    port: &CheckedPort<'_>,
+    pods_by_ip: &BTreeMap<IpAddr, &PodInfo>,
+) -> Vec<Backend> {
+    let mut backends = Vec::new();
+    for slice in slices {
+        let number = slice.ports.iter().flatten().find_map(|p| {
+            let same_name = p.name.as_deref().filter(|n| !n.is_empty()) == port.name;
+            let same_protocol = protocol_number(p.protocol.as_deref()).ok() == Some(port.protocol);
+            (same_name && same_protocol)
+                .then(|| p.port.and_then(|n| u16::try_from(n).ok()))
+                .flatten()
+                .filter(|n| *n != 0)
+        });
+        let Some(number) = number else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().flatten() {
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            let named_pod = endpoint.target_ref.as_ref().and_then(|r| {
+                (r.kind.as_deref() == Some("Pod")).then(|| {
+                    format!(
+                        "{}/{}",
+                        r.namespace.as_deref().unwrap_or_default(),
+                        r.name.as_deref().unwrap_or_default()
+                    )
+                })
+            });
+            for text in &endpoint.addresses {
+                let Ok(addr) = text.parse::<IpAddr>() else {
+                    continue;
+                };
+                let pod = named_pod
+                    .clone()
+                    .or_else(|| pods_by_ip.get(&addr).map(|p| p.key()));
+                backends.push(Backend {
+                    addr,
+                    port: number,
+                    pod,
+                });
+            }
+        }
+    }
+    backends.sort();
+    backends.dedup();
+    backends
+}
+
+/// Without slices: the ready networked pods the selector matches in the Service's namespace.
+fn selector_backends(
+    service: &Checked<'_>,
+    port: &CheckedPort<'_>,
+    cluster: &Cluster,
+    pods: &[Pod],
+) -> Vec<Backend> {
+    let Some(selector) = &service.selector else {
+        return Vec::new();
+    };
+    let not_ready: Vec<String> = pods
+        .iter()
+        .filter(|pod| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "False")
+        })
+        .map(crate::snapshot::pod_key)
+        .collect();
+    let mut backends = Vec::new();
+    for pod in &cluster.pods {
+        if pod.namespace != service.namespace
+            || !pod.is_networked()
+            || !selector.matches(&pod.labels)
+            || not_ready.contains(&pod.key())
+        {
+            continue;
+        }
+        let number = match port.target {
+            Target::Number(n) => Some(n),
+            Target::Name(name) => pod
+                .named_ports
+                .iter()
+                .find(|p| p.name == name && p.protocol == port.protocol)
+                .map(|p| p.port),
+        };
+        let Some(number) = number else {
+            continue;
+        };
+        backends.extend(pod.ips.iter().map(|addr| Backend {
+            addr: *addr,
+            port: number,
+            pod: Some(pod.key()),
+        }));
+    }
+    backends.sort();
+    backends
+}
