@@ -11,7 +11,7 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tollgate_agent::{
     config::NodeIngress, endpoints::DEFAULT_VETH_PREFIX, links::LinkWatch, node_addresses,
@@ -20,8 +20,8 @@ use tollgate_agent::{
 use tollgate_enforcer::manifest::parse_manifests;
 
 use support::{
-    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, cluster_yaml, http_ok, in_netns, ip,
-    root, spawn_in_netns, udp_reaches,
+    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, cluster_yaml, eventually, http_ok,
+    in_netns, ip, root, spawn_in_netns, udp_reaches,
 };
 
 /// The primary ENI's addresses, the secondary ENI's, and one added later.
@@ -183,15 +183,6 @@ fn node_reaches(node: &Node, src: &str, to: &Pod, wait: Duration) -> bool {
     });
     let mut buf = [0u8; 16];
     matches!(receiver.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"kubelet")
-}
-
-/// Waits (at most 10 s) until `check` holds.
-fn eventually(what: &str, check: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// httpd's ingress isolated by a policy that allows nothing.

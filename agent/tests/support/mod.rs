@@ -45,11 +45,16 @@ pub fn seed() -> Snapshot {
     snapshot
 }
 
-/// Whether the test runs as root; says SKIPPED loudly when not.
+/// Whether the test runs as root; says SKIPPED loudly when not, and fails under CI (`CI`
+/// set), which runs as root: a privileged test never skips there.
 pub fn root(what: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root, and CI runs as root: {what}"
+        );
         eprintln!("SKIPPED (needs root): {what}");
     }
     root
@@ -442,6 +447,15 @@ impl Drop for Bpffs {
             let _ = Command::new("umount").arg("-l").arg(mount).status();
             let _ = std::fs::remove_dir(mount);
         }
+    }
+}
+
+/// Waits (at most 10 s) until `check` holds.
+pub fn eventually(what: &str, check: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
