@@ -1,6 +1,11 @@
 //! The `tollgate` command: wiring of the library crates to a command line, nothing more.
+//!
+//! Output goes through [`write_out`] and [`note`], never `print!` (denied below): a reader
+//! that goes away (`tollgate flows … | head -1`) ends the output quietly instead of a panic.
 
-use std::{path::PathBuf, process::ExitCode};
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -118,13 +123,13 @@ struct QuarantineArgs {
     /// The pod, as NAMESPACE/POD.
     pod: tollgate_incident::PodRef,
     /// Why (required): goes into the policy's annotations and the isolation record.
-    #[arg(long)]
+    #[arg(long, value_parser = tollgate_incident::quarantine::parse_reason)]
     reason: String,
     /// Lift the quarantine instead: remove the label, delete the policy.
     #[arg(long)]
     release: bool,
     /// The cluster's name in the flow log (the collectors' `cluster` setting).
-    #[arg(long)]
+    #[arg(long, value_parser = tollgate_incident::record::parse_cluster)]
     cluster: String,
     /// The flow log: `s3://bucket/prefix` (the collectors' sink) or a local directory.
     #[arg(long)]
@@ -160,6 +165,10 @@ struct EvidenceArgs {
     /// (kubeconfig or in-cluster) into `policies.json`.
     #[arg(long)]
     policies_from_cluster: bool,
+    /// Accept a bundle without a single record of the pod (exit 0): without it, an empty
+    /// bundle is reported as an error, since it is no proof that the pod had no traffic.
+    #[arg(long)]
+    allow_empty: bool,
     /// Find the pod's objects through Athena, in this workgroup: one query over the flow
     /// table names the objects that hold its records, and only those are read from S3 (with
     /// their ETags, as without it). Needs an `s3://` --flow-log that the table points to.
@@ -293,10 +302,54 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            note(&report(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// Writes `text` to standard output. A reader that went away (EPIPE: Rust ignores SIGPIPE, so
+/// `tollgate flows … | head -1` gets the error instead of the signal) ends the output there,
+/// quietly; the command still exits with the code its own work decided (0 when all went
+/// well), as if the reader had read everything.
+fn write_out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("writing to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes `text` and a newline to standard error. A closed standard error (`2>&1 | head`) is
+/// left as [`write_out`] leaves a closed standard output: nothing is left to tell.
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// `error` as printed: the error, then each cause on a line of its own, each once. A cause
+/// whose text an earlier line already holds is left out: error types that write their source
+/// into their own message (`#[error("…: {source}")]`) and also return it from `source()` would
+/// otherwise say it two or three times.
+fn report(error: &anyhow::Error) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !said.iter().any(|line| line.contains(&text)) {
+            said.push(text);
+        }
+    }
+    let mut lines = said.into_iter();
+    let mut report = format!("error: {}", lines.next().unwrap_or_default());
+    for cause in lines {
+        report.push_str("\n  because: ");
+        report.push_str(&cause);
+    }
+    report
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -311,14 +364,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target: BenchTarget::Datapath { packets },
         } => {
             let results = bench::datapath(packets)?;
-            print!("{}", bench::render(&results));
+            write_out(&bench::render(&results))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             target: BenchTarget::Collector { events },
         } => {
             let result = tollgate_collector::bench::collector(events)?;
-            print!("{}", tollgate_collector::bench::render(&result));
+            write_out(&tollgate_collector::bench::render(&result))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -395,12 +448,12 @@ fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     };
     let verification = verify::verify(&input, datapath.as_mut())?;
     for error in &verification.errors {
-        eprintln!("error: {error}");
+        note(&format!("error: {error}"));
     }
-    match args.output {
-        Output::Json => print!("{}", verify::render_json(&verification.results)),
-        Output::Table => print!("{}", verify::render_table(&verification.results)),
-    }
+    write_out(&match args.output {
+        Output::Json => verify::render_json(&verification.results),
+        Output::Table => verify::render_table(&verification.results),
+    })?;
     Ok(if verification.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -424,16 +477,37 @@ fn flows_command(args: &FlowsArgs) -> anyhow::Result<ExitCode> {
         denied: args.denied,
         since_s,
     };
-    let records = read::read_dir(&args.dir, &filter)?;
-    match args.output {
-        Output::Table => print!("{}", read::render_table(&records)),
-        Output::Json => {
-            for record in &records {
-                println!("{}", serde_json::to_string(record)?);
-            }
+    let (text, skipped) = match args.output {
+        Output::Table => {
+            let log = read::read_flow_log(&args.dir, &filter)?;
+            (read::render_table(&log.records), log.skipped)
         }
+        Output::Json => {
+            let log = read::read_flow_log_columns(&args.dir, &filter)?;
+            let mut text = String::new();
+            for record in &log.records {
+                text.push_str(&serde_json::to_string(record)?);
+                text.push('\n');
+            }
+            (text, log.skipped)
+        }
+    };
+    write_out(&text)?;
+    if skipped.is_empty() {
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    for error in &skipped {
+        note(&format!(
+            "skipped {}: {}",
+            error.path().display(),
+            error.reason()
+        ));
+    }
+    note(&format!(
+        "error: {} file(s) of the flow log could not be read; their records are not above",
+        skipped.len()
+    ));
+    Ok(ExitCode::from(1))
 }
 
 /// Exit code 0 only when every outcome matched the seed.
@@ -456,10 +530,10 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(tollgate_lab::run(&options))?;
-    match args.output {
-        Output::Json => print!("{}", report.render_json()),
-        Output::Table => print!("{}", report.render_table()),
-    }
+    write_out(&match args.output {
+        Output::Json => report.render_json(),
+        Output::Table => report.render_table(),
+    })?;
     Ok(if report.all_ok() {
         ExitCode::SUCCESS
     } else {
@@ -492,35 +566,37 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
             "quarantined"
         };
         let isolation = &outcome.isolation;
-        println!(
-            "{done} {}: NetworkPolicy {}/{}, label {}, by {} at {}",
+        write_out(&format!(
+            "{done} {}: NetworkPolicy {}/{}, label {}, by {} at {}\n",
             args.pod,
             isolation.policy_namespace,
             isolation.policy_name,
             quarantine::LABEL,
             isolation.actor,
             rfc3339_utc(outcome.at_s)
-        );
+        ))?;
         let staging = std::env::temp_dir().join("tollgate-isolation-records");
         match record::deliver(&args.cluster, &outcome, &args.flow_log, &s3, &staging).await {
             Ok(location) => {
-                println!("isolation record: {location}");
+                write_out(&format!("isolation record: {location}\n"))?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(error) => {
-                eprintln!(
+                note(&format!(
                     "error: the pod IS {done}, but its isolation record is not in the flow log: \
                      {error}\nThe record is kept in {} as {}; copy it there.",
                     staging.display(),
                     record::key(&args.cluster, &outcome)
-                );
+                ));
                 Ok(ExitCode::from(1))
             }
         }
     })
 }
 
-/// Exit code 0: bundle written (or verified intact); 1: `verify` found a difference; 2: error.
+/// Exit code 0: bundle written (or verified intact); 1: `verify` found a difference, or the
+/// bundle was written without some flow-log files (unreadable) or without any record of the
+/// pod (unless `--allow-empty`); 2: error.
 fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
     use tollgate_collector::{
         clock::{NS_PER_S, unix_now_ns},
@@ -534,19 +610,19 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
     {
         return Ok(match evidence::verify(dir, manifest_sha256.as_deref()) {
             Ok(manifest) => {
-                println!(
+                write_out(&format!(
                     "evidence bundle {} is intact: {} files as listed in its manifest ({}, {} \
-                     to {})",
+                     to {})\n",
                     dir.display(),
                     manifest.files.len(),
                     format_args!("{}/{}", manifest.pod.namespace, manifest.pod.name),
                     manifest.window.from_utc,
                     manifest.window.to_utc
-                );
+                ))?;
                 ExitCode::SUCCESS
             }
             Err(tampered) => {
-                eprintln!("{tampered}");
+                note(&tampered.to_string());
                 ExitCode::from(1)
             }
         });
@@ -592,12 +668,12 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(evidence::collect(&request, policies, now_s).await?)
     })?;
-    print!("{}", bundle.timeline);
     let counts = bundle.manifest.counts;
-    println!(
-        "\nevidence bundle {}: {} flow records, {} isolation records, {} loss records, from {} \
+    write_out(&format!(
+        "{}\nevidence bundle {}: {} flow records, {} isolation records, {} loss records, from {} \
          flow-log files\nmanifest SHA-256: {} (note it: `tollgate evidence verify {} \
-         --manifest-sha256 …` proves the manifest unchanged too)",
+         --manifest-sha256 …` proves the manifest unchanged too)\n",
+        bundle.timeline,
         bundle.dir.display(),
         counts.flows,
         counts.isolations,
@@ -605,8 +681,16 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
         counts.sources,
         bundle.manifest_sha256,
         bundle.dir.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    ))?;
+    let shortfalls = bundle.shortfalls(args.allow_empty);
+    for shortfall in &shortfalls {
+        note(&format!("error: {shortfall}"));
+    }
+    Ok(if shortfalls.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The NetworkPolicies of `namespace` now, from the API server.

@@ -23,6 +23,11 @@
 //!
 //! On shutdown the collector drains and ships (within [`SHIP_WITHIN`]); pins and links stay, so
 //! enforcement goes on with no agent running, and the next agent adopts them.
+//!
+//! Enforcement never depends on the flow log: a collector that cannot start (its settings, its
+//! sink, a spool whose state cannot be read) is logged and the agent enforces without it; its
+//! error is [`run_agent`]'s result once the agent stops. A full disk does not even stop the
+//! collector (see `docs/collector.md`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -557,18 +562,36 @@ pub async fn run_agent_with<S: ClusterSource>(
     let probe = SharedProbe::new(pinned);
 
     let identities = Arc::new(Mutex::new(Identities::default()));
-    let (collector, recovery) = Collector::start(
+    // Enforcement never waits on the flow log: a collector that cannot start is reported,
+    // the agent enforces without it (the probe counts the events nobody reads, which the
+    // next collector records as `ringbuf-full`), and its error ends the run once stopped.
+    let (collector, collector_failed) = match Collector::start(
         &config.collector,
         reader,
         Arc::clone(&identities),
         hooks.tap,
     )
-    .await?;
-    tracing::info!(
-        sink = collector.sink(),
-        pending = recovery.pending,
-        "collector started"
-    );
+    .await
+    {
+        Ok((collector, recovery)) => {
+            tracing::info!(
+                sink = collector.sink(),
+                pending = recovery.pending,
+                "collector started"
+            );
+            (Some(collector), None)
+        }
+        Err(error) => {
+            tracing::error!(
+                error = %Causes(&error),
+                "the collector could not start; enforcing without a flow log"
+            );
+            (None, Some(error))
+        }
+    };
+    let collector_metrics = collector
+        .as_ref()
+        .map_or_else(Arc::default, |collector| Arc::clone(collector.metrics()));
 
     let metrics = Arc::new(AgentMetrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -577,7 +600,7 @@ pub async fn run_agent_with<S: ClusterSource>(
         &config,
         &probe,
         &metrics,
-        collector.metrics(),
+        &collector_metrics,
         &ready,
         &liveness,
     )
@@ -608,8 +631,10 @@ pub async fn run_agent_with<S: ClusterSource>(
                 () = &mut shutdown => break,
                 _ = heartbeat.tick() => continue,
                 Some(reply) = barrier => {
-                    collector.sync().await?;
-                    let _ = reply.send(node_state(&probe, &collector));
+                    if let Some(collector) = &collector {
+                        collector.sync().await?;
+                    }
+                    let _ = reply.send(node_state(&probe, &collector_metrics));
                     continue;
                 }
                 pass = agent.next(&mut maps) => pass,
@@ -669,19 +694,48 @@ pub async fn run_agent_with<S: ClusterSource>(
     for server in servers {
         server.abort();
     }
-    let stopped = collector.stop(SHIP_WITHIN).await;
+    let stopped = match collector {
+        Some(collector) => collector.stop(SHIP_WITHIN).await,
+        None => Ok(Stopped::default()),
+    };
     drop(agent);
     drop(maps);
     // The pins and links stay: enforcement goes on until the next agent adopts them.
     drop(probe);
     result?;
+    if let Some(error) = collector_failed {
+        return Err(error.into());
+    }
     let stopped = stopped?;
     tracing::info!("agent stopped; pinned maps and links left in place");
     Ok(stopped)
 }
 
+/// An error and its causes on one line, each cause once: `error: cause: cause` (for logs and
+/// for whoever reports [`run_agent`]'s error as text, as the lab does).
+pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            let more = error.to_string();
+            // An error whose message already ends with its cause's is not repeated.
+            if !text.ends_with(&more) {
+                text = format!("{text}: {more}");
+            }
+            cause = error.source();
+        }
+        f.write_str(&text)
+    }
+}
+
 /// The probe's counters and attachments, and the collector's counters.
-fn node_state(probe: &SharedProbe, collector: &Collector) -> NodeState {
+fn node_state(
+    probe: &SharedProbe,
+    collector: &Arc<tollgate_collector::metrics::Metrics>,
+) -> NodeState {
     let mut pinned = probe.lock();
     let counters = pinned
         .probe()
@@ -691,7 +745,7 @@ fn node_state(probe: &SharedProbe, collector: &Collector) -> NodeState {
     NodeState {
         counters,
         attached: pinned.attach_modes(),
-        collector: Arc::clone(collector.metrics()),
+        collector: Arc::clone(collector),
     }
 }
 
@@ -768,6 +822,33 @@ async fn start_http(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_is_printed_with_each_cause_once() {
+        let full = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let spool = DaemonError::Collector(CollectorError::Spool(
+            tollgate_collector::spool::SpoolError {
+                path: "/var/lib/tollgate/spool/state".into(),
+                what: "allocating",
+                source: full(),
+            },
+        ));
+        // Its own message names what failed, not why: the lab printed only this.
+        assert!(!spool.to_string().contains("No space left on device"));
+        assert_eq!(
+            Causes(&spool).to_string(),
+            "spool /var/lib/tollgate/spool/state: allocating: No space left on device (os error 28)"
+        );
+        // A message that already ends with its cause does not get it twice.
+        let bind = DaemonError::Bind {
+            address: "127.0.0.1:9100".parse().unwrap(),
+            source: full(),
+        };
+        assert_eq!(
+            Causes(&bind).to_string(),
+            "binding 127.0.0.1:9100: No space left on device (os error 28)"
+        );
+    }
 
     #[test]
     fn a_loop_that_stops_turning_fails_the_health_check() {

@@ -11,7 +11,8 @@
 //!   the probe's boot-time stamps into Unix time);
 //! - [`record`]: records as Arrow batches of the schema `tollgate_schemas::record` defines;
 //! - [`writer`]: Parquet files per partition, rotated by size and age, committed to the
-//!   [`spool`] under deterministic object keys;
+//!   [`spool`] under deterministic object keys (its state, loss ledger included, in a
+//!   pre-allocated [`state_file`] that a full disk cannot stop it from saving);
 //! - [`ship`]: spooled files to the [`sink`] (a local directory or S3), removed only once
 //!   delivered, retried with backoff;
 //! - [`loss`] and [`metrics`]: every event lost (kernel ring buffer full, undecodable,
@@ -37,4 +38,5 @@ pub mod service;
 pub mod ship;
 pub mod sink;
 pub mod spool;
+pub mod state_file;
 pub mod writer;

@@ -1,12 +1,18 @@
 //! Loss accounting: every event the collector could not turn into a record is counted here,
 //! by where it was lost and when, and becomes a `SKIPDATA` record in the next file written, so
 //! the flow log itself says where the evidence has gaps.
+//!
+//! Until its record is in a file the spool acknowledged, a loss is also kept in the spool's
+//! state ([`crate::spool::Spool::note_ledger`]), so neither a full disk nor a restart loses it.
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 /// Where events were lost.
 #[repr(usize)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LossSource {
     /// The kernel found the ring buffer full and dropped the event (its per-CPU counter).
     RingbufFull,
@@ -48,7 +54,7 @@ impl LossSource {
 }
 
 /// Lost events of one source over a span of time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LossSpan {
     /// Where.
     pub source: LossSource,
@@ -81,6 +87,16 @@ impl LossLedger {
         span.events = span.events.zip(events).map(|(a, b)| a + b);
         span.from_s = span.from_s.min(from_s);
         span.to_s = span.to_s.max(to_s);
+    }
+
+    /// Counts `span` (see [`LossLedger::add`]).
+    pub fn add_span(&mut self, span: LossSpan) {
+        self.add(span.source, span.events, span.from_s, span.to_s);
+    }
+
+    /// Every pending span, merged per source, left pending.
+    pub fn spans(&self) -> Vec<LossSpan> {
+        self.pending.values().copied().collect()
     }
 
     /// Takes every pending span, to be written.

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub spool_bytes: AtomicU64,
     /// Files waiting in the spool (gauge).
     pub spool_files: AtomicU64,
+    /// 1 while the spool refuses files (a full disk, its byte bound): closed records are
+    /// counted as lost, and the pending loss records are retried every second (gauge).
+    pub spool_blocked: AtomicU64,
     /// Kernel ring-buffer reservation failures, as last read from the probe's counters.
     pub ringbuf_reserve_failed: AtomicU64,
     /// Lost events, indexed by [`LossSource`] (`source as usize`); unknown counts add 0.
@@ -95,6 +98,12 @@ impl Metrics {
             "gauge",
             "Files waiting in the spool.",
             &self.spool_files,
+        );
+        one(
+            "spool_blocked",
+            "gauge",
+            "1 while the spool refuses files and records are counted as lost.",
+            &self.spool_blocked,
         );
         one(
             "ringbuf_reserve_failed_total",

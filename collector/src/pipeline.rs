@@ -7,9 +7,18 @@
 //! and accounts for every file that could not be kept; [`Pipeline::finish`] closes everything
 //! on shutdown. Opening the pipeline opens the spool, and a previous collector that died
 //! without flushing becomes a `collector-restart` loss record.
+//!
+//! Losses not yet in an acknowledged file (pending, or in a file still open) are noted in the
+//! spool's state at every tick and saved within [`LEDGER_SAVE_INTERVAL`] (at once when a file
+//! is lost or one carrying loss records is spooled): the losses a previous collector left
+//! there are written first, before anything else. Once the spool refuses a file (a full disk,
+//! its byte bound), the pipeline is *blocked*: the pending losses are written alone, in files
+//! of their own, every [`SPOOL_RETRY`], and until that succeeds the records of closing windows
+//! are counted as lost without trying; the first success unblocks it.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tollgate_enforcer::events::EventReader;
@@ -25,8 +34,14 @@ use crate::{
     metrics::Metrics,
     record::FlowRecord,
     spool::{Recovery, RingbufMark, Spool, SpoolError},
-    writer::{Closed, FileWriter},
+    writer::{Closed, FileWriter, discard},
 };
+
+/// How often a blocked pipeline tries to write its pending loss records.
+pub const SPOOL_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a change of the loss ledger may wait before it is saved in the spool's state.
+pub const LEDGER_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Seconds after a window's end before it is closed: events reach the collector up to a drain
 /// interval after they were stamped.
@@ -46,12 +61,22 @@ pub struct Pipeline {
     accounting: Accounting,
     losses: LossLedger,
     writer: FileWriter,
+    /// Writes loss records alone, in files closed at once (while blocked, and at start).
+    loss_writer: FileWriter,
     spool: Spool,
+    /// Why the spool refuses files, while it does: where the records it refuses are lost.
+    blocked: Option<(LossSource, String)>,
+    /// When the pending losses were last written alone.
+    last_loss_write: Option<Instant>,
+    /// When the loss ledger was last saved, and whether that failed.
+    ledger_saved: (Instant, bool),
     metrics: Arc<Metrics>,
     spooled: Arc<Notify>,
     /// The probe's ring-buffer reserve failures reported so far (its pinned counter outlives
     /// this collector: the mark starts where the previous collector's ended).
     ringbuf: RingbufMark,
+    /// Whether the probe's counter was read (the mark is saved only from then on).
+    ringbuf_read: bool,
     /// Undecodable records seen so far.
     undecodable: u64,
     last_tick_s: u64,
@@ -91,13 +116,23 @@ impl Pipeline {
                 config.rotate_bytes,
                 config.rotate_age(),
             ),
+            loss_writer: FileWriter::new(
+                &config.cluster,
+                &config.node,
+                config.rotate_bytes,
+                config.rotate_age(),
+            ),
             spool,
+            blocked: None,
+            last_loss_write: None,
+            ledger_saved: (Instant::now(), false),
             metrics,
             spooled,
             ringbuf: recovery.ringbuf_reported.unwrap_or(RingbufMark {
                 failed: 0,
                 read_s: now_s,
             }),
+            ringbuf_read: false,
             undecodable: 0,
             last_tick_s: now_s,
         };
@@ -109,6 +144,20 @@ impl Pipeline {
             );
             pipeline.lose(LossSource::CollectorRestart, None, since, now_s);
         }
+        if let Some(detail) = &recovery.unsaved {
+            tracing::error!(
+                detail,
+                "the spool cannot be written; records will be counted as lost until it can"
+            );
+        }
+        // The previous collector counted these in its metrics; here they only become records.
+        for span in &recovery.losses {
+            pipeline.losses.add_span(*span);
+        }
+        if !pipeline.losses.is_empty() {
+            pipeline.write_losses();
+        }
+        pipeline.keep_ledger(true);
         Ok((pipeline, recovery))
     }
 
@@ -184,6 +233,7 @@ impl Pipeline {
         let closed = self.writer.rotate_aged(&mut self.spool);
         self.account(closed);
         self.last_tick_s = now_s;
+        self.keep_ledger(false);
     }
 
     /// Closes every window and file now, whatever their age: the records so far become files
@@ -203,10 +253,12 @@ impl Pipeline {
         }
         self.flush();
         // Losses found while closing (a file that did not fit) get one more chance to be
-        // written; if that fails too, the metrics still have them.
+        // written now; if that fails too, the spool's state keeps them for the next start.
         if !self.losses.is_empty() {
+            self.last_loss_write = None;
             self.flush();
         }
+        self.keep_ledger(false);
         self.spool.close()
     }
 
@@ -228,17 +280,32 @@ impl Pipeline {
                     failed,
                     read_s: now_s,
                 };
+                self.ringbuf_read = true;
                 let new = ringbuf_failures_since(seen.failed, failed);
                 if new > 0 {
                     self.lose(LossSource::RingbufFull, Some(new), seen.read_s, now_s);
                 }
-                self.spool.note_ringbuf_reported(self.ringbuf);
             }
             Err(error) => tracing::warn!(%error, "reading the probe's counters"),
         }
     }
 
     fn write(&mut self, mut records: Vec<FlowRecord>) {
+        if self.blocked.is_some()
+            && self
+                .last_loss_write
+                .is_none_or(|at| at.elapsed() >= SPOOL_RETRY)
+        {
+            self.write_losses();
+        }
+        if let Some((source, detail)) = self.blocked.clone() {
+            if !records.is_empty() {
+                // Lost for the reason the spool refused the last file.
+                let lost = discard(&records, source, detail);
+                self.account(vec![lost]);
+            }
+            return;
+        }
         let losses = self.losses.take();
         records.extend(losses.into_iter().map(FlowRecord::loss));
         if records.is_empty() {
@@ -248,7 +315,60 @@ impl Pipeline {
         self.account(closed);
     }
 
+    /// Writes the pending losses alone, in files closed at once; unblocks the pipeline when
+    /// none is left pending.
+    fn write_losses(&mut self) {
+        self.last_loss_write = Some(Instant::now());
+        let records: Vec<_> = self
+            .losses
+            .take()
+            .into_iter()
+            .map(FlowRecord::loss)
+            .collect();
+        if !records.is_empty() {
+            let mut closed = self.loss_writer.write(&mut self.spool, records);
+            closed.extend(self.loss_writer.close_all(&mut self.spool));
+            self.account(closed);
+        }
+        if self.losses.is_empty() && self.blocked.take().is_some() {
+            tracing::info!("the spool takes files again");
+            self.metrics.spool_blocked.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes the losses not yet in an acknowledged file (pending, or in an open file) and the
+    /// ring-buffer mark in the spool's state, and saves it when it changed: `now`, or once
+    /// [`LEDGER_SAVE_INTERVAL`] passed since the last save.
+    fn keep_ledger(&mut self, now: bool) {
+        let mut unacknowledged = LossLedger::default();
+        for span in self
+            .losses
+            .spans()
+            .into_iter()
+            .chain(self.writer.open_losses())
+        {
+            unacknowledged.add_span(span);
+        }
+        let ringbuf = self.ringbuf_read.then_some(self.ringbuf);
+        self.spool.note_ledger(ringbuf, unacknowledged.take());
+        let (saved_at, failing) = self.ledger_saved;
+        if !self.spool.is_unsaved() || !(now || saved_at.elapsed() >= LEDGER_SAVE_INTERVAL) {
+            return;
+        }
+        let result = self.spool.save_ledger();
+        match &result {
+            Err(error) if !failing => tracing::warn!(
+                error = error.detail(),
+                "the spool's state (its loss ledger) cannot be saved; the metrics have it"
+            ),
+            Ok(()) if failing => tracing::info!("the spool's state is saved again"),
+            _ => {}
+        }
+        self.ledger_saved = (Instant::now(), result.is_err());
+    }
+
     fn account(&mut self, closed: Vec<Closed>) {
+        let mut ledger_changed = false;
         for file in closed {
             match file {
                 Closed::Spooled {
@@ -260,6 +380,7 @@ impl Pipeline {
                     for span in &losses {
                         self.metrics.loss_record(span.source);
                     }
+                    ledger_changed |= !losses.is_empty();
                     self.metrics.files_spooled.fetch_add(1, Ordering::Relaxed);
                     self.metrics.records.fetch_add(records, Ordering::Relaxed);
                     self.spooled.notify_one();
@@ -284,11 +405,18 @@ impl Pipeline {
                         self.lose(source, Some(events), from_s, to_s);
                     }
                     for span in requeue {
-                        self.losses
-                            .add(span.source, span.events, span.from_s, span.to_s);
+                        self.losses.add_span(span);
                     }
+                    if self.blocked.is_none() {
+                        self.metrics.spool_blocked.store(1, Ordering::Relaxed);
+                    }
+                    self.blocked = Some((source, detail));
+                    ledger_changed = true;
                 }
             }
+        }
+        if ledger_changed {
+            self.keep_ledger(true);
         }
     }
 }

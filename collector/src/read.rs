@@ -1,20 +1,34 @@
 //! Reading a local flow directory back: every Parquet file under it (any partition), decoded
 //! into [`StoredRecord`]s, filtered, sorted by time, and rendered as a table. `tollgate flows`
 //! and the lab's summary use it; Athena and DuckDB read the same files with SQL.
+//!
+//! A file that cannot be read (truncated, another schema, a compression this build lacks) does
+//! not hide the others: [`read_flow_log`] returns what could be read and names each file it
+//! skipped, with why. A time filter prunes by the partitions (`dt`/`hour`, the hour of each
+//! record's start) and, inside the files it still opens, by the row groups' `end` statistics.
 
 use std::fmt::Write as _;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow_array::{
-    Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray,
     cast::AsArray,
     types::{Int32Type, Int64Type},
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use serde::Serialize;
+use parquet::file::{metadata::ParquetMetaData, statistics::Statistics};
+use serde::{Serialize, ser::SerializeMap as _};
+use serde_json::Value;
+use tollgate_schemas::record::{COLUMNS, ColumnType};
 
-use crate::clock::rfc3339_utc;
+use crate::clock::{parse_utc, rfc3339_utc};
+
+/// How far before a `since` filter the partitions are still read: a loss span starts when the
+/// loss began (a `collector-restart` span when the collector stopped), and it is filed under
+/// the hour of its start; flow records span at most one aggregation window. The same margin
+/// as the `loss-records` Athena query; spans that began longer before are not found.
+const SINCE_LOOKBACK_S: u64 = 7 * 86_400;
 
 /// Reading a flow directory failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +50,23 @@ pub enum ReadError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl ReadError {
+    /// The directory or file.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Io { path, .. } | Self::Parquet { path, .. } => path,
+        }
+    }
+
+    /// What is wrong with it, in words.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Io { source, .. } => source.to_string(),
+            Self::Parquet { message, .. } => message.clone(),
+        }
+    }
 }
 
 /// Which records to keep.
@@ -151,10 +182,42 @@ impl StoredRecord {
     }
 }
 
+/// What a flow directory held: the records that could be read, and the files that could not.
+#[derive(Debug)]
+pub struct FlowLog<T = StoredRecord> {
+    /// The records of the readable files that pass the filter, oldest first.
+    pub records: Vec<T>,
+    /// One error per file that could not be read, naming the file; none of its records are in
+    /// `records`.
+    pub skipped: Vec<ReadError>,
+}
+
+/// One record with every column of the flow record under its own name, in file order
+/// ([`COLUMNS`]): what `tollgate flows --output json` prints. `*_labels` are objects; a column
+/// a file does not have (written before the column was appended) is null.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Columns(Vec<(&'static str, Value)>);
+
+impl Serialize for Columns {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
 /// Every `.parquet` file under `dir` in partition directories (`key=value`, the layout's
 /// `cluster=…/dt=…/hour=…`) or directly in it, sorted. Hidden files (a sink's partial copies)
 /// and other directories (an evidence bundle kept next to the flow log) are skipped.
 pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
+    files_since(dir, None)
+}
+
+/// [`parquet_files`], without the partitions that cannot hold a record ending at or after
+/// `since_s` (their hour ends more than [`SINCE_LOOKBACK_S`] before it).
+fn files_since(dir: &Path, since_s: Option<u64>) -> Result<Vec<PathBuf>, ReadError> {
     let mut files = Vec::new();
     let mut dirs = vec![dir.to_owned()];
     while let Some(dir) = dirs.pop() {
@@ -169,17 +232,18 @@ pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
                     source,
                 })?
                 .path();
-            let hidden = path
+            let name = path
                 .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            if hidden {
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.starts_with('.') {
                 continue;
             }
-            let partition = path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().contains('='));
             if path.is_dir() {
-                if partition {
+                let before = since_s.is_some_and(|since| {
+                    partition_end(&path).is_some_and(|end| end + SINCE_LOOKBACK_S <= since)
+                });
+                if name.contains('=') && !before {
                     dirs.push(path);
                 }
             } else if path.extension().is_some_and(|e| e == "parquet") {
@@ -191,23 +255,99 @@ pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
     Ok(files)
 }
 
-/// The records of every file under `dir` that pass `filter`, oldest first.
-pub fn read_dir(dir: &Path, filter: &Filter) -> Result<Vec<StoredRecord>, ReadError> {
-    let mut records = Vec::new();
-    for path in parquet_files(dir)? {
-        records.extend(
-            read_file(&path)?
-                .into_iter()
-                .filter(|r| !filter.denied || r.is_reject() || r.is_loss())
-                .filter(|r| filter.since_s.is_none_or(|s| r.end >= s as i64)),
-        );
+/// When the records of partition directory `path` start at the latest (Unix seconds, the end
+/// of its day or hour), from its `dt=YYYY-MM-DD` and `hour=HH` names; `None` for any other
+/// directory.
+fn partition_end(path: &Path) -> Option<u64> {
+    let value = |key: &str| {
+        path.ancestors()
+            .filter_map(|p| p.file_name()?.to_str()?.strip_prefix(key))
+            .next()
+            .map(str::to_owned)
+    };
+    let name = path.file_name()?.to_str()?;
+    let day = value("dt=")?;
+    if name.starts_with("dt=") {
+        return Some(parse_utc(&format!("{day}T00:00:00Z"))? + 86_400);
     }
-    records.sort_by_key(|r| (r.start, r.end));
-    Ok(records)
+    let hour = name.strip_prefix("hour=")?;
+    Some(parse_utc(&format!("{day}T{hour}:00:00Z"))? + 3_600)
+}
+
+/// The records of every file under `dir` that pass `filter`, oldest first; the first file
+/// that cannot be read is the error (see [`read_flow_log`] to read the others anyway).
+pub fn read_dir(dir: &Path, filter: &Filter) -> Result<Vec<StoredRecord>, ReadError> {
+    let log = read_flow_log(dir, filter)?;
+    match log.skipped.into_iter().next() {
+        Some(error) => Err(error),
+        None => Ok(log.records),
+    }
+}
+
+/// The records of every readable file under `dir` that pass `filter`, oldest first, and the
+/// files that could not be read, each with why. The error is the directory's own (missing,
+/// unreadable).
+pub fn read_flow_log(dir: &Path, filter: &Filter) -> Result<FlowLog, ReadError> {
+    read_log(dir, filter, stored_rows, |r| r)
+}
+
+/// [`read_flow_log`] with every column of each record, under the columns' own names.
+pub fn read_flow_log_columns(dir: &Path, filter: &Filter) -> Result<FlowLog<Columns>, ReadError> {
+    let log = read_log(
+        dir,
+        filter,
+        |batch| {
+            let stored = stored_rows(batch)?;
+            let columns = column_rows(batch)?;
+            Ok(stored.into_iter().zip(columns).collect())
+        },
+        |(stored, _): &(StoredRecord, Columns)| stored,
+    )?;
+    Ok(FlowLog {
+        records: log.records.into_iter().map(|(_, c)| c).collect(),
+        skipped: log.skipped,
+    })
+}
+
+fn read_log<T>(
+    dir: &Path,
+    filter: &Filter,
+    rows: impl Fn(&RecordBatch) -> Result<Vec<T>, &'static str>,
+    record: impl Fn(&T) -> &StoredRecord,
+) -> Result<FlowLog<T>, ReadError> {
+    let mut log = FlowLog {
+        records: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for path in files_since(dir, filter.since_s)? {
+        match file_rows(&path, filter.since_s, &rows) {
+            Ok(read) => log.records.extend(read.into_iter().filter(|row| {
+                let r = record(row);
+                (!filter.denied || r.is_reject() || r.is_loss())
+                    && filter.since_s.is_none_or(|s| r.end >= s as i64)
+            })),
+            Err(error) => log.skipped.push(error),
+        }
+    }
+    log.records.sort_by_key(|row| {
+        let r = record(row);
+        (r.start, r.end)
+    });
+    Ok(log)
 }
 
 /// Every record of one Parquet file.
 pub fn read_file(path: &Path) -> Result<Vec<StoredRecord>, ReadError> {
+    file_rows(path, None, stored_rows)
+}
+
+/// The rows of one file, from the row groups that can hold a record ending at or after
+/// `since_s` (by their `end` statistics).
+fn file_rows<T>(
+    path: &Path,
+    since_s: Option<u64>,
+    rows: impl Fn(&RecordBatch) -> Result<Vec<T>, &'static str>,
+) -> Result<Vec<T>, ReadError> {
     let parquet = |message: String| ReadError::Parquet {
         path: path.to_owned(),
         message,
@@ -216,16 +356,88 @@ pub fn read_file(path: &Path) -> Result<Vec<StoredRecord>, ReadError> {
         path: path.to_owned(),
         source,
     })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| parquet(e.to_string()))?;
-    let mut records = Vec::new();
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet(e.to_string()))?;
+    if let Some(since) = since_s {
+        let groups = row_groups_ending_since(builder.metadata(), since as i64);
+        builder = builder.with_row_groups(groups);
+    }
+    let reader = builder.build().map_err(|e| parquet(e.to_string()))?;
+    let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| parquet(e.to_string()))?;
-        decode(&batch, &mut records)
-            .map_err(|column| parquet(format!("column {column}: missing or of another type")))?;
+        out.extend(
+            rows(&batch).map_err(|column| {
+                parquet(format!("column {column}: missing or of another type"))
+            })?,
+        );
     }
-    Ok(records)
+    Ok(out)
+}
+
+/// The row groups whose largest `end` is at or after `since_s`, or that have no statistics.
+fn row_groups_ending_since(metadata: &ParquetMetaData, since_s: i64) -> Vec<usize> {
+    let schema = metadata.file_metadata().schema_descr();
+    let end = (0..schema.num_columns()).find(|&i| schema.column(i).path().string() == "end");
+    (0..metadata.num_row_groups())
+        .filter(|&group| {
+            let statistics = end.and_then(|end| metadata.row_group(group).column(end).statistics());
+            match statistics {
+                Some(Statistics::Int64(end)) => end.max_opt().is_none_or(|&max| max >= since_s),
+                _ => true,
+            }
+        })
+        .collect()
+}
+
+fn stored_rows(batch: &RecordBatch) -> Result<Vec<StoredRecord>, &'static str> {
+    let mut out = Vec::with_capacity(batch.num_rows());
+    decode(batch, &mut out)?;
+    Ok(out)
+}
+
+/// Every column of every row of `batch`, as [`Columns`]; the error names a column of another
+/// type than the record's.
+fn column_rows(batch: &RecordBatch) -> Result<Vec<Columns>, &'static str> {
+    let mut rows = vec![Vec::with_capacity(COLUMNS.len()); batch.num_rows()];
+    for column in COLUMNS {
+        let array = batch.column_by_name(column.name);
+        for (row, values) in rows.iter_mut().enumerate() {
+            let value = match array {
+                Some(array) => json_value(array, column.kind, row).ok_or(column.name)?,
+                None => Value::Null,
+            };
+            values.push((column.name, value));
+        }
+    }
+    Ok(rows.into_iter().map(Columns).collect())
+}
+
+/// Row `row` of `array` as JSON, if `array` is of `kind`'s Arrow type.
+fn json_value(array: &ArrayRef, kind: ColumnType, row: usize) -> Option<Value> {
+    if array.is_null(row) {
+        return Some(Value::Null);
+    }
+    Some(match kind {
+        ColumnType::Int => array.as_primitive_opt::<Int32Type>()?.value(row).into(),
+        ColumnType::BigInt => array.as_primitive_opt::<Int64Type>()?.value(row).into(),
+        ColumnType::String => array.as_string_opt::<i32>()?.value(row).into(),
+        ColumnType::StringMap => {
+            let entries = array.as_map_opt()?.value(row);
+            let keys = entries.column(0).as_string_opt::<i32>()?;
+            let values = entries.column(1).as_string_opt::<i32>()?;
+            let mut map = serde_json::Map::new();
+            for i in 0..entries.len() {
+                let value = if values.is_valid(i) {
+                    Value::from(values.value(i))
+                } else {
+                    Value::Null
+                };
+                map.insert(keys.value(i).to_owned(), value);
+            }
+            Value::Object(map)
+        }
+    })
 }
 
 /// Appends the rows of `batch`; the error names a column that is missing or mistyped.

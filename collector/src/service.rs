@@ -44,7 +44,7 @@ pub enum CollectorError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
     /// The ring buffer could not be registered with the reactor, or the thread not started.
-    #[error("collector reader: {0}")]
+    #[error("collector reader")]
     Reader(#[source] std::io::Error),
     /// The reader thread is gone (it panicked).
     #[error("the collector's reader thread stopped unexpectedly")]

@@ -6,20 +6,30 @@
 //! - `ready/<key>`: closed files, each under its object key (`cluster=…/dt=…/hour=…/….parquet`).
 //!   [`Spool::commit`] fsyncs the file, renames it here and fsyncs the directory: from then on
 //!   it is acknowledged and survives a crash. The shipper removes it only after the sink has
-//!   it ([`Spool::remove`]).
-//! - `state.json`: the next file sequence number (so names never repeat across restarts),
-//!   whether a collector is running (a restart that finds `running` true knows the previous
-//!   one died without flushing), until when records were acknowledged, and how far the probe's
-//!   ring-buffer reserve failures were reported. Written through a temporary file and a rename.
+//!   it ([`remove`]).
+//! - `state`: the next file sequence number (so names never repeat across restarts), whether a
+//!   collector is running (a restart that finds it running knows the previous one died without
+//!   flushing), until when records were acknowledged, how far the probe's ring-buffer reserve
+//!   failures were reported, and the losses not yet in an acknowledged file (the loss ledger).
+//!   It is a pre-allocated file saved in place ([`crate::state_file`]): saving it needs no new
+//!   space, so a full disk never stops the collector from keeping it. A spool of an earlier
+//!   version kept it in `state.json`, which is read once and removed when `state` is allocated.
 //!
 //! The spool is bounded ([`Spool::commit`] refuses a file that would take it past its byte
 //! limit); refused files are reported by the caller as lost, never silently dropped.
+//!
+//! A full disk does not stop the spool from opening: when its directories or its state file
+//! cannot be created, it opens with its state unsaved ([`Recovery::unsaved`]), every
+//! [`Spool::begin`] tries again (and fails while there is no room: no file is begun whose
+//! sequence number is not saved), and the caller counts the records it could not write.
 
 use std::fs::{self, File};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::loss::LossSpan;
+use crate::state_file::StateFile;
 
 /// A spool operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +52,7 @@ fn io<T>(result: std::io::Result<T>, path: &Path, what: &'static str) -> Result<
     })
 }
 
-/// What `state.json` keeps.
+/// What the state file keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct State {
     next_seq: u64,
@@ -59,6 +69,9 @@ struct State {
     /// outlive a collector, so the next one reports only what came after.
     #[serde(default)]
     ringbuf_reported: Option<RingbufMark>,
+    /// Losses not yet in a file the spool acknowledged, merged per source.
+    #[serde(default)]
+    losses: Vec<LossSpan>,
 }
 
 /// How far the ring-buffer reserve failures have been reported.
@@ -84,6 +97,11 @@ pub struct Recovery {
     /// How far the previous collector reported the probe's ring-buffer reserve failures;
     /// `None` when no collector used this spool before.
     pub ringbuf_reported: Option<RingbufMark>,
+    /// Losses the previous collector had not written as records yet: to be written first.
+    pub losses: Vec<LossSpan>,
+    /// Why the state could not be saved (no room for the spool's directories or its state
+    /// file); `None` when it was.
+    pub unsaved: Option<String>,
 }
 
 /// A closed file waiting in the spool.
@@ -117,6 +135,10 @@ pub struct Spool {
     root: PathBuf,
     max_bytes: u64,
     state: State,
+    /// The state file; `None` until it could be allocated.
+    file: Option<StateFile>,
+    /// Whether `state` changed since it was last saved.
+    unsaved: bool,
 }
 
 impl SpoolError {
@@ -128,32 +150,31 @@ impl SpoolError {
 
 impl Spool {
     /// Opens (creating) the spool at `root`, removes unfinished files, and marks a collector
-    /// as running since `now_s` (Unix seconds).
+    /// as running since `now_s` (Unix seconds). Fails only when the state of an earlier
+    /// collector cannot be read or its unfinished files not removed; a spool that cannot be
+    /// written (a full disk) opens with its state unsaved ([`Recovery::unsaved`]).
     pub fn open(root: &Path, max_bytes: u64, now_s: u64) -> Result<(Self, Recovery), SpoolError> {
-        for dir in [root.join("tmp"), root.join("ready")] {
-            io(fs::create_dir_all(&dir), &dir, "creating")?;
-        }
-        let state_path = root.join("state.json");
-        let state: State = match fs::read(&state_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SpoolError {
-                path: state_path.clone(),
-                what: "reading",
-                source: std::io::Error::other(e),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(io(Err(e), &state_path, "reading")?),
-        };
+        let unwritable = create_dirs(root).err();
+        let (file, state) = read_state(root)?;
         let tmp = root.join("tmp");
         let mut removed_partial = 0;
-        for entry in io(fs::read_dir(&tmp), &tmp, "listing")? {
-            let path = io(entry, &tmp, "listing")?.path();
-            io(fs::remove_file(&path), &path, "removing an unfinished file")?;
-            removed_partial += 1;
+        match fs::read_dir(&tmp) {
+            Ok(entries) => {
+                for entry in entries {
+                    let path = io(entry, &tmp, "listing")?.path();
+                    io(fs::remove_file(&path), &path, "removing an unfinished file")?;
+                    removed_partial += 1;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(Err(e), &tmp, "listing")?),
         }
         let mut spool = Self {
             root: root.to_owned(),
             max_bytes,
             state,
+            file,
+            unsaved: true,
         };
         let recovery = Recovery {
             pending: spool.pending()?.len(),
@@ -164,12 +185,25 @@ impl Spool {
                 spool.state.acknowledged_until_s.max(spool.state.started_s)
             }),
             ringbuf_reported: spool.state.ringbuf_reported,
+            // They also stay in the state until the caller notes the ledger again, so a
+            // collector that dies before writing them leaves them in place.
+            losses: spool.state.losses.clone(),
+            unsaved: None,
         };
         spool.state.running = true;
         spool.state.started_s = now_s;
         spool.state.committed = 0;
-        spool.save()?;
-        Ok((spool, recovery))
+        let unsaved = match unwritable {
+            Some(error) => Some(error.detail()),
+            None => spool.save().err().map(|error| error.detail()),
+        };
+        Ok((
+            spool,
+            Recovery {
+                unsaved,
+                ..recovery
+            },
+        ))
     }
 
     /// The spool directory.
@@ -181,8 +215,10 @@ impl Spool {
     /// name must carry (taken from the state, which is saved first so that a number is never
     /// used twice).
     pub fn begin(&mut self) -> Result<(u64, PathBuf), SpoolError> {
+        create_dirs(&self.root)?;
         let seq = self.state.next_seq;
         self.state.next_seq += 1;
+        self.unsaved = true;
         self.save()?;
         Ok((seq, self.root.join("tmp").join(format!("{seq:06}.parquet"))))
     }
@@ -218,10 +254,23 @@ impl Spool {
                 Err(e) => return io(Err(e), &path, "moving into ready/"),
             }
         }
-        io(File::open(&dir).and_then(|d| d.sync_all()), &dir, "syncing")?;
+        // From here on the file is in `ready/` and will be shipped: whatever fails now, it is
+        // not lost.
+        if let Err(error) = io(File::open(&dir).and_then(|d| d.sync_all()), &dir, "syncing") {
+            tracing::warn!(error = error.detail(), key, "spooled, but not synced");
+        }
         self.state.acknowledged_until_s = self.state.acknowledged_until_s.max(until_s);
         self.state.committed += 1;
-        self.save()?;
+        self.unsaved = true;
+        if let Err(error) = self.save() {
+            // Saved with the next state change; a crash before it dates the next collector's
+            // `collector-restart` gap from an earlier acknowledgement, which overstates it.
+            tracing::warn!(
+                error = error.detail(),
+                key,
+                "spooled; its state is not saved"
+            );
+        }
         Ok(Commit::Spooled(Spooled {
             key: key.to_owned(),
             path,
@@ -239,28 +288,93 @@ impl Spool {
         Ok(self.pending()?.iter().map(|s| s.bytes).sum())
     }
 
-    /// Records how far the ring-buffer reserve failures are reported, saved with the next
-    /// state change (a file begun or committed, the close). After a crash the loss record of
-    /// the last failures may be missing from the files while the mark was saved; the next
-    /// collector's `collector-restart` loss record covers that span.
-    pub fn note_ringbuf_reported(&mut self, mark: RingbufMark) {
-        self.state.ringbuf_reported = Some(mark);
+    /// Records how far the ring-buffer reserve failures are reported and which losses are
+    /// not yet in an acknowledged file, in memory; [`Spool::save_ledger`] saves them. A change
+    /// of the mark's time alone is not one (a mark older than its read only widens the span of
+    /// the next `ringbuf-full` record).
+    /// `ringbuf` is `None` until the probe's counter was read.
+    pub fn note_ledger(&mut self, ringbuf: Option<RingbufMark>, losses: Vec<LossSpan>) {
+        let failed = |mark: Option<RingbufMark>| mark.map(|mark| mark.failed);
+        if let Some(mark) = ringbuf {
+            self.unsaved |= failed(self.state.ringbuf_reported) != Some(mark.failed);
+            self.state.ringbuf_reported = Some(mark);
+        }
+        self.unsaved |= self.state.losses != losses;
+        self.state.losses = losses;
+    }
+
+    /// Saves the state when it changed since its last save.
+    pub fn save_ledger(&mut self) -> Result<(), SpoolError> {
+        if self.unsaved { self.save() } else { Ok(()) }
+    }
+
+    /// Whether the state holds changes not saved yet.
+    pub fn is_unsaved(&self) -> bool {
+        self.unsaved
     }
 
     /// Marks the collector as stopped cleanly.
     pub fn close(mut self) -> Result<(), SpoolError> {
         self.state.running = false;
+        self.unsaved = true;
         self.save()
     }
 
-    fn save(&self) -> Result<(), SpoolError> {
-        let path = self.root.join("state.json");
-        let temp = self.root.join("state.json.tmp");
+    /// Writes the state in place; allocates the state file first when there is none yet
+    /// (then removes the `state.json` of an earlier version).
+    fn save(&mut self) -> Result<(), SpoolError> {
         let bytes = serde_json::to_vec(&self.state).unwrap_or_default();
-        let mut file = io(File::create(&temp), &temp, "creating")?;
-        io(file.write_all(&bytes), &temp, "writing")?;
-        io(file.sync_all(), &temp, "syncing")?;
-        io(fs::rename(&temp, &path), &path, "replacing")
+        match &mut self.file {
+            Some(file) => {
+                let path = file.path().to_owned();
+                io(file.save(&bytes), &path, "saving")?;
+            }
+            None => {
+                let path = self.root.join("state");
+                self.file = Some(io(StateFile::create(&path, &bytes), &path, "allocating")?);
+                for legacy in ["state.json", "state.json.tmp"] {
+                    let path = self.root.join(legacy);
+                    match fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return io(Err(e), &path, "removing"),
+                    }
+                }
+            }
+        }
+        self.unsaved = false;
+        Ok(())
+    }
+}
+
+fn create_dirs(root: &Path) -> Result<(), SpoolError> {
+    for dir in [root.join("tmp"), root.join("ready")] {
+        io(fs::create_dir_all(&dir), &dir, "creating")?;
+    }
+    Ok(())
+}
+
+/// The state file and what it holds; an earlier version's `state.json` when there is no state
+/// file; a fresh state when there is neither.
+fn read_state(root: &Path) -> Result<(Option<StateFile>, State), SpoolError> {
+    let corrupt = |path: &Path, e: serde_json::Error| SpoolError {
+        path: path.to_owned(),
+        what: "reading",
+        source: std::io::Error::other(e),
+    };
+    let path = root.join("state");
+    if let Some((file, bytes)) = io(StateFile::open(&path), &path, "reading")? {
+        let state = serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, e))?;
+        return Ok((Some(file), state));
+    }
+    let legacy = root.join("state.json");
+    match fs::read(&legacy) {
+        Ok(bytes) => Ok((
+            None,
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(&legacy, e))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, State::default())),
+        Err(e) => Err(io(Err(e), &legacy, "reading")?),
     }
 }
 
@@ -381,7 +495,7 @@ mod tests {
             failed: 1234,
             read_s: 9,
         };
-        spool.note_ringbuf_reported(mark);
+        spool.note_ledger(Some(mark), Vec::new());
         spool.close().unwrap();
         let (mut spool, recovery) = Spool::open(&root, 1000, 11).unwrap();
         assert_eq!(recovery.ringbuf_reported, Some(mark));
@@ -390,12 +504,31 @@ mod tests {
             failed: 2000,
             read_s: 12,
         };
-        spool.note_ringbuf_reported(later);
+        spool.note_ledger(Some(later), Vec::new());
         spool.begin().unwrap();
         drop(spool);
         let (_, recovery) = Spool::open(&root, 1000, 13).unwrap();
         assert_eq!(recovery.ringbuf_reported, Some(later));
         assert!(recovery.unclean_since_s.is_some());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_earlier_versions_state_json_is_carried_over_and_removed() {
+        let root = temp_dir("legacy");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(
+            root.join("state.json"),
+            br#"{"next_seq":41,"running":false,"acknowledged_until_s":5}"#,
+        )
+        .unwrap();
+        let (mut spool, recovery) = Spool::open(&root, 1000, 7).unwrap();
+        assert_eq!(recovery.unsaved, None);
+        assert!(!root.join("state.json").exists());
+        assert_eq!(spool.begin().unwrap().0, 41, "the sequence goes on");
+        drop(spool);
+        let (mut spool, _) = Spool::open(&root, 1000, 8).unwrap();
+        assert_eq!(spool.begin().unwrap().0, 42);
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -66,6 +66,11 @@ pub enum Closed {
     },
 }
 
+/// `records` given up without a file (the spool cannot take any now), lost at `source`.
+pub fn discard(records: &[FlowRecord], source: LossSource, detail: String) -> Closed {
+    Tally::of(records).lost(source, detail)
+}
+
 /// What a file (or a batch) holds, for accounting.
 #[derive(Debug, Default)]
 struct Tally {
@@ -163,6 +168,13 @@ impl FileWriter {
         self.open.len()
     }
 
+    /// The losses whose records are in files still open (not acknowledged yet).
+    pub fn open_losses(&self) -> impl Iterator<Item = LossSpan> + '_ {
+        self.open
+            .values()
+            .flat_map(|file| file.tally.losses.iter().copied())
+    }
+
     /// Appends `records` to their partitions' files; returns the files this closed.
     pub fn write(&mut self, spool: &mut Spool, records: Vec<FlowRecord>) -> Vec<Closed> {
         // Partitions are hours: group by the hour of each record's start, name them once.
@@ -231,7 +243,10 @@ impl FileWriter {
         );
         let file = File::create(&temp).map_err(|e| format!("creating {}: {e}", temp.display()))?;
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.properties.clone()))
-            .map_err(|e| format!("starting {}: {e}", temp.display()))?;
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&temp);
+                format!("starting {}: {e}", temp.display())
+            })?;
         Ok(OpenFile {
             writer,
             temp,

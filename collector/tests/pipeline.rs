@@ -1197,6 +1197,8 @@ fn an_unclean_stop_becomes_a_collector_restart_record() {
             unclean_since_s: Some(acknowledged),
             // No probe was read: no mark.
             ringbuf_reported: None,
+            losses: Vec::new(),
+            unsaved: None,
         }
     );
     pipeline.finish(None).expect("a clean stop");

@@ -64,15 +64,17 @@ pub fn datapath(repeat: u32) -> Result<Vec<BenchResult>, DatapathError> {
             results.push(denied(&mut datapath, repeat)?);
         }
     }
-    let mut datapath = BpfDatapath::new()?;
-    program_service(&mut datapath)?;
     let server: IpAddr = SERVER.parse().expect("valid address");
     let cluster_ip: IpAddr = CLUSTER_IP.parse().expect("valid address");
+    let client: IpAddr = CLIENT.parse().expect("valid address");
     for (case, dst, port) in [
         ("new egress flow, to the pod's address", server, 80),
         ("new egress flow, to a ClusterIP", cluster_ip, 8080),
     ] {
-        let client: IpAddr = CLIENT.parse().expect("valid address");
+        // Each case on maps of its own, as the rule cases: the conntrack map a case filled and
+        // cleared must not weigh on the next.
+        let mut datapath = BpfDatapath::new()?;
+        program_service(&mut datapath)?;
         results.push(fresh_flows(
             &mut datapath,
             case,

@@ -1,8 +1,11 @@
 //! Kubernetes YAML → [`Snapshot`] plus an [`InputError`] for every object that cannot be read.
 //!
 //! Data flows through this module in four steps:
-//! 1. The text is split into YAML documents at `---` lines, so a broken document costs only
-//!    itself (documents are numbered from 1, as `SOURCE document N` in errors).
+//! 1. The bytes are split into YAML documents at `---` lines, so a broken document costs only
+//!    itself (documents are numbered from 1, as `SOURCE document N` in errors). A UTF-8
+//!    byte-order mark at the start of the file or of a document is dropped, as YAML allows;
+//!    a document that is not valid UTF-8 is an error of its own, naming the line and column of
+//!    its first invalid byte, and the other documents are still read.
 //! 2. Each document is parsed into a generic YAML value; `kind: List` and `*List` documents
 //!    (what `kubectl get -o yaml` prints) are flattened into their `items`.
 //! 3. Each object's `kind` decides what happens to it: Namespace, Pod, NetworkPolicy, Service
@@ -29,13 +32,30 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// flattened; kinds other than Namespace, Pod, NetworkPolicy, Service and EndpointSlice are
 /// ignored without error.
 pub fn parse_manifests(text: &str, source: &str) -> (Snapshot, Vec<InputError>) {
+    parse_manifest_bytes(text.as_bytes(), source)
+}
+
+/// [`parse_manifests`] of a file's bytes, as read: a document that is not valid UTF-8 costs
+/// only itself (see the module doc).
+pub fn parse_manifest_bytes(bytes: &[u8], source: &str) -> (Snapshot, Vec<InputError>) {
     let mut parser = Parser {
         snapshot: Snapshot::default(),
         errors: Vec::new(),
     };
-    for document in split_documents(text) {
+    for document in split_documents(bytes) {
         let label = format!("{source} document {}", document.number);
-        match serde_yaml::from_str::<Value>(document.text) {
+        let text = match std::str::from_utf8(document.bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                parser.error(
+                    &label,
+                    "(document)",
+                    invalid_utf8_message(document.bytes, &e, document.first_line),
+                );
+                continue;
+            }
+        };
+        match serde_yaml::from_str::<Value>(text) {
             Ok(Value::Null) => {}
             Ok(value) => parser.object(value, &label, None),
             Err(e) => parser.errors.push(InputError {
@@ -54,44 +74,73 @@ struct Document<'a> {
     number: usize,
     /// 1-based line of the file where the document's text starts.
     first_line: usize,
-    text: &'a str,
+    /// The document's bytes, without a leading byte-order mark.
+    bytes: &'a [u8],
 }
 
-/// Splits at document start markers (`---` alone or followed by a blank). The text before the
-/// first marker is a document only if it holds more than blank and comment lines.
-fn split_documents(text: &str) -> Vec<Document<'_>> {
+/// The UTF-8 byte-order mark.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// Splits at document start markers (`---` alone or followed by a blank, after an optional
+/// byte-order mark). The text before the first marker is a document only if it holds more than
+/// blank and comment lines. Works on bytes, so invalid UTF-8 stays inside its own document.
+fn split_documents(bytes: &[u8]) -> Vec<Document<'_>> {
     let mut documents = Vec::new();
     let mut start = 0;
     let mut first_line = 1;
     let mut offset = 0;
-    for (index, line) in text.split_inclusive('\n').enumerate() {
-        let content = line.trim_end_matches(['\n', '\r']);
-        let is_marker =
-            content == "---" || content.starts_with("--- ") || content.starts_with("---\t");
+    for (index, line) in bytes.split_inclusive(|b| *b == b'\n').enumerate() {
+        let bom = if line.starts_with(BOM) { BOM.len() } else { 0 };
+        let content = line[bom..].trim_ascii_end();
+        let is_marker = content == b"---"
+            || line[bom..].starts_with(b"--- ")
+            || line[bom..].starts_with(b"---\t");
         if is_marker {
-            documents.push((first_line, &text[start..offset]));
+            documents.push((first_line, &bytes[start..offset]));
             // Anything after the marker on its line belongs to the new document.
-            start = offset + 3;
+            start = offset + bom + 3;
             first_line = index + 1;
         }
         offset += line.len();
     }
-    documents.push((first_line, &text[start..]));
+    documents.push((first_line, &bytes[start..]));
     let leading_is_empty = documents.len() > 1
-        && documents[0].1.lines().all(|line| {
-            let line = line.trim();
-            line.is_empty() || line.starts_with('#')
+        && documents[0].1.split(|b| *b == b'\n').all(|line| {
+            let line = line.strip_prefix(BOM).unwrap_or(line).trim_ascii();
+            line.is_empty() || line.starts_with(b"#")
         });
     documents
         .into_iter()
         .skip(usize::from(leading_is_empty))
         .enumerate()
-        .map(|(index, (first_line, text))| Document {
+        .map(|(index, (first_line, bytes))| Document {
             number: index + 1,
             first_line,
-            text,
+            bytes: bytes.strip_prefix(BOM).unwrap_or(bytes),
         })
         .collect()
+}
+
+/// Where in the file a document's first invalid UTF-8 sequence is, and its bytes.
+fn invalid_utf8_message(bytes: &[u8], error: &std::str::Utf8Error, first_line: usize) -> String {
+    let valid = &bytes[..error.valid_up_to()];
+    let line = first_line + valid.iter().filter(|b| **b == b'\n').count();
+    let line_start = valid
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |at| at + 1);
+    let column = valid.len() - line_start + 1;
+    let end = error
+        .error_len()
+        .map_or(bytes.len(), |len| error.valid_up_to() + len);
+    let invalid: Vec<String> = bytes[error.valid_up_to()..end]
+        .iter()
+        .map(|b| format!("0x{b:02x}"))
+        .collect();
+    format!(
+        "invalid UTF-8 at line {line} column {column} (byte {}): the document is left out",
+        invalid.join(" ")
+    )
 }
 
 /// The parser's message with the location counted in lines of the whole file.
@@ -452,6 +501,40 @@ items:
         assert_eq!(names(&snapshot), ["Pod a"]);
         assert_eq!(errors[0].object, "l.yaml document 1 items[1]");
         assert_eq!(errors[0].field, "metadata.name");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_dropped_at_the_start_and_before_a_marker() {
+        let pod = |name: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\n");
+        for text in [
+            format!("\u{feff}{}---\n{}", pod("a"), pod("b")),
+            format!("\u{feff}---\n{}---\n{}", pod("a"), pod("b")),
+            // Two files joined with `cat`, the second one starting with its own mark.
+            format!("{}\u{feff}---\n{}", pod("a"), pod("b")),
+        ] {
+            let (snapshot, errors) = parse_manifests(&text, "bom.yaml");
+            assert_eq!(errors, vec![], "{text:?}");
+            assert_eq!(names(&snapshot), ["Pod a", "Pod b"], "{text:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_costs_only_its_document_and_names_its_line() {
+        let mut bytes = b"apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\n".to_vec();
+        bytes.extend_from_slice(
+            b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  labels: {x: \"",
+        );
+        bytes.extend_from_slice(&[0xff, 0xfe]);
+        bytes.extend_from_slice(b"\"}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: c}\n");
+        let (snapshot, errors) = parse_manifest_bytes(&bytes, "latin1.yaml");
+        assert_eq!(names(&snapshot), ["Pod a", "Pod c"]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].object, "latin1.yaml document 2");
+        assert_eq!(errors[0].field, "(document)");
+        assert_eq!(
+            errors[0].message,
+            "invalid UTF-8 at line 9 column 16 (byte 0xff): the document is left out"
+        );
     }
 
     #[test]

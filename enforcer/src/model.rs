@@ -9,7 +9,11 @@
 //! conntrack. [`ModelDatapath`] wraps this as a [`Datapath`].
 //!
 //! Not modelled: conntrack state across flows, the standard mode's unknown endpoints, spoofing,
-//! fragments and malformed packets (the BPF datapath covers those).
+//! fragments and malformed packets (the BPF datapath covers those) — except one kind a flow can
+//! be asked about: an IPv6 packet with an IPv4-mapped address (`::ffff:a.b.c.d`), which every
+//! hook it reaches denies as malformed, after its endpoint checks, as the probe does.
+
+use std::net::IpAddr;
 
 use tollgate_schemas::{
     Direction, EndpointKey, PolicyKey, Reason, Verdict, addr, endpoint_flags, policy_prefix_len,
@@ -48,8 +52,16 @@ pub fn decide_flow(desired: &DesiredState, flow: &ProbeFlow) -> FlowOutcome {
     let src = addr::to_bytes(flow.src);
     let dst = addr::to_bytes(flow.dst);
     let (addressed, addressed_port) = flow.addressed();
-    let hook = |direction, endpoint, peer, port| {
-        decide_hook(desired, direction, endpoint, peer, flow.protocol, port)
+    let hook = |direction, endpoint, peer, port, mapped: bool| {
+        let decision = decide_hook(desired, direction, endpoint, peer, flow.protocol, port)?;
+        if mapped && decision.reason != Reason::NotProgrammed {
+            return Some(Decision {
+                verdict: Verdict::Deny,
+                reason: Reason::Malformed,
+                rule_id: 0,
+            });
+        }
+        Some(decision)
     };
     let mut outcome = FlowOutcome {
         egress: hook(
@@ -57,13 +69,20 @@ pub fn decide_flow(desired: &DesiredState, flow: &ProbeFlow) -> FlowOutcome {
             src,
             addr::to_bytes(addressed),
             addressed_port,
+            is_v4_mapped(flow.src) || is_v4_mapped(addressed),
         ),
         ..FlowOutcome::default()
     };
     if outcome.egress.is_some_and(|d| !d.verdict.passes()) {
         return outcome;
     }
-    outcome.ingress = hook(Direction::Ingress, dst, src, flow.dst_port);
+    outcome.ingress = hook(
+        Direction::Ingress,
+        dst,
+        src,
+        flow.dst_port,
+        is_v4_mapped(flow.src) || is_v4_mapped(flow.dst),
+    );
     if outcome.ingress.is_some_and(|d| !d.verdict.passes()) {
         return outcome;
     }
@@ -80,6 +99,11 @@ pub fn decide_flow(desired: &DesiredState, flow: &ProbeFlow) -> FlowOutcome {
     outcome.reply_egress = reply(dst);
     outcome.reply_ingress = reply(src);
     outcome
+}
+
+/// Whether `ip` is an IPv6 address of the IPv4-mapped form, which the probe drops as malformed.
+fn is_v4_mapped(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
 }
 
 /// One hook: endpoint `endpoint` (16-byte addr) in `direction`, peer address, protocol, the

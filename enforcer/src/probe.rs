@@ -662,6 +662,30 @@ impl Probe {
         clear(&mut maps.frags, map_names::FRAGS)
     }
 
+    /// Writes a conntrack entry, as only the programs do in operation: for tests of what they
+    /// make of an entry they did not write (an unknown verdict byte must not pass a packet).
+    pub fn write_conntrack(&mut self, key: &FlowKey, entry: &CtEntry) -> Result<(), ProbeError> {
+        self.maps
+            .conntrack
+            .insert(key, entry, 0)
+            .map_err(|source| ProbeError::Map {
+                name: map_names::CONNTRACK,
+                source,
+            })
+    }
+
+    /// Writes a first fragment's verdict, as only the programs do in operation: for tests, like
+    /// [`Probe::write_conntrack`].
+    pub fn write_fragment(&mut self, key: &FragKey, entry: &FragEntry) -> Result<(), ProbeError> {
+        self.maps
+            .frags
+            .insert(key, entry, 0)
+            .map_err(|source| ProbeError::Map {
+                name: map_names::FRAGS,
+                source,
+            })
+    }
+
     /// One of the two programs, for BPF_PROG_TEST_RUN.
     pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, ProbeError> {
         let program = self.ebpf.program(name).ok_or(ProbeError::Program {

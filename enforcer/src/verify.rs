@@ -21,7 +21,8 @@ mod run;
 
 pub use manifests::{SourceText, load_manifests};
 pub use probes::{
-    Peer, ProbeSpec, Protocol, ResolvedProbe, UnknownProtocol, parse_probes, resolve_probes,
+    Peer, ProbeSpec, Protocol, ResolvedProbe, UnknownProtocol, parse_probe_bytes, parse_probes,
+    resolve_probes,
 };
 pub use render::{render_json, render_table};
 pub use run::{
@@ -66,7 +67,7 @@ pub fn verify(
     let (snapshot, mut errors) = load_manifests(&input.manifests);
     let compiled = compile_for_verify(&snapshot);
     errors.extend(compiled.errors.iter().cloned());
-    let (specs, mut probe_errors) = parse_probes(&input.probes.text, &input.probes.source);
+    let (specs, mut probe_errors) = parse_probe_bytes(&input.probes.bytes, &input.probes.source);
     errors.append(&mut probe_errors);
     let (resolved, mut resolve_errors) = resolve_probes(&specs, &snapshot, &compiled.services);
     errors.append(&mut resolve_errors);

@@ -2,7 +2,8 @@
 //! sync: every verdict path and reason, conntrack, deduplicated denies, IPv6, and packets that
 //! are malformed, truncated, fragmented or unusual on purpose.
 //!
-//! Needs root (CI runs as root); without it every test says SKIPPED loudly and returns.
+//! Needs root (CI runs as root); without it every test says SKIPPED loudly and returns, except
+//! under CI, where it fails.
 
 use std::net::IpAddr;
 
@@ -17,14 +18,18 @@ use tollgate_enforcer::{
     snapshot::Snapshot,
 };
 use tollgate_schemas::{
-    Config, Counter, Direction, EndpointKey, Reason, Verdict, addr, config_flags, endpoint_flags,
-    proto,
+    Config, Counter, CtEntry, Direction, EndpointKey, FlowKey, FragEntry, FragKey, Reason, Verdict,
+    addr, config_flags, endpoint_flags, proto,
 };
 
 fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "BPF_PROG_TEST_RUN tests of the probe: CI runs as root, and they must run there"
+        );
         eprintln!("SKIPPED (needs root): BPF_PROG_TEST_RUN tests of the probe");
     }
     root
@@ -629,6 +634,203 @@ fn icmp_errors_about_tracked_flows_pass_as_related() {
     let request = PacketSpec::first(ip(CLIENT), ip(SERVER), proto::TCP, 40_000, 80);
     let error = PacketSpec::icmp_error(ip("203.0.113.1"), 3, request);
     assert!(!lab.run(Direction::Ingress, &error).passed);
+}
+
+#[test]
+fn icmp_errors_longer_than_a_router_sends_are_not_related() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new(CLIENT_EGRESS_ONLY);
+    // IP bytes of an error quoting an IP header and 8 bytes, without payload: IPv4 20 + 8 +
+    // 20 + 8, IPv6 40 + 8 + 40 + 8. Routers send at most 576 (IPv4) and 1280 (IPv6) bytes.
+    for (client, server, router, too_big, bare, limit) in [
+        (CLIENT, SERVER, "203.0.113.1", 3u8, 56usize, 576usize),
+        (CLIENT6, SERVER6, "2001:db8::1", 2u8, 96, 1280),
+    ] {
+        lab.datapath.probe_mut().clear_flow_state().expect("clear");
+        let request = PacketSpec::first(ip(client), ip(server), proto::TCP, 40_000, 80);
+        assert!(lab.run(Direction::Egress, &request).passed);
+        let mut error = PacketSpec::icmp_error(ip(router), too_big, request.clone());
+        error.payload_len = limit - bare;
+        assert_eq!(error.build().len(), 14 + limit);
+        let run = lab.run(Direction::Ingress, &error);
+        assert!(run.passed && run.events.is_empty(), "{client}: {run:?}");
+        // One byte more is no router's error: an ICMP packet like any other, denied.
+        error.payload_len += 1;
+        let run = lab.run(Direction::Ingress, &error);
+        assert!(
+            !run.passed,
+            "{client}: an oversized error passed as related"
+        );
+        assert_eq!(one_event(&run).1, Reason::IsolatedNoMatch);
+    }
+}
+
+/// Entries the programs did not write (a verdict or reason byte they do not know, or a verdict
+/// that does not pass) vouch for nothing: the packet is decided by policy, and denied here.
+#[test]
+fn conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_packet() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new(DENY_ALL);
+    let server = lab.compiled.desired.endpoints[&EndpointKey {
+        addr: addr::to_bytes(ip(SERVER)),
+    }];
+    let key = FlowKey {
+        endpoint: server.id,
+        direction: Direction::Ingress as u8,
+        protocol: proto::TCP,
+        _pad: [0; 2],
+        src_addr: addr::to_bytes(ip(CLIENT)),
+        dst_addr: addr::to_bytes(ip(SERVER)),
+        src_port: 40_000,
+        dst_port: 80,
+    };
+    let mut next = PacketSpec::first(ip(CLIENT), ip(SERVER), proto::TCP, 40_000, 80);
+    next.tcp_flags = 0x10;
+    // The server's own packet of the flow, as quoted by an error sent back to it.
+    let quoted = next.reply();
+    let error = PacketSpec::icmp_error(ip("203.0.113.1"), 3, quoted);
+    for verdict in [0u8, Verdict::Deny as u8, 9] {
+        let entry = CtEntry {
+            created_ns: 0,
+            last_seen_ns: u64::MAX,
+            packets: 1,
+            bytes: 60,
+            rule_id: 0,
+            revision: server.revision,
+            verdict,
+            reason: Reason::AllowedByRule as u8,
+            tcp_flags: 0x02,
+            _pad: 0,
+            first_len: 60,
+        };
+        lab.datapath.probe_mut().clear_flow_state().expect("clear");
+        lab.datapath
+            .probe_mut()
+            .write_conntrack(&key, &entry)
+            .expect("write");
+        let run = lab.run(Direction::Ingress, &error);
+        assert!(
+            !run.passed,
+            "verdict byte {verdict}: error passed as related"
+        );
+        let run = lab.run(Direction::Ingress, &next);
+        assert!(!run.passed, "verdict byte {verdict}: packet passed");
+        assert_eq!(one_event(&run).1, Reason::IsolatedNoMatch);
+    }
+
+    let frag_key = FragKey {
+        endpoint: server.id,
+        direction: Direction::Ingress as u8,
+        protocol: proto::TCP,
+        _pad: [0; 2],
+        id: 77,
+        src_addr: addr::to_bytes(ip(CLIENT)),
+        dst_addr: addr::to_bytes(ip(SERVER)),
+    };
+    let mut later = PacketSpec::first(ip(CLIENT), ip(SERVER), proto::TCP, 40_000, 80);
+    later.fragment = Some(Fragment {
+        id: 77,
+        offset: 185,
+        more: false,
+    });
+    for (verdict, reason) in [
+        (0u8, Reason::AllowedByRule as u8),
+        (Verdict::Allow as u8, 0),
+        (Verdict::Allow as u8, 200),
+    ] {
+        lab.datapath.probe_mut().clear_flow_state().expect("clear");
+        let entry = FragEntry {
+            verdict,
+            reason,
+            _pad: [0; 2],
+            rule_id: 0,
+        };
+        lab.datapath
+            .probe_mut()
+            .write_fragment(&frag_key, &entry)
+            .expect("write");
+        let run = lab.run(Direction::Ingress, &later);
+        assert!(!run.passed, "fragment entry ({verdict}, {reason}) passed");
+        assert_eq!(one_event(&run).1, Reason::Fragment);
+    }
+}
+
+/// Allows the server's port 80 from 198.18.0.0/16 and the client's egress to 203.0.113.0/24:
+/// IPv4 blocks only.
+const IPV4_BLOCKS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: v4-in, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{ipBlock: {cidr: 198.18.0.0/16}}]
+    ports: [{protocol: TCP, port: 80}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: v4-out, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 203.0.113.0/24}}]
+"#;
+
+/// An IPv6 packet with an IPv4-mapped address is IPv6, routed by IPv6 routes, never to or from
+/// the IPv4 host it names: it must not match IPv4 ipBlocks, pod addresses or flows (the maps
+/// store IPv4 in that very form). The probe and the model deny it as malformed.
+#[test]
+fn ipv4_mapped_ipv6_addresses_never_match_ipv4_blocks_or_endpoints() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new(IPV4_BLOCKS);
+    // The IPv4 forms are allowed: the policies do what they say.
+    assert_eq!(
+        lab.decide("198.18.0.99", SERVER, proto::TCP, 80).verdict(),
+        Verdict::Allow
+    );
+    assert_eq!(
+        lab.decide(CLIENT, "203.0.113.9", proto::UDP, 53).verdict(),
+        Verdict::Allow
+    );
+    let malformed = Some(decision(Verdict::Deny, Reason::Malformed));
+    // From a mapped source to the IPv6 server: the IPv4 block must not allow it.
+    let outcome = lab.decide("::ffff:198.18.0.99", SERVER6, proto::TCP, 80);
+    assert_eq!(outcome.ingress, malformed);
+    // The client's IPv6 address to a mapped destination: the IPv4 block must not allow it.
+    let outcome = lab.decide(CLIENT6, "::ffff:203.0.113.9", proto::UDP, 53);
+    assert_eq!(outcome.egress, malformed);
+    // Mapped forms of both IPv4 pods: not the IPv4 pods' flows.
+    let outcome = lab.decide("::ffff:198.18.0.20", "::ffff:198.18.0.10", proto::TCP, 80);
+    assert_eq!(outcome.egress, malformed);
+    let run = lab.run(
+        Direction::Ingress,
+        &PacketSpec::first(
+            ip("::ffff:198.18.0.20"),
+            ip("::ffff:198.18.0.10"),
+            proto::TCP,
+            40_000,
+            80,
+        ),
+    );
+    assert!(!run.passed);
+    assert_eq!(one_event(&run).1, Reason::Malformed);
+    // Nor does a tracked IPv4 flow let its mapped twin through.
+    lab.datapath.probe_mut().clear_flow_state().expect("clear");
+    let v4 = PacketSpec::first(ip("198.18.0.99"), ip(SERVER), proto::TCP, 40_000, 80);
+    assert!(lab.run(Direction::Ingress, &v4).passed);
+    let mut twin = v4.clone();
+    twin.src = ip("::ffff:198.18.0.99");
+    twin.dst = ip("::ffff:198.18.0.10");
+    twin.tcp_flags = 0x10;
+    assert!(!lab.run(Direction::Ingress, &twin).passed);
 }
 
 #[test]

@@ -304,7 +304,7 @@ fn invalid_input_is_reported_and_the_rest_still_evaluated() {
     let mut input = example();
     input.manifests.push(SourceText {
         source: "extra.yaml".into(),
-        text: "\
+        bytes: "\
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -320,8 +320,8 @@ spec:
     });
     input
         .probes
-        .text
-        .push_str("default/pod-1 default/nobody 80/TCP\nbroken line\n");
+        .bytes
+        .extend_from_slice(b"default/pod-1 default/nobody 80/TCP\nbroken line\n");
     let verification = verify::verify(&input, &mut ModelDatapath::new()).expect("model");
     assert_eq!(
         located(&verification.errors),
@@ -366,15 +366,16 @@ fn later_manifests_replace_objects_of_the_same_kind_namespace_and_name() {
     let files = [
         SourceText {
             source: "base.yaml".into(),
-            text: format!(
+            bytes: format!(
                 "{}---\n{}---\n{policy}",
                 pod("a", "v: '1'"),
                 pod("b", "v: '1'")
-            ),
+            )
+            .into(),
         },
         SourceText {
             source: "change.yaml".into(),
-            text: pod("a", "v: '2'"),
+            bytes: pod("a", "v: '2'").into(),
         },
     ];
     let (snapshot, errors) = verify::load_manifests(&files);
@@ -393,4 +394,59 @@ fn later_manifests_replace_objects_of_the_same_kind_namespace_and_name() {
         1,
         "a policy and a pod may share a name"
     );
+}
+
+/// A file read from disk with a byte-order mark and a stray Latin-1 byte (what Windows editors
+/// write): the mark is dropped, the bad byte costs only its document (manifests) or line
+/// (probes) with its position, and everything else is still evaluated.
+#[test]
+fn files_with_a_byte_order_mark_or_invalid_utf8_are_read_document_by_document() {
+    let dir = std::env::temp_dir().join(format!("tollgate-verify-utf8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cluster = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/verify/cluster.yaml"),
+    )
+    .expect("example");
+    let mut manifests = b"\xef\xbb\xbf".to_vec();
+    manifests.extend_from_slice(&cluster);
+    manifests
+        .extend_from_slice(b"\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: caf\xe9\n");
+    let mut probes = b"\xef\xbb\xbfdefault/pod-1 default/nginx-7854ff8877-9x2kq 80/TCP\n".to_vec();
+    probes.extend_from_slice(b"default/pod-1 caf\xe9 80/TCP\n");
+    std::fs::write(dir.join("cluster.yaml"), &manifests).expect("write");
+    std::fs::write(dir.join("probes.txt"), &probes).expect("write");
+    let read = |name: &str| {
+        let mut file = SourceText::read(dir.join(name)).expect("invalid UTF-8 is not fatal");
+        file.source = name.to_owned();
+        file
+    };
+    let input = VerifyInput {
+        manifests: vec![read("cluster.yaml")],
+        probes: read("probes.txt"),
+    };
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    let verification = verify::verify(&input, &mut ModelDatapath::new()).expect("model");
+    let documents = cluster
+        .split(|b| *b == b'\n')
+        .filter(|l| *l == b"---")
+        .count();
+    let lines = cluster.split(|b| *b == b'\n').count();
+    let messages: Vec<String> = verification.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        messages,
+        [
+            format!(
+                "cluster.yaml document {}: (document): invalid UTF-8 at line {} column 12 \
+                 (byte 0xe9): the document is left out",
+                documents + 2,
+                lines + 5
+            ),
+            "probes.txt line 2: (line): invalid UTF-8 at column 18 (byte 0xe9): the line is left \
+             out"
+            .to_owned(),
+        ]
+    );
+    // The first document (after the mark) and the first probe were evaluated.
+    assert_eq!(verification.results.len(), 1);
+    assert_eq!(verification.results[0].reason, "no-policy-selects-pod");
 }

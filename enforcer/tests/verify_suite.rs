@@ -236,10 +236,7 @@ fn sources(path: &Path) -> Result<Vec<SourceText>, String> {
         }
         None => Vec::new(),
     };
-    files.push(SourceText {
-        source: source_name(path),
-        text,
-    });
+    files.push(SourceText::new(source_name(path), text));
     Ok(files)
 }
 

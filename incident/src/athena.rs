@@ -20,10 +20,10 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_athena::{
     Client,
-    error::DisplayErrorContext,
+    error::{ProvideErrorMetadata, SdkError},
     types::{QueryExecutionContext, QueryExecutionState},
 };
-use tollgate_collector::clock::partition_date;
+use tollgate_collector::{clock::partition_date, sink::sdk_in_words};
 
 use crate::{evidence::Request, location::FlowLogLocation};
 
@@ -311,16 +311,20 @@ async fn client(options: &AthenaOptions, region: &str) -> Client {
     Client::from_conf(config.build())
 }
 
-/// `error` of the call `operation`, with its causes.
-fn call_error(
+/// `error` of the call `operation`, in words: Athena's code and message, or the chain of
+/// causes — never the SDK's structures.
+fn call_error<E>(
     operation: &'static str,
     options: &AthenaOptions,
-    error: &impl std::error::Error,
-) -> AthenaError {
+    error: &SdkError<E>,
+) -> AthenaError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     AthenaError::Call {
         operation,
         workgroup: options.workgroup.clone(),
-        message: DisplayErrorContext(error).to_string(),
+        message: sdk_in_words(error),
     }
 }
 
@@ -428,7 +432,7 @@ async fn finish(
             {
                 tracing::warn!(
                     query_id = %query_id,
-                    error = %DisplayErrorContext(&error),
+                    error = %sdk_in_words(&error),
                     "could not stop the Athena query"
                 );
             }

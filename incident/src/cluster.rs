@@ -124,6 +124,17 @@ fn classify(what: &str, error: kube::Error) -> ClusterError {
         kube::Error::Api(status) if status.is_conflict() || status.is_already_exists() => {
             ClusterError::Conflict(format!("{what}: {}", status.message))
         }
+        // In words: kube prints an API error with its whole structure (`{0} ({0:?})`).
+        kube::Error::Api(status) => ClusterError::Api(format!(
+            "{what}: {} (HTTP {}{})",
+            status.message,
+            status.code,
+            if status.reason.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", status.reason)
+            }
+        )),
         other => ClusterError::Api(format!("{what}: {other}")),
     }
 }

@@ -5,7 +5,11 @@
 //! ETag, version and SHA-256 as a [`SourceObject`]), brings every batch to the current record
 //! schema (files written before a column was appended get nulls) and keeps three kinds of
 //! rows (with [`Request::athena`], one Athena query — [`crate::athena::objects`] — names the
-//! objects that hold the pod's records instead, and only those are read, the same way):
+//! objects that hold the pod's records instead, and only those are read, the same way). A file
+//! that cannot be read (truncated, another schema, a codec not compiled in, an S3 error) is
+//! skipped whole — none of its rows is kept — and named with the reason in the manifest's
+//! `skipped`; [`Bundle::shortfalls`] tells the caller, as it tells a bundle without a single
+//! record of the pod (not proof of no traffic). The kinds of rows:
 //! - `flows`: `OK` records with the pod at either end (both directions, every verdict) whose
 //!   span `[start, end]` overlaps `[from, to)`;
 //! - `isolations`: the pod's `ISOLATION` records in the window;
@@ -17,12 +21,14 @@
 //! and as every isolation record saw them), `sources.json`, `timeline.txt` (the three kinds on
 //! one timeline, as `tollgate flows` prints it), and last `manifest.json`: what was asked, and
 //! the size and SHA-256 of every other file. [`verify`] recomputes them and fails on any
-//! difference, missing or extra file.
+//! difference, missing or extra file; only regular files of the bundle count (a symbolic link
+//! or a FIFO in it is a problem, never followed or opened), each hashed as a stream.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::io::Read as _;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{
@@ -43,7 +49,7 @@ use crate::{
     PodRef,
     athena::{AthenaError, AthenaOptions},
     location::{FlowLogLocation, S3Options},
-    source::{Reader, SourceError, SourceObject, sha256_hex},
+    source::{Links, Reader, SourceError, SourceObject, open_regular, sha256_hex, sha256_stream},
 };
 
 /// The `format` of a bundle's manifest.
@@ -52,26 +58,26 @@ pub const FORMAT: &str = "tollgate-evidence/1";
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
 
-/// Why a bundle could not be written.
+/// The most problems [`verify`] names; the others are counted ([`Tampered::more`]).
+pub const MAX_PROBLEMS: usize = 20;
+
+/// The largest manifest [`verify`] reads: a manifest lists a dozen files, so anything near
+/// this is not one `evidence` wrote.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Why a bundle could not be written. A message holds its cause, and `source()` returns
+/// none: the cause is printed once, alone or with the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
     /// The request makes no sense.
     #[error("{0}")]
     Request(String),
-    /// Reading the flow log.
+    /// Listing the flow log (a file that cannot be read is skipped instead, and named).
     #[error("reading the flow log: {0}")]
-    Source(#[from] SourceError),
+    Source(SourceError),
     /// Asking Athena which objects to read (its messages name Athena or the flag).
     #[error(transparent)]
     Athena(#[from] AthenaError),
-    /// A flow-log file is not a readable flow-record file.
-    #[error("{location}: {message}")]
-    Parquet {
-        /// The file.
-        location: String,
-        /// What is wrong.
-        message: String,
-    },
     /// Writing the bundle.
     #[error("writing {path}: {message}")]
     Write {
@@ -80,6 +86,12 @@ pub enum EvidenceError {
         /// What failed.
         message: String,
     },
+}
+
+impl From<SourceError> for EvidenceError {
+    fn from(error: SourceError) -> Self {
+        Self::Source(error)
+    }
 }
 
 /// What to put in a bundle.
@@ -137,6 +149,20 @@ pub struct Counts {
     pub losses: u64,
     /// Flow-log files read.
     pub sources: u64,
+    /// Flow-log files of the window that could not be read (absent from bundles written
+    /// before it was counted: none were skipped then, the bundle failed instead).
+    #[serde(default)]
+    pub skipped: u64,
+}
+
+/// A flow-log file of the window that could not be read: none of its records is in the
+/// bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedSource {
+    /// Local path or `s3://bucket/key`.
+    pub location: String,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// A bundle's `manifest.json`.
@@ -159,6 +185,9 @@ pub struct Manifest {
     pub tool: String,
     /// Row counts.
     pub counts: Counts,
+    /// The flow-log files of the window that could not be read, and why.
+    #[serde(default)]
+    pub skipped: Vec<SkippedSource>,
     /// Every other file, sorted by path.
     pub files: Vec<FileDigest>,
 }
@@ -201,8 +230,68 @@ pub struct Bundle {
     pub story: Story,
 }
 
+/// Why a written bundle may not tell the whole story of its pod in its window.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Shortfall {
+    /// Flow-log files of the window could not be read.
+    #[error(
+        "{} flow-log file(s) could not be read; their records are not in the bundle (its \
+         manifest lists them under `skipped`):{}",
+        .0.len(),
+        .0.iter().map(|s| format!("\n  {}: {}", s.location, s.reason)).collect::<String>()
+    )]
+    Unread(Vec<SkippedSource>),
+    /// Not one flow or isolation record of the pod in the window.
+    #[error(
+        "NO RECORD of {pod} in the flow log from {from_utc} to {to_utc} ({files} file(s) read): \
+         the bundle is empty, which is not proof that the pod had no traffic — check the pod's \
+         namespace and name, --cluster, the window and --flow-log (--allow-empty accepts an \
+         empty bundle)"
+    )]
+    NoRecords {
+        /// The pod, as `namespace/name`.
+        pod: String,
+        /// Window start, RFC 3339.
+        from_utc: String,
+        /// Window end, RFC 3339.
+        to_utc: String,
+        /// Flow-log files read.
+        files: u64,
+    },
+}
+
+impl Bundle {
+    /// What keeps this bundle from being the whole story: files skipped, and — unless
+    /// `allow_empty` — no record of the pod at all. Empty when it is complete.
+    pub fn shortfalls(&self, allow_empty: bool) -> Vec<Shortfall> {
+        let manifest = &self.manifest;
+        let mut shortfalls = Vec::new();
+        if !manifest.skipped.is_empty() {
+            shortfalls.push(Shortfall::Unread(manifest.skipped.clone()));
+        }
+        if !allow_empty && manifest.counts.flows == 0 && manifest.counts.isolations == 0 {
+            shortfalls.push(Shortfall::NoRecords {
+                pod: format!("{}/{}", manifest.pod.namespace, manifest.pod.name),
+                from_utc: manifest.window.from_utc.clone(),
+                to_utc: manifest.window.to_utc.clone(),
+                files: manifest.counts.sources,
+            });
+        }
+        shortfalls
+    }
+}
+
 /// Writes the bundle `request` describes; `policies` are snapshots the caller read (the
 /// cluster's, the lab's), added to those of the isolation records.
+#[tracing::instrument(
+    skip_all,
+    fields(
+        pod = %request.pod,
+        from = request.from_s,
+        to = request.to_s,
+        out = %request.out.display()
+    )
+)]
 pub async fn collect(
     request: &Request,
     policies: Vec<PolicySnapshot>,
@@ -236,18 +325,32 @@ pub async fn collect(
     let schema = schema();
     let mut kept = Kept::default();
     let mut sources = Vec::with_capacity(names.len());
+    let mut skipped = Vec::new();
     for name in &names {
-        let (object, data) = reader.fetch(name).await?;
-        let taken = kept.take(&object.location, data, &schema, request)?;
-        sources.push(SourceUse {
-            object,
-            records: taken,
-        });
+        match read_source(&reader, name, &schema, request).await {
+            Ok((object, file)) => {
+                sources.push(SourceUse {
+                    object,
+                    records: file.rows(),
+                });
+                kept.append(file);
+            }
+            Err(source) => {
+                // The caller reports it ([`Bundle::shortfalls`]); this is for the trace.
+                tracing::info!(
+                    location = %source.location,
+                    reason = %source.reason,
+                    "flow-log file skipped: its records are not in the bundle"
+                );
+                skipped.push(source);
+            }
+        }
     }
     let out = &request.out;
     let mut files = Vec::new();
     let mut counts = Counts {
         sources: sources.len() as u64,
+        skipped: skipped.len() as u64,
         ..Counts::default()
     };
     let mut timeline = Vec::new();
@@ -281,7 +384,7 @@ pub async fn collect(
     files.push("sources.json".to_owned());
     timeline.sort_by_key(|r| (r.start, r.end));
     let story = Story::of(&timeline);
-    let timeline = render_timeline(&request.pod, &timeline, &story);
+    let timeline = render_timeline(&request.pod, &timeline, &story, &counts, &skipped);
     write_file(&out.join("timeline.txt"), &timeline)?;
     files.push("timeline.txt".to_owned());
     files.sort();
@@ -305,6 +408,7 @@ pub async fn collect(
         },
         tool: format!("tollgate {}", env!("CARGO_PKG_VERSION")),
         counts,
+        skipped,
         files: files
             .iter()
             .map(|path| digest(out, path))
@@ -332,7 +436,28 @@ struct SourceUse {
     records: u64,
 }
 
-/// The rows kept so far, per kind.
+/// Fetches the listed file `name` and keeps the rows of it that `request` asks for: all of
+/// them, or — when it cannot be fetched or read to its end — none, and why.
+async fn read_source(
+    reader: &Reader,
+    name: &str,
+    schema: &SchemaRef,
+    request: &Request,
+) -> Result<(SourceObject, Kept), SkippedSource> {
+    let (object, data) = reader.fetch(name).await.map_err(|e| SkippedSource {
+        location: reader.location(name),
+        reason: e.reason(),
+    })?;
+    match Kept::of(data, schema, request) {
+        Ok(kept) => Ok((object, kept)),
+        Err(reason) => Err(SkippedSource {
+            location: object.location,
+            reason,
+        }),
+    }
+}
+
+/// The rows kept, per kind.
 #[derive(Default)]
 struct Kept {
     flows: Vec<RecordBatch>,
@@ -341,46 +466,73 @@ struct Kept {
 }
 
 impl Kept {
-    /// Keeps the rows of the Parquet file `data` (from `location`) that `request` asks for;
-    /// how many.
-    fn take(
-        &mut self,
-        location: &str,
-        data: bytes::Bytes,
-        schema: &SchemaRef,
-        request: &Request,
-    ) -> Result<u64, EvidenceError> {
-        let bad = |message: String| EvidenceError::Parquet {
-            location: location.to_owned(),
-            message,
-        };
+    /// The rows of the Parquet file `data` that `request` asks for; why not, when the file
+    /// cannot be read to its end.
+    fn of(data: bytes::Bytes, schema: &SchemaRef, request: &Request) -> Result<Self, String> {
         let reader = ParquetRecordBatchReaderBuilder::try_new(data)
             .and_then(|b| b.build())
-            .map_err(|e| bad(e.to_string()))?;
-        let mut taken = 0;
+            .map_err(|e| e.to_string())?;
+        let mut kept = Self::default();
         for batch in reader {
-            let batch = conform(&batch.map_err(|e| bad(e.to_string()))?, schema).map_err(bad)?;
-            let masks = masks(&batch, request).map_err(bad)?;
+            let batch = conform(&batch.map_err(|e| e.to_string())?, schema)?;
+            let masks = masks(&batch, request)?;
             for (mask, into) in [
-                (masks.flows, &mut self.flows),
-                (masks.isolations, &mut self.isolations),
-                (masks.losses, &mut self.losses),
+                (masks.flows, &mut kept.flows),
+                (masks.isolations, &mut kept.isolations),
+                (masks.losses, &mut kept.losses),
             ] {
                 let rows = arrow_select::filter::filter_record_batch(&batch, &mask)
-                    .map_err(|e| bad(e.to_string()))?;
-                taken += rows.num_rows() as u64;
+                    .map_err(|e| e.to_string())?;
                 if rows.num_rows() > 0 {
                     into.push(rows);
                 }
             }
         }
-        Ok(taken)
+        Ok(kept)
+    }
+
+    /// How many rows.
+    fn rows(&self) -> u64 {
+        [&self.flows, &self.isolations, &self.losses]
+            .into_iter()
+            .flatten()
+            .map(|b| b.num_rows() as u64)
+            .sum()
+    }
+
+    /// Adds `other`'s rows.
+    fn append(&mut self, other: Self) {
+        self.flows.extend(other.flows);
+        self.isolations.extend(other.isolations);
+        self.losses.extend(other.losses);
     }
 }
 
+/// The columns a file must have to be a flow-record file: the ones every layout has had, that
+/// say which rows belong to a bundle.
+const REQUIRED_COLUMNS: [&str; 8] = [
+    "log_status",
+    "cluster",
+    "start",
+    "end",
+    "src_namespace",
+    "src_pod",
+    "dst_namespace",
+    "dst_pod",
+];
+
 /// `batch` with the columns of `schema`, in its order: columns appended to the record after
-/// the file was written are null.
+/// the file was written are null. A batch without the [`REQUIRED_COLUMNS`] is not of a flow
+/// log.
 fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+    if let Some(missing) = REQUIRED_COLUMNS
+        .iter()
+        .find(|name| batch.column_by_name(name).is_none())
+    {
+        return Err(format!(
+            "not a flow-record file: it has no column {missing}"
+        ));
+    }
     let columns = schema
         .fields()
         .iter()
@@ -591,9 +743,34 @@ fn policies_document(mut snapshots: Vec<PolicySnapshot>) -> serde_json::Value {
     })
 }
 
-/// The timeline: a line on what it shows, then the records as `tollgate flows` prints them.
-fn render_timeline(pod: &PodRef, records: &[StoredRecord], story: &Story) -> String {
-    let mut out = format!("Timeline of {pod}: {} records", records.len());
+/// The timeline: a line on what it shows (and on what it cannot show: files skipped, no
+/// record of the pod at all), then the records as `tollgate flows` prints them.
+fn render_timeline(
+    pod: &PodRef,
+    records: &[StoredRecord],
+    story: &Story,
+    counts: &Counts,
+    skipped: &[SkippedSource],
+) -> String {
+    let mut out = String::new();
+    if !skipped.is_empty() {
+        let _ = writeln!(
+            out,
+            "INCOMPLETE: {} flow-log file(s) could not be read; their records are not here:",
+            skipped.len()
+        );
+        for source in skipped {
+            let _ = writeln!(out, "  {}: {}", source.location, source.reason);
+        }
+    }
+    if counts.flows == 0 && counts.isolations == 0 {
+        let _ = writeln!(
+            out,
+            "NO RECORD of {pod} in {} flow-log file(s) read: not proof that it had no traffic",
+            counts.sources
+        );
+    }
+    let _ = write!(out, "Timeline of {pod}: {} records", records.len());
     if let Some(split) = &story.first_quarantine {
         let _ = write!(
             out,
@@ -697,48 +874,81 @@ fn write_parquet(
 }
 
 fn digest(dir: &Path, path: &str) -> Result<FileDigest, EvidenceError> {
-    let data = std::fs::read(dir.join(path)).map_err(|e| EvidenceError::Write {
+    let (bytes, sha256) = hash_regular(&dir.join(path)).map_err(|e| EvidenceError::Write {
         path: dir.join(path),
         message: e.to_string(),
     })?;
     Ok(FileDigest {
         path: path.to_owned(),
-        bytes: data.len() as u64,
-        sha256: sha256_hex(&data),
+        bytes,
+        sha256,
     })
 }
 
-/// What [`verify`] found wrong; empty when the bundle is intact.
+/// The size and SHA-256 of the regular file `path` — not of what a symbolic link points to,
+/// never waiting on a FIFO — read as a stream.
+fn hash_regular(path: &Path) -> std::io::Result<(u64, String)> {
+    sha256_stream(open_regular(path, Links::Refuse)?)
+}
+
+/// What [`verify`] found wrong: the first [`MAX_PROBLEMS`] problems, and how many more.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "evidence bundle {dir} FAILED verification ({} problems):\n  {}",
-    problems.len(),
-    problems.join("\n  ")
+    "evidence bundle {dir} FAILED verification ({} problems):\n  {}{}",
+    problems.len() + more,
+    problems.join("\n  "),
+    if *more > 0 { format!("\n  … and {more} more") } else { String::new() }
 )]
 pub struct Tampered {
     /// The bundle.
     pub dir: PathBuf,
-    /// One line per problem: the file and what differs.
+    /// One line per problem, the first [`MAX_PROBLEMS`]: the file and what differs.
     pub problems: Vec<String>,
+    /// Problems found beyond those.
+    pub more: usize,
+}
+
+impl Tampered {
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            problems: Vec::new(),
+            more: 0,
+        }
+    }
+
+    fn push(&mut self, problem: String) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(problem);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn found(&self) -> bool {
+        !self.problems.is_empty()
+    }
 }
 
 /// Re-checks the bundle in `dir`: the manifest parses and has this format, every file it lists
-/// exists with the listed size and SHA-256, no other file is there, and — when given — the
-/// manifest itself has the SHA-256 noted when the bundle was written. The manifest on success.
+/// is a regular file of the bundle (a symbolic link is never followed, a FIFO never opened)
+/// with the listed size and SHA-256 (hashed as a stream), nothing else is there, and — when
+/// given — the manifest itself has the SHA-256 noted when the bundle was written. The manifest
+/// on success.
+#[tracing::instrument(skip(manifest_sha256), fields(dir = %dir.display()))]
 pub fn verify(dir: &Path, manifest_sha256: Option<&str>) -> Result<Manifest, Tampered> {
-    let mut problems = Vec::new();
-    let tampered = |problems: Vec<String>| Tampered {
-        dir: dir.to_owned(),
-        problems,
-    };
-    let text = match std::fs::read(dir.join(MANIFEST)) {
+    let mut tampered = Tampered::new(dir);
+    let text = match read_manifest(&dir.join(MANIFEST)) {
         Ok(text) => text,
-        Err(e) => return Err(tampered(vec![format!("{MANIFEST}: {e}")])),
+        Err(e) => {
+            tampered.push(format!("{MANIFEST}: {e}"));
+            return Err(tampered);
+        }
     };
     if let Some(expected) = manifest_sha256 {
         let actual = sha256_hex(&text);
         if !actual.eq_ignore_ascii_case(expected) {
-            problems.push(format!(
+            tampered.push(format!(
                 "{MANIFEST}: SHA-256 is {actual}, the one noted is {expected}"
             ));
         }
@@ -746,36 +956,33 @@ pub fn verify(dir: &Path, manifest_sha256: Option<&str>) -> Result<Manifest, Tam
     let manifest: Manifest = match serde_json::from_slice(&text) {
         Ok(manifest) => manifest,
         Err(e) => {
-            problems.push(format!("{MANIFEST}: {e}"));
-            return Err(tampered(problems));
+            tampered.push(format!("{MANIFEST}: {e}"));
+            return Err(tampered);
         }
     };
     if manifest.format != FORMAT {
-        problems.push(format!(
+        tampered.push(format!(
             "{MANIFEST}: format {:?}, expected {FORMAT:?}",
             manifest.format
         ));
     }
     for listed in &manifest.files {
-        let path = Path::new(&listed.path);
-        if path.is_absolute() || path.components().count() != 1 {
-            problems.push(format!("{}: not a file name of the bundle", listed.path));
+        let mut parts = Path::new(&listed.path).components();
+        let (Some(Component::Normal(name)), None) = (parts.next(), parts.next()) else {
+            tampered.push(format!("{}: not a file name of the bundle", listed.path));
             continue;
-        }
-        match std::fs::read(dir.join(path)) {
-            Err(e) => problems.push(format!("{}: {e}", listed.path)),
-            Ok(data) => {
-                let sha256 = sha256_hex(&data);
-                if data.len() as u64 != listed.bytes {
-                    problems.push(format!(
-                        "{}: {} bytes, the manifest says {}",
-                        listed.path,
-                        data.len(),
-                        listed.bytes
+        };
+        match hash_regular(&dir.join(name)) {
+            Err(e) => tampered.push(format!("{}: {e}", listed.path)),
+            Ok((bytes, sha256)) => {
+                if bytes != listed.bytes {
+                    tampered.push(format!(
+                        "{}: {bytes} bytes, the manifest says {}",
+                        listed.path, listed.bytes
                     ));
                 }
                 if sha256 != listed.sha256 {
-                    problems.push(format!(
+                    tampered.push(format!(
                         "{}: SHA-256 is {sha256}, the manifest says {}",
                         listed.path, listed.sha256
                     ));
@@ -784,19 +991,39 @@ pub fn verify(dir: &Path, manifest_sha256: Option<&str>) -> Result<Manifest, Tam
         }
     }
     match std::fs::read_dir(dir) {
-        Err(e) => problems.push(format!("{}: {e}", dir.display())),
+        Err(e) => tampered.push(format!("{}: {e}", dir.display())),
         Ok(entries) => {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name != MANIFEST && !manifest.files.iter().any(|f| f.path == name) {
-                    problems.push(format!("{name}: not in the manifest"));
+            for entry in entries {
+                match entry {
+                    Err(e) => tampered.push(format!("{}: {e}", dir.display())),
+                    Ok(entry) => {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if name != MANIFEST && !manifest.files.iter().any(|f| f.path == name) {
+                            tampered.push(format!("{name}: not in the manifest"));
+                        }
+                    }
                 }
             }
         }
     }
-    if problems.is_empty() {
-        Ok(manifest)
+    if tampered.found() {
+        Err(tampered)
     } else {
-        Err(tampered(problems))
+        Ok(manifest)
     }
+}
+
+/// The manifest's bytes: a regular file of the bundle, at most [`MAX_MANIFEST_BYTES`].
+fn read_manifest(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut text = Vec::new();
+    open_regular(path, Links::Refuse)?
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut text)?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_MANIFEST_BYTES} bytes: not a manifest `evidence` wrote"),
+        ));
+    }
+    Ok(text)
 }

@@ -59,7 +59,9 @@ pub const ANNOTATION_POD_UID: &str = "tollgate.io/pod-uid";
 /// Longest `--reason` accepted (an annotation and a flow-log column, not a report).
 pub const MAX_REASON_CHARS: usize = 1024;
 
-/// Why a quarantine or release was refused or failed.
+/// Why a quarantine or release was refused or failed. A message holds its cause (a
+/// [`ClusterError`], which has none of its own) and `source()` returns none: the cause is
+/// printed once, alone or with the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum QuarantineError {
     /// `--reason` is empty or too long.
@@ -105,7 +107,7 @@ pub enum QuarantineError {
     NotQuarantined(PodRef),
     /// A cluster call failed before anything was changed.
     #[error("{0}; nothing was changed")]
-    Check(#[source] ClusterError),
+    Check(ClusterError),
     /// A change failed and was undone.
     #[error("{failed}; undone: {undone}")]
     RolledBack {
@@ -237,7 +239,7 @@ async fn precheck(
     pod: &PodRef,
     reason: &str,
 ) -> Result<Found, QuarantineError> {
-    check_reason(reason)?;
+    check_reason(reason).map_err(QuarantineError::Reason)?;
     let mut missing = Vec::new();
     for access in needed_access(&pod.namespace) {
         if !cluster
@@ -283,17 +285,19 @@ async fn precheck(
     })
 }
 
-fn check_reason(reason: &str) -> Result<(), QuarantineError> {
+/// `--reason` as given, if it is one [`quarantine`] and [`release`] take: for the command
+/// line, which checks it before it connects to anything.
+pub fn parse_reason(text: &str) -> Result<String, String> {
+    check_reason(text).map(|()| text.to_owned())
+}
+
+fn check_reason(reason: &str) -> Result<(), String> {
     if reason.trim().is_empty() {
-        return Err(QuarantineError::Reason(
-            "must say why (it goes into the flow log)".into(),
-        ));
+        return Err("must say why (it goes into the flow log)".into());
     }
     let chars = reason.chars().count();
     if chars > MAX_REASON_CHARS {
-        return Err(QuarantineError::Reason(format!(
-            "{chars} characters; at most {MAX_REASON_CHARS}"
-        )));
+        return Err(format!("{chars} characters; at most {MAX_REASON_CHARS}"));
     }
     Ok(())
 }

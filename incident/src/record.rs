@@ -35,9 +35,30 @@ pub enum RecordError {
         /// What failed.
         message: String,
     },
-    /// Delivering it to the flow log failed.
-    #[error("delivering the isolation record: {0}")]
+    /// Delivering it to the flow log failed (the sink's message names the record's file).
+    #[error(transparent)]
     Deliver(#[from] SinkError),
+}
+
+/// `--cluster` as given, if it can name a cluster in the flow log (the collectors' `cluster`
+/// setting, the `cluster=` partition of every key): for the command line, which checks it
+/// before it changes anything.
+pub fn parse_cluster(text: &str) -> Result<String, String> {
+    let segment = !text.is_empty()
+        && text != "."
+        && text != ".."
+        && !text
+            .chars()
+            .any(|c| c == '/' || c == '=' || c.is_whitespace() || c.is_control());
+    if segment {
+        Ok(text.to_owned())
+    } else {
+        Err(
+            "must be a non-empty name without '/', '=' or whitespace, as the collectors' \
+             `cluster` setting"
+                .to_owned(),
+        )
+    }
 }
 
 /// The object key of `outcome`'s record in `cluster`'s part of the flow log.

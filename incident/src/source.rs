@@ -7,26 +7,33 @@
 //! one aggregation window, so the hours from `from - 1 h` to `to` (the margin the named Athena
 //! queries prune with too). Objects are listed, then fetched one at a time by the caller.
 
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_s3::{Client, error::DisplayErrorContext};
+use aws_sdk_s3::{
+    Client,
+    error::{ProvideErrorMetadata, SdkError},
+};
 use bytes::Bytes;
-use tollgate_collector::clock::partition_date;
+use tollgate_collector::{clock::partition_date, sink::sdk_in_words};
 
 use crate::location::{FlowLogLocation, S3Options};
 
-/// Why the flow log could not be read.
+/// Why the flow log could not be read. Each message holds its cause (an OS error, the SDK's
+/// error with its causes) and `source()` returns none, so the cause is printed once whether the
+/// error is printed alone or with its chain.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// A local file or directory.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// Which.
         path: PathBuf,
         /// What failed.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An S3 call.
     #[error("{location}: {message}")]
@@ -36,6 +43,16 @@ pub enum SourceError {
         /// The SDK's error with its causes.
         message: String,
     },
+}
+
+impl SourceError {
+    /// What failed, without where.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Io { error, .. } => error.to_string(),
+            Self::S3 { message, .. } => message.clone(),
+        }
+    }
 }
 
 /// One file of the flow log, as read.
@@ -215,18 +232,31 @@ impl Reader {
         }
     }
 
-    /// Reads one listed file whole: its bytes and what identifies them.
+    /// Where the listed file `name` is: its path, or `s3://bucket/key`.
+    pub fn location(&self, name: &str) -> String {
+        match self {
+            Self::Local(_) => name.to_owned(),
+            Self::S3 { bucket, .. } => format!("s3://{bucket}/{name}"),
+        }
+    }
+
+    /// Reads one listed file whole: its bytes and what identifies them. A local file must be
+    /// a regular file (or a link to one): a FIFO or a device is refused, never waited on.
     pub async fn fetch(&self, name: &str) -> Result<(SourceObject, Bytes), SourceError> {
         match self {
             Self::Local(_) => {
                 let path = PathBuf::from(name);
-                let io = |source| SourceError::Io {
+                let io = |error| SourceError::Io {
                     path: path.clone(),
-                    source,
+                    error,
                 };
-                let data = Bytes::from(std::fs::read(&path).map_err(io)?);
-                let modified = std::fs::metadata(&path)
-                    .and_then(|m| m.modified())
+                let mut file = open_regular(&path, Links::Follow).map_err(io)?;
+                let metadata = file.metadata().map_err(io)?;
+                let mut data = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+                file.read_to_end(&mut data).map_err(io)?;
+                let data = Bytes::from(data);
+                let modified = metadata
+                    .modified()
                     .ok()
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map(|d| tollgate_collector::clock::rfc3339_utc(d.as_secs()));
@@ -262,7 +292,7 @@ impl Reader {
                     .await
                     .map_err(|e| SourceError::S3 {
                         location: format!("s3://{bucket}/{name}"),
-                        message: e.to_string(),
+                        message: tollgate_collector::sink::in_words(&e),
                     })?
                     .into_bytes();
                 Ok((
@@ -282,9 +312,9 @@ impl Reader {
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
-    let io = |source| SourceError::Io {
+    let io = |error| SourceError::Io {
         path: dir.to_owned(),
-        source,
+        error,
     };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -300,20 +330,112 @@ fn is_visible_parquet(path: &Path) -> bool {
             .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
 }
 
-fn s3_error(bucket: &str, key: &str, error: &impl std::error::Error) -> SourceError {
+/// `error` of an S3 call on `key`, in words: the service's code and message, or the chain of
+/// causes — never the SDK's structures.
+fn s3_error<E>(bucket: &str, key: &str, error: &SdkError<E>) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     SourceError::S3 {
         location: format!("s3://{bucket}/{key}"),
-        message: DisplayErrorContext(error).to_string(),
+        message: sdk_in_words(error),
     }
 }
 
 /// The SHA-256 of `data`, as lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&sha2::Sha256::digest(data))
+}
+
+/// The size and SHA-256 (lowercase hex) of everything `reader` yields, read in chunks: a file
+/// is never held in memory whole.
+pub fn sha256_stream(mut reader: impl Read) -> std::io::Result<(u64, String)> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0; 64 * 1024];
+    let mut bytes = 0;
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buffer[..n]);
+                bytes += n as u64;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok((bytes, hex(&hasher.finalize())))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether [`open_regular`] goes through a symbolic link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Open what a link points to (a regular file still).
+    Follow,
+    /// A link is refused: only the file itself counts.
+    Refuse,
+}
+
+/// Opens `path` for reading if it is a regular file, and only then: a FIFO, a socket, a
+/// device or a directory is refused without being waited on (the open does not block,
+/// `O_NONBLOCK`, and the opened file is checked, so one swapped in between is caught too),
+/// and with [`Links::Refuse`] so is a symbolic link (`O_NOFOLLOW`). The error says what the
+/// path is instead.
+pub fn open_regular(path: &Path, links: Links) -> std::io::Result<File> {
+    let not_regular = |file_type: std::fs::FileType| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}, not a regular file", describe(file_type)),
+        )
+    };
+    let found = match links {
+        Links::Follow => std::fs::metadata(path)?,
+        Links::Refuse => std::fs::symlink_metadata(path)?,
+    };
+    if !found.is_file() {
+        return Err(not_regular(found.file_type()));
+    }
+    let mut flags = libc::O_NONBLOCK;
+    if links == Links::Refuse {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|error| match std::fs::symlink_metadata(path) {
+            // Replaced by a link after the check above: O_NOFOLLOW's ELOOP, in words.
+            Ok(now) if links == Links::Refuse && !now.is_file() => not_regular(now.file_type()),
+            _ => error,
+        })?;
+    let opened = file.metadata()?;
+    if !opened.is_file() {
+        return Err(not_regular(opened.file_type()));
+    }
+    Ok(file)
+}
+
+/// What kind of file `file_type` is, in words.
+fn describe(file_type: std::fs::FileType) -> &'static str {
+    if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device"
+    } else {
+        "a special file"
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 mod s3_server;
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use s3_server::S3Server;
 use support::{
@@ -22,7 +23,7 @@ use tollgate_collector::{
 };
 use tollgate_incident::{
     PodRef,
-    evidence::{self, PolicySnapshot, Request},
+    evidence::{self, PolicySnapshot, Request, Shortfall},
     location::{FlowLogLocation, S3Options},
 };
 use tollgate_schemas::Verdict;
@@ -334,5 +335,274 @@ async fn a_bundle_from_s3_names_every_object_with_its_etag() {
     assert_eq!(
         bundle.manifest.source,
         format!("s3://{}/tollgate", server.bucket())
+    );
+}
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Runs `work` on a thread of its own and waits for it at most 20 s. A FIFO of `fifos` that
+/// `work` is stuck opening or reading is then given a writer that closes at once, so the
+/// thread ends; the test fails either way.
+fn within<T: Send + 'static>(fifos: &[PathBuf], work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    match result.recv_timeout(Duration::from_secs(20)) {
+        Ok(value) => {
+            thread.join().unwrap();
+            value
+        }
+        Err(_) => {
+            for fifo in fifos {
+                drop(std::fs::OpenOptions::new().write(true).open(fifo));
+            }
+            panic!("blocked for 20 s: a FIFO was opened or read");
+        }
+    }
+}
+
+/// A Parquet file with other columns than a flow record's.
+fn other_schema() -> Vec<u8> {
+    use arrow_array::{Int32Array, RecordBatch};
+    let batch =
+        RecordBatch::try_from_iter([("x", std::sync::Arc::new(Int32Array::from(vec![1, 2])) as _)])
+            .unwrap();
+    let mut bytes = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    bytes
+}
+
+/// A file of the window that cannot be read — truncated, not Parquet, another schema, a FIFO
+/// — is skipped whole and named with why, in the manifest, the timeline and the shortfalls;
+/// the bundle still holds everything the other files hold.
+#[test]
+fn unreadable_files_are_skipped_named_and_listed() {
+    let flows = TempDir::new("flows");
+    flow_log(flows.path());
+    let hour = flows.path().join("cluster=prod/dt=2026-11-25/hour=10");
+    let good = std::fs::read(hour.join("node-a-1.parquet")).unwrap();
+    std::fs::write(
+        hour.join("node-c-truncated.parquet"),
+        &good[..good.len() / 2],
+    )
+    .unwrap();
+    std::fs::write(hour.join("node-d-garbage.parquet"), b"not parquet at all").unwrap();
+    std::fs::write(hour.join("node-e-other.parquet"), other_schema()).unwrap();
+    let fifo = hour.join("node-f-fifo.parquet");
+    mkfifo(&fifo);
+    let out = TempDir::new("bundle");
+    let request = request(
+        FlowLogLocation::Local(flows.path().to_owned()),
+        S3Options::default(),
+        &out.path().join("b"),
+    );
+    let bundle = within(std::slice::from_ref(&fifo), move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(evidence::collect(&request, Vec::new(), TO + 5))
+    })
+    .expect("a bundle of what could be read");
+    check_bundle(&bundle.dir, 1);
+
+    let skipped: Vec<(&str, &str)> = bundle
+        .manifest
+        .skipped
+        .iter()
+        .map(|s| (s.location.rsplit('/').next().unwrap(), s.reason.as_str()))
+        .collect();
+    let names: Vec<&str> = skipped.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        names,
+        [
+            "node-c-truncated.parquet",
+            "node-d-garbage.parquet",
+            "node-e-other.parquet",
+            "node-f-fifo.parquet"
+        ]
+    );
+    assert!(
+        skipped.iter().all(|(_, why)| !why.is_empty()),
+        "{skipped:?}"
+    );
+    assert!(skipped[2].1.contains("no column log_status"), "{skipped:?}");
+    assert!(skipped[3].1.contains("a FIFO"), "{skipped:?}");
+    let counts = bundle.manifest.counts;
+    assert_eq!((counts.sources, counts.skipped), (2, 4));
+
+    // In the bundle's own files, which still verify.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.dir.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["skipped"].as_array().unwrap().len(), 4);
+    assert_eq!(manifest["counts"]["skipped"], 4);
+    let timeline = std::fs::read_to_string(bundle.dir.join("timeline.txt")).unwrap();
+    assert!(
+        timeline.starts_with("INCOMPLETE: 4 flow-log file(s) could not be read"),
+        "{timeline}"
+    );
+    evidence::verify(&bundle.dir, Some(&bundle.manifest_sha256)).expect("intact");
+
+    // The caller is told, even when it accepts empty bundles.
+    let shortfalls = bundle.shortfalls(true);
+    assert_eq!(
+        shortfalls,
+        [Shortfall::Unread(bundle.manifest.skipped.clone())]
+    );
+    let text = shortfalls[0].to_string();
+    assert!(text.contains("node-c-truncated.parquet: "), "{text}");
+}
+
+/// A pod the flow log never names gets an empty bundle that says so, and the caller is told
+/// unless it accepts empty bundles.
+#[tokio::test]
+async fn a_pod_the_flow_log_never_names_is_said_loudly() {
+    let flows = TempDir::new("flows");
+    flow_log(flows.path());
+    let out = TempDir::new("bundle");
+    let mut request = request(
+        FlowLogLocation::Local(flows.path().to_owned()),
+        S3Options::default(),
+        &out.path().join("b"),
+    );
+    request.pod = "shop/webb".parse().unwrap();
+    let bundle = evidence::collect(&request, Vec::new(), TO + 5)
+        .await
+        .expect("bundle");
+    let counts = bundle.manifest.counts;
+    assert_eq!((counts.flows, counts.isolations, counts.losses), (0, 0, 1));
+    let shortfalls = bundle.shortfalls(false);
+    let [Shortfall::NoRecords { pod, files, .. }] = &shortfalls[..] else {
+        panic!("{shortfalls:?}");
+    };
+    assert_eq!((pod.as_str(), *files), ("shop/webb", 2));
+    let text = shortfalls[0].to_string();
+    assert!(
+        text.starts_with("NO RECORD of shop/webb in the flow log from 2026-11-25T10:10:00Z"),
+        "{text}"
+    );
+    assert!(bundle.shortfalls(true).is_empty());
+    assert!(
+        bundle
+            .timeline
+            .starts_with("NO RECORD of shop/webb in 2 flow-log file(s) read"),
+        "{}",
+        bundle.timeline
+    );
+}
+
+/// `verify` counts only regular files of the bundle: a file replaced by a link to an identical
+/// copy elsewhere, a FIFO, a linked manifest are problems, found without following the link or
+/// opening the FIFO; the problems it names are bounded, the rest counted.
+#[test]
+fn verify_takes_only_the_bundles_own_regular_files() {
+    let flows = TempDir::new("flows");
+    flow_log(flows.path());
+    let out = TempDir::new("bundle");
+    let request = request(
+        FlowLogLocation::Local(flows.path().to_owned()),
+        S3Options::default(),
+        &out.path().join("b"),
+    );
+    let bundle = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(evidence::collect(&request, Vec::new(), TO + 5))
+        .expect("bundle");
+    let dir = bundle.dir.clone();
+    let digest = bundle.manifest_sha256.clone();
+
+    // A link to an identical file elsewhere.
+    let elsewhere = TempDir::new("elsewhere");
+    let copy = elsewhere.path().join("flows.csv");
+    std::fs::rename(dir.join("flows.csv"), &copy).unwrap();
+    std::os::unix::fs::symlink(&copy, dir.join("flows.csv")).unwrap();
+    let tampered = evidence::verify(&dir, Some(&digest)).unwrap_err();
+    assert_eq!(
+        tampered.problems,
+        ["flows.csv: a symbolic link, not a regular file"]
+    );
+    std::fs::remove_file(dir.join("flows.csv")).unwrap();
+    std::fs::rename(&copy, dir.join("flows.csv")).unwrap();
+
+    // The manifest itself as a link.
+    let manifest = elsewhere.path().join("manifest.json");
+    std::fs::rename(dir.join("manifest.json"), &manifest).unwrap();
+    std::os::unix::fs::symlink(&manifest, dir.join("manifest.json")).unwrap();
+    let tampered = evidence::verify(&dir, Some(&digest)).unwrap_err();
+    assert_eq!(
+        tampered.problems,
+        ["manifest.json: a symbolic link, not a regular file"]
+    );
+    std::fs::remove_file(dir.join("manifest.json")).unwrap();
+    std::fs::rename(&manifest, dir.join("manifest.json")).unwrap();
+
+    // A FIFO in place of a listed file: named, never opened.
+    let losses = std::fs::read(dir.join("losses.csv")).unwrap();
+    std::fs::remove_file(dir.join("losses.csv")).unwrap();
+    let fifo = dir.join("losses.csv");
+    mkfifo(&fifo);
+    let checked = dir.clone();
+    let tampered = within(std::slice::from_ref(&fifo), move || {
+        evidence::verify(&checked, None)
+    })
+    .unwrap_err();
+    assert_eq!(
+        tampered.problems,
+        ["losses.csv: a FIFO, not a regular file"]
+    );
+    std::fs::remove_file(&fifo).unwrap();
+    std::fs::write(dir.join("losses.csv"), losses).unwrap();
+    evidence::verify(&dir, Some(&digest)).expect("intact again");
+
+    // Many problems: the first ones named, the rest counted.
+    for i in 0..100 {
+        std::fs::write(dir.join(format!("extra-{i:03}.txt")), "x").unwrap();
+    }
+    let tampered = evidence::verify(&dir, None).unwrap_err();
+    assert_eq!(tampered.problems.len(), evidence::MAX_PROBLEMS);
+    assert_eq!(tampered.more, 100 - evidence::MAX_PROBLEMS);
+    let text = tampered.to_string();
+    assert!(text.contains("(100 problems)"), "{text}");
+    assert!(text.ends_with("… and 80 more"), "{text}");
+    assert_eq!(
+        text.lines().count(),
+        1 + evidence::MAX_PROBLEMS + 1,
+        "{text}"
+    );
+}
+
+/// An S3 error is told in words — the service's code and message — not as the SDK's
+/// structures.
+#[tokio::test]
+async fn an_s3_error_is_told_in_words() {
+    let server = S3Server::start().await;
+    let config = server.config("tollgate");
+    let out = TempDir::new("bundle");
+    let s3 = S3Options {
+        region: config.region.clone(),
+        endpoint_url: Some(server.endpoint_url()),
+        path_style: true,
+    };
+    let location: FlowLogLocation = "s3://no-such-bucket/tollgate".parse().unwrap();
+    let error = evidence::collect(
+        &request(location, s3, &out.path().join("b")),
+        Vec::new(),
+        TO + 5,
+    )
+    .await
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("NoSuchBucket"), "{text}");
+    assert!(
+        !text.contains("ServiceError {") && !text.contains("raw: Response"),
+        "{text}"
     );
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_agent::{
     config::AgentConfig,
-    daemon::{Hooks, NodeState, Synced, run_agent_with},
+    daemon::{Causes, Hooks, NodeState, Synced, run_agent_with},
     source::{StaticHandle, StaticSource},
 };
 use tollgate_collector::{config::CollectorConfig, pipeline::Tap, service::Stopped};
@@ -97,7 +97,7 @@ impl NodeAgent {
                         },
                         hooks,
                     ))
-                    .map_err(|error| error.to_string())
+                    .map_err(|error| Causes(&error).to_string())
             })
             .map_err(|error| LabError::Agent(format!("starting its thread: {error}")))?;
         Ok(Self {

@@ -28,7 +28,7 @@
 //!   table or as JSON lines.
 //!
 //! Everything the lab creates is named with one run prefix and removed when the run ends: on
-//! success, on error, on panic (drop guards) and on Ctrl-C/SIGTERM, the server processes
+//! success, on error, on panic (drop guards) and on Ctrl-C/SIGTERM/SIGHUP, the server processes
 //! included. Test traffic never leaves the namespaces the run creates: addresses come from
 //! 198.18.0.0/15 and 2001:db8::/32 and are only put on interfaces inside them, iptables runs in
 //! the node namespace only, and the node namespace has no route out.
@@ -54,6 +54,7 @@ pub mod walk;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::signal::unix::SignalKind;
 use tollgate_enforcer::snapshot::InputError;
 
 pub use family::IpFamily;
@@ -117,7 +118,7 @@ pub enum LabError {
         errors: Vec<InputError>,
     },
     /// A file or directory of the run could not be written or removed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     File {
         /// The path.
         path: PathBuf,
@@ -136,7 +137,7 @@ pub enum LabError {
         message: String,
     },
     /// Entering a network namespace failed.
-    #[error("entering network namespace {netns}: {source}")]
+    #[error("entering network namespace {netns}")]
     Netns {
         /// The namespace's name.
         netns: String,
@@ -145,7 +146,7 @@ pub enum LabError {
         source: std::io::Error,
     },
     /// A socket could not be created or bound inside a pod.
-    #[error("{what} in pod {pod}: {source}")]
+    #[error("{what} in pod {pod}")]
     Socket {
         /// The pod, as `namespace/name`.
         pod: String,
@@ -167,7 +168,7 @@ pub enum LabError {
         errors: Vec<InputError>,
     },
     /// The run's bpffs could not be set up.
-    #[error("bpffs {path}: {what}: {source}")]
+    #[error("bpffs {path}: {what}")]
     Bpffs {
         /// Its mount point.
         path: PathBuf,
@@ -194,7 +195,7 @@ pub enum LabError {
         spool: PathBuf,
     },
     /// Signal handlers could not be installed.
-    #[error("installing signal handlers: {0}")]
+    #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
     /// The run was stopped by a signal; everything it created was removed.
     #[error("interrupted by {0}; cleaned up")]
@@ -220,8 +221,8 @@ fn join_errors(errors: &[InputError]) -> String {
 /// everything it created before returning.
 ///
 /// Returns the report even when outcomes differ from the seed ([`LabReport::all_ok`] tells);
-/// errors are reserved for runs that could not be carried out. Ctrl-C and SIGTERM stop the run
-/// with [`LabError::Interrupted`], after cleanup.
+/// errors are reserved for runs that could not be carried out. Ctrl-C, SIGTERM and SIGHUP (a
+/// closed terminal) stop the run with [`LabError::Interrupted`], after cleanup.
 pub async fn run(options: &LabOptions) -> Result<LabReport, LabError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -234,8 +235,11 @@ pub async fn run(options: &LabOptions) -> Result<LabReport, LabError> {
     let names = names::RunNames::new();
     tracing::info!(run = names.prefix(), family = %options.ip_family, output = ?options.output,
         "lab starting");
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(LabError::Signals)?;
+    let listen = |kind| tokio::signal::unix::signal(kind).map_err(LabError::Signals);
+    let mut sigterm = listen(SignalKind::terminate())?;
+    // A closed terminal (an SSH session that drops) sends SIGHUP, whose default action ends
+    // the process without any cleanup.
+    let mut sighup = listen(SignalKind::hangup())?;
     // Dropping the walk (on a signal or the time limit) drops its guards: servers stop, the
     // probe detaches, the namespaces go.
     tokio::select! {
@@ -244,5 +248,6 @@ pub async fn run(options: &LabOptions) -> Result<LabReport, LabError> {
         }
         _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted("SIGINT")),
         _ = sigterm.recv() => Err(LabError::Interrupted("SIGTERM")),
+        _ = sighup.recv() => Err(LabError::Interrupted("SIGHUP")),
     }
 }

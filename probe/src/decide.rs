@@ -6,14 +6,16 @@
 //! 2. The endpoint of the packet's pod-side address. Unknown: drop (closed), unless the
 //!    `standard` mode flag is set. On another interface than its own: drop (closed, spoofed).
 //!    Known but not programmed: drop (closed: never an allow window at pod start).
-//! 3. Fragments after the first take the first fragment's verdict; without one they drop
-//!    (closed: their ports are unknown). An ICMP error about a tracked flow of the endpoint
-//!    passes as related (open for the flow's own errors: path MTU discovery must work); any
-//!    other ICMP error is decided like a new flow.
+//! 3. Fragments after the first take the first fragment's verdict; without one, or with an
+//!    entry whose verdict or reason is unknown, they drop (closed: their ports are unknown). An
+//!    ICMP error about a tracked flow of the endpoint, no longer than a router's error (576
+//!    bytes of IPv4, 1280 of IPv6), passes as related (open for the flow's own errors, from any
+//!    sender: path MTU discovery must work); any other ICMP error is decided like a new flow.
 //! 4. Conntrack: a flow already passed in this direction, or the reply to one passed in the
 //!    other direction, passes, if the endpoint's policy revision is still the one the flow was
 //!    decided under; otherwise the flow is decided again against the current policy, so a
-//!    tightened policy (a quarantine) cuts established flows too.
+//!    tightened policy (a quarantine) cuts established flows too. An entry whose verdict byte
+//!    is unknown or does not pass is forgotten and the packet decided by policy (closed).
 //! 5. Policy: not isolated in this direction passes; isolated passes only when a rule matches
 //!    the peer's longest prefix and the protocol and destination port; else drop (or pass as
 //!    audit-deny in audit mode). A matching rule may itself deny: the peer is a Service's
@@ -171,13 +173,17 @@ fn tracked(
             let direction = packet.direction;
             let current = entry.revision == endpoint.revision
                 || redecide(entry, endpoint, direction, peer, key.protocol, key.dst_port);
-            if current {
+            // Fail closed: an entry whose verdict is unknown, or is not one that passes (only
+            // passed flows are tracked), is not trusted: it is forgotten below and the packet
+            // decided by policy, never passed on its word.
+            if current && let Some(verdict) = passing_verdict(entry) {
                 flow::touch(entry, packet);
-                *outcome = Outcome::new(entry_verdict(entry), Reason::Established, 0);
+                *outcome = Outcome::new(verdict, Reason::Established, 0);
                 return true;
             }
         }
-        // Expired, or no longer allowed: forget it and decide the packet as a new flow.
+        // Expired, no longer allowed, or unreadable: forget it and decide the packet as a new
+        // flow.
         let _ = CONNTRACK.remove(key);
         return false;
     }
@@ -223,7 +229,9 @@ fn related(packet: &Packet, endpoint: &EndpointState, config: &Config) -> bool {
         if let Some(entry) = CONNTRACK.get_ptr(key) {
             // SAFETY: a pointer into the LRU map value, copied out at once.
             let entry = unsafe { *entry };
+            // Fail closed: an entry with an unreadable verdict vouches for nothing.
             if entry.revision == endpoint.revision
+                && passing_verdict(&entry).is_some()
                 && !expired(&entry, quoted.protocol, packet.now, config)
             {
                 return true;
@@ -233,12 +241,11 @@ fn related(packet: &Packet, endpoint: &EndpointState, config: &Config) -> bool {
     false
 }
 
+/// The verdict a tracked flow's packets pass with: its entry's, when that is a known verdict
+/// that passes (allow, audit-deny). `None` for any other byte: the caller fails closed.
 #[inline(always)]
-fn entry_verdict(entry: &CtEntry) -> Verdict {
-    match Verdict::from_raw(entry.verdict) {
-        Some(verdict) => verdict,
-        None => Verdict::Allow,
-    }
+fn passing_verdict(entry: &CtEntry) -> Option<Verdict> {
+    Verdict::from_raw(entry.verdict).filter(|verdict| verdict.passes())
 }
 
 /// Decides a tracked flow again under the endpoint's current policy; on a pass the entry is
@@ -366,12 +373,15 @@ fn later_fragment(packet: &Packet, endpoint: &EndpointState, id: u32, config: &C
         Some(entry) => {
             // SAFETY: a pointer into the LRU map value, copied out at once.
             let entry = unsafe { *entry };
-            match Verdict::from_raw(entry.verdict) {
-                Some(verdict) if verdict.passes() => {
-                    let reason = Reason::from_raw(entry.reason).unwrap_or(Reason::Established);
+            match (
+                Verdict::from_raw(entry.verdict),
+                Reason::from_raw(entry.reason),
+            ) {
+                (Some(verdict), Some(reason)) if verdict.passes() => {
                     flow::pass(Outcome::new(verdict, reason, entry.rule_id))
                 }
-                // Fail closed: the first fragment was denied, or its entry is unreadable.
+                // Fail closed: the first fragment was denied, or its entry's verdict or reason
+                // is unreadable (an entry this program did not write).
                 _ => flow::deny(packet, endpoint.id, Reason::Fragment, config),
             }
         }

@@ -1,9 +1,17 @@
 //! Header parsing: from the skb to a [`Packet`], or a reason not to decide it.
 //!
-//! Choices, made on purpose and tested in `enforcer/tests/bpf_datapath.rs`:
-//! - ARP passes without a decision (NetworkPolicy is layer 3/4; the pod needs it). VLAN-tagged
-//!   and every other non-IP frame is dropped: a pod on the VPC CNI speaks only IP and ARP, and a
-//!   frame the probe cannot read must not slip past policy.
+//! Choices, made on purpose and tested in `enforcer/tests/bpf_datapath.rs` (and, where the
+//! kernel around the hooks decides what they see, through real veths in
+//! `enforcer/tests/veth_datapath.rs`):
+//! - ARP passes without a decision (NetworkPolicy is layer 3/4; the pod needs it). Every other
+//!   non-IP frame is dropped: a pod on the VPC CNI speaks only IP and ARP, and a frame the probe
+//!   cannot read must not slip past policy. A VLAN tag is rarely still in the frame here: the
+//!   kernel takes a received frame's outer tag into the skb's metadata before TC ingress, and a
+//!   veth sends the tag as metadata too, so such frames are decided as the IP packets they
+//!   carry. A tag left in the data (the inner tag of QinQ) is a non-IP ethertype: dropped.
+//! - IPv6 packets with an IPv4-mapped source or destination (`::ffff:a.b.c.d`) are malformed:
+//!   the 16-byte form of the maps stores IPv4 that way, and such a packet is IPv6, not the
+//!   IPv4 host it names.
 //! - IPv4 options are skipped by the header length and not interpreted; a header length below
 //!   20 bytes is malformed.
 //! - IPv6 extension headers (hop-by-hop, routing, destination options, fragment, AH) are walked,
@@ -16,7 +24,8 @@
 //! - ICMPv6 neighbor discovery with hop limit 255 (RFC 4861 §7.1) passes without a decision,
 //!   like ARP for IPv4.
 //! - ICMP errors keep the packet they quote ([`Quoted`]), so `decide` can let an error about a
-//!   tracked flow through (path MTU discovery needs "packet too big" from any router).
+//!   tracked flow through (path MTU discovery needs "packet too big" from any router); only
+//!   errors no longer than a router sends (576 bytes of IPv4, 1280 of IPv6) are read so.
 //! - Truncated headers are malformed. Malformed packets are denied (fail closed).
 
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TcContext};
@@ -119,7 +128,8 @@ pub enum Parsed {
     Ip,
     /// ARP or IPv6 neighbor discovery: passes without a decision.
     Infrastructure,
-    /// Addresses readable, layer-4 header truncated: dropped and attributed to its endpoint.
+    /// Addresses readable, but the packet cannot be decided: its layer-4 header is truncated,
+    /// or an IPv6 address is IPv4-mapped. Dropped as malformed, attributed to its endpoint.
     Truncated,
     /// Not IP and not ARP: dropped.
     NotIp,
@@ -228,6 +238,13 @@ fn parse_v6(ctx: &TcContext, packet: &mut Packet) -> Parsed {
     packet.family = 6;
     packet.src = src;
     packet.dst = dst;
+    if is_v4_mapped(&packet.src) || is_v4_mapped(&packet.dst) {
+        // Fail closed: an IPv6 packet to or from `::ffff:a.b.c.d` is routed as IPv6, never to
+        // or from the IPv4 host it names, yet in the maps' 16-byte form it would be that
+        // host's address (IPv4 endpoints, ipBlocks and conntrack entries). No Kubernetes
+        // address is of this form: dropped, attributed to its endpoint as malformed.
+        return Parsed::Truncated;
+    }
     let mut next = h[6];
     let mut offset = ETH_HLEN + 40;
     let mut walked = 0;
@@ -282,6 +299,12 @@ fn parse_v6(ctx: &TcContext, packet: &mut Packet) -> Parsed {
     Parsed::Ip
 }
 
+/// Whether a 16-byte address is IPv4-mapped (`::ffff:0:0/96`, RFC 4291 §2.5.5.2).
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
+}
+
 #[inline(always)]
 fn is_ext_header(next: u8) -> bool {
     matches!(
@@ -320,9 +343,10 @@ fn parse_l4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Option<()> {
                 let id = be16([h[4], h[5]]);
                 packet.src_port = id;
                 packet.dst_port = id;
-            } else if is_error(packet.protocol, h[0]) {
+            } else if is_error(packet.protocol, h[0]) && packet.len <= max_error_len(packet) {
                 // A quote that cannot be read leaves the error unrelated: it is then decided
-                // like any ICMP packet (fail closed).
+                // like any ICMP packet (fail closed). So does an error longer than any router
+                // sends: the quote is not even read (see `max_error_len`).
                 parse_quoted(ctx, offset + 8, packet);
             }
         }
@@ -330,6 +354,26 @@ fn parse_l4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Option<()> {
     }
     Some(())
 }
+
+/// The longest frame an ICMP error may be and still pass as related: an IPv4 router's error
+/// is at most 576 bytes of IP (RFC 1812 §4.3.2.3; Linux's `icmp_send` quotes to that size), an
+/// IPv6 one at most the minimum MTU, 1280 bytes (RFC 4443 §2.4 (c); `icmp6_send`). Anything
+/// longer is no router's error: it is decided like any ICMP packet, so a sender that guesses
+/// a tracked flow cannot push more than a router would through an isolated pod's ingress.
+#[inline(always)]
+fn max_error_len(packet: &Packet) -> u64 {
+    let ip_len = if packet.family == 4 {
+        MAX_ICMP_ERROR_LEN_V4
+    } else {
+        MAX_ICMP_ERROR_LEN_V6
+    };
+    (ETH_HLEN + ip_len) as u64
+}
+
+/// Longest IPv4 ICMP error, IP header included, that can pass as related (RFC 1812 §4.3.2.3).
+pub const MAX_ICMP_ERROR_LEN_V4: usize = 576;
+/// Longest ICMPv6 error, IPv6 header included, that can pass as related (RFC 4443 §2.4 (c)).
+pub const MAX_ICMP_ERROR_LEN_V6: usize = 1280;
 
 /// ICMP errors that quote the packet they are about: destination unreachable (including
 /// fragmentation needed), time exceeded, parameter problem; for ICMPv6 also packet too big.

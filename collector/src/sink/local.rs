@@ -1,5 +1,6 @@
 //! The local-directory sink: files are copied under `<dir>/<key>` through a temporary name,
-//! synced, and renamed, so a reader of the directory never sees half a file.
+//! synced, and renamed, so a reader of the directory never sees half a file; a copy that fails
+//! (a full disk) removes its temporary file, so none is ever left in the directory.
 
 use std::path::{Path, PathBuf};
 
@@ -50,8 +51,12 @@ fn copy_durably(source: &Path, target: &Path) -> std::io::Result<()> {
         .file_name()
         .ok_or_else(|| std::io::Error::other("target has no file name"))?;
     let temp = parent.join(format!(".{}.partial", name.to_string_lossy()));
-    std::fs::copy(source, &temp)?;
-    std::fs::File::open(&temp)?.sync_all()?;
-    std::fs::rename(&temp, target)?;
+    let copied = std::fs::copy(source, &temp)
+        .and_then(|_| std::fs::File::open(&temp)?.sync_all())
+        .and_then(|()| std::fs::rename(&temp, target));
+    if let Err(error) = copied {
+        let _ = std::fs::remove_file(&temp);
+        return Err(error);
+    }
     std::fs::File::open(parent)?.sync_all()
 }

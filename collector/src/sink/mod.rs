@@ -11,6 +11,8 @@ mod s3;
 
 use std::path::Path;
 
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
 pub use local::LocalSink;
 pub use s3::S3Sink;
 
@@ -30,6 +32,45 @@ pub enum SinkError {
         /// What failed.
         message: String,
     },
+}
+
+/// `error` and its causes in words, outermost first, joined with `: `, each once: an SDK
+/// error's chain (`dispatch failure: io error: … Connection refused (os error 111)`) without
+/// the dump of its structures that `DisplayErrorContext` appends, and without a cause whose
+/// text an outer one already holds.
+pub fn in_words(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut said: Vec<String> = Vec::new();
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !said.iter().any(|outer| outer.contains(&text)) {
+            said.push(text);
+        }
+        cause = error.source();
+    }
+    said.join(": ")
+}
+
+/// An AWS SDK call's error in words: for an answer of the service, its error code, message
+/// and HTTP status (`NotSignedUp: Your account is not signed up (HTTP 403)`); otherwise the
+/// chain of causes (`dispatch failure: io error: … Connection refused (os error 111)`). Never
+/// the SDK's structures.
+pub fn sdk_in_words<E>(error: &SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let err = service.err();
+            match (err.code(), err.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
+                (Some(code), None) => format!("{code} (HTTP {status})"),
+                _ => format!("{} (HTTP {status})", in_words(err)),
+            }
+        }
+        other => in_words(other),
+    }
 }
 
 /// A configured destination for spooled files.

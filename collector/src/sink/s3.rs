@@ -26,13 +26,12 @@ use std::path::Path;
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption as Sse,
 };
 
-use super::SinkError;
+use super::{SinkError, in_words, sdk_in_words};
 use crate::config::{S3Config, ServerSideEncryption};
 
 /// The objects' content type.
@@ -135,7 +134,7 @@ impl S3Sink {
     async fn put_single(&self, object_key: &str, path: &Path, bytes: u64) -> Result<(), String> {
         let body = ByteStream::from_path(path)
             .await
-            .map_err(|e| format!("reading {}: {}", path.display(), DisplayErrorContext(e)))?;
+            .map_err(|e| format!("reading {}: {}", path.display(), in_words(&e)))?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -148,7 +147,7 @@ impl S3Sink {
             .set_ssekms_key_id(self.kms_key_id.clone())
             .send()
             .await
-            .map_err(|e| format!("PutObject: {}", DisplayErrorContext(e)))?;
+            .map_err(|e| format!("PutObject: {}", sdk_in_words(&e)))?;
         Ok(())
     }
 
@@ -171,7 +170,7 @@ impl S3Sink {
             .set_ssekms_key_id(self.kms_key_id.clone())
             .send()
             .await
-            .map_err(|e| format!("CreateMultipartUpload: {}", DisplayErrorContext(e)))?;
+            .map_err(|e| format!("CreateMultipartUpload: {}", sdk_in_words(&e)))?;
         let upload_id = created
             .upload_id()
             .ok_or("CreateMultipartUpload: the response has no upload id")?;
@@ -210,7 +209,7 @@ impl S3Sink {
                     format!(
                         "reading part {part_number} of {}: {}",
                         path.display(),
-                        DisplayErrorContext(e)
+                        in_words(&e)
                     )
                 })?;
             let uploaded = self
@@ -225,7 +224,7 @@ impl S3Sink {
                 .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .send()
                 .await
-                .map_err(|e| format!("UploadPart {part_number}: {}", DisplayErrorContext(e)))?;
+                .map_err(|e| format!("UploadPart {part_number}: {}", sdk_in_words(&e)))?;
             let e_tag = uploaded
                 .e_tag()
                 .ok_or_else(|| format!("UploadPart {part_number}: the response has no ETag"))?;
@@ -253,7 +252,7 @@ impl S3Sink {
             )
             .send()
             .await
-            .map_err(|e| format!("CompleteMultipartUpload: {}", DisplayErrorContext(e)))?;
+            .map_err(|e| format!("CompleteMultipartUpload: {}", sdk_in_words(&e)))?;
         Ok(parts)
     }
 
@@ -273,7 +272,7 @@ impl S3Sink {
                 bucket = %self.bucket,
                 object_key,
                 upload_id,
-                error = %DisplayErrorContext(e),
+                error = %sdk_in_words(&e),
                 "failed multipart upload left open; a lifecycle rule must expire its parts"
             );
         }

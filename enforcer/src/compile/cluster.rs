@@ -180,6 +180,34 @@ fn duplicate(label: &str) -> InputError {
     }
 }
 
+/// `status.podIP` next to `status.podIPs`: the API server keeps it equal to `podIPs[0]`, so a
+/// pod that says otherwise was not written by one. Its addresses cannot be trusted either way
+/// (which one would the pod's packets carry?), so the pod is left out, as for an invalid
+/// address: not an endpoint (its veth denies as `unknown-endpoint`), no selector's peer.
+fn check_pod_ip(pod: &Pod, problems: &mut Problems) {
+    let Some(status) = pod.status.as_ref() else {
+        return;
+    };
+    let Some(first) = status.pod_ips.as_ref().and_then(|ips| ips.first()) else {
+        return;
+    };
+    let Some(single) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) else {
+        return;
+    };
+    match (parse_ip(single), parse_ip(&first.ip)) {
+        (Err(message), _) => problems.push("status.podIP", message),
+        (Ok(single), Ok(listed)) if single != listed => problems.push(
+            "status.podIP",
+            format!(
+                "{single} is not status.podIPs[0] ({listed}); the API server keeps them equal, \
+                 so the pod is left out"
+            ),
+        ),
+        // Equal, or podIPs[0] is invalid and reported on its own.
+        _ => {}
+    }
+}
+
 /// Checks one pod; `None` (with problems) when it must be left out.
 fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
     let meta = &pod.metadata;
@@ -197,6 +225,7 @@ fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
             Err(message) => problems.push(field, message),
         }
     }
+    check_pod_ip(pod, problems);
     let spec = pod.spec.as_ref();
     let mut named_ports = Vec::new();
     for (c, container) in spec

@@ -1352,3 +1352,66 @@ spec:
     assert_eq!(with_services.services.len(), 50);
     assert!(snapshot.services.len() == 50);
 }
+
+#[test]
+fn pod_ip_that_is_not_the_first_of_pod_ips_leaves_the_pod_out() {
+    let text = format!(
+        "{}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: two-faced, namespace: x, labels: {{pod: two-faced}}}}
+spec: {{containers: [{{name: main, image: agnhost}}]}}
+status: {{phase: Running, podIP: 10.0.1.50, podIPs: [{{ip: 10.0.1.51}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: garbled, namespace: x}}
+spec: {{containers: [{{name: main, image: agnhost}}]}}
+status: {{phase: Running, podIP: not-an-ip, podIPs: [{{ip: 10.0.1.52}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: same, namespace: x}}
+spec: {{containers: [{{name: main, image: agnhost}}]}}
+status: {{phase: Running, podIP: 'fd00::0:53', podIPs: [{{ip: 'fd00::53'}}, {{ip: 10.0.1.53}}]}}
+",
+        world()
+    );
+    let (snapshot, errors) = parse_manifests(&text, "test.yaml");
+    assert_eq!(errors, vec![]);
+    let compiled = compile_all(&snapshot);
+    let got: Vec<(&str, &str)> = compiled
+        .errors
+        .iter()
+        .map(|e| (e.object.as_str(), e.field.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("Pod x/two-faced", "status.podIP"),
+            ("Pod x/garbled", "status.podIP"),
+        ]
+    );
+    assert!(
+        compiled.errors[0]
+            .message
+            .starts_with("10.0.1.50 is not status.podIPs[0] (10.0.1.51)"),
+        "{}",
+        compiled.errors[0].message
+    );
+    // Left out: neither address is an endpoint (fail closed: unknown-endpoint on a node).
+    for left_out in ["10.0.1.50", "10.0.1.51", "10.0.1.52"] {
+        let ip: IpAddr = left_out.parse().unwrap();
+        assert!(
+            !compiled.desired.endpoints.contains_key(&EndpointKey {
+                addr: addr::to_bytes(ip)
+            }),
+            "{left_out}"
+        );
+    }
+    let same: IpAddr = "fd00::53".parse().unwrap();
+    assert!(compiled.desired.endpoints.contains_key(&EndpointKey {
+        addr: addr::to_bytes(same)
+    }));
+}

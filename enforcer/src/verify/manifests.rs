@@ -1,5 +1,5 @@
 //! Manifest files → one [`Snapshot`]: each file is parsed by
-//! [`crate::manifest::parse_manifests`], then the objects are merged in file order.
+//! [`crate::manifest::parse_manifest_bytes`], then the objects are merged in file order.
 //!
 //! A later object of the same kind, namespace and name replaces the earlier one, in its place,
 //! as `kubectl apply` would: a base cluster can be followed by files that relabel a pod or
@@ -10,26 +10,36 @@ use std::path::Path;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::manifest::parse_manifests;
+use crate::manifest::parse_manifest_bytes;
 use crate::snapshot::{InputError, Snapshot};
 
-/// A text and the name it is known by in errors (usually its path).
+/// A file's bytes and the name it is known by in errors (usually its path).
+///
+/// The bytes are kept as read: manifests are decoded document by document and probes line by
+/// line, so invalid UTF-8 costs only the document or line that holds it (an error naming its
+/// line), never the whole file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceText {
     /// Name of the text in errors (`SOURCE document N`, `SOURCE line N`).
     pub source: String,
-    /// The text itself.
-    pub text: String,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
 }
 
 impl SourceText {
-    /// Reads a file; its path, as given, names it.
+    /// A text named `source`.
+    pub fn new(source: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+        Self {
+            source: source.into(),
+            bytes: bytes.into(),
+        }
+    }
+
+    /// Reads a file; its path, as given, names it. Only a file that cannot be read is an error
+    /// here: its content is checked where it is parsed.
     pub fn read(path: impl AsRef<Path>) -> std::io::Result<Self> {
         let path = path.as_ref();
-        Ok(Self {
-            source: path.display().to_string(),
-            text: std::fs::read_to_string(path)?,
-        })
+        Ok(Self::new(path.display().to_string(), std::fs::read(path)?))
     }
 }
 
@@ -39,7 +49,7 @@ pub fn load_manifests(files: &[SourceText]) -> (Snapshot, Vec<InputError>) {
     let mut merged = Merged::default();
     let mut errors = Vec::new();
     for file in files {
-        let (snapshot, mut file_errors) = parse_manifests(&file.text, &file.source);
+        let (snapshot, mut file_errors) = parse_manifest_bytes(&file.bytes, &file.source);
         errors.append(&mut file_errors);
         for namespace in snapshot.namespaces {
             merged

@@ -154,10 +154,33 @@ pub struct ProbeSpec {
 /// Returns every valid probe, in input order, and one error per invalid line (more when
 /// several fields of one line are wrong).
 pub fn parse_probes(text: &str, source: &str) -> (Vec<ProbeSpec>, Vec<InputError>) {
+    parse_probe_bytes(text.as_bytes(), source)
+}
+
+/// [`parse_probes`] of a file's bytes, as read: a leading UTF-8 byte-order mark is dropped, and
+/// a line that is not valid UTF-8 is an error of its own (with the column of its first invalid
+/// byte); the other lines are still read.
+pub fn parse_probe_bytes(bytes: &[u8], source: &str) -> (Vec<ProbeSpec>, Vec<InputError>) {
     let mut probes = Vec::new();
     let mut errors = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
         let origin = format!("{source} line {}", index + 1);
+        let raw = match std::str::from_utf8(line.strip_suffix(b"\r").unwrap_or(line)) {
+            Ok(raw) => raw,
+            Err(e) => {
+                errors.push(InputError {
+                    object: origin,
+                    field: "(line)".to_owned(),
+                    message: format!(
+                        "invalid UTF-8 at column {} (byte 0x{:02x}): the line is left out",
+                        e.valid_up_to() + 1,
+                        line[e.valid_up_to()]
+                    ),
+                });
+                continue;
+            }
+        };
         let content = raw.split_once('#').map_or(raw, |(before, _)| before);
         let fields: Vec<&str> = content.split_whitespace().collect();
         if fields.is_empty() {
