@@ -3,6 +3,9 @@
 //! filter over a long flow log, and errors from the file system and the Kubernetes client.
 //! None needs root.
 
+#[path = "support/cli.rs"]
+mod cli;
+
 #[path = "support/flowlog.rs"]
 mod flowlog;
 
@@ -28,13 +31,7 @@ fn command(args: &[&str]) -> Command {
 
 fn tollgate(args: &[&str]) -> Output {
     let output = command(args).output().expect("running tollgate");
-    eprintln!(
-        "$ tollgate {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    cli::logged(args, output)
 }
 
 /// Runs `tollgate args` with its standard output (or error) a pipe nobody reads any more, as

@@ -4,6 +4,9 @@
 //! `evidence` rebuilds the same bundle from the lab's flow log, and `flows` shows the
 //! isolation record.
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -21,13 +24,7 @@ fn tollgate(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running tollgate");
-    eprintln!(
-        "$ tollgate {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    cli::logged(args, output)
 }
 
 fn text(output: &Output) -> String {

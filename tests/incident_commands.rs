@@ -3,6 +3,9 @@
 //! files reported with exit code 1, and `evidence verify` taking only the bundle's own regular
 //! files, never following a link or waiting on a FIFO, naming a bounded number of problems.
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -30,13 +33,7 @@ fn tollgate(args: &[&str], home: &Path) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     let output = child.wait_with_output().expect("tollgate's output");
-    eprintln!(
-        "$ tollgate {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    cli::logged(args, output)
 }
 
 fn stderr(output: &Output) -> String {
