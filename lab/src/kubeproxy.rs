@@ -38,21 +38,13 @@ const MASQ_MARK: &str = "0x4000";
 /// kube-proxy's chain name hash: base32 (RFC 4648) of SHA-256 over `parts`, first 16
 /// characters.
 fn chain_hash(parts: &[&str]) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update(part.as_bytes());
     }
-    let digest = hasher.finalize();
-    // 16 characters of 5 bits are exactly the first 10 bytes.
-    let mut bits: u128 = 0;
-    for byte in &digest[..10] {
-        bits = (bits << 8) | u128::from(*byte);
-    }
-    (0..16)
-        .rev()
-        .map(|i| char::from(ALPHABET[((bits >> (i * 5)) & 0x1f) as usize]))
-        .collect()
+    let mut encoded = data_encoding::BASE32.encode(&hasher.finalize());
+    encoded.truncate(16);
+    encoded
 }
 
 fn protocol_name(protocol: u8) -> &'static str {
