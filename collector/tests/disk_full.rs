@@ -7,6 +7,9 @@
 //! Needs root (to mount); skipped loudly without it, except under CI (`CI` set), where a
 //! missing privilege fails the test.
 
+#[path = "support/events.rs"]
+mod events;
+
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::Write as _;
@@ -28,7 +31,7 @@ use tollgate_collector::{
     pipeline::Pipeline,
     sink::LocalSink,
 };
-use tollgate_schemas::{Direction, FLOW_EVENT_VERSION, FlowEvent, Reason, Verdict, addr, proto};
+use tollgate_schemas::FlowEvent;
 
 /// Whether the test may run: root, or not root outside CI (then it says SKIPPED).
 fn privileged(test: &str) -> bool {
@@ -146,28 +149,7 @@ fn now_s() -> u64 {
 fn syn(port: u16, unix_s: u64) -> FlowEvent {
     let (boot, unix) = (boottime_ns(), unix_now_ns());
     let ts_ns = boot - (unix - (unix_s * NS_PER_S + NS_PER_S / 2));
-    FlowEvent {
-        version: FLOW_EVENT_VERSION,
-        family: 4,
-        protocol: proto::TCP,
-        direction: Direction::Egress as u8,
-        verdict: Verdict::Deny as u8,
-        reason: Reason::IsolatedNoMatch as u8,
-        tcp_flags: 0x02,
-        ts_ns,
-        ifindex: 1,
-        endpoint: 0,
-        rule_id: 0,
-        src_port: port,
-        dst_port: 80,
-        src_addr: addr::to_bytes("198.18.0.40".parse().expect("an address")),
-        dst_addr: addr::to_bytes("198.18.0.30".parse().expect("an address")),
-        packets: 1,
-        bytes: 74,
-        icmp_type: 0,
-        icmp_code: 0,
-        _pad: [0; 6],
-    }
+    events::tcp("198.18.0.40", port, "198.18.0.30", 80, ts_ns)
 }
 
 /// Every file under `dir`, recursively.

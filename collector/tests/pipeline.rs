@@ -9,6 +9,9 @@
 //! The golden schema (`tests/golden/flow-record.parquet-schema.txt`) is rewritten, instead of
 //! compared, with `UPDATE_GOLDEN=1`.
 
+#[path = "support/events.rs"]
+mod events;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs::File;
@@ -18,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_array::{Array, RecordBatch, cast::AsArray, types::Int32Type};
+use events::tcp;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -40,7 +44,7 @@ use tollgate_enforcer::{
     manifest::parse_manifests,
     snapshot::{Snapshot, pod_key},
 };
-use tollgate_schemas::{Direction, FLOW_EVENT_VERSION, FlowEvent, Reason, Verdict, addr, proto};
+use tollgate_schemas::{Direction, FlowEvent, Reason, Verdict, proto};
 
 const CLUSTER: &str = "test-cluster";
 const NODE: &str = "node-a";
@@ -181,37 +185,6 @@ fn boot_ns_at(unix_ns: u64) -> u64 {
 /// pipeline's clock sample and ours cannot move the event to another second.
 fn at(unix_s: u64) -> u64 {
     boot_ns_at(unix_s * NS_PER_S + NS_PER_S / 2)
-}
-
-fn ip(text: &str) -> [u8; 16] {
-    addr::to_bytes(text.parse().expect("an address"))
-}
-
-/// A TCP SYN from `src` to `dst`, denied at egress for want of a matching rule, with no
-/// endpoint named: tests change what they need with struct update syntax.
-fn tcp(src: &str, src_port: u16, dst: &str, dst_port: u16, ts_ns: u64) -> FlowEvent {
-    FlowEvent {
-        version: FLOW_EVENT_VERSION,
-        family: 4,
-        protocol: proto::TCP,
-        direction: Direction::Egress as u8,
-        verdict: Verdict::Deny as u8,
-        reason: Reason::IsolatedNoMatch as u8,
-        tcp_flags: 0x02,
-        ts_ns,
-        ifindex: 1,
-        endpoint: 0,
-        rule_id: 0,
-        src_port,
-        dst_port,
-        src_addr: ip(src),
-        dst_addr: ip(dst),
-        packets: 1,
-        bytes: 74,
-        icmp_type: 0,
-        icmp_code: 0,
-        _pad: [0; 6],
-    }
 }
 
 /// The objects of `manifests` (source name, YAML text), which must all be valid.
