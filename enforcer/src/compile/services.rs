@@ -20,7 +20,7 @@
 //! backends (see [`super::grants`]), and names the Service in flow records through
 //! [`ServiceInfo`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -134,6 +134,7 @@ pub(crate) fn resolve(
         }
     }
     let slices = slices_by_service(&snapshot.endpoint_slices, errors);
+    let not_ready = not_ready(&snapshot.pods);
     let pods_by_ip: BTreeMap<IpAddr, &PodInfo> = cluster
         .pods
         .iter()
@@ -153,7 +154,7 @@ pub(crate) fn resolve(
                     port: port.port,
                     backends: match slices.get(&key) {
                         Some(slices) => slice_backends(slices, port, &pods_by_ip),
-                        None => selector_backends(&service, port, cluster, &snapshot.pods),
+                        None => selector_backends(&service, port, cluster, &not_ready),
                     },
                 })
                 .collect();
@@ -366,18 +367,9 @@ fn slice_backends(
     backends
 }
 
-/// Without slices: the ready networked pods the selector matches in the Service's namespace.
-fn selector_backends(
-    service: &Checked<'_>,
-    port: &CheckedPort<'_>,
-    cluster: &Cluster,
-    pods: &[Pod],
-) -> Vec<Backend> {
-    let Some(selector) = &service.selector else {
-        return Vec::new();
-    };
-    let not_ready: Vec<String> = pods
-        .iter()
+/// Pods whose `Ready` condition is `False`, by `namespace/name`: no Service's backends.
+fn not_ready(pods: &[Pod]) -> BTreeSet<String> {
+    pods.iter()
         .filter(|pod| {
             pod.status
                 .as_ref()
@@ -387,7 +379,19 @@ fn selector_backends(
                 .any(|c| c.type_ == "Ready" && c.status == "False")
         })
         .map(crate::snapshot::pod_key)
-        .collect();
+        .collect()
+}
+
+/// Without slices: the ready networked pods the selector matches in the Service's namespace.
+fn selector_backends(
+    service: &Checked<'_>,
+    port: &CheckedPort<'_>,
+    cluster: &Cluster,
+    not_ready: &BTreeSet<String>,
+) -> Vec<Backend> {
+    let Some(selector) = &service.selector else {
+        return Vec::new();
+    };
     let mut backends = Vec::new();
     for pod in &cluster.pods {
         if pod.namespace != service.namespace

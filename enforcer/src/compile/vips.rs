@@ -52,9 +52,10 @@ pub(crate) fn add_cluster_ips(entries: &mut Vec<Entry>, services: &[ServiceInfo]
         for vip in &service.cluster_ips {
             let mut rules = Vec::new();
             let mut differs = false;
+            let vip_value = lookup(*vip);
             for port in &service.ports {
                 let answer = backends(port, *vip, &lookup);
-                let by_address = lookup(*vip)
+                let by_address = vip_value
                     .and_then(|value| value.matching_rule(port.protocol, port.port))
                     .filter(|rule| rule.action == port_action::ALLOW);
                 differs |= match answer {
