@@ -45,6 +45,7 @@ AGENT_FIELDS = {
     "health_address",
     "log_format",
     "otlp_endpoint",
+    "drift_check_secs",
 }
 NAMESPACE = "kube-system"
 CLUSTER = "example"

@@ -10,7 +10,11 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tollgate_enforcer::{
-    bench, bpf_datapath::BpfDatapath, decision::Datapath, model::ModelDatapath, verify,
+    bench::{self, scale},
+    bpf_datapath::BpfDatapath,
+    decision::Datapath,
+    model::ModelDatapath,
+    verify,
 };
 
 /// Kubernetes NetworkPolicy enforcement and flow auditing on eBPF.
@@ -41,7 +45,7 @@ enum Command {
     /// Write an evidence bundle of a pod's flow records in a time window, from the flow log;
     /// or `evidence verify DIR`.
     Evidence(EvidenceArgs),
-    /// Measure the datapath or the collector.
+    /// Measure the datapath, the collector or the compiler at cluster scale.
     Bench {
         #[command(subcommand)]
         target: BenchTarget,
@@ -273,6 +277,33 @@ enum BenchTarget {
         #[arg(long, default_value_t = 2_000_000)]
         events: u64,
     },
+    /// Compile time (first pass and after one change), map entries and peak RSS of generated
+    /// clusters, one fresh process per case (no root needed).
+    Scale(ScaleArgs),
+}
+
+#[derive(clap::Args)]
+struct ScaleArgs {
+    /// Cluster sizes in pods, comma-separated (`2500`, `10k`, `1m`).
+    #[arg(long, value_delimiter = ',', value_parser = scale::parse_count,
+          default_values = ["1k", "10k", "50k", "100k"])]
+    sizes: Vec<usize>,
+    /// NetworkPolicy counts, comma-separated: every size runs with each. Without it: 100 for
+    /// up to 1k pods, 1,000 up to 10k, 5,000 beyond.
+    #[arg(long, value_delimiter = ',', value_parser = scale::parse_count)]
+    policies: Vec<usize>,
+    /// Pods per node, comma-separated: every size runs with each; the node under test holds
+    /// that many.
+    #[arg(long, value_delimiter = ',', value_parser = scale::parse_count,
+          default_values = ["110", "250"])]
+    node_pods: Vec<usize>,
+    /// One JSON object per case and line instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Measure one case of this many pods in this process (one --policies, one --node-pods)
+    /// and print it as one JSON line: what the command runs per case.
+    #[arg(long, hide = true, value_parser = scale::parse_count)]
+    one: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -374,7 +405,95 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             write_out(&tollgate_collector::bench::render(&result))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench {
+            target: BenchTarget::Scale(args),
+        } => bench_scale_command(&args),
     }
+}
+
+/// `bench scale`: each case in a child process (this program with `--one`), rows printed as
+/// they come; exit 1 when a case failed.
+fn bench_scale_command(args: &ScaleArgs) -> anyhow::Result<ExitCode> {
+    let policy_counts = |pods| match args.policies.as_slice() {
+        [] => vec![scale::default_policies(pods)],
+        counts => counts.to_vec(),
+    };
+    if let Some(pods) = args.one {
+        let (&[policies], &[node_pods]) =
+            (policy_counts(pods).as_slice(), args.node_pods.as_slice())
+        else {
+            anyhow::bail!("--one takes exactly one --policies and one --node-pods");
+        };
+        let shape = scale::Shape {
+            pods,
+            policies,
+            node_pods,
+        };
+        let result = scale::measure(shape).map_err(anyhow::Error::msg)?;
+        write_out(&format!("{}\n", serde_json::to_string(&result)?))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut shapes = Vec::new();
+    for &pods in &args.sizes {
+        for &node_pods in &args.node_pods {
+            for policies in policy_counts(pods) {
+                let shape = scale::Shape {
+                    pods,
+                    policies,
+                    node_pods,
+                };
+                shape.check().map_err(anyhow::Error::msg)?;
+                shapes.push(shape);
+            }
+        }
+    }
+    if !args.json {
+        write_out(&scale::render_header())?;
+    }
+    let mut failed = 0;
+    let mut output = Ok(());
+    scale::run_children(
+        &shapes,
+        |shape| {
+            [
+                "bench",
+                "scale",
+                "--one",
+                &shape.pods.to_string(),
+                "--policies",
+                &shape.policies.to_string(),
+                "--node-pods",
+                &shape.node_pods.to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        },
+        |result| match result {
+            Ok(result) if output.is_ok() => {
+                output = if args.json {
+                    serde_json::to_string(&result)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|line| write_out(&format!("{line}\n")))
+                } else {
+                    write_out(&scale::render_row(&result))
+                };
+            }
+            Ok(_) => {}
+            Err(error) => {
+                failed += 1;
+                note(&format!("bench scale: {error}"));
+            }
+        },
+    );
+    output?;
+    if !args.json {
+        write_out(&scale::render_footer())?;
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The node agent until SIGTERM or SIGINT; or, with `--uninstall`, removal of its pins.

@@ -66,6 +66,9 @@ pub struct AgentSettings {
     pub log_format: LogFormat,
     /// OTLP endpoint (`http://collector:4318`) for traces and metrics; none when empty.
     pub otlp_endpoint: String,
+    /// Seconds between two reads of the policy maps that repair what differs from what the
+    /// agent wrote (the agent otherwise writes by difference without reading them).
+    pub drift_check_secs: u64,
 }
 
 impl Default for AgentSettings {
@@ -79,6 +82,7 @@ impl Default for AgentSettings {
             health_address: SocketAddr::from(([0, 0, 0, 0], 9465)),
             log_format: LogFormat::Text,
             otlp_endpoint: String::new(),
+            drift_check_secs: 300,
         }
     }
 }
@@ -158,6 +162,9 @@ impl AgentConfig {
         if config.agent.interface_prefix.is_empty() {
             problems.push("agent.interface_prefix: must not be empty".to_owned());
         }
+        if config.agent.drift_check_secs == 0 {
+            problems.push("agent.drift_check_secs: must be at least 1".to_owned());
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -183,6 +190,7 @@ mod tests {
         assert_eq!(config.agent.enforcement, EnforcementMode::Strict);
         assert_eq!(config.agent.node_ingress, NodeIngress::Allow);
         assert_eq!(config.collector.window_secs, 60);
+        assert_eq!(config.agent.drift_check_secs, 300);
     }
 
     #[test]
@@ -216,5 +224,10 @@ mod tests {
         let text = bad.to_string();
         assert!(text.contains("agent.bpffs"), "{text}");
         assert!(text.contains("collector.window_secs"), "{text}");
+        let never = parse("agent: {drift_check_secs: 0}\n").unwrap_err();
+        assert!(
+            never.to_string().contains("agent.drift_check_secs"),
+            "{never}"
+        );
     }
 }

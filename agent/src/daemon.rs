@@ -16,8 +16,10 @@
 //!    before its address reaches the API server) and starts a pass when a host route or one of
 //!    the node's addresses comes or goes. After the first pass, [`PinnedProbe::adopt`] swaps
 //!    the links an earlier agent left to this agent's programs (never before: with new maps
-//!    that would deny every pod until the sync). After every pass the identities observe the
-//!    snapshot and compilation, the propagation latency goes into [`AgentMetrics`], and the
+//!    that would deny every pod until the sync). Every `agent.drift_check_secs` a pass first
+//!    reads the maps back and repairs what differs from what the agent wrote. After every pass
+//!    the identities observe the snapshot and compilation, the propagation latency, the maps'
+//!    entries against their capacity and the drift repairs go into [`AgentMetrics`], and the
 //!    agent is ready once a pass has programmed every local endpoint; while one is missing (a
 //!    failed attach), the next pass comes after [`RECHECK`].
 //!
@@ -48,12 +50,15 @@ use tollgate_collector::{
 use tollgate_enforcer::{
     aya_maps::AyaMapError,
     compile::Compiled,
-    desired::{DesiredState, PolicyEntryKey},
+    desired::{Capacity, DesiredState, PeerEntryKey},
     probe::{AttachMode, Counters, ProbeError},
     snapshot::{Snapshot, pod_addresses, pod_key},
     sync::PolicyMaps,
 };
-use tollgate_schemas::{Config, Direction, EndpointKey, EndpointState, PolicyValue, config_flags};
+use tollgate_schemas::{
+    Config, EndpointKey, EndpointState, PeerIdentity, PolicyEntry, PolicyKey, PolicyValue,
+    config_flags,
+};
 
 use crate::config::{AgentConfig, EnforcementMode, NodeIngress};
 use crate::endpoints::{Attacher, Discovery, Endpoints, LocalPod, Veth, discover};
@@ -182,6 +187,10 @@ impl Attacher for SharedProbe {
 impl PolicyMaps for SharedProbe {
     type Error = AyaMapError;
 
+    fn capacity(&self) -> Result<Capacity, AyaMapError> {
+        self.lock().probe().policy_maps().capacity()
+    }
+
     fn read(&self) -> Result<DesiredState, AyaMapError> {
         self.lock().probe().policy_maps().read()
     }
@@ -201,27 +210,28 @@ impl PolicyMaps for SharedProbe {
         self.lock().probe().policy_maps().delete_endpoint(key)
     }
 
-    fn upsert_policy(
-        &mut self,
-        direction: Direction,
-        key: &PolicyEntryKey,
-        value: &PolicyValue,
-    ) -> Result<(), AyaMapError> {
-        self.lock()
-            .probe()
-            .policy_maps()
-            .upsert_policy(direction, key, value)
+    fn upsert_peer(&mut self, key: &PeerEntryKey, value: &PeerIdentity) -> Result<(), AyaMapError> {
+        self.lock().probe().policy_maps().upsert_peer(key, value)
     }
 
-    fn delete_policy(
-        &mut self,
-        direction: Direction,
-        key: &PolicyEntryKey,
-    ) -> Result<(), AyaMapError> {
-        self.lock()
-            .probe()
-            .policy_maps()
-            .delete_policy(direction, key)
+    fn delete_peer(&mut self, key: &PeerEntryKey) -> Result<(), AyaMapError> {
+        self.lock().probe().policy_maps().delete_peer(key)
+    }
+
+    fn upsert_policy(&mut self, key: &PolicyKey, value: &PolicyEntry) -> Result<(), AyaMapError> {
+        self.lock().probe().policy_maps().upsert_policy(key, value)
+    }
+
+    fn delete_policy(&mut self, key: &PolicyKey) -> Result<(), AyaMapError> {
+        self.lock().probe().policy_maps().delete_policy(key)
+    }
+
+    fn write_ruleset(&mut self, id: u32, value: &PolicyValue) -> Result<(), AyaMapError> {
+        self.lock().probe().policy_maps().write_ruleset(id, value)
+    }
+
+    fn clear_ruleset(&mut self, id: u32) -> Result<(), AyaMapError> {
+        self.lock().probe().policy_maps().clear_ruleset(id)
     }
 
     fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), AyaMapError> {
@@ -613,6 +623,7 @@ pub async fn run_agent_with<S: ClusterSource>(
         settings.node_ingress,
     );
     let mut agent = Agent::new(source, node_endpoints);
+    agent.check_drift_every(Duration::from_secs(settings.drift_check_secs));
     let mut maps = probe.clone();
     let (passes, mut barriers) = (hooks.passes, hooks.barriers);
     let result = async {
@@ -674,7 +685,11 @@ pub async fn run_agent_with<S: ClusterSource>(
             metrics.passes.fetch_add(1, Ordering::Relaxed);
             metrics
                 .endpoints
-                .store(pass.report.endpoints as u64, Ordering::Relaxed);
+                .store(pass.report.programmed as u64, Ordering::Relaxed);
+            metrics.set_map_usage(pass.report.usage);
+            if let Some(repairs) = &pass.drift {
+                metrics.count_drift_repairs(repairs);
+            }
             if let Some(latency) = pass.latency {
                 metrics.observe_latency(latency);
             }

@@ -4,32 +4,37 @@
 //!    on this node (and has the probe attached), each with that veth's ifindex;
 //!    [`LocalEndpoints::node_addresses`] the node's own addresses, which the caller puts into
 //!    the snapshot (`Snapshot::node_addresses`) before it is compiled.
-//! 2. The pure compiler (`tollgate_enforcer::compile`) turns the whole snapshot into the
-//!    desired state of those endpoints, keeping the endpoint and rule ids of the previous
-//!    compilation, so an unchanged endpoint compiles to the very same entries.
-//! 3. The desired state is compared with the one the maps were last synced to: equal, and
-//!    the maps are not touched at all (most pod updates elsewhere in the cluster change
-//!    nothing here); otherwise the endpoints whose entries differ are the report's `touched`.
-//! 4. `tollgate_enforcer::sync::sync` reads the maps, diffs them against the desired state
-//!    and writes only the entries that differ, in an order that never opens an allow window.
+//! 2. The pure compiler (`tollgate_enforcer::compile::compile_with`) turns the snapshot into
+//!    the desired state of those endpoints within the maps' capacity (read from the maps at
+//!    the first pass and after a failed one), keeping the ids of the previous compilation, so
+//!    an unchanged endpoint compiles to the very same entries. What does not fit is reported
+//!    in the report's `errors`, its endpoints written not programmed (denied).
+//! 3. A long-lived `tollgate_enforcer::sync::Syncer` writes the difference between that state
+//!    and the one it last wrote, in an order that never opens an allow window; the endpoints
+//!    whose entries changed are the report's `touched`. It reads the maps only at the first
+//!    pass, after a failed one (a failure leaves them partly written; the next pass completes
+//!    the change) and for [`Reconciler::check_drift`], which the agent's loop runs
+//!    periodically.
 //!
-//! The compiler is whole-snapshot: every reconciliation recompiles the node's endpoints
-//! against every pod and policy of the cluster, and only the writes are limited to what
-//! changed. A failed sync leaves the maps partly written; the next reconciliation reads them
-//! and completes the change.
+//! Revisions (what makes the probe decide tracked flows again) start at the wall clock's
+//! nanoseconds, so that a restarted agent never hands out a revision that a flow tracked under
+//! the previous agent still carries. The first pass of an agent that finds maps a previous one
+//! wrote compiles twice: once from scratch, then with the ids recovered from those maps
+//! (`tollgate_enforcer::compile::recover_ids`), so that no id the maps hold passes to something
+//! else while entries still mean the old thing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tollgate_enforcer::{
-    compile::{Compiled, Placement, compile},
-    desired::{DesiredState, Ids},
+    compile::{Compiled, Placement, compile_with, recover_ids},
+    desired::{Capacity, Ids, MapUsage},
     snapshot::{InputError, Snapshot},
-    sync::{PolicyMaps, diff, sync},
+    sync::{Diff, PolicyMaps, SyncStats, Syncer},
 };
-use tollgate_schemas::Direction;
+use tollgate_schemas::endpoint_flags;
 
 use crate::Error;
 
@@ -65,41 +70,67 @@ impl LocalEndpoints for BTreeMap<String, u32> {
 }
 
 /// What one reconciliation did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Report {
     /// Endpoints compiled (local pods with an address).
     pub endpoints: usize,
-    /// Endpoint pods (`namespace/name`) whose entries changed: written, rewritten or removed.
-    /// An entry left in the maps by an earlier agent, whose pod is unknown, is named
-    /// `endpoint #<id>`.
+    /// Of those, the endpoints whose rules are programmed (the others did not fit the maps).
+    pub programmed: usize,
+    /// Endpoint pods (`namespace/name`) whose entries changed: the endpoint entry, or an
+    /// entry of its policy sets, written, rewritten or removed. An entry left in the maps by
+    /// an earlier agent, whose pod is unknown, is named `endpoint #<id>`.
     pub touched: BTreeSet<String>,
-    /// Entries written (all three maps).
-    pub upserts: usize,
-    /// Entries removed (all three maps).
-    pub deletes: usize,
+    /// What the sync wrote, per map.
+    pub sync: SyncStats,
+    /// Entries per map against the maps' capacity.
+    pub usage: [MapUsage; 5],
     /// Invalid objects (left out of the compilation) and capacity problems.
     pub errors: Vec<InputError>,
     /// Time the compiler took.
     pub compile_time: Duration,
-    /// Time the map sync took (zero when nothing changed).
+    /// Time the map sync took.
     pub sync_time: Duration,
 }
 
 /// Compiles and syncs, remembering what the maps were last synced to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reconciler {
     /// The ids of the last compilation: the next one keeps them.
     ids: Ids,
+    /// Writes the maps by difference from what it last wrote.
+    syncer: Syncer,
+    /// The maps' capacity; `None` before the first pass and after a failed one (read again).
+    capacity: Option<Capacity>,
+    /// Whether the ids of maps a previous agent left were recovered (at the first pass).
+    recovered: bool,
     /// The compilation the maps were last synced to; `None` before the first sync and after
-    /// a failed one (the maps' contents are then read back).
+    /// a failed one.
     synced: Option<Compiled>,
+}
+
+impl Default for Reconciler {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Reconciler {
     /// A reconciler that has not synced yet: its first reconciliation reads what the maps
-    /// hold and writes only the difference.
+    /// hold and writes only the difference. Revisions start at the wall clock's nanoseconds.
     pub fn new() -> Reconciler {
-        Reconciler::default()
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        Reconciler {
+            ids: Ids {
+                next_revision: u64::try_from(now).unwrap_or(u64::MAX),
+                ..Ids::default()
+            },
+            syncer: Syncer::new(),
+            capacity: None,
+            recovered: false,
+            synced: None,
+        }
     }
 
     /// The compilation the maps were last synced to; `None` before the first sync and after
@@ -115,42 +146,58 @@ impl Reconciler {
         local: &BTreeMap<String, u32>,
         maps: &mut M,
     ) -> Result<Report, Error> {
+        let previous = self.synced.take();
+        let capacity = match self.capacity {
+            Some(capacity) => capacity,
+            None => maps.capacity().map_err(sync_error)?,
+        };
+        self.capacity = Some(capacity);
         let started = Instant::now();
-        let compiled = compile(snapshot, &Placement::Interfaces(local), &self.ids);
+        let placement = Placement::Interfaces(local);
+        let mut compiled = compile_with(snapshot, &placement, &self.ids, &capacity);
+        if !self.recovered {
+            // The first pass of this agent: maps left by a previous one keep their ids for
+            // what is still the same, and lend none of them to something else.
+            self.recovered = true;
+            let held = maps.read().map_err(sync_error)?;
+            if !(held.endpoints.is_empty() && held.peers.is_empty()) {
+                let prior = recover_ids(&compiled, &held);
+                compiled = compile_with(snapshot, &placement, &prior, &capacity);
+            }
+        }
         let compile_time = started.elapsed();
         self.ids = compiled.ids.clone();
-
-        let synced = self.synced.take();
-        report_new_errors(&compiled, synced.as_ref());
-        let (before, before_pods) = match synced {
-            Some(synced) if synced.desired == compiled.desired => {
-                let report = Report {
-                    endpoints: compiled.endpoint_pods.len(),
-                    errors: compiled.errors.clone(),
-                    compile_time,
-                    ..Report::default()
-                };
-                self.synced = Some(compiled);
-                return Ok(report);
-            }
-            Some(synced) => (synced.desired, synced.endpoint_pods),
-            None => (maps.read().map_err(sync_error)?, BTreeMap::new()),
-        };
-        let touched = touched(&before, &before_pods, &compiled);
+        report_new_errors(&compiled, previous.as_ref());
 
         let started = Instant::now();
-        let stats = sync(maps, &compiled.desired).map_err(sync_error)?;
+        let synced = self
+            .syncer
+            .sync(maps, &compiled.desired)
+            .inspect_err(|_| self.capacity = None)
+            .map_err(sync_error)?;
+        let before_pods = previous.map(|p| p.endpoint_pods).unwrap_or_default();
         let report = Report {
             endpoints: compiled.endpoint_pods.len(),
-            touched,
-            upserts: stats.upserts,
-            deletes: stats.deletes,
+            programmed: programmed(&compiled),
+            touched: touched(&synced.changes, &before_pods, &compiled),
+            sync: synced.stats,
+            usage: compiled.desired.usage(&capacity),
             errors: compiled.errors.clone(),
             compile_time,
             sync_time: started.elapsed(),
         };
         self.synced = Some(compiled);
         Ok(report)
+    }
+
+    /// Reads the maps and repairs what differs from what was last written (see
+    /// `Syncer::check_drift`): the repairs, `None` before the first sync.
+    pub fn check_drift<M: PolicyMaps>(&mut self, maps: &mut M) -> Result<Option<SyncStats>, Error> {
+        self.syncer.check_drift(maps).map_err(|error| {
+            self.synced = None;
+            self.capacity = None;
+            sync_error(error)
+        })
     }
 }
 
@@ -161,7 +208,7 @@ fn sync_error<E: std::error::Error + Send + Sync + 'static>(error: E) -> Error {
 }
 
 /// Logs the compiler's errors that the previous compilation did not have: an invalid object
-/// is reported once, not at every reconciliation.
+/// or an endpoint that does not fit is reported once, not at every reconciliation.
 fn report_new_errors(compiled: &Compiled, previous: Option<&Compiled>) {
     for error in &compiled.errors {
         if previous.is_some_and(|p| p.errors.contains(error)) {
@@ -171,37 +218,53 @@ fn report_new_errors(compiled: &Compiled, previous: Option<&Compiled>) {
             object = %error.object,
             field = %error.field,
             problem = %error.message,
-            "invalid input left out"
+            "left out of the compilation"
         );
     }
 }
 
-/// The endpoints whose entries differ between `before` and `after`, by pod; both pods when
-/// an id changed hands.
+/// The endpoint pods whose rules are programmed.
+fn programmed(compiled: &Compiled) -> usize {
+    let ids: BTreeSet<u32> = compiled
+        .desired
+        .endpoints
+        .values()
+        .filter(|state| state.flags & endpoint_flags::PROGRAMMED != 0)
+        .map(|state| state.id)
+        .collect();
+    ids.len()
+}
+
+/// The endpoints whose entries `changes` writes or removes, by pod: the endpoint entry
+/// itself, or an entry of one of its policy sets; both pods when an id changed hands.
 fn touched(
-    before: &DesiredState,
+    changes: &Diff,
     before_pods: &BTreeMap<u32, String>,
     after: &Compiled,
 ) -> BTreeSet<String> {
-    let changes = diff(before, &after.desired);
     let mut ids: BTreeSet<u32> = changes
         .endpoints
         .upserts
         .iter()
+        .chain(&changes.endpoints.deletes)
         .map(|(_, state)| state.id)
         .collect();
-    ids.extend(
-        changes
-            .endpoints
-            .deletes
-            .iter()
-            .filter_map(|key| before.endpoints.get(key))
-            .map(|state| state.id),
-    );
-    for direction in [Direction::Ingress, Direction::Egress] {
-        let changes = changes.policy(direction);
-        ids.extend(changes.upserts.iter().map(|(key, _)| key.key.endpoint));
-        ids.extend(changes.deletes.iter().map(|key| key.key.endpoint));
+    let sets: BTreeSet<u32> = changes
+        .policy
+        .upserts
+        .iter()
+        .chain(&changes.policy.deletes)
+        .map(|(key, _)| key.set)
+        .collect();
+    if !sets.is_empty() {
+        ids.extend(
+            after
+                .desired
+                .endpoints
+                .values()
+                .filter(|e| sets.contains(&e.ingress_set) || sets.contains(&e.egress_set))
+                .map(|e| e.id),
+        );
     }
     let mut pods = BTreeSet::new();
     for id in ids {

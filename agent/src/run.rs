@@ -9,12 +9,18 @@
 //! end of the sync. A pass that fails is retried after 1 s, doubling to 30 s, or sooner
 //! when the cluster changes again. Once a pass has synced, a change of the node itself
 //! ([`LocalEndpoints::changed`]: a new veth, a late host route) also starts a pass, on the
-//! snapshot the agent already has.
+//! snapshot the agent already has, and so does the periodic drift check
+//! ([`Agent::check_drift_every`], [`DRIFT_CHECK`] by default): the maps are read back and what
+//! differs from what the agent wrote is repaired before the pass syncs.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tollgate_enforcer::{compile::Compiled, snapshot::Snapshot, sync::PolicyMaps};
+use tollgate_enforcer::{
+    compile::Compiled,
+    snapshot::Snapshot,
+    sync::{PolicyMaps, SyncStats},
+};
 
 use crate::Error;
 use crate::reconcile::{LocalEndpoints, Reconciler, Report};
@@ -25,6 +31,9 @@ use crate::watch::Changes;
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest delay between retries.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How often the maps are read back and compared with what was written, by default.
+pub const DRIFT_CHECK: Duration = Duration::from_secs(300);
 
 /// The cluster source, the node's endpoints and the reconciler, driven together.
 #[derive(Debug)]
@@ -43,6 +52,10 @@ pub struct Agent<S, E> {
     /// Whether a pass has synced: the source was complete then, so a pass that the node
     /// starts compiles a whole cluster.
     synced_once: bool,
+    /// Time between two drift checks.
+    drift_every: Duration,
+    /// When the next drift check is due; set by the first pass that synced.
+    drift_at: Option<Instant>,
 }
 
 /// One pass of the agent.
@@ -55,6 +68,8 @@ pub struct Pass {
     pub report: Report,
     /// From the arrival of the oldest change to the maps synced.
     pub latency: Option<Duration>,
+    /// The repairs of the drift check that came first, when the pass made one.
+    pub drift: Option<SyncStats>,
 }
 
 impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
@@ -68,7 +83,16 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             retry: None,
             retry_at: None,
             synced_once: false,
+            drift_every: DRIFT_CHECK,
+            drift_at: None,
         }
+    }
+
+    /// Reads the maps back every `every` (instead of [`DRIFT_CHECK`]) and repairs what
+    /// differs from what the agent wrote.
+    pub fn check_drift_every(&mut self, every: Duration) {
+        self.drift_every = every;
+        self.drift_at = self.drift_at.map(|_| Instant::now() + every);
     }
 
     /// The snapshot and compilation the maps were last synced to: what
@@ -109,44 +133,70 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
                 None => std::future::pending().await,
             }
         };
+        let drift = async {
+            match self.drift_at {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
         // The node's own changes count once the maps were synced to a complete cluster.
         let node = self.synced_once;
         let changes = tokio::select! {
             changes = self.source.changed() => Some(changes?),
             () = retry => None,
+            () = drift => None,
             () = self.endpoints.changed(), if node => None,
         };
+        let check_drift = self.drift_at.is_some_and(|due| due <= Instant::now());
         let mut snapshot = self.source.snapshot();
         let local = self.endpoints.local(&snapshot);
         snapshot.node_addresses = self.endpoints.node_addresses();
+        let drift = if check_drift {
+            // Due again in full even if it fails: the retry of a failed pass reads the maps
+            // anyway.
+            self.drift_at = Some(Instant::now() + self.drift_every);
+            match self.reconciler.check_drift(maps) {
+                Ok(drift) => drift,
+                Err(error) => return Some(Err(self.failed(error))),
+            }
+        } else {
+            None
+        };
         let report = match self.reconciler.reconcile(&snapshot, &local, maps) {
             Ok(report) => report,
-            Err(error) => {
-                self.snapshot = None;
-                let delay = self
-                    .retry
-                    .map_or(RETRY_FIRST, |delay| (delay * 2).min(RETRY_MAX));
-                self.retry = Some(delay);
-                self.retry_at = Some(Instant::now() + delay);
-                tracing::warn!(
-                    retry_in_ms = delay.as_millis() as u64,
-                    %error,
-                    "reconciliation failed"
-                );
-                return Some(Err(error));
-            }
+            Err(error) => return Some(Err(self.failed(error))),
         };
         self.retry = None;
         self.retry_at = None;
         self.snapshot = Some(snapshot);
         self.synced_once = true;
+        if self.drift_at.is_none() {
+            self.drift_at = Some(Instant::now() + self.drift_every);
+        }
         let latency = changes.as_ref().map(|c| c.first_arrival.elapsed());
         log_pass(changes.as_ref(), &report, latency);
         Some(Ok(Pass {
             changes,
             report,
             latency,
+            drift,
         }))
+    }
+
+    /// A failed pass: logged, and retried after a delay that doubles up to [`RETRY_MAX`].
+    fn failed(&mut self, error: Error) -> Error {
+        self.snapshot = None;
+        let delay = self
+            .retry
+            .map_or(RETRY_FIRST, |delay| (delay * 2).min(RETRY_MAX));
+        self.retry = Some(delay);
+        self.retry_at = Some(Instant::now() + delay);
+        tracing::warn!(
+            retry_in_ms = delay.as_millis() as u64,
+            %error,
+            "reconciliation failed"
+        );
+        error
     }
 }
 
@@ -164,9 +214,11 @@ fn log_pass(changes: Option<&Changes>, report: &Report, latency: Option<Duration
                 events,
                 resource_versions = versions.as_deref().unwrap_or(""),
                 endpoints = report.endpoints,
+                programmed = report.programmed,
                 touched = report.touched.len(),
-                upserts = report.upserts,
-                deletes = report.deletes,
+                upserts = report.sync.upserts,
+                deletes = report.sync.deletes,
+                writes = %report.sync,
                 errors = report.errors.len(),
                 compile_ms,
                 sync_ms,
@@ -175,7 +227,7 @@ fn log_pass(changes: Option<&Changes>, report: &Report, latency: Option<Duration
             )
         };
     }
-    if report.upserts + report.deletes > 0 {
+    if report.sync.changed() {
         pass!(tracing::Level::INFO, "policy maps synced");
     } else {
         pass!(tracing::Level::DEBUG, "policy maps already in line");
@@ -188,14 +240,15 @@ mod tests {
 
     use tollgate_enforcer::{
         decision::ProbeFlow,
-        desired::{DesiredState, PolicyEntryKey},
+        desired::{Capacity, DesiredState, PeerEntryKey},
         manifest::parse_manifests,
         model::decide_flow,
         snapshot::Snapshot,
-        sync::InMemoryMaps,
+        sync::{InMemoryMaps, MapsError},
     };
     use tollgate_schemas::{
-        Direction, EndpointKey, EndpointState, PolicyValue, Verdict, endpoint_flags,
+        EndpointKey, EndpointState, PeerIdentity, PolicyEntry, PolicyKey, PolicyValue, Verdict,
+        endpoint_flags,
     };
 
     use super::*;
@@ -229,19 +282,29 @@ mod tests {
     }
 
     #[derive(Debug, thiserror::Error)]
-    #[error("map full")]
-    struct Full;
+    #[error("refused")]
+    struct Refused;
+
+    impl MapsError for Refused {
+        fn is_full(&self) -> bool {
+            false
+        }
+    }
 
     impl Flaky {
-        fn check(&self) -> Result<(), Full> {
-            if self.failing { Err(Full) } else { Ok(()) }
+        fn check(&self) -> Result<(), Refused> {
+            if self.failing { Err(Refused) } else { Ok(()) }
         }
     }
 
     impl PolicyMaps for Flaky {
-        type Error = Full;
+        type Error = Refused;
 
-        fn read(&self) -> Result<DesiredState, Full> {
+        fn capacity(&self) -> Result<Capacity, Refused> {
+            Ok(Capacity::default())
+        }
+
+        fn read(&self) -> Result<DesiredState, Refused> {
             self.reads.set(self.reads.get() + 1);
             Ok(self.maps.state.clone())
         }
@@ -250,46 +313,61 @@ mod tests {
             &mut self,
             key: &EndpointKey,
             value: &EndpointState,
-        ) -> Result<(), Full> {
+        ) -> Result<(), Refused> {
             self.check()?;
             self.maps.state.endpoints.insert(*key, *value);
             Ok(())
         }
 
-        fn delete_endpoint(&mut self, key: &EndpointKey) -> Result<(), Full> {
+        fn delete_endpoint(&mut self, key: &EndpointKey) -> Result<(), Refused> {
             self.check()?;
             self.maps.state.endpoints.remove(key);
             Ok(())
         }
 
-        fn upsert_policy(
-            &mut self,
-            direction: Direction,
-            key: &PolicyEntryKey,
-            value: &PolicyValue,
-        ) -> Result<(), Full> {
+        fn upsert_peer(&mut self, key: &PeerEntryKey, value: &PeerIdentity) -> Result<(), Refused> {
             self.check()?;
-            self.maps.state.policy_mut(direction).insert(*key, *value);
+            self.maps.state.peers.insert(*key, *value);
             Ok(())
         }
 
-        fn delete_policy(
-            &mut self,
-            direction: Direction,
-            key: &PolicyEntryKey,
-        ) -> Result<(), Full> {
+        fn delete_peer(&mut self, key: &PeerEntryKey) -> Result<(), Refused> {
             self.check()?;
-            self.maps.state.policy_mut(direction).remove(key);
+            self.maps.state.peers.remove(key);
             Ok(())
         }
 
-        fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), Full> {
+        fn upsert_policy(&mut self, key: &PolicyKey, value: &PolicyEntry) -> Result<(), Refused> {
+            self.check()?;
+            self.maps.state.policy.insert(*key, *value);
+            Ok(())
+        }
+
+        fn delete_policy(&mut self, key: &PolicyKey) -> Result<(), Refused> {
+            self.check()?;
+            self.maps.state.policy.remove(key);
+            Ok(())
+        }
+
+        fn write_ruleset(&mut self, id: u32, value: &PolicyValue) -> Result<(), Refused> {
+            self.check()?;
+            self.maps.state.rulesets.insert(id, *value);
+            Ok(())
+        }
+
+        fn clear_ruleset(&mut self, id: u32) -> Result<(), Refused> {
+            self.check()?;
+            self.maps.state.rulesets.remove(&id);
+            Ok(())
+        }
+
+        fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), Refused> {
             self.check()?;
             self.maps.state.node_addrs.insert(*key);
             Ok(())
         }
 
-        fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), Full> {
+        fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), Refused> {
             self.check()?;
             self.maps.state.node_addrs.remove(key);
             Ok(())
@@ -332,14 +410,13 @@ mod tests {
         );
 
         // The policies arrive while the maps refuse writes: the pass fails, nothing is
-        // enforced yet.
+        // enforced yet; the error names the first write.
         handle.set(seed(true));
         maps.failing = true;
         let failed = agent.next(&mut maps).await.unwrap().unwrap_err();
         assert_eq!(
             failed.to_string(),
-            "syncing the policy maps: upsert of entry (endpoint 3, 198.18.0.40/32) in the \
-             ingress policy map: map full"
+            "syncing the policy maps: write of rule set 1 in TG_RULESETS: refused"
         );
         assert_eq!(
             verdict(&maps, "198.18.0.20", "198.18.0.30", 80),
@@ -372,7 +449,7 @@ mod tests {
         let again = agent.next(&mut maps).await.unwrap().unwrap();
         assert_eq!(maps.reads.get(), reads);
         assert!(again.report.touched.is_empty());
-        assert_eq!((again.report.upserts, again.report.deletes), (0, 0));
+        assert!(!again.report.sync.changed());
 
         // A pass asked for without a change.
         agent.pass_again_after(Duration::from_millis(300));
@@ -425,6 +502,52 @@ mod tests {
         handle.set(seed(true));
         let pass = agent.next(&mut maps).await.unwrap().unwrap();
         assert!(maps.maps.state.node_addrs.is_empty());
-        assert_eq!((pass.report.upserts, pass.report.deletes), (0, 1));
+        assert_eq!((pass.report.sync.upserts, pass.report.sync.deletes), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_periodic_drift_check_repairs_the_maps() {
+        let interfaces = BTreeMap::from([
+            ("default/nginx".to_owned(), 20),
+            ("default/amazonlinux".to_owned(), 40),
+        ]);
+        let (source, _handle) = StaticSource::new(seed(true));
+        let mut agent = Agent::new(source, interfaces);
+        agent.check_drift_every(Duration::from_secs(60));
+        let mut maps = Flaky::default();
+        let first = agent.next(&mut maps).await.unwrap().unwrap();
+        assert!(first.drift.is_none());
+        let synced = maps.maps.state.clone();
+        assert_eq!(verdict(&maps, "10.9.9.9", "198.18.0.40", 80), Verdict::Deny);
+
+        // Someone lifts amazonlinux's isolation (all-deny's, for a client off the cluster); a
+        // minute later the agent reads the maps back and puts it back, without any change of
+        // the cluster.
+        let amazonlinux = EndpointKey {
+            addr: tollgate_schemas::addr::to_bytes("198.18.0.40".parse().unwrap()),
+        };
+        maps.maps
+            .state
+            .endpoints
+            .get_mut(&amazonlinux)
+            .unwrap()
+            .flags = endpoint_flags::PROGRAMMED;
+        assert_eq!(
+            verdict(&maps, "10.9.9.9", "198.18.0.40", 80),
+            Verdict::Allow
+        );
+        let reads = maps.reads.get();
+        let started = tokio::time::Instant::now();
+        let checked = agent.next(&mut maps).await.unwrap().unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert!(checked.changes.is_none());
+        let drift = checked.drift.unwrap();
+        assert_eq!(
+            (drift.endpoints.upserts, drift.upserts + drift.deletes),
+            (1, 1)
+        );
+        assert_eq!(maps.reads.get(), reads + 1);
+        assert_eq!(maps.maps.state, synced);
+        assert_eq!(verdict(&maps, "10.9.9.9", "198.18.0.40", 80), Verdict::Deny);
     }
 }

@@ -118,8 +118,8 @@ async fn a_large_cluster_compiles_whole_and_syncs_only_what_changed() {
             "{name:<34} {:>9.1} {:>9.1} {:>8} {:>8} {:>8}",
             report.compile_time.as_secs_f64() * 1e3,
             report.sync_time.as_secs_f64() * 1e3,
-            report.upserts,
-            report.deletes,
+            report.sync.upserts,
+            report.sync.deletes,
             report.touched.len()
         ));
         report
@@ -131,7 +131,7 @@ async fn a_large_cluster_compiles_whole_and_syncs_only_what_changed() {
     );
     assert_eq!(first.endpoints, interfaces.len());
     assert_eq!(first.errors, vec![]);
-    let entries = maps.state.ingress.len() + maps.state.egress.len();
+    let entries = maps.state.peers.len() + maps.state.policy.len();
 
     // A pod of this node changes app: its own entries change, and those of the endpoints
     // here whose policies have its old or new app in its namespace as peers. (Not a pod of
@@ -174,10 +174,10 @@ async fn a_large_cluster_compiles_whole_and_syncs_only_what_changed() {
         "unrelated label, pod elsewhere",
         agent.next(&mut maps).await.unwrap().unwrap().report,
     );
-    assert_eq!((unrelated.upserts, unrelated.deletes), (0, 0));
+    assert_eq!((unrelated.sync.upserts, unrelated.sync.deletes), (0, 0));
 
     println!(
-        "{} pods, {} namespaces, {} policies; {} endpoints on this node, {} trie entries; \
+        "{} pods, {} namespaces, {} policies; {} endpoints on this node, {} peer and policy entries; \
          snapshot clone {clone_ms:.1} ms",
         snapshot.pods.len(),
         snapshot.namespaces.len(),

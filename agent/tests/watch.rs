@@ -28,13 +28,14 @@ use tollgate_agent::{
 };
 use tollgate_enforcer::{
     decision::{Decision, ProbeFlow},
-    desired::{DesiredState, PolicyEntryKey},
+    desired::{Capacity, DesiredState, PeerEntryKey},
     model::{decide_flow, decide_hook},
     snapshot::{Snapshot, pod_addresses, pod_key},
-    sync::{InMemoryMaps, PolicyMaps},
+    sync::{InMemoryMaps, MapFull, PolicyMaps},
 };
 use tollgate_schemas::{
-    Direction, EndpointKey, EndpointState, PolicyValue, Reason, Verdict, addr, endpoint_flags,
+    Direction, EndpointKey, EndpointState, PeerIdentity, PolicyEntry, PolicyKey, PolicyValue,
+    Reason, Verdict, addr, endpoint_flags,
 };
 
 /// The node the agent runs on, as the pods' `spec.nodeName` says.
@@ -100,8 +101,8 @@ impl LocalEndpoints for ScheduledHere {
     }
 }
 
-/// In-memory policy maps that log every write (its endpoint id, or the node address), in
-/// order.
+/// In-memory policy maps that log every write (its endpoint id, the policy set of a policy
+/// entry, or what else it writes), in order.
 #[derive(Default)]
 struct Recorder {
     maps: InMemoryMaps,
@@ -111,67 +112,71 @@ struct Recorder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Write {
     Endpoint(u32),
+    /// An entry of this policy set.
     Policy(u32),
-    NodeAddr,
-}
-
-impl Write {
-    fn endpoint(self) -> Option<u32> {
-        match self {
-            Write::Endpoint(id) | Write::Policy(id) => Some(id),
-            Write::NodeAddr => None,
-        }
-    }
+    /// A peer prefix, a rule set or a node address: node-wide, no endpoint's own.
+    NodeWide,
 }
 
 impl PolicyMaps for Recorder {
-    type Error = std::convert::Infallible;
+    type Error = MapFull;
 
-    fn read(&self) -> Result<DesiredState, Self::Error> {
+    fn capacity(&self) -> Result<Capacity, MapFull> {
+        self.maps.capacity()
+    }
+
+    fn read(&self) -> Result<DesiredState, MapFull> {
         self.maps.read()
     }
 
-    fn upsert_endpoint(
-        &mut self,
-        key: &EndpointKey,
-        value: &EndpointState,
-    ) -> Result<(), Self::Error> {
+    fn upsert_endpoint(&mut self, key: &EndpointKey, value: &EndpointState) -> Result<(), MapFull> {
         self.writes.push(Write::Endpoint(value.id));
         self.maps.upsert_endpoint(key, value)
     }
 
-    fn delete_endpoint(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
+    fn delete_endpoint(&mut self, key: &EndpointKey) -> Result<(), MapFull> {
         self.writes
             .push(Write::Endpoint(self.maps.state.endpoints[key].id));
         self.maps.delete_endpoint(key)
     }
 
-    fn upsert_policy(
-        &mut self,
-        direction: Direction,
-        key: &PolicyEntryKey,
-        value: &PolicyValue,
-    ) -> Result<(), Self::Error> {
-        self.writes.push(Write::Policy(key.key.endpoint));
-        self.maps.upsert_policy(direction, key, value)
+    fn upsert_peer(&mut self, key: &PeerEntryKey, value: &PeerIdentity) -> Result<(), MapFull> {
+        self.writes.push(Write::NodeWide);
+        self.maps.upsert_peer(key, value)
     }
 
-    fn delete_policy(
-        &mut self,
-        direction: Direction,
-        key: &PolicyEntryKey,
-    ) -> Result<(), Self::Error> {
-        self.writes.push(Write::Policy(key.key.endpoint));
-        self.maps.delete_policy(direction, key)
+    fn delete_peer(&mut self, key: &PeerEntryKey) -> Result<(), MapFull> {
+        self.writes.push(Write::NodeWide);
+        self.maps.delete_peer(key)
     }
 
-    fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
-        self.writes.push(Write::NodeAddr);
+    fn upsert_policy(&mut self, key: &PolicyKey, value: &PolicyEntry) -> Result<(), MapFull> {
+        self.writes.push(Write::Policy(key.set));
+        self.maps.upsert_policy(key, value)
+    }
+
+    fn delete_policy(&mut self, key: &PolicyKey) -> Result<(), MapFull> {
+        self.writes.push(Write::Policy(key.set));
+        self.maps.delete_policy(key)
+    }
+
+    fn write_ruleset(&mut self, id: u32, value: &PolicyValue) -> Result<(), MapFull> {
+        self.writes.push(Write::NodeWide);
+        self.maps.write_ruleset(id, value)
+    }
+
+    fn clear_ruleset(&mut self, id: u32) -> Result<(), MapFull> {
+        self.writes.push(Write::NodeWide);
+        self.maps.clear_ruleset(id)
+    }
+
+    fn insert_node_addr(&mut self, key: &EndpointKey) -> Result<(), MapFull> {
+        self.writes.push(Write::NodeWide);
         self.maps.insert_node_addr(key)
     }
 
-    fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
-        self.writes.push(Write::NodeAddr);
+    fn delete_node_addr(&mut self, key: &EndpointKey) -> Result<(), MapFull> {
+        self.writes.push(Write::NodeWide);
         self.maps.delete_node_addr(key)
     }
 }
@@ -199,7 +204,7 @@ impl Step {
             .collect();
         assert_eq!(touched, expected, "pods the report names");
         assert_eq!(
-            self.pass.report.upserts + self.pass.report.deletes,
+            self.pass.report.sync.upserts + self.pass.report.sync.deletes,
             self.writes.len()
         );
     }
@@ -270,8 +275,11 @@ impl Node {
         let writes = std::mem::take(&mut self.maps.writes);
         let written = writes
             .iter()
-            .filter_map(|w| w.endpoint())
-            .flat_map(|id| self.pods_of(id, &before))
+            .flat_map(|w| match *w {
+                Write::Endpoint(id) => self.pods_of(id, &before),
+                Write::Policy(set) => self.pods_of_set(set),
+                Write::NodeWide => Vec::new(),
+            })
             .collect();
         assert!(pass.latency.is_some());
         Step {
@@ -292,6 +300,19 @@ impl Node {
             .collect();
         assert!(!pods.is_empty(), "endpoint {id} is in no endpoint map");
         pods
+    }
+
+    /// The pods whose endpoints use policy set `set` after the pass (the endpoints that used
+    /// it before and not any more have their own endpoint write).
+    fn pods_of_set(&self, set: u32) -> Vec<&'static str> {
+        self.maps
+            .maps
+            .state
+            .endpoints
+            .iter()
+            .filter(|(_, state)| state.ingress_set == set || state.egress_set == set)
+            .map(|(key, _)| pod_at(addr::from_bytes(key.addr)))
+            .collect()
     }
 
     /// The endpoint state of `pod`, if it is an endpoint.
@@ -502,12 +523,15 @@ async fn a_new_pod_is_enforced_once_it_has_an_address() {
         .iter()
         .position(|w| *w == Write::Endpoint(new.id))
         .unwrap();
-    let last_entry = addressed
-        .writes
-        .iter()
-        .rposition(|w| *w == Write::Policy(new.id))
-        .unwrap();
-    assert!(last_entry < endpoint_write, "{:?}", addressed.writes);
+    // Nothing of its policy sets is written after it.
+    let sets = [new.ingress_set, new.egress_set];
+    assert!(
+        addressed.writes[endpoint_write..]
+            .iter()
+            .all(|w| !matches!(w, Write::Policy(set) if sets.contains(set))),
+        "{:?}",
+        addressed.writes
+    );
 
     let new = "default/nginx-7c5ddbdf54-x2x9k";
     assert_eq!(
@@ -622,10 +646,18 @@ async fn a_namespace_label_change_reaches_the_policies_that_select_it() {
         "1401"
     );
     labelled.assert_written(&["default/nginx"]);
-    // One new trie entry and nginx's endpoint (new revision).
+    // nginx's endpoint (new revision), prometheus-0's address (a new identity), the entry of
+    // nginx's ingress set for that identity, and the rule set it names (9113); nothing goes.
+    let sync = labelled.pass.report.sync;
     assert_eq!(
-        (labelled.pass.report.upserts, labelled.pass.report.deletes),
-        (2, 0)
+        (
+            sync.endpoints.upserts,
+            sync.peers.upserts,
+            sync.policy.upserts,
+            sync.rulesets.upserts,
+            sync.deletes
+        ),
+        (1, 1, 1, 1, 0)
     );
     assert_eq!(
         node.verdict("monitoring/prometheus-0", "default/nginx", TCP, 9113),
@@ -671,14 +703,19 @@ async fn an_expired_watch_relists_and_loses_no_deletion() {
     assert_eq!(changes.listed, BTreeSet::from([Kind::Pod]));
     relisted.assert_written(&["default/amazonlinux", "default/nginx", "default/curl"]);
     assert_eq!(node.endpoint("default/amazonlinux"), None);
-    // No entry is left without its endpoint, and curl (isolated by all-deny alone) has
-    // none, also when it took over amazonlinux's endpoint id.
+    // No policy entry is left of a set no endpoint uses, and curl (isolated by all-deny
+    // alone) has none, also when it took over amazonlinux's endpoint id.
     let state = &node.maps.maps.state;
-    let ids: BTreeSet<u32> = state.endpoints.values().map(|e| e.id).collect();
+    let sets: BTreeSet<u32> = state
+        .endpoints
+        .values()
+        .flat_map(|e| [e.ingress_set, e.egress_set])
+        .collect();
     let curl = node.endpoint("default/curl").unwrap();
     assert_eq!(curl.flags, ALL_ISOLATED);
-    for key in state.ingress.keys().chain(state.egress.keys()) {
-        assert!(ids.contains(&key.key.endpoint) && key.key.endpoint != curl.id);
+    for key in state.policy.keys() {
+        assert!(sets.contains(&key.set), "{key:?}");
+        assert!(key.set != curl.ingress_set && key.set != curl.egress_set);
     }
     assert_eq!(
         node.verdict("default/curl", "default/nginx", TCP, 80),

@@ -116,6 +116,7 @@ mod tests {
             tcp_flags: 0x1b,
             _pad: 0,
             first_len: 74,
+            _pad2: 0,
         }
     }
 

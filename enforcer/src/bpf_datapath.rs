@@ -15,6 +15,7 @@ use tollgate_schemas::{Direction, EndpointKey, FlowEvent, Reason, Verdict, addr,
 
 use crate::{
     decision::{Datapath, DatapathError, Decision, FlowOutcome, ProbeFlow},
+    desired::Capacity,
     events::EventReader,
     packet::PacketSpec,
     probe::Probe,
@@ -54,7 +55,12 @@ fn error(message: impl std::fmt::Display) -> DatapathError {
 impl BpfDatapath {
     /// Loads the probe (needs root, or CAP_BPF and CAP_NET_ADMIN).
     pub fn new() -> Result<Self, DatapathError> {
-        let mut probe = Probe::load().map_err(error)?;
+        Self::with_capacity(&Capacity::default())
+    }
+
+    /// Loads the probe with its policy maps sized by `capacity` (small maps, to fill one).
+    pub fn with_capacity(capacity: &Capacity) -> Result<Self, DatapathError> {
+        let mut probe = Probe::load_with(capacity).map_err(error)?;
         let events = probe.take_events().map_err(error)?;
         Ok(Self {
             probe,

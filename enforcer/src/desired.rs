@@ -2,51 +2,145 @@
 //! map sync writes them, plus the tables userspace needs to name what the maps refer to.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-use tollgate_schemas::{Direction, EndpointKey, EndpointState, PolicyKey, PolicyValue};
+use tollgate_schemas::{
+    Direction, EndpointKey, EndpointState, PeerIdentity, PeerKey, PolicyEntry, PolicyKey,
+    PolicyValue, PortRule, map_names, map_sizes,
+};
 
-/// Key of one LPM trie entry: the trie's prefix length and its data.
+/// Key of one peer-trie entry: the prefix length (0 to 128, over the 16-byte address form)
+/// and the prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PolicyEntryKey {
-    /// Prefix length in bits over [`PolicyKey`]: 32 (endpoint id) + the peer prefix length in
-    /// the 16-byte address form (see [`tollgate_schemas::policy_prefix_len`]).
+pub struct PeerEntryKey {
+    /// Prefix length in bits of the 16-byte address form (an IPv4 /24 is 120).
     pub prefix_len: u32,
-    /// Endpoint id and peer prefix (host bits zero).
-    pub key: PolicyKey,
+    /// The prefix, host bits zero.
+    pub key: PeerKey,
 }
 
 /// Everything the probe's policy maps should hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    /// Endpoint map: pod address → endpoint.
+    /// Endpoint map: pod address → endpoint (its policy set per direction).
     pub endpoints: BTreeMap<EndpointKey, EndpointState>,
-    /// Ingress LPM trie: (endpoint, source prefix) → what may enter from there.
-    pub ingress: BTreeMap<PolicyEntryKey, PolicyValue>,
-    /// Egress LPM trie: (endpoint, destination prefix) → what may leave towards there.
-    pub egress: BTreeMap<PolicyEntryKey, PolicyValue>,
+    /// Peer trie: address prefix → peer identity, node-wide.
+    pub peers: BTreeMap<PeerEntryKey, PeerIdentity>,
+    /// Policy map: (policy set, peer identity) → rule set.
+    pub policy: BTreeMap<PolicyKey, PolicyEntry>,
+    /// Rule-set array: id (1 and up; 0 is the empty set, never written) → value.
+    pub rulesets: BTreeMap<u32, PolicyValue>,
     /// Node-address map: the node's own addresses, whose traffic to a local pod passes
     /// ingress policy (reason `from-node`).
     pub node_addrs: BTreeSet<EndpointKey>,
 }
 
-impl DesiredState {
-    /// The LPM trie of one direction.
-    pub fn policy(&self, direction: Direction) -> &BTreeMap<PolicyEntryKey, PolicyValue> {
-        match direction {
-            Direction::Ingress => &self.ingress,
-            Direction::Egress => &self.egress,
+/// How many entries each policy map may hold: the compiler fits its output to these, the
+/// loader creates the maps with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Endpoint map (addresses).
+    pub endpoints: u32,
+    /// Peer trie (prefixes).
+    pub peers: u32,
+    /// Policy map ((set, identity) entries).
+    pub policy: u32,
+    /// Rule-set array, index 0 (the empty set) included.
+    pub rulesets: u32,
+    /// Node-address map.
+    pub node_addrs: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            endpoints: map_sizes::ENDPOINTS,
+            peers: map_sizes::PEERS,
+            policy: map_sizes::POLICY,
+            rulesets: map_sizes::RULESETS,
+            node_addrs: map_sizes::NODE_ADDRS,
         }
     }
+}
 
-    /// The LPM trie of one direction, to change.
-    pub fn policy_mut(
-        &mut self,
-        direction: Direction,
-    ) -> &mut BTreeMap<PolicyEntryKey, PolicyValue> {
-        match direction {
-            Direction::Ingress => &mut self.ingress,
-            Direction::Egress => &mut self.egress,
-        }
+/// One map's use: entries the desired state puts there against the map's capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MapUsage {
+    /// Map name ([`map_names`]).
+    pub map: &'static str,
+    /// Entries desired.
+    pub entries: usize,
+    /// Capacity.
+    pub capacity: u32,
+}
+
+impl DesiredState {
+    /// Entries per map against `capacity` (the rule-set array counts its empty slot 0).
+    pub fn usage(&self, capacity: &Capacity) -> [MapUsage; 5] {
+        let usage = |map, entries, capacity| MapUsage {
+            map,
+            entries,
+            capacity,
+        };
+        [
+            usage(
+                map_names::ENDPOINTS,
+                self.endpoints.len(),
+                capacity.endpoints,
+            ),
+            usage(map_names::PEERS, self.peers.len(), capacity.peers),
+            usage(map_names::POLICY, self.policy.len(), capacity.policy),
+            usage(
+                map_names::RULESETS,
+                self.rulesets.len() + 1,
+                capacity.rulesets,
+            ),
+            usage(
+                map_names::NODE_ADDRS,
+                self.node_addrs.len(),
+                capacity.node_addrs,
+            ),
+        ]
+    }
+
+    /// The rule set that policy set `set` applies to the peer address `peer` (16-byte form), as
+    /// the probe finds it: the peer's identity (longest prefix), its policy entry or else its
+    /// fallback's, then the rule set. `None`: no identity, or no entry (nothing allowed).
+    pub fn rules_for(&self, set: u32, peer: [u8; 16]) -> Option<&PolicyValue> {
+        self.rules_for_identity(set, self.peer_identity(peer)?)
+    }
+
+    /// The rule set that policy set `set` applies to a peer of identity `identity`: its own
+    /// entry, else its fallback's. `None`: no entry (nothing allowed).
+    pub fn rules_for_identity(&self, set: u32, identity: PeerIdentity) -> Option<&PolicyValue> {
+        let entry = |peer| self.policy.get(&PolicyKey { set, peer });
+        let entry = entry(identity.id).or_else(|| {
+            (identity.fallback != 0)
+                .then(|| entry(identity.fallback))
+                .flatten()
+        })?;
+        Some(
+            self.rulesets
+                .get(&entry.ruleset)
+                .unwrap_or(&PolicyValue::EMPTY),
+        )
+    }
+
+    /// The identity of `peer`: the value of its longest prefix in the peer trie, as the kernel's
+    /// LPM trie answers.
+    pub fn peer_identity(&self, peer: [u8; 16]) -> Option<PeerIdentity> {
+        let peer = u128::from_be_bytes(peer);
+        (0..=128u32).rev().find_map(|len| {
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            self.peers
+                .get(&PeerEntryKey {
+                    prefix_len: len,
+                    key: PeerKey {
+                        addr: (peer & mask).to_be_bytes(),
+                    },
+                })
+                .copied()
+        })
     }
 }
 
@@ -81,15 +175,47 @@ impl std::fmt::Display for RuleRef {
     }
 }
 
-/// Stable ids for endpoints and rules.
+/// Stable ids, and the endpoints' revisions.
 ///
-/// Ids are inputs as well as outputs of the compiler: an endpoint or rule that existed in the
-/// previous compilation keeps its id, a new one takes the smallest free id (never 0), so a
-/// change to one policy does not renumber, and thereby rewrite, the map entries of others.
+/// Ids are inputs as well as outputs of the compiler: an endpoint, rule, selector, policy set,
+/// peer identity or rule set that existed in the previous compilation keeps its id, a new one
+/// takes the smallest free id (never 0), so a change to one policy does not renumber, and
+/// thereby rewrite, the map entries of others.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ids {
     /// Endpoint id of each pod, by `namespace/name`.
     pub endpoints: BTreeMap<String, u32>,
     /// Rule id of each rule.
     pub rules: BTreeMap<RuleRef, u32>,
+    /// Id of each distinct peer selector, by its canonical form.
+    pub selectors: BTreeMap<String, u32>,
+    /// Policy set id of each set, by its canonical form (direction, rule ids, named ports).
+    pub sets: BTreeMap<String, u32>,
+    /// Peer identity id of each identity, by its canonical form.
+    pub identities: BTreeMap<String, u32>,
+    /// Rule-set id of each distinct rule set, by its rules.
+    pub rulesets: BTreeMap<Vec<PortRule>, u32>,
+    /// Per endpoint id: what its revision was given for.
+    pub revisions: BTreeMap<u32, Revision>,
+    /// The next revision to hand out (0: start at 1). The agent starts it at the wall clock's
+    /// nanoseconds, so that a restarted agent never reuses a revision a tracked flow carries.
+    pub next_revision: u64,
+    /// Digest of each policy set's entries and rule sets, by set id.
+    pub set_digests: BTreeMap<u32, [u8; 32]>,
+    /// The identity of every pod address and ClusterIP in the peer trie.
+    pub peer_ids: BTreeMap<IpAddr, PeerIdentity>,
+    /// The region prefixes of the peer trie.
+    pub regions: BTreeSet<PeerEntryKey>,
+}
+
+/// An endpoint's revision and what it was given for: it stays while the endpoint's flags and
+/// sets stay and no set decides anything differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revision {
+    /// The endpoint's flags.
+    pub flags: u32,
+    /// Its ingress and egress set ids.
+    pub sets: [u32; 2],
+    /// The revision.
+    pub revision: u64,
 }

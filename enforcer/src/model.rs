@@ -2,10 +2,12 @@
 //!
 //! A flow goes through the same hooks as in the kernel: [`decide_hook`] at the source
 //! endpoint's egress (towards the Service address when the flow goes through one), then at
-//! the destination endpoint's ingress (the backend, after kube-proxy's DNAT), each one reading the endpoint
-//! map and the direction's LPM trie exactly as the probe does (longest prefix, then
+//! the destination endpoint's ingress (the backend, after kube-proxy's DNAT), each one reading
+//! the maps exactly as the probe does: the endpoint map (programmed? isolated? which policy
+//! set?), then [`DesiredState::rules_for`] (the peer's identity by longest prefix, the set's
+//! entry for it or else for its fallback, the rule set that entry names), then
 //! [`PolicyValue::matching_rule`](tollgate_schemas::PolicyValue::matching_rule), the one
-//! matching function both share). If both let the first packet pass, the reply passes through
+//! matching function both share. If both let the first packet pass, the reply passes through
 //! conntrack. [`ModelDatapath`] wraps this as a [`Datapath`].
 //!
 //! Not modelled: conntrack state across flows, the standard mode's unknown endpoints, spoofing,
@@ -16,12 +18,11 @@
 use std::net::IpAddr;
 
 use tollgate_schemas::{
-    Direction, EndpointKey, PolicyKey, Reason, Verdict, addr, endpoint_flags, policy_prefix_len,
-    port_action,
+    Direction, EndpointKey, Reason, Verdict, addr, endpoint_flags, port_action,
 };
 
 use crate::decision::{Datapath, DatapathError, Decision, FlowOutcome, ProbeFlow};
-use crate::desired::{DesiredState, PolicyEntryKey};
+use crate::desired::DesiredState;
 
 /// The probe's decision logic in userspace, over a [`DesiredState`].
 #[derive(Debug, Clone, Default)]
@@ -139,7 +140,8 @@ pub fn decide_hook(
     } else {
         Verdict::Deny
     };
-    let rule = longest_prefix_match(desired, direction, state.id, peer)
+    let rule = desired
+        .rules_for(state.set(direction), peer)
         .and_then(|value| value.matching_rule(protocol, dst_port));
     match rule {
         Some(rule) if rule.action == port_action::DENY_SERVICE => {
@@ -155,37 +157,22 @@ pub fn decide_hook(
     }
 }
 
-/// The value of the longest prefix of `peer` in `direction`'s trie for endpoint `id`, as the
-/// kernel's LPM trie returns it.
-fn longest_prefix_match(
-    desired: &DesiredState,
-    direction: Direction,
-    id: u32,
-    peer: [u8; 16],
-) -> Option<&tollgate_schemas::PolicyValue> {
-    let trie = desired.policy(direction);
-    let peer = u128::from_be_bytes(peer);
-    (0..=128u8).rev().find_map(|len| {
-        let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-        trie.get(&PolicyEntryKey {
-            prefix_len: policy_prefix_len(len),
-            key: PolicyKey {
-                endpoint: id,
-                addr: (peer & mask).to_be_bytes(),
-            },
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use tollgate_schemas::{PolicyValue, PortRule, proto};
+    use tollgate_schemas::{
+        PeerIdentity, PeerKey, PolicyEntry, PolicyKey, PolicyValue, PortRule, proto,
+    };
 
     use super::*;
+    use crate::desired::PeerEntryKey;
 
     const EP: [u8; 16] = addr::v4_bytes([10, 0, 0, 1]);
     const OTHER: [u8; 16] = addr::v4_bytes([10, 0, 0, 2]);
 
+    /// Endpoint 1 (EP) and 2 (OTHER), each with a policy set of its own per direction. Set 1
+    /// (EP's ingress) lets 10.0.0.0/8 reach port 80 (rule 7) but not 10.0.0.0/24; of two
+    /// ClusterIPs in 10.0.0.0/8, one has no entry of its own (its fallback's applies), the
+    /// other one naming the empty rule set 0.
     fn state(flags: u32) -> DesiredState {
         let mut desired = DesiredState::default();
         for (addr, id) in [(EP, 1), (OTHER, 2)] {
@@ -195,11 +182,34 @@ mod tests {
                     id,
                     ifindex: 1,
                     flags,
+                    ingress_set: id,
+                    egress_set: id + 2,
+                    _pad: 0,
                     revision: 0,
                 },
             );
         }
-        // Endpoint 1, ingress: 10.0.0.0/8 may reach port 80 (rule 7); 10.0.0.0/24 nothing.
+        let v4 = |octets: [u8; 4], len: u32| PeerEntryKey {
+            prefix_len: 96 + len,
+            key: PeerKey {
+                addr: addr::v4_bytes(octets),
+            },
+        };
+        let identity = |id, fallback| PeerIdentity { id, fallback };
+        let world = PeerEntryKey {
+            prefix_len: 0,
+            key: PeerKey { addr: [0; 16] },
+        };
+        for (key, identity) in [
+            (world, identity(1, 0)),
+            (v4([0, 0, 0, 0], 0), identity(2, 0)),
+            (v4([10, 0, 0, 0], 8), identity(10, 0)),
+            (v4([10, 0, 0, 0], 24), identity(11, 0)),
+            (v4([10, 0, 5, 5], 32), identity(12, 10)),
+            (v4([10, 0, 6, 6], 32), identity(13, 10)),
+        ] {
+            desired.peers.insert(key, identity);
+        }
         let mut allow = PolicyValue::EMPTY;
         allow.count = 1;
         allow.rules[0] = PortRule {
@@ -210,17 +220,13 @@ mod tests {
             action: port_action::ALLOW,
             _pad: [0; 2],
         };
-        let key = |octets: [u8; 4], len: u8| PolicyEntryKey {
-            prefix_len: policy_prefix_len(96 + len),
-            key: PolicyKey {
-                endpoint: 1,
-                addr: addr::v4_bytes(octets),
-            },
-        };
-        desired.ingress.insert(key([10, 0, 0, 0], 8), allow);
+        desired.rulesets.insert(1, allow);
         desired
-            .ingress
-            .insert(key([10, 0, 0, 0], 24), PolicyValue::EMPTY);
+            .policy
+            .insert(PolicyKey { set: 1, peer: 10 }, PolicyEntry { ruleset: 1 });
+        desired
+            .policy
+            .insert(PolicyKey { set: 1, peer: 13 }, PolicyEntry { ruleset: 0 });
         desired
     }
 
@@ -270,9 +276,31 @@ mod tests {
             hook(&isolated, [10, 1, 0, 1], 80),
             decision(Verdict::Allow, Reason::AllowedByRule, 7)
         );
-        // Longest prefix: the empty /24 shadows the /8.
+        // Longest prefix: the /24's identity, which has no entry, shadows the /8's.
         assert_eq!(
             hook(&isolated, [10, 0, 0, 9], 80),
+            decision(Verdict::Deny, Reason::IsolatedNoMatch, 0)
+        );
+        // A ClusterIP without an entry of its own is what its fallback is; one whose entry
+        // names rule set 0 allows nothing, whatever its fallback allows.
+        assert_eq!(
+            hook(&isolated, [10, 0, 5, 5], 80),
+            decision(Verdict::Allow, Reason::AllowedByRule, 7)
+        );
+        assert_eq!(
+            hook(&isolated, [10, 0, 6, 6], 80),
+            decision(Verdict::Deny, Reason::IsolatedNoMatch, 0)
+        );
+        // Another endpoint's set does not apply.
+        assert_eq!(
+            decide_hook(
+                &isolated,
+                Direction::Ingress,
+                OTHER,
+                addr::v4_bytes([10, 1, 0, 1]),
+                proto::TCP,
+                80
+            ),
             decision(Verdict::Deny, Reason::IsolatedNoMatch, 0)
         );
         assert_eq!(

@@ -1,13 +1,16 @@
 //! Loading the embedded eBPF object and attaching its programs to pod veths.
 //!
 //! [`Probe::load`] loads the object built from `probe/` (embedded at build time), loads both
-//! TC programs into the kernel and takes every map into a typed handle. [`Probe::attach`] puts
-//! `from_pod` on the TC ingress hook and `to_pod` on the TC egress hook of a host-side veth,
-//! with TCX links where the kernel has them (6.6+), else through a clsact qdisc. Dropping the
-//! probe detaches the programs and frees the maps.
+//! TC programs into the kernel and takes every map into a typed handle; [`Probe::load_with`]
+//! sizes the policy maps by a [`Capacity`] instead of [`tollgate_schemas::map_sizes`] (tests
+//! make them small, to fill one). [`Probe::attach`] puts `from_pod` on the TC ingress hook and
+//! `to_pod` on the TC egress hook of a host-side veth, with TCX links where the kernel has them
+//! (6.6+), else through a clsact qdisc. Dropping the probe detaches the programs and frees the
+//! maps.
 //!
-//! For an agent that must survive its own restarts, [`Probe::load_pinned`] loads the same
-//! object with every shared map pinned under a bpffs directory (reused when already pinned:
+//! For an agent that must survive its own restarts, [`Probe::load_pinned`] (and
+//! [`Probe::load_pinned_with`]) loads the same object with every shared map pinned under a
+//! bpffs directory (reused when already pinned:
 //! the kernel objects outlive the process), [`Probe::attach_links`] hands the caller the links
 //! of one veth instead of keeping them (so they can be pinned, or left attached on exit), and
 //! [`Probe::replace_link`] moves an existing link, found again after a restart, to this
@@ -33,11 +36,11 @@ use aya::{
 };
 use tollgate_schemas::{
     Config, Counter, CtEntry, DenyEntry, EndpointKey, EndpointState, FLOW_EVENT_VERSION, FlowEvent,
-    FlowKey, FragEntry, FragKey, NodeAddr, PolicyKey, PolicyValue, Verdict, addr, map_names,
-    program_names,
+    FlowKey, FragEntry, FragKey, NodeAddr, PeerIdentity, PeerKey, PolicyEntry, PolicyKey,
+    PolicyValue, Verdict, addr, map_names, map_sizes, program_names,
 };
 
-use crate::{aya_maps::AyaMaps, events::EventReader};
+use crate::{aya_maps::AyaMaps, desired::Capacity, events::EventReader};
 
 /// The eBPF object built from `probe/` by `build.rs`.
 static PROBE_OBJECT: &[u8] =
@@ -155,6 +158,10 @@ pub fn hook_of(program: &str) -> Option<TcAttachType> {
         .map(|(_, hook)| *hook)
 }
 
+/// `BPF_F_NO_PREALLOC` of the kernel's uapi (`linux/bpf.h`): elements are allocated on insert
+/// and freed after an RCU grace period.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 /// What the kernel knows of a map, as far as its programs depend on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSpec {
@@ -166,14 +173,18 @@ pub struct MapSpec {
     pub value_size: u32,
     /// Capacity (for the ring buffer: its size in bytes).
     pub max_entries: u32,
+    /// `map_flags`: `BPF_F_NO_PREALLOC` for the peer trie (the kernel requires it of an LPM
+    /// trie), the policy map (sized for the largest node) and the endpoint map (the programs
+    /// read its values in place), else 0.
+    pub flags: u32,
 }
 
 impl std::fmt::Display for MapSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "type {} key {} B value {} B max {}",
-            self.map_type, self.key_size, self.value_size, self.max_entries
+            "type {} key {} B value {} B max {} flags {:#x}",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
         )
     }
 }
@@ -185,6 +196,15 @@ impl MapSpec {
             key_size: size_of::<K>() as u32,
             value_size: size_of::<V>() as u32,
             max_entries,
+            flags: 0,
+        }
+    }
+
+    /// The map is created with `BPF_F_NO_PREALLOC`.
+    const fn not_preallocated(self) -> Self {
+        Self {
+            flags: BPF_F_NO_PREALLOC,
+            ..self
         }
     }
 
@@ -194,6 +214,7 @@ impl MapSpec {
             key_size: info.key_size(),
             value_size: info.value_size(),
             max_entries: info.max_entries(),
+            flags: info.map_flags(),
         }
     }
 }
@@ -202,33 +223,53 @@ impl MapSpec {
 /// agent of another format are then never reused (see [`map_layout_id`]).
 pub const MAP_FORMAT: u32 = 1;
 
-/// Every map the programs share with userspace, with what they expect of it: the maps
-/// [`Probe::load_pinned`] pins. `TG_SCRATCH` is left out: per-CPU room of one run, it is
-/// created anew by each load.
-pub const PINNED_MAPS: [(&str, MapSpec); 10] = {
-    use tollgate_schemas::map_sizes;
+/// The capacities of [`tollgate_schemas::map_sizes`], what `Capacity::default()` holds, as a
+/// constant.
+const DEFAULT_CAPACITY: Capacity = Capacity {
+    endpoints: map_sizes::ENDPOINTS,
+    peers: map_sizes::PEERS,
+    policy: map_sizes::POLICY,
+    rulesets: map_sizes::RULESETS,
+    node_addrs: map_sizes::NODE_ADDRS,
+};
+
+/// How many maps the programs share with userspace.
+pub const SHARED_MAPS: usize = 11;
+
+/// Every map the programs share with userspace, with what they expect of it, at the default
+/// capacities: the maps [`Probe::load_pinned`] pins. See [`pinned_maps`].
+pub const PINNED_MAPS: [(&str, MapSpec); SHARED_MAPS] = pinned_maps(&DEFAULT_CAPACITY);
+
+/// Every map the programs share with userspace, with what they expect of it when the policy
+/// maps are sized by `capacity`: the maps [`Probe::load_pinned_with`] pins. `TG_SCRATCH` is
+/// left out: per-CPU room of one run, it is created anew by each load.
+pub const fn pinned_maps(capacity: &Capacity) -> [(&'static str, MapSpec); SHARED_MAPS] {
     [
         (
             map_names::ENDPOINTS,
-            MapSpec::of::<EndpointKey, EndpointState>(MapType::Hash, map_sizes::ENDPOINTS),
+            MapSpec::of::<EndpointKey, EndpointState>(MapType::Hash, capacity.endpoints)
+                .not_preallocated(),
         ),
         (
             map_names::NODE_ADDRS,
-            MapSpec::of::<EndpointKey, NodeAddr>(MapType::Hash, map_sizes::NODE_ADDRS),
+            MapSpec::of::<EndpointKey, NodeAddr>(MapType::Hash, capacity.node_addrs),
         ),
         (
-            map_names::INGRESS,
-            MapSpec::of::<aya::maps::lpm_trie::Key<PolicyKey>, PolicyValue>(
+            map_names::PEERS,
+            MapSpec::of::<aya::maps::lpm_trie::Key<PeerKey>, PeerIdentity>(
                 MapType::LpmTrie,
-                map_sizes::POLICY,
-            ),
+                capacity.peers,
+            )
+            .not_preallocated(),
         ),
         (
-            map_names::EGRESS,
-            MapSpec::of::<aya::maps::lpm_trie::Key<PolicyKey>, PolicyValue>(
-                MapType::LpmTrie,
-                map_sizes::POLICY,
-            ),
+            map_names::POLICY,
+            MapSpec::of::<PolicyKey, PolicyEntry>(MapType::Hash, capacity.policy)
+                .not_preallocated(),
+        ),
+        (
+            map_names::RULESETS,
+            MapSpec::of::<u32, PolicyValue>(MapType::Array, capacity.rulesets),
         ),
         (
             map_names::CONNTRACK,
@@ -255,13 +296,31 @@ pub const PINNED_MAPS: [(&str, MapSpec); 10] = {
             MapSpec::of::<(), ()>(MapType::RingBuf, map_sizes::EVENTS_BYTES),
         ),
     ]
-};
+}
+
+/// The maps whose capacity a [`Capacity`] sets, with it.
+fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 5] {
+    [
+        (map_names::ENDPOINTS, capacity.endpoints),
+        (map_names::PEERS, capacity.peers),
+        (map_names::POLICY, capacity.policy),
+        (map_names::RULESETS, capacity.rulesets),
+        (map_names::NODE_ADDRS, capacity.node_addrs),
+    ]
+}
 
 /// A name for the layout of [`PINNED_MAPS`] (and [`MAP_FORMAT`]): 16 hex digits of an FNV-1a
-/// hash over every map's name and [`MapSpec`]. Maps pinned under one layout id are reused only
+/// hash over every map's name and [`MapSpec`], at the default capacities. Maps pinned under one layout id are reused only
 /// by probes of the same layout, so an agent never binds its programs to maps whose entries it
 /// would misread.
 pub fn map_layout_id() -> String {
+    map_layout_id_with(&DEFAULT_CAPACITY)
+}
+
+/// The layout id of the maps sized by `capacity` ([`pinned_maps`]): capacities are part of the
+/// layout, so maps of other sizes are pinned apart and never reused (an agent given new
+/// capacities starts on new maps, and unpins the old ones like those of an older layout).
+pub fn map_layout_id_with(capacity: &Capacity) -> String {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
@@ -271,7 +330,7 @@ pub fn map_layout_id() -> String {
         }
     };
     eat(&MAP_FORMAT.to_le_bytes());
-    for (name, spec) in PINNED_MAPS {
+    for (name, spec) in pinned_maps(capacity) {
         eat(name.as_bytes());
         eat(&[0]);
         for field in [
@@ -279,6 +338,7 @@ pub fn map_layout_id() -> String {
             spec.key_size,
             spec.value_size,
             spec.max_entries,
+            spec.flags,
         ] {
             eat(&field.to_le_bytes());
         }
@@ -322,20 +382,26 @@ impl Counters {
 
 /// The probe's maps, each in its typed handle.
 pub(crate) struct ProbeMaps {
-    pub endpoints: HashMap<MapData, EndpointKey, EndpointState>,
-    pub node_addrs: HashMap<MapData, EndpointKey, NodeAddr>,
-    pub ingress: LpmTrie<MapData, PolicyKey, PolicyValue>,
-    pub egress: LpmTrie<MapData, PolicyKey, PolicyValue>,
-    pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
-    pub denies: HashMap<MapData, FlowKey, DenyEntry>,
-    pub frags: HashMap<MapData, FragKey, FragEntry>,
-    pub config: Array<MapData, Config>,
-    pub counters: PerCpuArray<MapData, u64>,
+    /// Pod address → endpoint.
+    pub(crate) endpoints: HashMap<MapData, EndpointKey, EndpointState>,
+    /// The node's own addresses.
+    pub(crate) node_addrs: HashMap<MapData, EndpointKey, NodeAddr>,
+    /// Peer prefix → peer identity, node-wide.
+    pub(crate) peers: LpmTrie<MapData, PeerKey, PeerIdentity>,
+    /// (policy set, peer identity) → rule set.
+    pub(crate) policy: HashMap<MapData, PolicyKey, PolicyEntry>,
+    /// Rule-set id → rule set (written with `set(id, value, 0)`; index 0 stays empty).
+    pub(crate) rulesets: Array<MapData, PolicyValue>,
+    pub(crate) conntrack: HashMap<MapData, FlowKey, CtEntry>,
+    pub(crate) denies: HashMap<MapData, FlowKey, DenyEntry>,
+    pub(crate) frags: HashMap<MapData, FragKey, FragEntry>,
+    pub(crate) config: Array<MapData, Config>,
+    pub(crate) counters: PerCpuArray<MapData, u64>,
     /// Duplicated descriptors of the conntrack, deny and counter maps, to open second handles
     /// on them (opening a map by id would need CAP_SYS_ADMIN, which the agent does not have).
-    pub conntrack_fd: OwnedFd,
-    pub denies_fd: OwnedFd,
-    pub counters_fd: OwnedFd,
+    pub(crate) conntrack_fd: OwnedFd,
+    pub(crate) denies_fd: OwnedFd,
+    pub(crate) counters_fd: OwnedFd,
 }
 
 /// The loaded probe: both programs and every map.
@@ -343,6 +409,7 @@ pub struct Probe {
     ebpf: Ebpf,
     maps: ProbeMaps,
     events: Option<RingBuf<MapData>>,
+    capacity: Capacity,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, ProbeError> {
@@ -357,11 +424,27 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
 }
 
 impl Probe {
-    /// Loads the embedded object and both programs, in strict mode (unknown endpoints denied).
+    /// Loads the embedded object and both programs, in strict mode (unknown endpoints denied),
+    /// with the policy maps at their default capacities ([`tollgate_schemas::map_sizes`]).
     pub fn load() -> Result<Self, ProbeError> {
-        let mut probe = Self::from_ebpf(Ebpf::load(PROBE_OBJECT)?)?;
+        Self::load_with(&DEFAULT_CAPACITY)
+    }
+
+    /// Loads like [`Probe::load`], with the policy maps (endpoints, peers, policy, rule sets,
+    /// node addresses) sized by `capacity`.
+    pub fn load_with(capacity: &Capacity) -> Result<Self, ProbeError> {
+        let mut loader = EbpfLoader::new();
+        for (name, max_entries) in sized_maps(capacity) {
+            loader.map_max_entries(name, max_entries);
+        }
+        let mut probe = Self::from_ebpf(loader.load(PROBE_OBJECT)?, *capacity)?;
         probe.set_config(&Config::default())?;
         Ok(probe)
+    }
+
+    /// The capacities the policy maps were created with.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
     }
 
     /// Loads the embedded object like [`Probe::load`], with every map of [`PINNED_MAPS`]
@@ -373,18 +456,29 @@ impl Probe {
     /// Programs attached by an earlier load keep running with these same maps, so whatever
     /// this probe writes reaches them too.
     pub fn load_pinned(dir: &Path) -> Result<(Self, MapsOrigin), ProbeError> {
+        Self::load_pinned_with(dir, &DEFAULT_CAPACITY)
+    }
+
+    /// Loads like [`Probe::load_pinned`], with the policy maps sized by `capacity`. Maps pinned
+    /// in `dir` with other capacities are refused ([`ProbeError::PinnedMapMismatch`]): give
+    /// each capacity a directory of its own ([`map_layout_id_with`]).
+    pub fn load_pinned_with(
+        dir: &Path,
+        capacity: &Capacity,
+    ) -> Result<(Self, MapsOrigin), ProbeError> {
         std::fs::create_dir_all(dir).map_err(|source| ProbeError::PinDir {
             path: dir.to_owned(),
             source,
         })?;
-        let pins: Vec<(&str, PathBuf)> = PINNED_MAPS
+        let expected = pinned_maps(capacity);
+        let pins: Vec<(&'static str, PathBuf)> = expected
             .iter()
             .map(|(name, _)| (*name, dir.join(name)))
             .collect();
         let mut existing = 0;
         for (name, path) in &pins {
             if path.exists() {
-                check_pinned(name, path)?;
+                check_pinned(&expected, name, path)?;
                 existing += 1;
             }
         }
@@ -393,10 +487,13 @@ impl Probe {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut probe = Self::from_ebpf(loader.load(PROBE_OBJECT)?)?;
+        for (name, max_entries) in sized_maps(capacity) {
+            loader.map_max_entries(name, max_entries);
+        }
+        let mut probe = Self::from_ebpf(loader.load(PROBE_OBJECT)?, *capacity)?;
         // The maps this load created must be what the next load will expect.
         for (name, path) in &pins {
-            check_pinned(name, path)?;
+            check_pinned(&expected, name, path)?;
         }
         if !config_pinned {
             probe.set_config(&Config::default())?;
@@ -410,7 +507,7 @@ impl Probe {
     }
 
     /// Loads both programs of `ebpf` and takes every map.
-    fn from_ebpf(mut ebpf: Ebpf) -> Result<Self, ProbeError> {
+    fn from_ebpf(mut ebpf: Ebpf, capacity: Capacity) -> Result<Self, ProbeError> {
         for name in [program_names::FROM_POD, program_names::TO_POD] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -425,8 +522,9 @@ impl Probe {
         let maps = ProbeMaps {
             endpoints: typed(&mut ebpf, map_names::ENDPOINTS)?,
             node_addrs: typed(&mut ebpf, map_names::NODE_ADDRS)?,
-            ingress: typed(&mut ebpf, map_names::INGRESS)?,
-            egress: typed(&mut ebpf, map_names::EGRESS)?,
+            peers: typed(&mut ebpf, map_names::PEERS)?,
+            policy: typed(&mut ebpf, map_names::POLICY)?,
+            rulesets: typed(&mut ebpf, map_names::RULESETS)?,
             conntrack: HashMap::try_from(conntrack).map_err(|source| ProbeError::Map {
                 name: map_names::CONNTRACK,
                 source,
@@ -446,7 +544,12 @@ impl Probe {
             counters_fd,
         };
         let events = Some(typed(&mut ebpf, map_names::EVENTS)?);
-        Ok(Self { ebpf, maps, events })
+        Ok(Self {
+            ebpf,
+            maps,
+            events,
+            capacity,
+        })
     }
 
     /// Replaces the global settings.
@@ -781,9 +884,13 @@ pub fn clsact_link(ifname: &str, program: &str) -> Result<SchedClassifierLink, s
     SchedClassifierLink::attached(ifname, hook, CLSACT_PRIORITY, CLSACT_HANDLE, None)
 }
 
-/// Checks that the map pinned at `path` is the map `name` of [`PINNED_MAPS`].
-fn check_pinned(name: &'static str, path: &Path) -> Result<(), ProbeError> {
-    let Some((_, expected)) = PINNED_MAPS.iter().find(|(n, _)| *n == name) else {
+/// Checks that the map pinned at `path` is the map `name` of `maps` ([`pinned_maps`]).
+fn check_pinned(
+    maps: &[(&'static str, MapSpec)],
+    name: &'static str,
+    path: &Path,
+) -> Result<(), ProbeError> {
+    let Some((_, expected)) = maps.iter().find(|(n, _)| *n == name) else {
         return Err(ProbeError::MissingMap(name));
     };
     let info = MapInfo::from_pin(path).map_err(|source| ProbeError::Map { name, source })?;

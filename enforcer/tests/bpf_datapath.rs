@@ -11,15 +11,16 @@ use tollgate_enforcer::{
     bpf_datapath::{BpfDatapath, HookRun},
     compile::{Compiled, Placement, compile},
     decision::{Datapath, Decision, FlowOutcome, ProbeFlow, ServiceHop},
-    desired::Ids,
+    desired::{Capacity, DesiredState, Ids, PeerEntryKey},
     manifest::parse_manifests,
     model::ModelDatapath,
     packet::{Fragment, PacketSpec},
     snapshot::Snapshot,
 };
 use tollgate_schemas::{
-    Config, Counter, CtEntry, Direction, EndpointKey, FlowKey, FragEntry, FragKey, Reason, Verdict,
-    addr, config_flags, endpoint_flags, proto,
+    ANY_PROTOCOL, Config, Counter, CtEntry, Direction, EndpointKey, EndpointState, FlowKey,
+    FragEntry, FragKey, PeerIdentity, PeerKey, PolicyEntry, PolicyKey, PolicyValue, PortRule,
+    Reason, Verdict, addr, config_flags, endpoint_flags, port_action, proto,
 };
 
 fn root() -> bool {
@@ -706,6 +707,7 @@ fn conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_packet() {
             tcp_flags: 0x02,
             _pad: 0,
             first_len: 60,
+            _pad2: 0,
         };
         lab.datapath.probe_mut().clear_flow_state().expect("clear");
         lab.datapath
@@ -1036,6 +1038,336 @@ status: {phase: Running, podIP: 198.18.0.11, podIPs: [{ip: 198.18.0.11}]}
     // The allowed backend stays reachable by its own address.
     let outcome = lab.decide(CLIENT, SERVER, proto::TCP, 80);
     assert_eq!(outcome.egress.map(|d| d.verdict), Some(Verdict::Allow));
+}
+
+/// Small policy maps, for the hand-built states below (and to load the probe with a capacity).
+const SMALL: Capacity = Capacity {
+    endpoints: 16,
+    peers: 32,
+    policy: 32,
+    rulesets: 8,
+    node_addrs: 4,
+};
+
+/// A peer-trie entry of `prefix` (an IPv4 prefix, `a.b.c.d/len`) → `id`, falling back to
+/// `fallback`.
+fn peer(prefix: &str, id: u32, fallback: u32) -> (PeerEntryKey, PeerIdentity) {
+    let (address, len) = prefix.split_once('/').expect("prefix");
+    let address = ip(address);
+    let len: u8 = len.parse().expect("prefix length");
+    (
+        PeerEntryKey {
+            prefix_len: u32::from(addr::mapped_prefix_len(address, len)),
+            key: PeerKey {
+                addr: addr::to_bytes(address),
+            },
+        },
+        PeerIdentity { id, fallback },
+    )
+}
+
+/// A rule set of one rule: `protocol` on `port` (every port and protocol for
+/// [`ANY_PROTOCOL`]).
+fn ruleset(rule_id: u32, protocol: u8, port: u16) -> PolicyValue {
+    let mut value = PolicyValue::EMPTY;
+    value.count = 1;
+    value.rules[0] = PortRule {
+        rule_id,
+        port_lo: port,
+        port_hi: port,
+        protocol,
+        action: port_action::ALLOW,
+        _pad: [0; 2],
+    };
+    value
+}
+
+fn endpoint(
+    id: u32,
+    flags: u32,
+    ingress_set: u32,
+    egress_set: u32,
+    revision: u64,
+) -> EndpointState {
+    EndpointState {
+        id,
+        ifindex: 1,
+        flags: endpoint_flags::PROGRAMMED | flags,
+        ingress_set,
+        egress_set,
+        _pad: 0,
+        revision,
+    }
+}
+
+fn endpoint_key(address: &str) -> EndpointKey {
+    EndpointKey {
+        addr: addr::to_bytes(ip(address)),
+    }
+}
+
+/// The verdict, reason and rule of a first packet, from its event.
+fn first_decision(run: &HookRun) -> (Verdict, Reason, u32) {
+    let (verdict, reason, _) = one_event(run);
+    assert_eq!(verdict.passes(), run.passed);
+    (verdict, reason, run.events[0].rule_id)
+}
+
+/// Policy set of the server's ingress and of the client's egress in [`identities_lab`].
+const SERVER_IN: u32 = 7;
+const CLIENT_OUT: u32 = 8;
+/// Rule ids of the two rule sets.
+const ANY_RULE: u32 = 100;
+const SERVICE_PORT_RULE: u32 = 200;
+
+/// A state written by hand, as the compiler might: the server is ingress-isolated (set 7), the
+/// client egress-isolated (set 8). The peer trie has no `::/0` nor `0.0.0.0/0`, so addresses
+/// outside its prefixes miss it.
+fn identities_lab() -> DesiredState {
+    let mut desired = DesiredState::default();
+    desired.endpoints.insert(
+        endpoint_key(SERVER),
+        endpoint(1, endpoint_flags::INGRESS_ISOLATED, SERVER_IN, 0, 1),
+    );
+    desired.endpoints.insert(
+        endpoint_key(CLIENT),
+        endpoint(2, endpoint_flags::EGRESS_ISOLATED, 0, CLIENT_OUT, 1),
+    );
+    desired.peers.extend([
+        peer("10.0.0.0/24", 10, 0),
+        peer("10.0.1.0/24", 11, 0),
+        // The Service range, and three ClusterIPs in it with identities of their own.
+        peer("198.19.0.0/16", 12, 0),
+        peer("198.19.0.10/32", 20, 12),
+        peer("198.19.0.11/32", 21, 12),
+        peer("198.19.0.12/32", 22, 0),
+    ]);
+    desired.policy.extend([
+        (
+            PolicyKey {
+                set: SERVER_IN,
+                peer: 10,
+            },
+            PolicyEntry { ruleset: 1 },
+        ),
+        // An entry naming the empty rule set: nothing allowed.
+        (
+            PolicyKey {
+                set: SERVER_IN,
+                peer: 11,
+            },
+            PolicyEntry { ruleset: 0 },
+        ),
+        (
+            PolicyKey {
+                set: CLIENT_OUT,
+                peer: 12,
+            },
+            PolicyEntry { ruleset: 2 },
+        ),
+        // A ClusterIP whose entry stops the fallback to the range's.
+        (
+            PolicyKey {
+                set: CLIENT_OUT,
+                peer: 21,
+            },
+            PolicyEntry { ruleset: 0 },
+        ),
+    ]);
+    desired.rulesets.extend([
+        (1, ruleset(ANY_RULE, ANY_PROTOCOL, 0)),
+        (2, ruleset(SERVICE_PORT_RULE, proto::TCP, 8080)),
+    ]);
+    desired
+}
+
+#[test]
+fn peer_identities_decide_through_policy_entries_and_fallbacks() {
+    if !root() {
+        return;
+    }
+    let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
+    assert_eq!(datapath.probe_mut().capacity(), SMALL);
+    let desired = identities_lab();
+    datapath.program(&desired).expect("sync");
+    let allowed = |rule| (Verdict::Allow, Reason::AllowedByRule, rule);
+    let denied = (Verdict::Deny, Reason::IsolatedNoMatch, 0);
+    let cases = [
+        // Ingress of the server, by the peer's identity.
+        (
+            Direction::Ingress,
+            "10.0.0.7",
+            SERVER,
+            80,
+            allowed(ANY_RULE),
+        ),
+        // An entry naming rule set 0.
+        (Direction::Ingress, "10.0.1.7", SERVER, 80, denied),
+        // No prefix of the trie holds the address: fail closed.
+        (Direction::Ingress, OUTSIDE, SERVER, 80, denied),
+        // A ClusterIP without an entry of its own is what the range around it is.
+        (
+            Direction::Egress,
+            CLIENT,
+            "198.19.0.10",
+            8080,
+            allowed(SERVICE_PORT_RULE),
+        ),
+        (Direction::Egress, CLIENT, "198.19.0.10", 80, denied),
+        // A ClusterIP whose entry names rule set 0: its fallback is not looked at.
+        (Direction::Egress, CLIENT, "198.19.0.11", 8080, denied),
+        // A ClusterIP without an entry nor a fallback.
+        (Direction::Egress, CLIENT, "198.19.0.12", 8080, denied),
+        (
+            Direction::Egress,
+            CLIENT,
+            "198.19.0.99",
+            8080,
+            allowed(SERVICE_PORT_RULE),
+        ),
+        (Direction::Egress, CLIENT, OUTSIDE, 8080, denied),
+    ];
+    for (direction, src, dst, port, expected) in cases {
+        let spec = PacketSpec::first(ip(src), ip(dst), proto::TCP, 40_000, port);
+        let run = datapath.run(direction, &spec.build()).expect("test run");
+        assert_eq!(
+            first_decision(&run),
+            expected,
+            "{} {src} -> {dst}:{port}",
+            direction.name()
+        );
+        // The userspace lookup chain agrees.
+        let (own, peer, set) = match direction {
+            Direction::Ingress => (dst, src, SERVER_IN),
+            Direction::Egress => (src, dst, CLIENT_OUT),
+        };
+        assert_eq!(desired.endpoints[&endpoint_key(own)].set(direction), set);
+        let model = desired
+            .rules_for(set, addr::to_bytes(ip(peer)))
+            .and_then(|value| value.matching_rule(proto::TCP, port))
+            .map_or(0, |rule| rule.rule_id);
+        assert_eq!(model, expected.2, "model: {src} -> {dst}:{port}");
+    }
+}
+
+/// The server of [`identities_lab`] isolated both ways, its egress allowing nothing: its
+/// replies pass only through conntrack.
+fn server_isolated_both_ways(revision: u64) -> EndpointState {
+    endpoint(
+        1,
+        endpoint_flags::INGRESS_ISOLATED | endpoint_flags::EGRESS_ISOLATED,
+        SERVER_IN,
+        9,
+        revision,
+    )
+}
+
+#[test]
+fn a_syn_without_ack_is_never_taken_for_a_reply() {
+    if !root() {
+        return;
+    }
+    let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
+    let mut desired = identities_lab();
+    desired
+        .endpoints
+        .insert(endpoint_key(SERVER), server_isolated_both_ways(1));
+    datapath.program(&desired).expect("sync");
+    let request = PacketSpec::first(ip("10.0.0.7"), ip(SERVER), proto::TCP, 40_000, 80);
+    let run = datapath
+        .run(Direction::Ingress, &request.build())
+        .expect("run");
+    assert_eq!(first_decision(&run).1, Reason::AllowedByRule);
+    // The server's SYN on the reversed tuple (a simultaneous open) is decided by policy.
+    let mut syn = request.reply();
+    syn.tcp_flags = 0x02;
+    let run = datapath.run(Direction::Egress, &syn.build()).expect("run");
+    assert_eq!(first_decision(&run).1, Reason::IsolatedNoMatch);
+    // Its SYN-ACK is the reply.
+    let run = datapath
+        .run(Direction::Egress, &request.reply().build())
+        .expect("run");
+    assert!(run.passed && run.events.is_empty(), "{run:?}");
+}
+
+#[test]
+fn a_new_revision_decides_tracked_flows_again() {
+    if !root() {
+        return;
+    }
+    let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
+    let mut desired = identities_lab();
+    let revise = |desired: &mut DesiredState, revision: u64| {
+        desired
+            .endpoints
+            .insert(endpoint_key(SERVER), server_isolated_both_ways(revision));
+    };
+    // Revisions above 2^32 whose low 32 bits are equal: a comparison of truncated revisions
+    // would take them for one.
+    let revisions = [(1u64 << 32) | 5, (2u64 << 32) | 5, (3u64 << 32) | 5];
+    revise(&mut desired, revisions[0]);
+    datapath.program(&desired).expect("sync");
+    let flows = [40_000, 40_001].map(|port| {
+        let request = PacketSpec::first(ip("10.0.0.7"), ip(SERVER), proto::TCP, port, 80);
+        let mut next = request.clone();
+        next.tcp_flags = 0x10;
+        let mut reply = request.reply();
+        reply.tcp_flags = 0x10;
+        (request, next, reply)
+    });
+    for (request, _, reply) in &flows {
+        let first = datapath
+            .run(Direction::Ingress, &request.build())
+            .expect("run");
+        assert_eq!(first_decision(&first).1, Reason::AllowedByRule);
+        let back = datapath
+            .run(Direction::Egress, &reply.build())
+            .expect("run");
+        assert!(back.passed && back.events.is_empty(), "{back:?}");
+    }
+
+    // A new revision under which the flow is still allowed: it is decided again, silently.
+    revise(&mut desired, revisions[1]);
+    datapath.program(&desired).expect("sync");
+    let (_, next, reply) = &flows[0];
+    for (direction, spec) in [(Direction::Ingress, next), (Direction::Egress, reply)] {
+        let run = datapath.run(direction, &spec.build()).expect("run");
+        assert!(run.passed && run.events.is_empty(), "{run:?}");
+    }
+
+    // Policy revoked under the same revision: tracked flows keep passing (a revision is what
+    // makes the probe decide them again), new flows are denied.
+    desired.policy.insert(
+        PolicyKey {
+            set: SERVER_IN,
+            peer: 10,
+        },
+        PolicyEntry { ruleset: 0 },
+    );
+    datapath.program(&desired).expect("sync");
+    let run = datapath
+        .run(Direction::Ingress, &next.build())
+        .expect("run");
+    assert!(run.passed && run.events.is_empty(), "{run:?}");
+    let other = PacketSpec::first(ip("10.0.0.7"), ip(SERVER), proto::TCP, 40_002, 80);
+    let run = datapath
+        .run(Direction::Ingress, &other.build())
+        .expect("run");
+    assert_eq!(first_decision(&run).1, Reason::IsolatedNoMatch);
+
+    // The next revision: the first flow's request and the second flow's reply (its tracked
+    // entry found reversed) are decided again, and denied.
+    revise(&mut desired, revisions[2]);
+    datapath.program(&desired).expect("sync");
+    let run = datapath
+        .run(Direction::Ingress, &next.build())
+        .expect("run");
+    assert_eq!(first_decision(&run).1, Reason::IsolatedNoMatch);
+    let (_, _, reply) = &flows[1];
+    let run = datapath
+        .run(Direction::Egress, &reply.build())
+        .expect("run");
+    assert_eq!(first_decision(&run).1, Reason::IsolatedNoMatch);
 }
 
 #[test]

@@ -147,8 +147,7 @@ impl NodeAgent {
         tracing::info!(
             step,
             endpoints = synced.report.endpoints,
-            upserts = synced.report.upserts,
-            deletes = synced.report.deletes,
+            writes = %synced.report.sync,
             "policy maps synced by the agent"
         );
         Ok(synced)

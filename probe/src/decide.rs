@@ -15,28 +15,51 @@
 //!    other direction, passes, if the endpoint's policy revision is still the one the flow was
 //!    decided under; otherwise the flow is decided again against the current policy, so a
 //!    tightened policy (a quarantine) cuts established flows too. An entry whose verdict byte
-//!    is unknown or does not pass is forgotten and the packet decided by policy (closed).
-//! 5. Policy: not isolated in this direction passes; isolated passes only when a rule matches
-//!    the peer's longest prefix and the protocol and destination port; else drop (or pass as
-//!    audit-deny in audit mode). A matching rule may itself deny: the peer is a Service's
-//!    ClusterIP of which policy allows only some ready backends (closed: kube-proxy picks the
-//!    backend after this hook). Ingress from one of the node's own addresses that no rule
-//!    allows passes as `from-node` (open on purpose: the API exempts the node's traffic).
+//!    is unknown or does not pass is forgotten and the packet decided by policy (closed). A
+//!    TCP SYN without ACK is never taken for a reply (closed: a simultaneous open's second SYN
+//!    is decided by policy).
+//! 5. Policy: not isolated in this direction passes (open on purpose: no policy selects the
+//!    pod there). Isolated, the packet passes only through a rule, found in four steps, each
+//!    failing closed (no rule) when it finds nothing:
+//!    - (a) the endpoint's policy set of the direction (isolated without one: closed);
+//!    - (b) the peer's identity, the longest prefix of its address in the node-wide peer trie
+//!      (a miss: closed; the trie always holds `::/0` and `::ffff:0:0/96`, so it cannot miss);
+//!    - (c) the policy entry of (set, identity), else of (set, the identity's fallback): a
+//!      ClusterIP without an entry of its own is what the addresses around it are (no entry:
+//!      closed, the set allows the peer nothing);
+//!    - (d) the rule set the entry names (rule set 0, the empty one, or an id past the array's
+//!      end: closed), and its first port rule matching the protocol and destination port.
+//!
+//!    No rule: drop (or pass as audit-deny in audit mode). A matching rule may itself deny: the
+//!    peer is a Service's ClusterIP of which policy allows only some ready backends (closed:
+//!    kube-proxy picks the backend after this hook). Ingress from one of the node's own
+//!    addresses that no rule allows passes as `from-node` (open on purpose: the API exempts the
+//!    node's traffic).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use tollgate_schemas::{
-    Config, Counter, CtEntry, Direction, EndpointKey, EndpointState, FlowKey, FragKey, PolicyKey,
-    Reason, Verdict, config_flags, endpoint_flags, policy_prefix_len, port_action, proto,
+    Config, Counter, CtEntry, Direction, EndpointKey, EndpointState, FlowKey, FragKey, PeerKey,
+    PolicyEntry, PolicyKey, PolicyValue, Reason, Verdict, config_flags, endpoint_flags,
+    port_action, proto,
 };
 
 use crate::{
     DROP, PASS, flow,
-    maps::{CONFIG, CONNTRACK, EGRESS, ENDPOINTS, FRAGS, INGRESS, NODE_ADDRS, SCRATCH, count},
+    maps::{
+        CONFIG, CONNTRACK, ENDPOINTS, FRAGS, NODE_ADDRS, PEERS, POLICY, RULESETS, SCRATCH, count,
+    },
     parse::{self, Fragment, Packet, Parsed},
 };
 
+/// Prefix length of a full address in the peer trie (the 16-byte form).
+const FULL_PREFIX_LEN: u32 = 128;
+
 /// TCP FIN and RST flags.
 const TCP_FIN_RST: u8 = 0x01 | 0x04;
+/// TCP SYN flag.
+const TCP_SYN: u8 = 0x02;
+/// TCP ACK flag.
+const TCP_ACK: u8 = 0x10;
 
 /// Decides the packet in `ctx`, seen in `direction` from its pod, and returns the TC action.
 #[inline(always)]
@@ -121,32 +144,39 @@ fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
         return flow::deny(packet, endpoint.id, Reason::Malformed, config);
     }
     if let Fragment::Later { id } = packet.fragment {
-        return later_fragment(packet, &endpoint, id, config);
+        return later_fragment(packet, endpoint, id, config);
     }
-    if packet.quoted.present != 0 && related(packet, &endpoint, config) {
+    if packet.quoted.present != 0 && related(packet, endpoint, config) {
         return flow::pass(Outcome::new(Verdict::Allow, Reason::Related, 0));
     }
     let key = flow::key_of(packet, endpoint.id);
     let mut outcome = Outcome::new(Verdict::Allow, Reason::Established, 0);
-    if tracked(packet, &endpoint, &key, config, &mut outcome) {
-        remember_fragment(packet, &endpoint, &outcome);
+    if tracked(packet, endpoint, &key, config, &mut outcome) {
+        remember_fragment(packet, endpoint, &outcome);
         return flow::pass(outcome);
     }
-    let outcome = policy(&endpoint, direction, peer, packet.protocol, packet.dst_port);
-    remember_fragment(packet, &endpoint, &outcome);
+    let outcome = policy(endpoint, direction, peer, packet.protocol, packet.dst_port);
+    remember_fragment(packet, endpoint, &outcome);
     if outcome.verdict.passes() {
-        flow::track(packet, &key, &endpoint, &outcome);
+        flow::track(packet, &key, endpoint, &outcome);
         flow::pass(outcome)
     } else {
         flow::deny(packet, endpoint.id, outcome.reason, config)
     }
 }
 
+/// The endpoint of a pod-side address, read in place. Copying the key and the 32-byte value
+/// out made the entry point's frame 288 bytes instead of 256: past the 512-byte limit of the
+/// call chain through [`later_fragment`] and [`flow::deny`] (now 256 + 48 + 192 = 496).
 #[inline(always)]
-fn endpoint(addr: &[u8; 16]) -> Option<EndpointState> {
-    let ptr = ENDPOINTS.get_ptr(EndpointKey { addr: *addr })?;
-    // SAFETY: a pointer into the map value, copied out at once.
-    Some(unsafe { *ptr })
+fn endpoint(addr: &[u8; 16]) -> Option<&'static EndpointState> {
+    let ptr = ENDPOINTS.get_ptr(EndpointKey::of(addr))?;
+    // SAFETY: a pointer into the map value, valid for this program run, which holds the RCU
+    // read lock. The map is not preallocated, so an update replaces the element and frees the
+    // old one only after a grace period: the value read here is one consistent state that
+    // does not change under the program (a preallocated element could be reused at once for
+    // another endpoint).
+    Some(unsafe { &*ptr })
 }
 
 /// Whether conntrack knows the packet's flow, in this direction or as a reply; if so, its
@@ -185,6 +215,13 @@ fn tracked(
         // Expired, no longer allowed, or unreadable: forget it and decide the packet as a new
         // flow.
         let _ = CONNTRACK.remove(key);
+        return false;
+    }
+    if key.protocol == proto::TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A SYN without ACK opens a connection and is never a reply, so the reversed key is
+        // not looked up: that lookup was about 140 ns of every new flow's decision (issue 18).
+        // Safe: such a packet only loses a pass it could have had as a reply. A simultaneous
+        // open (both ends send a SYN) has its second SYN decided by policy: fail closed.
         return false;
     }
     let reverse = key.reversed();
@@ -306,25 +343,15 @@ fn policy(
         endpoint_flags::audit(direction),
     );
     if endpoint.flags & isolated == 0 {
+        // Open on purpose: no policy selects the pod in this direction, and the API allows all.
         return Outcome::new(Verdict::Allow, Reason::NotSelected, 0);
     }
-    let key = Key::new(
-        policy_prefix_len(128),
-        PolicyKey {
-            endpoint: endpoint.id,
-            addr: *peer,
-        },
-    );
-    let value = match direction {
-        Direction::Ingress => INGRESS.get(&key),
-        Direction::Egress => EGRESS.get(&key),
-    };
     let verdict = if endpoint.flags & audit != 0 {
         Verdict::AuditDeny
     } else {
         Verdict::Deny
     };
-    if let Some(value) = value
+    if let Some(value) = rules(endpoint.set(direction), peer)
         && let Some(rule) = value.matching_rule(protocol, dst_port)
     {
         if rule.action == port_action::DENY_SERVICE {
@@ -340,7 +367,58 @@ fn policy(
         // only after no rule matched, so allowed flows do not pay for it.
         return Outcome::new(Verdict::Allow, Reason::FromNode, 0);
     }
+    // Fail closed: isolated, and no rule allows the peer on this protocol and port.
     Outcome::new(verdict, Reason::IsolatedNoMatch, 0)
+}
+
+/// The rule set that policy set `set` applies to `peer` (steps (a) to (d) of the module doc,
+/// but for the port match); `None` when it allows the peer nothing. The same lookups for both
+/// directions: only the set differs.
+#[inline(always)]
+fn rules(set: u32, peer: &[u8; 16]) -> Option<&'static PolicyValue> {
+    if set == 0 {
+        // Fail closed: isolated without a policy set (the compiler gives one to every isolated
+        // direction of a programmed endpoint); nothing can match.
+        return None;
+    }
+    // The trie's key is the prefix length followed by the address: 20 bytes of stack, the
+    // address copied once next to its length.
+    let key = Key::new(FULL_PREFIX_LEN, PeerKey { addr: *peer });
+    // Fail closed: the trie always holds `::/0` and `::ffff:0:0/96`, so every address has an
+    // identity; a miss anyway (a trie not written by the sync) matches no rule.
+    let identity = *PEERS.get(&key)?;
+    let mut key = PolicyKey {
+        set,
+        peer: identity.id,
+    };
+    let entry = match policy_entry(&key) {
+        Some(entry) => entry,
+        None if identity.fallback != 0 => {
+            // A ClusterIP's own identity has entries only where its backends decide otherwise
+            // than the addresses around it; elsewhere its fallback's entry applies.
+            key.peer = identity.fallback;
+            // Fail closed: no entry for the fallback either, so the set allows it nothing.
+            policy_entry(&key)?
+        }
+        // Fail closed: no entry, so the set allows this identity nothing.
+        None => return None,
+    };
+    if entry.ruleset == 0 {
+        // Fail closed: rule set 0 is the empty set (it stops a ClusterIP's fallback). Never
+        // read from the array, so that not even a stray write to index 0 could allow.
+        return None;
+    }
+    // Fail closed: an id past the array's end (`None`) matches nothing.
+    RULESETS.get(entry.ruleset)
+}
+
+/// The policy entry of `key`: the one place the policy map is looked up.
+#[inline(always)]
+fn policy_entry(key: &PolicyKey) -> Option<PolicyEntry> {
+    let ptr = POLICY.get_ptr(key)?;
+    // SAFETY: a pointer into the map value (4 bytes), copied out at once. The map is not
+    // preallocated, so an element deleted meanwhile is freed only after an RCU grace period.
+    Some(unsafe { *ptr })
 }
 
 #[inline(always)]

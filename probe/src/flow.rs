@@ -75,6 +75,7 @@ pub fn track(packet: &Packet, key: &FlowKey, endpoint: &EndpointState, outcome: 
         tcp_flags: packet.tcp_flags,
         _pad: 0,
         first_len: u32::try_from(packet.len).unwrap_or(u32::MAX),
+        _pad2: 0,
     };
     if CONNTRACK.insert(key, entry, 0).is_err() {
         // The flow still passes (it was allowed); its replies are decided on their own.

@@ -2,27 +2,38 @@
 //! the single definition userspace uses too.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use tollgate_schemas::{
     Config, Counter, CtEntry, DenyEntry, EndpointKey, EndpointState, FlowKey, FragEntry, FragKey,
-    NodeAddr, PolicyKey, PolicyValue, map_sizes,
+    NodeAddr, PeerIdentity, PeerKey, PolicyEntry, PolicyKey, PolicyValue, map_sizes,
 };
 
 use crate::parse::Packet;
 
+/// Pod address → endpoint. Not preallocated, so that the probe may read a value in place
+/// (`decide::endpoint`): an update then never rewrites an element a running program reads.
 #[map(name = "TG_ENDPOINTS")]
 pub static ENDPOINTS: HashMap<EndpointKey, EndpointState> =
-    HashMap::with_max_entries(map_sizes::ENDPOINTS, 0);
+    HashMap::with_max_entries(map_sizes::ENDPOINTS, BPF_F_NO_PREALLOC);
 
-#[map(name = "TG_INGRESS")]
-pub static INGRESS: LpmTrie<PolicyKey, PolicyValue> =
-    LpmTrie::with_max_entries(map_sizes::POLICY, 0);
+/// Node-wide peer trie. The kernel requires BPF_F_NO_PREALLOC of an LPM trie; aya-ebpf's
+/// `LpmTrie` constructors add it themselves, so the flags given here stay 0.
+#[map(name = "TG_PEERS")]
+pub static PEERS: LpmTrie<PeerKey, PeerIdentity> = LpmTrie::with_max_entries(map_sizes::PEERS, 0);
 
-#[map(name = "TG_EGRESS")]
-pub static EGRESS: LpmTrie<PolicyKey, PolicyValue> =
-    LpmTrie::with_max_entries(map_sizes::POLICY, 0);
+/// (policy set, peer identity) → rule set. Not preallocated: sized for the largest node, it
+/// holds far fewer entries on most, and a preallocated hash would take the memory of every
+/// slot at load.
+#[map(name = "TG_POLICY")]
+pub static POLICY: HashMap<PolicyKey, PolicyEntry> =
+    HashMap::with_max_entries(map_sizes::POLICY, BPF_F_NO_PREALLOC);
+
+/// Rule-set id → rule set; index 0 is never written, so it stays the empty set.
+#[map(name = "TG_RULESETS")]
+pub static RULESETS: Array<PolicyValue> = Array::with_max_entries(map_sizes::RULESETS, 0);
 
 #[map(name = "TG_NODE_ADDRS")]
 pub static NODE_ADDRS: HashMap<EndpointKey, NodeAddr> =

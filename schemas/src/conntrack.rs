@@ -62,10 +62,10 @@ pub struct CtEntry {
     pub packets: u64,
     /// Bytes seen, both directions.
     pub bytes: u64,
+    /// [`crate::EndpointState::revision`] the flow was decided under.
+    pub revision: u64,
     /// Rule that allowed the flow (0 when the reason is not a rule).
     pub rule_id: u32,
-    /// [`crate::EndpointState::revision`] the flow was decided under.
-    pub revision: u32,
     /// [`crate::Verdict`]: allow or audit-deny.
     pub verdict: u8,
     /// [`crate::Reason`] of the decision.
@@ -77,6 +77,8 @@ pub struct CtEntry {
     /// Length of the first packet (the one the flow's decision event reported), bytes: the
     /// collector's accounting starts after it.
     pub first_len: u32,
+    /// Zero.
+    pub _pad2: u32,
 }
 
 /// A denied flow: the packets and bytes denied since its last event.
@@ -143,13 +145,13 @@ const _: () = {
     assert!(offset_of!(FlowKey, dst_addr) == 24);
     assert!(offset_of!(FlowKey, src_port) == 40);
     assert!(offset_of!(FlowKey, dst_port) == 42);
-    assert!(size_of::<CtEntry>() == 48);
-    assert!(offset_of!(CtEntry, rule_id) == 32);
-    assert!(offset_of!(CtEntry, revision) == 36);
-    assert!(offset_of!(CtEntry, verdict) == 40);
-    assert!(offset_of!(CtEntry, reason) == 41);
-    assert!(offset_of!(CtEntry, tcp_flags) == 42);
-    assert!(offset_of!(CtEntry, first_len) == 44);
+    assert!(size_of::<CtEntry>() == 56);
+    assert!(offset_of!(CtEntry, revision) == 32);
+    assert!(offset_of!(CtEntry, rule_id) == 40);
+    assert!(offset_of!(CtEntry, verdict) == 44);
+    assert!(offset_of!(CtEntry, reason) == 45);
+    assert!(offset_of!(CtEntry, tcp_flags) == 46);
+    assert!(offset_of!(CtEntry, first_len) == 48);
     assert!(size_of::<DenyEntry>() == 40);
     assert!(offset_of!(DenyEntry, tcp_flags) == 32);
     assert!(offset_of!(DenyEntry, reason) == 33);

@@ -3,8 +3,9 @@
 //! Data flows through these types like this:
 //!
 //! 1. The enforcer's compiler turns Kubernetes objects into [`EndpointState`] values (keyed by
-//!    [`EndpointKey`]) and per-direction policy entries ([`PolicyKey`] → [`PolicyValue`]); the
-//!    map sync writes them into the maps named in [`map_names`].
+//!    [`EndpointKey`]), peer identities ([`PeerKey`] → [`PeerIdentity`]), policy entries
+//!    ([`PolicyKey`] → [`PolicyEntry`]) and rule sets ([`PolicyValue`]); the map sync writes
+//!    them into the maps named in [`map_names`].
 //! 2. The probe (`probe/`, TC programs on each pod's host-side veth) reads them for every packet,
 //!    keeps per-flow state in [`FlowKey`] → [`CtEntry`] / [`DenyEntry`] and fragment state in
 //!    [`FragKey`] → [`FragEntry`], counts verdicts in [`Counter`] slots, and writes one
@@ -32,8 +33,9 @@ pub mod record;
 pub use conntrack::{CtEntry, DenyEntry, FlowKey, FragEntry, FragKey};
 pub use event::{Direction, FLOW_EVENT_VERSION, FlowEvent, Reason, Verdict};
 pub use policy::{
-    ANY_PROTOCOL, Config, Counter, EndpointKey, EndpointState, MAX_PORT_RULES, NodeAddr, PolicyKey,
-    PolicyValue, PortRule, config_flags, endpoint_flags, policy_prefix_len, port_action,
+    ANY_PROTOCOL, Config, Counter, EndpointKey, EndpointState, MAX_PORT_RULES, NodeAddr,
+    PeerIdentity, PeerKey, PolicyEntry, PolicyKey, PolicyValue, PortRule, config_flags,
+    endpoint_flags, port_action,
 };
 
 /// IANA protocol numbers the probe understands at layer 4.
@@ -56,10 +58,12 @@ pub mod proto {
 pub mod map_names {
     /// Hash map: [`crate::EndpointKey`] → [`crate::EndpointState`].
     pub const ENDPOINTS: &str = "TG_ENDPOINTS";
-    /// LPM trie for the ingress direction: [`crate::PolicyKey`] → [`crate::PolicyValue`].
-    pub const INGRESS: &str = "TG_INGRESS";
-    /// LPM trie for the egress direction: [`crate::PolicyKey`] → [`crate::PolicyValue`].
-    pub const EGRESS: &str = "TG_EGRESS";
+    /// LPM trie, node-wide: [`crate::PeerKey`] → [`crate::PeerIdentity`].
+    pub const PEERS: &str = "TG_PEERS";
+    /// Hash map (not preallocated): [`crate::PolicyKey`] → [`crate::PolicyEntry`].
+    pub const POLICY: &str = "TG_POLICY";
+    /// Array: rule-set id → [`crate::PolicyValue`]; index 0 stays empty.
+    pub const RULESETS: &str = "TG_RULESETS";
     /// LRU hash: [`crate::FlowKey`] → [`crate::CtEntry`], the flows that passed.
     pub const CONNTRACK: &str = "TG_CONNTRACK";
     /// LRU hash: [`crate::FlowKey`] → [`crate::DenyEntry`], the denied flows being deduplicated.
@@ -77,12 +81,18 @@ pub mod map_names {
     pub const NODE_ADDRS: &str = "TG_NODE_ADDRS";
 }
 
-/// Capacities of the probe's maps.
+/// Capacities of the probe's maps (`docs/datapath.md`, "Map sizes", says why each and what it
+/// costs). The policy maps are sized for a 100,000-pod dual-stack cluster with 250 pods on the
+/// node; the loader may set smaller ones (tests), and the compiler fits its output to them.
 pub mod map_sizes {
     /// Pod addresses on one node (a dual-stack pod has two).
     pub const ENDPOINTS: u32 = 8192;
-    /// Policy entries per direction, over all endpoints of the node.
-    pub const POLICY: u32 = 262_144;
+    /// Peer prefixes: every pod address of the cluster, every ClusterIP, every ipBlock prefix.
+    pub const PEERS: u32 = 524_288;
+    /// (policy set, peer identity) entries over the node's endpoints.
+    pub const POLICY: u32 = 1_048_576;
+    /// Distinct rule sets, the empty one at index 0 included.
+    pub const RULESETS: u32 = 8192;
     /// Tracked flows (LRU: the oldest are evicted first).
     pub const CONNTRACK: u32 = 262_144;
     /// Denied flows being deduplicated (LRU).

@@ -2,11 +2,17 @@
 //!
 //! A packet is decided for one endpoint (a pod address on this node) in one direction:
 //! 1. [`EndpointKey`] (the pod-side address of the packet) → [`EndpointState`]: which endpoint,
-//!    whether its rules are programmed, whether it is isolated in this direction.
-//! 2. If isolated: the direction's LPM trie, keyed by [`PolicyKey`] (endpoint id + peer
-//!    address), gives the [`PolicyValue`] of the longest matching peer prefix: every port rule
-//!    that applies to any address under that prefix. The first [`PortRule`] matching the packet's
-//!    protocol and port allows it and names the rule.
+//!    whether its rules are programmed, whether it is isolated in this direction, and the
+//!    policy set that isolates it there.
+//! 2. If isolated: the node-wide peer trie, keyed by [`PeerKey`] (the peer address), gives the
+//!    [`PeerIdentity`] of the longest matching prefix: pods that every policy treats alike share
+//!    one identity, and so do the addresses of one ipBlock region. Its size grows with the
+//!    identities, not with pods × pods.
+//! 3. The policy map, keyed by [`PolicyKey`] (policy set, peer identity), names the rule set
+//!    ([`PolicyEntry`]); a ClusterIP's identity that has no entry there falls back to the
+//!    identity of the address region around it ([`PeerIdentity::fallback`]).
+//! 4. The rule-set array holds each distinct [`PolicyValue`] once. The first [`PortRule`]
+//!    matching the packet's protocol and port allows it and names the rule.
 
 use core::mem::{offset_of, size_of};
 
@@ -97,28 +103,67 @@ pub struct EndpointState {
     pub ifindex: u32,
     /// [`endpoint_flags`].
     pub flags: u32,
-    /// Digest of the endpoint's compiled policy. A tracked flow that was decided under another
-    /// revision is decided again before it may pass.
-    pub revision: u32,
+    /// Policy set of the ingress direction ([`PolicyKey::set`]); 0 when not isolated.
+    pub ingress_set: u32,
+    /// Policy set of the egress direction; 0 when not isolated.
+    pub egress_set: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// Revision of the endpoint's compiled policy, a counter that never repeats: a tracked
+    /// flow that was decided under another revision is decided again before it may pass.
+    pub revision: u64,
 }
 
-/// Key of the per-direction LPM tries. The trie's prefix length counts the 32 bits of
-/// `endpoint` (always fully matched) plus the peer prefix in the 16-byte address form: see
-/// [`policy_prefix_len`].
-#[repr(C)]
+impl EndpointState {
+    /// The policy set of `direction` (0: none).
+    #[inline(always)]
+    pub fn set(&self, direction: crate::Direction) -> u32 {
+        match direction {
+            crate::Direction::Ingress => self.ingress_set,
+            crate::Direction::Egress => self.egress_set,
+        }
+    }
+}
+
+/// Key of the node-wide peer trie: a peer address or prefix. The trie's prefix length is that
+/// of the prefix in the 16-byte address form (an IPv4 /24 is 96 + 24 = 120).
+#[repr(transparent)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PolicyKey {
-    /// Endpoint id (native byte order; always fully covered by the prefix, so the trie's
-    /// bitwise matching is not affected by it).
-    pub endpoint: u32,
-    /// Peer address or prefix (16-byte form, network byte order), host bits zero.
+pub struct PeerKey {
+    /// Address or prefix (16-byte form, network byte order), host bits zero.
     pub addr: [u8; 16],
 }
 
-/// LPM prefix length of a [`PolicyKey`] whose peer prefix is `addr_prefix_len` bits of the
-/// 16-byte address form (0 to 128).
-pub const fn policy_prefix_len(addr_prefix_len: u8) -> u32 {
-    32 + addr_prefix_len as u32
+/// Value of the peer trie: who the addresses under a prefix are, as policy sees them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PeerIdentity {
+    /// Peer identity; never 0.
+    pub id: u32,
+    /// Identity to look up when a policy set has no entry for `id` (0: none). A ClusterIP has
+    /// an identity of its own, with entries only where its backends decide otherwise than its
+    /// address would; elsewhere it is what the addresses around it are.
+    pub fallback: u32,
+}
+
+/// Key of the policy map: one policy set (what isolates some endpoints in one direction) and
+/// one peer identity.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// Policy set id ([`EndpointState::ingress_set`] or `egress_set`); never 0.
+    pub set: u32,
+    /// Peer identity ([`PeerIdentity::id`]).
+    pub peer: u32,
+}
+
+/// Value of the policy map: the rule set that applies.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PolicyEntry {
+    /// Index into the rule-set array. Rule set 0 is always empty: an entry naming it allows
+    /// nothing (it stops the fallback of a ClusterIP whose backends are all denied).
+    pub ruleset: u32,
 }
 
 /// A protocol and port range that a compiled rule allows.
@@ -140,7 +185,7 @@ pub struct PortRule {
     pub _pad: [u8; 2],
 }
 
-/// Everything allowed towards or from the addresses under one peer prefix of one endpoint.
+/// Everything one policy set allows towards or from one peer identity.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PolicyValue {
@@ -277,14 +322,19 @@ impl Counter {
 
 const _: () = {
     assert!(size_of::<EndpointKey>() == 16);
-    assert!(size_of::<EndpointState>() == 16);
+    assert!(size_of::<EndpointState>() == 32);
     assert!(offset_of!(EndpointState, id) == 0);
     assert!(offset_of!(EndpointState, ifindex) == 4);
     assert!(offset_of!(EndpointState, flags) == 8);
-    assert!(offset_of!(EndpointState, revision) == 12);
-    assert!(size_of::<PolicyKey>() == 20);
-    assert!(offset_of!(PolicyKey, endpoint) == 0);
-    assert!(offset_of!(PolicyKey, addr) == 4);
+    assert!(offset_of!(EndpointState, ingress_set) == 12);
+    assert!(offset_of!(EndpointState, egress_set) == 16);
+    assert!(offset_of!(EndpointState, revision) == 24);
+    assert!(size_of::<PeerKey>() == 16);
+    assert!(size_of::<PeerIdentity>() == 8);
+    assert!(offset_of!(PeerIdentity, fallback) == 4);
+    assert!(size_of::<PolicyKey>() == 8);
+    assert!(offset_of!(PolicyKey, peer) == 4);
+    assert!(size_of::<PolicyEntry>() == 4);
     assert!(size_of::<PortRule>() == 12);
     assert!(offset_of!(PortRule, rule_id) == 0);
     assert!(offset_of!(PortRule, port_lo) == 4);
@@ -304,7 +354,10 @@ const _: () = {
 crate::user_pod!(
     EndpointKey,
     EndpointState,
+    PeerKey,
+    PeerIdentity,
     PolicyKey,
+    PolicyEntry,
     PortRule,
     PolicyValue,
     NodeAddr,

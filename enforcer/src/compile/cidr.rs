@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use tollgate_schemas::addr::{self, V4_MAPPED_PREFIX_BITS};
 
-use crate::desired::PolicyEntryKey;
+use crate::desired::PeerEntryKey;
 
 /// An address prefix in the 16-byte form, host bits zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,9 +44,9 @@ impl Prefix {
         }
     }
 
-    /// The peer prefix of a policy trie entry (its length past the 32-bit endpoint id).
-    pub(crate) fn of_entry(key: &PolicyEntryKey) -> Prefix {
-        let len = key.prefix_len.saturating_sub(32).min(128) as u8;
+    /// The prefix of a peer-trie entry.
+    pub(crate) fn of_entry(key: &PeerEntryKey) -> Prefix {
+        let len = key.prefix_len.min(128) as u8;
         Prefix::new(u128::from_be_bytes(key.key.addr), len)
     }
 

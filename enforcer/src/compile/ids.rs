@@ -1,6 +1,8 @@
 //! Stable ids: what existed in the previous compilation keeps its id, what is new takes the
-//! smallest free id (never 0, which the maps use for "none"), and ids of what is gone are
-//! dropped, free for reuse.
+//! smallest id that neither this compilation nor the previous one uses (never 0, which the maps
+//! use for "none"). An id of something gone is free again only from the compilation after: the
+//! sync that removes the old meaning's entries is the one that writes the new meaning's, so one
+//! sync never reuses an id for something else while map entries still mean the old one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,6 +14,7 @@ pub(crate) fn assign<K: Ord + Clone>(
     let wanted: BTreeSet<K> = wanted.into_iter().collect();
     let mut ids = BTreeMap::new();
     let mut used = BTreeSet::new();
+    let reserved: BTreeSet<u32> = prior.values().copied().collect();
     for key in &wanted {
         // A corrupt prior (0, or one id twice) loses: the key gets a new id below.
         if let Some(&id) = prior.get(key)
@@ -26,7 +29,7 @@ pub(crate) fn assign<K: Ord + Clone>(
         if ids.contains_key(&key) {
             continue;
         }
-        while used.contains(&next) {
+        while used.contains(&next) || reserved.contains(&next) {
             next += 1;
         }
         used.insert(next);
@@ -43,10 +46,13 @@ mod tests {
     fn keeps_prior_and_fills_gaps() {
         let prior = BTreeMap::from([("a", 1), ("c", 3), ("gone", 2), ("zero", 0)]);
         let ids = assign(&prior, ["a", "b", "c", "d", "zero"]);
+        // "gone"'s 2 is not reused in the same pass.
         assert_eq!(
             ids,
-            BTreeMap::from([("a", 1), ("b", 2), ("c", 3), ("d", 4), ("zero", 5)])
+            BTreeMap::from([("a", 1), ("b", 4), ("c", 3), ("d", 5), ("zero", 6)])
         );
+        // The pass after, it is.
+        assert_eq!(assign(&ids, ["a", "new"])["new"], 2);
         let twice = BTreeMap::from([("a", 7), ("b", 7)]);
         assert_eq!(
             assign(&twice, ["a", "b"]),

@@ -8,56 +8,62 @@
 //!    problem reported as an [`InputError`] naming the object and the field.
 //! 2. Ids. Every rule of every valid policy (namespace, name, direction, index) and every
 //!    endpoint pod gets a stable id (`ids`): the one it had in `prior`, else the smallest free.
-//! 3. Grants (`grants`). For each endpoint pod (chosen by [`Placement`]) and direction, the
-//!    policies of its namespace that select it and have that policy type isolate it. Each of
-//!    their rules becomes grants: a peer prefix (a pod address as /32 or /128, an ipBlock with
-//!    its excepts as holes, or every address) with the rule's port ranges. Named ports
-//!    resolve against the destination pod: the endpoint itself for ingress, each peer pod for
-//!    egress; an address that is no pod's gets nothing from a named port.
-//! 4. The LPM merge (`lpm`) turns one endpoint's grants of one direction into trie entries,
-//!    each holding every rule that allows its whole prefix, with port rules deduplicated and
-//!    ordered (`ports`). Endpoints isolated by the same rules share one merge.
-//!    A quarantine policy (`tollgate quarantine`'s: named `tollgate-quarantine-…`, labelled
-//!    as managed by tollgate, selecting on `tollgate.io/quarantine`, both types, no rule)
-//!    takes precedence: a pod it selects is isolated both ways with no grant at all, in
-//!    enforce mode, whatever else selects it. NetworkPolicies only ever add allows, so a
-//!    plain deny-all could not cut off a pod that another policy allows.
-//!    Egress entries then gain each Service's ClusterIP, decided by its ready backends
-//!    (`services` finds them from EndpointSlices or the selector; `vips` writes the entries):
-//!    allowed when the endpoint may reach every backend on its targetPort, denied with reason
-//!    `service-backends-denied` when only some.
-//! 5. The endpoint (`endpoint`): its entries go into the tries, and every address of the pod
-//!    maps to its id, its veth's ifindex, its flags (programmed, isolated and audit per
-//!    direction) and a revision digest of flags and entries, which changes exactly when its
-//!    policy does.
+//! 3. Peer identities (`identities`). Every address policy can name gets an identity: pods
+//!    that every rule peer sees alike share one (same matching selectors, same ipBlock region,
+//!    same named ports that egress rules use), the addresses of one ipBlock region share one,
+//!    and each ClusterIP has one that falls back to its region's. The node-wide peer trie maps
+//!    prefixes to them, so map entries grow with identities, not with pods × pods.
+//! 4. Policy sets (`sets`). For each endpoint pod (chosen by [`Placement`]) and direction, the
+//!    policies of its namespace that select it and have that policy type isolate it; their rule
+//!    ids (plus, for ingress named ports, the pod's named ports) make its policy set, shared by
+//!    every endpoint with the same. A set holds one rule list per peer identity its rules
+//!    match, with port rules deduplicated and ordered (`ports`); named ports resolve against the
+//!    destination pod. A quarantine policy (`tollgate quarantine`'s: named
+//!    `tollgate-quarantine-…`, labelled as managed by tollgate, selecting on
+//!    `tollgate.io/quarantine`, both types, no rule) takes precedence: a pod it selects is
+//!    isolated both ways with no rule at all, in enforce mode, whatever else selects it.
+//!    NetworkPolicies only ever add allows, so a plain deny-all could not cut off a pod that
+//!    another policy allows. Egress sets then gain each Service's ClusterIP, decided by its
+//!    ready backends (`services` finds them from EndpointSlices or the selector; `vips` writes
+//!    the entries): allowed when the set may reach every backend on its targetPort, denied with
+//!    reason `service-backends-denied` when only some.
+//! 5. Fitting (`fit`): the peer trie, the sets' entries with their distinct rule sets, and the
+//!    endpoints go into the maps within their [`Capacity`]; an endpoint whose set does not fit
+//!    is written not programmed (denied) and reported with its policies. Every endpoint gets a
+//!    revision, a counter that moves exactly when what its decisions depend on changes.
 //! 6. The node's own addresses (`Snapshot::node_addresses`) go into the node-address map:
 //!    their traffic to a local pod passes ingress policy (`from-node`), as the API requires.
 
 pub(crate) mod cidr;
 mod cluster;
 mod endpoint;
-mod grants;
+mod fit;
+mod identities;
 mod ids;
-mod lpm;
 mod peers;
 mod policy;
 mod ports;
+mod recover;
+mod revisions;
 mod selector;
 pub mod services;
+mod sets;
 mod vips;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tollgate_schemas::{Direction, EndpointKey, addr};
 
 pub use cluster::{ENFORCEMENT_ANNOTATION, MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX};
+pub use recover::recover_ids;
 
-use crate::desired::{DesiredState, Ids, RuleRef};
+use crate::desired::{Capacity, DesiredState, Ids, RuleRef};
 use crate::snapshot::{InputError, Snapshot};
 use cluster::{Cluster, PodInfo};
-use endpoint::{PolicyRules, Writer};
-use grants::Grants;
+use endpoint::PolicyRules;
+use identities::Peers;
 use policy::Policy;
+use sets::{SetEntries, SetKey, Sets};
 
 /// Which pods are endpoints on this node, and the ifindex of each one's host-side veth.
 #[derive(Debug, Clone, Copy)]
@@ -122,8 +128,19 @@ impl Problems {
 }
 
 /// Compiles `snapshot` into the maps' desired state for the endpoints `placement` names,
-/// keeping the ids of `prior` for endpoints and rules that still exist.
+/// keeping the ids of `prior` for what still exists, within the default map capacities.
 pub fn compile(snapshot: &Snapshot, placement: &Placement<'_>, prior: &Ids) -> Compiled {
+    compile_with(snapshot, placement, prior, &Capacity::default())
+}
+
+/// [`compile`] within `capacity`: what does not fit is reported in [`Compiled::errors`], and
+/// its endpoints are denied (see `fit`).
+pub fn compile_with(
+    snapshot: &Snapshot,
+    placement: &Placement<'_>,
+    prior: &Ids,
+    capacity: &Capacity,
+) -> Compiled {
     let mut errors = Vec::new();
     let cluster = Cluster::build(snapshot, &mut errors);
     let policies = policy::check_policies(&snapshot.policies, &mut errors);
@@ -158,6 +175,14 @@ pub fn compile(snapshot: &Snapshot, placement: &Placement<'_>, prior: &Ids) -> C
         })
         .collect();
 
+    let peers = Peers::build(
+        &cluster,
+        &policies,
+        &services,
+        &prior.selectors,
+        &prior.identities,
+    );
+
     let endpoints: Vec<(&PodInfo, u32)> = cluster
         .pods
         .iter()
@@ -171,38 +196,59 @@ pub fn compile(snapshot: &Snapshot, placement: &Placement<'_>, prior: &Ids) -> C
         .collect();
     let endpoint_ids = ids::assign(&prior.endpoints, endpoints.iter().map(|(pod, _)| pod.key()));
 
-    let mut grants = Grants::new(&cluster, rules, &services);
-    let mut writer = Writer::new();
-    for (pod, ifindex) in endpoints {
-        let namespace_audit = cluster
-            .namespaces
-            .get(&pod.namespace)
-            .is_some_and(|ns| ns.audit);
-        let id = endpoint_ids[&pod.key()];
-        writer.endpoint(
-            &mut grants,
-            &policy_rules,
-            namespace_audit,
-            pod,
-            id,
-            ifindex,
-        );
-    }
-    errors.append(&mut writer.errors);
-    let mut desired = writer.desired;
+    let mut sets = Sets::new(&peers, rules, &services);
+    let plans: Vec<endpoint::Plan<'_>> = endpoints
+        .into_iter()
+        .map(|(pod, ifindex)| {
+            let namespace_audit = cluster
+                .namespaces
+                .get(&pod.namespace)
+                .is_some_and(|ns| ns.audit);
+            let id = endpoint_ids[&pod.key()];
+            endpoint::plan(&sets, &policy_rules, namespace_audit, pod, id, ifindex)
+        })
+        .collect();
+    let keys: BTreeSet<SetKey> = plans
+        .iter()
+        .flat_map(|plan| plan.sets.iter().flatten().cloned())
+        .collect();
+    let set_ids = ids::assign(&prior.sets, keys.iter().map(SetKey::canonical));
+    let set_entries: BTreeMap<SetKey, SetEntries> = keys
+        .into_iter()
+        .map(|key| {
+            let entries = sets.entries(&key);
+            (key, entries)
+        })
+        .collect();
+
+    let fitted = fit::fit(
+        &cluster,
+        &peers,
+        &set_entries,
+        &set_ids,
+        &plans,
+        capacity,
+        prior,
+        &mut errors,
+    );
+    let mut desired = fitted.desired;
     desired.node_addrs = snapshot
         .node_addresses
         .iter()
         .map(|ip| EndpointKey {
             addr: addr::to_bytes(*ip),
         })
+        .take(capacity.node_addrs as usize)
         .collect();
 
     tracing::debug!(
         endpoints = endpoint_ids.len(),
         rules = rule_ids.len(),
-        ingress_entries = desired.ingress.len(),
-        egress_entries = desired.egress.len(),
+        identities = peers.identities.len(),
+        sets = set_ids.len(),
+        peer_entries = desired.peers.len(),
+        policy_entries = desired.policy.len(),
+        rulesets = desired.rulesets.len(),
         errors = errors.len(),
         "compiled network policies"
     );
@@ -216,6 +262,15 @@ pub fn compile(snapshot: &Snapshot, placement: &Placement<'_>, prior: &Ids) -> C
         ids: Ids {
             endpoints: endpoint_ids,
             rules: rule_ids,
+            selectors: peers.selector_ids,
+            sets: set_ids,
+            identities: peers.identity_ids,
+            rulesets: fitted.rulesets,
+            revisions: fitted.revisions,
+            next_revision: fitted.next_revision,
+            set_digests: fitted.set_digests,
+            peer_ids: fitted.peer_ids,
+            regions: fitted.regions,
         },
         services,
         errors,

@@ -1,5 +1,5 @@
-//! Peers: a rule's `from`/`to` entries are checked once into [`Peer`]s and then resolved
-//! against the cluster into the address prefixes they stand for.
+//! Peers: a rule's `from`/`to` entries are checked once into [`Peer`]s, which `identities` and
+//! `sets` resolve against the cluster into the peer identities they stand for.
 //!
 //! - `podSelector` alone: pods of the policy's namespace; `namespaceSelector` alone: every pod
 //!   of the matching namespaces; both: matching pods in matching namespaces. Only networked
@@ -11,7 +11,6 @@ use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 
 use super::Problems;
 use super::cidr::{Prefix, parse_cidr};
-use super::cluster::{Cluster, PodInfo};
 use super::selector::Selector;
 
 /// One checked entry of `from` or `to`.
@@ -29,7 +28,7 @@ pub(crate) enum Peer {
 }
 
 /// An `ipBlock`: `cidr` minus `excepts`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Block {
     /// The block.
     pub(crate) cidr: Prefix,
@@ -123,25 +122,4 @@ fn parse_peer(peer: &NetworkPolicyPeer, at: &str, problems: &mut Problems) -> Op
             })
         }
     }
-}
-
-/// The pods a `Pods` peer of a policy in `policy_namespace` selects (networked pods only).
-pub(crate) fn selected_pods<'c>(
-    cluster: &'c Cluster,
-    policy_namespace: &str,
-    namespaces: Option<&Selector>,
-    pods: Option<&Selector>,
-) -> impl Iterator<Item = &'c PodInfo> {
-    cluster.pods.iter().filter(move |pod| {
-        let in_namespace = match namespaces {
-            None => pod.namespace == policy_namespace,
-            Some(selector) => cluster
-                .namespaces
-                .get(&pod.namespace)
-                .is_some_and(|ns| selector.matches(&ns.labels)),
-        };
-        pod.is_networked()
-            && in_namespace
-            && pods.is_none_or(|selector| selector.matches(&pod.labels))
-    })
 }

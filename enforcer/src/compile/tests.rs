@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use tollgate_schemas::{EndpointKey, addr, endpoint_flags, proto};
+use tollgate_schemas::{EndpointKey, EndpointState, addr, endpoint_flags, proto};
 
 use super::*;
 use crate::decision::ProbeFlow;
@@ -1056,8 +1056,20 @@ spec: {podSelector: {}}
             ("fd00::1:1".parse().unwrap(), 7),
         ]
     );
-    // Only x/a's entries are in the tries.
-    assert!(compiled.desired.ingress.keys().all(|k| k.key.endpoint == 1));
+    // Only the sets of x/a and y/b have entries.
+    let sets: std::collections::BTreeSet<u32> = compiled
+        .desired
+        .endpoints
+        .values()
+        .flat_map(|e| [e.ingress_set, e.egress_set])
+        .collect();
+    assert!(
+        compiled
+            .desired
+            .policy
+            .keys()
+            .all(|k| sets.contains(&k.set))
+    );
 }
 
 #[test]
@@ -1107,10 +1119,11 @@ spec:
     };
     assert_eq!(rule(&first, "x/m ingress[0]"), Some(1));
     assert_eq!(rule(&first, "x/m ingress[1]"), Some(2));
-    // x/m ingress[1] is gone, which frees id 2; the new policy's rule takes it.
+    // x/m ingress[1] is gone, which frees id 2, but only for the compilation after this one:
+    // the new policy's rule takes 3.
     assert_eq!(rule(&second, "x/m ingress[0]"), Some(1));
     assert_eq!(rule(&second, "x/m ingress[1]"), None);
-    assert_eq!(rule(&second, "a-first/a ingress[0]"), Some(2));
+    assert_eq!(rule(&second, "a-first/a ingress[0]"), Some(3));
     // The same input with the previous ids is the same output.
     let again = compile(
         &snapshot(&second_text),
@@ -1190,27 +1203,39 @@ spec:
     );
     let changes = diff(&before.desired, &after.desired);
     let x_a = after.ids.endpoints["x/a"];
-    // x/a's two addresses get a new revision; one entry (y/b's address) is added for x/a.
-    let endpoint_changes: Vec<IpAddr> = changes
-        .endpoints
+    let x_a_set = after.desired.endpoints[&EndpointKey {
+        addr: addr::to_bytes("10.0.1.1".parse().unwrap()),
+    }]
+        .ingress_set;
+    // y/b's address changes identity; x/a's set gains one entry for the new identity (and its
+    // rule set, which nothing needed before); no other set changes.
+    let peers: Vec<IpAddr> = changes
+        .peers
         .upserts
         .iter()
-        .map(|(k, v)| {
-            assert_eq!(v.id, x_a);
-            addr::from_bytes(k.addr)
-        })
+        .map(|(k, _)| addr::from_bytes(k.key.addr))
         .collect();
-    assert_eq!(endpoint_changes.len(), 2);
+    assert_eq!(peers, ["10.0.2.2".parse::<IpAddr>().unwrap()]);
+    assert!(changes.peers.deletes.is_empty());
+    let added: Vec<u32> = changes.policy.upserts.iter().map(|(k, _)| k.set).collect();
+    assert_eq!(added, [x_a_set]);
+    assert!(changes.policy.deletes.is_empty());
+    assert_eq!(changes.rulesets.upserts.len(), 1);
+    assert!(changes.rulesets.deletes.is_empty());
+    // Revisions move (a peer changed identity), nothing else about the endpoints does.
     assert!(changes.endpoints.deletes.is_empty());
-    let added: Vec<(u32, IpAddr, u32)> = changes
-        .ingress
-        .upserts
-        .iter()
-        .map(|(k, _)| (k.key.endpoint, addr::from_bytes(k.key.addr), k.prefix_len))
-        .collect();
-    assert_eq!(added, [(x_a, "10.0.2.2".parse().unwrap(), 160)]);
-    assert!(changes.ingress.deletes.is_empty());
-    assert!(changes.egress.is_empty());
+    for (key, state) in &changes.endpoints.upserts {
+        let before = before.desired.endpoints[key];
+        assert_ne!(before.revision, state.revision);
+        assert_eq!(
+            EndpointState {
+                revision: state.revision,
+                ..before
+            },
+            *state
+        );
+    }
+    assert!(after.ids.endpoints.values().any(|id| *id == x_a));
 }
 
 #[test]
@@ -1234,6 +1259,11 @@ spec:
     assert_eq!(compiled.errors.len(), 1, "{:?}", compiled.errors);
     assert_eq!(compiled.errors[0].object, "Pod x/a");
     assert_eq!(compiled.errors[0].field, "ingress peer 203.0.113.0/24");
+    assert!(
+        compiled.errors[0].message.contains("8 were left out"),
+        "{}",
+        compiled.errors[0].message
+    );
     expect(
         &snapshot,
         &compiled,
@@ -1248,12 +1278,19 @@ spec:
 #[test]
 fn ten_thousand_ip_blocks_on_one_endpoint() {
     let mut snapshot = snapshot("");
-    let rules: Vec<String> = (0..10_000u32)
-        .map(|i| {
-            let ip = std::net::Ipv4Addr::from(0xc633_0000 + i * 4);
+    // 100 rules of 100 blocks each.
+    let rules: Vec<String> = (0..100u32)
+        .map(|rule| {
+            let blocks: Vec<String> = (0..100u32)
+                .map(|b| {
+                    let ip = std::net::Ipv4Addr::from(0xc633_0000 + (rule * 100 + b) * 4);
+                    format!("{{\"ipBlock\": {{\"cidr\": \"{ip}/30\", \"except\": [\"{ip}/32\"]}}}}")
+                })
+                .collect();
             format!(
-                "{{\"from\": [{{\"ipBlock\": {{\"cidr\": \"{ip}/30\", \"except\": [\"{ip}/32\"]}}}}], \"ports\": [{{\"port\": {}}}]}}",
-                1 + i % 1000
+                "{{\"from\": [{}], \"ports\": [{{\"port\": {}}}]}}",
+                blocks.join(", "),
+                1 + rule
             )
         })
         .collect();
@@ -1270,15 +1307,20 @@ fn ten_thousand_ip_blocks_on_one_endpoint() {
     let compiled = compile_all(&snapshot);
     let elapsed = started.elapsed();
     assert_eq!(compiled.errors, vec![]);
-    // Per address family of x/a: 10,000 blocks and 10,000 excepts, on the IPv4 address.
-    let x_a = compiled.ids.endpoints["x/a"];
+    // 10,000 blocks and 10,000 excepts are regions in the peer trie; x/a's set has an entry
+    // for each block's region (an except's region allows nothing: no entry).
+    assert!(compiled.desired.peers.len() >= 20_000);
+    let x_a_set = compiled.desired.endpoints[&EndpointKey {
+        addr: addr::to_bytes("10.0.1.1".parse().unwrap()),
+    }]
+        .ingress_set;
     let entries = compiled
         .desired
-        .ingress
+        .policy
         .keys()
-        .filter(|k| k.key.endpoint == x_a)
+        .filter(|k| k.set == x_a_set)
         .count();
-    assert_eq!(entries, 20_000);
+    assert_eq!(entries, 10_000);
     // Debug builds are slow; release must stay well under a second.
     assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
     expect(
@@ -1287,7 +1329,9 @@ fn ten_thousand_ip_blocks_on_one_endpoint() {
         &[
             ("198.51.0.1", "x/a", "1/TCP", "allow x/big ingress[0]"),
             ("198.51.0.0", "x/a", "1/TCP", DENY),
-            ("198.51.0.5", "x/a", "2/TCP", "allow x/big ingress[1]"),
+            ("198.51.0.5", "x/a", "1/TCP", "allow x/big ingress[0]"),
+            ("198.51.1.145", "x/a", "2/TCP", "allow x/big ingress[1]"),
+            ("198.51.1.145", "x/a", "1/TCP", DENY),
         ],
     );
 }
@@ -1328,26 +1372,27 @@ spec:
   - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]
     ports: [{port: 80}]
 ";
-    let egress_entries = |policies: &str| compiled(policies).1.desired.egress.len();
+    let egress_entries = |policies: &str| compiled(policies).1.desired.policy.len();
     // Everything allowed already: the addresses answer for the ClusterIPs.
     assert_eq!(
         egress_entries(&format!("{allow_all}---\n{}", services(50))),
         egress_entries(allow_all)
     );
-    // Only the backends allowed: one host entry per ClusterIP per egress-isolated endpoint.
+    // Only the backends allowed: one entry per ClusterIP per egress policy set (the pods of y
+    // share one).
     let (snapshot, with_services) = compiled(&format!("{to_web}---\n{}", services(50)));
-    let isolated = with_services
+    let sets = with_services
         .desired
         .endpoints
         .values()
         .filter(|e| e.flags & endpoint_flags::EGRESS_ISOLATED != 0)
-        .map(|e| e.id)
+        .map(|e| e.egress_set)
         .collect::<std::collections::BTreeSet<_>>()
         .len();
-    assert!(isolated > 0);
+    assert_eq!(sets, 1);
     assert_eq!(
-        with_services.desired.egress.len(),
-        egress_entries(to_web) + 50 * isolated
+        with_services.desired.policy.len(),
+        egress_entries(to_web) + 50 * sets
     );
     assert_eq!(with_services.services.len(), 50);
     assert!(snapshot.services.len() == 50);
@@ -1414,4 +1459,223 @@ status: {{phase: Running, podIP: 'fd00::0:53', podIPs: [{{ip: 'fd00::53'}}, {{ip
     assert!(compiled.desired.endpoints.contains_key(&EndpointKey {
         addr: addr::to_bytes(same)
     }));
+}
+
+/// Three policies in x, each allowing one pod of y into one pod of x.
+const THREE_ALLOWS: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: a}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-c, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: c}}
+  ingress: [{from: [{namespaceSelector: {}}]}]
+";
+
+#[test]
+fn sets_that_do_not_fit_deny_their_endpoints_and_are_named() {
+    let snapshot = snapshot(THREE_ALLOWS);
+    let roomy = compile_all(&snapshot);
+    assert_eq!(roomy.errors, vec![]);
+    let needed = roomy.desired.policy.len() as u32;
+    // One entry short: the last set (by id) does not fit, the others are untouched.
+    let capacity = Capacity {
+        policy: needed - 1,
+        ..Capacity::default()
+    };
+    let tight = compile_with(
+        &snapshot,
+        &Placement::AllPods { ifindex: 1 },
+        &Ids::default(),
+        &capacity,
+    );
+    assert!(tight.desired.policy.len() as u32 <= capacity.policy);
+    assert_eq!(tight.errors.len(), 1, "{:?}", tight.errors);
+    let error = &tight.errors[0];
+    assert_eq!(error.field, "ingress policy");
+    assert!(error.message.contains("TG_POLICY"), "{}", error.message);
+    assert!(
+        error.message.contains("denied (not programmed)"),
+        "{}",
+        error.message
+    );
+    let denied = &error.object;
+    let denied_pod = denied.strip_prefix("Pod ").unwrap();
+    assert!(error.message.contains(&format!(
+        "isolated by x/to-{}",
+        denied_pod.strip_prefix("x/").unwrap()
+    )));
+    let not_programmed = "deny endpoint-not-programmed";
+    for (from, to) in [("y/a", "x/a"), ("y/b", "x/b"), ("z/a", "x/c")] {
+        let want = if to == denied_pod {
+            not_programmed.to_owned()
+        } else {
+            probe(&snapshot, &roomy, from, to, "80/TCP")
+        };
+        assert_eq!(
+            probe(&snapshot, &tight, from, to, "80/TCP"),
+            want,
+            "{from} -> {to}"
+        );
+    }
+    // The rule-set array: room for nothing but the empty set denies every isolated endpoint
+    // whose set needs a rule set.
+    let capacity = Capacity {
+        rulesets: 1,
+        ..Capacity::default()
+    };
+    let none = compile_with(
+        &snapshot,
+        &Placement::AllPods { ifindex: 1 },
+        &Ids::default(),
+        &capacity,
+    );
+    assert!(none.desired.rulesets.is_empty());
+    assert_eq!(none.errors.len(), 3, "{:?}", none.errors);
+    assert!(
+        none.errors
+            .iter()
+            .all(|e| e.message.contains("TG_RULESETS"))
+    );
+    assert_eq!(
+        probe(&snapshot, &none, "y/a", "x/a", "80/TCP"),
+        not_programmed
+    );
+}
+
+#[test]
+fn peer_map_overflow_leaves_pods_to_their_region_and_says_so() {
+    let snapshot = snapshot(THREE_ALLOWS);
+    let roomy = compile_all(&snapshot);
+    // Regions (0.0.0.0/0, ::/0) always fit; pod addresses are left out from the end.
+    let capacity = Capacity {
+        peers: roomy.desired.peers.len() as u32 - 1,
+        ..Capacity::default()
+    };
+    let tight = compile_with(
+        &snapshot,
+        &Placement::AllPods { ifindex: 1 },
+        &Ids::default(),
+        &capacity,
+    );
+    assert_eq!(tight.desired.peers.len() as u32, capacity.peers);
+    assert_eq!(tight.errors.len(), 1, "{:?}", tight.errors);
+    assert!(tight.errors[0].message.contains("TG_PEERS"));
+}
+
+#[test]
+fn revisions_are_counters_that_move_only_on_change() {
+    let snapshot = snapshot(THREE_ALLOWS);
+    let prior = Ids {
+        next_revision: 1 << 40,
+        ..Ids::default()
+    };
+    let first = compile(&snapshot, &Placement::AllPods { ifindex: 1 }, &prior);
+    let revisions: std::collections::BTreeSet<u64> = first
+        .desired
+        .endpoints
+        .values()
+        .map(|e| e.revision)
+        .collect();
+    assert!(revisions.iter().all(|r| *r >= 1 << 40));
+    // Dual-stack pods share one revision; every endpoint its own.
+    assert_eq!(revisions.len(), first.ids.endpoints.len());
+    let again = compile(&snapshot, &Placement::AllPods { ifindex: 1 }, &first.ids);
+    assert_eq!(again.desired, first.desired);
+    assert_eq!(again.ids.next_revision, first.ids.next_revision);
+    // Dropping to-a: x/a is no longer isolated and takes a new revision; endpoints that no
+    // policy isolates keep theirs (their decisions cannot change).
+    let mut fewer = snapshot.clone();
+    fewer
+        .policies
+        .retain(|p| p.metadata.name.as_deref() != Some("to-a"));
+    let after = compile(&fewer, &Placement::AllPods { ifindex: 1 }, &first.ids);
+    let x_a = EndpointKey {
+        addr: addr::to_bytes("10.0.1.1".parse().unwrap()),
+    };
+    let x_a = after.desired.endpoints[&x_a];
+    assert!(x_a.revision >= first.ids.next_revision);
+    for (key, state) in &after.desired.endpoints {
+        if state.ingress_set == 0 && state.egress_set == 0 && state.id != x_a.id {
+            assert_eq!(state.revision, first.desired.endpoints[key].revision);
+        }
+    }
+    // A pod relabelled in a way no selector sees keeps every revision.
+    let mut relabelled = snapshot.clone();
+    relabelled
+        .pods
+        .iter_mut()
+        .find(|p| {
+            p.metadata.name.as_deref() == Some("b") && p.metadata.namespace.as_deref() == Some("y")
+        })
+        .unwrap()
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("pod-template-hash".into(), "f00".into());
+    let after = compile(&relabelled, &Placement::AllPods { ifindex: 1 }, &first.ids);
+    assert_eq!(after.desired, first.desired);
+}
+
+#[test]
+fn identities_grow_with_label_sets_not_pods() {
+    // 2,000 pods of one Deployment in y, allowed into x/a from any namespace: one identity for
+    // all of them, one entry in x/a's set.
+    let mut text = world();
+    for i in 0..2000u32 {
+        text += &pod(
+            "y",
+            &format!("web-{i}"),
+            "{app: client, pod-template-hash: abc}",
+            &[&std::net::Ipv4Addr::from(0x0a05_0000 + i).to_string()],
+            "",
+        );
+    }
+    text += "
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-clients, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: client}}}]}]
+";
+    let (snapshot, errors) = parse_manifests(&text, "test.yaml");
+    assert_eq!(errors, vec![]);
+    let compiled = compile_all(&snapshot);
+    assert_eq!(compiled.errors, vec![]);
+    assert_eq!(compiled.desired.policy.len(), 1);
+    assert_eq!(compiled.desired.rulesets.len(), 1);
+    expect(
+        &snapshot,
+        &compiled,
+        &[
+            (
+                "y/web-0",
+                "x/a",
+                "80/TCP",
+                "allow x/from-clients ingress[0]",
+            ),
+            (
+                "y/web-1999",
+                "x/a",
+                "80/TCP",
+                "allow x/from-clients ingress[0]",
+            ),
+            ("y/a", "x/a", "80/TCP", DENY),
+        ],
+    );
 }

@@ -5,14 +5,17 @@
 //! - established: one packet of an already tracked flow, `repeat` times per syscall (the kernel
 //!   reports the mean per run), over several rounds;
 //! - new flow allowed among N CIDR rules: every run a packet of a different flow (another source
-//!   port), so each one takes the whole path: endpoint, conntrack miss, LPM lookup, port match,
-//!   conntrack insert and the flow event;
+//!   port), so each one takes the whole path: endpoint, conntrack miss, peer-trie lookup, policy
+//!   entry, rule set, port match, conntrack insert and the flow event;
 //! - denied: one packet of a denied flow, `repeat` times per syscall: the deduplicated path;
 //! - new egress flow (the `from_pod` program) of a client whose policy allows one server: to the
 //!   server's address, and to a Service's ClusterIP whose one backend is that server (what the
-//!   Service handling costs: the ClusterIP is a host entry of the client's egress trie).
+//!   Service handling costs: the ClusterIP has a peer identity of its own in the peer trie,
+//!   and the client's policy set has an entry for it that allows the Service's port).
 //!
 //! Medians are printed: of the per-round means for repeated runs, of the single runs otherwise.
+
+pub mod scale;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -265,8 +268,8 @@ fn new_flows(
 }
 
 /// `count` runs of `direction`'s program, each on the packet `frame(source port)` of a flow
-/// not seen before, so each one takes the whole path: endpoint, conntrack miss, LPM lookup,
-/// port match, conntrack insert and the flow event.
+/// not seen before, so each one takes the whole path: endpoint, conntrack miss, peer-trie,
+/// policy and rule-set lookups, port match, conntrack insert and the flow event.
 fn fresh_flows(
     datapath: &mut BpfDatapath,
     case: &str,

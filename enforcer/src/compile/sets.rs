@@ -1,0 +1,238 @@
+//! Policy sets: what isolates an endpoint in one direction (the rules of the policies that
+//! select it, and for ingress with named ports the endpoint's own named ports), compiled once
+//! for every endpoint it isolates into one rule list per peer identity.
+//!
+//! How a set's entries are made:
+//! 1. Each rule's peers are resolved into the identities they match (once per compilation):
+//!    no peers, every address identity; a pod selector, the identities that carry it; an
+//!    ipBlock, the identities whose region lies inside it and in none of its holes (same
+//!    family only).
+//! 2. Each matched identity gets the rule's port ranges. Named ports resolve against the
+//!    destination pod: for ingress the endpoint (part of the set's key), for egress the peer
+//!    identity's own named ports (an address that is no pod's gets nothing from a named port).
+//! 3. Per identity, the ranges are deduplicated and ordered (`ports::normalize`) into one
+//!    value.
+//! 4. Egress sets then gain the Services' ClusterIPs, decided by their ready backends (`vips`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use tollgate_schemas::{Direction, PolicyValue, PortRule};
+
+use super::cluster::PodInfo;
+use super::identities::{PeerSelector, Peers};
+use super::peers::{Block, Peer};
+use super::policy::{Policy, Rule};
+use super::ports::{NamedPort, has_named, normalize, resolve};
+use super::services::ServiceInfo;
+use super::vips;
+
+/// What makes two endpoints share a set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct SetKey {
+    /// The direction it decides.
+    pub(crate) direction: Direction,
+    /// Ids of the isolating rules, in policy order.
+    pub(crate) rules: Vec<u32>,
+    /// The endpoint's named ports (ingress with named ports only; else empty).
+    pub(crate) named: Vec<(String, u8, u16)>,
+}
+
+impl SetKey {
+    /// Canonical form, the key of its stable id.
+    pub(crate) fn canonical(&self) -> String {
+        format!(
+            "{} {:?} {:?}",
+            self.direction.name(),
+            self.rules,
+            self.named
+        )
+    }
+}
+
+/// One compiled set: a value per peer identity (by index into [`Peers::identities`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SetEntries {
+    /// Identity index → what the set allows there.
+    pub(crate) values: BTreeMap<usize, PolicyValue>,
+    /// Identity index → port rules left out for lack of room in a value.
+    pub(crate) dropped: BTreeMap<usize, usize>,
+}
+
+/// Rules by id, with the per-compilation caches of rule resolution.
+pub(crate) struct Sets<'c> {
+    peers: &'c Peers,
+    rules: HashMap<u32, (&'c Policy, &'c Rule)>,
+    services: &'c [ServiceInfo],
+    /// Identity indices of every address identity (the target of a rule without peers).
+    everything: Rc<Vec<usize>>,
+    /// Rule id → the identities its peers match.
+    matched: HashMap<u32, Rc<Vec<usize>>>,
+    /// ipBlock → the identities it covers (blocks repeat across policies).
+    blocks: HashMap<Block, Rc<Vec<usize>>>,
+    /// Selector → its index in `peers.selectors`.
+    selector_index: HashMap<&'c PeerSelector, usize>,
+}
+
+impl<'c> Sets<'c> {
+    /// Sets over `peers`, for `rules` (rule id → policy and rule) and `services`.
+    pub(crate) fn new(
+        peers: &'c Peers,
+        rules: HashMap<u32, (&'c Policy, &'c Rule)>,
+        services: &'c [ServiceInfo],
+    ) -> Sets<'c> {
+        let everything = (0..peers.identities.len())
+            .filter(|i| peers.identities[*i].is_address())
+            .collect();
+        Sets {
+            peers,
+            rules,
+            services,
+            everything: Rc::new(everything),
+            matched: HashMap::new(),
+            blocks: HashMap::new(),
+            selector_index: peers
+                .selectors
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s, i))
+                .collect(),
+        }
+    }
+
+    /// The key of the set that `ids` (rule ids) make for `endpoint` in `direction`.
+    pub(crate) fn key(&self, direction: Direction, ids: Vec<u32>, endpoint: &PodInfo) -> SetKey {
+        let named = direction == Direction::Ingress
+            && ids.iter().any(|id| has_named(&self.rules[id].1.ports));
+        SetKey {
+            direction,
+            rules: ids,
+            named: if named {
+                let mut named: Vec<_> = endpoint
+                    .named_ports
+                    .iter()
+                    .map(|p| (p.name.clone(), p.protocol, p.port))
+                    .collect();
+                named.sort();
+                named
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Compiles the set `key`.
+    pub(crate) fn entries(&mut self, key: &SetKey) -> SetEntries {
+        let named_ports: Vec<NamedPort> = key
+            .named
+            .iter()
+            .map(|(name, protocol, port)| NamedPort {
+                name: name.clone(),
+                protocol: *protocol,
+                port: *port,
+            })
+            .collect();
+        let mut rules: HashMap<usize, Vec<PortRule>> = HashMap::new();
+        for &id in &key.rules {
+            let (_, rule) = self.rules[&id];
+            let matched = self.matched(id);
+            let to_rules = |ranges: Vec<super::ports::PortRange>| -> Vec<PortRule> {
+                ranges.into_iter().map(|r| r.rule(id)).collect()
+            };
+            if key.direction == Direction::Ingress || !has_named(&rule.ports) {
+                let named = (key.direction == Direction::Ingress).then_some(&named_ports[..]);
+                let granted = to_rules(resolve(&rule.ports, named, true));
+                if granted.is_empty() {
+                    continue;
+                }
+                for identity in matched.iter() {
+                    rules.entry(*identity).or_default().extend(&granted);
+                }
+            } else {
+                for identity in matched.iter() {
+                    let named = self.peers.identities[*identity].named_ports();
+                    let granted = to_rules(resolve(&rule.ports, Some(named), true));
+                    if !granted.is_empty() {
+                        rules.entry(*identity).or_default().extend(granted);
+                    }
+                }
+            }
+        }
+        let mut entries = SetEntries::default();
+        for (identity, list) in rules {
+            let normalized = normalize(list);
+            if normalized.dropped > 0 {
+                entries.dropped.insert(identity, normalized.dropped);
+            }
+            entries.values.insert(identity, value_of(&normalized.rules));
+        }
+        if key.direction == Direction::Egress {
+            vips::add_cluster_ips(&mut entries, self.peers, self.services);
+        }
+        entries
+    }
+
+    /// The identities rule `id`'s peers match (computed once per compilation).
+    fn matched(&mut self, id: u32) -> Rc<Vec<usize>> {
+        if let Some(matched) = self.matched.get(&id) {
+            return Rc::clone(matched);
+        }
+        let (policy, rule) = self.rules[&id];
+        let matched = match &rule.peers {
+            None => Rc::clone(&self.everything),
+            Some(peers) => {
+                let mut all: Vec<usize> = Vec::new();
+                for peer in peers {
+                    match peer {
+                        Peer::Pods { namespaces, pods } => {
+                            let selector = PeerSelector::of(
+                                &policy.namespace,
+                                namespaces.as_ref(),
+                                pods.as_ref(),
+                            );
+                            let index = self.selector_index[&selector];
+                            all.extend(&self.peers.by_selector[index]);
+                        }
+                        Peer::Block(block) => all.extend(self.block(block).iter()),
+                    }
+                }
+                if peers.len() > 1 {
+                    all.sort_unstable();
+                    all.dedup();
+                }
+                Rc::new(all)
+            }
+        };
+        self.matched.insert(id, Rc::clone(&matched));
+        matched
+    }
+
+    /// The address identities whose region `block` covers.
+    fn block(&mut self, block: &Block) -> Rc<Vec<usize>> {
+        if let Some(matched) = self.blocks.get(block) {
+            return Rc::clone(matched);
+        }
+        let matched: Vec<usize> = self
+            .everything
+            .iter()
+            .copied()
+            .filter(|i| {
+                let region = self.peers.identities[*i].region;
+                region.is_v4() == block.cidr.is_v4() && block.covers(region)
+            })
+            .collect();
+        let matched = Rc::new(matched);
+        self.blocks.insert(block.clone(), Rc::clone(&matched));
+        matched
+    }
+}
+
+/// A map value holding `rules` (at most [`tollgate_schemas::MAX_PORT_RULES`], as `normalize`
+/// leaves them).
+pub(crate) fn value_of(rules: &[PortRule]) -> PolicyValue {
+    let mut value = PolicyValue::EMPTY;
+    let kept = rules.len().min(value.rules.len());
+    value.rules[..kept].copy_from_slice(&rules[..kept]);
+    value.count = kept as u32;
+    value
+}
