@@ -17,8 +17,8 @@ use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
 use tollgate_schemas::{
-    Direction, EndpointKey, EndpointState, PeerIdentity, PolicyEntry, PolicyKey, PortRule, addr,
-    endpoint_flags, map_names,
+    Direction, EndpointKey, EndpointState, PeerIdentity, PolicyEntry, PolicyKey, PolicyValue,
+    PortRule, addr, endpoint_flags, map_names,
 };
 
 use super::cluster::{Cluster, PodInfo};
@@ -112,9 +112,15 @@ pub(crate) fn fit(
         if refused.contains_key(id) {
             continue;
         }
+        // By identity id: identity indices are this compilation's own order.
+        let mut by_peer: Vec<(u32, &PolicyValue)> = entries
+            .values
+            .iter()
+            .map(|(identity, value)| (peers.identities[*identity].id, value))
+            .collect();
+        by_peer.sort_unstable_by_key(|(peer, _)| *peer);
         let mut digest = Sha256::new();
-        for (identity, value) in &entries.values {
-            let peer = peers.identities[*identity].id;
+        for (peer, value) in by_peer {
             let rules = &value.rules[..value.count as usize];
             let ruleset = if rules.is_empty() {
                 0
