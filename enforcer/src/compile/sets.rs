@@ -63,7 +63,8 @@ pub(crate) struct SetEntries {
 pub(crate) struct Sets<'c> {
     peers: &'c Peers,
     rules: HashMap<u32, (&'c Policy, &'c Rule)>,
-    services: &'c [ServiceInfo],
+    /// The ClusterIPs with their backends by identity.
+    cluster_ips: Vec<vips::ClusterIp>,
     /// Identity indices of every address identity (the target of a rule without peers).
     everything: Rc<Vec<usize>>,
     /// Rule id → the identities its peers match.
@@ -87,7 +88,7 @@ impl<'c> Sets<'c> {
         Sets {
             peers,
             rules,
-            services,
+            cluster_ips: vips::cluster_ips(peers, services),
             everything: Rc::new(everything),
             matched: HashMap::new(),
             blocks: HashMap::new(),
@@ -167,7 +168,7 @@ impl<'c> Sets<'c> {
             entries.values.insert(identity, value_of(&normalized.rules));
         }
         if key.direction == Direction::Egress {
-            vips::add_cluster_ips(&mut entries, self.peers, self.services);
+            vips::add_cluster_ips(&mut entries, &self.cluster_ips);
         }
         entries
     }
