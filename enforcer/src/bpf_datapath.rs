@@ -43,6 +43,8 @@ pub struct BpfDatapath {
     probe: Probe,
     events: EventReader,
     endpoints: BTreeSet<EndpointKey>,
+    /// Writes each programmed state by difference from the last one.
+    syncer: sync::Syncer,
 }
 
 fn error(message: impl std::fmt::Display) -> DatapathError {
@@ -66,11 +68,14 @@ impl BpfDatapath {
             probe,
             events,
             endpoints: BTreeSet::new(),
+            syncer: sync::Syncer::new(),
         })
     }
 
-    /// The loaded probe, for tests that inspect or change its maps.
+    /// The loaded probe, for tests that inspect or change its maps (the next
+    /// [`Datapath::program`] then reads the maps again).
     pub fn probe_mut(&mut self) -> &mut Probe {
+        self.syncer = sync::Syncer::new();
         &mut self.probe
     }
 
@@ -174,7 +179,7 @@ fn decision_of(event: &FlowEvent, passed: bool) -> Result<Decision, DatapathErro
 impl Datapath for BpfDatapath {
     fn program(&mut self, desired: &crate::desired::DesiredState) -> Result<(), DatapathError> {
         let mut maps = self.probe.policy_maps();
-        sync::sync(&mut maps, desired).map_err(error)?;
+        self.syncer.sync(&mut maps, desired).map_err(error)?;
         self.endpoints = desired.endpoints.keys().copied().collect();
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use tollgate_enforcer::{
     bpf_datapath::{BpfDatapath, HookRun},
-    compile::{Compiled, Placement, compile},
+    compile::{Compiled, Placement, compile, compile_with},
     decision::{Datapath, Decision, FlowOutcome, ProbeFlow, ServiceHop},
     desired::{Capacity, DesiredState, Ids, PeerEntryKey},
     manifest::parse_manifests,
@@ -1380,4 +1380,123 @@ fn bench_datapath_runs_every_case() {
     assert_eq!(cases.len(), 7, "{cases:?}");
     assert!(cases.contains(&"new egress flow, to a ClusterIP"));
     assert!(results.iter().all(|r| r.median_ns > 0.0), "{results:?}");
+}
+
+/// Every pod isolated for ingress; two servers each allowed from the client by a policy of its
+/// own, a third allowed from every pod: four policy sets. `without` names a policy left out.
+fn three_allows(without: Option<&str>) -> Snapshot {
+    let mut snapshot = cluster(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: server-b, namespace: default, labels: {{app: server-b}}}}
+status: {{phase: Running, podIP: 198.18.0.11}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server-c, namespace: default, labels: {{app: server-c}}}}
+status: {{phase: Running, podIP: 198.18.0.12}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: ingress-deny, namespace: default}}
+spec: {{podSelector: {{}}, policyTypes: [Ingress]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: to-b, namespace: default}}
+spec:
+  podSelector: {{matchLabels: {{app: server-b}}}}
+  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: to-c, namespace: default}}
+spec:
+  podSelector: {{matchLabels: {{app: server-c}}}}
+  ingress: [{{from: [{{podSelector: {{}}}}]}}]
+---
+{ALLOW_CLIENT_ANY}"#
+    ));
+    snapshot
+        .policies
+        .retain(|p| p.metadata.name.as_deref() != without);
+    snapshot
+}
+
+#[test]
+fn maps_at_capacity_deny_what_does_not_fit_and_still_revoke_on_both_datapaths() {
+    if !root() {
+        return;
+    }
+    let placement = Placement::AllPods { ifindex: 1 };
+    let roomy = compile(&three_allows(None), &placement, &Ids::default());
+    assert_eq!(roomy.errors, vec![]);
+    // One policy entry short of what the sets need: one set does not fit.
+    let capacity = Capacity {
+        policy: roomy.desired.policy.len() as u32 - 1,
+        ..Capacity::default()
+    };
+    let mut datapath = BpfDatapath::with_capacity(&capacity).expect("load the probe");
+    let mut model = ModelDatapath::default();
+    let full = compile_with(&three_allows(None), &placement, &Ids::default(), &capacity);
+    assert_eq!(full.errors.len(), 1, "{:?}", full.errors);
+    assert!(full.errors[0].message.contains("denied (not programmed)"));
+    datapath.program(&full.desired).expect("sync");
+    model.program(&full.desired).expect("model");
+    let denied_pod = full.errors[0]
+        .object
+        .trim_start_matches("Pod default/")
+        .to_owned();
+    let pods = [
+        ("server", SERVER, "allow-client-any"),
+        ("server-b", "198.18.0.11", "to-b"),
+        ("server-c", "198.18.0.12", "to-c"),
+    ];
+    let flow = |dst: &str| ProbeFlow {
+        src: ip(CLIENT),
+        dst: ip(dst),
+        protocol: proto::TCP,
+        src_port: 40_000,
+        dst_port: 80,
+        service: None,
+    };
+    let both = |datapath: &mut BpfDatapath, model: &mut ModelDatapath, dst: &str| {
+        let bpf = datapath.decide(&flow(dst)).expect("bpf decide");
+        assert_eq!(bpf, model.decide(&flow(dst)).expect("model"), "to {dst}");
+        bpf.ingress.expect("the server is an endpoint")
+    };
+    for (pod, address, _) in pods {
+        let want = if pod == denied_pod {
+            decision(Verdict::Deny, Reason::NotProgrammed)
+        } else {
+            let allowed = both(&mut datapath, &mut model, address);
+            assert_eq!(allowed.reason, Reason::AllowedByRule, "client -> {pod}");
+            allowed
+        };
+        assert_eq!(
+            both(&mut datapath, &mut model, address),
+            want,
+            "client -> {pod}"
+        );
+    }
+
+    // Deleting an allow while the maps are full revokes it on both datapaths.
+    let (pod, address, policy) = pods
+        .into_iter()
+        .find(|(pod, ..)| *pod != denied_pod)
+        .expect("a server whose set fits");
+    let revoked = compile_with(
+        &three_allows(Some(policy)),
+        &placement,
+        &full.ids,
+        &capacity,
+    );
+    datapath.program(&revoked.desired).expect("sync");
+    model.program(&revoked.desired).expect("model");
+    assert_eq!(
+        both(&mut datapath, &mut model, address),
+        decision(Verdict::Deny, Reason::IsolatedNoMatch),
+        "client -> {pod} after {policy} was deleted"
+    );
 }
