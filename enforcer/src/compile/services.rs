@@ -16,9 +16,8 @@
 //! A ready endpoint is one whose `conditions.ready` is not false (absent means ready, as the
 //! API says); a ready pod is a networked one whose `Ready` condition is not `False`.
 //!
-//! The compiler then decides, per egress-isolated endpoint, each `ClusterIP:port` from the
-//! backends (see [`super::grants`]), and names the Service in flow records through
-//! [`ServiceInfo`].
+//! The compiler then decides, per egress policy set, each `ClusterIP:port` from the backends
+//! (see [`super::vips`]), and names the Service in flow records through [`ServiceInfo`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
