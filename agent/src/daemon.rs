@@ -60,10 +60,11 @@ use tollgate_schemas::{
     config_flags,
 };
 
-use crate::config::{AgentConfig, EnforcementMode, NodeIngress};
+use crate::cni::{VETH_PREFIX_ENV, VethNames};
+use crate::config::{AgentConfig, AgentSettings, EnforcementMode, NodeIngress};
 use crate::endpoints::{Attacher, Discovery, Endpoints, LocalPod, Veth, discover};
 use crate::http::{Response, Routes, serve};
-use crate::links::{LinkWatch, prefixed_links};
+use crate::links::{LinkWatch, pod_links};
 use crate::metrics::AgentMetrics;
 use crate::node_addresses;
 use crate::pins::{PinError, PinnedProbe};
@@ -245,13 +246,13 @@ impl PolicyMaps for SharedProbe {
 
 /// The node's endpoints as the reconciler asks for them: discovered from the host routes of
 /// the calling thread's network namespace, with the probe attached to their veths, and to
-/// every other veth of the prefix (pods the cluster has not named yet); and the node's own
+/// every other pod veth (pods the cluster has not named yet); and the node's own
 /// addresses, read from the same namespace.
 #[derive(Debug)]
 pub struct NodeEndpoints {
     endpoints: Endpoints<SharedProbe>,
     node: String,
-    prefix: String,
+    names: VethNames,
     /// Whether the node's addresses pass ingress policy (then they are read and watched).
     node_ingress: NodeIngress,
     /// The node's addresses as last read: kept when a read fails.
@@ -279,11 +280,16 @@ pub struct NodeEndpoints {
 }
 
 impl NodeEndpoints {
-    /// The endpoints of node `node` on veths named `prefix…`, watching the links and routes
+    /// The endpoints of node `node` on the pod veths `names`, watching the links and routes
     /// of the calling thread's network namespace, and its addresses unless `node_ingress` is
     /// [`NodeIngress::Policy`] (call it inside the runtime).
-    pub fn new(probe: SharedProbe, node: &str, prefix: &str, node_ingress: NodeIngress) -> Self {
-        let watch = LinkWatch::open(prefix, node_ingress == NodeIngress::Allow)
+    pub fn new(
+        probe: SharedProbe,
+        node: &str,
+        names: &VethNames,
+        node_ingress: NodeIngress,
+    ) -> Self {
+        let watch = LinkWatch::open(names, node_ingress == NodeIngress::Allow)
             .inspect_err(|error| {
                 tracing::warn!(%error, "no netlink watch: new veths wait for the pod's watch event");
             })
@@ -291,7 +297,7 @@ impl NodeEndpoints {
         Self {
             endpoints: Endpoints::new(probe),
             node: node.to_owned(),
-            prefix: prefix.to_owned(),
+            names: names.clone(),
             node_ingress,
             addresses: Vec::new(),
             addresses_stale: true,
@@ -355,7 +361,7 @@ fn is_local(pod: &Pod, node: &str) -> bool {
 impl LocalEndpoints for NodeEndpoints {
     fn local(&mut self, snapshot: &Snapshot) -> BTreeMap<String, u32> {
         let pods = self.local_pods(snapshot);
-        match discover(&pods, &self.prefix) {
+        match discover(&pods, &self.names) {
             Ok(discovery) => self.discovery = discovery,
             Err(error) => {
                 // The previous endpoints stand (none before the first discovery).
@@ -409,7 +415,7 @@ impl LocalEndpoints for NodeEndpoints {
         if !self.addresses_stale && self.watch.is_some() {
             return self.addresses.clone();
         }
-        match node_addresses::discover(&self.prefix) {
+        match node_addresses::discover(&self.names) {
             Ok(addresses) => {
                 if addresses != self.addresses {
                     tracing::info!(
@@ -430,7 +436,7 @@ impl LocalEndpoints for NodeEndpoints {
         let Self {
             watch,
             endpoints,
-            prefix,
+            names,
             burst_end,
             addresses_stale,
             ..
@@ -464,7 +470,7 @@ impl LocalEndpoints for NodeEndpoints {
                 };
                 let mut links = events.new_links.clone();
                 if events.overflowed {
-                    match prefixed_links(prefix) {
+                    match pod_links(names) {
                         Ok(all) => links = all,
                         Err(error) => {
                             tracing::warn!(%error, "listing the veths after a netlink overflow")
@@ -551,6 +557,27 @@ pub async fn run_agent<S: ClusterSource>(
         .map(drop)
 }
 
+/// The pod veths of this node: the prefix of `agent.interface_prefix`, of the VPC CNI's
+/// configuration, or of `AWS_VPC_K8S_CNI_VETHPREFIX`, down to `eni` ([`VethNames::load`]),
+/// each source that could not be used logged at error with its file and field.
+fn veth_names(settings: &AgentSettings) -> VethNames {
+    let env = std::env::var(VETH_PREFIX_ENV).ok();
+    let (names, problems) = VethNames::load(
+        settings.interface_prefix.as_deref(),
+        &settings.cni_config,
+        env.as_deref(),
+    );
+    for problem in &problems {
+        tracing::error!(error = %problem, "VPC CNI setting not used; trying the next source");
+    }
+    tracing::info!(
+        prefix = names.prefix(),
+        source = ?names.source(),
+        "pod veths: <prefix>… and vlan… (branch-ENI pods, strict mode)"
+    );
+    names
+}
+
 /// [`run_agent`] with `hooks`; what the collector delivered when it stopped.
 pub async fn run_agent_with<S: ClusterSource>(
     config: AgentConfig,
@@ -616,10 +643,11 @@ pub async fn run_agent_with<S: ClusterSource>(
     )
     .await?;
 
+    let names = veth_names(settings);
     let node_endpoints = NodeEndpoints::new(
         probe.clone(),
         &config.collector.node,
-        &settings.interface_prefix,
+        &names,
         settings.node_ingress,
     );
     let mut agent = Agent::new(source, node_endpoints);

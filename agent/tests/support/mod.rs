@@ -128,6 +128,22 @@ pub struct Pod {
     pub host_veth: String,
 }
 
+/// How the VPC CNI wires a pod ([`Node::add_wired_pod`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Wiring {
+    /// A host veth `<prefix>…`, the pod's /32 in the main table.
+    Regular {
+        /// `AWS_VPC_K8S_CNI_VETHPREFIX`.
+        prefix: &'static str,
+    },
+    /// Security groups for pods in strict mode: a host veth `vlan…`, the pod's /32 in table
+    /// `<vlan> + 100`, its traffic through `vlan.eth.<vlan>` and the VPC.
+    BranchStrict {
+        /// The branch ENI's VLAN id.
+        vlan: u16,
+    },
+}
+
 /// A node namespace and one namespace per pod, wired like the VPC CNI; removed on drop.
 #[derive(Debug)]
 pub struct Node {
@@ -165,11 +181,20 @@ impl Node {
     /// IPv4 pod gets the VPC CNI's full wiring (so it can send), an IPv6 pod only its veth and
     /// the node's /128 route to it (enough to be discovered and attached to).
     pub fn add_pod(&mut self, name: &str, addr: &str, n: u32) -> Pod {
+        self.add_wired_pod(name, addr, n, Wiring::Regular { prefix: "eni" })
+    }
+
+    /// Adds pod `default/<name>` as [`Node::add_pod`] does, wired as `wiring` says (IPv4 only
+    /// for a branch ENI).
+    pub fn add_wired_pod(&mut self, name: &str, addr: &str, n: u32, wiring: Wiring) -> Pod {
         let ip_addr: IpAddr = addr.parse().expect("pod address");
         let netns = format!("{}-{name}", self.tag);
         self.add_netns(&netns);
         // The VPC CNI's names: the prefix and 11 hex digits.
-        let host_veth = format!("eni{n:011x}");
+        let host_veth = match wiring {
+            Wiring::Regular { prefix } => format!("{prefix}{n:011x}"),
+            Wiring::BranchStrict { .. } => format!("vlan{n:011x}"),
+        };
         let node = self.netns.clone();
         ip(&[
             "-n", &node, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0",
@@ -205,9 +230,16 @@ impl Node {
                     "nud",
                     "permanent",
                 ]);
-                ip(&[
-                    "-n", &node, "route", "add", &cidr, "dev", &host_veth, "scope", "link",
-                ]);
+                match wiring {
+                    Wiring::Regular { .. } => {
+                        ip(&[
+                            "-n", &node, "route", "add", &cidr, "dev", &host_veth, "scope", "link",
+                        ]);
+                    }
+                    Wiring::BranchStrict { vlan } => {
+                        self.branch_eni_routes(vlan, &cidr, &host_veth);
+                    }
+                }
                 ip(&[
                     "-n",
                     &node,
@@ -235,6 +267,128 @@ impl Node {
         };
         self.pods.push(pod.clone());
         pod
+    }
+
+    /// The VPC behind the node, created once: namespace `<tag>-vpc`, joined to the node's
+    /// `eth0` (the primary ENI, 198.18.255.1/30, the node's default route), routing every pod
+    /// address but the branch ENIs' back to the node through `eth0`.
+    fn vpc(&mut self) -> String {
+        let vpc = format!("{}-vpc", self.tag);
+        if self.created.contains(&vpc) {
+            return vpc;
+        }
+        self.add_netns(&vpc);
+        sysctl(
+            &vpc,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1"],
+        );
+        let node = self.netns.clone();
+        ip(&[
+            "-n", &node, "link", "add", "eth0", "type", "veth", "peer", "name", "node0", "netns",
+            &vpc,
+        ]);
+        ip(&["-n", &node, "link", "set", "eth0", "up"]);
+        ip(&["-n", &vpc, "link", "set", "node0", "up"]);
+        ip(&["-n", &node, "addr", "add", "198.18.255.1/30", "dev", "eth0"]);
+        ip(&["-n", &vpc, "addr", "add", "198.18.255.2/30", "dev", "node0"]);
+        ip(&[
+            "-n",
+            &node,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.255.2",
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &vpc,
+            "route",
+            "add",
+            "198.18.0.0/16",
+            "via",
+            "198.18.255.1",
+            "dev",
+            "node0",
+        ]);
+        vpc
+    }
+
+    /// The VPC CNI's strict-mode wiring of a branch-ENI pod at `cidr` on `host_veth`
+    /// (`setupVlan`, `setupIIFBasedContainerRouteRules`): the link `vlan.eth.<vlan>`, table
+    /// `<vlan> + 100` with the subnet gateway (198.18.254.<vlan>) and the pod's route, the two
+    /// `iif` rules (priority 10); and the VPC's side: the branch ENI behind that link.
+    ///
+    /// On a node `vlan.eth.<vlan>` is an 802.1Q sub-interface of the trunk ENI; the kernel
+    /// these tests run on has no 802.1Q (`CONFIG_VLAN_8021Q` unset), so here it is a veth to
+    /// the VPC namespace under the same name: the same routes, rules and names, without the
+    /// tag on the wire (which nothing in the node namespace sees).
+    fn branch_eni_routes(&mut self, vlan: u16, cidr: &str, host_veth: &str) {
+        let vpc = self.vpc();
+        let node = self.netns.clone();
+        let table = (u32::from(vlan) + 100).to_string();
+        let (link, branch) = (format!("vlan.eth.{vlan}"), format!("branch.{vlan}"));
+        let gateway = format!("198.18.254.{vlan}");
+        ip(&[
+            "-n", &node, "link", "add", &link, "type", "veth", "peer", "name", &branch, "netns",
+            &vpc,
+        ]);
+        ip(&["-n", &node, "link", "set", &link, "up"]);
+        ip(&["-n", &vpc, "link", "set", &branch, "up"]);
+        ip(&[
+            "-n",
+            &vpc,
+            "addr",
+            "add",
+            &format!("{gateway}/32"),
+            "dev",
+            &branch,
+        ]);
+        let (link_mac, branch_mac) = (mac(&node, &link), mac(&vpc, &branch));
+        ip(&[
+            "-n", &node, "route", "add", &gateway, "dev", &link, "scope", "link", "table", &table,
+        ]);
+        ip(&[
+            "-n", &node, "route", "add", "default", "via", &gateway, "dev", &link, "table", &table,
+        ]);
+        ip(&[
+            "-n",
+            &node,
+            "neigh",
+            "add",
+            &gateway,
+            "lladdr",
+            &branch_mac,
+            "dev",
+            &link,
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "-n", &node, "route", "add", cidr, "dev", host_veth, "scope", "link", "table", &table,
+        ]);
+        for iif in [&link, host_veth] {
+            ip(&[
+                "-n", &node, "rule", "add", "iif", iif, "lookup", &table, "priority", "10",
+            ]);
+        }
+        let pod_ip = cidr.trim_end_matches("/32");
+        ip(&["-n", &vpc, "route", "add", cidr, "dev", &branch]);
+        ip(&[
+            "-n",
+            &vpc,
+            "neigh",
+            "add",
+            pod_ip,
+            "lladdr",
+            &link_mac,
+            "dev",
+            &branch,
+            "nud",
+            "permanent",
+        ]);
     }
 
     /// Deletes a pod's namespace (and with it its veth pair, routes and neighbors), as the
@@ -527,13 +681,15 @@ pub fn agent_config(node: &Node, bpffs: &Bpffs, files: &Path) -> AgentConfig {
 }
 
 /// The agent's settings for a test: pins under `bpffs`, `/metrics` and health on `http`,
-/// spool and flows under `files`.
+/// spool and flows under `files`, the VPC CNI configuration `files/10-aws.conflist`.
 pub fn agent_settings(bpffs: &Path, http: SocketAddr, files: &Path) -> AgentConfig {
     let mut config = AgentConfig::default();
     config.agent.bpffs = bpffs.to_owned();
     config.agent.metrics_address = http;
     config.agent.health_address = http;
     config.collector.node = "lab-node".to_owned();
+    // The test's own VPC CNI configuration (none unless a test writes one), not the host's.
+    config.agent.cni_config = files.join("10-aws.conflist");
     config.collector.spool_dir = files.join("spool");
     config.collector.sink = SinkConfig::Local {
         dir: files.join("flows"),
