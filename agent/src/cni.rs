@@ -39,6 +39,8 @@ pub const BRANCH_VETH_PREFIX: &str = "vlan";
 /// The longest prefix the VPC CNI accepts (an interface name has 15 characters; the hash takes
 /// 11).
 pub const MAX_PREFIX_LEN: usize = 4;
+/// How the VPC CNI names the VLAN sub-interfaces of the trunk ENI (`buildVlanLinkName`).
+const VLAN_LINK_PREFIX: &str = "vlan.eth.";
 /// The `type` of the VPC CNI's plugin in the conflist.
 const PLUGIN_TYPE: &str = "aws-cni";
 
@@ -202,6 +204,12 @@ impl VethNames {
     }
 }
 
+/// Whether `ifname` is a VLAN sub-interface of the trunk ENI (`vlan.eth.<vlan id>`), through
+/// which the VPC CNI sends a branch ENI's traffic.
+pub fn is_vlan_link(ifname: &str) -> bool {
+    ifname.starts_with(VLAN_LINK_PREFIX)
+}
+
 /// Whether `ifname` is the host veth of a branch-ENI pod in strict mode: `vlan` and hex digits.
 pub fn is_branch_veth(ifname: &str) -> bool {
     ifname
@@ -341,6 +349,7 @@ mod tests {
             ("eni1a2b3c4d5e6", true),
             ("vlan1a2b3c4d5e6", true),
             ("vlan.eth.1", false),
+            ("vlan.eth.12", false),
             ("vlan", false),
             ("vlanxyz", false),
             ("eth0", false),
@@ -348,6 +357,7 @@ mod tests {
         ] {
             assert_eq!(names.matches(ifname), pod, "{ifname}");
         }
+        assert!(is_vlan_link("vlan.eth.1") && !is_vlan_link("vlan0a1b2c3d4e5"));
     }
 
     #[test]

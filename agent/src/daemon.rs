@@ -31,7 +31,7 @@
 //! error is [`run_agent`]'s result once the agent stops. A full disk does not even stop the
 //! collector (see `docs/collector.md`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_collector::{
     clock::boottime_ns,
-    identity::Identities,
+    identity::{EndpointInterface, Eni, Identities},
     pipeline::Tap,
     service::{Collector, CollectorError, Stopped},
 };
@@ -356,6 +356,26 @@ fn is_local(pod: &Pod, node: &str) -> bool {
             .node_name
             .as_deref()
             .is_none_or(|name| node.is_empty() || name == node)
+}
+
+impl NodeEndpoints {
+    /// The host interfaces the probe is on, by index, as flow records name them: the veth's
+    /// name, and a branch ENI when discovery found one behind it (a `vlan…` veth, or a route
+    /// through a VLAN of the trunk: [`Discovery::branch_eni`]).
+    pub fn endpoint_interfaces(&self) -> HashMap<u32, EndpointInterface> {
+        self.endpoints
+            .attacher()
+            .attached()
+            .into_iter()
+            .map(|(name, ifindex)| {
+                let eni = match self.discovery.branch_eni.contains(&name) {
+                    true => Eni::Branch,
+                    false => Eni::Node,
+                };
+                (ifindex, EndpointInterface { name, eni })
+            })
+            .collect()
+    }
 }
 
 impl LocalEndpoints for NodeEndpoints {
@@ -694,11 +714,13 @@ pub async fn run_agent_with<S: ClusterSource>(
                 agent.endpoints_mut().adopt()?;
                 adopted = true;
             }
+            let interfaces = agent.endpoints().endpoint_interfaces();
             if let Some((snapshot, compiled)) = agent.synced() {
-                identities
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .observe(snapshot, compiled, boottime_ns());
+                let mut identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = boottime_ns();
+                identities.observe(snapshot, compiled, now);
+                identities.observe_interfaces(interfaces, now);
+                drop(identities);
                 if let Some(passes) = &passes {
                     let mut snapshot = snapshot.clone();
                     let node_addresses = std::mem::take(&mut snapshot.node_addresses);

@@ -64,7 +64,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::cni::VethNames;
+use crate::cni::{VethNames, is_branch_veth, is_vlan_link};
 use crate::links::{all_links, pod_links};
 
 /// The local routing table (addresses of this host): never a pod's route.
@@ -100,6 +100,10 @@ pub struct HostRoute {
     pub addr: IpAddr,
     /// The interface it is routed onto.
     pub ifname: String,
+    /// Whether the address is a branch ENI's: the route is in a table whose traffic leaves
+    /// through a VLAN of the trunk (strict mode), or a rule sends the address's own traffic to
+    /// such a table (`from <pod IP>`, standard mode).
+    pub branch_eni: bool,
 }
 
 /// A host-side veth in the agent's network namespace.
@@ -134,6 +138,9 @@ pub struct Discovery {
     /// of them, so a pod the cluster has not named yet is enforced from its first packet
     /// (denied in strict mode, as an unknown endpoint).
     pub links: Vec<Veth>,
+    /// The pod veths whose pod has a branch ENI (security groups for pods): `vlan…` veths,
+    /// and veths holding a [`HostRoute::branch_eni`] route.
+    pub branch_eni: BTreeSet<String>,
 }
 
 impl Discovery {
@@ -152,62 +159,116 @@ pub fn rule_tables(rules: &[RuleMessage]) -> BTreeSet<u32> {
     rules
         .iter()
         .filter(|rule| rule.header.action == RuleAction::ToTable)
-        .map(|rule| {
-            // A table above 255 is only in the attribute.
-            rule.attributes
-                .iter()
-                .find_map(|attribute| match attribute {
-                    RuleAttribute::Table(table) => Some(*table),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(rule.header.table))
-        })
+        .map(table_of)
         .filter(|table| *table != RT_TABLE_LOCAL)
         .collect()
 }
 
-/// The host routes among `routes` that are in one of `tables`: unicast, prefix length 32 or
-/// 128, onto an interface (named by `ifname`), without a gateway.
+/// The table a rule looks up (above 255, only the attribute has it).
+fn table_of(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RuleAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(rule.header.table))
+}
+
+/// What discovery reads of one route.
+struct RouteFacts {
+    table: u32,
+    /// The destination, when the route is unicast and to one address (a /32 or /128).
+    host: Option<IpAddr>,
+    /// Whether it is a default route (prefix length 0).
+    default: bool,
+    /// The interface, when the route names one.
+    oif: Option<u32>,
+    /// Whether it goes through a next hop (a gateway, `via`, several paths).
+    via: bool,
+}
+
+fn facts(route: &RouteMessage) -> RouteFacts {
+    let header = &route.header;
+    let full = match header.address_family {
+        netlink_packet_route::AddressFamily::Inet => 32,
+        netlink_packet_route::AddressFamily::Inet6 => 128,
+        _ => 0,
+    };
+    let host = header.kind == RouteType::Unicast && header.destination_prefix_length == full;
+    let mut facts = RouteFacts {
+        // A table above 255 is only in the attribute.
+        table: u32::from(header.table),
+        host: None,
+        default: header.destination_prefix_length == 0,
+        oif: None,
+        via: false,
+    };
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) if host => {
+                facts.host = Some(IpAddr::V4(*ip));
+            }
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) if host => {
+                facts.host = Some(IpAddr::V6(*ip));
+            }
+            RouteAttribute::Oif(index) => facts.oif = Some(*index),
+            RouteAttribute::Table(id) => facts.table = *id,
+            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) | RouteAttribute::MultiPath(_) => {
+                facts.via = true;
+            }
+            _ => {}
+        }
+    }
+    facts
+}
+
+/// The host routes among `routes` that are in a table one of `rules` looks up: unicast, prefix
+/// length 32 or 128, onto an interface (named by `ifname`), without a next hop; each marked
+/// when it is a branch ENI's (see [`HostRoute::branch_eni`]).
 pub fn host_routes(
     routes: &[RouteMessage],
-    tables: &BTreeSet<u32>,
+    rules: &[RuleMessage],
     ifname: impl Fn(u32) -> Option<String>,
 ) -> Vec<HostRoute> {
+    let routes: Vec<RouteFacts> = routes.iter().map(facts).collect();
+    let tables = rule_tables(rules);
+    // The VPC CNI's per-VLAN tables: their default route leaves through `vlan.eth.<id>`
+    // (not any route: the link's IPv6 `fe80::/64` is in main).
+    let vlan_tables: BTreeSet<u32> = routes
+        .iter()
+        .filter(|route| {
+            route.default
+                && route
+                    .oif
+                    .and_then(&ifname)
+                    .is_some_and(|name| is_vlan_link(&name))
+        })
+        .map(|route| route.table)
+        .collect();
+    // Standard mode: `from <pod IP> lookup <VLAN table>`.
+    let branch_sources: BTreeSet<IpAddr> = rules
+        .iter()
+        .filter(|rule| rule.header.action == RuleAction::ToTable)
+        .filter(|rule| vlan_tables.contains(&table_of(rule)))
+        .flat_map(|rule| {
+            rule.attributes
+                .iter()
+                .filter_map(|attribute| match attribute {
+                    RuleAttribute::Source(ip) => Some(*ip),
+                    _ => None,
+                })
+        })
+        .collect();
     routes
         .iter()
+        .filter(|route| !route.via && tables.contains(&route.table))
         .filter_map(|route| {
-            let header = &route.header;
-            let full = match header.address_family {
-                netlink_packet_route::AddressFamily::Inet => 32,
-                netlink_packet_route::AddressFamily::Inet6 => 128,
-                _ => return None,
-            };
-            if header.kind != RouteType::Unicast || header.destination_prefix_length != full {
-                return None;
-            }
-            let (mut addr, mut oif, mut table) = (None, None, u32::from(header.table));
-            for attribute in &route.attributes {
-                match attribute {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-                        addr = Some(IpAddr::V4(*ip));
-                    }
-                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => {
-                        addr = Some(IpAddr::V6(*ip));
-                    }
-                    RouteAttribute::Oif(index) => oif = Some(*index),
-                    RouteAttribute::Table(id) => table = *id,
-                    RouteAttribute::Gateway(_)
-                    | RouteAttribute::Via(_)
-                    | RouteAttribute::MultiPath(_) => return None,
-                    _ => {}
-                }
-            }
-            if !tables.contains(&table) {
-                return None;
-            }
+            let addr = route.host?;
             Some(HostRoute {
-                addr: addr?,
-                ifname: ifname(oif?)?,
+                addr,
+                ifname: ifname(route.oif?)?,
+                branch_eni: vlan_tables.contains(&route.table) || branch_sources.contains(&addr),
             })
         })
         .collect()
@@ -294,10 +355,9 @@ pub fn read_host_routes() -> Result<Vec<HostRoute>, EndpointError> {
         .into_iter()
         .map(|link| (link.ifindex, link.ifname))
         .collect();
-    let tables = rule_tables(&rules);
-    let found = host_routes(&routes, &tables, |index| names.get(&index).cloned());
+    let found = host_routes(&routes, &rules, |index| names.get(&index).cloned());
     let span = tracing::Span::current();
-    span.record("tables", tracing::field::debug(&tables));
+    span.record("tables", tracing::field::debug(&rule_tables(&rules)));
     span.record("routes", found.len());
     Ok(found)
 }
@@ -325,7 +385,15 @@ pub fn match_pods(
             .or_default()
             .insert(route.ifname.as_str());
     }
-    let mut discovery = Discovery::default();
+    let mut discovery = Discovery {
+        branch_eni: routes
+            .iter()
+            .filter(|r| names.matches(&r.ifname))
+            .filter(|r| r.branch_eni || is_branch_veth(&r.ifname))
+            .map(|r| r.ifname.clone())
+            .collect(),
+        ..Discovery::default()
+    };
     for pod in pods {
         let ifnames: BTreeSet<&str> = pod
             .ips
@@ -532,6 +600,7 @@ mod tests {
         HostRoute {
             addr: ip(addr),
             ifname: ifname.to_string(),
+            branch_eni: false,
         }
     }
 
@@ -579,30 +648,67 @@ mod tests {
     }
 
     #[test]
-    fn host_routes_of_the_looked_up_tables_only() {
-        let oif = RouteAttribute::Oif(11);
-        let gateway = RouteAttribute::Gateway(ip("198.18.0.1").into());
-        let mut local = route_message("198.18.0.30", 32, 255, vec![oif.clone()]);
+    fn host_routes_of_the_looked_up_tables_only_and_branch_enis_marked() {
+        let oif = RouteAttribute::Oif;
+        let gateway = |gw: &str| RouteAttribute::Gateway(ip(gw).into());
+        let mut local = route_message("198.18.0.30", 32, 255, vec![oif(11)]);
         local.header.kind = RouteType::Local;
         let routes = [
-            route_message("198.18.0.10", 32, 254, vec![oif.clone()]),
-            route_message("198.18.0.11", 32, 101, vec![oif.clone()]),
-            route_message("2001:db8::11", 128, 1001, vec![oif.clone()]),
+            // Regular pods: main, and a table of another ENI.
+            route_message("198.18.0.10", 32, 254, vec![oif(11)]),
+            route_message("2001:db8::11", 128, 1001, vec![oif(11)]),
+            // Strict mode: the pod's route in the VLAN's table, with the gateway's.
+            route_message("198.18.0.11", 32, 101, vec![oif(12)]),
+            route_message("198.18.3.1", 32, 101, vec![oif(21)]),
+            route_message("0.0.0.0", 0, 101, vec![oif(21), gateway("198.18.3.1")]),
+            // Standard mode: the pod's route in main, its traffic to the VLAN's table.
+            route_message("198.18.0.20", 32, 254, vec![oif(13)]),
+            route_message("0.0.0.0", 0, 102, vec![oif(22), gateway("198.18.3.2")]),
+            // The VLAN's IPv6 link-local prefix in main makes main no VLAN table.
+            route_message("fe80::", 64, 254, vec![oif(21)]),
             // A table no rule looks up, a prefix, a gateway, a local address, a gone link.
-            route_message("198.18.0.12", 32, 102, vec![oif.clone()]),
-            route_message("198.18.0.0", 24, 254, vec![oif.clone()]),
-            route_message("198.18.0.13", 32, 254, vec![oif.clone(), gateway]),
+            route_message("198.18.0.12", 32, 103, vec![oif(11)]),
+            route_message("198.18.0.0", 24, 254, vec![oif(11)]),
+            route_message("198.18.0.13", 32, 254, vec![oif(11), gateway("198.18.0.1")]),
             local,
-            route_message("198.18.0.14", 32, 254, vec![RouteAttribute::Oif(99)]),
+            route_message("198.18.0.14", 32, 254, vec![oif(99)]),
         ];
-        let tables = BTreeSet::from([101, 254, 1001]);
-        let name = |index| (index == 11).then(|| "vlanaaa".to_owned());
+        let mut from_pod = rule(102, RuleAction::ToTable);
+        from_pod
+            .attributes
+            .push(RuleAttribute::Source(ip("198.18.0.20")));
+        let rules = [
+            rule(255, RuleAction::ToTable),
+            rule(254, RuleAction::ToTable),
+            rule(101, RuleAction::ToTable),
+            rule(1001, RuleAction::ToTable),
+            from_pod,
+        ];
+        let name = |index| {
+            Some(
+                match index {
+                    11 => "eniaaa",
+                    12 => "vlanbbb",
+                    13 => "eniccc",
+                    21 => "vlan.eth.1",
+                    22 => "vlan.eth.2",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let branch = |addr: &str, ifname: &str| HostRoute {
+            branch_eni: true,
+            ..route(addr, ifname)
+        };
         assert_eq!(
-            host_routes(&routes, &tables, name),
+            host_routes(&routes, &rules, name),
             [
-                route("198.18.0.10", "vlanaaa"),
-                route("198.18.0.11", "vlanaaa"),
-                route("2001:db8::11", "vlanaaa"),
+                route("198.18.0.10", "eniaaa"),
+                route("2001:db8::11", "eniaaa"),
+                branch("198.18.0.11", "vlanbbb"),
+                branch("198.18.3.1", "vlan.eth.1"),
+                branch("198.18.0.20", "eniccc"),
             ]
         );
     }
@@ -676,6 +782,8 @@ mod tests {
             found.conflicts["default/conflict"],
             BTreeSet::from(["eniaaa".to_string(), "eniccc".to_string()])
         );
+        // A `vlan…` veth is a branch ENI's, whatever its route says; `vlan.eth.1` is no veth.
+        assert_eq!(found.branch_eni, BTreeSet::from(["vlan0a1b".to_string()]));
         // Another prefix (AWS_VPC_K8S_CNI_VETHPREFIX): its veths, and branch-ENI pods' still.
         let names = VethNames::with_prefix("veth", PrefixSource::Settings).unwrap();
         let other = match_pods(&pods, &routes, &names, index);

@@ -2,15 +2,17 @@
 //! veth prefix read from the node's CNI configuration (`vethPrefix` in a conflist of the test's
 //! own), branch-ENI pods in strict mode (`vlan…` veths, routes in per-VLAN tables, traffic
 //! through `vlan.eth.<id>` and a VPC namespace), and a pod that moves from one wiring to another
-//! while no agent runs.
+//! while no agent runs; the flow records name each deciding pod's interface and ENI.
 //!
 //! Needs root (CI runs as root); without it the test says SKIPPED loudly and returns.
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tollgate_agent::source::StaticSource;
+use tollgate_collector::read::{Filter, StoredRecord, read_dir, render_table};
 
 use support::{
     Bpffs, Node, RunningAgent, TempDir, Wiring, agent_config, http_ok, root, seed, tcp_reaches,
@@ -112,4 +114,41 @@ fn every_wiring_is_enforced_and_a_pod_moved_between_wirings_across_a_restart_sta
     );
     agent.stop().expect("agent stopped cleanly");
     drop(handle);
+
+    // The flow records of both agents name the deciding pod's interface and ENI: the same
+    // denied connection (amazonlinux → httpd:80) from a `tgx…` veth on a node ENI, then from
+    // a `vlan…` veth on a branch ENI; nginx's ingress on its `tgx…` veth. (Reports the second
+    // collector read from the first agent's connections before its first pass name no pod and
+    // no interface: no identity was known yet.)
+    let records = read_dir(&files.0.join("flows"), &Filter::default()).expect("read the flows");
+    eprintln!("{}", render_table(&records));
+    let wired = |record: &StoredRecord| {
+        (
+            record.endpoint_interface.clone().unwrap_or_default(),
+            record.endpoint_eni.clone().unwrap_or_default(),
+        )
+    };
+    let denied: BTreeSet<(String, String)> = records
+        .iter()
+        .filter(|r| r.is_reject() && r.dstaddr.as_deref() == Some("198.18.0.30"))
+        .filter(|r| r.src_pod.is_some())
+        .map(wired)
+        .collect();
+    assert_eq!(
+        denied,
+        BTreeSet::from([
+            (old_veth, "node".to_owned()),
+            (amazonlinux.host_veth.clone(), "branch".to_owned()),
+        ])
+    );
+    let nginx_ingress: BTreeSet<(String, String)> = records
+        .iter()
+        .filter(|r| r.flow_direction.as_deref() == Some("ingress"))
+        .filter(|r| r.dstaddr.as_deref() == Some("198.18.0.20") && r.dst_pod.is_some())
+        .map(wired)
+        .collect();
+    assert_eq!(
+        nginx_ingress,
+        BTreeSet::from([(nginx.host_veth.clone(), "node".to_owned())])
+    );
 }

@@ -51,6 +51,23 @@ async fn seed(family: IpFamily, attach: Attach, sgp: bool) -> LabReport {
     );
     assert!(report.all_ok(), "{}", report.render_table());
     assert_eq!(report.ip_family, family.name());
+    // The seed's denials are the client's egress: decided on its veth, `vlan…` on a branch
+    // ENI with --sgp, `eni…` on the node's ENIs otherwise.
+    let (eni, prefix) = if sgp {
+        ("branch", "vlan")
+    } else {
+        ("node", "eni")
+    };
+    for record in report.flow_log.denied.iter().filter(|r| !r.is_loss()) {
+        assert_eq!(record.endpoint_eni.as_deref(), Some(eni), "{record:?}");
+        assert!(
+            record
+                .endpoint_interface
+                .as_deref()
+                .is_some_and(|i| i.starts_with(prefix)),
+            "{record:?}"
+        );
+    }
     assert!(
         started.elapsed() < Duration::from_secs(40),
         "the lab takes well under a minute"
