@@ -30,14 +30,19 @@
 //! calling thread's namespace), not `/sys/class/net/<if>/ifindex`, which shows the namespace
 //! sysfs was mounted in.
 //!
-//! A pod is found on the pod veth ([`VethNames::matches`]) which holds a host route to one of
-//! the pod's addresses, in whichever table. Not found: pods of `hostNetwork`, pods whose CNI
+//! A pod is found on the interface which holds a host route to one of the pod's addresses, in
+//! whichever table a rule looks up (a VLAN sub-interface `vlan.eth.<id>` aside: it holds the
+//! branch subnet's gateway): the route, not the name, says which veth is the pod's, so a
+//! prefix that is not the CNI's ([`crate::cni`]) still finds every pod the cluster named, and
+//! says so ([`Discovery::outside_names`]). Not found: pods of `hostNetwork`, pods whose CNI
 //! ADD has not finished (found on a later pass). A pod whose addresses are routed onto several
 //! veths is left out ([`Discovery::conflicts`]): a multi-NIC pod is one of them until the
 //! compiler places each address on its own interface (its veths still carry the probe, so in
 //! strict mode its traffic is denied, never let through).
 //!
-//! [`discover`] also lists every pod veth ([`Discovery::links`]), a known pod's or not.
+//! [`discover`] also lists every pod veth by its name ([`Discovery::links`]), a known pod's or
+//! not: those get the probe before the cluster names their pod. Discovery marks the veths of
+//! pods with a branch ENI ([`Discovery::branch_eni`]), which flow records say.
 //!
 //! [`Endpoints`] keeps the probe attached to every pod veth through an [`Attacher`]
 //! (the pinned probe of [`crate::pins`] on a node, an in-memory one in tests), so a pod the
@@ -141,6 +146,9 @@ pub struct Discovery {
     /// The pod veths whose pod has a branch ENI (security groups for pods): `vlan…` veths,
     /// and veths holding a [`HostRoute::branch_eni`] route.
     pub branch_eni: BTreeSet<String>,
+    /// Pods found on a veth whose name is not a pod veth's ([`VethNames`]): endpoints all the
+    /// same (see [`match_pods`]); the names in force are probably not the CNI's.
+    pub outside_names: BTreeMap<String, String>,
 }
 
 impl Discovery {
@@ -370,16 +378,21 @@ pub fn ifindex(ifname: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
-/// Finds each pod's host veth among `routes`: the pod veths (`names`) that hold a host route
-/// to one of its addresses; `ifindex` names each interface's index (`None`: it is gone).
+/// Finds each pod's host veth among `routes`: the interface that holds a host route to one of
+/// its addresses (never a VLAN sub-interface of the trunk, which holds the branch subnet's
+/// gateway). A pod found on an interface outside `names` is an endpoint all the same, and
+/// listed in [`Discovery::outside_names`]: the route says it is the pod's veth, and the probe
+/// on it fails closed where a wrong prefix would leave the pod unenforced. `ifindex` names each
+/// interface's index (`None`: it is gone).
 pub fn match_pods(
     pods: &[LocalPod],
     routes: &[HostRoute],
     names: &VethNames,
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Discovery {
+    let routes: Vec<&HostRoute> = routes.iter().filter(|r| !is_vlan_link(&r.ifname)).collect();
     let mut by_addr: BTreeMap<IpAddr, BTreeSet<&str>> = BTreeMap::new();
-    for route in routes.iter().filter(|r| names.matches(&r.ifname)) {
+    for route in &routes {
         by_addr
             .entry(route.addr)
             .or_default()
@@ -388,7 +401,6 @@ pub fn match_pods(
     let mut discovery = Discovery {
         branch_eni: routes
             .iter()
-            .filter(|r| names.matches(&r.ifname))
             .filter(|r| r.branch_eni || is_branch_veth(&r.ifname))
             .map(|r| r.ifname.clone())
             .collect(),
@@ -402,11 +414,16 @@ pub fn match_pods(
             .flatten()
             .copied()
             .collect();
-        let mut names = ifnames.iter();
-        match (names.next(), names.next()) {
+        let mut found = ifnames.iter();
+        match (found.next(), found.next()) {
             (None, _) => discovery.unrouted.push(pod.pod.clone()),
             (Some(ifname), None) => match ifindex(ifname) {
                 Some(index) => {
+                    if !names.matches(ifname) {
+                        discovery
+                            .outside_names
+                            .insert(pod.pod.clone(), (*ifname).to_string());
+                    }
                     discovery.veths.insert(
                         pod.pod.clone(),
                         Veth {
@@ -434,6 +451,11 @@ pub fn discover(pods: &[LocalPod], names: &VethNames) -> Result<Discovery, Endpo
     let routes = read_host_routes()?;
     let mut discovery = match_pods(pods, &routes, names, ifindex);
     discovery.links = pod_links(names).map_err(|source| EndpointError::Links { source })?;
+    for (pod, ifname) in &discovery.outside_names {
+        tracing::warn!(pod = %pod, ifname = %ifname, prefix = names.prefix(),
+            "pod routed onto a veth outside the pod veth names; attached all the same \
+             (is the VPC CNI's vethPrefix the one in force?)");
+    }
     for (pod, ifnames) in &discovery.conflicts {
         tracing::warn!(pod = %pod, ?ifnames, "pod addresses routed onto several veths; not an endpoint");
     }
@@ -767,16 +789,18 @@ mod tests {
                 ("default/b".to_string(), veth("enibbb", 12)),
                 ("default/dual".to_string(), veth("enibbb", 12)),
                 ("default/sgp".to_string(), veth("vlan0a1b", 14)),
+                ("default/other-prefix".to_string(), veth("vethxyz", 16)),
             ])
         );
+        // Routed onto a veth of another prefix: an endpoint all the same, and said so.
+        assert_eq!(
+            found.outside_names,
+            BTreeMap::from([("default/other-prefix".to_string(), "vethxyz".to_string())])
+        );
+        // `vlan.eth.1` holds the branch subnet's gateway, never a pod.
         assert_eq!(
             found.unrouted,
-            [
-                "default/other-prefix",
-                "default/gone",
-                "default/pending",
-                "default/not-a-veth"
-            ]
+            ["default/gone", "default/pending", "default/not-a-veth"]
         );
         assert_eq!(
             found.conflicts["default/conflict"],
@@ -784,14 +808,18 @@ mod tests {
         );
         // A `vlan…` veth is a branch ENI's, whatever its route says; `vlan.eth.1` is no veth.
         assert_eq!(found.branch_eni, BTreeSet::from(["vlan0a1b".to_string()]));
-        // Another prefix (AWS_VPC_K8S_CNI_VETHPREFIX): its veths, and branch-ENI pods' still.
+        // With the prefix in force, nothing is outside the names.
         let names = VethNames::with_prefix("veth", PrefixSource::Settings).unwrap();
         let other = match_pods(&pods, &routes, &names, index);
+        assert_eq!(other.veths, found.veths);
         assert_eq!(
-            other.veths.keys().collect::<Vec<_>>(),
-            ["default/other-prefix", "default/sgp"]
+            other.outside_names,
+            BTreeMap::from([
+                ("default/a".to_string(), "eniaaa".to_string()),
+                ("default/b".to_string(), "enibbb".to_string()),
+                ("default/dual".to_string(), "enibbb".to_string()),
+            ])
         );
-        assert!(other.unrouted.contains(&"default/a".to_string()));
     }
 
     /// An attacher in memory; names in `fail` fail to attach.

@@ -57,10 +57,13 @@ fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
     // The root namespace has none of these routes.
     let outside = discover(&pods, &VethNames::default()).expect("discover outside");
     assert!(outside.veths.is_empty(), "{outside:?}");
-    // Another prefix finds nothing.
+    // Another prefix lists none of the veths before their pods are named, but finds the
+    // pods on them by their routes, and says they are outside its names.
     let names = VethNames::with_prefix("abc", PrefixSource::Settings).expect("prefix");
     let other = in_netns(&node.netns, || discover(&pods, &names)).expect("discover");
-    assert!(other.veths.is_empty());
+    assert!(other.links.is_empty(), "{other:?}");
+    assert_eq!(other.veths, expected);
+    assert_eq!(other.outside_names.len(), 3);
 
     // Attach: both hooks of every veth, pinned.
     let bpffs = Bpffs::new("ep");
@@ -360,12 +363,14 @@ fn a_custom_veth_prefix_is_followed_from_the_cni_config() {
     let mut node = Node::new("px");
     let a = node.add_wired_pod("a", "198.18.0.70", 1, Wiring::Regular { prefix: "tgx" });
     let b = node.add_wired_pod("b", "198.18.0.71", 2, Wiring::Regular { prefix: "tgx" });
-    // The default names see none of them.
+    // The default names list none of these veths (no probe before the cluster names a pod),
+    // but find the named pods on them by their routes, and say so.
     let pods = node.local_pods();
     let blind = in_netns(&node.netns, || discover(&pods, &VethNames::default())).expect("discover");
-    assert!(
-        blind.veths.is_empty() && blind.links.is_empty(),
-        "{blind:?}"
+    assert!(blind.links.is_empty(), "{blind:?}");
+    assert_eq!(
+        blind.outside_names.values().collect::<Vec<_>>(),
+        [&a.host_veth, &b.host_veth]
     );
     attach_and_enforce(&node, &a, &b, &names, "px");
 
