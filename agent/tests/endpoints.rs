@@ -2,8 +2,9 @@
 //! /32 and /128 routes as the VPC CNI makes them, discovered from inside the node namespace,
 //! the probe attached (pinned) and enforcing, and a deleted pod's veth leaving nothing behind;
 //! then each other wiring of the VPC CNI: a branch-ENI pod in strict mode (a `vlan…` veth, its
-//! route in a per-VLAN table, its traffic through `vlan.eth.<id>` and a VPC namespace), and a custom
-//! veth prefix read from a CNI configuration.
+//! route in a per-VLAN table, its traffic through `vlan.eth.<id>` and a VPC namespace), a custom
+//! veth prefix read from a CNI configuration, and a pod on two interfaces (multi-NIC), which
+//! fails closed.
 //!
 //! Needs root (CI runs as root); without it every test says SKIPPED loudly and returns.
 
@@ -388,4 +389,52 @@ fn a_custom_veth_prefix_is_followed_from_the_cni_config() {
             && problem.contains("longer than 4"),
         "{problem}"
     );
+}
+
+#[test]
+fn a_pod_on_two_interfaces_carries_the_probe_on_both_and_fails_closed() {
+    if !root("multi-NIC endpoint discovery in network namespaces") {
+        return;
+    }
+    let mut node = Node::new("mnic");
+    let a = node.add_pod("a", "198.18.0.80", 1);
+    let b = node.add_pod("b", "198.18.0.81", 2);
+    // b is a multi-NIC pod: a second veth for its second address.
+    let second = node.add_interface(&b, "198.18.0.82", 3);
+    let mut pods = node.local_pods();
+    for pod in pods.iter_mut().filter(|p| p.pod == b.key) {
+        pod.ips.push("198.18.0.82".parse().unwrap());
+    }
+    let found = in_netns(&node.netns, || discover(&pods, &VethNames::default())).expect("discover");
+    // Its addresses are on two veths: no endpoint until the compiler can place each address
+    // on its own interface, but both veths carry the probe.
+    assert_eq!(
+        found.conflicts[&b.key],
+        [b.host_veth.clone(), second.clone()].into_iter().collect()
+    );
+    assert!(!found.veths.contains_key(&b.key));
+    let bpffs = Bpffs::new("mnic");
+    let pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
+    let mut endpoints = Endpoints::new(pinned);
+    let applied = in_netns(&node.netns, || endpoints.apply(&found));
+    assert!(
+        applied.failed.is_empty() && applied.attached.len() == 3,
+        "{applied:?}"
+    );
+    for ifname in [&b.host_veth, &second] {
+        assert_eq!(tcx_programs(&node.netns, ifname), (1, 1), "{ifname}");
+    }
+    // Strict mode: b is no endpoint after the sync either, so its traffic is denied both ways
+    // (an unknown endpoint's), never let through.
+    let interfaces = endpoints.interfaces();
+    assert!(!interfaces.contains_key(&b.key));
+    program(
+        endpoints.attacher_mut().probe(),
+        &node.pods,
+        "",
+        &interfaces,
+    );
+    assert!(!udp_reaches(&b, &a, WAIT_DENY), "b → a: b is no endpoint");
+    assert!(!udp_reaches(&a, &b, WAIT_DENY), "a → b: b is no endpoint");
+    in_netns(&node.netns, || endpoints.into_attacher().uninstall()).expect("uninstall");
 }

@@ -391,6 +391,27 @@ impl Node {
         ]);
     }
 
+    /// Gives `pod` a second interface as the VPC CNI does for a multi-NIC pod: a host veth
+    /// `eni…` numbered `n`, `eth1` in the pod with `addr`, the node's /32 to it. Returns the
+    /// host veth's name; the pod's `ips` stay as they were (add `addr` to what the watch
+    /// reports with [`LocalPod`]).
+    pub fn add_interface(&mut self, pod: &Pod, addr: &str, n: u32) -> String {
+        let host_veth = format!("eni{n:011x}");
+        let node = self.netns.clone();
+        ip(&[
+            "-n", &node, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth1",
+            "netns", &pod.netns,
+        ]);
+        ip(&["-n", &node, "link", "set", &host_veth, "up"]);
+        ip(&["-n", &pod.netns, "link", "set", "eth1", "up"]);
+        let cidr = format!("{addr}/32");
+        ip(&["-n", &pod.netns, "addr", "add", &cidr, "dev", "eth1"]);
+        ip(&[
+            "-n", &node, "route", "add", &cidr, "dev", &host_veth, "scope", "link",
+        ]);
+        host_veth
+    }
+
     /// Deletes a pod's namespace (and with it its veth pair, routes and neighbors), as the
     /// VPC CNI's DEL and the runtime do, and waits (at most 5 s) for the host veth to go: the
     /// kernel tears a namespace down asynchronously.
