@@ -5,17 +5,19 @@
 //! Why: the VPC CNI creates a pod's veth and host route during CNI ADD, before the kubelet
 //! starts the pod's containers, and seconds before the pod's address reaches the API server
 //! and the agent's watch. [`LinkWatch`] closes that gap: a `NETLINK_ROUTE` socket bound to the
-//! link and route multicast groups (`RTNLGRP_LINK`, `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`),
-//! and when asked the address groups (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`), of the
-//! calling thread's network namespace, read through tokio's `AsyncFd` (no polling).
-//! [`parse`] turns a datagram of messages into [`NodeEvents`]:
-//! - `RTM_NEWLINK` of a pod veth (`eni…`, `vlan…`: [`VethNames`]) → [`NodeEvents::new_links`]: the agent
-//!   attaches the probe to it right away; in strict mode the probe then denies the pod's
-//!   traffic (unknown endpoint) until its entries are written.
-//! - `RTM_DELLINK` of such an interface, or `RTM_NEWROUTE`/`RTM_DELROUTE` of a host route
-//!   (`/32`, `/128`; not the local table's addresses of this host) →
-//!   [`NodeEvents::changed`]: the next pass should discover again (a pod's route arrived after
-//!   the pass that saw its address, or a pod left).
+//! link, route and rule multicast groups (`RTNLGRP_LINK`, `RTNLGRP_IPV4_ROUTE`,
+//! `RTNLGRP_IPV6_ROUTE`, `RTNLGRP_IPV4_RULE`, `RTNLGRP_IPV6_RULE`), and when asked the address
+//! groups (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`), of the calling thread's network
+//! namespace, read through tokio's `AsyncFd` (no polling). [`parse`] turns a datagram of
+//! messages into [`NodeEvents`]:
+//! - `RTM_NEWLINK` of a pod veth (`eni…`, `vlan…`: [`VethNames`]) →
+//!   [`NodeEvents::new_links`]: the agent attaches the probe to it right away; in strict mode
+//!   the probe then denies the pod's traffic (unknown endpoint) until its entries are written.
+//! - `RTM_DELLINK` of such an interface, `RTM_NEWROUTE`/`RTM_DELROUTE` of a host route
+//!   (`/32`, `/128`; not the local table's addresses of this host), or `RTM_NEWRULE`/
+//!   `RTM_DELRULE` (a rule decides which tables hold pods' routes: a branch ENI's `iif` rules
+//!   come after its route) → [`NodeEvents::changed`]: the next pass should discover again (a
+//!   pod's route arrived after the pass that saw its address, or a pod left).
 //! - `RTM_NEWADDR`/`RTM_DELADDR` of an address wider than link scope →
 //!   [`NodeEvents::addresses_changed`]: the node's own addresses
 //!   ([`crate::node_addresses`]) are read again by the next pass. Link-local and host-scope
@@ -140,7 +142,10 @@ impl LinkWatch {
         // SAFETY: sockaddr_nl is plain data; zero is valid for every field.
         let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        let mut groups = libc::RTMGRP_LINK | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE;
+        let mut groups = libc::RTMGRP_LINK
+            | libc::RTMGRP_IPV4_ROUTE
+            | libc::RTMGRP_IPV6_ROUTE
+            | libc::RTMGRP_IPV4_RULE;
         if addresses {
             groups |= libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR;
         }
@@ -154,6 +159,21 @@ impl LinkWatch {
             )
         };
         if bound < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The IPv6 rules have no bit in the legacy group mask.
+        let group = libc::RTNLGRP_IPV6_RULE;
+        // SAFETY: `group` is a valid c_uint of the size given, for the call.
+        let joined = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                libc::NETLINK_ADD_MEMBERSHIP,
+                (&raw const group).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if joined < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the watch owns the descriptor for as long as it is registered and never
@@ -233,6 +253,9 @@ pub fn parse(datagram: &[u8], names: &VethNames, events: &mut NodeEvents) {
             libc::RTM_NEWROUTE | libc::RTM_DELROUTE => {
                 events.changed |= is_host_route(body);
             }
+            // A rule decides which tables hold the pods' routes: a branch ENI's `iif` rules
+            // come after its route, in its VLAN's table.
+            libc::RTM_NEWRULE | libc::RTM_DELRULE => events.changed = true,
             libc::RTM_NEWADDR | libc::RTM_DELADDR => {
                 events.addresses_changed |= is_wider_than_link(body);
             }
@@ -395,6 +418,11 @@ mod tests {
             )])
             .relevant()
         );
+
+        for kind in [libc::RTM_NEWRULE, libc::RTM_DELRULE] {
+            let events = parsed(&[message(kind, &[0; 12], &[])]);
+            assert!(events.changed && events.relevant());
+        }
 
         for (family, dst_len, table, relevant) in [
             (libc::AF_INET, 32, 254, true),
