@@ -275,6 +275,8 @@ pub struct NodeEndpoints {
     discovery: Discovery,
     /// What the last call returned: the endpoints kept when a discovery fails.
     interfaces: BTreeMap<String, u32>,
+    /// The addresses of those endpoints on another veth than their pod's (multi-NIC pods).
+    extra_addresses: BTreeMap<IpAddr, u32>,
     /// Whether the last call attached every discovered veth.
     complete: bool,
 }
@@ -306,6 +308,7 @@ impl NodeEndpoints {
             adopted: false,
             discovery: Discovery::default(),
             interfaces: BTreeMap::new(),
+            extra_addresses: BTreeMap::new(),
             complete: false,
         }
     }
@@ -394,6 +397,7 @@ impl LocalEndpoints for NodeEndpoints {
             let applied = self.endpoints.apply(&self.discovery);
             self.complete = applied.failed.is_empty();
             self.interfaces = self.endpoints.interfaces();
+            self.extra_addresses = self.endpoints.address_interfaces();
             return self.interfaces.clone();
         }
         // Before the adoption: new veths are attached now, veths pinned by an earlier agent
@@ -415,16 +419,36 @@ impl LocalEndpoints for NodeEndpoints {
                 .collect();
             (pinned, fresh, fresh_links)
         };
+        let (fresh_extra, pinned_extra): (BTreeMap<_, _>, BTreeMap<_, _>) = self
+            .discovery
+            .extra
+            .clone()
+            .into_iter()
+            .partition(|(pod, _)| fresh.contains_key(pod));
         let applied = self.endpoints.apply(&Discovery {
             veths: fresh,
             links: fresh_links,
+            extra: fresh_extra,
             ..Discovery::default()
         });
         self.complete = applied.failed.is_empty();
         let mut interfaces = self.endpoints.interfaces();
+        let mut extra_addresses = self.endpoints.address_interfaces();
+        extra_addresses.extend(pinned_extra.into_iter().flat_map(|(pod, addresses)| {
+            let kept = pinned.contains_key(&pod);
+            addresses
+                .into_iter()
+                .filter(move |_| kept)
+                .map(|(ip, veth)| (ip, veth.ifindex))
+        }));
         interfaces.extend(pinned.into_iter().map(|(pod, veth)| (pod, veth.ifindex)));
         self.interfaces = interfaces;
+        self.extra_addresses = extra_addresses;
         self.interfaces.clone()
+    }
+
+    fn address_interfaces(&self) -> BTreeMap<IpAddr, u32> {
+        self.extra_addresses.clone()
     }
 
     fn node_addresses(&mut self) -> Vec<IpAddr> {

@@ -35,10 +35,11 @@
 //! branch subnet's gateway): the route, not the name, says which veth is the pod's, so a
 //! prefix that is not the CNI's ([`crate::cni`]) still finds every pod the cluster named, and
 //! says so ([`Discovery::outside_names`]). Not found: pods of `hostNetwork`, pods whose CNI
-//! ADD has not finished (found on a later pass). A pod whose addresses are routed onto several
-//! veths is left out ([`Discovery::conflicts`]): a multi-NIC pod is one of them until the
-//! compiler places each address on its own interface (its veths still carry the probe, so in
-//! strict mode its traffic is denied, never let through).
+//! ADD has not finished (found on a later pass). A multi-NIC pod, whose addresses are each
+//! routed onto a veth of their own, is one endpoint on all of them ([`Discovery::extra`]); a
+//! pod with one address routed onto several veths is left out ([`Discovery::conflicts`]):
+//! either could be the wrong one (its veths still carry the probe, so in strict mode its
+//! traffic is denied, never let through).
 //!
 //! [`discover`] also lists every pod veth by its name ([`Discovery::links`]), a known pod's or
 //! not: those get the probe before the cluster names their pod. Discovery marks the veths of
@@ -52,7 +53,8 @@
 //! it; only the bookkeeping and pins are left to drop), then attaches to the new ones;
 //! [`Endpoints::attach_new`] attaches to a veth the moment [`crate::links`] sees it appear.
 //! [`Endpoints::interfaces`] is the pod → ifindex map for the compiler's
-//! [`tollgate_enforcer::compile::Placement::Interfaces`]: only pods whose veth is attached.
+//! [`tollgate_enforcer::compile::Placement::InterfacesByAddress`] (with
+//! [`Endpoints::address_interfaces`] for multi-NIC pods): only pods whose veths are attached.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -149,6 +151,9 @@ pub struct Discovery {
     /// Pods found on a veth whose name is not a pod veth's ([`VethNames`]): endpoints all the
     /// same (see [`match_pods`]); the names in force are probably not the CNI's.
     pub outside_names: BTreeMap<String, String>,
+    /// The addresses of a pod that are on another veth than its first (a multi-NIC pod: one
+    /// veth per address), by pod.
+    pub extra: BTreeMap<String, BTreeMap<IpAddr, Veth>>,
 }
 
 impl Discovery {
@@ -407,40 +412,63 @@ pub fn match_pods(
         ..Discovery::default()
     };
     for pod in pods {
-        let ifnames: BTreeSet<&str> = pod
+        // Each routed address with the interfaces its routes name, in the pod's order.
+        let routed: Vec<(IpAddr, &BTreeSet<&str>)> = pod
             .ips
             .iter()
-            .filter_map(|ip| by_addr.get(ip))
-            .flatten()
-            .copied()
+            .filter_map(|ip| by_addr.get(ip).map(|ifnames| (*ip, ifnames)))
             .collect();
-        let mut found = ifnames.iter();
-        match (found.next(), found.next()) {
-            (None, _) => discovery.unrouted.push(pod.pod.clone()),
-            (Some(ifname), None) => match ifindex(ifname) {
-                Some(index) => {
-                    if !names.matches(ifname) {
-                        discovery
-                            .outside_names
-                            .insert(pod.pod.clone(), (*ifname).to_string());
-                    }
-                    discovery.veths.insert(
-                        pod.pod.clone(),
-                        Veth {
-                            ifname: (*ifname).to_string(),
-                            ifindex: index,
-                        },
-                    );
-                }
-                None => discovery.unrouted.push(pod.pod.clone()),
-            },
-            (Some(_), Some(_)) => {
-                discovery.conflicts.insert(
-                    pod.pod.clone(),
-                    ifnames.iter().map(|s| (*s).to_string()).collect(),
-                );
+        if routed.is_empty() {
+            discovery.unrouted.push(pod.pod.clone());
+            continue;
+        }
+        if routed.iter().any(|(_, ifnames)| ifnames.len() > 1) {
+            discovery.conflicts.insert(
+                pod.pod.clone(),
+                routed
+                    .iter()
+                    .flat_map(|(_, ifnames)| ifnames.iter().map(|s| (*s).to_string()))
+                    .collect(),
+            );
+            continue;
+        }
+        // One interface per address: the first address's is the pod's veth, the others'
+        // (a multi-NIC pod) carry their own addresses.
+        let veth = |ifname: &str| {
+            ifindex(ifname).map(|ifindex| Veth {
+                ifname: ifname.to_owned(),
+                ifindex,
+            })
+        };
+        let placed: Option<Vec<(IpAddr, Veth)>> = routed
+            .iter()
+            .map(|(ip, ifnames)| {
+                ifnames
+                    .first()
+                    .and_then(|ifname| veth(ifname))
+                    .map(|v| (*ip, v))
+            })
+            .collect();
+        let Some(placed) = placed else {
+            discovery.unrouted.push(pod.pod.clone());
+            continue;
+        };
+        let first = placed[0].1.clone();
+        for (_, veth) in &placed {
+            if !names.matches(&veth.ifname) {
+                discovery
+                    .outside_names
+                    .insert(pod.pod.clone(), veth.ifname.clone());
             }
         }
+        let others: BTreeMap<IpAddr, Veth> = placed
+            .into_iter()
+            .filter(|(_, veth)| *veth != first)
+            .collect();
+        if !others.is_empty() {
+            discovery.extra.insert(pod.pod.clone(), others);
+        }
+        discovery.veths.insert(pod.pod.clone(), first);
     }
     discovery
 }
@@ -494,8 +522,10 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Endpoints<A> {
     attacher: A,
-    /// Each pod's veth, for the pods whose veth is attached.
+    /// Each pod's veth, for the pods whose veths are all attached.
     pods: BTreeMap<String, Veth>,
+    /// The addresses of those pods on other veths (multi-NIC pods).
+    extra: BTreeMap<String, BTreeMap<IpAddr, Veth>>,
 }
 
 impl<A: Attacher> Endpoints<A> {
@@ -505,6 +535,7 @@ impl<A: Attacher> Endpoints<A> {
         Self {
             attacher,
             pods: BTreeMap::new(),
+            extra: BTreeMap::new(),
         }
     }
 
@@ -517,6 +548,7 @@ impl<A: Attacher> Endpoints<A> {
             .links
             .iter()
             .chain(discovery.veths.values())
+            .chain(discovery.extra.values().flat_map(BTreeMap::values))
             .map(|veth| (veth.ifname.as_str(), veth.ifindex))
             .collect();
         let mut applied = Applied::default();
@@ -546,13 +578,37 @@ impl<A: Attacher> Endpoints<A> {
         applied.attached = added.attached;
         applied.failed.extend(added.failed);
         let attached = self.attacher.attached();
+        let on = |veth: &Veth| attached.get(&veth.ifname) == Some(&veth.ifindex);
+        let extra = |pod: &String| {
+            discovery
+                .extra
+                .get(pod)
+                .into_iter()
+                .flat_map(BTreeMap::values)
+        };
         self.pods = discovery
             .veths
             .iter()
-            .filter(|(_, veth)| attached.get(&veth.ifname) == Some(&veth.ifindex))
+            .filter(|(pod, veth)| on(veth) && extra(pod).all(on))
             .map(|(pod, veth)| (pod.clone(), veth.clone()))
             .collect();
+        self.extra = discovery
+            .extra
+            .iter()
+            .filter(|(pod, _)| self.pods.contains_key(*pod))
+            .map(|(pod, addresses)| (pod.clone(), addresses.clone()))
+            .collect();
         applied
+    }
+
+    /// The interface of each address of an endpoint pod that is not on the pod's first veth
+    /// (multi-NIC pods): the compiler's
+    /// [`tollgate_enforcer::compile::Placement::InterfacesByAddress`].
+    pub fn address_interfaces(&self) -> BTreeMap<IpAddr, u32> {
+        self.extra
+            .values()
+            .flat_map(|addresses| addresses.iter().map(|(ip, veth)| (*ip, veth.ifindex)))
+            .collect()
     }
 
     /// Attaches the probe to each of `links` it is not on yet (under that ifindex), and
@@ -579,8 +635,9 @@ impl<A: Attacher> Endpoints<A> {
         applied
     }
 
-    /// Host veth ifindex by `namespace/name`, for the pods whose veth the probe is on: the
-    /// compiler's [`tollgate_enforcer::compile::Placement::Interfaces`].
+    /// Host veth ifindex by `namespace/name`, for the pods whose veths the probe is on: the
+    /// compiler's [`tollgate_enforcer::compile::Placement::InterfacesByAddress`], with
+    /// [`Endpoints::address_interfaces`].
     pub fn interfaces(&self) -> BTreeMap<String, u32> {
         self.pods
             .iter()
@@ -765,6 +822,8 @@ mod tests {
             route("198.18.0.14", "enigone"),
             route("198.18.0.16", "vlan0a1b"),
             route("198.18.0.17", "vlan.eth.1"),
+            route("198.18.0.18", "eniccc"),
+            route("198.18.0.19", "enibbb"),
         ];
         let pods = [
             pod("default/a", &["198.18.0.10"]),
@@ -776,6 +835,7 @@ mod tests {
             pod("default/dual", &["198.18.0.99", "fd00::11"]),
             pod("default/sgp", &["198.18.0.16"]),
             pod("default/not-a-veth", &["198.18.0.17"]),
+            pod("default/multi-nic", &["198.18.0.18", "198.18.0.19"]),
         ];
         let found = match_pods(&pods, &routes, &VethNames::default(), index);
         let veth = |ifname: &str, ifindex| Veth {
@@ -790,7 +850,16 @@ mod tests {
                 ("default/dual".to_string(), veth("enibbb", 12)),
                 ("default/sgp".to_string(), veth("vlan0a1b", 14)),
                 ("default/other-prefix".to_string(), veth("vethxyz", 16)),
+                ("default/multi-nic".to_string(), veth("eniccc", 13)),
             ])
+        );
+        // A multi-NIC pod: its first address's veth, and its second address on its own.
+        assert_eq!(
+            found.extra,
+            BTreeMap::from([(
+                "default/multi-nic".to_string(),
+                BTreeMap::from([(ip("198.18.0.19"), veth("enibbb", 12))])
+            )])
         );
         // Routed onto a veth of another prefix: an endpoint all the same, and said so.
         assert_eq!(
@@ -818,6 +887,7 @@ mod tests {
                 ("default/a".to_string(), "eniaaa".to_string()),
                 ("default/b".to_string(), "enibbb".to_string()),
                 ("default/dual".to_string(), "enibbb".to_string()),
+                ("default/multi-nic".to_string(), "enibbb".to_string()),
             ])
         );
     }
@@ -922,6 +992,37 @@ mod tests {
         let retried = endpoints.apply(&state);
         assert_eq!(retried.attached.len(), 1);
         assert_eq!(endpoints.interfaces().len(), 2);
+    }
+
+    #[test]
+    fn a_multi_nic_pod_is_an_endpoint_once_all_its_veths_are_attached() {
+        let mut fake = Fake::default();
+        fake.fail.insert("enib2".to_string());
+        let mut endpoints = Endpoints::new(fake);
+        let mut state = discovery(&[("ns/b", "enib", 6)]);
+        let second = Veth {
+            ifname: "enib2".to_string(),
+            ifindex: 7,
+        };
+        state.extra.insert(
+            "ns/b".to_string(),
+            BTreeMap::from([(ip("198.18.0.2"), second)]),
+        );
+        let applied = endpoints.apply(&state);
+        assert_eq!(applied.failed.len(), 1);
+        assert!(endpoints.interfaces().is_empty());
+        assert!(endpoints.address_interfaces().is_empty());
+        endpoints.attacher_mut().fail.clear();
+        let retried = endpoints.apply(&state);
+        assert_eq!(retried.attached.len(), 1);
+        assert_eq!(
+            endpoints.interfaces(),
+            BTreeMap::from([("ns/b".to_string(), 6)])
+        );
+        assert_eq!(
+            endpoints.address_interfaces(),
+            BTreeMap::from([(ip("198.18.0.2"), 7)])
+        );
     }
 
     #[test]

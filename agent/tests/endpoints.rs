@@ -3,8 +3,8 @@
 //! the probe attached (pinned) and enforcing, and a deleted pod's veth leaving nothing behind;
 //! then each other wiring of the VPC CNI: a branch-ENI pod in strict mode (a `vlan…` veth, its
 //! route in a per-VLAN table, its traffic through `vlan.eth.<id>` and a VPC namespace), a custom
-//! veth prefix read from a CNI configuration, and a pod on two interfaces (multi-NIC), which
-//! fails closed.
+//! veth prefix read from a CNI configuration, and a pod on two interfaces (multi-NIC), one
+//! endpoint on both.
 //!
 //! Needs root (CI runs as root); without it every test says SKIPPED loudly and returns.
 
@@ -20,8 +20,8 @@ use tollgate_agent::{
 };
 
 use support::{
-    Bpffs, Node, Pod, TempDir, Wiring, in_netns, ingress_filters, ip, program, root, tcx_programs,
-    udp_reaches,
+    Bpffs, Node, Pod, TempDir, Wiring, in_netns, ingress_filters, ip, program, program_by_address,
+    root, tcx_programs, udp_reaches,
 };
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
@@ -392,7 +392,7 @@ fn a_custom_veth_prefix_is_followed_from_the_cni_config() {
 }
 
 #[test]
-fn a_pod_on_two_interfaces_carries_the_probe_on_both_and_fails_closed() {
+fn a_pod_on_two_interfaces_is_one_endpoint_on_both() {
     if !root("multi-NIC endpoint discovery in network namespaces") {
         return;
     }
@@ -400,19 +400,18 @@ fn a_pod_on_two_interfaces_carries_the_probe_on_both_and_fails_closed() {
     let a = node.add_pod("a", "198.18.0.80", 1);
     let b = node.add_pod("b", "198.18.0.81", 2);
     // b is a multi-NIC pod: a second veth for its second address.
-    let second = node.add_interface(&b, "198.18.0.82", 3);
-    let mut pods = node.local_pods();
-    for pod in pods.iter_mut().filter(|p| p.pod == b.key) {
-        pod.ips.push("198.18.0.82".parse().unwrap());
-    }
+    let b2 = node.add_interface(&b, "198.18.0.82", 3);
+    let pods = node.local_pods();
     let found = in_netns(&node.netns, || discover(&pods, &VethNames::default())).expect("discover");
-    // Its addresses are on two veths: no endpoint until the compiler can place each address
-    // on its own interface, but both veths carry the probe.
+    assert!(found.conflicts.is_empty(), "{found:?}");
+    assert_eq!(found.veths[&b.key].ifname, b.host_veth);
     assert_eq!(
-        found.conflicts[&b.key],
-        [b.host_veth.clone(), second.clone()].into_iter().collect()
+        found.extra[&b.key]
+            .iter()
+            .map(|(ip, veth)| (*ip, veth.ifname.clone()))
+            .collect::<Vec<_>>(),
+        [(b2.ip, b2.host_veth.clone())]
     );
-    assert!(!found.veths.contains_key(&b.key));
     let bpffs = Bpffs::new("mnic");
     let pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
     let mut endpoints = Endpoints::new(pinned);
@@ -421,20 +420,53 @@ fn a_pod_on_two_interfaces_carries_the_probe_on_both_and_fails_closed() {
         applied.failed.is_empty() && applied.attached.len() == 3,
         "{applied:?}"
     );
-    for ifname in [&b.host_veth, &second] {
+    for ifname in [&b.host_veth, &b2.host_veth] {
         assert_eq!(tcx_programs(&node.netns, ifname), (1, 1), "{ifname}");
     }
-    // Strict mode: b is no endpoint after the sync either, so its traffic is denied both ways
-    // (an unknown endpoint's), never let through.
-    let interfaces = endpoints.interfaces();
-    assert!(!interfaces.contains_key(&b.key));
-    program(
+    // Strict mode: denied from both addresses before the sync…
+    assert!(!udp_reaches(&b, &a, WAIT_DENY), "b → a before the sync");
+    assert!(
+        !udp_reaches(&b2, &a, WAIT_DENY),
+        "b's second address → a before the sync"
+    );
+    // …one endpoint on both veths after it, each address on its own…
+    let (interfaces, addresses) = (endpoints.interfaces(), endpoints.address_interfaces());
+    assert_eq!(
+        addresses,
+        BTreeMap::from([(b2.ip, node.ifindex(&b2.host_veth))])
+    );
+    let compiled = program_by_address(
         endpoints.attacher_mut().probe(),
         &node.pods,
         "",
         &interfaces,
+        &addresses,
     );
-    assert!(!udp_reaches(&b, &a, WAIT_DENY), "b → a: b is no endpoint");
-    assert!(!udp_reaches(&a, &b, WAIT_DENY), "a → b: b is no endpoint");
+    assert_eq!(
+        compiled.endpoint_pods.len(),
+        2,
+        "a and b, one endpoint each"
+    );
+    for (from, to) in [(&b, &a), (&b2, &a), (&a, &b), (&a, &b2)] {
+        assert!(
+            udp_reaches(from, to, WAIT_PASS),
+            "{} → {}, no policy",
+            from.ip,
+            to.ip
+        );
+    }
+    // …and a policy that isolates b holds on both.
+    program_by_address(
+        endpoints.attacher_mut().probe(),
+        &node.pods,
+        support::ISOLATE_B,
+        &interfaces,
+        &addresses,
+    );
+    assert!(!udp_reaches(&a, &b, WAIT_DENY), "a → b, b isolated");
+    assert!(
+        !udp_reaches(&a, &b2, WAIT_DENY),
+        "a → b's second address, b isolated"
+    );
     in_netns(&node.netns, || endpoints.into_attacher().uninstall()).expect("uninstall");
 }

@@ -392,24 +392,68 @@ impl Node {
     }
 
     /// Gives `pod` a second interface as the VPC CNI does for a multi-NIC pod: a host veth
-    /// `eni…` numbered `n`, `eth1` in the pod with `addr`, the node's /32 to it. Returns the
-    /// host veth's name; the pod's `ips` stay as they were (add `addr` to what the watch
-    /// reports with [`LocalPod`]).
-    pub fn add_interface(&mut self, pod: &Pod, addr: &str, n: u32) -> String {
+    /// `eni…` numbered `n`; `eth1` in the pod with `addr`, whose traffic a rule sends out
+    /// through `eth1` (table 2, gateway 169.254.1.2); the node's /32 to it. Returns the pod as
+    /// seen from that address (same key and namespace), also in [`Node::pods`]: the pod's
+    /// addresses are those of every entry with its key.
+    pub fn add_interface(&mut self, pod: &Pod, addr: &str, n: u32) -> Pod {
         let host_veth = format!("eni{n:011x}");
         let node = self.netns.clone();
+        let netns = pod.netns.clone();
         ip(&[
             "-n", &node, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth1",
-            "netns", &pod.netns,
+            "netns", &netns,
         ]);
         ip(&["-n", &node, "link", "set", &host_veth, "up"]);
-        ip(&["-n", &pod.netns, "link", "set", "eth1", "up"]);
+        ip(&["-n", &netns, "link", "set", "eth1", "up"]);
         let cidr = format!("{addr}/32");
-        ip(&["-n", &pod.netns, "addr", "add", &cidr, "dev", "eth1"]);
+        let gateway = "169.254.1.2";
+        ip(&["-n", &netns, "addr", "add", &cidr, "dev", "eth1"]);
+        ip(&[
+            "-n", &netns, "route", "add", gateway, "dev", "eth1", "scope", "link", "table", "2",
+        ]);
+        ip(&[
+            "-n", &netns, "route", "add", "default", "via", gateway, "dev", "eth1", "table", "2",
+        ]);
+        ip(&["-n", &netns, "rule", "add", "from", addr, "lookup", "2"]);
+        let (host_mac, pod_mac) = (mac(&node, &host_veth), mac(&netns, "eth1"));
+        ip(&[
+            "-n",
+            &netns,
+            "neigh",
+            "add",
+            gateway,
+            "lladdr",
+            &host_mac,
+            "dev",
+            "eth1",
+            "nud",
+            "permanent",
+        ]);
         ip(&[
             "-n", &node, "route", "add", &cidr, "dev", &host_veth, "scope", "link",
         ]);
-        host_veth
+        ip(&[
+            "-n",
+            &node,
+            "neigh",
+            "add",
+            addr,
+            "lladdr",
+            &pod_mac,
+            "dev",
+            &host_veth,
+            "nud",
+            "permanent",
+        ]);
+        let second = Pod {
+            key: pod.key.clone(),
+            netns,
+            ip: addr.parse().expect("an address"),
+            host_veth,
+        };
+        self.pods.push(second.clone());
+        second
     }
 
     /// Deletes a pod's namespace (and with it its veth pair, routes and neighbors), as the
@@ -523,24 +567,36 @@ pub fn udp_reaches(from: &Pod, to: &Pod, wait: Duration) -> bool {
 
 /// `pods` as the agent's watch would report them.
 pub fn local_pods(pods: &[Pod]) -> Vec<LocalPod> {
-    pods.iter()
-        .map(|pod| LocalPod {
-            pod: pod.key.clone(),
-            ips: vec![pod.ip],
-        })
-        .collect()
+    let mut local: Vec<LocalPod> = Vec::new();
+    for pod in pods {
+        match local.iter_mut().find(|p| p.pod == pod.key) {
+            // A second interface of a multi-NIC pod ([`Node::add_interface`]).
+            Some(known) => known.ips.push(pod.ip),
+            None => local.push(LocalPod {
+                pod: pod.key.clone(),
+                ips: vec![pod.ip],
+            }),
+        }
+    }
+    local
 }
 
 /// Namespace `default` with `pods` (label `app: <name>`), then `policies`.
 pub fn cluster_yaml(pods: &[Pod], policies: &str) -> String {
     let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n");
-    for pod in pods {
-        let name = pod.key.trim_start_matches("default/");
+    for pod in local_pods(pods) {
+        let name = pod.pod.trim_start_matches("default/");
+        let ips: Vec<String> = pod
+            .ips
+            .iter()
+            .map(|ip| format!("{{ip: \"{ip}\"}}"))
+            .collect();
         yaml.push_str(&format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {name}}}}}\n\
              spec: {{containers: [{{name: c, image: busybox}}]}}\n\
-             status: {{phase: Running, podIP: \"{ip}\", podIPs: [{{ip: \"{ip}\"}}]}}\n",
-            ip = pod.ip
+             status: {{phase: Running, podIP: \"{ip}\", podIPs: [{ips}]}}\n",
+            ip = pod.ips[0],
+            ips = ips.join(", "),
         ));
     }
     if !policies.is_empty() {
@@ -552,13 +608,24 @@ pub fn cluster_yaml(pods: &[Pod], policies: &str) -> String {
 
 /// Compiles `pods` and `policies` for the endpoints in `interfaces`.
 pub fn compiled(pods: &[Pod], policies: &str, interfaces: &BTreeMap<String, u32>) -> Compiled {
+    compiled_by_address(pods, policies, interfaces, &BTreeMap::new())
+}
+
+/// Compiles `pods` and `policies` for the endpoints in `interfaces`, the addresses of
+/// `addresses` each on its own interface (multi-NIC pods).
+pub fn compiled_by_address(
+    pods: &[Pod],
+    policies: &str,
+    interfaces: &BTreeMap<String, u32>,
+    addresses: &BTreeMap<IpAddr, u32>,
+) -> Compiled {
     let (snapshot, errors) = parse_manifests(&cluster_yaml(pods, policies), "test");
     assert!(errors.is_empty(), "fixture errors: {errors:?}");
-    let compiled = compile(
-        &snapshot,
-        &Placement::Interfaces(interfaces),
-        &Ids::default(),
-    );
+    let placement = Placement::InterfacesByAddress {
+        pods: interfaces,
+        addresses,
+    };
+    let compiled = compile(&snapshot, &placement, &Ids::default());
     assert!(compiled.errors.is_empty(), "{:?}", compiled.errors);
     compiled
 }
@@ -570,7 +637,19 @@ pub fn program(
     policies: &str,
     interfaces: &BTreeMap<String, u32>,
 ) -> Compiled {
-    let compiled = compiled(pods, policies, interfaces);
+    program_by_address(probe, pods, policies, interfaces, &BTreeMap::new())
+}
+
+/// Compiles and syncs the probe's maps, the addresses of `addresses` each on its own
+/// interface (multi-NIC pods).
+pub fn program_by_address(
+    probe: &mut Probe,
+    pods: &[Pod],
+    policies: &str,
+    interfaces: &BTreeMap<String, u32>,
+    addresses: &BTreeMap<IpAddr, u32>,
+) -> Compiled {
+    let compiled = compiled_by_address(pods, policies, interfaces, addresses);
     sync(&mut probe.policy_maps(), &compiled.desired).expect("sync");
     compiled
 }
