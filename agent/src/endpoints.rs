@@ -177,6 +177,14 @@ pub fn rule_tables(rules: &[RuleMessage]) -> BTreeSet<u32> {
         .collect()
 }
 
+/// A rule that looks up the main table: what discovery assumes when the rules cannot be read.
+fn main_table_rule() -> RuleMessage {
+    let mut rule = RuleMessage::default();
+    rule.header.action = RuleAction::ToTable;
+    rule.header.table = RouteHeader::RT_TABLE_MAIN;
+    rule
+}
+
 /// The table a rule looks up (above 255, only the attribute has it).
 fn table_of(rule: &RuleMessage) -> u32 {
     rule.attributes
@@ -342,17 +350,24 @@ pub fn read_host_routes() -> Result<Vec<HostRoute>, EndpointError> {
     socket
         .connect(&SocketAddr::new(0, 0))
         .map_err(failed("rules"))?;
-    let rules: Vec<RuleMessage> = dump(
+    let rules: Vec<RuleMessage> = match dump(
         &socket,
         &RouteNetlinkMessage::GetRule(RuleMessage::default()),
-    )
-    .map_err(failed("rules"))?
-    .into_iter()
-    .filter_map(|message| match message {
-        RouteNetlinkMessage::NewRule(rule) => Some(rule),
-        _ => None,
-    })
-    .collect();
+    ) {
+        Ok(messages) => messages
+            .into_iter()
+            .filter_map(|message| match message {
+                RouteNetlinkMessage::NewRule(rule) => Some(rule),
+                _ => None,
+            })
+            .collect(),
+        Err(error) => {
+            // The VPC CNI's own default: pods are routed in main (branch ENIs in strict mode
+            // are then found on the next pass that reads the rules).
+            tracing::warn!(%error, "the ip rules could not be read; pod routes looked for in the main table only");
+            vec![main_table_rule()]
+        }
+    };
     let mut request = RouteMessage::default();
     request.header.table = RouteHeader::RT_TABLE_UNSPEC;
     let routes: Vec<RouteMessage> = dump(&socket, &RouteNetlinkMessage::GetRoute(request))
@@ -701,6 +716,8 @@ mod tests {
             rule(7, RuleAction::Blackhole),
         ];
         assert_eq!(rule_tables(&rules), BTreeSet::from([101, 254, 1001]));
+        // Rules that cannot be read: the main table.
+        assert_eq!(rule_tables(&[main_table_rule()]), BTreeSet::from([254]));
     }
 
     fn route_message(
