@@ -41,6 +41,7 @@ AGENT_FIELDS = {
     "enforcement",
     "node_ingress",
     "bpffs",
+    "cni_config",
     "metrics_address",
     "health_address",
     "log_format",
@@ -168,7 +169,9 @@ class PlainManifestsTest(unittest.TestCase):
         mounts = {m["name"]: m for m in self.container["volumeMounts"]}
         self.assertEqual(set(volumes), set(mounts))
         host_paths = {v["hostPath"]["path"]: v for v in volumes.values() if "hostPath" in v}
-        self.assertEqual(set(host_paths), {"/sys/fs/bpf", "/var/lib/tollgate"}, "no /proc, no more")
+        self.assertEqual(
+            set(host_paths), {"/sys/fs/bpf", "/var/lib/tollgate", "/etc/cni/net.d"}, "no /proc, no more"
+        )
 
         bpffs = volumes["bpffs"]["hostPath"]
         self.assertEqual(bpffs, {"path": "/sys/fs/bpf", "type": "Directory"})
@@ -185,7 +188,13 @@ class PlainManifestsTest(unittest.TestCase):
         self.assertEqual(mounts["config"]["mountPath"], "/etc/tollgate")
         self.assertIs(mounts["config"]["readOnly"], True)
 
+        cni = volumes["cni"]["hostPath"]
+        self.assertEqual(cni, {"path": "/etc/cni/net.d", "type": "Directory"})
+        self.assertEqual(mounts["cni"]["mountPath"], "/etc/cni/net.d")
+        self.assertIs(mounts["cni"]["readOnly"], True, "the agent only reads the VPC CNI's configuration")
+
         config = Manifests.config()
+        self.assertEqual(config["agent"]["cni_config"], "/etc/cni/net.d/10-aws.conflist", "under the mount")
         self.assertTrue(config["agent"]["bpffs"].startswith("/sys/fs/bpf/"), "pins under the mount")
         self.assertTrue(config["collector"]["spool_dir"].startswith("/var/lib/tollgate/"), "spool on the host")
 

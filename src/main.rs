@@ -103,6 +103,11 @@ struct LabArgs {
     /// `ipv6` (an EKS IPv6 cluster: pods 2001:db8::/64, Services 2001:db8:ffff::/112).
     #[arg(long, value_enum, default_value_t = IpFamilyArg::Ipv4)]
     ip_family: IpFamilyArg,
+    /// The amazonlinux client as a pod with security groups: a branch ENI in the VPC CNI's
+    /// strict mode (a `vlan…` veth, a VLAN of the trunk ENI, a per-VLAN route table and its
+    /// `ip rule`s, a VPC behind the node); IPv4 only.
+    #[arg(long)]
+    sgp: bool,
 }
 
 #[derive(clap::Args)]
@@ -646,6 +651,7 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
             IpFamilyArg::Ipv4 => tollgate_lab::IpFamily::V4,
             IpFamilyArg::Ipv6 => tollgate_lab::IpFamily::V6,
         },
+        sgp: args.sgp,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(tollgate_lab::run(&options))?;

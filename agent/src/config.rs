@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tollgate_collector::config::CollectorConfig;
 
+use crate::cni::{PrefixSource, VethNames};
+
 /// What a new endpoint does before its rules are programmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -54,8 +56,11 @@ pub struct AgentSettings {
     pub enforcement: EnforcementMode,
     /// Directory under the BPF filesystem where maps and links are pinned.
     pub bpffs: PathBuf,
-    /// Prefix of the VPC CNI's host-side veth names.
-    pub interface_prefix: String,
+    /// Prefix of the VPC CNI's host-side veth names; unset (the default): the one the node's
+    /// VPC CNI configuration sets ([`crate::cni`]).
+    pub interface_prefix: Option<String>,
+    /// The VPC CNI's configuration on the node (the chart mounts it read-only).
+    pub cni_config: PathBuf,
     /// Whether the node's own traffic to its pods passes ingress policy.
     pub node_ingress: NodeIngress,
     /// Where `/metrics` (Prometheus text) is served.
@@ -76,7 +81,8 @@ impl Default for AgentSettings {
         Self {
             enforcement: EnforcementMode::Strict,
             bpffs: PathBuf::from("/sys/fs/bpf/tollgate"),
-            interface_prefix: "eni".to_owned(),
+            interface_prefix: None,
+            cni_config: PathBuf::from(crate::cni::CONFLIST),
             node_ingress: NodeIngress::Allow,
             metrics_address: SocketAddr::from(([0, 0, 0, 0], 9464)),
             health_address: SocketAddr::from(([0, 0, 0, 0], 9465)),
@@ -159,8 +165,10 @@ impl AgentConfig {
         if !config.agent.bpffs.starts_with("/sys/fs/bpf/") {
             problems.push("agent.bpffs: must be a directory under /sys/fs/bpf/".to_owned());
         }
-        if config.agent.interface_prefix.is_empty() {
-            problems.push("agent.interface_prefix: must not be empty".to_owned());
+        if let Some(prefix) = &config.agent.interface_prefix
+            && let Err(error) = VethNames::with_prefix(prefix, PrefixSource::Settings)
+        {
+            problems.push(error.to_string());
         }
         if config.agent.drift_check_secs == 0 {
             problems.push("agent.drift_check_secs: must be at least 1".to_owned());

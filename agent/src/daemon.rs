@@ -31,7 +31,7 @@
 //! error is [`run_agent`]'s result once the agent stops. A full disk does not even stop the
 //! collector (see `docs/collector.md`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_collector::{
     clock::boottime_ns,
-    identity::Identities,
+    identity::{EndpointInterface, Eni, Identities},
     pipeline::Tap,
     service::{Collector, CollectorError, Stopped},
 };
@@ -60,10 +60,11 @@ use tollgate_schemas::{
     config_flags,
 };
 
-use crate::config::{AgentConfig, EnforcementMode, NodeIngress};
+use crate::cni::{VETH_PREFIX_ENV, VethNames};
+use crate::config::{AgentConfig, AgentSettings, EnforcementMode, NodeIngress};
 use crate::endpoints::{Attacher, Discovery, Endpoints, LocalPod, Veth, discover};
 use crate::http::{Response, Routes, serve};
-use crate::links::{LinkWatch, prefixed_links};
+use crate::links::{LinkWatch, pod_links};
 use crate::metrics::AgentMetrics;
 use crate::node_addresses;
 use crate::pins::{PinError, PinnedProbe};
@@ -245,13 +246,13 @@ impl PolicyMaps for SharedProbe {
 
 /// The node's endpoints as the reconciler asks for them: discovered from the host routes of
 /// the calling thread's network namespace, with the probe attached to their veths, and to
-/// every other veth of the prefix (pods the cluster has not named yet); and the node's own
+/// every other pod veth (pods the cluster has not named yet); and the node's own
 /// addresses, read from the same namespace.
 #[derive(Debug)]
 pub struct NodeEndpoints {
     endpoints: Endpoints<SharedProbe>,
     node: String,
-    prefix: String,
+    names: VethNames,
     /// Whether the node's addresses pass ingress policy (then they are read and watched).
     node_ingress: NodeIngress,
     /// The node's addresses as last read: kept when a read fails.
@@ -274,16 +275,23 @@ pub struct NodeEndpoints {
     discovery: Discovery,
     /// What the last call returned: the endpoints kept when a discovery fails.
     interfaces: BTreeMap<String, u32>,
+    /// The addresses of those endpoints on another veth than their pod's (multi-NIC pods).
+    extra_addresses: BTreeMap<IpAddr, u32>,
     /// Whether the last call attached every discovered veth.
     complete: bool,
 }
 
 impl NodeEndpoints {
-    /// The endpoints of node `node` on veths named `prefix…`, watching the links and routes
+    /// The endpoints of node `node` on the pod veths `names`, watching the links and routes
     /// of the calling thread's network namespace, and its addresses unless `node_ingress` is
     /// [`NodeIngress::Policy`] (call it inside the runtime).
-    pub fn new(probe: SharedProbe, node: &str, prefix: &str, node_ingress: NodeIngress) -> Self {
-        let watch = LinkWatch::open(prefix, node_ingress == NodeIngress::Allow)
+    pub fn new(
+        probe: SharedProbe,
+        node: &str,
+        names: &VethNames,
+        node_ingress: NodeIngress,
+    ) -> Self {
+        let watch = LinkWatch::open(names, node_ingress == NodeIngress::Allow)
             .inspect_err(|error| {
                 tracing::warn!(%error, "no netlink watch: new veths wait for the pod's watch event");
             })
@@ -291,7 +299,7 @@ impl NodeEndpoints {
         Self {
             endpoints: Endpoints::new(probe),
             node: node.to_owned(),
-            prefix: prefix.to_owned(),
+            names: names.clone(),
             node_ingress,
             addresses: Vec::new(),
             addresses_stale: true,
@@ -300,6 +308,7 @@ impl NodeEndpoints {
             adopted: false,
             discovery: Discovery::default(),
             interfaces: BTreeMap::new(),
+            extra_addresses: BTreeMap::new(),
             complete: false,
         }
     }
@@ -352,10 +361,30 @@ fn is_local(pod: &Pod, node: &str) -> bool {
             .is_none_or(|name| node.is_empty() || name == node)
 }
 
+impl NodeEndpoints {
+    /// The host interfaces the probe is on, by index, as flow records name them: the veth's
+    /// name, and a branch ENI when discovery found one behind it (a `vlan…` veth, or a route
+    /// through a VLAN of the trunk: [`Discovery::branch_eni`]).
+    pub fn endpoint_interfaces(&self) -> HashMap<u32, EndpointInterface> {
+        self.endpoints
+            .attacher()
+            .attached()
+            .into_iter()
+            .map(|(name, ifindex)| {
+                let eni = match self.discovery.branch_eni.contains(&name) {
+                    true => Eni::Branch,
+                    false => Eni::Node,
+                };
+                (ifindex, EndpointInterface { name, eni })
+            })
+            .collect()
+    }
+}
+
 impl LocalEndpoints for NodeEndpoints {
     fn local(&mut self, snapshot: &Snapshot) -> BTreeMap<String, u32> {
         let pods = self.local_pods(snapshot);
-        match discover(&pods, &self.prefix) {
+        match discover(&pods, &self.names) {
             Ok(discovery) => self.discovery = discovery,
             Err(error) => {
                 // The previous endpoints stand (none before the first discovery).
@@ -368,6 +397,7 @@ impl LocalEndpoints for NodeEndpoints {
             let applied = self.endpoints.apply(&self.discovery);
             self.complete = applied.failed.is_empty();
             self.interfaces = self.endpoints.interfaces();
+            self.extra_addresses = self.endpoints.address_interfaces();
             return self.interfaces.clone();
         }
         // Before the adoption: new veths are attached now, veths pinned by an earlier agent
@@ -389,16 +419,36 @@ impl LocalEndpoints for NodeEndpoints {
                 .collect();
             (pinned, fresh, fresh_links)
         };
+        let (fresh_extra, pinned_extra): (BTreeMap<_, _>, BTreeMap<_, _>) = self
+            .discovery
+            .extra
+            .clone()
+            .into_iter()
+            .partition(|(pod, _)| fresh.contains_key(pod));
         let applied = self.endpoints.apply(&Discovery {
             veths: fresh,
             links: fresh_links,
+            extra: fresh_extra,
             ..Discovery::default()
         });
         self.complete = applied.failed.is_empty();
         let mut interfaces = self.endpoints.interfaces();
+        let mut extra_addresses = self.endpoints.address_interfaces();
+        extra_addresses.extend(pinned_extra.into_iter().flat_map(|(pod, addresses)| {
+            let kept = pinned.contains_key(&pod);
+            addresses
+                .into_iter()
+                .filter(move |_| kept)
+                .map(|(ip, veth)| (ip, veth.ifindex))
+        }));
         interfaces.extend(pinned.into_iter().map(|(pod, veth)| (pod, veth.ifindex)));
         self.interfaces = interfaces;
+        self.extra_addresses = extra_addresses;
         self.interfaces.clone()
+    }
+
+    fn address_interfaces(&self) -> BTreeMap<IpAddr, u32> {
+        self.extra_addresses.clone()
     }
 
     fn node_addresses(&mut self) -> Vec<IpAddr> {
@@ -409,7 +459,7 @@ impl LocalEndpoints for NodeEndpoints {
         if !self.addresses_stale && self.watch.is_some() {
             return self.addresses.clone();
         }
-        match node_addresses::discover(&self.prefix) {
+        match node_addresses::discover(&self.names) {
             Ok(addresses) => {
                 if addresses != self.addresses {
                     tracing::info!(
@@ -430,7 +480,7 @@ impl LocalEndpoints for NodeEndpoints {
         let Self {
             watch,
             endpoints,
-            prefix,
+            names,
             burst_end,
             addresses_stale,
             ..
@@ -464,7 +514,7 @@ impl LocalEndpoints for NodeEndpoints {
                 };
                 let mut links = events.new_links.clone();
                 if events.overflowed {
-                    match prefixed_links(prefix) {
+                    match pod_links(names) {
                         Ok(all) => links = all,
                         Err(error) => {
                             tracing::warn!(%error, "listing the veths after a netlink overflow")
@@ -551,6 +601,27 @@ pub async fn run_agent<S: ClusterSource>(
         .map(drop)
 }
 
+/// The pod veths of this node: the prefix of `agent.interface_prefix`, of the VPC CNI's
+/// configuration, or of `AWS_VPC_K8S_CNI_VETHPREFIX`, down to `eni` ([`VethNames::load`]),
+/// each source that could not be used logged at error with its file and field.
+fn veth_names(settings: &AgentSettings) -> VethNames {
+    let env = std::env::var(VETH_PREFIX_ENV).ok();
+    let (names, problems) = VethNames::load(
+        settings.interface_prefix.as_deref(),
+        &settings.cni_config,
+        env.as_deref(),
+    );
+    for problem in &problems {
+        tracing::error!(error = %problem, "VPC CNI setting not used; trying the next source");
+    }
+    tracing::info!(
+        prefix = names.prefix(),
+        source = ?names.source(),
+        "pod veths: <prefix>… and vlan… (branch-ENI pods, strict mode)"
+    );
+    names
+}
+
 /// [`run_agent`] with `hooks`; what the collector delivered when it stopped.
 pub async fn run_agent_with<S: ClusterSource>(
     config: AgentConfig,
@@ -616,10 +687,11 @@ pub async fn run_agent_with<S: ClusterSource>(
     )
     .await?;
 
+    let names = veth_names(settings);
     let node_endpoints = NodeEndpoints::new(
         probe.clone(),
         &config.collector.node,
-        &settings.interface_prefix,
+        &names,
         settings.node_ingress,
     );
     let mut agent = Agent::new(source, node_endpoints);
@@ -666,11 +738,13 @@ pub async fn run_agent_with<S: ClusterSource>(
                 agent.endpoints_mut().adopt()?;
                 adopted = true;
             }
+            let interfaces = agent.endpoints().endpoint_interfaces();
             if let Some((snapshot, compiled)) = agent.synced() {
-                identities
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .observe(snapshot, compiled, boottime_ns());
+                let mut identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = boottime_ns();
+                identities.observe(snapshot, compiled, now);
+                identities.observe_interfaces(interfaces, now);
+                drop(identities);
                 if let Some(passes) = &passes {
                     let mut snapshot = snapshot.clone();
                     let node_addresses = std::mem::take(&mut snapshot.node_addresses);

@@ -11,79 +11,92 @@
 //! (`from <pod IP> lookup <table>`). A host veth left over from an earlier pod of the same name
 //! is deleted and created anew, so a veth name can come back with another ifindex.
 //!
+//! Pods with security groups (branch ENIs) in the `strict` enforcing mode are wired otherwise
+//! (`setupIIFBasedContainerRouteRules`, `setupVlan`): the host veth is named `vlan…` (see
+//! [`crate::cni`]), and the pod's host route is in the per-VLAN table `<vlan id> + 100`,
+//! selected by the rules `iif <host veth> lookup <table>` and `iif vlan.eth.<vlan id> lookup
+//! <table>` (priority 10), next to that table's own routes through the VLAN sub-interface.
+//! In `standard` mode a branch-ENI pod is wired like any other, with `from <pod IP> lookup
+//! <table>`. A multi-NIC pod has one veth per address (the index in the veth's name), each
+//! address's route on its own veth.
+//!
 //! [`discover`] reads those host routes from the kernel of the calling thread's network
-//! namespace (the agent runs with `hostNetwork`: the node's), without external tools:
-//! - `/proc/thread-self/net/route` (IPv4, the main table only; each address is the hex of its
-//!   four network-order bytes read as a native-endian `u32`) and
-//!   `/proc/thread-self/net/ipv6_route` (IPv6, every table; 32 hex digits in network order).
-//!   `thread-self`, not `self`: `/proc/self/net` shows the namespace of the process's main
-//!   thread, not that of a thread that entered another namespace with `setns`.
-//! - the ifindex through `if_nametoindex(3)` (an ioctl on a socket, which lives in the calling
-//!   thread's namespace), not `/sys/class/net/<if>/ifindex`, which shows the namespace sysfs
-//!   was mounted in.
+//! namespace (the agent runs with `hostNetwork`: the node's) over netlink, without external
+//! tools: a dump of the `ip rule`s gives every table a rule looks up (the local table aside),
+//! a dump of the routes every host route (`/32`, `/128`, unicast, straight onto an interface,
+//! no gateway) of those tables; [`read_host_routes`] then names each route's interface. Only
+//! the tables a rule reaches count: a route in a table nothing looks up routes no packet.
+//! The ifindex comes from `if_nametoindex(3)` (an ioctl on a socket, which lives in the
+//! calling thread's namespace), not `/sys/class/net/<if>/ifindex`, which shows the namespace
+//! sysfs was mounted in.
 //!
-//! A pod is found on the veth whose name starts with the prefix and which holds a host route
-//! to one of the pod's addresses. Not found: pods of `hostNetwork`, pods whose CNI ADD has not
-//! finished (found on a later pass), and security-groups-for-pods pods in strict mode, whose
-//! route the VPC CNI puts in a per-VLAN table (`vlanID + 100`), not in main.
+//! A pod is found on the interface which holds a host route to one of the pod's addresses, in
+//! whichever table a rule looks up (a VLAN sub-interface `vlan.eth.<id>` aside: it holds the
+//! branch subnet's gateway): the route, not the name, says which veth is the pod's, so a
+//! prefix that is not the CNI's ([`crate::cni`]) still finds every pod the cluster named, and
+//! says so ([`Discovery::outside_names`]). Not found: pods of `hostNetwork`, pods whose CNI
+//! ADD has not finished (found on a later pass). A multi-NIC pod, whose addresses are each
+//! routed onto a veth of their own, is one endpoint on all of them ([`Discovery::extra`]); a
+//! pod with one address routed onto several veths is left out ([`Discovery::conflicts`]):
+//! either could be the wrong one (its veths still carry the probe, so in strict mode its
+//! traffic is denied, never let through).
 //!
-//! [`discover`] also lists every interface of the prefix ([`Discovery::links`]), a known pod's
-//! or not.
+//! [`discover`] also lists every pod veth by its name ([`Discovery::links`]), a known pod's or
+//! not: those get the probe before the cluster names their pod. Discovery marks the veths of
+//! pods with a branch ENI ([`Discovery::branch_eni`]), which flow records say.
 //!
-//! [`Endpoints`] keeps the probe attached to every veth of the prefix through an [`Attacher`]
+//! [`Endpoints`] keeps the probe attached to every pod veth through an [`Attacher`]
 //! (the pinned probe of [`crate::pins`] on a node, an in-memory one in tests), so a pod the
 //! cluster has not named yet is enforced as an unknown endpoint (denied in strict mode):
 //! [`Endpoints::apply`] detaches from veths that are gone and from veths that came back under
 //! the same name with another ifindex (a veth that vanished with its pod took its links with
 //! it; only the bookkeeping and pins are left to drop), then attaches to the new ones;
-//! [`Endpoints::attach_new`] attaches to a veth the moment [`crate::links`] sees it appear. [`Endpoints::interfaces`] is the pod → ifindex map for the compiler's
-//! [`tollgate_enforcer::compile::Placement::Interfaces`]: only pods whose veth is attached.
+//! [`Endpoints::attach_new`] attaches to a veth the moment [`crate::links`] sees it appear.
+//! [`Endpoints::interfaces`] is the pod → ifindex map for the compiler's
+//! [`tollgate_enforcer::compile::Placement::InterfacesByAddress`] (with
+//! [`Endpoints::address_interfaces`] for multi-NIC pods): only pods whose veths are attached.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::io;
+use std::net::IpAddr;
 
-use crate::links::prefixed_links;
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-/// The VPC CNI's default host veth prefix (`AWS_VPC_K8S_CNI_VETHPREFIX`).
-pub const DEFAULT_VETH_PREFIX: &str = "eni";
+use crate::cni::{VethNames, is_branch_veth, is_vlan_link};
+use crate::links::{all_links, pod_links};
 
-/// Where the kernel lists the IPv4 main table of the calling thread's namespace.
-const IPV4_ROUTES: &str = "/proc/thread-self/net/route";
-/// Where the kernel lists the IPv6 routes of the calling thread's namespace.
-const IPV6_ROUTES: &str = "/proc/thread-self/net/ipv6_route";
-
-/// `RTF_UP`: the route is usable.
-const RTF_UP: u32 = 0x0001;
-/// `RTF_GATEWAY`: through a next hop, not on the link.
-const RTF_GATEWAY: u32 = 0x0002;
-/// `RTF_REJECT`: unreachable, prohibit, blackhole.
-const RTF_REJECT: u32 = 0x0200;
-/// `RTF_CACHE` (IPv6): a cloned exception route (PMTU, redirect).
-const RTF_CACHE: u32 = 0x0100_0000;
-/// `RTF_ANYCAST` (IPv6).
-const RTF_ANYCAST: u32 = 0x0010_0000;
-/// `RTF_LOCAL` (IPv6): an address of this host.
-const RTF_LOCAL: u32 = 0x8000_0000;
+/// The local routing table (addresses of this host): never a pod's route.
+const RT_TABLE_LOCAL: u32 = 255;
+/// How often a dump the kernel marks interrupted (the table changed under it) is tried again.
+const DUMP_TRIES: usize = 3;
 
 /// Error of endpoint discovery.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    /// A routing table could not be read.
-    #[error("reading {path}: {source}")]
+    /// The rules or routes could not be dumped over netlink.
+    #[error("dumping the {what} over netlink: {source}")]
     Routes {
-        /// The file.
-        path: &'static str,
+        /// `rules` or `routes`.
+        what: &'static str,
         /// What failed.
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
     /// The node's interfaces could not be listed.
     #[error("listing the network interfaces: {source}")]
     Links {
         /// What failed.
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
 }
 
@@ -94,6 +107,10 @@ pub struct HostRoute {
     pub addr: IpAddr,
     /// The interface it is routed onto.
     pub ifname: String,
+    /// Whether the address is a branch ENI's: the route is in a table whose traffic leaves
+    /// through a VLAN of the trunk (strict mode), or a rule sends the address's own traffic to
+    /// such a table (`from <pod IP>`, standard mode).
+    pub branch_eni: bool,
 }
 
 /// A host-side veth in the agent's network namespace.
@@ -119,16 +136,24 @@ pub struct LocalPod {
 pub struct Discovery {
     /// The host veth of each pod found, by `namespace/name`.
     pub veths: BTreeMap<String, Veth>,
-    /// Pods with no host route on a veth of the prefix (not wired yet, `hostNetwork`, or
-    /// wired in another table).
+    /// Pods with no host route on a pod veth (not wired yet, or `hostNetwork`).
     pub unrouted: Vec<String>,
     /// Pods whose addresses are routed onto more than one veth: left out, as either could be
     /// the wrong one.
     pub conflicts: BTreeMap<String, BTreeSet<String>>,
-    /// Every interface of the prefix on the node, a pod's or not (yet): the probe sits on all
+    /// Every pod veth on the node, a known pod's or not (yet): the probe sits on all
     /// of them, so a pod the cluster has not named yet is enforced from its first packet
     /// (denied in strict mode, as an unknown endpoint).
     pub links: Vec<Veth>,
+    /// The pod veths whose pod has a branch ENI (security groups for pods): `vlan…` veths,
+    /// and veths holding a [`HostRoute::branch_eni`] route.
+    pub branch_eni: BTreeSet<String>,
+    /// Pods found on a veth whose name is not a pod veth's ([`VethNames`]): endpoints all the
+    /// same (see [`match_pods`]); the names in force are probably not the CNI's.
+    pub outside_names: BTreeMap<String, String>,
+    /// The addresses of a pod that are on another veth than its first (a multi-NIC pod: one
+    /// veth per address), by pod.
+    pub extra: BTreeMap<String, BTreeMap<IpAddr, Veth>>,
 }
 
 impl Discovery {
@@ -142,72 +167,227 @@ impl Discovery {
     }
 }
 
-/// The host routes of the IPv4 main table in `/proc/net/route`'s format: up, no gateway, not
-/// rejecting, mask `/32`.
-pub fn parse_ipv4_routes(text: &str) -> Vec<HostRoute> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // Iface Destination Gateway Flags RefCnt Use Metric Mask MTU Window IRTT
-            let [ifname, dest, _gateway, flags, _, _, _, mask, ..] = fields.as_slice() else {
-                return None;
-            };
-            let flags = u32::from_str_radix(flags, 16).ok()?;
-            let mask = u32::from_str_radix(mask, 16).ok()?;
-            if flags & RTF_UP == 0 || flags & (RTF_GATEWAY | RTF_REJECT) != 0 || mask != u32::MAX {
-                return None;
-            }
-            // The kernel prints the network-order address as a native-endian number.
-            let dest = u32::from_str_radix(dest, 16).ok()?;
-            Some(HostRoute {
-                addr: IpAddr::V4(Ipv4Addr::from(dest.to_ne_bytes())),
-                ifname: (*ifname).to_string(),
-            })
-        })
+/// The tables `rules` look up, the local table aside: where the node routes to its pods.
+pub fn rule_tables(rules: &[RuleMessage]) -> BTreeSet<u32> {
+    rules
+        .iter()
+        .filter(|rule| rule.header.action == RuleAction::ToTable)
+        .map(table_of)
+        .filter(|table| *table != RT_TABLE_LOCAL)
         .collect()
 }
 
-/// The host routes of every IPv6 table in `/proc/net/ipv6_route`'s format: prefix length
-/// 128, up, no gateway, not rejecting, not a local or anycast address of this host, not a
-/// cached exception.
-pub fn parse_ipv6_routes(text: &str) -> Vec<HostRoute> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // dest dest_plen src src_plen next_hop metric refcnt use flags ifname
-            let [dest, plen, _, _, _, _, _, _, flags, ifname] = fields.as_slice() else {
-                return None;
-            };
-            let plen = u8::from_str_radix(plen, 16).ok()?;
-            let flags = u32::from_str_radix(flags, 16).ok()?;
-            let excluded = RTF_GATEWAY | RTF_REJECT | RTF_CACHE | RTF_ANYCAST | RTF_LOCAL;
-            if plen != 128 || flags & RTF_UP == 0 || flags & excluded != 0 {
-                return None;
-            }
-            let dest = u128::from_str_radix(dest, 16).ok()?;
-            Some(HostRoute {
-                addr: IpAddr::V6(Ipv6Addr::from(dest)),
-                ifname: (*ifname).to_string(),
-            })
-        })
-        .collect()
+/// A rule that looks up the main table: what discovery assumes when the rules cannot be read.
+fn main_table_rule() -> RuleMessage {
+    let mut rule = RuleMessage::default();
+    rule.header.action = RuleAction::ToTable;
+    rule.header.table = RouteHeader::RT_TABLE_MAIN;
+    rule
 }
 
-/// The host routes of the calling thread's network namespace, IPv4 and IPv6. A kernel
-/// without IPv6 has no `ipv6_route`: no IPv6 routes then.
-pub fn read_host_routes() -> Result<Vec<HostRoute>, EndpointError> {
-    let read = |path: &'static str| {
-        std::fs::read_to_string(path).map_err(|source| EndpointError::Routes { path, source })
+/// The table a rule looks up (above 255, only the attribute has it).
+fn table_of(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RuleAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(rule.header.table))
+}
+
+/// What discovery reads of one route.
+struct RouteFacts {
+    table: u32,
+    /// The destination, when the route is unicast and to one address (a /32 or /128).
+    host: Option<IpAddr>,
+    /// Whether it is a default route (prefix length 0).
+    default: bool,
+    /// The interface, when the route names one.
+    oif: Option<u32>,
+    /// Whether it goes through a next hop (a gateway, `via`, several paths).
+    via: bool,
+}
+
+fn facts(route: &RouteMessage) -> RouteFacts {
+    let header = &route.header;
+    let full = match header.address_family {
+        netlink_packet_route::AddressFamily::Inet => 32,
+        netlink_packet_route::AddressFamily::Inet6 => 128,
+        _ => 0,
     };
-    let mut routes = parse_ipv4_routes(&read(IPV4_ROUTES)?);
-    match read(IPV6_ROUTES) {
-        Ok(text) => routes.extend(parse_ipv6_routes(&text)),
-        Err(EndpointError::Routes { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
+    let host = header.kind == RouteType::Unicast && header.destination_prefix_length == full;
+    let mut facts = RouteFacts {
+        // A table above 255 is only in the attribute.
+        table: u32::from(header.table),
+        host: None,
+        default: header.destination_prefix_length == 0,
+        oif: None,
+        via: false,
+    };
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) if host => {
+                facts.host = Some(IpAddr::V4(*ip));
+            }
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) if host => {
+                facts.host = Some(IpAddr::V6(*ip));
+            }
+            RouteAttribute::Oif(index) => facts.oif = Some(*index),
+            RouteAttribute::Table(id) => facts.table = *id,
+            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) | RouteAttribute::MultiPath(_) => {
+                facts.via = true;
+            }
+            _ => {}
+        }
     }
-    Ok(routes)
+    facts
+}
+
+/// The host routes among `routes` that are in a table one of `rules` looks up: unicast, prefix
+/// length 32 or 128, onto an interface (named by `ifname`), without a next hop; each marked
+/// when it is a branch ENI's (see [`HostRoute::branch_eni`]).
+pub fn host_routes(
+    routes: &[RouteMessage],
+    rules: &[RuleMessage],
+    ifname: impl Fn(u32) -> Option<String>,
+) -> Vec<HostRoute> {
+    let routes: Vec<RouteFacts> = routes.iter().map(facts).collect();
+    let tables = rule_tables(rules);
+    // The VPC CNI's per-VLAN tables: their default route leaves through `vlan.eth.<id>`
+    // (not any route: the link's IPv6 `fe80::/64` is in main).
+    let vlan_tables: BTreeSet<u32> = routes
+        .iter()
+        .filter(|route| {
+            route.default
+                && route
+                    .oif
+                    .and_then(&ifname)
+                    .is_some_and(|name| is_vlan_link(&name))
+        })
+        .map(|route| route.table)
+        .collect();
+    // Standard mode: `from <pod IP> lookup <VLAN table>`.
+    let branch_sources: BTreeSet<IpAddr> = rules
+        .iter()
+        .filter(|rule| rule.header.action == RuleAction::ToTable)
+        .filter(|rule| vlan_tables.contains(&table_of(rule)))
+        .flat_map(|rule| {
+            rule.attributes
+                .iter()
+                .filter_map(|attribute| match attribute {
+                    RuleAttribute::Source(ip) => Some(*ip),
+                    _ => None,
+                })
+        })
+        .collect();
+    routes
+        .iter()
+        .filter(|route| !route.via && tables.contains(&route.table))
+        .filter_map(|route| {
+            let addr = route.host?;
+            Some(HostRoute {
+                addr,
+                ifname: ifname(route.oif?)?,
+                branch_eni: vlan_tables.contains(&route.table) || branch_sources.contains(&addr),
+            })
+        })
+        .collect()
+}
+
+/// Sends a dump request and collects the answer; a dump the kernel marks interrupted is
+/// tried again, up to [`DUMP_TRIES`] times.
+fn dump(socket: &Socket, request: &RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(request.clone()));
+    packet.finalize();
+    let mut bytes = vec![0; packet.buffer_len()];
+    packet.serialize(&mut bytes);
+    for _ in 0..DUMP_TRIES {
+        socket.send(&bytes, 0)?;
+        let mut messages = Vec::new();
+        let mut interrupted = false;
+        'datagrams: loop {
+            let (datagram, _) = socket.recv_from_full()?;
+            let mut rest = datagram.as_slice();
+            while !rest.is_empty() {
+                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                interrupted |= message.header.flags & NLM_F_DUMP_INTR != 0;
+                let length = (message.header.length as usize).next_multiple_of(4);
+                match message.payload {
+                    NetlinkPayload::Done(_) => break 'datagrams,
+                    NetlinkPayload::Error(error) if error.code.is_some() => {
+                        return Err(error.to_io());
+                    }
+                    NetlinkPayload::InnerMessage(inner) => messages.push(inner),
+                    _ => {}
+                }
+                if length == 0 || length > rest.len() {
+                    break;
+                }
+                rest = &rest[length..];
+            }
+        }
+        if !interrupted {
+            return Ok(messages);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::Interrupted,
+        format!("the kernel interrupted the dump {DUMP_TRIES} times (tables changing)"),
+    ))
+}
+
+/// The host routes of every table a rule looks up, in the calling thread's network
+/// namespace, IPv4 and IPv6 (see the module doc).
+#[tracing::instrument(level = "debug", skip_all, fields(tables, routes))]
+pub fn read_host_routes() -> Result<Vec<HostRoute>, EndpointError> {
+    let failed = |what| move |source| EndpointError::Routes { what, source };
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(failed("rules"))?;
+    socket.bind_auto().map_err(failed("rules"))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(failed("rules"))?;
+    let rules: Vec<RuleMessage> = match dump(
+        &socket,
+        &RouteNetlinkMessage::GetRule(RuleMessage::default()),
+    ) {
+        Ok(messages) => messages
+            .into_iter()
+            .filter_map(|message| match message {
+                RouteNetlinkMessage::NewRule(rule) => Some(rule),
+                _ => None,
+            })
+            .collect(),
+        Err(error) => {
+            // The VPC CNI's own default: pods are routed in main (branch ENIs in strict mode
+            // are then found on the next pass that reads the rules).
+            tracing::warn!(%error, "the ip rules could not be read; pod routes looked for in the main table only");
+            vec![main_table_rule()]
+        }
+    };
+    let mut request = RouteMessage::default();
+    request.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    let routes: Vec<RouteMessage> = dump(&socket, &RouteNetlinkMessage::GetRoute(request))
+        .map_err(failed("routes"))?
+        .into_iter()
+        .filter_map(|message| match message {
+            RouteNetlinkMessage::NewRoute(route) => Some(route),
+            _ => None,
+        })
+        .collect();
+    let names: BTreeMap<u32, String> = all_links()
+        .map_err(|source| EndpointError::Links { source })?
+        .into_iter()
+        .map(|link| (link.ifindex, link.ifname))
+        .collect();
+    let found = host_routes(&routes, &rules, |index| names.get(&index).cloned());
+    let span = tracing::Span::current();
+    span.record("tables", tracing::field::debug(&rule_tables(&rules)));
+    span.record("routes", found.len());
+    Ok(found)
 }
 
 /// The index of interface `ifname` in the calling thread's network namespace, if it exists.
@@ -218,62 +398,107 @@ pub fn ifindex(ifname: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
-/// Finds each pod's host veth among `routes`: the interfaces named `prefix…` that hold a host
-/// route to one of its addresses; `ifindex` names each interface's index (`None`: it is gone).
+/// Finds each pod's host veth among `routes`: the interface that holds a host route to one of
+/// its addresses (never a VLAN sub-interface of the trunk, which holds the branch subnet's
+/// gateway). A pod found on an interface outside `names` is an endpoint all the same, and
+/// listed in [`Discovery::outside_names`]: the route says it is the pod's veth, and the probe
+/// on it fails closed where a wrong prefix would leave the pod unenforced. `ifindex` names each
+/// interface's index (`None`: it is gone).
 pub fn match_pods(
     pods: &[LocalPod],
     routes: &[HostRoute],
-    prefix: &str,
+    names: &VethNames,
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Discovery {
+    let routes: Vec<&HostRoute> = routes.iter().filter(|r| !is_vlan_link(&r.ifname)).collect();
     let mut by_addr: BTreeMap<IpAddr, BTreeSet<&str>> = BTreeMap::new();
-    for route in routes.iter().filter(|r| r.ifname.starts_with(prefix)) {
+    for route in &routes {
         by_addr
             .entry(route.addr)
             .or_default()
             .insert(route.ifname.as_str());
     }
-    let mut discovery = Discovery::default();
+    let mut discovery = Discovery {
+        branch_eni: routes
+            .iter()
+            .filter(|r| r.branch_eni || is_branch_veth(&r.ifname))
+            .map(|r| r.ifname.clone())
+            .collect(),
+        ..Discovery::default()
+    };
     for pod in pods {
-        let ifnames: BTreeSet<&str> = pod
+        // Each routed address with the interfaces its routes name, in the pod's order.
+        let routed: Vec<(IpAddr, &BTreeSet<&str>)> = pod
             .ips
             .iter()
-            .filter_map(|ip| by_addr.get(ip))
-            .flatten()
-            .copied()
+            .filter_map(|ip| by_addr.get(ip).map(|ifnames| (*ip, ifnames)))
             .collect();
-        let mut names = ifnames.iter();
-        match (names.next(), names.next()) {
-            (None, _) => discovery.unrouted.push(pod.pod.clone()),
-            (Some(ifname), None) => match ifindex(ifname) {
-                Some(index) => {
-                    discovery.veths.insert(
-                        pod.pod.clone(),
-                        Veth {
-                            ifname: (*ifname).to_string(),
-                            ifindex: index,
-                        },
-                    );
-                }
-                None => discovery.unrouted.push(pod.pod.clone()),
-            },
-            (Some(_), Some(_)) => {
-                discovery.conflicts.insert(
-                    pod.pod.clone(),
-                    ifnames.iter().map(|s| (*s).to_string()).collect(),
-                );
+        if routed.is_empty() {
+            discovery.unrouted.push(pod.pod.clone());
+            continue;
+        }
+        if routed.iter().any(|(_, ifnames)| ifnames.len() > 1) {
+            discovery.conflicts.insert(
+                pod.pod.clone(),
+                routed
+                    .iter()
+                    .flat_map(|(_, ifnames)| ifnames.iter().map(|s| (*s).to_string()))
+                    .collect(),
+            );
+            continue;
+        }
+        // One interface per address: the first address's is the pod's veth, the others'
+        // (a multi-NIC pod) carry their own addresses.
+        let veth = |ifname: &str| {
+            ifindex(ifname).map(|ifindex| Veth {
+                ifname: ifname.to_owned(),
+                ifindex,
+            })
+        };
+        let placed: Option<Vec<(IpAddr, Veth)>> = routed
+            .iter()
+            .map(|(ip, ifnames)| {
+                ifnames
+                    .first()
+                    .and_then(|ifname| veth(ifname))
+                    .map(|v| (*ip, v))
+            })
+            .collect();
+        let Some(placed) = placed else {
+            discovery.unrouted.push(pod.pod.clone());
+            continue;
+        };
+        let first = placed[0].1.clone();
+        for (_, veth) in &placed {
+            if !names.matches(&veth.ifname) {
+                discovery
+                    .outside_names
+                    .insert(pod.pod.clone(), veth.ifname.clone());
             }
         }
+        let others: BTreeMap<IpAddr, Veth> = placed
+            .into_iter()
+            .filter(|(_, veth)| *veth != first)
+            .collect();
+        if !others.is_empty() {
+            discovery.extra.insert(pod.pod.clone(), others);
+        }
+        discovery.veths.insert(pod.pod.clone(), first);
     }
     discovery
 }
 
-/// Finds each pod's host veth, and every veth of the prefix, in the calling thread's network
-/// namespace; see the module doc.
-pub fn discover(pods: &[LocalPod], prefix: &str) -> Result<Discovery, EndpointError> {
+/// Finds each pod's host veth, and every pod veth, in the calling thread's network namespace;
+/// see the module doc.
+pub fn discover(pods: &[LocalPod], names: &VethNames) -> Result<Discovery, EndpointError> {
     let routes = read_host_routes()?;
-    let mut discovery = match_pods(pods, &routes, prefix, ifindex);
-    discovery.links = prefixed_links(prefix).map_err(|source| EndpointError::Links { source })?;
+    let mut discovery = match_pods(pods, &routes, names, ifindex);
+    discovery.links = pod_links(names).map_err(|source| EndpointError::Links { source })?;
+    for (pod, ifname) in &discovery.outside_names {
+        tracing::warn!(pod = %pod, ifname = %ifname, prefix = names.prefix(),
+            "pod routed onto a veth outside the pod veth names; attached all the same \
+             (is the VPC CNI's vethPrefix the one in force?)");
+    }
     for (pod, ifnames) in &discovery.conflicts {
         tracing::warn!(pod = %pod, ?ifnames, "pod addresses routed onto several veths; not an endpoint");
     }
@@ -312,8 +537,10 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Endpoints<A> {
     attacher: A,
-    /// Each pod's veth, for the pods whose veth is attached.
+    /// Each pod's veth, for the pods whose veths are all attached.
     pods: BTreeMap<String, Veth>,
+    /// The addresses of those pods on other veths (multi-NIC pods).
+    extra: BTreeMap<String, BTreeMap<IpAddr, Veth>>,
 }
 
 impl<A: Attacher> Endpoints<A> {
@@ -323,6 +550,7 @@ impl<A: Attacher> Endpoints<A> {
         Self {
             attacher,
             pods: BTreeMap::new(),
+            extra: BTreeMap::new(),
         }
     }
 
@@ -335,6 +563,7 @@ impl<A: Attacher> Endpoints<A> {
             .links
             .iter()
             .chain(discovery.veths.values())
+            .chain(discovery.extra.values().flat_map(BTreeMap::values))
             .map(|veth| (veth.ifname.as_str(), veth.ifindex))
             .collect();
         let mut applied = Applied::default();
@@ -364,13 +593,37 @@ impl<A: Attacher> Endpoints<A> {
         applied.attached = added.attached;
         applied.failed.extend(added.failed);
         let attached = self.attacher.attached();
+        let on = |veth: &Veth| attached.get(&veth.ifname) == Some(&veth.ifindex);
+        let extra = |pod: &String| {
+            discovery
+                .extra
+                .get(pod)
+                .into_iter()
+                .flat_map(BTreeMap::values)
+        };
         self.pods = discovery
             .veths
             .iter()
-            .filter(|(_, veth)| attached.get(&veth.ifname) == Some(&veth.ifindex))
+            .filter(|(pod, veth)| on(veth) && extra(pod).all(on))
             .map(|(pod, veth)| (pod.clone(), veth.clone()))
             .collect();
+        self.extra = discovery
+            .extra
+            .iter()
+            .filter(|(pod, _)| self.pods.contains_key(*pod))
+            .map(|(pod, addresses)| (pod.clone(), addresses.clone()))
+            .collect();
         applied
+    }
+
+    /// The interface of each address of an endpoint pod that is not on the pod's first veth
+    /// (multi-NIC pods): the compiler's
+    /// [`tollgate_enforcer::compile::Placement::InterfacesByAddress`].
+    pub fn address_interfaces(&self) -> BTreeMap<IpAddr, u32> {
+        self.extra
+            .values()
+            .flat_map(|addresses| addresses.iter().map(|(ip, veth)| (*ip, veth.ifindex)))
+            .collect()
     }
 
     /// Attaches the probe to each of `links` it is not on yet (under that ifindex), and
@@ -397,8 +650,9 @@ impl<A: Attacher> Endpoints<A> {
         applied
     }
 
-    /// Host veth ifindex by `namespace/name`, for the pods whose veth the probe is on: the
-    /// compiler's [`tollgate_enforcer::compile::Placement::Interfaces`].
+    /// Host veth ifindex by `namespace/name`, for the pods whose veths the probe is on: the
+    /// compiler's [`tollgate_enforcer::compile::Placement::InterfacesByAddress`], with
+    /// [`Endpoints::address_interfaces`].
     pub fn interfaces(&self) -> BTreeMap<String, u32> {
         self.pods
             .iter()
@@ -430,25 +684,7 @@ impl<A: Attacher> Endpoints<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ROUTE: &str = "\
-Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
-eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
-eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
-eni1a2b3c4d5e6\t0A0012C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
-eni0f0f0f0f0f0\t0B0012C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
-eth1\t0C0012C6\t0100A8C0\t0007\t0\t0\t0\tFFFFFFFF\t0\t0\t0
-eni9999999999\t0D0012C6\t00000000\t0205\t0\t0\t0\tFFFFFFFF\t0\t0\t0
-";
-
-    const IPV6_ROUTE: &str = "\
-fd000000000000000000000000000010 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001 eni1a2b3c4d5e6
-fd000000000000000000000000000011 80 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eni0f0f0f0f0f0
-fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001 eni1a2b3c4d5e6
-fd000000000000000000000000000001 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001 eth0
-fd000000000000000000000000000012 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000001 00000000 01000001 eni0f0f0f0f0f0
-00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo
-";
+    use crate::cni::PrefixSource;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -458,28 +694,118 @@ fd000000000000000000000000000012 80 00000000000000000000000000000000 00 00000000
         HostRoute {
             addr: ip(addr),
             ifname: ifname.to_string(),
+            branch_eni: false,
         }
     }
 
-    #[test]
-    fn ipv4_host_routes_only() {
-        // Not the default route, not the /24, not via a gateway, not a reject route.
-        assert_eq!(
-            parse_ipv4_routes(ROUTE),
-            [
-                route("198.18.0.10", "eni1a2b3c4d5e6"),
-                route("198.18.0.11", "eni0f0f0f0f0f0"),
-            ]
-        );
+    fn rule(table: u32, action: RuleAction) -> RuleMessage {
+        let mut rule = RuleMessage::default();
+        rule.header.action = action;
+        rule.header.table = u8::try_from(table).unwrap_or(252);
+        rule.attributes.push(RuleAttribute::Table(table));
+        rule
     }
 
     #[test]
-    fn ipv6_host_routes_only() {
-        // Not via a gateway, not the /64, not a local address, not a cached exception, not the
-        // unreachable default.
+    fn the_tables_rules_look_up_but_local() {
+        let rules = [
+            rule(255, RuleAction::ToTable),
+            rule(254, RuleAction::ToTable),
+            rule(101, RuleAction::ToTable),
+            rule(1001, RuleAction::ToTable),
+            rule(7, RuleAction::Blackhole),
+        ];
+        assert_eq!(rule_tables(&rules), BTreeSet::from([101, 254, 1001]));
+        // Rules that cannot be read: the main table.
+        assert_eq!(rule_tables(&[main_table_rule()]), BTreeSet::from([254]));
+    }
+
+    fn route_message(
+        dst: &str,
+        len: u8,
+        table: u32,
+        attributes: Vec<RouteAttribute>,
+    ) -> RouteMessage {
+        let mut route = RouteMessage::default();
+        let dst = ip(dst);
+        route.header.address_family = match dst {
+            IpAddr::V4(_) => netlink_packet_route::AddressFamily::Inet,
+            IpAddr::V6(_) => netlink_packet_route::AddressFamily::Inet6,
+        };
+        route.header.destination_prefix_length = len;
+        route.header.kind = RouteType::Unicast;
+        route.header.table = u8::try_from(table).unwrap_or(252);
+        route.attributes = vec![
+            RouteAttribute::Table(table),
+            RouteAttribute::Destination(dst.into()),
+        ];
+        route.attributes.extend(attributes);
+        route
+    }
+
+    #[test]
+    fn host_routes_of_the_looked_up_tables_only_and_branch_enis_marked() {
+        let oif = RouteAttribute::Oif;
+        let gateway = |gw: &str| RouteAttribute::Gateway(ip(gw).into());
+        let mut local = route_message("198.18.0.30", 32, 255, vec![oif(11)]);
+        local.header.kind = RouteType::Local;
+        let routes = [
+            // Regular pods: main, and a table of another ENI.
+            route_message("198.18.0.10", 32, 254, vec![oif(11)]),
+            route_message("2001:db8::11", 128, 1001, vec![oif(11)]),
+            // Strict mode: the pod's route in the VLAN's table, with the gateway's.
+            route_message("198.18.0.11", 32, 101, vec![oif(12)]),
+            route_message("198.18.3.1", 32, 101, vec![oif(21)]),
+            route_message("0.0.0.0", 0, 101, vec![oif(21), gateway("198.18.3.1")]),
+            // Standard mode: the pod's route in main, its traffic to the VLAN's table.
+            route_message("198.18.0.20", 32, 254, vec![oif(13)]),
+            route_message("0.0.0.0", 0, 102, vec![oif(22), gateway("198.18.3.2")]),
+            // The VLAN's IPv6 link-local prefix in main makes main no VLAN table.
+            route_message("fe80::", 64, 254, vec![oif(21)]),
+            // A table no rule looks up, a prefix, a gateway, a local address, a gone link.
+            route_message("198.18.0.12", 32, 103, vec![oif(11)]),
+            route_message("198.18.0.0", 24, 254, vec![oif(11)]),
+            route_message("198.18.0.13", 32, 254, vec![oif(11), gateway("198.18.0.1")]),
+            local,
+            route_message("198.18.0.14", 32, 254, vec![oif(99)]),
+        ];
+        let mut from_pod = rule(102, RuleAction::ToTable);
+        from_pod
+            .attributes
+            .push(RuleAttribute::Source(ip("198.18.0.20")));
+        let rules = [
+            rule(255, RuleAction::ToTable),
+            rule(254, RuleAction::ToTable),
+            rule(101, RuleAction::ToTable),
+            rule(1001, RuleAction::ToTable),
+            from_pod,
+        ];
+        let name = |index| {
+            Some(
+                match index {
+                    11 => "eniaaa",
+                    12 => "vlanbbb",
+                    13 => "eniccc",
+                    21 => "vlan.eth.1",
+                    22 => "vlan.eth.2",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let branch = |addr: &str, ifname: &str| HostRoute {
+            branch_eni: true,
+            ..route(addr, ifname)
+        };
         assert_eq!(
-            parse_ipv6_routes(IPV6_ROUTE),
-            [route("fd00::10", "eni1a2b3c4d5e6")]
+            host_routes(&routes, &rules, name),
+            [
+                route("198.18.0.10", "eniaaa"),
+                route("2001:db8::11", "eniaaa"),
+                branch("198.18.0.11", "vlanbbb"),
+                branch("198.18.3.1", "vlan.eth.1"),
+                branch("198.18.0.20", "eniccc"),
+            ]
         );
     }
 
@@ -495,6 +821,9 @@ fd000000000000000000000000000012 80 00000000000000000000000000000000 00 00000000
             "eniaaa" => Some(11),
             "enibbb" => Some(12),
             "eniccc" => Some(13),
+            "vlan0a1b" => Some(14),
+            "vlan.eth.1" => Some(15),
+            "vethxyz" => Some(16),
             _ => None,
         }
     }
@@ -508,6 +837,10 @@ fd000000000000000000000000000012 80 00000000000000000000000000000000 00 00000000
             route("198.18.0.12", "eniccc"),
             route("198.18.0.13", "vethxyz"),
             route("198.18.0.14", "enigone"),
+            route("198.18.0.16", "vlan0a1b"),
+            route("198.18.0.17", "vlan.eth.1"),
+            route("198.18.0.18", "eniccc"),
+            route("198.18.0.19", "enibbb"),
         ];
         let pods = [
             pod("default/a", &["198.18.0.10"]),
@@ -517,8 +850,11 @@ fd000000000000000000000000000012 80 00000000000000000000000000000000 00 00000000
             pod("default/gone", &["198.18.0.14"]),
             pod("default/pending", &["198.18.0.15"]),
             pod("default/dual", &["198.18.0.99", "fd00::11"]),
+            pod("default/sgp", &["198.18.0.16"]),
+            pod("default/not-a-veth", &["198.18.0.17"]),
+            pod("default/multi-nic", &["198.18.0.18", "198.18.0.19"]),
         ];
-        let found = match_pods(&pods, &routes, "eni", index);
+        let found = match_pods(&pods, &routes, &VethNames::default(), index);
         let veth = |ifname: &str, ifindex| Veth {
             ifname: ifname.to_string(),
             ifindex,
@@ -529,20 +865,48 @@ fd000000000000000000000000000012 80 00000000000000000000000000000000 00 00000000
                 ("default/a".to_string(), veth("eniaaa", 11)),
                 ("default/b".to_string(), veth("enibbb", 12)),
                 ("default/dual".to_string(), veth("enibbb", 12)),
+                ("default/sgp".to_string(), veth("vlan0a1b", 14)),
+                ("default/other-prefix".to_string(), veth("vethxyz", 16)),
+                ("default/multi-nic".to_string(), veth("eniccc", 13)),
             ])
         );
+        // A multi-NIC pod: its first address's veth, and its second address on its own.
+        assert_eq!(
+            found.extra,
+            BTreeMap::from([(
+                "default/multi-nic".to_string(),
+                BTreeMap::from([(ip("198.18.0.19"), veth("enibbb", 12))])
+            )])
+        );
+        // Routed onto a veth of another prefix: an endpoint all the same, and said so.
+        assert_eq!(
+            found.outside_names,
+            BTreeMap::from([("default/other-prefix".to_string(), "vethxyz".to_string())])
+        );
+        // `vlan.eth.1` holds the branch subnet's gateway, never a pod.
         assert_eq!(
             found.unrouted,
-            ["default/other-prefix", "default/gone", "default/pending"]
+            ["default/gone", "default/pending", "default/not-a-veth"]
         );
         assert_eq!(
             found.conflicts["default/conflict"],
             BTreeSet::from(["eniaaa".to_string(), "eniccc".to_string()])
         );
-        // Another prefix (AWS_VPC_K8S_CNI_VETHPREFIX).
-        let other = match_pods(&pods, &routes, "veth", index);
-        assert_eq!(other.veths.len(), 0);
-        assert!(other.unrouted.contains(&"default/other-prefix".to_string()));
+        // A `vlan…` veth is a branch ENI's, whatever its route says; `vlan.eth.1` is no veth.
+        assert_eq!(found.branch_eni, BTreeSet::from(["vlan0a1b".to_string()]));
+        // With the prefix in force, nothing is outside the names.
+        let names = VethNames::with_prefix("veth", PrefixSource::Settings).unwrap();
+        let other = match_pods(&pods, &routes, &names, index);
+        assert_eq!(other.veths, found.veths);
+        assert_eq!(
+            other.outside_names,
+            BTreeMap::from([
+                ("default/a".to_string(), "eniaaa".to_string()),
+                ("default/b".to_string(), "enibbb".to_string()),
+                ("default/dual".to_string(), "enibbb".to_string()),
+                ("default/multi-nic".to_string(), "enibbb".to_string()),
+            ])
+        );
     }
 
     /// An attacher in memory; names in `fail` fail to attach.
@@ -645,6 +1009,37 @@ fd000000000000000000000000000012 80 00000000000000000000000000000000 00 00000000
         let retried = endpoints.apply(&state);
         assert_eq!(retried.attached.len(), 1);
         assert_eq!(endpoints.interfaces().len(), 2);
+    }
+
+    #[test]
+    fn a_multi_nic_pod_is_an_endpoint_once_all_its_veths_are_attached() {
+        let mut fake = Fake::default();
+        fake.fail.insert("enib2".to_string());
+        let mut endpoints = Endpoints::new(fake);
+        let mut state = discovery(&[("ns/b", "enib", 6)]);
+        let second = Veth {
+            ifname: "enib2".to_string(),
+            ifindex: 7,
+        };
+        state.extra.insert(
+            "ns/b".to_string(),
+            BTreeMap::from([(ip("198.18.0.2"), second)]),
+        );
+        let applied = endpoints.apply(&state);
+        assert_eq!(applied.failed.len(), 1);
+        assert!(endpoints.interfaces().is_empty());
+        assert!(endpoints.address_interfaces().is_empty());
+        endpoints.attacher_mut().fail.clear();
+        let retried = endpoints.apply(&state);
+        assert_eq!(retried.attached.len(), 1);
+        assert_eq!(
+            endpoints.interfaces(),
+            BTreeMap::from([("ns/b".to_string(), 6)])
+        );
+        assert_eq!(
+            endpoints.address_interfaces(),
+            BTreeMap::from([(ip("198.18.0.2"), 7)])
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!   measures the propagation latency (watch event arrival → maps synced).
 //!
 //! [`daemon`] wires them into `tollgate agent`: the pinned probe ([`pins`]), the node's veths
-//! ([`endpoints`]) as the reconciler's local endpoints and the node's own addresses
+//! ([`endpoints`], named as the node's VPC CNI configuration says: [`cni`]) as the reconciler's local endpoints and the node's own addresses
 //! ([`node_addresses`]: their traffic to local pods passes ingress policy), kept current between
 //! cluster changes by a netlink watch ([`links`]: a new veth gets the probe at once, a late host
 //! route or a changed node address starts a pass), the collector on the probe's events, and the
@@ -25,6 +25,7 @@
 //! (`/metrics`, `/healthz`, `/readyz`) and [`telemetry`] (text or JSON logs; traces and
 //! metrics over OTLP).
 
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod endpoints;

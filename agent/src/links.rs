@@ -5,24 +5,26 @@
 //! Why: the VPC CNI creates a pod's veth and host route during CNI ADD, before the kubelet
 //! starts the pod's containers, and seconds before the pod's address reaches the API server
 //! and the agent's watch. [`LinkWatch`] closes that gap: a `NETLINK_ROUTE` socket bound to the
-//! link and route multicast groups (`RTNLGRP_LINK`, `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`),
-//! and when asked the address groups (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`), of the
-//! calling thread's network namespace, read through tokio's `AsyncFd` (no polling).
-//! [`parse`] turns a datagram of messages into [`NodeEvents`]:
-//! - `RTM_NEWLINK` of an interface named `<prefix>…` → [`NodeEvents::new_links`]: the agent
-//!   attaches the probe to it right away; in strict mode the probe then denies the pod's
-//!   traffic (unknown endpoint) until its entries are written.
-//! - `RTM_DELLINK` of such an interface, or `RTM_NEWROUTE`/`RTM_DELROUTE` of a host route
-//!   (`/32`, `/128`; not the local table's addresses of this host) →
-//!   [`NodeEvents::changed`]: the next pass should discover again (a pod's route arrived after
-//!   the pass that saw its address, or a pod left).
+//! link, route and rule multicast groups (`RTNLGRP_LINK`, `RTNLGRP_IPV4_ROUTE`,
+//! `RTNLGRP_IPV6_ROUTE`, `RTNLGRP_IPV4_RULE`, `RTNLGRP_IPV6_RULE`), and when asked the address
+//! groups (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`), of the calling thread's network
+//! namespace, read through tokio's `AsyncFd` (no polling). [`parse`] turns a datagram of
+//! messages into [`NodeEvents`]:
+//! - `RTM_NEWLINK` of a pod veth (`eni…`, `vlan…`: [`VethNames`]) →
+//!   [`NodeEvents::new_links`]: the agent attaches the probe to it right away; in strict mode
+//!   the probe then denies the pod's traffic (unknown endpoint) until its entries are written.
+//! - `RTM_DELLINK` of such an interface, `RTM_NEWROUTE`/`RTM_DELROUTE` of a host route
+//!   (`/32`, `/128`; not the local table's addresses of this host), or `RTM_NEWRULE`/
+//!   `RTM_DELRULE` (a rule decides which tables hold pods' routes: a branch ENI's `iif` rules
+//!   come after its route) → [`NodeEvents::changed`]: the next pass should discover again (a
+//!   pod's route arrived after the pass that saw its address, or a pod left).
 //! - `RTM_NEWADDR`/`RTM_DELADDR` of an address wider than link scope →
 //!   [`NodeEvents::addresses_changed`]: the node's own addresses
 //!   ([`crate::node_addresses`]) are read again by the next pass. Link-local and host-scope
 //!   addresses (every new veth's `fe80::`, the loopback's) are never node addresses and start
 //!   nothing.
 //! - A full socket buffer (`ENOBUFS`: notifications were dropped) → [`NodeEvents::overflowed`]:
-//!   the caller lists every link again with [`prefixed_links`].
+//!   the caller lists every pod veth again with [`pod_links`].
 //!
 //! Everything runs in the network namespace of the thread that opened the socket (the agent
 //! runs with `hostNetwork`: the node's).
@@ -33,6 +35,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use tokio::io::{Interest, unix::AsyncFd};
 
+use crate::cni::VethNames;
 use crate::endpoints::Veth;
 
 /// `nlmsghdr`: length, type, flags, sequence, port id.
@@ -55,10 +58,10 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// What one read of the watch saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct NodeEvents {
-    /// Interfaces of the prefix that were created or changed (`RTM_NEWLINK`), in the order of
+    /// Pod veths that were created or changed (`RTM_NEWLINK`), in the order of
     /// the messages; a link may appear more than once.
     pub new_links: Vec<Veth>,
-    /// A link of the prefix went away, or a host route came or went.
+    /// A pod veth went away, or a host route came or went.
     pub changed: bool,
     /// An address of the node came or went (only reported when the watch was opened with
     /// the address groups).
@@ -74,10 +77,17 @@ impl NodeEvents {
     }
 }
 
-/// The interfaces named `prefix…` in the calling thread's network namespace, by
-/// `if_nameindex(3)` (a netlink dump of that namespace; `/sys/class/net` would show the
-/// namespace sysfs was mounted in).
-pub fn prefixed_links(prefix: &str) -> io::Result<Vec<Veth>> {
+/// The pod veths ([`VethNames::matches`]) in the calling thread's network namespace.
+pub fn pod_links(names: &VethNames) -> io::Result<Vec<Veth>> {
+    let mut links = all_links()?;
+    links.retain(|link| names.matches(&link.ifname));
+    Ok(links)
+}
+
+/// Every interface in the calling thread's network namespace, by `if_nameindex(3)` (a
+/// netlink dump of that namespace; `/sys/class/net` would show the namespace sysfs was
+/// mounted in).
+pub fn all_links() -> io::Result<Vec<Veth>> {
     // SAFETY: no arguments; the result is freed below.
     let list = unsafe { libc::if_nameindex() };
     if list.is_null() {
@@ -90,12 +100,10 @@ pub fn prefixed_links(prefix: &str) -> io::Result<Vec<Veth>> {
     unsafe {
         while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
             let name = CStr::from_ptr((*entry).if_name).to_string_lossy();
-            if name.starts_with(prefix) {
-                links.push(Veth {
-                    ifname: name.into_owned(),
-                    ifindex: (*entry).if_index,
-                });
-            }
+            links.push(Veth {
+                ifname: name.into_owned(),
+                ifindex: (*entry).if_index,
+            });
             entry = entry.add(1);
         }
         libc::if_freenameindex(list);
@@ -109,15 +117,15 @@ pub fn prefixed_links(prefix: &str) -> io::Result<Vec<Veth>> {
 #[derive(Debug)]
 pub struct LinkWatch {
     socket: AsyncFd<OwnedFd>,
-    prefix: String,
+    names: VethNames,
     buffer: Vec<u8>,
 }
 
 impl LinkWatch {
     /// Subscribes to the link and route changes of the calling thread's network namespace,
-    /// and to its address changes when `addresses` is set; only links named `prefix…` are
+    /// and to its address changes when `addresses` is set; only pod veths (`names`) are
     /// reported. Needs a tokio runtime with I/O enabled.
-    pub fn open(prefix: &str, addresses: bool) -> io::Result<LinkWatch> {
+    pub fn open(names: &VethNames, addresses: bool) -> io::Result<LinkWatch> {
         // SAFETY: plain socket(2); the descriptor is owned below.
         let fd = unsafe {
             libc::socket(
@@ -134,7 +142,10 @@ impl LinkWatch {
         // SAFETY: sockaddr_nl is plain data; zero is valid for every field.
         let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        let mut groups = libc::RTMGRP_LINK | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE;
+        let mut groups = libc::RTMGRP_LINK
+            | libc::RTMGRP_IPV4_ROUTE
+            | libc::RTMGRP_IPV6_ROUTE
+            | libc::RTMGRP_IPV4_RULE;
         if addresses {
             groups |= libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR;
         }
@@ -150,12 +161,27 @@ impl LinkWatch {
         if bound < 0 {
             return Err(io::Error::last_os_error());
         }
+        // The IPv6 rules have no bit in the legacy group mask.
+        let group = libc::RTNLGRP_IPV6_RULE;
+        // SAFETY: `group` is a valid c_uint of the size given, for the call.
+        let joined = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                libc::NETLINK_ADD_MEMBERSHIP,
+                (&raw const group).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if joined < 0 {
+            return Err(io::Error::last_os_error());
+        }
         // SAFETY: the watch owns the descriptor for as long as it is registered and never
         // replaces it.
         let socket = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
         Ok(LinkWatch {
             socket,
-            prefix: prefix.to_owned(),
+            names: names.clone(),
             buffer: vec![0; RECV_BUFFER],
         })
     }
@@ -179,7 +205,7 @@ impl LinkWatch {
                 };
                 if n >= 0 {
                     read_any = true;
-                    parse(&self.buffer[..n as usize], &self.prefix, &mut events);
+                    parse(&self.buffer[..n as usize], &self.names, &mut events);
                     continue;
                 }
                 let error = io::Error::last_os_error();
@@ -205,7 +231,7 @@ impl LinkWatch {
 
 /// Adds what the netlink messages of one datagram say to `events`; see the module doc.
 /// Malformed or truncated messages end the parse (the kernel does not send them).
-pub fn parse(datagram: &[u8], prefix: &str, events: &mut NodeEvents) {
+pub fn parse(datagram: &[u8], names: &VethNames, events: &mut NodeEvents) {
     let mut rest = datagram;
     while rest.len() >= NLMSG_HDRLEN {
         let length = u32::from_ne_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
@@ -216,7 +242,7 @@ pub fn parse(datagram: &[u8], prefix: &str, events: &mut NodeEvents) {
         let body = &rest[NLMSG_HDRLEN..length];
         match kind {
             libc::RTM_NEWLINK | libc::RTM_DELLINK => {
-                if let Some(veth) = link(body).filter(|veth| veth.ifname.starts_with(prefix)) {
+                if let Some(veth) = link(body).filter(|veth| names.matches(&veth.ifname)) {
                     if kind == libc::RTM_NEWLINK {
                         events.new_links.push(veth);
                     } else {
@@ -227,6 +253,9 @@ pub fn parse(datagram: &[u8], prefix: &str, events: &mut NodeEvents) {
             libc::RTM_NEWROUTE | libc::RTM_DELROUTE => {
                 events.changed |= is_host_route(body);
             }
+            // A rule decides which tables hold the pods' routes: a branch ENI's `iif` rules
+            // come after its route, in its VLAN's table.
+            libc::RTM_NEWRULE | libc::RTM_DELRULE => events.changed = true,
             libc::RTM_NEWADDR | libc::RTM_DELADDR => {
                 events.addresses_changed |= is_wider_than_link(body);
             }
@@ -331,7 +360,7 @@ mod tests {
 
     fn parsed(messages: &[Vec<u8>]) -> NodeEvents {
         let mut events = NodeEvents::default();
-        parse(&messages.concat(), "eni", &mut events);
+        parse(&messages.concat(), &VethNames::default(), &mut events);
         events
     }
 
@@ -390,6 +419,11 @@ mod tests {
             .relevant()
         );
 
+        for kind in [libc::RTM_NEWRULE, libc::RTM_DELRULE] {
+            let events = parsed(&[message(kind, &[0; 12], &[])]);
+            assert!(events.changed && events.relevant());
+        }
+
         for (family, dst_len, table, relevant) in [
             (libc::AF_INET, 32, 254, true),
             (libc::AF_INET6, 128, 254, true),
@@ -443,11 +477,15 @@ mod tests {
         );
         for cut in 0..whole.len() {
             let mut events = NodeEvents::default();
-            parse(&whole[..cut], "eni", &mut events);
+            parse(&whole[..cut], &VethNames::default(), &mut events);
             assert!(events.new_links.is_empty(), "cut at {cut}");
         }
         let mut events = NodeEvents::default();
-        parse(&[whole.clone(), whole].concat(), "eni", &mut events);
+        parse(
+            &[whole.clone(), whole].concat(),
+            &VethNames::default(),
+            &mut events,
+        );
         assert_eq!(events.new_links.len(), 2);
     }
 }

@@ -11,7 +11,8 @@
 //!   VPC CNI configures it on the interface; the secondary addresses and prefixes it hands to
 //!   pods are routed, never configured on an interface);
 //! - not the loopback interface's, nor loopback addresses anywhere;
-//! - not the addresses of the pods' host veths (`<prefix>…`), which belong to the pods' side;
+//! - not the addresses of the pods' host veths (`eni…`, `vlan…`: [`VethNames`]), which belong
+//!   to the pods' side;
 //! - not `kube-ipvs0`'s: kube-proxy's IPVS mode puts every ClusterIP on that dummy interface,
 //!   and those are Services' addresses, not the node's;
 //! - no link-local address (`169.254.0.0/16`, `fe80::/10`): the VPC CNI's pod gateway
@@ -27,6 +28,8 @@ use std::ffi::CStr;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::cni::VethNames;
+
 /// The dummy interface on which kube-proxy's IPVS mode configures every ClusterIP.
 const IPVS_INTERFACE: &str = "kube-ipvs0";
 
@@ -41,14 +44,14 @@ pub struct InterfaceAddress {
     pub addr: IpAddr,
 }
 
-/// The node's own addresses among `addresses`, sorted; see the module doc. `veth_prefix`
-/// names the pods' host veths.
-pub fn node_addresses(addresses: &[InterfaceAddress], veth_prefix: &str) -> Vec<IpAddr> {
+/// The node's own addresses among `addresses`, sorted; see the module doc. `veths` names the
+/// pods' host veths.
+pub fn node_addresses(addresses: &[InterfaceAddress], veths: &VethNames) -> Vec<IpAddr> {
     let kept: BTreeSet<IpAddr> = addresses
         .iter()
         .filter(|a| {
             !a.loopback
-                && !a.ifname.starts_with(veth_prefix)
+                && !veths.matches(&a.ifname)
                 && a.ifname != IPVS_INTERFACE
                 && !a.addr.is_loopback()
                 && !a.addr.is_unspecified()
@@ -110,8 +113,8 @@ pub fn read() -> io::Result<Vec<InterfaceAddress>> {
 
 /// The node's own addresses in the calling thread's network namespace ([`read`], then
 /// [`node_addresses`]).
-pub fn discover(veth_prefix: &str) -> io::Result<Vec<IpAddr>> {
-    Ok(node_addresses(&read()?, veth_prefix))
+pub fn discover(veths: &VethNames) -> io::Result<Vec<IpAddr>> {
+    Ok(node_addresses(&read()?, veths))
 }
 
 #[cfg(test)]
@@ -143,19 +146,19 @@ mod tests {
             at("kube-ipvs0", "198.19.0.10"),
             at("nodelocaldns", "169.254.20.10"),
         ];
-        let found = node_addresses(&addresses, "eni");
+        let found = node_addresses(&addresses, &VethNames::default());
         let expected: Vec<IpAddr> = ["198.18.10.17", "198.18.10.211", "2001:db8:10::17"]
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
         assert_eq!(found, expected);
         // A global address on the loopback interface is still the loopback's.
-        assert!(node_addresses(&[at("lo", "198.18.10.5")], "eni").is_empty());
+        assert!(node_addresses(&[at("lo", "198.18.10.5")], &VethNames::default()).is_empty());
     }
 
     #[test]
     fn this_namespace_is_read_without_its_loopback() {
-        let found = discover("eni").expect("getifaddrs");
+        let found = discover(&VethNames::default()).expect("getifaddrs");
         assert!(found.iter().all(|a| !a.is_loopback()), "{found:?}");
     }
 }

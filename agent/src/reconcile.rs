@@ -47,6 +47,13 @@ pub trait LocalEndpoints {
     /// Endpoint pods by `namespace/name`, each with the ifindex of its host-side veth.
     fn local(&mut self, snapshot: &Snapshot) -> BTreeMap<String, u32>;
 
+    /// The addresses of endpoint pods that are on another veth than their pod's (multi-NIC
+    /// pods: one veth per address), with that veth's ifindex, as the last
+    /// [`LocalEndpoints::local`] found them. None, by default.
+    fn address_interfaces(&self) -> BTreeMap<IpAddr, u32> {
+        BTreeMap::new()
+    }
+
     /// The node's own addresses, whose traffic to a local pod passes ingress policy (reason
     /// `from-node`); empty when that allowance is off. Called once per pass, after
     /// [`LocalEndpoints::local`]. None, by default.
@@ -139,11 +146,13 @@ impl Reconciler {
         self.synced.as_ref()
     }
 
-    /// Makes `maps` hold the compiled state of `snapshot` for the endpoints `local` names.
+    /// Makes `maps` hold the compiled state of `snapshot` for the endpoints `local` names,
+    /// the addresses of `addresses` each on its own interface.
     pub fn reconcile<M: PolicyMaps>(
         &mut self,
         snapshot: &Snapshot,
         local: &BTreeMap<String, u32>,
+        addresses: &BTreeMap<IpAddr, u32>,
         maps: &mut M,
     ) -> Result<Report, Error> {
         let previous = self.synced.take();
@@ -153,7 +162,10 @@ impl Reconciler {
         };
         self.capacity = Some(capacity);
         let started = Instant::now();
-        let placement = Placement::Interfaces(local);
+        let placement = Placement::InterfacesByAddress {
+            pods: local,
+            addresses,
+        };
         let mut compiled = compile_with(snapshot, &placement, &self.ids, &capacity);
         if !self.recovered {
             // The first pass of this agent: maps left by a previous one keep their ids for

@@ -150,6 +150,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         let check_drift = self.drift_at.is_some_and(|due| due <= Instant::now());
         let mut snapshot = self.source.snapshot();
         let local = self.endpoints.local(&snapshot);
+        let addresses = self.endpoints.address_interfaces();
         snapshot.node_addresses = self.endpoints.node_addresses();
         let drift = if check_drift {
             // Due again in full even if it fails: the retry of a failed pass reads the maps
@@ -162,7 +163,10 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         } else {
             None
         };
-        let report = match self.reconciler.reconcile(&snapshot, &local, maps) {
+        let report = match self
+            .reconciler
+            .reconcile(&snapshot, &local, &addresses, maps)
+        {
             Ok(report) => report,
             Err(error) => return Some(Err(self.failed(error))),
         };

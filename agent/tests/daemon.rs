@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tollgate_agent::{
-    endpoints::{DEFAULT_VETH_PREFIX, Endpoints, discover},
+    cni::VethNames,
+    endpoints::{Endpoints, discover},
     pins::{PinnedProbe, maps_dir, pinned_link_target},
     source::StaticSource,
 };
@@ -60,7 +61,7 @@ fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() 
         let pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
         let mut endpoints = Endpoints::new(pinned);
         let found = in_netns(&node.netns, || {
-            discover(&node.local_pods(), DEFAULT_VETH_PREFIX)
+            discover(&node.local_pods(), &VethNames::default())
         })
         .expect("discover");
         let applied = in_netns(&node.netns, || endpoints.apply(&found));

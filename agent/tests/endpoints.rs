@@ -1,6 +1,10 @@
 //! Endpoint discovery and attach on a node-shaped set of namespaces: host veths `eni…` with
 //! /32 and /128 routes as the VPC CNI makes them, discovered from inside the node namespace,
-//! the probe attached (pinned) and enforcing, and a deleted pod's veth leaving nothing behind.
+//! the probe attached (pinned) and enforcing, and a deleted pod's veth leaving nothing behind;
+//! then each other wiring of the VPC CNI: a branch-ENI pod in strict mode (a `vlan…` veth, its
+//! route in a per-VLAN table, its traffic through `vlan.eth.<id>` and a VPC namespace), a custom
+//! veth prefix read from a CNI configuration, and a pod on two interfaces (multi-NIC), one
+//! endpoint on both.
 //!
 //! Needs root (CI runs as root); without it every test says SKIPPED loudly and returns.
 
@@ -10,11 +14,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tollgate_agent::{
-    endpoints::{Applied, DEFAULT_VETH_PREFIX, Endpoints, Veth, discover},
+    cni::{PrefixSource, VethNames},
+    endpoints::{Applied, Endpoints, Veth, discover},
     pins::PinnedProbe,
 };
 
-use support::{Bpffs, Node, in_netns, ingress_filters, program, root, tcx_programs, udp_reaches};
+use support::{
+    Bpffs, Node, Pod, TempDir, Wiring, in_netns, ingress_filters, ip, program, program_by_address,
+    root, tcx_programs, udp_reaches,
+};
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
@@ -32,7 +40,7 @@ fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
 
     // Discovery, from inside the node namespace: each pod on its veth, by the kernel's
     // ifindex there.
-    let found = in_netns(&node.netns, || discover(&pods, DEFAULT_VETH_PREFIX)).expect("discover");
+    let found = in_netns(&node.netns, || discover(&pods, &VethNames::default())).expect("discover");
     let expected: BTreeMap<String, Veth> = [&a, &b, &c]
         .iter()
         .map(|pod| {
@@ -48,11 +56,15 @@ fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
     assert_eq!(found.veths, expected);
     assert!(found.unrouted.is_empty() && found.conflicts.is_empty());
     // The root namespace has none of these routes.
-    let outside = discover(&pods, DEFAULT_VETH_PREFIX).expect("discover outside");
+    let outside = discover(&pods, &VethNames::default()).expect("discover outside");
     assert!(outside.veths.is_empty(), "{outside:?}");
-    // Another prefix finds nothing.
-    let other = in_netns(&node.netns, || discover(&pods, "vlan")).expect("discover");
-    assert!(other.veths.is_empty());
+    // Another prefix lists none of the veths before their pods are named, but finds the
+    // pods on them by their routes, and says they are outside its names.
+    let names = VethNames::with_prefix("abc", PrefixSource::Settings).expect("prefix");
+    let other = in_netns(&node.netns, || discover(&pods, &names)).expect("discover");
+    assert!(other.links.is_empty(), "{other:?}");
+    assert_eq!(other.veths, expected);
+    assert_eq!(other.outside_names.len(), 3);
 
     // Attach: both hooks of every veth, pinned.
     let bpffs = Bpffs::new("ep");
@@ -115,7 +127,7 @@ fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
     // pins (no detach needed: its links went with the veth).
     node.delete_pod("b");
     let pods = node.local_pods();
-    let found = in_netns(&node.netns, || discover(&pods, DEFAULT_VETH_PREFIX)).expect("discover");
+    let found = in_netns(&node.netns, || discover(&pods, &VethNames::default())).expect("discover");
     assert_eq!(found.veths.len(), 2);
     let applied = in_netns(&node.netns, || endpoints.apply(&found));
     assert_eq!(applied.detached, std::slice::from_ref(&b.host_veth));
@@ -132,7 +144,8 @@ fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
         .into_iter()
         .filter(|pod| pod.pod == a.key)
         .collect();
-    let found = in_netns(&node.netns, || discover(&only_a, DEFAULT_VETH_PREFIX)).expect("discover");
+    let found =
+        in_netns(&node.netns, || discover(&only_a, &VethNames::default())).expect("discover");
     let applied = in_netns(&node.netns, || endpoints.apply(&found));
     assert_eq!(applied, Applied::default());
     assert_eq!(tcx_programs(&node.netns, &c.host_veth), (1, 1));
@@ -165,7 +178,7 @@ fn a_veth_recreated_under_its_name_is_attached_again() {
     let mut endpoints = Endpoints::new(pinned);
     let pods = node.local_pods();
     let first = in_netns(&node.netns, || {
-        let found = discover(&pods, DEFAULT_VETH_PREFIX).expect("discover");
+        let found = discover(&pods, &VethNames::default()).expect("discover");
         endpoints.apply(&found);
         found
     });
@@ -177,7 +190,7 @@ fn a_veth_recreated_under_its_name_is_attached_again() {
     let new_index = node.ifindex(&a.host_veth);
     assert_ne!(old_index, new_index);
     let applied = in_netns(&node.netns, || {
-        let found = discover(&pods, DEFAULT_VETH_PREFIX).expect("discover");
+        let found = discover(&pods, &VethNames::default()).expect("discover");
         endpoints.apply(&found)
     });
     assert_eq!(applied.detached, std::slice::from_ref(&a.host_veth));
@@ -202,7 +215,7 @@ fn clsact_attach_and_detach() {
     let mut endpoints = Endpoints::new(pinned);
     let pods = node.local_pods();
     let applied = in_netns(&node.netns, || {
-        let found = discover(&pods, DEFAULT_VETH_PREFIX).expect("discover");
+        let found = discover(&pods, &VethNames::default()).expect("discover");
         endpoints.apply(&found)
     });
     assert_eq!(applied.attached.len(), 2, "{applied:?}");
@@ -232,7 +245,7 @@ fn clsact_attach_and_detach() {
     // veth recreated under its name with another ifindex is — its filters are deleted.
     let only_b: Vec<_> = pods.into_iter().filter(|p| p.pod == b.key).collect();
     let applied = in_netns(&node.netns, || {
-        let mut found = discover(&only_b, DEFAULT_VETH_PREFIX).expect("discover");
+        let mut found = discover(&only_b, &VethNames::default()).expect("discover");
         assert!(found.links.iter().any(|l| l.ifname == a.host_veth));
         found.links.retain(|l| l.ifname != a.host_veth);
         endpoints.apply(&found)
@@ -247,4 +260,213 @@ fn clsact_attach_and_detach() {
     in_netns(&node.netns, || endpoints.into_attacher().uninstall()).expect("uninstall");
     let filters = ingress_filters(&node.netns, &b.host_veth);
     assert!(!filters.contains("from_pod"), "{filters}");
+}
+
+/// One wiring of the VPC CNI, discovered, attached and enforced: `a` is a regular pod, `b`
+/// the pod under test; in strict mode both are denied until the sync, pass after it, and `b`
+/// is isolated by [`support::ISOLATE_B`] (ingress only: `b → a` still passes).
+fn attach_and_enforce(node: &Node, a: &Pod, b: &Pod, names: &VethNames, tag: &str) {
+    let pods = node.local_pods();
+    let found = in_netns(&node.netns, || discover(&pods, names)).expect("discover");
+    assert!(
+        found.unrouted.is_empty() && found.conflicts.is_empty(),
+        "{found:?}"
+    );
+    for pod in [a, b] {
+        assert_eq!(
+            found.veths[&pod.key],
+            Veth {
+                ifname: pod.host_veth.clone(),
+                ifindex: node.ifindex(&pod.host_veth),
+            }
+        );
+    }
+    // Pod veths only: never `vlan.eth.<id>` or the node's ENIs.
+    let links: Vec<&str> = found.links.iter().map(|l| l.ifname.as_str()).collect();
+    assert_eq!(
+        links.len(),
+        2,
+        "{links:?}: only the pods' veths carry the probe"
+    );
+
+    let bpffs = Bpffs::new(tag);
+    let pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
+    let mut endpoints = Endpoints::new(pinned);
+    let applied = in_netns(&node.netns, || endpoints.apply(&found));
+    assert!(
+        applied.failed.is_empty() && applied.attached.len() == 2,
+        "{applied:?}"
+    );
+    assert_eq!(tcx_programs(&node.netns, &b.host_veth), (1, 1));
+    assert!(!udp_reaches(a, b, WAIT_DENY), "a → b before the sync");
+    assert!(!udp_reaches(b, a, WAIT_DENY), "b → a before the sync");
+    let interfaces = endpoints.interfaces();
+    program(
+        endpoints.attacher_mut().probe(),
+        &node.pods,
+        "",
+        &interfaces,
+    );
+    assert!(udp_reaches(a, b, WAIT_PASS), "a → b, no policy");
+    assert!(udp_reaches(b, a, WAIT_PASS), "b → a, no policy");
+    program(
+        endpoints.attacher_mut().probe(),
+        &node.pods,
+        support::ISOLATE_B,
+        &interfaces,
+    );
+    assert!(!udp_reaches(a, b, WAIT_DENY), "a → b, b isolated");
+    assert!(
+        udp_reaches(b, a, WAIT_PASS),
+        "b → a, b isolated for ingress only"
+    );
+    let uninstalled =
+        in_netns(&node.netns, || endpoints.into_attacher().uninstall()).expect("uninstall");
+    assert!(uninstalled.removed_root);
+}
+
+#[test]
+fn a_branch_eni_pod_in_strict_mode_is_found_in_its_vlan_table() {
+    if !root("branch-ENI (strict) endpoint discovery in network namespaces") {
+        return;
+    }
+    let mut node = Node::new("sgp");
+    let a = node.add_pod("a", "198.18.0.60", 1);
+    let b = node.add_wired_pod("b", "198.18.0.61", 2, Wiring::BranchStrict { vlan: 1 });
+    assert!(b.host_veth.starts_with("vlan"));
+    // The pod's route is in table 101 only, reached through the `iif` rules.
+    let main = ip(&["-n", &node.netns, "route", "show", "table", "main"]);
+    assert!(!main.contains("198.18.0.61"), "{main}");
+    let rules = ip(&["-n", &node.netns, "rule", "show"]);
+    assert!(rules.contains("lookup 101"), "{rules}");
+    attach_and_enforce(&node, &a, &b, &VethNames::default(), "sgp");
+}
+
+#[test]
+fn a_custom_veth_prefix_is_followed_from_the_cni_config() {
+    if !root("custom veth prefix discovery in network namespaces") {
+        return;
+    }
+    let files = TempDir::new("prefix");
+    std::fs::create_dir_all(&files.0).expect("dir");
+    let conflist = files.0.join("10-aws.conflist");
+    std::fs::write(
+        &conflist,
+        r#"{"cniVersion": "0.4.0", "name": "aws-cni", "plugins": [
+             {"name": "aws-cni", "type": "aws-cni", "vethPrefix": "tgx", "podSGEnforcingMode": "strict"},
+             {"name": "egress-cni", "type": "egress-cni"}]}"#,
+    )
+    .expect("write the conflist");
+    let (names, problems) = VethNames::load(None, &conflist, None);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(names.prefix(), "tgx");
+
+    let mut node = Node::new("px");
+    let a = node.add_wired_pod("a", "198.18.0.70", 1, Wiring::Regular { prefix: "tgx" });
+    let b = node.add_wired_pod("b", "198.18.0.71", 2, Wiring::Regular { prefix: "tgx" });
+    // The default names list none of these veths (no probe before the cluster names a pod),
+    // but find the named pods on them by their routes, and say so.
+    let pods = node.local_pods();
+    let blind = in_netns(&node.netns, || discover(&pods, &VethNames::default())).expect("discover");
+    assert!(blind.links.is_empty(), "{blind:?}");
+    assert_eq!(
+        blind.outside_names.values().collect::<Vec<_>>(),
+        [&a.host_veth, &b.host_veth]
+    );
+    attach_and_enforce(&node, &a, &b, &names, "px");
+
+    // A prefix the VPC CNI would refuse: named with its file and field, and the default used.
+    std::fs::write(
+        &conflist,
+        r#"{"plugins": [{"type": "aws-cni", "vethPrefix": "toolong"}]}"#,
+    )
+    .expect("write the conflist");
+    let (names, problems) = VethNames::load(None, &conflist, None);
+    assert_eq!(names, VethNames::default());
+    let problem = problems[0].to_string();
+    assert!(
+        problem.contains("10-aws.conflist: plugins[type=aws-cni].vethPrefix")
+            && problem.contains("longer than 4"),
+        "{problem}"
+    );
+}
+
+#[test]
+fn a_pod_on_two_interfaces_is_one_endpoint_on_both() {
+    if !root("multi-NIC endpoint discovery in network namespaces") {
+        return;
+    }
+    let mut node = Node::new("mnic");
+    let a = node.add_pod("a", "198.18.0.80", 1);
+    let b = node.add_pod("b", "198.18.0.81", 2);
+    // b is a multi-NIC pod: a second veth for its second address.
+    let b2 = node.add_interface(&b, "198.18.0.82", 3);
+    let pods = node.local_pods();
+    let found = in_netns(&node.netns, || discover(&pods, &VethNames::default())).expect("discover");
+    assert!(found.conflicts.is_empty(), "{found:?}");
+    assert_eq!(found.veths[&b.key].ifname, b.host_veth);
+    assert_eq!(
+        found.extra[&b.key]
+            .iter()
+            .map(|(ip, veth)| (*ip, veth.ifname.clone()))
+            .collect::<Vec<_>>(),
+        [(b2.ip, b2.host_veth.clone())]
+    );
+    let bpffs = Bpffs::new("mnic");
+    let pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
+    let mut endpoints = Endpoints::new(pinned);
+    let applied = in_netns(&node.netns, || endpoints.apply(&found));
+    assert!(
+        applied.failed.is_empty() && applied.attached.len() == 3,
+        "{applied:?}"
+    );
+    for ifname in [&b.host_veth, &b2.host_veth] {
+        assert_eq!(tcx_programs(&node.netns, ifname), (1, 1), "{ifname}");
+    }
+    // Strict mode: denied from both addresses before the sync…
+    assert!(!udp_reaches(&b, &a, WAIT_DENY), "b → a before the sync");
+    assert!(
+        !udp_reaches(&b2, &a, WAIT_DENY),
+        "b's second address → a before the sync"
+    );
+    // …one endpoint on both veths after it, each address on its own…
+    let (interfaces, addresses) = (endpoints.interfaces(), endpoints.address_interfaces());
+    assert_eq!(
+        addresses,
+        BTreeMap::from([(b2.ip, node.ifindex(&b2.host_veth))])
+    );
+    let compiled = program_by_address(
+        endpoints.attacher_mut().probe(),
+        &node.pods,
+        "",
+        &interfaces,
+        &addresses,
+    );
+    assert_eq!(
+        compiled.endpoint_pods.len(),
+        2,
+        "a and b, one endpoint each"
+    );
+    for (from, to) in [(&b, &a), (&b2, &a), (&a, &b), (&a, &b2)] {
+        assert!(
+            udp_reaches(from, to, WAIT_PASS),
+            "{} → {}, no policy",
+            from.ip,
+            to.ip
+        );
+    }
+    // …and a policy that isolates b holds on both.
+    program_by_address(
+        endpoints.attacher_mut().probe(),
+        &node.pods,
+        support::ISOLATE_B,
+        &interfaces,
+        &addresses,
+    );
+    assert!(!udp_reaches(&a, &b, WAIT_DENY), "a → b, b isolated");
+    assert!(
+        !udp_reaches(&a, &b2, WAIT_DENY),
+        "a → b's second address, b isolated"
+    );
+    in_netns(&node.netns, || endpoints.into_attacher().uninstall()).expect("uninstall");
 }

@@ -14,8 +14,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use tollgate_agent::{
-    config::NodeIngress, endpoints::DEFAULT_VETH_PREFIX, links::LinkWatch, node_addresses,
-    source::StaticSource,
+    cni::VethNames, config::NodeIngress, links::LinkWatch, node_addresses, source::StaticSource,
 };
 use tollgate_enforcer::manifest::parse_manifests;
 
@@ -112,12 +111,12 @@ fn the_nodes_addresses_are_found_in_its_namespace_and_changes_are_heard() {
     add_enis(&node, &pod.host_veth);
 
     let found = in_netns(&node.netns, || {
-        node_addresses::discover(DEFAULT_VETH_PREFIX)
+        node_addresses::discover(&VethNames::default())
     })
     .expect("read the node's addresses");
     assert_eq!(found, addresses(&[ETH0_V4, ETH1_V4, ETH0_V6]));
     // The root namespace has none of them.
-    let outside = node_addresses::discover(DEFAULT_VETH_PREFIX).expect("read outside");
+    let outside = node_addresses::discover(&VethNames::default()).expect("read outside");
     assert!(found.iter().all(|a| !outside.contains(a)), "{outside:?}");
 
     // A watch with the address groups hears a new address; one without does not.
@@ -128,8 +127,8 @@ fn the_nodes_addresses_are_found_in_its_namespace_and_changes_are_heard() {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let mut with = LinkWatch::open(DEFAULT_VETH_PREFIX, true).expect("watch");
-            let mut without = LinkWatch::open(DEFAULT_VETH_PREFIX, false).expect("watch");
+            let mut with = LinkWatch::open(&VethNames::default(), true).expect("watch");
+            let mut without = LinkWatch::open(&VethNames::default(), false).expect("watch");
             ready.send(()).unwrap();
             let heard = tokio::time::timeout(WAIT, async {
                 loop {
@@ -161,7 +160,7 @@ fn the_nodes_addresses_are_found_in_its_namespace_and_changes_are_heard() {
         "a watch without the address groups reported a change"
     );
     let found = in_netns(&node.netns, || {
-        node_addresses::discover(DEFAULT_VETH_PREFIX)
+        node_addresses::discover(&VethNames::default())
     })
     .unwrap();
     assert_eq!(found, addresses(&[ETH0_V4, ADDED_V4, ETH1_V4, ETH0_V6]));

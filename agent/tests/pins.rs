@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use aya::maps::MapData;
 use tollgate_agent::{
-    endpoints::{DEFAULT_VETH_PREFIX, Endpoints, discover},
+    cni::VethNames,
+    endpoints::{Endpoints, discover},
     pins::{PinError, PinnedProbe, maps_dir, pinned_link_target, pinned_map_names},
 };
 use tollgate_enforcer::{
@@ -75,7 +76,7 @@ fn child_agent() {
     let mut endpoints = Endpoints::new(pinned);
     let local = local_pods(&pods);
     let applied = in_netns(&netns, || {
-        let found = discover(&local, DEFAULT_VETH_PREFIX).expect("discover");
+        let found = discover(&local, &VethNames::default()).expect("discover");
         endpoints.apply(&found)
     });
     assert!(applied.failed.is_empty(), "{applied:?}");
@@ -167,7 +168,8 @@ fn a_killed_agent_leaves_enforcement_in_place_and_the_next_one_adopts_it() {
     assert_eq!(held, expected.desired);
     // The first sync, for the pods discovery finds, before adopting: nothing to change.
     let local = node.local_pods();
-    let found = in_netns(&node.netns, || discover(&local, DEFAULT_VETH_PREFIX)).expect("discover");
+    let found =
+        in_netns(&node.netns, || discover(&local, &VethNames::default())).expect("discover");
     assert_eq!(found.interfaces(), interfaces);
     let stats = sync(&mut pinned.probe().policy_maps(), &expected.desired).expect("sync");
     assert_eq!((stats.upserts, stats.deletes), (0, 0));
@@ -251,7 +253,7 @@ fn clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
     pinned.prefer_clsact(true);
     let mut endpoints = Endpoints::new(pinned);
     in_netns(&node.netns, || {
-        let found = discover(&local, DEFAULT_VETH_PREFIX).expect("discover");
+        let found = discover(&local, &VethNames::default()).expect("discover");
         endpoints.apply(&found)
     });
     let interfaces = endpoints.interfaces();

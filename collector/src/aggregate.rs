@@ -2,10 +2,12 @@
 //!
 //! [`Aggregator::ingest`] enriches each event as it arrives, with the identities that held
 //! *at the event's timestamp* ([`Identities`]): who held each end (a pod, or the node itself),
-//! the Service whose ClusterIP, protocol and port the destination was, and the rule. It adds
+//! the Service whose ClusterIP, protocol and port the destination was, the rule, and the
+//! deciding endpoint's host interface (and whether its pod has a branch ENI). It adds
 //! the event to the open record of its key: the window (Unix seconds / window length), the
 //! flow's addresses, ports, protocol and direction, the deciding endpoint, verdict, reason and
-//! rule, and the identity spans of both ends and of the Service (so the same addresses held
+//! rule, and the identity spans of both ends, of the Service and of the interface (so the
+//! same addresses held
 //! by two pods in one window make two records, as does a ClusterIP handed from one Service to
 //! another). Packets, bytes and events are summed, TCP flags OR-ed, first and last times kept.
 //! [`Aggregator::close_before`] hands out the records of every window that ended; a late event
@@ -48,6 +50,7 @@ struct Key {
     dst_serial: u64,
     svc_serial: u64,
     rule_serial: u64,
+    interface_serial: u64,
 }
 
 /// A record being aggregated.
@@ -133,6 +136,7 @@ impl Aggregator {
         let rule = (event.rule_id != 0)
             .then(|| identities.rule_at(event.rule_id, ts))
             .flatten();
+        let interface = identities.interface_at(event.endpoint, event.ifindex, ts);
         let icmp = matches!(event.protocol, proto::ICMP | proto::ICMPV6);
         let key = Key {
             window: unix_ns / NS_PER_S / self.window_s,
@@ -152,6 +156,7 @@ impl Aggregator {
             dst_serial: dst.as_ref().map_or(0, |h| h.serial),
             svc_serial: service.as_ref().map_or(0, |h| h.serial),
             rule_serial: rule.as_ref().map_or(0, |h| h.serial),
+            interface_serial: interface.as_ref().map_or(0, |h| h.serial),
         };
         if let Some(open) = self.open.get_mut(&key) {
             open.first_ns = open.first_ns.min(unix_ns);
@@ -193,6 +198,7 @@ impl Aggregator {
             service: service.map(|h| h.value),
             rule: rule.map(|h| h.value),
             audit,
+            interface: interface.map(|h| h.value),
         };
         self.open.insert(
             key,

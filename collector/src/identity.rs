@@ -10,10 +10,13 @@
 //! - the node's own addresses, from the snapshot (the agent finds them on the node);
 //! - Services by (ClusterIP, protocol, port), from the compiled Services (headless Services
 //!   have no ClusterIP and name nothing);
-//! - rule ids and endpoint audit flags, from the compilation.
+//! - rule ids, and each endpoint's audit flags and interface index, from the compilation;
+//! - the endpoints' host interfaces by index (name, branch ENI or not), from the agent's
+//!   discovery of the node ([`Identities::observe_interfaces`]).
 //!
 //! Enrichment asks for the fact at the event's timestamp ([`Identities::holder_at`],
-//! [`Identities::service_at`], [`Identities::rule_at`], [`Identities::audit_at`]), so an
+//! [`Identities::service_at`], [`Identities::rule_at`], [`Identities::audit_at`],
+//! [`Identities::interface_at`]), so an
 //! address that moved to another pod, or a ClusterIP handed to another Service, between the
 //! event and the write is still attributed to what held it when the packet was decided.
 //! Histories are bounded: closed spans older than the retention are pruned, and each key keeps
@@ -155,6 +158,34 @@ impl ServiceAddress {
     }
 }
 
+/// Which ENI a pod's address is on, as the VPC CNI wired it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eni {
+    /// One of the node's ENIs (the node's security groups).
+    Node,
+    /// A branch ENI of the pod's own, on the node's trunk ENI (security groups for pods).
+    Branch,
+}
+
+impl Eni {
+    /// The name flow records use (`endpoint_eni`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Node => "node",
+            Self::Branch => "branch",
+        }
+    }
+}
+
+/// The host-side interface of an endpoint, as flow records name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInterface {
+    /// The interface's name (`eni…`, `vlan…`).
+    pub name: String,
+    /// The ENI of the pod's address.
+    pub eni: Eni,
+}
+
 /// The mark of one of the node's own addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct NodeAddress;
@@ -269,9 +300,13 @@ impl<K: Eq + Hash + Clone, V: PartialEq> History<K, V> {
     }
 }
 
-/// The audit flags of one endpoint (per direction).
+/// What the compilation says of one endpoint: its flags (audit per direction) and the index
+/// of its host interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct AuditFlags(u32);
+struct EndpointFacts {
+    flags: u32,
+    ifindex: u32,
+}
 
 /// Every identity fact the collector needs, over time.
 #[derive(Debug)]
@@ -280,10 +315,12 @@ pub struct Identities {
     nodes: History<[u8; 16], NodeAddress>,
     services: History<ServiceAddress, ServiceIdentity>,
     rules: History<u32, RuleRef>,
-    endpoints: History<u32, AuditFlags>,
+    endpoints: History<u32, EndpointFacts>,
+    interfaces: History<u32, EndpointInterface>,
     serial: u64,
     retention_ns: u64,
     observed: bool,
+    interfaces_observed: bool,
 }
 
 impl Default for Identities {
@@ -301,9 +338,11 @@ impl Identities {
             services: History::default(),
             rules: History::default(),
             endpoints: History::default(),
+            interfaces: History::default(),
             serial: 0,
             retention_ns,
             observed: false,
+            interfaces_observed: false,
         }
     }
 
@@ -345,11 +384,17 @@ impl Identities {
             .collect();
         replace(&mut self.rules, rules, at_ns, &mut self.serial);
 
-        let endpoints: HashMap<u32, AuditFlags> = compiled
+        let endpoints: HashMap<u32, EndpointFacts> = compiled
             .desired
             .endpoints
             .values()
-            .map(|state| (state.id, AuditFlags(state.flags)))
+            .map(|state| {
+                let facts = EndpointFacts {
+                    flags: state.flags,
+                    ifindex: state.ifindex,
+                };
+                (state.id, facts)
+            })
             .collect();
         replace(&mut self.endpoints, endpoints, at_ns, &mut self.serial);
 
@@ -360,6 +405,34 @@ impl Identities {
             self.rules.prune(before);
             self.endpoints.prune(before);
         }
+    }
+
+    /// Records the endpoints' host interfaces, by interface index, as the agent found them on
+    /// the node from `at_ns` on (ns of `CLOCK_BOOTTIME`). What the first call records is
+    /// taken to hold since before the collector started.
+    pub fn observe_interfaces(&mut self, interfaces: HashMap<u32, EndpointInterface>, at_ns: u64) {
+        let at_ns = if self.interfaces_observed { at_ns } else { 0 };
+        self.interfaces_observed = true;
+        replace(&mut self.interfaces, interfaces, at_ns, &mut self.serial);
+        if let Some(before) = at_ns.checked_sub(self.retention_ns) {
+            self.interfaces.prune(before);
+        }
+    }
+
+    /// The host interface of the endpoint that decided an event at `ts_ns`: the interface of
+    /// index `ifindex` (the one the packet was seen on), or, for a report that names none (0:
+    /// a connection-tracking report), the interface endpoint `endpoint` was compiled on.
+    pub fn interface_at(
+        &self,
+        endpoint: u32,
+        ifindex: u32,
+        ts_ns: u64,
+    ) -> Option<Held<EndpointInterface>> {
+        let ifindex = match ifindex {
+            0 => self.endpoints.at(&endpoint, ts_ns)?.value.ifindex,
+            ifindex => ifindex,
+        };
+        self.interfaces.at(&ifindex, ts_ns)
     }
 
     /// Who held `address` (16-byte form) at `ts_ns`: the node, when it was one of the node's
@@ -391,7 +464,7 @@ impl Identities {
     pub fn audit_at(&self, endpoint: u32, direction: Direction, ts_ns: u64) -> bool {
         self.endpoints
             .at(&endpoint, ts_ns)
-            .is_some_and(|flags| flags.value.0 & endpoint_flags::audit(direction) != 0)
+            .is_some_and(|facts| facts.value.flags & endpoint_flags::audit(direction) != 0)
     }
 
     /// Spans kept for pod addresses (for metrics).

@@ -163,6 +163,11 @@ pub struct StoredRecord {
     pub svc_addr: Option<String>,
     /// `svc_port`.
     pub svc_port: Option<i32>,
+    /// `endpoint_interface`: the deciding pod's host interface (null in files written before
+    /// the column existed).
+    pub endpoint_interface: Option<String>,
+    /// `endpoint_eni`: `branch` or `node`.
+    pub endpoint_eni: Option<String>,
 }
 
 impl StoredRecord {
@@ -514,6 +519,8 @@ fn decode(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), &'stat
         appended("svc_name")?,
         appended("svc_addr")?,
     );
+    let (endpoint_interface, endpoint_eni) =
+        (appended("endpoint_interface")?, appended("endpoint_eni")?);
     let svc_port = match batch.column_by_name("svc_port") {
         None => None,
         Some(column) => Some(column.as_primitive_opt::<Int32Type>().ok_or("svc_port")?),
@@ -554,6 +561,8 @@ fn decode(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), &'stat
             service: joined(a(svc_namespace, row), a(svc_name, row)),
             svc_addr: a(svc_addr, row),
             svc_port: svc_port.and_then(|c| opt_int(c, row)),
+            endpoint_interface: a(endpoint_interface, row),
+            endpoint_eni: a(endpoint_eni, row),
         });
     }
     Ok(())

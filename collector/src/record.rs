@@ -9,7 +9,7 @@
 //! An end of a flow held by the node itself is written as `Node/<node>` in its workload
 //! column (the record's own `node`: the addresses are the deciding node's), its other pod
 //! columns null; a flow to a Service fills the `svc_*` columns from the Service and the
-//! flow's destination.
+//! flow's destination; the `endpoint_*` columns come from the deciding endpoint's interface.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -27,7 +27,7 @@ use tollgate_schemas::{
 };
 
 use crate::{
-    identity::{Holder, PodIdentity, ServiceIdentity},
+    identity::{EndpointInterface, Holder, PodIdentity, ServiceIdentity},
     loss::LossSpan,
 };
 
@@ -71,6 +71,8 @@ pub struct Flow {
     pub rule: Option<Arc<RuleRef>>,
     /// Whether the deciding endpoint ran this direction in audit mode.
     pub audit: bool,
+    /// The deciding endpoint's host interface at the time.
+    pub interface: Option<Arc<EndpointInterface>>,
 }
 
 /// What a record says.
@@ -238,6 +240,8 @@ struct Columns {
     svc_name: StringBuilder,
     svc_addr: StringBuilder,
     svc_port: Int32Builder,
+    endpoint_interface: StringBuilder,
+    endpoint_eni: StringBuilder,
 }
 
 /// The four columns of one side's pod.
@@ -359,6 +363,8 @@ impl Columns {
             svc_name: strings(0),
             svc_addr: strings(0),
             svc_port: Int32Builder::with_capacity(rows),
+            endpoint_interface: strings(16),
+            endpoint_eni: strings(8),
         }
     }
 
@@ -390,6 +396,20 @@ impl Columns {
                 self.svc_name.append_null();
                 self.svc_addr.append_null();
                 self.svc_port.append_null();
+            }
+        }
+    }
+
+    /// The `endpoint_*` columns: the deciding endpoint's interface, or nulls.
+    fn push_interface(&mut self, interface: Option<&EndpointInterface>) {
+        match interface {
+            Some(interface) => {
+                self.endpoint_interface.append_value(&interface.name);
+                self.endpoint_eni.append_value(interface.eni.name());
+            }
+            None => {
+                self.endpoint_interface.append_null();
+                self.endpoint_eni.append_null();
             }
         }
     }
@@ -450,6 +470,7 @@ impl Columns {
                 .as_deref()
                 .map(|service| (service, flow.dst, flow.dst_port)),
         );
+        self.push_interface(flow.interface.as_deref());
     }
 
     /// The flow columns of a record that is not a flow: null, except those a loss or an
@@ -472,6 +493,7 @@ impl Columns {
         self.policy_rule.append_null();
         self.events.append_value(0);
         self.push_service(None);
+        self.push_interface(None);
     }
 
     fn push_loss(&mut self, span: &LossSpan) {
@@ -547,6 +569,8 @@ impl Columns {
         arrays.push(Arc::new(self.svc_name.finish()));
         arrays.push(Arc::new(self.svc_addr.finish()));
         arrays.push(Arc::new(self.svc_port.finish()));
+        arrays.push(Arc::new(self.endpoint_interface.finish()));
+        arrays.push(Arc::new(self.endpoint_eni.finish()));
         arrays
     }
 }

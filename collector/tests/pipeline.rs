@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use tollgate_collector::{
     clock::{NS_PER_S, boottime_ns, compact_utc, partition_date, unix_now_ns},
     config::CollectorConfig,
-    identity::{Identities, workload_of},
+    identity::{EndpointInterface, Eni, Identities, workload_of},
     loss::LossSource,
     metrics::Metrics,
     pipeline::{Pipeline, SharedIdentities},
@@ -502,6 +502,75 @@ fn row_of<'a>(rows: &'a [Row], src: (&str, u16), dst: (&str, u16), protocol: u8)
         .collect();
     assert_eq!(found.len(), 1, "rows of {src:?} → {dst:?}: {rows:#?}");
     found[0]
+}
+
+#[test]
+fn the_deciding_endpoints_interface_and_eni_are_recorded() {
+    let spool = TempDir::new("interfaces");
+    let snapshot = seed();
+    let compiled = compiled(&snapshot, &Ids::default());
+    let identities = shared(Identities::default());
+    {
+        let mut identities = identities.lock().unwrap();
+        identities.observe(&snapshot, &compiled, boottime_ns());
+        // Every endpoint was compiled on interface 1 (a `vlan…` veth: a branch ENI); 7 is
+        // another pod's `eni…` veth.
+        let interface = |name: &str, eni| EndpointInterface {
+            name: name.to_owned(),
+            eni,
+        };
+        identities.observe_interfaces(
+            [
+                (1, interface("vlan0a1b2c3d4e5", Eni::Branch)),
+                (7, interface("eni0a1b2c3d4e5", Eni::Node)),
+            ]
+            .into(),
+            boottime_ns(),
+        );
+    }
+    let (mut pipeline, _, _) = open(&settings(&spool), &identities);
+    let amazonlinux = endpoint(&compiled, "default/amazonlinux");
+    let minute = now_s() / 60 * 60;
+    pipeline.ingest(&[
+        // Seen on interface 7.
+        FlowEvent {
+            endpoint: amazonlinux,
+            ifindex: 7,
+            ..tcp(AMAZONLINUX, 40_001, HTTPD, 80, at(minute + 10))
+        },
+        // A connection-tracking report names no interface: the endpoint's (1).
+        FlowEvent {
+            endpoint: amazonlinux,
+            ifindex: 0,
+            verdict: Verdict::Allow as u8,
+            reason: Reason::Established as u8,
+            ..tcp(AMAZONLINUX, 40_002, NGINX, 80, at(minute + 10))
+        },
+        // An interface the agent has not named: null.
+        FlowEvent {
+            endpoint: amazonlinux,
+            ifindex: 9,
+            ..tcp(AMAZONLINUX, 40_003, HTTPD, 80, at(minute + 10))
+        },
+    ]);
+    pipeline.finish(None).expect("a clean stop");
+    let files = ready_files(&spool);
+    let rows = read_rows(&files[0]);
+    let columns = |src_port| {
+        let row = row_of(
+            &rows,
+            (AMAZONLINUX, src_port),
+            (if src_port == 40_002 { NGINX } else { HTTPD }, 80),
+            proto::TCP,
+        );
+        (
+            row.stored.endpoint_interface.clone(),
+            row.stored.endpoint_eni.clone(),
+        )
+    };
+    assert_eq!(columns(40_001), (some("eni0a1b2c3d4e5"), some("node")));
+    assert_eq!(columns(40_002), (some("vlan0a1b2c3d4e5"), some("branch")));
+    assert_eq!(columns(40_003), (None, None));
 }
 
 #[test]

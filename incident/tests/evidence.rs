@@ -139,7 +139,10 @@ fn check_bundle(out: &Path, snapshots: usize) {
         lines[0]
     );
     assert!(
-        lines[0].ends_with(",isolation_detail,svc_namespace,svc_name,svc_addr,svc_port"),
+        lines[0].ends_with(
+            ",isolation_detail,svc_namespace,svc_name,svc_addr,svc_port,endpoint_interface,\
+             endpoint_eni"
+        ),
         "{}",
         lines[0]
     );

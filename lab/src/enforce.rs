@@ -58,6 +58,9 @@ impl NodeAgent {
         let bpffs = RunBpffs::mount(topology.names().prefix())?;
         let mut config = AgentConfig::default();
         config.agent.bpffs = bpffs.root().to_owned();
+        // The lab's pods are named as the VPC CNI names them by default (`eni…`, `vlan…`):
+        // no CNI configuration of the machine's own is read.
+        config.agent.cni_config = topology.names().run_dir().join("10-aws.conflist");
         config.collector = collector;
         let (source, handle) = StaticSource::new(first);
         let (passes_in, passes) = mpsc::unbounded_channel();

@@ -6,8 +6,9 @@
 //!   addresses and what each one serves, the Services' ClusterIPs.
 //! - [`names`] and [`topology`]: a node network namespace (with the node's own address on a
 //!   dummy `eth0`) and one per pod, wired like the AWS VPC CNI (host veth `eni…` in the node,
-//!   `eth0` with a /32 or /128 in the pod, static neighbors, host routes); [`netns`] runs code
-//!   inside one of them.
+//!   `eth0` with a /32 or /128 in the pod, static neighbors, host routes; with `--sgp` the
+//!   client on a branch ENI: a `vlan…` veth, a VLAN of the trunk, a per-VLAN table and a VPC
+//!   namespace); [`netns`] runs code inside one of them.
 //! - [`enforce`]: the node agent (`tollgate agent`'s code path, with a static cluster source
 //!   instead of the API server) in the node namespace, on a bpffs of the run's own
 //!   ([`bpffs`]): it attaches the probe to the pods' host veths, and for each step compiles the
@@ -31,7 +32,8 @@
 //! success, on error, on panic (drop guards) and on Ctrl-C/SIGTERM/SIGHUP, the server processes
 //! included. Test traffic never leaves the namespaces the run creates: addresses come from
 //! 198.18.0.0/15 and 2001:db8::/32 and are only put on interfaces inside them, iptables runs in
-//! the node namespace only, and the node namespace has no route out.
+//! the node namespace only, and neither the node namespace nor the VPC namespace of `--sgp` has
+//! a route out.
 
 pub mod bpffs;
 pub mod client;
@@ -90,6 +92,9 @@ pub struct LabOptions {
     pub quarantine: bool,
     /// The cluster's address family: the seed on IPv4 (the default) or on IPv6.
     pub ip_family: IpFamily,
+    /// The client (`default/amazonlinux`) as a pod with security groups: a branch ENI in the
+    /// VPC CNI's strict mode (IPv4 only; [`topology`]).
+    pub sgp: bool,
 }
 
 /// How the probe is attached to the host veths.

@@ -5,7 +5,8 @@
 //! processes, or two runs in one process) never share a name, cleanup removes exactly what the
 //! run made, and a test can check that nothing with the prefix is left. Interface names live
 //! inside those namespaces, so they need no prefix: the host veth is named like the VPC CNI
-//! names it (`eni` + the first 11 hex digits of SHA-1 over `namespace.pod`). The run's files
+//! names it (`eni` + the first 11 hex digits of SHA-1 over `namespace.pod`; `vlan` + the same
+//! for a pod with a branch ENI in strict mode, `--sgp`). The run's files
 //! (the servers' configuration, pid and log files) live in one directory named with the prefix
 //! too ([`RunNames::run_dir`]).
 
@@ -18,6 +19,10 @@ pub const NETNS_PREFIX: &str = "tg";
 
 /// Prefix of the VPC CNI's host-side veth names.
 pub const HOST_VETH_PREFIX: &str = "eni";
+
+/// Prefix of the host-side veth of a pod with a branch ENI (security groups for pods) in the
+/// VPC CNI's `strict` mode.
+pub const BRANCH_VETH_PREFIX: &str = "vlan";
 
 /// Hex digits of the hash in a host-side veth name.
 pub const HOST_VETH_HASH_DIGITS: usize = 11;
@@ -53,6 +58,11 @@ impl RunNames {
     /// Name of the node's network namespace.
     pub fn node_netns(&self) -> String {
         format!("{}-node", self.prefix)
+    }
+
+    /// Name of the network namespace that stands for the VPC behind the node (`--sgp`).
+    pub fn vpc_netns(&self) -> String {
+        format!("{}-vpc", self.prefix)
     }
 
     /// Name of the network namespace of pod `namespace/pod`.
@@ -92,13 +102,14 @@ pub fn creator_pid(netns: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// The host-side veth name the AWS VPC CNI gives pod `namespace/pod`: `eni` followed by the
-/// first 11 hex digits of the SHA-1 of `namespace.pod` (14 bytes, within the 15 allowed).
-pub fn host_veth_name(namespace: &str, pod: &str) -> String {
+/// The host-side veth name the AWS VPC CNI gives pod `namespace/pod`: `prefix` (`eni`, or
+/// `vlan` for a branch ENI in strict mode) followed by the first 11 hex digits of the SHA-1 of
+/// `namespace.pod` (14 or 15 bytes, within the 15 allowed).
+pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
     // SHA-1 for naming only, as the VPC CNI uses it; never for security.
     let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{HOST_VETH_PREFIX}{}", &hex[..HOST_VETH_HASH_DIGITS])
+    format!("{prefix}{}", &hex[..HOST_VETH_HASH_DIGITS])
 }
 
 #[cfg(test)]
@@ -110,21 +121,31 @@ mod tests {
         // SHA-1("default.client-b6989bf87-2bgtc") starts with c95a4947e07, the suffix the
         // Calico-compatible naming produces for that pod.
         assert_eq!(
-            host_veth_name("default", "client-b6989bf87-2bgtc"),
+            host_veth_name(HOST_VETH_PREFIX, "default", "client-b6989bf87-2bgtc"),
             "enic95a4947e07"
         );
-        assert_eq!(host_veth_name("default", "nginx"), "enic440f455693");
-        assert_eq!(host_veth_name("kube-system", "kube-dns"), "enie88da174fa4");
+        assert_eq!(
+            host_veth_name(HOST_VETH_PREFIX, "default", "nginx"),
+            "enic440f455693"
+        );
+        assert_eq!(
+            host_veth_name(BRANCH_VETH_PREFIX, "default", "nginx"),
+            "vlanc440f455693"
+        );
+        assert_eq!(
+            host_veth_name(HOST_VETH_PREFIX, "kube-system", "kube-dns"),
+            "enie88da174fa4"
+        );
         for (ns, pod) in [("default", "httpd"), ("default", "amazonlinux")] {
-            let name = host_veth_name(ns, pod);
+            let name = host_veth_name(HOST_VETH_PREFIX, ns, pod);
             assert_eq!(name.len(), 14, "{name}");
             assert!(name.len() <= MAX_IFNAME_LEN);
             assert!(name.starts_with(HOST_VETH_PREFIX));
             assert!(name[3..].bytes().all(|b| b.is_ascii_hexdigit()));
         }
         assert_ne!(
-            host_veth_name("default", "nginx"),
-            host_veth_name("default", "httpd")
+            host_veth_name(HOST_VETH_PREFIX, "default", "nginx"),
+            host_veth_name(HOST_VETH_PREFIX, "default", "httpd")
         );
     }
 

@@ -310,6 +310,8 @@ pub struct LabReport {
     pub attach_mode: String,
     /// Host veths the probe was attached to.
     pub interfaces: usize,
+    /// The pods wired with a branch ENI in strict mode (`--sgp`), with their host veth.
+    pub branch_eni: Vec<(String, String)>,
     /// The steps, in order.
     pub steps: Vec<StepReport>,
     /// The probe's counters at the end of the run, by name.
@@ -394,6 +396,13 @@ impl LabReport {
             "tollgate lab: run {} ({}), probe attached ({}) to {} host veths",
             self.run, self.ip_family, self.attach_mode, self.interfaces
         );
+        for (pod, host_veth) in &self.branch_eni {
+            let _ = writeln!(
+                out,
+                "  {pod}: a branch ENI (security groups for pods, strict mode) on {host_veth}, \
+                 its route in the VLAN's table"
+            );
+        }
         for step in &self.steps {
             let _ = writeln!(out, "\nStep {}: {}", step.number, step.title);
             let policies = if step.policies.is_empty() {
@@ -673,6 +682,7 @@ mod tests {
             ip_family: "ipv4".into(),
             attach_mode: "tcx".into(),
             interfaces: 4,
+            branch_eni: Vec::new(),
             steps: vec![StepReport::new(
                 step,
                 checks,

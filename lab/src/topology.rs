@@ -17,6 +17,26 @@
 //! it there. The node namespace has no other route, so nothing the pods or the node send can
 //! leave it, and nothing in the root namespace is touched.
 //!
+//! With a branch-ENI pod (`--sgp`: security groups for pods, the VPC CNI's default `strict`
+//! mode; IPv4), the pod is wired as `SetupBranchENIPodNetwork` does it, and the node gets a VPC
+//! to send that pod's traffic through, since that is where strict mode sends it:
+//! - a VPC namespace (`<run>-vpc`) behind the node's `eth0`, now a veth (the primary ENI,
+//!   still holding the node's address), with the VPC router [`VPC_ROUTER`] as the node's
+//!   default route; the VPC routes the pod network back to the node, except the branch ENI's
+//!   address, which it sends down the branch ENI's VLAN;
+//! - the trunk ENI `eth1`, a veth to the VPC (`trunk`), and on it the VLAN sub-interface
+//!   `vlan.eth.<id>` (`trunk.<id>` on the VPC's side, which holds the branch subnet's gateway
+//!   [`BRANCH_GATEWAY`]). Where the kernel has no 802.1Q (`CONFIG_VLAN_8021Q`), the two
+//!   sub-interfaces are a veth pair of the same names instead: the same routes and rules,
+//!   without the tag on the wire, which nothing in the node sees;
+//! - the pod's host veth `vlan…`, its `/32` in table `<id> + 100` (with the gateway's on-link
+//!   route and the default route through it), and the rules `iif <host veth> lookup <table>`
+//!   and `iif vlan.eth.<id> lookup <table>` (priority 10), nothing in the main table: the pod's
+//!   packets, also those kube-proxy DNATs to a pod of this node, leave through the VLAN and
+//!   come back through `eth0`, and replies to it come in through the VLAN.
+//!
+//! The VPC has no route out either.
+//!
 //! The other family is off: IPv6 is disabled in every namespace of an IPv4 run before any
 //! interface exists. An IPv6 run keeps IPv6 but generates no link-local addresses, runs no
 //! duplicate address detection (addresses are added `nodad`), takes no router advertisements,
@@ -46,6 +66,20 @@ use crate::{
 pub const POD_IFNAME: &str = "eth0";
 /// The node's primary interface (a dummy in the lab), holding the node's address.
 pub const NODE_IFNAME: &str = "eth0";
+/// The trunk ENI of a node with branch ENIs.
+pub const TRUNK_IFNAME: &str = "eth1";
+/// The VLAN id of the branch ENI (`--sgp`).
+pub const BRANCH_VLAN: u16 = 1;
+/// The VPC router as the node sees it, on the VPC's end of the node's `eth0` (`--sgp`).
+pub const VPC_ROUTER: &str = "198.18.2.1";
+/// The branch ENI subnet's gateway, on the VPC's end of the VLAN (`--sgp`).
+pub const BRANCH_GATEWAY: &str = "198.18.3.1";
+/// The VPC's end of the node's `eth0`.
+const VPC_NODE_IFNAME: &str = "node0";
+/// The VPC's end of the trunk.
+const VPC_TRUNK_IFNAME: &str = "trunk";
+/// Priority of the VPC CNI's `iif` rules of a branch ENI (`VlanRulePriority`).
+const VLAN_RULE_PRIORITY: &str = "10";
 
 /// One pod's wiring.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +94,8 @@ pub struct PodLink {
     pub host_veth: String,
     /// Interface index of the host-side veth, in the node namespace.
     pub host_ifindex: u32,
+    /// Whether the pod has a branch ENI (strict mode: its route is in the VLAN's table).
+    pub branch_eni: bool,
 }
 
 /// The lab's namespaces, veths, routes and neighbors; dropping it removes them.
@@ -74,10 +110,27 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Builds the node namespace and one wired namespace per pod. On error, what was built is
-    /// removed before the error is returned.
-    pub fn create(names: RunNames, pods: &LabPods) -> Result<Self, LabError> {
+    /// Builds the node namespace and one wired namespace per pod, `branch_eni` (a pod's
+    /// `namespace/name`) with a branch ENI in strict mode (see the module doc). On error, what
+    /// was built is removed before the error is returned.
+    pub fn create(
+        names: RunNames,
+        pods: &LabPods,
+        branch_eni: Option<&str>,
+    ) -> Result<Self, LabError> {
         let family = pods.family;
+        if let Some(pod) = branch_eni {
+            if family != IpFamily::V4 {
+                return Err(LabError::Scenario(format!(
+                    "a branch ENI ({pod}) is wired on IPv4 only"
+                )));
+            }
+            if !pods.pods.iter().any(|p| p.key() == pod) {
+                return Err(LabError::Scenario(format!(
+                    "no pod {pod} to wire with a branch ENI"
+                )));
+            }
+        }
         let node = names.node_netns();
         let mut topology = Self {
             names,
@@ -100,7 +153,19 @@ impl Topology {
                 ],
             )?,
         }
-        add_node_address(&node, family)?;
+        let vpc = match branch_eni {
+            None => {
+                add_node_address(&node, None, family)?;
+                None
+            }
+            Some(_) => {
+                let vpc = topology.names.vpc_netns();
+                topology.add_netns(&vpc)?;
+                sysctl(&vpc, &["net.ipv4.ip_forward=1"])?;
+                add_node_address(&node, Some(&vpc), family)?;
+                Some(vpc)
+            }
+        };
         for pod in &pods.pods {
             // Checked when the pods were read; checked again here because this is where an
             // address would be put on an interface.
@@ -113,10 +178,20 @@ impl Topology {
             }
             let netns = topology.names.pod_netns(&pod.namespace, &pod.name);
             topology.add_netns(&netns)?;
-            let host_veth = names::host_veth_name(&pod.namespace, &pod.name);
-            let link = wire_pod(family, &node, &netns, &host_veth, pod.ip, pod.key())?;
+            let branch = branch_eni == Some(pod.key().as_str());
+            let prefix = match branch {
+                true => names::BRANCH_VETH_PREFIX,
+                false => names::HOST_VETH_PREFIX,
+            };
+            let host_veth = names::host_veth_name(prefix, &pod.namespace, &pod.name);
+            let table = match (branch, &vpc) {
+                (true, Some(vpc)) => Some(wire_branch_eni(&node, vpc, pod.ip)?),
+                _ => None,
+            };
+            let link = wire_pod(family, &node, &netns, &host_veth, pod.ip, pod.key(), table)?;
             tracing::debug!(pod = %link.pod, netns = %link.netns, host_veth = %link.host_veth,
-                ifindex = link.host_ifindex, ip = %link.ip, "pod wired");
+                ifindex = link.host_ifindex, ip = %link.ip, branch_eni = link.branch_eni,
+                "pod wired");
             topology.links.insert(link.pod.clone(), link);
         }
         Ok(topology)
@@ -203,25 +278,224 @@ impl Drop for Topology {
     }
 }
 
-/// Puts the node's address on a dummy `eth0` in the node namespace: a local address only
-/// (no prefix route), on an interface that sends nothing anywhere. Where the kernel has no
-/// `dummy` driver, an `ifb` device serves: it too drops whatever is sent to it.
-fn add_node_address(node: &str, family: IpFamily) -> Result<(), LabError> {
+/// Puts the node's address on `eth0` in the node namespace: a local address only (no prefix
+/// route). Without a VPC, `eth0` is a dummy, an interface that sends nothing anywhere (where
+/// the kernel has no `dummy` driver, an `ifb` device serves: it too drops whatever is sent to
+/// it); with one (`vpc`), a veth to it and the node's default route (see the module doc).
+fn add_node_address(node: &str, vpc: Option<&str>, family: IpFamily) -> Result<(), LabError> {
     let address = format!("{}/{}", family.node_address(), family.host_prefix_len());
-    let dummy = ["-n", node, "link", "add", NODE_IFNAME, "type", "dummy"];
-    if let Err(error) = ip(&dummy) {
-        tracing::debug!(%error, "no dummy driver; the node's eth0 is an ifb device");
-        ip(&["-n", node, "link", "add", NODE_IFNAME, "type", "ifb"])?;
+    match vpc {
+        None => {
+            let dummy = ["-n", node, "link", "add", NODE_IFNAME, "type", "dummy"];
+            if let Err(error) = ip(&dummy) {
+                tracing::debug!(%error, "no dummy driver; the node's eth0 is an ifb device");
+                ip(&["-n", node, "link", "add", NODE_IFNAME, "type", "ifb"])?;
+            }
+        }
+        Some(vpc) => {
+            ip(&[
+                "-n",
+                node,
+                "link",
+                "add",
+                NODE_IFNAME,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                VPC_NODE_IFNAME,
+                "netns",
+                vpc,
+            ])?;
+            ip(&["-n", vpc, "link", "set", VPC_NODE_IFNAME, "up"])?;
+        }
     }
     let mut add = vec!["-n", node, "addr", "add", &address, "dev", NODE_IFNAME];
     if family == IpFamily::V6 {
         add.extend(["nodad", "noprefixroute"]);
     }
     ip(&add)?;
-    ip(&["-n", node, "link", "set", NODE_IFNAME, "up"]).map(drop)
+    ip(&["-n", node, "link", "set", NODE_IFNAME, "up"])?;
+    if let Some(vpc) = vpc {
+        let node_address = family.node_address().to_string();
+        let vpc_mac = link_info(vpc, VPC_NODE_IFNAME)?.1;
+        let node_mac = link_info(node, NODE_IFNAME)?.1;
+        on_link(node, VPC_ROUTER, NODE_IFNAME, &vpc_mac, None)?;
+        ip(&[
+            "-n",
+            node,
+            "route",
+            "add",
+            "default",
+            "via",
+            VPC_ROUTER,
+            "dev",
+            NODE_IFNAME,
+        ])?;
+        on_link(vpc, &node_address, VPC_NODE_IFNAME, &node_mac, None)?;
+        let pods = family.pod_network().to_string();
+        ip(&[
+            "-n",
+            vpc,
+            "route",
+            "add",
+            &pods,
+            "via",
+            &node_address,
+            "dev",
+            VPC_NODE_IFNAME,
+        ])?;
+    }
+    Ok(())
 }
 
-/// Wires pod namespace `netns` to the node: veth pair, addresses, routes, neighbors.
+/// An on-link route to `address` through `ifname` of `netns` (in `table`, else main), and a
+/// permanent neighbor entry for it: no ARP.
+fn on_link(
+    netns: &str,
+    address: &str,
+    ifname: &str,
+    mac: &str,
+    table: Option<&str>,
+) -> Result<(), LabError> {
+    let mut route = vec![
+        "-n", netns, "route", "add", address, "dev", ifname, "scope", "link",
+    ];
+    if let Some(table) = table {
+        route.extend(["table", table]);
+    }
+    ip(&route)?;
+    ip(&[
+        "-n",
+        netns,
+        "neigh",
+        "replace",
+        address,
+        "lladdr",
+        mac,
+        "dev",
+        ifname,
+        "nud",
+        "permanent",
+    ])
+    .map(drop)
+}
+
+/// The VPC CNI's `setupVlan` for the branch ENI of the pod at `pod_ip`, and the VPC's side:
+/// the trunk, the VLAN sub-interfaces, the VLAN's table with the subnet gateway's routes, and
+/// the VPC's route to the pod down the VLAN. Returns the table, where the pod's route goes.
+fn wire_branch_eni(node: &str, vpc: &str, pod_ip: IpAddr) -> Result<String, LabError> {
+    let vlan = BRANCH_VLAN.to_string();
+    let link = format!("vlan.eth.{vlan}");
+    let branch = format!("{VPC_TRUNK_IFNAME}.{vlan}");
+    let table = (u32::from(BRANCH_VLAN) + 100).to_string();
+    ip(&[
+        "-n",
+        node,
+        "link",
+        "add",
+        TRUNK_IFNAME,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        VPC_TRUNK_IFNAME,
+        "netns",
+        vpc,
+    ])?;
+    ip(&["-n", node, "link", "set", TRUNK_IFNAME, "up"])?;
+    ip(&["-n", vpc, "link", "set", VPC_TRUNK_IFNAME, "up"])?;
+    let tagged = [
+        "-n",
+        node,
+        "link",
+        "add",
+        "link",
+        TRUNK_IFNAME,
+        "name",
+        &link,
+        "type",
+        "vlan",
+        "id",
+        &vlan,
+    ];
+    match ip(&tagged) {
+        Ok(_) => {
+            ip(&[
+                "-n",
+                vpc,
+                "link",
+                "add",
+                "link",
+                VPC_TRUNK_IFNAME,
+                "name",
+                &branch,
+                "type",
+                "vlan",
+                "id",
+                &vlan,
+            ])?;
+        }
+        Err(error) => {
+            tracing::info!(%error, "no 802.1Q in this kernel; vlan.eth.{vlan} is a veth to the VPC");
+            ip(&[
+                "-n", node, "link", "add", &link, "type", "veth", "peer", "name", &branch, "netns",
+                vpc,
+            ])?;
+        }
+    }
+    ip(&["-n", node, "link", "set", &link, "up"])?;
+    ip(&["-n", vpc, "link", "set", &branch, "up"])?;
+    ip(&[
+        "-n",
+        vpc,
+        "addr",
+        "add",
+        &format!("{BRANCH_GATEWAY}/32"),
+        "dev",
+        &branch,
+    ])?;
+    let link_mac = link_info(node, &link)?.1;
+    let branch_mac = link_info(vpc, &branch)?.1;
+    on_link(node, BRANCH_GATEWAY, &link, &branch_mac, Some(&table))?;
+    ip(&[
+        "-n",
+        node,
+        "route",
+        "add",
+        "default",
+        "via",
+        BRANCH_GATEWAY,
+        "dev",
+        &link,
+        "table",
+        &table,
+    ])?;
+    add_iif_rule(node, &link, &table)?;
+    on_link(vpc, &pod_ip.to_string(), &branch, &link_mac, None)?;
+    Ok(table)
+}
+
+/// The rule `iif <ifname> lookup <table>` of a branch ENI.
+fn add_iif_rule(node: &str, ifname: &str, table: &str) -> Result<(), LabError> {
+    ip(&[
+        "-n",
+        node,
+        "rule",
+        "add",
+        "iif",
+        ifname,
+        "lookup",
+        table,
+        "priority",
+        VLAN_RULE_PRIORITY,
+    ])
+    .map(drop)
+}
+
+/// Wires pod namespace `netns` to the node: veth pair, addresses, routes, neighbors. The
+/// node's route to the pod goes into the main table, or for a branch ENI into `table`, with
+/// the rule that sends the pod's packets there.
 fn wire_pod(
     family: IpFamily,
     node: &str,
@@ -229,6 +503,7 @@ fn wire_pod(
     host_veth: &str,
     ip_addr: IpAddr,
     pod: String,
+    table: Option<String>,
 ) -> Result<PodLink, LabError> {
     let pod_cidr = format!("{ip_addr}/{}", family.host_prefix_len());
     let pod_ip = ip_addr.to_string();
@@ -274,9 +549,14 @@ fn wire_pod(
         "nud",
         "permanent",
     ])?;
-    ip(&[
+    let mut route = vec![
         fam, "-n", node, "route", "add", &pod_cidr, "dev", host_veth, "scope", "link",
-    ])?;
+    ];
+    if let Some(table) = &table {
+        route.extend(["table", table]);
+        add_iif_rule(node, host_veth, table)?;
+    }
+    ip(&route)?;
     ip(&[
         "-n",
         node,
@@ -296,6 +576,7 @@ fn wire_pod(
         ip: ip_addr,
         host_veth: host_veth.to_string(),
         host_ifindex,
+        branch_eni: table.is_some(),
     })
 }
 

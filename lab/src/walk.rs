@@ -43,7 +43,7 @@ struct Harness<'a> {
 /// `--quarantine` the incident steps after them.
 pub async fn walk(names: RunNames, options: &LabOptions) -> Result<LabReport, LabError> {
     let pods = LabPods::embedded(options.ip_family)?;
-    let topology = Topology::create(names, &pods)?;
+    let topology = Topology::create(names, &pods, options.sgp.then_some(CLIENT_POD))?;
     let (mut flow_log, collector, tap) =
         FlowLog::new(topology.names().prefix(), options.out.as_deref());
     let first = STEPS
@@ -141,6 +141,11 @@ pub async fn walk(names: RunNames, options: &LabOptions) -> Result<LabReport, La
         ip_family: topology.family().to_string(),
         attach_mode,
         interfaces: topology.links().count(),
+        branch_eni: topology
+            .links()
+            .filter(|link| link.branch_eni)
+            .map(|link| (link.pod.clone(), link.host_veth.clone()))
+            .collect(),
         steps,
         counters,
         flow_checks: denied

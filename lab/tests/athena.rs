@@ -64,6 +64,7 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
         out: Some(out.clone()),
         quarantine: false,
         ip_family: Default::default(),
+        sgp: false,
     })
     .await
     .unwrap();

@@ -1,6 +1,7 @@
 //! The whole lab, as `tollgate lab` runs it: the seed's three steps with the real probe
 //! attached, through kube-proxy's chains, with real nginx, apache2, dnsmasq and curl, on IPv4
-//! and IPv6, over TCX and clsact. Needs root (namespaces, veths, BPF, iptables).
+//! and IPv6, over TCX and clsact, and with the client on a branch ENI (`--sgp`). Needs root
+//! (namespaces, veths, BPF, iptables).
 
 mod support;
 
@@ -31,7 +32,7 @@ fn find<'a>(
     })
 }
 
-async fn seed(family: IpFamily, attach: Attach) -> LabReport {
+async fn seed(family: IpFamily, attach: Attach, sgp: bool) -> LabReport {
     let started = Instant::now();
     let report = run(&LabOptions {
         output: OutputFormat::Table,
@@ -39,13 +40,34 @@ async fn seed(family: IpFamily, attach: Attach) -> LabReport {
         out: None,
         quarantine: false,
         ip_family: family,
+        sgp,
     })
     .await
     .unwrap();
     eprintln!("{}", report.render_table());
-    eprintln!("lab ({family}, {attach:?}) took {:?}", started.elapsed());
+    eprintln!(
+        "lab ({family}, {attach:?}, sgp {sgp}) took {:?}",
+        started.elapsed()
+    );
     assert!(report.all_ok(), "{}", report.render_table());
     assert_eq!(report.ip_family, family.name());
+    // The seed's denials are the client's egress: decided on its veth, `vlan…` on a branch
+    // ENI with --sgp, `eni…` on the node's ENIs otherwise.
+    let (eni, prefix) = if sgp {
+        ("branch", "vlan")
+    } else {
+        ("node", "eni")
+    };
+    for record in report.flow_log.denied.iter().filter(|r| !r.is_loss()) {
+        assert_eq!(record.endpoint_eni.as_deref(), Some(eni), "{record:?}");
+        assert!(
+            record
+                .endpoint_interface
+                .as_deref()
+                .is_some_and(|i| i.starts_with(prefix)),
+            "{record:?}"
+        );
+    }
     assert!(
         started.elapsed() < Duration::from_secs(40),
         "the lab takes well under a minute"
@@ -202,7 +224,7 @@ async fn the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6() {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
-        let report = seed(family, Attach::Auto).await;
+        let report = seed(family, Attach::Auto, false).await;
         assert_eq!(report.attach_mode, "tcx", "this kernel has TCX");
         the_flows_are_the_seeds(&report, family);
     }
@@ -214,8 +236,24 @@ async fn the_seed_scenario_runs_the_same_through_clsact() {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
-        let report = seed(family, Attach::Clsact).await;
+        let report = seed(family, Attach::Clsact, false).await;
         assert_eq!(report.attach_mode, "clsact");
         the_flows_are_the_seeds(&report, family);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenario_runs_the_same_with_the_client_on_a_branch_eni() {
+    if !is_root("the_seed_scenario_runs_the_same_with_the_client_on_a_branch_eni") {
+        return;
+    }
+    // The client's packets leave the node through the VLAN and come back from the VPC, its
+    // route is in the VLAN's table only: every check and flow of the seed holds.
+    let report = seed(IpFamily::V4, Attach::Auto, true).await;
+    let [(pod, host_veth)] = report.branch_eni.as_slice() else {
+        panic!("one pod on a branch ENI: {:?}", report.branch_eni);
+    };
+    assert_eq!(pod, "default/amazonlinux");
+    assert!(host_veth.starts_with("vlan"), "{host_veth}");
+    the_flows_are_the_seeds(&report, IpFamily::V4);
 }

@@ -159,7 +159,7 @@ async fn two_backends(family: IpFamily) {
     let prefix = names.prefix().to_owned();
     let out = std::env::temp_dir().join(format!("{prefix}-services-test-flows"));
     {
-        let topology = Topology::create(names, &pods).unwrap();
+        let topology = Topology::create(names, &pods, None).unwrap();
         let (mut flow_log, collector, tap) = FlowLog::new(&prefix, Some(&out));
         let mut agent = NodeAgent::start(
             &topology,

@@ -1,4 +1,5 @@
-//! The lab's network without enforcement: the VPC CNI wiring of both families, kube-proxy's
+//! The lab's network without enforcement: the VPC CNI wiring of both families (and of a
+//! branch-ENI pod in strict mode), kube-proxy's
 //! chains, the pods' resolv.conf, the real servers, curl and the kubelet's probes, and cleanup
 //! on success, on a failed build and on panic. Needs root (namespaces, veths, iptables).
 
@@ -17,12 +18,12 @@ use tollgate_lab::{
     client::{Client, Timeouts},
     kubelet::Kubelet,
     kubeproxy,
-    names::{RunNames, host_veth_name},
+    names::{BRANCH_VETH_PREFIX, HOST_VETH_PREFIX, RunNames, host_veth_name},
     pods::LabPods,
     resolv::{NETNS_ETC, ResolvConfs},
     scenario::CLIENT_POD,
     servers::Servers,
-    topology::{Topology, list_netns},
+    topology::{BRANCH_GATEWAY, Topology, VPC_ROUTER, list_netns},
 };
 
 use support::is_root;
@@ -87,7 +88,7 @@ fn wired(family: IpFamily) {
     let pods = LabPods::embedded(family).unwrap();
     let names = RunNames::new();
     let prefix = names.prefix().to_string();
-    let topology = Topology::create(names, &pods).unwrap();
+    let topology = Topology::create(names, &pods, None).unwrap();
     let node = topology.node_netns().to_string();
     let fam = family_flag(family);
     let gateway = family.gateway().to_string();
@@ -119,7 +120,10 @@ fn wired(family: IpFamily) {
     assert_eq!(addresses, [family.node_address().to_string()], "{family}");
     for pod in &pods.pods {
         let link = topology.link(&pod.key()).unwrap();
-        assert_eq!(link.host_veth, host_veth_name(&pod.namespace, &pod.name));
+        assert_eq!(
+            link.host_veth,
+            host_veth_name(HOST_VETH_PREFIX, &pod.namespace, &pod.name)
+        );
         assert!(link.netns.starts_with(&prefix));
 
         let host = &ip_json(&["-n", &node, "link", "show", "dev", &link.host_veth])[0];
@@ -198,6 +202,110 @@ fn wired(family: IpFamily) {
     assert_eq!(left_over(&prefix), Vec::<String>::new());
 }
 
+#[test]
+fn a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode() {
+    if !is_root("a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode") {
+        return;
+    }
+    let root_routes_before = ip_json(&["route", "show"]);
+    let root_rules_before = ip_json(&["rule", "show"]);
+    let pods = LabPods::embedded(IpFamily::V4).unwrap();
+    let names = RunNames::new();
+    let prefix = names.prefix().to_string();
+    let vpc = names.vpc_netns();
+    let topology = Topology::create(names, &pods, Some(CLIENT_POD)).unwrap();
+    let node = topology.node_netns().to_string();
+    let client = topology.link(CLIENT_POD).unwrap();
+    assert!(client.branch_eni);
+    assert_eq!(
+        client.host_veth,
+        host_veth_name(BRANCH_VETH_PREFIX, "default", "amazonlinux")
+    );
+    let ip_addr = client.ip.to_string();
+
+    // The client's route is in the VLAN's table (101) only, with the subnet gateway's.
+    let main = ip_json(&["-n", &node, "route", "show", "table", "main"]);
+    assert!(
+        main.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["dst"] != ip_addr.as_str()),
+        "{main}"
+    );
+    let table = ip_json(&["-n", &node, "route", "show", "table", "101"]);
+    let table: Vec<(&str, &str)> = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["dst"].as_str().unwrap(), r["dev"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        table,
+        [
+            ("default", "vlan.eth.1"),
+            (ip_addr.as_str(), client.host_veth.as_str()),
+            (BRANCH_GATEWAY, "vlan.eth.1"),
+        ]
+    );
+    // The two `iif` rules of priority 10 look it up.
+    let rules = ip_json(&["-n", &node, "rule", "show"]);
+    let mut iif: Vec<&str> = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["table"] == "101")
+        .inspect(|r| assert_eq!(r["priority"], 10, "{r}"))
+        .map(|r| r["iif"].as_str().unwrap())
+        .collect();
+    iif.sort();
+    assert_eq!(iif, ["vlan.eth.1", client.host_veth.as_str()]);
+    // The other pods are wired as before, in the main table; the node's default route is the
+    // VPC, whose own routes stay inside the lab.
+    for link in topology.links().filter(|l| !l.branch_eni) {
+        assert!(link.host_veth.starts_with(HOST_VETH_PREFIX));
+        let ip_addr = link.ip.to_string();
+        assert!(
+            main.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["dst"] == ip_addr.as_str()),
+            "{main}"
+        );
+    }
+    assert!(
+        main.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == VPC_ROUTER),
+        "{main}"
+    );
+    let vpc_routes = ip_json(&["-n", &vpc, "route", "show"]);
+    assert!(
+        vpc_routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["dst"] != "default"),
+        "the VPC has no route out: {vpc_routes}"
+    );
+
+    drop(topology);
+    assert!(left_over(&prefix).is_empty());
+    assert_eq!(ip_json(&["route", "show"]), root_routes_before);
+    assert_eq!(ip_json(&["rule", "show"]), root_rules_before);
+
+    // IPv4 only, and refused before anything is built.
+    let pods = LabPods::embedded(IpFamily::V6).unwrap();
+    let names = RunNames::new();
+    let prefix = names.prefix().to_string();
+    let error = Topology::create(names, &pods, Some(CLIENT_POD)).unwrap_err();
+    assert!(
+        matches!(&error, LabError::Scenario(m) if m.contains("IPv4 only")),
+        "{error}"
+    );
+    assert!(left_over(&prefix).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_the_servers_through_kube_dns_and_kube_proxy() {
     if !is_root("curl_reaches_the_servers_through_kube_dns_and_kube_proxy") {
@@ -215,7 +323,7 @@ async fn through_services(family: IpFamily) {
     let prefix = names.prefix().to_string();
     let run_dir = names.run_dir();
     {
-        let topology = Topology::create(names, &pods).unwrap();
+        let topology = Topology::create(names, &pods, None).unwrap();
         let compiled = compile(
             &pods.snapshot,
             &Placement::AllPods { ifindex: 1 },
@@ -331,7 +439,7 @@ fn a_failed_build_removes_what_it_made() {
     pods.pods.push(copy);
     let names = RunNames::new();
     let prefix = names.prefix().to_string();
-    let error = Topology::create(names, &pods).unwrap_err();
+    let error = Topology::create(names, &pods, None).unwrap_err();
     assert!(
         matches!(&error, LabError::Command { command, .. } if command.contains("netns add")),
         "{error}"
@@ -348,7 +456,7 @@ fn a_panic_removes_the_namespaces() {
     let names = RunNames::new();
     let prefix = names.prefix().to_string();
     let panicked = std::panic::catch_unwind(|| {
-        let topology = Topology::create(names, &pods).unwrap();
+        let topology = Topology::create(names, &pods, None).unwrap();
         assert!(!left_over(&prefix).is_empty());
         panic!("while {} exists", topology.node_netns());
     });

@@ -74,7 +74,9 @@ CREATE EXTERNAL TABLE IF NOT EXISTS `${database}`.`flows` (
   `svc_namespace` string,
   `svc_name` string,
   `svc_addr` string,
-  `svc_port` int
+  `svc_port` int,
+  `endpoint_interface` string,
+  `endpoint_eni` string
 )
 COMMENT 'tollgate flow records: one row per flow, verdict and aggregation window (column reference: schemas/src/record.rs)'
 PARTITIONED BY (

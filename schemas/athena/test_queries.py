@@ -16,6 +16,7 @@ the svc_* columns) and the kubelet probes nginx from the node (reason from-node)
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -139,6 +140,7 @@ def flow(
     }
     record.update(end_columns("src", src))
     record.update(end_columns("dst", dst))
+    record.update(endpoint_columns(src if direction == "egress" else dst))
     if service is not None:
         record.update(
             svc_namespace=service[0],
@@ -147,6 +149,25 @@ def flow(
             svc_port=dstport,
         )
     return record
+
+
+# In these records amazonlinux has security groups: a branch ENI, strict mode.
+BRANCH_ENI_PODS = {("default", "amazonlinux")}
+
+
+def endpoint_columns(pod) -> dict:
+    """The deciding pod's interface, named as the VPC CNI names it (vlan for a branch ENI in
+    strict mode, eni otherwise, then 11 hex digits of SHA-1 over namespace.name), and its ENI;
+    null when the deciding end is no pod."""
+    if isinstance(pod, str):
+        return {"endpoint_interface": None, "endpoint_eni": None}
+    ns, name = pod[0], pod[1]
+    branch = (ns, name) in BRANCH_ENI_PODS
+    digest = hashlib.sha1(f"{ns}.{name}".encode()).hexdigest()[:11]
+    return {
+        "endpoint_interface": ("vlan" if branch else "eni") + digest,
+        "endpoint_eni": "branch" if branch else "node",
+    }
 
 
 def loss(start: str, end: str, source: str, skipped: int | None, node: str = "lab-node") -> dict:
@@ -647,6 +668,7 @@ class QueryFileTest(unittest.TestCase):
             "isolation-records",
             "audit-would-be-denied",
             "denied-service-flows",
+            "branch-eni-pods",
         }
     )
 
@@ -698,7 +720,7 @@ class QueryFileTest(unittest.TestCase):
         names = [n for n, _ in ddl_columns()]
         self.assertEqual(names[0], "version")
         self.assertEqual(
-            names[-9:],
+            names[-11:],
             [
                 "node",
                 "isolation_action",
@@ -709,6 +731,8 @@ class QueryFileTest(unittest.TestCase):
                 "svc_name",
                 "svc_addr",
                 "svc_port",
+                "endpoint_interface",
+                "endpoint_eni",
             ],
         )
         self.assertNotIn("cluster", names)
@@ -858,6 +882,37 @@ class QueriesTest(FlowDirTest):
             "unselected-pods", **{"from": epoch("2026-11-25T00:01:00"), "to": TO}
         )
         self.assertEqual([r["pod"] for r in later], ["kube-dns"])
+
+    def test_branch_eni_pods(self):
+        rows = self.run_query("branch-eni-pods", **self.window())
+        # The oracle: amazonlinux's own decisions in the window (its egress, its ingress),
+        # counted here.
+        mine = [
+            r
+            for r in RECORDS
+            if r["log_status"] == "OK"
+            and (r["src_pod"] if r["flow_direction"] == "egress" else r["dst_pod"])
+            == "amazonlinux"
+            and r["end"] >= FROM
+            and r["start"] < TO
+        ]
+        self.assertTrue(mine)
+        self.assertEqual(
+            [
+                (r["namespace"], r["pod"], r["workload"], r["interface"], r["flows"])
+                for r in rows
+            ],
+            [("default", "amazonlinux", "Pod/amazonlinux", "vlanc1719b715ef", len(mine))],
+        )
+        self.assertEqual(
+            (rows[0]["accepted"], rows[0]["rejected"], rows[0]["packets"]),
+            (
+                sum(r["action"] == "ACCEPT" for r in mine),
+                sum(r["action"] == "REJECT" for r in mine),
+                sum(r["packets"] for r in mine),
+            ),
+        )
+        self.assertEqual(rows[0]["last_seen"], max(r["end"] for r in mine))
 
     def test_loss_records(self):
         rows = self.run_query("loss-records", **self.window())
@@ -1180,7 +1235,9 @@ class ErrorTest(FlowDirTest):
 
     def test_unknown_query(self):
         self.assert_error(
-            r"unknown query 'nope' \(known: audit-would-be-denied, denied-flows, ", "nope", {}
+            r"unknown query 'nope' \(known: audit-would-be-denied, branch-eni-pods, denied-flows, ",
+            "nope",
+            {},
         )
         self.assert_error(r"unknown query", "../denied-flows", {})
 

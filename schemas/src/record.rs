@@ -17,6 +17,10 @@
 //! (`tollgate quarantine`), with who, when, why and which policy (the `isolation_*` columns,
 //! `policy_*`); the isolated pod is in the `src_*` columns.
 //!
+//! `endpoint_interface` and `endpoint_eni` say where the deciding pod's packets crossed the
+//! node and whether the pod had a branch ENI, so its security groups applied too (security
+//! groups for pods: an auditor reads both layers of defense from one record).
+//!
 //! A flow addressed to a Service's ClusterIP is decided before kube-proxy rewrites it to a
 //! backend: its `dst*` columns hold the ClusterIP and port the probe saw, and the `svc_*`
 //! columns name the Service that held them at the time (as VPC Flow Logs' `pkt-dstaddr` keeps
@@ -396,6 +400,28 @@ pub const COLUMNS: &[Column] = &[
         true,
         "The Service port the flow was addressed to (its port, not the backend's \
          targetPort); equal to dstport. Null as svc_namespace.",
+    ),
+    column(
+        "endpoint_interface",
+        String,
+        true,
+        "The host-side interface of the pod whose policy decided (flow_direction's pod), where \
+         the probe saw the packets: its veth as the VPC CNI named it (eni… by default, the \
+         prefix of AWS_VPC_K8S_CNI_VETHPREFIX, vlan… for a pod with security groups in \
+         strict mode). Null when the agent had not named the interface yet (a veth that \
+         appeared after the last pass, reports read before the agent's first pass) or the \
+         reports name neither an interface nor an endpoint (the residual count of an unknown \
+         endpoint's denials, flushed after its last event: a record of its own), in files \
+         written before the column existed, and in SKIPDATA and ISOLATION records.",
+    ),
+    column(
+        "endpoint_eni",
+        String,
+        true,
+        "Which ENI the deciding pod's address is on: branch (a branch ENI of its own, with \
+         its own security groups: security groups for pods, strict or standard mode) or node \
+         (an address of one of the node's ENIs, under the node's security groups). Null as \
+         endpoint_interface.",
     ),
 ];
 

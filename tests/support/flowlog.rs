@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parquet::{arrow::ArrowWriter, basic::Compression, file::properties::WriterProperties};
 use tollgate_collector::{
-    identity::{Holder, PodIdentity},
+    identity::{EndpointInterface, Eni, Holder, PodIdentity},
     loss::{LossSource, LossSpan},
     record::{Flow, FlowRecord, RecordBody, encode, schema},
 };
@@ -67,6 +67,10 @@ pub fn flow(
                 })
             }),
             audit: false,
+            interface: Some(Arc::new(EndpointInterface {
+                name: "eni0a1b2c3d4e5".into(),
+                eni: Eni::Node,
+            })),
         })),
     }
 }

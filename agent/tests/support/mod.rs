@@ -128,6 +128,22 @@ pub struct Pod {
     pub host_veth: String,
 }
 
+/// How the VPC CNI wires a pod ([`Node::add_wired_pod`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Wiring {
+    /// A host veth `<prefix>…`, the pod's /32 in the main table.
+    Regular {
+        /// `AWS_VPC_K8S_CNI_VETHPREFIX`.
+        prefix: &'static str,
+    },
+    /// Security groups for pods in strict mode: a host veth `vlan…`, the pod's /32 in table
+    /// `<vlan> + 100`, its traffic through `vlan.eth.<vlan>` and the VPC.
+    BranchStrict {
+        /// The branch ENI's VLAN id.
+        vlan: u16,
+    },
+}
+
 /// A node namespace and one namespace per pod, wired like the VPC CNI; removed on drop.
 #[derive(Debug)]
 pub struct Node {
@@ -165,11 +181,20 @@ impl Node {
     /// IPv4 pod gets the VPC CNI's full wiring (so it can send), an IPv6 pod only its veth and
     /// the node's /128 route to it (enough to be discovered and attached to).
     pub fn add_pod(&mut self, name: &str, addr: &str, n: u32) -> Pod {
+        self.add_wired_pod(name, addr, n, Wiring::Regular { prefix: "eni" })
+    }
+
+    /// Adds pod `default/<name>` as [`Node::add_pod`] does, wired as `wiring` says (IPv4 only
+    /// for a branch ENI).
+    pub fn add_wired_pod(&mut self, name: &str, addr: &str, n: u32, wiring: Wiring) -> Pod {
         let ip_addr: IpAddr = addr.parse().expect("pod address");
         let netns = format!("{}-{name}", self.tag);
         self.add_netns(&netns);
         // The VPC CNI's names: the prefix and 11 hex digits.
-        let host_veth = format!("eni{n:011x}");
+        let host_veth = match wiring {
+            Wiring::Regular { prefix } => format!("{prefix}{n:011x}"),
+            Wiring::BranchStrict { .. } => format!("vlan{n:011x}"),
+        };
         let node = self.netns.clone();
         ip(&[
             "-n", &node, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0",
@@ -205,9 +230,16 @@ impl Node {
                     "nud",
                     "permanent",
                 ]);
-                ip(&[
-                    "-n", &node, "route", "add", &cidr, "dev", &host_veth, "scope", "link",
-                ]);
+                match wiring {
+                    Wiring::Regular { .. } => {
+                        ip(&[
+                            "-n", &node, "route", "add", &cidr, "dev", &host_veth, "scope", "link",
+                        ]);
+                    }
+                    Wiring::BranchStrict { vlan } => {
+                        self.branch_eni_routes(vlan, &cidr, &host_veth);
+                    }
+                }
                 ip(&[
                     "-n",
                     &node,
@@ -235,6 +267,193 @@ impl Node {
         };
         self.pods.push(pod.clone());
         pod
+    }
+
+    /// The VPC behind the node, created once: namespace `<tag>-vpc`, joined to the node's
+    /// `eth0` (the primary ENI, 198.18.255.1/30, the node's default route), routing every pod
+    /// address but the branch ENIs' back to the node through `eth0`.
+    fn vpc(&mut self) -> String {
+        let vpc = format!("{}-vpc", self.tag);
+        if self.created.contains(&vpc) {
+            return vpc;
+        }
+        self.add_netns(&vpc);
+        sysctl(
+            &vpc,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1"],
+        );
+        let node = self.netns.clone();
+        ip(&[
+            "-n", &node, "link", "add", "eth0", "type", "veth", "peer", "name", "node0", "netns",
+            &vpc,
+        ]);
+        ip(&["-n", &node, "link", "set", "eth0", "up"]);
+        ip(&["-n", &vpc, "link", "set", "node0", "up"]);
+        ip(&["-n", &node, "addr", "add", "198.18.255.1/30", "dev", "eth0"]);
+        ip(&["-n", &vpc, "addr", "add", "198.18.255.2/30", "dev", "node0"]);
+        ip(&[
+            "-n",
+            &node,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.255.2",
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &vpc,
+            "route",
+            "add",
+            "198.18.0.0/16",
+            "via",
+            "198.18.255.1",
+            "dev",
+            "node0",
+        ]);
+        vpc
+    }
+
+    /// The VPC CNI's strict-mode wiring of a branch-ENI pod at `cidr` on `host_veth`
+    /// (`setupVlan`, `setupIIFBasedContainerRouteRules`): the link `vlan.eth.<vlan>`, table
+    /// `<vlan> + 100` with the subnet gateway (198.18.254.<vlan>) and the pod's route, the two
+    /// `iif` rules (priority 10); and the VPC's side: the branch ENI behind that link.
+    ///
+    /// On a node `vlan.eth.<vlan>` is an 802.1Q sub-interface of the trunk ENI; the kernel
+    /// these tests run on has no 802.1Q (`CONFIG_VLAN_8021Q` unset), so here it is a veth to
+    /// the VPC namespace under the same name: the same routes, rules and names, without the
+    /// tag on the wire (which nothing in the node namespace sees).
+    fn branch_eni_routes(&mut self, vlan: u16, cidr: &str, host_veth: &str) {
+        let vpc = self.vpc();
+        let node = self.netns.clone();
+        let table = (u32::from(vlan) + 100).to_string();
+        let (link, branch) = (format!("vlan.eth.{vlan}"), format!("branch.{vlan}"));
+        let gateway = format!("198.18.254.{vlan}");
+        ip(&[
+            "-n", &node, "link", "add", &link, "type", "veth", "peer", "name", &branch, "netns",
+            &vpc,
+        ]);
+        ip(&["-n", &node, "link", "set", &link, "up"]);
+        ip(&["-n", &vpc, "link", "set", &branch, "up"]);
+        ip(&[
+            "-n",
+            &vpc,
+            "addr",
+            "add",
+            &format!("{gateway}/32"),
+            "dev",
+            &branch,
+        ]);
+        let (link_mac, branch_mac) = (mac(&node, &link), mac(&vpc, &branch));
+        ip(&[
+            "-n", &node, "route", "add", &gateway, "dev", &link, "scope", "link", "table", &table,
+        ]);
+        ip(&[
+            "-n", &node, "route", "add", "default", "via", &gateway, "dev", &link, "table", &table,
+        ]);
+        ip(&[
+            "-n",
+            &node,
+            "neigh",
+            "add",
+            &gateway,
+            "lladdr",
+            &branch_mac,
+            "dev",
+            &link,
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "-n", &node, "route", "add", cidr, "dev", host_veth, "scope", "link", "table", &table,
+        ]);
+        for iif in [&link, host_veth] {
+            ip(&[
+                "-n", &node, "rule", "add", "iif", iif, "lookup", &table, "priority", "10",
+            ]);
+        }
+        let pod_ip = cidr.trim_end_matches("/32");
+        ip(&["-n", &vpc, "route", "add", cidr, "dev", &branch]);
+        ip(&[
+            "-n",
+            &vpc,
+            "neigh",
+            "add",
+            pod_ip,
+            "lladdr",
+            &link_mac,
+            "dev",
+            &branch,
+            "nud",
+            "permanent",
+        ]);
+    }
+
+    /// Gives `pod` a second interface as the VPC CNI does for a multi-NIC pod: a host veth
+    /// `eni…` numbered `n`; `eth1` in the pod with `addr`, whose traffic a rule sends out
+    /// through `eth1` (table 2, gateway 169.254.1.2); the node's /32 to it. Returns the pod as
+    /// seen from that address (same key and namespace), also in [`Node::pods`]: the pod's
+    /// addresses are those of every entry with its key.
+    pub fn add_interface(&mut self, pod: &Pod, addr: &str, n: u32) -> Pod {
+        let host_veth = format!("eni{n:011x}");
+        let node = self.netns.clone();
+        let netns = pod.netns.clone();
+        ip(&[
+            "-n", &node, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth1",
+            "netns", &netns,
+        ]);
+        ip(&["-n", &node, "link", "set", &host_veth, "up"]);
+        ip(&["-n", &netns, "link", "set", "eth1", "up"]);
+        let cidr = format!("{addr}/32");
+        let gateway = "169.254.1.2";
+        ip(&["-n", &netns, "addr", "add", &cidr, "dev", "eth1"]);
+        ip(&[
+            "-n", &netns, "route", "add", gateway, "dev", "eth1", "scope", "link", "table", "2",
+        ]);
+        ip(&[
+            "-n", &netns, "route", "add", "default", "via", gateway, "dev", "eth1", "table", "2",
+        ]);
+        ip(&["-n", &netns, "rule", "add", "from", addr, "lookup", "2"]);
+        let (host_mac, pod_mac) = (mac(&node, &host_veth), mac(&netns, "eth1"));
+        ip(&[
+            "-n",
+            &netns,
+            "neigh",
+            "add",
+            gateway,
+            "lladdr",
+            &host_mac,
+            "dev",
+            "eth1",
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "-n", &node, "route", "add", &cidr, "dev", &host_veth, "scope", "link",
+        ]);
+        ip(&[
+            "-n",
+            &node,
+            "neigh",
+            "add",
+            addr,
+            "lladdr",
+            &pod_mac,
+            "dev",
+            &host_veth,
+            "nud",
+            "permanent",
+        ]);
+        let second = Pod {
+            key: pod.key.clone(),
+            netns,
+            ip: addr.parse().expect("an address"),
+            host_veth,
+        };
+        self.pods.push(second.clone());
+        second
     }
 
     /// Deletes a pod's namespace (and with it its veth pair, routes and neighbors), as the
@@ -348,24 +567,36 @@ pub fn udp_reaches(from: &Pod, to: &Pod, wait: Duration) -> bool {
 
 /// `pods` as the agent's watch would report them.
 pub fn local_pods(pods: &[Pod]) -> Vec<LocalPod> {
-    pods.iter()
-        .map(|pod| LocalPod {
-            pod: pod.key.clone(),
-            ips: vec![pod.ip],
-        })
-        .collect()
+    let mut local: Vec<LocalPod> = Vec::new();
+    for pod in pods {
+        match local.iter_mut().find(|p| p.pod == pod.key) {
+            // A second interface of a multi-NIC pod ([`Node::add_interface`]).
+            Some(known) => known.ips.push(pod.ip),
+            None => local.push(LocalPod {
+                pod: pod.key.clone(),
+                ips: vec![pod.ip],
+            }),
+        }
+    }
+    local
 }
 
 /// Namespace `default` with `pods` (label `app: <name>`), then `policies`.
 pub fn cluster_yaml(pods: &[Pod], policies: &str) -> String {
     let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n");
-    for pod in pods {
-        let name = pod.key.trim_start_matches("default/");
+    for pod in local_pods(pods) {
+        let name = pod.pod.trim_start_matches("default/");
+        let ips: Vec<String> = pod
+            .ips
+            .iter()
+            .map(|ip| format!("{{ip: \"{ip}\"}}"))
+            .collect();
         yaml.push_str(&format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {name}}}}}\n\
              spec: {{containers: [{{name: c, image: busybox}}]}}\n\
-             status: {{phase: Running, podIP: \"{ip}\", podIPs: [{{ip: \"{ip}\"}}]}}\n",
-            ip = pod.ip
+             status: {{phase: Running, podIP: \"{ip}\", podIPs: [{ips}]}}\n",
+            ip = pod.ips[0],
+            ips = ips.join(", "),
         ));
     }
     if !policies.is_empty() {
@@ -377,13 +608,24 @@ pub fn cluster_yaml(pods: &[Pod], policies: &str) -> String {
 
 /// Compiles `pods` and `policies` for the endpoints in `interfaces`.
 pub fn compiled(pods: &[Pod], policies: &str, interfaces: &BTreeMap<String, u32>) -> Compiled {
+    compiled_by_address(pods, policies, interfaces, &BTreeMap::new())
+}
+
+/// Compiles `pods` and `policies` for the endpoints in `interfaces`, the addresses of
+/// `addresses` each on its own interface (multi-NIC pods).
+pub fn compiled_by_address(
+    pods: &[Pod],
+    policies: &str,
+    interfaces: &BTreeMap<String, u32>,
+    addresses: &BTreeMap<IpAddr, u32>,
+) -> Compiled {
     let (snapshot, errors) = parse_manifests(&cluster_yaml(pods, policies), "test");
     assert!(errors.is_empty(), "fixture errors: {errors:?}");
-    let compiled = compile(
-        &snapshot,
-        &Placement::Interfaces(interfaces),
-        &Ids::default(),
-    );
+    let placement = Placement::InterfacesByAddress {
+        pods: interfaces,
+        addresses,
+    };
+    let compiled = compile(&snapshot, &placement, &Ids::default());
     assert!(compiled.errors.is_empty(), "{:?}", compiled.errors);
     compiled
 }
@@ -395,7 +637,19 @@ pub fn program(
     policies: &str,
     interfaces: &BTreeMap<String, u32>,
 ) -> Compiled {
-    let compiled = compiled(pods, policies, interfaces);
+    program_by_address(probe, pods, policies, interfaces, &BTreeMap::new())
+}
+
+/// Compiles and syncs the probe's maps, the addresses of `addresses` each on its own
+/// interface (multi-NIC pods).
+pub fn program_by_address(
+    probe: &mut Probe,
+    pods: &[Pod],
+    policies: &str,
+    interfaces: &BTreeMap<String, u32>,
+    addresses: &BTreeMap<IpAddr, u32>,
+) -> Compiled {
+    let compiled = compiled_by_address(pods, policies, interfaces, addresses);
     sync(&mut probe.policy_maps(), &compiled.desired).expect("sync");
     compiled
 }
@@ -527,13 +781,15 @@ pub fn agent_config(node: &Node, bpffs: &Bpffs, files: &Path) -> AgentConfig {
 }
 
 /// The agent's settings for a test: pins under `bpffs`, `/metrics` and health on `http`,
-/// spool and flows under `files`.
+/// spool and flows under `files`, the VPC CNI configuration `files/10-aws.conflist`.
 pub fn agent_settings(bpffs: &Path, http: SocketAddr, files: &Path) -> AgentConfig {
     let mut config = AgentConfig::default();
     config.agent.bpffs = bpffs.to_owned();
     config.agent.metrics_address = http;
     config.agent.health_address = http;
     config.collector.node = "lab-node".to_owned();
+    // The test's own VPC CNI configuration (none unless a test writes one), not the host's.
+    config.agent.cni_config = files.join("10-aws.conflist");
     config.collector.spool_dir = files.join("spool");
     config.collector.sink = SinkConfig::Local {
         dir: files.join("flows"),

@@ -56,6 +56,7 @@ pub(crate) fn fit(
     sets: &BTreeMap<SetKey, SetEntries>,
     set_ids: &BTreeMap<String, u32>,
     plans: &[Plan<'_>],
+    by_address: &BTreeMap<IpAddr, u32>,
     capacity: &Capacity,
     prior: &Ids,
     errors: &mut Vec<InputError>,
@@ -191,7 +192,15 @@ pub(crate) fn fit(
             _pad: 0,
             revision: revisions[&plan.id].revision,
         };
-        addresses(plan.pod, state, capacity, &mut owners, &mut desired, errors);
+        addresses(
+            plan.pod,
+            state,
+            by_address,
+            capacity,
+            &mut owners,
+            &mut desired,
+            errors,
+        );
     }
     Fitted {
         desired,
@@ -330,11 +339,13 @@ fn dropped_rules(
     }
 }
 
-/// Every address of the pod → `state`, unless an earlier endpoint pod has it or the endpoint
-/// map is full.
+/// Every address of the pod → `state`, on the address's own interface when `by_address` names
+/// one (a pod with one interface per address), unless an earlier endpoint pod has it or the
+/// endpoint map is full.
 fn addresses<'c>(
     pod: &'c PodInfo,
     state: EndpointState,
+    by_address: &BTreeMap<IpAddr, u32>,
     capacity: &Capacity,
     owners: &mut BTreeMap<EndpointKey, &'c PodInfo>,
     desired: &mut DesiredState,
@@ -370,6 +381,9 @@ fn addresses<'c>(
             continue;
         }
         owners.insert(key, pod);
-        desired.endpoints.insert(key, state);
+        let ifindex = by_address.get(ip).copied().unwrap_or(state.ifindex);
+        desired
+            .endpoints
+            .insert(key, EndpointState { ifindex, ..state });
     }
 }

@@ -51,6 +51,7 @@ mod sets;
 mod vips;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use tollgate_schemas::{Direction, EndpointKey, addr};
 
@@ -75,6 +76,35 @@ pub enum Placement<'a> {
     },
     /// Only these pods, by "namespace/name", on these interfaces (lab, agent).
     Interfaces(&'a BTreeMap<String, u32>),
+    /// As [`Placement::Interfaces`], except that the addresses of `addresses` are each on
+    /// their own interface: a pod with one interface per address (the VPC CNI's multi-NIC
+    /// pods) is one endpoint, the same identity and rules on each of its interfaces (agent).
+    InterfacesByAddress {
+        /// Each endpoint pod's first interface, by "namespace/name".
+        pods: &'a BTreeMap<String, u32>,
+        /// The interface of each address that is not on its pod's first one.
+        addresses: &'a BTreeMap<IpAddr, u32>,
+    },
+}
+
+impl Placement<'_> {
+    /// The interface of the endpoint pod `key`, if it is one.
+    fn interface(&self, key: &str) -> Option<u32> {
+        match self {
+            Placement::AllPods { ifindex } => Some(*ifindex),
+            Placement::Interfaces(pods) | Placement::InterfacesByAddress { pods, .. } => {
+                pods.get(key).copied()
+            }
+        }
+    }
+
+    /// The interfaces of addresses that are not on their pod's first interface.
+    fn by_address(&self) -> BTreeMap<IpAddr, u32> {
+        match self {
+            Placement::InterfacesByAddress { addresses, .. } => (*addresses).clone(),
+            Placement::AllPods { .. } | Placement::Interfaces(_) => BTreeMap::new(),
+        }
+    }
 }
 
 /// The result of one compilation.
@@ -187,11 +217,10 @@ pub fn compile_with(
         .pods
         .iter()
         .filter(|pod| pod.is_networked())
-        .filter_map(|pod| match placement {
-            Placement::AllPods { ifindex } => Some((pod, *ifindex)),
-            Placement::Interfaces(interfaces) => {
-                interfaces.get(&pod.key()).map(|ifindex| (pod, *ifindex))
-            }
+        .filter_map(|pod| {
+            placement
+                .interface(&pod.key())
+                .map(|ifindex| (pod, ifindex))
         })
         .collect();
     let endpoint_ids = ids::assign(&prior.endpoints, endpoints.iter().map(|(pod, _)| pod.key()));
@@ -221,12 +250,14 @@ pub fn compile_with(
         })
         .collect();
 
+    let by_address = placement.by_address();
     let fitted = fit::fit(
         &cluster,
         &peers,
         &set_entries,
         &set_ids,
         &plans,
+        &by_address,
         capacity,
         prior,
         &mut errors,

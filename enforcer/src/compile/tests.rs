@@ -1056,6 +1056,27 @@ spec: {podSelector: {}}
             ("fd00::1:1".parse().unwrap(), 7),
         ]
     );
+    // x/a with one interface per address (a multi-NIC pod): one endpoint, the same id, flags
+    // and sets, each address on its own interface.
+    let addresses = BTreeMap::from([("fd00::1:1".parse().unwrap(), 8)]);
+    let by_address = compile(
+        &snapshot,
+        &Placement::InterfacesByAddress {
+            pods: &interfaces,
+            addresses: &addresses,
+        },
+        &Ids::default(),
+    );
+    assert_eq!(by_address.endpoint_pods, compiled.endpoint_pods);
+    let states: Vec<(IpAddr, EndpointState)> = by_address
+        .desired
+        .endpoints
+        .iter()
+        .map(|(k, v)| (addr::from_bytes(k.addr), *v))
+        .collect();
+    let (v4, v6) = (states[0].1, states[2].1);
+    assert_eq!((v4.ifindex, v6.ifindex), (7, 8));
+    assert_eq!(EndpointState { ifindex: 7, ..v6 }, v4);
     // Only the sets of x/a and y/b have entries.
     let sets: std::collections::BTreeSet<u32> = compiled
         .desired

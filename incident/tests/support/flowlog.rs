@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parquet::arrow::ArrowWriter;
 use tollgate_collector::{
-    identity::{Holder, PodIdentity},
+    identity::{EndpointInterface, Eni, Holder, PodIdentity},
     record::{Flow, FlowRecord, Isolation, IsolationAction, RecordBody, encode, schema},
 };
 use tollgate_enforcer::desired::RuleRef;
@@ -81,6 +81,10 @@ pub fn flow(
                 })
             }),
             audit: false,
+            interface: Some(Arc::new(EndpointInterface {
+                name: "eni0a1b2c3d4e5".into(),
+                eni: Eni::Node,
+            })),
         })),
     }
 }

@@ -57,6 +57,8 @@ locals {
     { name = "svc_name", type = "string" },
     { name = "svc_addr", type = "string" },
     { name = "svc_port", type = "int" },
+    { name = "endpoint_interface", type = "string" },
+    { name = "endpoint_eni", type = "string" },
   ]
 
   partition_keys = [
