@@ -332,6 +332,7 @@ fn every_query_has_a_header_with_one_param_per_placeholder() {
     }
     let expected: BTreeSet<String> = [
         "audit-would-be-denied",
+        "branch-eni-pods",
         "denied-flows",
         "denied-over-time",
         "denied-pairs",
