@@ -129,14 +129,26 @@ impl DesiredState {
     /// The identity of `peer`: the value of its longest prefix in the peer trie, as the kernel's
     /// LPM trie answers.
     pub fn peer_identity(&self, peer: [u8; 16]) -> Option<PeerIdentity> {
-        let peer = u128::from_be_bytes(peer);
-        (0..=128u32).rev().find_map(|len| {
+        self.longest_peer(peer, 128)
+    }
+
+    /// The identity the addresses of peer prefix `key` have when `key` itself is not in the
+    /// trie: that of the longest shorter prefix around it.
+    pub fn identity_around(&self, key: &PeerEntryKey) -> Option<PeerIdentity> {
+        let below = key.prefix_len.min(128).checked_sub(1)?;
+        self.longest_peer(key.key.addr, below)
+    }
+
+    /// The value of the longest prefix of `addr` in the peer trie that is at most `max_len` bits.
+    fn longest_peer(&self, addr: [u8; 16], max_len: u32) -> Option<PeerIdentity> {
+        let bits = u128::from_be_bytes(addr);
+        (0..=max_len).rev().find_map(|len| {
             let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
             self.peers
                 .get(&PeerEntryKey {
                     prefix_len: len,
                     key: PeerKey {
-                        addr: (peer & mask).to_be_bytes(),
+                        addr: (bits & mask).to_be_bytes(),
                     },
                 })
                 .copied()

@@ -56,7 +56,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use tollgate_schemas::{
-    EndpointKey, EndpointState, PeerIdentity, PeerKey, PolicyEntry, PolicyKey, PolicyValue, addr,
+    EndpointKey, EndpointState, PeerIdentity, PolicyEntry, PolicyKey, PolicyValue, addr,
     endpoint_flags, map_names,
 };
 
@@ -577,26 +577,6 @@ fn used_sets(state: &DesiredState) -> BTreeSet<u32> {
         .collect()
 }
 
-/// The identity the addresses of `key` have in `peers` when `key` itself is missing: that of
-/// the longest shorter prefix around it.
-fn identity_around(
-    peers: &BTreeMap<PeerEntryKey, PeerIdentity>,
-    key: &PeerEntryKey,
-) -> Option<PeerIdentity> {
-    let bits = u128::from_be_bytes(key.key.addr);
-    (0..key.prefix_len.min(128)).rev().find_map(|len| {
-        let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
-        peers
-            .get(&PeerEntryKey {
-                prefix_len: len,
-                key: PeerKey {
-                    addr: (bits & mask).to_be_bytes(),
-                },
-            })
-            .copied()
-    })
-}
-
 /// The writes of one sync to `maps`, `state` following what they hold.
 struct Writer<'a, M: PolicyMaps> {
     maps: &'a mut M,
@@ -848,7 +828,7 @@ impl<M: PolicyMaps> Writer<'_, M> {
                     .peers
                     .get(key)
                     .copied()
-                    .or_else(|| identity_around(&self.state.peers, key));
+                    .or_else(|| self.state.identity_around(key));
                 unwritten
                     .sets
                     .extend(used_sets(desired).into_iter().filter(|set| {

@@ -254,10 +254,10 @@ fn fit_peers(
 ) {
     let room = capacity.peers as usize;
     let mut left_out = BTreeSet::new();
-    for (key, value, pod) in &peers.entries {
+    for (key, value, pod_address) in &peers.entries {
         if desired.peers.len() < room {
             desired.peers.insert(*key, *value);
-        } else if pod.is_some() {
+        } else if *pod_address {
             left_out.insert(addr::from_bytes(key.key.addr));
         }
     }

@@ -150,8 +150,8 @@ pub(crate) struct Peers {
     /// Identity of each ClusterIP.
     pub(crate) by_cluster_ip: HashMap<IpAddr, usize>,
     /// The peer trie's entries, in the order they are kept when the trie is full: regions,
-    /// ClusterIPs, then pod addresses (with their pod).
-    pub(crate) entries: Vec<(PeerEntryKey, PeerIdentity, Option<usize>)>,
+    /// ClusterIPs, then pod addresses; the flag says a pod address (only those are left out).
+    pub(crate) entries: Vec<(PeerEntryKey, PeerIdentity, bool)>,
     /// Region prefixes by length, for the longest match.
     regions: Regions,
 }
@@ -310,7 +310,7 @@ impl Peers {
         let mut entries = Vec::new();
         for region in &sorted_regions {
             let (key, value) = entry(*region, &identities[by_region[region]], 0);
-            entries.push((key, value, None));
+            entries.push((key, value, false));
         }
         let mut cluster_ips: Vec<(&IpAddr, &usize)> = by_cluster_ip.iter().collect();
         cluster_ips.sort();
@@ -318,11 +318,11 @@ impl Peers {
             let identity = &identities[*index];
             let fallback = identities[by_region[&identity.region]].id;
             let (key, value) = entry(Prefix::host(*ip), identity, fallback);
-            entries.push((key, value, None));
+            entries.push((key, value, false));
         }
         for (ip, index) in pod_entries {
             let (key, value) = entry(Prefix::host(ip), &identities[index], 0);
-            entries.push((key, value, Some(index)));
+            entries.push((key, value, true));
         }
 
         Peers {

@@ -94,11 +94,11 @@ impl Votes {
     /// `ids` (key → new id) with each key moved to the maps' id most of its addresses had (each
     /// maps' id to one key, the one with most votes), plus a placeholder key for every other
     /// id in `held`, which reserves it.
-    fn remap<K: Ord + Clone + Placeholder>(
+    fn remap(
         &self,
-        ids: &BTreeMap<K, u32>,
+        ids: &BTreeMap<String, u32>,
         held: impl IntoIterator<Item = u32>,
-    ) -> BTreeMap<K, u32> {
+    ) -> BTreeMap<String, u32> {
         let mut claims: Vec<(usize, u32, u32)> = self
             .0
             .iter()
@@ -113,28 +113,17 @@ impl Votes {
                 moved.insert(now, then);
             }
         }
-        let mut recovered: BTreeMap<K, u32> = ids
+        let mut recovered: BTreeMap<String, u32> = ids
             .iter()
             .filter_map(|(key, now)| moved.get(now).map(|then| (key.clone(), *then)))
             .collect();
         for id in held.into_iter().collect::<BTreeSet<u32>>() {
             if id != 0 && !taken.contains(&id) {
-                recovered.insert(K::placeholder(id), id);
+                // No canonical form or `namespace/name` has this shape.
+                recovered.insert(format!("(held by the maps: {id})"), id);
             }
         }
         recovered
-    }
-}
-
-/// A key that stands for no real object and reserves an id.
-trait Placeholder {
-    fn placeholder(id: u32) -> Self;
-}
-
-impl Placeholder for String {
-    /// No canonical form or `namespace/name` has this shape.
-    fn placeholder(id: u32) -> Self {
-        format!("(held by the maps: {id})")
     }
 }
 

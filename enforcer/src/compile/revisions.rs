@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
-use tollgate_schemas::{PeerIdentity, PolicyEntry, PolicyKey};
+use tollgate_schemas::PeerIdentity;
 
 use crate::desired::{DesiredState, Ids, PeerEntryKey, Revision};
 
@@ -113,23 +113,11 @@ fn affected_sets(
         if affected.contains(set) {
             continue;
         }
-        if moves
-            .iter()
-            .any(|(before, now)| entry(desired, *set, before) != entry(desired, *set, now))
-        {
+        if moves.iter().any(|(before, now)| {
+            desired.rules_for_identity(*set, *before) != desired.rules_for_identity(*set, *now)
+        }) {
             affected.insert(*set);
         }
     }
     affected
-}
-
-/// The policy entry set `set` has for a peer of identity `peer`, as the probe finds it (the
-/// identity's own, else its fallback's).
-fn entry(desired: &DesiredState, set: u32, peer: &PeerIdentity) -> Option<PolicyEntry> {
-    let lookup = |id| desired.policy.get(&PolicyKey { set, peer: id }).copied();
-    lookup(peer.id).or_else(|| {
-        (peer.fallback != 0)
-            .then(|| lookup(peer.fallback))
-            .flatten()
-    })
 }
