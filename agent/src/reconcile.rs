@@ -4,7 +4,8 @@
 //!    on this node (and has the probe attached), each with that veth's ifindex;
 //!    [`LocalEndpoints::node_addresses`] the node's own addresses, which the caller puts into
 //!    the snapshot (`Snapshot::node_addresses`) before it is compiled.
-//! 2. The pure compiler (`tollgate_enforcer::compile::compile_with`) turns the snapshot into
+//! 2. The compiler (`tollgate_enforcer::compile::Compiler`, kept between passes: it checks
+//!    again only the objects whose resourceVersion moved) turns the snapshot into
 //!    the desired state of those endpoints within the maps' capacity (read from the maps at
 //!    the first pass and after a failed one), keeping the ids of the previous compilation, so
 //!    an unchanged endpoint compiles to the very same entries. What does not fit is reported
@@ -29,7 +30,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use tollgate_enforcer::{
-    compile::{Compiled, Placement, compile_with, recover_ids},
+    compile::{Compiled, Compiler, Placement, recover_ids},
     desired::{Capacity, Ids, MapUsage},
     snapshot::{InputError, Snapshot},
     sync::{Diff, PolicyMaps, SyncStats, Syncer},
@@ -102,6 +103,9 @@ pub struct Report {
 /// Compiles and syncs, remembering what the maps were last synced to.
 #[derive(Debug)]
 pub struct Reconciler {
+    /// The cluster as the compiler keeps it: each pass hands it the snapshot, and only the
+    /// objects whose resourceVersion moved are checked again.
+    compiler: Compiler,
     /// The ids of the last compilation: the next one keeps them.
     ids: Ids,
     /// Writes the maps by difference from what it last wrote.
@@ -129,6 +133,7 @@ impl Reconciler {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos());
         Reconciler {
+            compiler: Compiler::new(),
             ids: Ids {
                 next_revision: u64::try_from(now).unwrap_or(u64::MAX),
                 ..Ids::default()
@@ -166,7 +171,8 @@ impl Reconciler {
             pods: local,
             addresses,
         };
-        let mut compiled = compile_with(snapshot, &placement, &self.ids, &capacity);
+        self.compiler.load(snapshot);
+        let mut compiled = self.compiler.compile(&placement, &self.ids, &capacity);
         if !self.recovered {
             // The first pass of this agent: maps left by a previous one keep their ids for
             // what is still the same, and lend none of them to something else.
@@ -174,7 +180,7 @@ impl Reconciler {
             let held = maps.read().map_err(sync_error)?;
             if !(held.endpoints.is_empty() && held.peers.is_empty()) {
                 let prior = recover_ids(&compiled, &held);
-                compiled = compile_with(snapshot, &placement, &prior, &capacity);
+                compiled = self.compiler.compile(&placement, &prior, &capacity);
             }
         }
         let compile_time = started.elapsed();

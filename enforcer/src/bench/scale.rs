@@ -59,7 +59,7 @@ use k8s_openapi::{
 };
 
 use crate::{
-    compile::{Compiled, Placement},
+    compile::{Compiler, Object, ObjectKind, Placement},
     desired::{Capacity, DesiredState, Ids},
     snapshot::Snapshot,
 };
@@ -169,6 +169,9 @@ pub struct ScaleResult {
     pub errors: usize,
     /// Peak RSS once the cluster is generated, before any compile, MiB.
     pub input_rss_mib: f64,
+    /// What the incremental compiler keeps of the cluster: resident memory it added when it
+    /// loaded the generated objects, MiB.
+    pub state_mib: f64,
     /// Peak RSS of the whole case, MiB.
     pub peak_rss_mib: f64,
 }
@@ -181,11 +184,6 @@ pub struct ScaleError {
     pub shape: Shape,
     /// What went wrong.
     pub message: String,
-}
-
-/// The compile the benchmark measures.
-fn compile_pass(snapshot: &Snapshot, placement: &Placement<'_>, prior: &Ids) -> Compiled {
-    crate::compile::compile_with(snapshot, placement, prior, &Capacity::default())
 }
 
 /// Peak resident set of this process so far, MiB (`getrusage`, `ru_maxrss`).
@@ -201,6 +199,17 @@ fn peak_rss_mib() -> f64 {
     usage.ru_maxrss as f64 / 1024.0
 }
 
+/// Resident set of this process now, MiB (`/proc/self/statm`); 0 when it cannot be read.
+fn current_rss_mib() -> f64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf reads a constant of the system.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+    pages * page_size / (1024.0 * 1024.0)
+}
+
 fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
@@ -211,12 +220,16 @@ pub fn measure(shape: Shape) -> Result<ScaleResult, String> {
     shape.check()?;
     let mut cluster = generate(shape);
     let input_rss_mib = peak_rss_mib();
+    let capacity = Capacity::default();
 
+    let before = current_rss_mib();
     let start = Instant::now();
-    let first = compile_pass(
-        &cluster.snapshot,
+    let mut compiler = Compiler::from_snapshot(&cluster.snapshot);
+    let state_mib = current_rss_mib() - before;
+    let first = compiler.compile(
         &Placement::Interfaces(&cluster.local),
         &Ids::default(),
+        &capacity,
     );
     let compile_ms = ms_since(start);
     for error in first.errors.iter().take(3) {
@@ -226,14 +239,15 @@ pub fn measure(shape: Shape) -> Result<ScaleResult, String> {
     let mut change = |apply: fn(&mut GeneratedCluster) -> Undo| {
         let undo = apply(&mut cluster);
         let start = Instant::now();
-        let compiled = compile_pass(
-            &cluster.snapshot,
+        undo.apply_to(&cluster.snapshot, &mut compiler);
+        let compiled = compiler.compile(
             &Placement::Interfaces(&cluster.local),
             &first.ids,
+            &capacity,
         );
         let ms = ms_since(start);
         drop(compiled);
-        undo.revert(&mut cluster.snapshot);
+        undo.revert(&mut cluster.snapshot, &mut compiler);
         ms
     };
     let change_ms = ChangeMs {
@@ -255,6 +269,7 @@ pub fn measure(shape: Shape) -> Result<ScaleResult, String> {
         maps: map_entries(&first.desired),
         errors: first.errors.len(),
         input_rss_mib,
+        state_mib,
         peak_rss_mib: peak_rss_mib(),
     })
 }
@@ -334,7 +349,7 @@ pub fn render_header() -> String {
     for map in &maps {
         line.push_str(&format!(" {map:>10}"));
     }
-    line.push_str(&format!(" {:>8} {:>8}\n", "INPUT", "PEAK"));
+    line.push_str(&format!(" {:>8} {:>8} {:>8}\n", "INPUT", "STATE", "PEAK"));
     line
 }
 
@@ -358,8 +373,8 @@ pub fn render_row(r: &ScaleResult) -> String {
         line.push_str(&format!(" {:>10}", map.entries));
     }
     line.push_str(&format!(
-        " {:>8.0} {:>8.0}\n",
-        r.input_rss_mib, r.peak_rss_mib
+        " {:>8.0} {:>8.0} {:>8.0}\n",
+        r.input_rss_mib, r.state_mib, r.peak_rss_mib
     ));
     line
 }
@@ -373,10 +388,12 @@ pub fn render_footer() -> String {
         .collect();
     format!(
         "NODE: pods per node (the node under test holds that many); IDENT: peer identities; \
-         COMPILE: first compile, ms; RELABEL/+POD/+POLICY/+NODE: one compile after a local pod \
-         relabelled, a remote pod added, a policy added elsewhere, a node added, ms; map \
-         columns: entries after the first compile (capacity: {}); INPUT/PEAK: peak RSS after \
-         generating the cluster / of the whole case, MiB.\n",
+         COMPILE: loading the objects into the compiler and the first compile, ms; \
+         RELABEL/+POD/+POLICY/+NODE: handing the changed objects to the compiler and one \
+         compile after a local pod relabelled, a remote pod added, a policy added elsewhere, a \
+         node added, ms; map columns: entries after the first compile (capacity: {}); \
+         INPUT/PEAK: peak RSS after generating the cluster / of the whole case, MiB; STATE: \
+         what the compiler keeps of the cluster, MiB.\n",
         capacities.join(", ")
     )
 }
@@ -451,14 +468,54 @@ impl Undo {
         }
     }
 
-    fn revert(self, snapshot: &mut Snapshot) {
-        snapshot.pods.truncate(self.pods_len);
-        snapshot.policies.truncate(self.policies_len);
+    /// Hands the objects the change added or changed to `compiler`, as a watch would.
+    fn apply_to(&self, snapshot: &Snapshot, compiler: &mut Compiler) {
+        let changed = snapshot.pods[self.pods_len..]
+            .iter()
+            .chain(self.pods.iter().map(|(index, _)| &snapshot.pods[*index]))
+            .map(Object::Pod)
+            .chain(
+                snapshot.policies[self.policies_len..]
+                    .iter()
+                    .map(Object::NetworkPolicy),
+            )
+            .chain(
+                self.slices
+                    .iter()
+                    .map(|(index, _)| Object::EndpointSlice(&snapshot.endpoint_slices[*index])),
+            );
+        for object in changed {
+            compiler.apply(object).expect("generated objects are named");
+        }
+    }
+
+    /// Takes the change back, in `snapshot` and in `compiler`.
+    fn revert(self, snapshot: &mut Snapshot, compiler: &mut Compiler) {
+        let meta_of = |meta: &ObjectMeta| {
+            (
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            )
+        };
+        for pod in snapshot.pods.drain(self.pods_len..) {
+            let (namespace, name) = meta_of(&pod.metadata);
+            compiler.delete(ObjectKind::Pod, &namespace, &name);
+        }
+        for policy in snapshot.policies.drain(self.policies_len..) {
+            let (namespace, name) = meta_of(&policy.metadata);
+            compiler.delete(ObjectKind::NetworkPolicy, &namespace, &name);
+        }
         for (index, pod) in self.pods {
             snapshot.pods[index] = pod;
+            compiler
+                .apply(Object::Pod(&snapshot.pods[index]))
+                .expect("generated objects are named");
         }
         for (index, slice) in self.slices {
             snapshot.endpoint_slices[index] = slice;
+            compiler
+                .apply(Object::EndpointSlice(&snapshot.endpoint_slices[index]))
+                .expect("generated objects are named");
         }
     }
 }
@@ -1361,7 +1418,7 @@ mod tests {
     }
 
     #[test]
-    fn changes_are_undone() {
+    fn changes_reach_the_compiler_and_are_undone() {
         let shape = Shape {
             pods: 1_000,
             policies: 100,
@@ -1369,6 +1426,14 @@ mod tests {
         };
         let mut cluster = generate(shape);
         let base = cluster.snapshot.clone();
+        let mut compiler = Compiler::from_snapshot(&base);
+        let capacity = Capacity::default();
+        let local = cluster.local.clone();
+        let placement = Placement::Interfaces(&local);
+        let full = |snapshot: &Snapshot| {
+            crate::compile::compile_with(snapshot, &placement, &Ids::default(), &capacity)
+        };
+        let base_compiled = full(&base);
         for apply in [
             GeneratedCluster::relabel_local_pod,
             GeneratedCluster::add_remote_pod,
@@ -1377,8 +1442,16 @@ mod tests {
         ] {
             let undo = apply(&mut cluster);
             assert_ne!(cluster.snapshot, base, "the change changes something");
-            undo.revert(&mut cluster.snapshot);
+            undo.apply_to(&cluster.snapshot, &mut compiler);
+            let changed = compiler.compile(&placement, &Ids::default(), &capacity);
+            assert!(
+                changed == full(&cluster.snapshot),
+                "the compiler sees the change"
+            );
+            undo.revert(&mut cluster.snapshot, &mut compiler);
             assert_eq!(cluster.snapshot, base, "and is undone");
+            let reverted = compiler.compile(&placement, &Ids::default(), &capacity);
+            assert!(reverted == base_compiled, "in the compiler too");
         }
     }
 

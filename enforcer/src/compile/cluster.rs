@@ -1,13 +1,15 @@
 //! The cluster as the compiler sees it: namespaces with their labels and enforcement mode,
-//! and pods with their labels, addresses and named ports, all checked once.
+//! and pods with their labels, addresses, named ports and readiness, each checked once when
+//! it arrives ([`check_namespace`], [`check_pod`]) and kept by key in a [`Cluster`] that
+//! changes one object at a time.
 //!
-//! Namespaces that pods live in but that the snapshot does not list exist implicitly, and
-//! every namespace carries `kubernetes.io/metadata.name: <name>`, as the API server ensures.
-//! A pod with an invalid address or container port is left out (the API server would have
-//! refused it); so is a duplicate's earlier definition.
+//! Namespaces that pods live in but that are not listed exist implicitly, and every namespace
+//! carries `kubernetes.io/metadata.name: <name>`, as the API server ensures. A pod with an
+//! invalid address or container port is left out (the API server would have refused it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -16,7 +18,7 @@ use super::Problems;
 use super::cidr::parse_ip;
 use super::ports::{NamedPort, protocol_number, valid_port_name};
 use crate::manifest::DEFAULT_NAMESPACE;
-use crate::snapshot::{InputError, Snapshot, pod_ip_fields};
+use crate::snapshot::{InputError, pod_ip_fields};
 
 /// Label the API server puts on every namespace.
 pub(crate) const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -43,6 +45,9 @@ pub(crate) struct NamespaceInfo {
     pub(crate) audit: bool,
 }
 
+/// A label map, shared.
+pub(crate) type Labels = Arc<BTreeMap<String, String>>;
+
 /// One valid pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PodInfo {
@@ -50,8 +55,8 @@ pub(crate) struct PodInfo {
     pub(crate) namespace: String,
     /// Name.
     pub(crate) name: String,
-    /// Labels.
-    pub(crate) labels: BTreeMap<String, String>,
+    /// Labels, shared by every kept pod with the same (the pods of a workload).
+    pub(crate) labels: Labels,
     /// Addresses from `status.podIPs` (or `status.podIP`), without duplicates.
     pub(crate) ips: Vec<IpAddr>,
     /// Container ports that have a name.
@@ -60,6 +65,8 @@ pub(crate) struct PodInfo {
     pub(crate) host_network: bool,
     /// Phase is Succeeded or Failed: the pod's address may already belong to another pod.
     pub(crate) finished: bool,
+    /// Its `Ready` condition is not `False`: a Service's backend when its selector matches.
+    pub(crate) ready: bool,
 }
 
 impl PodInfo {
@@ -75,13 +82,22 @@ impl PodInfo {
     }
 }
 
-/// Namespaces and pods, checked.
+/// Namespaces and pods, checked, kept up to date one object at a time.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Cluster {
-    /// Every namespace, by name.
+    /// Every namespace, by name: the listed ones, and those that exist only through their
+    /// pods.
     pub(crate) namespaces: BTreeMap<String, NamespaceInfo>,
-    /// Valid pods, ordered by namespace and name.
-    pub(crate) pods: Vec<PodInfo>,
+    /// Valid pods, by `namespace/name`.
+    pub(crate) pods: BTreeMap<String, PodInfo>,
+    /// Namespaces as listed (before pods add the implicit ones).
+    listed: BTreeMap<String, NamespaceInfo>,
+    /// Pods per namespace, to know when an implicit namespace goes.
+    pod_counts: BTreeMap<String, usize>,
+    /// The networked pods of each address, by key (two only while an address moves).
+    by_ip: BTreeMap<IpAddr, BTreeSet<String>>,
+    /// The distinct label maps of the kept pods, so that pods with the same labels share one.
+    labels: HashSet<Labels>,
 }
 
 /// Whether an object's [`ENFORCEMENT_ANNOTATION`] asks for audit mode. An unknown value is a
@@ -115,64 +131,110 @@ pub(crate) fn object_label(kind: &str, meta: &ObjectMeta, list: &str, index: usi
 }
 
 impl Cluster {
-    /// Checks the snapshot's namespaces and pods; problems go to `errors`.
-    pub(crate) fn build(snapshot: &Snapshot, errors: &mut Vec<InputError>) -> Cluster {
-        let mut cluster = Cluster::default();
-        for (index, namespace) in snapshot.namespaces.iter().enumerate() {
-            cluster.namespace(namespace, index, errors);
-        }
-        let mut pods = BTreeMap::new();
-        for (index, pod) in snapshot.pods.iter().enumerate() {
-            let label = object_label("Pod", &pod.metadata, "pods", index);
-            let mut problems = Problems::default();
-            let checked = check_pod(pod, &mut problems);
-            problems.report(&label, errors);
-            if let Some(info) = checked
-                && pods.insert(info.key(), info).is_some()
-            {
-                errors.push(duplicate(&label));
+    /// Sets namespace `name` to `info` (`None`: no longer listed). A namespace that is not
+    /// listed and still has pods stays, with only its name label.
+    pub(crate) fn set_namespace(&mut self, name: &str, info: Option<NamespaceInfo>) {
+        match info {
+            Some(info) => {
+                self.listed.insert(name.to_owned(), info.clone());
+                self.namespaces.insert(name.to_owned(), info);
+            }
+            None => {
+                self.listed.remove(name);
+                if self.pod_counts.contains_key(name) {
+                    self.namespaces
+                        .insert(name.to_owned(), implicit_namespace(name));
+                } else {
+                    self.namespaces.remove(name);
+                }
             }
         }
-        for pod in pods.values() {
-            cluster
-                .namespaces
-                .entry(pod.namespace.clone())
-                .or_insert_with(|| NamespaceInfo {
-                    labels: BTreeMap::from([(
-                        NAMESPACE_NAME_LABEL.to_owned(),
-                        pod.namespace.clone(),
-                    )]),
-                    audit: false,
-                });
-        }
-        cluster.pods = pods.into_values().collect();
-        cluster
     }
 
-    fn namespace(&mut self, namespace: &Namespace, index: usize, errors: &mut Vec<InputError>) {
-        let meta = &namespace.metadata;
-        let Some(name) = meta.name.as_deref().filter(|n| !n.is_empty()) else {
-            errors.push(InputError {
-                object: format!("Namespace (unnamed, snapshot namespaces[{index}])"),
-                field: "metadata.name".to_owned(),
-                message: "missing: a Namespace needs a name".to_owned(),
-            });
-            return;
-        };
-        let label = format!("Namespace {name}");
-        let mut problems = Problems::default();
-        let audit = audit_annotation(meta, &mut problems);
-        problems.report(&label, errors);
-        let mut labels = meta.labels.clone().unwrap_or_default();
-        labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned());
-        let info = NamespaceInfo { labels, audit };
-        if self.namespaces.insert(name.to_owned(), info).is_some() {
-            errors.push(duplicate(&label));
+    /// Sets the pod `key` to `info` (`None`: gone or invalid).
+    pub(crate) fn set_pod(&mut self, key: &str, info: Option<PodInfo>) {
+        if let Some(old) = self.pods.remove(key) {
+            self.index(&old, false);
+            // Only the pool and `old` hold it: no other pod has these labels.
+            if Arc::strong_count(&old.labels) == 2 {
+                self.labels.remove(&old.labels);
+            }
+            let count = self.pod_counts.entry(old.namespace.clone()).or_default();
+            *count -= 1;
+            if *count == 0 {
+                self.pod_counts.remove(&old.namespace);
+                if !self.listed.contains_key(&old.namespace) {
+                    self.namespaces.remove(&old.namespace);
+                }
+            }
         }
+        let Some(mut info) = info else { return };
+        match self.labels.get(&info.labels) {
+            Some(shared) => info.labels = shared.clone(),
+            None => {
+                self.labels.insert(info.labels.clone());
+            }
+        }
+        *self.pod_counts.entry(info.namespace.clone()).or_default() += 1;
+        if !self.namespaces.contains_key(&info.namespace) {
+            self.namespaces
+                .insert(info.namespace.clone(), implicit_namespace(&info.namespace));
+        }
+        self.index(&info, true);
+        self.pods.insert(key.to_owned(), info);
+    }
+
+    fn index(&mut self, pod: &PodInfo, add: bool) {
+        if !pod.is_networked() {
+            return;
+        }
+        for ip in &pod.ips {
+            if add {
+                self.by_ip.entry(*ip).or_default().insert(pod.key());
+            } else if let Some(keys) = self.by_ip.get_mut(ip) {
+                keys.remove(&pod.key());
+                if keys.is_empty() {
+                    self.by_ip.remove(ip);
+                }
+            }
+        }
+    }
+
+    /// The pods of `namespace`, by name.
+    pub(crate) fn pods_of<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a PodInfo> {
+        let prefix = format!("{namespace}/");
+        self.pods
+            .range(prefix.clone()..)
+            .take_while(move |(key, _)| key.starts_with(&prefix))
+            .map(|(_, pod)| pod)
+    }
+
+    /// The networked pod that has address `ip` (the last by key when two claim it).
+    pub(crate) fn pod_at(&self, ip: IpAddr) -> Option<&PodInfo> {
+        let key = self.by_ip.get(&ip)?.last()?;
+        self.pods.get(key)
     }
 }
 
-fn duplicate(label: &str) -> InputError {
+/// A namespace known only through its pods: the name label the API server would give it.
+fn implicit_namespace(name: &str) -> NamespaceInfo {
+    NamespaceInfo {
+        labels: BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned())]),
+        audit: false,
+    }
+}
+
+/// Checks a named namespace: its name and what it says, with its problems.
+pub(crate) fn check_namespace(namespace: &Namespace, problems: &mut Problems) -> NamespaceInfo {
+    let meta = &namespace.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    let audit = audit_annotation(meta, problems);
+    let mut labels = meta.labels.clone().unwrap_or_default();
+    labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name);
+    NamespaceInfo { labels, audit }
+}
+
+pub(crate) fn duplicate(label: &str) -> InputError {
     InputError {
         object: label.to_owned(),
         field: "metadata.name".to_owned(),
@@ -209,7 +271,7 @@ fn check_pod_ip(pod: &Pod, problems: &mut Problems) {
 }
 
 /// Checks one pod; `None` (with problems) when it must be left out.
-fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
+pub(crate) fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
     let meta = &pod.metadata;
     let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
         problems.push("metadata.name", "missing: a Pod needs a name");
@@ -277,7 +339,7 @@ fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
             .clone()
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
         name,
-        labels: meta.labels.clone().unwrap_or_default(),
+        labels: Arc::new(meta.labels.clone().unwrap_or_default()),
         ips,
         named_ports,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
@@ -285,5 +347,12 @@ fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         ),
+        ready: !pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "False"),
     })
 }

@@ -264,7 +264,7 @@ fn fit_peers(
     if left_out.is_empty() {
         return;
     }
-    for pod in &cluster.pods {
+    for pod in cluster.pods.values() {
         let ips: Vec<String> = pod
             .ips
             .iter()

@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tollgate_schemas::{PeerIdentity, PeerKey};
 
@@ -188,7 +189,7 @@ impl Peers {
     /// `prior_selectors` and `prior_identities`.
     pub(crate) fn build(
         cluster: &Cluster,
-        policies: &[Policy],
+        policies: &[&Policy],
         services: &[ServiceInfo],
         prior_selectors: &BTreeMap<String, u32>,
         prior_identities: &BTreeMap<String, u32>,
@@ -235,7 +236,7 @@ impl Peers {
         let classes = match_classes(cluster, &universe.selectors);
         let mut by_address = HashMap::new();
         let mut pod_entries = Vec::new();
-        let networked = cluster.pods.iter().filter(|pod| pod.is_networked());
+        let networked = cluster.pods.values().filter(|pod| pod.is_networked());
         for (pod, selectors) in networked.zip(&classes) {
             let mut named: Vec<NamedPort> = pod
                 .named_ports
@@ -385,7 +386,7 @@ struct Universe {
 }
 
 impl Universe {
-    fn of(policies: &[Policy]) -> Universe {
+    fn of(policies: &[&Policy]) -> Universe {
         let mut selectors = Vec::new();
         let mut seen = HashSet::new();
         let mut regions = HashSet::from([Prefix::ALL_V4, Prefix::ALL_V6]);
@@ -434,17 +435,18 @@ impl Universe {
 /// pod order. Pods are matched per (namespace, labels) class, and a selector only against the
 /// classes of the namespaces it looks in.
 fn match_classes(cluster: &Cluster, selectors: &[PeerSelector]) -> Vec<Vec<usize>> {
-    let mut class_of: HashMap<(&str, &BTreeMap<String, String>), usize> = HashMap::new();
+    // Pods with equal labels share one map (`Cluster::set_pod`): the map's address names it.
+    let mut class_of: HashMap<(&str, *const BTreeMap<String, String>), usize> = HashMap::new();
     let mut classes: Vec<(&str, &BTreeMap<String, String>)> = Vec::new();
     let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
     let pod_classes: Vec<usize> = cluster
         .pods
-        .iter()
+        .values()
         .filter(|pod| pod.is_networked())
         .map(|pod| {
-            let key = (pod.namespace.as_str(), &pod.labels);
+            let key = (pod.namespace.as_str(), Arc::as_ptr(&pod.labels));
             *class_of.entry(key).or_insert_with(|| {
-                classes.push(key);
+                classes.push((pod.namespace.as_str(), &pod.labels));
                 by_namespace
                     .entry(pod.namespace.as_str())
                     .or_default()

@@ -3,9 +3,12 @@
 //! same output, entry for entry.
 //!
 //! How a rule becomes map entries:
-//! 1. Checking. `cluster` checks namespaces and pods, `policy` checks NetworkPolicies (with
-//!    `selector`, `peers`, `ports` and `cidr`). An invalid object is left out, with every
-//!    problem reported as an [`InputError`] naming the object and the field.
+//! 1. Checking. A [`Compiler`] (`incremental`) keeps the cluster between compilations and
+//!    checks each object once, when it arrives: `cluster` checks namespaces and pods, `policy`
+//!    NetworkPolicies (with `selector`, `peers`, `ports` and `cidr`); Services are checked
+//!    with their backends (`services`) in each pass. An invalid object is left out, with every
+//!    problem reported as an [`InputError`] naming the object and the field. [`compile_with`]
+//!    is one pass of a compiler loaded with a whole [`Snapshot`].
 //! 2. Ids. Every rule of every valid policy (namespace, name, direction, index) and every
 //!    endpoint pod gets a stable id (`ids`): the one it had in `prior`, else the smallest free.
 //! 3. Peer identities (`identities`). Every address policy can name gets an identity: pods
@@ -40,6 +43,7 @@ mod endpoint;
 mod fit;
 mod identities;
 mod ids;
+mod incremental;
 mod peers;
 mod policy;
 mod ports;
@@ -53,9 +57,11 @@ mod vips;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use tollgate_schemas::{Direction, EndpointKey, addr};
 
 pub use cluster::{ENFORCEMENT_ANNOTATION, MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX};
+pub use incremental::{Compiler, Object, ObjectKind};
 pub use recover::recover_ids;
 
 use crate::desired::{Capacity, DesiredState, Ids, RuleRef};
@@ -121,7 +127,9 @@ pub struct Compiled {
     /// Every valid Service with its ready backends (see [`services`]), by namespace and name:
     /// what a ClusterIP stands for, for flow records, verify and the lab's kube-proxy.
     pub services: Vec<services::ServiceInfo>,
-    /// Invalid objects (left out) and capacity problems.
+    /// Invalid objects (left out), by kind (Namespace, Pod, NetworkPolicy, Service,
+    /// EndpointSlice) then namespace and name, after those of unnamed and duplicate objects;
+    /// then capacity problems.
     pub errors: Vec<InputError>,
 }
 
@@ -139,6 +147,11 @@ impl Problems {
     /// How many problems were recorded (compare before and after a check).
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Adds the problems of `other`.
+    pub(crate) fn extend(&mut self, other: Problems) {
+        self.0.extend(other.0);
     }
 
     /// Turns the problems into errors of `object`.
@@ -171,15 +184,29 @@ pub fn compile_with(
     prior: &Ids,
     capacity: &Capacity,
 ) -> Compiled {
-    let mut errors = Vec::new();
-    let cluster = Cluster::build(snapshot, &mut errors);
-    let policies = policy::check_policies(&snapshot.policies, &mut errors);
-    let services = services::resolve(snapshot, &cluster, &mut errors);
+    Compiler::from_snapshot(snapshot).compile(placement, prior, capacity)
+}
 
-    let rule_ids = ids::assign(&prior.rules, policies.iter().flat_map(rule_refs));
+/// One compilation of checked inputs (the objects' problems already in `errors`).
+#[allow(clippy::too_many_arguments)]
+fn run(
+    cluster: &Cluster,
+    policies: &[&Policy],
+    services: &BTreeMap<(String, String), Service>,
+    slices: &BTreeMap<(String, String), EndpointSlice>,
+    node_addresses: &[IpAddr],
+    placement: &Placement<'_>,
+    prior: &Ids,
+    capacity: &Capacity,
+    mut errors: Vec<InputError>,
+) -> Compiled {
+    let services = services::resolve(services, slices, cluster, &mut errors);
+
+    let rule_ids = ids::assign(&prior.rules, policies.iter().copied().flat_map(rule_refs));
     let mut rules = HashMap::new();
     let policy_rules: Vec<PolicyRules<'_>> = policies
         .iter()
+        .copied()
         .map(|policy| {
             let mut ids = |direction| {
                 let list = match direction {
@@ -206,8 +233,8 @@ pub fn compile_with(
         .collect();
 
     let peers = Peers::build(
-        &cluster,
-        &policies,
+        cluster,
+        policies,
         &services,
         &prior.selectors,
         &prior.identities,
@@ -215,7 +242,7 @@ pub fn compile_with(
 
     let endpoints: Vec<(&PodInfo, u32)> = cluster
         .pods
-        .iter()
+        .values()
         .filter(|pod| pod.is_networked())
         .filter_map(|pod| {
             placement
@@ -252,7 +279,7 @@ pub fn compile_with(
 
     let by_address = placement.by_address();
     let fitted = fit::fit(
-        &cluster,
+        cluster,
         &peers,
         &set_entries,
         &set_ids,
@@ -263,8 +290,7 @@ pub fn compile_with(
         &mut errors,
     );
     let mut desired = fitted.desired;
-    desired.node_addrs = snapshot
-        .node_addresses
+    desired.node_addrs = node_addresses
         .iter()
         .map(|ip| EndpointKey {
             addr: addr::to_bytes(*ip),

@@ -6,20 +6,15 @@
 //! list of a type the policy does not have is checked but not compiled; a rule list that is
 //! absent or empty for a type the policy has isolates and allows nothing.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::Problems;
-use super::cluster::{
-    MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX, audit_annotation, object_label,
-};
+use super::cluster::{MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX, audit_annotation};
 use super::peers::{Peer, parse_peers};
 use super::ports::{PortSpec, parse_ports};
 use super::selector::Selector;
 use crate::manifest::DEFAULT_NAMESPACE;
-use crate::snapshot::InputError;
 
 /// One rule of `spec.ingress` or `spec.egress`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,33 +45,14 @@ pub(crate) struct Policy {
     pub(crate) egress: Option<Vec<Rule>>,
 }
 
-/// Checks every policy; the valid ones come back ordered by namespace and name.
-pub(crate) fn check_policies(
-    policies: &[NetworkPolicy],
-    errors: &mut Vec<InputError>,
-) -> Vec<Policy> {
-    let mut valid = BTreeMap::new();
-    for (index, policy) in policies.iter().enumerate() {
-        let label = object_label("NetworkPolicy", &policy.metadata, "policies", index);
-        // An unknown enforcement mode is reported but does not invalidate the policy.
-        let mut notes = Problems::default();
-        let audit = audit_annotation(&policy.metadata, &mut notes);
-        notes.report(&label, errors);
-        let mut problems = Problems::default();
-        let checked = check_policy(policy, audit, &mut problems);
-        problems.report(&label, errors);
-        if let Some(checked) = checked {
-            let key = (checked.namespace.clone(), checked.name.clone());
-            if valid.insert(key, checked).is_some() {
-                errors.push(InputError {
-                    object: label,
-                    field: "metadata.name".to_owned(),
-                    message: "defined more than once; the last definition is used".to_owned(),
-                });
-            }
-        }
-    }
-    valid.into_values().collect()
+/// Checks one named policy: the policy when valid, and its problems either way (an unknown
+/// enforcement mode is reported but does not invalidate the policy).
+pub(crate) fn check_one(policy: &NetworkPolicy, problems: &mut Problems) -> Option<Policy> {
+    let audit = audit_annotation(&policy.metadata, problems);
+    let mut invalid = Problems::default();
+    let checked = check_policy(policy, audit, &mut invalid);
+    problems.extend(invalid);
+    checked
 }
 
 fn check_policy(policy: &NetworkPolicy, audit: bool, problems: &mut Problems) -> Option<Policy> {

@@ -19,19 +19,19 @@
 //! The compiler then decides, per egress policy set, each `ClusterIP:port` from the backends
 //! (see [`super::vips`]), and names the Service in flow records through [`ServiceInfo`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Problems;
 use super::cidr::parse_ip;
-use super::cluster::{Cluster, PodInfo, object_label};
+use super::cluster::{Cluster, PodInfo};
 use super::ports::{protocol_number, valid_port_name};
 use super::selector::Selector;
-use crate::snapshot::{InputError, Snapshot};
+use crate::snapshot::InputError;
 
 /// Label of an EndpointSlice that names its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -108,40 +108,25 @@ enum Target<'s> {
     Name(&'s str),
 }
 
-/// Every valid Service of `snapshot` with its backends (see the module doc), ordered by
-/// namespace and name; problems go to `errors`.
+/// Every valid Service of `services` (by namespace and name) with its backends from
+/// `slices` (by namespace and name) or `cluster`'s pods (see the module doc), in key order;
+/// problems go to `errors`.
 pub(crate) fn resolve(
-    snapshot: &Snapshot,
+    services: &BTreeMap<(String, String), Service>,
+    slices: &BTreeMap<(String, String), EndpointSlice>,
     cluster: &Cluster,
     errors: &mut Vec<InputError>,
 ) -> Vec<ServiceInfo> {
-    let mut checked = BTreeMap::new();
-    for (index, service) in snapshot.services.iter().enumerate() {
-        let label = object_label("Service", &service.metadata, "services", index);
+    let mut checked = Vec::with_capacity(services.len());
+    for ((namespace, name), service) in services {
         let mut problems = Problems::default();
         let service = check(service, &mut problems);
-        problems.report(&label, errors);
-        if let Some(service) = service
-            && let Some(earlier) =
-                checked.insert((service.namespace.clone(), service.name.clone()), service)
-        {
-            errors.push(InputError {
-                object: format!("Service {}/{}", earlier.namespace, earlier.name),
-                field: "metadata.name".to_owned(),
-                message: "defined more than once; the last definition is used".to_owned(),
-            });
-        }
+        problems.report(&format!("Service {namespace}/{name}"), errors);
+        checked.extend(service);
     }
-    let slices = slices_by_service(&snapshot.endpoint_slices, errors);
-    let not_ready = not_ready(&snapshot.pods);
-    let pods_by_ip: BTreeMap<IpAddr, &PodInfo> = cluster
-        .pods
-        .iter()
-        .filter(|pod| pod.is_networked())
-        .flat_map(|pod| pod.ips.iter().map(move |ip| (*ip, pod)))
-        .collect();
+    let slices = slices_by_service(slices, errors);
     checked
-        .into_values()
+        .into_iter()
         .map(|service| {
             let key = (service.namespace.clone(), service.name.clone());
             let ports = service
@@ -152,8 +137,8 @@ pub(crate) fn resolve(
                     protocol: port.protocol,
                     port: port.port,
                     backends: match slices.get(&key) {
-                        Some(slices) => slice_backends(slices, port, &pods_by_ip),
-                        None => selector_backends(&service, port, cluster, &not_ready),
+                        Some(slices) => slice_backends(slices, port, cluster),
+                        None => selector_backends(&service, port, cluster),
                     },
                 })
                 .collect();
@@ -276,18 +261,18 @@ fn checked_port(value: i32, field: &str, problems: &mut Problems) -> Option<u16>
 /// The EndpointSlices of each Service, by (namespace, service name). A slice without the
 /// service-name label belongs to no Service and is ignored, as kube-proxy ignores it.
 fn slices_by_service<'s>(
-    slices: &'s [EndpointSlice],
+    slices: &'s BTreeMap<(String, String), EndpointSlice>,
     errors: &mut Vec<InputError>,
 ) -> BTreeMap<(String, String), Vec<&'s EndpointSlice>> {
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for (index, slice) in slices.iter().enumerate() {
+    for ((namespace, name), slice) in slices {
         let meta = &slice.metadata;
         let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
             continue;
         };
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             errors.push(InputError {
-                object: object_label("EndpointSlice", meta, "endpointSlices", index),
+                object: format!("EndpointSlice {namespace}/{name}"),
                 field: "addressType".to_owned(),
                 message: format!(
                     "{:?} is not IPv4 or IPv6; its endpoints are left out",
@@ -296,12 +281,8 @@ fn slices_by_service<'s>(
             });
             continue;
         }
-        let namespace = meta
-            .namespace
-            .clone()
-            .unwrap_or_else(|| crate::manifest::DEFAULT_NAMESPACE.to_owned());
         by_service
-            .entry((namespace, service.clone()))
+            .entry((namespace.clone(), service.clone()))
             .or_default()
             .push(slice);
     }
@@ -313,7 +294,7 @@ fn slices_by_service<'s>(
 fn slice_backends(
     slices: &[&EndpointSlice],
     port: &CheckedPort<'_>,
-    pods_by_ip: &BTreeMap<IpAddr, &PodInfo>,
+    cluster: &Cluster,
 ) -> Vec<Backend> {
     let mut backends = Vec::new();
     for slice in slices {
@@ -352,7 +333,7 @@ fn slice_backends(
                 };
                 let pod = named_pod
                     .clone()
-                    .or_else(|| pods_by_ip.get(&addr).map(|p| p.key()));
+                    .or_else(|| cluster.pod_at(addr).map(PodInfo::key));
                 backends.push(Backend {
                     addr,
                     port: number,
@@ -366,38 +347,18 @@ fn slice_backends(
     backends
 }
 
-/// Pods whose `Ready` condition is `False`, by `namespace/name`: no Service's backends.
-fn not_ready(pods: &[Pod]) -> BTreeSet<String> {
-    pods.iter()
-        .filter(|pod| {
-            pod.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "False")
-        })
-        .map(crate::snapshot::pod_key)
-        .collect()
-}
-
 /// Without slices: the ready networked pods the selector matches in the Service's namespace.
 fn selector_backends(
     service: &Checked<'_>,
     port: &CheckedPort<'_>,
     cluster: &Cluster,
-    not_ready: &BTreeSet<String>,
 ) -> Vec<Backend> {
     let Some(selector) = &service.selector else {
         return Vec::new();
     };
     let mut backends = Vec::new();
-    for pod in &cluster.pods {
-        if pod.namespace != service.namespace
-            || !pod.is_networked()
-            || !selector.matches(&pod.labels)
-            || not_ready.contains(&pod.key())
-        {
+    for pod in cluster.pods_of(&service.namespace) {
+        if !pod.is_networked() || !pod.ready || !selector.matches(&pod.labels) {
             continue;
         }
         let number = match port.target {

@@ -1455,16 +1455,16 @@ status: {{phase: Running, podIP: 'fd00::0:53', podIPs: [{{ip: 'fd00::53'}}, {{ip
     assert_eq!(
         got,
         [
-            ("Pod x/two-faced", "status.podIP"),
             ("Pod x/garbled", "status.podIP"),
+            ("Pod x/two-faced", "status.podIP"),
         ]
     );
     assert!(
-        compiled.errors[0]
+        compiled.errors[1]
             .message
             .starts_with("10.0.1.50 is not status.podIPs[0] (10.0.1.51)"),
         "{}",
-        compiled.errors[0].message
+        compiled.errors[1].message
     );
     // Left out: neither address is an endpoint (fail closed: unknown-endpoint on a node).
     for left_out in ["10.0.1.50", "10.0.1.51", "10.0.1.52"] {

@@ -1,0 +1,338 @@
+//! The compiler's inputs, kept between compilations and changed one object at a time.
+//!
+//! A [`Compiler`] holds the cluster as the compiler reads it: each object is checked once,
+//! when it arrives ([`Compiler::apply`]), and kept by key in the form the compilation uses
+//! (pods and namespaces as `cluster`'s infos, policies as checked [`Policy`]s, Services and
+//! EndpointSlices as given), with its problems. A change replaces or removes one object; a
+//! pass ([`Compiler::compile`]) reads what is kept, never a copy of the cluster's objects.
+//! A caller that holds whole snapshots hands them over with [`Compiler::load`], which checks
+//! again only the objects whose resourceVersion moved.
+//! [`super::compile_with`] is the same compilation over a [`Snapshot`] loaded at once
+//! ([`Compiler::from_snapshot`]), so an incremental compiler and a full one give the same maps
+//! for the same cluster (`tests::incremental`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use k8s_openapi::Resource;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::cluster::{self, Cluster, object_label};
+use super::policy::{self, Policy};
+use super::{Compiled, Placement, Problems};
+use crate::desired::{Capacity, Ids};
+use crate::manifest::DEFAULT_NAMESPACE;
+use crate::snapshot::{InputError, Snapshot};
+
+/// One cluster object, as a watch or a file delivers it.
+#[derive(Debug, Clone, Copy)]
+pub enum Object<'a> {
+    /// A v1 Namespace.
+    Namespace(&'a Namespace),
+    /// A v1 Pod.
+    Pod(&'a Pod),
+    /// A networking.k8s.io/v1 NetworkPolicy.
+    NetworkPolicy(&'a NetworkPolicy),
+    /// A v1 Service.
+    Service(&'a Service),
+    /// A discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice(&'a EndpointSlice),
+}
+
+/// The kinds of [`Object`], to name one that is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    /// Namespace.
+    Namespace,
+    /// Pod.
+    Pod,
+    /// NetworkPolicy.
+    NetworkPolicy,
+    /// Service.
+    Service,
+    /// EndpointSlice.
+    EndpointSlice,
+}
+
+impl ObjectKind {
+    /// The API's kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Namespace => Namespace::KIND,
+            ObjectKind::Pod => Pod::KIND,
+            ObjectKind::NetworkPolicy => NetworkPolicy::KIND,
+            ObjectKind::Service => Service::KIND,
+            ObjectKind::EndpointSlice => EndpointSlice::KIND,
+        }
+    }
+}
+
+impl Object<'_> {
+    /// Its kind.
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Object::Namespace(_) => ObjectKind::Namespace,
+            Object::Pod(_) => ObjectKind::Pod,
+            Object::NetworkPolicy(_) => ObjectKind::NetworkPolicy,
+            Object::Service(_) => ObjectKind::Service,
+            Object::EndpointSlice(_) => ObjectKind::EndpointSlice,
+        }
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+        }
+    }
+}
+
+/// An object's key: (namespace, name); a Namespace's namespace is empty.
+type Key = (String, String);
+
+/// The compiler's inputs, changed one object at a time (see the module doc).
+#[derive(Debug, Clone, Default)]
+pub struct Compiler {
+    cluster: Cluster,
+    policies: BTreeMap<Key, Policy>,
+    services: BTreeMap<Key, Service>,
+    slices: BTreeMap<Key, EndpointSlice>,
+    node_addresses: Vec<IpAddr>,
+    /// Each kept object's problems, by kind and key (reported by every pass).
+    problems: BTreeMap<(ObjectKind, Key), Vec<InputError>>,
+    /// Problems of a loaded snapshot that belong to no key: unnamed objects, duplicates.
+    load_errors: Vec<InputError>,
+    /// The resourceVersion of every kept object, valid or not (see [`Compiler::load`]).
+    versions: HashMap<(ObjectKind, Key), Option<String>>,
+}
+
+impl Compiler {
+    /// A compiler that knows no object yet.
+    pub fn new() -> Compiler {
+        Compiler::default()
+    }
+
+    /// A compiler that knows `snapshot`'s objects (see [`Compiler::load`]).
+    pub fn from_snapshot(snapshot: &Snapshot) -> Compiler {
+        let mut compiler = Compiler::new();
+        compiler.load(snapshot);
+        compiler
+    }
+
+    /// Makes the kept objects those of `snapshot`: an object with the resourceVersion of the
+    /// one kept under its key is not checked again, the others are applied, and kept objects
+    /// the snapshot no longer lists are removed. An unnamed object is reported and left out;
+    /// of an object listed twice, the last definition is used and the duplicate reported.
+    pub fn load(&mut self, snapshot: &Snapshot) {
+        self.load_errors.clear();
+        let lists: [(&str, Vec<Object<'_>>); 5] = [
+            (
+                "namespaces",
+                snapshot.namespaces.iter().map(Object::Namespace).collect(),
+            ),
+            ("pods", snapshot.pods.iter().map(Object::Pod).collect()),
+            (
+                "policies",
+                snapshot
+                    .policies
+                    .iter()
+                    .map(Object::NetworkPolicy)
+                    .collect(),
+            ),
+            (
+                "services",
+                snapshot.services.iter().map(Object::Service).collect(),
+            ),
+            (
+                "endpointSlices",
+                snapshot
+                    .endpoint_slices
+                    .iter()
+                    .map(Object::EndpointSlice)
+                    .collect(),
+            ),
+        ];
+        let mut listed = HashSet::new();
+        for (list, objects) in lists {
+            for (index, object) in objects.into_iter().enumerate() {
+                let Some(key) = key_of(object) else {
+                    let error = self
+                        .apply(object)
+                        .expect_err("an unnamed object is refused");
+                    self.load_errors.push(unnamed(object, list, index, error));
+                    continue;
+                };
+                let kind = object.kind();
+                let version = object.meta().resource_version.as_ref();
+                if !listed.insert((kind, key.clone())) {
+                    let label = self.label(kind, object.meta());
+                    self.load_errors.push(cluster::duplicate(&label));
+                } else if version.is_some()
+                    && self.versions.get(&(kind, key)).map(Option::as_ref) == Some(version)
+                {
+                    continue;
+                }
+                // Named: never refused.
+                let _ = self.apply(object);
+            }
+        }
+        let gone: Vec<(ObjectKind, Key)> = self
+            .versions
+            .keys()
+            .filter(|key| !listed.contains(*key))
+            .cloned()
+            .collect();
+        for (kind, (namespace, name)) in gone {
+            self.delete(kind, &namespace, &name);
+        }
+        self.node_addresses = snapshot.node_addresses.clone();
+    }
+
+    /// Adds `object`, or replaces the one of its kind with its namespace and name. Returns
+    /// that (namespace, name); an object without a name is refused, with that error.
+    pub fn apply(&mut self, object: Object<'_>) -> Result<(String, String), InputError> {
+        let meta = object.meta();
+        let kind = object.kind();
+        let Some(key) = key_of(object) else {
+            return Err(InputError {
+                object: format!("{} (unnamed)", kind.name()),
+                field: "metadata.name".to_owned(),
+                message: format!("missing: a {} needs a name", kind.name()),
+            });
+        };
+        self.versions
+            .insert((kind, key.clone()), meta.resource_version.clone());
+        let mut problems = Problems::default();
+        match object {
+            Object::Namespace(o) => {
+                let info = cluster::check_namespace(o, &mut problems);
+                self.cluster.set_namespace(&key.1, Some(info));
+            }
+            Object::Pod(o) => {
+                let info = cluster::check_pod(o, &mut problems);
+                self.cluster.set_pod(&pod_key(&key), info);
+            }
+            Object::NetworkPolicy(o) => match policy::check_one(o, &mut problems) {
+                Some(policy) => {
+                    self.policies.insert(key.clone(), policy);
+                }
+                None => {
+                    self.policies.remove(&key);
+                }
+            },
+            Object::Service(o) => {
+                self.services.insert(key.clone(), o.clone());
+            }
+            Object::EndpointSlice(o) => {
+                self.slices.insert(key.clone(), o.clone());
+            }
+        }
+        let label = self.label(kind, meta);
+        let mut errors = Vec::new();
+        problems.report(&label, &mut errors);
+        if errors.is_empty() {
+            self.problems.remove(&(kind, key.clone()));
+        } else {
+            self.problems.insert((kind, key.clone()), errors);
+        }
+        Ok(key)
+    }
+
+    /// Removes the object of `kind` named `name` in `namespace` (ignored for a Namespace);
+    /// nothing when it is not known.
+    pub fn delete(&mut self, kind: ObjectKind, namespace: &str, name: &str) {
+        let namespace = match kind {
+            ObjectKind::Namespace => "",
+            _ => namespace,
+        };
+        let key = (namespace.to_owned(), name.to_owned());
+        match kind {
+            ObjectKind::Namespace => self.cluster.set_namespace(name, None),
+            ObjectKind::Pod => self.cluster.set_pod(&pod_key(&key), None),
+            ObjectKind::NetworkPolicy => {
+                self.policies.remove(&key);
+            }
+            ObjectKind::Service => {
+                self.services.remove(&key);
+            }
+            ObjectKind::EndpointSlice => {
+                self.slices.remove(&key);
+            }
+        }
+        self.problems.remove(&(kind, key.clone()));
+        self.versions.remove(&(kind, key));
+    }
+
+    /// Sets the node's own addresses (see `Snapshot::node_addresses`).
+    pub fn set_node_addresses(&mut self, addresses: Vec<IpAddr>) {
+        self.node_addresses = addresses;
+    }
+
+    /// Compiles what is kept for the endpoints `placement` names, keeping the ids of `prior`
+    /// for what still exists, within `capacity` (see [`super::compile_with`]).
+    pub fn compile(&self, placement: &Placement<'_>, prior: &Ids, capacity: &Capacity) -> Compiled {
+        let mut errors = self.load_errors.clone();
+        errors.extend(self.problems.values().flatten().cloned());
+        let policies: Vec<&Policy> = self.policies.values().collect();
+        super::run(
+            &self.cluster,
+            &policies,
+            &self.services,
+            &self.slices,
+            &self.node_addresses,
+            placement,
+            prior,
+            capacity,
+            errors,
+        )
+    }
+
+    /// `Kind namespace/name` (`Namespace name`).
+    fn label(&self, kind: ObjectKind, meta: &ObjectMeta) -> String {
+        let name = meta.name.as_deref().unwrap_or_default();
+        match kind {
+            ObjectKind::Namespace => format!("Namespace {name}"),
+            _ => format!(
+                "{} {}/{name}",
+                kind.name(),
+                meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+            ),
+        }
+    }
+}
+
+/// An object's key; `None` when it has no name.
+fn key_of(object: Object<'_>) -> Option<Key> {
+    let meta = object.meta();
+    let name = meta.name.clone().filter(|n| !n.is_empty())?;
+    let namespace = match object.kind() {
+        ObjectKind::Namespace => String::new(),
+        _ => meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+    };
+    Some((namespace, name))
+}
+
+/// A pod's key in `Cluster`: `namespace/name`.
+fn pod_key((namespace, name): &Key) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The error of an unnamed object of a snapshot, naming its place in the list.
+fn unnamed(object: Object<'_>, list: &str, index: usize, error: InputError) -> InputError {
+    let object = match object.kind() {
+        ObjectKind::Namespace => format!("Namespace (unnamed, snapshot {list}[{index}])"),
+        kind => object_label(kind.name(), object.meta(), list, index),
+    };
+    InputError { object, ..error }
+}
