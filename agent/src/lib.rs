@@ -8,8 +8,9 @@
 //! - [`source`]: the [`source::ClusterSource`] the agent reads: a snapshot of the cluster and
 //!   "it changed". [`source::KubeSource`] is the reflectors on EKS; [`source::StaticSource`]
 //!   is a snapshot set in code (the lab, tests) — everything after it is the same path;
-//! - [`reconcile`]: snapshot → the pure compiler (for this node's endpoints, ids carried over
-//!   from the previous compilation) → the difference to what the maps were last synced to →
+//! - [`reconcile`]: snapshot → the compiler, kept between passes (it checks again only the
+//!   objects whose resourceVersion moved; for this node's endpoints, ids carried over from the
+//!   previous compilation) → the difference to what the maps were last synced to →
 //!   `tollgate_enforcer::sync` writes only the entries that changed;
 //! - [`run`]: the loop that waits for changes, reconciles, retries a failed sync, and
 //!   measures the propagation latency (watch event arrival → maps synced).

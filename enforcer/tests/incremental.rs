@@ -195,15 +195,28 @@ fn service(rng: &mut StdRng) -> (Value, Option<Value>) {
     let slice = rng.random_bool(0.5).then(|| {
         let endpoints: Vec<Value> = (0..rng.random_range(0..3u8))
             .map(|i| {
-                json!({"addresses": [format!("198.18.0.{}", rng.random_range(0..12u8))],
-                       "conditions": {"ready": rng.random_bool(0.8)},
-                       "targetRef": {"kind": "Pod", "namespace": namespace, "name": format!("p{i}")}})
+                let mut endpoint = json!({
+                    "addresses": [format!("198.18.0.{}", rng.random_range(0..12u8))],
+                    "conditions": {"ready": rng.random_bool(0.8)}});
+                // Without a targetRef, the pod is found by its address.
+                if rng.random_bool(0.7) {
+                    endpoint["targetRef"] =
+                        json!({"kind": "Pod", "namespace": namespace, "name": format!("p{i}")});
+                }
+                endpoint
             })
             .collect();
+        // Sometimes the slice of another Service of the namespace, or one kube-proxy ignores.
+        let owner = if rng.random_bool(0.2) {
+            format!("s{}", rng.random_range(0..3u8))
+        } else {
+            name.clone()
+        };
+        let address_type = if rng.random_bool(0.1) { "FQDN" } else { "IPv4" };
         json!({
             "metadata": {"name": format!("{name}-x"), "namespace": namespace,
-                         "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
+                         "labels": {"kubernetes.io/service-name": owner}},
+            "addressType": address_type,
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": endpoints
         })

@@ -48,6 +48,9 @@ pub(crate) struct NamespaceInfo {
 /// A label map, shared.
 pub(crate) type Labels = Arc<BTreeMap<String, String>>;
 
+/// A pod's named container ports, shared.
+pub(crate) type NamedPorts = Arc<[NamedPort]>;
+
 /// One valid pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PodInfo {
@@ -59,8 +62,8 @@ pub(crate) struct PodInfo {
     pub(crate) labels: Labels,
     /// Addresses from `status.podIPs` (or `status.podIP`), without duplicates.
     pub(crate) ips: Vec<IpAddr>,
-    /// Container ports that have a name.
-    pub(crate) named_ports: Vec<NamedPort>,
+    /// Container ports that have a name, shared like the labels.
+    pub(crate) named_ports: NamedPorts,
     /// `spec.hostNetwork`: the pod uses the node's addresses and has no veth.
     pub(crate) host_network: bool,
     /// Phase is Succeeded or Failed: the pod's address may already belong to another pod.
@@ -96,8 +99,11 @@ pub(crate) struct Cluster {
     pod_counts: BTreeMap<String, usize>,
     /// The networked pods of each address, by key (two only while an address moves).
     by_ip: BTreeMap<IpAddr, BTreeSet<String>>,
-    /// The distinct label maps of the kept pods, so that pods with the same labels share one.
+    /// The distinct label maps of the kept pods, so that pods with the same labels share one
+    /// (and a map's address names it).
     labels: HashSet<Labels>,
+    /// The distinct named-port lists of the kept pods, shared the same way.
+    named_ports: HashSet<NamedPorts>,
 }
 
 /// Whether an object's [`ENFORCEMENT_ANNOTATION`] asks for audit mode. An unknown value is a
@@ -155,9 +161,12 @@ impl Cluster {
     pub(crate) fn set_pod(&mut self, key: &str, info: Option<PodInfo>) {
         if let Some(old) = self.pods.remove(key) {
             self.index(&old, false);
-            // Only the pool and `old` hold it: no other pod has these labels.
+            // Only the pool and `old` hold them: no other pod has the same.
             if Arc::strong_count(&old.labels) == 2 {
                 self.labels.remove(&old.labels);
+            }
+            if Arc::strong_count(&old.named_ports) == 2 {
+                self.named_ports.remove(&old.named_ports);
             }
             let count = self.pod_counts.entry(old.namespace.clone()).or_default();
             *count -= 1;
@@ -169,12 +178,8 @@ impl Cluster {
             }
         }
         let Some(mut info) = info else { return };
-        match self.labels.get(&info.labels) {
-            Some(shared) => info.labels = shared.clone(),
-            None => {
-                self.labels.insert(info.labels.clone());
-            }
-        }
+        info.labels = share(&mut self.labels, info.labels);
+        info.named_ports = share(&mut self.named_ports, info.named_ports);
         *self.pod_counts.entry(info.namespace.clone()).or_default() += 1;
         if !self.namespaces.contains_key(&info.namespace) {
             self.namespaces
@@ -188,11 +193,12 @@ impl Cluster {
         if !pod.is_networked() {
             return;
         }
+        let key = pod.key();
         for ip in &pod.ips {
             if add {
-                self.by_ip.entry(*ip).or_default().insert(pod.key());
+                self.by_ip.entry(*ip).or_default().insert(key.clone());
             } else if let Some(keys) = self.by_ip.get_mut(ip) {
-                keys.remove(&pod.key());
+                keys.remove(&key);
                 if keys.is_empty() {
                     self.by_ip.remove(ip);
                 }
@@ -213,6 +219,17 @@ impl Cluster {
     pub(crate) fn pod_at(&self, ip: IpAddr) -> Option<&PodInfo> {
         let key = self.by_ip.get(&ip)?.last()?;
         self.pods.get(key)
+    }
+}
+
+/// The value of `pool` equal to `value`, which joins the pool when it has none.
+fn share<T: ?Sized + Eq + std::hash::Hash>(pool: &mut HashSet<Arc<T>>, value: Arc<T>) -> Arc<T> {
+    match pool.get(&value) {
+        Some(shared) => shared.clone(),
+        None => {
+            pool.insert(value.clone());
+            value
+        }
     }
 }
 
@@ -341,7 +358,7 @@ pub(crate) fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
         name,
         labels: Arc::new(meta.labels.clone().unwrap_or_default()),
         ips,
-        named_ports,
+        named_ports: named_ports.into(),
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         finished: matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),

@@ -63,14 +63,15 @@ pub(crate) fn fit(
 ) -> Fitted {
     let mut desired = DesiredState::default();
     fit_peers(cluster, peers, capacity, &mut desired, errors);
+    let all_fit = peers.entries.len() <= capacity.peers as usize;
     let regions: BTreeSet<PeerEntryKey> = peers.entries[..peers.by_region.len()]
         .iter()
         .map(|(key, ..)| *key)
-        .filter(|key| desired.peers.contains_key(key))
+        .filter(|key| all_fit || desired.peers.contains_key(key))
         .collect();
     let peer_ids: BTreeMap<IpAddr, PeerIdentity> = peers.entries[peers.by_region.len()..]
         .iter()
-        .filter(|(key, ..)| desired.peers.contains_key(key))
+        .filter(|(key, ..)| all_fit || desired.peers.contains_key(key))
         .map(|(key, value, _)| (addr::from_bytes(key.key.addr), *value))
         .collect();
 
@@ -253,6 +254,16 @@ fn fit_peers(
     errors: &mut Vec<InputError>,
 ) {
     let room = capacity.peers as usize;
+    if peers.entries.len() <= room {
+        // Everything fits: built at once (an address listed twice keeps its last entry, as
+        // one insert after the other would).
+        desired.peers = peers
+            .entries
+            .iter()
+            .map(|(key, value, _)| (*key, *value))
+            .collect();
+        return;
+    }
     let mut left_out = BTreeSet::new();
     for (key, value, pod_address) in &peers.entries {
         if desired.peers.len() < room {

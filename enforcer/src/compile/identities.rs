@@ -234,29 +234,39 @@ impl Peers {
         }
 
         let classes = match_classes(cluster, &universe.selectors);
+        // Per class, the named ports egress rules use; then per (class, region) the identity.
+        let mut class_named: Vec<Option<Vec<NamedPort>>> = vec![None; classes.matched.len()];
+        let mut class_identity: HashMap<(usize, Prefix), usize> = HashMap::new();
         let mut by_address = HashMap::new();
         let mut pod_entries = Vec::new();
         let networked = cluster.pods.values().filter(|pod| pod.is_networked());
-        for (pod, selectors) in networked.zip(&classes) {
-            let mut named: Vec<NamedPort> = pod
-                .named_ports
-                .iter()
-                .filter(|p| {
-                    universe
-                        .egress_names
-                        .contains(&(p.name.clone(), p.protocol))
-                })
-                .cloned()
-                .collect();
-            named.sort_by(|a, b| (&a.name, a.protocol, a.port).cmp(&(&b.name, b.protocol, b.port)));
+        for (pod, &class) in networked.zip(&classes.of_pod) {
             for ip in &pod.ips {
-                let key = Key {
-                    selectors: selectors.clone(),
-                    region: regions.of(Prefix::host(*ip)),
-                    named: named.clone(),
-                    cluster_ip: None,
-                };
-                let index = intern(key);
+                let region = regions.of(Prefix::host(*ip));
+                let index = *class_identity.entry((class, region)).or_insert_with(|| {
+                    let named = class_named[class].get_or_insert_with(|| {
+                        let mut named: Vec<NamedPort> = pod
+                            .named_ports
+                            .iter()
+                            .filter(|p| {
+                                universe
+                                    .egress_names
+                                    .contains(&(p.name.clone(), p.protocol))
+                            })
+                            .cloned()
+                            .collect();
+                        named.sort_by(|a, b| {
+                            (&a.name, a.protocol, a.port).cmp(&(&b.name, b.protocol, b.port))
+                        });
+                        named
+                    });
+                    intern(Key {
+                        selectors: classes.matched[class].clone(),
+                        region,
+                        named: named.clone(),
+                        cluster_ip: None,
+                    })
+                });
                 by_address.insert(*ip, index);
                 pod_entries.push((*ip, index));
             }
@@ -431,20 +441,34 @@ impl Universe {
     }
 }
 
-/// The selectors (indices into `selectors`) that match each networked pod of `cluster`, in
-/// pod order. Pods are matched per (namespace, labels) class, and a selector only against the
-/// classes of the namespaces it looks in.
-fn match_classes(cluster: &Cluster, selectors: &[PeerSelector]) -> Vec<Vec<usize>> {
-    // Pods with equal labels share one map (`Cluster::set_pod`): the map's address names it.
-    let mut class_of: HashMap<(&str, *const BTreeMap<String, String>), usize> = HashMap::new();
+/// Networked pods in classes: same namespace, labels and named ports (the same policy sees
+/// them alike, up to their addresses).
+struct Classes {
+    /// Each networked pod's class, in pod order.
+    of_pod: Vec<usize>,
+    /// Per class, the selectors (indices into the universe's) that match it.
+    matched: Vec<Vec<usize>>,
+}
+
+/// The classes of `cluster`'s networked pods, each matched against `selectors` once: a
+/// selector only against the classes of the namespaces it looks in.
+fn match_classes(cluster: &Cluster, selectors: &[PeerSelector]) -> Classes {
+    // Pods with equal labels (and named ports) share one value (`Cluster::set_pod`): its
+    // address names it.
+    type ClassKey<'a> = (&'a str, *const BTreeMap<String, String>, *const [NamedPort]);
+    let mut class_of: HashMap<ClassKey<'_>, usize> = HashMap::new();
     let mut classes: Vec<(&str, &BTreeMap<String, String>)> = Vec::new();
     let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
-    let pod_classes: Vec<usize> = cluster
+    let of_pod: Vec<usize> = cluster
         .pods
         .values()
         .filter(|pod| pod.is_networked())
         .map(|pod| {
-            let key = (pod.namespace.as_str(), Arc::as_ptr(&pod.labels));
+            let key = (
+                pod.namespace.as_str(),
+                Arc::as_ptr(&pod.labels),
+                Arc::as_ptr(&pod.named_ports),
+            );
             *class_of.entry(key).or_insert_with(|| {
                 classes.push((pod.namespace.as_str(), &pod.labels));
                 by_namespace
@@ -478,10 +502,7 @@ fn match_classes(cluster: &Cluster, selectors: &[PeerSelector]) -> Vec<Vec<usize
             }
         }
     }
-    pod_classes
-        .into_iter()
-        .map(|class| matched[class].clone())
-        .collect()
+    Classes { of_pod, matched }
 }
 
 /// The canonical form of an identity: stable across compilations as long as what it stands for

@@ -11,7 +11,7 @@
 //! ([`Compiler::from_snapshot`]), so an incremental compiler and a full one give the same maps
 //! for the same cluster (`tests::incremental`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use k8s_openapi::Resource;
@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::cluster::{self, Cluster, object_label};
 use super::policy::{self, Policy};
+use super::services::{self, ServiceInfo};
 use super::{Compiled, Placement, Problems};
 use crate::desired::{Capacity, Ids};
 use crate::manifest::DEFAULT_NAMESPACE;
@@ -112,6 +113,18 @@ pub struct Compiler {
     load_errors: Vec<InputError>,
     /// The resourceVersion of every kept object, valid or not (see [`Compiler::load`]).
     versions: HashMap<(ObjectKind, Key), Option<String>>,
+    /// Each valid Service with its backends, as last resolved.
+    resolved: BTreeMap<Key, ServiceInfo>,
+    /// Services to resolve again before the next pass: they, their slices or the pods they may
+    /// name changed.
+    stale_services: BTreeSet<Key>,
+    /// The Service of each slice that belongs to one.
+    slice_service: HashMap<Key, Key>,
+    /// The slices of each Service.
+    service_slices: BTreeMap<Key, BTreeSet<Key>>,
+    /// Services with a slice endpoint that names no pod (found by address, in any namespace):
+    /// resolved again on every pod change.
+    by_address: BTreeSet<Key>,
 }
 
 impl Compiler {
@@ -219,6 +232,7 @@ impl Compiler {
             Object::Pod(o) => {
                 let info = cluster::check_pod(o, &mut problems);
                 self.cluster.set_pod(&pod_key(&key), info);
+                self.pod_changed(&key.0);
             }
             Object::NetworkPolicy(o) => match policy::check_one(o, &mut problems) {
                 Some(policy) => {
@@ -229,18 +243,31 @@ impl Compiler {
                 }
             },
             Object::Service(o) => {
+                services::check_service(o, &mut problems);
                 self.services.insert(key.clone(), o.clone());
+                self.stale_services.insert(key.clone());
             }
             Object::EndpointSlice(o) => {
+                self.unlink_slice(&key);
+                if let Some(service) = services::check_slice(o, &mut problems) {
+                    let service = (key.0.clone(), service);
+                    self.stale_services.insert(service.clone());
+                    self.service_slices
+                        .entry(service.clone())
+                        .or_default()
+                        .insert(key.clone());
+                    self.slice_service.insert(key.clone(), service);
+                }
                 self.slices.insert(key.clone(), o.clone());
             }
         }
-        let label = self.label(kind, meta);
-        let mut errors = Vec::new();
-        problems.report(&label, &mut errors);
-        if errors.is_empty() {
-            self.problems.remove(&(kind, key.clone()));
+        if problems.is_empty() {
+            if !self.problems.is_empty() {
+                self.problems.remove(&(kind, key.clone()));
+            }
         } else {
+            let mut errors = Vec::new();
+            problems.report(&self.label(kind, meta), &mut errors);
             self.problems.insert((kind, key.clone()), errors);
         }
         Ok(key)
@@ -256,14 +283,19 @@ impl Compiler {
         let key = (namespace.to_owned(), name.to_owned());
         match kind {
             ObjectKind::Namespace => self.cluster.set_namespace(name, None),
-            ObjectKind::Pod => self.cluster.set_pod(&pod_key(&key), None),
+            ObjectKind::Pod => {
+                self.cluster.set_pod(&pod_key(&key), None);
+                self.pod_changed(namespace);
+            }
             ObjectKind::NetworkPolicy => {
                 self.policies.remove(&key);
             }
             ObjectKind::Service => {
                 self.services.remove(&key);
+                self.stale_services.insert(key.clone());
             }
             ObjectKind::EndpointSlice => {
+                self.unlink_slice(&key);
                 self.slices.remove(&key);
             }
         }
@@ -278,21 +310,80 @@ impl Compiler {
 
     /// Compiles what is kept for the endpoints `placement` names, keeping the ids of `prior`
     /// for what still exists, within `capacity` (see [`super::compile_with`]).
-    pub fn compile(&self, placement: &Placement<'_>, prior: &Ids, capacity: &Capacity) -> Compiled {
+    pub fn compile(
+        &mut self,
+        placement: &Placement<'_>,
+        prior: &Ids,
+        capacity: &Capacity,
+    ) -> Compiled {
+        self.resolve_services();
         let mut errors = self.load_errors.clone();
         errors.extend(self.problems.values().flatten().cloned());
         let policies: Vec<&Policy> = self.policies.values().collect();
+        let services: Vec<ServiceInfo> = self.resolved.values().cloned().collect();
         super::run(
             &self.cluster,
             &policies,
-            &self.services,
-            &self.slices,
+            services,
             &self.node_addresses,
             placement,
             prior,
             capacity,
             errors,
         )
+    }
+
+    /// Resolves again the backends of the Services that may have changed since the last
+    /// pass.
+    fn resolve_services(&mut self) {
+        for key in std::mem::take(&mut self.stale_services) {
+            self.by_address.remove(&key);
+            let Some(service) = self.services.get(&key) else {
+                self.resolved.remove(&key);
+                continue;
+            };
+            let slices: Vec<&EndpointSlice> = self
+                .service_slices
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .filter_map(|slice| self.slices.get(slice))
+                .collect();
+            if slices.iter().any(|s| services::names_pods_by_address(s)) {
+                self.by_address.insert(key.clone());
+            }
+            match services::resolve_one(service, &slices, &self.cluster) {
+                Some(info) => self.resolved.insert(key, info),
+                None => self.resolved.remove(&key),
+            };
+        }
+    }
+
+    /// A pod of `namespace` changed: the Services there may have other backends, and so may
+    /// those whose slices find pods by address.
+    fn pod_changed(&mut self, namespace: &str) {
+        let start = (namespace.to_owned(), String::new());
+        let here = self
+            .services
+            .range(start..)
+            .take_while(|((ns, _), _)| ns == namespace)
+            .map(|(key, _)| key.clone());
+        self.stale_services.extend(here);
+        self.stale_services.extend(self.by_address.iter().cloned());
+    }
+
+    /// Forgets which Service slice `key` belonged to (that Service is resolved again).
+    fn unlink_slice(&mut self, key: &Key) {
+        let Some(service) = self.slice_service.remove(key) else {
+            return;
+        };
+        if let Some(slices) = self.service_slices.get_mut(&service) {
+            slices.remove(key);
+            if slices.is_empty() {
+                self.service_slices.remove(&service);
+            }
+        }
+        self.stale_services.insert(service);
     }
 
     /// `Kind namespace/name` (`Namespace name`).

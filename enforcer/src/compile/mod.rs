@@ -57,7 +57,6 @@ mod vips;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use tollgate_schemas::{Direction, EndpointKey, addr};
 
 pub use cluster::{ENFORCEMENT_ANNOTATION, MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX};
@@ -149,6 +148,11 @@ impl Problems {
         self.0.len()
     }
 
+    /// Whether no problem was recorded.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Adds the problems of `other`.
     pub(crate) fn extend(&mut self, other: Problems) {
         self.0.extend(other.0);
@@ -192,16 +196,13 @@ pub fn compile_with(
 fn run(
     cluster: &Cluster,
     policies: &[&Policy],
-    services: &BTreeMap<(String, String), Service>,
-    slices: &BTreeMap<(String, String), EndpointSlice>,
+    services: Vec<services::ServiceInfo>,
     node_addresses: &[IpAddr],
     placement: &Placement<'_>,
     prior: &Ids,
     capacity: &Capacity,
     mut errors: Vec<InputError>,
 ) -> Compiled {
-    let services = services::resolve(services, slices, cluster, &mut errors);
-
     let rule_ids = ids::assign(&prior.rules, policies.iter().copied().flat_map(rule_refs));
     let mut rules = HashMap::new();
     let policy_rules: Vec<PolicyRules<'_>> = policies

@@ -1,10 +1,12 @@
 //! Services: what a connection to a ClusterIP reaches, as kube-proxy programs it.
 //!
 //! Data flows in two steps:
-//! 1. Checking (`check`): each v1 Service gives its ClusterIPs (none when headless, `None`)
-//!    and its ports (protocol, `port`, `targetPort` as a number or a container port name). An
-//!    invalid Service is left out, with each problem naming the field.
-//! 2. Backends (`backends`): for each Service port, the ready endpoints of the EndpointSlices
+//! 1. Checking, as each object arrives ([`check_service`], [`check_slice`]): each v1 Service
+//!    gives its ClusterIPs (none when headless, `None`) and its ports (protocol, `port`,
+//!    `targetPort` as a number or a container port name). An invalid Service is left out,
+//!    with each problem naming the field.
+//! 2. Backends ([`resolve_one`], again only when the Service, its slices or the pods it may
+//!    name changed): for each Service port, the ready endpoints of the EndpointSlices
 //!    labelled `kubernetes.io/service-name: <service>` in its namespace, matched to the port
 //!    by name and protocol, each with the port the slice gives (the `targetPort` already
 //!    resolved for that backend, as the EndpointSlice controller does). A Service no slice
@@ -19,7 +21,6 @@
 //! The compiler then decides, per egress policy set, each `ClusterIP:port` from the backends
 //! (see [`super::vips`]), and names the Service in flow records through [`ServiceInfo`].
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
@@ -31,7 +32,6 @@ use super::cidr::parse_ip;
 use super::cluster::{Cluster, PodInfo};
 use super::ports::{protocol_number, valid_port_name};
 use super::selector::Selector;
-use crate::snapshot::InputError;
 
 /// Label of an EndpointSlice that names its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -108,48 +108,73 @@ enum Target<'s> {
     Name(&'s str),
 }
 
-/// Every valid Service of `services` (by namespace and name) with its backends from
-/// `slices` (by namespace and name) or `cluster`'s pods (see the module doc), in key order;
-/// problems go to `errors`.
-pub(crate) fn resolve(
-    services: &BTreeMap<(String, String), Service>,
-    slices: &BTreeMap<(String, String), EndpointSlice>,
-    cluster: &Cluster,
-    errors: &mut Vec<InputError>,
-) -> Vec<ServiceInfo> {
-    let mut checked = Vec::with_capacity(services.len());
-    for ((namespace, name), service) in services {
-        let mut problems = Problems::default();
-        let service = check(service, &mut problems);
-        problems.report(&format!("Service {namespace}/{name}"), errors);
-        checked.extend(service);
+/// The problems of a Service (an invalid one is left out when resolved).
+pub(crate) fn check_service(service: &Service, problems: &mut Problems) {
+    check(service, problems);
+}
+
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name`), if any and if
+/// its address type is one kube-proxy programs; problems go to `problems`. A slice without
+/// the label belongs to no Service and is ignored, as kube-proxy ignores it.
+pub(crate) fn check_slice(slice: &EndpointSlice, problems: &mut Problems) -> Option<String> {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))?;
+    if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+        problems.push(
+            "addressType",
+            format!(
+                "{:?} is not IPv4 or IPv6; its endpoints are left out",
+                slice.address_type
+            ),
+        );
+        return None;
     }
-    let slices = slices_by_service(slices, errors);
-    checked
-        .into_iter()
-        .map(|service| {
-            let key = (service.namespace.clone(), service.name.clone());
-            let ports = service
-                .ports
-                .iter()
-                .map(|port| ServicePort {
-                    name: port.name.map(str::to_owned),
-                    protocol: port.protocol,
-                    port: port.port,
-                    backends: match slices.get(&key) {
-                        Some(slices) => slice_backends(slices, port, cluster),
-                        None => selector_backends(&service, port, cluster),
-                    },
-                })
-                .collect();
-            ServiceInfo {
-                namespace: service.namespace,
-                name: service.name,
-                cluster_ips: service.cluster_ips,
-                ports,
-            }
+    Some(service.clone())
+}
+
+/// Whether some endpoint of `slice` names no pod: its pod is then found by address, in any
+/// namespace.
+pub(crate) fn names_pods_by_address(slice: &EndpointSlice) -> bool {
+    slice.endpoints.iter().flatten().any(|endpoint| {
+        endpoint
+            .target_ref
+            .as_ref()
+            .is_none_or(|r| r.kind.as_deref() != Some("Pod"))
+    })
+}
+
+/// `service` with its backends, from `slices` (those that belong to it, checked by
+/// [`check_slice`]) or, when it has none, `cluster`'s pods (see the module doc); `None` when
+/// the Service is invalid (its problems are reported by [`check_service`]).
+pub(crate) fn resolve_one(
+    service: &Service,
+    slices: &[&EndpointSlice],
+    cluster: &Cluster,
+) -> Option<ServiceInfo> {
+    let service = check(service, &mut Problems::default())?;
+    let ports = service
+        .ports
+        .iter()
+        .map(|port| ServicePort {
+            name: port.name.map(str::to_owned),
+            protocol: port.protocol,
+            port: port.port,
+            backends: if slices.is_empty() {
+                selector_backends(&service, port, cluster)
+            } else {
+                slice_backends(slices, port, cluster)
+            },
         })
-        .collect()
+        .collect();
+    Some(ServiceInfo {
+        namespace: service.namespace,
+        name: service.name,
+        cluster_ips: service.cluster_ips,
+        ports,
+    })
 }
 
 fn check<'s>(service: &'s Service, problems: &mut Problems) -> Option<Checked<'s>> {
@@ -256,37 +281,6 @@ fn checked_port(value: i32, field: &str, problems: &mut Problems) -> Option<u16>
             None
         }
     }
-}
-
-/// The EndpointSlices of each Service, by (namespace, service name). A slice without the
-/// service-name label belongs to no Service and is ignored, as kube-proxy ignores it.
-fn slices_by_service<'s>(
-    slices: &'s BTreeMap<(String, String), EndpointSlice>,
-    errors: &mut Vec<InputError>,
-) -> BTreeMap<(String, String), Vec<&'s EndpointSlice>> {
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for ((namespace, name), slice) in slices {
-        let meta = &slice.metadata;
-        let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-            continue;
-        };
-        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-            errors.push(InputError {
-                object: format!("EndpointSlice {namespace}/{name}"),
-                field: "addressType".to_owned(),
-                message: format!(
-                    "{:?} is not IPv4 or IPv6; its endpoints are left out",
-                    slice.address_type
-                ),
-            });
-            continue;
-        }
-        by_service
-            .entry((namespace.clone(), service.clone()))
-            .or_default()
-            .push(slice);
-    }
-    by_service
 }
 
 /// Ready endpoints of `slices` for `port`: the slice port with the Service port's name and
