@@ -177,24 +177,23 @@ impl Compiler {
         for (list, objects) in lists {
             for (index, object) in objects.into_iter().enumerate() {
                 let Some(key) = key_of(object) else {
-                    let error = self
-                        .apply(object)
-                        .expect_err("an unnamed object is refused");
-                    self.load_errors.push(unnamed(object, list, index, error));
+                    self.load_errors.push(unnamed(object, list, index));
                     continue;
                 };
                 let kind = object.kind();
                 let version = object.meta().resource_version.as_ref();
-                if !listed.insert((kind, key.clone())) {
+                let entry = (kind, key);
+                if listed.contains(&entry) {
                     let label = self.label(kind, object.meta());
                     self.load_errors.push(cluster::duplicate(&label));
                 } else if version.is_some()
-                    && self.versions.get(&(kind, key)).map(Option::as_ref) == Some(version)
+                    && self.versions.get(&entry).map(Option::as_ref) == Some(version)
                 {
+                    listed.insert(entry);
                     continue;
                 }
-                // Named: never refused.
-                let _ = self.apply(object);
+                self.apply_as(object, entry.1.clone());
+                listed.insert(entry);
             }
         }
         let gone: Vec<(ObjectKind, Key)> = self
@@ -212,15 +211,20 @@ impl Compiler {
     /// Adds `object`, or replaces the one of its kind with its namespace and name. Returns
     /// that (namespace, name); an object without a name is refused, with that error.
     pub fn apply(&mut self, object: Object<'_>) -> Result<(String, String), InputError> {
-        let meta = object.meta();
-        let kind = object.kind();
         let Some(key) = key_of(object) else {
             return Err(InputError {
-                object: format!("{} (unnamed)", kind.name()),
-                field: "metadata.name".to_owned(),
-                message: format!("missing: a {} needs a name", kind.name()),
+                object: format!("{} (unnamed)", object.kind().name()),
+                ..unnamed(object, "", 0)
             });
         };
+        self.apply_as(object, key.clone());
+        Ok(key)
+    }
+
+    /// [`Compiler::apply`] of a named object, its key given.
+    fn apply_as(&mut self, object: Object<'_>, key: Key) {
+        let meta = object.meta();
+        let kind = object.kind();
         self.versions
             .insert((kind, key.clone()), meta.resource_version.clone());
         let mut problems = Problems::default();
@@ -268,9 +272,8 @@ impl Compiler {
         } else {
             let mut errors = Vec::new();
             problems.report(&self.label(kind, meta), &mut errors);
-            self.problems.insert((kind, key.clone()), errors);
+            self.problems.insert((kind, key), errors);
         }
-        Ok(key)
     }
 
     /// Removes the object of `kind` named `name` in `namespace` (ignored for a Namespace);
@@ -419,11 +422,15 @@ fn pod_key((namespace, name): &Key) -> String {
     format!("{namespace}/{name}")
 }
 
-/// The error of an unnamed object of a snapshot, naming its place in the list.
-fn unnamed(object: Object<'_>, list: &str, index: usize, error: InputError) -> InputError {
-    let object = match object.kind() {
-        ObjectKind::Namespace => format!("Namespace (unnamed, snapshot {list}[{index}])"),
-        kind => object_label(kind.name(), object.meta(), list, index),
-    };
-    InputError { object, ..error }
+/// The error of an unnamed object, entry `index` of a snapshot's `list`.
+fn unnamed(object: Object<'_>, list: &str, index: usize) -> InputError {
+    let kind = object.kind().name();
+    InputError {
+        object: match object.kind() {
+            ObjectKind::Namespace => format!("Namespace (unnamed, snapshot {list}[{index}])"),
+            _ => object_label(kind, object.meta(), list, index),
+        },
+        field: "metadata.name".to_owned(),
+        message: format!("missing: a {kind} needs a name"),
+    }
 }
