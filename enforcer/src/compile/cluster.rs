@@ -314,16 +314,17 @@ pub(crate) fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
         .enumerate()
     {
         for (p, port) in container.ports.iter().flatten().enumerate() {
-            let at = format!("spec.containers[{c}].ports[{p}]");
+            // Named only for a problem: most pods have none.
+            let at = || format!("spec.containers[{c}].ports[{p}]");
             let protocol = protocol_number(port.protocol.as_deref())
-                .map_err(|message| problems.push(format!("{at}.protocol"), message))
+                .map_err(|message| problems.push(format!("{}.protocol", at()), message))
                 .ok();
             let number = u16::try_from(port.container_port)
                 .ok()
                 .filter(|n| *n != 0)
                 .or_else(|| {
                     problems.push(
-                        format!("{at}.containerPort"),
+                        format!("{}.containerPort", at()),
                         format!("{} is out of range 1-65535", port.container_port),
                     );
                     None
@@ -333,7 +334,7 @@ pub(crate) fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
             };
             if !valid_port_name(port_name) {
                 problems.push(
-                    format!("{at}.name"),
+                    format!("{}.name", at()),
                     format!("{port_name:?} is not a valid port name"),
                 );
                 continue;
