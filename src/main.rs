@@ -45,6 +45,12 @@ enum Command {
     /// Write an evidence bundle of a pod's flow records in a time window, from the flow log;
     /// or `evidence verify DIR`.
     Evidence(EvidenceArgs),
+    /// The flow log's signed digest chain: check the flow log against it, or make and export
+    /// a signing key.
+    Digest {
+        #[command(subcommand)]
+        command: DigestCommand,
+    },
     /// Measure the datapath, the collector or the compiler at cluster scale.
     Bench {
         #[command(subcommand)]
@@ -215,6 +221,42 @@ enum EvidenceCommand {
         /// The manifest's own SHA-256, as printed when the bundle was written.
         #[arg(long)]
         manifest_sha256: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DigestCommand {
+    /// Check every digest's signature, the chains' continuity, each listed object's presence
+    /// and SHA-256, objects in no digest, and gaps in each node's sequence numbers. Exit code
+    /// 0 only when everything holds; 1 with one line per problem.
+    Verify {
+        /// The flow log: `s3://bucket/prefix` or a local directory.
+        #[arg(long)]
+        flow_log: tollgate_incident::location::FlowLogLocation,
+        /// Window start, as `evidence --from`; the whole flow log when absent.
+        #[arg(long)]
+        from: Option<String>,
+        /// Window end (exclusive), as `--from`.
+        #[arg(long)]
+        to: Option<String>,
+        /// A trusted public key (PEM, as `digest public-key` prints it); repeatable. Without
+        /// one, each node's chain is checked against the key of its first digest.
+        #[arg(long)]
+        public_key: Vec<PathBuf>,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Print the public key (PEM) of a local signing key file.
+    PublicKey {
+        /// The key file (the collector's `digest.signing.key_file`).
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600) and print its public key.
+    Keygen {
+        /// Where (refused when the file exists).
+        #[arg(long)]
+        key_file: PathBuf,
     },
 }
 
@@ -396,6 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flows(args) => flows_command(&args),
         Command::Quarantine(args) => quarantine_command(&args),
         Command::Evidence(args) => evidence_command(&args),
+        Command::Digest { command } => digest_command(&command),
         Command::Bench {
             target: BenchTarget::Datapath { packets },
         } => {
@@ -816,6 +859,97 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Exit code 0: the flow log holds up against its digests (or the key was printed); 1: a
+/// problem, one line each; 2: error.
+fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
+    use tollgate_collector::sign;
+    match command {
+        DigestCommand::PublicKey { key_file } => {
+            anyhow::ensure!(
+                key_file.is_file(),
+                "{}: no such key file",
+                key_file.display()
+            );
+            let signer = sign::Signer::local(key_file)?;
+            write_out(&sign::public_key_pem(&signer.public_key()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DigestCommand::Keygen { key_file } => {
+            sign::generate_key(key_file)
+                .with_context(|| format!("writing a key to {}", key_file.display()))?;
+            let signer = sign::Signer::local(key_file)?;
+            write_out(&sign::public_key_pem(&signer.public_key()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DigestCommand::Verify {
+            flow_log,
+            from,
+            to,
+            public_key,
+            s3,
+        } => {
+            use tollgate_collector::{
+                clock::{NS_PER_S, unix_now_ns},
+                read::parse_since,
+            };
+            use tollgate_incident::{digest_verify, source::Reader};
+            let now_s = unix_now_ns() / NS_PER_S;
+            let time = |flag: &str, text: &Option<String>| {
+                text.as_ref()
+                    .map(|text| {
+                        parse_since(text, now_s).with_context(|| {
+                            format!(
+                                "{flag} {text:?}: expected YYYY-MM-DDTHH:MM:SSZ, Unix seconds, \
+                                 or an age like 2h"
+                            )
+                        })
+                    })
+                    .transpose()
+            };
+            let mut trusted = Vec::new();
+            for file in public_key {
+                let pem = std::fs::read_to_string(file)
+                    .with_context(|| format!("--public-key {}", file.display()))?;
+                trusted.push(
+                    sign::parse_public_key_pem(&pem)
+                        .map_err(|e| anyhow::anyhow!("--public-key {}: {e}", file.display()))?,
+                );
+            }
+            let request = digest_verify::Request {
+                from_s: time("--from", from)?,
+                to_s: time("--to", to)?,
+                trusted,
+            };
+            let s3 = s3.options(flow_log)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let report = runtime.block_on(async {
+                let reader = Reader::new(flow_log, &s3).await;
+                digest_verify::verify(&reader, &request).await
+            })?;
+            for line in &report.notes {
+                note(&format!("note: {line}"));
+            }
+            for line in &report.problems {
+                write_out(&format!("{line}\n"))?;
+            }
+            if report.problems.is_empty() {
+                write_out(&format!(
+                    "flow log {flow_log} holds up: {} digests of {} nodes, {} objects, each \
+                     present with its SHA-256, every chain unbroken, no gap\n",
+                    report.digests, report.nodes, report.objects
+                ))?;
+                Ok(ExitCode::SUCCESS)
+            } else {
+                note(&format!(
+                    "flow log {flow_log}: {} problems",
+                    report.problems.len()
+                ));
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
 }
 
 /// The NetworkPolicies of `namespace` now, from the API server.

@@ -51,6 +51,73 @@ pub struct CollectorConfig {
     pub spool_max_bytes: u64,
     /// Where files go from the spool.
     pub sink: SinkConfig,
+    /// The digest chain: how often, and with which key.
+    pub digest: DigestConfig,
+}
+
+/// The digest chain's settings ([`crate::chain`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DigestConfig {
+    /// A digest is sealed at every multiple of this many seconds (UTC), and at shutdown.
+    pub interval_secs: u64,
+    /// The signing key.
+    pub signing: SigningConfig,
+}
+
+impl Default for DigestConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 3600,
+            signing: SigningConfig::default(),
+        }
+    }
+}
+
+/// Which key signs the digests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SigningConfig {
+    /// An Ed25519 key in a PKCS#8 PEM file, created (mode 0600) when missing: the embedded
+    /// default.
+    LocalKey {
+        /// The key file; `<spool_dir>/digest-signing.pem` when absent.
+        #[serde(default)]
+        key_file: Option<PathBuf>,
+    },
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self::LocalKey { key_file: None }
+    }
+}
+
+impl SigningConfig {
+    /// The signer these settings name, for a collector whose spool is `spool_dir`.
+    pub async fn signer(
+        &self,
+        spool_dir: &std::path::Path,
+    ) -> Result<crate::sign::Signer, crate::sign::SignError> {
+        match self {
+            Self::LocalKey { key_file } => crate::sign::Signer::local(
+                &key_file
+                    .clone()
+                    .unwrap_or_else(|| spool_dir.join("digest-signing.pem")),
+            ),
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        match self {
+            Self::LocalKey {
+                key_file: Some(file),
+            } if file.as_os_str().is_empty() => {
+                vec!["digest.signing.key_file: must not be empty".to_owned()]
+            }
+            Self::LocalKey { .. } => Vec::new(),
+        }
+    }
 }
 
 impl Default for CollectorConfig {
@@ -67,6 +134,7 @@ impl Default for CollectorConfig {
             spool_dir: PathBuf::from("/var/lib/tollgate/spool"),
             spool_max_bytes: 1024 * 1024 * 1024,
             sink: SinkConfig::default(),
+            digest: DigestConfig::default(),
         }
     }
 }
@@ -127,7 +195,13 @@ impl CollectorConfig {
             "spool_max_bytes",
             "must be at least 1",
         );
+        check(
+            self.digest.interval_secs > 0,
+            "digest.interval_secs",
+            "must be at least 1",
+        );
         problems.extend(self.sink.problems());
+        problems.extend(self.digest.signing.problems());
         problems
     }
 }
