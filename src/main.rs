@@ -44,7 +44,7 @@ enum Command {
     Quarantine(QuarantineArgs),
     /// Write an evidence bundle of a pod's flow records in a time window, from the flow log;
     /// or `evidence verify DIR`.
-    Evidence(EvidenceArgs),
+    Evidence(Box<EvidenceArgs>),
     /// The flow log's signed digest chain: check the flow log against it, or make and export
     /// a signing key.
     Digest {
@@ -221,6 +221,10 @@ enum EvidenceCommand {
         /// The manifest's own SHA-256, as printed when the bundle was written.
         #[arg(long)]
         manifest_sha256: Option<String>,
+        /// A trusted public key of the nodes' digests (PEM, as `digest public-key` prints
+        /// it); repeatable. Without one, each digest is checked against the key it carries.
+        #[arg(long)]
+        public_key: Vec<PathBuf>,
     },
 }
 
@@ -774,26 +778,42 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
     if let Some(EvidenceCommand::Verify {
         dir,
         manifest_sha256,
+        public_key,
     }) = &args.verify
     {
-        return Ok(match evidence::verify(dir, manifest_sha256.as_deref()) {
-            Ok(manifest) => {
-                write_out(&format!(
-                    "evidence bundle {} is intact: {} files as listed in its manifest ({}, {} \
-                     to {})\n",
-                    dir.display(),
-                    manifest.files.len(),
-                    format_args!("{}/{}", manifest.pod.namespace, manifest.pod.name),
-                    manifest.window.from_utc,
-                    manifest.window.to_utc
-                ))?;
-                ExitCode::SUCCESS
-            }
+        let trusted = read_public_keys(public_key)?;
+        let manifest = match evidence::verify(dir, manifest_sha256.as_deref()) {
+            Ok(manifest) => manifest,
             Err(tampered) => {
                 note(&tampered.to_string());
-                ExitCode::from(1)
+                return Ok(ExitCode::from(1));
             }
-        });
+        };
+        let provenance = match tollgate_incident::provenance::check(dir, &trusted) {
+            Ok(provenance) => provenance,
+            Err(problems) => {
+                note(&format!(
+                    "evidence bundle {} FAILED verification against its digests ({} \
+                     problems):\n  {}",
+                    dir.display(),
+                    problems.len(),
+                    problems.join("\n  ")
+                ));
+                return Ok(ExitCode::from(1));
+            }
+        };
+        write_out(&format!(
+            "evidence bundle {} is intact: {} files as listed in its manifest ({}, {} to {}); \
+             {} of its {} source objects are listed with their SHA-256 in a signed digest\n",
+            dir.display(),
+            manifest.files.len(),
+            format_args!("{}/{}", manifest.pod.namespace, manifest.pod.name),
+            manifest.window.from_utc,
+            manifest.window.to_utc,
+            provenance.proven,
+            provenance.proven + provenance.uncovered
+        ))?;
+        return Ok(ExitCode::SUCCESS);
     }
     let (Some(pod), Some(from), Some(out), Some(flow_log)) =
         (&args.pod, &args.from, &args.out, &args.flow_log)
@@ -850,6 +870,14 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
         bundle.manifest_sha256,
         bundle.dir.display()
     ))?;
+    if bundle.provenance.uncovered > 0 {
+        note(&format!(
+            "note: {} of {} source objects are in no signed digest (isolation records, or a \
+             flow log older than the digests): the bundle cannot prove where those came from",
+            bundle.provenance.uncovered,
+            bundle.provenance.proven + bundle.provenance.uncovered
+        ));
+    }
     let shortfalls = bundle.shortfalls(args.allow_empty);
     for shortfall in &shortfalls {
         note(&format!("error: {shortfall}"));
@@ -908,15 +936,7 @@ fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
                     })
                     .transpose()
             };
-            let mut trusted = Vec::new();
-            for file in public_key {
-                let pem = std::fs::read_to_string(file)
-                    .with_context(|| format!("--public-key {}", file.display()))?;
-                trusted.push(
-                    sign::parse_public_key_pem(&pem)
-                        .map_err(|e| anyhow::anyhow!("--public-key {}: {e}", file.display()))?,
-                );
-            }
+            let trusted = read_public_keys(public_key)?;
             let request = digest_verify::Request {
                 from_s: time("--from", from)?,
                 to_s: time("--to", to)?,
@@ -950,6 +970,19 @@ fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// The DER of each `--public-key` PEM file.
+fn read_public_keys(files: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    files
+        .iter()
+        .map(|file| {
+            let pem = std::fs::read_to_string(file)
+                .with_context(|| format!("--public-key {}", file.display()))?;
+            tollgate_collector::sign::parse_public_key_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("--public-key {}: {e}", file.display()))
+        })
+        .collect()
 }
 
 /// The NetworkPolicies of `namespace` now, from the API server.

@@ -114,7 +114,7 @@ fn is_isolation_record(key: &str) -> bool {
 #[tracing::instrument(skip_all)]
 pub async fn verify(reader: &Reader, request: &Request) -> Result<Report, SourceError> {
     let mut report = Report::default();
-    let names = reader.list_all().await?;
+    let names = reader.list_all("").await?;
     let mut digests: Vec<Read> = Vec::new();
     let mut flow_objects: BTreeSet<String> = BTreeSet::new();
     for name in &names {

@@ -19,7 +19,8 @@
 //! Each kind is written sorted by time as Parquet (the flow log's own schema) and as CSV; then
 //! `policies.json` (the NetworkPolicies in force: from the cluster when the caller read them,
 //! and as every isolation record saw them), `sources.json`, `timeline.txt` (the three kinds on
-//! one timeline, as `tollgate flows` prints it), and last `manifest.json`: what was asked, and
+//! one timeline, as `tollgate flows` prints it), the signed digests that list the sources
+//! (`digest-*.json`, [`crate::provenance`]), and last `manifest.json`: what was asked, and
 //! the size and SHA-256 of every other file. [`verify`] recomputes them and fails on any
 //! difference, missing or extra file; only regular files of the bundle count (a symbolic link
 //! or a FIFO in it is a problem, never followed or opened), each hashed as a stream.
@@ -228,6 +229,8 @@ pub struct Bundle {
     pub timeline: String,
     /// What the records tell about the pod's quarantine.
     pub story: Story,
+    /// How many sources a signed digest in the bundle lists, and how many none does.
+    pub provenance: crate::provenance::Provenance,
 }
 
 /// Why a written bundle may not tell the whole story of its pod in its window.
@@ -332,6 +335,8 @@ pub async fn collect(
                 sources.push(SourceUse {
                     object,
                     records: file.rows(),
+                    key: reader.relative(name),
+                    digest: None,
                 });
                 kept.append(file);
             }
@@ -376,6 +381,16 @@ pub async fn collect(
         files.push(format!("{kind}.parquet"));
         files.push(format!("{kind}.csv"));
     }
+    let keys: Vec<String> = sources.iter().map(|s| s.key.clone()).collect();
+    let gathered = crate::provenance::gather(&reader, &keys, out).await?;
+    for source in &mut sources {
+        source.digest = gathered.covering.get(&source.key).cloned();
+    }
+    let provenance = crate::provenance::Provenance {
+        proven: sources.iter().filter(|s| s.digest.is_some()).count(),
+        uncovered: sources.iter().filter(|s| s.digest.is_none()).count(),
+    };
+    files.extend(gathered.files);
     let mut snapshots = policies;
     snapshots.extend(isolation_snapshots(&timeline));
     write_json(&out.join("policies.json"), &policies_document(snapshots))?;
@@ -425,15 +440,21 @@ pub async fn collect(
         manifest_sha256: sha256_hex(format!("{text}\n").as_bytes()),
         timeline,
         story,
+        provenance,
     })
 }
 
-/// A flow-log file and how many of its rows went into the bundle.
+/// A flow-log file, how many of its rows went into the bundle, and the digest of the bundle
+/// that lists it.
 #[derive(Debug, Serialize)]
 struct SourceUse {
     #[serde(flatten)]
     object: SourceObject,
     records: u64,
+    /// Its key relative to the flow log's root, as digests name it.
+    key: String,
+    /// The bundle's file of the signed digest that lists it; null when none does.
+    digest: Option<String>,
 }
 
 /// Fetches the listed file `name` and keeps the rows of it that `request` asks for: all of

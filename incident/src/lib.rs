@@ -9,6 +9,8 @@
 //! - [`evidence`]: a pod's records in a time window read back from the flow log
 //!   ([`source`]: local files, or S3 objects with their ETags and versions), written as a
 //!   bundle with a manifest of SHA-256 digests, and verified again later;
+//! - [`provenance`]: the signed digests that list a bundle's sources, carried in the bundle
+//!   and checked by `evidence verify`;
 //! - [`digest_verify`]: the flow log checked against the collectors' signed digest chains
 //!   (`tollgate digest verify`);
 //! - [`athena`]: one Athena query naming the S3 objects that hold a pod's records, read alone.
@@ -18,6 +20,7 @@ pub mod cluster;
 pub mod digest_verify;
 pub mod evidence;
 pub mod location;
+pub mod provenance;
 pub mod quarantine;
 pub mod record;
 pub mod source;

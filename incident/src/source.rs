@@ -232,13 +232,17 @@ impl Reader {
         }
     }
 
-    /// Every file of the flow log (any depth; hidden local files skipped), as names
-    /// [`Reader::fetch`] takes, sorted.
-    pub async fn list_all(&self) -> Result<Vec<String>, SourceError> {
+    /// Every file of the flow log under `under` (a key prefix relative to its root, `""` for
+    /// all; any depth; hidden local files skipped), as names [`Reader::fetch`] takes, sorted.
+    pub async fn list_all(&self, under: &str) -> Result<Vec<String>, SourceError> {
         let mut found = Vec::new();
         match self {
             Self::Local(root) => {
-                let mut dirs = vec![root.clone()];
+                let start = root.join(under);
+                if !start.is_dir() {
+                    return Ok(found);
+                }
+                let mut dirs = vec![start];
                 while let Some(dir) = dirs.pop() {
                     for path in read_dir(&dir)? {
                         let hidden = path
@@ -261,9 +265,9 @@ impl Reader {
                 prefix,
             } => {
                 let root = if prefix.is_empty() {
-                    String::new()
+                    under.to_owned()
                 } else {
-                    format!("{prefix}/")
+                    format!("{prefix}/{under}")
                 };
                 let mut pages = client
                     .list_objects_v2()

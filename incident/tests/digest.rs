@@ -3,23 +3,32 @@
 //! one byte of an object, an object deleted, an object added, a digest deleted from the
 //! middle, a digest re-signed with another key, a sequence gap without a loss record, two
 //! nodes' objects swapped — each failing with its own line; and the chain kept across a
-//! restart and a SIGKILL, restarted with a reason when the spool is lost.
+//! restart and a SIGKILL, restarted with a reason when the spool is lost. An evidence bundle
+//! carries the digests of its sources, and `evidence verify` holds its sources to them.
 
 mod support;
 
 use std::path::Path;
 
-use support::{TempDir, node::Node};
+use support::{
+    TempDir,
+    flowlog::{FROM, HOUR, TO, flow, identity, isolation, parquet},
+    node::Node,
+};
 use tollgate_collector::{
     digest::{Document, Signed},
     loss::LossSource,
     sign::Signer,
 };
 use tollgate_incident::{
+    PodRef,
     digest_verify::{Report, Request, verify},
+    evidence,
     location::{FlowLogLocation, S3Options},
+    provenance::{self, Provenance},
     source::Reader,
 };
+use tollgate_schemas::Verdict;
 
 /// An hour boundary (2025-11-24T16:00:00Z).
 const H: u64 = 1_764_000_000 / 3600 * 3600;
@@ -335,5 +344,84 @@ async fn a_restart_and_a_sigkill_keep_the_chain_and_a_lost_spool_restarts_it_wit
         2,
         "{:?}",
         report.notes
+    );
+}
+
+#[tokio::test]
+async fn an_evidence_bundle_carries_and_checks_the_digests_of_its_sources() {
+    let dir = TempDir::new("digest-evidence");
+    let flows = dir.path().join("flows");
+    let (web, api) = (identity("shop", "web"), identity("shop", "api"));
+    let mut node = Node::start(dir.path(), "prod", "node-a", HOUR);
+    let records = [flow(FROM + 10, &web, &api, Verdict::Allow)];
+    let key = node.write_content(FROM + 10, &parquet("node-a", &records, None), Vec::new());
+    node.seal(HOUR + 3600).await;
+    node.ship(&flows);
+    // An isolation record, written by `quarantine`, not by a collector: in no digest.
+    let isolation_key = "cluster=prod/dt=2026-11-25/hour=10/isolation-shop-web-quarantine.parquet";
+    std::fs::write(
+        flows.join(isolation_key),
+        parquet("node-a", &[isolation(FROM + 800, &web)], None),
+    )
+    .unwrap();
+    let out = dir.path().join("bundle");
+    let request = evidence::Request {
+        pod: "shop/web".parse::<PodRef>().unwrap(),
+        cluster: Some("prod".into()),
+        from_s: FROM,
+        to_s: TO,
+        location: FlowLogLocation::Local(flows.clone()),
+        s3: S3Options::default(),
+        out: out.clone(),
+        athena: None,
+    };
+    let bundle = evidence::collect(&request, Vec::new(), TO).await.unwrap();
+    let expected = Provenance {
+        proven: 1,
+        uncovered: 1,
+    };
+    assert_eq!(bundle.provenance, expected);
+    let sources: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("sources.json")).unwrap()).unwrap();
+    let covered = sources
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == key.as_str())
+        .unwrap();
+    let digest_file = covered["digest"].as_str().unwrap().to_owned();
+    assert!(digest_file.starts_with("digest-node-a-"), "{digest_file}");
+    assert!(
+        bundle.manifest.files.iter().any(|f| f.path == digest_file),
+        "the digest is in the manifest"
+    );
+    evidence::verify(&out, Some(&bundle.manifest_sha256)).expect("intact");
+    assert_eq!(
+        provenance::check(&out, &[public_key(&node)]),
+        Ok(expected.clone())
+    );
+    assert_eq!(provenance::check(&out, &[]), Ok(expected));
+    // Another node's key is not the one that signed it.
+    let other = Signer::local(&dir.path().join("other.pem"))
+        .unwrap()
+        .public_key();
+    let problems = provenance::check(&out, &[other]).unwrap_err();
+    assert!(problems[0].contains("bad signature"), "{problems:?}");
+    // A source's digest rewritten in sources.json (manifest and all): the signed digest says
+    // otherwise.
+    let text = std::fs::read_to_string(out.join("sources.json")).unwrap();
+    let sha256 = covered["sha256"].as_str().unwrap();
+    std::fs::write(
+        out.join("sources.json"),
+        text.replace(sha256, &"0".repeat(64)),
+    )
+    .unwrap();
+    let problems = provenance::check(&out, &[]).unwrap_err();
+    assert_eq!(
+        problems,
+        vec![format!(
+            "sources.json: {key}: SHA-256 {}, but the signed {digest_file} lists {sha256}",
+            "0".repeat(64)
+        )]
     );
 }

@@ -77,7 +77,12 @@ impl Node {
     /// Spools one flow file of records from `at_s`, with `losses` among them; returns its key.
     pub fn write(&mut self, at_s: u64, losses: Vec<LossSpan>) -> String {
         let content = format!("flow file of {} at {at_s}", self.name);
-        let (sequence, temp) = self.begin(content.as_bytes());
+        self.write_content(at_s, content.as_bytes(), losses)
+    }
+
+    /// Spools `content` as the flow file of records from `at_s`; returns its key.
+    pub fn write_content(&mut self, at_s: u64, content: &[u8], losses: Vec<LossSpan>) -> String {
+        let (sequence, temp) = self.begin(content);
         let (dt, hour) = partition_date(at_s);
         let key = format!(
             "cluster={}/dt={dt}/hour={hour}/{}-{}-{sequence:06}.parquet",
