@@ -140,9 +140,14 @@ struct QuarantineArgs {
     /// Why (required): goes into the policy's annotations and the isolation record.
     #[arg(long, value_parser = tollgate_incident::quarantine::parse_reason)]
     reason: String,
-    /// Lift the quarantine instead: remove the label, delete the policy.
+    /// Lift the quarantine instead: remove the label, delete the policy. Legal holds stay
+    /// (`evidence release-hold` lifts them).
     #[arg(long)]
     release: bool,
+    /// On a bucket with Object Lock, a legal hold goes on every flow-log object and digest of
+    /// the cluster from this long before the act (`24h`, `90m`, seconds).
+    #[arg(long, default_value = "24h")]
+    hold_since: String,
     /// The cluster's name in the flow log (the collectors' `cluster` setting).
     #[arg(long, value_parser = tollgate_incident::record::parse_cluster)]
     cluster: String,
@@ -225,6 +230,28 @@ enum EvidenceCommand {
         /// it); repeatable. Without one, each digest is checked against the key it carries.
         #[arg(long)]
         public_key: Vec<PathBuf>,
+    },
+    /// Lift the legal holds that `quarantine` or `evidence` placed on a window's flow-log
+    /// objects and digests; the release is logged, with who and why, in the flow log itself
+    /// (`_legal-holds/release-….json`).
+    ReleaseHold {
+        /// The flow log: `s3://bucket/prefix`.
+        #[arg(long)]
+        flow_log: tollgate_incident::location::FlowLogLocation,
+        /// The cluster's name in the flow log.
+        #[arg(long, value_parser = tollgate_incident::record::parse_cluster)]
+        cluster: String,
+        /// Window start, as `evidence --from`.
+        #[arg(long)]
+        from: String,
+        /// Window end (exclusive), as `--from`.
+        #[arg(long)]
+        to: String,
+        /// Why (required): goes into the release's log.
+        #[arg(long, value_parser = tollgate_incident::quarantine::parse_reason)]
+        reason: String,
+        #[command(flatten)]
+        s3: S3Args,
     },
 }
 
@@ -718,7 +745,10 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
 /// changed (or what is left is named).
 fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
     use tollgate_collector::clock::{NS_PER_S, rfc3339_utc, unix_now_ns};
-    use tollgate_incident::{cluster::KubeCluster, quarantine, record};
+    use tollgate_collector::read::parse_since;
+    use tollgate_incident::{
+        cluster::KubeCluster, legal_hold, legal_hold::Target, quarantine, record, source::Reader,
+    };
     let s3 = args.s3.options(&args.flow_log)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -727,7 +757,7 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
             .context("connecting to the API server (in-cluster or kubeconfig)")?;
         let cluster = KubeCluster::new(client);
         let now = || unix_now_ns() / NS_PER_S;
-        let outcome = if args.release {
+        let mut outcome = if args.release {
             quarantine::release(&cluster, &args.pod, &args.reason, now).await?
         } else {
             quarantine::quarantine(&cluster, &args.pod, &args.reason, now).await?
@@ -736,6 +766,18 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
             "released"
         } else {
             "quarantined"
+        };
+        let reader = Reader::new(&args.flow_log, &s3).await;
+        let holds = if args.release {
+            None
+        } else {
+            let from_s = parse_since(&args.hold_since, outcome.at_s).with_context(|| {
+                format!(
+                    "--hold-since {:?}: expected an age like 24h, or a time",
+                    args.hold_since
+                )
+            })?;
+            Some(legal_hold::at_quarantine(&reader, &args.cluster, &mut outcome, from_s).await)
         };
         let isolation = &outcome.isolation;
         write_out(&format!(
@@ -748,10 +790,41 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
             rfc3339_utc(outcome.at_s)
         ))?;
         let staging = std::env::temp_dir().join("tollgate-isolation-records");
+        if let Some(holds) = &holds {
+            write_out(&format!("legal holds: {}\n", holds.summary()["status"]))?;
+        }
         match record::deliver(&args.cluster, &outcome, &args.flow_log, &s3, &staging).await {
             Ok(location) => {
                 write_out(&format!("isolation record: {location}\n"))?;
-                Ok(ExitCode::SUCCESS)
+                let Some(holds) = holds else {
+                    return Ok(ExitCode::SUCCESS);
+                };
+                let record_hold = if matches!(holds.status, legal_hold::HoldStatus::Placed) {
+                    let record = Target {
+                        key: record::key(&args.cluster, &outcome),
+                        version_id: None,
+                    };
+                    legal_hold::Holds::place(&reader, &[record]).await.failed
+                } else {
+                    Vec::new()
+                };
+                match &holds.status {
+                    legal_hold::HoldStatus::Unavailable(why) => {
+                        note(&format!("note: no legal hold placed: {why}"));
+                    }
+                    legal_hold::HoldStatus::Placed => write_out(&format!(
+                        "legal hold on {} flow-log objects and digests, and on the record\n",
+                        holds.held.len()
+                    ))?,
+                }
+                let failed: Vec<_> = holds.failed.iter().chain(&record_hold).collect();
+                if failed.is_empty() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                for (key, why) in failed {
+                    note(&format!("error: no legal hold on {key}: {why}"));
+                }
+                Ok(ExitCode::from(1))
             }
             Err(error) => {
                 note(&format!(
@@ -775,6 +848,17 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
         read::parse_since,
     };
     use tollgate_incident::evidence;
+    if let Some(EvidenceCommand::ReleaseHold {
+        flow_log,
+        cluster,
+        from,
+        to,
+        reason,
+        s3,
+    }) = &args.verify
+    {
+        return release_hold_command(flow_log, cluster, (from, to), reason, s3);
+    }
     if let Some(EvidenceCommand::Verify {
         dir,
         manifest_sha256,
@@ -970,6 +1054,72 @@ fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// `evidence release-hold`: exit code 0 when every hold of the window is lifted and the
+/// release is logged in the flow log; 1 when some are not, or the log could not be written;
+/// 2 on error.
+fn release_hold_command(
+    flow_log: &tollgate_incident::location::FlowLogLocation,
+    cluster: &str,
+    (from, to): (&str, &str),
+    reason: &str,
+    s3: &S3Args,
+) -> anyhow::Result<ExitCode> {
+    use tollgate_collector::{
+        clock::{NS_PER_S, unix_now_ns},
+        read::parse_since,
+    };
+    use tollgate_incident::{legal_hold, source::Reader};
+    let now_s = unix_now_ns() / NS_PER_S;
+    let time = |flag: &str, text: &str| {
+        parse_since(text, now_s).with_context(|| {
+            format!("{flag} {text:?}: expected YYYY-MM-DDTHH:MM:SSZ, Unix seconds, or an age")
+        })
+    };
+    let (from_s, to_s) = (time("--from", from)?, time("--to", to)?);
+    let s3 = s3.options(flow_log)?;
+    let actor = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let reader = Reader::new(flow_log, &s3).await;
+        let targets = legal_hold::select(&reader, cluster, from_s, to_s).await?;
+        let holds = legal_hold::Holds::release(&reader, &targets).await;
+        if let legal_hold::HoldStatus::Unavailable(why) = &holds.status {
+            anyhow::bail!("no legal hold to release: {why}");
+        }
+        let mut release = holds.summary();
+        release["action"] = "release-hold".into();
+        release["actor"] = actor.clone().into();
+        release["reason"] = reason.into();
+        release["at"] = now_s.into();
+        release["window"] = serde_json::json!({ "cluster": cluster, "from": from_s, "to": to_s });
+        tracing::warn!(
+            actor,
+            reason,
+            released = holds.held.len(),
+            "legal holds released"
+        );
+        write_out(&format!(
+            "released the legal hold of {} objects of {cluster} from {from_s} to {to_s}\n",
+            holds.held.len()
+        ))?;
+        let logged = legal_hold::log_release(flow_log, &s3, &release, now_s).await;
+        match &logged {
+            Ok(location) => write_out(&format!("release logged: {location}\n"))?,
+            Err(error) => note(&format!("error: the release is not logged: {error}")),
+        }
+        for (key, why) in &holds.failed {
+            note(&format!("error: the hold on {key} stays: {why}"));
+        }
+        Ok(if holds.failed.is_empty() && logged.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
 }
 
 /// The DER of each `--public-key` PEM file.

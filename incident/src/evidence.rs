@@ -49,6 +49,7 @@ use tollgate_collector::{
 use crate::{
     PodRef,
     athena::{AthenaError, AthenaOptions},
+    legal_hold::{Holds, Target},
     location::{FlowLogLocation, S3Options},
     source::{Links, Reader, SourceError, SourceObject, open_regular, sha256_hex, sha256_stream},
 };
@@ -189,6 +190,10 @@ pub struct Manifest {
     /// The flow-log files of the window that could not be read, and why.
     #[serde(default)]
     pub skipped: Vec<SkippedSource>,
+    /// The legal holds placed on the sources and their digests, or why none could be
+    /// ([`crate::legal_hold::Holds`]); absent from bundles written before holds.
+    #[serde(default)]
+    pub legal_holds: Option<serde_json::Value>,
     /// Every other file, sorted by path.
     pub files: Vec<FileDigest>,
 }
@@ -231,6 +236,8 @@ pub struct Bundle {
     pub story: Story,
     /// How many sources a signed digest in the bundle lists, and how many none does.
     pub provenance: crate::provenance::Provenance,
+    /// The legal holds placed on the sources and digests.
+    pub holds: Holds,
 }
 
 /// Why a written bundle may not tell the whole story of its pod in its window.
@@ -244,6 +251,13 @@ pub enum Shortfall {
         .0.iter().map(|s| format!("\n  {}: {}", s.location, s.reason)).collect::<String>()
     )]
     Unread(Vec<SkippedSource>),
+    /// Legal holds that could not be placed on a bucket with Object Lock.
+    #[error(
+        "{} legal hold(s) could not be placed; those objects can still be deleted:{}",
+        .0.len(),
+        .0.iter().map(|(key, why)| format!("\n  {key}: {why}")).collect::<String>()
+    )]
+    HoldsFailed(Vec<(String, String)>),
     /// Not one flow or isolation record of the pod in the window.
     #[error(
         "NO RECORD of {pod} in the flow log from {from_utc} to {to_utc} ({files} file(s) read): \
@@ -271,6 +285,9 @@ impl Bundle {
         let mut shortfalls = Vec::new();
         if !manifest.skipped.is_empty() {
             shortfalls.push(Shortfall::Unread(manifest.skipped.clone()));
+        }
+        if !self.holds.complete() {
+            shortfalls.push(Shortfall::HoldsFailed(self.holds.failed.clone()));
         }
         if !allow_empty && manifest.counts.flows == 0 && manifest.counts.isolations == 0 {
             shortfalls.push(Shortfall::NoRecords {
@@ -337,6 +354,7 @@ pub async fn collect(
                     records: file.rows(),
                     key: reader.relative(name),
                     digest: None,
+                    legal_hold: false,
                 });
                 kept.append(file);
             }
@@ -390,6 +408,21 @@ pub async fn collect(
         proven: sources.iter().filter(|s| s.digest.is_some()).count(),
         uncovered: sources.iter().filter(|s| s.digest.is_none()).count(),
     };
+    let mut targets: Vec<Target> = sources
+        .iter()
+        .map(|s| Target {
+            key: s.key.clone(),
+            version_id: s.object.version_id.clone(),
+        })
+        .collect();
+    targets.extend(gathered.keys.iter().map(|key| Target {
+        key: key.clone(),
+        version_id: None,
+    }));
+    let holds = Holds::place(&reader, &targets).await;
+    for source in &mut sources {
+        source.legal_hold = holds.held.contains(&source.key);
+    }
     files.extend(gathered.files);
     let mut snapshots = policies;
     snapshots.extend(isolation_snapshots(&timeline));
@@ -424,6 +457,7 @@ pub async fn collect(
         tool: format!("tollgate {}", env!("CARGO_PKG_VERSION")),
         counts,
         skipped,
+        legal_holds: Some(holds.summary()),
         files: files
             .iter()
             .map(|path| digest(out, path))
@@ -441,6 +475,7 @@ pub async fn collect(
         timeline,
         story,
         provenance,
+        holds,
     })
 }
 
@@ -455,6 +490,8 @@ struct SourceUse {
     key: String,
     /// The bundle's file of the signed digest that lists it; null when none does.
     digest: Option<String>,
+    /// Whether a legal hold was placed on it.
+    legal_hold: bool,
 }
 
 /// Fetches the listed file `name` and keeps the rows of it that `request` asks for: all of

@@ -27,6 +27,8 @@ pub struct Gathered {
     pub files: Vec<String>,
     /// For each source key a digest lists: that digest's file name in the bundle.
     pub covering: BTreeMap<String, String>,
+    /// The digests' keys in the flow log.
+    pub keys: Vec<String>,
 }
 
 /// What [`check`] proved.
@@ -81,6 +83,7 @@ pub async fn gather(reader: &Reader, keys: &[String], out: &Path) -> Result<Gath
             gathered.covering.insert(key.to_owned(), file.clone());
         }
         gathered.files.push(file);
+        gathered.keys.push(reader.relative(&name));
     }
     gathered.files.sort();
     Ok(gathered)

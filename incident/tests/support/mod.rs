@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod athena_stub;
 pub mod flowlog;
+pub mod moto;
 pub mod node;
 
 use std::path::{Path, PathBuf};
