@@ -271,9 +271,17 @@ enum DigestCommand {
         #[arg(long)]
         to: Option<String>,
         /// A trusted public key (PEM, as `digest public-key` prints it); repeatable. Without
-        /// one, each node's chain is checked against the key of its first digest.
+        /// one (or --kms-key), each node's chain is checked against the key of its first
+        /// digest.
         #[arg(long)]
         public_key: Vec<PathBuf>,
+        /// A trusted KMS signing key (its ARN), whose public key is read with
+        /// `GetPublicKey` in --region; repeatable.
+        #[arg(long)]
+        kms_key: Vec<String>,
+        /// A KMS endpoint instead of the region's (with --kms-key).
+        #[arg(long)]
+        kms_endpoint_url: Option<String>,
         #[command(flatten)]
         s3: S3Args,
     },
@@ -1000,6 +1008,8 @@ fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
             from,
             to,
             public_key,
+            kms_key,
+            kms_endpoint_url,
             s3,
         } => {
             use tollgate_collector::{
@@ -1020,14 +1030,29 @@ fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
                     })
                     .transpose()
             };
-            let trusted = read_public_keys(public_key)?;
+            let mut trusted = read_public_keys(public_key)?;
+            let s3 = s3.options(flow_log)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            if !kms_key.is_empty() {
+                let region = s3.region.clone();
+                anyhow::ensure!(
+                    !region.is_empty(),
+                    "--kms-key: needs --region (or AWS_REGION)"
+                );
+                runtime.block_on(async {
+                    let client =
+                        tollgate_collector::kms::client(&region, kms_endpoint_url.as_deref()).await;
+                    for key in kms_key {
+                        trusted.push(tollgate_collector::kms::public_key(&client, key).await?);
+                    }
+                    anyhow::Ok(())
+                })?;
+            }
             let request = digest_verify::Request {
                 from_s: time("--from", from)?,
                 to_s: time("--to", to)?,
                 trusted,
             };
-            let s3 = s3.options(flow_log)?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let report = runtime.block_on(async {
                 let reader = Reader::new(flow_log, &s3).await;
                 digest_verify::verify(&reader, &request).await

@@ -368,7 +368,7 @@ impl Sealer {
             signing: signer.signing(),
         };
         let body = document.body_bytes();
-        let signature = signer.sign(&body).await?;
+        let signature = signer.sign(&Document::signed_message(&body)).await?;
         write_durably(
             &dir(&self.root).join("next.json"),
             &Document::render(&body, &signature),

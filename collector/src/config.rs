@@ -85,6 +85,22 @@ pub enum SigningConfig {
         #[serde(default)]
         key_file: Option<PathBuf>,
     },
+    /// An AWS KMS asymmetric key (`ECC_NIST_P256`, usage `SIGN_VERIFY`): the agents' role
+    /// needs `kms:Sign` on it, nothing more, when `public_key_pem` is given (else also
+    /// `kms:GetPublicKey`).
+    Kms {
+        /// The key's ARN (or ID, or alias).
+        key_id: String,
+        /// Its region.
+        region: String,
+        /// A KMS endpoint instead of the region's (a VPC endpoint).
+        #[serde(default)]
+        endpoint_url: Option<String>,
+        /// The key's public key, PEM (what Terraform's `aws_kms_public_key` gives); read with
+        /// `GetPublicKey` when absent.
+        #[serde(default)]
+        public_key_pem: Option<String>,
+    },
 }
 
 impl Default for SigningConfig {
@@ -105,6 +121,25 @@ impl SigningConfig {
                     .clone()
                     .unwrap_or_else(|| spool_dir.join("digest-signing.pem")),
             ),
+            Self::Kms {
+                key_id,
+                region,
+                endpoint_url,
+                public_key_pem,
+            } => {
+                let public_key = public_key_pem
+                    .as_deref()
+                    .map(crate::sign::parse_public_key_pem)
+                    .transpose()
+                    .map_err(|message| crate::sign::SignError::Kms {
+                        key_id: key_id.clone(),
+                        message: format!("digest.signing.public_key_pem: {message}"),
+                    })?;
+                Ok(crate::sign::Signer::Kms(
+                    crate::kms::KmsSigner::new(key_id, region, endpoint_url.as_deref(), public_key)
+                        .await?,
+                ))
+            }
         }
     }
 
@@ -116,6 +151,16 @@ impl SigningConfig {
                 vec!["digest.signing.key_file: must not be empty".to_owned()]
             }
             Self::LocalKey { .. } => Vec::new(),
+            Self::Kms { key_id, region, .. } => {
+                let mut problems = Vec::new();
+                if key_id.is_empty() {
+                    problems.push("digest.signing.key_id: must not be empty".to_owned());
+                }
+                if region.is_empty() {
+                    problems.push("digest.signing.region: must not be empty".to_owned());
+                }
+                problems
+            }
         }
     }
 }

@@ -4,16 +4,18 @@
 //! size, SHA-256 of the bytes as written to the spool, record count, first and last record
 //! time, the spool's sequence number, the loss records inside), the sequence numbers it gave up
 //! with why, and links to the previous digest by key and SHA-256 of its whole file — or says
-//! why a new chain starts. The file is `{"body":<body>,"signature":"<base64>"}`: the signature
-//! covers the exact bytes of `body` as they stand in the file (no re-serialisation on either
-//! side), and the body names the algorithm and carries the public key (X.509
-//! SubjectPublicKeyInfo, DER, base64) that made it.
+//! why a new chain starts. The file is `{"body":<body>,"signature":"<base64>"}`: the signed
+//! message is the SHA-256 (32 bytes) of the exact bytes of `body` as they stand in the file (no
+//! re-serialisation on either side; 32 bytes fit every signer, KMS's 4 KiB included), and the
+//! body names the algorithm and carries the public key (X.509 SubjectPublicKeyInfo, DER,
+//! base64) that made it.
 //!
 //! [`Document::render`] writes one ([`crate::chain`] builds and signs it), [`Signed::parse`]
 //! reads one back and [`Signed::check_signature`] checks it against a trusted key.
 //! Signing keys are in [`crate::sign`].
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::{
     clock::{compact_utc, partition_date},
@@ -123,8 +125,6 @@ pub enum Algorithm {
     Ed25519,
     /// ECDSA on P-256 with SHA-256, ASN.1 DER signature (KMS `ECDSA_SHA_256`).
     EcdsaP256Sha256,
-    /// RSA-PSS with SHA-256 (KMS `RSASSA_PSS_SHA_256`).
-    RsaPssSha256,
 }
 
 /// A digest could not be read or does not check out.
@@ -181,9 +181,14 @@ impl Document {
         )
     }
 
-    /// The bytes that are signed.
+    /// The body's bytes, as they stand in the file.
     pub fn body_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a digest body serializes")
+    }
+
+    /// The message that is signed for `body`: its SHA-256.
+    pub fn signed_message(body: &[u8]) -> Vec<u8> {
+        Sha256::digest(body).to_vec()
     }
 
     /// The file: `body` (the bytes [`Document::body_bytes`] gave) and its signature.
@@ -252,7 +257,8 @@ impl Signed {
     /// algorithm.
     pub fn check_signature(&self, public_key: &[u8]) -> Result<(), DigestError> {
         let algorithm = self.document.signing.algorithm;
-        if crate::sign::verify(algorithm, public_key, &self.body, &self.signature) {
+        let message = Document::signed_message(&self.body);
+        if crate::sign::verify(algorithm, public_key, &message, &self.signature) {
             Ok(())
         } else {
             Err(DigestError::BadSignature(crate::sign::fingerprint(

@@ -14,8 +14,8 @@
 //!   [`spool`] under deterministic object keys (its state, loss ledger included, in a
 //!   pre-allocated [`state_file`] that a full disk cannot stop it from saving);
 //! - [`chain`]: each spooled file's SHA-256 and facts, sealed with the file numbers given up
-//!   into a [`digest`] every hour and at shutdown, signed ([`sign`]: a local Ed25519 key or
-//!   AWS KMS) and linked to the previous digest;
+//!   into a [`digest`] every hour and at shutdown, signed ([`sign`]: a local Ed25519 key, or
+//!   AWS KMS through [`kms`]) and linked to the previous digest;
 //! - [`ship`]: spooled files to the [`sink`] (a local directory or S3), removed only once
 //!   delivered, retried with backoff;
 //! - [`loss`] and [`metrics`]: every event lost (kernel ring buffer full, undecodable,
@@ -34,6 +34,7 @@ pub mod config;
 pub mod digest;
 pub mod flood;
 pub mod identity;
+pub mod kms;
 pub mod loss;
 pub mod metrics;
 pub mod pipeline;

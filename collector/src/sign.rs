@@ -1,13 +1,12 @@
 //! Signing keys of the digest chain, and the check of a signature.
 //!
-//! A [`Signer`] turns a digest body's bytes into a signature: a local Ed25519 key
-//! ([`Signer::local`]: a PKCS#8 PEM file, created with mode 0600 when it does not exist yet —
-//! the embedded default) or an AWS KMS asymmetric key ([`Signer::kms`]: `Sign` with
-//! `ECDSA_SHA_256` on P-256 or `RSASSA_PSS_SHA_256`, its public key read once with
-//! `GetPublicKey`). Both hand out their public key as an X.509 SubjectPublicKeyInfo (DER), which
-//! goes into every digest and is exported as PEM ([`public_key_pem`]); [`verify`] checks a
-//! signature against such a key, offline, with aws-lc-rs (the crypto provider the binary's TLS
-//! already uses).
+//! A [`Signer`] turns a digest's signed message (the SHA-256 of its body) into a signature: a
+//! local Ed25519 key ([`Signer::local`]: a PKCS#8 PEM file, created with mode 0600 when it does
+//! not exist yet — the embedded default) or an AWS KMS asymmetric key ([`Signer::Kms`]: `Sign`
+//! with `ECDSA_SHA_256` on a P-256 key, its public key read once with `GetPublicKey`). Both hand
+//! out their public key as an X.509 SubjectPublicKeyInfo (DER), which goes into every digest
+//! and is exported as PEM ([`public_key_pem`]); [`verify`] checks a signature against such a
+//! key, offline, with aws-lc-rs (the crypto provider the binary's TLS already uses).
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -25,6 +24,14 @@ const PUBLIC_PEM: &str = "PUBLIC KEY";
 /// A key could not be read, made or used.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
+    /// A KMS call.
+    #[error("KMS key {key_id}: {message}")]
+    Kms {
+        /// The key.
+        key_id: String,
+        /// What failed, with the SDK's error in words.
+        message: String,
+    },
     /// The key file.
     #[error("signing key {path}: {what}")]
     KeyFile {
@@ -45,6 +52,8 @@ pub enum Signer {
         /// The key.
         key: Ed25519KeyPair,
     },
+    /// An AWS KMS asymmetric key.
+    Kms(crate::kms::KmsSigner),
 }
 
 impl Signer {
@@ -81,6 +90,7 @@ impl Signer {
                 key_id: path.display().to_string(),
                 public_key: data_encoding::BASE64.encode(&ed25519_public_der(key)),
             },
+            Self::Kms(kms) => kms.signing(),
         }
     }
 
@@ -88,6 +98,7 @@ impl Signer {
     pub fn public_key(&self) -> Vec<u8> {
         match self {
             Self::Local { key, .. } => ed25519_public_der(key),
+            Self::Kms(kms) => kms.public_key().to_vec(),
         }
     }
 
@@ -95,6 +106,7 @@ impl Signer {
     pub async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         match self {
             Self::Local { key, .. } => Ok(key.sign(message).as_ref().to_vec()),
+            Self::Kms(kms) => kms.sign(message).await,
         }
     }
 }
@@ -129,7 +141,6 @@ pub fn verify(algorithm: Algorithm, public_key: &[u8], message: &[u8], signature
     let algorithm: &dyn signature::VerificationAlgorithm = match algorithm {
         Algorithm::Ed25519 => &signature::ED25519,
         Algorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_ASN1,
-        Algorithm::RsaPssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
     };
     UnparsedPublicKey::new(algorithm, public_key)
         .verify(message, signature)

@@ -211,7 +211,7 @@ async fn a_digest_re_signed_with_another_key_is_a_bad_signature() {
     let mut document = signed.document.clone();
     document.signing = forger.signing();
     let body = document.body_bytes();
-    let signature = forger.sign(&body).await.unwrap();
+    let signature = forger.sign(&Document::signed_message(&body)).await.unwrap();
     std::fs::write(&path, Document::render(&body, &signature)).unwrap();
     // Against the node's key.
     let report = check(

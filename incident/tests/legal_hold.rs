@@ -3,11 +3,15 @@
 //! object's version cannot be deleted; an evidence bundle holds its sources and digests and
 //! lists them; releasing lifts the holds; a bucket without Object Lock gets none, on record.
 
+#[allow(dead_code, reason = "the KMS half of the harness is the collector's")]
+#[path = "../../collector/tests/support/moto.rs"]
+mod moto;
 mod support;
 
 use std::path::Path;
 
-use support::{TempDir, apiserver::ApiServer, flowlog, moto::Moto, node::Node};
+use moto::Moto;
+use support::{TempDir, apiserver::ApiServer, flowlog, node::Node};
 use tollgate_incident::{
     PodRef,
     cluster::KubeCluster,
@@ -86,7 +90,7 @@ fn location(bucket: &str) -> FlowLogLocation {
 
 fn options(moto: &Moto) -> S3Options {
     S3Options {
-        region: support::moto::REGION.to_owned(),
+        region: moto::REGION.to_owned(),
         endpoint_url: Some(moto.endpoint_url()),
         path_style: true,
     }

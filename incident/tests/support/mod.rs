@@ -5,7 +5,6 @@
 pub mod apiserver;
 pub mod athena_stub;
 pub mod flowlog;
-pub mod moto;
 pub mod node;
 
 use std::path::{Path, PathBuf};

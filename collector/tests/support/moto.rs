@@ -83,6 +83,23 @@ impl Moto {
         Client::from_conf(config)
     }
 
+    /// A KMS client of the server.
+    pub async fn kms(&self) -> aws_sdk_kms::Client {
+        let config = aws_sdk_kms::Config::builder()
+            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+            .region(aws_sdk_kms::config::Region::new(REGION))
+            .credentials_provider(aws_sdk_kms::config::Credentials::new(
+                "moto-test",
+                "moto-test",
+                None,
+                None,
+                "test",
+            ))
+            .endpoint_url(self.endpoint_url())
+            .build();
+        aws_sdk_kms::Client::from_conf(config)
+    }
+
     /// Creates `bucket` with Object Lock on (and so versioning).
     pub async fn object_lock_bucket(&self, bucket: &str) {
         self.s3()
