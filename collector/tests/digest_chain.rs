@@ -119,6 +119,15 @@ async fn an_s3_outage_delays_digests_and_loses_none() {
         .map(|(k, bytes)| (Signed::parse(bytes).unwrap(), k.clone(), sha256_hex(bytes)))
         .collect();
     assert!(digests.len() >= 3, "the outage's digests and the last");
+    let head = server
+        .client()
+        .head_object()
+        .bucket(server.bucket())
+        .key(&digests[0].1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/json"));
     digests.sort_by_key(|(signed, _, _)| signed.document.number);
     let mut listed = Vec::new();
     for (i, (signed, key, _)) in digests.iter().enumerate() {
