@@ -285,11 +285,20 @@ enum DigestCommand {
         #[command(flatten)]
         s3: S3Args,
     },
-    /// Print the public key (PEM) of a local signing key file.
+    /// Print the public key (PEM) of a local signing key file, or of a KMS signing key.
     PublicKey {
         /// The key file (the collector's `digest.signing.key_file`).
+        #[arg(long, required_unless_present = "kms_key", conflicts_with = "kms_key")]
+        key_file: Option<PathBuf>,
+        /// A KMS signing key (its ARN), read with `GetPublicKey` in --region.
+        #[arg(long, requires = "region")]
+        kms_key: Option<String>,
+        /// The KMS key's region.
         #[arg(long)]
-        key_file: PathBuf,
+        region: Option<String>,
+        /// A KMS endpoint instead of the region's.
+        #[arg(long)]
+        kms_endpoint_url: Option<String>,
     },
     /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600) and print its public key.
     Keygen {
@@ -986,14 +995,34 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
 fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
     use tollgate_collector::sign;
     match command {
-        DigestCommand::PublicKey { key_file } => {
-            anyhow::ensure!(
-                key_file.is_file(),
-                "{}: no such key file",
-                key_file.display()
-            );
-            let signer = sign::Signer::local(key_file)?;
-            write_out(&sign::public_key_pem(&signer.public_key()))?;
+        DigestCommand::PublicKey {
+            key_file,
+            kms_key,
+            region,
+            kms_endpoint_url,
+        } => {
+            let der = match (key_file, kms_key, region) {
+                (Some(key_file), _, _) => {
+                    anyhow::ensure!(
+                        key_file.is_file(),
+                        "{}: no such key file",
+                        key_file.display()
+                    );
+                    sign::Signer::local(key_file)?.public_key()
+                }
+                (None, Some(key), Some(region)) => {
+                    let runtime =
+                        tokio::runtime::Runtime::new().context("starting the async runtime")?;
+                    runtime.block_on(async {
+                        let client =
+                            tollgate_collector::kms::client(region, kms_endpoint_url.as_deref())
+                                .await;
+                        tollgate_collector::kms::public_key(&client, key).await
+                    })?
+                }
+                _ => anyhow::bail!("public-key: --key-file, or --kms-key with --region"),
+            };
+            write_out(&sign::public_key_pem(&der))?;
             Ok(ExitCode::SUCCESS)
         }
         DigestCommand::Keygen { key_file } => {
