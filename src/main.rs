@@ -44,7 +44,13 @@ enum Command {
     Quarantine(QuarantineArgs),
     /// Write an evidence bundle of a pod's flow records in a time window, from the flow log;
     /// or `evidence verify DIR`.
-    Evidence(EvidenceArgs),
+    Evidence(Box<EvidenceArgs>),
+    /// The flow log's signed digest chain: check the flow log against it, or make and export
+    /// a signing key.
+    Digest {
+        #[command(subcommand)]
+        command: DigestCommand,
+    },
     /// Measure the datapath, the collector or the compiler at cluster scale.
     Bench {
         #[command(subcommand)]
@@ -134,9 +140,14 @@ struct QuarantineArgs {
     /// Why (required): goes into the policy's annotations and the isolation record.
     #[arg(long, value_parser = tollgate_incident::quarantine::parse_reason)]
     reason: String,
-    /// Lift the quarantine instead: remove the label, delete the policy.
+    /// Lift the quarantine instead: remove the label, delete the policy. Legal holds stay
+    /// (`evidence release-hold` lifts them).
     #[arg(long)]
     release: bool,
+    /// On a bucket with Object Lock, a legal hold goes on every flow-log object and digest of
+    /// the cluster from this long before the act (`24h`, `90m`, seconds).
+    #[arg(long, default_value = "24h")]
+    hold_since: String,
     /// The cluster's name in the flow log (the collectors' `cluster` setting).
     #[arg(long, value_parser = tollgate_incident::record::parse_cluster)]
     cluster: String,
@@ -215,6 +226,85 @@ enum EvidenceCommand {
         /// The manifest's own SHA-256, as printed when the bundle was written.
         #[arg(long)]
         manifest_sha256: Option<String>,
+        /// A trusted public key of the nodes' digests (PEM, as `digest public-key` prints
+        /// it); repeatable. Without one, each digest is checked against the key it carries.
+        #[arg(long)]
+        public_key: Vec<PathBuf>,
+    },
+    /// Lift the legal holds that `quarantine` or `evidence` placed on a window's flow-log
+    /// objects and digests; the release is logged, with who and why, in the flow log itself
+    /// (`_legal-holds/release-….json`).
+    ReleaseHold {
+        /// The flow log: `s3://bucket/prefix`.
+        #[arg(long)]
+        flow_log: tollgate_incident::location::FlowLogLocation,
+        /// The cluster's name in the flow log.
+        #[arg(long, value_parser = tollgate_incident::record::parse_cluster)]
+        cluster: String,
+        /// Window start, as `evidence --from`.
+        #[arg(long)]
+        from: String,
+        /// Window end (exclusive), as `--from`.
+        #[arg(long)]
+        to: String,
+        /// Why (required): goes into the release's log.
+        #[arg(long, value_parser = tollgate_incident::quarantine::parse_reason)]
+        reason: String,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+}
+
+#[derive(Subcommand)]
+enum DigestCommand {
+    /// Check every digest's signature, the chains' continuity, each listed object's presence
+    /// and SHA-256, objects in no digest, and gaps in each node's sequence numbers. Exit code
+    /// 0 only when everything holds; 1 with one line per problem.
+    Verify {
+        /// The flow log: `s3://bucket/prefix` or a local directory.
+        #[arg(long)]
+        flow_log: tollgate_incident::location::FlowLogLocation,
+        /// Window start, as `evidence --from`; the whole flow log when absent.
+        #[arg(long)]
+        from: Option<String>,
+        /// Window end (exclusive), as `--from`.
+        #[arg(long)]
+        to: Option<String>,
+        /// A trusted public key (PEM, as `digest public-key` prints it); repeatable. Without
+        /// one (or --kms-key), each node's chain is checked against the key of its first
+        /// digest.
+        #[arg(long)]
+        public_key: Vec<PathBuf>,
+        /// A trusted KMS signing key (its ARN), whose public key is read with
+        /// `GetPublicKey` in --region; repeatable.
+        #[arg(long)]
+        kms_key: Vec<String>,
+        /// A KMS endpoint instead of the region's (with --kms-key).
+        #[arg(long)]
+        kms_endpoint_url: Option<String>,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Print the public key (PEM) of a local signing key file, or of a KMS signing key.
+    PublicKey {
+        /// The key file (the collector's `digest.signing.key_file`).
+        #[arg(long, required_unless_present = "kms_key", conflicts_with = "kms_key")]
+        key_file: Option<PathBuf>,
+        /// A KMS signing key (its ARN), read with `GetPublicKey` in --region.
+        #[arg(long, requires = "region")]
+        kms_key: Option<String>,
+        /// The KMS key's region.
+        #[arg(long)]
+        region: Option<String>,
+        /// A KMS endpoint instead of the region's.
+        #[arg(long)]
+        kms_endpoint_url: Option<String>,
+    },
+    /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600) and print its public key.
+    Keygen {
+        /// Where (refused when the file exists).
+        #[arg(long)]
+        key_file: PathBuf,
     },
 }
 
@@ -396,6 +486,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flows(args) => flows_command(&args),
         Command::Quarantine(args) => quarantine_command(&args),
         Command::Evidence(args) => evidence_command(&args),
+        Command::Digest { command } => digest_command(&command),
         Command::Bench {
             target: BenchTarget::Datapath { packets },
         } => {
@@ -671,7 +762,10 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
 /// changed (or what is left is named).
 fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
     use tollgate_collector::clock::{NS_PER_S, rfc3339_utc, unix_now_ns};
-    use tollgate_incident::{cluster::KubeCluster, quarantine, record};
+    use tollgate_collector::read::parse_since;
+    use tollgate_incident::{
+        cluster::KubeCluster, legal_hold, legal_hold::Target, quarantine, record, source::Reader,
+    };
     let s3 = args.s3.options(&args.flow_log)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -680,7 +774,7 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
             .context("connecting to the API server (in-cluster or kubeconfig)")?;
         let cluster = KubeCluster::new(client);
         let now = || unix_now_ns() / NS_PER_S;
-        let outcome = if args.release {
+        let mut outcome = if args.release {
             quarantine::release(&cluster, &args.pod, &args.reason, now).await?
         } else {
             quarantine::quarantine(&cluster, &args.pod, &args.reason, now).await?
@@ -689,6 +783,18 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
             "released"
         } else {
             "quarantined"
+        };
+        let reader = Reader::new(&args.flow_log, &s3).await;
+        let holds = if args.release {
+            None
+        } else {
+            let from_s = parse_since(&args.hold_since, outcome.at_s).with_context(|| {
+                format!(
+                    "--hold-since {:?}: expected an age like 24h, or a time",
+                    args.hold_since
+                )
+            })?;
+            Some(legal_hold::at_quarantine(&reader, &args.cluster, &mut outcome, from_s).await)
         };
         let isolation = &outcome.isolation;
         write_out(&format!(
@@ -701,10 +807,41 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
             rfc3339_utc(outcome.at_s)
         ))?;
         let staging = std::env::temp_dir().join("tollgate-isolation-records");
+        if let Some(holds) = &holds {
+            write_out(&format!("legal holds: {}\n", holds.summary()["status"]))?;
+        }
         match record::deliver(&args.cluster, &outcome, &args.flow_log, &s3, &staging).await {
             Ok(location) => {
                 write_out(&format!("isolation record: {location}\n"))?;
-                Ok(ExitCode::SUCCESS)
+                let Some(holds) = holds else {
+                    return Ok(ExitCode::SUCCESS);
+                };
+                let record_hold = if matches!(holds.status, legal_hold::HoldStatus::Placed) {
+                    let record = Target {
+                        key: record::key(&args.cluster, &outcome),
+                        version_id: None,
+                    };
+                    legal_hold::Holds::place(&reader, &[record]).await.failed
+                } else {
+                    Vec::new()
+                };
+                match &holds.status {
+                    legal_hold::HoldStatus::Unavailable(why) => {
+                        note(&format!("note: no legal hold placed: {why}"));
+                    }
+                    legal_hold::HoldStatus::Placed => write_out(&format!(
+                        "legal hold on {} flow-log objects and digests, and on the record\n",
+                        holds.held.len()
+                    ))?,
+                }
+                let failed: Vec<_> = holds.failed.iter().chain(&record_hold).collect();
+                if failed.is_empty() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                for (key, why) in failed {
+                    note(&format!("error: no legal hold on {key}: {why}"));
+                }
+                Ok(ExitCode::from(1))
             }
             Err(error) => {
                 note(&format!(
@@ -728,29 +865,56 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
         read::parse_since,
     };
     use tollgate_incident::evidence;
+    if let Some(EvidenceCommand::ReleaseHold {
+        flow_log,
+        cluster,
+        from,
+        to,
+        reason,
+        s3,
+    }) = &args.verify
+    {
+        return release_hold_command(flow_log, cluster, (from, to), reason, s3);
+    }
     if let Some(EvidenceCommand::Verify {
         dir,
         manifest_sha256,
+        public_key,
     }) = &args.verify
     {
-        return Ok(match evidence::verify(dir, manifest_sha256.as_deref()) {
-            Ok(manifest) => {
-                write_out(&format!(
-                    "evidence bundle {} is intact: {} files as listed in its manifest ({}, {} \
-                     to {})\n",
-                    dir.display(),
-                    manifest.files.len(),
-                    format_args!("{}/{}", manifest.pod.namespace, manifest.pod.name),
-                    manifest.window.from_utc,
-                    manifest.window.to_utc
-                ))?;
-                ExitCode::SUCCESS
-            }
+        let trusted = read_public_keys(public_key)?;
+        let manifest = match evidence::verify(dir, manifest_sha256.as_deref()) {
+            Ok(manifest) => manifest,
             Err(tampered) => {
                 note(&tampered.to_string());
-                ExitCode::from(1)
+                return Ok(ExitCode::from(1));
             }
-        });
+        };
+        let provenance = match tollgate_incident::provenance::check(dir, &trusted) {
+            Ok(provenance) => provenance,
+            Err(problems) => {
+                note(&format!(
+                    "evidence bundle {} FAILED verification against its digests ({} \
+                     problems):\n  {}",
+                    dir.display(),
+                    problems.len(),
+                    problems.join("\n  ")
+                ));
+                return Ok(ExitCode::from(1));
+            }
+        };
+        write_out(&format!(
+            "evidence bundle {} is intact: {} files as listed in its manifest ({}, {} to {}); \
+             {} of its {} source objects are listed with their SHA-256 in a signed digest\n",
+            dir.display(),
+            manifest.files.len(),
+            format_args!("{}/{}", manifest.pod.namespace, manifest.pod.name),
+            manifest.window.from_utc,
+            manifest.window.to_utc,
+            provenance.proven,
+            provenance.proven + provenance.uncovered
+        ))?;
+        return Ok(ExitCode::SUCCESS);
     }
     let (Some(pod), Some(from), Some(out), Some(flow_log)) =
         (&args.pod, &args.from, &args.out, &args.flow_log)
@@ -807,6 +971,14 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
         bundle.manifest_sha256,
         bundle.dir.display()
     ))?;
+    if bundle.provenance.uncovered > 0 {
+        note(&format!(
+            "note: {} of {} source objects are in no signed digest (isolation records, or a \
+             flow log older than the digests): the bundle cannot prove where those came from",
+            bundle.provenance.uncovered,
+            bundle.provenance.proven + bundle.provenance.uncovered
+        ));
+    }
     let shortfalls = bundle.shortfalls(args.allow_empty);
     for shortfall in &shortfalls {
         note(&format!("error: {shortfall}"));
@@ -816,6 +988,205 @@ fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Exit code 0: the flow log holds up against its digests (or the key was printed); 1: a
+/// problem, one line each; 2: error.
+fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
+    use tollgate_collector::sign;
+    match command {
+        DigestCommand::PublicKey {
+            key_file,
+            kms_key,
+            region,
+            kms_endpoint_url,
+        } => {
+            let der = match (key_file, kms_key, region) {
+                (Some(key_file), _, _) => {
+                    anyhow::ensure!(
+                        key_file.is_file(),
+                        "{}: no such key file",
+                        key_file.display()
+                    );
+                    sign::Signer::local(key_file)?.public_key()
+                }
+                (None, Some(key), Some(region)) => {
+                    let runtime =
+                        tokio::runtime::Runtime::new().context("starting the async runtime")?;
+                    runtime.block_on(async {
+                        let client =
+                            tollgate_collector::kms::client(region, kms_endpoint_url.as_deref())
+                                .await;
+                        tollgate_collector::kms::public_key(&client, key).await
+                    })?
+                }
+                _ => anyhow::bail!("public-key: --key-file, or --kms-key with --region"),
+            };
+            write_out(&sign::public_key_pem(&der))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DigestCommand::Keygen { key_file } => {
+            sign::generate_key(key_file)
+                .with_context(|| format!("writing a key to {}", key_file.display()))?;
+            let signer = sign::Signer::local(key_file)?;
+            write_out(&sign::public_key_pem(&signer.public_key()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DigestCommand::Verify {
+            flow_log,
+            from,
+            to,
+            public_key,
+            kms_key,
+            kms_endpoint_url,
+            s3,
+        } => {
+            use tollgate_collector::{
+                clock::{NS_PER_S, unix_now_ns},
+                read::parse_since,
+            };
+            use tollgate_incident::{digest_verify, source::Reader};
+            let now_s = unix_now_ns() / NS_PER_S;
+            let time = |flag: &str, text: &Option<String>| {
+                text.as_ref()
+                    .map(|text| {
+                        parse_since(text, now_s).with_context(|| {
+                            format!(
+                                "{flag} {text:?}: expected YYYY-MM-DDTHH:MM:SSZ, Unix seconds, \
+                                 or an age like 2h"
+                            )
+                        })
+                    })
+                    .transpose()
+            };
+            let mut trusted = read_public_keys(public_key)?;
+            let s3 = s3.options(flow_log)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            if !kms_key.is_empty() {
+                let region = s3.region.clone();
+                anyhow::ensure!(
+                    !region.is_empty(),
+                    "--kms-key: needs --region (or AWS_REGION)"
+                );
+                runtime.block_on(async {
+                    let client =
+                        tollgate_collector::kms::client(&region, kms_endpoint_url.as_deref()).await;
+                    for key in kms_key {
+                        trusted.push(tollgate_collector::kms::public_key(&client, key).await?);
+                    }
+                    anyhow::Ok(())
+                })?;
+            }
+            let request = digest_verify::Request {
+                from_s: time("--from", from)?,
+                to_s: time("--to", to)?,
+                trusted,
+            };
+            let report = runtime.block_on(async {
+                let reader = Reader::new(flow_log, &s3).await;
+                digest_verify::verify(&reader, &request).await
+            })?;
+            for line in &report.notes {
+                note(&format!("note: {line}"));
+            }
+            for line in &report.problems {
+                write_out(&format!("{line}\n"))?;
+            }
+            if report.problems.is_empty() {
+                write_out(&format!(
+                    "flow log {flow_log} holds up: {} digests of {} nodes, {} objects, each \
+                     present with its SHA-256, every chain unbroken, no gap\n",
+                    report.digests, report.nodes, report.objects
+                ))?;
+                Ok(ExitCode::SUCCESS)
+            } else {
+                note(&format!(
+                    "flow log {flow_log}: {} problems",
+                    report.problems.len()
+                ));
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
+/// `evidence release-hold`: exit code 0 when every hold of the window is lifted and the
+/// release is logged in the flow log; 1 when some are not, or the log could not be written;
+/// 2 on error.
+fn release_hold_command(
+    flow_log: &tollgate_incident::location::FlowLogLocation,
+    cluster: &str,
+    (from, to): (&str, &str),
+    reason: &str,
+    s3: &S3Args,
+) -> anyhow::Result<ExitCode> {
+    use tollgate_collector::{
+        clock::{NS_PER_S, unix_now_ns},
+        read::parse_since,
+    };
+    use tollgate_incident::{legal_hold, source::Reader};
+    let now_s = unix_now_ns() / NS_PER_S;
+    let time = |flag: &str, text: &str| {
+        parse_since(text, now_s).with_context(|| {
+            format!("{flag} {text:?}: expected YYYY-MM-DDTHH:MM:SSZ, Unix seconds, or an age")
+        })
+    };
+    let (from_s, to_s) = (time("--from", from)?, time("--to", to)?);
+    let s3 = s3.options(flow_log)?;
+    let actor = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let reader = Reader::new(flow_log, &s3).await;
+        let targets = legal_hold::select(&reader, cluster, from_s, to_s).await?;
+        let holds = legal_hold::Holds::release(&reader, &targets).await;
+        if let legal_hold::HoldStatus::Unavailable(why) = &holds.status {
+            anyhow::bail!("no legal hold to release: {why}");
+        }
+        let mut release = holds.summary();
+        release["action"] = "release-hold".into();
+        release["actor"] = actor.clone().into();
+        release["reason"] = reason.into();
+        release["at"] = now_s.into();
+        release["window"] = serde_json::json!({ "cluster": cluster, "from": from_s, "to": to_s });
+        tracing::warn!(
+            actor,
+            reason,
+            released = holds.held.len(),
+            "legal holds released"
+        );
+        write_out(&format!(
+            "released the legal hold of {} objects of {cluster} from {from_s} to {to_s}\n",
+            holds.held.len()
+        ))?;
+        let logged = legal_hold::log_release(flow_log, &s3, &release, now_s).await;
+        match &logged {
+            Ok(location) => write_out(&format!("release logged: {location}\n"))?,
+            Err(error) => note(&format!("error: the release is not logged: {error}")),
+        }
+        for (key, why) in &holds.failed {
+            note(&format!("error: the hold on {key} stays: {why}"));
+        }
+        Ok(if holds.failed.is_empty() && logged.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
+}
+
+/// The DER of each `--public-key` PEM file.
+fn read_public_keys(files: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    files
+        .iter()
+        .map(|file| {
+            let pem = std::fs::read_to_string(file)
+                .with_context(|| format!("--public-key {}", file.display()))?;
+            tollgate_collector::sign::parse_public_key_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("--public-key {}: {e}", file.display()))
+        })
+        .collect()
 }
 
 /// The NetworkPolicies of `namespace` now, from the API server.

@@ -1,7 +1,8 @@
 //! `quarantine` and `evidence` through the `tollgate` binary, without root or a cluster: every
 //! argument checked before anything is contacted, an empty bundle and unreadable flow-log
 //! files reported with exit code 1, and `evidence verify` taking only the bundle's own regular
-//! files, never following a link or waiting on a FIFO, naming a bounded number of problems.
+//! files, never following a link or waiting on a FIFO, naming a bounded number of problems;
+//! `digest verify` exiting 0 on an intact flow log and 1 with one line per problem.
 
 #[path = "support/cli.rs"]
 mod cli;
@@ -222,4 +223,130 @@ fn evidence_verify_takes_only_regular_files_of_the_bundle() {
     assert!(text.contains("(1001 problems)"), "{text}");
     assert!(text.contains("more"), "{text}");
     assert!(text.lines().count() < 30, "{text}");
+}
+
+/// A flow directory of one node: two files spooled and sealed into a signed digest by the
+/// collector's own spool and sealer, delivered as the local sink does; the key file's path.
+fn signed_flow_log(dir: &Path) -> (PathBuf, PathBuf) {
+    use tollgate_collector::{
+        chain::Sealer,
+        config::SigningConfig,
+        spool::{Commit, FileFacts, Spool, pending_in},
+    };
+    let (spool_dir, flows, key) = (dir.join("spool"), dir.join("flows"), dir.join("key.pem"));
+    let at = 1_795_600_800;
+    let (mut spool, _) = Spool::open(&spool_dir, 1 << 30, at).unwrap();
+    for n in 0..2 {
+        let (sequence, temp) = spool.begin().unwrap();
+        std::fs::write(&temp, format!("flow file {n}")).unwrap();
+        let facts = FileFacts {
+            sequence,
+            records: 1,
+            first_record_s: at,
+            last_record_s: at,
+            loss_records: Vec::new(),
+        };
+        let key =
+            format!("cluster=c/dt=2026-11-25/hour=10/n-20261125T100000Z-{sequence:06}.parquet");
+        let Commit::Spooled(_) = spool.commit(&temp, &key, facts).unwrap() else {
+            panic!("not spooled");
+        };
+    }
+    spool.close().unwrap();
+    let signing = SigningConfig::LocalKey {
+        key_file: Some(key.clone()),
+    };
+    let mut sealer = Sealer::new(&spool_dir, "c", "n", Duration::from_secs(3600), signing, at);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(sealer.seal(at + 3600))
+        .unwrap();
+    for file in pending_in(&spool_dir).unwrap() {
+        let to = flows.join(&file.key);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file.path, &to).unwrap();
+    }
+    (flows, key)
+}
+
+#[test]
+fn digest_verify_exits_0_on_an_intact_flow_log_and_1_with_a_line_per_problem() {
+    let scratch = Scratch::new("digest-verify");
+    let (flows, key) = signed_flow_log(&scratch.0);
+    let key = key.to_str().unwrap();
+    let exported = tollgate(&["digest", "public-key", "--key-file", key], &scratch.0);
+    assert_eq!(exported.status.code(), Some(0), "{}", stderr(&exported));
+    let pem = scratch.0.join("public.pem");
+    std::fs::write(&pem, &exported.stdout).unwrap();
+    let pem = pem.to_str().unwrap();
+    let flow_log = flows.to_str().unwrap();
+    let verify = |home: &Path| {
+        tollgate(
+            &[
+                "digest",
+                "verify",
+                "--flow-log",
+                flow_log,
+                "--public-key",
+                pem,
+            ],
+            home,
+        )
+    };
+    let intact = verify(&scratch.0);
+    assert_eq!(intact.status.code(), Some(0), "{}", stderr(&intact));
+    assert!(
+        String::from_utf8_lossy(&intact.stdout)
+            .contains("holds up: 1 digests of 1 nodes, 2 objects")
+    );
+    // One byte changed, one object planted.
+    let object = flows.join("cluster=c/dt=2026-11-25/hour=10/n-20261125T100000Z-000000.parquet");
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&object, bytes).unwrap();
+    std::fs::write(
+        flows.join("cluster=c/dt=2026-11-25/hour=10/planted.parquet"),
+        b"x",
+    )
+    .unwrap();
+    let tampered = verify(&scratch.0);
+    assert_eq!(tampered.status.code(), Some(1), "{}", stderr(&tampered));
+    let lines: Vec<String> = String::from_utf8_lossy(&tampered.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("changed object cluster=c/dt=2026-11-25/hour=10/n-"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("extra object cluster=c/dt=2026-11-25/hour=10/planted.parquet"),
+        "{lines:?}"
+    );
+    assert!(stderr(&tampered).contains("2 problems"));
+    // Another key: every digest is a bad signature.
+    let other = scratch.0.join("other.pem");
+    let made = tollgate(
+        &["digest", "keygen", "--key-file", other.to_str().unwrap()],
+        &scratch.0,
+    );
+    assert_eq!(made.status.code(), Some(0), "{}", stderr(&made));
+    std::fs::write(scratch.0.join("other-public.pem"), &made.stdout).unwrap();
+    let foreign = tollgate(
+        &[
+            "digest",
+            "verify",
+            "--flow-log",
+            flow_log,
+            "--public-key",
+            scratch.0.join("other-public.pem").to_str().unwrap(),
+        ],
+        &scratch.0,
+    );
+    assert_eq!(foreign.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&foreign.stdout)
+            .contains("bad signature on digest _digests/cluster=c/node=n/")
+    );
 }

@@ -51,6 +51,118 @@ pub struct CollectorConfig {
     pub spool_max_bytes: u64,
     /// Where files go from the spool.
     pub sink: SinkConfig,
+    /// The digest chain: how often, and with which key.
+    pub digest: DigestConfig,
+}
+
+/// The digest chain's settings ([`crate::chain`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DigestConfig {
+    /// A digest is sealed at every multiple of this many seconds (UTC), and at shutdown.
+    pub interval_secs: u64,
+    /// The signing key.
+    pub signing: SigningConfig,
+}
+
+impl Default for DigestConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 3600,
+            signing: SigningConfig::default(),
+        }
+    }
+}
+
+/// Which key signs the digests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SigningConfig {
+    /// An Ed25519 key in a PKCS#8 PEM file, created (mode 0600) when missing: the embedded
+    /// default.
+    LocalKey {
+        /// The key file; `<spool_dir>/digest-signing.pem` when absent.
+        #[serde(default)]
+        key_file: Option<PathBuf>,
+    },
+    /// An AWS KMS asymmetric key (`ECC_NIST_P256`, usage `SIGN_VERIFY`): the agents' role
+    /// needs `kms:Sign` on it, nothing more, when `public_key_pem` is given (else also
+    /// `kms:GetPublicKey`).
+    Kms {
+        /// The key's ARN (or ID, or alias).
+        key_id: String,
+        /// Its region.
+        region: String,
+        /// A KMS endpoint instead of the region's (a VPC endpoint).
+        #[serde(default)]
+        endpoint_url: Option<String>,
+        /// The key's public key, PEM (what Terraform's `aws_kms_public_key` gives); read with
+        /// `GetPublicKey` when absent.
+        #[serde(default)]
+        public_key_pem: Option<String>,
+    },
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self::LocalKey { key_file: None }
+    }
+}
+
+impl SigningConfig {
+    /// The signer these settings name, for a collector whose spool is `spool_dir`.
+    pub async fn signer(
+        &self,
+        spool_dir: &std::path::Path,
+    ) -> Result<crate::sign::Signer, crate::sign::SignError> {
+        match self {
+            Self::LocalKey { key_file } => crate::sign::Signer::local(
+                &key_file
+                    .clone()
+                    .unwrap_or_else(|| spool_dir.join("digest-signing.pem")),
+            ),
+            Self::Kms {
+                key_id,
+                region,
+                endpoint_url,
+                public_key_pem,
+            } => {
+                let public_key = public_key_pem
+                    .as_deref()
+                    .map(crate::sign::parse_public_key_pem)
+                    .transpose()
+                    .map_err(|message| crate::sign::SignError::Kms {
+                        key_id: key_id.clone(),
+                        message: format!("digest.signing.public_key_pem: {message}"),
+                    })?;
+                Ok(crate::sign::Signer::Kms(
+                    crate::kms::KmsSigner::new(key_id, region, endpoint_url.as_deref(), public_key)
+                        .await?,
+                ))
+            }
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        match self {
+            Self::LocalKey {
+                key_file: Some(file),
+            } if file.as_os_str().is_empty() => {
+                vec!["digest.signing.key_file: must not be empty".to_owned()]
+            }
+            Self::LocalKey { .. } => Vec::new(),
+            Self::Kms { key_id, region, .. } => {
+                let mut problems = Vec::new();
+                if key_id.is_empty() {
+                    problems.push("digest.signing.key_id: must not be empty".to_owned());
+                }
+                if region.is_empty() {
+                    problems.push("digest.signing.region: must not be empty".to_owned());
+                }
+                problems
+            }
+        }
+    }
 }
 
 impl Default for CollectorConfig {
@@ -67,6 +179,7 @@ impl Default for CollectorConfig {
             spool_dir: PathBuf::from("/var/lib/tollgate/spool"),
             spool_max_bytes: 1024 * 1024 * 1024,
             sink: SinkConfig::default(),
+            digest: DigestConfig::default(),
         }
     }
 }
@@ -127,7 +240,13 @@ impl CollectorConfig {
             "spool_max_bytes",
             "must be at least 1",
         );
+        check(
+            self.digest.interval_secs > 0,
+            "digest.interval_secs",
+            "must be at least 1",
+        );
         problems.extend(self.sink.problems());
+        problems.extend(self.digest.signing.problems());
         problems
     }
 }

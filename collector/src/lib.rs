@@ -13,6 +13,9 @@
 //! - [`writer`]: Parquet files per partition, rotated by size and age, committed to the
 //!   [`spool`] under deterministic object keys (its state, loss ledger included, in a
 //!   pre-allocated [`state_file`] that a full disk cannot stop it from saving);
+//! - [`chain`]: each spooled file's SHA-256 and facts, sealed with the file numbers given up
+//!   into a [`digest`] every hour and at shutdown, signed ([`sign`]: a local Ed25519 key, or
+//!   AWS KMS through [`kms`]) and linked to the previous digest;
 //! - [`ship`]: spooled files to the [`sink`] (a local directory or S3), removed only once
 //!   delivered, retried with backoff;
 //! - [`loss`] and [`metrics`]: every event lost (kernel ring buffer full, undecodable,
@@ -25,10 +28,13 @@
 pub mod accounting;
 pub mod aggregate;
 pub mod bench;
+pub mod chain;
 pub mod clock;
 pub mod config;
+pub mod digest;
 pub mod flood;
 pub mod identity;
+pub mod kms;
 pub mod loss;
 pub mod metrics;
 pub mod pipeline;
@@ -36,6 +42,7 @@ pub mod read;
 pub mod record;
 pub mod service;
 pub mod ship;
+pub mod sign;
 pub mod sink;
 pub mod spool;
 pub mod state_file;

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub files_shipped: AtomicU64,
     /// Failed deliveries (each retried later).
     pub ship_failures: AtomicU64,
+    /// Digests sealed, signed and spooled.
+    pub digests_sealed: AtomicU64,
+    /// Failed attempts to seal or sign a digest (each retried later).
+    pub digest_failures: AtomicU64,
     /// Bytes waiting in the spool (gauge).
     pub spool_bytes: AtomicU64,
     /// Files waiting in the spool (gauge).
@@ -86,6 +90,18 @@ impl Metrics {
             "counter",
             "Failed deliveries (retried).",
             &self.ship_failures,
+        );
+        one(
+            "digests_sealed_total",
+            "counter",
+            "Digests of the flow-log objects sealed, signed and spooled.",
+            &self.digests_sealed,
+        );
+        one(
+            "digest_failures_total",
+            "counter",
+            "Failed attempts to seal or sign a digest (retried).",
+            &self.digest_failures,
         );
         one(
             "spool_bytes",

@@ -140,6 +140,7 @@ impl Pipeline {
             tracing::warn!(
                 since,
                 partial_files = recovery.removed_partial,
+                lost_sequences = recovery.lost_sequences,
                 "the previous collector stopped without flushing; recording the gap"
             );
             pipeline.lose(LossSource::CollectorRestart, None, since, now_s);

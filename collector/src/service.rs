@@ -7,7 +7,8 @@
 //!   (the probe wakes readers only once 64 KiB are waiting), reports residual denies every
 //!   deny report interval, accounts the packets of allowed flows from conntrack every
 //!   [`ACCOUNTING_INTERVAL`], and ticks the pipeline;
-//! - the shipper ([`crate::ship::ship`]) on the caller's runtime.
+//! - the shipper ([`crate::ship::ship`]) on the caller's runtime, which also seals the node's
+//!   digests ([`crate::chain::Sealer`]) every `digest.interval_secs` and at stop.
 //!
 //! [`Collector::sync`] drains everything the kernel has now (a barrier for tests and the lab);
 //! [`Collector::stop`] drains, closes every window and file, ships within a deadline and marks
@@ -23,6 +24,8 @@ use tollgate_enforcer::events::EventReader;
 use tollgate_schemas::Config;
 
 use crate::{
+    chain::Sealer,
+    clock::{NS_PER_S, unix_now_ns},
     config::CollectorConfig,
     metrics::Metrics,
     pipeline::{Pipeline, SharedIdentities, Tap},
@@ -110,12 +113,21 @@ impl Collector {
             "collector starting"
         );
         let (stop_shipping, stop_rx) = watch::channel(None);
+        let sealer = Sealer::new(
+            &config.spool_dir,
+            &config.cluster,
+            &config.node,
+            Duration::from_secs(config.digest.interval_secs),
+            config.digest.signing.clone(),
+            unix_now_ns() / NS_PER_S,
+        );
         let shipper = tokio::spawn(ship(
             config.spool_dir.clone(),
             sink,
             Arc::clone(&metrics),
             spooled,
             stop_rx,
+            sealer,
         ));
         let (commands, commands_rx) = mpsc::channel(8);
         let (started_tx, started_rx) = oneshot::channel();

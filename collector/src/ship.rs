@@ -1,5 +1,10 @@
 //! The shipper: spooled files → the sink, oldest key first, each removed from the spool only
-//! once the sink has it.
+//! once the sink has it; and the node's digests sealed and signed on the way.
+//!
+//! Before each pass, a digest that is due (an interval boundary passed) is sealed by the
+//! [`Sealer`] into the spool, to be shipped like any file; a failure to seal or sign (a KMS
+//! that does not answer) is logged, counted and retried on the next pass, while flow files
+//! keep shipping. On stop, one last digest is sealed before the last pass.
 //!
 //! [`ship`] runs until told to stop. It wakes when the writer spools a file (a [`Notify`]),
 //! and every [`RESCAN`] in any case; a failed delivery stops the pass and is retried after an
@@ -15,6 +20,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::{
+    chain::Sealer,
+    clock::{NS_PER_S, unix_now_ns},
     metrics::Metrics,
     sink::Sink,
     spool::{pending_in, remove},
@@ -65,25 +72,32 @@ pub struct Shipped {
     pub left: u64,
 }
 
-/// Delivers the spool at `root` to `sink` until `stop` carries a deadline for the last pass.
+/// Delivers the spool at `root` to `sink` until `stop` carries a deadline for the last pass,
+/// sealing digests with `sealer` as they fall due.
 pub async fn ship(
     root: PathBuf,
     sink: Sink,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<Option<Duration>>,
+    mut sealer: Sealer,
 ) -> Shipped {
     let mut shipped = Shipped::default();
     let mut backoff = Backoff::default();
     loop {
         let stopping = *stop.borrow_and_update();
         if let Some(within) = stopping {
-            let last = tokio::time::timeout(within, pass(&root, &sink, &metrics, &mut shipped));
+            let last = tokio::time::timeout(within, async {
+                // A digest that cannot be signed now stays in the spool for the next start.
+                let _ = seal(&mut sealer, &metrics, true).await;
+                pass(&root, &sink, &metrics, &mut shipped).await
+            });
             let _ = last.await;
             shipped.left = pending_in(&root).map_or(0, |p| p.len() as u64);
             return shipped;
         }
-        let delay = match pass(&root, &sink, &metrics, &mut shipped).await {
+        let sealed = seal(&mut sealer, &metrics, false).await;
+        let delay = match pass(&root, &sink, &metrics, &mut shipped).await.and(sealed) {
             Ok(()) => {
                 backoff.reset();
                 RESCAN
@@ -94,6 +108,26 @@ pub async fn ship(
             _ = wake.notified() => {}
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Seals a digest when one is due (or `now`); a failure is logged, counted and left for the
+/// next attempt.
+async fn seal(sealer: &mut Sealer, metrics: &Metrics, now: bool) -> Result<(), ()> {
+    let now_s = unix_now_ns() / NS_PER_S;
+    if !now && !sealer.due(now_s) {
+        return Ok(());
+    }
+    match sealer.seal(now_s).await {
+        Ok(_) => {
+            metrics.digests_sealed.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(error) => {
+            metrics.digest_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, "sealing a digest failed; its entries wait for the next attempt");
+            Err(())
         }
     }
 }

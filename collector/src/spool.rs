@@ -7,6 +7,9 @@
 //!   [`Spool::commit`] fsyncs the file, renames it here and fsyncs the directory: from then on
 //!   it is acknowledged and survives a crash. The shipper removes it only after the sink has
 //!   it ([`remove`]).
+//! - `digest/`: the digest chain ([`crate::chain`]): each file's entry (its SHA-256, taken here
+//!   as it is committed, before any upload) and every sequence number given up, until the
+//!   shipper seals them into a signed digest.
 //! - `state`: the next file sequence number (so names never repeat across restarts), whether a
 //!   collector is running (a restart that finds it running knows the previous one died without
 //!   flushing), until when records were acknowledged, how far the probe's ring-buffer reserve
@@ -28,7 +31,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::loss::LossSpan;
+use crate::chain;
+use crate::digest::ObjectEntry;
+use crate::loss::{LossSource, LossSpan};
 use crate::state_file::StateFile;
 
 /// A spool operation failed.
@@ -102,6 +107,24 @@ pub struct Recovery {
     /// Why the state could not be saved (no room for the spool's directories or its state
     /// file); `None` when it was.
     pub unsaved: Option<String>,
+    /// Sequence numbers of the previous collector's files that never reached `ready/`, now
+    /// lost-sequence entries of the digest chain.
+    pub lost_sequences: usize,
+}
+
+/// What a closed file holds, for its digest entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFacts {
+    /// Its sequence number (from [`Spool::begin`]).
+    pub sequence: u64,
+    /// Records in it.
+    pub records: u64,
+    /// First record's start (Unix s).
+    pub first_record_s: u64,
+    /// Last record's end (Unix s): records up to here are acknowledged once it is spooled.
+    pub last_record_s: u64,
+    /// The loss records among them.
+    pub loss_records: Vec<LossSpan>,
 }
 
 /// A closed file waiting in the spool.
@@ -169,6 +192,12 @@ impl Spool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(Err(e), &tmp, "listing")?),
         }
+        let lost_sequences =
+            chain::recover(root, state.next_seq, state.running).map_err(|e| SpoolError {
+                path: chain::dir(root),
+                what: "recovering the digest chain's entries",
+                source: std::io::Error::other(e.to_string()),
+            })?;
         let mut spool = Self {
             root: root.to_owned(),
             max_bytes,
@@ -177,6 +206,7 @@ impl Spool {
             unsaved: true,
         };
         let recovery = Recovery {
+            lost_sequences,
             pending: spool.pending()?.len(),
             removed_partial,
             unclean_since_s: spool.state.running.then_some(if spool.state.committed > 0 {
@@ -224,12 +254,19 @@ impl Spool {
     }
 
     /// Moves the finished file `temp` (from [`Spool::begin`]) into `ready/<key>`, durably,
-    /// and records that records up to `until_s` are acknowledged; or removes it when the spool
-    /// has no room for it.
-    pub fn commit(&mut self, temp: &Path, key: &str, until_s: u64) -> Result<Commit, SpoolError> {
+    /// with its digest entry (its SHA-256 taken now), and records that records up to the
+    /// file's last are acknowledged; or removes it when the spool has no room for it (its
+    /// sequence number then becomes a lost-sequence entry).
+    pub fn commit(
+        &mut self,
+        temp: &Path,
+        key: &str,
+        facts: FileFacts,
+    ) -> Result<Commit, SpoolError> {
+        let until_s = facts.last_record_s;
         let file = io(File::open(temp), temp, "opening")?;
         io(file.sync_all(), temp, "syncing")?;
-        let bytes = io(file.metadata(), temp, "reading metadata")?.len();
+        let (sha256, bytes) = io(chain::sha256_of(&file), temp, "hashing")?;
         let waiting = self.waiting_bytes()?;
         if waiting + bytes > self.max_bytes {
             io(
@@ -237,8 +274,28 @@ impl Spool {
                 temp,
                 "removing a file the spool has no room for",
             )?;
+            self.lose_sequence(
+                facts.sequence,
+                LossSource::SpoolFull,
+                &format!("{key}: {bytes} bytes do not fit, {waiting} waiting"),
+            );
             return Ok(Commit::Full { bytes, waiting });
         }
+        let entry = ObjectEntry {
+            key: key.to_owned(),
+            sequence: facts.sequence,
+            bytes,
+            sha256,
+            records: facts.records,
+            first_record_s: facts.first_record_s,
+            last_record_s: facts.last_record_s,
+            loss_records: facts.loss_records,
+        };
+        chain::prepare(&self.root, &entry).map_err(|e| SpoolError {
+            path: chain::dir(&self.root),
+            what: "writing the file's digest entry",
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let path = self.root.join("ready").join(key);
         let dir = path.parent().unwrap_or(&self.root).to_owned();
         // The shipper removes partition directories once empty; should it remove this one
@@ -255,9 +312,12 @@ impl Spool {
             }
         }
         // From here on the file is in `ready/` and will be shipped: whatever fails now, it is
-        // not lost.
+        // not lost (an entry left prepared is confirmed at the next start).
         if let Err(error) = io(File::open(&dir).and_then(|d| d.sync_all()), &dir, "syncing") {
             tracing::warn!(error = error.detail(), key, "spooled, but not synced");
+        }
+        if let Err(error) = chain::confirm(&self.root, facts.sequence) {
+            tracing::warn!(%error, key, "spooled; its digest entry is confirmed at the next start");
         }
         self.state.acknowledged_until_s = self.state.acknowledged_until_s.max(until_s);
         self.state.committed += 1;
@@ -276,6 +336,14 @@ impl Spool {
             path,
             bytes,
         }))
+    }
+
+    /// Records that the file of `sequence` was given up, at `source`, in the digest chain (a
+    /// failure to is logged: the loss record of the file's records still says it).
+    pub fn lose_sequence(&self, sequence: u64, source: LossSource, detail: &str) {
+        if let Err(error) = chain::lose(&self.root, sequence, source, detail) {
+            tracing::error!(%error, sequence, "a lost file's sequence number is not in the digest chain");
+        }
     }
 
     /// Every file waiting in `ready/`, in key order.
@@ -447,6 +515,16 @@ mod tests {
         fs::write(path, vec![7u8; bytes]).unwrap();
     }
 
+    fn facts(sequence: u64, last_record_s: u64) -> FileFacts {
+        FileFacts {
+            sequence,
+            records: 1,
+            first_record_s: last_record_s,
+            last_record_s,
+            loss_records: Vec::new(),
+        }
+    }
+
     #[test]
     fn commit_pending_remove_and_sequence_survive_reopen() {
         let root = temp_dir("cycle");
@@ -456,15 +534,15 @@ mod tests {
         assert_eq!(seq, 0);
         write(&temp, 100);
         let key = "cluster=c/dt=2026-11-25/hour=06/n-20261125T060000Z-000000.parquet";
-        let Commit::Spooled(spooled) = spool.commit(&temp, key, 42).unwrap() else {
+        let Commit::Spooled(spooled) = spool.commit(&temp, key, facts(seq, 42)).unwrap() else {
             panic!("not spooled");
         };
         assert_eq!(spool.pending().unwrap(), vec![spooled.clone()]);
         // A file that does not fit is refused and removed.
-        let (_, temp) = spool.begin().unwrap();
+        let (seq, temp) = spool.begin().unwrap();
         write(&temp, 901);
         assert_eq!(
-            spool.commit(&temp, "x.parquet", 43).unwrap(),
+            spool.commit(&temp, "x.parquet", facts(seq, 43)).unwrap(),
             Commit::Full {
                 bytes: 901,
                 waiting: 100
@@ -536,9 +614,10 @@ mod tests {
     fn an_unclean_stop_is_reported_and_partial_files_removed() {
         let root = temp_dir("unclean");
         let (mut spool, _) = Spool::open(&root, 1000, 7).unwrap();
-        let (_, temp) = spool.begin().unwrap();
+        let (seq, temp) = spool.begin().unwrap();
         write(&temp, 10);
-        let Commit::Spooled(_) = spool.commit(&temp, "a.parquet", 1_000).unwrap() else {
+        let Commit::Spooled(_) = spool.commit(&temp, "a.parquet", facts(seq, 1_000)).unwrap()
+        else {
             panic!("not spooled");
         };
         let (_, partial) = spool.begin().unwrap();
@@ -547,6 +626,10 @@ mod tests {
         let (_, recovery) = Spool::open(&root, 1000, 7).unwrap();
         assert_eq!(recovery.removed_partial, 1);
         assert_eq!(recovery.pending, 1);
+        assert_eq!(
+            recovery.lost_sequences, 1,
+            "the partial file's number is a lost sequence of the digest chain"
+        );
         assert_eq!(
             recovery.unclean_since_s,
             Some(1_000),

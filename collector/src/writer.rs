@@ -28,7 +28,7 @@ use crate::{
     clock::{compact_utc, partition_date},
     loss::{LossSource, LossSpan},
     record::{FlowRecord, encode, schema},
-    spool::{Commit, Spool, Spooled},
+    spool::{Commit, FileFacts, Spool, Spooled},
 };
 
 /// Rows per Parquet row group: large enough for good compression and pruning, small enough
@@ -120,6 +120,7 @@ impl Tally {
 /// A file being written.
 struct OpenFile {
     writer: ArrowWriter<File>,
+    sequence: u64,
     temp: PathBuf,
     key: String,
     opened: Instant,
@@ -218,6 +219,7 @@ impl FileWriter {
         if let Err(detail) = written {
             // The file is unusable: what it held so far is lost with it.
             let _ = std::fs::remove_file(&file.temp);
+            spool.lose_sequence(file.sequence, LossSource::SpoolError, &detail);
             return Some(file.tally.lost(LossSource::SpoolError, detail));
         }
         let size = file.writer.bytes_written() + file.writer.in_progress_size();
@@ -241,14 +243,19 @@ impl FileWriter {
             self.node,
             compact_utc(first_s)
         );
-        let file = File::create(&temp).map_err(|e| format!("creating {}: {e}", temp.display()))?;
-        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.properties.clone()))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&temp);
-                format!("starting {}: {e}", temp.display())
-            })?;
+        let writer = File::create(&temp)
+            .map_err(|e| format!("creating {}: {e}", temp.display()))
+            .and_then(|file| {
+                ArrowWriter::try_new(file, self.schema.clone(), Some(self.properties.clone()))
+                    .map_err(|e| {
+                        let _ = std::fs::remove_file(&temp);
+                        format!("starting {}: {e}", temp.display())
+                    })
+            })
+            .inspect_err(|detail| spool.lose_sequence(seq, LossSource::SpoolError, detail))?;
         Ok(OpenFile {
             writer,
+            sequence: seq,
             temp,
             key,
             opened: Instant::now(),
@@ -282,25 +289,31 @@ impl FileWriter {
         if let Err(error) = file.writer.finish() {
             let _ = std::fs::remove_file(&file.temp);
             let detail = format!("closing {}: {error}", file.temp.display());
+            spool.lose_sequence(file.sequence, LossSource::SpoolError, &detail);
             return Some(file.tally.lost(LossSource::SpoolError, detail));
         }
-        Some(
-            match spool.commit(&file.temp, &file.key, file.tally.last_s) {
-                Ok(Commit::Spooled(spooled)) => Closed::Spooled {
-                    file: spooled,
-                    records: file.tally.records,
-                    losses: file.tally.losses,
-                },
-                Ok(Commit::Full { bytes, waiting }) => {
-                    let detail =
-                        format!("{}: {bytes} bytes do not fit, {waiting} waiting", file.key);
-                    file.tally.lost(LossSource::SpoolFull, detail)
-                }
-                Err(error) => {
-                    let _ = std::fs::remove_file(&file.temp);
-                    file.tally.lost(LossSource::SpoolError, error.detail())
-                }
+        let facts = FileFacts {
+            sequence: file.sequence,
+            records: file.tally.records,
+            first_record_s: file.tally.first_s,
+            last_record_s: file.tally.last_s,
+            loss_records: file.tally.losses.clone(),
+        };
+        Some(match spool.commit(&file.temp, &file.key, facts) {
+            Ok(Commit::Spooled(spooled)) => Closed::Spooled {
+                file: spooled,
+                records: file.tally.records,
+                losses: file.tally.losses,
             },
-        )
+            Ok(Commit::Full { bytes, waiting }) => {
+                let detail = format!("{}: {bytes} bytes do not fit, {waiting} waiting", file.key);
+                file.tally.lost(LossSource::SpoolFull, detail)
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&file.temp);
+                spool.lose_sequence(file.sequence, LossSource::SpoolError, &error.detail());
+                file.tally.lost(LossSource::SpoolError, error.detail())
+            }
+        })
     }
 }

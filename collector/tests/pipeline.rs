@@ -1241,6 +1241,8 @@ fn an_unclean_stop_becomes_a_collector_restart_record() {
             ringbuf_reported: None,
             losses: Vec::new(),
             unsaved: None,
+            // The open file's number, in the digest chain.
+            lost_sequences: 1,
         }
     );
     pipeline.finish(None).expect("a clean stop");

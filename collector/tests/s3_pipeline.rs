@@ -1,6 +1,7 @@
 //! The whole collector against a real S3-compatible server (s3s-fs on 127.0.0.1), with events
 //! from the real probe (needs root): an outage of the server while traffic goes on, and a
-//! collector killed with SIGKILL while it writes.
+//! collector killed with SIGKILL while it writes. After both, the node's digests are one
+//! signed chain listing every flow object with its SHA-256.
 
 mod support;
 
@@ -16,7 +17,9 @@ use support::{
     s3_server::{S3Server, TempDir},
 };
 use tollgate_collector::{
+    chain::sha256_hex,
     config::{CollectorConfig, S3Config, SinkConfig},
+    digest::Signed,
     flood::Flood,
     identity::Identities,
     read::{StoredRecord, read_file},
@@ -41,16 +44,49 @@ fn config(spool: &Path, s3: S3Config) -> CollectorConfig {
     }
 }
 
-/// Every object of the bucket, parsed: key → its records. Panics on an object that is not a
-/// whole Parquet file of flow records.
+/// Every flow object of the bucket, parsed: key → its records. Panics on an object that is
+/// not a whole Parquet file of flow records, and unless the node's digests are one chain,
+/// each signed, that lists every flow object once with its SHA-256.
 async fn objects(server: &S3Server, scratch: &TempDir) -> BTreeMap<String, Vec<StoredRecord>> {
     let mut parsed = BTreeMap::new();
+    let mut digests = Vec::new();
     for (n, (key, bytes)) in server.objects().await.into_iter().enumerate() {
+        if key.starts_with("flows/_digests/") {
+            let signed = Signed::parse(&bytes).unwrap_or_else(|e| panic!("digest {key}: {e}"));
+            signed
+                .check_signature(&signed.public_key().unwrap())
+                .unwrap_or_else(|e| panic!("digest {key}: {e}"));
+            digests.push((signed, sha256_hex(&bytes)));
+            continue;
+        }
         let path = scratch.path().join(format!("{n}.parquet"));
         std::fs::write(&path, &bytes).unwrap();
         let records = read_file(&path).unwrap_or_else(|e| panic!("object {key} is corrupt: {e}"));
         parsed.insert(key, records);
     }
+    digests.sort_by_key(|(signed, _)| signed.document.number);
+    let mut listed = BTreeMap::new();
+    for (i, (signed, _)) in digests.iter().enumerate() {
+        assert_eq!(signed.document.number, i as u64, "a digest is missing");
+        if i > 0 {
+            let previous = signed.document.previous.as_ref().expect("a link");
+            assert_eq!(previous.sha256, digests[i - 1].1, "the chain is linked");
+        }
+        for object in &signed.document.objects {
+            listed.insert(format!("flows/{}", object.key), object.sha256.clone());
+        }
+    }
+    let hashes: BTreeMap<String, String> = server
+        .objects()
+        .await
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with("flows/_digests/"))
+        .map(|(key, bytes)| (key, sha256_hex(&bytes)))
+        .collect();
+    assert_eq!(
+        listed, hashes,
+        "the digests list every flow object, as it is"
+    );
     parsed
 }
 

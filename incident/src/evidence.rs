@@ -19,7 +19,8 @@
 //! Each kind is written sorted by time as Parquet (the flow log's own schema) and as CSV; then
 //! `policies.json` (the NetworkPolicies in force: from the cluster when the caller read them,
 //! and as every isolation record saw them), `sources.json`, `timeline.txt` (the three kinds on
-//! one timeline, as `tollgate flows` prints it), and last `manifest.json`: what was asked, and
+//! one timeline, as `tollgate flows` prints it), the signed digests that list the sources
+//! (`digest-*.json`, [`crate::provenance`]), and last `manifest.json`: what was asked, and
 //! the size and SHA-256 of every other file. [`verify`] recomputes them and fails on any
 //! difference, missing or extra file; only regular files of the bundle count (a symbolic link
 //! or a FIFO in it is a problem, never followed or opened), each hashed as a stream.
@@ -48,6 +49,7 @@ use tollgate_collector::{
 use crate::{
     PodRef,
     athena::{AthenaError, AthenaOptions},
+    legal_hold::{Holds, Target},
     location::{FlowLogLocation, S3Options},
     source::{Links, Reader, SourceError, SourceObject, open_regular, sha256_hex, sha256_stream},
 };
@@ -188,6 +190,10 @@ pub struct Manifest {
     /// The flow-log files of the window that could not be read, and why.
     #[serde(default)]
     pub skipped: Vec<SkippedSource>,
+    /// The legal holds placed on the sources and their digests, or why none could be
+    /// ([`crate::legal_hold::Holds`]); absent from bundles written before holds.
+    #[serde(default)]
+    pub legal_holds: Option<serde_json::Value>,
     /// Every other file, sorted by path.
     pub files: Vec<FileDigest>,
 }
@@ -228,6 +234,10 @@ pub struct Bundle {
     pub timeline: String,
     /// What the records tell about the pod's quarantine.
     pub story: Story,
+    /// How many sources a signed digest in the bundle lists, and how many none does.
+    pub provenance: crate::provenance::Provenance,
+    /// The legal holds placed on the sources and digests.
+    pub holds: Holds,
 }
 
 /// Why a written bundle may not tell the whole story of its pod in its window.
@@ -241,6 +251,13 @@ pub enum Shortfall {
         .0.iter().map(|s| format!("\n  {}: {}", s.location, s.reason)).collect::<String>()
     )]
     Unread(Vec<SkippedSource>),
+    /// Legal holds that could not be placed on a bucket with Object Lock.
+    #[error(
+        "{} legal hold(s) could not be placed; those objects can still be deleted:{}",
+        .0.len(),
+        .0.iter().map(|(key, why)| format!("\n  {key}: {why}")).collect::<String>()
+    )]
+    HoldsFailed(Vec<(String, String)>),
     /// Not one flow or isolation record of the pod in the window.
     #[error(
         "NO RECORD of {pod} in the flow log from {from_utc} to {to_utc} ({files} file(s) read): \
@@ -268,6 +285,9 @@ impl Bundle {
         let mut shortfalls = Vec::new();
         if !manifest.skipped.is_empty() {
             shortfalls.push(Shortfall::Unread(manifest.skipped.clone()));
+        }
+        if !self.holds.complete() {
+            shortfalls.push(Shortfall::HoldsFailed(self.holds.failed.clone()));
         }
         if !allow_empty && manifest.counts.flows == 0 && manifest.counts.isolations == 0 {
             shortfalls.push(Shortfall::NoRecords {
@@ -332,6 +352,9 @@ pub async fn collect(
                 sources.push(SourceUse {
                     object,
                     records: file.rows(),
+                    key: reader.relative(name),
+                    digest: None,
+                    legal_hold: false,
                 });
                 kept.append(file);
             }
@@ -376,6 +399,31 @@ pub async fn collect(
         files.push(format!("{kind}.parquet"));
         files.push(format!("{kind}.csv"));
     }
+    let keys: Vec<String> = sources.iter().map(|s| s.key.clone()).collect();
+    let gathered = crate::provenance::gather(&reader, &keys, out).await?;
+    for source in &mut sources {
+        source.digest = gathered.covering.get(&source.key).cloned();
+    }
+    let provenance = crate::provenance::Provenance {
+        proven: sources.iter().filter(|s| s.digest.is_some()).count(),
+        uncovered: sources.iter().filter(|s| s.digest.is_none()).count(),
+    };
+    let mut targets: Vec<Target> = sources
+        .iter()
+        .map(|s| Target {
+            key: s.key.clone(),
+            version_id: s.object.version_id.clone(),
+        })
+        .collect();
+    targets.extend(gathered.keys.iter().map(|key| Target {
+        key: key.clone(),
+        version_id: None,
+    }));
+    let holds = Holds::place(&reader, &targets).await;
+    for source in &mut sources {
+        source.legal_hold = holds.held.contains(&source.key);
+    }
+    files.extend(gathered.files);
     let mut snapshots = policies;
     snapshots.extend(isolation_snapshots(&timeline));
     write_json(&out.join("policies.json"), &policies_document(snapshots))?;
@@ -409,6 +457,7 @@ pub async fn collect(
         tool: format!("tollgate {}", env!("CARGO_PKG_VERSION")),
         counts,
         skipped,
+        legal_holds: Some(holds.summary()),
         files: files
             .iter()
             .map(|path| digest(out, path))
@@ -425,15 +474,24 @@ pub async fn collect(
         manifest_sha256: sha256_hex(format!("{text}\n").as_bytes()),
         timeline,
         story,
+        provenance,
+        holds,
     })
 }
 
-/// A flow-log file and how many of its rows went into the bundle.
+/// A flow-log file, how many of its rows went into the bundle, and the digest of the bundle
+/// that lists it.
 #[derive(Debug, Serialize)]
 struct SourceUse {
     #[serde(flatten)]
     object: SourceObject,
     records: u64,
+    /// Its key relative to the flow log's root, as digests name it.
+    key: String,
+    /// The bundle's file of the signed digest that lists it; null when none does.
+    digest: Option<String>,
+    /// Whether a legal hold was placed on it.
+    legal_hold: bool,
 }
 
 /// Fetches the listed file `name` and keeps the rows of it that `request` asks for: all of

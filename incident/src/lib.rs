@@ -9,12 +9,21 @@
 //! - [`evidence`]: a pod's records in a time window read back from the flow log
 //!   ([`source`]: local files, or S3 objects with their ETags and versions), written as a
 //!   bundle with a manifest of SHA-256 digests, and verified again later;
+//! - [`legal_hold`]: S3 Object Lock legal holds on what a quarantine or a bundle covers,
+//!   lifted only by `evidence release-hold`;
+//! - [`provenance`]: the signed digests that list a bundle's sources, carried in the bundle
+//!   and checked by `evidence verify`;
+//! - [`digest_verify`]: the flow log checked against the collectors' signed digest chains
+//!   (`tollgate digest verify`);
 //! - [`athena`]: one Athena query naming the S3 objects that hold a pod's records, read alone.
 
 pub mod athena;
 pub mod cluster;
+pub mod digest_verify;
 pub mod evidence;
+pub mod legal_hold;
 pub mod location;
+pub mod provenance;
 pub mod quarantine;
 pub mod record;
 pub mod source;

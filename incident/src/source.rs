@@ -232,6 +232,95 @@ impl Reader {
         }
     }
 
+    /// Every file of the flow log under `under` (a key prefix relative to its root, `""` for
+    /// all; any depth; hidden local files skipped), as names [`Reader::fetch`] takes, sorted.
+    pub async fn list_all(&self, under: &str) -> Result<Vec<String>, SourceError> {
+        let mut found = Vec::new();
+        match self {
+            Self::Local(root) => {
+                let start = root.join(under);
+                if !start.is_dir() {
+                    return Ok(found);
+                }
+                let mut dirs = vec![start];
+                while let Some(dir) = dirs.pop() {
+                    for path in read_dir(&dir)? {
+                        let hidden = path
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                        if hidden {
+                            continue;
+                        }
+                        if path.is_dir() {
+                            dirs.push(path);
+                        } else {
+                            found.push(path.to_string_lossy().into_owned());
+                        }
+                    }
+                }
+            }
+            Self::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let root = if prefix.is_empty() {
+                    under.to_owned()
+                } else {
+                    format!("{prefix}/{under}")
+                };
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(&root)
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| s3_error(bucket, &root, &e))?;
+                    found.extend(
+                        page.contents()
+                            .iter()
+                            .filter_map(|o| o.key())
+                            .map(str::to_owned),
+                    );
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// The key of the listed file `name` relative to the flow log's root
+    /// (`cluster=…/dt=…/hour=…/….parquet`, `_digests/…`): what the collector's digests name.
+    pub fn relative(&self, name: &str) -> String {
+        match self {
+            Self::Local(root) => Path::new(name)
+                .strip_prefix(root)
+                .map(|p| {
+                    p.components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .unwrap_or_else(|_| name.to_owned()),
+            Self::S3 { prefix, .. } if prefix.is_empty() => name.to_owned(),
+            Self::S3 { prefix, .. } => name
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                .unwrap_or(name)
+                .to_owned(),
+        }
+    }
+
+    /// The name [`Reader::fetch`] takes for `key`, relative to the flow log's root.
+    pub fn name_of(&self, key: &str) -> String {
+        match self {
+            Self::Local(root) => root.join(key).to_string_lossy().into_owned(),
+            Self::S3 { prefix, .. } if prefix.is_empty() => key.to_owned(),
+            Self::S3 { prefix, .. } => format!("{prefix}/{key}"),
+        }
+    }
+
     /// Where the listed file `name` is: its path, or `s3://bucket/key`.
     pub fn location(&self, name: &str) -> String {
         match self {

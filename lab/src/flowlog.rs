@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tollgate_agent::daemon::NodeState;
 use tollgate_collector::{
     clock::{NS_PER_S, unix_now_ns},
-    config::{CollectorConfig, SinkConfig},
+    config::{CollectorConfig, DigestConfig, SigningConfig, SinkConfig},
     loss::LossSource,
     metrics::Metrics,
     pipeline::Tap,
@@ -61,6 +61,13 @@ pub struct FlowLog {
     undecodable: u64,
 }
 
+/// The lab's digest signing key for the flow directory `dir`: an Ed25519 key the collector
+/// makes at its first start, kept (hidden, with the spool) so that a run into the same
+/// directory continues the chain.
+pub fn signing_key(dir: &Path) -> PathBuf {
+    dir.join(".spool").join("digest-signing.pem")
+}
+
 impl FlowLog {
     /// The flow log of run `run`, delivering into `out` (or a temporary directory named after
     /// the run): the collector settings for the agent, and the tap that hands this flow log
@@ -75,6 +82,12 @@ impl FlowLog {
             node: NODE.to_owned(),
             spool_dir: dir.join(".spool"),
             sink: SinkConfig::Local { dir: dir.clone() },
+            digest: DigestConfig {
+                signing: SigningConfig::LocalKey {
+                    key_file: Some(signing_key(&dir)),
+                },
+                ..DigestConfig::default()
+            },
             ..CollectorConfig::default()
         };
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -23,15 +23,18 @@ use tollgate_enforcer::snapshot::Snapshot;
 use tollgate_incident::{
     PodRef,
     cluster::{Access, Cluster, ClusterError},
+    digest_verify,
     evidence::{self, Counts, PolicySnapshot, Request},
     location::{FlowLogLocation, S3Options},
+    provenance,
     quarantine::{LABEL, Outcome, quarantine},
     record,
+    source::Reader,
 };
 
 use crate::{
     LabError,
-    flowlog::{CLUSTER, FlowLogSummary},
+    flowlog::{CLUSTER, FlowLogSummary, signing_key},
     scenario::{CLIENT_POD, QUARANTINE_REASON},
 };
 
@@ -266,9 +269,12 @@ impl Quarantined {
         )
     }
 
-    /// Writes the client's evidence bundle for the whole run (from `started_s`) into
-    /// `<flow directory>/evidence`, verifies it, and checks that it shows the client's allowed
-    /// flows before the quarantine, its denied attempts after, and the isolation record.
+    /// Checks the flow directory against its signed digests (`digest verify`, with the lab's
+    /// key, whose public key it writes as `<flow directory>/digest-public-key.pem`), writes the
+    /// client's evidence bundle for the whole run (from `started_s`) into
+    /// `<flow directory>/evidence`, verifies it — its sources against their digests too — and
+    /// checks that it shows the client's allowed flows before the quarantine, its denied
+    /// attempts after, and the isolation record.
     pub async fn evidence(
         self,
         flow_log: &FlowLogSummary,
@@ -305,6 +311,38 @@ impl Quarantined {
             .await
             .map_err(|e| failed(&e))?;
         let verified = evidence::verify(&bundle.dir, Some(&bundle.manifest_sha256));
+        let (digests, proven) = match lab_public_key(&flow_log.dir) {
+            Ok(public_key) => {
+                let reader = Reader::new(&request.location, &request.s3).await;
+                let checked = digest_verify::verify(
+                    &reader,
+                    &digest_verify::Request {
+                        trusted: vec![public_key.clone()],
+                        ..digest_verify::Request::default()
+                    },
+                )
+                .await;
+                let digests = match checked {
+                    Ok(report) if report.problems.is_empty() => Ok(format!(
+                        "{} digests, {} objects, the chain unbroken",
+                        report.digests, report.objects
+                    )),
+                    Ok(report) => Err(report.problems.join("; ")),
+                    Err(error) => Err(error.to_string()),
+                };
+                let proven = match provenance::check(&bundle.dir, &[public_key]) {
+                    Ok(p) if p.proven > 0 => Ok(format!(
+                        "{} of {} sources, each with its SHA-256",
+                        p.proven,
+                        p.proven + p.uncovered
+                    )),
+                    Ok(_) => Err("no source is in a signed digest".to_owned()),
+                    Err(problems) => Err(problems.join("; ")),
+                };
+                (digests, proven)
+            }
+            Err(why) => (Err(why.clone()), Err(why)),
+        };
         let story = bundle.story;
         let quarantines = story.quarantines;
         // The split around the record this run wrote (the only quarantine in the window).
@@ -341,6 +379,16 @@ impl Quarantined {
                 },
                 verified.is_ok(),
             ),
+            check(
+                "digest verify: the flow log against its signed digests",
+                digests.clone().unwrap_or_else(|problems| problems),
+                digests.is_ok(),
+            ),
+            check(
+                "the bundle's sources, in signed digests",
+                proven.clone().unwrap_or_else(|problems| problems),
+                proven.is_ok(),
+            ),
         ];
         let isolation = self.outcome.isolation;
         Ok(IncidentReport {
@@ -356,4 +404,21 @@ impl Quarantined {
             checks,
         })
     }
+}
+
+/// The public key (DER) of the lab's digest signing key for the flow directory `dir`,
+/// written there as `digest-public-key.pem`; why not, when there is no key.
+fn lab_public_key(dir: &Path) -> Result<Vec<u8>, String> {
+    use tollgate_collector::sign::{Signer, public_key_pem};
+    let key_file = signing_key(dir);
+    if !key_file.is_file() {
+        return Err(format!("no signing key at {}", key_file.display()));
+    }
+    let public_key = Signer::local(&key_file)
+        .map_err(|e| e.to_string())?
+        .public_key();
+    let pem = dir.join("digest-public-key.pem");
+    std::fs::write(&pem, public_key_pem(&public_key))
+        .map_err(|e| format!("{}: {e}", pem.display()))?;
+    Ok(public_key)
 }

@@ -59,6 +59,20 @@ LAYOUT_INPUTS = {
 # The least-privilege list: everything a node agent may do, and on what.
 AGENT_S3_ACTIONS = {"s3:PutObject", "s3:AbortMultipartUpload"}
 AGENT_KMS_ACTIONS = {"kms:GenerateDataKey", "kms:Decrypt"}
+# What no agent may do to the flow log, whatever else its role is given.
+AGENT_DENIED_ACTIONS = {
+    "s3:BypassGovernanceRetention",
+    "s3:DeleteBucket",
+    "s3:DeleteBucketPolicy",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:PutBucketObjectLockConfiguration",
+    "s3:PutBucketPolicy",
+    "s3:PutBucketVersioning",
+    "s3:PutLifecycleConfiguration",
+    "s3:PutObjectLegalHold",
+    "s3:PutObjectRetention",
+}
 
 
 # --- running Terraform --------------------------------------------------------------------
@@ -266,8 +280,12 @@ class Layout(unittest.TestCase):
         self.assertEqual(layout["table_location"], "s3://acme-flow-logs/")
         self.assertEqual(layout["table_parameters"], ddl_table(inputs)["table_parameters"])
         self.assertEqual(layout["cluster_prefixes"]["prod-eu-1"], "cluster=prod-eu-1/")
+        self.assertEqual(layout["digest_prefixes"]["prod-eu-1"], "_digests/cluster=prod-eu-1/")
         policy = json.loads(layout["agent_policy_json"]["prod-eu-1"])
-        self.assertEqual(policy["Statement"][0]["Resource"], ["arn:aws:s3:::acme-flow-logs/cluster=prod-eu-1/*"])
+        self.assertEqual(
+            policy["Statement"][0]["Resource"],
+            ["arn:aws:s3:::acme-flow-logs/cluster=prod-eu-1/*", "arn:aws:s3:::acme-flow-logs/_digests/cluster=prod-eu-1/*"],
+        )
 
     def test_agent_policy_is_the_least_privilege_list(self):
         for cluster in LAYOUT_INPUTS["clusters"]:
@@ -275,28 +293,30 @@ class Layout(unittest.TestCase):
                 policy = json.loads(self.layout["agent_policy_json"][cluster])
                 self.assertEqual(policy["Version"], "2012-10-17")
                 statements = policy["Statement"]
-                self.assertEqual(len(statements), 2)
+                self.assertEqual(len(statements), 3)
                 for s in statements:
-                    self.assertEqual(s["Effect"], "Allow")
                     self.assertFalse({"NotAction", "NotResource", "Principal"} & s.keys(), s)
                     for action in s["Action"]:
                         self.assertNotIn("*", action)
-                s3, kms = statements
+                s3, kms, deny = statements
+                self.assertEqual((s3["Effect"], kms["Effect"], deny["Effect"]), ("Allow", "Allow", "Deny"))
                 self.assertEqual(set(s3["Action"]), AGENT_S3_ACTIONS)
-                self.assertEqual(s3["Resource"], [f"arn:aws:s3:::acme-flow-logs/tollgate/eks/cluster={cluster}/*"])
+                records = f"arn:aws:s3:::acme-flow-logs/tollgate/eks/cluster={cluster}/*"
+                digests = f"arn:aws:s3:::acme-flow-logs/tollgate/eks/_digests/cluster={cluster}/*"
+                self.assertEqual(s3["Resource"], [records, digests])
                 self.assertNotIn("Condition", s3)
                 self.assertEqual(set(kms["Action"]), AGENT_KMS_ACTIONS)
                 self.assertEqual(kms["Resource"], [KEY_ARN])
                 self.assertEqual(kms["Condition"]["StringEquals"], {"kms:ViaService": "s3.eu-west-1.amazonaws.com"})
                 self.assertEqual(
                     kms["Condition"]["StringLike"],
-                    {
-                        "kms:EncryptionContext:aws:s3:arn": [
-                            "arn:aws:s3:::acme-flow-logs",
-                            f"arn:aws:s3:::acme-flow-logs/tollgate/eks/cluster={cluster}/*",
-                        ]
-                    },
+                    {"kms:EncryptionContext:aws:s3:arn": ["arn:aws:s3:::acme-flow-logs", records, digests]},
                 )
+                # Never delete, shorten a retention or touch a legal hold, on the whole bucket.
+                self.assertEqual(set(deny["Action"]), AGENT_DENIED_ACTIONS)
+                self.assertEqual(deny["Resource"], ["arn:aws:s3:::acme-flow-logs", "arn:aws:s3:::acme-flow-logs/*"])
+                self.assertNotIn("Condition", deny)
+                self.assertFalse(AGENT_DENIED_ACTIONS & (set(s3["Action"]) | set(kms["Action"])))
 
     def test_a_cluster_cannot_write_under_another_cluster(self):
         # prod-eu-1 is a prefix of prod-eu-1-canary's name, not of its keys.
@@ -345,6 +365,7 @@ ATHENA_BASE = {
     "results_bucket": "acme-athena-results",
     "results_kms_key_arn": KEY_ARN,
 }
+DIGEST_KEY_BASE = {"name": "prod-eu-1", "signer_role_arn": "arn:aws:iam::111122223333:role/tollgate-agent-prod-eu-1"}
 AGENT_BASE = {
     "cluster_name": "prod-eu-1",
     "image": {"repository": "111122223333.dkr.ecr.eu-west-1.amazonaws.com/tollgate"},
@@ -395,7 +416,14 @@ VALIDATION_CASES = [
     ("athena", dict(ATHENA_BASE, bytes_scanned_cutoff_per_query=1024), "Athena's minimum"),
     ("athena", dict(ATHENA_BASE, layout=dict(ATHENA_BASE["layout"], partition_keys=[])), "layout: the flow-log-layout"),
     ("athena", dict(ATHENA_BASE, results_kms_key_arn="alias/x"), "results_kms_key_arn"),
+    ("digest-signing-key", DIGEST_KEY_BASE, None),
+    ("digest-signing-key", dict(DIGEST_KEY_BASE, verifier_arns=["arn:aws:iam::111122223333:role/auditor"]), None),
+    ("digest-signing-key", dict(DIGEST_KEY_BASE, signer_role_arn="tollgate-agent"), "signer_role_arn: the ARN of an IAM role"),
+    ("digest-signing-key", dict(DIGEST_KEY_BASE, verifier_arns=["auditor"]), "verifier_arns: ARNs of IAM roles or users"),
+    ("digest-signing-key", dict(DIGEST_KEY_BASE, name="prod.eu"), "name: letters, digits"),
+    ("digest-signing-key", dict(DIGEST_KEY_BASE, deletion_window_days=90), "between 7 and 30"),
     ("node-agent", AGENT_BASE, None),
+    ("node-agent", dict(AGENT_BASE, digest_signing={"key_id": KEY_ARN, "region": "eu-west-1", "public_key_pem": "-----BEGIN PUBLIC KEY-----"}), None),
     ("node-agent", dict(AGENT_BASE, vpc_cni_addon_version="v1.20.4-eksbuild.1"), None),
     ("node-agent", dict(AGENT_BASE, enforcement="loose"), "enforcement: strict or standard"),
     ("node-agent", dict(AGENT_BASE, node_ingress="deny"), "node_ingress: allow or policy"),
@@ -572,8 +600,43 @@ class Structure(unittest.TestCase):
         self.assertIn('"${local.oidc_issuer}:aud" = "sts.amazonaws.com"', trust)
         self.assertIn('Principal = { Service = "pods.eks.amazonaws.com" }', trust)
 
+    def test_the_digest_key_lets_the_agents_sign_and_nothing_else(self):
+        module = MODULES / "digest-signing-key"
+        resources = blocks(module, "resource")
+        self.assertEqual(set(resources), {"aws_kms_key", "aws_kms_alias"}, "no IAM policy, no grant")
+        key = resources["aws_kms_key"]["this"]
+        self.assertEqual((key["key_usage"], key["customer_master_key_spec"]), ("SIGN_VERIFY", "ECC_NIST_P256"))
+        locals_ = blocks(module, "locals")
+        self.assertEqual(
+            locals_["statements"],
+            "${concat([local.account_statement, local.agents_statement], length(var.verifier_arns) == 0 ? [] : [local.verifiers_statement])}",
+        )
+        statements = {locals_[name]["Sid"]: locals_[name] for name in ("account_statement", "agents_statement", "verifiers_statement")}
+        agents = statements["AgentsSignDigestsOnly"]
+        self.assertEqual(agents["Principal"], {"AWS": "${var.signer_role_arn}"})
+        self.assertEqual(agents["Action"], ["kms:Sign"])
+        self.assertEqual(
+            agents["Condition"]["StringEquals"],
+            {"kms:SigningAlgorithm": "ECDSA_SHA_256", "kms:MessageType": "RAW"},
+        )
+        administration = set(locals_["administration"])
+        self.assertFalse({"kms:Sign", "kms:Verify", "kms:*"} & administration, "the account signs nothing")
+        self.assertEqual(statements["AccountAdministersOnly"]["Action"], "${local.administration}")
+        self.assertEqual(
+            set(statements["VerifiersReadThePublicKey"]["Action"]), {"kms:DescribeKey", "kms:GetPublicKey", "kms:Verify"}
+        )
+        # The collectors' setting is SigningConfig::Kms's fields.
+        outputs = blocks(module, "output")
+        signing = outputs["collector_signing"]["value"]
+        source = COLLECTOR_CONFIG.read_text()
+        kms_variant = source[source.index("    Kms {") : source.index("},", source.index("    Kms {"))]
+        for field in signing:
+            self.assertIn(f"{field}:", kms_variant, field)
+
     def test_the_example_wires_the_layout_everywhere(self):
         modules = blocks(EXAMPLE, "module")
+        self.assertEqual(modules["digest_key"]["signer_role_arn"], "${module.agent_identity.role_arn}")
+        self.assertEqual(modules["node_agent"]["digest_signing"], "${module.digest_key.collector_signing}")
         self.assertEqual(modules["agent_identity"]["policy_json"], "${module.layout.agent_policy_json[var.cluster_name]}")
         self.assertEqual(modules["node_agent"]["collector_sink"], "${module.layout.collector_sink}")
         self.assertEqual(modules["layout"]["kms_key_arn"], "${module.flow_log.kms_key_arn}")

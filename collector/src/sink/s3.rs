@@ -12,8 +12,8 @@
 //!    offsets in the file, so memory use does not grow with the file.
 //! 3. Every body carries a CRC32C checksum computed by the SDK while it streams, which the
 //!    server checks against what it received: a body corrupted in flight is refused rather
-//!    than stored. Objects are typed `application/vnd.apache.parquet` and encrypted as
-//!    configured (the bucket's default, SSE-S3 or SSE-KMS).
+//!    than stored. Objects are typed `application/vnd.apache.parquet` (the digests
+//!    `application/json`) and encrypted as configured (the bucket's default, SSE-S3 or SSE-KMS).
 //! 4. A multipart upload that fails at any step is aborted (best effort, so no parts linger)
 //!    and the error is returned. The key is deterministic, so the shipper's retry of the same
 //!    file overwrites whatever an earlier attempt left rather than adding a second object.
@@ -34,8 +34,14 @@ use aws_sdk_s3::types::{
 use super::{SinkError, in_words, sdk_in_words};
 use crate::config::{S3Config, ServerSideEncryption};
 
-/// The objects' content type.
-const CONTENT_TYPE: &str = "application/vnd.apache.parquet";
+/// The content type of the object at `key`: JSON for the digests, Parquet for the records.
+fn content_type(key: &str) -> &'static str {
+    if key.ends_with(".json") {
+        "application/json"
+    } else {
+        "application/vnd.apache.parquet"
+    }
+}
 
 /// S3's limit on the number of parts of one multipart upload.
 const MAX_PARTS: u64 = 10_000;
@@ -141,7 +147,7 @@ impl S3Sink {
             .key(object_key)
             .body(body)
             .content_length(content_length(bytes)?)
-            .content_type(CONTENT_TYPE)
+            .content_type(content_type(object_key))
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.kms_key_id.clone())
@@ -164,7 +170,7 @@ impl S3Sink {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(object_key)
-            .content_type(CONTENT_TYPE)
+            .content_type(content_type(object_key))
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.kms_key_id.clone())

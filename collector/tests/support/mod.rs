@@ -1,3 +1,5 @@
+#[allow(dead_code, reason = "each test binary uses its own part")]
+pub mod moto;
 pub mod s3_server;
 
 /// Whether the test runs as root; says SKIPPED loudly when not.

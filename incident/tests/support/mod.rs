@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod athena_stub;
 pub mod flowlog;
+pub mod node;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

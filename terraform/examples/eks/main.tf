@@ -3,6 +3,7 @@
 #   layout ──────────────► flow_log (bucket, key) ─┐
 #     │  columns, projection, agent policy, sink    │
 #     ├──► agent_identity (role: write own prefix) ─┤
+#     │      └──► digest_key (KMS: only Sign) ─────┤
 #     │                                             ├──► node_agent (Helm release, then the
 #     └──► athena (Glue table, workgroup, queries) ◄┘     vpc-cni add-on: enforcement off)
 #                   ▲
@@ -60,6 +61,15 @@ module "agent_identity" {
   tags                            = var.tags
 }
 
+module "digest_key" {
+  source = "../../modules/digest-signing-key"
+
+  name            = var.cluster_name
+  signer_role_arn = module.agent_identity.role_arn
+  verifier_arns   = var.digest_verifier_arns
+  tags            = var.tags
+}
+
 module "athena" {
   source = "../../modules/athena"
 
@@ -82,6 +92,7 @@ module "node_agent" {
   service_account_role_arn   = module.agent_identity.service_account_role_arn
   image                      = var.agent_image
   collector_sink             = module.layout.collector_sink
+  digest_signing             = module.digest_key.collector_signing
   flow_mode                  = var.flow_mode
   enforcement                = var.enforcement
   node_ingress               = var.node_ingress

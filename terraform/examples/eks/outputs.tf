@@ -53,3 +53,13 @@ output "vpc_cni_configuration" {
   description = "The vpc-cni add-on's configuration values with its network-policy agent not enforcing (what to give the add-on where it is managed elsewhere)."
   value       = module.node_agent.vpc_cni_configuration
 }
+
+output "digest_key_arn" {
+  description = "The KMS key that signs the collectors' digests (`tollgate digest verify --kms-key`)."
+  value       = module.digest_key.key_arn
+}
+
+output "digest_public_key_pem" {
+  description = "The digests' public key, PEM (`tollgate digest verify --public-key`): keep a copy outside the account."
+  value       = module.digest_key.public_key_pem
+}

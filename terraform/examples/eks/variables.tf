@@ -57,7 +57,7 @@ variable "storage_lifecycle" {
 }
 
 variable "object_lock" {
-  description = "Object Lock of the flow log (its records are isolation evidence): GOVERNANCE or COMPLIANCE for retention_days; null: none. Only at the bucket's creation."
+  description = "Object Lock default retention of the flow log (its records and digests are isolation evidence, and quarantine's legal holds need it): GOVERNANCE (principals with s3:BypassGovernanceRetention can still shorten or delete: a mistake can be undone) or COMPLIANCE (nobody can, not the root user, until retention_days pass: the bucket cannot even be deleted) for retention_days; null: none, and no legal hold. Only at the bucket's creation."
   type = object({
     mode           = string
     retention_days = number
@@ -142,4 +142,10 @@ variable "tags" {
   description = "Tags of every AWS resource."
   type        = map(string)
   default     = {}
+}
+
+variable "digest_verifier_arns" {
+  description = "IAM roles or users that may read the digest signing key's public key and verify with KMS (auditors, incident responders); `tollgate digest verify --public-key` needs only the digest_public_key_pem output."
+  type        = list(string)
+  default     = []
 }

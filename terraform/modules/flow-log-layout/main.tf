@@ -90,11 +90,30 @@ locals {
   }
 
   cluster_prefixes = { for c in var.clusters : c => "${local.root}cluster=${c}/" }
+  # Where each cluster's collectors write their signed digests (docs/digests.md).
+  digest_prefixes = { for c in var.clusters : c => "${local.root}_digests/cluster=${c}/" }
+
+  # What no agent may ever do to the flow log, whatever else its role is given: delete an
+  # object or a version, shorten or bypass a retention, lift or set a legal hold, or change the
+  # bucket's Object Lock, lifecycle, versioning or policy. An explicit Deny outranks any Allow.
+  agent_denied_actions = [
+    "s3:BypassGovernanceRetention",
+    "s3:DeleteBucket",
+    "s3:DeleteBucketPolicy",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:PutBucketObjectLockConfiguration",
+    "s3:PutBucketPolicy",
+    "s3:PutBucketVersioning",
+    "s3:PutLifecycleConfiguration",
+    "s3:PutObjectLegalHold",
+    "s3:PutObjectRetention",
+  ]
 
   # What a cluster's collectors may do, and nothing more:
-  # - s3:PutObject on their own cluster's keys: PutObject and, for files from the multipart
-  #   threshold on, CreateMultipartUpload, UploadPart and CompleteMultipartUpload, which S3
-  #   authorizes as s3:PutObject;
+  # - s3:PutObject on their own cluster's keys and its digests' (`_digests/cluster=<c>/`):
+  #   PutObject and, for files from the multipart threshold on, CreateMultipartUpload,
+  #   UploadPart and CompleteMultipartUpload, which S3 authorizes as s3:PutObject;
   # - s3:AbortMultipartUpload on the same keys: the sink aborts a failed multipart upload so
   #   that no parts linger (collector/src/sink/s3.rs);
   # - kms:GenerateDataKey on the bucket's key, for S3's calls only: the data key of every
@@ -103,7 +122,10 @@ locals {
   #   encrypt each part of a multipart upload and to complete it ("Multipart upload API and
   #   permissions", S3 User Guide). Single PutObject never needs it.
   # No read, list, delete, tagging, ACL or retention action: a node cannot see, change or
-  # remove what it or any other node wrote.
+  # remove what it or any other node wrote; and an explicit Deny of every deleting or
+  # retention-shortening action on the whole bucket (agent_denied_actions), so that no other
+  # policy given to the role can open them. (Signing the digests is granted by the signing
+  # key's own policy: the digest-signing-key module.)
   agent_policy_json = {
     for c, key_prefix in local.cluster_prefixes : c => jsonencode({
       Version = "2012-10-17"
@@ -112,7 +134,7 @@ locals {
           Sid      = "WriteOwnClusterFlowRecords"
           Effect   = "Allow"
           Action   = ["s3:PutObject", "s3:AbortMultipartUpload"]
-          Resource = ["${local.bucket_arn}/${key_prefix}*"]
+          Resource = ["${local.bucket_arn}/${key_prefix}*", "${local.bucket_arn}/${local.digest_prefixes[c]}*"]
         },
         {
           Sid      = "EncryptFlowRecordsThroughS3"
@@ -126,9 +148,15 @@ locals {
             # S3's encryption context is the bucket's ARN with S3 Bucket Keys, the object's
             # ARN without: either way, only this cluster's records in this bucket.
             StringLike = {
-              "kms:EncryptionContext:aws:s3:arn" = [local.bucket_arn, "${local.bucket_arn}/${key_prefix}*"]
+              "kms:EncryptionContext:aws:s3:arn" = [local.bucket_arn, "${local.bucket_arn}/${key_prefix}*", "${local.bucket_arn}/${local.digest_prefixes[c]}*"]
             }
           }
+        },
+        {
+          Sid      = "NeverDeleteOrShortenRetention"
+          Effect   = "Deny"
+          Action   = local.agent_denied_actions
+          Resource = [local.bucket_arn, "${local.bucket_arn}/*"]
         },
       ]
     })

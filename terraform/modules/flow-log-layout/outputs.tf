@@ -23,8 +23,13 @@ output "cluster_prefixes" {
   value       = local.cluster_prefixes
 }
 
+output "digest_prefixes" {
+  description = "For each cluster, the key prefix its collectors write their signed digests under (<prefix>/_digests/cluster=<name>/)."
+  value       = local.digest_prefixes
+}
+
 output "agent_policy_json" {
-  description = "For each cluster, the IAM policy (JSON) of its node agents: write their own cluster's flow records, encrypt them with the bucket's key through S3; nothing else."
+  description = "For each cluster, the IAM policy (JSON) of its node agents: write their own cluster's flow records and digests, encrypt them with the bucket's key through S3, and never delete, shorten a retention or touch a legal hold; nothing else."
   value       = local.agent_policy_json
 }
 

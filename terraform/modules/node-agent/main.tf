@@ -36,6 +36,12 @@ locals {
     }
   }
 
+  # The digests' KMS key, as a values document of its own (docs/digests.md); none: the
+  # collectors' embedded default, a local key.
+  digest_values = var.digest_signing == null ? [] : [yamlencode({
+    config = { collector = { digest = { signing = merge({ kind = "kms" }, var.digest_signing) } } }
+  })]
+
   # What the add-on's aws-node pods run with: the caller's values, with the network-policy agent
   # not enforcing.
   vpc_cni_configuration = merge(jsondecode(var.vpc_cni_configuration_json), {
@@ -52,7 +58,7 @@ resource "helm_release" "agent" {
   wait    = true
   atomic  = true
   timeout = var.helm_timeout_seconds
-  values  = concat([yamlencode(local.values)], var.extra_values)
+  values  = concat([yamlencode(local.values)], local.digest_values, var.extra_values)
 }
 
 resource "aws_eks_addon" "vpc_cni" {

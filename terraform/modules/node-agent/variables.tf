@@ -118,6 +118,16 @@ variable "node_ingress" {
   }
 }
 
+variable "digest_signing" {
+  description = "The key that signs the collectors' digests: the digest-signing-key module's collector_signing (KMS key ARN, region, public key PEM). Null: each node signs with a local Ed25519 key in its spool (docs/digests.md)."
+  type = object({
+    key_id         = string
+    region         = string
+    public_key_pem = string
+  })
+  default = null
+}
+
 variable "extra_values" {
   description = "More Helm values, as YAML documents applied after the module's own (resources, tolerations, otlp_endpoint…); deploy/helm/tollgate/values.yaml documents each."
   type        = list(string)
