@@ -93,8 +93,8 @@ pub(crate) struct Cluster {
     pub(crate) namespaces: BTreeMap<String, NamespaceInfo>,
     /// Valid pods, by `namespace/name`.
     pub(crate) pods: BTreeMap<String, PodInfo>,
-    /// Namespaces as listed (before pods add the implicit ones).
-    listed: BTreeMap<String, NamespaceInfo>,
+    /// The names of the listed namespaces (the others exist only through their pods).
+    listed: BTreeSet<String>,
     /// Pods per namespace, to know when an implicit namespace goes.
     pod_counts: BTreeMap<String, usize>,
     /// The networked pods of each address, by key (two only while an address moves).
@@ -142,7 +142,7 @@ impl Cluster {
     pub(crate) fn set_namespace(&mut self, name: &str, info: Option<NamespaceInfo>) {
         match info {
             Some(info) => {
-                self.listed.insert(name.to_owned(), info.clone());
+                self.listed.insert(name.to_owned());
                 self.namespaces.insert(name.to_owned(), info);
             }
             None => {
@@ -172,7 +172,7 @@ impl Cluster {
             *count -= 1;
             if *count == 0 {
                 self.pod_counts.remove(&old.namespace);
-                if !self.listed.contains_key(&old.namespace) {
+                if !self.listed.contains(&old.namespace) {
                     self.namespaces.remove(&old.namespace);
                 }
             }

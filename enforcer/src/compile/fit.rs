@@ -62,8 +62,7 @@ pub(crate) fn fit(
     errors: &mut Vec<InputError>,
 ) -> Fitted {
     let mut desired = DesiredState::default();
-    fit_peers(cluster, peers, capacity, &mut desired, errors);
-    let all_fit = peers.entries.len() <= capacity.peers as usize;
+    let all_fit = fit_peers(cluster, peers, capacity, &mut desired, errors);
     let regions: BTreeSet<PeerEntryKey> = peers.entries[..peers.by_region.len()]
         .iter()
         .map(|(key, ..)| *key)
@@ -245,14 +244,16 @@ fn ruleset_ids(
     ids
 }
 
-/// The peer trie's entries, as many as fit: regions, ClusterIPs, then pod addresses.
+/// The peer trie's entries, as many as fit: regions, ClusterIPs, then pod addresses. `true`
+/// when there is room for all of them, so every one was written; `false` when some may have
+/// been left out (look them up).
 fn fit_peers(
     cluster: &Cluster,
     peers: &Peers,
     capacity: &Capacity,
     desired: &mut DesiredState,
     errors: &mut Vec<InputError>,
-) {
+) -> bool {
     let room = capacity.peers as usize;
     if peers.entries.len() <= room {
         // Everything fits: built at once (an address listed twice keeps its last entry, as
@@ -262,7 +263,7 @@ fn fit_peers(
             .iter()
             .map(|(key, value, _)| (*key, *value))
             .collect();
-        return;
+        return true;
     }
     let mut left_out = BTreeSet::new();
     for (key, value, pod_address) in &peers.entries {
@@ -273,7 +274,7 @@ fn fit_peers(
         }
     }
     if left_out.is_empty() {
-        return;
+        return false;
     }
     for pod in cluster.pods.values() {
         let ips: Vec<String> = pod
@@ -296,6 +297,7 @@ fn fit_peers(
             ),
         });
     }
+    false
 }
 
 /// The error of an endpoint whose set of `direction` did not fit in `map`.
