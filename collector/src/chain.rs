@@ -209,14 +209,18 @@ fn read_entry(path: &Path) -> Result<Entry, ChainError> {
 
 /// The last digest put in place, with the bytes of its file.
 fn last(root: &Path) -> Result<Option<(Signed, Vec<u8>)>, ChainError> {
-    let path = dir(root).join("last.json");
-    let bytes = match fs::read(&path) {
+    read_signed(&dir(root).join("last.json"))
+}
+
+/// The signed digest in the file at `path`, with its bytes; `None` when there is no such file.
+fn read_signed(path: &Path) -> Result<Option<(Signed, Vec<u8>)>, ChainError> {
+    let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return io(Err(e), &path, "reading"),
+        Err(e) => return io(Err(e), path, "reading"),
     };
     let signed = Signed::parse(&bytes).map_err(|e| ChainError::Corrupt {
-        path: path.clone(),
+        path: path.to_owned(),
         why: e.to_string(),
     })?;
     Ok(Some((signed, bytes)))
@@ -389,15 +393,9 @@ impl Sealer {
     /// `last.json`. Returns its key; `None` when there was none.
     fn complete(&self) -> Result<Option<String>, ChainError> {
         let next = dir(&self.root).join("next.json");
-        let bytes = match fs::read(&next) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return io(Err(e), &next, "reading"),
+        let Some((signed, bytes)) = read_signed(&next)? else {
+            return Ok(None);
         };
-        let signed = Signed::parse(&bytes).map_err(|e| ChainError::Corrupt {
-            path: next.clone(),
-            why: e.to_string(),
-        })?;
         let key = signed.document.key();
         write_durably(&self.root.join("ready").join(&key), &bytes)?;
         let document = &signed.document;
