@@ -210,23 +210,8 @@ impl Reader {
                 } else {
                     format!("{prefix}/{partition}/")
                 };
-                let mut keys = Vec::new();
-                let mut pages = client
-                    .list_objects_v2()
-                    .bucket(bucket)
-                    .prefix(&under)
-                    .into_paginator()
-                    .send();
-                while let Some(page) = pages.next().await {
-                    let page = page.map_err(|e| s3_error(bucket, &under, &e))?;
-                    keys.extend(
-                        page.contents()
-                            .iter()
-                            .filter_map(|o| o.key())
-                            .filter(|k| is_visible_parquet(Path::new(k)))
-                            .map(str::to_owned),
-                    );
-                }
+                let mut keys = s3_keys(client, bucket, &under).await?;
+                keys.retain(|k| is_visible_parquet(Path::new(k)));
                 Ok(keys)
             }
         }
@@ -269,21 +254,7 @@ impl Reader {
                 } else {
                     format!("{prefix}/{under}")
                 };
-                let mut pages = client
-                    .list_objects_v2()
-                    .bucket(bucket)
-                    .prefix(&root)
-                    .into_paginator()
-                    .send();
-                while let Some(page) = pages.next().await {
-                    let page = page.map_err(|e| s3_error(bucket, &root, &e))?;
-                    found.extend(
-                        page.contents()
-                            .iter()
-                            .filter_map(|o| o.key())
-                            .map(str::to_owned),
-                    );
-                }
+                found = s3_keys(client, bucket, &root).await?;
             }
         }
         found.sort();
@@ -417,6 +388,27 @@ fn is_visible_parquet(path: &Path) -> bool {
         && path
             .file_name()
             .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+}
+
+/// Every key of `bucket` under `prefix`, page after page.
+async fn s3_keys(client: &Client, bucket: &str, prefix: &str) -> Result<Vec<String>, SourceError> {
+    let mut keys = Vec::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| s3_error(bucket, prefix, &e))?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .map(str::to_owned),
+        );
+    }
+    Ok(keys)
 }
 
 /// `error` of an S3 call on `key`, in words: the service's code and message, or the chain of
