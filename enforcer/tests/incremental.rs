@@ -1,5 +1,6 @@
 //! The incremental compiler against the full one: over random sequences of changes to pods,
-//! namespaces, NetworkPolicies, Services and EndpointSlices, a `Compiler` fed one change at a
+//! namespaces, NetworkPolicies (whole, or only their ports), Services and EndpointSlices, a
+//! `Compiler` fed one change at a
 //! time compiles exactly what `compile_with` compiles from the whole cluster, ids, maps,
 //! revisions and errors included (each pass taking the previous pass's ids as prior); so does
 //! one handed the whole cluster at every step (`Compiler::load`, which skips the objects whose
@@ -245,16 +246,34 @@ fn change(rng: &mut StdRng, world: &mut World, compiler: &mut Compiler) {
         compiler.delete(kind, &namespace, &name);
         return;
     }
+    let policies: Vec<Value> = world
+        .objects
+        .iter()
+        .filter(|((kind, ..), _)| *kind == ObjectKind::NetworkPolicy)
+        .map(|(_, value)| value.clone())
+        .collect();
     let mut upsert = |kind: ObjectKind, mut value: Value| {
         world.version += 1;
         value["metadata"]["resourceVersion"] = json!(world.version.to_string());
         apply(compiler, kind, &value);
         world.objects.insert(key_of(kind, &value), value);
     };
-    match rng.random_range(0..10) {
+    match rng.random_range(0..11) {
         0 => upsert(ObjectKind::Namespace, namespace(rng)),
         1..=4 => upsert(ObjectKind::Pod, pod(rng)),
         5..=7 => upsert(ObjectKind::NetworkPolicy, policy(rng)),
+        // Only the ports of a policy: the same rules, peers and selectors.
+        8 if !policies.is_empty() => {
+            let mut edited = policies.choose(rng).unwrap().clone();
+            for side in ["ingress", "egress"] {
+                if let Some(rules) = edited["spec"][side].as_array_mut() {
+                    for rule in rules {
+                        rule["ports"] = ports(rng);
+                    }
+                }
+            }
+            upsert(ObjectKind::NetworkPolicy, edited);
+        }
         _ => {
             let (service, slice) = service(rng);
             upsert(ObjectKind::Service, service);

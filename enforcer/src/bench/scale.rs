@@ -236,18 +236,23 @@ pub fn measure(shape: Shape) -> Result<ScaleResult, String> {
         tracing::warn!(%error, "bench scale: first compile");
     }
 
+    // Each pass takes the previous pass's ids, as the agent's do; undoing a change is a pass
+    // too (not timed), so every change starts from the base cluster.
+    let mut prior = first.ids.clone();
     let mut change = |apply: fn(&mut GeneratedCluster) -> Undo| {
         let undo = apply(&mut cluster);
         let start = Instant::now();
         undo.apply_to(&cluster.snapshot, &mut compiler);
-        let compiled = compiler.compile(
-            &Placement::Interfaces(&cluster.local),
-            &first.ids,
-            &capacity,
-        );
+        let compiled = compiler.compile(&Placement::Interfaces(&cluster.local), &prior, &capacity);
         let ms = ms_since(start);
-        drop(compiled);
         undo.revert(&mut cluster.snapshot, &mut compiler);
+        prior = compiler
+            .compile(
+                &Placement::Interfaces(&cluster.local),
+                &compiled.ids,
+                &capacity,
+            )
+            .ids;
         ms
     };
     let change_ms = ChangeMs {

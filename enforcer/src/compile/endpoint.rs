@@ -43,7 +43,8 @@ pub(crate) struct Plan<'c> {
     pub(crate) policies: Vec<String>,
 }
 
-/// Plans endpoint `id`, pod `pod` on interface `ifindex`, under `policies`.
+/// Plans endpoint `id`, pod `pod` on interface `ifindex`, under `policies` (those of the pod's
+/// namespace, in order).
 ///
 /// A direction is isolated when a policy of the pod's namespace selects the pod and has that
 /// type; it is in audit mode when, besides, the namespace is, or every isolating policy is. A

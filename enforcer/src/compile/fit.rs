@@ -48,11 +48,13 @@ pub(crate) struct Fitted {
 }
 
 /// Writes `plans` with their `sets` (by key, with ids `set_ids`) and `peers` into the maps'
-/// desired state within `capacity`; problems go to `errors`.
+/// desired state within `capacity`; problems go to `errors`. `touched`, when known, are the
+/// only addresses whose identity may differ from `prior`'s.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fit(
     cluster: &Cluster,
     peers: &Peers,
+    touched: Option<&BTreeSet<IpAddr>>,
     sets: &BTreeMap<SetKey, SetEntries>,
     set_ids: &BTreeMap<String, u32>,
     plans: &[Plan<'_>],
@@ -62,17 +64,11 @@ pub(crate) fn fit(
     errors: &mut Vec<InputError>,
 ) -> Fitted {
     let mut desired = DesiredState::default();
-    let all_fit = fit_peers(cluster, peers, capacity, &mut desired, errors);
-    let regions: BTreeSet<PeerEntryKey> = peers.entries[..peers.by_region.len()]
-        .iter()
-        .map(|(key, ..)| *key)
-        .filter(|key| all_fit || desired.peers.contains_key(key))
-        .collect();
-    let peer_ids: BTreeMap<IpAddr, PeerIdentity> = peers.entries[peers.by_region.len()..]
-        .iter()
-        .filter(|(key, ..)| all_fit || desired.peers.contains_key(key))
-        .map(|(key, value, _)| (addr::from_bytes(key.key.addr), *value))
-        .collect();
+    let written = fit_peers(cluster, peers, capacity, &mut desired, errors);
+    let (regions, peer_ids, touched) = match written {
+        Some((regions, peer_ids)) => (regions, peer_ids, None),
+        None => (peers.region_keys.clone(), peers.peer_ids.clone(), touched),
+    };
 
     // Sets in id order, each whole or not at all.
     let mut by_id: Vec<(u32, &SetKey, &SetEntries)> = sets
@@ -178,6 +174,7 @@ pub(crate) fn fit(
         addresses: &peer_ids,
         regions: &regions,
         region_of: &region_of,
+        touched,
     };
     let (revisions, next_revision) =
         revisions::assign(&planned, &set_digests, &view, &desired, prior);
@@ -244,37 +241,46 @@ fn ruleset_ids(
     ids
 }
 
-/// The peer trie's entries, as many as fit: regions, ClusterIPs, then pod addresses. `true`
-/// when there is room for all of them, so every one was written; `false` when some may have
-/// been left out (look them up).
+/// The peer trie's entries, as many as fit: regions, ClusterIPs, then pod addresses. `None`
+/// when there is room for all of them, so the trie is written whole; else the region prefixes
+/// and the addresses' identities that were written.
+#[allow(clippy::type_complexity)]
 fn fit_peers(
     cluster: &Cluster,
     peers: &Peers,
     capacity: &Capacity,
     desired: &mut DesiredState,
     errors: &mut Vec<InputError>,
-) -> bool {
+) -> Option<(BTreeSet<PeerEntryKey>, BTreeMap<IpAddr, PeerIdentity>)> {
     let room = capacity.peers as usize;
-    if peers.entries.len() <= room {
-        // Everything fits: built at once (an address listed twice keeps its last entry, as
-        // one insert after the other would).
-        desired.peers = peers
-            .entries
-            .iter()
-            .map(|(key, value, _)| (*key, *value))
-            .collect();
-        return true;
+    if peers.entry_count() <= room {
+        desired.peers = peers.trie.clone();
+        return None;
     }
+    let entries = peers.ordered_entries(cluster);
     let mut left_out = BTreeSet::new();
-    for (key, value, pod_address) in &peers.entries {
+    for (key, value, pod_address) in &entries {
         if desired.peers.len() < room {
             desired.peers.insert(*key, *value);
         } else if *pod_address {
             left_out.insert(addr::from_bytes(key.key.addr));
         }
     }
+    let regions = peers.by_region.len();
+    let written = Some((
+        entries[..regions]
+            .iter()
+            .map(|(key, ..)| *key)
+            .filter(|key| desired.peers.contains_key(key))
+            .collect(),
+        entries[regions..]
+            .iter()
+            .filter(|(key, ..)| desired.peers.contains_key(key))
+            .map(|(key, value, _)| (addr::from_bytes(key.key.addr), *value))
+            .collect(),
+    ));
     if left_out.is_empty() {
-        return false;
+        return written;
     }
     for pod in cluster.pods.values() {
         let ips: Vec<String> = pod
@@ -297,7 +303,7 @@ fn fit_peers(
             ),
         });
     }
-    false
+    written
 }
 
 /// The error of an endpoint whose set of `direction` did not fit in `map`.
@@ -334,14 +340,17 @@ fn dropped_rules(
     errors: &mut Vec<InputError>,
 ) {
     for key in plan.sets.iter().flatten() {
-        for (identity, dropped) in &sets[key].dropped {
+        // By identity id: identity indices are the table's own.
+        let mut dropped: Vec<(u32, usize, usize)> = sets[key]
+            .dropped
+            .iter()
+            .map(|(identity, dropped)| (peers.identities[*identity].id, *identity, *dropped))
+            .collect();
+        dropped.sort_unstable();
+        for (_, identity, dropped) in dropped {
             errors.push(InputError {
                 object: format!("Pod {}", plan.pod.key()),
-                field: format!(
-                    "{} peer {}",
-                    key.direction.name(),
-                    peers.describe(*identity)
-                ),
+                field: format!("{} peer {}", key.direction.name(), peers.describe(identity)),
                 message: format!(
                     "more port rules allow this peer than a map value holds ({}); {dropped} \
                      were left out, and what only they allow is denied",

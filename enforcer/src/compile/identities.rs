@@ -23,22 +23,31 @@
 //! prefix wins, so a pod's own entry shadows the region around it). Ids are stable across
 //! compilations (by the identity's canonical form), so unchanged identities keep their
 //! entries.
+//!
+//! [`Peers`] is kept between compilations and changed by difference ([`Peers::update`]): while
+//! the universe and the namespaces stay the same and the prior ids are the ones it gave, only
+//! the pods that changed and the ClusterIPs that came or went are classified again. An
+//! identity lives while an address has it (reference counts) and a class while a pod is in it;
+//! the trie's entries and the identity of every address are updated for the addresses that
+//! moved, which the pass then hands on (`revisions` compares only those). Anything else
+//! (the first pass, a policy change that changes the universe, a namespace change, other prior
+//! ids) builds the table again from the whole cluster, the same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tollgate_schemas::{PeerIdentity, PeerKey};
 
 use super::cidr::Prefix;
-use super::cluster::Cluster;
+use super::cluster::{Cluster, PodInfo};
 use super::ids;
 use super::peers::Peer;
 use super::policy::Policy;
 use super::ports::{NamedPort, PortSpec};
 use super::selector::Selector;
 use super::services::ServiceInfo;
-use crate::desired::PeerEntryKey;
+use crate::desired::{Ids, PeerEntryKey};
 
 /// Which namespaces a [`PeerSelector`] looks in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -132,32 +141,111 @@ struct Key {
     cluster_ip: Option<IpAddr>,
 }
 
-/// Every identity of the cluster, and the peer trie that names them.
+impl Key {
+    /// The key of region `region`'s identity.
+    fn region(region: Prefix) -> Key {
+        Key {
+            selectors: Vec::new(),
+            region,
+            named: Vec::new(),
+            cluster_ip: None,
+        }
+    }
+}
+
+/// What the table keeps of one identity besides the [`Identity`] itself.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    /// Its key; `None` for a free slot.
+    key: Option<Key>,
+    /// Its canonical form (see [`canonical`]).
+    canonical: String,
+    /// Addresses that have it (pod addresses and ClusterIPs; one more for a region's, which
+    /// lives as long as the universe).
+    refs: usize,
+}
+
+/// Pods of one namespace with the same labels and named ports: policy sees them alike.
+#[derive(Debug, Clone)]
+struct Class {
+    namespace: String,
+    /// Keep the allocations of the shared label map and named ports, whose addresses are the
+    /// class's key, from being reused by other values while the class lasts.
+    labels: Weak<BTreeMap<String, String>>,
+    named_ports: Weak<[NamedPort]>,
+    /// Indices of the selectors that match the class, in order.
+    matched: Vec<usize>,
+    /// Its named ports that egress rules use, in order.
+    named: Vec<NamedPort>,
+    /// Pods in it.
+    pods: usize,
+}
+
+/// A classified pod: its class and the identity of each of its addresses.
+#[derive(Debug, Clone)]
+struct Classified {
+    class: usize,
+    addresses: Vec<(IpAddr, usize)>,
+}
+
+/// Every identity of the cluster and the peer trie that names them, kept between
+/// compilations (see the module doc).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Peers {
+    /// Whether the table was built once.
+    built: bool,
+    /// Moves whenever an identity is added or removed (or the table is built again): while
+    /// it stays, every identity keeps its index and what it stands for.
+    pub(crate) generation: u64,
+    universe: Universe,
     /// The distinct selectors of rule peers.
     pub(crate) selectors: Vec<PeerSelector>,
     /// Stable ids of the selectors, by canonical form (for [`crate::desired::Ids`]).
     pub(crate) selector_ids: BTreeMap<String, u32>,
-    /// Every identity.
+    /// The stable id of each selector, by index.
+    selector_stable: Vec<u32>,
+    /// Selectors of the policy's own namespace, by that namespace; the others (with a
+    /// namespace selector) are tried on every class.
+    own_selectors: HashMap<String, Vec<usize>>,
+    namespace_selectors: Vec<usize>,
+    /// Every identity, by index; a free slot's entry is stale and never referred to.
     pub(crate) identities: Vec<Identity>,
+    slots: Vec<Slot>,
+    free_slots: Vec<usize>,
+    by_key: HashMap<Key, usize>,
+    /// Identities whose last reference went in this pass (freed at its end unless taken
+    /// again).
+    released: Vec<usize>,
     /// Stable ids of the identities, by canonical form.
     pub(crate) identity_ids: BTreeMap<String, u32>,
     /// Per selector index, the identities it matches.
     pub(crate) by_selector: Vec<Vec<usize>>,
     /// Identity of each region prefix.
     pub(crate) by_region: HashMap<Prefix, usize>,
-    /// Identity of each pod address.
+    /// Identity of each pod address (of the last pod by key when two have it).
     pub(crate) by_address: HashMap<IpAddr, usize>,
     /// Identity of each ClusterIP.
     pub(crate) by_cluster_ip: HashMap<IpAddr, usize>,
-    /// The peer trie's entries, in the order they are kept when the trie is full: regions,
-    /// ClusterIPs, then pod addresses; the flag says a pod address (only those are left out).
-    pub(crate) entries: Vec<(PeerEntryKey, PeerIdentity, bool)>,
-    /// Region prefixes by length, for the longest match.
+    /// Classes by slot, and by the addresses of their labels and named ports.
+    classes: Vec<Option<Class>>,
+    free_classes: Vec<usize>,
+    class_index: HashMap<(usize, usize), Vec<usize>>,
+    /// Every networked pod, by key.
+    pods: HashMap<String, Classified>,
+    /// Pod addresses over all pods (an address two pods have counts twice).
+    pod_addresses: usize,
+    /// Region prefixes, for the longest match.
     regions: Regions,
+    /// The peer trie: every entry, the longest prefix winning at lookup.
+    pub(crate) trie: BTreeMap<PeerEntryKey, PeerIdentity>,
+    /// The region prefixes of the trie.
+    pub(crate) region_keys: BTreeSet<PeerEntryKey>,
+    /// The identity of every pod address and ClusterIP in the trie.
+    pub(crate) peer_ids: BTreeMap<IpAddr, PeerIdentity>,
 }
 
 /// Region prefixes, for longest-prefix matches of addresses.
+#[derive(Debug, Clone, Default)]
 struct Regions {
     prefixes: HashSet<Prefix>,
     lengths: Vec<u8>,
@@ -184,170 +272,531 @@ impl Regions {
     }
 }
 
+/// The trie's key of `prefix`.
+fn entry_key(prefix: Prefix) -> PeerEntryKey {
+    PeerEntryKey {
+        prefix_len: u32::from(prefix.len()),
+        key: PeerKey {
+            addr: prefix.bytes(),
+        },
+    }
+}
+
+/// What changed for the identities since the last pass.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Changes {
+    /// Pods (by key) that were added, changed or removed.
+    pub(crate) pods: BTreeSet<String>,
+    /// A namespace was listed, changed or removed.
+    pub(crate) namespaces: bool,
+}
+
 impl Peers {
-    /// The identities of `cluster` as `policies` and `services` see it, with ids kept from
-    /// `prior_selectors` and `prior_identities`.
-    pub(crate) fn build(
+    /// Brings the table up to date with `cluster` as `policies` and `services` see it, ids
+    /// kept from `prior`, after `changes`. Returns the addresses whose identity may differ
+    /// from `prior`'s (`None`: any may).
+    pub(crate) fn update(
+        &mut self,
         cluster: &Cluster,
         policies: &[&Policy],
         services: &[ServiceInfo],
-        prior_selectors: &BTreeMap<String, u32>,
-        prior_identities: &BTreeMap<String, u32>,
-    ) -> Peers {
+        prior: &Ids,
+        changes: &Changes,
+    ) -> Option<BTreeSet<IpAddr>> {
         let universe = Universe::of(policies);
-        let selector_ids = ids::assign(
-            prior_selectors,
+        let by_difference = self.built
+            && !changes.namespaces
+            && universe == self.universe
+            && prior.selectors == self.selector_ids
+            && prior.identities == self.identity_ids
+            && prior.regions == self.region_keys
+            && prior.peer_ids == self.peer_ids;
+        if !by_difference {
+            self.rebuild(cluster, universe, services, prior);
+            return None;
+        }
+        let reserved: BTreeSet<u32> = self.identity_ids.values().copied().collect();
+        let mut touched = BTreeSet::new();
+        let mut memo = HashMap::new();
+        for key in &changes.pods {
+            if let Some(old) = self.pods.remove(key) {
+                self.pod_addresses -= old.addresses.len();
+                for (ip, identity) in old.addresses {
+                    self.release(identity);
+                    touched.insert(ip);
+                }
+                self.leave_class(old.class);
+            }
+            if let Some(pod) = cluster.pods.get(key).filter(|pod| pod.is_networked()) {
+                self.add_pod(cluster, pod, &mut memo, &mut touched, false);
+            }
+        }
+        self.set_cluster_ips(services, &mut touched);
+        for ip in &touched {
+            self.elect(cluster, *ip);
+        }
+        self.free_released();
+        self.assign_new_ids(&reserved);
+        for ip in &touched {
+            self.write_entry(*ip);
+        }
+        self.index_selectors();
+        Some(touched)
+    }
+
+    /// Builds the table from the whole cluster.
+    fn rebuild(
+        &mut self,
+        cluster: &Cluster,
+        universe: Universe,
+        services: &[ServiceInfo],
+        prior: &Ids,
+    ) {
+        *self = Peers {
+            built: true,
+            generation: self.generation + 1,
+            ..Peers::default()
+        };
+        self.selector_ids = ids::assign(
+            &prior.selectors,
             universe.selectors.iter().map(PeerSelector::canonical),
         );
-        let regions = Regions::new(universe.regions);
-
-        let mut keys: Vec<Key> = Vec::new();
-        let mut key_index: HashMap<Key, usize> = HashMap::new();
-        let mut intern = |key: Key| -> usize {
-            *key_index.entry(key.clone()).or_insert_with(|| {
-                keys.push(key);
-                keys.len() - 1
-            })
-        };
-        let region_key = |region: Prefix| Key {
-            selectors: Vec::new(),
-            region,
-            named: Vec::new(),
-            cluster_ip: None,
-        };
-        let mut sorted_regions: Vec<Prefix> = regions.prefixes.iter().copied().collect();
-        sorted_regions.sort();
-        let by_region: HashMap<Prefix, usize> = sorted_regions
-            .iter()
-            .map(|region| (*region, intern(region_key(*region))))
-            .collect();
-
-        let mut by_cluster_ip = HashMap::new();
-        for service in services {
-            for ip in &service.cluster_ips {
-                let key = Key {
-                    cluster_ip: Some(*ip),
-                    ..region_key(regions.of(Prefix::host(*ip)))
-                };
-                by_cluster_ip.insert(*ip, intern(key));
-            }
-        }
-
-        let classes = match_classes(cluster, &universe.selectors);
-        // Per class, the named ports egress rules use; then per (class, region) the identity.
-        let mut class_named: Vec<Option<Vec<NamedPort>>> = vec![None; classes.matched.len()];
-        let mut class_identity: HashMap<(usize, Prefix), usize> = HashMap::new();
-        let mut by_address = HashMap::new();
-        let mut pod_entries = Vec::new();
-        let networked = cluster.pods.values().filter(|pod| pod.is_networked());
-        for (pod, &class) in networked.zip(&classes.of_pod) {
-            for ip in &pod.ips {
-                let region = regions.of(Prefix::host(*ip));
-                let index = *class_identity.entry((class, region)).or_insert_with(|| {
-                    let named = class_named[class].get_or_insert_with(|| {
-                        let mut named: Vec<NamedPort> = pod
-                            .named_ports
-                            .iter()
-                            .filter(|p| {
-                                universe
-                                    .egress_names
-                                    .contains(&(p.name.clone(), p.protocol))
-                            })
-                            .cloned()
-                            .collect();
-                        named.sort_by(|a, b| {
-                            (&a.name, a.protocol, a.port).cmp(&(&b.name, b.protocol, b.port))
-                        });
-                        named
-                    });
-                    intern(Key {
-                        selectors: classes.matched[class].clone(),
-                        region,
-                        named: named.clone(),
-                        cluster_ip: None,
-                    })
-                });
-                by_address.insert(*ip, index);
-                pod_entries.push((*ip, index));
-            }
-        }
-
-        let stable: Vec<u32> = universe
+        self.selectors = universe.selectors.clone();
+        self.selector_stable = self
             .selectors
             .iter()
-            .map(|s| selector_ids[&s.canonical()])
+            .map(|s| self.selector_ids[&s.canonical()])
             .collect();
-        let canonical: Vec<String> = keys.iter().map(|key| canonical(key, &stable)).collect();
-        let identity_ids = ids::assign(prior_identities, canonical.iter().cloned());
-        let identities: Vec<Identity> = keys
-            .into_iter()
-            .zip(&canonical)
-            .map(|(key, canonical)| Identity {
-                id: identity_ids[canonical],
-                region: key.region,
-                kind: match key.cluster_ip {
-                    Some(ip) => Kind::ClusterIp(ip),
-                    None => Kind::Pods {
-                        selectors: key.selectors,
-                        named: key.named,
-                    },
+        for (index, selector) in self.selectors.iter().enumerate() {
+            match &selector.namespaces {
+                Namespaces::Own(namespace) => self
+                    .own_selectors
+                    .entry(namespace.clone())
+                    .or_default()
+                    .push(index),
+                Namespaces::Matching(_) => self.namespace_selectors.push(index),
+            }
+        }
+        self.regions = Regions::new(universe.regions.clone());
+        self.universe = universe;
+
+        let mut sorted_regions: Vec<Prefix> = self.regions.prefixes.iter().copied().collect();
+        sorted_regions.sort();
+        for region in &sorted_regions {
+            let index = self.intern(Key::region(*region));
+            self.slots[index].refs += 1;
+            self.by_region.insert(*region, index);
+        }
+        let mut touched = BTreeSet::new();
+        self.set_cluster_ips(services, &mut touched);
+        let mut memo = HashMap::new();
+        for pod in cluster.pods.values().filter(|pod| pod.is_networked()) {
+            // In key order: the last pod wins an address two pods claim.
+            self.add_pod(cluster, pod, &mut memo, &mut touched, true);
+        }
+
+        let live: Vec<usize> = self.live().collect();
+        self.identity_ids = ids::assign(
+            &prior.identities,
+            live.iter().map(|i| self.slots[*i].canonical.clone()),
+        );
+        for index in live {
+            self.identities[index].id = self.identity_ids[&self.slots[index].canonical];
+        }
+        for region in &sorted_regions {
+            let identity = &self.identities[self.by_region[region]];
+            let key = entry_key(*region);
+            self.region_keys.insert(key);
+            self.trie.insert(
+                key,
+                PeerIdentity {
+                    id: identity.id,
+                    fallback: 0,
                 },
+            );
+        }
+        for ip in touched {
+            self.write_entry(ip);
+        }
+        self.index_selectors();
+    }
+
+    /// Classifies networked `pod` and counts its addresses' identities; with `elect`, its
+    /// addresses have its identities (else [`Peers::elect`] decides).
+    fn add_pod(
+        &mut self,
+        cluster: &Cluster,
+        pod: &PodInfo,
+        memo: &mut HashMap<(usize, Prefix), usize>,
+        touched: &mut BTreeSet<IpAddr>,
+        elect: bool,
+    ) {
+        let class = self.join_class(cluster, pod);
+        let mut addresses = Vec::with_capacity(pod.ips.len());
+        for ip in &pod.ips {
+            let region = self.regions.of(Prefix::host(*ip));
+            let identity = match memo.get(&(class, region)) {
+                Some(identity) => *identity,
+                None => {
+                    let class_of = self.classes[class].as_ref().expect("a live class");
+                    let key = Key {
+                        selectors: class_of.matched.clone(),
+                        region,
+                        named: class_of.named.clone(),
+                        cluster_ip: None,
+                    };
+                    let identity = self.intern(key);
+                    memo.insert((class, region), identity);
+                    identity
+                }
+            };
+            self.slots[identity].refs += 1;
+            addresses.push((*ip, identity));
+            touched.insert(*ip);
+            if elect {
+                self.by_address.insert(*ip, identity);
+            }
+        }
+        self.pod_addresses += addresses.len();
+        self.pods.insert(pod.key(), Classified { class, addresses });
+    }
+
+    /// The class of `pod`, which counts it.
+    fn join_class(&mut self, cluster: &Cluster, pod: &PodInfo) -> usize {
+        let address = (
+            Arc::as_ptr(&pod.labels) as usize,
+            Arc::as_ptr(&pod.named_ports) as *const () as usize,
+        );
+        let found = self.class_index.get(&address).and_then(|candidates| {
+            candidates.iter().copied().find(|class| {
+                self.classes[*class]
+                    .as_ref()
+                    .is_some_and(|c| c.namespace == pod.namespace)
+            })
+        });
+        let class = match found {
+            Some(class) => class,
+            None => {
+                let class = Class {
+                    namespace: pod.namespace.clone(),
+                    labels: Arc::downgrade(&pod.labels),
+                    named_ports: Arc::downgrade(&pod.named_ports),
+                    matched: self.matching_selectors(cluster, pod),
+                    named: self.egress_named(pod),
+                    pods: 0,
+                };
+                let index = match self.free_classes.pop() {
+                    Some(index) => {
+                        self.classes[index] = Some(class);
+                        index
+                    }
+                    None => {
+                        self.classes.push(Some(class));
+                        self.classes.len() - 1
+                    }
+                };
+                self.class_index.entry(address).or_default().push(index);
+                index
+            }
+        };
+        self.classes[class].as_mut().expect("a live class").pods += 1;
+        class
+    }
+
+    /// A pod left `class`; the class goes with its last pod.
+    fn leave_class(&mut self, class: usize) {
+        let slot = &mut self.classes[class];
+        let live = slot.as_mut().expect("a live class");
+        live.pods -= 1;
+        if live.pods > 0 {
+            return;
+        }
+        let gone = slot.take().expect("a live class");
+        let address = (
+            gone.labels.as_ptr() as usize,
+            gone.named_ports.as_ptr() as *const () as usize,
+        );
+        if let Some(candidates) = self.class_index.get_mut(&address) {
+            candidates.retain(|c| *c != class);
+            if candidates.is_empty() {
+                self.class_index.remove(&address);
+            }
+        }
+        self.free_classes.push(class);
+    }
+
+    /// The selectors (indices, in order) that match `pod`'s labels in its namespace.
+    fn matching_selectors(&self, cluster: &Cluster, pod: &PodInfo) -> Vec<usize> {
+        let namespace_labels = cluster.namespaces.get(&pod.namespace).map(|ns| &ns.labels);
+        let own = self.own_selectors.get(&pod.namespace).into_iter().flatten();
+        let elsewhere = self.namespace_selectors.iter().filter(|index| {
+            let Namespaces::Matching(selector) = &self.selectors[**index].namespaces else {
+                return false;
+            };
+            namespace_labels.is_some_and(|labels| selector.matches(labels))
+        });
+        let mut matched: Vec<usize> = own
+            .chain(elsewhere)
+            .copied()
+            .filter(|index| {
+                self.selectors[*index]
+                    .pods
+                    .as_ref()
+                    .is_none_or(|pods| pods.matches(&pod.labels))
             })
             .collect();
+        matched.sort_unstable();
+        matched
+    }
 
-        let mut by_selector = vec![Vec::new(); universe.selectors.len()];
-        for (index, identity) in identities.iter().enumerate() {
-            if let Kind::Pods { selectors, .. } = &identity.kind {
+    /// `pod`'s named ports that egress rules use, in order.
+    fn egress_named(&self, pod: &PodInfo) -> Vec<NamedPort> {
+        let mut named: Vec<NamedPort> = pod
+            .named_ports
+            .iter()
+            .filter(|p| {
+                self.universe
+                    .egress_names
+                    .contains(&(p.name.clone(), p.protocol))
+            })
+            .cloned()
+            .collect();
+        named.sort_by(|a, b| (&a.name, a.protocol, a.port).cmp(&(&b.name, b.protocol, b.port)));
+        named
+    }
+
+    /// Makes the ClusterIPs those of `services`: each an identity of its own.
+    fn set_cluster_ips(&mut self, services: &[ServiceInfo], touched: &mut BTreeSet<IpAddr>) {
+        let wanted: HashSet<IpAddr> = services
+            .iter()
+            .flat_map(|service| service.cluster_ips.iter().copied())
+            .collect();
+        let gone: Vec<IpAddr> = self
+            .by_cluster_ip
+            .keys()
+            .filter(|ip| !wanted.contains(ip))
+            .copied()
+            .collect();
+        for ip in gone {
+            let identity = self.by_cluster_ip.remove(&ip).expect("a kept ClusterIP");
+            self.release(identity);
+            touched.insert(ip);
+        }
+        let mut new: Vec<IpAddr> = wanted
+            .into_iter()
+            .filter(|ip| !self.by_cluster_ip.contains_key(ip))
+            .collect();
+        new.sort_unstable();
+        for ip in new {
+            let key = Key {
+                cluster_ip: Some(ip),
+                ..Key::region(self.regions.of(Prefix::host(ip)))
+            };
+            let identity = self.intern(key);
+            self.slots[identity].refs += 1;
+            self.by_cluster_ip.insert(ip, identity);
+            touched.insert(ip);
+        }
+    }
+
+    /// The identity of `key`, a new one (without an id yet) when there is none.
+    fn intern(&mut self, key: Key) -> usize {
+        if let Some(index) = self.by_key.get(&key) {
+            return *index;
+        }
+        let canonical = canonical(&key, &self.selector_stable);
+        let identity = Identity {
+            id: 0,
+            region: key.region,
+            kind: match key.cluster_ip {
+                Some(ip) => Kind::ClusterIp(ip),
+                None => Kind::Pods {
+                    selectors: key.selectors.clone(),
+                    named: key.named.clone(),
+                },
+            },
+        };
+        let slot = Slot {
+            key: Some(key.clone()),
+            canonical,
+            refs: 0,
+        };
+        self.generation += 1;
+        let index = match self.free_slots.pop() {
+            Some(index) => {
+                self.identities[index] = identity;
+                self.slots[index] = slot;
+                index
+            }
+            None => {
+                self.identities.push(identity);
+                self.slots.push(slot);
+                self.identities.len() - 1
+            }
+        };
+        self.by_key.insert(key, index);
+        index
+    }
+
+    /// One address no longer has `identity`.
+    fn release(&mut self, identity: usize) {
+        let slot = &mut self.slots[identity];
+        slot.refs -= 1;
+        if slot.refs == 0 {
+            self.released.push(identity);
+        }
+    }
+
+    /// Frees the identities no address has any more.
+    fn free_released(&mut self) {
+        for index in std::mem::take(&mut self.released) {
+            let slot = &mut self.slots[index];
+            if slot.refs > 0 || slot.key.is_none() {
+                continue;
+            }
+            let key = slot.key.take().expect("a live slot");
+            self.by_key.remove(&key);
+            self.identity_ids.remove(&slot.canonical);
+            self.free_slots.push(index);
+            self.generation += 1;
+        }
+    }
+
+    /// Ids for the identities that have none, in canonical order: the smallest that neither
+    /// an identity has nor the prior pass gave (`reserved`), as `ids::assign` does.
+    fn assign_new_ids(&mut self, reserved: &BTreeSet<u32>) {
+        let mut new: Vec<usize> = self
+            .live()
+            .filter(|index| self.identities[*index].id == 0)
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        new.sort_by(|a, b| self.slots[*a].canonical.cmp(&self.slots[*b].canonical));
+        let mut next = 1u32;
+        for index in new {
+            while reserved.contains(&next) {
+                next += 1;
+            }
+            self.identity_ids
+                .insert(self.slots[index].canonical.clone(), next);
+            self.identities[index].id = next;
+            next += 1;
+        }
+    }
+
+    /// Which identity address `ip` has now: that of the last pod by key that has it.
+    fn elect(&mut self, cluster: &Cluster, ip: IpAddr) {
+        let identity = cluster.pod_at(ip).and_then(|pod| {
+            let classified = self.pods.get(&pod.key())?;
+            let (_, identity) = classified.addresses.iter().find(|(a, _)| *a == ip)?;
+            Some(*identity)
+        });
+        match identity {
+            Some(identity) => self.by_address.insert(ip, identity),
+            None => self.by_address.remove(&ip),
+        };
+    }
+
+    /// Writes the trie's entry for address `ip` and its identity: its pod's, else its
+    /// ClusterIP's (which falls back to its region's), else none (the region prefix itself
+    /// when it is one).
+    fn write_entry(&mut self, ip: IpAddr) {
+        let value = if let Some(index) = self.by_address.get(&ip) {
+            Some(PeerIdentity {
+                id: self.identities[*index].id,
+                fallback: 0,
+            })
+        } else {
+            self.by_cluster_ip.get(&ip).map(|index| {
+                let identity = &self.identities[*index];
+                PeerIdentity {
+                    id: identity.id,
+                    fallback: self.identities[self.by_region[&identity.region]].id,
+                }
+            })
+        };
+        let host = Prefix::host(ip);
+        let key = entry_key(host);
+        match value {
+            Some(value) => {
+                self.peer_ids.insert(ip, value);
+                self.trie.insert(key, value);
+            }
+            None => {
+                self.peer_ids.remove(&ip);
+                match self.by_region.get(&host) {
+                    Some(region) => {
+                        let id = self.identities[*region].id;
+                        self.trie.insert(key, PeerIdentity { id, fallback: 0 });
+                    }
+                    None => {
+                        self.trie.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Per selector, the identities that carry it.
+    fn index_selectors(&mut self) {
+        let mut by_selector = vec![Vec::new(); self.selectors.len()];
+        for index in self.live() {
+            if let Kind::Pods { selectors, .. } = &self.identities[index].kind {
                 for selector in selectors {
                     by_selector[*selector].push(index);
                 }
             }
         }
+        self.by_selector = by_selector;
+    }
 
-        let entry = |prefix: Prefix, identity: &Identity, fallback: u32| {
-            (
-                PeerEntryKey {
-                    prefix_len: u32::from(prefix.len()),
-                    key: PeerKey {
-                        addr: prefix.bytes(),
-                    },
-                },
-                PeerIdentity {
-                    id: identity.id,
-                    fallback,
-                },
-            )
-        };
-        let mut entries = Vec::new();
-        for region in &sorted_regions {
-            let (key, value) = entry(*region, &identities[by_region[region]], 0);
-            entries.push((key, value, false));
-        }
-        let mut cluster_ips: Vec<(&IpAddr, &usize)> = by_cluster_ip.iter().collect();
+    /// Indices of the identities in use.
+    pub(crate) fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.slots.len()).filter(|index| self.slots[*index].key.is_some())
+    }
+
+    /// How many entries the trie would hold if nothing were left out (an address two pods
+    /// have counts twice, as each is written).
+    pub(crate) fn entry_count(&self) -> usize {
+        self.by_region.len() + self.by_cluster_ip.len() + self.pod_addresses
+    }
+
+    /// The trie's entries in the order they are kept when it is full: regions, ClusterIPs,
+    /// then pod addresses in pod order; the flag says a pod address (only those are left
+    /// out).
+    pub(crate) fn ordered_entries(
+        &self,
+        cluster: &Cluster,
+    ) -> Vec<(PeerEntryKey, PeerIdentity, bool)> {
+        let mut entries: Vec<(PeerEntryKey, PeerIdentity, bool)> = self
+            .region_keys
+            .iter()
+            .map(|key| (*key, self.trie[key], false))
+            .collect();
+        let mut cluster_ips: Vec<(&IpAddr, &usize)> = self.by_cluster_ip.iter().collect();
         cluster_ips.sort();
         for (ip, index) in cluster_ips {
-            let identity = &identities[*index];
-            let fallback = identities[by_region[&identity.region]].id;
-            let (key, value) = entry(Prefix::host(*ip), identity, fallback);
-            entries.push((key, value, false));
+            let identity = &self.identities[*index];
+            let value = PeerIdentity {
+                id: identity.id,
+                fallback: self.identities[self.by_region[&identity.region]].id,
+            };
+            entries.push((entry_key(Prefix::host(*ip)), value, false));
         }
-        for (ip, index) in pod_entries {
-            let (key, value) = entry(Prefix::host(ip), &identities[index], 0);
-            entries.push((key, value, true));
+        for pod in cluster.pods.values().filter(|pod| pod.is_networked()) {
+            let Some(classified) = self.pods.get(&pod.key()) else {
+                continue;
+            };
+            for (ip, index) in &classified.addresses {
+                let value = PeerIdentity {
+                    id: self.identities[*index].id,
+                    fallback: 0,
+                };
+                entries.push((entry_key(Prefix::host(*ip)), value, true));
+            }
         }
-
-        Peers {
-            selectors: universe.selectors,
-            selector_ids,
-            identities,
-            identity_ids,
-            by_selector,
-            by_region,
-            by_address,
-            by_cluster_ip,
-            entries,
-            regions,
-        }
+        entries
     }
 
     /// The identity an address has as a peer (a pod's own, else its region's).
@@ -389,6 +838,7 @@ impl Peers {
 }
 
 /// What the rules of all policies refer to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Universe {
     selectors: Vec<PeerSelector>,
     regions: HashSet<Prefix>,
@@ -439,70 +889,6 @@ impl Universe {
             egress_names,
         }
     }
-}
-
-/// Networked pods in classes: same namespace, labels and named ports (the same policy sees
-/// them alike, up to their addresses).
-struct Classes {
-    /// Each networked pod's class, in pod order.
-    of_pod: Vec<usize>,
-    /// Per class, the selectors (indices into the universe's) that match it.
-    matched: Vec<Vec<usize>>,
-}
-
-/// The classes of `cluster`'s networked pods, each matched against `selectors` once: a
-/// selector only against the classes of the namespaces it looks in.
-fn match_classes(cluster: &Cluster, selectors: &[PeerSelector]) -> Classes {
-    // Pods with equal labels (and named ports) share one value (`Cluster::set_pod`): its
-    // address names it.
-    type ClassKey<'a> = (&'a str, *const BTreeMap<String, String>, *const [NamedPort]);
-    let mut class_of: HashMap<ClassKey<'_>, usize> = HashMap::new();
-    let mut classes: Vec<(&str, &BTreeMap<String, String>)> = Vec::new();
-    let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
-    let of_pod: Vec<usize> = cluster
-        .pods
-        .values()
-        .filter(|pod| pod.is_networked())
-        .map(|pod| {
-            let key = (
-                pod.namespace.as_str(),
-                Arc::as_ptr(&pod.labels),
-                Arc::as_ptr(&pod.named_ports),
-            );
-            *class_of.entry(key).or_insert_with(|| {
-                classes.push((pod.namespace.as_str(), &pod.labels));
-                by_namespace
-                    .entry(pod.namespace.as_str())
-                    .or_default()
-                    .push(classes.len() - 1);
-                classes.len() - 1
-            })
-        })
-        .collect();
-    let mut matched: Vec<Vec<usize>> = vec![Vec::new(); classes.len()];
-    for (index, selector) in selectors.iter().enumerate() {
-        let namespaces: Vec<&str> = match &selector.namespaces {
-            Namespaces::Own(namespace) => vec![namespace.as_str()],
-            Namespaces::Matching(namespace_selector) => cluster
-                .namespaces
-                .iter()
-                .filter(|(_, ns)| namespace_selector.matches(&ns.labels))
-                .map(|(name, _)| name.as_str())
-                .collect(),
-        };
-        for namespace in namespaces {
-            for class in by_namespace.get(namespace).into_iter().flatten() {
-                if selector
-                    .pods
-                    .as_ref()
-                    .is_none_or(|pods| pods.matches(classes[*class].1))
-                {
-                    matched[*class].push(index);
-                }
-            }
-        }
-    }
-    Classes { of_pod, matched }
 }
 
 /// The canonical form of an identity: stable across compilations as long as what it stands for

@@ -23,8 +23,10 @@ use k8s_openapi::api::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::cluster::{self, Cluster, object_label};
+use super::identities::{self, Peers};
 use super::policy::{self, Policy};
 use super::services::{self, ServiceInfo};
+use super::sets::SetCache;
 use super::{Compiled, Placement, Problems};
 use crate::desired::{Capacity, Ids};
 use crate::manifest::DEFAULT_NAMESPACE;
@@ -125,6 +127,14 @@ pub struct Compiler {
     /// Services with a slice endpoint that names no pod (found by address, in any namespace):
     /// resolved again on every pod change.
     by_address: BTreeSet<Key>,
+    /// The peer identities, as the last pass left them.
+    peers: Peers,
+    /// What changed for them since.
+    changes: identities::Changes,
+    /// Policy changes so far (kept set entries are valid while it stays).
+    policy_changes: u64,
+    /// The policy sets' entries of the last pass.
+    set_cache: SetCache,
 }
 
 impl Compiler {
@@ -232,20 +242,24 @@ impl Compiler {
             Object::Namespace(o) => {
                 let info = cluster::check_namespace(o, &mut problems);
                 self.cluster.set_namespace(&key.1, Some(info));
+                self.changes.namespaces = true;
             }
             Object::Pod(o) => {
                 let info = cluster::check_pod(o, &mut problems);
                 self.cluster.set_pod(&pod_key(&key), info);
-                self.pod_changed(&key.0);
+                self.pod_changed(&key);
             }
-            Object::NetworkPolicy(o) => match policy::check_one(o, &mut problems) {
-                Some(policy) => {
-                    self.policies.insert(key.clone(), policy);
+            Object::NetworkPolicy(o) => {
+                self.policy_changes += 1;
+                match policy::check_one(o, &mut problems) {
+                    Some(policy) => {
+                        self.policies.insert(key.clone(), policy);
+                    }
+                    None => {
+                        self.policies.remove(&key);
+                    }
                 }
-                None => {
-                    self.policies.remove(&key);
-                }
-            },
+            }
             Object::Service(o) => {
                 services::check_service(o, &mut problems);
                 self.services.insert(key.clone(), o.clone());
@@ -285,13 +299,17 @@ impl Compiler {
         };
         let key = (namespace.to_owned(), name.to_owned());
         match kind {
-            ObjectKind::Namespace => self.cluster.set_namespace(name, None),
+            ObjectKind::Namespace => {
+                self.cluster.set_namespace(name, None);
+                self.changes.namespaces = true;
+            }
             ObjectKind::Pod => {
                 self.cluster.set_pod(&pod_key(&key), None);
-                self.pod_changed(namespace);
+                self.pod_changed(&key);
             }
             ObjectKind::NetworkPolicy => {
                 self.policies.remove(&key);
+                self.policy_changes += 1;
             }
             ObjectKind::Service => {
                 self.services.remove(&key);
@@ -324,8 +342,15 @@ impl Compiler {
         errors.extend(self.problems.values().flatten().cloned());
         let policies: Vec<&Policy> = self.policies.values().collect();
         let services: Vec<ServiceInfo> = self.resolved.values().cloned().collect();
+        let changes = std::mem::take(&mut self.changes);
+        let touched = self
+            .peers
+            .update(&self.cluster, &policies, &services, prior, &changes);
         super::run(
             &self.cluster,
+            &self.peers,
+            touched.as_ref(),
+            (self.policy_changes, &mut self.set_cache),
             &policies,
             services,
             &self.node_addresses,
@@ -362,9 +387,11 @@ impl Compiler {
         }
     }
 
-    /// A pod of `namespace` changed: the Services there may have other backends, and so may
-    /// those whose slices find pods by address.
-    fn pod_changed(&mut self, namespace: &str) {
+    /// Pod `key` changed: the Services of its namespace may have other backends, and so may
+    /// those whose slices find pods by address; its addresses may have other identities.
+    fn pod_changed(&mut self, key: &Key) {
+        self.changes.pods.insert(pod_key(key));
+        let namespace = key.0.as_str();
         let start = (namespace.to_owned(), String::new());
         let here = self
             .services

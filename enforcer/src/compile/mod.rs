@@ -15,7 +15,9 @@
 //!    that every rule peer sees alike share one (same matching selectors, same ipBlock region,
 //!    same named ports that egress rules use), the addresses of one ipBlock region share one,
 //!    and each ClusterIP has one that falls back to its region's. The node-wide peer trie maps
-//!    prefixes to them, so map entries grow with identities, not with pods × pods.
+//!    prefixes to them, so map entries grow with identities, not with pods × pods. The table is
+//!    kept between compilations and changed by difference: a pod change reclassifies that pod
+//!    only.
 //! 4. Policy sets (`sets`). For each endpoint pod (chosen by [`Placement`]) and direction, the
 //!    policies of its namespace that select it and have that policy type isolate it; their rule
 //!    ids (plus, for ingress named ports, the pod's named ports) make its policy set, shared by
@@ -29,7 +31,8 @@
 //!    another policy allows. Egress sets then gain each Service's ClusterIP, decided by its
 //!    ready backends (`services` finds them from EndpointSlices or the selector; `vips` writes
 //!    the entries): allowed when the set may reach every backend on its targetPort, denied with
-//!    reason `service-backends-denied` when only some.
+//!    reason `service-backends-denied` when only some. A set's entries are used again in the
+//!    next pass while its policies, the identities and the ClusterIPs' backends stay.
 //! 5. Fitting (`fit`): the peer trie, the sets' entries with their distinct rule sets, and the
 //!    endpoints go into the maps within their [`Capacity`]; an endpoint whose set does not fit
 //!    is written not programmed (denied) and reported with its policies. Every endpoint gets a
@@ -69,7 +72,7 @@ use cluster::{Cluster, PodInfo};
 use endpoint::PolicyRules;
 use identities::Peers;
 use policy::Policy;
-use sets::{SetEntries, SetKey, Sets};
+use sets::{SetCache, SetEntries, SetKey, Sets};
 
 /// Which pods are endpoints on this node, and the ifindex of each one's host-side veth.
 #[derive(Debug, Clone, Copy)]
@@ -93,13 +96,21 @@ pub enum Placement<'a> {
 }
 
 impl Placement<'_> {
-    /// The interface of the endpoint pod `key`, if it is one.
-    fn interface(&self, key: &str) -> Option<u32> {
+    /// The endpoint pods of `cluster` (networked ones only) with their interfaces, in pod
+    /// order.
+    fn endpoints<'c>(&self, cluster: &'c Cluster) -> Vec<(&'c PodInfo, u32)> {
         match self {
-            Placement::AllPods { ifindex } => Some(*ifindex),
-            Placement::Interfaces(pods) | Placement::InterfacesByAddress { pods, .. } => {
-                pods.get(key).copied()
-            }
+            Placement::AllPods { ifindex } => cluster
+                .pods
+                .values()
+                .filter(|pod| pod.is_networked())
+                .map(|pod| (pod, *ifindex))
+                .collect(),
+            Placement::Interfaces(pods) | Placement::InterfacesByAddress { pods, .. } => pods
+                .iter()
+                .filter_map(|(key, ifindex)| Some((cluster.pods.get(key)?, *ifindex)))
+                .filter(|(pod, _)| pod.is_networked())
+                .collect(),
         }
     }
 
@@ -195,6 +206,9 @@ pub fn compile_with(
 #[allow(clippy::too_many_arguments)]
 fn run(
     cluster: &Cluster,
+    peers: &Peers,
+    touched: Option<&BTreeSet<IpAddr>>,
+    (policy_changes, set_cache): (u64, &mut SetCache),
     policies: &[&Policy],
     services: Vec<services::ServiceInfo>,
     node_addresses: &[IpAddr],
@@ -233,27 +247,22 @@ fn run(
         })
         .collect();
 
-    let peers = Peers::build(
-        cluster,
-        policies,
-        &services,
-        &prior.selectors,
-        &prior.identities,
-    );
-
-    let endpoints: Vec<(&PodInfo, u32)> = cluster
-        .pods
-        .values()
-        .filter(|pod| pod.is_networked())
-        .filter_map(|pod| {
-            placement
-                .interface(&pod.key())
-                .map(|ifindex| (pod, ifindex))
-        })
-        .collect();
+    let endpoints = placement.endpoints(cluster);
     let endpoint_ids = ids::assign(&prior.endpoints, endpoints.iter().map(|(pod, _)| pod.key()));
 
-    let mut sets = Sets::new(&peers, rules, &services);
+    let mut sets = Sets::new(
+        peers,
+        rules,
+        &rule_ids,
+        policy_changes,
+        &services,
+        std::mem::take(set_cache),
+    );
+    // Policies are in (namespace, name) order: each namespace's are one run.
+    let mut of_namespace: HashMap<&str, &[PolicyRules<'_>]> = HashMap::new();
+    for run in policy_rules.chunk_by(|a, b| a.policy.namespace == b.policy.namespace) {
+        of_namespace.insert(&run[0].policy.namespace, run);
+    }
     let plans: Vec<endpoint::Plan<'_>> = endpoints
         .into_iter()
         .map(|(pod, ifindex)| {
@@ -262,7 +271,15 @@ fn run(
                 .get(&pod.namespace)
                 .is_some_and(|ns| ns.audit);
             let id = endpoint_ids[&pod.key()];
-            endpoint::plan(&sets, &policy_rules, namespace_audit, pod, id, ifindex)
+            let policies = of_namespace.get(pod.namespace.as_str()).copied();
+            endpoint::plan(
+                &sets,
+                policies.unwrap_or_default(),
+                namespace_audit,
+                pod,
+                id,
+                ifindex,
+            )
         })
         .collect();
     let keys: BTreeSet<SetKey> = plans
@@ -277,11 +294,13 @@ fn run(
             (key, entries)
         })
         .collect();
+    *set_cache = sets.into_cache();
 
     let by_address = placement.by_address();
     let fitted = fit::fit(
         cluster,
-        &peers,
+        peers,
+        touched,
         &set_entries,
         &set_ids,
         &plans,
@@ -302,7 +321,7 @@ fn run(
     tracing::debug!(
         endpoints = endpoint_ids.len(),
         rules = rule_ids.len(),
-        identities = peers.identities.len(),
+        identities = peers.identity_ids.len(),
         sets = set_ids.len(),
         peer_entries = desired.peers.len(),
         policy_entries = desired.policy.len(),
@@ -320,9 +339,9 @@ fn run(
         ids: Ids {
             endpoints: endpoint_ids,
             rules: rule_ids,
-            selectors: peers.selector_ids,
+            selectors: peers.selector_ids.clone(),
             sets: set_ids,
-            identities: peers.identity_ids,
+            identities: peers.identity_ids.clone(),
             rulesets: fitted.rulesets,
             revisions: fitted.revisions,
             next_revision: fitted.next_revision,

@@ -34,6 +34,9 @@ pub(crate) struct PeerView<'a> {
     pub(crate) regions: &'a BTreeSet<PeerEntryKey>,
     /// The identity an address not in `addresses` resolves to (its region's).
     pub(crate) region_of: &'a dyn Fn(IpAddr) -> PeerIdentity,
+    /// When known, the only addresses whose identity may differ from the prior
+    /// compilation's (else any may).
+    pub(crate) touched: Option<&'a BTreeSet<IpAddr>>,
 }
 
 /// Revisions of `endpoints`, given the sets' digests and the peer trie, against `prior`.
@@ -87,25 +90,19 @@ fn affected_sets(
         .filter(|(id, digest)| prior.set_digests.get(id) != Some(digest))
         .map(|(id, _)| *id)
         .collect();
-    let mut moves: BTreeSet<(PeerIdentity, PeerIdentity)> = BTreeSet::new();
-    for (ip, now) in peers.addresses {
-        let before = prior
-            .peer_ids
-            .get(ip)
+    let identity = |ids: &BTreeMap<IpAddr, PeerIdentity>, ip: &IpAddr| {
+        ids.get(ip)
             .copied()
-            .unwrap_or_else(|| (peers.region_of)(*ip));
-        if before != *now {
-            moves.insert((before, *now));
-        }
-    }
-    for (ip, before) in &prior.peer_ids {
-        if !peers.addresses.contains_key(ip) {
-            let now = (peers.region_of)(*ip);
-            if *before != now {
-                moves.insert((*before, now));
-            }
-        }
-    }
+            .unwrap_or_else(|| (peers.region_of)(*ip))
+    };
+    let candidates: Box<dyn Iterator<Item = &IpAddr>> = match peers.touched {
+        Some(touched) => Box::new(touched.iter()),
+        None => Box::new(peers.addresses.keys().chain(prior.peer_ids.keys())),
+    };
+    let moves: BTreeSet<(PeerIdentity, PeerIdentity)> = candidates
+        .map(|ip| (identity(&prior.peer_ids, ip), identity(peers.addresses, ip)))
+        .filter(|(before, now)| before != now)
+        .collect();
     if moves.is_empty() {
         return affected;
     }

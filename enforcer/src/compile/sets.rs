@@ -13,8 +13,12 @@
 //! 3. Per identity, the ranges are deduplicated and ordered (`ports::normalize`) into one
 //!    value.
 //! 4. Egress sets then gain the Services' ClusterIPs, decided by their ready backends (`vips`).
+//!
+//! A set's entries are kept for the next pass ([`SetCache`]) and used again as long as what
+//! they were made from stays: the policies, the rule ids, the identities (`Peers::generation`)
+//! and the ClusterIPs with their backends by identity.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use tollgate_schemas::{Direction, PolicyValue, PortRule};
@@ -26,6 +30,7 @@ use super::policy::{Policy, Rule};
 use super::ports::{NamedPort, has_named, normalize, resolve};
 use super::services::ServiceInfo;
 use super::vips;
+use crate::desired::RuleRef;
 
 /// What makes two endpoints share a set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,6 +64,26 @@ pub(crate) struct SetEntries {
     pub(crate) dropped: BTreeMap<usize, usize>,
 }
 
+/// What a pass's set entries were made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Basis {
+    /// The compiler's count of policy changes.
+    pub(crate) policies: u64,
+    /// `Peers::generation`.
+    pub(crate) identities: u64,
+    /// The rule ids.
+    pub(crate) rules: BTreeMap<RuleRef, u32>,
+    /// The ClusterIPs with their backends by identity.
+    pub(crate) cluster_ips: Vec<vips::ClusterIp>,
+}
+
+/// Set entries kept from the last pass, with what they were made from.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SetCache {
+    basis: Option<Basis>,
+    entries: HashMap<SetKey, SetEntries>,
+}
+
 /// Rules by id, with the per-compilation caches of rule resolution.
 pub(crate) struct Sets<'c> {
     peers: &'c Peers,
@@ -73,22 +98,49 @@ pub(crate) struct Sets<'c> {
     blocks: HashMap<Block, Rc<Vec<usize>>>,
     /// Selector → its index in `peers.selectors`.
     selector_index: HashMap<&'c PeerSelector, usize>,
+    /// Entries of the last pass (valid for this one) and of this one.
+    cache: SetCache,
+    /// The keys this pass asked for.
+    used: HashSet<SetKey>,
 }
 
 impl<'c> Sets<'c> {
-    /// Sets over `peers`, for `rules` (rule id → policy and rule) and `services`.
+    /// Sets over `peers`, for `rules` (rule id → policy and rule, the ids `rule_ids`) and
+    /// `services`, after `policies` policy changes; `cache` is the last pass's.
     pub(crate) fn new(
         peers: &'c Peers,
         rules: HashMap<u32, (&'c Policy, &'c Rule)>,
+        rule_ids: &BTreeMap<RuleRef, u32>,
+        policies: u64,
         services: &'c [ServiceInfo],
+        mut cache: SetCache,
     ) -> Sets<'c> {
-        let everything = (0..peers.identities.len())
+        let everything = peers
+            .live()
             .filter(|i| peers.identities[*i].is_address())
             .collect();
+        let cluster_ips = vips::cluster_ips(peers, services);
+        let same = cache.basis.as_ref().is_some_and(|basis| {
+            basis.policies == policies
+                && basis.identities == peers.generation
+                && basis.rules == *rule_ids
+                && basis.cluster_ips == cluster_ips
+        });
+        if !same {
+            cache = SetCache {
+                basis: Some(Basis {
+                    policies,
+                    identities: peers.generation,
+                    rules: rule_ids.clone(),
+                    cluster_ips: cluster_ips.clone(),
+                }),
+                entries: HashMap::new(),
+            };
+        }
         Sets {
             peers,
             rules,
-            cluster_ips: vips::cluster_ips(peers, services),
+            cluster_ips,
             everything: Rc::new(everything),
             matched: HashMap::new(),
             blocks: HashMap::new(),
@@ -98,7 +150,18 @@ impl<'c> Sets<'c> {
                 .enumerate()
                 .map(|(i, s)| (s, i))
                 .collect(),
+            cache,
+            used: HashSet::new(),
         }
+    }
+
+    /// The entries kept for the next pass: those of the sets this pass asked for.
+    pub(crate) fn into_cache(self) -> SetCache {
+        let Sets {
+            mut cache, used, ..
+        } = self;
+        cache.entries.retain(|key, _| used.contains(key));
+        cache
     }
 
     /// The key of the set that `ids` (rule ids) make for `endpoint` in `direction`.
@@ -122,8 +185,19 @@ impl<'c> Sets<'c> {
         }
     }
 
-    /// Compiles the set `key`.
+    /// The entries of set `key`: the last pass's when still valid, else compiled.
     pub(crate) fn entries(&mut self, key: &SetKey) -> SetEntries {
+        self.used.insert(key.clone());
+        if let Some(entries) = self.cache.entries.get(key) {
+            return entries.clone();
+        }
+        let entries = self.compile(key);
+        self.cache.entries.insert(key.clone(), entries.clone());
+        entries
+    }
+
+    /// Compiles the set `key`.
+    fn compile(&mut self, key: &SetKey) -> SetEntries {
         let named_ports: Vec<NamedPort> = key
             .named
             .iter()

@@ -26,6 +26,7 @@ use super::sets::{SetEntries, value_of};
 
 /// One ClusterIP with its backends by peer identity, found once per compilation and then
 /// asked about by every egress set.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClusterIp {
     /// Its own identity (index into the identities).
     identity: usize,
@@ -36,6 +37,7 @@ pub(crate) struct ClusterIp {
 }
 
 /// One Service port of a ClusterIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Port {
     protocol: u8,
     port: u16,
