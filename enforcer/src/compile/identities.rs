@@ -194,6 +194,8 @@ struct Classified {
 pub(crate) struct Peers {
     /// Whether the table was built once.
     built: bool,
+    /// The compiler's count of policy changes when the universe was last looked at.
+    universe_policies: u64,
     /// Moves whenever an identity is added or removed (or the table is built again): while
     /// it stays, every identity keeps its index and what it stands for.
     pub(crate) generation: u64,
@@ -289,6 +291,8 @@ pub(crate) struct Changes {
     pub(crate) pods: BTreeSet<String>,
     /// A namespace was listed, changed or removed.
     pub(crate) namespaces: bool,
+    /// The compiler's count of policy changes so far.
+    pub(crate) policies: u64,
 }
 
 impl Peers {
@@ -303,15 +307,34 @@ impl Peers {
         prior: &Ids,
         changes: &Changes,
     ) -> Option<BTreeSet<IpAddr>> {
-        let universe = Universe::of(policies);
+        // The universe is looked at again only after a policy changed.
+        let universe = (!self.built || changes.policies != self.universe_policies)
+            .then(|| Universe::of(policies))
+            .filter(|universe| !self.built || *universe != self.universe);
+        let policy_changes = changes.policies;
+        let touched = self.apply(cluster, universe, services, prior, changes);
+        self.universe_policies = policy_changes;
+        touched
+    }
+
+    /// [`Peers::update`] with the new universe, if it changed.
+    fn apply(
+        &mut self,
+        cluster: &Cluster,
+        universe: Option<Universe>,
+        services: &[ServiceInfo],
+        prior: &Ids,
+        changes: &Changes,
+    ) -> Option<BTreeSet<IpAddr>> {
         let by_difference = self.built
             && !changes.namespaces
-            && universe == self.universe
+            && universe.is_none()
             && prior.selectors == self.selector_ids
             && prior.identities == self.identity_ids
             && prior.regions == self.region_keys
             && prior.peer_ids == self.peer_ids;
         if !by_difference {
+            let universe = universe.unwrap_or_else(|| std::mem::take(&mut self.universe));
             self.rebuild(cluster, universe, services, prior);
             return None;
         }
@@ -328,7 +351,7 @@ impl Peers {
                 self.leave_class(old.class);
             }
             if let Some(pod) = cluster.pods.get(key).filter(|pod| pod.is_networked()) {
-                self.add_pod(cluster, pod, &mut memo, &mut touched, false);
+                self.add_pod(cluster, pod, &mut memo, Some(&mut touched));
             }
         }
         self.set_cluster_ips(services, &mut touched);
@@ -357,16 +380,14 @@ impl Peers {
             generation: self.generation + 1,
             ..Peers::default()
         };
-        self.selector_ids = ids::assign(
-            &prior.selectors,
-            universe.selectors.iter().map(PeerSelector::canonical),
-        );
-        self.selectors = universe.selectors.clone();
-        self.selector_stable = self
+        let canonicals: Vec<String> = universe
             .selectors
             .iter()
-            .map(|s| self.selector_ids[&s.canonical()])
+            .map(PeerSelector::canonical)
             .collect();
+        self.selector_ids = ids::assign(&prior.selectors, canonicals.iter().cloned());
+        self.selector_stable = canonicals.iter().map(|c| self.selector_ids[c]).collect();
+        self.selectors = universe.selectors.clone();
         for (index, selector) in self.selectors.iter().enumerate() {
             match &selector.namespaces {
                 Namespaces::Own(namespace) => self
@@ -387,12 +408,11 @@ impl Peers {
             self.slots[index].refs += 1;
             self.by_region.insert(*region, index);
         }
-        let mut touched = BTreeSet::new();
-        self.set_cluster_ips(services, &mut touched);
+        self.set_cluster_ips(services, &mut BTreeSet::new());
         let mut memo = HashMap::new();
         for pod in cluster.pods.values().filter(|pod| pod.is_networked()) {
             // In key order: the last pod wins an address two pods claim.
-            self.add_pod(cluster, pod, &mut memo, &mut touched, true);
+            self.add_pod(cluster, pod, &mut memo, None);
         }
 
         let live: Vec<usize> = self.live().collect();
@@ -403,33 +423,61 @@ impl Peers {
         for index in live {
             self.identities[index].id = self.identity_ids[&self.slots[index].canonical];
         }
-        for region in &sorted_regions {
-            let identity = &self.identities[self.by_region[region]];
-            let key = entry_key(*region);
-            self.region_keys.insert(key);
-            self.trie.insert(
-                key,
-                PeerIdentity {
-                    id: identity.id,
-                    fallback: 0,
-                },
-            );
-        }
-        for ip in touched {
-            self.write_entry(ip);
-        }
+        // Built at once; of two entries for one key the last is kept (a pod's address over
+        // a ClusterIP, an address over a region prefix that is the same host), as
+        // `write_entry` decides.
+        let mut cluster_ips: Vec<(IpAddr, PeerIdentity)> = self
+            .by_cluster_ip
+            .iter()
+            .map(|(ip, index)| (*ip, self.cluster_ip_value(*index)))
+            .collect();
+        cluster_ips.sort_unstable_by_key(|(ip, _)| *ip);
+        let mut pod_addresses: Vec<(IpAddr, PeerIdentity)> = self
+            .by_address
+            .iter()
+            .map(|(ip, index)| (*ip, self.pod_value(*index)))
+            .collect();
+        pod_addresses.sort_unstable_by_key(|(ip, _)| *ip);
+        self.peer_ids = cluster_ips.into_iter().chain(pod_addresses).collect();
+        self.region_keys = sorted_regions.iter().map(|r| entry_key(*r)).collect();
+        self.trie = sorted_regions
+            .iter()
+            .map(|region| (entry_key(*region), self.pod_value(self.by_region[region])))
+            .chain(
+                self.peer_ids
+                    .iter()
+                    .map(|(ip, value)| (entry_key(Prefix::host(*ip)), *value)),
+            )
+            .collect();
         self.index_selectors();
     }
 
-    /// Classifies networked `pod` and counts its addresses' identities; with `elect`, its
-    /// addresses have its identities (else [`Peers::elect`] decides).
+    /// The trie's value for a pod address or region prefix of identity `index`.
+    fn pod_value(&self, index: usize) -> PeerIdentity {
+        PeerIdentity {
+            id: self.identities[index].id,
+            fallback: 0,
+        }
+    }
+
+    /// The trie's value for ClusterIP identity `index`: it falls back to its region's.
+    fn cluster_ip_value(&self, index: usize) -> PeerIdentity {
+        let identity = &self.identities[index];
+        PeerIdentity {
+            id: identity.id,
+            fallback: self.identities[self.by_region[&identity.region]].id,
+        }
+    }
+
+    /// Classifies networked `pod` and counts its addresses' identities. Its addresses go to
+    /// `touched` (for [`Peers::elect`] to decide); without `touched`, they have its
+    /// identities (pods added in key order, the last wins).
     fn add_pod(
         &mut self,
         cluster: &Cluster,
         pod: &PodInfo,
         memo: &mut HashMap<(usize, Prefix), usize>,
-        touched: &mut BTreeSet<IpAddr>,
-        elect: bool,
+        mut touched: Option<&mut BTreeSet<IpAddr>>,
     ) {
         let class = self.join_class(cluster, pod);
         let mut addresses = Vec::with_capacity(pod.ips.len());
@@ -452,9 +500,13 @@ impl Peers {
             };
             self.slots[identity].refs += 1;
             addresses.push((*ip, identity));
-            touched.insert(*ip);
-            if elect {
-                self.by_address.insert(*ip, identity);
+            match touched.as_deref_mut() {
+                Some(touched) => {
+                    touched.insert(*ip);
+                }
+                None => {
+                    self.by_address.insert(*ip, identity);
+                }
             }
         }
         self.pod_addresses += addresses.len();
@@ -702,19 +754,12 @@ impl Peers {
     /// ClusterIP's (which falls back to its region's), else none (the region prefix itself
     /// when it is one).
     fn write_entry(&mut self, ip: IpAddr) {
-        let value = if let Some(index) = self.by_address.get(&ip) {
-            Some(PeerIdentity {
-                id: self.identities[*index].id,
-                fallback: 0,
-            })
-        } else {
-            self.by_cluster_ip.get(&ip).map(|index| {
-                let identity = &self.identities[*index];
-                PeerIdentity {
-                    id: identity.id,
-                    fallback: self.identities[self.by_region[&identity.region]].id,
-                }
-            })
+        let value = match self.by_address.get(&ip) {
+            Some(index) => Some(self.pod_value(*index)),
+            None => self
+                .by_cluster_ip
+                .get(&ip)
+                .map(|index| self.cluster_ip_value(*index)),
         };
         let host = Prefix::host(ip);
         let key = entry_key(host);
@@ -727,8 +772,7 @@ impl Peers {
                 self.peer_ids.remove(&ip);
                 match self.by_region.get(&host) {
                     Some(region) => {
-                        let id = self.identities[*region].id;
-                        self.trie.insert(key, PeerIdentity { id, fallback: 0 });
+                        self.trie.insert(key, self.pod_value(*region));
                     }
                     None => {
                         self.trie.remove(&key);
@@ -777,11 +821,7 @@ impl Peers {
         let mut cluster_ips: Vec<(&IpAddr, &usize)> = self.by_cluster_ip.iter().collect();
         cluster_ips.sort();
         for (ip, index) in cluster_ips {
-            let identity = &self.identities[*index];
-            let value = PeerIdentity {
-                id: identity.id,
-                fallback: self.identities[self.by_region[&identity.region]].id,
-            };
+            let value = self.cluster_ip_value(*index);
             entries.push((entry_key(Prefix::host(*ip)), value, false));
         }
         for pod in cluster.pods.values().filter(|pod| pod.is_networked()) {
@@ -789,11 +829,7 @@ impl Peers {
                 continue;
             };
             for (ip, index) in &classified.addresses {
-                let value = PeerIdentity {
-                    id: self.identities[*index].id,
-                    fallback: 0,
-                };
-                entries.push((entry_key(Prefix::host(*ip)), value, true));
+                entries.push((entry_key(Prefix::host(*ip)), self.pod_value(*index), true));
             }
         }
         entries
