@@ -33,9 +33,13 @@
 //! (the first pass, a policy change that changes the universe, a namespace change, other prior
 //! ids) builds the table again from the whole cluster, the same way.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
+
+// Keyed with foldhash: the address and identity tables are looked up for every pod of a
+// rebuild and for every backend of every Service in each pass.
+use foldhash::HashMap;
 
 use tollgate_schemas::{PeerIdentity, PeerKey};
 
@@ -340,7 +344,7 @@ impl Peers {
         }
         let reserved: BTreeSet<u32> = self.identity_ids.values().copied().collect();
         let mut touched = BTreeSet::new();
-        let mut memo = HashMap::new();
+        let mut memo = HashMap::default();
         for key in &changes.pods {
             if let Some(old) = self.pods.remove(key) {
                 self.pod_addresses -= old.addresses.len();
@@ -409,7 +413,7 @@ impl Peers {
             self.by_region.insert(*region, index);
         }
         self.set_cluster_ips(services, &mut BTreeSet::new());
-        let mut memo = HashMap::new();
+        let mut memo = HashMap::default();
         for pod in cluster.pods.values().filter(|pod| pod.is_networked()) {
             // In key order: the last pod wins an address two pods claim.
             self.add_pod(cluster, pod, &mut memo, None);

@@ -22,6 +22,7 @@
 //! (see [`super::vips`]), and names the Service in flow records through [`ServiceInfo`].
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -29,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Problems;
 use super::cidr::parse_ip;
-use super::cluster::{Cluster, PodInfo};
+use super::cluster::Cluster;
 use super::ports::{protocol_number, valid_port_name};
 use super::selector::Selector;
 
@@ -82,8 +83,8 @@ pub struct Backend {
     /// The port connections arrive on (the resolved `targetPort`).
     pub port: u16,
     /// The pod, as `namespace/name`, when known (the slice's `targetRef`, or the pod found by
-    /// its address).
-    pub pod: Option<String>,
+    /// its address); shared, so that a compilation's copy of the Services is cheap.
+    pub pod: Option<Arc<str>>,
 }
 
 /// A checked Service, before its backends are found.
@@ -312,13 +313,14 @@ fn slice_backends(
             if !ready {
                 continue;
             }
-            let named_pod = endpoint.target_ref.as_ref().and_then(|r| {
+            let named_pod: Option<Arc<str>> = endpoint.target_ref.as_ref().and_then(|r| {
                 (r.kind.as_deref() == Some("Pod")).then(|| {
                     format!(
                         "{}/{}",
                         r.namespace.as_deref().unwrap_or_default(),
                         r.name.as_deref().unwrap_or_default()
                     )
+                    .into()
                 })
             });
             for text in &endpoint.addresses {
@@ -327,7 +329,7 @@ fn slice_backends(
                 };
                 let pod = named_pod
                     .clone()
-                    .or_else(|| cluster.pod_at(addr).map(PodInfo::key));
+                    .or_else(|| cluster.pod_at(addr).map(|pod| pod.key().into()));
                 backends.push(Backend {
                     addr,
                     port: number,
@@ -366,10 +368,11 @@ fn selector_backends(
         let Some(number) = number else {
             continue;
         };
+        let key: Arc<str> = pod.key().into();
         backends.extend(pod.ips.iter().map(|addr| Backend {
             addr: *addr,
             port: number,
-            pod: Some(pod.key()),
+            pod: Some(key.clone()),
         }));
     }
     backends.sort();

@@ -370,7 +370,10 @@ pub fn resolve_probes(
                             flow: flow(src, backend.addr, backend.port, hop),
                             service: Some((
                                 service.key(),
-                                Some(backend.pod.unwrap_or_else(|| backend.addr.to_string())),
+                                Some(backend.pod.map_or_else(
+                                    || backend.addr.to_string(),
+                                    |pod| pod.to_string(),
+                                )),
                             )),
                         })
                         .collect()
