@@ -114,6 +114,10 @@ struct LabArgs {
     /// `ip rule`s, a VPC behind the node); IPv4 only.
     #[arg(long)]
     sgp: bool,
+    /// The records also as OCSF 1.1 Network Activity for Amazon Security Lake, beside the flow
+    /// log in the custom source's layout (`<out>/ext/tollgate/region=lab/…`).
+    #[arg(long)]
+    ocsf: bool,
 }
 
 #[derive(clap::Args)]
@@ -743,6 +747,7 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
             IpFamilyArg::Ipv6 => tollgate_lab::IpFamily::V6,
         },
         sgp: args.sgp,
+        ocsf: args.ocsf,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(tollgate_lab::run(&options))?;

@@ -6,6 +6,9 @@
 //!   custom source's layout and its Parquet schema the golden one
 //!   (`tests/golden/ocsf-network-activity.parquet-schema.txt`, rewritten with
 //!   `UPDATE_GOLDEN=1`).
+//! - The OCSF named queries (`schemas/athena/queries/ocsf-*.sql`, through
+//!   `schemas/athena/run_duckdb.py`) on those objects.
+//! - Security Lake alone (`flow_log: false`): the spool holds only its objects.
 //! - The whole chain against two real S3-compatible servers (s3s-fs on 127.0.0.1, one bucket
 //!   each): the pipeline writes the flow log and Security Lake objects into one spool, the
 //!   shipper routes them to their buckets, and the node's digest lists both with their
@@ -317,6 +320,121 @@ fn every_record_kind_is_an_ocsf_network_activity_event_in_the_custom_source_layo
          test above says), rerun with UPDATE_GOLDEN=1.\n--- expected ({})\n{expected}\n\
          --- actual\n{actual}",
         golden.display()
+    );
+}
+
+/// Runs named query `name` with `params` on `dir`; one JSON object per row.
+fn query(dir: &Path, name: &str, params: &[(&str, String)]) -> Vec<serde_json::Value> {
+    let mut command = Command::new(repo().join(".venv/bin/python"));
+    command
+        .arg(repo().join("schemas/athena/run_duckdb.py"))
+        .arg("--dir")
+        .arg(dir)
+        .args(["--query", name, "--format", "json"]);
+    for (param, value) in params {
+        command.args(["--param", &format!("{param}={value}")]);
+    }
+    let output = command.output().expect("running run_duckdb.py");
+    assert!(
+        output.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn the_ocsf_named_queries_find_the_denials_and_a_pods_flows() {
+    let dir = TempDir::new("ocsf-queries");
+    let spool_dir = dir.path().join("spool");
+    let (mut spool, _) = Spool::open(&spool_dir, 1 << 30, now_s()).unwrap();
+    let settings = lake(SinkConfig::Local {
+        dir: dir.path().join("lake"),
+    });
+    let mut writer = FileWriter::security_lake(&settings, CLUSTER, NODE);
+    let start_s = now_s() - 3600;
+    let mut closed = writer.write(&mut spool, every_kind(start_s));
+    closed.extend(writer.close_all(&mut spool));
+    spooled(closed);
+    // The spool's ready/ holds the objects under their keys: the bucket's layout.
+    let ready = spool_dir.join("ready");
+    let window = |from: u64, to: u64| vec![("from", from.to_string()), ("to", to.to_string())];
+
+    let denied = query(
+        &ready,
+        "ocsf-denied-flows",
+        &window(start_s, start_s + 3600),
+    );
+    assert_eq!(denied.len(), 1, "{denied:#?}");
+    let row = &denied[0];
+    assert_eq!(row["src_name"], "shop/web-7c5ddbdf54-x2x9q");
+    assert_eq!(row["dst_name"], "shop/db-0");
+    assert_eq!(row["svc_name"], "db");
+    assert_eq!(row["dst_port"], 5432);
+    assert_eq!(row["verdict_reason"], "isolated-no-rule-matched");
+    assert_eq!(row["node"], NODE);
+    assert_eq!(row["start_time"], (start_s + 120) * 1000);
+    // The window is [from, to): a record that ends before it is not in it.
+    assert!(
+        query(
+            &ready,
+            "ocsf-denied-flows",
+            &window(start_s + 180, start_s + 3600)
+        )
+        .is_empty()
+    );
+
+    let mut params = vec![("namespace", "shop".to_owned()), ("pod", "db-0".to_owned())];
+    params.extend(window(start_s, start_s + 3600));
+    let flows = query(&ready, "ocsf-pod-flows", &params);
+    let verdicts: Vec<&str> = flows
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["allow", "audit-deny", "deny"], "{flows:#?}");
+    assert_eq!(flows[0]["policy"], "shop/web-to-db");
+    assert_eq!(flows[0]["policy_rule"], "spec.egress[0]");
+    assert_eq!(flows[0]["activity_name"], "Open");
+    assert_eq!(flows[1]["disposition"], "Detected");
+    assert_eq!(flows[2]["action"], "Denied");
+}
+
+#[test]
+fn security_lake_alone_spools_only_its_objects() {
+    let dir = TempDir::new("ocsf-alone");
+    let config = CollectorConfig {
+        cluster: CLUSTER.to_owned(),
+        node: NODE.to_owned(),
+        spool_dir: dir.path().join("spool"),
+        flow_log: false,
+        security_lake: Some(lake(SinkConfig::Local {
+            dir: dir.path().join("lake"),
+        })),
+        ..CollectorConfig::default()
+    };
+    assert_eq!(config.problems(), Vec::<String>::new());
+    let (mut pipeline, _) = Pipeline::open(
+        &config,
+        Arc::new(Mutex::new(Identities::default())),
+        Arc::new(Metrics::default()),
+        Arc::new(Notify::new()),
+    )
+    .expect("opening the pipeline");
+    pipeline.lose(LossSource::Undecodable, Some(5), now_s() - 10, now_s() - 9);
+    pipeline.flush();
+    pipeline.finish(None).expect("a clean stop");
+    let keys: Vec<String> = tollgate_collector::spool::pending_in(&config.spool_dir)
+        .unwrap()
+        .into_iter()
+        .map(|file| file.key)
+        .collect();
+    assert!(!keys.is_empty());
+    assert!(
+        keys.iter().all(|key| key.starts_with("ext/tollgate/")),
+        "{keys:?}"
     );
 }
 
