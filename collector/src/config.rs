@@ -81,7 +81,8 @@ pub struct SecurityLakeConfig {
     /// The Security Lake bucket (S3, prefix empty: the keys start at `ext/`), or a local
     /// directory in its layout.
     pub sink: SinkConfig,
-    /// An object is closed at this many bytes (at most Security Lake's 256 MiB)…
+    /// An object is closed once it reaches this many bytes (at most Security Lake's 256 MiB;
+    /// the batch that reaches it is written whole, so the default leaves half as headroom)…
     #[serde(default = "security_lake_rotate_bytes")]
     pub rotate_bytes: u64,
     /// …or once open this many seconds (Security Lake asks for 5 minutes to a day).
@@ -90,7 +91,7 @@ pub struct SecurityLakeConfig {
 }
 
 fn security_lake_rotate_bytes() -> u64 {
-    SECURITY_LAKE_MAX_BYTES
+    SECURITY_LAKE_MAX_BYTES / 2
 }
 
 fn security_lake_rotate_age() -> u64 {
@@ -98,6 +99,19 @@ fn security_lake_rotate_age() -> u64 {
 }
 
 impl SecurityLakeConfig {
+    /// The settings of custom source `source_name` for `region` and `account_id`, delivered to
+    /// `sink`, rotated as the defaults say.
+    pub fn new(source_name: &str, region: &str, account_id: &str, sink: SinkConfig) -> Self {
+        Self {
+            source_name: source_name.to_owned(),
+            region: region.to_owned(),
+            account_id: account_id.to_owned(),
+            sink,
+            rotate_bytes: security_lake_rotate_bytes(),
+            rotate_age_secs: security_lake_rotate_age(),
+        }
+    }
+
     /// [`SecurityLakeConfig::rotate_age_secs`] as a duration.
     pub fn rotate_age(&self) -> Duration {
         Duration::from_secs(self.rotate_age_secs)
@@ -521,7 +535,7 @@ mod tests {
         let yaml = "flow_log: false\nsecurity_lake:\n  source_name: tollgate\n  region: eu-west-1\n  account_id: '123456789012'\n  sink: {kind: s3, region: eu-west-1, bucket: aws-security-data-lake-eu-west-1-abc}\n";
         let config: CollectorConfig = serde_yaml::from_str(yaml).unwrap();
         let lake = config.security_lake.as_ref().unwrap();
-        assert_eq!(lake.rotate_bytes, SECURITY_LAKE_MAX_BYTES);
+        assert_eq!(lake.rotate_bytes, SECURITY_LAKE_MAX_BYTES / 2);
         assert_eq!(lake.rotate_age_secs, 300);
         assert_eq!(config.problems(), Vec::<String>::new());
 

@@ -172,46 +172,44 @@ fn holder_unmapped(unmapped: &mut Map<String, Value>, side: &str, holder: Option
     }
 }
 
-/// A network endpoint: its address and port, and who held it.
-fn endpoint(
+/// One end of a flow, as OCSF's `network_endpoint` says it.
+#[derive(Default)]
+struct End<'a> {
     ip: Option<IpAddr>,
     port: Option<u16>,
-    holder: Option<&Holder>,
-    node: &str,
-    extra: [(&str, Option<Value>); 2],
-) -> Value {
-    let (name, kind, container) = match holder {
+    holder: Option<&'a Holder>,
+    /// The deciding pod's host interface, on the pod's end.
+    interface: Option<&'a str>,
+    /// The Service the flow was addressed to, on the destination's end.
+    service: Option<&'a str>,
+}
+
+/// The `network_endpoint` object of `end`, whose node (for `Node/<node>`) is `node`.
+fn endpoint(end: &End<'_>, node: &str) -> Value {
+    let (name, kind, container) = match end.holder {
         Some(Holder::Pod(pod)) => (
             text(format!("{}/{}", pod.namespace, pod.name)),
             text("Pod"),
             Some(json!({"name": pod.name, "orchestrator": "Kubernetes"})),
         ),
         Some(Holder::Node) => (text(format!("Node/{node}")), text("Node"), None),
-        None => (None, None, None),
+        // OCSF asks every endpoint for one identifying field at least: an address nobody was
+        // known to hold has its IP; without one, it is named unknown.
+        None => (end.ip.is_none().then(|| json!("unknown")), None, None),
     };
-    let hostname = matches!(holder, Some(Holder::Node)).then(|| json!(node));
-    let [(extra_a, value_a), (extra_b, value_b)] = extra;
-    let mut value = object([
-        ("ip", ip.map(|ip| json!(ip.to_string()))),
-        ("port", port.map(|p| json!(p))),
+    object([
+        ("ip", end.ip.map(|ip| json!(ip.to_string()))),
+        ("port", end.port.map(|p| json!(p))),
         ("name", name),
-        ("hostname", hostname),
+        (
+            "hostname",
+            matches!(end.holder, Some(Holder::Node)).then(|| json!(node)),
+        ),
         ("type", kind),
         ("container", container),
-    ]);
-    if let Value::Object(map) = &mut value {
-        for (key, field) in [(extra_a, value_a), (extra_b, value_b)] {
-            if let Some(field) = field {
-                map.insert(key.to_owned(), field);
-            }
-        }
-        // OCSF asks every endpoint for at least one of its identifying fields: an address
-        // nobody was known to hold still has its IP; failing that, it is named unknown.
-        if map.is_empty() || !map.contains_key("ip") && !map.contains_key("name") {
-            map.insert("name".to_owned(), json!("unknown"));
-        }
-    }
-    value
+        ("interface_name", end.interface.map(|i| json!(i))),
+        ("svc_name", end.service.map(|s| json!(s))),
+    ])
 }
 
 /// The node itself as an endpoint (loss records: the collector that lost the events).
@@ -341,7 +339,7 @@ struct Specific {
 fn flow_fields(flow: &Flow, node: &str, unmapped: &mut Map<String, Value>) -> Specific {
     let activity = Activity::of(flow);
     let ported = matches!(flow.protocol, proto::TCP | proto::UDP | proto::SCTP);
-    let interface = flow.interface.as_deref().map(|i| json!(i.name));
+    let interface = flow.interface.as_deref().map(|i| i.name.as_str());
     // The deciding endpoint's interface is the pod's: on the source side for egress.
     let (src_interface, dst_interface) = match flow.direction {
         Direction::Egress => (interface, None),
@@ -349,21 +347,24 @@ fn flow_fields(flow: &Flow, node: &str, unmapped: &mut Map<String, Value>) -> Sp
     };
     let service = flow.service.as_deref();
     let src_endpoint = endpoint(
-        Some(flow.src),
-        ported.then_some(flow.src_port),
-        flow.src_holder.as_ref(),
+        &End {
+            ip: Some(flow.src),
+            port: ported.then_some(flow.src_port),
+            holder: flow.src_holder.as_ref(),
+            interface: src_interface,
+            service: None,
+        },
         node,
-        [("interface_name", src_interface), ("svc_name", None)],
     );
     let dst_endpoint = endpoint(
-        Some(flow.dst),
-        ported.then_some(flow.dst_port),
-        flow.dst_holder.as_ref(),
+        &End {
+            ip: Some(flow.dst),
+            port: ported.then_some(flow.dst_port),
+            holder: flow.dst_holder.as_ref(),
+            interface: dst_interface,
+            service: service.map(|s| s.name.as_str()),
+        },
         node,
-        [
-            ("interface_name", dst_interface),
-            ("svc_name", service.map(|s| json!(s.name))),
-        ],
     );
     holder_unmapped(unmapped, "src", flow.src_holder.as_ref());
     holder_unmapped(unmapped, "dst", flow.dst_holder.as_ref());
@@ -520,11 +521,12 @@ fn isolation_fields(isolation: &Isolation, unmapped: &mut Map<String, Value>) ->
         status_detail: None,
         message: text(&isolation.reason),
         src_endpoint: endpoint(
-            isolation.address,
-            None,
-            Some(&pod),
+            &End {
+                ip: isolation.address,
+                holder: Some(&pod),
+                ..End::default()
+            },
             "",
-            [("interface_name", None), ("svc_name", None)],
         ),
         // Every peer of the pod: a quarantine cuts all of them off.
         dst_endpoint: json!({"name": "*", "type": "Any"}),

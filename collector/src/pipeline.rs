@@ -333,12 +333,19 @@ impl Pipeline {
         if records.is_empty() {
             return;
         }
-        if let Some(mirror) = &mut self.mirror {
-            let closed = mirror.write(&mut self.spool, records.clone());
-            self.account_mirror(closed);
-        }
+        // The record of account first: it has the spool's room before the mirror.
+        let mirrored = self.mirror.is_some().then(|| records.clone());
         let closed = self.writer.write(&mut self.spool, records);
         self.account(closed);
+        self.write_mirror(mirrored);
+    }
+
+    /// Writes `records` (when given) with the mirror too.
+    fn write_mirror(&mut self, records: Option<Vec<FlowRecord>>) {
+        if let (Some(mirror), Some(records)) = (&mut self.mirror, records) {
+            let closed = mirror.write(&mut self.spool, records);
+            self.account_mirror(closed);
+        }
     }
 
     /// Writes the pending losses alone, in files closed at once; unblocks the pipeline when
@@ -352,13 +359,11 @@ impl Pipeline {
             .map(FlowRecord::loss)
             .collect();
         if !records.is_empty() {
-            if let Some(mirror) = &mut self.mirror {
-                let closed = mirror.write(&mut self.spool, records.clone());
-                self.account_mirror(closed);
-            }
+            let mirrored = self.mirror.is_some().then(|| records.clone());
             let mut closed = self.loss_writer.write(&mut self.spool, records);
             closed.extend(self.loss_writer.close_all(&mut self.spool));
             self.account(closed);
+            self.write_mirror(mirrored);
         }
         if self.losses.is_empty() && self.blocked.take().is_some() {
             tracing::info!("the spool takes files again");

@@ -105,13 +105,13 @@ impl FlowLog {
                 },
                 ..DigestConfig::default()
             },
-            security_lake: ocsf.then(|| SecurityLakeConfig {
-                source_name: OCSF_SOURCE.to_owned(),
-                region: OCSF_REGION.to_owned(),
-                account_id: OCSF_ACCOUNT.to_owned(),
-                sink: SinkConfig::Local { dir: dir.clone() },
-                rotate_bytes: tollgate_collector::config::SECURITY_LAKE_MAX_BYTES,
-                rotate_age_secs: *tollgate_collector::config::SECURITY_LAKE_AGE_SECS.start(),
+            security_lake: ocsf.then(|| {
+                SecurityLakeConfig::new(
+                    OCSF_SOURCE,
+                    OCSF_REGION,
+                    OCSF_ACCOUNT,
+                    SinkConfig::Local { dir: dir.clone() },
+                )
             }),
             ..CollectorConfig::default()
         };
