@@ -436,6 +436,19 @@ VALIDATION_CASES = [
     ("node-agent", AGENT_BASE, None),
     ("node-agent", dict(AGENT_BASE, digest_signing={"key_id": KEY_ARN, "region": "eu-west-1", "public_key_pem": "-----BEGIN PUBLIC KEY-----"}), None),
     ("node-agent", dict(AGENT_BASE, vpc_cni_addon_version="v1.20.4-eksbuild.1"), None),
+    (
+        "node-agent",
+        dict(
+            AGENT_BASE,
+            security_lake={
+                "source_name": "tollgate",
+                "region": "eu-west-1",
+                "account_id": "111122223333",
+                "sink": {"kind": "s3", "region": "eu-west-1", "bucket": "aws-security-data-lake-eu-west-1-abc", "prefix": ""},
+            },
+        ),
+        None,
+    ),
     ("node-agent", dict(AGENT_BASE, enforcement="loose"), "enforcement: strict or standard"),
     ("node-agent", dict(AGENT_BASE, node_ingress="deny"), "node_ingress: allow or policy"),
     ("node-agent", dict(AGENT_BASE, flow_mode="allowed"), "flow_mode: all or denied"),
@@ -690,6 +703,12 @@ class Structure(unittest.TestCase):
         modules = blocks(EXAMPLE, "module")
         self.assertEqual(modules["digest_key"]["signer_role_arn"], "${module.agent_identity.role_arn}")
         self.assertEqual(modules["node_agent"]["digest_signing"], "${module.digest_key.collector_signing}")
+        # Security Lake, when asked for: its setting to the collectors, its table to Athena, the
+        # write policy to the agents' role.
+        self.assertEqual(modules["security_lake"]["count"], "${var.security_lake_external_id == null ? 0 : 1}")
+        self.assertEqual(modules["security_lake"]["agent_role_name"], "${module.agent_identity.role_name}")
+        self.assertEqual(modules["node_agent"]["security_lake"], "${one(module.security_lake[*].collector_security_lake)}")
+        self.assertEqual(modules["athena"]["security_lake_table"], "${one(module.security_lake[*].glue_table)}")
         self.assertEqual(modules["agent_identity"]["policy_json"], "${module.layout.agent_policy_json[var.cluster_name]}")
         self.assertEqual(modules["node_agent"]["collector_sink"], "${module.layout.collector_sink}")
         self.assertEqual(modules["layout"]["kms_key_arn"], "${module.flow_log.kms_key_arn}")
@@ -701,7 +720,7 @@ class Structure(unittest.TestCase):
             source = (EXAMPLE / module["source"]).resolve()
             self.assertTrue((source / "variables.tf").exists(), f"{name}: {source}")
             declared = set(blocks(source, "variable"))
-            given = set(module) - {"source", "depends_on"}
+            given = set(module) - {"source", "depends_on", "count"}
             self.assertLessEqual(given, declared, f"{name} is given variables it does not declare")
 
     def test_the_bucket_refuses_what_it_must(self):

@@ -13,6 +13,11 @@ output "glue_table_arn" {
   value       = aws_securitylake_custom_log_source.this.attributes[0].table_arn
 }
 
+output "glue_table" {
+  description = "The same table as `database.table`: the athena module's security_lake_table."
+  value       = join(".", regex("table/([^/]+)/([^/]+)$", aws_securitylake_custom_log_source.this.attributes[0].table_arn))
+}
+
 output "agent_write_policy_json" {
   description = "The policy the agents' role gets (write under their partitions only), for review."
   value       = jsonencode(local.agent_write_policy)
