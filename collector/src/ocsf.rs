@@ -10,9 +10,10 @@
 //! OCSF 1.1.0 is the version Security Lake takes from custom sources. How each record kind
 //! maps — flows (allowed, denied, audit-deny), loss records and isolation records — is the
 //! table in `docs/security-lake.md`; in short:
-//! - `activity_id`: a denied flow is Refuse; an allowed one Open when its first packet was
-//!   decided in the window (a rule, no policy, the node), Close when FIN or RST passed, else
-//!   Traffic; loss and isolation records are Other, named by `activity_name`;
+//! - `activity_id`: a denied flow is Refuse; one that passed (allowed or audit-deny) Close when
+//!   FIN or RST passed, Traffic when conntrack already held it (established, reply, related),
+//!   else Open (decided afresh in the window); loss and isolation records are Other, named by
+//!   `activity_name`;
 //! - the security-control profile: `action_id` Allowed/Denied, `disposition_id` Allowed,
 //!   Blocked, Detected (audit-deny: policy would have blocked it), Isolated/Restored
 //!   (isolation); `firewall_rule` the deciding NetworkPolicy and rule;
@@ -110,8 +111,11 @@ impl Activity {
             return Self::Close;
         }
         match flow.reason {
-            Reason::AllowedByRule | Reason::NotSelected | Reason::FromNode => Self::Open,
-            _ => Self::Traffic,
+            // Packets of a connection conntrack already holds.
+            Reason::Established | Reason::Reply | Reason::Related => Self::Traffic,
+            // Decided afresh: a rule, no policy, the node; or, in audit mode, what would
+            // have refused it.
+            _ => Self::Open,
         }
     }
 }
@@ -786,6 +790,11 @@ mod tests {
             Activity::Close
         );
         assert_eq!(of(Verdict::AuditDeny, Reason::Reply, 0x04), Activity::Close);
+        assert_eq!(
+            of(Verdict::AuditDeny, Reason::IsolatedNoMatch, 0x02),
+            Activity::Open
+        );
+        assert_eq!(of(Verdict::Allow, Reason::Related, 0), Activity::Traffic);
         assert_eq!(type_uid(Activity::Refuse), 400_105);
     }
 
