@@ -5,7 +5,7 @@
 //! the events are decoded by `arrow-json`, strictly, into one batch of the nested Arrow
 //! [`schema`] — a field the mapping writes but the schema lacks fails the file instead of
 //! vanishing. The same JSON objects are what the tests validate against the OCSF 1.1 schema,
-//! so the Parquet rows are exactly the validated events. Rows are sorted by `time`.
+//! so the Parquet rows are exactly the validated events. Each batch's rows are sorted by `time`.
 //!
 //! OCSF 1.1.0 is the version Security Lake takes from custom sources. How each record kind
 //! maps — flows (allowed, denied, audit-deny), loss records and isolation records — is the
@@ -713,6 +713,7 @@ pub fn events(records: &[FlowRecord], origin: &Origin<'_>) -> Vec<Value> {
 }
 
 /// One batch of `schema` holding the events of `records`, sorted by time.
+#[tracing::instrument(skip_all, fields(records = records.len(), sequence = origin.sequence))]
 pub fn encode(
     records: &[FlowRecord],
     origin: &Origin<'_>,

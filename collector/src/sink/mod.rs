@@ -155,6 +155,7 @@ impl Sinks {
     }
 
     /// Delivers the file at `path` under `key` to its sink.
+    #[tracing::instrument(skip(self, path))]
     pub async fn put(&self, key: &str, path: &Path) -> Result<(), SinkError> {
         self.route(key).put(key, path).await
     }
