@@ -538,7 +538,8 @@ impl LabReport {
         if let Some((source, objects)) = &log.ocsf {
             let _ = writeln!(
                 out,
-                "Security Lake (OCSF 1.1 Network Activity): {objects} objects under {}",
+                "Security Lake (OCSF 1.1 Network Activity): {objects} {} under {}",
+                if *objects == 1 { "object" } else { "objects" },
                 source.display()
             );
         }
