@@ -1,7 +1,7 @@
 """Runs the analysis notebooks headless on a lab run, and checks their shared module.
 
-The data: $TOLLGATE_LAB_DATA when set (the --out directory of `tollgate lab --quarantine`),
-else a fresh `target/debug/tollgate lab --quarantine --out <tmp>` (after `cargo build`, a no-op
+The data: $TOLLGATE_LAB_DATA when set (the --out directory of `tollgate lab --quarantine
+--ocsf`), else a fresh `target/debug/tollgate lab --quarantine --ocsf --out <tmp>` (after `cargo build`, a no-op
 when the binary is fresh; the lab needs root, and without it the lab tests are skipped with a
 loud line). Every notebook runs through run_notebook.execute (nbclient, the venv's ipykernel,
 the parameters injected after the `parameters` cell) and must run without an error, draw a PNG
@@ -249,6 +249,19 @@ class ModuleTest(unittest.TestCase):
         )
         self.assertEqual(rows.to_dict("records"), [{"start": 1795564830, "dst_pod": "kube-dns"}])
 
+    def test_the_vpc_flow_join_needs_its_inputs(self):
+        window = {"from": 0, "to": 1}
+        with tempfile.TemporaryDirectory() as empty:
+            source = tn.LocalSource.__new__(tn.LocalSource)
+            source.directory = Path(empty)
+            self.assertIsNone(tn.join_vpc_flows(source, window))
+            with self.assertRaisesRegex(tn.SettingsError, "vpc_flow_dir: no Parquet files"):
+                tn.join_vpc_flows(source, window, vpc_flow_dir=empty)
+        # The Athena text reads both tables, and transpiles for DuckDB.
+        self.assertIn("FROM vpc_flows", tn.VPC_FLOW_JOIN)
+        self.assertIn("JOIN ocsf_flows", tn.VPC_FLOW_JOIN)
+        self.assertEqual(len(tn.sqlglot.transpile(tn.VPC_FLOW_JOIN, read="athena", write="duckdb")), 1)
+
     def test_settings_errors_say_what_to_set(self):
         with self.assertRaisesRegex(tn.SettingsError, r"set flow_dir .* \$ATHENA_WORKGROUP"):
             tn.connect(None)
@@ -288,14 +301,14 @@ def lab_data() -> Path:
     if os.geteuid() != 0:
         print(
             "\n!!!!!!!! SKIPPED (needs root) the notebooks on a lab run: run as root, or set "
-            "TOLLGATE_LAB_DATA to the --out directory of `tollgate lab --quarantine` !!!!!!!!",
+            "TOLLGATE_LAB_DATA to the --out directory of `tollgate lab --quarantine --ocsf` !!!!!!!!",
             file=sys.stderr,
         )
         raise unittest.SkipTest("the lab needs root")
     subprocess.run(["cargo", "build", "--locked", "-q"], cwd=REPO, check=True)
     out = Path(tempfile.mkdtemp(prefix="tollgate-notebooks-lab-"))
     lab = subprocess.run(
-        [str(REPO / "target/debug/tollgate"), "lab", "--quarantine", "--out", str(out / "lab")],
+        [str(REPO / "target/debug/tollgate"), "lab", "--quarantine", "--ocsf", "--out", str(out / "lab")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -332,9 +345,54 @@ class LabTest(unittest.TestCase):
             self.assertIn(title, tables)
             self.assertGreater(tables[title], 0, f"{title}: no row")
 
+    def vpc_flow_logs(self) -> tuple[Path, str]:
+        """VPC Flow Logs as Security Lake keeps them (OCSF, the fields the join reads), for the
+        lab's allowed connection from amazonlinux: what the node's ENI would have logged. Returns
+        their directory and the pod they belong to."""
+        directory = self.scratch / "vpc-flow"
+        directory.mkdir(exist_ok=True)
+        ocsf = str(self.data / tn.run_duckdb.OCSF_FILE_GLOB)
+        source = "default/amazonlinux"
+        duckdb.connect().execute(
+            f"""
+            COPY (
+                SELECT time, start_time, end_time, 4001 AS class_uid, 6 AS activity_id,
+                    {{'ip': src_endpoint.ip, 'port': src_endpoint.port,
+                      'interface_uid': 'eni-0123456789abcdef0', 'vpc_uid': 'vpc-0123456789abcdef0'}}
+                        AS src_endpoint,
+                    {{'ip': dst_endpoint.ip, 'port': dst_endpoint.port}} AS dst_endpoint,
+                    {{'protocol_num': connection_info.protocol_num, 'direction_id': 2}}
+                        AS connection_info,
+                    {{'packets': traffic.packets, 'bytes': traffic.bytes}} AS traffic,
+                    'Allowed' AS action, 1 AS action_id
+                FROM read_parquet(?, hive_partitioning = false)
+                WHERE src_endpoint.name = '{source}' AND action_id = 1
+            ) TO '{directory / "vpc.parquet"}' (FORMAT parquet)
+            """,
+            [ocsf],
+        )
+        return directory, source
+
     def test_denied_flows_triage(self):
-        nb = run("denied-flows-triage", flow_dir=str(self.data), manifests=MANIFESTS, **self.window)
+        vpc_flow_dir, pod = self.vpc_flow_logs()
+        nb = run(
+            "denied-flows-triage",
+            flow_dir=str(self.data),
+            manifests=MANIFESTS,
+            vpc_flow_dir=str(vpc_flow_dir),
+            **self.window,
+        )
         tables, _ = shown(nb)
+        # Security Lake: the VPC's records of the client's allowed flows get its pod's name.
+        self.assert_tables(tables, ["VPC Flow Logs joined with tollgate's records"])
+        joined = next(
+            o.data["text/plain"]
+            for c in nb.cells
+            for o in c.get("outputs", [])
+            if o.get("data", {}).get("text/plain", "").startswith("VPC Flow Logs joined")
+        )
+        self.assertIn(pod, joined)
+        self.assertIn("eni-0123456789abcdef0", joined)
         self.assert_tables(
             tables,
             [

@@ -12,6 +12,9 @@ How data flows::
                                             `flows` on DuckDB (BundleSource), its manifest
                                             (re-checked by verify()) and its policies.json
     source.run(name, params)   the named query schemas/athena/queries/<name>.sql → DataFrame
+    join_vpc_flows(source, …)  Amazon Security Lake: tollgate's OCSF records (flow_dir/ext/…,
+                               or its custom source's table) joined with VPC Flow Logs' OCSF
+                               records (a directory of them, or Security Lake's table)
     show(title, frame, empty)  a titled table, or a sentence when there is no row
     plot_*(…)                  one matplotlib figure each
     NetworkPolicies (manifests, policies.json) → attribute_denials(), rule_coverage()
@@ -41,6 +44,7 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import pandas as pd
 import pyathena
+import sqlglot
 import yaml
 from IPython.display import display
 
@@ -163,6 +167,95 @@ class AthenaSource:
             query.sql, parameters=athena_parameters(query, params) or None, paramstyle="qmark"
         )
         return frame([d[0] for d in cursor.description], cursor.fetchall())
+
+
+# Amazon Security Lake: tollgate's OCSF Network Activity records (its custom source, table
+# `ocsf_flows`: docs/security-lake.md) joined with VPC Flow Logs' own OCSF records (Security
+# Lake's VPC flow source, table `vpc_flows`) on the connection — addresses, ports, protocol —
+# and time, a VPC record within a minute of a tollgate record's span: each VPC flow gets the
+# pods, workload and deciding policy its addresses had. Athena (Trino) SQL; on DuckDB it runs
+# as sqlglot transpiles it, like the named queries. `?`: the window [from, to), epoch seconds.
+VPC_FLOW_JOIN = """
+SELECT
+  v.time AS vpc_time,
+  v.src_endpoint.ip AS src_ip,
+  v.src_endpoint.port AS src_port,
+  v.dst_endpoint.ip AS dst_ip,
+  v.dst_endpoint.port AS dst_port,
+  v.connection_info.protocol_num AS protocol,
+  v.src_endpoint.interface_uid AS vpc_interface,
+  v.action AS vpc_action,
+  v.traffic.packets AS vpc_packets,
+  t.src_endpoint.name AS src_name,
+  t.unmapped['src_workload'] AS src_workload,
+  t.dst_endpoint.name AS dst_name,
+  t.dst_endpoint.svc_name AS svc_name,
+  t.firewall_rule.name AS policy,
+  t.disposition AS tollgate_disposition,
+  t.unmapped['node'] AS node
+FROM vpc_flows v
+JOIN ocsf_flows t
+  ON v.src_endpoint.ip = t.src_endpoint.ip
+  AND v.dst_endpoint.ip = t.dst_endpoint.ip
+  AND v.src_endpoint.port = t.src_endpoint.port
+  AND v.dst_endpoint.port = t.dst_endpoint.port
+  AND v.connection_info.protocol_num = t.connection_info.protocol_num
+  AND v.start_time <= t.end_time + 60000
+  AND v.end_time >= t.start_time - 60000
+WHERE v.time >= CAST(? AS bigint) * 1000
+  AND v.time < CAST(? AS bigint) * 1000
+  AND t.class_uid = 4001
+ORDER BY v.time, src_ip, src_port
+"""
+
+
+def join_vpc_flows(
+    source,
+    window: Mapping[str, int],
+    *,
+    vpc_flow_dir: str | Path | None = None,
+    vpc_flow_table: str | None = None,
+    security_lake_table: str | None = None,
+) -> pd.DataFrame | None:
+    """VPC_FLOW_JOIN over the window: on a local flow directory, its OCSF objects (`tollgate
+    lab --ocsf`, or a copy of the custom source) with the VPC Flow Logs Parquet files under
+    ``vpc_flow_dir``; on Athena, ``security_lake_table`` with ``vpc_flow_table`` (both
+    `database.table`). None when what it needs is not given."""
+    params = [window["from"], window["to"]]
+    if isinstance(source, LocalSource):
+        if not vpc_flow_dir:
+            return None
+        vpc_files = sorted(Path(vpc_flow_dir).expanduser().rglob("*.parquet"))
+        if not vpc_files:
+            raise SettingsError(f"vpc_flow_dir: no Parquet files under {vpc_flow_dir}")
+        try:
+            con = run_duckdb.connect(source.directory, ["ocsf_flows"])
+        except run_duckdb.QueryError as e:
+            raise SettingsError(f"flow_dir: {e}") from None
+        try:
+            files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in vpc_files)
+            con.execute(
+                f"CREATE VIEW vpc_flows AS SELECT * FROM read_parquet([{files}], "
+                "hive_partitioning = false, union_by_name = true)"
+            )
+            sql = sqlglot.transpile(VPC_FLOW_JOIN, read="athena", write="duckdb")[0]
+            cursor = con.execute(sql, params)
+            joined = frame([d[0] for d in cursor.description], cursor.fetchall())
+        finally:
+            con.close()
+    elif isinstance(source, AthenaSource):
+        if not (vpc_flow_table and security_lake_table):
+            return None
+        sql = VPC_FLOW_JOIN.replace("FROM vpc_flows", f"FROM {vpc_flow_table}").replace(
+            "JOIN ocsf_flows", f"JOIN {security_lake_table}"
+        )
+        cursor = source.connection.cursor()
+        cursor.execute(sql, parameters=[str(p) for p in params], paramstyle="qmark")
+        joined = frame([d[0] for d in cursor.description], cursor.fetchall())
+    else:
+        return None
+    joined["vpc_time"] = pd.to_datetime(joined["vpc_time"], unit="ms", utc=True)
+    return joined
 
 
 def athena_parameters(query: run_duckdb.Query, params: Mapping[str, Any]) -> list[str]:

@@ -25,6 +25,9 @@ cargo +nightly clippy --locked -p tollgate-probe --target bpfel-unknown-none \
 step "python: the Athena queries on DuckDB (schemas/athena)"
 .venv/bin/python -m unittest discover -s schemas/athena -p 'test_*.py'
 
+step "python: the OCSF validator (schemas/ocsf; the collector's tests run it on its objects)"
+.venv/bin/python -m unittest discover -s schemas/ocsf -p 'test_*.py'
+
 step "python: the deployment (deploy/: manifests, chart, capability set)"
 .venv/bin/python -m unittest discover -s deploy -p 'test_*.py'
 

@@ -114,6 +114,10 @@ struct LabArgs {
     /// `ip rule`s, a VPC behind the node); IPv4 only.
     #[arg(long)]
     sgp: bool,
+    /// The records also as OCSF 1.1 Network Activity for Amazon Security Lake, beside the flow
+    /// log in the custom source's layout (`<out>/ext/tollgate/region=lab/…`).
+    #[arg(long)]
+    ocsf: bool,
 }
 
 #[derive(clap::Args)]
@@ -282,6 +286,10 @@ enum DigestCommand {
         /// A KMS endpoint instead of the region's (with --kms-key).
         #[arg(long)]
         kms_endpoint_url: Option<String>,
+        /// Where the collectors' Amazon Security Lake objects (`ext/…`) are, when not in the
+        /// flow log: `s3://<Security Lake bucket>` or a local directory.
+        #[arg(long)]
+        security_lake: Option<tollgate_incident::location::FlowLogLocation>,
         #[command(flatten)]
         s3: S3Args,
     },
@@ -743,6 +751,7 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
             IpFamilyArg::Ipv6 => tollgate_lab::IpFamily::V6,
         },
         sgp: args.sgp,
+        ocsf: args.ocsf,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(tollgate_lab::run(&options))?;
@@ -1039,7 +1048,8 @@ fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
             public_key,
             kms_key,
             kms_endpoint_url,
-            s3,
+            security_lake,
+            s3: s3_args,
         } => {
             use tollgate_collector::{
                 clock::{NS_PER_S, unix_now_ns},
@@ -1060,7 +1070,7 @@ fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
                     .transpose()
             };
             let mut trusted = read_public_keys(public_key)?;
-            let s3 = s3.options(flow_log)?;
+            let s3 = s3_args.options(flow_log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             if !kms_key.is_empty() {
                 let region = s3.region.clone();
@@ -1082,9 +1092,17 @@ fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
                 to_s: time("--to", to)?,
                 trusted,
             };
+            let lake_s3 = security_lake
+                .as_ref()
+                .map(|location| s3_args.options(location))
+                .transpose()?;
             let report = runtime.block_on(async {
                 let reader = Reader::new(flow_log, &s3).await;
-                digest_verify::verify(&reader, &request).await
+                let lake = match (security_lake.as_ref(), &lake_s3) {
+                    (Some(location), Some(options)) => Some(Reader::new(location, options).await),
+                    _ => None,
+                };
+                digest_verify::verify(&reader, lake.as_ref(), &request).await
             })?;
             for line in &report.notes {
                 note(&format!("note: {line}"));

@@ -53,6 +53,112 @@ pub struct CollectorConfig {
     pub sink: SinkConfig,
     /// The digest chain: how often, and with which key.
     pub digest: DigestConfig,
+    /// Whether the flow log (Parquet files of the record schema, into `sink`) is written;
+    /// `false` needs `security_lake`. The digests go to `sink` either way.
+    pub flow_log: bool,
+    /// Amazon Security Lake: the same records as OCSF Network Activity objects, into a custom
+    /// source ([`crate::ocsf`]).
+    pub security_lake: Option<SecurityLakeConfig>,
+}
+
+/// Largest object Security Lake takes from a custom source.
+pub const SECURITY_LAKE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Shortest and longest time Security Lake asks a custom source to gather an object over.
+pub const SECURITY_LAKE_AGE_SECS: std::ops::RangeInclusive<u64> = 300..=86_400;
+
+/// Settings of the Security Lake output: objects under
+/// `ext/<source_name>/region=<region>/accountId=<account_id>/eventDay=YYYYMMDD/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityLakeConfig {
+    /// The custom source's name (`aws_securitylake_custom_log_source.source_name`).
+    pub source_name: String,
+    /// The region of the custom source: the `region=` partition and `cloud.region`.
+    pub region: String,
+    /// The account of the custom source's provider (`accountId=`, `cloud.account.uid`).
+    pub account_id: String,
+    /// The Security Lake bucket (S3, prefix empty: the keys start at `ext/`), or a local
+    /// directory in its layout.
+    pub sink: SinkConfig,
+    /// An object is closed once it reaches this many bytes (at most Security Lake's 256 MiB;
+    /// the batch that reaches it is written whole, so the default leaves half as headroom)…
+    #[serde(default = "security_lake_rotate_bytes")]
+    pub rotate_bytes: u64,
+    /// …or once open this many seconds (Security Lake asks for 5 minutes to a day).
+    #[serde(default = "security_lake_rotate_age")]
+    pub rotate_age_secs: u64,
+}
+
+fn security_lake_rotate_bytes() -> u64 {
+    SECURITY_LAKE_MAX_BYTES / 2
+}
+
+fn security_lake_rotate_age() -> u64 {
+    *SECURITY_LAKE_AGE_SECS.start()
+}
+
+impl SecurityLakeConfig {
+    /// The settings of custom source `source_name` for `region` and `account_id`, delivered to
+    /// `sink`, rotated as the defaults say.
+    pub fn new(source_name: &str, region: &str, account_id: &str, sink: SinkConfig) -> Self {
+        Self {
+            source_name: source_name.to_owned(),
+            region: region.to_owned(),
+            account_id: account_id.to_owned(),
+            sink,
+            rotate_bytes: security_lake_rotate_bytes(),
+            rotate_age_secs: security_lake_rotate_age(),
+        }
+    }
+
+    /// [`SecurityLakeConfig::rotate_age_secs`] as a duration.
+    pub fn rotate_age(&self) -> Duration {
+        Duration::from_secs(self.rotate_age_secs)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (field, value) in [
+            ("source_name", &self.source_name),
+            ("region", &self.region),
+            ("account_id", &self.account_id),
+        ] {
+            if !is_path_segment(value) {
+                problems.push(format!(
+                    "security_lake.{field}: must be a non-empty name without '/', '=' or whitespace"
+                ));
+            }
+        }
+        if !(1..=SECURITY_LAKE_MAX_BYTES).contains(&self.rotate_bytes) {
+            problems.push(
+                "security_lake.rotate_bytes: from 1 to 268435456 (Security Lake's 256 MiB)"
+                    .to_owned(),
+            );
+        }
+        if !SECURITY_LAKE_AGE_SECS.contains(&self.rotate_age_secs) {
+            problems.push(
+                "security_lake.rotate_age_secs: from 300 to 86400 (Security Lake asks for 5 \
+                 minutes to a day)"
+                    .to_owned(),
+            );
+        }
+        if let SinkConfig::S3(s3) = &self.sink
+            && !s3.prefix.is_empty()
+        {
+            problems.push(
+                "security_lake.sink.prefix: must be empty (the custom source's keys start at ext/)"
+                    .to_owned(),
+            );
+        }
+        problems.extend(
+            self.sink
+                .problems()
+                .into_iter()
+                .map(|problem| format!("security_lake.{problem}")),
+        );
+        problems
+    }
 }
 
 /// The digest chain's settings ([`crate::chain`]).
@@ -180,6 +286,8 @@ impl Default for CollectorConfig {
             spool_max_bytes: 1024 * 1024 * 1024,
             sink: SinkConfig::default(),
             digest: DigestConfig::default(),
+            flow_log: true,
+            security_lake: None,
         }
     }
 }
@@ -247,6 +355,14 @@ impl CollectorConfig {
         );
         problems.extend(self.sink.problems());
         problems.extend(self.digest.signing.problems());
+        match &self.security_lake {
+            Some(lake) => problems.extend(lake.problems()),
+            None if !self.flow_log => problems.push(
+                "flow_log: false needs security_lake (the collector would write nothing)"
+                    .to_owned(),
+            ),
+            None => {}
+        }
         problems
     }
 }
@@ -412,6 +528,47 @@ mod tests {
         );
         assert_eq!(s3.multipart_threshold_bytes, 64 * 1024 * 1024);
         assert!(config.problems().is_empty());
+    }
+
+    #[test]
+    fn security_lake_settings_are_checked_against_what_security_lake_asks() {
+        let yaml = "flow_log: false\nsecurity_lake:\n  source_name: tollgate\n  region: eu-west-1\n  account_id: '123456789012'\n  sink: {kind: s3, region: eu-west-1, bucket: aws-security-data-lake-eu-west-1-abc}\n";
+        let config: CollectorConfig = serde_yaml::from_str(yaml).unwrap();
+        let lake = config.security_lake.as_ref().unwrap();
+        assert_eq!(lake.rotate_bytes, SECURITY_LAKE_MAX_BYTES / 2);
+        assert_eq!(lake.rotate_age_secs, 300);
+        assert_eq!(config.problems(), Vec::<String>::new());
+
+        let wrong = CollectorConfig {
+            security_lake: Some(SecurityLakeConfig {
+                source_name: "a/b".into(),
+                rotate_bytes: SECURITY_LAKE_MAX_BYTES + 1,
+                rotate_age_secs: 60,
+                sink: SinkConfig::S3(S3Config {
+                    prefix: "ext".into(),
+                    ..serde_yaml::from_str("{region: r, bucket: b}").unwrap()
+                }),
+                ..lake.clone()
+            }),
+            ..config.clone()
+        };
+        let problems = wrong.problems();
+        for field in [
+            "security_lake.source_name:",
+            "security_lake.rotate_bytes:",
+            "security_lake.rotate_age_secs:",
+            "security_lake.sink.prefix:",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(field)),
+                "{field} missing from {problems:?}"
+            );
+        }
+        let nothing = CollectorConfig {
+            security_lake: None,
+            ..config
+        };
+        assert!(nothing.problems()[0].starts_with("flow_log:"));
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod identity;
 pub mod kms;
 pub mod loss;
 pub mod metrics;
+pub mod ocsf;
 pub mod pipeline;
 pub mod read;
 pub mod record;

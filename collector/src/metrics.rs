@@ -32,6 +32,9 @@ pub struct Metrics {
     pub spool_blocked: AtomicU64,
     /// Kernel ring-buffer reservation failures, as last read from the probe's counters.
     pub ringbuf_reserve_failed: AtomicU64,
+    /// Security Lake objects written beside the flow log that the spool could not keep (their
+    /// records are in the flow log; their sequence numbers are lost sequences of the digests).
+    pub security_lake_files_lost: AtomicU64,
     /// Lost events, indexed by [`LossSource`] (`source as usize`); unknown counts add 0.
     pub lost: [AtomicU64; LossSource::ALL.len()],
     /// Loss records written, indexed by [`LossSource`].
@@ -102,6 +105,12 @@ impl Metrics {
             "counter",
             "Failed attempts to seal or sign a digest (retried).",
             &self.digest_failures,
+        );
+        one(
+            "security_lake_files_lost_total",
+            "counter",
+            "Security Lake objects beside the flow log that the spool could not keep.",
+            &self.security_lake_files_lost,
         );
         one(
             "spool_bytes",

@@ -8,6 +8,13 @@
 //! on shutdown. Opening the pipeline opens the spool, and a previous collector that died
 //! without flushing becomes a `collector-restart` loss record.
 //!
+//! The records go to the flow log's files, or to Security Lake's (OCSF) when the flow log is
+//! off; with both on, a *mirror* writer gets a copy of every record for Security Lake. The
+//! primary output is the record of account: its files carry the loss records that are
+//! acknowledged, and a file of it the spool refuses blocks the pipeline as below. A mirror
+//! file the spool refuses is counted (`security_lake_files_lost`) and its sequence number is
+//! a lost sequence of the digest chain; its records are in the flow log.
+//!
 //! Losses not yet in an acknowledged file (pending, or in a file still open) are noted in the
 //! spool's state at every tick and saved within [`LEDGER_SAVE_INTERVAL`] (at once when a file
 //! is lost or one carrying loss records is spooled): the losses a previous collector left
@@ -63,6 +70,8 @@ pub struct Pipeline {
     writer: FileWriter,
     /// Writes loss records alone, in files closed at once (while blocked, and at start).
     loss_writer: FileWriter,
+    /// Security Lake's writer beside the flow log's, when both are on.
+    mirror: Option<FileWriter>,
     spool: Spool,
     /// Why the spool refuses files, while it does: where the records it refuses are lost.
     blocked: Option<(LossSource, String)>,
@@ -104,24 +113,28 @@ impl Pipeline {
     ) -> Result<(Self, Recovery), SpoolError> {
         let now_s = unix_now_ns() / NS_PER_S;
         let (spool, recovery) = Spool::open(&config.spool_dir, config.spool_max_bytes, now_s)?;
+        let primary = || match (&config.security_lake, config.flow_log) {
+            (Some(lake), false) => FileWriter::security_lake(lake, &config.cluster, &config.node),
+            _ => FileWriter::new(
+                &config.cluster,
+                &config.node,
+                config.rotate_bytes,
+                config.rotate_age(),
+            ),
+        };
         let mut pipeline = Self {
             clock: Clock::sample(),
             identities,
             aggregator: Aggregator::new(config.window_secs, config.mode, config.max_open_records),
             accounting: Accounting::default(),
             losses: LossLedger::default(),
-            writer: FileWriter::new(
-                &config.cluster,
-                &config.node,
-                config.rotate_bytes,
-                config.rotate_age(),
-            ),
-            loss_writer: FileWriter::new(
-                &config.cluster,
-                &config.node,
-                config.rotate_bytes,
-                config.rotate_age(),
-            ),
+            writer: primary(),
+            loss_writer: primary(),
+            mirror: config
+                .security_lake
+                .as_ref()
+                .filter(|_| config.flow_log)
+                .map(|lake| FileWriter::security_lake(lake, &config.cluster, &config.node)),
             spool,
             blocked: None,
             last_loss_write: None,
@@ -233,6 +246,10 @@ impl Pipeline {
         self.write(records);
         let closed = self.writer.rotate_aged(&mut self.spool);
         self.account(closed);
+        if let Some(mirror) = &mut self.mirror {
+            let closed = mirror.rotate_aged(&mut self.spool);
+            self.account_mirror(closed);
+        }
         self.last_tick_s = now_s;
         self.keep_ledger(false);
     }
@@ -244,6 +261,10 @@ impl Pipeline {
         self.write(records);
         let closed = self.writer.close_all(&mut self.spool);
         self.account(closed);
+        if let Some(mirror) = &mut self.mirror {
+            let closed = mirror.close_all(&mut self.spool);
+            self.account_mirror(closed);
+        }
     }
 
     /// Closes every window and file, then the spool (a clean stop).
@@ -312,8 +333,19 @@ impl Pipeline {
         if records.is_empty() {
             return;
         }
+        // The record of account first: it has the spool's room before the mirror.
+        let mirrored = self.mirror.is_some().then(|| records.clone());
         let closed = self.writer.write(&mut self.spool, records);
         self.account(closed);
+        self.write_mirror(mirrored);
+    }
+
+    /// Writes `records` (when given) with the mirror too.
+    fn write_mirror(&mut self, records: Option<Vec<FlowRecord>>) {
+        if let (Some(mirror), Some(records)) = (&mut self.mirror, records) {
+            let closed = mirror.write(&mut self.spool, records);
+            self.account_mirror(closed);
+        }
     }
 
     /// Writes the pending losses alone, in files closed at once; unblocks the pipeline when
@@ -327,9 +359,11 @@ impl Pipeline {
             .map(FlowRecord::loss)
             .collect();
         if !records.is_empty() {
+            let mirrored = self.mirror.is_some().then(|| records.clone());
             let mut closed = self.loss_writer.write(&mut self.spool, records);
             closed.extend(self.loss_writer.close_all(&mut self.spool));
             self.account(closed);
+            self.write_mirror(mirrored);
         }
         if self.losses.is_empty() && self.blocked.take().is_some() {
             tracing::info!("the spool takes files again");
@@ -366,6 +400,36 @@ impl Pipeline {
             _ => {}
         }
         self.ledger_saved = (Instant::now(), result.is_err());
+    }
+
+    /// Accounts for the mirror's closed files: spooled ones are shipped like any; lost ones
+    /// are counted, their records being in the flow log.
+    fn account_mirror(&mut self, closed: Vec<Closed>) {
+        for file in closed {
+            match file {
+                Closed::Spooled { file, records, .. } => {
+                    tracing::info!(key = file.key, records, bytes = file.bytes, "file spooled");
+                    self.metrics.files_spooled.fetch_add(1, Ordering::Relaxed);
+                    self.spooled.notify_one();
+                }
+                Closed::Lost {
+                    source,
+                    records,
+                    detail,
+                    ..
+                } => {
+                    tracing::error!(
+                        loss_source = source.name(),
+                        records,
+                        detail,
+                        "Security Lake object lost; its records are in the flow log"
+                    );
+                    self.metrics
+                        .security_lake_files_lost
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     fn account(&mut self, closed: Vec<Closed>) {

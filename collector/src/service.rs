@@ -30,7 +30,7 @@ use crate::{
     metrics::Metrics,
     pipeline::{Pipeline, SharedIdentities, Tap},
     ship::{Shipped, ship},
-    sink::{Sink, SinkError},
+    sink::{SinkError, Sinks},
     spool::{Recovery, SpoolError},
 };
 
@@ -96,8 +96,8 @@ impl Collector {
         if !problems.is_empty() {
             return Err(CollectorError::Config(problems));
         }
-        let sink = Sink::from_config(&config.sink).await?;
-        let sink_location = sink.location("");
+        let sink = Sinks::from_config(config).await?;
+        let sink_location = sink.flow_log().location("");
         let metrics = Arc::new(Metrics::default());
         let spooled = Arc::new(Notify::new());
         let (pipeline, recovery) = Pipeline::open(

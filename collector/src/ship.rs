@@ -1,4 +1,5 @@
-//! The shipper: spooled files → the sink, oldest key first, each removed from the spool only
+//! The shipper: spooled files → their sink (the flow log's, or Security Lake's for its
+//! objects: [`Sinks`]), oldest key first, each removed from the spool only
 //! once the sink has it; and the node's digests sealed and signed on the way.
 //!
 //! Before each pass, a digest that is due (an interval boundary passed) is sealed by the
@@ -23,7 +24,7 @@ use crate::{
     chain::Sealer,
     clock::{NS_PER_S, unix_now_ns},
     metrics::Metrics,
-    sink::Sink,
+    sink::Sinks,
     spool::{pending_in, remove},
 };
 
@@ -76,7 +77,7 @@ pub struct Shipped {
 /// sealing digests with `sealer` as they fall due.
 pub async fn ship(
     root: PathBuf,
-    sink: Sink,
+    sink: Sinks,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<Option<Duration>>,
@@ -135,7 +136,7 @@ async fn seal(sealer: &mut Sealer, metrics: &Metrics, now: bool) -> Result<(), (
 /// Delivers every spooled file, oldest key first; stops at the first failure.
 async fn pass(
     root: &std::path::Path,
-    sink: &Sink,
+    sink: &Sinks,
     metrics: &Metrics,
     shipped: &mut Shipped,
 ) -> Result<(), ()> {

@@ -1,13 +1,19 @@
 //! Parquet files: flow records → one open file per partition → closed files in the spool.
 //!
-//! [`FileWriter::write`] routes each record to the partition of its start time
-//! (`cluster=…/dt=…/hour=…`, UTC), encodes each partition's records as one Arrow batch and
+//! A writer makes the files of one [`Layout`]: the flow log (the record schema, partitions
+//! `cluster=…/dt=…/hour=…`) or Amazon Security Lake (OCSF Network Activity, [`crate::ocsf`],
+//! partitions `ext/<source>/region=…/accountId=…/eventDay=YYYYMMDD`, one OCSF class per
+//! object, each batch's rows sorted by time).
+//!
+//! [`FileWriter::write`] routes each record to the partition of its start time (UTC),
+//! encodes each partition's records as one Arrow batch and
 //! appends it to that partition's open file (a temporary file in the spool). A file is closed
 //! when it reaches the size limit ([`FileWriter::write`]) or the age limit
 //! ([`FileWriter::rotate_aged`]), or on shutdown ([`FileWriter::close_all`]); closing writes
 //! the Parquet footer and commits the file to the spool under its object key,
 //! `<partition>/<node>-<first record's start, YYYYMMDDTHHMMSSZ>-<spool sequence>.parquet`. The
-//! name is fixed before the first byte is written, so every retry of the upload uses it.
+//! name is fixed before the first byte is written, so every retry of the upload uses it; the
+//! spool's sequence numbers are shared by both layouts, so one digest chain covers both.
 //!
 //! Writer properties are built once ([`writer_properties`]): ZSTD, dictionary encoding,
 //! page-level statistics, [`ROW_GROUP_ROWS`] rows per row group.
@@ -25,11 +31,64 @@ use parquet::{
 };
 
 use crate::{
-    clock::{compact_utc, partition_date},
+    clock::{NS_PER_S, compact_utc, partition_date, unix_now_ns},
+    config::SecurityLakeConfig,
     loss::{LossSource, LossSpan},
+    ocsf,
     record::{FlowRecord, encode, schema},
     spool::{Commit, FileFacts, Spool, Spooled},
 };
+
+/// The first key segment of every Security Lake object: what the shipper routes to the
+/// Security Lake's sink.
+pub const SECURITY_LAKE_ROOT: &str = "ext";
+
+/// Which files a writer makes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Layout {
+    /// The flow log.
+    FlowLog,
+    /// Amazon Security Lake's custom source.
+    SecurityLake(CustomSource),
+}
+
+/// The custom source a Security Lake writer's partitions name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomSource {
+    /// The source's name (`ext/<source_name>/`).
+    pub source_name: String,
+    /// `region=`.
+    pub region: String,
+    /// `accountId=`.
+    pub account_id: String,
+}
+
+impl Layout {
+    /// Seconds per partition: an hour for the flow log, a day for Security Lake.
+    fn partition_secs(&self) -> u64 {
+        match self {
+            Self::FlowLog => 3600,
+            Self::SecurityLake(_) => 86_400,
+        }
+    }
+
+    /// The partition directory that starts at `start_s`.
+    fn partition(&self, cluster: &str, start_s: u64) -> String {
+        match self {
+            Self::FlowLog => {
+                let (dt, hour) = partition_date(start_s);
+                format!("cluster={cluster}/dt={dt}/hour={hour}")
+            }
+            Self::SecurityLake(lake) => {
+                let day = &compact_utc(start_s)[..8];
+                format!(
+                    "{SECURITY_LAKE_ROOT}/{}/region={}/accountId={}/eventDay={day}",
+                    lake.source_name, lake.region, lake.account_id
+                )
+            }
+        }
+    }
+}
 
 /// Rows per Parquet row group: large enough for good compression and pruning, small enough
 /// that a row group in progress stays within a few tens of MiB.
@@ -131,11 +190,12 @@ struct OpenFile {
 pub struct FileWriter {
     cluster: String,
     node: String,
+    layout: Layout,
     schema: SchemaRef,
     properties: WriterProperties,
     rotate_bytes: u64,
     rotate_age: Duration,
-    open: BTreeMap<(String, String), OpenFile>,
+    open: BTreeMap<String, OpenFile>,
 }
 
 /// The writer properties of every flow file: ZSTD (level 3), dictionary encoding, page-level
@@ -151,12 +211,42 @@ pub fn writer_properties() -> WriterProperties {
 }
 
 impl FileWriter {
-    /// A writer for `node` of `cluster`, rotating at `rotate_bytes` or `rotate_age`.
+    /// A flow-log writer for `node` of `cluster`, rotating at `rotate_bytes` or `rotate_age`.
     pub fn new(cluster: &str, node: &str, rotate_bytes: u64, rotate_age: Duration) -> Self {
+        Self::with_layout(Layout::FlowLog, cluster, node, rotate_bytes, rotate_age)
+    }
+
+    /// A Security Lake writer for `node` of `cluster`, rotating as `lake` says.
+    pub fn security_lake(lake: &SecurityLakeConfig, cluster: &str, node: &str) -> Self {
+        Self::with_layout(
+            Layout::SecurityLake(CustomSource {
+                source_name: lake.source_name.clone(),
+                region: lake.region.clone(),
+                account_id: lake.account_id.clone(),
+            }),
+            cluster,
+            node,
+            lake.rotate_bytes,
+            lake.rotate_age(),
+        )
+    }
+
+    fn with_layout(
+        layout: Layout,
+        cluster: &str,
+        node: &str,
+        rotate_bytes: u64,
+        rotate_age: Duration,
+    ) -> Self {
+        let schema = match layout {
+            Layout::FlowLog => schema(),
+            Layout::SecurityLake(_) => ocsf::schema(),
+        };
         Self {
             cluster: cluster.to_owned(),
             node: node.to_owned(),
-            schema: schema(),
+            layout,
+            schema,
             properties: writer_properties(),
             rotate_bytes,
             rotate_age,
@@ -178,17 +268,18 @@ impl FileWriter {
 
     /// Appends `records` to their partitions' files; returns the files this closed.
     pub fn write(&mut self, spool: &mut Spool, records: Vec<FlowRecord>) -> Vec<Closed> {
-        // Partitions are hours: group by the hour of each record's start, name them once.
-        let mut by_hour: BTreeMap<u64, Vec<FlowRecord>> = BTreeMap::new();
+        // Group by the partition of each record's start, name each partition once.
+        let span = self.layout.partition_secs();
+        let mut by_partition: BTreeMap<u64, Vec<FlowRecord>> = BTreeMap::new();
         for record in records {
-            by_hour
-                .entry(record.start_s / 3600)
+            by_partition
+                .entry(record.start_s / span)
                 .or_default()
                 .push(record);
         }
         let mut closed = Vec::new();
-        for (hour, records) in by_hour {
-            let partition = partition_date(hour * 3600);
+        for (index, records) in by_partition {
+            let partition = self.layout.partition(&self.cluster, index * span);
             closed.extend(self.append(spool, partition, &records));
         }
         closed
@@ -197,7 +288,7 @@ impl FileWriter {
     fn append(
         &mut self,
         spool: &mut Spool,
-        partition: (String, String),
+        partition: String,
         records: &[FlowRecord],
     ) -> Option<Closed> {
         let batch = Tally::of(records);
@@ -208,7 +299,22 @@ impl FileWriter {
                 Err(detail) => return Some(batch.lost(LossSource::SpoolError, detail)),
             },
         };
-        let written = encode(records, &self.node, &self.cluster, &self.schema)
+        let encoded = match &self.layout {
+            Layout::FlowLog => encode(records, &self.node, &self.cluster, &self.schema),
+            Layout::SecurityLake(lake) => {
+                let origin = ocsf::Origin {
+                    cluster: &self.cluster,
+                    node: &self.node,
+                    region: &lake.region,
+                    account_id: &lake.account_id,
+                    sequence: file.sequence,
+                    first_row: file.tally.records,
+                    logged_ms: i64::try_from(unix_now_ns() / (NS_PER_S / 1000)).unwrap_or(i64::MAX),
+                };
+                ocsf::encode(records, &origin, &self.schema)
+            }
+        };
+        let written = encoded
             .map_err(|e| format!("encoding: {e}"))
             .and_then(|arrays| {
                 file.writer
@@ -229,17 +335,10 @@ impl FileWriter {
             .flatten()
     }
 
-    fn create(
-        &self,
-        spool: &mut Spool,
-        partition: &(String, String),
-        first_s: u64,
-    ) -> Result<OpenFile, String> {
+    fn create(&self, spool: &mut Spool, partition: &str, first_s: u64) -> Result<OpenFile, String> {
         let (seq, temp) = spool.begin().map_err(|e| e.detail())?;
-        let (dt, hour) = partition;
         let key = format!(
-            "cluster={}/dt={dt}/hour={hour}/{}-{}-{seq:06}.parquet",
-            self.cluster,
+            "{partition}/{}-{}-{seq:06}.parquet",
             self.node,
             compact_utc(first_s)
         );
@@ -284,7 +383,7 @@ impl FileWriter {
             .collect()
     }
 
-    fn close(&mut self, spool: &mut Spool, partition: &(String, String)) -> Option<Closed> {
+    fn close(&mut self, spool: &mut Spool, partition: &str) -> Option<Closed> {
         let mut file = self.open.remove(partition)?;
         if let Err(error) = file.writer.finish() {
             let _ = std::fs::remove_file(&file.temp);

@@ -16,7 +16,7 @@ use tollgate_collector::{
     digest::Signed,
     metrics::Metrics,
     ship::ship,
-    sink::Sink,
+    sink::{Sink, Sinks},
     spool::{Commit, FileFacts, Spool, pending_in},
 };
 
@@ -69,7 +69,7 @@ async fn an_s3_outage_delays_digests_and_loses_none() {
     );
     let shipper = tokio::spawn(ship(
         spool_dir.clone(),
-        sink,
+        Sinks::new(sink, None),
         Arc::clone(&metrics),
         Arc::clone(&wake),
         stop_rx,

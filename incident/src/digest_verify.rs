@@ -10,7 +10,9 @@
 //! 2. the chain: each digest's `previous` must exist, hash to what it says, and be the
 //!    previous of no other digest; a chain that starts anew says why (a note, not a problem);
 //! 3. each object a digest lists: present, of its size and SHA-256 (an object holding the
-//!    bytes another listed object should have is named as swapped or copied);
+//!    bytes another listed object should have is named as swapped or copied) — Amazon Security
+//!    Lake objects (keys under `ext/`) in the Security Lake location when one is given
+//!    (`--security-lake`), else in the flow log;
 //! 4. the flow log's objects in the window's partitions that no digest lists (extra objects;
 //!    the isolation records `tollgate quarantine` writes are not the collector's and are only
 //!    counted);
@@ -26,6 +28,7 @@ use tollgate_collector::{
     digest::{DIGEST_ROOT, Signed},
     read::parse_since,
     sign::fingerprint,
+    writer::SECURITY_LAKE_ROOT,
 };
 
 use crate::source::{Reader, SourceError};
@@ -109,10 +112,15 @@ fn is_isolation_record(key: &str) -> bool {
         .is_some_and(|name| name.starts_with("isolation-"))
 }
 
-/// Checks the flow log `reader` reads against its digests. Fails only when it cannot be
-/// listed; every object or digest that cannot be read is a problem line.
+/// Checks the flow log `reader` reads, and the Security Lake objects `security_lake` reads
+/// (the flow log's own reader when `None`), against the flow log's digests. Fails only when
+/// the flow log cannot be listed; every object or digest that cannot be read is a problem line.
 #[tracing::instrument(skip_all)]
-pub async fn verify(reader: &Reader, request: &Request) -> Result<Report, SourceError> {
+pub async fn verify(
+    reader: &Reader,
+    security_lake: Option<&Reader>,
+    request: &Request,
+) -> Result<Report, SourceError> {
     let mut report = Report::default();
     let names = reader.list_all("").await?;
     let mut digests: Vec<Read> = Vec::new();
@@ -149,7 +157,7 @@ pub async fn verify(reader: &Reader, request: &Request) -> Result<Report, Source
     }
     check_signatures(&digests, request, &mut report);
     check_chains(&digests, &mut report);
-    let listed = check_objects(reader, &digests, request, &mut report).await;
+    let listed = check_objects(reader, security_lake, &digests, request, &mut report).await;
     let mut isolation_records = 0;
     for key in flow_objects
         .iter()
@@ -276,10 +284,16 @@ fn check_chains(digests: &[Read], report: &mut Report) {
     }
 }
 
+/// Whether `key` is an Amazon Security Lake object (collector/src/writer.rs).
+fn is_security_lake_object(key: &str) -> bool {
+    key.starts_with(&format!("{SECURITY_LAKE_ROOT}/"))
+}
+
 /// Every object the window's digests list: present and unchanged. Returns every key any
 /// digest lists.
 async fn check_objects(
     reader: &Reader,
+    security_lake: Option<&Reader>,
     digests: &[Read],
     request: &Request,
     report: &mut Report,
@@ -305,22 +319,32 @@ async fn check_objects(
     {
         for object in &digest.signed.document.objects {
             report.objects += 1;
-            let found = match reader.fetch(&reader.name_of(&object.key)).await {
+            let lake_object = is_security_lake_object(&object.key);
+            let source = match security_lake {
+                Some(lake) if lake_object => lake,
+                _ => reader,
+            };
+            let missing = || {
+                let hint = if lake_object && security_lake.is_none() {
+                    "; a Security Lake object: give its location with --security-lake"
+                } else {
+                    ""
+                };
+                format!(
+                    "missing object {} (listed in digest {}{hint})",
+                    object.key, digest.key
+                )
+            };
+            let found = match source.fetch(&source.name_of(&object.key)).await {
                 Ok((found, _)) => found,
                 Err(SourceError::Io { error, .. })
                     if error.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    report.problems.push(format!(
-                        "missing object {} (listed in digest {})",
-                        object.key, digest.key
-                    ));
+                    report.problems.push(missing());
                     continue;
                 }
                 Err(SourceError::S3 { message, .. }) if message.starts_with("NoSuchKey") => {
-                    report.problems.push(format!(
-                        "missing object {} (listed in digest {})",
-                        object.key, digest.key
-                    ));
+                    report.problems.push(missing());
                     continue;
                 }
                 Err(error) => {

@@ -39,7 +39,7 @@ async fn check(flow_dir: &Path, request: &Request) -> Report {
         &S3Options::default(),
     )
     .await;
-    verify(&reader, request).await.unwrap()
+    verify(&reader, None, request).await.unwrap()
 }
 
 fn assert_one(report: &Report, needle: &str) {
@@ -424,4 +424,59 @@ async fn an_evidence_bundle_carries_and_checks_the_digests_of_its_sources() {
             "0".repeat(64)
         )]
     );
+}
+
+#[tokio::test]
+async fn security_lake_objects_are_checked_where_they_were_delivered() {
+    let dir = TempDir::new("digest-security-lake");
+    let (flows, lake) = (dir.path().join("flows"), dir.path().join("lake"));
+    let mut node = Node::start(dir.path(), "prod", "node-a", H);
+    node.write(H + 60, Vec::new());
+    // An OCSF object of the Security Lake output, spooled like a flow file.
+    let (sequence, temp) = node.begin(b"ocsf object");
+    let key = format!(
+        "ext/tollgate/region=eu-west-1/accountId=111122223333/eventDay=20251124/node-a-{}-{sequence:06}.parquet",
+        tollgate_collector::clock::compact_utc(H + 60)
+    );
+    let facts = tollgate_collector::spool::FileFacts {
+        sequence,
+        records: 3,
+        first_record_s: H + 60,
+        last_record_s: H + 120,
+        loss_records: Vec::new(),
+    };
+    let committed = node.spool.as_mut().unwrap().commit(&temp, &key, facts);
+    assert!(matches!(
+        committed,
+        Ok(tollgate_collector::spool::Commit::Spooled(_))
+    ));
+    node.seal(H + 3600).await;
+    node.ship(&flows);
+    // The shipper routes it to Security Lake's bucket: move it there.
+    std::fs::create_dir_all(lake.join(&key).parent().unwrap()).unwrap();
+    std::fs::rename(flows.join(&key), lake.join(&key)).unwrap();
+
+    let request = Request {
+        trusted: vec![public_key(&node)],
+        ..Request::default()
+    };
+    let options = S3Options::default();
+    let flow_reader = Reader::new(&FlowLogLocation::Local(flows.clone()), &options).await;
+    let lake_reader = Reader::new(&FlowLogLocation::Local(lake.clone()), &options).await;
+    let report = verify(&flow_reader, Some(&lake_reader), &request)
+        .await
+        .unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_eq!(report.objects, 2);
+
+    // Without the Security Lake location, the object is missing, and the line says where to
+    // look; a changed byte there is a changed object.
+    let without = check(&flows, &request).await;
+    assert_one(&without, &format!("missing object {key}"));
+    assert_one(&without, "give its location with --security-lake");
+    std::fs::write(lake.join(&key), b"OCSF object").unwrap();
+    let changed = verify(&flow_reader, Some(&lake_reader), &request)
+        .await
+        .unwrap();
+    assert_one(&changed, &format!("changed object {key}"));
 }

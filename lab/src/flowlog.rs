@@ -10,6 +10,11 @@
 //! after the agent's barrier (every event written so far has gone through the collector).
 //! [`FlowLog::finish`] reads the denied flows back from the Parquet files once the agent has
 //! stopped (every window and file closed and delivered).
+//!
+//! With `--ocsf` the collector also writes the records as OCSF for Amazon Security Lake, into
+//! the same directory in the custom source's layout (`ext/tollgate/region=lab/
+//! accountId=000000000000/eventDay=…/`), through the same spool and digest chain; the flow
+//! log's readers skip `ext/`, and `schemas/athena/run_duckdb.py` reads it as `ocsf_flows`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tollgate_agent::daemon::NodeState;
 use tollgate_collector::{
     clock::{NS_PER_S, unix_now_ns},
-    config::{CollectorConfig, DigestConfig, SigningConfig, SinkConfig},
+    config::{CollectorConfig, DigestConfig, SecurityLakeConfig, SigningConfig, SinkConfig},
     loss::LossSource,
     metrics::Metrics,
     pipeline::Tap,
@@ -34,6 +39,14 @@ pub const CLUSTER: &str = "lab";
 /// The lab's node name (the pods' `spec.nodeName`).
 pub const NODE: &str = "lab-node";
 
+/// The custom source the lab's OCSF objects are written for (`--ocsf`).
+pub const OCSF_SOURCE: &str = "tollgate";
+
+/// The region and account of the lab's custom source: names for the partitions, not AWS's.
+pub const OCSF_REGION: &str = "lab";
+/// See [`OCSF_REGION`].
+pub const OCSF_ACCOUNT: &str = "000000000000";
+
 /// What the flow log holds at the end of the run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowLogSummary {
@@ -49,6 +62,8 @@ pub struct FlowLogSummary {
     pub lost: u64,
     /// This run's denied flows (`action = 'REJECT'`) and loss records, oldest first.
     pub denied: Vec<StoredRecord>,
+    /// With `--ocsf`: the custom source's directory and the OCSF objects in it.
+    pub ocsf: Option<(PathBuf, usize)>,
 }
 
 /// The flow log of a lab run: where the agent's collector delivers, and the events it taps.
@@ -59,6 +74,8 @@ pub struct FlowLog {
     started_s: u64,
     /// Undecodable records the collector had counted at the previous step's end.
     undecodable: u64,
+    /// Whether OCSF objects are written too.
+    ocsf: bool,
 }
 
 /// The lab's digest signing key for the flow directory `dir`: an Ed25519 key the collector
@@ -70,9 +87,9 @@ pub fn signing_key(dir: &Path) -> PathBuf {
 
 impl FlowLog {
     /// The flow log of run `run`, delivering into `out` (or a temporary directory named after
-    /// the run): the collector settings for the agent, and the tap that hands this flow log
-    /// every event the collector reads.
-    pub fn new(run: &str, out: Option<&Path>) -> (Self, CollectorConfig, Tap) {
+    /// the run), with OCSF objects beside it when `ocsf`: the collector settings for the agent,
+    /// and the tap that hands this flow log every event the collector reads.
+    pub fn new(run: &str, out: Option<&Path>, ocsf: bool) -> (Self, CollectorConfig, Tap) {
         let dir = out.map_or_else(
             || std::env::temp_dir().join(format!("tollgate-lab-{run}-flows")),
             Path::to_owned,
@@ -88,6 +105,14 @@ impl FlowLog {
                 },
                 ..DigestConfig::default()
             },
+            security_lake: ocsf.then(|| {
+                SecurityLakeConfig::new(
+                    OCSF_SOURCE,
+                    OCSF_REGION,
+                    OCSF_ACCOUNT,
+                    SinkConfig::Local { dir: dir.clone() },
+                )
+            }),
             ..CollectorConfig::default()
         };
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -105,6 +130,7 @@ impl FlowLog {
             dir,
             started_s: unix_now_ns() / NS_PER_S,
             undecodable: 0,
+            ocsf,
         };
         (flow_log, config, tap)
     }
@@ -151,7 +177,13 @@ impl FlowLog {
         let all = read(false)?;
         let denied = read(true)?;
         let lost = LossSource::ALL.iter().map(|s| metrics.lost(*s)).sum();
+        let ocsf = self.ocsf.then(|| {
+            let source = self.dir.join("ext").join(OCSF_SOURCE);
+            let objects = count_parquet(&source);
+            (source, objects)
+        });
         Ok(FlowLogSummary {
+            ocsf,
             dir: self.dir,
             records: all.len(),
             files: stopped.shipped.files,
@@ -160,4 +192,21 @@ impl FlowLog {
             denied,
         })
     }
+}
+
+/// Parquet files under `dir`, at any depth (none when it cannot be read).
+fn count_parquet(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .map(|path| {
+                if path.is_dir() {
+                    count_parquet(&path)
+                } else {
+                    usize::from(path.extension().is_some_and(|e| e == "parquet"))
+                }
+            })
+            .sum()
+    })
 }

@@ -314,8 +314,10 @@ impl Quarantined {
         let (digests, proven) = match lab_public_key(&flow_log.dir) {
             Ok(public_key) => {
                 let reader = Reader::new(&request.location, &request.s3).await;
+                // The flow directory holds the OCSF objects too (`--ocsf`): one reader.
                 let checked = digest_verify::verify(
                     &reader,
+                    None,
                     &digest_verify::Request {
                         trusted: vec![public_key.clone()],
                         ..digest_verify::Request::default()

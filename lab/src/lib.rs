@@ -95,6 +95,9 @@ pub struct LabOptions {
     /// The client (`default/amazonlinux`) as a pod with security groups: a branch ENI in the
     /// VPC CNI's strict mode (IPv4 only; [`topology`]).
     pub sgp: bool,
+    /// The records as OCSF for Amazon Security Lake too, beside the flow log in the custom
+    /// source's layout (`<out>/ext/tollgate/…`; [`flowlog`]).
+    pub ocsf: bool,
 }
 
 /// How the probe is attached to the host veths.

@@ -535,6 +535,14 @@ impl LabReport {
             log.events,
             log.lost
         );
+        if let Some((source, objects)) = &log.ocsf {
+            let _ = writeln!(
+                out,
+                "Security Lake (OCSF 1.1 Network Activity): {objects} {} under {}",
+                if *objects == 1 { "object" } else { "objects" },
+                source.display()
+            );
+        }
         let _ = writeln!(
             out,
             "  denied flows (action = 'REJECT'), read back from Parquet:"

@@ -44,8 +44,11 @@ struct Harness<'a> {
 pub async fn walk(names: RunNames, options: &LabOptions) -> Result<LabReport, LabError> {
     let pods = LabPods::embedded(options.ip_family)?;
     let topology = Topology::create(names, &pods, options.sgp.then_some(CLIENT_POD))?;
-    let (mut flow_log, collector, tap) =
-        FlowLog::new(topology.names().prefix(), options.out.as_deref());
+    let (mut flow_log, collector, tap) = FlowLog::new(
+        topology.names().prefix(),
+        options.out.as_deref(),
+        options.ocsf,
+    );
     let first = STEPS
         .first()
         .ok_or_else(|| LabError::Scenario("no steps".to_owned()))?

@@ -1,7 +1,8 @@
 //! The Athena named queries of `schemas/athena/queries/`, run by DuckDB (through sqlglot's
 //! Athena → DuckDB transpiler, `schemas/athena/run_duckdb.py`) on the Parquet flow directory a
-//! real lab run wrote. Needs root (the lab) and the Python environment `scripts/setup.sh`
-//! creates (`.venv`, DuckDB and sqlglot).
+//! real lab run wrote, with its OCSF objects for Amazon Security Lake (`--ocsf`) beside it.
+//! Needs root (the lab) and the Python environment `scripts/setup.sh` creates (`.venv`,
+//! DuckDB and sqlglot, the OCSF schema).
 
 mod support;
 
@@ -65,6 +66,7 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
         quarantine: false,
         ip_family: Default::default(),
         sgp: false,
+        ocsf: true,
     })
     .await
     .unwrap();
@@ -93,6 +95,34 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
     assert!(to("httpd", 80) >= 1, "{denied:#?}");
     assert_eq!(to("nginx", 80), 0, "nginx is never denied");
     assert!(denied.iter().all(|r| text(r, "verdict") == "deny"));
+    // The same denials in the OCSF objects the lab wrote beside the flow log (--ocsf): every
+    // refused flow record is one Refuse event, and each is valid OCSF 1.1.0.
+    let ocsf = query(&out, "ocsf-denied-flows", &window);
+    let ocsf_to = |name: &str, port: i64| {
+        ocsf.iter()
+            .filter(|r| {
+                text(r, "src_name") == "default/amazonlinux"
+                    && (text(r, "dst_name").ends_with(&format!("/{name}"))
+                        || text(r, "svc_name") == name)
+            })
+            .filter(|r| r["dst_port"] == port)
+            .count()
+    };
+    assert!(ocsf_to("kube-dns", 53) >= 1, "{ocsf:#?}");
+    assert!(ocsf_to("httpd", 80) >= 1, "{ocsf:#?}");
+    assert_eq!(ocsf_to("nginx", 80), 0, "nginx is never denied");
+    assert_eq!(ocsf.len(), denied.len(), "{ocsf:#?}");
+    assert!(ocsf.iter().all(|r| text(r, "disposition") == "Blocked"));
+    let validated = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("schemas/ocsf/validate.py"))
+        .arg(out.join("ext"))
+        .output()
+        .expect("running validate.py");
+    assert!(
+        validated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
     // Outside the window: nothing.
     let none = query(
         &out,
@@ -112,6 +142,20 @@ async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
         nginx
             .iter()
             .any(|r| text(r, "verdict_reason") == "from-node")
+    );
+    // In Security Lake too: the kubelet's probes, from the node, allowed.
+    let ocsf_nginx = query(
+        &out,
+        "ocsf-pod-flows",
+        &with(&[("namespace", "default".into()), ("pod", "nginx".into())]),
+    );
+    assert!(
+        ocsf_nginx
+            .iter()
+            .any(|r| text(r, "verdict_reason") == "from-node"
+                && text(r, "src_name").starts_with("Node/")
+                && text(r, "action") == "Allowed"),
+        "{ocsf_nginx:#?}"
     );
     // amazonlinux's side: its egress to nginx's Service, by rule.
     let client = query(

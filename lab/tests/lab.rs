@@ -41,6 +41,7 @@ async fn seed(family: IpFamily, attach: Attach, sgp: bool) -> LabReport {
         quarantine: false,
         ip_family: family,
         sgp,
+        ocsf: false,
     })
     .await
     .unwrap();

@@ -160,7 +160,7 @@ async fn two_backends(family: IpFamily) {
     let out = std::env::temp_dir().join(format!("{prefix}-services-test-flows"));
     {
         let topology = Topology::create(names, &pods, None).unwrap();
-        let (mut flow_log, collector, tap) = FlowLog::new(&prefix, Some(&out));
+        let (mut flow_log, collector, tap) = FlowLog::new(&prefix, Some(&out), false);
         let mut agent = NodeAgent::start(
             &topology,
             Attach::Auto,

@@ -6,7 +6,11 @@ runner lets the same text run on a local copy of the flow files (the collector's
 the lab's output, files synced from the bucket): it transpiles each query with sqlglot
 (``read="athena", write="duckdb"``), with no rewriting of its own, and resolves the table
 ``flows`` to a DuckDB view over ``<dir>/cluster=*/dt=*/hour=*/*.parquet`` with the three
-partition keys read from the path as strings, as Athena's partition projection does.
+partition keys read from the path as strings, as Athena's partition projection does. The
+OCSF queries (``ocsf-*``) read ``ocsf_flows`` instead: tollgate's Amazon Security Lake objects
+under ``<dir>/ext/*/region=*/accountId=*/eventDay=*/*.parquet`` (the lab's ``--ocsf`` output, or
+files synced from the Security Lake bucket), with those three partition keys, as the custom
+source's Glue table has them. A view is made only for the tables the query reads.
 
 Command line (see README.md)::
 
@@ -58,6 +62,10 @@ DUCKDB_TYPES = {
 # The layout the collector writes (schemas/src/record.rs, PARTITION_KEYS), relative to the
 # flow directory.
 FILE_GLOB = "cluster=*/dt=*/hour=*/*.parquet"
+
+# Security Lake's custom-source layout (collector/src/writer.rs, Layout::SecurityLake),
+# relative to the same directory.
+OCSF_FILE_GLOB = "ext/*/region=*/accountId=*/eventDay=*/*.parquet"
 
 # Parameter types a header may name: Athena spellings, with their Python type and, for
 # integers, the range Athena's type holds.
@@ -256,6 +264,25 @@ def flow_files(directory: Path) -> list[Path]:
     return files
 
 
+def ocsf_files(directory: Path) -> list[Path]:
+    """The Security Lake objects under a directory; a QueryError when there are none."""
+    if not directory.is_dir():
+        raise QueryError(f"directory {directory} does not exist or is not a directory")
+    files = sorted(directory.glob(OCSF_FILE_GLOB))
+    if not files:
+        raise QueryError(
+            f"no OCSF Parquet files under {directory} (expected {directory}/{OCSF_FILE_GLOB}; "
+            "the lab writes them with --ocsf)"
+        )
+    return files
+
+
+def tables_read(query: Query) -> set[str]:
+    """The tables the query reads (`flows`, `ocsf_flows`)."""
+    tree = sqlglot.parse_one(query.sql, read="athena")
+    return {table.name for table in tree.find_all(exp.Table)}
+
+
 def table_columns() -> list[tuple[str, str]]:
     """(name, Athena type) of the table's data columns, in the DDL's order."""
     text = DDL.read_text(encoding="utf-8")
@@ -275,8 +302,9 @@ def with_table_columns(files_sql: str) -> str:
     return f"SELECT * FROM (SELECT {typed} LIMIT 0) UNION ALL BY NAME {files_sql}"
 
 
-def connect(directory: Path):
-    """A DuckDB connection in which ``flows`` is a view over the flow directory.
+def connect(directory: Path, tables: Sequence[str] = ("flows",)):
+    """A DuckDB connection in which ``flows`` is a view over the flow directory, and
+    ``ocsf_flows`` one over the Security Lake objects under it, each when in ``tables``.
 
     - ``hive_partitioning``: cluster, dt and hour come from the path, as VARCHAR (Athena
       declares them as strings; DuckDB would otherwise read `hour=06` as the integer 6).
@@ -287,20 +315,36 @@ def connect(directory: Path):
     - The session time zone is UTC, as Athena's: `date_format(from_unixtime(x), …)` becomes
       `STRFTIME(TO_TIMESTAMP(x), …)`, whose TIMESTAMP WITH TIME ZONE DuckDB would otherwise
       format in the machine's local zone, and the dt partition bounds would shift.
+    - ``ocsf_flows``: the OCSF objects as they are (one schema, collector/src/ocsf.rs), with
+      region, accountId and eventDay from the path as VARCHAR.
     """
-    flow_files(directory)
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
-    pattern = str(directory.resolve() / FILE_GLOB).replace("'", "''")
-    files = f"""
-        SELECT * FROM read_parquet(
-            '{pattern}',
-            hive_partitioning = true,
-            hive_types = {{'cluster': VARCHAR, 'dt': VARCHAR, 'hour': VARCHAR}},
-            union_by_name = true
+    if "flows" in tables:
+        flow_files(directory)
+        pattern = str(directory.resolve() / FILE_GLOB).replace("'", "''")
+        files = f"""
+            SELECT * FROM read_parquet(
+                '{pattern}',
+                hive_partitioning = true,
+                hive_types = {{'cluster': VARCHAR, 'dt': VARCHAR, 'hour': VARCHAR}},
+                union_by_name = true
+            )
+            """
+        con.execute(f"CREATE VIEW flows AS {with_table_columns(files)}")
+    if "ocsf_flows" in tables:
+        ocsf_files(directory)
+        pattern = str(directory.resolve() / OCSF_FILE_GLOB).replace("'", "''")
+        con.execute(
+            f"""
+            CREATE VIEW ocsf_flows AS SELECT * FROM read_parquet(
+                '{pattern}',
+                hive_partitioning = true,
+                hive_types = {{'region': VARCHAR, 'accountId': VARCHAR, 'eventDay': VARCHAR}},
+                union_by_name = true
+            )
+            """
         )
-        """
-    con.execute(f"CREATE VIEW flows AS {with_table_columns(files)}")
     return con
 
 
@@ -330,7 +374,7 @@ def execute(
     query = load_query(name, queries_dir)
     values = bind(query, params or {})
     sql = to_duckdb(query)
-    con = connect(Path(directory))
+    con = connect(Path(directory), sorted(tables_read(query)))
     try:
         cursor = con.execute(sql, values)
         columns = [d[0] for d in cursor.description]

@@ -669,6 +669,8 @@ class QueryFileTest(unittest.TestCase):
             "audit-would-be-denied",
             "denied-service-flows",
             "branch-eni-pods",
+            "ocsf-denied-flows",
+            "ocsf-pod-flows",
         }
     )
 
@@ -686,9 +688,12 @@ class QueryFileTest(unittest.TestCase):
                 self.assertIsNotNone(placeholder.find_ancestor(exp.Where), q.name)
 
     def test_queries_read_the_unqualified_flows_table(self):
+        # The OCSF queries read Security Lake's table (ocsf_flows), the others the flow log's.
         for q in run_duckdb.load_queries().values():
             tables = {t.sql() for t in sqlglot.parse_one(q.sql, read="athena").find_all(exp.Table)}
-            self.assertEqual(tables, {"flows"}, q.name)
+            expected = {"ocsf_flows"} if q.name.startswith("ocsf-") else {"flows"}
+            self.assertEqual(tables, expected, q.name)
+            self.assertEqual(run_duckdb.tables_read(q), expected, q.name)
 
     def test_every_query_transpiles_to_one_duckdb_statement(self):
         for q in run_duckdb.load_queries().values():

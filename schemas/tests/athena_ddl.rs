@@ -324,9 +324,16 @@ fn every_query_has_a_header_with_one_param_per_placeholder() {
             "{at}: {placeholders} '?' but {} '-- param:' lines",
             params.len()
         );
+        // The OCSF queries read Security Lake's table, the others the flow log's.
+        let table = if stem.starts_with("ocsf-") {
+            "from ocsf_flows"
+        } else {
+            "from flows"
+        };
         assert!(
-            sql.to_ascii_lowercase().contains("from flows"),
-            "{at}: reads the unqualified table flows"
+            sql.to_ascii_lowercase().contains(table),
+            "{at}: reads the unqualified table {}",
+            &table[5..]
         );
         names.insert(stem);
     }
@@ -338,6 +345,8 @@ fn every_query_has_a_header_with_one_param_per_placeholder() {
         "denied-pairs",
         "denied-service-flows",
         "isolation-records",
+        "ocsf-denied-flows",
+        "ocsf-pod-flows",
         "loss-records",
         "pod-flows",
         "pod-timeline",

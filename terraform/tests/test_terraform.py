@@ -377,6 +377,7 @@ AGENT_BASE = {
         "sse": {"kind": "kms", "key_id": KEY_ARN},
     },
 }
+SECURITY_LAKE_BASE = {"external_id": "tollgate-prod-eu-1", "agent_role_name": "tollgate-agent-prod-eu-1"}
 VALIDATION_CASES = [
     ("flow-log-layout", LAYOUT_INPUTS, None),
     ("flow-log-layout", dict(LAYOUT_INPUTS, bucket="Acme_Flow_Logs"), "bucket: an S3 bucket name"),
@@ -416,6 +417,16 @@ VALIDATION_CASES = [
     ("athena", dict(ATHENA_BASE, bytes_scanned_cutoff_per_query=1024), "Athena's minimum"),
     ("athena", dict(ATHENA_BASE, layout=dict(ATHENA_BASE["layout"], partition_keys=[])), "layout: the flow-log-layout"),
     ("athena", dict(ATHENA_BASE, results_kms_key_arn="alias/x"), "results_kms_key_arn"),
+    ("athena", dict(ATHENA_BASE, security_lake_table="amazon_security_lake_glue_db_eu_west_1.amazon_security_lake_table_eu_west_1_ext_tollgate"), None),
+    ("athena", dict(ATHENA_BASE, security_lake_table="amazon_security_lake_table_eu_west_1"), "security_lake_table: database.table"),
+    ("security-lake-source", SECURITY_LAKE_BASE, None),
+    ("security-lake-source", dict(SECURITY_LAKE_BASE, provider_principal="111122223333", account_id="111122223333", kms_key_arn=KEY_ARN), None),
+    ("security-lake-source", dict(SECURITY_LAKE_BASE, source_name="tollgate-flows-of-prod-eu-1"), "source_name: 1 to 20"),
+    ("security-lake-source", dict(SECURITY_LAKE_BASE, external_id="x"), "external_id: 2 to 1224"),
+    ("security-lake-source", dict(SECURITY_LAKE_BASE, provider_principal="acme"), "provider_principal: an AWS account ID"),
+    ("security-lake-source", dict(SECURITY_LAKE_BASE, account_id="12345"), "account_id: an AWS account ID"),
+    ("security-lake-source", dict(SECURITY_LAKE_BASE, agent_role_name="a/b"), "agent_role_name: an IAM role name"),
+    ("security-lake-source", dict(SECURITY_LAKE_BASE, kms_key_arn="alias/lake"), "kms_key_arn: the ARN of a KMS key"),
     ("digest-signing-key", DIGEST_KEY_BASE, None),
     ("digest-signing-key", dict(DIGEST_KEY_BASE, verifier_arns=["arn:aws:iam::111122223333:role/auditor"]), None),
     ("digest-signing-key", dict(DIGEST_KEY_BASE, signer_role_arn="tollgate-agent"), "signer_role_arn: the ARN of an IAM role"),
@@ -425,6 +436,19 @@ VALIDATION_CASES = [
     ("node-agent", AGENT_BASE, None),
     ("node-agent", dict(AGENT_BASE, digest_signing={"key_id": KEY_ARN, "region": "eu-west-1", "public_key_pem": "-----BEGIN PUBLIC KEY-----"}), None),
     ("node-agent", dict(AGENT_BASE, vpc_cni_addon_version="v1.20.4-eksbuild.1"), None),
+    (
+        "node-agent",
+        dict(
+            AGENT_BASE,
+            security_lake={
+                "source_name": "tollgate",
+                "region": "eu-west-1",
+                "account_id": "111122223333",
+                "sink": {"kind": "s3", "region": "eu-west-1", "bucket": "aws-security-data-lake-eu-west-1-abc", "prefix": ""},
+            },
+        ),
+        None,
+    ),
     ("node-agent", dict(AGENT_BASE, enforcement="loose"), "enforcement: strict or standard"),
     ("node-agent", dict(AGENT_BASE, node_ingress="deny"), "node_ingress: allow or policy"),
     ("node-agent", dict(AGENT_BASE, flow_mode="allowed"), "flow_mode: all or denied"),
@@ -584,6 +608,48 @@ class Structure(unittest.TestCase):
             names.add(name)
         self.assertIn("denied-flows", names)
 
+    def test_the_ocsf_queries_are_saved_only_with_the_security_lake_table(self):
+        locals_ = blocks(MODULES / "athena", "locals")
+        queries = locals_["queries"]
+        self.assertIn('startswith(name, "ocsf-") ? replace(text, "FROM ocsf_flows", "FROM ${var.security_lake_table}") : text', queries)
+        self.assertIn('if !startswith(name, "ocsf-") || var.security_lake_table != null', queries)
+        for path in QUERIES.glob("ocsf-*.sql"):
+            self.assertEqual(path.read_text().count("FROM ocsf_flows"), 1, path.name)
+
+    def test_the_security_lake_source_is_network_activity_written_by_the_agents_alone(self):
+        module = MODULES / "security-lake-source"
+        resources = blocks(module, "resource")
+        self.assertEqual(
+            set(resources),
+            {"aws_iam_role", "aws_iam_role_policy", "aws_iam_role_policy_attachment", "aws_securitylake_custom_log_source"},
+        )
+        source = resources["aws_securitylake_custom_log_source"]["this"]
+        self.assertEqual(source["event_classes"], ["NETWORK_ACTIVITY"], "one OCSF class per source")
+        identity = source["configuration"][0]["provider_identity"][0]
+        self.assertEqual(identity, {"external_id": "${var.external_id}", "principal": "${local.principal}"})
+        self.assertEqual(source["configuration"][0]["crawler_configuration"][0]["role_arn"], "${aws_iam_role.crawler.arn}")
+        agents = resources["aws_iam_role_policy"]["agents_write"]
+        self.assertEqual(agents["role"], "${var.agent_role_name}")
+        locals_ = blocks(module, "locals")
+        # The agents' partitions: the collector's layout (collector/src/writer.rs).
+        self.assertEqual(
+            locals_["agent_prefix"], "ext/${var.source_name}/region=${local.region}/accountId=${local.account_id}/"
+        )
+        writer = (ROOT / "collector" / "src" / "writer.rs").read_text()
+        self.assertIn('"{SECURITY_LAKE_ROOT}/{}/region={}/accountId={}/eventDay={day}"', writer)
+        text = (module / "main.tf").read_text()
+        write = re.search(r'Sid\s*= "WriteOwnPartitionsOnly".*?\n\s*\}\]', text, re.S).group(0)
+        self.assertIn('Action   = ["s3:PutObject", "s3:AbortMultipartUpload"]', write)
+        self.assertIn('Resource = "arn:${local.partition}:s3:::${local.bucket}/${local.agent_prefix}*"', write)
+        for action in ("s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "s3:*"):
+            self.assertNotIn(action, write)
+        # The collectors' setting is SecurityLakeConfig's fields, its sink an S3Config.
+        setting = blocks(module, "output")["collector_security_lake"]["value"]
+        config = COLLECTOR_CONFIG.read_text()
+        self.assertLessEqual(set(setting), struct_fields(config, "SecurityLakeConfig"))
+        self.assertLessEqual(set(setting["sink"]) - {"kind"}, struct_fields(config, "S3Config"))
+        self.assertEqual(setting["sink"]["prefix"], "", "the custom source's keys start at ext/")
+
     def test_the_agent_role_has_the_layout_policy_and_nothing_else(self):
         module = MODULES / "agent-identity"
         resources = blocks(module, "resource")
@@ -637,6 +703,12 @@ class Structure(unittest.TestCase):
         modules = blocks(EXAMPLE, "module")
         self.assertEqual(modules["digest_key"]["signer_role_arn"], "${module.agent_identity.role_arn}")
         self.assertEqual(modules["node_agent"]["digest_signing"], "${module.digest_key.collector_signing}")
+        # Security Lake, when asked for: its setting to the collectors, its table to Athena, the
+        # write policy to the agents' role.
+        self.assertEqual(modules["security_lake"]["count"], "${var.security_lake_external_id == null ? 0 : 1}")
+        self.assertEqual(modules["security_lake"]["agent_role_name"], "${module.agent_identity.role_name}")
+        self.assertEqual(modules["node_agent"]["security_lake"], "${one(module.security_lake[*].collector_security_lake)}")
+        self.assertEqual(modules["athena"]["security_lake_table"], "${one(module.security_lake[*].glue_table)}")
         self.assertEqual(modules["agent_identity"]["policy_json"], "${module.layout.agent_policy_json[var.cluster_name]}")
         self.assertEqual(modules["node_agent"]["collector_sink"], "${module.layout.collector_sink}")
         self.assertEqual(modules["layout"]["kms_key_arn"], "${module.flow_log.kms_key_arn}")
@@ -648,7 +720,7 @@ class Structure(unittest.TestCase):
             source = (EXAMPLE / module["source"]).resolve()
             self.assertTrue((source / "variables.tf").exists(), f"{name}: {source}")
             declared = set(blocks(source, "variable"))
-            given = set(module) - {"source", "depends_on"}
+            given = set(module) - {"source", "depends_on", "count"}
             self.assertLessEqual(given, declared, f"{name} is given variables it does not declare")
 
     def test_the_bucket_refuses_what_it_must(self):

@@ -5,6 +5,10 @@
 //! delivery either completes (the whole file is visible under the key) or fails and is retried
 //! later under the same key, so a retry overwrites a partial or earlier copy instead of
 //! adding a second one.
+//!
+//! [`Sinks`] routes by key: Security Lake objects (keys under `ext/`, see
+//! [`crate::writer::Layout`]) to the Security Lake's sink, everything else (flow files,
+//! digests) to the flow log's.
 
 mod local;
 mod s3;
@@ -16,7 +20,8 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 pub use local::LocalSink;
 pub use s3::S3Sink;
 
-use crate::config::SinkConfig;
+use crate::config::{CollectorConfig, SinkConfig};
+use crate::writer::SECURITY_LAKE_ROOT;
 
 /// A failed delivery or sink setup.
 #[derive(Debug, thiserror::Error)]
@@ -105,5 +110,63 @@ impl Sink {
             Self::Local(sink) => sink.location(key),
             Self::S3(sink) => sink.location(key),
         }
+    }
+}
+
+/// The shipper's destinations: the flow log's sink, and Security Lake's when configured.
+#[derive(Debug)]
+pub struct Sinks {
+    flow_log: Sink,
+    security_lake: Option<Sink>,
+}
+
+impl Sinks {
+    /// `flow_log` for every key, and `security_lake` for Security Lake objects.
+    pub fn new(flow_log: Sink, security_lake: Option<Sink>) -> Self {
+        Self {
+            flow_log,
+            security_lake,
+        }
+    }
+
+    /// The sinks `config` describes.
+    pub async fn from_config(config: &CollectorConfig) -> Result<Self, SinkError> {
+        let security_lake = match &config.security_lake {
+            Some(lake) => Some(Sink::from_config(&lake.sink).await?),
+            None => None,
+        };
+        Ok(Self::new(
+            Sink::from_config(&config.sink).await?,
+            security_lake,
+        ))
+    }
+
+    /// The sink of `key`. A Security Lake object spooled by an earlier configuration that
+    /// had Security Lake goes to the flow log's sink under its key: kept, not lost.
+    fn route(&self, key: &str) -> &Sink {
+        let lake_object = key
+            .split('/')
+            .next()
+            .is_some_and(|root| root == SECURITY_LAKE_ROOT);
+        match &self.security_lake {
+            Some(lake) if lake_object => lake,
+            _ => &self.flow_log,
+        }
+    }
+
+    /// Delivers the file at `path` under `key` to its sink.
+    #[tracing::instrument(skip(self, path))]
+    pub async fn put(&self, key: &str, path: &Path) -> Result<(), SinkError> {
+        self.route(key).put(key, path).await
+    }
+
+    /// Where `key` ends up.
+    pub fn location(&self, key: &str) -> String {
+        self.route(key).location(key)
+    }
+
+    /// The flow log's sink.
+    pub fn flow_log(&self) -> &Sink {
+        &self.flow_log
     }
 }

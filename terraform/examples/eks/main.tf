@@ -70,6 +70,17 @@ module "digest_key" {
   tags            = var.tags
 }
 
+# Optional: tollgate as an Amazon Security Lake custom source.
+module "security_lake" {
+  source = "../../modules/security-lake-source"
+  count  = var.security_lake_external_id == null ? 0 : 1
+
+  source_name     = "tollgate"
+  external_id     = var.security_lake_external_id
+  agent_role_name = module.agent_identity.role_name
+  tags            = var.tags
+}
+
 module "athena" {
   source = "../../modules/athena"
 
@@ -81,6 +92,7 @@ module "athena" {
   }
   results_bucket      = module.athena_results.name
   results_kms_key_arn = module.athena_results.kms_key_arn
+  security_lake_table = one(module.security_lake[*].glue_table)
   tags                = var.tags
 }
 
@@ -93,6 +105,7 @@ module "node_agent" {
   image                      = var.agent_image
   collector_sink             = module.layout.collector_sink
   digest_signing             = module.digest_key.collector_signing
+  security_lake              = one(module.security_lake[*].collector_security_lake)
   flow_mode                  = var.flow_mode
   enforcement                = var.enforcement
   node_ingress               = var.node_ingress

@@ -149,3 +149,9 @@ variable "digest_verifier_arns" {
   type        = list(string)
   default     = []
 }
+
+variable "security_lake_external_id" {
+  description = "Amazon Security Lake (enabled in the region beforehand): the external ID of tollgate's custom source, which the security-lake-source module registers; the collectors then also write OCSF there (docs/security-lake.md). Null: no Security Lake."
+  type        = string
+  default     = null
+}

@@ -7,11 +7,17 @@
 # which terraform/tests/test_terraform.py holds to schemas/athena/flows.ddl.sql; the named
 # queries are read from schemas/athena/queries itself, so the console runs the text the tests
 # run on DuckDB. They name the table `flows` without a database: the saved query's database
-# is this one.
+# is this one. The OCSF queries (ocsf-*) read `ocsf_flows`, tollgate's Amazon Security Lake
+# source: they are saved only with security_lake_table, which takes that name's place.
 
 locals {
   queries_dir = coalesce(var.queries_dir, "${path.module}/../../../schemas/athena/queries")
-  queries     = { for f in fileset(local.queries_dir, "*.sql") : trimsuffix(f, ".sql") => file("${local.queries_dir}/${f}") }
+  files       = { for f in fileset(local.queries_dir, "*.sql") : trimsuffix(f, ".sql") => file("${local.queries_dir}/${f}") }
+  queries = {
+    for name, text in local.files :
+    name => startswith(name, "ocsf-") ? replace(text, "FROM ocsf_flows", "FROM ${var.security_lake_table}") : text
+    if !startswith(name, "ocsf-") || var.security_lake_table != null
+  }
 }
 
 resource "aws_glue_catalog_database" "this" {

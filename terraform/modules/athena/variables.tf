@@ -72,6 +72,17 @@ variable "queries_dir" {
   default     = null
 }
 
+variable "security_lake_table" {
+  description = "The Glue table of tollgate's Amazon Security Lake custom source, as `database.table` (Security Lake names them amazon_security_lake_glue_db_<region> and amazon_security_lake_table_<region>_ext_<source>…); the OCSF named queries read it. null: they are not saved."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.security_lake_table == null || can(regex("^[a-z0-9_]{1,255}\\.[a-z0-9_]{1,255}$", var.security_lake_table))
+    error_message = "security_lake_table: database.table, lowercase letters, digits and '_'."
+  }
+}
+
 variable "tags" {
   description = "Tags of every resource the module creates."
   type        = map(string)

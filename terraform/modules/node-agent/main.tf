@@ -42,6 +42,12 @@ locals {
     config = { collector = { digest = { signing = merge({ kind = "kms" }, var.digest_signing) } } }
   })]
 
+  # The records also as OCSF for Amazon Security Lake (docs/security-lake.md), a values
+  # document of its own; none: the flow log only.
+  security_lake_values = var.security_lake == null ? [] : [yamlencode({
+    config = { collector = { security_lake = var.security_lake } }
+  })]
+
   # What the add-on's aws-node pods run with: the caller's values, with the network-policy agent
   # not enforcing.
   vpc_cni_configuration = merge(jsondecode(var.vpc_cni_configuration_json), {
@@ -58,7 +64,7 @@ resource "helm_release" "agent" {
   wait    = true
   atomic  = true
   timeout = var.helm_timeout_seconds
-  values  = concat([yamlencode(local.values)], local.digest_values, var.extra_values)
+  values  = concat([yamlencode(local.values)], local.digest_values, local.security_lake_values, var.extra_values)
 }
 
 resource "aws_eks_addon" "vpc_cni" {

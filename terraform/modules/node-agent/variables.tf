@@ -128,6 +128,22 @@ variable "digest_signing" {
   default = null
 }
 
+variable "security_lake" {
+  description = "The collectors' Amazon Security Lake output: the security-lake-source module's collector_security_lake (source, region and account partitions, the Security Lake bucket as an S3 sink). Null: none (docs/security-lake.md)."
+  type = object({
+    source_name = string
+    region      = string
+    account_id  = string
+    sink = object({
+      kind   = string
+      region = string
+      bucket = string
+      prefix = string
+    })
+  })
+  default = null
+}
+
 variable "extra_values" {
   description = "More Helm values, as YAML documents applied after the module's own (resources, tolerations, otlp_endpoint…); deploy/helm/tollgate/values.yaml documents each."
   type        = list(string)
