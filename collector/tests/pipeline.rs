@@ -11,9 +11,9 @@
 
 #[path = "support/events.rs"]
 mod events;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +24,6 @@ use arrow_array::{Array, RecordBatch, cast::AsArray, types::Int32Type};
 use events::tcp;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::file::reader::{FileReader, SerializedFileReader};
-use parquet::schema::printer::print_schema;
 use tokio::sync::Notify;
 use tollgate_collector::{
     clock::{NS_PER_S, boottime_ns, compact_utc, partition_date, unix_now_ns},
@@ -774,33 +772,6 @@ fn a_parquet_round_trip_keeps_every_column() {
     assert_eq!(row, &expected);
 }
 
-/// The Parquet schema of `path` as `print_schema` prints it, then the Arrow fields a reader
-/// of the file gets, one a line.
-fn describe_schema(path: &Path) -> String {
-    let reader = SerializedFileReader::new(File::open(path).expect("opening the file"))
-        .expect("a Parquet file");
-    let mut printed = Vec::new();
-    print_schema(&mut printed, reader.metadata().file_metadata().schema());
-    let mut text = String::from_utf8(printed).expect("UTF-8");
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push('\n');
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("opening the file"))
-            .expect("a Parquet file");
-    for field in builder.schema().fields() {
-        let _ = writeln!(
-            text,
-            "{}: {} nullable={}",
-            field.name(),
-            field.data_type(),
-            field.is_nullable()
-        );
-    }
-    text
-}
-
 #[test]
 fn the_file_schema_is_the_golden_one() {
     let spool = TempDir::new("golden");
@@ -827,27 +798,11 @@ fn the_file_schema_is_the_golden_one() {
         .collect();
     assert_eq!(read, written);
 
-    let actual = describe_schema(&files[0]);
-    let golden =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/flow-record.parquet-schema.txt");
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::create_dir_all(golden.parent().expect("a parent")).expect("creating golden/");
-        std::fs::write(&golden, &actual).expect("writing the golden file");
-        eprintln!("UPDATE_GOLDEN=1: rewrote {}", golden.display());
-        return;
-    }
-    let expected = std::fs::read_to_string(&golden).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            golden.display()
-        )
-    });
-    assert!(
-        actual == expected,
-        "the flow file's schema changed; if on purpose (append columns only, and bump \
-         FLOW_RECORD_VERSION when a meaning changes), rerun with UPDATE_GOLDEN=1.\n\
-         --- expected ({})\n{expected}\n--- actual\n{actual}",
-        golden.display()
+    support::golden::assert_schema(
+        &files[0],
+        "flow-record.parquet-schema.txt",
+        "the flow file's schema changed (append columns only, and bump FLOW_RECORD_VERSION \
+         when a meaning changes)",
     );
 }
 

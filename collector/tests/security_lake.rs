@@ -25,8 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::file::reader::{FileReader, SerializedFileReader};
-use parquet::schema::printer::print_schema;
 use support::s3_server::{S3Server, TempDir};
 use tokio::sync::{Notify, watch};
 use tollgate_collector::{
@@ -243,13 +241,6 @@ fn validate(paths: &[&Path]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn describe_schema(path: &Path) -> String {
-    let reader = SerializedFileReader::new(File::open(path).expect("opening")).expect("Parquet");
-    let mut out = Vec::new();
-    print_schema(&mut out, reader.metadata().file_metadata().schema());
-    String::from_utf8(out).expect("UTF-8")
-}
-
 /// `eventDay=` of Unix second `unix_s`.
 fn event_day(unix_s: u64) -> String {
     compact_utc(unix_s)[..8].to_owned()
@@ -300,26 +291,11 @@ fn every_record_kind_is_an_ocsf_network_activity_event_in_the_custom_source_layo
         ocsf::schema().fields(),
         "the file's Arrow schema"
     );
-    let actual = describe_schema(path);
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/ocsf-network-activity.parquet-schema.txt");
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::write(&golden, &actual).expect("writing the golden file");
-        eprintln!("UPDATE_GOLDEN=1: rewrote {}", golden.display());
-        return;
-    }
-    let expected = std::fs::read_to_string(&golden).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            golden.display()
-        )
-    });
-    assert!(
-        actual == expected,
-        "the Security Lake object's schema changed; if on purpose (and valid OCSF 1.1.0: the \
-         test above says), rerun with UPDATE_GOLDEN=1.\n--- expected ({})\n{expected}\n\
-         --- actual\n{actual}",
-        golden.display()
+    support::golden::assert_schema(
+        path,
+        "ocsf-network-activity.parquet-schema.txt",
+        "the Security Lake object's schema changed (it must stay valid OCSF 1.1.0: the test \
+         above says)",
     );
 }
 

@@ -1,5 +1,8 @@
 #[allow(dead_code, reason = "each test binary uses its own part")]
+pub mod golden;
+#[allow(dead_code, reason = "each test binary uses its own part")]
 pub mod moto;
+#[allow(dead_code, reason = "each test binary uses its own part")]
 pub mod s3_server;
 
 /// Whether the test runs as root; says SKIPPED loudly when not.
