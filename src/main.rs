@@ -17,6 +17,10 @@ use tollgate_enforcer::{
     verify,
 };
 
+/// mimalloc for every command: see `Cargo.toml`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Kubernetes NetworkPolicy enforcement and flow auditing on eBPF.
 #[derive(Parser)]
 #[command(name = "tollgate", version)]
