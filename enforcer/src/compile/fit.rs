@@ -15,10 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
-use sha2::{Digest, Sha256};
 use tollgate_schemas::{
-    Direction, EndpointKey, EndpointState, PeerIdentity, PolicyEntry, PolicyKey, PolicyValue,
-    PortRule, addr, endpoint_flags, map_names,
+    Direction, EndpointKey, EndpointState, PeerIdentity, PolicyEntry, PolicyKey, PortRule, addr,
+    endpoint_flags, map_names,
 };
 
 use super::cluster::{Cluster, PodInfo};
@@ -81,12 +80,10 @@ pub(crate) fn fit(
     let mut refused: BTreeMap<u32, &'static str> = BTreeMap::new();
     let ruleset_room = capacity.rulesets.saturating_sub(1) as usize;
     for (id, _, entries) in &by_id {
-        let new_values: BTreeSet<Vec<PortRule>> = entries
-            .values
-            .values()
-            .filter(|v| v.count > 0)
-            .map(|v| v.rules[..v.count as usize].to_vec())
-            .filter(|rules| !values.contains(rules))
+        let new_values: Vec<&Vec<PortRule>> = entries
+            .rulesets
+            .iter()
+            .filter(|rules| !values.contains(*rules))
             .collect();
         if entries_used + entries.values.len() > capacity.policy as usize {
             refused.insert(*id, map_names::POLICY);
@@ -97,7 +94,7 @@ pub(crate) fn fit(
             continue;
         }
         entries_used += entries.values.len();
-        values.extend(new_values);
+        values.extend(new_values.into_iter().cloned());
     }
     let ruleset_ids = ruleset_ids(&prior.rulesets, values, capacity.rulesets);
     for (rules, id) in &ruleset_ids {
@@ -109,34 +106,23 @@ pub(crate) fn fit(
         if refused.contains_key(id) {
             continue;
         }
-        // By identity id: identity indices are this compilation's own order.
-        let mut by_peer: Vec<(u32, &PolicyValue)> = entries
-            .values
-            .iter()
-            .map(|(identity, value)| (peers.identities[*identity].id, value))
-            .collect();
-        by_peer.sort_unstable_by_key(|(peer, _)| *peer);
-        let mut digest = Sha256::new();
-        for (peer, value) in by_peer {
+        for (peer, identity) in &entries.by_peer {
+            let value = &entries.values[identity];
             let rules = &value.rules[..value.count as usize];
             let ruleset = if rules.is_empty() {
                 0
             } else {
                 ruleset_ids[rules]
             };
-            desired
-                .policy
-                .insert(PolicyKey { set: *id, peer }, PolicyEntry { ruleset });
-            digest.update(peer.to_le_bytes());
-            for rule in rules {
-                digest.update(rule.rule_id.to_le_bytes());
-                digest.update(rule.port_lo.to_le_bytes());
-                digest.update(rule.port_hi.to_le_bytes());
-                digest.update([rule.protocol, rule.action]);
-            }
-            digest.update([0xff]);
+            desired.policy.insert(
+                PolicyKey {
+                    set: *id,
+                    peer: *peer,
+                },
+                PolicyEntry { ruleset },
+            );
         }
-        set_digests.insert(*id, digest.finalize().into());
+        set_digests.insert(*id, entries.digest);
     }
 
     let mut planned = Vec::with_capacity(plans.len());

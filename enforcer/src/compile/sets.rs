@@ -18,9 +18,10 @@
 //! they were made from stays: the policies, the rule ids, the identities (`Peers::generation`)
 //! and the ClusterIPs with their backends by identity.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
+use sha2::{Digest, Sha256};
 use tollgate_schemas::{Direction, PolicyValue, PortRule};
 
 use super::cluster::PodInfo;
@@ -62,6 +63,45 @@ pub(crate) struct SetEntries {
     pub(crate) values: BTreeMap<usize, PolicyValue>,
     /// Identity index → port rules left out for lack of room in a value.
     pub(crate) dropped: BTreeMap<usize, usize>,
+    /// (identity id, identity index) of every value, by id: the order of the map's entries.
+    pub(crate) by_peer: Vec<(u32, usize)>,
+    /// The distinct non-empty rule lists of the values, in order.
+    pub(crate) rulesets: Vec<Vec<PortRule>>,
+    /// Digest of the entries by identity id, with their rules (what the revisions compare).
+    pub(crate) digest: [u8; 32],
+}
+
+impl SetEntries {
+    /// Fills in what is derived from the values: their order by identity id, their distinct
+    /// rule lists and the digest.
+    fn seal(&mut self, peers: &Peers) {
+        self.by_peer = self
+            .values
+            .keys()
+            .map(|identity| (peers.identities[*identity].id, *identity))
+            .collect();
+        self.by_peer.sort_unstable();
+        let rulesets: BTreeSet<&[PortRule]> = self
+            .values
+            .values()
+            .filter(|v| v.count > 0)
+            .map(|v| &v.rules[..v.count as usize])
+            .collect();
+        self.rulesets = rulesets.into_iter().map(<[PortRule]>::to_vec).collect();
+        let mut digest = Sha256::new();
+        for (peer, identity) in &self.by_peer {
+            let value = &self.values[identity];
+            digest.update(peer.to_le_bytes());
+            for rule in &value.rules[..value.count as usize] {
+                digest.update(rule.rule_id.to_le_bytes());
+                digest.update(rule.port_lo.to_le_bytes());
+                digest.update(rule.port_hi.to_le_bytes());
+                digest.update([rule.protocol, rule.action]);
+            }
+            digest.update([0xff]);
+        }
+        self.digest = digest.finalize().into();
+    }
 }
 
 /// What a pass's set entries were made from.
@@ -244,6 +284,7 @@ impl<'c> Sets<'c> {
         if key.direction == Direction::Egress {
             vips::add_cluster_ips(&mut entries, &self.cluster_ips);
         }
+        entries.seal(self.peers);
         entries
     }
 
