@@ -58,9 +58,7 @@ pub(crate) fn plan<'c>(
     ifindex: u32,
 ) -> Plan<'c> {
     let mut flags = endpoint_flags::PROGRAMMED;
-    let selecting = |p: &&PolicyRules<'_>| {
-        p.policy.namespace == pod.namespace && p.policy.selector.matches(&pod.labels)
-    };
+    let selecting = |p: &&PolicyRules<'_>| p.policy.selector.matches(&pod.labels);
     let quarantined = policies
         .iter()
         .filter(selecting)

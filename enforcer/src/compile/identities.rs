@@ -203,9 +203,9 @@ pub(crate) struct Peers {
     /// Moves whenever an identity is added or removed (or the table is built again): while
     /// it stays, every identity keeps its index and what it stands for.
     pub(crate) generation: u64,
+    /// What the policies' rules refer to: the distinct selectors of rule peers (by index),
+    /// the regions and the named ports of egress rules.
     universe: Universe,
-    /// The distinct selectors of rule peers.
-    pub(crate) selectors: Vec<PeerSelector>,
     /// Stable ids of the selectors, by canonical form (for [`crate::desired::Ids`]).
     pub(crate) selector_ids: BTreeMap<String, u32>,
     /// The stable id of each selector, by index.
@@ -295,27 +295,25 @@ pub(crate) struct Changes {
     pub(crate) pods: BTreeSet<String>,
     /// A namespace was listed, changed or removed.
     pub(crate) namespaces: bool,
-    /// The compiler's count of policy changes so far.
-    pub(crate) policies: u64,
 }
 
 impl Peers {
-    /// Brings the table up to date with `cluster` as `policies` and `services` see it, ids
-    /// kept from `prior`, after `changes`. Returns the addresses whose identity may differ
-    /// from `prior`'s (`None`: any may).
+    /// Brings the table up to date with `cluster` as `policies` (after the compiler's
+    /// `policy_changes`-th policy change) and `services` see it, ids kept from `prior`, after
+    /// `changes`. Returns the addresses whose identity may differ from `prior`'s (`None`: any
+    /// may).
     pub(crate) fn update(
         &mut self,
         cluster: &Cluster,
-        policies: &[&Policy],
+        (policies, policy_changes): (&[&Policy], u64),
         services: &[ServiceInfo],
         prior: &Ids,
         changes: &Changes,
     ) -> Option<BTreeSet<IpAddr>> {
         // The universe is looked at again only after a policy changed.
-        let universe = (!self.built || changes.policies != self.universe_policies)
+        let universe = (!self.built || policy_changes != self.universe_policies)
             .then(|| Universe::of(policies))
             .filter(|universe| !self.built || *universe != self.universe);
-        let policy_changes = changes.policies;
         let touched = self.apply(cluster, universe, services, prior, changes);
         self.universe_policies = policy_changes;
         touched
@@ -391,8 +389,7 @@ impl Peers {
             .collect();
         self.selector_ids = ids::assign(&prior.selectors, canonicals.iter().cloned());
         self.selector_stable = canonicals.iter().map(|c| self.selector_ids[c]).collect();
-        self.selectors = universe.selectors.clone();
-        for (index, selector) in self.selectors.iter().enumerate() {
+        for (index, selector) in universe.selectors.iter().enumerate() {
             match &selector.namespaces {
                 Namespaces::Own(namespace) => self
                     .own_selectors
@@ -586,7 +583,8 @@ impl Peers {
         let namespace_labels = cluster.namespaces.get(&pod.namespace).map(|ns| &ns.labels);
         let own = self.own_selectors.get(&pod.namespace).into_iter().flatten();
         let elsewhere = self.namespace_selectors.iter().filter(|index| {
-            let Namespaces::Matching(selector) = &self.selectors[**index].namespaces else {
+            let Namespaces::Matching(selector) = &self.universe.selectors[**index].namespaces
+            else {
                 return false;
             };
             namespace_labels.is_some_and(|labels| selector.matches(labels))
@@ -595,7 +593,7 @@ impl Peers {
             .chain(elsewhere)
             .copied()
             .filter(|index| {
-                self.selectors[*index]
+                self.universe.selectors[*index]
                     .pods
                     .as_ref()
                     .is_none_or(|pods| pods.matches(&pod.labels))
@@ -788,7 +786,7 @@ impl Peers {
 
     /// Per selector, the identities that carry it.
     fn index_selectors(&mut self) {
-        let mut by_selector = vec![Vec::new(); self.selectors.len()];
+        let mut by_selector = vec![Vec::new(); self.universe.selectors.len()];
         for index in self.live() {
             if let Kind::Pods { selectors, .. } = &self.identities[index].kind {
                 for selector in selectors {
@@ -864,6 +862,11 @@ impl Peers {
             Some(ip) => format!("{ip} (and {} more)", addresses.len() - 1),
             None => identity.region.to_string(),
         }
+    }
+
+    /// The distinct selectors of rule peers, by index.
+    pub(crate) fn selectors(&self) -> &[PeerSelector] {
+        &self.universe.selectors
     }
 
     /// Index of the identity of the region of `ip`.

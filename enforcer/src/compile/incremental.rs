@@ -342,13 +342,14 @@ impl Compiler {
         errors.extend(self.problems.values().flatten().cloned());
         let policies: Vec<&Policy> = self.policies.values().collect();
         let services: Vec<ServiceInfo> = self.resolved.values().cloned().collect();
-        let changes = identities::Changes {
-            policies: self.policy_changes,
-            ..std::mem::take(&mut self.changes)
-        };
-        let touched = self
-            .peers
-            .update(&self.cluster, &policies, &services, prior, &changes);
+        let changes = std::mem::take(&mut self.changes);
+        let touched = self.peers.update(
+            &self.cluster,
+            (&policies, self.policy_changes),
+            &services,
+            prior,
+            &changes,
+        );
         super::run(
             &self.cluster,
             &self.peers,

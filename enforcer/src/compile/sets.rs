@@ -136,7 +136,7 @@ pub(crate) struct Sets<'c> {
     matched: HashMap<u32, Rc<Vec<usize>>>,
     /// ipBlock → the identities it covers (blocks repeat across policies).
     blocks: HashMap<Block, Rc<Vec<usize>>>,
-    /// Selector → its index in `peers.selectors`.
+    /// Selector → its index in `peers.selectors()`.
     selector_index: HashMap<&'c PeerSelector, usize>,
     /// Entries of the last pass (valid for this one) and of this one.
     cache: SetCache,
@@ -185,7 +185,7 @@ impl<'c> Sets<'c> {
             matched: HashMap::new(),
             blocks: HashMap::new(),
             selector_index: peers
-                .selectors
+                .selectors()
                 .iter()
                 .enumerate()
                 .map(|(i, s)| (s, i))
