@@ -149,16 +149,8 @@ impl Reader {
                 .filter(|p| p.is_dir())
                 .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .collect(),
-            Self::S3 {
-                client,
-                bucket,
-                prefix,
-            } => {
-                let root = if prefix.is_empty() {
-                    String::new()
-                } else {
-                    format!("{prefix}/")
-                };
+            Self::S3 { client, bucket, .. } => {
+                let root = self.name_of("");
                 let mut names = Vec::new();
                 let mut pages = client
                     .list_objects_v2()
@@ -200,16 +192,8 @@ impl Reader {
                     .map(|p| p.to_string_lossy().into_owned())
                     .collect())
             }
-            Self::S3 {
-                client,
-                bucket,
-                prefix,
-            } => {
-                let under = if prefix.is_empty() {
-                    format!("{partition}/")
-                } else {
-                    format!("{prefix}/{partition}/")
-                };
+            Self::S3 { client, bucket, .. } => {
+                let under = self.name_of(&format!("{partition}/"));
                 let mut keys = s3_keys(client, bucket, &under).await?;
                 keys.retain(|k| is_visible_parquet(Path::new(k)));
                 Ok(keys)
@@ -244,17 +228,8 @@ impl Reader {
                     }
                 }
             }
-            Self::S3 {
-                client,
-                bucket,
-                prefix,
-            } => {
-                let root = if prefix.is_empty() {
-                    under.to_owned()
-                } else {
-                    format!("{prefix}/{under}")
-                };
-                found = s3_keys(client, bucket, &root).await?;
+            Self::S3 { client, bucket, .. } => {
+                found = s3_keys(client, bucket, &self.name_of(under)).await?;
             }
         }
         found.sort();
