@@ -20,6 +20,11 @@ pub struct Moto {
     port: u16,
 }
 
+/// The test keys (moto accepts any), for the clients of both services.
+fn credentials() -> Credentials {
+    Credentials::new("moto-test", "moto-test", None, None, "test")
+}
+
 fn binary() -> PathBuf {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
     assert!(
@@ -70,13 +75,7 @@ impl Moto {
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(REGION))
-            .credentials_provider(Credentials::new(
-                "moto-test",
-                "moto-test",
-                None,
-                None,
-                "test",
-            ))
+            .credentials_provider(credentials())
             .endpoint_url(self.endpoint_url())
             .force_path_style(true)
             .build();
@@ -88,13 +87,7 @@ impl Moto {
         let config = aws_sdk_kms::Config::builder()
             .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
             .region(aws_sdk_kms::config::Region::new(REGION))
-            .credentials_provider(aws_sdk_kms::config::Credentials::new(
-                "moto-test",
-                "moto-test",
-                None,
-                None,
-                "test",
-            ))
+            .credentials_provider(credentials())
             .endpoint_url(self.endpoint_url())
             .build();
         aws_sdk_kms::Client::from_conf(config)
