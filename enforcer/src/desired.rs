@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tollgate_schemas::{
     Direction, EndpointKey, EndpointState, PeerIdentity, PeerKey, PolicyEntry, PolicyKey,
@@ -197,8 +198,9 @@ impl std::fmt::Display for RuleRef {
 pub struct Ids {
     /// Endpoint id of each pod, by `namespace/name`.
     pub endpoints: BTreeMap<String, u32>,
-    /// Rule id of each rule.
-    pub rules: BTreeMap<RuleRef, u32>,
+    /// Rule id of each rule (shared with the compiler, which hands the same map on while the
+    /// rules stay).
+    pub rules: Arc<BTreeMap<RuleRef, u32>>,
     /// Id of each distinct peer selector, by its canonical form.
     pub selectors: BTreeMap<String, u32>,
     /// Policy set id of each set, by its canonical form (direction, rule ids, named ports).

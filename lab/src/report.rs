@@ -758,7 +758,7 @@ mod tests {
         compiled
             .endpoint_pods
             .insert(4, "default/amazonlinux".into());
-        compiled.rules.insert(
+        std::sync::Arc::make_mut(&mut compiled.rules).insert(
             2,
             RuleRef {
                 namespace: "default".into(),

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tollgate_schemas::{
     Direction, EndpointKey, EndpointState, PeerIdentity, PolicyEntry, PolicyKey, PortRule, addr,
@@ -54,7 +55,7 @@ pub(crate) fn fit(
     cluster: &Cluster,
     peers: &Peers,
     touched: Option<&BTreeSet<IpAddr>>,
-    sets: &BTreeMap<SetKey, SetEntries>,
+    sets: &BTreeMap<SetKey, Arc<SetEntries>>,
     set_ids: &BTreeMap<String, u32>,
     plans: &[Plan<'_>],
     by_address: &BTreeMap<IpAddr, u32>,
@@ -72,7 +73,7 @@ pub(crate) fn fit(
     // Sets in id order, each whole or not at all.
     let mut by_id: Vec<(u32, &SetKey, &SetEntries)> = sets
         .iter()
-        .map(|(key, entries)| (set_ids[&key.canonical()], key, entries))
+        .map(|(key, entries)| (set_ids[&key.canonical()], key, &**entries))
         .collect();
     by_id.sort_by_key(|(id, ..)| *id);
     let mut values: HashSet<Vec<PortRule>> = HashSet::new();
@@ -321,7 +322,7 @@ fn not_fitting(
 /// Errors for the port rules that did not fit in a value of the endpoint's sets.
 fn dropped_rules(
     plan: &Plan<'_>,
-    sets: &BTreeMap<SetKey, SetEntries>,
+    sets: &BTreeMap<SetKey, Arc<SetEntries>>,
     peers: &Peers,
     errors: &mut Vec<InputError>,
 ) {

@@ -33,6 +33,7 @@
 //! (the first pass, a policy change that changes the universe, a namespace change, other prior
 //! ids) builds the table again from the whole cluster, the same way.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
@@ -864,9 +865,9 @@ impl Peers {
         }
     }
 
-    /// The distinct selectors of rule peers, by index.
-    pub(crate) fn selectors(&self) -> &[PeerSelector] {
-        &self.universe.selectors
+    /// The index of `selector`, one of the universe's.
+    pub(crate) fn selector_index(&self, selector: &PeerSelector) -> usize {
+        self.universe.index[selector]
     }
 
     /// Index of the identity of the region of `ip`.
@@ -884,6 +885,8 @@ impl Peers {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Universe {
     selectors: Vec<PeerSelector>,
+    /// The index of each selector in `selectors`.
+    index: HashMap<PeerSelector, usize>,
     regions: HashSet<Prefix>,
     egress_names: HashSet<(String, u8)>,
 }
@@ -891,7 +894,7 @@ struct Universe {
 impl Universe {
     fn of(policies: &[&Policy]) -> Universe {
         let mut selectors = Vec::new();
-        let mut seen = HashSet::new();
+        let mut index = HashMap::default();
         let mut regions = HashSet::from([Prefix::ALL_V4, Prefix::ALL_V6]);
         let mut egress_names = HashSet::new();
         for policy in policies {
@@ -913,8 +916,9 @@ impl Universe {
                                     namespaces.as_ref(),
                                     pods.as_ref(),
                                 );
-                                if seen.insert(selector.clone()) {
-                                    selectors.push(selector);
+                                if let Entry::Vacant(vacant) = index.entry(selector) {
+                                    selectors.push(vacant.key().clone());
+                                    vacant.insert(selectors.len() - 1);
                                 }
                             }
                             Peer::Block(block) => {
@@ -928,6 +932,7 @@ impl Universe {
         }
         Universe {
             selectors,
+            index,
             regions,
             egress_names,
         }

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::Resource;
 use k8s_openapi::api::{
@@ -27,7 +28,7 @@ use super::identities::{self, Peers};
 use super::policy::{self, Policy};
 use super::services::{self, ServiceInfo};
 use super::sets::SetCache;
-use super::{Compiled, Placement, Problems};
+use super::{Compiled, Placement, Problems, RuleIds};
 use crate::desired::{Capacity, Ids};
 use crate::manifest::DEFAULT_NAMESPACE;
 use crate::snapshot::{InputError, Snapshot};
@@ -117,6 +118,8 @@ pub struct Compiler {
     versions: HashMap<(ObjectKind, Key), Option<String>>,
     /// Each valid Service with its backends, as last resolved.
     resolved: BTreeMap<Key, ServiceInfo>,
+    /// `resolved` as a pass hands it on; `None` after it changed.
+    services_listed: Option<Arc<Vec<ServiceInfo>>>,
     /// Services to resolve again before the next pass: they, their slices or the pods they may
     /// name changed.
     stale_services: BTreeSet<Key>,
@@ -135,6 +138,8 @@ pub struct Compiler {
     policy_changes: u64,
     /// The policy sets' entries of the last pass.
     set_cache: SetCache,
+    /// The rule ids of the last pass.
+    rule_ids: Option<RuleIds>,
 }
 
 impl Compiler {
@@ -341,7 +346,10 @@ impl Compiler {
         let mut errors = self.load_errors.clone();
         errors.extend(self.problems.values().flatten().cloned());
         let policies: Vec<&Policy> = self.policies.values().collect();
-        let services: Vec<ServiceInfo> = self.resolved.values().cloned().collect();
+        let services = Arc::clone(
+            self.services_listed
+                .get_or_insert_with(|| Arc::new(self.resolved.values().cloned().collect())),
+        );
         let changes = std::mem::take(&mut self.changes);
         let touched = self.peers.update(
             &self.cluster,
@@ -350,7 +358,14 @@ impl Compiler {
             prior,
             &changes,
         );
-        super::run(
+        let rule_ids = RuleIds::assign(
+            &policies,
+            self.policy_changes,
+            prior,
+            self.rule_ids.as_ref(),
+        );
+        let compiled = super::run(
+            &rule_ids,
             &self.cluster,
             &self.peers,
             touched.as_ref(),
@@ -362,7 +377,9 @@ impl Compiler {
             prior,
             capacity,
             errors,
-        )
+        );
+        self.rule_ids = Some(rule_ids);
+        compiled
     }
 
     /// Resolves again the backends of the Services that may have changed since the last
@@ -371,7 +388,9 @@ impl Compiler {
         for key in std::mem::take(&mut self.stale_services) {
             self.by_address.remove(&key);
             let Some(service) = self.services.get(&key) else {
-                self.resolved.remove(&key);
+                if self.resolved.remove(&key).is_some() {
+                    self.services_listed = None;
+                }
                 continue;
             };
             let slices: Vec<&EndpointSlice> = self
@@ -384,7 +403,12 @@ impl Compiler {
             if slices.iter().any(|s| services::names_pods_by_address(s)) {
                 self.by_address.insert(key.clone());
             }
-            match services::resolve_one(service, &slices, &self.cluster) {
+            let info = services::resolve_one(service, &slices, &self.cluster);
+            if self.resolved.get(&key) == info.as_ref() {
+                continue;
+            }
+            self.services_listed = None;
+            match info {
                 Some(info) => self.resolved.insert(key, info),
                 None => self.resolved.remove(&key),
             };

@@ -11,6 +11,8 @@
 //!    is one pass of a compiler loaded with a whole [`Snapshot`].
 //! 2. Ids. Every rule of every valid policy (namespace, name, direction, index) and every
 //!    endpoint pod gets a stable id (`ids`): the one it had in `prior`, else the smallest free.
+//!    The rule ids are assigned again only after a policy changed (or when `prior` holds
+//!    others); until then every pass hands on the same shared map.
 //! 3. Peer identities (`identities`). Every address policy can name gets an identity: pods
 //!    that every rule peer sees alike share one (same matching selectors, same ipBlock region,
 //!    same named ports that egress rules use), the addresses of one ipBlock region share one,
@@ -59,6 +61,7 @@ mod vips;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tollgate_schemas::{Direction, EndpointKey, addr};
 
@@ -131,12 +134,12 @@ pub struct Compiled {
     /// The ids this compilation used: pass them as `prior` to the next one.
     pub ids: Ids,
     /// Rule id → the policy rule it stands for.
-    pub rules: BTreeMap<u32, RuleRef>,
+    pub rules: Arc<BTreeMap<u32, RuleRef>>,
     /// Endpoint id → the pod, as `namespace/name`.
     pub endpoint_pods: BTreeMap<u32, String>,
     /// Every valid Service with its ready backends (see [`services`]), by namespace and name:
     /// what a ClusterIP stands for, for flow records, verify and the lab's kube-proxy.
-    pub services: Vec<services::ServiceInfo>,
+    pub services: Arc<Vec<services::ServiceInfo>>,
     /// Invalid objects (left out), by kind (Namespace, Pod, NetworkPolicy, Service,
     /// EndpointSlice) then namespace and name, after those of unnamed and duplicate objects;
     /// then capacity problems.
@@ -205,19 +208,24 @@ pub fn compile_with(
 /// One compilation of checked inputs (the objects' problems already in `errors`).
 #[allow(clippy::too_many_arguments)]
 fn run(
+    rule_ids: &RuleIds,
     cluster: &Cluster,
     peers: &Peers,
     touched: Option<&BTreeSet<IpAddr>>,
     (policy_changes, set_cache): (u64, &mut SetCache),
     policies: &[&Policy],
-    services: Vec<services::ServiceInfo>,
+    services: Arc<Vec<services::ServiceInfo>>,
     node_addresses: &[IpAddr],
     placement: &Placement<'_>,
     prior: &Ids,
     capacity: &Capacity,
     mut errors: Vec<InputError>,
 ) -> Compiled {
-    let rule_ids = ids::assign(&prior.rules, policies.iter().copied().flat_map(rule_refs));
+    let RuleIds {
+        by_rule: rule_ids,
+        by_id: rules_by_id,
+        ..
+    } = rule_ids.clone();
     let mut rules = HashMap::new();
     let policy_rules: Vec<PolicyRules<'_>> = policies
         .iter()
@@ -287,7 +295,7 @@ fn run(
         .flat_map(|plan| plan.sets.iter().flatten().cloned())
         .collect();
     let set_ids = ids::assign(&prior.sets, keys.iter().map(SetKey::canonical));
-    let set_entries: BTreeMap<SetKey, SetEntries> = keys
+    let set_entries: BTreeMap<SetKey, Arc<SetEntries>> = keys
         .into_iter()
         .map(|key| {
             let entries = sets.entries(&key);
@@ -331,7 +339,7 @@ fn run(
     );
     Compiled {
         desired,
-        rules: rule_ids.iter().map(|(r, id)| (*id, r.clone())).collect(),
+        rules: rules_by_id,
         endpoint_pods: endpoint_ids
             .iter()
             .map(|(p, id)| (*id, p.clone()))
@@ -351,6 +359,39 @@ fn run(
         },
         services,
         errors,
+    }
+}
+
+/// The ids of the rules of every valid policy, both ways, with the count of policy changes
+/// they were assigned after.
+#[derive(Debug, Clone, Default)]
+struct RuleIds {
+    policy_changes: u64,
+    by_rule: Arc<BTreeMap<RuleRef, u32>>,
+    by_id: Arc<BTreeMap<u32, RuleRef>>,
+}
+
+impl RuleIds {
+    /// The ids of the rules of `policies` (after the `policy_changes`-th policy change), those
+    /// of `prior` kept: `kept` again when it was made after the same change from the same
+    /// prior ids, since assigning them again would give the same.
+    fn assign(
+        policies: &[&Policy],
+        policy_changes: u64,
+        prior: &Ids,
+        kept: Option<&RuleIds>,
+    ) -> RuleIds {
+        if let Some(kept) =
+            kept.filter(|kept| kept.policy_changes == policy_changes && kept.by_rule == prior.rules)
+        {
+            return kept.clone();
+        }
+        let by_rule = ids::assign(&prior.rules, policies.iter().copied().flat_map(rule_refs));
+        RuleIds {
+            policy_changes,
+            by_id: Arc::new(by_rule.iter().map(|(r, id)| (*id, r.clone())).collect()),
+            by_rule: Arc::new(by_rule),
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tollgate_schemas::{Direction, PolicyValue, PortRule};
@@ -112,7 +113,7 @@ pub(crate) struct Basis {
     /// `Peers::generation`.
     pub(crate) identities: u64,
     /// The rule ids.
-    pub(crate) rules: BTreeMap<RuleRef, u32>,
+    pub(crate) rules: Arc<BTreeMap<RuleRef, u32>>,
     /// The ClusterIPs with their backends by identity.
     pub(crate) cluster_ips: Vec<vips::ClusterIp>,
 }
@@ -121,7 +122,7 @@ pub(crate) struct Basis {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SetCache {
     basis: Option<Basis>,
-    entries: HashMap<SetKey, SetEntries>,
+    entries: HashMap<SetKey, Arc<SetEntries>>,
 }
 
 /// Rules by id, with the per-compilation caches of rule resolution.
@@ -137,7 +138,6 @@ pub(crate) struct Sets<'c> {
     /// ipBlock → the identities it covers (blocks repeat across policies).
     blocks: HashMap<Block, Rc<Vec<usize>>>,
     /// Selector → its index in `peers.selectors()`.
-    selector_index: HashMap<&'c PeerSelector, usize>,
     /// Entries of the last pass (valid for this one) and of this one.
     cache: SetCache,
     /// The keys this pass asked for.
@@ -150,7 +150,7 @@ impl<'c> Sets<'c> {
     pub(crate) fn new(
         peers: &'c Peers,
         rules: HashMap<u32, (&'c Policy, &'c Rule)>,
-        rule_ids: &BTreeMap<RuleRef, u32>,
+        rule_ids: &Arc<BTreeMap<RuleRef, u32>>,
         policies: u64,
         services: &'c [ServiceInfo],
         mut cache: SetCache,
@@ -171,7 +171,7 @@ impl<'c> Sets<'c> {
                 basis: Some(Basis {
                     policies,
                     identities: peers.generation,
-                    rules: rule_ids.clone(),
+                    rules: Arc::clone(rule_ids),
                     cluster_ips: cluster_ips.clone(),
                 }),
                 entries: HashMap::new(),
@@ -184,12 +184,6 @@ impl<'c> Sets<'c> {
             everything: Rc::new(everything),
             matched: HashMap::new(),
             blocks: HashMap::new(),
-            selector_index: peers
-                .selectors()
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s, i))
-                .collect(),
             cache,
             used: HashSet::new(),
         }
@@ -226,13 +220,13 @@ impl<'c> Sets<'c> {
     }
 
     /// The entries of set `key`: the last pass's when still valid, else compiled.
-    pub(crate) fn entries(&mut self, key: &SetKey) -> SetEntries {
+    pub(crate) fn entries(&mut self, key: &SetKey) -> Arc<SetEntries> {
         self.used.insert(key.clone());
         if let Some(entries) = self.cache.entries.get(key) {
-            return entries.clone();
+            return Arc::clone(entries);
         }
-        let entries = self.compile(key);
-        self.cache.entries.insert(key.clone(), entries.clone());
+        let entries = Arc::new(self.compile(key));
+        self.cache.entries.insert(key.clone(), Arc::clone(&entries));
         entries
     }
 
@@ -306,7 +300,7 @@ impl<'c> Sets<'c> {
                                 namespaces.as_ref(),
                                 pods.as_ref(),
                             );
-                            let index = self.selector_index[&selector];
+                            let index = self.peers.selector_index(&selector);
                             all.extend(&self.peers.by_selector[index]);
                         }
                         Peer::Block(block) => all.extend(self.block(block).iter()),
