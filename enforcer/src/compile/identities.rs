@@ -233,6 +233,8 @@ pub(crate) struct Peers {
     pub(crate) by_address: HashMap<IpAddr, usize>,
     /// Identity of each ClusterIP.
     pub(crate) by_cluster_ip: HashMap<IpAddr, usize>,
+    /// The Services whose ClusterIPs those are.
+    services: Option<Arc<Vec<ServiceInfo>>>,
     /// Classes by slot, and by the addresses of their labels and named ports.
     classes: Vec<Option<Class>>,
     free_classes: Vec<usize>,
@@ -307,7 +309,7 @@ impl Peers {
         &mut self,
         cluster: &Cluster,
         (policies, policy_changes): (&[&Policy], u64),
-        services: &[ServiceInfo],
+        services: &Arc<Vec<ServiceInfo>>,
         prior: &Ids,
         changes: &Changes,
     ) -> Option<BTreeSet<IpAddr>> {
@@ -325,7 +327,7 @@ impl Peers {
         &mut self,
         cluster: &Cluster,
         universe: Option<Universe>,
-        services: &[ServiceInfo],
+        services: &Arc<Vec<ServiceInfo>>,
         prior: &Ids,
         changes: &Changes,
     ) -> Option<BTreeSet<IpAddr>> {
@@ -357,7 +359,13 @@ impl Peers {
                 self.add_pod(cluster, pod, &mut memo, Some(&mut touched));
             }
         }
-        self.set_cluster_ips(services, &mut touched);
+        if !self
+            .services
+            .as_ref()
+            .is_some_and(|kept| Arc::ptr_eq(kept, services))
+        {
+            self.set_cluster_ips(services, &mut touched);
+        }
         for ip in &touched {
             self.elect(cluster, *ip);
         }
@@ -375,7 +383,7 @@ impl Peers {
         &mut self,
         cluster: &Cluster,
         universe: Universe,
-        services: &[ServiceInfo],
+        services: &Arc<Vec<ServiceInfo>>,
         prior: &Ids,
     ) {
         *self = Peers {
@@ -621,7 +629,12 @@ impl Peers {
     }
 
     /// Makes the ClusterIPs those of `services`: each an identity of its own.
-    fn set_cluster_ips(&mut self, services: &[ServiceInfo], touched: &mut BTreeSet<IpAddr>) {
+    fn set_cluster_ips(
+        &mut self,
+        services: &Arc<Vec<ServiceInfo>>,
+        touched: &mut BTreeSet<IpAddr>,
+    ) {
+        self.services = Some(Arc::clone(services));
         let wanted: HashSet<IpAddr> = services
             .iter()
             .flat_map(|service| service.cluster_ips.iter().copied())

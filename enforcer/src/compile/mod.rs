@@ -260,6 +260,7 @@ fn run(
 
     let mut sets = Sets::new(
         peers,
+        touched,
         rules,
         &rule_ids,
         policy_changes,

@@ -19,6 +19,7 @@
 //! and the ClusterIPs with their backends by identity.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -114,14 +115,14 @@ pub(crate) struct Basis {
     pub(crate) identities: u64,
     /// The rule ids.
     pub(crate) rules: Arc<BTreeMap<RuleRef, u32>>,
-    /// The ClusterIPs with their backends by identity.
-    pub(crate) cluster_ips: Vec<vips::ClusterIp>,
 }
 
-/// Set entries kept from the last pass, with what they were made from.
+/// Set entries kept from the last pass, with what they were made from (and the ClusterIPs,
+/// which must not have changed since).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SetCache {
     basis: Option<Basis>,
+    cluster_ips: vips::ClusterIps,
     entries: HashMap<SetKey, Arc<SetEntries>>,
 }
 
@@ -129,15 +130,12 @@ pub(crate) struct SetCache {
 pub(crate) struct Sets<'c> {
     peers: &'c Peers,
     rules: HashMap<u32, (&'c Policy, &'c Rule)>,
-    /// The ClusterIPs with their backends by identity.
-    cluster_ips: Vec<vips::ClusterIp>,
     /// Identity indices of every address identity (the target of a rule without peers).
     everything: Rc<Vec<usize>>,
     /// Rule id → the identities its peers match.
     matched: HashMap<u32, Rc<Vec<usize>>>,
     /// ipBlock → the identities it covers (blocks repeat across policies).
     blocks: HashMap<Block, Rc<Vec<usize>>>,
-    /// Selector → its index in `peers.selectors()`.
     /// Entries of the last pass (valid for this one) and of this one.
     cache: SetCache,
     /// The keys this pass asked for.
@@ -145,42 +143,35 @@ pub(crate) struct Sets<'c> {
 }
 
 impl<'c> Sets<'c> {
-    /// Sets over `peers`, for `rules` (rule id → policy and rule, the ids `rule_ids`) and
+    /// Sets over `peers`, whose addresses `touched` (`None`: any) may have another identity
+    /// since the last pass, for `rules` (rule id → policy and rule, the ids `rule_ids`) and
     /// `services`, after `policies` policy changes; `cache` is the last pass's.
     pub(crate) fn new(
         peers: &'c Peers,
+        touched: Option<&BTreeSet<IpAddr>>,
         rules: HashMap<u32, (&'c Policy, &'c Rule)>,
         rule_ids: &Arc<BTreeMap<RuleRef, u32>>,
         policies: u64,
-        services: &'c [ServiceInfo],
+        services: &Arc<Vec<ServiceInfo>>,
         mut cache: SetCache,
     ) -> Sets<'c> {
         let everything = peers
             .live()
             .filter(|i| peers.identities[*i].is_address())
             .collect();
-        let cluster_ips = vips::cluster_ips(peers, services);
-        let same = cache.basis.as_ref().is_some_and(|basis| {
-            basis.policies == policies
-                && basis.identities == peers.generation
-                && basis.rules == *rule_ids
-                && basis.cluster_ips == cluster_ips
-        });
-        if !same {
-            cache = SetCache {
-                basis: Some(Basis {
-                    policies,
-                    identities: peers.generation,
-                    rules: Arc::clone(rule_ids),
-                    cluster_ips: cluster_ips.clone(),
-                }),
-                entries: HashMap::new(),
-            };
+        let cluster_ips_changed = cache.cluster_ips.update(peers, services, touched);
+        let basis = Basis {
+            policies,
+            identities: peers.generation,
+            rules: Arc::clone(rule_ids),
+        };
+        if cluster_ips_changed || cache.basis.as_ref() != Some(&basis) {
+            cache.basis = Some(basis);
+            cache.entries.clear();
         }
         Sets {
             peers,
             rules,
-            cluster_ips,
             everything: Rc::new(everything),
             matched: HashMap::new(),
             blocks: HashMap::new(),
@@ -276,7 +267,7 @@ impl<'c> Sets<'c> {
             entries.values.insert(identity, value_of(&normalized.rules));
         }
         if key.direction == Direction::Egress {
-            vips::add_cluster_ips(&mut entries, &self.cluster_ips);
+            vips::add_cluster_ips(&mut entries, &self.cache.cluster_ips);
         }
         entries.seal(self.peers);
         entries

@@ -17,6 +17,15 @@
 //! ClusterIP's region (its fallback identity) already gives each Service port the same verdict
 //! (and no port is partly allowed, whose reason must be told), it is left out, so a broad allow
 //! (`0.0.0.0/0`) does not cost an entry per Service per set.
+//!
+//! The ClusterIPs with their backends by identity ([`ClusterIps`]) are kept between passes: a
+//! pass that keeps the Services finds again only those with a backend at an address whose
+//! identity may have moved, and says whether any changed (the sets' kept entries are used again
+//! only if none did).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use tollgate_schemas::{PolicyValue, PortRule, port_action};
 
@@ -45,14 +54,83 @@ struct Port {
     backends: Vec<(usize, u16)>,
 }
 
-/// Every ClusterIP of `services` that has an identity, with its backends by identity.
-pub(crate) fn cluster_ips(peers: &Peers, services: &[ServiceInfo]) -> Vec<ClusterIp> {
-    let mut out = Vec::new();
-    for service in services {
-        for vip in &service.cluster_ips {
-            let Some(&identity) = peers.by_cluster_ip.get(vip) else {
-                continue;
-            };
+/// The ClusterIPs of every Service with their backends by identity, kept between passes: while
+/// the Services stay, a pass finds again only those of the Services with a backend whose
+/// identity may have moved.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClusterIps {
+    /// The Services they were found for.
+    services: Option<Arc<Vec<ServiceInfo>>>,
+    /// Per Service (in the same order), its ClusterIPs that have an identity.
+    of_service: Vec<Vec<ClusterIp>>,
+    /// The Services (by index) with a ready backend at each address.
+    by_backend: HashMap<IpAddr, Vec<usize>>,
+}
+
+impl ClusterIps {
+    /// Brings them up to date with `services` and `peers`, whose addresses `touched` (`None`:
+    /// any) may have another identity since the last call. Returns whether any ClusterIP
+    /// changed.
+    pub(crate) fn update(
+        &mut self,
+        peers: &Peers,
+        services: &Arc<Vec<ServiceInfo>>,
+        touched: Option<&BTreeSet<IpAddr>>,
+    ) -> bool {
+        let same_services = self
+            .services
+            .as_ref()
+            .is_some_and(|kept| Arc::ptr_eq(kept, services));
+        if let Some(touched) = touched.filter(|_| same_services) {
+            let stale: BTreeSet<usize> = touched
+                .iter()
+                .filter_map(|ip| self.by_backend.get(ip))
+                .flatten()
+                .copied()
+                .collect();
+            let mut changed = false;
+            for index in stale {
+                let found = of_service(peers, &services[index]);
+                if found != self.of_service[index] {
+                    self.of_service[index] = found;
+                    changed = true;
+                }
+            }
+            return changed;
+        }
+        let found: Vec<Vec<ClusterIp>> = services.iter().map(|s| of_service(peers, s)).collect();
+        // Other Services need not mean other ClusterIPs: a new ready backend of a Deployment
+        // usually has the identity its replicas have.
+        let changed = !found.iter().flatten().eq(self.iter());
+        self.of_service = found;
+        self.by_backend = HashMap::new();
+        for (index, service) in services.iter().enumerate() {
+            for port in &service.ports {
+                for backend in &port.backends {
+                    let of_address = self.by_backend.entry(backend.addr).or_default();
+                    if of_address.last() != Some(&index) {
+                        of_address.push(index);
+                    }
+                }
+            }
+        }
+        self.services = Some(Arc::clone(services));
+        changed
+    }
+
+    /// Every ClusterIP, Service by Service.
+    fn iter(&self) -> impl Iterator<Item = &ClusterIp> {
+        self.of_service.iter().flatten()
+    }
+}
+
+/// The ClusterIPs of `service` that have an identity, with their backends by identity.
+fn of_service(peers: &Peers, service: &ServiceInfo) -> Vec<ClusterIp> {
+    service
+        .cluster_ips
+        .iter()
+        .filter_map(|vip| {
+            let identity = *peers.by_cluster_ip.get(vip)?;
             let ports = service
                 .ports
                 .iter()
@@ -72,14 +150,13 @@ pub(crate) fn cluster_ips(peers: &Peers, services: &[ServiceInfo]) -> Vec<Cluste
                     }
                 })
                 .collect();
-            out.push(ClusterIp {
+            Some(ClusterIp {
                 identity,
                 region: peers.of_region(peers.identities[identity].region),
                 ports,
-            });
-        }
-    }
-    out
+            })
+        })
+        .collect()
 }
 
 /// What the backends of one Service port say, for one set.
@@ -95,9 +172,9 @@ enum Backends {
 
 /// Adds to `entries` (one egress set's values by identity) an entry for each of
 /// `cluster_ips` whose answer differs from its region's.
-pub(crate) fn add_cluster_ips(entries: &mut SetEntries, cluster_ips: &[ClusterIp]) {
+pub(crate) fn add_cluster_ips(entries: &mut SetEntries, cluster_ips: &ClusterIps) {
     let mut added: Vec<(usize, PolicyValue)> = Vec::new();
-    for vip in cluster_ips {
+    for vip in cluster_ips.iter() {
         let values = &entries.values;
         let vip_value = values.get(&vip.region);
         let mut rules = Vec::new();
