@@ -120,6 +120,8 @@ pub struct Compiler {
     resolved: BTreeMap<Key, ServiceInfo>,
     /// `resolved` as a pass hands it on; `None` after it changed.
     services_listed: Option<Arc<Vec<ServiceInfo>>>,
+    /// The Services whose entry in `resolved` changed since the last pass.
+    services_changed: BTreeSet<Key>,
     /// Services to resolve again before the next pass: they, their slices or the pods they may
     /// name changed.
     stale_services: BTreeSet<Key>,
@@ -371,7 +373,7 @@ impl Compiler {
             touched.as_ref(),
             (self.policy_changes, &mut self.set_cache),
             &policies,
-            services,
+            (services, Some(&self.services_changed)),
             &self.node_addresses,
             placement,
             prior,
@@ -379,6 +381,7 @@ impl Compiler {
             errors,
         );
         self.rule_ids = Some(rule_ids);
+        self.services_changed.clear();
         compiled
     }
 
@@ -390,6 +393,7 @@ impl Compiler {
             let Some(service) = self.services.get(&key) else {
                 if self.resolved.remove(&key).is_some() {
                     self.services_listed = None;
+                    self.services_changed.insert(key);
                 }
                 continue;
             };
@@ -408,6 +412,7 @@ impl Compiler {
                 continue;
             }
             self.services_listed = None;
+            self.services_changed.insert(key.clone());
             match info {
                 Some(info) => self.resolved.insert(key, info),
                 None => self.resolved.remove(&key),

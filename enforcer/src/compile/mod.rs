@@ -214,7 +214,10 @@ fn run(
     touched: Option<&BTreeSet<IpAddr>>,
     (policy_changes, set_cache): (u64, &mut SetCache),
     policies: &[&Policy],
-    services: Arc<Vec<services::ServiceInfo>>,
+    (services, services_changed): (
+        Arc<Vec<services::ServiceInfo>>,
+        Option<&BTreeSet<vips::ServiceKey>>,
+    ),
     node_addresses: &[IpAddr],
     placement: &Placement<'_>,
     prior: &Ids,
@@ -264,7 +267,7 @@ fn run(
         rules,
         &rule_ids,
         policy_changes,
-        &services,
+        (&services, services_changed),
         std::mem::take(set_cache),
     );
     // Policies are in (namespace, name) order: each namespace's are one run.

@@ -145,21 +145,25 @@ pub(crate) struct Sets<'c> {
 impl<'c> Sets<'c> {
     /// Sets over `peers`, whose addresses `touched` (`None`: any) may have another identity
     /// since the last pass, for `rules` (rule id → policy and rule, the ids `rule_ids`) and
-    /// `services`, after `policies` policy changes; `cache` is the last pass's.
+    /// `services` (of which `services_changed` changed since the last pass; `None`: any may
+    /// have), after `policies` policy changes; `cache` is the last pass's.
     pub(crate) fn new(
         peers: &'c Peers,
         touched: Option<&BTreeSet<IpAddr>>,
         rules: HashMap<u32, (&'c Policy, &'c Rule)>,
         rule_ids: &Arc<BTreeMap<RuleRef, u32>>,
         policies: u64,
-        services: &Arc<Vec<ServiceInfo>>,
+        (services, services_changed): (&[ServiceInfo], Option<&BTreeSet<vips::ServiceKey>>),
         mut cache: SetCache,
     ) -> Sets<'c> {
         let everything = peers
             .live()
             .filter(|i| peers.identities[*i].is_address())
             .collect();
-        let cluster_ips_changed = cache.cluster_ips.update(peers, services, touched);
+        let cluster_ips_changed =
+            cache
+                .cluster_ips
+                .update(peers, services, touched, services_changed);
         let basis = Basis {
             policies,
             identities: peers.generation,

@@ -19,13 +19,12 @@
 //! (`0.0.0.0/0`) does not cost an entry per Service per set.
 //!
 //! The ClusterIPs with their backends by identity ([`ClusterIps`]) are kept between passes: a
-//! pass that keeps the Services finds again only those with a backend at an address whose
-//! identity may have moved, and says whether any changed (the sets' kept entries are used again
-//! only if none did).
+//! pass finds again only those of the Services that changed and of those with a backend at an
+//! address whose identity may have moved, and says whether any changed (the sets' kept entries
+//! are used again only if none did).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use tollgate_schemas::{PolicyValue, PortRule, port_action};
 
@@ -54,74 +53,128 @@ struct Port {
     backends: Vec<(usize, u16)>,
 }
 
-/// The ClusterIPs of every Service with their backends by identity, kept between passes: while
-/// the Services stay, a pass finds again only those of the Services with a backend whose
+/// A Service's (namespace, name).
+pub(crate) type ServiceKey = (String, String);
+
+/// The ClusterIPs of every Service with their backends by identity, kept between passes: a pass
+/// finds again only those of the Services that changed and of those with a backend whose
 /// identity may have moved.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ClusterIps {
-    /// The Services they were found for.
-    services: Option<Arc<Vec<ServiceInfo>>>,
-    /// Per Service (in the same order), its ClusterIPs that have an identity.
-    of_service: Vec<Vec<ClusterIp>>,
-    /// The Services (by index) with a ready backend at each address.
-    by_backend: HashMap<IpAddr, Vec<usize>>,
+    /// Whether they were found once.
+    built: bool,
+    /// Per Service, in the order of the Services, its ClusterIPs that have an identity.
+    of_service: BTreeMap<ServiceKey, Vec<ClusterIp>>,
+    /// Per Service, the addresses of its ready backends.
+    backends: HashMap<ServiceKey, Vec<IpAddr>>,
+    /// The Services with a ready backend at each address.
+    by_backend: HashMap<IpAddr, BTreeSet<ServiceKey>>,
 }
 
 impl ClusterIps {
-    /// Brings them up to date with `services` and `peers`, whose addresses `touched` (`None`:
-    /// any) may have another identity since the last call. Returns whether any ClusterIP
+    /// Brings them up to date with `services` (in (namespace, name) order) and `peers`, after
+    /// the Services `changed` changed and the identities of the addresses `touched` may have
+    /// moved since the last call (`None`: any may have). Returns whether any ClusterIP
     /// changed.
     pub(crate) fn update(
         &mut self,
         peers: &Peers,
-        services: &Arc<Vec<ServiceInfo>>,
+        services: &[ServiceInfo],
         touched: Option<&BTreeSet<IpAddr>>,
+        changed: Option<&BTreeSet<ServiceKey>>,
     ) -> bool {
-        let same_services = self
-            .services
-            .as_ref()
-            .is_some_and(|kept| Arc::ptr_eq(kept, services));
-        if let Some(touched) = touched.filter(|_| same_services) {
-            let stale: BTreeSet<usize> = touched
+        let (Some(touched), Some(changed), true) = (touched, changed, self.built) else {
+            return self.rebuild(peers, services);
+        };
+        let mut stale = changed.clone();
+        stale.extend(
+            touched
                 .iter()
                 .filter_map(|ip| self.by_backend.get(ip))
                 .flatten()
-                .copied()
-                .collect();
-            let mut changed = false;
-            for index in stale {
-                let found = of_service(peers, &services[index]);
-                if found != self.of_service[index] {
-                    self.of_service[index] = found;
-                    changed = true;
+                .cloned(),
+        );
+        let mut any = false;
+        for key in stale {
+            let service = services
+                .binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&key_ref(&key)))
+                .ok()
+                .map(|index| &services[index]);
+            let found = service.map(|s| of_service(peers, s)).unwrap_or_default();
+            if self.of_service.get(&key).map_or(&[][..], Vec::as_slice) != found.as_slice() {
+                any = true;
+            }
+            self.unindex(&key);
+            match service {
+                Some(service) => {
+                    self.index(&key, service);
+                    self.of_service.insert(key, found);
+                }
+                None => {
+                    self.of_service.remove(&key);
                 }
             }
-            return changed;
         }
-        let found: Vec<Vec<ClusterIp>> = services.iter().map(|s| of_service(peers, s)).collect();
+        any
+    }
+
+    /// Finds every ClusterIP again; whether any changed.
+    fn rebuild(&mut self, peers: &Peers, services: &[ServiceInfo]) -> bool {
+        let found: BTreeMap<ServiceKey, Vec<ClusterIp>> = services
+            .iter()
+            .map(|s| ((s.namespace.clone(), s.name.clone()), of_service(peers, s)))
+            .collect();
         // Other Services need not mean other ClusterIPs: a new ready backend of a Deployment
         // usually has the identity its replicas have.
-        let changed = !found.iter().flatten().eq(self.iter());
+        let changed = !self.built || !found.values().flatten().eq(self.iter());
         self.of_service = found;
-        self.by_backend = HashMap::new();
-        for (index, service) in services.iter().enumerate() {
-            for port in &service.ports {
-                for backend in &port.backends {
-                    let of_address = self.by_backend.entry(backend.addr).or_default();
-                    if of_address.last() != Some(&index) {
-                        of_address.push(index);
-                    }
+        self.backends.clear();
+        self.by_backend.clear();
+        for service in services {
+            self.index(&(service.namespace.clone(), service.name.clone()), service);
+        }
+        self.built = true;
+        changed
+    }
+
+    /// Notes the backends of `service`.
+    fn index(&mut self, key: &ServiceKey, service: &ServiceInfo) {
+        let mut addresses: Vec<IpAddr> = service
+            .ports
+            .iter()
+            .flat_map(|port| port.backends.iter().map(|b| b.addr))
+            .collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        for address in &addresses {
+            self.by_backend
+                .entry(*address)
+                .or_default()
+                .insert(key.clone());
+        }
+        self.backends.insert(key.clone(), addresses);
+    }
+
+    /// Forgets the backends of the Service `key`.
+    fn unindex(&mut self, key: &ServiceKey) {
+        for address in self.backends.remove(key).unwrap_or_default() {
+            if let Some(services) = self.by_backend.get_mut(&address) {
+                services.remove(key);
+                if services.is_empty() {
+                    self.by_backend.remove(&address);
                 }
             }
         }
-        self.services = Some(Arc::clone(services));
-        changed
     }
 
     /// Every ClusterIP, Service by Service.
     fn iter(&self) -> impl Iterator<Item = &ClusterIp> {
-        self.of_service.iter().flatten()
+        self.of_service.values().flatten()
     }
+}
+
+fn key_ref(key: &ServiceKey) -> (&str, &str) {
+    (&key.0, &key.1)
 }
 
 /// The ClusterIPs of `service` that have an identity, with their backends by identity.
