@@ -97,8 +97,9 @@ pub(crate) struct Cluster {
     listed: BTreeSet<String>,
     /// Pods per namespace, to know when an implicit namespace goes.
     pod_counts: BTreeMap<String, usize>,
-    /// The networked pods of each address, by key (two only while an address moves).
-    by_ip: BTreeMap<IpAddr, BTreeSet<String>>,
+    /// The networked pods of each address, their keys in order (two only while an address
+    /// moves: a list, which costs a pod far less than a set).
+    by_ip: BTreeMap<IpAddr, Vec<String>>,
     /// The distinct label maps of the kept pods, so that pods with the same labels share one
     /// (and a map's address names it).
     labels: HashSet<Labels>,
@@ -196,9 +197,12 @@ impl Cluster {
         let key = pod.key();
         for ip in &pod.ips {
             if add {
-                self.by_ip.entry(*ip).or_default().insert(key.clone());
+                let keys = self.by_ip.entry(*ip).or_default();
+                if let Err(at) = keys.binary_search(&key) {
+                    keys.insert(at, key.clone());
+                }
             } else if let Some(keys) = self.by_ip.get_mut(ip) {
-                keys.remove(&key);
+                keys.retain(|k| *k != key);
                 if keys.is_empty() {
                     self.by_ip.remove(ip);
                 }

@@ -107,14 +107,9 @@ pub(crate) fn fit(
         if refused.contains_key(id) {
             continue;
         }
-        for (peer, identity) in &entries.by_peer {
-            let value = &entries.values[identity];
-            let rules = &value.rules[..value.count as usize];
-            let ruleset = if rules.is_empty() {
-                0
-            } else {
-                ruleset_ids[rules]
-            };
+        let ids_of: Vec<u32> = entries.rulesets.iter().map(|r| ruleset_ids[r]).collect();
+        for (peer, _, ruleset) in &entries.by_peer {
+            let ruleset = ruleset.map_or(0, |index| ids_of[index]);
             desired.policy.insert(
                 PolicyKey {
                     set: *id,

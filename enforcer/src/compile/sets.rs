@@ -65,8 +65,9 @@ pub(crate) struct SetEntries {
     pub(crate) values: BTreeMap<usize, PolicyValue>,
     /// Identity index → port rules left out for lack of room in a value.
     pub(crate) dropped: BTreeMap<usize, usize>,
-    /// (identity id, identity index) of every value, by id: the order of the map's entries.
-    pub(crate) by_peer: Vec<(u32, usize)>,
+    /// (identity id, identity index, rule list) of every value, by id: the order of the map's
+    /// entries. The rule list is an index into `rulesets`, `None` for an empty value.
+    pub(crate) by_peer: Vec<(u32, usize, Option<usize>)>,
     /// The distinct non-empty rule lists of the values, in order.
     pub(crate) rulesets: Vec<Vec<PortRule>>,
     /// Digest of the entries by identity id, with their rules (what the revisions compare).
@@ -77,21 +78,30 @@ impl SetEntries {
     /// Fills in what is derived from the values: their order by identity id, their distinct
     /// rule lists and the digest.
     fn seal(&mut self, peers: &Peers) {
-        self.by_peer = self
-            .values
-            .keys()
-            .map(|identity| (peers.identities[*identity].id, *identity))
-            .collect();
-        self.by_peer.sort_unstable();
         let rulesets: BTreeSet<&[PortRule]> = self
             .values
             .values()
             .filter(|v| v.count > 0)
             .map(|v| &v.rules[..v.count as usize])
             .collect();
+        let index: HashMap<&[PortRule], usize> = rulesets
+            .iter()
+            .enumerate()
+            .map(|(i, rules)| (*rules, i))
+            .collect();
+        self.by_peer = self
+            .values
+            .iter()
+            .map(|(identity, value)| {
+                let rules = &value.rules[..value.count as usize];
+                let ruleset = (!rules.is_empty()).then(|| index[rules]);
+                (peers.identities[*identity].id, *identity, ruleset)
+            })
+            .collect();
+        self.by_peer.sort_unstable();
         self.rulesets = rulesets.into_iter().map(<[PortRule]>::to_vec).collect();
         let mut digest = Sha256::new();
-        for (peer, identity) in &self.by_peer {
+        for (peer, identity, _) in &self.by_peer {
             let value = &self.values[identity];
             digest.update(peer.to_le_bytes());
             for rule in &value.rules[..value.count as usize] {
