@@ -25,13 +25,16 @@
 //! entries.
 //!
 //! [`Peers`] is kept between compilations and changed by difference ([`Peers::update`]): while
-//! the universe and the namespaces stay the same and the prior ids are the ones it gave, only
-//! the pods that changed and the ClusterIPs that came or went are classified again. An
-//! identity lives while an address has it (reference counts) and a class while a pod is in it;
-//! the trie's entries and the identity of every address are updated for the addresses that
-//! moved, which the pass then hands on (`revisions` compares only those). Anything else
-//! (the first pass, a policy change that changes the universe, a namespace change, other prior
-//! ids) builds the table again from the whole cluster, the same way.
+//! the regions, the named ports of egress rules and the namespaces stay the same and the prior
+//! ids are the ones it gave, only the pods that changed and the ClusterIPs that came or went
+//! are classified again. A policy change that adds or removes selectors re-keys the identities
+//! by the new selector indices and tries only the new selectors on each class (`reselect`);
+//! the pods of the classes whose matches changed take new identities. An identity lives while
+//! an address has it (reference counts) and a class while a pod is in it; the trie's entries
+//! and the identity of every address are updated for the addresses that moved, which the pass
+//! then hands on (`revisions` compares only those). Anything else (the first pass, other
+//! regions or named ports, a namespace change, other prior ids) builds the table again from
+//! the whole cluster, the same way.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -333,7 +336,9 @@ impl Peers {
     ) -> Option<BTreeSet<IpAddr>> {
         let by_difference = self.built
             && !changes.namespaces
-            && universe.is_none()
+            && universe
+                .as_ref()
+                .is_none_or(|universe| self.universe.differs_in_selectors_only(universe))
             && prior.selectors == self.selector_ids
             && prior.identities == self.identity_ids
             && prior.regions == self.region_keys
@@ -345,6 +350,9 @@ impl Peers {
         }
         let reserved: BTreeSet<u32> = self.identity_ids.values().copied().collect();
         let mut touched = BTreeSet::new();
+        if let Some(universe) = universe {
+            self.reselect(cluster, universe, prior, &mut touched);
+        }
         let mut memo = HashMap::default();
         for key in &changes.pods {
             if let Some(old) = self.pods.remove(key) {
@@ -391,25 +399,8 @@ impl Peers {
             generation: self.generation + 1,
             ..Peers::default()
         };
-        let canonicals: Vec<String> = universe
-            .selectors
-            .iter()
-            .map(PeerSelector::canonical)
-            .collect();
-        self.selector_ids = ids::assign(&prior.selectors, canonicals.iter().cloned());
-        self.selector_stable = canonicals.iter().map(|c| self.selector_ids[c]).collect();
-        for (index, selector) in universe.selectors.iter().enumerate() {
-            match &selector.namespaces {
-                Namespaces::Own(namespace) => self
-                    .own_selectors
-                    .entry(namespace.clone())
-                    .or_default()
-                    .push(index),
-                Namespaces::Matching(_) => self.namespace_selectors.push(index),
-            }
-        }
         self.regions = Regions::new(universe.regions.clone());
-        self.universe = universe;
+        self.take_universe(universe, prior);
 
         let mut sorted_regions: Vec<Prefix> = self.regions.prefixes.iter().copied().collect();
         sorted_regions.sort();
@@ -460,6 +451,168 @@ impl Peers {
             )
             .collect();
         self.index_selectors();
+    }
+
+    /// Makes `universe` the table's, its selectors' ids kept from `prior`.
+    fn take_universe(&mut self, universe: Universe, prior: &Ids) {
+        let canonicals: Vec<String> = universe
+            .selectors
+            .iter()
+            .map(PeerSelector::canonical)
+            .collect();
+        self.selector_ids = ids::assign(&prior.selectors, canonicals.iter().cloned());
+        self.selector_stable = canonicals.iter().map(|c| self.selector_ids[c]).collect();
+        self.own_selectors.clear();
+        self.namespace_selectors.clear();
+        for (index, selector) in universe.selectors.iter().enumerate() {
+            match &selector.namespaces {
+                Namespaces::Own(namespace) => self
+                    .own_selectors
+                    .entry(namespace.clone())
+                    .or_default()
+                    .push(index),
+                Namespaces::Matching(_) => self.namespace_selectors.push(index),
+            }
+        }
+        self.universe = universe;
+    }
+
+    /// Takes `universe`, whose selectors alone differ from the table's: identities are keyed
+    /// by the new selector indices, and the pods of every class that a new selector matches or
+    /// a gone one matched take the identities of its new key (their addresses go to
+    /// `touched`).
+    fn reselect(
+        &mut self,
+        cluster: &Cluster,
+        universe: Universe,
+        prior: &Ids,
+        touched: &mut BTreeSet<IpAddr>,
+    ) {
+        let moved_to: Vec<Option<usize>> = self
+            .universe
+            .selectors
+            .iter()
+            .map(|selector| universe.index.get(selector).copied())
+            .collect();
+        let new: Vec<usize> = (0..universe.selectors.len())
+            .filter(|index| {
+                !self
+                    .universe
+                    .index
+                    .contains_key(&universe.selectors[*index])
+            })
+            .collect();
+        self.take_universe(universe, prior);
+
+        // Keys by the new indices. A key with a gone selector is left out: every pod that has
+        // it moves below, and without that selector it could equal another's.
+        self.by_key.clear();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(key) = &mut slot.key else { continue };
+            let Some(mut selectors) = key
+                .selectors
+                .iter()
+                .map(|selector| moved_to[*selector])
+                .collect::<Option<Vec<usize>>>()
+            else {
+                continue;
+            };
+            selectors.sort_unstable();
+            if let Kind::Pods {
+                selectors: kind, ..
+            } = &mut self.identities[index].kind
+            {
+                kind.clone_from(&selectors);
+            }
+            key.selectors = selectors;
+            self.by_key.insert(key.clone(), index);
+        }
+
+        let mut moved: HashSet<usize> = HashSet::new();
+        for index in 0..self.classes.len() {
+            let Some(class) = &self.classes[index] else {
+                continue;
+            };
+            let mut matched: Vec<usize> = class
+                .matched
+                .iter()
+                .filter_map(|selector| moved_to[*selector])
+                .collect();
+            let lost = matched.len() < class.matched.len();
+            let labels = class.labels.upgrade().expect("a live class's labels");
+            let before = matched.len();
+            matched.extend(
+                new.iter()
+                    .copied()
+                    .filter(|selector| self.matches(cluster, *selector, &class.namespace, &labels)),
+            );
+            if lost || matched.len() > before {
+                moved.insert(index);
+            }
+            matched.sort_unstable();
+            self.classes[index].as_mut().expect("a live class").matched = matched;
+        }
+        if moved.is_empty() {
+            return;
+        }
+
+        let pods: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(_, classified)| moved.contains(&classified.class))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut memo: HashMap<(usize, Prefix), usize> = HashMap::default();
+        for key in pods {
+            let classified = self.pods.get_mut(&key).expect("a classified pod");
+            let class = classified.class;
+            let addresses = std::mem::take(&mut classified.addresses);
+            let mut now = Vec::with_capacity(addresses.len());
+            for (ip, old) in addresses {
+                self.release(old);
+                let region = self.identities[old].region;
+                let identity = match memo.get(&(class, region)) {
+                    Some(identity) => *identity,
+                    None => {
+                        let class_of = self.classes[class].as_ref().expect("a live class");
+                        let identity = self.intern(Key {
+                            selectors: class_of.matched.clone(),
+                            region,
+                            named: class_of.named.clone(),
+                            cluster_ip: None,
+                        });
+                        memo.insert((class, region), identity);
+                        identity
+                    }
+                };
+                self.slots[identity].refs += 1;
+                now.push((ip, identity));
+                touched.insert(ip);
+            }
+            self.pods.get_mut(&key).expect("a classified pod").addresses = now;
+        }
+    }
+
+    /// Whether selector `index` matches pods with `labels` in `namespace`.
+    fn matches(
+        &self,
+        cluster: &Cluster,
+        index: usize,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        let selector = &self.universe.selectors[index];
+        let here = match &selector.namespaces {
+            Namespaces::Own(own) => own == namespace,
+            Namespaces::Matching(namespaces) => cluster
+                .namespaces
+                .get(namespace)
+                .is_some_and(|ns| namespaces.matches(&ns.labels)),
+        };
+        here && selector
+            .pods
+            .as_ref()
+            .is_none_or(|pods| pods.matches(labels))
     }
 
     /// The trie's value for a pod address or region prefix of identity `index`.
@@ -723,7 +876,10 @@ impl Peers {
                 continue;
             }
             let key = slot.key.take().expect("a live slot");
-            self.by_key.remove(&key);
+            // A key left out when the selectors changed may equal another identity's.
+            if self.by_key.get(&key) == Some(&index) {
+                self.by_key.remove(&key);
+            }
             self.identity_ids.remove(&slot.canonical);
             self.free_slots.push(index);
             self.generation += 1;
@@ -891,6 +1047,14 @@ impl Peers {
     /// Index of the identity of region `region`.
     pub(crate) fn of_region(&self, region: Prefix) -> usize {
         self.by_region[&region]
+    }
+}
+
+impl Universe {
+    /// Whether `other` has the same regions and named ports, so that only its selectors
+    /// differ.
+    fn differs_in_selectors_only(&self, other: &Universe) -> bool {
+        self.regions == other.regions && self.egress_names == other.egress_names
     }
 }
 
