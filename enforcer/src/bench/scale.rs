@@ -142,6 +142,9 @@ pub struct ChangeMs {
     pub policy_added: f64,
     /// A node (of `node_pods` pods) added.
     pub node_added: f64,
+    /// No change, the whole cluster handed over again (`Compiler::load`), as every pass of
+    /// the agent does.
+    pub reloaded: f64,
 }
 
 /// What one case measured.
@@ -213,6 +216,13 @@ fn current_rss_mib() -> f64 {
 /// How many times each change is made (and undone) in a case: its time is their median.
 const CHANGE_RUNS: usize = 5;
 
+/// The median of `runs`.
+fn median(runs: impl Iterator<Item = f64>) -> f64 {
+    let mut runs: Vec<f64> = runs.collect();
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
 fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
@@ -244,33 +254,38 @@ pub fn measure(shape: Shape) -> Result<ScaleResult, String> {
     let mut prior = first.ids.clone();
     // Each change is made and undone `CHANGE_RUNS` times; its time is the median.
     let mut change = |apply: fn(&mut GeneratedCluster) -> Undo| {
-        let mut runs: Vec<f64> = (0..CHANGE_RUNS)
-            .map(|_| {
-                let undo = apply(&mut cluster);
-                let start = Instant::now();
-                undo.apply_to(&cluster.snapshot, &mut compiler);
-                let compiled =
-                    compiler.compile(&Placement::Interfaces(&cluster.local), &prior, &capacity);
-                let ms = ms_since(start);
-                undo.revert(&mut cluster.snapshot, &mut compiler);
-                prior = compiler
-                    .compile(
-                        &Placement::Interfaces(&cluster.local),
-                        &compiled.ids,
-                        &capacity,
-                    )
-                    .ids;
-                ms
-            })
-            .collect();
-        runs.sort_by(f64::total_cmp);
-        runs[runs.len() / 2]
+        median((0..CHANGE_RUNS).map(|_| {
+            let undo = apply(&mut cluster);
+            let start = Instant::now();
+            undo.apply_to(&cluster.snapshot, &mut compiler);
+            let compiled =
+                compiler.compile(&Placement::Interfaces(&cluster.local), &prior, &capacity);
+            let ms = ms_since(start);
+            undo.revert(&mut cluster.snapshot, &mut compiler);
+            prior = compiler
+                .compile(
+                    &Placement::Interfaces(&cluster.local),
+                    &compiled.ids,
+                    &capacity,
+                )
+                .ids;
+            ms
+        }))
     };
     let change_ms = ChangeMs {
         local_pod_relabelled: change(GeneratedCluster::relabel_local_pod),
         remote_pod_added: change(GeneratedCluster::add_remote_pod),
         policy_added: change(GeneratedCluster::add_unrelated_policy),
         node_added: change(GeneratedCluster::add_node),
+        reloaded: median((0..CHANGE_RUNS).map(|_| {
+            let start = Instant::now();
+            compiler.load(&cluster.snapshot);
+            let compiled =
+                compiler.compile(&Placement::Interfaces(&cluster.local), &prior, &capacity);
+            let ms = ms_since(start);
+            prior = compiled.ids;
+            ms
+        })),
     };
 
     Ok(ScaleResult {
@@ -349,7 +364,7 @@ pub fn render_header() -> String {
         .map(|u| short_map_name(u.map).to_owned())
         .collect();
     let mut line = format!(
-        "{:>7} {:>6} {:>5} {:>5} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:>7} {:>6} {:>5} {:>5} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "PODS",
         "POLS",
         "NODE",
@@ -360,6 +375,7 @@ pub fn render_header() -> String {
         "+POD",
         "+POLICY",
         "+NODE",
+        "RELOAD",
         "ERRORS",
     );
     for map in &maps {
@@ -372,7 +388,7 @@ pub fn render_header() -> String {
 /// One result as a line under [`render_header`]: times in ms, memory in MiB.
 pub fn render_row(r: &ScaleResult) -> String {
     let mut line = format!(
-        "{:>7} {:>6} {:>5} {:>5} {:>6} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9}",
+        "{:>7} {:>6} {:>5} {:>5} {:>6} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9}",
         r.shape.pods,
         r.shape.policies,
         r.shape.node_pods,
@@ -383,6 +399,7 @@ pub fn render_row(r: &ScaleResult) -> String {
         r.change_ms.remote_pod_added,
         r.change_ms.policy_added,
         r.change_ms.node_added,
+        r.change_ms.reloaded,
         r.errors,
     );
     for map in &r.maps {
@@ -407,7 +424,8 @@ pub fn render_footer() -> String {
          COMPILE: loading the objects into the compiler and the first compile, ms; \
          RELABEL/+POD/+POLICY/+NODE: handing the changed objects to the compiler and one \
          compile after a local pod relabelled, a remote pod added, a policy added elsewhere, a \
-         node added, ms; map columns: entries after the first compile (capacity: {}); \
+         node added, ms; RELOAD: the whole unchanged cluster handed to the compiler again \
+         (`Compiler::load`, as each agent pass does) and one compile, ms; map columns: entries after the first compile (capacity: {}); \
          INPUT/PEAK: peak RSS after generating the cluster / of the whole case, MiB; STATE: \
          what the compiler keeps of the cluster, MiB.\n",
         capacities.join(", ")
@@ -663,6 +681,7 @@ fn meta(namespace: &str, name: &str, labels: BTreeMap<String, String>) -> Object
         name: Some(name.to_owned()),
         namespace: Some(namespace.to_owned()),
         labels: (!labels.is_empty()).then_some(labels),
+        resource_version: Some("1".to_owned()),
         ..ObjectMeta::default()
     }
 }
@@ -1091,6 +1110,7 @@ pub fn generate(shape: Shape) -> GeneratedCluster {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
                 labels: Some(l),
+                resource_version: Some("1".to_owned()),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()

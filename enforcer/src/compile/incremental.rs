@@ -11,7 +11,7 @@
 //! ([`Compiler::from_snapshot`]), so an incremental compiler and a full one give the same maps
 //! for the same cluster (`tests::incremental`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -115,7 +115,7 @@ pub struct Compiler {
     /// Problems of a loaded snapshot that belong to no key: unnamed objects, duplicates.
     load_errors: Vec<InputError>,
     /// The resourceVersion of every kept object, valid or not (see [`Compiler::load`]).
-    versions: HashMap<(ObjectKind, Key), Option<String>>,
+    versions: Versions,
     /// Each valid Service with its backends, as last resolved.
     resolved: BTreeMap<Key, ServiceInfo>,
     /// `resolved` as a pass hands it on; `None` after it changed.
@@ -190,36 +190,30 @@ impl Compiler {
                     .collect(),
             ),
         ];
-        let mut listed = HashSet::new();
+        // Objects this load lists are marked with its number; the others are gone.
+        self.versions.loads += 1;
+        let this_load = self.versions.loads;
         for (list, objects) in lists {
             for (index, object) in objects.into_iter().enumerate() {
-                let Some(key) = key_of(object) else {
+                let Some((namespace, name)) = key_ref(object) else {
                     self.load_errors.push(unnamed(object, list, index));
                     continue;
                 };
                 let kind = object.kind();
                 let version = object.meta().resource_version.as_ref();
-                let entry = (kind, key);
-                if listed.contains(&entry) {
-                    let label = self.label(kind, object.meta());
-                    self.load_errors.push(cluster::duplicate(&label));
-                } else if version.is_some()
-                    && self.versions.get(&entry).map(Option::as_ref) == Some(version)
-                {
-                    listed.insert(entry);
-                    continue;
+                if let Some(seen) = self.versions.get_mut(kind, namespace, name) {
+                    if seen.load == this_load {
+                        let label = self.label(kind, object.meta());
+                        self.load_errors.push(cluster::duplicate(&label));
+                    } else if version.is_some() && seen.version.as_ref() == version {
+                        seen.load = this_load;
+                        continue;
+                    }
                 }
-                self.apply_as(object, entry.1.clone());
-                listed.insert(entry);
+                self.apply_as(object, (namespace.to_owned(), name.to_owned()));
             }
         }
-        let gone: Vec<(ObjectKind, Key)> = self
-            .versions
-            .keys()
-            .filter(|key| !listed.contains(*key))
-            .cloned()
-            .collect();
-        for (kind, (namespace, name)) in gone {
+        for (kind, (namespace, name)) in self.versions.not_seen_in(this_load) {
             self.delete(kind, &namespace, &name);
         }
         self.node_addresses = snapshot.node_addresses.clone();
@@ -243,7 +237,7 @@ impl Compiler {
         let meta = object.meta();
         let kind = object.kind();
         self.versions
-            .insert((kind, key.clone()), meta.resource_version.clone());
+            .insert(kind, &key, meta.resource_version.clone());
         let mut problems = Problems::default();
         match object {
             Object::Namespace(o) => {
@@ -328,7 +322,7 @@ impl Compiler {
             }
         }
         self.problems.remove(&(kind, key.clone()));
-        self.versions.remove(&(kind, key));
+        self.versions.remove(kind, &key);
     }
 
     /// Sets the node's own addresses (see `Snapshot::node_addresses`).
@@ -465,16 +459,93 @@ impl Compiler {
 
 /// An object's key; `None` when it has no name.
 fn key_of(object: Object<'_>) -> Option<Key> {
-    let meta = object.meta();
-    let name = meta.name.clone().filter(|n| !n.is_empty())?;
+    key_ref(object).map(|(namespace, name)| (namespace.to_owned(), name.to_owned()))
+}
+
+/// [`key_of`], borrowed.
+fn key_ref<'o>(object: Object<'o>) -> Option<(&'o str, &'o str)> {
+    let meta = match object {
+        Object::Namespace(o) => &o.metadata,
+        Object::Pod(o) => &o.metadata,
+        Object::NetworkPolicy(o) => &o.metadata,
+        Object::Service(o) => &o.metadata,
+        Object::EndpointSlice(o) => &o.metadata,
+    };
+    let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
     let namespace = match object.kind() {
-        ObjectKind::Namespace => String::new(),
-        _ => meta
-            .namespace
-            .clone()
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+        ObjectKind::Namespace => "",
+        _ => meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
     };
     Some((namespace, name))
+}
+
+/// The resourceVersion of every kept object, by kind, namespace and name (looked up without
+/// building a key: a load asks for every object of the cluster), with the last load that
+/// listed it.
+#[derive(Debug, Clone, Default)]
+struct Versions {
+    by_kind:
+        foldhash::HashMap<ObjectKind, foldhash::HashMap<String, foldhash::HashMap<String, Seen>>>,
+    /// Loads so far.
+    loads: u64,
+}
+
+/// A kept object's resourceVersion, and the last load that listed it.
+#[derive(Debug, Clone)]
+struct Seen {
+    version: Option<String>,
+    load: u64,
+}
+
+impl Versions {
+    fn get_mut(&mut self, kind: ObjectKind, namespace: &str, name: &str) -> Option<&mut Seen> {
+        self.by_kind
+            .get_mut(&kind)?
+            .get_mut(namespace)?
+            .get_mut(name)
+    }
+
+    /// Keeps `version` of object `key` of `kind`, listed by the current load.
+    fn insert(&mut self, kind: ObjectKind, (namespace, name): &Key, version: Option<String>) {
+        let seen = Seen {
+            version,
+            load: self.loads,
+        };
+        self.by_kind
+            .entry(kind)
+            .or_default()
+            .entry(namespace.clone())
+            .or_default()
+            .insert(name.clone(), seen);
+    }
+
+    fn remove(&mut self, kind: ObjectKind, (namespace, name): &Key) {
+        let Some(namespaces) = self.by_kind.get_mut(&kind) else {
+            return;
+        };
+        if let Some(names) = namespaces.get_mut(namespace) {
+            names.remove(name);
+            if names.is_empty() {
+                namespaces.remove(namespace);
+            }
+        }
+    }
+
+    /// The objects load `load` did not list, in order.
+    fn not_seen_in(&self, load: u64) -> Vec<(ObjectKind, Key)> {
+        let mut gone = Vec::new();
+        for (kind, namespaces) in &self.by_kind {
+            for (namespace, names) in namespaces {
+                for (name, seen) in names {
+                    if seen.load != load {
+                        gone.push((*kind, (namespace.clone(), name.clone())));
+                    }
+                }
+            }
+        }
+        gone.sort_unstable();
+        gone
+    }
 }
 
 /// A pod's key in `Cluster`: `namespace/name`.

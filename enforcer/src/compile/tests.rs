@@ -1155,6 +1155,59 @@ spec:
 }
 
 #[test]
+fn an_object_listed_twice_is_reported_and_its_last_definition_used() {
+    let policy = |port: u16| {
+        format!(
+            "
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: twice, namespace: x, resourceVersion: '{port}'}}
+spec: {{podSelector: {{}}, ingress: [{{ports: [{{port: {port}}}]}}]}}
+"
+        )
+    };
+    let mut snapshot = snapshot(&(policy(80) + &policy(81)));
+    let duplicate = InputError {
+        object: "NetworkPolicy x/twice".to_owned(),
+        field: "metadata.name".to_owned(),
+        message: "defined more than once; the last definition is used".to_owned(),
+    };
+    let mut compiler = Compiler::from_snapshot(&snapshot);
+    let placement = Placement::AllPods { ifindex: 1 };
+    for pass in 0..2 {
+        // The second load lists the same objects, unchanged: still reported.
+        compiler.load(&snapshot);
+        let compiled = compiler.compile(&placement, &Ids::default(), &Capacity::default());
+        assert_eq!(compiled.errors, vec![duplicate.clone()], "pass {pass}");
+        assert_eq!(
+            probe(&snapshot, &compiled, "y/a", "x/a", "81/TCP"),
+            "allow x/twice ingress[0]"
+        );
+        assert_eq!(
+            probe(&snapshot, &compiled, "y/a", "x/a", "80/TCP"),
+            "deny isolated-no-rule-matched"
+        );
+    }
+    // Listed once, it is no longer a duplicate; listed no more, it is gone.
+    snapshot.policies.pop();
+    compiler.load(&snapshot);
+    let once = compiler.compile(&placement, &Ids::default(), &Capacity::default());
+    assert_eq!(once.errors, vec![]);
+    assert_eq!(
+        probe(&snapshot, &once, "y/a", "x/a", "80/TCP"),
+        "allow x/twice ingress[0]"
+    );
+    snapshot.policies.pop();
+    compiler.load(&snapshot);
+    let gone = compiler.compile(&placement, &Ids::default(), &Capacity::default());
+    assert_eq!(
+        probe(&snapshot, &gone, "y/a", "x/a", "80/TCP"),
+        "allow no-policy-selects-pod"
+    );
+}
+
+#[test]
 fn deterministic_whatever_the_input_order() {
     let text = "
 apiVersion: networking.k8s.io/v1
