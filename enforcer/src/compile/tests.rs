@@ -1167,44 +1167,39 @@ spec: {{podSelector: {{}}, ingress: [{{ports: [{{port: {port}}}]}}]}}
 "
         )
     };
-    let mut snapshot = snapshot(&(policy(80) + &policy(81)));
+    let both = snapshot(&(policy(80) + &policy(81)));
     let duplicate = InputError {
         object: "NetworkPolicy x/twice".to_owned(),
         field: "metadata.name".to_owned(),
         message: "defined more than once; the last definition is used".to_owned(),
     };
-    let mut compiler = Compiler::from_snapshot(&snapshot);
+    let (allow, deny) = ("allow x/twice ingress[0]", "deny isolated-no-rule-matched");
+    let unselected = "allow no-policy-selects-pod";
+    // (policies listed, duplicate reported, 80/TCP, 81/TCP): listed twice, then the same
+    // objects again unchanged (still reported), then once, then not at all (gone).
+    let steps = [
+        (2, true, deny, allow),
+        (2, true, deny, allow),
+        (1, false, allow, deny),
+        (0, false, unselected, unselected),
+    ];
+    let mut compiler = Compiler::new();
     let placement = Placement::AllPods { ifindex: 1 };
-    for pass in 0..2 {
-        // The second load lists the same objects, unchanged: still reported.
+    for (step, (listed, reported, port_80, port_81)) in steps.into_iter().enumerate() {
+        let mut snapshot = both.clone();
+        snapshot.policies.truncate(listed);
         compiler.load(&snapshot);
         let compiled = compiler.compile(&placement, &Ids::default(), &Capacity::default());
-        assert_eq!(compiled.errors, vec![duplicate.clone()], "pass {pass}");
-        assert_eq!(
-            probe(&snapshot, &compiled, "y/a", "x/a", "81/TCP"),
-            "allow x/twice ingress[0]"
-        );
-        assert_eq!(
-            probe(&snapshot, &compiled, "y/a", "x/a", "80/TCP"),
-            "deny isolated-no-rule-matched"
-        );
+        let errors = if reported {
+            vec![duplicate.clone()]
+        } else {
+            vec![]
+        };
+        assert_eq!(compiled.errors, errors, "step {step}");
+        let verdict = |port| probe(&snapshot, &compiled, "y/a", "x/a", port);
+        assert_eq!(verdict("80/TCP"), port_80, "step {step}");
+        assert_eq!(verdict("81/TCP"), port_81, "step {step}");
     }
-    // Listed once, it is no longer a duplicate; listed no more, it is gone.
-    snapshot.policies.pop();
-    compiler.load(&snapshot);
-    let once = compiler.compile(&placement, &Ids::default(), &Capacity::default());
-    assert_eq!(once.errors, vec![]);
-    assert_eq!(
-        probe(&snapshot, &once, "y/a", "x/a", "80/TCP"),
-        "allow x/twice ingress[0]"
-    );
-    snapshot.policies.pop();
-    compiler.load(&snapshot);
-    let gone = compiler.compile(&placement, &Ids::default(), &Capacity::default());
-    assert_eq!(
-        probe(&snapshot, &gone, "y/a", "x/a", "80/TCP"),
-        "allow no-policy-selects-pod"
-    );
 }
 
 #[test]
