@@ -25,16 +25,16 @@
 //! entries.
 //!
 //! [`Peers`] is kept between compilations and changed by difference ([`Peers::update`]): while
-//! the regions, the named ports of egress rules and the namespaces stay the same and the prior
-//! ids are the ones it gave, only the pods that changed and the ClusterIPs that came or went
-//! are classified again. A policy change that adds or removes selectors re-keys the identities
-//! by the new selector indices and tries only the new selectors on each class (`reselect`);
-//! the pods of the classes whose matches changed take new identities. An identity lives while
-//! an address has it (reference counts) and a class while a pod is in it; the trie's entries
-//! and the identity of every address are updated for the addresses that moved, which the pass
-//! then hands on (`revisions` compares only those). Anything else (the first pass, other
-//! regions or named ports, a namespace change, other prior ids) builds the table again from
-//! the whole cluster, the same way.
+//! the regions and the named ports of egress rules stay the same and the prior ids are the ones
+//! it gave, only the pods that changed and the ClusterIPs that came or went are classified
+//! again. A policy change that adds or removes selectors re-keys the identities by the new
+//! selector indices and tries only the new selectors on each class (`reselect`); a namespace
+//! that changed has its classes matched again (`rematch`); the pods of the classes whose
+//! matches changed take new identities (`move_pods`). An identity lives while an address has
+//! it (reference counts) and a class while a pod is in it; the trie's entries and the identity
+//! of every address are updated for the addresses that moved, which the pass then hands on
+//! (`revisions` compares only those). Anything else (the first pass, other regions or named
+//! ports, other prior ids) builds the table again from the whole cluster, the same way.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -299,8 +299,8 @@ fn entry_key(prefix: Prefix) -> PeerEntryKey {
 pub(crate) struct Changes {
     /// Pods (by key) that were added, changed or removed.
     pub(crate) pods: BTreeSet<String>,
-    /// A namespace was listed, changed or removed.
-    pub(crate) namespaces: bool,
+    /// Namespaces that were listed, changed or removed.
+    pub(crate) namespaces: BTreeSet<String>,
 }
 
 impl Peers {
@@ -335,7 +335,6 @@ impl Peers {
         changes: &Changes,
     ) -> Option<BTreeSet<IpAddr>> {
         let by_difference = self.built
-            && !changes.namespaces
             && universe
                 .as_ref()
                 .is_none_or(|universe| self.universe.differs_in_selectors_only(universe))
@@ -350,9 +349,14 @@ impl Peers {
         }
         let reserved: BTreeSet<u32> = self.identity_ids.values().copied().collect();
         let mut touched = BTreeSet::new();
-        if let Some(universe) = universe {
-            self.reselect(cluster, universe, prior, &mut touched);
+        let mut moved = match universe {
+            Some(universe) => self.reselect(cluster, universe, prior),
+            None => HashSet::new(),
+        };
+        if !changes.namespaces.is_empty() {
+            moved.extend(self.rematch(cluster, &changes.namespaces));
         }
+        self.move_pods(&moved, &mut touched);
         let mut memo = HashMap::default();
         for key in &changes.pods {
             if let Some(old) = self.pods.remove(key) {
@@ -478,16 +482,10 @@ impl Peers {
     }
 
     /// Takes `universe`, whose selectors alone differ from the table's: identities are keyed
-    /// by the new selector indices, and the pods of every class that a new selector matches or
-    /// a gone one matched take the identities of its new key (their addresses go to
-    /// `touched`).
-    fn reselect(
-        &mut self,
-        cluster: &Cluster,
-        universe: Universe,
-        prior: &Ids,
-        touched: &mut BTreeSet<IpAddr>,
-    ) {
+    /// by the new selector indices, and the classes are matched against the new selectors.
+    /// Returns the classes whose matches changed (a new selector matches them, or a gone one
+    /// did): their pods are to move ([`Peers::move_pods`]).
+    fn reselect(&mut self, cluster: &Cluster, universe: Universe, prior: &Ids) -> HashSet<usize> {
         let moved_to: Vec<Option<usize>> = self
             .universe
             .selectors
@@ -552,10 +550,37 @@ impl Peers {
             matched.sort_unstable();
             self.classes[index].as_mut().expect("a live class").matched = matched;
         }
+        moved
+    }
+
+    /// Matches the classes of `namespaces` (whose labels may have changed) against every
+    /// selector again. Returns those whose matches changed.
+    fn rematch(&mut self, cluster: &Cluster, namespaces: &BTreeSet<String>) -> HashSet<usize> {
+        let mut moved = HashSet::new();
+        for index in 0..self.classes.len() {
+            let Some(class) = self.classes[index]
+                .as_ref()
+                .filter(|class| namespaces.contains(&class.namespace))
+            else {
+                continue;
+            };
+            let labels = class.labels.upgrade().expect("a live class's labels");
+            let matched = self.matching(cluster, &class.namespace, &labels);
+            let class = self.classes[index].as_mut().expect("a live class");
+            if matched != class.matched {
+                class.matched = matched;
+                moved.insert(index);
+            }
+        }
+        moved
+    }
+
+    /// The pods of the classes `moved` take the identities of their class's key now (their
+    /// addresses go to `touched`).
+    fn move_pods(&mut self, moved: &HashSet<usize>, touched: &mut BTreeSet<IpAddr>) {
         if moved.is_empty() {
             return;
         }
-
         let pods: Vec<String> = self
             .pods
             .iter()
@@ -742,8 +767,18 @@ impl Peers {
 
     /// The selectors (indices, in order) that match `pod`'s labels in its namespace.
     fn matching_selectors(&self, cluster: &Cluster, pod: &PodInfo) -> Vec<usize> {
-        let namespace_labels = cluster.namespaces.get(&pod.namespace).map(|ns| &ns.labels);
-        let own = self.own_selectors.get(&pod.namespace).into_iter().flatten();
+        self.matching(cluster, &pod.namespace, &pod.labels)
+    }
+
+    /// The selectors (indices, in order) that match pods with `labels` in `namespace`.
+    fn matching(
+        &self,
+        cluster: &Cluster,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<usize> {
+        let namespace_labels = cluster.namespaces.get(namespace).map(|ns| &ns.labels);
+        let own = self.own_selectors.get(namespace).into_iter().flatten();
         let elsewhere = self.namespace_selectors.iter().filter(|index| {
             let Namespaces::Matching(selector) = &self.universe.selectors[**index].namespaces
             else {
@@ -758,7 +793,7 @@ impl Peers {
                 self.universe.selectors[*index]
                     .pods
                     .as_ref()
-                    .is_none_or(|pods| pods.matches(&pod.labels))
+                    .is_none_or(|pods| pods.matches(labels))
             })
             .collect();
         matched.sort_unstable();

@@ -243,7 +243,7 @@ impl Compiler {
             Object::Namespace(o) => {
                 let info = cluster::check_namespace(o, &mut problems);
                 self.cluster.set_namespace(&key.1, Some(info));
-                self.changes.namespaces = true;
+                self.changes.namespaces.insert(key.1.clone());
             }
             Object::Pod(o) => {
                 let info = cluster::check_pod(o, &mut problems);
@@ -302,7 +302,7 @@ impl Compiler {
         match kind {
             ObjectKind::Namespace => {
                 self.cluster.set_namespace(name, None);
-                self.changes.namespaces = true;
+                self.changes.namespaces.insert(name.to_owned());
             }
             ObjectKind::Pod => {
                 self.cluster.set_pod(&pod_key(&key), None);
