@@ -318,7 +318,15 @@ fn incremental_compiles_exactly_what_a_full_compile_does() {
         // agent restart, whose ids come from the maps), which the compiler must notice.
         let mut history: Vec<Ids> = Vec::new();
         for step in 0..60 {
-            change(&mut rng, &mut world, &mut compiler);
+            // Mostly one change per pass; now and then several, as a watch batches them.
+            let changes = if step % 5 == 4 {
+                rng.random_range(2..6)
+            } else {
+                1
+            };
+            for _ in 0..changes {
+                change(&mut rng, &mut world, &mut compiler);
+            }
             if step % 7 == 6 {
                 prior = history[step / 2].clone();
             }

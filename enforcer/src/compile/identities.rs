@@ -349,14 +349,8 @@ impl Peers {
         }
         let reserved: BTreeSet<u32> = self.identity_ids.values().copied().collect();
         let mut touched = BTreeSet::new();
-        let mut moved = match universe {
-            Some(universe) => self.reselect(cluster, universe, prior),
-            None => HashSet::new(),
-        };
-        if !changes.namespaces.is_empty() {
-            moved.extend(self.rematch(cluster, &changes.namespaces));
-        }
-        self.move_pods(&moved, &mut touched);
+        // Pods first (classified by the table's universe): then every class left has pods in
+        // the cluster, whose labels it can read to be matched again.
         let mut memo = HashMap::default();
         for key in &changes.pods {
             if let Some(old) = self.pods.remove(key) {
@@ -371,6 +365,14 @@ impl Peers {
                 self.add_pod(cluster, pod, &mut memo, Some(&mut touched));
             }
         }
+        let mut moved = match universe {
+            Some(universe) => self.reselect(cluster, universe, prior),
+            None => HashSet::new(),
+        };
+        if !changes.namespaces.is_empty() {
+            moved.extend(self.rematch(cluster, &changes.namespaces));
+        }
+        self.move_pods(&moved, &mut touched);
         if !self
             .services
             .as_ref()
