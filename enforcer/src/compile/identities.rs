@@ -540,12 +540,14 @@ impl Peers {
                 .collect();
             let lost = matched.len() < class.matched.len();
             let labels = class.labels.upgrade().expect("a live class's labels");
+            let namespace_labels = cluster
+                .namespaces
+                .get(&class.namespace)
+                .map(|ns| &ns.labels);
             let before = matched.len();
-            matched.extend(
-                new.iter()
-                    .copied()
-                    .filter(|selector| self.matches(cluster, *selector, &class.namespace, &labels)),
-            );
+            matched.extend(new.iter().copied().filter(|selector| {
+                self.matches(*selector, &class.namespace, namespace_labels, &labels)
+            }));
             if lost || matched.len() > before {
                 moved.insert(index);
             }
@@ -598,21 +600,7 @@ impl Peers {
             for (ip, old) in addresses {
                 self.release(old);
                 let region = self.identities[old].region;
-                let identity = match memo.get(&(class, region)) {
-                    Some(identity) => *identity,
-                    None => {
-                        let class_of = self.classes[class].as_ref().expect("a live class");
-                        let identity = self.intern(Key {
-                            selectors: class_of.matched.clone(),
-                            region,
-                            named: class_of.named.clone(),
-                            cluster_ip: None,
-                        });
-                        memo.insert((class, region), identity);
-                        identity
-                    }
-                };
-                self.slots[identity].refs += 1;
+                let identity = self.take_identity(class, region, &mut memo);
                 now.push((ip, identity));
                 touched.insert(ip);
             }
@@ -620,21 +608,21 @@ impl Peers {
         }
     }
 
-    /// Whether selector `index` matches pods with `labels` in `namespace`.
+    /// Whether selector `index` matches pods with `labels` in `namespace`, whose own labels
+    /// are `namespace_labels` (`None`: the cluster has no such namespace).
     fn matches(
         &self,
-        cluster: &Cluster,
         index: usize,
         namespace: &str,
+        namespace_labels: Option<&BTreeMap<String, String>>,
         labels: &BTreeMap<String, String>,
     ) -> bool {
         let selector = &self.universe.selectors[index];
         let here = match &selector.namespaces {
             Namespaces::Own(own) => own == namespace,
-            Namespaces::Matching(namespaces) => cluster
-                .namespaces
-                .get(namespace)
-                .is_some_and(|ns| namespaces.matches(&ns.labels)),
+            Namespaces::Matching(namespaces) => {
+                namespace_labels.is_some_and(|ns| namespaces.matches(ns))
+            }
         };
         here && selector
             .pods
@@ -673,22 +661,7 @@ impl Peers {
         let mut addresses = Vec::with_capacity(pod.ips.len());
         for ip in &pod.ips {
             let region = self.regions.of(Prefix::host(*ip));
-            let identity = match memo.get(&(class, region)) {
-                Some(identity) => *identity,
-                None => {
-                    let class_of = self.classes[class].as_ref().expect("a live class");
-                    let key = Key {
-                        selectors: class_of.matched.clone(),
-                        region,
-                        named: class_of.named.clone(),
-                        cluster_ip: None,
-                    };
-                    let identity = self.intern(key);
-                    memo.insert((class, region), identity);
-                    identity
-                }
-            };
-            self.slots[identity].refs += 1;
+            let identity = self.take_identity(class, region, memo);
             addresses.push((*ip, identity));
             match touched.as_deref_mut() {
                 Some(touched) => {
@@ -701,6 +674,32 @@ impl Peers {
         }
         self.pod_addresses += addresses.len();
         self.pods.insert(pod.key(), Classified { class, addresses });
+    }
+
+    /// The identity of one more address in `region` of a pod of `class`: its class's key
+    /// (interned once per pass and class, in `memo`), with the address counted.
+    fn take_identity(
+        &mut self,
+        class: usize,
+        region: Prefix,
+        memo: &mut HashMap<(usize, Prefix), usize>,
+    ) -> usize {
+        let identity = match memo.get(&(class, region)) {
+            Some(identity) => *identity,
+            None => {
+                let class_of = self.classes[class].as_ref().expect("a live class");
+                let identity = self.intern(Key {
+                    selectors: class_of.matched.clone(),
+                    region,
+                    named: class_of.named.clone(),
+                    cluster_ip: None,
+                });
+                memo.insert((class, region), identity);
+                identity
+            }
+        };
+        self.slots[identity].refs += 1;
+        identity
     }
 
     /// The class of `pod`, which counts it.
@@ -780,23 +779,15 @@ impl Peers {
         labels: &BTreeMap<String, String>,
     ) -> Vec<usize> {
         let namespace_labels = cluster.namespaces.get(namespace).map(|ns| &ns.labels);
-        let own = self.own_selectors.get(namespace).into_iter().flatten();
-        let elsewhere = self.namespace_selectors.iter().filter(|index| {
-            let Namespaces::Matching(selector) = &self.universe.selectors[**index].namespaces
-            else {
-                return false;
-            };
-            namespace_labels.is_some_and(|labels| selector.matches(labels))
-        });
-        let mut matched: Vec<usize> = own
-            .chain(elsewhere)
+        // Only the selectors of this namespace and those with a namespace selector can match.
+        let mut matched: Vec<usize> = self
+            .own_selectors
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .chain(&self.namespace_selectors)
             .copied()
-            .filter(|index| {
-                self.universe.selectors[*index]
-                    .pods
-                    .as_ref()
-                    .is_none_or(|pods| pods.matches(labels))
-            })
+            .filter(|index| self.matches(*index, namespace, namespace_labels, labels))
             .collect();
         matched.sort_unstable();
         matched
