@@ -76,7 +76,7 @@ impl ObjectKind {
     }
 }
 
-impl Object<'_> {
+impl<'a> Object<'a> {
     /// Its kind.
     pub fn kind(&self) -> ObjectKind {
         match self {
@@ -88,7 +88,7 @@ impl Object<'_> {
         }
     }
 
-    fn meta(&self) -> &ObjectMeta {
+    fn meta(&self) -> &'a ObjectMeta {
         match self {
             Object::Namespace(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
@@ -118,7 +118,7 @@ pub struct Compiler {
     versions: Versions,
     /// Each valid Service with its backends, as last resolved.
     resolved: BTreeMap<Key, ServiceInfo>,
-    /// `resolved` as a pass hands it on; `None` after it changed.
+    /// `resolved` as the last pass handed it on (stale once `services_changed` is not empty).
     services_listed: Option<Arc<Vec<ServiceInfo>>>,
     /// The Services whose entry in `resolved` changed since the last pass.
     services_changed: BTreeSet<Key>,
@@ -342,6 +342,9 @@ impl Compiler {
         let mut errors = self.load_errors.clone();
         errors.extend(self.problems.values().flatten().cloned());
         let policies: Vec<&Policy> = self.policies.values().collect();
+        if !self.services_changed.is_empty() {
+            self.services_listed = None;
+        }
         let services = Arc::clone(
             self.services_listed
                 .get_or_insert_with(|| Arc::new(self.resolved.values().cloned().collect())),
@@ -386,7 +389,6 @@ impl Compiler {
             self.by_address.remove(&key);
             let Some(service) = self.services.get(&key) else {
                 if self.resolved.remove(&key).is_some() {
-                    self.services_listed = None;
                     self.services_changed.insert(key);
                 }
                 continue;
@@ -405,7 +407,6 @@ impl Compiler {
             if self.resolved.get(&key) == info.as_ref() {
                 continue;
             }
-            self.services_listed = None;
             self.services_changed.insert(key.clone());
             match info {
                 Some(info) => self.resolved.insert(key, info),
@@ -464,13 +465,7 @@ fn key_of(object: Object<'_>) -> Option<Key> {
 
 /// [`key_of`], borrowed.
 fn key_ref<'o>(object: Object<'o>) -> Option<(&'o str, &'o str)> {
-    let meta = match object {
-        Object::Namespace(o) => &o.metadata,
-        Object::Pod(o) => &o.metadata,
-        Object::NetworkPolicy(o) => &o.metadata,
-        Object::Service(o) => &o.metadata,
-        Object::EndpointSlice(o) => &o.metadata,
-    };
+    let meta = object.meta();
     let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
     let namespace = match object.kind() {
         ObjectKind::Namespace => "",
