@@ -63,12 +63,19 @@ pub(crate) type ServiceKey = (String, String);
 pub(crate) struct ClusterIps {
     /// Whether they were found once.
     built: bool,
-    /// Per Service, in the order of the Services, its ClusterIPs that have an identity.
-    of_service: BTreeMap<ServiceKey, Vec<ClusterIp>>,
-    /// Per Service, the addresses of its ready backends.
-    backends: HashMap<ServiceKey, Vec<IpAddr>>,
+    /// Per Service, in the order of the Services.
+    of_service: BTreeMap<ServiceKey, Found>,
     /// The Services with a ready backend at each address.
     by_backend: HashMap<IpAddr, BTreeSet<ServiceKey>>,
+}
+
+/// What is kept of one Service.
+#[derive(Debug, Clone)]
+struct Found {
+    /// Its ClusterIPs that have an identity.
+    cluster_ips: Vec<ClusterIp>,
+    /// The addresses of its ready backends.
+    backends: Vec<IpAddr>,
 }
 
 impl ClusterIps {
@@ -101,18 +108,12 @@ impl ClusterIps {
                 .ok()
                 .map(|index| &services[index]);
             let found = service.map(|s| of_service(peers, s)).unwrap_or_default();
-            if self.of_service.get(&key).map_or(&[][..], Vec::as_slice) != found.as_slice() {
+            let kept = self.forget(&key);
+            if kept.map_or(Vec::new(), |kept| kept.cluster_ips) != found {
                 any = true;
             }
-            self.unindex(&key);
-            match service {
-                Some(service) => {
-                    self.index(&key, service);
-                    self.of_service.insert(key, found);
-                }
-                None => {
-                    self.of_service.remove(&key);
-                }
+            if let Some(service) = service {
+                self.keep(key, service, found);
             }
         }
         any
@@ -120,25 +121,25 @@ impl ClusterIps {
 
     /// Finds every ClusterIP again; whether any changed.
     fn rebuild(&mut self, peers: &Peers, services: &[ServiceInfo]) -> bool {
-        let found: BTreeMap<ServiceKey, Vec<ClusterIp>> = services
-            .iter()
-            .map(|s| ((s.namespace.clone(), s.name.clone()), of_service(peers, s)))
-            .collect();
-        // Other Services need not mean other ClusterIPs: a new ready backend of a Deployment
-        // usually has the identity its replicas have.
-        let changed = !self.built || !found.values().flatten().eq(self.iter());
-        self.of_service = found;
-        self.backends.clear();
+        let before = std::mem::take(&mut self.of_service);
         self.by_backend.clear();
         for service in services {
-            self.index(&(service.namespace.clone(), service.name.clone()), service);
+            let key = (service.namespace.clone(), service.name.clone());
+            self.keep(key, service, of_service(peers, service));
         }
+        // Other Services need not mean other ClusterIPs: a new ready backend of a Deployment
+        // usually has the identity its replicas have.
+        let changed = !self.built
+            || !before
+                .values()
+                .flat_map(|kept| &kept.cluster_ips)
+                .eq(self.iter());
         self.built = true;
         changed
     }
 
-    /// Notes the backends of `service`.
-    fn index(&mut self, key: &ServiceKey, service: &ServiceInfo) {
+    /// Keeps `cluster_ips`, found for `service`, and notes its backends.
+    fn keep(&mut self, key: ServiceKey, service: &ServiceInfo, cluster_ips: Vec<ClusterIp>) {
         let mut addresses: Vec<IpAddr> = service
             .ports
             .iter()
@@ -152,24 +153,32 @@ impl ClusterIps {
                 .or_default()
                 .insert(key.clone());
         }
-        self.backends.insert(key.clone(), addresses);
+        self.of_service.insert(
+            key,
+            Found {
+                cluster_ips,
+                backends: addresses,
+            },
+        );
     }
 
-    /// Forgets the backends of the Service `key`.
-    fn unindex(&mut self, key: &ServiceKey) {
-        for address in self.backends.remove(key).unwrap_or_default() {
-            if let Some(services) = self.by_backend.get_mut(&address) {
+    /// Forgets the Service `key`; what was kept of it.
+    fn forget(&mut self, key: &ServiceKey) -> Option<Found> {
+        let kept = self.of_service.remove(key)?;
+        for address in &kept.backends {
+            if let Some(services) = self.by_backend.get_mut(address) {
                 services.remove(key);
                 if services.is_empty() {
-                    self.by_backend.remove(&address);
+                    self.by_backend.remove(address);
                 }
             }
         }
+        Some(kept)
     }
 
     /// Every ClusterIP, Service by Service.
     fn iter(&self) -> impl Iterator<Item = &ClusterIp> {
-        self.of_service.values().flatten()
+        self.of_service.values().flat_map(|kept| &kept.cluster_ips)
     }
 }
 
