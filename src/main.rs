@@ -387,6 +387,19 @@ enum BenchTarget {
     /// Compile time (first pass and after one change), map entries and peak RSS of generated
     /// clusters, one fresh process per case (no root needed).
     Scale(ScaleArgs),
+    /// What a node agent holds after its first pass on a generated cluster, and how long
+    /// that pass takes (no root needed).
+    Agent {
+        /// Pods in the cluster (`100k`).
+        #[arg(long, value_parser = scale::parse_count, default_value = "100k")]
+        pods: usize,
+        /// NetworkPolicies; by default as `bench scale` picks them for the size.
+        #[arg(long, value_parser = scale::parse_count)]
+        policies: Option<usize>,
+        /// Pods per node; the node under test holds that many.
+        #[arg(long, value_parser = scale::parse_count, default_value = "250")]
+        node_pods: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -516,8 +529,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             target: BenchTarget::Scale(args),
         } => bench_scale_command(&args),
+        Command::Bench {
+            target:
+                BenchTarget::Agent {
+                    pods,
+                    policies,
+                    node_pods,
+                },
+        } => bench_agent_command(scale::Shape {
+            pods,
+            policies: policies.unwrap_or_else(|| scale::default_policies(pods)),
+            node_pods,
+        }),
     }
 }
+
+/// `bench agent`, in a process whose allocator gives freed memory back at once
+/// (`MIMALLOC_PURGE_DELAY=0`, read when the process starts: the command re-executes itself
+/// with it), so that what the case dropped is not counted as held.
+fn bench_agent_command(shape: scale::Shape) -> anyhow::Result<ExitCode> {
+    if std::env::var_os(PURGE_DELAY).is_none_or(|delay| delay != "0") {
+        let status = std::process::Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env(PURGE_DELAY, "0")
+            .status()?;
+        return Ok(match status.success() {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::FAILURE,
+        });
+    }
+    let case = tollgate_agent::bench::agent(shape).map_err(anyhow::Error::msg)?;
+    write_out(&tollgate_agent::bench::render(&case))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// mimalloc's setting of how long freed memory waits before it goes back to the system, ms.
+const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
 
 /// `bench scale`: each case in a child process (this program with `--one`), rows printed as
 /// they come; exit 1 when a case failed.

@@ -18,7 +18,7 @@
 //!    the links an earlier agent left to this agent's programs (never before: with new maps
 //!    that would deny every pod until the sync). Every `agent.drift_check_secs` a pass first
 //!    reads the maps back and repairs what differs from what the agent wrote. After every pass
-//!    the identities observe the snapshot and compilation, the propagation latency, the maps'
+//!    the identities observe the pods that changed and the compilation, the propagation latency, the maps'
 //!    entries against their capacity and the drift repairs go into [`AgentMetrics`], and the
 //!    agent is ready once a pass has programmed every local endpoint; while one is missing (a
 //!    failed attach), the next pass comes after [`RECHECK`].
@@ -52,7 +52,7 @@ use tollgate_enforcer::{
     compile::Compiled,
     desired::{Capacity, DesiredState, PeerEntryKey},
     probe::{AttachMode, Counters, ProbeError},
-    snapshot::{Snapshot, pod_addresses, pod_key},
+    snapshot::{Updates, pod_addresses},
     sync::PolicyMaps,
 };
 use tollgate_schemas::{
@@ -273,6 +273,8 @@ pub struct NodeEndpoints {
     /// to it (their entries are written, their programs swapped by the adoption).
     adopted: bool,
     discovery: Discovery,
+    /// The pods that may be on this node (see [`NodeEndpoints::track`]), by `namespace/name`.
+    pods: BTreeMap<String, LocalPod>,
     /// What the last call returned: the endpoints kept when a discovery fails.
     interfaces: BTreeMap<String, u32>,
     /// The addresses of those endpoints on another veth than their pod's (multi-NIC pods).
@@ -307,6 +309,7 @@ impl NodeEndpoints {
             burst_end: None,
             adopted: false,
             discovery: Discovery::default(),
+            pods: BTreeMap::new(),
             interfaces: BTreeMap::new(),
             extra_addresses: BTreeMap::new(),
             complete: false,
@@ -334,19 +337,25 @@ impl NodeEndpoints {
         Ok(())
     }
 
-    /// The pods of the snapshot that may be on this node: not `hostNetwork`, and scheduled
-    /// here (or not scheduled anywhere yet, as in a snapshot set in code).
-    fn local_pods(&self, snapshot: &Snapshot) -> Vec<LocalPod> {
-        snapshot
-            .pods
-            .iter()
-            .filter(|pod| is_local(pod, &self.node))
-            .map(|pod| LocalPod {
-                pod: pod_key(pod),
-                ips: pod_addresses(pod),
-            })
-            .filter(|pod| !pod.ips.is_empty())
-            .collect()
+    /// Keeps the pods that may be on this node current with the pods that `changed`: those
+    /// with an address, not `hostNetwork`, and scheduled here (or not scheduled anywhere yet,
+    /// as in a snapshot set in code).
+    fn track(&mut self, changed: &Updates<Pod>) {
+        for ((namespace, name), pod) in changed {
+            let key = format!("{namespace}/{name}");
+            let local = pod
+                .as_deref()
+                .filter(|pod| is_local(pod, &self.node))
+                .map(|pod| LocalPod {
+                    pod: key.clone(),
+                    ips: pod_addresses(pod),
+                })
+                .filter(|pod| !pod.ips.is_empty());
+            match local {
+                Some(local) => self.pods.insert(key, local),
+                None => self.pods.remove(&key),
+            };
+        }
     }
 }
 
@@ -382,8 +391,9 @@ impl NodeEndpoints {
 }
 
 impl LocalEndpoints for NodeEndpoints {
-    fn local(&mut self, snapshot: &Snapshot) -> BTreeMap<String, u32> {
-        let pods = self.local_pods(snapshot);
+    fn local(&mut self, pods: &Updates<Pod>) -> BTreeMap<String, u32> {
+        self.track(pods);
+        let pods: Vec<LocalPod> = self.pods.values().cloned().collect();
         match discover(&pods, &self.names) {
             Ok(discovery) => self.discovery = discovery,
             Err(error) => {
@@ -566,9 +576,9 @@ pub struct Hooks {
 /// A pass that synced the maps.
 #[derive(Debug, Clone)]
 pub struct Synced {
-    /// The cluster compiled, as the source handed it over (`node_addresses` empty: the node's
-    /// addresses it was compiled with are in [`Synced::node_addresses`]).
-    pub snapshot: Snapshot,
+    /// The source's update the pass compiled, for a source that numbers them (a
+    /// `StaticSource`: the number its handle's `set` returned).
+    pub update: Option<u64>,
     /// The node's addresses the pass compiled (empty with `agent.node_ingress: policy`).
     pub node_addresses: Vec<IpAddr>,
     /// The compilation the maps now hold.
@@ -739,18 +749,16 @@ pub async fn run_agent_with<S: ClusterSource>(
                 adopted = true;
             }
             let interfaces = agent.endpoints().endpoint_interfaces();
-            if let Some((snapshot, compiled)) = agent.synced() {
+            if let Some(compiled) = agent.synced() {
                 let mut identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
                 let now = boottime_ns();
-                identities.observe(snapshot, compiled, now);
+                identities.observe(&pass.pods, agent.node_addresses(), compiled, now);
                 identities.observe_interfaces(interfaces, now);
                 drop(identities);
                 if let Some(passes) = &passes {
-                    let mut snapshot = snapshot.clone();
-                    let node_addresses = std::mem::take(&mut snapshot.node_addresses);
                     let _ = passes.send(Synced {
-                        snapshot,
-                        node_addresses,
+                        update: pass.update,
+                        node_addresses: agent.node_addresses().to_vec(),
                         compiled: compiled.clone(),
                         report: pass.report.clone(),
                     });

@@ -2,15 +2,18 @@
 //! with the cluster.
 //!
 //! Data flows through the modules in this order:
-//! - [`watch`]: reflectors for Namespaces, Pods, NetworkPolicies, Services and EndpointSlices
-//!   fill shared stores with objects slimmed to what the compiler reads ([`slim`]), and every
-//!   change that matters goes into a change log that coalesces bursts into batches;
-//! - [`source`]: the [`source::ClusterSource`] the agent reads: a snapshot of the cluster and
-//!   "it changed". [`source::KubeSource`] is the reflectors on EKS; [`source::StaticSource`]
-//!   is a snapshot set in code (the lab, tests) — everything after it is the same path;
-//! - [`reconcile`]: snapshot → the compiler, kept between passes (it checks again only the
-//!   objects whose resourceVersion moved; for this node's endpoints, ids carried over from the
-//!   previous compilation) → the difference to what the maps were last synced to →
+//! - [`watch`]: watches for Namespaces, Pods, NetworkPolicies, Services and EndpointSlices
+//!   hold the objects that changed, slimmed to what the compiler reads ([`slim`]), until the
+//!   next pass takes them (no store of the cluster: a fingerprint per object tells a change
+//!   from churn), and every change that matters goes into a change log that coalesces bursts
+//!   into batches;
+//! - [`source`]: the [`source::ClusterSource`] the agent reads: "it changed", and the delta of
+//!   what changed, object by object (never a copy of the cluster).
+//!   [`source::KubeSource`] is the reflectors on EKS; [`source::StaticSource`] is a snapshot
+//!   set in code (the lab, tests) — everything after it is the same path;
+//! - [`reconcile`]: delta → the compiler, kept between passes (it checks each changed object
+//!   once and recomputes only what the change touches; for this node's endpoints, ids carried
+//!   over from the previous compilation) → the difference to what the maps were last synced to →
 //!   `tollgate_enforcer::sync` writes only the entries that changed;
 //! - [`run`]: the loop that waits for changes, reconciles, retries a failed sync, and
 //!   measures the propagation latency (watch event arrival → maps synced).
@@ -22,10 +25,12 @@
 //! route or a changed node address starts a pass), the collector on the probe's events, and the
 //! HTTP endpoints.
 //!
-//! Around them: [`config`] (the one settings file of agent and collector), [`http`]
+//! Around them: [`bench`] (`tollgate bench agent`: what the agent holds for a generated
+//! cluster), [`config`] (the one settings file of agent and collector), [`http`]
 //! (`/metrics`, `/healthz`, `/readyz`) and [`telemetry`] (text or JSON logs; traces and
 //! metrics over OTLP).
 
+pub mod bench;
 pub mod cni;
 pub mod config;
 pub mod daemon;
@@ -45,12 +50,11 @@ pub mod watch;
 /// What can go wrong in the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A reflector stopped before its first list was complete (its task ended).
-    #[error("a watch stopped before its first list was complete: {source}")]
+    /// A watch stopped before its first list was complete (its task ended).
+    #[error("the watch of {kind} stopped before its first list was complete")]
     WatchStopped {
-        /// The store's error.
-        #[from]
-        source: kube::runtime::reflector::store::WriterDropped,
+        /// The kind watched.
+        kind: &'static str,
     },
     /// The policy maps could not be read or written; the next pass syncs again.
     #[error("syncing the policy maps: {source}")]

@@ -1,16 +1,19 @@
-//! One reconciliation: a cluster snapshot → the probe's policy maps for this node's endpoints.
+//! One reconciliation: the cluster's changes → the probe's policy maps for this node's
+//! endpoints.
 //!
-//! 1. [`LocalEndpoints::local`] names the node's endpoints: the pods whose host-side veth is
+//! 1. [`Reconciler::apply`] hands the compiler (`tollgate_enforcer::compile::Compiler`, kept
+//!    between passes) the source's [`Delta`]: it checks the objects that changed, once, and
+//!    keeps the cluster in the form it compiles; no pass copies the cluster.
+//! 2. [`LocalEndpoints::local`] names the node's endpoints: the pods whose host-side veth is
 //!    on this node (and has the probe attached), each with that veth's ifindex;
-//!    [`LocalEndpoints::node_addresses`] the node's own addresses, which the caller puts into
-//!    the snapshot (`Snapshot::node_addresses`) before it is compiled.
-//! 2. The compiler (`tollgate_enforcer::compile::Compiler`, kept between passes: it checks
-//!    again only the objects whose resourceVersion moved) turns the snapshot into
+//!    [`LocalEndpoints::node_addresses`] the node's own addresses, which the compilation
+//!    gets with them.
+//! 3. The compiler turns what it keeps into
 //!    the desired state of those endpoints within the maps' capacity (read from the maps at
 //!    the first pass and after a failed one), keeping the ids of the previous compilation, so
 //!    an unchanged endpoint compiles to the very same entries. What does not fit is reported
 //!    in the report's `errors`, its endpoints written not programmed (denied).
-//! 3. A long-lived `tollgate_enforcer::sync::Syncer` writes the difference between that state
+//! 4. A long-lived `tollgate_enforcer::sync::Syncer` writes the difference between that state
 //!    and the one it last wrote, in an order that never opens an allow window; the endpoints
 //!    whose entries changed are the report's `touched`. It reads the maps only at the first
 //!    pass, after a failed one (a failure leaves them partly written; the next pass completes
@@ -29,10 +32,11 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use k8s_openapi::api::core::v1::Pod;
 use tollgate_enforcer::{
     compile::{Compiled, Compiler, Placement, recover_ids},
     desired::{Capacity, Ids, MapUsage},
-    snapshot::{InputError, Snapshot},
+    snapshot::{Delta, InputError, Updates},
     sync::{Diff, PolicyMaps, SyncStats, Syncer},
 };
 use tollgate_schemas::endpoint_flags;
@@ -41,12 +45,14 @@ use crate::Error;
 
 /// The pods of this node that are endpoints, and the node's own addresses.
 ///
-/// Called once per pass, before the compiler, with the snapshot the pass compiles: the
-/// place to find the veths of new pods and attach the probe to them, so a pod is attached
-/// by the time its entries are written (hence `&mut self`).
+/// Called once per pass, before the compiler, with the pods that changed since the last
+/// pass: the place to find the veths of new pods and attach the probe to them, so a pod is
+/// attached by the time its entries are written (hence `&mut self`).
 pub trait LocalEndpoints {
-    /// Endpoint pods by `namespace/name`, each with the ifindex of its host-side veth.
-    fn local(&mut self, snapshot: &Snapshot) -> BTreeMap<String, u32>;
+    /// Endpoint pods by `namespace/name`, each with the ifindex of its host-side veth. `pods`
+    /// are the pods that changed since the last call (every pod at the first), each as it is
+    /// now (`None`: gone).
+    fn local(&mut self, pods: &Updates<Pod>) -> BTreeMap<String, u32>;
 
     /// The addresses of endpoint pods that are on another veth than their pod's (multi-NIC
     /// pods: one veth per address), with that veth's ifindex, as the last
@@ -70,9 +76,9 @@ pub trait LocalEndpoints {
     }
 }
 
-/// A fixed set of endpoints, whatever the snapshot says (the lab's topology).
+/// A fixed set of endpoints, whatever the pods say (the lab's topology).
 impl LocalEndpoints for BTreeMap<String, u32> {
-    fn local(&mut self, _snapshot: &Snapshot) -> BTreeMap<String, u32> {
+    fn local(&mut self, _pods: &Updates<Pod>) -> BTreeMap<String, u32> {
         self.clone()
     }
 }
@@ -103,8 +109,7 @@ pub struct Report {
 /// Compiles and syncs, remembering what the maps were last synced to.
 #[derive(Debug)]
 pub struct Reconciler {
-    /// The cluster as the compiler keeps it: each pass hands it the snapshot, and only the
-    /// objects whose resourceVersion moved are checked again.
+    /// The cluster as the compiler keeps it, changed by the sources' deltas.
     compiler: Compiler,
     /// The ids of the last compilation: the next one keeps them.
     ids: Ids,
@@ -151,11 +156,18 @@ impl Reconciler {
         self.synced.as_ref()
     }
 
-    /// Makes `maps` hold the compiled state of `snapshot` for the endpoints `local` names,
-    /// the addresses of `addresses` each on its own interface.
+    /// Hands the compiler what changed in the cluster. Kept even when the reconciliation
+    /// that follows fails: its retry compiles the same cluster.
+    pub fn apply(&mut self, delta: &Delta) {
+        self.compiler.apply_delta(delta);
+    }
+
+    /// Makes `maps` hold the compiled state of the cluster (as [`Reconciler::apply`] left
+    /// it) for the endpoints `local` names, the addresses of `addresses` each on its own
+    /// interface, with the node's own addresses `node_addresses`.
     pub fn reconcile<M: PolicyMaps>(
         &mut self,
-        snapshot: &Snapshot,
+        node_addresses: Vec<IpAddr>,
         local: &BTreeMap<String, u32>,
         addresses: &BTreeMap<IpAddr, u32>,
         maps: &mut M,
@@ -171,7 +183,7 @@ impl Reconciler {
             pods: local,
             addresses,
         };
-        self.compiler.load(snapshot);
+        self.compiler.set_node_addresses(node_addresses);
         let mut compiled = self.compiler.compile(&placement, &self.ids, &capacity);
         if !self.recovered {
             // The first pass of this agent: maps left by a previous one keep their ids for

@@ -1,24 +1,27 @@
 //! The agent's loop: wait for the cluster to change, reconcile, say what it did.
 //!
-//! [`Agent::next`] waits for a batch of [`Changes`] from the [`ClusterSource`], takes a
-//! snapshot *after* the batch (so it holds every change the batch names), asks
-//! [`LocalEndpoints`] for the node's endpoints and its own addresses (which replace the
-//! snapshot's `node_addresses`: they are the node's, not the cluster's) and has the
-//! [`Reconciler`] compile and sync. The
+//! [`Agent::next`] waits for a batch of [`Changes`] from the [`ClusterSource`], takes the
+//! source's delta *after* the batch (so it holds every change the batch names) and hands it
+//! to the [`Reconciler`]'s compiler, asks [`LocalEndpoints`] for the node's endpoints (telling
+//! it which pods changed) and the node's own addresses, and has the [`Reconciler`] compile
+//! and sync. The pods that changed are kept until a pass syncs: the [`Pass`] hands them on
+//! to what names addresses (the collector's identities). The
 //! propagation latency of a pass runs from the arrival of the batch's oldest change to the
 //! end of the sync. A pass that fails is retried after 1 s, doubling to 30 s, or sooner
 //! when the cluster changes again. Once a pass has synced, a change of the node itself
 //! ([`LocalEndpoints::changed`]: a new veth, a late host route) also starts a pass, on the
-//! snapshot the agent already has, and so does the periodic drift check
+//! cluster the compiler already has, and so does the periodic drift check
 //! ([`Agent::check_drift_every`], [`DRIFT_CHECK`] by default): the maps are read back and what
 //! differs from what the agent wrote is repaired before the pass syncs.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use tokio::time::Instant;
 use tollgate_enforcer::{
     compile::Compiled,
-    snapshot::Snapshot,
+    snapshot::Updates,
     sync::{PolicyMaps, SyncStats},
 };
 
@@ -41,8 +44,10 @@ pub struct Agent<S, E> {
     source: S,
     endpoints: E,
     reconciler: Reconciler,
-    /// The snapshot of the last pass that synced (what the collector's identities observe).
-    snapshot: Option<Snapshot>,
+    /// Pods that changed since the last pass that synced (the next one hands them on).
+    unobserved: Updates<Pod>,
+    /// The node's addresses the last pass that synced compiled.
+    node_addresses: Vec<IpAddr>,
     /// Set after a failed pass (or by [`Agent::pass_again_after`]): how long to wait before
     /// the next pass without a change.
     retry: Option<Duration>,
@@ -70,6 +75,12 @@ pub struct Pass {
     pub latency: Option<Duration>,
     /// The repairs of the drift check that came first, when the pass made one.
     pub drift: Option<SyncStats>,
+    /// The pods that changed since the previous pass that synced, each as it is now (`None`:
+    /// gone); every pod at the first.
+    pub pods: Updates<Pod>,
+    /// The source's update that the pass compiled, for a source that numbers them
+    /// ([`ClusterSource::update`]).
+    pub update: Option<u64>,
 }
 
 impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
@@ -79,7 +90,8 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             source,
             endpoints,
             reconciler: Reconciler::new(),
-            snapshot: None,
+            unobserved: Updates::new(),
+            node_addresses: Vec::new(),
             retry: None,
             retry_at: None,
             synced_once: false,
@@ -95,11 +107,17 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         self.drift_at = self.drift_at.map(|_| Instant::now() + every);
     }
 
-    /// The snapshot and compilation the maps were last synced to: what
-    /// `tollgate_collector::identity::Identities::observe` records after a pass. `None` before
-    /// the first pass and after a failed one.
-    pub fn synced(&self) -> Option<(&Snapshot, &Compiled)> {
-        Some((self.snapshot.as_ref()?, self.reconciler.synced()?))
+    /// The compilation the maps were last synced to: what
+    /// `tollgate_collector::identity::Identities::observe` records after a pass (with the
+    /// pass's pods and [`Agent::node_addresses`]). `None` before the first pass and after a
+    /// failed one.
+    pub fn synced(&self) -> Option<&Compiled> {
+        self.reconciler.synced()
+    }
+
+    /// The node's own addresses that the last pass that synced compiled.
+    pub fn node_addresses(&self) -> &[IpAddr] {
+        &self.node_addresses
     }
 
     /// Makes the next [`Agent::next`] pass after `delay` at the latest, even when the cluster
@@ -148,10 +166,13 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             () = self.endpoints.changed(), if node => None,
         };
         let check_drift = self.drift_at.is_some_and(|due| due <= Instant::now());
-        let mut snapshot = self.source.snapshot();
-        let local = self.endpoints.local(&snapshot);
+        let delta = self.source.take_delta();
+        let update = self.source.update();
+        self.reconciler.apply(&delta);
+        let local = self.endpoints.local(&delta.pods);
+        self.unobserved.extend(delta.pods);
         let addresses = self.endpoints.address_interfaces();
-        snapshot.node_addresses = self.endpoints.node_addresses();
+        let node_addresses = self.endpoints.node_addresses();
         let drift = if check_drift {
             // Due again in full even if it fails: the retry of a failed pass reads the maps
             // anyway.
@@ -163,16 +184,17 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         } else {
             None
         };
-        let report = match self
-            .reconciler
-            .reconcile(&snapshot, &local, &addresses, maps)
-        {
-            Ok(report) => report,
-            Err(error) => return Some(Err(self.failed(error))),
-        };
+        let report =
+            match self
+                .reconciler
+                .reconcile(node_addresses.clone(), &local, &addresses, maps)
+            {
+                Ok(report) => report,
+                Err(error) => return Some(Err(self.failed(error))),
+            };
         self.retry = None;
         self.retry_at = None;
-        self.snapshot = Some(snapshot);
+        self.node_addresses = node_addresses;
         self.synced_once = true;
         if self.drift_at.is_none() {
             self.drift_at = Some(Instant::now() + self.drift_every);
@@ -184,12 +206,13 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             report,
             latency,
             drift,
+            pods: std::mem::take(&mut self.unobserved),
+            update,
         }))
     }
 
     /// A failed pass: logged, and retried after a delay that doubles up to [`RETRY_MAX`].
     fn failed(&mut self, error: Error) -> Error {
-        self.snapshot = None;
         let delay = self
             .retry
             .map_or(RETRY_FIRST, |delay| (delay * 2).min(RETRY_MAX));
@@ -447,11 +470,17 @@ mod tests {
             Verdict::Deny
         );
 
+        // The pods that changed since the last pass that synced are handed on once: the
+        // failed pass's came with the retry (none: only policies changed).
+        assert!(retried.pods.is_empty() && first.pods.len() == 4);
+        assert_eq!((first.update, retried.update), (Some(0), Some(1)));
+
         // The same snapshot again: compiled, and the maps not even read.
-        handle.set(seed(true));
+        assert_eq!(handle.set(seed(true)), 2);
         let reads = maps.reads.get();
         let again = agent.next(&mut maps).await.unwrap().unwrap();
         assert_eq!(maps.reads.get(), reads);
+        assert_eq!(again.update, Some(2));
         assert!(again.report.touched.is_empty());
         assert!(!again.report.sync.changed());
 
@@ -473,7 +502,7 @@ mod tests {
     }
 
     impl LocalEndpoints for Node {
-        fn local(&mut self, _snapshot: &Snapshot) -> BTreeMap<String, u32> {
+        fn local(&mut self, _pods: &Updates<Pod>) -> BTreeMap<String, u32> {
             self.interfaces.clone()
         }
 
@@ -483,7 +512,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_nodes_addresses_replace_the_snapshots_and_reach_the_maps() {
+    async fn the_nodes_addresses_not_the_snapshots_reach_the_maps() {
         let node = Node {
             interfaces: BTreeMap::from([("default/httpd".to_owned(), 30)]),
             addresses: vec!["198.18.10.17".parse().unwrap()],
@@ -494,8 +523,7 @@ mod tests {
         let mut agent = Agent::new(source, node);
         let mut maps = Flaky::default();
         agent.next(&mut maps).await.unwrap().unwrap();
-        let (snapshot, _) = agent.synced().unwrap();
-        assert_eq!(snapshot.node_addresses, agent.endpoints().addresses);
+        assert_eq!(agent.node_addresses(), agent.endpoints().addresses);
         let key = EndpointKey {
             addr: tollgate_schemas::addr::to_bytes("198.18.10.17".parse().unwrap()),
         };

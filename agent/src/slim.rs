@@ -1,10 +1,9 @@
 //! What the agent keeps of each watched object, and so which updates matter.
 //!
-//! Every object a watch delivers passes through one `slim_*` function before it reaches a
-//! reflector store ([`crate::watch`]): it keeps what the compiler reads (and, of pods, what
-//! the collector names flows by) and drops the rest, so the store of a large cluster stays
-//! small. The watch then compares the slimmed update with the stored object
-//! ([`same_but_version`]): an update that changed only dropped fields — a container's restart
+//! Every object a watch delivers passes through one `slim_*` function before it is handed on
+//! ([`crate::watch`]): it keeps what the compiler reads (and, of pods, what the collector names
+//! flows by) and drops the rest. The watch then compares the slimmed update's [`fingerprint`]
+//! with the one of what it handed on last: an update that changed only dropped fields — a container's restart
 //! count, a Service's load-balancer status, an EndpointSlice's `serving`/`terminating`
 //! conditions or its `endpoints.kubernetes.io/last-change-trigger-time` annotation — is no
 //! change, and never starts a compilation.
@@ -39,16 +38,25 @@ use k8s_openapi::api::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tollgate_enforcer::compile::{ENFORCEMENT_ANNOTATION, services::SERVICE_NAME_LABEL};
 
 /// The pod condition a Service's selector needs (`Ready`).
 const READY: &str = "Ready";
 
-/// Whether two slimmed versions of an object differ only in their resourceVersion.
-pub(crate) fn same_but_version<K: Resource + Clone + PartialEq>(stored: &K, new: &K) -> bool {
-    let mut stored = stored.clone();
-    stored.meta_mut().resource_version = new.meta().resource_version.clone();
-    stored == *new
+/// What a slimmed object is, but for its resourceVersion: the SHA-256 of its JSON.
+pub type Fingerprint = [u8; 32];
+
+/// The [`Fingerprint`] of `object`: two slimmed versions of an object have the same exactly
+/// when they differ only in their resourceVersion.
+pub fn fingerprint<K: Resource + Clone + Serialize>(object: &K) -> Fingerprint {
+    let mut unversioned = object.clone();
+    unversioned.meta_mut().resource_version = None;
+    // The API types serialize to JSON without fail: string-keyed maps, no custom serializer
+    // that can refuse.
+    let json = serde_json::to_vec(&unversioned).expect("a Kubernetes object serializes");
+    Sha256::digest(&json).into()
 }
 
 /// The metadata every kind keeps: identity, labels, owners, and the enforcement annotation.
@@ -256,7 +264,7 @@ mod tests {
         status.container_statuses.as_mut().unwrap()[0].restart_count = 4;
         let mut unready = restarted.clone();
         slim_pod(&mut restarted);
-        assert!(same_but_version(&slim, &restarted));
+        assert_eq!(fingerprint(&slim), fingerprint(&restarted));
         unready
             .status
             .as_mut()
@@ -266,11 +274,11 @@ mod tests {
             .unwrap()[1]
             .status = "False".to_owned();
         slim_pod(&mut unready);
-        assert!(!same_but_version(&slim, &unready));
+        assert_ne!(fingerprint(&slim), fingerprint(&unready));
         restarted
             .labels_mut()
             .insert("tier".to_owned(), "front".to_owned());
-        assert!(!same_but_version(&slim, &restarted));
+        assert_ne!(fingerprint(&slim), fingerprint(&restarted));
 
         let mut policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "shop", "annotations": {
@@ -338,13 +346,13 @@ mod tests {
             .labels_mut()
             .insert("helm.sh/chart".to_owned(), "coredns-1.36.0".to_owned());
         slim_service(&mut annotated);
-        assert!(same_but_version(&slim, &annotated));
+        assert_eq!(fingerprint(&slim), fingerprint(&annotated));
         let mut ported = kube_dns();
         ported.spec.as_mut().unwrap().ports.as_mut().unwrap()[2].target_port = Some(
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("metrics".to_owned()),
         );
         slim_service(&mut ported);
-        assert!(!same_but_version(&slim, &ported));
+        assert_ne!(fingerprint(&slim), fingerprint(&ported));
     }
 
     /// kube-dns's EndpointSlice with one CoreDNS pod whose conditions are `conditions`.
@@ -406,12 +414,12 @@ mod tests {
         let terminating = serde_json::json!({"ready": false, "serving": true, "terminating": true});
         let mut draining = kube_dns_slice(terminating);
         slim_endpoint_slice(&mut draining);
-        assert!(!same_but_version(&slim, &draining));
+        assert_ne!(fingerprint(&slim), fingerprint(&draining));
         let gone = serde_json::json!({"ready": false, "serving": false, "terminating": true});
         let mut stopped = kube_dns_slice(gone);
         stopped.metadata.resource_version = Some("302".to_owned());
         slim_endpoint_slice(&mut stopped);
-        assert!(same_but_version(&draining, &stopped));
+        assert_eq!(fingerprint(&draining), fingerprint(&stopped));
 
         // No `ready` means ready, and stays so.
         let mut unknown = kube_dns_slice(serde_json::json!({"serving": true}));

@@ -2,27 +2,41 @@
 //! implementations.
 //!
 //! The reconciler asks a source for two things: [`ClusterSource::changed`] waits until there
-//! is something new (a batch of [`Changes`]), and [`ClusterSource::snapshot`] hands over the
-//! whole cluster as it is now. [`KubeSource`] answers from the reflectors of [`crate::watch`]
-//! on a real cluster; [`StaticSource`] from a [`Snapshot`] that code sets through a
-//! [`StaticHandle`] (the lab, tests): every object kind of the snapshot, Services and
-//! EndpointSlices included, as given. Everything after the source is the same code.
+//! is something new (a batch of [`Changes`]), and [`ClusterSource::take_delta`] hands over
+//! what changed since it last asked, object by object (every object the first time): a
+//! [`Delta`], whose objects are shared with the source, never a copy of the cluster.
+//! [`KubeSource`] answers from the reflectors of [`crate::watch`] on a real cluster;
+//! [`StaticSource`] from a [`Snapshot`] that code sets through a [`StaticHandle`] (the lab,
+//! tests): every object kind of the snapshot, Services and EndpointSlices included, as given,
+//! an object counting as changed when it differs from the one handed over. Everything after
+//! the source is the same code.
 //!
-//! A snapshot's `node_addresses` are not the cluster's: the agent replaces them, at every pass,
-//! with the addresses it finds on the node ([`crate::reconcile::LocalEndpoints::node_addresses`]).
+//! A snapshot's `node_addresses` are not the cluster's: the agent finds the node's addresses
+//! itself ([`crate::reconcile::LocalEndpoints::node_addresses`]).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use kube::{Client, runtime::watcher};
-use tollgate_enforcer::snapshot::Snapshot;
+use tollgate_enforcer::{
+    compile::Object,
+    snapshot::{Delta, Snapshot, Updates},
+};
 
 use crate::watch::{Change, ChangeLog, Changes, Debounce, Watchers};
 
 /// The cluster, as the reconciler reads it.
 pub trait ClusterSource {
-    /// The whole cluster as the source holds it now.
-    fn snapshot(&self) -> Snapshot;
+    /// What changed since the last call; every object at the first.
+    fn take_delta(&mut self) -> Delta;
+
+    /// The number of the last update [`ClusterSource::take_delta`] handed over, for a source
+    /// that numbers its updates ([`StaticSource`]: the numbers [`StaticHandle::set`] returns).
+    /// `None`, by default.
+    fn update(&self) -> Option<u64> {
+        None
+    }
 
     /// Waits for the next batch of changes. The first batch comes once the source knows the
     /// whole cluster (every initial list is complete); `None` when the source has ended.
@@ -56,8 +70,8 @@ impl KubeSource {
 }
 
 impl ClusterSource for KubeSource {
-    fn snapshot(&self) -> Snapshot {
-        self.watchers.snapshot()
+    fn take_delta(&mut self) -> Delta {
+        self.watchers.take_delta()
     }
 
     async fn changed(&mut self) -> Option<Changes> {
@@ -77,6 +91,10 @@ impl ClusterSource for KubeSource {
 #[derive(Debug)]
 pub struct StaticSource {
     shared: Arc<Shared>,
+    /// Every object handed over (and not gone since), by kind and key.
+    handed: Delta,
+    /// The number of the update handed over last.
+    update: Option<u64>,
 }
 
 /// Replaces the snapshot of its [`StaticSource`]; dropping it ends the source.
@@ -87,21 +105,25 @@ pub struct StaticHandle {
 
 #[derive(Debug, Default)]
 struct Shared {
-    snapshot: Mutex<Snapshot>,
+    /// The snapshot, and the number of its update (0 for the one the source started with).
+    snapshot: Mutex<(Snapshot, u64)>,
     changes: ChangeLog,
 }
 
 impl StaticSource {
-    /// A source that holds `snapshot`; its first [`ClusterSource::changed`] returns at once.
+    /// A source that holds `snapshot` (update 0); its first [`ClusterSource::changed`]
+    /// returns at once.
     pub fn new(snapshot: Snapshot) -> (StaticSource, StaticHandle) {
         let shared = Arc::new(Shared {
-            snapshot: Mutex::new(snapshot),
+            snapshot: Mutex::new((snapshot, 0)),
             changes: ChangeLog::default(),
         });
         shared.changes.record(Change::Update);
         (
             StaticSource {
                 shared: shared.clone(),
+                handed: Delta::default(),
+                update: None,
             },
             StaticHandle { shared },
         )
@@ -109,14 +131,21 @@ impl StaticSource {
 }
 
 impl StaticHandle {
-    /// From now on the cluster is `snapshot`.
-    pub fn set(&self, snapshot: Snapshot) {
-        *self
-            .shared
-            .snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = snapshot;
+    /// From now on the cluster is `snapshot`; the number of this update (one more than the
+    /// last).
+    pub fn set(&self, snapshot: Snapshot) -> u64 {
+        let number = {
+            let mut state = self
+                .shared
+                .snapshot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            state.1 += 1;
+            state.0 = snapshot;
+            state.1
+        };
         self.shared.changes.record(Change::Update);
+        number
     }
 }
 
@@ -127,12 +156,39 @@ impl Drop for StaticHandle {
 }
 
 impl ClusterSource for StaticSource {
-    fn snapshot(&self) -> Snapshot {
-        self.shared
+    /// The objects that differ from those handed over last (an object of a snapshot set in
+    /// code need not have a resourceVersion). An unnamed object is left out, and of an object
+    /// listed twice the last definition is used; both are logged.
+    fn take_delta(&mut self) -> Delta {
+        let state = self
+            .shared
             .snapshot
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .unwrap_or_else(|e| e.into_inner());
+        let (snapshot, number) = &*state;
+        self.update = Some(*number);
+        let handed = &mut self.handed;
+        Delta {
+            namespaces: differ(&snapshot.namespaces, &mut handed.namespaces, |o| {
+                Object::Namespace(o)
+            }),
+            pods: differ(&snapshot.pods, &mut handed.pods, |o| Object::Pod(o)),
+            policies: differ(&snapshot.policies, &mut handed.policies, |o| {
+                Object::NetworkPolicy(o)
+            }),
+            services: differ(&snapshot.services, &mut handed.services, |o| {
+                Object::Service(o)
+            }),
+            endpoint_slices: differ(
+                &snapshot.endpoint_slices,
+                &mut handed.endpoint_slices,
+                |o| Object::EndpointSlice(o),
+            ),
+        }
+    }
+
+    fn update(&self) -> Option<u64> {
+        self.update
     }
 
     /// Updates are steps: handed over at once, not coalesced in time (two updates set
@@ -140,6 +196,51 @@ impl ClusterSource for StaticSource {
     async fn changed(&mut self) -> Option<Changes> {
         self.shared.changes.next(Debounce::NONE).await
     }
+}
+
+/// The updates that make `handed` hold `objects`, applied to it.
+fn differ<K: Clone + PartialEq>(
+    objects: &[K],
+    handed: &mut Updates<K>,
+    object: for<'o> fn(&'o K) -> Object<'o>,
+) -> Updates<K> {
+    let mut now: BTreeMap<(String, String), &K> = BTreeMap::new();
+    for (index, item) in objects.iter().enumerate() {
+        let wrapped = object(item);
+        let kind = wrapped.kind().name();
+        let Some(key) = wrapped.key() else {
+            tracing::warn!(kind, index, "an object without a name left out");
+            continue;
+        };
+        if now.insert(key.clone(), item).is_some() {
+            tracing::warn!(
+                kind,
+                namespace = key.0,
+                name = key.1,
+                "listed twice: the last kept"
+            );
+        }
+    }
+    let mut updates = Updates::new();
+    handed.retain(|key, _| {
+        let kept = now.contains_key(key);
+        if !kept {
+            updates.insert(key.clone(), None);
+        }
+        kept
+    });
+    for (key, item) in now {
+        let same = handed
+            .get(&key)
+            .and_then(Option::as_ref)
+            .is_some_and(|kept| kept.as_ref() == item);
+        if !same {
+            let item = Arc::new(item.clone());
+            handed.insert(key.clone(), Some(item.clone()));
+            updates.insert(key, Some(item));
+        }
+    }
+    updates
 }
 
 #[cfg(test)]
@@ -155,19 +256,40 @@ mod tests {
             "one.yaml",
         );
         assert_eq!(errors, vec![]);
-        let (mut source, handle) = StaticSource::new(empty);
+        let (mut source, handle) = StaticSource::new(empty.clone());
         assert_eq!(source.changed().await.unwrap().events, 1);
-        assert!(source.snapshot().namespaces.is_empty());
+        assert!(source.take_delta().is_empty());
+        assert_eq!(source.update(), Some(0));
 
-        handle.set(one.clone());
-        handle.set(one);
+        assert_eq!(handle.set(one.clone()), 1);
+        assert_eq!(handle.set(one), 2);
         let changes = source.changed().await.unwrap();
         assert_eq!(changes.events, 2);
         assert!(changes.resource_versions.is_empty() && changes.listed.is_empty());
-        assert_eq!(source.snapshot().namespaces.len(), 1);
+        let shop = ("".to_owned(), "shop".to_owned());
+        let delta = source.take_delta();
+        assert_eq!(delta.len(), 1);
+        assert!(delta.namespaces[&shop].is_some());
+        assert_eq!(source.update(), Some(2));
+        // Handed over once: the same snapshot again changes nothing.
+        assert!(source.take_delta().is_empty());
+
+        handle.set(empty);
+        assert_eq!(source.changed().await.unwrap().events, 1);
+        let delta = source.take_delta();
+        assert_eq!(delta.namespaces, BTreeMap::from([(shop, None)]));
 
         drop(handle);
         assert_eq!(source.changed().await, None);
+    }
+
+    /// The objects `updates` gives, in key order.
+    fn given<K: Clone>(updates: &Updates<K>) -> Vec<K> {
+        updates
+            .values()
+            .flatten()
+            .map(|o| o.as_ref().clone())
+            .collect()
     }
 
     #[tokio::test]
@@ -201,8 +323,11 @@ ports: [{name: "", port: 80, protocol: TCP}]
         );
         let (mut source, handle) = StaticSource::new(Snapshot::default());
         source.changed().await.unwrap();
+        assert!(source.take_delta().is_empty());
         handle.set(cluster.clone());
         source.changed().await.unwrap();
-        assert_eq!(source.snapshot(), cluster);
+        let delta = source.take_delta();
+        assert_eq!(given(&delta.services), cluster.services);
+        assert_eq!(given(&delta.endpoint_slices), cluster.endpoint_slices);
     }
 }

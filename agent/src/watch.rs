@@ -1,32 +1,34 @@
-//! The cluster as the API server tells it: one reflector each for Namespaces, Pods (all
+//! The cluster as the API server tells it: one watch each for Namespaces, Pods (all
 //! namespaces: policies' peers select pods cluster-wide), NetworkPolicies, Services and
-//! EndpointSlices (what a ClusterIP reaches), and the change log that tells the reconciler
-//! when to look again.
+//! EndpointSlices (what a ClusterIP reaches), the changes they hold for the next pass, and the
+//! change log that tells the reconciler when to look again. No store of the cluster is kept
+//! here: the compiler keeps what it reads, in its own form.
 //!
 //! Data flows like this, per kind:
 //! 1. `watcher(api).default_backoff()` lists, then watches from the list's resourceVersion;
 //!    after a `410 Gone` (the resourceVersion expired) or any other desync it lists again,
 //!    with backoff. A watch that ends (its timeout) resumes from the last resourceVersion.
-//! 2. Every object is slimmed ([`crate::slim`]) to what the compiler and the collector read,
-//!    so a store of every pod and EndpointSlice of a large cluster stays small.
-//! 3. The event goes into kube's reflector store ([`Writer::apply_watcher_event`]): an
-//!    add, change or delete at once; a list into a buffer that replaces the whole store only
-//!    when the list is complete (`InitDone`). A store therefore always holds one complete
-//!    list plus the events after it, never half a relist, and an object deleted while the
-//!    watch was down is gone after the relist even though no delete event was ever seen.
-//! 4. A change that matters is recorded in the [`ChangeLog`] *after* the store holds it:
-//!    an add or delete, a change of what slimming kept (an update that only touched other
-//!    fields, such as a container's restart count or an EndpointSlice endpoint's `serving`
-//!    condition, is dropped here), and every completed list.
+//! 2. Every object is slimmed ([`crate::slim`]) to what the compiler and the collector read.
+//! 3. The watch keeps, per object it handed on, only a fingerprint of what slimming kept
+//!    ([`crate::slim::fingerprint`]). An object whose fingerprint is the one handed on last
+//!    is no change (an update that only touched other fields, such as a container's restart
+//!    count or an EndpointSlice endpoint's `serving` condition, or an unchanged object of a
+//!    relist) and is dropped here. Any other goes into the kind's pending changes (the latest
+//!    state per key: a later event for the same object replaces it), and is recorded in the
+//!    [`ChangeLog`]. A delete is handed on as gone. A relist hands on what changed while the
+//!    watch was down as its objects arrive, and at its end (`InitDone`) every object it did
+//!    not list as gone, although no delete event was ever seen; the completed list is
+//!    recorded too.
+//! 4. [`Watchers::take_delta`] takes every kind's pending changes as one [`Delta`].
 //!
 //! [`ChangeLog::next`] hands the recorded changes over as one [`Changes`] batch once the
 //! burst is over: when no change came for [`Debounce::quiet`], or at the latest
 //! [`Debounce::max_delay`] after the batch's first change. A batch holds counts, the newest
 //! resourceVersion per kind and the arrival times (for the propagation latency), so its size
 //! does not grow with the burst. [`Watchers::ready`] resolves once every kind's first list is
-//! in its store: until then the cluster is not known and nothing may be compiled.
+//! complete: until then the cluster is not known and nothing may be compiled.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
@@ -40,18 +42,19 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    runtime::{
-        WatchStreamExt,
-        reflector::{self, ObjectRef, Store, store::Writer},
-        watcher,
-    },
+    runtime::{WatchStreamExt, watcher},
 };
-use serde::de::DeserializeOwned;
-use tokio::{sync::Notify, task::JoinSet, time::Instant};
-use tollgate_enforcer::snapshot::Snapshot;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinSet,
+    time::Instant,
+};
+use tollgate_enforcer::snapshot::{Delta, Updates};
 
 use crate::slim::{
-    same_but_version, slim_endpoint_slice, slim_namespace, slim_pod, slim_policy, slim_service,
+    Fingerprint, fingerprint, slim_endpoint_slice, slim_namespace, slim_pod, slim_policy,
+    slim_service,
 };
 
 /// The kinds the agent watches.
@@ -215,16 +218,17 @@ impl ChangeLog {
     }
 }
 
-/// The reflectors of one agent (one per [`Kind`]), their stores, and the change log they feed.
+/// The watches of one agent (one per [`Kind`]), the changes they hold for the next delta,
+/// and the change log they feed.
 ///
 /// Dropping it stops the watches.
 #[derive(Debug)]
 pub struct Watchers {
-    namespaces: Store<Namespace>,
-    pods: Store<Pod>,
-    policies: Store<NetworkPolicy>,
-    services: Store<Service>,
-    endpoint_slices: Store<EndpointSlice>,
+    namespaces: Arc<Pending<Namespace>>,
+    pods: Arc<Pending<Pod>>,
+    policies: Arc<Pending<NetworkPolicy>>,
+    services: Arc<Pending<Service>>,
+    endpoint_slices: Arc<Pending<EndpointSlice>>,
     changes: Arc<ChangeLog>,
     _tasks: JoinSet<()>,
 }
@@ -241,24 +245,24 @@ impl Watchers {
             tasks: JoinSet::new(),
         };
         Watchers {
-            namespaces: spawner.reflector(Kind::Namespace, slim_namespace),
-            pods: spawner.reflector(Kind::Pod, slim_pod),
-            policies: spawner.reflector(Kind::NetworkPolicy, slim_policy),
-            services: spawner.reflector(Kind::Service, slim_service),
-            endpoint_slices: spawner.reflector(Kind::EndpointSlice, slim_endpoint_slice),
+            namespaces: spawner.watch(Kind::Namespace, slim_namespace),
+            pods: spawner.watch(Kind::Pod, slim_pod),
+            policies: spawner.watch(Kind::NetworkPolicy, slim_policy),
+            services: spawner.watch(Kind::Service, slim_service),
+            endpoint_slices: spawner.watch(Kind::EndpointSlice, slim_endpoint_slice),
             changes,
             _tasks: spawner.tasks,
         }
     }
 
-    /// Resolves once every kind's first list is complete. Fails only when a reflector
-    /// stopped before that (its task panicked).
+    /// Resolves once every kind's first list is complete. Fails only when a watch stopped
+    /// before that (its task panicked).
     pub async fn ready(&self) -> Result<(), crate::Error> {
-        self.namespaces.wait_until_ready().await?;
-        self.pods.wait_until_ready().await?;
-        self.policies.wait_until_ready().await?;
-        self.services.wait_until_ready().await?;
-        self.endpoint_slices.wait_until_ready().await?;
+        self.namespaces.ready(Kind::Namespace).await?;
+        self.pods.ready(Kind::Pod).await?;
+        self.policies.ready(Kind::NetworkPolicy).await?;
+        self.services.ready(Kind::Service).await?;
+        self.endpoint_slices.ready(Kind::EndpointSlice).await?;
         Ok(())
     }
 
@@ -267,39 +271,67 @@ impl Watchers {
         self.changes.next(debounce).await
     }
 
-    /// What the stores hold now, each kind ordered by namespace and name.
+    /// What changed since the last call: every object of the first lists the first time.
     ///
-    /// Each kind is read at once (one complete list plus the events after it); the kinds are
-    /// read one after the other, so an event arriving in between may be in one and not yet in
-    /// another — the change log has it, and the next snapshot is complete. (The API server
-    /// orders nothing across kinds either: an EndpointSlice may name a pod whose own event has
-    /// not arrived yet.) The node's addresses are not the cluster's: left empty here.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            namespaces: sorted(&self.namespaces),
-            pods: sorted(&self.pods),
-            policies: sorted(&self.policies),
-            services: sorted(&self.services),
-            endpoint_slices: sorted(&self.endpoint_slices),
-            node_addresses: Vec::new(),
+    /// The kinds are taken one after the other, so an event arriving in between may be in one
+    /// and not yet in another — the change log has it, and the next delta brings it. (The API
+    /// server orders nothing across kinds either: an EndpointSlice may name a pod whose own
+    /// event has not arrived yet.)
+    pub fn take_delta(&self) -> Delta {
+        Delta {
+            namespaces: self.namespaces.take(),
+            pods: self.pods.take(),
+            policies: self.policies.take(),
+            services: self.services.take(),
+            endpoint_slices: self.endpoint_slices.take(),
         }
     }
 }
 
-/// The objects of `store`, by namespace and name.
-fn sorted<K: Resource + Clone>(store: &Store<K>) -> Vec<K>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    let mut objects: Vec<K> = store.state().iter().map(|o| K::clone(o)).collect();
-    objects.sort_by(|a, b| {
-        (a.meta().namespace.as_deref(), a.meta().name.as_deref())
-            .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
-    });
-    objects
+/// One kind's changes not handed over yet, and whether its first list is complete.
+#[derive(Debug)]
+struct Pending<K> {
+    updates: Mutex<Updates<K>>,
+    listed: watch::Receiver<bool>,
 }
 
-/// Starts reflectors, all on one client, with one watcher config, into one change log.
+impl<K> Pending<K> {
+    /// Resolves once the first list of the kind is complete.
+    async fn ready(&self, kind: Kind) -> Result<(), crate::Error> {
+        let mut listed = self.listed.clone();
+        listed
+            .wait_for(|listed| *listed)
+            .await
+            .map(|_| ())
+            .map_err(|_| crate::Error::WatchStopped { kind: kind.name() })
+    }
+
+    /// The changes since the last call, each object as it is now.
+    fn take(&self) -> Updates<K> {
+        std::mem::take(&mut *self.updates.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// `key` is now `object` (`None`: gone), replacing any change not handed over yet.
+    fn put(&self, key: Key, object: Option<Arc<K>>) {
+        self.updates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, object);
+    }
+}
+
+/// An object's key in the [`Delta`]: (namespace, name), the namespace empty for a Namespace.
+type Key = (String, String);
+
+fn key_of<K: Resource>(object: &K) -> Key {
+    let meta = object.meta();
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Starts watches, all on one client, with one watcher config, into one change log.
 struct Spawner {
     client: Client,
     config: watcher::Config,
@@ -308,70 +340,75 @@ struct Spawner {
 }
 
 impl Spawner {
-    /// Starts the reflector of `kind`, slimming every object with `slim`; its store.
-    fn reflector<K>(&mut self, kind: Kind, slim: fn(&mut K)) -> Store<K>
+    /// Starts the watch of `kind`, slimming every object with `slim`; the changes it holds.
+    fn watch<K>(&mut self, kind: Kind, slim: fn(&mut K)) -> Arc<Pending<K>>
     where
         K: Resource<DynamicType = ()>
             + Clone
             + DeserializeOwned
+            + Serialize
             + Debug
-            + PartialEq
             + Send
             + Sync
             + 'static,
     {
-        let (store, writer) = reflector::store();
-        let reflector = Reflector {
+        let (listed_tx, listed) = watch::channel(false);
+        let pending = Arc::new(Pending {
+            updates: Mutex::new(Updates::new()),
+            listed,
+        });
+        let follower = Follower {
             kind,
-            writer,
-            store: store.clone(),
-            slim,
+            known: HashMap::new(),
+            listing: None,
+            pending: pending.clone(),
+            listed: listed_tx,
             changes: self.changes.clone(),
         };
-        self.tasks.spawn(reflect(
+        self.tasks.spawn(follow(
             Api::all(self.client.clone()),
             self.config.clone(),
-            reflector,
+            slim,
+            follower,
         ));
-        store
+        pending
     }
 }
 
-/// One kind's reflector: its store, both sides, and where changes go.
-struct Reflector<K: Resource + Clone + 'static>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
+/// One kind's watch, as it follows the API server: what it has handed on of each object, the
+/// list under way, and where changes go.
+struct Follower<K> {
     kind: Kind,
-    writer: Writer<K>,
-    store: Store<K>,
-    slim: fn(&mut K),
+    /// Every object handed on and not gone since: the fingerprint of what was handed on.
+    known: HashMap<Key, Fingerprint>,
+    /// The keys of the list under way (from `Init` to `InitDone`).
+    listing: Option<HashSet<Key>>,
+    pending: Arc<Pending<K>>,
+    listed: watch::Sender<bool>,
     changes: Arc<ChangeLog>,
 }
 
 /// Runs one kind's watch for as long as the agent does (the watcher retries forever).
-async fn reflect<K>(api: Api<K>, config: watcher::Config, mut reflector: Reflector<K>)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + PartialEq + Send + Sync,
+async fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    slim: fn(&mut K),
+    mut follower: Follower<K>,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
-    let kind = reflector.kind.name();
-    let mut events = pin!(
-        watcher(api, config)
-            .default_backoff()
-            .modify(reflector.slim)
-    );
+    let kind = follower.kind.name();
+    let mut events = pin!(watcher(api, config).default_backoff().modify(slim));
     while let Some(event) = events.next().await {
         match event {
-            Ok(event) => {
-                let change = reflector.change(&event);
-                reflector.writer.apply_watcher_event(&event);
-                if let watcher::Event::InitDone = event {
-                    tracing::info!(kind, objects = reflector.store.len(), "list complete");
-                }
-                if let Some(change) = change {
-                    reflector.changes.record(change);
-                }
-            }
+            Ok(event) => follower.follow(event),
             // A 410 Gone restarts from a new list; other errors resume the watch. Both after
             // the backoff.
             Err(error) => tracing::warn!(kind, %error, "watch failed; retrying"),
@@ -379,38 +416,163 @@ where
     }
 }
 
-impl<K> Reflector<K>
-where
-    K: Resource<DynamicType = ()> + Clone + PartialEq,
-{
-    /// The change `event` makes, if it matters; to be called before the store applies it.
-    fn change(&self, event: &watcher::Event<K>) -> Option<Change> {
+impl<K: Resource<DynamicType = ()> + Clone + Serialize> Follower<K> {
+    /// Hands on what `event` changed, if anything, and records it in the change log.
+    fn follow(&mut self, event: watcher::Event<K>) {
         match event {
             watcher::Event::Apply(object) => {
-                let stored = self.store.get(&ObjectRef::from_obj(object));
-                if stored.is_some_and(|stored| same_but_version(stored.as_ref(), object)) {
-                    tracing::trace!(
-                        kind = self.kind.name(),
-                        object = %object.name_any(),
-                        "no change after slimming"
-                    );
-                    return None;
+                let version = object.meta().resource_version.clone();
+                if self.hand_on(object) {
+                    self.changes.record(Change::Event(self.kind, version));
                 }
-                Some(Change::Event(self.kind, object.resource_version()))
             }
             watcher::Event::Delete(object) => {
-                Some(Change::Event(self.kind, object.resource_version()))
+                let key = key_of(&object);
+                if self.known.remove(&key).is_some() {
+                    self.pending.put(key, None);
+                    let version = object.meta().resource_version.clone();
+                    self.changes.record(Change::Event(self.kind, version));
+                }
             }
-            watcher::Event::InitDone => Some(Change::Listed(self.kind)),
-            // The store does not change until the list is complete.
-            watcher::Event::Init | watcher::Event::InitApply(_) => None,
+            watcher::Event::Init => self.listing = Some(HashSet::new()),
+            watcher::Event::InitApply(object) => {
+                if let Some(listing) = &mut self.listing {
+                    listing.insert(key_of(&object));
+                }
+                self.hand_on(object);
+            }
+            watcher::Event::InitDone => {
+                let listed = self.listing.take().unwrap_or_default();
+                let gone: Vec<Key> = self
+                    .known
+                    .keys()
+                    .filter(|key| !listed.contains(*key))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.known.remove(&key);
+                    self.pending.put(key, None);
+                }
+                tracing::info!(
+                    kind = self.kind.name(),
+                    objects = self.known.len(),
+                    "list complete"
+                );
+                self.listed.send_replace(true);
+                self.changes.record(Change::Listed(self.kind));
+            }
         }
+    }
+
+    /// Hands `object` on unless what slimming kept of it is what was handed on last: whether
+    /// it was.
+    fn hand_on(&mut self, object: K) -> bool {
+        let key = key_of(&object);
+        let fingerprint = fingerprint(&object);
+        if self.known.get(&key) == Some(&fingerprint) {
+            tracing::trace!(
+                kind = self.kind.name(),
+                object = %object.name_any(),
+                "no change after slimming"
+            );
+            return false;
+        }
+        self.known.insert(key.clone(), fingerprint);
+        self.pending.put(key, Some(Arc::new(object)));
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn namespace(name: &str, version: &str, team: &str) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                resource_version: Some(version.to_owned()),
+                labels: Some(BTreeMap::from([("team".to_owned(), team.to_owned())])),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        }
+    }
+
+    /// The pending changes as (name, team or `None` when gone).
+    fn taken(pending: &Pending<Namespace>) -> Vec<(String, Option<String>)> {
+        pending
+            .take()
+            .into_iter()
+            .map(|((_, name), object)| {
+                let team = object.map(|o| o.metadata.labels.as_ref().unwrap()["team"].clone());
+                (name, team)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn only_changes_are_handed_on_and_a_relist_hands_on_what_it_no_longer_lists() {
+        let (listed, ready) = watch::channel(false);
+        let pending = Arc::new(Pending {
+            updates: Mutex::new(Updates::new()),
+            listed: ready,
+        });
+        let changes = Arc::new(ChangeLog::default());
+        let mut follower = Follower {
+            kind: Kind::Namespace,
+            known: HashMap::new(),
+            listing: None,
+            pending: pending.clone(),
+            listed,
+            changes: changes.clone(),
+        };
+        let events = |changes: &ChangeLog| {
+            let batch = changes.state.lock().unwrap().pending.take();
+            batch.map_or(0, |batch| batch.events)
+        };
+
+        follower.follow(watcher::Event::Init);
+        follower.follow(watcher::Event::InitApply(namespace("a", "1", "x")));
+        follower.follow(watcher::Event::InitApply(namespace("b", "1", "x")));
+        assert_eq!(events(&changes), 0, "a list counts once it is complete");
+        follower.follow(watcher::Event::InitDone);
+        assert_eq!(events(&changes), 1);
+        pending.ready(Kind::Namespace).await.unwrap();
+        assert_eq!(
+            taken(&pending),
+            [
+                ("a".into(), Some("x".into())),
+                ("b".into(), Some("x".into()))
+            ]
+        );
+
+        // A new resourceVersion of the same content is churn; a changed label is a change;
+        // two changes of one object before a pass are one.
+        follower.follow(watcher::Event::Apply(namespace("a", "2", "x")));
+        assert_eq!((events(&changes), taken(&pending)), (0, vec![]));
+        follower.follow(watcher::Event::Apply(namespace("a", "3", "y")));
+        follower.follow(watcher::Event::Apply(namespace("a", "4", "z")));
+        assert_eq!(events(&changes), 2);
+        assert_eq!(taken(&pending), [("a".into(), Some("z".into()))]);
+
+        // The watch expired; the relist no longer has b (deleted meanwhile, no event seen),
+        // has a unchanged and c new.
+        follower.follow(watcher::Event::Init);
+        follower.follow(watcher::Event::InitApply(namespace("a", "9", "z")));
+        follower.follow(watcher::Event::InitApply(namespace("c", "9", "x")));
+        follower.follow(watcher::Event::InitDone);
+        assert_eq!(
+            taken(&pending),
+            [("b".into(), None), ("c".into(), Some("x".into()))]
+        );
+
+        // A delete of what was never handed on is nothing.
+        follower.follow(watcher::Event::Delete(namespace("d", "10", "x")));
+        follower.follow(watcher::Event::Delete(namespace("c", "10", "x")));
+        assert_eq!(taken(&pending), [("c".into(), None)]);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bursts_become_one_batch_within_the_bounds() {

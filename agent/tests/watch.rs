@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use apiserver::{ApiServer, Resource, Verb};
+use k8s_openapi::api::core::v1::Pod;
 use tollgate_agent::{
     reconcile::LocalEndpoints,
     run::{Agent, Pass},
@@ -30,7 +31,7 @@ use tollgate_enforcer::{
     decision::{Decision, ProbeFlow},
     desired::{Capacity, DesiredState, PeerEntryKey},
     model::{decide_flow, decide_hook},
-    snapshot::{Snapshot, pod_addresses, pod_key},
+    snapshot::{Updates, pod_addresses},
     sync::{InMemoryMaps, MapFull, PolicyMaps},
 };
 use tollgate_schemas::{
@@ -77,23 +78,24 @@ fn pod_at(ip: IpAddr) -> &'static str {
 /// The node's endpoints as the VPC CNI makes them: the pods scheduled here that have an
 /// address of their own, each on a host veth, here numbered 100 + the address's last byte; and
 /// the node's address.
-struct ScheduledHere;
+#[derive(Default)]
+struct ScheduledHere(BTreeMap<String, u32>);
 
 impl LocalEndpoints for ScheduledHere {
-    fn local(&mut self, snapshot: &Snapshot) -> BTreeMap<String, u32> {
-        snapshot
-            .pods
-            .iter()
-            .filter(|pod| {
+    fn local(&mut self, pods: &Updates<Pod>) -> BTreeMap<String, u32> {
+        for ((namespace, name), pod) in pods {
+            let key = format!("{namespace}/{name}");
+            let here = pod.as_deref().filter(|pod| {
                 let spec = pod.spec.as_ref();
                 spec.and_then(|s| s.node_name.as_deref()) == Some(NODE)
                     && !spec.and_then(|s| s.host_network).unwrap_or(false)
-            })
-            .filter_map(|pod| match pod_addresses(pod).first()? {
-                IpAddr::V4(v4) => Some((pod_key(pod), 100 + u32::from(v4.octets()[3]))),
-                IpAddr::V6(_) => None,
-            })
-            .collect()
+            });
+            match here.and_then(|pod| pod_addresses(pod).first().copied()) {
+                Some(IpAddr::V4(v4)) => self.0.insert(key, 100 + u32::from(v4.octets()[3])),
+                Some(IpAddr::V6(_)) | None => self.0.remove(&key),
+            };
+        }
+        self.0.clone()
     }
 
     fn node_addresses(&mut self) -> Vec<IpAddr> {
@@ -223,7 +225,7 @@ impl Node {
         let (client, server) = ApiServer::start();
         Node {
             server,
-            agent: Agent::new(KubeSource::start(client), ScheduledHere),
+            agent: Agent::new(KubeSource::start(client), ScheduledHere::default()),
             maps: Recorder::default(),
         }
     }
@@ -408,15 +410,14 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
             Kind::EndpointSlice
         ])
     );
-    let (snapshot, _) = node.agent.synced().unwrap();
+    let compiled = node.agent.synced().unwrap();
+    assert_eq!(compiled.services.len(), 2);
     assert_eq!(
-        (snapshot.services.len(), snapshot.endpoint_slices.len()),
-        (2, 2)
-    );
-    assert_eq!(
-        snapshot.node_addresses,
+        node.agent.node_addresses(),
         [NODE_ADDRESS.parse::<IpAddr>().unwrap()]
     );
+    // Every pod went to the compiler and was handed on, once.
+    assert_eq!(first.pass.pods.len(), 6);
     // The four pods of this node with an address of their own: not the host-network aws-node
     // pod, not prometheus on the other node.
     first.assert_written(&[
@@ -860,13 +861,8 @@ async fn services_and_their_backends_reach_the_compiler() {
         "services/endpointslices.4.watch.jsonl",
     );
     node.pass().await.assert_written(&[]);
-    let (snapshot, _) = node.agent.synced().unwrap();
-    let names: Vec<&str> = snapshot
-        .services
-        .iter()
-        .filter_map(|s| s.metadata.name.as_deref())
-        .collect();
+    let compiled = node.agent.synced().unwrap();
+    let names: Vec<&str> = compiled.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["httpd", "kubernetes", "kube-dns"]);
-    assert_eq!(snapshot.endpoint_slices.len(), 3);
     assert_eq!(node.server.unexpected(), Vec::<String>::new());
 }

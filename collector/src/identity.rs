@@ -5,9 +5,15 @@
 //! The enforcer tells the collector what the cluster looks like after every change
 //! ([`Identities::observe`], with the time of the change in the probe's clock); each fact is
 //! kept as a [`History`] of spans:
-//! - pods by address, from the snapshot's pods (hostNetwork pods left out: their addresses
-//!   are their node's, shared by every such pod of the node);
-//! - the node's own addresses, from the snapshot (the agent finds them on the node);
+//! - pods by address, kept by difference: each observe is given only the pods that changed
+//!   since the last one (every pod the first time; a gone pod as `None`). Each pod claims the
+//!   addresses it lists (hostNetwork pods claim none: their addresses are their node's, shared
+//!   by every such pod of the node) and each address keeps its claimants in the order they
+//!   first claimed it: the last of them holds it (an address two pods list, a finished pod's
+//!   reused by a new one, is the new one's; once that one is gone, the earlier holds it again).
+//!   Only addresses whose claims changed are touched, and the identity is shared between the
+//!   claim and the span;
+//! - the node's own addresses, as the agent finds them on the node;
 //! - Services by (ClusterIP, protocol, port), from the compiled Services (headless Services
 //!   have no ClusterIP and name nothing);
 //! - rule ids, and each endpoint's audit flags and interface index, from the compilation;
@@ -22,7 +28,7 @@
 //! Histories are bounded: closed spans older than the retention are pruned, and each key keeps
 //! at most a few spans.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,7 +38,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tollgate_enforcer::{
     compile::{Compiled, services::ServiceInfo},
     desired::RuleRef,
-    snapshot::{Snapshot, pod_addresses},
+    snapshot::{Updates, pod_addresses},
 };
 use tollgate_schemas::{Direction, addr, endpoint_flags};
 
@@ -51,8 +57,8 @@ pub struct PodIdentity {
     pub name: String,
     /// Owning workload as `Kind/name` (see [`workload_of`]).
     pub workload: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
+    /// Labels (shared by the identities with the same: a workload's pods).
+    pub labels: Arc<BTreeMap<String, String>>,
 }
 
 impl PodIdentity {
@@ -66,12 +72,13 @@ impl PodIdentity {
                 .clone()
                 .unwrap_or_else(|| "default".to_owned()),
             workload: workload_of(pod),
-            labels: meta
-                .labels
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            labels: Arc::new(
+                meta.labels
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            ),
             name,
         }
     }
@@ -225,13 +232,13 @@ impl<K, V> Default for History<K, V> {
 }
 
 impl<K: Eq + Hash + Clone, V: PartialEq> History<K, V> {
-    /// From `at_ns` on, `key` holds `value` (a no-op when it already does).
-    fn set(&mut self, key: &K, value: V, at_ns: u64, serial: &mut u64) {
+    /// From `at_ns` on, `key` holds `value` (a no-op when it already holds an equal value).
+    fn set(&mut self, key: &K, value: Arc<V>, at_ns: u64, serial: &mut u64) {
         let spans = self.spans.entry(key.clone()).or_default();
         if let Some(last) = spans.back_mut()
             && last.until_ns.is_none()
         {
-            if *last.value == value {
+            if *last.value == *value {
                 return;
             }
             last.until_ns = Some(at_ns);
@@ -241,7 +248,7 @@ impl<K: Eq + Hash + Clone, V: PartialEq> History<K, V> {
             from_ns: at_ns,
             until_ns: None,
             serial: *serial,
-            value: Arc::new(value),
+            value,
         });
         while spans.len() > MAX_SPANS_PER_KEY {
             spans.pop_front();
@@ -308,10 +315,40 @@ struct EndpointFacts {
     ifindex: u32,
 }
 
+/// Label maps, each once.
+type LabelSets = HashSet<Arc<BTreeMap<String, String>>, RandomState>;
+
+/// A pod's key: (namespace, name), as [`Updates`] name it.
+type PodKey = (String, String);
+
+/// What one pod claims: its identity and the addresses it lists (16-byte form, without
+/// duplicates; never empty).
+#[derive(Debug)]
+struct PodClaims {
+    identity: Arc<PodIdentity>,
+    addresses: Vec<[u8; 16]>,
+}
+
+/// One pod that claims an address: its identity (the `Arc` its [`PodClaims`] and the
+/// address's span share), which names it.
+type Claimant = Arc<PodIdentity>;
+
+/// Whether `claimant` is the pod of `key`.
+fn is_pod(claimant: &Claimant, key: &PodKey) -> bool {
+    claimant.namespace == key.0 && claimant.name == key.1
+}
+
 /// Every identity fact the collector needs, over time.
 #[derive(Debug)]
 pub struct Identities {
     pods: History<[u8; 16], PodIdentity>,
+    /// What each pod claims, by key: the pods as the observes so far left them.
+    pod_claims: HashMap<PodKey, PodClaims, RandomState>,
+    /// The pods that claim each address, in the order they first claimed it: the last one
+    /// holds it. Addresses no pod claims are left out.
+    claimants: HashMap<[u8; 16], Vec<Claimant>, RandomState>,
+    /// Every pod identity's label map, once: the pods of a workload share theirs.
+    label_sets: LabelSets,
     nodes: History<[u8; 16], NodeAddress>,
     services: History<ServiceAddress, ServiceIdentity>,
     rules: History<u32, RuleRef>,
@@ -334,6 +371,9 @@ impl Identities {
     pub fn new(retention_ns: u64) -> Self {
         Self {
             pods: History::default(),
+            pod_claims: HashMap::default(),
+            claimants: HashMap::default(),
+            label_sets: LabelSets::default(),
             nodes: History::default(),
             services: History::default(),
             rules: History::default(),
@@ -346,25 +386,30 @@ impl Identities {
         }
     }
 
-    /// Records the cluster as it is from `at_ns` (ns of `CLOCK_BOOTTIME`) on: the pods of
-    /// `snapshot` by address and the node's own addresses, and the Services, rule ids and
-    /// endpoint audit flags of `compiled`. What the first call records is taken to hold since
-    /// before the collector started.
-    pub fn observe(&mut self, snapshot: &Snapshot, compiled: &Compiled, at_ns: u64) {
+    /// Records the cluster as it is from `at_ns` (ns of `CLOCK_BOOTTIME`) on: the pods that
+    /// changed since the last call (`pods`: every pod the first time; `None` for a gone pod)
+    /// by address, the node's own addresses (`node_addresses`, all of them each time), and the
+    /// Services, rule ids and endpoint audit flags of `compiled`. What the first call records
+    /// is taken to hold since before the collector started.
+    ///
+    /// Pods are kept by difference: a changed pod replaces the addresses it claims
+    /// (hostNetwork pods and pods without an address claim none), a gone pod drops them, and
+    /// only the addresses whose claims changed get a new span (or end). An address several
+    /// pods claim is held by the one that claimed it last; a pod that keeps an address it
+    /// already claimed keeps its place. A pod given again unchanged opens no span.
+    pub fn observe(
+        &mut self,
+        pods: &Updates<Pod>,
+        node_addresses: &[IpAddr],
+        compiled: &Compiled,
+        at_ns: u64,
+    ) {
         let at_ns = if self.observed { at_ns } else { 0 };
         self.observed = true;
 
-        let mut pods: HashMap<[u8; 16], PodIdentity> = HashMap::new();
-        for pod in snapshot.pods.iter().filter(|pod| !is_host_network(pod)) {
-            let identity = PodIdentity::of(pod);
-            for address in pod_addresses(pod) {
-                pods.insert(addr::to_bytes(address), identity.clone());
-            }
-        }
-        replace(&mut self.pods, pods, at_ns, &mut self.serial);
+        self.observe_pods(pods, at_ns);
 
-        let nodes: HashMap<[u8; 16], NodeAddress> = snapshot
-            .node_addresses
+        let nodes: HashMap<[u8; 16], NodeAddress> = node_addresses
             .iter()
             .map(|address| (addr::to_bytes(*address), NodeAddress))
             .collect();
@@ -404,6 +449,74 @@ impl Identities {
             self.services.prune(before);
             self.rules.prune(before);
             self.endpoints.prune(before);
+        }
+    }
+
+    /// Applies the pod changes of `pods` to the claims, and sets the history of every address
+    /// whose claims changed to its last claimant from `at_ns` on (or ends it).
+    fn observe_pods(&mut self, pods: &Updates<Pod>, at_ns: u64) {
+        let mut changed: BTreeSet<[u8; 16]> = BTreeSet::new();
+        let mut dropped = false;
+        for (key, update) in pods {
+            let old = self.pod_claims.remove(key);
+            let new = update
+                .as_deref()
+                .and_then(|pod| claims_of(pod, old.as_ref(), &mut self.label_sets));
+            dropped |= old.is_some();
+            if let Some(old) = &old {
+                for address in &old.addresses {
+                    if new
+                        .as_ref()
+                        .is_some_and(|new| new.addresses.contains(address))
+                    {
+                        continue;
+                    }
+                    if let Some(claimants) = self.claimants.get_mut(address) {
+                        claimants.retain(|claimant| !is_pod(claimant, key));
+                        if claimants.is_empty() {
+                            self.claimants.remove(address);
+                        }
+                    }
+                    changed.insert(*address);
+                }
+            }
+            let Some(new) = new else {
+                continue;
+            };
+            for address in &new.addresses {
+                let claimants = self.claimants.entry(*address).or_default();
+                match claimants.iter_mut().find(|claimant| is_pod(claimant, key)) {
+                    Some(claimant) => {
+                        if !Arc::ptr_eq(claimant, &new.identity) {
+                            *claimant = Arc::clone(&new.identity);
+                            changed.insert(*address);
+                        }
+                    }
+                    None => {
+                        claimants.push(Arc::clone(&new.identity));
+                        changed.insert(*address);
+                    }
+                }
+            }
+            self.pod_claims.insert(key.clone(), new);
+        }
+        for address in &changed {
+            match self
+                .claimants
+                .get(address)
+                .and_then(|claimants| claimants.last())
+            {
+                Some(holder) => self
+                    .pods
+                    .set(address, Arc::clone(holder), at_ns, &mut self.serial),
+                None => self.pods.end(address, at_ns),
+            }
+        }
+        if dropped {
+            // Label maps no identity holds any more (the history's pruned spans let go of
+            // theirs later: a later sweep drops them).
+            self.label_sets
+                .retain(|labels| Arc::strong_count(labels) > 1);
         }
     }
 
@@ -482,6 +595,41 @@ fn is_host_network(pod: &Pod) -> bool {
         .unwrap_or(false)
 }
 
+/// What `pod` claims: its addresses (16-byte form, without duplicates) with its identity;
+/// `None` for a hostNetwork pod or one without an address. The identity of `old` (what the
+/// pod claimed before) is kept when equal, so that the claims and the history share one.
+fn claims_of(pod: &Pod, old: Option<&PodClaims>, label_sets: &mut LabelSets) -> Option<PodClaims> {
+    if is_host_network(pod) {
+        return None;
+    }
+    let mut addresses: Vec<[u8; 16]> = Vec::new();
+    for address in pod_addresses(pod) {
+        let address = addr::to_bytes(address);
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    if addresses.is_empty() {
+        return None;
+    }
+    let mut identity = PodIdentity::of(pod);
+    identity.labels = match label_sets.get(&identity.labels) {
+        Some(shared) => Arc::clone(shared),
+        None => {
+            label_sets.insert(Arc::clone(&identity.labels));
+            identity.labels
+        }
+    };
+    let identity = match old {
+        Some(old) if *old.identity == identity => Arc::clone(&old.identity),
+        _ => Arc::new(identity),
+    };
+    Some(PodClaims {
+        identity,
+        addresses,
+    })
+}
+
 /// Every (ClusterIP, protocol, port) of `services` with the Service it stands for; headless
 /// Services have no ClusterIP and add nothing.
 fn service_addresses(services: &[ServiceInfo]) -> HashMap<ServiceAddress, ServiceIdentity> {
@@ -517,6 +665,224 @@ fn replace<K: Eq + Hash + Clone, V: PartialEq>(
         }
     }
     for (key, value) in now {
-        history.set(&key, value, at_ns, serial);
+        history.set(&key, Arc::new(value), at_ns, serial);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{PodIP, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    /// A pod of namespace `default` with `labels`, listing `ips`.
+    fn pod(name: &str, labels: &[(&str, &str)], ips: &[&str], host_network: bool) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("default".to_owned()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                host_network: host_network.then_some(true),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                pod_ips: Some(
+                    ips.iter()
+                        .map(|ip| PodIP {
+                            ip: (*ip).to_owned(),
+                        })
+                        .collect(),
+                ),
+                ..PodStatus::default()
+            }),
+        })
+    }
+
+    /// The updates that give `changed` as they are now and `gone` as deleted.
+    fn updates(changed: &[&Arc<Pod>], gone: &[&str]) -> Updates<Pod> {
+        let mut updates = Updates::new();
+        for pod in changed {
+            let name = pod.metadata.name.clone().unwrap();
+            updates.insert(("default".to_owned(), name), Some(Arc::clone(pod)));
+        }
+        for name in gone {
+            updates.insert(("default".to_owned(), (*name).to_owned()), None);
+        }
+        updates
+    }
+
+    fn observe(identities: &mut Identities, pods: &Updates<Pod>, at_ns: u64) {
+        identities.observe(pods, &[], &Compiled::default(), at_ns);
+    }
+
+    /// The pod that held `ip` at `ts_ns`: its serial, name and labels.
+    fn held(
+        identities: &Identities,
+        ip: &str,
+        ts_ns: u64,
+    ) -> Option<(u64, String, BTreeMap<String, String>)> {
+        let address = addr::to_bytes(ip.parse().unwrap());
+        let holding = identities.holder_at(&address, ts_ns)?;
+        match holding.holder {
+            Holder::Pod(pod) => Some((holding.serial, pod.name.clone(), (*pod.labels).clone())),
+            Holder::Node => panic!("{ip} is no node address"),
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_relabelled_pod_opens_a_span_only_for_its_addresses() {
+        let mut identities = Identities::default();
+        let web = pod("web", &[("app", "web")], &["10.0.0.1", "fd00::1"], false);
+        let db = pod("db", &[("app", "db")], &["10.0.0.2"], false);
+        // The first observe is recorded as holding since before the collector started.
+        observe(&mut identities, &updates(&[&web, &db], &[]), 1_000);
+        assert_eq!(identities.pod_spans(), 3);
+
+        let relabelled = pod(
+            "web",
+            &[("app", "web"), ("tier", "front")],
+            &["10.0.0.1", "fd00::1"],
+            false,
+        );
+        observe(&mut identities, &updates(&[&relabelled], &[]), 100);
+        assert_eq!(identities.pod_spans(), 5, "one new span per address of web");
+
+        for ip in ["10.0.0.1", "fd00::1"] {
+            let (before, name, old) = held(&identities, ip, 50).unwrap();
+            assert_eq!((name.as_str(), old), ("web", labels(&[("app", "web")])));
+            let (after, _, new) = held(&identities, ip, 150).unwrap();
+            assert_eq!(new, labels(&[("app", "web"), ("tier", "front")]));
+            assert_ne!(before, after, "{ip}: a new span");
+        }
+        // The first observe holds since before the collector started.
+        assert!(held(&identities, "10.0.0.1", 0).is_some());
+        let (before, name, _) = held(&identities, "10.0.0.2", 50).unwrap();
+        let (after, _, _) = held(&identities, "10.0.0.2", 150).unwrap();
+        assert_eq!((name.as_str(), before), ("db", after), "db's span goes on");
+    }
+
+    #[test]
+    fn a_deleted_pod_ends_its_addresses() {
+        let mut identities = Identities::default();
+        let web = pod("web", &[("app", "web")], &["10.0.0.1", "fd00::1"], false);
+        let db = pod("db", &[("app", "db")], &["10.0.0.2"], false);
+        observe(&mut identities, &updates(&[&web, &db], &[]), 0);
+        observe(&mut identities, &updates(&[], &["web"]), 100);
+
+        for ip in ["10.0.0.1", "fd00::1"] {
+            assert_eq!(held(&identities, ip, 50).unwrap().1, "web");
+            assert_eq!(held(&identities, ip, 150), None, "{ip} ended");
+        }
+        assert_eq!(held(&identities, "10.0.0.2", 150).unwrap().1, "db");
+        assert_eq!(identities.pod_spans(), 3);
+        // A pod unknown to the collector is gone: nothing to end.
+        observe(&mut identities, &updates(&[], &["never-seen"]), 200);
+        assert_eq!(identities.pod_spans(), 3);
+    }
+
+    #[test]
+    fn a_reused_address_is_held_by_the_newer_claimant_then_the_older_again() {
+        let mut identities = Identities::default();
+        let job = pod("job", &[("app", "job")], &["10.0.0.1"], false);
+        observe(&mut identities, &updates(&[&job], &[]), 0);
+        // job finished but is still listed; web gets its address.
+        let web = pod("web", &[("app", "web")], &["10.0.0.1"], false);
+        observe(&mut identities, &updates(&[&web], &[]), 100);
+        // job is given again (a relist, or a status update): web keeps the address.
+        let job_again = pod("job", &[("app", "job")], &["10.0.0.1"], false);
+        observe(&mut identities, &updates(&[&job_again, &web], &[]), 150);
+        // web goes: job, still listed, holds the address again.
+        observe(&mut identities, &updates(&[], &["web"]), 200);
+
+        let (first, name, _) = held(&identities, "10.0.0.1", 50).unwrap();
+        assert_eq!(name, "job");
+        let (reused, name, _) = held(&identities, "10.0.0.1", 120).unwrap();
+        assert_eq!(name, "web");
+        assert_eq!(held(&identities, "10.0.0.1", 180).unwrap().0, reused);
+        let (again, name, _) = held(&identities, "10.0.0.1", 250).unwrap();
+        assert_eq!(name, "job");
+        assert!(first != reused && reused != again && again != first);
+
+        // job goes too: the address ends.
+        observe(&mut identities, &updates(&[], &["job"]), 300);
+        assert_eq!(held(&identities, "10.0.0.1", 350), None);
+        assert_eq!(identities.pod_spans(), 3);
+    }
+
+    #[test]
+    fn an_unchanged_pod_observed_again_opens_no_span() {
+        let mut identities = Identities::default();
+        let web = pod("web", &[("app", "web")], &["10.0.0.1"], false);
+        observe(&mut identities, &updates(&[&web], &[]), 0);
+        let (serial, _, _) = held(&identities, "10.0.0.1", 50).unwrap();
+        // The same pod, and an equal one (a new object from the API server).
+        observe(&mut identities, &updates(&[&web], &[]), 100);
+        let equal = pod("web", &[("app", "web")], &["10.0.0.1"], false);
+        observe(&mut identities, &updates(&[&equal], &[]), 200);
+        assert_eq!(identities.pod_spans(), 1);
+        assert_eq!(held(&identities, "10.0.0.1", 250).unwrap().0, serial);
+        // The claims and the span share one identity.
+        let Holder::Pod(holder) = identities
+            .holder_at(&addr::to_bytes("10.0.0.1".parse().unwrap()), 250)
+            .unwrap()
+            .holder
+        else {
+            panic!("a pod holds 10.0.0.1");
+        };
+        let key = ("default".to_owned(), "web".to_owned());
+        assert!(Arc::ptr_eq(&holder, &identities.pod_claims[&key].identity));
+        // Nothing changed: nothing to do.
+        observe(&mut identities, &Updates::new(), 300);
+        assert_eq!(held(&identities, "10.0.0.1", 350).unwrap().0, serial);
+        assert_eq!(identities.pod_spans(), 1);
+    }
+
+    #[test]
+    fn a_host_network_pod_claims_nothing() {
+        let mut identities = Identities::default();
+        let agent = pod("agent", &[("app", "agent")], &["10.0.0.9"], true);
+        let web = pod("web", &[("app", "web")], &["10.0.0.1"], false);
+        observe(&mut identities, &updates(&[&agent, &web], &[]), 0);
+        assert_eq!(held(&identities, "10.0.0.9", 50), None);
+
+        // A hostNetwork pod listing a pod's address takes nothing from it.
+        let on_web = pod("on-web", &[("app", "agent")], &["10.0.0.1"], true);
+        observe(&mut identities, &updates(&[&on_web], &[]), 100);
+        assert_eq!(held(&identities, "10.0.0.1", 150).unwrap().1, "web");
+
+        // A pod that turns out to be hostNetwork gives up what it claimed.
+        let web_on_host = pod("web", &[("app", "web")], &["10.0.0.1"], true);
+        observe(&mut identities, &updates(&[&web_on_host], &[]), 200);
+        assert_eq!(held(&identities, "10.0.0.1", 250), None);
+        assert_eq!(identities.pod_spans(), 1);
+    }
+
+    #[test]
+    fn node_addresses_name_the_node() {
+        let mut identities = Identities::default();
+        let web = pod("web", &[("app", "web")], &["10.0.0.1"], false);
+        let node: IpAddr = "192.168.1.10".parse().unwrap();
+        identities.observe(&updates(&[&web], &[]), &[node], &Compiled::default(), 0);
+        let holding = identities.holder_at(&addr::to_bytes(node), 50).unwrap();
+        assert_eq!(holding.holder, Holder::Node);
+        identities.observe(&Updates::new(), &[], &Compiled::default(), 100);
+        assert!(identities.holder_at(&addr::to_bytes(node), 150).is_none());
+        assert_eq!(held(&identities, "10.0.0.1", 150).unwrap().1, "web");
     }
 }

@@ -171,7 +171,7 @@ fn holder_unmapped(unmapped: &mut Map<String, Value>, side: &str, holder: Option
     if let Some(Holder::Pod(pod)) = holder {
         unmapped.insert(format!("{side}_namespace"), json!(pod.namespace));
         unmapped.insert(format!("{side}_workload"), json!(pod.workload));
-        let labels = serde_json::to_string(&pod.labels).unwrap_or_default();
+        let labels = serde_json::to_string(&*pod.labels).unwrap_or_default();
         unmapped.insert(format!("{side}_labels"), json!(labels));
     }
 }

@@ -290,7 +290,7 @@ impl PodColumns {
                 self.namespace.append_value(&pod.namespace);
                 self.pod.append_value(&pod.name);
                 self.workload.append_value(&pod.workload);
-                for (key, value) in &pod.labels {
+                for (key, value) in pod.labels.iter() {
                     self.labels.keys().append_value(key);
                     self.labels.values().append_value(value);
                 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use arrow_array::{Array, RecordBatch, cast::AsArray, types::Int32Type};
 use events::tcp;
+use k8s_openapi::api::core::v1::Pod;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::Notify;
@@ -37,10 +38,10 @@ use tollgate_collector::{
     spool::Recovery,
 };
 use tollgate_enforcer::{
-    compile::{Compiled, Placement, compile},
+    compile::{Compiled, Object, Placement, compile},
     desired::Ids,
     manifest::parse_manifests,
-    snapshot::{Snapshot, pod_key},
+    snapshot::{Snapshot, Updates, pod_key},
 };
 use tollgate_schemas::{Direction, FlowEvent, Reason, Verdict, proto};
 
@@ -198,6 +199,18 @@ fn snapshot(manifests: &[(&str, &str)]) -> Snapshot {
         snapshot.endpoint_slices.extend(part.endpoint_slices);
     }
     snapshot
+}
+
+/// The pod updates that take the collector's identities from `before` to `after`: every pod
+/// of `after` as it is (an unchanged one opens no span), every pod of `before` that `after`
+/// lacks as gone.
+fn pods_delta(before: &Snapshot, after: &Snapshot) -> Updates<Pod> {
+    let key = |pod: &Pod| Object::Pod(pod).key().expect("a named pod");
+    let mut delta: Updates<Pod> = before.pods.iter().map(|pod| (key(pod), None)).collect();
+    for pod in &after.pods {
+        delta.insert(key(pod), Some(Arc::new(pod.clone())));
+    }
+    delta
 }
 
 /// The seed scenario (lab pods, all-deny, the amazonlinux → nginx allowances) plus
@@ -510,7 +523,12 @@ fn the_deciding_endpoints_interface_and_eni_are_recorded() {
     let identities = shared(Identities::default());
     {
         let mut identities = identities.lock().unwrap();
-        identities.observe(&snapshot, &compiled, boottime_ns());
+        identities.observe(
+            &pods_delta(&Snapshot::default(), &snapshot),
+            &snapshot.node_addresses,
+            &compiled,
+            boottime_ns(),
+        );
         // Every endpoint was compiled on interface 1 (a `vlan…` veth: a branch ENI); 7 is
         // another pod's `eni…` veth.
         let interface = |name: &str, eni| EndpointInterface {
@@ -577,10 +595,12 @@ fn a_parquet_round_trip_keeps_every_column() {
     let snapshot = seed();
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
-    identities
-        .lock()
-        .unwrap()
-        .observe(&snapshot, &compiled, boottime_ns());
+    identities.lock().unwrap().observe(
+        &pods_delta(&Snapshot::default(), &snapshot),
+        &snapshot.node_addresses,
+        &compiled,
+        boottime_ns(),
+    );
     let (mut pipeline, recovery, metrics) = open(&settings(&spool), &identities);
     assert_eq!(recovery, Recovery::default(), "a fresh spool");
 
@@ -992,16 +1012,20 @@ status:
         ..tcp("198.18.0.50", 41_000, NGINX, 80, at(second))
     };
 
-    identities
-        .lock()
-        .unwrap()
-        .observe(&before, &compiled_before, at(t0));
+    identities.lock().unwrap().observe(
+        &pods_delta(&Snapshot::default(), &before),
+        &before.node_addresses,
+        &compiled_before,
+        at(t0),
+    );
     pipeline.ingest(&[from_reused(t1, 1)]);
     // A is deleted; B gets its address.
-    identities
-        .lock()
-        .unwrap()
-        .observe(&after, &compiled_after, at(t2));
+    identities.lock().unwrap().observe(
+        &pods_delta(&before, &after),
+        &after.node_addresses,
+        &compiled_after,
+        at(t2),
+    );
     pipeline.ingest(&[from_reused(t3, 4)]);
     // An event stamped at t1 that reaches the collector late is still A's.
     pipeline.ingest(&[from_reused(t1, 2)]);
@@ -1336,10 +1360,12 @@ fn records_name_the_service_a_flow_was_addressed_to() {
     snapshot.services.extend(snapshot_services(WEB_SERVICE));
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
-    identities
-        .lock()
-        .unwrap()
-        .observe(&snapshot, &compiled, boottime_ns());
+    identities.lock().unwrap().observe(
+        &pods_delta(&Snapshot::default(), &snapshot),
+        &snapshot.node_addresses,
+        &compiled,
+        boottime_ns(),
+    );
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
     let amazonlinux = endpoint(&compiled, "default/amazonlinux");
     let web = endpoint(&compiled, "default/web-7c5ddbdf54-x2x9q");
@@ -1530,16 +1556,20 @@ spec:
         packets,
         ..tcp(TOOLBOX, 41_000, WEB_CLUSTER_IP, 80, at(second))
     };
-    identities
-        .lock()
-        .unwrap()
-        .observe(&before, &compiled_before, at(t0));
+    identities.lock().unwrap().observe(
+        &pods_delta(&Snapshot::default(), &before),
+        &before.node_addresses,
+        &compiled_before,
+        at(t0),
+    );
     pipeline.ingest(&[to_cluster_ip(t1, 1)]);
     // web is deleted; search gets its ClusterIP.
-    identities
-        .lock()
-        .unwrap()
-        .observe(&after, &compiled_after, at(t2));
+    identities.lock().unwrap().observe(
+        &pods_delta(&before, &after),
+        &after.node_addresses,
+        &compiled_after,
+        at(t2),
+    );
     pipeline.ingest(&[to_cluster_ip(t3, 4)]);
     // An event stamped at t1 that reaches the collector late is still web's.
     pipeline.ingest(&[to_cluster_ip(t1, 2)]);
@@ -1585,10 +1615,12 @@ status:
     snapshot.node_addresses = vec![node_address.parse().unwrap()];
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
-    identities
-        .lock()
-        .unwrap()
-        .observe(&snapshot, &compiled, boottime_ns());
+    identities.lock().unwrap().observe(
+        &pods_delta(&Snapshot::default(), &snapshot),
+        &snapshot.node_addresses,
+        &compiled,
+        boottime_ns(),
+    );
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
     let web = endpoint(&compiled, "default/web-7c5ddbdf54-x2x9q");
     let toolbox = endpoint(&compiled, "default/toolbox");

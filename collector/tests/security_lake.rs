@@ -76,7 +76,7 @@ fn pod(namespace: &str, name: &str, app: &str) -> Holder {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         workload: format!("Deployment/{app}"),
-        labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+        labels: BTreeMap::from([("app".to_owned(), app.to_owned())]).into(),
     }))
 }
 

@@ -1,6 +1,9 @@
-//! The cluster objects a compilation starts from, and the error type for bad input.
+//! The cluster objects a compilation starts from: a whole [`Snapshot`], or the [`Delta`] of
+//! what changed since the last one; and the error type for bad input.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
@@ -27,6 +30,48 @@ pub struct Snapshot {
     /// them on the node). Traffic from them to a local pod passes ingress policy, as the
     /// NetworkPolicy API requires (kubelet probes); empty when that allowance is turned off.
     pub node_addresses: Vec<IpAddr>,
+}
+
+/// Objects of one kind that changed, by key (namespace, name; a Namespace's namespace is
+/// empty, a namespaced object without one is in `default`), each with what it is now: `None`
+/// when it is gone.
+pub type Updates<K> = BTreeMap<(String, String), Option<Arc<K>>>;
+
+/// What changed in the cluster since the last delta, kind by kind: a watch's events (the
+/// latest state of each object they name), or everything a first list holds. Objects are
+/// shared, not copied: the agent's stores hand over the ones they hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    /// Namespaces.
+    pub namespaces: Updates<Namespace>,
+    /// Pods.
+    pub pods: Updates<Pod>,
+    /// NetworkPolicies.
+    pub policies: Updates<NetworkPolicy>,
+    /// Services.
+    pub services: Updates<Service>,
+    /// EndpointSlices.
+    pub endpoint_slices: Updates<EndpointSlice>,
+}
+
+impl Delta {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty()
+            && self.pods.is_empty()
+            && self.policies.is_empty()
+            && self.services.is_empty()
+            && self.endpoint_slices.is_empty()
+    }
+
+    /// Objects changed, all kinds together.
+    pub fn len(&self) -> usize {
+        self.namespaces.len()
+            + self.pods.len()
+            + self.policies.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+    }
 }
 
 /// The addresses a pod lists, each with the field it comes from: `status.podIPs[i].ip`, or

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::error::Error;
 
 use http::{Request, Response};
@@ -83,7 +82,7 @@ async fn an_undeliverable_record_says_so_once() {
                 namespace: "shop".into(),
                 name: "web".into(),
                 workload: "Deployment/web".into(),
-                labels: BTreeMap::new(),
+                labels: Default::default(),
             },
             address: None,
             policy_namespace: "shop".into(),

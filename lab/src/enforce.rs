@@ -36,6 +36,8 @@ const PASS_WITHIN: Duration = Duration::from_secs(10);
 /// The agent running in the lab's node.
 pub struct NodeAgent {
     handle: Option<StaticHandle>,
+    /// The number of the handle's last update (0: the first step's snapshot).
+    update: u64,
     passes: mpsc::UnboundedReceiver<Synced>,
     barriers: mpsc::UnboundedSender<oneshot::Sender<NodeState>>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -105,6 +107,7 @@ impl NodeAgent {
             .map_err(|error| LabError::Agent(format!("starting its thread: {error}")))?;
         Ok(Self {
             handle: Some(handle),
+            update: 0,
             passes,
             barriers,
             shutdown: Some(shutdown),
@@ -117,18 +120,19 @@ impl NodeAgent {
     /// [`NodeAgent::synced`]).
     pub async fn apply(&mut self, step: u32, snapshot: &Snapshot) -> Result<Synced, LabError> {
         if let Some(handle) = &self.handle {
-            handle.set(snapshot.clone());
+            self.update = handle.set(snapshot.clone());
         }
-        self.synced(step, snapshot).await
+        self.synced(step).await
     }
 
-    /// Waits for the agent's pass that synced `snapshot` (the first step's, given to
+    /// Waits for the agent's pass that synced the last snapshot (the first step's, given to
     /// [`NodeAgent::start`], or the one last [`NodeAgent::apply`]-ed): the maps hold it from
     /// then on. The compiler must accept every object of a step: the lab's manifests are exact.
-    pub async fn synced(&mut self, step: u32, snapshot: &Snapshot) -> Result<Synced, LabError> {
+    pub async fn synced(&mut self, step: u32) -> Result<Synced, LabError> {
+        let update = self.update;
         let synced = tokio::time::timeout(PASS_WITHIN, async {
             while let Some(synced) = self.passes.recv().await {
-                if synced.snapshot == *snapshot {
+                if synced.update.is_some_and(|synced| synced >= update) {
                     return Some(synced);
                 }
             }

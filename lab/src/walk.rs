@@ -12,6 +12,7 @@
 //! namespaces are removed (kube-proxy's chains with the node's), in that order.
 
 use tollgate_agent::daemon::Synced;
+use tollgate_enforcer::snapshot::Snapshot;
 
 use crate::{
     LabError, LabOptions,
@@ -56,13 +57,13 @@ pub async fn walk(names: RunNames, options: &LabOptions) -> Result<LabReport, La
     let mut agent = NodeAgent::start(&topology, options.attach, collector, tap, first.clone())?;
     // The first step synced before any server or client socket exists: every veth has the
     // probe, and no pod packet escapes it.
-    let synced = agent.synced(STEPS[0].number, &first).await?;
+    let synced = agent.synced(STEPS[0].number).await?;
     kubeproxy::install(
         topology.node_netns(),
         &synced.compiled.services,
         topology.family(),
     )?;
-    let mut first = Some(synced);
+    let mut first = Some((first, synced));
     let dns = pods.dns_cluster_ip()?;
     let pod_netns = pods.pods.iter().filter_map(|pod| {
         let link = topology.link(&pod.key())?;
@@ -82,32 +83,29 @@ pub async fn walk(names: RunNames, options: &LabOptions) -> Result<LabReport, La
 
     let mut steps = Vec::with_capacity(STEPS.len() + QUARANTINE_STEPS.len());
     for step in &STEPS {
-        let synced = match first.take() {
-            Some(synced) => synced,
+        let (snapshot, synced) = match first.take() {
+            Some(first) => first,
             None => {
-                harness
-                    .agent
-                    .apply(step.number, &step.snapshot(&pods)?)
-                    .await?
+                let snapshot = step.snapshot(&pods)?;
+                let synced = harness.agent.apply(step.number, &snapshot).await?;
+                (snapshot, synced)
             }
         };
-        steps.push(run_checks(step, synced, &mut harness).await?);
+        steps.push(run_checks(step, &snapshot, synced, &mut harness).await?);
     }
     let mut incident = None;
     if options.quarantine {
         let [audit, isolate] = &QUARANTINE_STEPS;
-        let synced = harness
-            .agent
-            .apply(audit.number, &audit.snapshot(&pods)?)
-            .await?;
-        steps.push(run_checks(audit, synced, &mut harness).await?);
+        let snapshot = audit.snapshot(&pods)?;
+        let synced = harness.agent.apply(audit.number, &snapshot).await?;
+        steps.push(run_checks(audit, &snapshot, synced, &mut harness).await?);
         let quarantined =
             Quarantined::act(isolate.snapshot(&pods)?, harness.flow_log.dir()).await?;
         let synced = harness
             .agent
             .apply(isolate.number, &quarantined.snapshot)
             .await?;
-        let mut report = run_checks(isolate, synced, &mut harness).await?;
+        let mut report = run_checks(isolate, &quarantined.snapshot, synced, &mut harness).await?;
         report.policies.push(quarantined.describe());
         steps.push(report);
         incident = Some(quarantined);
@@ -162,10 +160,11 @@ pub async fn walk(names: RunNames, options: &LabOptions) -> Result<LabReport, La
     Ok(report)
 }
 
-/// Runs `step`'s checks from the client once the agent `synced` its objects, has the kubelet
-/// probe once more, and collects the step's probe results and flow events.
+/// Runs `step`'s checks from the client once the agent `synced` its objects (`snapshot`), has
+/// the kubelet probe once more, and collects the step's probe results and flow events.
 async fn run_checks(
     step: &Step,
+    snapshot: &Snapshot,
     synced: Synced,
     harness: &mut Harness<'_>,
 ) -> Result<StepReport, LabError> {
@@ -188,7 +187,7 @@ async fn run_checks(
         kubelet,
         &events,
         undecodable,
-        &synced.snapshot,
+        snapshot,
         &synced.compiled,
     ))
 }

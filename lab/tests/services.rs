@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tollgate_enforcer::manifest::parse_manifests;
+use tollgate_enforcer::{manifest::parse_manifests, snapshot::Snapshot};
 use tollgate_lab::{
     Attach, IpFamily,
     client::{Client, Outcome, Timeouts},
@@ -169,7 +169,7 @@ async fn two_backends(family: IpFamily) {
             ingress_case.clone(),
         )
         .unwrap();
-        let synced = agent.synced(1, &ingress_case).await.unwrap();
+        let synced = agent.synced(1).await.unwrap();
         let web = synced
             .compiled
             .services
@@ -201,8 +201,9 @@ async fn two_backends(family: IpFamily) {
         let web_b_ip: IpAddr = a.web_b.parse().unwrap();
         let service_ip: IpAddr = a.service.parse().unwrap();
         let named = |events: &[tollgate_schemas::FlowEvent],
+                     snapshot: &Snapshot,
                      synced: &tollgate_agent::daemon::Synced| {
-            let by_ip = pods_by_ip(&synced.snapshot);
+            let by_ip = pods_by_ip(snapshot);
             events
                 .iter()
                 .filter_map(|e| FlowRecord::from_event(e, &by_ip, &synced.compiled))
@@ -234,7 +235,7 @@ async fn two_backends(family: IpFamily) {
         );
         let barrier = agent.barrier().await.unwrap();
         let (events, _) = flow_log.step_events(&barrier);
-        let flows = named(&events, &synced);
+        let flows = named(&events, &ingress_case, &synced);
         assert!(
             flows.iter().any(|f| f.direction == Direction::Ingress
                 && f.dst.addr == web_b_ip
@@ -260,7 +261,7 @@ async fn two_backends(family: IpFamily) {
         assert_eq!(requests_from(&servers.access_log(web_a), a.client), served);
         let barrier = agent.barrier().await.unwrap();
         let (events, _) = flow_log.step_events(&barrier);
-        let flows = named(&events, &synced);
+        let flows = named(&events, &egress_case, &synced);
         let denied = flows
             .iter()
             .find(|f| f.direction == Direction::Egress && f.dst.addr == service_ip)

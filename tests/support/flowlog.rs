@@ -21,7 +21,7 @@ pub fn pod(namespace: &str, name: &str) -> Arc<PodIdentity> {
         namespace: namespace.into(),
         name: name.into(),
         workload: format!("Deployment/{name}"),
-        labels: BTreeMap::from([("app".to_owned(), name.to_owned())]),
+        labels: BTreeMap::from([("app".to_owned(), name.to_owned())]).into(),
     })
 }
 

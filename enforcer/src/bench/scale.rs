@@ -142,9 +142,6 @@ pub struct ChangeMs {
     pub policy_added: f64,
     /// A node (of `node_pods` pods) added.
     pub node_added: f64,
-    /// No change, the whole cluster handed over again (`Compiler::load`), as every pass of
-    /// the agent does.
-    pub reloaded: f64,
 }
 
 /// What one case measured.
@@ -190,7 +187,7 @@ pub struct ScaleError {
 }
 
 /// Peak resident set of this process so far, MiB (`getrusage`, `ru_maxrss`).
-fn peak_rss_mib() -> f64 {
+pub fn peak_rss_mib() -> f64 {
     // SAFETY: getrusage writes the struct it is given, which outlives the call; all-zero
     // bytes are a valid `rusage`.
     let usage = unsafe {
@@ -203,7 +200,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// Resident set of this process now, MiB (`/proc/self/statm`); 0 when it cannot be read.
-fn current_rss_mib() -> f64 {
+pub fn current_rss_mib() -> f64 {
     let pages = std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<f64>().ok())
@@ -277,15 +274,6 @@ pub fn measure(shape: Shape) -> Result<ScaleResult, String> {
         remote_pod_added: change(GeneratedCluster::add_remote_pod),
         policy_added: change(GeneratedCluster::add_unrelated_policy),
         node_added: change(GeneratedCluster::add_node),
-        reloaded: median((0..CHANGE_RUNS).map(|_| {
-            let start = Instant::now();
-            compiler.load(&cluster.snapshot);
-            let compiled =
-                compiler.compile(&Placement::Interfaces(&cluster.local), &prior, &capacity);
-            let ms = ms_since(start);
-            prior = compiled.ids;
-            ms
-        })),
     };
 
     Ok(ScaleResult {
@@ -364,7 +352,7 @@ pub fn render_header() -> String {
         .map(|u| short_map_name(u.map).to_owned())
         .collect();
     let mut line = format!(
-        "{:>7} {:>6} {:>5} {:>5} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:>7} {:>6} {:>5} {:>5} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "PODS",
         "POLS",
         "NODE",
@@ -375,7 +363,6 @@ pub fn render_header() -> String {
         "+POD",
         "+POLICY",
         "+NODE",
-        "RELOAD",
         "ERRORS",
     );
     for map in &maps {
@@ -388,7 +375,7 @@ pub fn render_header() -> String {
 /// One result as a line under [`render_header`]: times in ms, memory in MiB.
 pub fn render_row(r: &ScaleResult) -> String {
     let mut line = format!(
-        "{:>7} {:>6} {:>5} {:>5} {:>6} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9}",
+        "{:>7} {:>6} {:>5} {:>5} {:>6} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9}",
         r.shape.pods,
         r.shape.policies,
         r.shape.node_pods,
@@ -399,7 +386,6 @@ pub fn render_row(r: &ScaleResult) -> String {
         r.change_ms.remote_pod_added,
         r.change_ms.policy_added,
         r.change_ms.node_added,
-        r.change_ms.reloaded,
         r.errors,
     );
     for map in &r.maps {
@@ -424,8 +410,7 @@ pub fn render_footer() -> String {
          COMPILE: loading the objects into the compiler and the first compile, ms; \
          RELABEL/+POD/+POLICY/+NODE: handing the changed objects to the compiler and one \
          compile after a local pod relabelled, a remote pod added, a policy added elsewhere, a \
-         node added, ms; RELOAD: the whole unchanged cluster handed to the compiler again \
-         (`Compiler::load`, as each agent pass does) and one compile, ms; map columns: entries after the first compile (capacity: {}); \
+         node added, ms; map columns: entries after the first compile (capacity: {}); \
          INPUT/PEAK: peak RSS after generating the cluster / of the whole case, MiB; STATE: \
          what the compiler keeps of the cluster, MiB.\n",
         capacities.join(", ")

@@ -31,7 +31,7 @@ use super::sets::SetCache;
 use super::{Compiled, Placement, Problems, RuleIds};
 use crate::desired::{Capacity, Ids};
 use crate::manifest::DEFAULT_NAMESPACE;
-use crate::snapshot::{InputError, Snapshot};
+use crate::snapshot::{Delta, InputError, Snapshot, Updates};
 
 /// One cluster object, as a watch or a file delivers it.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +86,12 @@ impl<'a> Object<'a> {
             Object::Service(_) => ObjectKind::Service,
             Object::EndpointSlice(_) => ObjectKind::EndpointSlice,
         }
+    }
+
+    /// Its key: (namespace, name), the namespace empty for a Namespace and `default` for a
+    /// namespaced object without one; `None` when it has no name.
+    pub fn key(&self) -> Option<(String, String)> {
+        key_of(*self)
     }
 
     fn meta(&self) -> &'a ObjectMeta {
@@ -325,6 +331,27 @@ impl Compiler {
         self.versions.remove(kind, &key);
     }
 
+    /// Applies what `delta` says changed: each object given is applied, each gone one removed.
+    /// Every object a delta holds is named by its key, so none is refused.
+    pub fn apply_delta(&mut self, delta: &Delta) {
+        apply_updates(self, &delta.namespaces, ObjectKind::Namespace, |o| {
+            Object::Namespace(o)
+        });
+        apply_updates(self, &delta.pods, ObjectKind::Pod, |o| Object::Pod(o));
+        apply_updates(self, &delta.policies, ObjectKind::NetworkPolicy, |o| {
+            Object::NetworkPolicy(o)
+        });
+        apply_updates(self, &delta.services, ObjectKind::Service, |o| {
+            Object::Service(o)
+        });
+        apply_updates(
+            self,
+            &delta.endpoint_slices,
+            ObjectKind::EndpointSlice,
+            |o| Object::EndpointSlice(o),
+        );
+    }
+
     /// Sets the node's own addresses (see `Snapshot::node_addresses`).
     pub fn set_node_addresses(&mut self, addresses: Vec<IpAddr>) {
         self.node_addresses = addresses;
@@ -461,6 +488,21 @@ impl Compiler {
 /// An object's key; `None` when it has no name.
 fn key_of(object: Object<'_>) -> Option<Key> {
     key_ref(object).map(|(namespace, name)| (namespace.to_owned(), name.to_owned()))
+}
+
+/// Applies one kind's `updates` to `compiler`, each object as `object` wraps it.
+fn apply_updates<K>(
+    compiler: &mut Compiler,
+    updates: &Updates<K>,
+    kind: ObjectKind,
+    object: for<'o> fn(&'o K) -> Object<'o>,
+) {
+    for ((namespace, name), update) in updates {
+        match update {
+            Some(update) => compiler.apply_as(object(update), (namespace.clone(), name.clone())),
+            None => compiler.delete(kind, namespace, name),
+        }
+    }
 }
 
 /// [`key_of`], borrowed.
