@@ -144,6 +144,8 @@ pub struct Compiler {
     changes: identities::Changes,
     /// Policy changes so far (kept set entries are valid while it stays).
     policy_changes: u64,
+    /// The policies (by key) that changed since the last pass.
+    policies_changed: BTreeSet<Key>,
     /// The policy sets' entries of the last pass.
     set_cache: SetCache,
     /// The rule ids of the last pass.
@@ -258,6 +260,7 @@ impl Compiler {
             }
             Object::NetworkPolicy(o) => {
                 self.policy_changes += 1;
+                self.policies_changed.insert(key.clone());
                 match policy::check_one(o, &mut problems) {
                     Some(policy) => {
                         self.policies.insert(key.clone(), policy);
@@ -317,6 +320,7 @@ impl Compiler {
             ObjectKind::NetworkPolicy => {
                 self.policies.remove(&key);
                 self.policy_changes += 1;
+                self.policies_changed.insert(key.clone());
             }
             ObjectKind::Service => {
                 self.services.remove(&key);
@@ -395,7 +399,11 @@ impl Compiler {
             &self.cluster,
             &self.peers,
             touched.as_ref(),
-            (self.policy_changes, &mut self.set_cache),
+            (
+                self.policy_changes,
+                &std::mem::take(&mut self.policies_changed),
+                &mut self.set_cache,
+            ),
             &policies,
             (services, Some(&self.services_changed)),
             &self.node_addresses,

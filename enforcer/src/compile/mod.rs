@@ -34,7 +34,8 @@
 //!    ready backends (`services` finds them from EndpointSlices or the selector; `vips` writes
 //!    the entries): allowed when the set may reach every backend on its targetPort, denied with
 //!    reason `service-backends-denied` when only some. A set's entries are used again in the
-//!    next pass while its policies, the identities and the ClusterIPs' backends stay.
+//!    next pass while none of its rules changed and each still matches the same identities;
+//!    after ClusterIPs changed, a kept egress set has only those decided again.
 //! 5. Fitting (`fit`): the peer trie, the sets' entries with their distinct rule sets, and the
 //!    endpoints go into the maps within their [`Capacity`]; an endpoint whose set does not fit
 //!    is written not programmed (denied) and reported with its policies. Every endpoint gets a
@@ -212,7 +213,11 @@ fn run(
     cluster: &Cluster,
     peers: &Peers,
     touched: Option<&BTreeSet<IpAddr>>,
-    (policy_changes, set_cache): (u64, &mut SetCache),
+    (policy_changes, policies_changed, set_cache): (
+        u64,
+        &BTreeSet<(String, String)>,
+        &mut SetCache,
+    ),
     policies: &[&Policy],
     (services, services_changed): (
         Arc<Vec<services::ServiceInfo>>,
@@ -266,7 +271,7 @@ fn run(
         touched,
         rules,
         &rule_ids,
-        policy_changes,
+        (policy_changes, policies_changed),
         (&services, services_changed),
         std::mem::take(set_cache),
     );

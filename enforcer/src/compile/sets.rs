@@ -12,11 +12,17 @@
 //!    identity's own named ports (an address that is no pod's gets nothing from a named port).
 //! 3. Per identity, the ranges are deduplicated and ordered (`ports::normalize`) into one
 //!    value.
-//! 4. Egress sets then gain the Services' ClusterIPs, decided by their ready backends (`vips`).
+//! 4. Egress sets then gain the Services' ClusterIPs, decided by their ready backends (`vips`):
+//!    only those with a backend or a region the set has a value for.
 //!
-//! A set's entries are kept for the next pass ([`SetCache`]) and used again as long as what
-//! they were made from stays: the policies, the rule ids, the identities (`Peers::generation`)
-//! and the ClusterIPs with their backends by identity.
+//! A set's entries are kept for the next pass ([`SetCache`]). While nothing they were made
+//! from changed (the policies, the rule ids, the identities: `Peers::generation`) they are used
+//! as they are. After a change, a kept set is used again when none of its rules is new,
+//! renumbered or of a changed policy, and each of its rules matches the very identities it
+//! matched (compared as (index, id) pairs); else it is compiled again. ClusterIPs are checked
+//! apart: when only some Services' ClusterIPs changed, a kept egress set has those decided
+//! again (and is sealed again only if an entry changed); when any may have, every egress set is
+//! compiled again. Ingress sets hold no ClusterIP.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -134,6 +140,10 @@ pub(crate) struct SetCache {
     basis: Option<Basis>,
     cluster_ips: vips::ClusterIps,
     entries: HashMap<SetKey, Arc<SetEntries>>,
+    /// Rule id → the identities its peers matched when the kept entries were made, as
+    /// (index, id): an identity's index and id together say what it is (its selectors'
+    /// matches, region and named ports never change while it keeps its id).
+    matched: HashMap<u32, Vec<(usize, u32)>>,
 }
 
 /// Rules by id, with the per-compilation caches of rule resolution.
@@ -146,8 +156,18 @@ pub(crate) struct Sets<'c> {
     matched: HashMap<u32, Rc<Vec<usize>>>,
     /// ipBlock → the identities it covers (blocks repeat across policies).
     blocks: HashMap<Block, Rc<Vec<usize>>>,
-    /// Entries of the last pass (valid for this one) and of this one.
+    /// Entries of the last pass and of this one.
     cache: SetCache,
+    /// `None` when the kept entries are valid as they are (nothing they were made from
+    /// changed); else the rules whose ids or contents changed: a kept set is valid when it
+    /// has none of them and each of its rules matches the identities it matched.
+    dirty: Option<HashSet<u32>>,
+    /// What changed of the ClusterIPs since the last pass: kept egress sets are patched.
+    cluster_ips: vips::Changed,
+    /// Rule id → whether its kept entries' basis still holds (see `dirty`).
+    unchanged: HashMap<u32, bool>,
+    /// Rule id → the identities it matches in this pass, as [`SetCache::matched`] keeps them.
+    matched_now: HashMap<u32, Vec<(usize, u32)>>,
     /// The keys this pass asked for.
     used: HashSet<SetKey>,
 }
@@ -156,13 +176,14 @@ impl<'c> Sets<'c> {
     /// Sets over `peers`, whose addresses `touched` (`None`: any) may have another identity
     /// since the last pass, for `rules` (rule id → policy and rule, the ids `rule_ids`) and
     /// `services` (of which `services_changed` changed since the last pass; `None`: any may
-    /// have), after `policies` policy changes; `cache` is the last pass's.
+    /// have), after `policies` policy changes, of which those of the policies `changed` (by
+    /// namespace and name) came since the last pass; `cache` is the last pass's.
     pub(crate) fn new(
         peers: &'c Peers,
         touched: Option<&BTreeSet<IpAddr>>,
         rules: HashMap<u32, (&'c Policy, &'c Rule)>,
         rule_ids: &Arc<BTreeMap<RuleRef, u32>>,
-        policies: u64,
+        (policies, changed): (u64, &BTreeSet<(String, String)>),
         (services, services_changed): (&[ServiceInfo], Option<&BTreeSet<vips::ServiceKey>>),
         mut cache: SetCache,
     ) -> Sets<'c> {
@@ -170,19 +191,29 @@ impl<'c> Sets<'c> {
             .live()
             .filter(|i| peers.identities[*i].is_address())
             .collect();
-        let cluster_ips_changed =
-            cache
-                .cluster_ips
-                .update(peers, services, touched, services_changed);
+        let cluster_ips = cache
+            .cluster_ips
+            .update(peers, services, touched, services_changed);
         let basis = Basis {
             policies,
             identities: peers.generation,
             rules: Arc::clone(rule_ids),
         };
-        if cluster_ips_changed || cache.basis.as_ref() != Some(&basis) {
-            cache.basis = Some(basis);
-            cache.entries.clear();
+        if cluster_ips == vips::Changed::Everything {
+            // Every egress set holds the ClusterIPs; no ingress set does.
+            cache
+                .entries
+                .retain(|key, _| key.direction == Direction::Ingress);
         }
+        let dirty = match cache.basis.replace(basis) {
+            Some(kept) if cache.basis.as_ref() == Some(&kept) => None,
+            Some(kept) => Some(dirty_rules(&kept.rules, rule_ids, changed)),
+            None => {
+                cache.entries.clear();
+                cache.matched.clear();
+                None
+            }
+        };
         Sets {
             peers,
             rules,
@@ -190,16 +221,31 @@ impl<'c> Sets<'c> {
             matched: HashMap::new(),
             blocks: HashMap::new(),
             cache,
+            dirty,
+            cluster_ips,
+            unchanged: HashMap::new(),
+            matched_now: HashMap::new(),
             used: HashSet::new(),
         }
     }
 
-    /// The entries kept for the next pass: those of the sets this pass asked for.
+    /// The entries kept for the next pass: those of the sets this pass asked for, with what
+    /// their rules matched.
     pub(crate) fn into_cache(self) -> SetCache {
         let Sets {
-            mut cache, used, ..
+            mut cache,
+            used,
+            dirty,
+            matched_now,
+            ..
         } = self;
         cache.entries.retain(|key, _| used.contains(key));
+        match dirty {
+            // What the kept lists say still holds: this pass's add to them.
+            None => cache.matched.extend(matched_now),
+            // This pass's lists cover every rule of every set it kept.
+            Some(_) => cache.matched = matched_now,
+        }
         cache
     }
 
@@ -227,12 +273,56 @@ impl<'c> Sets<'c> {
     /// The entries of set `key`: the last pass's when still valid, else compiled.
     pub(crate) fn entries(&mut self, key: &SetKey) -> Arc<SetEntries> {
         self.used.insert(key.clone());
-        if let Some(entries) = self.cache.entries.get(key) {
-            return Arc::clone(entries);
+        if let Some(entries) = self.cache.entries.get(key).cloned()
+            && key.rules.iter().all(|id| self.unchanged(*id))
+        {
+            let vips::Changed::Some { gone, now } = &self.cluster_ips else {
+                return entries;
+            };
+            if key.direction == Direction::Ingress {
+                return entries;
+            }
+            let Some(mut patched) = vips::patch_cluster_ips(&entries, gone, now) else {
+                return entries;
+            };
+            patched.seal(self.peers);
+            let patched = Arc::new(patched);
+            self.cache.entries.insert(key.clone(), Arc::clone(&patched));
+            return patched;
         }
         let entries = Arc::new(self.compile(key));
         self.cache.entries.insert(key.clone(), Arc::clone(&entries));
         entries
+    }
+
+    /// Whether the kept entries of a set can stand for rule `id` (see [`Sets::dirty`]).
+    fn unchanged(&mut self, id: u32) -> bool {
+        let Some(dirty) = &self.dirty else {
+            return true;
+        };
+        if dirty.contains(&id) {
+            return false;
+        }
+        if let Some(unchanged) = self.unchanged.get(&id) {
+            return *unchanged;
+        }
+        self.record_matched(id);
+        let unchanged = self.cache.matched.get(&id) == self.matched_now.get(&id);
+        self.unchanged.insert(id, unchanged);
+        unchanged
+    }
+
+    /// Records what rule `id` matches in this pass, for the next one to compare.
+    fn record_matched(&mut self, id: u32) {
+        if self.matched_now.contains_key(&id) {
+            return;
+        }
+        let matched = self.matched(id);
+        let pairs = matched
+            .iter()
+            .map(|index| (*index, self.peers.identities[*index].id))
+            .collect();
+        self.matched_now.insert(id, pairs);
     }
 
     /// Compiles the set `key`.
@@ -249,6 +339,7 @@ impl<'c> Sets<'c> {
         let mut rules: HashMap<usize, Vec<PortRule>> = HashMap::new();
         for &id in &key.rules {
             let (_, rule) = self.rules[&id];
+            self.record_matched(id);
             let matched = self.matched(id);
             let to_rules = |ranges: Vec<super::ports::PortRange>| -> Vec<PortRule> {
                 ranges.into_iter().map(|r| r.rule(id)).collect()
@@ -340,6 +431,29 @@ impl<'c> Sets<'c> {
         self.blocks.insert(block.clone(), Rc::clone(&matched));
         matched
     }
+}
+
+/// The ids in `now` whose rule changed since `kept` was handed out: assigned anew (a rule
+/// that was not there, or had another id) or of a policy in `changed`.
+fn dirty_rules(
+    kept: &BTreeMap<RuleRef, u32>,
+    now: &Arc<BTreeMap<RuleRef, u32>>,
+    changed: &BTreeSet<(String, String)>,
+) -> HashSet<u32> {
+    if changed.is_empty() && std::ptr::eq(kept, now.as_ref()) {
+        return HashSet::new();
+    }
+    let changed: HashSet<(&str, &str)> = changed
+        .iter()
+        .map(|(namespace, name)| (namespace.as_str(), name.as_str()))
+        .collect();
+    now.iter()
+        .filter(|(rule, id)| {
+            changed.contains(&(rule.namespace.as_str(), rule.policy.as_str()))
+                || kept.get(*rule) != Some(*id)
+        })
+        .map(|(_, id)| *id)
+        .collect()
 }
 
 /// A map value holding `rules` (at most [`tollgate_schemas::MAX_PORT_RULES`], as `normalize`

@@ -20,8 +20,10 @@
 //!
 //! The ClusterIPs with their backends by identity ([`ClusterIps`]) are kept between passes: a
 //! pass finds again only those of the Services that changed and of those with a backend at an
-//! address whose identity may have moved, and says whether any changed (the sets' kept entries
-//! are used again only if none did).
+//! address whose identity may have moved, and says which changed ([`Changed`]): a kept egress
+//! set has only those decided again ([`patch_cluster_ips`]). An index from identity to the
+//! Services whose ClusterIPs have it as a backend's or region's lets a set look only at the
+//! ClusterIPs it can concern.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -56,6 +58,23 @@ struct Port {
 /// A Service's (namespace, name).
 pub(crate) type ServiceKey = (String, String);
 
+/// What a pass changed of the ClusterIPs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Changed {
+    /// Nothing.
+    Nothing,
+    /// The ClusterIPs of some Services: a kept egress set is brought up to date by deciding
+    /// these again.
+    Some {
+        /// The identities of the changed Services' ClusterIPs before.
+        gone: BTreeSet<usize>,
+        /// Their ClusterIPs now.
+        now: Vec<ClusterIp>,
+    },
+    /// Any may have: every egress set is compiled again.
+    Everything,
+}
+
 /// The ClusterIPs of every Service with their backends by identity, kept between passes: a pass
 /// finds again only those of the Services that changed and of those with a backend whose
 /// identity may have moved.
@@ -67,6 +86,9 @@ pub(crate) struct ClusterIps {
     of_service: BTreeMap<ServiceKey, Found>,
     /// The Services with a ready backend at each address.
     by_backend: HashMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// The Services with a ClusterIP that has each identity as a backend's or as its
+    /// region's: the only ones a set with no value for that identity cannot concern.
+    by_identity: HashMap<usize, BTreeSet<ServiceKey>>,
 }
 
 /// What is kept of one Service.
@@ -81,17 +103,19 @@ struct Found {
 impl ClusterIps {
     /// Brings them up to date with `services` (in (namespace, name) order) and `peers`, after
     /// the Services `changed` changed and the identities of the addresses `touched` may have
-    /// moved since the last call (`None`: any may have). Returns whether any ClusterIP
-    /// changed.
+    /// moved since the last call (`None`: any may have). Returns what changed.
     pub(crate) fn update(
         &mut self,
         peers: &Peers,
         services: &[ServiceInfo],
         touched: Option<&BTreeSet<IpAddr>>,
         changed: Option<&BTreeSet<ServiceKey>>,
-    ) -> bool {
+    ) -> Changed {
         let (Some(touched), Some(changed), true) = (touched, changed, self.built) else {
-            return self.rebuild(peers, services);
+            return match self.rebuild(peers, services) {
+                true => Changed::Everything,
+                false => Changed::Nothing,
+            };
         };
         let mut stale = changed.clone();
         stale.extend(
@@ -101,28 +125,35 @@ impl ClusterIps {
                 .flatten()
                 .cloned(),
         );
-        let mut any = false;
+        let (mut gone, mut now) = (BTreeSet::new(), Vec::new());
         for key in stale {
             let service = services
                 .binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&key_ref(&key)))
                 .ok()
                 .map(|index| &services[index]);
             let found = service.map(|s| of_service(peers, s)).unwrap_or_default();
-            let kept = self.forget(&key);
-            if kept.map_or(Vec::new(), |kept| kept.cluster_ips) != found {
-                any = true;
+            let kept = self
+                .forget(&key)
+                .map_or(Vec::new(), |kept| kept.cluster_ips);
+            if kept != found {
+                gone.extend(kept.iter().map(|vip| vip.identity));
+                now.extend(found.iter().cloned());
             }
             if let Some(service) = service {
                 self.keep(key, service, found);
             }
         }
-        any
+        match gone.is_empty() && now.is_empty() {
+            true => Changed::Nothing,
+            false => Changed::Some { gone, now },
+        }
     }
 
     /// Finds every ClusterIP again; whether any changed.
     fn rebuild(&mut self, peers: &Peers, services: &[ServiceInfo]) -> bool {
         let before = std::mem::take(&mut self.of_service);
         self.by_backend.clear();
+        self.by_identity.clear();
         for service in services {
             let key = (service.namespace.clone(), service.name.clone());
             self.keep(key, service, of_service(peers, service));
@@ -153,6 +184,12 @@ impl ClusterIps {
                 .or_default()
                 .insert(key.clone());
         }
+        for identity in identities_of(&cluster_ips) {
+            self.by_identity
+                .entry(identity)
+                .or_default()
+                .insert(key.clone());
+        }
         self.of_service.insert(
             key,
             Found {
@@ -173,13 +210,47 @@ impl ClusterIps {
                 }
             }
         }
+        for identity in identities_of(&kept.cluster_ips) {
+            if let Some(services) = self.by_identity.get_mut(&identity) {
+                services.remove(key);
+                if services.is_empty() {
+                    self.by_identity.remove(&identity);
+                }
+            }
+        }
         Some(kept)
+    }
+
+    /// The ClusterIPs that a set with values for `identities` may concern: those with one
+    /// of them as a backend's or their region's identity.
+    fn concerning<'a>(
+        &'a self,
+        identities: impl Iterator<Item = &'a usize>,
+    ) -> impl Iterator<Item = &'a ClusterIp> {
+        let services: BTreeSet<&ServiceKey> = identities
+            .filter_map(|identity| self.by_identity.get(identity))
+            .flatten()
+            .collect();
+        services
+            .into_iter()
+            .flat_map(|key| &self.of_service[key].cluster_ips)
     }
 
     /// Every ClusterIP, Service by Service.
     fn iter(&self) -> impl Iterator<Item = &ClusterIp> {
         self.of_service.values().flat_map(|kept| &kept.cluster_ips)
     }
+}
+
+/// The identities of the backends and regions of `cluster_ips`, each once.
+fn identities_of(cluster_ips: &[ClusterIp]) -> BTreeSet<usize> {
+    cluster_ips
+        .iter()
+        .flat_map(|vip| {
+            let backends = vip.ports.iter().flat_map(|port| &port.backends);
+            backends.map(|(identity, _)| *identity).chain([vip.region])
+        })
+        .collect()
 }
 
 fn key_ref(key: &ServiceKey) -> (&str, &str) {
@@ -233,48 +304,98 @@ enum Backends {
 }
 
 /// Adds to `entries` (one egress set's values by identity) an entry for each of
-/// `cluster_ips` whose answer differs from its region's.
+/// `cluster_ips` whose answer differs from its region's. Only the ClusterIPs with a backend or
+/// a region the set has a value for are looked at: for any other, every port is denied both by
+/// its backends and by its region, so it needs no entry.
 pub(crate) fn add_cluster_ips(entries: &mut SetEntries, cluster_ips: &ClusterIps) {
-    let mut added: Vec<(usize, PolicyValue)> = Vec::new();
-    for vip in cluster_ips.iter() {
-        let values = &entries.values;
-        let vip_value = values.get(&vip.region);
-        let mut rules = Vec::new();
-        let mut differs = false;
-        for port in &vip.ports {
-            let answer = backends(port, |identity| values.get(&identity));
-            let by_address = vip_value
-                .and_then(|value| value.matching_rule(port.protocol, port.port))
-                .filter(|rule| rule.action == port_action::ALLOW);
-            differs |= match answer {
-                Backends::Allowed(_) => by_address.is_none(),
-                // The reason names the Service, whatever the addresses say.
-                Backends::Partly => true,
-                Backends::Denied => by_address.is_some(),
-            };
-            let action = match answer {
-                Backends::Allowed(rule_id) => Some((rule_id, port_action::ALLOW)),
-                Backends::Partly => Some((0, port_action::DENY_SERVICE)),
-                Backends::Denied => None,
-            };
-            if let Some((rule_id, action)) = action {
-                rules.push(PortRule {
-                    rule_id,
-                    port_lo: port.port,
-                    port_hi: port.port,
-                    protocol: port.protocol,
-                    action,
-                    _pad: [0; 2],
-                });
-            }
-        }
-        if differs {
-            // A Service has far fewer ports than a value holds; `value_of` keeps the first
-            // ones.
-            added.push((vip.identity, value_of(&rules)));
+    let added: Vec<(usize, PolicyValue)> = cluster_ips
+        .concerning(entries.values.keys())
+        .filter_map(|vip| Some((vip.identity, entry(vip, |i| entries.values.get(&i))?)))
+        .collect();
+    entries.values.extend(added);
+}
+
+/// `entries` (one egress set's, made by [`add_cluster_ips`] when the ClusterIPs were others)
+/// with the ClusterIPs that `changed` decided again: `None` when no entry changed.
+pub(crate) fn patch_cluster_ips(
+    entries: &SetEntries,
+    gone: &BTreeSet<usize>,
+    now: &[ClusterIp],
+) -> Option<SetEntries> {
+    // A gone ClusterIP's identity may be a pod's now, one this set has no rule for (else the
+    // set is compiled again, not patched): its old entry is no value of that pod's.
+    let lookup = |identity: usize| {
+        (!gone.contains(&identity))
+            .then(|| entries.values.get(&identity))
+            .flatten()
+    };
+    let decided: BTreeMap<usize, PolicyValue> = now
+        .iter()
+        .filter_map(|vip| Some((vip.identity, entry(vip, lookup)?)))
+        .collect();
+    let same = decided
+        .iter()
+        .all(|(identity, value)| entries.values.get(identity) == Some(value))
+        && gone
+            .iter()
+            .chain(now.iter().map(|vip| &vip.identity))
+            .all(|identity| {
+                decided.contains_key(identity) || !entries.values.contains_key(identity)
+            });
+    if same {
+        return None;
+    }
+    let mut values = entries.values.clone();
+    for identity in gone.iter().chain(now.iter().map(|vip| &vip.identity)) {
+        values.remove(identity);
+    }
+    values.extend(decided);
+    Some(SetEntries {
+        values,
+        dropped: entries.dropped.clone(),
+        ..SetEntries::default()
+    })
+}
+
+/// The entry of `vip` in a set whose values by identity `lookup` gives (the backends' and the
+/// region's: a ClusterIP's own identity is never a rule's), when its answer differs from its
+/// region's.
+fn entry<'e>(
+    vip: &ClusterIp,
+    lookup: impl Fn(usize) -> Option<&'e PolicyValue> + Copy,
+) -> Option<PolicyValue> {
+    let vip_value = lookup(vip.region);
+    let mut rules = Vec::new();
+    let mut differs = false;
+    for port in &vip.ports {
+        let answer = backends(port, lookup);
+        let by_address = vip_value
+            .and_then(|value| value.matching_rule(port.protocol, port.port))
+            .filter(|rule| rule.action == port_action::ALLOW);
+        differs |= match answer {
+            Backends::Allowed(_) => by_address.is_none(),
+            // The reason names the Service, whatever the addresses say.
+            Backends::Partly => true,
+            Backends::Denied => by_address.is_some(),
+        };
+        let action = match answer {
+            Backends::Allowed(rule_id) => Some((rule_id, port_action::ALLOW)),
+            Backends::Partly => Some((0, port_action::DENY_SERVICE)),
+            Backends::Denied => None,
+        };
+        if let Some((rule_id, action)) = action {
+            rules.push(PortRule {
+                rule_id,
+                port_lo: port.port,
+                port_hi: port.port,
+                protocol: port.protocol,
+                action,
+                _pad: [0; 2],
+            });
         }
     }
-    entries.values.extend(added);
+    // A Service has far fewer ports than a value holds; `value_of` keeps the first ones.
+    differs.then(|| value_of(&rules))
 }
 
 /// What the backends of `port` say, through `lookup` (identity → the set's value).
