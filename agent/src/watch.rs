@@ -331,6 +331,25 @@ fn key_of<K: Resource>(object: &K) -> Key {
     )
 }
 
+/// What a watched kind is: a cluster-wide API object that a watch decodes, slims and
+/// fingerprints, and hands on across tasks.
+trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Starts watches, all on one client, with one watcher config, into one change log.
 struct Spawner {
     client: Client,
@@ -341,17 +360,7 @@ struct Spawner {
 
 impl Spawner {
     /// Starts the watch of `kind`, slimming every object with `slim`; the changes it holds.
-    fn watch<K>(&mut self, kind: Kind, slim: fn(&mut K)) -> Arc<Pending<K>>
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + Debug
-            + Send
-            + Sync
-            + 'static,
-    {
+    fn watch<K: Watched>(&mut self, kind: Kind, slim: fn(&mut K)) -> Arc<Pending<K>> {
         let (listed_tx, listed) = watch::channel(false);
         let pending = Arc::new(Pending {
             updates: Mutex::new(Updates::new()),
@@ -389,21 +398,12 @@ struct Follower<K> {
 }
 
 /// Runs one kind's watch for as long as the agent does (the watcher retries forever).
-async fn follow<K>(
+async fn follow<K: Watched>(
     api: Api<K>,
     config: watcher::Config,
     slim: fn(&mut K),
     mut follower: Follower<K>,
-) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
+) {
     let kind = follower.kind.name();
     let mut events = pin!(watcher(api, config).default_backoff().modify(slim));
     while let Some(event) = events.next().await {
