@@ -18,7 +18,7 @@ use serde::Serialize;
 use tollgate_collector::identity::Identities;
 use tollgate_enforcer::{
     bench::scale::{Shape, current_rss_mib, generate, peak_rss_mib},
-    compile::{Compiler, Object, Placement},
+    compile::{ClusterObject, Compiler, ObjectKind, Placement},
     desired::{Capacity, Ids},
     snapshot::{Delta, Updates},
 };
@@ -57,26 +57,14 @@ pub fn agent(shape: Shape) -> Result<AgentCase, String> {
     let start = Instant::now();
     let mut fingerprints = HashMap::new();
     let delta = Delta {
-        namespaces: handed_on(
-            snapshot.namespaces,
-            slim_namespace,
-            &mut fingerprints,
-            |o| Object::Namespace(o),
-        ),
-        pods: handed_on(snapshot.pods, slim_pod, &mut fingerprints, |o| {
-            Object::Pod(o)
-        }),
-        policies: handed_on(snapshot.policies, slim_policy, &mut fingerprints, |o| {
-            Object::NetworkPolicy(o)
-        }),
-        services: handed_on(snapshot.services, slim_service, &mut fingerprints, |o| {
-            Object::Service(o)
-        }),
+        namespaces: handed_on(snapshot.namespaces, slim_namespace, &mut fingerprints),
+        pods: handed_on(snapshot.pods, slim_pod, &mut fingerprints),
+        policies: handed_on(snapshot.policies, slim_policy, &mut fingerprints),
+        services: handed_on(snapshot.services, slim_service, &mut fingerprints),
         endpoint_slices: handed_on(
             snapshot.endpoint_slices,
             slim_endpoint_slice,
             &mut fingerprints,
-            |o| Object::EndpointSlice(o),
         ),
     };
     let watch_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -108,20 +96,18 @@ pub fn agent(shape: Shape) -> Result<AgentCase, String> {
 
 /// `objects` as a watch hands them on: slimmed with `slim`, each with its fingerprint kept
 /// in `fingerprints` by kind and key.
-fn handed_on<K: Resource + Clone + Serialize>(
+fn handed_on<K: ClusterObject + Resource + Clone + Serialize>(
     objects: Vec<K>,
     slim: fn(&mut K),
-    fingerprints: &mut HashMap<(&'static str, (String, String)), Fingerprint>,
-    object: for<'o> fn(&'o K) -> Object<'o>,
+    fingerprints: &mut HashMap<(ObjectKind, (String, String)), Fingerprint>,
 ) -> Updates<K> {
     let mut updates = Updates::new();
     for mut item in objects {
         slim(&mut item);
-        let wrapped = object(&item);
-        let (kind, Some(key)) = (wrapped.kind().name(), wrapped.key()) else {
+        let Some(key) = item.object().key() else {
             continue;
         };
-        fingerprints.insert((kind, key.clone()), fingerprint(&item));
+        fingerprints.insert((K::OBJECT_KIND, key.clone()), fingerprint(&item));
         updates.insert(key, Some(Arc::new(item)));
     }
     updates

@@ -9,7 +9,7 @@
 //!   into batches;
 //! - [`source`]: the [`source::ClusterSource`] the agent reads: "it changed", and the delta of
 //!   what changed, object by object (never a copy of the cluster).
-//!   [`source::KubeSource`] is the reflectors on EKS; [`source::StaticSource`] is a snapshot
+//!   [`source::KubeSource`] is the watches on EKS; [`source::StaticSource`] is a snapshot
 //!   set in code (the lab, tests) — everything after it is the same path;
 //! - [`reconcile`]: delta → the compiler, kept between passes (it checks each changed object
 //!   once and recomputes only what the change touches; for this node's endpoints, ids carried

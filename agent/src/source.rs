@@ -5,7 +5,7 @@
 //! is something new (a batch of [`Changes`]), and [`ClusterSource::take_delta`] hands over
 //! what changed since it last asked, object by object (every object the first time): a
 //! [`Delta`], whose objects are shared with the source, never a copy of the cluster.
-//! [`KubeSource`] answers from the reflectors of [`crate::watch`] on a real cluster;
+//! [`KubeSource`] answers from the watches of [`crate::watch`] on a real cluster;
 //! [`StaticSource`] from a [`Snapshot`] that code sets through a [`StaticHandle`] (the lab,
 //! tests): every object kind of the snapshot, Services and EndpointSlices included, as given,
 //! an object counting as changed when it differs from the one handed over. Everything after
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use kube::{Client, runtime::watcher};
 use tollgate_enforcer::{
-    compile::Object,
+    compile::ClusterObject,
     snapshot::{Delta, Snapshot, Updates},
 };
 
@@ -44,7 +44,7 @@ pub trait ClusterSource {
     fn changed(&mut self) -> impl Future<Output = Option<Changes>> + Send;
 }
 
-/// The cluster through the API server: the reflectors of [`Watchers`].
+/// The cluster through the API server: the watches of [`Watchers`].
 #[derive(Debug)]
 pub struct KubeSource {
     watchers: Watchers,
@@ -169,21 +169,11 @@ impl ClusterSource for StaticSource {
         self.update = Some(*number);
         let handed = &mut self.handed;
         Delta {
-            namespaces: differ(&snapshot.namespaces, &mut handed.namespaces, |o| {
-                Object::Namespace(o)
-            }),
-            pods: differ(&snapshot.pods, &mut handed.pods, |o| Object::Pod(o)),
-            policies: differ(&snapshot.policies, &mut handed.policies, |o| {
-                Object::NetworkPolicy(o)
-            }),
-            services: differ(&snapshot.services, &mut handed.services, |o| {
-                Object::Service(o)
-            }),
-            endpoint_slices: differ(
-                &snapshot.endpoint_slices,
-                &mut handed.endpoint_slices,
-                |o| Object::EndpointSlice(o),
-            ),
+            namespaces: differ(&snapshot.namespaces, &mut handed.namespaces),
+            pods: differ(&snapshot.pods, &mut handed.pods),
+            policies: differ(&snapshot.policies, &mut handed.policies),
+            services: differ(&snapshot.services, &mut handed.services),
+            endpoint_slices: differ(&snapshot.endpoint_slices, &mut handed.endpoint_slices),
         }
     }
 
@@ -199,16 +189,14 @@ impl ClusterSource for StaticSource {
 }
 
 /// The updates that make `handed` hold `objects`, applied to it.
-fn differ<K: Clone + PartialEq>(
+fn differ<K: ClusterObject + Clone + PartialEq>(
     objects: &[K],
     handed: &mut Updates<K>,
-    object: for<'o> fn(&'o K) -> Object<'o>,
 ) -> Updates<K> {
     let mut now: BTreeMap<(String, String), &K> = BTreeMap::new();
     for (index, item) in objects.iter().enumerate() {
-        let wrapped = object(item);
-        let kind = wrapped.kind().name();
-        let Some(key) = wrapped.key() else {
+        let kind = K::OBJECT_KIND.name();
+        let Some(key) = item.object().key() else {
             tracing::warn!(kind, index, "an object without a name left out");
             continue;
         };

@@ -50,7 +50,10 @@ use tokio::{
     task::JoinSet,
     time::Instant,
 };
-use tollgate_enforcer::snapshot::{Delta, Updates};
+use tollgate_enforcer::{
+    compile::ClusterObject,
+    snapshot::{Delta, Updates},
+};
 
 use crate::slim::{
     Fingerprint, fingerprint, slim_endpoint_slice, slim_namespace, slim_pod, slim_policy,
@@ -320,26 +323,27 @@ impl<K> Pending<K> {
     }
 }
 
-/// An object's key in the [`Delta`]: (namespace, name), the namespace empty for a Namespace.
+/// An object's key in the [`Delta`] (`tollgate_enforcer::compile::Object::key`).
 type Key = (String, String);
-
-fn key_of<K: Resource>(object: &K) -> Key {
-    let meta = object.meta();
-    (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
-}
 
 /// What a watched kind is: a cluster-wide API object that a watch decodes, slims and
 /// fingerprints, and hands on across tasks.
 trait Watched:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
+    ClusterObject
+    + Resource<DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
 {
 }
 
 impl<K> Watched for K where
-    K: Resource<DynamicType = ()>
+    K: ClusterObject
+        + Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
         + Serialize
@@ -416,7 +420,7 @@ async fn follow<K: Watched>(
     }
 }
 
-impl<K: Resource<DynamicType = ()> + Clone + Serialize> Follower<K> {
+impl<K: ClusterObject + Resource<DynamicType = ()> + Clone + Serialize> Follower<K> {
     /// Hands on what `event` changed, if anything, and records it in the change log.
     fn follow(&mut self, event: watcher::Event<K>) {
         match event {
@@ -427,7 +431,9 @@ impl<K: Resource<DynamicType = ()> + Clone + Serialize> Follower<K> {
                 }
             }
             watcher::Event::Delete(object) => {
-                let key = key_of(&object);
+                let Some(key) = object.object().key() else {
+                    return;
+                };
                 if self.known.remove(&key).is_some() {
                     self.pending.put(key, None);
                     let version = object.meta().resource_version.clone();
@@ -436,8 +442,8 @@ impl<K: Resource<DynamicType = ()> + Clone + Serialize> Follower<K> {
             }
             watcher::Event::Init => self.listing = Some(HashSet::new()),
             watcher::Event::InitApply(object) => {
-                if let Some(listing) = &mut self.listing {
-                    listing.insert(key_of(&object));
+                if let Some((listing, key)) = self.listing.as_mut().zip(object.object().key()) {
+                    listing.insert(key);
                 }
                 self.hand_on(object);
             }
@@ -464,10 +470,13 @@ impl<K: Resource<DynamicType = ()> + Clone + Serialize> Follower<K> {
         }
     }
 
-    /// Hands `object` on unless what slimming kept of it is what was handed on last: whether
-    /// it was.
+    /// Hands `object` on unless what slimming kept of it is what was handed on last, or it has
+    /// no name (which the API server never sends: no key can name it): whether it was.
     fn hand_on(&mut self, object: K) -> bool {
-        let key = key_of(&object);
+        let Some(key) = object.object().key() else {
+            tracing::warn!(kind = self.kind.name(), "an object without a name left out");
+            return false;
+        };
         let fingerprint = fingerprint(&object);
         if self.known.get(&key) == Some(&fingerprint) {
             tracing::trace!(

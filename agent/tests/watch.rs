@@ -1,6 +1,6 @@
-//! The agent against a scripted API server: real `watcher`s and reflector stores fed with API
-//! server responses (`tests/fixtures/watch/`), the real compiler, and the map sync into
-//! in-memory maps that log every write.
+//! The agent against a scripted API server: real `watcher`s fed with API server responses
+//! (`tests/fixtures/watch/`), the real compiler, and the map sync into in-memory maps that log
+//! every write.
 //!
 //! The cluster is the seed's (`examples/seed/`): kube-dns, nginx, httpd and amazonlinux on
 //! this node (`lab-node`, address 10.0.1.17), the three seed policies, and besides, a

@@ -39,7 +39,7 @@ pub type Updates<K> = BTreeMap<(String, String), Option<Arc<K>>>;
 
 /// What changed in the cluster since the last delta, kind by kind: a watch's events (the
 /// latest state of each object they name), or everything a first list holds. Objects are
-/// shared, not copied: the agent's stores hand over the ones they hold.
+/// shared, not copied: the agent's watches hand over the ones they decoded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delta {
     /// Namespaces.

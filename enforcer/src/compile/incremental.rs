@@ -48,6 +48,29 @@ pub enum Object<'a> {
     EndpointSlice(&'a EndpointSlice),
 }
 
+/// A type of cluster object the compiler reads: its kind, and itself as an [`Object`].
+pub trait ClusterObject {
+    /// Its kind.
+    const OBJECT_KIND: ObjectKind;
+
+    /// It, as an [`Object`].
+    fn object(&self) -> Object<'_>;
+}
+
+macro_rules! cluster_object {
+    ($($type:ident),*) => {$(
+        impl ClusterObject for $type {
+            const OBJECT_KIND: ObjectKind = ObjectKind::$type;
+
+            fn object(&self) -> Object<'_> {
+                Object::$type(self)
+            }
+        }
+    )*};
+}
+
+cluster_object!(Namespace, Pod, NetworkPolicy, Service, EndpointSlice);
+
 /// The kinds of [`Object`], to name one that is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ObjectKind {
@@ -338,22 +361,21 @@ impl Compiler {
     /// Applies what `delta` says changed: each object given is applied, each gone one removed.
     /// Every object a delta holds is named by its key, so none is refused.
     pub fn apply_delta(&mut self, delta: &Delta) {
-        apply_updates(self, &delta.namespaces, ObjectKind::Namespace, |o| {
-            Object::Namespace(o)
-        });
-        apply_updates(self, &delta.pods, ObjectKind::Pod, |o| Object::Pod(o));
-        apply_updates(self, &delta.policies, ObjectKind::NetworkPolicy, |o| {
-            Object::NetworkPolicy(o)
-        });
-        apply_updates(self, &delta.services, ObjectKind::Service, |o| {
-            Object::Service(o)
-        });
-        apply_updates(
-            self,
-            &delta.endpoint_slices,
-            ObjectKind::EndpointSlice,
-            |o| Object::EndpointSlice(o),
-        );
+        self.apply_updates(&delta.namespaces);
+        self.apply_updates(&delta.pods);
+        self.apply_updates(&delta.policies);
+        self.apply_updates(&delta.services);
+        self.apply_updates(&delta.endpoint_slices);
+    }
+
+    /// Applies one kind's `updates`.
+    fn apply_updates<K: ClusterObject>(&mut self, updates: &Updates<K>) {
+        for ((namespace, name), update) in updates {
+            match update {
+                Some(update) => self.apply_as(update.object(), (namespace.clone(), name.clone())),
+                None => self.delete(K::OBJECT_KIND, namespace, name),
+            }
+        }
     }
 
     /// Sets the node's own addresses (see `Snapshot::node_addresses`).
@@ -496,21 +518,6 @@ impl Compiler {
 /// An object's key; `None` when it has no name.
 fn key_of(object: Object<'_>) -> Option<Key> {
     key_ref(object).map(|(namespace, name)| (namespace.to_owned(), name.to_owned()))
-}
-
-/// Applies one kind's `updates` to `compiler`, each object as `object` wraps it.
-fn apply_updates<K>(
-    compiler: &mut Compiler,
-    updates: &Updates<K>,
-    kind: ObjectKind,
-    object: for<'o> fn(&'o K) -> Object<'o>,
-) {
-    for ((namespace, name), update) in updates {
-        match update {
-            Some(update) => compiler.apply_as(object(update), (namespace.clone(), name.clone())),
-            None => compiler.delete(kind, namespace, name),
-        }
-    }
 }
 
 /// [`key_of`], borrowed.

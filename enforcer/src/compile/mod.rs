@@ -67,7 +67,7 @@ use std::sync::Arc;
 use tollgate_schemas::{Direction, EndpointKey, addr};
 
 pub use cluster::{ENFORCEMENT_ANNOTATION, MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX};
-pub use incremental::{Compiler, Object, ObjectKind};
+pub use incremental::{ClusterObject, Compiler, Object, ObjectKind};
 pub use recover::recover_ids;
 
 use crate::desired::{Capacity, DesiredState, Ids, RuleRef};
