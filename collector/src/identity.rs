@@ -632,7 +632,7 @@ fn claims_of(pod: &Pod, old: Option<&PodClaims>, label_sets: &mut LabelSets) -> 
 
 /// Every (ClusterIP, protocol, port) of `services` with the Service it stands for; headless
 /// Services have no ClusterIP and add nothing.
-fn service_addresses(services: &[ServiceInfo]) -> HashMap<ServiceAddress, ServiceIdentity> {
+fn service_addresses(services: &[Arc<ServiceInfo>]) -> HashMap<ServiceAddress, ServiceIdentity> {
     let mut table = HashMap::new();
     for service in services {
         let identity = ServiceIdentity {

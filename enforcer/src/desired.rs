@@ -201,12 +201,13 @@ pub struct Ids {
     /// Rule id of each rule (shared with the compiler, which hands the same map on while the
     /// rules stay).
     pub rules: Arc<BTreeMap<RuleRef, u32>>,
-    /// Id of each distinct peer selector, by its canonical form.
-    pub selectors: BTreeMap<String, u32>,
+    /// Id of each distinct peer selector, by its canonical form (shared with the compiler,
+    /// as are `identities` and `peer_ids`).
+    pub selectors: Arc<BTreeMap<String, u32>>,
     /// Policy set id of each set, by its canonical form (direction, rule ids, named ports).
     pub sets: BTreeMap<String, u32>,
     /// Peer identity id of each identity, by its canonical form.
-    pub identities: BTreeMap<String, u32>,
+    pub identities: Arc<BTreeMap<String, u32>>,
     /// Rule-set id of each distinct rule set, by its rules.
     pub rulesets: BTreeMap<Vec<PortRule>, u32>,
     /// Per endpoint id: what its revision was given for.
@@ -217,7 +218,7 @@ pub struct Ids {
     /// Digest of each policy set's entries and rule sets, by set id.
     pub set_digests: BTreeMap<u32, [u8; 32]>,
     /// The identity of every pod address and ClusterIP in the peer trie.
-    pub peer_ids: BTreeMap<IpAddr, PeerIdentity>,
+    pub peer_ids: Arc<BTreeMap<IpAddr, PeerIdentity>>,
     /// The region prefixes of the peer trie.
     pub regions: BTreeSet<PeerEntryKey>,
 }

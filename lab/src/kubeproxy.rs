@@ -25,6 +25,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tollgate_enforcer::compile::services::ServiceInfo;
@@ -58,7 +59,7 @@ fn protocol_name(protocol: u8) -> &'static str {
 
 /// The rules of the `nat` table for `services`, as `iptables-restore` reads them; only the
 /// ClusterIPs and backends of `family`.
-pub fn nat_rules(services: &[ServiceInfo], family: IpFamily) -> String {
+pub fn nat_rules(services: &[Arc<ServiceInfo>], family: IpFamily) -> String {
     let mut chains = vec![
         "KUBE-SERVICES".to_owned(),
         "KUBE-POSTROUTING".to_owned(),
@@ -154,7 +155,11 @@ pub fn nat_rules(services: &[ServiceInfo], family: IpFamily) -> String {
 
 /// Replaces the `nat` table of network namespace `node` with the chains of `services`.
 #[tracing::instrument(skip(services), fields(services = services.len()))]
-pub fn install(node: &str, services: &[ServiceInfo], family: IpFamily) -> Result<(), LabError> {
+pub fn install(
+    node: &str,
+    services: &[Arc<ServiceInfo>],
+    family: IpFamily,
+) -> Result<(), LabError> {
     let rules = nat_rules(services, family);
     let restore = format!("{}-restore", family.iptables());
     let command = format!("ip netns exec {node} {restore}");
@@ -216,8 +221,8 @@ mod tests {
 
     use super::*;
 
-    fn service(ip: &str, backends: &[(&str, u16)]) -> ServiceInfo {
-        ServiceInfo {
+    fn service(ip: &str, backends: &[(&str, u16)]) -> Arc<ServiceInfo> {
+        Arc::new(ServiceInfo {
             namespace: "default".into(),
             name: "web".into(),
             cluster_ips: vec![ip.parse().unwrap()],
@@ -234,7 +239,7 @@ mod tests {
                     })
                     .collect(),
             }],
-        }
+        })
     }
 
     #[test]

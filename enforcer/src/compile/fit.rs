@@ -12,7 +12,7 @@
 //!
 //! Then every endpoint gets its revision (`revisions`).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -25,9 +25,12 @@ use super::cluster::{Cluster, PodInfo};
 use super::endpoint::Plan;
 use super::identities::Peers;
 use super::revisions::{self, PeerView, Planned};
-use super::sets::{SetEntries, SetKey};
+use super::sets::{Ruleset, SetEntries, SetKey};
 use crate::desired::{Capacity, DesiredState, Ids, PeerEntryKey, Revision};
 use crate::snapshot::InputError;
+
+// Rule lists are hashed once, when their set is sealed (see `Ruleset`).
+use foldhash::{HashMap, HashSet};
 
 /// What fitting produced besides the desired state: the ids, digests and revisions to keep.
 pub(crate) struct Fitted {
@@ -42,7 +45,7 @@ pub(crate) struct Fitted {
     /// Digest of each written set.
     pub(crate) set_digests: BTreeMap<u32, [u8; 32]>,
     /// Identity of each pod address and ClusterIP written to the peer trie.
-    pub(crate) peer_ids: BTreeMap<IpAddr, PeerIdentity>,
+    pub(crate) peer_ids: Arc<BTreeMap<IpAddr, PeerIdentity>>,
     /// The region prefixes written.
     pub(crate) regions: BTreeSet<PeerEntryKey>,
 }
@@ -66,7 +69,7 @@ pub(crate) fn fit(
     let mut desired = DesiredState::default();
     let written = fit_peers(cluster, peers, capacity, &mut desired, errors);
     let (regions, peer_ids, touched) = match written {
-        Some((regions, peer_ids)) => (regions, peer_ids, None),
+        Some((regions, peer_ids)) => (regions, Arc::new(peer_ids), None),
         None => (peers.region_keys.clone(), peers.peer_ids.clone(), touched),
     };
 
@@ -76,12 +79,12 @@ pub(crate) fn fit(
         .map(|(key, entries)| (set_ids[&key.canonical()], key, &**entries))
         .collect();
     by_id.sort_by_key(|(id, ..)| *id);
-    let mut values: HashSet<Vec<PortRule>> = HashSet::new();
+    let mut values: HashSet<&Ruleset> = HashSet::default();
     let mut entries_used = 0usize;
     let mut refused: BTreeMap<u32, &'static str> = BTreeMap::new();
     let ruleset_room = capacity.rulesets.saturating_sub(1) as usize;
     for (id, _, entries) in &by_id {
-        let new_values: Vec<&Vec<PortRule>> = entries
+        let new_values: Vec<&Ruleset> = entries
             .rulesets
             .iter()
             .filter(|rules| !values.contains(*rules))
@@ -95,31 +98,39 @@ pub(crate) fn fit(
             continue;
         }
         entries_used += entries.values.len();
-        values.extend(new_values.into_iter().cloned());
+        values.extend(new_values);
     }
     let ruleset_ids = ruleset_ids(&prior.rulesets, values, capacity.rulesets);
     for (rules, id) in &ruleset_ids {
-        desired.rulesets.insert(*id, super::sets::value_of(rules));
+        desired
+            .rulesets
+            .insert(*id, super::sets::value_of(&rules.rules));
     }
 
     let mut set_digests: BTreeMap<u32, [u8; 32]> = BTreeMap::new();
+    // Sets in id order, each with its entries in identity order: the map's order, built at
+    // once.
+    let mut policy = Vec::with_capacity(entries_used);
     for (id, _, entries) in &by_id {
         if refused.contains_key(id) {
             continue;
         }
         let ids_of: Vec<u32> = entries.rulesets.iter().map(|r| ruleset_ids[r]).collect();
-        for (peer, _, ruleset) in &entries.by_peer {
-            let ruleset = ruleset.map_or(0, |index| ids_of[index]);
-            desired.policy.insert(
-                PolicyKey {
-                    set: *id,
-                    peer: *peer,
+        policy.extend(entries.by_peer.iter().map(|(peer, _, ruleset)| {
+            let key = PolicyKey {
+                set: *id,
+                peer: *peer,
+            };
+            (
+                key,
+                PolicyEntry {
+                    ruleset: ruleset.map_or(0, |index| ids_of[index]),
                 },
-                PolicyEntry { ruleset },
-            );
-        }
+            )
+        }));
         set_digests.insert(*id, entries.digest);
     }
+    desired.policy = policy.into_iter().collect();
 
     let mut planned = Vec::with_capacity(plans.len());
     for plan in plans {
@@ -183,7 +194,10 @@ pub(crate) fn fit(
     }
     Fitted {
         desired,
-        rulesets: ruleset_ids,
+        rulesets: ruleset_ids
+            .into_iter()
+            .map(|(rules, id)| (rules.rules.clone(), id))
+            .collect(),
         revisions,
         next_revision,
         set_digests,
@@ -197,24 +211,24 @@ pub(crate) fn fit(
 /// entries still point to. Only when no such id is left below `capacity` does it reuse an id
 /// freed by this compilation; the sync writes it before the entries that move to it, so for
 /// that instant the old entries see the new rule set (near capacity only; `docs/datapath.md`).
-fn ruleset_ids(
+fn ruleset_ids<'r>(
     prior: &BTreeMap<Vec<PortRule>, u32>,
-    values: HashSet<Vec<PortRule>>,
+    values: HashSet<&'r Ruleset>,
     capacity: u32,
-) -> BTreeMap<Vec<PortRule>, u32> {
+) -> HashMap<&'r Ruleset, u32> {
     let prior_ids: BTreeSet<u32> = prior.values().copied().collect();
-    let mut ids = BTreeMap::new();
+    let mut ids = HashMap::default();
     let mut taken = BTreeSet::new();
     let mut fresh = Vec::new();
     for rules in values {
-        match prior.get(&rules) {
+        match prior.get(&rules.rules) {
             Some(&id) if id != 0 && id < capacity && taken.insert(id) => {
                 ids.insert(rules, id);
             }
             _ => fresh.push(rules),
         }
     }
-    fresh.sort();
+    fresh.sort_by(|a, b| a.rules.cmp(&b.rules));
     let unused = (1..capacity).filter(|id| !prior_ids.contains(id) && !taken.contains(id));
     let freed = (1..capacity).filter(|id| prior_ids.contains(id) && !taken.contains(id));
     for (rules, id) in fresh.into_iter().zip(unused.chain(freed)) {

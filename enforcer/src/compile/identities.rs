@@ -2,11 +2,12 @@
 //! about it, and the node-wide peer trie maps address prefixes to identities.
 //!
 //! How an address becomes an identity:
-//! 1. The universe. Every distinct pod selector of a rule's peers (`podSelector`,
-//!    `namespaceSelector` or both, with the policy's namespace when it has no namespace
-//!    selector) is a [`PeerSelector`]; every ipBlock's cidr and excepts is a *region* prefix, and
-//!    so are `0.0.0.0/0` and `::/0`, so that every address has one; the names of the named ports
-//!    egress rules use are collected too (they resolve against the peer pod).
+//! 1. The universe (`universe`, kept policy by policy). Every distinct pod selector of a rule's
+//!    peers (`podSelector`, `namespaceSelector` or both, with the policy's namespace when it has
+//!    no namespace selector) is a [`PeerSelector`] with an index it keeps while rules refer to
+//!    it; every ipBlock's cidr and excepts is a *region* prefix, and so are `0.0.0.0/0` and
+//!    `::/0`, so that every address has one; the names of the named ports egress rules use are
+//!    collected too (they resolve against the peer pod).
 //! 2. Regions. An address's region is the longest region prefix that contains it. Whether an
 //!    ipBlock covers an address depends only on its region, because every cidr and except is a
 //!    region prefix itself.
@@ -27,8 +28,9 @@
 //! [`Peers`] is kept between compilations and changed by difference ([`Peers::update`]): while
 //! the regions and the named ports of egress rules stay the same and the prior ids are the ones
 //! it gave, only the pods that changed and the ClusterIPs that came or went are classified
-//! again. A policy change that adds or removes selectors re-keys the identities by the new
-//! selector indices and tries only the new selectors on each class (`reselect`); a namespace
+//! again, and the ClusterIPs of the Services that changed. A policy change that adds or removes
+//! selectors tries only the new selectors on each class, and only on those of the namespaces
+//! they look in, and takes the gone ones from the classes (`reselect`); a namespace
 //! that changed has its classes matched again (`rematch`); the pods of the classes whose
 //! matches changed take new identities (`move_pods`). An identity lives while an address has
 //! it (reference counts) and a class while a pod is in it; the trie's entries and the identity
@@ -36,7 +38,6 @@
 //! (`revisions` compares only those). Anything else (the first pass, other regions or named
 //! ports, other prior ids) builds the table again from the whole cluster, the same way.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
@@ -50,11 +51,11 @@ use tollgate_schemas::{PeerIdentity, PeerKey};
 use super::cidr::Prefix;
 use super::cluster::{Cluster, PodInfo};
 use super::ids;
-use super::peers::Peer;
 use super::policy::Policy;
-use super::ports::{NamedPort, PortSpec};
+use super::ports::NamedPort;
 use super::selector::Selector;
-use super::services::ServiceInfo;
+use super::services::Services;
+use super::universe::{Universe, UniverseChange};
 use crate::desired::{Ids, PeerEntryKey};
 
 /// Which namespaces a [`PeerSelector`] looks in.
@@ -91,8 +92,28 @@ impl PeerSelector {
         }
     }
 
+    /// Whether it looks in `namespace`, whose labels are `namespace_labels` (`None`: the
+    /// cluster has no such namespace).
+    fn looks_in(
+        &self,
+        namespace: &str,
+        namespace_labels: Option<&BTreeMap<String, String>>,
+    ) -> bool {
+        match &self.namespaces {
+            Namespaces::Own(own) => own == namespace,
+            Namespaces::Matching(namespaces) => {
+                namespace_labels.is_some_and(|ns| namespaces.matches(ns))
+            }
+        }
+    }
+
+    /// Whether it selects pods with `labels` (in a namespace it looks in).
+    fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.pods.as_ref().is_none_or(|pods| pods.matches(labels))
+    }
+
     /// Canonical form, the key of its stable id.
-    fn canonical(&self) -> String {
+    pub(crate) fn canonical(&self) -> String {
         format!("{:?} {:?}", self.namespaces, self.pods)
     }
 }
@@ -139,6 +160,9 @@ impl Identity {
         }
     }
 }
+
+/// An object's (namespace, name).
+type NamedKey = (String, String);
 
 /// Key of an identity before it has an id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -202,8 +226,6 @@ struct Classified {
 pub(crate) struct Peers {
     /// Whether the table was built once.
     built: bool,
-    /// The compiler's count of policy changes when the universe was last looked at.
-    universe_policies: u64,
     /// Moves whenever an identity is added or removed (or the table is built again): while
     /// it stays, every identity keeps its index and what it stands for.
     pub(crate) generation: u64,
@@ -211,7 +233,7 @@ pub(crate) struct Peers {
     /// the regions and the named ports of egress rules.
     universe: Universe,
     /// Stable ids of the selectors, by canonical form (for [`crate::desired::Ids`]).
-    pub(crate) selector_ids: BTreeMap<String, u32>,
+    pub(crate) selector_ids: Arc<BTreeMap<String, u32>>,
     /// The stable id of each selector, by index.
     selector_stable: Vec<u32>,
     /// Selectors of the policy's own namespace, by that namespace; the others (with a
@@ -227,7 +249,7 @@ pub(crate) struct Peers {
     /// again).
     released: Vec<usize>,
     /// Stable ids of the identities, by canonical form.
-    pub(crate) identity_ids: BTreeMap<String, u32>,
+    pub(crate) identity_ids: Arc<BTreeMap<String, u32>>,
     /// Per selector index, the identities it matches.
     pub(crate) by_selector: Vec<Vec<usize>>,
     /// Identity of each region prefix.
@@ -237,7 +259,11 @@ pub(crate) struct Peers {
     /// Identity of each ClusterIP.
     pub(crate) by_cluster_ip: HashMap<IpAddr, usize>,
     /// The Services whose ClusterIPs those are.
-    services: Option<Arc<Vec<ServiceInfo>>>,
+    services: Option<Services>,
+    /// The ClusterIPs of each of them that has any.
+    service_ips: HashMap<(String, String), Vec<IpAddr>>,
+    /// How many of them have each ClusterIP.
+    cluster_ip_refs: HashMap<IpAddr, usize>,
     /// Classes by slot, and by the addresses of their labels and named ports.
     classes: Vec<Option<Class>>,
     free_classes: Vec<usize>,
@@ -253,7 +279,7 @@ pub(crate) struct Peers {
     /// The region prefixes of the trie.
     pub(crate) region_keys: BTreeSet<PeerEntryKey>,
     /// The identity of every pod address and ClusterIP in the trie.
-    pub(crate) peer_ids: BTreeMap<IpAddr, PeerIdentity>,
+    pub(crate) peer_ids: Arc<BTreeMap<IpAddr, PeerIdentity>>,
 }
 
 /// Region prefixes, for longest-prefix matches of addresses.
@@ -304,47 +330,28 @@ pub(crate) struct Changes {
 }
 
 impl Peers {
-    /// Brings the table up to date with `cluster` as `policies` (after the compiler's
-    /// `policy_changes`-th policy change) and `services` see it, ids kept from `prior`, after
-    /// `changes`. Returns the addresses whose identity may differ from `prior`'s (`None`: any
-    /// may).
+    /// Brings the table up to date with `cluster` as `policies` (of which those `changed`
+    /// since the last pass; every one before the first) and `services` (of which those
+    /// `services_changed` since the last pass) see it, ids kept from `prior`, after `changes`. Returns the addresses whose identity may differ from
+    /// `prior`'s (`None`: any may).
     pub(crate) fn update(
         &mut self,
         cluster: &Cluster,
-        (policies, policy_changes): (&[&Policy], u64),
-        services: &Arc<Vec<ServiceInfo>>,
+        (policies, changed): (&BTreeMap<NamedKey, Policy>, &BTreeSet<NamedKey>),
+        (services, services_changed): (&Services, &BTreeSet<NamedKey>),
         prior: &Ids,
         changes: &Changes,
     ) -> Option<BTreeSet<IpAddr>> {
-        // The universe is looked at again only after a policy changed.
-        let universe = (!self.built || policy_changes != self.universe_policies)
-            .then(|| Universe::of(policies))
-            .filter(|universe| !self.built || *universe != self.universe);
-        let touched = self.apply(cluster, universe, services, prior, changes);
-        self.universe_policies = policy_changes;
-        touched
-    }
-
-    /// [`Peers::update`] with the new universe, if it changed.
-    fn apply(
-        &mut self,
-        cluster: &Cluster,
-        universe: Option<Universe>,
-        services: &Arc<Vec<ServiceInfo>>,
-        prior: &Ids,
-        changes: &Changes,
-    ) -> Option<BTreeSet<IpAddr>> {
+        let universe = self.universe.update(policies, changed);
         let by_difference = self.built
-            && universe
-                .as_ref()
-                .is_none_or(|universe| self.universe.differs_in_selectors_only(universe))
+            && !universe.regions_or_names
             && prior.selectors == self.selector_ids
             && prior.identities == self.identity_ids
             && prior.regions == self.region_keys
             && prior.peer_ids == self.peer_ids;
         if !by_difference {
-            let universe = universe.unwrap_or_else(|| std::mem::take(&mut self.universe));
-            self.rebuild(cluster, universe, services, prior);
+            self.universe.commit(&universe.gone);
+            self.rebuild(cluster, services, prior);
             return None;
         }
         let reserved: BTreeSet<u32> = self.identity_ids.values().copied().collect();
@@ -365,9 +372,9 @@ impl Peers {
                 self.add_pod(cluster, pod, &mut memo, Some(&mut touched));
             }
         }
-        let mut moved = match universe {
-            Some(universe) => self.reselect(cluster, universe, prior),
-            None => HashSet::new(),
+        let mut moved = match universe.same_selectors() {
+            true => HashSet::new(),
+            false => self.reselect(cluster, &universe),
         };
         if !changes.namespaces.is_empty() {
             moved.extend(self.rematch(cluster, &changes.namespaces));
@@ -378,7 +385,7 @@ impl Peers {
             .as_ref()
             .is_some_and(|kept| Arc::ptr_eq(kept, services))
         {
-            self.set_cluster_ips(services, &mut touched);
+            self.set_cluster_ips(services, Some(services_changed), &mut touched);
         }
         for ip in &touched {
             self.elect(cluster, *ip);
@@ -392,21 +399,16 @@ impl Peers {
         Some(touched)
     }
 
-    /// Builds the table from the whole cluster.
-    fn rebuild(
-        &mut self,
-        cluster: &Cluster,
-        universe: Universe,
-        services: &Arc<Vec<ServiceInfo>>,
-        prior: &Ids,
-    ) {
+    /// Builds the table from the whole cluster (and the universe as it is).
+    fn rebuild(&mut self, cluster: &Cluster, services: &Services, prior: &Ids) {
         *self = Peers {
             built: true,
             generation: self.generation + 1,
+            universe: std::mem::take(&mut self.universe),
             ..Peers::default()
         };
-        self.regions = Regions::new(universe.regions.clone());
-        self.take_universe(universe, prior);
+        self.regions = Regions::new(self.universe.regions().collect());
+        self.index_universe(prior);
 
         let mut sorted_regions: Vec<Prefix> = self.regions.prefixes.iter().copied().collect();
         sorted_regions.sort();
@@ -415,7 +417,7 @@ impl Peers {
             self.slots[index].refs += 1;
             self.by_region.insert(*region, index);
         }
-        self.set_cluster_ips(services, &mut BTreeSet::new());
+        self.set_cluster_ips(services, None, &mut BTreeSet::new());
         let mut memo = HashMap::default();
         for pod in cluster.pods.values().filter(|pod| pod.is_networked()) {
             // In key order: the last pod wins an address two pods claim.
@@ -423,10 +425,10 @@ impl Peers {
         }
 
         let live: Vec<usize> = self.live().collect();
-        self.identity_ids = ids::assign(
+        self.identity_ids = Arc::new(ids::assign(
             &prior.identities,
             live.iter().map(|i| self.slots[*i].canonical.clone()),
-        );
+        ));
         for index in live {
             self.identities[index].id = self.identity_ids[&self.slots[index].canonical];
         }
@@ -445,7 +447,7 @@ impl Peers {
             .map(|(ip, index)| (*ip, self.pod_value(*index)))
             .collect();
         pod_addresses.sort_unstable_by_key(|(ip, _)| *ip);
-        self.peer_ids = cluster_ips.into_iter().chain(pod_addresses).collect();
+        self.peer_ids = Arc::new(cluster_ips.into_iter().chain(pod_addresses).collect());
         self.region_keys = sorted_regions.iter().map(|r| entry_key(*r)).collect();
         self.trie = sorted_regions
             .iter()
@@ -459,95 +461,126 @@ impl Peers {
         self.index_selectors();
     }
 
-    /// Makes `universe` the table's, its selectors' ids kept from `prior`.
-    fn take_universe(&mut self, universe: Universe, prior: &Ids) {
-        let canonicals: Vec<String> = universe
-            .selectors
-            .iter()
-            .map(PeerSelector::canonical)
+    /// Indexes the universe's selectors: their ids (kept from `prior`), and which namespaces
+    /// they look in.
+    fn index_universe(&mut self, prior: &Ids) {
+        let canonicals: Vec<(usize, String)> = self
+            .universe
+            .selectors()
+            .map(|(index, selector)| (index, selector.canonical()))
             .collect();
-        self.selector_ids = ids::assign(&prior.selectors, canonicals.iter().cloned());
-        self.selector_stable = canonicals.iter().map(|c| self.selector_ids[c]).collect();
+        self.selector_ids = Arc::new(ids::assign(
+            &prior.selectors,
+            canonicals.iter().map(|(_, canonical)| canonical.clone()),
+        ));
+        self.selector_stable = vec![0; self.universe.selector_slots()];
+        for (index, canonical) in &canonicals {
+            self.selector_stable[*index] = self.selector_ids[canonical];
+        }
         self.own_selectors.clear();
         self.namespace_selectors.clear();
-        for (index, selector) in universe.selectors.iter().enumerate() {
-            match &selector.namespaces {
+        let indices: Vec<usize> = canonicals.iter().map(|(index, _)| *index).collect();
+        self.list_selectors(&indices);
+    }
+
+    /// Adds the selectors `indices` to the lists of where they look.
+    fn list_selectors(&mut self, indices: &[usize]) {
+        for index in indices {
+            match &self.universe.selector(*index).namespaces {
                 Namespaces::Own(namespace) => self
                     .own_selectors
                     .entry(namespace.clone())
                     .or_default()
-                    .push(index),
-                Namespaces::Matching(_) => self.namespace_selectors.push(index),
+                    .push(*index),
+                Namespaces::Matching(_) => self.namespace_selectors.push(*index),
             }
         }
-        self.universe = universe;
     }
 
-    /// Takes `universe`, whose selectors alone differ from the table's: identities are keyed
-    /// by the new selector indices, and the classes are matched against the new selectors.
-    /// Returns the classes whose matches changed (a new selector matches them, or a gone one
-    /// did): their pods are to move ([`Peers::move_pods`]).
-    fn reselect(&mut self, cluster: &Cluster, universe: Universe, prior: &Ids) -> HashSet<usize> {
-        let moved_to: Vec<Option<usize>> = self
-            .universe
-            .selectors
-            .iter()
-            .map(|selector| universe.index.get(selector).copied())
-            .collect();
-        let new: Vec<usize> = (0..universe.selectors.len())
-            .filter(|index| {
-                !self
-                    .universe
-                    .index
-                    .contains_key(&universe.selectors[*index])
-            })
-            .collect();
-        self.take_universe(universe, prior);
-
-        // Keys by the new indices. A key with a gone selector is left out: every pod that has
-        // it moves below, and without that selector it could equal another's.
-        self.by_key.clear();
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let Some(key) = &mut slot.key else { continue };
-            let Some(mut selectors) = key
-                .selectors
-                .iter()
-                .map(|selector| moved_to[*selector])
-                .collect::<Option<Vec<usize>>>()
-            else {
-                continue;
-            };
-            selectors.sort_unstable();
-            if let Kind::Pods {
-                selectors: kind, ..
-            } = &mut self.identities[index].kind
-            {
-                kind.clone_from(&selectors);
-            }
-            key.selectors = selectors;
-            self.by_key.insert(key.clone(), index);
+    /// Takes the universe's `change` of selectors (the regions and named ports stayed): the
+    /// new selectors get ids (as `ids::assign` would give, the prior ids being the table's),
+    /// the gone ones are forgotten, and each class is matched against the new selectors and
+    /// loses the gone ones. Identities keep their keys: every pod whose identity has a gone
+    /// selector moves. Returns the classes whose matches changed: their pods are to move
+    /// ([`Peers::move_pods`]).
+    fn reselect(&mut self, cluster: &Cluster, change: &UniverseChange) -> HashSet<usize> {
+        let gone: HashSet<usize> = change.gone.iter().copied().collect();
+        let reserved: HashSet<u32> = self.selector_ids.values().copied().collect();
+        for index in &change.gone {
+            let canonical = self.universe.selector(*index).canonical();
+            Arc::make_mut(&mut self.selector_ids).remove(&canonical);
+            self.selector_stable[*index] = 0;
         }
+        self.own_selectors.retain(|_, indices| {
+            indices.retain(|index| !gone.contains(index));
+            !indices.is_empty()
+        });
+        self.namespace_selectors
+            .retain(|index| !gone.contains(index));
+        self.universe.commit(&change.gone);
+        let mut new: Vec<(String, usize)> = change
+            .new
+            .iter()
+            .map(|index| (self.universe.selector(*index).canonical(), *index))
+            .collect();
+        new.sort_unstable();
+        self.selector_stable
+            .resize(self.universe.selector_slots(), 0);
+        let mut next = 1u32;
+        for (canonical, index) in new {
+            while reserved.contains(&next) {
+                next += 1;
+            }
+            Arc::make_mut(&mut self.selector_ids).insert(canonical, next);
+            self.selector_stable[index] = next;
+            next += 1;
+        }
+        self.list_selectors(&change.new);
 
+        // Which new selectors look in each namespace (by namespace labels), found once per
+        // namespace.
+        let mut looking: HashMap<String, Vec<usize>> = HashMap::default();
         let mut moved: HashSet<usize> = HashSet::new();
         for index in 0..self.classes.len() {
             let Some(class) = &self.classes[index] else {
                 continue;
             };
+            let lost = class.matched.iter().any(|selector| gone.contains(selector));
+            if !looking.contains_key(&class.namespace) {
+                let namespace_labels = cluster
+                    .namespaces
+                    .get(&class.namespace)
+                    .map(|ns| &ns.labels);
+                let here = change
+                    .new
+                    .iter()
+                    .copied()
+                    .filter(|selector| {
+                        self.universe
+                            .selector(*selector)
+                            .looks_in(&class.namespace, namespace_labels)
+                    })
+                    .collect();
+                looking.insert(class.namespace.clone(), here);
+            }
+            let candidates = &looking[&class.namespace];
+            if !lost && candidates.is_empty() {
+                continue;
+            }
+            let labels = class.labels.upgrade().expect("a live class's labels");
             let mut matched: Vec<usize> = class
                 .matched
                 .iter()
-                .filter_map(|selector| moved_to[*selector])
+                .copied()
+                .filter(|selector| !gone.contains(selector))
                 .collect();
-            let lost = matched.len() < class.matched.len();
-            let labels = class.labels.upgrade().expect("a live class's labels");
-            let namespace_labels = cluster
-                .namespaces
-                .get(&class.namespace)
-                .map(|ns| &ns.labels);
             let before = matched.len();
-            matched.extend(new.iter().copied().filter(|selector| {
-                self.matches(*selector, &class.namespace, namespace_labels, &labels)
-            }));
+            matched.extend(
+                candidates
+                    .iter()
+                    .copied()
+                    .filter(|selector| self.universe.selector(*selector).selects(&labels)),
+            );
             if lost || matched.len() > before {
                 moved.insert(index);
             }
@@ -617,17 +650,8 @@ impl Peers {
         namespace_labels: Option<&BTreeMap<String, String>>,
         labels: &BTreeMap<String, String>,
     ) -> bool {
-        let selector = &self.universe.selectors[index];
-        let here = match &selector.namespaces {
-            Namespaces::Own(own) => own == namespace,
-            Namespaces::Matching(namespaces) => {
-                namespace_labels.is_some_and(|ns| namespaces.matches(ns))
-            }
-        };
-        here && selector
-            .pods
-            .as_ref()
-            .is_none_or(|pods| pods.matches(labels))
+        let selector = self.universe.selector(index);
+        selector.looks_in(namespace, namespace_labels) && selector.selects(labels)
     }
 
     /// The trie's value for a pod address or region prefix of identity `index`.
@@ -798,45 +822,81 @@ impl Peers {
         let mut named: Vec<NamedPort> = pod
             .named_ports
             .iter()
-            .filter(|p| {
-                self.universe
-                    .egress_names
-                    .contains(&(p.name.clone(), p.protocol))
-            })
+            .filter(|p| self.universe.egress_name(&p.name, p.protocol))
             .cloned()
             .collect();
         named.sort_by(|a, b| (&a.name, a.protocol, a.port).cmp(&(&b.name, b.protocol, b.port)));
         named
     }
 
-    /// Makes the ClusterIPs those of `services`: each an identity of its own.
+    /// Makes the ClusterIPs those of `services`, of which those `changed` (by namespace and
+    /// name) changed since the table last saw them (`None`: any may have): each an identity
+    /// of its own.
     fn set_cluster_ips(
         &mut self,
-        services: &Arc<Vec<ServiceInfo>>,
+        services: &Services,
+        changed: Option<&BTreeSet<NamedKey>>,
         touched: &mut BTreeSet<IpAddr>,
     ) {
         self.services = Some(Arc::clone(services));
-        let wanted: HashSet<IpAddr> = services
-            .iter()
-            .flat_map(|service| service.cluster_ips.iter().copied())
-            .collect();
-        let gone: Vec<IpAddr> = self
-            .by_cluster_ip
-            .keys()
-            .filter(|ip| !wanted.contains(ip))
-            .copied()
-            .collect();
-        for ip in gone {
-            let identity = self.by_cluster_ip.remove(&ip).expect("a kept ClusterIP");
-            self.release(identity);
-            touched.insert(ip);
+        // The addresses whose Services may have changed.
+        let mut candidates: BTreeSet<IpAddr> = BTreeSet::new();
+        let changed: Vec<(&str, &str)> = match changed {
+            Some(changed) => changed
+                .iter()
+                .map(|(namespace, name)| (namespace.as_str(), name.as_str()))
+                .collect(),
+            None => {
+                self.service_ips.clear();
+                self.cluster_ip_refs.clear();
+                candidates.extend(self.by_cluster_ip.keys());
+                services
+                    .iter()
+                    .map(|s| (s.namespace.as_str(), s.name.as_str()))
+                    .collect()
+            }
+        };
+        // New references first: an address that moves to another Service stays.
+        let mut dropped = Vec::new();
+        for key in changed {
+            let ips = services
+                .binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&key))
+                .map_or(Vec::new(), |index| services[index].cluster_ips.clone());
+            for ip in &ips {
+                *self.cluster_ip_refs.entry(*ip).or_default() += 1;
+                candidates.insert(*ip);
+            }
+            let key = (key.0.to_owned(), key.1.to_owned());
+            let old = match ips.is_empty() {
+                true => self.service_ips.remove(&key),
+                false => self.service_ips.insert(key, ips),
+            };
+            dropped.extend(old.into_iter().flatten());
         }
-        let mut new: Vec<IpAddr> = wanted
+        for ip in dropped {
+            candidates.insert(ip);
+            let refs = self
+                .cluster_ip_refs
+                .get_mut(&ip)
+                .expect("a counted ClusterIP");
+            *refs -= 1;
+            if *refs == 0 {
+                self.cluster_ip_refs.remove(&ip);
+            }
+        }
+        let (wanted, gone): (Vec<IpAddr>, Vec<IpAddr>) = candidates
             .into_iter()
-            .filter(|ip| !self.by_cluster_ip.contains_key(ip))
-            .collect();
-        new.sort_unstable();
-        for ip in new {
+            .partition(|ip| self.cluster_ip_refs.contains_key(ip));
+        for ip in gone {
+            if let Some(identity) = self.by_cluster_ip.remove(&ip) {
+                self.release(identity);
+                touched.insert(ip);
+            }
+        }
+        for ip in wanted {
+            if self.by_cluster_ip.contains_key(&ip) {
+                continue;
+            }
             let key = Key {
                 cluster_ip: Some(ip),
                 ..Key::region(self.regions.of(Prefix::host(ip)))
@@ -908,7 +968,7 @@ impl Peers {
             if self.by_key.get(&key) == Some(&index) {
                 self.by_key.remove(&key);
             }
-            self.identity_ids.remove(&slot.canonical);
+            Arc::make_mut(&mut self.identity_ids).remove(&slot.canonical);
             self.free_slots.push(index);
             self.generation += 1;
         }
@@ -930,8 +990,7 @@ impl Peers {
             while reserved.contains(&next) {
                 next += 1;
             }
-            self.identity_ids
-                .insert(self.slots[index].canonical.clone(), next);
+            Arc::make_mut(&mut self.identity_ids).insert(self.slots[index].canonical.clone(), next);
             self.identities[index].id = next;
             next += 1;
         }
@@ -965,11 +1024,11 @@ impl Peers {
         let key = entry_key(host);
         match value {
             Some(value) => {
-                self.peer_ids.insert(ip, value);
+                Arc::make_mut(&mut self.peer_ids).insert(ip, value);
                 self.trie.insert(key, value);
             }
             None => {
-                self.peer_ids.remove(&ip);
+                Arc::make_mut(&mut self.peer_ids).remove(&ip);
                 match self.by_region.get(&host) {
                     Some(region) => {
                         self.trie.insert(key, self.pod_value(*region));
@@ -984,7 +1043,7 @@ impl Peers {
 
     /// Per selector, the identities that carry it.
     fn index_selectors(&mut self) {
-        let mut by_selector = vec![Vec::new(); self.universe.selectors.len()];
+        let mut by_selector = vec![Vec::new(); self.universe.selector_slots()];
         for index in self.live() {
             if let Kind::Pods { selectors, .. } = &self.identities[index].kind {
                 for selector in selectors {
@@ -1064,7 +1123,7 @@ impl Peers {
 
     /// The index of `selector`, one of the universe's.
     pub(crate) fn selector_index(&self, selector: &PeerSelector) -> usize {
-        self.universe.index[selector]
+        self.universe.index_of(selector)
     }
 
     /// Index of the identity of the region of `ip`.
@@ -1075,72 +1134,6 @@ impl Peers {
     /// Index of the identity of region `region`.
     pub(crate) fn of_region(&self, region: Prefix) -> usize {
         self.by_region[&region]
-    }
-}
-
-impl Universe {
-    /// Whether `other` has the same regions and named ports, so that only its selectors
-    /// differ.
-    fn differs_in_selectors_only(&self, other: &Universe) -> bool {
-        self.regions == other.regions && self.egress_names == other.egress_names
-    }
-}
-
-/// What the rules of all policies refer to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Universe {
-    selectors: Vec<PeerSelector>,
-    /// The index of each selector in `selectors`.
-    index: HashMap<PeerSelector, usize>,
-    regions: HashSet<Prefix>,
-    egress_names: HashSet<(String, u8)>,
-}
-
-impl Universe {
-    fn of(policies: &[&Policy]) -> Universe {
-        let mut selectors = Vec::new();
-        let mut index = HashMap::default();
-        let mut regions = HashSet::from([Prefix::ALL_V4, Prefix::ALL_V6]);
-        let mut egress_names = HashSet::new();
-        for policy in policies {
-            let lists = [(&policy.ingress, false), (&policy.egress, true)];
-            for (rules, egress) in lists {
-                for rule in rules.iter().flatten() {
-                    if egress {
-                        for spec in &rule.ports {
-                            if let PortSpec::Named { protocol, name } = spec {
-                                egress_names.insert((name.clone(), *protocol));
-                            }
-                        }
-                    }
-                    for peer in rule.peers.iter().flatten() {
-                        match peer {
-                            Peer::Pods { namespaces, pods } => {
-                                let selector = PeerSelector::of(
-                                    &policy.namespace,
-                                    namespaces.as_ref(),
-                                    pods.as_ref(),
-                                );
-                                if let Entry::Vacant(vacant) = index.entry(selector) {
-                                    selectors.push(vacant.key().clone());
-                                    vacant.insert(selectors.len() - 1);
-                                }
-                            }
-                            Peer::Block(block) => {
-                                regions.insert(block.cidr);
-                                regions.extend(block.excepts.iter().copied());
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Universe {
-            selectors,
-            index,
-            regions,
-            egress_names,
-        }
     }
 }
 

@@ -146,9 +146,9 @@ pub struct Compiler {
     /// The resourceVersion of every kept object, valid or not (see [`Compiler::load`]).
     versions: Versions,
     /// Each valid Service with its backends, as last resolved.
-    resolved: BTreeMap<Key, ServiceInfo>,
+    resolved: BTreeMap<Key, Arc<ServiceInfo>>,
     /// `resolved` as the last pass handed it on (stale once `services_changed` is not empty).
-    services_listed: Option<Arc<Vec<ServiceInfo>>>,
+    services_listed: Option<services::Services>,
     /// The Services whose entry in `resolved` changed since the last pass.
     services_changed: BTreeSet<Key>,
     /// Services to resolve again before the next pass: they, their slices or the pods they may
@@ -405,14 +405,14 @@ impl Compiler {
         let changes = std::mem::take(&mut self.changes);
         let touched = self.peers.update(
             &self.cluster,
-            (&policies, self.policy_changes),
-            &services,
+            (&self.policies, &self.policies_changed),
+            (&services, &self.services_changed),
             prior,
             &changes,
         );
         let rule_ids = RuleIds::assign(
-            &policies,
-            self.policy_changes,
+            &self.policies,
+            (self.policy_changes, &self.policies_changed),
             prior,
             self.rule_ids.as_ref(),
         );
@@ -461,19 +461,21 @@ impl Compiler {
                 self.by_address.insert(key.clone());
             }
             let info = services::resolve_one(service, &slices, &self.cluster);
-            if self.resolved.get(&key) == info.as_ref() {
+            if self.resolved.get(&key).map(|kept| &**kept) == info.as_ref() {
                 continue;
             }
             self.services_changed.insert(key.clone());
             match info {
-                Some(info) => self.resolved.insert(key, info),
+                Some(info) => self.resolved.insert(key, Arc::new(info)),
                 None => self.resolved.remove(&key),
             };
         }
     }
 
-    /// Pod `key` changed: the Services of its namespace may have other backends, and so may
-    /// those whose slices find pods by address; its addresses may have other identities.
+    /// Pod `key` changed: its addresses may have other identities, and Services that read
+    /// pods may have other backends: those of its namespace without slices (their selector
+    /// picks pods) and those whose slices find pods by address. A slice that names its pod is
+    /// read without the pod.
     fn pod_changed(&mut self, key: &Key) {
         self.changes.pods.insert(pod_key(key));
         let namespace = key.0.as_str();
@@ -482,7 +484,9 @@ impl Compiler {
             .services
             .range(start..)
             .take_while(|((ns, _), _)| ns == namespace)
-            .map(|(key, _)| key.clone());
+            .map(|(key, _)| key)
+            .filter(|key| !self.service_slices.contains_key(*key))
+            .cloned();
         self.stale_services.extend(here);
         self.stale_services.extend(self.by_address.iter().cloned());
     }

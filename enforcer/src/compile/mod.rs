@@ -11,8 +11,8 @@
 //!    is one pass of a compiler loaded with a whole [`Snapshot`].
 //! 2. Ids. Every rule of every valid policy (namespace, name, direction, index) and every
 //!    endpoint pod gets a stable id (`ids`): the one it had in `prior`, else the smallest free.
-//!    The rule ids are assigned again only after a policy changed (or when `prior` holds
-//!    others); until then every pass hands on the same shared map.
+//!    After a policy change only its rules are looked at (all of them when `prior` holds other
+//!    ids); until then every pass hands on the same shared map.
 //! 3. Peer identities (`identities`). Every address policy can name gets an identity: pods
 //!    that every rule peer sees alike share one (same matching selectors, same ipBlock region,
 //!    same named ports that egress rules use), the addresses of one ipBlock region share one,
@@ -35,7 +35,9 @@
 //!    the entries): allowed when the set may reach every backend on its targetPort, denied with
 //!    reason `service-backends-denied` when only some. A set's entries are used again in the
 //!    next pass while none of its rules changed and each still matches the same identities;
-//!    after ClusterIPs changed, a kept egress set has only those decided again.
+//!    a kept ingress set whose rules match identities that came or went has only those
+//!    identities' values made again; after ClusterIPs changed, a kept egress set has only those
+//!    decided again.
 //! 5. Fitting (`fit`): the peer trie, the sets' entries with their distinct rule sets, and the
 //!    endpoints go into the maps within their [`Capacity`]; an endpoint whose set does not fit
 //!    is written not programmed (denied) and reported with its policies. Every endpoint gets a
@@ -58,9 +60,10 @@ mod revisions;
 mod selector;
 pub mod services;
 mod sets;
+mod universe;
 mod vips;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -140,7 +143,7 @@ pub struct Compiled {
     pub endpoint_pods: BTreeMap<u32, String>,
     /// Every valid Service with its ready backends (see [`services`]), by namespace and name:
     /// what a ClusterIP stands for, for flow records, verify and the lab's kube-proxy.
-    pub services: Arc<Vec<services::ServiceInfo>>,
+    pub services: services::Services,
     /// Invalid objects (left out), by kind (Namespace, Pod, NetworkPolicy, Service,
     /// EndpointSlice) then namespace and name, after those of unnamed and duplicate objects;
     /// then capacity problems.
@@ -219,10 +222,7 @@ fn run(
         &mut SetCache,
     ),
     policies: &[&Policy],
-    (services, services_changed): (
-        Arc<Vec<services::ServiceInfo>>,
-        Option<&BTreeSet<vips::ServiceKey>>,
-    ),
+    (services, services_changed): (services::Services, Option<&BTreeSet<vips::ServiceKey>>),
     node_addresses: &[IpAddr],
     placement: &Placement<'_>,
     prior: &Ids,
@@ -239,16 +239,29 @@ fn run(
         .iter()
         .copied()
         .map(|policy| {
+            // The policy's rule ids, in (direction, index) order: ingress first.
+            let first = RuleRef {
+                namespace: policy.namespace.clone(),
+                policy: policy.name.clone(),
+                direction: Direction::Ingress,
+                index: 0,
+            };
+            let mut listed = rule_ids
+                .range(first..)
+                .take_while(|(rule, _)| {
+                    rule.namespace == policy.namespace && rule.policy == policy.name
+                })
+                .map(|(rule, id)| (rule.direction, *id));
             let mut ids = |direction| {
                 let list = match direction {
                     Direction::Ingress => policy.ingress.as_deref(),
                     Direction::Egress => policy.egress.as_deref(),
                 }?;
-                let refs = rule_refs_of(policy, direction, list.len());
                 Some(
-                    refs.zip(list)
-                        .map(|(rule, compiled)| {
-                            let id = rule_ids[&rule];
+                    list.iter()
+                        .map(|compiled| {
+                            let (listed_as, id) = listed.next().expect("every rule has an id");
+                            debug_assert_eq!(listed_as, direction);
                             rules.insert(id, (policy, compiled));
                             id
                         })
@@ -381,25 +394,69 @@ struct RuleIds {
 }
 
 impl RuleIds {
-    /// The ids of the rules of `policies` (after the `policy_changes`-th policy change), those
-    /// of `prior` kept: `kept` again when it was made after the same change from the same
-    /// prior ids, since assigning them again would give the same.
+    /// The ids of the rules of `policies` (after the `policy_changes`-th policy change, the
+    /// policies `changed` since `kept` was made), those of `prior` kept. When `kept` was made
+    /// from the same prior ids, only the rules of the changed policies are looked at: the
+    /// others keep their ids, as assigning them all again would give.
     fn assign(
-        policies: &[&Policy],
-        policy_changes: u64,
+        policies: &BTreeMap<(String, String), Policy>,
+        (policy_changes, changed): (u64, &BTreeSet<(String, String)>),
         prior: &Ids,
         kept: Option<&RuleIds>,
     ) -> RuleIds {
-        if let Some(kept) =
-            kept.filter(|kept| kept.policy_changes == policy_changes && kept.by_rule == prior.rules)
-        {
+        let Some(kept) = kept.filter(|kept| kept.by_rule == prior.rules) else {
+            let by_rule = ids::assign(&prior.rules, policies.values().flat_map(rule_refs));
+            return RuleIds {
+                policy_changes,
+                by_id: Arc::new(by_rule.iter().map(|(r, id)| (*id, r.clone())).collect()),
+                by_rule: Arc::new(by_rule),
+            };
+        };
+        if kept.policy_changes == policy_changes {
             return kept.clone();
         }
-        let by_rule = ids::assign(&prior.rules, policies.iter().copied().flat_map(rule_refs));
+        // As `ids::assign`: a new rule takes the smallest id that no prior rule had.
+        let reserved: HashSet<u32> = kept.by_rule.values().copied().collect();
+        let mut by_rule = (*kept.by_rule).clone();
+        let mut by_id = (*kept.by_id).clone();
+        let mut new = BTreeSet::new();
+        for (namespace, name) in changed {
+            let now: BTreeSet<RuleRef> = policies
+                .get(&(namespace.clone(), name.clone()))
+                .into_iter()
+                .flat_map(rule_refs)
+                .collect();
+            let first = RuleRef {
+                namespace: namespace.clone(),
+                policy: name.clone(),
+                direction: Direction::Ingress,
+                index: 0,
+            };
+            let gone: Vec<RuleRef> = by_rule
+                .range(first..)
+                .take_while(|(rule, _)| rule.namespace == *namespace && rule.policy == *name)
+                .map(|(rule, _)| rule)
+                .filter(|rule| !now.contains(*rule))
+                .cloned()
+                .collect();
+            for rule in gone {
+                let id = by_rule.remove(&rule).expect("a listed rule");
+                by_id.remove(&id);
+            }
+            new.extend(now.into_iter().filter(|rule| !by_rule.contains_key(rule)));
+        }
+        let mut next = 1u32;
+        for rule in new {
+            while reserved.contains(&next) || by_id.contains_key(&next) {
+                next += 1;
+            }
+            by_id.insert(next, rule.clone());
+            by_rule.insert(rule, next);
+        }
         RuleIds {
             policy_changes,
-            by_id: Arc::new(by_rule.iter().map(|(r, id)| (*id, r.clone())).collect()),
             by_rule: Arc::new(by_rule),
+            by_id: Arc::new(by_id),
         }
     }
 }

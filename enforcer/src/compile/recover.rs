@@ -73,7 +73,7 @@ pub fn recover_ids(compiled: &Compiled, maps: &DesiredState) -> Ids {
     );
     Ids {
         endpoints,
-        identities,
+        identities: identities.into(),
         sets,
         rulesets,
         ..ids.clone()

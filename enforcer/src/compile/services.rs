@@ -37,6 +37,10 @@ use super::selector::Selector;
 /// Label of an EndpointSlice that names its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// Every valid Service with its backends, in (namespace, name) order; shared, so that a
+/// pass hands on the Services that stayed without copying them.
+pub type Services = Arc<Vec<Arc<ServiceInfo>>>;
+
 /// One Service with its backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {

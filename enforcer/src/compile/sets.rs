@@ -19,12 +19,15 @@
 //! from changed (the policies, the rule ids, the identities: `Peers::generation`) they are used
 //! as they are. After a change, a kept set is used again when none of its rules is new,
 //! renumbered or of a changed policy, and each of its rules matches the very identities it
-//! matched (compared as (index, id) pairs); else it is compiled again. ClusterIPs are checked
-//! apart: when only some Services' ClusterIPs changed, a kept egress set has those decided
-//! again (and is sealed again only if an entry changed); when any may have, every egress set is
-//! compiled again. Ingress sets hold no ClusterIP.
+//! matched (compared as (index, id) pairs). A kept ingress set none of whose rules changed but
+//! some of which match other identities now has the values of just those identities made again
+//! (`rematched`: the identities a new selector split off, or that went); else it is compiled
+//! again. ClusterIPs are checked apart: when only some Services' ClusterIPs changed, a kept
+//! egress set has those decided again (and is sealed again only if an entry changed); when any
+//! may have, every egress set is compiled again. Ingress sets hold no ClusterIP.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -75,37 +78,43 @@ pub(crate) struct SetEntries {
     /// entries. The rule list is an index into `rulesets`, `None` for an empty value.
     pub(crate) by_peer: Vec<(u32, usize, Option<usize>)>,
     /// The distinct non-empty rule lists of the values, in order.
-    pub(crate) rulesets: Vec<Vec<PortRule>>,
+    pub(crate) rulesets: Vec<Ruleset>,
     /// Digest of the entries by identity id, with their rules (what the revisions compare).
     pub(crate) digest: [u8; 32],
 }
 
 impl SetEntries {
+    /// Makes `rules` (as granted, in rule order) the value for `identity`.
+    fn set_value(&mut self, identity: usize, rules: Vec<PortRule>) {
+        let normalized = normalize(rules);
+        if normalized.dropped > 0 {
+            self.dropped.insert(identity, normalized.dropped);
+        }
+        self.values.insert(identity, value_of(&normalized.rules));
+    }
+
     /// Fills in what is derived from the values: their order by identity id, their distinct
     /// rule lists and the digest.
     fn seal(&mut self, peers: &Peers) {
-        let rulesets: BTreeSet<&[PortRule]> = self
+        let mut rulesets: Vec<&[PortRule]> = self
             .values
             .values()
             .filter(|v| v.count > 0)
             .map(|v| &v.rules[..v.count as usize])
             .collect();
-        let index: HashMap<&[PortRule], usize> = rulesets
-            .iter()
-            .enumerate()
-            .map(|(i, rules)| (*rules, i))
-            .collect();
+        rulesets.sort_unstable();
+        rulesets.dedup();
         self.by_peer = self
             .values
             .iter()
             .map(|(identity, value)| {
                 let rules = &value.rules[..value.count as usize];
-                let ruleset = (!rules.is_empty()).then(|| index[rules]);
+                let ruleset = (!rules.is_empty())
+                    .then(|| rulesets.binary_search(&rules).expect("a listed rule list"));
                 (peers.identities[*identity].id, *identity, ruleset)
             })
             .collect();
         self.by_peer.sort_unstable();
-        self.rulesets = rulesets.into_iter().map(<[PortRule]>::to_vec).collect();
         let mut digest = Sha256::new();
         for (peer, identity, _) in &self.by_peer {
             let value = &self.values[identity];
@@ -119,6 +128,37 @@ impl SetEntries {
             digest.update([0xff]);
         }
         self.digest = digest.finalize().into();
+        self.rulesets = rulesets.into_iter().map(Ruleset::new).collect();
+    }
+}
+
+/// A distinct rule list of a set's values, hashed once: fitting looks up every set's rule
+/// lists in every pass.
+#[derive(Debug, Clone, Eq)]
+pub(crate) struct Ruleset {
+    /// The rules, as a value holds them.
+    pub(crate) rules: Vec<PortRule>,
+    hash: u64,
+}
+
+impl Ruleset {
+    fn new(rules: &[PortRule]) -> Ruleset {
+        Ruleset {
+            rules: rules.to_vec(),
+            hash: foldhash::quality::FixedState::default().hash_one(rules),
+        }
+    }
+}
+
+impl PartialEq for Ruleset {
+    fn eq(&self, other: &Ruleset) -> bool {
+        self.hash == other.hash && self.rules == other.rules
+    }
+}
+
+impl std::hash::Hash for Ruleset {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
 }
 
@@ -184,7 +224,7 @@ impl<'c> Sets<'c> {
         rules: HashMap<u32, (&'c Policy, &'c Rule)>,
         rule_ids: &Arc<BTreeMap<RuleRef, u32>>,
         (policies, changed): (u64, &BTreeSet<(String, String)>),
-        (services, services_changed): (&[ServiceInfo], Option<&BTreeSet<vips::ServiceKey>>),
+        (services, services_changed): (&[Arc<ServiceInfo>], Option<&BTreeSet<vips::ServiceKey>>),
         mut cache: SetCache,
     ) -> Sets<'c> {
         let everything = peers
@@ -273,26 +313,34 @@ impl<'c> Sets<'c> {
     /// The entries of set `key`: the last pass's when still valid, else compiled.
     pub(crate) fn entries(&mut self, key: &SetKey) -> Arc<SetEntries> {
         self.used.insert(key.clone());
-        if let Some(entries) = self.cache.entries.get(key).cloned()
-            && key.rules.iter().all(|id| self.unchanged(*id))
-        {
-            let vips::Changed::Some { gone, now } = &self.cluster_ips else {
-                return entries;
-            };
-            if key.direction == Direction::Ingress {
-                return entries;
+        let entries = match self.cache.entries.remove(key) {
+            Some(kept) if key.rules.iter().all(|id| self.unchanged(*id)) => {
+                self.with_cluster_ips(key, kept)
             }
-            let Some(mut patched) = vips::patch_cluster_ips(&entries, gone, now) else {
-                return entries;
-            };
-            patched.seal(self.peers);
-            let patched = Arc::new(patched);
-            self.cache.entries.insert(key.clone(), Arc::clone(&patched));
-            return patched;
-        }
-        let entries = Arc::new(self.compile(key));
+            Some(kept) => match self.rematched(key, kept) {
+                Some(entries) => entries,
+                None => Arc::new(self.compile(key)),
+            },
+            None => Arc::new(self.compile(key)),
+        };
         self.cache.entries.insert(key.clone(), Arc::clone(&entries));
         entries
+    }
+
+    /// The kept entries of set `key`, valid but for the ClusterIPs that changed since the
+    /// last pass (decided again in an egress set).
+    fn with_cluster_ips(&self, key: &SetKey, kept: Arc<SetEntries>) -> Arc<SetEntries> {
+        let vips::Changed::Some { gone, now } = &self.cluster_ips else {
+            return kept;
+        };
+        if key.direction == Direction::Ingress {
+            return kept;
+        }
+        let Some(mut patched) = vips::patch_cluster_ips(&kept, gone, now) else {
+            return kept;
+        };
+        patched.seal(self.peers);
+        Arc::new(patched)
     }
 
     /// Whether the kept entries of a set can stand for rule `id` (see [`Sets::dirty`]).
@@ -325,17 +373,56 @@ impl<'c> Sets<'c> {
         self.matched_now.insert(id, pairs);
     }
 
-    /// Compiles the set `key`.
-    fn compile(&mut self, key: &SetKey) -> SetEntries {
-        let named_ports: Vec<NamedPort> = key
-            .named
+    /// `kept`, the entries of ingress set `key` whose rules are all as they were but some match
+    /// other identities now, with the values of the identities that came, went or changed
+    /// made again; `None` when the set has to be compiled again. (An egress set's values also
+    /// decide its ClusterIPs, so it is compiled again.)
+    fn rematched(&mut self, key: &SetKey, mut kept: Arc<SetEntries>) -> Option<Arc<SetEntries>> {
+        let dirty = self.dirty.as_ref()?;
+        if key.direction != Direction::Ingress || key.rules.iter().any(|id| dirty.contains(id)) {
+            return None;
+        }
+        let mut changed: BTreeSet<usize> = BTreeSet::new();
+        for &id in &key.rules {
+            if self.unchanged(id) {
+                continue;
+            }
+            let before = self.cache.matched.get(&id)?;
+            changed_identities(before, &self.matched_now[&id], &mut changed);
+        }
+        let named_ports = named_ports(key);
+        let granted: Vec<(Rc<Vec<usize>>, Vec<PortRule>)> = key
+            .rules
             .iter()
-            .map(|(name, protocol, port)| NamedPort {
-                name: name.clone(),
-                protocol: *protocol,
-                port: *port,
+            .map(|&id| {
+                let (_, rule) = self.rules[&id];
+                let granted = resolve(&rule.ports, Some(&named_ports), true);
+                (
+                    self.matched(id),
+                    granted.into_iter().map(|r| r.rule(id)).collect(),
+                )
             })
             .collect();
+        let entries = Arc::make_mut(&mut kept);
+        for identity in changed {
+            entries.values.remove(&identity);
+            entries.dropped.remove(&identity);
+            let list: Vec<PortRule> = granted
+                .iter()
+                .filter(|(matched, _)| matched.binary_search(&identity).is_ok())
+                .flat_map(|(_, granted)| granted.iter().copied())
+                .collect();
+            if !list.is_empty() {
+                entries.set_value(identity, list);
+            }
+        }
+        entries.seal(self.peers);
+        Some(kept)
+    }
+
+    /// Compiles the set `key`.
+    fn compile(&mut self, key: &SetKey) -> SetEntries {
+        let named_ports = named_ports(key);
         let mut rules: HashMap<usize, Vec<PortRule>> = HashMap::new();
         for &id in &key.rules {
             let (_, rule) = self.rules[&id];
@@ -365,11 +452,7 @@ impl<'c> Sets<'c> {
         }
         let mut entries = SetEntries::default();
         for (identity, list) in rules {
-            let normalized = normalize(list);
-            if normalized.dropped > 0 {
-                entries.dropped.insert(identity, normalized.dropped);
-            }
-            entries.values.insert(identity, value_of(&normalized.rules));
+            entries.set_value(identity, list);
         }
         if key.direction == Direction::Egress {
             vips::add_cluster_ips(&mut entries, &self.cache.cluster_ips);
@@ -430,6 +513,55 @@ impl<'c> Sets<'c> {
         let matched = Rc::new(matched);
         self.blocks.insert(block.clone(), Rc::clone(&matched));
         matched
+    }
+}
+
+/// The endpoint's named ports of set `key` (empty unless an ingress set with named ports).
+fn named_ports(key: &SetKey) -> Vec<NamedPort> {
+    key.named
+        .iter()
+        .map(|(name, protocol, port)| NamedPort {
+            name: name.clone(),
+            protocol: *protocol,
+            port: *port,
+        })
+        .collect()
+}
+
+/// Adds to `changed` the identities (by index) that are in one of the (index, id) lists
+/// `before` and `now`, both in index order, and not in the other: matched or no longer
+/// matched, or an index that stands for another identity now.
+fn changed_identities(
+    before: &[(usize, u32)],
+    now: &[(usize, u32)],
+    changed: &mut BTreeSet<usize>,
+) {
+    let (mut b, mut n) = (before.iter().peekable(), now.iter().peekable());
+    loop {
+        match (b.peek(), n.peek()) {
+            (Some(x), Some(y)) if x == y => {
+                b.next();
+                n.next();
+            }
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                changed.insert(x.0);
+                b.next();
+                n.next();
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => {
+                changed.insert(x.0);
+                b.next();
+            }
+            (_, Some(y)) => {
+                changed.insert(y.0);
+                n.next();
+            }
+            (Some(x), None) => {
+                changed.insert(x.0);
+                b.next();
+            }
+            (None, None) => return,
+        }
     }
 }
 

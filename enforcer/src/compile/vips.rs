@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tollgate_schemas::{PolicyValue, PortRule, port_action};
 
@@ -107,7 +108,7 @@ impl ClusterIps {
     pub(crate) fn update(
         &mut self,
         peers: &Peers,
-        services: &[ServiceInfo],
+        services: &[Arc<ServiceInfo>],
         touched: Option<&BTreeSet<IpAddr>>,
         changed: Option<&BTreeSet<ServiceKey>>,
     ) -> Changed {
@@ -150,7 +151,7 @@ impl ClusterIps {
     }
 
     /// Finds every ClusterIP again; whether any changed.
-    fn rebuild(&mut self, peers: &Peers, services: &[ServiceInfo]) -> bool {
+    fn rebuild(&mut self, peers: &Peers, services: &[Arc<ServiceInfo>]) -> bool {
         let before = std::mem::take(&mut self.of_service);
         self.by_backend.clear();
         self.by_identity.clear();

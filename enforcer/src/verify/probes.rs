@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use tollgate_schemas::proto;
 
@@ -313,7 +314,7 @@ const SOURCE_PORTS: usize = 20_000;
 pub fn resolve_probes(
     probes: &[ProbeSpec],
     snapshot: &Snapshot,
-    services: &[ServiceInfo],
+    services: &[Arc<ServiceInfo>],
 ) -> (Vec<ResolvedProbe>, Vec<InputError>) {
     let addresses = pod_addresses(snapshot);
     let mut resolved = Vec::new();
