@@ -379,7 +379,7 @@ impl Peers {
         if !changes.namespaces.is_empty() {
             moved.extend(self.rematch(cluster, &changes.namespaces));
         }
-        self.move_pods(&moved, &mut touched);
+        self.move_pods(cluster, &moved, &mut touched);
         if !self
             .services
             .as_ref()
@@ -613,16 +613,30 @@ impl Peers {
     }
 
     /// The pods of the classes `moved` take the identities of their class's key now (their
-    /// addresses go to `touched`).
-    fn move_pods(&mut self, moved: &HashSet<usize>, touched: &mut BTreeSet<IpAddr>) {
+    /// addresses go to `touched`). They are found among the pods of the classes' namespaces.
+    fn move_pods(
+        &mut self,
+        cluster: &Cluster,
+        moved: &HashSet<usize>,
+        touched: &mut BTreeSet<IpAddr>,
+    ) {
         if moved.is_empty() {
             return;
         }
-        let pods: Vec<String> = self
-            .pods
+        let namespaces: BTreeSet<&str> = moved
             .iter()
-            .filter(|(_, classified)| moved.contains(&classified.class))
-            .map(|(key, _)| key.clone())
+            .filter_map(|class| self.classes[*class].as_ref())
+            .map(|class| class.namespace.as_str())
+            .collect();
+        let pods: Vec<String> = namespaces
+            .into_iter()
+            .flat_map(|namespace| cluster.pods_of(namespace))
+            .map(PodInfo::key)
+            .filter(|key| {
+                self.pods
+                    .get(key)
+                    .is_some_and(|classified| moved.contains(&classified.class))
+            })
             .collect();
         let mut memo: HashMap<(usize, Prefix), usize> = HashMap::default();
         for key in pods {
