@@ -332,8 +332,8 @@ pub(crate) struct Changes {
 impl Peers {
     /// Brings the table up to date with `cluster` as `policies` (of which those `changed`
     /// since the last pass; every one before the first) and `services` (of which those
-    /// `services_changed` since the last pass) see it, ids kept from `prior`, after `changes`. Returns the addresses whose identity may differ from
-    /// `prior`'s (`None`: any may).
+    /// `services_changed` since the last pass) see it, ids kept from `prior`, after `changes`.
+    /// Returns the addresses whose identity may differ from `prior`'s (`None`: any may).
     pub(crate) fn update(
         &mut self,
         cluster: &Cluster,
