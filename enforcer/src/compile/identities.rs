@@ -54,7 +54,7 @@ use super::ids;
 use super::policy::Policy;
 use super::ports::NamedPort;
 use super::selector::Selector;
-use super::services::Services;
+use super::services::{self, Services};
 use super::universe::{Universe, UniverseChange};
 use crate::desired::{Ids, PeerEntryKey};
 
@@ -526,14 +526,10 @@ impl Peers {
         new.sort_unstable();
         self.selector_stable
             .resize(self.universe.selector_slots(), 0);
-        let mut next = 1u32;
-        for (canonical, index) in new {
-            while reserved.contains(&next) {
-                next += 1;
-            }
-            Arc::make_mut(&mut self.selector_ids).insert(canonical, next);
-            self.selector_stable[index] = next;
-            next += 1;
+        for ((canonical, index), id) in new.into_iter().zip(ids::fresh(|id| reserved.contains(&id)))
+        {
+            Arc::make_mut(&mut self.selector_ids).insert(canonical, id);
+            self.selector_stable[index] = id;
         }
         self.list_selectors(&change.new);
 
@@ -873,9 +869,8 @@ impl Peers {
         // New references first: an address that moves to another Service stays.
         let mut dropped = Vec::new();
         for key in changed {
-            let ips = services
-                .binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&key))
-                .map_or(Vec::new(), |index| services[index].cluster_ips.clone());
+            let ips = services::find(services, key.0, key.1)
+                .map_or(Vec::new(), |service| service.cluster_ips.clone());
             for ip in &ips {
                 *self.cluster_ip_refs.entry(*ip).or_default() += 1;
                 candidates.insert(*ip);
@@ -999,14 +994,9 @@ impl Peers {
             return;
         }
         new.sort_by(|a, b| self.slots[*a].canonical.cmp(&self.slots[*b].canonical));
-        let mut next = 1u32;
-        for index in new {
-            while reserved.contains(&next) {
-                next += 1;
-            }
-            Arc::make_mut(&mut self.identity_ids).insert(self.slots[index].canonical.clone(), next);
-            self.identities[index].id = next;
-            next += 1;
+        for (index, id) in new.into_iter().zip(ids::fresh(|id| reserved.contains(&id))) {
+            Arc::make_mut(&mut self.identity_ids).insert(self.slots[index].canonical.clone(), id);
+            self.identities[index].id = id;
         }
     }
 

@@ -24,18 +24,21 @@ pub(crate) fn assign<K: Ord + Clone>(
             ids.insert(key.clone(), id);
         }
     }
-    let mut next = 1u32;
-    for key in wanted {
-        if ids.contains_key(&key) {
-            continue;
-        }
-        while used.contains(&next) || reserved.contains(&next) {
-            next += 1;
-        }
-        used.insert(next);
-        ids.insert(key, next);
+    let new: Vec<K> = wanted
+        .into_iter()
+        .filter(|key| !ids.contains_key(key))
+        .collect();
+    // The ids kept are prior ones: `reserved` holds them.
+    for (key, id) in new.into_iter().zip(fresh(|id| reserved.contains(&id))) {
+        ids.insert(key, id);
     }
     ids
+}
+
+/// The ids that new keys take, in order: the smallest that are not `reserved` (what the
+/// previous compilation used, see the module doc).
+pub(crate) fn fresh(reserved: impl Fn(u32) -> bool) -> impl Iterator<Item = u32> {
+    (1..=u32::MAX).filter(move |id| !reserved(*id))
 }
 
 #[cfg(test)]

@@ -239,18 +239,7 @@ fn run(
         .iter()
         .copied()
         .map(|policy| {
-            // The policy's rule ids, in (direction, index) order: ingress first.
-            let first = RuleRef {
-                namespace: policy.namespace.clone(),
-                policy: policy.name.clone(),
-                direction: Direction::Ingress,
-                index: 0,
-            };
-            let mut listed = rule_ids
-                .range(first..)
-                .take_while(|(rule, _)| {
-                    rule.namespace == policy.namespace && rule.policy == policy.name
-                })
+            let mut listed = rules_of(&rule_ids, &policy.namespace, &policy.name)
                 .map(|(rule, id)| (rule.direction, *id));
             let mut ids = |direction| {
                 let list = match direction {
@@ -426,15 +415,7 @@ impl RuleIds {
                 .into_iter()
                 .flat_map(rule_refs)
                 .collect();
-            let first = RuleRef {
-                namespace: namespace.clone(),
-                policy: name.clone(),
-                direction: Direction::Ingress,
-                index: 0,
-            };
-            let gone: Vec<RuleRef> = by_rule
-                .range(first..)
-                .take_while(|(rule, _)| rule.namespace == *namespace && rule.policy == *name)
+            let gone: Vec<RuleRef> = rules_of(&by_rule, namespace, name)
                 .map(|(rule, _)| rule)
                 .filter(|rule| !now.contains(*rule))
                 .cloned()
@@ -445,13 +426,9 @@ impl RuleIds {
             }
             new.extend(now.into_iter().filter(|rule| !by_rule.contains_key(rule)));
         }
-        let mut next = 1u32;
-        for rule in new {
-            while reserved.contains(&next) || by_id.contains_key(&next) {
-                next += 1;
-            }
-            by_id.insert(next, rule.clone());
-            by_rule.insert(rule, next);
+        for (rule, id) in new.into_iter().zip(ids::fresh(|id| reserved.contains(&id))) {
+            by_id.insert(id, rule.clone());
+            by_rule.insert(rule, id);
         }
         RuleIds {
             policy_changes,
@@ -459,6 +436,23 @@ impl RuleIds {
             by_id: Arc::new(by_id),
         }
     }
+}
+
+/// The rules of policy `namespace`/`name` in `ids`, with their ids, in (direction, index)
+/// order: ingress first.
+fn rules_of<'i>(
+    ids: &'i BTreeMap<RuleRef, u32>,
+    namespace: &'i str,
+    name: &'i str,
+) -> impl Iterator<Item = (&'i RuleRef, &'i u32)> {
+    let first = RuleRef {
+        namespace: namespace.to_owned(),
+        policy: name.to_owned(),
+        direction: Direction::Ingress,
+        index: 0,
+    };
+    ids.range(first..)
+        .take_while(move |(rule, _)| rule.namespace == namespace && rule.policy == name)
 }
 
 /// Every compiled rule of `policy`: those of the types it has.

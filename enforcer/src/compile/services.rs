@@ -54,6 +54,19 @@ pub struct ServiceInfo {
     pub ports: Vec<ServicePort>,
 }
 
+/// Service `namespace`/`name` of `services`, which are in (namespace, name) order as
+/// [`Services`] are.
+pub(crate) fn find<'s>(
+    services: &'s [Arc<ServiceInfo>],
+    namespace: &str,
+    name: &str,
+) -> Option<&'s ServiceInfo> {
+    let index = services
+        .binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&(namespace, name)))
+        .ok()?;
+    Some(&services[index])
+}
+
 impl ServiceInfo {
     /// `namespace/name`.
     pub fn key(&self) -> String {

@@ -39,7 +39,7 @@ use super::cluster::PodInfo;
 use super::identities::{PeerSelector, Peers};
 use super::peers::{Block, Peer};
 use super::policy::{Policy, Rule};
-use super::ports::{NamedPort, has_named, normalize, resolve};
+use super::ports::{NamedPort, PortSpec, has_named, normalize, resolve};
 use super::services::ServiceInfo;
 use super::vips;
 use crate::desired::RuleRef;
@@ -396,10 +396,9 @@ impl<'c> Sets<'c> {
             .iter()
             .map(|&id| {
                 let (_, rule) = self.rules[&id];
-                let granted = resolve(&rule.ports, Some(&named_ports), true);
                 (
                     self.matched(id),
-                    granted.into_iter().map(|r| r.rule(id)).collect(),
+                    granted(id, &rule.ports, Some(&named_ports)),
                 )
             })
             .collect();
@@ -428,12 +427,9 @@ impl<'c> Sets<'c> {
             let (_, rule) = self.rules[&id];
             self.record_matched(id);
             let matched = self.matched(id);
-            let to_rules = |ranges: Vec<super::ports::PortRange>| -> Vec<PortRule> {
-                ranges.into_iter().map(|r| r.rule(id)).collect()
-            };
             if key.direction == Direction::Ingress || !has_named(&rule.ports) {
                 let named = (key.direction == Direction::Ingress).then_some(&named_ports[..]);
-                let granted = to_rules(resolve(&rule.ports, named, true));
+                let granted = granted(id, &rule.ports, named);
                 if granted.is_empty() {
                     continue;
                 }
@@ -443,7 +439,7 @@ impl<'c> Sets<'c> {
             } else {
                 for identity in matched.iter() {
                     let named = self.peers.identities[*identity].named_ports();
-                    let granted = to_rules(resolve(&rule.ports, Some(named), true));
+                    let granted = granted(id, &rule.ports, Some(named));
                     if !granted.is_empty() {
                         rules.entry(*identity).or_default().extend(granted);
                     }
@@ -514,6 +510,15 @@ impl<'c> Sets<'c> {
         self.blocks.insert(block.clone(), Rc::clone(&matched));
         matched
     }
+}
+
+/// What rule `id`, with ports `ports`, grants: its port rules, named ports resolved against
+/// `named` (`None`: no named port resolves).
+fn granted(id: u32, ports: &[PortSpec], named: Option<&[NamedPort]>) -> Vec<PortRule> {
+    resolve(ports, named, true)
+        .into_iter()
+        .map(|range| range.rule(id))
+        .collect()
 }
 
 /// The endpoint's named ports of set `key` (empty unless an ingress set with named ports).

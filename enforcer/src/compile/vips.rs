@@ -32,7 +32,7 @@ use std::sync::Arc;
 use tollgate_schemas::{PolicyValue, PortRule, port_action};
 
 use super::identities::Peers;
-use super::services::ServiceInfo;
+use super::services::{self, ServiceInfo};
 use super::sets::{SetEntries, value_of};
 
 /// One ClusterIP with its backends by peer identity, found once per compilation and then
@@ -128,10 +128,7 @@ impl ClusterIps {
         );
         let (mut gone, mut now) = (BTreeSet::new(), Vec::new());
         for key in stale {
-            let service = services
-                .binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&key_ref(&key)))
-                .ok()
-                .map(|index| &services[index]);
+            let service = services::find(services, &key.0, &key.1);
             let found = service.map(|s| of_service(peers, s)).unwrap_or_default();
             let kept = self
                 .forget(&key)
@@ -252,10 +249,6 @@ fn identities_of(cluster_ips: &[ClusterIp]) -> BTreeSet<usize> {
             backends.map(|(identity, _)| *identity).chain([vip.region])
         })
         .collect()
-}
-
-fn key_ref(key: &ServiceKey) -> (&str, &str) {
-    (&key.0, &key.1)
 }
 
 /// The ClusterIPs of `service` that have an identity, with their backends by identity.
