@@ -5,7 +5,11 @@
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
-use std::{io::Write as _, path::PathBuf, process::ExitCode};
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -544,24 +548,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `bench agent`, in a process whose allocator gives freed memory back at once
-/// (`MIMALLOC_PURGE_DELAY=0`, read when the process starts: the command re-executes itself
-/// with it), so that what the case dropped is not counted as held.
+/// `bench agent`: this process writes the generated cluster's lists into a temporary
+/// directory, and a child (this program again, told the directory by [`BENCH_LISTING`])
+/// measures an agent reading them, with an allocator that gives freed memory back at once
+/// (`MIMALLOC_PURGE_DELAY=0`, read when a process starts), so that what the case dropped is
+/// not counted as held and the generated objects are not in the process measured.
 fn bench_agent_command(shape: scale::Shape) -> anyhow::Result<ExitCode> {
-    if std::env::var_os(PURGE_DELAY).is_none_or(|delay| delay != "0") {
-        let status = std::process::Command::new(std::env::current_exe()?)
-            .args(std::env::args_os().skip(1))
-            .env(PURGE_DELAY, "0")
-            .status()?;
-        return Ok(match status.success() {
-            true => ExitCode::SUCCESS,
-            false => ExitCode::FAILURE,
-        });
+    if let Some(dir) = std::env::var_os(BENCH_LISTING) {
+        let case =
+            tollgate_agent::bench::agent(shape, Path::new(&dir)).map_err(anyhow::Error::msg)?;
+        write_out(&tollgate_agent::bench::render(&case))?;
+        return Ok(ExitCode::SUCCESS);
     }
-    let case = tollgate_agent::bench::agent(shape).map_err(anyhow::Error::msg)?;
-    write_out(&tollgate_agent::bench::render(&case))?;
-    Ok(ExitCode::SUCCESS)
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let measured = tollgate_agent::bench::write_listing(shape, &dir)
+        .map_err(anyhow::Error::msg)
+        .and_then(|()| {
+            let status = std::process::Command::new(std::env::current_exe()?)
+                .args(std::env::args_os().skip(1))
+                .env(PURGE_DELAY, "0")
+                .env(BENCH_LISTING, &dir)
+                .status()?;
+            Ok(status.success())
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(match measured? {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    })
 }
+
+/// Where `bench agent`'s child finds the lists to read.
+const BENCH_LISTING: &str = "TOLLGATE_BENCH_LISTING";
 
 /// mimalloc's setting of how long freed memory waits before it goes back to the system, ms.
 const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";

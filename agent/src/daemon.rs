@@ -336,27 +336,6 @@ impl NodeEndpoints {
         self.complete = applied.failed.is_empty();
         Ok(())
     }
-
-    /// Keeps the pods that may be on this node current with the pods that `changed`: those
-    /// with an address, not `hostNetwork`, and scheduled here (or not scheduled anywhere yet,
-    /// as in a snapshot set in code).
-    fn track(&mut self, changed: &Updates<Pod>) {
-        for ((namespace, name), pod) in changed {
-            let key = format!("{namespace}/{name}");
-            let local = pod
-                .as_deref()
-                .filter(|pod| is_local(pod, &self.node))
-                .map(|pod| LocalPod {
-                    pod: key.clone(),
-                    ips: pod_addresses(pod),
-                })
-                .filter(|pod| !pod.ips.is_empty());
-            match local {
-                Some(local) => self.pods.insert(key, local),
-                None => self.pods.remove(&key),
-            };
-        }
-    }
 }
 
 fn is_local(pod: &Pod, node: &str) -> bool {
@@ -391,8 +370,27 @@ impl NodeEndpoints {
 }
 
 impl LocalEndpoints for NodeEndpoints {
-    fn local(&mut self, pods: &Updates<Pod>) -> BTreeMap<String, u32> {
-        self.track(pods);
+    /// Keeps the pods that may be on this node: those with an address, not `hostNetwork`,
+    /// and scheduled here (or not scheduled anywhere yet, as in a snapshot set in code).
+    fn track(&mut self, changed: &Updates<Pod>) {
+        for ((namespace, name), pod) in changed {
+            let key = format!("{namespace}/{name}");
+            let local = pod
+                .as_deref()
+                .filter(|pod| is_local(pod, &self.node))
+                .map(|pod| LocalPod {
+                    pod: key.clone(),
+                    ips: pod_addresses(pod),
+                })
+                .filter(|pod| !pod.ips.is_empty());
+            match local {
+                Some(local) => self.pods.insert(key, local),
+                None => self.pods.remove(&key),
+            };
+        }
+    }
+
+    fn local(&mut self) -> BTreeMap<String, u32> {
         let pods: Vec<LocalPod> = self.pods.values().cloned().collect();
         match discover(&pods, &self.names) {
             Ok(discovery) => self.discovery = discovery,

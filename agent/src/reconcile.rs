@@ -49,10 +49,15 @@ use crate::Error;
 /// pass: the place to find the veths of new pods and attach the probe to them, so a pod is
 /// attached by the time its entries are written (hence `&mut self`).
 pub trait LocalEndpoints {
-    /// Endpoint pods by `namespace/name`, each with the ifindex of its host-side veth. `pods`
-    /// are the pods that changed since the last call (every pod at the first), each as it is
-    /// now (`None`: gone).
-    fn local(&mut self, pods: &Updates<Pod>) -> BTreeMap<String, u32>;
+    /// Takes note of `pods`, the pods that changed since the last call (every pod, over the
+    /// first calls), each as it is now (`None`: gone). Nothing, by default.
+    fn track(&mut self, pods: &Updates<Pod>) {
+        let _ = pods;
+    }
+
+    /// Endpoint pods by `namespace/name`, each with the ifindex of its host-side veth, as the
+    /// pods tracked so far place them.
+    fn local(&mut self) -> BTreeMap<String, u32>;
 
     /// The addresses of endpoint pods that are on another veth than their pod's (multi-NIC
     /// pods: one veth per address), with that veth's ifindex, as the last
@@ -78,7 +83,7 @@ pub trait LocalEndpoints {
 
 /// A fixed set of endpoints, whatever the pods say (the lab's topology).
 impl LocalEndpoints for BTreeMap<String, u32> {
-    fn local(&mut self, _pods: &Updates<Pod>) -> BTreeMap<String, u32> {
+    fn local(&mut self) -> BTreeMap<String, u32> {
         self.clone()
     }
 }

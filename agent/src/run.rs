@@ -2,10 +2,13 @@
 //!
 //! [`Agent::next`] waits for a batch of [`Changes`] from the [`ClusterSource`], takes the
 //! source's delta *after* the batch (so it holds every change the batch names) and hands it
-//! to the [`Reconciler`]'s compiler, asks [`LocalEndpoints`] for the node's endpoints (telling
-//! it which pods changed) and the node's own addresses, and has the [`Reconciler`] compile
-//! and sync. The pods that changed are kept until a pass syncs: the [`Pass`] hands them on
-//! to what names addresses (the collector's identities). The
+//! to the [`Reconciler`]'s compiler, tells [`LocalEndpoints`] which pods changed and asks it
+//! for the node's endpoints and the node's own addresses, and has the [`Reconciler`] compile
+//! and sync. While it waits, a source that holds many changes (a first list as it arrives:
+//! [`ClusterSource::backlog`]) has them taken and handed on the same way, without a compile,
+//! so that the objects of a whole cluster are never held at once. What the changed pods claim
+//! ([`PodChanges`]) is kept until a pass syncs: the [`Pass`] hands it on to what names
+//! addresses (the collector's identities). The
 //! propagation latency of a pass runs from the arrival of the batch's oldest change to the
 //! end of the sync. A pass that fails is retried after 1 s, doubling to 30 s, or sooner
 //! when the cluster changes again. Once a pass has synced, a change of the node itself
@@ -15,13 +18,14 @@
 //! differs from what the agent wrote is repaired before the pass syncs.
 
 use std::net::IpAddr;
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
+use tollgate_collector::identity::{PendingPods, PodChanges};
 use tollgate_enforcer::{
     compile::Compiled,
-    snapshot::Updates,
     sync::{PolicyMaps, SyncStats},
 };
 
@@ -44,8 +48,11 @@ pub struct Agent<S, E> {
     source: S,
     endpoints: E,
     reconciler: Reconciler,
-    /// Pods that changed since the last pass that synced (the next one hands them on).
-    unobserved: Updates<Pod>,
+    /// What the pods that changed since the last pass that synced claim (the next one hands
+    /// it on).
+    unobserved: PendingPods,
+    /// The source's [`ClusterSource::backlog`].
+    backlog: Option<Arc<Notify>>,
     /// The node's addresses the last pass that synced compiled.
     node_addresses: Vec<IpAddr>,
     /// Set after a failed pass (or by [`Agent::pass_again_after`]): how long to wait before
@@ -75,9 +82,9 @@ pub struct Pass {
     pub latency: Option<Duration>,
     /// The repairs of the drift check that came first, when the pass made one.
     pub drift: Option<SyncStats>,
-    /// The pods that changed since the previous pass that synced, each as it is now (`None`:
-    /// gone); every pod at the first.
-    pub pods: Updates<Pod>,
+    /// What the pods that changed since the previous pass that synced claim now (`None`:
+    /// gone, or nothing); every pod at the first.
+    pub pods: PodChanges,
     /// The source's update that the pass compiled, for a source that numbers them
     /// ([`ClusterSource::update`]).
     pub update: Option<u64>,
@@ -86,11 +93,13 @@ pub struct Pass {
 impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
     /// An agent that has not synced yet.
     pub fn new(source: S, endpoints: E) -> Agent<S, E> {
+        let backlog = source.backlog();
         Agent {
             source,
             endpoints,
             reconciler: Reconciler::new(),
-            unobserved: Updates::new(),
+            unobserved: PendingPods::default(),
+            backlog,
             node_addresses: Vec::new(),
             retry: None,
             retry_at: None,
@@ -128,6 +137,11 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         self.retry_at = Some(self.retry_at.map_or(at, |due| due.min(at)));
     }
 
+    /// The cluster source.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
     /// The node's endpoints.
     pub fn endpoints(&self) -> &E {
         &self.endpoints
@@ -145,32 +159,28 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
     /// Cancel-safe: dropped while it waits, nothing is lost (the source and the endpoints keep
     /// what they have not handed over, a retry keeps its deadline).
     pub async fn next<M: PolicyMaps>(&mut self, maps: &mut M) -> Option<Result<Pass, Error>> {
-        let retry = async {
-            match self.retry_at {
-                Some(due) => tokio::time::sleep_until(due).await,
-                None => std::future::pending().await,
-            }
-        };
-        let drift = async {
-            match self.drift_at {
-                Some(due) => tokio::time::sleep_until(due).await,
-                None => std::future::pending().await,
-            }
-        };
+        let mut retry = pin!(due(self.retry_at));
+        let mut drift = pin!(due(self.drift_at));
         // The node's own changes count once the maps were synced to a complete cluster.
         let node = self.synced_once;
-        let changes = tokio::select! {
-            changes = self.source.changed() => Some(changes?),
-            () = retry => None,
-            () = drift => None,
-            () = self.endpoints.changed(), if node => None,
+        let changes = loop {
+            let woke = tokio::select! {
+                changes = self.source.changed() => Some(Some(changes?)),
+                () = &mut retry => Some(None),
+                () = &mut drift => Some(None),
+                () = self.endpoints.changed(), if node => Some(None),
+                () = notified(self.backlog.as_deref()) => None,
+            };
+            match woke {
+                Some(changes) => break changes,
+                // Taken now (a first list as it arrives), compiled with their batch.
+                None => self.take_changes(),
+            }
         };
         let check_drift = self.drift_at.is_some_and(|due| due <= Instant::now());
-        let delta = self.source.take_delta();
+        self.take_changes();
         let update = self.source.update();
-        self.reconciler.apply(&delta);
-        let local = self.endpoints.local(&delta.pods);
-        self.unobserved.extend(delta.pods);
+        let local = self.endpoints.local();
         let addresses = self.endpoints.address_interfaces();
         let node_addresses = self.endpoints.node_addresses();
         let drift = if check_drift {
@@ -206,9 +216,18 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             report,
             latency,
             drift,
-            pods: std::mem::take(&mut self.unobserved),
+            pods: self.unobserved.take(),
             update,
         }))
+    }
+
+    /// Takes what the source holds: the compiler and the endpoints are told, and the pods'
+    /// claims are kept for the next pass that syncs.
+    fn take_changes(&mut self) {
+        let delta = self.source.take_delta();
+        self.reconciler.apply(&delta);
+        self.endpoints.track(&delta.pods);
+        self.unobserved.add(&delta.pods);
     }
 
     /// A failed pass: logged, and retried after a delay that doubles up to [`RETRY_MAX`].
@@ -224,6 +243,22 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             "reconciliation failed"
         );
         error
+    }
+}
+
+/// Resolves at `at`; never without it.
+async fn due(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when `backlog` is notified; never without one.
+async fn notified(backlog: Option<&Notify>) {
+    match backlog {
+        Some(backlog) => backlog.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -502,7 +537,7 @@ mod tests {
     }
 
     impl LocalEndpoints for Node {
-        fn local(&mut self, _pods: &Updates<Pod>) -> BTreeMap<String, u32> {
+        fn local(&mut self) -> BTreeMap<String, u32> {
             self.interfaces.clone()
         }
 
@@ -535,6 +570,63 @@ mod tests {
         let pass = agent.next(&mut maps).await.unwrap().unwrap();
         assert!(maps.maps.state.node_addrs.is_empty());
         assert_eq!((pass.report.sync.upserts, pass.report.sync.deletes), (0, 1));
+    }
+
+    /// A cluster that arrives in two parts: the pods first, held as a backlog (the source is
+    /// not ready yet); the policies once they were taken.
+    struct InParts {
+        inner: StaticSource,
+        handle: crate::source::StaticHandle,
+        rest: Option<Snapshot>,
+        backlog: Arc<Notify>,
+    }
+
+    impl ClusterSource for InParts {
+        fn take_delta(&mut self) -> tollgate_enforcer::snapshot::Delta {
+            let delta = self.inner.take_delta();
+            if let Some(rest) = self.rest.take() {
+                self.handle.set(rest);
+            }
+            delta
+        }
+
+        async fn changed(&mut self) -> Option<Changes> {
+            if self.rest.is_some() {
+                std::future::pending::<()>().await;
+            }
+            self.inner.changed().await
+        }
+
+        fn backlog(&self) -> Option<Arc<Notify>> {
+            Some(self.backlog.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backlog_is_taken_before_the_source_is_ready_and_compiled_with_the_rest() {
+        let (inner, handle) = StaticSource::new(seed(false));
+        let backlog = Arc::new(Notify::new());
+        backlog.notify_one();
+        let source = InParts {
+            inner,
+            handle,
+            rest: Some(seed(true)),
+            backlog,
+        };
+        let interfaces = BTreeMap::from([("default/amazonlinux".to_owned(), 40)]);
+        let mut agent = Agent::new(source, interfaces);
+        let mut maps = Flaky::default();
+        // Without the backlog taken, the source would never be ready.
+        let pass = tokio::time::timeout(Duration::from_secs(10), agent.next(&mut maps))
+            .await
+            .expect("the backlog was taken")
+            .unwrap()
+            .unwrap();
+        // The pods came with the backlog, the policies with the batch: both compiled, and
+        // every pod's claims handed on.
+        assert_eq!(pass.pods.len(), seed(false).pods.len());
+        assert_eq!(pass.report.endpoints, 1);
+        assert_eq!(verdict(&maps, "10.9.9.9", "198.18.0.40", 80), Verdict::Deny);
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,10 @@
 //! The reconciler asks a source for two things: [`ClusterSource::changed`] waits until there
 //! is something new (a batch of [`Changes`]), and [`ClusterSource::take_delta`] hands over
 //! what changed since it last asked, object by object (every object the first time): a
-//! [`Delta`], whose objects are shared with the source, never a copy of the cluster.
+//! [`Delta`], whose objects are shared with the source, never a copy of the cluster. A source
+//! may also say when it holds many changes not handed over yet ([`ClusterSource::backlog`]):
+//! the agent then takes them early, so that a cluster's first lists never sit in the source
+//! whole.
 //! [`KubeSource`] answers from the watches of [`crate::watch`] on a real cluster;
 //! [`StaticSource`] from a [`Snapshot`] that code sets through a [`StaticHandle`] (the lab,
 //! tests): every object kind of the snapshot, Services and EndpointSlices included, as given,
@@ -19,6 +22,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use kube::{Client, runtime::watcher};
+use tokio::sync::Notify;
 use tollgate_enforcer::{
     compile::ClusterObject,
     snapshot::{Delta, Snapshot, Updates},
@@ -42,6 +46,13 @@ pub trait ClusterSource {
     /// whole cluster (every initial list is complete); `None` when the source has ended.
     /// Cancel-safe: dropping the future loses no change.
     fn changed(&mut self) -> impl Future<Output = Option<Changes>> + Send;
+
+    /// Notified when the source holds so many changes not handed over that they should be
+    /// taken before their batch is due (the objects of a first list, as it arrives). `None`,
+    /// by default: the source holds only what its batches name.
+    fn backlog(&self) -> Option<Arc<Notify>> {
+        None
+    }
 }
 
 /// The cluster through the API server: the watches of [`Watchers`].
@@ -84,6 +95,10 @@ impl ClusterSource for KubeSource {
             tracing::info!("every initial list complete");
         }
         self.watchers.changed(self.debounce).await
+    }
+
+    fn backlog(&self) -> Option<Arc<Notify>> {
+        Some(self.watchers.backlog())
     }
 }
 

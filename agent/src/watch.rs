@@ -19,7 +19,10 @@
 //!    watch was down as its objects arrive, and at its end (`InitDone`) every object it did
 //!    not list as gone, although no delete event was ever seen; the completed list is
 //!    recorded too.
-//! 4. [`Watchers::take_delta`] takes every kind's pending changes as one [`Delta`].
+//! 4. [`Watchers::take_delta`] takes every kind's pending changes as one [`Delta`]. Once a
+//!    kind holds [`BACKLOG`] changes, [`Watchers::backlog`] is notified: they are to be taken
+//!    without waiting for their batch, so that a first list of 100,000 pods is handed on in
+//!    parts as it arrives, not held whole here.
 //!
 //! [`ChangeLog::next`] hands the recorded changes over as one [`Changes`] batch once the
 //! burst is over: when no change came for [`Debounce::quiet`], or at the latest
@@ -59,6 +62,9 @@ use crate::slim::{
     Fingerprint, fingerprint, slim_endpoint_slice, slim_namespace, slim_pod, slim_policy,
     slim_service,
 };
+
+/// Changes one kind holds for the next delta before [`Watchers::backlog`] is notified.
+pub const BACKLOG: usize = 2_000;
 
 /// The kinds the agent watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -233,6 +239,7 @@ pub struct Watchers {
     services: Arc<Pending<Service>>,
     endpoint_slices: Arc<Pending<EndpointSlice>>,
     changes: Arc<ChangeLog>,
+    backlog: Arc<Notify>,
     _tasks: JoinSet<()>,
 }
 
@@ -241,10 +248,12 @@ impl Watchers {
     /// whole cluster through `client`, each with `config` (inside a tokio runtime).
     pub fn start(client: Client, config: watcher::Config) -> Watchers {
         let changes = Arc::new(ChangeLog::default());
+        let backlog = Arc::new(Notify::new());
         let mut spawner = Spawner {
             client,
             config,
             changes: changes.clone(),
+            backlog: backlog.clone(),
             tasks: JoinSet::new(),
         };
         Watchers {
@@ -254,6 +263,7 @@ impl Watchers {
             services: spawner.watch(Kind::Service, slim_service),
             endpoint_slices: spawner.watch(Kind::EndpointSlice, slim_endpoint_slice),
             changes,
+            backlog,
             _tasks: spawner.tasks,
         }
     }
@@ -272,6 +282,11 @@ impl Watchers {
     /// The next batch of changes (see [`Debounce`]).
     pub async fn changed(&self, debounce: Debounce) -> Option<Changes> {
         self.changes.next(debounce).await
+    }
+
+    /// Notified once a kind holds [`BACKLOG`] changes for the next delta.
+    pub fn backlog(&self) -> Arc<Notify> {
+        self.backlog.clone()
     }
 
     /// What changed since the last call: every object of the first lists the first time.
@@ -293,9 +308,11 @@ impl Watchers {
 
 /// One kind's changes not handed over yet, and whether its first list is complete.
 #[derive(Debug)]
-struct Pending<K> {
+pub(crate) struct Pending<K> {
     updates: Mutex<Updates<K>>,
     listed: watch::Receiver<bool>,
+    /// Notified once `updates` holds [`BACKLOG`].
+    backlog: Arc<Notify>,
 }
 
 impl<K> Pending<K> {
@@ -310,16 +327,17 @@ impl<K> Pending<K> {
     }
 
     /// The changes since the last call, each object as it is now.
-    fn take(&self) -> Updates<K> {
+    pub(crate) fn take(&self) -> Updates<K> {
         std::mem::take(&mut *self.updates.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// `key` is now `object` (`None`: gone), replacing any change not handed over yet.
     fn put(&self, key: Key, object: Option<Arc<K>>) {
-        self.updates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, object);
+        let mut updates = self.updates.lock().unwrap_or_else(|e| e.into_inner());
+        updates.insert(key, object);
+        if updates.len() >= BACKLOG {
+            self.backlog.notify_one();
+        }
     }
 }
 
@@ -359,25 +377,15 @@ struct Spawner {
     client: Client,
     config: watcher::Config,
     changes: Arc<ChangeLog>,
+    backlog: Arc<Notify>,
     tasks: JoinSet<()>,
 }
 
 impl Spawner {
     /// Starts the watch of `kind`, slimming every object with `slim`; the changes it holds.
     fn watch<K: Watched>(&mut self, kind: Kind, slim: fn(&mut K)) -> Arc<Pending<K>> {
-        let (listed_tx, listed) = watch::channel(false);
-        let pending = Arc::new(Pending {
-            updates: Mutex::new(Updates::new()),
-            listed,
-        });
-        let follower = Follower {
-            kind,
-            known: HashMap::new(),
-            listing: None,
-            pending: pending.clone(),
-            listed: listed_tx,
-            changes: self.changes.clone(),
-        };
+        let follower = Follower::new(kind, self.changes.clone(), self.backlog.clone());
+        let pending = follower.pending.clone();
         self.tasks.spawn(follow(
             Api::all(self.client.clone()),
             self.config.clone(),
@@ -390,15 +398,36 @@ impl Spawner {
 
 /// One kind's watch, as it follows the API server: what it has handed on of each object, the
 /// list under way, and where changes go.
-struct Follower<K> {
+pub(crate) struct Follower<K> {
     kind: Kind,
     /// Every object handed on and not gone since: the fingerprint of what was handed on.
     known: HashMap<Key, Fingerprint>,
     /// The keys of the list under way (from `Init` to `InitDone`).
     listing: Option<HashSet<Key>>,
-    pending: Arc<Pending<K>>,
+    /// The changes it holds for the next delta.
+    pub(crate) pending: Arc<Pending<K>>,
     listed: watch::Sender<bool>,
     changes: Arc<ChangeLog>,
+}
+
+impl<K> Follower<K> {
+    /// The follower of `kind`, before its first list, recording into `changes` and
+    /// notifying `backlog` (see [`BACKLOG`]).
+    pub(crate) fn new(kind: Kind, changes: Arc<ChangeLog>, backlog: Arc<Notify>) -> Follower<K> {
+        let (listed_tx, listed) = watch::channel(false);
+        Follower {
+            kind,
+            known: HashMap::new(),
+            listing: None,
+            pending: Arc::new(Pending {
+                updates: Mutex::new(Updates::new()),
+                listed,
+                backlog,
+            }),
+            listed: listed_tx,
+            changes,
+        }
+    }
 }
 
 /// Runs one kind's watch for as long as the agent does (the watcher retries forever).
@@ -422,7 +451,7 @@ async fn follow<K: Watched>(
 
 impl<K: ClusterObject + Resource<DynamicType = ()> + Clone + Serialize> Follower<K> {
     /// Hands on what `event` changed, if anything, and records it in the change log.
-    fn follow(&mut self, event: watcher::Event<K>) {
+    pub(crate) fn follow(&mut self, event: watcher::Event<K>) {
         match event {
             watcher::Event::Apply(object) => {
                 let version = object.meta().resource_version.clone();
@@ -523,20 +552,9 @@ mod tests {
 
     #[tokio::test]
     async fn only_changes_are_handed_on_and_a_relist_hands_on_what_it_no_longer_lists() {
-        let (listed, ready) = watch::channel(false);
-        let pending = Arc::new(Pending {
-            updates: Mutex::new(Updates::new()),
-            listed: ready,
-        });
         let changes = Arc::new(ChangeLog::default());
-        let mut follower = Follower {
-            kind: Kind::Namespace,
-            known: HashMap::new(),
-            listing: None,
-            pending: pending.clone(),
-            listed,
-            changes: changes.clone(),
-        };
+        let mut follower = Follower::new(Kind::Namespace, changes.clone(), Arc::default());
+        let pending = follower.pending.clone();
         let events = |changes: &ChangeLog| {
             let batch = changes.state.lock().unwrap().pending.take();
             batch.map_or(0, |batch| batch.events)
@@ -581,6 +599,31 @@ mod tests {
         follower.follow(watcher::Event::Delete(namespace("d", "10", "x")));
         follower.follow(watcher::Event::Delete(namespace("c", "10", "x")));
         assert_eq!(taken(&pending), [("c".into(), None)]);
+    }
+
+    #[test]
+    fn a_long_list_is_to_be_taken_as_it_arrives() {
+        use futures::FutureExt;
+        let backlog = Arc::new(Notify::new());
+        let mut follower = Follower::new(Kind::Namespace, Arc::default(), backlog.clone());
+        follower.follow(watcher::Event::Init);
+        for i in 1..BACKLOG {
+            follower.follow(watcher::Event::InitApply(namespace(
+                &i.to_string(),
+                "1",
+                "x",
+            )));
+        }
+        assert!(backlog.notified().now_or_never().is_none());
+        follower.follow(watcher::Event::InitApply(namespace("last", "1", "x")));
+        assert!(backlog.notified().now_or_never().is_some());
+        assert_eq!(follower.pending.take().len(), BACKLOG);
+
+        // Taken, the next objects of the list start a new count.
+        follower.follow(watcher::Event::InitApply(namespace("after", "1", "x")));
+        assert!(backlog.notified().now_or_never().is_none());
+        follower.follow(watcher::Event::InitDone);
+        assert_eq!(follower.known.len(), BACKLOG + 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -82,7 +82,7 @@ fn pod_at(ip: IpAddr) -> &'static str {
 struct ScheduledHere(BTreeMap<String, u32>);
 
 impl LocalEndpoints for ScheduledHere {
-    fn local(&mut self, pods: &Updates<Pod>) -> BTreeMap<String, u32> {
+    fn track(&mut self, pods: &Updates<Pod>) {
         for ((namespace, name), pod) in pods {
             let key = format!("{namespace}/{name}");
             let here = pod.as_deref().filter(|pod| {
@@ -95,6 +95,9 @@ impl LocalEndpoints for ScheduledHere {
                 Some(IpAddr::V6(_)) | None => self.0.remove(&key),
             };
         }
+    }
+
+    fn local(&mut self) -> BTreeMap<String, u32> {
         self.0.clone()
     }
 

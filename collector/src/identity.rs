@@ -234,7 +234,11 @@ impl<K, V> Default for History<K, V> {
 impl<K: Eq + Hash + Clone, V: PartialEq> History<K, V> {
     /// From `at_ns` on, `key` holds `value` (a no-op when it already holds an equal value).
     fn set(&mut self, key: &K, value: Arc<V>, at_ns: u64, serial: &mut u64) {
-        let spans = self.spans.entry(key.clone()).or_default();
+        // Most keys only ever hold one value: room for one span (a deque's default is four).
+        let spans = self
+            .spans
+            .entry(key.clone())
+            .or_insert_with(|| VecDeque::with_capacity(1));
         if let Some(last) = spans.back_mut()
             && last.until_ns.is_none()
         {
@@ -322,11 +326,91 @@ type LabelSets = HashSet<Arc<BTreeMap<String, String>>, RandomState>;
 type PodKey = (String, String);
 
 /// What one pod claims: its identity and the addresses it lists (16-byte form, without
-/// duplicates; never empty).
-#[derive(Debug)]
-struct PodClaims {
+/// duplicates; never empty). All the records need of a pod: what the agent keeps of a changed
+/// pod until it is observed, instead of the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodClaims {
     identity: Arc<PodIdentity>,
     addresses: Vec<[u8; 16]>,
+}
+
+impl PodClaims {
+    /// What `pod` claims: its addresses (16-byte form, without duplicates) with its
+    /// identity, whose label map is the one of `label_sets` equal to it (added when none
+    /// is); `None` for a hostNetwork pod or one without an address.
+    fn of(pod: &Pod, label_sets: &mut LabelSets) -> Option<PodClaims> {
+        if is_host_network(pod) {
+            return None;
+        }
+        let mut addresses: Vec<[u8; 16]> = Vec::new();
+        for address in pod_addresses(pod) {
+            let address = addr::to_bytes(address);
+            if !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
+        if addresses.is_empty() {
+            return None;
+        }
+        let mut identity = PodIdentity::of(pod);
+        identity.labels = shared(label_sets, &identity.labels);
+        Some(PodClaims {
+            identity: Arc::new(identity),
+            addresses,
+        })
+    }
+}
+
+/// Pods that changed, by (namespace, name), each with what it claims now: `None` for a gone
+/// pod, and for one that claims nothing.
+pub type PodChanges = BTreeMap<PodKey, Option<PodClaims>>;
+
+/// Pod changes gathered for the next [`Identities::observe`] as they arrive, the pods with the
+/// same labels sharing one label map (a first list of 100,000 pods has a few thousand).
+#[derive(Debug, Default)]
+pub struct PendingPods {
+    changes: PodChanges,
+    label_sets: LabelSets,
+}
+
+impl PendingPods {
+    /// Adds what each pod of `pods` claims now (`None`: gone); a pod's later change replaces
+    /// its earlier one.
+    pub fn add(&mut self, pods: &Updates<Pod>) {
+        for (key, pod) in pods {
+            let claims = pod
+                .as_deref()
+                .and_then(|pod| PodClaims::of(pod, &mut self.label_sets));
+            self.changes.insert(key.clone(), claims);
+        }
+    }
+
+    /// The changes gathered; none is kept.
+    pub fn take(&mut self) -> PodChanges {
+        self.label_sets.clear();
+        std::mem::take(&mut self.changes)
+    }
+}
+
+/// What each pod of `pods` claims now.
+pub fn pod_changes(pods: &Updates<Pod>) -> PodChanges {
+    let mut pending = PendingPods::default();
+    pending.add(pods);
+    pending.take()
+}
+
+/// The label map of `label_sets` equal to `labels`; `labels`, added, when there is none.
+fn shared(
+    label_sets: &mut LabelSets,
+    labels: &Arc<BTreeMap<String, String>>,
+) -> Arc<BTreeMap<String, String>> {
+    match label_sets.get(labels) {
+        Some(shared) => Arc::clone(shared),
+        None => {
+            label_sets.insert(Arc::clone(labels));
+            Arc::clone(labels)
+        }
+    }
 }
 
 /// One pod that claims an address: its identity (the `Arc` its [`PodClaims`] and the
@@ -387,8 +471,8 @@ impl Identities {
     }
 
     /// Records the cluster as it is from `at_ns` (ns of `CLOCK_BOOTTIME`) on: the pods that
-    /// changed since the last call (`pods`: every pod the first time; `None` for a gone pod)
-    /// by address, the node's own addresses (`node_addresses`, all of them each time), and the
+    /// changed since the last call (`pods`: every pod the first time, each with what it claims
+    /// now, [`pod_changes`]) by address, the node's own addresses (`node_addresses`, all of them each time), and the
     /// Services, rule ids and endpoint audit flags of `compiled`. What the first call records
     /// is taken to hold since before the collector started.
     ///
@@ -399,7 +483,7 @@ impl Identities {
     /// already claimed keeps its place. A pod given again unchanged opens no span.
     pub fn observe(
         &mut self,
-        pods: &Updates<Pod>,
+        pods: &PodChanges,
         node_addresses: &[IpAddr],
         compiled: &Compiled,
         at_ns: u64,
@@ -454,14 +538,14 @@ impl Identities {
 
     /// Applies the pod changes of `pods` to the claims, and sets the history of every address
     /// whose claims changed to its last claimant from `at_ns` on (or ends it).
-    fn observe_pods(&mut self, pods: &Updates<Pod>, at_ns: u64) {
+    fn observe_pods(&mut self, pods: &PodChanges, at_ns: u64) {
         let mut changed: BTreeSet<[u8; 16]> = BTreeSet::new();
         let mut dropped = false;
         for (key, update) in pods {
             let old = self.pod_claims.remove(key);
             let new = update
-                .as_deref()
-                .and_then(|pod| claims_of(pod, old.as_ref(), &mut self.label_sets));
+                .as_ref()
+                .map(|claims| kept(claims, old.as_ref(), &mut self.label_sets));
             dropped |= old.is_some();
             if let Some(old) = &old {
                 for address in &old.addresses {
@@ -595,39 +679,27 @@ fn is_host_network(pod: &Pod) -> bool {
         .unwrap_or(false)
 }
 
-/// What `pod` claims: its addresses (16-byte form, without duplicates) with its identity;
-/// `None` for a hostNetwork pod or one without an address. The identity of `old` (what the
-/// pod claimed before) is kept when equal, so that the claims and the history share one.
-fn claims_of(pod: &Pod, old: Option<&PodClaims>, label_sets: &mut LabelSets) -> Option<PodClaims> {
-    if is_host_network(pod) {
-        return None;
-    }
-    let mut addresses: Vec<[u8; 16]> = Vec::new();
-    for address in pod_addresses(pod) {
-        let address = addr::to_bytes(address);
-        if !addresses.contains(&address) {
-            addresses.push(address);
-        }
-    }
-    if addresses.is_empty() {
-        return None;
-    }
-    let mut identity = PodIdentity::of(pod);
-    identity.labels = match label_sets.get(&identity.labels) {
-        Some(shared) => Arc::clone(shared),
-        None => {
-            label_sets.insert(Arc::clone(&identity.labels));
-            identity.labels
-        }
-    };
+/// `claims` as kept: the identity of `old` (what the pod claimed before) when equal, so that
+/// the claims and the history share one, and else one whose label map is shared with the
+/// identities that have the same.
+fn kept(claims: &PodClaims, old: Option<&PodClaims>, label_sets: &mut LabelSets) -> PodClaims {
     let identity = match old {
-        Some(old) if *old.identity == identity => Arc::clone(&old.identity),
-        _ => Arc::new(identity),
+        Some(old) if old.identity == claims.identity => Arc::clone(&old.identity),
+        _ => {
+            let labels = shared(label_sets, &claims.identity.labels);
+            match Arc::ptr_eq(&labels, &claims.identity.labels) {
+                true => Arc::clone(&claims.identity),
+                false => Arc::new(PodIdentity {
+                    labels,
+                    ..(*claims.identity).clone()
+                }),
+            }
+        }
     };
-    Some(PodClaims {
+    PodClaims {
         identity,
-        addresses,
-    })
+        addresses: claims.addresses.clone(),
+    }
 }
 
 /// Every (ClusterIP, protocol, port) of `services` with the Service it stands for; headless
@@ -721,7 +793,7 @@ mod tests {
     }
 
     fn observe(identities: &mut Identities, pods: &Updates<Pod>, at_ns: u64) {
-        identities.observe(pods, &[], &Compiled::default(), at_ns);
+        identities.observe(&pod_changes(pods), &[], &Compiled::default(), at_ns);
     }
 
     /// The pod that held `ip` at `ts_ns`: its serial, name and labels.
@@ -878,10 +950,11 @@ mod tests {
         let mut identities = Identities::default();
         let web = pod("web", &[("app", "web")], &["10.0.0.1"], false);
         let node: IpAddr = "192.168.1.10".parse().unwrap();
-        identities.observe(&updates(&[&web], &[]), &[node], &Compiled::default(), 0);
+        let pods = pod_changes(&updates(&[&web], &[]));
+        identities.observe(&pods, &[node], &Compiled::default(), 0);
         let holding = identities.holder_at(&addr::to_bytes(node), 50).unwrap();
         assert_eq!(holding.holder, Holder::Node);
-        identities.observe(&Updates::new(), &[], &Compiled::default(), 100);
+        identities.observe(&PodChanges::new(), &[], &Compiled::default(), 100);
         assert!(identities.holder_at(&addr::to_bytes(node), 150).is_none());
         assert_eq!(held(&identities, "10.0.0.1", 150).unwrap().1, "web");
     }

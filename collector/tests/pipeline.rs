@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use tollgate_collector::{
     clock::{NS_PER_S, boottime_ns, compact_utc, partition_date, unix_now_ns},
     config::CollectorConfig,
-    identity::{EndpointInterface, Eni, Identities, workload_of},
+    identity::{EndpointInterface, Eni, Identities, PodChanges, pod_changes, workload_of},
     loss::LossSource,
     metrics::Metrics,
     pipeline::{Pipeline, SharedIdentities},
@@ -204,13 +204,13 @@ fn snapshot(manifests: &[(&str, &str)]) -> Snapshot {
 /// The pod updates that take the collector's identities from `before` to `after`: every pod
 /// of `after` as it is (an unchanged one opens no span), every pod of `before` that `after`
 /// lacks as gone.
-fn pods_delta(before: &Snapshot, after: &Snapshot) -> Updates<Pod> {
+fn pods_delta(before: &Snapshot, after: &Snapshot) -> PodChanges {
     let key = |pod: &Pod| Object::Pod(pod).key().expect("a named pod");
     let mut delta: Updates<Pod> = before.pods.iter().map(|pod| (key(pod), None)).collect();
     for pod in &after.pods {
         delta.insert(key(pod), Some(Arc::new(pod.clone())));
     }
-    delta
+    pod_changes(&delta)
 }
 
 /// The seed scenario (lab pods, all-deny, the amazonlinux → nginx allowances) plus

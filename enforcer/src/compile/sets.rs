@@ -33,7 +33,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use tollgate_schemas::{Direction, PolicyValue, PortRule};
+use tollgate_schemas::{Direction, MAX_PORT_RULES, PolicyValue, PortRule};
 
 use super::cluster::PodInfo;
 use super::identities::{PeerSelector, Peers};
@@ -67,11 +67,16 @@ impl SetKey {
     }
 }
 
+/// What a set allows towards or from one identity: the port rules of its map value, in
+/// order (at most [`MAX_PORT_RULES`]). Kept as the rules alone: a map value has room for
+/// all of them (388 bytes), and a set may hold a value for each of 10,000 identities.
+pub(crate) type Rules = Arc<[PortRule]>;
+
 /// One compiled set: a value per peer identity (by index into [`Peers::identities`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SetEntries {
     /// Identity index → what the set allows there.
-    pub(crate) values: BTreeMap<usize, PolicyValue>,
+    pub(crate) values: BTreeMap<usize, Rules>,
     /// Identity index → port rules left out for lack of room in a value.
     pub(crate) dropped: BTreeMap<usize, usize>,
     /// (identity id, identity index, rule list) of every value, by id: the order of the map's
@@ -90,7 +95,7 @@ impl SetEntries {
         if normalized.dropped > 0 {
             self.dropped.insert(identity, normalized.dropped);
         }
-        self.values.insert(identity, value_of(&normalized.rules));
+        self.values.insert(identity, rules_of(&normalized.rules));
     }
 
     /// Fills in what is derived from the values: their order by identity id, their distinct
@@ -99,16 +104,16 @@ impl SetEntries {
         let mut rulesets: Vec<&[PortRule]> = self
             .values
             .values()
-            .filter(|v| v.count > 0)
-            .map(|v| &v.rules[..v.count as usize])
+            .filter(|rules| !rules.is_empty())
+            .map(|rules| &rules[..])
             .collect();
         rulesets.sort_unstable();
         rulesets.dedup();
         self.by_peer = self
             .values
             .iter()
-            .map(|(identity, value)| {
-                let rules = &value.rules[..value.count as usize];
+            .map(|(identity, rules)| {
+                let rules = &rules[..];
                 let ruleset = (!rules.is_empty())
                     .then(|| rulesets.binary_search(&rules).expect("a listed rule list"));
                 (peers.identities[*identity].id, *identity, ruleset)
@@ -117,9 +122,8 @@ impl SetEntries {
         self.by_peer.sort_unstable();
         let mut digest = Sha256::new();
         for (peer, identity, _) in &self.by_peer {
-            let value = &self.values[identity];
             digest.update(peer.to_le_bytes());
-            for rule in &value.rules[..value.count as usize] {
+            for rule in self.values[identity].iter() {
                 digest.update(rule.rule_id.to_le_bytes());
                 digest.update(rule.port_lo.to_le_bytes());
                 digest.update(rule.port_hi.to_le_bytes());
@@ -182,9 +186,13 @@ pub(crate) struct SetCache {
     entries: HashMap<SetKey, Arc<SetEntries>>,
     /// Rule id → the identities its peers matched when the kept entries were made, as
     /// (index, id): an identity's index and id together say what it is (its selectors'
-    /// matches, region and named ports never change while it keeps its id).
-    matched: HashMap<u32, Vec<(usize, u32)>>,
+    /// matches, region and named ports never change while it keeps its id). Rules whose peers
+    /// match alike share one list (every "from any namespace" rule: 10,000 identities).
+    matched: HashMap<u32, Matched>,
 }
+
+/// The identities one or more rules match, as (index, id), by index.
+type Matched = Arc<Vec<(usize, u32)>>;
 
 /// Rules by id, with the per-compilation caches of rule resolution.
 pub(crate) struct Sets<'c> {
@@ -192,8 +200,11 @@ pub(crate) struct Sets<'c> {
     rules: HashMap<u32, (&'c Policy, &'c Rule)>,
     /// Identity indices of every address identity (the target of a rule without peers).
     everything: Rc<Vec<usize>>,
-    /// Rule id → the identities its peers match.
+    /// Rule id → the identities its peers match (one list for the rules of one peer that
+    /// match alike).
     matched: HashMap<u32, Rc<Vec<usize>>>,
+    /// Selector index → the identities it matches.
+    selected: HashMap<usize, Rc<Vec<usize>>>,
     /// ipBlock → the identities it covers (blocks repeat across policies).
     blocks: HashMap<Block, Rc<Vec<usize>>>,
     /// Entries of the last pass and of this one.
@@ -207,7 +218,10 @@ pub(crate) struct Sets<'c> {
     /// Rule id → whether its kept entries' basis still holds (see `dirty`).
     unchanged: HashMap<u32, bool>,
     /// Rule id → the identities it matches in this pass, as [`SetCache::matched`] keeps them.
-    matched_now: HashMap<u32, Vec<(usize, u32)>>,
+    matched_now: HashMap<u32, Matched>,
+    /// The lists of `matched_now`, by the list of `matched` each was made from (held there
+    /// for the whole pass, so its address names it).
+    matched_lists: HashMap<*const Vec<usize>, Matched>,
     /// The keys this pass asked for.
     used: HashSet<SetKey>,
 }
@@ -259,12 +273,14 @@ impl<'c> Sets<'c> {
             rules,
             everything: Rc::new(everything),
             matched: HashMap::new(),
+            selected: HashMap::new(),
             blocks: HashMap::new(),
             cache,
             dirty,
             cluster_ips,
             unchanged: HashMap::new(),
             matched_now: HashMap::new(),
+            matched_lists: HashMap::new(),
             used: HashSet::new(),
         }
     }
@@ -366,10 +382,23 @@ impl<'c> Sets<'c> {
             return;
         }
         let matched = self.matched(id);
-        let pairs = matched
-            .iter()
-            .map(|index| (*index, self.peers.identities[*index].id))
-            .collect();
+        let pairs = match self.matched_lists.get(&Rc::as_ptr(&matched)) {
+            Some(pairs) => Arc::clone(pairs),
+            None => {
+                let pairs: Vec<(usize, u32)> = matched
+                    .iter()
+                    .map(|index| (*index, self.peers.identities[*index].id))
+                    .collect();
+                // The kept list when it is the same: one list, compared by address next time.
+                let pairs = match self.cache.matched.get(&id) {
+                    Some(kept) if **kept == pairs => Arc::clone(kept),
+                    _ => Arc::new(pairs),
+                };
+                self.matched_lists
+                    .insert(Rc::as_ptr(&matched), Arc::clone(&pairs));
+                pairs
+            }
+        };
         self.matched_now.insert(id, pairs);
     }
 
@@ -466,30 +495,43 @@ impl<'c> Sets<'c> {
         let matched = match &rule.peers {
             None => Rc::clone(&self.everything),
             Some(peers) => {
-                let mut all: Vec<usize> = Vec::new();
-                for peer in peers {
-                    match peer {
+                let mut lists: Vec<Rc<Vec<usize>>> = peers
+                    .iter()
+                    .map(|peer| match peer {
                         Peer::Pods { namespaces, pods } => {
                             let selector = PeerSelector::of(
                                 &policy.namespace,
                                 namespaces.as_ref(),
                                 pods.as_ref(),
                             );
-                            let index = self.peers.selector_index(&selector);
-                            all.extend(&self.peers.by_selector[index]);
+                            self.selected(self.peers.selector_index(&selector))
                         }
-                        Peer::Block(block) => all.extend(self.block(block).iter()),
+                        Peer::Block(block) => self.block(block),
+                    })
+                    .collect();
+                match lists.len() {
+                    1 => lists.remove(0),
+                    _ => {
+                        let mut all: Vec<usize> =
+                            lists.iter().flat_map(|l| l.iter()).copied().collect();
+                        all.sort_unstable();
+                        all.dedup();
+                        Rc::new(all)
                     }
                 }
-                if peers.len() > 1 {
-                    all.sort_unstable();
-                    all.dedup();
-                }
-                Rc::new(all)
             }
         };
         self.matched.insert(id, Rc::clone(&matched));
         matched
+    }
+
+    /// The identities selector `index` matches.
+    fn selected(&mut self, index: usize) -> Rc<Vec<usize>> {
+        let selected = self
+            .selected
+            .entry(index)
+            .or_insert_with(|| Rc::new(self.peers.by_selector[index].clone()));
+        Rc::clone(selected)
     }
 
     /// The address identities whose region `block` covers.
@@ -593,8 +635,13 @@ fn dirty_rules(
         .collect()
 }
 
-/// A map value holding `rules` (at most [`tollgate_schemas::MAX_PORT_RULES`], as `normalize`
-/// leaves them).
+/// The value of a set holding `rules`: the first [`MAX_PORT_RULES`] of them (`normalize`
+/// leaves no more), as [`value_of`] keeps them.
+pub(crate) fn rules_of(rules: &[PortRule]) -> Rules {
+    Arc::from(&rules[..rules.len().min(MAX_PORT_RULES)])
+}
+
+/// A map value holding `rules` (at most [`MAX_PORT_RULES`], as `normalize` leaves them).
 pub(crate) fn value_of(rules: &[PortRule]) -> PolicyValue {
     let mut value = PolicyValue::EMPTY;
     let kept = rules.len().min(value.rules.len());

@@ -29,11 +29,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tollgate_schemas::{PolicyValue, PortRule, port_action};
+use tollgate_schemas::{ANY_PROTOCOL, PortRule, port_action};
 
 use super::identities::Peers;
 use super::services::{self, ServiceInfo};
-use super::sets::{SetEntries, value_of};
+use super::sets::{Rules, SetEntries, rules_of};
 
 /// One ClusterIP with its backends by peer identity, found once per compilation and then
 /// asked about by every egress set.
@@ -85,8 +85,9 @@ pub(crate) struct ClusterIps {
     built: bool,
     /// Per Service, in the order of the Services.
     of_service: BTreeMap<ServiceKey, Found>,
-    /// The Services with a ready backend at each address.
-    by_backend: HashMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// The Services with a ready backend at each address, in order (a list: an address is
+    /// the backend of one Service or a few, and there are as many addresses as pods).
+    by_backend: HashMap<IpAddr, Vec<ServiceKey>>,
     /// The Services with a ClusterIP that has each identity as a backend's or as its
     /// region's: the only ones a set with no value for that identity cannot concern.
     by_identity: HashMap<usize, BTreeSet<ServiceKey>>,
@@ -177,10 +178,10 @@ impl ClusterIps {
         addresses.sort_unstable();
         addresses.dedup();
         for address in &addresses {
-            self.by_backend
-                .entry(*address)
-                .or_default()
-                .insert(key.clone());
+            let services = self.by_backend.entry(*address).or_default();
+            if let Err(at) = services.binary_search(&key) {
+                services.insert(at, key.clone());
+            }
         }
         for identity in identities_of(&cluster_ips) {
             self.by_identity
@@ -202,7 +203,7 @@ impl ClusterIps {
         let kept = self.of_service.remove(key)?;
         for address in &kept.backends {
             if let Some(services) = self.by_backend.get_mut(address) {
-                services.remove(key);
+                services.retain(|service| service != key);
                 if services.is_empty() {
                     self.by_backend.remove(address);
                 }
@@ -302,7 +303,7 @@ enum Backends {
 /// a region the set has a value for are looked at: for any other, every port is denied both by
 /// its backends and by its region, so it needs no entry.
 pub(crate) fn add_cluster_ips(entries: &mut SetEntries, cluster_ips: &ClusterIps) {
-    let added: Vec<(usize, PolicyValue)> = cluster_ips
+    let added: Vec<(usize, Rules)> = cluster_ips
         .concerning(entries.values.keys())
         .filter_map(|vip| Some((vip.identity, entry(vip, |i| entries.values.get(&i))?)))
         .collect();
@@ -323,7 +324,7 @@ pub(crate) fn patch_cluster_ips(
             .then(|| entries.values.get(&identity))
             .flatten()
     };
-    let decided: BTreeMap<usize, PolicyValue> = now
+    let decided: BTreeMap<usize, Rules> = now
         .iter()
         .filter_map(|vip| Some((vip.identity, entry(vip, lookup)?)))
         .collect();
@@ -354,17 +355,14 @@ pub(crate) fn patch_cluster_ips(
 /// The entry of `vip` in a set whose values by identity `lookup` gives (the backends' and the
 /// region's: a ClusterIP's own identity is never a rule's), when its answer differs from its
 /// region's.
-fn entry<'e>(
-    vip: &ClusterIp,
-    lookup: impl Fn(usize) -> Option<&'e PolicyValue> + Copy,
-) -> Option<PolicyValue> {
+fn entry<'e>(vip: &ClusterIp, lookup: impl Fn(usize) -> Option<&'e Rules> + Copy) -> Option<Rules> {
     let vip_value = lookup(vip.region);
     let mut rules = Vec::new();
     let mut differs = false;
     for port in &vip.ports {
         let answer = backends(port, lookup);
         let by_address = vip_value
-            .and_then(|value| value.matching_rule(port.protocol, port.port))
+            .and_then(|rules| matching_rule(rules, port.protocol, port.port))
             .filter(|rule| rule.action == port_action::ALLOW);
         differs |= match answer {
             Backends::Allowed(_) => by_address.is_none(),
@@ -388,17 +386,26 @@ fn entry<'e>(
             });
         }
     }
-    // A Service has far fewer ports than a value holds; `value_of` keeps the first ones.
-    differs.then(|| value_of(&rules))
+    // A Service has far fewer ports than a value holds; `rules_of` keeps the first ones.
+    differs.then(|| rules_of(&rules))
+}
+
+/// The rule of `rules` (a set's value for one identity) that decides `protocol` and `port`:
+/// the first that covers them, as the probe's `PolicyValue::matching_rule` finds it.
+fn matching_rule(rules: &[PortRule], protocol: u8, port: u16) -> Option<&PortRule> {
+    rules.iter().find(|rule| {
+        rule.protocol == ANY_PROTOCOL
+            || (rule.protocol == protocol && rule.port_lo <= port && port <= rule.port_hi)
+    })
 }
 
 /// What the backends of `port` say, through `lookup` (identity → the set's value).
-fn backends<'e>(port: &Port, lookup: impl Fn(usize) -> Option<&'e PolicyValue>) -> Backends {
+fn backends<'e>(port: &Port, lookup: impl Fn(usize) -> Option<&'e Rules>) -> Backends {
     let mut first = None;
     let mut denied = false;
     for (identity, target) in &port.backends {
         let rule = lookup(*identity)
-            .and_then(|value| value.matching_rule(port.protocol, *target))
+            .and_then(|rules| matching_rule(rules, port.protocol, *target))
             .filter(|rule| rule.action == port_action::ALLOW);
         match rule {
             Some(rule) => {
@@ -411,5 +418,43 @@ fn backends<'e>(port: &Port, lookup: impl Fn(usize) -> Option<&'e PolicyValue>) 
         (Some(rule_id), false) => Backends::Allowed(rule_id),
         (Some(_), true) => Backends::Partly,
         (None, _) => Backends::Denied,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::sets::value_of;
+    use tollgate_schemas::proto;
+
+    fn rule(rule_id: u32, protocol: u8, port_lo: u16, port_hi: u16) -> PortRule {
+        PortRule {
+            rule_id,
+            port_lo,
+            port_hi,
+            protocol,
+            action: port_action::ALLOW,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn a_values_rule_is_the_one_the_probe_finds() {
+        let values = [
+            vec![],
+            vec![rule(1, proto::TCP, 80, 80)],
+            vec![rule(1, proto::TCP, 8000, 8080), rule(2, proto::UDP, 53, 53)],
+            vec![rule(3, ANY_PROTOCOL, 0, 0), rule(4, proto::TCP, 80, 80)],
+        ];
+        for rules in &values {
+            let value = value_of(rules);
+            for (protocol, port) in [(proto::TCP, 80), (proto::TCP, 8080), (proto::UDP, 53)] {
+                assert_eq!(
+                    matching_rule(&rules_of(rules), protocol, port),
+                    value.matching_rule(protocol, port),
+                    "{rules:?} {protocol}/{port}"
+                );
+            }
+        }
     }
 }
