@@ -150,10 +150,9 @@ pub fn agent(shape: Shape, dir: &Path) -> Result<AgentCase, String> {
         .map_or(start, |changes| changes.last_arrival.into_std());
     let compiled = agent.synced().ok_or("the first pass did not sync")?;
     let mut identities = Identities::default();
-    identities.observe(&pass.pods, agent.node_addresses(), compiled, 0);
+    identities.observe(pass.pods, agent.node_addresses(), compiled, 0);
     let identities_count = compiled.ids.identities.len();
     let report = pass.report;
-    drop(pass.pods);
     let case = AgentCase {
         shape,
         list_ms: (listed - start).as_secs_f64() * 1e3,

@@ -750,7 +750,7 @@ pub async fn run_agent_with<S: ClusterSource>(
             if let Some(compiled) = agent.synced() {
                 let mut identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
                 let now = boottime_ns();
-                identities.observe(&pass.pods, agent.node_addresses(), compiled, now);
+                identities.observe(pass.pods, agent.node_addresses(), compiled, now);
                 identities.observe_interfaces(interfaces, now);
                 drop(identities);
                 if let Some(passes) = &passes {

@@ -165,16 +165,16 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         let node = self.synced_once;
         let changes = loop {
             let woke = tokio::select! {
-                changes = self.source.changed() => Some(Some(changes?)),
-                () = &mut retry => Some(None),
-                () = &mut drift => Some(None),
-                () = self.endpoints.changed(), if node => Some(None),
-                () = notified(self.backlog.as_deref()) => None,
+                changes = self.source.changed() => Woke::Pass(Some(changes?)),
+                () = &mut retry => Woke::Pass(None),
+                () = &mut drift => Woke::Pass(None),
+                () = self.endpoints.changed(), if node => Woke::Pass(None),
+                () = notified(self.backlog.as_deref()) => Woke::Backlog,
             };
             match woke {
-                Some(changes) => break changes,
+                Woke::Pass(changes) => break changes,
                 // Taken now (a first list as it arrives), compiled with their batch.
-                None => self.take_changes(),
+                Woke::Backlog => self.take_changes(),
             }
         };
         let check_drift = self.drift_at.is_some_and(|due| due <= Instant::now());
@@ -244,6 +244,15 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         );
         error
     }
+}
+
+/// What ended a wait of [`Agent::next`].
+enum Woke {
+    /// A pass is due: for a batch of changes, or without one (`None`: a retry, a drift check,
+    /// a change of the node).
+    Pass(Option<Changes>),
+    /// The source holds a backlog to take.
+    Backlog,
 }
 
 /// Resolves at `at`; never without it.

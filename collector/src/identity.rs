@@ -483,7 +483,7 @@ impl Identities {
     /// already claimed keeps its place. A pod given again unchanged opens no span.
     pub fn observe(
         &mut self,
-        pods: &PodChanges,
+        pods: PodChanges,
         node_addresses: &[IpAddr],
         compiled: &Compiled,
         at_ns: u64,
@@ -538,14 +538,12 @@ impl Identities {
 
     /// Applies the pod changes of `pods` to the claims, and sets the history of every address
     /// whose claims changed to its last claimant from `at_ns` on (or ends it).
-    fn observe_pods(&mut self, pods: &PodChanges, at_ns: u64) {
+    fn observe_pods(&mut self, pods: PodChanges, at_ns: u64) {
         let mut changed: BTreeSet<[u8; 16]> = BTreeSet::new();
         let mut dropped = false;
         for (key, update) in pods {
-            let old = self.pod_claims.remove(key);
-            let new = update
-                .as_ref()
-                .map(|claims| kept(claims, old.as_ref(), &mut self.label_sets));
+            let old = self.pod_claims.remove(&key);
+            let new = update.map(|claims| kept(claims, old.as_ref(), &mut self.label_sets));
             dropped |= old.is_some();
             if let Some(old) = &old {
                 for address in &old.addresses {
@@ -556,7 +554,7 @@ impl Identities {
                         continue;
                     }
                     if let Some(claimants) = self.claimants.get_mut(address) {
-                        claimants.retain(|claimant| !is_pod(claimant, key));
+                        claimants.retain(|claimant| !is_pod(claimant, &key));
                         if claimants.is_empty() {
                             self.claimants.remove(address);
                         }
@@ -569,7 +567,7 @@ impl Identities {
             };
             for address in &new.addresses {
                 let claimants = self.claimants.entry(*address).or_default();
-                match claimants.iter_mut().find(|claimant| is_pod(claimant, key)) {
+                match claimants.iter_mut().find(|claimant| is_pod(claimant, &key)) {
                     Some(claimant) => {
                         if !Arc::ptr_eq(claimant, &new.identity) {
                             *claimant = Arc::clone(&new.identity);
@@ -582,7 +580,7 @@ impl Identities {
                     }
                 }
             }
-            self.pod_claims.insert(key.clone(), new);
+            self.pod_claims.insert(key, new);
         }
         for address in &changed {
             match self
@@ -682,7 +680,7 @@ fn is_host_network(pod: &Pod) -> bool {
 /// `claims` as kept: the identity of `old` (what the pod claimed before) when equal, so that
 /// the claims and the history share one, and else one whose label map is shared with the
 /// identities that have the same.
-fn kept(claims: &PodClaims, old: Option<&PodClaims>, label_sets: &mut LabelSets) -> PodClaims {
+fn kept(claims: PodClaims, old: Option<&PodClaims>, label_sets: &mut LabelSets) -> PodClaims {
     let identity = match old {
         Some(old) if old.identity == claims.identity => Arc::clone(&old.identity),
         _ => {
@@ -698,7 +696,7 @@ fn kept(claims: &PodClaims, old: Option<&PodClaims>, label_sets: &mut LabelSets)
     };
     PodClaims {
         identity,
-        addresses: claims.addresses.clone(),
+        addresses: claims.addresses,
     }
 }
 
@@ -793,7 +791,7 @@ mod tests {
     }
 
     fn observe(identities: &mut Identities, pods: &Updates<Pod>, at_ns: u64) {
-        identities.observe(&pod_changes(pods), &[], &Compiled::default(), at_ns);
+        identities.observe(pod_changes(pods), &[], &Compiled::default(), at_ns);
     }
 
     /// The pod that held `ip` at `ts_ns`: its serial, name and labels.
@@ -951,10 +949,10 @@ mod tests {
         let web = pod("web", &[("app", "web")], &["10.0.0.1"], false);
         let node: IpAddr = "192.168.1.10".parse().unwrap();
         let pods = pod_changes(&updates(&[&web], &[]));
-        identities.observe(&pods, &[node], &Compiled::default(), 0);
+        identities.observe(pods, &[node], &Compiled::default(), 0);
         let holding = identities.holder_at(&addr::to_bytes(node), 50).unwrap();
         assert_eq!(holding.holder, Holder::Node);
-        identities.observe(&PodChanges::new(), &[], &Compiled::default(), 100);
+        identities.observe(PodChanges::new(), &[], &Compiled::default(), 100);
         assert!(identities.holder_at(&addr::to_bytes(node), 150).is_none());
         assert_eq!(held(&identities, "10.0.0.1", 150).unwrap().1, "web");
     }

@@ -524,7 +524,7 @@ fn the_deciding_endpoints_interface_and_eni_are_recorded() {
     {
         let mut identities = identities.lock().unwrap();
         identities.observe(
-            &pods_delta(&Snapshot::default(), &snapshot),
+            pods_delta(&Snapshot::default(), &snapshot),
             &snapshot.node_addresses,
             &compiled,
             boottime_ns(),
@@ -596,7 +596,7 @@ fn a_parquet_round_trip_keeps_every_column() {
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
     identities.lock().unwrap().observe(
-        &pods_delta(&Snapshot::default(), &snapshot),
+        pods_delta(&Snapshot::default(), &snapshot),
         &snapshot.node_addresses,
         &compiled,
         boottime_ns(),
@@ -1013,7 +1013,7 @@ status:
     };
 
     identities.lock().unwrap().observe(
-        &pods_delta(&Snapshot::default(), &before),
+        pods_delta(&Snapshot::default(), &before),
         &before.node_addresses,
         &compiled_before,
         at(t0),
@@ -1021,7 +1021,7 @@ status:
     pipeline.ingest(&[from_reused(t1, 1)]);
     // A is deleted; B gets its address.
     identities.lock().unwrap().observe(
-        &pods_delta(&before, &after),
+        pods_delta(&before, &after),
         &after.node_addresses,
         &compiled_after,
         at(t2),
@@ -1361,7 +1361,7 @@ fn records_name_the_service_a_flow_was_addressed_to() {
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
     identities.lock().unwrap().observe(
-        &pods_delta(&Snapshot::default(), &snapshot),
+        pods_delta(&Snapshot::default(), &snapshot),
         &snapshot.node_addresses,
         &compiled,
         boottime_ns(),
@@ -1557,7 +1557,7 @@ spec:
         ..tcp(TOOLBOX, 41_000, WEB_CLUSTER_IP, 80, at(second))
     };
     identities.lock().unwrap().observe(
-        &pods_delta(&Snapshot::default(), &before),
+        pods_delta(&Snapshot::default(), &before),
         &before.node_addresses,
         &compiled_before,
         at(t0),
@@ -1565,7 +1565,7 @@ spec:
     pipeline.ingest(&[to_cluster_ip(t1, 1)]);
     // web is deleted; search gets its ClusterIP.
     identities.lock().unwrap().observe(
-        &pods_delta(&before, &after),
+        pods_delta(&before, &after),
         &after.node_addresses,
         &compiled_after,
         at(t2),
@@ -1616,7 +1616,7 @@ status:
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
     identities.lock().unwrap().observe(
-        &pods_delta(&Snapshot::default(), &snapshot),
+        pods_delta(&Snapshot::default(), &snapshot),
         &snapshot.node_addresses,
         &compiled,
         boottime_ns(),
