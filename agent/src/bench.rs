@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tollgate_collector::identity::Identities;
 use tollgate_enforcer::{
     bench::scale::{Shape, current_rss_mib, generate},
-    compile::ClusterObject,
+    compile::{ClusterObject, ObjectKind},
     desired::{Capacity, DesiredState, PeerEntryKey},
     snapshot::Delta,
     sync::{MapFull, PolicyMaps},
@@ -46,7 +46,7 @@ use tollgate_schemas::{
 use crate::run::Agent;
 use crate::slim::{slim_endpoint_slice, slim_namespace, slim_pod, slim_policy, slim_service};
 use crate::source::ClusterSource;
-use crate::watch::{ChangeLog, Changes, Debounce, Follower, Kind};
+use crate::watch::{ChangeLog, Changes, Debounce, Follower};
 
 /// Objects per page of a list (kube's watcher asks for 500).
 const PAGE: usize = 500;
@@ -55,12 +55,12 @@ const PAGE: usize = 500;
 const LOCAL: &str = "local.json";
 
 /// The kinds of a listing, in the order they are read, with their files.
-const FILES: [(Kind, &str); 5] = [
-    (Kind::Namespace, "namespaces.jsonl"),
-    (Kind::Pod, "pods.jsonl"),
-    (Kind::NetworkPolicy, "policies.jsonl"),
-    (Kind::Service, "services.jsonl"),
-    (Kind::EndpointSlice, "endpointslices.jsonl"),
+const FILES: [(ObjectKind, &str); 5] = [
+    (ObjectKind::Namespace, "namespaces.jsonl"),
+    (ObjectKind::Pod, "pods.jsonl"),
+    (ObjectKind::NetworkPolicy, "policies.jsonl"),
+    (ObjectKind::Service, "services.jsonl"),
+    (ObjectKind::EndpointSlice, "endpointslices.jsonl"),
 ];
 
 /// What one case measured.
@@ -91,15 +91,15 @@ pub fn write_listing(shape: Shape, dir: &Path) -> Result<(), String> {
     let snapshot = cluster.snapshot;
     let local = serde_json::to_vec(&cluster.local).map_err(|e| e.to_string())?;
     std::fs::write(dir.join(LOCAL), local).map_err(|e| format!("{}: {e}", LOCAL))?;
-    write_list(dir, Kind::Namespace, &snapshot.namespaces)?;
-    write_list(dir, Kind::Pod, &snapshot.pods)?;
-    write_list(dir, Kind::NetworkPolicy, &snapshot.policies)?;
-    write_list(dir, Kind::Service, &snapshot.services)?;
-    write_list(dir, Kind::EndpointSlice, &snapshot.endpoint_slices)
+    write_list(dir, ObjectKind::Namespace, &snapshot.namespaces)?;
+    write_list(dir, ObjectKind::Pod, &snapshot.pods)?;
+    write_list(dir, ObjectKind::NetworkPolicy, &snapshot.policies)?;
+    write_list(dir, ObjectKind::Service, &snapshot.services)?;
+    write_list(dir, ObjectKind::EndpointSlice, &snapshot.endpoint_slices)
 }
 
 /// Writes the list of `kind`, one object per line.
-fn write_list<K: Serialize>(dir: &Path, kind: Kind, objects: &[K]) -> Result<(), String> {
+fn write_list<K: Serialize>(dir: &Path, kind: ObjectKind, objects: &[K]) -> Result<(), String> {
     let path = list_path(dir, kind);
     let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let mut out = BufWriter::new(File::create(&path).map_err(|e| failed(&e))?);
@@ -110,7 +110,7 @@ fn write_list<K: Serialize>(dir: &Path, kind: Kind, objects: &[K]) -> Result<(),
     out.flush().map_err(|e| failed(&e))
 }
 
-fn list_path(dir: &Path, kind: Kind) -> PathBuf {
+fn list_path(dir: &Path, kind: ObjectKind) -> PathBuf {
     let (_, file) = FILES
         .iter()
         .find(|(listed, _)| *listed == kind)
@@ -217,11 +217,15 @@ impl Listing {
             done: 0,
             reading: None,
             error: None,
-            namespaces: Follower::new(Kind::Namespace, changes.clone(), backlog.clone()),
-            pods: Follower::new(Kind::Pod, changes.clone(), backlog.clone()),
-            policies: Follower::new(Kind::NetworkPolicy, changes.clone(), backlog.clone()),
-            services: Follower::new(Kind::Service, changes.clone(), backlog.clone()),
-            endpoint_slices: Follower::new(Kind::EndpointSlice, changes.clone(), backlog.clone()),
+            namespaces: Follower::new(ObjectKind::Namespace, changes.clone(), backlog.clone()),
+            pods: Follower::new(ObjectKind::Pod, changes.clone(), backlog.clone()),
+            policies: Follower::new(ObjectKind::NetworkPolicy, changes.clone(), backlog.clone()),
+            services: Follower::new(ObjectKind::Service, changes.clone(), backlog.clone()),
+            endpoint_slices: Follower::new(
+                ObjectKind::EndpointSlice,
+                changes.clone(),
+                backlog.clone(),
+            ),
             changes,
             backlog,
         })
@@ -259,24 +263,26 @@ impl Listing {
     }
 
     /// The list of `kind` starts (`None`), or holds the object `line`.
-    fn event(&mut self, kind: Kind, line: Option<&str>) -> Result<(), String> {
+    fn event(&mut self, kind: ObjectKind, line: Option<&str>) -> Result<(), String> {
         match kind {
-            Kind::Namespace => listed(&mut self.namespaces, line, slim_namespace),
-            Kind::Pod => listed(&mut self.pods, line, slim_pod),
-            Kind::NetworkPolicy => listed(&mut self.policies, line, slim_policy),
-            Kind::Service => listed(&mut self.services, line, slim_service),
-            Kind::EndpointSlice => listed(&mut self.endpoint_slices, line, slim_endpoint_slice),
+            ObjectKind::Namespace => listed(&mut self.namespaces, line, slim_namespace),
+            ObjectKind::Pod => listed(&mut self.pods, line, slim_pod),
+            ObjectKind::NetworkPolicy => listed(&mut self.policies, line, slim_policy),
+            ObjectKind::Service => listed(&mut self.services, line, slim_service),
+            ObjectKind::EndpointSlice => {
+                listed(&mut self.endpoint_slices, line, slim_endpoint_slice)
+            }
         }
     }
 
     /// The list of `kind` is complete.
-    fn finish(&mut self, kind: Kind) {
+    fn finish(&mut self, kind: ObjectKind) {
         match kind {
-            Kind::Namespace => self.namespaces.follow(watcher::Event::InitDone),
-            Kind::Pod => self.pods.follow(watcher::Event::InitDone),
-            Kind::NetworkPolicy => self.policies.follow(watcher::Event::InitDone),
-            Kind::Service => self.services.follow(watcher::Event::InitDone),
-            Kind::EndpointSlice => self.endpoint_slices.follow(watcher::Event::InitDone),
+            ObjectKind::Namespace => self.namespaces.follow(watcher::Event::InitDone),
+            ObjectKind::Pod => self.pods.follow(watcher::Event::InitDone),
+            ObjectKind::NetworkPolicy => self.policies.follow(watcher::Event::InitDone),
+            ObjectKind::Service => self.services.follow(watcher::Event::InitDone),
+            ObjectKind::EndpointSlice => self.endpoint_slices.follow(watcher::Event::InitDone),
         }
     }
 }

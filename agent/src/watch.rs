@@ -54,7 +54,7 @@ use tokio::{
     time::Instant,
 };
 use tollgate_enforcer::{
-    compile::ClusterObject,
+    compile::{ClusterObject, ObjectKind},
     snapshot::{Delta, Updates},
 };
 
@@ -65,34 +65,6 @@ use crate::slim::{
 
 /// Changes one kind holds for the next delta before [`Watchers::backlog`] is notified.
 pub const BACKLOG: usize = 2_000;
-
-/// The kinds the agent watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    /// v1 Namespace.
-    Namespace,
-    /// v1 Pod.
-    Pod,
-    /// networking.k8s.io/v1 NetworkPolicy.
-    NetworkPolicy,
-    /// v1 Service.
-    Service,
-    /// discovery.k8s.io/v1 EndpointSlice.
-    EndpointSlice,
-}
-
-impl Kind {
-    /// The kind's name, as the API spells it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Kind::Namespace => "Namespace",
-            Kind::Pod => "Pod",
-            Kind::NetworkPolicy => "NetworkPolicy",
-            Kind::Service => "Service",
-            Kind::EndpointSlice => "EndpointSlice",
-        }
-    }
-}
 
 /// How bursts of changes are coalesced into one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,19 +105,19 @@ pub struct Changes {
     pub last_arrival: Instant,
     /// The newest resourceVersion seen per kind (of an event's object; a list does not name
     /// one). Opaque strings, as the API server hands them out.
-    pub resource_versions: BTreeMap<Kind, String>,
+    pub resource_versions: BTreeMap<ObjectKind, String>,
     /// Kinds whose store was replaced by a complete list: the first list, or a relist after
     /// the watch expired.
-    pub listed: BTreeSet<Kind>,
+    pub listed: BTreeSet<ObjectKind>,
 }
 
 /// One change, as the recording side sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Change {
     /// An object was added, changed or deleted; its resourceVersion.
-    Event(Kind, Option<String>),
+    Event(ObjectKind, Option<String>),
     /// A kind's store was replaced by a complete list.
-    Listed(Kind),
+    Listed(ObjectKind),
     /// A static snapshot was replaced.
     Update,
 }
@@ -227,7 +199,7 @@ impl ChangeLog {
     }
 }
 
-/// The watches of one agent (one per [`Kind`]), the changes they hold for the next delta,
+/// The watches of one agent (one per [`ObjectKind`]), the changes they hold for the next delta,
 /// and the change log they feed.
 ///
 /// Dropping it stops the watches.
@@ -257,11 +229,11 @@ impl Watchers {
             tasks: JoinSet::new(),
         };
         Watchers {
-            namespaces: spawner.watch(Kind::Namespace, slim_namespace),
-            pods: spawner.watch(Kind::Pod, slim_pod),
-            policies: spawner.watch(Kind::NetworkPolicy, slim_policy),
-            services: spawner.watch(Kind::Service, slim_service),
-            endpoint_slices: spawner.watch(Kind::EndpointSlice, slim_endpoint_slice),
+            namespaces: spawner.watch(ObjectKind::Namespace, slim_namespace),
+            pods: spawner.watch(ObjectKind::Pod, slim_pod),
+            policies: spawner.watch(ObjectKind::NetworkPolicy, slim_policy),
+            services: spawner.watch(ObjectKind::Service, slim_service),
+            endpoint_slices: spawner.watch(ObjectKind::EndpointSlice, slim_endpoint_slice),
             changes,
             backlog,
             _tasks: spawner.tasks,
@@ -271,11 +243,13 @@ impl Watchers {
     /// Resolves once every kind's first list is complete. Fails only when a watch stopped
     /// before that (its task panicked).
     pub async fn ready(&self) -> Result<(), crate::Error> {
-        self.namespaces.ready(Kind::Namespace).await?;
-        self.pods.ready(Kind::Pod).await?;
-        self.policies.ready(Kind::NetworkPolicy).await?;
-        self.services.ready(Kind::Service).await?;
-        self.endpoint_slices.ready(Kind::EndpointSlice).await?;
+        self.namespaces.ready(ObjectKind::Namespace).await?;
+        self.pods.ready(ObjectKind::Pod).await?;
+        self.policies.ready(ObjectKind::NetworkPolicy).await?;
+        self.services.ready(ObjectKind::Service).await?;
+        self.endpoint_slices
+            .ready(ObjectKind::EndpointSlice)
+            .await?;
         Ok(())
     }
 
@@ -317,7 +291,7 @@ pub(crate) struct Pending<K> {
 
 impl<K> Pending<K> {
     /// Resolves once the first list of the kind is complete.
-    async fn ready(&self, kind: Kind) -> Result<(), crate::Error> {
+    async fn ready(&self, kind: ObjectKind) -> Result<(), crate::Error> {
         let mut listed = self.listed.clone();
         listed
             .wait_for(|listed| *listed)
@@ -383,7 +357,7 @@ struct Spawner {
 
 impl Spawner {
     /// Starts the watch of `kind`, slimming every object with `slim`; the changes it holds.
-    fn watch<K: Watched>(&mut self, kind: Kind, slim: fn(&mut K)) -> Arc<Pending<K>> {
+    fn watch<K: Watched>(&mut self, kind: ObjectKind, slim: fn(&mut K)) -> Arc<Pending<K>> {
         let follower = Follower::new(kind, self.changes.clone(), self.backlog.clone());
         let pending = follower.pending.clone();
         self.tasks.spawn(follow(
@@ -399,7 +373,7 @@ impl Spawner {
 /// One kind's watch, as it follows the API server: what it has handed on of each object, the
 /// list under way, and where changes go.
 pub(crate) struct Follower<K> {
-    kind: Kind,
+    kind: ObjectKind,
     /// Every object handed on and not gone since: the fingerprint of what was handed on.
     known: HashMap<Key, Fingerprint>,
     /// The keys of the list under way (from `Init` to `InitDone`).
@@ -413,7 +387,11 @@ pub(crate) struct Follower<K> {
 impl<K> Follower<K> {
     /// The follower of `kind`, before its first list, recording into `changes` and
     /// notifying `backlog` (see [`BACKLOG`]).
-    pub(crate) fn new(kind: Kind, changes: Arc<ChangeLog>, backlog: Arc<Notify>) -> Follower<K> {
+    pub(crate) fn new(
+        kind: ObjectKind,
+        changes: Arc<ChangeLog>,
+        backlog: Arc<Notify>,
+    ) -> Follower<K> {
         let (listed_tx, listed) = watch::channel(false);
         Follower {
             kind,
@@ -553,7 +531,7 @@ mod tests {
     #[tokio::test]
     async fn only_changes_are_handed_on_and_a_relist_hands_on_what_it_no_longer_lists() {
         let changes = Arc::new(ChangeLog::default());
-        let mut follower = Follower::new(Kind::Namespace, changes.clone(), Arc::default());
+        let mut follower = Follower::new(ObjectKind::Namespace, changes.clone(), Arc::default());
         let pending = follower.pending.clone();
         let events = |changes: &ChangeLog| {
             let batch = changes.state.lock().unwrap().pending.take();
@@ -566,7 +544,7 @@ mod tests {
         assert_eq!(events(&changes), 0, "a list counts once it is complete");
         follower.follow(watcher::Event::InitDone);
         assert_eq!(events(&changes), 1);
-        pending.ready(Kind::Namespace).await.unwrap();
+        pending.ready(ObjectKind::Namespace).await.unwrap();
         assert_eq!(
             taken(&pending),
             [
@@ -605,7 +583,7 @@ mod tests {
     fn a_long_list_is_to_be_taken_as_it_arrives() {
         use futures::FutureExt;
         let backlog = Arc::new(Notify::new());
-        let mut follower = Follower::new(Kind::Namespace, Arc::default(), backlog.clone());
+        let mut follower = Follower::new(ObjectKind::Namespace, Arc::default(), backlog.clone());
         follower.follow(watcher::Event::Init);
         for i in 1..BACKLOG {
             follower.follow(watcher::Event::InitApply(namespace(
@@ -634,17 +612,17 @@ mod tests {
             max_delay: Duration::from_millis(1000),
         };
         let started = tokio::time::Instant::now();
-        log.record(Change::Listed(Kind::Pod));
-        log.record(Change::Event(Kind::Pod, Some("7".to_owned())));
-        log.record(Change::Event(Kind::Pod, Some("8".to_owned())));
-        log.record(Change::Event(Kind::Namespace, None));
+        log.record(Change::Listed(ObjectKind::Pod));
+        log.record(Change::Event(ObjectKind::Pod, Some("7".to_owned())));
+        log.record(Change::Event(ObjectKind::Pod, Some("8".to_owned())));
+        log.record(Change::Event(ObjectKind::Namespace, None));
         let batch = log.next(debounce).await.unwrap();
         assert_eq!(batch.events, 4);
         assert_eq!(
             batch.resource_versions,
-            BTreeMap::from([(Kind::Pod, "8".to_owned())])
+            BTreeMap::from([(ObjectKind::Pod, "8".to_owned())])
         );
-        assert_eq!(batch.listed, BTreeSet::from([Kind::Pod]));
+        assert_eq!(batch.listed, BTreeSet::from([ObjectKind::Pod]));
         assert_eq!(started.elapsed(), Duration::from_millis(100));
 
         // A change every 60 ms never leaves 100 ms of quiet: the batch goes after 1 s, with
@@ -652,7 +630,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let feeding = async {
             for _ in 0..40 {
-                log.record(Change::Event(Kind::Pod, None));
+                log.record(Change::Event(ObjectKind::Pod, None));
                 tokio::time::sleep(Duration::from_millis(60)).await;
             }
         };

@@ -25,9 +25,9 @@ use tollgate_agent::{
     reconcile::LocalEndpoints,
     run::{Agent, Pass},
     source::KubeSource,
-    watch::Kind,
 };
 use tollgate_enforcer::{
+    compile::ObjectKind,
     decision::{Decision, ProbeFlow},
     desired::{Capacity, DesiredState, PeerEntryKey},
     model::{decide_flow, decide_hook},
@@ -406,11 +406,11 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
     assert_eq!(
         changes.listed,
         BTreeSet::from([
-            Kind::Namespace,
-            Kind::Pod,
-            Kind::NetworkPolicy,
-            Kind::Service,
-            Kind::EndpointSlice
+            ObjectKind::Namespace,
+            ObjectKind::Pod,
+            ObjectKind::NetworkPolicy,
+            ObjectKind::Service,
+            ObjectKind::EndpointSlice
         ])
     );
     let compiled = node.agent.synced().unwrap();
@@ -502,7 +502,7 @@ async fn a_new_pod_is_enforced_once_it_has_an_address() {
     );
     let scheduled = node.pass().await;
     let changes = scheduled.pass.changes.as_ref().unwrap();
-    assert_eq!(changes.resource_versions[&Kind::Pod], "1102");
+    assert_eq!(changes.resource_versions[&ObjectKind::Pod], "1102");
     scheduled.assert_written(&[]);
 
     // Its address, then Running, in one burst: one pass. The new pod's entries are written
@@ -516,7 +516,7 @@ async fn a_new_pod_is_enforced_once_it_has_an_address() {
     let addressed = node.pass().await;
     let changes = addressed.pass.changes.as_ref().unwrap();
     assert_eq!(changes.events, 2);
-    assert_eq!(changes.resource_versions[&Kind::Pod], "1107");
+    assert_eq!(changes.resource_versions[&ObjectKind::Pod], "1107");
     addressed.assert_written(&["default/nginx-7c5ddbdf54-x2x9k", "default/amazonlinux"]);
 
     let new = node.endpoint("default/nginx-7c5ddbdf54-x2x9k").unwrap();
@@ -566,7 +566,7 @@ async fn a_label_change_rewrites_only_the_endpoints_it_affects() {
     let relabelled = node.pass().await;
     let changes = relabelled.pass.changes.as_ref().unwrap();
     assert_eq!(changes.events, 1);
-    assert_eq!(changes.resource_versions[&Kind::Pod], "1203");
+    assert_eq!(changes.resource_versions[&ObjectKind::Pod], "1203");
     relabelled.assert_written(&["default/httpd", "default/amazonlinux"]);
     for (pod, state) in before {
         assert_eq!(node.endpoint(pod), Some(state), "{pod}");
@@ -603,7 +603,7 @@ async fn a_deleted_policy_lifts_its_enforcement() {
     );
     let deleted = node.pass().await;
     assert_eq!(
-        deleted.pass.changes.as_ref().unwrap().resource_versions[&Kind::NetworkPolicy],
+        deleted.pass.changes.as_ref().unwrap().resource_versions[&ObjectKind::NetworkPolicy],
         "1301"
     );
     deleted.assert_written(&["default/nginx", "default/httpd", "default/amazonlinux"]);
@@ -646,7 +646,7 @@ async fn a_namespace_label_change_reaches_the_policies_that_select_it() {
     );
     let labelled = node.pass().await;
     assert_eq!(
-        labelled.pass.changes.as_ref().unwrap().resource_versions[&Kind::Namespace],
+        labelled.pass.changes.as_ref().unwrap().resource_versions[&ObjectKind::Namespace],
         "1401"
     );
     labelled.assert_written(&["default/nginx"]);
@@ -704,7 +704,7 @@ async fn an_expired_watch_relists_and_loses_no_deletion() {
         .serve(Resource::Pods, Verb::List, "watch-restart/pods.list.json");
     let relisted = node.pass().await;
     let changes = relisted.pass.changes.as_ref().unwrap();
-    assert_eq!(changes.listed, BTreeSet::from([Kind::Pod]));
+    assert_eq!(changes.listed, BTreeSet::from([ObjectKind::Pod]));
     relisted.assert_written(&["default/amazonlinux", "default/nginx", "default/curl"]);
     assert_eq!(node.endpoint("default/amazonlinux"), None);
     // No policy entry is left of a set no endpoint uses, and curl (isolated by all-deny
@@ -752,7 +752,7 @@ async fn services_and_their_backends_reach_the_compiler() {
     assert_eq!(
         (
             changes.events,
-            changes.resource_versions[&Kind::Service].as_str()
+            changes.resource_versions[&ObjectKind::Service].as_str()
         ),
         (2, "1702")
     );
@@ -776,7 +776,7 @@ async fn services_and_their_backends_reach_the_compiler() {
     );
     let sliced = node.pass().await;
     assert_eq!(
-        sliced.pass.changes.as_ref().unwrap().resource_versions[&Kind::EndpointSlice],
+        sliced.pass.changes.as_ref().unwrap().resource_versions[&ObjectKind::EndpointSlice],
         "1704"
     );
     sliced.assert_written(&[]);
@@ -802,7 +802,7 @@ async fn services_and_their_backends_reach_the_compiler() {
         .serve(Resource::Pods, Verb::Watch, "services/pods.watch.jsonl");
     let arrived = node.pass().await;
     assert_eq!(
-        arrived.pass.changes.as_ref().unwrap().resource_versions[&Kind::Pod],
+        arrived.pass.changes.as_ref().unwrap().resource_versions[&ObjectKind::Pod],
         "1709"
     );
     arrived.assert_written(&["default/amazonlinux"]);
@@ -825,7 +825,7 @@ async fn services_and_their_backends_reach_the_compiler() {
     assert_eq!(
         (
             changes.events,
-            changes.resource_versions[&Kind::EndpointSlice].as_str()
+            changes.resource_versions[&ObjectKind::EndpointSlice].as_str()
         ),
         (2, "1722")
     );
@@ -848,7 +848,7 @@ async fn services_and_their_backends_reach_the_compiler() {
     assert_eq!(
         (
             changes.events,
-            changes.resource_versions[&Kind::Service].as_str()
+            changes.resource_versions[&ObjectKind::Service].as_str()
         ),
         (1, "1731")
     );
