@@ -91,16 +91,16 @@ pub fn write_listing(shape: Shape, dir: &Path) -> Result<(), String> {
     let snapshot = cluster.snapshot;
     let local = serde_json::to_vec(&cluster.local).map_err(|e| e.to_string())?;
     std::fs::write(dir.join(LOCAL), local).map_err(|e| format!("{}: {e}", LOCAL))?;
-    write_list(dir, ObjectKind::Namespace, &snapshot.namespaces)?;
-    write_list(dir, ObjectKind::Pod, &snapshot.pods)?;
-    write_list(dir, ObjectKind::NetworkPolicy, &snapshot.policies)?;
-    write_list(dir, ObjectKind::Service, &snapshot.services)?;
-    write_list(dir, ObjectKind::EndpointSlice, &snapshot.endpoint_slices)
+    write_list(dir, &snapshot.namespaces)?;
+    write_list(dir, &snapshot.pods)?;
+    write_list(dir, &snapshot.policies)?;
+    write_list(dir, &snapshot.services)?;
+    write_list(dir, &snapshot.endpoint_slices)
 }
 
-/// Writes the list of `kind`, one object per line.
-fn write_list<K: Serialize>(dir: &Path, kind: ObjectKind, objects: &[K]) -> Result<(), String> {
-    let path = list_path(dir, kind);
+/// Writes the list of `K`, one object per line.
+fn write_list<K: ClusterObject + Serialize>(dir: &Path, objects: &[K]) -> Result<(), String> {
+    let path = list_path(dir, K::OBJECT_KIND);
     let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let mut out = BufWriter::new(File::create(&path).map_err(|e| failed(&e))?);
     for object in objects {
@@ -217,15 +217,11 @@ impl Listing {
             done: 0,
             reading: None,
             error: None,
-            namespaces: Follower::new(ObjectKind::Namespace, changes.clone(), backlog.clone()),
-            pods: Follower::new(ObjectKind::Pod, changes.clone(), backlog.clone()),
-            policies: Follower::new(ObjectKind::NetworkPolicy, changes.clone(), backlog.clone()),
-            services: Follower::new(ObjectKind::Service, changes.clone(), backlog.clone()),
-            endpoint_slices: Follower::new(
-                ObjectKind::EndpointSlice,
-                changes.clone(),
-                backlog.clone(),
-            ),
+            namespaces: Follower::new(changes.clone(), backlog.clone()),
+            pods: Follower::new(changes.clone(), backlog.clone()),
+            policies: Follower::new(changes.clone(), backlog.clone()),
+            services: Follower::new(changes.clone(), backlog.clone()),
+            endpoint_slices: Follower::new(changes.clone(), backlog.clone()),
             changes,
             backlog,
         })

@@ -229,11 +229,11 @@ impl Watchers {
             tasks: JoinSet::new(),
         };
         Watchers {
-            namespaces: spawner.watch(ObjectKind::Namespace, slim_namespace),
-            pods: spawner.watch(ObjectKind::Pod, slim_pod),
-            policies: spawner.watch(ObjectKind::NetworkPolicy, slim_policy),
-            services: spawner.watch(ObjectKind::Service, slim_service),
-            endpoint_slices: spawner.watch(ObjectKind::EndpointSlice, slim_endpoint_slice),
+            namespaces: spawner.watch(slim_namespace),
+            pods: spawner.watch(slim_pod),
+            policies: spawner.watch(slim_policy),
+            services: spawner.watch(slim_service),
+            endpoint_slices: spawner.watch(slim_endpoint_slice),
             changes,
             backlog,
             _tasks: spawner.tasks,
@@ -243,13 +243,11 @@ impl Watchers {
     /// Resolves once every kind's first list is complete. Fails only when a watch stopped
     /// before that (its task panicked).
     pub async fn ready(&self) -> Result<(), crate::Error> {
-        self.namespaces.ready(ObjectKind::Namespace).await?;
-        self.pods.ready(ObjectKind::Pod).await?;
-        self.policies.ready(ObjectKind::NetworkPolicy).await?;
-        self.services.ready(ObjectKind::Service).await?;
-        self.endpoint_slices
-            .ready(ObjectKind::EndpointSlice)
-            .await?;
+        self.namespaces.ready().await?;
+        self.pods.ready().await?;
+        self.policies.ready().await?;
+        self.services.ready().await?;
+        self.endpoint_slices.ready().await?;
         Ok(())
     }
 
@@ -289,15 +287,17 @@ pub(crate) struct Pending<K> {
     backlog: Arc<Notify>,
 }
 
-impl<K> Pending<K> {
+impl<K: ClusterObject> Pending<K> {
     /// Resolves once the first list of the kind is complete.
-    async fn ready(&self, kind: ObjectKind) -> Result<(), crate::Error> {
+    async fn ready(&self) -> Result<(), crate::Error> {
         let mut listed = self.listed.clone();
         listed
             .wait_for(|listed| *listed)
             .await
             .map(|_| ())
-            .map_err(|_| crate::Error::WatchStopped { kind: kind.name() })
+            .map_err(|_| crate::Error::WatchStopped {
+                kind: K::OBJECT_KIND.name(),
+            })
     }
 
     /// The changes since the last call, each object as it is now.
@@ -356,9 +356,9 @@ struct Spawner {
 }
 
 impl Spawner {
-    /// Starts the watch of `kind`, slimming every object with `slim`; the changes it holds.
-    fn watch<K: Watched>(&mut self, kind: ObjectKind, slim: fn(&mut K)) -> Arc<Pending<K>> {
-        let follower = Follower::new(kind, self.changes.clone(), self.backlog.clone());
+    /// Starts the watch of `K`, slimming every object with `slim`; the changes it holds.
+    fn watch<K: Watched>(&mut self, slim: fn(&mut K)) -> Arc<Pending<K>> {
+        let follower = Follower::new(self.changes.clone(), self.backlog.clone());
         let pending = follower.pending.clone();
         self.tasks.spawn(follow(
             Api::all(self.client.clone()),
@@ -373,7 +373,6 @@ impl Spawner {
 /// One kind's watch, as it follows the API server: what it has handed on of each object, the
 /// list under way, and where changes go.
 pub(crate) struct Follower<K> {
-    kind: ObjectKind,
     /// Every object handed on and not gone since: the fingerprint of what was handed on.
     known: HashMap<Key, Fingerprint>,
     /// The keys of the list under way (from `Init` to `InitDone`).
@@ -385,16 +384,11 @@ pub(crate) struct Follower<K> {
 }
 
 impl<K> Follower<K> {
-    /// The follower of `kind`, before its first list, recording into `changes` and
-    /// notifying `backlog` (see [`BACKLOG`]).
-    pub(crate) fn new(
-        kind: ObjectKind,
-        changes: Arc<ChangeLog>,
-        backlog: Arc<Notify>,
-    ) -> Follower<K> {
+    /// The follower of `K`, before its first list, recording into `changes` and notifying
+    /// `backlog` (see [`BACKLOG`]).
+    pub(crate) fn new(changes: Arc<ChangeLog>, backlog: Arc<Notify>) -> Follower<K> {
         let (listed_tx, listed) = watch::channel(false);
         Follower {
-            kind,
             known: HashMap::new(),
             listing: None,
             pending: Arc::new(Pending {
@@ -415,7 +409,7 @@ async fn follow<K: Watched>(
     slim: fn(&mut K),
     mut follower: Follower<K>,
 ) {
-    let kind = follower.kind.name();
+    let kind = K::OBJECT_KIND.name();
     let mut events = pin!(watcher(api, config).default_backoff().modify(slim));
     while let Some(event) = events.next().await {
         match event {
@@ -434,7 +428,7 @@ impl<K: ClusterObject + Resource<DynamicType = ()> + Clone + Serialize> Follower
             watcher::Event::Apply(object) => {
                 let version = object.meta().resource_version.clone();
                 if self.hand_on(object) {
-                    self.changes.record(Change::Event(self.kind, version));
+                    self.changes.record(Change::Event(K::OBJECT_KIND, version));
                 }
             }
             watcher::Event::Delete(object) => {
@@ -444,7 +438,7 @@ impl<K: ClusterObject + Resource<DynamicType = ()> + Clone + Serialize> Follower
                 if self.known.remove(&key).is_some() {
                     self.pending.put(key, None);
                     let version = object.meta().resource_version.clone();
-                    self.changes.record(Change::Event(self.kind, version));
+                    self.changes.record(Change::Event(K::OBJECT_KIND, version));
                 }
             }
             watcher::Event::Init => self.listing = Some(HashSet::new()),
@@ -467,12 +461,12 @@ impl<K: ClusterObject + Resource<DynamicType = ()> + Clone + Serialize> Follower
                     self.pending.put(key, None);
                 }
                 tracing::info!(
-                    kind = self.kind.name(),
+                    kind = K::OBJECT_KIND.name(),
                     objects = self.known.len(),
                     "list complete"
                 );
                 self.listed.send_replace(true);
-                self.changes.record(Change::Listed(self.kind));
+                self.changes.record(Change::Listed(K::OBJECT_KIND));
             }
         }
     }
@@ -481,13 +475,16 @@ impl<K: ClusterObject + Resource<DynamicType = ()> + Clone + Serialize> Follower
     /// no name (which the API server never sends: no key can name it): whether it was.
     fn hand_on(&mut self, object: K) -> bool {
         let Some(key) = object.object().key() else {
-            tracing::warn!(kind = self.kind.name(), "an object without a name left out");
+            tracing::warn!(
+                kind = K::OBJECT_KIND.name(),
+                "an object without a name left out"
+            );
             return false;
         };
         let fingerprint = fingerprint(&object);
         if self.known.get(&key) == Some(&fingerprint) {
             tracing::trace!(
-                kind = self.kind.name(),
+                kind = K::OBJECT_KIND.name(),
                 object = %object.name_any(),
                 "no change after slimming"
             );
@@ -531,7 +528,7 @@ mod tests {
     #[tokio::test]
     async fn only_changes_are_handed_on_and_a_relist_hands_on_what_it_no_longer_lists() {
         let changes = Arc::new(ChangeLog::default());
-        let mut follower = Follower::new(ObjectKind::Namespace, changes.clone(), Arc::default());
+        let mut follower = Follower::<Namespace>::new(changes.clone(), Arc::default());
         let pending = follower.pending.clone();
         let events = |changes: &ChangeLog| {
             let batch = changes.state.lock().unwrap().pending.take();
@@ -544,7 +541,7 @@ mod tests {
         assert_eq!(events(&changes), 0, "a list counts once it is complete");
         follower.follow(watcher::Event::InitDone);
         assert_eq!(events(&changes), 1);
-        pending.ready(ObjectKind::Namespace).await.unwrap();
+        pending.ready().await.unwrap();
         assert_eq!(
             taken(&pending),
             [
@@ -583,7 +580,7 @@ mod tests {
     fn a_long_list_is_to_be_taken_as_it_arrives() {
         use futures::FutureExt;
         let backlog = Arc::new(Notify::new());
-        let mut follower = Follower::new(ObjectKind::Namespace, Arc::default(), backlog.clone());
+        let mut follower = Follower::<Namespace>::new(Arc::default(), backlog.clone());
         follower.follow(watcher::Event::Init);
         for i in 1..BACKLOG {
             follower.follow(watcher::Event::InitApply(namespace(

@@ -472,9 +472,9 @@ impl Identities {
 
     /// Records the cluster as it is from `at_ns` (ns of `CLOCK_BOOTTIME`) on: the pods that
     /// changed since the last call (`pods`: every pod the first time, each with what it claims
-    /// now, [`pod_changes`]) by address, the node's own addresses (`node_addresses`, all of them each time), and the
-    /// Services, rule ids and endpoint audit flags of `compiled`. What the first call records
-    /// is taken to hold since before the collector started.
+    /// now, [`pod_changes`]) by address, the node's own addresses (`node_addresses`, all of
+    /// them each time), and the Services, rule ids and endpoint audit flags of `compiled`.
+    /// What the first call records is taken to hold since before the collector started.
     ///
     /// Pods are kept by difference: a changed pod replaces the addresses it claims
     /// (hostNetwork pods and pods without an address claim none), a gone pod drops them, and
