@@ -36,7 +36,7 @@ use tollgate_enforcer::{
     bench::scale::{Shape, current_rss_mib, generate},
     compile::{ClusterObject, ObjectKind},
     desired::{Capacity, DesiredState, PeerEntryKey},
-    snapshot::Delta,
+    snapshot::{Delta, Updates},
     sync::{MapFull, PolicyMaps},
 };
 use tollgate_schemas::{
@@ -268,6 +268,9 @@ impl Listing {
             ObjectKind::EndpointSlice => {
                 listed(&mut self.endpoint_slices, line, slim_endpoint_slice)
             }
+            ObjectKind::ClusterNetworkPolicy | ObjectKind::AwsClusterNetworkPolicy => {
+                Err(format!("{} is not in a bench listing", kind.name()))
+            }
         }
     }
 
@@ -279,6 +282,8 @@ impl Listing {
             ObjectKind::NetworkPolicy => self.policies.follow(watcher::Event::InitDone),
             ObjectKind::Service => self.services.follow(watcher::Event::InitDone),
             ObjectKind::EndpointSlice => self.endpoint_slices.follow(watcher::Event::InitDone),
+            // Never listed (see `event`).
+            ObjectKind::ClusterNetworkPolicy | ObjectKind::AwsClusterNetworkPolicy => {}
         }
     }
 }
@@ -307,6 +312,8 @@ impl ClusterSource for Listing {
             policies: self.policies.pending.take(),
             services: self.services.pending.take(),
             endpoint_slices: self.endpoint_slices.pending.take(),
+            cluster_policies: Updates::new(),
+            aws_cluster_policies: Updates::new(),
         }
     }
 

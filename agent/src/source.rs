@@ -189,6 +189,11 @@ impl ClusterSource for StaticSource {
             policies: differ(&snapshot.policies, &mut handed.policies),
             services: differ(&snapshot.services, &mut handed.services),
             endpoint_slices: differ(&snapshot.endpoint_slices, &mut handed.endpoint_slices),
+            cluster_policies: differ(&snapshot.cluster_policies, &mut handed.cluster_policies),
+            aws_cluster_policies: differ(
+                &snapshot.aws_cluster_policies,
+                &mut handed.aws_cluster_policies,
+            ),
         }
     }
 

@@ -274,6 +274,9 @@ impl Watchers {
             policies: self.policies.take(),
             services: self.services.take(),
             endpoint_slices: self.endpoint_slices.take(),
+            // ClusterNetworkPolicies are not watched yet (issue 17's next part).
+            cluster_policies: Updates::new(),
+            aws_cluster_policies: Updates::new(),
         }
     }
 }

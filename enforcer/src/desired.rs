@@ -10,6 +10,8 @@ use tollgate_schemas::{
     PolicyValue, PortRule, map_names, map_sizes,
 };
 
+use crate::crd::{AWS_CLUSTER_NETWORK_POLICY_GROUP, CLUSTER_NETWORK_POLICY_GROUP};
+
 /// Key of one peer-trie entry: the prefix length (0 to 128, over the 16-byte address form)
 /// and the prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -157,12 +159,15 @@ impl DesiredState {
     }
 }
 
-/// One rule of one NetworkPolicy: what a compiled rule id stands for.
+/// One rule of one policy (a NetworkPolicy or a ClusterNetworkPolicy): what a compiled rule
+/// id stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct RuleRef {
-    /// Namespace of the NetworkPolicy.
+    /// Namespace of the NetworkPolicy; for a ClusterNetworkPolicy, which is cluster-scoped, its
+    /// API group (no namespace name has a dot, so the two never collide): see
+    /// [`RuleRef::kind`].
     pub namespace: String,
-    /// Name of the NetworkPolicy.
+    /// Name of the policy.
     pub policy: String,
     /// `ingress` or `egress`: which rule list of the spec.
     #[serde(serialize_with = "serialize_direction")]
@@ -175,16 +180,66 @@ fn serialize_direction<S: serde::Serializer>(d: &Direction, s: S) -> Result<S::O
     s.serialize_str(d.name())
 }
 
+impl RuleRef {
+    /// The kind of policy the rule is in.
+    pub fn kind(&self) -> PolicyKind {
+        match self.namespace.as_str() {
+            CLUSTER_NETWORK_POLICY_GROUP => PolicyKind::ClusterNetworkPolicy,
+            AWS_CLUSTER_NETWORK_POLICY_GROUP => PolicyKind::AwsClusterNetworkPolicy,
+            _ => PolicyKind::NetworkPolicy,
+        }
+    }
+
+    /// The policy's namespace: `None` for a cluster-scoped one.
+    pub fn policy_namespace(&self) -> Option<&str> {
+        match self.kind() {
+            PolicyKind::NetworkPolicy => Some(&self.namespace),
+            PolicyKind::ClusterNetworkPolicy | PolicyKind::AwsClusterNetworkPolicy => None,
+        }
+    }
+
+    /// The policy as tools name it: `namespace/name` for a NetworkPolicy, `KIND/name` for a
+    /// cluster-scoped one ([`PolicyKind::name`]).
+    pub fn policy_label(&self) -> String {
+        match self.policy_namespace() {
+            Some(namespace) => format!("{namespace}/{}", self.policy),
+            None => format!("{}/{}", self.kind().name(), self.policy),
+        }
+    }
+}
+
 impl std::fmt::Display for RuleRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}/{} {}[{}]",
-            self.namespace,
-            self.policy,
+            "{} {}[{}]",
+            self.policy_label(),
             self.direction.name(),
             self.index
         )
+    }
+}
+
+/// The kinds of policy a rule can be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    /// networking.k8s.io/v1 NetworkPolicy.
+    NetworkPolicy,
+    /// policy.networking.k8s.io ClusterNetworkPolicy.
+    ClusterNetworkPolicy,
+    /// networking.k8s.aws ClusterNetworkPolicy.
+    AwsClusterNetworkPolicy,
+}
+
+impl PolicyKind {
+    /// Its name in records and output: the API's kind, qualified with the group where two
+    /// APIs share the kind (`ClusterNetworkPolicy.networking.k8s.aws`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            PolicyKind::AwsClusterNetworkPolicy => "ClusterNetworkPolicy.networking.k8s.aws",
+        }
     }
 }
 

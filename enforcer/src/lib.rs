@@ -2,6 +2,8 @@
 //!
 //! Data flows through the modules in this order:
 //! - [`manifest`]: Kubernetes YAML → [`snapshot::Snapshot`] plus [`snapshot::InputError`]s.
+//! - [`crd`]: the ClusterNetworkPolicy custom resources (upstream's and AWS's) the snapshot
+//!   holds besides the built-in kinds.
 //! - [`compile`]: snapshot → [`desired::DesiredState`] (pure: no I/O, no aya).
 //! - [`sync`]: desired vs. current state → adds/deletes, applied through the
 //!   [`sync::PolicyMaps`] trait ([`sync::InMemoryMaps`] or [`aya_maps::AyaMaps`]).
@@ -16,6 +18,7 @@ pub mod aya_maps;
 pub mod bench;
 pub mod bpf_datapath;
 pub mod compile;
+pub mod crd;
 pub mod decision;
 pub mod desired;
 pub mod events;

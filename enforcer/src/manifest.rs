@@ -8,13 +8,16 @@
 //!    its first invalid byte, and the other documents are still read.
 //! 2. Each document is parsed into a generic YAML value; `kind: List` and `*List` documents
 //!    (what `kubectl get -o yaml` prints) are flattened into their `items`.
-//! 3. Each object's `kind` decides what happens to it: Namespace, Pod, NetworkPolicy, Service
-//!    and EndpointSlice are checked for their `apiVersion` and `metadata.name`; every other
-//!    kind is ignored.
-//! 4. The object is decoded into its k8s-openapi type and added to the [`Snapshot`]. Field
+//! 3. Each object's `kind` decides what happens to it: Namespace, Pod, NetworkPolicy, Service,
+//!    EndpointSlice and ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`, or AWS's
+//!    `networking.k8s.aws/v1alpha1`) are checked for their `apiVersion` and `metadata.name`;
+//!    every other kind is ignored.
+//! 4. The object is decoded into its k8s-openapi type (or `crate::crd`'s) and added to the
+//!    [`Snapshot`]. Field
 //!    values (CIDRs, ports, selectors) are checked later, by [`crate::compile`], which sees
 //!    snapshots from every source.
 
+use k8s_openapi::Resource;
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
     discovery::v1::EndpointSlice,
@@ -22,6 +25,7 @@ use k8s_openapi::api::{
 };
 use serde_yaml::Value;
 
+use crate::crd::{AwsClusterNetworkPolicy, ClusterNetworkPolicy};
 use crate::snapshot::{InputError, Snapshot};
 
 /// The namespace of a namespaced object whose `metadata.namespace` is absent, as `kubectl
@@ -29,8 +33,8 @@ use crate::snapshot::{InputError, Snapshot};
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Multi-document YAML as `kubectl get -o yaml` prints it; `kind: List` (and `*List`) items are
-/// flattened; kinds other than Namespace, Pod, NetworkPolicy, Service and EndpointSlice are
-/// ignored without error.
+/// flattened; kinds other than Namespace, Pod, NetworkPolicy, Service, EndpointSlice and
+/// ClusterNetworkPolicy are ignored without error.
 pub fn parse_manifests(text: &str, source: &str) -> (Snapshot, Vec<InputError>) {
     parse_manifest_bytes(text.as_bytes(), source)
 }
@@ -210,6 +214,11 @@ impl Parser {
             "Namespace" | "Pod" | "Service" => "v1",
             "NetworkPolicy" => "networking.k8s.io/v1",
             "EndpointSlice" => "discovery.k8s.io/v1",
+            // Two APIs name this kind: AWS's is read too (see `crate::crd`).
+            "ClusterNetworkPolicy" => match api_version.as_deref() {
+                Some(AwsClusterNetworkPolicy::API_VERSION) => AwsClusterNetworkPolicy::API_VERSION,
+                _ => ClusterNetworkPolicy::API_VERSION,
+            },
             _ => {
                 tracing::debug!(kind = %kind, object = %label, "ignoring object of another kind");
                 return;
@@ -232,6 +241,16 @@ impl Parser {
         };
         let object = if kind == "Namespace" {
             format!("Namespace {name}")
+        } else if kind == "ClusterNetworkPolicy" {
+            match expected {
+                AwsClusterNetworkPolicy::API_VERSION => {
+                    format!(
+                        "ClusterNetworkPolicy ({}) {name}",
+                        AwsClusterNetworkPolicy::GROUP
+                    )
+                }
+                _ => format!("ClusterNetworkPolicy {name}"),
+            }
         } else {
             let namespace = value
                 .get("metadata")
@@ -277,6 +296,16 @@ impl Parser {
             "EndpointSlice" => {
                 if let Some(slice) = self.decode::<EndpointSlice>(&value, &object) {
                     self.snapshot.endpoint_slices.push(slice);
+                }
+            }
+            "ClusterNetworkPolicy" if expected == AwsClusterNetworkPolicy::API_VERSION => {
+                if let Some(policy) = self.decode::<AwsClusterNetworkPolicy>(&value, &object) {
+                    self.snapshot.aws_cluster_policies.push(policy);
+                }
+            }
+            "ClusterNetworkPolicy" => {
+                if let Some(policy) = self.decode::<ClusterNetworkPolicy>(&value, &object) {
+                    self.snapshot.cluster_policies.push(policy);
                 }
             }
             _ => {

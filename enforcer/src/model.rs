@@ -118,10 +118,6 @@ pub fn decide_hook(
     dst_port: u16,
 ) -> Option<Decision> {
     let state = desired.endpoints.get(&EndpointKey { addr: endpoint })?;
-    let (isolated, audit) = (
-        endpoint_flags::isolated(direction),
-        endpoint_flags::audit(direction),
-    );
     let decision = |verdict, reason, rule_id| {
         Some(Decision {
             verdict,
@@ -132,10 +128,11 @@ pub fn decide_hook(
     if state.flags & endpoint_flags::PROGRAMMED == 0 {
         return decision(Verdict::Deny, Reason::NotProgrammed, 0);
     }
-    if state.flags & isolated == 0 {
+    let isolated = state.flags & endpoint_flags::isolated(direction) != 0;
+    if !isolated && state.flags & endpoint_flags::tiered(direction) == 0 {
         return decision(Verdict::Allow, Reason::NotSelected, 0);
     }
-    let denied = if state.flags & audit != 0 {
+    let denied = if state.flags & endpoint_flags::audit(direction) != 0 {
         Verdict::AuditDeny
     } else {
         Verdict::Deny
@@ -144,10 +141,14 @@ pub fn decide_hook(
         .rules_for(state.set(direction), peer)
         .and_then(|value| value.matching_rule(protocol, dst_port));
     match rule {
+        Some(rule) if rule.action == port_action::ALLOW => {
+            decision(Verdict::Allow, Reason::AllowedByRule, rule.rule_id)
+        }
         Some(rule) if rule.action == port_action::DENY_SERVICE => {
             decision(denied, Reason::ServiceBackendsDenied, rule.rule_id)
         }
-        Some(rule) => decision(Verdict::Allow, Reason::AllowedByRule, rule.rule_id),
+        Some(rule) => decision(Verdict::Deny, Reason::DeniedByRule, rule.rule_id),
+        None if !isolated => decision(Verdict::Allow, Reason::DefaultAllow, 0),
         None if direction == Direction::Ingress
             && desired.node_addrs.contains(&EndpointKey { addr: peer }) =>
         {
@@ -218,7 +219,8 @@ mod tests {
             port_hi: 80,
             protocol: proto::TCP,
             action: port_action::ALLOW,
-            _pad: [0; 2],
+            tier: 0,
+            _pad: 0,
         };
         desired.rulesets.insert(1, allow);
         desired

@@ -11,6 +11,8 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 
+use crate::crd::{AwsClusterNetworkPolicy, ClusterNetworkPolicy};
+
 /// The objects the compiler reads: everything it needs to know about the cluster.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -26,6 +28,10 @@ pub struct Snapshot {
     /// discovery.k8s.io/v1 EndpointSlices: the backends of the Service each one's
     /// `kubernetes.io/service-name` label names, as kube-proxy programs them.
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicies (the Admin and Baseline tiers).
+    pub cluster_policies: Vec<ClusterNetworkPolicy>,
+    /// networking.k8s.aws/v1alpha1 ClusterNetworkPolicies (AWS's, the same tiers).
+    pub aws_cluster_policies: Vec<AwsClusterNetworkPolicy>,
     /// The addresses of the node the compilation is for (not a cluster object: the agent finds
     /// them on the node). Traffic from them to a local pod passes ingress policy, as the
     /// NetworkPolicy API requires (kubelet probes); empty when that allowance is turned off.
@@ -52,6 +58,10 @@ pub struct Delta {
     pub services: Updates<Service>,
     /// EndpointSlices.
     pub endpoint_slices: Updates<EndpointSlice>,
+    /// policy.networking.k8s.io ClusterNetworkPolicies (keyed by their API group and name).
+    pub cluster_policies: Updates<ClusterNetworkPolicy>,
+    /// networking.k8s.aws ClusterNetworkPolicies (keyed by their API group and name).
+    pub aws_cluster_policies: Updates<AwsClusterNetworkPolicy>,
 }
 
 impl Delta {
@@ -62,6 +72,8 @@ impl Delta {
             && self.policies.is_empty()
             && self.services.is_empty()
             && self.endpoint_slices.is_empty()
+            && self.cluster_policies.is_empty()
+            && self.aws_cluster_policies.is_empty()
     }
 
     /// Objects changed, all kinds together.
@@ -71,6 +83,8 @@ impl Delta {
             + self.policies.len()
             + self.services.len()
             + self.endpoint_slices.len()
+            + self.cluster_policies.len()
+            + self.aws_cluster_policies.len()
     }
 }
 

@@ -1754,7 +1754,8 @@ spec:
             port_hi: 8080,
             protocol: proto::TCP,
             action: tollgate_schemas::port_action::ALLOW,
-            _pad: [0; 2],
+            tier: 0,
+            _pad: 0,
         };
         after.rulesets.insert(moved, value);
         for key in before.policy.keys().filter(|key| key.set == old_set) {

@@ -1077,7 +1077,8 @@ fn ruleset(rule_id: u32, protocol: u8, port: u16) -> PolicyValue {
         port_hi: port,
         protocol,
         action: port_action::ALLOW,
-        _pad: [0; 2],
+        tier: 0,
+        _pad: 0,
     };
     value
 }

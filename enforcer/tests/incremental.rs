@@ -1,5 +1,6 @@
 //! The incremental compiler against the full one: over random sequences of changes to pods,
-//! namespaces, NetworkPolicies (whole, or only their ports), Services and EndpointSlices, a
+//! namespaces, NetworkPolicies (whole, or only their ports), ClusterNetworkPolicies (both
+//! APIs, both tiers, every action), Services and EndpointSlices, a
 //! `Compiler` fed one change at a
 //! time compiles exactly what `compile_with` compiles from the whole cluster, ids, maps,
 //! revisions and errors included (each pass taking the previous pass's ids as prior); so does
@@ -21,6 +22,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tollgate_enforcer::compile::{Compiler, Object, ObjectKind, Placement, compile_with};
+use tollgate_enforcer::crd::{AwsClusterNetworkPolicy, ClusterNetworkPolicy};
 use tollgate_enforcer::desired::{Capacity, Ids};
 use tollgate_enforcer::snapshot::Snapshot;
 
@@ -50,6 +52,10 @@ impl World {
                 ObjectKind::NetworkPolicy => snapshot.policies.push(parse(value)),
                 ObjectKind::Service => snapshot.services.push(parse(value)),
                 ObjectKind::EndpointSlice => snapshot.endpoint_slices.push(parse(value)),
+                ObjectKind::ClusterNetworkPolicy => snapshot.cluster_policies.push(parse(value)),
+                ObjectKind::AwsClusterNetworkPolicy => {
+                    snapshot.aws_cluster_policies.push(parse(value))
+                }
             }
         }
         snapshot
@@ -74,6 +80,18 @@ fn apply(compiler: &mut Compiler, kind: ObjectKind, value: &Value) {
         ObjectKind::EndpointSlice => compiler.apply(Object::EndpointSlice(
             &parse::<EndpointSlice>(value.clone()),
         )),
+        ObjectKind::ClusterNetworkPolicy => {
+            compiler.apply(Object::ClusterNetworkPolicy(
+                &parse::<ClusterNetworkPolicy>(value.clone()),
+            ))
+        }
+        ObjectKind::AwsClusterNetworkPolicy => {
+            compiler.apply(Object::AwsClusterNetworkPolicy(&parse::<
+                AwsClusterNetworkPolicy,
+            >(
+                value.clone()
+            )))
+        }
     };
     result.expect("generated objects are named");
 }
@@ -182,6 +200,58 @@ fn policy(rng: &mut StdRng) -> Value {
     })
 }
 
+/// A ClusterNetworkPolicy of either API (few names and priorities: ties and replacements).
+fn cluster_policy(rng: &mut StdRng) -> (ObjectKind, Value) {
+    let aws = rng.random_bool(0.3);
+    let subject = match rng.random_range(0..3) {
+        0 => json!({"namespaces": {}}),
+        1 => json!({"namespaces": {"matchLabels": {"team": *TEAMS.choose(rng).unwrap()}}}),
+        _ => json!({"pods": {"namespaceSelector": {},
+                             "podSelector": {"matchLabels": {"app": *APPS.choose(rng).unwrap()}}}}),
+    };
+    let cluster_rules = |rng: &mut StdRng, side: &str| -> Value {
+        (0..rng.random_range(0..3))
+            .map(|_| {
+                let action = *["Accept", "Deny", "Pass"].choose(rng).unwrap();
+                let peer = match rng.random_range(0..4) {
+                    0 => json!({"namespaces": {}}),
+                    1 => json!({"pods": {"namespaceSelector": {"matchLabels": {
+                                    "team": *TEAMS.choose(rng).unwrap()}},
+                                "podSelector": {"matchLabels": {"app": *APPS.choose(rng).unwrap()}}}}),
+                    2 if side == "to" => json!({"networks": ["198.18.0.0/29", "2001:db8::/64"]}),
+                    // A peer of a type this compiler does not know: the rule fails closed.
+                    _ => json!({"future": {}}),
+                };
+                let mut rule = json!({"action": action, side: [peer]});
+                match (rng.random_range(0..3), aws) {
+                    (0, _) => {}
+                    (1, false) => rule["protocols"] = json!([{"tcp": {"destinationPort": {"number": 80}}},
+                                                             {"destinationNamedPort": "dns"}]),
+                    (1, true) => rule["ports"] = json!([{"portNumber": {"protocol": "TCP", "port": 80}},
+                                                        {"namedPort": "dns"}]),
+                    (_, false) => rule["protocols"] = json!([{"tcp": {"destinationPort": {
+                                                        "range": {"start": 80, "end": 8080}}}}]),
+                    (_, true) => rule["ports"] = json!([{"portRange": {"protocol": "TCP",
+                                                        "start": 80, "end": 8080}}]),
+                }
+                rule
+            })
+            .collect()
+    };
+    let kind = if aws {
+        ObjectKind::AwsClusterNetworkPolicy
+    } else {
+        ObjectKind::ClusterNetworkPolicy
+    };
+    let value = json!({
+        "metadata": {"name": format!("cnp{}", rng.random_range(0..4))},
+        "spec": {"tier": *["Admin", "Baseline"].choose(rng).unwrap(),
+                 "priority": rng.random_range(0..3), "subject": subject,
+                 "ingress": cluster_rules(rng, "from"), "egress": cluster_rules(rng, "to")}
+    });
+    (kind, value)
+}
+
 fn service(rng: &mut StdRng) -> (Value, Option<Value>) {
     let namespace = *NAMESPACES.choose(rng).unwrap();
     let index = rng.random_range(0..3u8);
@@ -227,9 +297,9 @@ fn service(rng: &mut StdRng) -> (Value, Option<Value>) {
 
 fn key_of(kind: ObjectKind, value: &Value) -> (ObjectKind, String, String) {
     let meta = &value["metadata"];
-    let namespace = match kind {
-        ObjectKind::Namespace => String::new(),
-        _ => meta["namespace"].as_str().unwrap_or("default").to_owned(),
+    let namespace = match kind.scope() {
+        Some(scope) => scope.to_owned(),
+        None => meta["namespace"].as_str().unwrap_or("default").to_owned(),
     };
     (kind, namespace, meta["name"].as_str().unwrap().to_owned())
 }
@@ -258,7 +328,7 @@ fn change(rng: &mut StdRng, world: &mut World, compiler: &mut Compiler) {
         apply(compiler, kind, &value);
         world.objects.insert(key_of(kind, &value), value);
     };
-    match rng.random_range(0..11) {
+    match rng.random_range(0..13) {
         0 => upsert(ObjectKind::Namespace, namespace(rng)),
         1..=4 => upsert(ObjectKind::Pod, pod(rng)),
         5..=7 => upsert(ObjectKind::NetworkPolicy, policy(rng)),
@@ -273,6 +343,10 @@ fn change(rng: &mut StdRng, world: &mut World, compiler: &mut Compiler) {
                 }
             }
             upsert(ObjectKind::NetworkPolicy, edited);
+        }
+        11 | 12 => {
+            let (kind, value) = cluster_policy(rng);
+            upsert(kind, value);
         }
         _ => {
             let (service, slice) = service(rng);

@@ -18,9 +18,9 @@
 //!    is unknown or does not pass is forgotten and the packet decided by policy (closed). A
 //!    TCP SYN without ACK is never taken for a reply (closed: a simultaneous open's second SYN
 //!    is decided by policy).
-//! 5. Policy: not isolated in this direction passes (open on purpose: no policy selects the
-//!    pod there). Isolated, the packet passes only through a rule, found in four steps, each
-//!    failing closed (no rule) when it finds nothing:
+//! 5. Policy: neither isolated in this direction nor selected by a ClusterNetworkPolicy passes
+//!    (open on purpose: no policy selects the pod there). Otherwise the deciding rule is found
+//!    in four steps, each finding none when it finds nothing:
 //!    - (a) the endpoint's policy set of the direction (isolated without one: closed);
 //!    - (b) the peer's identity, the longest prefix of its address in the node-wide peer trie
 //!      (a miss: closed; the trie always holds `::/0` and `::ffff:0:0/96`, so it cannot miss);
@@ -28,13 +28,16 @@
 //!      ClusterIP without an entry of its own is what the addresses around it are (no entry:
 //!      closed, the set allows the peer nothing);
 //!    - (d) the rule set the entry names (rule set 0, the empty one, or an id past the array's
-//!      end: closed), and its first port rule matching the protocol and destination port.
+//!      end: closed), and its first port rule matching the protocol and destination port,
+//!      tier by tier (a matching Pass rule skips the rest of its tier).
 //!
-//!    No rule: drop (or pass as audit-deny in audit mode). A matching rule may itself deny: the
-//!    peer is a Service's ClusterIP of which policy allows only some ready backends (closed:
-//!    kube-proxy picks the backend after this hook). Ingress from one of the node's own
-//!    addresses that no rule allows passes as `from-node` (open on purpose: the API exempts the
-//!    node's traffic).
+//!    The rule allows, or denies: a ClusterNetworkPolicy's Deny (never in audit mode), or a
+//!    Service's ClusterIP of which policy allows only some ready backends (closed: kube-proxy
+//!    picks the backend after this hook); an action byte it does not know denies (closed). No
+//!    rule, isolated: drop (or pass as audit-deny in audit mode), but ingress from one of the
+//!    node's own addresses passes as `from-node` (open on purpose: the API exempts the node's
+//!    traffic). No rule, selected by ClusterNetworkPolicies only: pass as `default-allow` (open
+//!    on purpose: the API's default when no tier decides).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use tollgate_schemas::{
@@ -128,20 +131,20 @@ fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
             return PASS;
         }
         // Fail closed: a pod address that no endpoint claims.
-        return flow::deny(packet, 0, Reason::UnknownEndpoint, config);
+        return flow::deny(packet, 0, Reason::UnknownEndpoint, 0, config);
     };
     if endpoint.ifindex != packet.ifindex {
         // Fail closed: the address arrived on another pod's veth.
-        return flow::deny(packet, endpoint.id, Reason::Spoofed, config);
+        return flow::deny(packet, endpoint.id, Reason::Spoofed, 0, config);
     }
     if endpoint.flags & endpoint_flags::PROGRAMMED == 0 {
         // Fail closed: selected by policy, rules not written yet.
-        return flow::deny(packet, endpoint.id, Reason::NotProgrammed, config);
+        return flow::deny(packet, endpoint.id, Reason::NotProgrammed, 0, config);
     }
     if truncated {
         // Fail closed: ports unknown.
         count(Counter::Malformed);
-        return flow::deny(packet, endpoint.id, Reason::Malformed, config);
+        return flow::deny(packet, endpoint.id, Reason::Malformed, 0, config);
     }
     if let Fragment::Later { id } = packet.fragment {
         return later_fragment(packet, endpoint, id, config);
@@ -161,7 +164,7 @@ fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
         flow::track(packet, &key, endpoint, &outcome);
         flow::pass(outcome)
     } else {
-        flow::deny(packet, endpoint.id, outcome.reason, config)
+        flow::deny(packet, endpoint.id, outcome.reason, outcome.rule_id, config)
     }
 }
 
@@ -338,15 +341,12 @@ fn policy(
     protocol: u8,
     dst_port: u16,
 ) -> Outcome {
-    let (isolated, audit) = (
-        endpoint_flags::isolated(direction),
-        endpoint_flags::audit(direction),
-    );
-    if endpoint.flags & isolated == 0 {
+    let isolated = endpoint.flags & endpoint_flags::isolated(direction) != 0;
+    if !isolated && endpoint.flags & endpoint_flags::tiered(direction) == 0 {
         // Open on purpose: no policy selects the pod in this direction, and the API allows all.
         return Outcome::new(Verdict::Allow, Reason::NotSelected, 0);
     }
-    let verdict = if endpoint.flags & audit != 0 {
+    let verdict = if endpoint.flags & endpoint_flags::audit(direction) != 0 {
         Verdict::AuditDeny
     } else {
         Verdict::Deny
@@ -354,12 +354,23 @@ fn policy(
     if let Some(value) = rules(endpoint.set(direction), peer)
         && let Some(rule) = value.matching_rule(protocol, dst_port)
     {
-        if rule.action == port_action::DENY_SERVICE {
+        return match rule.action {
+            port_action::ALLOW => Outcome::new(Verdict::Allow, Reason::AllowedByRule, rule.rule_id),
             // Fail closed: the peer is a ClusterIP and kube-proxy may pick a backend that
             // policy denies; only a Service whose every ready backend is allowed passes.
-            return Outcome::new(verdict, Reason::ServiceBackendsDenied, rule.rule_id);
-        }
-        return Outcome::new(Verdict::Allow, Reason::AllowedByRule, rule.rule_id);
+            port_action::DENY_SERVICE => {
+                Outcome::new(verdict, Reason::ServiceBackendsDenied, rule.rule_id)
+            }
+            // Closed: a ClusterNetworkPolicy's Deny, enforced whatever the audit mode (a
+            // cluster administrator's rule, not the namespace's). Fail closed: an action byte
+            // this program does not know denies the same way.
+            _ => Outcome::new(Verdict::Deny, Reason::DeniedByRule, rule.rule_id),
+        };
+    }
+    if !isolated {
+        // Open on purpose: only ClusterNetworkPolicies select the pod in this direction and
+        // no rule of theirs decided; the API's default allows.
+        return Outcome::new(Verdict::Allow, Reason::DefaultAllow, 0);
     }
     if direction == Direction::Ingress && NODE_ADDRS.get_ptr(EndpointKey::of(peer)).is_some() {
         // Open on purpose: the NetworkPolicy API exempts the node's own traffic to its pods
@@ -460,10 +471,10 @@ fn later_fragment(packet: &Packet, endpoint: &EndpointState, id: u32, config: &C
                 }
                 // Fail closed: the first fragment was denied, or its entry's verdict or reason
                 // is unreadable (an entry this program did not write).
-                _ => flow::deny(packet, endpoint.id, Reason::Fragment, config),
+                _ => flow::deny(packet, endpoint.id, Reason::Fragment, 0, config),
             }
         }
         // Fail closed: no first fragment seen, so the ports are unknown.
-        None => flow::deny(packet, endpoint.id, Reason::Fragment, config),
+        None => flow::deny(packet, endpoint.id, Reason::Fragment, 0, config),
     }
 }

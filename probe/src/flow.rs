@@ -93,16 +93,17 @@ pub fn touch(entry: &mut CtEntry, packet: &Packet) {
     entry.tcp_flags |= packet.tcp_flags;
 }
 
-/// Drops the packet, deduplicating its event per flow and report interval. A BPF function of
-/// its own, like [`track`].
+/// Drops the packet, deduplicating its event per flow and report interval; the event names
+/// `reason` and the rule that denied (`rule_id`, 0 for none) as this packet was decided. A
+/// BPF function of its own, like [`track`].
 #[inline(never)]
-pub fn deny(packet: &Packet, endpoint: u32, reason: Reason, config: &Config) -> i32 {
+pub fn deny(packet: &Packet, endpoint: u32, reason: Reason, rule_id: u32, config: &Config) -> i32 {
     count(Counter::Deny);
     let key = key_of(packet, endpoint);
     let outcome = Outcome {
         verdict: Verdict::Deny,
         reason,
-        rule_id: 0,
+        rule_id,
     };
     match DENIES.get_ptr_mut(key) {
         Some(entry) => {

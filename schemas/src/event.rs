@@ -113,6 +113,13 @@ pub enum Reason {
     /// The source is one of the node's own addresses (kubelet probes, node agents): the
     /// NetworkPolicy API exempts it from ingress policy.
     FromNode = 13,
+    /// A ClusterNetworkPolicy's Deny rule matched (or a rule it could not read, which fails
+    /// closed); [`FlowEvent::rule_id`] names it.
+    DeniedByRule = 14,
+    /// ClusterNetworkPolicies select the pod for this direction, no NetworkPolicy isolates it,
+    /// and no rule decided (none matched, or a Pass led past the last tier): the API's default
+    /// allows.
+    DefaultAllow = 15,
 }
 
 impl Reason {
@@ -132,6 +139,8 @@ impl Reason {
             11 => Some(Self::Related),
             12 => Some(Self::ServiceBackendsDenied),
             13 => Some(Self::FromNode),
+            14 => Some(Self::DeniedByRule),
+            15 => Some(Self::DefaultAllow),
             _ => None,
         }
     }
@@ -152,6 +161,8 @@ impl Reason {
             Self::Related => "related",
             Self::ServiceBackendsDenied => "service-backends-denied",
             Self::FromNode => "from-node",
+            Self::DeniedByRule => "denied-by-rule",
+            Self::DefaultAllow => "default-allow",
         }
     }
 }
@@ -185,7 +196,8 @@ pub struct FlowEvent {
     pub ifindex: u32,
     /// Endpoint id ([`crate::EndpointState::id`]) whose policy decided; 0 when none is known.
     pub endpoint: u32,
-    /// Compiled rule that allowed the flow, for [`Reason::AllowedByRule`]; 0 otherwise.
+    /// Compiled rule that decided the flow ([`Reason::AllowedByRule`],
+    /// [`Reason::DeniedByRule`], [`Reason::ServiceBackendsDenied`]); 0 otherwise.
     pub rule_id: u32,
     /// Source port (host byte order); ICMP echo identifier for ICMP echo; 0 otherwise.
     pub src_port: u16,

@@ -35,7 +35,7 @@ pub use event::{Direction, FLOW_EVENT_VERSION, FlowEvent, Reason, Verdict};
 pub use policy::{
     ANY_PROTOCOL, Config, Counter, EndpointKey, EndpointState, MAX_PORT_RULES, NodeAddr,
     PeerIdentity, PeerKey, PolicyEntry, PolicyKey, PolicyValue, PortRule, config_flags,
-    endpoint_flags, port_action,
+    endpoint_flags, port_action, rule_tier,
 };
 
 /// IANA protocol numbers the probe understands at layer 4.

@@ -12,7 +12,14 @@
 //!    ([`PolicyEntry`]); a ClusterIP's identity that has no entry there falls back to the
 //!    identity of the address region around it ([`PeerIdentity::fallback`]).
 //! 4. The rule-set array holds each distinct [`PolicyValue`] once. The first [`PortRule`]
-//!    matching the packet's protocol and port allows it and names the rule.
+//!    matching the packet's protocol and port decides, and names the rule.
+//!
+//! Policy tiers: a value lists its rules tier by tier in the order they apply (the Admin tier
+//! of ClusterNetworkPolicies, then NetworkPolicies, then the Baseline tier), each with its
+//! [`PortRule::tier`] and [`PortRule::action`]. A matching rule that passes
+//! ([`port_action::PASS`]) skips the rest of its tier. What no rule decides is decided by the
+//! endpoint's flags: denied where NetworkPolicies isolate the pod, else allowed (the API's
+//! default).
 
 use core::mem::{offset_of, size_of};
 
@@ -29,6 +36,11 @@ pub mod endpoint_flags {
     pub const INGRESS_AUDIT: u32 = 1 << 3;
     /// Egress denials are reported as audit-deny and pass.
     pub const EGRESS_AUDIT: u32 = 1 << 4;
+    /// ClusterNetworkPolicies apply to the pod's ingress: its policy set is looked at even
+    /// when it is not isolated; what no rule decides then passes unless it is isolated.
+    pub const INGRESS_TIERED: u32 = 1 << 5;
+    /// ClusterNetworkPolicies apply to the pod's egress (see [`INGRESS_TIERED`]).
+    pub const EGRESS_TIERED: u32 = 1 << 6;
 
     use crate::Direction;
 
@@ -45,6 +57,14 @@ pub mod endpoint_flags {
         match direction {
             Direction::Ingress => INGRESS_AUDIT,
             Direction::Egress => EGRESS_AUDIT,
+        }
+    }
+
+    /// The ClusterNetworkPolicy flag of `direction`.
+    pub const fn tiered(direction: Direction) -> u32 {
+        match direction {
+            Direction::Ingress => INGRESS_TIERED,
+            Direction::Egress => EGRESS_TIERED,
         }
     }
 }
@@ -64,6 +84,24 @@ pub mod port_action {
     /// backends on this port: the packet is denied (reason
     /// [`crate::Reason::ServiceBackendsDenied`]), since kube-proxy may pick any backend.
     pub const DENY_SERVICE: u8 = 1;
+    /// A ClusterNetworkPolicy's Deny rule: the packet is denied (reason
+    /// [`crate::Reason::DeniedByRule`]), never in audit mode.
+    pub const DENY: u8 = 2;
+    /// A ClusterNetworkPolicy's Pass rule: the rest of its tier is skipped. Never the rule
+    /// [`crate::PolicyValue::matching_rule`] returns.
+    pub const PASS: u8 = 3;
+}
+
+/// The tier of a [`PortRule`] ([`PortRule::tier`]); a value lists its rules in the order the
+/// tiers apply: Admin, NetworkPolicy, Baseline. Only the order counts in the datapath: a Pass
+/// skips the rules that follow it in its own tier.
+pub mod rule_tier {
+    /// A NetworkPolicy's rule (0: the values written before tiers existed read alike).
+    pub const NETWORK_POLICY: u8 = 0;
+    /// A ClusterNetworkPolicy of the Admin tier.
+    pub const ADMIN: u8 = 1;
+    /// A ClusterNetworkPolicy of the Baseline tier.
+    pub const BASELINE: u8 = 2;
 }
 
 /// [`PortRule::protocol`] value that matches every protocol and port: a rule with no `ports`.
@@ -166,7 +204,7 @@ pub struct PolicyEntry {
     pub ruleset: u32,
 }
 
-/// A protocol and port range that a compiled rule allows.
+/// A protocol and port range that a compiled rule decides.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct PortRule {
@@ -181,11 +219,22 @@ pub struct PortRule {
     pub protocol: u8,
     /// What the rule does when it matches: [`port_action`].
     pub action: u8,
+    /// Which tier the rule belongs to: [`rule_tier`].
+    pub tier: u8,
     /// Zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 
-/// Everything one policy set allows towards or from one peer identity.
+impl PortRule {
+    /// Whether the rule covers `protocol` to `port`.
+    #[inline(always)]
+    pub fn covers(&self, protocol: u8, port: u16) -> bool {
+        self.protocol == ANY_PROTOCOL
+            || (self.protocol == protocol && self.port_lo <= port && port <= self.port_hi)
+    }
+}
+
+/// Everything one policy set decides towards or from one peer identity.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PolicyValue {
@@ -205,12 +254,15 @@ impl PolicyValue {
             port_hi: 0,
             protocol: 0,
             action: 0,
-            _pad: [0; 2],
+            tier: 0,
+            _pad: 0,
         }; MAX_PORT_RULES],
     };
 
-    /// The first port rule that matches `protocol` to `port`, if any; its
-    /// [`PortRule::action`] says what it does.
+    /// The rule that decides `protocol` to `port`, if any: the first that covers them and
+    /// does not pass; a covering Pass rule ([`port_action::PASS`]) skips the rules after it of
+    /// its tier. The rule's [`PortRule::action`] says what it does; `None` leaves the decision
+    /// to the endpoint's flags.
     ///
     /// This is the matching the probe runs in the kernel and the userspace model runs in
     /// `verify`: one definition, so both decide alike. The loop is bounded by
@@ -218,16 +270,19 @@ impl PolicyValue {
     #[inline(always)]
     pub fn matching_rule(&self, protocol: u8, port: u16) -> Option<&PortRule> {
         let count = self.count as usize;
+        // No rule has this tier: nothing is skipped until a Pass matches.
+        let mut passed = u8::MAX;
         let mut i = 0;
         while i < MAX_PORT_RULES {
             if i >= count {
                 return None;
             }
             let rule = &self.rules[i];
-            if rule.protocol == ANY_PROTOCOL
-                || (rule.protocol == protocol && rule.port_lo <= port && port <= rule.port_hi)
-            {
-                return Some(rule);
+            if rule.tier != passed && rule.covers(protocol, port) {
+                if rule.action != port_action::PASS {
+                    return Some(rule);
+                }
+                passed = rule.tier;
             }
             i += 1;
         }
@@ -341,7 +396,8 @@ const _: () = {
     assert!(offset_of!(PortRule, port_hi) == 6);
     assert!(offset_of!(PortRule, protocol) == 8);
     assert!(offset_of!(PortRule, action) == 9);
-    assert!(offset_of!(PortRule, _pad) == 10);
+    assert!(offset_of!(PortRule, tier) == 10);
+    assert!(offset_of!(PortRule, _pad) == 11);
     assert!(size_of::<PolicyValue>() == 4 + 12 * MAX_PORT_RULES);
     assert!(offset_of!(PolicyValue, rules) == 4);
     assert!(size_of::<NodeAddr>() == 4);

@@ -269,7 +269,10 @@ pub const COLUMNS: &[Column] = &[
          unknown-fragment, malformed, service-backends-denied (the destination is a Service's \
          ClusterIP and policy allows only some of its ready backends: denied, since kube-proxy \
          could pick a denied one), from-node (the source is one of the node's own addresses, \
-         which the NetworkPolicy API exempts from ingress policy). Null in SKIPDATA records.",
+         which the NetworkPolicy API exempts from ingress policy), denied-by-rule (a \
+         ClusterNetworkPolicy's Deny rule), default-allow (ClusterNetworkPolicies select the \
+         pod, none of their rules decided and no NetworkPolicy isolates it). Null in SKIPDATA \
+         records.",
     ),
     column(
         "policy_namespace",

@@ -1,8 +1,15 @@
-//! One endpoint's plan: which policies isolate the pod in each direction, the policy set they
-//! make (shared with every endpoint isolated by the same rules), and its flags. `fit` turns the
-//! plans into map entries.
+//! One endpoint's plan: which policies apply to the pod in each direction, the policy set they
+//! make (shared with every endpoint with the same rules), and its flags. `fit` turns the plans
+//! into map entries.
+//!
+//! A direction's rules, in the order the set lists them: the Admin tier's ClusterNetworkPolicies
+//! that select the pod, by priority; then the NetworkPolicies of its namespace that select it
+//! (which isolate it); then, only when none does, the Baseline tier's. A matching Pass rule
+//! skips the rest of its tier (in the datapath, by each rule's tier).
 
-use tollgate_schemas::{Direction, endpoint_flags};
+use std::collections::BTreeMap;
+
+use tollgate_schemas::{Direction, endpoint_flags, rule_tier};
 
 use super::cluster::PodInfo;
 use super::policy::Policy;
@@ -39,20 +46,23 @@ pub(crate) struct Plan<'c> {
     pub(crate) flags: u32,
     /// The set of each direction it is isolated in (ingress, egress), by key.
     pub(crate) sets: [Option<SetKey>; 2],
-    /// `namespace/name` of the policies that isolate it, for error messages.
+    /// The policies that apply to it (`namespace/name`, `ClusterNetworkPolicy name`), for error
+    /// messages.
     pub(crate) policies: Vec<String>,
 }
 
 /// Plans endpoint `id`, pod `pod` on interface `ifindex`, under `policies` (those of the pod's
-/// namespace, in order).
+/// namespace, in order) and `cluster` (the ClusterNetworkPolicies, Admin tier first, each tier
+/// in order); its namespace is labelled `namespace_labels`.
 ///
 /// A direction is isolated when a policy of the pod's namespace selects the pod and has that
-/// type; it is in audit mode when, besides, the namespace is, or every isolating policy is. A
+/// type; it is in audit mode when, besides, the namespace is, or every isolating policy is. It
+/// is tiered when a ClusterNetworkPolicy with rules of that direction selects the pod. A
 /// quarantine policy that selects the pod is the only one that counts, and never in audit mode.
 pub(crate) fn plan<'c>(
     sets: &Sets<'_>,
-    policies: &[PolicyRules<'_>],
-    namespace_audit: bool,
+    (policies, cluster): (&[PolicyRules<'_>], &[&PolicyRules<'_>]),
+    (namespace_labels, namespace_audit): (Option<&BTreeMap<String, String>>, bool),
     pod: &'c PodInfo,
     id: u32,
     ifindex: u32,
@@ -63,6 +73,19 @@ pub(crate) fn plan<'c>(
         .iter()
         .filter(selecting)
         .any(|p| p.policy.quarantine);
+    let subject_of: Vec<&PolicyRules<'_>> = match quarantined {
+        true => Vec::new(),
+        false => cluster
+            .iter()
+            .copied()
+            .filter(|p| {
+                p.policy
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.subject.selects(namespace_labels, &pod.labels))
+            })
+            .collect(),
+    };
     let mut plan_sets = [None, None];
     let mut names = Vec::new();
     for (slot, direction) in [Direction::Ingress, Direction::Egress]
@@ -75,24 +98,36 @@ pub(crate) fn plan<'c>(
             .filter(selecting)
             .filter(|p| !quarantined || p.policy.quarantine)
             .collect();
-        if isolating.is_empty() {
+        let (admin, baseline): (Vec<&PolicyRules<'_>>, Vec<&PolicyRules<'_>>) = subject_of
+            .iter()
+            .copied()
+            .filter(|p| p.ids(direction).is_some())
+            .partition(|p| p.policy.tier() == rule_tier::ADMIN);
+        let open = isolating.is_empty();
+        let applying: Vec<&PolicyRules<'_>> = match open {
+            true => admin.iter().chain(&baseline).copied().collect(),
+            false => admin.iter().chain(&isolating).copied().collect(),
+        };
+        if applying.is_empty() {
             continue;
         }
-        flags |= endpoint_flags::isolated(direction);
-        if !quarantined && (namespace_audit || isolating.iter().all(|p| p.policy.audit)) {
-            flags |= endpoint_flags::audit(direction);
+        if !open {
+            flags |= endpoint_flags::isolated(direction);
+            if !quarantined && (namespace_audit || isolating.iter().all(|p| p.policy.audit)) {
+                flags |= endpoint_flags::audit(direction);
+            }
         }
-        names.extend(
-            isolating
-                .iter()
-                .map(|p| format!("{}/{}", p.policy.namespace, p.policy.name)),
-        );
-        let ids = isolating
+        if open {
+            // Only ClusterNetworkPolicies apply: what none of their rules decides passes.
+            flags |= endpoint_flags::tiered(direction);
+        }
+        names.extend(applying.iter().map(|p| p.policy.label()));
+        let ids = applying
             .iter()
             .flat_map(|p| p.ids(direction).unwrap_or_default())
             .copied()
             .collect();
-        plan_sets[slot] = Some(sets.key(direction, ids, pod));
+        plan_sets[slot] = Some(sets.key(direction, ids, open, pod));
     }
     names.sort();
     names.dedup();

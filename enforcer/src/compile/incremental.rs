@@ -24,11 +24,13 @@ use k8s_openapi::api::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::cluster::{self, Cluster, object_label};
+use super::cluster_policy::{self, Api};
 use super::identities::{self, Peers};
 use super::policy::{self, Policy};
 use super::services::{self, ServiceInfo};
 use super::sets::SetCache;
 use super::{Compiled, Placement, Problems, RuleIds};
+use crate::crd::{AwsClusterNetworkPolicy, ClusterNetworkPolicy};
 use crate::desired::{Capacity, Ids};
 use crate::manifest::DEFAULT_NAMESPACE;
 use crate::snapshot::{Delta, InputError, Snapshot, Updates};
@@ -46,6 +48,10 @@ pub enum Object<'a> {
     Service(&'a Service),
     /// A discovery.k8s.io/v1 EndpointSlice.
     EndpointSlice(&'a EndpointSlice),
+    /// A policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy.
+    ClusterNetworkPolicy(&'a ClusterNetworkPolicy),
+    /// A networking.k8s.aws/v1alpha1 ClusterNetworkPolicy.
+    AwsClusterNetworkPolicy(&'a AwsClusterNetworkPolicy),
 }
 
 /// A type of cluster object the compiler reads: its kind, and itself as an [`Object`].
@@ -69,7 +75,15 @@ macro_rules! cluster_object {
     )*};
 }
 
-cluster_object!(Namespace, Pod, NetworkPolicy, Service, EndpointSlice);
+cluster_object!(
+    Namespace,
+    Pod,
+    NetworkPolicy,
+    Service,
+    EndpointSlice,
+    ClusterNetworkPolicy,
+    AwsClusterNetworkPolicy
+);
 
 /// The kinds of [`Object`], to name one that is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,6 +98,10 @@ pub enum ObjectKind {
     Service,
     /// EndpointSlice.
     EndpointSlice,
+    /// policy.networking.k8s.io ClusterNetworkPolicy.
+    ClusterNetworkPolicy,
+    /// networking.k8s.aws ClusterNetworkPolicy.
+    AwsClusterNetworkPolicy,
 }
 
 impl ObjectKind {
@@ -95,6 +113,23 @@ impl ObjectKind {
             ObjectKind::NetworkPolicy => NetworkPolicy::KIND,
             ObjectKind::Service => Service::KIND,
             ObjectKind::EndpointSlice => EndpointSlice::KIND,
+            ObjectKind::ClusterNetworkPolicy => ClusterNetworkPolicy::KIND,
+            ObjectKind::AwsClusterNetworkPolicy => AwsClusterNetworkPolicy::KIND,
+        }
+    }
+
+    /// What stands in its objects' keys for a namespace: empty for a Namespace, the API group
+    /// for a cluster-scoped policy (no namespace name has a dot, so keys never collide);
+    /// `None` for a namespaced kind.
+    pub fn scope(self) -> Option<&'static str> {
+        match self {
+            ObjectKind::Namespace => Some(""),
+            ObjectKind::ClusterNetworkPolicy => Some(ClusterNetworkPolicy::GROUP),
+            ObjectKind::AwsClusterNetworkPolicy => Some(AwsClusterNetworkPolicy::GROUP),
+            ObjectKind::Pod
+            | ObjectKind::NetworkPolicy
+            | ObjectKind::Service
+            | ObjectKind::EndpointSlice => None,
         }
     }
 }
@@ -108,6 +143,8 @@ impl<'a> Object<'a> {
             Object::NetworkPolicy(_) => ObjectKind::NetworkPolicy,
             Object::Service(_) => ObjectKind::Service,
             Object::EndpointSlice(_) => ObjectKind::EndpointSlice,
+            Object::ClusterNetworkPolicy(_) => ObjectKind::ClusterNetworkPolicy,
+            Object::AwsClusterNetworkPolicy(_) => ObjectKind::AwsClusterNetworkPolicy,
         }
     }
 
@@ -124,11 +161,14 @@ impl<'a> Object<'a> {
             Object::NetworkPolicy(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
+            Object::ClusterNetworkPolicy(o) => &o.metadata,
+            Object::AwsClusterNetworkPolicy(o) => &o.metadata,
         }
     }
 }
 
-/// An object's key: (namespace, name); a Namespace's namespace is empty.
+/// An object's key: (namespace, name); a Namespace's namespace is empty, a cluster-scoped
+/// policy's is its API group ([`ObjectKind::scope`]).
 type Key = (String, String);
 
 /// The compiler's inputs, changed one object at a time (see the module doc).
@@ -194,7 +234,7 @@ impl Compiler {
     /// of an object listed twice, the last definition is used and the duplicate reported.
     pub fn load(&mut self, snapshot: &Snapshot) {
         self.load_errors.clear();
-        let lists: [(&str, Vec<Object<'_>>); 5] = [
+        let lists: [(&str, Vec<Object<'_>>); 7] = [
             (
                 "namespaces",
                 snapshot.namespaces.iter().map(Object::Namespace).collect(),
@@ -218,6 +258,22 @@ impl Compiler {
                     .endpoint_slices
                     .iter()
                     .map(Object::EndpointSlice)
+                    .collect(),
+            ),
+            (
+                "clusterPolicies",
+                snapshot
+                    .cluster_policies
+                    .iter()
+                    .map(Object::ClusterNetworkPolicy)
+                    .collect(),
+            ),
+            (
+                "awsClusterPolicies",
+                snapshot
+                    .aws_cluster_policies
+                    .iter()
+                    .map(Object::AwsClusterNetworkPolicy)
                     .collect(),
             ),
         ];
@@ -282,16 +338,17 @@ impl Compiler {
                 self.pod_changed(&key);
             }
             Object::NetworkPolicy(o) => {
-                self.policy_changes += 1;
-                self.policies_changed.insert(key.clone());
-                match policy::check_one(o, &mut problems) {
-                    Some(policy) => {
-                        self.policies.insert(key.clone(), policy);
-                    }
-                    None => {
-                        self.policies.remove(&key);
-                    }
-                }
+                let policy = policy::check_one(o, &mut problems);
+                self.set_policy(&key, policy);
+            }
+            Object::ClusterNetworkPolicy(o) => {
+                let policy =
+                    cluster_policy::check(&o.metadata, &o.spec, Api::Upstream, &mut problems);
+                self.set_policy(&key, policy);
+            }
+            Object::AwsClusterNetworkPolicy(o) => {
+                let policy = cluster_policy::check(&o.metadata, &o.spec, Api::Aws, &mut problems);
+                self.set_policy(&key, policy);
             }
             Object::Service(o) => {
                 services::check_service(o, &mut problems);
@@ -323,13 +380,24 @@ impl Compiler {
         }
     }
 
-    /// Removes the object of `kind` named `name` in `namespace` (ignored for a Namespace);
-    /// nothing when it is not known.
+    /// A policy of any kind changed: `policy` is what it is now (`None`: gone or invalid).
+    fn set_policy(&mut self, key: &Key, policy: Option<Policy>) {
+        self.policy_changes += 1;
+        self.policies_changed.insert(key.clone());
+        match policy {
+            Some(policy) => {
+                self.policies.insert(key.clone(), policy);
+            }
+            None => {
+                self.policies.remove(key);
+            }
+        }
+    }
+
+    /// Removes the object of `kind` named `name` in `namespace` (ignored for a Namespace and a
+    /// cluster-scoped policy); nothing when it is not known.
     pub fn delete(&mut self, kind: ObjectKind, namespace: &str, name: &str) {
-        let namespace = match kind {
-            ObjectKind::Namespace => "",
-            _ => namespace,
-        };
+        let namespace = kind.scope().unwrap_or(namespace);
         let key = (namespace.to_owned(), name.to_owned());
         match kind {
             ObjectKind::Namespace => {
@@ -340,7 +408,9 @@ impl Compiler {
                 self.cluster.set_pod(&pod_key(&key), None);
                 self.pod_changed(&key);
             }
-            ObjectKind::NetworkPolicy => {
+            ObjectKind::NetworkPolicy
+            | ObjectKind::ClusterNetworkPolicy
+            | ObjectKind::AwsClusterNetworkPolicy => {
                 self.policies.remove(&key);
                 self.policy_changes += 1;
                 self.policies_changed.insert(key.clone());
@@ -366,6 +436,8 @@ impl Compiler {
         self.apply_updates(&delta.policies);
         self.apply_updates(&delta.services);
         self.apply_updates(&delta.endpoint_slices);
+        self.apply_updates(&delta.cluster_policies);
+        self.apply_updates(&delta.aws_cluster_policies);
     }
 
     /// Applies one kind's `updates`.
@@ -505,11 +577,14 @@ impl Compiler {
         self.stale_services.insert(service);
     }
 
-    /// `Kind namespace/name` (`Namespace name`).
+    /// `Kind namespace/name` (`Namespace name`, `ClusterNetworkPolicy name`).
     fn label(&self, kind: ObjectKind, meta: &ObjectMeta) -> String {
         let name = meta.name.as_deref().unwrap_or_default();
         match kind {
             ObjectKind::Namespace => format!("Namespace {name}"),
+            ObjectKind::ClusterNetworkPolicy | ObjectKind::AwsClusterNetworkPolicy => {
+                cluster_policy::label(kind, name)
+            }
             _ => format!(
                 "{} {}/{name}",
                 kind.name(),
@@ -528,9 +603,9 @@ fn key_of(object: Object<'_>) -> Option<Key> {
 fn key_ref<'o>(object: Object<'o>) -> Option<(&'o str, &'o str)> {
     let meta = object.meta();
     let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
-    let namespace = match object.kind() {
-        ObjectKind::Namespace => "",
-        _ => meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+    let namespace = match object.kind().scope() {
+        Some(scope) => scope,
+        None => meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
     };
     Some((namespace, name))
 }
@@ -615,6 +690,12 @@ fn unnamed(object: Object<'_>, list: &str, index: usize) -> InputError {
     InputError {
         object: match object.kind() {
             ObjectKind::Namespace => format!("Namespace (unnamed, snapshot {list}[{index}])"),
+            ObjectKind::ClusterNetworkPolicy | ObjectKind::AwsClusterNetworkPolicy => {
+                cluster_policy::label(
+                    object.kind(),
+                    &format!("(unnamed, snapshot {list}[{index}])"),
+                )
+            }
             _ => object_label(kind, object.meta(), list, index),
         },
         field: "metadata.name".to_owned(),

@@ -1,11 +1,12 @@
-//! The NetworkPolicy compiler: a cluster [`Snapshot`] → the probe's [`DesiredState`] for the
-//! endpoints of one node. Pure (no I/O, no aya) and deterministic: the same input gives the
+//! The policy compiler: a cluster [`Snapshot`] (NetworkPolicies and ClusterNetworkPolicies) →
+//! the probe's [`DesiredState`] for the endpoints of one node. Pure (no I/O, no aya) and deterministic: the same input gives the
 //! same output, entry for entry.
 //!
 //! How a rule becomes map entries:
 //! 1. Checking. A [`Compiler`] (`incremental`) keeps the cluster between compilations and
 //!    checks each object once, when it arrives: `cluster` checks namespaces and pods, `policy`
-//!    NetworkPolicies (with `selector`, `peers`, `ports` and `cidr`); Services are checked
+//!    NetworkPolicies (with `selector`, `peers`, `ports` and `cidr`), `cluster_policy`
+//!    ClusterNetworkPolicies of both APIs (whose unreadable rules fail closed); Services are checked
 //!    with their backends (`services`) in each pass. An invalid object is left out, with every
 //!    problem reported as an [`InputError`] naming the object and the field. [`compile_with`]
 //!    is one pass of a compiler loaded with a whole [`Snapshot`].
@@ -20,12 +21,15 @@
 //!    prefixes to them, so map entries grow with identities, not with pods × pods. The table is
 //!    kept between compilations and changed by difference: a pod change reclassifies that pod
 //!    only.
-//! 4. Policy sets (`sets`). For each endpoint pod (chosen by [`Placement`]) and direction, the
-//!    policies of its namespace that select it and have that policy type isolate it; their rule
-//!    ids (plus, for ingress named ports, the pod's named ports) make its policy set, shared by
-//!    every endpoint with the same. A set holds one rule list per peer identity its rules
-//!    match, with port rules deduplicated and ordered (`ports`); named ports resolve against the
-//!    destination pod. A quarantine policy (`tollgate quarantine`'s: named
+//! 4. Policy sets (`sets`). For each endpoint pod (chosen by [`Placement`]) and direction
+//!    (`endpoint`), the Admin tier's ClusterNetworkPolicies whose subject selects it (by
+//!    priority), the policies of its namespace that select it and have that policy type (which
+//!    isolate it), and, when none does, the Baseline tier's: their rule ids in that order (plus,
+//!    for ingress named ports, the pod's named ports, and whether it is isolated) make its
+//!    policy set, shared by every endpoint with the same. A set holds one rule list per peer
+//!    identity its rules match, each rule with its action and tier, NetworkPolicy rules
+//!    deduplicated and ordered, ClusterNetworkPolicy rules in order (`ports`); named ports
+//!    resolve against the destination pod. A quarantine policy (`tollgate quarantine`'s: named
 //!    `tollgate-quarantine-…`, labelled as managed by tollgate, selecting on
 //!    `tollgate.io/quarantine`, both types, no rule) takes precedence: a pod it selects is
 //!    isolated both ways with no rule at all, in enforce mode, whatever else selects it.
@@ -47,6 +51,7 @@
 
 pub(crate) mod cidr;
 mod cluster;
+mod cluster_policy;
 mod endpoint;
 mod fit;
 mod identities;
@@ -277,24 +282,32 @@ fn run(
         (&services, services_changed),
         std::mem::take(set_cache),
     );
-    // Policies are in (namespace, name) order: each namespace's are one run.
+    // Policies are in (namespace, name) order: each namespace's are one run. A
+    // ClusterNetworkPolicy's "namespace" is its API group, which no pod's namespace is.
     let mut of_namespace: HashMap<&str, &[PolicyRules<'_>]> = HashMap::new();
     for run in policy_rules.chunk_by(|a, b| a.policy.namespace == b.policy.namespace) {
         of_namespace.insert(&run[0].policy.namespace, run);
     }
+    let mut cluster_rules: Vec<&PolicyRules<'_>> = policy_rules
+        .iter()
+        .filter(|rules| rules.policy.cluster.is_some())
+        .collect();
+    cluster_rules.sort_by(|a, b| {
+        cluster_policy::order_key(a.policy).cmp(&cluster_policy::order_key(b.policy))
+    });
     let plans: Vec<endpoint::Plan<'_>> = endpoints
         .into_iter()
         .map(|(pod, ifindex)| {
-            let namespace_audit = cluster
-                .namespaces
-                .get(&pod.namespace)
-                .is_some_and(|ns| ns.audit);
+            let namespace = cluster.namespaces.get(&pod.namespace);
             let id = endpoint_ids[&pod.key()];
             let policies = of_namespace.get(pod.namespace.as_str()).copied();
             endpoint::plan(
                 &sets,
-                policies.unwrap_or_default(),
-                namespace_audit,
+                (policies.unwrap_or_default(), &cluster_rules),
+                (
+                    namespace.map(|ns| &ns.labels),
+                    namespace.is_some_and(|ns| ns.audit),
+                ),
                 pod,
                 id,
                 ifindex,

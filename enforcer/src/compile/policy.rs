@@ -6,8 +6,11 @@
 //! list of a type the policy does not have is checked but not compiled; a rule list that is
 //! absent or empty for a type the policy has isolates and allows nothing.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use tollgate_schemas::{port_action, rule_tier};
 
 use super::Problems;
 use super::cluster::{MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX, audit_annotation};
@@ -23,12 +26,49 @@ pub(crate) struct Rule {
     pub(crate) peers: Option<Vec<Peer>>,
     /// `ports`; `[PortSpec::Any]` when the rule has none.
     pub(crate) ports: Vec<PortSpec>,
+    /// What it does to what it matches ([`port_action`]): a NetworkPolicy's rule allows; a
+    /// ClusterNetworkPolicy's accepts (allows), denies or passes.
+    pub(crate) action: u8,
 }
 
-/// A valid NetworkPolicy.
+/// The tier of a ClusterNetworkPolicy, its priority in the tier and the pods it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterScope {
+    /// [`rule_tier::ADMIN`] or [`rule_tier::BASELINE`].
+    pub(crate) tier: u8,
+    /// `spec.priority`, 0 to 1000: lower first.
+    pub(crate) priority: u16,
+    /// `spec.subject`.
+    pub(crate) subject: Subject,
+}
+
+/// The pods a ClusterNetworkPolicy applies to: those of the namespaces `namespaces` selects
+/// that `pods` selects (`None`: all of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Subject {
+    /// Namespace selector.
+    pub(crate) namespaces: Selector,
+    /// Pod selector.
+    pub(crate) pods: Option<Selector>,
+}
+
+impl Subject {
+    /// Whether it selects a pod labelled `labels` in a namespace labelled `namespace_labels`
+    /// (`None`: a namespace the cluster does not list).
+    pub(crate) fn selects(
+        &self,
+        namespace_labels: Option<&BTreeMap<String, String>>,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        namespace_labels.is_some_and(|ns| self.namespaces.matches(ns))
+            && self.pods.as_ref().is_none_or(|pods| pods.matches(labels))
+    }
+}
+
+/// A valid NetworkPolicy, or ClusterNetworkPolicy (`cluster`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Policy {
-    /// Namespace.
+    /// Namespace; for a ClusterNetworkPolicy its API group (see `ObjectKind::scope`).
     pub(crate) namespace: String,
     /// Name.
     pub(crate) name: String,
@@ -43,6 +83,27 @@ pub(crate) struct Policy {
     pub(crate) ingress: Option<Vec<Rule>>,
     /// Egress rules, when the policy has the Egress type.
     pub(crate) egress: Option<Vec<Rule>>,
+    /// A ClusterNetworkPolicy's tier, priority and subject (`selector` is then unused, and a
+    /// direction without rules is `None`: it does not affect that direction); `None` for a
+    /// NetworkPolicy.
+    pub(crate) cluster: Option<ClusterScope>,
+}
+
+impl Policy {
+    /// The tier its rules are in ([`rule_tier`]).
+    pub(crate) fn tier(&self) -> u8 {
+        self.cluster
+            .as_ref()
+            .map_or(rule_tier::NETWORK_POLICY, |cluster| cluster.tier)
+    }
+
+    /// How it is named in messages: `namespace/name`, or `ClusterNetworkPolicy name`.
+    pub(crate) fn label(&self) -> String {
+        match &self.cluster {
+            None => format!("{}/{}", self.namespace, self.name),
+            Some(_) => super::cluster_policy::label_in(&self.namespace, &self.name),
+        }
+    }
 }
 
 /// Checks one named policy: the policy when valid, and its problems either way (an unknown
@@ -133,6 +194,7 @@ fn check_policy(policy: &NetworkPolicy, audit: bool, problems: &mut Problems) ->
         quarantine,
         ingress: types.0.then_some(ingress),
         egress: types.1.then_some(egress),
+        cluster: None,
     })
 }
 
@@ -173,5 +235,6 @@ fn check_rule(
     Some(Rule {
         peers: peers?,
         ports: ports?,
+        action: port_action::ALLOW,
     })
 }

@@ -6,7 +6,7 @@
 //! same name and protocol. An address that is not a pod's has no named ports, so a named port
 //! never allows traffic to it.
 
-use tollgate_schemas::{ANY_PROTOCOL, MAX_PORT_RULES, PortRule, proto};
+use tollgate_schemas::{ANY_PROTOCOL, MAX_PORT_RULES, PortRule, port_action, proto, rule_tier};
 
 use k8s_openapi::api::networking::v1::NetworkPolicyPort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -29,7 +29,8 @@ pub(crate) enum PortSpec {
     },
     /// A protocol and a port name, resolved per destination pod.
     Named {
-        /// IANA protocol number.
+        /// IANA protocol number; [`ANY_PROTOCOL`]: the named ports of every protocol (a
+        /// ClusterNetworkPolicy's, which names no protocol).
         protocol: u8,
         /// The port name.
         name: String,
@@ -60,15 +61,16 @@ pub(crate) struct PortRange {
 }
 
 impl PortRange {
-    /// The map's form of this range, for rule `rule_id`.
-    pub(crate) fn rule(self, rule_id: u32) -> PortRule {
+    /// The map's form of this range, for rule `rule_id` doing `action` in `tier`.
+    pub(crate) fn rule(self, rule_id: u32, action: u8, tier: u8) -> PortRule {
         PortRule {
             rule_id,
             port_lo: self.lo,
             port_hi: self.hi,
             protocol: self.protocol,
-            action: tollgate_schemas::port_action::ALLOW,
-            _pad: [0; 2],
+            action,
+            tier,
+            _pad: 0,
         }
     }
 }
@@ -215,9 +217,12 @@ pub(crate) fn resolve(
                     named
                         .unwrap_or_default()
                         .iter()
-                        .filter(|p| p.protocol == *protocol && p.name == *name)
+                        .filter(|p| {
+                            (p.protocol == *protocol || *protocol == ANY_PROTOCOL)
+                                && p.name == *name
+                        })
                         .map(|p| PortRange {
-                            protocol: *protocol,
+                            protocol: p.protocol,
                             lo: p.port,
                             hi: p.port,
                         }),
@@ -238,24 +243,55 @@ pub(crate) struct Normalized {
     pub(crate) dropped: usize,
 }
 
-/// Turns every port rule that allows one peer prefix into the list of one map value.
+/// Turns the port rules that decide one peer prefix (as granted, tier by tier in the order
+/// they apply) into the list of one map value, at most [`MAX_PORT_RULES`] of them; the rest
+/// are reported as dropped.
+///
+/// A NetworkPolicy run only allows, so its order does not count ([`allows`] orders and
+/// shrinks it). A ClusterNetworkPolicy run keeps its order, first match wins: a rule after one
+/// of its tier that covers every protocol and port is never reached and goes. After a rule
+/// that covers everything and decides (any but a Pass), so does every later tier.
+pub(crate) fn normalize(rules: Vec<PortRule>) -> Normalized {
+    let mut kept: Vec<PortRule> = Vec::with_capacity(rules.len());
+    for run in rules.chunk_by(|a, b| a.tier == b.tier) {
+        if run[0].tier == rule_tier::NETWORK_POLICY {
+            kept.extend(allows(run.to_vec()));
+        } else {
+            let reached = run
+                .iter()
+                .position(|r| r.protocol == ANY_PROTOCOL)
+                .map_or(run.len(), |i| i + 1);
+            kept.extend(&run[..reached]);
+        }
+        if kept
+            .last()
+            .is_some_and(|r| r.protocol == ANY_PROTOCOL && r.action != port_action::PASS)
+        {
+            break;
+        }
+    }
+    let dropped = kept.len().saturating_sub(MAX_PORT_RULES);
+    kept.truncate(MAX_PORT_RULES);
+    Normalized {
+        rules: kept,
+        dropped,
+    }
+}
+
+/// The list of one map value for the rules that allow one peer prefix (a NetworkPolicy run).
 ///
 /// Duplicates go; a rule fully covered by another of the same protocol (or by an
 /// any-protocol rule) goes, the covering one stays (of two equal ones, the lower rule id
 /// stays). The result is ordered: any-protocol first, then by protocol, first port, rule id.
 /// If more than [`MAX_PORT_RULES`] remain, overlapping and adjacent ranges of one protocol are
-/// merged (the merged range keeps the rule id of its first part); if that is still too many,
-/// the first [`MAX_PORT_RULES`] are kept and the rest reported as dropped.
-pub(crate) fn normalize(mut rules: Vec<PortRule>) -> Normalized {
+/// merged (the merged range keeps the rule id of its first part).
+fn allows(mut rules: Vec<PortRule>) -> Vec<PortRule> {
     if let Some(any) = rules
         .iter()
         .filter(|r| r.protocol == ANY_PROTOCOL)
         .min_by_key(|r| r.rule_id)
     {
-        return Normalized {
-            rules: vec![*any],
-            dropped: 0,
-        };
+        return vec![*any];
     }
     rules.sort_by_key(|r| (r.protocol, r.port_lo, u16::MAX - r.port_hi, r.rule_id));
     let mut kept: Vec<PortRule> = Vec::with_capacity(rules.len());
@@ -284,12 +320,7 @@ pub(crate) fn normalize(mut rules: Vec<PortRule>) -> Normalized {
         }
         kept = merged;
     }
-    let dropped = kept.len().saturating_sub(MAX_PORT_RULES);
-    kept.truncate(MAX_PORT_RULES);
-    Normalized {
-        rules: kept,
-        dropped,
-    }
+    kept
 }
 
 #[cfg(test)]
@@ -455,7 +486,7 @@ mod tests {
     }
 
     fn rule(rule_id: u32, protocol: u8, lo: u16, hi: u16) -> PortRule {
-        PortRange { protocol, lo, hi }.rule(rule_id)
+        PortRange { protocol, lo, hi }.rule(rule_id, port_action::ALLOW, rule_tier::NETWORK_POLICY)
     }
 
     #[test]

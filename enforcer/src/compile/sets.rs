@@ -1,19 +1,21 @@
-//! Policy sets: what isolates an endpoint in one direction (the rules of the policies that
-//! select it, and for ingress with named ports the endpoint's own named ports), compiled once
-//! for every endpoint it isolates into one rule list per peer identity.
+//! Policy sets: what decides for an endpoint in one direction (the rules of the policies that
+//! select it, tier by tier, and for ingress with named ports the endpoint's own named ports),
+//! compiled once for every endpoint it decides for into one rule list per peer identity.
 //!
 //! How a set's entries are made:
 //! 1. Each rule's peers are resolved into the identities they match (once per compilation):
 //!    no peers, every address identity; a pod selector, the identities that carry it; an
 //!    ipBlock, the identities whose region lies inside it and in none of its holes (same
 //!    family only).
-//! 2. Each matched identity gets the rule's port ranges. Named ports resolve against the
-//!    destination pod: for ingress the endpoint (part of the set's key), for egress the peer
-//!    identity's own named ports (an address that is no pod's gets nothing from a named port).
-//! 3. Per identity, the ranges are deduplicated and ordered (`ports::normalize`) into one
-//!    value.
+//! 2. Each matched identity gets the rule's port ranges, with its action and tier, in the
+//!    set's rule order. Named ports resolve against the destination pod: for ingress the
+//!    endpoint (part of the set's key), for egress the peer identity's own named ports (an
+//!    address that is no pod's gets nothing from a named port).
+//! 3. Per identity, the ranges make one value (`ports::normalize`: a NetworkPolicy run
+//!    deduplicated and ordered, a ClusterNetworkPolicy run kept in order). An identity no rule
+//!    matches gets no value: the set leaves it to the endpoint's flags.
 //! 4. Egress sets then gain the Services' ClusterIPs, decided by their ready backends (`vips`):
-//!    only those with a backend or a region the set has a value for.
+//!    in a set that isolates, only those with a backend or a region the set has a value for.
 //!
 //! A set's entries are kept for the next pass ([`SetCache`]). While nothing they were made
 //! from changed (the policies, the rule ids, the identities: `Peers::generation`) they are used
@@ -39,7 +41,7 @@ use super::cluster::PodInfo;
 use super::identities::{PeerSelector, Peers};
 use super::peers::{Block, Peer};
 use super::policy::{Policy, Rule};
-use super::ports::{NamedPort, PortSpec, has_named, normalize, resolve};
+use super::ports::{NamedPort, has_named, normalize, resolve};
 use super::services::ServiceInfo;
 use super::vips;
 use crate::desired::RuleRef;
@@ -53,13 +55,17 @@ pub(crate) struct SetKey {
     pub(crate) rules: Vec<u32>,
     /// The endpoint's named ports (ingress with named ports only; else empty).
     pub(crate) named: Vec<(String, u8, u16)>,
+    /// No NetworkPolicy isolates its endpoints: what no rule decides passes (only
+    /// ClusterNetworkPolicies apply). Its ClusterIPs are decided accordingly.
+    pub(crate) open: bool,
 }
 
 impl SetKey {
     /// Canonical form, the key of its stable id.
     pub(crate) fn canonical(&self) -> String {
+        let open = if self.open { " open" } else { "" };
         format!(
-            "{} {:?} {:?}",
+            "{} {:?} {:?}{open}",
             self.direction.name(),
             self.rules,
             self.named
@@ -305,8 +311,15 @@ impl<'c> Sets<'c> {
         cache
     }
 
-    /// The key of the set that `ids` (rule ids) make for `endpoint` in `direction`.
-    pub(crate) fn key(&self, direction: Direction, ids: Vec<u32>, endpoint: &PodInfo) -> SetKey {
+    /// The key of the set that `ids` (rule ids) make for `endpoint` in `direction` (`open`: no
+    /// NetworkPolicy isolates it there).
+    pub(crate) fn key(
+        &self,
+        direction: Direction,
+        ids: Vec<u32>,
+        open: bool,
+        endpoint: &PodInfo,
+    ) -> SetKey {
         let named = direction == Direction::Ingress
             && ids.iter().any(|id| has_named(&self.rules[id].1.ports));
         SetKey {
@@ -323,6 +336,7 @@ impl<'c> Sets<'c> {
             } else {
                 Vec::new()
             },
+            open,
         }
     }
 
@@ -352,7 +366,7 @@ impl<'c> Sets<'c> {
         if key.direction == Direction::Ingress {
             return kept;
         }
-        let Some(mut patched) = vips::patch_cluster_ips(&kept, gone, now) else {
+        let Some(mut patched) = vips::patch_cluster_ips(&kept, gone, now, key.open) else {
             return kept;
         };
         patched.seal(self.peers);
@@ -424,10 +438,10 @@ impl<'c> Sets<'c> {
             .rules
             .iter()
             .map(|&id| {
-                let (_, rule) = self.rules[&id];
+                let (policy, rule) = self.rules[&id];
                 (
                     self.matched(id),
-                    granted(id, &rule.ports, Some(&named_ports)),
+                    granted(id, (policy, rule), Some(&named_ports)),
                 )
             })
             .collect();
@@ -453,12 +467,12 @@ impl<'c> Sets<'c> {
         let named_ports = named_ports(key);
         let mut rules: HashMap<usize, Vec<PortRule>> = HashMap::new();
         for &id in &key.rules {
-            let (_, rule) = self.rules[&id];
+            let (policy, rule) = self.rules[&id];
             self.record_matched(id);
             let matched = self.matched(id);
             if key.direction == Direction::Ingress || !has_named(&rule.ports) {
                 let named = (key.direction == Direction::Ingress).then_some(&named_ports[..]);
-                let granted = granted(id, &rule.ports, named);
+                let granted = granted(id, (policy, rule), named);
                 if granted.is_empty() {
                     continue;
                 }
@@ -468,7 +482,7 @@ impl<'c> Sets<'c> {
             } else {
                 for identity in matched.iter() {
                     let named = self.peers.identities[*identity].named_ports();
-                    let granted = granted(id, &rule.ports, Some(named));
+                    let granted = granted(id, (policy, rule), Some(named));
                     if !granted.is_empty() {
                         rules.entry(*identity).or_default().extend(granted);
                     }
@@ -480,7 +494,7 @@ impl<'c> Sets<'c> {
             entries.set_value(identity, list);
         }
         if key.direction == Direction::Egress {
-            vips::add_cluster_ips(&mut entries, &self.cache.cluster_ips);
+            vips::add_cluster_ips(&mut entries, &self.cache.cluster_ips, key.open);
         }
         entries.seal(self.peers);
         entries
@@ -554,12 +568,16 @@ impl<'c> Sets<'c> {
     }
 }
 
-/// What rule `id`, with ports `ports`, grants: its port rules, named ports resolved against
-/// `named` (`None`: no named port resolves).
-fn granted(id: u32, ports: &[PortSpec], named: Option<&[NamedPort]>) -> Vec<PortRule> {
-    resolve(ports, named, true)
+/// What rule `id` (`rule` of `policy`) decides: its port rules, with its action and tier,
+/// named ports resolved against `named` (`None`: no named port resolves).
+fn granted(
+    id: u32,
+    (policy, rule): (&Policy, &Rule),
+    named: Option<&[NamedPort]>,
+) -> Vec<PortRule> {
+    resolve(&rule.ports, named, true)
         .into_iter()
-        .map(|range| range.rule(id))
+        .map(|range| range.rule(id, rule.action, policy.tier()))
         .collect()
 }
 

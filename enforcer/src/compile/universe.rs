@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::HashMap;
 
+use tollgate_schemas::ANY_PROTOCOL;
+
 use super::cidr::Prefix;
 use super::identities::PeerSelector;
 use super::peers::Peer;
@@ -194,7 +196,10 @@ impl Universe {
 
     /// Whether egress rules use named port `name` of `protocol`.
     pub(crate) fn egress_name(&self, name: &str, protocol: u8) -> bool {
-        self.egress_names.contains_key(&(name.to_owned(), protocol))
+        let name = name.to_owned();
+        // A ClusterNetworkPolicy's named port names no protocol.
+        self.egress_names.contains_key(&(name.clone(), protocol))
+            || self.egress_names.contains_key(&(name, ANY_PROTOCOL))
     }
 }
 

@@ -6,10 +6,13 @@
 //! at once, from the set's own values for the backends' identities (what it may reach by
 //! address):
 //! - every backend allowed on its targetPort: the ClusterIP's port is allowed, naming the rule
-//!   that allowed the first backend;
+//!   that allowed the first backend (none when the set's default allowed them all);
 //! - only some: the port gets a [`port_action::DENY_SERVICE`] rule, so the connection is denied
 //!   with reason `service-backends-denied` (fail closed: it could reach a denied backend);
-//! - none (or no ready backend): nothing, so the connection is denied as no rule matched.
+//! - none (or no ready backend): a [`port_action::DENY`] rule naming the first backend's
+//!   denying rule when a ClusterNetworkPolicy's Deny denied one; else nothing, so the
+//!   connection is denied as no rule matched. A set that no NetworkPolicy isolates (`open`:
+//!   ClusterNetworkPolicies only) allows what no rule decides, backends included.
 //!
 //! The ClusterIP has a peer identity of its own, whose entry in a set shadows what an ipBlock
 //! around it says: the virtual address does not count, only the backends do (as with enforcers
@@ -29,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tollgate_schemas::{ANY_PROTOCOL, PortRule, port_action};
+use tollgate_schemas::{PortRule, port_action, rule_tier};
 
 use super::identities::Peers;
 use super::services::{self, ServiceInfo};
@@ -41,6 +44,10 @@ use super::sets::{Rules, SetEntries, rules_of};
 pub(crate) struct ClusterIp {
     /// Its own identity (index into the identities).
     identity: usize,
+    /// That identity's id: the key of its entry in a set. Kept so that a ClusterIP whose
+    /// identity was numbered anew counts as changed (an open set has entries for ClusterIPs
+    /// that no rule's matched identities account for).
+    id: u32,
     /// The identity of the region around it: what it is where it has no entry.
     region: usize,
     /// Its ports.
@@ -280,6 +287,7 @@ fn of_service(peers: &Peers, service: &ServiceInfo) -> Vec<ClusterIp> {
                 .collect();
             Some(ClusterIp {
                 identity,
+                id: peers.identities[identity].id,
                 region: peers.of_region(peers.identities[identity].region),
                 ports,
             })
@@ -294,19 +302,27 @@ enum Backends {
     Allowed(u32),
     /// Some are allowed, some are not.
     Partly,
-    /// None is, or there is none.
-    Denied,
+    /// None is, or there is none: the first ClusterNetworkPolicy Deny rule that denied one,
+    /// if any.
+    Denied(Option<u32>),
 }
 
 /// Adds to `entries` (one egress set's values by identity) an entry for each of
-/// `cluster_ips` whose answer differs from its region's. Only the ClusterIPs with a backend or
-/// a region the set has a value for are looked at: for any other, every port is denied both by
-/// its backends and by its region, so it needs no entry.
-pub(crate) fn add_cluster_ips(entries: &mut SetEntries, cluster_ips: &ClusterIps) {
-    let added: Vec<(usize, Rules)> = cluster_ips
-        .concerning(entries.values.keys())
-        .filter_map(|vip| Some((vip.identity, entry(vip, |i| entries.values.get(&i))?)))
-        .collect();
+/// `cluster_ips` whose answer differs from its region's. In a set that denies what no rule
+/// decides, only the ClusterIPs with a backend or a region the set has a value for are looked
+/// at: for any other, every port is denied both by its backends and by its region, so it needs
+/// no entry. An `open` set (it allows what no rule decides) looks at every ClusterIP: one with
+/// a port without a ready backend is denied there, though its region is allowed.
+pub(crate) fn add_cluster_ips(entries: &mut SetEntries, cluster_ips: &ClusterIps, open: bool) {
+    let lookup = |identity: usize| entries.values.get(&identity);
+    let decide = |vip: &ClusterIp| Some((vip.identity, entry(vip, lookup, open)?));
+    let added: Vec<(usize, Rules)> = match open {
+        true => cluster_ips.iter().filter_map(decide).collect(),
+        false => cluster_ips
+            .concerning(entries.values.keys())
+            .filter_map(decide)
+            .collect(),
+    };
     entries.values.extend(added);
 }
 
@@ -316,6 +332,7 @@ pub(crate) fn patch_cluster_ips(
     entries: &SetEntries,
     gone: &BTreeSet<usize>,
     now: &[ClusterIp],
+    open: bool,
 ) -> Option<SetEntries> {
     // A gone ClusterIP's identity may be a pod's now, one this set has no rule for (else the
     // set is compiled again, not patched): its old entry is no value of that pod's.
@@ -326,7 +343,7 @@ pub(crate) fn patch_cluster_ips(
     };
     let decided: BTreeMap<usize, Rules> = now
         .iter()
-        .filter_map(|vip| Some((vip.identity, entry(vip, lookup)?)))
+        .filter_map(|vip| Some((vip.identity, entry(vip, lookup, open)?)))
         .collect();
     let same = decided
         .iter()
@@ -354,26 +371,34 @@ pub(crate) fn patch_cluster_ips(
 
 /// The entry of `vip` in a set whose values by identity `lookup` gives (the backends' and the
 /// region's: a ClusterIP's own identity is never a rule's), when its answer differs from its
-/// region's.
-fn entry<'e>(vip: &ClusterIp, lookup: impl Fn(usize) -> Option<&'e Rules> + Copy) -> Option<Rules> {
+/// region's; `open`: the set allows what no rule decides.
+fn entry<'e>(
+    vip: &ClusterIp,
+    lookup: impl Fn(usize) -> Option<&'e Rules> + Copy,
+    open: bool,
+) -> Option<Rules> {
     let vip_value = lookup(vip.region);
     let mut rules = Vec::new();
     let mut differs = false;
     for port in &vip.ports {
-        let answer = backends(port, lookup);
-        let by_address = vip_value
-            .and_then(|rules| matching_rule(rules, port.protocol, port.port))
-            .filter(|rule| rule.action == port_action::ALLOW);
+        let answer = backends(port, lookup, open);
+        let region_rule =
+            vip_value.and_then(|rules| matching_rule(rules, port.protocol, port.port));
+        let by_address = allows(region_rule, open);
         differs |= match answer {
-            Backends::Allowed(_) => by_address.is_none(),
+            Backends::Allowed(_) => !by_address,
             // The reason names the Service, whatever the addresses say.
             Backends::Partly => true,
-            Backends::Denied => by_address.is_some(),
+            // The record names the Deny rule, unless the region's answer is that very rule.
+            Backends::Denied(Some(rule_id)) => region_rule
+                .is_none_or(|rule| rule.action != port_action::DENY || rule.rule_id != rule_id),
+            Backends::Denied(None) => by_address,
         };
         let action = match answer {
             Backends::Allowed(rule_id) => Some((rule_id, port_action::ALLOW)),
             Backends::Partly => Some((0, port_action::DENY_SERVICE)),
-            Backends::Denied => None,
+            Backends::Denied(Some(rule_id)) => Some((rule_id, port_action::DENY)),
+            Backends::Denied(None) => None,
         };
         if let Some((rule_id, action)) = action {
             rules.push(PortRule {
@@ -382,7 +407,8 @@ fn entry<'e>(vip: &ClusterIp, lookup: impl Fn(usize) -> Option<&'e Rules> + Copy
                 port_hi: port.port,
                 protocol: port.protocol,
                 action,
-                _pad: [0; 2],
+                tier: rule_tier::NETWORK_POLICY,
+                _pad: 0,
             });
         }
     }
@@ -391,33 +417,46 @@ fn entry<'e>(vip: &ClusterIp, lookup: impl Fn(usize) -> Option<&'e Rules> + Copy
 }
 
 /// The rule of `rules` (a set's value for one identity) that decides `protocol` and `port`:
-/// the first that covers them, as the probe's `PolicyValue::matching_rule` finds it.
+/// the first that covers them and does not pass, a Pass skipping the rest of its tier, as the
+/// probe's `PolicyValue::matching_rule` finds it.
 fn matching_rule(rules: &[PortRule], protocol: u8, port: u16) -> Option<&PortRule> {
-    rules.iter().find(|rule| {
-        rule.protocol == ANY_PROTOCOL
-            || (rule.protocol == protocol && rule.port_lo <= port && port <= rule.port_hi)
-    })
+    let mut passed = None;
+    for rule in rules {
+        if Some(rule.tier) != passed && rule.covers(protocol, port) {
+            if rule.action != port_action::PASS {
+                return Some(rule);
+            }
+            passed = Some(rule.tier);
+        }
+    }
+    None
 }
 
-/// What the backends of `port` say, through `lookup` (identity → the set's value).
-fn backends<'e>(port: &Port, lookup: impl Fn(usize) -> Option<&'e Rules>) -> Backends {
+/// Whether the deciding rule `rule` (`None`: none decided) lets the packet pass, in a set that
+/// allows what no rule decides when `open`.
+fn allows(rule: Option<&PortRule>, open: bool) -> bool {
+    rule.map_or(open, |rule| rule.action == port_action::ALLOW)
+}
+
+/// What the backends of `port` say, through `lookup` (identity → the set's value); `open`:
+/// the set allows what no rule decides.
+fn backends<'e>(port: &Port, lookup: impl Fn(usize) -> Option<&'e Rules>, open: bool) -> Backends {
     let mut first = None;
-    let mut denied = false;
+    // Some when a backend is denied: the first Deny rule that denied one, if any.
+    let mut denied: Option<Option<u32>> = None;
     for (identity, target) in &port.backends {
-        let rule = lookup(*identity)
-            .and_then(|rules| matching_rule(rules, port.protocol, *target))
-            .filter(|rule| rule.action == port_action::ALLOW);
-        match rule {
-            Some(rule) => {
-                first.get_or_insert(rule.rule_id);
-            }
-            None => denied = true,
+        let rule = lookup(*identity).and_then(|rules| matching_rule(rules, port.protocol, *target));
+        if allows(rule, open) {
+            first.get_or_insert(rule.map_or(0, |rule| rule.rule_id));
+        } else {
+            let deny = rule.filter(|rule| rule.action == port_action::DENY);
+            denied = Some(denied.flatten().or(deny.map(|rule| rule.rule_id)));
         }
     }
     match (first, denied) {
-        (Some(rule_id), false) => Backends::Allowed(rule_id),
-        (Some(_), true) => Backends::Partly,
-        (None, _) => Backends::Denied,
+        (Some(rule_id), None) => Backends::Allowed(rule_id),
+        (Some(_), Some(_)) => Backends::Partly,
+        (None, denied) => Backends::Denied(denied.flatten()),
     }
 }
 
@@ -425,16 +464,33 @@ fn backends<'e>(port: &Port, lookup: impl Fn(usize) -> Option<&'e Rules>) -> Bac
 mod tests {
     use super::*;
     use crate::compile::sets::value_of;
-    use tollgate_schemas::proto;
+    use tollgate_schemas::{ANY_PROTOCOL, proto};
 
     fn rule(rule_id: u32, protocol: u8, port_lo: u16, port_hi: u16) -> PortRule {
+        tiered(
+            rule_id,
+            protocol,
+            port_lo,
+            port_hi,
+            (port_action::ALLOW, rule_tier::NETWORK_POLICY),
+        )
+    }
+
+    fn tiered(
+        rule_id: u32,
+        protocol: u8,
+        port_lo: u16,
+        port_hi: u16,
+        (action, tier): (u8, u8),
+    ) -> PortRule {
         PortRule {
             rule_id,
             port_lo,
             port_hi,
             protocol,
-            action: port_action::ALLOW,
-            _pad: [0; 2],
+            action,
+            tier,
+            _pad: 0,
         }
     }
 
@@ -445,6 +501,43 @@ mod tests {
             vec![rule(1, proto::TCP, 80, 80)],
             vec![rule(1, proto::TCP, 8000, 8080), rule(2, proto::UDP, 53, 53)],
             vec![rule(3, ANY_PROTOCOL, 0, 0), rule(4, proto::TCP, 80, 80)],
+            // Admin: pass TCP 80, deny TCP; NetworkPolicy: allow TCP 80.
+            vec![
+                tiered(5, proto::TCP, 80, 80, (port_action::PASS, rule_tier::ADMIN)),
+                tiered(
+                    6,
+                    proto::TCP,
+                    0,
+                    65535,
+                    (port_action::DENY, rule_tier::ADMIN),
+                ),
+                rule(7, proto::TCP, 80, 80),
+            ],
+            // Admin: pass everything; Baseline: deny UDP 53, accept everything.
+            vec![
+                tiered(8, ANY_PROTOCOL, 0, 0, (port_action::PASS, rule_tier::ADMIN)),
+                tiered(
+                    9,
+                    proto::TCP,
+                    80,
+                    80,
+                    (port_action::ALLOW, rule_tier::ADMIN),
+                ),
+                tiered(
+                    10,
+                    proto::UDP,
+                    53,
+                    53,
+                    (port_action::DENY, rule_tier::BASELINE),
+                ),
+                tiered(
+                    11,
+                    ANY_PROTOCOL,
+                    0,
+                    0,
+                    (port_action::ALLOW, rule_tier::BASELINE),
+                ),
+            ],
         ];
         for rules in &values {
             let value = value_of(rules);

@@ -76,6 +76,21 @@ pub fn load_manifests(files: &[SourceText]) -> (Snapshot, Vec<InputError>) {
                 .endpoint_slices
                 .upsert("EndpointSlice", &file.source, slice, |s| &s.metadata);
         }
+        for policy in snapshot.cluster_policies {
+            merged
+                .cluster_policies
+                .upsert("ClusterNetworkPolicy", &file.source, policy, |p| {
+                    &p.metadata
+                });
+        }
+        for policy in snapshot.aws_cluster_policies {
+            merged.aws_cluster_policies.upsert(
+                "ClusterNetworkPolicy (networking.k8s.aws)",
+                &file.source,
+                policy,
+                |p| &p.metadata,
+            );
+        }
     }
     let snapshot = Snapshot {
         namespaces: merged.namespaces.items,
@@ -83,6 +98,8 @@ pub fn load_manifests(files: &[SourceText]) -> (Snapshot, Vec<InputError>) {
         policies: merged.policies.items,
         services: merged.services.items,
         endpoint_slices: merged.endpoint_slices.items,
+        cluster_policies: merged.cluster_policies.items,
+        aws_cluster_policies: merged.aws_cluster_policies.items,
         node_addresses: Vec::new(),
     };
     (snapshot, errors)
@@ -95,6 +112,8 @@ struct Merged {
     policies: Objects<k8s_openapi::api::networking::v1::NetworkPolicy>,
     services: Objects<k8s_openapi::api::core::v1::Service>,
     endpoint_slices: Objects<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    cluster_policies: Objects<crate::crd::ClusterNetworkPolicy>,
+    aws_cluster_policies: Objects<crate::crd::AwsClusterNetworkPolicy>,
 }
 
 /// Objects of one kind, in first-seen order, with the position of each named one.

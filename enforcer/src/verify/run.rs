@@ -43,7 +43,8 @@ pub struct HookResult {
     pub verdict: &'static str,
     /// [`tollgate_schemas::Reason::name`].
     pub reason: &'static str,
-    /// The NetworkPolicy (`namespace/name`) of the rule that allowed the packet, if a rule did.
+    /// The policy (`namespace/name`, `ClusterNetworkPolicy/name`) of the rule that decided the
+    /// packet, if a rule did.
     pub policy: Option<String>,
     /// That rule (`ingress[0]`, `egress[2]`).
     pub rule: Option<String>,
@@ -97,7 +98,8 @@ pub struct ProbeResult {
     /// Where: the hook of the deciding decision ([`crate::decision::Hook::name`]), null when
     /// no hook was reached.
     pub at: Option<&'static str>,
-    /// The NetworkPolicy (`namespace/name`) of the rule behind the deciding decision, if any.
+    /// The policy (`namespace/name`, `ClusterNetworkPolicy/name`) of the rule behind the
+    /// deciding decision, if any.
     pub policy: Option<String>,
     /// That rule (`ingress[0]`).
     pub rule: Option<String>,
@@ -212,7 +214,7 @@ fn rule_names(compiled: &Compiled, decision: &Decision) -> (Option<String>, Opti
     }
     match compiled.rules.get(&decision.rule_id) {
         Some(rule) => (
-            Some(format!("{}/{}", rule.namespace, rule.policy)),
+            Some(rule.policy_label()),
             Some(format!("{}[{}]", rule.direction.name(), rule.index)),
         ),
         None => (None, Some(format!("unknown rule id {}", decision.rule_id))),

@@ -1,0 +1,94 @@
+//! The cluster-scoped policy resources the compiler reads besides NetworkPolicy, as custom
+//! resources: SIG Network's ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`,
+//! network-policy-api v0.2.0) and AWS's (`networking.k8s.aws/v1alpha1`, the VPC CNI's), which
+//! has the same tiers and rules but names its ports another way.
+//!
+//! Each is its metadata and its `spec` as given, unchecked: `compile` reads the spec field by
+//! field, because a field it does not know must make a rule fail closed (as the API says),
+//! where a typed decoder would drop it without a word. Both implement k8s-openapi's
+//! `Resource`, so kube-rs lists and watches them like the built-in kinds.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+/// The API group of [`ClusterNetworkPolicy`].
+pub const CLUSTER_NETWORK_POLICY_GROUP: &str = "policy.networking.k8s.io";
+
+/// The API group of [`AwsClusterNetworkPolicy`].
+pub const AWS_CLUSTER_NETWORK_POLICY_GROUP: &str = "networking.k8s.aws";
+
+/// A `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNetworkPolicy {
+    /// Standard object metadata (cluster-scoped: no namespace).
+    pub metadata: ObjectMeta,
+    /// `spec`, as given.
+    #[serde(default)]
+    pub spec: serde_json::Value,
+}
+
+/// A `networking.k8s.aws/v1alpha1` ClusterNetworkPolicy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AwsClusterNetworkPolicy {
+    /// Standard object metadata (cluster-scoped: no namespace).
+    pub metadata: ObjectMeta,
+    /// `spec`, as given.
+    #[serde(default)]
+    pub spec: serde_json::Value,
+}
+
+macro_rules! cluster_resource {
+    ($type:ident, $group:expr, $version:literal) => {
+        impl k8s_openapi::Resource for $type {
+            const API_VERSION: &'static str = concat!($group, "/", $version);
+            const GROUP: &'static str = $group;
+            const KIND: &'static str = "ClusterNetworkPolicy";
+            const VERSION: &'static str = $version;
+            const URL_PATH_SEGMENT: &'static str = "clusternetworkpolicies";
+            type Scope = k8s_openapi::ClusterResourceScope;
+        }
+
+        impl k8s_openapi::ListableResource for $type {
+            const LIST_KIND: &'static str = "ClusterNetworkPolicyList";
+        }
+
+        impl k8s_openapi::Metadata for $type {
+            type Ty = ObjectMeta;
+
+            fn metadata(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+cluster_resource!(ClusterNetworkPolicy, "policy.networking.k8s.io", "v1alpha2");
+cluster_resource!(AwsClusterNetworkPolicy, "networking.k8s.aws", "v1alpha1");
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::Resource;
+
+    use super::*;
+
+    #[test]
+    fn the_groups_are_the_resources_own() {
+        assert_eq!(ClusterNetworkPolicy::GROUP, CLUSTER_NETWORK_POLICY_GROUP);
+        assert_eq!(
+            AwsClusterNetworkPolicy::GROUP,
+            AWS_CLUSTER_NETWORK_POLICY_GROUP
+        );
+        assert_eq!(
+            ClusterNetworkPolicy::API_VERSION,
+            "policy.networking.k8s.io/v1alpha2"
+        );
+        assert_eq!(
+            AwsClusterNetworkPolicy::API_VERSION,
+            "networking.k8s.aws/v1alpha1"
+        );
+    }
+}
