@@ -7,7 +7,9 @@ may do (capabilities, privilege, host namespaces and paths), how it is probed, s
 rolled, what the ServiceAccount may read, and its configuration against the collector's own
 settings schema. Helm is not needed: the chart is checked against the manifests through its
 values and the static parts of its templates. Where `helm` is on the PATH, `helm lint` and
-`helm template` run as well and must render exactly the plain manifests.
+`helm template` run as well and must render exactly the plain manifests, plus the quarantine
+admission policy of deploy/incident/quarantine-admission.yaml (test_admission.py evaluates it),
+and with `--include-crds` the vendored ClusterNetworkPolicy CRD of deploy/crds/ (test_crds.py).
 """
 
 import hashlib
@@ -23,6 +25,10 @@ DEPLOY = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DEPLOY)
 CHART = os.path.join(DEPLOY, "helm", "tollgate")
 MANIFESTS = os.path.join(DEPLOY, "manifests", "tollgate.yaml")
+# What the chart renders besides the manifests: the quarantine admission policy and its binding
+# (on by default), and the CRD of its crds/ directory (with --include-crds).
+ADMISSION = os.path.join(DEPLOY, "incident", "quarantine-admission.yaml")
+CRD = os.path.join(DEPLOY, "crds", "policy.networking.k8s.io_clusternetworkpolicies.yaml")
 
 # The capabilities the agent gets, in this order; deploy/README.md gives the reason for each.
 CAPABILITIES = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
@@ -313,6 +319,7 @@ class ChartTest(unittest.TestCase):
             "clusterrolebinding.yaml",
             "configmap.yaml",
             "daemonset.yaml",
+            "quarantine-admission.yaml",
             "NOTES.txt",
         ]:
             self.assertIn(name, names)
@@ -432,7 +439,26 @@ class HelmTest(unittest.TestCase):
         self.helm("lint", CHART, "--set", f"config.collector.cluster={CLUSTER}")
 
     def test_template_renders_the_plain_manifests(self):
-        self.assertEqual(self.render(), Manifests.objects())
+        rendered = self.render()
+        admission = documents(read(ADMISSION))
+        for key, expected in admission.items():
+            obj = rendered.pop(key)
+            # The chart's labels besides the plain file's (helm.sh/chart, managed-by: Helm, ...).
+            labels = obj["metadata"].pop("labels")
+            self.assertLessEqual(expected["metadata"]["labels"].items(), labels.items(), key)
+            self.assertEqual(obj, dict(expected, metadata={"name": expected["metadata"]["name"]}), key)
+        self.assertEqual(rendered, Manifests.objects())
+
+    def test_the_admission_policy_can_be_left_out(self):
+        self.assertEqual(self.render("quarantineAdmissionPolicy.enabled=false"), Manifests.objects())
+
+    def test_the_crd_is_rendered_from_crds_only_when_asked(self):
+        args = [*HELM_TEMPLATE, "--set", f"config.collector.cluster={CLUSTER}", "--include-crds"]
+        rendered = documents(self.helm(*args).stdout)
+        crd = documents(read(CRD))
+        self.assertEqual({k: v for k, v in rendered.items() if k in crd}, crd)
+        self.assertTrue(crd)
+        self.assertFalse(set(crd) & set(self.render()), "not without --include-crds")
 
     def test_a_missing_cluster_name_is_refused(self):
         result = self.helm(*HELM_TEMPLATE, check=False)

@@ -215,6 +215,9 @@ pub fn needed_access(namespace: &str) -> Vec<Access> {
         access("list", "networking.k8s.io", "networkpolicies"),
         access("create", "networking.k8s.io", "networkpolicies"),
         access("delete", "networking.k8s.io", "networkpolicies"),
+        // Not an API resource: what the admission policy of deploy/incident asks the
+        // authorizer before a quarantine label may change.
+        access("create", "tollgate.io", "quarantines"),
     ]
 }
 
