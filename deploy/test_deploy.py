@@ -32,15 +32,21 @@ CRD = os.path.join(DEPLOY, "crds", "policy.networking.k8s.io_clusternetworkpolic
 
 # The capabilities the agent gets, in this order; deploy/README.md gives the reason for each.
 CAPABILITIES = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
-# Everything the ClusterRole grants: (API group, resource, verb). Services and EndpointSlices
-# only as the agent's watches (agent/src/watch.rs) read them: list, then watch.
+# Everything the ClusterRole grants: (API group, resource, verb). Services, EndpointSlices and
+# ClusterNetworkPolicies only as the agent's watches (agent/src/watch.rs) read them: list, then
+# watch.
 RBAC = {
     (group, resource, verb)
     for group, resource in [("", "pods"), ("", "namespaces"), ("networking.k8s.io", "networkpolicies")]
     for verb in ["get", "list", "watch"]
 } | {
     (group, resource, verb)
-    for group, resource in [("", "services"), ("discovery.k8s.io", "endpointslices")]
+    for group, resource in [
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("policy.networking.k8s.io", "clusternetworkpolicies"),
+        ("networking.k8s.aws", "clusternetworkpolicies"),
+    ]
     for verb in ["list", "watch"]
 }
 AGENT_FIELDS = {

@@ -13,7 +13,8 @@
 //!   `Ready` condition (type and status: the compiler's ready pods when a Service has no
 //!   EndpointSlice).
 //! - Namespace: nothing more (its labels feed namespaceSelectors).
-//! - NetworkPolicy: its spec.
+//! - NetworkPolicy, ClusterNetworkPolicy (both APIs): its spec (a ClusterNetworkPolicy's status,
+//!   which implementations write, is never decoded).
 //! - Service: its ClusterIPs, selector and ports (name, protocol, port, targetPort); not its
 //!   labels, which select nothing (a chart's version label, bumped by every upgrade, is no
 //!   change).
@@ -41,6 +42,7 @@ use kube::Resource;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tollgate_enforcer::compile::{ENFORCEMENT_ANNOTATION, services::SERVICE_NAME_LABEL};
+use tollgate_enforcer::crd::{AwsClusterNetworkPolicy, ClusterNetworkPolicy};
 
 /// The pod condition a Service's selector needs (`Ready`).
 const READY: &str = "Ready";
@@ -128,6 +130,16 @@ pub fn slim_namespace(namespace: &mut Namespace) {
 /// Keeps a NetworkPolicy's spec and enforcement annotation (not, for one, the
 /// `last-applied-configuration` copy of its spec).
 pub fn slim_policy(policy: &mut NetworkPolicy) {
+    slim_meta(&mut policy.metadata);
+}
+
+/// Keeps a ClusterNetworkPolicy's spec.
+pub fn slim_cluster_policy(policy: &mut ClusterNetworkPolicy) {
+    slim_meta(&mut policy.metadata);
+}
+
+/// Keeps an AWS ClusterNetworkPolicy's spec.
+pub fn slim_aws_cluster_policy(policy: &mut AwsClusterNetworkPolicy) {
     slim_meta(&mut policy.metadata);
 }
 

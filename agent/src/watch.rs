@@ -1,13 +1,19 @@
 //! The cluster as the API server tells it: one watch each for Namespaces, Pods (all
 //! namespaces: policies' peers select pods cluster-wide), NetworkPolicies, Services and
-//! EndpointSlices (what a ClusterIP reaches), the changes they hold for the next pass, and the
-//! change log that tells the reconciler when to look again. No store of the cluster is kept
-//! here: the compiler keeps what it reads, in its own form.
+//! EndpointSlices (what a ClusterIP reaches), and ClusterNetworkPolicies of both APIs
+//! (`policy.networking.k8s.io` and `networking.k8s.aws`), the changes they hold for the next
+//! pass, and the change log that tells the reconciler when to look again. No store of the
+//! cluster is kept here: the compiler keeps what it reads, in its own form.
 //!
 //! Data flows like this, per kind:
 //! 1. `watcher(api).default_backoff()` lists, then watches from the list's resourceVersion;
 //!    after a `410 Gone` (the resourceVersion expired) or any other desync it lists again,
 //!    with backoff. A watch that ends (its timeout) resumes from the last resourceVersion.
+//!    A list the API server answers `404 Not Found` (a custom resource whose definition is
+//!    not installed: no such policy can exist) counts as a complete, empty list, once; the
+//!    watch goes on trying, and hands on what a later list finds. Any other failure (`403
+//!    Forbidden`: the agent may not read the kind) leaves the first list incomplete, and the
+//!    agent compiles nothing until it completes: fail closed, never without a tier.
 //! 2. Every object is slimmed ([`crate::slim`]) to what the compiler and the collector read.
 //! 3. The watch keeps, per object it handed on, only a fingerprint of what slimming kept
 //!    ([`crate::slim::fingerprint`]). An object whose fingerprint is the one handed on last
@@ -55,12 +61,13 @@ use tokio::{
 };
 use tollgate_enforcer::{
     compile::{ClusterObject, ObjectKind},
+    crd::{AwsClusterNetworkPolicy, ClusterNetworkPolicy},
     snapshot::{Delta, Updates},
 };
 
 use crate::slim::{
-    Fingerprint, fingerprint, slim_endpoint_slice, slim_namespace, slim_pod, slim_policy,
-    slim_service,
+    Fingerprint, fingerprint, slim_aws_cluster_policy, slim_cluster_policy, slim_endpoint_slice,
+    slim_namespace, slim_pod, slim_policy, slim_service,
 };
 
 /// Changes one kind holds for the next delta before [`Watchers::backlog`] is notified.
@@ -210,14 +217,17 @@ pub struct Watchers {
     policies: Arc<Pending<NetworkPolicy>>,
     services: Arc<Pending<Service>>,
     endpoint_slices: Arc<Pending<EndpointSlice>>,
+    cluster_policies: Arc<Pending<ClusterNetworkPolicy>>,
+    aws_cluster_policies: Arc<Pending<AwsClusterNetworkPolicy>>,
     changes: Arc<ChangeLog>,
     backlog: Arc<Notify>,
     _tasks: JoinSet<()>,
 }
 
 impl Watchers {
-    /// Starts watching Namespaces, Pods, NetworkPolicies, Services and EndpointSlices of the
-    /// whole cluster through `client`, each with `config` (inside a tokio runtime).
+    /// Starts watching Namespaces, Pods, NetworkPolicies, Services, EndpointSlices and
+    /// ClusterNetworkPolicies of the whole cluster through `client`, each with `config` (inside
+    /// a tokio runtime).
     pub fn start(client: Client, config: watcher::Config) -> Watchers {
         let changes = Arc::new(ChangeLog::default());
         let backlog = Arc::new(Notify::new());
@@ -234,6 +244,8 @@ impl Watchers {
             policies: spawner.watch(slim_policy),
             services: spawner.watch(slim_service),
             endpoint_slices: spawner.watch(slim_endpoint_slice),
+            cluster_policies: spawner.watch(slim_cluster_policy),
+            aws_cluster_policies: spawner.watch(slim_aws_cluster_policy),
             changes,
             backlog,
             _tasks: spawner.tasks,
@@ -248,6 +260,8 @@ impl Watchers {
         self.policies.ready().await?;
         self.services.ready().await?;
         self.endpoint_slices.ready().await?;
+        self.cluster_policies.ready().await?;
+        self.aws_cluster_policies.ready().await?;
         Ok(())
     }
 
@@ -274,9 +288,8 @@ impl Watchers {
             policies: self.policies.take(),
             services: self.services.take(),
             endpoint_slices: self.endpoint_slices.take(),
-            // ClusterNetworkPolicies are not watched yet (issue 17's next part).
-            cluster_policies: Updates::new(),
-            aws_cluster_policies: Updates::new(),
+            cluster_policies: self.cluster_policies.take(),
+            aws_cluster_policies: self.aws_cluster_policies.take(),
         }
     }
 }
@@ -380,6 +393,8 @@ pub(crate) struct Follower<K> {
     known: HashMap<Key, Fingerprint>,
     /// The keys of the list under way (from `Init` to `InitDone`).
     listing: Option<HashSet<Key>>,
+    /// The last list failed as not served (see [`Follower::not_served`]).
+    not_served: bool,
     /// The changes it holds for the next delta.
     pub(crate) pending: Arc<Pending<K>>,
     listed: watch::Sender<bool>,
@@ -394,6 +409,7 @@ impl<K> Follower<K> {
         Follower {
             known: HashMap::new(),
             listing: None,
+            not_served: false,
             pending: Arc::new(Pending {
                 updates: Mutex::new(Updates::new()),
                 listed,
@@ -413,13 +429,19 @@ async fn follow<K: Watched>(
     mut follower: Follower<K>,
 ) {
     let kind = K::OBJECT_KIND.name();
+    let api_version = K::api_version(&());
     let mut events = pin!(watcher(api, config).default_backoff().modify(slim));
     while let Some(event) = events.next().await {
         match event {
             Ok(event) => follower.follow(event),
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if status.is_not_found() =>
+            {
+                follower.not_served(&api_version);
+            }
             // A 410 Gone restarts from a new list; other errors resume the watch. Both after
             // the backoff.
-            Err(error) => tracing::warn!(kind, %error, "watch failed; retrying"),
+            Err(error) => tracing::warn!(kind, %api_version, %error, "watch failed; retrying"),
         }
     }
 }
@@ -452,6 +474,7 @@ impl<K: ClusterObject + Resource<DynamicType = ()> + Clone + Serialize> Follower
                 self.hand_on(object);
             }
             watcher::Event::InitDone => {
+                self.not_served = false;
                 let listed = self.listing.take().unwrap_or_default();
                 let gone: Vec<Key> = self
                     .known
@@ -472,6 +495,25 @@ impl<K: ClusterObject + Resource<DynamicType = ()> + Clone + Serialize> Follower
                 self.changes.record(Change::Listed(K::OBJECT_KIND));
             }
         }
+    }
+
+    /// The API server does not serve the kind (`api_version`: its CRD is not installed), so
+    /// it has no objects: the first time, as a complete, empty list (what was handed on is
+    /// gone); again only after a list succeeded in between.
+    pub(crate) fn not_served(&mut self, api_version: &str) {
+        if self.not_served {
+            return;
+        }
+        self.not_served = true;
+        tracing::warn!(
+            kind = K::OBJECT_KIND.name(),
+            api_version,
+            "the API server does not serve this kind (its CRD is not installed): none until it \
+             does; still trying"
+        );
+        self.follow(watcher::Event::Init);
+        self.follow(watcher::Event::InitDone);
+        self.not_served = true;
     }
 
     /// Hands `object` on unless what slimming kept of it is what was handed on last, or it has
@@ -577,6 +619,35 @@ mod tests {
         follower.follow(watcher::Event::Delete(namespace("d", "10", "x")));
         follower.follow(watcher::Event::Delete(namespace("c", "10", "x")));
         assert_eq!(taken(&pending), [("c".into(), None)]);
+    }
+
+    #[tokio::test]
+    async fn a_kind_not_served_is_an_empty_list_once() {
+        let changes = Arc::new(ChangeLog::default());
+        let mut follower = Follower::<Namespace>::new(changes.clone(), Arc::default());
+        let pending = follower.pending.clone();
+        let events = |changes: &ChangeLog| {
+            let batch = changes.state.lock().unwrap().pending.take();
+            batch.map_or(0, |batch| batch.events)
+        };
+
+        // Not served before a first list: the kind is known to be empty.
+        follower.not_served("v1");
+        pending.ready().await.unwrap();
+        assert_eq!((events(&changes), taken(&pending)), (1, vec![]));
+        // Every retry fails the same way: nothing new.
+        follower.not_served("v1");
+        assert_eq!(events(&changes), 0);
+
+        // Served: a list hands on what it finds; then not served again (the CRD deleted):
+        // what was handed on is gone.
+        follower.follow(watcher::Event::Init);
+        follower.follow(watcher::Event::InitApply(namespace("a", "1", "x")));
+        follower.follow(watcher::Event::InitDone);
+        assert_eq!(taken(&pending), [("a".into(), Some("x".into()))]);
+        follower.not_served("v1");
+        follower.not_served("v1");
+        assert_eq!(taken(&pending), [("a".into(), None)]);
     }
 
     #[test]

@@ -256,6 +256,21 @@ impl Node {
             "initial/networkpolicies.list.json",
         );
         self.serve_service_lists();
+        self.serve_cluster_policy_lists();
+    }
+
+    /// The upstream ClusterNetworkPolicies (none), and AWS's, whose CRD is not installed.
+    fn serve_cluster_policy_lists(&self) {
+        self.server.serve(
+            Resource::ClusterNetworkPolicies,
+            Verb::List,
+            "initial/clusternetworkpolicies.list.json",
+        );
+        self.server.serve(
+            Resource::AwsClusterNetworkPolicies,
+            Verb::List,
+            "initial/aws-clusternetworkpolicies.not-found.json",
+        );
     }
 
     fn serve_service_lists(&self) {
@@ -391,6 +406,7 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
         "initial/networkpolicies.list.json",
     );
     node.serve_service_lists();
+    node.serve_cluster_policy_lists();
     // The pod list is outstanding: the agent waits, and the maps stay empty (in strict mode
     // the probe denies every pod that is not programmed yet).
     node.server.requested(Resource::Pods, Verb::List, 1).await;
@@ -410,7 +426,9 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
             ObjectKind::Pod,
             ObjectKind::NetworkPolicy,
             ObjectKind::Service,
-            ObjectKind::EndpointSlice
+            ObjectKind::EndpointSlice,
+            ObjectKind::ClusterNetworkPolicy,
+            ObjectKind::AwsClusterNetworkPolicy,
         ])
     );
     let compiled = node.agent.synced().unwrap();
@@ -482,11 +500,16 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
         Resource::NetworkPolicies,
         Resource::Services,
         Resource::EndpointSlices,
+        Resource::ClusterNetworkPolicies,
     ] {
         let watch = node.server.requested(resource, Verb::Watch, 1).await;
         assert_eq!(watch.param("resourceVersion"), Some("1000"), "{resource:?}");
         assert_eq!(watch.param("allowWatchBookmarks"), Some("true"));
     }
+    // AWS's kind is not served: no watch, and the list is tried again.
+    node.server
+        .requested(Resource::AwsClusterNetworkPolicies, Verb::List, 2)
+        .await;
     assert_eq!(node.server.unexpected(), Vec::<String>::new());
 }
 
@@ -627,6 +650,59 @@ async fn a_deleted_policy_lifts_its_enforcement() {
         node.verdict("default/amazonlinux", "default/nginx", TCP, 80),
         Verdict::Allow
     );
+}
+
+#[tokio::test]
+async fn a_cluster_network_policy_decides_before_the_namespace_policies() {
+    let mut node = Node::started().await;
+    assert_eq!(
+        node.verdict("default/amazonlinux", "default/nginx", TCP, 80),
+        Verdict::Allow
+    );
+
+    // An Admin-tier Deny of amazonlinux's TCP 80 to app=nginx, then its status written by
+    // some implementation (no change: the status is never read).
+    node.server.serve(
+        Resource::ClusterNetworkPolicies,
+        Verb::Watch,
+        "cluster-policy/clusternetworkpolicies.1.watch.jsonl",
+    );
+    let added = node.pass().await;
+    let changes = added.pass.changes.as_ref().unwrap();
+    assert_eq!(changes.events, 1);
+    assert_eq!(
+        changes.resource_versions[&ObjectKind::ClusterNetworkPolicy],
+        "1401"
+    );
+    added.assert_written(&["default/amazonlinux"]);
+    let denied = node.to_service("default/amazonlinux", "198.18.0.20", TCP, 80);
+    assert_eq!(
+        (denied.verdict, denied.reason),
+        (Verdict::Deny, Reason::DeniedByRule)
+    );
+    let rule = &node.agent.synced().unwrap().rules[&denied.rule_id];
+    assert_eq!(
+        rule.to_string(),
+        "ClusterNetworkPolicy/deny-client-to-nginx egress[0]"
+    );
+    // The Admin tier decides only what it matches: DNS still passes the NetworkPolicy tier.
+    assert_eq!(
+        node.verdict("default/amazonlinux", "kube-system/kube-dns", UDP, 53),
+        Verdict::Allow
+    );
+
+    node.server.serve(
+        Resource::ClusterNetworkPolicies,
+        Verb::Watch,
+        "cluster-policy/clusternetworkpolicies.2.watch.jsonl",
+    );
+    let deleted = node.pass().await;
+    deleted.assert_written(&["default/amazonlinux"]);
+    assert_eq!(
+        node.verdict("default/amazonlinux", "default/nginx", TCP, 80),
+        Verdict::Allow
+    );
+    assert_eq!(node.server.unexpected(), Vec::<String>::new());
 }
 
 #[tokio::test]

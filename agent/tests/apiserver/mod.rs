@@ -8,7 +8,9 @@
 //! the API server streams them). A request whose queue is empty waits until the test serves
 //! it: a watch the test has nothing for yet stays open, as a real one would. A watch
 //! response ends with its file; the watcher then watches again from the last
-//! resourceVersion it saw, and that request waits for the test's next file.
+//! resourceVersion it saw, and that request waits for the test's next file. A file that is a
+//! `Status` is answered with its `code` (a `404` for the collection of a CRD that is not
+//! installed).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -28,6 +30,8 @@ pub enum Resource {
     NetworkPolicies,
     Services,
     EndpointSlices,
+    ClusterNetworkPolicies,
+    AwsClusterNetworkPolicies,
 }
 
 /// List or watch.
@@ -99,6 +103,12 @@ impl ApiServer {
             "/apis/networking.k8s.io/v1/networkpolicies" => Resource::NetworkPolicies,
             "/api/v1/services" => Resource::Services,
             "/apis/discovery.k8s.io/v1/endpointslices" => Resource::EndpointSlices,
+            "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies" => {
+                Resource::ClusterNetworkPolicies
+            }
+            "/apis/networking.k8s.aws/v1alpha1/clusternetworkpolicies" => {
+                Resource::AwsClusterNetworkPolicies
+            }
             _ => {
                 self.lock().unexpected.push(uri.to_string());
                 let response = Response::builder()
@@ -182,9 +192,16 @@ impl ApiServer {
     }
 }
 
+/// The response of a fixture: `200 OK`, or a `Status`'s own code.
 fn ok(body: Vec<u8>) -> Response<Body> {
+    let status = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .filter(|value| value["kind"] == "Status")
+        .and_then(|value| value["code"].as_u64())
+        .and_then(|code| StatusCode::from_u16(u16::try_from(code).ok()?).ok())
+        .unwrap_or(StatusCode::OK);
     Response::builder()
-        .status(StatusCode::OK)
+        .status(status)
         .header("content-type", "application/json")
         .body(Body::from(body))
         .unwrap()
