@@ -1,7 +1,9 @@
 //! The NetworkPolicy conformance suite, table-driven from `tests/fixtures`.
 //!
 //! Each case file under `fixtures/upstream` (our translation of the Kubernetes network-policy
-//! e2e tests) and `fixtures/tollgate` (our own cases) is a `VerifyCase` document followed by
+//! e2e tests), `fixtures/upstream-cnp` (our translation of SIG Network's ClusterNetworkPolicy
+//! conformance tests, network-policy-api v0.2.0) and `fixtures/tollgate` (our own cases) is a
+//! `VerifyCase` document followed by
 //! Kubernetes objects. Data flows like this:
 //! 1. The case's `base` chain (a cluster under `fixtures/clusters`, or another case) and then
 //!    the case itself go through `verify::load_manifests` (later objects replace earlier ones,
@@ -241,7 +243,7 @@ fn sources(path: &Path) -> Result<Vec<SourceText>, String> {
 }
 
 fn case_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = ["upstream", "tollgate"]
+    let mut files: Vec<PathBuf> = ["upstream", "upstream-cnp", "tollgate"]
         .iter()
         .flat_map(|dir| std::fs::read_dir(fixtures_dir().join(dir)).expect("fixture directory"))
         .map(|entry| entry.expect("fixture entry").path())
