@@ -51,6 +51,9 @@ struct Key {
     svc_serial: u64,
     rule_serial: u64,
     interface_serial: u64,
+    /// Serial of what the compilation said of the endpoint, for a denial for want of a rule
+    /// (it names the isolating policies); 0 otherwise.
+    isolating_serial: u64,
 }
 
 /// A record being aggregated.
@@ -137,6 +140,9 @@ impl Aggregator {
             .then(|| identities.rule_at(event.rule_id, ts))
             .flatten();
         let interface = identities.interface_at(event.endpoint, event.ifindex, ts);
+        let isolating = (reason == Reason::IsolatedNoMatch)
+            .then(|| identities.isolating_at(event.endpoint, direction, ts))
+            .flatten();
         let icmp = matches!(event.protocol, proto::ICMP | proto::ICMPV6);
         let key = Key {
             window: unix_ns / NS_PER_S / self.window_s,
@@ -157,6 +163,7 @@ impl Aggregator {
             svc_serial: service.as_ref().map_or(0, |h| h.serial),
             rule_serial: rule.as_ref().map_or(0, |h| h.serial),
             interface_serial: interface.as_ref().map_or(0, |h| h.serial),
+            isolating_serial: isolating.as_ref().map_or(0, |(serial, _)| *serial),
         };
         if let Some(open) = self.open.get_mut(&key) {
             open.first_ns = open.first_ns.min(unix_ns);
@@ -197,6 +204,7 @@ impl Aggregator {
             dst_holder: dst.map(|h| h.holder),
             service: service.map(|h| h.value),
             rule: rule.map(|h| h.value),
+            isolating: isolating.map_or_else(|| std::sync::Arc::from([]), |(_, names)| names),
             audit,
             interface: interface.map(|h| h.value),
         };

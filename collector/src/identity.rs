@@ -37,7 +37,7 @@ use foldhash::fast::RandomState;
 use k8s_openapi::api::core::v1::Pod;
 use tollgate_enforcer::{
     compile::{Compiled, services::ServiceInfo},
-    desired::RuleRef,
+    desired::NamedRule,
     snapshot::{Updates, pod_addresses},
 };
 use tollgate_schemas::{Direction, addr, endpoint_flags};
@@ -311,12 +311,13 @@ impl<K: Eq + Hash + Clone, V: PartialEq> History<K, V> {
     }
 }
 
-/// What the compilation says of one endpoint: its flags (audit per direction) and the index
-/// of its host interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the compilation says of one endpoint: its flags (audit per direction), the index of
+/// its host interface, and the NetworkPolicies that isolate it (ingress, egress).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct EndpointFacts {
     flags: u32,
     ifindex: u32,
+    isolating: [Arc<[String]>; 2],
 }
 
 /// Label maps, each once.
@@ -435,7 +436,7 @@ pub struct Identities {
     label_sets: LabelSets,
     nodes: History<[u8; 16], NodeAddress>,
     services: History<ServiceAddress, ServiceIdentity>,
-    rules: History<u32, RuleRef>,
+    rules: History<u32, NamedRule>,
     endpoints: History<u32, EndpointFacts>,
     interfaces: History<u32, EndpointInterface>,
     serial: u64,
@@ -506,7 +507,7 @@ impl Identities {
             &mut self.serial,
         );
 
-        let rules: HashMap<u32, RuleRef> = compiled
+        let rules: HashMap<u32, NamedRule> = compiled
             .rules
             .iter()
             .map(|(id, rule)| (*id, rule.clone()))
@@ -518,9 +519,13 @@ impl Identities {
             .endpoints
             .values()
             .map(|state| {
+                let isolating = compiled.isolating.get(&state.id);
                 let facts = EndpointFacts {
                     flags: state.flags,
                     ifindex: state.ifindex,
+                    isolating: [0, 1].map(|slot| {
+                        isolating.map_or_else(|| Arc::from([]), |names| Arc::from(&names[slot][..]))
+                    }),
                 };
                 (state.id, facts)
             })
@@ -651,8 +656,25 @@ impl Identities {
     }
 
     /// The policy rule `rule_id` stood for at `ts_ns`.
-    pub fn rule_at(&self, rule_id: u32, ts_ns: u64) -> Option<Held<RuleRef>> {
+    pub fn rule_at(&self, rule_id: u32, ts_ns: u64) -> Option<Held<NamedRule>> {
         self.rules.at(&rule_id, ts_ns)
+    }
+
+    /// The NetworkPolicies (`namespace/name`) that isolated endpoint `endpoint` in
+    /// `direction` at `ts_ns`, with the serial of what the compilation said of the endpoint
+    /// then; `None` when nothing is known of it.
+    pub fn isolating_at(
+        &self,
+        endpoint: u32,
+        direction: Direction,
+        ts_ns: u64,
+    ) -> Option<(u64, Arc<[String]>)> {
+        let facts = self.endpoints.at(&endpoint, ts_ns)?;
+        let slot = match direction {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        };
+        Some((facts.serial, Arc::clone(&facts.value.isolating[slot])))
     }
 
     /// Whether endpoint `endpoint` ran `direction` in audit mode at `ts_ns`.

@@ -410,12 +410,15 @@ fn flow_fields(flow: &Flow, node: &str, unmapped: &mut Map<String, Value>) -> Sp
             (flow.protocol == proto::TCP).then(|| json!(flow.tcp_flags)),
         ),
     ]);
-    let firewall_rule = flow.rule.as_deref().map(|rule| {
+    let firewall_rule = flow.rule.as_deref().map(|named| {
+        let rule = &named.rule;
+        let label = rule.policy_label();
         json!({
-            "name": format!("{}/{}", rule.namespace, rule.policy),
-            "uid": format!("{}/{}/{}/{}", rule.namespace, rule.policy, rule.direction.name(), rule.index),
-            "type": "NetworkPolicy",
+            "name": label,
+            "uid": format!("{label}/{}/{}", rule.direction.name(), rule.index),
+            "type": rule.kind().name(),
             "condition": format!("spec.{}[{}]", rule.direction.name(), rule.index),
+            "version": named.version,
         })
     });
     let message = match flow.verdict {
@@ -766,6 +769,7 @@ mod tests {
             dst_holder: None,
             service: None,
             rule: None,
+            isolating: Arc::from([]),
             audit: false,
             interface: None,
         }

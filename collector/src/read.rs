@@ -442,6 +442,16 @@ fn json_value(array: &ArrayRef, kind: ColumnType, row: usize) -> Option<Value> {
             }
             Value::Object(map)
         }
+        ColumnType::StringList => {
+            let items = array.as_list_opt::<i32>()?.value(row);
+            let items = items.as_string_opt::<i32>()?;
+            Value::Array(
+                items
+                    .iter()
+                    .map(|item| item.map(Value::from).unwrap_or_default())
+                    .collect(),
+            )
+        }
     })
 }
 

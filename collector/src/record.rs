@@ -17,13 +17,13 @@ use std::sync::Arc;
 
 use arrow_array::{
     ArrayRef, RecordBatch,
-    builder::{Int32Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder},
+    builder::{Int32Builder, Int64Builder, ListBuilder, MapBuilder, MapFieldNames, StringBuilder},
 };
 use arrow_schema::{ArrowError, SchemaRef};
-use tollgate_enforcer::desired::RuleRef;
+use tollgate_enforcer::desired::{NamedRule, PolicyTier};
 use tollgate_schemas::{
     Direction, Reason, Verdict,
-    record::{COLUMNS, FLOW_RECORD_VERSION, arrow_schema},
+    record::{COLUMNS, FLOW_RECORD_VERSION, arrow_schema, list_items},
 };
 
 use crate::{
@@ -67,8 +67,11 @@ pub struct Flow {
     /// The Service whose ClusterIP, protocol and port `dst`, `protocol` and `dst_port` were at
     /// the time.
     pub service: Option<Arc<ServiceIdentity>>,
-    /// The rule that allowed the flow.
-    pub rule: Option<Arc<RuleRef>>,
+    /// The rule that decided the flow (for default-allow, the Pass that led there).
+    pub rule: Option<Arc<NamedRule>>,
+    /// For a denial for want of a matching rule: the NetworkPolicies that isolated the
+    /// deciding endpoint in `direction` (empty otherwise, or when not known).
+    pub isolating: Arc<[String]>,
     /// Whether the deciding endpoint ran this direction in audit mode.
     pub audit: bool,
     /// The deciding endpoint's host interface at the time.
@@ -100,10 +103,12 @@ pub struct Isolation {
     pub pod: PodIdentity,
     /// The pod's first address, if it had one.
     pub address: Option<IpAddr>,
-    /// Namespace of the quarantine NetworkPolicy.
+    /// Namespace of the quarantine policy (empty for a cluster-scoped one).
     pub policy_namespace: String,
-    /// Name of the quarantine NetworkPolicy.
+    /// Name of the quarantine policy.
     pub policy_name: String,
+    /// Kind of the quarantine policy (`policy_kind`).
+    pub policy_kind: String,
     /// The `isolation_detail` JSON object (see the column's doc).
     pub detail: String,
 }
@@ -242,6 +247,11 @@ struct Columns {
     svc_port: Int32Builder,
     endpoint_interface: StringBuilder,
     endpoint_eni: StringBuilder,
+    policy_tier: StringBuilder,
+    policy_kind: StringBuilder,
+    policy_action: StringBuilder,
+    policy_version: StringBuilder,
+    isolating_policies: ListBuilder<StringBuilder>,
 }
 
 /// The four columns of one side's pod.
@@ -365,6 +375,12 @@ impl Columns {
             svc_port: Int32Builder::with_capacity(rows),
             endpoint_interface: strings(16),
             endpoint_eni: strings(8),
+            policy_tier: strings(8),
+            policy_kind: strings(13),
+            policy_action: strings(5),
+            policy_version: strings(8),
+            isolating_policies: ListBuilder::with_capacity(StringBuilder::new(), rows)
+                .with_field(list_items()),
         }
     }
 
@@ -447,8 +463,9 @@ impl Columns {
         self.verdict.append_value(flow.verdict.name());
         self.verdict_reason.append_value(flow.reason.name());
         match flow.rule.as_deref() {
-            Some(rule) => {
-                self.policy_namespace.append_value(&rule.namespace);
+            Some(named) => {
+                let rule = &named.rule;
+                self.policy_namespace.append_option(rule.policy_namespace());
                 self.policy_name.append_value(&rule.policy);
                 self.policy_rule
                     .append_value(i32::try_from(rule.index).unwrap_or(i32::MAX));
@@ -471,6 +488,48 @@ impl Columns {
                 .map(|service| (service, flow.dst, flow.dst_port)),
         );
         self.push_interface(flow.interface.as_deref());
+        self.push_trace(flow);
+    }
+
+    /// The decision trace: the deciding rule's tier, kind, action and policy version, and the
+    /// policies that isolated the pod when no rule matched.
+    fn push_trace(&mut self, flow: &Flow) {
+        let tier = match (flow.rule.as_deref(), flow.reason) {
+            (Some(named), _) => Some(named.tier),
+            (None, Reason::IsolatedNoMatch) => Some(PolicyTier::NetworkPolicy),
+            (None, _) => None,
+        };
+        self.policy_tier.append_option(tier.map(PolicyTier::name));
+        match flow.rule.as_deref() {
+            Some(named) => {
+                self.policy_kind.append_value(named.rule.kind().name());
+                self.policy_action.append_value(named.action.name());
+                self.policy_version.append_value(&named.version);
+            }
+            None => {
+                self.policy_kind.append_null();
+                self.policy_action.append_null();
+                self.policy_version.append_null();
+            }
+        }
+        if flow.reason == Reason::IsolatedNoMatch && !flow.isolating.is_empty() {
+            for name in flow.isolating.iter() {
+                self.isolating_policies.values().append_value(name);
+            }
+            self.isolating_policies.append(true);
+        } else {
+            self.isolating_policies.append_null();
+        }
+    }
+
+    /// The trace columns of a record that is not a flow (an isolation record names its
+    /// policy's kind).
+    fn push_no_trace(&mut self, kind: Option<&str>) {
+        self.policy_tier.append_null();
+        self.policy_kind.append_option(kind);
+        self.policy_action.append_null();
+        self.policy_version.append_null();
+        self.isolating_policies.append_null();
     }
 
     /// The flow columns of a record that is not a flow: null, except those a loss or an
@@ -507,6 +566,7 @@ impl Columns {
         self.skipped_events.append_option(span.events.map(clamp));
         self.loss_source.append_value(span.source.name());
         self.push_no_isolation();
+        self.push_no_trace(None);
     }
 
     fn push_isolation(&mut self, isolation: &Isolation) {
@@ -527,6 +587,7 @@ impl Columns {
         self.isolation_actor.append_value(&isolation.actor);
         self.isolation_reason.append_value(&isolation.reason);
         self.isolation_detail.append_value(&isolation.detail);
+        self.push_no_trace(Some(&isolation.policy_kind));
     }
 
     /// The arrays in [`COLUMNS`] order.
@@ -571,6 +632,11 @@ impl Columns {
         arrays.push(Arc::new(self.svc_port.finish()));
         arrays.push(Arc::new(self.endpoint_interface.finish()));
         arrays.push(Arc::new(self.endpoint_eni.finish()));
+        arrays.push(Arc::new(self.policy_tier.finish()));
+        arrays.push(Arc::new(self.policy_kind.finish()));
+        arrays.push(Arc::new(self.policy_action.finish()));
+        arrays.push(Arc::new(self.policy_version.finish()));
+        arrays.push(Arc::new(self.isolating_policies.finish()));
         arrays
     }
 }

@@ -246,7 +246,8 @@ fn rule_id(compiled: &Compiled, policy: &str, direction: Direction, index: u32) 
     compiled
         .rules
         .iter()
-        .find(|(_, r)| {
+        .find(|(_, named)| {
+            let r = &named.rule;
             r.namespace == "default"
                 && r.policy == policy
                 && r.direction == direction
@@ -276,6 +277,11 @@ struct Raw {
     dst_labels: Option<BTreeMap<String, String>>,
     policy_namespace: Option<String>,
     policy_name: Option<String>,
+    policy_tier: Option<String>,
+    policy_kind: Option<String>,
+    policy_action: Option<String>,
+    policy_version: Option<String>,
+    isolating_policies: Option<Vec<String>>,
 }
 
 /// One row as read back: through the collector's reader, and column by column.
@@ -299,6 +305,20 @@ fn text_at(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
         .unwrap_or_else(|| panic!("no column {name}"))
         .as_string::<i32>();
     array.is_valid(row).then(|| array.value(row).to_owned())
+}
+
+/// An `array<string>` cell.
+fn list_at(batch: &RecordBatch, name: &str, row: usize) -> Option<Vec<String>> {
+    let list = batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_list::<i32>();
+    if list.is_null(row) {
+        return None;
+    }
+    let items = list.value(row);
+    let items = items.as_string::<i32>();
+    Some(items.iter().map(|item| item.unwrap().to_owned()).collect())
 }
 
 /// A `map<string,string>` cell.
@@ -344,6 +364,11 @@ fn read_rows(path: &Path) -> Vec<Row> {
                 dst_labels: labels_at(&batch, "dst_labels", row),
                 policy_namespace: text_at(&batch, "policy_namespace", row),
                 policy_name: text_at(&batch, "policy_name", row),
+                policy_tier: text_at(&batch, "policy_tier", row),
+                policy_kind: text_at(&batch, "policy_kind", row),
+                policy_action: text_at(&batch, "policy_action", row),
+                policy_version: text_at(&batch, "policy_version", row),
+                isolating_policies: list_at(&batch, "isolating_policies", row),
             });
         }
     }
@@ -418,7 +443,8 @@ impl Side {
     }
 }
 
-/// The row of an `OK` record with these facts; policy and ICMP columns null, enforcing.
+/// The row of an `OK` record with these facts; policy and ICMP columns null (but the tier of
+/// a denial for want of a rule), enforcing.
 #[allow(clippy::too_many_arguments)]
 fn flow_row(
     (start, end): (u64, u64),
@@ -462,7 +488,7 @@ fn flow_row(
             ..StoredRecord::default()
         },
         raw: Raw {
-            version: 1,
+            version: 2,
             tcp_flags: Some(tcp_flags),
             icmp_type: None,
             icmp_code: None,
@@ -474,6 +500,11 @@ fn flow_row(
             dst_labels: dst_pod.map(|s| s.labels.clone()),
             policy_namespace: None,
             policy_name: None,
+            policy_tier: (reason == Reason::IsolatedNoMatch).then(|| "NetworkPolicy".to_owned()),
+            policy_kind: None,
+            policy_action: None,
+            policy_version: None,
+            isolating_policies: None,
         },
     }
 }
@@ -493,7 +524,7 @@ fn loss_row(start: u64, end: u64, source: LossSource, skipped: Option<i64>) -> R
             ..StoredRecord::default()
         },
         raw: Raw {
-            version: 1,
+            version: 2,
             ..Raw::default()
         },
     }
@@ -706,11 +737,28 @@ fn a_parquet_round_trip_keeps_every_column() {
     expected.stored.policy_rule = Some(1);
     expected.raw.policy_namespace = some("default");
     expected.raw.policy_name = some("allow-amazonlinux-to-nginx");
+    expected.raw.policy_tier = some("NetworkPolicy");
+    expected.raw.policy_kind = some("NetworkPolicy");
+    expected.raw.policy_action = some("Allow");
+    // The seed's policies come from files: no resourceVersion, a digest of the spec.
+    let version = &compiled.rules[&rule_id(
+        &compiled,
+        "allow-amazonlinux-to-nginx",
+        Direction::Egress,
+        1,
+    )]
+        .version;
+    assert!(
+        version.starts_with("sha256:") && version.len() == 23,
+        "{version}"
+    );
+    expected.raw.policy_version = Some(version.clone());
     let row = row_of(&rows, (AMAZONLINUX, 40_000), (NGINX, 80), proto::TCP);
     assert_eq!(row, &expected);
 
-    // Denied: three reports of one flow summed, no policy (a deny is no rule's).
-    let expected = flow_row(
+    // Denied: three reports of one flow summed, no rule: the policies that isolate
+    // amazonlinux's egress are named.
+    let mut expected = flow_row(
         (minute + 10, minute + 13),
         (AMAZONLINUX, 40_001, Some(&amazonlinux_pod)),
         (HTTPD, 80, Some(&httpd_pod)),
@@ -720,12 +768,16 @@ fn a_parquet_round_trip_keeps_every_column() {
         Reason::IsolatedNoMatch,
         (6, 444, 3, 0x02),
     );
+    expected.raw.isolating_policies = Some(vec![
+        "default/all-deny".to_owned(),
+        "default/allow-amazonlinux-to-nginx".to_owned(),
+    ]);
     let row = row_of(&rows, (AMAZONLINUX, 40_001), (HTTPD, 80), proto::TCP);
     assert_eq!(row, &expected);
 
     // A bare pod to outside the cluster: `Pod/<name>`, and the destination's pod columns
     // are null.
-    let expected = flow_row(
+    let mut expected = flow_row(
         (minute + 12, minute + 12),
         (TOOLBOX, 40_002, Some(&toolbox_pod)),
         (OUTSIDE, 443, None),
@@ -735,6 +787,7 @@ fn a_parquet_round_trip_keeps_every_column() {
         Reason::IsolatedNoMatch,
         (1, 74, 1, 0x02),
     );
+    expected.raw.isolating_policies = Some(vec!["default/all-deny".to_owned()]);
     let row = row_of(&rows, (TOOLBOX, 40_002), (OUTSIDE, 443), proto::TCP);
     assert_eq!(row, &expected);
 
@@ -751,6 +804,10 @@ fn a_parquet_round_trip_keeps_every_column() {
     );
     expected.raw.icmp_type = Some(8);
     expected.raw.icmp_code = Some(0);
+    expected.raw.isolating_policies = Some(vec![
+        "default/all-deny".to_owned(),
+        "default/allow-amazonlinux-to-nginx".to_owned(),
+    ]);
     let row = row_of(&rows, (AMAZONLINUX, 0x1234), (NGINX, 0x1234), proto::ICMP);
     assert_eq!(row, &expected);
 
@@ -766,6 +823,10 @@ fn a_parquet_round_trip_keeps_every_column() {
         (1, 74, 1, 0x02),
     );
     expected.stored.enforcement_mode = some("audit");
+    expected.raw.isolating_policies = Some(vec![
+        "default/all-deny".to_owned(),
+        "default/allow-nginx-from-amazonlinux".to_owned(),
+    ]);
     let row = row_of(&rows, (WEB, 50_000), (NGINX, 80), proto::TCP);
     assert_eq!(row, &expected);
     assert_eq!(row.stored.action.as_deref(), Some("ACCEPT"));

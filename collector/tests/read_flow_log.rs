@@ -241,7 +241,12 @@ fn columns_come_back_under_their_own_names_all_of_them() {
     assert_eq!(allowed["policy_rule"], 0);
     assert_eq!(allowed["tcp_flags"], 2);
     assert_eq!(allowed["icmp_type"], serde_json::Value::Null);
-    assert_eq!(allowed["version"], 1);
+    assert_eq!(allowed["version"], 2);
+    assert_eq!(allowed["policy_tier"], "NetworkPolicy");
+    assert_eq!(allowed["policy_kind"], "NetworkPolicy");
+    assert_eq!(allowed["policy_action"], "Allow");
+    assert_eq!(allowed["policy_version"], "812");
+    assert_eq!(allowed["isolating_policies"], serde_json::Value::Null);
     assert_eq!(allowed["start"], HOUR + 10);
     let older = &rows[1];
     assert_eq!(older["verdict"], "deny");

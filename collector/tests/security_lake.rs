@@ -43,7 +43,7 @@ use tollgate_collector::{
     spool::Spool,
     writer::{Closed, FileWriter},
 };
-use tollgate_enforcer::desired::RuleRef;
+use tollgate_enforcer::desired::{NamedRule, PolicyTier, RuleAction, RuleRef};
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
 
 const CLUSTER: &str = "prod";
@@ -111,13 +111,19 @@ fn flow(start_s: u64, verdict: Verdict, reason: Reason, audit: bool) -> FlowReco
                 name: "db".to_owned(),
             })),
             rule: allowed.then(|| {
-                Arc::new(RuleRef {
-                    namespace: "shop".to_owned(),
-                    policy: "web-to-db".to_owned(),
-                    direction: Direction::Egress,
-                    index: 0,
+                Arc::new(NamedRule {
+                    rule: RuleRef {
+                        namespace: "shop".to_owned(),
+                        policy: "web-to-db".to_owned(),
+                        direction: Direction::Egress,
+                        index: 0,
+                    },
+                    tier: PolicyTier::NetworkPolicy,
+                    action: RuleAction::Allow,
+                    version: "812".into(),
                 })
             }),
+            isolating: Arc::from([]),
             audit,
             interface: Some(Arc::new(EndpointInterface {
                 name: "eni1a2b3c4d5e6".to_owned(),
@@ -150,6 +156,7 @@ fn icmp_from_node(start_s: u64) -> FlowRecord {
             dst_holder: None,
             service: None,
             rule: None,
+            isolating: Arc::from([]),
             audit: false,
             interface: None,
         })),
@@ -169,6 +176,7 @@ fn isolation(at_s: u64, action: IsolationAction) -> FlowRecord {
             address: Some(ip("198.18.0.10")),
             policy_namespace: "shop".to_owned(),
             policy_name: "tollgate-quarantine-web-7c5ddbdf54-x2x9q".to_owned(),
+            policy_kind: "NetworkPolicy".into(),
             detail: r#"{"labels_before":{"app":"web"}}"#.to_owned(),
         },
         at_s,

@@ -220,6 +220,74 @@ impl std::fmt::Display for RuleRef {
     }
 }
 
+/// What a compiled rule id stands for, as records and tools name it: the rule, the tier it
+/// decides in, what it does, and the version of its policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct NamedRule {
+    /// Which policy's rule.
+    pub rule: RuleRef,
+    /// The tier it decides in.
+    pub tier: PolicyTier,
+    /// What it does to what it matches.
+    pub action: RuleAction,
+    /// The policy's version: its resourceVersion, or a digest of its spec when it has none
+    /// (a manifest file): `sha256:` and 16 hex digits.
+    pub version: String,
+}
+
+impl std::fmt::Display for NamedRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.rule.fmt(f)
+    }
+}
+
+/// The policy tiers, in the order they decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum PolicyTier {
+    /// ClusterNetworkPolicies of the Admin tier.
+    Admin,
+    /// NetworkPolicies.
+    NetworkPolicy,
+    /// ClusterNetworkPolicies of the Baseline tier.
+    Baseline,
+}
+
+impl PolicyTier {
+    /// Its name in records and output, as the API spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PolicyTier::Admin => "Admin",
+            PolicyTier::NetworkPolicy => "NetworkPolicy",
+            PolicyTier::Baseline => "Baseline",
+        }
+    }
+}
+
+/// What a rule does to what it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum RuleAction {
+    /// A NetworkPolicy's rule: allows.
+    Allow,
+    /// A ClusterNetworkPolicy's Accept: allows, and ends evaluation.
+    Accept,
+    /// A ClusterNetworkPolicy's Deny.
+    Deny,
+    /// A ClusterNetworkPolicy's Pass: the next tier decides.
+    Pass,
+}
+
+impl RuleAction {
+    /// Its name in records and output: the API's action, `Allow` for a NetworkPolicy's rule.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RuleAction::Allow => "Allow",
+            RuleAction::Accept => "Accept",
+            RuleAction::Deny => "Deny",
+            RuleAction::Pass => "Pass",
+        }
+    }
+}
+
 /// The kinds of policy a rule can be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PolicyKind {

@@ -137,9 +137,10 @@ pub fn decide_hook(
     } else {
         Verdict::Deny
     };
+    let mut passed = 0;
     let rule = desired
         .rules_for(state.set(direction), peer)
-        .and_then(|value| value.matching_rule(protocol, dst_port));
+        .and_then(|value| value.matching_rule(protocol, dst_port, &mut passed));
     match rule {
         Some(rule) if rule.action == port_action::ALLOW => {
             decision(Verdict::Allow, Reason::AllowedByRule, rule.rule_id)
@@ -148,7 +149,8 @@ pub fn decide_hook(
             decision(denied, Reason::ServiceBackendsDenied, rule.rule_id)
         }
         Some(rule) => decision(Verdict::Deny, Reason::DeniedByRule, rule.rule_id),
-        None if !isolated => decision(Verdict::Allow, Reason::DefaultAllow, 0),
+        // No rule decided; a Pass may have sent the packet past its tier.
+        None if !isolated => decision(Verdict::Allow, Reason::DefaultAllow, passed),
         None if direction == Direction::Ingress
             && desired.node_addrs.contains(&EndpointKey { addr: peer }) =>
         {

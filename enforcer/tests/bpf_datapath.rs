@@ -1245,7 +1245,7 @@ fn peer_identities_decide_through_policy_entries_and_fallbacks() {
         assert_eq!(desired.endpoints[&endpoint_key(own)].set(direction), set);
         let model = desired
             .rules_for(set, addr::to_bytes(ip(peer)))
-            .and_then(|value| value.matching_rule(proto::TCP, port))
+            .and_then(|value| value.matching_rule(proto::TCP, port, &mut 0))
             .map_or(0, |rule| rule.rule_id);
         assert_eq!(model, expected.2, "model: {src} -> {dst}:{port}");
     }

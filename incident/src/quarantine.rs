@@ -33,6 +33,7 @@ use tollgate_collector::{
     identity::PodIdentity,
     record::{Isolation, IsolationAction},
 };
+use tollgate_enforcer::desired::PolicyKind;
 use tollgate_enforcer::snapshot::pod_addresses;
 
 use crate::{
@@ -481,6 +482,7 @@ fn outcome(found: &Found, act: &Act<'_>, in_force: Vec<NetworkPolicy>) -> Outcom
             address,
             policy_namespace: policy.metadata.namespace.clone().unwrap_or_default(),
             policy_name: policy.metadata.name.clone().unwrap_or_default(),
+            policy_kind: PolicyKind::NetworkPolicy.name().to_owned(),
             detail: detail.to_string(),
         },
         at_s: act.at_s,

@@ -87,6 +87,7 @@ async fn an_undeliverable_record_says_so_once() {
             address: None,
             policy_namespace: "shop".into(),
             policy_name: "tollgate-quarantine-web".into(),
+            policy_kind: "NetworkPolicy".into(),
             detail: "{}".into(),
         },
         at_s: TO,

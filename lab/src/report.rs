@@ -141,7 +141,10 @@ impl FlowRecord {
             dst: peer(event.dst_addr, event.dst_port),
             endpoint_pod: compiled.endpoint_pods.get(&event.endpoint).cloned(),
             rule_id: event.rule_id,
-            rule: compiled.rules.get(&event.rule_id).cloned(),
+            rule: compiled
+                .rules
+                .get(&event.rule_id)
+                .map(|named| named.rule.clone()),
             packets: event.packets,
             bytes: event.bytes,
         })
@@ -658,6 +661,7 @@ fn table(indent: &str, headers: &[&str], rows: Vec<Vec<String>>) -> String {
 mod tests {
     use super::*;
     use crate::scenario::STEPS;
+    use tollgate_enforcer::desired::{NamedRule, PolicyTier, RuleAction};
 
     fn report(ok: bool) -> LabReport {
         let step = &STEPS[0];
@@ -760,11 +764,16 @@ mod tests {
             .insert(4, "default/amazonlinux".into());
         std::sync::Arc::make_mut(&mut compiled.rules).insert(
             2,
-            RuleRef {
-                namespace: "default".into(),
-                policy: "allow-amazonlinux-to-nginx".into(),
-                direction: Direction::Egress,
-                index: 1,
+            NamedRule {
+                rule: RuleRef {
+                    namespace: "default".into(),
+                    policy: "allow-amazonlinux-to-nginx".into(),
+                    direction: Direction::Egress,
+                    index: 1,
+                },
+                tier: PolicyTier::NetworkPolicy,
+                action: RuleAction::Allow,
+                version: "812".into(),
             },
         );
         let event = FlowEvent {

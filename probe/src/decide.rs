@@ -351,8 +351,11 @@ fn policy(
     } else {
         Verdict::Deny
     };
+    // The Pass rule that sent the packet past its tier when no later rule decided: named by
+    // a default allow.
+    let mut passed = 0;
     if let Some(value) = rules(endpoint.set(direction), peer)
-        && let Some(rule) = value.matching_rule(protocol, dst_port)
+        && let Some(rule) = value.matching_rule(protocol, dst_port, &mut passed)
     {
         return match rule.action {
             port_action::ALLOW => Outcome::new(Verdict::Allow, Reason::AllowedByRule, rule.rule_id),
@@ -370,7 +373,7 @@ fn policy(
     if !isolated {
         // Open on purpose: only ClusterNetworkPolicies select the pod in this direction and
         // no rule of theirs decided; the API's default allows.
-        return Outcome::new(Verdict::Allow, Reason::DefaultAllow, 0);
+        return Outcome::new(Verdict::Allow, Reason::DefaultAllow, passed);
     }
     if direction == Direction::Ingress && NODE_ADDRS.get_ptr(EndpointKey::of(peer)).is_some() {
         // Open on purpose: the NetworkPolicy API exempts the node's own traffic to its pods

@@ -76,7 +76,12 @@ CREATE EXTERNAL TABLE IF NOT EXISTS `${database}`.`flows` (
   `svc_addr` string,
   `svc_port` int,
   `endpoint_interface` string,
-  `endpoint_eni` string
+  `endpoint_eni` string,
+  `policy_tier` string,
+  `policy_kind` string,
+  `policy_action` string,
+  `policy_version` string,
+  `isolating_policies` array<string>
 )
 COMMENT 'tollgate flow records: one row per flow, verdict and aggregation window (column reference: schemas/src/record.rs)'
 PARTITIONED BY (

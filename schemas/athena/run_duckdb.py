@@ -57,6 +57,7 @@ DUCKDB_TYPES = {
     "bigint": "BIGINT",
     "string": "VARCHAR",
     "map<string,string>": "MAP(VARCHAR, VARCHAR)",
+    "array<string>": "VARCHAR[]",
 }
 
 # The layout the collector writes (schemas/src/record.rs, PARTITION_KEYS), relative to the

@@ -40,12 +40,7 @@ RUNNER = HERE / "run_duckdb.py"
 DDL = HERE / "flows.ddl.sql"
 
 # Athena (Hive DDL) types → DuckDB types.
-DUCKDB_TYPES = {
-    "int": "INTEGER",
-    "bigint": "BIGINT",
-    "string": "VARCHAR",
-    "map<string,string>": "MAP(VARCHAR, VARCHAR)",
-}
+DUCKDB_TYPES = run_duckdb.DUCKDB_TYPES
 
 
 def ddl_columns() -> list[tuple[str, str]]:
@@ -87,10 +82,14 @@ def flow(
     mode: str = "enforce",
     node: str = "lab-node",
     service: tuple[str, str] | None = None,
+    trace: tuple[str, str, str] | None = None,
+    isolating: list[str] | None = None,
 ) -> dict:
     """A flow record; src and dst are pod tuples or a bare address (outside the cluster);
-    service (namespace, name) is the Service whose ClusterIP dst is, with dstport its port; the
-    columns it does not set (isolation_*) are null."""
+    service (namespace, name) is the Service whose ClusterIP dst is, with dstport its port;
+    trace (tier, kind, action) is the deciding rule's (a NetworkPolicy's Allow when a policy is
+    given without one; the NetworkPolicy tier for a denial for want of a rule), isolating the
+    policies that isolate the pod then; the columns it does not set (isolation_*) are null."""
 
     def end_columns(prefix: str, peer) -> dict:
         if isinstance(peer, str):
@@ -110,9 +109,13 @@ def flow(
             f"{prefix}_labels": labels,
         }
 
+    if trace is None and policy is not None:
+        trace = ("NetworkPolicy", "NetworkPolicy", "Allow")
+    if trace is None and reason == "isolated-no-rule-matched":
+        trace = ("NetworkPolicy", None, None)
     record = {name: None for name, _ in ddl_columns()}
     record |= {
-        "version": 1,
+        "version": 2,
         "srcport": srcport,
         "dstport": dstport,
         "protocol": protocol,
@@ -137,6 +140,11 @@ def flow(
         "loss_source": None,
         "node": node,
         "cluster": "lab",
+        "policy_tier": trace[0] if trace else None,
+        "policy_kind": trace[1] if trace else None,
+        "policy_action": trace[2] if trace else None,
+        "policy_version": "812" if trace and trace[1] else None,
+        "isolating_policies": isolating,
     }
     record.update(end_columns("src", src))
     record.update(end_columns("dst", dst))
@@ -671,6 +679,7 @@ class QueryFileTest(unittest.TestCase):
             "branch-eni-pods",
             "ocsf-denied-flows",
             "ocsf-pod-flows",
+            "policy-tier-hits",
         }
     )
 
@@ -725,7 +734,7 @@ class QueryFileTest(unittest.TestCase):
         names = [n for n, _ in ddl_columns()]
         self.assertEqual(names[0], "version")
         self.assertEqual(
-            names[-11:],
+            names[-16:],
             [
                 "node",
                 "isolation_action",
@@ -738,6 +747,11 @@ class QueryFileTest(unittest.TestCase):
                 "svc_port",
                 "endpoint_interface",
                 "endpoint_eni",
+                "policy_tier",
+                "policy_kind",
+                "policy_action",
+                "policy_version",
+                "isolating_policies",
             ],
         )
         self.assertNotIn("cluster", names)
@@ -1204,6 +1218,85 @@ class ServiceTest(FlowDirTest):
              (None, None, "deny")],
         )  # fmt: skip
         self.assertEqual(timeline[2]["svc_addr"], NGINX_CLUSTER_IP)
+
+
+# The decision trace (record version 2): an Admin-tier Deny and Accept (one of AWS's API), a
+# NetworkPolicy's Allow and its default deny, a Baseline Deny, and a default allow after a
+# Baseline Pass; a flow no tier decided (established) does not count.
+TIER_FROM = epoch("2026-11-26T03:00:00")
+TIER_TO = epoch("2026-11-26T04:00:00")
+CNP = "ClusterNetworkPolicy"
+TIER_RECORDS = [
+    flow("2026-11-26T03:01:00", "2026-11-26T03:01:02", AMAZONLINUX, HTTPD, 80, 6, "egress",
+         "deny", "denied-by-rule", 3, policy=(None, "no-httpd", 0), trace=("Admin", CNP, "Deny")),
+    flow("2026-11-26T03:02:00", "2026-11-26T03:02:00", AMAZONLINUX, NGINX, 80, 6, "egress",
+         "allow", "allowed-by-rule", 1, policy=(None, "web", 0), trace=("Admin", CNP, "Accept")),
+    flow("2026-11-26T03:03:00", "2026-11-26T03:03:00", AMAZONLINUX, NGINX, 80, 6, "egress",
+         "allow", "allowed-by-rule", 1, srcport=40001, policy=(None, "web", 0),
+         trace=("Admin", CNP, "Accept")),
+    flow("2026-11-26T03:04:00", "2026-11-26T03:04:01", AMAZONLINUX, KUBE_DNS, 53, 17, "egress",
+         "deny", "denied-by-rule", 2, policy=(None, "no-dns", 1),
+         trace=("Admin", "ClusterNetworkPolicy.networking.k8s.aws", "Deny")),
+    flow("2026-11-26T03:05:00", "2026-11-26T03:05:00", AMAZONLINUX, KUBE_DNS, 53, 17, "egress",
+         "allow", "allowed-by-rule", 1, policy=RULE_DNS),
+    flow("2026-11-26T03:06:00", "2026-11-26T03:06:03", AMAZONLINUX, HTTPD, 80, 6, "ingress",
+         "deny", "isolated-no-rule-matched", 4, isolating=["default/all-deny"]),
+    flow("2026-11-26T03:07:00", "2026-11-26T03:07:00", KUBE_DNS, HTTPD, 80, 6, "ingress",
+         "deny", "denied-by-rule", 1, policy=(None, "baseline-deny", 0),
+         trace=("Baseline", CNP, "Deny")),
+    flow("2026-11-26T03:08:00", "2026-11-26T03:08:00", KUBE_DNS, NGINX, 80, 6, "ingress",
+         "allow", "default-allow", 1, policy=(None, "baseline-pass", 0),
+         trace=("Baseline", CNP, "Pass")),
+    flow("2026-11-26T03:09:00", "2026-11-26T03:09:00", KUBE_DNS, NGINX, 80, 6, "ingress",
+         "allow", "established", 1),
+]  # fmt: skip
+
+
+class TierTest(unittest.TestCase):
+    """policy-tier-hits over the decision trace, and the trace columns as written."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory(prefix="tollgate-tiers-")
+        cls.dir = Path(cls._tmp.name) / "flows"
+        write_flow_dir(cls.dir, TIER_RECORDS)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def test_policy_tier_hits(self):
+        rows = run_duckdb.run_query(
+            self.dir, "policy-tier-hits", {"from": TIER_FROM, "to": TIER_TO}
+        )
+        self.assertEqual(
+            [
+                (r["policy_tier"], r["policy_action"], r["policy_kind"], r["policy_namespace"],
+                 r["policy_name"], r["verdict"], r["flows"], r["packets"])
+                for r in rows
+            ],
+            [
+                ("Admin", "Accept", CNP, None, "web", "allow", 2, 2),
+                ("Admin", "Deny", CNP, None, "no-httpd", "deny", 1, 3),
+                ("Admin", "Deny", "ClusterNetworkPolicy.networking.k8s.aws", None, "no-dns",
+                 "deny", 1, 2),
+                ("NetworkPolicy", "Allow", "NetworkPolicy", "default",
+                 "allow-amazonlinux-to-nginx", "allow", 1, 1),
+                ("NetworkPolicy", None, None, None, None, "deny", 1, 4),
+                ("Baseline", "Deny", CNP, None, "baseline-deny", "deny", 1, 1),
+                ("Baseline", "Pass", CNP, None, "baseline-pass", "allow", 1, 1),
+            ],
+        )  # fmt: skip
+
+    def test_a_default_deny_names_the_isolating_policies(self):
+        rows = run_duckdb.run_query(self.dir, "denied-flows", {"from": TIER_FROM, "to": TIER_TO})
+        named = [r for r in rows if r["verdict_reason"] == "isolated-no-rule-matched"]
+        self.assertEqual(len(named), 1)
+        con = run_duckdb.connect(self.dir)
+        isolating = con.execute(
+            "SELECT isolating_policies FROM flows WHERE verdict_reason = 'isolated-no-rule-matched'"
+        ).fetchall()
+        self.assertEqual(isolating, [(["default/all-deny"],)])
 
 
 class OlderLayoutTest(unittest.TestCase):

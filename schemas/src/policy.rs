@@ -87,8 +87,9 @@ pub mod port_action {
     /// A ClusterNetworkPolicy's Deny rule: the packet is denied (reason
     /// [`crate::Reason::DeniedByRule`]), never in audit mode.
     pub const DENY: u8 = 2;
-    /// A ClusterNetworkPolicy's Pass rule: the rest of its tier is skipped. Never the rule
-    /// [`crate::PolicyValue::matching_rule`] returns.
+    /// A ClusterNetworkPolicy's Pass rule: the rest of its tier is skipped. The rule
+    /// [`crate::PolicyValue::matching_rule`] returns only when no later rule decides: the
+    /// endpoint's flags then decide, and the Pass is what the record names.
     pub const PASS: u8 = 3;
 }
 
@@ -262,27 +263,32 @@ impl PolicyValue {
     /// The rule that decides `protocol` to `port`, if any: the first that covers them and
     /// does not pass; a covering Pass rule ([`port_action::PASS`]) skips the rules after it of
     /// its tier. The rule's [`PortRule::action`] says what it does; `None` leaves the decision
-    /// to the endpoint's flags.
+    /// to the endpoint's flags. `passed` is set to the id of the last covering Pass rule (what
+    /// a decision left to the flags names), or 0.
     ///
     /// This is the matching the probe runs in the kernel and the userspace model runs in
     /// `verify`: one definition, so both decide alike. The loop is bounded by
     /// [`MAX_PORT_RULES`] for the verifier.
     #[inline(always)]
-    pub fn matching_rule(&self, protocol: u8, port: u16) -> Option<&PortRule> {
+    pub fn matching_rule(&self, protocol: u8, port: u16, passed: &mut u32) -> Option<&PortRule> {
         let count = self.count as usize;
-        // No rule has this tier: nothing is skipped until a Pass matches.
-        let mut passed = u8::MAX;
+        // No rule has this tier: nothing is skipped until a Pass matches. (A rule id, not an
+        // index, is kept of the Pass: a value read from the map, which the verifier does not
+        // tell apart iteration by iteration.)
+        let mut skipped = u8::MAX;
+        *passed = 0;
         let mut i = 0;
         while i < MAX_PORT_RULES {
             if i >= count {
                 return None;
             }
             let rule = &self.rules[i];
-            if rule.tier != passed && rule.covers(protocol, port) {
+            if rule.tier != skipped && rule.covers(protocol, port) {
                 if rule.action != port_action::PASS {
                     return Some(rule);
                 }
-                passed = rule.tier;
+                skipped = rule.tier;
+                *passed = rule.rule_id;
             }
             i += 1;
         }

@@ -34,7 +34,7 @@
 
 /// Layout version of the record, written in the `version` column; bumped whenever a column
 /// changes meaning or type. Columns are only ever appended.
-pub const FLOW_RECORD_VERSION: i32 = 1;
+pub const FLOW_RECORD_VERSION: i32 = 2;
 
 /// The type of a column, named for Athena (Glue) and mapped to one Arrow type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,9 @@ pub enum ColumnType {
     String,
     /// Athena `map<string,string>`, Arrow `Map<Utf8, Utf8>` (keys non-null, values nullable).
     StringMap,
+    /// Athena `array<string>`, Arrow `List<Utf8>` (items non-null, named `element` as
+    /// Parquet's list layout names them).
+    StringList,
 }
 
 impl ColumnType {
@@ -57,6 +60,7 @@ impl ColumnType {
             Self::BigInt => "bigint",
             Self::String => "string",
             Self::StringMap => "map<string,string>",
+            Self::StringList => "array<string>",
         }
     }
 }
@@ -83,7 +87,7 @@ const fn column(name: &'static str, kind: ColumnType, nullable: bool, doc: &'sta
     }
 }
 
-use ColumnType::{BigInt, Int, String, StringMap};
+use ColumnType::{BigInt, Int, String, StringList, StringMap};
 
 /// Every column of the flow record, in file order.
 pub const COLUMNS: &[Column] = &[
@@ -91,7 +95,9 @@ pub const COLUMNS: &[Column] = &[
         "version",
         Int,
         false,
-        "Record layout version (FLOW_RECORD_VERSION); 1 for this layout.",
+        "Record layout version (FLOW_RECORD_VERSION): 2 for this layout (1: before the \
+         policy_tier, policy_kind, policy_action, policy_version and isolating_policies \
+         columns, when policy_* named only an allowing NetworkPolicy rule).",
     ),
     column(
         "srcaddr",
@@ -278,14 +284,18 @@ pub const COLUMNS: &[Column] = &[
         "policy_namespace",
         String,
         true,
-        "Namespace of the NetworkPolicy whose rule allowed the flow (allowed-by-rule); null \
-         for other reasons (a deny is the absence of a matching rule, not a rule).",
+        "Namespace of the NetworkPolicy whose rule decided the flow (allowed-by-rule, and \
+         service-backends-denied when a rule allowed the first backend); null for a \
+         ClusterNetworkPolicy's rule (cluster-scoped: see policy_kind) and when no rule \
+         decided (a denial for want of a matching rule names the policies that isolate the \
+         pod in isolating_policies).",
     ),
     column(
         "policy_name",
         String,
         true,
-        "Name of that NetworkPolicy; null when no rule decided.",
+        "Name of the policy whose rule decided (of the policy_kind); null when no rule \
+         decided.",
     ),
     column(
         "policy_rule",
@@ -426,6 +436,49 @@ pub const COLUMNS: &[Column] = &[
          (an address of one of the node's ENIs, under the node's security groups). Null as \
          endpoint_interface.",
     ),
+    column(
+        "policy_tier",
+        String,
+        true,
+        "The tier that decided: Admin or Baseline (a ClusterNetworkPolicy's rule), or \
+         NetworkPolicy (a NetworkPolicy's rule, or a denial for want of one: \
+         isolated-no-rule-matched). For default-allow after a Pass, the Pass rule's tier. Null \
+         when no tier decided (no-policy-selects-pod, established, reply, from-node, ...), in \
+         files written before the column existed, and in SKIPDATA records.",
+    ),
+    column(
+        "policy_kind",
+        String,
+        true,
+        "The kind of policy_name: NetworkPolicy, ClusterNetworkPolicy \
+         (policy.networking.k8s.io) or ClusterNetworkPolicy.networking.k8s.aws (AWS's). Null \
+         as policy_name.",
+    ),
+    column(
+        "policy_action",
+        String,
+        true,
+        "What the deciding rule does: Allow (a NetworkPolicy's rule), Accept, Deny or Pass (a \
+         ClusterNetworkPolicy's; Pass only for default-allow, the Pass that sent the flow past \
+         its tier). Null as policy_name.",
+    ),
+    column(
+        "policy_version",
+        String,
+        true,
+        "The version of that policy when it decided: its resourceVersion, or sha256: and 16 \
+         hex digits of its spec for a policy read from a file. Null as policy_name.",
+    ),
+    column(
+        "isolating_policies",
+        StringList,
+        true,
+        "For a denial for want of a matching rule (isolated-no-rule-matched), the \
+         NetworkPolicies (namespace/name) that isolated the pod in flow_direction when it was \
+         decided: the default deny, named. Null for other reasons, when the compilation of the \
+         time was not known, in files written before the column existed, and in SKIPDATA and \
+         ISOLATION records.",
+    ),
 ];
 
 /// Hive partition keys of the flow directory, in path order. Each is a string in the path:
@@ -460,6 +513,11 @@ mod arrow {
         ))
     }
 
+    /// The item field of a string list: non-null strings named `element`.
+    pub fn list_items() -> Arc<Field> {
+        Arc::new(Field::new("element", DataType::Utf8, false))
+    }
+
     impl ColumnType {
         /// The Arrow type of the column.
         pub fn arrow(self) -> DataType {
@@ -468,6 +526,7 @@ mod arrow {
                 Self::BigInt => DataType::Int64,
                 Self::String => DataType::Utf8,
                 Self::StringMap => DataType::Map(label_map_entries(), false),
+                Self::StringList => DataType::List(list_items()),
             }
         }
     }
@@ -483,4 +542,4 @@ mod arrow {
 }
 
 #[cfg(feature = "user")]
-pub use arrow::{arrow_schema, label_map_entries};
+pub use arrow::{arrow_schema, label_map_entries, list_items};

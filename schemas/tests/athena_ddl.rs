@@ -351,6 +351,7 @@ fn every_query_has_a_header_with_one_param_per_placeholder() {
         "pod-flows",
         "pod-timeline",
         "policy-rule-hits",
+        "policy-tier-hits",
         "top-denied-destinations",
         "top-denied-sources",
         "unselected-pods",

@@ -12,7 +12,7 @@ use tollgate_collector::{
     loss::{LossSource, LossSpan},
     record::{Flow, FlowRecord, RecordBody, encode, schema},
 };
-use tollgate_enforcer::desired::RuleRef;
+use tollgate_enforcer::desired::{NamedRule, PolicyTier, RuleAction, RuleRef};
 use tollgate_schemas::{Direction, Reason, Verdict};
 
 /// Pod `namespace/name` of Deployment `name`, labelled `app: <name>`.
@@ -59,13 +59,19 @@ pub fn flow(
             dst_holder: Some(Holder::Pod(Arc::clone(dst))),
             service: None,
             rule: allowed.then(|| {
-                Arc::new(RuleRef {
-                    namespace: "default".into(),
-                    policy: "allow-web".into(),
-                    direction: Direction::Egress,
-                    index: 0,
+                Arc::new(NamedRule {
+                    rule: RuleRef {
+                        namespace: "default".into(),
+                        policy: "allow-web".into(),
+                        direction: Direction::Egress,
+                        index: 0,
+                    },
+                    tier: PolicyTier::NetworkPolicy,
+                    action: RuleAction::Allow,
+                    version: "812".into(),
                 })
             }),
+            isolating: Arc::from([]),
             audit: false,
             interface: Some(Arc::new(EndpointInterface {
                 name: "eni0a1b2c3d4e5".into(),

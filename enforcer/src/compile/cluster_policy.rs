@@ -28,7 +28,7 @@ use super::Problems;
 use super::cidr::parse_cidr;
 use super::incremental::ObjectKind;
 use super::peers::{Block, Peer};
-use super::policy::{ClusterScope, Policy, Rule, Subject};
+use super::policy::{ClusterScope, Policy, Rule, Subject, version};
 use super::ports::{PortSpec, protocol_number, valid_port_name};
 use super::selector::Selector;
 use crate::crd::{AWS_CLUSTER_NETWORK_POLICY_GROUP, CLUSTER_NETWORK_POLICY_GROUP};
@@ -150,6 +150,7 @@ pub(crate) fn check(
             priority: priority?,
             subject: subject?,
         }),
+        version: version(meta, spec),
     })
 }
 

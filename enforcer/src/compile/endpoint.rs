@@ -49,6 +49,9 @@ pub(crate) struct Plan<'c> {
     /// The policies that apply to it (`namespace/name`, `ClusterNetworkPolicy name`), for error
     /// messages.
     pub(crate) policies: Vec<String>,
+    /// The NetworkPolicies (`namespace/name`) that isolate it, ingress then egress: what a
+    /// denial for want of a matching rule names.
+    pub(crate) isolating: [Vec<String>; 2],
 }
 
 /// Plans endpoint `id`, pod `pod` on interface `ifindex`, under `policies` (those of the pod's
@@ -88,6 +91,7 @@ pub(crate) fn plan<'c>(
     };
     let mut plan_sets = [None, None];
     let mut names = Vec::new();
+    let mut isolating_names: [Vec<String>; 2] = Default::default();
     for (slot, direction) in [Direction::Ingress, Direction::Egress]
         .into_iter()
         .enumerate()
@@ -112,6 +116,7 @@ pub(crate) fn plan<'c>(
             continue;
         }
         if !open {
+            isolating_names[slot] = isolating.iter().map(|p| p.policy.label()).collect();
             flags |= endpoint_flags::isolated(direction);
             if !quarantined && (namespace_audit || isolating.iter().all(|p| p.policy.audit)) {
                 flags |= endpoint_flags::audit(direction);
@@ -138,5 +143,6 @@ pub(crate) fn plan<'c>(
         flags,
         sets: plan_sets,
         policies: names,
+        isolating: isolating_names,
     }
 }

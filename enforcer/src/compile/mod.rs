@@ -72,13 +72,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tollgate_schemas::{Direction, EndpointKey, addr};
+use tollgate_schemas::{Direction, EndpointKey, addr, port_action, rule_tier};
 
 pub use cluster::{ENFORCEMENT_ANNOTATION, MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX};
 pub use incremental::{ClusterObject, Compiler, Object, ObjectKind};
 pub use recover::recover_ids;
 
-use crate::desired::{Capacity, DesiredState, Ids, RuleRef};
+use crate::desired::{Capacity, DesiredState, Ids, NamedRule, PolicyTier, RuleAction, RuleRef};
 use crate::snapshot::{InputError, Snapshot};
 use cluster::{Cluster, PodInfo};
 use endpoint::PolicyRules;
@@ -142,10 +142,14 @@ pub struct Compiled {
     pub desired: DesiredState,
     /// The ids this compilation used: pass them as `prior` to the next one.
     pub ids: Ids,
-    /// Rule id → the policy rule it stands for.
-    pub rules: Arc<BTreeMap<u32, RuleRef>>,
+    /// Rule id → the policy rule it stands for, with its tier, action and policy version.
+    pub rules: Arc<BTreeMap<u32, NamedRule>>,
     /// Endpoint id → the pod, as `namespace/name`.
     pub endpoint_pods: BTreeMap<u32, String>,
+    /// Endpoint id → the NetworkPolicies (`namespace/name`) that isolate it, ingress then
+    /// egress (endpoints isolated in neither direction are left out): what a denial for want
+    /// of a matching rule names.
+    pub isolating: BTreeMap<u32, [Vec<String>; 2]>,
     /// Every valid Service with its ready backends (see [`services`]), by namespace and name:
     /// what a ClusterIP stands for, for flow records, verify and the lab's kube-proxy.
     pub services: services::Services,
@@ -328,6 +332,11 @@ fn run(
         .collect();
     *set_cache = sets.into_cache();
 
+    let isolating = plans
+        .iter()
+        .filter(|plan| plan.isolating.iter().any(|names| !names.is_empty()))
+        .map(|plan| (plan.id, plan.isolating.clone()))
+        .collect();
     let by_address = placement.by_address();
     let fitted = fit::fit(
         cluster,
@@ -368,6 +377,7 @@ fn run(
             .iter()
             .map(|(p, id)| (*id, p.clone()))
             .collect(),
+        isolating,
         ids: Ids {
             endpoints: endpoint_ids,
             rules: rule_ids,
@@ -392,7 +402,7 @@ fn run(
 struct RuleIds {
     policy_changes: u64,
     by_rule: Arc<BTreeMap<RuleRef, u32>>,
-    by_id: Arc<BTreeMap<u32, RuleRef>>,
+    by_id: Arc<BTreeMap<u32, NamedRule>>,
 }
 
 impl RuleIds {
@@ -410,7 +420,12 @@ impl RuleIds {
             let by_rule = ids::assign(&prior.rules, policies.values().flat_map(rule_refs));
             return RuleIds {
                 policy_changes,
-                by_id: Arc::new(by_rule.iter().map(|(r, id)| (*id, r.clone())).collect()),
+                by_id: Arc::new(
+                    by_rule
+                        .iter()
+                        .map(|(rule, id)| (*id, named(policies, rule)))
+                        .collect(),
+                ),
                 by_rule: Arc::new(by_rule),
             };
         };
@@ -437,10 +452,14 @@ impl RuleIds {
                 let id = by_rule.remove(&rule).expect("a listed rule");
                 by_id.remove(&id);
             }
+            // The rules kept may have another action, and the policy another version.
+            for (rule, id) in rules_of(&by_rule, namespace, name) {
+                by_id.insert(*id, named(policies, rule));
+            }
             new.extend(now.into_iter().filter(|rule| !by_rule.contains_key(rule)));
         }
         for (rule, id) in new.into_iter().zip(ids::fresh(|id| reserved.contains(&id))) {
-            by_id.insert(id, rule.clone());
+            by_id.insert(id, named(policies, &rule));
             by_rule.insert(rule, id);
         }
         RuleIds {
@@ -466,6 +485,33 @@ fn rules_of<'i>(
     };
     ids.range(first..)
         .take_while(move |(rule, _)| rule.namespace == namespace && rule.policy == name)
+}
+
+/// `rule` (of one of `policies`) as records name it.
+fn named(policies: &BTreeMap<(String, String), Policy>, rule: &RuleRef) -> NamedRule {
+    let policy = &policies[&(rule.namespace.clone(), rule.policy.clone())];
+    let rules = match rule.direction {
+        Direction::Ingress => policy.ingress.as_deref(),
+        Direction::Egress => policy.egress.as_deref(),
+    };
+    let action = rules.and_then(|rules| rules.get(rule.index as usize));
+    let action = match (action.map(|r| r.action), &policy.cluster) {
+        (_, None) => RuleAction::Allow,
+        (Some(port_action::DENY), Some(_)) => RuleAction::Deny,
+        (Some(port_action::PASS), Some(_)) => RuleAction::Pass,
+        (_, Some(_)) => RuleAction::Accept,
+    };
+    let tier = match policy.tier() {
+        rule_tier::ADMIN => PolicyTier::Admin,
+        rule_tier::BASELINE => PolicyTier::Baseline,
+        _ => PolicyTier::NetworkPolicy,
+    };
+    NamedRule {
+        rule: rule.clone(),
+        tier,
+        action,
+        version: policy.version.clone(),
+    }
 }
 
 /// Every compiled rule of `policy`: those of the types it has.

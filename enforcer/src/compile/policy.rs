@@ -7,9 +7,11 @@
 //! absent or empty for a type the policy has isolates and allows nothing.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use sha2::{Digest, Sha256};
 use tollgate_schemas::{port_action, rule_tier};
 
 use super::Problems;
@@ -87,6 +89,8 @@ pub(crate) struct Policy {
     /// direction without rules is `None`: it does not affect that direction); `None` for a
     /// NetworkPolicy.
     pub(crate) cluster: Option<ClusterScope>,
+    /// Its version, as records name it (see [`version`]).
+    pub(crate) version: String,
 }
 
 impl Policy {
@@ -195,7 +199,24 @@ fn check_policy(policy: &NetworkPolicy, audit: bool, problems: &mut Problems) ->
         ingress: types.0.then_some(ingress),
         egress: types.1.then_some(egress),
         cluster: None,
+        version: version(meta, &policy.spec),
     })
+}
+
+/// A policy's version: its resourceVersion, or for an object without one (a manifest file)
+/// `sha256:` and the first 16 hex digits of the SHA-256 of its spec's JSON.
+pub(crate) fn version(meta: &ObjectMeta, spec: &impl serde::Serialize) -> String {
+    if let Some(version) = meta.resource_version.as_ref().filter(|v| !v.is_empty()) {
+        return version.clone();
+    }
+    // A spec of k8s-openapi types or JSON values always serializes.
+    let json = serde_json::to_vec(spec).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    let mut version = String::from("sha256:");
+    for byte in &digest[..8] {
+        let _ = write!(version, "{byte:02x}");
+    }
+    version
 }
 
 /// Whether `policy` is one `tollgate quarantine` creates: named with the quarantine prefix,

@@ -420,13 +420,13 @@ fn entry<'e>(
 /// the first that covers them and does not pass, a Pass skipping the rest of its tier, as the
 /// probe's `PolicyValue::matching_rule` finds it.
 fn matching_rule(rules: &[PortRule], protocol: u8, port: u16) -> Option<&PortRule> {
-    let mut passed = None;
+    let mut skipped = None;
     for rule in rules {
-        if Some(rule.tier) != passed && rule.covers(protocol, port) {
+        if Some(rule.tier) != skipped && rule.covers(protocol, port) {
             if rule.action != port_action::PASS {
                 return Some(rule);
             }
-            passed = Some(rule.tier);
+            skipped = Some(rule.tier);
         }
     }
     None
@@ -544,7 +544,7 @@ mod tests {
             for (protocol, port) in [(proto::TCP, 80), (proto::TCP, 8080), (proto::UDP, 53)] {
                 assert_eq!(
                     matching_rule(&rules_of(rules), protocol, port),
-                    value.matching_rule(protocol, port),
+                    value.matching_rule(protocol, port, &mut 0),
                     "{rules:?} {protocol}/{port}"
                 );
             }

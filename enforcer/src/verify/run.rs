@@ -212,7 +212,11 @@ fn rule_names(compiled: &Compiled, decision: &Decision) -> (Option<String>, Opti
     if decision.rule_id == 0 {
         return (None, None);
     }
-    match compiled.rules.get(&decision.rule_id) {
+    match compiled
+        .rules
+        .get(&decision.rule_id)
+        .map(|named| &named.rule)
+    {
         Some(rule) => (
             Some(rule.policy_label()),
             Some(format!("{}[{}]", rule.direction.name(), rule.index)),

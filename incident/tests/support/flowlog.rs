@@ -10,7 +10,7 @@ use tollgate_collector::{
     identity::{EndpointInterface, Eni, Holder, PodIdentity},
     record::{Flow, FlowRecord, Isolation, IsolationAction, RecordBody, encode, schema},
 };
-use tollgate_enforcer::desired::RuleRef;
+use tollgate_enforcer::desired::{NamedRule, PolicyTier, RuleAction, RuleRef};
 use tollgate_schemas::{Direction, Reason, Verdict};
 
 /// 2026-11-25T10:00:00Z.
@@ -73,13 +73,19 @@ pub fn flow(
             dst_holder: Some(Holder::Pod(Arc::clone(dst))),
             service: None,
             rule: allowed.then(|| {
-                Arc::new(RuleRef {
-                    namespace: "shop".into(),
-                    policy: "allow-web, \"egress\"".into(),
-                    direction: Direction::Egress,
-                    index: 0,
+                Arc::new(NamedRule {
+                    rule: RuleRef {
+                        namespace: "shop".into(),
+                        policy: "allow-web, \"egress\"".into(),
+                        direction: Direction::Egress,
+                        index: 0,
+                    },
+                    tier: PolicyTier::NetworkPolicy,
+                    action: RuleAction::Allow,
+                    version: "812".into(),
                 })
             }),
+            isolating: Arc::from([]),
             audit: false,
             interface: Some(Arc::new(EndpointInterface {
                 name: "eni0a1b2c3d4e5".into(),
@@ -100,6 +106,7 @@ pub fn isolation(at: u64, pod: &Arc<PodIdentity>) -> FlowRecord {
             address: Some("10.0.1.57".parse().unwrap()),
             policy_namespace: pod.namespace.clone(),
             policy_name: format!("tollgate-quarantine-{}", pod.name),
+            policy_kind: "NetworkPolicy".into(),
             detail: serde_json::json!({"policies_in_force": [{"metadata": {"name": "allow-web"}}]})
                 .to_string(),
         },

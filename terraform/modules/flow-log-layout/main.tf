@@ -59,6 +59,11 @@ locals {
     { name = "svc_port", type = "int" },
     { name = "endpoint_interface", type = "string" },
     { name = "endpoint_eni", type = "string" },
+    { name = "policy_tier", type = "string" },
+    { name = "policy_kind", type = "string" },
+    { name = "policy_action", type = "string" },
+    { name = "policy_version", type = "string" },
+    { name = "isolating_policies", type = "array<string>" },
   ]
 
   partition_keys = [
