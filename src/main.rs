@@ -877,10 +877,9 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
         };
         let isolation = &outcome.isolation;
         write_out(&format!(
-            "{done} {}: NetworkPolicy {}/{}, label {}, by {} at {}\n",
+            "{done} {}: {}, label {}, by {} at {}\n",
             args.pod,
-            isolation.policy_namespace,
-            isolation.policy_name,
+            isolation.policy_label(),
             quarantine::LABEL,
             isolation.actor,
             rfc3339_utc(outcome.at_s)

@@ -418,7 +418,6 @@ fn flow_fields(flow: &Flow, node: &str, unmapped: &mut Map<String, Value>) -> Sp
             "uid": format!("{label}/{}/{}", rule.direction.name(), rule.index),
             "type": rule.kind().name(),
             "condition": format!("spec.{}[{}]", rule.direction.name(), rule.index),
-            "version": named.version,
         })
     });
     let message = match flow.verdict {
@@ -540,9 +539,9 @@ fn isolation_fields(isolation: &Isolation, unmapped: &mut Map<String, Value>) ->
         connection_info: None,
         traffic: None,
         firewall_rule: Some(json!({
-            "name": format!("{}/{}", isolation.policy_namespace, isolation.policy_name),
-            "uid": format!("{}/{}", isolation.policy_namespace, isolation.policy_name),
-            "type": "NetworkPolicy",
+            "name": isolation.policy_label(),
+            "uid": isolation.policy_label(),
+            "type": isolation.policy_kind,
         })),
         actor: Some(json!({"user": {"name": isolation.actor}})),
         observables,

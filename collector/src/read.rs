@@ -128,7 +128,8 @@ pub struct StoredRecord {
     pub verdict: Option<String>,
     /// `verdict_reason`.
     pub verdict_reason: Option<String>,
-    /// `policy_namespace`/`policy_name`.
+    /// `policy_namespace`/`policy_name`; for a cluster-scoped policy (no namespace),
+    /// `policy_kind`/`policy_name`.
     pub policy: Option<String>,
     /// `policy_rule`.
     pub policy_rule: Option<i32>,
@@ -531,6 +532,7 @@ fn decode(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), &'stat
     );
     let (endpoint_interface, endpoint_eni) =
         (appended("endpoint_interface")?, appended("endpoint_eni")?);
+    let policy_kind = appended("policy_kind")?;
     let svc_port = match batch.column_by_name("svc_port") {
         None => None,
         Some(column) => Some(column.as_primitive_opt::<Int32Type>().ok_or("svc_port")?),
@@ -554,7 +556,7 @@ fn decode(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), &'stat
             dst_workload: s(10, row),
             verdict: s(11, row),
             verdict_reason: s(12, row),
-            policy: joined(s(13, row), s(14, row)),
+            policy: joined(s(13, row).or_else(|| a(policy_kind, row)), s(14, row)),
             policy_rule: opt_int(rule, row),
             enforcement_mode: s(15, row),
             packets: opt_bigint(packets, row),

@@ -90,7 +90,7 @@ pub enum RecordBody {
 }
 
 /// What an isolation record says: who put which pod under quarantine (or released it), why,
-/// and with which NetworkPolicy.
+/// and with which policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Isolation {
     /// `quarantine` or `release`.
@@ -103,14 +103,25 @@ pub struct Isolation {
     pub pod: PodIdentity,
     /// The pod's first address, if it had one.
     pub address: Option<IpAddr>,
-    /// Namespace of the quarantine policy (empty for a cluster-scoped one).
-    pub policy_namespace: String,
+    /// Namespace of the quarantine policy (`None`: cluster-scoped).
+    pub policy_namespace: Option<String>,
     /// Name of the quarantine policy.
     pub policy_name: String,
     /// Kind of the quarantine policy (`policy_kind`).
     pub policy_kind: String,
     /// The `isolation_detail` JSON object (see the column's doc).
     pub detail: String,
+}
+
+impl Isolation {
+    /// The quarantine policy as tools name it: `namespace/name`, or `KIND/name` for a
+    /// cluster-scoped one.
+    pub fn policy_label(&self) -> String {
+        match &self.policy_namespace {
+            Some(namespace) => format!("{namespace}/{}", self.policy_name),
+            None => format!("{}/{}", self.policy_kind, self.policy_name),
+        }
+    }
 }
 
 /// What an isolation record records.
@@ -578,7 +589,7 @@ impl Columns {
         self.log_status.append_value("ISOLATION");
         self.src.push(Some(&isolation.pod));
         self.policy_namespace
-            .append_value(&isolation.policy_namespace);
+            .append_option(isolation.policy_namespace.as_deref());
         self.policy_name.append_value(&isolation.policy_name);
         self.enforcement_mode.append_value("enforce");
         self.skipped_events.append_null();

@@ -174,7 +174,7 @@ fn isolation(at_s: u64, action: IsolationAction) -> FlowRecord {
             reason: "beaconing to a known C2 address".to_owned(),
             pod: (*identity).clone(),
             address: Some(ip("198.18.0.10")),
-            policy_namespace: "shop".to_owned(),
+            policy_namespace: Some("shop".to_owned()),
             policy_name: "tollgate-quarantine-web-7c5ddbdf54-x2x9q".to_owned(),
             policy_kind: "NetworkPolicy".into(),
             detail: r#"{"labels_before":{"app":"web"}}"#.to_owned(),

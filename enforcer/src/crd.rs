@@ -6,10 +6,12 @@
 //! Each is its metadata and its `spec` as given, unchecked: `compile` reads the spec field by
 //! field, because a field it does not know must make a rule fail closed (as the API says),
 //! where a typed decoder would drop it without a word. Both implement k8s-openapi's
-//! `Resource`, so kube-rs lists and watches them like the built-in kinds.
+//! `Resource`, so kube-rs lists, watches and creates them like the built-in kinds; they
+//! serialize with their `apiVersion` and `kind`, as the API server takes them.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 /// The API group of [`ClusterNetworkPolicy`].
 pub const CLUSTER_NETWORK_POLICY_GROUP: &str = "policy.networking.k8s.io";
@@ -18,7 +20,7 @@ pub const CLUSTER_NETWORK_POLICY_GROUP: &str = "policy.networking.k8s.io";
 pub const AWS_CLUSTER_NETWORK_POLICY_GROUP: &str = "networking.k8s.aws";
 
 /// A `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct ClusterNetworkPolicy {
     /// Standard object metadata (cluster-scoped: no namespace).
     pub metadata: ObjectMeta,
@@ -28,7 +30,7 @@ pub struct ClusterNetworkPolicy {
 }
 
 /// A `networking.k8s.aws/v1alpha1` ClusterNetworkPolicy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct AwsClusterNetworkPolicy {
     /// Standard object metadata (cluster-scoped: no namespace).
     pub metadata: ObjectMeta,
@@ -46,6 +48,18 @@ macro_rules! cluster_resource {
             const VERSION: &'static str = $version;
             const URL_PATH_SEGMENT: &'static str = "clusternetworkpolicies";
             type Scope = k8s_openapi::ClusterResourceScope;
+        }
+
+        impl Serialize for $type {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use k8s_openapi::Resource as _;
+                let mut object = serializer.serialize_struct(stringify!($type), 4)?;
+                object.serialize_field("apiVersion", Self::API_VERSION)?;
+                object.serialize_field("kind", Self::KIND)?;
+                object.serialize_field("metadata", &self.metadata)?;
+                object.serialize_field("spec", &self.spec)?;
+                object.end()
+            }
         }
 
         impl k8s_openapi::ListableResource for $type {
@@ -89,6 +103,27 @@ mod tests {
         assert_eq!(
             AwsClusterNetworkPolicy::API_VERSION,
             "networking.k8s.aws/v1alpha1"
+        );
+    }
+
+    #[test]
+    fn a_policy_serializes_as_the_api_server_takes_it() {
+        let policy: ClusterNetworkPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "a"},
+            "spec": {"tier": "Admin"},
+            "status": {"conditions": []},
+        }))
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&policy).unwrap(),
+            serde_json::json!({
+                "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": "a"},
+                "spec": {"tier": "Admin"},
+            })
         );
     }
 }

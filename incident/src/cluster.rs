@@ -3,9 +3,10 @@
 //! (in `tollgate-lab`).
 //!
 //! The quarantine logic ([`crate::quarantine`]) only ever talks to a [`Cluster`]: who am I,
-//! may I, read the pod and the namespace's policies, create or delete one policy, set or
-//! remove one label of one pod — the last one only if the pod is still at the version that was
-//! read, so a concurrent change is a conflict, not a silent overwrite.
+//! may I, read the pod, the namespace's NetworkPolicies and the cluster's
+//! ClusterNetworkPolicies, create or delete one ClusterNetworkPolicy, set or remove one label
+//! of one pod — the last one only if the pod is still at the version that was read, so a
+//! concurrent change is a conflict, not a silent overwrite.
 
 use k8s_openapi::api::{
     authentication::v1::SelfSubjectReview,
@@ -14,6 +15,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use tollgate_enforcer::crd::ClusterNetworkPolicy;
 
 /// An API call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +35,7 @@ pub enum ClusterError {
 }
 
 /// One permission quarantine or release needs: `verb` on `resource` (of `group`) in
-/// `namespace`.
+/// `namespace`, or cluster-wide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
     /// `get`, `list`, `create`, `patch`, `delete`.
@@ -42,7 +44,7 @@ pub struct Access {
     pub group: &'static str,
     /// Plural resource name: `pods`, `networkpolicies`.
     pub resource: &'static str,
-    /// The namespace.
+    /// The namespace; empty: cluster-wide (a cluster-scoped resource, or every namespace).
     pub namespace: String,
 }
 
@@ -53,11 +55,10 @@ impl std::fmt::Display for Access {
         } else {
             format!("{}.{}", self.resource, self.group)
         };
-        write!(
-            f,
-            "{} {resource} in namespace {}",
-            self.verb, self.namespace
-        )
+        match self.namespace.as_str() {
+            "" => write!(f, "{} {resource} cluster-wide", self.verb),
+            namespace => write!(f, "{} {resource} in namespace {namespace}", self.verb),
+        }
     }
 }
 
@@ -78,17 +79,18 @@ pub trait Cluster {
         &self,
         namespace: &str,
     ) -> impl Future<Output = Result<Vec<NetworkPolicy>, ClusterError>>;
-    /// Creates `policy` (namespaced by its metadata); the stored object.
-    fn create_policy(
+    /// Every ClusterNetworkPolicy (`policy.networking.k8s.io`); [`ClusterError::NotFound`]
+    /// when the cluster serves none (the CRD is not installed).
+    fn cluster_policies(
         &self,
-        policy: &NetworkPolicy,
-    ) -> impl Future<Output = Result<NetworkPolicy, ClusterError>>;
-    /// Deletes a policy.
-    fn delete_policy(
+    ) -> impl Future<Output = Result<Vec<ClusterNetworkPolicy>, ClusterError>>;
+    /// Creates the ClusterNetworkPolicy `policy`; the stored object.
+    fn create_cluster_policy(
         &self,
-        namespace: &str,
-        name: &str,
-    ) -> impl Future<Output = Result<(), ClusterError>>;
+        policy: &ClusterNetworkPolicy,
+    ) -> impl Future<Output = Result<ClusterNetworkPolicy, ClusterError>>;
+    /// Deletes a ClusterNetworkPolicy.
+    fn delete_cluster_policy(&self, name: &str) -> impl Future<Output = Result<(), ClusterError>>;
     /// Sets label `key` of the pod to `value` (removes it for `None`), only if the pod's
     /// resourceVersion is still `resource_version`; the pod as stored afterwards.
     fn set_pod_label(
@@ -163,7 +165,7 @@ impl Cluster for KubeCluster {
                     verb: Some(access.verb.to_owned()),
                     group: Some(access.group.to_owned()),
                     resource: Some(access.resource.to_owned()),
-                    namespace: Some(access.namespace.clone()),
+                    namespace: (!access.namespace.is_empty()).then(|| access.namespace.clone()),
                     ..ResourceAttributes::default()
                 }),
                 ..SelfSubjectAccessReviewSpec::default()
@@ -192,21 +194,31 @@ impl Cluster for KubeCluster {
             .map_err(|e| classify(&format!("NetworkPolicies of {namespace}"), e))
     }
 
-    async fn create_policy(&self, policy: &NetworkPolicy) -> Result<NetworkPolicy, ClusterError> {
-        let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
-        let name = policy.metadata.name.as_deref().unwrap_or_default();
-        let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), namespace);
-        api.create(&PostParams::default(), policy)
+    async fn cluster_policies(&self) -> Result<Vec<ClusterNetworkPolicy>, ClusterError> {
+        let api: Api<ClusterNetworkPolicy> = Api::all(self.client.clone());
+        api.list(&ListParams::default())
             .await
-            .map_err(|e| classify(&format!("NetworkPolicy {namespace}/{name}"), e))
+            .map(|list| list.items)
+            .map_err(|e| classify("ClusterNetworkPolicies (policy.networking.k8s.io)", e))
     }
 
-    async fn delete_policy(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
-        let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), namespace);
+    async fn create_cluster_policy(
+        &self,
+        policy: &ClusterNetworkPolicy,
+    ) -> Result<ClusterNetworkPolicy, ClusterError> {
+        let name = policy.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<ClusterNetworkPolicy> = Api::all(self.client.clone());
+        api.create(&PostParams::default(), policy)
+            .await
+            .map_err(|e| classify(&format!("ClusterNetworkPolicy {name}"), e))
+    }
+
+    async fn delete_cluster_policy(&self, name: &str) -> Result<(), ClusterError> {
+        let api: Api<ClusterNetworkPolicy> = Api::all(self.client.clone());
         api.delete(name, &DeleteParams::default())
             .await
             .map(|_| ())
-            .map_err(|e| classify(&format!("NetworkPolicy {namespace}/{name}"), e))
+            .map_err(|e| classify(&format!("ClusterNetworkPolicy {name}"), e))
     }
 
     async fn set_pod_label(

@@ -2,7 +2,8 @@
 //!
 //! Data flows through the modules in this order:
 //! - [`quarantine`]: a pod cut off (or released) through a [`cluster::Cluster`] — the
-//!   Kubernetes API, or the lab's objects — with one label and one deny-all NetworkPolicy;
+//!   Kubernetes API, or the lab's objects — with one label and one Admin-tier
+//!   ClusterNetworkPolicy that denies it every peer;
 //!   the act becomes an isolation record;
 //! - [`record`]: that record written into the flow log ([`location::FlowLogLocation`]: a local
 //!   directory or an S3 prefix), in the collector's layout, as one Parquet file;

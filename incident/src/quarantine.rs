@@ -1,31 +1,35 @@
-//! Quarantine: cut a pod off, ingress and egress, with one label and one deny-all
-//! NetworkPolicy that tollgate names and owns; and release it again.
+//! Quarantine: cut a pod off, ingress and egress, with one label and one Admin-tier
+//! ClusterNetworkPolicy that tollgate names and owns; and release it again.
 //!
 //! [`quarantine`] runs, against any [`Cluster`]:
 //! 1. checks, changing nothing: the caller's rights (one SelfSubjectAccessReview per
-//!    [`Access`] needed, every missing one named), the pod exists, it is not quarantined
-//!    already, no stale quarantine policy is in the way; reads the namespace's policies;
-//! 2. creates the policy `tollgate-quarantine-<pod>` selecting `tollgate.io/quarantine=<pod>`
-//!    with `policyTypes: [Ingress, Egress]` and no rule (deny all), annotated with who, when
-//!    and why. NetworkPolicies only add allows, so tollgate's compiler gives this policy
-//!    precedence over every other one selecting the pod (`tollgate_enforcer::compile`);
-//!    under another enforcer it would only cut what no other policy allows;
+//!    [`Access`] needed, every missing one named), the cluster serves ClusterNetworkPolicies
+//!    (else it names what to install), the pod exists, it is not quarantined already, no stale
+//!    quarantine policy is in the way; reads the namespace's NetworkPolicies and the cluster's
+//!    ClusterNetworkPolicies;
+//! 2. creates the ClusterNetworkPolicy `tollgate-quarantine-<namespace>-<pod>`: Admin tier,
+//!    priority 0, its subject the pods of the namespace labelled `tollgate.io/quarantine=<pod>`,
+//!    a Deny of ingress from every pod and of egress to every address (`0.0.0.0/0`, `::/0`),
+//!    annotated with who, when and why, labelled as managed by tollgate and with the quarantine
+//!    label (the admission policy of `deploy/incident/` lets only the quarantine role write
+//!    such policies and the label). The Admin tier decides before any NetworkPolicy, under
+//!    every implementation of the API; among policies of priority 0, tollgate's compiler
+//!    applies the quarantine first. The API's ingress peers are pods: traffic into the pod
+//!    from outside the cluster is still decided by its NetworkPolicies;
 //! 3. puts the label on the pod, only if the pod is still the version read in 1. From this
 //!    write on the pod is isolated: the node agents compile the policy as soon as they see the
 //!    label. If the write fails, the policy is deleted again: an error leaves nothing behind.
 //!
 //! [`release`] removes the label, then deletes the policy. Both return an [`Isolation`] for the
 //! flow log ([`crate::record`] writes it), with the pod as it was, the policy as stored and the
-//! namespace's policies in force right after the act.
+//! policies in force right after the act (the namespace's NetworkPolicies, the cluster's
+//! ClusterNetworkPolicies).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::{
-        core::v1::Pod,
-        networking::v1::{NetworkPolicy, NetworkPolicySpec},
-    },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+    api::{core::v1::Pod, networking::v1::NetworkPolicy},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use sha2::{Digest, Sha256};
 use tollgate_collector::{
@@ -33,6 +37,7 @@ use tollgate_collector::{
     identity::PodIdentity,
     record::{Isolation, IsolationAction},
 };
+use tollgate_enforcer::crd::{CLUSTER_NETWORK_POLICY_GROUP, ClusterNetworkPolicy};
 use tollgate_enforcer::desired::PolicyKind;
 use tollgate_enforcer::snapshot::pod_addresses;
 
@@ -41,9 +46,8 @@ use crate::{
     cluster::{Access, Cluster, ClusterError},
 };
 
-/// The label that marks a quarantined pod; its value names the pod (see [`label_value`]).
-/// The compiler gives the policy that selects on it precedence over every other policy of the
-/// pod (NetworkPolicies only add allows: a plain deny-all cannot cut off what another allows).
+/// The label that marks a quarantined pod (its value names the pod, see [`label_value`]), and
+/// its quarantine policy.
 pub use tollgate_enforcer::compile::QUARANTINE_LABEL as LABEL;
 /// Prefix of the quarantine policies' names, and the label on every object tollgate owns.
 pub use tollgate_enforcer::compile::{MANAGED_BY, QUARANTINE_POLICY_PREFIX as POLICY_PREFIX};
@@ -90,17 +94,23 @@ pub enum QuarantineError {
     },
     /// A policy of the quarantine's name exists but the pod has no label.
     #[error(
-        "NetworkPolicy {namespace}/{name} exists but pod {pod} has no {LABEL} label (left \
-         from an interrupted run?): release the pod first; nothing was changed"
+        "ClusterNetworkPolicy {name} exists but pod {pod} has no {LABEL} label (left from an \
+         interrupted run?): release the pod first; nothing was changed"
     )]
     StalePolicy {
         /// The pod.
         pod: PodRef,
-        /// Namespace of the policy.
-        namespace: String,
-        /// Its name.
+        /// The policy's name.
         name: String,
     },
+    /// The cluster serves no ClusterNetworkPolicy: the quarantine has nothing to write.
+    #[error(
+        "the cluster serves no ClusterNetworkPolicy ({CLUSTER_NETWORK_POLICY_GROUP}/v1alpha2), \
+         which a quarantine is: install its CRD (deploy/crds/, or the Helm chart) and \
+         tollgate's admission policy (deploy/incident/quarantine-admission.yaml); nothing was \
+         changed"
+    )]
+    NoClusterPolicies,
     /// `--release` of a pod that is not quarantined; nothing was changed.
     #[error(
         "pod {0} is not quarantined (no {LABEL} label, no quarantine policy); nothing was changed"
@@ -146,9 +156,13 @@ pub fn label_value(pod: &str) -> String {
     shortened(pod, 63)
 }
 
-/// The name of `pod`'s quarantine policy (at most 253 characters, as any object name).
-pub fn policy_name(pod: &str) -> String {
-    shortened(&format!("{POLICY_PREFIX}{pod}"), 253)
+/// The name of the quarantine policy of pod `pod` (at most 253 characters, as any object
+/// name; cluster-scoped, so the namespace is part of it).
+pub fn policy_name(pod: &PodRef) -> String {
+    shortened(
+        &format!("{POLICY_PREFIX}{}-{}", pod.namespace, pod.name),
+        253,
+    )
 }
 
 fn shortened(name: &str, limit: usize) -> String {
@@ -162,63 +176,72 @@ fn shortened(name: &str, limit: usize) -> String {
     format!("{head}-{hash}")
 }
 
-/// The quarantine policy of `pod`: deny all ingress and egress of the pods labelled
-/// `tollgate.io/quarantine=<label value>`.
+/// The quarantine policy of `pod`: an Admin-tier Deny at priority 0 of all ingress from pods
+/// and all egress of the pods of its namespace labelled `tollgate.io/quarantine=<label value>`.
 pub fn quarantine_policy(
     pod: &PodRef,
     actor: &str,
     reason: &str,
     at_s: u64,
     uid: &str,
-) -> NetworkPolicy {
+) -> ClusterNetworkPolicy {
     let annotations = BTreeMap::from([
         (ANNOTATION_ACTOR.to_owned(), actor.to_owned()),
         (ANNOTATION_AT.to_owned(), rfc3339_utc(at_s)),
         (ANNOTATION_REASON.to_owned(), reason.to_owned()),
         (ANNOTATION_POD_UID.to_owned(), uid.to_owned()),
     ]);
-    NetworkPolicy {
+    let label = label_value(&pod.name);
+    ClusterNetworkPolicy {
         metadata: ObjectMeta {
-            name: Some(policy_name(&pod.name)),
-            namespace: Some(pod.namespace.clone()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY.0.to_owned(),
-                MANAGED_BY.1.to_owned(),
-            )])),
+            name: Some(policy_name(pod)),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                (LABEL.to_owned(), label.clone()),
+            ])),
             annotations: Some(annotations),
             ..ObjectMeta::default()
         },
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(LABEL.to_owned(), label_value(&pod.name))])),
-                ..LabelSelector::default()
-            }),
-            policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
-            ingress: None,
-            egress: None,
+        spec: serde_json::json!({
+            "tier": "Admin",
+            "priority": 0,
+            "subject": {"pods": {
+                "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: pod.namespace}},
+                "podSelector": {"matchLabels": {LABEL: label}},
+            }},
+            "ingress": [{"name": "quarantine", "action": "Deny", "from": [{"namespaces": {}}]}],
+            "egress": [{"name": "quarantine", "action": "Deny",
+                        "to": [{"networks": ["0.0.0.0/0", "::/0"]}]}],
         }),
     }
 }
 
-/// The rights [`quarantine`] needs in `namespace` (release needs the same: it reads, patches and
-/// deletes; create is what undoing a failed release would need, and is asked for both so a
-/// caller allowed to quarantine is allowed to release and the other way round).
+/// The label every namespace carries with its own name.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// The rights [`quarantine`] needs for a pod of `namespace` (release needs the same: it reads,
+/// patches and deletes; create is what undoing a failed release would need, and is asked for
+/// both so a caller allowed to quarantine is allowed to release and the other way round). The
+/// ClusterNetworkPolicies and the right the admission policy of deploy/incident asks for are
+/// cluster-wide.
 pub fn needed_access(namespace: &str) -> Vec<Access> {
-    let access = |verb, group, resource| Access {
+    let access = |verb, group, resource, namespace: &str| Access {
         verb,
         group,
         resource,
         namespace: namespace.to_owned(),
     };
+    let cnp = "clusternetworkpolicies";
     vec![
-        access("get", "", "pods"),
-        access("patch", "", "pods"),
-        access("list", "networking.k8s.io", "networkpolicies"),
-        access("create", "networking.k8s.io", "networkpolicies"),
-        access("delete", "networking.k8s.io", "networkpolicies"),
+        access("get", "", "pods", namespace),
+        access("patch", "", "pods", namespace),
+        access("list", "networking.k8s.io", "networkpolicies", namespace),
+        access("list", CLUSTER_NETWORK_POLICY_GROUP, cnp, ""),
+        access("create", CLUSTER_NETWORK_POLICY_GROUP, cnp, ""),
+        access("delete", CLUSTER_NETWORK_POLICY_GROUP, cnp, ""),
         // Not an API resource: what the admission policy of deploy/incident asks the
-        // authorizer before a quarantine label may change.
-        access("create", "tollgate.io", "quarantines"),
+        // authorizer before a quarantine label or policy may change.
+        access("create", "tollgate.io", "quarantines", ""),
     ]
 }
 
@@ -230,10 +253,12 @@ struct Found {
     pod: Pod,
     /// Every NetworkPolicy of its namespace.
     policies: Vec<NetworkPolicy>,
+    /// Every ClusterNetworkPolicy.
+    cluster_policies: Vec<ClusterNetworkPolicy>,
     /// The name of its quarantine policy.
     name: String,
     /// That policy, if it exists.
-    existing: Option<NetworkPolicy>,
+    existing: Option<ClusterNetworkPolicy>,
 }
 
 /// Checks the reason and the caller's rights, reads who is acting, the pod and its
@@ -275,8 +300,12 @@ async fn precheck(
         .policies(&pod.namespace)
         .await
         .map_err(QuarantineError::Check)?;
-    let name = policy_name(&pod.name);
-    let existing = policies
+    let cluster_policies = cluster.cluster_policies().await.map_err(|e| match e {
+        ClusterError::NotFound(_) => QuarantineError::NoClusterPolicies,
+        other => QuarantineError::Check(other),
+    })?;
+    let name = policy_name(pod);
+    let existing = cluster_policies
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some(&name))
         .cloned();
@@ -284,6 +313,7 @@ async fn precheck(
         actor,
         pod: found,
         policies,
+        cluster_policies,
         name,
         existing,
     })
@@ -317,7 +347,7 @@ pub async fn quarantine(
     let name = &found.name;
     if let Some(value) = label_of(&found.pod) {
         let policy = match &found.existing {
-            Some(_) => format!(", NetworkPolicy {}/{name}", pod.namespace),
+            Some(_) => format!(", ClusterNetworkPolicy {name}"),
             None => String::new(),
         };
         return Err(QuarantineError::AlreadyQuarantined {
@@ -328,7 +358,6 @@ pub async fn quarantine(
     if found.existing.is_some() {
         return Err(QuarantineError::StalePolicy {
             pod: pod.clone(),
-            namespace: pod.namespace.clone(),
             name: name.clone(),
         });
     }
@@ -338,7 +367,7 @@ pub async fn quarantine(
     let at_s = now_s();
     let desired = quarantine_policy(pod, &found.actor, reason, at_s, &uid);
     let created = cluster
-        .create_policy(&desired)
+        .create_cluster_policy(&desired)
         .await
         .map_err(QuarantineError::Check)?;
     let label = label_value(&pod.name);
@@ -346,23 +375,26 @@ pub async fn quarantine(
         .set_pod_label(&pod.namespace, &pod.name, LABEL, Some(&label), &version)
         .await
     {
-        return Err(match cluster.delete_policy(&pod.namespace, name).await {
+        return Err(match cluster.delete_cluster_policy(name).await {
             Ok(()) => QuarantineError::RolledBack {
                 failed,
-                undone: format!("NetworkPolicy {}/{name} deleted", pod.namespace),
+                undone: format!("ClusterNetworkPolicy {name} deleted"),
             },
             Err(undo) => QuarantineError::Partial {
                 failed,
                 undo,
                 left: format!(
-                    "NetworkPolicy {}/{name} (selects no pod: the label was not set)",
-                    pod.namespace
+                    "ClusterNetworkPolicy {name} (selects no pod: the label was not set)"
                 ),
             },
         });
     }
-    let mut in_force = found.policies.clone();
-    in_force.push(created.clone());
+    let mut cluster_policies = found.cluster_policies.clone();
+    cluster_policies.push(created.clone());
+    let in_force = InForce {
+        policies: found.policies.clone(),
+        cluster_policies,
+    };
     let act = Act {
         action: IsolationAction::Quarantine,
         reason,
@@ -401,14 +433,13 @@ pub async fn release(
             .map_err(QuarantineError::Check)?;
     }
     if found.existing.is_some()
-        && let Err(failed) = cluster.delete_policy(&pod.namespace, name).await
+        && let Err(failed) = cluster.delete_cluster_policy(name).await
     {
         return Err(QuarantineError::Partial {
             failed,
             undo: ClusterError::Api("a removed label is not put back: the pod is free".into()),
             left: format!(
-                "NetworkPolicy {}/{name} (selects no pod: the label is gone); delete it by hand",
-                pod.namespace
+                "ClusterNetworkPolicy {name} (selects no pod: the label is gone); delete it by hand"
             ),
         });
     }
@@ -417,12 +448,15 @@ pub async fn release(
         .existing
         .clone()
         .unwrap_or_else(|| quarantine_policy(pod, &found.actor, reason, at_s, ""));
-    let in_force = found
-        .policies
-        .iter()
-        .filter(|p| p.metadata.name.as_deref() != Some(name))
-        .cloned()
-        .collect();
+    let in_force = InForce {
+        policies: found.policies.clone(),
+        cluster_policies: found
+            .cluster_policies
+            .iter()
+            .filter(|p| p.metadata.name.as_deref() != Some(name))
+            .cloned()
+            .collect(),
+    };
     let label = label.unwrap_or_else(|| label_value(&pod.name));
     let act = Act {
         action: IsolationAction::Release,
@@ -444,13 +478,20 @@ struct Act<'a> {
     action: IsolationAction,
     reason: &'a str,
     /// The quarantine policy as stored (or as it would be).
-    policy: &'a NetworkPolicy,
+    policy: &'a ClusterNetworkPolicy,
     label: &'a str,
     at_s: u64,
 }
 
+/// The policies in force after an act: the pod's namespace's NetworkPolicies and the cluster's
+/// ClusterNetworkPolicies.
+struct InForce {
+    policies: Vec<NetworkPolicy>,
+    cluster_policies: Vec<ClusterNetworkPolicy>,
+}
+
 /// The outcome of `act` on the pod `found`, with the policies `in_force` after it.
-fn outcome(found: &Found, act: &Act<'_>, in_force: Vec<NetworkPolicy>) -> Outcome {
+fn outcome(found: &Found, act: &Act<'_>, in_force: InForce) -> Outcome {
     let (pod, policy) = (&found.pod, act.policy);
     let address = pod_addresses(pod).into_iter().next();
     let node = pod
@@ -460,7 +501,7 @@ fn outcome(found: &Found, act: &Act<'_>, in_force: Vec<NetworkPolicy>) -> Outcom
         .unwrap_or_default();
     let detail = serde_json::json!({
         "policy": {
-            "namespace": policy.metadata.namespace,
+            "kind": PolicyKind::ClusterNetworkPolicy.name(),
             "name": policy.metadata.name,
             "uid": policy.metadata.uid,
             "resource_version": policy.metadata.resource_version,
@@ -471,7 +512,13 @@ fn outcome(found: &Found, act: &Act<'_>, in_force: Vec<NetworkPolicy>) -> Outcom
             "ip": address.map(|a| a.to_string()),
             "node": node,
         },
-        "policies_in_force": in_force,
+        "policies_in_force": in_force
+            .policies
+            .iter()
+            .map(serde_json::to_value)
+            .chain(in_force.cluster_policies.iter().map(serde_json::to_value))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_default(),
     });
     Outcome {
         isolation: Isolation {
@@ -480,9 +527,9 @@ fn outcome(found: &Found, act: &Act<'_>, in_force: Vec<NetworkPolicy>) -> Outcom
             reason: act.reason.to_owned(),
             pod: PodIdentity::of(pod),
             address,
-            policy_namespace: policy.metadata.namespace.clone().unwrap_or_default(),
+            policy_namespace: None,
             policy_name: policy.metadata.name.clone().unwrap_or_default(),
-            policy_kind: PolicyKind::NetworkPolicy.name().to_owned(),
+            policy_kind: PolicyKind::ClusterNetworkPolicy.name().to_owned(),
             detail: detail.to_string(),
         },
         at_s: act.at_s,
@@ -497,9 +544,13 @@ mod tests {
     #[test]
     fn names_fit_kubernetes_limits() {
         assert_eq!(label_value("amazonlinux"), "amazonlinux");
+        let pod = |name: &str| PodRef {
+            namespace: "default".into(),
+            name: name.into(),
+        };
         assert_eq!(
-            policy_name("amazonlinux"),
-            "tollgate-quarantine-amazonlinux"
+            policy_name(&pod("amazonlinux")),
+            "tollgate-quarantine-default-amazonlinux"
         );
         let long = "a".repeat(70);
         let value = label_value(&long);
@@ -513,7 +564,7 @@ mod tests {
         let dotted = format!("{}.-x{}", "b".repeat(52), "c".repeat(20));
         let value = label_value(&dotted);
         assert!(value.len() <= 63 && !value.contains(".-"), "{value}");
-        assert!(policy_name(&"p".repeat(253)).len() <= 253);
+        assert!(policy_name(&pod(&"p".repeat(253))).len() <= 253);
     }
 
     #[test]
@@ -524,13 +575,22 @@ mod tests {
         };
         let policy = quarantine_policy(&pod, "alice", "C2 beacon", 1_764_054_000, "uid-1");
         let yaml = serde_json::to_value(&policy).unwrap();
+        assert_eq!(yaml["apiVersion"], "policy.networking.k8s.io/v1alpha2");
         assert_eq!(
             yaml["spec"],
             serde_json::json!({
-                "podSelector": {"matchLabels": {LABEL: "amazonlinux"}},
-                "policyTypes": ["Ingress", "Egress"],
+                "tier": "Admin",
+                "priority": 0,
+                "subject": {"pods": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "default"}},
+                    "podSelector": {"matchLabels": {LABEL: "amazonlinux"}},
+                }},
+                "ingress": [{"name": "quarantine", "action": "Deny", "from": [{"namespaces": {}}]}],
+                "egress": [{"name": "quarantine", "action": "Deny",
+                            "to": [{"networks": ["0.0.0.0/0", "::/0"]}]}],
             })
         );
+        assert_eq!(yaml["metadata"]["labels"][LABEL], "amazonlinux");
         assert_eq!(
             yaml["metadata"]["annotations"][ANNOTATION_AT],
             "2025-11-25T07:00:00Z"

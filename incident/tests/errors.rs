@@ -85,7 +85,7 @@ async fn an_undeliverable_record_says_so_once() {
                 labels: Default::default(),
             },
             address: None,
-            policy_namespace: "shop".into(),
+            policy_namespace: Some("shop".into()),
             policy_name: "tollgate-quarantine-web".into(),
             policy_kind: "NetworkPolicy".into(),
             detail: "{}".into(),

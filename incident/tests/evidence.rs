@@ -141,7 +141,7 @@ fn check_bundle(out: &Path, snapshots: usize) {
     assert!(
         lines[0].ends_with(
             ",isolation_detail,svc_namespace,svc_name,svc_addr,svc_port,endpoint_interface,\
-             endpoint_eni"
+             endpoint_eni,policy_tier,policy_kind,policy_action,policy_version,isolating_policies"
         ),
         "{}",
         lines[0]

@@ -63,21 +63,31 @@ async fn quarantine_creates_the_policy_then_labels_the_pod() {
         .expect("quarantined");
 
     let policy = server
-        .policies()
+        .cluster_policies()
         .into_iter()
-        .find(|p| p["metadata"]["name"] == "tollgate-quarantine-web-7c5ddbdf54-x2x7q")
+        .find(|p| p["metadata"]["name"] == "tollgate-quarantine-shop-web-7c5ddbdf54-x2x7q")
         .expect("the quarantine policy");
+    assert_eq!(policy["kind"], "ClusterNetworkPolicy");
     assert_eq!(
         policy["spec"],
         json!({
-            "podSelector": {"matchLabels": {"tollgate.io/quarantine": "web-7c5ddbdf54-x2x7q"}},
-            "policyTypes": ["Ingress", "Egress"],
+            "tier": "Admin",
+            "priority": 0,
+            "subject": {"pods": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
+                "podSelector": {"matchLabels": {"tollgate.io/quarantine": "web-7c5ddbdf54-x2x7q"}},
+            }},
+            "ingress": [{"name": "quarantine", "action": "Deny", "from": [{"namespaces": {}}]}],
+            "egress": [{"name": "quarantine", "action": "Deny",
+                        "to": [{"networks": ["0.0.0.0/0", "::/0"]}]}],
         })
     );
     assert_eq!(
         policy["metadata"]["labels"],
-        json!({"app.kubernetes.io/managed-by": "tollgate"})
+        json!({"app.kubernetes.io/managed-by": "tollgate",
+               "tollgate.io/quarantine": "web-7c5ddbdf54-x2x7q"})
     );
+    assert_eq!(server.policies().len(), 1, "no NetworkPolicy written");
     assert_eq!(
         policy["metadata"]["annotations"],
         json!({
@@ -96,7 +106,7 @@ async fn quarantine_creates_the_policy_then_labels_the_pod() {
     assert_eq!(
         server.writes(),
         [
-            "POST /apis/networking.k8s.io/v1/namespaces/shop/networkpolicies",
+            "POST /apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
             "PATCH /api/v1/namespaces/shop/pods/web-7c5ddbdf54-x2x7q",
         ]
     );
@@ -107,14 +117,17 @@ async fn quarantine_creates_the_policy_then_labels_the_pod() {
     assert_eq!(isolation.address, Some("10.0.1.57".parse().unwrap()));
     assert_eq!(
         isolation.policy_name,
-        "tollgate-quarantine-web-7c5ddbdf54-x2x7q"
+        "tollgate-quarantine-shop-web-7c5ddbdf54-x2x7q"
     );
+    assert_eq!(isolation.policy_namespace, None);
+    assert_eq!(isolation.policy_kind, "ClusterNetworkPolicy");
     assert_eq!(outcome.node, "ip-10-0-1-23.eu-west-1.compute.internal");
     let detail: serde_json::Value = serde_json::from_str(&isolation.detail).unwrap();
     assert_eq!(
         detail["policy"]["uid"],
-        "uid-np-tollgate-quarantine-web-7c5ddbdf54-x2x7q"
+        "uid-cnp-tollgate-quarantine-shop-web-7c5ddbdf54-x2x7q"
     );
+    assert_eq!(detail["policy"]["kind"], "ClusterNetworkPolicy");
     assert_eq!(detail["pod"]["ip"], "10.0.1.57");
     let in_force: Vec<&str> = detail["policies_in_force"]
         .as_array()
@@ -124,7 +137,7 @@ async fn quarantine_creates_the_policy_then_labels_the_pod() {
         .collect();
     assert_eq!(
         in_force,
-        ["allow-web", "tollgate-quarantine-web-7c5ddbdf54-x2x7q"]
+        ["allow-web", "tollgate-quarantine-shop-web-7c5ddbdf54-x2x7q"]
     );
 
     // The record, in the flow log as every reader sees it.
@@ -164,7 +177,7 @@ async fn quarantine_creates_the_policy_then_labels_the_pod() {
     assert_eq!(r.srcaddr.as_deref(), Some("10.0.1.57"));
     assert_eq!(
         r.policy.as_deref(),
-        Some("shop/tollgate-quarantine-web-7c5ddbdf54-x2x7q")
+        Some("ClusterNetworkPolicy/tollgate-quarantine-shop-web-7c5ddbdf54-x2x7q")
     );
     assert_eq!(r.node, "ip-10-0-1-23.eu-west-1.compute.internal");
     assert_eq!(r.cluster, "prod-eu-1");
@@ -190,12 +203,7 @@ async fn release_removes_the_label_then_the_policy() {
         server.pod("shop", "web-7c5ddbdf54-x2x7q")["metadata"]["labels"],
         json!({"app": "web", "pod-template-hash": "7c5ddbdf54"})
     );
-    let names: Vec<String> = server
-        .policies()
-        .iter()
-        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names, ["allow-web"]);
+    assert!(server.cluster_policies().is_empty());
     assert_eq!(outcome.isolation.action.name(), "release");
     assert_eq!(outcome.isolation.reason, "forensics done, image rebuilt");
     let writes = server.writes();
@@ -203,8 +211,8 @@ async fn release_removes_the_label_then_the_policy() {
         &writes[2..],
         [
             "PATCH /api/v1/namespaces/shop/pods/web-7c5ddbdf54-x2x7q",
-            "DELETE /apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/\
-             tollgate-quarantine-web-7c5ddbdf54-x2x7q",
+            "DELETE /apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies/\
+             tollgate-quarantine-shop-web-7c5ddbdf54-x2x7q",
         ]
     );
 }
@@ -240,25 +248,39 @@ async fn refusals_change_nothing() {
 
     // Missing RBAC rights: every missing one named, checked before anything is written.
     let (cluster, server) = cluster_with_pod();
-    server.refuse("create", "networkpolicies");
+    server.refuse("create", "clusternetworkpolicies");
     server.refuse("patch", "pods");
     let error = quarantine(&cluster, &pod(), "x", || AT).await.unwrap_err();
     assert_eq!(
         error.to_string(),
         "missing RBAC rights, nothing was changed: patch pods in namespace shop; create \
-         networkpolicies.networking.k8s.io in namespace shop"
+         clusternetworkpolicies.policy.networking.k8s.io cluster-wide"
     );
     assert!(server.writes().is_empty());
 
     // A policy of the quarantine's name without the label (an interrupted run).
     let (cluster, server) = cluster_with_pod();
-    server.add_policy(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: \
-         tollgate-quarantine-web-7c5ddbdf54-x2x7q, namespace: shop}\nspec: {podSelector: {}}",
+    server.add_cluster_policy(
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+         metadata: {name: tollgate-quarantine-shop-web-7c5ddbdf54-x2x7q}\nspec: {tier: Admin}",
     );
     let error = quarantine(&cluster, &pod(), "x", || AT).await.unwrap_err();
     assert!(
         matches!(error, QuarantineError::StalePolicy { .. }),
+        "{error}"
+    );
+    assert!(server.writes().is_empty());
+
+    // A cluster without the ClusterNetworkPolicy CRD: what to install is named.
+    let (cluster, server) = cluster_with_pod();
+    server.without_cluster_policies();
+    let error = quarantine(&cluster, &pod(), "x", || AT).await.unwrap_err();
+    assert!(
+        matches!(error, QuarantineError::NoClusterPolicies),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("install its CRD (deploy/crds/"),
         "{error}"
     );
     assert!(server.writes().is_empty());
@@ -293,15 +315,10 @@ async fn a_failed_label_write_is_rolled_back() {
     assert!(
         error
             .to_string()
-            .contains("undone: NetworkPolicy shop/tollgate-quarantine-"),
+            .contains("undone: ClusterNetworkPolicy tollgate-quarantine-shop-"),
         "{error}"
     );
-    let names: Vec<String> = server
-        .policies()
-        .iter()
-        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names, ["allow-web"], "nothing left behind");
+    assert!(server.cluster_policies().is_empty(), "nothing left behind");
     assert_eq!(
         server.pod("shop", "web-7c5ddbdf54-x2x7q")["metadata"]["labels"],
         json!({"app": "web", "pod-template-hash": "7c5ddbdf54"})

@@ -19,6 +19,7 @@ use std::sync::{Mutex, PoisonError};
 
 use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
 use tollgate_collector::clock::{NS_PER_S, unix_now_ns};
+use tollgate_enforcer::crd::ClusterNetworkPolicy;
 use tollgate_enforcer::snapshot::Snapshot;
 use tollgate_incident::{
     PodRef,
@@ -117,40 +118,40 @@ impl Cluster for LabCluster {
             .collect())
     }
 
-    async fn create_policy(&self, policy: &NetworkPolicy) -> Result<NetworkPolicy, ClusterError> {
+    async fn cluster_policies(&self) -> Result<Vec<ClusterNetworkPolicy>, ClusterError> {
+        Ok(self.lock().snapshot.cluster_policies.clone())
+    }
+
+    async fn create_cluster_policy(
+        &self,
+        policy: &ClusterNetworkPolicy,
+    ) -> Result<ClusterNetworkPolicy, ClusterError> {
         let mut state = self.lock();
-        let (namespace, name) = (
-            policy.metadata.namespace.clone().unwrap_or_default(),
-            policy.metadata.name.clone().unwrap_or_default(),
-        );
-        if state
-            .snapshot
-            .policies
-            .iter()
-            .any(|p| named(&p.metadata, &namespace, &name))
-        {
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        let exists = |p: &ClusterNetworkPolicy| p.metadata.name.as_deref() == Some(&name);
+        if state.snapshot.cluster_policies.iter().any(exists) {
             return Err(ClusterError::Conflict(format!(
-                "NetworkPolicy {namespace}/{name} already exists"
+                "ClusterNetworkPolicy {name} already exists"
             )));
         }
         state.version += 1;
         let mut stored = policy.clone();
         stored.metadata.uid = Some(format!("lab-{:012}", state.version));
         stored.metadata.resource_version = Some(state.version.to_string());
-        state.snapshot.policies.push(stored.clone());
+        state.snapshot.cluster_policies.push(stored.clone());
         Ok(stored)
     }
 
-    async fn delete_policy(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+    async fn delete_cluster_policy(&self, name: &str) -> Result<(), ClusterError> {
         let mut state = self.lock();
-        let before = state.snapshot.policies.len();
+        let before = state.snapshot.cluster_policies.len();
         state
             .snapshot
-            .policies
-            .retain(|p| !named(&p.metadata, namespace, name));
-        if state.snapshot.policies.len() == before {
+            .cluster_policies
+            .retain(|p| p.metadata.name.as_deref() != Some(name));
+        if state.snapshot.cluster_policies.len() == before {
             return Err(ClusterError::NotFound(format!(
-                "NetworkPolicy {namespace}/{name}"
+                "ClusterNetworkPolicy {name}"
             )));
         }
         Ok(())
@@ -204,7 +205,7 @@ pub struct IncidentReport {
     pub actor: String,
     /// `--reason`.
     pub reason: String,
-    /// The quarantine policy, `namespace/name`.
+    /// The quarantine policy, `KIND/name`.
     pub policy: String,
     /// When (Unix seconds).
     pub at_s: u64,
@@ -264,8 +265,9 @@ impl Quarantined {
     pub fn describe(&self) -> String {
         let isolation = &self.outcome.isolation;
         format!(
-            "tollgate quarantine {CLIENT_POD} (label {LABEL}={}, NetworkPolicy {}/{})",
-            isolation.pod.name, isolation.policy_namespace, isolation.policy_name
+            "tollgate quarantine {CLIENT_POD} (label {LABEL}={}, {})",
+            isolation.pod.name,
+            isolation.policy_label()
         )
     }
 
@@ -305,6 +307,12 @@ impl Quarantined {
                 .policies
                 .iter()
                 .filter_map(|p| serde_json::to_value(p).ok())
+                .chain(
+                    self.snapshot
+                        .cluster_policies
+                        .iter()
+                        .filter_map(|p| serde_json::to_value(p).ok()),
+                )
                 .collect(),
         };
         let bundle = evidence::collect(&request, vec![lab_policies], now_s)
@@ -394,9 +402,9 @@ impl Quarantined {
         ];
         let isolation = self.outcome.isolation;
         Ok(IncidentReport {
+            policy: isolation.policy_label(),
             actor: isolation.actor,
             reason: isolation.reason,
-            policy: format!("{}/{}", isolation.policy_namespace, isolation.policy_name),
             at_s: self.outcome.at_s,
             record: self.record,
             bundle: bundle.dir,

@@ -580,7 +580,7 @@ fn render_incident(incident: &IncidentReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nIncident: {} quarantined {CLIENT_POD} at {} with NetworkPolicy {}",
+        "\nIncident: {} quarantined {CLIENT_POD} at {} with {}",
         incident.actor,
         rfc3339_utc(incident.at_s),
         incident.policy

@@ -30,7 +30,7 @@ pub const ENFORCEMENT_ANNOTATION: &str = "tollgate.io/enforcement";
 /// Label that marks a pod quarantined by `tollgate quarantine`; its value names the pod.
 pub const QUARANTINE_LABEL: &str = "tollgate.io/quarantine";
 
-/// Name prefix of the quarantine NetworkPolicies `tollgate quarantine` creates.
+/// Name prefix of the quarantine ClusterNetworkPolicies `tollgate quarantine` creates.
 pub const QUARANTINE_POLICY_PREFIX: &str = "tollgate-quarantine-";
 
 /// Label (key, value) on every object tollgate creates.

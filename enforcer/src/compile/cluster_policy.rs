@@ -17,8 +17,10 @@
 //!   action is unknown) denies everything. So do peers that are not supported yet: `nodes`
 //!   and `domainNames`. Each such rule is reported, and the rest of the policy still applies.
 //!
-//! Policies of one tier apply in (priority, API group, name) order: the API leaves the order
-//! of equal priorities to the implementation, and this one is stable.
+//! Policies of one tier apply in priority order. The API leaves the order of equal priorities
+//! to the implementation: here the quarantine policies come first (labelled managed by
+//! tollgate and with the quarantine label, as `tollgate quarantine` creates them and only the
+//! quarantine role may, see deploy/incident/), then by API group and name, a stable order.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::Value;
@@ -26,6 +28,7 @@ use tollgate_schemas::{ANY_PROTOCOL, port_action, rule_tier};
 
 use super::Problems;
 use super::cidr::parse_cidr;
+use super::cluster::{MANAGED_BY, QUARANTINE_LABEL};
 use super::incremental::ObjectKind;
 use super::peers::{Block, Peer};
 use super::policy::{ClusterScope, Policy, Rule, Subject, version};
@@ -142,7 +145,7 @@ pub(crate) fn check(
         name: name?,
         selector: Selector::default(),
         audit: false,
-        quarantine: false,
+        quarantine: is_quarantine(meta),
         ingress,
         egress,
         cluster: Some(ClusterScope {
@@ -601,12 +604,23 @@ fn port_range(
     Some(PortSpec::Range { protocol, lo, hi })
 }
 
-/// The order policies of one tier apply in: by priority, then by key (API group, name).
-pub(crate) fn order_key(policy: &Policy) -> (u8, u16, &str, &str) {
+/// Whether a ClusterNetworkPolicy is one `tollgate quarantine` creates: labelled managed by
+/// tollgate, and with the quarantine label.
+fn is_quarantine(meta: &ObjectMeta) -> bool {
+    meta.labels.as_ref().is_some_and(|labels| {
+        labels.get(MANAGED_BY.0).is_some_and(|v| v == MANAGED_BY.1)
+            && labels.contains_key(QUARANTINE_LABEL)
+    })
+}
+
+/// The order policies of one tier apply in: by priority, quarantine policies first, then by
+/// key (API group, name).
+pub(crate) fn order_key(policy: &Policy) -> (u8, u16, bool, &str, &str) {
     let cluster = policy.cluster.as_ref();
     (
         cluster.map_or(rule_tier::NETWORK_POLICY, |c| c.tier),
         cluster.map_or(0, |c| c.priority),
+        !policy.quarantine,
         &policy.namespace,
         &policy.name,
     )

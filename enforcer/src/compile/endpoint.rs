@@ -60,8 +60,7 @@ pub(crate) struct Plan<'c> {
 ///
 /// A direction is isolated when a policy of the pod's namespace selects the pod and has that
 /// type; it is in audit mode when, besides, the namespace is, or every isolating policy is. It
-/// is tiered when a ClusterNetworkPolicy with rules of that direction selects the pod. A
-/// quarantine policy that selects the pod is the only one that counts, and never in audit mode.
+/// is tiered when only ClusterNetworkPolicies with rules of that direction select the pod.
 pub(crate) fn plan<'c>(
     sets: &Sets<'_>,
     (policies, cluster): (&[PolicyRules<'_>], &[&PolicyRules<'_>]),
@@ -72,23 +71,16 @@ pub(crate) fn plan<'c>(
 ) -> Plan<'c> {
     let mut flags = endpoint_flags::PROGRAMMED;
     let selecting = |p: &&PolicyRules<'_>| p.policy.selector.matches(&pod.labels);
-    let quarantined = policies
+    let subject_of: Vec<&PolicyRules<'_>> = cluster
         .iter()
-        .filter(selecting)
-        .any(|p| p.policy.quarantine);
-    let subject_of: Vec<&PolicyRules<'_>> = match quarantined {
-        true => Vec::new(),
-        false => cluster
-            .iter()
-            .copied()
-            .filter(|p| {
-                p.policy
-                    .cluster
-                    .as_ref()
-                    .is_some_and(|c| c.subject.selects(namespace_labels, &pod.labels))
-            })
-            .collect(),
-    };
+        .copied()
+        .filter(|p| {
+            p.policy
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.subject.selects(namespace_labels, &pod.labels))
+        })
+        .collect();
     let mut plan_sets = [None, None];
     let mut names = Vec::new();
     let mut isolating_names: [Vec<String>; 2] = Default::default();
@@ -100,7 +92,6 @@ pub(crate) fn plan<'c>(
             .iter()
             .filter(|p| p.ids(direction).is_some())
             .filter(selecting)
-            .filter(|p| !quarantined || p.policy.quarantine)
             .collect();
         let (admin, baseline): (Vec<&PolicyRules<'_>>, Vec<&PolicyRules<'_>>) = subject_of
             .iter()
@@ -118,7 +109,7 @@ pub(crate) fn plan<'c>(
         if !open {
             isolating_names[slot] = isolating.iter().map(|p| p.policy.label()).collect();
             flags |= endpoint_flags::isolated(direction);
-            if !quarantined && (namespace_audit || isolating.iter().all(|p| p.policy.audit)) {
+            if namespace_audit || isolating.iter().all(|p| p.policy.audit) {
                 flags |= endpoint_flags::audit(direction);
             }
         }

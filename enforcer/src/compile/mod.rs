@@ -29,12 +29,10 @@
 //!    policy set, shared by every endpoint with the same. A set holds one rule list per peer
 //!    identity its rules match, each rule with its action and tier, NetworkPolicy rules
 //!    deduplicated and ordered, ClusterNetworkPolicy rules in order (`ports`); named ports
-//!    resolve against the destination pod. A quarantine policy (`tollgate quarantine`'s: named
-//!    `tollgate-quarantine-…`, labelled as managed by tollgate, selecting on
-//!    `tollgate.io/quarantine`, both types, no rule) takes precedence: a pod it selects is
-//!    isolated both ways with no rule at all, in enforce mode, whatever else selects it.
-//!    NetworkPolicies only ever add allows, so a plain deny-all could not cut off a pod that
-//!    another policy allows. Egress sets then gain each Service's ClusterIP, decided by its
+//!    resolve against the destination pod. A quarantine (`tollgate quarantine`) is an
+//!    Admin-tier Deny at priority 0 like any other; among policies of one priority, whose
+//!    order the API leaves to the implementation, the quarantine policies come first. Egress
+//!    sets then gain each Service's ClusterIP, decided by its
 //!    ready backends (`services` finds them from EndpointSlices or the selector; `vips` writes
 //!    the entries): allowed when the set may reach every backend on its targetPort, denied with
 //!    reason `service-backends-denied` when only some. A set's entries are used again in the

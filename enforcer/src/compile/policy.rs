@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tollgate_schemas::{port_action, rule_tier};
 
 use super::Problems;
-use super::cluster::{MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX, audit_annotation};
+use super::cluster::audit_annotation;
 use super::peers::{Peer, parse_peers};
 use super::ports::{PortSpec, parse_ports};
 use super::selector::Selector;
@@ -78,8 +78,8 @@ pub(crate) struct Policy {
     pub(crate) selector: Selector,
     /// Annotated for audit mode.
     pub(crate) audit: bool,
-    /// A quarantine policy (see [`is_quarantine`]): it overrides every other policy of the
-    /// pods it selects.
+    /// A ClusterNetworkPolicy `tollgate quarantine` created (see
+    /// `cluster_policy::is_quarantine`): it applies first among the policies of its priority.
     pub(crate) quarantine: bool,
     /// Ingress rules, when the policy has the Ingress type.
     pub(crate) ingress: Option<Vec<Rule>>,
@@ -186,7 +186,6 @@ fn check_policy(policy: &NetworkPolicy, audit: bool, problems: &mut Problems) ->
     if problems.len() != before {
         return None;
     }
-    let quarantine = is_quarantine(policy, types, ingress.is_empty() && egress.is_empty());
     Some(Policy {
         namespace: meta
             .namespace
@@ -194,8 +193,8 @@ fn check_policy(policy: &NetworkPolicy, audit: bool, problems: &mut Problems) ->
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
         name: name?,
         selector: selector?,
-        audit: audit && !quarantine,
-        quarantine,
+        audit,
+        quarantine: false,
         ingress: types.0.then_some(ingress),
         egress: types.1.then_some(egress),
         cluster: None,
@@ -217,31 +216,6 @@ pub(crate) fn version(meta: &ObjectMeta, spec: &impl serde::Serialize) -> String
         let _ = write!(version, "{byte:02x}");
     }
     version
-}
-
-/// Whether `policy` is one `tollgate quarantine` creates: named with the quarantine prefix,
-/// labelled as managed by tollgate, selecting on the quarantine label (matchLabels), both
-/// policy types (`types`: ingress, egress), and no rule (`no_rules`). Anything else is an
-/// ordinary policy, whatever its name. Its audit annotation, if any, is ignored: a quarantine
-/// is enforced.
-fn is_quarantine(policy: &NetworkPolicy, types: (bool, bool), no_rules: bool) -> bool {
-    let meta = &policy.metadata;
-    let named = meta
-        .name
-        .as_deref()
-        .is_some_and(|n| n.starts_with(QUARANTINE_POLICY_PREFIX));
-    let managed = meta
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY.0))
-        .is_some_and(|v| v == MANAGED_BY.1);
-    let selects_label = policy
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_selector.as_ref())
-        .and_then(|s| s.match_labels.as_ref())
-        .is_some_and(|l| l.contains_key(QUARANTINE_LABEL));
-    named && managed && selects_label && types == (true, true) && no_rules
 }
 
 fn check_rule(

@@ -1,8 +1,10 @@
 //! A Kubernetes API server for the quarantine tests, built like the agent tests' mock API
 //! service (`agent/tests/apiserver`): kube-rs's own test support, tower-test's mock service
 //! behind a real `kube::Client`, so `KubeCluster` sends exactly the requests it sends to a
-//! cluster. Where the agent's server replays watch fixtures, this one keeps objects: pods and
-//! NetworkPolicies as JSON, changed by the requests as the API server would change them
+//! cluster. Where the agent's server replays watch fixtures, this one keeps objects: pods,
+//! NetworkPolicies and ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`, unless the
+//! test says the CRD is not installed) as JSON, changed by the requests as the API server
+//! would change them
 //! (resourceVersion bumped on every write, a merge patch with a stale resourceVersion refused
 //! with 409 Conflict, a second create of a name refused with 409 AlreadyExists).
 //!
@@ -25,6 +27,9 @@ type Key = (String, String);
 struct State {
     pods: BTreeMap<Key, Value>,
     policies: BTreeMap<Key, Value>,
+    cluster_policies: BTreeMap<String, Value>,
+    /// The ClusterNetworkPolicy CRD is not installed: its paths answer 404.
+    no_cluster_policies: bool,
     refused: Vec<(String, String)>,
     fail_next_patch: Option<String>,
     user: Option<String>,
@@ -75,6 +80,21 @@ impl ApiServer {
         self.lock().policies.insert(key, policy);
     }
 
+    /// Adds a ClusterNetworkPolicy (a YAML document).
+    pub fn add_cluster_policy(&self, yaml: &str) {
+        let policy: Value = serde_yaml::from_str(yaml).expect("policy YAML");
+        let name = policy["metadata"]["name"]
+            .as_str()
+            .expect("a name")
+            .to_owned();
+        self.lock().cluster_policies.insert(name, policy);
+    }
+
+    /// Serves no ClusterNetworkPolicy: its CRD is not installed.
+    pub fn without_cluster_policies(&self) {
+        self.lock().no_cluster_policies = true;
+    }
+
     /// Refuses `verb` on `resource` (plural, e.g. `networkpolicies`).
     pub fn refuse(&self, verb: &str, resource: &str) {
         self.lock()
@@ -100,6 +120,11 @@ impl ApiServer {
     /// Every NetworkPolicy as stored.
     pub fn policies(&self) -> Vec<Value> {
         self.lock().policies.values().cloned().collect()
+    }
+
+    /// Every ClusterNetworkPolicy as stored.
+    pub fn cluster_policies(&self) -> Vec<Value> {
+        self.lock().cluster_policies.values().cloned().collect()
     }
 
     /// Every request so far, as `METHOD path`.
@@ -279,6 +304,83 @@ impl ApiServer {
                 match state.policies.remove(&(ns.to_string(), name.to_string())) {
                     Some(policy) => ok(policy),
                     None => not_found("networkpolicies", name),
+                }
+            }
+            (
+                _,
+                [
+                    "apis",
+                    "policy.networking.k8s.io",
+                    "v1alpha2",
+                    "clusternetworkpolicies",
+                    ..,
+                ],
+            ) if state.no_cluster_policies => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+            (
+                Method::GET,
+                [
+                    "apis",
+                    "policy.networking.k8s.io",
+                    "v1alpha2",
+                    "clusternetworkpolicies",
+                ],
+            ) => {
+                if state.is_refused("list", "clusternetworkpolicies") {
+                    return forbidden("list", "clusternetworkpolicies");
+                }
+                ok(json!({
+                    "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                    "kind": "ClusterNetworkPolicyList",
+                    "metadata": {"resourceVersion": state.version.to_string()},
+                    "items": state.cluster_policies.values().cloned().collect::<Vec<_>>(),
+                }))
+            }
+            (
+                Method::POST,
+                [
+                    "apis",
+                    "policy.networking.k8s.io",
+                    "v1alpha2",
+                    "clusternetworkpolicies",
+                ],
+            ) => {
+                if state.is_refused("create", "clusternetworkpolicies") {
+                    return forbidden("create", "clusternetworkpolicies");
+                }
+                let mut policy = body.clone();
+                let name = policy["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if state.cluster_policies.contains_key(&name) {
+                    return status(StatusCode::CONFLICT, "AlreadyExists", "already exists");
+                }
+                state.version += 1;
+                policy["metadata"]["uid"] = json!(format!("uid-cnp-{name}"));
+                policy["metadata"]["resourceVersion"] = json!(state.version.to_string());
+                state.cluster_policies.insert(name, policy.clone());
+                created(policy)
+            }
+            (
+                Method::DELETE,
+                [
+                    "apis",
+                    "policy.networking.k8s.io",
+                    "v1alpha2",
+                    "clusternetworkpolicies",
+                    name,
+                ],
+            ) => {
+                if state.is_refused("delete", "clusternetworkpolicies") {
+                    return forbidden("delete", "clusternetworkpolicies");
+                }
+                match state.cluster_policies.remove(*name) {
+                    Some(policy) => ok(policy),
+                    None => not_found("clusternetworkpolicies", name),
                 }
             }
             _ => status(

@@ -104,7 +104,7 @@ pub fn isolation(at: u64, pod: &Arc<PodIdentity>) -> FlowRecord {
             reason: "C2 beacon".into(),
             pod: (**pod).clone(),
             address: Some("10.0.1.57".parse().unwrap()),
-            policy_namespace: pod.namespace.clone(),
+            policy_namespace: Some(pod.namespace.clone()),
             policy_name: format!("tollgate-quarantine-{}", pod.name),
             policy_kind: "NetworkPolicy".into(),
             detail: serde_json::json!({"policies_in_force": [{"metadata": {"name": "allow-web"}}]})
