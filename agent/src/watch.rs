@@ -570,15 +570,17 @@ mod tests {
             .collect()
     }
 
+    /// The events of the batch `changes` holds (taking it), 0 when none.
+    fn events(changes: &ChangeLog) -> usize {
+        let batch = changes.state.lock().unwrap().pending.take();
+        batch.map_or(0, |batch| batch.events)
+    }
+
     #[tokio::test]
     async fn only_changes_are_handed_on_and_a_relist_hands_on_what_it_no_longer_lists() {
         let changes = Arc::new(ChangeLog::default());
         let mut follower = Follower::<Namespace>::new(changes.clone(), Arc::default());
         let pending = follower.pending.clone();
-        let events = |changes: &ChangeLog| {
-            let batch = changes.state.lock().unwrap().pending.take();
-            batch.map_or(0, |batch| batch.events)
-        };
 
         follower.follow(watcher::Event::Init);
         follower.follow(watcher::Event::InitApply(namespace("a", "1", "x")));
@@ -626,10 +628,6 @@ mod tests {
         let changes = Arc::new(ChangeLog::default());
         let mut follower = Follower::<Namespace>::new(changes.clone(), Arc::default());
         let pending = follower.pending.clone();
-        let events = |changes: &ChangeLog| {
-            let batch = changes.state.lock().unwrap().pending.take();
-            batch.map_or(0, |batch| batch.events)
-        };
 
         // Not served before a first list: the kind is known to be empty.
         follower.not_served("v1");

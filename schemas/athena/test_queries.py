@@ -613,11 +613,14 @@ def write_flow_dir(root: Path, records: list[dict], omit: tuple[str, ...] = ()) 
 
 
 class FlowDirTest(unittest.TestCase):
+    # The records the class's flow directory holds.
+    RECORDS = RECORDS
+
     @classmethod
     def setUpClass(cls):
         cls._tmp = tempfile.TemporaryDirectory(prefix="tollgate-flows-")
         cls.dir = Path(cls._tmp.name) / "flows"
-        write_flow_dir(cls.dir, RECORDS)
+        write_flow_dir(cls.dir, cls.RECORDS)
 
     @classmethod
     def tearDownClass(cls):
@@ -1252,23 +1255,13 @@ TIER_RECORDS = [
 ]  # fmt: skip
 
 
-class TierTest(unittest.TestCase):
+class TierTest(FlowDirTest):
     """policy-tier-hits over the decision trace, and the trace columns as written."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls._tmp = tempfile.TemporaryDirectory(prefix="tollgate-tiers-")
-        cls.dir = Path(cls._tmp.name) / "flows"
-        write_flow_dir(cls.dir, TIER_RECORDS)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._tmp.cleanup()
+    RECORDS = TIER_RECORDS
 
     def test_policy_tier_hits(self):
-        rows = run_duckdb.run_query(
-            self.dir, "policy-tier-hits", {"from": TIER_FROM, "to": TIER_TO}
-        )
+        rows = self.run_query("policy-tier-hits", **{"from": TIER_FROM, "to": TIER_TO})
         self.assertEqual(
             [
                 (r["policy_tier"], r["policy_action"], r["policy_kind"], r["policy_namespace"],
@@ -1289,7 +1282,7 @@ class TierTest(unittest.TestCase):
         )  # fmt: skip
 
     def test_a_default_deny_names_the_isolating_policies(self):
-        rows = run_duckdb.run_query(self.dir, "denied-flows", {"from": TIER_FROM, "to": TIER_TO})
+        rows = self.run_query("denied-flows", **{"from": TIER_FROM, "to": TIER_TO})
         named = [r for r in rows if r["verdict_reason"] == "isolated-no-rule-matched"]
         self.assertEqual(len(named), 1)
         con = run_duckdb.connect(self.dir)

@@ -8,6 +8,9 @@
 //!   port), so each one takes the whole path: endpoint, conntrack miss, peer-trie lookup, policy
 //!   entry, rule set, port match, conntrack insert and the flow event;
 //! - denied: one packet of a denied flow, `repeat` times per syscall: the deduplicated path;
+//! - new flow past the Admin tier: the client is a pod, and an Admin-tier ClusterNetworkPolicy
+//!   first denies it another port, then passes its port to the NetworkPolicy tier, whose one
+//!   CIDR rule allows it (what tiers add to a new flow: two more rules tried);
 //! - new egress flow (the `from_pod` program) of a client whose policy allows one server: to the
 //!   server's address, and to a Service's ClusterIP whose one backend is that server (what the
 //!   Service handling costs: the ClusterIP has a peer identity of its own in the peer trie,
@@ -33,6 +36,7 @@ use tollgate_schemas::{Direction, proto};
 use crate::{
     bpf_datapath::BpfDatapath,
     compile::{Placement, compile},
+    crd::ClusterNetworkPolicy,
     decision::{Datapath, DatapathError},
     desired::Ids,
     packet::PacketSpec,
@@ -60,13 +64,23 @@ pub fn datapath(repeat: u32) -> Result<Vec<BenchResult>, DatapathError> {
     let mut results = Vec::new();
     for rules in [1usize, 100, 10_000] {
         let mut datapath = BpfDatapath::new()?;
-        program(&mut datapath, rules)?;
+        program(&mut datapath, rules, false)?;
         results.push(new_flows(&mut datapath, rules, repeat)?);
         if rules == 1 {
             results.push(established(&mut datapath, repeat)?);
             results.push(denied(&mut datapath, repeat)?);
         }
     }
+    let mut datapath = BpfDatapath::new()?;
+    program(&mut datapath, 1, true)?;
+    let (_, client) = client_net(0);
+    results.push(fresh_flows(
+        &mut datapath,
+        "new flow, past an Admin-tier Deny and Pass",
+        Direction::Ingress,
+        repeat,
+        |port| packet(client, port, 80),
+    )?);
     let server: IpAddr = SERVER.parse().expect("valid address");
     let cluster_ip: IpAddr = CLUSTER_IP.parse().expect("valid address");
     let client: IpAddr = CLIENT.parse().expect("valid address");
@@ -162,7 +176,10 @@ fn client_net(n: usize) -> (String, IpAddr) {
     )
 }
 
-fn program(datapath: &mut BpfDatapath, rules: usize) -> Result<(), DatapathError> {
+/// Programs the server's ingress: `rules` CIDR rules (the last one the client's); `tiered`: the
+/// client is a pod too, and an Admin-tier ClusterNetworkPolicy denies it TCP 81, then passes
+/// TCP 80 to the NetworkPolicy tier.
+fn program(datapath: &mut BpfDatapath, rules: usize, tiered: bool) -> Result<(), DatapathError> {
     let meta = |name: &str| ObjectMeta {
         name: Some(name.to_owned()),
         namespace: Some("bench".to_owned()),
@@ -205,10 +222,14 @@ fn program(datapath: &mut BpfDatapath, rules: usize) -> Result<(), DatapathError
             ..NetworkPolicySpec::default()
         }),
     };
-    let snapshot = Snapshot {
+    let mut snapshot = Snapshot {
         namespaces: vec![Namespace {
             metadata: ObjectMeta {
                 name: Some("bench".to_owned()),
+                labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    "bench".to_owned(),
+                )])),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
@@ -217,6 +238,42 @@ fn program(datapath: &mut BpfDatapath, rules: usize) -> Result<(), DatapathError
         policies: vec![policy],
         ..Snapshot::default()
     };
+    if tiered {
+        let (_, client) = client_net(rules - 1);
+        snapshot.pods.push(Pod {
+            metadata: meta("client"),
+            spec: Some(PodSpec::default()),
+            status: Some(PodStatus {
+                phase: Some("Running".to_owned()),
+                pod_ip: Some(client.to_string()),
+                pod_ips: Some(vec![PodIP {
+                    ip: client.to_string(),
+                }]),
+                ..PodStatus::default()
+            }),
+        });
+        let client_peer = serde_json::json!({"pods": {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app": "client"}},
+        }});
+        snapshot.cluster_policies.push(ClusterNetworkPolicy {
+            metadata: ObjectMeta {
+                name: Some("admin".to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: serde_json::json!({
+                "tier": "Admin",
+                "priority": 1,
+                "subject": {"namespaces": {}},
+                "ingress": [
+                    {"action": "Deny", "from": [client_peer],
+                     "protocols": [{"tcp": {"destinationPort": {"number": 81}}}]},
+                    {"action": "Pass", "from": [client_peer],
+                     "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]},
+                ],
+            }),
+        });
+    }
     let compiled = compile(
         &snapshot,
         &Placement::AllPods { ifindex: 1 },

@@ -446,19 +446,27 @@ fn check_peer(
     }
 }
 
-/// One entry of upstream's `protocols` at `at`.
-fn protocol(entry: &Value, at: &str, problems: &mut Problems) -> Option<PortSpec> {
-    let Some((key, value)) = entry
+/// The one field of `entry` at `at` (a union: exactly one of `fields`), or a problem.
+fn one_field<'v>(
+    entry: &'v Value,
+    at: &str,
+    fields: &str,
+    problems: &mut Problems,
+) -> Option<(&'v String, &'v Value)> {
+    let field = entry
         .as_object()
         .filter(|o| o.len() == 1)
-        .and_then(|o| o.iter().next())
-    else {
-        problems.push(
-            at,
-            "needs exactly one of tcp, udp, sctp and destinationNamedPort",
-        );
-        return None;
-    };
+        .and_then(|o| o.iter().next());
+    if field.is_none() {
+        problems.push(at, format!("needs exactly one of {fields}"));
+    }
+    field
+}
+
+/// One entry of upstream's `protocols` at `at`.
+fn protocol(entry: &Value, at: &str, problems: &mut Problems) -> Option<PortSpec> {
+    let fields = "tcp, udp, sctp and destinationNamedPort";
+    let (key, value) = one_field(entry, at, fields, problems)?;
     let field = format!("{at}.{key}");
     let protocol = match key.as_str() {
         "tcp" => "TCP",
@@ -507,17 +515,8 @@ fn protocol(entry: &Value, at: &str, problems: &mut Problems) -> Option<PortSpec
 
 /// One entry of AWS's `ports` at `at`.
 fn aws_port(entry: &Value, at: &str, problems: &mut Problems) -> Option<PortSpec> {
-    let Some((key, value)) = entry
-        .as_object()
-        .filter(|o| o.len() == 1)
-        .and_then(|o| o.iter().next())
-    else {
-        problems.push(
-            at,
-            "needs exactly one of portNumber, portRange and namedPort",
-        );
-        return None;
-    };
+    let fields = "portNumber, portRange and namedPort";
+    let (key, value) = one_field(entry, at, fields, problems)?;
     let field = format!("{at}.{key}");
     let protocol = |problems: &mut Problems| {
         let given = value.get("protocol").and_then(Value::as_str);
