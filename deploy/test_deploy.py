@@ -46,6 +46,7 @@ RBAC = {
         ("discovery.k8s.io", "endpointslices"),
         ("policy.networking.k8s.io", "clusternetworkpolicies"),
         ("networking.k8s.aws", "clusternetworkpolicies"),
+        ("", "nodes"),
     ]
     for verb in ["list", "watch"]
 }

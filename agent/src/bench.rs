@@ -268,9 +268,9 @@ impl Listing {
             ObjectKind::EndpointSlice => {
                 listed(&mut self.endpoint_slices, line, slim_endpoint_slice)
             }
-            ObjectKind::ClusterNetworkPolicy | ObjectKind::AwsClusterNetworkPolicy => {
-                Err(format!("{} is not in a bench listing", kind.name()))
-            }
+            ObjectKind::ClusterNetworkPolicy
+            | ObjectKind::AwsClusterNetworkPolicy
+            | ObjectKind::Node => Err(format!("{} is not in a bench listing", kind.name())),
         }
     }
 
@@ -283,7 +283,9 @@ impl Listing {
             ObjectKind::Service => self.services.follow(watcher::Event::InitDone),
             ObjectKind::EndpointSlice => self.endpoint_slices.follow(watcher::Event::InitDone),
             // Never listed (see `event`).
-            ObjectKind::ClusterNetworkPolicy | ObjectKind::AwsClusterNetworkPolicy => {}
+            ObjectKind::ClusterNetworkPolicy
+            | ObjectKind::AwsClusterNetworkPolicy
+            | ObjectKind::Node => {}
         }
     }
 }
@@ -314,6 +316,7 @@ impl ClusterSource for Listing {
             endpoint_slices: self.endpoint_slices.pending.take(),
             cluster_policies: Updates::new(),
             aws_cluster_policies: Updates::new(),
+            nodes: Updates::new(),
         }
     }
 

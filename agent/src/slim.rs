@@ -13,6 +13,8 @@
 //!   `Ready` condition (type and status: the compiler's ready pods when a Service has no
 //!   EndpointSlice).
 //! - Namespace: nothing more (its labels feed namespaceSelectors).
+//! - Node: its addresses (`status.addresses`), what a ClusterNetworkPolicy's `nodes` peer
+//!   selects; not its conditions, capacity or images, which change all the time.
 //! - NetworkPolicy, ClusterNetworkPolicy (both APIs): its spec (a ClusterNetworkPolicy's status,
 //!   which implementations write, is never decoded).
 //! - Service: its ClusterIPs, selector and ports (name, protocol, port, targetPort); not its
@@ -31,8 +33,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::{
     core::v1::{
-        Container, Namespace, ObjectReference, Pod, PodCondition, PodSpec, PodStatus, Service,
-        ServicePort, ServiceSpec,
+        Container, Namespace, Node, NodeStatus, ObjectReference, Pod, PodCondition, PodSpec,
+        PodStatus, Service, ServicePort, ServiceSpec,
     },
     discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     networking::v1::NetworkPolicy,
@@ -131,6 +133,16 @@ pub fn slim_namespace(namespace: &mut Namespace) {
 /// `last-applied-configuration` copy of its spec).
 pub fn slim_policy(policy: &mut NetworkPolicy) {
     slim_meta(&mut policy.metadata);
+}
+
+/// Keeps a node's labels and addresses.
+pub fn slim_node(node: &mut Node) {
+    slim_meta(&mut node.metadata);
+    node.spec = None;
+    node.status = node.status.take().map(|status| NodeStatus {
+        addresses: status.addresses,
+        ..NodeStatus::default()
+    });
 }
 
 /// Keeps a ClusterNetworkPolicy's spec.
@@ -331,6 +343,39 @@ mod tests {
             "status": {"loadBalancer": {}}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_node_keeps_its_labels_and_addresses_not_its_status_churn() {
+        let node = |heartbeat: &str, version: &str| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n1", "resourceVersion": version,
+                             "labels": {"role": "worker"}},
+                "spec": {"providerID": "aws:///eu-west-1a/i-1"},
+                "status": {
+                    "addresses": [{"type": "InternalIP", "address": "10.0.1.17"}],
+                    "conditions": [{"type": "Ready", "status": "True",
+                                    "lastHeartbeatTime": heartbeat}],
+                    "allocatable": {"cpu": "2"},
+                },
+            }))
+            .unwrap()
+        };
+        let (mut before, mut after) = (
+            node("2025-03-14T10:00:00Z", "1"),
+            node("2025-03-14T10:05:00Z", "2"),
+        );
+        slim_node(&mut before);
+        slim_node(&mut after);
+        assert_eq!(
+            fingerprint(&before),
+            fingerprint(&after),
+            "a heartbeat is no change"
+        );
+        assert_eq!(before.labels()["role"], "worker");
+        let status = before.status.unwrap();
+        assert_eq!(status.addresses.unwrap()[0].address, "10.0.1.17");
+        assert!(status.conditions.is_none() && before.spec.is_none());
     }
 
     #[test]

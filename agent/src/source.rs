@@ -194,6 +194,7 @@ impl ClusterSource for StaticSource {
                 &snapshot.aws_cluster_policies,
                 &mut handed.aws_cluster_policies,
             ),
+            nodes: differ(&snapshot.nodes, &mut handed.nodes),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The cluster as the API server tells it: one watch each for Namespaces, Pods (all
 //! namespaces: policies' peers select pods cluster-wide), NetworkPolicies, Services and
-//! EndpointSlices (what a ClusterIP reaches), and ClusterNetworkPolicies of both APIs
-//! (`policy.networking.k8s.io` and `networking.k8s.aws`), the changes they hold for the next
+//! EndpointSlices (what a ClusterIP reaches), ClusterNetworkPolicies of both APIs
+//! (`policy.networking.k8s.io` and `networking.k8s.aws`) and Nodes (their addresses, for the
+//! `nodes` peers of ClusterNetworkPolicies), the changes they hold for the next
 //! pass, and the change log that tells the reconciler when to look again. No store of the
 //! cluster is kept here: the compiler keeps what it reads, in its own form.
 //!
@@ -45,7 +46,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
@@ -67,7 +68,7 @@ use tollgate_enforcer::{
 
 use crate::slim::{
     Fingerprint, fingerprint, slim_aws_cluster_policy, slim_cluster_policy, slim_endpoint_slice,
-    slim_namespace, slim_pod, slim_policy, slim_service,
+    slim_namespace, slim_node, slim_pod, slim_policy, slim_service,
 };
 
 /// Changes one kind holds for the next delta before [`Watchers::backlog`] is notified.
@@ -219,15 +220,16 @@ pub struct Watchers {
     endpoint_slices: Arc<Pending<EndpointSlice>>,
     cluster_policies: Arc<Pending<ClusterNetworkPolicy>>,
     aws_cluster_policies: Arc<Pending<AwsClusterNetworkPolicy>>,
+    nodes: Arc<Pending<Node>>,
     changes: Arc<ChangeLog>,
     backlog: Arc<Notify>,
     _tasks: JoinSet<()>,
 }
 
 impl Watchers {
-    /// Starts watching Namespaces, Pods, NetworkPolicies, Services, EndpointSlices and
-    /// ClusterNetworkPolicies of the whole cluster through `client`, each with `config` (inside
-    /// a tokio runtime).
+    /// Starts watching Namespaces, Pods, NetworkPolicies, Services, EndpointSlices,
+    /// ClusterNetworkPolicies and Nodes of the whole cluster through `client`, each with
+    /// `config` (inside a tokio runtime).
     pub fn start(client: Client, config: watcher::Config) -> Watchers {
         let changes = Arc::new(ChangeLog::default());
         let backlog = Arc::new(Notify::new());
@@ -246,6 +248,7 @@ impl Watchers {
             endpoint_slices: spawner.watch(slim_endpoint_slice),
             cluster_policies: spawner.watch(slim_cluster_policy),
             aws_cluster_policies: spawner.watch(slim_aws_cluster_policy),
+            nodes: spawner.watch(slim_node),
             changes,
             backlog,
             _tasks: spawner.tasks,
@@ -262,6 +265,7 @@ impl Watchers {
         self.endpoint_slices.ready().await?;
         self.cluster_policies.ready().await?;
         self.aws_cluster_policies.ready().await?;
+        self.nodes.ready().await?;
         Ok(())
     }
 
@@ -290,6 +294,7 @@ impl Watchers {
             endpoint_slices: self.endpoint_slices.take(),
             cluster_policies: self.cluster_policies.take(),
             aws_cluster_policies: self.aws_cluster_policies.take(),
+            nodes: self.nodes.take(),
         }
     }
 }

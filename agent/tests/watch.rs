@@ -256,11 +256,14 @@ impl Node {
             "initial/networkpolicies.list.json",
         );
         self.serve_service_lists();
-        self.serve_cluster_policy_lists();
+        self.serve_cluster_wide_lists();
     }
 
-    /// The upstream ClusterNetworkPolicies (none), and AWS's, whose CRD is not installed.
-    fn serve_cluster_policy_lists(&self) {
+    /// The upstream ClusterNetworkPolicies (none), AWS's, whose CRD is not installed, and the
+    /// nodes.
+    fn serve_cluster_wide_lists(&self) {
+        self.server
+            .serve(Resource::Nodes, Verb::List, "initial/nodes.list.json");
         self.server.serve(
             Resource::ClusterNetworkPolicies,
             Verb::List,
@@ -406,7 +409,7 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
         "initial/networkpolicies.list.json",
     );
     node.serve_service_lists();
-    node.serve_cluster_policy_lists();
+    node.serve_cluster_wide_lists();
     // The pod list is outstanding: the agent waits, and the maps stay empty (in strict mode
     // the probe denies every pod that is not programmed yet).
     node.server.requested(Resource::Pods, Verb::List, 1).await;
@@ -429,6 +432,7 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
             ObjectKind::EndpointSlice,
             ObjectKind::ClusterNetworkPolicy,
             ObjectKind::AwsClusterNetworkPolicy,
+            ObjectKind::Node,
         ])
     );
     let compiled = node.agent.synced().unwrap();
@@ -501,6 +505,7 @@ async fn nothing_is_synced_before_every_initial_list_is_complete() {
         Resource::Services,
         Resource::EndpointSlices,
         Resource::ClusterNetworkPolicies,
+        Resource::Nodes,
     ] {
         let watch = node.server.requested(resource, Verb::Watch, 1).await;
         assert_eq!(watch.param("resourceVersion"), Some("1000"), "{resource:?}");

@@ -9,7 +9,7 @@
 //! 2. Each document is parsed into a generic YAML value; `kind: List` and `*List` documents
 //!    (what `kubectl get -o yaml` prints) are flattened into their `items`.
 //! 3. Each object's `kind` decides what happens to it: Namespace, Pod, NetworkPolicy, Service,
-//!    EndpointSlice and ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`, or AWS's
+//!    EndpointSlice, Node and ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`, or AWS's
 //!    `networking.k8s.aws/v1alpha1`) are checked for their `apiVersion` and `metadata.name`;
 //!    every other kind is ignored.
 //! 4. The object is decoded into its k8s-openapi type (or `crate::crd`'s) and added to the
@@ -19,7 +19,7 @@
 
 use k8s_openapi::Resource;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
@@ -33,7 +33,7 @@ use crate::snapshot::{InputError, Snapshot};
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Multi-document YAML as `kubectl get -o yaml` prints it; `kind: List` (and `*List`) items are
-/// flattened; kinds other than Namespace, Pod, NetworkPolicy, Service, EndpointSlice and
+/// flattened; kinds other than Namespace, Pod, NetworkPolicy, Service, EndpointSlice, Node and
 /// ClusterNetworkPolicy are ignored without error.
 pub fn parse_manifests(text: &str, source: &str) -> (Snapshot, Vec<InputError>) {
     parse_manifest_bytes(text.as_bytes(), source)
@@ -211,7 +211,7 @@ impl Parser {
             return;
         }
         let expected = match kind.as_str() {
-            "Namespace" | "Pod" | "Service" => "v1",
+            "Namespace" | "Pod" | "Service" | "Node" => "v1",
             "NetworkPolicy" => "networking.k8s.io/v1",
             "EndpointSlice" => "discovery.k8s.io/v1",
             // Two APIs name this kind: AWS's is read too (see `crate::crd`).
@@ -239,8 +239,8 @@ impl Parser {
                 return;
             }
         };
-        let object = if kind == "Namespace" {
-            format!("Namespace {name}")
+        let object = if kind == "Namespace" || kind == "Node" {
+            format!("{kind} {name}")
         } else if kind == "ClusterNetworkPolicy" {
             match expected {
                 AwsClusterNetworkPolicy::API_VERSION => {
@@ -296,6 +296,11 @@ impl Parser {
             "EndpointSlice" => {
                 if let Some(slice) = self.decode::<EndpointSlice>(&value, &object) {
                     self.snapshot.endpoint_slices.push(slice);
+                }
+            }
+            "Node" => {
+                if let Some(node) = self.decode::<Node>(&value, &object) {
+                    self.snapshot.nodes.push(node);
                 }
             }
             "ClusterNetworkPolicy" if expected == AwsClusterNetworkPolicy::API_VERSION => {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub cluster_policies: Vec<ClusterNetworkPolicy>,
     /// networking.k8s.aws/v1alpha1 ClusterNetworkPolicies (AWS's, the same tiers).
     pub aws_cluster_policies: Vec<AwsClusterNetworkPolicy>,
+    /// v1 Nodes: their labels and addresses, what a ClusterNetworkPolicy's `nodes` peer
+    /// selects.
+    pub nodes: Vec<Node>,
     /// The addresses of the node the compilation is for (not a cluster object: the agent finds
     /// them on the node). Traffic from them to a local pod passes ingress policy, as the
     /// NetworkPolicy API requires (kubelet probes); empty when that allowance is turned off.
@@ -62,6 +65,8 @@ pub struct Delta {
     pub cluster_policies: Updates<ClusterNetworkPolicy>,
     /// networking.k8s.aws ClusterNetworkPolicies (keyed by their API group and name).
     pub aws_cluster_policies: Updates<AwsClusterNetworkPolicy>,
+    /// Nodes (keyed like Namespaces: an empty namespace).
+    pub nodes: Updates<Node>,
 }
 
 impl Delta {
@@ -74,6 +79,7 @@ impl Delta {
             && self.endpoint_slices.is_empty()
             && self.cluster_policies.is_empty()
             && self.aws_cluster_policies.is_empty()
+            && self.nodes.is_empty()
     }
 
     /// Objects changed, all kinds together.
@@ -85,6 +91,7 @@ impl Delta {
             + self.endpoint_slices.len()
             + self.cluster_policies.len()
             + self.aws_cluster_policies.len()
+            + self.nodes.len()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The incremental compiler against the full one: over random sequences of changes to pods,
-//! namespaces, NetworkPolicies (whole, or only their ports), ClusterNetworkPolicies (both
-//! APIs, both tiers, every action), Services and EndpointSlices, a
+//! namespaces, nodes, NetworkPolicies (whole, or only their ports), ClusterNetworkPolicies
+//! (both APIs, both tiers, every action, `nodes` peers), Services and EndpointSlices, a
 //! `Compiler` fed one change at a
 //! time compiles exactly what `compile_with` compiles from the whole cluster, ids, maps,
 //! revisions and errors included (each pass taking the previous pass's ids as prior); so does
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
@@ -56,6 +56,7 @@ impl World {
                 ObjectKind::AwsClusterNetworkPolicy => {
                     snapshot.aws_cluster_policies.push(parse(value))
                 }
+                ObjectKind::Node => snapshot.nodes.push(parse(value)),
             }
         }
         snapshot
@@ -92,6 +93,7 @@ fn apply(compiler: &mut Compiler, kind: ObjectKind, value: &Value) {
                 value.clone()
             )))
         }
+        ObjectKind::Node => compiler.apply(Object::Node(&parse::<Node>(value.clone()))),
     };
     result.expect("generated objects are named");
 }
@@ -219,6 +221,8 @@ fn cluster_policy(rng: &mut StdRng) -> (ObjectKind, Value) {
                                     "team": *TEAMS.choose(rng).unwrap()}},
                                 "podSelector": {"matchLabels": {"app": *APPS.choose(rng).unwrap()}}}}),
                     2 if side == "to" => json!({"networks": ["198.18.0.0/29", "2001:db8::/64"]}),
+                    3 if side == "to" && rng.random_bool(0.5) => json!({"nodes": {"matchLabels": {
+                                    "role": *["control-plane", "worker"].choose(rng).unwrap()}}}),
                     // A peer of a type this compiler does not know: the rule fails closed.
                     _ => json!({"future": {}}),
                 };
@@ -250,6 +254,21 @@ fn cluster_policy(rng: &mut StdRng) -> (ObjectKind, Value) {
                  "ingress": cluster_rules(rng, "from"), "egress": cluster_rules(rng, "to")}
     });
     (kind, value)
+}
+
+/// A node: a role label and an address or two (one sometimes a pod's too).
+fn node(rng: &mut StdRng) -> Value {
+    let index = rng.random_range(0..3u8);
+    let mut addresses = vec![json!({"type": "InternalIP", "address": format!("198.18.1.{index}")})];
+    if rng.random_bool(0.3) {
+        addresses.push(json!({"type": "ExternalIP", "address": format!("198.18.0.{}", 8 + index)}));
+    }
+    addresses.push(json!({"type": "Hostname", "address": format!("n{index}.internal")}));
+    json!({
+        "metadata": {"name": format!("n{index}"),
+                     "labels": {"role": *["control-plane", "worker"].choose(rng).unwrap()}},
+        "status": {"addresses": addresses}
+    })
 }
 
 fn service(rng: &mut StdRng) -> (Value, Option<Value>) {
@@ -328,7 +347,7 @@ fn change(rng: &mut StdRng, world: &mut World, compiler: &mut Compiler) {
         apply(compiler, kind, &value);
         world.objects.insert(key_of(kind, &value), value);
     };
-    match rng.random_range(0..13) {
+    match rng.random_range(0..14) {
         0 => upsert(ObjectKind::Namespace, namespace(rng)),
         1..=4 => upsert(ObjectKind::Pod, pod(rng)),
         5..=7 => upsert(ObjectKind::NetworkPolicy, policy(rng)),
@@ -348,6 +367,7 @@ fn change(rng: &mut StdRng, world: &mut World, compiler: &mut Compiler) {
             let (kind, value) = cluster_policy(rng);
             upsert(kind, value);
         }
+        13 => upsert(ObjectKind::Node, node(rng)),
         _ => {
             let (service, slice) = service(rng);
             upsert(ObjectKind::Service, service);

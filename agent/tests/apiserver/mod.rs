@@ -32,6 +32,7 @@ pub enum Resource {
     EndpointSlices,
     ClusterNetworkPolicies,
     AwsClusterNetworkPolicies,
+    Nodes,
 }
 
 /// List or watch.
@@ -102,6 +103,7 @@ impl ApiServer {
             "/api/v1/pods" => Resource::Pods,
             "/apis/networking.k8s.io/v1/networkpolicies" => Resource::NetworkPolicies,
             "/api/v1/services" => Resource::Services,
+            "/api/v1/nodes" => Resource::Nodes,
             "/apis/discovery.k8s.io/v1/endpointslices" => Resource::EndpointSlices,
             "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies" => {
                 Resource::ClusterNetworkPolicies

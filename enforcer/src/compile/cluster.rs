@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::Problems;
@@ -32,6 +32,10 @@ pub const QUARANTINE_LABEL: &str = "tollgate.io/quarantine";
 
 /// Name prefix of the quarantine ClusterNetworkPolicies `tollgate quarantine` creates.
 pub const QUARANTINE_POLICY_PREFIX: &str = "tollgate-quarantine-";
+
+/// What stands for a namespace in the key of a node (kept with the pods: a
+/// ClusterNetworkPolicy's `nodes` peer selects its addresses). No namespace name has a colon.
+pub(crate) const NODE_SCOPE: &str = ":nodes";
 
 /// Label (key, value) on every object tollgate creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tollgate");
@@ -70,6 +74,9 @@ pub(crate) struct PodInfo {
     pub(crate) finished: bool,
     /// Its `Ready` condition is not `False`: a Service's backend when its selector matches.
     pub(crate) ready: bool,
+    /// A node, not a pod (in [`NODE_SCOPE`]): its addresses are peers of `nodes` selectors
+    /// only; it is never an endpoint nor a Service's backend pod.
+    pub(crate) node: bool,
 }
 
 impl PodInfo {
@@ -81,7 +88,12 @@ impl PodInfo {
     /// Whether the pod takes part in pod networking: it has an address of its own and is
     /// not finished. Only such pods are endpoints and selector peers.
     pub(crate) fn is_networked(&self) -> bool {
-        !self.ips.is_empty() && !self.host_network && !self.finished
+        !self.ips.is_empty() && !self.host_network && !self.finished && !self.node
+    }
+
+    /// Whether its addresses get a peer identity of its own: a networked pod's, or a node's.
+    pub(crate) fn has_address_identity(&self) -> bool {
+        self.is_networked() || (self.node && !self.ips.is_empty())
     }
 }
 
@@ -182,7 +194,7 @@ impl Cluster {
         info.labels = share(&mut self.labels, info.labels);
         info.named_ports = share(&mut self.named_ports, info.named_ports);
         *self.pod_counts.entry(info.namespace.clone()).or_default() += 1;
-        if !self.namespaces.contains_key(&info.namespace) {
+        if info.namespace != NODE_SCOPE && !self.namespaces.contains_key(&info.namespace) {
             self.namespaces
                 .insert(info.namespace.clone(), implicit_namespace(&info.namespace));
         }
@@ -191,7 +203,7 @@ impl Cluster {
     }
 
     fn index(&mut self, pod: &PodInfo, add: bool) {
-        if !pod.is_networked() {
+        if !pod.has_address_identity() {
             return;
         }
         let key = pod.key();
@@ -376,5 +388,43 @@ pub(crate) fn check_pod(pod: &Pod, problems: &mut Problems) -> Option<PodInfo> {
             .into_iter()
             .flatten()
             .any(|c| c.type_ == "Ready" && c.status == "False"),
+        node: false,
+    })
+}
+
+/// Checks a node: what a `nodes` peer selects of it (its labels, and the addresses of its
+/// `status.addresses`, InternalIP and ExternalIP), as the pod it is kept as in
+/// [`NODE_SCOPE`]. An address that does not parse is reported and left out.
+pub(crate) fn check_node(node: &Node, problems: &mut Problems) -> Option<PodInfo> {
+    let meta = &node.metadata;
+    let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
+        problems.push("metadata.name", "missing: a Node needs a name");
+        return None;
+    };
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for (index, address) in addresses.into_iter().flatten().enumerate() {
+        if !matches!(address.type_.as_str(), "InternalIP" | "ExternalIP") {
+            continue;
+        }
+        match address.address.parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) => problems.push(
+                format!("status.addresses[{index}].address"),
+                format!("{:?} is not an IP address", address.address),
+            ),
+        }
+    }
+    Some(PodInfo {
+        namespace: NODE_SCOPE.to_owned(),
+        name,
+        labels: Arc::new(meta.labels.clone().unwrap_or_default()),
+        ips,
+        named_ports: Arc::from([]),
+        host_network: false,
+        finished: false,
+        ready: true,
+        node: true,
     })
 }

@@ -7,15 +7,16 @@
 //!   `namespaces`, or `pods` with its `namespaceSelector` and `podSelector`). A problem here
 //!   leaves the policy out: the pods it applies to, or where, are not known.
 //! - `ingress` / `egress`: rules in order, each with its `action` (`Accept`, `Deny`, `Pass`),
-//!   its peers (`from`: `namespaces`, `pods`; `to`: also `networks`) and its ports
+//!   its peers (`from`: `namespaces`, `pods`; `to`: also `networks` and `nodes`, the addresses
+//!   of the nodes whose labels match) and its ports
 //!   (upstream's `protocols`: `tcp`/`udp`/`sctp` with a `destinationPort` number or range, or
 //!   `destinationNamedPort`; AWS's `ports`: `portNumber`, `portRange` or `namedPort`). No
 //!   ports: every protocol and port. A named port resolves against the destination pod's
 //!   container ports of that name, whatever their protocol.
 //! - A rule this compiler cannot read in full fails closed, as the API prescribes for a peer
 //!   of an unknown type: an Accept rule matches nothing, a Deny or Pass rule (or one whose
-//!   action is unknown) denies everything. So do peers that are not supported yet: `nodes`
-//!   and `domainNames`. Each such rule is reported, and the rest of the policy still applies.
+//!   action is unknown) denies everything. So do peers that are not supported yet
+//!   (`domainNames`). Each such rule is reported, and the rest of the policy still applies.
 //!
 //! Policies of one tier apply in priority order. The API leaves the order of equal priorities
 //! to the implementation: here the quarantine policies come first (labelled managed by
@@ -439,9 +440,12 @@ fn check_peer(
                 }
             }
         }
-        ("nodes", "to") | ("domainNames", "to") => {
-            problems.push(field, "not supported yet");
+        ("nodes", "to") => {
+            if let Some(nodes) = selector(value, &field, problems) {
+                peers.push(Peer::Nodes(nodes));
+            }
         }
+        ("domainNames", "to") => problems.push(field, "not supported yet"),
         _ => problems.push(field, format!("unknown peer type for {peers_field:?}")),
     }
 }

@@ -11,7 +11,8 @@
 //! 2. Regions. An address's region is the longest region prefix that contains it. Whether an
 //!    ipBlock covers an address depends only on its region, because every cidr and except is a
 //!    region prefix itself.
-//! 3. Pods. Pods are grouped by namespace and labels first (pods of one workload share them),
+//! 3. Pods (and nodes, kept as pods of no namespace: a `nodes` peer's selector looks only
+//!    there). Pods are grouped by namespace and labels first (pods of one workload share them),
 //!    each group is matched against the selectors once, and each pod address gets the identity
 //!    keyed by (selectors that match it, its region, its named ports that egress rules use).
 //!    Pods that no selector matches and whose named ports no rule uses share their region's
@@ -49,7 +50,7 @@ use foldhash::HashMap;
 use tollgate_schemas::{PeerIdentity, PeerKey};
 
 use super::cidr::Prefix;
-use super::cluster::{Cluster, PodInfo};
+use super::cluster::{Cluster, NODE_SCOPE, PodInfo};
 use super::ids;
 use super::policy::Policy;
 use super::ports::NamedPort;
@@ -65,6 +66,8 @@ pub(crate) enum Namespaces {
     Own(String),
     /// Those whose labels match.
     Matching(Selector),
+    /// No namespace: nodes (a ClusterNetworkPolicy's `nodes` peer; kept in `NODE_SCOPE`).
+    Nodes,
 }
 
 /// A distinct pod selector of some rule's peers.
@@ -92,6 +95,14 @@ impl PeerSelector {
         }
     }
 
+    /// The selector of a `nodes` peer.
+    pub(crate) fn nodes(nodes: &Selector) -> Self {
+        PeerSelector {
+            namespaces: Namespaces::Nodes,
+            pods: Some(nodes.clone()),
+        }
+    }
+
     /// Whether it looks in `namespace`, whose labels are `namespace_labels` (`None`: the
     /// cluster has no such namespace).
     fn looks_in(
@@ -101,9 +112,11 @@ impl PeerSelector {
     ) -> bool {
         match &self.namespaces {
             Namespaces::Own(own) => own == namespace,
+            // The node scope is no namespace: it has no labels to match.
             Namespaces::Matching(namespaces) => {
                 namespace_labels.is_some_and(|ns| namespaces.matches(ns))
             }
+            Namespaces::Nodes => namespace == NODE_SCOPE,
         }
     }
 
@@ -368,7 +381,11 @@ impl Peers {
                 }
                 self.leave_class(old.class);
             }
-            if let Some(pod) = cluster.pods.get(key).filter(|pod| pod.is_networked()) {
+            if let Some(pod) = cluster
+                .pods
+                .get(key)
+                .filter(|pod| pod.has_address_identity())
+            {
                 self.add_pod(cluster, pod, &mut memo, Some(&mut touched));
             }
         }
@@ -419,7 +436,11 @@ impl Peers {
         }
         self.set_cluster_ips(services, None, &mut BTreeSet::new());
         let mut memo = HashMap::default();
-        for pod in cluster.pods.values().filter(|pod| pod.is_networked()) {
+        for pod in cluster
+            .pods
+            .values()
+            .filter(|pod| pod.has_address_identity())
+        {
             // In key order: the last pod wins an address two pods claim.
             self.add_pod(cluster, pod, &mut memo, None);
         }
@@ -492,7 +513,9 @@ impl Peers {
                     .entry(namespace.clone())
                     .or_default()
                     .push(*index),
-                Namespaces::Matching(_) => self.namespace_selectors.push(*index),
+                Namespaces::Matching(_) | Namespaces::Nodes => {
+                    self.namespace_selectors.push(*index)
+                }
             }
         }
     }
@@ -1087,7 +1110,11 @@ impl Peers {
             let value = self.cluster_ip_value(*index);
             entries.push((entry_key(Prefix::host(*ip)), value, false));
         }
-        for pod in cluster.pods.values().filter(|pod| pod.is_networked()) {
+        for pod in cluster
+            .pods
+            .values()
+            .filter(|pod| pod.has_address_identity())
+        {
             let Some(classified) = self.pods.get(&pod.key()) else {
                 continue;
             };

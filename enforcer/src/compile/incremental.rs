@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use k8s_openapi::Resource;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
@@ -52,6 +52,8 @@ pub enum Object<'a> {
     ClusterNetworkPolicy(&'a ClusterNetworkPolicy),
     /// A networking.k8s.aws/v1alpha1 ClusterNetworkPolicy.
     AwsClusterNetworkPolicy(&'a AwsClusterNetworkPolicy),
+    /// A v1 Node.
+    Node(&'a Node),
 }
 
 /// A type of cluster object the compiler reads: its kind, and itself as an [`Object`].
@@ -82,7 +84,8 @@ cluster_object!(
     Service,
     EndpointSlice,
     ClusterNetworkPolicy,
-    AwsClusterNetworkPolicy
+    AwsClusterNetworkPolicy,
+    Node
 );
 
 /// The kinds of [`Object`], to name one that is gone.
@@ -102,6 +105,8 @@ pub enum ObjectKind {
     ClusterNetworkPolicy,
     /// networking.k8s.aws ClusterNetworkPolicy.
     AwsClusterNetworkPolicy,
+    /// Node.
+    Node,
 }
 
 impl ObjectKind {
@@ -115,6 +120,7 @@ impl ObjectKind {
             ObjectKind::EndpointSlice => EndpointSlice::KIND,
             ObjectKind::ClusterNetworkPolicy => ClusterNetworkPolicy::KIND,
             ObjectKind::AwsClusterNetworkPolicy => AwsClusterNetworkPolicy::KIND,
+            ObjectKind::Node => Node::KIND,
         }
     }
 
@@ -123,7 +129,7 @@ impl ObjectKind {
     /// `None` for a namespaced kind.
     pub fn scope(self) -> Option<&'static str> {
         match self {
-            ObjectKind::Namespace => Some(""),
+            ObjectKind::Namespace | ObjectKind::Node => Some(""),
             ObjectKind::ClusterNetworkPolicy => Some(ClusterNetworkPolicy::GROUP),
             ObjectKind::AwsClusterNetworkPolicy => Some(AwsClusterNetworkPolicy::GROUP),
             ObjectKind::Pod
@@ -145,6 +151,7 @@ impl<'a> Object<'a> {
             Object::EndpointSlice(_) => ObjectKind::EndpointSlice,
             Object::ClusterNetworkPolicy(_) => ObjectKind::ClusterNetworkPolicy,
             Object::AwsClusterNetworkPolicy(_) => ObjectKind::AwsClusterNetworkPolicy,
+            Object::Node(_) => ObjectKind::Node,
         }
     }
 
@@ -163,6 +170,7 @@ impl<'a> Object<'a> {
             Object::EndpointSlice(o) => &o.metadata,
             Object::ClusterNetworkPolicy(o) => &o.metadata,
             Object::AwsClusterNetworkPolicy(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
         }
     }
 }
@@ -234,7 +242,7 @@ impl Compiler {
     /// of an object listed twice, the last definition is used and the duplicate reported.
     pub fn load(&mut self, snapshot: &Snapshot) {
         self.load_errors.clear();
-        let lists: [(&str, Vec<Object<'_>>); 7] = [
+        let lists: [(&str, Vec<Object<'_>>); 8] = [
             (
                 "namespaces",
                 snapshot.namespaces.iter().map(Object::Namespace).collect(),
@@ -276,6 +284,7 @@ impl Compiler {
                     .map(Object::AwsClusterNetworkPolicy)
                     .collect(),
             ),
+            ("nodes", snapshot.nodes.iter().map(Object::Node).collect()),
         ];
         // Objects this load lists are marked with its number; the others are gone.
         self.versions.loads += 1;
@@ -346,6 +355,12 @@ impl Compiler {
                     cluster_policy::check(&o.metadata, &o.spec, Api::Upstream, &mut problems);
                 self.set_policy(&key, policy);
             }
+            Object::Node(o) => {
+                let info = cluster::check_node(o, &mut problems);
+                let key = node_key(&key.1);
+                self.cluster.set_pod(&pod_key(&key), info);
+                self.pod_changed(&key);
+            }
             Object::AwsClusterNetworkPolicy(o) => {
                 let policy = cluster_policy::check(&o.metadata, &o.spec, Api::Aws, &mut problems);
                 self.set_policy(&key, policy);
@@ -408,6 +423,11 @@ impl Compiler {
                 self.cluster.set_pod(&pod_key(&key), None);
                 self.pod_changed(&key);
             }
+            ObjectKind::Node => {
+                let key = node_key(&key.1);
+                self.cluster.set_pod(&pod_key(&key), None);
+                self.pod_changed(&key);
+            }
             ObjectKind::NetworkPolicy
             | ObjectKind::ClusterNetworkPolicy
             | ObjectKind::AwsClusterNetworkPolicy => {
@@ -438,6 +458,7 @@ impl Compiler {
         self.apply_updates(&delta.endpoint_slices);
         self.apply_updates(&delta.cluster_policies);
         self.apply_updates(&delta.aws_cluster_policies);
+        self.apply_updates(&delta.nodes);
     }
 
     /// Applies one kind's `updates`.
@@ -581,7 +602,7 @@ impl Compiler {
     fn label(&self, kind: ObjectKind, meta: &ObjectMeta) -> String {
         let name = meta.name.as_deref().unwrap_or_default();
         match kind {
-            ObjectKind::Namespace => format!("Namespace {name}"),
+            ObjectKind::Namespace | ObjectKind::Node => format!("{} {name}", kind.name()),
             ObjectKind::ClusterNetworkPolicy | ObjectKind::AwsClusterNetworkPolicy => {
                 cluster_policy::label(kind, name)
             }
@@ -679,6 +700,11 @@ impl Versions {
     }
 }
 
+/// The key a node is kept under among the pods (see `cluster::NODE_SCOPE`).
+fn node_key(name: &str) -> Key {
+    (cluster::NODE_SCOPE.to_owned(), name.to_owned())
+}
+
 /// A pod's key in `Cluster`: `namespace/name`.
 fn pod_key((namespace, name): &Key) -> String {
     format!("{namespace}/{name}")
@@ -689,7 +715,9 @@ fn unnamed(object: Object<'_>, list: &str, index: usize) -> InputError {
     let kind = object.kind().name();
     InputError {
         object: match object.kind() {
-            ObjectKind::Namespace => format!("Namespace (unnamed, snapshot {list}[{index}])"),
+            ObjectKind::Namespace | ObjectKind::Node => {
+                format!("{kind} (unnamed, snapshot {list}[{index}])")
+            }
             ObjectKind::ClusterNetworkPolicy | ObjectKind::AwsClusterNetworkPolicy => {
                 cluster_policy::label(
                     object.kind(),

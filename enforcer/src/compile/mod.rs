@@ -6,7 +6,9 @@
 //! 1. Checking. A [`Compiler`] (`incremental`) keeps the cluster between compilations and
 //!    checks each object once, when it arrives: `cluster` checks namespaces and pods, `policy`
 //!    NetworkPolicies (with `selector`, `peers`, `ports` and `cidr`), `cluster_policy`
-//!    ClusterNetworkPolicies of both APIs (whose unreadable rules fail closed); Services are checked
+//!    ClusterNetworkPolicies of both APIs (whose unreadable rules fail closed), and nodes are
+//!    kept with the pods (`cluster::NODE_SCOPE`: their addresses for `nodes` peers, never
+//!    endpoints); Services are checked
 //!    with their backends (`services`) in each pass. An invalid object is left out, with every
 //!    problem reported as an [`InputError`] naming the object and the field. [`compile_with`]
 //!    is one pass of a compiler loaded with a whole [`Snapshot`].

@@ -25,6 +25,8 @@ pub(crate) enum Peer {
     },
     /// An `ipBlock`.
     Block(Block),
+    /// A ClusterNetworkPolicy's `nodes`: the addresses of the nodes whose labels match.
+    Nodes(Selector),
 }
 
 /// An `ipBlock`: `cidr` minus `excepts`.

@@ -344,9 +344,10 @@ fn slice_backends(
                 let Ok(addr) = text.parse::<IpAddr>() else {
                     continue;
                 };
-                let pod = named_pod
-                    .clone()
-                    .or_else(|| cluster.pod_at(addr).map(|pod| pod.key().into()));
+                let pod = named_pod.clone().or_else(|| {
+                    let pod = cluster.pod_at(addr).filter(|pod| !pod.node)?;
+                    Some(pod.key().into())
+                });
                 backends.push(Backend {
                     addr,
                     port: number,

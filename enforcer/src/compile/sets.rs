@@ -521,6 +521,10 @@ impl<'c> Sets<'c> {
                             self.selected(self.peers.selector_index(&selector))
                         }
                         Peer::Block(block) => self.block(block),
+                        Peer::Nodes(nodes) => {
+                            let selector = PeerSelector::nodes(nodes);
+                            self.selected(self.peers.selector_index(&selector))
+                        }
                     })
                     .collect();
                 match lists.len() {

@@ -229,6 +229,7 @@ fn references(policy: &Policy) -> References {
                         references.regions.push(block.cidr);
                         references.regions.extend(block.excepts.iter().copied());
                     }
+                    Peer::Nodes(nodes) => references.selectors.push(PeerSelector::nodes(nodes)),
                 }
             }
         }

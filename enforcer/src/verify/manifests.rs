@@ -83,6 +83,11 @@ pub fn load_manifests(files: &[SourceText]) -> (Snapshot, Vec<InputError>) {
                     &p.metadata
                 });
         }
+        for node in snapshot.nodes {
+            merged
+                .nodes
+                .upsert("Node", &file.source, node, |n| &n.metadata);
+        }
         for policy in snapshot.aws_cluster_policies {
             merged.aws_cluster_policies.upsert(
                 "ClusterNetworkPolicy (networking.k8s.aws)",
@@ -100,6 +105,7 @@ pub fn load_manifests(files: &[SourceText]) -> (Snapshot, Vec<InputError>) {
         endpoint_slices: merged.endpoint_slices.items,
         cluster_policies: merged.cluster_policies.items,
         aws_cluster_policies: merged.aws_cluster_policies.items,
+        nodes: merged.nodes.items,
         node_addresses: Vec::new(),
     };
     (snapshot, errors)
@@ -114,6 +120,7 @@ struct Merged {
     endpoint_slices: Objects<k8s_openapi::api::discovery::v1::EndpointSlice>,
     cluster_policies: Objects<crate::crd::ClusterNetworkPolicy>,
     aws_cluster_policies: Objects<crate::crd::AwsClusterNetworkPolicy>,
+    nodes: Objects<k8s_openapi::api::core::v1::Node>,
 }
 
 /// Objects of one kind, in first-seen order, with the position of each named one.
