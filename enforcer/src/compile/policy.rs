@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tollgate_schemas::{port_action, rule_tier};
 
 use super::Problems;
-use super::cluster::audit_annotation;
+use super::cluster::{MANAGED_BY, QUARANTINE_POLICY_PREFIX, audit_annotation};
 use super::peers::{Peer, parse_peers};
 use super::ports::{PortSpec, parse_ports};
 use super::selector::Selector;
@@ -111,13 +111,38 @@ impl Policy {
 }
 
 /// Checks one named policy: the policy when valid, and its problems either way (an unknown
-/// enforcement mode is reported but does not invalidate the policy).
+/// enforcement mode, or a quarantine policy of an earlier tollgate, is reported but does not
+/// invalidate the policy).
 pub(crate) fn check_one(policy: &NetworkPolicy, problems: &mut Problems) -> Option<Policy> {
     let audit = audit_annotation(&policy.metadata, problems);
+    if is_legacy_quarantine(&policy.metadata) {
+        problems.push(
+            "metadata.name",
+            "a quarantine NetworkPolicy of an earlier tollgate: a quarantine is an Admin-tier \
+             ClusterNetworkPolicy now, and this policy only adds a deny-all to the pod's other \
+             policies; run `tollgate quarantine --release` and quarantine the pod again",
+        );
+    }
     let mut invalid = Problems::default();
     let checked = check_policy(policy, audit, &mut invalid);
     problems.extend(invalid);
     checked
+}
+
+/// Whether a NetworkPolicy is one `tollgate quarantine` created before quarantines were
+/// ClusterNetworkPolicies: named with the quarantine prefix and labelled as managed by
+/// tollgate.
+fn is_legacy_quarantine(meta: &ObjectMeta) -> bool {
+    let named = meta
+        .name
+        .as_deref()
+        .is_some_and(|name| name.starts_with(QUARANTINE_POLICY_PREFIX));
+    let managed = meta
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(MANAGED_BY.0))
+        .is_some_and(|value| value == MANAGED_BY.1);
+    named && managed
 }
 
 fn check_policy(policy: &NetworkPolicy, audit: bool, problems: &mut Problems) -> Option<Policy> {
