@@ -409,7 +409,10 @@ class LabTest(unittest.TestCase):
         )
         # The client's refusals before its quarantine go to the seed's policies, after it to
         # the quarantine policy.
-        self.assertRegex(by_policy, r"default/tollgate-quarantine-amazonlinux\s+quarantine")
+        self.assertRegex(
+            by_policy,
+            r"ClusterNetworkPolicy/tollgate-quarantine-default-amazonlinux\s+quarantine",
+        )
         self.assertRegex(by_policy, r"default/all-deny\s+manifests")
 
     def test_incident_timeline_from_the_bundle(self):

@@ -501,6 +501,16 @@ def isolating_policies(
     ]
 
 
+def isolation_policy(record) -> str:
+    """The quarantine policy an isolation record names: ``namespace/name``, or
+    ``kind/name`` for a cluster-scoped one (a ClusterNetworkPolicy: no namespace)."""
+    namespace = getattr(record, "policy_namespace", None)
+    if namespace is None or pd.isna(namespace):
+        kind = getattr(record, "policy_kind", None)
+        return f"{'ClusterNetworkPolicy' if kind is None or pd.isna(kind) else kind}/{record.policy_name}"
+    return f"{namespace}/{record.policy_name}"
+
+
 def attribute_denials(
     denied: pd.DataFrame, isolations: pd.DataFrame, policies: list[dict]
 ) -> pd.DataFrame:
@@ -513,7 +523,7 @@ def attribute_denials(
     acts: dict[tuple, list[tuple[int, str, str]]] = {}
     for r in isolations.sort_values("start").itertuples():
         acts.setdefault((r.src_namespace, r.src_pod), []).append(
-            (r.start, r.isolation_action, f"{r.policy_namespace}/{r.policy_name}")
+            (r.start, r.isolation_action, isolation_policy(r))
         )
 
     def attribution(row) -> tuple[str, str]:

@@ -1,5 +1,5 @@
 -- name: isolation-records
--- description: The isolation records (log_status ISOLATION) in a time window, oldest first: when, quarantine or release, the pod (namespace, name, workload, address, labels), who (isolation_actor) and why (isolation_reason), the quarantine NetworkPolicy, and isolation_detail (JSON: the policy's uid and resource version, the quarantine label, the pod's uid, address and node, the NetworkPolicies in force).
+-- description: The isolation records (log_status ISOLATION) in a time window, oldest first: when, quarantine or release, the pod (namespace, name, workload, address, labels), who (isolation_actor) and why (isolation_reason), the quarantine policy (policy_namespace and policy_name, policy_kind: a ClusterNetworkPolicy has no namespace; records of version 1 name a NetworkPolicy and no kind), and isolation_detail (JSON: the policy's uid and resource version, the quarantine label, the pod's uid, address and node, the policies in force).
 -- param: from bigint window start, epoch seconds, inclusive
 -- param: to bigint window end, epoch seconds, exclusive
 -- param: from bigint window start, epoch seconds, inclusive
@@ -20,6 +20,7 @@ SELECT
   isolation_reason,
   policy_namespace,
   policy_name,
+  policy_kind,
   isolation_detail,
   node,
   cluster
