@@ -922,7 +922,7 @@ fn residual_event(key: &FlowKey, deny: &DenyEntry, now: u64) -> FlowEvent {
         ts_ns: now,
         ifindex: 0,
         endpoint: key.endpoint,
-        rule_id: 0,
+        rule_id: deny.rule_id,
         src_port: key.src_port,
         dst_port: key.dst_port,
         src_addr: key.src_addr,

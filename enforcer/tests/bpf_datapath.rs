@@ -352,6 +352,48 @@ fn address_on_the_wrong_interface_is_denied_as_spoofed() {
     assert_eq!(one_event(&run), (Verdict::Deny, Reason::Spoofed, 1));
 }
 
+/// An Admin-tier Deny of the client into the server, over a NetworkPolicy that allows it.
+const ADMIN_DENY_CLIENT: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: no-client}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: server}}}}
+  ingress:
+  - action: Deny
+    from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: client}}}}]
+"#;
+
+#[test]
+fn a_denial_by_rule_names_the_rule_in_every_report() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new(&format!("{ALLOW_CLIENT_ANY}---{ADMIN_DENY_CLIENT}"));
+    let spec = PacketSpec::first(ip(CLIENT), ip(SERVER), proto::TCP, 40_000, 80);
+    let first = lab.run(Direction::Ingress, &spec);
+    assert_eq!(one_event(&first), (Verdict::Deny, Reason::DeniedByRule, 1));
+    let rule_id = first.events[0].rule_id;
+    let rule = &lab.compiled.rules[&rule_id];
+    assert_eq!(
+        rule.to_string(),
+        "ClusterNetworkPolicy/no-client ingress[0]"
+    );
+    // The packets counted after the event are flushed naming the same rule.
+    for _ in 0..2 {
+        assert!(lab.run(Direction::Ingress, &spec).events.is_empty());
+    }
+    let residual = lab.datapath.probe_mut().flush_denies().expect("flush");
+    assert_eq!(residual.len(), 1, "{residual:?}");
+    assert_eq!(
+        (residual[0].packets, residual[0].rule_id),
+        (2, rule_id),
+        "{residual:?}"
+    );
+}
+
 #[test]
 fn denied_flows_are_deduplicated_and_carry_their_packet_count() {
     if !root() {

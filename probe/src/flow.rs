@@ -113,6 +113,7 @@ pub fn deny(packet: &Packet, endpoint: u32, reason: Reason, rule_id: u32, config
             entry.bytes += packet.len;
             entry.tcp_flags |= packet.tcp_flags;
             entry.reason = reason as u8;
+            entry.rule_id = rule_id;
             let interval = or_default(
                 config.deny_report_interval_ns,
                 Config::DEFAULT_DENY_REPORT_INTERVAL_NS,
@@ -134,7 +135,8 @@ pub fn deny(packet: &Packet, endpoint: u32, reason: Reason, rule_id: u32, config
                 bytes: 0,
                 tcp_flags: 0,
                 reason: reason as u8,
-                _pad: [0; 6],
+                _pad: [0; 2],
+                rule_id,
             };
             if DENIES.insert(key, entry, 0).is_err() {
                 // The packet is still dropped; the next one will produce an event again.

@@ -98,7 +98,10 @@ pub struct DenyEntry {
     /// [`crate::Reason`] of the last denial.
     pub reason: u8,
     /// Zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The rule of the last denial (a ClusterNetworkPolicy's Deny), 0 for none: what the
+    /// residual count names when it is flushed without an event of its own.
+    pub rule_id: u32,
 }
 
 /// A fragmented datagram, as seen by one endpoint in one direction.
@@ -155,6 +158,7 @@ const _: () = {
     assert!(size_of::<DenyEntry>() == 40);
     assert!(offset_of!(DenyEntry, tcp_flags) == 32);
     assert!(offset_of!(DenyEntry, reason) == 33);
+    assert!(offset_of!(DenyEntry, rule_id) == 36);
     assert!(size_of::<FragKey>() == 44);
     assert!(offset_of!(FragKey, id) == 8);
     assert!(offset_of!(FragKey, src_addr) == 12);
