@@ -283,7 +283,7 @@ impl PolicyValue {
                 return None;
             }
             let rule = &self.rules[i];
-            if rule.tier != skipped && rule.covers(protocol, port) {
+            if rule.covers(protocol, port) && rule.tier != skipped {
                 if rule.action != port_action::PASS {
                     return Some(rule);
                 }
