@@ -509,7 +509,6 @@ impl<K: ClusterObject + Resource<DynamicType = ()> + Clone + Serialize> Follower
         if self.not_served {
             return;
         }
-        self.not_served = true;
         tracing::warn!(
             kind = K::OBJECT_KIND.name(),
             api_version,

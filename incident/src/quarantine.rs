@@ -515,10 +515,9 @@ fn outcome(found: &Found, act: &Act<'_>, in_force: InForce) -> Outcome {
         "policies_in_force": in_force
             .policies
             .iter()
-            .map(serde_json::to_value)
-            .chain(in_force.cluster_policies.iter().map(serde_json::to_value))
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap_or_default(),
+            .map(|policy| serde_json::json!(policy))
+            .chain(in_force.cluster_policies.iter().map(|policy| serde_json::json!(policy)))
+            .collect::<Vec<_>>(),
     });
     Outcome {
         isolation: Isolation {

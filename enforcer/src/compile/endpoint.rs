@@ -106,16 +106,15 @@ pub(crate) fn plan<'c>(
         if applying.is_empty() {
             continue;
         }
-        if !open {
+        if open {
+            // Only ClusterNetworkPolicies apply: what none of their rules decides passes.
+            flags |= endpoint_flags::tiered(direction);
+        } else {
             isolating_names[slot] = isolating.iter().map(|p| p.policy.label()).collect();
             flags |= endpoint_flags::isolated(direction);
             if namespace_audit || isolating.iter().all(|p| p.policy.audit) {
                 flags |= endpoint_flags::audit(direction);
             }
-        }
-        if open {
-            // Only ClusterNetworkPolicies apply: what none of their rules decides passes.
-            flags |= endpoint_flags::tiered(direction);
         }
         names.extend(applying.iter().map(|p| p.policy.label()));
         let ids = applying

@@ -1,6 +1,6 @@
 //! The policy compiler: a cluster [`Snapshot`] (NetworkPolicies and ClusterNetworkPolicies) →
-//! the probe's [`DesiredState`] for the endpoints of one node. Pure (no I/O, no aya) and deterministic: the same input gives the
-//! same output, entry for entry.
+//! the probe's [`DesiredState`] for the endpoints of one node. Pure (no I/O, no aya) and
+//! deterministic: the same input gives the same output, entry for entry.
 //!
 //! How a rule becomes map entries:
 //! 1. Checking. A [`Compiler`] (`incremental`) keeps the cluster between compilations and

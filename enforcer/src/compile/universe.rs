@@ -196,10 +196,13 @@ impl Universe {
 
     /// Whether egress rules use named port `name` of `protocol`.
     pub(crate) fn egress_name(&self, name: &str, protocol: u8) -> bool {
-        let name = name.to_owned();
+        let mut key = (name.to_owned(), protocol);
+        if self.egress_names.contains_key(&key) {
+            return true;
+        }
         // A ClusterNetworkPolicy's named port names no protocol.
-        self.egress_names.contains_key(&(name.clone(), protocol))
-            || self.egress_names.contains_key(&(name, ANY_PROTOCOL))
+        key.1 = ANY_PROTOCOL;
+        self.egress_names.contains_key(&key)
     }
 }
 

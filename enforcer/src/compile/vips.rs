@@ -422,7 +422,7 @@ fn entry<'e>(
 fn matching_rule(rules: &[PortRule], protocol: u8, port: u16) -> Option<&PortRule> {
     let mut skipped = None;
     for rule in rules {
-        if Some(rule.tier) != skipped && rule.covers(protocol, port) {
+        if rule.covers(protocol, port) && Some(rule.tier) != skipped {
             if rule.action != port_action::PASS {
                 return Some(rule);
             }
