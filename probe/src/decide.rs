@@ -51,7 +51,7 @@ use crate::{
     maps::{
         CONFIG, CONNTRACK, ENDPOINTS, FRAGS, NODE_ADDRS, PEERS, POLICY, RULESETS, SCRATCH, count,
     },
-    parse::{self, Fragment, Packet, Parsed},
+    parse::{self, Addr, Fragment, Packet, Parsed},
 };
 
 /// Prefix length of a full address in the peer trie (the 16-byte form).
@@ -169,11 +169,11 @@ fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
 }
 
 /// The endpoint of a pod-side address, read in place. Copying the key and the 32-byte value
-/// out made the entry point's frame 288 bytes instead of 256: past the 512-byte limit of the
-/// call chain through [`later_fragment`] and [`flow::deny`] (now 256 + 48 + 192 = 496).
+/// out made the entry point's frame 32 bytes larger, which once took the call chain through
+/// [`later_fragment`] and [`flow::deny`] past the 512-byte limit (now 192 + 48 + 200 = 440).
 #[inline(always)]
-fn endpoint(addr: &[u8; 16]) -> Option<&'static EndpointState> {
-    let ptr = ENDPOINTS.get_ptr(EndpointKey::of(addr))?;
+fn endpoint(addr: &Addr) -> Option<&'static EndpointState> {
+    let ptr = ENDPOINTS.get_ptr(EndpointKey::of(&addr.0))?;
     // SAFETY: a pointer into the map value, valid for this program run, which holds the RCU
     // read lock. The map is not preallocated, so an update replaces the element and frees the
     // old one only after a grace period: the value read here is one consistent state that
@@ -260,8 +260,8 @@ fn related(packet: &Packet, endpoint: &EndpointState, config: &Config) -> bool {
         direction: packet.direction.reverse() as u8,
         protocol: quoted.protocol,
         _pad: [0; 2],
-        src_addr: quoted.src,
-        dst_addr: quoted.dst,
+        src_addr: quoted.src.0,
+        dst_addr: quoted.dst.0,
         src_port: quoted.src_port,
         dst_port: quoted.dst_port,
     };
@@ -295,7 +295,7 @@ fn redecide(
     entry: &mut CtEntry,
     endpoint: &EndpointState,
     direction: Direction,
-    peer: &[u8; 16],
+    peer: &Addr,
     protocol: u8,
     dst_port: u16,
 ) -> bool {
@@ -337,7 +337,7 @@ pub fn or_default(value: u64, default: u64) -> u64 {
 fn policy(
     endpoint: &EndpointState,
     direction: Direction,
-    peer: &[u8; 16],
+    peer: &Addr,
     protocol: u8,
     dst_port: u16,
 ) -> Outcome {
@@ -375,7 +375,7 @@ fn policy(
         // no rule of theirs decided; the API's default allows.
         return Outcome::new(Verdict::Allow, Reason::DefaultAllow, passed);
     }
-    if direction == Direction::Ingress && NODE_ADDRS.get_ptr(EndpointKey::of(peer)).is_some() {
+    if direction == Direction::Ingress && NODE_ADDRS.get_ptr(EndpointKey::of(&peer.0)).is_some() {
         // Open on purpose: the NetworkPolicy API exempts the node's own traffic to its pods
         // (kubelet probes); the agent leaves the map empty when that is turned off. Looked up
         // only after no rule matched, so allowed flows do not pay for it.
@@ -389,7 +389,7 @@ fn policy(
 /// but for the port match); `None` when it allows the peer nothing. The same lookups for both
 /// directions: only the set differs.
 #[inline(always)]
-fn rules(set: u32, peer: &[u8; 16]) -> Option<&'static PolicyValue> {
+fn rules(set: u32, peer: &Addr) -> Option<&'static PolicyValue> {
     if set == 0 {
         // Fail closed: isolated without a policy set (the compiler gives one to every isolated
         // direction of a programmed endpoint); nothing can match.
@@ -397,7 +397,7 @@ fn rules(set: u32, peer: &[u8; 16]) -> Option<&'static PolicyValue> {
     }
     // The trie's key is the prefix length followed by the address: 20 bytes of stack, the
     // address copied once next to its length.
-    let key = Key::new(FULL_PREFIX_LEN, PeerKey { addr: *peer });
+    let key = Key::new(FULL_PREFIX_LEN, PeerKey { addr: peer.0 });
     // Fail closed: the trie always holds `::/0` and `::ffff:0:0/96`, so every address has an
     // identity; a miss anyway (a trie not written by the sync) matches no rule.
     let identity = *PEERS.get(&key)?;
@@ -443,8 +443,8 @@ fn frag_key(packet: &Packet, endpoint: &EndpointState, id: u32) -> FragKey {
         protocol: packet.protocol,
         _pad: [0; 2],
         id,
-        src_addr: packet.src,
-        dst_addr: packet.dst,
+        src_addr: packet.src.0,
+        dst_addr: packet.dst.0,
     }
 }
 
@@ -452,8 +452,15 @@ fn frag_key(packet: &Packet, endpoint: &EndpointState, id: u32) -> FragKey {
 #[inline(always)]
 fn remember_fragment(packet: &Packet, endpoint: &EndpointState, outcome: &Outcome) {
     if let Fragment::First { id } = packet.fragment {
-        flow::remember_fragment(&frag_key(packet, endpoint, id), outcome);
+        remember_first_fragment(packet, endpoint, id, outcome);
     }
+}
+
+/// A BPF function of its own: inlined, its key kept a copy of the addresses alive across the
+/// decision of every packet, fragmented or not.
+#[inline(never)]
+fn remember_first_fragment(packet: &Packet, endpoint: &EndpointState, id: u32, outcome: &Outcome) {
+    flow::remember_fragment(&frag_key(packet, endpoint, id), outcome);
 }
 
 /// A fragment after the first: the first fragment's verdict, without an event of its own. A BPF

@@ -42,8 +42,8 @@ pub fn key_of(packet: &Packet, endpoint: u32) -> FlowKey {
         direction: packet.direction as u8,
         protocol: packet.protocol,
         _pad: [0; 2],
-        src_addr: packet.src,
-        dst_addr: packet.dst,
+        src_addr: packet.src.0,
+        dst_addr: packet.dst.0,
         src_port: packet.src_port,
         dst_port: packet.dst_port,
     }
@@ -186,8 +186,8 @@ fn emit(packet: &Packet, endpoint: u32, outcome: &Outcome, packets: u64, bytes: 
         (*event).rule_id = outcome.rule_id;
         (*event).src_port = packet.src_port;
         (*event).dst_port = packet.dst_port;
-        (*event).src_addr = packet.src;
-        (*event).dst_addr = packet.dst;
+        (*event).src_addr = packet.src.0;
+        (*event).dst_addr = packet.dst.0;
         (*event).packets = packets;
         (*event).bytes = bytes;
         (*event).icmp_type = packet.icmp_type;
