@@ -96,6 +96,17 @@ impl BpfDatapath {
             Direction::Egress => program_names::FROM_POD,
             Direction::Ingress => program_names::TO_POD,
         };
+        self.run_program(name, frame, repeat)
+    }
+
+    /// Runs the loaded program `name` `repeat` times on `frame` (the kernel reports the mean
+    /// time per run) and collects what it wrote.
+    pub fn run_program(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<HookRun, DatapathError> {
         let program = self.probe.program(name).map_err(error)?;
         let mut out = vec![0u8; frame.len() + 256];
         let result = program

@@ -789,7 +789,16 @@ impl Probe {
             })
     }
 
-    /// One of the two programs, for BPF_PROG_TEST_RUN.
+    /// Loads the [`program_names::FLOOR`] program, which only benchmarks run (it is never
+    /// attached); [`Probe::program`] then finds it.
+    pub fn load_floor(&mut self) -> Result<(), ProbeError> {
+        let name = program_names::FLOOR;
+        classifier(&mut self.ebpf, name)?
+            .load()
+            .map_err(|source| ProbeError::Program { name, source })
+    }
+
+    /// One of the loaded programs, for BPF_PROG_TEST_RUN.
     pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, ProbeError> {
         let program = self.ebpf.program(name).ok_or(ProbeError::Program {
             name,

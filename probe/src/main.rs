@@ -1,6 +1,6 @@
 //! tollgate's eBPF programs: NetworkPolicy enforcement and flow events on pod veths.
 //!
-//! Two TC programs sit on each pod's host-side veth:
+//! Two TC programs sit on each pod's host-side veth (a third, [`floor`], is only benchmarked):
 //! - [`from_pod`] on the TC ingress hook sees what the pod sends (its egress);
 //! - [`to_pod`] on the TC egress hook sees what the pod receives (its ingress).
 //!
@@ -38,6 +38,13 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     decide::run(&ctx, Direction::Ingress)
+}
+
+/// Passes every packet and does nothing else: never attached, loaded only by `tollgate bench
+/// datapath` to measure what the harness itself costs per run.
+#[classifier]
+pub fn floor(_ctx: TcContext) -> i32 {
+    PASS
 }
 
 #[cfg(not(test))]

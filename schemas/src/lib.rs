@@ -111,6 +111,9 @@ pub mod program_names {
     pub const FROM_POD: &str = "from_pod";
     /// Attached to the host-side veth's TC egress hook: packets entering the pod (its ingress).
     pub const TO_POD: &str = "to_pod";
+    /// Passes every packet and does nothing else; never attached. `bench datapath` runs it
+    /// under the same harness as the others: what it measures is the harness's own cost.
+    pub const FLOOR: &str = "floor";
 }
 
 /// Implements `aya::Pod` for the listed types when the `user` feature is on.

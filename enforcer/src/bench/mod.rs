@@ -17,6 +17,9 @@
 //!   and the client's policy set has an entry for it that allows the Service's port).
 //!
 //! Medians are printed: of the per-round means for repeated runs, of the single runs otherwise.
+//! The harness's own cost is measured first, on an empty program run the same two ways (one run
+//! per syscall, many per syscall); each case also prints its own cost, its median less the
+//! floor measured the same way.
 
 pub mod scale;
 
@@ -31,7 +34,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
 };
-use tollgate_schemas::{Direction, proto};
+use tollgate_schemas::{Direction, program_names, proto};
 
 use crate::{
     bpf_datapath::BpfDatapath,
@@ -55,32 +58,49 @@ pub struct BenchResult {
     pub case: String,
     /// Median kernel-reported time per packet, ns.
     pub median_ns: f64,
+    /// What the program itself costs: the median less the empty program's, run the same way.
+    pub own_ns: f64,
     /// Packets measured.
     pub packets: u64,
 }
 
+impl BenchResult {
+    /// The median of `samples`; its own cost is all of it until a floor is taken off
+    /// ([`Floor`]).
+    fn new(case: &str, samples: Vec<f64>, packets: u64) -> Self {
+        let median_ns = median(samples);
+        Self {
+            case: case.to_owned(),
+            median_ns,
+            own_ns: median_ns,
+            packets,
+        }
+    }
+}
+
 /// Runs every case with `repeat` packets each (at least 100,000 is meaningful).
 pub fn datapath(repeat: u32) -> Result<Vec<BenchResult>, DatapathError> {
-    let mut results = Vec::new();
+    let floor = Floor::measure(repeat)?;
+    let mut results = vec![floor.single.clone(), floor.repeated.clone()];
     for rules in [1usize, 100, 10_000] {
         let mut datapath = BpfDatapath::new()?;
         program(&mut datapath, rules, false)?;
-        results.push(new_flows(&mut datapath, rules, repeat)?);
+        results.push(floor.under_single(new_flows(&mut datapath, rules, repeat)?));
         if rules == 1 {
-            results.push(established(&mut datapath, repeat)?);
-            results.push(denied(&mut datapath, repeat)?);
+            results.push(floor.under_repeated(established(&mut datapath, repeat)?));
+            results.push(floor.under_repeated(denied(&mut datapath, repeat)?));
         }
     }
     let mut datapath = BpfDatapath::new()?;
     program(&mut datapath, 1, true)?;
     let (_, client) = client_net(0);
-    results.push(fresh_flows(
+    results.push(floor.under_single(fresh_flows(
         &mut datapath,
         "new flow, past an Admin-tier Deny and Pass",
         Direction::Ingress,
         repeat,
         |port| packet(client, port, 80),
-    )?);
+    )?));
     let server: IpAddr = SERVER.parse().expect("valid address");
     let cluster_ip: IpAddr = CLUSTER_IP.parse().expect("valid address");
     let client: IpAddr = CLIENT.parse().expect("valid address");
@@ -92,15 +112,78 @@ pub fn datapath(repeat: u32) -> Result<Vec<BenchResult>, DatapathError> {
         // cleared must not weigh on the next.
         let mut datapath = BpfDatapath::new()?;
         program_service(&mut datapath)?;
-        results.push(fresh_flows(
+        results.push(floor.under_single(fresh_flows(
             &mut datapath,
             case,
             Direction::Egress,
             repeat,
             |src_port| PacketSpec::first(client, dst, proto::TCP, src_port, port).build(),
-        )?);
+        )?));
     }
     Ok(results)
+}
+
+/// The harness's own cost: the empty program ([`program_names::FLOOR`]) on the same packet,
+/// run once per syscall (as the new-flow cases are) and many times per syscall (as the
+/// established and denied cases are).
+struct Floor {
+    single: BenchResult,
+    repeated: BenchResult,
+}
+
+impl Floor {
+    fn measure(count: u32) -> Result<Self, DatapathError> {
+        let mut datapath = BpfDatapath::new()?;
+        datapath.probe_mut().load_floor().map_err(probe_error)?;
+        let (_, client) = client_net(0);
+        let frame = packet(client, 40_000, 80);
+        let mut samples = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            samples.push(run_floor(&mut datapath, &frame, 1)?);
+        }
+        let per_round = count.div_ceil(ROUNDS);
+        let mut means = Vec::with_capacity(ROUNDS as usize);
+        for _ in 0..ROUNDS {
+            means.push(run_floor(&mut datapath, &frame, per_round)?);
+        }
+        let single = BenchResult::new(
+            "empty program, one run per syscall (floor)",
+            samples,
+            u64::from(count),
+        );
+        let repeated = BenchResult::new(
+            "empty program, many runs per syscall (floor)",
+            means,
+            u64::from(per_round * ROUNDS),
+        );
+        Ok(Self {
+            single: Self::under(single.clone(), &single),
+            repeated: Self::under(repeated.clone(), &repeated),
+        })
+    }
+
+    /// `result`, measured one run per syscall, with its own cost.
+    fn under_single(&self, result: BenchResult) -> BenchResult {
+        Self::under(result, &self.single)
+    }
+
+    /// `result`, measured many runs per syscall, with its own cost.
+    fn under_repeated(&self, result: BenchResult) -> BenchResult {
+        Self::under(result, &self.repeated)
+    }
+
+    fn under(result: BenchResult, floor: &BenchResult) -> BenchResult {
+        BenchResult {
+            own_ns: result.median_ns - floor.median_ns,
+            ..result
+        }
+    }
+}
+
+fn run_floor(datapath: &mut BpfDatapath, frame: &[u8], repeat: u32) -> Result<f64, DatapathError> {
+    let run = datapath.run_program(program_names::FLOOR, frame, repeat)?;
+    expect_passed(run.passed, program_names::FLOOR, true)?;
+    Ok(run.duration_ns as f64)
 }
 
 /// Client of the egress cases, and the ClusterIP of the server's Service.
@@ -157,11 +240,14 @@ spec:
 
 /// The table the `bench` command prints.
 pub fn render(results: &[BenchResult]) -> String {
-    let mut out = format!("{:<44} {:>12} {:>10}\n", "CASE", "MEDIAN ns", "PACKETS");
+    let mut out = format!(
+        "{:<46} {:>10} {:>10} {:>10}\n",
+        "CASE", "MEDIAN ns", "OWN ns", "PACKETS"
+    );
     for r in results {
         out.push_str(&format!(
-            "{:<44} {:>12.1} {:>10}\n",
-            r.case, r.median_ns, r.packets
+            "{:<46} {:>10.1} {:>10.1} {:>10}\n",
+            r.case, r.median_ns, r.own_ns, r.packets
         ));
     }
     out
@@ -353,11 +439,7 @@ fn fresh_flows(
         expect_passed(run.passed, case, true)?;
         samples.push(run.duration_ns as f64);
     }
-    Ok(BenchResult {
-        case: case.to_owned(),
-        median_ns: median(samples),
-        packets: u64::from(count),
-    })
+    Ok(BenchResult::new(case, samples, u64::from(count)))
 }
 
 fn repeated(
@@ -374,11 +456,7 @@ fn repeated(
         expect_passed(run.passed, case, passes)?;
         means.push(run.duration_ns as f64);
     }
-    Ok(BenchResult {
-        case: case.to_owned(),
-        median_ns: median(means),
-        packets: u64::from(per_round * ROUNDS),
-    })
+    Ok(BenchResult::new(case, means, u64::from(per_round * ROUNDS)))
 }
 
 fn established(datapath: &mut BpfDatapath, count: u32) -> Result<BenchResult, DatapathError> {
