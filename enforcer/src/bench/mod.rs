@@ -272,18 +272,17 @@ fn program(datapath: &mut BpfDatapath, rules: usize, tiered: bool) -> Result<(),
         labels: Some(BTreeMap::from([("app".to_owned(), name.to_owned())])),
         ..ObjectMeta::default()
     };
-    let server = Pod {
-        metadata: meta("server"),
+    let running = |name: &str, ip: String| Pod {
+        metadata: meta(name),
         spec: Some(PodSpec::default()),
         status: Some(PodStatus {
             phase: Some("Running".to_owned()),
-            pod_ip: Some(SERVER.to_owned()),
-            pod_ips: Some(vec![PodIP {
-                ip: SERVER.to_owned(),
-            }]),
+            pod_ip: Some(ip.clone()),
+            pod_ips: Some(vec![PodIP { ip }]),
             ..PodStatus::default()
         }),
     };
+    let server = running("server", SERVER.to_owned());
     let peers = (0..rules)
         .map(|n| NetworkPolicyPeer {
             ip_block: Some(IPBlock {
@@ -326,18 +325,7 @@ fn program(datapath: &mut BpfDatapath, rules: usize, tiered: bool) -> Result<(),
     };
     if tiered {
         let (_, client) = client_net(rules - 1);
-        snapshot.pods.push(Pod {
-            metadata: meta("client"),
-            spec: Some(PodSpec::default()),
-            status: Some(PodStatus {
-                phase: Some("Running".to_owned()),
-                pod_ip: Some(client.to_string()),
-                pod_ips: Some(vec![PodIP {
-                    ip: client.to_string(),
-                }]),
-                ..PodStatus::default()
-            }),
-        });
+        snapshot.pods.push(running("client", client.to_string()));
         let client_peer = serde_json::json!({"pods": {
             "namespaceSelector": {},
             "podSelector": {"matchLabels": {"app": "client"}},
