@@ -298,12 +298,11 @@ impl Spool {
         })?;
         let path = self.root.join("ready").join(key);
         let dir = path.parent().unwrap_or(&self.root).to_owned();
-        // The shipper removes partition directories once empty; should it remove this one
-        // between its creation and the rename, create it again.
+        // The shipper removes partition directories once empty; should it remove this one (or
+        // one above it) while it is created or before the rename, create it again.
         let mut attempts = 0;
         loop {
-            io(fs::create_dir_all(&dir), &dir, "creating")?;
-            match fs::rename(temp, &path) {
+            match fs::create_dir_all(&dir).and_then(|()| fs::rename(temp, &path)) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
                     attempts += 1;
@@ -447,7 +446,9 @@ fn read_state(root: &Path) -> Result<(Option<StateFile>, State), SpoolError> {
 }
 
 /// The files waiting under `<root>/ready`, in key order: what the shipper reads, without
-/// owning the spool.
+/// owning the spool. The shipper removes delivered files (and their emptied partition
+/// directories) while the reader lists `ready/` to commit another ([`Spool::commit`] weighs
+/// what is waiting): what is gone by the time it is looked at is not waiting, not an error.
 pub fn pending_in(root: &Path) -> Result<Vec<Spooled>, SpoolError> {
     let ready = root.join("ready");
     let mut found = Vec::new();
@@ -461,7 +462,9 @@ pub fn pending_in(root: &Path) -> Result<Vec<Spooled>, SpoolError> {
         for entry in entries {
             let entry = io(entry, &dir, "listing")?;
             let path = entry.path();
-            let meta = io(entry.metadata(), &path, "reading metadata")?;
+            let Some(meta) = metadata(&entry)? else {
+                continue;
+            };
             if meta.is_dir() {
                 dirs.push(path);
             } else if let Ok(relative) = path.strip_prefix(&ready) {
@@ -480,6 +483,17 @@ pub fn pending_in(root: &Path) -> Result<Vec<Spooled>, SpoolError> {
     }
     found.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(found)
+}
+
+/// The metadata of `entry`, listed in `ready/`; `None` when it was removed since (shipped,
+/// or a partition directory emptied by that): a commit must not fail, and lose its file, for
+/// a file the shipper just delivered.
+fn metadata(entry: &fs::DirEntry) -> Result<Option<fs::Metadata>, SpoolError> {
+    match entry.metadata() {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => io(Err(e), &entry.path(), "reading metadata"),
+    }
 }
 
 /// Removes a shipped file, and its partition directories once empty.
@@ -561,6 +575,29 @@ mod tests {
             !root.join("ready/cluster=c").exists(),
             "empty partitions go"
         );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_file_shipped_between_the_listing_and_its_metadata_is_not_waiting() {
+        let root = temp_dir("shipped-while-listed");
+        let (mut spool, _) = Spool::open(&root, 1000, 7).unwrap();
+        let (seq, temp) = spool.begin().unwrap();
+        write(&temp, 100);
+        let key = "cluster=c/dt=2026-11-25/hour=06/n-20261125T060000Z-000000.parquet";
+        let Commit::Spooled(shipped) = spool.commit(&temp, key, facts(seq, 42)).unwrap() else {
+            panic!("not spooled");
+        };
+        // The interleaving of a commit's listing (the reader) with a delivery (the shipper):
+        // the entry is listed, then the shipper removes the file and its partition.
+        let partition = shipped.path.parent().unwrap();
+        let listed = fs::read_dir(partition).unwrap().next().unwrap().unwrap();
+        remove(&root, &shipped).unwrap();
+        assert_eq!(
+            listed.metadata().unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+        assert!(metadata(&listed).unwrap().is_none(), "gone, so not waiting");
         fs::remove_dir_all(&root).unwrap();
     }
 
