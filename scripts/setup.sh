@@ -29,10 +29,11 @@ fi
 # The lab's node and pods run Debian's own programs: nginx, apache2 (as httpd), dnsmasq (as
 # kube-dns; dnsmasq-base is the program without the package's system service), curl (the
 # client) and iptables (kube-proxy's chains, through its nft backend, `iptables-nft-restore`,
-# whichever backend the host's `iptables` alternative names). The lab starts each inside its own
+# whichever backend the host's `iptables` alternative names); iperf3 is `tollgate bench veth`'s
+# traffic. The lab starts each inside its own
 # network namespace; none may run on this host, so a policy-rc.d keeps the packages' services
 # from starting during the install, and they are disabled and stopped afterwards.
-lab_pkgs=(nginx apache2 dnsmasq-base curl iptables)
+lab_pkgs=(nginx apache2 dnsmasq-base curl iptables iperf3)
 missing=()
 for p in "${lab_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

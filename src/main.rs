@@ -381,6 +381,19 @@ enum BenchTarget {
         #[arg(long, default_value_t = 100_000)]
         packets: u32,
     },
+    /// iperf3 between two pods wired like the VPC CNI, with the probe on their veths against
+    /// without it: TCP and 64-byte UDP (needs root and iperf3).
+    Veth {
+        /// CIDR rules in the server's policy; the last allows the client.
+        #[arg(long, default_value_t = 1_000)]
+        rules: usize,
+        /// Seconds of each iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Trials, each running every case unfiltered, then filtered.
+        #[arg(long, default_value_t = 3)]
+        trials: u32,
+    },
     /// Collector events per second per core, ring buffer to Parquet bytes, against the bare
     /// arrow-rs writer (needs root).
     Collector {
@@ -521,6 +534,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let results = bench::datapath(packets)?;
             write_out(&bench::render(&results))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target:
+                BenchTarget::Veth {
+                    rules,
+                    seconds,
+                    trials,
+                },
+        } => {
+            let options = tollgate_lab::bench::VethOptions {
+                rules,
+                seconds,
+                trials,
+            };
+            let results = tollgate_lab::bench::veth(&options)?;
+            write_out(&tollgate_lab::bench::render(&options, &results))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

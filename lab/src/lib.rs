@@ -35,6 +35,7 @@
 //! the node namespace only, and neither the node namespace nor the VPC namespace of `--sgp` has
 //! a route out.
 
+pub mod bench;
 pub mod bpffs;
 pub mod client;
 pub mod enforce;

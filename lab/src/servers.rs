@@ -308,7 +308,7 @@ fn spawn(
 }
 
 /// Waits until a socket of `netns` listens on `addr` (TCP, or UDP when `tcp` is false).
-fn wait_listening(netns: &str, addr: SocketAddr, tcp: bool) -> bool {
+pub(crate) fn wait_listening(netns: &str, addr: SocketAddr, tcp: bool) -> bool {
     let deadline = Instant::now() + LISTEN_WITHIN;
     let wanted = addr.to_string();
     while Instant::now() < deadline {
