@@ -89,6 +89,13 @@ pub fn veth(options: &VethOptions) -> Result<Vec<VethResult>, LabError> {
             "bench veth: rules, seconds and trials must each be at least 1".to_owned(),
         ));
     }
+    let _span = tracing::info_span!(
+        "bench_veth",
+        rules = options.rules,
+        seconds = options.seconds,
+        trials = options.trials
+    )
+    .entered();
     let pods = bench_pods(options.rules)?;
     let topology = Topology::create(RunNames::new(), &pods, None)?;
     let link = |pod: &str| {
