@@ -10,8 +10,9 @@
 //! ([`PodChanges`]) is kept until a pass syncs: the [`Pass`] hands it on to what names
 //! addresses (the collector's identities). The
 //! propagation latency of a pass runs from the arrival of the batch's oldest change to the
-//! end of the sync. A pass that fails is retried after 1 s, doubling to 30 s, or sooner
-//! when the cluster changes again. Once a pass has synced, a change of the node itself
+//! end of the sync. A pass that fails is retried after 1 s, doubling to 30 s, each delay plus
+//! a random jitter of up to as much again (the nodes of a cluster do not retry the API server
+//! in lockstep), or sooner when the cluster changes again. Once a pass has synced, a change of the node itself
 //! ([`LocalEndpoints::changed`]: a new veth, a late host route) also starts a pass, on the
 //! cluster the compiler already has, and so does the periodic drift check
 //! ([`Agent::check_drift_every`], [`DRIFT_CHECK`] by default): the maps are read back and what
@@ -22,6 +23,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::{sync::Notify, time::Instant};
 use tollgate_collector::identity::{PendingPods, PodChanges};
 use tollgate_enforcer::{
@@ -36,8 +38,19 @@ use crate::watch::Changes;
 
 /// Delay before the first retry of a failed pass.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
-/// Longest delay between retries.
+/// Longest delay between retries, before its jitter.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The delays between consecutive failed passes, without end: [`RETRY_FIRST`] doubling to
+/// [`RETRY_MAX`], each plus a random jitter below itself.
+fn retry_delays() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(RETRY_FIRST)
+        .with_max_delay(RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 
 /// How often the maps are read back and compared with what was written, by default.
 pub const DRIFT_CHECK: Duration = Duration::from_secs(300);
@@ -55,11 +68,11 @@ pub struct Agent<S, E> {
     backlog: Option<Arc<Notify>>,
     /// The node's addresses the last pass that synced compiled.
     node_addresses: Vec<IpAddr>,
-    /// Set after a failed pass (or by [`Agent::pass_again_after`]): how long to wait before
-    /// the next pass without a change.
-    retry: Option<Duration>,
-    /// When that next pass is due: a deadline, so a [`Agent::next`] dropped and called again
-    /// (it is cancel-safe) does not wait anew.
+    /// The delays of the failed passes since the last pass that synced.
+    retries: ExponentialBackoff,
+    /// When the next pass without a change is due (after a failed pass, or as
+    /// [`Agent::pass_again_after`] asks): a deadline, so a [`Agent::next`] dropped and called
+    /// again (it is cancel-safe) does not wait anew.
     retry_at: Option<Instant>,
     /// Whether a pass has synced: the source was complete then, so a pass that the node
     /// starts compiles a whole cluster.
@@ -101,7 +114,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             unobserved: PendingPods::default(),
             backlog,
             node_addresses: Vec::new(),
-            retry: None,
+            retries: retry_delays(),
             retry_at: None,
             synced_once: false,
             drift_every: DRIFT_CHECK,
@@ -132,7 +145,6 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
     /// Makes the next [`Agent::next`] pass after `delay` at the latest, even when the cluster
     /// does not change: the node's endpoints are not all in place yet (a failed attach).
     pub fn pass_again_after(&mut self, delay: Duration) {
-        self.retry = Some(self.retry.map_or(delay, |retry| retry.min(delay)));
         let at = Instant::now() + delay;
         self.retry_at = Some(self.retry_at.map_or(at, |due| due.min(at)));
     }
@@ -202,7 +214,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
                 Ok(report) => report,
                 Err(error) => return Some(Err(self.failed(error))),
             };
-        self.retry = None;
+        self.retries = retry_delays();
         self.retry_at = None;
         self.node_addresses = node_addresses;
         self.synced_once = true;
@@ -230,12 +242,9 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         self.unobserved.add(&delta.pods);
     }
 
-    /// A failed pass: logged, and retried after a delay that doubles up to [`RETRY_MAX`].
+    /// A failed pass: logged, and retried after the next of [`retry_delays`].
     fn failed(&mut self, error: Error) -> Error {
-        let delay = self
-            .retry
-            .map_or(RETRY_FIRST, |delay| (delay * 2).min(RETRY_MAX));
-        self.retry = Some(delay);
+        let delay = self.retries.next().unwrap_or(RETRY_MAX);
         self.retry_at = Some(Instant::now() + delay);
         tracing::warn!(
             retry_in_ms = delay.as_millis() as u64,
@@ -494,11 +503,15 @@ mod tests {
             Verdict::Allow
         );
 
-        // Without any further change, the retry (1 s later) completes it.
+        // Without any further change, the retry (1 s later, and its jitter) completes it.
         maps.failing = false;
         let started = tokio::time::Instant::now();
         let retried = agent.next(&mut maps).await.unwrap().unwrap();
-        assert_eq!(started.elapsed(), RETRY_FIRST);
+        let waited = started.elapsed();
+        assert!(
+            RETRY_FIRST <= waited && waited < RETRY_FIRST * 2,
+            "{waited:?}"
+        );
         assert!(retried.changes.is_none() && retried.latency.is_none());
         assert_eq!(retried.report.touched.len(), 3);
         assert_eq!(

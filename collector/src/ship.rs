@@ -9,8 +9,9 @@
 //!
 //! [`ship`] runs until told to stop. It wakes when the writer spools a file (a [`Notify`]),
 //! and every [`RESCAN`] in any case; a failed delivery stops the pass and is retried after an
-//! exponential backoff ([`Backoff`], 1 s doubling to 60 s), without limit: files are given up
-//! only by the spool's bound, never by the shipper. On stop, it makes one last pass within
+//! exponential backoff ([`retry_delays`]: 1 s doubling to 60 s, each with a random jitter of up
+//! to as much again, so the nodes of a cluster do not retry a sink in lockstep after an
+//! outage), without limit: files are given up only by the spool's bound, never by the shipper. On stop, it makes one last pass within
 //! the given time; what remains stays in the spool and is shipped first by the next start.
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::sync::{Notify, watch};
 
 use crate::{
@@ -31,37 +33,20 @@ use crate::{
 /// How often the spool is looked at without a wakeup.
 pub const RESCAN: Duration = Duration::from_secs(5);
 
-/// Exponential backoff between failed passes.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
+/// The delay after the first failed pass.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest delay between failed passes, before its jitter.
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before the next attempt, doubling each time up to the maximum.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    /// Back to the first delay after a success.
-    pub fn reset(&mut self) {
-        *self = Self {
-            max: self.max,
-            ..Self::default()
-        };
-    }
+/// The delays between consecutive failed passes, without end: [`RETRY_FIRST`] doubling to
+/// [`RETRY_MAX`], each plus a random jitter below itself.
+fn retry_delays() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(RETRY_FIRST)
+        .with_max_delay(RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// What a shipper did before it stopped.
@@ -84,7 +69,7 @@ pub async fn ship(
     mut sealer: Sealer,
 ) -> Shipped {
     let mut shipped = Shipped::default();
-    let mut backoff = Backoff::default();
+    let mut retries = retry_delays();
     loop {
         let stopping = *stop.borrow_and_update();
         if let Some(within) = stopping {
@@ -100,10 +85,10 @@ pub async fn ship(
         let sealed = seal(&mut sealer, &metrics, false).await;
         let delay = match pass(&root, &sink, &metrics, &mut shipped).await.and(sealed) {
             Ok(()) => {
-                backoff.reset();
+                retries = retry_delays();
                 RESCAN
             }
-            Err(()) => backoff.next_delay(),
+            Err(()) => retries.next().unwrap_or(RETRY_MAX),
         };
         tokio::select! {
             _ = wake.notified() => {}
@@ -193,11 +178,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_a_cap_and_resets() {
-        let mut backoff = Backoff::default();
-        let delays: Vec<u64> = (0..8).map(|_| backoff.next_delay().as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_secs(1));
+    fn retry_delays_double_to_a_cap_each_with_its_jitter() {
+        let delays: Vec<Duration> = retry_delays().take(8).collect();
+        for (delay, base) in delays.iter().zip([1, 2, 4, 8, 16, 32, 60, 60]) {
+            let base = Duration::from_secs(base);
+            assert!(base <= *delay && *delay < base * 2, "{delays:?}");
+        }
+        // Jittered: a cluster's nodes do not all wait alike.
+        let other: Vec<Duration> = retry_delays().take(8).collect();
+        assert_ne!(delays, other);
     }
 }
