@@ -1,7 +1,10 @@
 //! Time: the probe stamps events with `CLOCK_BOOTTIME` (it keeps counting through suspend and
 //! never jumps); records carry Unix time. [`Clock`] holds the offset between the two, sampled
 //! at one moment, and is re-sampled on every tick so that a stepped wall clock (NTP) is
-//! followed within one drain interval.
+//! followed within one drain interval. Unix seconds become the UTC texts of partitions, file
+//! names and reports, and are read back from them, with `jiff`.
+
+use jiff::{Timestamp, fmt::strtime, tz::TimeZone};
 
 /// Nanoseconds per second.
 pub const NS_PER_S: u64 = 1_000_000_000;
@@ -61,71 +64,43 @@ fn read(clock: libc::clockid_t) -> u64 {
 
 /// `YYYY-MM-DD` and `HH` (UTC) of Unix second `unix_s`: the `dt` and `hour` partitions.
 pub fn partition_date(unix_s: u64) -> (String, String) {
-    let (year, month, day, hour, _, _) = civil(unix_s);
+    let at = timestamp(unix_s);
     (
-        format!("{year:04}-{month:02}-{day:02}"),
-        format!("{hour:02}"),
+        at.strftime("%Y-%m-%d").to_string(),
+        at.strftime("%H").to_string(),
     )
 }
 
 /// `YYYYMMDDTHHMMSSZ` (UTC) of Unix second `unix_s`, for file names.
 pub fn compact_utc(unix_s: u64) -> String {
-    let (year, month, day, hour, minute, second) = civil(unix_s);
-    format!("{year:04}{month:02}{day:02}T{hour:02}{minute:02}{second:02}Z")
+    timestamp(unix_s).strftime("%Y%m%dT%H%M%SZ").to_string()
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC) of Unix second `unix_s`, for people.
 pub fn rfc3339_utc(unix_s: u64) -> String {
-    let (year, month, day, hour, minute, second) = civil(unix_s);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+    timestamp(unix_s).strftime(RFC3339_UTC).to_string()
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SSZ` (or a bare Unix second count) into Unix seconds.
+/// Parses `YYYY-MM-DDTHH:MM:SSZ` (or a bare Unix second count) into Unix seconds; `None` for
+/// anything else, an impossible date, or one before 1970.
 pub fn parse_utc(text: &str) -> Option<u64> {
     if let Ok(seconds) = text.parse::<u64>() {
         return Some(seconds);
     }
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-').map(str::parse::<u64>);
-    let (year, month, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':').map(str::parse::<u64>);
-    let (hour, minute, second) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    if d.next().is_some() || t.next().is_some() || !(1..=12).contains(&month) || day == 0 {
-        return None;
-    }
-    if day > 31 || hour > 23 || minute > 59 || second > 59 || year < 1970 {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+    let civil = strtime::parse(RFC3339_UTC, text).ok()?.to_datetime().ok()?;
+    let at = TimeZone::UTC.to_timestamp(civil).ok()?;
+    u64::try_from(at.as_second()).ok()
 }
 
-/// Year, month, day, hour, minute, second (UTC) of a Unix second (Howard Hinnant's
-/// civil-from-days algorithm).
-fn civil(unix_s: u64) -> (u64, u64, u64, u64, u64, u64) {
-    let days = unix_s / 86_400;
-    let rem = unix_s % 86_400;
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
-}
+/// The one text form of a UTC second that [`rfc3339_utc`] writes and [`parse_utc`] reads.
+const RFC3339_UTC: &str = "%Y-%m-%dT%H:%M:%SZ";
 
-/// Days since the Unix epoch of a civil date (the inverse of [`civil`]).
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year / 400;
-    let yoe = year - era * 400;
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Unix second `unix_s` as a timestamp; past jiff's range (the year 9999), its last second.
+fn timestamp(unix_s: u64) -> Timestamp {
+    i64::try_from(unix_s)
+        .ok()
+        .and_then(|second| Timestamp::from_second(second).ok())
+        .unwrap_or(Timestamp::MAX)
 }
 
 #[cfg(test)]
@@ -149,6 +124,8 @@ mod tests {
         assert_eq!(parse_utc("2000-02-29T00:00:00Z"), Some(951_782_400));
         for bad in [
             "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "1969-12-31T23:59:59Z",
             "2026-11-25 06:07:08",
             "x",
             "2026-11-25T06:07Z",
