@@ -37,6 +37,7 @@ use tollgate_collector::{
     identity::PodIdentity,
     record::{Isolation, IsolationAction},
 };
+use tollgate_enforcer::compile::NAMESPACE_NAME_LABEL;
 use tollgate_enforcer::crd::{CLUSTER_NETWORK_POLICY_GROUP, ClusterNetworkPolicy};
 use tollgate_enforcer::desired::PolicyKind;
 use tollgate_enforcer::snapshot::pod_addresses;
@@ -215,9 +216,6 @@ pub fn quarantine_policy(
         }),
     }
 }
-
-/// The label every namespace carries with its own name.
-const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The rights [`quarantine`] needs for a pod of `namespace` (release needs the same: it reads,
 /// patches and deletes; create is what undoing a failed release would need, and is asked for

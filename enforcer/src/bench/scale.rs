@@ -59,7 +59,9 @@ use k8s_openapi::{
 };
 
 use crate::{
-    compile::{Compiler, Object, ObjectKind, Placement},
+    compile::{
+        Compiler, NAMESPACE_NAME_LABEL, Object, ObjectKind, Placement, services::SERVICE_NAME_LABEL,
+    },
     desired::{Capacity, DesiredState, Ids},
     snapshot::Snapshot,
 };
@@ -630,8 +632,6 @@ const METRICS_PORT: u16 = 9100;
 const KUBE_SYSTEM: &str = "kube-system";
 const MONITORING: &str = "monitoring";
 const NODE_AGENT: &str = "node-agent";
-const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Policies of a namespace's full bundle (see the module doc).
 const BUNDLE: usize = 7;
 

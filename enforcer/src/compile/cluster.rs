@@ -21,7 +21,7 @@ use crate::manifest::DEFAULT_NAMESPACE;
 use crate::snapshot::{InputError, pod_ip_fields};
 
 /// Label the API server puts on every namespace.
-pub(crate) const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Annotation (on a Namespace or a NetworkPolicy) that selects audit mode: denials are
 /// reported and pass.

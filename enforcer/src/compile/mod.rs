@@ -74,7 +74,10 @@ use std::sync::Arc;
 
 use tollgate_schemas::{Direction, EndpointKey, addr, port_action, rule_tier};
 
-pub use cluster::{ENFORCEMENT_ANNOTATION, MANAGED_BY, QUARANTINE_LABEL, QUARANTINE_POLICY_PREFIX};
+pub use cluster::{
+    ENFORCEMENT_ANNOTATION, MANAGED_BY, NAMESPACE_NAME_LABEL, QUARANTINE_LABEL,
+    QUARANTINE_POLICY_PREFIX,
+};
 pub use incremental::{ClusterObject, Compiler, Object, ObjectKind};
 pub use recover::recover_ids;
 
