@@ -23,9 +23,11 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::{sync::Notify, time::Instant};
-use tollgate_collector::identity::{PendingPods, PodChanges};
+use tollgate_collector::{
+    identity::{PendingPods, PodChanges},
+    ship::{RetryDelays, retry_delays},
+};
 use tollgate_enforcer::{
     compile::Compiled,
     sync::{PolicyMaps, SyncStats},
@@ -40,17 +42,6 @@ use crate::watch::Changes;
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest delay between retries, before its jitter.
 const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// The delays between consecutive failed passes, without end: [`RETRY_FIRST`] doubling to
-/// [`RETRY_MAX`], each plus a random jitter below itself.
-fn retry_delays() -> ExponentialBackoff {
-    ExponentialBuilder::new()
-        .with_min_delay(RETRY_FIRST)
-        .with_max_delay(RETRY_MAX)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
 
 /// How often the maps are read back and compared with what was written, by default.
 pub const DRIFT_CHECK: Duration = Duration::from_secs(300);
@@ -69,7 +60,7 @@ pub struct Agent<S, E> {
     /// The node's addresses the last pass that synced compiled.
     node_addresses: Vec<IpAddr>,
     /// The delays of the failed passes since the last pass that synced.
-    retries: ExponentialBackoff,
+    retries: RetryDelays,
     /// When the next pass without a change is due (after a failed pass, or as
     /// [`Agent::pass_again_after`] asks): a deadline, so a [`Agent::next`] dropped and called
     /// again (it is cancel-safe) does not wait anew.
@@ -114,7 +105,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
             unobserved: PendingPods::default(),
             backlog,
             node_addresses: Vec::new(),
-            retries: retry_delays(),
+            retries: retry_delays(RETRY_FIRST, RETRY_MAX),
             retry_at: None,
             synced_once: false,
             drift_every: DRIFT_CHECK,
@@ -214,7 +205,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
                 Ok(report) => report,
                 Err(error) => return Some(Err(self.failed(error))),
             };
-        self.retries = retry_delays();
+        self.retries = retry_delays(RETRY_FIRST, RETRY_MAX);
         self.retry_at = None;
         self.node_addresses = node_addresses;
         self.synced_once = true;

@@ -38,12 +38,16 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The longest delay between failed passes, before its jitter.
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// The delays between consecutive failed passes, without end: [`RETRY_FIRST`] doubling to
-/// [`RETRY_MAX`], each plus a random jitter below itself.
-fn retry_delays() -> ExponentialBackoff {
+/// Delays between consecutive failures (see [`retry_delays`]).
+pub type RetryDelays = ExponentialBackoff;
+
+/// The delays between consecutive failures, without end: `first` doubling to `max`, each plus
+/// a random jitter below itself, so that the nodes of a cluster do not retry in lockstep. The
+/// shipper's, and the node agent's for its failed passes.
+pub fn retry_delays(first: Duration, max: Duration) -> RetryDelays {
     ExponentialBuilder::new()
-        .with_min_delay(RETRY_FIRST)
-        .with_max_delay(RETRY_MAX)
+        .with_min_delay(first)
+        .with_max_delay(max)
         .with_jitter()
         .without_max_times()
         .build()
@@ -69,7 +73,7 @@ pub async fn ship(
     mut sealer: Sealer,
 ) -> Shipped {
     let mut shipped = Shipped::default();
-    let mut retries = retry_delays();
+    let mut retries = retry_delays(RETRY_FIRST, RETRY_MAX);
     loop {
         let stopping = *stop.borrow_and_update();
         if let Some(within) = stopping {
@@ -85,7 +89,7 @@ pub async fn ship(
         let sealed = seal(&mut sealer, &metrics, false).await;
         let delay = match pass(&root, &sink, &metrics, &mut shipped).await.and(sealed) {
             Ok(()) => {
-                retries = retry_delays();
+                retries = retry_delays(RETRY_FIRST, RETRY_MAX);
                 RESCAN
             }
             Err(()) => retries.next().unwrap_or(RETRY_MAX),
@@ -179,13 +183,13 @@ mod tests {
 
     #[test]
     fn retry_delays_double_to_a_cap_each_with_its_jitter() {
-        let delays: Vec<Duration> = retry_delays().take(8).collect();
+        let delays: Vec<Duration> = retry_delays(RETRY_FIRST, RETRY_MAX).take(8).collect();
         for (delay, base) in delays.iter().zip([1, 2, 4, 8, 16, 32, 60, 60]) {
             let base = Duration::from_secs(base);
             assert!(base <= *delay && *delay < base * 2, "{delays:?}");
         }
         // Jittered: a cluster's nodes do not all wait alike.
-        let other: Vec<Duration> = retry_delays().take(8).collect();
+        let other: Vec<Duration> = retry_delays(RETRY_FIRST, RETRY_MAX).take(8).collect();
         assert_ne!(delays, other);
     }
 }
