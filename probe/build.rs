@@ -1,0 +1,11 @@
+//! Link arguments for bpf-linker that aya-build's RUSTFLAGS leave out.
+//!
+//! bpf-linker asks LLVM to expand `memcpy` in order (`--bpf-expand-memcpy-in-order`); with that
+//! option LLVM also stops expanding `memset` and calls the exported builtin instead, a loop of
+//! single-byte stores (~4 instructions per byte). The probe zeroes addresses and small fields
+//! on every packet, so it turns the option off: LLVM then writes every `memset` and `memcpy`
+//! as a few wide stores of its own.
+
+fn main() {
+    println!("cargo::rustc-link-arg-bins=--disable-expand-memcpy-in-order");
+}
