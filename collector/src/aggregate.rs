@@ -17,6 +17,7 @@
 //! record is refused ([`Skipped::Full`]), and the caller counts it as lost.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
@@ -83,6 +84,8 @@ pub struct Aggregator {
     max_open: usize,
     /// Keyed with foldhash: the key is ~100 bytes, hashed for every event.
     open: HashMap<Key, Open, RandomState>,
+    /// The empty list of isolating policies, shared by every record that names none.
+    no_policies: Arc<[String]>,
 }
 
 impl Aggregator {
@@ -93,6 +96,7 @@ impl Aggregator {
             mode,
             max_open,
             open: HashMap::default(),
+            no_policies: Arc::from([]),
         }
     }
 
@@ -204,7 +208,7 @@ impl Aggregator {
             dst_holder: dst.map(|h| h.holder),
             service: service.map(|h| h.value),
             rule: rule.map(|h| h.value),
-            isolating: isolating.map_or_else(|| std::sync::Arc::from([]), |(_, names)| names),
+            isolating: isolating.map_or_else(|| Arc::clone(&self.no_policies), |(_, names)| names),
             audit,
             interface: interface.map(|h| h.value),
         };
@@ -242,6 +246,11 @@ impl Aggregator {
                 body: RecordBody::Flow(Box::new(open.flow)),
             })
             .collect();
+        if self.open.is_empty() {
+            // Emptied, the table forgets the tombstones the removals left: the next windows
+            // refill the same allocation instead of growing into a new one.
+            self.open.clear();
+        }
         records.sort_by_key(|r| r.start_s);
         records
     }
