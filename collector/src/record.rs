@@ -3,8 +3,12 @@
 //! The aggregator produces [`FlowRecord`]s (a flow, or a loss span), `tollgate quarantine` an
 //! isolation record (an [`Isolation`]); [`encode`] lays a slice of
 //! them out as one [`RecordBatch`] of the schema `tollgate_schemas::record` defines, column by
-//! column in [`COLUMNS`] order. The schema is checked against the builders at every call:
-//! a column added to the schema but not here fails loudly instead of writing a wrong file.
+//! column in [`COLUMNS`] order: each column is one pass over the records into its own builder,
+//! with no intermediate row per record, and a column that no record of the batch has a value
+//! for is a null array made at once. Addresses are written as text straight into their
+//! column (the previous row's text is reused when the address repeats). The schema is checked
+//! against the columns at every call: a column added to the schema but not here fails loudly
+//! instead of writing a wrong file.
 //!
 //! An end of a flow held by the node itself is written as `Node/<node>` in its workload
 //! column (the record's own `node`: the addresses are the deciding node's), its other pod
@@ -16,10 +20,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, RecordBatch,
-    builder::{Int32Builder, Int64Builder, ListBuilder, MapBuilder, MapFieldNames, StringBuilder},
+    ArrayRef, Int32Array, Int64Array, RecordBatch,
+    builder::{ListBuilder, MapBuilder, MapFieldNames, StringBuilder},
+    new_null_array,
 };
-use arrow_schema::{ArrowError, SchemaRef};
+use arrow_schema::{ArrowError, DataType, SchemaRef};
 use tollgate_enforcer::desired::{NamedRule, PolicyTier};
 use tollgate_schemas::{
     Direction, Reason, Verdict,
@@ -191,17 +196,134 @@ impl FlowRecord {
 }
 
 /// The record batch of `records`, written by `node` of `cluster`.
+///
+/// Column by column: each column is one pass over `records` into one builder, with no
+/// intermediate row; a column with no value in the batch is one null array.
 pub fn encode(
     records: &[FlowRecord],
     node: &str,
     cluster: &str,
     schema: &SchemaRef,
 ) -> Result<RecordBatch, ArrowError> {
-    let mut columns = Columns::with_capacity(records.len());
-    for record in records {
-        columns.push(record, node, cluster);
-    }
-    let arrays = columns.finish();
+    let node_workload = format!("Node/{node}");
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
+    arrays.push(int32(records, |_| Some(FLOW_RECORD_VERSION)));
+    arrays.push(addresses(records, |r| match &r.body {
+        RecordBody::Flow(flow) => Some(flow.src),
+        RecordBody::Loss(_) => None,
+        RecordBody::Isolation(isolation) => isolation.address,
+    }));
+    arrays.push(addresses(records, |r| flow(r).map(|f| f.dst)));
+    arrays.push(int32(records, |r| flow(r).map(|f| i32::from(f.src_port))));
+    arrays.push(int32(records, |r| flow(r).map(|f| i32::from(f.dst_port))));
+    arrays.push(int32(records, |r| flow(r).map(|f| i32::from(f.protocol))));
+    arrays.push(int64(records, |r| flow(r).map(|f| clamp(f.packets))));
+    arrays.push(int64(records, |r| flow(r).map(|f| clamp(f.bytes))));
+    arrays.push(int64(records, |r| Some(clamp(r.start_s))));
+    arrays.push(int64(records, |r| Some(clamp(r.end_s))));
+    arrays.push(strings(records, |r| {
+        flow(r).map(|f| {
+            if f.verdict.passes() {
+                "ACCEPT"
+            } else {
+                "REJECT"
+            }
+        })
+    }));
+    arrays.push(strings(records, |r| {
+        Some(match &r.body {
+            RecordBody::Flow(_) => "OK",
+            RecordBody::Loss(_) => "SKIPDATA",
+            RecordBody::Isolation(_) => "ISOLATION",
+        })
+    }));
+    arrays.push(strings(records, |r| flow(r).map(|f| f.direction.name())));
+    arrays.push(int32(records, |r| flow(r).map(|f| i32::from(f.tcp_flags))));
+    arrays.push(int32(records, |r| {
+        flow(r).and_then(|f| f.icmp).map(|(t, _)| i32::from(t))
+    }));
+    arrays.push(int32(records, |r| {
+        flow(r).and_then(|f| f.icmp).map(|(_, c)| i32::from(c))
+    }));
+    pod_columns(records, &node_workload, &mut arrays, |r| match &r.body {
+        RecordBody::Flow(flow) => End::of(flow.src_holder.as_ref()),
+        RecordBody::Loss(_) => End::Unknown,
+        RecordBody::Isolation(isolation) => End::Pod(&isolation.pod),
+    });
+    pod_columns(records, &node_workload, &mut arrays, |r| {
+        flow(r).map_or(End::Unknown, |f| End::of(f.dst_holder.as_ref()))
+    });
+    arrays.push(strings(records, |r| flow(r).map(|f| f.verdict.name())));
+    arrays.push(strings(records, |r| flow(r).map(|f| f.reason.name())));
+    arrays.push(strings(records, |r| match &r.body {
+        RecordBody::Flow(flow) => rule(flow).and_then(|rule| rule.rule.policy_namespace()),
+        RecordBody::Loss(_) => None,
+        RecordBody::Isolation(isolation) => isolation.policy_namespace.as_deref(),
+    }));
+    arrays.push(strings(records, |r| match &r.body {
+        RecordBody::Flow(flow) => rule(flow).map(|rule| rule.rule.policy.as_str()),
+        RecordBody::Loss(_) => None,
+        RecordBody::Isolation(isolation) => Some(&isolation.policy_name),
+    }));
+    arrays.push(int32(records, |r| {
+        flow(r)
+            .and_then(rule)
+            .map(|rule| i32::try_from(rule.rule.index).unwrap_or(i32::MAX))
+    }));
+    arrays.push(strings(records, |r| match &r.body {
+        RecordBody::Flow(flow) => Some(if flow.audit { "audit" } else { "enforce" }),
+        RecordBody::Loss(_) => None,
+        RecordBody::Isolation(_) => Some("enforce"),
+    }));
+    arrays.push(int64(records, |r| Some(clamp(r.events()))));
+    arrays.push(int64(records, |r| match &r.body {
+        RecordBody::Loss(span) => span.events.map(clamp),
+        RecordBody::Flow(_) | RecordBody::Isolation(_) => None,
+    }));
+    arrays.push(strings(records, |r| {
+        r.loss_span().map(|span| span.source.name())
+    }));
+    arrays.push(strings(records, |_| Some(node)));
+    arrays.push(strings(records, |_| Some(cluster)));
+    arrays.push(strings(records, |r| isolation(r).map(|i| i.action.name())));
+    arrays.push(strings(records, |r| isolation(r).map(|i| i.actor.as_str())));
+    arrays.push(strings(records, |r| {
+        isolation(r).map(|i| i.reason.as_str())
+    }));
+    arrays.push(strings(records, |r| {
+        isolation(r).map(|i| i.detail.as_str())
+    }));
+    arrays.push(strings(records, |r| {
+        service(r).map(|(service, _)| service.namespace.as_str())
+    }));
+    arrays.push(strings(records, |r| {
+        service(r).map(|(service, _)| service.name.as_str())
+    }));
+    arrays.push(addresses(records, |r| service(r).map(|(_, flow)| flow.dst)));
+    arrays.push(int32(records, |r| {
+        service(r).map(|(_, flow)| i32::from(flow.dst_port))
+    }));
+    arrays.push(strings(records, |r| {
+        interface(r).map(|interface| interface.name.as_str())
+    }));
+    arrays.push(strings(records, |r| {
+        interface(r).map(|interface| interface.eni.name())
+    }));
+    arrays.push(strings(records, |r| {
+        flow(r).and_then(tier).map(PolicyTier::name)
+    }));
+    arrays.push(strings(records, |r| match &r.body {
+        RecordBody::Flow(flow) => rule(flow).map(|rule| rule.rule.kind().name()),
+        RecordBody::Loss(_) => None,
+        RecordBody::Isolation(isolation) => Some(&isolation.policy_kind),
+    }));
+    arrays.push(strings(records, |r| {
+        flow(r).and_then(rule).map(|rule| rule.action.name())
+    }));
+    arrays.push(strings(records, |r| {
+        flow(r).and_then(rule).map(|rule| rule.version.as_str())
+    }));
+    arrays.push(isolating_policies(records));
     if arrays.len() != COLUMNS.len() {
         return Err(ArrowError::SchemaError(format!(
             "the encoder builds {} columns, the record schema has {}",
@@ -217,439 +339,224 @@ pub fn schema() -> SchemaRef {
     Arc::new(arrow_schema())
 }
 
-/// One builder per column, in [`COLUMNS`] order.
-struct Columns {
-    version: Int32Builder,
-    srcaddr: StringBuilder,
-    dstaddr: StringBuilder,
-    srcport: Int32Builder,
-    dstport: Int32Builder,
-    protocol: Int32Builder,
-    packets: Int64Builder,
-    bytes: Int64Builder,
-    start: Int64Builder,
-    end: Int64Builder,
-    action: StringBuilder,
-    log_status: StringBuilder,
-    flow_direction: StringBuilder,
-    tcp_flags: Int32Builder,
-    icmp_type: Int32Builder,
-    icmp_code: Int32Builder,
-    src: PodColumns,
-    dst: PodColumns,
-    verdict: StringBuilder,
-    verdict_reason: StringBuilder,
-    policy_namespace: StringBuilder,
-    policy_name: StringBuilder,
-    policy_rule: Int32Builder,
-    enforcement_mode: StringBuilder,
-    events: Int64Builder,
-    skipped_events: Int64Builder,
-    loss_source: StringBuilder,
-    node: StringBuilder,
-    cluster: StringBuilder,
-    isolation_action: StringBuilder,
-    isolation_actor: StringBuilder,
-    isolation_reason: StringBuilder,
-    isolation_detail: StringBuilder,
-    svc_namespace: StringBuilder,
-    svc_name: StringBuilder,
-    svc_addr: StringBuilder,
-    svc_port: Int32Builder,
-    endpoint_interface: StringBuilder,
-    endpoint_eni: StringBuilder,
-    policy_tier: StringBuilder,
-    policy_kind: StringBuilder,
-    policy_action: StringBuilder,
-    policy_version: StringBuilder,
-    isolating_policies: ListBuilder<StringBuilder>,
+/// The flow of a flow record.
+fn flow(record: &FlowRecord) -> Option<&Flow> {
+    match &record.body {
+        RecordBody::Flow(flow) => Some(flow),
+        RecordBody::Loss(_) | RecordBody::Isolation(_) => None,
+    }
 }
 
-/// The four columns of one side's pod.
-struct PodColumns {
-    namespace: StringBuilder,
-    pod: StringBuilder,
-    workload: StringBuilder,
-    labels: MapBuilder<StringBuilder, StringBuilder>,
+/// What an isolation record says.
+fn isolation(record: &FlowRecord) -> Option<&Isolation> {
+    match &record.body {
+        RecordBody::Isolation(isolation) => Some(isolation),
+        RecordBody::Flow(_) | RecordBody::Loss(_) => None,
+    }
 }
 
-impl PodColumns {
-    fn with_capacity(rows: usize) -> Self {
-        let names = MapFieldNames {
-            entry: "entries".to_owned(),
-            key: "key".to_owned(),
-            value: "value".to_owned(),
-        };
-        Self {
-            namespace: StringBuilder::with_capacity(rows, rows * 8),
-            pod: StringBuilder::with_capacity(rows, rows * 16),
-            workload: StringBuilder::with_capacity(rows, rows * 16),
-            labels: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()),
+/// The rule that decided a flow.
+fn rule(flow: &Flow) -> Option<&NamedRule> {
+    flow.rule.as_deref()
+}
+
+/// The Service a flow was addressed to, with the flow (its destination is the ClusterIP and
+/// port): the `svc_*` columns.
+fn service(record: &FlowRecord) -> Option<(&ServiceIdentity, &Flow)> {
+    flow(record).and_then(|flow| flow.service.as_deref().map(|service| (service, flow)))
+}
+
+/// The deciding endpoint's interface: the `endpoint_*` columns.
+fn interface(record: &FlowRecord) -> Option<&EndpointInterface> {
+    flow(record).and_then(|flow| flow.interface.as_deref())
+}
+
+/// The decision trace's tier: the deciding rule's, or NetworkPolicy's for a denial for want
+/// of a matching rule.
+fn tier(flow: &Flow) -> Option<PolicyTier> {
+    match (rule(flow), flow.reason) {
+        (Some(named), _) => Some(named.tier),
+        (None, Reason::IsolatedNoMatch) => Some(PolicyTier::NetworkPolicy),
+        (None, _) => None,
+    }
+}
+
+/// An `int` column.
+fn int32(records: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<i32>) -> ArrayRef {
+    Arc::new(records.iter().map(value).collect::<Int32Array>())
+}
+
+/// A `bigint` column.
+fn int64(records: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<i64>) -> ArrayRef {
+    Arc::new(records.iter().map(value).collect::<Int64Array>())
+}
+
+/// A `string` column.
+fn strings<'a>(
+    records: &'a [FlowRecord],
+    value: impl Fn(&'a FlowRecord) -> Option<&'a str>,
+) -> ArrayRef {
+    if records.iter().all(|r| value(r).is_none()) {
+        return new_null_array(&DataType::Utf8, records.len());
+    }
+    let mut builder = StringBuilder::with_capacity(records.len(), records.len() * 8);
+    for record in records {
+        builder.append_option(value(record));
+    }
+    Arc::new(builder.finish())
+}
+
+/// A column of addresses as text.
+fn addresses(records: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<IpAddr>) -> ArrayRef {
+    if records.iter().all(|r| value(r).is_none()) {
+        return new_null_array(&DataType::Utf8, records.len());
+    }
+    let mut builder = StringBuilder::with_capacity(records.len(), records.len() * 15);
+    let mut text = AddressText::default();
+    for record in records {
+        match value(record) {
+            Some(address) => builder.append_value(text.of(address)),
+            None => builder.append_null(),
         }
     }
+    Arc::new(builder.finish())
+}
 
-    /// An end of a flow: its pod, the node (`Node/<node>` as the workload, the rest null),
-    /// or nothing known.
-    fn push_holder(&mut self, holder: Option<&Holder>, node: &str) {
-        match holder {
-            Some(Holder::Pod(pod)) => self.push(Some(pod)),
-            Some(Holder::Node) => {
-                self.namespace.append_null();
-                self.pod.append_null();
-                // Writing into a StringBuilder cannot fail.
-                let _ = write!(self.workload, "Node/{node}");
-                self.workload.append_value("");
-                let _ = self.labels.append(false);
+/// An address's text (as `Display` writes it), kept for the next row: a flow log's
+/// addresses repeat from row to row.
+#[derive(Default)]
+struct AddressText {
+    address: Option<IpAddr>,
+    text: String,
+}
+
+impl AddressText {
+    fn of(&mut self, address: IpAddr) -> &str {
+        if self.address != Some(address) {
+            self.text.clear();
+            match address {
+                IpAddr::V4(v4) => {
+                    for (index, octet) in v4.octets().into_iter().enumerate() {
+                        if index > 0 {
+                            self.text.push('.');
+                        }
+                        push_decimal(&mut self.text, octet);
+                    }
+                }
+                // Writing into a String cannot fail.
+                IpAddr::V6(v6) => {
+                    let _ = write!(self.text, "{v6}");
+                }
             }
-            None => self.push(None),
+            self.address = Some(address);
+        }
+        &self.text
+    }
+}
+
+/// Appends `value` in decimal, with no leading zeros.
+fn push_decimal(text: &mut String, value: u8) {
+    if value >= 100 {
+        text.push(char::from(b'0' + value / 100));
+    }
+    if value >= 10 {
+        text.push(char::from(b'0' + value / 10 % 10));
+    }
+    text.push(char::from(b'0' + value % 10));
+}
+
+/// One end of a record, as its pod columns say it.
+#[derive(Clone, Copy)]
+enum End<'a> {
+    /// A pod.
+    Pod(&'a PodIdentity),
+    /// The node itself: `Node/<node>` as the workload, the rest null.
+    Node,
+    /// Nothing known: all null.
+    Unknown,
+}
+
+impl<'a> End<'a> {
+    fn of(holder: Option<&'a Holder>) -> Self {
+        match holder {
+            Some(Holder::Pod(pod)) => Self::Pod(pod),
+            Some(Holder::Node) => Self::Node,
+            None => Self::Unknown,
         }
     }
 
-    fn push(&mut self, pod: Option<&PodIdentity>) {
-        match pod {
+    fn pod(self) -> Option<&'a PodIdentity> {
+        match self {
+            Self::Pod(pod) => Some(pod),
+            Self::Node | Self::Unknown => None,
+        }
+    }
+}
+
+/// The four columns of one side's pod: namespace, pod, workload and labels.
+fn pod_columns<'a>(
+    records: &'a [FlowRecord],
+    node_workload: &'a str,
+    arrays: &mut Vec<ArrayRef>,
+    end: impl Fn(&'a FlowRecord) -> End<'a>,
+) {
+    arrays.push(strings(records, |r| {
+        end(r).pod().map(|pod| pod.namespace.as_str())
+    }));
+    arrays.push(strings(records, |r| {
+        end(r).pod().map(|pod| pod.name.as_str())
+    }));
+    arrays.push(strings(records, |r| match end(r) {
+        End::Pod(pod) => Some(pod.workload.as_str()),
+        End::Node => Some(node_workload),
+        End::Unknown => None,
+    }));
+    let names = MapFieldNames {
+        entry: "entries".to_owned(),
+        key: "key".to_owned(),
+        value: "value".to_owned(),
+    };
+    let mut labels = MapBuilder::with_capacity(
+        Some(names),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        records.len(),
+    );
+    for record in records {
+        match end(record).pod() {
             Some(pod) => {
-                self.namespace.append_value(&pod.namespace);
-                self.pod.append_value(&pod.name);
-                self.workload.append_value(&pod.workload);
                 for (key, value) in pod.labels.iter() {
-                    self.labels.keys().append_value(key);
-                    self.labels.values().append_value(value);
+                    labels.keys().append_value(key);
+                    labels.values().append_value(value);
                 }
                 // The entry counts always match: keys and values are appended in pairs.
-                let _ = self.labels.append(true);
+                let _ = labels.append(true);
             }
             None => {
-                self.namespace.append_null();
-                self.pod.append_null();
-                self.workload.append_null();
-                let _ = self.labels.append(false);
+                let _ = labels.append(false);
             }
         }
     }
-
-    fn finish(mut self, arrays: &mut Vec<ArrayRef>) {
-        arrays.push(Arc::new(self.namespace.finish()));
-        arrays.push(Arc::new(self.pod.finish()));
-        arrays.push(Arc::new(self.workload.finish()));
-        arrays.push(Arc::new(self.labels.finish()));
-    }
+    arrays.push(Arc::new(labels.finish()));
 }
 
-/// Appends `address` as text without an intermediate `String`.
-fn append_address(builder: &mut StringBuilder, address: IpAddr) {
-    // Writing into a StringBuilder cannot fail.
-    let _ = write!(builder, "{address}");
-    builder.append_value("");
-}
-
-impl Columns {
-    fn with_capacity(rows: usize) -> Self {
-        let strings =
-            |bytes_per_row: usize| StringBuilder::with_capacity(rows, rows * bytes_per_row);
-        Self {
-            version: Int32Builder::with_capacity(rows),
-            srcaddr: strings(16),
-            dstaddr: strings(16),
-            srcport: Int32Builder::with_capacity(rows),
-            dstport: Int32Builder::with_capacity(rows),
-            protocol: Int32Builder::with_capacity(rows),
-            packets: Int64Builder::with_capacity(rows),
-            bytes: Int64Builder::with_capacity(rows),
-            start: Int64Builder::with_capacity(rows),
-            end: Int64Builder::with_capacity(rows),
-            action: strings(6),
-            log_status: strings(2),
-            flow_direction: strings(7),
-            tcp_flags: Int32Builder::with_capacity(rows),
-            icmp_type: Int32Builder::with_capacity(rows),
-            icmp_code: Int32Builder::with_capacity(rows),
-            src: PodColumns::with_capacity(rows),
-            dst: PodColumns::with_capacity(rows),
-            verdict: strings(5),
-            verdict_reason: strings(16),
-            policy_namespace: strings(8),
-            policy_name: strings(16),
-            policy_rule: Int32Builder::with_capacity(rows),
-            enforcement_mode: strings(7),
-            events: Int64Builder::with_capacity(rows),
-            skipped_events: Int64Builder::with_capacity(rows),
-            loss_source: strings(0),
-            node: strings(16),
-            cluster: strings(8),
-            isolation_action: strings(0),
-            isolation_actor: strings(0),
-            isolation_reason: strings(0),
-            isolation_detail: strings(0),
-            svc_namespace: strings(0),
-            svc_name: strings(0),
-            svc_addr: strings(0),
-            svc_port: Int32Builder::with_capacity(rows),
-            endpoint_interface: strings(16),
-            endpoint_eni: strings(8),
-            policy_tier: strings(8),
-            policy_kind: strings(13),
-            policy_action: strings(5),
-            policy_version: strings(8),
-            isolating_policies: ListBuilder::with_capacity(StringBuilder::new(), rows)
-                .with_field(list_items()),
+/// The policies that isolated the deciding endpoint, for a denial for want of a matching
+/// rule (null otherwise, or when none are known).
+fn isolating_policies(records: &[FlowRecord]) -> ArrayRef {
+    let mut list =
+        ListBuilder::with_capacity(StringBuilder::new(), records.len()).with_field(list_items());
+    for record in records {
+        match flow(record) {
+            Some(flow) if flow.reason == Reason::IsolatedNoMatch && !flow.isolating.is_empty() => {
+                for name in flow.isolating.iter() {
+                    list.values().append_value(name);
+                }
+                list.append(true);
+            }
+            _ => list.append_null(),
         }
     }
-
-    fn push(&mut self, record: &FlowRecord, node: &str, cluster: &str) {
-        self.version.append_value(FLOW_RECORD_VERSION);
-        self.start.append_value(clamp(record.start_s));
-        self.end.append_value(clamp(record.end_s));
-        self.node.append_value(node);
-        self.cluster.append_value(cluster);
-        match &record.body {
-            RecordBody::Flow(flow) => self.push_flow(flow, node),
-            RecordBody::Loss(span) => self.push_loss(span),
-            RecordBody::Isolation(isolation) => self.push_isolation(isolation),
-        }
-    }
-
-    /// The `svc_*` columns: the Service a flow was addressed to with its ClusterIP and port
-    /// (the flow's destination), or nulls.
-    fn push_service(&mut self, service: Option<(&ServiceIdentity, IpAddr, u16)>) {
-        match service {
-            Some((service, addr, port)) => {
-                self.svc_namespace.append_value(&service.namespace);
-                self.svc_name.append_value(&service.name);
-                append_address(&mut self.svc_addr, addr);
-                self.svc_port.append_value(i32::from(port));
-            }
-            None => {
-                self.svc_namespace.append_null();
-                self.svc_name.append_null();
-                self.svc_addr.append_null();
-                self.svc_port.append_null();
-            }
-        }
-    }
-
-    /// The `endpoint_*` columns: the deciding endpoint's interface, or nulls.
-    fn push_interface(&mut self, interface: Option<&EndpointInterface>) {
-        match interface {
-            Some(interface) => {
-                self.endpoint_interface.append_value(&interface.name);
-                self.endpoint_eni.append_value(interface.eni.name());
-            }
-            None => {
-                self.endpoint_interface.append_null();
-                self.endpoint_eni.append_null();
-            }
-        }
-    }
-
-    /// The `isolation_*` columns of a record that is not an isolation record.
-    fn push_no_isolation(&mut self) {
-        self.isolation_action.append_null();
-        self.isolation_actor.append_null();
-        self.isolation_reason.append_null();
-        self.isolation_detail.append_null();
-    }
-
-    fn push_flow(&mut self, flow: &Flow, node: &str) {
-        append_address(&mut self.srcaddr, flow.src);
-        append_address(&mut self.dstaddr, flow.dst);
-        self.srcport.append_value(i32::from(flow.src_port));
-        self.dstport.append_value(i32::from(flow.dst_port));
-        self.protocol.append_value(i32::from(flow.protocol));
-        self.packets.append_value(clamp(flow.packets));
-        self.bytes.append_value(clamp(flow.bytes));
-        self.action.append_value(if flow.verdict.passes() {
-            "ACCEPT"
-        } else {
-            "REJECT"
-        });
-        self.log_status.append_value("OK");
-        self.flow_direction.append_value(flow.direction.name());
-        self.tcp_flags.append_value(i32::from(flow.tcp_flags));
-        self.icmp_type
-            .append_option(flow.icmp.map(|(t, _)| i32::from(t)));
-        self.icmp_code
-            .append_option(flow.icmp.map(|(_, c)| i32::from(c)));
-        self.src.push_holder(flow.src_holder.as_ref(), node);
-        self.dst.push_holder(flow.dst_holder.as_ref(), node);
-        self.verdict.append_value(flow.verdict.name());
-        self.verdict_reason.append_value(flow.reason.name());
-        match flow.rule.as_deref() {
-            Some(named) => {
-                let rule = &named.rule;
-                self.policy_namespace.append_option(rule.policy_namespace());
-                self.policy_name.append_value(&rule.policy);
-                self.policy_rule
-                    .append_value(i32::try_from(rule.index).unwrap_or(i32::MAX));
-            }
-            None => {
-                self.policy_namespace.append_null();
-                self.policy_name.append_null();
-                self.policy_rule.append_null();
-            }
-        }
-        self.enforcement_mode
-            .append_value(if flow.audit { "audit" } else { "enforce" });
-        self.events.append_value(clamp(flow.events));
-        self.skipped_events.append_null();
-        self.loss_source.append_null();
-        self.push_no_isolation();
-        self.push_service(
-            flow.service
-                .as_deref()
-                .map(|service| (service, flow.dst, flow.dst_port)),
-        );
-        self.push_interface(flow.interface.as_deref());
-        self.push_trace(flow);
-    }
-
-    /// The decision trace: the deciding rule's tier, kind, action and policy version, and the
-    /// policies that isolated the pod when no rule matched.
-    fn push_trace(&mut self, flow: &Flow) {
-        let tier = match (flow.rule.as_deref(), flow.reason) {
-            (Some(named), _) => Some(named.tier),
-            (None, Reason::IsolatedNoMatch) => Some(PolicyTier::NetworkPolicy),
-            (None, _) => None,
-        };
-        self.policy_tier.append_option(tier.map(PolicyTier::name));
-        match flow.rule.as_deref() {
-            Some(named) => {
-                self.policy_kind.append_value(named.rule.kind().name());
-                self.policy_action.append_value(named.action.name());
-                self.policy_version.append_value(&named.version);
-            }
-            None => {
-                self.policy_kind.append_null();
-                self.policy_action.append_null();
-                self.policy_version.append_null();
-            }
-        }
-        if flow.reason == Reason::IsolatedNoMatch && !flow.isolating.is_empty() {
-            for name in flow.isolating.iter() {
-                self.isolating_policies.values().append_value(name);
-            }
-            self.isolating_policies.append(true);
-        } else {
-            self.isolating_policies.append_null();
-        }
-    }
-
-    /// The trace columns of a record that is not a flow (an isolation record names its
-    /// policy's kind).
-    fn push_no_trace(&mut self, kind: Option<&str>) {
-        self.policy_tier.append_null();
-        self.policy_kind.append_option(kind);
-        self.policy_action.append_null();
-        self.policy_version.append_null();
-        self.isolating_policies.append_null();
-    }
-
-    /// The flow columns of a record that is not a flow: null, except those a loss or an
-    /// isolation record sets itself (source address and pod, policy, enforcement mode).
-    fn push_not_a_flow(&mut self) {
-        self.dstaddr.append_null();
-        self.srcport.append_null();
-        self.dstport.append_null();
-        self.protocol.append_null();
-        self.packets.append_null();
-        self.bytes.append_null();
-        self.action.append_null();
-        self.flow_direction.append_null();
-        self.tcp_flags.append_null();
-        self.icmp_type.append_null();
-        self.icmp_code.append_null();
-        self.dst.push(None);
-        self.verdict.append_null();
-        self.verdict_reason.append_null();
-        self.policy_rule.append_null();
-        self.events.append_value(0);
-        self.push_service(None);
-        self.push_interface(None);
-    }
-
-    fn push_loss(&mut self, span: &LossSpan) {
-        self.push_not_a_flow();
-        self.srcaddr.append_null();
-        self.log_status.append_value("SKIPDATA");
-        self.src.push(None);
-        self.policy_namespace.append_null();
-        self.policy_name.append_null();
-        self.enforcement_mode.append_null();
-        self.skipped_events.append_option(span.events.map(clamp));
-        self.loss_source.append_value(span.source.name());
-        self.push_no_isolation();
-        self.push_no_trace(None);
-    }
-
-    fn push_isolation(&mut self, isolation: &Isolation) {
-        self.push_not_a_flow();
-        match isolation.address {
-            Some(address) => append_address(&mut self.srcaddr, address),
-            None => self.srcaddr.append_null(),
-        }
-        self.log_status.append_value("ISOLATION");
-        self.src.push(Some(&isolation.pod));
-        self.policy_namespace
-            .append_option(isolation.policy_namespace.as_deref());
-        self.policy_name.append_value(&isolation.policy_name);
-        self.enforcement_mode.append_value("enforce");
-        self.skipped_events.append_null();
-        self.loss_source.append_null();
-        self.isolation_action.append_value(isolation.action.name());
-        self.isolation_actor.append_value(&isolation.actor);
-        self.isolation_reason.append_value(&isolation.reason);
-        self.isolation_detail.append_value(&isolation.detail);
-        self.push_no_trace(Some(&isolation.policy_kind));
-    }
-
-    /// The arrays in [`COLUMNS`] order.
-    fn finish(mut self) -> Vec<ArrayRef> {
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
-        arrays.push(Arc::new(self.version.finish()));
-        arrays.push(Arc::new(self.srcaddr.finish()));
-        arrays.push(Arc::new(self.dstaddr.finish()));
-        arrays.push(Arc::new(self.srcport.finish()));
-        arrays.push(Arc::new(self.dstport.finish()));
-        arrays.push(Arc::new(self.protocol.finish()));
-        arrays.push(Arc::new(self.packets.finish()));
-        arrays.push(Arc::new(self.bytes.finish()));
-        arrays.push(Arc::new(self.start.finish()));
-        arrays.push(Arc::new(self.end.finish()));
-        arrays.push(Arc::new(self.action.finish()));
-        arrays.push(Arc::new(self.log_status.finish()));
-        arrays.push(Arc::new(self.flow_direction.finish()));
-        arrays.push(Arc::new(self.tcp_flags.finish()));
-        arrays.push(Arc::new(self.icmp_type.finish()));
-        arrays.push(Arc::new(self.icmp_code.finish()));
-        self.src.finish(&mut arrays);
-        self.dst.finish(&mut arrays);
-        arrays.push(Arc::new(self.verdict.finish()));
-        arrays.push(Arc::new(self.verdict_reason.finish()));
-        arrays.push(Arc::new(self.policy_namespace.finish()));
-        arrays.push(Arc::new(self.policy_name.finish()));
-        arrays.push(Arc::new(self.policy_rule.finish()));
-        arrays.push(Arc::new(self.enforcement_mode.finish()));
-        arrays.push(Arc::new(self.events.finish()));
-        arrays.push(Arc::new(self.skipped_events.finish()));
-        arrays.push(Arc::new(self.loss_source.finish()));
-        arrays.push(Arc::new(self.node.finish()));
-        arrays.push(Arc::new(self.cluster.finish()));
-        arrays.push(Arc::new(self.isolation_action.finish()));
-        arrays.push(Arc::new(self.isolation_actor.finish()));
-        arrays.push(Arc::new(self.isolation_reason.finish()));
-        arrays.push(Arc::new(self.isolation_detail.finish()));
-        arrays.push(Arc::new(self.svc_namespace.finish()));
-        arrays.push(Arc::new(self.svc_name.finish()));
-        arrays.push(Arc::new(self.svc_addr.finish()));
-        arrays.push(Arc::new(self.svc_port.finish()));
-        arrays.push(Arc::new(self.endpoint_interface.finish()));
-        arrays.push(Arc::new(self.endpoint_eni.finish()));
-        arrays.push(Arc::new(self.policy_tier.finish()));
-        arrays.push(Arc::new(self.policy_kind.finish()));
-        arrays.push(Arc::new(self.policy_action.finish()));
-        arrays.push(Arc::new(self.policy_version.finish()));
-        arrays.push(Arc::new(self.isolating_policies.finish()));
-        arrays
-    }
+    Arc::new(list.finish())
 }
 
 /// A count as Athena's `bigint` (counts never reach 2^63; saturate rather than wrap).
