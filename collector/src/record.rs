@@ -3,12 +3,13 @@
 //! The aggregator produces [`FlowRecord`]s (a flow, or a loss span), `tollgate quarantine` an
 //! isolation record (an [`Isolation`]); [`encode`] lays a slice of
 //! them out as one [`RecordBatch`] of the schema `tollgate_schemas::record` defines, column by
-//! column in [`COLUMNS`] order: each column is one pass over the records into its own builder,
-//! with no intermediate row per record, and a column that no record of the batch has a value
-//! for is a null array made at once. Addresses are written as text straight into their
-//! column (the previous row's text is reused when the address repeats). The schema is checked
-//! against the columns at every call: a column added to the schema but not here fails loudly
-//! instead of writing a wrong file.
+//! column in [`COLUMNS`] order, a chunk of records at a time: for each chunk, each column is
+//! one pass over its records into the column's own builder, with no intermediate row per
+//! record (the chunk stays in the CPU's cache from the first column to the last), and rows of
+//! a chunk none of which has a value in a column are appended to it as nulls at once.
+//! Addresses are written as text straight into their column (the previous row's text is
+//! reused when the address repeats). The schema is checked against the columns at every call:
+//! a column added to the schema but not here fails loudly instead of writing a wrong file.
 //!
 //! An end of a flow held by the node itself is written as `Node/<node>` in its workload
 //! column (the record's own `node`: the addresses are the deciding node's), its other pod
@@ -20,11 +21,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, Int32Array, Int64Array, RecordBatch,
-    builder::{ListBuilder, MapBuilder, MapFieldNames, StringBuilder},
-    new_null_array,
+    ArrayRef, RecordBatch,
+    builder::{Int32Builder, Int64Builder, ListBuilder, MapBuilder, MapFieldNames, StringBuilder},
 };
-use arrow_schema::{ArrowError, DataType, SchemaRef};
+use arrow_schema::{ArrowError, SchemaRef};
 use tollgate_enforcer::desired::{NamedRule, PolicyTier};
 use tollgate_schemas::{
     Direction, Reason, Verdict,
@@ -196,9 +196,6 @@ impl FlowRecord {
 }
 
 /// The record batch of `records`, written by `node` of `cluster`.
-///
-/// Column by column: each column is one pass over `records` into one builder, with no
-/// intermediate row; a column with no value in the batch is one null array.
 pub fn encode(
     records: &[FlowRecord],
     node: &str,
@@ -206,124 +203,17 @@ pub fn encode(
     schema: &SchemaRef,
 ) -> Result<RecordBatch, ArrowError> {
     let node_workload = format!("Node/{node}");
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
-    arrays.push(int32(records, |_| Some(FLOW_RECORD_VERSION)));
-    arrays.push(addresses(records, |r| match &r.body {
-        RecordBody::Flow(flow) => Some(flow.src),
-        RecordBody::Loss(_) => None,
-        RecordBody::Isolation(isolation) => isolation.address,
-    }));
-    arrays.push(addresses(records, |r| flow(r).map(|f| f.dst)));
-    arrays.push(int32(records, |r| flow(r).map(|f| i32::from(f.src_port))));
-    arrays.push(int32(records, |r| flow(r).map(|f| i32::from(f.dst_port))));
-    arrays.push(int32(records, |r| flow(r).map(|f| i32::from(f.protocol))));
-    arrays.push(int64(records, |r| flow(r).map(|f| clamp(f.packets))));
-    arrays.push(int64(records, |r| flow(r).map(|f| clamp(f.bytes))));
-    arrays.push(int64(records, |r| Some(clamp(r.start_s))));
-    arrays.push(int64(records, |r| Some(clamp(r.end_s))));
-    arrays.push(strings(records, |r| {
-        flow(r).map(|f| {
-            if f.verdict.passes() {
-                "ACCEPT"
-            } else {
-                "REJECT"
-            }
-        })
-    }));
-    arrays.push(strings(records, |r| {
-        Some(match &r.body {
-            RecordBody::Flow(_) => "OK",
-            RecordBody::Loss(_) => "SKIPDATA",
-            RecordBody::Isolation(_) => "ISOLATION",
-        })
-    }));
-    arrays.push(strings(records, |r| flow(r).map(|f| f.direction.name())));
-    arrays.push(int32(records, |r| flow(r).map(|f| i32::from(f.tcp_flags))));
-    arrays.push(int32(records, |r| {
-        flow(r).and_then(|f| f.icmp).map(|(t, _)| i32::from(t))
-    }));
-    arrays.push(int32(records, |r| {
-        flow(r).and_then(|f| f.icmp).map(|(_, c)| i32::from(c))
-    }));
-    pod_columns(records, &node_workload, &mut arrays, |r| match &r.body {
-        RecordBody::Flow(flow) => End::of(flow.src_holder.as_ref()),
-        RecordBody::Loss(_) => End::Unknown,
-        RecordBody::Isolation(isolation) => End::Pod(&isolation.pod),
-    });
-    pod_columns(records, &node_workload, &mut arrays, |r| {
-        flow(r).map_or(End::Unknown, |f| End::of(f.dst_holder.as_ref()))
-    });
-    arrays.push(strings(records, |r| flow(r).map(|f| f.verdict.name())));
-    arrays.push(strings(records, |r| flow(r).map(|f| f.reason.name())));
-    arrays.push(strings(records, |r| match &r.body {
-        RecordBody::Flow(flow) => rule(flow).and_then(|rule| rule.rule.policy_namespace()),
-        RecordBody::Loss(_) => None,
-        RecordBody::Isolation(isolation) => isolation.policy_namespace.as_deref(),
-    }));
-    arrays.push(strings(records, |r| match &r.body {
-        RecordBody::Flow(flow) => rule(flow).map(|rule| rule.rule.policy.as_str()),
-        RecordBody::Loss(_) => None,
-        RecordBody::Isolation(isolation) => Some(&isolation.policy_name),
-    }));
-    arrays.push(int32(records, |r| {
-        flow(r)
-            .and_then(rule)
-            .map(|rule| i32::try_from(rule.rule.index).unwrap_or(i32::MAX))
-    }));
-    arrays.push(strings(records, |r| match &r.body {
-        RecordBody::Flow(flow) => Some(if flow.audit { "audit" } else { "enforce" }),
-        RecordBody::Loss(_) => None,
-        RecordBody::Isolation(_) => Some("enforce"),
-    }));
-    arrays.push(int64(records, |r| Some(clamp(r.events()))));
-    arrays.push(int64(records, |r| match &r.body {
-        RecordBody::Loss(span) => span.events.map(clamp),
-        RecordBody::Flow(_) | RecordBody::Isolation(_) => None,
-    }));
-    arrays.push(strings(records, |r| {
-        r.loss_span().map(|span| span.source.name())
-    }));
-    arrays.push(strings(records, |_| Some(node)));
-    arrays.push(strings(records, |_| Some(cluster)));
-    arrays.push(strings(records, |r| isolation(r).map(|i| i.action.name())));
-    arrays.push(strings(records, |r| isolation(r).map(|i| i.actor.as_str())));
-    arrays.push(strings(records, |r| {
-        isolation(r).map(|i| i.reason.as_str())
-    }));
-    arrays.push(strings(records, |r| {
-        isolation(r).map(|i| i.detail.as_str())
-    }));
-    arrays.push(strings(records, |r| {
-        service(r).map(|(service, _)| service.namespace.as_str())
-    }));
-    arrays.push(strings(records, |r| {
-        service(r).map(|(service, _)| service.name.as_str())
-    }));
-    arrays.push(addresses(records, |r| service(r).map(|(_, flow)| flow.dst)));
-    arrays.push(int32(records, |r| {
-        service(r).map(|(_, flow)| i32::from(flow.dst_port))
-    }));
-    arrays.push(strings(records, |r| {
-        interface(r).map(|interface| interface.name.as_str())
-    }));
-    arrays.push(strings(records, |r| {
-        interface(r).map(|interface| interface.eni.name())
-    }));
-    arrays.push(strings(records, |r| {
-        flow(r).and_then(tier).map(PolicyTier::name)
-    }));
-    arrays.push(strings(records, |r| match &r.body {
-        RecordBody::Flow(flow) => rule(flow).map(|rule| rule.rule.kind().name()),
-        RecordBody::Loss(_) => None,
-        RecordBody::Isolation(isolation) => Some(&isolation.policy_kind),
-    }));
-    arrays.push(strings(records, |r| {
-        flow(r).and_then(rule).map(|rule| rule.action.name())
-    }));
-    arrays.push(strings(records, |r| {
-        flow(r).and_then(rule).map(|rule| rule.version.as_str())
-    }));
-    arrays.push(isolating_policies(records));
+    let mut columns = Columns::new(records.len());
+    let mut rest = records;
+    loop {
+        let (chunk, next) = rest.split_at(rest.len().min(CHUNK_ROWS));
+        columns.append(chunk, node, cluster, &node_workload);
+        if next.is_empty() {
+            break;
+        }
+        rest = next;
+    }
+    let arrays = columns.finish()?;
     if arrays.len() != COLUMNS.len() {
         return Err(ArrowError::SchemaError(format!(
             "the encoder builds {} columns, the record schema has {}",
@@ -337,6 +227,345 @@ pub fn encode(
 /// The flow record's Arrow schema, shared.
 pub fn schema() -> SchemaRef {
     Arc::new(arrow_schema())
+}
+
+/// Records encoded per pass: every column takes these rows before the next ones, so that
+/// their records stay in the CPU's cache from the first column to the last.
+const CHUNK_ROWS: usize = 1024;
+
+/// One column's builder.
+enum Builder {
+    Int32(Int32Builder),
+    Int64(Int64Builder),
+    Utf8(StringBuilder),
+    Map(MapBuilder<StringBuilder, StringBuilder>),
+    List(ListBuilder<StringBuilder>),
+}
+
+/// The columns' builders. Each chunk of records goes through the same sequence of column
+/// calls ([`Columns::append`], in [`COLUMNS`] order), which finds each column's builder by
+/// its place in the sequence; the first chunk makes the builders.
+struct Columns {
+    rows: usize,
+    builders: Vec<Builder>,
+    /// The place of the next column call in the sequence.
+    next: usize,
+    /// A call found another type of builder in its place (a bug of the sequence).
+    mismatch: bool,
+    text: AddressText,
+}
+
+impl Columns {
+    fn new(rows: usize) -> Self {
+        Self {
+            rows,
+            builders: Vec::with_capacity(COLUMNS.len()),
+            next: 0,
+            mismatch: false,
+            text: AddressText::default(),
+        }
+    }
+
+    /// The builder of the next column call, made by `new` (given the rows) at the first chunk.
+    fn slot(&mut self, new: impl FnOnce(usize) -> Builder) -> Option<&mut Builder> {
+        slot(&mut self.builders, &mut self.next, self.rows, new)
+    }
+
+    /// Every column of `chunk`'s rows.
+    fn append(&mut self, chunk: &[FlowRecord], node: &str, cluster: &str, node_workload: &str) {
+        self.next = 0;
+        self.int32(chunk, |_| Some(FLOW_RECORD_VERSION));
+        self.addresses(chunk, |r| match &r.body {
+            RecordBody::Flow(flow) => Some(flow.src),
+            RecordBody::Loss(_) => None,
+            RecordBody::Isolation(isolation) => isolation.address,
+        });
+        self.addresses(chunk, |r| flow(r).map(|f| f.dst));
+        self.int32(chunk, |r| flow(r).map(|f| i32::from(f.src_port)));
+        self.int32(chunk, |r| flow(r).map(|f| i32::from(f.dst_port)));
+        self.int32(chunk, |r| flow(r).map(|f| i32::from(f.protocol)));
+        self.int64(chunk, |r| flow(r).map(|f| clamp(f.packets)));
+        self.int64(chunk, |r| flow(r).map(|f| clamp(f.bytes)));
+        self.int64(chunk, |r| Some(clamp(r.start_s)));
+        self.int64(chunk, |r| Some(clamp(r.end_s)));
+        self.strings(chunk, |r| {
+            flow(r).map(|f| {
+                if f.verdict.passes() {
+                    "ACCEPT"
+                } else {
+                    "REJECT"
+                }
+            })
+        });
+        self.strings(chunk, |r| {
+            Some(match &r.body {
+                RecordBody::Flow(_) => "OK",
+                RecordBody::Loss(_) => "SKIPDATA",
+                RecordBody::Isolation(_) => "ISOLATION",
+            })
+        });
+        self.strings(chunk, |r| flow(r).map(|f| f.direction.name()));
+        self.int32(chunk, |r| flow(r).map(|f| i32::from(f.tcp_flags)));
+        self.int32(chunk, |r| {
+            flow(r).and_then(|f| f.icmp).map(|(t, _)| i32::from(t))
+        });
+        self.int32(chunk, |r| {
+            flow(r).and_then(|f| f.icmp).map(|(_, c)| i32::from(c))
+        });
+        self.pod_columns(chunk, node_workload, |r| match &r.body {
+            RecordBody::Flow(flow) => End::of(flow.src_holder.as_ref()),
+            RecordBody::Loss(_) => End::Unknown,
+            RecordBody::Isolation(isolation) => End::Pod(&isolation.pod),
+        });
+        self.pod_columns(chunk, node_workload, |r| {
+            flow(r).map_or(End::Unknown, |f| End::of(f.dst_holder.as_ref()))
+        });
+        self.strings(chunk, |r| flow(r).map(|f| f.verdict.name()));
+        self.strings(chunk, |r| flow(r).map(|f| f.reason.name()));
+        self.strings(chunk, |r| match &r.body {
+            RecordBody::Flow(flow) => rule(flow).and_then(|rule| rule.rule.policy_namespace()),
+            RecordBody::Loss(_) => None,
+            RecordBody::Isolation(isolation) => isolation.policy_namespace.as_deref(),
+        });
+        self.strings(chunk, |r| match &r.body {
+            RecordBody::Flow(flow) => rule(flow).map(|rule| rule.rule.policy.as_str()),
+            RecordBody::Loss(_) => None,
+            RecordBody::Isolation(isolation) => Some(&isolation.policy_name),
+        });
+        self.int32(chunk, |r| {
+            flow(r)
+                .and_then(rule)
+                .map(|rule| i32::try_from(rule.rule.index).unwrap_or(i32::MAX))
+        });
+        self.strings(chunk, |r| match &r.body {
+            RecordBody::Flow(flow) => Some(if flow.audit { "audit" } else { "enforce" }),
+            RecordBody::Loss(_) => None,
+            RecordBody::Isolation(_) => Some("enforce"),
+        });
+        self.int64(chunk, |r| Some(clamp(r.events())));
+        self.int64(chunk, |r| match &r.body {
+            RecordBody::Loss(span) => span.events.map(clamp),
+            RecordBody::Flow(_) | RecordBody::Isolation(_) => None,
+        });
+        self.strings(chunk, |r| r.loss_span().map(|span| span.source.name()));
+        self.strings(chunk, |_| Some(node));
+        self.strings(chunk, |_| Some(cluster));
+        self.strings(chunk, |r| isolation(r).map(|i| i.action.name()));
+        self.strings(chunk, |r| isolation(r).map(|i| i.actor.as_str()));
+        self.strings(chunk, |r| isolation(r).map(|i| i.reason.as_str()));
+        self.strings(chunk, |r| isolation(r).map(|i| i.detail.as_str()));
+        self.strings(chunk, |r| {
+            service(r).map(|(service, _)| service.namespace.as_str())
+        });
+        self.strings(chunk, |r| {
+            service(r).map(|(service, _)| service.name.as_str())
+        });
+        self.addresses(chunk, |r| service(r).map(|(_, flow)| flow.dst));
+        self.int32(chunk, |r| {
+            service(r).map(|(_, flow)| i32::from(flow.dst_port))
+        });
+        self.strings(chunk, |r| {
+            interface(r).map(|interface| interface.name.as_str())
+        });
+        self.strings(chunk, |r| {
+            interface(r).map(|interface| interface.eni.name())
+        });
+        self.strings(chunk, |r| flow(r).and_then(tier).map(PolicyTier::name));
+        self.strings(chunk, |r| match &r.body {
+            RecordBody::Flow(flow) => rule(flow).map(|rule| rule.rule.kind().name()),
+            RecordBody::Loss(_) => None,
+            RecordBody::Isolation(isolation) => Some(&isolation.policy_kind),
+        });
+        self.strings(chunk, |r| {
+            flow(r).and_then(rule).map(|rule| rule.action.name())
+        });
+        self.strings(chunk, |r| {
+            flow(r).and_then(rule).map(|rule| rule.version.as_str())
+        });
+        self.isolating_policies(chunk);
+    }
+
+    /// The arrays, in the sequence's order.
+    fn finish(self) -> Result<Vec<ArrayRef>, ArrowError> {
+        if self.mismatch {
+            return Err(ArrowError::SchemaError(
+                "the encoder's columns changed type from one chunk to the next".to_owned(),
+            ));
+        }
+        Ok(self
+            .builders
+            .into_iter()
+            .map(|builder| -> ArrayRef {
+                match builder {
+                    Builder::Int32(mut b) => Arc::new(b.finish()),
+                    Builder::Int64(mut b) => Arc::new(b.finish()),
+                    Builder::Utf8(mut b) => Arc::new(b.finish()),
+                    Builder::Map(mut b) => Arc::new(b.finish()),
+                    Builder::List(mut b) => Arc::new(b.finish()),
+                }
+            })
+            .collect())
+    }
+
+    /// An `int` column.
+    fn int32(&mut self, chunk: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<i32>) {
+        match self.slot(|rows| Builder::Int32(Int32Builder::with_capacity(rows))) {
+            Some(Builder::Int32(builder)) => {
+                for record in chunk {
+                    builder.append_option(value(record));
+                }
+            }
+            _ => self.mismatch = true,
+        }
+    }
+
+    /// A `bigint` column.
+    fn int64(&mut self, chunk: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<i64>) {
+        match self.slot(|rows| Builder::Int64(Int64Builder::with_capacity(rows))) {
+            Some(Builder::Int64(builder)) => {
+                for record in chunk {
+                    builder.append_option(value(record));
+                }
+            }
+            _ => self.mismatch = true,
+        }
+    }
+
+    /// A `string` column; rows none of which has a value are appended as nulls at once.
+    fn strings<'a>(
+        &mut self,
+        chunk: &'a [FlowRecord],
+        value: impl Fn(&'a FlowRecord) -> Option<&'a str>,
+    ) {
+        let new = |rows| Builder::Utf8(StringBuilder::with_capacity(rows, rows * 8));
+        match self.slot(new) {
+            Some(Builder::Utf8(builder)) => {
+                if chunk.iter().all(|r| value(r).is_none()) {
+                    builder.append_nulls(chunk.len());
+                    return;
+                }
+                for record in chunk {
+                    builder.append_option(value(record));
+                }
+            }
+            _ => self.mismatch = true,
+        }
+    }
+
+    /// A column of addresses as text.
+    fn addresses(&mut self, chunk: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<IpAddr>) {
+        let new = |rows| Builder::Utf8(StringBuilder::with_capacity(rows, rows * 15));
+        match slot(&mut self.builders, &mut self.next, self.rows, new) {
+            Some(Builder::Utf8(builder)) => {
+                if chunk.iter().all(|r| value(r).is_none()) {
+                    builder.append_nulls(chunk.len());
+                    return;
+                }
+                for record in chunk {
+                    match value(record) {
+                        Some(address) => builder.append_value(self.text.of(address)),
+                        None => builder.append_null(),
+                    }
+                }
+            }
+            _ => self.mismatch = true,
+        }
+    }
+
+    /// The four columns of one side's pod: namespace, pod, workload and labels.
+    fn pod_columns<'a>(
+        &mut self,
+        chunk: &'a [FlowRecord],
+        node_workload: &'a str,
+        end: impl Fn(&'a FlowRecord) -> End<'a>,
+    ) {
+        self.strings(chunk, |r| end(r).pod().map(|pod| pod.namespace.as_str()));
+        self.strings(chunk, |r| end(r).pod().map(|pod| pod.name.as_str()));
+        self.strings(chunk, |r| match end(r) {
+            End::Pod(pod) => Some(pod.workload.as_str()),
+            End::Node => Some(node_workload),
+            End::Unknown => None,
+        });
+        let new = |rows| {
+            let names = MapFieldNames {
+                entry: "entries".to_owned(),
+                key: "key".to_owned(),
+                value: "value".to_owned(),
+            };
+            Builder::Map(MapBuilder::with_capacity(
+                Some(names),
+                StringBuilder::new(),
+                StringBuilder::new(),
+                rows,
+            ))
+        };
+        match self.slot(new) {
+            Some(Builder::Map(labels)) => {
+                for record in chunk {
+                    match end(record).pod() {
+                        Some(pod) => {
+                            for (key, value) in pod.labels.iter() {
+                                labels.keys().append_value(key);
+                                labels.values().append_value(value);
+                            }
+                            // The entry counts always match: keys and values are appended in
+                            // pairs.
+                            let _ = labels.append(true);
+                        }
+                        None => {
+                            let _ = labels.append(false);
+                        }
+                    }
+                }
+            }
+            _ => self.mismatch = true,
+        }
+    }
+
+    /// The policies that isolated the deciding endpoint, for a denial for want of a matching
+    /// rule (null otherwise, or when none are known).
+    fn isolating_policies(&mut self, chunk: &[FlowRecord]) {
+        let new = |rows| {
+            Builder::List(
+                ListBuilder::with_capacity(StringBuilder::new(), rows).with_field(list_items()),
+            )
+        };
+        match self.slot(new) {
+            Some(Builder::List(list)) => {
+                for record in chunk {
+                    match flow(record) {
+                        Some(flow)
+                            if flow.reason == Reason::IsolatedNoMatch
+                                && !flow.isolating.is_empty() =>
+                        {
+                            for name in flow.isolating.iter() {
+                                list.values().append_value(name);
+                            }
+                            list.append(true);
+                        }
+                        _ => list.append_null(),
+                    }
+                }
+            }
+            _ => self.mismatch = true,
+        }
+    }
+}
+
+/// The builder at place `next` of `builders` (made by `new`, given `rows`, when `builders`
+/// ends there); `next` moves on.
+fn slot<'b>(
+    builders: &'b mut Vec<Builder>,
+    next: &mut usize,
+    rows: usize,
+    new: impl FnOnce(usize) -> Builder,
+) -> Option<&'b mut Builder> {
+    let place = *next;
+    *next += 1;
+    if place == builders.len() {
+        builders.push(new(rows));
+    }
+    builders.get_mut(place)
 }
 
 /// The flow of a flow record.
@@ -379,47 +608,6 @@ fn tier(flow: &Flow) -> Option<PolicyTier> {
         (None, Reason::IsolatedNoMatch) => Some(PolicyTier::NetworkPolicy),
         (None, _) => None,
     }
-}
-
-/// An `int` column.
-fn int32(records: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<i32>) -> ArrayRef {
-    Arc::new(records.iter().map(value).collect::<Int32Array>())
-}
-
-/// A `bigint` column.
-fn int64(records: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<i64>) -> ArrayRef {
-    Arc::new(records.iter().map(value).collect::<Int64Array>())
-}
-
-/// A `string` column.
-fn strings<'a>(
-    records: &'a [FlowRecord],
-    value: impl Fn(&'a FlowRecord) -> Option<&'a str>,
-) -> ArrayRef {
-    if records.iter().all(|r| value(r).is_none()) {
-        return new_null_array(&DataType::Utf8, records.len());
-    }
-    let mut builder = StringBuilder::with_capacity(records.len(), records.len() * 8);
-    for record in records {
-        builder.append_option(value(record));
-    }
-    Arc::new(builder.finish())
-}
-
-/// A column of addresses as text.
-fn addresses(records: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<IpAddr>) -> ArrayRef {
-    if records.iter().all(|r| value(r).is_none()) {
-        return new_null_array(&DataType::Utf8, records.len());
-    }
-    let mut builder = StringBuilder::with_capacity(records.len(), records.len() * 15);
-    let mut text = AddressText::default();
-    for record in records {
-        match value(record) {
-            Some(address) => builder.append_value(text.of(address)),
-            None => builder.append_null(),
-        }
-    }
-    Arc::new(builder.finish())
 }
 
 /// An address's text (as `Display` writes it), kept for the next row: a flow log's
@@ -493,73 +681,35 @@ impl<'a> End<'a> {
     }
 }
 
-/// The four columns of one side's pod: namespace, pod, workload and labels.
-fn pod_columns<'a>(
-    records: &'a [FlowRecord],
-    node_workload: &'a str,
-    arrays: &mut Vec<ArrayRef>,
-    end: impl Fn(&'a FlowRecord) -> End<'a>,
-) {
-    arrays.push(strings(records, |r| {
-        end(r).pod().map(|pod| pod.namespace.as_str())
-    }));
-    arrays.push(strings(records, |r| {
-        end(r).pod().map(|pod| pod.name.as_str())
-    }));
-    arrays.push(strings(records, |r| match end(r) {
-        End::Pod(pod) => Some(pod.workload.as_str()),
-        End::Node => Some(node_workload),
-        End::Unknown => None,
-    }));
-    let names = MapFieldNames {
-        entry: "entries".to_owned(),
-        key: "key".to_owned(),
-        value: "value".to_owned(),
-    };
-    let mut labels = MapBuilder::with_capacity(
-        Some(names),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        records.len(),
-    );
-    for record in records {
-        match end(record).pod() {
-            Some(pod) => {
-                for (key, value) in pod.labels.iter() {
-                    labels.keys().append_value(key);
-                    labels.values().append_value(value);
-                }
-                // The entry counts always match: keys and values are appended in pairs.
-                let _ = labels.append(true);
-            }
-            None => {
-                let _ = labels.append(false);
-            }
-        }
-    }
-    arrays.push(Arc::new(labels.finish()));
-}
-
-/// The policies that isolated the deciding endpoint, for a denial for want of a matching
-/// rule (null otherwise, or when none are known).
-fn isolating_policies(records: &[FlowRecord]) -> ArrayRef {
-    let mut list =
-        ListBuilder::with_capacity(StringBuilder::new(), records.len()).with_field(list_items());
-    for record in records {
-        match flow(record) {
-            Some(flow) if flow.reason == Reason::IsolatedNoMatch && !flow.isolating.is_empty() => {
-                for name in flow.isolating.iter() {
-                    list.values().append_value(name);
-                }
-                list.append(true);
-            }
-            _ => list.append_null(),
-        }
-    }
-    Arc::new(list.finish())
-}
-
 /// A count as Athena's `bigint` (counts never reach 2^63; saturate rather than wrap).
 fn clamp(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_text_is_what_display_writes() {
+        let mut text = AddressText::default();
+        let addresses = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.0.1",
+            "10.0.0.1",
+            "99.100.109.110",
+            "198.18.1.255",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:10.0.0.1",
+            "fd00:10:244::1f",
+            "2001:db8::8a2e:370:7334",
+        ];
+        for address in addresses {
+            let address: IpAddr = address.parse().unwrap();
+            assert_eq!(text.of(address), address.to_string());
+        }
+    }
 }
