@@ -233,27 +233,41 @@ impl Aggregator {
 
     /// Every open record, whatever its window (on shutdown).
     pub fn close_all(&mut self) -> Vec<FlowRecord> {
-        self.take(|_| true)
+        // Drained, the table keeps its allocation, emptied for the next windows; the records'
+        // vector is allocated once, at its size.
+        by_start(self.open.drain().map(|(_, open)| open.record()).collect())
     }
 
     fn take(&mut self, closes: impl Fn(&Key) -> bool) -> Vec<FlowRecord> {
-        let mut records: Vec<FlowRecord> = self
+        let records = self
             .open
             .extract_if(|key, _| closes(key))
-            .map(|(_, open)| FlowRecord {
-                start_s: open.first_ns / NS_PER_S,
-                end_s: open.last_ns / NS_PER_S,
-                body: RecordBody::Flow(Box::new(open.flow)),
-            })
+            .map(|(_, open)| open.record())
             .collect();
         if self.open.is_empty() {
             // Emptied, the table forgets the tombstones the removals left: the next windows
             // refill the same allocation instead of growing into a new one.
             self.open.clear();
         }
-        records.sort_by_key(|r| r.start_s);
-        records
+        by_start(records)
     }
+}
+
+impl Open {
+    /// The closed record.
+    fn record(self) -> FlowRecord {
+        FlowRecord {
+            start_s: self.first_ns / NS_PER_S,
+            end_s: self.last_ns / NS_PER_S,
+            body: RecordBody::Flow(Box::new(self.flow)),
+        }
+    }
+}
+
+/// `records` in the order of their start.
+fn by_start(mut records: Vec<FlowRecord>) -> Vec<FlowRecord> {
+    records.sort_by_key(|r| r.start_s);
+    records
 }
 
 #[cfg(test)]

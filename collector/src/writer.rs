@@ -268,14 +268,22 @@ impl FileWriter {
 
     /// Appends `records` to their partitions' files; returns the files this closed.
     pub fn write(&mut self, spool: &mut Spool, records: Vec<FlowRecord>) -> Vec<Closed> {
-        // Group by the partition of each record's start, name each partition once.
+        // Group by the partition of each record's start, name each partition once. Records
+        // all of one partition (a window's, mostly) are that partition's as they are.
         let span = self.layout.partition_secs();
         let mut by_partition: BTreeMap<u64, Vec<FlowRecord>> = BTreeMap::new();
-        for record in records {
-            by_partition
-                .entry(record.start_s / span)
-                .or_default()
-                .push(record);
+        match records.first().map(|r| r.start_s / span) {
+            Some(index) if records.iter().all(|r| r.start_s / span == index) => {
+                by_partition.insert(index, records);
+            }
+            _ => {
+                for record in records {
+                    by_partition
+                        .entry(record.start_s / span)
+                        .or_default()
+                        .push(record);
+                }
+            }
         }
         let mut closed = Vec::new();
         for (index, records) in by_partition {
