@@ -123,6 +123,12 @@ async fn seal(sealer: &mut Sealer, metrics: &Metrics, now: bool) -> Result<(), (
 }
 
 /// Delivers every spooled file, oldest key first; stops at the first failure.
+#[tracing::instrument(
+    level = "debug",
+    name = "ship",
+    skip_all,
+    fields(pending = tracing::field::Empty, files = 0u64, bytes = 0u64)
+)]
 async fn pass(
     root: &std::path::Path,
     sink: &Sinks,
@@ -137,6 +143,9 @@ async fn pass(
         }
     };
     gauges(metrics, &pending);
+    let span = tracing::Span::current();
+    span.record("pending", pending.len());
+    let (mut files, mut bytes) = (0u64, 0u64);
     for file in &pending {
         match sink.put(&file.key, &file.path).await {
             Ok(()) => {
@@ -147,6 +156,10 @@ async fn pass(
                     return Err(());
                 }
                 shipped.files += 1;
+                files += 1;
+                bytes += file.bytes;
+                span.record("files", files);
+                span.record("bytes", bytes);
                 metrics.files_shipped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     key = file.key,
