@@ -71,6 +71,7 @@ use crate::pins::{PinError, PinnedProbe};
 use crate::reconcile::{LocalEndpoints, Report};
 use crate::run::Agent;
 use crate::source::ClusterSource;
+use tollgate_enforcer::causes::Causes;
 
 /// How long [`run_agent`] waits for another agent to release the pins (a rolling update).
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -142,7 +143,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Collector(#[from] CollectorError),
     /// An HTTP address could not be bound.
-    #[error("binding {address}: {source}")]
+    #[error("binding {address}")]
     Bind {
         /// The configured address.
         address: SocketAddr,
@@ -295,7 +296,7 @@ impl NodeEndpoints {
     ) -> Self {
         let watch = LinkWatch::open(names, node_ingress == NodeIngress::Allow)
             .inspect_err(|error| {
-                tracing::warn!(%error, "no netlink watch: new veths wait for the pod's watch event");
+                tracing::warn!(error = %Causes(error), "no netlink watch: new veths wait for the pod's watch event");
             })
             .ok();
         Self {
@@ -396,7 +397,7 @@ impl LocalEndpoints for NodeEndpoints {
             Ok(discovery) => self.discovery = discovery,
             Err(error) => {
                 // The previous endpoints stand (none before the first discovery).
-                tracing::warn!(%error, "endpoint discovery failed");
+                tracing::warn!(error = %Causes(&error), "endpoint discovery failed");
                 self.complete = false;
                 return self.interfaces.clone();
             }
@@ -479,7 +480,9 @@ impl LocalEndpoints for NodeEndpoints {
                 self.addresses_stale = false;
             }
             // The previous addresses stand (none before the first read); read again next pass.
-            Err(error) => tracing::warn!(%error, "reading the node's addresses failed"),
+            Err(error) => {
+                tracing::warn!(error = %Causes(&error), "reading the node's addresses failed")
+            }
         }
         self.addresses.clone()
     }
@@ -514,7 +517,7 @@ impl LocalEndpoints for NodeEndpoints {
                 let events = match read {
                     Ok(events) => events,
                     Err(error) => {
-                        tracing::warn!(%error, "netlink watch failed; new veths now wait for the pod's watch event");
+                        tracing::warn!(error = %Causes(&error), "netlink watch failed; new veths now wait for the pod's watch event");
                         *watch = None;
                         *burst_end = None;
                         return;
@@ -525,7 +528,7 @@ impl LocalEndpoints for NodeEndpoints {
                     match pod_links(names) {
                         Ok(all) => links = all,
                         Err(error) => {
-                            tracing::warn!(%error, "listing the veths after a netlink overflow")
+                            tracing::warn!(error = %Causes(&error), "listing the veths after a netlink overflow")
                         }
                     }
                 }
@@ -806,26 +809,6 @@ pub async fn run_agent_with<S: ClusterSource>(
     Ok(stopped)
 }
 
-/// An error and its causes on one line, each cause once: `error: cause: cause` (for logs and
-/// for whoever reports [`run_agent`]'s error as text, as the lab does).
-pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Causes<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut text = self.0.to_string();
-        let mut cause = self.0.source();
-        while let Some(error) = cause {
-            let more = error.to_string();
-            // An error whose message already ends with its cause's is not repeated.
-            if !text.ends_with(&more) {
-                text = format!("{text}: {more}");
-            }
-            cause = error.source();
-        }
-        f.write_str(&text)
-    }
-}
-
 /// The probe's counters and attachments, and the collector's counters.
 fn node_state(
     probe: &SharedProbe,
@@ -835,7 +818,7 @@ fn node_state(
     let counters = pinned
         .probe()
         .counters()
-        .inspect_err(|error| tracing::warn!(%error, "reading the probe's counters"))
+        .inspect_err(|error| tracing::warn!(error = %Causes(error), "reading the probe's counters"))
         .ok();
     NodeState {
         counters,
@@ -863,7 +846,9 @@ async fn start_http(
                         slot.store(value, Ordering::Relaxed);
                     }
                 }
-                Err(error) => tracing::warn!(%error, "reading the probe's counters"),
+                Err(error) => {
+                    tracing::warn!(error = %Causes(&error), "reading the probe's counters")
+                }
             }
             let mut body = metrics.render_prometheus();
             body.push_str(&collector.render_prometheus());

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tollgate_enforcer::causes::Causes;
 
 /// Longest a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,12 +50,12 @@ pub async fn serve(listener: TcpListener, routes: Routes) {
                 let routes = Arc::clone(&routes);
                 tokio::spawn(async move {
                     if let Err(error) = answer(stream, &routes).await {
-                        tracing::debug!(%error, "http connection");
+                        tracing::debug!(error = %Causes(&error), "http connection");
                     }
                 });
             }
             Err(error) => {
-                tracing::warn!(%error, "accepting an http connection");
+                tracing::warn!(error = %Causes(&error), "accepting an http connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -72,6 +72,7 @@ use tollgate_enforcer::probe::{
 };
 
 use crate::endpoints::{Attacher, Veth, ifindex};
+use tollgate_enforcer::causes::Causes;
 
 /// Where the agent pins, by default.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/tollgate";
@@ -86,7 +87,7 @@ pub enum PinError {
     #[error(transparent)]
     Probe(#[from] ProbeError),
     /// A file system operation under the root failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -95,7 +96,7 @@ pub enum PinError {
         source: std::io::Error,
     },
     /// A pinned link could not be opened or converted.
-    #[error("link {path}: {source}")]
+    #[error("link {path}")]
     Link {
         /// Its pin.
         path: PathBuf,
@@ -104,7 +105,7 @@ pub enum PinError {
         source: LinkError,
     },
     /// A link could not be pinned.
-    #[error("pinning {path}: {source}")]
+    #[error("pinning {path}")]
     Pin {
         /// The pin path.
         path: PathBuf,
@@ -121,7 +122,7 @@ pub enum PinError {
         waited: Duration,
     },
     /// A clsact filter of an interface that still exists could not be deleted.
-    #[error("deleting the clsact filters of {ifname}: {source}")]
+    #[error("deleting the clsact filters of {ifname}")]
     Detach {
         /// Interface name.
         ifname: String,
@@ -561,7 +562,7 @@ fn remove_everything(root: &Path) -> Result<Uninstalled, PinError> {
                 if let Ok(link) = clsact_link(&ifname, program)
                     && let Err(error) = link.detach()
                 {
-                    tracing::warn!(ifname = %ifname, program, %error, "clsact filter not deleted");
+                    tracing::warn!(ifname = %ifname, program, error = %Causes(&error), "clsact filter not deleted");
                 }
             }
         }

@@ -29,6 +29,7 @@ use crate::{
     sink::Sinks,
     spool::{pending_in, remove},
 };
+use tollgate_enforcer::causes::Causes;
 
 /// How often the spool is looked at without a wakeup.
 pub const RESCAN: Duration = Duration::from_secs(5);
@@ -116,7 +117,7 @@ async fn seal(sealer: &mut Sealer, metrics: &Metrics, now: bool) -> Result<(), (
         }
         Err(error) => {
             metrics.digest_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%error, "sealing a digest failed; its entries wait for the next attempt");
+            tracing::warn!(error = %Causes(&error), "sealing a digest failed; its entries wait for the next attempt");
             Err(())
         }
     }
@@ -138,7 +139,7 @@ async fn pass(
     let pending = match pending_in(root) {
         Ok(pending) => pending,
         Err(error) => {
-            tracing::error!(%error, "listing the spool");
+            tracing::error!(error = %Causes(&error), "listing the spool");
             return Err(());
         }
     };
@@ -152,7 +153,7 @@ async fn pass(
                 if let Err(error) = remove(root, file) {
                     // Delivered, so nothing is lost; the next pass delivers it again under the
                     // same key, which overwrites it.
-                    tracing::error!(%error, key = file.key, "removing a shipped file");
+                    tracing::error!(error = %Causes(&error), key = file.key, "removing a shipped file");
                     return Err(());
                 }
                 shipped.files += 1;
@@ -170,7 +171,7 @@ async fn pass(
             }
             Err(error) => {
                 metrics.ship_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, key = file.key, "delivery failed; retrying later");
+                tracing::warn!(error = %Causes(&error), key = file.key, "delivery failed; retrying later");
                 return Err(());
             }
         }

@@ -11,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::{LabError, names, topology::STALE_AFTER};
+use tollgate_enforcer::causes::Causes;
 
 /// What the mount directory's name ends with.
 const SUFFIX: &str = "-bpffs";
@@ -65,11 +66,11 @@ fn unmount(root: &Path) {
     // SAFETY: a valid NUL-terminated path.
     if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
         let error = std::io::Error::last_os_error();
-        tracing::warn!(root = %root.display(), %error, "bpffs not unmounted");
+        tracing::warn!(root = %root.display(), error = %Causes(&error), "bpffs not unmounted");
         return;
     }
     if let Err(error) = std::fs::remove_dir(root) {
-        tracing::warn!(root = %root.display(), %error, "bpffs directory not removed");
+        tracing::warn!(root = %root.display(), error = %Causes(&error), "bpffs directory not removed");
     }
 }
 

@@ -22,11 +22,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_agent::{
     config::AgentConfig,
-    daemon::{Causes, Hooks, NodeState, Synced, run_agent_with},
+    daemon::{Hooks, NodeState, Synced, run_agent_with},
     source::{StaticHandle, StaticSource},
 };
 use tollgate_collector::{config::CollectorConfig, pipeline::Tap, service::Stopped};
-use tollgate_enforcer::snapshot::Snapshot;
+use tollgate_enforcer::{causes::Causes, snapshot::Snapshot};
 
 use crate::{Attach, LabError, bpffs::RunBpffs, netns::netns_path, topology::Topology};
 

@@ -29,6 +29,7 @@ use crate::{
     pods::{HTTPD_INDEX, HttpServer, LabPod, LabPods, Serves},
     topology::{Topology, is_stale},
 };
+use tollgate_enforcer::causes::Causes;
 
 /// Longest a server may take to listen after it was started.
 pub const LISTEN_WITHIN: Duration = Duration::from_secs(10);
@@ -149,7 +150,7 @@ impl Drop for Servers {
         }
         self.processes.clear();
         if let Err(error) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), %error, "run directory not removed");
+            tracing::warn!(dir = %self.dir.display(), error = %Causes(&error), "run directory not removed");
         }
     }
 }
@@ -370,7 +371,9 @@ pub fn sweep_stale() -> Vec<PathBuf> {
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => removed.push(dir),
-            Err(error) => tracing::warn!(dir = %dir.display(), %error, "stale run directory kept"),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), error = %Causes(&error), "stale run directory kept")
+            }
         }
     }
     removed

@@ -36,6 +36,7 @@ use k8s_openapi::{
 };
 use tollgate_schemas::{Direction, program_names, proto};
 
+use crate::causes::Causes;
 use crate::{
     bpf_datapath::BpfDatapath,
     compile::{Placement, compile},
@@ -464,6 +465,6 @@ fn denied(datapath: &mut BpfDatapath, count: u32) -> Result<BenchResult, Datapat
 fn probe_error(e: crate::probe::ProbeError) -> DatapathError {
     DatapathError {
         datapath: "bpf",
-        message: e.to_string(),
+        message: Causes(&e).to_string(),
     }
 }

@@ -13,6 +13,7 @@ use aya::programs::{
 use tollgate_schemas::program_names;
 
 use super::{Probe, ProbeError, classifier};
+use crate::causes::Causes;
 
 /// How the programs were attached to an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +80,7 @@ impl Probe {
             match self.attach_one(ifname, name, hook, options) {
                 Ok(link) => attached.push((name, link)),
                 Err(error) => {
-                    tracing::info!(ifname, %error, "TCX attach failed, falling back to clsact");
+                    tracing::info!(ifname, error = %Causes(&error), "TCX attach failed, falling back to clsact");
                     // Undo a half-done TCX attach before trying clsact.
                     for (name, link) in attached.drain(..) {
                         classifier(&mut self.ebpf, name)?
@@ -99,7 +100,7 @@ impl Probe {
     pub fn attach_clsact(&mut self, ifname: &str) -> Result<AttachMode, ProbeError> {
         // A qdisc that already exists is fine: it is the one we need.
         if let Err(error) = tc::qdisc_add_clsact(ifname) {
-            tracing::debug!(ifname, %error, "clsact qdisc not added");
+            tracing::debug!(ifname, error = %Causes(&error), "clsact qdisc not added");
         }
         for (name, hook) in HOOKS {
             let options = TcAttachOptions::Netlink(NlOptions::default());
@@ -134,7 +135,7 @@ impl Probe {
             match self.attach_tcx_link(ifname, name) {
                 Ok(link) => links.push((name, link)),
                 Err(error) => {
-                    tracing::info!(ifname, %error, "TCX attach failed, falling back to clsact");
+                    tracing::info!(ifname, error = %Causes(&error), "TCX attach failed, falling back to clsact");
                     // Dropping them undoes a half-done TCX attach before trying clsact.
                     drop(links);
                     return self.attach_links_clsact(ifname);
@@ -166,7 +167,7 @@ impl Probe {
     /// Attaches like [`Probe::attach_links`], through a clsact qdisc even where TCX exists.
     pub fn attach_links_clsact(&mut self, ifname: &str) -> Result<VethLinks, ProbeError> {
         if let Err(error) = tc::qdisc_add_clsact(ifname) {
-            tracing::debug!(ifname, %error, "clsact qdisc not added");
+            tracing::debug!(ifname, error = %Causes(&error), "clsact qdisc not added");
         }
         // Filters already in place when a later hook fails are left, not deleted: they
         // enforce with this probe's maps (fail closed), and the next attach takes them over.

@@ -60,10 +60,10 @@ static PROBE_OBJECT: &[u8] =
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// The object could not be loaded (permissions, kernel support, verifier).
-    #[error("loading the eBPF object (this needs root, or CAP_BPF and CAP_NET_ADMIN): {0}")]
+    #[error("loading the eBPF object (this needs root, or CAP_BPF and CAP_NET_ADMIN)")]
     Load(#[from] aya::EbpfError),
     /// A map's file descriptor could not be duplicated.
-    #[error("duplicating the descriptor of map {name}: {source}")]
+    #[error("duplicating the descriptor of map {name}")]
     Duplicate {
         /// Map name.
         name: &'static str,
@@ -71,7 +71,7 @@ pub enum ProbeError {
         source: std::io::Error,
     },
     /// A program is missing from the object or was refused.
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         /// Program name.
         name: &'static str,
@@ -80,7 +80,7 @@ pub enum ProbeError {
         source: ProgramError,
     },
     /// A map is missing from the object or has an unexpected type or size.
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         /// Map name.
         name: &'static str,
@@ -92,7 +92,7 @@ pub enum ProbeError {
     #[error("map {0}: not in the eBPF object")]
     MissingMap(&'static str),
     /// Attaching to an interface failed, with TCX and with clsact.
-    #[error("attaching {program} to {ifname}: {source}")]
+    #[error("attaching {program} to {ifname}")]
     Attach {
         /// Interface name.
         ifname: String,
@@ -106,7 +106,7 @@ pub enum ProbeError {
     #[error("the event ring buffer was taken already")]
     EventsTaken,
     /// The pin directory could not be created or read.
-    #[error("pin directory {path}: {source}")]
+    #[error("pin directory {path}")]
     PinDir {
         /// The directory.
         path: PathBuf,
