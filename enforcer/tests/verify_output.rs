@@ -144,7 +144,7 @@ fn snapshot(pods: &[(&str, &str, &[&str])]) -> Snapshot {
                  status: {{phase: Running, podIPs: [{}]}}\n",
                 ips.join(", ")
             );
-            serde_yaml::from_str::<Pod>(&yaml).expect("a pod")
+            serde_yaml_ng::from_str::<Pod>(&yaml).expect("a pod")
         })
         .collect();
     Snapshot {
