@@ -1420,7 +1420,9 @@ fn bench_datapath_runs_every_case() {
     }
     let results = tollgate_enforcer::bench::datapath(200).expect("bench");
     let cases: Vec<&str> = results.iter().map(|r| r.case.as_str()).collect();
-    assert_eq!(cases.len(), 10, "{cases:?}");
+    assert_eq!(cases.len(), 14, "{cases:?}");
+    assert!(cases.contains(&"established flow, IPv6"));
+    assert!(cases.contains(&"new flow, IPv6, allowed among 10000 CIDR rules"));
     assert!(cases.contains(&"empty program, one run per syscall (floor)"));
     assert!(cases.contains(&"new egress flow, to a ClusterIP"));
     assert!(cases.contains(&"new flow, past an Admin-tier Deny and Pass"));
