@@ -35,8 +35,7 @@ use tollgate_schemas::FlowEvent;
 
 /// Whether the test may run: root, or not root outside CI (then it says SKIPPED).
 fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return true;
     }
     assert!(

@@ -24,8 +24,7 @@ use tollgate_schemas::{
 };
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if !root {
         assert!(
             std::env::var_os("CI").is_none(),

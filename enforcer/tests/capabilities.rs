@@ -44,8 +44,7 @@ fn drop_sys_admin() {
 
 #[test]
 fn the_collectors_handles_on_the_probes_maps_need_no_cap_sys_admin() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!(
             "!!!!!!!! SKIPPED (needs root): the_collectors_handles_on_the_probes_maps_need_no_cap_sys_admin !!!!!!!!"
         );

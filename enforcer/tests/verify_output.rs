@@ -340,8 +340,7 @@ spec:
 
 #[test]
 fn example_renders_the_same_on_the_ebpf_programs() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!(
             "SKIPPED (needs root): example_renders_the_same_on_the_ebpf_programs loads eBPF \
              programs; CI runs it as root"

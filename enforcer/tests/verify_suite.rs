@@ -566,8 +566,7 @@ fn model_datapath_meets_every_fixture() {
 
 #[test]
 fn bpf_datapath_agrees_with_model_on_every_fixture() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!(
             "SKIPPED (needs root): bpf_datapath_agrees_with_model_on_every_fixture loads eBPF \
              programs; CI runs it as root"

@@ -26,8 +26,7 @@ use tollgate_enforcer::{
 use tollgate_schemas::{Counter, Direction, FlowEvent, Reason, Verdict, addr, proto};
 
 fn root(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if !root {
         assert!(
             std::env::var_os("CI").is_none(),

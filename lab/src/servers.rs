@@ -56,9 +56,12 @@ impl Process {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill with the pid of our own child, not yet reaped, and a valid signal.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        // Our own child, not yet reaped: its pid is still its own.
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + STOP_WITHIN;
         while Instant::now() < deadline {
@@ -362,9 +365,10 @@ pub fn sweep_stale() -> Vec<PathBuf> {
                     continue;
                 };
                 let comm = std::fs::read_to_string(format!("/proc/{server}/comm"));
-                if comm.is_ok_and(|comm| comm.trim() == program) {
-                    // SAFETY: kill with a pid that names the run's own server, checked above.
-                    unsafe { libc::kill(server, libc::SIGTERM) };
+                if comm.is_ok_and(|comm| comm.trim() == program)
+                    && let Some(pid) = rustix::process::Pid::from_raw(server)
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
                     tracing::info!(pid = server, program, "stale lab server stopped");
                 }
             }

@@ -48,8 +48,7 @@ pub fn seed() -> Snapshot {
 /// Whether the test runs as root; says SKIPPED loudly when not, and fails under CI (`CI`
 /// set), which runs as root: a privileged test never skips there.
 pub fn root(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if !root {
         assert!(
             std::env::var_os("CI").is_none(),

@@ -8,8 +8,7 @@ pub mod s3_server;
 /// Whether the test runs as root; says SKIPPED loudly when not.
 #[allow(dead_code, reason = "the S3 sink tests need no root")]
 pub fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if !root {
         eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
     }

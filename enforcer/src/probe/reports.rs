@@ -111,11 +111,6 @@ fn residual_event(key: &FlowKey, deny: &DenyEntry, now: u64) -> FlowEvent {
 
 /// Now, in ns of `CLOCK_BOOTTIME`: the clock of the probe's timestamps.
 fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write into; CLOCK_BOOTTIME always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

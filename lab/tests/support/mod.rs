@@ -3,8 +3,7 @@
 /// Whether the test runs as root; says SKIPPED loudly when not. Under CI (`CI` set), which
 /// runs as root, a test that would skip fails instead: the privileged tests always run there.
 pub fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if !root {
         assert!(
             std::env::var_os("CI").is_none(),
