@@ -29,7 +29,7 @@ use tollgate_schemas::{Reason, Verdict, addr, map_names, program_names};
 
 use support::{
     Bpffs, ISOLATE_B, Node, Pod, compiled, eventually, in_netns, ingress_filters, local_pods,
-    program, root, tcx_programs, udp_reaches,
+    privileged, program, tcx_programs, udp_reaches,
 };
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
@@ -135,7 +135,7 @@ fn start_agent(node: &Node, pin_root: &std::path::Path) -> Killed {
 
 #[test]
 fn a_killed_agent_leaves_enforcement_in_place_and_the_next_one_adopts_it() {
-    if !root("restart safety across a killed agent process") {
+    if !privileged("restart safety across a killed agent process") {
         return;
     }
     let mut node = Node::new("rs");
@@ -243,7 +243,7 @@ fn a_killed_agent_leaves_enforcement_in_place_and_the_next_one_adopts_it() {
 
 #[test]
 fn clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
-    if !root("restart safety of clsact filters") {
+    if !privileged("restart safety of clsact filters") {
         return;
     }
     let mut node = Node::new("rc");
@@ -302,7 +302,7 @@ fn clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
 
 #[test]
 fn maps_of_another_layout_go_and_a_pinned_map_that_does_not_fit_is_refused() {
-    if !root("pinned map layouts") {
+    if !privileged("pinned map layouts") {
         return;
     }
     let bpffs = Bpffs::new("ly");
@@ -348,7 +348,7 @@ fn maps_of_another_layout_go_and_a_pinned_map_that_does_not_fit_is_refused() {
 
 #[test]
 fn a_second_agent_waits_for_the_first() {
-    if !root("the pin root's lock") {
+    if !privileged("the pin root's lock") {
         return;
     }
     let bpffs = Bpffs::new("lk");

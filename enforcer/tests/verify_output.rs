@@ -11,6 +11,7 @@ use tollgate_enforcer::decision::ProbeFlow;
 use tollgate_enforcer::model::ModelDatapath;
 use tollgate_enforcer::snapshot::{InputError, Snapshot};
 use tollgate_enforcer::verify::{self, Peer, ProbeSpec, Protocol, SourceText, VerifyInput};
+use tollgate_test_support::privileged;
 
 fn error(object: &str, field: &str) -> (String, String) {
     (object.to_owned(), field.to_owned())
@@ -340,11 +341,7 @@ spec:
 
 #[test]
 fn example_renders_the_same_on_the_ebpf_programs() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!(
-            "SKIPPED (needs root): example_renders_the_same_on_the_ebpf_programs loads eBPF \
-             programs; CI runs it as root"
-        );
+    if !privileged("example_renders_the_same_on_the_ebpf_programs") {
         return;
     }
     let mut bpf = BpfDatapath::new().expect("load the eBPF programs");

@@ -29,6 +29,7 @@ use tollgate_enforcer::verify::{
     self, HookResult, Peer, ProbeResult, ProbeSpec, ProbeVerdict, Protocol, ResolvedProbe,
     SourceText,
 };
+use tollgate_test_support::privileged;
 
 /// The first document of a case file.
 #[derive(Debug, Deserialize)]
@@ -566,11 +567,7 @@ fn model_datapath_meets_every_fixture() {
 
 #[test]
 fn bpf_datapath_agrees_with_model_on_every_fixture() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!(
-            "SKIPPED (needs root): bpf_datapath_agrees_with_model_on_every_fixture loads eBPF \
-             programs; CI runs it as root"
-        );
+    if !privileged("bpf_datapath_agrees_with_model_on_every_fixture") {
         return;
     }
     let evaluated = evaluate_all();
