@@ -170,8 +170,23 @@ async fn pass(
                 );
             }
             Err(error) => {
-                metrics.ship_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %Causes(&error), key = file.key, "delivery failed; retrying later");
+                let failure = error.failure();
+                metrics.ship_failed(failure);
+                if failure.needs_operator() {
+                    tracing::error!(
+                        error = %Causes(&error),
+                        key = file.key,
+                        kind = failure.label(),
+                        "delivery refused; retrying later, but the bucket or the credentials need an operator"
+                    );
+                } else {
+                    tracing::warn!(
+                        error = %Causes(&error),
+                        key = file.key,
+                        kind = failure.label(),
+                        "delivery failed; retrying later"
+                    );
+                }
                 return Err(());
             }
         }

@@ -127,10 +127,7 @@ async fn every_record_arrives_exactly_once_across_an_outage_of_the_server() {
     traffic(&mut flood, 2_000, Duration::from_secs(2)).await;
     server.stop();
     traffic(&mut flood, 2_000, Duration::from_secs(3)).await;
-    let failures = collector
-        .metrics()
-        .ship_failures
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let failures = collector.metrics().ship_failures_total();
     assert!(
         failures > 0,
         "deliveries must have failed during the outage"
