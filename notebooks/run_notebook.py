@@ -3,14 +3,14 @@
 
     .venv/bin/python notebooks/run_notebook.py NOTEBOOK --out FILE [--param NAME=VALUE ...]
 
-The notebook's cell tagged ``parameters`` holds the defaults; the given values go into a new
-cell right after it (tagged ``injected-parameters``, as papermill does), so they win. A VALUE
-is read as a Python literal (``42``, ``None``, ``['a.yaml', 'b.yaml']``) and else taken as a
-string (``--param flow_dir=/tmp/lab``). The kernel is this interpreter's ipykernel (the
-venv's), over local sockets, in the notebook's directory (relative paths in parameters are
-relative to it), with matplotlib's inline backend, which renders figures as PNG with Agg. The
-executed notebook, outputs and all, goes to --out, also when a cell failed: then the exit
-status is 1 and the error is on stderr.
+papermill runs it: the notebook's cell tagged ``parameters`` holds the defaults, and the given
+values go into a cell papermill adds right after it (tagged ``injected-parameters``), so they
+win. A VALUE is read as a Python literal (``42``, ``None``, ``['a.yaml', 'b.yaml']``) and else
+taken as a string (``--param flow_dir=/tmp/lab``). The kernel is this interpreter's ipykernel
+(the venv's), over local sockets, in the notebook's directory (relative paths in parameters are relative to it),
+with matplotlib's inline backend, which renders figures as PNG with Agg. The executed notebook,
+outputs and all, goes to --out, also when a cell failed: then the exit status is 1 and the
+error is on stderr.
 """
 
 from __future__ import annotations
@@ -23,32 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import papermill
 from ipykernel.kernelspec import write_kernel_spec
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from papermill.exceptions import PapermillExecutionError
 
 KERNEL = "tollgate-notebooks"
 
 
-def inject(notebook: nbformat.NotebookNode, params: dict[str, Any]) -> None:
-    """Adds a cell assigning ``params`` right after the cell tagged ``parameters``."""
-    if not params:
-        return
-    tagged = [i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])]
-    if len(tagged) != 1:
-        raise ValueError(f"expected one cell tagged 'parameters', found {len(tagged)}")
-    source = "\n".join(f"{name} = {value!r}" for name, value in params.items())
-    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
-    notebook.cells.insert(tagged[0] + 1, cell)
-
-
 def execute(path: Path, params: dict[str, Any], timeout: int = 600) -> nbformat.NotebookNode:
     """The notebook at ``path`` run with ``params`` in its directory; raises
-    CellExecutionError (with the executed notebook as ``.notebook``) when a cell fails."""
-    notebook = nbformat.read(path, as_version=4)
-    inject(notebook, params)
+    PapermillExecutionError (with the executed notebook as ``.notebook``) when a cell fails."""
     with tempfile.TemporaryDirectory(prefix="tollgate-kernel-") as kernels:
         # A kernelspec of this interpreter, so the kernel has the venv's packages.
         write_kernel_spec(
@@ -65,19 +51,25 @@ def execute(path: Path, params: dict[str, Any], timeout: int = 600) -> nbformat.
             transport="ipc",
             ip=str(Path(kernels) / "ipc"),
         )
-        client = NotebookClient(
-            notebook,
-            km=manager,
-            timeout=timeout,
-            resources={"metadata": {"path": str(path.resolve().parent)}},
-        )
+        out = Path(kernels) / "executed.ipynb"
         try:
-            # nbclient leaves running the kernel of a manager it did not create: stop it too.
-            client.execute(cleanup_kc=True)
-        except CellExecutionError as e:
-            e.notebook = notebook
+            return papermill.execute_notebook(
+                str(path),
+                str(out),
+                parameters=params,
+                kernel_name=KERNEL,
+                cwd=str(path.resolve().parent),
+                execution_timeout=timeout,
+                progress_bar=False,
+                km=manager,
+            )
+        except PapermillExecutionError as e:
+            e.notebook = nbformat.read(out, as_version=4)
             raise
-    return notebook
+        finally:
+            # nbclient leaves running the kernel of a manager it did not create: stop it too.
+            if manager.has_kernel:
+                manager.shutdown_kernel(now=True)
 
 
 def parse_param(item: str) -> tuple[str, Any]:
@@ -101,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         notebook = execute(args.notebook, dict(parse_param(p) for p in args.param))
         status = 0
-    except CellExecutionError as e:
+    except PapermillExecutionError as e:
         notebook = e.notebook
         print(f"run_notebook.py: {args.notebook}: {e.ename}: {e.evalue}", file=sys.stderr)
         status = 1

@@ -3,7 +3,7 @@
 The data: $TOLLGATE_LAB_DATA when set (the --out directory of `tollgate lab --quarantine
 --ocsf`), else a fresh `target/debug/tollgate lab --quarantine --ocsf --out <tmp>` (after `cargo build`, a no-op
 when the binary is fresh; the lab needs root, and without it the lab tests are skipped with a
-loud line). Every notebook runs through run_notebook.execute (nbclient, the venv's ipykernel,
+loud line). Every notebook runs through run_notebook.execute (papermill, the venv's ipykernel,
 the parameters injected after the `parameters` cell) and must run without an error, draw a PNG
 in every cell that calls a plot_ function, show no empty table (an empty result is a sentence
 instead), and show the tables a quarantine lab run fills.
@@ -27,7 +27,7 @@ from unittest import mock
 
 import duckdb
 import pandas as pd
-from nbclient.exceptions import CellExecutionError
+from papermill.exceptions import PapermillExecutionError
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -277,7 +277,7 @@ class ModuleTest(unittest.TestCase):
         )
 
     def test_a_notebook_without_settings_stops_at_once_with_the_message(self):
-        with self.assertRaises(CellExecutionError) as caught:
+        with self.assertRaises(PapermillExecutionError) as caught:
             run("denied-flows-triage", **NO_SETTINGS)
         self.assertEqual(caught.exception.ename, "SettingsError")
         failed = [
@@ -288,7 +288,17 @@ class ModuleTest(unittest.TestCase):
         ]
         self.assertEqual(len(failed), 1)
         index, error = failed[0]
-        self.assertIn("parameters", caught.exception.notebook.cells[index - 2].metadata.tags)
+        # The first code cell after the injected parameters failed (papermill puts a marker
+        # cell of its own just before the failed one).
+        cells = caught.exception.notebook.cells
+        injected = next(
+            i for i, c in enumerate(cells) if "injected-parameters" in c.metadata.get("tags", [])
+        )
+        self.assertIn("parameters", cells[injected - 1].metadata.tags)
+        self.assertEqual(
+            next(i for i in range(injected + 1, len(cells)) if cells[i].cell_type == "code"),
+            index,
+        )
         self.assertEqual(len(error.traceback), 1, "the message, no traceback")
         self.assertIn("ATHENA_WORKGROUP", error.traceback[0])
 

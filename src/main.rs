@@ -499,10 +499,9 @@ fn note(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
-/// `error` as printed: the error, then each cause on a line of its own, each once. A cause
-/// whose text an earlier line already holds is left out: error types that write their source
-/// into their own message (`#[error("…: {source}")]`) and also return it from `source()` would
-/// otherwise say it two or three times.
+/// `error` as printed: the error, then each cause on a line of its own, each once. tollgate's
+/// errors never write their cause into their own message; a cause whose text an earlier line
+/// already holds is still left out, for the errors of other crates that do.
 fn report(error: &anyhow::Error) -> String {
     let mut said: Vec<String> = Vec::new();
     for cause in error.chain() {

@@ -9,15 +9,7 @@ mod cli;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
-    }
-    root
-}
+use tollgate_test_support::privileged;
 
 fn tollgate(args: &[&str]) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -54,7 +46,7 @@ fn flip_one_byte(path: &Path, at: usize) -> Vec<u8> {
 
 #[test]
 fn quarantine_in_the_lab_then_evidence_that_detects_tampering() {
-    if !is_root("quarantine_in_the_lab_then_evidence_that_detects_tampering") {
+    if !privileged("quarantine_in_the_lab_then_evidence_that_detects_tampering") {
         return;
     }
     let scratch =

@@ -48,7 +48,7 @@ const PLUGIN_TYPE: &str = "aws-cni";
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
     /// The conflist could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -57,7 +57,7 @@ pub enum CniError {
         source: std::io::Error,
     },
     /// The conflist is not JSON.
-    #[error("{path}: not JSON: {source}")]
+    #[error("{path}: not JSON")]
     Parse {
         /// The file.
         path: PathBuf,

@@ -148,7 +148,7 @@ impl AgentConfig {
         let mut config: Self = if text.trim().is_empty() {
             Self::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?

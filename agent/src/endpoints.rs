@@ -73,6 +73,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::cni::{VethNames, is_branch_veth, is_vlan_link};
 use crate::links::{all_links, pod_links};
+use tollgate_enforcer::causes::Causes;
 
 /// The local routing table (addresses of this host): never a pod's route.
 const RT_TABLE_LOCAL: u32 = 255;
@@ -83,7 +84,7 @@ const DUMP_TRIES: usize = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     /// The rules or routes could not be dumped over netlink.
-    #[error("dumping the {what} over netlink: {source}")]
+    #[error("dumping the {what} over netlink")]
     Routes {
         /// `rules` or `routes`.
         what: &'static str,
@@ -92,7 +93,7 @@ pub enum EndpointError {
         source: io::Error,
     },
     /// The node's interfaces could not be listed.
-    #[error("listing the network interfaces: {source}")]
+    #[error("listing the network interfaces")]
     Links {
         /// What failed.
         #[source]
@@ -364,7 +365,7 @@ pub fn read_host_routes() -> Result<Vec<HostRoute>, EndpointError> {
         Err(error) => {
             // The VPC CNI's own default: pods are routed in main (branch ENIs in strict mode
             // are then found on the next pass that reads the rules).
-            tracing::warn!(%error, "the ip rules could not be read; pod routes looked for in the main table only");
+            tracing::warn!(error = %Causes(&error), "the ip rules could not be read; pod routes looked for in the main table only");
             vec![main_table_rule()]
         }
     };
@@ -577,8 +578,8 @@ impl<A: Attacher> Endpoints<A> {
                     applied.detached.push(ifname);
                 }
                 Err(error) => {
-                    tracing::warn!(ifname = %ifname, ifindex, %error, "probe not detached");
-                    applied.failed.push((ifname, error.to_string()));
+                    tracing::warn!(ifname = %ifname, ifindex, error = %Causes(&error), "probe not detached");
+                    applied.failed.push((ifname, Causes(&error).to_string()));
                 }
             }
         }
@@ -640,7 +641,7 @@ impl<A: Attacher> Endpoints<A> {
                     applied.attached.push(veth.clone());
                 }
                 Err(error) => {
-                    tracing::warn!(ifname = %veth.ifname, ifindex = veth.ifindex, %error, "probe not attached");
+                    tracing::warn!(ifname = %veth.ifname, ifindex = veth.ifindex, error = %Causes(&error), "probe not attached");
                     applied
                         .failed
                         .push((veth.ifname.clone(), error.to_string()));

@@ -1,19 +1,30 @@
 //! The agent's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process runs and
 //! its loops turn) and `/readyz` (the first sync is done and every local endpoint is
-//! programmed), served by a small HTTP/1.1 responder on tokio: one request per connection,
-//! `GET` and `HEAD` only, bounded request size and read time. A scrape or a probe never
-//! touches the datapath: it reads atomics and renders text.
+//! programmed), served by hyper's HTTP/1.1 server on tokio: one request per connection, `GET`
+//! and `HEAD` only, bounded request head size and read time. A scrape or a probe never touches
+//! the datapath: it reads atomics and renders text.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http_body_util::Full;
+use hyper::{
+    Method, Request, StatusCode,
+    body::{Bytes, Incoming},
+    header::{CONTENT_TYPE, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tollgate_enforcer::causes::Causes;
 
-/// Longest a client may take to send its request.
+/// Longest a client may take to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Largest request accepted (request line and headers).
+/// Largest request head accepted (request line and headers): hyper answers a larger one with
+/// 431. Its smallest allowed buffer.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
 /// What a route answers.
@@ -48,88 +59,52 @@ pub async fn serve(listener: TcpListener, routes: Routes) {
             Ok((stream, _)) => {
                 let routes = Arc::clone(&routes);
                 tokio::spawn(async move {
-                    if let Err(error) = answer(stream, &routes).await {
-                        tracing::debug!(%error, "http connection");
+                    let service = service_fn(move |request| {
+                        let response = answer(&request, &routes);
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let connection = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(READ_TIMEOUT)
+                        .max_buf_size(MAX_REQUEST_BYTES)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service);
+                    if let Err(error) = connection.await {
+                        tracing::debug!(error = %Causes(&error), "http connection");
                     }
                 });
             }
             Err(error) => {
-                tracing::warn!(%error, "accepting an http connection");
+                tracing::warn!(error = %Causes(&error), "accepting an http connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-async fn answer(mut stream: TcpStream, routes: &Routes) -> std::io::Result<()> {
-    let mut request = Vec::with_capacity(512);
-    let mut buffer = [0u8; 1024];
-    let read = tokio::time::timeout(READ_TIMEOUT, async {
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut buffer).await?;
-            if n == 0 {
-                break;
-            }
-            request.extend_from_slice(&buffer[..n]);
-            if request.len() > MAX_REQUEST_BYTES {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    let response = match read {
-        Err(_) => Response::text(408, "request timeout\n"),
-        Ok(Err(error)) => return Err(error),
-        Ok(Ok(())) if request.len() > MAX_REQUEST_BYTES => {
-            Response::text(431, "request too large\n")
-        }
-        Ok(Ok(())) => route(&request, routes),
+/// The response to `request`: its route's, 404 without one, 405 for a method other than `GET`
+/// and `HEAD` (hyper leaves out the body of a `HEAD` response).
+fn answer(request: &Request<Incoming>, routes: &Routes) -> hyper::Response<Full<Bytes>> {
+    let response = if request.method() != Method::GET && request.method() != Method::HEAD {
+        Response::text(405, "only GET and HEAD\n")
+    } else {
+        routes(request.uri().path()).unwrap_or_else(|| Response::text(404, "not found\n"))
     };
-    let head_only = request.starts_with(b"HEAD ");
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        response.body.len()
+    let mut reply = hyper::Response::new(Full::new(Bytes::from(response.body)));
+    *reply.status_mut() =
+        StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    reply.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(response.content_type),
     );
-    stream.write_all(head.as_bytes()).await?;
-    if !head_only {
-        stream.write_all(response.body.as_bytes()).await?;
-    }
-    stream.shutdown().await
-}
-
-fn route(request: &[u8], routes: &Routes) -> Response {
-    let line = request
-        .split(|b| *b == b'\r')
-        .next()
-        .and_then(|l| std::str::from_utf8(l).ok())
-        .unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" && method != "HEAD" {
-        return Response::text(405, "only GET and HEAD\n");
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    routes(path).unwrap_or_else(|| Response::text(404, "not found\n"))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    }
+    reply
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     use super::*;
 
     async fn get(address: std::net::SocketAddr, request: &str) -> String {
@@ -152,7 +127,12 @@ mod tests {
         let server = tokio::spawn(serve(listener, routes));
         let metrics = get(address, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
-        assert!(metrics.contains("Content-Length: 14\r\n"));
+        assert!(
+            metrics
+                .to_ascii_lowercase()
+                .contains("content-length: 14\r\n"),
+            "{metrics}"
+        );
         assert!(metrics.ends_with("tollgate_up 1\n"));
         let ready = get(address, "GET /readyz?verbose HTTP/1.1\r\n\r\n").await;
         assert!(ready.starts_with("HTTP/1.1 503 "), "{ready}");

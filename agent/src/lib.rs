@@ -57,7 +57,7 @@ pub enum Error {
         kind: &'static str,
     },
     /// The policy maps could not be read or written; the next pass syncs again.
-    #[error("syncing the policy maps: {source}")]
+    #[error("syncing the policy maps")]
     Sync {
         /// The map sync's error, naming the map and the key.
         source: Box<dyn std::error::Error + Send + Sync>,

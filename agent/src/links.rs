@@ -31,8 +31,8 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::cni::VethNames;
@@ -116,7 +116,7 @@ pub fn all_links() -> io::Result<Vec<Veth>> {
 /// in, and to its address changes when asked.
 #[derive(Debug)]
 pub struct LinkWatch {
-    socket: AsyncFd<OwnedFd>,
+    socket: AsyncFd<Socket>,
     names: VethNames,
     buffer: Vec<u8>,
 }
@@ -126,22 +126,8 @@ impl LinkWatch {
     /// and to its address changes when `addresses` is set; only pod veths (`names`) are
     /// reported. Needs a tokio runtime with I/O enabled.
     pub fn open(names: &VethNames, addresses: bool) -> io::Result<LinkWatch> {
-        // SAFETY: plain socket(2); the descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_nl is plain data; zero is valid for every field.
-        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.set_non_blocking(true)?;
         let mut groups = libc::RTMGRP_LINK
             | libc::RTMGRP_IPV4_ROUTE
             | libc::RTMGRP_IPV6_ROUTE
@@ -149,40 +135,16 @@ impl LinkWatch {
         if addresses {
             groups |= libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR;
         }
-        address.nl_groups = groups as u32;
-        // SAFETY: `address` is a valid sockaddr_nl of the size given.
-        let bound = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const address).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if bound < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        socket.bind(&SocketAddr::new(0, groups as u32))?;
         // The IPv6 rules have no bit in the legacy group mask.
-        let group = libc::RTNLGRP_IPV6_RULE;
-        // SAFETY: `group` is a valid c_uint of the size given, for the call.
-        let joined = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_NETLINK,
-                libc::NETLINK_ADD_MEMBERSHIP,
-                (&raw const group).cast(),
-                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-            )
-        };
-        if joined < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the watch owns the descriptor for as long as it is registered and never
-        // replaces it.
-        let socket = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        socket.add_membership(libc::RTNLGRP_IPV6_RULE)?;
+        // SAFETY: the watch owns the socket for as long as it is registered and never
+        // replaces its descriptor.
+        let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
         Ok(LinkWatch {
             socket,
             names: names.clone(),
-            buffer: vec![0; RECV_BUFFER],
+            buffer: Vec::with_capacity(RECV_BUFFER),
         })
     }
 
@@ -194,21 +156,15 @@ impl LinkWatch {
             let mut events = NodeEvents::default();
             let mut read_any = false;
             loop {
-                // SAFETY: the buffer is valid for its length; recv writes at most that.
-                let n = unsafe {
-                    libc::recv(
-                        self.socket.get_ref().as_raw_fd(),
-                        self.buffer.as_mut_ptr().cast(),
-                        self.buffer.len(),
-                        0,
-                    )
+                self.buffer.clear();
+                let error = match self.socket.get_ref().recv(&mut self.buffer, 0) {
+                    Ok(_) => {
+                        read_any = true;
+                        parse(&self.buffer, &self.names, &mut events);
+                        continue;
+                    }
+                    Err(error) => error,
                 };
-                if n >= 0 {
-                    read_any = true;
-                    parse(&self.buffer[..n as usize], &self.names, &mut events);
-                    continue;
-                }
-                let error = io::Error::last_os_error();
                 match error.raw_os_error() {
                     Some(libc::EAGAIN) => {
                         ready.clear_ready();

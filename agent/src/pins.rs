@@ -59,7 +59,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::mem::ManuallyDrop;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -72,6 +71,7 @@ use tollgate_enforcer::probe::{
 };
 
 use crate::endpoints::{Attacher, Veth, ifindex};
+use tollgate_enforcer::causes::Causes;
 
 /// Where the agent pins, by default.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/tollgate";
@@ -86,7 +86,7 @@ pub enum PinError {
     #[error(transparent)]
     Probe(#[from] ProbeError),
     /// A file system operation under the root failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -95,7 +95,7 @@ pub enum PinError {
         source: std::io::Error,
     },
     /// A pinned link could not be opened or converted.
-    #[error("link {path}: {source}")]
+    #[error("link {path}")]
     Link {
         /// Its pin.
         path: PathBuf,
@@ -104,7 +104,7 @@ pub enum PinError {
         source: LinkError,
     },
     /// A link could not be pinned.
-    #[error("pinning {path}: {source}")]
+    #[error("pinning {path}")]
     Pin {
         /// The pin path.
         path: PathBuf,
@@ -121,7 +121,7 @@ pub enum PinError {
         waited: Duration,
     },
     /// A clsact filter of an interface that still exists could not be deleted.
-    #[error("deleting the clsact filters of {ifname}: {source}")]
+    #[error("deleting the clsact filters of {ifname}")]
     Detach {
         /// Interface name.
         ifname: String,
@@ -561,7 +561,7 @@ fn remove_everything(root: &Path) -> Result<Uninstalled, PinError> {
                 if let Ok(link) = clsact_link(&ifname, program)
                     && let Err(error) = link.detach()
                 {
-                    tracing::warn!(ifname = %ifname, program, %error, "clsact filter not deleted");
+                    tracing::warn!(ifname = %ifname, program, error = %Causes(&error), "clsact filter not deleted");
                 }
             }
         }
@@ -578,14 +578,7 @@ fn remove_everything(root: &Path) -> Result<Uninstalled, PinError> {
 pub fn is_bpffs(path: &Path) -> Result<bool, PinError> {
     /// `BPF_FS_MAGIC`.
     const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
-    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io_error(path)(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    // SAFETY: `statfs` is plain data; all zeroes is a valid value to be overwritten.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `name` is NUL-terminated and `stat` is writable, both for the whole call.
-    if unsafe { libc::statfs(name.as_ptr(), &mut stat) } != 0 {
-        return Err(io_error(path)(std::io::Error::last_os_error()));
-    }
+    let stat = rustix::fs::statfs(path).map_err(|e| io_error(path)(e.into()))?;
     Ok(stat.f_type as u32 == BPF_FS_MAGIC)
 }
 
@@ -649,12 +642,13 @@ impl PinLock {
         let file = File::open(root).map_err(io_error(root))?;
         let start = Instant::now();
         loop {
-            // SAFETY: the descriptor is open for the whole call.
-            let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if locked == 0 {
-                return Ok(Self { _file: file });
-            }
-            let error = std::io::Error::last_os_error();
+            let error: std::io::Error = match rustix::fs::flock(
+                &file,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+            ) {
+                Ok(()) => return Ok(Self { _file: file }),
+                Err(error) => error.into(),
+            };
             if error.kind() != std::io::ErrorKind::WouldBlock {
                 return Err(io_error(root)(error));
             }

@@ -170,6 +170,19 @@ impl Reconciler {
     /// Makes `maps` hold the compiled state of the cluster (as [`Reconciler::apply`] left
     /// it) for the endpoints `local` names, the addresses of `addresses` each on its own
     /// interface, with the node's own addresses `node_addresses`.
+    #[tracing::instrument(
+        skip_all,
+        fields(
+            local = local.len(),
+            endpoints = tracing::field::Empty,
+            programmed = tracing::field::Empty,
+            touched = tracing::field::Empty,
+            upserts = tracing::field::Empty,
+            deletes = tracing::field::Empty,
+            compile_ms = tracing::field::Empty,
+            sync_ms = tracing::field::Empty,
+        )
+    )]
     pub fn reconcile<M: PolicyMaps>(
         &mut self,
         node_addresses: Vec<IpAddr>,
@@ -221,6 +234,14 @@ impl Reconciler {
             compile_time,
             sync_time: started.elapsed(),
         };
+        let span = tracing::Span::current();
+        span.record("endpoints", report.endpoints);
+        span.record("programmed", report.programmed);
+        span.record("touched", report.touched.len());
+        span.record("upserts", report.sync.upserts);
+        span.record("deletes", report.sync.deletes);
+        span.record("compile_ms", report.compile_time.as_secs_f64() * 1e3);
+        span.record("sync_ms", report.sync_time.as_secs_f64() * 1e3);
         self.synced = Some(compiled);
         Ok(report)
     }

@@ -37,6 +37,7 @@ use crate::Error;
 use crate::reconcile::{LocalEndpoints, Reconciler, Report};
 use crate::source::ClusterSource;
 use crate::watch::Changes;
+use tollgate_enforcer::causes::Causes;
 
 /// Delay before the first retry of a failed pass.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -239,7 +240,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         self.retry_at = Some(Instant::now() + delay);
         tracing::warn!(
             retry_in_ms = delay.as_millis() as u64,
-            %error,
+            error = %Causes(&error),
             "reconciliation failed"
         );
         error
@@ -486,7 +487,7 @@ mod tests {
         maps.failing = true;
         let failed = agent.next(&mut maps).await.unwrap().unwrap_err();
         assert_eq!(
-            failed.to_string(),
+            Causes(&failed).to_string(),
             "syncing the policy maps: write of rule set 1 in TG_RULESETS: refused"
         );
         assert_eq!(

@@ -29,6 +29,7 @@ use tollgate_enforcer::{
 };
 
 use crate::watch::{Change, ChangeLog, Changes, Debounce, Watchers};
+use tollgate_enforcer::causes::Causes;
 
 /// The cluster, as the reconciler reads it.
 pub trait ClusterSource {
@@ -88,7 +89,7 @@ impl ClusterSource for KubeSource {
     async fn changed(&mut self) -> Option<Changes> {
         if !self.ready {
             if let Err(error) = self.watchers.ready().await {
-                tracing::error!(%error, "the cluster source ended");
+                tracing::error!(error = %Causes(&error), "the cluster source ended");
                 return None;
             }
             self.ready = true;

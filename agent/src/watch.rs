@@ -70,6 +70,7 @@ use crate::slim::{
     Fingerprint, fingerprint, slim_aws_cluster_policy, slim_cluster_policy, slim_endpoint_slice,
     slim_namespace, slim_node, slim_pod, slim_policy, slim_service,
 };
+use tollgate_enforcer::causes::Causes;
 
 /// Changes one kind holds for the next delta before [`Watchers::backlog`] is notified.
 pub const BACKLOG: usize = 2_000;
@@ -446,7 +447,9 @@ async fn follow<K: Watched>(
             }
             // A 410 Gone restarts from a new list; other errors resume the watch. Both after
             // the backoff.
-            Err(error) => tracing::warn!(kind, %api_version, %error, "watch failed; retrying"),
+            Err(error) => {
+                tracing::warn!(kind, %api_version, error = %Causes(&error), "watch failed; retrying")
+            }
         }
     }
 }

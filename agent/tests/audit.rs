@@ -29,8 +29,8 @@ use tollgate_collector::read::{Filter, StoredRecord, read_dir, render_table};
 use tollgate_enforcer::{compile::ENFORCEMENT_ANNOTATION, snapshot::Snapshot};
 
 use support::{
-    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, http_get, http_ok, in_netns, root, seed,
-    tcp_reaches,
+    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, http_get, http_ok, in_netns, privileged,
+    seed, tcp_reaches,
 };
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
@@ -245,7 +245,7 @@ fn stop_and_read(agent: RunningAgent, files: &Path) -> (Vec<StoredRecord>, Strin
 
 #[test]
 fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
-    if !root("run_agent in network namespaces") {
+    if !privileged("run_agent in network namespaces") {
         return;
     }
     let (node, nginx, httpd, amazonlinux) = seed_node("audit-ns");
@@ -322,7 +322,7 @@ fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
 
 #[test]
 fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
-    if !root("run_agent in network namespaces") {
+    if !privileged("run_agent in network namespaces") {
         return;
     }
     let (node, nginx, httpd, amazonlinux) = seed_node("audit-pol");
@@ -439,7 +439,7 @@ fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
 /// `enforcement_mode = 'audit'`).
 #[test]
 fn denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
-    if !root("run_agent in network namespaces") {
+    if !privileged("run_agent in network namespaces") {
         return;
     }
     let (node, _nginx, httpd, amazonlinux) = seed_node("audit-race");

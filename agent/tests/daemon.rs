@@ -20,7 +20,7 @@ use tollgate_enforcer::manifest::parse_manifests;
 
 use support::{
     Bpffs, Node, Pod, RunningAgent, SEED, TempDir, agent_config, free_port, http_get, http_ok,
-    in_netns, root, seed, spawn_in_netns, tcp_reaches, udp_reaches,
+    in_netns, privileged, seed, spawn_in_netns, tcp_reaches, udp_reaches,
 };
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
@@ -45,7 +45,7 @@ fn parquet_files(dir: &std::path::Path) -> usize {
 
 #[test]
 fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() {
-    if !root("run_agent in network namespaces") {
+    if !privileged("run_agent in network namespaces") {
         return;
     }
     let mut node = Node::new("agent");
@@ -228,7 +228,7 @@ fn watch_attach(
 /// waiting for another cluster change.
 #[test]
 fn new_veths_are_enforced_at_once_and_late_routes_programmed() {
-    if !root("run_agent in network namespaces") {
+    if !privileged("run_agent in network namespaces") {
         return;
     }
     let mut node = Node::new("podstart");

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tollgate_agent::source::StaticSource;
 
 use support::{
-    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, http_ok, root, seed, tcp_reaches,
+    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, http_ok, privileged, seed, tcp_reaches,
 };
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
@@ -104,7 +104,7 @@ fn assert_enforces(node: &Node, config_http: std::net::SocketAddr, amazonlinux: 
 
 #[test]
 fn the_agent_enforces_with_its_spool_on_a_full_disk() {
-    if !root("run_agent with its spool on a full disk") {
+    if !privileged("run_agent with its spool on a full disk") {
         return;
     }
     let mut node = Node::new("diskfull");
@@ -133,7 +133,7 @@ fn the_agent_enforces_with_its_spool_on_a_full_disk() {
 
 #[test]
 fn a_collector_that_cannot_start_does_not_stop_enforcement() {
-    if !root("run_agent with a collector that cannot start") {
+    if !privileged("run_agent with a collector that cannot start") {
         return;
     }
     let mut node = Node::new("nocollector");

@@ -20,8 +20,8 @@ use tollgate_agent::{
 };
 
 use support::{
-    Bpffs, Node, Pod, TempDir, Wiring, in_netns, ingress_filters, ip, program, program_by_address,
-    root, tcx_programs, udp_reaches,
+    Bpffs, Node, Pod, TempDir, Wiring, in_netns, ingress_filters, ip, privileged, program,
+    program_by_address, tcx_programs, udp_reaches,
 };
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
@@ -29,7 +29,7 @@ const WAIT_DENY: Duration = Duration::from_millis(700);
 
 #[test]
 fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
-    if !root("endpoint discovery and attach in network namespaces") {
+    if !privileged("endpoint discovery and attach in network namespaces") {
         return;
     }
     let mut node = Node::new("ep");
@@ -168,7 +168,7 @@ fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
 
 #[test]
 fn a_veth_recreated_under_its_name_is_attached_again() {
-    if !root("endpoint re-attach in network namespaces") {
+    if !privileged("endpoint re-attach in network namespaces") {
         return;
     }
     let mut node = Node::new("re");
@@ -203,7 +203,7 @@ fn a_veth_recreated_under_its_name_is_attached_again() {
 
 #[test]
 fn clsact_attach_and_detach() {
-    if !root("endpoint attach through clsact in network namespaces") {
+    if !privileged("endpoint attach through clsact in network namespaces") {
         return;
     }
     let mut node = Node::new("cl");
@@ -327,7 +327,7 @@ fn attach_and_enforce(node: &Node, a: &Pod, b: &Pod, names: &VethNames, tag: &st
 
 #[test]
 fn a_branch_eni_pod_in_strict_mode_is_found_in_its_vlan_table() {
-    if !root("branch-ENI (strict) endpoint discovery in network namespaces") {
+    if !privileged("branch-ENI (strict) endpoint discovery in network namespaces") {
         return;
     }
     let mut node = Node::new("sgp");
@@ -344,7 +344,7 @@ fn a_branch_eni_pod_in_strict_mode_is_found_in_its_vlan_table() {
 
 #[test]
 fn a_custom_veth_prefix_is_followed_from_the_cni_config() {
-    if !root("custom veth prefix discovery in network namespaces") {
+    if !privileged("custom veth prefix discovery in network namespaces") {
         return;
     }
     let files = TempDir::new("prefix");
@@ -393,7 +393,7 @@ fn a_custom_veth_prefix_is_followed_from_the_cni_config() {
 
 #[test]
 fn a_pod_on_two_interfaces_is_one_endpoint_on_both() {
-    if !root("multi-NIC endpoint discovery in network namespaces") {
+    if !privileged("multi-NIC endpoint discovery in network namespaces") {
         return;
     }
     let mut node = Node::new("mnic");

@@ -20,7 +20,7 @@ use tollgate_enforcer::manifest::parse_manifests;
 
 use support::{
     Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, cluster_yaml, eventually, http_ok,
-    in_netns, ip, root, spawn_in_netns, udp_reaches,
+    in_netns, ip, privileged, spawn_in_netns, udp_reaches,
 };
 
 /// The primary ENI's addresses, the secondary ENI's, and one added later.
@@ -103,7 +103,7 @@ fn addresses(list: &[&str]) -> Vec<IpAddr> {
 
 #[test]
 fn the_nodes_addresses_are_found_in_its_namespace_and_changes_are_heard() {
-    if !root("node address discovery in network namespaces") {
+    if !privileged("node address discovery in network namespaces") {
         return;
     }
     let mut node = Node::new("naddr");
@@ -196,7 +196,7 @@ spec:
 
 #[test]
 fn the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy() {
-    if !root("run_agent and node traffic in network namespaces") {
+    if !privileged("run_agent and node traffic in network namespaces") {
         return;
     }
     let mut node = Node::new("nodein");

@@ -29,11 +29,15 @@ use tollgate_schemas::{Reason, Verdict, addr, map_names, program_names};
 
 use support::{
     Bpffs, ISOLATE_B, Node, Pod, compiled, eventually, in_netns, ingress_filters, local_pods,
-    program, root, tcx_programs, udp_reaches,
+    privileged, program, tcx_programs, udp_reaches,
 };
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
+/// How long an open waits for the pin root's lock once the previous holder is dropped. Not
+/// zero: a child that another test thread forks in that instant holds a duplicate of the
+/// lock's descriptor until it execs, and so the lock, for a few microseconds.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 const CHILD_ROOT: &str = "TOLLGATE_PINS_CHILD_ROOT";
 const CHILD_NETNS: &str = "TOLLGATE_PINS_CHILD_NETNS";
@@ -72,7 +76,7 @@ fn child_agent() {
     };
     let netns = std::env::var(CHILD_NETNS).expect("node namespace");
     let pods = decode(&std::env::var(CHILD_PODS).expect("pods"));
-    let pinned = PinnedProbe::open(pin_root.as_ref(), Duration::ZERO).expect("open");
+    let pinned = PinnedProbe::open(pin_root.as_ref(), LOCK_WAIT).expect("open");
     let mut endpoints = Endpoints::new(pinned);
     let local = local_pods(&pods);
     let applied = in_netns(&netns, || {
@@ -131,7 +135,7 @@ fn start_agent(node: &Node, pin_root: &std::path::Path) -> Killed {
 
 #[test]
 fn a_killed_agent_leaves_enforcement_in_place_and_the_next_one_adopts_it() {
-    if !root("restart safety across a killed agent process") {
+    if !privileged("restart safety across a killed agent process") {
         return;
     }
     let mut node = Node::new("rs");
@@ -239,7 +243,7 @@ fn a_killed_agent_leaves_enforcement_in_place_and_the_next_one_adopts_it() {
 
 #[test]
 fn clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
-    if !root("restart safety of clsact filters") {
+    if !privileged("restart safety of clsact filters") {
         return;
     }
     let mut node = Node::new("rc");
@@ -249,7 +253,7 @@ fn clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
     let filters = |ifname: &str| ingress_filters(&node.netns, ifname);
     let local = node.local_pods();
 
-    let mut pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
+    let mut pinned = PinnedProbe::open(&bpffs.root, LOCK_WAIT).expect("open");
     pinned.prefer_clsact(true);
     let mut endpoints = Endpoints::new(pinned);
     in_netns(&node.netns, || {
@@ -270,7 +274,7 @@ fn clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
     assert!(!udp_reaches(&a, &b, WAIT_DENY), "a → b, no agent");
     assert!(udp_reaches(&b, &a, WAIT_PASS), "b → a, no agent");
 
-    let mut pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("reopen");
+    let mut pinned = PinnedProbe::open(&bpffs.root, LOCK_WAIT).expect("reopen");
     assert_eq!(pinned.origin(), MapsOrigin::Reused);
     let adoption = in_netns(&node.netns, || pinned.adopt()).expect("adopt");
     assert_eq!(adoption.adopted.len(), 2);
@@ -298,11 +302,11 @@ fn clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
 
 #[test]
 fn maps_of_another_layout_go_and_a_pinned_map_that_does_not_fit_is_refused() {
-    if !root("pinned map layouts") {
+    if !privileged("pinned map layouts") {
         return;
     }
     let bpffs = Bpffs::new("ly");
-    let pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
+    let pinned = PinnedProbe::open(&bpffs.root, LOCK_WAIT).expect("open");
     assert_eq!(pinned.origin(), MapsOrigin::Created);
     let ours = maps_dir(&bpffs.root);
     for name in pinned_map_names() {
@@ -317,7 +321,7 @@ fn maps_of_another_layout_go_and_a_pinned_map_that_does_not_fit_is_refused() {
         .expect("pin it again");
     drop(pinned);
 
-    let mut pinned = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("reopen");
+    let mut pinned = PinnedProbe::open(&bpffs.root, LOCK_WAIT).expect("reopen");
     assert_eq!(pinned.origin(), MapsOrigin::Reused);
     let adoption = pinned.adopt().expect("adopt");
     assert_eq!(adoption.old_layouts, ["0123456789abcdef"]);
@@ -328,12 +332,12 @@ fn maps_of_another_layout_go_and_a_pinned_map_that_does_not_fit_is_refused() {
     let other = Bpffs::new("ly2");
     let layout = maps_dir(&other.root);
     std::fs::create_dir_all(&layout).unwrap();
-    let donor = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open a donor");
+    let donor = PinnedProbe::open(&bpffs.root, LOCK_WAIT).expect("open a donor");
     MapData::from_pin(maps_dir(&bpffs.root).join(map_names::COUNTERS))
         .expect("open")
         .pin(layout.join(map_names::CONFIG))
         .expect("pin under the wrong name");
-    match PinnedProbe::open(&other.root, Duration::ZERO) {
+    match PinnedProbe::open(&other.root, LOCK_WAIT) {
         Err(PinError::Probe(ProbeError::PinnedMapMismatch { name, .. })) => {
             assert_eq!(name, map_names::CONFIG)
         }
@@ -344,11 +348,11 @@ fn maps_of_another_layout_go_and_a_pinned_map_that_does_not_fit_is_refused() {
 
 #[test]
 fn a_second_agent_waits_for_the_first() {
-    if !root("the pin root's lock") {
+    if !privileged("the pin root's lock") {
         return;
     }
     let bpffs = Bpffs::new("lk");
-    let first = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open");
+    let first = PinnedProbe::open(&bpffs.root, LOCK_WAIT).expect("open");
     match PinnedProbe::open(&bpffs.root, Duration::from_millis(300)) {
         Err(PinError::Locked { .. }) => {}
         other => panic!("expected the lock to be held, got {other:?}"),
@@ -358,7 +362,7 @@ fn a_second_agent_waits_for_the_first() {
         other => panic!("uninstall under a running agent, got {other:?}"),
     }
     drop(first);
-    let second = PinnedProbe::open(&bpffs.root, Duration::ZERO).expect("open after the first");
+    let second = PinnedProbe::open(&bpffs.root, LOCK_WAIT).expect("open after the first");
     drop(second);
     let uninstalled = tollgate_agent::pins::uninstall(&bpffs.root).expect("uninstall");
     assert!(uninstalled.removed_root);

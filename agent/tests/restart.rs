@@ -26,7 +26,7 @@ use tollgate_schemas::map_names;
 
 use support::{
     Bpffs, Node, Pod, TempDir, agent_settings, enter_netns, free_port, http_get, http_ok, in_netns,
-    root, spawn_in_netns,
+    privileged, spawn_in_netns,
 };
 
 const PODS: &str = include_str!("../../examples/seed/lab-pods.yaml");
@@ -369,7 +369,7 @@ impl Drop for StopOnDrop {
 
 #[test]
 fn sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
-    if !root("SIGKILL of an agent process in network namespaces") {
+    if !privileged("SIGKILL of an agent process in network namespaces") {
         return;
     }
     let mut node = Node::new("restart");

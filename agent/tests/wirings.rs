@@ -15,8 +15,8 @@ use tollgate_agent::source::StaticSource;
 use tollgate_collector::read::{Filter, StoredRecord, read_dir, render_table};
 
 use support::{
-    Bpffs, Node, RunningAgent, TempDir, Wiring, agent_config, http_ok, root, seed, tcp_reaches,
-    tcx_programs,
+    Bpffs, Node, RunningAgent, TempDir, Wiring, agent_config, http_ok, privileged, seed,
+    tcp_reaches, tcx_programs,
 };
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
@@ -40,7 +40,7 @@ fn wait_ready(node: &Node, agent: std::net::SocketAddr) {
 
 #[test]
 fn every_wiring_is_enforced_and_a_pod_moved_between_wirings_across_a_restart_stays_so() {
-    if !root("run_agent on the VPC CNI's wirings in network namespaces") {
+    if !privileged("run_agent on the VPC CNI's wirings in network namespaces") {
         return;
     }
     let mut node = Node::new("wire");

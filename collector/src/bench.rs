@@ -137,7 +137,7 @@ pub fn collector(events: u64) -> Result<CollectorBench, BenchError> {
         pipeline_cpu_s: cpu.as_secs_f64(),
         reader_cpu_s: reader_cpu.as_secs_f64(),
         bare_writer_cpu_s,
-        peak_rss_kib: peak_rss_kib(),
+        peak_rss_kib: (tollgate_enforcer::bench::scale::peak_rss_mib() * 1024.0) as u64,
     })
 }
 
@@ -171,25 +171,11 @@ fn bare_writer(files: &[std::path::PathBuf]) -> Result<Duration, BenchError> {
 
 /// CPU time of the calling thread.
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec; CLOCK_THREAD_CPUTIME_ID exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(
         u64::try_from(ts.tv_sec).unwrap_or(0),
         u32::try_from(ts.tv_nsec).unwrap_or(0),
     )
-}
-
-/// Peak resident set size of this process, KiB.
-fn peak_rss_kib() -> u64 {
-    // SAFETY: an all-zero rusage is valid; getrusage fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid rusage to write into.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    u64::try_from(usage.ru_maxrss).unwrap_or(0)
 }
 
 /// The result as a table.

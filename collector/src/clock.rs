@@ -5,6 +5,7 @@
 //! names and reports, and are read back from them, with `jiff`.
 
 use jiff::{Timestamp, fmt::strtime, tz::TimeZone};
+use rustix::time::ClockId;
 
 /// Nanoseconds per second.
 pub const NS_PER_S: u64 = 1_000_000_000;
@@ -20,7 +21,7 @@ impl Clock {
     /// The offset now.
     pub fn sample() -> Self {
         let boot = boottime_ns();
-        let real = read(libc::CLOCK_REALTIME);
+        let real = read(ClockId::Realtime);
         Self {
             offset_ns: i128::from(real) - i128::from(boot),
         }
@@ -44,21 +45,16 @@ impl Clock {
 
 /// Now, in ns of `CLOCK_BOOTTIME`: the clock of the probe's timestamps.
 pub fn boottime_ns() -> u64 {
-    read(libc::CLOCK_BOOTTIME)
+    read(ClockId::Boottime)
 }
 
 /// Now, in ns since the Unix epoch.
 pub fn unix_now_ns() -> u64 {
-    read(libc::CLOCK_REALTIME)
+    read(ClockId::Realtime)
 }
 
-fn read(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write into; both clocks exist on every Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+fn read(clock: ClockId) -> u64 {
+    let ts = rustix::time::clock_gettime(clock);
     u64::try_from(ts.tv_sec).unwrap_or(0) * NS_PER_S + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 

@@ -514,7 +514,7 @@ mod tests {
     #[test]
     fn an_s3_configuration_parses_with_defaults_for_what_it_leaves_out() {
         let yaml = "cluster: prod-eu-1\nnode: ip-10-0-12-34\nsink:\n  kind: s3\n  region: eu-west-1\n  bucket: acme-flow-logs\n  prefix: tollgate\n  sse: {kind: kms, key_id: alias/flow-logs}\n";
-        let config: CollectorConfig = serde_yaml::from_str(yaml).unwrap();
+        let config: CollectorConfig = serde_yaml_ng::from_str(yaml).unwrap();
         assert_eq!(config.window_secs, 60);
         assert_eq!(config.mode, RecordMode::All);
         let SinkConfig::S3(s3) = &config.sink else {
@@ -533,7 +533,7 @@ mod tests {
     #[test]
     fn security_lake_settings_are_checked_against_what_security_lake_asks() {
         let yaml = "flow_log: false\nsecurity_lake:\n  source_name: tollgate\n  region: eu-west-1\n  account_id: '123456789012'\n  sink: {kind: s3, region: eu-west-1, bucket: aws-security-data-lake-eu-west-1-abc}\n";
-        let config: CollectorConfig = serde_yaml::from_str(yaml).unwrap();
+        let config: CollectorConfig = serde_yaml_ng::from_str(yaml).unwrap();
         let lake = config.security_lake.as_ref().unwrap();
         assert_eq!(lake.rotate_bytes, SECURITY_LAKE_MAX_BYTES / 2);
         assert_eq!(lake.rotate_age_secs, 300);
@@ -546,7 +546,7 @@ mod tests {
                 rotate_age_secs: 60,
                 sink: SinkConfig::S3(S3Config {
                     prefix: "ext".into(),
-                    ..serde_yaml::from_str("{region: r, bucket: b}").unwrap()
+                    ..serde_yaml_ng::from_str("{region: r, bucket: b}").unwrap()
                 }),
                 ..lake.clone()
             }),
@@ -573,7 +573,7 @@ mod tests {
 
     #[test]
     fn a_misspelt_field_is_an_error_naming_it() {
-        let error = serde_yaml::from_str::<CollectorConfig>("windw_secs: 30\n").unwrap_err();
+        let error = serde_yaml_ng::from_str::<CollectorConfig>("windw_secs: 30\n").unwrap_err();
         assert!(error.to_string().contains("windw_secs"), "{error}");
     }
 

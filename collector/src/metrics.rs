@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::loss::LossSource;
+use crate::sink::Failure;
 
 /// Counters and gauges of one collector.
 #[derive(Debug, Default)]
@@ -17,8 +18,8 @@ pub struct Metrics {
     pub files_spooled: AtomicU64,
     /// Files delivered to the sink and removed from the spool.
     pub files_shipped: AtomicU64,
-    /// Failed deliveries (each retried later).
-    pub ship_failures: AtomicU64,
+    /// Failed deliveries (each retried later), indexed by [`Failure::index`].
+    pub ship_failures: [AtomicU64; Failure::ALL.len()],
     /// Digests sealed, signed and spooled.
     pub digests_sealed: AtomicU64,
     /// Failed attempts to seal or sign a digest (each retried later).
@@ -45,6 +46,19 @@ impl Metrics {
     /// Counts `events` lost at `source` (unknown counts only count the loss record).
     pub fn lose(&self, source: LossSource, events: Option<u64>) {
         self.lost[source as usize].fetch_add(events.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Counts one failed delivery of kind `failure`.
+    pub fn ship_failed(&self, failure: Failure) {
+        self.ship_failures[failure.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed deliveries so far, every kind.
+    pub fn ship_failures_total(&self) -> u64 {
+        self.ship_failures
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Counts one loss record written for `source`.
@@ -89,12 +103,6 @@ impl Metrics {
             &self.files_shipped,
         );
         one(
-            "ship_failures_total",
-            "counter",
-            "Failed deliveries (retried).",
-            &self.ship_failures,
-        );
-        one(
             "digests_sealed_total",
             "counter",
             "Digests of the flow-log objects sealed, signed and spooled.",
@@ -136,6 +144,19 @@ impl Metrics {
             "Events the kernel dropped because the ring buffer was full.",
             &self.ringbuf_reserve_failed,
         );
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_collector_ship_failures_total Failed deliveries (retried), by kind.\n\
+             # TYPE tollgate_collector_ship_failures_total counter"
+        );
+        for (failure, value) in Failure::ALL.iter().zip(&self.ship_failures) {
+            let _ = writeln!(
+                out,
+                "tollgate_collector_ship_failures_total{{kind=\"{}\"}} {}",
+                failure.label(),
+                value.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP tollgate_collector_lost_events_total Events lost, by where.\n\

@@ -33,6 +33,7 @@ use crate::{
     sink::{SinkError, Sinks},
     spool::{Recovery, SpoolError},
 };
+use tollgate_enforcer::causes::Causes;
 
 /// The collector could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -320,6 +321,6 @@ fn flush_denies(pipeline: &mut Pipeline, reader: &mut EventReader, tap: &mut Opt
             }
             pipeline.ingest(&events);
         }
-        Err(error) => tracing::warn!(%error, "reporting residual denies"),
+        Err(error) => tracing::warn!(error = %Causes(&error), "reporting residual denies"),
     }
 }

@@ -29,6 +29,7 @@ use crate::{
     sink::Sinks,
     spool::{pending_in, remove},
 };
+use tollgate_enforcer::causes::Causes;
 
 /// How often the spool is looked at without a wakeup.
 pub const RESCAN: Duration = Duration::from_secs(5);
@@ -116,13 +117,19 @@ async fn seal(sealer: &mut Sealer, metrics: &Metrics, now: bool) -> Result<(), (
         }
         Err(error) => {
             metrics.digest_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%error, "sealing a digest failed; its entries wait for the next attempt");
+            tracing::warn!(error = %Causes(&error), "sealing a digest failed; its entries wait for the next attempt");
             Err(())
         }
     }
 }
 
 /// Delivers every spooled file, oldest key first; stops at the first failure.
+#[tracing::instrument(
+    level = "debug",
+    name = "ship",
+    skip_all,
+    fields(pending = tracing::field::Empty, files = 0u64, bytes = 0u64)
+)]
 async fn pass(
     root: &std::path::Path,
     sink: &Sinks,
@@ -132,21 +139,28 @@ async fn pass(
     let pending = match pending_in(root) {
         Ok(pending) => pending,
         Err(error) => {
-            tracing::error!(%error, "listing the spool");
+            tracing::error!(error = %Causes(&error), "listing the spool");
             return Err(());
         }
     };
     gauges(metrics, &pending);
+    let span = tracing::Span::current();
+    span.record("pending", pending.len());
+    let (mut files, mut bytes) = (0u64, 0u64);
     for file in &pending {
         match sink.put(&file.key, &file.path).await {
             Ok(()) => {
                 if let Err(error) = remove(root, file) {
                     // Delivered, so nothing is lost; the next pass delivers it again under the
                     // same key, which overwrites it.
-                    tracing::error!(%error, key = file.key, "removing a shipped file");
+                    tracing::error!(error = %Causes(&error), key = file.key, "removing a shipped file");
                     return Err(());
                 }
                 shipped.files += 1;
+                files += 1;
+                bytes += file.bytes;
+                span.record("files", files);
+                span.record("bytes", bytes);
                 metrics.files_shipped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     key = file.key,
@@ -156,8 +170,23 @@ async fn pass(
                 );
             }
             Err(error) => {
-                metrics.ship_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, key = file.key, "delivery failed; retrying later");
+                let failure = error.failure();
+                metrics.ship_failed(failure);
+                if failure.needs_operator() {
+                    tracing::error!(
+                        error = %Causes(&error),
+                        key = file.key,
+                        kind = failure.label(),
+                        "delivery refused; retrying later, but the bucket or the credentials need an operator"
+                    );
+                } else {
+                    tracing::warn!(
+                        error = %Causes(&error),
+                        key = file.key,
+                        kind = failure.label(),
+                        "delivery failed; retrying later"
+                    );
+                }
                 return Err(());
             }
         }

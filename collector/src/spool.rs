@@ -35,6 +35,7 @@ use crate::chain;
 use crate::digest::ObjectEntry;
 use crate::loss::{LossSource, LossSpan};
 use crate::state_file::StateFile;
+use tollgate_enforcer::causes::Causes;
 
 /// A spool operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -316,7 +317,7 @@ impl Spool {
             tracing::warn!(error = error.detail(), key, "spooled, but not synced");
         }
         if let Err(error) = chain::confirm(&self.root, facts.sequence) {
-            tracing::warn!(%error, key, "spooled; its digest entry is confirmed at the next start");
+            tracing::warn!(error = %Causes(&error), key, "spooled; its digest entry is confirmed at the next start");
         }
         self.state.acknowledged_until_s = self.state.acknowledged_until_s.max(until_s);
         self.state.committed += 1;
@@ -341,7 +342,7 @@ impl Spool {
     /// failure to is logged: the loss record of the file's records still says it).
     pub fn lose_sequence(&self, sequence: u64, source: LossSource, detail: &str) {
         if let Err(error) = chain::lose(&self.root, sequence, source, detail) {
-            tracing::error!(%error, sequence, "a lost file's sequence number is not in the digest chain");
+            tracing::error!(error = %Causes(&error), sequence, "a lost file's sequence number is not in the digest chain");
         }
     }
 

@@ -93,12 +93,7 @@ async fn an_s3_outage_delays_digests_and_loses_none() {
         waiting.iter().any(|f| f.key.starts_with("_digests/")),
         "sealed digests wait in the spool"
     );
-    assert!(
-        metrics
-            .ship_failures
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    assert!(metrics.ship_failures_total() > 0);
     server.restart().await;
     wake.notify_one();
     spool.close().unwrap();

@@ -32,20 +32,7 @@ use tollgate_collector::{
     sink::LocalSink,
 };
 use tollgate_schemas::FlowEvent;
-
-/// Whether the test may run: root, or not root outside CI (then it says SKIPPED).
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root, and CI runs as root"
-    );
-    eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
-    false
-}
+use tollgate_test_support::privileged;
 
 /// A tmpfs of `size` bytes mounted on a fresh temporary directory; unmounted and removed on
 /// drop.

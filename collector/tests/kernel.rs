@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{is_root, s3_server::TempDir};
+use support::{privileged, s3_server::TempDir};
 use tokio::sync::Notify;
 use tollgate_collector::{
     config::{CollectorConfig, SinkConfig},
@@ -35,7 +35,7 @@ fn config(dir: &TempDir) -> CollectorConfig {
 
 #[test]
 fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
-    if !is_root("a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count") {
+    if !privileged("a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count") {
         return;
     }
     let dir = TempDir::new("ringbuf-full");
@@ -116,8 +116,9 @@ fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once() {
-    if !is_root("the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once")
-    {
+    if !privileged(
+        "the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once",
+    ) {
         return;
     }
     let dir = TempDir::new("service");

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::{
-    is_root,
+    privileged,
     s3_server::{S3Server, TempDir},
 };
 use tollgate_collector::{
@@ -112,7 +112,7 @@ async fn traffic(flood: &mut Flood, count: usize, over: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_arrives_exactly_once_across_an_outage_of_the_server() {
-    if !is_root("every_record_arrives_exactly_once_across_an_outage_of_the_server") {
+    if !privileged("every_record_arrives_exactly_once_across_an_outage_of_the_server") {
         return;
     }
     let mut server = S3Server::start().await;
@@ -127,10 +127,7 @@ async fn every_record_arrives_exactly_once_across_an_outage_of_the_server() {
     traffic(&mut flood, 2_000, Duration::from_secs(2)).await;
     server.stop();
     traffic(&mut flood, 2_000, Duration::from_secs(3)).await;
-    let failures = collector
-        .metrics()
-        .ship_failures
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let failures = collector.metrics().ship_failures_total();
     assert!(
         failures > 0,
         "deliveries must have failed during the outage"
@@ -205,7 +202,8 @@ async fn crash_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded() {
-    if !is_root("after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded") {
+    if !privileged("after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded")
+    {
         return;
     }
     let server = S3Server::start().await;

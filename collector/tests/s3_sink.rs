@@ -74,7 +74,9 @@ async fn failed_put(sink: &S3Sink, path: &Path) -> String {
         .await
         .expect("a refused put fails in bounded time");
     match result {
-        Err(SinkError::Put { location, message }) => {
+        Err(SinkError::Put {
+            location, message, ..
+        }) => {
             eprintln!("failed after {:?}: {message}", started.elapsed());
             assert_eq!(location, sink.location(KEY));
             message

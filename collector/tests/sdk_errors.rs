@@ -1,22 +1,24 @@
 //! S3 failures as the sink reports them (and `tollgate quarantine` prints them): in words,
 //! each cause once, never the SDK's structures (`DispatchFailure(DispatchFailure { source:
-//! ConnectorError { … } })`).
+//! ConnectorError { … } })`), and of the kind the shipper counts and logs them by.
 
 mod support;
 
 use support::s3_server::{S3Server, SECRET_KEY, TempDir};
 use tollgate_collector::config::S3Config;
-use tollgate_collector::sink::{S3Sink, SinkError};
+use tollgate_collector::sink::{Failure, S3Sink, SinkError};
 
 const KEY: &str = "cluster=lab/dt=2026-11-25/hour=06/node-a-000001.parquet";
 
-async fn failed_put(config: &S3Config) -> String {
+async fn failed_put(config: &S3Config) -> (String, Failure) {
     let files = TempDir::new("sdk-errors");
     let path = files.path().join("f.parquet");
     std::fs::write(&path, b"PAR1").unwrap();
     let sink = S3Sink::new(config).await.expect("building the S3 sink");
     match sink.put(KEY, &path).await {
-        Err(SinkError::Put { message, .. }) => message,
+        Err(SinkError::Put {
+            message, failure, ..
+        }) => (message, failure),
         other => panic!("expected SinkError::Put, got {other:?}"),
     }
 }
@@ -35,7 +37,8 @@ async fn an_unreachable_endpoint_is_said_once_in_words() {
         ..server.config("flows")
     };
     server.stop();
-    let message = failed_put(&config).await;
+    let (message, failure) = failed_put(&config).await;
+    assert_eq!(failure, Failure::Unreachable);
     assert_in_words(&message);
     assert!(message.starts_with("PutObject: "), "{message}");
     assert_eq!(
@@ -52,13 +55,15 @@ async fn a_refusal_names_its_code_and_status() {
     // the body: on a busy machine the client may still be writing it and fail with a broken
     // pipe before it reads the 403. That race is the transport's, not what this test is
     // about: a few tries get the refusal itself.
-    let mut message = String::new();
+    let (mut message, mut failure) = (String::new(), Failure::Other);
     for _ in 0..5 {
-        message = failed_put(&server.config("flows")).await;
+        (message, failure) = failed_put(&server.config("flows")).await;
         if !message.contains("Broken pipe") {
             break;
         }
     }
+    assert_eq!(failure, Failure::Denied, "{message}");
+    assert!(failure.needs_operator());
     assert_in_words(&message);
     assert!(message.starts_with("PutObject: NotSignedUp"), "{message}");
     assert!(message.ends_with("(HTTP 403)"), "{message}");

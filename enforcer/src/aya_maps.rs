@@ -21,7 +21,7 @@ use crate::{
 
 /// Error of one kernel map operation, naming the map.
 #[derive(Debug, thiserror::Error)]
-#[error("map {map}: {source}")]
+#[error("map {map}")]
 pub struct AyaMapError {
     /// Map name.
     pub map: &'static str,

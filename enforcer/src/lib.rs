@@ -17,6 +17,7 @@
 pub mod aya_maps;
 pub mod bench;
 pub mod bpf_datapath;
+pub mod causes;
 pub mod compile;
 pub mod crd;
 pub mod decision;

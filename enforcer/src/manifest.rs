@@ -23,7 +23,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use crate::crd::{AwsClusterNetworkPolicy, ClusterNetworkPolicy};
 use crate::snapshot::{InputError, Snapshot};
@@ -59,7 +59,7 @@ pub fn parse_manifest_bytes(bytes: &[u8], source: &str) -> (Snapshot, Vec<InputE
                 continue;
             }
         };
-        match serde_yaml::from_str::<Value>(text) {
+        match serde_yaml_ng::from_str::<Value>(text) {
             Ok(Value::Null) => {}
             Ok(value) => parser.object(value, &label, None),
             Err(e) => parser.errors.push(InputError {
@@ -148,7 +148,7 @@ fn invalid_utf8_message(bytes: &[u8], error: &std::str::Utf8Error, first_line: u
 }
 
 /// The parser's message with the location counted in lines of the whole file.
-fn yaml_error_message(error: &serde_yaml::Error, first_line: usize) -> String {
+fn yaml_error_message(error: &serde_yaml_ng::Error, first_line: usize) -> String {
     let message = error.to_string();
     match error.location() {
         Some(location) => {
@@ -341,10 +341,10 @@ impl Parser {
     /// Decodes an object into its k8s-openapi type; a wrong field type is reported with the
     /// field's path.
     fn decode<T: serde::de::DeserializeOwned>(&mut self, value: &Value, object: &str) -> Option<T> {
-        // Decoding from text (rather than from the value) is what makes serde_yaml report the
+        // Decoding from text (rather than from the value) is what makes serde_yaml_ng report the
         // path of the offending field.
         let decoded =
-            serde_yaml::to_string(value).and_then(|text| serde_yaml::from_str::<T>(&text));
+            serde_yaml_ng::to_string(value).and_then(|text| serde_yaml_ng::from_str::<T>(&text));
         match decoded {
             Ok(decoded) => Some(decoded),
             Err(e) => {

@@ -60,6 +60,7 @@ use tollgate_schemas::{
     endpoint_flags, map_names,
 };
 
+use crate::causes::Causes;
 use crate::{
     compile::cidr::Prefix,
     desired::{Capacity, DesiredState, PeerEntryKey},
@@ -358,13 +359,13 @@ impl std::fmt::Display for MapKey {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError<E: std::error::Error + 'static> {
     /// The maps could not be read.
-    #[error("reading the policy maps: {source}")]
+    #[error("reading the policy maps")]
     Read {
         /// The maps' error.
         source: E,
     },
     /// Writing or removing one entry failed.
-    #[error("{operation} of {key}: {source}")]
+    #[error("{operation} of {key}")]
     Write {
         /// `upsert`, `delete`, `insert`, `write` or `clear`.
         operation: &'static str,
@@ -376,7 +377,7 @@ pub enum SyncError<E: std::error::Error + 'static> {
     /// Maps full even after every delete: these endpoints are written not programmed (they
     /// deny everything) because entries they depend on could not be written.
     #[error(
-        "endpoints {} left not programmed (denying): {operation} of {key}: {source}",
+        "endpoints {} left not programmed (denying): {operation} of {key}",
         list(endpoints)
     )]
     NotProgrammed {
@@ -645,7 +646,7 @@ impl<M: PolicyMaps> Writer<'_, M> {
             Ok(()) => Ok(changes),
             Err(error) if error.is_full() => {
                 tracing::warn!(
-                    %error,
+                    error = %Causes(&error),
                     "a policy map is full: endpoints that change deny while every delete runs first"
                 );
                 self.stats.fallback = true;
@@ -1611,7 +1612,8 @@ spec:
                 fail_on: Some(map),
                 ..Recording::default()
             };
-            sync(&mut failing, &desired).unwrap_err().to_string()
+            let error = sync(&mut failing, &desired).unwrap_err();
+            crate::causes::Causes(&error).to_string()
         };
         assert_eq!(
             error(("upsert", map_names::ENDPOINTS)),

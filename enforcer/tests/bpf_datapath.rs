@@ -22,19 +22,10 @@ use tollgate_schemas::{
     FragEntry, FragKey, PeerIdentity, PeerKey, PolicyEntry, PolicyKey, PolicyValue, PortRule,
     Reason, Verdict, addr, config_flags, endpoint_flags, port_action, proto,
 };
+use tollgate_test_support::privileged;
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "BPF_PROG_TEST_RUN tests of the probe: CI runs as root, and they must run there"
-        );
-        eprintln!("SKIPPED (needs root): BPF_PROG_TEST_RUN tests of the probe");
-    }
-    root
-}
+/// What the privileged check names for the tests of this file.
+const PROBE_TESTS: &str = "BPF_PROG_TEST_RUN tests of the probe";
 
 /// Namespace `default` with a client, a server and an IPv6 server; `policies` is appended.
 fn cluster(policies: &str) -> Snapshot {
@@ -220,7 +211,7 @@ fn one_event(run: &HookRun) -> (Verdict, Reason, u64) {
 
 #[test]
 fn allowed_flow_names_its_rule_and_replies_pass_through_conntrack() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -259,7 +250,7 @@ fn allowed_flow_names_its_rule_and_replies_pass_through_conntrack() {
 
 #[test]
 fn isolated_pod_denies_what_no_rule_allows() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -280,7 +271,7 @@ fn isolated_pod_denies_what_no_rule_allows() {
 
 #[test]
 fn ipv6_flows_are_decided_like_ipv4() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -303,7 +294,7 @@ fn ipv6_flows_are_decided_like_ipv4() {
 
 #[test]
 fn endpoint_without_programmed_rules_is_denied_never_allowed() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new("");
@@ -316,7 +307,7 @@ fn endpoint_without_programmed_rules_is_denied_never_allowed() {
 
 #[test]
 fn unknown_endpoint_is_denied_in_strict_mode_and_passes_in_standard_mode() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new("");
@@ -337,7 +328,7 @@ fn unknown_endpoint_is_denied_in_strict_mode_and_passes_in_standard_mode() {
 
 #[test]
 fn address_on_the_wrong_interface_is_denied_as_spoofed() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new("");
@@ -368,7 +359,7 @@ spec:
 
 #[test]
 fn a_denial_by_rule_names_the_rule_in_every_report() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(&format!("{ALLOW_CLIENT_ANY}---{ADMIN_DENY_CLIENT}"));
@@ -396,7 +387,7 @@ fn a_denial_by_rule_names_the_rule_in_every_report() {
 
 #[test]
 fn denied_flows_are_deduplicated_and_carry_their_packet_count() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(DENY_ALL);
@@ -448,7 +439,7 @@ fn denied_flows_are_deduplicated_and_carry_their_packet_count() {
 
 #[test]
 fn tightened_policy_cuts_established_flows_and_their_replies() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -472,7 +463,7 @@ fn tightened_policy_cuts_established_flows_and_their_replies() {
 
 #[test]
 fn audit_mode_passes_would_be_denials_as_audit_deny() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(DENY_ALL);
@@ -490,7 +481,7 @@ fn audit_mode_passes_would_be_denials_as_audit_deny() {
 
 #[test]
 fn truncated_and_malformed_packets_never_pass_an_isolated_pod() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -539,7 +530,7 @@ fn truncated_and_malformed_packets_never_pass_an_isolated_pod() {
 
 #[test]
 fn ip_options_and_extension_headers_are_skipped_to_the_real_ports() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -564,7 +555,7 @@ fn ip_options_and_extension_headers_are_skipped_to_the_real_ports() {
 
 #[test]
 fn later_fragments_follow_the_first_and_unknown_ones_are_denied() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -606,7 +597,7 @@ fn later_fragments_follow_the_first_and_unknown_ones_are_denied() {
 
 #[test]
 fn protocols_without_ports_need_a_rule_without_ports() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     const GRE: u8 = 47;
@@ -647,7 +638,7 @@ spec:
 
 #[test]
 fn icmp_errors_about_tracked_flows_pass_as_related() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(CLIENT_EGRESS_ONLY);
@@ -681,7 +672,7 @@ fn icmp_errors_about_tracked_flows_pass_as_related() {
 
 #[test]
 fn icmp_errors_longer_than_a_router_sends_are_not_related() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(CLIENT_EGRESS_ONLY);
@@ -714,7 +705,7 @@ fn icmp_errors_longer_than_a_router_sends_are_not_related() {
 /// that does not pass) vouch for nothing: the packet is decided by policy, and denied here.
 #[test]
 fn conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_packet() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(DENY_ALL);
@@ -831,7 +822,7 @@ spec:
 /// store IPv4 in that very form). The probe and the model deny it as malformed.
 #[test]
 fn ipv4_mapped_ipv6_addresses_never_match_ipv4_blocks_or_endpoints() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(IPV4_BLOCKS);
@@ -879,7 +870,7 @@ fn ipv4_mapped_ipv6_addresses_never_match_ipv4_blocks_or_endpoints() {
 
 #[test]
 fn arp_and_neighbor_discovery_pass_without_a_decision() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(DENY_ALL);
@@ -949,7 +940,7 @@ fn through_service(port: u16) -> ProbeFlow {
 
 #[test]
 fn node_addresses_pass_ingress_as_from_node_unless_turned_off() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut snapshot = cluster(DENY_ALL);
@@ -998,7 +989,7 @@ fn node_addresses_pass_ingress_as_from_node_unless_turned_off() {
 
 #[test]
 fn cluster_ip_passes_when_every_backend_is_allowed_and_replies_come_back_from_it() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut lab = Lab::new(&format!("{CLIENT_TO_SERVER_HTTP}\n---\n{SERVER_SERVICE}"));
@@ -1046,7 +1037,7 @@ fn cluster_ip_passes_when_every_backend_is_allowed_and_replies_come_back_from_it
 
 #[test]
 fn cluster_ip_with_a_denied_backend_is_denied_for_every_connection() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     // A second backend that the client's policy does not allow.
@@ -1226,7 +1217,7 @@ fn identities_lab() -> DesiredState {
 
 #[test]
 fn peer_identities_decide_through_policy_entries_and_fallbacks() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
@@ -1307,7 +1298,7 @@ fn server_isolated_both_ways(revision: u64) -> EndpointState {
 
 #[test]
 fn a_syn_without_ack_is_never_taken_for_a_reply() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
@@ -1335,7 +1326,7 @@ fn a_syn_without_ack_is_never_taken_for_a_reply() {
 
 #[test]
 fn a_new_revision_decides_tracked_flows_again() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
@@ -1415,12 +1406,14 @@ fn a_new_revision_decides_tracked_flows_again() {
 
 #[test]
 fn bench_datapath_runs_every_case() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let results = tollgate_enforcer::bench::datapath(200).expect("bench");
     let cases: Vec<&str> = results.iter().map(|r| r.case.as_str()).collect();
-    assert_eq!(cases.len(), 10, "{cases:?}");
+    assert_eq!(cases.len(), 14, "{cases:?}");
+    assert!(cases.contains(&"established flow, IPv6"));
+    assert!(cases.contains(&"new flow, IPv6, allowed among 10000 CIDR rules"));
     assert!(cases.contains(&"empty program, one run per syscall (floor)"));
     assert!(cases.contains(&"new egress flow, to a ClusterIP"));
     assert!(cases.contains(&"new flow, past an Admin-tier Deny and Pass"));
@@ -1471,7 +1464,7 @@ spec:
 
 #[test]
 fn maps_at_capacity_deny_what_does_not_fit_and_still_revoke_on_both_datapaths() {
-    if !root() {
+    if !privileged(PROBE_TESTS) {
         return;
     }
     let placement = Placement::AllPods { ifindex: 1 };

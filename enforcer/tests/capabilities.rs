@@ -6,6 +6,7 @@
 //! of a thread of its own, so the rest of the test process is unaffected.
 
 use aya::maps::MapData;
+use tollgate_test_support::privileged;
 
 /// `_LINUX_CAPABILITY_VERSION_3`.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
@@ -44,11 +45,7 @@ fn drop_sys_admin() {
 
 #[test]
 fn the_collectors_handles_on_the_probes_maps_need_no_cap_sys_admin() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "!!!!!!!! SKIPPED (needs root): the_collectors_handles_on_the_probes_maps_need_no_cap_sys_admin !!!!!!!!"
-        );
+    if !privileged("the_collectors_handles_on_the_probes_maps_need_no_cap_sys_admin") {
         return;
     }
     std::thread::spawn(|| {

@@ -11,6 +11,7 @@ use tollgate_enforcer::decision::ProbeFlow;
 use tollgate_enforcer::model::ModelDatapath;
 use tollgate_enforcer::snapshot::{InputError, Snapshot};
 use tollgate_enforcer::verify::{self, Peer, ProbeSpec, Protocol, SourceText, VerifyInput};
+use tollgate_test_support::privileged;
 
 fn error(object: &str, field: &str) -> (String, String) {
     (object.to_owned(), field.to_owned())
@@ -144,7 +145,7 @@ fn snapshot(pods: &[(&str, &str, &[&str])]) -> Snapshot {
                  status: {{phase: Running, podIPs: [{}]}}\n",
                 ips.join(", ")
             );
-            serde_yaml::from_str::<Pod>(&yaml).expect("a pod")
+            serde_yaml_ng::from_str::<Pod>(&yaml).expect("a pod")
         })
         .collect();
     Snapshot {
@@ -340,12 +341,7 @@ spec:
 
 #[test]
 fn example_renders_the_same_on_the_ebpf_programs() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED (needs root): example_renders_the_same_on_the_ebpf_programs loads eBPF \
-             programs; CI runs it as root"
-        );
+    if !privileged("example_renders_the_same_on_the_ebpf_programs") {
         return;
     }
     let mut bpf = BpfDatapath::new().expect("load the eBPF programs");

@@ -29,6 +29,7 @@ use tollgate_enforcer::verify::{
     self, HookResult, Peer, ProbeResult, ProbeSpec, ProbeVerdict, Protocol, ResolvedProbe,
     SourceText,
 };
+use tollgate_test_support::privileged;
 
 /// The first document of a case file.
 #[derive(Debug, Deserialize)]
@@ -214,11 +215,11 @@ fn source_name(path: &Path) -> String {
 /// The case header of a file: its first document, when that is a `VerifyCase`.
 fn header(text: &str) -> Result<Option<Header>, String> {
     let first = text.split("\n---\n").next().unwrap_or_default();
-    let value: serde_yaml::Value = serde_yaml::from_str(first).map_err(|e| e.to_string())?;
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(first).map_err(|e| e.to_string())?;
     if value.get("kind").and_then(|k| k.as_str()) != Some("VerifyCase") {
         return Ok(None);
     }
-    let header: Header = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+    let header: Header = serde_yaml_ng::from_value(value).map_err(|e| e.to_string())?;
     if header.api_version != "tollgate.io/v1alpha1" || header.kind != "VerifyCase" {
         return Err(format!("unexpected {}/{}", header.api_version, header.kind));
     }
@@ -566,12 +567,7 @@ fn model_datapath_meets_every_fixture() {
 
 #[test]
 fn bpf_datapath_agrees_with_model_on_every_fixture() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED (needs root): bpf_datapath_agrees_with_model_on_every_fixture loads eBPF \
-             programs; CI runs it as root"
-        );
+    if !privileged("bpf_datapath_agrees_with_model_on_every_fixture") {
         return;
     }
     let evaluated = evaluate_all();

@@ -24,19 +24,7 @@ use tollgate_enforcer::{
     sync::sync,
 };
 use tollgate_schemas::{Counter, Direction, FlowEvent, Reason, Verdict, addr, proto};
-
-fn root(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{what}: CI runs as root, and these tests must run there"
-        );
-        eprintln!("SKIPPED (needs root): {what}");
-    }
-    root
-}
+use tollgate_test_support::privileged;
 
 /// Runs `ip ARGS`, panicking on failure; returns its standard output.
 fn ip(args: &[&str]) -> String {
@@ -359,7 +347,7 @@ const ETH_P_8021AD: u16 = 0x88a8;
 /// counted as malformed, without an event.
 #[test]
 fn vlan_tagged_frames_through_a_real_veth_are_decided_as_the_ip_inside() {
-    if !root("the probe on a veth carrying VLAN-tagged frames") {
+    if !privileged("the probe on a veth carrying VLAN-tagged frames") {
         return;
     }
     let mut namespaces = Namespaces::new("vlan");
@@ -472,7 +460,7 @@ struct Fate {
 /// (and answered with a parameter problem) after the probe allowed it.
 #[test]
 fn ipv4_options_through_a_real_veth_reach_the_pod_unless_the_kernel_refuses_them() {
-    if !root("IPv4 options through the probe and the node's forwarding") {
+    if !privileged("IPv4 options through the probe and the node's forwarding") {
         return;
     }
     let mut namespaces = Namespaces::new("ipopt");

@@ -222,6 +222,7 @@ pub async fn log_release(
         tollgate_collector::sink::SinkError::Put {
             location: staging.display().to_string(),
             message: e.to_string(),
+            failure: tollgate_collector::sink::Failure::of_io(&e),
         }
     })?;
     let sink = tollgate_collector::sink::Sink::from_config(&location.sink(s3)).await?;

@@ -46,6 +46,7 @@ use crate::{
     PodRef,
     cluster::{Access, Cluster, ClusterError},
 };
+use tollgate_enforcer::causes::Causes;
 
 /// The label that marks a quarantined pod (its value names the pod, see [`label_value`]), and
 /// its quarantine policy.
@@ -285,7 +286,7 @@ async fn precheck(
         // Isolating a compromised pod must not wait on an older API server without
         // SelfSubjectReview: the record says the name is unknown, and why.
         Err(error) => {
-            tracing::warn!(%error, "could not learn who is acting; recorded as unknown");
+            tracing::warn!(error = %Causes(&error), "could not learn who is acting; recorded as unknown");
             format!("unknown ({error})")
         }
     };

@@ -348,7 +348,7 @@ fn the_shipped_cluster_role_grants_exactly_the_rights_checked() {
         "/../deploy/incident/quarantine-role.yaml"
     );
     let role: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut granted: Vec<(String, String, String)> = Vec::new();
     for rule in role["rules"].as_array().unwrap() {
         for group in rule["apiGroups"].as_array().unwrap() {

@@ -36,6 +36,7 @@ use crate::{
     servers::wait_listening,
     topology::Topology,
 };
+use tollgate_enforcer::causes::Causes;
 
 const SERVER: &str = "198.18.0.10";
 const CLIENT: &str = "198.18.0.20";
@@ -211,7 +212,9 @@ fn bench_pods(rules: usize) -> Result<LabPods, LabError> {
 
 /// A freshly loaded probe with the pods' policy, attached to every host veth.
 fn attach(topology: &Topology, pods: &LabPods) -> Result<Probe, LabError> {
-    let agent = |e: &dyn std::fmt::Display| LabError::Agent(format!("bench veth: {e}"));
+    let agent = |e: &(dyn std::error::Error + 'static)| {
+        LabError::Agent(format!("bench veth: {}", Causes(e)))
+    };
     let mut probe = Probe::load().map_err(|e| agent(&e))?;
     let interfaces = topology.interfaces();
     let compiled = compile(

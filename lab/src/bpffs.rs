@@ -6,11 +6,10 @@
 //! for the mounts of runs that were killed before they could, as
 //! [`crate::topology::sweep_stale`] does for their namespaces.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::{LabError, names, topology::STALE_AFTER};
+use tollgate_enforcer::causes::Causes;
 
 /// What the mount directory's name ends with.
 const SUFFIX: &str = "-bpffs";
@@ -26,21 +25,16 @@ impl RunBpffs {
     pub fn mount(prefix: &str) -> Result<Self, LabError> {
         let root = std::env::temp_dir().join(format!("{prefix}{SUFFIX}"));
         std::fs::create_dir_all(&root).map_err(|source| bpffs_error(&root, "creating", source))?;
-        let target = c_path(&root)?;
-        // SAFETY: every pointer is a valid NUL-terminated string (or null data) for the call.
-        let mounted = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                target.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if mounted != 0 {
-            let source = std::io::Error::last_os_error();
+        let mounted = rustix::mount::mount(
+            "bpf",
+            &root,
+            "bpf",
+            rustix::mount::MountFlags::empty(),
+            None,
+        );
+        if let Err(error) = mounted {
             let _ = std::fs::remove_dir(&root);
-            return Err(bpffs_error(&root, "mounting", source));
+            return Err(bpffs_error(&root, "mounting", error.into()));
         }
         Ok(Self { root })
     }
@@ -59,17 +53,13 @@ impl Drop for RunBpffs {
 
 /// Unmounts `root` (lazily: pins with open descriptors go once those close) and removes it.
 fn unmount(root: &Path) {
-    let Ok(target) = c_path(root) else {
-        return;
-    };
-    // SAFETY: a valid NUL-terminated path.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-        let error = std::io::Error::last_os_error();
-        tracing::warn!(root = %root.display(), %error, "bpffs not unmounted");
+    if let Err(error) = rustix::mount::unmount(root, rustix::mount::UnmountFlags::DETACH) {
+        let error = std::io::Error::from(error);
+        tracing::warn!(root = %root.display(), error = %Causes(&error), "bpffs not unmounted");
         return;
     }
     if let Err(error) = std::fs::remove_dir(root) {
-        tracing::warn!(root = %root.display(), %error, "bpffs directory not removed");
+        tracing::warn!(root = %root.display(), error = %Causes(&error), "bpffs directory not removed");
     }
 }
 
@@ -113,16 +103,6 @@ pub fn sweep_stale() -> Vec<PathBuf> {
         removed.push(path);
     }
     removed
-}
-
-fn c_path(path: &Path) -> Result<CString, LabError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        bpffs_error(
-            path,
-            "naming",
-            std::io::Error::from(std::io::ErrorKind::InvalidInput),
-        )
-    })
 }
 
 fn bpffs_error(path: &Path, what: &'static str, source: std::io::Error) -> LabError {

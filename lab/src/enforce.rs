@@ -22,11 +22,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_agent::{
     config::AgentConfig,
-    daemon::{Causes, Hooks, NodeState, Synced, run_agent_with},
+    daemon::{Hooks, NodeState, Synced, run_agent_with},
     source::{StaticHandle, StaticSource},
 };
 use tollgate_collector::{config::CollectorConfig, pipeline::Tap, service::Stopped};
-use tollgate_enforcer::snapshot::Snapshot;
+use tollgate_enforcer::{causes::Causes, snapshot::Snapshot};
 
 use crate::{Attach, LabError, bpffs::RunBpffs, netns::netns_path, topology::Topology};
 
@@ -82,11 +82,13 @@ impl NodeAgent {
         let thread = std::thread::Builder::new()
             .name("tollgate-agent".to_owned())
             .spawn(move || {
-                use std::os::fd::AsRawFd;
-                // SAFETY: the descriptor is open for the call; only this thread (and the
-                // threads it starts, which inherit it) moves into the node namespace.
-                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let error = std::io::Error::last_os_error();
+                use std::os::fd::AsFd;
+                // Only this thread (and the threads it starts, which inherit it) moves into
+                // the node namespace.
+                if let Err(error) = rustix::thread::move_into_link_name_space(
+                    netns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                ) {
                     return Err(format!("entering network namespace {node}: {error}"));
                 }
                 let runtime = tokio::runtime::Builder::new_current_thread()

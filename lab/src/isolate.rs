@@ -57,10 +57,7 @@ impl LabCluster {
     pub fn new(snapshot: Snapshot) -> Self {
         let user = std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| {
-                // SAFETY: getuid has no preconditions and cannot fail.
-                format!("uid-{}", unsafe { libc::getuid() })
-            });
+            .unwrap_or_else(|_| format!("uid-{}", rustix::process::getuid().as_raw()));
         Self {
             state: Mutex::new(State {
                 snapshot,

@@ -233,8 +233,7 @@ fn join_errors(errors: &[InputError]) -> String {
 /// errors are reserved for runs that could not be carried out. Ctrl-C, SIGTERM and SIGHUP (a
 /// closed terminal) stop the run with [`LabError::Interrupted`], after cleanup.
 pub async fn run(options: &LabOptions) -> Result<LabReport, LabError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Err(LabError::NotRoot);
     }
     topology::sweep_stale();

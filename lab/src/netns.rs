@@ -8,7 +8,7 @@
 //! attached to an interface by name finds the interface of that namespace.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use crate::LabError;
@@ -35,12 +35,11 @@ where
     let joined = std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                // SAFETY: the descriptor is open for the whole call; setns only changes the
-                // network namespace of this thread, which ends after `f`.
-                let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-                if entered != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                // Only this thread moves into the namespace, and it ends after `f`.
+                rustix::thread::move_into_link_name_space(
+                    handle.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
                 Ok(f())
             })
             .join()

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::{LabError, names, pods::CLUSTER_DOMAIN, topology::is_stale};
+use tollgate_enforcer::causes::Causes;
 
 /// Where `ip netns exec` looks for a namespace's own `/etc` files.
 pub const NETNS_ETC: &str = "/etc/netns";
@@ -66,7 +67,7 @@ impl Drop for ResolvConfs {
     fn drop(&mut self) {
         for dir in &self.dirs {
             if let Err(error) = std::fs::remove_dir_all(dir) {
-                tracing::warn!(dir = %dir.display(), %error, "pod /etc directory not removed");
+                tracing::warn!(dir = %dir.display(), error = %Causes(&error), "pod /etc directory not removed");
             }
         }
         // Fails, and is meant to, while anything (another run's pods) is still there.
@@ -91,7 +92,9 @@ pub fn sweep_stale() -> Vec<PathBuf> {
         }
         match std::fs::remove_dir_all(&path) {
             Ok(()) => removed.push(path),
-            Err(error) => tracing::warn!(dir = %path.display(), %error, "stale directory kept"),
+            Err(error) => {
+                tracing::warn!(dir = %path.display(), error = %Causes(&error), "stale directory kept")
+            }
         }
     }
     removed

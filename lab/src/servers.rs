@@ -29,6 +29,7 @@ use crate::{
     pods::{HTTPD_INDEX, HttpServer, LabPod, LabPods, Serves},
     topology::{Topology, is_stale},
 };
+use tollgate_enforcer::causes::Causes;
 
 /// Longest a server may take to listen after it was started.
 pub const LISTEN_WITHIN: Duration = Duration::from_secs(10);
@@ -55,9 +56,12 @@ impl Process {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill with the pid of our own child, not yet reaped, and a valid signal.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        // Our own child, not yet reaped: its pid is still its own.
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + STOP_WITHIN;
         while Instant::now() < deadline {
@@ -149,7 +153,7 @@ impl Drop for Servers {
         }
         self.processes.clear();
         if let Err(error) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), %error, "run directory not removed");
+            tracing::warn!(dir = %self.dir.display(), error = %Causes(&error), "run directory not removed");
         }
     }
 }
@@ -361,16 +365,19 @@ pub fn sweep_stale() -> Vec<PathBuf> {
                     continue;
                 };
                 let comm = std::fs::read_to_string(format!("/proc/{server}/comm"));
-                if comm.is_ok_and(|comm| comm.trim() == program) {
-                    // SAFETY: kill with a pid that names the run's own server, checked above.
-                    unsafe { libc::kill(server, libc::SIGTERM) };
+                if comm.is_ok_and(|comm| comm.trim() == program)
+                    && let Some(pid) = rustix::process::Pid::from_raw(server)
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
                     tracing::info!(pid = server, program, "stale lab server stopped");
                 }
             }
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => removed.push(dir),
-            Err(error) => tracing::warn!(dir = %dir.display(), %error, "stale run directory kept"),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), error = %Causes(&error), "stale run directory kept")
+            }
         }
     }
     removed

@@ -61,6 +61,7 @@ use crate::{
     netns::netns_path,
     pods::LabPods,
 };
+use tollgate_enforcer::causes::Causes;
 
 /// The pod side of every veth pair.
 pub const POD_IFNAME: &str = "eth0";
@@ -271,7 +272,7 @@ impl Drop for Topology {
             match ip(&["netns", "del", netns]) {
                 Ok(_) => tracing::debug!(netns = %netns, "network namespace removed"),
                 Err(error) => {
-                    tracing::warn!(netns = %netns, %error, "network namespace not removed")
+                    tracing::warn!(netns = %netns, error = %Causes(&error), "network namespace not removed")
                 }
             }
         }
@@ -288,7 +289,7 @@ fn add_node_address(node: &str, vpc: Option<&str>, family: IpFamily) -> Result<(
         None => {
             let dummy = ["-n", node, "link", "add", NODE_IFNAME, "type", "dummy"];
             if let Err(error) = ip(&dummy) {
-                tracing::debug!(%error, "no dummy driver; the node's eth0 is an ifb device");
+                tracing::debug!(error = %Causes(&error), "no dummy driver; the node's eth0 is an ifb device");
                 ip(&["-n", node, "link", "add", NODE_IFNAME, "type", "ifb"])?;
             }
         }
@@ -437,7 +438,7 @@ fn wire_branch_eni(node: &str, vpc: &str, pod_ip: IpAddr) -> Result<String, LabE
             ])?;
         }
         Err(error) => {
-            tracing::info!(%error, "no 802.1Q in this kernel; vlan.eth.{vlan} is a veth to the VPC");
+            tracing::info!(error = %Causes(&error), "no 802.1Q in this kernel; vlan.eth.{vlan} is a veth to the VPC");
             ip(&[
                 "-n", node, "link", "add", &link, "type", "veth", "peer", "name", &branch, "netns",
                 vpc,
@@ -672,7 +673,7 @@ pub fn sweep_stale() -> Vec<String> {
     let listed = match list_netns() {
         Ok(listed) => listed,
         Err(error) => {
-            tracing::warn!(%error, "cannot list network namespaces; no stale lab namespaces removed");
+            tracing::warn!(error = %Causes(&error), "cannot list network namespaces; no stale lab namespaces removed");
             return Vec::new();
         }
     };
@@ -689,7 +690,9 @@ pub fn sweep_stale() -> Vec<String> {
                 tracing::info!(netns = %netns, pid, "stale lab namespace removed");
                 removed.push(netns);
             }
-            Err(error) => tracing::warn!(netns = %netns, %error, "stale lab namespace not removed"),
+            Err(error) => {
+                tracing::warn!(netns = %netns, error = %Causes(&error), "stale lab namespace not removed")
+            }
         }
     }
     removed

@@ -12,7 +12,7 @@ use std::process::Command;
 use serde_json::Value;
 use tollgate_lab::{Attach, LabOptions, OutputFormat, run};
 
-use support::is_root;
+use support::privileged;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -54,7 +54,7 @@ fn text<'a>(row: &'a Value, column: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
-    if !is_root("the_named_queries_answer_the_seeds_questions_on_the_labs_parquet") {
+    if !privileged("the_named_queries_answer_the_seeds_questions_on_the_labs_parquet") {
         return;
     }
     let out = std::env::temp_dir().join(format!("tollgate-athena-test-{}", std::process::id()));

@@ -4,12 +4,12 @@
 
 mod support;
 
-use support::is_root;
+use support::privileged;
 use tollgate_lab::bench::{VethOptions, veth};
 
 #[test]
 fn bench_veth_measures_both_cases_filtered_and_not() {
-    if !is_root("bench_veth_measures_both_cases_filtered_and_not") {
+    if !privileged("bench_veth_measures_both_cases_filtered_and_not") {
         return;
     }
     let results = veth(&VethOptions {

@@ -11,14 +11,14 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tollgate_lab::{LabError, LabOptions, run, topology::list_netns};
 
-use support::is_root;
+use support::privileged;
 
 /// One run at a time: a signal goes to the whole process, so to every run in it.
 static ONE_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_run_and_cleans_up() {
-    if !is_root("sigterm_stops_the_run_and_cleans_up") {
+    if !privileged("sigterm_stops_the_run_and_cleans_up") {
         return;
     }
     signal_stops_the_run_and_cleans_up(libc::SIGTERM, "SIGTERM").await;
@@ -28,7 +28,7 @@ async fn sigterm_stops_the_run_and_cleans_up() {
 /// the run's namespaces, bpffs mount and attached probe behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_stops_the_run_and_cleans_up() {
-    if !is_root("sighup_stops_the_run_and_cleans_up") {
+    if !privileged("sighup_stops_the_run_and_cleans_up") {
         return;
     }
     // The test's own listener keeps SIGHUP from ending the test binary when the run does not

@@ -13,7 +13,7 @@ use tollgate_lab::{
 };
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
 
-use support::is_root;
+use support::privileged;
 
 fn pod(peer: &Option<String>) -> &str {
     peer.as_deref().unwrap_or("?")
@@ -221,7 +221,7 @@ fn the_flows_are_the_seeds(report: &LabReport, family: IpFamily) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6() {
-    if !is_root("the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6") {
+    if !privileged("the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -233,7 +233,7 @@ async fn the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_scenario_runs_the_same_through_clsact() {
-    if !is_root("the_seed_scenario_runs_the_same_through_clsact") {
+    if !privileged("the_seed_scenario_runs_the_same_through_clsact") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -245,7 +245,7 @@ async fn the_seed_scenario_runs_the_same_through_clsact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_scenario_runs_the_same_with_the_client_on_a_branch_eni() {
-    if !is_root("the_seed_scenario_runs_the_same_with_the_client_on_a_branch_eni") {
+    if !privileged("the_seed_scenario_runs_the_same_with_the_client_on_a_branch_eni") {
         return;
     }
     // The client's packets leave the node through the VLAN and come back from the VPC, its

@@ -28,7 +28,7 @@ use tollgate_lab::{
 };
 use tollgate_schemas::{Direction, Reason, Verdict};
 
-use support::is_root;
+use support::privileged;
 
 /// Connections made to the ClusterIP per case: enough that both backends are picked (all on
 /// one is 2^-19 likely), each bounded by the client's timeouts.
@@ -134,7 +134,7 @@ fn requests_from(log: &str, client: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_backend_is_never_reached_through_the_cluster_ip() {
-    if !is_root("a_denied_backend_is_never_reached_through_the_cluster_ip") {
+    if !privileged("a_denied_backend_is_never_reached_through_the_cluster_ip") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {

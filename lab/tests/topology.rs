@@ -26,7 +26,7 @@ use tollgate_lab::{
     topology::{BRANCH_GATEWAY, Topology, VPC_ROUTER, list_netns},
 };
 
-use support::is_root;
+use support::privileged;
 
 /// `ip ARGS -j …` as JSON.
 fn ip_json(args: &[&str]) -> Value {
@@ -73,7 +73,7 @@ fn family_flag(family: IpFamily) -> &'static str {
 
 #[test]
 fn pods_are_wired_like_the_vpc_cni() {
-    if !is_root("pods_are_wired_like_the_vpc_cni") {
+    if !privileged("pods_are_wired_like_the_vpc_cni") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -204,7 +204,7 @@ fn wired(family: IpFamily) {
 
 #[test]
 fn a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode() {
-    if !is_root("a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode") {
+    if !privileged("a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode") {
         return;
     }
     let root_routes_before = ip_json(&["route", "show"]);
@@ -308,7 +308,7 @@ fn a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_the_servers_through_kube_dns_and_kube_proxy() {
-    if !is_root("curl_reaches_the_servers_through_kube_dns_and_kube_proxy") {
+    if !privileged("curl_reaches_the_servers_through_kube_dns_and_kube_proxy") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -430,7 +430,7 @@ async fn through_services(family: IpFamily) {
 
 #[test]
 fn a_failed_build_removes_what_it_made() {
-    if !is_root("a_failed_build_removes_what_it_made") {
+    if !privileged("a_failed_build_removes_what_it_made") {
         return;
     }
     let mut pods = LabPods::embedded(IpFamily::V4).unwrap();
@@ -449,7 +449,7 @@ fn a_failed_build_removes_what_it_made() {
 
 #[test]
 fn a_panic_removes_the_namespaces() {
-    if !is_root("a_panic_removes_the_namespaces") {
+    if !privileged("a_panic_removes_the_namespaces") {
         return;
     }
     let pods = LabPods::embedded(IpFamily::V6).unwrap();

@@ -25,6 +25,8 @@
 #![no_std]
 
 pub mod addr;
+#[cfg(feature = "user")]
+pub mod athena;
 mod conntrack;
 mod event;
 mod policy;

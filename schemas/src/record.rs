@@ -3,8 +3,8 @@
 //!
 //! [`COLUMNS`] is the one definition of the record: the collector builds its Arrow batches in
 //! this order with these types ([`crate::record::arrow_schema`] under the `user` feature), the
-//! Glue table in `schemas/athena/` declares the same columns (a test compares them), and the
-//! docs below are the column reference users read.
+//! Glue table in `schemas/athena/` is generated from them ([`crate::athena`]), and the docs
+//! below are the column reference users read.
 //!
 //! The names follow VPC Flow Logs where the meaning is the same (`srcaddr`, `packets`,
 //! `action`, `log_status`, …), so queries written for VPC Flow Logs read naturally here; the

@@ -30,6 +30,8 @@ use tollgate_enforcer::{
     snapshot::Snapshot,
     sync::sync,
 };
+#[allow(unused_imports, reason = "each test binary uses its own part")]
+pub use tollgate_test_support::privileged;
 
 /// The seed scenario's manifests: the lab's pods, `all-deny`, and the two allow policies.
 pub const SEED: [&str; 3] = [
@@ -43,21 +45,6 @@ pub fn seed() -> Snapshot {
     let (snapshot, errors) = parse_manifests(&SEED.join("\n---\n"), "seed");
     assert!(errors.is_empty(), "{errors:?}");
     snapshot
-}
-
-/// Whether the test runs as root; says SKIPPED loudly when not, and fails under CI (`CI`
-/// set), which runs as root: a privileged test never skips there.
-pub fn root(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs root, and CI runs as root: {what}"
-        );
-        eprintln!("SKIPPED (needs root): {what}");
-    }
-    root
 }
 
 /// Runs `ip ARGS`, panicking on failure; returns its standard output.

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::SinkError;
+use super::{Failure, SinkError};
 
 /// A directory in the bucket's layout.
 #[derive(Debug, Clone)]
@@ -29,11 +29,14 @@ impl LocalSink {
         let target = self.dir.join(key);
         let source = path.to_owned();
         let location = self.location(key);
-        tokio::task::spawn_blocking(move || copy_durably(&source, &target))
+        let copied = tokio::task::spawn_blocking(move || copy_durably(&source, &target))
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-            .map_err(|message| SinkError::Put { location, message })
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        copied.map_err(|error| SinkError::Put {
+            location,
+            message: error.to_string(),
+            failure: Failure::of_io(&error),
+        })
     }
 
     /// The path `key` is delivered to.

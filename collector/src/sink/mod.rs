@@ -36,7 +36,124 @@ pub enum SinkError {
         location: String,
         /// What failed.
         message: String,
+        /// What kind of failure, for the operator: counted and logged by kind.
+        failure: Failure,
     },
+}
+
+impl SinkError {
+    /// The kind of failure: [`Failure::Other`] for a sink that could not be set up.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Config(_) => Failure::Other,
+            Self::Put { failure, .. } => *failure,
+        }
+    }
+}
+
+/// What kind of failure a delivery met: every kind is retried alike, but they call for
+/// different people (the service slowing down needs nobody; a refusal needs an operator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The service asked to slow down (`SlowDown`, a throttling code, HTTP 429 or 503).
+    Throttled,
+    /// The credentials or a policy refuse the request (`AccessDenied`, an invalid or expired
+    /// key or token, a KMS key that may not be used, HTTP 401 or 403): an operator must act.
+    Denied,
+    /// The bucket (or a multipart upload) does not exist (`NoSuchBucket`, `NoSuchUpload`, HTTP
+    /// 404; a local sink's missing directory): an operator must act.
+    Missing,
+    /// No answer from the service: connection, DNS or timeout.
+    Unreachable,
+    /// Anything else: another answer of the service, the spooled file, a local sink's disk.
+    Other,
+}
+
+impl Failure {
+    /// Every kind, in the order of [`Failure::index`].
+    pub const ALL: [Self; 5] = [
+        Self::Throttled,
+        Self::Denied,
+        Self::Missing,
+        Self::Unreachable,
+        Self::Other,
+    ];
+
+    /// The kind's position in [`Failure::ALL`] (for per-kind counters).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The kind as a metric label and in logs.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::Denied => "denied",
+            Self::Missing => "missing",
+            Self::Unreachable => "unreachable",
+            Self::Other => "other",
+        }
+    }
+
+    /// Whether an operator must act before deliveries can succeed again.
+    pub const fn needs_operator(self) -> bool {
+        matches!(self, Self::Denied | Self::Missing)
+    }
+
+    /// The kind of an AWS SDK call's failure: from the service's error code and HTTP status
+    /// when it answered, [`Failure::Unreachable`] when it did not.
+    pub fn of_sdk<E: ProvideErrorMetadata>(error: &SdkError<E>) -> Self {
+        match error {
+            SdkError::ServiceError(service) => {
+                Self::of_answer(service.err().code(), service.raw().status().as_u16())
+            }
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Self::Unreachable,
+            _ => Self::Other,
+        }
+    }
+
+    /// The kind of a service's answer with error `code` (if any) and HTTP `status`.
+    pub fn of_answer(code: Option<&str>, status: u16) -> Self {
+        const THROTTLED: [&str; 6] = [
+            "SlowDown",
+            "Throttling",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+            "TooManyRequests",
+            "RequestThrottled",
+        ];
+        const DENIED: [&str; 8] = [
+            "AccessDenied",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "ExpiredToken",
+            "InvalidToken",
+            "AccountProblem",
+            "AllAccessDisabled",
+            "KMS.AccessDeniedException",
+        ];
+        const MISSING: [&str; 2] = ["NoSuchBucket", "NoSuchUpload"];
+        match code {
+            Some(code) if THROTTLED.contains(&code) => Self::Throttled,
+            Some(code) if DENIED.contains(&code) => Self::Denied,
+            Some(code) if MISSING.contains(&code) => Self::Missing,
+            _ => match status {
+                429 | 503 => Self::Throttled,
+                401 | 403 => Self::Denied,
+                404 => Self::Missing,
+                _ => Self::Other,
+            },
+        }
+    }
+
+    /// The kind of a local file-system failure.
+    pub fn of_io(error: &std::io::Error) -> Self {
+        match error.kind() {
+            std::io::ErrorKind::PermissionDenied => Self::Denied,
+            std::io::ErrorKind::NotFound => Self::Missing,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// `error` and its causes in words, outermost first, joined with `: `, each once: an SDK
@@ -168,5 +285,31 @@ impl Sinks {
     /// The flow log's sink.
     pub fn flow_log(&self) -> &Sink {
         &self.flow_log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failure;
+
+    #[test]
+    fn a_services_answer_is_classified_by_its_code_then_its_status() {
+        for (code, status, kind) in [
+            (Some("SlowDown"), 503, Failure::Throttled),
+            (None, 429, Failure::Throttled),
+            (Some("AccessDenied"), 403, Failure::Denied),
+            (Some("InvalidAccessKeyId"), 403, Failure::Denied),
+            (Some("NotSignedUp"), 403, Failure::Denied),
+            (Some("NoSuchBucket"), 404, Failure::Missing),
+            (Some("InternalError"), 500, Failure::Other),
+            (None, 400, Failure::Other),
+        ] {
+            assert_eq!(Failure::of_answer(code, status), kind, "{code:?} {status}");
+        }
+        assert!(Failure::Denied.needs_operator() && Failure::Missing.needs_operator());
+        assert!(!Failure::Throttled.needs_operator() && !Failure::Unreachable.needs_operator());
+        for (i, kind) in Failure::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
     }
 }

@@ -26,12 +26,13 @@ use std::path::Path;
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption as Sse,
 };
 
-use super::{SinkError, in_words, sdk_in_words};
+use super::{Failure, SinkError, in_words, sdk_in_words};
 use crate::config::{S3Config, ServerSideEncryption};
 
 /// The content type of the object at `key`: JSON for the digests, Parquet for the records.
@@ -112,14 +113,18 @@ impl S3Sink {
                 .put_single(&object_key, path, bytes)
                 .await
                 .map(|()| (bytes, 1)),
-            Err(message) => Err(message),
+            Err(message) => Err(Failed::from(message)),
         };
         match result {
             Ok((bytes, parts)) => {
                 tracing::debug!(%location, bytes, parts, "uploaded");
                 Ok(())
             }
-            Err(message) => Err(SinkError::Put { location, message }),
+            Err(Failed { failure, message }) => Err(SinkError::Put {
+                location,
+                message,
+                failure,
+            }),
         }
     }
 
@@ -137,7 +142,7 @@ impl S3Sink {
     }
 
     /// One PutObject with the file as its streamed body.
-    async fn put_single(&self, object_key: &str, path: &Path, bytes: u64) -> Result<(), String> {
+    async fn put_single(&self, object_key: &str, path: &Path, bytes: u64) -> Result<(), Failed> {
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| format!("reading {}: {}", path.display(), in_words(&e)))?;
@@ -153,7 +158,7 @@ impl S3Sink {
             .set_ssekms_key_id(self.kms_key_id.clone())
             .send()
             .await
-            .map_err(|e| format!("PutObject: {}", sdk_in_words(&e)))?;
+            .map_err(|e| Failed::sdk("PutObject", &e))?;
         Ok(())
     }
 
@@ -164,7 +169,7 @@ impl S3Sink {
         object_key: &str,
         path: &Path,
         bytes: u64,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Failed> {
         let created = self
             .client
             .create_multipart_upload()
@@ -176,7 +181,7 @@ impl S3Sink {
             .set_ssekms_key_id(self.kms_key_id.clone())
             .send()
             .await
-            .map_err(|e| format!("CreateMultipartUpload: {}", sdk_in_words(&e)))?;
+            .map_err(|e| Failed::sdk("CreateMultipartUpload", &e))?;
         let upload_id = created
             .upload_id()
             .ok_or("CreateMultipartUpload: the response has no upload id")?;
@@ -196,7 +201,7 @@ impl S3Sink {
         upload_id: &str,
         path: &Path,
         bytes: u64,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Failed> {
         // Parts grow beyond the configured size only for files S3 would otherwise refuse
         // (more than 10,000 parts).
         let part_size = self.part_size.max(bytes.div_ceil(MAX_PARTS));
@@ -230,7 +235,7 @@ impl S3Sink {
                 .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .send()
                 .await
-                .map_err(|e| format!("UploadPart {part_number}: {}", sdk_in_words(&e)))?;
+                .map_err(|e| Failed::sdk(&format!("UploadPart {part_number}"), &e))?;
             let e_tag = uploaded
                 .e_tag()
                 .ok_or_else(|| format!("UploadPart {part_number}: the response has no ETag"))?;
@@ -258,7 +263,7 @@ impl S3Sink {
             )
             .send()
             .await
-            .map_err(|e| format!("CompleteMultipartUpload: {}", sdk_in_words(&e)))?;
+            .map_err(|e| Failed::sdk("CompleteMultipartUpload", &e))?;
         Ok(parts)
     }
 
@@ -299,4 +304,40 @@ async fn file_len(path: &Path) -> Result<u64, String> {
 /// `bytes` as the SDK's content length.
 fn content_length(bytes: u64) -> Result<i64, String> {
     i64::try_from(bytes).map_err(|_| format!("{bytes} bytes is more than S3 accepts"))
+}
+
+/// A failed upload: its kind and what failed, in words.
+#[derive(Debug)]
+struct Failed {
+    failure: Failure,
+    message: String,
+}
+
+impl Failed {
+    /// The failure of the SDK call `call`.
+    fn sdk<E>(call: &str, error: &SdkError<E>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        Self {
+            failure: Failure::of_sdk(error),
+            message: format!("{call}: {}", sdk_in_words(error)),
+        }
+    }
+}
+
+/// A failure on this side (the spooled file, a size S3 refuses): [`Failure::Other`].
+impl From<String> for Failed {
+    fn from(message: String) -> Self {
+        Self {
+            failure: Failure::Other,
+            message,
+        }
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
 }

@@ -1,17 +1,8 @@
+#[allow(unused_imports, reason = "each test binary uses its own part")]
+pub use tollgate_test_support::privileged;
 #[allow(dead_code, reason = "each test binary uses its own part")]
 pub mod golden;
 #[allow(dead_code, reason = "each test binary uses its own part")]
 pub mod moto;
 #[allow(dead_code, reason = "each test binary uses its own part")]
 pub mod s3_server;
-
-/// Whether the test runs as root; says SKIPPED loudly when not.
-#[allow(dead_code, reason = "the S3 sink tests need no root")]
-pub fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
-    }
-    root
-}

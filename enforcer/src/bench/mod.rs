@@ -8,6 +8,8 @@
 //!   port), so each one takes the whole path: endpoint, conntrack miss, peer-trie lookup, policy
 //!   entry, rule set, port match, conntrack insert and the flow event;
 //! - denied: one packet of a denied flow, `repeat` times per syscall: the deduplicated path;
+//! - the same three on IPv6 (the server is a dual-stack pod; its rules are /64s of
+//!   2001:db8::/32), with 1 and 10,000 rules;
 //! - new flow past the Admin tier: the client is a pod, and an Admin-tier ClusterNetworkPolicy
 //!   first denies it another port, then passes its port to the NetworkPolicy tier, whose one
 //!   CIDR rule allows it (what tiers add to a new flow: two more rules tried);
@@ -36,6 +38,7 @@ use k8s_openapi::{
 };
 use tollgate_schemas::{Direction, program_names, proto};
 
+use crate::causes::Causes;
 use crate::{
     bpf_datapath::BpfDatapath,
     compile::{Placement, compile},
@@ -46,8 +49,9 @@ use crate::{
     snapshot::Snapshot,
 };
 
-/// Address of the pod the benchmark's packets enter.
+/// Addresses of the pod the benchmark's packets enter (a dual-stack pod).
 const SERVER: &str = "198.18.0.10";
+const SERVER_V6: &str = "2001:db8::10";
 /// Runs of one round of repeated runs.
 const ROUNDS: u32 = 10;
 
@@ -82,18 +86,24 @@ impl BenchResult {
 pub fn datapath(repeat: u32) -> Result<Vec<BenchResult>, DatapathError> {
     let floor = Floor::measure(repeat)?;
     let mut results = vec![floor.single.clone(), floor.repeated.clone()];
-    for rules in [1usize, 100, 10_000] {
+    for (family, rules) in [
+        (Family::V4, 1usize),
+        (Family::V4, 100),
+        (Family::V4, 10_000),
+        (Family::V6, 1),
+        (Family::V6, 10_000),
+    ] {
         let mut datapath = BpfDatapath::new()?;
-        program(&mut datapath, rules, false)?;
-        results.push(floor.under_single(new_flows(&mut datapath, rules, repeat)?));
+        program(&mut datapath, family, rules, false)?;
+        results.push(floor.under_single(new_flows(&mut datapath, family, rules, repeat)?));
         if rules == 1 {
-            results.push(floor.under_repeated(established(&mut datapath, repeat)?));
-            results.push(floor.under_repeated(denied(&mut datapath, repeat)?));
+            results.push(floor.under_repeated(established(&mut datapath, family, repeat)?));
+            results.push(floor.under_repeated(denied(&mut datapath, family, repeat)?));
         }
     }
     let mut datapath = BpfDatapath::new()?;
-    program(&mut datapath, 1, true)?;
-    let (_, client) = client_net(0);
+    program(&mut datapath, Family::V4, 1, true)?;
+    let (_, client) = client_net(Family::V4, 0);
     results.push(floor.under_single(fresh_flows(
         &mut datapath,
         "new flow, past an Admin-tier Deny and Pass",
@@ -135,7 +145,7 @@ impl Floor {
     fn measure(count: u32) -> Result<Self, DatapathError> {
         let mut datapath = BpfDatapath::new()?;
         datapath.probe_mut().load_floor().map_err(probe_error)?;
-        let (_, client) = client_net(0);
+        let (_, client) = client_net(Family::V4, 0);
         let frame = packet(client, 40_000, 80);
         let mut samples = Vec::with_capacity(count as usize);
         for _ in 0..count {
@@ -253,40 +263,87 @@ pub fn render(results: &[BenchResult]) -> String {
     out
 }
 
-/// The n-th client /24 (10.a.b.0/24); its host .7 is a client the rules allow.
-fn client_net(n: usize) -> (String, IpAddr) {
-    let (a, b) = (n / 256, n % 256);
-    (
-        format!("10.{a}.{b}.0/24"),
-        format!("10.{a}.{b}.7").parse().expect("valid address"),
-    )
+/// The address family of a case's packets and rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
 }
 
-/// Programs the server's ingress: `rules` CIDR rules (the last one the client's); `tiered`: the
-/// client is a pod too, and an Admin-tier ClusterNetworkPolicy denies it TCP 81, then passes
-/// TCP 80 to the NetworkPolicy tier.
-fn program(datapath: &mut BpfDatapath, rules: usize, tiered: bool) -> Result<(), DatapathError> {
+impl Family {
+    /// The case name's note of the family: none for IPv4.
+    fn note(self) -> &'static str {
+        match self {
+            Self::V4 => "",
+            Self::V6 => ", IPv6",
+        }
+    }
+
+    /// The server's address of this family.
+    fn server(self) -> IpAddr {
+        match self {
+            Self::V4 => SERVER,
+            Self::V6 => SERVER_V6,
+        }
+        .parse()
+        .expect("valid address")
+    }
+
+    /// An address no rule allows.
+    fn outside(self) -> IpAddr {
+        match self {
+            Self::V4 => "203.0.113.9",
+            Self::V6 => "2001:db8:ffff::9",
+        }
+        .parse()
+        .expect("valid address")
+    }
+}
+
+/// The n-th client network (10.a.b.0/24, or 2001:db8:a:b::/64); its host 7 is a client the
+/// rules allow.
+fn client_net(family: Family, n: usize) -> (String, IpAddr) {
+    let (a, b) = (n / 256, n % 256);
+    let (net, host) = match family {
+        Family::V4 => (format!("10.{a}.{b}.0/24"), format!("10.{a}.{b}.7")),
+        Family::V6 => (
+            format!("2001:db8:{a:x}:{b:x}::/64"),
+            format!("2001:db8:{a:x}:{b:x}::7"),
+        ),
+    };
+    (net, host.parse().expect("valid address"))
+}
+
+/// Programs the server's ingress: `rules` CIDR rules of `family` (the last one the client's);
+/// `tiered`: the client is a pod too, and an Admin-tier ClusterNetworkPolicy denies it TCP 81,
+/// then passes TCP 80 to the NetworkPolicy tier.
+fn program(
+    datapath: &mut BpfDatapath,
+    family: Family,
+    rules: usize,
+    tiered: bool,
+) -> Result<(), DatapathError> {
     let meta = |name: &str| ObjectMeta {
         name: Some(name.to_owned()),
         namespace: Some("bench".to_owned()),
         labels: Some(BTreeMap::from([("app".to_owned(), name.to_owned())])),
         ..ObjectMeta::default()
     };
-    let running = |name: &str, ip: String| Pod {
+    let running = |name: &str, ips: &[String]| Pod {
         metadata: meta(name),
         spec: Some(PodSpec::default()),
         status: Some(PodStatus {
             phase: Some("Running".to_owned()),
-            pod_ip: Some(ip.clone()),
-            pod_ips: Some(vec![PodIP { ip }]),
+            pod_ip: ips.first().cloned(),
+            pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
             ..PodStatus::default()
         }),
     };
-    let server = running("server", SERVER.to_owned());
+    let server = running("server", &[SERVER.to_owned(), SERVER_V6.to_owned()]);
     let peers = (0..rules)
         .map(|n| NetworkPolicyPeer {
             ip_block: Some(IPBlock {
-                cidr: client_net(n).0,
+                cidr: client_net(family, n).0,
                 except: None,
             }),
             ..NetworkPolicyPeer::default()
@@ -324,8 +381,8 @@ fn program(datapath: &mut BpfDatapath, rules: usize, tiered: bool) -> Result<(),
         ..Snapshot::default()
     };
     if tiered {
-        let (_, client) = client_net(rules - 1);
-        snapshot.pods.push(running("client", client.to_string()));
+        let (_, client) = client_net(family, rules - 1);
+        snapshot.pods.push(running("client", &[client.to_string()]));
         let client_peer = serde_json::json!({"pods": {
             "namespaceSelector": {},
             "podSelector": {"matchLabels": {"app": "client"}},
@@ -362,9 +419,14 @@ fn program(datapath: &mut BpfDatapath, rules: usize, tiered: bool) -> Result<(),
     datapath.program(&compiled.desired)
 }
 
+/// A TCP SYN from `src` to the server's address of the same family.
 fn packet(src: IpAddr, src_port: u16, dst_port: u16) -> Vec<u8> {
-    let server: IpAddr = SERVER.parse().expect("valid address");
-    PacketSpec::first(src, server, proto::TCP, src_port, dst_port).build()
+    let family = if src.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    PacketSpec::first(src, family.server(), proto::TCP, src_port, dst_port).build()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -388,11 +450,15 @@ fn expect_passed(passed: bool, case: &str, expected: bool) -> Result<(), Datapat
 
 fn new_flows(
     datapath: &mut BpfDatapath,
+    family: Family,
     rules: usize,
     count: u32,
 ) -> Result<BenchResult, DatapathError> {
-    let case = format!("new flow, allowed among {rules} CIDR rules");
-    let (_, client) = client_net(rules - 1);
+    let case = format!(
+        "new flow{}, allowed among {rules} CIDR rules",
+        family.note()
+    );
+    let (_, client) = client_net(family, rules - 1);
     fresh_flows(datapath, &case, Direction::Ingress, count, |port| {
         packet(client, port, 80)
     })
@@ -447,23 +513,32 @@ fn repeated(
     Ok(BenchResult::new(case, means, u64::from(per_round * ROUNDS)))
 }
 
-fn established(datapath: &mut BpfDatapath, count: u32) -> Result<BenchResult, DatapathError> {
-    let (_, client) = client_net(0);
+fn established(
+    datapath: &mut BpfDatapath,
+    family: Family,
+    count: u32,
+) -> Result<BenchResult, DatapathError> {
+    let (_, client) = client_net(family, 0);
     let frame = packet(client, 40_000, 80);
     // The first run tracks the flow; every measured run is then an established packet.
     datapath.run(Direction::Ingress, &frame)?;
-    repeated(datapath, "established flow", &frame, count, true)
+    let case = format!("established flow{}", family.note());
+    repeated(datapath, &case, &frame, count, true)
 }
 
-fn denied(datapath: &mut BpfDatapath, count: u32) -> Result<BenchResult, DatapathError> {
-    let outside: IpAddr = "203.0.113.9".parse().expect("valid address");
-    let frame = packet(outside, 40_001, 80);
-    repeated(datapath, "denied flow (deduplicated)", &frame, count, false)
+fn denied(
+    datapath: &mut BpfDatapath,
+    family: Family,
+    count: u32,
+) -> Result<BenchResult, DatapathError> {
+    let frame = packet(family.outside(), 40_001, 80);
+    let case = format!("denied flow{} (deduplicated)", family.note());
+    repeated(datapath, &case, &frame, count, false)
 }
 
 fn probe_error(e: crate::probe::ProbeError) -> DatapathError {
     DatapathError {
         datapath: "bpf",
-        message: e.to_string(),
+        message: Causes(&e).to_string(),
     }
 }

@@ -188,17 +188,17 @@ pub struct ScaleError {
     pub message: String,
 }
 
-/// Peak resident set of this process so far, MiB (`getrusage`, `ru_maxrss`).
+/// Peak resident set of this process so far, MiB (`VmHWM` of `/proc/self/status`, what
+/// `getrusage` reports as `ru_maxrss`); 0 when it cannot be read.
 pub fn peak_rss_mib() -> f64 {
-    // SAFETY: getrusage writes the struct it is given, which outlives the call; all-zero
-    // bytes are a valid `rusage`.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    // Linux reports KiB.
-    usage.ru_maxrss as f64 / 1024.0
+    let kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .unwrap_or(0.0);
+    kib / 1024.0
 }
 
 /// Resident set of this process now, MiB (`/proc/self/statm`); 0 when it cannot be read.
@@ -207,8 +207,7 @@ pub fn current_rss_mib() -> f64 {
         .ok()
         .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<f64>().ok())
         .unwrap_or(0.0);
-    // SAFETY: sysconf reads a constant of the system.
-    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+    let page_size = rustix::param::page_size() as f64;
     pages * page_size / (1024.0 * 1024.0)
 }
 

@@ -40,6 +40,14 @@ pub(crate) const NODE_SCOPE: &str = ":nodes";
 /// Label (key, value) on every object tollgate creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tollgate");
 
+/// Whether `meta` carries [`MANAGED_BY`]: the object is one tollgate created.
+pub(crate) fn managed_by_tollgate(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|labels| labels.get(MANAGED_BY.0))
+        .is_some_and(|value| value == MANAGED_BY.1)
+}
+
 /// One namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NamespaceInfo {

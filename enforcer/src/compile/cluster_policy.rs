@@ -29,7 +29,7 @@ use tollgate_schemas::{ANY_PROTOCOL, port_action, rule_tier};
 
 use super::Problems;
 use super::cidr::parse_cidr;
-use super::cluster::{MANAGED_BY, QUARANTINE_LABEL};
+use super::cluster::{QUARANTINE_LABEL, managed_by_tollgate};
 use super::incremental::ObjectKind;
 use super::peers::{Block, Peer};
 use super::policy::{ClusterScope, Policy, Rule, Subject, version};
@@ -610,10 +610,11 @@ fn port_range(
 /// Whether a ClusterNetworkPolicy is one `tollgate quarantine` creates: labelled managed by
 /// tollgate, and with the quarantine label.
 fn is_quarantine(meta: &ObjectMeta) -> bool {
-    meta.labels.as_ref().is_some_and(|labels| {
-        labels.get(MANAGED_BY.0).is_some_and(|v| v == MANAGED_BY.1)
-            && labels.contains_key(QUARANTINE_LABEL)
-    })
+    managed_by_tollgate(meta)
+        && meta
+            .labels
+            .as_ref()
+            .is_some_and(|labels| labels.contains_key(QUARANTINE_LABEL))
 }
 
 /// The order policies of one tier apply in: by priority, quarantine policies first, then by

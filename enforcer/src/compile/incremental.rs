@@ -478,6 +478,17 @@ impl Compiler {
 
     /// Compiles what is kept for the endpoints `placement` names, keeping the ids of `prior`
     /// for what still exists, within `capacity` (see [`super::compile_with`]).
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(
+            policies = self.policies.len(),
+            services = self.services.len(),
+            endpoints = tracing::field::Empty,
+            rules = tracing::field::Empty,
+            errors = tracing::field::Empty,
+        )
+    )]
     pub fn compile(
         &mut self,
         placement: &Placement<'_>,
@@ -529,6 +540,10 @@ impl Compiler {
         );
         self.rule_ids = Some(rule_ids);
         self.services_changed.clear();
+        let span = tracing::Span::current();
+        span.record("endpoints", compiled.endpoint_pods.len());
+        span.record("rules", compiled.rules.len());
+        span.record("errors", compiled.errors.len());
         compiled
     }
 

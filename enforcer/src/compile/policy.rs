@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tollgate_schemas::{port_action, rule_tier};
 
 use super::Problems;
-use super::cluster::{MANAGED_BY, QUARANTINE_POLICY_PREFIX, audit_annotation};
+use super::cluster::{QUARANTINE_POLICY_PREFIX, audit_annotation, managed_by_tollgate};
 use super::peers::{Peer, parse_peers};
 use super::ports::{PortSpec, parse_ports};
 use super::selector::Selector;
@@ -137,12 +137,7 @@ fn is_legacy_quarantine(meta: &ObjectMeta) -> bool {
         .name
         .as_deref()
         .is_some_and(|name| name.starts_with(QUARANTINE_POLICY_PREFIX));
-    let managed = meta
-        .labels
-        .as_ref()
-        .and_then(|labels| labels.get(MANAGED_BY.0))
-        .is_some_and(|value| value == MANAGED_BY.1);
-    named && managed
+    named && managed_by_tollgate(meta)
 }
 
 fn check_policy(policy: &NetworkPolicy, audit: bool, problems: &mut Problems) -> Option<Policy> {

@@ -328,7 +328,7 @@ mod tests {
     use super::*;
 
     fn specs(yaml: &str) -> Result<Vec<PortSpec>, Vec<(String, String)>> {
-        let ports: Vec<NetworkPolicyPort> = serde_yaml::from_str(yaml).unwrap();
+        let ports: Vec<NetworkPolicyPort> = serde_yaml_ng::from_str(yaml).unwrap();
         let mut problems = Problems::default();
         parse_ports(Some(&ports), "spec.ingress[0].ports", &mut problems)
             .ok_or_else(|| problems.into_fields())

@@ -116,7 +116,7 @@ mod tests {
     use super::*;
 
     fn selector(yaml: &str) -> Result<Selector, Vec<String>> {
-        let parsed: LabelSelector = serde_yaml::from_str(yaml).unwrap();
+        let parsed: LabelSelector = serde_yaml_ng::from_str(yaml).unwrap();
         let mut problems = Problems::default();
         Selector::parse(&parsed, "spec.podSelector", &mut problems).ok_or_else(|| {
             problems

@@ -64,7 +64,7 @@ impl ApiServer {
 
     /// Adds a pod (a YAML document).
     pub fn add_pod(&self, yaml: &str) {
-        let mut pod: Value = serde_yaml::from_str(yaml).expect("pod YAML");
+        let mut pod: Value = serde_yaml_ng::from_str(yaml).expect("pod YAML");
         let key = key_of(&pod);
         let mut state = self.lock();
         state.version += 1;
@@ -75,14 +75,14 @@ impl ApiServer {
 
     /// Adds a NetworkPolicy (a YAML document).
     pub fn add_policy(&self, yaml: &str) {
-        let policy: Value = serde_yaml::from_str(yaml).expect("policy YAML");
+        let policy: Value = serde_yaml_ng::from_str(yaml).expect("policy YAML");
         let key = key_of(&policy);
         self.lock().policies.insert(key, policy);
     }
 
     /// Adds a ClusterNetworkPolicy (a YAML document).
     pub fn add_cluster_policy(&self, yaml: &str) {
-        let policy: Value = serde_yaml::from_str(yaml).expect("policy YAML");
+        let policy: Value = serde_yaml_ng::from_str(yaml).expect("policy YAML");
         let name = policy["metadata"]["name"]
             .as_str()
             .expect("a name")

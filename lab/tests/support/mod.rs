@@ -1,16 +1,4 @@
 //! What the lab's test binaries share.
 
-/// Whether the test runs as root; says SKIPPED loudly when not. Under CI (`CI` set), which
-/// runs as root, a test that would skip fails instead: the privileged tests always run there.
-pub fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test} needs root, and CI runs every privileged test"
-        );
-        eprintln!("!!!!!!!! SKIPPED (needs root): {test} !!!!!!!!");
-    }
-    root
-}
+#[allow(unused_imports, reason = "each test binary uses its own part")]
+pub use tollgate_test_support::privileged;

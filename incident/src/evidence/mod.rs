@@ -23,27 +23,27 @@
 //! (`digest-*.json`, [`crate::provenance`]), and last `manifest.json`: what was asked, and
 //! the size and SHA-256 of every other file. [`verify`] recomputes them and fails on any
 //! difference, missing or extra file; only regular files of the bundle count (a symbolic link
-//! or a FIFO in it is a problem, never followed or opened), each hashed as a stream.
+//!
+//! The parts: this module collects (reads the sources, keeps and sorts the rows, writes the
+//! files); [`manifest`] holds the manifest's types, the digests of the files and [`verify`];
+//! [`render`] writes the rows as CSV, the timeline and the policies document.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+mod manifest;
+mod render;
+
 use std::fs::File;
-use std::io::Read as _;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, MapArray, RecordBatch, StringArray,
-    UInt32Array, cast::AsArray, new_null_array,
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, cast::AsArray,
+    new_null_array,
 };
-use arrow_schema::{DataType, SchemaRef};
+use arrow_schema::SchemaRef;
 use parquet::arrow::{ArrowWriter, arrow_reader::ParquetRecordBatchReaderBuilder};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tollgate_collector::{
-    clock::rfc3339_utc,
-    read::{StoredRecord, read_file, render_table},
-    record::schema,
-    writer::writer_properties,
+    clock::rfc3339_utc, read::read_file, record::schema, writer::writer_properties,
 };
 
 use crate::{
@@ -51,8 +51,17 @@ use crate::{
     athena::{AthenaError, AthenaOptions},
     legal_hold::{Holds, Target},
     location::{FlowLogLocation, S3Options},
-    source::{Links, Reader, SourceError, SourceObject, open_regular, sha256_hex, sha256_stream},
+    source::{Reader, SourceError, SourceObject, sha256_hex},
 };
+
+pub use manifest::{
+    Counts, FileDigest, Manifest, ManifestPod, ManifestWindow, PolicySnapshot, SkippedSource,
+    Tampered, verify,
+};
+pub use render::{Split, Story};
+
+use manifest::digest;
+use render::{isolation_snapshots, policies_document, render_timeline, to_csv};
 
 /// The `format` of a bundle's manifest.
 pub const FORMAT: &str = "tollgate-evidence/1";
@@ -116,108 +125,6 @@ pub struct Request {
     /// Athena as the index of an S3 flow log: which objects to read; every file of the
     /// window's partitions when absent.
     pub athena: Option<AthenaOptions>,
-}
-
-/// NetworkPolicies in force, as one source saw them at one time.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PolicySnapshot {
-    /// Where they come from: `cluster` (read by the caller), `lab`, or `isolation record`.
-    pub source: String,
-    /// When (Unix seconds).
-    pub at: u64,
-    /// The NetworkPolicies, as Kubernetes JSON.
-    pub policies: Vec<serde_json::Value>,
-}
-
-/// One file of a bundle, in its manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileDigest {
-    /// Path relative to the bundle.
-    pub path: String,
-    /// Size.
-    pub bytes: u64,
-    /// SHA-256, hex.
-    pub sha256: String,
-}
-
-/// Row counts of a bundle.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    /// Flow records.
-    pub flows: u64,
-    /// Isolation records.
-    pub isolations: u64,
-    /// Loss records.
-    pub losses: u64,
-    /// Flow-log files read.
-    pub sources: u64,
-    /// Flow-log files of the window that could not be read (absent from bundles written
-    /// before it was counted: none were skipped then, the bundle failed instead).
-    #[serde(default)]
-    pub skipped: u64,
-}
-
-/// A flow-log file of the window that could not be read: none of its records is in the
-/// bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SkippedSource {
-    /// Local path or `s3://bucket/key`.
-    pub location: String,
-    /// Why, in words.
-    pub reason: String,
-}
-
-/// A bundle's `manifest.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    /// [`FORMAT`].
-    pub format: String,
-    /// The pod.
-    pub pod: ManifestPod,
-    /// The cluster asked for, or null for all.
-    pub cluster: Option<String>,
-    /// The window.
-    pub window: ManifestWindow,
-    /// When the bundle was written (Unix seconds).
-    pub created: u64,
-    /// The flow log read (`s3://…` or a directory; `athena:<workgroup>/<db>.<table> → s3://…`
-    /// when Athena chose the objects).
-    pub source: String,
-    /// What `tollgate` wrote it.
-    pub tool: String,
-    /// Row counts.
-    pub counts: Counts,
-    /// The flow-log files of the window that could not be read, and why.
-    #[serde(default)]
-    pub skipped: Vec<SkippedSource>,
-    /// The legal holds placed on the sources and their digests, or why none could be
-    /// ([`crate::legal_hold::Holds`]); absent from bundles written before holds.
-    #[serde(default)]
-    pub legal_holds: Option<serde_json::Value>,
-    /// Every other file, sorted by path.
-    pub files: Vec<FileDigest>,
-}
-
-/// The pod of a manifest.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ManifestPod {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-/// The window of a manifest, in Unix seconds and as RFC 3339.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ManifestWindow {
-    /// Start, inclusive.
-    pub from: u64,
-    /// End, exclusive.
-    pub to: u64,
-    /// Start, RFC 3339 UTC.
-    pub from_utc: String,
-    /// End, RFC 3339 UTC.
-    pub to_utc: String,
 }
 
 /// A written bundle.
@@ -706,183 +613,6 @@ fn sorted(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, Ev
     arrow_select::take::take_record_batch(&all, &UInt32Array::from(order)).map_err(failed)
 }
 
-/// `batch` as CSV: a header of column names, one line per row; maps as JSON objects, nulls
-/// as empty fields, fields quoted when they hold a comma, quote or line break.
-fn to_csv(batch: &RecordBatch) -> String {
-    let mut out = String::new();
-    let header: Vec<String> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| quote(f.name()))
-        .collect();
-    let _ = writeln!(out, "{}", header.join(","));
-    for row in 0..batch.num_rows() {
-        let fields: Vec<String> = batch
-            .columns()
-            .iter()
-            .map(|column| quote(&cell(column.as_ref(), row)))
-            .collect();
-        let _ = writeln!(out, "{}", fields.join(","));
-    }
-    out
-}
-
-fn cell(column: &dyn Array, row: usize) -> String {
-    if column.is_null(row) {
-        return String::new();
-    }
-    match column.data_type() {
-        DataType::Int32 => column
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .map(|a| a.value(row).to_string()),
-        DataType::Int64 => column
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .map(|a| a.value(row).to_string()),
-        DataType::Utf8 => column
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .map(|a| a.value(row).to_owned()),
-        DataType::Map(..) => column.as_any().downcast_ref::<MapArray>().map(|a| {
-            let entries = a.value(row);
-            let keys = entries.column(0).as_string::<i32>();
-            let values = entries.column(1).as_string::<i32>();
-            let map: BTreeMap<&str, Option<&str>> = (0..entries.len())
-                .map(|i| (keys.value(i), values.is_valid(i).then(|| values.value(i))))
-                .collect();
-            serde_json::to_string(&map).unwrap_or_default()
-        }),
-        _ => None,
-    }
-    .unwrap_or_default()
-}
-
-fn quote(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_owned()
-    }
-}
-
-/// The policies each isolation record saw right after its act.
-fn isolation_snapshots(records: &[StoredRecord]) -> Vec<PolicySnapshot> {
-    records
-        .iter()
-        .filter(|r| r.is_isolation())
-        .filter_map(|r| {
-            let detail: serde_json::Value =
-                serde_json::from_str(r.isolation_detail.as_deref()?).ok()?;
-            let policies = detail.get("policies_in_force")?.as_array()?.clone();
-            Some(PolicySnapshot {
-                source: format!(
-                    "isolation record ({})",
-                    r.isolation_action.as_deref().unwrap_or("?")
-                ),
-                at: u64::try_from(r.start).unwrap_or_default(),
-                policies,
-            })
-        })
-        .collect()
-}
-
-/// `policies.json`: the latest snapshot's policies as `policies`, and every snapshot.
-fn policies_document(mut snapshots: Vec<PolicySnapshot>) -> serde_json::Value {
-    snapshots.sort_by_key(|s| s.at);
-    let latest = snapshots.last();
-    serde_json::json!({
-        "policies": latest.map(|s| s.policies.clone()).unwrap_or_default(),
-        "as_of": latest.map(|s| s.at),
-        "as_of_utc": latest.map(|s| rfc3339_utc(s.at)),
-        "source": latest.map(|s| s.source.clone()),
-        "snapshots": snapshots,
-    })
-}
-
-/// The timeline: a line on what it shows (and on what it cannot show: files skipped, no
-/// record of the pod at all), then the records as `tollgate flows` prints them.
-fn render_timeline(
-    pod: &PodRef,
-    records: &[StoredRecord],
-    story: &Story,
-    counts: &Counts,
-    skipped: &[SkippedSource],
-) -> String {
-    let mut out = String::new();
-    if !skipped.is_empty() {
-        let _ = writeln!(
-            out,
-            "INCOMPLETE: {} flow-log file(s) could not be read; their records are not here:",
-            skipped.len()
-        );
-        for source in skipped {
-            let _ = writeln!(out, "  {}: {}", source.location, source.reason);
-        }
-    }
-    if counts.flows == 0 && counts.isolations == 0 {
-        let _ = writeln!(
-            out,
-            "NO RECORD of {pod} in {} flow-log file(s) read: not proof that it had no traffic",
-            counts.sources
-        );
-    }
-    let _ = write!(out, "Timeline of {pod}: {} records", records.len());
-    if let Some(split) = &story.first_quarantine {
-        let _ = write!(
-            out,
-            "; quarantined at {}: {} allowed before, {} denied after",
-            rfc3339_utc(split.at_s),
-            split.allowed_before,
-            split.denied_after
-        );
-    }
-    let _ = writeln!(out, "\n");
-    out.push_str(&render_table(records));
-    out
-}
-
-/// What a bundle's records tell about the quarantine of its pod.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Story {
-    /// Isolation records of action `quarantine`.
-    pub quarantines: usize,
-    /// Around the first quarantine, if there is one.
-    pub first_quarantine: Option<Split>,
-}
-
-/// The pod's flow records on either side of its first quarantine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Split {
-    /// When (Unix seconds).
-    pub at_s: u64,
-    /// Flow records allowed that ended before it.
-    pub allowed_before: usize,
-    /// Flow records denied that started at it or after.
-    pub denied_after: usize,
-}
-
-impl Story {
-    /// The story of `records` (flows, isolations and losses, sorted by time).
-    fn of(records: &[StoredRecord]) -> Self {
-        let quarantines: Vec<i64> = records
-            .iter()
-            .filter(|r| r.is_isolation() && r.isolation_action.as_deref() == Some("quarantine"))
-            .map(|r| r.start)
-            .collect();
-        let flows = || records.iter().filter(|r| !r.is_isolation() && !r.is_loss());
-        Self {
-            quarantines: quarantines.len(),
-            first_quarantine: quarantines.first().map(|&at| Split {
-                at_s: u64::try_from(at).unwrap_or_default(),
-                allowed_before: flows().filter(|r| !r.is_reject() && r.end < at).count(),
-                denied_after: flows().filter(|r| r.is_reject() && r.start >= at).count(),
-            }),
-        }
-    }
-}
-
 fn prepare_dir(dir: &Path) -> Result<(), EvidenceError> {
     let failed = |message: String| EvidenceError::Write {
         path: dir.to_owned(),
@@ -929,159 +659,4 @@ fn write_parquet(
     writer.write(batch).map_err(|e| failed(e.to_string()))?;
     writer.close().map_err(|e| failed(e.to_string()))?;
     Ok(())
-}
-
-fn digest(dir: &Path, path: &str) -> Result<FileDigest, EvidenceError> {
-    let (bytes, sha256) = hash_regular(&dir.join(path)).map_err(|e| EvidenceError::Write {
-        path: dir.join(path),
-        message: e.to_string(),
-    })?;
-    Ok(FileDigest {
-        path: path.to_owned(),
-        bytes,
-        sha256,
-    })
-}
-
-/// The size and SHA-256 of the regular file `path` — not of what a symbolic link points to,
-/// never waiting on a FIFO — read as a stream.
-fn hash_regular(path: &Path) -> std::io::Result<(u64, String)> {
-    sha256_stream(open_regular(path, Links::Refuse)?)
-}
-
-/// What [`verify`] found wrong: the first [`MAX_PROBLEMS`] problems, and how many more.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "evidence bundle {dir} FAILED verification ({} problems):\n  {}{}",
-    problems.len() + more,
-    problems.join("\n  "),
-    if *more > 0 { format!("\n  … and {more} more") } else { String::new() }
-)]
-pub struct Tampered {
-    /// The bundle.
-    pub dir: PathBuf,
-    /// One line per problem, the first [`MAX_PROBLEMS`]: the file and what differs.
-    pub problems: Vec<String>,
-    /// Problems found beyond those.
-    pub more: usize,
-}
-
-impl Tampered {
-    fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_owned(),
-            problems: Vec::new(),
-            more: 0,
-        }
-    }
-
-    fn push(&mut self, problem: String) {
-        if self.problems.len() < MAX_PROBLEMS {
-            self.problems.push(problem);
-        } else {
-            self.more += 1;
-        }
-    }
-
-    fn found(&self) -> bool {
-        !self.problems.is_empty()
-    }
-}
-
-/// Re-checks the bundle in `dir`: the manifest parses and has this format, every file it lists
-/// is a regular file of the bundle (a symbolic link is never followed, a FIFO never opened)
-/// with the listed size and SHA-256 (hashed as a stream), nothing else is there, and — when
-/// given — the manifest itself has the SHA-256 noted when the bundle was written. The manifest
-/// on success.
-#[tracing::instrument(skip(manifest_sha256), fields(dir = %dir.display()))]
-pub fn verify(dir: &Path, manifest_sha256: Option<&str>) -> Result<Manifest, Tampered> {
-    let mut tampered = Tampered::new(dir);
-    let text = match read_manifest(&dir.join(MANIFEST)) {
-        Ok(text) => text,
-        Err(e) => {
-            tampered.push(format!("{MANIFEST}: {e}"));
-            return Err(tampered);
-        }
-    };
-    if let Some(expected) = manifest_sha256 {
-        let actual = sha256_hex(&text);
-        if !actual.eq_ignore_ascii_case(expected) {
-            tampered.push(format!(
-                "{MANIFEST}: SHA-256 is {actual}, the one noted is {expected}"
-            ));
-        }
-    }
-    let manifest: Manifest = match serde_json::from_slice(&text) {
-        Ok(manifest) => manifest,
-        Err(e) => {
-            tampered.push(format!("{MANIFEST}: {e}"));
-            return Err(tampered);
-        }
-    };
-    if manifest.format != FORMAT {
-        tampered.push(format!(
-            "{MANIFEST}: format {:?}, expected {FORMAT:?}",
-            manifest.format
-        ));
-    }
-    for listed in &manifest.files {
-        let mut parts = Path::new(&listed.path).components();
-        let (Some(Component::Normal(name)), None) = (parts.next(), parts.next()) else {
-            tampered.push(format!("{}: not a file name of the bundle", listed.path));
-            continue;
-        };
-        match hash_regular(&dir.join(name)) {
-            Err(e) => tampered.push(format!("{}: {e}", listed.path)),
-            Ok((bytes, sha256)) => {
-                if bytes != listed.bytes {
-                    tampered.push(format!(
-                        "{}: {bytes} bytes, the manifest says {}",
-                        listed.path, listed.bytes
-                    ));
-                }
-                if sha256 != listed.sha256 {
-                    tampered.push(format!(
-                        "{}: SHA-256 is {sha256}, the manifest says {}",
-                        listed.path, listed.sha256
-                    ));
-                }
-            }
-        }
-    }
-    match std::fs::read_dir(dir) {
-        Err(e) => tampered.push(format!("{}: {e}", dir.display())),
-        Ok(entries) => {
-            for entry in entries {
-                match entry {
-                    Err(e) => tampered.push(format!("{}: {e}", dir.display())),
-                    Ok(entry) => {
-                        let name = entry.file_name().to_string_lossy().into_owned();
-                        if name != MANIFEST && !manifest.files.iter().any(|f| f.path == name) {
-                            tampered.push(format!("{name}: not in the manifest"));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if tampered.found() {
-        Err(tampered)
-    } else {
-        Ok(manifest)
-    }
-}
-
-/// The manifest's bytes: a regular file of the bundle, at most [`MAX_MANIFEST_BYTES`].
-fn read_manifest(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut text = Vec::new();
-    open_regular(path, Links::Refuse)?
-        .take(MAX_MANIFEST_BYTES + 1)
-        .read_to_end(&mut text)?;
-    if text.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {MAX_MANIFEST_BYTES} bytes: not a manifest `evidence` wrote"),
-        ));
-    }
-    Ok(text)
 }

@@ -1,0 +1,116 @@
+//! What the probe counted: the per-CPU counters summed over CPUs ([`Counters`]), and the
+//! denied packets its deny entries hold that no event reported yet, turned into events
+//! ([`Probe::flush_denies`]; the collector's reader does the same on its own handle).
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use tollgate_schemas::{
+    Counter, DenyEntry, FLOW_EVENT_VERSION, FlowEvent, FlowKey, Verdict, addr, map_names,
+};
+
+use super::{Probe, ProbeError};
+
+/// Sums over all CPUs of the probe's counters, indexed by [`Counter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    /// One counter's total.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+}
+
+impl Probe {
+    /// Totals of the per-CPU counters.
+    pub fn counters(&self) -> Result<Counters, ProbeError> {
+        read_counters(&self.maps.counters)
+    }
+
+    /// Reports what the kernel counted but has not reported yet: every denied flow with packets
+    /// since its last event becomes one more event (verdict deny, its last reason, those
+    /// packets and bytes, `ifindex` 0 as the entry does not keep it), and its entry is removed,
+    /// so that its next packet starts a new report at once. Packets denied between the read and
+    /// the removal of an entry are the only ones that can go unreported.
+    pub fn flush_denies(&mut self) -> Result<Vec<FlowEvent>, ProbeError> {
+        flush_denies(&mut self.maps.denies)
+    }
+}
+
+/// Reports what `denies` counted but has not reported yet; see [`Probe::flush_denies`].
+pub(crate) fn flush_denies(
+    denies: &mut HashMap<MapData, FlowKey, DenyEntry>,
+) -> Result<Vec<FlowEvent>, ProbeError> {
+    let error = |source| ProbeError::Map {
+        name: map_names::DENIES,
+        source,
+    };
+    let pending = denies
+        .iter()
+        .filter_map(|entry| match entry {
+            Ok((_, deny)) if deny.packets == 0 => None,
+            other => Some(other),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(error)?;
+    let now = boottime_ns();
+    let mut events = Vec::with_capacity(pending.len());
+    for (key, deny) in pending {
+        match denies.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(error(source)),
+        }
+        events.push(residual_event(&key, &deny, now));
+    }
+    Ok(events)
+}
+
+/// Totals of the per-CPU `counters`.
+pub(crate) fn read_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Counters, ProbeError> {
+    let mut totals = Counters::default();
+    for counter in Counter::ALL {
+        let values = counters
+            .get(&(counter as u32), 0)
+            .map_err(|source| ProbeError::Map {
+                name: map_names::COUNTERS,
+                source,
+            })?;
+        totals.0[counter as usize] = values.iter().sum();
+    }
+    Ok(totals)
+}
+
+/// The event for what a deny entry counted since its last event.
+fn residual_event(key: &FlowKey, deny: &DenyEntry, now: u64) -> FlowEvent {
+    let family = match addr::from_bytes(key.src_addr) {
+        std::net::IpAddr::V4(_) => 4,
+        std::net::IpAddr::V6(_) => 6,
+    };
+    FlowEvent {
+        version: FLOW_EVENT_VERSION,
+        family,
+        protocol: key.protocol,
+        direction: key.direction,
+        verdict: Verdict::Deny as u8,
+        reason: deny.reason,
+        tcp_flags: deny.tcp_flags,
+        ts_ns: now,
+        ifindex: 0,
+        endpoint: key.endpoint,
+        rule_id: deny.rule_id,
+        src_port: key.src_port,
+        dst_port: key.dst_port,
+        src_addr: key.src_addr,
+        dst_addr: key.dst_addr,
+        packets: deny.packets,
+        bytes: deny.bytes,
+        icmp_type: 0,
+        icmp_code: 0,
+        _pad: [0; 6],
+    }
+}
+
+/// Now, in ns of `CLOCK_BOOTTIME`: the clock of the probe's timestamps.
+fn boottime_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
