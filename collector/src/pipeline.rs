@@ -43,6 +43,7 @@ use crate::{
     spool::{Recovery, RingbufMark, Spool, SpoolError},
     writer::{Closed, FileWriter, discard},
 };
+use tollgate_enforcer::causes::Causes;
 
 /// How often a blocked pipeline tries to write its pending loss records.
 pub const SPOOL_RETRY: Duration = Duration::from_secs(1);
@@ -209,7 +210,9 @@ impl Pipeline {
                 let events = self.accounting.report(&flows);
                 self.ingest(&events);
             }
-            Err(error) => tracing::warn!(%error, "reading conntrack for accounting"),
+            Err(error) => {
+                tracing::warn!(error = %Causes(&error), "reading conntrack for accounting")
+            }
         }
     }
 
@@ -308,7 +311,7 @@ impl Pipeline {
                     self.lose(LossSource::RingbufFull, Some(new), seen.read_s, now_s);
                 }
             }
-            Err(error) => tracing::warn!(%error, "reading the probe's counters"),
+            Err(error) => tracing::warn!(error = %Causes(&error), "reading the probe's counters"),
         }
     }
 
