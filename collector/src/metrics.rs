@@ -144,46 +144,55 @@ impl Metrics {
             "Events the kernel dropped because the ring buffer was full.",
             &self.ringbuf_reserve_failed,
         );
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_collector_ship_failures_total Failed deliveries (retried), by kind.\n\
-             # TYPE tollgate_collector_ship_failures_total counter"
+        labelled(
+            &mut out,
+            "ship_failures_total",
+            "Failed deliveries (retried), by kind.",
+            "kind",
+            Failure::ALL
+                .iter()
+                .map(|f| f.label())
+                .zip(&self.ship_failures),
         );
-        for (failure, value) in Failure::ALL.iter().zip(&self.ship_failures) {
-            let _ = writeln!(
-                out,
-                "tollgate_collector_ship_failures_total{{kind=\"{}\"}} {}",
-                failure.label(),
-                value.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_collector_lost_events_total Events lost, by where.\n\
-             # TYPE tollgate_collector_lost_events_total counter"
+        labelled(
+            &mut out,
+            "lost_events_total",
+            "Events lost, by where.",
+            "source",
+            LossSource::ALL.iter().map(|s| s.name()).zip(&self.lost),
         );
-        for (source, value) in LossSource::ALL.iter().zip(&self.lost) {
-            let _ = writeln!(
-                out,
-                "tollgate_collector_lost_events_total{{source=\"{}\"}} {}",
-                source.name(),
-                value.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_collector_loss_records_total SKIPDATA records written, by where.\n\
-             # TYPE tollgate_collector_loss_records_total counter"
+        labelled(
+            &mut out,
+            "loss_records_total",
+            "SKIPDATA records written, by where.",
+            "source",
+            LossSource::ALL
+                .iter()
+                .map(|s| s.name())
+                .zip(&self.loss_records),
         );
-        for (source, value) in LossSource::ALL.iter().zip(&self.loss_records) {
-            let _ = writeln!(
-                out,
-                "tollgate_collector_loss_records_total{{source=\"{}\"}} {}",
-                source.name(),
-                value.load(Ordering::Relaxed)
-            );
-        }
         out
+    }
+}
+
+/// A counter with one series per value of `key`: `tollgate_collector_<name>{<key>="…"}`.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    key: &str,
+    series: impl Iterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    let _ = writeln!(
+        out,
+        "# HELP tollgate_collector_{name} {help}\n# TYPE tollgate_collector_{name} counter"
+    );
+    for (value, count) in series {
+        let _ = writeln!(
+            out,
+            "tollgate_collector_{name}{{{key}=\"{value}\"}} {}",
+            count.load(Ordering::Relaxed)
+        );
     }
 }
 
