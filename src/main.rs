@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tollgate_enforcer::{
     bench::{self, scale},
     bpf_datapath::BpfDatapath,
+    causes,
     decision::Datapath,
     model::ModelDatapath,
     verify,
@@ -503,14 +504,7 @@ fn note(text: &str) {
 /// errors never write their cause into their own message; a cause whose text an earlier line
 /// already holds is still left out, for the errors of other crates that do.
 fn report(error: &anyhow::Error) -> String {
-    let mut said: Vec<String> = Vec::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !said.iter().any(|line| line.contains(&text)) {
-            said.push(text);
-        }
-    }
-    let mut lines = said.into_iter();
+    let mut lines = causes::chain(error.as_ref()).into_iter();
     let mut report = format!("error: {}", lines.next().unwrap_or_default());
     for cause in lines {
         report.push_str("\n  because: ");

@@ -1,29 +1,37 @@
-//! An error and its causes on one line, for logs and for reports written as text.
+//! An error and its causes, for logs and for reports written as text.
 //!
 //! tollgate's error types say what failed in their message and return what caused it from
-//! `source()`, never both: [`Causes`] joins the chain (`error: cause: cause`) where a log line
-//! or a text report needs all of it. A cause whose text already ends the line is not repeated,
-//! since some errors of other crates do write their source into their message.
+//! `source()`, never both: [`chain`] lists the texts of the chain, outermost first, and
+//! [`Causes`] joins them on one line (`error: cause: cause`) where a log line or a text report
+//! needs all of it. A cause whose text an outer one already holds is left out, since some
+//! errors of other crates do write their source into their message (the AWS SDK's, `io`
+//! errors wrapped by their callers).
 
+use std::error::Error;
 use std::fmt;
 
-/// `error: cause: cause`, each cause once.
-pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
+/// `error: cause: cause`, each cause once ([`chain`]).
+pub struct Causes<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Causes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = self.0.to_string();
-        let mut cause = self.0.source();
-        while let Some(error) = cause {
-            let more = error.to_string();
-            if !text.ends_with(&more) {
-                text.push_str(": ");
-                text.push_str(&more);
-            }
-            cause = error.source();
-        }
-        f.write_str(&text)
+        f.write_str(&chain(self.0).join(": "))
     }
+}
+
+/// The texts of `error` and of each of its causes, outermost first, without a cause whose text
+/// an outer one already holds.
+pub fn chain(error: &(dyn Error + 'static)) -> Vec<String> {
+    let mut said: Vec<String> = Vec::new();
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !said.iter().any(|outer| outer.contains(&text)) {
+            said.push(text);
+        }
+        cause = error.source();
+    }
+    said
 }
 
 #[cfg(test)]

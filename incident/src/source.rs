@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tollgate_collector::{clock::partition_date, sink::sdk_in_words};
 
 use crate::location::{FlowLogLocation, S3Options};
+use tollgate_enforcer::causes::Causes;
 
 /// Why the flow log could not be read. Each message holds its cause (an OS error, the SDK's
 /// error with its causes) and `source()` returns none, so the cause is printed once whether the
@@ -327,7 +328,7 @@ impl Reader {
                     .await
                     .map_err(|e| SourceError::S3 {
                         location: format!("s3://{bucket}/{name}"),
-                        message: tollgate_collector::sink::in_words(&e),
+                        message: Causes(&e).to_string(),
                     })?
                     .into_bytes();
                 Ok((

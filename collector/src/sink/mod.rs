@@ -16,6 +16,7 @@ mod s3;
 use std::path::Path;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use tollgate_enforcer::causes::Causes;
 
 pub use local::LocalSink;
 pub use s3::S3Sink;
@@ -156,23 +157,6 @@ impl Failure {
     }
 }
 
-/// `error` and its causes in words, outermost first, joined with `: `, each once: an SDK
-/// error's chain (`dispatch failure: io error: … Connection refused (os error 111)`) without
-/// the dump of its structures that `DisplayErrorContext` appends, and without a cause whose
-/// text an outer one already holds.
-pub fn in_words(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut said: Vec<String> = Vec::new();
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        let text = error.to_string();
-        if !said.iter().any(|outer| outer.contains(&text)) {
-            said.push(text);
-        }
-        cause = error.source();
-    }
-    said.join(": ")
-}
-
 /// An AWS SDK call's error in words: for an answer of the service, its error code, message
 /// and HTTP status (`NotSignedUp: Your account is not signed up (HTTP 403)`); otherwise the
 /// chain of causes (`dispatch failure: io error: … Connection refused (os error 111)`). Never
@@ -188,10 +172,10 @@ where
             match (err.code(), err.message()) {
                 (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
                 (Some(code), None) => format!("{code} (HTTP {status})"),
-                _ => format!("{} (HTTP {status})", in_words(err)),
+                _ => format!("{} (HTTP {status})", Causes(err)),
             }
         }
-        other => in_words(other),
+        other => Causes(other).to_string(),
     }
 }
 

@@ -32,8 +32,9 @@ use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption as Sse,
 };
 
-use super::{Failure, SinkError, in_words, sdk_in_words};
+use super::{Failure, SinkError, sdk_in_words};
 use crate::config::{S3Config, ServerSideEncryption};
+use tollgate_enforcer::causes::Causes;
 
 /// The content type of the object at `key`: JSON for the digests, Parquet for the records.
 fn content_type(key: &str) -> &'static str {
@@ -145,7 +146,7 @@ impl S3Sink {
     async fn put_single(&self, object_key: &str, path: &Path, bytes: u64) -> Result<(), Failed> {
         let body = ByteStream::from_path(path)
             .await
-            .map_err(|e| format!("reading {}: {}", path.display(), in_words(&e)))?;
+            .map_err(|e| format!("reading {}: {}", path.display(), Causes(&e)))?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -220,7 +221,7 @@ impl S3Sink {
                     format!(
                         "reading part {part_number} of {}: {}",
                         path.display(),
-                        in_words(&e)
+                        Causes(&e)
                     )
                 })?;
             let uploaded = self
