@@ -11,8 +11,9 @@
 //! and every [`RESCAN`] in any case; a failed delivery stops the pass and is retried after an
 //! exponential backoff ([`retry_delays`]: 1 s doubling to 60 s, each with a random jitter of up
 //! to as much again, so the nodes of a cluster do not retry a sink in lockstep after an
-//! outage), without limit: files are given up only by the spool's bound, never by the shipper. On stop, it makes one last pass within
-//! the given time; what remains stays in the spool and is shipped first by the next start.
+//! outage), without limit: files are given up only by the spool's bound, never by the shipper.
+//! On stop, it makes one last pass within the given time; what remains stays in the spool and
+//! is shipped first by the next start.
 
 use std::path::PathBuf;
 use std::sync::Arc;
