@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tollgate_enforcer::{
+    bench::median,
     compile::{Placement, compile},
     manifest::parse_manifests,
     probe::Probe,
@@ -339,9 +340,4 @@ fn iperf3(
                 report["error"]
             ))
         })
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -436,7 +436,9 @@ fn packet(src: IpAddr, src_port: u16, dst_port: u16) -> Vec<u8> {
     PacketSpec::first(src, family.server(), proto::TCP, src_port, dst_port).build()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The median of `values` (the upper one of an even count), for every benchmark's runs.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }

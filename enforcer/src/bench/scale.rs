@@ -58,6 +58,7 @@ use k8s_openapi::{
     },
 };
 
+use super::median;
 use crate::{
     compile::{
         Compiler, NAMESPACE_NAME_LABEL, Object, ObjectKind, Placement, services::SERVICE_NAME_LABEL,
@@ -213,13 +214,6 @@ pub fn current_rss_mib() -> f64 {
 
 /// How many times each change is made (and undone) in a case: its time is their median.
 const CHANGE_RUNS: usize = 5;
-
-/// The median of `runs`.
-fn median(runs: impl Iterator<Item = f64>) -> f64 {
-    let mut runs: Vec<f64> = runs.collect();
-    runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
-}
 
 fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
