@@ -4,7 +4,7 @@
 //! option LLVM also stops expanding `memset` and calls the exported builtin instead, a loop of
 //! single-byte stores (~4 instructions per byte). The probe zeroes addresses and small fields
 //! on every packet, so it turns the option off: LLVM then writes every `memset` and `memcpy`
-//! as a few wide stores of its own.
+//! as stores of its own, as wide as the alignment it can prove (hence `parse::Addr`'s).
 
 fn main() {
     println!("cargo::rustc-link-arg-bins=--disable-expand-memcpy-in-order");
