@@ -27,8 +27,8 @@
 //!
 //! Around them: [`bench`] (`tollgate bench agent`: what the agent holds for a generated
 //! cluster), [`config`] (the one settings file of agent and collector), [`http`]
-//! (`/metrics`, `/healthz`, `/readyz`) and [`telemetry`] (text or JSON logs; traces and
-//! metrics over OTLP).
+//! (`/metrics`, `/healthz`, `/readyz`) and [`telemetry`] (text or JSON logs; traces over
+//! OTLP).
 
 pub mod bench;
 pub mod cni;
@@ -47,9 +47,12 @@ pub mod source;
 pub mod telemetry;
 pub mod watch;
 
+use tollgate_enforcer::aya_maps::AyaMapError;
+use tollgate_enforcer::sync::{MapsError, SyncError};
+
 /// What can go wrong in the agent.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum Error<E: MapsError = AyaMapError> {
     /// A watch stopped before its first list was complete (its task ended).
     #[error("the watch of {kind} stopped before its first list was complete")]
     WatchStopped {
@@ -60,6 +63,24 @@ pub enum Error {
     #[error("syncing the policy maps")]
     Sync {
         /// The map sync's error, naming the map and the key.
-        source: Box<dyn std::error::Error + Send + Sync>,
+        #[from]
+        source: SyncError<E>,
     },
+}
+
+/// Every value of [`Error::metric_label`].
+pub const ERROR_LABELS: [&str; 4] = ["watch_stopped", "map_read", "map_write", "maps_full"];
+
+impl<E: MapsError> Error<E> {
+    /// What failed, as the `error` label of `tollgate_agent_sync_failures_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::WatchStopped { .. } => "watch_stopped",
+            Self::Sync { source } => match source {
+                SyncError::Read { .. } => "map_read",
+                SyncError::Write { .. } => "map_write",
+                SyncError::NotProgrammed { .. } => "maps_full",
+            },
+        }
+    }
 }

@@ -37,7 +37,7 @@ use tollgate_enforcer::{
     compile::{Compiled, Compiler, Placement, recover_ids},
     desired::{Capacity, Ids, MapUsage},
     snapshot::{Delta, InputError, Updates},
-    sync::{Diff, PolicyMaps, SyncStats, Syncer},
+    sync::{Diff, MapsError, PolicyMaps, SyncError, SyncStats, Syncer},
 };
 use tollgate_schemas::endpoint_flags;
 
@@ -189,11 +189,11 @@ impl Reconciler {
         local: &BTreeMap<String, u32>,
         addresses: &BTreeMap<IpAddr, u32>,
         maps: &mut M,
-    ) -> Result<Report, Error> {
+    ) -> Result<Report, Error<M::Error>> {
         let previous = self.synced.take();
         let capacity = match self.capacity {
             Some(capacity) => capacity,
-            None => maps.capacity().map_err(sync_error)?,
+            None => maps.capacity().map_err(read_error)?,
         };
         self.capacity = Some(capacity);
         let started = Instant::now();
@@ -207,7 +207,7 @@ impl Reconciler {
             // The first pass of this agent: maps left by a previous one keep their ids for
             // what is still the same, and lend none of them to something else.
             self.recovered = true;
-            let held = maps.read().map_err(sync_error)?;
+            let held = maps.read().map_err(read_error)?;
             if !(held.endpoints.is_empty() && held.peers.is_empty()) {
                 let prior = recover_ids(&compiled, &held);
                 compiled = self.compiler.compile(&placement, &prior, &capacity);
@@ -221,8 +221,7 @@ impl Reconciler {
         let synced = self
             .syncer
             .sync(maps, &compiled.desired)
-            .inspect_err(|_| self.capacity = None)
-            .map_err(sync_error)?;
+            .inspect_err(|_| self.capacity = None)?;
         let before_pods = previous.map(|p| p.endpoint_pods).unwrap_or_default();
         let report = Report {
             endpoints: compiled.endpoint_pods.len(),
@@ -248,19 +247,21 @@ impl Reconciler {
 
     /// Reads the maps and repairs what differs from what was last written (see
     /// `Syncer::check_drift`): the repairs, `None` before the first sync.
-    pub fn check_drift<M: PolicyMaps>(&mut self, maps: &mut M) -> Result<Option<SyncStats>, Error> {
+    pub fn check_drift<M: PolicyMaps>(
+        &mut self,
+        maps: &mut M,
+    ) -> Result<Option<SyncStats>, Error<M::Error>> {
         self.syncer.check_drift(maps).map_err(|error| {
             self.synced = None;
             self.capacity = None;
-            sync_error(error)
+            error.into()
         })
     }
 }
 
-fn sync_error<E: std::error::Error + Send + Sync + 'static>(error: E) -> Error {
-    Error::Sync {
-        source: Box::new(error),
-    }
+/// The maps could not be read (their capacity, or what they hold).
+fn read_error<E: MapsError>(source: E) -> Error<E> {
+    SyncError::Read { source }.into()
 }
 
 /// Logs the compiler's errors that the previous compilation did not have: an invalid object

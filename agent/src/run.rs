@@ -30,7 +30,7 @@ use tollgate_collector::{
 };
 use tollgate_enforcer::{
     compile::Compiled,
-    sync::{PolicyMaps, SyncStats},
+    sync::{MapsError, PolicyMaps, SyncStats},
 };
 
 use crate::Error;
@@ -162,7 +162,10 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
     ///
     /// Cancel-safe: dropped while it waits, nothing is lost (the source and the endpoints keep
     /// what they have not handed over, a retry keeps its deadline).
-    pub async fn next<M: PolicyMaps>(&mut self, maps: &mut M) -> Option<Result<Pass, Error>> {
+    pub async fn next<M: PolicyMaps>(
+        &mut self,
+        maps: &mut M,
+    ) -> Option<Result<Pass, Error<M::Error>>> {
         let mut retry = pin!(due(self.retry_at));
         let mut drift = pin!(due(self.drift_at));
         // The node's own changes count once the maps were synced to a complete cluster.
@@ -235,7 +238,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
     }
 
     /// A failed pass: logged, and retried after the next of [`retry_delays`].
-    fn failed(&mut self, error: Error) -> Error {
+    fn failed<M: MapsError>(&mut self, error: Error<M>) -> Error<M> {
         let delay = self.retries.next().unwrap_or(RETRY_MAX);
         self.retry_at = Some(Instant::now() + delay);
         tracing::warn!(

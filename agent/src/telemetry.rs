@@ -1,15 +1,14 @@
-//! Logs, traces and metrics of the agent.
+//! Logs and traces of the agent (its metrics are on `/metrics`: [`crate::metrics`]).
 //!
 //! [`Telemetry::subscriber`] builds one `tracing` subscriber: logs to stderr as text or JSON
 //! (`agent.log_format`), filtered by `RUST_LOG` (default `info`); and, when
-//! `agent.otlp_endpoint` is set, spans exported as OpenTelemetry traces and `monotonic_counter.*`
-//! / `histogram.*` event fields exported as OpenTelemetry metrics (tracing-opentelemetry), both
-//! over OTLP/HTTP (protobuf) to `<endpoint>/v1/traces` and `<endpoint>/v1/metrics`.
-//! [`Telemetry::shutdown`] flushes both exporters (on the agent's exit).
+//! `agent.otlp_endpoint` is set, spans exported as OpenTelemetry traces (tracing-opentelemetry)
+//! over OTLP/HTTP (protobuf) to `<endpoint>/v1/traces`. [`Telemetry::shutdown`] flushes the
+//! exporter (on the agent's exit).
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer, Registry, layer::SubscriberExt};
 
 use crate::config::LogFormat;
@@ -27,11 +26,10 @@ pub struct TelemetryError {
     pub message: String,
 }
 
-/// The exporters behind the subscriber, to flush on exit.
+/// The exporter behind the subscriber, to flush on exit.
 #[derive(Default)]
 pub struct Telemetry {
     traces: Option<SdkTracerProvider>,
-    metrics: Option<SdkMeterProvider>,
 }
 
 impl Telemetry {
@@ -68,15 +66,6 @@ impl Telemetry {
                 .map_err(|e| error(&e))?;
             let traces = SdkTracerProvider::builder()
                 .with_batch_exporter(spans)
-                .with_resource(resource.clone())
-                .build();
-            let counters = MetricExporter::builder()
-                .with_http()
-                .with_endpoint(format!("{base}/v1/metrics"))
-                .build()
-                .map_err(|e| error(&e))?;
-            let metrics = SdkMeterProvider::builder()
-                .with_periodic_exporter(counters)
                 .with_resource(resource)
                 .build();
             layers.push(
@@ -84,25 +73,18 @@ impl Telemetry {
                     .with_tracer(traces.tracer(SERVICE_NAME))
                     .boxed(),
             );
-            layers.push(tracing_opentelemetry::MetricsLayer::new(metrics.clone()).boxed());
             telemetry.traces = Some(traces);
-            telemetry.metrics = Some(metrics);
         }
         let subscriber = Registry::default().with(layers).with(filter);
         Ok((telemetry, subscriber))
     }
 
-    /// Flushes and stops the exporters.
+    /// Flushes and stops the exporter.
     pub fn shutdown(self) {
         if let Some(traces) = self.traces
             && let Err(error) = traces.shutdown()
         {
             eprintln!("flushing traces: {error}");
-        }
-        if let Some(metrics) = self.metrics
-            && let Err(error) = metrics.shutdown()
-        {
-            eprintln!("flushing metrics: {error}");
         }
     }
 }

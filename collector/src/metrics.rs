@@ -1,8 +1,15 @@
 //! The collector's counters and gauges: shared atomics that every stage bumps, read by the
-//! lab's report, `tollgate bench`, and rendered in the Prometheus text format for `/metrics`.
+//! lab's report and `tollgate bench`, and encoded at each scrape of `/metrics` by
+//! prometheus-client (`Metrics` is a [`Collector`]; [`exposition`] renders collectors in the
+//! Prometheus text format).
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, prometheus_text};
+use prometheus_client::metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge};
+use prometheus_client::registry::Registry;
 
 use crate::loss::LossSource;
 use crate::sink::Failure;
@@ -70,144 +77,167 @@ impl Metrics {
     pub fn lost(&self, source: LossSource) -> u64 {
         self.lost[source as usize].load(Ordering::Relaxed)
     }
+}
 
-    /// Everything, in the Prometheus text exposition format.
-    pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut one = |name: &str, kind: &str, help: &str, value: &AtomicU64| {
-            let _ = writeln!(out, "# HELP tollgate_collector_{name} {help}");
-            let _ = writeln!(out, "# TYPE tollgate_collector_{name} {kind}");
-            let _ = writeln!(
-                out,
-                "tollgate_collector_{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        };
-        one("events_total", "counter", "Flow events read.", &self.events);
-        one(
-            "records_total",
-            "counter",
-            "Flow records written.",
-            &self.records,
-        );
-        one(
-            "files_spooled_total",
-            "counter",
-            "Parquet files closed into the spool.",
-            &self.files_spooled,
-        );
-        one(
-            "files_shipped_total",
-            "counter",
-            "Parquet files delivered to the sink.",
-            &self.files_shipped,
-        );
-        one(
-            "digests_sealed_total",
-            "counter",
-            "Digests of the flow-log objects sealed, signed and spooled.",
-            &self.digests_sealed,
-        );
-        one(
-            "digest_failures_total",
-            "counter",
-            "Failed attempts to seal or sign a digest (retried).",
-            &self.digest_failures,
-        );
-        one(
-            "security_lake_files_lost_total",
-            "counter",
-            "Security Lake objects beside the flow log that the spool could not keep.",
-            &self.security_lake_files_lost,
-        );
-        one(
-            "spool_bytes",
-            "gauge",
-            "Bytes waiting in the spool.",
-            &self.spool_bytes,
-        );
-        one(
-            "spool_files",
-            "gauge",
-            "Files waiting in the spool.",
-            &self.spool_files,
-        );
-        one(
-            "spool_blocked",
-            "gauge",
-            "1 while the spool refuses files and records are counted as lost.",
-            &self.spool_blocked,
-        );
-        one(
-            "ringbuf_reserve_failed_total",
-            "counter",
-            "Events the kernel dropped because the ring buffer was full.",
-            &self.ringbuf_reserve_failed,
-        );
+impl Collector for Metrics {
+    /// Every counter and gauge as it is at the scrape.
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        for (name, help, value) in [
+            ("events", "Flow events read.", &self.events),
+            ("records", "Flow records written.", &self.records),
+            (
+                "files_spooled",
+                "Parquet files closed into the spool.",
+                &self.files_spooled,
+            ),
+            (
+                "files_shipped",
+                "Parquet files delivered to the sink.",
+                &self.files_shipped,
+            ),
+            (
+                "digests_sealed",
+                "Digests of the flow-log objects sealed, signed and spooled.",
+                &self.digests_sealed,
+            ),
+            (
+                "digest_failures",
+                "Failed attempts to seal or sign a digest (retried).",
+                &self.digest_failures,
+            ),
+            (
+                "security_lake_files_lost",
+                "Security Lake objects beside the flow log that the spool could not keep.",
+                &self.security_lake_files_lost,
+            ),
+            (
+                "ringbuf_reserve_failed",
+                "Events the kernel dropped because the ring buffer was full.",
+                &self.ringbuf_reserve_failed,
+            ),
+        ] {
+            counter(
+                &mut encoder,
+                &format!("tollgate_collector_{name}"),
+                help,
+                value.load(Ordering::Relaxed),
+            )?;
+        }
+        for (name, help, value) in [
+            (
+                "spool_bytes",
+                "Bytes waiting in the spool.",
+                &self.spool_bytes,
+            ),
+            (
+                "spool_files",
+                "Files waiting in the spool.",
+                &self.spool_files,
+            ),
+            (
+                "spool_blocked",
+                "1 while the spool refuses files and records are counted as lost.",
+                &self.spool_blocked,
+            ),
+        ] {
+            gauge(
+                &mut encoder,
+                &format!("tollgate_collector_{name}"),
+                help,
+                value.load(Ordering::Relaxed),
+            )?;
+        }
         labelled(
-            &mut out,
-            "ship_failures_total",
+            &mut encoder,
+            "tollgate_collector_ship_failures",
             "Failed deliveries (retried), by kind.",
             "kind",
             Failure::ALL
                 .iter()
                 .map(|f| f.label())
-                .zip(&self.ship_failures),
-        );
+                .zip(loads(&self.ship_failures)),
+        )?;
         labelled(
-            &mut out,
-            "lost_events_total",
+            &mut encoder,
+            "tollgate_collector_lost_events",
             "Events lost, by where.",
             "source",
-            LossSource::ALL.iter().map(|s| s.name()).zip(&self.lost),
-        );
+            LossSource::ALL
+                .iter()
+                .map(|s| s.name())
+                .zip(loads(&self.lost)),
+        )?;
         labelled(
-            &mut out,
-            "loss_records_total",
+            &mut encoder,
+            "tollgate_collector_loss_records",
             "SKIPDATA records written, by where.",
             "source",
             LossSource::ALL
                 .iter()
                 .map(|s| s.name())
-                .zip(&self.loss_records),
-        );
-        out
+                .zip(loads(&self.loss_records)),
+        )
     }
 }
 
-/// A counter with one series per value of `key`: `tollgate_collector_<name>{<key>="…"}`.
-fn labelled<'a>(
-    out: &mut String,
+fn loads(counts: &[AtomicU64]) -> impl Iterator<Item = u64> + '_ {
+    counts.iter().map(|count| count.load(Ordering::Relaxed))
+}
+
+/// One counter series, `<name>_total`, as it is now.
+pub fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let counter = ConstCounter::new(value);
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+/// One gauge series, as it is now.
+pub fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// A counter with one series per value of `key`: `<name>_total{<key>="…"}`.
+pub fn labelled<'a>(
+    encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     key: &str,
-    series: impl Iterator<Item = (&'a str, &'a AtomicU64)>,
-) {
-    let _ = writeln!(
-        out,
-        "# HELP tollgate_collector_{name} {help}\n# TYPE tollgate_collector_{name} counter"
-    );
+    series: impl Iterator<Item = (&'a str, u64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (value, count) in series {
-        let _ = writeln!(
-            out,
-            "tollgate_collector_{name}{{{key}=\"{value}\"}} {}",
-            count.load(Ordering::Relaxed)
-        );
+        ConstCounter::new(count).encode(family.encode_family(&[(key, value)])?)?;
     }
+    Ok(())
+}
+
+/// `collectors` at this moment, in the Prometheus text format (version 0.0.4) that `/metrics`
+/// serves.
+pub fn exposition(collectors: impl IntoIterator<Item = Box<dyn Collector>>) -> String {
+    let mut registry = Registry::default();
+    for collector in collectors {
+        registry.register_collector(collector);
+    }
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_text::encode(&mut text, &registry);
+    text
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
     fn prometheus_text_has_every_counter_and_loss_source() {
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
         metrics.events.fetch_add(5, Ordering::Relaxed);
         metrics.lose(LossSource::RingbufFull, Some(3));
         metrics.lose(LossSource::CollectorRestart, None);
         metrics.loss_record(LossSource::CollectorRestart);
-        let text = metrics.render_prometheus();
+        let text = exposition([Box::new(Arc::clone(&metrics)) as Box<dyn Collector>]);
         assert!(text.contains("tollgate_collector_events_total 5\n"));
         assert!(text.contains("tollgate_collector_lost_events_total{source=\"ringbuf-full\"} 3\n"));
         assert!(

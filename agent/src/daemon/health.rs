@@ -13,6 +13,8 @@ use super::{DaemonError, SharedProbe};
 use crate::config::AgentConfig;
 use crate::http::{Response, Routes, serve};
 use crate::metrics::AgentMetrics;
+use prometheus_client::collector::Collector;
+use tollgate_collector::metrics::exposition;
 use tollgate_enforcer::causes::Causes;
 
 /// How long the loop may go without turning (a sync or a discovery that hangs) before
@@ -75,9 +77,10 @@ pub(super) async fn start_http(
                     tracing::warn!(error = %Causes(&error), "reading the probe's counters")
                 }
             }
-            let mut body = metrics.render_prometheus();
-            body.push_str(&collector.render_prometheus());
-            body
+            exposition([
+                Box::new(Arc::clone(&metrics)) as Box<dyn Collector>,
+                Box::new(Arc::clone(&collector)),
+            ])
         }
     };
     let health = {

@@ -303,9 +303,9 @@ pub async fn run_agent_with<S: ClusterSource>(
                     tracing::info!("the cluster source ended");
                     break;
                 }
-                Some(Err(_)) => {
+                Some(Err(error)) => {
                     // Logged by the loop; retried by the next call.
-                    metrics.sync_failures.fetch_add(1, Ordering::Relaxed);
+                    metrics.count_sync_failure(&error);
                     continue;
                 }
                 Some(Ok(pass)) => pass,
