@@ -7,7 +7,6 @@
 //! skipped, with why. A time filter prunes by the partitions (`dt`/`hour`, the hour of each
 //! record's start) and, inside the files it still opens, by the row groups' `end` statistics.
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +19,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::{metadata::ParquetMetaData, statistics::Statistics};
 use serde::{Serialize, ser::SerializeMap as _};
 use serde_json::Value;
+use tollgate_enforcer::columns;
 use tollgate_schemas::record::{COLUMNS, ColumnType};
 
 use crate::clock::{parse_utc, rfc3339_utc};
@@ -602,18 +602,7 @@ fn joined(namespace: Option<String>, name: Option<String>) -> Option<String> {
 /// for the node itself), else its address; a destination that was a Service's ClusterIP as
 /// `service:<namespace>/<name>`.
 pub fn render_table(records: &[StoredRecord]) -> String {
-    let mut rows = vec![[
-        "START".to_owned(),
-        "END".to_owned(),
-        "ACTION".to_owned(),
-        "DIR".to_owned(),
-        "PROTO".to_owned(),
-        "SOURCE".to_owned(),
-        "DESTINATION".to_owned(),
-        "REASON".to_owned(),
-        "POLICY".to_owned(),
-        "PACKETS".to_owned(),
-    ]];
+    let mut rows = Vec::with_capacity(records.len());
     for r in records {
         let time = |s: i64| rfc3339_utc(u64::try_from(s).unwrap_or_default());
         if r.is_loss() {
@@ -693,19 +682,19 @@ pub fn render_table(records: &[StoredRecord]) -> String {
             r.packets.unwrap_or_default().to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    out
+    let header = [
+        "START",
+        "END",
+        "ACTION",
+        "DIR",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "REASON",
+        "POLICY",
+        "PACKETS",
+    ];
+    columns::render(header.map(str::to_owned), rows)
 }
 
 fn protocol_name(protocol: Option<i32>) -> String {

@@ -13,11 +13,15 @@
 //!   by the userspace [`model`] or by the real programs under BPF_PROG_TEST_RUN
 //!   ([`bpf_datapath`], with packets from [`packet`]).
 //! - [`verify`]: the offline policy checker built on both datapaths.
+//!
+//! Shared by every crate: [`causes`] (an error with each cause once) and [`columns`] (the
+//! CLI's plain tables).
 
 pub mod aya_maps;
 pub mod bench;
 pub mod bpf_datapath;
 pub mod causes;
+pub mod columns;
 pub mod compile;
 pub mod crd;
 pub mod decision;

@@ -18,6 +18,7 @@ use tollgate_collector::{
     read::{StoredRecord, render_table as render_records},
 };
 use tollgate_enforcer::{
+    columns,
     compile::Compiled,
     desired::RuleRef,
     snapshot::{Snapshot, pod_addresses, pod_key},
@@ -630,31 +631,13 @@ pub fn named_counters(counters: &tollgate_enforcer::probe::Counters) -> Vec<(&'s
         .collect()
 }
 
-/// Left-aligned columns, each as wide as its widest cell; the last column is not padded.
+/// [`columns::lines`], each line indented by `indent`.
 fn table(indent: &str, headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let header_row = headers.iter().map(|h| h.to_string()).collect();
-    let mut out = String::new();
-    for row in std::iter::once(header_row).chain(rows) {
-        let last = row.len().saturating_sub(1);
-        let mut line = indent.to_string();
-        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
-            if i == last {
-                line.push_str(cell);
-            } else {
-                let pad = width - cell.chars().count();
-                let _ = write!(line, "{cell}{}  ", " ".repeat(pad));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    let header = headers.iter().map(|h| (*h).to_owned()).collect();
+    columns::lines(header, rows)
+        .into_iter()
+        .map(|line| format!("{indent}{line}\n"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,9 +1,8 @@
 //! [`ProbeResult`]s → text: JSON Lines for programs ([`render_json`]), aligned columns for
 //! people ([`render_table`]).
 
-use std::fmt::Write as _;
-
 use super::run::{ProbeResult, ProbeVerdict};
+use crate::columns;
 
 /// JSON Lines: one object per probe, in input order, each line ending in `\n`.
 ///
@@ -33,57 +32,43 @@ pub fn render_json(results: &[ProbeResult]) -> String {
 /// Aligned columns FROM, TO (through a Service: `service:ns/name -> ns/backend`), PORT/PROTO, VERDICT, REASON, AT (the hook that decided),
 /// POLICY/RULE, a header line first.
 pub fn render_table(results: &[ProbeResult]) -> String {
-    let header = [
-        "FROM",
-        "TO",
-        "PORT/PROTO",
-        "VERDICT",
-        "REASON",
-        "AT",
-        "POLICY/RULE",
-    ]
-    .map(String::from);
-    let rows: Vec<[String; 7]> = std::iter::once(header)
-        .chain(results.iter().map(|r| {
-            let verdict = match (r.verdict, r.audit) {
-                (ProbeVerdict::Allow, false) => "allow",
-                (ProbeVerdict::Allow, true) => "allow (audit)",
-                (ProbeVerdict::Deny, _) => "deny",
-            };
-            let by = match (&r.policy, &r.rule) {
-                (Some(policy), Some(rule)) => format!("{policy} {rule}"),
-                (None, Some(rule)) => rule.clone(),
-                _ => "-".to_owned(),
-            };
-            let to = match &r.backend {
-                Some(backend) => format!("{} -> {backend}", r.to),
-                None => r.to.clone(),
-            };
-            [
-                r.from.clone(),
-                to,
-                format!("{}/{}", r.port, r.protocol),
-                verdict.to_owned(),
-                r.reason.to_owned(),
-                r.at.unwrap_or("-").to_owned(),
-                by,
-            ]
-        }))
-        .collect();
-    let mut widths = [0; 7];
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(widths) {
-            let _ = write!(line, "{cell:<width$}  ");
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    let rows = results.iter().map(|r| {
+        let verdict = match (r.verdict, r.audit) {
+            (ProbeVerdict::Allow, false) => "allow",
+            (ProbeVerdict::Allow, true) => "allow (audit)",
+            (ProbeVerdict::Deny, _) => "deny",
+        };
+        let by = match (&r.policy, &r.rule) {
+            (Some(policy), Some(rule)) => format!("{policy} {rule}"),
+            (None, Some(rule)) => rule.clone(),
+            _ => "-".to_owned(),
+        };
+        let to = match &r.backend {
+            Some(backend) => format!("{} -> {backend}", r.to),
+            None => r.to.clone(),
+        };
+        vec![
+            r.from.clone(),
+            to,
+            format!("{}/{}", r.port, r.protocol),
+            verdict.to_owned(),
+            r.reason.to_owned(),
+            r.at.unwrap_or("-").to_owned(),
+            by,
+        ]
+    });
+    columns::render(
+        [
+            "FROM",
+            "TO",
+            "PORT/PROTO",
+            "VERDICT",
+            "REASON",
+            "AT",
+            "POLICY/RULE",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        rows,
+    )
 }

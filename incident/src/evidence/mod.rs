@@ -298,7 +298,12 @@ pub async fn collect(
         }
         let parquet = out.join(format!("{kind}.parquet"));
         write_parquet(&parquet, &schema, &batch)?;
-        write_file(&out.join(format!("{kind}.csv")), &to_csv(&batch))?;
+        let csv = out.join(format!("{kind}.csv"));
+        let text = to_csv(&batch).map_err(|e| EvidenceError::Write {
+            path: csv.clone(),
+            message: e.to_string(),
+        })?;
+        write_file(&csv, &text)?;
         timeline.extend(read_file(&parquet).map_err(|e| EvidenceError::Write {
             path: parquet.clone(),
             message: e.to_string(),
@@ -374,7 +379,7 @@ pub async fn collect(
         path: out.join(MANIFEST),
         message: e.to_string(),
     })?;
-    write_file(&out.join(MANIFEST), &format!("{text}\n"))?;
+    write_file(&out.join(MANIFEST), format!("{text}\n"))?;
     Ok(Bundle {
         dir: out.clone(),
         manifest,
@@ -629,7 +634,7 @@ fn prepare_dir(dir: &Path) -> Result<(), EvidenceError> {
     std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), EvidenceError> {
+fn write_file(path: &Path, text: impl AsRef<[u8]>) -> Result<(), EvidenceError> {
     std::fs::write(path, text).map_err(|e| EvidenceError::Write {
         path: path.to_owned(),
         message: e.to_string(),
@@ -641,7 +646,7 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EvidenceError> 
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    write_file(path, &format!("{text}\n"))
+    write_file(path, format!("{text}\n"))
 }
 
 fn write_parquet(

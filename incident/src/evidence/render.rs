@@ -4,11 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use arrow_array::{
-    Array, Int32Array, Int64Array, MapArray, RecordBatch, StringArray, cast::AsArray,
-};
-use arrow_schema::DataType;
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, cast::AsArray};
+use arrow_schema::{ArrowError, DataType, Field, Schema};
 use tollgate_collector::{
     clock::rfc3339_utc,
     read::{StoredRecord, render_table},
@@ -18,65 +17,53 @@ use crate::PodRef;
 
 use super::{Counts, PolicySnapshot, SkippedSource};
 
-/// `batch` as CSV: a header of column names, one line per row; maps as JSON objects, nulls
-/// as empty fields, fields quoted when they hold a comma, quote or line break.
-pub(super) fn to_csv(batch: &RecordBatch) -> String {
-    let mut out = String::new();
-    let header: Vec<String> = batch
+/// `batch` as CSV (arrow-csv): a header of column names, one line per row, nulls as empty
+/// fields, fields quoted when they need it; map and list columns (which CSV has not) as JSON
+/// objects and arrays.
+pub(super) fn to_csv(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+    let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = batch
         .schema()
         .fields()
         .iter()
-        .map(|f| quote(f.name()))
-        .collect();
-    let _ = writeln!(out, "{}", header.join(","));
-    for row in 0..batch.num_rows() {
-        let fields: Vec<String> = batch
-            .columns()
-            .iter()
-            .map(|column| quote(&cell(column.as_ref(), row)))
-            .collect();
-        let _ = writeln!(out, "{}", fields.join(","));
-    }
-    out
+        .zip(batch.columns())
+        .map(|(field, column)| match as_json(column.as_ref()) {
+            Some(text) => (
+                Field::new(field.name(), DataType::Utf8, true),
+                Arc::new(text) as ArrayRef,
+            ),
+            None => (field.as_ref().clone(), Arc::clone(column)),
+        })
+        .unzip();
+    let flat = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    let mut out = Vec::new();
+    arrow_csv::Writer::new(&mut out).write(&flat)?;
+    Ok(out)
 }
 
-fn cell(column: &dyn Array, row: usize) -> String {
-    if column.is_null(row) {
-        return String::new();
-    }
-    match column.data_type() {
-        DataType::Int32 => column
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .map(|a| a.value(row).to_string()),
-        DataType::Int64 => column
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .map(|a| a.value(row).to_string()),
-        DataType::Utf8 => column
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .map(|a| a.value(row).to_owned()),
-        DataType::Map(..) => column.as_any().downcast_ref::<MapArray>().map(|a| {
-            let entries = a.value(row);
-            let keys = entries.column(0).as_string::<i32>();
-            let values = entries.column(1).as_string::<i32>();
+/// A map column (`map<string,string>`) as JSON objects, keys sorted and a null value as
+/// `null`; a list column (`array<string>`) as JSON arrays; `None` for any other column.
+fn as_json(column: &dyn Array) -> Option<StringArray> {
+    let json = |row: usize| -> Option<String> {
+        if column.is_null(row) {
+            return None;
+        }
+        let value = if let Some(maps) = column.as_map_opt() {
+            let entries = maps.value(row);
+            let (keys, values) = (entries.column(0), entries.column(1));
+            let (keys, values) = (keys.as_string::<i32>(), values.as_string::<i32>());
             let map: BTreeMap<&str, Option<&str>> = (0..entries.len())
                 .map(|i| (keys.value(i), values.is_valid(i).then(|| values.value(i))))
                 .collect();
-            serde_json::to_string(&map).unwrap_or_default()
-        }),
-        _ => None,
-    }
-    .unwrap_or_default()
-}
-
-fn quote(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_owned()
-    }
+            serde_json::to_string(&map)
+        } else {
+            let items = column.as_list::<i32>().value(row);
+            let items = items.as_string::<i32>();
+            serde_json::to_string(&items.iter().collect::<Vec<_>>())
+        };
+        value.ok()
+    };
+    matches!(column.data_type(), DataType::Map(..) | DataType::List(_))
+        .then(|| (0..column.len()).map(json).collect())
 }
 
 /// The policies each isolation record saw right after its act.
@@ -192,5 +179,29 @@ impl Story {
                 denied_after: flows().filter(|r| r.is_reject() && r.start >= at).count(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::builder::{ListBuilder, StringBuilder};
+
+    use super::*;
+
+    #[test]
+    fn a_list_column_is_written_as_json_arrays_and_a_null_list_as_an_empty_field() {
+        let mut lists = ListBuilder::new(StringBuilder::new());
+        lists.values().append_value("shop/deny-all");
+        lists.values().append_value("shop/only-dns");
+        lists.append(true);
+        lists.append(false);
+        let lists: ArrayRef = Arc::new(lists.finish());
+        let batch = RecordBatch::try_from_iter([("isolating_policies", lists)]).unwrap();
+        let csv = String::from_utf8(to_csv(&batch).unwrap()).unwrap();
+        assert_eq!(
+            csv,
+            // A row of one empty field is quoted, or it would be an empty line.
+            "isolating_policies\n\"[\"\"shop/deny-all\"\",\"\"shop/only-dns\"\"]\"\n\"\"\n"
+        );
     }
 }
