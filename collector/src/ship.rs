@@ -24,11 +24,13 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::sync::{Notify, watch};
 
 use crate::{
+    chain::ChainError,
     chain::Sealer,
     clock::{NS_PER_S, unix_now_ns},
     metrics::Metrics,
+    sink::SinkError,
     sink::Sinks,
-    spool::{pending_in, remove},
+    spool::{SpoolError, pending_in, remove},
 };
 use tollgate_enforcer::causes::Causes;
 
@@ -81,20 +83,24 @@ pub async fn ship(
         if let Some(within) = stopping {
             let last = tokio::time::timeout(within, async {
                 // A digest that cannot be signed now stays in the spool for the next start.
-                let _ = seal(&mut sealer, &metrics, true).await;
-                pass(&root, &sink, &metrics, &mut shipped).await
+                let sealed = seal(&mut sealer, &metrics, true).await;
+                settle(
+                    sealed,
+                    pass(&root, &sink, &metrics, &mut shipped).await,
+                    &metrics,
+                )
             });
             let _ = last.await;
             shipped.left = pending_in(&root).map_or(0, |p| p.len() as u64);
             return shipped;
         }
         let sealed = seal(&mut sealer, &metrics, false).await;
-        let delay = match pass(&root, &sink, &metrics, &mut shipped).await.and(sealed) {
-            Ok(()) => {
-                retries = retry_delays(RETRY_FIRST, RETRY_MAX);
-                RESCAN
-            }
-            Err(()) => retries.next().unwrap_or(RETRY_MAX),
+        let passed = pass(&root, &sink, &metrics, &mut shipped).await;
+        let delay = if settle(sealed, passed, &metrics) {
+            retries = retry_delays(RETRY_FIRST, RETRY_MAX);
+            RESCAN
+        } else {
+            retries.next().unwrap_or(RETRY_MAX)
         };
         tokio::select! {
             _ = wake.notified() => {}
@@ -104,24 +110,90 @@ pub async fn ship(
     }
 }
 
-/// Seals a digest when one is due (or `now`); a failure is logged, counted and left for the
-/// next attempt.
-async fn seal(sealer: &mut Sealer, metrics: &Metrics, now: bool) -> Result<(), ()> {
+/// Why a pass or a seal did not finish; what it did not do is tried again by the next one.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    /// The spool could not be listed.
+    #[error("listing the spool")]
+    List {
+        /// The spool's error.
+        source: SpoolError,
+    },
+    /// A delivered file could not be removed: nothing is lost, the next pass delivers it again
+    /// under the same key, which overwrites it.
+    #[error("removing shipped file {key}")]
+    Remove {
+        /// Its object key.
+        key: String,
+        /// The spool's error.
+        source: SpoolError,
+    },
+    /// The sink did not take a file.
+    #[error("delivering {key}")]
+    Deliver {
+        /// Its object key.
+        key: String,
+        /// The sink's error.
+        source: SinkError,
+    },
+    /// A due digest could not be sealed or signed; its entries wait for the next attempt.
+    #[error("sealing a digest")]
+    Seal {
+        /// The chain's error.
+        source: ChainError,
+    },
+}
+
+impl PassError {
+    /// Counts and logs the failure: an error when only an operator can fix it (a spool that
+    /// cannot be listed or emptied, a bucket or credentials that refuse), else a warning.
+    fn report(&self, metrics: &Metrics) {
+        let error = Causes(self);
+        match self {
+            Self::List { .. } | Self::Remove { .. } => tracing::error!(%error, "shipping stopped"),
+            Self::Deliver { source, .. } => {
+                let failure = source.failure();
+                metrics.ship_failed(failure);
+                if failure.needs_operator() {
+                    tracing::error!(
+                        %error,
+                        kind = failure.label(),
+                        "delivery refused; retrying later, but the bucket or the credentials need an operator"
+                    );
+                } else {
+                    tracing::warn!(%error, kind = failure.label(), "delivery failed; retrying later");
+                }
+            }
+            Self::Seal { .. } => {
+                metrics.digest_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "retrying at the next pass");
+            }
+        }
+    }
+}
+
+/// Reports the failures of a seal and a pass; whether both succeeded.
+fn settle(sealed: Result<(), PassError>, passed: Result<(), PassError>, metrics: &Metrics) -> bool {
+    let mut succeeded = true;
+    for error in [sealed.err(), passed.err()].into_iter().flatten() {
+        error.report(metrics);
+        succeeded = false;
+    }
+    succeeded
+}
+
+/// Seals a digest when one is due (or `now`).
+async fn seal(sealer: &mut Sealer, metrics: &Metrics, now: bool) -> Result<(), PassError> {
     let now_s = unix_now_ns() / NS_PER_S;
     if !now && !sealer.due(now_s) {
         return Ok(());
     }
-    match sealer.seal(now_s).await {
-        Ok(_) => {
-            metrics.digests_sealed.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-        Err(error) => {
-            metrics.digest_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %Causes(&error), "sealing a digest failed; its entries wait for the next attempt");
-            Err(())
-        }
-    }
+    sealer
+        .seal(now_s)
+        .await
+        .map_err(|source| PassError::Seal { source })?;
+    metrics.digests_sealed.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Delivers every spooled file, oldest key first; stops at the first failure.
@@ -136,61 +208,30 @@ async fn pass(
     sink: &Sinks,
     metrics: &Metrics,
     shipped: &mut Shipped,
-) -> Result<(), ()> {
-    let pending = match pending_in(root) {
-        Ok(pending) => pending,
-        Err(error) => {
-            tracing::error!(error = %Causes(&error), "listing the spool");
-            return Err(());
-        }
-    };
+) -> Result<(), PassError> {
+    let pending = pending_in(root).map_err(|source| PassError::List { source })?;
     gauges(metrics, &pending);
     let span = tracing::Span::current();
     span.record("pending", pending.len());
     let (mut files, mut bytes) = (0u64, 0u64);
     for file in &pending {
-        match sink.put(&file.key, &file.path).await {
-            Ok(()) => {
-                if let Err(error) = remove(root, file) {
-                    // Delivered, so nothing is lost; the next pass delivers it again under the
-                    // same key, which overwrites it.
-                    tracing::error!(error = %Causes(&error), key = file.key, "removing a shipped file");
-                    return Err(());
-                }
-                shipped.files += 1;
-                files += 1;
-                bytes += file.bytes;
-                span.record("files", files);
-                span.record("bytes", bytes);
-                metrics.files_shipped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    key = file.key,
-                    bytes = file.bytes,
-                    location = sink.location(&file.key),
-                    "shipped"
-                );
-            }
-            Err(error) => {
-                let failure = error.failure();
-                metrics.ship_failed(failure);
-                if failure.needs_operator() {
-                    tracing::error!(
-                        error = %Causes(&error),
-                        key = file.key,
-                        kind = failure.label(),
-                        "delivery refused; retrying later, but the bucket or the credentials need an operator"
-                    );
-                } else {
-                    tracing::warn!(
-                        error = %Causes(&error),
-                        key = file.key,
-                        kind = failure.label(),
-                        "delivery failed; retrying later"
-                    );
-                }
-                return Err(());
-            }
-        }
+        let key = || file.key.clone();
+        sink.put(&file.key, &file.path)
+            .await
+            .map_err(|source| PassError::Deliver { key: key(), source })?;
+        remove(root, file).map_err(|source| PassError::Remove { key: key(), source })?;
+        shipped.files += 1;
+        files += 1;
+        bytes += file.bytes;
+        span.record("files", files);
+        span.record("bytes", bytes);
+        metrics.files_shipped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            key = file.key,
+            bytes = file.bytes,
+            location = sink.location(&file.key),
+            "shipped"
+        );
     }
     if let Ok(left) = pending_in(root) {
         gauges(metrics, &left);
