@@ -1,18 +1,21 @@
 """Runs the analysis notebooks headless on a lab run, and checks their shared module.
 
 The data: $TOLLGATE_LAB_DATA when set (the --out directory of `tollgate lab --quarantine
---ocsf`), else a fresh `target/debug/tollgate lab --quarantine --ocsf --out <tmp>` (after `cargo build`, a no-op
-when the binary is fresh; the lab needs root, and without it the lab tests are skipped with a
-loud line). Every notebook runs through run_notebook.execute (papermill, the venv's ipykernel,
-the parameters injected after the `parameters` cell) and must run without an error, draw a PNG
-in every cell that calls a plot_ function, show no empty table (an empty result is a sentence
-instead), and show the tables a quarantine lab run fills.
+--ocsf`), else a fresh `tollgate lab --quarantine --ocsf --out <tmp>` (after `cargo build`, a
+no-op when the binary is fresh; the lab needs root, and without it the lab tests are skipped
+with a loud line). The binary, for the lab and for `tollgate evidence verify`, is the one
+tollgate_notebooks.tollgate_binary() finds: $TOLLGATE_BIN, else target/debug/tollgate (under
+$CARGO_TARGET_DIR when set). Every notebook runs through run_notebook.execute (papermill, the
+venv's ipykernel, the parameters injected after the `parameters` cell) and must run without an
+error, draw a PNG in every cell that calls a plot_ function, show no empty table (an empty
+result is a sentence instead), and show the tables a quarantine lab run fills.
 
     .venv/bin/python -m unittest discover -s notebooks -p 'test_*.py'
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -257,6 +260,22 @@ class ModuleTest(unittest.TestCase):
         self.assertIn("JOIN ocsf_flows", tn.VPC_FLOW_JOIN)
         self.assertEqual(len(tn.sqlglot.transpile(tn.VPC_FLOW_JOIN, read="athena", write="duckdb")), 1)
 
+    def test_the_binary_is_found_or_named(self):
+        with mock.patch.dict(os.environ, {"TOLLGATE_BIN": "/nonexistent/tollgate"}):
+            with self.assertRaisesRegex(tn.SettingsError, r"\$TOLLGATE_BIN = .*not an executable"):
+                tn.tollgate_binary()
+        with tempfile.TemporaryDirectory() as empty:
+            nowhere = {"TOLLGATE_BIN": "", "CARGO_TARGET_DIR": empty, "PATH": empty}
+            with mock.patch.dict(os.environ, nowhere):
+                with self.assertRaisesRegex(tn.SettingsError, "no tollgate binary: .*TOLLGATE_BIN"):
+                    tn.tollgate_binary()
+            built = Path(empty) / "debug" / "tollgate"
+            built.parent.mkdir()
+            built.write_text("#!/bin/sh\n")
+            built.chmod(0o755)
+            with mock.patch.dict(os.environ, nowhere):
+                self.assertEqual(tn.tollgate_binary(), built)
+
     def test_settings_errors_say_what_to_set(self):
         with self.assertRaisesRegex(tn.SettingsError, r"set flow_dir .* \$ATHENA_WORKGROUP"):
             tn.connect(None)
@@ -313,7 +332,7 @@ def lab_data() -> Path:
     subprocess.run(["cargo", "build", "--locked", "-q"], cwd=REPO, check=True)
     out = Path(tempfile.mkdtemp(prefix="tollgate-notebooks-lab-"))
     lab = subprocess.run(
-        [str(REPO / "target/debug/tollgate"), "lab", "--quarantine", "--ocsf", "--out", str(out / "lab")],
+        [str(tn.tollgate_binary()), "lab", "--quarantine", "--ocsf", "--out", str(out / "lab")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -431,7 +450,8 @@ class LabTest(unittest.TestCase):
             ],
         )
         self.assertIn("default/amazonlinux, reading evidence bundle", printed)
-        self.assertIn("VERIFIED: the ", printed)
+        self.assertIn("VERIFIED: evidence bundle ", printed)
+        self.assertIn(" is intact: ", printed)
         self.assertNotIn("NOT VERIFIED", printed)
 
     def test_incident_timeline_from_the_flow_log(self):
@@ -480,18 +500,22 @@ class LabTest(unittest.TestCase):
         bundle = tn.Bundle(copy)
         files, ok, verdict = tn.verify(bundle)
         self.assertTrue(ok, verdict)
-        manifest_sha256 = tn.sha256_file(copy / "manifest.json")
+        self.assertEqual(set(files["status"]), {"ok"})
+        manifest_sha256 = hashlib.sha256((copy / "manifest.json").read_bytes()).hexdigest()
         self.assertTrue(tn.verify(bundle, manifest_sha256)[1])
         with (copy / "flows.csv").open("a") as f:
             f.write("\n")
         (copy / "notes.txt").write_text("added later")
         files, ok, verdict = tn.verify(bundle, "0" * 64)
         self.assertFalse(ok)
-        self.assertTrue(verdict.startswith("NOT VERIFIED: 3 problem(s)"), verdict)
+        # flows.csv: its size and its SHA-256; notes.txt; the manifest's own SHA-256.
+        self.assertTrue(verdict.startswith("NOT VERIFIED: evidence bundle "), verdict)
+        self.assertIn("FAILED verification (4 problems)", verdict)
         status = dict(zip(files["file"], files["status"]))
-        self.assertEqual(status["flows.csv"], "SHA-256 differs")
+        self.assertRegex(status["flows.csv"], r"bytes, the manifest says .*; SHA-256 is ")
         self.assertEqual(status["notes.txt"], "not in the manifest")
-        self.assertEqual(status["manifest.json"], "SHA-256 differs")
+        self.assertRegex(status["manifest.json"], "^SHA-256 is .*, the one noted is 0+$")
+        self.assertEqual(status["flows.parquet"], "ok")
         self.assertIsInstance(files, pd.DataFrame)
 
 

@@ -10,7 +10,7 @@ How data flows::
       │                                     as it is, with positional execution parameters
       └─ bundle ────────────► Bundle        an evidence bundle: its Parquet files as the table
                                             `flows` on DuckDB (BundleSource), its manifest
-                                            (re-checked by verify()) and its policies.json
+                                            and its policies.json
     source.run(name, params)   the named query schemas/athena/queries/<name>.sql → DataFrame
     join_vpc_flows(source, …)  Amazon Security Lake: tollgate's OCSF records (flow_dir/ext/…,
                                or its custom source's table) joined with VPC Flow Logs' OCSF
@@ -22,9 +22,12 @@ How data flows::
                                policy, else isolating_policies, else the verdict reason)
     rule_coverage(policies, hits)  the rules of NetworkPolicies (manifests, policies.json)
                                against `policy-rule-hits`, the rules the records name
+    verify(bundle)             `tollgate evidence verify` (the binary: tollgate_binary()) →
+                               the manifest's files with their status, and its verdict
 
 No Kubernetes semantics are re-implemented here: which policy selects, isolates, allows or
-denies comes from the records (decided by the compiler and the probe).
+denies comes from the records (decided by the compiler and the probe), and a bundle's
+integrity from tollgate itself.
 
 Every source runs the same query files, so a notebook reads the lab's output, a copy of the
 bucket and Athena alike. Times are epoch seconds (UTC) in the queries and UTC timestamps in the
@@ -36,10 +39,11 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
-import hashlib
 import html
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -60,8 +64,6 @@ sys.path.insert(0, str(REPO / "schemas" / "athena"))
 
 import run_duckdb  # schemas/athena, found through the path above
 
-# The format of the evidence bundles this module reads (manifest.json's `format`).
-BUNDLE_FORMAT = "tollgate-evidence/1"
 # Columns holding epoch seconds, shown as UTC timestamps.
 TIME_COLUMNS = ("start", "end", "first_seen", "last_seen")
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
@@ -679,65 +681,74 @@ class Bundle:
         ]
 
 
+def tollgate_binary() -> Path:
+    """The tollgate binary: $TOLLGATE_BIN, else ``target/debug/tollgate`` of this repository
+    (under $CARGO_TARGET_DIR when set: where ``cargo build`` puts it, as the test and
+    scripts/lab.sh use it), else ``tollgate`` on the PATH."""
+    given = os.environ.get("TOLLGATE_BIN")
+    if given:
+        path = Path(given).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise SettingsError(f"$TOLLGATE_BIN = {given}: not an executable file")
+        return path
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    built = (target if target.is_absolute() else REPO / target) / "debug" / "tollgate"
+    if built.is_file() and os.access(built, os.X_OK):
+        return built
+    on_path = shutil.which("tollgate")
+    if on_path:
+        return Path(on_path)
+    raise SettingsError(
+        f"no tollgate binary: not at {built} nor on the PATH; build it (cargo build --bin "
+        "tollgate, in the repository) or set $TOLLGATE_BIN to its path"
+    )
+
+
 def verify(bundle: Bundle, manifest_sha256: str | None = None) -> tuple[pd.DataFrame, bool, str]:
-    """Re-checks the bundle as ``tollgate evidence verify`` does: the manifest's format, every
-    file it lists present with its size and SHA-256, no other file, and — when given — the
-    SHA-256 of manifest.json itself as noted when the bundle was written. The files with
-    their status, whether all is well, and the verdict as a sentence."""
-    manifest, directory = bundle.manifest, bundle.directory
-    rows, problems = [], []
-    if manifest.get("format") != BUNDLE_FORMAT:
-        problems.append(
-            f"manifest.json: format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}"
+    """``tollgate evidence verify`` on the bundle (with ``--manifest-sha256`` when given): it
+    re-hashes every file the manifest lists (size and SHA-256), refuses any other file and a
+    manifest of another format, and checks the bundle's digests. Its verdict as the files of
+    the manifest, each with its status (``ok``, or what tollgate found wrong with it; files
+    it named that the manifest does not list are rows too), whether all is well, and the
+    verdict as a sentence (VERIFIED: or NOT VERIFIED:, then tollgate's own words). Exit codes
+    other than 0 (intact) and 1 (a difference) raise SettingsError with its message."""
+    command = [str(tollgate_binary()), "evidence", "verify", str(bundle.directory)]
+    if manifest_sha256:
+        command += ["--manifest-sha256", manifest_sha256]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode not in (0, 1):
+        raise SettingsError(
+            f"{' '.join(command)} failed (exit code {done.returncode}): "
+            f"{done.stderr.strip() or done.stdout.strip()}"
         )
+    # On a difference, one line per problem under the verdict: "  <file>: <what differs>".
+    problems: dict[str, list[str]] = {}
+    if done.returncode == 1:
+        for line in done.stderr.splitlines():
+            name, sep, what = line.strip().partition(": ")
+            if line.startswith("  ") and sep:
+                problems.setdefault(name, []).append(what)
+    listed = [
+        (e.get("path", ""), e.get("bytes"), e.get("sha256"))
+        for e in bundle.manifest.get("files") or []
+    ]
     if manifest_sha256:
-        actual = sha256_file(directory / "manifest.json")
-        status = "ok" if actual == manifest_sha256.lower() else "SHA-256 differs"
-        rows.append(("manifest.json", None, manifest_sha256.lower(), actual, status))
-        if status != "ok":
-            problems.append("manifest.json: SHA-256 differs from the one noted")
-    listed = manifest.get("files") or []
-    for entry in listed:
-        name, size, expected = entry.get("path", ""), entry.get("bytes"), entry.get("sha256", "")
-        path = directory / name
-        if Path(name).is_absolute() or len(Path(name).parts) != 1:
-            status = "not a file name of the bundle"
-            actual = None
-        elif not path.is_file():
-            status, actual = "missing", None
-        else:
-            actual = sha256_file(path)
-            if actual != expected:
-                status = "SHA-256 differs"
-            elif path.stat().st_size != size:
-                status = f"size differs ({path.stat().st_size} bytes)"
-            else:
-                status = "ok"
-        rows.append((name, size, expected, actual, status))
-        if status != "ok":
-            problems.append(f"{name}: {status}")
-    names = {e.get("path") for e in listed} | {"manifest.json"}
-    for extra in sorted(p.name for p in directory.iterdir() if p.name not in names):
-        rows.append((extra, None, None, sha256_file(directory / extra), "not in the manifest"))
-        problems.append(f"{extra}: not in the manifest")
-    files = frame(["file", "bytes", "manifest_sha256", "actual_sha256", "status"], rows)
-    if problems:
-        return files, False, f"NOT VERIFIED: {len(problems)} problem(s): " + "; ".join(problems)
-    if manifest_sha256:
-        also = " and manifest.json has the SHA-256 noted"
-    else:
-        also = " (manifest.json itself is unchecked: give manifest_sha256 to check it too)"
-    return files, True, f"VERIFIED: the {len(listed)} files of the manifest are unchanged{also}"
-
-
-def sha256_file(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        listed.insert(0, ("manifest.json", None, manifest_sha256.lower()))
+    names = {name for name, _, _ in listed}
+    listed += [(name, None, None) for name in problems if name not in names]
+    rows = [
+        (name, size, sha256, "; ".join(problems.get(name, [])) or "ok")
+        for name, size, sha256 in listed
+    ]
+    files = frame(["file", "bytes", "manifest_sha256", "status"], rows)
+    if done.returncode == 1:
+        return files, False, "NOT VERIFIED: " + done.stderr.strip()
+    also = (
+        ""
+        if manifest_sha256
+        else " (manifest.json itself is unchecked: give manifest_sha256 to check it too)"
+    )
+    return files, True, "VERIFIED: " + done.stdout.strip() + also
 
 
 # ---------------------------------------------------------------------------------------------
