@@ -1,18 +1,21 @@
 """Runs the analysis notebooks headless on a lab run, and checks their shared module.
 
 The data: $TOLLGATE_LAB_DATA when set (the --out directory of `tollgate lab --quarantine
---ocsf`), else a fresh `target/debug/tollgate lab --quarantine --ocsf --out <tmp>` (after `cargo build`, a no-op
-when the binary is fresh; the lab needs root, and without it the lab tests are skipped with a
-loud line). Every notebook runs through run_notebook.execute (papermill, the venv's ipykernel,
-the parameters injected after the `parameters` cell) and must run without an error, draw a PNG
-in every cell that calls a plot_ function, show no empty table (an empty result is a sentence
-instead), and show the tables a quarantine lab run fills.
+--ocsf`), else a fresh `tollgate lab --quarantine --ocsf --out <tmp>` (after `cargo build`, a
+no-op when the binary is fresh; the lab needs root, and without it the lab tests are skipped
+with a loud line). The binary, for the lab and for `tollgate evidence verify`, is the one
+tollgate_notebooks.tollgate_binary() finds: $TOLLGATE_BIN, else target/debug/tollgate (under
+$CARGO_TARGET_DIR when set). Every notebook runs through run_notebook.execute (papermill, the
+venv's ipykernel, the parameters injected after the `parameters` cell) and must run without an
+error, draw a PNG in every cell that calls a plot_ function, show no empty table (an empty
+result is a sentence instead), and show the tables a quarantine lab run fills.
 
     .venv/bin/python -m unittest discover -s notebooks -p 'test_*.py'
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -93,27 +96,7 @@ def shown(notebook) -> tuple[dict[str, int], str]:
 class ModuleTest(unittest.TestCase):
     """tollgate_notebooks on its own: no lab needed."""
 
-    def test_label_selectors(self):
-        labels = {"app": "web", "tier": "front"}
-        self.assertTrue(tn.selects({}, labels))
-        self.assertTrue(tn.selects(None, {}))
-        self.assertTrue(tn.selects({"matchLabels": {"app": "web"}}, labels))
-        self.assertFalse(tn.selects({"matchLabels": {"app": "db"}}, labels))
-        cases = [
-            ({"key": "tier", "operator": "In", "values": ["front", "x"]}, True),
-            ({"key": "tier", "operator": "In", "values": ["back"]}, False),
-            ({"key": "tier", "operator": "NotIn", "values": ["back"]}, True),
-            ({"key": "zone", "operator": "NotIn", "values": ["a"]}, True),
-            ({"key": "tier", "operator": "NotIn", "values": ["front"]}, False),
-            ({"key": "app", "operator": "Exists"}, True),
-            ({"key": "zone", "operator": "Exists"}, False),
-            ({"key": "zone", "operator": "DoesNotExist"}, True),
-            ({"key": "app", "operator": "DoesNotExist"}, False),
-        ]
-        for expression, expected in cases:
-            self.assertEqual(tn.selects({"matchExpressions": [expression]}, labels), expected)
-
-    def test_isolating_policies(self):
+    def test_policies_are_read_from_manifests(self):
         policies = tn.load_policies(MANIFESTS)
         self.assertEqual(
             [tn.policy_name(p) for p in policies],
@@ -124,65 +107,80 @@ class ModuleTest(unittest.TestCase):
                 "kube-system/default-deny",
             ],
         )
-        client = {"app": "amazonlinux"}
-        self.assertEqual(
-            tn.isolating_policies(policies, "default", client, "egress"),
-            ["default/all-deny", "default/allow-amazonlinux-to-nginx"],
-        )
-        self.assertEqual(
-            tn.isolating_policies(policies, "default", client, "ingress"), ["default/all-deny"]
-        )
-        self.assertEqual(
-            tn.isolating_policies(policies, "kube-system", {"k8s-app": "kube-dns"}, "ingress"),
-            ["kube-system/default-deny"],
-        )
-        # Without policyTypes: Ingress, and Egress when there are egress rules.
-        self.assertEqual(tn.policy_types({"spec": {}}), {"ingress"})
-        self.assertEqual(tn.policy_types({"spec": {"egress": [{}]}}), {"ingress", "egress"})
         with self.assertRaisesRegex(tn.SettingsError, "names no file"):
             tn.load_policies(["/nonexistent/*.yaml"])
         with self.assertRaisesRegex(tn.SettingsError, "give a list"):
             tn.load_policies("examples/seed/all-deny.yaml")
 
-    def test_denials_are_attributed_to_quarantine_then_manifests_then_reason(self):
-        def denied(second, namespace, pod, labels, direction="egress"):
-            return (second, direction, namespace, pod, f"Pod/{pod}", labels,
-                    "isolated-no-rule-matched", 1, 2, 148, second + 4)  # fmt: skip
+    def test_rule_coverage_lists_every_rule_with_the_hits_the_records_name(self):
+        policies = tn.load_policies(MANIFESTS[:2])
+        hits = tn.frame(
+            ["policy_namespace", "policy_name", "flow_direction", "policy_rule", "flows",
+             "packets", "last_seen"],
+            [("default", "allow-amazonlinux-to-nginx", "egress", 1, 3, 7, 1200)],
+        )  # fmt: skip
+        coverage = tn.rule_coverage(policies, hits)
+        self.assertEqual(
+            coverage[["policy", "direction", "rule", "flows"]].fillna(-1).values.tolist(),
+            [
+                ["default/all-deny", "egress", -1, -1],  # a policy without rules isolates only
+                ["default/all-deny", "ingress", -1, -1],
+                ["default/allow-amazonlinux-to-nginx", "egress", 0, 0],
+                ["default/allow-amazonlinux-to-nginx", "egress", 1, 3],
+                ["default/allow-nginx-from-amazonlinux", "ingress", 0, 0],
+            ],
+        )
+        unused, policies_unused = tn.never_matched(coverage)
+        self.assertEqual(
+            list(zip(unused["policy"], unused["rule"])),
+            [("default/allow-amazonlinux-to-nginx", 0), ("default/allow-nginx-from-amazonlinux", 0)],
+        )
+        self.assertEqual(list(policies_unused["policy"]), ["default/allow-nginx-from-amazonlinux"])
+        # A policy without policyTypes nor rules: one row, no direction.
+        bare = {"metadata": {"namespace": "default", "name": "bare"}, "spec": {}}
+        self.assertEqual(
+            tn.rule_coverage([bare], hits)[["direction", "allows"]].fillna("").values.tolist(),
+            [["", "(no rule: isolates only)"]],
+        )
+
+    def test_denials_are_attributed_to_the_rule_then_the_isolating_policies_then_reason(self):
+        def denied(second, pod, reason, kind=None, name=None, isolating=None):
+            return (second, "egress", "default", pod, f"Pod/{pod}", reason, kind, None, name,
+                    isolating, 1, 2, 148, second + 4)  # fmt: skip
 
         columns = [
-            "start", "flow_direction", "namespace", "pod", "workload", "labels",
-            "verdict_reason", "flows", "packets", "bytes", "last_seen",
+            "start", "flow_direction", "namespace", "pod", "workload", "verdict_reason",
+            "policy_kind", "policy_namespace", "policy_name", "isolating_policies", "flows",
+            "packets", "bytes", "last_seen",
         ]  # fmt: skip
+        quarantine = "tollgate-quarantine-default-amazonlinux"
         rows = tn.frame(
             columns,
             [
-                denied(60, "default", "amazonlinux", {"app": "amazonlinux"}),
-                denied(300, "default", "amazonlinux", {"app": "amazonlinux"}),
-                denied(1200, "default", "amazonlinux", {"app": "amazonlinux"}, "ingress"),
-                denied(60, "kube-system", "kube-dns", {"k8s-app": "kube-dns"}),
-            ],
-        )
-        isolations = tn.frame(
-            ["start", "isolation_action", "src_namespace", "src_pod", "policy_namespace",
-             "policy_name"],
-            [
-                (300, "quarantine", "default", "amazonlinux", "default", "q-amazonlinux"),
-                (900, "release", "default", "amazonlinux", "default", "q-amazonlinux"),
+                denied(60, "amazonlinux", "isolated-no-rule-matched",
+                       isolating="default/all-deny,default/allow-amazonlinux-to-nginx"),
+                denied(300, "amazonlinux", "denied-by-rule", "ClusterNetworkPolicy", quarantine),
+                denied(1200, "amazonlinux", "isolated-no-rule-matched",
+                       isolating="default/all-deny"),
+                # A record of version 1, without the decision trace.
+                denied(60, "kube-dns", "isolated-no-rule-matched"),
+                denied(60, "httpd", "endpoint-not-programmed"),
             ],
         )  # fmt: skip
-        attributed = tn.attribute_denials(rows, isolations, tn.load_policies(MANIFESTS[:2]))
+        attributed = tn.attribute_denials(rows)
         self.assertEqual(
             list(zip(attributed["policies"], attributed["attributed_by"])),
             [
-                ("default/all-deny + default/allow-amazonlinux-to-nginx", "manifests"),
-                ("default/q-amazonlinux", "quarantine"),  # in the quarantine's second
-                ("default/all-deny", "manifests"),  # released by then
+                ("default/all-deny + default/allow-amazonlinux-to-nginx", "isolating_policies"),
+                (f"ClusterNetworkPolicy/{quarantine}", "rule"),
+                ("default/all-deny", "isolating_policies"),
                 ("(isolated-no-rule-matched)", "verdict_reason"),
+                ("(endpoint-not-programmed)", "verdict_reason"),
             ],
         )
         by_policy = tn.denials_by_policy(attributed).set_index("policy")
         self.assertEqual(by_policy.loc["default/all-deny", "flows"], 2)
-        self.assertEqual(by_policy.loc["default/q-amazonlinux", "packets"], 2)
+        self.assertEqual(by_policy.loc[f"ClusterNetworkPolicy/{quarantine}", "packets"], 2)
 
     def test_ends_name_the_service_and_the_node(self):
         columns = [
@@ -262,6 +260,22 @@ class ModuleTest(unittest.TestCase):
         self.assertIn("JOIN ocsf_flows", tn.VPC_FLOW_JOIN)
         self.assertEqual(len(tn.sqlglot.transpile(tn.VPC_FLOW_JOIN, read="athena", write="duckdb")), 1)
 
+    def test_the_binary_is_found_or_named(self):
+        with mock.patch.dict(os.environ, {"TOLLGATE_BIN": "/nonexistent/tollgate"}):
+            with self.assertRaisesRegex(tn.SettingsError, r"\$TOLLGATE_BIN = .*not an executable"):
+                tn.tollgate_binary()
+        with tempfile.TemporaryDirectory() as empty:
+            nowhere = {"TOLLGATE_BIN": "", "CARGO_TARGET_DIR": empty, "PATH": empty}
+            with mock.patch.dict(os.environ, nowhere):
+                with self.assertRaisesRegex(tn.SettingsError, "no tollgate binary: .*TOLLGATE_BIN"):
+                    tn.tollgate_binary()
+            built = Path(empty) / "debug" / "tollgate"
+            built.parent.mkdir()
+            built.write_text("#!/bin/sh\n")
+            built.chmod(0o755)
+            with mock.patch.dict(os.environ, nowhere):
+                self.assertEqual(tn.tollgate_binary(), built)
+
     def test_settings_errors_say_what_to_set(self):
         with self.assertRaisesRegex(tn.SettingsError, r"set flow_dir .* \$ATHENA_WORKGROUP"):
             tn.connect(None)
@@ -318,7 +332,7 @@ def lab_data() -> Path:
     subprocess.run(["cargo", "build", "--locked", "-q"], cwd=REPO, check=True)
     out = Path(tempfile.mkdtemp(prefix="tollgate-notebooks-lab-"))
     lab = subprocess.run(
-        [str(REPO / "target/debug/tollgate"), "lab", "--quarantine", "--ocsf", "--out", str(out / "lab")],
+        [str(tn.tollgate_binary()), "lab", "--quarantine", "--ocsf", "--out", str(out / "lab")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -388,7 +402,6 @@ class LabTest(unittest.TestCase):
         nb = run(
             "denied-flows-triage",
             flow_dir=str(self.data),
-            manifests=MANIFESTS,
             vpc_flow_dir=str(vpc_flow_dir),
             **self.window,
         )
@@ -417,13 +430,13 @@ class LabTest(unittest.TestCase):
             for o in c.get("outputs", [])
             if o.get("data", {}).get("text/plain", "").startswith("Denied flows by policy")
         )
-        # The client's refusals before its quarantine go to the seed's policies, after it to
-        # the quarantine policy.
+        # The client's refusals before its quarantine go to the seed's policies (the records'
+        # isolating_policies), after it to the quarantine policy (its Deny rule decided).
         self.assertRegex(
             by_policy,
-            r"ClusterNetworkPolicy/tollgate-quarantine-default-amazonlinux\s+quarantine",
+            r"ClusterNetworkPolicy/tollgate-quarantine-default-amazonlinux\s+rule",
         )
-        self.assertRegex(by_policy, r"default/all-deny\s+manifests")
+        self.assertRegex(by_policy, r"default/all-deny\s+isolating_policies")
 
     def test_incident_timeline_from_the_bundle(self):
         tables, printed = shown(run("incident-timeline", bundle=str(self.bundle)))
@@ -437,7 +450,8 @@ class LabTest(unittest.TestCase):
             ],
         )
         self.assertIn("default/amazonlinux, reading evidence bundle", printed)
-        self.assertIn("VERIFIED: the ", printed)
+        self.assertIn("VERIFIED: evidence bundle ", printed)
+        self.assertIn(" is intact: ", printed)
         self.assertNotIn("NOT VERIFIED", printed)
 
     def test_incident_timeline_from_the_flow_log(self):
@@ -486,18 +500,22 @@ class LabTest(unittest.TestCase):
         bundle = tn.Bundle(copy)
         files, ok, verdict = tn.verify(bundle)
         self.assertTrue(ok, verdict)
-        manifest_sha256 = tn.sha256_file(copy / "manifest.json")
+        self.assertEqual(set(files["status"]), {"ok"})
+        manifest_sha256 = hashlib.sha256((copy / "manifest.json").read_bytes()).hexdigest()
         self.assertTrue(tn.verify(bundle, manifest_sha256)[1])
         with (copy / "flows.csv").open("a") as f:
             f.write("\n")
         (copy / "notes.txt").write_text("added later")
         files, ok, verdict = tn.verify(bundle, "0" * 64)
         self.assertFalse(ok)
-        self.assertTrue(verdict.startswith("NOT VERIFIED: 3 problem(s)"), verdict)
+        # flows.csv: its size and its SHA-256; notes.txt; the manifest's own SHA-256.
+        self.assertTrue(verdict.startswith("NOT VERIFIED: evidence bundle "), verdict)
+        self.assertIn("FAILED verification (4 problems)", verdict)
         status = dict(zip(files["file"], files["status"]))
-        self.assertEqual(status["flows.csv"], "SHA-256 differs")
+        self.assertRegex(status["flows.csv"], r"bytes, the manifest says .*; SHA-256 is ")
         self.assertEqual(status["notes.txt"], "not in the manifest")
-        self.assertEqual(status["manifest.json"], "SHA-256 differs")
+        self.assertRegex(status["manifest.json"], "^SHA-256 is .*, the one noted is 0+$")
+        self.assertEqual(status["flows.parquet"], "ok")
         self.assertIsInstance(files, pd.DataFrame)
 
 

@@ -10,14 +10,24 @@ How data flows::
       │                                     as it is, with positional execution parameters
       └─ bundle ────────────► Bundle        an evidence bundle: its Parquet files as the table
                                             `flows` on DuckDB (BundleSource), its manifest
-                                            (re-checked by verify()) and its policies.json
+                                            and its policies.json
     source.run(name, params)   the named query schemas/athena/queries/<name>.sql → DataFrame
     join_vpc_flows(source, …)  Amazon Security Lake: tollgate's OCSF records (flow_dir/ext/…,
                                or its custom source's table) joined with VPC Flow Logs' OCSF
                                records (a directory of them, or Security Lake's table)
     show(title, frame, empty)  a titled table, or a sentence when there is no row
     plot_*(…)                  one matplotlib figure each
-    NetworkPolicies (manifests, policies.json) → attribute_denials(), rule_coverage()
+    attribute_denials(rows)    `denied-over-time` rows → the policy each denial is attributed
+                               to, as the records' decision trace names it (the denying rule's
+                               policy, else isolating_policies, else the verdict reason)
+    rule_coverage(policies, hits)  the rules of NetworkPolicies (manifests, policies.json)
+                               against `policy-rule-hits`, the rules the records name
+    verify(bundle)             `tollgate evidence verify` (the binary: tollgate_binary()) →
+                               the manifest's files with their status, and its verdict
+
+No Kubernetes semantics are re-implemented here: which policy selects, isolates, allows or
+denies comes from the records (decided by the compiler and the probe), and a bundle's
+integrity from tollgate itself.
 
 Every source runs the same query files, so a notebook reads the lab's output, a copy of the
 bucket and Athena alike. Times are epoch seconds (UTC) in the queries and UTC timestamps in the
@@ -29,10 +39,11 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
-import hashlib
 import html
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -53,8 +64,6 @@ sys.path.insert(0, str(REPO / "schemas" / "athena"))
 
 import run_duckdb  # schemas/athena, found through the path above
 
-# The format of the evidence bundles this module reads (manifest.json's `format`).
-BUNDLE_FORMAT = "tollgate-evidence/1"
 # Columns holding epoch seconds, shown as UTC timestamps.
 TIME_COLUMNS = ("start", "end", "first_seen", "last_seen")
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
@@ -423,117 +432,32 @@ def no_plot_data(ax: plt.Axes, message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# NetworkPolicies: which ones select a pod
+# Denials by policy: what the records' decision trace names
 
 
-def load_policies(patterns: Iterable[str | Path]) -> list[dict]:
-    """The NetworkPolicies of Kubernetes YAML files (multi-document; Lists are opened; other
-    kinds are skipped), named by file names or glob patterns (``../examples/seed/*.yaml``),
-    relative to the notebook's directory."""
-    if isinstance(patterns, (str, Path)):
-        raise SettingsError(f"manifests = {patterns!r}: give a list, [{str(patterns)!r}]")
-    policies = []
-    for pattern in map(str, patterns):
-        files = sorted(glob.glob(os.path.expanduser(pattern)))
-        if not files or not all(Path(f).is_file() for f in files):
-            raise SettingsError(f"manifests: {pattern} names no file (relative to {Path.cwd()})")
-        for path in files:
-            try:
-                documents = list(yaml.safe_load_all(Path(path).read_text(encoding="utf-8")))
-            except yaml.YAMLError as e:
-                raise SettingsError(f"manifests: {path} is not YAML: {e}") from None
-            for doc in documents:
-                if not isinstance(doc, dict):
-                    continue
-                for item in doc.get("items") or [doc]:  # a List holds its objects in items
-                    if isinstance(item, dict) and item.get("kind") == "NetworkPolicy":
-                        policies.append(item)
-    return policies
-
-
-def policy_name(policy: Mapping) -> str:
-    meta = policy.get("metadata") or {}
-    return f"{meta.get('namespace', 'default')}/{meta.get('name')}"
-
-
-def policy_types(policy: Mapping) -> set[str]:
-    """The directions a policy isolates, lowercase. Without spec.policyTypes, Kubernetes
-    takes Ingress, and Egress too when the policy has egress rules."""
-    spec = policy.get("spec") or {}
-    types = spec.get("policyTypes")
-    if types is None:
-        types = ["Ingress"] + (["Egress"] if spec.get("egress") else [])
-    return {t.lower() for t in types}
-
-
-def selects(selector: Mapping | None, labels: Mapping[str, str] | None) -> bool:
-    """Whether a label selector (matchLabels, matchExpressions In, NotIn, Exists,
-    DoesNotExist) selects these labels; an empty selector selects everything."""
-    selector, labels = selector or {}, labels or {}
-    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
-        return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator = expression["key"], expression["operator"]
-        values = expression.get("values") or []
-        matched = {
-            "In": key in labels and labels[key] in values,
-            "NotIn": key not in labels or labels[key] not in values,
-            "Exists": key in labels,
-            "DoesNotExist": key not in labels,
-        }.get(operator)
-        if matched is None:
-            raise ValueError(f"unknown matchExpressions operator {operator!r}")
-        if not matched:
-            return False
-    return True
-
-
-def isolating_policies(
-    policies: Iterable[Mapping], namespace: str, labels: Mapping | None, direction: str
-) -> list[str]:
-    """The policies of the pod's namespace that select it and isolate it in that direction."""
-    return [
-        policy_name(p)
-        for p in policies
-        if (p.get("metadata") or {}).get("namespace", "default") == namespace
-        and direction in policy_types(p)
-        and selects((p.get("spec") or {}).get("podSelector"), labels)
-    ]
-
-
-def isolation_policy(record) -> str:
-    """The quarantine policy an isolation record names: ``namespace/name``, or
-    ``kind/name`` for a cluster-scoped one (a ClusterNetworkPolicy: no namespace)."""
-    namespace = getattr(record, "policy_namespace", None)
+def policy_label(kind: Any, namespace: Any, name: Any) -> str:
+    """A policy the records name: ``namespace/name``, or ``kind/name`` for a cluster-scoped one
+    (a ClusterNetworkPolicy: no namespace; records of version 1 name no kind)."""
     if namespace is None or pd.isna(namespace):
-        kind = getattr(record, "policy_kind", None)
-        return f"{'ClusterNetworkPolicy' if kind is None or pd.isna(kind) else kind}/{record.policy_name}"
-    return f"{namespace}/{record.policy_name}"
+        return f"{'ClusterNetworkPolicy' if kind is None or pd.isna(kind) else kind}/{name}"
+    return f"{namespace}/{name}"
 
 
-def attribute_denials(
-    denied: pd.DataFrame, isolations: pd.DataFrame, policies: list[dict]
-) -> pd.DataFrame:
-    """The rows of ``denied-over-time`` with the policies each denial is attributed to. A deny
-    names no policy (it is the absence of a matching rule), so the deciding pod's isolation is
-    looked up: the quarantine policy when the pod was under quarantine at the row's second
-    (its last ISOLATION record up to then is a quarantine), else the given
-    NetworkPolicies that select its labels for that direction, else the verdict reason.
-    ``policies`` joins them with ' + '; ``attributed_by`` says which of the three it is."""
-    acts: dict[tuple, list[tuple[int, str, str]]] = {}
-    for r in isolations.sort_values("start").itertuples():
-        acts.setdefault((r.src_namespace, r.src_pod), []).append(
-            (r.start, r.isolation_action, isolation_policy(r))
-        )
+def attribute_denials(denied: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``denied-over-time`` with the policies each denial is attributed to, as the
+    records' decision trace names them: the policy whose Deny rule decided (denied-by-rule:
+    a ClusterNetworkPolicy's, a quarantine's among them), else the NetworkPolicies that
+    isolated the deciding pod in that direction for want of a matching rule
+    (isolating_policies), else the verdict reason in parentheses (no policy denied:
+    endpoint-not-programmed, records older than the trace…). ``policies`` joins them with
+    ' + '; ``attributed_by`` says which of the three it is (rule, isolating_policies,
+    verdict_reason)."""
 
     def attribution(row) -> tuple[str, str]:
-        before = [a for a in acts.get((row.namespace, row.pod), []) if a[0] <= row.start]
-        if before and before[-1][1] == "quarantine":
-            return before[-1][2], "quarantine"
-        if not pd.isna(row.pod):
-            names = isolating_policies(policies, row.namespace, row.labels, row.flow_direction)
-            if names:
-                return " + ".join(names), "manifests"
+        if row.verdict_reason == "denied-by-rule" and not pd.isna(row.policy_name):
+            return policy_label(row.policy_kind, row.policy_namespace, row.policy_name), "rule"
+        if not pd.isna(row.isolating_policies) and row.isolating_policies:
+            return " + ".join(row.isolating_policies.split(",")), "isolating_policies"
         return f"({row.verdict_reason})", "verdict_reason"
 
     pairs = [attribution(row) for row in denied.itertuples(index=False)]
@@ -580,6 +504,40 @@ def denials_by_pod(attributed: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Rule coverage: the rules of the given policies, against the records' rule hits
+
+
+def load_policies(patterns: Iterable[str | Path]) -> list[dict]:
+    """The NetworkPolicies of Kubernetes YAML files (multi-document; Lists are opened; other
+    kinds are skipped), named by file names or glob patterns (``../examples/seed/*.yaml``),
+    relative to the notebook's directory."""
+    if isinstance(patterns, (str, Path)):
+        raise SettingsError(f"manifests = {patterns!r}: give a list, [{str(patterns)!r}]")
+    policies = []
+    for pattern in map(str, patterns):
+        files = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not files or not all(Path(f).is_file() for f in files):
+            raise SettingsError(f"manifests: {pattern} names no file (relative to {Path.cwd()})")
+        for path in files:
+            try:
+                documents = list(yaml.safe_load_all(Path(path).read_text(encoding="utf-8")))
+            except yaml.YAMLError as e:
+                raise SettingsError(f"manifests: {path} is not YAML: {e}") from None
+            for doc in documents:
+                if not isinstance(doc, dict):
+                    continue
+                for item in doc.get("items") or [doc]:  # a List holds its objects in items
+                    if isinstance(item, dict) and item.get("kind") == "NetworkPolicy":
+                        policies.append(item)
+    return policies
+
+
+def policy_name(policy: Mapping) -> str:
+    meta = policy.get("metadata") or {}
+    return f"{meta.get('namespace', 'default')}/{meta.get('name')}"
+
+
 def rule_summary(rule: Mapping, direction: str) -> str:
     """A NetworkPolicy rule in one line: its peers and ports."""
     peers_key = "to" if direction == "egress" else "from"
@@ -616,9 +574,12 @@ def selector_text(selector: Mapping | None) -> str:
 
 
 def rule_coverage(policies: list[dict], hits: pd.DataFrame) -> pd.DataFrame:
-    """Every rule of every policy, one row each (policy, direction, rule index, what it
-    allows) with its hits from ``policy-rule-hits`` (0 flows when it never matched). A
-    direction the policy isolates without any rule has one row with no rule index."""
+    """Every rule of every policy, one row each (policy, direction, rule index in
+    spec.ingress or spec.egress, what it allows) with its hits from ``policy-rule-hits`` (0
+    flows when it never matched): the records name the rule that allowed each flow, so no
+    selector is evaluated here. A direction the policy's policyTypes names without any rule
+    has one row with no rule index (a policy read back from the cluster always has its
+    policyTypes; one without them and without rules has one such row, no direction)."""
     by_rule = {
         (f"{r.policy_namespace}/{r.policy_name}", r.flow_direction, r.policy_rule): r
         for r in hits.itertuples()
@@ -627,8 +588,10 @@ def rule_coverage(policies: list[dict], hits: pd.DataFrame) -> pd.DataFrame:
     for policy in policies:
         name = policy_name(policy)
         spec = policy.get("spec") or {}
-        for direction in sorted(policy_types(policy)):
-            rules = spec.get(direction) or []
+        listed = {t.lower() for t in spec.get("policyTypes") or []}
+        directions = sorted(listed | {d for d in ("egress", "ingress") if spec.get(d)})
+        for direction in directions or [None]:
+            rules = (spec.get(direction) or []) if direction else []
             if not rules:
                 rows.append((name, direction, None, "(no rule: isolates only)", None, None, None))
             for index, rule in enumerate(rules):
@@ -718,65 +681,74 @@ class Bundle:
         ]
 
 
+def tollgate_binary() -> Path:
+    """The tollgate binary: $TOLLGATE_BIN, else ``target/debug/tollgate`` of this repository
+    (under $CARGO_TARGET_DIR when set: where ``cargo build`` puts it, as the test and
+    scripts/lab.sh use it), else ``tollgate`` on the PATH."""
+    given = os.environ.get("TOLLGATE_BIN")
+    if given:
+        path = Path(given).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise SettingsError(f"$TOLLGATE_BIN = {given}: not an executable file")
+        return path
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    built = (target if target.is_absolute() else REPO / target) / "debug" / "tollgate"
+    if built.is_file() and os.access(built, os.X_OK):
+        return built
+    on_path = shutil.which("tollgate")
+    if on_path:
+        return Path(on_path)
+    raise SettingsError(
+        f"no tollgate binary: not at {built} nor on the PATH; build it (cargo build --bin "
+        "tollgate, in the repository) or set $TOLLGATE_BIN to its path"
+    )
+
+
 def verify(bundle: Bundle, manifest_sha256: str | None = None) -> tuple[pd.DataFrame, bool, str]:
-    """Re-checks the bundle as ``tollgate evidence verify`` does: the manifest's format, every
-    file it lists present with its size and SHA-256, no other file, and — when given — the
-    SHA-256 of manifest.json itself as noted when the bundle was written. The files with
-    their status, whether all is well, and the verdict as a sentence."""
-    manifest, directory = bundle.manifest, bundle.directory
-    rows, problems = [], []
-    if manifest.get("format") != BUNDLE_FORMAT:
-        problems.append(
-            f"manifest.json: format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}"
+    """``tollgate evidence verify`` on the bundle (with ``--manifest-sha256`` when given): it
+    re-hashes every file the manifest lists (size and SHA-256), refuses any other file and a
+    manifest of another format, and checks the bundle's digests. Its verdict as the files of
+    the manifest, each with its status (``ok``, or what tollgate found wrong with it; files
+    it named that the manifest does not list are rows too), whether all is well, and the
+    verdict as a sentence (VERIFIED: or NOT VERIFIED:, then tollgate's own words). Exit codes
+    other than 0 (intact) and 1 (a difference) raise SettingsError with its message."""
+    command = [str(tollgate_binary()), "evidence", "verify", str(bundle.directory)]
+    if manifest_sha256:
+        command += ["--manifest-sha256", manifest_sha256]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode not in (0, 1):
+        raise SettingsError(
+            f"{' '.join(command)} failed (exit code {done.returncode}): "
+            f"{done.stderr.strip() or done.stdout.strip()}"
         )
+    # On a difference, one line per problem under the verdict: "  <file>: <what differs>".
+    problems: dict[str, list[str]] = {}
+    if done.returncode == 1:
+        for line in done.stderr.splitlines():
+            name, sep, what = line.strip().partition(": ")
+            if line.startswith("  ") and sep:
+                problems.setdefault(name, []).append(what)
+    listed = [
+        (e.get("path", ""), e.get("bytes"), e.get("sha256"))
+        for e in bundle.manifest.get("files") or []
+    ]
     if manifest_sha256:
-        actual = sha256_file(directory / "manifest.json")
-        status = "ok" if actual == manifest_sha256.lower() else "SHA-256 differs"
-        rows.append(("manifest.json", None, manifest_sha256.lower(), actual, status))
-        if status != "ok":
-            problems.append("manifest.json: SHA-256 differs from the one noted")
-    listed = manifest.get("files") or []
-    for entry in listed:
-        name, size, expected = entry.get("path", ""), entry.get("bytes"), entry.get("sha256", "")
-        path = directory / name
-        if Path(name).is_absolute() or len(Path(name).parts) != 1:
-            status = "not a file name of the bundle"
-            actual = None
-        elif not path.is_file():
-            status, actual = "missing", None
-        else:
-            actual = sha256_file(path)
-            if actual != expected:
-                status = "SHA-256 differs"
-            elif path.stat().st_size != size:
-                status = f"size differs ({path.stat().st_size} bytes)"
-            else:
-                status = "ok"
-        rows.append((name, size, expected, actual, status))
-        if status != "ok":
-            problems.append(f"{name}: {status}")
-    names = {e.get("path") for e in listed} | {"manifest.json"}
-    for extra in sorted(p.name for p in directory.iterdir() if p.name not in names):
-        rows.append((extra, None, None, sha256_file(directory / extra), "not in the manifest"))
-        problems.append(f"{extra}: not in the manifest")
-    files = frame(["file", "bytes", "manifest_sha256", "actual_sha256", "status"], rows)
-    if problems:
-        return files, False, f"NOT VERIFIED: {len(problems)} problem(s): " + "; ".join(problems)
-    if manifest_sha256:
-        also = " and manifest.json has the SHA-256 noted"
-    else:
-        also = " (manifest.json itself is unchecked: give manifest_sha256 to check it too)"
-    return files, True, f"VERIFIED: the {len(listed)} files of the manifest are unchanged{also}"
-
-
-def sha256_file(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        listed.insert(0, ("manifest.json", None, manifest_sha256.lower()))
+    names = {name for name, _, _ in listed}
+    listed += [(name, None, None) for name in problems if name not in names]
+    rows = [
+        (name, size, sha256, "; ".join(problems.get(name, [])) or "ok")
+        for name, size, sha256 in listed
+    ]
+    files = frame(["file", "bytes", "manifest_sha256", "status"], rows)
+    if done.returncode == 1:
+        return files, False, "NOT VERIFIED: " + done.stderr.strip()
+    also = (
+        ""
+        if manifest_sha256
+        else " (manifest.json itself is unchecked: give manifest_sha256 to check it too)"
+    )
+    return files, True, "VERIFIED: " + done.stdout.strip() + also
 
 
 # ---------------------------------------------------------------------------------------------
@@ -856,7 +828,7 @@ def isolation_table(isolations: pd.DataFrame) -> pd.DataFrame:
                 f"{r.src_namespace}/{r.src_pod}",
                 r.isolation_actor,
                 r.isolation_reason,
-                f"{r.policy_namespace}/{r.policy_name}",
+                policy_label(r.policy_kind, r.policy_namespace, r.policy_name),
                 policy.get("uid"),
                 policy.get("resource_version"),
                 f"{label.get('key')}={label.get('value')}" if label else None,
@@ -973,7 +945,7 @@ def bucket_width(window: Mapping[str, int], bucket_seconds: int | None) -> int:
 def plot_over_time(
     attributed: pd.DataFrame, window: Mapping[str, int], bucket_seconds: int
 ) -> plt.Figure:
-    """Denied packets per time bucket, stacked by the policies isolating the deciding pod."""
+    """Denied packets per time bucket, stacked by the policies each denial is attributed to."""
     fig, ax = plt.subplots(figsize=(12, 4.5))
     if attributed.empty:
         no_plot_data(ax, "no denied flow in the window")
@@ -1001,7 +973,7 @@ def plot_over_time(
         bottom += values
     ax.set_ylabel("denied packets")
     ax.set_xlabel(f"time (UTC), buckets of {bucket_seconds} s")
-    ax.set_title("Denied packets over time, by the policies isolating the deciding pod")
+    ax.set_title("Denied packets over time, by the policies that denied them")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     time_axis(ax)
     fig.tight_layout()

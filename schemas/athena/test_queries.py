@@ -1291,6 +1291,23 @@ class TierTest(FlowDirTest):
         ).fetchall()
         self.assertEqual(isolating, [(["default/all-deny"],)])
 
+    def test_denied_over_time_names_the_denying_policies(self):
+        rows = self.run_query("denied-over-time", **{"from": TIER_FROM, "to": TIER_TO})
+        self.assertEqual(
+            [
+                (r["pod"], r["verdict_reason"], r["policy_kind"], r["policy_namespace"],
+                 r["policy_name"], r["isolating_policies"], r["packets"])
+                for r in rows
+            ],
+            [
+                ("amazonlinux", "denied-by-rule", CNP, None, "no-httpd", None, 3),
+                ("amazonlinux", "denied-by-rule", "ClusterNetworkPolicy.networking.k8s.aws",
+                 None, "no-dns", None, 2),
+                ("httpd", "isolated-no-rule-matched", None, None, None, "default/all-deny", 4),
+                ("httpd", "denied-by-rule", CNP, None, "baseline-deny", None, 1),
+            ],
+        )  # fmt: skip
+
 
 class OlderLayoutTest(unittest.TestCase):
     """Files written before the svc_* columns were appended read them as null: next to newer

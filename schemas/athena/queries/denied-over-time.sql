@@ -1,15 +1,18 @@
 -- name: denied-over-time
--- description: Dropped flows (action REJECT) in a time window per second and deciding endpoint (the source pod for egress, the destination pod for ingress), oldest first: the second (start), direction, the endpoint's namespace, pod, workload and labels, the reason, flows, packets, bytes, and the last end. A record is in the window when its span [start, end] overlaps [from, to).
+-- description: Dropped flows (action REJECT) in a time window per second, deciding endpoint (the source pod for egress, the destination pod for ingress) and what the decision trace names, oldest first: the second (start), direction, the endpoint's namespace, pod, workload and labels, the reason, the policy whose rule denied (policy_kind, policy_namespace, policy_name: denied-by-rule), the policies that isolated the endpoint (isolating_policies, comma-separated and sorted: isolated-no-rule-matched), flows, packets, bytes, and the last end. A record is in the window when its span [start, end] overlaps [from, to).
 -- param: from bigint window start, epoch seconds, inclusive
 -- param: to bigint window end, epoch seconds, exclusive
 -- param: from bigint window start, epoch seconds, inclusive
 -- param: to bigint window end, epoch seconds, exclusive
 --
 -- Partition pruning on dt as in denied-flows. A row sums the records that started in the same
--- second at the same endpoint; time buckets of any width are sums of these rows (Athena takes
--- `?` only in WHERE clauses, so no width is a parameter). The endpoint is the pod whose policy
--- refused: a deny names no policy, so its labels (as of the row's last record) and the second
--- (before or after a quarantine, to the second) tell which NetworkPolicies isolated it.
+-- second at the same endpoint, for the same reason and policies; time buckets of any width are
+-- sums of these rows (Athena takes `?` only in WHERE clauses, so no width is a parameter). The endpoint is the pod whose policy
+-- refused; the records say which policy that was: a ClusterNetworkPolicy's Deny rule in the
+-- policy_* columns, or, for want of a matching rule, the NetworkPolicies that isolated the pod
+-- in that direction (isolating_policies, as the compiler of the time had them). Other reasons
+-- name no denying policy (service-backends-denied names the rule that allowed the first
+-- backend, if any), nor do records written before the decision trace (version 1).
 SELECT
   "start",
   flow_direction,
@@ -18,6 +21,10 @@ SELECT
   workload,
   max_by(labels, "end") AS labels,
   verdict_reason,
+  policy_kind,
+  policy_namespace,
+  policy_name,
+  isolating_policies,
   count(*) AS flows,
   sum(packets) AS packets,
   sum(bytes) AS bytes,
@@ -32,6 +39,10 @@ FROM (
     CASE WHEN flow_direction = 'egress' THEN src_workload ELSE dst_workload END AS workload,
     CASE WHEN flow_direction = 'egress' THEN src_labels ELSE dst_labels END AS labels,
     verdict_reason,
+    policy_kind,
+    policy_namespace,
+    policy_name,
+    array_join(array_sort(isolating_policies), ',') AS isolating_policies,
     packets,
     bytes
   FROM flows
@@ -42,5 +53,7 @@ FROM (
     AND log_status = 'OK'
     AND action = 'REJECT'
 ) AS denied
-GROUP BY "start", flow_direction, namespace, pod, workload, verdict_reason
-ORDER BY "start", namespace, pod, flow_direction, verdict_reason
+GROUP BY "start", flow_direction, namespace, pod, workload, verdict_reason, policy_kind,
+  policy_namespace, policy_name, isolating_policies
+ORDER BY "start", namespace, pod, flow_direction, verdict_reason, policy_kind, policy_namespace,
+  policy_name, isolating_policies
