@@ -24,11 +24,12 @@
 //! namespace (the agent runs with `hostNetwork`: the node's) over netlink, without external
 //! tools: a dump of the `ip rule`s gives every table a rule looks up (the local table aside),
 //! a dump of the routes every host route (`/32`, `/128`, unicast, straight onto an interface,
-//! no gateway) of those tables; [`read_host_routes`] then names each route's interface. Only
-//! the tables a rule reaches count: a route in a table nothing looks up routes no packet.
-//! The ifindex comes from `if_nametoindex(3)` (an ioctl on a socket, which lives in the
-//! calling thread's namespace), not `/sys/class/net/<if>/ifindex`, which shows the namespace
-//! sysfs was mounted in.
+//! no gateway) of those tables; [`read_host_routes`] then names each route's interface (a dump
+//! of the links). Only the tables a rule reaches count: a route in a table nothing looks up
+//! routes no packet. The ifindex of a veth comes from an `RTM_GETLINK` request by name
+//! ([`ifindex`]); all of it goes through [`crate::netlink`] on sockets of the calling thread's
+//! namespace, never `/sys/class/net/<if>/ifindex`, which shows the namespace sysfs was mounted
+//! in.
 //!
 //! A pod is found on the interface which holds a host route to one of the pod's addresses, in
 //! whichever table a rule looks up (a VLAN sub-interface `vlan.eth.<id>` aside: it holds the
@@ -57,28 +58,23 @@
 //! [`Endpoints::address_interfaces`] for multi-NIC pods): only pods whose veths are attached.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::cni::{VethNames, is_branch_veth, is_vlan_link};
-use crate::links::{all_links, pod_links};
+use crate::links::pod_links;
+use crate::netlink;
+pub use crate::netlink::ifindex;
 use tollgate_enforcer::causes::Causes;
 
 /// The local routing table (addresses of this host): never a pod's route.
 const RT_TABLE_LOCAL: u32 = 255;
-/// How often a dump the kernel marks interrupted (the table changed under it) is tried again.
-const DUMP_TRIES: usize = 3;
 
 /// Error of endpoint discovery.
 #[derive(Debug, thiserror::Error)]
@@ -296,64 +292,15 @@ pub fn host_routes(
         .collect()
 }
 
-/// Sends a dump request and collects the answer; a dump the kernel marks interrupted is
-/// tried again, up to [`DUMP_TRIES`] times.
-fn dump(socket: &Socket, request: &RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(request.clone()));
-    packet.finalize();
-    let mut bytes = vec![0; packet.buffer_len()];
-    packet.serialize(&mut bytes);
-    for _ in 0..DUMP_TRIES {
-        socket.send(&bytes, 0)?;
-        let mut messages = Vec::new();
-        let mut interrupted = false;
-        'datagrams: loop {
-            let (datagram, _) = socket.recv_from_full()?;
-            let mut rest = datagram.as_slice();
-            while !rest.is_empty() {
-                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
-                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-                interrupted |= message.header.flags & NLM_F_DUMP_INTR != 0;
-                let length = (message.header.length as usize).next_multiple_of(4);
-                match message.payload {
-                    NetlinkPayload::Done(_) => break 'datagrams,
-                    NetlinkPayload::Error(error) if error.code.is_some() => {
-                        return Err(error.to_io());
-                    }
-                    NetlinkPayload::InnerMessage(inner) => messages.push(inner),
-                    _ => {}
-                }
-                if length == 0 || length > rest.len() {
-                    break;
-                }
-                rest = &rest[length..];
-            }
-        }
-        if !interrupted {
-            return Ok(messages);
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::Interrupted,
-        format!("the kernel interrupted the dump {DUMP_TRIES} times (tables changing)"),
-    ))
-}
-
 /// The host routes of every table a rule looks up, in the calling thread's network
 /// namespace, IPv4 and IPv6 (see the module doc).
 #[tracing::instrument(level = "debug", skip_all, fields(tables, routes))]
 pub fn read_host_routes() -> Result<Vec<HostRoute>, EndpointError> {
     let failed = |what| move |source| EndpointError::Routes { what, source };
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(failed("rules"))?;
-    socket.bind_auto().map_err(failed("rules"))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(failed("rules"))?;
-    let rules: Vec<RuleMessage> = match dump(
+    let socket = netlink::socket().map_err(failed("rules"))?;
+    let rules: Vec<RuleMessage> = match netlink::dump(
         &socket,
-        &RouteNetlinkMessage::GetRule(RuleMessage::default()),
+        RouteNetlinkMessage::GetRule(RuleMessage::default()),
     ) {
         Ok(messages) => messages
             .into_iter()
@@ -371,7 +318,7 @@ pub fn read_host_routes() -> Result<Vec<HostRoute>, EndpointError> {
     };
     let mut request = RouteMessage::default();
     request.header.table = RouteHeader::RT_TABLE_UNSPEC;
-    let routes: Vec<RouteMessage> = dump(&socket, &RouteNetlinkMessage::GetRoute(request))
+    let routes: Vec<RouteMessage> = netlink::dump(&socket, RouteNetlinkMessage::GetRoute(request))
         .map_err(failed("routes"))?
         .into_iter()
         .filter_map(|message| match message {
@@ -379,24 +326,16 @@ pub fn read_host_routes() -> Result<Vec<HostRoute>, EndpointError> {
             _ => None,
         })
         .collect();
-    let names: BTreeMap<u32, String> = all_links()
+    let names: BTreeMap<u32, String> = netlink::links(&socket)
         .map_err(|source| EndpointError::Links { source })?
         .into_iter()
-        .map(|link| (link.ifindex, link.ifname))
+        .map(|link| (link.index, link.name))
         .collect();
     let found = host_routes(&routes, &rules, |index| names.get(&index).cloned());
     let span = tracing::Span::current();
     span.record("tables", tracing::field::debug(&rule_tables(&rules)));
     span.record("routes", found.len());
     Ok(found)
-}
-
-/// The index of interface `ifname` in the calling thread's network namespace, if it exists.
-pub fn ifindex(ifname: &str) -> Option<u32> {
-    let name = CString::new(ifname).ok()?;
-    // SAFETY: `name` is a valid NUL-terminated string for the whole call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
 }
 
 /// Finds each pod's host veth among `routes`: the interface that holds a host route to one of

@@ -27,8 +27,8 @@
 //!
 //! Around them: [`bench`] (`tollgate bench agent`: what the agent holds for a generated
 //! cluster), [`config`] (the one settings file of agent and collector), [`http`]
-//! (`/metrics`, `/healthz`, `/readyz`) and [`telemetry`] (text or JSON logs; traces over
-//! OTLP).
+//! (`/metrics`, `/healthz`, `/readyz`), [`netlink`] (the node's links, addresses, routes and
+//! rules as the kernel lists them) and [`telemetry`] (text or JSON logs; traces over OTLP).
 
 pub mod bench;
 pub mod cni;
@@ -38,6 +38,7 @@ pub mod endpoints;
 pub mod http;
 pub mod links;
 pub mod metrics;
+pub mod netlink;
 pub mod node_addresses;
 pub mod pins;
 pub mod reconcile;

@@ -29,29 +29,22 @@
 //! Everything runs in the network namespace of the thread that opened the socket (the agent
 //! runs with `hostNetwork`: the node's).
 
-use std::ffi::CStr;
 use std::io;
 
+use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::address::{AddressMessage, AddressScope};
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::route::{RouteAttribute, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::cni::VethNames;
 use crate::endpoints::Veth;
+use crate::netlink;
 
-/// `nlmsghdr`: length, type, flags, sequence, port id.
-const NLMSG_HDRLEN: usize = 16;
-/// `ifinfomsg`: family, pad, type, index, flags, change.
-const IFINFOMSG_LEN: usize = 16;
-/// `rtmsg`: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
-const RTMSG_LEN: usize = 12;
-/// `rtattr`: length, type.
-const RTA_HDRLEN: usize = 4;
 /// The local routing table (addresses of this host).
-const RT_TABLE_LOCAL: u8 = 255;
-/// `ifaddrmsg`: family, prefix length, flags, scope, index.
-const IFADDRMSG_LEN: usize = 8;
-/// `RT_SCOPE_LINK`: scopes from here on (link, host, nowhere) are not the node's addresses.
-const RT_SCOPE_LINK: u8 = 253;
+const RT_TABLE_LOCAL: u32 = 255;
 /// Receive buffer for one datagram: netlink notifications are far smaller.
 const RECV_BUFFER: usize = 64 * 1024;
 
@@ -77,37 +70,18 @@ impl NodeEvents {
     }
 }
 
-/// The pod veths ([`VethNames::matches`]) in the calling thread's network namespace.
+/// The pod veths ([`VethNames::matches`]) in the calling thread's network namespace, sorted:
+/// an `RTM_GETLINK` dump of that namespace ([`netlink::links`]; `/sys/class/net` would show
+/// the namespace sysfs was mounted in).
 pub fn pod_links(names: &VethNames) -> io::Result<Vec<Veth>> {
-    let mut links = all_links()?;
-    links.retain(|link| names.matches(&link.ifname));
-    Ok(links)
-}
-
-/// Every interface in the calling thread's network namespace, by `if_nameindex(3)` (a
-/// netlink dump of that namespace; `/sys/class/net` would show the namespace sysfs was
-/// mounted in).
-pub fn all_links() -> io::Result<Vec<Veth>> {
-    // SAFETY: no arguments; the result is freed below.
-    let list = unsafe { libc::if_nameindex() };
-    if list.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    let mut links = Vec::new();
-    let mut entry = list;
-    // SAFETY: the array ends with an entry of index 0 and a null name; every name before it is
-    // a NUL-terminated string owned by the array, which lives until `if_freenameindex`.
-    unsafe {
-        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
-            let name = CStr::from_ptr((*entry).if_name).to_string_lossy();
-            links.push(Veth {
-                ifname: name.into_owned(),
-                ifindex: (*entry).if_index,
-            });
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
+    let mut links: Vec<Veth> = netlink::links(&netlink::socket()?)?
+        .into_iter()
+        .filter(|link| names.matches(&link.name))
+        .map(|link| Veth {
+            ifname: link.name,
+            ifindex: link.index,
+        })
+        .collect();
     links.sort();
     Ok(links)
 }
@@ -186,132 +160,119 @@ impl LinkWatch {
 }
 
 /// Adds what the netlink messages of one datagram say to `events`; see the module doc.
-/// Malformed or truncated messages end the parse (the kernel does not send them).
+/// A truncated message ends the parse, one the crate cannot read is skipped (the kernel sends
+/// neither).
 pub fn parse(datagram: &[u8], names: &VethNames, events: &mut NodeEvents) {
     let mut rest = datagram;
-    while rest.len() >= NLMSG_HDRLEN {
-        let length = u32::from_ne_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
-        let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap_or_default());
-        if length < NLMSG_HDRLEN || length > rest.len() {
-            return;
+    while let Ok(buffer) = NetlinkBuffer::new_checked(rest) {
+        let length = buffer.length() as usize;
+        if let Ok(NetlinkMessage {
+            payload: NetlinkPayload::InnerMessage(message),
+            ..
+        }) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..length])
+        {
+            notice(message, names, events);
         }
-        let body = &rest[NLMSG_HDRLEN..length];
-        match kind {
-            libc::RTM_NEWLINK | libc::RTM_DELLINK => {
-                if let Some(veth) = link(body).filter(|veth| names.matches(&veth.ifname)) {
-                    if kind == libc::RTM_NEWLINK {
-                        events.new_links.push(veth);
-                    } else {
-                        events.changed = true;
-                    }
-                }
-            }
-            libc::RTM_NEWROUTE | libc::RTM_DELROUTE => {
-                events.changed |= is_host_route(body);
-            }
-            // A rule decides which tables hold the pods' routes: a branch ENI's `iif` rules
-            // come after its route, in its VLAN's table.
-            libc::RTM_NEWRULE | libc::RTM_DELRULE => events.changed = true,
-            libc::RTM_NEWADDR | libc::RTM_DELADDR => {
-                events.addresses_changed |= is_wider_than_link(body);
-            }
-            _ => {}
-        }
-        rest = &rest[align(length).min(rest.len())..];
+        rest = &rest[length.next_multiple_of(4).min(rest.len())..];
     }
 }
 
-/// Netlink messages and attributes are 4-byte aligned.
-fn align(length: usize) -> usize {
-    (length + 3) & !3
+/// Adds what one notification says to `events`.
+fn notice(message: RouteNetlinkMessage, names: &VethNames, events: &mut NodeEvents) {
+    match message {
+        RouteNetlinkMessage::NewLink(link) => {
+            if let Some(veth) = pod_veth(&link, names) {
+                events.new_links.push(veth);
+            }
+        }
+        RouteNetlinkMessage::DelLink(link) => {
+            events.changed |= pod_veth(&link, names).is_some();
+        }
+        RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route) => {
+            events.changed |= is_host_route(&route);
+        }
+        // A rule decides which tables hold the pods' routes: a branch ENI's `iif` rules
+        // come after its route, in its VLAN's table.
+        RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_) => events.changed = true,
+        RouteNetlinkMessage::NewAddress(address) | RouteNetlinkMessage::DelAddress(address) => {
+            events.addresses_changed |= is_wider_than_link(&address);
+        }
+        _ => {}
+    }
 }
 
-/// The index and name of an `RTM_*LINK` message's interface.
-fn link(body: &[u8]) -> Option<Veth> {
-    let header = body.get(..IFINFOMSG_LEN)?;
-    let ifindex = i32::from_ne_bytes(header[4..8].try_into().ok()?);
-    let name = attributes(&body[IFINFOMSG_LEN..])
-        .find(|(kind, _)| *kind == libc::IFLA_IFNAME)
-        .map(|(_, value)| value)?;
-    let name = CStr::from_bytes_until_nul(name).ok()?.to_str().ok()?;
+/// The index and name of an `RTM_*LINK` message's interface, when it is a pod veth.
+fn pod_veth(link: &LinkMessage, names: &VethNames) -> Option<Veth> {
+    let name = netlink::link_name(link).filter(|name| names.matches(name))?;
     Some(Veth {
         ifname: name.to_owned(),
-        ifindex: u32::try_from(ifindex).ok()?,
+        ifindex: link.header.index,
     })
 }
 
 /// Whether an `RTM_*ROUTE` message is about a host route (a `/32` or `/128`) outside the
 /// local table.
-fn is_host_route(body: &[u8]) -> bool {
-    let Some(header) = body.get(..RTMSG_LEN) else {
-        return false;
-    };
-    let (family, dst_len, table) = (header[0], header[1], header[4]);
-    let host = match i32::from(family) {
-        libc::AF_INET => dst_len == 32,
-        libc::AF_INET6 => dst_len == 128,
+fn is_host_route(route: &RouteMessage) -> bool {
+    let header = &route.header;
+    let host = match header.address_family {
+        AddressFamily::Inet => header.destination_prefix_length == 32,
+        AddressFamily::Inet6 => header.destination_prefix_length == 128,
         _ => false,
     };
+    // A table above 255 is only in the attribute.
+    let table = route
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(header.table));
     host && table != RT_TABLE_LOCAL
 }
 
 /// Whether an `RTM_*ADDR` message is about an address of a scope wider than the link (global
-/// or site): one that may be a node address.
-fn is_wider_than_link(body: &[u8]) -> bool {
-    body.get(..IFADDRMSG_LEN)
-        .is_some_and(|header| header[3] < RT_SCOPE_LINK)
-}
-
-/// The `(type, value)` of each attribute in `bytes`.
-fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if bytes.len() < RTA_HDRLEN {
-            return None;
-        }
-        let length = usize::from(u16::from_ne_bytes([bytes[0], bytes[1]]));
-        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]);
-        if length < RTA_HDRLEN || length > bytes.len() {
-            return None;
-        }
-        let value = &bytes[RTA_HDRLEN..length];
-        bytes = &bytes[align(length).min(bytes.len())..];
-        Some((kind, value))
-    })
+/// or site): one that may be a node address. Scopes from link on (link, host, nowhere) are
+/// not the node's addresses.
+fn is_wider_than_link(address: &AddressMessage) -> bool {
+    u8::from(address.header.scope) < u8::from(AddressScope::Link)
 }
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::NLM_F_REQUEST;
+    use netlink_packet_route::link::LinkAttribute;
+    use netlink_packet_route::rule::RuleMessage;
+
     use super::*;
 
-    /// A netlink message of `kind` with `header` and `(type, value)` attributes.
-    fn message(kind: u16, header: &[u8], attributes: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut body = header.to_vec();
-        for (kind, value) in attributes {
-            let length = (RTA_HDRLEN + value.len()) as u16;
-            body.extend(length.to_ne_bytes());
-            body.extend(kind.to_ne_bytes());
-            body.extend(*value);
-            body.resize(align(body.len()), 0);
-        }
-        let mut message = ((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes().to_vec();
-        message.extend(kind.to_ne_bytes());
-        message.extend([0; 10]);
-        message.extend(body);
-        message
+    /// `message` serialized as the kernel sends it.
+    fn message(message: RouteNetlinkMessage) -> Vec<u8> {
+        netlink::encode(NLM_F_REQUEST, message)
     }
 
-    fn ifinfo(index: i32) -> Vec<u8> {
-        let mut header = vec![0; IFINFOMSG_LEN];
-        header[4..8].copy_from_slice(&index.to_ne_bytes());
-        header
+    /// A link message of interface `index` with `attributes`.
+    fn link(index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.attributes = attributes;
+        link
     }
 
-    fn rtmsg(family: i32, dst_len: u8, table: u8) -> Vec<u8> {
-        let mut header = vec![0; RTMSG_LEN];
-        header[0] = family as u8;
-        header[1] = dst_len;
-        header[4] = table;
-        header
+    fn named(index: u32, name: &str) -> LinkMessage {
+        link(index, vec![LinkAttribute::IfName(name.to_owned())])
+    }
+
+    /// A route message of `family`, prefix length `dst_len`, in `table`: in the header up to
+    /// 255, above in the attribute (the header says `RT_TABLE_COMPAT`), as the kernel does.
+    fn route(family: AddressFamily, dst_len: u8, table: u32) -> RouteMessage {
+        const RT_TABLE_COMPAT: u8 = 252;
+        let mut route = RouteMessage::default();
+        route.header.address_family = family;
+        route.header.destination_prefix_length = dst_len;
+        route.header.table = u8::try_from(table).unwrap_or(RT_TABLE_COMPAT);
+        route.attributes.push(RouteAttribute::Table(table));
+        route
     }
 
     fn parsed(messages: &[Vec<u8>]) -> NodeEvents {
@@ -323,24 +284,15 @@ mod tests {
     #[test]
     fn new_links_of_the_prefix_are_reported_with_their_index() {
         let events = parsed(&[
-            message(
-                libc::RTM_NEWLINK,
-                &ifinfo(7),
-                &[(libc::IFLA_IFNAME, b"eni0a1b2c3d4e5\0")],
-            ),
-            message(
-                libc::RTM_NEWLINK,
-                &ifinfo(8),
-                &[(libc::IFLA_IFNAME, b"eth1\0")],
-            ),
-            message(
-                libc::RTM_NEWLINK,
-                &ifinfo(9),
-                &[
-                    (libc::IFLA_MTU, &9001u32.to_ne_bytes()),
-                    (libc::IFLA_IFNAME, b"enif\0"),
+            message(RouteNetlinkMessage::NewLink(named(7, "eni0a1b2c3d4e5"))),
+            message(RouteNetlinkMessage::NewLink(named(8, "eth1"))),
+            message(RouteNetlinkMessage::NewLink(link(
+                9,
+                vec![
+                    LinkAttribute::Mtu(9001),
+                    LinkAttribute::IfName("enif".to_owned()),
                 ],
-            ),
+            ))),
         ]);
         assert_eq!(
             events.new_links,
@@ -360,64 +312,67 @@ mod tests {
 
     #[test]
     fn removed_links_and_host_routes_ask_for_a_discovery() {
-        let gone = parsed(&[message(
-            libc::RTM_DELLINK,
-            &ifinfo(7),
-            &[(libc::IFLA_IFNAME, b"eni0a1b2c3d4e5\0")],
-        )]);
+        let gone = parsed(&[message(RouteNetlinkMessage::DelLink(named(
+            7,
+            "eni0a1b2c3d4e5",
+        )))]);
         assert!(gone.changed && gone.new_links.is_empty());
-        assert!(
-            !parsed(&[message(
-                libc::RTM_DELLINK,
-                &ifinfo(8),
-                &[(libc::IFLA_IFNAME, b"eth1\0")]
-            )])
-            .relevant()
-        );
+        assert!(!parsed(&[message(RouteNetlinkMessage::DelLink(named(8, "eth1")))]).relevant());
 
-        for kind in [libc::RTM_NEWRULE, libc::RTM_DELRULE] {
-            let events = parsed(&[message(kind, &[0; 12], &[])]);
+        for rule in [
+            RouteNetlinkMessage::NewRule(RuleMessage::default()),
+            RouteNetlinkMessage::DelRule(RuleMessage::default()),
+        ] {
+            let events = parsed(&[message(rule)]);
             assert!(events.changed && events.relevant());
         }
 
         for (family, dst_len, table, relevant) in [
-            (libc::AF_INET, 32, 254, true),
-            (libc::AF_INET6, 128, 254, true),
-            (libc::AF_INET, 24, 254, false),
-            (libc::AF_INET, 32, RT_TABLE_LOCAL, false),
-            (libc::AF_INET6, 64, 254, false),
+            (AddressFamily::Inet, 32, 254, true),
+            (AddressFamily::Inet6, 128, 254, true),
+            (AddressFamily::Inet, 24, 254, false),
+            (AddressFamily::Inet, 32, RT_TABLE_LOCAL, false),
+            (AddressFamily::Inet6, 64, 254, false),
+            (AddressFamily::Inet, 32, 1000, true),
         ] {
-            for kind in [libc::RTM_NEWROUTE, libc::RTM_DELROUTE] {
-                let events = parsed(&[message(kind, &rtmsg(family, dst_len, table), &[])]);
+            let route = route(family, dst_len, table);
+            for message in [
+                RouteNetlinkMessage::NewRoute(route.clone()),
+                RouteNetlinkMessage::DelRoute(route),
+            ]
+            .map(message)
+            {
                 assert_eq!(
-                    events.relevant(),
+                    parsed(&[message]).relevant(),
                     relevant,
-                    "{family} /{dst_len} table {table}"
+                    "{family:?} /{dst_len} table {table}"
                 );
             }
         }
     }
 
-    fn ifaddr(family: i32, scope: u8) -> Vec<u8> {
-        let mut header = vec![0; IFADDRMSG_LEN];
-        header[0] = family as u8;
-        header[3] = scope;
-        header
-    }
-
     #[test]
     fn node_address_changes_of_global_scope_ask_for_a_pass() {
-        const RT_SCOPE_UNIVERSE: u8 = 0;
-        const RT_SCOPE_HOST: u8 = 254;
         for (family, scope, relevant) in [
-            (libc::AF_INET, RT_SCOPE_UNIVERSE, true),
-            (libc::AF_INET6, RT_SCOPE_UNIVERSE, true),
-            (libc::AF_INET6, RT_SCOPE_LINK, false),
-            (libc::AF_INET, RT_SCOPE_HOST, false),
+            (AddressFamily::Inet, AddressScope::Universe, true),
+            (AddressFamily::Inet6, AddressScope::Universe, true),
+            (AddressFamily::Inet6, AddressScope::Link, false),
+            (AddressFamily::Inet, AddressScope::Host, false),
         ] {
-            for kind in [libc::RTM_NEWADDR, libc::RTM_DELADDR] {
-                let events = parsed(&[message(kind, &ifaddr(family, scope), &[])]);
-                assert_eq!(events.addresses_changed, relevant, "{family} scope {scope}");
+            let mut address = AddressMessage::default();
+            address.header.family = family;
+            address.header.scope = scope;
+            for message in [
+                RouteNetlinkMessage::NewAddress(address.clone()),
+                RouteNetlinkMessage::DelAddress(address),
+            ]
+            .map(message)
+            {
+                let events = parsed(&[message]);
+                assert_eq!(
+                    events.addresses_changed, relevant,
+                    "{family:?} scope {scope:?}"
+                );
                 assert_eq!(events.relevant(), relevant);
                 assert!(!events.changed && events.new_links.is_empty());
             }
@@ -426,11 +381,7 @@ mod tests {
 
     #[test]
     fn truncated_datagrams_end_the_parse() {
-        let whole = message(
-            libc::RTM_NEWLINK,
-            &ifinfo(7),
-            &[(libc::IFLA_IFNAME, b"enia\0")],
-        );
+        let whole = message(RouteNetlinkMessage::NewLink(named(7, "enia")));
         for cut in 0..whole.len() {
             let mut events = NodeEvents::default();
             parse(&whole[..cut], &VethNames::default(), &mut events);

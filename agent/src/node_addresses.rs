@@ -4,8 +4,9 @@
 //!
 //! [`read`] lists every address of every interface in the calling thread's network namespace
 //! (the agent runs with `hostNetwork`: the node's; in the lab, the lab's node namespace) with
-//! `getifaddrs(3)`, which asks the kernel over a `NETLINK_ROUTE` socket of that namespace
-//! (`RTM_GETLINK` and `RTM_GETADDR` dumps), both families, secondary addresses included.
+//! `RTM_GETLINK` and `RTM_GETADDR` dumps over a `NETLINK_ROUTE` socket of that namespace
+//! ([`crate::netlink`]), both families, secondary addresses included, read as `getifaddrs(3)`
+//! reads them ([`interface_addresses`]).
 //! [`node_addresses`] then keeps the node's own:
 //! - every interface's addresses, so also each secondary ENI's primary address (`eth1`, …: the
 //!   VPC CNI configures it on the interface; the secondary addresses and prefixes it hands to
@@ -23,12 +24,14 @@
 //! entries. [`crate::links::LinkWatch`] says when an address comes or goes, and the next pass
 //! reads them again.
 
-use std::collections::BTreeSet;
-use std::ffi::CStr;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 
 use crate::cni::VethNames;
+use crate::netlink::{self, Link};
 
 /// The dummy interface on which kube-proxy's IPVS mode configures every ClusterIP.
 const IPVS_INTERFACE: &str = "kube-ipvs0";
@@ -72,43 +75,55 @@ fn is_link_local(addr: IpAddr) -> bool {
 /// Every IPv4 and IPv6 address of every interface in the calling thread's network
 /// namespace.
 pub fn read() -> io::Result<Vec<InterfaceAddress>> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: `list` is a valid place for the result, freed below.
-    if unsafe { libc::getifaddrs(&raw mut list) } != 0 {
-        return Err(io::Error::last_os_error());
+    let socket = netlink::socket()?;
+    for _ in 0..netlink::DUMP_TRIES {
+        let links = netlink::links(&socket)?;
+        let addresses = netlink::addresses(&socket)?;
+        if let Some(found) = interface_addresses(&links, &addresses) {
+            return Ok(found);
+        }
     }
-    let mut addresses = Vec::new();
-    let mut entry = list;
-    // SAFETY: a list from getifaddrs: each entry is valid until `freeifaddrs`, its name a
-    // NUL-terminated string, its address null or a sockaddr of the family it names (a
-    // sockaddr_in for AF_INET, a sockaddr_in6 for AF_INET6).
-    unsafe {
-        while !entry.is_null() {
-            let ifa = &*entry;
-            entry = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-                continue;
+    Err(io::Error::new(
+        io::ErrorKind::Interrupted,
+        format!(
+            "interfaces appeared between the link and the address dump {} times",
+            netlink::DUMP_TRIES
+        ),
+    ))
+}
+
+/// Each of `addresses` with its interface, as `getifaddrs(3)` reads them: the address is
+/// `IFA_LOCAL` when there is one (an IPv4 point-to-point link's `IFA_ADDRESS` is the peer's),
+/// `IFA_ADDRESS` otherwise; the name is the address's label (`IFA_LABEL`, IPv4) or else its
+/// interface's; the loopback flag is its interface's. `None` when an address's interface is
+/// not in `links` (it appeared between the two dumps): both are dumped again, as
+/// `getifaddrs(3)` does.
+pub fn interface_addresses(
+    links: &[Link],
+    addresses: &[AddressMessage],
+) -> Option<Vec<InterfaceAddress>> {
+    let links: BTreeMap<u32, &Link> = links.iter().map(|link| (link.index, link)).collect();
+    let mut found = Vec::new();
+    for message in addresses {
+        let link = links.get(&message.header.index)?;
+        let (mut local, mut address, mut label) = (None, None, None);
+        for attribute in &message.attributes {
+            match attribute {
+                AddressAttribute::Local(ip) => local = Some(*ip),
+                AddressAttribute::Address(ip) => address = Some(*ip),
+                AddressAttribute::Label(name) => label = Some(name),
+                _ => {}
             }
-            let addr = match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
-                    IpAddr::V4(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()))
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
-                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
-                }
-                _ => continue,
-            };
-            addresses.push(InterfaceAddress {
-                ifname: CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned(),
-                loopback: ifa.ifa_flags & libc::IFF_LOOPBACK as libc::c_uint != 0,
+        }
+        if let Some(addr) = local.or(address) {
+            found.push(InterfaceAddress {
+                ifname: label.unwrap_or(&link.name).clone(),
+                loopback: link.loopback,
                 addr,
             });
         }
-        libc::freeifaddrs(list);
     }
-    Ok(addresses)
+    Some(found)
 }
 
 /// The node's own addresses in the calling thread's network namespace ([`read`], then
@@ -156,9 +171,72 @@ mod tests {
         assert!(node_addresses(&[at("lo", "198.18.10.5")], &VethNames::default()).is_empty());
     }
 
+    fn link(name: &str, index: u32) -> Link {
+        Link {
+            name: name.to_owned(),
+            index,
+            loopback: name == "lo",
+        }
+    }
+
+    fn address(index: u32, attributes: Vec<AddressAttribute>) -> AddressMessage {
+        let mut message = AddressMessage::default();
+        message.header.index = index;
+        message.attributes = attributes;
+        message
+    }
+
+    #[test]
+    fn addresses_are_read_as_getifaddrs_reads_them() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let links = [link("lo", 1), link("eth0", 2), link("ppp0", 3)];
+        let addresses = [
+            address(
+                1,
+                vec![
+                    AddressAttribute::Address(ip("127.0.0.1")),
+                    AddressAttribute::Local(ip("127.0.0.1")),
+                    AddressAttribute::Label("lo".to_owned()),
+                ],
+            ),
+            // A secondary address with its own label.
+            address(
+                2,
+                vec![
+                    AddressAttribute::Address(ip("198.18.10.18")),
+                    AddressAttribute::Local(ip("198.18.10.18")),
+                    AddressAttribute::Label("eth0:1".to_owned()),
+                ],
+            ),
+            // IPv6: no IFA_LOCAL, no label.
+            address(2, vec![AddressAttribute::Address(ip("2001:db8:10::17"))]),
+            // Point-to-point: IFA_ADDRESS is the peer, IFA_LOCAL this end.
+            address(
+                3,
+                vec![
+                    AddressAttribute::Address(ip("198.19.0.1")),
+                    AddressAttribute::Local(ip("198.18.20.1")),
+                ],
+            ),
+            // No address at all: nothing to list.
+            address(2, vec![]),
+        ];
+        assert_eq!(
+            interface_addresses(&links, &addresses),
+            Some(vec![
+                at("lo", "127.0.0.1"),
+                at("eth0:1", "198.18.10.18"),
+                at("eth0", "2001:db8:10::17"),
+                at("ppp0", "198.18.20.1"),
+            ])
+        );
+        // An interface that appeared after the link dump: dump again.
+        assert_eq!(interface_addresses(&links[..1], &addresses), None);
+    }
+
     #[test]
     fn this_namespace_is_read_without_its_loopback() {
-        let found = discover(&VethNames::default()).expect("getifaddrs");
+        let found = discover(&VethNames::default()).expect("netlink dumps");
         assert!(found.iter().all(|a| !a.is_loopback()), "{found:?}");
     }
 }

@@ -663,7 +663,9 @@ impl PinLock {
     }
 }
 
-/// The pieces of `bpf(2)` aya 0.14 does not expose: a TCX link's interface.
+/// The pieces of `bpf(2)` aya 0.14 does not expose: a TCX link's interface. Its `LinkInfo`
+/// (`FdLink::info`, `loaded_links`) has the link's id, program and type but not the union that
+/// holds the TCX ifindex, and `FdLink` does not lend its descriptor; rustix has no `bpf(2)`.
 mod sys {
     use std::ffi::CString;
     use std::os::fd::{FromRawFd, OwnedFd};
