@@ -391,8 +391,19 @@ impl FileWriter {
             .collect()
     }
 
+    /// Finishes the file of `partition` and commits it to the spool, or counts its records
+    /// lost.
+    #[tracing::instrument(
+        level = "debug",
+        name = "flush",
+        skip(self, spool),
+        fields(key = tracing::field::Empty, records = tracing::field::Empty, bytes = tracing::field::Empty)
+    )]
     fn close(&mut self, spool: &mut Spool, partition: &str) -> Option<Closed> {
         let mut file = self.open.remove(partition)?;
+        let span = tracing::Span::current();
+        span.record("key", file.key.as_str());
+        span.record("records", file.tally.records);
         if let Err(error) = file.writer.finish() {
             let _ = std::fs::remove_file(&file.temp);
             let detail = format!("closing {}: {error}", file.temp.display());
@@ -407,11 +418,14 @@ impl FileWriter {
             loss_records: file.tally.losses.clone(),
         };
         Some(match spool.commit(&file.temp, &file.key, facts) {
-            Ok(Commit::Spooled(spooled)) => Closed::Spooled {
-                file: spooled,
-                records: file.tally.records,
-                losses: file.tally.losses,
-            },
+            Ok(Commit::Spooled(spooled)) => {
+                span.record("bytes", spooled.bytes);
+                Closed::Spooled {
+                    file: spooled,
+                    records: file.tally.records,
+                    losses: file.tally.losses,
+                }
+            }
             Ok(Commit::Full { bytes, waiting }) => {
                 let detail = format!("{}: {bytes} bytes do not fit, {waiting} waiting", file.key);
                 file.tally.lost(LossSource::SpoolFull, detail)
