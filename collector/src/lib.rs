@@ -2,6 +2,8 @@
 //! every loss counted and written down.
 //!
 //! Data flows through the modules in this order:
+//! - [`reader`]: the collector's input, a [`reader::FlowSource`] (the probe's ring buffer and
+//!   maps, which the agent hands over; events in memory for tests);
 //! - [`service`]: the running collector. Its reader thread waits on the ring buffer
 //!   (`AsyncFd`), drains it on wakeups and on a timer, reports residual denies, and has
 //!   [`accounting`] turn the packets conntrack counted for allowed flows into events;
@@ -40,6 +42,7 @@ pub mod metrics;
 pub mod ocsf;
 pub mod pipeline;
 pub mod read;
+pub mod reader;
 pub mod record;
 pub mod service;
 pub mod ship;

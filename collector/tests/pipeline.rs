@@ -34,6 +34,7 @@ use tollgate_collector::{
     metrics::Metrics,
     pipeline::{Pipeline, SharedIdentities},
     read::{StoredRecord, parquet_files, read_file, render_table},
+    reader::MemorySource,
     record::schema,
     spool::Recovery,
 };
@@ -600,7 +601,9 @@ fn the_deciding_endpoints_interface_and_eni_are_recorded() {
             ..tcp(AMAZONLINUX, 40_003, HTTPD, 80, at(minute + 10))
         },
     ]);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     let files = ready_files(&spool);
     let rows = read_rows(&files[0]);
     let columns = |src_port| {
@@ -709,7 +712,9 @@ fn a_parquet_round_trip_keeps_every_column() {
         },
     ];
     pipeline.ingest(&events);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let files = ready_files(&spool);
     assert_eq!(files.len(), 1, "{files:?}");
@@ -859,7 +864,9 @@ fn the_file_schema_is_the_golden_one() {
     let identities = shared(Identities::default());
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
     pipeline.ingest(&[tcp(AMAZONLINUX, 40_000, HTTPD, 80, at(now_s() - 1))]);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     let files = ready_files(&spool);
     assert_eq!(files.len(), 1, "{files:?}");
 
@@ -958,7 +965,9 @@ fn files_are_partitioned_by_hour_and_never_reuse_a_sequence_number() {
             .map(|(start, i)| tcp(AMAZONLINUX, 1000 * (run + 1) + i, HTTPD, 80, at(*start)))
             .collect();
         pipeline.ingest(&events);
-        pipeline.finish(None).expect("a clean stop");
+        pipeline
+            .finish(&MemorySource::default())
+            .expect("a clean stop");
 
         let files = ready_files(&spool);
         assert_eq!(files.len(), 2 * usize::from(run + 1), "{files:?}");
@@ -1091,7 +1100,9 @@ status:
     // An event stamped at t1 that reaches the collector late is still A's.
     pipeline.ingest(&[from_reused(t1, 2)]);
     pipeline.flush();
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let rows = read_ready(&spool);
     assert_eq!(rows.len(), 2, "{rows:#?}");
@@ -1142,7 +1153,9 @@ fn a_small_size_limit_closes_a_file_at_every_write() {
         pipeline.flush();
         assert_eq!(ready_files(&spool).len(), usize::from(round + 1));
     }
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let files = ready_files(&spool);
     assert_eq!(files.len(), 4, "{files:?}");
@@ -1173,16 +1186,18 @@ fn an_age_limit_closes_a_file_at_the_next_tick() {
     let (mut pipeline, _, _) = open(&config, &identities);
     // A one-second window three seconds ago has ended, grace included: the tick writes it.
     pipeline.ingest(&[tcp(AMAZONLINUX, 1000, HTTPD, 80, at(now_s() - 3))]);
-    pipeline.tick(None);
+    pipeline.tick(&MemorySource::default());
     assert!(ready_files(&spool).is_empty(), "the file stays open");
     std::thread::sleep(Duration::from_millis(1100));
-    pipeline.tick(None);
+    pipeline.tick(&MemorySource::default());
     let files = ready_files(&spool);
     assert_eq!(files.len(), 1, "the aged file is closed: {files:?}");
     let rows = read_rows(&files[0]);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].stored.srcport, Some(1000));
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     assert_eq!(ready_files(&spool).len(), 1, "nothing more to write");
 }
 
@@ -1206,7 +1221,9 @@ fn a_full_spool_refuses_files_and_counts_their_events() {
     pipeline.flush();
     assert_eq!(metrics.lost(LossSource::SpoolFull), 5);
     // The loss record of the refused file does not fit either; it carries no events.
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     assert_eq!(metrics.lost(LossSource::SpoolFull), 5);
     assert_eq!(
         (load(&metrics.files_spooled), load(&metrics.records)),
@@ -1223,7 +1240,9 @@ fn a_full_spool_refuses_files_and_counts_their_events() {
     let (mut pipeline, _, metrics) = open(&settings(&roomy), &identities);
     let (from, to) = (now_s() - 20, now_s() - 10);
     pipeline.lose(LossSource::SpoolFull, Some(7), from, to);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     let rows = read_ready(&roomy);
     assert_eq!(
         rows,
@@ -1260,7 +1279,7 @@ fn an_unclean_stop_becomes_a_collector_restart_record() {
         .expect("rows") as u64;
     // Written into an open file, then the collector dies: no finish.
     pipeline.ingest(&[tcp(AMAZONLINUX, 1001, HTTPD, 80, at(now - 4))]);
-    pipeline.tick(None);
+    pipeline.tick(&MemorySource::default());
     assert_eq!(
         ready_files(&spool).len(),
         1,
@@ -1285,7 +1304,9 @@ fn an_unclean_stop_becomes_a_collector_restart_record() {
             lost_sequences: 1,
         }
     );
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let files = ready_files(&spool);
     assert_eq!(files.len(), 2, "{files:?}");
@@ -1329,7 +1350,9 @@ fn a_restart_before_any_file_dates_the_gap_from_the_previous_start() {
     drop(pipeline); // killed before anything reached the spool
 
     let (pipeline, recovery, _) = open(&settings(&spool), &identities);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     let since = recovery.unclean_since_s.expect("an unclean stop");
     let rows = read_ready(&spool);
     assert_eq!(rows.len(), 1, "{rows:#?}");
@@ -1366,7 +1389,9 @@ fn loss_records_count_only_records_that_reached_the_spool() {
     let (mut pipeline, _, metrics) = open(&config, &identities);
     pipeline.ingest(&[tcp(AMAZONLINUX, 1000, HTTPD, 80, at(now_s() - 1))]);
     pipeline.flush();
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     assert!(ready_files(&spool).is_empty(), "nothing fits");
     assert_eq!(metrics.lost(LossSource::SpoolFull), 1);
     assert_eq!(
@@ -1462,7 +1487,9 @@ fn records_name_the_service_a_flow_was_addressed_to() {
             ..tcp(AMAZONLINUX, 40_005, WEB, 8080, at(second))
         },
     ]);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let rows = read_ready(&spool);
     assert_eq!(rows.len(), 6, "{rows:#?}");
@@ -1634,7 +1661,9 @@ spec:
     pipeline.ingest(&[to_cluster_ip(t3, 4)]);
     // An event stamped at t1 that reaches the collector late is still web's.
     pipeline.ingest(&[to_cluster_ip(t1, 2)]);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let mut named: Vec<(Option<String>, i64, Option<i64>)> = read_ready(&spool)
         .into_iter()
@@ -1701,7 +1730,9 @@ status:
             ..tcp(TOOLBOX, 40_000, node_address, 10_250, at(second))
         },
     ]);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let rows = read_ready(&spool);
     assert_eq!(rows.len(), 2, "{rows:#?}");
