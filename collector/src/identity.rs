@@ -37,10 +37,9 @@ use foldhash::fast::RandomState;
 use k8s_openapi::api::core::v1::Pod;
 use tollgate_enforcer::{
     compile::{Compiled, services::ServiceInfo},
-    desired::NamedRule,
     snapshot::{Updates, pod_addresses},
 };
-use tollgate_schemas::{Direction, addr, endpoint_flags};
+use tollgate_schemas::{Direction, addr, endpoint_flags, rule::NamedRule};
 
 /// How long a closed span is kept: events older than this arrive only from a stalled reader.
 pub const DEFAULT_RETENTION_NS: u64 = 15 * 60 * 1_000_000_000;

@@ -44,7 +44,7 @@ use tollgate_collector::{
     spool::Spool,
     writer::{Closed, FileWriter},
 };
-use tollgate_enforcer::desired::{NamedRule, PolicyTier, RuleAction, RuleRef};
+use tollgate_schemas::rule::{NamedRule, PolicyTier, RuleAction, RuleRef};
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
 
 const CLUSTER: &str = "prod";

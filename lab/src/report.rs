@@ -19,10 +19,11 @@ use tollgate_collector::{
 };
 use tollgate_enforcer::{
     compile::Compiled,
-    desired::RuleRef,
     snapshot::{Snapshot, pod_addresses, pod_key},
 };
-use tollgate_schemas::{Counter, Direction, FlowEvent, Reason, Verdict, addr, proto};
+use tollgate_schemas::{
+    Counter, Direction, FlowEvent, Reason, Verdict, addr, proto, rule::RuleRef,
+};
 
 use crate::{
     OutputFormat,
@@ -661,7 +662,7 @@ fn table(indent: &str, headers: &[&str], rows: Vec<Vec<String>>) -> String {
 mod tests {
     use super::*;
     use crate::scenario::STEPS;
-    use tollgate_enforcer::desired::{NamedRule, PolicyTier, RuleAction};
+    use tollgate_schemas::rule::{NamedRule, PolicyTier, RuleAction};
 
     fn report(ok: bool) -> LabReport {
         let step = &STEPS[0];
