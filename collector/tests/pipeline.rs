@@ -26,10 +26,11 @@ use k8s_openapi::api::core::v1::Pod;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::Notify;
+use tollgate_agent::naming::{naming, pod_changes, workload_of};
 use tollgate_collector::{
     clock::{NS_PER_S, boottime_ns, compact_utc, partition_date, unix_now_ns},
     config::CollectorConfig,
-    identity::{EndpointInterface, Eni, Identities, PodChanges, pod_changes, workload_of},
+    identity::{EndpointInterface, Eni, Identities, PodChanges},
     loss::LossSource,
     metrics::Metrics,
     pipeline::{Pipeline, SharedIdentities},
@@ -556,9 +557,11 @@ fn the_deciding_endpoints_interface_and_eni_are_recorded() {
     {
         let mut identities = identities.lock().unwrap();
         identities.observe(
-            pods_delta(&Snapshot::default(), &snapshot),
-            &snapshot.node_addresses,
-            &compiled,
+            naming(
+                pods_delta(&Snapshot::default(), &snapshot),
+                &snapshot.node_addresses,
+                &compiled,
+            ),
             boottime_ns(),
         );
         // Every endpoint was compiled on interface 1 (a `vlan…` veth: a branch ENI); 7 is
@@ -630,9 +633,11 @@ fn a_parquet_round_trip_keeps_every_column() {
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
     identities.lock().unwrap().observe(
-        pods_delta(&Snapshot::default(), &snapshot),
-        &snapshot.node_addresses,
-        &compiled,
+        naming(
+            pods_delta(&Snapshot::default(), &snapshot),
+            &snapshot.node_addresses,
+            &compiled,
+        ),
         boottime_ns(),
     );
     let (mut pipeline, recovery, metrics) = open(&settings(&spool), &identities);
@@ -1083,17 +1088,21 @@ status:
     };
 
     identities.lock().unwrap().observe(
-        pods_delta(&Snapshot::default(), &before),
-        &before.node_addresses,
-        &compiled_before,
+        naming(
+            pods_delta(&Snapshot::default(), &before),
+            &before.node_addresses,
+            &compiled_before,
+        ),
         at(t0),
     );
     pipeline.ingest(&[from_reused(t1, 1)]);
     // A is deleted; B gets its address.
     identities.lock().unwrap().observe(
-        pods_delta(&before, &after),
-        &after.node_addresses,
-        &compiled_after,
+        naming(
+            pods_delta(&before, &after),
+            &after.node_addresses,
+            &compiled_after,
+        ),
         at(t2),
     );
     pipeline.ingest(&[from_reused(t3, 4)]);
@@ -1447,9 +1456,11 @@ fn records_name_the_service_a_flow_was_addressed_to() {
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
     identities.lock().unwrap().observe(
-        pods_delta(&Snapshot::default(), &snapshot),
-        &snapshot.node_addresses,
-        &compiled,
+        naming(
+            pods_delta(&Snapshot::default(), &snapshot),
+            &snapshot.node_addresses,
+            &compiled,
+        ),
         boottime_ns(),
     );
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
@@ -1645,17 +1656,21 @@ spec:
         ..tcp(TOOLBOX, 41_000, WEB_CLUSTER_IP, 80, at(second))
     };
     identities.lock().unwrap().observe(
-        pods_delta(&Snapshot::default(), &before),
-        &before.node_addresses,
-        &compiled_before,
+        naming(
+            pods_delta(&Snapshot::default(), &before),
+            &before.node_addresses,
+            &compiled_before,
+        ),
         at(t0),
     );
     pipeline.ingest(&[to_cluster_ip(t1, 1)]);
     // web is deleted; search gets its ClusterIP.
     identities.lock().unwrap().observe(
-        pods_delta(&before, &after),
-        &after.node_addresses,
-        &compiled_after,
+        naming(
+            pods_delta(&before, &after),
+            &after.node_addresses,
+            &compiled_after,
+        ),
         at(t2),
     );
     pipeline.ingest(&[to_cluster_ip(t3, 4)]);
@@ -1706,9 +1721,11 @@ status:
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
     identities.lock().unwrap().observe(
-        pods_delta(&Snapshot::default(), &snapshot),
-        &snapshot.node_addresses,
-        &compiled,
+        naming(
+            pods_delta(&Snapshot::default(), &snapshot),
+            &snapshot.node_addresses,
+            &compiled,
+        ),
         boottime_ns(),
     );
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
