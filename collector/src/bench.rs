@@ -25,7 +25,7 @@ use crate::{
     identity::Identities,
     metrics::Metrics,
     pipeline::Pipeline,
-    read::parquet_files,
+    readback::parquet_files,
     reader::MemorySource,
     spool::SpoolError,
     writer::writer_properties,

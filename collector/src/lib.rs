@@ -24,7 +24,7 @@
 //!   aggregation table full, spool full, collector restart) becomes a `SKIPDATA` record and a
 //!   counter.
 //!
-//! [`pipeline`] holds the synchronous stages together; [`read`] reads a flow directory back
+//! [`pipeline`] holds the synchronous stages together; [`readback`] reads a flow directory back
 //! (`tollgate flows`, the lab's summary); [`config`] is the settings schema.
 
 pub mod accounting;
@@ -41,7 +41,7 @@ pub mod loss;
 pub mod metrics;
 pub mod ocsf;
 pub mod pipeline;
-pub mod read;
+pub mod readback;
 pub mod reader;
 pub mod record;
 pub mod service;

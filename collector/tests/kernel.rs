@@ -16,7 +16,7 @@ use tollgate_collector::{
     identity::Identities,
     metrics::Metrics,
     pipeline::Pipeline,
-    read::{Filter, read_dir},
+    readback::{Filter, read_dir},
     service::Collector,
 };
 use tollgate_schemas::Counter;

@@ -34,7 +34,7 @@ use tollgate_collector::{
     loss::LossSource,
     metrics::Metrics,
     pipeline::{Pipeline, SharedIdentities},
-    read::{StoredRecord, parquet_files, read_file, render_table},
+    readback::{StoredRecord, parquet_files, read_file, render_table},
     reader::MemorySource,
     record::schema,
     spool::Recovery,

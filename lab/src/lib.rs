@@ -192,7 +192,7 @@ pub enum LabError {
     Agent(String),
     /// The flow directory could not be read back.
     #[error("flow log: reading the flow directory back")]
-    FlowRead(#[from] tollgate_collector::read::ReadError),
+    FlowRead(#[from] tollgate_collector::readback::ReadError),
     /// Files did not reach the flow directory in time.
     #[error("flow log: {left} files were not delivered to {dir} (still in the spool {spool})")]
     Undelivered {

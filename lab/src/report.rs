@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 use tollgate_collector::{
     clock::rfc3339_utc,
-    read::{StoredRecord, render_table as render_records},
+    readback::{StoredRecord, render_table as render_records},
 };
 use tollgate_enforcer::{
     compile::Compiled,

@@ -11,7 +11,7 @@ use arrow_array::{
 use arrow_schema::DataType;
 use tollgate_collector::{
     clock::rfc3339_utc,
-    read::{StoredRecord, render_table},
+    readback::{StoredRecord, render_table},
 };
 
 use crate::PodRef;
