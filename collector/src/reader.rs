@@ -29,7 +29,8 @@ pub trait FlowSource {
     /// Every flow conntrack tracks now, with its packet and byte totals.
     fn tracked_flows(&self) -> Result<Vec<(FlowKey, CtEntry)>, Self::Error>;
 
-    /// Records that could not be decoded so far (wrong size or version).
+    /// Ring-buffer entries that could not be decoded into an event so far (wrong size or
+    /// version).
     fn undecodable(&self) -> u64;
 
     /// The kernel's count of events it could not write because the ring buffer was full, since
@@ -80,7 +81,7 @@ pub struct MemorySource {
     pub residual_denies: Vec<FlowEvent>,
     /// The flows conntrack tracks.
     pub tracked: Vec<(FlowKey, CtEntry)>,
-    /// Undecodable records so far.
+    /// Undecodable ring-buffer entries so far.
     pub undecodable: u64,
     /// The ring buffer's reserve failures; `None`: no counter (no probe was read).
     pub ringbuf_reserve_failed: Option<u64>,

@@ -33,7 +33,7 @@ use tollgate_collector::{
     identity::{EndpointInterface, Eni, Identities, PodChanges},
     loss::LossSource,
     metrics::Metrics,
-    pipeline::{Pipeline, SharedIdentities},
+    pipeline::{Pipeline, SharedIdentities, Tap},
     readback::{StoredRecord, parquet_files, read_file, render_table},
     reader::MemorySource,
     record::schema,
@@ -45,7 +45,7 @@ use tollgate_enforcer::{
     manifest::parse_manifests,
     snapshot::{Snapshot, Updates, pod_key},
 };
-use tollgate_schemas::{Direction, FlowEvent, Reason, Verdict, proto};
+use tollgate_schemas::{CtEntry, Direction, FlowEvent, FlowKey, Reason, Verdict, addr, proto};
 
 const CLUSTER: &str = "test-cluster";
 const NODE: &str = "node-a";
@@ -1262,6 +1262,66 @@ fn a_full_spool_refuses_files_and_counts_their_events() {
         load(&metrics.loss_records[LossSource::SpoolFull as usize]),
         1
     );
+}
+
+#[test]
+fn the_sources_events_residual_denies_and_tracked_flows_each_reach_the_pipeline_once() {
+    let spool = TempDir::new("source");
+    let identities = shared(Identities::default());
+    let (mut pipeline, _, metrics) = open(&settings(&spool), &identities);
+    let second = at(now_s() - 1);
+    let mut source = MemorySource::new([tcp(AMAZONLINUX, 1000, HTTPD, 80, second)]);
+    source
+        .residual_denies
+        .push(tcp(AMAZONLINUX, 1001, HTTPD, 80, second));
+    let tapped = Arc::new(AtomicU64::new(0));
+    let mut tap: Option<Tap> = Some(Box::new({
+        let tapped = Arc::clone(&tapped);
+        move |_| {
+            tapped.fetch_add(1, Ordering::Relaxed);
+        }
+    }));
+    pipeline.report_residual_denies(&mut source, &mut tap);
+    assert_eq!(
+        load(&metrics.events),
+        2,
+        "the waiting event, then the residual deny"
+    );
+    assert_eq!(load(&tapped), 2, "the tap sees both");
+    pipeline.report_residual_denies(&mut source, &mut tap);
+    assert_eq!(load(&metrics.events), 2, "each is read once");
+
+    // A tracked flow's packets after its decision become one event of their own.
+    let key = FlowKey {
+        endpoint: 0,
+        direction: Direction::Egress as u8,
+        protocol: proto::TCP,
+        _pad: [0; 2],
+        src_addr: addr::to_bytes(AMAZONLINUX.parse().unwrap()),
+        dst_addr: addr::to_bytes(HTTPD.parse().unwrap()),
+        src_port: 1002,
+        dst_port: 80,
+    };
+    let entry = CtEntry {
+        created_ns: second,
+        last_seen_ns: second,
+        packets: 3,
+        bytes: 300,
+        revision: 1,
+        rule_id: 0,
+        verdict: Verdict::Allow as u8,
+        reason: Reason::AllowedByRule as u8,
+        tcp_flags: 0x12,
+        _pad: 0,
+        first_len: 100,
+        _pad2: 0,
+    };
+    source.tracked.push((key, entry));
+    pipeline.account_tracked(&source);
+    assert_eq!(load(&metrics.events), 3);
+    pipeline.account_tracked(&source);
+    assert_eq!(load(&metrics.events), 3, "nothing new was counted");
+    pipeline.finish(&source).expect("a clean stop");
 }
 
 #[test]
