@@ -1303,17 +1303,17 @@ fn the_sources_events_residual_denies_and_tracked_flows_each_reach_the_pipeline_
         dst_port: 80,
     };
     let entry = CtEntry {
-        created_ns: second,
-        last_seen_ns: second,
+        verdict: Verdict::Allow as u8,
         packets: 3,
         bytes: 300,
-        revision: 1,
-        rule_id: 0,
-        verdict: Verdict::Allow as u8,
-        reason: Reason::AllowedByRule as u8,
-        tcp_flags: 0x12,
-        _pad: 0,
+        created_ns: second,
         first_len: 100,
+        tcp_flags: 0x12,
+        reason: Reason::AllowedByRule as u8,
+        rule_id: 0,
+        revision: 1,
+        last_seen_ns: second,
+        _pad: 0,
         _pad2: 0,
     };
     source.tracked.push((key, entry));
