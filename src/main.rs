@@ -778,10 +778,10 @@ fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn flows_command(args: &FlowsArgs) -> anyhow::Result<ExitCode> {
-    use tollgate_collector::{clock, read};
+    use tollgate_collector::{clock, readback};
     let now_s = clock::unix_now_ns() / clock::NS_PER_S;
     let since_s = match &args.since {
-        Some(text) => Some(read::parse_since(text, now_s).with_context(|| {
+        Some(text) => Some(readback::parse_since(text, now_s).with_context(|| {
             format!(
                 "--since {text:?}: expected YYYY-MM-DDTHH:MM:SSZ, Unix seconds, or an age like \
                  15m, 2h, 1d"
@@ -789,17 +789,17 @@ fn flows_command(args: &FlowsArgs) -> anyhow::Result<ExitCode> {
         })?),
         None => None,
     };
-    let filter = read::Filter {
+    let filter = readback::Filter {
         denied: args.denied,
         since_s,
     };
     let (text, skipped) = match args.output {
         Output::Table => {
-            let log = read::read_flow_log(&args.dir, &filter)?;
-            (read::render_table(&log.records), log.skipped)
+            let log = readback::read_flow_log(&args.dir, &filter)?;
+            (readback::render_table(&log.records), log.skipped)
         }
         Output::Json => {
-            let log = read::read_flow_log_columns(&args.dir, &filter)?;
+            let log = readback::read_flow_log_columns(&args.dir, &filter)?;
             let mut text = String::new();
             for record in &log.records {
                 text.push_str(&serde_json::to_string(record)?);
@@ -864,7 +864,7 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
 /// changed (or what is left is named).
 fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
     use tollgate_collector::clock::{NS_PER_S, rfc3339_utc, unix_now_ns};
-    use tollgate_collector::read::parse_since;
+    use tollgate_collector::readback::parse_since;
     use tollgate_incident::{
         cluster::KubeCluster, legal_hold, legal_hold::Target, quarantine, record, source::Reader,
     };
@@ -963,7 +963,7 @@ fn quarantine_command(args: &QuarantineArgs) -> anyhow::Result<ExitCode> {
 fn evidence_command(args: &EvidenceArgs) -> anyhow::Result<ExitCode> {
     use tollgate_collector::{
         clock::{NS_PER_S, unix_now_ns},
-        read::parse_since,
+        readback::parse_since,
     };
     use tollgate_incident::evidence;
     if let Some(EvidenceCommand::ReleaseHold {
@@ -1145,7 +1145,7 @@ fn digest_command(command: &DigestCommand) -> anyhow::Result<ExitCode> {
         } => {
             use tollgate_collector::{
                 clock::{NS_PER_S, unix_now_ns},
-                read::parse_since,
+                readback::parse_since,
             };
             use tollgate_incident::{digest_verify, source::Reader};
             let now_s = unix_now_ns() / NS_PER_S;
@@ -1232,7 +1232,7 @@ fn release_hold_command(
 ) -> anyhow::Result<ExitCode> {
     use tollgate_collector::{
         clock::{NS_PER_S, unix_now_ns},
-        read::parse_since,
+        readback::parse_since,
     };
     use tollgate_incident::{legal_hold, source::Reader};
     let now_s = unix_now_ns() / NS_PER_S;

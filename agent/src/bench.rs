@@ -32,6 +32,8 @@ use kube::runtime::watcher;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::Notify;
 use tollgate_collector::identity::Identities;
+
+use crate::naming::naming;
 use tollgate_enforcer::{
     bench::scale::{Shape, current_rss_mib, generate},
     compile::{ClusterObject, ObjectKind},
@@ -150,7 +152,7 @@ pub fn agent(shape: Shape, dir: &Path) -> Result<AgentCase, String> {
         .map_or(start, |changes| changes.last_arrival.into_std());
     let compiled = agent.synced().ok_or("the first pass did not sync")?;
     let mut identities = Identities::default();
-    identities.observe(pass.pods, agent.node_addresses(), compiled, 0);
+    identities.observe(naming(pass.pods, agent.node_addresses(), compiled), 0);
     let identities_count = compiled.ids.identities.len();
     let report = pass.report;
     let case = AgentCase {

@@ -22,8 +22,8 @@
 //! ([`endpoints`], named as the node's VPC CNI configuration says: [`cni`]) as the reconciler's local endpoints and the node's own addresses
 //! ([`node_addresses`]: their traffic to local pods passes ingress policy), kept current between
 //! cluster changes by a netlink watch ([`links`]: a new veth gets the probe at once, a late host
-//! route or a changed node address starts a pass), the collector on the probe's events, and the
-//! HTTP endpoints.
+//! route or a changed node address starts a pass), the collector on the probe's events (named
+//! through the table [`naming`] builds after every pass), and the HTTP endpoints.
 //!
 //! Around them: [`bench`] (`tollgate bench agent`: what the agent holds for a generated
 //! cluster), [`config`] (the one settings file of agent and collector), [`http`]
@@ -38,6 +38,7 @@ pub mod endpoints;
 pub mod http;
 pub mod links;
 pub mod metrics;
+pub mod naming;
 pub mod netlink;
 pub mod node_addresses;
 pub mod pins;

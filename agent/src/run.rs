@@ -34,6 +34,7 @@ use tollgate_enforcer::{
 };
 
 use crate::Error;
+use crate::naming;
 use crate::reconcile::{LocalEndpoints, Reconciler, Report};
 use crate::source::ClusterSource;
 use crate::watch::Changes;
@@ -121,9 +122,9 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         self.drift_at = self.drift_at.map(|_| Instant::now() + every);
     }
 
-    /// The compilation the maps were last synced to: what
-    /// `tollgate_collector::identity::Identities::observe` records after a pass (with the
-    /// pass's pods and [`Agent::node_addresses`]). `None` before the first pass and after a
+    /// The compilation the maps were last synced to: what the collector's naming table is
+    /// built from after a pass ([`crate::naming::naming`], with the pass's pods and
+    /// [`Agent::node_addresses`]). `None` before the first pass and after a
     /// failed one.
     pub fn synced(&self) -> Option<&Compiled> {
         self.reconciler.synced()
@@ -234,7 +235,7 @@ impl<S: ClusterSource, E: LocalEndpoints> Agent<S, E> {
         let delta = self.source.take_delta();
         self.reconciler.apply(&delta);
         self.endpoints.track(&delta.pods);
-        self.unobserved.add(&delta.pods);
+        naming::add_pods(&mut self.unobserved, &delta.pods);
     }
 
     /// A failed pass: logged, and retried after the next of [`retry_delays`].

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tollgate_agent::source::{StaticHandle, StaticSource};
-use tollgate_collector::read::{Filter, StoredRecord, read_dir, render_table};
+use tollgate_collector::readback::{Filter, StoredRecord, read_dir, render_table};
 use tollgate_enforcer::{compile::ENFORCEMENT_ANNOTATION, snapshot::Snapshot};
 
 use support::{

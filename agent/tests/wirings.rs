@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tollgate_agent::source::StaticSource;
-use tollgate_collector::read::{Filter, StoredRecord, read_dir, render_table};
+use tollgate_collector::readback::{Filter, StoredRecord, read_dir, render_table};
 
 use support::{
     Bpffs, Node, RunningAgent, TempDir, Wiring, agent_config, http_ok, privileged, seed,

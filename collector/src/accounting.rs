@@ -4,15 +4,15 @@
 //! The probe writes one event when it allows a flow (its first packet); later packets, both
 //! directions, only bump the flow's conntrack entry. [`Accounting::report`] walks a snapshot of
 //! the entries and turns what each one counted since the previous walk into a [`FlowEvent`]
-//! with the flow's own verdict, reason and rule, stamped with the entry's last packet, so the
-//! aggregator adds it to the flow's record of that window. An entry seen for the first time
+//! ([`FlowEvent::tracked`]) with the flow's own verdict, reason and rule, stamped with the
+//! entry's last packet, so the aggregator adds it to the flow's record of that window. An entry seen for the first time
 //! starts after its first packet (`CtEntry::first_len`), which the decision event reported.
 //! Packets counted between a walk and the entry's removal (expiry, eviction) are not reported.
 
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
-use tollgate_schemas::{CtEntry, FLOW_EVENT_VERSION, FlowEvent, FlowKey, addr};
+use tollgate_schemas::{CtEntry, FlowEvent, FlowKey};
 
 /// Packet and byte totals of each tracked flow at the previous walk.
 #[derive(Debug, Default)]
@@ -40,7 +40,7 @@ impl Accounting {
             }
             let packets = entry.packets - before.0;
             if packets > 0 {
-                events.push(event(
+                events.push(FlowEvent::tracked(
                     key,
                     entry,
                     packets,
@@ -54,39 +54,9 @@ impl Accounting {
     }
 }
 
-fn event(key: &FlowKey, entry: &CtEntry, packets: u64, bytes: u64) -> FlowEvent {
-    let family = if addr::from_bytes(key.src_addr).is_ipv4() {
-        4
-    } else {
-        6
-    };
-    FlowEvent {
-        version: FLOW_EVENT_VERSION,
-        family,
-        protocol: key.protocol,
-        direction: key.direction,
-        verdict: entry.verdict,
-        reason: entry.reason,
-        tcp_flags: entry.tcp_flags,
-        ts_ns: entry.last_seen_ns,
-        ifindex: 0,
-        endpoint: key.endpoint,
-        rule_id: entry.rule_id,
-        src_port: key.src_port,
-        dst_port: key.dst_port,
-        src_addr: key.src_addr,
-        dst_addr: key.dst_addr,
-        packets,
-        bytes,
-        icmp_type: 0,
-        icmp_code: 0,
-        _pad: [0; 6],
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use tollgate_schemas::{Direction, Reason, Verdict, proto};
+    use tollgate_schemas::{Direction, Reason, Verdict, addr, proto};
 
     use super::*;
 

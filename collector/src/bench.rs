@@ -25,7 +25,8 @@ use crate::{
     identity::Identities,
     metrics::Metrics,
     pipeline::Pipeline,
-    read::parquet_files,
+    readback::parquet_files,
+    reader::MemorySource,
     spool::SpoolError,
     writer::writer_properties,
 };
@@ -121,7 +122,8 @@ pub fn collector(events: u64) -> Result<CollectorBench, BenchError> {
         collected += round as u64;
     }
     let records = metrics.records.load(std::sync::atomic::Ordering::Relaxed);
-    pipeline.finish(None)?;
+    // The flows alone are measured: no kernel loss is read into the files.
+    pipeline.finish(&MemorySource::default())?;
     let files =
         parquet_files(&spool_dir.join("ready")).map_err(|e| BenchError::Files(e.to_string()))?;
     let parquet_bytes = files

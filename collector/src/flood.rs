@@ -9,11 +9,12 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use tollgate_enforcer::{
-    events::EventReader,
     packet::PacketSpec,
     probe::{Probe, ProbeError},
 };
 use tollgate_schemas::{program_names, proto};
+
+use crate::reader::EventReader;
 
 /// Flows per source address (source ports 1024…65535).
 const PORTS: u32 = 64_512;

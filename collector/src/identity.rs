@@ -2,9 +2,10 @@
 //! Service a ClusterIP and port stood for, what a rule id stood for, and whether an endpoint
 //! ran in audit mode, *at the time of an event*.
 //!
-//! The enforcer tells the collector what the cluster looks like after every change
-//! ([`Identities::observe`], with the time of the change in the probe's clock); each fact is
-//! kept as a [`History`] of spans:
+//! Whoever watches the cluster (the agent, the lab) tells the collector what it looks like
+//! after every change in a [`Naming`] table of plain names, built from its own snapshot and
+//! compilation ([`Identities::observe`], with the time of the change in the probe's clock);
+//! each fact is kept as a [`History`] of spans:
 //! - pods by address, kept by difference: each observe is given only the pods that changed
 //!   since the last one (every pod the first time; a gone pod as `None`). Each pod claims the
 //!   addresses it lists (hostNetwork pods claim none: their addresses are their node's, shared
@@ -14,9 +15,9 @@
 //!   Only addresses whose claims changed are touched, and the identity is shared between the
 //!   claim and the span;
 //! - the node's own addresses, as the agent finds them on the node;
-//! - Services by (ClusterIP, protocol, port), from the compiled Services (headless Services
-//!   have no ClusterIP and name nothing);
-//! - rule ids, and each endpoint's audit flags and interface index, from the compilation;
+//! - Services by (ClusterIP, protocol, port) (headless Services have no ClusterIP and name
+//!   nothing);
+//! - rule ids, and each endpoint's audit flags and interface index;
 //! - the endpoints' host interfaces by index (name, branch ENI or not), from the agent's
 //!   discovery of the node ([`Identities::observe_interfaces`]).
 //!
@@ -34,13 +35,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
-use k8s_openapi::api::core::v1::Pod;
-use tollgate_enforcer::{
-    compile::{Compiled, services::ServiceInfo},
-    desired::NamedRule,
-    snapshot::{Updates, pod_addresses},
-};
-use tollgate_schemas::{Direction, addr, endpoint_flags};
+use tollgate_schemas::{Direction, addr, endpoint_flags, rule::NamedRule};
 
 /// How long a closed span is kept: events older than this arrive only from a stalled reader.
 pub const DEFAULT_RETENTION_NS: u64 = 15 * 60 * 1_000_000_000;
@@ -55,63 +50,11 @@ pub struct PodIdentity {
     pub namespace: String,
     /// Name.
     pub name: String,
-    /// Owning workload as `Kind/name` (see [`workload_of`]).
+    /// Owning workload as `Kind/name` (a Deployment's pods say `Deployment/<name>`, not their
+    /// ReplicaSet; `Pod/<name>` for a pod without a controller).
     pub workload: String,
     /// Labels (shared by the identities with the same: a workload's pods).
     pub labels: Arc<BTreeMap<String, String>>,
-}
-
-impl PodIdentity {
-    /// The identity of `pod`.
-    pub fn of(pod: &Pod) -> Self {
-        let meta = &pod.metadata;
-        let name = meta.name.clone().unwrap_or_default();
-        Self {
-            namespace: meta
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_owned()),
-            workload: workload_of(pod),
-            labels: Arc::new(
-                meta.labels
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-            ),
-            name,
-        }
-    }
-}
-
-/// The workload that owns `pod`, as `Kind/name`: its controller owner, with a ReplicaSet
-/// named `<deployment>-<pod-template-hash>` read as `Deployment/<deployment>` (what
-/// `kubectl get deploy` shows); `Pod/<name>` for a pod without a controller.
-pub fn workload_of(pod: &Pod) -> String {
-    let meta = &pod.metadata;
-    let controller = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|owner| owner.controller == Some(true));
-    let Some(owner) = controller else {
-        return format!("Pod/{}", meta.name.as_deref().unwrap_or_default());
-    };
-    let hash = meta
-        .labels
-        .as_ref()
-        .and_then(|labels| labels.get("pod-template-hash"));
-    if owner.kind == "ReplicaSet"
-        && let Some(hash) = hash
-        && let Some(deployment) = owner
-            .name
-            .strip_suffix(hash.as_str())
-            .and_then(|rest| rest.strip_suffix('-'))
-        && !deployment.is_empty()
-    {
-        return format!("Deployment/{deployment}");
-    }
-    format!("{}/{}", owner.kind, owner.name)
 }
 
 /// Who held an address at a moment, as flow records name an end of a flow.
@@ -156,7 +99,8 @@ pub struct ServiceAddress {
 }
 
 impl ServiceAddress {
-    fn new(addr: IpAddr, protocol: u8, port: u16) -> Self {
+    /// `addr`'s `protocol` and `port`.
+    pub fn new(addr: IpAddr, protocol: u8, port: u16) -> Self {
         Self {
             addr: addr::to_bytes(addr),
             protocol,
@@ -311,13 +255,33 @@ impl<K: Eq + Hash + Clone, V: PartialEq> History<K, V> {
     }
 }
 
-/// What the compilation says of one endpoint: its flags (audit per direction), the index of
-/// its host interface, and the NetworkPolicies that isolate it (ingress, egress).
+/// What the compilation says of one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct EndpointFacts {
-    flags: u32,
-    ifindex: u32,
-    isolating: [Arc<[String]>; 2],
+pub struct EndpointFacts {
+    /// Its flags (`endpoint_flags`: audit per direction).
+    pub flags: u32,
+    /// The index of its host interface.
+    pub ifindex: u32,
+    /// The NetworkPolicies (`namespace/name`) that isolate it: ingress, egress.
+    pub isolating: [Arc<[String]>; 2],
+}
+
+/// The naming table: what the cluster looks like after a change, as flow records name it.
+/// Whoever watches the cluster (the agent, the lab) builds one from its snapshot and
+/// compilation after every change, and [`Identities::observe`] keeps it over time.
+#[derive(Debug, Clone, Default)]
+pub struct Naming {
+    /// The pods that changed since the previous table (every pod the first time), each with
+    /// what it claims now.
+    pub pods: PodChanges,
+    /// The node's own addresses, all of them each time.
+    pub node_addresses: Vec<IpAddr>,
+    /// The Service each (ClusterIP, protocol, port) stands for (headless Services have none).
+    pub services: HashMap<ServiceAddress, ServiceIdentity>,
+    /// What each compiled rule id stands for.
+    pub rules: HashMap<u32, NamedRule>,
+    /// What the compilation says of each endpoint, by endpoint id.
+    pub endpoints: HashMap<u32, EndpointFacts>,
 }
 
 /// Label maps, each once.
@@ -336,29 +300,38 @@ pub struct PodClaims {
 }
 
 impl PodClaims {
-    /// What `pod` claims: its addresses (16-byte form, without duplicates) with its
-    /// identity, whose label map is the one of `label_sets` equal to it (added when none
-    /// is); `None` for a hostNetwork pod or one without an address.
-    fn of(pod: &Pod, label_sets: &mut LabelSets) -> Option<PodClaims> {
-        if is_host_network(pod) {
-            return None;
-        }
-        let mut addresses: Vec<[u8; 16]> = Vec::new();
-        for address in pod_addresses(pod) {
+    /// What a pod of `identity` that lists `addresses` claims: its addresses (16-byte form,
+    /// without duplicates) with its identity; `None` when it lists none. A hostNetwork pod
+    /// claims nothing (its addresses are its node's): whoever builds the claims leaves it out.
+    pub fn new(identity: PodIdentity, addresses: impl IntoIterator<Item = IpAddr>) -> Option<Self> {
+        let mut kept: Vec<[u8; 16]> = Vec::new();
+        for address in addresses {
             let address = addr::to_bytes(address);
-            if !addresses.contains(&address) {
-                addresses.push(address);
+            if !kept.contains(&address) {
+                kept.push(address);
             }
         }
-        if addresses.is_empty() {
+        if kept.is_empty() {
             return None;
         }
-        let mut identity = PodIdentity::of(pod);
-        identity.labels = shared(label_sets, &identity.labels);
         Some(PodClaims {
             identity: Arc::new(identity),
-            addresses,
+            addresses: kept,
         })
+    }
+
+    /// The same claims, whose identity's label map is the one of `label_sets` equal to it
+    /// (added when none is).
+    fn sharing(self, label_sets: &mut LabelSets) -> Self {
+        let labels = shared(label_sets, &self.identity.labels);
+        if Arc::ptr_eq(&labels, &self.identity.labels) {
+            return self;
+        }
+        let identity = Arc::new(PodIdentity {
+            labels,
+            ..(*self.identity).clone()
+        });
+        PodClaims { identity, ..self }
     }
 }
 
@@ -375,15 +348,11 @@ pub struct PendingPods {
 }
 
 impl PendingPods {
-    /// Adds what each pod of `pods` claims now (`None`: gone); a pod's later change replaces
-    /// its earlier one.
-    pub fn add(&mut self, pods: &Updates<Pod>) {
-        for (key, pod) in pods {
-            let claims = pod
-                .as_deref()
-                .and_then(|pod| PodClaims::of(pod, &mut self.label_sets));
-            self.changes.insert(key.clone(), claims);
-        }
+    /// Adds what pod `key` (namespace, name) claims now (`None`: gone, or claims nothing); a
+    /// pod's later change replaces its earlier one.
+    pub fn add(&mut self, key: (String, String), claims: Option<PodClaims>) {
+        let claims = claims.map(|claims| claims.sharing(&mut self.label_sets));
+        self.changes.insert(key, claims);
     }
 
     /// The changes gathered; none is kept.
@@ -391,13 +360,6 @@ impl PendingPods {
         self.label_sets.clear();
         std::mem::take(&mut self.changes)
     }
-}
-
-/// What each pod of `pods` claims now.
-pub fn pod_changes(pods: &Updates<Pod>) -> PodChanges {
-    let mut pending = PendingPods::default();
-    pending.add(pods);
-    pending.take()
 }
 
 /// The label map of `label_sets` equal to `labels`; `labels`, added, when there is none.
@@ -471,66 +433,36 @@ impl Identities {
         }
     }
 
-    /// Records the cluster as it is from `at_ns` (ns of `CLOCK_BOOTTIME`) on: the pods that
-    /// changed since the last call (`pods`: every pod the first time, each with what it claims
-    /// now, [`pod_changes`]) by address, the node's own addresses (`node_addresses`, all of
-    /// them each time), and the Services, rule ids and endpoint audit flags of `compiled`.
-    /// What the first call records is taken to hold since before the collector started.
+    /// Records the cluster as `naming` tells it from `at_ns` (ns of `CLOCK_BOOTTIME`) on: the
+    /// pods that changed since the last call by address, the node's own addresses, and the
+    /// Services, rule ids and endpoint facts. What the first call records is taken to hold
+    /// since before the collector started.
     ///
     /// Pods are kept by difference: a changed pod replaces the addresses it claims
     /// (hostNetwork pods and pods without an address claim none), a gone pod drops them, and
     /// only the addresses whose claims changed get a new span (or end). An address several
     /// pods claim is held by the one that claimed it last; a pod that keeps an address it
     /// already claimed keeps its place. A pod given again unchanged opens no span.
-    pub fn observe(
-        &mut self,
-        pods: PodChanges,
-        node_addresses: &[IpAddr],
-        compiled: &Compiled,
-        at_ns: u64,
-    ) {
+    pub fn observe(&mut self, naming: Naming, at_ns: u64) {
         let at_ns = if self.observed { at_ns } else { 0 };
         self.observed = true;
 
-        self.observe_pods(pods, at_ns);
+        self.observe_pods(naming.pods, at_ns);
 
-        let nodes: HashMap<[u8; 16], NodeAddress> = node_addresses
+        let nodes: HashMap<[u8; 16], NodeAddress> = naming
+            .node_addresses
             .iter()
             .map(|address| (addr::to_bytes(*address), NodeAddress))
             .collect();
         replace(&mut self.nodes, nodes, at_ns, &mut self.serial);
-
+        replace(&mut self.services, naming.services, at_ns, &mut self.serial);
+        replace(&mut self.rules, naming.rules, at_ns, &mut self.serial);
         replace(
-            &mut self.services,
-            service_addresses(&compiled.services),
+            &mut self.endpoints,
+            naming.endpoints,
             at_ns,
             &mut self.serial,
         );
-
-        let rules: HashMap<u32, NamedRule> = compiled
-            .rules
-            .iter()
-            .map(|(id, rule)| (*id, rule.clone()))
-            .collect();
-        replace(&mut self.rules, rules, at_ns, &mut self.serial);
-
-        let endpoints: HashMap<u32, EndpointFacts> = compiled
-            .desired
-            .endpoints
-            .values()
-            .map(|state| {
-                let isolating = compiled.isolating.get(&state.id);
-                let facts = EndpointFacts {
-                    flags: state.flags,
-                    ifindex: state.ifindex,
-                    isolating: [0, 1].map(|slot| {
-                        isolating.map_or_else(|| Arc::from([]), |names| Arc::from(&names[slot][..]))
-                    }),
-                };
-                (state.id, facts)
-            })
-            .collect();
-        replace(&mut self.endpoints, endpoints, at_ns, &mut self.serial);
 
         if let Some(before) = at_ns.checked_sub(self.retention_ns) {
             self.pods.prune(before);
@@ -690,57 +622,17 @@ impl Identities {
     }
 }
 
-/// Whether `pod` shares its node's network namespace (`spec.hostNetwork`): its addresses are
-/// the node's, so they name no pod.
-fn is_host_network(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|spec| spec.host_network)
-        .unwrap_or(false)
-}
-
 /// `claims` as kept: the identity of `old` (what the pod claimed before) when equal, so that
 /// the claims and the history share one, and else one whose label map is shared with the
 /// identities that have the same.
 fn kept(claims: PodClaims, old: Option<&PodClaims>, label_sets: &mut LabelSets) -> PodClaims {
-    let identity = match old {
-        Some(old) if old.identity == claims.identity => Arc::clone(&old.identity),
-        _ => {
-            let labels = shared(label_sets, &claims.identity.labels);
-            match Arc::ptr_eq(&labels, &claims.identity.labels) {
-                true => Arc::clone(&claims.identity),
-                false => Arc::new(PodIdentity {
-                    labels,
-                    ..(*claims.identity).clone()
-                }),
-            }
-        }
-    };
-    PodClaims {
-        identity,
-        addresses: claims.addresses,
+    match old {
+        Some(old) if old.identity == claims.identity => PodClaims {
+            identity: Arc::clone(&old.identity),
+            addresses: claims.addresses,
+        },
+        _ => claims.sharing(label_sets),
     }
-}
-
-/// Every (ClusterIP, protocol, port) of `services` with the Service it stands for; headless
-/// Services have no ClusterIP and add nothing.
-fn service_addresses(services: &[Arc<ServiceInfo>]) -> HashMap<ServiceAddress, ServiceIdentity> {
-    let mut table = HashMap::new();
-    for service in services {
-        let identity = ServiceIdentity {
-            namespace: service.namespace.clone(),
-            name: service.name.clone(),
-        };
-        for cluster_ip in &service.cluster_ips {
-            for port in &service.ports {
-                table.insert(
-                    ServiceAddress::new(*cluster_ip, port.protocol, port.port),
-                    identity.clone(),
-                );
-            }
-        }
-    }
-    table
 }
 
 /// Makes `history` hold exactly `now` from `at_ns` on: changed keys get a new span, vanished
@@ -763,57 +655,47 @@ fn replace<K: Eq + Hash + Clone, V: PartialEq>(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{PodIP, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
     use super::*;
 
-    /// A pod of namespace `default` with `labels`, listing `ips`.
-    fn pod(name: &str, labels: &[(&str, &str)], ips: &[&str], host_network: bool) -> Arc<Pod> {
-        Arc::new(Pod {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                namespace: Some("default".to_owned()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                ),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PodSpec {
-                host_network: host_network.then_some(true),
-                ..PodSpec::default()
-            }),
-            status: Some(PodStatus {
-                pod_ips: Some(
-                    ips.iter()
-                        .map(|ip| PodIP {
-                            ip: (*ip).to_owned(),
-                        })
-                        .collect(),
-                ),
-                ..PodStatus::default()
-            }),
-        })
+    /// A pod of namespace `default` with `labels`, listing `ips`: its name and claims (none
+    /// for a hostNetwork pod, as the agent builds them).
+    fn pod(
+        name: &str,
+        labels: &[(&str, &str)],
+        ips: &[&str],
+        host_network: bool,
+    ) -> (String, Option<PodClaims>) {
+        let identity = PodIdentity {
+            namespace: "default".to_owned(),
+            name: name.to_owned(),
+            workload: format!("Pod/{name}"),
+            labels: Arc::new(self::labels(labels)),
+        };
+        let addresses = ips.iter().map(|ip| ip.parse().unwrap());
+        let claims = (!host_network)
+            .then(|| PodClaims::new(identity, addresses))
+            .flatten();
+        (name.to_owned(), claims)
     }
 
-    /// The updates that give `changed` as they are now and `gone` as deleted.
-    fn updates(changed: &[&Arc<Pod>], gone: &[&str]) -> Updates<Pod> {
-        let mut updates = Updates::new();
-        for pod in changed {
-            let name = pod.metadata.name.clone().unwrap();
-            updates.insert(("default".to_owned(), name), Some(Arc::clone(pod)));
+    /// The changes that give `changed` as they are now and `gone` as deleted.
+    fn updates(changed: &[&(String, Option<PodClaims>)], gone: &[&str]) -> PodChanges {
+        let mut pending = PendingPods::default();
+        for (name, claims) in changed {
+            pending.add(("default".to_owned(), name.clone()), claims.clone());
         }
         for name in gone {
-            updates.insert(("default".to_owned(), (*name).to_owned()), None);
+            pending.add(("default".to_owned(), (*name).to_owned()), None);
         }
-        updates
+        pending.take()
     }
 
-    fn observe(identities: &mut Identities, pods: &Updates<Pod>, at_ns: u64) {
-        identities.observe(pod_changes(pods), &[], &Compiled::default(), at_ns);
+    fn observe(identities: &mut Identities, pods: &PodChanges, at_ns: u64) {
+        let naming = Naming {
+            pods: pods.clone(),
+            ..Naming::default()
+        };
+        identities.observe(naming, at_ns);
     }
 
     /// The pod that held `ip` at `ts_ns`: its serial, name and labels.
@@ -940,7 +822,7 @@ mod tests {
         let key = ("default".to_owned(), "web".to_owned());
         assert!(Arc::ptr_eq(&holder, &identities.pod_claims[&key].identity));
         // Nothing changed: nothing to do.
-        observe(&mut identities, &Updates::new(), 300);
+        observe(&mut identities, &PodChanges::new(), 300);
         assert_eq!(held(&identities, "10.0.0.1", 350).unwrap().0, serial);
         assert_eq!(identities.pod_spans(), 1);
     }
@@ -970,11 +852,15 @@ mod tests {
         let mut identities = Identities::default();
         let web = pod("web", &[("app", "web")], &["10.0.0.1"], false);
         let node: IpAddr = "192.168.1.10".parse().unwrap();
-        let pods = pod_changes(&updates(&[&web], &[]));
-        identities.observe(pods, &[node], &Compiled::default(), 0);
+        let naming = Naming {
+            pods: updates(&[&web], &[]),
+            node_addresses: vec![node],
+            ..Naming::default()
+        };
+        identities.observe(naming, 0);
         let holding = identities.holder_at(&addr::to_bytes(node), 50).unwrap();
         assert_eq!(holding.holder, Holder::Node);
-        identities.observe(PodChanges::new(), &[], &Compiled::default(), 100);
+        identities.observe(Naming::default(), 100);
         assert!(identities.holder_at(&addr::to_bytes(node), 150).is_none());
         assert_eq!(held(&identities, "10.0.0.1", 150).unwrap().1, "web");
     }

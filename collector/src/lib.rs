@@ -2,6 +2,8 @@
 //! every loss counted and written down.
 //!
 //! Data flows through the modules in this order:
+//! - [`reader`]: the collector's input, a [`reader::FlowSource`] (the probe's ring buffer and
+//!   maps, which the agent hands over; events in memory for tests);
 //! - [`service`]: the running collector. Its reader thread waits on the ring buffer
 //!   (`AsyncFd`), drains it on wakeups and on a timer, reports residual denies, and has
 //!   [`accounting`] turn the packets conntrack counted for allowed flows into events;
@@ -22,7 +24,7 @@
 //!   aggregation table full, spool full, collector restart) becomes a `SKIPDATA` record and a
 //!   counter.
 //!
-//! [`pipeline`] holds the synchronous stages together; [`read`] reads a flow directory back
+//! [`pipeline`] holds the synchronous stages together; [`readback`] reads a flow directory back
 //! (`tollgate flows`, the lab's summary); [`config`] is the settings schema.
 
 pub mod accounting;
@@ -39,7 +41,8 @@ pub mod loss;
 pub mod metrics;
 pub mod ocsf;
 pub mod pipeline;
-pub mod read;
+pub mod readback;
+pub mod reader;
 pub mod record;
 pub mod service;
 pub mod ship;

@@ -28,8 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use tollgate_enforcer::events::EventReader;
-use tollgate_schemas::{Counter, FlowEvent};
+use tollgate_schemas::FlowEvent;
 
 use crate::{
     accounting::Accounting,
@@ -39,6 +38,7 @@ use crate::{
     identity::Identities,
     loss::{LossLedger, LossSource},
     metrics::Metrics,
+    reader::FlowSource,
     record::FlowRecord,
     spool::{Recovery, RingbufMark, Spool, SpoolError},
     writer::{Closed, FileWriter, discard},
@@ -181,16 +181,31 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Adds every event waiting in `reader`, handing each to `tap` too (when given).
-    pub fn drain(&mut self, reader: &mut EventReader, tap: &mut Option<Tap>) {
+    /// Adds every event waiting in `source`, handing each to `tap` too (when given).
+    pub fn drain(&mut self, source: &mut impl FlowSource, tap: &mut Option<Tap>) {
         let identities = Arc::clone(&self.identities);
         let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
-        reader.drain_with(|event| {
+        source.drain_with(|event| {
             if let Some(tap) = tap.as_mut() {
                 tap(event);
             }
             self.add(event, &identities);
         });
+    }
+
+    /// Drains `source`, then adds its residual denies (handing each to `tap` too), so that
+    /// they follow every event the kernel wrote before them.
+    pub fn report_residual_denies(&mut self, source: &mut impl FlowSource, tap: &mut Option<Tap>) {
+        self.drain(source, tap);
+        match source.residual_denies() {
+            Ok(events) => {
+                if let Some(tap) = tap {
+                    events.iter().for_each(tap);
+                }
+                self.ingest(&events);
+            }
+            Err(error) => tracing::warn!(error = %Causes(&error), "reporting residual denies"),
+        }
     }
 
     /// Adds `events` (residual denies, or events from elsewhere than a ring buffer).
@@ -204,8 +219,8 @@ impl Pipeline {
 
     /// Adds what conntrack counted for allowed flows since the previous call (see
     /// [`Accounting`]).
-    pub fn account_tracked(&mut self, reader: &EventReader) {
-        match reader.tracked_flows() {
+    pub fn account_tracked(&mut self, source: &impl FlowSource) {
+        match source.tracked_flows() {
             Ok(flows) => {
                 let events = self.accounting.report(&flows);
                 self.ingest(&events);
@@ -237,14 +252,12 @@ impl Pipeline {
         self.losses.add(source, events, from_s, to_s);
     }
 
-    /// The periodic work: kernel loss counters (when `reader` is given), closing ended
-    /// windows, writing records and loss records, rotating aged files.
-    pub fn tick(&mut self, reader: Option<&EventReader>) {
+    /// The periodic work: the kernel loss counters of `source`, closing ended windows, writing
+    /// records and loss records, rotating aged files.
+    pub fn tick(&mut self, source: &impl FlowSource) {
         self.clock = Clock::sample();
         let now_s = unix_now_ns() / NS_PER_S;
-        if let Some(reader) = reader {
-            self.read_kernel_losses(reader, now_s);
-        }
+        self.read_kernel_losses(source, now_s);
         let records = self.aggregator.close_before(now_s, WINDOW_GRACE_S);
         self.write(records);
         let closed = self.writer.rotate_aged(&mut self.spool);
@@ -270,12 +283,11 @@ impl Pipeline {
         }
     }
 
-    /// Closes every window and file, then the spool (a clean stop).
-    pub fn finish(mut self, reader: Option<&EventReader>) -> Result<(), SpoolError> {
+    /// Reads the kernel loss counters of `source` a last time, closes every window and file,
+    /// then the spool (a clean stop).
+    pub fn finish(mut self, source: &impl FlowSource) -> Result<(), SpoolError> {
         let now_s = unix_now_ns() / NS_PER_S;
-        if let Some(reader) = reader {
-            self.read_kernel_losses(reader, now_s);
-        }
+        self.read_kernel_losses(source, now_s);
         self.flush();
         // Losses found while closing (a file that did not fit) get one more chance to be
         // written now; if that fails too, the spool's state keeps them for the next start.
@@ -287,16 +299,16 @@ impl Pipeline {
         self.spool.close()
     }
 
-    fn read_kernel_losses(&mut self, reader: &EventReader, now_s: u64) {
-        let undecodable = reader.undecodable();
+    fn read_kernel_losses(&mut self, source: &impl FlowSource, now_s: u64) {
+        let undecodable = source.undecodable();
         if undecodable > self.undecodable {
             let new = undecodable - self.undecodable;
             self.lose(LossSource::Undecodable, Some(new), self.last_tick_s, now_s);
             self.undecodable = undecodable;
         }
-        match reader.counters() {
-            Ok(counters) => {
-                let failed = counters.get(Counter::RingbufReserveFailed);
+        match source.ringbuf_reserve_failed() {
+            Ok(None) => {}
+            Ok(Some(failed)) => {
                 self.metrics
                     .ringbuf_reserve_failed
                     .store(failed, Ordering::Relaxed);

@@ -25,7 +25,7 @@ use arrow_array::{
     builder::{Int32Builder, Int64Builder, ListBuilder, MapBuilder, MapFieldNames, StringBuilder},
 };
 use arrow_schema::{ArrowError, SchemaRef};
-use tollgate_enforcer::desired::{NamedRule, PolicyTier};
+use tollgate_schemas::rule::{NamedRule, PolicyTier};
 use tollgate_schemas::{
     Direction, Reason, Verdict,
     record::{COLUMNS, FLOW_RECORD_VERSION, arrow_schema, list_items},

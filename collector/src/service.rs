@@ -20,7 +20,6 @@ use std::time::Duration;
 use tokio::io::{Interest, unix::AsyncFd};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
-use tollgate_enforcer::events::EventReader;
 use tollgate_schemas::Config;
 
 use crate::{
@@ -29,11 +28,11 @@ use crate::{
     config::CollectorConfig,
     metrics::Metrics,
     pipeline::{Pipeline, SharedIdentities, Tap},
+    reader::EventReader,
     ship::{Shipped, ship},
     sink::{SinkError, Sinks},
     spool::{Recovery, SpoolError},
 };
-use tollgate_enforcer::causes::Causes;
 
 /// The collector could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +84,13 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts collecting from `reader` with `config`, naming flows with `identities`.
-    /// Returns what the spool held from a previous run (shipped first).
+    /// Starts collecting from the probe's ring buffer and maps (`source`, the kernel's
+    /// [`crate::reader::FlowSource`], whose file descriptor wakes the reader) with `config`,
+    /// naming flows with `identities`. Returns what the spool held from a previous run
+    /// (shipped first).
     pub async fn start(
         config: &CollectorConfig,
-        reader: EventReader,
+        source: EventReader,
         identities: SharedIdentities,
         tap: Option<Tap>,
     ) -> Result<(Self, Recovery), CollectorError> {
@@ -145,7 +146,7 @@ impl Collector {
                 match runtime {
                     Ok(runtime) => runtime.block_on(read_loop(
                         pipeline,
-                        reader,
+                        source,
                         commands_rx,
                         tap,
                         timers,
@@ -247,7 +248,7 @@ enum Wake {
 
 async fn read_loop(
     mut pipeline: Pipeline,
-    reader: EventReader,
+    source: EventReader,
     mut commands: mpsc::Receiver<Command>,
     mut tap: Option<Tap>,
     timers: Timers,
@@ -255,7 +256,7 @@ async fn read_loop(
 ) {
     // SAFETY: the reader owns its ring buffer's file descriptor for as long as it lives, and
     // always returns that one; `get_mut` below only drains the ring, never replaces it.
-    let registered = unsafe { AsyncFd::register_with_interest(reader, Interest::READABLE) };
+    let registered = unsafe { AsyncFd::register_with_interest(source, Interest::READABLE) };
     let mut ring = match registered {
         Ok(ring) => ring,
         Err(error) => {
@@ -288,39 +289,24 @@ async fn read_loop(
             Wake::Readable => pipeline.drain(ring.get_mut(), tap),
             Wake::Tick => {
                 pipeline.drain(ring.get_mut(), tap);
-                pipeline.tick(Some(ring.get_ref()));
+                pipeline.tick(ring.get_ref());
             }
-            Wake::DenyFlush => flush_denies(&mut pipeline, ring.get_mut(), tap),
+            Wake::DenyFlush => pipeline.report_residual_denies(ring.get_mut(), tap),
             Wake::Accounting => pipeline.account_tracked(ring.get_ref()),
             Wake::Command(Some(Command::Sync(reply))) => {
-                flush_denies(&mut pipeline, ring.get_mut(), tap);
+                pipeline.report_residual_denies(ring.get_mut(), tap);
                 pipeline.account_tracked(ring.get_ref());
                 let _ = reply.send(());
             }
             Wake::Command(command) => {
-                flush_denies(&mut pipeline, ring.get_mut(), tap);
+                pipeline.report_residual_denies(ring.get_mut(), tap);
                 pipeline.account_tracked(ring.get_ref());
-                let finished = pipeline.finish(Some(ring.get_ref()));
+                let finished = pipeline.finish(ring.get_ref());
                 if let Some(Command::Stop(reply)) = command {
                     let _ = reply.send(finished);
                 }
                 return;
             }
         }
-    }
-}
-
-/// Drains the ring, then reports the residual denies, so that their events follow every
-/// event the kernel wrote before them.
-fn flush_denies(pipeline: &mut Pipeline, reader: &mut EventReader, tap: &mut Option<Tap>) {
-    pipeline.drain(reader, tap);
-    match reader.flush_denies() {
-        Ok(events) => {
-            if let Some(tap) = tap {
-                events.iter().for_each(tap);
-            }
-            pipeline.ingest(&events);
-        }
-        Err(error) => tracing::warn!(error = %Causes(&error), "reporting residual denies"),
     }
 }

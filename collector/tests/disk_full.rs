@@ -29,6 +29,7 @@ use tollgate_collector::{
     loss::LossSource,
     metrics::Metrics,
     pipeline::Pipeline,
+    reader::MemorySource,
     sink::LocalSink,
 };
 use tollgate_schemas::FlowEvent;
@@ -220,14 +221,16 @@ fn a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room() 
 
     disk.free();
     std::thread::sleep(Duration::from_millis(1100));
-    pipeline.tick(None);
+    pipeline.tick(&MemorySource::default());
     assert_eq!(
         loss_records(&spool),
         vec![("spool-error".to_owned(), Some(3))],
         "the loss is on record once there is room"
     );
     assert_eq!(metrics.spool_blocked.load(Ordering::Relaxed), 0);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     let left: Vec<_> = files_under(&spool)
         .into_iter()
         .filter(|p| !p.starts_with(spool.join("ready")) && p != &spool.join("state"))
@@ -253,7 +256,7 @@ fn losses_of_a_full_disk_are_recorded_at_the_next_start() {
     pipeline.ingest(&[syn(2000, second), syn(2001, second)]);
     pipeline.flush();
     assert_eq!(metrics.lost(LossSource::SpoolError), 2);
-    let stopped = pipeline.finish(None);
+    let stopped = pipeline.finish(&MemorySource::default());
     assert!(
         stopped.is_ok(),
         "the stop is saved on a full disk: {stopped:?}"
@@ -275,7 +278,9 @@ fn losses_of_a_full_disk_are_recorded_at_the_next_start() {
         vec![("spool-error".to_owned(), Some(2))],
         "written at the start, before any record"
     );
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     assert_eq!(
         loss_records(&spool),
         vec![("spool-error".to_owned(), Some(2))],

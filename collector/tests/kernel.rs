@@ -16,7 +16,7 @@ use tollgate_collector::{
     identity::Identities,
     metrics::Metrics,
     pipeline::Pipeline,
-    read::{Filter, read_dir},
+    readback::{Filter, read_dir},
     service::Collector,
 };
 use tollgate_schemas::Counter;
@@ -60,8 +60,8 @@ fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
     assert!(failed > 10_000, "the ring should have overflowed: {failed}");
 
     pipeline.drain(&mut reader, &mut None);
-    pipeline.tick(Some(&reader));
-    pipeline.finish(Some(&reader)).unwrap();
+    pipeline.tick(&reader);
+    pipeline.finish(&reader).unwrap();
 
     let drained = metrics.events.load(Ordering::Relaxed);
     assert_eq!(
@@ -101,8 +101,8 @@ fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
         .expect("the first collector's mark");
     assert_eq!(mark.failed, failed);
     pipeline.drain(&mut reader, &mut None);
-    pipeline.tick(Some(&reader));
-    pipeline.finish(Some(&reader)).unwrap();
+    pipeline.tick(&reader);
+    pipeline.finish(&reader).unwrap();
     let records = read_dir(&config.spool_dir.join("ready"), &Filter::default()).unwrap();
     let losses: Vec<_> = records.iter().filter(|r| r.is_loss()).collect();
     assert_eq!(losses.len(), 1, "{losses:#?}");

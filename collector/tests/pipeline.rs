@@ -26,14 +26,16 @@ use k8s_openapi::api::core::v1::Pod;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::Notify;
+use tollgate_agent::naming::{naming, pod_changes, workload_of};
 use tollgate_collector::{
     clock::{NS_PER_S, boottime_ns, compact_utc, partition_date, unix_now_ns},
     config::CollectorConfig,
-    identity::{EndpointInterface, Eni, Identities, PodChanges, pod_changes, workload_of},
+    identity::{EndpointInterface, Eni, Identities, PodChanges},
     loss::LossSource,
     metrics::Metrics,
-    pipeline::{Pipeline, SharedIdentities},
-    read::{StoredRecord, parquet_files, read_file, render_table},
+    pipeline::{Pipeline, SharedIdentities, Tap},
+    readback::{StoredRecord, parquet_files, read_file, render_table},
+    reader::MemorySource,
     record::schema,
     spool::Recovery,
 };
@@ -43,7 +45,7 @@ use tollgate_enforcer::{
     manifest::parse_manifests,
     snapshot::{Snapshot, Updates, pod_key},
 };
-use tollgate_schemas::{Direction, FlowEvent, Reason, Verdict, proto};
+use tollgate_schemas::{CtEntry, Direction, FlowEvent, FlowKey, Reason, Verdict, addr, proto};
 
 const CLUSTER: &str = "test-cluster";
 const NODE: &str = "node-a";
@@ -555,9 +557,11 @@ fn the_deciding_endpoints_interface_and_eni_are_recorded() {
     {
         let mut identities = identities.lock().unwrap();
         identities.observe(
-            pods_delta(&Snapshot::default(), &snapshot),
-            &snapshot.node_addresses,
-            &compiled,
+            naming(
+                pods_delta(&Snapshot::default(), &snapshot),
+                &snapshot.node_addresses,
+                &compiled,
+            ),
             boottime_ns(),
         );
         // Every endpoint was compiled on interface 1 (a `vlan…` veth: a branch ENI); 7 is
@@ -600,7 +604,9 @@ fn the_deciding_endpoints_interface_and_eni_are_recorded() {
             ..tcp(AMAZONLINUX, 40_003, HTTPD, 80, at(minute + 10))
         },
     ]);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     let files = ready_files(&spool);
     let rows = read_rows(&files[0]);
     let columns = |src_port| {
@@ -627,9 +633,11 @@ fn a_parquet_round_trip_keeps_every_column() {
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
     identities.lock().unwrap().observe(
-        pods_delta(&Snapshot::default(), &snapshot),
-        &snapshot.node_addresses,
-        &compiled,
+        naming(
+            pods_delta(&Snapshot::default(), &snapshot),
+            &snapshot.node_addresses,
+            &compiled,
+        ),
         boottime_ns(),
     );
     let (mut pipeline, recovery, metrics) = open(&settings(&spool), &identities);
@@ -709,7 +717,9 @@ fn a_parquet_round_trip_keeps_every_column() {
         },
     ];
     pipeline.ingest(&events);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let files = ready_files(&spool);
     assert_eq!(files.len(), 1, "{files:?}");
@@ -859,7 +869,9 @@ fn the_file_schema_is_the_golden_one() {
     let identities = shared(Identities::default());
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
     pipeline.ingest(&[tcp(AMAZONLINUX, 40_000, HTTPD, 80, at(now_s() - 1))]);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     let files = ready_files(&spool);
     assert_eq!(files.len(), 1, "{files:?}");
 
@@ -958,7 +970,9 @@ fn files_are_partitioned_by_hour_and_never_reuse_a_sequence_number() {
             .map(|(start, i)| tcp(AMAZONLINUX, 1000 * (run + 1) + i, HTTPD, 80, at(*start)))
             .collect();
         pipeline.ingest(&events);
-        pipeline.finish(None).expect("a clean stop");
+        pipeline
+            .finish(&MemorySource::default())
+            .expect("a clean stop");
 
         let files = ready_files(&spool);
         assert_eq!(files.len(), 2 * usize::from(run + 1), "{files:?}");
@@ -1074,24 +1088,30 @@ status:
     };
 
     identities.lock().unwrap().observe(
-        pods_delta(&Snapshot::default(), &before),
-        &before.node_addresses,
-        &compiled_before,
+        naming(
+            pods_delta(&Snapshot::default(), &before),
+            &before.node_addresses,
+            &compiled_before,
+        ),
         at(t0),
     );
     pipeline.ingest(&[from_reused(t1, 1)]);
     // A is deleted; B gets its address.
     identities.lock().unwrap().observe(
-        pods_delta(&before, &after),
-        &after.node_addresses,
-        &compiled_after,
+        naming(
+            pods_delta(&before, &after),
+            &after.node_addresses,
+            &compiled_after,
+        ),
         at(t2),
     );
     pipeline.ingest(&[from_reused(t3, 4)]);
     // An event stamped at t1 that reaches the collector late is still A's.
     pipeline.ingest(&[from_reused(t1, 2)]);
     pipeline.flush();
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let rows = read_ready(&spool);
     assert_eq!(rows.len(), 2, "{rows:#?}");
@@ -1142,7 +1162,9 @@ fn a_small_size_limit_closes_a_file_at_every_write() {
         pipeline.flush();
         assert_eq!(ready_files(&spool).len(), usize::from(round + 1));
     }
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let files = ready_files(&spool);
     assert_eq!(files.len(), 4, "{files:?}");
@@ -1173,16 +1195,18 @@ fn an_age_limit_closes_a_file_at_the_next_tick() {
     let (mut pipeline, _, _) = open(&config, &identities);
     // A one-second window three seconds ago has ended, grace included: the tick writes it.
     pipeline.ingest(&[tcp(AMAZONLINUX, 1000, HTTPD, 80, at(now_s() - 3))]);
-    pipeline.tick(None);
+    pipeline.tick(&MemorySource::default());
     assert!(ready_files(&spool).is_empty(), "the file stays open");
     std::thread::sleep(Duration::from_millis(1100));
-    pipeline.tick(None);
+    pipeline.tick(&MemorySource::default());
     let files = ready_files(&spool);
     assert_eq!(files.len(), 1, "the aged file is closed: {files:?}");
     let rows = read_rows(&files[0]);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].stored.srcport, Some(1000));
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     assert_eq!(ready_files(&spool).len(), 1, "nothing more to write");
 }
 
@@ -1206,7 +1230,9 @@ fn a_full_spool_refuses_files_and_counts_their_events() {
     pipeline.flush();
     assert_eq!(metrics.lost(LossSource::SpoolFull), 5);
     // The loss record of the refused file does not fit either; it carries no events.
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     assert_eq!(metrics.lost(LossSource::SpoolFull), 5);
     assert_eq!(
         (load(&metrics.files_spooled), load(&metrics.records)),
@@ -1223,7 +1249,9 @@ fn a_full_spool_refuses_files_and_counts_their_events() {
     let (mut pipeline, _, metrics) = open(&settings(&roomy), &identities);
     let (from, to) = (now_s() - 20, now_s() - 10);
     pipeline.lose(LossSource::SpoolFull, Some(7), from, to);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     let rows = read_ready(&roomy);
     assert_eq!(
         rows,
@@ -1234,6 +1262,66 @@ fn a_full_spool_refuses_files_and_counts_their_events() {
         load(&metrics.loss_records[LossSource::SpoolFull as usize]),
         1
     );
+}
+
+#[test]
+fn the_sources_events_residual_denies_and_tracked_flows_each_reach_the_pipeline_once() {
+    let spool = TempDir::new("source");
+    let identities = shared(Identities::default());
+    let (mut pipeline, _, metrics) = open(&settings(&spool), &identities);
+    let second = at(now_s() - 1);
+    let mut source = MemorySource::new([tcp(AMAZONLINUX, 1000, HTTPD, 80, second)]);
+    source
+        .residual_denies
+        .push(tcp(AMAZONLINUX, 1001, HTTPD, 80, second));
+    let tapped = Arc::new(AtomicU64::new(0));
+    let mut tap: Option<Tap> = Some(Box::new({
+        let tapped = Arc::clone(&tapped);
+        move |_| {
+            tapped.fetch_add(1, Ordering::Relaxed);
+        }
+    }));
+    pipeline.report_residual_denies(&mut source, &mut tap);
+    assert_eq!(
+        load(&metrics.events),
+        2,
+        "the waiting event, then the residual deny"
+    );
+    assert_eq!(load(&tapped), 2, "the tap sees both");
+    pipeline.report_residual_denies(&mut source, &mut tap);
+    assert_eq!(load(&metrics.events), 2, "each is read once");
+
+    // A tracked flow's packets after its decision become one event of their own.
+    let key = FlowKey {
+        endpoint: 0,
+        direction: Direction::Egress as u8,
+        protocol: proto::TCP,
+        _pad: [0; 2],
+        src_addr: addr::to_bytes(AMAZONLINUX.parse().unwrap()),
+        dst_addr: addr::to_bytes(HTTPD.parse().unwrap()),
+        src_port: 1002,
+        dst_port: 80,
+    };
+    let entry = CtEntry {
+        verdict: Verdict::Allow as u8,
+        packets: 3,
+        bytes: 300,
+        created_ns: second,
+        first_len: 100,
+        tcp_flags: 0x12,
+        reason: Reason::AllowedByRule as u8,
+        rule_id: 0,
+        revision: 1,
+        last_seen_ns: second,
+        _pad: 0,
+        _pad2: 0,
+    };
+    source.tracked.push((key, entry));
+    pipeline.account_tracked(&source);
+    assert_eq!(load(&metrics.events), 3);
+    pipeline.account_tracked(&source);
+    assert_eq!(load(&metrics.events), 3, "nothing new was counted");
+    pipeline.finish(&source).expect("a clean stop");
 }
 
 #[test]
@@ -1260,7 +1348,7 @@ fn an_unclean_stop_becomes_a_collector_restart_record() {
         .expect("rows") as u64;
     // Written into an open file, then the collector dies: no finish.
     pipeline.ingest(&[tcp(AMAZONLINUX, 1001, HTTPD, 80, at(now - 4))]);
-    pipeline.tick(None);
+    pipeline.tick(&MemorySource::default());
     assert_eq!(
         ready_files(&spool).len(),
         1,
@@ -1285,7 +1373,9 @@ fn an_unclean_stop_becomes_a_collector_restart_record() {
             lost_sequences: 1,
         }
     );
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let files = ready_files(&spool);
     assert_eq!(files.len(), 2, "{files:?}");
@@ -1329,7 +1419,9 @@ fn a_restart_before_any_file_dates_the_gap_from_the_previous_start() {
     drop(pipeline); // killed before anything reached the spool
 
     let (pipeline, recovery, _) = open(&settings(&spool), &identities);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     let since = recovery.unclean_since_s.expect("an unclean stop");
     let rows = read_ready(&spool);
     assert_eq!(rows.len(), 1, "{rows:#?}");
@@ -1366,7 +1458,9 @@ fn loss_records_count_only_records_that_reached_the_spool() {
     let (mut pipeline, _, metrics) = open(&config, &identities);
     pipeline.ingest(&[tcp(AMAZONLINUX, 1000, HTTPD, 80, at(now_s() - 1))]);
     pipeline.flush();
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     assert!(ready_files(&spool).is_empty(), "nothing fits");
     assert_eq!(metrics.lost(LossSource::SpoolFull), 1);
     assert_eq!(
@@ -1422,9 +1516,11 @@ fn records_name_the_service_a_flow_was_addressed_to() {
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
     identities.lock().unwrap().observe(
-        pods_delta(&Snapshot::default(), &snapshot),
-        &snapshot.node_addresses,
-        &compiled,
+        naming(
+            pods_delta(&Snapshot::default(), &snapshot),
+            &snapshot.node_addresses,
+            &compiled,
+        ),
         boottime_ns(),
     );
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
@@ -1462,7 +1558,9 @@ fn records_name_the_service_a_flow_was_addressed_to() {
             ..tcp(AMAZONLINUX, 40_005, WEB, 8080, at(second))
         },
     ]);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let rows = read_ready(&spool);
     assert_eq!(rows.len(), 6, "{rows:#?}");
@@ -1618,23 +1716,29 @@ spec:
         ..tcp(TOOLBOX, 41_000, WEB_CLUSTER_IP, 80, at(second))
     };
     identities.lock().unwrap().observe(
-        pods_delta(&Snapshot::default(), &before),
-        &before.node_addresses,
-        &compiled_before,
+        naming(
+            pods_delta(&Snapshot::default(), &before),
+            &before.node_addresses,
+            &compiled_before,
+        ),
         at(t0),
     );
     pipeline.ingest(&[to_cluster_ip(t1, 1)]);
     // web is deleted; search gets its ClusterIP.
     identities.lock().unwrap().observe(
-        pods_delta(&before, &after),
-        &after.node_addresses,
-        &compiled_after,
+        naming(
+            pods_delta(&before, &after),
+            &after.node_addresses,
+            &compiled_after,
+        ),
         at(t2),
     );
     pipeline.ingest(&[to_cluster_ip(t3, 4)]);
     // An event stamped at t1 that reaches the collector late is still web's.
     pipeline.ingest(&[to_cluster_ip(t1, 2)]);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let mut named: Vec<(Option<String>, i64, Option<i64>)> = read_ready(&spool)
         .into_iter()
@@ -1677,9 +1781,11 @@ status:
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
     identities.lock().unwrap().observe(
-        pods_delta(&Snapshot::default(), &snapshot),
-        &snapshot.node_addresses,
-        &compiled,
+        naming(
+            pods_delta(&Snapshot::default(), &snapshot),
+            &snapshot.node_addresses,
+            &compiled,
+        ),
         boottime_ns(),
     );
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
@@ -1701,7 +1807,9 @@ status:
             ..tcp(TOOLBOX, 40_000, node_address, 10_250, at(second))
         },
     ]);
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let rows = read_ready(&spool);
     assert_eq!(rows.len(), 2, "{rows:#?}");

@@ -15,7 +15,7 @@ use parquet::{
     file::serialized_reader::SerializedFileReader,
 };
 use serde_json::json;
-use tollgate_collector::read::{Filter, read_file, read_flow_log, read_flow_log_columns};
+use tollgate_collector::readback::{Filter, read_file, read_flow_log, read_flow_log_columns};
 use tollgate_schemas::{Verdict, record::COLUMNS};
 
 /// 2026-11-25T10:00:00Z.

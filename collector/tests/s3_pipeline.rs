@@ -22,7 +22,7 @@ use tollgate_collector::{
     digest::Signed,
     flood::Flood,
     identity::Identities,
-    read::{StoredRecord, read_file},
+    readback::{StoredRecord, read_file},
     service::Collector,
 };
 

@@ -37,13 +37,14 @@ use tollgate_collector::{
     metrics::Metrics,
     ocsf,
     pipeline::Pipeline,
+    reader::MemorySource,
     record::{Flow, FlowRecord, Isolation, IsolationAction, RecordBody},
     ship::ship,
     sink::Sinks,
     spool::Spool,
     writer::{Closed, FileWriter},
 };
-use tollgate_enforcer::desired::{NamedRule, PolicyTier, RuleAction, RuleRef};
+use tollgate_schemas::rule::{NamedRule, PolicyTier, RuleAction, RuleRef};
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
 
 const CLUSTER: &str = "prod";
@@ -409,7 +410,9 @@ fn security_lake_alone_spools_only_its_objects() {
     .expect("opening the pipeline");
     pipeline.lose(LossSource::Undecodable, Some(5), now_s() - 10, now_s() - 9);
     pipeline.flush();
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
     let keys: Vec<String> = tollgate_collector::spool::pending_in(&config.spool_dir)
         .unwrap()
         .into_iter()
@@ -483,7 +486,9 @@ async fn the_pipeline_ships_the_flow_log_and_security_lake_to_their_buckets_unde
     .expect("opening the pipeline");
     pipeline.lose(LossSource::Undecodable, Some(5), now_s() - 10, now_s() - 9);
     pipeline.flush();
-    pipeline.finish(None).expect("a clean stop");
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
 
     let sinks = Sinks::from_config(&config).await.expect("the sinks");
     let sealer = Sealer::new(

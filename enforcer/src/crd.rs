@@ -13,11 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-/// The API group of [`ClusterNetworkPolicy`].
-pub const CLUSTER_NETWORK_POLICY_GROUP: &str = "policy.networking.k8s.io";
-
-/// The API group of [`AwsClusterNetworkPolicy`].
-pub const AWS_CLUSTER_NETWORK_POLICY_GROUP: &str = "networking.k8s.aws";
+/// The API groups of [`ClusterNetworkPolicy`] and [`AwsClusterNetworkPolicy`] (the rule names
+/// of `tollgate_schemas::rule` tell the two apart by them).
+pub use tollgate_schemas::rule::{AWS_CLUSTER_NETWORK_POLICY_GROUP, CLUSTER_NETWORK_POLICY_GROUP};
 
 /// A `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tollgate_collector::{
     digest::{DIGEST_ROOT, Signed},
-    read::parse_since,
+    readback::parse_since,
     sign::fingerprint,
     writer::SECURITY_LAKE_ROOT,
 };

@@ -32,9 +32,9 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use sha2::{Digest, Sha256};
+use tollgate_agent::naming::pod_identity;
 use tollgate_collector::{
     clock::rfc3339_utc,
-    identity::PodIdentity,
     record::{Isolation, IsolationAction},
 };
 use tollgate_enforcer::compile::NAMESPACE_NAME_LABEL;
@@ -523,7 +523,7 @@ fn outcome(found: &Found, act: &Act<'_>, in_force: InForce) -> Outcome {
             action: act.action,
             actor: found.actor.clone(),
             reason: act.reason.to_owned(),
-            pod: PodIdentity::of(pod),
+            pod: pod_identity(pod),
             address,
             policy_namespace: None,
             policy_name: policy.metadata.name.clone().unwrap_or_default(),

@@ -17,7 +17,7 @@ use support::{
 };
 use tollgate_collector::{
     loss::{LossSource, LossSpan},
-    read::read_file,
+    readback::read_file,
     record::FlowRecord,
     sink::Sink,
 };
@@ -290,7 +290,7 @@ async fn a_bundle_from_s3_names_every_object_with_its_etag() {
     let sink = Sink::from_config(&tollgate_collector::config::SinkConfig::S3(config.clone()))
         .await
         .unwrap();
-    for path in tollgate_collector::read::parquet_files(flows.path()).unwrap() {
+    for path in tollgate_collector::readback::parquet_files(flows.path()).unwrap() {
         let key = path
             .strip_prefix(flows.path())
             .unwrap()

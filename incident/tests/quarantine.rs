@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::json;
 use support::{TempDir, apiserver::ApiServer};
-use tollgate_collector::read::{Filter, read_dir};
+use tollgate_collector::readback::{Filter, read_dir};
 use tollgate_incident::{
     PodRef,
     cluster::KubeCluster,

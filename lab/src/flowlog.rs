@@ -26,7 +26,7 @@ use tollgate_collector::{
     loss::LossSource,
     metrics::Metrics,
     pipeline::Tap,
-    read::{Filter, StoredRecord, read_dir},
+    readback::{Filter, StoredRecord, read_dir},
     service::Stopped,
 };
 use tollgate_schemas::FlowEvent;

@@ -61,7 +61,7 @@ use tokio::signal::unix::SignalKind;
 use tollgate_enforcer::snapshot::InputError;
 
 pub use family::IpFamily;
-pub use report::{CheckResult, FlowRecord, LabReport, StepReport};
+pub use report::{CheckResult, LabReport, NamedEvent, StepReport};
 
 /// Longest a whole lab run may take before it is stopped (and cleaned up): the seed's steps
 /// take about 25 s, the incident steps of `--quarantine` about 15 s more.
@@ -192,7 +192,7 @@ pub enum LabError {
     Agent(String),
     /// The flow directory could not be read back.
     #[error("flow log: reading the flow directory back")]
-    FlowRead(#[from] tollgate_collector::read::ReadError),
+    FlowRead(#[from] tollgate_collector::readback::ReadError),
     /// Files did not reach the flow directory in time.
     #[error("flow log: {left} files were not delivered to {dir} (still in the spool {spool})")]
     Undelivered {

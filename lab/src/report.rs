@@ -2,8 +2,9 @@
 //! line and exit code), the kubelet's probes, and the flow events the probe wrote during the
 //! step, named.
 //!
-//! [`CheckResult::new`] judges a curl [`Outcome`] against the seed; [`FlowRecord::from_event`]
-//! turns a raw [`FlowEvent`] into pod names (by address, from the step's snapshot), the Service
+//! [`CheckResult::new`] judges a curl [`Outcome`] against the seed; [`NamedEvent::from_event`]
+//! (a raw event, named: not a record of the flow log, which the collector writes) turns a raw
+//! [`FlowEvent`] into pod names (by address, from the step's snapshot), the Service
 //! a ClusterIP stands for, the deciding endpoint's pod and the policy rule (from the step's
 //! compilation). [`LabReport`] renders the whole run as a table ([`LabReport::render_table`])
 //! or as one JSON object per check per line ([`LabReport::render_json`]).
@@ -15,15 +16,16 @@ use std::net::IpAddr;
 use serde::Serialize;
 use tollgate_collector::{
     clock::rfc3339_utc,
-    read::{StoredRecord, render_table as render_records},
+    readback::{StoredRecord, render_table as render_records},
 };
 use tollgate_enforcer::{
     columns,
     compile::Compiled,
-    desired::RuleRef,
     snapshot::{Snapshot, pod_addresses, pod_key},
 };
-use tollgate_schemas::{Counter, Direction, FlowEvent, Reason, Verdict, addr, proto};
+use tollgate_schemas::{
+    Counter, Direction, FlowEvent, Reason, Verdict, addr, proto, rule::RuleRef,
+};
 
 use crate::{
     OutputFormat,
@@ -90,7 +92,7 @@ impl std::fmt::Display for FlowPeer {
 
 /// A flow event, named.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlowRecord {
+pub struct NamedEvent {
     /// Direction seen from the deciding endpoint's pod.
     pub direction: Direction,
     /// What the probe did.
@@ -115,7 +117,7 @@ pub struct FlowRecord {
     pub bytes: u64,
 }
 
-impl FlowRecord {
+impl NamedEvent {
     /// Names `event` with `pods` (see [`pods_by_ip`]) and the Services, endpoints and rules
     /// of `compiled`; `None` when the event carries a direction, verdict or reason this build
     /// does not know.
@@ -213,7 +215,7 @@ pub struct StepReport {
     /// The kubelet's probes during the step, per pod and probe.
     pub kubelet: Vec<ProbeTally>,
     /// The flow events written during the step, oldest first.
-    pub flows: Vec<FlowRecord>,
+    pub flows: Vec<NamedEvent>,
     /// Events that could not be decoded or named (unknown enumeration values).
     pub undecodable: u64,
 }
@@ -234,7 +236,7 @@ impl StepReport {
         let mut flows = Vec::with_capacity(events.len());
         let mut unnamed = 0;
         for event in events {
-            match FlowRecord::from_event(event, &pods, compiled) {
+            match NamedEvent::from_event(event, &pods, compiled) {
                 Some(flow) => flows.push(flow),
                 None => unnamed += 1,
             }
@@ -644,7 +646,7 @@ fn table(indent: &str, headers: &[&str], rows: Vec<Vec<String>>) -> String {
 mod tests {
     use super::*;
     use crate::scenario::STEPS;
-    use tollgate_enforcer::desired::{NamedRule, PolicyTier, RuleAction};
+    use tollgate_schemas::rule::{NamedRule, PolicyTier, RuleAction};
 
     fn report(ok: bool) -> LabReport {
         let step = &STEPS[0];
@@ -782,7 +784,7 @@ mod tests {
             _pad: [0; 6],
         };
         let pods = pods_by_ip(&snapshot);
-        let flow = FlowRecord::from_event(&event, &pods, &compiled).unwrap();
+        let flow = NamedEvent::from_event(&event, &pods, &compiled).unwrap();
         assert_eq!(flow.endpoint_pod.as_deref(), Some("default/amazonlinux"));
         assert_eq!(
             flow.rule_label(),
@@ -796,6 +798,6 @@ mod tests {
             reason: 200,
             ..event
         };
-        assert_eq!(FlowRecord::from_event(&bad, &pods, &compiled), None);
+        assert_eq!(NamedEvent::from_event(&bad, &pods, &compiled), None);
     }
 }

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use tollgate_lab::{
-    Attach, FlowRecord, IpFamily, LabOptions, LabReport, OutputFormat, StepReport, run,
+    Attach, IpFamily, LabOptions, LabReport, NamedEvent, OutputFormat, StepReport, run,
     topology::list_netns,
 };
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
@@ -22,8 +22,8 @@ fn pod(peer: &Option<String>) -> &str {
 fn find<'a>(
     step: &'a StepReport,
     what: &str,
-    predicate: impl Fn(&FlowRecord) -> bool,
-) -> &'a FlowRecord {
+    predicate: impl Fn(&NamedEvent) -> bool,
+) -> &'a NamedEvent {
     step.flows.iter().find(|f| predicate(f)).unwrap_or_else(|| {
         panic!(
             "step {}: no event {what}; events: {:#?}",

@@ -22,7 +22,7 @@ use tollgate_lab::{
     kubeproxy,
     names::RunNames,
     pods::LabPods,
-    report::{FlowRecord, pods_by_ip},
+    report::{NamedEvent, pods_by_ip},
     servers::Servers,
     topology::{Topology, list_netns},
 };
@@ -206,7 +206,7 @@ async fn two_backends(family: IpFamily) {
             let by_ip = pods_by_ip(snapshot);
             events
                 .iter()
-                .filter_map(|e| FlowRecord::from_event(e, &by_ip, &synced.compiled))
+                .filter_map(|e| NamedEvent::from_event(e, &by_ip, &synced.compiled))
                 .collect::<Vec<_>>()
         };
 

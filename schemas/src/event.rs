@@ -1,6 +1,9 @@
 //! The flow event: one record per flow decision, written by the probe into the ring buffer.
 
 use core::mem::{offset_of, size_of};
+use core::net::IpAddr;
+
+use crate::{CtEntry, DenyEntry, FlowKey, addr};
 
 /// Layout version of [`FlowEvent`]; bumped whenever a field changes meaning or position.
 pub const FLOW_EVENT_VERSION: u16 = 1;
@@ -243,5 +246,74 @@ const _: () = {
     assert!(offset_of!(FlowEvent, icmp_code) == 81);
     assert!(offset_of!(FlowEvent, _pad) == 82);
 };
+
+/// Events userspace makes itself, for what the probe counted in a map entry after a flow's
+/// decision event (it writes no event for those packets): the only two kinds of event that do
+/// not come from the ring buffer, made here so that they are made once.
+///
+/// Both name the flow as its key does (direction and addresses of its first packet), carry no
+/// interface (`ifindex` 0: the entries do not keep it) and no ICMP type or code.
+impl FlowEvent {
+    /// What deny entry `deny` of flow `key` counted since its last event, reported at `now_ns`
+    /// (ns of `CLOCK_BOOTTIME`): verdict deny, the entry's last reason, rule and TCP flags.
+    pub const fn residual_deny(key: &FlowKey, deny: &DenyEntry, now_ns: u64) -> Self {
+        Self {
+            verdict: Verdict::Deny as u8,
+            reason: deny.reason,
+            tcp_flags: deny.tcp_flags,
+            ts_ns: now_ns,
+            rule_id: deny.rule_id,
+            packets: deny.packets,
+            bytes: deny.bytes,
+            ..Self::of_flow(key)
+        }
+    }
+
+    /// `packets` and `bytes` conntrack entry `entry` of flow `key` counted (after the flow's
+    /// decision), with the flow's own verdict, reason, rule and TCP flags, stamped with the
+    /// entry's last packet.
+    pub const fn tracked(key: &FlowKey, entry: &CtEntry, packets: u64, bytes: u64) -> Self {
+        Self {
+            verdict: entry.verdict,
+            reason: entry.reason,
+            tcp_flags: entry.tcp_flags,
+            ts_ns: entry.last_seen_ns,
+            rule_id: entry.rule_id,
+            packets,
+            bytes,
+            ..Self::of_flow(key)
+        }
+    }
+
+    /// An event of flow `key` that says nothing else yet.
+    const fn of_flow(key: &FlowKey) -> Self {
+        let family = match addr::from_bytes(key.src_addr) {
+            IpAddr::V4(_) => 4,
+            IpAddr::V6(_) => 6,
+        };
+        Self {
+            version: FLOW_EVENT_VERSION,
+            family,
+            protocol: key.protocol,
+            direction: key.direction,
+            verdict: 0,
+            reason: 0,
+            tcp_flags: 0,
+            ts_ns: 0,
+            ifindex: 0,
+            endpoint: key.endpoint,
+            rule_id: 0,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            src_addr: key.src_addr,
+            dst_addr: key.dst_addr,
+            packets: 0,
+            bytes: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+            _pad: [0; 6],
+        }
+    }
+}
 
 crate::user_pod!(FlowEvent);

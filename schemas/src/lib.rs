@@ -24,6 +24,9 @@
 
 #![no_std]
 
+#[cfg(feature = "user")]
+extern crate alloc;
+
 pub mod addr;
 #[cfg(feature = "user")]
 pub mod athena;
@@ -31,6 +34,8 @@ mod conntrack;
 mod event;
 mod policy;
 pub mod record;
+#[cfg(feature = "user")]
+pub mod rule;
 
 pub use conntrack::{CtEntry, DenyEntry, FlowKey, FragEntry, FragKey};
 pub use event::{Direction, FLOW_EVENT_VERSION, FlowEvent, Reason, Verdict};

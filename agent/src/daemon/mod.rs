@@ -63,6 +63,7 @@ use tollgate_schemas::{Config, config_flags};
 use crate::cni::{VETH_PREFIX_ENV, VethNames};
 use crate::config::{AgentConfig, AgentSettings, EnforcementMode};
 use crate::metrics::AgentMetrics;
+use crate::naming::naming;
 use crate::pins::{PinError, PinnedProbe};
 use crate::reconcile::Report;
 use crate::run::Agent;
@@ -318,7 +319,7 @@ pub async fn run_agent_with<S: ClusterSource>(
             if let Some(compiled) = agent.synced() {
                 let mut identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
                 let now = boottime_ns();
-                identities.observe(pass.pods, agent.node_addresses(), compiled, now);
+                identities.observe(naming(pass.pods, agent.node_addresses(), compiled), now);
                 identities.observe_interfaces(interfaces, now);
                 drop(identities);
                 if let Some(passes) = &passes {

@@ -3,9 +3,7 @@
 //! ([`Probe::flush_denies`]; the collector's reader does the same on its own handle).
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
-use tollgate_schemas::{
-    Counter, DenyEntry, FLOW_EVENT_VERSION, FlowEvent, FlowKey, Verdict, addr, map_names,
-};
+use tollgate_schemas::{Counter, DenyEntry, FlowEvent, FlowKey, map_names};
 
 use super::{Probe, ProbeError};
 
@@ -27,10 +25,9 @@ impl Probe {
     }
 
     /// Reports what the kernel counted but has not reported yet: every denied flow with packets
-    /// since its last event becomes one more event (verdict deny, its last reason, those
-    /// packets and bytes, `ifindex` 0 as the entry does not keep it), and its entry is removed,
-    /// so that its next packet starts a new report at once. Packets denied between the read and
-    /// the removal of an entry are the only ones that can go unreported.
+    /// since its last event becomes one more event ([`FlowEvent::residual_deny`]), and its
+    /// entry is removed, so that its next packet starts a new report at once. Packets denied
+    /// between the read and the removal of an entry are the only ones that can go unreported.
     pub fn flush_denies(&mut self) -> Result<Vec<FlowEvent>, ProbeError> {
         flush_denies(&mut self.maps.denies)
     }
@@ -59,7 +56,7 @@ pub(crate) fn flush_denies(
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(source) => return Err(error(source)),
         }
-        events.push(residual_event(&key, &deny, now));
+        events.push(FlowEvent::residual_deny(&key, &deny, now));
     }
     Ok(events)
 }
@@ -77,36 +74,6 @@ pub(crate) fn read_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Coun
         totals.0[counter as usize] = values.iter().sum();
     }
     Ok(totals)
-}
-
-/// The event for what a deny entry counted since its last event.
-fn residual_event(key: &FlowKey, deny: &DenyEntry, now: u64) -> FlowEvent {
-    let family = match addr::from_bytes(key.src_addr) {
-        std::net::IpAddr::V4(_) => 4,
-        std::net::IpAddr::V6(_) => 6,
-    };
-    FlowEvent {
-        version: FLOW_EVENT_VERSION,
-        family,
-        protocol: key.protocol,
-        direction: key.direction,
-        verdict: Verdict::Deny as u8,
-        reason: deny.reason,
-        tcp_flags: deny.tcp_flags,
-        ts_ns: now,
-        ifindex: 0,
-        endpoint: key.endpoint,
-        rule_id: deny.rule_id,
-        src_port: key.src_port,
-        dst_port: key.dst_port,
-        src_addr: key.src_addr,
-        dst_addr: key.dst_addr,
-        packets: deny.packets,
-        bytes: deny.bytes,
-        icmp_type: 0,
-        icmp_code: 0,
-        _pad: [0; 6],
-    }
 }
 
 /// Now, in ns of `CLOCK_BOOTTIME`: the clock of the probe's timestamps.

@@ -43,7 +43,7 @@ use arrow_schema::SchemaRef;
 use parquet::arrow::{ArrowWriter, arrow_reader::ParquetRecordBatchReaderBuilder};
 use serde::Serialize;
 use tollgate_collector::{
-    clock::rfc3339_utc, read::read_file, record::schema, writer::writer_properties,
+    clock::rfc3339_utc, readback::read_file, record::schema, writer::writer_properties,
 };
 
 use crate::{

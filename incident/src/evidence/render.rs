@@ -10,7 +10,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, cast::AsArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema};
 use tollgate_collector::{
     clock::rfc3339_utc,
-    read::{StoredRecord, render_table},
+    readback::{StoredRecord, render_table},
 };
 
 use crate::PodRef;
