@@ -58,8 +58,9 @@ pub const WINDOW_GRACE_S: u64 = 2;
 /// The identities shared between whoever watches the cluster and the collector.
 pub type SharedIdentities = Arc<Mutex<Identities>>;
 
-/// A function that sees every event the collector reads (the lab lists each step's events).
-pub type Tap = Box<dyn FnMut(&FlowEvent) + Send>;
+/// A function that sees every event the collector reads, with the identities that name it as
+/// its record does (the lab lists each step's events, named).
+pub type Tap = Box<dyn FnMut(&FlowEvent, &Identities) + Send>;
 
 /// Events in, Parquet files out.
 pub struct Pipeline {
@@ -187,7 +188,7 @@ impl Pipeline {
         let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
         source.drain_with(|event| {
             if let Some(tap) = tap.as_mut() {
-                tap(event);
+                tap(event, &identities);
             }
             self.add(event, &identities);
         });
@@ -200,7 +201,13 @@ impl Pipeline {
         match source.residual_denies() {
             Ok(events) => {
                 if let Some(tap) = tap {
-                    events.iter().for_each(tap);
+                    let identities = self
+                        .identities
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    for event in &events {
+                        tap(event, &identities);
+                    }
                 }
                 self.ingest(&events);
             }

@@ -1277,7 +1277,7 @@ fn the_sources_events_residual_denies_and_tracked_flows_each_reach_the_pipeline_
     let tapped = Arc::new(AtomicU64::new(0));
     let mut tap: Option<Tap> = Some(Box::new({
         let tapped = Arc::clone(&tapped);
-        move |_| {
+        move |_, _| {
             tapped.fetch_add(1, Ordering::Relaxed);
         }
     }));

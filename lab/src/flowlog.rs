@@ -23,6 +23,7 @@ use tollgate_agent::daemon::NodeState;
 use tollgate_collector::{
     clock::{NS_PER_S, unix_now_ns},
     config::{CollectorConfig, DigestConfig, SecurityLakeConfig, SigningConfig, SinkConfig},
+    identity::Identities,
     loss::LossSource,
     metrics::Metrics,
     pipeline::Tap,
@@ -31,7 +32,7 @@ use tollgate_collector::{
 };
 use tollgate_schemas::FlowEvent;
 
-use crate::LabError;
+use crate::{LabError, report::NamedEvent};
 
 /// The lab's cluster name, in every record and path.
 pub const CLUSTER: &str = "lab";
@@ -66,9 +67,17 @@ pub struct FlowLogSummary {
     pub ocsf: Option<(PathBuf, usize)>,
 }
 
+/// The events the collector read since the previous step, named as it names them.
+#[derive(Debug, Default)]
+struct Tapped {
+    named: Vec<NamedEvent>,
+    /// Events with a direction, verdict or reason this build does not know.
+    unnamed: u64,
+}
+
 /// The flow log of a lab run: where the agent's collector delivers, and the events it taps.
 pub struct FlowLog {
-    seen: Arc<Mutex<Vec<FlowEvent>>>,
+    seen: Arc<Mutex<Tapped>>,
     spool: PathBuf,
     dir: PathBuf,
     started_s: u64,
@@ -115,13 +124,15 @@ impl FlowLog {
             }),
             ..CollectorConfig::default()
         };
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Tapped::default()));
         let tap: Tap = {
             let seen = Arc::clone(&seen);
-            Box::new(move |event: &FlowEvent| {
-                seen.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(*event);
+            Box::new(move |event: &FlowEvent, identities: &Identities| {
+                let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                match NamedEvent::from_event(event, identities) {
+                    Some(named) => seen.named.push(named),
+                    None => seen.unnamed += 1,
+                }
             })
         };
         let flow_log = Self {
@@ -145,15 +156,15 @@ impl FlowLog {
         self.started_s
     }
 
-    /// Every event the probe wrote since the previous call (residual denies included), as of
-    /// `barrier` (the collector has taken them in by then); and how many records could not be
-    /// decoded.
-    pub fn step_events(&mut self, barrier: &NodeState) -> (Vec<FlowEvent>, u64) {
-        let events = std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner));
+    /// Every event the probe wrote since the previous call (residual denies included), named
+    /// as the collector named it, as of `barrier` (the collector has taken them in by then);
+    /// and how many could not be decoded or named.
+    pub fn step_events(&mut self, barrier: &NodeState) -> (Vec<NamedEvent>, u64) {
+        let tapped = std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner));
         let undecodable = barrier.collector.lost(LossSource::Undecodable);
         let step = undecodable - self.undecodable;
         self.undecodable = undecodable;
-        (events, step)
+        (tapped.named, step + tapped.unnamed)
     }
 
     /// Reads the flow directory back once the agent stopped (`stopped`: what its collector

@@ -3,26 +3,22 @@
 //! step, named.
 //!
 //! [`CheckResult::new`] judges a curl [`Outcome`] against the seed; [`NamedEvent::from_event`]
-//! (a raw event, named: not a record of the flow log, which the collector writes) turns a raw
-//! [`FlowEvent`] into pod names (by address, from the step's snapshot), the Service
-//! a ClusterIP stands for, the deciding endpoint's pod and the policy rule (from the step's
-//! compilation). [`LabReport`] renders the whole run as a table ([`LabReport::render_table`])
+//! (a raw event, named: not a record of the flow log, which the collector writes) names a raw
+//! [`FlowEvent`] as the collector names its record, through the collector's identities at the
+//! moment it reads the event: the pods holding its addresses, the Service a ClusterIP stands
+//! for, the deciding endpoint's pod and the policy rule. [`LabReport`] renders the whole run as a table ([`LabReport::render_table`])
 //! or as one JSON object per check per line ([`LabReport::render_json`]).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use serde::Serialize;
 use tollgate_collector::{
     clock::rfc3339_utc,
+    identity::{Holder, Identities, ServiceAddress},
     readback::{StoredRecord, render_table as render_records},
 };
-use tollgate_enforcer::{
-    columns,
-    compile::Compiled,
-    snapshot::{Snapshot, pod_addresses, pod_key},
-};
+use tollgate_enforcer::columns;
 use tollgate_schemas::{
     Counter, Direction, FlowEvent, Reason, Verdict, addr, proto, rule::RuleRef,
 };
@@ -118,36 +114,50 @@ pub struct NamedEvent {
 }
 
 impl NamedEvent {
-    /// Names `event` with `pods` (see [`pods_by_ip`]) and the Services, endpoints and rules
-    /// of `compiled`; `None` when the event carries a direction, verdict or reason this build
-    /// does not know.
-    pub fn from_event(
-        event: &FlowEvent,
-        pods: &BTreeMap<IpAddr, String>,
-        compiled: &Compiled,
-    ) -> Option<Self> {
-        let peer = |bytes: [u8; 16], port: u16| {
-            let addr = addr::from_bytes(bytes);
-            FlowPeer {
-                addr,
-                port,
-                pod: pods.get(&addr).cloned(),
-                service: service_at(compiled, addr, port, event.protocol),
-            }
+    /// Names `event` with the collector's `identities`, as its record names it (the holders
+    /// of its addresses, the Service of its destination, its rule, each as of the event's
+    /// time); `None` when the event carries a direction, verdict or reason this build does not
+    /// know.
+    pub fn from_event(event: &FlowEvent, identities: &Identities) -> Option<Self> {
+        let at = event.ts_ns;
+        let pod = |bytes: &[u8; 16]| match identities.holder_at(bytes, at)?.holder {
+            Holder::Pod(pod) => Some(format!("{}/{}", pod.namespace, pod.name)),
+            Holder::Node => None,
+        };
+        let peer = |bytes: [u8; 16], port: u16, service: Option<String>| FlowPeer {
+            addr: addr::from_bytes(bytes),
+            port,
+            pod: pod(&bytes),
+            service,
+        };
+        let service = identities
+            .service_at(
+                &ServiceAddress {
+                    addr: event.dst_addr,
+                    protocol: event.protocol,
+                    port: event.dst_port,
+                },
+                at,
+            )
+            .map(|held| format!("{}/{}", held.value.namespace, held.value.name));
+        let direction = Direction::from_raw(event.direction)?;
+        let own = match direction {
+            Direction::Egress => &event.src_addr,
+            Direction::Ingress => &event.dst_addr,
         };
         Some(Self {
-            direction: Direction::from_raw(event.direction)?,
+            direction,
             verdict: Verdict::from_raw(event.verdict)?,
             reason: Reason::from_raw(event.reason)?,
             protocol: event.protocol,
-            src: peer(event.src_addr, event.src_port),
-            dst: peer(event.dst_addr, event.dst_port),
-            endpoint_pod: compiled.endpoint_pods.get(&event.endpoint).cloned(),
+            src: peer(event.src_addr, event.src_port, None),
+            dst: peer(event.dst_addr, event.dst_port, service),
+            endpoint_pod: pod(own),
             rule_id: event.rule_id,
-            rule: compiled
-                .rules
-                .get(&event.rule_id)
-                .map(|named| named.rule.clone()),
+            rule: (event.rule_id != 0)
+                .then(|| identities.rule_at(event.rule_id, at))
+                .flatten()
+                .map(|held| held.value.rule.clone()),
             packets: event.packets,
             bytes: event.bytes,
         })
@@ -162,32 +172,6 @@ impl NamedEvent {
             (None, id) => format!("rule #{id}"),
         }
     }
-}
-
-/// The Service `namespace/name` that has ClusterIP `addr` with `port` over `protocol`.
-fn service_at(compiled: &Compiled, addr: IpAddr, port: u16, protocol: u8) -> Option<String> {
-    compiled
-        .services
-        .iter()
-        .find(|service| {
-            service.cluster_ips.contains(&addr)
-                && service
-                    .ports
-                    .iter()
-                    .any(|p| p.port == port && p.protocol == protocol)
-        })
-        .map(|service| service.key())
-}
-
-/// Pod `namespace/name` by address, for every pod of the snapshot.
-pub fn pods_by_ip(snapshot: &Snapshot) -> BTreeMap<IpAddr, String> {
-    let mut pods = BTreeMap::new();
-    for pod in &snapshot.pods {
-        for ip in pod_addresses(pod) {
-            pods.insert(ip, pod_key(pod));
-        }
-    }
-    pods
 }
 
 fn protocol_name(protocol: u8) -> String {
@@ -221,26 +205,15 @@ pub struct StepReport {
 }
 
 impl StepReport {
-    /// The report of `step`: its checks, the kubelet's probes, and its events named with its
-    /// snapshot and compilation.
+    /// The report of `step`: its checks, the kubelet's probes, its events as the collector
+    /// named them, and how many it could not decode or name.
     pub fn new(
         step: &Step,
         checks: Vec<CheckResult>,
         kubelet: Vec<ProbeTally>,
-        events: &[FlowEvent],
+        flows: Vec<NamedEvent>,
         undecodable: u64,
-        snapshot: &Snapshot,
-        compiled: &Compiled,
     ) -> Self {
-        let pods = pods_by_ip(snapshot);
-        let mut flows = Vec::with_capacity(events.len());
-        let mut unnamed = 0;
-        for event in events {
-            match NamedEvent::from_event(event, &pods, compiled) {
-                Some(flow) => flows.push(flow),
-                None => unnamed += 1,
-            }
-        }
         Self {
             number: step.number,
             title: step.title.to_string(),
@@ -248,7 +221,7 @@ impl StepReport {
             checks,
             kubelet,
             flows,
-            undecodable: undecodable + unnamed,
+            undecodable,
         }
     }
 }
@@ -644,9 +617,18 @@ fn table(indent: &str, headers: &[&str], rows: Vec<Vec<String>>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use k8s_openapi::api::core::v1::Pod;
+    use tollgate_agent::naming::{naming, pod_changes};
+    use tollgate_enforcer::{
+        compile::{Compiled, Object},
+        snapshot::Updates,
+    };
+    use tollgate_schemas::rule::{NamedRule, PolicyTier, RuleAction};
+
     use super::*;
     use crate::scenario::STEPS;
-    use tollgate_schemas::rule::{NamedRule, PolicyTier, RuleAction};
 
     fn report(ok: bool) -> LabReport {
         let step = &STEPS[0];
@@ -680,15 +662,7 @@ mod tests {
             attach_mode: "tcx".into(),
             interfaces: 4,
             branch_eni: Vec::new(),
-            steps: vec![StepReport::new(
-                step,
-                checks,
-                kubelet,
-                &[],
-                0,
-                &Snapshot::default(),
-                &Compiled::default(),
-            )],
+            steps: vec![StepReport::new(step, checks, kubelet, Vec::new(), 0)],
             counters: vec![("allow", 3)],
             flow_log: FlowLogSummary::default(),
             flow_checks: Vec::new(),
@@ -739,14 +713,11 @@ mod tests {
     }
 
     #[test]
-    fn events_are_named() {
+    fn events_are_named_by_the_collectors_identities() {
         let snapshot = crate::pods::LabPods::embedded(Default::default())
             .unwrap()
             .snapshot;
         let mut compiled = Compiled::default();
-        compiled
-            .endpoint_pods
-            .insert(4, "default/amazonlinux".into());
         std::sync::Arc::make_mut(&mut compiled.rules).insert(
             2,
             NamedRule {
@@ -783,8 +754,17 @@ mod tests {
             icmp_code: 0,
             _pad: [0; 6],
         };
-        let pods = pods_by_ip(&snapshot);
-        let flow = NamedEvent::from_event(&event, &pods, &compiled).unwrap();
+        let pods: Updates<Pod> = snapshot
+            .pods
+            .iter()
+            .map(|pod| {
+                let key = Object::Pod(pod).key().expect("a named pod");
+                (key, Some(Arc::new(pod.clone())))
+            })
+            .collect();
+        let mut identities = Identities::default();
+        identities.observe(naming(pod_changes(&pods), &[], &compiled), 0);
+        let flow = NamedEvent::from_event(&event, &identities).unwrap();
         assert_eq!(flow.endpoint_pod.as_deref(), Some("default/amazonlinux"));
         assert_eq!(
             flow.rule_label(),
@@ -798,6 +778,6 @@ mod tests {
             reason: 200,
             ..event
         };
-        assert_eq!(NamedEvent::from_event(&bad, &pods, &compiled), None);
+        assert_eq!(NamedEvent::from_event(&bad, &identities), None);
     }
 }

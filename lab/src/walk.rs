@@ -11,9 +11,6 @@
 //! `resolv.conf` go, the agent stops and its bpffs is unmounted (the probe detaches), and the
 //! namespaces are removed (kube-proxy's chains with the node's), in that order.
 
-use tollgate_agent::daemon::Synced;
-use tollgate_enforcer::snapshot::Snapshot;
-
 use crate::{
     LabError, LabOptions,
     client::{Client, Timeouts},
@@ -63,7 +60,7 @@ pub async fn walk(names: RunNames, options: &LabOptions) -> Result<LabReport, La
         &synced.compiled.services,
         topology.family(),
     )?;
-    let mut first = Some((first, synced));
+    let mut first_synced = true;
     let dns = pods.dns_cluster_ip()?;
     let pod_netns = pods.pods.iter().filter_map(|pod| {
         let link = topology.link(&pod.key())?;
@@ -83,29 +80,29 @@ pub async fn walk(names: RunNames, options: &LabOptions) -> Result<LabReport, La
 
     let mut steps = Vec::with_capacity(STEPS.len() + QUARANTINE_STEPS.len());
     for step in &STEPS {
-        let (snapshot, synced) = match first.take() {
-            Some(first) => first,
-            None => {
-                let snapshot = step.snapshot(&pods)?;
-                let synced = harness.agent.apply(step.number, &snapshot).await?;
-                (snapshot, synced)
-            }
-        };
-        steps.push(run_checks(step, &snapshot, synced, &mut harness).await?);
+        if !std::mem::take(&mut first_synced) {
+            harness
+                .agent
+                .apply(step.number, &step.snapshot(&pods)?)
+                .await?;
+        }
+        steps.push(run_checks(step, &mut harness).await?);
     }
     let mut incident = None;
     if options.quarantine {
         let [audit, isolate] = &QUARANTINE_STEPS;
-        let snapshot = audit.snapshot(&pods)?;
-        let synced = harness.agent.apply(audit.number, &snapshot).await?;
-        steps.push(run_checks(audit, &snapshot, synced, &mut harness).await?);
+        harness
+            .agent
+            .apply(audit.number, &audit.snapshot(&pods)?)
+            .await?;
+        steps.push(run_checks(audit, &mut harness).await?);
         let quarantined =
             Quarantined::act(isolate.snapshot(&pods)?, harness.flow_log.dir()).await?;
-        let synced = harness
+        harness
             .agent
             .apply(isolate.number, &quarantined.snapshot)
             .await?;
-        let mut report = run_checks(isolate, &quarantined.snapshot, synced, &mut harness).await?;
+        let mut report = run_checks(isolate, &mut harness).await?;
         report.policies.push(quarantined.describe());
         steps.push(report);
         incident = Some(quarantined);
@@ -160,14 +157,9 @@ pub async fn walk(names: RunNames, options: &LabOptions) -> Result<LabReport, La
     Ok(report)
 }
 
-/// Runs `step`'s checks from the client once the agent `synced` its objects (`snapshot`), has
-/// the kubelet probe once more, and collects the step's probe results and flow events.
-async fn run_checks(
-    step: &Step,
-    snapshot: &Snapshot,
-    synced: Synced,
-    harness: &mut Harness<'_>,
-) -> Result<StepReport, LabError> {
+/// Runs `step`'s checks from the client once the agent synced its objects, has the kubelet
+/// probe once more, and collects the step's probe results and flow events.
+async fn run_checks(step: &Step, harness: &mut Harness<'_>) -> Result<StepReport, LabError> {
     let mut checks = Vec::with_capacity(step.checks.len());
     for check in step.checks {
         let host = check.host(harness.pods)?;
@@ -180,14 +172,6 @@ async fn run_checks(
     harness.kubelet.round().await;
     let kubelet = harness.kubelet.take();
     let barrier = harness.agent.barrier().await?;
-    let (events, undecodable) = harness.flow_log.step_events(&barrier);
-    Ok(StepReport::new(
-        step,
-        checks,
-        kubelet,
-        &events,
-        undecodable,
-        snapshot,
-        &synced.compiled,
-    ))
+    let (flows, undecodable) = harness.flow_log.step_events(&barrier);
+    Ok(StepReport::new(step, checks, kubelet, flows, undecodable))
 }

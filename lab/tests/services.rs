@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tollgate_enforcer::{manifest::parse_manifests, snapshot::Snapshot};
+use tollgate_enforcer::manifest::parse_manifests;
 use tollgate_lab::{
     Attach, IpFamily,
     client::{Client, Outcome, Timeouts},
@@ -22,7 +22,6 @@ use tollgate_lab::{
     kubeproxy,
     names::RunNames,
     pods::LabPods,
-    report::{NamedEvent, pods_by_ip},
     servers::Servers,
     topology::{Topology, list_netns},
 };
@@ -200,15 +199,6 @@ async fn two_backends(family: IpFamily) {
         let web_b = pods.pods.iter().find(|p| p.name == "web-b").unwrap();
         let web_b_ip: IpAddr = a.web_b.parse().unwrap();
         let service_ip: IpAddr = a.service.parse().unwrap();
-        let named = |events: &[tollgate_schemas::FlowEvent],
-                     snapshot: &Snapshot,
-                     synced: &tollgate_agent::daemon::Synced| {
-            let by_ip = pods_by_ip(snapshot);
-            events
-                .iter()
-                .filter_map(|e| NamedEvent::from_event(e, &by_ip, &synced.compiled))
-                .collect::<Vec<_>>()
-        };
 
         // web-b's own ingress policy denies the client, after kube-proxy picked it.
         let outcomes = connections(&client, a.service).await;
@@ -234,8 +224,7 @@ async fn two_backends(family: IpFamily) {
             "{family}: web-a served every connection that succeeded"
         );
         let barrier = agent.barrier().await.unwrap();
-        let (events, _) = flow_log.step_events(&barrier);
-        let flows = named(&events, &ingress_case, &synced);
+        let (flows, _) = flow_log.step_events(&barrier);
         assert!(
             flows.iter().any(|f| f.direction == Direction::Ingress
                 && f.dst.addr == web_b_ip
@@ -251,7 +240,7 @@ async fn two_backends(family: IpFamily) {
 
         // The client's egress policy allows web-a only: the ClusterIP, which kube-proxy could
         // send to web-b, is denied as a whole.
-        let synced = agent.apply(2, &egress_case).await.unwrap();
+        agent.apply(2, &egress_case).await.unwrap();
         let outcomes = connections(&client, a.service).await;
         assert!(
             outcomes.iter().all(|o| o.exit == 28),
@@ -260,8 +249,7 @@ async fn two_backends(family: IpFamily) {
         assert_eq!(requests_from(&servers.access_log(web_b), a.client), 0);
         assert_eq!(requests_from(&servers.access_log(web_a), a.client), served);
         let barrier = agent.barrier().await.unwrap();
-        let (events, _) = flow_log.step_events(&barrier);
-        let flows = named(&events, &egress_case, &synced);
+        let (flows, _) = flow_log.step_events(&barrier);
         let denied = flows
             .iter()
             .find(|f| f.direction == Direction::Egress && f.dst.addr == service_ip)
