@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 
 use moto::Moto;
-use support::{TempDir, apiserver::ApiServer, flowlog, node::Node};
+use support::{TempDir, flowlog, node::Node};
 use tollgate_incident::{
     PodRef,
     cluster::KubeCluster,
@@ -23,6 +23,7 @@ use tollgate_incident::{
     source::Reader,
 };
 use tollgate_schemas::Verdict;
+use tollgate_test_support::apiserver::ApiServer;
 
 const AT: u64 = flowlog::HOUR + 1800; // 2026-11-25T10:30:00Z
 
@@ -141,7 +142,8 @@ async fn a_quarantine_holds_the_days_objects_and_digests_and_a_held_version_cann
     let keys = flow_log(&moto, "flows", dir.path()).await;
     assert_eq!(keys.len(), 3, "two flow files and a digest: {keys:?}");
 
-    let (client, server) = ApiServer::start("alice@example.com");
+    let (client, server) = ApiServer::start();
+    server.sign_in("alice@example.com");
     server.add_pod(POD);
     let pod: PodRef = "shop/web".parse().unwrap();
     let mut outcome = quarantine(&KubeCluster::new(client), &pod, "C2 beacon", || AT)

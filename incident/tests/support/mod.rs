@@ -2,7 +2,6 @@
 //! logs, and a temporary directory.
 #![allow(dead_code, reason = "each test binary uses its own part")]
 
-pub mod apiserver;
 pub mod athena_stub;
 pub mod flowlog;
 pub mod node;
