@@ -29,9 +29,10 @@ use tollgate_collector::read::{Filter, StoredRecord, read_dir, render_table};
 use tollgate_enforcer::{compile::ENFORCEMENT_ANNOTATION, snapshot::Snapshot};
 
 use support::{
-    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, http_get, http_ok, in_netns, privileged,
-    seed, tcp_reaches,
+    Bpffs, Node, Pod, RunningAgent, agent_config, http_get, http_ok, in_netns, privileged, seed,
+    tcp_reaches,
 };
+use tollgate_test_support::temp_dir;
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
@@ -250,8 +251,8 @@ fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
     }
     let (node, nginx, httpd, amazonlinux) = seed_node("audit-ns");
     let bpffs = Bpffs::new("audit-ns");
-    let files = TempDir::new("audit-ns");
-    let config = agent_config(&node, &bpffs, &files.0);
+    let files = temp_dir("audit-ns");
+    let config = agent_config(&node, &bpffs, files.path());
     let http = config.agent.metrics_address;
     let (source, handle) = StaticSource::new(seed_with_namespace_audit());
     let agent = RunningAgent::start(&node.netns, config, source);
@@ -291,7 +292,7 @@ fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
         "amazonlinux → nginx:80 still allowed"
     );
 
-    let (records, table) = stop_and_read(agent, &files.0);
+    let (records, table) = stop_and_read(agent, files.path());
     drop(handle);
     let httpd_records = records_of(&records, "default/amazonlinux", "default/httpd");
     // Audit: denied by policy at both ends, passed, recorded at both.
@@ -327,8 +328,8 @@ fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
     }
     let (node, nginx, httpd, amazonlinux) = seed_node("audit-pol");
     let bpffs = Bpffs::new("audit-pol");
-    let files = TempDir::new("audit-pol");
-    let config = agent_config(&node, &bpffs, &files.0);
+    let files = temp_dir("audit-pol");
+    let config = agent_config(&node, &bpffs, files.path());
     let http = config.agent.metrics_address;
     let (source, handle) = StaticSource::new(seed_with_policy_audit(&["all-deny"]));
     let agent = RunningAgent::start(&node.netns, config, source);
@@ -384,7 +385,7 @@ fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
         "amazonlinux → nginx:80 still allowed"
     );
 
-    let (records, table) = stop_and_read(agent, &files.0);
+    let (records, table) = stop_and_read(agent, files.path());
     drop(handle);
     let from_nginx = records_of(&records, "default/nginx", "default/httpd");
     assert_audit_denied(&from_nginx, "egress", first_until, &table);
@@ -444,8 +445,8 @@ fn denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
     }
     let (node, _nginx, httpd, amazonlinux) = seed_node("audit-race");
     let bpffs = Bpffs::new("audit-race");
-    let files = TempDir::new("audit-race");
-    let config = agent_config(&node, &bpffs, &files.0);
+    let files = temp_dir("audit-race");
+    let config = agent_config(&node, &bpffs, files.path());
     let http = config.agent.metrics_address;
     let (source, handle) = StaticSource::new(seed_with_namespace_audit());
     let agent = RunningAgent::start(&node.netns, config, source);
@@ -480,7 +481,8 @@ fn denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
     });
     agent.stop().expect("agent stopped cleanly");
     drop(handle);
-    let records = read_dir(&files.0.join("flows"), &Filter::default()).expect("read the flows");
+    let records =
+        read_dir(&files.path().join("flows"), &Filter::default()).expect("read the flows");
     let incoherent: Vec<StoredRecord> = records
         .iter()
         .filter(|r| {

@@ -20,9 +20,10 @@ use tollgate_agent::{
 };
 
 use support::{
-    Bpffs, Node, Pod, TempDir, Wiring, in_netns, ingress_filters, ip, privileged, program,
+    Bpffs, Node, Pod, Wiring, in_netns, ingress_filters, ip, privileged, program,
     program_by_address, tcx_programs, udp_reaches,
 };
+use tollgate_test_support::temp_dir;
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
@@ -347,9 +348,8 @@ fn a_custom_veth_prefix_is_followed_from_the_cni_config() {
     if !privileged("custom veth prefix discovery in network namespaces") {
         return;
     }
-    let files = TempDir::new("prefix");
-    std::fs::create_dir_all(&files.0).expect("dir");
-    let conflist = files.0.join("10-aws.conflist");
+    let files = temp_dir("prefix");
+    let conflist = files.path().join("10-aws.conflist");
     std::fs::write(
         &conflist,
         r#"{"cniVersion": "0.4.0", "name": "aws-cni", "plugins": [

@@ -19,9 +19,10 @@ use tollgate_agent::{
 use tollgate_enforcer::manifest::parse_manifests;
 
 use support::{
-    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, cluster_yaml, eventually, http_ok,
-    in_netns, ip, privileged, spawn_in_netns, udp_reaches,
+    Bpffs, Node, Pod, RunningAgent, agent_config, cluster_yaml, eventually, http_ok, in_netns, ip,
+    privileged, spawn_in_netns, udp_reaches,
 };
+use tollgate_test_support::temp_dir;
 
 /// The primary ENI's addresses, the secondary ENI's, and one added later.
 const ETH0_V4: &str = "198.18.10.17";
@@ -204,7 +205,7 @@ fn the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy() {
     let amazonlinux = node.add_pod("amazonlinux", "198.18.0.40", 2);
     add_enis(&node, &amazonlinux.host_veth);
     let bpffs = Bpffs::new("nodein");
-    let files = TempDir::new("nodein");
+    let files = temp_dir("nodein");
     let cluster = || {
         let (snapshot, errors) = parse_manifests(&cluster_yaml(&node.pods, ISOLATE_HTTPD), "c");
         assert_eq!(errors, vec![]);
@@ -212,7 +213,7 @@ fn the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy() {
     };
 
     // `allow` (the default): the node's addresses pass httpd's ingress policy, a pod's not.
-    let config = agent_config(&node, &bpffs, &files.0);
+    let config = agent_config(&node, &bpffs, files.path());
     assert_eq!(config.agent.node_ingress, NodeIngress::Allow);
     let http = config.agent.health_address;
     let (source, _handle) = StaticSource::new(cluster());

@@ -25,9 +25,10 @@ use tollgate_enforcer::manifest::parse_manifests;
 use tollgate_schemas::map_names;
 
 use support::{
-    Bpffs, Node, Pod, TempDir, agent_settings, enter_netns, free_port, http_get, http_ok, in_netns,
+    Bpffs, Node, Pod, agent_settings, enter_netns, free_port, http_get, http_ok, in_netns,
     privileged, spawn_in_netns,
 };
+use tollgate_test_support::temp_dir;
 
 const PODS: &str = include_str!("../../examples/seed/lab-pods.yaml");
 const ALL_DENY: &str = include_str!("../../examples/seed/all-deny.yaml");
@@ -378,11 +379,11 @@ fn sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
     let httpd = node.add_pod("httpd", "198.18.0.30", 3);
     let amazonlinux = node.add_pod("amazonlinux", "198.18.0.40", 4);
     let bpffs = Bpffs::new("restart");
-    let files = TempDir::new("restart");
+    let files = temp_dir("restart");
     let _servers = (Server::start(&nginx), Server::start(&httpd));
 
     // The first agent.
-    let mut first = AgentProcess::start(&node, &bpffs.root, &files.0);
+    let mut first = AgentProcess::start(&node, &bpffs.root, files.path());
     let ready_in = first.wait_ready(&node, Duration::from_secs(60));
     let (rss_ready, hwm_ready) = memory(first.pid());
     let text = first.metrics(&node);
@@ -434,7 +435,7 @@ fn sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
 
     // The next agent: same bpffs, reuses the maps, adopts the links.
     let second_at = start.elapsed();
-    let mut second = AgentProcess::start(&node, &bpffs.root, &files.0);
+    let mut second = AgentProcess::start(&node, &bpffs.root, files.path());
     let second_ready_in = second.wait_ready(&node, Duration::from_secs(15));
     let second_ready_at = start.elapsed();
     let second_program = linked_program(&bpffs.root, &nginx);

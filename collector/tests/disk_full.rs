@@ -32,21 +32,18 @@ use tollgate_collector::{
     sink::LocalSink,
 };
 use tollgate_schemas::FlowEvent;
-use tollgate_test_support::privileged;
+use tollgate_test_support::{TempDir, privileged, temp_dir};
 
 /// A tmpfs of `size` bytes mounted on a fresh temporary directory; unmounted and removed on
 /// drop.
 struct Tmpfs {
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Tmpfs {
     fn mount(test: &str, size: usize) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("tollgate-disk-full-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("creating the mount point");
-        let target = CString::new(dir.as_os_str().as_bytes()).expect("a path");
+        let dir = temp_dir(&format!("disk-full-{test}"));
+        let target = CString::new(dir.path().as_os_str().as_bytes()).expect("a path");
         let options = CString::new(format!("size={size},mode=0700")).expect("options");
         // SAFETY: every pointer is a NUL-terminated string that outlives the call.
         let mounted = unsafe {
@@ -60,18 +57,17 @@ impl Tmpfs {
         };
         if mounted != 0 {
             let error = std::io::Error::last_os_error();
-            let _ = fs::remove_dir(&dir);
-            panic!("mounting a tmpfs on {}: {error}", dir.display());
+            panic!("mounting a tmpfs on {}: {error}", dir.path().display());
         }
         Self { dir }
     }
 
     fn path(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     fn filler(&self) -> PathBuf {
-        self.dir.join("filler")
+        self.path().join("filler")
     }
 
     /// Fills the filesystem to its last byte.
@@ -85,7 +81,7 @@ impl Tmpfs {
             let bytes = vec![0xa5; chunk];
             while file.write_all(&bytes).is_ok() {}
         }
-        let probe = self.dir.join("probe");
+        let probe = self.path().join("probe");
         assert!(fs::write(&probe, b"x").is_err(), "the filesystem is full");
         let _ = fs::remove_file(probe);
     }
@@ -98,11 +94,11 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        if let Ok(target) = CString::new(self.dir.as_os_str().as_bytes()) {
+        if let Ok(target) = CString::new(self.path().as_os_str().as_bytes()) {
             // SAFETY: a NUL-terminated path that outlives the call.
             unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        // The mount point itself goes with `dir`, once unmounted.
     }
 }
 
@@ -290,10 +286,8 @@ fn a_delivery_to_a_full_flow_directory_leaves_no_partial_file() {
         return;
     }
     let disk = Tmpfs::mount("sink", 64 * 1024);
-    let source = std::env::temp_dir().join(format!(
-        "tollgate-disk-full-source-{}.parquet",
-        std::process::id()
-    ));
+    let scratch = temp_dir("disk-full-source");
+    let source = scratch.path().join("source.parquet");
     fs::write(&source, vec![7u8; 256 * 1024]).expect("writing the source");
     let flows = disk.path().join("flows");
     let sink = LocalSink::new(flows.clone());

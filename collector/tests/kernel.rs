@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{privileged, s3_server::TempDir};
+use support::privileged;
 use tokio::sync::Notify;
 use tollgate_collector::{
     config::{CollectorConfig, SinkConfig},
@@ -20,6 +20,7 @@ use tollgate_collector::{
     service::Collector,
 };
 use tollgate_schemas::Counter;
+use tollgate_test_support::{TempDir, temp_dir};
 
 fn config(dir: &TempDir) -> CollectorConfig {
     CollectorConfig {
@@ -38,7 +39,7 @@ fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
     if !privileged("a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count") {
         return;
     }
-    let dir = TempDir::new("ringbuf-full");
+    let dir = temp_dir("ringbuf-full");
     let config = config(&dir);
     let metrics = Arc::new(Metrics::default());
     let identities = Arc::new(Mutex::new(Identities::default()));
@@ -121,7 +122,7 @@ async fn the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each
     ) {
         return;
     }
-    let dir = TempDir::new("service");
+    let dir = temp_dir("service");
     let config = config(&dir);
     let (mut flood, reader) = Flood::new().unwrap();
     let identities = Arc::new(Mutex::new(Identities::default()));

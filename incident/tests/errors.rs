@@ -6,8 +6,8 @@ mod support;
 use std::error::Error;
 
 use support::{
-    TempDir,
     flowlog::{FROM, TO},
+    temp_dir,
 };
 use tollgate_collector::{
     identity::PodIdentity,
@@ -37,7 +37,7 @@ fn chain(error: &(dyn Error + 'static)) -> String {
 
 #[tokio::test]
 async fn a_missing_flow_log_says_so_once() {
-    let out = TempDir::new("bundle");
+    let out = temp_dir("bundle");
     let missing = out.path().join("no-such-flow-log");
     let request = EvidenceRequest {
         pod: "shop/web".parse::<PodRef>().unwrap(),
@@ -68,7 +68,7 @@ async fn a_missing_flow_log_says_so_once() {
 
 #[tokio::test]
 async fn an_undeliverable_record_says_so_once() {
-    let dir = TempDir::new("record");
+    let dir = temp_dir("record");
     // The flow log is a file, not a directory: the sink cannot write under it.
     let flow_log = dir.path().join("flow-log");
     std::fs::write(&flow_log, "").unwrap();

@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::json;
-use support::TempDir;
+use support::temp_dir;
 use tollgate_collector::read::{Filter, read_dir};
 use tollgate_incident::{
     PodRef,
@@ -143,8 +143,8 @@ async fn quarantine_creates_the_policy_then_labels_the_pod() {
     );
 
     // The record, in the flow log as every reader sees it.
-    let flows = TempDir::new("flows");
-    let staging = TempDir::new("staging");
+    let flows = temp_dir("flows");
+    let staging = temp_dir("staging");
     let location = FlowLogLocation::Local(flows.path().to_owned());
     let delivered = record::deliver(
         "prod-eu-1",

@@ -29,6 +29,7 @@ use tollgate_lab::{
 use tollgate_schemas::{Direction, Reason, Verdict};
 
 use support::privileged;
+use tollgate_test_support::temp_dir;
 
 /// Connections made to the ClusterIP per case: enough that both backends are picked (all on
 /// one is 2^-19 likely), each bounded by the client's timeouts.
@@ -157,7 +158,8 @@ async fn two_backends(family: IpFamily) {
 
     let names = RunNames::new();
     let prefix = names.prefix().to_owned();
-    let out = std::env::temp_dir().join(format!("{prefix}-services-test-flows"));
+    let scratch = temp_dir("services-test");
+    let out = scratch.path().join("flows");
     {
         let topology = Topology::create(names, &pods, None).unwrap();
         let (mut flow_log, collector, tap) = FlowLog::new(&prefix, Some(&out), false);
@@ -283,5 +285,5 @@ async fn two_backends(family: IpFamily) {
         .filter(|n| n.starts_with(&format!("{prefix}-")))
         .collect();
     assert_eq!(left, Vec::<String>::new());
-    std::fs::remove_dir_all(&out).unwrap();
+    assert!(out.is_dir(), "the flow log was written");
 }

@@ -776,19 +776,3 @@ impl Drop for RunningAgent {
         let _ = self.finish();
     }
 }
-
-/// A temporary directory named after `tag` and the process, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// `<temp dir>/tollgate-<tag>-test-<pid>`.
-    pub fn new(tag: &str) -> Self {
-        Self(std::env::temp_dir().join(format!("tollgate-{tag}-test-{}", std::process::id())))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
