@@ -36,8 +36,8 @@ fn flip_one_byte(path: &Path, at: usize) -> Vec<u8> {
 }
 
 #[test]
-fn quarantine_in_the_lab_then_evidence_that_detects_tampering() {
-    if !privileged("quarantine_in_the_lab_then_evidence_that_detects_tampering") {
+fn privileged_quarantine_in_the_lab_then_evidence_that_detects_tampering() {
+    if !privileged("privileged_quarantine_in_the_lab_then_evidence_that_detects_tampering") {
         return;
     }
     let scratch = temp_dir("incident-e2e");

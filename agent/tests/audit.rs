@@ -2,11 +2,11 @@
 //! of `daemon.rs` (addresses of 198.18.0.0/24 inside the test's namespaces only), the collector
 //! writing to a temporary directory that is read back at the end.
 //!
-//! - `a_namespace_in_audit_mode_passes_would_be_denies_and_records_them`: the seed with
+//! - `privileged_a_namespace_in_audit_mode_passes_would_be_denies_and_records_them`: the seed with
 //!   namespace `default` annotated `tollgate.io/enforcement: audit`: amazonlinux → httpd:80
 //!   passes (audit-deny), amazonlinux → nginx:80 is allowed by its rule; the annotation removed,
 //!   httpd is denied again. The records say which was which.
-//! - `a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does`: the annotation on
+//! - `privileged_a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does`: the annotation on
 //!   the `all-deny` policy instead. A direction of an endpoint is in audit mode only when every
 //!   policy isolating it is (`enforcer/src/compile/endpoint.rs`): amazonlinux's egress is also
 //!   isolated by `allow-amazonlinux-to-nginx`, so amazonlinux → httpd stays denied at
@@ -245,8 +245,8 @@ fn stop_and_read(agent: RunningAgent, files: &Path) -> (Vec<StoredRecord>, Strin
 }
 
 #[test]
-fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
-    if !privileged("run_agent in network namespaces") {
+fn privileged_a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
+    if !privileged("privileged_a_namespace_in_audit_mode_passes_would_be_denies_and_records_them") {
         return;
     }
     let (node, nginx, httpd, amazonlinux) = seed_node("audit-ns");
@@ -322,8 +322,10 @@ fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
 }
 
 #[test]
-fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
-    if !privileged("run_agent in network namespaces") {
+fn privileged_a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
+    if !privileged(
+        "privileged_a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does",
+    ) {
         return;
     }
     let (node, nginx, httpd, amazonlinux) = seed_node("audit-pol");
@@ -439,8 +441,8 @@ fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
 /// identity history (before that fix, 6 runs out of 9 recorded up to 900 `REJECT` records with
 /// `enforcement_mode = 'audit'`).
 #[test]
-fn denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
-    if !privileged("run_agent in network namespaces") {
+fn privileged_denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
+    if !privileged("privileged_denials_right_after_leaving_audit_mode_are_recorded_as_enforce") {
         return;
     }
     let (node, _nginx, httpd, amazonlinux) = seed_node("audit-race");

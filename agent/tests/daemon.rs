@@ -45,8 +45,10 @@ fn parquet_files(dir: &std::path::Path) -> usize {
 }
 
 #[test]
-fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() {
-    if !privileged("run_agent in network namespaces") {
+fn privileged_the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() {
+    if !privileged(
+        "privileged_the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place",
+    ) {
         return;
     }
     let mut node = Node::new("agent");
@@ -228,8 +230,8 @@ fn watch_attach(
 /// and a pod the cluster already named, whose host route comes late, is programmed without
 /// waiting for another cluster change.
 #[test]
-fn new_veths_are_enforced_at_once_and_late_routes_programmed() {
-    if !privileged("run_agent in network namespaces") {
+fn privileged_new_veths_are_enforced_at_once_and_late_routes_programmed() {
+    if !privileged("privileged_new_veths_are_enforced_at_once_and_late_routes_programmed") {
         return;
     }
     let mut node = Node::new("podstart");

@@ -104,8 +104,8 @@ fn assert_enforces(node: &Node, config_http: std::net::SocketAddr, amazonlinux: 
 }
 
 #[test]
-fn the_agent_enforces_with_its_spool_on_a_full_disk() {
-    if !privileged("run_agent with its spool on a full disk") {
+fn privileged_the_agent_enforces_with_its_spool_on_a_full_disk() {
+    if !privileged("privileged_the_agent_enforces_with_its_spool_on_a_full_disk") {
         return;
     }
     let mut node = Node::new("diskfull");
@@ -133,8 +133,8 @@ fn the_agent_enforces_with_its_spool_on_a_full_disk() {
 }
 
 #[test]
-fn a_collector_that_cannot_start_does_not_stop_enforcement() {
-    if !privileged("run_agent with a collector that cannot start") {
+fn privileged_a_collector_that_cannot_start_does_not_stop_enforcement() {
+    if !privileged("privileged_a_collector_that_cannot_start_does_not_stop_enforcement") {
         return;
     }
     let mut node = Node::new("nocollector");

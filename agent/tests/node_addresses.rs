@@ -103,8 +103,10 @@ fn addresses(list: &[&str]) -> Vec<IpAddr> {
 }
 
 #[test]
-fn the_nodes_addresses_are_found_in_its_namespace_and_changes_are_heard() {
-    if !privileged("node address discovery in network namespaces") {
+fn privileged_the_nodes_addresses_are_found_in_its_namespace_and_changes_are_heard() {
+    if !privileged(
+        "privileged_the_nodes_addresses_are_found_in_its_namespace_and_changes_are_heard",
+    ) {
         return;
     }
     let mut node = Node::new("naddr");
@@ -196,8 +198,8 @@ spec:
 "#;
 
 #[test]
-fn the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy() {
-    if !privileged("run_agent and node traffic in network namespaces") {
+fn privileged_the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy() {
+    if !privileged("privileged_the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy") {
         return;
     }
     let mut node = Node::new("nodein");

@@ -68,7 +68,7 @@ fn seed(allow: bool) -> tollgate_enforcer::snapshot::Snapshot {
 /// namespace, `/metrics` and the health endpoints on one loopback address there, logs (debug)
 /// on standard error. A line `drop-allow` on standard input deletes the allow policy.
 #[test]
-#[ignore = "the agent process of sigkill_under_traffic_…; does nothing on its own"]
+#[ignore = "the agent process of privileged_sigkill_under_traffic_…; does nothing on its own"]
 fn agent_process() {
     let Ok(bpffs) = std::env::var(CHILD_ROOT) else {
         return;
@@ -369,8 +369,9 @@ impl Drop for StopOnDrop {
 }
 
 #[test]
-fn sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
-    if !privileged("SIGKILL of an agent process in network namespaces") {
+fn privileged_sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
+    if !privileged("privileged_sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts")
+    {
         return;
     }
     let mut node = Node::new("restart");

@@ -40,8 +40,10 @@ fn wait_ready(node: &Node, agent: std::net::SocketAddr) {
 }
 
 #[test]
-fn every_wiring_is_enforced_and_a_pod_moved_between_wirings_across_a_restart_stays_so() {
-    if !privileged("run_agent on the VPC CNI's wirings in network namespaces") {
+fn privileged_every_wiring_is_enforced_and_a_pod_moved_between_wirings_across_a_restart_stays_so() {
+    if !privileged(
+        "privileged_every_wiring_is_enforced_and_a_pod_moved_between_wirings_across_a_restart_stays_so",
+    ) {
         return;
     }
     let mut node = Node::new("wire");

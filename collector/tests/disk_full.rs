@@ -199,8 +199,10 @@ fn is_chain_entry(spool: &Path, path: &Path) -> bool {
 /// goes on enforcing), counts the records it cannot write, and writes their loss record as
 /// soon as there is room, without waiting for traffic.
 #[test]
-fn a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room() {
-    if !privileged("a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room") {
+fn privileged_a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room() {
+    if !privileged(
+        "privileged_a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room",
+    ) {
         return;
     }
     let disk = Tmpfs::mount("start", 1 << 20);
@@ -236,8 +238,8 @@ fn a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room() 
 /// records it could not keep become a loss record at the next start, written before anything
 /// else, and no temporary file is left in the spool.
 #[test]
-fn losses_of_a_full_disk_are_recorded_at_the_next_start() {
-    if !privileged("losses_of_a_full_disk_are_recorded_at_the_next_start") {
+fn privileged_losses_of_a_full_disk_are_recorded_at_the_next_start() {
+    if !privileged("privileged_losses_of_a_full_disk_are_recorded_at_the_next_start") {
         return;
     }
     let disk = Tmpfs::mount("restart", 1 << 20);
@@ -281,8 +283,8 @@ fn losses_of_a_full_disk_are_recorded_at_the_next_start() {
 
 /// A delivery to a local flow directory on a full disk fails and leaves no `.partial` file.
 #[test]
-fn a_delivery_to_a_full_flow_directory_leaves_no_partial_file() {
-    if !privileged("a_delivery_to_a_full_flow_directory_leaves_no_partial_file") {
+fn privileged_a_delivery_to_a_full_flow_directory_leaves_no_partial_file() {
+    if !privileged("privileged_a_delivery_to_a_full_flow_directory_leaves_no_partial_file") {
         return;
     }
     let disk = Tmpfs::mount("sink", 64 * 1024);

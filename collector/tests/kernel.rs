@@ -35,8 +35,8 @@ fn config(dir: &TempDir) -> CollectorConfig {
 }
 
 #[test]
-fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
-    if !privileged("a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count") {
+fn privileged_a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
+    if !privileged("privileged_a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count") {
         return;
     }
     let dir = temp_dir("ringbuf-full");
@@ -116,9 +116,10 @@ fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once() {
+async fn privileged_the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once()
+ {
     if !privileged(
-        "the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once",
+        "privileged_the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once",
     ) {
         return;
     }

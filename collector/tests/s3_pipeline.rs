@@ -109,8 +109,8 @@ async fn traffic(flood: &mut Flood, count: usize, over: Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_record_arrives_exactly_once_across_an_outage_of_the_server() {
-    if !privileged("every_record_arrives_exactly_once_across_an_outage_of_the_server") {
+async fn privileged_every_record_arrives_exactly_once_across_an_outage_of_the_server() {
+    if !privileged("privileged_every_record_arrives_exactly_once_across_an_outage_of_the_server") {
         return;
     }
     let mut server = S3Server::start().await;
@@ -199,9 +199,11 @@ async fn crash_child() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded() {
-    if !privileged("after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded")
-    {
+async fn privileged_after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded()
+{
+    if !privileged(
+        "privileged_after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded",
+    ) {
         return;
     }
     let server = S3Server::start().await;

@@ -340,8 +340,8 @@ spec:
 }
 
 #[test]
-fn example_renders_the_same_on_the_ebpf_programs() {
-    if !privileged("example_renders_the_same_on_the_ebpf_programs") {
+fn privileged_example_renders_the_same_on_the_ebpf_programs() {
+    if !privileged("privileged_example_renders_the_same_on_the_ebpf_programs") {
         return;
     }
     let mut bpf = BpfDatapath::new().expect("load the eBPF programs");

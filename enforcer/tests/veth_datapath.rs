@@ -302,8 +302,9 @@ const ETH_P_8021AD: u16 = 0x88a8;
 /// frame after that — the inner one of QinQ — is a frame the probe cannot read: dropped,
 /// counted as malformed, without an event.
 #[test]
-fn vlan_tagged_frames_through_a_real_veth_are_decided_as_the_ip_inside() {
-    if !privileged("the probe on a veth carrying VLAN-tagged frames") {
+fn privileged_vlan_tagged_frames_through_a_real_veth_are_decided_as_the_ip_inside() {
+    if !privileged("privileged_vlan_tagged_frames_through_a_real_veth_are_decided_as_the_ip_inside")
+    {
         return;
     }
     let mut namespaces = Namespaces::new("vlan");
@@ -415,8 +416,10 @@ struct Fate {
 /// (pointer below 4, length past the header) is dropped by the node's stack as a header error
 /// (and answered with a parameter problem) after the probe allowed it.
 #[test]
-fn ipv4_options_through_a_real_veth_reach_the_pod_unless_the_kernel_refuses_them() {
-    if !privileged("IPv4 options through the probe and the node's forwarding") {
+fn privileged_ipv4_options_through_a_real_veth_reach_the_pod_unless_the_kernel_refuses_them() {
+    if !privileged(
+        "privileged_ipv4_options_through_a_real_veth_reach_the_pod_unless_the_kernel_refuses_them",
+    ) {
         return;
     }
     let mut namespaces = Namespaces::new("ipopt");

@@ -54,8 +54,8 @@ fn text<'a>(row: &'a Value, column: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
-    if !privileged("the_named_queries_answer_the_seeds_questions_on_the_labs_parquet") {
+async fn privileged_the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
+    if !privileged("privileged_the_named_queries_answer_the_seeds_questions_on_the_labs_parquet") {
         return;
     }
     let scratch = temp_dir("athena-test");

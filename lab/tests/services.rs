@@ -134,8 +134,8 @@ fn requests_from(log: &str, client: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_denied_backend_is_never_reached_through_the_cluster_ip() {
-    if !privileged("a_denied_backend_is_never_reached_through_the_cluster_ip") {
+async fn privileged_a_denied_backend_is_never_reached_through_the_cluster_ip() {
+    if !privileged("privileged_a_denied_backend_is_never_reached_through_the_cluster_ip") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {

@@ -3,7 +3,8 @@
 //! [`privileged`] is the one check of every test that needs root (BPF programs, network
 //! namespaces, bpffs mounts): without root it says SKIPPED loudly and the test returns, except
 //! under CI (`CI` set), which runs as root, where a privileged test must never skip: there it
-//! fails instead.
+//! fails instead. Every such test is named `privileged_…` and passes its own name, so
+//! `cargo test privileged_` runs them and `cargo test -- --skip privileged_` leaves them out.
 //! [`netns`] is the network namespace of a test, removed on drop, and the way into it.
 //!
 //! [`temp_dir`] makes a test's temporary directory. With the `apiserver` feature,
