@@ -13,9 +13,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use flowlog::{Layout, Scratch, flow, loss, partition, pod, write};
+use flowlog::{Layout, flow, loss, partition, pod, write};
 use parquet::basic::Compression;
 use tollgate_schemas::{Verdict, record::COLUMNS};
+use tollgate_test_support::temp_dir;
 
 /// 2026-11-25T10:00:00Z.
 const HOUR: u64 = 1_795_600_800;
@@ -80,7 +81,7 @@ fn flow_log(dir: &Path) {
 
 #[test]
 fn every_command_ends_quietly_when_its_reader_goes_away() {
-    let scratch = Scratch::new("commands-epipe");
+    let scratch = temp_dir("commands-epipe");
     let flows = scratch.path().join("flows");
     flow_log(&flows);
     let flows_arg = flows.to_str().unwrap();
@@ -146,7 +147,7 @@ fn every_command_ends_quietly_when_its_reader_goes_away() {
 
 #[test]
 fn flows_reads_what_it_can_and_names_each_file_it_skipped() {
-    let scratch = Scratch::new("commands-skips");
+    let scratch = temp_dir("commands-skips");
     let dir = scratch.path();
     let (web, api) = (pod("default", "web"), pod("default", "api"));
     let part = partition(HOUR);
@@ -216,7 +217,7 @@ fn flows_reads_what_it_can_and_names_each_file_it_skipped() {
 
 #[test]
 fn flows_json_uses_the_record_columns_all_of_them() {
-    let scratch = Scratch::new("commands-json");
+    let scratch = temp_dir("commands-json");
     flow_log(scratch.path());
     let output = tollgate(&[
         "flows",
@@ -244,7 +245,7 @@ fn flows_json_uses_the_record_columns_all_of_them() {
 
 #[test]
 fn flows_since_reads_only_the_partitions_that_can_hold_its_records() {
-    let scratch = Scratch::new("commands-since");
+    let scratch = temp_dir("commands-since");
     let dir = scratch.path();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -302,7 +303,7 @@ fn flows_since_reads_only_the_partitions_that_can_hold_its_records() {
 
 #[test]
 fn errors_say_each_cause_once() {
-    let scratch = Scratch::new("commands-errors");
+    let scratch = temp_dir("commands-errors");
     let missing = scratch.path().join("absent");
     let missing_arg = missing.to_str().unwrap();
     let bundle = scratch.path().join("bundle");

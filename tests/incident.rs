@@ -7,9 +7,9 @@
 #[path = "support/cli.rs"]
 mod cli;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use tollgate_test_support::privileged;
+use tollgate_test_support::{privileged, temp_dir};
 
 fn tollgate(args: &[&str]) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -27,15 +27,6 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// A directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn flip_one_byte(path: &Path, at: usize) -> Vec<u8> {
     let original = std::fs::read(path).unwrap();
     let mut changed = original.clone();
@@ -45,14 +36,12 @@ fn flip_one_byte(path: &Path, at: usize) -> Vec<u8> {
 }
 
 #[test]
-fn quarantine_in_the_lab_then_evidence_that_detects_tampering() {
-    if !privileged("quarantine_in_the_lab_then_evidence_that_detects_tampering") {
+fn privileged_quarantine_in_the_lab_then_evidence_that_detects_tampering() {
+    if !privileged("privileged_quarantine_in_the_lab_then_evidence_that_detects_tampering") {
         return;
     }
-    let scratch =
-        Scratch(std::env::temp_dir().join(format!("tollgate-incident-e2e-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&scratch.0);
-    let out = scratch.0.join("lab");
+    let scratch = temp_dir("incident-e2e");
+    let out = scratch.path().join("lab");
     let out_arg = out.to_str().unwrap();
 
     let lab = tollgate(&["lab", "--quarantine", "--out", out_arg]);
@@ -120,7 +109,7 @@ fn quarantine_in_the_lab_then_evidence_that_detects_tampering() {
     // The same bundle, rebuilt from the lab's flow log by `tollgate evidence`.
     let lab_manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
-    let again = scratch.0.join("again");
+    let again = scratch.path().join("again");
     let from = lab_manifest["window"]["from"].to_string();
     let to = lab_manifest["window"]["to"].to_string();
     let evidence = tollgate(&[

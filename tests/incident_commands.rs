@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use tollgate_test_support::temp_dir;
+
 /// Runs `tollgate ARGS` with no kubeconfig and no in-cluster environment; stopped (and the
 /// test failed) after 20 s.
 fn tollgate(args: &[&str], home: &Path) -> Output {
@@ -39,25 +41,6 @@ fn tollgate(args: &[&str], home: &Path) -> Output {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// A directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(what: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("tollgate-cli-test-{}-{what}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn mkfifo(path: &Path) {
@@ -90,8 +73,8 @@ fn evidence(pod: &str, flow_log: &Path, out: &Path, extra: &[&str], home: &Path)
 
 #[test]
 fn quarantine_refuses_bad_arguments_before_contacting_anything() {
-    let scratch = Scratch::new("quarantine");
-    let flow_log = scratch.0.join("flows");
+    let scratch = temp_dir("cli-test-quarantine");
+    let flow_log = scratch.path().join("flows");
     let flow_log = flow_log.to_string_lossy();
     for (reason, cluster, flag) in [
         ("", "prod", "--reason"),
@@ -110,7 +93,7 @@ fn quarantine_refuses_bad_arguments_before_contacting_anything() {
                 "--flow-log",
                 &flow_log,
             ],
-            &scratch.0,
+            scratch.path(),
         );
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{text}");
@@ -123,15 +106,15 @@ fn quarantine_refuses_bad_arguments_before_contacting_anything() {
 
 #[test]
 fn evidence_of_a_pod_the_flow_log_never_names_fails_loudly() {
-    let scratch = Scratch::new("empty");
-    let flow_log = scratch.0.join("flows");
+    let scratch = temp_dir("cli-test-empty");
+    let flow_log = scratch.path().join("flows");
     std::fs::create_dir_all(flow_log.join("cluster=prod/dt=2026-11-25/hour=10")).unwrap();
     let output = evidence(
         "shop/web",
         &flow_log,
-        &scratch.0.join("b1"),
+        &scratch.path().join("b1"),
         &[],
-        &scratch.0,
+        scratch.path(),
     );
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
@@ -141,23 +124,24 @@ fn evidence_of_a_pod_the_flow_log_never_names_fails_loudly() {
     let output = evidence(
         "shop/web",
         &flow_log,
-        &scratch.0.join("b2"),
+        &scratch.path().join("b2"),
         &["--allow-empty"],
-        &scratch.0,
+        scratch.path(),
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }
 
 #[test]
 fn evidence_skips_unreadable_files_names_them_and_exits_1() {
-    let scratch = Scratch::new("unreadable");
-    let flow_log = scratch.0.join("flows");
+    let scratch = temp_dir("cli-test-unreadable");
+    let dir = scratch.path();
+    let flow_log = dir.join("flows");
     let hour = flow_log.join("cluster=prod/dt=2026-11-25/hour=10");
     std::fs::create_dir_all(&hour).unwrap();
     std::fs::write(hour.join("node-a-1.parquet"), b"PAR1 truncated").unwrap();
     mkfifo(&hour.join("node-b-1.parquet"));
-    let out = scratch.0.join("b");
-    let output = evidence("shop/web", &flow_log, &out, &["--allow-empty"], &scratch.0);
+    let out = dir.join("b");
+    let output = evidence("shop/web", &flow_log, &out, &["--allow-empty"], dir);
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(
@@ -177,24 +161,24 @@ fn evidence_skips_unreadable_files_names_them_and_exits_1() {
 
 #[test]
 fn evidence_verify_takes_only_regular_files_of_the_bundle() {
-    let scratch = Scratch::new("verify");
-    let flow_log = scratch.0.join("flows");
+    let scratch = temp_dir("cli-test-verify");
+    let flow_log = scratch.path().join("flows");
     std::fs::create_dir_all(&flow_log).unwrap();
-    let bundle = scratch.0.join("b");
+    let bundle = scratch.path().join("b");
     let output = evidence(
         "shop/web",
         &flow_log,
         &bundle,
         &["--allow-empty"],
-        &scratch.0,
+        scratch.path(),
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let dir = bundle.to_string_lossy().into_owned();
-    let verify = || tollgate(&["evidence", "verify", &dir], &scratch.0);
+    let verify = || tollgate(&["evidence", "verify", &dir], scratch.path());
     assert_eq!(verify().status.code(), Some(0));
 
     // flows.csv as a link to an identical copy elsewhere: not the bundle's file.
-    let copy = scratch.0.join("flows.csv");
+    let copy = scratch.path().join("flows.csv");
     std::fs::rename(bundle.join("flows.csv"), &copy).unwrap();
     std::os::unix::fs::symlink(&copy, bundle.join("flows.csv")).unwrap();
     let output = verify();
@@ -276,12 +260,12 @@ fn signed_flow_log(dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn digest_verify_exits_0_on_an_intact_flow_log_and_1_with_a_line_per_problem() {
-    let scratch = Scratch::new("digest-verify");
-    let (flows, key) = signed_flow_log(&scratch.0);
+    let scratch = temp_dir("cli-test-digest-verify");
+    let (flows, key) = signed_flow_log(scratch.path());
     let key = key.to_str().unwrap();
-    let exported = tollgate(&["digest", "public-key", "--key-file", key], &scratch.0);
+    let exported = tollgate(&["digest", "public-key", "--key-file", key], scratch.path());
     assert_eq!(exported.status.code(), Some(0), "{}", stderr(&exported));
-    let pem = scratch.0.join("public.pem");
+    let pem = scratch.path().join("public.pem");
     std::fs::write(&pem, &exported.stdout).unwrap();
     let pem = pem.to_str().unwrap();
     let flow_log = flows.to_str().unwrap();
@@ -298,7 +282,7 @@ fn digest_verify_exits_0_on_an_intact_flow_log_and_1_with_a_line_per_problem() {
             home,
         )
     };
-    let intact = verify(&scratch.0);
+    let intact = verify(scratch.path());
     assert_eq!(intact.status.code(), Some(0), "{}", stderr(&intact));
     assert!(
         String::from_utf8_lossy(&intact.stdout)
@@ -314,7 +298,7 @@ fn digest_verify_exits_0_on_an_intact_flow_log_and_1_with_a_line_per_problem() {
         b"x",
     )
     .unwrap();
-    let tampered = verify(&scratch.0);
+    let tampered = verify(scratch.path());
     assert_eq!(tampered.status.code(), Some(1), "{}", stderr(&tampered));
     let lines: Vec<String> = String::from_utf8_lossy(&tampered.stdout)
         .lines()
@@ -331,13 +315,13 @@ fn digest_verify_exits_0_on_an_intact_flow_log_and_1_with_a_line_per_problem() {
     );
     assert!(stderr(&tampered).contains("2 problems"));
     // Another key: every digest is a bad signature.
-    let other = scratch.0.join("other.pem");
+    let other = scratch.path().join("other.pem");
     let made = tollgate(
         &["digest", "keygen", "--key-file", other.to_str().unwrap()],
-        &scratch.0,
+        scratch.path(),
     );
     assert_eq!(made.status.code(), Some(0), "{}", stderr(&made));
-    std::fs::write(scratch.0.join("other-public.pem"), &made.stdout).unwrap();
+    std::fs::write(scratch.path().join("other-public.pem"), &made.stdout).unwrap();
     let foreign = tollgate(
         &[
             "digest",
@@ -345,9 +329,9 @@ fn digest_verify_exits_0_on_an_intact_flow_log_and_1_with_a_line_per_problem() {
             "--flow-log",
             flow_log,
             "--public-key",
-            scratch.0.join("other-public.pem").to_str().unwrap(),
+            scratch.path().join("other-public.pem").to_str().unwrap(),
         ],
-        &scratch.0,
+        scratch.path(),
     );
     assert_eq!(foreign.status.code(), Some(1));
     assert!(

@@ -362,8 +362,8 @@ mod tests {
 
     #[test]
     fn the_first_valid_source_wins_and_the_others_are_reported() {
-        let dir = std::env::temp_dir().join(format!("tollgate-cni-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tollgate_test_support::temp_dir("cni");
+        let dir = scratch.path();
         let good = dir.join("good.conflist");
         std::fs::write(&good, CONFLIST_TEXT).unwrap();
         let bad = dir.join("bad.conflist");
@@ -390,6 +390,5 @@ mod tests {
                 .to_string()
                 .contains("long.conflist: plugins[type=aws-cni].vethPrefix")
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,11 +2,11 @@
 //! of `daemon.rs` (addresses of 198.18.0.0/24 inside the test's namespaces only), the collector
 //! writing to a temporary directory that is read back at the end.
 //!
-//! - `a_namespace_in_audit_mode_passes_would_be_denies_and_records_them`: the seed with
+//! - `privileged_a_namespace_in_audit_mode_passes_would_be_denies_and_records_them`: the seed with
 //!   namespace `default` annotated `tollgate.io/enforcement: audit`: amazonlinux → httpd:80
 //!   passes (audit-deny), amazonlinux → nginx:80 is allowed by its rule; the annotation removed,
 //!   httpd is denied again. The records say which was which.
-//! - `a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does`: the annotation on
+//! - `privileged_a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does`: the annotation on
 //!   the `all-deny` policy instead. A direction of an endpoint is in audit mode only when every
 //!   policy isolating it is (`enforcer/src/compile/endpoint.rs`): amazonlinux's egress is also
 //!   isolated by `allow-amazonlinux-to-nginx`, so amazonlinux → httpd stays denied at
@@ -29,9 +29,10 @@ use tollgate_collector::readback::{Filter, StoredRecord, read_dir, render_table}
 use tollgate_enforcer::{compile::ENFORCEMENT_ANNOTATION, snapshot::Snapshot};
 
 use support::{
-    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, http_get, http_ok, in_netns, privileged,
-    seed, tcp_reaches,
+    Bpffs, Node, Pod, RunningAgent, agent_config, http_get, http_ok, in_netns, privileged, seed,
+    tcp_reaches,
 };
+use tollgate_test_support::temp_dir;
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
@@ -244,14 +245,14 @@ fn stop_and_read(agent: RunningAgent, files: &Path) -> (Vec<StoredRecord>, Strin
 }
 
 #[test]
-fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
-    if !privileged("run_agent in network namespaces") {
+fn privileged_a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
+    if !privileged("privileged_a_namespace_in_audit_mode_passes_would_be_denies_and_records_them") {
         return;
     }
     let (node, nginx, httpd, amazonlinux) = seed_node("audit-ns");
     let bpffs = Bpffs::new("audit-ns");
-    let files = TempDir::new("audit-ns");
-    let config = agent_config(&node, &bpffs, &files.0);
+    let files = temp_dir("audit-ns");
+    let config = agent_config(&node, &bpffs, files.path());
     let http = config.agent.metrics_address;
     let (source, handle) = StaticSource::new(seed_with_namespace_audit());
     let agent = RunningAgent::start(&node.netns, config, source);
@@ -291,7 +292,7 @@ fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
         "amazonlinux → nginx:80 still allowed"
     );
 
-    let (records, table) = stop_and_read(agent, &files.0);
+    let (records, table) = stop_and_read(agent, files.path());
     drop(handle);
     let httpd_records = records_of(&records, "default/amazonlinux", "default/httpd");
     // Audit: denied by policy at both ends, passed, recorded at both.
@@ -321,14 +322,16 @@ fn a_namespace_in_audit_mode_passes_would_be_denies_and_records_them() {
 }
 
 #[test]
-fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
-    if !privileged("run_agent in network namespaces") {
+fn privileged_a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
+    if !privileged(
+        "privileged_a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does",
+    ) {
         return;
     }
     let (node, nginx, httpd, amazonlinux) = seed_node("audit-pol");
     let bpffs = Bpffs::new("audit-pol");
-    let files = TempDir::new("audit-pol");
-    let config = agent_config(&node, &bpffs, &files.0);
+    let files = temp_dir("audit-pol");
+    let config = agent_config(&node, &bpffs, files.path());
     let http = config.agent.metrics_address;
     let (source, handle) = StaticSource::new(seed_with_policy_audit(&["all-deny"]));
     let agent = RunningAgent::start(&node.netns, config, source);
@@ -384,7 +387,7 @@ fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
         "amazonlinux → nginx:80 still allowed"
     );
 
-    let (records, table) = stop_and_read(agent, &files.0);
+    let (records, table) = stop_and_read(agent, files.path());
     drop(handle);
     let from_nginx = records_of(&records, "default/nginx", "default/httpd");
     assert_audit_denied(&from_nginx, "egress", first_until, &table);
@@ -438,14 +441,14 @@ fn a_policy_in_audit_mode_audits_only_where_every_isolating_policy_does() {
 /// identity history (before that fix, 6 runs out of 9 recorded up to 900 `REJECT` records with
 /// `enforcement_mode = 'audit'`).
 #[test]
-fn denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
-    if !privileged("run_agent in network namespaces") {
+fn privileged_denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
+    if !privileged("privileged_denials_right_after_leaving_audit_mode_are_recorded_as_enforce") {
         return;
     }
     let (node, _nginx, httpd, amazonlinux) = seed_node("audit-race");
     let bpffs = Bpffs::new("audit-race");
-    let files = TempDir::new("audit-race");
-    let config = agent_config(&node, &bpffs, &files.0);
+    let files = temp_dir("audit-race");
+    let config = agent_config(&node, &bpffs, files.path());
     let http = config.agent.metrics_address;
     let (source, handle) = StaticSource::new(seed_with_namespace_audit());
     let agent = RunningAgent::start(&node.netns, config, source);
@@ -480,7 +483,8 @@ fn denials_right_after_leaving_audit_mode_are_recorded_as_enforce() {
     });
     agent.stop().expect("agent stopped cleanly");
     drop(handle);
-    let records = read_dir(&files.0.join("flows"), &Filter::default()).expect("read the flows");
+    let records =
+        read_dir(&files.path().join("flows"), &Filter::default()).expect("read the flows");
     let incoherent: Vec<StoredRecord> = records
         .iter()
         .filter(|r| {

@@ -19,9 +19,10 @@ use tollgate_agent::{
 use tollgate_enforcer::manifest::parse_manifests;
 
 use support::{
-    Bpffs, Node, Pod, RunningAgent, SEED, TempDir, agent_config, free_port, http_get, http_ok,
-    in_netns, privileged, seed, spawn_in_netns, tcp_reaches, udp_reaches,
+    Bpffs, Node, Pod, RunningAgent, SEED, agent_config, free_port, http_get, http_ok, in_netns,
+    privileged, seed, spawn_in_netns, tcp_reaches, udp_reaches,
 };
+use tollgate_test_support::temp_dir;
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
@@ -44,8 +45,10 @@ fn parquet_files(dir: &std::path::Path) -> usize {
 }
 
 #[test]
-fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() {
-    if !privileged("run_agent in network namespaces") {
+fn privileged_the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() {
+    if !privileged(
+        "privileged_the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place",
+    ) {
         return;
     }
     let mut node = Node::new("agent");
@@ -53,7 +56,7 @@ fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() 
     let httpd = node.add_pod("httpd", "198.18.0.30", 2);
     let amazonlinux = node.add_pod("amazonlinux", "198.18.0.40", 3);
     let bpffs = Bpffs::new("agent");
-    let files = TempDir::new("agent");
+    let files = temp_dir("agent");
 
     // An earlier agent attached the probe (strict) and ended before its first sync: the pods
     // are not endpoints yet, so their traffic is denied.
@@ -85,7 +88,7 @@ fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() 
     let earlier = programs(&nginx);
 
     let (source, handle) = StaticSource::new(seed());
-    let mut config = agent_config(&node, &bpffs, &files.0);
+    let mut config = agent_config(&node, &bpffs, files.path());
     config.agent.health_address = free_port(&node);
     let (metrics, health) = (config.agent.metrics_address, config.agent.health_address);
     let agent = RunningAgent::start(&node.netns, config, source);
@@ -139,7 +142,7 @@ fn the_agent_enforces_the_seed_serves_metrics_and_leaves_enforcement_in_place() 
     drop(handle);
     // The collector closed its files and shipped them on the way out.
     assert!(
-        parquet_files(&files.0.join("flows")) > 0,
+        parquet_files(&files.path().join("flows")) > 0,
         "no flow file shipped"
     );
     assert!(maps_dir(&bpffs.root).is_dir());
@@ -227,8 +230,8 @@ fn watch_attach(
 /// and a pod the cluster already named, whose host route comes late, is programmed without
 /// waiting for another cluster change.
 #[test]
-fn new_veths_are_enforced_at_once_and_late_routes_programmed() {
-    if !privileged("run_agent in network namespaces") {
+fn privileged_new_veths_are_enforced_at_once_and_late_routes_programmed() {
+    if !privileged("privileged_new_veths_are_enforced_at_once_and_late_routes_programmed") {
         return;
     }
     let mut node = Node::new("podstart");
@@ -236,9 +239,9 @@ fn new_veths_are_enforced_at_once_and_late_routes_programmed() {
     node.add_pod("nginx", "198.18.0.20", 2);
     node.add_pod("amazonlinux", "198.18.0.40", 4);
     let bpffs = Bpffs::new("podstart");
-    let files = TempDir::new("podstart");
+    let files = temp_dir("podstart");
     let (source, handle) = StaticSource::new(seed());
-    let config = agent_config(&node, &bpffs, &files.0);
+    let config = agent_config(&node, &bpffs, files.path());
     let http = config.agent.metrics_address;
     let agent = RunningAgent::start(&node.netns, config, source);
     let ready = time_until(Duration::from_secs(10), || http_ok(&node, http, "/readyz"));

@@ -17,8 +17,9 @@ use std::time::Duration;
 use tollgate_agent::source::StaticSource;
 
 use support::{
-    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, http_ok, privileged, seed, tcp_reaches,
+    Bpffs, Node, Pod, RunningAgent, agent_config, http_ok, privileged, seed, tcp_reaches,
 };
+use tollgate_test_support::temp_dir;
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
@@ -103,8 +104,8 @@ fn assert_enforces(node: &Node, config_http: std::net::SocketAddr, amazonlinux: 
 }
 
 #[test]
-fn the_agent_enforces_with_its_spool_on_a_full_disk() {
-    if !privileged("run_agent with its spool on a full disk") {
+fn privileged_the_agent_enforces_with_its_spool_on_a_full_disk() {
+    if !privileged("privileged_the_agent_enforces_with_its_spool_on_a_full_disk") {
         return;
     }
     let mut node = Node::new("diskfull");
@@ -112,12 +113,12 @@ fn the_agent_enforces_with_its_spool_on_a_full_disk() {
     node.add_pod("httpd", "198.18.0.30", 2);
     let amazonlinux = node.add_pod("amazonlinux", "198.18.0.40", 3);
     let bpffs = Bpffs::new("diskfull");
-    let files = TempDir::new("diskfull");
-    let disk = Tmpfs::mount(&files.0, 1 << 20);
+    let files = temp_dir("diskfull");
+    let disk = Tmpfs::mount(files.path(), 1 << 20);
     disk.fill();
 
     let (source, _handle) = StaticSource::new(seed());
-    let config = agent_config(&node, &bpffs, &files.0);
+    let config = agent_config(&node, &bpffs, files.path());
     let http = config.agent.health_address;
     let agent = RunningAgent::start(&node.netns, config, source);
     assert_enforces(&node, http, &amazonlinux);
@@ -126,14 +127,14 @@ fn the_agent_enforces_with_its_spool_on_a_full_disk() {
     disk.free();
     agent.stop().expect("agent stopped cleanly");
     assert!(
-        files.0.join("flows").is_dir(),
+        files.path().join("flows").is_dir(),
         "the flow log was written once there was room"
     );
 }
 
 #[test]
-fn a_collector_that_cannot_start_does_not_stop_enforcement() {
-    if !privileged("run_agent with a collector that cannot start") {
+fn privileged_a_collector_that_cannot_start_does_not_stop_enforcement() {
+    if !privileged("privileged_a_collector_that_cannot_start_does_not_stop_enforcement") {
         return;
     }
     let mut node = Node::new("nocollector");
@@ -141,15 +142,15 @@ fn a_collector_that_cannot_start_does_not_stop_enforcement() {
     node.add_pod("httpd", "198.18.0.30", 2);
     let amazonlinux = node.add_pod("amazonlinux", "198.18.0.40", 3);
     let bpffs = Bpffs::new("nocollector");
-    let files = TempDir::new("nocollector");
+    let files = temp_dir("nocollector");
     // A spool whose state file holds no valid slot: the collector refuses to guess.
-    let spool = files.0.join("spool");
+    let spool = files.path().join("spool");
     std::fs::create_dir_all(&spool).expect("the spool");
     std::fs::write(spool.join("state"), vec![0x5a; 8192]).expect("a corrupt state");
     std::fs::write(spool.join("state.json"), b"not json").expect("a corrupt state");
 
     let (source, _handle) = StaticSource::new(seed());
-    let config = agent_config(&node, &bpffs, &files.0);
+    let config = agent_config(&node, &bpffs, files.path());
     let http = config.agent.health_address;
     let agent = RunningAgent::start(&node.netns, config, source);
     assert_enforces(&node, http, &amazonlinux);

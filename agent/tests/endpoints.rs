@@ -20,16 +20,17 @@ use tollgate_agent::{
 };
 
 use support::{
-    Bpffs, Node, Pod, TempDir, Wiring, in_netns, ingress_filters, ip, privileged, program,
+    Bpffs, Node, Pod, Wiring, in_netns, ingress_filters, ip, privileged, program,
     program_by_address, tcx_programs, udp_reaches,
 };
+use tollgate_test_support::temp_dir;
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
 
 #[test]
-fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
-    if !privileged("endpoint discovery and attach in network namespaces") {
+fn privileged_pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
+    if !privileged("privileged_pods_are_found_on_their_veths_attached_enforced_and_cleaned_up") {
         return;
     }
     let mut node = Node::new("ep");
@@ -167,8 +168,8 @@ fn pods_are_found_on_their_veths_attached_enforced_and_cleaned_up() {
 }
 
 #[test]
-fn a_veth_recreated_under_its_name_is_attached_again() {
-    if !privileged("endpoint re-attach in network namespaces") {
+fn privileged_a_veth_recreated_under_its_name_is_attached_again() {
+    if !privileged("privileged_a_veth_recreated_under_its_name_is_attached_again") {
         return;
     }
     let mut node = Node::new("re");
@@ -202,8 +203,8 @@ fn a_veth_recreated_under_its_name_is_attached_again() {
 }
 
 #[test]
-fn clsact_attach_and_detach() {
-    if !privileged("endpoint attach through clsact in network namespaces") {
+fn privileged_clsact_attach_and_detach() {
+    if !privileged("privileged_clsact_attach_and_detach") {
         return;
     }
     let mut node = Node::new("cl");
@@ -326,8 +327,8 @@ fn attach_and_enforce(node: &Node, a: &Pod, b: &Pod, names: &VethNames, tag: &st
 }
 
 #[test]
-fn a_branch_eni_pod_in_strict_mode_is_found_in_its_vlan_table() {
-    if !privileged("branch-ENI (strict) endpoint discovery in network namespaces") {
+fn privileged_a_branch_eni_pod_in_strict_mode_is_found_in_its_vlan_table() {
+    if !privileged("privileged_a_branch_eni_pod_in_strict_mode_is_found_in_its_vlan_table") {
         return;
     }
     let mut node = Node::new("sgp");
@@ -343,13 +344,12 @@ fn a_branch_eni_pod_in_strict_mode_is_found_in_its_vlan_table() {
 }
 
 #[test]
-fn a_custom_veth_prefix_is_followed_from_the_cni_config() {
-    if !privileged("custom veth prefix discovery in network namespaces") {
+fn privileged_a_custom_veth_prefix_is_followed_from_the_cni_config() {
+    if !privileged("privileged_a_custom_veth_prefix_is_followed_from_the_cni_config") {
         return;
     }
-    let files = TempDir::new("prefix");
-    std::fs::create_dir_all(&files.0).expect("dir");
-    let conflist = files.0.join("10-aws.conflist");
+    let files = temp_dir("prefix");
+    let conflist = files.path().join("10-aws.conflist");
     std::fs::write(
         &conflist,
         r#"{"cniVersion": "0.4.0", "name": "aws-cni", "plugins": [
@@ -392,8 +392,8 @@ fn a_custom_veth_prefix_is_followed_from_the_cni_config() {
 }
 
 #[test]
-fn a_pod_on_two_interfaces_is_one_endpoint_on_both() {
-    if !privileged("multi-NIC endpoint discovery in network namespaces") {
+fn privileged_a_pod_on_two_interfaces_is_one_endpoint_on_both() {
+    if !privileged("privileged_a_pod_on_two_interfaces_is_one_endpoint_on_both") {
         return;
     }
     let mut node = Node::new("mnic");

@@ -19,9 +19,10 @@ use tollgate_agent::{
 use tollgate_enforcer::manifest::parse_manifests;
 
 use support::{
-    Bpffs, Node, Pod, RunningAgent, TempDir, agent_config, cluster_yaml, eventually, http_ok,
-    in_netns, ip, privileged, spawn_in_netns, udp_reaches,
+    Bpffs, Node, Pod, RunningAgent, agent_config, cluster_yaml, eventually, http_ok, in_netns, ip,
+    privileged, spawn_in_netns, udp_reaches,
 };
+use tollgate_test_support::temp_dir;
 
 /// The primary ENI's addresses, the secondary ENI's, and one added later.
 const ETH0_V4: &str = "198.18.10.17";
@@ -102,8 +103,10 @@ fn addresses(list: &[&str]) -> Vec<IpAddr> {
 }
 
 #[test]
-fn the_nodes_addresses_are_found_in_its_namespace_and_changes_are_heard() {
-    if !privileged("node address discovery in network namespaces") {
+fn privileged_the_nodes_addresses_are_found_in_its_namespace_and_changes_are_heard() {
+    if !privileged(
+        "privileged_the_nodes_addresses_are_found_in_its_namespace_and_changes_are_heard",
+    ) {
         return;
     }
     let mut node = Node::new("naddr");
@@ -195,8 +198,8 @@ spec:
 "#;
 
 #[test]
-fn the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy() {
-    if !privileged("run_agent and node traffic in network namespaces") {
+fn privileged_the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy() {
+    if !privileged("privileged_the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy") {
         return;
     }
     let mut node = Node::new("nodein");
@@ -204,7 +207,7 @@ fn the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy() {
     let amazonlinux = node.add_pod("amazonlinux", "198.18.0.40", 2);
     add_enis(&node, &amazonlinux.host_veth);
     let bpffs = Bpffs::new("nodein");
-    let files = TempDir::new("nodein");
+    let files = temp_dir("nodein");
     let cluster = || {
         let (snapshot, errors) = parse_manifests(&cluster_yaml(&node.pods, ISOLATE_HTTPD), "c");
         assert_eq!(errors, vec![]);
@@ -212,7 +215,7 @@ fn the_node_reaches_its_isolated_pod_unless_node_ingress_is_policy() {
     };
 
     // `allow` (the default): the node's addresses pass httpd's ingress policy, a pod's not.
-    let config = agent_config(&node, &bpffs, &files.0);
+    let config = agent_config(&node, &bpffs, files.path());
     assert_eq!(config.agent.node_ingress, NodeIngress::Allow);
     let http = config.agent.health_address;
     let (source, _handle) = StaticSource::new(cluster());

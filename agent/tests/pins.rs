@@ -69,7 +69,7 @@ fn decode(text: &str) -> Vec<Pod> {
 /// probe, attaches it to the node's veths, isolates `default/b`, says it is ready, and waits
 /// to be killed.
 #[test]
-#[ignore = "the agent process of a_killed_agent_…; does nothing on its own"]
+#[ignore = "the agent process of privileged_a_killed_agent_…; does nothing on its own"]
 fn child_agent() {
     let Ok(pin_root) = std::env::var(CHILD_ROOT) else {
         return;
@@ -134,8 +134,10 @@ fn start_agent(node: &Node, pin_root: &std::path::Path) -> Killed {
 }
 
 #[test]
-fn a_killed_agent_leaves_enforcement_in_place_and_the_next_one_adopts_it() {
-    if !privileged("restart safety across a killed agent process") {
+fn privileged_a_killed_agent_leaves_enforcement_in_place_and_the_next_one_adopts_it() {
+    if !privileged(
+        "privileged_a_killed_agent_leaves_enforcement_in_place_and_the_next_one_adopts_it",
+    ) {
         return;
     }
     let mut node = Node::new("rs");
@@ -242,8 +244,8 @@ fn a_killed_agent_leaves_enforcement_in_place_and_the_next_one_adopts_it() {
 }
 
 #[test]
-fn clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
-    if !privileged("restart safety of clsact filters") {
+fn privileged_clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
+    if !privileged("privileged_clsact_filters_stay_when_the_agent_ends_and_are_taken_over") {
         return;
     }
     let mut node = Node::new("rc");
@@ -301,8 +303,10 @@ fn clsact_filters_stay_when_the_agent_ends_and_are_taken_over() {
 }
 
 #[test]
-fn maps_of_another_layout_go_and_a_pinned_map_that_does_not_fit_is_refused() {
-    if !privileged("pinned map layouts") {
+fn privileged_maps_of_another_layout_go_and_a_pinned_map_that_does_not_fit_is_refused() {
+    if !privileged(
+        "privileged_maps_of_another_layout_go_and_a_pinned_map_that_does_not_fit_is_refused",
+    ) {
         return;
     }
     let bpffs = Bpffs::new("ly");
@@ -347,8 +351,8 @@ fn maps_of_another_layout_go_and_a_pinned_map_that_does_not_fit_is_refused() {
 }
 
 #[test]
-fn a_second_agent_waits_for_the_first() {
-    if !privileged("the pin root's lock") {
+fn privileged_a_second_agent_waits_for_the_first() {
+    if !privileged("privileged_a_second_agent_waits_for_the_first") {
         return;
     }
     let bpffs = Bpffs::new("lk");

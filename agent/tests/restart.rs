@@ -25,9 +25,10 @@ use tollgate_enforcer::manifest::parse_manifests;
 use tollgate_schemas::map_names;
 
 use support::{
-    Bpffs, Node, Pod, TempDir, agent_settings, enter_netns, free_port, http_get, http_ok, in_netns,
+    Bpffs, Node, Pod, agent_settings, enter_netns, free_port, http_get, http_ok, in_netns,
     privileged, spawn_in_netns,
 };
+use tollgate_test_support::temp_dir;
 
 const PODS: &str = include_str!("../../examples/seed/lab-pods.yaml");
 const ALL_DENY: &str = include_str!("../../examples/seed/all-deny.yaml");
@@ -67,7 +68,7 @@ fn seed(allow: bool) -> tollgate_enforcer::snapshot::Snapshot {
 /// namespace, `/metrics` and the health endpoints on one loopback address there, logs (debug)
 /// on standard error. A line `drop-allow` on standard input deletes the allow policy.
 #[test]
-#[ignore = "the agent process of sigkill_under_traffic_…; does nothing on its own"]
+#[ignore = "the agent process of privileged_sigkill_under_traffic_…; does nothing on its own"]
 fn agent_process() {
     let Ok(bpffs) = std::env::var(CHILD_ROOT) else {
         return;
@@ -368,8 +369,9 @@ impl Drop for StopOnDrop {
 }
 
 #[test]
-fn sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
-    if !privileged("SIGKILL of an agent process in network namespaces") {
+fn privileged_sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
+    if !privileged("privileged_sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts")
+    {
         return;
     }
     let mut node = Node::new("restart");
@@ -378,11 +380,11 @@ fn sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
     let httpd = node.add_pod("httpd", "198.18.0.30", 3);
     let amazonlinux = node.add_pod("amazonlinux", "198.18.0.40", 4);
     let bpffs = Bpffs::new("restart");
-    let files = TempDir::new("restart");
+    let files = temp_dir("restart");
     let _servers = (Server::start(&nginx), Server::start(&httpd));
 
     // The first agent.
-    let mut first = AgentProcess::start(&node, &bpffs.root, &files.0);
+    let mut first = AgentProcess::start(&node, &bpffs.root, files.path());
     let ready_in = first.wait_ready(&node, Duration::from_secs(60));
     let (rss_ready, hwm_ready) = memory(first.pid());
     let text = first.metrics(&node);
@@ -434,7 +436,7 @@ fn sigkill_under_traffic_denied_stays_denied_and_the_next_agent_adopts() {
 
     // The next agent: same bpffs, reuses the maps, adopts the links.
     let second_at = start.elapsed();
-    let mut second = AgentProcess::start(&node, &bpffs.root, &files.0);
+    let mut second = AgentProcess::start(&node, &bpffs.root, files.path());
     let second_ready_in = second.wait_ready(&node, Duration::from_secs(15));
     let second_ready_at = start.elapsed();
     let second_program = linked_program(&bpffs.root, &nginx);

@@ -13,13 +13,11 @@
 //! logic (the userspace model, over the very maps the sync wrote) makes of the flows that
 //! matter.
 
-mod apiserver;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use apiserver::{ApiServer, Resource, Verb};
 use k8s_openapi::api::core::v1::Pod;
 use tollgate_agent::{
     reconcile::LocalEndpoints,
@@ -38,6 +36,7 @@ use tollgate_schemas::{
     Direction, EndpointKey, EndpointState, PeerIdentity, PolicyEntry, PolicyKey, PolicyValue,
     Reason, Verdict, addr, endpoint_flags,
 };
+use tollgate_test_support::apiserver::{ApiServer, Resource, Verb};
 
 /// The node the agent runs on, as the pods' `spec.nodeName` says.
 const NODE: &str = "lab-node";
@@ -226,6 +225,7 @@ impl Node {
     /// An agent on a fresh API server; nothing is served yet.
     fn new() -> Node {
         let (client, server) = ApiServer::start();
+        server.replay_from(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/watch"));
         Node {
             server,
             agent: Agent::new(KubeSource::start(client), ScheduledHere::default()),

@@ -15,9 +15,10 @@ use tollgate_agent::source::StaticSource;
 use tollgate_collector::readback::{Filter, StoredRecord, read_dir, render_table};
 
 use support::{
-    Bpffs, Node, RunningAgent, TempDir, Wiring, agent_config, http_ok, privileged, seed,
-    tcp_reaches, tcx_programs,
+    Bpffs, Node, RunningAgent, Wiring, agent_config, http_ok, privileged, seed, tcp_reaches,
+    tcx_programs,
 };
+use tollgate_test_support::temp_dir;
 
 const WAIT_PASS: Duration = Duration::from_secs(2);
 const WAIT_DENY: Duration = Duration::from_millis(700);
@@ -39,20 +40,21 @@ fn wait_ready(node: &Node, agent: std::net::SocketAddr) {
 }
 
 #[test]
-fn every_wiring_is_enforced_and_a_pod_moved_between_wirings_across_a_restart_stays_so() {
-    if !privileged("run_agent on the VPC CNI's wirings in network namespaces") {
+fn privileged_every_wiring_is_enforced_and_a_pod_moved_between_wirings_across_a_restart_stays_so() {
+    if !privileged(
+        "privileged_every_wiring_is_enforced_and_a_pod_moved_between_wirings_across_a_restart_stays_so",
+    ) {
         return;
     }
     let mut node = Node::new("wire");
-    let files = TempDir::new("wire");
-    std::fs::create_dir_all(&files.0).expect("dir");
-    std::fs::write(files.0.join("10-aws.conflist"), CONFLIST).expect("conflist");
+    let files = temp_dir("wire");
+    std::fs::write(files.path().join("10-aws.conflist"), CONFLIST).expect("conflist");
     let tgx = Wiring::Regular { prefix: "tgx" };
     let nginx = node.add_wired_pod("nginx", "198.18.0.20", 1, tgx);
     let httpd = node.add_wired_pod("httpd", "198.18.0.30", 2, Wiring::BranchStrict { vlan: 3 });
     let amazonlinux = node.add_wired_pod("amazonlinux", "198.18.0.40", 3, tgx);
     let bpffs = Bpffs::new("wire");
-    let config = agent_config(&node, &bpffs, &files.0);
+    let config = agent_config(&node, &bpffs, files.path());
     let http = config.agent.health_address;
 
     // The seed: amazonlinux → nginx:80 allowed, → httpd:80 (a branch-ENI pod) denied.
@@ -120,7 +122,8 @@ fn every_wiring_is_enforced_and_a_pod_moved_between_wirings_across_a_restart_sta
     // a `vlan…` veth on a branch ENI; nginx's ingress on its `tgx…` veth. (Reports the second
     // collector read from the first agent's connections before its first pass name no pod and
     // no interface: no identity was known yet.)
-    let records = read_dir(&files.0.join("flows"), &Filter::default()).expect("read the flows");
+    let records =
+        read_dir(&files.path().join("flows"), &Filter::default()).expect("read the flows");
     eprintln!("{}", render_table(&records));
     let wired = |record: &StoredRecord| {
         (

@@ -197,8 +197,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_local_key_is_made_once_and_its_signatures_verify() {
-        let dir = std::env::temp_dir().join(format!("tollgate-sign-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = tollgate_test_support::temp_dir("sign");
+        // Not there yet: the signer makes the key's directory.
+        let dir = scratch.path().join("keys");
         let path = dir.join("key.pem");
         let signer = Signer::local(&path).unwrap();
         let again = Signer::local(&path).unwrap();
@@ -216,6 +217,5 @@ mod tests {
             b"body",
             &signature
         ));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -519,11 +519,11 @@ pub fn remove(root: &Path, spooled: &Spooled) -> Result<(), SpoolError> {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("tollgate-spool-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
+    /// A spool root that does not exist yet, in a temporary directory removed with the guard.
+    fn spool_root(name: &str) -> (tollgate_test_support::TempDir, PathBuf) {
+        let dir = tollgate_test_support::temp_dir(&format!("spool-{name}"));
+        let root = dir.path().join("spool");
+        (dir, root)
     }
 
     fn write(path: &Path, bytes: usize) {
@@ -542,7 +542,7 @@ mod tests {
 
     #[test]
     fn commit_pending_remove_and_sequence_survive_reopen() {
-        let root = temp_dir("cycle");
+        let (_dir, root) = spool_root("cycle");
         let (mut spool, recovery) = Spool::open(&root, 1000, 7).unwrap();
         assert_eq!(recovery, Recovery::default());
         let (seq, temp) = spool.begin().unwrap();
@@ -576,12 +576,11 @@ mod tests {
             !root.join("ready/cluster=c").exists(),
             "empty partitions go"
         );
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn a_file_shipped_between_the_listing_and_its_metadata_is_not_waiting() {
-        let root = temp_dir("shipped-while-listed");
+        let (_dir, root) = spool_root("shipped-while-listed");
         let (mut spool, _) = Spool::open(&root, 1000, 7).unwrap();
         let (seq, temp) = spool.begin().unwrap();
         write(&temp, 100);
@@ -599,12 +598,11 @@ mod tests {
             std::io::ErrorKind::NotFound
         );
         assert!(metadata(&listed).unwrap().is_none(), "gone, so not waiting");
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn the_ring_buffer_mark_outlives_the_collector() {
-        let root = temp_dir("ringbuf");
+        let (_dir, root) = spool_root("ringbuf");
         let (mut spool, recovery) = Spool::open(&root, 1000, 7).unwrap();
         assert_eq!(recovery.ringbuf_reported, None);
         let mark = RingbufMark {
@@ -626,12 +624,11 @@ mod tests {
         let (_, recovery) = Spool::open(&root, 1000, 13).unwrap();
         assert_eq!(recovery.ringbuf_reported, Some(later));
         assert!(recovery.unclean_since_s.is_some());
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn an_earlier_versions_state_json_is_carried_over_and_removed() {
-        let root = temp_dir("legacy");
+        let (_dir, root) = spool_root("legacy");
         fs::create_dir_all(&root).unwrap();
         fs::write(
             root.join("state.json"),
@@ -645,12 +642,11 @@ mod tests {
         drop(spool);
         let (mut spool, _) = Spool::open(&root, 1000, 8).unwrap();
         assert_eq!(spool.begin().unwrap().0, 42);
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn an_unclean_stop_is_reported_and_partial_files_removed() {
-        let root = temp_dir("unclean");
+        let (_dir, root) = spool_root("unclean");
         let (mut spool, _) = Spool::open(&root, 1000, 7).unwrap();
         let (seq, temp) = spool.begin().unwrap();
         write(&temp, 10);
@@ -682,6 +678,5 @@ mod tests {
             "the start of a collector that died before acknowledging anything"
         );
         assert!(!partial.exists());
-        fs::remove_dir_all(&root).unwrap();
     }
 }

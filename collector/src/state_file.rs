@@ -158,9 +158,8 @@ mod tests {
 
     #[test]
     fn the_newest_whole_slot_wins_and_a_torn_one_is_ignored() {
-        let dir = std::env::temp_dir().join(format!("tollgate-state-file-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let scratch = tollgate_test_support::temp_dir("state-file");
+        let dir = scratch.path();
         let path = dir.join("state");
         assert!(StateFile::open(&path).unwrap().is_none());
         let mut state = StateFile::create(&path, b"zero").unwrap();
@@ -181,6 +180,5 @@ mod tests {
             "too large for a slot"
         );
         assert_eq!(fs::metadata(&path).unwrap().len(), 2 * SLOT_BYTES as u64);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::s3_server::{S3Server, TempDir};
+use support::s3_server::S3Server;
 use tokio::sync::{Notify, watch};
 use tollgate_collector::{
     chain::{Sealer, sha256_hex},
@@ -19,6 +19,7 @@ use tollgate_collector::{
     sink::{Sink, Sinks},
     spool::{Commit, FileFacts, Spool, pending_in},
 };
+use tollgate_test_support::temp_dir;
 
 fn spool_file(spool: &mut Spool, at_s: u64) -> String {
     let (sequence, temp) = spool.begin().unwrap();
@@ -44,7 +45,7 @@ fn spool_file(spool: &mut Spool, at_s: u64) -> String {
 #[tokio::test]
 async fn an_s3_outage_delays_digests_and_loses_none() {
     let mut server = S3Server::start().await;
-    let dir = TempDir::new("digest-outage");
+    let dir = temp_dir("digest-outage");
     let spool_dir = dir.path().join("spool");
     let now_s = unix_now_ns() / NS_PER_S;
     let (mut spool, _) = Spool::open(&spool_dir, 1 << 30, now_s).unwrap();

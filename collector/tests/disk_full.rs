@@ -33,21 +33,18 @@ use tollgate_collector::{
     sink::LocalSink,
 };
 use tollgate_schemas::FlowEvent;
-use tollgate_test_support::privileged;
+use tollgate_test_support::{TempDir, privileged, temp_dir};
 
 /// A tmpfs of `size` bytes mounted on a fresh temporary directory; unmounted and removed on
 /// drop.
 struct Tmpfs {
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Tmpfs {
     fn mount(test: &str, size: usize) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("tollgate-disk-full-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("creating the mount point");
-        let target = CString::new(dir.as_os_str().as_bytes()).expect("a path");
+        let dir = temp_dir(&format!("disk-full-{test}"));
+        let target = CString::new(dir.path().as_os_str().as_bytes()).expect("a path");
         let options = CString::new(format!("size={size},mode=0700")).expect("options");
         // SAFETY: every pointer is a NUL-terminated string that outlives the call.
         let mounted = unsafe {
@@ -61,18 +58,17 @@ impl Tmpfs {
         };
         if mounted != 0 {
             let error = std::io::Error::last_os_error();
-            let _ = fs::remove_dir(&dir);
-            panic!("mounting a tmpfs on {}: {error}", dir.display());
+            panic!("mounting a tmpfs on {}: {error}", dir.path().display());
         }
         Self { dir }
     }
 
     fn path(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     fn filler(&self) -> PathBuf {
-        self.dir.join("filler")
+        self.path().join("filler")
     }
 
     /// Fills the filesystem to its last byte.
@@ -86,7 +82,7 @@ impl Tmpfs {
             let bytes = vec![0xa5; chunk];
             while file.write_all(&bytes).is_ok() {}
         }
-        let probe = self.dir.join("probe");
+        let probe = self.path().join("probe");
         assert!(fs::write(&probe, b"x").is_err(), "the filesystem is full");
         let _ = fs::remove_file(probe);
     }
@@ -99,11 +95,11 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        if let Ok(target) = CString::new(self.dir.as_os_str().as_bytes()) {
+        if let Ok(target) = CString::new(self.path().as_os_str().as_bytes()) {
             // SAFETY: a NUL-terminated path that outlives the call.
             unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        // The mount point itself goes with `dir`, once unmounted.
     }
 }
 
@@ -204,8 +200,10 @@ fn is_chain_entry(spool: &Path, path: &Path) -> bool {
 /// goes on enforcing), counts the records it cannot write, and writes their loss record as
 /// soon as there is room, without waiting for traffic.
 #[test]
-fn a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room() {
-    if !privileged("a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room") {
+fn privileged_a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room() {
+    if !privileged(
+        "privileged_a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room",
+    ) {
         return;
     }
     let disk = Tmpfs::mount("start", 1 << 20);
@@ -243,8 +241,8 @@ fn a_collector_opens_on_a_full_disk_and_records_its_losses_once_there_is_room() 
 /// records it could not keep become a loss record at the next start, written before anything
 /// else, and no temporary file is left in the spool.
 #[test]
-fn losses_of_a_full_disk_are_recorded_at_the_next_start() {
-    if !privileged("losses_of_a_full_disk_are_recorded_at_the_next_start") {
+fn privileged_losses_of_a_full_disk_are_recorded_at_the_next_start() {
+    if !privileged("privileged_losses_of_a_full_disk_are_recorded_at_the_next_start") {
         return;
     }
     let disk = Tmpfs::mount("restart", 1 << 20);
@@ -290,15 +288,13 @@ fn losses_of_a_full_disk_are_recorded_at_the_next_start() {
 
 /// A delivery to a local flow directory on a full disk fails and leaves no `.partial` file.
 #[test]
-fn a_delivery_to_a_full_flow_directory_leaves_no_partial_file() {
-    if !privileged("a_delivery_to_a_full_flow_directory_leaves_no_partial_file") {
+fn privileged_a_delivery_to_a_full_flow_directory_leaves_no_partial_file() {
+    if !privileged("privileged_a_delivery_to_a_full_flow_directory_leaves_no_partial_file") {
         return;
     }
     let disk = Tmpfs::mount("sink", 64 * 1024);
-    let source = std::env::temp_dir().join(format!(
-        "tollgate-disk-full-source-{}.parquet",
-        std::process::id()
-    ));
+    let scratch = temp_dir("disk-full-source");
+    let source = scratch.path().join("source.parquet");
     fs::write(&source, vec![7u8; 256 * 1024]).expect("writing the source");
     let flows = disk.path().join("flows");
     let sink = LocalSink::new(flows.clone());

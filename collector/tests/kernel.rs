@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{privileged, s3_server::TempDir};
+use support::privileged;
 use tokio::sync::Notify;
 use tollgate_collector::{
     config::{CollectorConfig, SinkConfig},
@@ -20,6 +20,7 @@ use tollgate_collector::{
     service::Collector,
 };
 use tollgate_schemas::Counter;
+use tollgate_test_support::{TempDir, temp_dir};
 
 fn config(dir: &TempDir) -> CollectorConfig {
     CollectorConfig {
@@ -34,11 +35,11 @@ fn config(dir: &TempDir) -> CollectorConfig {
 }
 
 #[test]
-fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
-    if !privileged("a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count") {
+fn privileged_a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
+    if !privileged("privileged_a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count") {
         return;
     }
-    let dir = TempDir::new("ringbuf-full");
+    let dir = temp_dir("ringbuf-full");
     let config = config(&dir);
     let metrics = Arc::new(Metrics::default());
     let identities = Arc::new(Mutex::new(Identities::default()));
@@ -115,13 +116,14 @@ fn a_full_ring_buffer_becomes_a_loss_record_with_the_kernels_count() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once() {
+async fn privileged_the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once()
+ {
     if !privileged(
-        "the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once",
+        "privileged_the_running_collector_drains_on_wakeups_and_on_its_timer_and_ships_each_flow_once",
     ) {
         return;
     }
-    let dir = TempDir::new("service");
+    let dir = temp_dir("service");
     let config = config(&dir);
     let (mut flood, reader) = Flood::new().unwrap();
     let identities = Arc::new(Mutex::new(Identities::default()));

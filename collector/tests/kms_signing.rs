@@ -10,7 +10,7 @@ use aws_sdk_kms::{
     types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec},
 };
 use sha2::{Digest as _, Sha256};
-use support::{moto::Moto, s3_server::TempDir};
+use support::moto::Moto;
 use tollgate_collector::{
     chain::Sealer,
     config::SigningConfig,
@@ -18,6 +18,7 @@ use tollgate_collector::{
     kms,
     spool::{Commit, FileFacts, Spool},
 };
+use tollgate_test_support::temp_dir;
 
 const AT: u64 = 1_795_600_800;
 
@@ -82,7 +83,7 @@ async fn digests_signed_by_kms_verify_offline_and_in_kms() {
         SigningAlgorithmSpec::EcdsaSha256,
     )] {
         let key_id = create_key(&moto, spec.clone()).await;
-        let dir = TempDir::new("kms-signing");
+        let dir = temp_dir("kms-signing");
         spool_one(dir.path());
         let mut sealer = sealer(dir.path(), &moto, &key_id);
         let key = sealer.seal(AT + 3600).await.expect("sealed through KMS");
@@ -128,7 +129,7 @@ async fn digests_signed_by_kms_verify_offline_and_in_kms() {
         .unwrap();
         assert!(forged.check_signature(&public_key).is_err());
         // With the public key in the settings (as Terraform writes them), only Sign is called.
-        let dir = TempDir::new("kms-signing-pem");
+        let dir = temp_dir("kms-signing-pem");
         spool_one(dir.path());
         let mut sealer = Sealer::new(
             dir.path(),
@@ -169,7 +170,7 @@ async fn an_rsa_key_is_refused() {
 #[tokio::test]
 async fn a_key_kms_refuses_delays_the_digest_and_loses_nothing() {
     let moto = Moto::start();
-    let dir = TempDir::new("kms-refused");
+    let dir = temp_dir("kms-refused");
     spool_one(dir.path());
     let missing = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000";
     let mut refused = sealer(dir.path(), &moto, missing);

@@ -46,6 +46,7 @@ use tollgate_enforcer::{
     snapshot::{Snapshot, Updates, pod_key},
 };
 use tollgate_schemas::{CtEntry, Direction, FlowEvent, FlowKey, Reason, Verdict, addr, proto};
+use tollgate_test_support::{TempDir, temp_dir};
 
 const CLUSTER: &str = "test-cluster";
 const NODE: &str = "node-a";
@@ -112,28 +113,6 @@ const OUTSIDE: &str = "203.0.113.7";
 /// No pod's either, in IPv6 (the documentation prefix).
 const OUTSIDE_V6_SRC: &str = "2001:db8::40";
 const OUTSIDE_V6_DST: &str = "2001:db8:1::1";
-
-/// A test's spool directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("tollgate-pipeline-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The settings every test starts from: this test's spool, default limits.
 fn settings(spool: &TempDir) -> CollectorConfig {
@@ -550,7 +529,7 @@ fn row_of<'a>(rows: &'a [Row], src: (&str, u16), dst: (&str, u16), protocol: u8)
 
 #[test]
 fn the_deciding_endpoints_interface_and_eni_are_recorded() {
-    let spool = TempDir::new("interfaces");
+    let spool = temp_dir("interfaces");
     let snapshot = seed();
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
@@ -628,7 +607,7 @@ fn the_deciding_endpoints_interface_and_eni_are_recorded() {
 
 #[test]
 fn a_parquet_round_trip_keeps_every_column() {
-    let spool = TempDir::new("round-trip");
+    let spool = temp_dir("round-trip");
     let snapshot = seed();
     let compiled = compiled(&snapshot, &Ids::default());
     let identities = shared(Identities::default());
@@ -865,7 +844,7 @@ fn a_parquet_round_trip_keeps_every_column() {
 
 #[test]
 fn the_file_schema_is_the_golden_one() {
-    let spool = TempDir::new("golden");
+    let spool = temp_dir("golden");
     let identities = shared(Identities::default());
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
     pipeline.ingest(&[tcp(AMAZONLINUX, 40_000, HTTPD, 80, at(now_s() - 1))]);
@@ -947,7 +926,7 @@ fn placed(spool: &TempDir, path: &Path) -> Placed {
 
 #[test]
 fn files_are_partitioned_by_hour_and_never_reuse_a_sequence_number() {
-    let spool = TempDir::new("partitions");
+    let spool = temp_dir("partitions");
     let identities = shared(Identities::default());
     // Two UTC hours ahead of now: whatever the uptime, they map to valid boot-time instants
     // (a past hour might precede the boot).
@@ -1012,7 +991,7 @@ fn files_are_partitioned_by_hour_and_never_reuse_a_sequence_number() {
 
 #[test]
 fn records_follow_the_pod_that_held_the_address_at_the_time() {
-    let spool = TempDir::new("ip-reuse");
+    let spool = temp_dir("ip-reuse");
     let common = "
 apiVersion: v1
 kind: Namespace
@@ -1144,7 +1123,7 @@ status:
 
 #[test]
 fn a_small_size_limit_closes_a_file_at_every_write() {
-    let spool = TempDir::new("rotate-size");
+    let spool = temp_dir("rotate-size");
     let identities = shared(Identities::default());
     let config = CollectorConfig {
         rotate_bytes: 1,
@@ -1185,7 +1164,7 @@ fn a_small_size_limit_closes_a_file_at_every_write() {
 
 #[test]
 fn an_age_limit_closes_a_file_at_the_next_tick() {
-    let spool = TempDir::new("rotate-age");
+    let spool = temp_dir("rotate-age");
     let identities = shared(Identities::default());
     let config = CollectorConfig {
         rotate_age_secs: 1,
@@ -1212,7 +1191,7 @@ fn an_age_limit_closes_a_file_at_the_next_tick() {
 
 #[test]
 fn a_full_spool_refuses_files_and_counts_their_events() {
-    let spool = TempDir::new("spool-full");
+    let spool = temp_dir("spool-full");
     let identities = shared(Identities::default());
     let config = CollectorConfig {
         spool_max_bytes: 1,
@@ -1245,7 +1224,7 @@ fn a_full_spool_refuses_files_and_counts_their_events() {
     assert_eq!(temporary, 0, "refused files are removed");
 
     // With room, a registered loss becomes a SKIPDATA record.
-    let roomy = TempDir::new("spool-room");
+    let roomy = temp_dir("spool-room");
     let (mut pipeline, _, metrics) = open(&settings(&roomy), &identities);
     let (from, to) = (now_s() - 20, now_s() - 10);
     pipeline.lose(LossSource::SpoolFull, Some(7), from, to);
@@ -1266,7 +1245,7 @@ fn a_full_spool_refuses_files_and_counts_their_events() {
 
 #[test]
 fn the_sources_events_residual_denies_and_tracked_flows_each_reach_the_pipeline_once() {
-    let spool = TempDir::new("source");
+    let spool = temp_dir("source");
     let identities = shared(Identities::default());
     let (mut pipeline, _, metrics) = open(&settings(&spool), &identities);
     let second = at(now_s() - 1);
@@ -1326,7 +1305,7 @@ fn the_sources_events_residual_denies_and_tracked_flows_each_reach_the_pipeline_
 
 #[test]
 fn an_unclean_stop_becomes_a_collector_restart_record() {
-    let spool = TempDir::new("unclean");
+    let spool = temp_dir("unclean");
     let identities = shared(Identities::default());
     let config = CollectorConfig {
         window_secs: 1,
@@ -1411,7 +1390,7 @@ fn an_unclean_stop_becomes_a_collector_restart_record() {
 /// `collector-restart` record claims a gap since 1970 and lands in `dt=1970-01-01/hour=00`.
 #[test]
 fn a_restart_before_any_file_dates_the_gap_from_the_previous_start() {
-    let spool = TempDir::new("unclean-early");
+    let spool = temp_dir("unclean-early");
     let identities = shared(Identities::default());
     let first_open = now_s();
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
@@ -1449,7 +1428,7 @@ fn a_restart_before_any_file_dates_the_gap_from_the_previous_start() {
 /// attempt, so `tollgate_collector_loss_records_total` grows while no record is written.
 #[test]
 fn loss_records_count_only_records_that_reached_the_spool() {
-    let spool = TempDir::new("loss-records-full");
+    let spool = temp_dir("loss-records-full");
     let identities = shared(Identities::default());
     let config = CollectorConfig {
         spool_max_bytes: 1,
@@ -1510,7 +1489,7 @@ fn service_of(row: &Row) -> (Option<&str>, Option<&str>, Option<i32>) {
 
 #[test]
 fn records_name_the_service_a_flow_was_addressed_to() {
-    let spool = TempDir::new("service");
+    let spool = temp_dir("service");
     let mut snapshot = seed();
     snapshot.services.extend(snapshot_services(WEB_SERVICE));
     let compiled = compiled(&snapshot, &Ids::default());
@@ -1685,7 +1664,7 @@ fn snapshot_services(text: &str) -> Vec<k8s_openapi::api::core::v1::Service> {
 
 #[test]
 fn a_cluster_ip_handed_to_another_service_is_named_as_of_the_event() {
-    let spool = TempDir::new("service-reuse");
+    let spool = temp_dir("service-reuse");
     let search = "
 apiVersion: v1
 kind: Service
@@ -1756,7 +1735,7 @@ spec:
 
 #[test]
 fn the_node_is_named_as_the_node_and_a_host_network_pod_not_at_all() {
-    let spool = TempDir::new("node");
+    let spool = temp_dir("node");
     let host_network = "
 apiVersion: v1
 kind: Pod

@@ -9,7 +9,7 @@ mod flowlog;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use flowlog::{Layout, Scratch, flow, loss, partition, pod, write};
+use flowlog::{Layout, flow, loss, partition, pod, write};
 use parquet::{
     basic::Compression, file::reader::FileReader as _,
     file::serialized_reader::SerializedFileReader,
@@ -17,13 +17,14 @@ use parquet::{
 use serde_json::json;
 use tollgate_collector::readback::{Filter, read_file, read_flow_log, read_flow_log_columns};
 use tollgate_schemas::{Verdict, record::COLUMNS};
+use tollgate_test_support::temp_dir;
 
 /// 2026-11-25T10:00:00Z.
 const HOUR: u64 = 1_795_600_800;
 
 #[test]
 fn snappy_files_are_read() {
-    let dir = Scratch::new("read-snappy");
+    let dir = temp_dir("read-snappy");
     let (web, api) = (pod("default", "web"), pod("default", "api"));
     let path = write(
         dir.path(),
@@ -41,7 +42,7 @@ fn snappy_files_are_read() {
 
 #[test]
 fn unreadable_files_are_named_and_the_rest_is_read() {
-    let dir = Scratch::new("read-skips");
+    let dir = temp_dir("read-skips");
     let (web, api) = (pod("default", "web"), pod("default", "api"));
     let part = partition(HOUR);
     write(
@@ -94,7 +95,7 @@ fn unreadable_files_are_named_and_the_rest_is_read() {
 
 #[test]
 fn a_missing_directory_is_the_error() {
-    let dir = Scratch::new("read-missing");
+    let dir = temp_dir("read-missing");
     let error = read_flow_log(&dir.path().join("absent"), &Filter::default()).unwrap_err();
     assert_eq!(error.path(), dir.path().join("absent"));
     assert_eq!(error.reason(), "No such file or directory (os error 2)");
@@ -113,7 +114,7 @@ fn corrupt_row_group(path: &Path, group: usize) {
 
 #[test]
 fn since_prunes_old_partitions_and_row_groups_but_keeps_loss_spans_reaching_it() {
-    let dir = Scratch::new("read-since");
+    let dir = temp_dir("read-since");
     let (web, api) = (pod("default", "web"), pod("default", "api"));
     let since = HOUR + 5 * 3600;
     // Eight days before: beyond the loss lookback, never opened (its file is garbage).
@@ -180,7 +181,7 @@ fn since_prunes_old_partitions_and_row_groups_but_keeps_loss_spans_reaching_it()
 
 #[test]
 fn columns_come_back_under_their_own_names_all_of_them() {
-    let dir = Scratch::new("read-columns");
+    let dir = temp_dir("read-columns");
     let (web, api) = (pod("default", "web"), pod("shop", "api"));
     let part = partition(HOUR);
     write(

@@ -12,10 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{
-    privileged,
-    s3_server::{S3Server, TempDir},
-};
+use support::{privileged, s3_server::S3Server};
 use tollgate_collector::{
     chain::sha256_hex,
     config::{CollectorConfig, S3Config, SinkConfig},
@@ -25,6 +22,7 @@ use tollgate_collector::{
     readback::{StoredRecord, read_file},
     service::Collector,
 };
+use tollgate_test_support::{TempDir, temp_dir};
 
 /// One-second windows, files closed every second, drained every 50 ms: many small objects in
 /// a short test.
@@ -111,12 +109,12 @@ async fn traffic(flood: &mut Flood, count: usize, over: Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_record_arrives_exactly_once_across_an_outage_of_the_server() {
-    if !privileged("every_record_arrives_exactly_once_across_an_outage_of_the_server") {
+async fn privileged_every_record_arrives_exactly_once_across_an_outage_of_the_server() {
+    if !privileged("privileged_every_record_arrives_exactly_once_across_an_outage_of_the_server") {
         return;
     }
     let mut server = S3Server::start().await;
-    let work = TempDir::new("s3-outage");
+    let work = temp_dir("s3-outage");
     let config = config(&work.path().join("spool"), server.config("flows"));
     let (mut flood, reader) = Flood::new().unwrap();
     let identities = Arc::new(Mutex::new(Identities::default()));
@@ -145,7 +143,7 @@ async fn every_record_arrives_exactly_once_across_an_outage_of_the_server() {
         "everything shipped after the outage"
     );
 
-    let scratch = TempDir::new("s3-outage-objects");
+    let scratch = temp_dir("s3-outage-objects");
     let objects = objects(&server, &scratch).await;
     assert!(
         objects
@@ -201,13 +199,15 @@ async fn crash_child() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded() {
-    if !privileged("after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded")
-    {
+async fn privileged_after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded()
+{
+    if !privileged(
+        "privileged_after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_uploaded",
+    ) {
         return;
     }
     let server = S3Server::start().await;
-    let work = TempDir::new("s3-crash");
+    let work = temp_dir("s3-crash");
     let spool = work.path().join("spool");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--ignored", "--nocapture"])
@@ -287,7 +287,7 @@ async fn after_a_sigkill_nothing_acknowledged_is_lost_and_no_corrupt_object_is_u
     let stopped = collector.stop(Duration::from_secs(30)).await.unwrap();
     assert_eq!(stopped.shipped.left, 0);
 
-    let scratch = TempDir::new("s3-crash-objects");
+    let scratch = temp_dir("s3-crash-objects");
     let objects = objects(&server, &scratch).await;
     for (key, records) in &acked {
         let object = format!("flows/{key}");

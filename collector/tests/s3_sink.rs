@@ -6,9 +6,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::s3_server::{ACCESS_KEY, S3Server, SECRET_KEY, TempDir};
+use support::s3_server::{ACCESS_KEY, S3Server, SECRET_KEY};
 use tollgate_collector::config::{S3Config, ServerSideEncryption};
 use tollgate_collector::sink::{S3Sink, SinkError};
+use tollgate_test_support::{TempDir, temp_dir};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -117,7 +118,7 @@ enum Operation {
 /// Puts a small and a multipart file with `sse`; returns the server with its request log.
 async fn put_both_ways(sse: ServerSideEncryption) -> S3Server {
     let server = S3Server::start().await;
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let small = varied_bytes(10_000, 10);
     let large = varied_bytes((6 * MIB) as usize, 11);
     let sink = sink(&S3Config {
@@ -189,7 +190,7 @@ async fn servers_with_other_keys() -> [(S3Server, &'static str); 2] {
 #[tokio::test]
 async fn small_file_round_trips() {
     let server = S3Server::start().await;
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let bytes = varied_bytes(70_000, 1);
     let path = write_file(&files, "small.parquet", &bytes);
     let sink = sink(&server.config("flows")).await;
@@ -206,7 +207,7 @@ async fn small_file_round_trips() {
 #[tokio::test]
 async fn empty_file_round_trips() {
     let server = S3Server::start().await;
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let path = write_file(&files, "empty.parquet", &[]);
     let sink = sink(&multipart_config(&server)).await;
 
@@ -221,7 +222,7 @@ async fn empty_file_round_trips() {
 #[tokio::test]
 async fn large_file_goes_in_parts_and_round_trips() {
     let server = S3Server::start().await;
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let bytes = varied_bytes((12 * MIB + 12_345) as usize, 2);
     let path = write_file(&files, "large.parquet", &bytes);
     let sink = sink(&multipart_config(&server)).await;
@@ -244,7 +245,7 @@ async fn large_file_goes_in_parts_and_round_trips() {
 #[tokio::test]
 async fn file_at_the_threshold_goes_in_parts() {
     let server = S3Server::start().await;
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let bytes = varied_bytes((5 * MIB) as usize, 3);
     let path = write_file(&files, "threshold.parquet", &bytes);
     let sink = sink(&multipart_config(&server)).await;
@@ -263,7 +264,7 @@ async fn file_at_the_threshold_goes_in_parts() {
 #[tokio::test]
 async fn putting_a_key_again_overwrites_it() {
     let server = S3Server::start().await;
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let sink = sink(&multipart_config(&server)).await;
     let first = varied_bytes((6 * MIB) as usize, 4);
     let second = varied_bytes(1000, 5);
@@ -285,7 +286,7 @@ async fn putting_a_key_again_overwrites_it() {
 #[tokio::test]
 async fn objects_go_under_the_prefix() {
     let server = S3Server::start().await;
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let bytes = varied_bytes(100, 7);
     let path = write_file(&files, "f.parquet", &bytes);
     let nested = sink(&server.config("tollgate/flows")).await;
@@ -312,7 +313,7 @@ async fn objects_go_under_the_prefix() {
 #[tokio::test]
 async fn outage_is_reported_then_the_retry_succeeds() {
     let mut server = S3Server::start().await;
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let bytes = varied_bytes(50_000, 8);
     let path = write_file(&files, "f.parquet", &bytes);
     let config = S3Config {
@@ -337,7 +338,7 @@ async fn outage_is_reported_then_the_retry_succeeds() {
 #[tokio::test]
 async fn outage_during_multipart_is_reported_then_the_retry_succeeds() {
     let mut server = S3Server::start().await;
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let bytes = varied_bytes((11 * MIB) as usize, 9);
     let path = write_file(&files, "f.parquet", &bytes);
     let config = S3Config {
@@ -361,7 +362,7 @@ async fn outage_during_multipart_is_reported_then_the_retry_succeeds() {
 #[tokio::test]
 async fn failed_multipart_upload_is_aborted() {
     let server = S3Server::start().await;
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     // A directory has a size but no bytes to read: the upload is created, then its first
     // part fails.
     let unreadable = files.path().join("not-a-file");
@@ -446,7 +447,7 @@ async fn bodies_carry_a_crc32c_checksum_and_the_parquet_type() {
 
 #[tokio::test]
 async fn wrong_credentials_are_refused_clearly() {
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let path = write_file(&files, "f.parquet", &varied_bytes(100, 12));
     for (server, code) in servers_with_other_keys().await {
         // From one byte on, files go as multipart uploads, whose first request,
@@ -466,7 +467,7 @@ async fn wrong_credentials_are_refused_clearly() {
 
 #[tokio::test]
 async fn wrong_credentials_fail_a_put_object_in_bounded_time() {
-    let files = TempDir::new("s3-sink");
+    let files = temp_dir("s3-sink");
     let path = write_file(&files, "f.parquet", &varied_bytes(100, 13));
     for (server, code) in servers_with_other_keys().await {
         let sink = sink(&server.config("flows")).await;

@@ -4,14 +4,15 @@
 
 mod support;
 
-use support::s3_server::{S3Server, SECRET_KEY, TempDir};
+use support::s3_server::{S3Server, SECRET_KEY};
 use tollgate_collector::config::S3Config;
 use tollgate_collector::sink::{Failure, S3Sink, SinkError};
+use tollgate_test_support::temp_dir;
 
 const KEY: &str = "cluster=lab/dt=2026-11-25/hour=06/node-a-000001.parquet";
 
 async fn failed_put(config: &S3Config) -> (String, Failure) {
-    let files = TempDir::new("sdk-errors");
+    let files = temp_dir("sdk-errors");
     let path = files.path().join("f.parquet");
     std::fs::write(&path, b"PAR1").unwrap();
     let sink = S3Sink::new(config).await.expect("building the S3 sink");

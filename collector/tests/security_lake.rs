@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use support::s3_server::{S3Server, TempDir};
+use support::s3_server::S3Server;
 use tokio::sync::{Notify, watch};
 use tollgate_collector::{
     chain::{Sealer, sha256_hex},
@@ -46,6 +46,7 @@ use tollgate_collector::{
 };
 use tollgate_schemas::rule::{NamedRule, PolicyTier, RuleAction, RuleRef};
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
+use tollgate_test_support::temp_dir;
 
 const CLUSTER: &str = "prod";
 const NODE: &str = "ip-10-0-1-2";
@@ -257,7 +258,7 @@ fn event_day(unix_s: u64) -> String {
 
 #[test]
 fn every_record_kind_is_an_ocsf_network_activity_event_in_the_custom_source_layout() {
-    let dir = TempDir::new("ocsf-kinds");
+    let dir = temp_dir("ocsf-kinds");
     let spool_dir = dir.path().join("spool");
     let (mut spool, _) = Spool::open(&spool_dir, 1 << 30, now_s()).expect("a spool");
     let settings = lake(SinkConfig::Local {
@@ -333,7 +334,7 @@ fn query(dir: &Path, name: &str, params: &[(&str, String)]) -> Vec<serde_json::V
 
 #[test]
 fn the_ocsf_named_queries_find_the_denials_and_a_pods_flows() {
-    let dir = TempDir::new("ocsf-queries");
+    let dir = temp_dir("ocsf-queries");
     let spool_dir = dir.path().join("spool");
     let (mut spool, _) = Spool::open(&spool_dir, 1 << 30, now_s()).unwrap();
     let settings = lake(SinkConfig::Local {
@@ -389,7 +390,7 @@ fn the_ocsf_named_queries_find_the_denials_and_a_pods_flows() {
 
 #[test]
 fn security_lake_alone_spools_only_its_objects() {
-    let dir = TempDir::new("ocsf-alone");
+    let dir = temp_dir("ocsf-alone");
     let config = CollectorConfig {
         cluster: CLUSTER.to_owned(),
         node: NODE.to_owned(),
@@ -427,7 +428,7 @@ fn security_lake_alone_spools_only_its_objects() {
 
 #[test]
 fn records_of_two_days_go_to_two_event_day_partitions() {
-    let dir = TempDir::new("ocsf-days");
+    let dir = temp_dir("ocsf-days");
     let (mut spool, _) = Spool::open(&dir.path().join("spool"), 1 << 30, now_s()).unwrap();
     let settings = lake(SinkConfig::Local {
         dir: dir.path().join("lake"),
@@ -457,7 +458,7 @@ async fn the_pipeline_ships_the_flow_log_and_security_lake_to_their_buckets_unde
 {
     let flows = S3Server::start().await;
     let lake_bucket = S3Server::start().await;
-    let dir = TempDir::new("ocsf-s3");
+    let dir = temp_dir("ocsf-s3");
     let config = CollectorConfig {
         cluster: CLUSTER.to_owned(),
         node: NODE.to_owned(),

@@ -235,6 +235,11 @@ mod tests {
     /// Privileged (root or CAP_BPF): the probe's own maps, made tiny.
     #[test]
     fn privileged_kernel_maps_sync_read_back_and_say_when_they_are_full() {
+        if !tollgate_test_support::privileged(
+            "privileged_kernel_maps_sync_read_back_and_say_when_they_are_full",
+        ) {
+            return;
+        }
         let capacity = Capacity {
             endpoints: 2,
             peers: 3,

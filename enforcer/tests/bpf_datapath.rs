@@ -24,9 +24,6 @@ use tollgate_schemas::{
 };
 use tollgate_test_support::privileged;
 
-/// What the privileged check names for the tests of this file.
-const PROBE_TESTS: &str = "BPF_PROG_TEST_RUN tests of the probe";
-
 /// Namespace `default` with a client, a server and an IPv6 server; `policies` is appended.
 fn cluster(policies: &str) -> Snapshot {
     let objects = format!(
@@ -210,8 +207,8 @@ fn one_event(run: &HookRun) -> (Verdict, Reason, u64) {
 }
 
 #[test]
-fn allowed_flow_names_its_rule_and_replies_pass_through_conntrack() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_allowed_flow_names_its_rule_and_replies_pass_through_conntrack() {
+    if !privileged("privileged_allowed_flow_names_its_rule_and_replies_pass_through_conntrack") {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -249,8 +246,8 @@ fn allowed_flow_names_its_rule_and_replies_pass_through_conntrack() {
 }
 
 #[test]
-fn isolated_pod_denies_what_no_rule_allows() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_isolated_pod_denies_what_no_rule_allows() {
+    if !privileged("privileged_isolated_pod_denies_what_no_rule_allows") {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -270,8 +267,8 @@ fn isolated_pod_denies_what_no_rule_allows() {
 }
 
 #[test]
-fn ipv6_flows_are_decided_like_ipv4() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_ipv6_flows_are_decided_like_ipv4() {
+    if !privileged("privileged_ipv6_flows_are_decided_like_ipv4") {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -293,8 +290,8 @@ fn ipv6_flows_are_decided_like_ipv4() {
 }
 
 #[test]
-fn endpoint_without_programmed_rules_is_denied_never_allowed() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_endpoint_without_programmed_rules_is_denied_never_allowed() {
+    if !privileged("privileged_endpoint_without_programmed_rules_is_denied_never_allowed") {
         return;
     }
     let mut lab = Lab::new("");
@@ -306,8 +303,10 @@ fn endpoint_without_programmed_rules_is_denied_never_allowed() {
 }
 
 #[test]
-fn unknown_endpoint_is_denied_in_strict_mode_and_passes_in_standard_mode() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_unknown_endpoint_is_denied_in_strict_mode_and_passes_in_standard_mode() {
+    if !privileged(
+        "privileged_unknown_endpoint_is_denied_in_strict_mode_and_passes_in_standard_mode",
+    ) {
         return;
     }
     let mut lab = Lab::new("");
@@ -327,8 +326,8 @@ fn unknown_endpoint_is_denied_in_strict_mode_and_passes_in_standard_mode() {
 }
 
 #[test]
-fn address_on_the_wrong_interface_is_denied_as_spoofed() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_address_on_the_wrong_interface_is_denied_as_spoofed() {
+    if !privileged("privileged_address_on_the_wrong_interface_is_denied_as_spoofed") {
         return;
     }
     let mut lab = Lab::new("");
@@ -358,8 +357,8 @@ spec:
 "#;
 
 #[test]
-fn a_denial_by_rule_names_the_rule_in_every_report() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_a_denial_by_rule_names_the_rule_in_every_report() {
+    if !privileged("privileged_a_denial_by_rule_names_the_rule_in_every_report") {
         return;
     }
     let mut lab = Lab::new(&format!("{ALLOW_CLIENT_ANY}---{ADMIN_DENY_CLIENT}"));
@@ -386,8 +385,8 @@ fn a_denial_by_rule_names_the_rule_in_every_report() {
 }
 
 #[test]
-fn denied_flows_are_deduplicated_and_carry_their_packet_count() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_denied_flows_are_deduplicated_and_carry_their_packet_count() {
+    if !privileged("privileged_denied_flows_are_deduplicated_and_carry_their_packet_count") {
         return;
     }
     let mut lab = Lab::new(DENY_ALL);
@@ -438,8 +437,8 @@ fn denied_flows_are_deduplicated_and_carry_their_packet_count() {
 }
 
 #[test]
-fn tightened_policy_cuts_established_flows_and_their_replies() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_tightened_policy_cuts_established_flows_and_their_replies() {
+    if !privileged("privileged_tightened_policy_cuts_established_flows_and_their_replies") {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -462,8 +461,8 @@ fn tightened_policy_cuts_established_flows_and_their_replies() {
 }
 
 #[test]
-fn audit_mode_passes_would_be_denials_as_audit_deny() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_audit_mode_passes_would_be_denials_as_audit_deny() {
+    if !privileged("privileged_audit_mode_passes_would_be_denials_as_audit_deny") {
         return;
     }
     let mut lab = Lab::new(DENY_ALL);
@@ -480,8 +479,8 @@ fn audit_mode_passes_would_be_denials_as_audit_deny() {
 }
 
 #[test]
-fn truncated_and_malformed_packets_never_pass_an_isolated_pod() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_truncated_and_malformed_packets_never_pass_an_isolated_pod() {
+    if !privileged("privileged_truncated_and_malformed_packets_never_pass_an_isolated_pod") {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -529,8 +528,8 @@ fn truncated_and_malformed_packets_never_pass_an_isolated_pod() {
 }
 
 #[test]
-fn ip_options_and_extension_headers_are_skipped_to_the_real_ports() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_ip_options_and_extension_headers_are_skipped_to_the_real_ports() {
+    if !privileged("privileged_ip_options_and_extension_headers_are_skipped_to_the_real_ports") {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -554,8 +553,8 @@ fn ip_options_and_extension_headers_are_skipped_to_the_real_ports() {
 }
 
 #[test]
-fn later_fragments_follow_the_first_and_unknown_ones_are_denied() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_later_fragments_follow_the_first_and_unknown_ones_are_denied() {
+    if !privileged("privileged_later_fragments_follow_the_first_and_unknown_ones_are_denied") {
         return;
     }
     let mut lab = Lab::new(ALLOW_CLIENT_HTTP);
@@ -596,8 +595,8 @@ fn later_fragments_follow_the_first_and_unknown_ones_are_denied() {
 }
 
 #[test]
-fn protocols_without_ports_need_a_rule_without_ports() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_protocols_without_ports_need_a_rule_without_ports() {
+    if !privileged("privileged_protocols_without_ports_need_a_rule_without_ports") {
         return;
     }
     const GRE: u8 = 47;
@@ -637,8 +636,8 @@ spec:
 "#;
 
 #[test]
-fn icmp_errors_about_tracked_flows_pass_as_related() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_icmp_errors_about_tracked_flows_pass_as_related() {
+    if !privileged("privileged_icmp_errors_about_tracked_flows_pass_as_related") {
         return;
     }
     let mut lab = Lab::new(CLIENT_EGRESS_ONLY);
@@ -671,8 +670,8 @@ fn icmp_errors_about_tracked_flows_pass_as_related() {
 }
 
 #[test]
-fn icmp_errors_longer_than_a_router_sends_are_not_related() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_icmp_errors_longer_than_a_router_sends_are_not_related() {
+    if !privileged("privileged_icmp_errors_longer_than_a_router_sends_are_not_related") {
         return;
     }
     let mut lab = Lab::new(CLIENT_EGRESS_ONLY);
@@ -704,8 +703,10 @@ fn icmp_errors_longer_than_a_router_sends_are_not_related() {
 /// Entries the programs did not write (a verdict or reason byte they do not know, or a verdict
 /// that does not pass) vouch for nothing: the packet is decided by policy, and denied here.
 #[test]
-fn conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_packet() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_packet() {
+    if !privileged(
+        "privileged_conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_packet",
+    ) {
         return;
     }
     let mut lab = Lab::new(DENY_ALL);
@@ -821,8 +822,8 @@ spec:
 /// the IPv4 host it names: it must not match IPv4 ipBlocks, pod addresses or flows (the maps
 /// store IPv4 in that very form). The probe and the model deny it as malformed.
 #[test]
-fn ipv4_mapped_ipv6_addresses_never_match_ipv4_blocks_or_endpoints() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_ipv4_mapped_ipv6_addresses_never_match_ipv4_blocks_or_endpoints() {
+    if !privileged("privileged_ipv4_mapped_ipv6_addresses_never_match_ipv4_blocks_or_endpoints") {
         return;
     }
     let mut lab = Lab::new(IPV4_BLOCKS);
@@ -869,8 +870,8 @@ fn ipv4_mapped_ipv6_addresses_never_match_ipv4_blocks_or_endpoints() {
 }
 
 #[test]
-fn arp_and_neighbor_discovery_pass_without_a_decision() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_arp_and_neighbor_discovery_pass_without_a_decision() {
+    if !privileged("privileged_arp_and_neighbor_discovery_pass_without_a_decision") {
         return;
     }
     let mut lab = Lab::new(DENY_ALL);
@@ -939,8 +940,8 @@ fn through_service(port: u16) -> ProbeFlow {
 }
 
 #[test]
-fn node_addresses_pass_ingress_as_from_node_unless_turned_off() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_node_addresses_pass_ingress_as_from_node_unless_turned_off() {
+    if !privileged("privileged_node_addresses_pass_ingress_as_from_node_unless_turned_off") {
         return;
     }
     let mut snapshot = cluster(DENY_ALL);
@@ -988,8 +989,10 @@ fn node_addresses_pass_ingress_as_from_node_unless_turned_off() {
 }
 
 #[test]
-fn cluster_ip_passes_when_every_backend_is_allowed_and_replies_come_back_from_it() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_cluster_ip_passes_when_every_backend_is_allowed_and_replies_come_back_from_it() {
+    if !privileged(
+        "privileged_cluster_ip_passes_when_every_backend_is_allowed_and_replies_come_back_from_it",
+    ) {
         return;
     }
     let mut lab = Lab::new(&format!("{CLIENT_TO_SERVER_HTTP}\n---\n{SERVER_SERVICE}"));
@@ -1036,8 +1039,8 @@ fn cluster_ip_passes_when_every_backend_is_allowed_and_replies_come_back_from_it
 }
 
 #[test]
-fn cluster_ip_with_a_denied_backend_is_denied_for_every_connection() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_cluster_ip_with_a_denied_backend_is_denied_for_every_connection() {
+    if !privileged("privileged_cluster_ip_with_a_denied_backend_is_denied_for_every_connection") {
         return;
     }
     // A second backend that the client's policy does not allow.
@@ -1216,8 +1219,8 @@ fn identities_lab() -> DesiredState {
 }
 
 #[test]
-fn peer_identities_decide_through_policy_entries_and_fallbacks() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_peer_identities_decide_through_policy_entries_and_fallbacks() {
+    if !privileged("privileged_peer_identities_decide_through_policy_entries_and_fallbacks") {
         return;
     }
     let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
@@ -1297,8 +1300,8 @@ fn server_isolated_both_ways(revision: u64) -> EndpointState {
 }
 
 #[test]
-fn a_syn_without_ack_is_never_taken_for_a_reply() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_a_syn_without_ack_is_never_taken_for_a_reply() {
+    if !privileged("privileged_a_syn_without_ack_is_never_taken_for_a_reply") {
         return;
     }
     let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
@@ -1325,8 +1328,8 @@ fn a_syn_without_ack_is_never_taken_for_a_reply() {
 }
 
 #[test]
-fn a_new_revision_decides_tracked_flows_again() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_a_new_revision_decides_tracked_flows_again() {
+    if !privileged("privileged_a_new_revision_decides_tracked_flows_again") {
         return;
     }
     let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
@@ -1405,8 +1408,8 @@ fn a_new_revision_decides_tracked_flows_again() {
 }
 
 #[test]
-fn bench_datapath_runs_every_case() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_bench_datapath_runs_every_case() {
+    if !privileged("privileged_bench_datapath_runs_every_case") {
         return;
     }
     let results = tollgate_enforcer::bench::datapath(200).expect("bench");
@@ -1463,8 +1466,10 @@ spec:
 }
 
 #[test]
-fn maps_at_capacity_deny_what_does_not_fit_and_still_revoke_on_both_datapaths() {
-    if !privileged(PROBE_TESTS) {
+fn privileged_maps_at_capacity_deny_what_does_not_fit_and_still_revoke_on_both_datapaths() {
+    if !privileged(
+        "privileged_maps_at_capacity_deny_what_does_not_fit_and_still_revoke_on_both_datapaths",
+    ) {
         return;
     }
     let placement = Placement::AllPods { ifindex: 1 };

@@ -44,8 +44,8 @@ fn drop_sys_admin() {
 }
 
 #[test]
-fn the_collectors_handles_on_the_probes_maps_need_no_cap_sys_admin() {
-    if !privileged("the_collectors_handles_on_the_probes_maps_need_no_cap_sys_admin") {
+fn privileged_the_collectors_handles_on_the_probes_maps_need_no_cap_sys_admin() {
+    if !privileged("privileged_the_collectors_handles_on_the_probes_maps_need_no_cap_sys_admin") {
         return;
     }
     std::thread::spawn(|| {

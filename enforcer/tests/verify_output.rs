@@ -11,7 +11,7 @@ use tollgate_enforcer::decision::ProbeFlow;
 use tollgate_enforcer::model::ModelDatapath;
 use tollgate_enforcer::snapshot::{InputError, Snapshot};
 use tollgate_enforcer::verify::{self, Peer, ProbeSpec, Protocol, SourceText, VerifyInput};
-use tollgate_test_support::privileged;
+use tollgate_test_support::{privileged, temp_dir};
 
 fn error(object: &str, field: &str) -> (String, String) {
     (object.to_owned(), field.to_owned())
@@ -340,8 +340,8 @@ spec:
 }
 
 #[test]
-fn example_renders_the_same_on_the_ebpf_programs() {
-    if !privileged("example_renders_the_same_on_the_ebpf_programs") {
+fn privileged_example_renders_the_same_on_the_ebpf_programs() {
+    if !privileged("privileged_example_renders_the_same_on_the_ebpf_programs") {
         return;
     }
     let mut bpf = BpfDatapath::new().expect("load the eBPF programs");
@@ -397,8 +397,8 @@ fn later_manifests_replace_objects_of_the_same_kind_namespace_and_name() {
 /// (probes) with its position, and everything else is still evaluated.
 #[test]
 fn files_with_a_byte_order_mark_or_invalid_utf8_are_read_document_by_document() {
-    let dir = std::env::temp_dir().join(format!("tollgate-verify-utf8-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = temp_dir("verify-utf8");
+    let dir = scratch.path();
     let cluster = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/verify/cluster.yaml"),
     )
@@ -420,7 +420,6 @@ fn files_with_a_byte_order_mark_or_invalid_utf8_are_read_document_by_document() 
         manifests: vec![read("cluster.yaml")],
         probes: read("probes.txt"),
     };
-    std::fs::remove_dir_all(&dir).expect("clean up");
     let verification = verify::verify(&input, &mut ModelDatapath::new()).expect("model");
     let documents = cluster
         .split(|b| *b == b'\n')

@@ -566,8 +566,8 @@ fn model_datapath_meets_every_fixture() {
 }
 
 #[test]
-fn bpf_datapath_agrees_with_model_on_every_fixture() {
-    if !privileged("bpf_datapath_agrees_with_model_on_every_fixture") {
+fn privileged_bpf_datapath_agrees_with_model_on_every_fixture() {
+    if !privileged("privileged_bpf_datapath_agrees_with_model_on_every_fixture") {
         return;
     }
     let evaluated = evaluate_all();

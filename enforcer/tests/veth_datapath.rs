@@ -8,10 +8,7 @@
 //! SKIPPED loudly and returns, except under CI (which runs as root), where it fails.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,28 +21,14 @@ use tollgate_enforcer::{
     sync::sync,
 };
 use tollgate_schemas::{Counter, Direction, FlowEvent, Reason, Verdict, addr, proto};
+use tollgate_test_support::netns::{Netns, enter_netns, in_netns, ip, sysctl};
 use tollgate_test_support::privileged;
-
-/// Runs `ip ARGS`, panicking on failure; returns its standard output.
-fn ip(args: &[&str]) -> String {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// Network namespaces of one test, removed on drop (with their veths, routes and sockets'
 /// traffic).
 struct Namespaces {
     tag: String,
-    created: Vec<String>,
+    created: Vec<Netns>,
 }
 
 impl Namespaces {
@@ -60,9 +43,7 @@ impl Namespaces {
     /// reports reach the probe), and returns its name.
     fn add(&mut self, name: &str) -> String {
         let netns = format!("{}-{name}", self.tag);
-        ip(&["netns", "add", &netns]);
-        self.created.push(netns.clone());
-        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        self.created.push(Netns::add(&netns));
         sysctl(
             &netns,
             &[
@@ -76,36 +57,11 @@ impl Namespaces {
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        for netns in self.created.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", netns]).status();
+        // The last made first, as they were made.
+        while let Some(netns) = self.created.pop() {
+            drop(netns);
         }
     }
-}
-
-fn sysctl(netns: &str, settings: &[&str]) {
-    let mut args = vec!["netns", "exec", netns, "sysctl", "-q", "-w"];
-    args.extend_from_slice(settings);
-    ip(&args);
-}
-
-/// Runs `f` on a thread of its own inside `netns` and returns its result.
-fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                enter(netns);
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-fn enter(netns: &str) {
-    let handle = File::open(format!("/run/netns/{netns}")).expect("open the namespace");
-    // SAFETY: the descriptor is open for the whole call.
-    let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 fn ifindex(netns: &str, ifname: &str) -> u32 {
@@ -203,7 +159,7 @@ fn udp_arrives(at: &str, to: SocketAddrV4, from: &str, send: impl Fn() + Send + 
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::scope(|scope| {
         let receiver = scope.spawn(move || {
-            enter(at);
+            enter_netns(at);
             let socket = UdpSocket::bind(to).expect("bind the receiver");
             ready_tx.send(()).expect("ready");
             let deadline = Instant::now() + Duration::from_secs(2);
@@ -220,7 +176,7 @@ fn udp_arrives(at: &str, to: SocketAddrV4, from: &str, send: impl Fn() + Send + 
         });
         ready_rx.recv().expect("receiver bound");
         let sender = scope.spawn(|| {
-            enter(from);
+            enter_netns(from);
             for _ in 0..3 {
                 send();
                 std::thread::sleep(Duration::from_millis(200));
@@ -346,8 +302,9 @@ const ETH_P_8021AD: u16 = 0x88a8;
 /// frame after that — the inner one of QinQ — is a frame the probe cannot read: dropped,
 /// counted as malformed, without an event.
 #[test]
-fn vlan_tagged_frames_through_a_real_veth_are_decided_as_the_ip_inside() {
-    if !privileged("the probe on a veth carrying VLAN-tagged frames") {
+fn privileged_vlan_tagged_frames_through_a_real_veth_are_decided_as_the_ip_inside() {
+    if !privileged("privileged_vlan_tagged_frames_through_a_real_veth_are_decided_as_the_ip_inside")
+    {
         return;
     }
     let mut namespaces = Namespaces::new("vlan");
@@ -459,8 +416,10 @@ struct Fate {
 /// (pointer below 4, length past the header) is dropped by the node's stack as a header error
 /// (and answered with a parameter problem) after the probe allowed it.
 #[test]
-fn ipv4_options_through_a_real_veth_reach_the_pod_unless_the_kernel_refuses_them() {
-    if !privileged("IPv4 options through the probe and the node's forwarding") {
+fn privileged_ipv4_options_through_a_real_veth_reach_the_pod_unless_the_kernel_refuses_them() {
+    if !privileged(
+        "privileged_ipv4_options_through_a_real_veth_reach_the_pod_unless_the_kernel_refuses_them",
+    ) {
         return;
     }
     let mut namespaces = Namespaces::new("ipopt");

@@ -11,10 +11,11 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use s3_server::{S3Server, TempDir};
+use s3_server::S3Server;
 use support::{
     athena_stub::{AthenaStub, Outcome, QUERY_ID},
     flowlog::{FROM, TO, flow, identity, isolation, parquet},
+    temp_dir,
 };
 use tollgate_collector::{
     loss::{LossSource, LossSpan},
@@ -145,7 +146,7 @@ async fn a_bundle_through_athena_reads_only_the_objects_it_names() {
         path("node-a-1.parquet"),
     ]))
     .await;
-    let out = TempDir::new("athena-bundle");
+    let out = temp_dir("athena-bundle");
     let unnamed_before = requests_naming(&server, "node-c-1");
     let through_athena = evidence::collect(
         &request(
@@ -294,7 +295,7 @@ async fn a_failed_query_gives_athenas_reason() {
     let server = S3Server::start().await;
     let reason = "COLUMN_NOT_FOUND: line 6:8: Column 'src_pod' cannot be resolved";
     let stub = AthenaStub::start(Outcome::Fail(reason.to_owned())).await;
-    let out = TempDir::new("athena-failed");
+    let out = temp_dir("athena-failed");
     let error = evidence::collect(
         &request(
             location(&server),
@@ -333,7 +334,7 @@ async fn a_path_outside_the_flow_log_is_refused() {
             outside.clone(),
         ]))
         .await;
-        let out = TempDir::new("athena-outside");
+        let out = temp_dir("athena-outside");
         let error = evidence::collect(
             &request(
                 location(&server),
@@ -361,7 +362,7 @@ async fn a_path_outside_the_flow_log_is_refused() {
 #[tokio::test]
 async fn bad_options_are_refused_before_any_request() {
     let stub = AthenaStub::start(Outcome::Succeed(Vec::new())).await;
-    let out = TempDir::new("athena-refused");
+    let out = temp_dir("athena-refused");
     let location: FlowLogLocation = "s3://flows/tollgate".parse().unwrap();
     let s3 = S3Options {
         region: s3_server::REGION.to_owned(),
@@ -433,7 +434,7 @@ async fn bad_options_are_refused_before_any_request() {
 async fn a_query_that_runs_too_long_is_stopped() {
     let server = S3Server::start().await;
     let stub = AthenaStub::start(Outcome::Hang).await;
-    let out = TempDir::new("athena-hang");
+    let out = temp_dir("athena-hang");
     let options = AthenaOptions {
         wait: Duration::from_secs(1),
         ..athena_options(&stub)

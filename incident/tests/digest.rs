@@ -11,9 +11,9 @@ mod support;
 use std::path::Path;
 
 use support::{
-    TempDir,
     flowlog::{FROM, HOUR, TO, flow, identity, isolation, parquet},
     node::Node,
+    temp_dir,
 };
 use tollgate_collector::{
     digest::{Document, Signed},
@@ -98,7 +98,7 @@ fn public_key(node: &Node) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_intact_flow_log_holds_up() {
-    let dir = TempDir::new("digest-intact");
+    let dir = temp_dir("digest-intact");
     let (nodes, flows) = flow_log(dir.path()).await;
     let trusted = nodes.iter().map(public_key).collect();
     let report = check(
@@ -140,7 +140,7 @@ async fn an_intact_flow_log_holds_up() {
 
 #[tokio::test]
 async fn one_changed_byte_is_a_changed_object() {
-    let dir = TempDir::new("digest-byte");
+    let dir = temp_dir("digest-byte");
     let (_, flows) = flow_log(dir.path()).await;
     let path = object(&flows, "node-a", H + 60, 0);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -156,7 +156,7 @@ async fn one_changed_byte_is_a_changed_object() {
 
 #[tokio::test]
 async fn a_deleted_object_is_missing() {
-    let dir = TempDir::new("digest-deleted");
+    let dir = temp_dir("digest-deleted");
     let (_, flows) = flow_log(dir.path()).await;
     std::fs::remove_file(object(&flows, "node-b", H + 3700, 2)).unwrap();
     let report = check(&flows, &Request::default()).await;
@@ -169,7 +169,7 @@ async fn a_deleted_object_is_missing() {
 
 #[tokio::test]
 async fn an_added_object_is_extra() {
-    let dir = TempDir::new("digest-added");
+    let dir = temp_dir("digest-added");
     let (_, flows) = flow_log(dir.path()).await;
     let path = object(&flows, "node-a", H + 200, 9);
     std::fs::write(&path, b"planted").unwrap();
@@ -183,7 +183,7 @@ async fn an_added_object_is_extra() {
 
 #[tokio::test]
 async fn a_digest_deleted_from_the_middle_breaks_the_chain() {
-    let dir = TempDir::new("digest-middle");
+    let dir = temp_dir("digest-middle");
     let (_, flows) = flow_log(dir.path()).await;
     let middle = digests(&flows, "node-a").remove(1);
     std::fs::remove_file(&middle).unwrap();
@@ -203,7 +203,7 @@ async fn a_digest_deleted_from_the_middle_breaks_the_chain() {
 
 #[tokio::test]
 async fn a_digest_re_signed_with_another_key_is_a_bad_signature() {
-    let dir = TempDir::new("digest-resigned");
+    let dir = temp_dir("digest-resigned");
     let (nodes, flows) = flow_log(dir.path()).await;
     let path = digests(&flows, "node-a").remove(2);
     let signed = Signed::parse(&std::fs::read(&path).unwrap()).unwrap();
@@ -237,7 +237,7 @@ async fn a_digest_re_signed_with_another_key_is_a_bad_signature() {
 
 #[tokio::test]
 async fn a_sequence_gap_needs_a_loss_record() {
-    let dir = TempDir::new("digest-gap");
+    let dir = temp_dir("digest-gap");
     let flows = dir.path().join("flows");
     let mut node = Node::start(dir.path(), "prod", "node-a", H);
     node.write(H + 60, Vec::new());
@@ -266,7 +266,7 @@ async fn a_sequence_gap_needs_a_loss_record() {
 
 #[tokio::test]
 async fn objects_of_two_nodes_swapped_are_named() {
-    let dir = TempDir::new("digest-swapped");
+    let dir = temp_dir("digest-swapped");
     let (_, flows) = flow_log(dir.path()).await;
     let a = object(&flows, "node-a", H + 60, 0);
     let b = object(&flows, "node-b", H + 60, 0);
@@ -288,7 +288,7 @@ async fn objects_of_two_nodes_swapped_are_named() {
 
 #[tokio::test]
 async fn a_restart_and_a_sigkill_keep_the_chain_and_a_lost_spool_restarts_it_with_a_reason() {
-    let dir = TempDir::new("digest-restart");
+    let dir = temp_dir("digest-restart");
     let flows = dir.path().join("flows");
     let mut node = Node::start(dir.path(), "prod", "node-a", H);
     node.write(H + 60, Vec::new());
@@ -349,7 +349,7 @@ async fn a_restart_and_a_sigkill_keep_the_chain_and_a_lost_spool_restarts_it_wit
 
 #[tokio::test]
 async fn an_evidence_bundle_carries_and_checks_the_digests_of_its_sources() {
-    let dir = TempDir::new("digest-evidence");
+    let dir = temp_dir("digest-evidence");
     let flows = dir.path().join("flows");
     let (web, api) = (identity("shop", "web"), identity("shop", "api"));
     let mut node = Node::start(dir.path(), "prod", "node-a", HOUR);
@@ -428,7 +428,7 @@ async fn an_evidence_bundle_carries_and_checks_the_digests_of_its_sources() {
 
 #[tokio::test]
 async fn security_lake_objects_are_checked_where_they_were_delivered() {
-    let dir = TempDir::new("digest-security-lake");
+    let dir = temp_dir("digest-security-lake");
     let (flows, lake) = (dir.path().join("flows"), dir.path().join("lake"));
     let mut node = Node::start(dir.path(), "prod", "node-a", H);
     node.write(H + 60, Vec::new());

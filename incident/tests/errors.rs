@@ -5,11 +5,9 @@ mod support;
 
 use std::error::Error;
 
-use http::{Request, Response};
-use kube::client::Body;
 use support::{
-    TempDir,
     flowlog::{FROM, TO},
+    temp_dir,
 };
 use tollgate_collector::{
     identity::PodIdentity,
@@ -23,6 +21,7 @@ use tollgate_incident::{
     quarantine::{Outcome, quarantine},
     record,
 };
+use tollgate_test_support::apiserver::ApiServer;
 
 /// `error` and its causes, outermost first, joined with `: ` (anyhow's `{:#}`).
 fn chain(error: &(dyn Error + 'static)) -> String {
@@ -38,7 +37,7 @@ fn chain(error: &(dyn Error + 'static)) -> String {
 
 #[tokio::test]
 async fn a_missing_flow_log_says_so_once() {
-    let out = TempDir::new("bundle");
+    let out = temp_dir("bundle");
     let missing = out.path().join("no-such-flow-log");
     let request = EvidenceRequest {
         pod: "shop/web".parse::<PodRef>().unwrap(),
@@ -69,7 +68,7 @@ async fn a_missing_flow_log_says_so_once() {
 
 #[tokio::test]
 async fn an_undeliverable_record_says_so_once() {
-    let dir = TempDir::new("record");
+    let dir = temp_dir("record");
     // The flow log is a file, not a directory: the sink cannot write under it.
     let flow_log = dir.path().join("flow-log");
     std::fs::write(&flow_log, "").unwrap();
@@ -110,9 +109,7 @@ async fn an_undeliverable_record_says_so_once() {
 #[tokio::test]
 async fn an_unreachable_api_server_is_said_once() {
     // An API server that is gone: every request fails in the client.
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    drop(handle);
-    let cluster = KubeCluster::new(kube::Client::new(service, "default"));
+    let cluster = KubeCluster::new(ApiServer::unreachable());
     let pod: PodRef = "shop/web".parse().unwrap();
     let error = quarantine(&cluster, &pod, "C2 beacon", || TO)
         .await

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use s3_server::S3Server;
 use support::{
-    TempDir,
     flowlog::{FROM, TO, flow, identity, isolation, parquet},
+    temp_dir,
 };
 use tollgate_collector::{
     loss::{LossSource, LossSpan},
@@ -170,9 +170,9 @@ fn check_bundle(out: &Path, snapshots: usize) {
 
 #[tokio::test]
 async fn a_bundle_from_a_local_flow_log_holds_the_pods_records_and_verifies() {
-    let flows = TempDir::new("flows");
+    let flows = temp_dir("flows");
     flow_log(flows.path());
-    let out = TempDir::new("bundle");
+    let out = temp_dir("bundle");
     let request = request(
         FlowLogLocation::Local(flows.path().to_owned()),
         S3Options::default(),
@@ -252,8 +252,8 @@ async fn a_bundle_from_a_local_flow_log_holds_the_pods_records_and_verifies() {
 
 #[tokio::test]
 async fn bad_requests_are_refused_before_anything_is_read() {
-    let flows = TempDir::new("flows");
-    let out = TempDir::new("bundle");
+    let flows = temp_dir("flows");
+    let out = temp_dir("bundle");
     let mut backwards = request(
         FlowLogLocation::Local(flows.path().to_owned()),
         S3Options::default(),
@@ -284,7 +284,7 @@ async fn bad_requests_are_refused_before_anything_is_read() {
 #[tokio::test]
 async fn a_bundle_from_s3_names_every_object_with_its_etag() {
     let server = S3Server::start().await;
-    let flows = TempDir::new("flows");
+    let flows = temp_dir("flows");
     flow_log(flows.path());
     let config = server.config("tollgate");
     let sink = Sink::from_config(&tollgate_collector::config::SinkConfig::S3(config.clone()))
@@ -306,7 +306,7 @@ async fn a_bundle_from_s3_names_every_object_with_its_etag() {
         endpoint_url: Some(server.endpoint_url()),
         path_style: true,
     };
-    let out = TempDir::new("bundle");
+    let out = temp_dir("bundle");
     let bundle = evidence::collect(
         &request(location, s3, &out.path().join("b")),
         Vec::new(),
@@ -389,7 +389,7 @@ fn other_schema() -> Vec<u8> {
 /// the bundle still holds everything the other files hold.
 #[test]
 fn unreadable_files_are_skipped_named_and_listed() {
-    let flows = TempDir::new("flows");
+    let flows = temp_dir("flows");
     flow_log(flows.path());
     let hour = flows.path().join("cluster=prod/dt=2026-11-25/hour=10");
     let good = std::fs::read(hour.join("node-a-1.parquet")).unwrap();
@@ -402,7 +402,7 @@ fn unreadable_files_are_skipped_named_and_listed() {
     std::fs::write(hour.join("node-e-other.parquet"), other_schema()).unwrap();
     let fifo = hour.join("node-f-fifo.parquet");
     mkfifo(&fifo);
-    let out = TempDir::new("bundle");
+    let out = temp_dir("bundle");
     let request = request(
         FlowLogLocation::Local(flows.path().to_owned()),
         S3Options::default(),
@@ -468,9 +468,9 @@ fn unreadable_files_are_skipped_named_and_listed() {
 /// unless it accepts empty bundles.
 #[tokio::test]
 async fn a_pod_the_flow_log_never_names_is_said_loudly() {
-    let flows = TempDir::new("flows");
+    let flows = temp_dir("flows");
     flow_log(flows.path());
-    let out = TempDir::new("bundle");
+    let out = temp_dir("bundle");
     let mut request = request(
         FlowLogLocation::Local(flows.path().to_owned()),
         S3Options::default(),
@@ -507,9 +507,9 @@ async fn a_pod_the_flow_log_never_names_is_said_loudly() {
 /// opening the FIFO; the problems it names are bounded, the rest counted.
 #[test]
 fn verify_takes_only_the_bundles_own_regular_files() {
-    let flows = TempDir::new("flows");
+    let flows = temp_dir("flows");
     flow_log(flows.path());
-    let out = TempDir::new("bundle");
+    let out = temp_dir("bundle");
     let request = request(
         FlowLogLocation::Local(flows.path().to_owned()),
         S3Options::default(),
@@ -523,7 +523,7 @@ fn verify_takes_only_the_bundles_own_regular_files() {
     let digest = bundle.manifest_sha256.clone();
 
     // A link to an identical file elsewhere.
-    let elsewhere = TempDir::new("elsewhere");
+    let elsewhere = temp_dir("elsewhere");
     let copy = elsewhere.path().join("flows.csv");
     std::fs::rename(dir.join("flows.csv"), &copy).unwrap();
     std::os::unix::fs::symlink(&copy, dir.join("flows.csv")).unwrap();
@@ -588,7 +588,7 @@ fn verify_takes_only_the_bundles_own_regular_files() {
 async fn an_s3_error_is_told_in_words() {
     let server = S3Server::start().await;
     let config = server.config("tollgate");
-    let out = TempDir::new("bundle");
+    let out = temp_dir("bundle");
     let s3 = S3Options {
         region: config.region.clone(),
         endpoint_url: Some(server.endpoint_url()),

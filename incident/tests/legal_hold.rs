@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 
 use moto::Moto;
-use support::{TempDir, apiserver::ApiServer, flowlog, node::Node};
+use support::{flowlog, node::Node, temp_dir};
 use tollgate_incident::{
     PodRef,
     cluster::KubeCluster,
@@ -23,6 +23,7 @@ use tollgate_incident::{
     source::Reader,
 };
 use tollgate_schemas::Verdict;
+use tollgate_test_support::apiserver::ApiServer;
 
 const AT: u64 = flowlog::HOUR + 1800; // 2026-11-25T10:30:00Z
 
@@ -137,11 +138,12 @@ async fn delete_version(moto: &Moto, bucket: &str, key: &str) -> Result<(), Stri
 async fn a_quarantine_holds_the_days_objects_and_digests_and_a_held_version_cannot_be_deleted() {
     let moto = Moto::start();
     moto.object_lock_bucket("flows").await;
-    let dir = TempDir::new("legal-hold-quarantine");
+    let dir = temp_dir("legal-hold-quarantine");
     let keys = flow_log(&moto, "flows", dir.path()).await;
     assert_eq!(keys.len(), 3, "two flow files and a digest: {keys:?}");
 
-    let (client, server) = ApiServer::start("alice@example.com");
+    let (client, server) = ApiServer::start();
+    server.sign_in("alice@example.com");
     server.add_pod(POD);
     let pod: PodRef = "shop/web".parse().unwrap();
     let mut outcome = quarantine(&KubeCluster::new(client), &pod, "C2 beacon", || AT)
@@ -158,7 +160,7 @@ async fn a_quarantine_holds_the_days_objects_and_digests_and_a_held_version_cann
     let detail: serde_json::Value = serde_json::from_str(&outcome.isolation.detail).unwrap();
     assert_eq!(detail["legal_holds"]["status"], "placed");
     assert_eq!(detail["legal_holds"]["held"].as_array().unwrap().len(), 3);
-    let staging = TempDir::new("legal-hold-staging");
+    let staging = temp_dir("legal-hold-staging");
     record::deliver(
         "prod",
         &outcome,
@@ -207,7 +209,7 @@ async fn a_quarantine_holds_the_days_objects_and_digests_and_a_held_version_cann
 async fn an_evidence_bundle_holds_its_sources_and_their_digests() {
     let moto = Moto::start();
     moto.object_lock_bucket("evidence").await;
-    let dir = TempDir::new("legal-hold-evidence");
+    let dir = temp_dir("legal-hold-evidence");
     let keys = flow_log(&moto, "evidence", dir.path()).await;
     let out = dir.path().join("bundle");
     let request = evidence::Request {
@@ -259,7 +261,7 @@ async fn a_bucket_without_object_lock_gets_no_hold_and_says_so() {
         .send()
         .await
         .unwrap();
-    let dir = TempDir::new("legal-hold-plain");
+    let dir = temp_dir("legal-hold-plain");
     flow_log(&moto, "plain", dir.path()).await;
     let reader = Reader::new(&location("plain"), &options(&moto)).await;
     let targets = legal_hold::select(&reader, "prod", AT - 86_400, AT + 1)

@@ -1,12 +1,12 @@
 //! `tollgate quarantine` against a Kubernetes API server (the mock service of
-//! `support/apiserver.rs`, behind a real `kube::Client`): the right objects are created,
+//! `tollgate_test_support::apiserver`, behind a real `kube::Client`): the right objects are created,
 //! every refusal and failure leaves the cluster as it was, release undoes it, and the
 //! isolation record lands in the flow log.
 
 mod support;
 
 use serde_json::json;
-use support::{TempDir, apiserver::ApiServer};
+use support::temp_dir;
 use tollgate_collector::readback::{Filter, read_dir};
 use tollgate_incident::{
     PodRef,
@@ -15,6 +15,7 @@ use tollgate_incident::{
     quarantine::{QuarantineError, quarantine, release},
     record,
 };
+use tollgate_test_support::apiserver::ApiServer;
 
 const AT: u64 = 1_795_602_600; // 2026-11-25T10:30:00Z
 
@@ -49,7 +50,8 @@ fn pod() -> PodRef {
 }
 
 fn cluster_with_pod() -> (KubeCluster, ApiServer) {
-    let (client, server) = ApiServer::start("alice@example.com");
+    let (client, server) = ApiServer::start();
+    server.sign_in("alice@example.com");
     server.add_pod(POD);
     server.add_policy(ALLOW_WEB);
     (KubeCluster::new(client), server)
@@ -141,8 +143,8 @@ async fn quarantine_creates_the_policy_then_labels_the_pod() {
     );
 
     // The record, in the flow log as every reader sees it.
-    let flows = TempDir::new("flows");
-    let staging = TempDir::new("staging");
+    let flows = temp_dir("flows");
+    let staging = temp_dir("staging");
     let location = FlowLogLocation::Local(flows.path().to_owned());
     let delivered = record::deliver(
         "prod-eu-1",

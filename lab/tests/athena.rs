@@ -13,6 +13,7 @@ use serde_json::Value;
 use tollgate_lab::{Attach, LabOptions, OutputFormat, run};
 
 use support::privileged;
+use tollgate_test_support::temp_dir;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -53,12 +54,12 @@ fn text<'a>(row: &'a Value, column: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
-    if !privileged("the_named_queries_answer_the_seeds_questions_on_the_labs_parquet") {
+async fn privileged_the_named_queries_answer_the_seeds_questions_on_the_labs_parquet() {
+    if !privileged("privileged_the_named_queries_answer_the_seeds_questions_on_the_labs_parquet") {
         return;
     }
-    let out = std::env::temp_dir().join(format!("tollgate-athena-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let scratch = temp_dir("athena-test");
+    let out = scratch.path().join("lab");
     let report = run(&LabOptions {
         output: OutputFormat::Table,
         attach: Attach::Auto,

@@ -8,8 +8,8 @@ use support::privileged;
 use tollgate_lab::bench::{VethOptions, veth};
 
 #[test]
-fn bench_veth_measures_both_cases_filtered_and_not() {
-    if !privileged("bench_veth_measures_both_cases_filtered_and_not") {
+fn privileged_bench_veth_measures_both_cases_filtered_and_not() {
+    if !privileged("privileged_bench_veth_measures_both_cases_filtered_and_not") {
         return;
     }
     let results = veth(&VethOptions {

@@ -17,8 +17,8 @@ use support::privileged;
 static ONE_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_the_run_and_cleans_up() {
-    if !privileged("sigterm_stops_the_run_and_cleans_up") {
+async fn privileged_sigterm_stops_the_run_and_cleans_up() {
+    if !privileged("privileged_sigterm_stops_the_run_and_cleans_up") {
         return;
     }
     signal_stops_the_run_and_cleans_up(libc::SIGTERM, "SIGTERM").await;
@@ -27,8 +27,8 @@ async fn sigterm_stops_the_run_and_cleans_up() {
 /// A closed terminal sends SIGHUP: without a handler the process would end there and leave
 /// the run's namespaces, bpffs mount and attached probe behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_stops_the_run_and_cleans_up() {
-    if !privileged("sighup_stops_the_run_and_cleans_up") {
+async fn privileged_sighup_stops_the_run_and_cleans_up() {
+    if !privileged("privileged_sighup_stops_the_run_and_cleans_up") {
         return;
     }
     // The test's own listener keeps SIGHUP from ending the test binary when the run does not

@@ -220,8 +220,8 @@ fn the_flows_are_the_seeds(report: &LabReport, family: IpFamily) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6() {
-    if !privileged("the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6") {
+async fn privileged_the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6() {
+    if !privileged("privileged_the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -232,8 +232,8 @@ async fn the_seed_scenario_runs_as_documented_on_ipv4_and_ipv6() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seed_scenario_runs_the_same_through_clsact() {
-    if !privileged("the_seed_scenario_runs_the_same_through_clsact") {
+async fn privileged_the_seed_scenario_runs_the_same_through_clsact() {
+    if !privileged("privileged_the_seed_scenario_runs_the_same_through_clsact") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -244,8 +244,8 @@ async fn the_seed_scenario_runs_the_same_through_clsact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seed_scenario_runs_the_same_with_the_client_on_a_branch_eni() {
-    if !privileged("the_seed_scenario_runs_the_same_with_the_client_on_a_branch_eni") {
+async fn privileged_the_seed_scenario_runs_the_same_with_the_client_on_a_branch_eni() {
+    if !privileged("privileged_the_seed_scenario_runs_the_same_with_the_client_on_a_branch_eni") {
         return;
     }
     // The client's packets leave the node through the VLAN and come back from the VPC, its

@@ -28,6 +28,7 @@ use tollgate_lab::{
 use tollgate_schemas::{Direction, Reason, Verdict};
 
 use support::privileged;
+use tollgate_test_support::temp_dir;
 
 /// Connections made to the ClusterIP per case: enough that both backends are picked (all on
 /// one is 2^-19 likely), each bounded by the client's timeouts.
@@ -132,8 +133,8 @@ fn requests_from(log: &str, client: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_denied_backend_is_never_reached_through_the_cluster_ip() {
-    if !privileged("a_denied_backend_is_never_reached_through_the_cluster_ip") {
+async fn privileged_a_denied_backend_is_never_reached_through_the_cluster_ip() {
+    if !privileged("privileged_a_denied_backend_is_never_reached_through_the_cluster_ip") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -156,7 +157,8 @@ async fn two_backends(family: IpFamily) {
 
     let names = RunNames::new();
     let prefix = names.prefix().to_owned();
-    let out = std::env::temp_dir().join(format!("{prefix}-services-test-flows"));
+    let scratch = temp_dir("services-test");
+    let out = scratch.path().join("flows");
     {
         let topology = Topology::create(names, &pods, None).unwrap();
         let (mut flow_log, collector, tap) = FlowLog::new(&prefix, Some(&out), false);
@@ -271,5 +273,5 @@ async fn two_backends(family: IpFamily) {
         .filter(|n| n.starts_with(&format!("{prefix}-")))
         .collect();
     assert_eq!(left, Vec::<String>::new());
-    std::fs::remove_dir_all(&out).unwrap();
+    assert!(out.is_dir(), "the flow log was written");
 }

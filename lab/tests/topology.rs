@@ -72,8 +72,8 @@ fn family_flag(family: IpFamily) -> &'static str {
 }
 
 #[test]
-fn pods_are_wired_like_the_vpc_cni() {
-    if !privileged("pods_are_wired_like_the_vpc_cni") {
+fn privileged_pods_are_wired_like_the_vpc_cni() {
+    if !privileged("privileged_pods_are_wired_like_the_vpc_cni") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -203,8 +203,8 @@ fn wired(family: IpFamily) {
 }
 
 #[test]
-fn a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode() {
-    if !privileged("a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode") {
+fn privileged_a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode() {
+    if !privileged("privileged_a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode") {
         return;
     }
     let root_routes_before = ip_json(&["route", "show"]);
@@ -307,8 +307,8 @@ fn a_branch_eni_pod_is_wired_like_the_vpc_cni_in_strict_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl_reaches_the_servers_through_kube_dns_and_kube_proxy() {
-    if !privileged("curl_reaches_the_servers_through_kube_dns_and_kube_proxy") {
+async fn privileged_curl_reaches_the_servers_through_kube_dns_and_kube_proxy() {
+    if !privileged("privileged_curl_reaches_the_servers_through_kube_dns_and_kube_proxy") {
         return;
     }
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -429,8 +429,8 @@ async fn through_services(family: IpFamily) {
 }
 
 #[test]
-fn a_failed_build_removes_what_it_made() {
-    if !privileged("a_failed_build_removes_what_it_made") {
+fn privileged_a_failed_build_removes_what_it_made() {
+    if !privileged("privileged_a_failed_build_removes_what_it_made") {
         return;
     }
     let mut pods = LabPods::embedded(IpFamily::V4).unwrap();
@@ -448,8 +448,8 @@ fn a_failed_build_removes_what_it_made() {
 }
 
 #[test]
-fn a_panic_removes_the_namespaces() {
-    if !privileged("a_panic_removes_the_namespaces") {
+fn privileged_a_panic_removes_the_namespaces() {
+    if !privileged("privileged_a_panic_removes_the_namespaces") {
         return;
     }
     let pods = LabPods::embedded(IpFamily::V6).unwrap();

@@ -137,27 +137,3 @@ pub fn partition(unix_s: u64) -> String {
     let (dt, hour) = tollgate_collector::clock::partition_date(unix_s);
     format!("cluster=lab/dt={dt}/hour={hour}")
 }
-
-/// A directory removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    /// A new empty directory named for `test`.
-    pub fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tollgate-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}

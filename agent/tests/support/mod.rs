@@ -6,10 +6,8 @@
 #![allow(dead_code, reason = "each test binary uses its own part")]
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -30,8 +28,11 @@ use tollgate_enforcer::{
     snapshot::Snapshot,
     sync::sync,
 };
+use tollgate_test_support::netns::{Netns, sysctl};
 #[allow(unused_imports, reason = "each test binary uses its own part")]
-pub use tollgate_test_support::privileged;
+pub use tollgate_test_support::netns::{enter_netns, in_netns, ip, spawn_in_netns};
+#[allow(unused_imports, reason = "each test binary uses its own part")]
+pub use tollgate_test_support::{privileged, run};
 
 /// The seed scenario's manifests: the lab's pods, `all-deny`, and the two allow policies.
 pub const SEED: [&str; 3] = [
@@ -45,61 +46,6 @@ pub fn seed() -> Snapshot {
     let (snapshot, errors) = parse_manifests(&SEED.join("\n---\n"), "seed");
     assert!(errors.is_empty(), "{errors:?}");
     snapshot
-}
-
-/// Runs `ip ARGS`, panicking on failure; returns its standard output.
-pub fn ip(args: &[&str]) -> String {
-    run("ip", args)
-}
-
-/// Runs `program ARGS`, panicking on failure; returns its standard output.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Moves the calling thread into network namespace `netns` (as `ip netns` names it); threads
-/// it starts afterwards inherit it. Call it only on a thread of its own (or in a process that
-/// exists for it).
-pub fn enter_netns(netns: &str) {
-    let handle = File::open(format!("/run/netns/{netns}")).expect("open the namespace");
-    // SAFETY: the descriptor is open for the whole call.
-    let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
-/// Runs `f` on a fresh thread inside network namespace `netns` and returns its result.
-pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                enter_netns(netns);
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-/// Starts `f` on a thread of its own inside network namespace `netns`.
-pub fn spawn_in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let netns = netns.to_owned();
-    std::thread::spawn(move || {
-        enter_netns(&netns);
-        f()
-    })
 }
 
 /// One wired pod.
@@ -138,7 +84,7 @@ pub struct Node {
     pub netns: String,
     tag: String,
     /// Namespaces created, in order.
-    created: Vec<String>,
+    created: Vec<Netns>,
     /// The pods, in the order they were added.
     pub pods: Vec<Pod>,
 }
@@ -159,9 +105,7 @@ impl Node {
     }
 
     fn add_netns(&mut self, netns: &str) {
-        ip(&["netns", "add", netns]);
-        self.created.push(netns.to_string());
-        ip(&["-n", netns, "link", "set", "lo", "up"]);
+        self.created.push(Netns::add(netns));
     }
 
     /// Adds pod `default/<name>` with address `addr` on a host veth `eni…` numbered `n`: an
@@ -261,7 +205,7 @@ impl Node {
     /// address but the branch ENIs' back to the node through `eth0`.
     fn vpc(&mut self) -> String {
         let vpc = format!("{}-vpc", self.tag);
-        if self.created.contains(&vpc) {
+        if self.created.iter().any(|netns| netns.name() == vpc) {
             return vpc;
         }
         self.add_netns(&vpc);
@@ -454,8 +398,12 @@ impl Node {
             .position(|pod| pod.key == key)
             .expect("known pod");
         let pod = self.pods.remove(position);
-        ip(&["netns", "del", &pod.netns]);
-        self.created.retain(|netns| *netns != pod.netns);
+        let at = self
+            .created
+            .iter()
+            .position(|netns| netns.name() == pod.netns)
+            .expect("the pod's namespace");
+        self.created.remove(at).delete();
         let started = Instant::now();
         while in_netns(&self.netns, || ifindex(&pod.host_veth)).is_some() {
             assert!(
@@ -495,16 +443,11 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for netns in self.created.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", netns]).status();
+        // The pods' namespaces before the node's.
+        while let Some(netns) = self.created.pop() {
+            drop(netns);
         }
     }
-}
-
-fn sysctl(netns: &str, settings: &[&str]) {
-    let mut args = vec!["netns", "exec", netns, "sysctl", "-q", "-w"];
-    args.extend_from_slice(settings);
-    ip(&args);
 }
 
 fn mac(netns: &str, ifname: &str) -> String {
@@ -831,21 +774,5 @@ impl RunningAgent {
 impl Drop for RunningAgent {
     fn drop(&mut self) {
         let _ = self.finish();
-    }
-}
-
-/// A temporary directory named after `tag` and the process, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// `<temp dir>/tollgate-<tag>-test-<pid>`.
-    pub fn new(tag: &str) -> Self {
-        Self(std::env::temp_dir().join(format!("tollgate-{tag}-test-{}", std::process::id())))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +22,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, ResponseChecksumValidation};
 use aws_sdk_s3::error::DisplayErrorContext;
 use tollgate_collector::config::S3Config;
+use tollgate_test_support::{TempDir, temp_dir};
 
 /// Access key every test client finds in the environment.
 pub const ACCESS_KEY: &str = "tollgate-test-access-key";
@@ -67,7 +68,7 @@ impl S3Server {
         set_credentials_env();
         let binary = find_binary();
         let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        let dir = TempDir::new("s3s-fs");
+        let dir = temp_dir("s3s-fs");
         std::fs::create_dir(dir.path().join("data")).expect("creating the server's data directory");
         let port = free_port();
         let mut server = Self {
@@ -263,39 +264,6 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A fresh directory under the system's temporary directory, removed on drop.
-#[derive(Debug)]
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates `<tmp>/tollgate-<label>-<pid>-<n>`.
-    pub fn new(label: &str) -> Self {
-        let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "tollgate-{label}-{}-{sequence}",
-            std::process::id()
-        ));
-        // A leftover of an earlier process with the same pid.
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        Self { path }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 

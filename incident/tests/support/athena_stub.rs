@@ -1,5 +1,5 @@
-//! A stub of Amazon Athena on a free port of 127.0.0.1, for the SDK's client: HTTP/1.1
-//! (keep-alive, `Content-Length` bodies) and Athena's awsJson1_1 protocol (`POST /`, the
+//! A stub of Amazon Athena on a free port of 127.0.0.1, for the SDK's client: the HTTP stub of
+//! `tollgate_test_support::http_stub` speaking Athena's awsJson1_1 protocol (`POST /`, the
 //! operation in `X-Amz-Target: AmazonAthena.<Operation>`, JSON in and out). Signatures are not
 //! checked.
 //!
@@ -9,12 +9,10 @@
 //! over two pages (`NextToken`), and StopQueryExecution cancels it. Every request is recorded
 //! ([`AthenaStub::calls`]).
 
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tollgate_test_support::http_stub::{HttpStub, Method, Recorded, Response, reply};
 
 /// The execution ID of the stub's query.
 pub const QUERY_ID: &str = "3f1c5a52-0000-4000-8000-tollgate0001";
@@ -51,19 +49,14 @@ struct State {
 /// The running stub; stops on drop.
 #[derive(Debug)]
 pub struct AthenaStub {
-    port: u16,
+    http: HttpStub,
     state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 #[allow(dead_code, reason = "each test uses its own part of the stub")]
 impl AthenaStub {
     /// A stub whose query ends with `outcome`.
     pub async fn start(outcome: Outcome) -> Self {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("binding the Athena stub to 127.0.0.1");
-        let port = listener.local_addr().expect("the stub's address").port();
         let state = Arc::new(Mutex::new(State {
             outcome,
             polls: 0,
@@ -72,17 +65,13 @@ impl AthenaStub {
             calls: Vec::new(),
         }));
         let shared = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, Arc::clone(&shared)));
-            }
-        });
-        Self { port, state, task }
+        let http = HttpStub::start(move |request| respond(&shared, request));
+        Self { http, state }
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.http.endpoint_url()
     }
 
     /// Every request so far, in order.
@@ -105,69 +94,24 @@ impl AthenaStub {
     }
 }
 
-impl Drop for AthenaStub {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Answers the requests of one connection until the client closes it.
-async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    loop {
-        let mut line = String::new();
-        match read.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let request_line = line.trim_end().to_owned();
-        if request_line.is_empty() {
-            continue;
-        }
-        let mut target = None;
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            if read.read_line(&mut header).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.parse().unwrap_or(0),
-                    "x-amz-target" => target = Some(value.to_owned()),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if read.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let (status, answer) = if request_line.starts_with("POST / ") {
-            answer(&state, target.as_deref(), &body)
-        } else {
-            (
-                404,
-                json!({"__type": "UnknownOperationException", "Message": request_line}),
-            )
-        };
-        let answer = answer.to_string();
-        let response = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: application/x-amz-json-1.1\r\n\
-             Content-Length: {}\r\nx-amzn-RequestId: tollgate-stub\r\n\r\n{answer}",
-            if status == 200 { "OK" } else { "Bad Request" },
-            answer.len()
-        );
-        if write.write_all(response.as_bytes()).await.is_err() {
-            return;
-        }
-    }
+/// Athena's answer to one request.
+fn respond(state: &Mutex<State>, request: &Recorded) -> Response<Vec<u8>> {
+    let (status, answer) = if request.method == Method::POST && request.path == "/" {
+        answer(state, request.header("x-amz-target"), &request.body)
+    } else {
+        (
+            404,
+            json!({"__type": "UnknownOperationException", "Message": format!("{} {}", request.method, request.path)}),
+        )
+    };
+    reply(
+        status,
+        &[
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amzn-requestid", "tollgate-stub"),
+        ],
+        answer.to_string(),
+    )
 }
 
 /// The status and JSON answer to one request.
