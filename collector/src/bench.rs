@@ -87,7 +87,7 @@ pub struct CollectorBench {
     pub reader_cpu_s: f64,
     /// CPU seconds of the bare writer on the same batches.
     pub bare_writer_cpu_s: f64,
-    /// Peak resident set of the process, KiB.
+    /// Peak resident set of the process while it collected the flood (before the mix), KiB.
     pub peak_rss_kib: u64,
     /// Records of the realistic mix ([`mix`]).
     pub mix_records: u64,
@@ -184,6 +184,8 @@ pub fn collector(events: u64) -> Result<CollectorBench, BenchError> {
     let (files, parquet_bytes) = spooled(&spool_dir)?;
     let bare_writer_cpu_s = bare_writer(&files)?.as_secs_f64();
     let _ = std::fs::remove_dir_all(&spool_dir);
+    // The flood's peak, before the mix adds its own.
+    let peak_rss_kib = (tollgate_enforcer::bench::scale::peak_rss_mib() * 1024.0) as u64;
     let (mix_records, mix_parquet_bytes) = mix(MIX_RECORDS)?;
     Ok(CollectorBench {
         events: collected,
@@ -192,7 +194,7 @@ pub fn collector(events: u64) -> Result<CollectorBench, BenchError> {
         pipeline_cpu_s: cpu.as_secs_f64(),
         reader_cpu_s: reader_cpu.as_secs_f64(),
         bare_writer_cpu_s,
-        peak_rss_kib: (tollgate_enforcer::bench::scale::peak_rss_mib() * 1024.0) as u64,
+        peak_rss_kib,
         mix_records,
         mix_parquet_bytes,
     })
