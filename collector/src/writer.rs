@@ -3,7 +3,8 @@
 //! A writer makes the files of one [`Layout`]: the flow log (the record schema, partitions
 //! `cluster=…/dt=…/hour=…`) or Amazon Security Lake (OCSF Network Activity, [`crate::ocsf`],
 //! partitions `ext/<source>/region=…/accountId=…/eventDay=YYYYMMDD`, one OCSF class per
-//! object, each batch's rows sorted by time).
+//! object, its rows in time order: each batch is sorted, and a batch that starts before the
+//! last row of the partition's open object goes into a new object, the open one closed).
 //!
 //! [`FileWriter::write`] routes each record to the partition of its start time (UTC),
 //! encodes each partition's records as one Arrow batch and
@@ -136,6 +137,8 @@ struct Tally {
     records: u64,
     events: u64,
     first_s: u64,
+    /// The latest start (an OCSF row's `time`).
+    last_start_s: u64,
     last_s: u64,
     losses: Vec<LossSpan>,
 }
@@ -146,6 +149,7 @@ impl Tally {
             records: records.len() as u64,
             events: records.iter().map(FlowRecord::events).sum(),
             first_s: records.iter().map(|r| r.start_s).min().unwrap_or_default(),
+            last_start_s: records.iter().map(|r| r.start_s).max().unwrap_or_default(),
             last_s: records.iter().map(|r| r.end_s).max().unwrap_or_default(),
             losses: records.iter().filter_map(FlowRecord::loss_span).collect(),
         }
@@ -158,6 +162,7 @@ impl Tally {
         self.records += other.records;
         self.events += other.events;
         self.first_s = self.first_s.min(other.first_s);
+        self.last_start_s = self.last_start_s.max(other.last_start_s);
         self.last_s = self.last_s.max(other.last_s);
         self.losses.extend(other.losses);
     }
@@ -298,13 +303,29 @@ impl FileWriter {
         spool: &mut Spool,
         partition: String,
         records: &[FlowRecord],
-    ) -> Option<Closed> {
+    ) -> Vec<Closed> {
         let batch = Tally::of(records);
+        // An OCSF object keeps its rows in time order: records older than its last row (a
+        // conntrack walk's packets of a window already closed, a loss record of an earlier
+        // span) start a new object.
+        let late = matches!(self.layout, Layout::SecurityLake(_))
+            && self
+                .open
+                .get(&partition)
+                .is_some_and(|open| batch.first_s < open.tally.last_start_s);
+        let mut closed: Vec<Closed> = late
+            .then(|| self.close(spool, &partition))
+            .flatten()
+            .into_iter()
+            .collect();
         let mut file = match self.open.remove(&partition) {
             Some(file) => file,
             None => match self.create(spool, &partition, batch.first_s) {
                 Ok(file) => file,
-                Err(detail) => return Some(batch.lost(LossSource::SpoolError, detail)),
+                Err(detail) => {
+                    closed.push(batch.lost(LossSource::SpoolError, detail));
+                    return closed;
+                }
             },
         };
         let encoded = match &self.layout {
@@ -334,13 +355,15 @@ impl FileWriter {
             // The file is unusable: what it held so far is lost with it.
             let _ = std::fs::remove_file(&file.temp);
             spool.lose_sequence(file.sequence, LossSource::SpoolError, &detail);
-            return Some(file.tally.lost(LossSource::SpoolError, detail));
+            closed.push(file.tally.lost(LossSource::SpoolError, detail));
+            return closed;
         }
         let size = file.writer.bytes_written() + file.writer.in_progress_size();
         self.open.insert(partition.clone(), file);
-        (size as u64 >= self.rotate_bytes)
-            .then(|| self.close(spool, &partition))
-            .flatten()
+        if size as u64 >= self.rotate_bytes {
+            closed.extend(self.close(spool, &partition));
+        }
+        closed
     }
 
     fn create(&self, spool: &mut Spool, partition: &str, first_s: u64) -> Result<OpenFile, String> {

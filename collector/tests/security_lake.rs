@@ -453,6 +453,34 @@ fn records_of_two_days_go_to_two_event_day_partitions() {
     assert_eq!(days, [event_day(midnight - 60), event_day(midnight)]);
 }
 
+#[test]
+fn a_batch_older_than_the_objects_last_row_starts_a_new_object_so_each_is_in_time_order() {
+    let dir = temp_dir("ocsf-late");
+    let (mut spool, _) = Spool::open(&dir.path().join("spool"), 1 << 30, now_s()).unwrap();
+    let settings = lake(SinkConfig::Local {
+        dir: dir.path().join("lake"),
+    });
+    let mut writer = FileWriter::security_lake(&settings, CLUSTER, NODE);
+    let hour = (now_s() / 3_600) * 3_600;
+    let flow_at = |start_s| flow(start_s, Verdict::Deny, Reason::IsolatedNoMatch, false);
+    // A window's records, then a later window's: one object.
+    let mut closed = writer.write(&mut spool, vec![flow_at(hour + 60), flow_at(hour + 10)]);
+    closed.extend(writer.write(&mut spool, vec![flow_at(hour + 120)]));
+    assert!(closed.is_empty(), "one object so far");
+    // Packets conntrack counted for a window already written: a new object.
+    closed.extend(writer.write(&mut spool, vec![flow_at(hour + 30)]));
+    assert_eq!(closed.len(), 1, "the object in time order is closed");
+    closed.extend(writer.close_all(&mut spool));
+    let objects = spooled(closed);
+    assert_eq!(objects.len(), 2);
+    let paths: Vec<&Path> = objects.iter().map(|(_, path)| path.as_path()).collect();
+    let rows: Vec<u64> = validate(&paths)
+        .iter()
+        .map(|file| file["rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, [3, 1], "validate.py checks each object's time order");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_ships_the_flow_log_and_security_lake_to_their_buckets_under_one_digest_chain()
 {
