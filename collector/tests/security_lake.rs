@@ -46,7 +46,7 @@ use tollgate_collector::{
 };
 use tollgate_schemas::rule::{NamedRule, PolicyTier, RuleAction, RuleRef};
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
-use tollgate_test_support::temp_dir;
+use tollgate_test_support::{TempDir, temp_dir};
 
 const CLUSTER: &str = "prod";
 const NODE: &str = "ip-10-0-1-2";
@@ -426,14 +426,24 @@ fn security_lake_alone_spools_only_its_objects() {
     );
 }
 
-#[test]
-fn records_of_two_days_go_to_two_event_day_partitions() {
-    let dir = temp_dir("ocsf-days");
-    let (mut spool, _) = Spool::open(&dir.path().join("spool"), 1 << 30, now_s()).unwrap();
+/// A Security Lake writer over a fresh spool in a temporary directory named after `what`
+/// (kept while the first value lives).
+fn lake_writer(what: &str) -> (TempDir, Spool, FileWriter) {
+    let dir = temp_dir(what);
+    let (spool, _) = Spool::open(&dir.path().join("spool"), 1 << 30, now_s()).unwrap();
     let settings = lake(SinkConfig::Local {
         dir: dir.path().join("lake"),
     });
-    let mut writer = FileWriter::security_lake(&settings, CLUSTER, NODE);
+    (
+        dir,
+        spool,
+        FileWriter::security_lake(&settings, CLUSTER, NODE),
+    )
+}
+
+#[test]
+fn records_of_two_days_go_to_two_event_day_partitions() {
+    let (_dir, mut spool, mut writer) = lake_writer("ocsf-days");
     let midnight = (now_s() / 86_400) * 86_400;
     let records = vec![
         flow(midnight - 60, Verdict::Deny, Reason::IsolatedNoMatch, false),
@@ -455,12 +465,7 @@ fn records_of_two_days_go_to_two_event_day_partitions() {
 
 #[test]
 fn a_batch_older_than_the_objects_last_row_starts_a_new_object_so_each_is_in_time_order() {
-    let dir = temp_dir("ocsf-late");
-    let (mut spool, _) = Spool::open(&dir.path().join("spool"), 1 << 30, now_s()).unwrap();
-    let settings = lake(SinkConfig::Local {
-        dir: dir.path().join("lake"),
-    });
-    let mut writer = FileWriter::security_lake(&settings, CLUSTER, NODE);
+    let (_dir, mut spool, mut writer) = lake_writer("ocsf-late");
     let hour = (now_s() / 3_600) * 3_600;
     let flow_at = |start_s| flow(start_s, Verdict::Deny, Reason::IsolatedNoMatch, false);
     // A window's records, then a later window's: one object.
