@@ -76,12 +76,17 @@ pub const ERROR_LABELS: [&str; 4] = ["watch_stopped", "map_read", "map_write", "
 impl<E: MapsError> Error<E> {
     /// What failed, as the `error` label of `tollgate_agent_sync_failures_total`.
     pub fn metric_label(&self) -> &'static str {
+        ERROR_LABELS[self.metric_index()]
+    }
+
+    /// The index of [`Error::metric_label`] in [`ERROR_LABELS`].
+    pub fn metric_index(&self) -> usize {
         match self {
-            Self::WatchStopped { .. } => "watch_stopped",
+            Self::WatchStopped { .. } => 0,
             Self::Sync { source } => match source {
-                SyncError::Read { .. } => "map_read",
-                SyncError::Write { .. } => "map_write",
-                SyncError::NotProgrammed { .. } => "maps_full",
+                SyncError::Read { .. } => 1,
+                SyncError::Write { .. } => 2,
+                SyncError::NotProgrammed { .. } => 3,
             },
         }
     }

@@ -73,12 +73,7 @@ impl AgentMetrics {
 
     /// Counts a pass that failed with `error`, by its [`Error::metric_label`].
     pub fn count_sync_failure<E: tollgate_enforcer::sync::MapsError>(&self, error: &Error<E>) {
-        let label = error.metric_label();
-        let index = ERROR_LABELS
-            .iter()
-            .position(|known| *known == label)
-            .unwrap_or_default();
-        self.sync_failures[index].fetch_add(1, Ordering::Relaxed);
+        self.sync_failures[error.metric_index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records the maps' entries against their capacity, after a pass that synced.

@@ -157,26 +157,23 @@ impl Collector for Metrics {
                 .map(|f| f.label())
                 .zip(loads(&self.ship_failures)),
         )?;
-        labelled(
-            &mut encoder,
-            "tollgate_collector_lost_events",
-            "Events lost, by where.",
-            "source",
-            LossSource::ALL
-                .iter()
-                .map(|s| s.name())
-                .zip(loads(&self.lost)),
-        )?;
-        labelled(
-            &mut encoder,
-            "tollgate_collector_loss_records",
-            "SKIPDATA records written, by where.",
-            "source",
-            LossSource::ALL
-                .iter()
-                .map(|s| s.name())
-                .zip(loads(&self.loss_records)),
-        )
+        for (name, help, counts) in [
+            ("lost_events", "Events lost, by where.", &self.lost),
+            (
+                "loss_records",
+                "SKIPDATA records written, by where.",
+                &self.loss_records,
+            ),
+        ] {
+            labelled(
+                &mut encoder,
+                &format!("tollgate_collector_{name}"),
+                help,
+                "source",
+                LossSource::ALL.iter().map(|s| s.name()).zip(loads(counts)),
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -186,12 +186,7 @@ impl Pipeline {
     pub fn drain(&mut self, source: &mut impl FlowSource, tap: &mut Option<Tap>) {
         let identities = Arc::clone(&self.identities);
         let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
-        source.drain_with(|event| {
-            if let Some(tap) = tap.as_mut() {
-                tap(event, &identities);
-            }
-            self.add(event, &identities);
-        });
+        source.drain_with(|event| self.add_tapped(event, &identities, tap));
     }
 
     /// Drains `source`, then adds its residual denies (handing each to `tap` too), so that
@@ -200,16 +195,11 @@ impl Pipeline {
         self.drain(source, tap);
         match source.residual_denies() {
             Ok(events) => {
-                if let Some(tap) = tap {
-                    let identities = self
-                        .identities
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    for event in &events {
-                        tap(event, &identities);
-                    }
+                let identities = Arc::clone(&self.identities);
+                let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
+                for event in &events {
+                    self.add_tapped(event, &identities, tap);
                 }
-                self.ingest(&events);
             }
             Err(error) => tracing::warn!(error = %Causes(&error), "reporting residual denies"),
         }
@@ -236,6 +226,14 @@ impl Pipeline {
                 tracing::warn!(error = %Causes(&error), "reading conntrack for accounting")
             }
         }
+    }
+
+    /// Hands `event` to `tap` (when given), then adds it.
+    fn add_tapped(&mut self, event: &FlowEvent, identities: &Identities, tap: &mut Option<Tap>) {
+        if let Some(tap) = tap.as_mut() {
+            tap(event, identities);
+        }
+        self.add(event, identities);
     }
 
     fn add(&mut self, event: &FlowEvent, identities: &Identities) {
