@@ -57,6 +57,13 @@ pub struct PodIdentity {
     pub labels: Arc<BTreeMap<String, String>>,
 }
 
+impl std::fmt::Display for PodIdentity {
+    /// `namespace/name`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// Who held an address at a moment, as flow records name an end of a flow.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Holder {
@@ -84,6 +91,13 @@ pub struct ServiceIdentity {
     pub namespace: String,
     /// Name.
     pub name: String,
+}
+
+impl std::fmt::Display for ServiceIdentity {
+    /// `namespace/name`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// What a connection is addressed to when it goes to a Service: a ClusterIP (16-byte form),

@@ -192,7 +192,7 @@ struct End<'a> {
 fn endpoint(end: &End<'_>, node: &str) -> Value {
     let (name, kind, container) = match end.holder {
         Some(Holder::Pod(pod)) => (
-            text(format!("{}/{}", pod.namespace, pod.name)),
+            text(pod.to_string()),
             text("Pod"),
             Some(json!({"name": pod.name, "orchestrator": "Kubernetes"})),
         ),

@@ -121,7 +121,7 @@ impl NamedEvent {
     pub fn from_event(event: &FlowEvent, identities: &Identities) -> Option<Self> {
         let at = event.ts_ns;
         let pod = |bytes: &[u8; 16]| match identities.holder_at(bytes, at)?.holder {
-            Holder::Pod(pod) => Some(format!("{}/{}", pod.namespace, pod.name)),
+            Holder::Pod(pod) => Some(pod.to_string()),
             Holder::Node => None,
         };
         let peer = |bytes: [u8; 16], port: u16, service: Option<String>| FlowPeer {
@@ -139,7 +139,7 @@ impl NamedEvent {
                 },
                 at,
             )
-            .map(|held| format!("{}/{}", held.value.namespace, held.value.name));
+            .map(|held| held.value.to_string());
         let direction = Direction::from_raw(event.direction)?;
         let own = match direction {
             Direction::Egress => &event.src_addr,
