@@ -15,20 +15,27 @@
 //!
 //! The table is bounded ([`Aggregator::new`]'s `max_open`): an event that would open one more
 //! record is refused ([`Skipped::Full`]), and the caller counts it as lost.
+//!
+//! The table is an [`IndexMap`]: its hash index holds only positions, and the open records
+//! sit in one vector in the order they were opened. A flood of new flows appends to that
+//! vector instead of writing each record to a random place of a large table, and closing
+//! reads it in order. An open record keeps only what its key does not say (the counters and
+//! the names found at its first event); the [`Flow`] is made from both when it closes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
+use indexmap::{IndexMap, map::Entry};
 
 use tollgate_schemas::{Direction, FlowEvent, Reason, Verdict, addr, proto};
 
 use crate::{
     clock::{Clock, NS_PER_S},
     config::RecordMode,
-    identity::{Identities, ServiceAddress},
+    identity::{EndpointInterface, Holder, Identities, ServiceAddress, ServiceIdentity},
     record::{Flow, FlowRecord, RecordBody},
 };
+use tollgate_schemas::rule::NamedRule;
 
 /// What makes two events one record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,9 +46,9 @@ struct Key {
     src_port: u16,
     dst_port: u16,
     protocol: u8,
-    direction: u8,
-    verdict: u8,
-    reason: u8,
+    direction: Direction,
+    verdict: Verdict,
+    reason: Reason,
     icmp_type: u8,
     icmp_code: u8,
     endpoint: u32,
@@ -57,12 +64,22 @@ struct Key {
     isolating_serial: u64,
 }
 
-/// A record being aggregated.
+/// A record being aggregated: what its [`Key`] does not say.
 #[derive(Debug)]
 struct Open {
     first_ns: u64,
     last_ns: u64,
-    flow: Flow,
+    packets: u64,
+    bytes: u64,
+    events: u64,
+    tcp_flags: u8,
+    audit: bool,
+    src_holder: Option<Holder>,
+    dst_holder: Option<Holder>,
+    service: Option<Arc<ServiceIdentity>>,
+    rule: Option<Arc<NamedRule>>,
+    isolating: Arc<[String]>,
+    interface: Option<Arc<EndpointInterface>>,
 }
 
 /// Why an event was not aggregated.
@@ -82,8 +99,8 @@ pub struct Aggregator {
     window_s: u64,
     mode: RecordMode,
     max_open: usize,
-    /// Keyed with foldhash: the key is ~100 bytes, hashed for every event.
-    open: HashMap<Key, Open, RandomState>,
+    /// Keyed with foldhash: the key is ~100 bytes, hashed once for every event.
+    open: IndexMap<Key, Open, RandomState>,
     /// The empty list of isolating policies, shared by every record that names none.
     no_policies: Arc<[String]>,
 }
@@ -95,7 +112,7 @@ impl Aggregator {
             window_s: window_s.max(1),
             mode,
             max_open,
-            open: HashMap::default(),
+            open: IndexMap::default(),
             no_policies: Arc::from([]),
         }
     }
@@ -147,7 +164,6 @@ impl Aggregator {
         let isolating = (reason == Reason::IsolatedNoMatch)
             .then(|| identities.isolating_at(event.endpoint, direction, ts))
             .flatten();
-        let icmp = matches!(event.protocol, proto::ICMP | proto::ICMPV6);
         let key = Key {
             window: unix_ns / NS_PER_S / self.window_s,
             src: event.src_addr,
@@ -155,9 +171,9 @@ impl Aggregator {
             src_port: event.src_port,
             dst_port: event.dst_port,
             protocol: event.protocol,
-            direction: event.direction,
-            verdict: event.verdict,
-            reason: event.reason,
+            direction,
+            verdict,
+            reason,
             icmp_type: event.icmp_type,
             icmp_code: event.icmp_code,
             endpoint: event.endpoint,
@@ -169,18 +185,21 @@ impl Aggregator {
             interface_serial: interface.as_ref().map_or(0, |h| h.serial),
             isolating_serial: isolating.as_ref().map_or(0, |(serial, _)| *serial),
         };
-        if let Some(open) = self.open.get_mut(&key) {
-            open.first_ns = open.first_ns.min(unix_ns);
-            open.last_ns = open.last_ns.max(unix_ns);
-            open.flow.packets += event.packets;
-            open.flow.bytes += event.bytes;
-            open.flow.tcp_flags |= event.tcp_flags;
-            open.flow.events += 1;
-            return Ok(());
-        }
-        if self.open.len() >= self.max_open {
-            return Err(Skipped::Full);
-        }
+        let full = self.open.len() >= self.max_open;
+        let entry = match self.open.entry(key) {
+            Entry::Occupied(mut entry) => {
+                let open = entry.get_mut();
+                open.first_ns = open.first_ns.min(unix_ns);
+                open.last_ns = open.last_ns.max(unix_ns);
+                open.packets += event.packets;
+                open.bytes += event.bytes;
+                open.tcp_flags |= event.tcp_flags;
+                open.events += 1;
+                return Ok(());
+            }
+            Entry::Vacant(_) if full => return Err(Skipped::Full),
+            Entry::Vacant(entry) => entry,
+        };
         // The verdict says it for denials: a dropped packet was enforced, a would-be deny that
         // passed was audited. Only an allowed flow needs the endpoint's mode at the time (the
         // probe does not carry it), which can lag a mode switch by the time between the maps'
@@ -190,36 +209,21 @@ impl Aggregator {
             Verdict::Deny => false,
             Verdict::Allow => identities.audit_at(event.endpoint, direction, ts),
         };
-        let flow = Flow {
-            src: addr::from_bytes(event.src_addr),
-            dst: addr::from_bytes(event.dst_addr),
-            src_port: event.src_port,
-            dst_port: event.dst_port,
-            protocol: event.protocol,
-            direction,
-            verdict,
-            reason,
-            icmp: icmp.then_some((event.icmp_type, event.icmp_code)),
+        entry.insert(Open {
+            first_ns: unix_ns,
+            last_ns: unix_ns,
             packets: event.packets,
             bytes: event.bytes,
-            tcp_flags: event.tcp_flags,
             events: 1,
+            tcp_flags: event.tcp_flags,
+            audit,
             src_holder: src.map(|h| h.holder),
             dst_holder: dst.map(|h| h.holder),
             service: service.map(|h| h.value),
             rule: rule.map(|h| h.value),
             isolating: isolating.map_or_else(|| Arc::clone(&self.no_policies), |(_, names)| names),
-            audit,
             interface: interface.map(|h| h.value),
-        };
-        self.open.insert(
-            key,
-            Open {
-                first_ns: unix_ns,
-                last_ns: unix_ns,
-                flow,
-            },
-        );
+        });
         Ok(())
     }
 
@@ -235,31 +239,49 @@ impl Aggregator {
     pub fn close_all(&mut self) -> Vec<FlowRecord> {
         // Drained, the table keeps its allocation, emptied for the next windows; the records'
         // vector is allocated once, at its size.
-        by_start(self.open.drain().map(|(_, open)| open.record()).collect())
+        by_start(self.open.drain(..).map(Open::record).collect())
     }
 
     fn take(&mut self, closes: impl Fn(&Key) -> bool) -> Vec<FlowRecord> {
-        let records = self
-            .open
-            .extract_if(|key, _| closes(key))
-            .map(|(_, open)| open.record())
-            .collect();
-        if self.open.is_empty() {
-            // Emptied, the table forgets the tombstones the removals left: the next windows
-            // refill the same allocation instead of growing into a new one.
-            self.open.clear();
-        }
-        by_start(records)
+        by_start(
+            self.open
+                .extract_if(.., |key, _| closes(key))
+                .map(Open::record)
+                .collect(),
+        )
     }
 }
 
 impl Open {
-    /// The closed record.
-    fn record(self) -> FlowRecord {
+    /// The closed record of `key`.
+    fn record((key, open): (Key, Open)) -> FlowRecord {
+        let icmp = matches!(key.protocol, proto::ICMP | proto::ICMPV6);
+        let flow = Flow {
+            src: addr::from_bytes(key.src),
+            dst: addr::from_bytes(key.dst),
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            protocol: key.protocol,
+            direction: key.direction,
+            verdict: key.verdict,
+            reason: key.reason,
+            icmp: icmp.then_some((key.icmp_type, key.icmp_code)),
+            packets: open.packets,
+            bytes: open.bytes,
+            tcp_flags: open.tcp_flags,
+            events: open.events,
+            src_holder: open.src_holder,
+            dst_holder: open.dst_holder,
+            service: open.service,
+            rule: open.rule,
+            isolating: open.isolating,
+            audit: open.audit,
+            interface: open.interface,
+        };
         FlowRecord {
-            start_s: self.first_ns / NS_PER_S,
-            end_s: self.last_ns / NS_PER_S,
-            body: RecordBody::Flow(Box::new(self.flow)),
+            start_s: open.first_ns / NS_PER_S,
+            end_s: open.last_ns / NS_PER_S,
+            body: RecordBody::Flow(Box::new(flow)),
         }
     }
 }
