@@ -7,8 +7,8 @@
 //! last row of the partition's open object goes into a new object, the open one closed).
 //!
 //! [`FileWriter::write`] routes each record to the partition of its start time (UTC),
-//! encodes each partition's records as one Arrow batch and
-//! appends it to that partition's open file (a temporary file in the spool). A file is closed
+//! encodes each partition's records as Arrow batches of at most [`BATCH_ROWS`] rows and
+//! appends them to that partition's open file (a temporary file in the spool). A file is closed
 //! when it reaches the size limit ([`FileWriter::write`]) or the age limit
 //! ([`FileWriter::rotate_aged`]), or on shutdown ([`FileWriter::close_all`]); closing writes
 //! the Parquet footer and commits the file to the spool under its object key,
@@ -94,6 +94,11 @@ impl Layout {
 /// Rows per Parquet row group: large enough for good compression and pruning, small enough
 /// that a row group in progress stays within a few tens of MiB.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Records encoded into one record batch and handed to the Parquet writer at a time: a
+/// window's records (up to `max_open_records`) are never all in Arrow form at once, and each
+/// batch's arrays are still in the CPU's cache when the writer encodes them.
+pub const BATCH_ROWS: usize = 8 * 1024;
 
 /// What became of a closed file.
 #[derive(Debug)]
@@ -293,7 +298,7 @@ impl FileWriter {
         let mut closed = Vec::new();
         for (index, records) in by_partition {
             let partition = self.layout.partition(&self.cluster, index * span);
-            closed.extend(self.append(spool, partition, &records));
+            closed.extend(self.append(spool, partition, records));
         }
         closed
     }
@@ -302,9 +307,9 @@ impl FileWriter {
         &mut self,
         spool: &mut Spool,
         partition: String,
-        records: &[FlowRecord],
+        mut records: Vec<FlowRecord>,
     ) -> Vec<Closed> {
-        let batch = Tally::of(records);
+        let batch = Tally::of(&records);
         // An OCSF object keeps its rows in time order: records older than its last row (a
         // conntrack walk's packets of a window already closed, a loss record of an earlier
         // span) start a new object.
@@ -328,28 +333,34 @@ impl FileWriter {
                 }
             },
         };
-        let encoded = match &self.layout {
-            Layout::FlowLog => encode(records, &self.node, &self.cluster, &self.schema),
-            Layout::SecurityLake(lake) => {
-                let origin = ocsf::Origin {
-                    cluster: &self.cluster,
-                    node: &self.node,
-                    region: &lake.region,
-                    account_id: &lake.account_id,
-                    sequence: file.sequence,
-                    first_row: file.tally.records,
-                    logged_ms: i64::try_from(unix_now_ns() / (NS_PER_S / 1000)).unwrap_or(i64::MAX),
-                };
-                ocsf::encode(records, &origin, &self.schema)
-            }
-        };
-        let written = encoded
-            .map_err(|e| format!("encoding: {e}"))
-            .and_then(|arrays| {
-                file.writer
-                    .write(&arrays)
-                    .map_err(|e| format!("writing {}: {e}", file.temp.display()))
-            });
+        if matches!(self.layout, Layout::SecurityLake(_)) {
+            // In time order before it is cut into batches, each of which OCSF encoding sorts.
+            records.sort_by_key(|record| (record.start_s, record.end_s));
+        }
+        let logged_ms = i64::try_from(unix_now_ns() / (NS_PER_S / 1000)).unwrap_or(i64::MAX);
+        let mut first_row = file.tally.records;
+        let written = records.chunks(BATCH_ROWS).try_for_each(|chunk| {
+            let encoded = match &self.layout {
+                Layout::FlowLog => encode(chunk, &self.node, &self.cluster, &self.schema),
+                Layout::SecurityLake(lake) => {
+                    let origin = ocsf::Origin {
+                        cluster: &self.cluster,
+                        node: &self.node,
+                        region: &lake.region,
+                        account_id: &lake.account_id,
+                        sequence: file.sequence,
+                        first_row,
+                        logged_ms,
+                    };
+                    ocsf::encode(chunk, &origin, &self.schema)
+                }
+            };
+            first_row += chunk.len() as u64;
+            let batch = encoded.map_err(|e| format!("encoding: {e}"))?;
+            file.writer
+                .write(&batch)
+                .map_err(|e| format!("writing {}: {e}", file.temp.display()))
+        });
         file.tally.add(batch);
         if let Err(detail) = written {
             // The file is unusable: what it held so far is lost with it.

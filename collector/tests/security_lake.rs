@@ -42,7 +42,7 @@ use tollgate_collector::{
     ship::ship,
     sink::Sinks,
     spool::Spool,
-    writer::{Closed, FileWriter},
+    writer::{BATCH_ROWS, Closed, FileWriter},
 };
 use tollgate_schemas::rule::{NamedRule, PolicyTier, RuleAction, RuleRef};
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
@@ -484,6 +484,43 @@ fn a_batch_older_than_the_objects_last_row_starts_a_new_object_so_each_is_in_tim
         .map(|file| file["rows"].as_u64().unwrap())
         .collect();
     assert_eq!(rows, [3, 1], "validate.py checks each object's time order");
+}
+
+#[test]
+fn a_write_longer_than_a_batch_is_one_object_in_time_order_with_every_row_numbered_once() {
+    let (_dir, mut spool, mut writer) = lake_writer("ocsf-batches");
+    let hour = (now_s() / 3_600) * 3_600;
+    // Newest first, across more rows than one encoded batch holds.
+    let count = BATCH_ROWS as u64 + 10;
+    let records = (0..count)
+        .map(|n| {
+            flow(
+                hour + count - n,
+                Verdict::Deny,
+                Reason::IsolatedNoMatch,
+                false,
+            )
+        })
+        .collect();
+    let mut closed = writer.write(&mut spool, records);
+    closed.extend(writer.close_all(&mut spool));
+    let objects = spooled(closed);
+    assert_eq!(objects.len(), 1);
+    let path = objects[0].1.as_path();
+    let rows = validate(&[path])[0]["rows"].as_u64().unwrap();
+    assert_eq!(rows, count, "validate.py checks the object's time order");
+    let output = Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", "import duckdb, sys; print(duckdb.execute(\"SELECT count(DISTINCT metadata.uid) FROM read_parquet(?)\", [sys.argv[1]]).fetchone()[0])"])
+        .arg(path)
+        .output()
+        .expect("running DuckDB");
+    let uids = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        uids.trim(),
+        count.to_string(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
