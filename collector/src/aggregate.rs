@@ -27,7 +27,7 @@ use std::sync::Arc;
 use foldhash::fast::RandomState;
 use indexmap::{IndexMap, map::Entry};
 
-use tollgate_schemas::{Direction, FlowEvent, Reason, Verdict, addr, proto};
+use tollgate_schemas::{Direction, FlowEvent, Reason, Verdict, addr, proto, rule::NamedRule};
 
 use crate::{
     clock::{Clock, NS_PER_S},
@@ -35,7 +35,6 @@ use crate::{
     identity::{EndpointInterface, Holder, Identities, ServiceAddress, ServiceIdentity},
     record::{Flow, FlowRecord, RecordBody},
 };
-use tollgate_schemas::rule::NamedRule;
 
 /// What makes two events one record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
