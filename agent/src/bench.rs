@@ -35,7 +35,7 @@ use tollgate_collector::identity::Identities;
 
 use crate::naming::naming;
 use tollgate_enforcer::{
-    bench::scale::{Shape, current_rss_mib, generate},
+    bench::scale::{self, Shape, current_rss_mib, generate},
     compile::{ClusterObject, ObjectKind},
     desired::{Capacity, DesiredState, PeerEntryKey},
     snapshot::{Delta, Updates},
@@ -129,7 +129,7 @@ pub fn agent(shape: Shape, dir: &Path) -> Result<AgentCase, String> {
         .enable_time()
         .build()
         .map_err(|e| e.to_string())?;
-    reset_peak_rss();
+    scale::reset_peak_rss();
     let baseline = current_rss_mib();
 
     let start = Instant::now();
@@ -162,26 +162,10 @@ pub fn agent(shape: Shape, dir: &Path) -> Result<AgentCase, String> {
         sync_ms: report.sync_time.as_secs_f64() * 1e3,
         identities: identities_count,
         held_mib: current_rss_mib() - baseline,
-        peak_mib: peak_rss_since_reset_mib(),
+        peak_mib: scale::peak_rss_mib(),
     };
     drop((agent, identities));
     Ok(case)
-}
-
-/// Makes the peak resident set that the kernel reports (`VmHWM`) the current one.
-fn reset_peak_rss() {
-    // Writing 5 resets the peak (Linux 4.0 on); without it, the peak since the start stands.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// The peak resident set since [`reset_peak_rss`] (`VmHWM`), MiB.
-fn peak_rss_since_reset_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// The cluster's first lists, read from a listing's files a page at a time, each object

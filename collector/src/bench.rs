@@ -21,6 +21,10 @@
 //! mix's events arrive shuffled (with a fixed seed): records are written in the order their
 //! flows were first seen, and the generator's own order repeats every [`MIX_PODS`] events, a
 //! period ZSTD would find (1.6 bytes per record) where a node's interleaved flows offer none.
+//!
+//! Last, [`full_table`]: the peak resident set of a pipeline whose table is full, the default
+//! `max_open_records` distinct flows open in one window, then closed and written at once (what
+//! a flood of new flows costs the agent at worst).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -38,6 +42,8 @@ use tollgate_schemas::{
     Direction, FlowEvent, Reason, Verdict, addr, proto,
     rule::{NamedRule, PolicyTier, RuleAction, RuleRef},
 };
+
+use tollgate_enforcer::bench::scale;
 
 use crate::{
     clock::{NS_PER_S, boottime_ns},
@@ -99,6 +105,10 @@ pub struct CollectorBench {
     pub mix_records: u64,
     /// Their Parquet bytes.
     pub mix_parquet_bytes: u64,
+    /// Records open at once in [`full_table`] (the default `max_open_records`).
+    pub full_table_records: u64,
+    /// Peak resident set of the process while [`full_table`] ran, KiB.
+    pub full_table_peak_rss_kib: u64,
 }
 
 impl CollectorBench {
@@ -191,8 +201,10 @@ pub fn collector(events: u64) -> Result<CollectorBench, BenchError> {
     let bare_writer_cpu_s = bare_writer(&files)?.as_secs_f64();
     let _ = std::fs::remove_dir_all(&spool_dir);
     // The flood's peak, before the mix adds its own.
-    let peak_rss_kib = (tollgate_enforcer::bench::scale::peak_rss_mib() * 1024.0) as u64;
+    let peak_rss_kib = (scale::peak_rss_mib() * 1024.0) as u64;
     let (mix_records, mix_parquet_bytes) = mix(MIX_RECORDS)?;
+    let (full_table_records, full_table_peak_rss_kib) =
+        full_table(CollectorConfig::default().max_open_records)?;
     Ok(CollectorBench {
         events: collected,
         records,
@@ -203,7 +215,45 @@ pub fn collector(events: u64) -> Result<CollectorBench, BenchError> {
         peak_rss_kib,
         mix_records,
         mix_parquet_bytes,
+        full_table_records,
+        full_table_peak_rss_kib,
     })
+}
+
+/// Opens `records` records at once (distinct denied flows of one window, added as the reader
+/// adds a ring buffer's worth), then closes and writes them: the records written and the
+/// process's peak resident set meanwhile, KiB.
+pub fn full_table(records: usize) -> Result<(u64, u64), BenchError> {
+    let (mut pipeline, metrics, spool_dir) = open("full", Identities::default())?;
+    let now = boottime_ns();
+    let server = (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 30)), 80);
+    scale::reset_peak_rss();
+    let mut opened = 0;
+    while opened < records {
+        let round: Vec<FlowEvent> = (opened..records.min(opened + RING_EVENTS))
+            .map(|n| {
+                let client = IpAddr::V4(Ipv4Addr::from(0xc612_0100 + (n / 60_000) as u32));
+                let mut event = flow(
+                    &client,
+                    1024 + (n % 60_000) as u16,
+                    server,
+                    Direction::Ingress,
+                );
+                event.ts_ns = now;
+                event.verdict = Verdict::Deny as u8;
+                event.reason = Reason::UnknownEndpoint as u8;
+                event
+            })
+            .collect();
+        opened += round.len();
+        pipeline.ingest(&round);
+    }
+    pipeline.flush();
+    let peak_rss_kib = (scale::peak_rss_mib() * 1024.0) as u64;
+    let written = metrics.records.load(std::sync::atomic::Ordering::Relaxed);
+    pipeline.finish(&MemorySource::default())?;
+    let _ = std::fs::remove_dir_all(&spool_dir);
+    Ok((written, peak_rss_kib))
 }
 
 /// Writes `records` records of the realistic mix (see the module doc) through the pipeline:
@@ -434,7 +484,8 @@ pub fn render(bench: &CollectorBench) -> String {
          ratio collector / bare writer:             {:.2}\n\
          Parquet bytes per flow record (ZSTD):      {:.1}\n\
          ... on a realistic mix:                    {:.1} ({} records)\n\
-         peak RSS:                                  {:.1} MiB\n",
+         peak RSS:                                  {:.1} MiB\n\
+         {:<43}{:.1} MiB\n",
         bench.events,
         bench.records,
         bench.reader_events_per_s(),
@@ -447,6 +498,11 @@ pub fn render(bench: &CollectorBench) -> String {
         bench.mix_bytes_per_record(),
         bench.mix_records,
         bench.peak_rss_kib as f64 / 1024.0,
+        format!(
+            "peak RSS, {} records open then closed:",
+            bench.full_table_records
+        ),
+        bench.full_table_peak_rss_kib as f64 / 1024.0,
     )
 }
 
@@ -460,5 +516,12 @@ mod tests {
         assert_eq!(records, 2_000);
         // Named records: far more than the ~5 bytes of a distinct unnamed denied flow.
         assert!(bytes / records > 10, "{bytes} bytes");
+    }
+
+    #[test]
+    fn a_full_table_closes_every_record_it_opened() {
+        let (records, peak_rss_kib) = full_table(2_000).unwrap();
+        assert_eq!(records, 2_000);
+        assert!(peak_rss_kib > 0);
     }
 }

@@ -189,8 +189,15 @@ pub struct ScaleError {
     pub message: String,
 }
 
-/// Peak resident set of this process so far, MiB (`VmHWM` of `/proc/self/status`, what
-/// `getrusage` reports as `ru_maxrss`); 0 when it cannot be read.
+/// Makes the peak resident set that the kernel reports (`VmHWM`) the current one, so that
+/// [`peak_rss_mib`] reads the peak since this call.
+pub fn reset_peak_rss() {
+    // Writing 5 resets the peak (Linux 4.0 on); without it, the peak since the start stands.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set of this process so far (or since [`reset_peak_rss`]), MiB (`VmHWM` of
+/// `/proc/self/status`, what `getrusage` reports as `ru_maxrss`); 0 when it cannot be read.
 pub fn peak_rss_mib() -> f64 {
     let kib = std::fs::read_to_string("/proc/self/status")
         .ok()
