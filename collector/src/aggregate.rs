@@ -102,6 +102,9 @@ pub struct Aggregator {
     open: IndexMap<Key, Open, RandomState>,
     /// The empty list of isolating policies, shared by every record that names none.
     no_policies: Arc<[String]>,
+    /// The earliest window of an open record (`u64::MAX` when none is open): closing walks
+    /// the table only once that window has ended, not at every tick.
+    oldest_window: u64,
 }
 
 impl Aggregator {
@@ -113,6 +116,7 @@ impl Aggregator {
             max_open,
             open: IndexMap::default(),
             no_policies: Arc::from([]),
+            oldest_window: u64::MAX,
         }
     }
 
@@ -184,6 +188,7 @@ impl Aggregator {
             interface_serial: interface.as_ref().map_or(0, |h| h.serial),
             isolating_serial: isolating.as_ref().map_or(0, |(serial, _)| *serial),
         };
+        let window = key.window;
         let full = self.open.len() >= self.max_open;
         let entry = match self.open.entry(key) {
             Entry::Occupied(mut entry) => {
@@ -223,6 +228,7 @@ impl Aggregator {
             isolating: isolating.map_or_else(|| Arc::clone(&self.no_policies), |(_, names)| names),
             interface: interface.map(|h| h.value),
         });
+        self.oldest_window = self.oldest_window.min(window);
         Ok(())
     }
 
@@ -231,23 +237,31 @@ impl Aggregator {
     pub fn close_before(&mut self, now_s: u64, grace_s: u64) -> Vec<FlowRecord> {
         let window_s = self.window_s;
         let cutoff = now_s.saturating_sub(grace_s) / window_s;
-        self.take(|key| key.window < cutoff)
+        if self.oldest_window >= cutoff {
+            return Vec::new();
+        }
+        let mut oldest = u64::MAX;
+        let records = self
+            .open
+            .extract_if(.., |key, _| {
+                let closes = key.window < cutoff;
+                if !closes {
+                    oldest = oldest.min(key.window);
+                }
+                closes
+            })
+            .map(Open::record)
+            .collect();
+        self.oldest_window = oldest;
+        by_start(records)
     }
 
     /// Every open record, whatever its window (on shutdown).
     pub fn close_all(&mut self) -> Vec<FlowRecord> {
         // Drained, the table keeps its allocation, emptied for the next windows; the records'
         // vector is allocated once, at its size.
+        self.oldest_window = u64::MAX;
         by_start(self.open.drain(..).map(Open::record).collect())
-    }
-
-    fn take(&mut self, closes: impl Fn(&Key) -> bool) -> Vec<FlowRecord> {
-        by_start(
-            self.open
-                .extract_if(.., |key, _| closes(key))
-                .map(Open::record)
-                .collect(),
-        )
     }
 }
 
@@ -355,6 +369,36 @@ mod tests {
         let rest = agg.close_all();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].start_s, 180);
+    }
+
+    #[test]
+    fn each_window_closes_once_it_has_ended_also_after_an_earlier_one_and_a_late_event() {
+        let clock = Clock::with_offset(0);
+        let identities = Identities::default();
+        let mut agg = Aggregator::new(60, RecordMode::All, 100);
+        let add = |agg: &mut Aggregator, ts, port| {
+            agg.ingest(&event(ts, port, Verdict::Deny), &clock, &identities)
+                .unwrap();
+        };
+        add(&mut agg, 130, 1);
+        add(&mut agg, 190, 2);
+        let ports = |records: Vec<FlowRecord>| -> Vec<u16> {
+            records.iter().map(|r| flow(r).src_port).collect()
+        };
+        assert!(
+            agg.close_before(181, 2).is_empty(),
+            "[120, 180) is in its grace"
+        );
+        assert_eq!(ports(agg.close_before(182, 2)), [1]);
+        assert!(
+            agg.close_before(241, 2).is_empty(),
+            "[180, 240) is in its grace"
+        );
+        // A late event of the closed window opens a record again, closed at the next call.
+        add(&mut agg, 150, 3);
+        assert_eq!(ports(agg.close_before(241, 2)), [3]);
+        assert_eq!(ports(agg.close_before(242, 2)), [2]);
+        assert!(agg.is_empty());
     }
 
     #[test]
