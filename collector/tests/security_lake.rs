@@ -490,12 +490,13 @@ fn a_batch_older_than_the_objects_last_row_starts_a_new_object_so_each_is_in_tim
 fn a_write_longer_than_a_batch_is_one_object_in_time_order_with_every_row_numbered_once() {
     let (_dir, mut spool, mut writer) = lake_writer("ocsf-batches");
     let hour = (now_s() / 3_600) * 3_600;
-    // Newest first, across more rows than one encoded batch holds.
+    // Newest first, across more rows than one encoded batch holds, four to a second: all
+    // within the hour, so within one eventDay partition whatever the time of day.
     let count = BATCH_ROWS as u64 + 10;
     let records = (0..count)
         .map(|n| {
             flow(
-                hour + count - n,
+                hour + (count - n) / 4,
                 Verdict::Deny,
                 Reason::IsolatedNoMatch,
                 false,
