@@ -703,10 +703,15 @@ pub fn schema() -> SchemaRef {
     Arc::new(arrow_schema())
 }
 
-/// The events of `records`, sorted by time, for the object `origin` names.
+/// The order of an object's rows: by start, then end.
+pub fn time_order(record: &FlowRecord) -> (u64, u64) {
+    (record.start_s, record.end_s)
+}
+
+/// The events of `records`, sorted by time ([`time_order`]), for the object `origin` names.
 pub fn events(records: &[FlowRecord], origin: &Origin<'_>) -> Vec<Value> {
     let mut sorted: Vec<&FlowRecord> = records.iter().collect();
-    sorted.sort_by_key(|record| (record.start_s, record.end_s));
+    sorted.sort_by_key(|record| time_order(record));
     sorted
         .into_iter()
         .zip(origin.first_row..)

@@ -3,8 +3,9 @@
 //! A writer makes the files of one [`Layout`]: the flow log (the record schema, partitions
 //! `cluster=…/dt=…/hour=…`) or Amazon Security Lake (OCSF Network Activity, [`crate::ocsf`],
 //! partitions `ext/<source>/region=…/accountId=…/eventDay=YYYYMMDD`, one OCSF class per
-//! object, its rows in time order: each batch is sorted, and a batch that starts before the
-//! last row of the partition's open object goes into a new object, the open one closed).
+//! object, its rows in time order: each write's records are sorted ([`ocsf::time_order`]), and
+//! a write that starts before the last row of the partition's open object goes into a new
+//! object, the open one closed).
 //!
 //! [`FileWriter::write`] routes each record to the partition of its start time (UTC),
 //! encodes each partition's records as Arrow batches of at most [`BATCH_ROWS`] rows and
@@ -335,7 +336,7 @@ impl FileWriter {
         };
         if matches!(self.layout, Layout::SecurityLake(_)) {
             // In time order before it is cut into batches, each of which OCSF encoding sorts.
-            records.sort_by_key(|record| (record.start_s, record.end_s));
+            records.sort_by_key(ocsf::time_order);
         }
         let logged_ms = i64::try_from(unix_now_ns() / (NS_PER_S / 1000)).unwrap_or(i64::MAX);
         let mut first_row = file.tally.records;
