@@ -14,6 +14,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use tollgate_schemas::{Direction, EndpointKey, FlowEvent, Reason, Verdict, addr, program_names};
 
 use crate::{
+    causes::Causes,
     decision::{Datapath, DatapathError, Decision, FlowOutcome, ProbeFlow},
     desired::Capacity,
     events::EventReader,
@@ -47,7 +48,13 @@ pub struct BpfDatapath {
     syncer: sync::Syncer,
 }
 
-fn error(message: impl std::fmt::Display) -> DatapathError {
+/// A datapath error that names `e` and each of its causes: a program the verifier refused
+/// brings the verifier's log.
+fn error(e: impl std::error::Error + 'static) -> DatapathError {
+    failed(Causes(&e))
+}
+
+fn failed(message: impl std::fmt::Display) -> DatapathError {
     DatapathError {
         datapath: "bpf",
         message: message.to_string(),
@@ -116,17 +123,11 @@ impl BpfDatapath {
                 repeat,
                 ..TestRunOptions::default()
             })
-            .map_err(|e| {
-                let cause = std::error::Error::source(&e).map(ToString::to_string);
-                error(format!(
-                    "BPF_PROG_TEST_RUN of {name}: {e}: {}",
-                    cause.unwrap_or_default()
-                ))
-            })?;
+            .map_err(|e| failed(format!("BPF_PROG_TEST_RUN of {name}: {}", Causes(&e))))?;
         let passed = match result.return_value {
             TC_ACT_UNSPEC => true,
             TC_ACT_SHOT => false,
-            other => return Err(error(format!("{name} returned unexpected action {other}"))),
+            other => return Err(failed(format!("{name} returned unexpected action {other}"))),
         };
         Ok(HookRun {
             passed,
@@ -148,12 +149,12 @@ impl BpfDatapath {
                 reason: conntrack,
                 rule_id: 0,
             }),
-            [] => Err(error(format!(
+            [] => Err(failed(format!(
                 "{} dropped the packet without an event",
                 direction.name()
             ))),
             [event] => decision_of(event, run.passed),
-            many => Err(error(format!(
+            many => Err(failed(format!(
                 "{} wrote {} events for one packet",
                 direction.name(),
                 many.len()
@@ -170,11 +171,11 @@ impl BpfDatapath {
 
 fn decision_of(event: &FlowEvent, passed: bool) -> Result<Decision, DatapathError> {
     let verdict = Verdict::from_raw(event.verdict)
-        .ok_or_else(|| error(format!("event with unknown verdict {}", event.verdict)))?;
+        .ok_or_else(|| failed(format!("event with unknown verdict {}", event.verdict)))?;
     let reason = Reason::from_raw(event.reason)
-        .ok_or_else(|| error(format!("event with unknown reason {}", event.reason)))?;
+        .ok_or_else(|| failed(format!("event with unknown reason {}", event.reason)))?;
     if verdict.passes() != passed {
-        return Err(error(format!(
+        return Err(failed(format!(
             "event says {} but the program {} the packet",
             verdict.name(),
             if passed { "passed" } else { "dropped" }
