@@ -275,11 +275,17 @@ impl Pipeline {
         self.keep_ledger(false);
     }
 
+    /// Closes every window now, whatever its end: the records so far are written into the
+    /// open files (one that reaches its size limit is closed, as on any write).
+    pub fn close_windows(&mut self) {
+        let records = self.aggregator.close_all();
+        self.write(records);
+    }
+
     /// Closes every window and file now, whatever their age: the records so far become files
     /// in the spool.
     pub fn flush(&mut self) {
-        let records = self.aggregator.close_all();
-        self.write(records);
+        self.close_windows();
         let closed = self.writer.close_all(&mut self.spool);
         self.account(closed);
         if let Some(mirror) = &mut self.mirror {
