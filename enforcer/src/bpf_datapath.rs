@@ -50,11 +50,12 @@ pub struct BpfDatapath {
 
 /// A datapath error that names `e` and each of its causes: a program the verifier refused
 /// brings the verifier's log.
-fn error(e: impl std::error::Error + 'static) -> DatapathError {
+pub(crate) fn error(e: impl std::error::Error + 'static) -> DatapathError {
     failed(Causes(&e))
 }
 
-fn failed(message: impl std::fmt::Display) -> DatapathError {
+/// A datapath error that says `message`.
+pub(crate) fn failed(message: impl std::fmt::Display) -> DatapathError {
     DatapathError {
         datapath: "bpf",
         message: message.to_string(),

@@ -38,9 +38,8 @@ use k8s_openapi::{
 };
 use tollgate_schemas::{Direction, program_names, proto};
 
-use crate::causes::Causes;
 use crate::{
-    bpf_datapath::BpfDatapath,
+    bpf_datapath::{BpfDatapath, error, failed},
     compile::{Placement, compile},
     crd::ClusterNetworkPolicy,
     decision::{Datapath, DatapathError},
@@ -144,7 +143,7 @@ struct Floor {
 impl Floor {
     fn measure(count: u32) -> Result<Self, DatapathError> {
         let mut datapath = BpfDatapath::new()?;
-        datapath.probe_mut().load_floor().map_err(probe_error)?;
+        datapath.probe_mut().load_floor().map_err(error)?;
         let (_, client) = client_net(Family::V4, 0);
         let frame = packet(client, 40_000, 80);
         let mut samples = Vec::with_capacity(count as usize);
@@ -247,10 +246,9 @@ spec:
         &Ids::default(),
     );
     if let Some(error) = errors.first().or(compiled.errors.first()) {
-        return Err(DatapathError {
-            datapath: "bpf",
-            message: format!("benchmark objects did not compile: {error}"),
-        });
+        return Err(failed(format!(
+            "benchmark objects did not compile: {error}"
+        )));
     }
     datapath.program(&compiled.desired)
 }
@@ -418,10 +416,7 @@ fn program(
         &Ids::default(),
     );
     if let Some(error) = compiled.errors.first() {
-        return Err(DatapathError {
-            datapath: "bpf",
-            message: format!("benchmark policy did not compile: {error}"),
-        });
+        return Err(failed(format!("benchmark policy did not compile: {error}")));
     }
     datapath.program(&compiled.desired)
 }
@@ -447,13 +442,10 @@ fn expect_passed(passed: bool, case: &str, expected: bool) -> Result<(), Datapat
     if passed == expected {
         Ok(())
     } else {
-        Err(DatapathError {
-            datapath: "bpf",
-            message: format!(
-                "{case}: the packet was {}",
-                if passed { "passed" } else { "dropped" }
-            ),
-        })
+        Err(failed(format!(
+            "{case}: the packet was {}",
+            if passed { "passed" } else { "dropped" }
+        )))
     }
 }
 
@@ -483,20 +475,14 @@ fn fresh_flows(
     count: u32,
     frame: impl Fn(u16) -> Vec<u8>,
 ) -> Result<BenchResult, DatapathError> {
-    datapath
-        .probe_mut()
-        .clear_flow_state()
-        .map_err(probe_error)?;
+    datapath.probe_mut().clear_flow_state().map_err(error)?;
     let mut samples = Vec::with_capacity(count as usize);
     for i in 0..count {
         // A different flow every run: source ports cycle, and the flow state is cleared before
         // they would repeat.
         let port = 1024 + (i % 60_000) as u16;
         if i > 0 && i % 60_000 == 0 {
-            datapath
-                .probe_mut()
-                .clear_flow_state()
-                .map_err(probe_error)?;
+            datapath.probe_mut().clear_flow_state().map_err(error)?;
         }
         let run = datapath.run(direction, &frame(port))?;
         expect_passed(run.passed, case, true)?;
@@ -543,11 +529,4 @@ fn denied(
     let frame = packet(family.outside(), 40_001, 80);
     let case = format!("denied flow{} (deduplicated)", family.note());
     repeated(datapath, &case, &frame, count, false)
-}
-
-fn probe_error(e: crate::probe::ProbeError) -> DatapathError {
-    DatapathError {
-        datapath: "bpf",
-        message: Causes(&e).to_string(),
-    }
 }
