@@ -197,9 +197,7 @@ pub fn collector(events: u64) -> Result<CollectorBench, BenchError> {
         cpu += thread_cpu().saturating_sub(started);
         collected += round as u64;
     }
-    let started = thread_cpu();
-    pipeline.flush();
-    cpu += thread_cpu().saturating_sub(started);
+    timed(&mut cpu, || pipeline.flush());
     let records = metrics.records.load(std::sync::atomic::Ordering::Relaxed);
     // The flows alone are measured: no kernel loss is read into the files.
     pipeline.finish(&MemorySource::default())?;
@@ -452,21 +450,25 @@ fn bare_writer(files: &[std::path::PathBuf]) -> Result<Duration, BenchError> {
         let schema = builder.schema().clone();
         let reader = builder.build().map_err(|e| error(&e))?;
         // Reading back is not measured: each batch is read, then timed as it is written.
-        let started = thread_cpu();
-        let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties()))
-            .map_err(|e| error(&e))?;
-        cpu += thread_cpu().saturating_sub(started);
+        let mut writer = timed(&mut cpu, || {
+            ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties()))
+        })
+        .map_err(|e| error(&e))?;
         for batch in reader {
             let batch = batch.map_err(|e| error(&e))?;
-            let started = thread_cpu();
-            writer.write(&batch).map_err(|e| error(&e))?;
-            cpu += thread_cpu().saturating_sub(started);
+            timed(&mut cpu, || writer.write(&batch)).map_err(|e| error(&e))?;
         }
-        let started = thread_cpu();
-        writer.close().map_err(|e| error(&e))?;
-        cpu += thread_cpu().saturating_sub(started);
+        timed(&mut cpu, || writer.close()).map_err(|e| error(&e))?;
     }
     Ok(cpu)
+}
+
+/// `work`'s result, its CPU time on the calling thread added to `cpu`.
+fn timed<T>(cpu: &mut Duration, work: impl FnOnce() -> T) -> T {
+    let started = thread_cpu();
+    let result = work();
+    *cpu += thread_cpu().saturating_sub(started);
+    result
 }
 
 /// CPU time of the calling thread.
