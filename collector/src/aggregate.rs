@@ -10,8 +10,9 @@
 //! same addresses held
 //! by two pods in one window make two records, as does a ClusterIP handed from one Service to
 //! another). Packets, bytes and events are summed, TCP flags OR-ed, first and last times kept.
-//! [`Aggregator::close_before`] hands out the records of every window that ended; a late event
-//! for a closed window opens a fresh record, which is closed at the next call.
+//! [`Aggregator::closing_before`] takes out the records of every window that ended, which
+//! [`Closing::write`] hands to the writer a chunk at a time; a late event for a closed window
+//! opens a fresh record, which is closed at the next call.
 //!
 //! The table is bounded ([`Aggregator::new`]'s `max_open`): an event that would open one more
 //! record is refused ([`Skipped::Full`]), and the caller counts it as lost.
@@ -232,36 +233,76 @@ impl Aggregator {
         Ok(())
     }
 
-    /// The records of every window that ends at or before Unix second `now_s` less `grace_s`
-    /// (events are stamped when decided and may reach the collector a drain interval later).
-    pub fn close_before(&mut self, now_s: u64, grace_s: u64) -> Vec<FlowRecord> {
-        let window_s = self.window_s;
-        let cutoff = now_s.saturating_sub(grace_s) / window_s;
-        if self.oldest_window >= cutoff {
-            return Vec::new();
+    /// Starts closing every window that ends at or before Unix second `now_s` less `grace_s`
+    /// (events are stamped when decided and may reach the collector a drain interval later);
+    /// `None` when none has ended.
+    pub fn closing_before(&mut self, now_s: u64, grace_s: u64) -> Option<Closing> {
+        let cutoff = now_s.saturating_sub(grace_s) / self.window_s;
+        (self.oldest_window < cutoff).then(|| self.closing(cutoff))
+    }
+
+    /// Starts closing every open record, whatever its window (on shutdown, or a flush).
+    pub fn closing_all(&mut self) -> Closing {
+        self.closing(u64::MAX)
+    }
+
+    /// The table, taken out with its allocation, to close the windows before `cutoff`.
+    fn closing(&mut self, cutoff: u64) -> Closing {
+        self.oldest_window = u64::MAX;
+        Closing {
+            table: std::mem::take(&mut self.open),
+            cutoff,
+            oldest: u64::MAX,
         }
-        let mut oldest = u64::MAX;
-        let records = self
-            .open
+    }
+
+    /// Ends `closing`: the table comes back, with the records still open and its allocation.
+    /// Nothing may be ingested between the start of a closing and its end.
+    pub fn closed(&mut self, closing: Closing) {
+        debug_assert!(self.open.is_empty(), "events ingested while closing");
+        self.open = closing.table;
+        self.oldest_window = closing.oldest;
+    }
+}
+
+/// The records of the windows that ended, being closed: the aggregator's table, taken out of
+/// it ([`Aggregator::closing_before`], [`Aggregator::closing_all`]) so that its records can
+/// be written a chunk at a time while they are taken out of it ([`Closing::write`]), and
+/// given back ([`Aggregator::closed`]) with what stays open.
+#[derive(Debug)]
+pub struct Closing {
+    table: IndexMap<Key, Open, RandomState>,
+    /// Records of windows before this one close.
+    cutoff: u64,
+    /// The earliest window of a record left open.
+    oldest: u64,
+}
+
+impl Closing {
+    /// Takes the closing records out of the table and hands them to `write`, at most `rows` at
+    /// a time, each chunk in the order of the records' start. Only `rows` records are ever
+    /// out of the table and not yet written: closing a full table does not hold all its
+    /// records twice.
+    pub fn write(&mut self, rows: usize, mut write: impl FnMut(Vec<FlowRecord>)) {
+        let cutoff = self.cutoff;
+        let oldest = &mut self.oldest;
+        let mut closed = self
+            .table
             .extract_if(.., |key, _| {
                 let closes = key.window < cutoff;
                 if !closes {
-                    oldest = oldest.min(key.window);
+                    *oldest = (*oldest).min(key.window);
                 }
                 closes
             })
-            .map(Open::record)
-            .collect();
-        self.oldest_window = oldest;
-        by_start(records)
-    }
-
-    /// Every open record, whatever its window (on shutdown).
-    pub fn close_all(&mut self) -> Vec<FlowRecord> {
-        // Drained, the table keeps its allocation, emptied for the next windows; the records'
-        // vector is allocated once, at its size.
-        self.oldest_window = u64::MAX;
-        by_start(self.open.drain(..).map(Open::record).collect())
+            .map(Open::record);
+        loop {
+            let chunk: Vec<FlowRecord> = closed.by_ref().take(rows).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            write(by_start(chunk));
+        }
     }
 }
 
@@ -338,6 +379,28 @@ mod tests {
         }
     }
 
+    /// The records of the windows ended at `now_s` (as the pipeline closes them, in chunks).
+    fn close_before(agg: &mut Aggregator, now_s: u64, grace_s: u64) -> Vec<FlowRecord> {
+        agg.closing_before(now_s, grace_s)
+            .map(|closing| close(agg, closing))
+            .unwrap_or_default()
+    }
+
+    fn close_all(agg: &mut Aggregator) -> Vec<FlowRecord> {
+        let closing = agg.closing_all();
+        close(agg, closing)
+    }
+
+    fn close(agg: &mut Aggregator, mut closing: Closing) -> Vec<FlowRecord> {
+        let mut records = Vec::new();
+        closing.write(2, |chunk| {
+            assert!(!chunk.is_empty() && chunk.len() <= 2, "{chunk:?}");
+            records.extend(chunk);
+        });
+        agg.closed(closing);
+        records
+    }
+
     fn flow(record: &FlowRecord) -> &Flow {
         match &record.body {
             RecordBody::Flow(flow) => flow,
@@ -358,15 +421,15 @@ mod tests {
             .unwrap();
         assert_eq!(agg.len(), 3);
         // Window [120, 180) closes once 180 + grace has passed.
-        assert!(agg.close_before(181, 2).is_empty());
-        let closed = agg.close_before(182, 2);
+        assert!(close_before(&mut agg, 181, 2).is_empty());
+        let closed = close_before(&mut agg, 182, 2);
         assert_eq!(closed.len(), 2);
         let first = closed.iter().find(|r| flow(r).src_port == 1000).unwrap();
         assert_eq!((first.start_s, first.end_s), (120, 179));
         assert_eq!(flow(first).packets, 6);
         assert_eq!(flow(first).bytes, 360);
         assert_eq!(flow(first).events, 3);
-        let rest = agg.close_all();
+        let rest = close_all(&mut agg);
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].start_s, 180);
     }
@@ -386,18 +449,18 @@ mod tests {
             records.iter().map(|r| flow(r).src_port).collect()
         };
         assert!(
-            agg.close_before(181, 2).is_empty(),
+            close_before(&mut agg, 181, 2).is_empty(),
             "[120, 180) is in its grace"
         );
-        assert_eq!(ports(agg.close_before(182, 2)), [1]);
+        assert_eq!(ports(close_before(&mut agg, 182, 2)), [1]);
         assert!(
-            agg.close_before(241, 2).is_empty(),
+            close_before(&mut agg, 241, 2).is_empty(),
             "[180, 240) is in its grace"
         );
         // A late event of the closed window opens a record again, closed at the next call.
         add(&mut agg, 150, 3);
-        assert_eq!(ports(agg.close_before(241, 2)), [3]);
-        assert_eq!(ports(agg.close_before(242, 2)), [2]);
+        assert_eq!(ports(close_before(&mut agg, 241, 2)), [3]);
+        assert_eq!(ports(close_before(&mut agg, 242, 2)), [2]);
         assert!(agg.is_empty());
     }
 
@@ -412,7 +475,7 @@ mod tests {
             agg.ingest(&event(1, 1, verdict), &clock, &identities)
                 .unwrap();
         }
-        let records = agg.close_all();
+        let records = close_all(&mut agg);
         assert_eq!(records.len(), 2);
         for record in &records {
             let flow = flow(record);

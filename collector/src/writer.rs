@@ -134,9 +134,30 @@ pub enum Closed {
     },
 }
 
-/// `records` given up without a file (the spool cannot take any now), lost at `source`.
-pub fn discard(records: &[FlowRecord], source: LossSource, detail: String) -> Closed {
-    Tally::of(records).lost(source, detail)
+/// Records given up without a file (the spool cannot take any now), added as they come and
+/// counted lost once for them all ([`Refused::lost`]).
+#[derive(Debug, Default)]
+pub struct Refused {
+    tally: Tally,
+    /// Where they are lost, and why: the last reason given.
+    reason: Option<(LossSource, String)>,
+}
+
+impl Refused {
+    /// Gives up `records` too, lost at `source` for want of room or spool (`detail`).
+    pub fn add(&mut self, records: &[FlowRecord], source: LossSource, detail: &str) {
+        if records.is_empty() {
+            return;
+        }
+        self.tally.add(Tally::of(records));
+        self.reason = Some((source, detail.to_owned()));
+    }
+
+    /// What is lost with every record given up; `None` when none was.
+    pub fn lost(self) -> Option<Closed> {
+        let (source, detail) = self.reason?;
+        Some(self.tally.lost(source, detail))
+    }
 }
 
 /// What a file (or a batch) holds, for accounting.
