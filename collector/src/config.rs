@@ -39,9 +39,9 @@ pub struct CollectorConfig {
     pub drain_interval_ms: u64,
     /// Most flow records held open across the current windows; events of further flows are
     /// counted as lost (`aggregation-full`) until the window closes. The bound is on memory:
-    /// an open record costs ~240 bytes in the table and about as much again while it closes,
-    /// and the table grows by doubling; `bench collector` measures the peak of a full table
-    /// (~275 MiB of the whole process at the default, 250,000, under the agent's 512 MiB
+    /// an open record costs ~240 bytes in the table, which grows by doubling, and closing
+    /// takes records out a batch at a time; `bench collector` measures the peak of a full table
+    /// (~170 MiB of the whole process at the default, 250,000, under the agent's 512 MiB
     /// limit).
     pub max_open_records: usize,
     /// A Parquet file is closed and spooled once it reaches this many bytes…
