@@ -38,6 +38,7 @@ use tollgate_collector::{
     reader::MemorySource,
     record::schema,
     spool::Recovery,
+    writer::BATCH_ROWS,
 };
 use tollgate_enforcer::{
     compile::{Compiled, Object, Placement, compile},
@@ -1160,6 +1161,45 @@ fn a_small_size_limit_closes_a_file_at_every_write() {
         (load(&metrics.files_spooled), load(&metrics.records)),
         (4, 8)
     );
+}
+
+/// A window of more records than a batch is closed a batch at a time: every record written
+/// once, into one file, with the pending loss record written once too.
+#[test]
+fn a_window_larger_than_a_batch_is_written_whole() {
+    let spool = temp_dir("close-batches");
+    let identities = shared(Identities::default());
+    let (mut pipeline, _, metrics) = open(&settings(&spool), &identities);
+    let second = now_s() - 1;
+    let flows = u16::try_from(2 * BATCH_ROWS + 7).expect("ports");
+    let events: Vec<FlowEvent> = (0..flows)
+        .map(|n| tcp(AMAZONLINUX, 1024 + n, HTTPD, 80, at(second)))
+        .collect();
+    pipeline.ingest(&events);
+    // A second event of the first flow, and a loss waiting to be written.
+    pipeline.ingest(&events[..1]);
+    pipeline.lose(LossSource::AggregationFull, Some(3), second, second);
+    pipeline.flush();
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
+
+    let files = ready_files(&spool);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let rows = read_rows(&files[0]);
+    let (flows_written, losses): (Vec<&Row>, Vec<&Row>) =
+        rows.iter().partition(|r| r.stored.log_status == "OK");
+    let ports: BTreeSet<i32> = flows_written
+        .iter()
+        .filter_map(|r| r.stored.srcport)
+        .collect();
+    assert_eq!(flows_written.len(), usize::from(flows));
+    assert_eq!(ports.len(), usize::from(flows), "every flow once");
+    let events: i64 = flows_written.iter().map(|r| r.stored.events).sum();
+    assert_eq!(events, i64::from(flows) + 1);
+    assert_eq!(losses.len(), 1, "the loss once");
+    assert_eq!(losses[0].stored.skipped_events, Some(3));
+    assert_eq!(load(&metrics.records), u64::from(flows) + 1);
 }
 
 #[test]
