@@ -362,6 +362,17 @@ fn read_rows(path: &Path) -> Vec<Row> {
         .collect()
 }
 
+/// Stops `pipeline` cleanly (its windows closed, then its files) and reads back the rows of
+/// the one file it spooled.
+fn finish_into_one_file(pipeline: Pipeline, spool: &TempDir) -> Vec<Row> {
+    pipeline
+        .finish(&MemorySource::default())
+        .expect("a clean stop");
+    let files = ready_files(spool);
+    assert_eq!(files.len(), 1, "{files:?}");
+    read_rows(&files[0])
+}
+
 /// Every row of every ready file.
 fn read_ready(spool: &TempDir) -> Vec<Row> {
     ready_files(spool)
@@ -697,13 +708,7 @@ fn a_parquet_round_trip_keeps_every_column() {
         },
     ];
     pipeline.ingest(&events);
-    pipeline
-        .finish(&MemorySource::default())
-        .expect("a clean stop");
-
-    let files = ready_files(&spool);
-    assert_eq!(files.len(), 1, "{files:?}");
-    let rows = read_rows(&files[0]);
+    let rows = finish_into_one_file(pipeline, &spool);
     assert_eq!(rows.len(), 6, "{rows:#?}");
     let (events_read, records, spooled) = (
         load(&metrics.events),
@@ -1179,14 +1184,7 @@ fn a_window_larger_than_a_batch_is_written_whole() {
     // A second event of the first flow, and a loss waiting to be written.
     pipeline.ingest(&events[..1]);
     pipeline.lose(LossSource::AggregationFull, Some(3), second, second);
-    pipeline.flush();
-    pipeline
-        .finish(&MemorySource::default())
-        .expect("a clean stop");
-
-    let files = ready_files(&spool);
-    assert_eq!(files.len(), 1, "{files:?}");
-    let rows = read_rows(&files[0]);
+    let rows = finish_into_one_file(pipeline, &spool);
     let (flows_written, losses): (Vec<&Row>, Vec<&Row>) =
         rows.iter().partition(|r| r.stored.log_status == "OK");
     let ports: BTreeSet<i32> = flows_written
