@@ -7,7 +7,7 @@ runs under: this test does that work in a process whose capabilities are exactly
 bounding set, as a container gets it), inside a network and mount namespace of its own with a
 veth pair and a private BPF filesystem: create a ring buffer, an LPM trie and an LRU hash; load
 a SCHED_CLS program that reserves and submits ring-buffer records and reads
-bpf_ktime_get_boot_ns; pin map, program and TCX link; open the pinned map again. All of it must
+bpf_ktime_get_coarse_ns; pin map, program and TCX link; open the pinned map again. All of it must
 work with the list, and fail without CAP_BPF or without CAP_NET_ADMIN. Opening a map by its id
 must fail: the kernel asks CAP_SYS_ADMIN for that, so the agent reaches its objects through
 pins and file descriptors only. CAP_PERFMON is needed by the real probe's verification, which
@@ -37,7 +37,7 @@ BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_OBJ_PIN, BPF_OBJ_GET = 0, 5, 6, 7
 BPF_MAP_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_LINK_CREATE = 14, 15, 28
 MAP_LRU_HASH, MAP_LPM_TRIE, MAP_RINGBUF = 9, 11, 27
 PROG_SCHED_CLS = 3
-FN_KTIME_GET_BOOT_NS, FN_RINGBUF_RESERVE, FN_RINGBUF_SUBMIT = 125, 131, 132
+FN_KTIME_GET_COARSE_NS, FN_RINGBUF_RESERVE, FN_RINGBUF_SUBMIT = 160, 131, 132
 BPF_TCX_INGRESS = 46
 BPF_F_NO_PREALLOC = 1
 SYS_BPF = {"x86_64": 321, "aarch64": 280}
@@ -77,7 +77,7 @@ def insn(code, dst=0, src=0, off=0, imm=0):
 
 
 def load_program(ring):
-    """A TC program: reserve 8 bytes of the ring buffer, write the boot time, submit; pass."""
+    """A TC program: reserve 8 bytes of the ring buffer, write the time (coarse), submit; pass."""
     code = b"".join(
         [
             insn(0x18, dst=1, src=1, imm=ring),  # r1 = the ring buffer (pseudo map fd)
@@ -87,7 +87,7 @@ def load_program(ring):
             insn(0x85, imm=FN_RINGBUF_RESERVE),
             insn(0x15, dst=0, off=6, imm=0),  # if r0 == 0 goto pass
             insn(0xBF, dst=7, src=0),  # r7 = r0
-            insn(0x85, imm=FN_KTIME_GET_BOOT_NS),
+            insn(0x85, imm=FN_KTIME_GET_COARSE_NS),
             insn(0x7B, dst=7, src=0),  # *(u64 *)(r7 + 0) = r0
             insn(0xBF, dst=1, src=7),  # r1 = r7
             insn(0xB7, dst=2, imm=0),  # r2 = 0

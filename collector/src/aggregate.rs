@@ -131,7 +131,7 @@ impl Aggregator {
         self.open.is_empty()
     }
 
-    /// Adds `event` (stamped in boot time, converted with `clock`), enriched with
+    /// Adds `event` (stamped in monotonic time, converted with `clock`), enriched with
     /// `identities`.
     pub fn ingest(
         &mut self,

@@ -49,7 +49,7 @@ use tollgate_schemas::{
 use tollgate_enforcer::bench::scale;
 
 use crate::{
-    clock::{NS_PER_S, boottime_ns},
+    clock::{NS_PER_S, monotonic_ns},
     config::{CollectorConfig, SinkConfig},
     flood::{Flood, FloodError, RING_EVENTS},
     identity::{
@@ -229,7 +229,7 @@ pub fn collector(events: u64) -> Result<CollectorBench, BenchError> {
 /// process's peak resident set meanwhile, KiB.
 pub fn full_table(records: usize) -> Result<(u64, u64), BenchError> {
     let (mut pipeline, metrics, spool_dir) = open("full", Identities::default())?;
-    let now = boottime_ns();
+    let now = monotonic_ns();
     let server = (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 30)), 80);
     scale::reset_peak_rss();
     let mut opened = 0;
@@ -341,7 +341,7 @@ pub fn mix(records: usize) -> Result<(u64, u64), BenchError> {
         })
         .collect();
     let mut identities = Identities::default();
-    let now = boottime_ns();
+    let now = monotonic_ns();
     identities.observe(
         Naming {
             pods: changes.take(),

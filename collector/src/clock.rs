@@ -1,7 +1,9 @@
-//! Time: the probe stamps events with `CLOCK_BOOTTIME` (it keeps counting through suspend and
-//! never jumps); records carry Unix time. [`Clock`] holds the offset between the two, sampled
-//! at one moment, and is re-sampled on every tick so that a stepped wall clock (NTP) is
-//! followed within one drain interval. Unix seconds become the UTC texts of partitions, file
+//! Time: the probe stamps events with `CLOCK_MONOTONIC` as of the kernel's last tick (it never
+//! jumps; it stands still while the machine is suspended); records carry Unix time. [`Clock`]
+//! holds the offset between the two, sampled at one moment, and is re-sampled on every tick so
+//! that a stepped wall clock (NTP) is followed within one drain interval (and a resumed
+//! machine's lost time, so only the events of the last drain interval before a suspension
+//! are placed too early, by its length). Unix seconds become the UTC texts of partitions, file
 //! names and reports, and are read back from them, with `jiff`.
 
 use jiff::{Timestamp, fmt::strtime, tz::TimeZone};
@@ -10,42 +12,43 @@ use rustix::time::ClockId;
 /// Nanoseconds per second.
 pub const NS_PER_S: u64 = 1_000_000_000;
 
-/// The offset between `CLOCK_BOOTTIME` and `CLOCK_REALTIME`.
+/// The offset between `CLOCK_MONOTONIC` and `CLOCK_REALTIME`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Clock {
-    /// Unix time minus boot time, in ns, when sampled.
+    /// Unix time minus monotonic time, in ns, when sampled.
     offset_ns: i128,
 }
 
 impl Clock {
     /// The offset now.
     pub fn sample() -> Self {
-        let boot = boottime_ns();
+        let monotonic = monotonic_ns();
         let real = read(ClockId::Realtime);
         Self {
-            offset_ns: i128::from(real) - i128::from(boot),
+            offset_ns: i128::from(real) - i128::from(monotonic),
         }
     }
 
-    /// A clock whose Unix time is `boot_ns + offset_ns` (for tests).
+    /// A clock whose Unix time is `monotonic_ns + offset_ns` (for tests).
     pub const fn with_offset(offset_ns: i128) -> Self {
         Self { offset_ns }
     }
 
-    /// Unix time in ns of the boot-time instant `boot_ns`.
-    pub fn unix_ns(&self, boot_ns: u64) -> u64 {
-        u64::try_from((i128::from(boot_ns) + self.offset_ns).max(0)).unwrap_or(u64::MAX)
+    /// Unix time in ns of the monotonic instant `monotonic_ns`.
+    pub fn unix_ns(&self, monotonic_ns: u64) -> u64 {
+        u64::try_from((i128::from(monotonic_ns) + self.offset_ns).max(0)).unwrap_or(u64::MAX)
     }
 
-    /// Unix time in whole seconds of the boot-time instant `boot_ns`.
-    pub fn unix_s(&self, boot_ns: u64) -> u64 {
-        self.unix_ns(boot_ns) / NS_PER_S
+    /// Unix time in whole seconds of the monotonic instant `monotonic_ns`.
+    pub fn unix_s(&self, monotonic_ns: u64) -> u64 {
+        self.unix_ns(monotonic_ns) / NS_PER_S
     }
 }
 
-/// Now, in ns of `CLOCK_BOOTTIME`: the clock of the probe's timestamps.
-pub fn boottime_ns() -> u64 {
-    read(ClockId::Boottime)
+/// Now, in ns of `CLOCK_MONOTONIC`: the clock of the probe's timestamps (which read it as of
+/// the last tick, up to a tick behind this).
+pub fn monotonic_ns() -> u64 {
+    read(ClockId::Monotonic)
 }
 
 /// Now, in ns since the Unix epoch.
@@ -131,11 +134,11 @@ mod tests {
     }
 
     #[test]
-    fn boot_time_maps_to_unix_time() {
+    fn monotonic_time_maps_to_unix_time() {
         let clock = Clock::sample();
-        let boot = boottime_ns();
+        let monotonic = monotonic_ns();
         let unix = unix_now_ns();
-        let mapped = clock.unix_ns(boot);
+        let mapped = clock.unix_ns(monotonic);
         assert!(mapped.abs_diff(unix) < NS_PER_S, "{mapped} vs {unix}");
     }
 }

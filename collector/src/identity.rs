@@ -155,7 +155,7 @@ pub struct EndpointInterface {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct NodeAddress;
 
-/// One value of a key over a span of time (ns of `CLOCK_BOOTTIME`).
+/// One value of a key over a span of time (ns of `CLOCK_MONOTONIC`, the probe's clock).
 #[derive(Debug, Clone)]
 struct Span<V> {
     from_ns: u64,
@@ -447,7 +447,7 @@ impl Identities {
         }
     }
 
-    /// Records the cluster as `naming` tells it from `at_ns` (ns of `CLOCK_BOOTTIME`) on: the
+    /// Records the cluster as `naming` tells it from `at_ns` (ns of `CLOCK_MONOTONIC`) on: the
     /// pods that changed since the last call by address, the node's own addresses, and the
     /// Services, rule ids and endpoint facts. What the first call records is taken to hold
     /// since before the collector started.
@@ -554,7 +554,7 @@ impl Identities {
     }
 
     /// Records the endpoints' host interfaces, by interface index, as the agent found them on
-    /// the node from `at_ns` on (ns of `CLOCK_BOOTTIME`). What the first call records is
+    /// the node from `at_ns` on (ns of `CLOCK_MONOTONIC`). What the first call records is
     /// taken to hold since before the collector started.
     pub fn observe_interfaces(&mut self, interfaces: HashMap<u32, EndpointInterface>, at_ns: u64) {
         let at_ns = if self.interfaces_observed { at_ns } else { 0 };

@@ -10,7 +10,7 @@
 //! - [`identity`]: who held each address, what each rule id meant and which endpoints ran in
 //!   audit mode, over time, so events are named as of their own timestamp;
 //! - [`aggregate`]: enrichment and aggregation per flow, verdict and window ([`clock`] turns
-//!   the probe's boot-time stamps into Unix time);
+//!   the probe's monotonic stamps into Unix time);
 //! - [`record`]: records as Arrow batches of the schema `tollgate_schemas::record` defines;
 //! - [`writer`]: Parquet files per partition, rotated by size and age, committed to the
 //!   [`spool`] under deterministic object keys (its state, loss ledger included, in a

@@ -23,7 +23,7 @@ use arrow_array::{Array, cast::AsArray, types::Int64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::Notify;
 use tollgate_collector::{
-    clock::{NS_PER_S, boottime_ns, unix_now_ns},
+    clock::{NS_PER_S, monotonic_ns, unix_now_ns},
     config::CollectorConfig,
     identity::Identities,
     loss::LossSource,
@@ -131,8 +131,8 @@ fn now_s() -> u64 {
 /// A denied TCP SYN from 198.18.0.40 to 198.18.0.30:80, source port `port`, half a second into
 /// Unix second `unix_s`.
 fn syn(port: u16, unix_s: u64) -> FlowEvent {
-    let (boot, unix) = (boottime_ns(), unix_now_ns());
-    let ts_ns = boot - (unix - (unix_s * NS_PER_S + NS_PER_S / 2));
+    let (monotonic, unix) = (monotonic_ns(), unix_now_ns());
+    let ts_ns = monotonic - (unix - (unix_s * NS_PER_S + NS_PER_S / 2));
     events::tcp("198.18.0.40", port, "198.18.0.30", 80, ts_ns)
 }
 

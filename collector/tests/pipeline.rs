@@ -2,8 +2,8 @@
 //! [`Pipeline::ingest`], real Parquet files committed to a spool and read back.
 //!
 //! Each test has its own spool directory (test name and process id), removed at the end.
-//! Event timestamps are `CLOCK_BOOTTIME` instants computed from the Unix time they should map
-//! to ([`boot_ns_at`]), so records land where a real probe's would. Identities come from the
+//! Event timestamps are `CLOCK_MONOTONIC` instants computed from the Unix time they should map
+//! to ([`monotonic_ns_at`]), so records land where a real probe's would. Identities come from the
 //! seed's manifests compiled by the real compiler.
 //!
 //! The golden schema (`tests/golden/flow-record.parquet-schema.txt`) is rewritten, instead of
@@ -28,7 +28,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::Notify;
 use tollgate_agent::naming::{naming, pod_changes, workload_of};
 use tollgate_collector::{
-    clock::{NS_PER_S, boottime_ns, compact_utc, partition_date, unix_now_ns},
+    clock::{NS_PER_S, compact_utc, monotonic_ns, partition_date, unix_now_ns},
     config::CollectorConfig,
     identity::{EndpointInterface, Eni, Identities, PodChanges},
     loss::LossSource,
@@ -154,18 +154,19 @@ fn now_s() -> u64 {
     unix_now_ns() / NS_PER_S
 }
 
-/// The boot-time instant (ns of `CLOCK_BOOTTIME`) that maps to Unix time `unix_ns`, through
-/// the offset between the two clocks now: `boot = now_boot - (now_unix - unix_ns)`.
-fn boot_ns_at(unix_ns: u64) -> u64 {
-    let (boot, unix) = (boottime_ns(), unix_now_ns());
-    let at = i128::from(boot) - (i128::from(unix) - i128::from(unix_ns));
+/// The monotonic instant (ns of `CLOCK_MONOTONIC`, the probe's clock) that maps to Unix time
+/// `unix_ns`, through the offset between the two clocks now:
+/// `monotonic = now_monotonic - (now_unix - unix_ns)`.
+fn monotonic_ns_at(unix_ns: u64) -> u64 {
+    let (monotonic, unix) = (monotonic_ns(), unix_now_ns());
+    let at = i128::from(monotonic) - (i128::from(unix) - i128::from(unix_ns));
     u64::try_from(at).expect("the instant is after boot")
 }
 
 /// Half a second into Unix second `unix_s`: far from both edges, so the jitter between the
 /// pipeline's clock sample and ours cannot move the event to another second.
 fn at(unix_s: u64) -> u64 {
-    boot_ns_at(unix_s * NS_PER_S + NS_PER_S / 2)
+    monotonic_ns_at(unix_s * NS_PER_S + NS_PER_S / 2)
 }
 
 /// The objects of `manifests` (source name, YAML text), which must all be valid.
@@ -553,7 +554,7 @@ fn the_deciding_endpoints_interface_and_eni_are_recorded() {
                 &snapshot.node_addresses,
                 &compiled,
             ),
-            boottime_ns(),
+            monotonic_ns(),
         );
         // Every endpoint was compiled on interface 1 (a `vlan…` veth: a branch ENI); 7 is
         // another pod's `eni…` veth.
@@ -567,7 +568,7 @@ fn the_deciding_endpoints_interface_and_eni_are_recorded() {
                 (7, interface("eni0a1b2c3d4e5", Eni::Node)),
             ]
             .into(),
-            boottime_ns(),
+            monotonic_ns(),
         );
     }
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
@@ -629,7 +630,7 @@ fn a_parquet_round_trip_keeps_every_column() {
             &snapshot.node_addresses,
             &compiled,
         ),
-        boottime_ns(),
+        monotonic_ns(),
     );
     let (mut pipeline, recovery, metrics) = open(&settings(&spool), &identities);
     assert_eq!(recovery, Recovery::default(), "a fresh spool");
@@ -934,7 +935,7 @@ fn placed(spool: &TempDir, path: &Path) -> Placed {
 fn files_are_partitioned_by_hour_and_never_reuse_a_sequence_number() {
     let spool = temp_dir("partitions");
     let identities = shared(Identities::default());
-    // Two UTC hours ahead of now: whatever the uptime, they map to valid boot-time instants
+    // Two UTC hours ahead of now: whatever the uptime, they map to valid monotonic instants
     // (a past hour might precede the boot).
     let this_hour = now_s() / 3600 * 3600;
     let (first, second) = (this_hour + 3600, this_hour + 7200);
@@ -1538,7 +1539,7 @@ fn records_name_the_service_a_flow_was_addressed_to() {
             &snapshot.node_addresses,
             &compiled,
         ),
-        boottime_ns(),
+        monotonic_ns(),
     );
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
     let amazonlinux = endpoint(&compiled, "default/amazonlinux");
@@ -1803,7 +1804,7 @@ status:
             &snapshot.node_addresses,
             &compiled,
         ),
-        boottime_ns(),
+        monotonic_ns(),
     );
     let (mut pipeline, _, _) = open(&settings(&spool), &identities);
     let web = endpoint(&compiled, "default/web-7c5ddbdf54-x2x9q");

@@ -406,6 +406,9 @@ fn privileged_denied_flows_are_deduplicated_and_carry_their_packet_count() {
         ..Config::default()
     };
     lab.datapath.probe_mut().set_config(&short).expect("config");
+    // The probe's clock moves at the kernel's tick (10 ms at most): past one, the interval has
+    // passed.
+    std::thread::sleep(std::time::Duration::from_millis(25));
     let run = lab.run(Direction::Ingress, &spec);
     assert_eq!(one_event(&run), (Verdict::Deny, Reason::IsolatedNoMatch, 5));
     let event = &run.events[0];

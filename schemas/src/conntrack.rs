@@ -54,9 +54,9 @@ impl FlowKey {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CtEntry {
-    /// When the first packet was decided, ns of `CLOCK_BOOTTIME`.
+    /// When the first packet was decided, ns of `CLOCK_MONOTONIC` (as of the last tick).
     pub created_ns: u64,
-    /// When the last packet (either direction) was seen, ns of `CLOCK_BOOTTIME`.
+    /// When the last packet (either direction) was seen, ns of `CLOCK_MONOTONIC`.
     pub last_seen_ns: u64,
     /// Packets seen, both directions.
     pub packets: u64,
@@ -85,9 +85,9 @@ pub struct CtEntry {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DenyEntry {
-    /// When the flow was first denied, ns of `CLOCK_BOOTTIME`.
+    /// When the flow was first denied, ns of `CLOCK_MONOTONIC` (as of the last tick).
     pub first_ns: u64,
-    /// When its last event was written, ns of `CLOCK_BOOTTIME`.
+    /// When its last event was written, ns of `CLOCK_MONOTONIC`.
     pub last_report_ns: u64,
     /// Packets denied since the last event.
     pub packets: u64,

@@ -193,7 +193,7 @@ pub struct FlowEvent {
     pub reason: u8,
     /// TCP flags of the packet that produced the event (FIN=0x01 … CWR=0x80); 0 for non-TCP.
     pub tcp_flags: u8,
-    /// When the event was produced, ns of `CLOCK_BOOTTIME`.
+    /// When the event was produced, ns of `CLOCK_MONOTONIC` (as of the last tick).
     pub ts_ns: u64,
     /// Interface index of the host-side veth the packet crossed.
     pub ifindex: u32,
@@ -255,7 +255,7 @@ const _: () = {
 /// interface (`ifindex` 0: the entries do not keep it) and no ICMP type or code.
 impl FlowEvent {
     /// What deny entry `deny` of flow `key` counted since its last event, reported at `now_ns`
-    /// (ns of `CLOCK_BOOTTIME`): verdict deny, the entry's last reason, rule and TCP flags.
+    /// (ns of `CLOCK_MONOTONIC`): verdict deny, the entry's last reason, rule and TCP flags.
     pub const fn residual_deny(key: &FlowKey, deny: &DenyEntry, now_ns: u64) -> Self {
         Self {
             verdict: Verdict::Deny as u8,

@@ -16,8 +16,9 @@
 //! Conventions for every field below:
 //! - Addresses are 16 bytes in network byte order. IPv4 addresses are stored IPv4-mapped
 //!   (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2), so one map serves both families.
-//! - Ports are in host byte order. Timestamps are nanoseconds of `CLOCK_BOOTTIME`
-//!   (`bpf_ktime_get_boot_ns`); userspace converts them to wall-clock time.
+//! - Ports are in host byte order. Timestamps are nanoseconds of `CLOCK_MONOTONIC` as of the
+//!   kernel's last tick (`bpf_ktime_get_coarse_ns`: cheap on every packet, exact to the tick);
+//!   userspace converts them to wall-clock time.
 //! - Enumerations travel as raw `u8`: the kernel writes the discriminant, userspace converts it
 //!   with `from_raw`, which refuses unknown values instead of trusting them.
 //! - No `bool` and no implicit padding: every gap is an explicit `_pad` field that must be zero.

@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tollgate_collector::{
-    clock::boottime_ns,
+    clock::monotonic_ns,
     identity::Identities,
     pipeline::Tap,
     service::{Collector, CollectorError, Stopped},
@@ -318,7 +318,7 @@ pub async fn run_agent_with<S: ClusterSource>(
             let interfaces = agent.endpoints().endpoint_interfaces();
             if let Some(compiled) = agent.synced() {
                 let mut identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
-                let now = boottime_ns();
+                let now = monotonic_ns();
                 identities.observe(naming(pass.pods, agent.node_addresses(), compiled), now);
                 identities.observe_interfaces(interfaces, now);
                 drop(identities);

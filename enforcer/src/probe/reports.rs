@@ -49,7 +49,7 @@ pub(crate) fn flush_denies(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(error)?;
-    let now = boottime_ns();
+    let now = monotonic_ns();
     let mut events = Vec::with_capacity(pending.len());
     for (key, deny) in pending {
         match denies.remove(&key) {
@@ -76,8 +76,8 @@ pub(crate) fn read_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Coun
     Ok(totals)
 }
 
-/// Now, in ns of `CLOCK_BOOTTIME`: the clock of the probe's timestamps.
-fn boottime_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+/// Now, in ns of `CLOCK_MONOTONIC`: the clock of the probe's timestamps.
+fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
