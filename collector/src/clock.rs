@@ -45,11 +45,8 @@ impl Clock {
     }
 }
 
-/// Now, in ns of `CLOCK_MONOTONIC`: the clock of the probe's timestamps (which read it as of
-/// the last tick, up to a tick behind this).
-pub fn monotonic_ns() -> u64 {
-    read(ClockId::Monotonic)
-}
+/// Now, in ns of `CLOCK_MONOTONIC`: the probe's clock, as the enforcer reads it.
+pub use tollgate_enforcer::probe::monotonic_ns;
 
 /// Now, in ns since the Unix epoch.
 pub fn unix_now_ns() -> u64 {

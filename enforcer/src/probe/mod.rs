@@ -47,7 +47,7 @@ pub use layout::{
     MAP_FORMAT, MapSpec, MapsOrigin, PINNED_MAPS, SHARED_MAPS, map_layout_id, map_layout_id_with,
     pinned_maps,
 };
-pub use reports::Counters;
+pub use reports::{Counters, monotonic_ns};
 pub(crate) use reports::{flush_denies, read_counters};
 
 use layout::{DEFAULT_CAPACITY, sized_maps};

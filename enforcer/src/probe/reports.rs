@@ -76,8 +76,9 @@ pub(crate) fn read_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Coun
     Ok(totals)
 }
 
-/// Now, in ns of `CLOCK_MONOTONIC`: the clock of the probe's timestamps.
-fn monotonic_ns() -> u64 {
+/// Now, in ns of `CLOCK_MONOTONIC`: the clock of the probe's timestamps (which read it as of
+/// the kernel's last tick, up to a tick behind this). The one definition userspace uses.
+pub fn monotonic_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
