@@ -1,9 +1,9 @@
 """Runs the analysis notebooks headless on a lab run, and checks their shared module.
 
 The data: $TOLLGATE_LAB_DATA when set (the --out directory of `tollgate lab --quarantine
---ocsf`), else a fresh `tollgate lab --quarantine --ocsf --out <tmp>` (after `cargo build`, a
-no-op when the binary is fresh; the lab needs root, and without it the lab tests are skipped
-with a loud line). The binary, for the lab and for `tollgate evidence verify`, is the one
+--ocsf`), else a fresh `tollgate lab --quarantine --ocsf --out <tmp>` (after `cargo test
+--no-run`, a no-op after the test suite; the lab needs root, and without it the lab tests are
+skipped with a loud line). The binary, for the lab and for `tollgate evidence verify`, is the one
 tollgate_notebooks.tollgate_binary() finds: $TOLLGATE_BIN, else target/debug/tollgate (under
 $CARGO_TARGET_DIR when set). Every notebook runs through run_notebook.execute (papermill, the
 venv's ipykernel, the parameters injected after the `parameters` cell) and must run without an
@@ -329,7 +329,10 @@ def lab_data() -> Path:
             file=sys.stderr,
         )
         raise unittest.SkipTest("the lab needs root")
-    subprocess.run(["cargo", "build", "--locked", "-q"], cwd=REPO, check=True)
+    # The binary as the test suite builds it (`cargo test` of the workspace): a plain `cargo
+    # build` resolves the dependencies' features without the dev-dependencies, so after the
+    # suite it would compile a second set of them (~0.8 GiB of target/ in CI).
+    subprocess.run(["cargo", "test", "--locked", "-q", "--no-run"], cwd=REPO, check=True)
     out = Path(tempfile.mkdtemp(prefix="tollgate-notebooks-lab-"))
     lab = subprocess.run(
         [str(tn.tollgate_binary()), "lab", "--quarantine", "--ocsf", "--out", str(out / "lab")],

@@ -12,6 +12,9 @@ export CARGO_INCREMENTAL=0
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
+step "disk free (the suite needs ~9 GiB: target/ ~7.5, .venv ~0.8)"
+df -h . >&2
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
