@@ -1411,6 +1411,80 @@ fn privileged_a_new_revision_decides_tracked_flows_again() {
 }
 
 #[test]
+fn privileged_a_denied_flow_is_decided_again_for_a_new_revision_or_a_report() {
+    if !privileged("privileged_a_denied_flow_is_decided_again_for_a_new_revision_or_a_report") {
+        return;
+    }
+    let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
+    let mut desired = identities_lab();
+    datapath.program(&desired).expect("sync");
+    // 10.0.1.0/24 is identity 11, whose entry names the empty rule set.
+    let flows = [40_000, 40_001]
+        .map(|port| PacketSpec::first(ip("10.0.1.5"), ip(SERVER), proto::TCP, port, 80));
+    let run = |datapath: &mut BpfDatapath, spec: &PacketSpec| {
+        datapath
+            .run(Direction::Ingress, &spec.build())
+            .expect("run")
+    };
+    for spec in &flows {
+        let first = run(&mut datapath, spec);
+        assert_eq!(first_decision(&first).1, Reason::IsolatedNoMatch);
+    }
+
+    // Policy allows the peer under the same revision: a denied flow's packets keep dropping on
+    // their deny entries, without events (a revision is what makes the probe decide again).
+    desired.policy.insert(
+        PolicyKey {
+            set: SERVER_IN,
+            peer: 11,
+        },
+        PolicyEntry { ruleset: 1 },
+    );
+    datapath.program(&desired).expect("sync");
+    for spec in &flows {
+        let again = run(&mut datapath, spec);
+        assert!(!again.passed && again.events.is_empty(), "{again:?}");
+    }
+
+    // The packet whose report is due is decided again: the second flow passes.
+    let short = Config {
+        deny_report_interval_ns: 1,
+        ..Config::default()
+    };
+    datapath.probe_mut().set_config(&short).expect("config");
+    std::thread::sleep(std::time::Duration::from_millis(25));
+    let due = run(&mut datapath, &flows[1]);
+    assert_eq!(
+        first_decision(&due),
+        (Verdict::Allow, Reason::AllowedByRule, ANY_RULE)
+    );
+
+    // A new revision decides the first flow again, before its report is due.
+    datapath
+        .probe_mut()
+        .set_config(&Config::default())
+        .expect("config");
+    let again = run(&mut datapath, &flows[0]);
+    assert!(!again.passed && again.events.is_empty(), "{again:?}");
+    desired.endpoints.insert(
+        endpoint_key(SERVER),
+        endpoint(1, endpoint_flags::INGRESS_ISOLATED, SERVER_IN, 0, 2),
+    );
+    datapath.program(&desired).expect("sync");
+    let revised = run(&mut datapath, &flows[0]);
+    assert_eq!(
+        first_decision(&revised),
+        (Verdict::Allow, Reason::AllowedByRule, ANY_RULE)
+    );
+    // The packets dropped without an event are still reported: two of the first flow, one of
+    // the second.
+    let residual = datapath.probe_mut().flush_denies().expect("flush");
+    let mut packets: Vec<_> = residual.iter().map(|e| (e.src_port, e.packets)).collect();
+    packets.sort_unstable();
+    assert_eq!(packets, [(40_000, 2), (40_001, 1)], "{residual:?}");
+}
+
+#[test]
 fn privileged_bench_datapath_runs_every_case() {
     if !privileged("privileged_bench_datapath_runs_every_case") {
         return;

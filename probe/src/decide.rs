@@ -18,6 +18,13 @@
 //!    is unknown or does not pass is forgotten and the packet decided by policy (closed). A
 //!    TCP SYN without ACK is never taken for a reply (closed: a simultaneous open's second SYN
 //!    is decided by policy).
+//!
+//!    A flow conntrack does not pass, which policy denied under the endpoint's current
+//!    revision, drops again without being decided (closed: the revision moves whenever a
+//!    decision of the endpoint may change), except for the packet whose deny report is due: it
+//!    is decided again, so that its event names the rule as of now. The revision does not
+//!    follow the node's own addresses (`from-node`), which change only with the node: a report
+//!    interval bounds how long such a change waits.
 //! 5. Policy: neither isolated in this direction nor selected by a ClusterNetworkPolicy passes
 //!    (open on purpose: no policy selects the pod there). Otherwise the deciding rule is found
 //!    in four steps, each finding none when it finds nothing:
@@ -47,7 +54,8 @@ use tollgate_schemas::{
 };
 
 use crate::{
-    DROP, PASS, flow,
+    DROP, PASS,
+    flow::{self, Denial},
     maps::{
         CONFIG, CONNTRACK, ENDPOINTS, FRAGS, NODE_ADDRS, PEERS, POLICY, RULESETS, SCRATCH, count,
     },
@@ -131,20 +139,28 @@ fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
             return PASS;
         }
         // Fail closed: a pod address that no endpoint claims.
-        return flow::deny(packet, 0, Reason::UnknownEndpoint, 0, config);
+        return flow::deny(packet, &Denial::check(0, Reason::UnknownEndpoint), config);
     };
     if endpoint.ifindex != packet.ifindex {
         // Fail closed: the address arrived on another pod's veth.
-        return flow::deny(packet, endpoint.id, Reason::Spoofed, 0, config);
+        return flow::deny(packet, &Denial::check(endpoint.id, Reason::Spoofed), config);
     }
     if endpoint.flags & endpoint_flags::PROGRAMMED == 0 {
         // Fail closed: selected by policy, rules not written yet.
-        return flow::deny(packet, endpoint.id, Reason::NotProgrammed, 0, config);
+        return flow::deny(
+            packet,
+            &Denial::check(endpoint.id, Reason::NotProgrammed),
+            config,
+        );
     }
     if truncated {
         // Fail closed: ports unknown.
         count(Counter::Malformed);
-        return flow::deny(packet, endpoint.id, Reason::Malformed, 0, config);
+        return flow::deny(
+            packet,
+            &Denial::check(endpoint.id, Reason::Malformed),
+            config,
+        );
     }
     if let Fragment::Later { id } = packet.fragment {
         return later_fragment(packet, endpoint, id, config);
@@ -158,13 +174,18 @@ fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
         remember_fragment(packet, endpoint, &outcome);
         return flow::pass(outcome);
     }
+    if flow::denied_again(packet, &key, endpoint, config) {
+        // Closed: policy denied this flow under the endpoint's current revision and would deny
+        // it again; the packet only adds to the flow's next report.
+        return DROP;
+    }
     let outcome = policy(endpoint, direction, peer, packet.protocol, packet.dst_port);
     remember_fragment(packet, endpoint, &outcome);
     if outcome.verdict.passes() {
         flow::track(packet, &key, endpoint, &outcome);
         flow::pass(outcome)
     } else {
-        flow::deny(packet, endpoint.id, outcome.reason, outcome.rule_id, config)
+        flow::deny(packet, &Denial::by_policy(endpoint, &outcome), config)
     }
 }
 
@@ -481,10 +502,18 @@ fn later_fragment(packet: &Packet, endpoint: &EndpointState, id: u32, config: &C
                 }
                 // Fail closed: the first fragment was denied, or its entry's verdict or reason
                 // is unreadable (an entry this program did not write).
-                _ => flow::deny(packet, endpoint.id, Reason::Fragment, 0, config),
+                _ => flow::deny(
+                    packet,
+                    &Denial::check(endpoint.id, Reason::Fragment),
+                    config,
+                ),
             }
         }
         // Fail closed: no first fragment seen, so the ports are unknown.
-        None => flow::deny(packet, endpoint.id, Reason::Fragment, 0, config),
+        None => flow::deny(
+            packet,
+            &Denial::check(endpoint.id, Reason::Fragment),
+            config,
+        ),
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Events: a passed flow gets one event when it is first decided; a denied flow gets one on its
 //! first packet and then at most one per report interval, carrying the packets and bytes denied
-//! since the previous event. A failed ring-buffer reservation is counted per CPU
+//! since the previous event. Between its events, a flow policy denied drops on its deny entry
+//! ([`denied_again`]) while the endpoint's revision stands, found through the endpoint's deny
+//! hint. A failed ring-buffer reservation is counted per CPU
 //! ([`Counter::RingbufReserveFailed`]), so userspace can report the gap.
 //!
 //! Wakeups are adaptive: a submit wakes the reader only when it takes the waiting bytes across
@@ -14,8 +16,8 @@
 //! once.
 
 use tollgate_schemas::{
-    Config, Counter, CtEntry, DenyEntry, EndpointState, FLOW_EVENT_VERSION, FlowEvent, FlowKey,
-    FragEntry, FragKey, Reason, Verdict,
+    Config, Counter, CtEntry, DenyEntry, Direction, EndpointState, FLOW_EVENT_VERSION, FlowEvent,
+    FlowKey, FragEntry, FragKey, Reason, Verdict, map_sizes,
 };
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
@@ -23,7 +25,7 @@ use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEU
 use crate::{
     DROP, PASS,
     decide::{Outcome, or_default},
-    maps::{CONNTRACK, DENIES, EVENTS, FRAGS, count},
+    maps::{CONNTRACK, DENIES, DENY_HINTS, EVENTS, FRAGS, count},
     parse::Packet,
 };
 
@@ -93,33 +95,74 @@ pub fn touch(entry: &mut CtEntry, packet: &Packet) {
     entry.tcp_flags |= packet.tcp_flags;
 }
 
+/// Why a packet is denied, as [`deny`] records it.
+pub struct Denial {
+    /// Endpoint id (0: none claims the address).
+    pub endpoint: u32,
+    /// What denied it.
+    pub reason: Reason,
+    /// The rule that denied it, 0 for none.
+    pub rule_id: u32,
+    /// The endpoint's revision when policy denied it, 0 when something else did (see
+    /// [`DenyEntry::revision`]).
+    pub revision: u64,
+}
+
+impl Denial {
+    /// A denial by a check before policy (the endpoint, parsing, fragments).
+    #[inline(always)]
+    pub const fn check(endpoint: u32, reason: Reason) -> Self {
+        Self {
+            endpoint,
+            reason,
+            rule_id: 0,
+            revision: 0,
+        }
+    }
+
+    /// A denial by the endpoint's policy at its current revision.
+    #[inline(always)]
+    pub const fn by_policy(endpoint: &EndpointState, outcome: &Outcome) -> Self {
+        Self {
+            endpoint: endpoint.id,
+            reason: outcome.reason,
+            rule_id: outcome.rule_id,
+            revision: endpoint.revision,
+        }
+    }
+}
+
 /// Drops the packet, deduplicating its event per flow and report interval; the event names
-/// `reason` and the rule that denied (`rule_id`, 0 for none) as this packet was decided. A
-/// BPF function of its own, like [`track`].
+/// the reason and the rule that denied as this packet was decided. A BPF function of its own,
+/// like [`track`].
 #[inline(never)]
-pub fn deny(packet: &Packet, endpoint: u32, reason: Reason, rule_id: u32, config: &Config) -> i32 {
+pub fn deny(packet: &Packet, denial: &Denial, config: &Config) -> i32 {
     count(Counter::Deny);
-    let key = key_of(packet, endpoint);
+    let key = key_of(packet, denial.endpoint);
     let outcome = Outcome {
         verdict: Verdict::Deny,
-        reason,
-        rule_id,
+        reason: denial.reason,
+        rule_id: denial.rule_id,
     };
+    if denial.revision != 0 {
+        hint_denied(packet, denial.endpoint);
+    }
     match DENIES.get_ptr_mut(key) {
         Some(entry) => {
             // SAFETY: a pointer into the LRU map value, valid for this program run.
             let entry = unsafe { &mut *entry };
-            entry.packets += 1;
-            entry.bytes += packet.len;
-            entry.tcp_flags |= packet.tcp_flags;
-            entry.reason = reason as u8;
-            entry.rule_id = rule_id;
-            let interval = or_default(
-                config.deny_report_interval_ns,
-                Config::DEFAULT_DENY_REPORT_INTERVAL_NS,
-            );
-            if packet.now.saturating_sub(entry.last_report_ns) >= interval {
-                emit(packet, endpoint, &outcome, entry.packets, entry.bytes);
+            add_denied(entry, packet);
+            entry.reason = denial.reason as u8;
+            entry.rule_id = denial.rule_id;
+            entry.revision = denial.revision;
+            if report_due(entry, packet, report_interval(config)) {
+                emit(
+                    packet,
+                    denial.endpoint,
+                    &outcome,
+                    entry.packets,
+                    entry.bytes,
+                );
                 entry.last_report_ns = packet.now;
                 entry.packets = 0;
                 entry.bytes = 0;
@@ -127,16 +170,17 @@ pub fn deny(packet: &Packet, endpoint: u32, reason: Reason, rule_id: u32, config
             }
         }
         None => {
-            emit(packet, endpoint, &outcome, 1, packet.len);
+            emit(packet, denial.endpoint, &outcome, 1, packet.len);
             let entry = DenyEntry {
                 first_ns: packet.now,
                 last_report_ns: packet.now,
                 packets: 0,
                 bytes: 0,
                 tcp_flags: 0,
-                reason: reason as u8,
+                reason: denial.reason as u8,
                 _pad: [0; 2],
-                rule_id,
+                rule_id: denial.rule_id,
+                revision: denial.revision,
             };
             if DENIES.insert(key, entry, 0).is_err() {
                 // The packet is still dropped; the next one will produce an event again.
@@ -145,6 +189,86 @@ pub fn deny(packet: &Packet, endpoint: u32, reason: Reason, rule_id: u32, config
         }
     }
     DROP
+}
+
+/// Whether the packet, of a flow (`key`) that conntrack does not pass, is one more packet
+/// that the endpoint's policy denied under its current revision and that reports nothing: if
+/// so it is counted in the flow's deny entry and must be dropped, without deciding it again
+/// (policy cannot decide otherwise until the revision moves). `false` when the flow has no such
+/// entry or its report is due: the packet is then decided by policy, and a report names the
+/// rule as decided now.
+#[inline(always)]
+pub fn denied_again(
+    packet: &Packet,
+    key: &FlowKey,
+    endpoint: &EndpointState,
+    config: &Config,
+) -> bool {
+    let interval = report_interval(config);
+    // An entry whose report is not due reported within the interval, and the hint of its
+    // endpoint was written then or later: an older hint means there is no such entry, and the
+    // lookup is skipped. A missing slot cannot happen (the index is masked): decide by policy.
+    let Some(hint) = DENY_HINTS.get(hint_slot(key.endpoint, packet.direction)) else {
+        return false;
+    };
+    if packet.now.saturating_sub(*hint) >= interval {
+        return false;
+    }
+    let Some(entry) = DENIES.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a pointer into the LRU map value, valid for this program run.
+    let entry = unsafe { &mut *entry };
+    // Revision 0 marks a denial that policy did not make; endpoints' revisions start at 1.
+    if entry.revision == 0
+        || entry.revision != endpoint.revision
+        || report_due(entry, packet, interval)
+    {
+        return false;
+    }
+    count(Counter::Deny);
+    add_denied(entry, packet);
+    true
+}
+
+/// The slot of the deny hints for `endpoint`'s flows in `direction`.
+#[inline(always)]
+fn hint_slot(endpoint: u32, direction: Direction) -> u32 {
+    let ingress = u32::from(direction == Direction::Ingress);
+    ((endpoint << 1) | ingress) & (map_sizes::DENY_HINTS - 1)
+}
+
+/// Notes that policy denied a flow of `endpoint` in the packet's direction now.
+#[inline(always)]
+fn hint_denied(packet: &Packet, endpoint: u32) {
+    if let Some(slot) = DENY_HINTS.get_ptr_mut(hint_slot(endpoint, packet.direction)) {
+        // SAFETY: a pointer into the array's value. Another CPU may write the slot at once;
+        // either time is recent, and an older one only costs a decision by policy.
+        unsafe { *slot = packet.now };
+    }
+}
+
+/// Accounts a denied packet in its flow's deny entry.
+#[inline(always)]
+fn add_denied(entry: &mut DenyEntry, packet: &Packet) {
+    entry.packets += 1;
+    entry.bytes += packet.len;
+    entry.tcp_flags |= packet.tcp_flags;
+}
+
+/// Whether a deny entry's next event is due: `interval` has passed since its last one.
+#[inline(always)]
+fn report_due(entry: &DenyEntry, packet: &Packet, interval: u64) -> bool {
+    packet.now.saturating_sub(entry.last_report_ns) >= interval
+}
+
+/// The deny report interval, ns.
+#[inline(always)]
+fn report_interval(config: &Config) -> u64 {
+    or_default(
+        config.deny_report_interval_ns,
+        Config::DEFAULT_DENY_REPORT_INTERVAL_NS,
+    )
 }
 
 /// Keeps a first fragment's verdict for the fragments that follow it.

@@ -47,6 +47,15 @@ pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
 pub static DENIES: LruHashMap<FlowKey, DenyEntry> =
     LruHashMap::with_max_entries(map_sizes::DENIES, 0);
 
+/// When policy last denied a flow of an (endpoint, direction), in slots shared by endpoints
+/// beyond the array's size (a shared slot holds the later time). A deny entry the probe may
+/// drop on (`flow::denied_again`) reported within the report interval, when its slot was
+/// written: the probe looks the entry up only while the slot is that recent, so new flows of
+/// endpoints that policy did not deny lately skip the lookup. Not pinned: a new load starts
+/// without hints, and decides by policy until it has some.
+#[map(name = "TG_DENY_HINTS")]
+pub static DENY_HINTS: Array<u64> = Array::with_max_entries(map_sizes::DENY_HINTS, 0);
+
 #[map(name = "TG_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> =
     LruHashMap::with_max_entries(map_sizes::FRAGS, 0);

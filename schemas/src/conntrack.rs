@@ -102,6 +102,11 @@ pub struct DenyEntry {
     /// The rule of the last denial (a ClusterNetworkPolicy's Deny), 0 for none: what the
     /// residual count names when it is flushed without an event of its own.
     pub rule_id: u32,
+    /// The endpoint's policy revision when policy denied the flow's last packet; 0 when an
+    /// endpoint check or a fragment's lookup denied it. While the endpoint keeps this revision,
+    /// policy would deny the flow again the same way, so the probe drops the flow's packets that
+    /// report nothing without deciding them again.
+    pub revision: u64,
 }
 
 /// A fragmented datagram, as seen by one endpoint in one direction.
@@ -155,10 +160,11 @@ const _: () = {
     assert!(offset_of!(CtEntry, reason) == 45);
     assert!(offset_of!(CtEntry, tcp_flags) == 46);
     assert!(offset_of!(CtEntry, first_len) == 48);
-    assert!(size_of::<DenyEntry>() == 40);
+    assert!(size_of::<DenyEntry>() == 48);
     assert!(offset_of!(DenyEntry, tcp_flags) == 32);
     assert!(offset_of!(DenyEntry, reason) == 33);
     assert!(offset_of!(DenyEntry, rule_id) == 36);
+    assert!(offset_of!(DenyEntry, revision) == 40);
     assert!(size_of::<FragKey>() == 44);
     assert!(offset_of!(FragKey, id) == 8);
     assert!(offset_of!(FragKey, src_addr) == 12);

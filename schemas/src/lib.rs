@@ -87,6 +87,9 @@ pub mod map_names {
     /// Hash map: [`crate::EndpointKey`] (an address of the node itself) → [`crate::NodeAddr`]:
     /// traffic from these addresses passes ingress policy (reason `from-node`).
     pub const NODE_ADDRS: &str = "TG_NODE_ADDRS";
+    /// Array of `u64`: per (endpoint, direction) slot, when policy last denied one of its
+    /// flows (the probe's clock). Written and read by the probe; userspace only clears it.
+    pub const DENY_HINTS: &str = "TG_DENY_HINTS";
 }
 
 /// Capacities of the probe's maps (`docs/datapath.md`, "Map sizes", says why each and what it
@@ -109,6 +112,9 @@ pub mod map_sizes {
     pub const FRAGS: u32 = 8192;
     /// Addresses of the node itself (every ENI's, both families).
     pub const NODE_ADDRS: u32 = 256;
+    /// Slots of the deny hints (a power of two): one per (endpoint, direction) of a node of
+    /// up to 2,048 endpoints, shared beyond.
+    pub const DENY_HINTS: u32 = 4096;
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub const EVENTS_BYTES: u32 = 4 << 20;
 }

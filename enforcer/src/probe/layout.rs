@@ -104,8 +104,9 @@ pub const SHARED_MAPS: usize = 11;
 pub const PINNED_MAPS: [(&str, MapSpec); SHARED_MAPS] = pinned_maps(&DEFAULT_CAPACITY);
 
 /// Every map the programs share with userspace, with what they expect of it when the policy
-/// maps are sized by `capacity`: the maps [`Probe::load_pinned_with`] pins. `TG_SCRATCH` is
-/// left out: per-CPU room of one run, it is created anew by each load.
+/// maps are sized by `capacity`: the maps [`Probe::load_pinned_with`] pins. `TG_SCRATCH` and
+/// `TG_DENY_HINTS` are left out: the programs' own (per-CPU room of one run; when policy last
+/// denied, which a new load may start without), they are created anew by each load.
 pub const fn pinned_maps(capacity: &Capacity) -> [(&'static str, MapSpec); SHARED_MAPS] {
     [
         (

@@ -144,6 +144,9 @@ pub(crate) struct ProbeMaps {
     pub(crate) frags: HashMap<MapData, FragKey, FragEntry>,
     pub(crate) config: Array<MapData, Config>,
     pub(crate) counters: PerCpuArray<MapData, u64>,
+    /// When policy last denied a flow, per (endpoint, direction) slot: the probe's own, only
+    /// cleared here.
+    pub(crate) deny_hints: Array<MapData, u64>,
     /// Duplicated descriptors of the conntrack, deny and counter maps, to open second handles
     /// on them (opening a map by id would need CAP_SYS_ADMIN, which the agent does not have).
     pub(crate) conntrack_fd: OwnedFd,
@@ -227,6 +230,7 @@ impl Probe {
                 name: map_names::COUNTERS,
                 source,
             })?,
+            deny_hints: typed(&mut ebpf, map_names::DENY_HINTS)?,
             conntrack_fd,
             denies_fd,
             counters_fd,
@@ -273,7 +277,16 @@ impl Probe {
         let maps = &mut self.maps;
         clear(&mut maps.conntrack, map_names::CONNTRACK)?;
         clear(&mut maps.denies, map_names::DENIES)?;
-        clear(&mut maps.frags, map_names::FRAGS)
+        clear(&mut maps.frags, map_names::FRAGS)?;
+        for slot in 0..maps.deny_hints.len() {
+            maps.deny_hints
+                .set(slot, 0, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: map_names::DENY_HINTS,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Writes a conntrack entry, as only the programs do in operation: for tests of what they
