@@ -6,8 +6,9 @@ The DaemonSet's capability list (deploy/manifests/tollgate.yaml) is what the age
 runs under: this test does that work in a process whose capabilities are exactly that list (the
 bounding set, as a container gets it), inside a network and mount namespace of its own with a
 veth pair and a private BPF filesystem: create a ring buffer, an LPM trie and an LRU hash; load
-a SCHED_CLS program that reserves and submits ring-buffer records and reads
-bpf_ktime_get_coarse_ns; pin map, program and TCX link; open the pinned map again. All of it must
+a SCHED_CLS program that reserves and submits ring-buffer records and reads bpf_jiffies64 and
+bpf_ktime_get_coarse_ns, and run it once under BPF_PROG_TEST_RUN (the loader calibrates the
+probe's clock so); pin map, program and TCX link; open the pinned map again. All of it must
 work with the list, and fail without CAP_BPF or without CAP_NET_ADMIN. Opening a map by its id
 must fail: the kernel asks CAP_SYS_ADMIN for that, so the agent reaches its objects through
 pins and file descriptors only. CAP_PERFMON is needed by the real probe's verification, which
@@ -34,10 +35,10 @@ MANIFESTS = os.path.join(DEPLOY, "manifests", "tollgate.yaml")
 
 # bpf(2) commands, map and program types, helpers and attach types (include/uapi/linux/bpf.h).
 BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_OBJ_PIN, BPF_OBJ_GET = 0, 5, 6, 7
-BPF_MAP_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_LINK_CREATE = 14, 15, 28
+BPF_PROG_TEST_RUN, BPF_MAP_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_LINK_CREATE = 10, 14, 15, 28
 MAP_LRU_HASH, MAP_LPM_TRIE, MAP_RINGBUF = 9, 11, 27
 PROG_SCHED_CLS = 3
-FN_KTIME_GET_COARSE_NS, FN_RINGBUF_RESERVE, FN_RINGBUF_SUBMIT = 160, 131, 132
+FN_JIFFIES64, FN_KTIME_GET_COARSE_NS, FN_RINGBUF_RESERVE, FN_RINGBUF_SUBMIT = 118, 160, 131, 132
 BPF_TCX_INGRESS = 46
 BPF_F_NO_PREALLOC = 1
 SYS_BPF = {"x86_64": 321, "aarch64": 280}
@@ -77,7 +78,8 @@ def insn(code, dst=0, src=0, off=0, imm=0):
 
 
 def load_program(ring):
-    """A TC program: reserve 8 bytes of the ring buffer, write the time (coarse), submit; pass."""
+    """A TC program: reserve 8 bytes of the ring buffer, read jiffies, write the time (coarse),
+    submit; pass."""
     code = b"".join(
         [
             insn(0x18, dst=1, src=1, imm=ring),  # r1 = the ring buffer (pseudo map fd)
@@ -85,8 +87,9 @@ def load_program(ring):
             insn(0xB7, dst=2, imm=8),  # r2 = 8
             insn(0xB7, dst=3, imm=0),  # r3 = 0
             insn(0x85, imm=FN_RINGBUF_RESERVE),
-            insn(0x15, dst=0, off=6, imm=0),  # if r0 == 0 goto pass
+            insn(0x15, dst=0, off=7, imm=0),  # if r0 == 0 goto pass
             insn(0xBF, dst=7, src=0),  # r7 = r0
+            insn(0x85, imm=FN_JIFFIES64),
             insn(0x85, imm=FN_KTIME_GET_COARSE_NS),
             insn(0x7B, dst=7, src=0),  # *(u64 *)(r7 + 0) = r0
             insn(0xBF, dst=1, src=7),  # r1 = r7
@@ -113,6 +116,16 @@ def load_program(ring):
         return bpf(BPF_PROG_LOAD, attr)
     except OSError as error:
         raise OSError(error.errno, f"{error.strerror}: {log.value.decode(errors='replace')[-200:]}")
+
+
+def test_run(prog):
+    """One BPF_PROG_TEST_RUN of `prog` on a zeroed 64-byte frame."""
+    frame = ctypes.create_string_buffer(64)
+    out = ctypes.create_string_buffer(64)
+    attr = struct.pack(
+        "=IIIIQQII", prog, 0, 64, 64, ctypes.addressof(frame), ctypes.addressof(out), 1, 0
+    )
+    bpf(BPF_PROG_TEST_RUN, attr)
 
 
 def pin(fd, path):
@@ -151,6 +164,7 @@ def child(bpffs, ifname):
     step("create LPM trie", lambda: create_map(MAP_LPM_TRIE, 20, 8, 1024, BPF_F_NO_PREALLOC))
     lru = step("create LRU hash", lambda: create_map(MAP_LRU_HASH, 8, 8, 1024))
     prog = step("load SCHED_CLS program", lambda: load_program(ring), "create ring buffer")
+    step("test run", lambda: test_run(prog), "load SCHED_CLS program")
     directory = os.path.join(bpffs, "tollgate")
     step("mkdir in bpffs", lambda: os.mkdir(directory))
     step("pin map", lambda: pin(lru, f"{directory}/conntrack"), "create LRU hash", "mkdir in bpffs")

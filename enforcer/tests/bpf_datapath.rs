@@ -15,6 +15,7 @@ use tollgate_enforcer::{
     manifest::parse_manifests,
     model::ModelDatapath,
     packet::{Fragment, PacketSpec},
+    probe::monotonic_ns,
     snapshot::Snapshot,
 };
 use tollgate_schemas::{
@@ -437,6 +438,35 @@ fn privileged_denied_flows_are_deduplicated_and_carry_their_packet_count() {
             .is_empty()
     );
     assert_eq!(one_event(&lab.run(Direction::Ingress, &spec)).2, 1);
+}
+
+#[test]
+fn privileged_events_carry_the_monotonic_clock_as_of_the_last_tick() {
+    if !privileged("privileged_events_carry_the_monotonic_clock_as_of_the_last_tick") {
+        return;
+    }
+    let mut lab = Lab::new(DENY_ALL);
+    // This kernel (6.18, root) runs the clock program: the programs read jiffies.
+    let clock = lab.datapath.probe_mut().clock().expect("calibrated");
+    assert!(
+        (1_000_000..=10_000_000).contains(&clock.tick_ns),
+        "{clock:?}"
+    );
+    for port in 40_000..40_010 {
+        let before = monotonic_ns();
+        let spec = PacketSpec::first(ip(CLIENT), ip(SERVER), proto::TCP, port, 80);
+        let run = lab.run(Direction::Ingress, &spec);
+        let after = monotonic_ns();
+        let stamped = run.events[0].ts_ns;
+        // The clock as of the last tick: at most a tick behind, never ahead (a tick more for
+        // the calibration's own rounding).
+        assert!(
+            stamped <= after && stamped + 2 * clock.tick_ns >= before,
+            "{before} <= {stamped} <= {after}, tick {}",
+            clock.tick_ns
+        );
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
 }
 
 #[test]

@@ -80,12 +80,17 @@ pub fn run(ctx: &TcContext, direction: Direction) -> i32 {
         count(Counter::Deny);
         return DROP;
     };
+    let Some(config) = CONFIG.get(0) else {
+        // Fail closed: the config array always has its one slot; this cannot happen.
+        count(Counter::Deny);
+        return DROP;
+    };
     // SAFETY: this CPU's slot; no other program run uses it until this one returns.
     let packet = unsafe { &mut *packet };
-    packet.reset(ctx, direction);
+    packet.reset(ctx, direction, config);
     match parse::parse(ctx, packet) {
-        Parsed::Ip => decide_ip(packet, false),
-        Parsed::Truncated => decide_ip(packet, true),
+        Parsed::Ip => decide_ip(packet, false, config),
+        Parsed::Truncated => decide_ip(packet, true, config),
         Parsed::Infrastructure => {
             // Fail open on purpose: ARP and neighbor discovery carry no layer-4 flow.
             count(Counter::Infrastructure);
@@ -121,16 +126,11 @@ impl Outcome {
 /// `truncated`: the layer-4 header could not be read; such a packet is attributed to its
 /// endpoint, then dropped.
 #[inline(always)]
-fn decide_ip(packet: &Packet, truncated: bool) -> i32 {
+fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
     let direction = packet.direction;
     let (own, peer) = match direction {
         Direction::Egress => (&packet.src, &packet.dst),
         Direction::Ingress => (&packet.dst, &packet.src),
-    };
-    let Some(config) = CONFIG.get(0) else {
-        // Fail closed: the config array always has its one slot; this cannot happen.
-        count(Counter::Deny);
-        return DROP;
     };
     let Some(endpoint) = endpoint(own) else {
         if config.flags & config_flags::ALLOW_UNKNOWN_ENDPOINTS != 0 {

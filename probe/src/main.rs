@@ -1,6 +1,7 @@
 //! tollgate's eBPF programs: NetworkPolicy enforcement and flow events on pod veths.
 //!
-//! Two TC programs sit on each pod's host-side veth (a third, [`floor`], is only benchmarked):
+//! Two TC programs sit on each pod's host-side veth (a third, [`floor`], is only benchmarked,
+//! and a fourth, [`clock`], only run by the loader):
 //! - [`from_pod`] on the TC ingress hook sees what the pod sends (its egress);
 //! - [`to_pod`] on the TC egress hook sees what the pod receives (its ingress).
 //!
@@ -20,7 +21,11 @@ mod flow;
 mod maps;
 mod parse;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    macros::classifier,
+    programs::TcContext,
+};
 use tollgate_schemas::Direction;
 
 /// TC_ACT_UNSPEC / TCX_NEXT: continue with the next program; the packet passes if none.
@@ -44,6 +49,26 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 /// datapath` to measure what the harness itself costs per run.
 #[classifier]
 pub fn floor(_ctx: TcContext) -> i32 {
+    PASS
+}
+
+/// Writes the coarse monotonic clock, `jiffies` and the coarse clock again into the packet's
+/// first 24 bytes: never attached, run once by the loader to calibrate the probe's clock
+/// (`Config::clock_offset_ns`). Equal readings of the coarse clock show that no tick came
+/// between them.
+#[classifier]
+pub fn clock(ctx: TcContext) -> i32 {
+    // SAFETY: helpers without arguments.
+    let readings = unsafe {
+        [
+            bpf_ktime_get_coarse_ns(),
+            bpf_jiffies64(),
+            bpf_ktime_get_coarse_ns(),
+        ]
+    };
+    // Fail open on purpose: never attached. A frame too short keeps its bytes, and the loader,
+    // which reads them back, refuses the calibration.
+    let _ = ctx.store(0, &readings, 0);
     PASS
 }
 

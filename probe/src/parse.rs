@@ -32,8 +32,11 @@
 //! without a helper call: 55–90 ns less per packet in `bench datapath`), else with
 //! `bpf_skb_load_bytes`, which also reaches paged data; past the packet's end both fail.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
-use tollgate_schemas::{Direction, proto};
+use aya_ebpf::{
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    programs::TcContext,
+};
+use tollgate_schemas::{Config, Direction, proto};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -80,8 +83,9 @@ pub struct Packet {
     /// Direction seen from the endpoint's pod.
     pub direction: Direction,
     /// When the program ran, ns of `CLOCK_MONOTONIC` as of the kernel's last tick (coarse: 4 ms
-    /// at `HZ=250`). The exact clock cost 40 ns of every packet here (the TSC is slow to read
-    /// on a virtual machine), the coarse one 20; records keep whole seconds.
+    /// at `HZ=250`), from `jiffies`. The exact clock cost 40 ns of every packet here (the TSC is
+    /// slow to read on a virtual machine), the coarse one's helper 20, `jiffies` (a load)
+    /// almost nothing; records keep whole seconds.
     pub now: u64,
     /// Interface the packet crossed.
     pub ifindex: u32,
@@ -191,10 +195,9 @@ fn be16(b: [u8; 2]) -> u16 {
 impl Packet {
     /// Makes this record an empty one for a packet crossing `ctx` in `direction`.
     #[inline(always)]
-    pub fn reset(&mut self, ctx: &TcContext, direction: Direction) {
+    pub fn reset(&mut self, ctx: &TcContext, direction: Direction, config: &Config) {
         self.direction = direction;
-        // SAFETY: a helper without arguments.
-        self.now = unsafe { bpf_ktime_get_coarse_ns() };
+        self.now = now(config);
         // SAFETY: `skb` is the context pointer the kernel handed to the program.
         self.ifindex = unsafe { (*ctx.skb.skb).ifindex };
         self.len = ctx.len() as u64;
@@ -209,6 +212,19 @@ impl Packet {
         self.icmp_code = 0;
         self.fragment = Fragment::None;
         self.quoted.present = 0;
+    }
+}
+
+/// `CLOCK_MONOTONIC` as of the kernel's last tick, ns: `jiffies` (which the verifier inlines,
+/// a load) in ns by the loader's calibration, else the helper that reads the same clock.
+#[inline(always)]
+fn now(config: &Config) -> u64 {
+    // SAFETY: a helper without arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    match config.jiffies_ns(jiffies) {
+        Some(now) => now,
+        // SAFETY: a helper without arguments.
+        None => unsafe { bpf_ktime_get_coarse_ns() },
     }
 }
 

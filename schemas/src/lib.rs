@@ -128,6 +128,10 @@ pub mod program_names {
     /// Passes every packet and does nothing else; never attached. `bench datapath` runs it
     /// under the same harness as the others: what it measures is the harness's own cost.
     pub const FLOOR: &str = "floor";
+    /// Writes `jiffies` and `CLOCK_MONOTONIC` as of the last tick into the packet; never
+    /// attached. The loader runs it once to calibrate the probe's clock
+    /// ([`crate::Config::clock_offset_ns`]).
+    pub const CLOCK: &str = "clock";
 }
 
 /// Implements `aya::Pod` for the listed types when the `user` feature is on.

@@ -319,6 +319,14 @@ pub struct Config {
     pub ct_tcp_timeout_ns: u64,
     /// Idle time after which a non-TCP flow is forgotten, ns (default 60 s).
     pub ct_other_timeout_ns: u64,
+    /// The kernel's tick, ns (`TICK_NSEC`, 4 ms at `HZ=250`): with
+    /// [`Config::clock_offset_ns`], how the probe turns `jiffies` into its clock. 0: not
+    /// calibrated, the probe asks `bpf_ktime_get_coarse_ns` instead (the same clock, 20 ns
+    /// slower). The loader sets both ([`Config::with_clock`]); a user's setting is replaced.
+    pub clock_tick_ns: u64,
+    /// `CLOCK_MONOTONIC` as of the last tick, less `jiffies × clock_tick_ns`, ns (wrapping:
+    /// `jiffies` starts 5 minutes before it wraps).
+    pub clock_offset_ns: u64,
 }
 
 impl Config {
@@ -330,6 +338,27 @@ impl Config {
     pub const CT_TCP_CLOSING_TIMEOUT_NS: u64 = 10_000_000_000;
     /// Default of [`Config::ct_other_timeout_ns`].
     pub const DEFAULT_CT_OTHER_TIMEOUT_NS: u64 = 60_000_000_000;
+
+    /// These settings with the probe's clock calibration.
+    pub const fn with_clock(self, tick_ns: u64, offset_ns: u64) -> Self {
+        Self {
+            clock_tick_ns: tick_ns,
+            clock_offset_ns: offset_ns,
+            ..self
+        }
+    }
+
+    /// The probe's clock at `jiffies` under this calibration, ns; `None` when not calibrated.
+    pub const fn jiffies_ns(&self, jiffies: u64) -> Option<u64> {
+        if self.clock_tick_ns == 0 {
+            return None;
+        }
+        Some(
+            jiffies
+                .wrapping_mul(self.clock_tick_ns)
+                .wrapping_add(self.clock_offset_ns),
+        )
+    }
 }
 
 /// Slots of the per-CPU counter array.
@@ -407,10 +436,12 @@ const _: () = {
     assert!(size_of::<PolicyValue>() == 4 + 12 * MAX_PORT_RULES);
     assert!(offset_of!(PolicyValue, rules) == 4);
     assert!(size_of::<NodeAddr>() == 4);
-    assert!(size_of::<Config>() == 32);
+    assert!(size_of::<Config>() == 48);
     assert!(offset_of!(Config, deny_report_interval_ns) == 8);
     assert!(offset_of!(Config, ct_tcp_timeout_ns) == 16);
     assert!(offset_of!(Config, ct_other_timeout_ns) == 24);
+    assert!(offset_of!(Config, clock_tick_ns) == 32);
+    assert!(offset_of!(Config, clock_offset_ns) == 40);
 };
 
 crate::user_pod!(

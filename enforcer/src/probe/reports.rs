@@ -5,7 +5,7 @@
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use tollgate_schemas::{Counter, DenyEntry, FlowEvent, FlowKey, map_names};
 
-use super::{Probe, ProbeError};
+use super::{Probe, ProbeError, clock::monotonic_ns};
 
 /// Sums over all CPUs of the probe's counters, indexed by [`Counter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,11 +74,4 @@ pub(crate) fn read_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Coun
         totals.0[counter as usize] = values.iter().sum();
     }
     Ok(totals)
-}
-
-/// Now, in ns of `CLOCK_MONOTONIC`: the clock of the probe's timestamps (which read it as of
-/// the kernel's last tick, up to a tick behind this). The one definition userspace uses.
-pub fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
