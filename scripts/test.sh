@@ -12,7 +12,7 @@ export CARGO_INCREMENTAL=0
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
-step "disk free (the suite needs ~9 GiB: target/ ~7.5, .venv ~0.8)"
+step "disk free (the suite needs ~8 GiB: target/ ~7, .venv ~0.8)"
 df -h . >&2
 
 step "cargo fmt --check"
