@@ -1456,10 +1456,17 @@ fn privileged_a_denied_flow_is_decided_again_for_a_new_revision_or_a_report() {
             .run(Direction::Ingress, &spec.build())
             .expect("run")
     };
+    let allowed = PacketSpec::first(ip("10.0.0.7"), ip(SERVER), proto::TCP, 40_000, 80);
+    let first = run(&mut datapath, &allowed);
+    assert_eq!(first_decision(&first).1, Reason::AllowedByRule);
     for spec in &flows {
         let first = run(&mut datapath, spec);
         assert_eq!(first_decision(&first).1, Reason::IsolatedNoMatch);
     }
+    // The endpoint denied lately, so a SYN's deny entry is looked up before conntrack: a
+    // tracked flow's repeated SYN still passes on its conntrack entry.
+    let again = run(&mut datapath, &allowed);
+    assert!(again.passed && again.events.is_empty(), "{again:?}");
 
     // Policy allows the peer under the same revision: a denied flow's packets keep dropping on
     // their deny entries, without events (a revision is what makes the probe decide again).
@@ -1521,7 +1528,8 @@ fn privileged_bench_datapath_runs_every_case() {
     }
     let results = tollgate_enforcer::bench::datapath(200).expect("bench");
     let cases: Vec<&str> = results.iter().map(|r| r.case.as_str()).collect();
-    assert_eq!(cases.len(), 14, "{cases:?}");
+    assert_eq!(cases.len(), 15, "{cases:?}");
+    assert!(cases.contains(&"denied flow, UDP (deduplicated)"));
     assert!(cases.contains(&"established flow, IPv6"));
     assert!(cases.contains(&"new flow, IPv6, allowed among 10000 CIDR rules"));
     assert!(cases.contains(&"empty program, one run per syscall (floor)"));

@@ -22,7 +22,10 @@
 //!    A flow conntrack does not pass, which policy denied under the endpoint's current
 //!    revision, drops again without being decided (closed: the revision moves whenever a
 //!    decision of the endpoint may change), except for the packet whose deny report is due: it
-//!    is decided again, so that its event names the rule as of now. The revision does not
+//!    is decided again, so that its event names the rule as of now. A TCP SYN without ACK has
+//!    its deny entry looked up before conntrack (it is no reply, and its own key cannot be
+//!    both passed and denied under one revision); any other packet after conntrack, whose
+//!    reversed key may pass it as a reply. The revision does not
 //!    follow the node's own addresses (`from-node`), which change only with the node: a report
 //!    interval bounds how long such a change waits.
 //! 5. Policy: neither isolated in this direction nor selected by a ClusterNetworkPolicy passes
@@ -169,12 +172,17 @@ fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
         return flow::pass(Outcome::new(Verdict::Allow, Reason::Related, 0));
     }
     let key = flow::key_of(packet, endpoint.id);
+    // A SYN without ACK is never a reply, so conntrack could pass it only on its own key, which
+    // a flow policy denies under the current revision does not have: its deny entry is looked
+    // up first, and a repeated denied SYN skips conntrack.
+    let opening = opens_connection(packet);
+    let denied = opening && flow::denied_again(packet, &key, endpoint, config);
     let mut outcome = Outcome::new(Verdict::Allow, Reason::Established, 0);
-    if tracked(packet, endpoint, &key, config, &mut outcome) {
+    if !denied && tracked(packet, endpoint, &key, config, &mut outcome) {
         remember_fragment(packet, endpoint, &outcome);
         return flow::pass(outcome);
     }
-    if flow::denied_again(packet, &key, endpoint, config) {
+    if denied || (!opening && flow::denied_again(packet, &key, endpoint, config)) {
         // Closed: policy denied this flow under the endpoint's current revision and would deny
         // it again; the packet only adds to the flow's next report.
         return DROP;
@@ -241,7 +249,7 @@ fn tracked(
         let _ = CONNTRACK.remove(key);
         return false;
     }
-    if key.protocol == proto::TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    if opens_connection(packet) {
         // A SYN without ACK opens a connection and is never a reply, so the reversed key is
         // not looked up: that lookup was about 140 ns of every new flow's decision (issue 18).
         // Safe: such a packet only loses a pass it could have had as a reply. A simultaneous
@@ -267,6 +275,12 @@ fn tracked(
     }
     let _ = CONNTRACK.remove(reverse);
     false
+}
+
+/// Whether the packet is a TCP SYN without ACK: it opens a connection and is never a reply.
+#[inline(always)]
+fn opens_connection(packet: &Packet) -> bool {
+    packet.protocol == proto::TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Whether an ICMP error quotes a packet of a flow conntrack tracks for this endpoint under its

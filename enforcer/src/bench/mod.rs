@@ -98,6 +98,9 @@ pub fn datapath(repeat: u32) -> Result<Vec<BenchResult>, DatapathError> {
         if rules == 1 {
             results.push(floor.under_repeated(established(&mut datapath, family, repeat)?));
             results.push(floor.under_repeated(denied(&mut datapath, family, repeat)?));
+            if family == Family::V4 {
+                results.push(floor.under_repeated(denied_udp(&mut datapath, repeat)?));
+            }
         }
     }
     let mut datapath = BpfDatapath::new()?;
@@ -521,6 +524,8 @@ fn established(
     repeated(datapath, &case, &frame, count, true)
 }
 
+/// A denied TCP SYN, repeated: it is looked up in the deny entries before conntrack (a SYN is
+/// never a reply).
 fn denied(
     datapath: &mut BpfDatapath,
     family: Family,
@@ -529,4 +534,18 @@ fn denied(
     let frame = packet(family.outside(), 40_001, 80);
     let case = format!("denied flow{} (deduplicated)", family.note());
     repeated(datapath, &case, &frame, count, false)
+}
+
+/// A denied UDP datagram, repeated: any packet but a SYN looks conntrack up first, both ways.
+fn denied_udp(datapath: &mut BpfDatapath, count: u32) -> Result<BenchResult, DatapathError> {
+    let family = Family::V4;
+    let frame =
+        PacketSpec::first(family.outside(), family.server(), proto::UDP, 40_001, 53).build();
+    repeated(
+        datapath,
+        "denied flow, UDP (deduplicated)",
+        &frame,
+        count,
+        false,
+    )
 }
