@@ -8,6 +8,7 @@
 
 use jiff::{Timestamp, fmt::strtime, tz::TimeZone};
 use rustix::time::ClockId;
+use tollgate_enforcer::probe::clock_ns;
 
 /// Nanoseconds per second.
 pub const NS_PER_S: u64 = 1_000_000_000;
@@ -23,7 +24,7 @@ impl Clock {
     /// The offset now.
     pub fn sample() -> Self {
         let monotonic = monotonic_ns();
-        let real = read(ClockId::Realtime);
+        let real = unix_now_ns();
         Self {
             offset_ns: i128::from(real) - i128::from(monotonic),
         }
@@ -50,12 +51,7 @@ pub use tollgate_enforcer::probe::monotonic_ns;
 
 /// Now, in ns since the Unix epoch.
 pub fn unix_now_ns() -> u64 {
-    read(ClockId::Realtime)
-}
-
-fn read(clock: ClockId) -> u64 {
-    let ts = rustix::time::clock_gettime(clock);
-    u64::try_from(ts.tv_sec).unwrap_or(0) * NS_PER_S + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    clock_ns(ClockId::Realtime)
 }
 
 /// `YYYY-MM-DD` and `HH` (UTC) of Unix second `unix_s`: the `dt` and `hour` partitions.

@@ -7,16 +7,25 @@
 //! it into ns needs the tick's length, which `clock_getres(CLOCK_MONOTONIC_COARSE)` gives
 //! (`TICK_NSEC`), and an offset, which the `clock` program gives: run once under
 //! BPF_PROG_TEST_RUN, it writes the coarse clock, `jiffies` and the coarse clock again into the
-//! packet. Both go into [`Config`] (`clock_tick_ns`, `clock_offset_ns`) with every setting the
+//! packet. Both go into `Config` (`clock_tick_ns`, `clock_offset_ns`) with every setting the
 //! probe writes. Without a calibration the programs ask the helper: the same clock, slower.
 
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
-use tollgate_schemas::Config;
+use rustix::time::{ClockId, Timespec};
 
 /// Now, in ns of `CLOCK_MONOTONIC`: the clock of the probe's timestamps (which read it as of
 /// the kernel's last tick, up to a tick behind this). The one definition userspace uses.
 pub fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    clock_ns(ClockId::Monotonic)
+}
+
+/// Now, in ns of `clock` since its epoch.
+pub fn clock_ns(clock: ClockId) -> u64 {
+    timespec_ns(&rustix::time::clock_gettime(clock))
+}
+
+/// `ts` in ns (0 for a negative time, which the clocks read here never give).
+fn timespec_ns(ts: &Timespec) -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
@@ -41,7 +50,7 @@ pub enum ClockError {
 }
 
 /// The tick's length and the offset that make `jiffies` the probe's clock: the calibration
-/// [`Config::with_clock`] takes.
+/// [`tollgate_schemas::Config::with_clock`] takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Calibration {
     /// `TICK_NSEC`.
@@ -50,18 +59,9 @@ pub struct Calibration {
     pub offset_ns: u64,
 }
 
-impl Calibration {
-    /// `config` with this calibration.
-    pub fn apply(&self, config: &Config) -> Config {
-        config.with_clock(self.tick_ns, self.offset_ns)
-    }
-}
-
 /// Runs the loaded `clock` program to calibrate the probe's clock.
 pub(super) fn calibrate(program: &SchedClassifier) -> Result<Calibration, ClockError> {
-    let res = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
-    let tick_ns = u64::try_from(res.tv_sec).unwrap_or(0) * 1_000_000_000
-        + u64::try_from(res.tv_nsec).unwrap_or(0);
+    let tick_ns = timespec_ns(&rustix::time::clock_getres(ClockId::MonotonicCoarse));
     if !TICK_NS.contains(&tick_ns) {
         return Err(ClockError::Tick(tick_ns));
     }

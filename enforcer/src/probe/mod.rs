@@ -46,7 +46,7 @@ use crate::{aya_maps::AyaMaps, causes::Causes, desired::Capacity, events::EventR
 pub use attach::{
     AttachMode, CLSACT_HANDLE, CLSACT_PRIORITY, HOOKS, VethLinks, clsact_link, hook_of,
 };
-pub use clock::{Calibration, ClockError, monotonic_ns};
+pub use clock::{Calibration, ClockError, clock_ns, monotonic_ns};
 pub use layout::{
     MAP_FORMAT, MapSpec, MapsOrigin, PINNED_MAPS, SHARED_MAPS, map_layout_id, map_layout_id_with,
     pinned_maps,
@@ -264,10 +264,10 @@ impl Probe {
     /// Replaces the global settings. The clock fields are the probe's own: its calibration
     /// replaces them (zeros when it has none).
     pub fn set_config(&mut self, config: &Config) -> Result<(), ProbeError> {
-        let config = match self.clock {
-            Some(clock) => clock.apply(config),
-            None => config.with_clock(0, 0),
-        };
+        let (tick_ns, offset_ns) = self
+            .clock
+            .map_or((0, 0), |clock| (clock.tick_ns, clock.offset_ns));
+        let config = config.with_clock(tick_ns, offset_ns);
         self.maps
             .config
             .set(0, config, 0)
