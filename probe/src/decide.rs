@@ -63,6 +63,7 @@ use crate::{
         CONFIG, CONNTRACK, ENDPOINTS, FRAGS, NODE_ADDRS, PEERS, POLICY, RULESETS, SCRATCH, count,
     },
     parse::{self, Addr, Fragment, Packet, Parsed},
+    stack::{Aligned, OffWord},
 };
 
 /// Prefix length of a full address in the peer trie (the 16-byte form).
@@ -171,18 +172,19 @@ fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
     if packet.quoted.present != 0 && related(packet, endpoint, config) {
         return flow::pass(Outcome::new(Verdict::Allow, Reason::Related, 0));
     }
-    let key = flow::key_of(packet, endpoint.id);
+    let key = Aligned(flow::key_of(packet, endpoint.id));
+    let key = &key.0;
     // A SYN without ACK is never a reply, so conntrack could pass it only on its own key, which
     // a flow policy denies under the current revision does not have: its deny entry is looked
     // up first, and a repeated denied SYN skips conntrack.
     let opening = opens_connection(packet);
-    let denied = opening && flow::denied_again(packet, &key, endpoint, config);
+    let denied = opening && flow::denied_again(packet, key, endpoint, config);
     let mut outcome = Outcome::new(Verdict::Allow, Reason::Established, 0);
-    if !denied && tracked(packet, endpoint, &key, config, &mut outcome) {
+    if !denied && tracked(packet, endpoint, key, config, &mut outcome) {
         remember_fragment(packet, endpoint, &outcome);
         return flow::pass(outcome);
     }
-    if denied || (!opening && flow::denied_again(packet, &key, endpoint, config)) {
+    if denied || (!opening && flow::denied_again(packet, key, endpoint, config)) {
         // Closed: policy denied this flow under the endpoint's current revision and would deny
         // it again; the packet only adds to the flow's next report.
         return DROP;
@@ -190,7 +192,7 @@ fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
     let outcome = policy(endpoint, direction, peer, packet.protocol, packet.dst_port);
     remember_fragment(packet, endpoint, &outcome);
     if outcome.verdict.passes() {
-        flow::track(packet, &key, endpoint, &outcome);
+        flow::track(packet, key, endpoint, &outcome);
         flow::pass(outcome)
     } else {
         flow::deny(packet, &Denial::by_policy(endpoint, &outcome), config)
@@ -256,7 +258,8 @@ fn tracked(
         // open (both ends send a SYN) has its second SYN decided by policy: fail closed.
         return false;
     }
-    let reverse = key.reversed();
+    let reverse = Aligned(key.reversed());
+    let reverse = &reverse.0;
     let Some(entry) = CONNTRACK.get_ptr_mut(reverse) else {
         return false;
     };
@@ -301,6 +304,8 @@ fn related(packet: &Packet, endpoint: &EndpointState, config: &Config) -> bool {
         dst_port: quoted.dst_port,
     };
     for key in [as_quoted, as_quoted.reversed()] {
+        let key = Aligned(key);
+        let key = &key.0;
         if let Some(entry) = CONNTRACK.get_ptr(key) {
             // SAFETY: a pointer into the LRU map value, copied out at once.
             let entry = unsafe { *entry };
@@ -431,11 +436,11 @@ fn rules(set: u32, peer: &Addr) -> Option<&'static PolicyValue> {
         return None;
     }
     // The trie's key is the prefix length followed by the address: 20 bytes of stack, the
-    // address copied once next to its length.
-    let key = Key::new(FULL_PREFIX_LEN, PeerKey { addr: peer.0 });
+    // address copied once next to its length, at an 8-byte boundary (see `stack`).
+    let key = OffWord::new(Key::new(FULL_PREFIX_LEN, PeerKey { addr: peer.0 }));
     // Fail closed: the trie always holds `::/0` and `::ffff:0:0/96`, so every address has an
     // identity; a miss anyway (a trie not written by the sync) matches no rule.
-    let identity = *PEERS.get(&key)?;
+    let identity = *PEERS.get(&key.value)?;
     let mut key = PolicyKey {
         set,
         peer: identity.id,
@@ -495,14 +500,15 @@ fn remember_fragment(packet: &Packet, endpoint: &EndpointState, outcome: &Outcom
 /// decision of every packet, fragmented or not.
 #[inline(never)]
 fn remember_first_fragment(packet: &Packet, endpoint: &EndpointState, id: u32, outcome: &Outcome) {
-    flow::remember_fragment(&frag_key(packet, endpoint, id), outcome);
+    flow::remember_fragment(&OffWord::new(frag_key(packet, endpoint, id)).value, outcome);
 }
 
 /// A fragment after the first: the first fragment's verdict, without an event of its own. A BPF
 /// function of its own, like the records in [`flow`].
 #[inline(never)]
 fn later_fragment(packet: &Packet, endpoint: &EndpointState, id: u32, config: &Config) -> i32 {
-    let key = frag_key(packet, endpoint, id);
+    let key = OffWord::new(frag_key(packet, endpoint, id));
+    let key = &key.value;
     match FRAGS.get_ptr(key) {
         Some(entry) => {
             // SAFETY: a pointer into the LRU map value, copied out at once.

@@ -27,6 +27,7 @@ use crate::{
     decide::{Outcome, or_default},
     maps::{CONNTRACK, DENIES, DENY_HINTS, EVENTS, FRAGS, count},
     parse::Packet,
+    stack::Aligned,
 };
 
 /// Bytes waiting in the ring buffer whose crossing wakes the reader (1/64 of the ring).
@@ -138,7 +139,8 @@ impl Denial {
 #[inline(never)]
 pub fn deny(packet: &Packet, denial: &Denial, config: &Config) -> i32 {
     count(Counter::Deny);
-    let key = key_of(packet, denial.endpoint);
+    let key = Aligned(key_of(packet, denial.endpoint));
+    let key = &key.0;
     let outcome = Outcome {
         verdict: Verdict::Deny,
         reason: denial.reason,

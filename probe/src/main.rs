@@ -20,6 +20,7 @@ mod decide;
 mod flow;
 mod maps;
 mod parse;
+mod stack;
 
 use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},

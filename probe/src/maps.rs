@@ -75,6 +75,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(map_sizes::EVENTS_BYTES, 0)
 #[map(name = "TG_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU room for a header that `bpf_skb_load_bytes` copies out of the skb's paged data
+/// (`parse::load`). The probe is built with misaligned loads allowed, and LLVM reads such a
+/// header with them: the verifier accepts those from a map value, as from the packet, but
+/// not from the stack. Kernel-only, like [`SCRATCH`].
+#[map(name = "TG_HEADER")]
+pub static HEADER: PerCpuArray<[u64; HEADER_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The room of [`HEADER`], in 8-byte words: the longest header read at once is IPv4's 20
+/// bytes.
+pub const HEADER_WORDS: usize = 3;
+
 /// Adds one to a per-CPU counter.
 #[inline(always)]
 pub fn count(counter: Counter) {

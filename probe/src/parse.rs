@@ -33,10 +33,13 @@
 //! `bpf_skb_load_bytes`, which also reaches paged data; past the packet's end both fail.
 
 use aya_ebpf::{
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    cty::c_void,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use tollgate_schemas::{Config, Direction, proto};
+
+use crate::maps::{HEADER, HEADER_WORDS};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -52,9 +55,10 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AH: u8 = 51;
 const IPV6_DSTOPTS: u8 = 60;
 
-/// A 16-byte address (IPv4 in the mapped form the maps use), 8-byte aligned: the BPF backend
-/// copies an array it cannot prove aligned one byte at a time (32 instructions per address
-/// into every flow key, trie key and event), an aligned one a word at a time.
+/// A 16-byte address (IPv4 in the mapped form the maps use), 8-byte aligned: LLVM copies it a
+/// word at a time, and its copies on the stack stay aligned, as the verifier requires there
+/// (see [`crate::stack`]; without misaligned access allowed, the BPF backend copied an array
+/// it could not prove aligned one byte at a time).
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
 pub struct Addr(pub [u8; 16]);
@@ -63,18 +67,32 @@ impl Addr {
     /// `::` (no address yet).
     pub const ZERO: Self = Self([0; 16]);
 
-    /// The IPv4-mapped form of `v4` (`::ffff:a.b.c.d`).
+    /// The IPv4-mapped form of `v4` (`::ffff:a.b.c.d`), written as two 8-byte words.
     #[inline(always)]
     fn mapped(v4: [u8; 4]) -> Self {
-        Self([
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-        ])
+        let [a, b, c, d] = v4;
+        Self::from_words([0, u64::from_ne_bytes([0, 0, 0xff, 0xff, a, b, c, d])])
     }
 
-    /// Whether the address is IPv4-mapped (`::ffff:0:0/96`, RFC 4291 §2.5.5.2).
+    /// Whether the address is IPv4-mapped (`::ffff:0:0/96`, RFC 4291 §2.5.5.2), compared a
+    /// word at a time.
     #[inline(always)]
     fn is_v4_mapped(&self) -> bool {
-        self.0[..10].iter().all(|b| *b == 0) && self.0[10] == 0xff && self.0[11] == 0xff
+        let [low, high] = self.words();
+        let [a, b, c, d, ..] = high.to_ne_bytes();
+        low == 0 && [a, b, c, d] == [0, 0, 0xff, 0xff]
+    }
+
+    #[inline(always)]
+    const fn from_words(words: [u64; 2]) -> Self {
+        // SAFETY: 16 bytes either way, and every bit pattern is a valid `u8`.
+        Self(unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) })
+    }
+
+    #[inline(always)]
+    const fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes either way, and every bit pattern is a valid `u64`.
+        unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(self.0) }
     }
 }
 
@@ -173,10 +191,11 @@ pub enum Parsed {
     Malformed,
 }
 
-/// The `T` at `offset` of the packet: from the linear data when it lies there, else through
-/// the helper (paged data); `None` past the packet's end.
+/// The `T` at `offset` of the packet: from the linear data when it lies there, else copied
+/// by the helper (paged data) into [`HEADER`]; `None` past the packet's end.
 #[inline(always)]
 fn load<T>(ctx: &TcContext, offset: usize) -> Option<T> {
+    const { assert!(size_of::<T>() <= HEADER_WORDS * 8) };
     let start = ctx.data();
     let at = start + offset;
     if at + size_of::<T>() <= ctx.data_end() {
@@ -184,7 +203,21 @@ fn load<T>(ctx: &TcContext, offset: usize) -> Option<T> {
         // (and by the verifier); `read_unaligned` makes no alignment assumption.
         return Some(unsafe { (at as *const T).read_unaligned() });
     }
-    ctx.load::<T>(offset).ok()
+    // The callers fail closed on `None`; the per-CPU array always has its one slot.
+    let room = HEADER.get_ptr_mut(0)?;
+    // SAFETY: the skb is the context the kernel handed to the program; `room` is this CPU's
+    // slot, at least `size_of::<T>()` bytes (asserted above), which no other run uses until
+    // this one returns.
+    let copied = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            offset as u32,
+            room as *mut c_void,
+            size_of::<T>() as u32,
+        )
+    };
+    // SAFETY: the helper wrote `size_of::<T>()` bytes at `room` when it returned 0.
+    (copied == 0).then(|| unsafe { (room as *const T).read_unaligned() })
 }
 
 #[inline(always)]
