@@ -215,10 +215,11 @@ fn endpoint(addr: &Addr) -> Option<&'static EndpointState> {
 
 /// Whether conntrack knows the packet's flow, in this direction or as a reply; if so, its
 /// verdict is written to `outcome`. `false` when the flow is new (or was forgotten because
-/// current policy no longer allows it). A BPF function of its own: its reversed key must not
-/// weigh on the entry point's stack frame. It returns a plain `bool` because the BTF of a Rust
-/// `Option` return type is refused by the kernel.
-#[inline(never)]
+/// current policy no longer allows it). Inlined: an established packet makes no call of the
+/// probe's own (each call and return costs a few ns, more where the kernel mitigates return
+/// misprediction); the reply's lookup, with its reversed key, and a decision again under a new
+/// revision are BPF functions of their own, off the entry point's stack frame.
+#[inline(always)]
 fn tracked(
     packet: &Packet,
     endpoint: &EndpointState,
@@ -226,17 +227,12 @@ fn tracked(
     config: &Config,
     outcome: &mut Outcome,
 ) -> bool {
-    let peer = match packet.direction {
-        Direction::Egress => &packet.dst,
-        Direction::Ingress => &packet.src,
-    };
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a pointer into the LRU map value, valid for this program run.
         let entry = unsafe { &mut *entry };
         if !expired(entry, key.protocol, packet.now, config) {
-            let direction = packet.direction;
             let current = entry.revision == endpoint.revision
-                || redecide(entry, endpoint, direction, peer, key.protocol, key.dst_port);
+                || redecide(entry, endpoint, packet, packet.direction, key.dst_port);
             // Fail closed: an entry whose verdict is unknown, or is not one that passes (only
             // passed flows are tracked), is not trusted: it is forgotten below and the packet
             // decided by policy, never passed on its word.
@@ -258,18 +254,33 @@ fn tracked(
         // open (both ends send a SYN) has its second SYN decided by policy: fail closed.
         return false;
     }
+    tracked_reply(packet, endpoint, key, config, outcome)
+}
+
+/// Whether the packet is the reply of a flow conntrack knows (its key reversed), as
+/// [`tracked`] says. A BPF function of its own: the reversed key must not weigh on the entry
+/// point's stack frame. It returns a plain `bool` because the BTF of a Rust `Option` return
+/// type is refused by the kernel.
+#[inline(never)]
+fn tracked_reply(
+    packet: &Packet,
+    endpoint: &EndpointState,
+    key: &FlowKey,
+    config: &Config,
+    outcome: &mut Outcome,
+) -> bool {
     let reverse = Aligned(key.reversed());
     let reverse = &reverse.0;
     let Some(entry) = CONNTRACK.get_ptr_mut(reverse) else {
         return false;
     };
-    // SAFETY: as above.
+    // SAFETY: a pointer into the LRU map value, valid for this program run.
     let entry = unsafe { &mut *entry };
     if !expired(entry, key.protocol, packet.now, config) {
         // The original flow's destination port is this reply's source port.
         let original = packet.direction.reverse();
         let current = entry.revision == endpoint.revision
-            || redecide(entry, endpoint, original, peer, key.protocol, key.src_port);
+            || redecide(entry, endpoint, packet, original, key.src_port);
         if current {
             flow::touch(entry, packet);
             *outcome = Outcome::new(Verdict::Allow, Reason::Reply, 0);
@@ -328,18 +339,23 @@ fn passing_verdict(entry: &CtEntry) -> Option<Verdict> {
     Verdict::from_raw(entry.verdict).filter(|verdict| verdict.passes())
 }
 
-/// Decides a tracked flow again under the endpoint's current policy; on a pass the entry is
-/// brought to the current revision.
-#[inline(always)]
+/// Decides a tracked flow of `packet` (its first packet went in `direction`, to `dst_port`)
+/// again under the endpoint's current policy; on a pass the entry is brought to the current
+/// revision. A BPF function of its own: it runs once per flow and revision, and its policy
+/// lookups must not weigh on the entry point's stack frame.
+#[inline(never)]
 fn redecide(
     entry: &mut CtEntry,
     endpoint: &EndpointState,
+    packet: &Packet,
     direction: Direction,
-    peer: &Addr,
-    protocol: u8,
     dst_port: u16,
 ) -> bool {
-    let outcome = policy(endpoint, direction, peer, protocol, dst_port);
+    let peer = match packet.direction {
+        Direction::Egress => &packet.dst,
+        Direction::Ingress => &packet.src,
+    };
+    let outcome = policy(endpoint, direction, peer, packet.protocol, dst_port);
     if !outcome.verdict.passes() {
         return false;
     }
