@@ -201,7 +201,7 @@ fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
 
 /// The endpoint of a pod-side address, read in place. Copying the key and the 32-byte value
 /// out made the entry point's frame 32 bytes larger, which once took the call chain through
-/// [`later_fragment`] and [`flow::deny`] past the 512-byte limit (now 192 + 48 + 200 = 440).
+/// [`later_fragment`] and [`flow::deny`] past the 512-byte limit (now 216 + 72 + 208 = 496).
 #[inline(always)]
 fn endpoint(addr: &Addr) -> Option<&'static EndpointState> {
     let ptr = ENDPOINTS.get_ptr(EndpointKey::of(&addr.0))?;
