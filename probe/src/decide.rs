@@ -132,10 +132,7 @@ impl Outcome {
 #[inline(always)]
 fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
     let direction = packet.direction;
-    let (own, peer) = match direction {
-        Direction::Egress => (&packet.src, &packet.dst),
-        Direction::Ingress => (&packet.dst, &packet.src),
-    };
+    let (own, peer) = packet.ends();
     let Some(endpoint) = endpoint(own) else {
         if config.flags & config_flags::ALLOW_UNKNOWN_ENDPOINTS != 0 {
             // Fail open on purpose: `standard` mode, chosen by the operator.
@@ -180,7 +177,7 @@ fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
     let opening = opens_connection(packet);
     let denied = opening && flow::denied_again(packet, key, endpoint, config);
     let mut outcome = Outcome::new(Verdict::Allow, Reason::Established, 0);
-    if !denied && tracked(packet, endpoint, key, config, &mut outcome) {
+    if !denied && tracked(packet, endpoint, key, opening, config, &mut outcome) {
         remember_fragment(packet, endpoint, &outcome);
         return flow::pass(outcome);
     }
@@ -215,7 +212,8 @@ fn endpoint(addr: &Addr) -> Option<&'static EndpointState> {
 
 /// Whether conntrack knows the packet's flow, in this direction or as a reply; if so, its
 /// verdict is written to `outcome`. `false` when the flow is new (or was forgotten because
-/// current policy no longer allows it). Inlined: an established packet makes no call of the
+/// current policy no longer allows it). `opening`: the packet is a TCP SYN without ACK
+/// ([`opens_connection`]), never a reply. Inlined: an established packet makes no call of the
 /// probe's own (each call and return costs a few ns, more where the kernel mitigates return
 /// misprediction); the reply's lookup, with its reversed key, and a decision again under a new
 /// revision are BPF functions of their own, off the entry point's stack frame.
@@ -224,6 +222,7 @@ fn tracked(
     packet: &Packet,
     endpoint: &EndpointState,
     key: &FlowKey,
+    opening: bool,
     config: &Config,
     outcome: &mut Outcome,
 ) -> bool {
@@ -247,7 +246,7 @@ fn tracked(
         let _ = CONNTRACK.remove(key);
         return false;
     }
-    if opens_connection(packet) {
+    if opening {
         // A SYN without ACK opens a connection and is never a reply, so the reversed key is
         // not looked up: that lookup was about 140 ns of every new flow's decision (issue 18).
         // Safe: such a packet only loses a pass it could have had as a reply. A simultaneous
@@ -351,10 +350,7 @@ fn redecide(
     direction: Direction,
     dst_port: u16,
 ) -> bool {
-    let peer = match packet.direction {
-        Direction::Egress => &packet.dst,
-        Direction::Ingress => &packet.src,
-    };
+    let (_, peer) = packet.ends();
     let outcome = policy(endpoint, direction, peer, packet.protocol, dst_port);
     if !outcome.verdict.passes() {
         return false;

@@ -226,6 +226,15 @@ fn be16(b: [u8; 2]) -> u16 {
 }
 
 impl Packet {
+    /// Its endpoint's address and its peer's, as seen from the pod in its direction.
+    #[inline(always)]
+    pub fn ends(&self) -> (&Addr, &Addr) {
+        match self.direction {
+            Direction::Egress => (&self.src, &self.dst),
+            Direction::Ingress => (&self.dst, &self.src),
+        }
+    }
+
     /// Makes this record an empty one for a packet crossing `ctx` in `direction`.
     #[inline(always)]
     pub fn reset(&mut self, ctx: &TcContext, direction: Direction, config: &Config) {
