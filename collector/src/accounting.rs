@@ -62,7 +62,7 @@ mod tests {
 
     fn key(port: u16) -> FlowKey {
         FlowKey {
-            endpoint: 3,
+            ifindex: 12,
             direction: Direction::Egress as u8,
             protocol: proto::TCP,
             _pad: [0; 2],
@@ -86,7 +86,7 @@ mod tests {
             tcp_flags: 0x1b,
             _pad: 0,
             first_len: 74,
-            _pad2: 0,
+            endpoint: 3,
         }
     }
 
@@ -101,6 +101,8 @@ mod tests {
         assert_eq!((e.packets, e.bytes), (4, 500));
         assert_eq!((e.verdict, e.reason, e.rule_id), (1, 1, 9));
         assert_eq!((e.src_port, e.dst_port, e.ts_ns), (1, 80, 7));
+        // The interface is the key's, the endpoint the entry's.
+        assert_eq!((e.ifindex, e.endpoint), (12, 3));
         // Nothing new: nothing reported.
         assert!(accounting.report(&[(key(1), entry(5, 574))]).is_empty());
         // A flow first seen with packets after its decision.

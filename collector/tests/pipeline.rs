@@ -1311,7 +1311,7 @@ fn the_sources_events_residual_denies_and_tracked_flows_each_reach_the_pipeline_
 
     // A tracked flow's packets after its decision become one event of their own.
     let key = FlowKey {
-        endpoint: 0,
+        ifindex: 0,
         direction: Direction::Egress as u8,
         protocol: proto::TCP,
         _pad: [0; 2],
@@ -1332,7 +1332,7 @@ fn the_sources_events_residual_denies_and_tracked_flows_each_reach_the_pipeline_
         revision: 1,
         last_seen_ns: second,
         _pad: 0,
-        _pad2: 0,
+        endpoint: 0,
     };
     source.tracked.push((key, entry));
     pipeline.account_tracked(&source);

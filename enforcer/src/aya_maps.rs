@@ -2,7 +2,8 @@
 //! programs read.
 //!
 //! Each call is one `bpf(2)` map operation on one of the five policy maps of a loaded
-//! [`crate::probe::Probe`]; its error keeps the map's name, and says whether the map was full
+//! [`crate::probe::Probe`] (an endpoint's also clears and sets its slots of the revisions
+//! array around it, [`crate::revision_slots`]); its error keeps the map's name, and says whether the map was full
 //! ([`MapsError::is_full`]), which the sync answers by deleting before it inserts.
 //! [`PolicyMaps::read`] walks every map (the rule-set array slot by slot, keeping the slots
 //! that are not empty).
@@ -55,6 +56,21 @@ pub struct AyaMaps<'a> {
 impl<'a> AyaMaps<'a> {
     pub(crate) fn new(maps: &'a mut ProbeMaps) -> Self {
         Self { maps }
+    }
+}
+
+impl AyaMaps<'_> {
+    /// Writes slots of the revisions array, as [`crate::revision_slots`] says around an
+    /// endpoint write. A slot cleared before an endpoint write that then fails stays 0: that
+    /// endpoint's flows are decided with its lookup until it is written again.
+    fn write_slots(&mut self, writes: &[(u32, u64)]) -> Result<(), AyaMapError> {
+        for &(id, revision) in writes {
+            self.maps
+                .revisions
+                .set(id, revision, 0)
+                .map_err(named(map_names::REVISIONS))?;
+        }
+        Ok(())
     }
 }
 
@@ -123,17 +139,25 @@ impl PolicyMaps for AyaMaps<'_> {
         key: &EndpointKey,
         value: &EndpointState,
     ) -> Result<(), Self::Error> {
+        let before = self.maps.slots.before(key, Some(value));
+        self.write_slots(&before)?;
         self.maps
             .endpoints
             .insert(key, value, 0)
-            .map_err(named(map_names::ENDPOINTS))
+            .map_err(named(map_names::ENDPOINTS))?;
+        let after = self.maps.slots.after(key, Some(value));
+        self.write_slots(&after)
     }
 
     fn delete_endpoint(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
+        let before = self.maps.slots.before(key, None);
+        self.write_slots(&before)?;
         self.maps
             .endpoints
             .remove(key)
-            .map_err(named(map_names::ENDPOINTS))
+            .map_err(named(map_names::ENDPOINTS))?;
+        let after = self.maps.slots.after(key, None);
+        self.write_slots(&after)
     }
 
     fn upsert_peer(&mut self, key: &PeerEntryKey, value: &PeerIdentity) -> Result<(), Self::Error> {

@@ -6,7 +6,8 @@
 //!   holds besides the built-in kinds.
 //! - [`compile`]: snapshot → [`desired::DesiredState`] (pure: no I/O, no aya).
 //! - [`sync`]: desired vs. current state → adds/deletes, applied through the
-//!   [`sync::PolicyMaps`] trait ([`sync::InMemoryMaps`] or [`aya_maps::AyaMaps`]).
+//!   [`sync::PolicyMaps`] trait ([`sync::InMemoryMaps`] or [`aya_maps::AyaMaps`], which keeps
+//!   the revisions array in step with the endpoint map through [`revision_slots`]).
 //! - [`probe`]: loads the embedded eBPF object and attaches it to veths (TCX, else clsact).
 //! - [`events`]: decodes the flow events the probe writes into its ring buffer.
 //! - [`decision`]: the [`decision::Datapath`] trait that answers "what happens to this flow",
@@ -31,6 +32,7 @@ pub mod manifest;
 pub mod model;
 pub mod packet;
 pub mod probe;
+pub mod revision_slots;
 pub mod snapshot;
 pub mod sync;
 pub mod verify;

@@ -747,7 +747,7 @@ fn privileged_conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_pac
         addr: addr::to_bytes(ip(SERVER)),
     }];
     let key = FlowKey {
-        endpoint: server.id,
+        ifindex: server.ifindex,
         direction: Direction::Ingress as u8,
         protocol: proto::TCP,
         _pad: [0; 2],
@@ -774,7 +774,7 @@ fn privileged_conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_pac
             tcp_flags: 0x02,
             _pad: 0,
             first_len: 60,
-            _pad2: 0,
+            endpoint: server.id,
         };
         lab.datapath.probe_mut().clear_flow_state().expect("clear");
         lab.datapath
@@ -1438,6 +1438,68 @@ fn privileged_a_new_revision_decides_tracked_flows_again() {
         .run(Direction::Egress, &reply.build())
         .expect("run");
     assert_eq!(first_decision(&run).1, Reason::IsolatedNoMatch);
+}
+
+/// A packet of a known flow is decided on the flow's entry, without the endpoint's lookup,
+/// while the endpoint keeps the revision the flow was decided under. What the endpoint checks
+/// deny still cuts the flow at once, the revision unchanged: its address removed (while the
+/// endpoint's other address keeps the revision), the endpoint written not programmed, or moved
+/// to another interface.
+#[test]
+fn privileged_endpoint_checks_cut_known_flows_under_an_unchanged_revision() {
+    if !privileged("privileged_endpoint_checks_cut_known_flows_under_an_unchanged_revision") {
+        return;
+    }
+    let mut datapath = BpfDatapath::with_capacity(&SMALL).expect("load the probe");
+    let mut desired = identities_lab();
+    let server = desired.endpoints[&endpoint_key(SERVER)];
+    desired.endpoints.insert(endpoint_key(SERVER6), server);
+    datapath.program(&desired).expect("sync");
+    let flows = [40_000, 40_001, 40_002].map(|port| {
+        let request = PacketSpec::first(ip("10.0.0.7"), ip(SERVER), proto::TCP, port, 80);
+        let run = datapath
+            .run(Direction::Ingress, &request.build())
+            .expect("run");
+        assert_eq!(first_decision(&run).1, Reason::AllowedByRule);
+        let mut next = request;
+        next.tcp_flags = 0x10;
+        let run = datapath
+            .run(Direction::Ingress, &next.build())
+            .expect("run");
+        assert!(run.passed && run.events.is_empty(), "{run:?}");
+        next
+    });
+    let mut expect = |desired: &DesiredState, flow: &PacketSpec, reason: Option<Reason>| {
+        datapath.program(desired).expect("sync");
+        let run = datapath
+            .run(Direction::Ingress, &flow.build())
+            .expect("run");
+        match reason {
+            Some(reason) => assert_eq!(first_decision(&run), (Verdict::Deny, reason, 0)),
+            None => assert!(run.passed && run.events.is_empty(), "{run:?}"),
+        }
+    };
+
+    // The address removed; the server's IPv6 address keeps the revision.
+    desired.endpoints.remove(&endpoint_key(SERVER));
+    expect(&desired, &flows[0], Some(Reason::UnknownEndpoint));
+    // Back with the same revision: the flow passes on its entry, as the endpoint says.
+    desired.endpoints.insert(endpoint_key(SERVER), server);
+    expect(&desired, &flows[0], None);
+
+    let closed = EndpointState {
+        flags: server.flags & !endpoint_flags::PROGRAMMED,
+        ..server
+    };
+    desired.endpoints.insert(endpoint_key(SERVER), closed);
+    expect(&desired, &flows[1], Some(Reason::NotProgrammed));
+
+    let moved = EndpointState {
+        ifindex: 4242,
+        ..server
+    };
+    desired.endpoints.insert(endpoint_key(SERVER), moved);
+    expect(&desired, &flows[2], Some(Reason::Spoofed));
 }
 
 #[test]

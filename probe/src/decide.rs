@@ -1,5 +1,12 @@
 //! The decision for one packet at one hook: endpoint checks, then conntrack, then policy.
 //!
+//! A whole packet that is no ICMP error is first looked for among the known flows ([`known`]),
+//! keyed by its interface, with no lookup of its endpoint: an entry decided under the revision
+//! that [`REVISIONS`] holds for its endpoint passes or drops it as step 4 would. The slot is 0
+//! unless every address of the endpoint is programmed with that revision (and none has left
+//! it, `enforcer/src/revision_slots.rs`), so steps 2 and 3 would have let the packet through;
+//! any other packet goes through the steps in order.
+//!
 //! Order of the checks, each exit failing open or closed on purpose:
 //! 1. Parsing (see [`crate::parse`]): ARP/NDP pass (open: policy is L3/L4); other non-IP and
 //!    malformed packets drop (closed: what cannot be read cannot be allowed).
@@ -60,7 +67,8 @@ use crate::{
     DROP, PASS,
     flow::{self, Denial},
     maps::{
-        CONFIG, CONNTRACK, ENDPOINTS, FRAGS, NODE_ADDRS, PEERS, POLICY, RULESETS, SCRATCH, count,
+        CONFIG, CONNTRACK, ENDPOINTS, FRAGS, NODE_ADDRS, PEERS, POLICY, REVISIONS, RULESETS,
+        SCRATCH, count,
     },
     parse::{self, Addr, Fragment, Packet, Parsed},
     stack::{Aligned, OffWord},
@@ -132,6 +140,26 @@ impl Outcome {
 #[inline(always)]
 fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
     let direction = packet.direction;
+    let key = Aligned(flow::key_of(packet));
+    let key = &key.0;
+    let opening = opens_connection(packet);
+    // A whole packet that is no ICMP error is first looked for among the known flows, which
+    // need no lookup of its endpoint; the others are attributed to their endpoint first.
+    let plain =
+        !truncated && matches!(packet.fragment, Fragment::None) && packet.quoted.present == 0;
+    let mut outcome = Outcome::new(Verdict::Allow, Reason::Established, 0);
+    let known = if plain {
+        known(packet, key, opening, config, &mut outcome)
+    } else {
+        Known::Unsure
+    };
+    match known {
+        Known::Passes => return flow::pass(outcome),
+        // Closed: policy denied this flow under the endpoint's current revision and would deny
+        // it again; the packet only adds to the flow's next report.
+        Known::Denied => return DROP,
+        Known::New | Known::Unsure => {}
+    }
     let (own, peer) = packet.ends();
     let Some(endpoint) = endpoint(own) else {
         if config.flags & config_flags::ALLOW_UNKNOWN_ENDPOINTS != 0 {
@@ -164,27 +192,34 @@ fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
         );
     }
     if let Fragment::Later { id } = packet.fragment {
-        return later_fragment(packet, endpoint, id, config);
+        return if later_fragment(packet, endpoint, id, &mut outcome) {
+            flow::pass(outcome)
+        } else {
+            // Fail closed: the first fragment was denied or not seen, or its entry is
+            // unreadable.
+            flow::deny(
+                packet,
+                &Denial::check(endpoint.id, Reason::Fragment),
+                config,
+            )
+        };
     }
     if packet.quoted.present != 0 && related(packet, endpoint, config) {
         return flow::pass(Outcome::new(Verdict::Allow, Reason::Related, 0));
     }
-    let key = Aligned(flow::key_of(packet, endpoint.id));
-    let key = &key.0;
-    // A SYN without ACK is never a reply, so conntrack could pass it only on its own key, which
-    // a flow policy denies under the current revision does not have: its deny entry is looked
-    // up first, and a repeated denied SYN skips conntrack.
-    let opening = opens_connection(packet);
-    let denied = opening && flow::denied_again(packet, key, endpoint, config);
-    let mut outcome = Outcome::new(Verdict::Allow, Reason::Established, 0);
-    if !denied && tracked(packet, endpoint, key, opening, config, &mut outcome) {
-        remember_fragment(packet, endpoint, &outcome);
-        return flow::pass(outcome);
-    }
-    if denied || (!opening && flow::denied_again(packet, key, endpoint, config)) {
-        // Closed: policy denied this flow under the endpoint's current revision and would deny
-        // it again; the packet only adds to the flow's next report.
-        return DROP;
+    if let Known::Unsure = known {
+        // A SYN without ACK is never a reply, so conntrack could pass it only on its own key,
+        // which a flow policy denies under the current revision does not have: its deny entry
+        // is looked up first, and a repeated denied SYN skips conntrack.
+        let denied = opening && flow::denied_again(packet, key, config);
+        if !denied && tracked(packet, endpoint, key, opening, config, &mut outcome) {
+            remember_fragment(packet, endpoint, &outcome);
+            return flow::pass(outcome);
+        }
+        if denied || (!opening && flow::denied_again(packet, key, config)) {
+            // Closed: as for `Known::Denied` above.
+            return DROP;
+        }
     }
     let outcome = policy(endpoint, direction, peer, packet.protocol, packet.dst_port);
     remember_fragment(packet, endpoint, &outcome);
@@ -196,9 +231,101 @@ fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
     }
 }
 
+/// What the known flows say of a packet, before its endpoint is looked up ([`known`]).
+#[derive(Clone, Copy)]
+#[repr(u32)]
+enum Known {
+    /// No flow knows it: it is decided by policy.
+    New,
+    /// A tracked flow decided under its endpoint's current revision passes it (the outcome
+    /// written).
+    Passes,
+    /// Policy denied its flow under its endpoint's current revision: it drops.
+    Denied,
+    /// A flow knows it but cannot decide it alone (another revision, expired, an entry not
+    /// the probe's): it is decided with its endpoint, through conntrack again.
+    Unsure,
+}
+
+/// What the known flows say of a whole packet that is no ICMP error (`opening`: a TCP SYN
+/// without ACK, [`opens_connection`]), checked in the order of step 4 of the module doc, with
+/// each entry's revision against its endpoint's current one in [`REVISIONS`]. The slot is 0
+/// while the endpoint is not programmed or gone, so a flow passes here only where the endpoint
+/// checks (step 2) would pass it too; anything else is left to them (`Unsure`). Inlined: an
+/// established packet makes no call of the probe's own (each call and return costs a few ns,
+/// more where the kernel mitigates return misprediction).
+#[inline(always)]
+fn known(
+    packet: &Packet,
+    key: &FlowKey,
+    opening: bool,
+    config: &Config,
+    outcome: &mut Outcome,
+) -> Known {
+    if opening && flow::denied_again(packet, key, config) {
+        return Known::Denied;
+    }
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: a pointer into the LRU map value, valid for this program run.
+        let entry = unsafe { &mut *entry };
+        if current(entry.endpoint, entry.revision)
+            && !expired(entry, key.protocol, packet.now, config)
+            && let Some(verdict) = passing_verdict(entry)
+        {
+            flow::touch(entry, packet);
+            *outcome = Outcome::new(verdict, Reason::Established, 0);
+            return Known::Passes;
+        }
+        return Known::Unsure;
+    }
+    if opening {
+        // A SYN without ACK opens a connection and is never a reply (see `tracked`).
+        return Known::New;
+    }
+    match known_reply(packet, key, config) {
+        Known::New if flow::denied_again(packet, key, config) => Known::Denied,
+        Known::Passes => {
+            *outcome = Outcome::new(Verdict::Allow, Reason::Reply, 0);
+            Known::Passes
+        }
+        known => known,
+    }
+}
+
+/// Whether the endpoint `endpoint` is programmed with policy revision `revision` (never 0).
+#[inline(always)]
+pub fn current(endpoint: u32, revision: u64) -> bool {
+    // An id past the array's end has no slot: decided with the endpoint's lookup.
+    REVISIONS
+        .get(endpoint)
+        .is_some_and(|slot| revision != 0 && *slot == revision)
+}
+
+/// The reply half of [`known`]: `Passes` when the packet's key reversed is a tracked flow
+/// decided under its endpoint's current revision, `Unsure` when it is another tracked flow,
+/// `New` when none. A BPF function of its own, like [`tracked_reply`], for the stack.
+#[inline(never)]
+fn known_reply(packet: &Packet, key: &FlowKey, config: &Config) -> Known {
+    let reverse = Aligned(key.reversed());
+    let reverse = &reverse.0;
+    let Some(entry) = CONNTRACK.get_ptr_mut(reverse) else {
+        return Known::New;
+    };
+    // SAFETY: a pointer into the LRU map value, valid for this program run.
+    let entry = unsafe { &mut *entry };
+    if current(entry.endpoint, entry.revision)
+        && !expired(entry, key.protocol, packet.now, config)
+        && passing_verdict(entry).is_some()
+    {
+        flow::touch(entry, packet);
+        return Known::Passes;
+    }
+    Known::Unsure
+}
+
 /// The endpoint of a pod-side address, read in place. Copying the key and the 32-byte value
-/// out made the entry point's frame 32 bytes larger, which once took the call chain through
-/// [`later_fragment`] and [`flow::deny`] past the 512-byte limit (now 216 + 72 + 208 = 496).
+/// out made the entry point's frame 32 bytes larger, which once took a call chain past the
+/// 512-byte limit (the deepest now is the entry point and [`flow::deny`], 216 + 216 bytes).
 #[inline(always)]
 fn endpoint(addr: &Addr) -> Option<&'static EndpointState> {
     let ptr = ENDPOINTS.get_ptr(EndpointKey::of(&addr.0))?;
@@ -210,13 +337,13 @@ fn endpoint(addr: &Addr) -> Option<&'static EndpointState> {
     Some(unsafe { &*ptr })
 }
 
-/// Whether conntrack knows the packet's flow, in this direction or as a reply; if so, its
-/// verdict is written to `outcome`. `false` when the flow is new (or was forgotten because
-/// current policy no longer allows it). `opening`: the packet is a TCP SYN without ACK
-/// ([`opens_connection`]), never a reply. Inlined: an established packet makes no call of the
-/// probe's own (each call and return costs a few ns, more where the kernel mitigates return
-/// misprediction); the reply's lookup, with its reversed key, and a decision again under a new
-/// revision are BPF functions of their own, off the entry point's stack frame.
+/// Whether conntrack knows the packet's flow for `endpoint`, in this direction or as a reply;
+/// if so, its verdict is written to `outcome`. `false` when the flow is new (or was forgotten
+/// because current policy no longer allows it). `opening`: the packet is a TCP SYN without ACK
+/// ([`opens_connection`]), never a reply. For what [`known`] could not decide alone: a flow
+/// decided under another revision (decided again here), and the first fragments and ICMP
+/// errors it does not look at. The reply's lookup, with its reversed key, and a decision again
+/// are BPF functions of their own, off the entry point's stack frame.
 #[inline(always)]
 fn tracked(
     packet: &Packet,
@@ -229,7 +356,9 @@ fn tracked(
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a pointer into the LRU map value, valid for this program run.
         let entry = unsafe { &mut *entry };
-        if !expired(entry, key.protocol, packet.now, config) {
+        // Fail closed: an entry of another endpoint (the address changed hands on this
+        // interface) is forgotten, and the packet decided for its own endpoint.
+        if entry.endpoint == endpoint.id && !expired(entry, key.protocol, packet.now, config) {
             let current = entry.revision == endpoint.revision
                 || redecide(entry, endpoint, packet, packet.direction, key.dst_port);
             // Fail closed: an entry whose verdict is unknown, or is not one that passes (only
@@ -275,12 +404,13 @@ fn tracked_reply(
     };
     // SAFETY: a pointer into the LRU map value, valid for this program run.
     let entry = unsafe { &mut *entry };
-    if !expired(entry, key.protocol, packet.now, config) {
+    if entry.endpoint == endpoint.id && !expired(entry, key.protocol, packet.now, config) {
         // The original flow's destination port is this reply's source port.
         let original = packet.direction.reverse();
         let current = entry.revision == endpoint.revision
             || redecide(entry, endpoint, packet, original, key.src_port);
-        if current {
+        // Fail closed, as in `tracked`: an unreadable verdict passes nothing.
+        if current && passing_verdict(entry).is_some() {
             flow::touch(entry, packet);
             *outcome = Outcome::new(Verdict::Allow, Reason::Reply, 0);
             return true;
@@ -304,7 +434,7 @@ fn opens_connection(packet: &Packet) -> bool {
 fn related(packet: &Packet, endpoint: &EndpointState, config: &Config) -> bool {
     let quoted = &packet.quoted;
     let as_quoted = FlowKey {
-        endpoint: endpoint.id,
+        ifindex: packet.ifindex,
         direction: packet.direction.reverse() as u8,
         protocol: quoted.protocol,
         _pad: [0; 2],
@@ -320,7 +450,8 @@ fn related(packet: &Packet, endpoint: &EndpointState, config: &Config) -> bool {
             // SAFETY: a pointer into the LRU map value, copied out at once.
             let entry = unsafe { *entry };
             // Fail closed: an entry with an unreadable verdict vouches for nothing.
-            if entry.revision == endpoint.revision
+            if entry.endpoint == endpoint.id
+                && entry.revision == endpoint.revision
                 && passing_verdict(&entry).is_some()
                 && !expired(&entry, quoted.protocol, packet.now, config)
             {
@@ -515,37 +646,35 @@ fn remember_first_fragment(packet: &Packet, endpoint: &EndpointState, id: u32, o
     flow::remember_fragment(&OffWord::new(frag_key(packet, endpoint, id)).value, outcome);
 }
 
-/// A fragment after the first: the first fragment's verdict, without an event of its own. A BPF
-/// function of its own, like the records in [`flow`].
+/// Whether a fragment after the first passes: on the first fragment's verdict, written to
+/// `outcome`, without an event of its own. A BPF function of its own, for the stack: its key
+/// stays off the entry point's frame, and the denial is recorded from there ([`decide_ip`]), so
+/// that no call chain holds this frame and [`flow::deny`]'s at once.
 #[inline(never)]
-fn later_fragment(packet: &Packet, endpoint: &EndpointState, id: u32, config: &Config) -> i32 {
+fn later_fragment(
+    packet: &Packet,
+    endpoint: &EndpointState,
+    id: u32,
+    outcome: &mut Outcome,
+) -> bool {
     let key = OffWord::new(frag_key(packet, endpoint, id));
     let key = &key.value;
-    match FRAGS.get_ptr(key) {
-        Some(entry) => {
-            // SAFETY: a pointer into the LRU map value, copied out at once.
-            let entry = unsafe { *entry };
-            match (
-                Verdict::from_raw(entry.verdict),
-                Reason::from_raw(entry.reason),
-            ) {
-                (Some(verdict), Some(reason)) if verdict.passes() => {
-                    flow::pass(Outcome::new(verdict, reason, entry.rule_id))
-                }
-                // Fail closed: the first fragment was denied, or its entry's verdict or reason
-                // is unreadable (an entry this program did not write).
-                _ => flow::deny(
-                    packet,
-                    &Denial::check(endpoint.id, Reason::Fragment),
-                    config,
-                ),
-            }
+    // Fail closed: no first fragment seen, so the ports are unknown.
+    let Some(entry) = FRAGS.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: a pointer into the LRU map value, copied out at once.
+    let entry = unsafe { *entry };
+    match (
+        Verdict::from_raw(entry.verdict),
+        Reason::from_raw(entry.reason),
+    ) {
+        (Some(verdict), Some(reason)) if verdict.passes() => {
+            *outcome = Outcome::new(verdict, reason, entry.rule_id);
+            true
         }
-        // Fail closed: no first fragment seen, so the ports are unknown.
-        None => flow::deny(
-            packet,
-            &Denial::check(endpoint.id, Reason::Fragment),
-            config,
-        ),
+        // Fail closed: the first fragment was denied, or its entry's verdict or reason is
+        // unreadable (an entry this program did not write).
+        _ => false,
     }
 }

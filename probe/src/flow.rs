@@ -4,7 +4,7 @@
 //! Events: a passed flow gets one event when it is first decided; a denied flow gets one on its
 //! first packet and then at most one per report interval, carrying the packets and bytes denied
 //! since the previous event. Between its events, a flow policy denied drops on its deny entry
-//! ([`denied_again`]) while the endpoint's revision stands, found through the endpoint's deny
+//! ([`denied_again`]) while the endpoint's revision stands, found through its interface's deny
 //! hint. A failed ring-buffer reservation is counted per CPU
 //! ([`Counter::RingbufReserveFailed`]), so userspace can report the gap.
 //!
@@ -24,7 +24,7 @@ use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEU
 
 use crate::{
     DROP, PASS,
-    decide::{Outcome, or_default},
+    decide::{Outcome, current, or_default},
     maps::{CONNTRACK, DENIES, DENY_HINTS, EVENTS, FRAGS, count},
     parse::Packet,
     stack::Aligned,
@@ -37,11 +37,11 @@ pub const WAKEUP_PENDING_BYTES: u64 = 64 * 1024;
 /// rounded up to 8 bytes.
 const EVENT_RECORD_BYTES: u64 = (8 + size_of::<FlowEvent>() as u64).next_multiple_of(8);
 
-/// The flow key of `packet` for `endpoint`, in the packet's own direction.
+/// The flow key of `packet`, in its own direction.
 #[inline(always)]
-pub fn key_of(packet: &Packet, endpoint: u32) -> FlowKey {
+pub fn key_of(packet: &Packet) -> FlowKey {
     FlowKey {
-        endpoint,
+        ifindex: packet.ifindex,
         direction: packet.direction as u8,
         protocol: packet.protocol,
         _pad: [0; 2],
@@ -78,7 +78,7 @@ pub fn track(packet: &Packet, key: &FlowKey, endpoint: &EndpointState, outcome: 
         tcp_flags: packet.tcp_flags,
         _pad: 0,
         first_len: u32::try_from(packet.len).unwrap_or(u32::MAX),
-        _pad2: 0,
+        endpoint: endpoint.id,
     };
     if CONNTRACK.insert(key, entry, 0).is_err() {
         // The flow still passes (it was allowed); its replies are decided on their own.
@@ -139,7 +139,7 @@ impl Denial {
 #[inline(never)]
 pub fn deny(packet: &Packet, denial: &Denial, config: &Config) -> i32 {
     count(Counter::Deny);
-    let key = Aligned(key_of(packet, denial.endpoint));
+    let key = Aligned(key_of(packet));
     let key = &key.0;
     let outcome = Outcome {
         verdict: Verdict::Deny,
@@ -147,7 +147,7 @@ pub fn deny(packet: &Packet, denial: &Denial, config: &Config) -> i32 {
         rule_id: denial.rule_id,
     };
     if denial.revision != 0 {
-        hint_denied(packet, denial.endpoint);
+        hint_denied(packet);
     }
     match DENIES.get_ptr_mut(key) {
         Some(entry) => {
@@ -157,6 +157,7 @@ pub fn deny(packet: &Packet, denial: &Denial, config: &Config) -> i32 {
             entry.reason = denial.reason as u8;
             entry.rule_id = denial.rule_id;
             entry.revision = denial.revision;
+            entry.endpoint = denial.endpoint;
             if report_due(entry, packet, report_interval(config)) {
                 emit(
                     packet,
@@ -174,7 +175,6 @@ pub fn deny(packet: &Packet, denial: &Denial, config: &Config) -> i32 {
         None => {
             emit(packet, denial.endpoint, &outcome, 1, packet.len);
             let entry = DenyEntry {
-                first_ns: packet.now,
                 last_report_ns: packet.now,
                 packets: 0,
                 bytes: 0,
@@ -183,6 +183,8 @@ pub fn deny(packet: &Packet, denial: &Denial, config: &Config) -> i32 {
                 _pad: [0; 2],
                 rule_id: denial.rule_id,
                 revision: denial.revision,
+                endpoint: denial.endpoint,
+                _pad2: 0,
             };
             if DENIES.insert(key, entry, 0).is_err() {
                 // The packet is still dropped; the next one will produce an event again.
@@ -194,23 +196,19 @@ pub fn deny(packet: &Packet, denial: &Denial, config: &Config) -> i32 {
 }
 
 /// Whether the packet, of a flow (`key`) that conntrack does not pass, is one more packet
-/// that the endpoint's policy denied under its current revision and that reports nothing: if
-/// so it is counted in the flow's deny entry and must be dropped, without deciding it again
-/// (policy cannot decide otherwise until the revision moves). `false` when the flow has no such
-/// entry or its report is due: the packet is then decided by policy, and a report names the
-/// rule as decided now.
+/// that its endpoint's policy denied under the endpoint's current revision and that reports
+/// nothing: if so it is counted in the flow's deny entry and must be dropped, without deciding
+/// it again (policy cannot decide otherwise until the revision moves). `false` when the flow
+/// has no such entry or its report is due: the packet is then decided by policy, and a report
+/// names the rule as decided now.
 #[inline(always)]
-pub fn denied_again(
-    packet: &Packet,
-    key: &FlowKey,
-    endpoint: &EndpointState,
-    config: &Config,
-) -> bool {
+pub fn denied_again(packet: &Packet, key: &FlowKey, config: &Config) -> bool {
     let interval = report_interval(config);
     // An entry whose report is not due reported within the interval, and the hint of its
-    // endpoint was written then or later: an older hint means there is no such entry, and the
-    // lookup is skipped. A missing slot cannot happen (the index is masked): decide by policy.
-    let Some(hint) = DENY_HINTS.get(hint_slot(key.endpoint, packet.direction)) else {
+    // interface was written then or later: an older hint means there is no such entry, and
+    // the lookup is skipped. A missing slot cannot happen (the index is masked): decide by
+    // policy.
+    let Some(hint) = DENY_HINTS.get(hint_slot(key.ifindex, packet.direction)) else {
         return false;
     };
     if packet.now.saturating_sub(*hint) >= interval {
@@ -221,11 +219,10 @@ pub fn denied_again(
     };
     // SAFETY: a pointer into the LRU map value, valid for this program run.
     let entry = unsafe { &mut *entry };
-    // Revision 0 marks a denial that policy did not make; endpoints' revisions start at 1.
-    if entry.revision == 0
-        || entry.revision != endpoint.revision
-        || report_due(entry, packet, interval)
-    {
+    // Revision 0 marks a denial that policy did not make (`current` is false for it); a
+    // revision that is not the endpoint's current one, or an endpoint no longer programmed,
+    // is decided again.
+    if !current(entry.endpoint, entry.revision) || report_due(entry, packet, interval) {
         return false;
     }
     count(Counter::Deny);
@@ -233,17 +230,17 @@ pub fn denied_again(
     true
 }
 
-/// The slot of the deny hints for `endpoint`'s flows in `direction`.
+/// The slot of the deny hints for the flows of interface `ifindex` in `direction`.
 #[inline(always)]
-fn hint_slot(endpoint: u32, direction: Direction) -> u32 {
+fn hint_slot(ifindex: u32, direction: Direction) -> u32 {
     let ingress = u32::from(direction == Direction::Ingress);
-    ((endpoint << 1) | ingress) & (map_sizes::DENY_HINTS - 1)
+    ((ifindex << 1) | ingress) & (map_sizes::DENY_HINTS - 1)
 }
 
-/// Notes that policy denied a flow of `endpoint` in the packet's direction now.
+/// Notes that policy denied a flow of the packet's interface in its direction now.
 #[inline(always)]
-fn hint_denied(packet: &Packet, endpoint: u32) {
-    if let Some(slot) = DENY_HINTS.get_ptr_mut(hint_slot(endpoint, packet.direction)) {
+fn hint_denied(packet: &Packet) {
+    if let Some(slot) = DENY_HINTS.get_ptr_mut(hint_slot(packet.ifindex, packet.direction)) {
         // SAFETY: a pointer into the array's value. Another CPU may write the slot at once;
         // either time is recent, and an older one only costs a decision by policy.
         unsafe { *slot = packet.now };

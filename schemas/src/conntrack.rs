@@ -1,9 +1,12 @@
 //! Per-flow state kept by the probe: passed flows, denied flows being deduplicated, and
 //! fragmented datagrams.
 //!
-//! A flow is keyed per endpoint and per direction of its first packet, so that a flow between
-//! two pods of one node is decided twice (egress of one, ingress of the other) and a reply is
-//! recognised by looking up the reversed tuple in the opposite direction.
+//! A flow is keyed per interface (the pod's host-side veth) and per direction of its first
+//! packet, so that a flow between two pods of one node is decided twice (egress of one, ingress
+//! of the other) and a reply is recognised by looking up the reversed tuple in the opposite
+//! direction. The key holds nothing the probe must look up first: a packet of a known flow is
+//! decided with one lookup, its entry's, which names the endpoint and the policy revision the
+//! flow was decided under.
 
 use core::mem::{offset_of, size_of};
 
@@ -11,8 +14,9 @@ use core::mem::{offset_of, size_of};
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
-    /// Endpoint id ([`crate::EndpointState::id`]).
-    pub endpoint: u32,
+    /// Interface index of the host-side veth the packet crossed (the endpoint's own,
+    /// [`crate::EndpointState::ifindex`], unless the packet was spoofed).
+    pub ifindex: u32,
     /// [`crate::Direction`] of the flow's first packet.
     pub direction: u8,
     /// IANA protocol number.
@@ -38,7 +42,7 @@ impl FlowKey {
             None => self.direction,
         };
         Self {
-            endpoint: self.endpoint,
+            ifindex: self.ifindex,
             direction,
             protocol: self.protocol,
             _pad: [0; 2],
@@ -77,16 +81,14 @@ pub struct CtEntry {
     /// Length of the first packet (the one the flow's decision event reported), bytes: the
     /// collector's accounting starts after it.
     pub first_len: u32,
-    /// Zero.
-    pub _pad2: u32,
+    /// Endpoint id ([`crate::EndpointState::id`]) the flow was decided for.
+    pub endpoint: u32,
 }
 
 /// A denied flow: the packets and bytes denied since its last event.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DenyEntry {
-    /// When the flow was first denied, ns of `CLOCK_MONOTONIC` (as of the last tick).
-    pub first_ns: u64,
     /// When its last event was written, ns of `CLOCK_MONOTONIC`.
     pub last_report_ns: u64,
     /// Packets denied since the last event.
@@ -107,6 +109,10 @@ pub struct DenyEntry {
     /// policy would deny the flow again the same way, so the probe drops the flow's packets that
     /// report nothing without deciding them again.
     pub revision: u64,
+    /// Endpoint id the flow was denied for (0: no endpoint claims the address).
+    pub endpoint: u32,
+    /// Zero.
+    pub _pad2: u32,
 }
 
 /// A fragmented datagram, as seen by one endpoint in one direction.
@@ -146,7 +152,7 @@ pub struct FragEntry {
 
 const _: () = {
     assert!(size_of::<FlowKey>() == 44);
-    assert!(offset_of!(FlowKey, endpoint) == 0);
+    assert!(offset_of!(FlowKey, ifindex) == 0);
     assert!(offset_of!(FlowKey, direction) == 4);
     assert!(offset_of!(FlowKey, protocol) == 5);
     assert!(offset_of!(FlowKey, src_addr) == 8);
@@ -160,11 +166,13 @@ const _: () = {
     assert!(offset_of!(CtEntry, reason) == 45);
     assert!(offset_of!(CtEntry, tcp_flags) == 46);
     assert!(offset_of!(CtEntry, first_len) == 48);
+    assert!(offset_of!(CtEntry, endpoint) == 52);
     assert!(size_of::<DenyEntry>() == 48);
-    assert!(offset_of!(DenyEntry, tcp_flags) == 32);
-    assert!(offset_of!(DenyEntry, reason) == 33);
-    assert!(offset_of!(DenyEntry, rule_id) == 36);
-    assert!(offset_of!(DenyEntry, revision) == 40);
+    assert!(offset_of!(DenyEntry, tcp_flags) == 24);
+    assert!(offset_of!(DenyEntry, reason) == 25);
+    assert!(offset_of!(DenyEntry, rule_id) == 28);
+    assert!(offset_of!(DenyEntry, revision) == 32);
+    assert!(offset_of!(DenyEntry, endpoint) == 40);
     assert!(size_of::<FragKey>() == 44);
     assert!(offset_of!(FragKey, id) == 8);
     assert!(offset_of!(FragKey, src_addr) == 12);
@@ -183,7 +191,7 @@ mod tests {
     #[test]
     fn a_reversed_key_is_the_other_end_of_the_flow() {
         let key = FlowKey {
-            endpoint: 7,
+            ifindex: 7,
             direction: Direction::Egress as u8,
             protocol: 6,
             _pad: [0; 2],

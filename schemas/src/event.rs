@@ -251,8 +251,8 @@ const _: () = {
 /// decision event (it writes no event for those packets): the only two kinds of event that do
 /// not come from the ring buffer, made here so that they are made once.
 ///
-/// Both name the flow as its key does (direction and addresses of its first packet), carry no
-/// interface (`ifindex` 0: the entries do not keep it) and no ICMP type or code.
+/// Both name the flow as its key does (interface, direction and addresses of its first packet)
+/// and the endpoint as its entry does, and carry no ICMP type or code.
 impl FlowEvent {
     /// What deny entry `deny` of flow `key` counted since its last event, reported at `now_ns`
     /// (ns of `CLOCK_MONOTONIC`): verdict deny, the entry's last reason, rule and TCP flags.
@@ -265,7 +265,7 @@ impl FlowEvent {
             rule_id: deny.rule_id,
             packets: deny.packets,
             bytes: deny.bytes,
-            ..Self::of_flow(key)
+            ..Self::of_flow(key, deny.endpoint)
         }
     }
 
@@ -281,12 +281,12 @@ impl FlowEvent {
             rule_id: entry.rule_id,
             packets,
             bytes,
-            ..Self::of_flow(key)
+            ..Self::of_flow(key, entry.endpoint)
         }
     }
 
-    /// An event of flow `key` that says nothing else yet.
-    const fn of_flow(key: &FlowKey) -> Self {
+    /// An event of flow `key` of `endpoint` that says nothing else yet.
+    const fn of_flow(key: &FlowKey, endpoint: u32) -> Self {
         let family = match addr::from_bytes(key.src_addr) {
             IpAddr::V4(_) => 4,
             IpAddr::V6(_) => 6,
@@ -300,8 +300,8 @@ impl FlowEvent {
             reason: 0,
             tcp_flags: 0,
             ts_ns: 0,
-            ifindex: 0,
-            endpoint: key.endpoint,
+            ifindex: key.ifindex,
+            endpoint,
             rule_id: 0,
             src_port: key.src_port,
             dst_port: key.dst_port,

@@ -87,9 +87,13 @@ pub mod map_names {
     /// Hash map: [`crate::EndpointKey`] (an address of the node itself) → [`crate::NodeAddr`]:
     /// traffic from these addresses passes ingress policy (reason `from-node`).
     pub const NODE_ADDRS: &str = "TG_NODE_ADDRS";
-    /// Array of `u64`: per (endpoint, direction) slot, when policy last denied one of its
+    /// Array of `u64`: per (interface, direction) slot, when policy last denied one of its
     /// flows (the probe's clock). Written and read by the probe; userspace only clears it.
     pub const DENY_HINTS: &str = "TG_DENY_HINTS";
+    /// Array of `u64`, indexed by endpoint id: the endpoint's revision while it is programmed,
+    /// 0 otherwise. A tracked or denied flow whose entry holds this revision is decided without
+    /// looking the endpoint up. Written by userspace in step with [`ENDPOINTS`].
+    pub const REVISIONS: &str = "TG_REVISIONS";
 }
 
 /// Capacities of the probe's maps (`docs/datapath.md`, "Map sizes", says why each and what it
@@ -98,6 +102,10 @@ pub mod map_names {
 pub mod map_sizes {
     /// Pod addresses on one node (a dual-stack pod has two).
     pub const ENDPOINTS: u32 = 8192;
+    /// Slots of the revisions array: endpoint ids go up to twice the endpoints (an id of a
+    /// removed endpoint is reused only by the compilation after), so this is what the loader
+    /// creates for [`ENDPOINTS`]; an id past it is decided with the endpoint's lookup.
+    pub const REVISIONS: u32 = 2 * ENDPOINTS;
     /// Peer prefixes: every pod address of the cluster, every ClusterIP, every ipBlock prefix.
     pub const PEERS: u32 = 524_288;
     /// (policy set, peer identity) entries over the node's endpoints.
@@ -112,8 +120,8 @@ pub mod map_sizes {
     pub const FRAGS: u32 = 8192;
     /// Addresses of the node itself (every ENI's, both families).
     pub const NODE_ADDRS: u32 = 256;
-    /// Slots of the deny hints (a power of two): one per (endpoint, direction) of a node of
-    /// up to 2,048 endpoints, shared beyond.
+    /// Slots of the deny hints (a power of two): one per (interface, direction) of 2,048
+    /// consecutive interface indexes, shared beyond.
     pub const DENY_HINTS: u32 = 4096;
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub const EVENTS_BYTES: u32 = 4 << 20;

@@ -84,7 +84,7 @@ impl MapSpec {
 
 /// Bump when a map's key or value changes meaning without changing size: maps pinned by an
 /// agent of another format are then never reused (see [`map_layout_id`]).
-pub const MAP_FORMAT: u32 = 1;
+pub const MAP_FORMAT: u32 = 2;
 
 /// The capacities of [`tollgate_schemas::map_sizes`], what `Capacity::default()` holds, as a
 /// constant.
@@ -97,16 +97,18 @@ pub(super) const DEFAULT_CAPACITY: Capacity = Capacity {
 };
 
 /// How many maps the programs share with userspace.
-pub const SHARED_MAPS: usize = 11;
+pub const SHARED_MAPS: usize = 12;
 
 /// Every map the programs share with userspace, with what they expect of it, at the default
 /// capacities: the maps [`Probe::load_pinned`] pins. See [`pinned_maps`].
 pub const PINNED_MAPS: [(&str, MapSpec); SHARED_MAPS] = pinned_maps(&DEFAULT_CAPACITY);
 
 /// Every map the programs share with userspace, with what they expect of it when the policy
-/// maps are sized by `capacity`: the maps [`Probe::load_pinned_with`] pins. `TG_SCRATCH` and
-/// `TG_DENY_HINTS` are left out: the programs' own (per-CPU room of one run; when policy last
-/// denied, which a new load may start without), they are created anew by each load.
+/// maps are sized by `capacity`: the maps [`Probe::load_pinned_with`] pins. `TG_SCRATCH`,
+/// `TG_HEADER` and `TG_DENY_HINTS` are left out: the programs' own (per-CPU room of one run;
+/// when policy last denied, which a new load may start without), they are created anew by each
+/// load. `TG_REVISIONS` is pinned: programs attached by an earlier load must see it change
+/// with the endpoint map they share.
 pub const fn pinned_maps(capacity: &Capacity) -> [(&'static str, MapSpec); SHARED_MAPS] {
     [
         (
@@ -117,6 +119,10 @@ pub const fn pinned_maps(capacity: &Capacity) -> [(&'static str, MapSpec); SHARE
         (
             map_names::NODE_ADDRS,
             MapSpec::of::<EndpointKey, NodeAddr>(MapType::Hash, capacity.node_addrs),
+        ),
+        (
+            map_names::REVISIONS,
+            MapSpec::of::<u32, u64>(MapType::Array, revision_slots(capacity)),
         ),
         (
             map_names::PEERS,
@@ -163,14 +169,21 @@ pub const fn pinned_maps(capacity: &Capacity) -> [(&'static str, MapSpec); SHARE
 }
 
 /// The maps whose capacity a [`Capacity`] sets, with it.
-pub(super) fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 5] {
+pub(super) fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 6] {
     [
         (map_names::ENDPOINTS, capacity.endpoints),
+        (map_names::REVISIONS, revision_slots(capacity)),
         (map_names::PEERS, capacity.peers),
         (map_names::POLICY, capacity.policy),
         (map_names::RULESETS, capacity.rulesets),
         (map_names::NODE_ADDRS, capacity.node_addrs),
     ]
+}
+
+/// Slots of the revisions array for `capacity`: endpoint ids go up to twice the endpoints
+/// ([`map_sizes::REVISIONS`]).
+const fn revision_slots(capacity: &Capacity) -> u32 {
+    capacity.endpoints.saturating_mul(2)
 }
 
 /// A name for the layout of [`PINNED_MAPS`] (and [`MAP_FORMAT`]): 16 hex digits of an FNV-1a

@@ -41,7 +41,10 @@ use tollgate_schemas::{
     PeerIdentity, PeerKey, PolicyEntry, PolicyKey, PolicyValue, map_names, program_names,
 };
 
-use crate::{aya_maps::AyaMaps, causes::Causes, desired::Capacity, events::EventReader};
+use crate::{
+    aya_maps::AyaMaps, causes::Causes, desired::Capacity, events::EventReader,
+    revision_slots::RevisionSlots,
+};
 
 pub use attach::{
     AttachMode, CLSACT_HANDLE, CLSACT_PRIORITY, HOOKS, VethLinks, clsact_link, hook_of,
@@ -138,6 +141,10 @@ pub enum ProbeError {
 pub(crate) struct ProbeMaps {
     /// Pod address → endpoint.
     pub(crate) endpoints: HashMap<MapData, EndpointKey, EndpointState>,
+    /// Endpoint id → the revision its known flows pass under without the endpoint's lookup.
+    pub(crate) revisions: Array<MapData, u64>,
+    /// What the endpoint map and `revisions` hold, for writing them in step.
+    pub(crate) slots: RevisionSlots,
     /// The node's own addresses.
     pub(crate) node_addrs: HashMap<MapData, EndpointKey, NodeAddr>,
     /// Peer prefix → peer identity, node-wide.
@@ -169,6 +176,30 @@ pub struct Probe {
     capacity: Capacity,
     /// How the programs read their clock from `jiffies`; `None`: through the helper.
     clock: Option<Calibration>,
+}
+
+/// The bookkeeping of the revisions array as the maps hold it at load (pinned maps keep what an
+/// earlier agent wrote), and the array brought in line with it.
+fn recover_slots(
+    endpoints: &HashMap<MapData, EndpointKey, EndpointState>,
+    revisions: &mut Array<MapData, u64>,
+) -> Result<RevisionSlots, ProbeError> {
+    let named = |name| move |source| ProbeError::Map { name, source };
+    let entries = endpoints
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(named(map_names::ENDPOINTS))?;
+    let held = (0..revisions.len())
+        .map(|id| revisions.get(&id, 0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(named(map_names::REVISIONS))?;
+    let (slots, writes) = RevisionSlots::recover(revisions.len(), entries, |id| held[id as usize]);
+    for (id, value) in writes {
+        revisions
+            .set(id, value, 0)
+            .map_err(named(map_names::REVISIONS))?;
+    }
+    Ok(slots)
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, ProbeError> {
@@ -219,8 +250,13 @@ impl Probe {
         let counters = take(&mut ebpf, map_names::COUNTERS)?;
         let denies_fd = duplicate(&denies, map_names::DENIES)?;
         let counters_fd = duplicate(&counters, map_names::COUNTERS)?;
+        let endpoints = typed(&mut ebpf, map_names::ENDPOINTS)?;
+        let mut revisions = typed(&mut ebpf, map_names::REVISIONS)?;
+        let slots = recover_slots(&endpoints, &mut revisions)?;
         let maps = ProbeMaps {
-            endpoints: typed(&mut ebpf, map_names::ENDPOINTS)?,
+            endpoints,
+            revisions,
+            slots,
             node_addrs: typed(&mut ebpf, map_names::NODE_ADDRS)?,
             peers: typed(&mut ebpf, map_names::PEERS)?,
             policy: typed(&mut ebpf, map_names::POLICY)?,
