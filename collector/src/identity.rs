@@ -566,8 +566,9 @@ impl Identities {
     }
 
     /// The host interface of the endpoint that decided an event at `ts_ns`: the interface of
-    /// index `ifindex` (the one the packet was seen on), or, for a report that names none (0:
-    /// a connection-tracking report), the interface endpoint `endpoint` was compiled on.
+    /// index `ifindex` (the one the packet was seen on, or for a report of a map entry the one
+    /// its flow is keyed by), or, for an event that names none (0), the interface endpoint
+    /// `endpoint` was compiled on.
     pub fn interface_at(
         &self,
         endpoint: u32,

@@ -581,7 +581,7 @@ fn the_deciding_endpoints_interface_and_eni_are_recorded() {
             ifindex: 7,
             ..tcp(AMAZONLINUX, 40_001, HTTPD, 80, at(minute + 10))
         },
-        // A connection-tracking report names no interface: the endpoint's (1).
+        // An event that names no interface: the endpoint's (1).
         FlowEvent {
             endpoint: amazonlinux,
             ifindex: 0,
