@@ -11,7 +11,8 @@ use tollgate_schemas::proto;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
+/// The TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
 
 /// Where a packet sits in a fragmented datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

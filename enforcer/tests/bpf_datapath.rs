@@ -1525,10 +1525,15 @@ fn privileged_a_denied_flow_is_decided_again_for_a_new_revision_or_a_report() {
         let first = run(&mut datapath, spec);
         assert_eq!(first_decision(&first).1, Reason::IsolatedNoMatch);
     }
-    // The endpoint denied lately, so a SYN's deny entry is looked up before conntrack: a
-    // tracked flow's repeated SYN still passes on its conntrack entry.
+    // The endpoint denied lately, so a SYN's deny entry is looked up: a tracked flow's repeated
+    // SYN has none, and is decided again by policy (it opens a connection, whatever conntrack
+    // holds). The flow's other packets pass on its conntrack entry, without events.
     let again = run(&mut datapath, &allowed);
-    assert!(again.passed && again.events.is_empty(), "{again:?}");
+    assert_eq!(first_decision(&again).1, Reason::AllowedByRule);
+    let mut ack = allowed.clone();
+    ack.tcp_flags = 0x10;
+    let next = run(&mut datapath, &ack);
+    assert!(next.passed && next.events.is_empty(), "{next:?}");
 
     // Policy allows the peer under the same revision: a denied flow's packets keep dropping on
     // their deny entries, without events (a revision is what makes the probe decide again).

@@ -23,16 +23,17 @@
 //!    decided under; otherwise the flow is decided again against the current policy, so a
 //!    tightened policy (a quarantine) cuts established flows too. An entry whose verdict byte
 //!    is unknown or does not pass is forgotten and the packet decided by policy (closed). A
-//!    TCP SYN without ACK is never taken for a reply (closed: a simultaneous open's second SYN
-//!    is decided by policy).
+//!    TCP SYN without ACK opens a connection and is never passed on conntrack: it is decided
+//!    by policy whatever conntrack holds of its tuple (closed: a retransmitted SYN, a new
+//!    connection on the tuple of a closing one, a simultaneous open's second SYN), and when it
+//!    passes its entry replaces the old one.
 //!
 //!    A flow conntrack does not pass, which policy denied under the endpoint's current
 //!    revision, drops again without being decided (closed: the revision moves whenever a
 //!    decision of the endpoint may change), except for the packet whose deny report is due: it
-//!    is decided again, so that its event names the rule as of now. A TCP SYN without ACK has
-//!    its deny entry looked up before conntrack (it is no reply, and its own key cannot be
-//!    both passed and denied under one revision); any other packet after conntrack, whose
-//!    reversed key may pass it as a reply. The revision does not
+//!    is decided again, so that its event names the rule as of now. A TCP SYN without ACK
+//!    looks up its deny entry only; any other packet after conntrack, whose reversed key may
+//!    pass it as a reply. The revision does not
 //!    follow the node's own addresses (`from-node`), which change only with the node: a report
 //!    interval bounds how long such a change waits.
 //! 5. Policy: neither isolated in this direction nor selected by a ClusterNetworkPolicy passes
@@ -208,15 +209,12 @@ fn decide_ip(packet: &Packet, truncated: bool, config: &Config) -> i32 {
         return flow::pass(Outcome::new(Verdict::Allow, Reason::Related, 0));
     }
     if let Known::Unsure = known {
-        // A SYN without ACK is never a reply, so conntrack could pass it only on its own key,
-        // which a flow policy denies under the current revision does not have: its deny entry
-        // is looked up first, and a repeated denied SYN skips conntrack.
-        let denied = opening && flow::denied_again(packet, key, config);
-        if !denied && tracked(packet, endpoint, key, opening, config, &mut outcome) {
+        // A SYN without ACK is decided by policy whatever conntrack holds (see `known`).
+        if !opening && tracked(packet, endpoint, key, config, &mut outcome) {
             remember_fragment(packet, endpoint, &outcome);
             return flow::pass(outcome);
         }
-        if denied || (!opening && flow::denied_again(packet, key, config)) {
+        if flow::denied_again(packet, key, config) {
             // Closed: as for `Known::Denied` above.
             return DROP;
         }
@@ -262,8 +260,16 @@ fn known(
     config: &Config,
     outcome: &mut Outcome,
 ) -> Known {
-    if opening && flow::denied_again(packet, key, config) {
-        return Known::Denied;
+    if opening {
+        // A SYN without ACK opens a connection: it is never a reply, and it is decided by
+        // policy whatever conntrack holds of its tuple (a retransmitted SYN, a new connection
+        // on the tuple of a closing one); when it passes, its entry replaces the old one. Its
+        // deny entry only is looked up: a repeated denied SYN drops on it.
+        return if flow::denied_again(packet, key, config) {
+            Known::Denied
+        } else {
+            Known::New
+        };
     }
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a pointer into the LRU map value, valid for this program run.
@@ -277,10 +283,6 @@ fn known(
             return Known::Passes;
         }
         return Known::Unsure;
-    }
-    if opening {
-        // A SYN without ACK opens a connection and is never a reply (see `tracked`).
-        return Known::New;
     }
     match known_reply(packet, key, config) {
         Known::New if flow::denied_again(packet, key, config) => Known::Denied,
@@ -339,17 +341,16 @@ fn endpoint(addr: &Addr) -> Option<&'static EndpointState> {
 
 /// Whether conntrack knows the packet's flow for `endpoint`, in this direction or as a reply;
 /// if so, its verdict is written to `outcome`. `false` when the flow is new (or was forgotten
-/// because current policy no longer allows it). `opening`: the packet is a TCP SYN without ACK
-/// ([`opens_connection`]), never a reply. For what [`known`] could not decide alone: a flow
-/// decided under another revision (decided again here), and the first fragments and ICMP
-/// errors it does not look at. The reply's lookup, with its reversed key, and a decision again
-/// are BPF functions of their own, off the entry point's stack frame.
+/// because current policy no longer allows it). For what [`known`] could not decide alone: a
+/// flow decided under another revision (decided again here), and the first fragments and ICMP
+/// errors it does not look at; never for a TCP SYN without ACK. The reply's lookup, with its
+/// reversed key, and a decision again are BPF functions of their own, off the entry point's
+/// stack frame.
 #[inline(always)]
 fn tracked(
     packet: &Packet,
     endpoint: &EndpointState,
     key: &FlowKey,
-    opening: bool,
     config: &Config,
     outcome: &mut Outcome,
 ) -> bool {
@@ -373,13 +374,6 @@ fn tracked(
         // Expired, no longer allowed, or unreadable: forget it and decide the packet as a new
         // flow.
         let _ = CONNTRACK.remove(key);
-        return false;
-    }
-    if opening {
-        // A SYN without ACK opens a connection and is never a reply, so the reversed key is
-        // not looked up: that lookup was about 140 ns of every new flow's decision (issue 18).
-        // Safe: such a packet only loses a pass it could have had as a reply. A simultaneous
-        // open (both ends send a SYN) has its second SYN decided by policy: fail closed.
         return false;
     }
     tracked_reply(packet, endpoint, key, config, outcome)

@@ -62,8 +62,9 @@ pub fn pass(outcome: Outcome) -> i32 {
     PASS
 }
 
-/// Starts tracking a newly passed flow and writes its event. A BPF function of its own, so its
-/// stack frame is not added to the entry point's.
+/// Starts tracking a newly passed flow and writes its event; an entry of its key (a
+/// connection opened again on the tuple) is replaced. A BPF function of its own, so its stack
+/// frame is not added to the entry point's.
 #[inline(never)]
 pub fn track(packet: &Packet, key: &FlowKey, endpoint: &EndpointState, outcome: &Outcome) {
     let entry = CtEntry {

@@ -2,8 +2,8 @@
 //! under BPF_PROG_TEST_RUN.
 //!
 //! Each case compiles a real NetworkPolicy into the maps, then runs the `to_pod` program:
-//! - established: one packet of an already tracked flow, `repeat` times per syscall (the kernel
-//!   reports the mean per run), over several rounds;
+//! - established: one packet of an already tracked flow (an ACK, after the SYN that opened it),
+//!   `repeat` times per syscall (the kernel reports the mean per run), over several rounds;
 //! - new flow allowed among N CIDR rules: every run a packet of a different flow (another source
 //!   port), so each one takes the whole path: endpoint, conntrack miss, peer-trie lookup, policy
 //!   entry, rule set, port match, conntrack insert and the flow event;
@@ -44,7 +44,7 @@ use crate::{
     crd::ClusterNetworkPolicy,
     decision::{Datapath, DatapathError},
     desired::Ids,
-    packet::PacketSpec,
+    packet::{PacketSpec, TCP_ACK},
     snapshot::Snapshot,
 };
 
@@ -517,15 +517,17 @@ fn established(
     count: u32,
 ) -> Result<BenchResult, DatapathError> {
     let (_, client) = client_net(family, 0);
-    let frame = packet(client, 40_000, 80);
-    // The first run tracks the flow; every measured run is then an established packet.
-    datapath.run(Direction::Ingress, &frame)?;
+    // The SYN tracks the flow; every measured run is then an ACK of it. A repeated SYN would be
+    // decided again each time: it opens a connection, whatever conntrack holds.
+    datapath.run(Direction::Ingress, &packet(client, 40_000, 80))?;
+    let mut ack = PacketSpec::first(client, family.server(), proto::TCP, 40_000, 80);
+    ack.tcp_flags = TCP_ACK;
     let case = format!("established flow{}", family.note());
-    repeated(datapath, &case, &frame, count, true)
+    repeated(datapath, &case, &ack.build(), count, true)
 }
 
-/// A denied TCP SYN, repeated: it is looked up in the deny entries before conntrack (a SYN is
-/// never a reply).
+/// A denied TCP SYN, repeated: it looks up its deny entry only (a SYN opens a connection: it
+/// is never a reply, nor passed on conntrack).
 fn denied(
     datapath: &mut BpfDatapath,
     family: Family,
