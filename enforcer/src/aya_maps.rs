@@ -2,9 +2,9 @@
 //! programs read.
 //!
 //! Each call is one `bpf(2)` map operation on one of the five policy maps of a loaded
-//! [`crate::probe::Probe`] (an endpoint's also clears and sets its slots of the revisions
-//! array around it, [`crate::revision_slots`]); its error keeps the map's name, and says whether the map was full
-//! ([`MapsError::is_full`]), which the sync answers by deleting before it inserts.
+//! [`crate::probe::Probe`] (an endpoint's also clears and sets its slots of the revisions array
+//! around it, [`crate::revision_slots`]); its error keeps the map's name, and says whether the
+//! map was full ([`MapsError::is_full`]), which the sync answers by deleting before it inserts.
 //! [`PolicyMaps::read`] walks every map (the rule-set array slot by slot, keeping the slots
 //! that are not empty).
 

@@ -6,10 +6,11 @@
 //! slot `id` holds revision `v` only while every address the endpoint map gives id `id` is
 //! programmed with `v` on the interface it had, and none has left `(id, v)` since (deleted,
 //! moved to another id or interface, written not programmed): the flows of an address that
-//! left would pass on their entries otherwise. [`RevisionSlots::change`] says what to write
-//! around one endpoint-map write: every slot it may change is cleared *before* the map write
-//! and set *after* it, so a slot never holds a revision the endpoint map does not (a packet in
-//! between is decided with the endpoint's lookup, as before).
+//! left would pass on their entries otherwise. [`RevisionSlots::before`] and
+//! [`RevisionSlots::after`] say what to write around one endpoint-map write: every slot it may
+//! change is cleared *before* the map write and set *after* it, so a slot never holds a
+//! revision the endpoint map does not (a packet in between is decided with the endpoint's
+//! lookup, as before).
 //!
 //! Pure: the caller ([`crate::aya_maps`]) does the writes. An id past the array's end has no
 //! slot and is always decided with the endpoint's lookup.
@@ -73,14 +74,6 @@ impl RevisionSlots {
         (slots, writes)
     }
 
-    /// An empty endpoint map and an array of `len` zero slots.
-    pub fn empty(len: u32) -> Self {
-        Self {
-            len,
-            ..Self::default()
-        }
-    }
-
     /// The slots to clear before address `key` is written as `state` (`None`: deleted).
     pub fn before(&mut self, key: &EndpointKey, state: Option<&EndpointState>) -> SlotWrites {
         let mut writes = Vec::new();
@@ -117,11 +110,6 @@ impl RevisionSlots {
             }
         }
         writes
-    }
-
-    /// The slot of `id` as last written.
-    pub fn slot(&self, id: u32) -> u64 {
-        self.written.get(&id).copied().unwrap_or(0)
     }
 
     /// The ids whose slot a write of `key` as `state` may change, within the array.
@@ -198,6 +186,18 @@ mod tests {
             egress_set: 0,
             _pad: 0,
             revision,
+        }
+    }
+
+    impl RevisionSlots {
+        /// An empty endpoint map and an array of `len` zero slots.
+        fn empty(len: u32) -> Self {
+            Self::recover(len, [], |_| 0).0
+        }
+
+        /// The slot of `id` as last written.
+        fn slot(&self, id: u32) -> u64 {
+            self.written.get(&id).copied().unwrap_or(0)
         }
     }
 

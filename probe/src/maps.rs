@@ -19,9 +19,10 @@ use crate::parse::Packet;
 pub static ENDPOINTS: HashMap<EndpointKey, EndpointState> =
     HashMap::with_max_entries(map_sizes::ENDPOINTS, BPF_F_NO_PREALLOC);
 
-/// Endpoint id → its revision while it is programmed, else 0: a known flow's entry is checked
-/// against it (`decide::known`), so that the packet needs no lookup of its endpoint. An array
-/// lookup is inlined by the verifier, where a hash lookup is a call (about 30 ns of an
+/// Endpoint id → its revision while every address of it is programmed with that revision and
+/// none has left it since (`enforcer/src/revision_slots.rs`), else 0: a known flow's entry is
+/// checked against it (`decide::known`), so that the packet needs no lookup of its endpoint.
+/// An array lookup is inlined by the verifier, where a hash lookup is a call (about 30 ns of an
 /// established packet's 80, measured). Userspace writes a slot after the endpoint and clears
 /// it before, so the slot never holds a revision the endpoint map does not.
 #[map(name = "TG_REVISIONS")]

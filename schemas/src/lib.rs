@@ -90,9 +90,10 @@ pub mod map_names {
     /// Array of `u64`: per (interface, direction) slot, when policy last denied one of its
     /// flows (the probe's clock). Written and read by the probe; userspace only clears it.
     pub const DENY_HINTS: &str = "TG_DENY_HINTS";
-    /// Array of `u64`, indexed by endpoint id: the endpoint's revision while it is programmed,
-    /// 0 otherwise. A tracked or denied flow whose entry holds this revision is decided without
-    /// looking the endpoint up. Written by userspace in step with [`ENDPOINTS`].
+    /// Array of `u64`, indexed by endpoint id: the endpoint's revision while every address of
+    /// it is programmed with that revision and none has left it since, 0 otherwise. A tracked
+    /// or denied flow whose entry holds this revision is decided without looking the endpoint
+    /// up. Written by userspace in step with [`ENDPOINTS`].
     pub const REVISIONS: &str = "TG_REVISIONS";
 }
 
