@@ -274,10 +274,7 @@ fn known(
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a pointer into the LRU map value, valid for this program run.
         let entry = unsafe { &mut *entry };
-        if current(entry.endpoint, entry.revision)
-            && !expired(entry, key.protocol, packet.now, config)
-            && let Some(verdict) = passing_verdict(entry)
-        {
+        if let Some(verdict) = passes_alone(entry, packet, config) {
             flow::touch(entry, packet);
             *outcome = Outcome::new(verdict, Reason::Established, 0);
             return Known::Passes;
@@ -291,6 +288,46 @@ fn known(
             Known::Passes
         }
         known => known,
+    }
+}
+
+/// The verdict a tracked flow's packet passes with on its entry alone, before its endpoint is
+/// looked up: the entry's, when the flow was decided under its endpoint's current revision,
+/// has not expired, and its verdict is one that passes. `None`: the endpoint decides.
+#[inline(always)]
+fn passes_alone(entry: &CtEntry, packet: &Packet, config: &Config) -> Option<Verdict> {
+    if current(entry.endpoint, entry.revision)
+        && !expired(entry, packet.protocol, packet.now, config)
+    {
+        passing_verdict(entry)
+    } else {
+        None
+    }
+}
+
+/// The verdict a tracked flow's packet passes with for `endpoint`, its own: the entry's, when
+/// the entry is the endpoint's and has not expired, and the flow was decided under the
+/// endpoint's current revision or passes when decided again now (its first packet went in
+/// `direction`, to `dst_port`). `None`: the entry is to be forgotten (fail closed: an entry of
+/// another endpoint, the address having changed hands on this interface, or whose verdict is
+/// unknown or does not pass, is never passed on its word).
+#[inline(always)]
+fn passes_for(
+    entry: &mut CtEntry,
+    endpoint: &EndpointState,
+    packet: &Packet,
+    direction: Direction,
+    dst_port: u16,
+    config: &Config,
+) -> Option<Verdict> {
+    let current = entry.endpoint == endpoint.id
+        && !expired(entry, packet.protocol, packet.now, config)
+        && (entry.revision == endpoint.revision
+            || redecide(entry, endpoint, packet, direction, dst_port));
+    if current {
+        passing_verdict(entry)
+    } else {
+        None
     }
 }
 
@@ -315,14 +352,11 @@ fn known_reply(packet: &Packet, key: &FlowKey, config: &Config) -> Known {
     };
     // SAFETY: a pointer into the LRU map value, valid for this program run.
     let entry = unsafe { &mut *entry };
-    if current(entry.endpoint, entry.revision)
-        && !expired(entry, key.protocol, packet.now, config)
-        && passing_verdict(entry).is_some()
-    {
-        flow::touch(entry, packet);
-        return Known::Passes;
+    if passes_alone(entry, packet, config).is_none() {
+        return Known::Unsure;
     }
-    Known::Unsure
+    flow::touch(entry, packet);
+    Known::Passes
 }
 
 /// The endpoint of a pod-side address, read in place. Copying the key and the 32-byte value
@@ -357,22 +391,20 @@ fn tracked(
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a pointer into the LRU map value, valid for this program run.
         let entry = unsafe { &mut *entry };
-        // Fail closed: an entry of another endpoint (the address changed hands on this
-        // interface) is forgotten, and the packet decided for its own endpoint.
-        if entry.endpoint == endpoint.id && !expired(entry, key.protocol, packet.now, config) {
-            let current = entry.revision == endpoint.revision
-                || redecide(entry, endpoint, packet, packet.direction, key.dst_port);
-            // Fail closed: an entry whose verdict is unknown, or is not one that passes (only
-            // passed flows are tracked), is not trusted: it is forgotten below and the packet
-            // decided by policy, never passed on its word.
-            if current && let Some(verdict) = passing_verdict(entry) {
-                flow::touch(entry, packet);
-                *outcome = Outcome::new(verdict, Reason::Established, 0);
-                return true;
-            }
+        if let Some(verdict) = passes_for(
+            entry,
+            endpoint,
+            packet,
+            packet.direction,
+            key.dst_port,
+            config,
+        ) {
+            flow::touch(entry, packet);
+            *outcome = Outcome::new(verdict, Reason::Established, 0);
+            return true;
         }
-        // Expired, no longer allowed, or unreadable: forget it and decide the packet as a new
-        // flow.
+        // Another endpoint's, expired, no longer allowed, or unreadable: forget it and decide
+        // the packet as a new flow.
         let _ = CONNTRACK.remove(key);
         return false;
     }
@@ -398,17 +430,12 @@ fn tracked_reply(
     };
     // SAFETY: a pointer into the LRU map value, valid for this program run.
     let entry = unsafe { &mut *entry };
-    if entry.endpoint == endpoint.id && !expired(entry, key.protocol, packet.now, config) {
-        // The original flow's destination port is this reply's source port.
-        let original = packet.direction.reverse();
-        let current = entry.revision == endpoint.revision
-            || redecide(entry, endpoint, packet, original, key.src_port);
-        // Fail closed, as in `tracked`: an unreadable verdict passes nothing.
-        if current && passing_verdict(entry).is_some() {
-            flow::touch(entry, packet);
-            *outcome = Outcome::new(Verdict::Allow, Reason::Reply, 0);
-            return true;
-        }
+    // The original flow went the other way: its destination port is this reply's source port.
+    let original = packet.direction.reverse();
+    if passes_for(entry, endpoint, packet, original, key.src_port, config).is_some() {
+        flow::touch(entry, packet);
+        *outcome = Outcome::new(Verdict::Allow, Reason::Reply, 0);
+        return true;
     }
     let _ = CONNTRACK.remove(reverse);
     false
