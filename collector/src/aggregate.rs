@@ -78,7 +78,7 @@ struct Open {
     dst_holder: Option<Holder>,
     service: Option<Arc<ServiceIdentity>>,
     rule: Option<Arc<NamedRule>>,
-    isolating: Arc<[String]>,
+    isolating: Option<Arc<[String]>>,
     interface: Option<Arc<EndpointInterface>>,
 }
 
@@ -101,8 +101,6 @@ pub struct Aggregator {
     max_open: usize,
     /// Keyed with foldhash: the key is ~100 bytes, hashed once for every event.
     open: IndexMap<Key, Open, RandomState>,
-    /// The empty list of isolating policies, shared by every record that names none.
-    no_policies: Arc<[String]>,
     /// The earliest window of an open record (`u64::MAX` when none is open): closing walks
     /// the table only once that window has ended, not at every tick.
     oldest_window: u64,
@@ -116,7 +114,6 @@ impl Aggregator {
             mode,
             max_open,
             open: IndexMap::default(),
-            no_policies: Arc::from([]),
             oldest_window: u64::MAX,
         }
     }
@@ -226,7 +223,7 @@ impl Aggregator {
             dst_holder: dst.map(|h| h.holder),
             service: service.map(|h| h.value),
             rule: rule.map(|h| h.value),
-            isolating: isolating.map_or_else(|| Arc::clone(&self.no_policies), |(_, names)| names),
+            isolating: isolating.map(|(_, names)| names),
             interface: interface.map(|h| h.value),
         });
         self.oldest_window = self.oldest_window.min(window);
@@ -335,7 +332,7 @@ impl Open {
         FlowRecord {
             start_s: open.first_ns / NS_PER_S,
             end_s: open.last_ns / NS_PER_S,
-            body: RecordBody::Flow(Box::new(flow)),
+            body: RecordBody::Flow(flow),
         }
     }
 }

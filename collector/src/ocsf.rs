@@ -773,7 +773,7 @@ mod tests {
             dst_holder: None,
             service: None,
             rule: None,
-            isolating: Arc::from([]),
+            isolating: None,
             audit: false,
             interface: None,
         }
@@ -812,7 +812,7 @@ mod tests {
         let record = |start_s| FlowRecord {
             start_s,
             end_s: start_s,
-            body: RecordBody::Flow(Box::new(flow(Verdict::Deny, Reason::Malformed, 0))),
+            body: RecordBody::Flow(flow(Verdict::Deny, Reason::Malformed, 0)),
         };
         let batch = encode(&[record(30), record(10), record(20)], &origin(), &schema()).unwrap();
         let times: Vec<i64> = batch

@@ -205,7 +205,12 @@ impl Pipeline {
     pub fn drain(&mut self, source: &mut impl FlowSource, tap: &mut Option<Tap>) {
         let identities = Arc::clone(&self.identities);
         let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
-        source.drain_with(|event| self.add_tapped(event, &identities, tap));
+        let mut events = 0;
+        source.drain_with(|event| {
+            events += 1;
+            self.add_tapped(event, &identities, tap);
+        });
+        self.metrics.events.fetch_add(events, Ordering::Relaxed);
     }
 
     /// Drains `source`, then adds its residual denies (handing each to `tap` too), so that
@@ -219,6 +224,9 @@ impl Pipeline {
                 for event in &events {
                     self.add_tapped(event, &identities, tap);
                 }
+                self.metrics
+                    .events
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
             }
             Err(error) => tracing::warn!(error = %Causes(&error), "reporting residual denies"),
         }
@@ -231,6 +239,9 @@ impl Pipeline {
         for event in events {
             self.add(event, &identities);
         }
+        self.metrics
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
     }
 
     /// Adds what conntrack counted for allowed flows since the previous call (see
@@ -255,8 +266,8 @@ impl Pipeline {
         self.add(event, identities);
     }
 
+    /// Aggregates `event`; the caller counts it in the metrics (once for all it adds).
     fn add(&mut self, event: &FlowEvent, identities: &Identities) {
-        self.metrics.events.fetch_add(1, Ordering::Relaxed);
         match self.aggregator.ingest(event, &self.clock, identities) {
             Ok(()) | Err(Skipped::Filtered) => {}
             Err(Skipped::Unknown) => {

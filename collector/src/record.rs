@@ -5,8 +5,9 @@
 //! them out as one [`RecordBatch`] of the schema `tollgate_schemas::record` defines, column by
 //! column in [`COLUMNS`] order, a chunk of records at a time: for each chunk, each column is
 //! one pass over its records into the column's own builder, with no intermediate row per
-//! record (the chunk stays in the CPU's cache from the first column to the last), and rows of
-//! a chunk none of which has a value in a column are appended to it as nulls at once.
+//! record (the chunk stays in the CPU's cache from the first column to the last). A text
+//! column takes a run of equal values (or nulls) at once; an integer column none of whose rows
+//! has a value takes them as nulls at once.
 //! Addresses are written as text straight into their column (the previous row's text is
 //! reused when the address repeats). The schema is checked against the columns at every call:
 //! a column added to the schema but not here fails loudly instead of writing a wrong file.
@@ -21,8 +22,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, RecordBatch,
-    builder::{Int32Builder, Int64Builder, ListBuilder, MapBuilder, MapFieldNames, StringBuilder},
+    ArrayRef, ArrowPrimitiveType, RecordBatch,
+    builder::{
+        Int32Builder, Int64Builder, ListBuilder, MapBuilder, MapFieldNames, PrimitiveBuilder,
+        StringBuilder,
+    },
 };
 use arrow_schema::{ArrowError, SchemaRef};
 use tollgate_schemas::rule::{NamedRule, PolicyTier};
@@ -75,8 +79,8 @@ pub struct Flow {
     /// The rule that decided the flow (for default-allow, the Pass that led there).
     pub rule: Option<Arc<NamedRule>>,
     /// For a denial for want of a matching rule: the NetworkPolicies that isolated the
-    /// deciding endpoint in `direction` (empty otherwise, or when not known).
-    pub isolating: Arc<[String]>,
+    /// deciding endpoint in `direction` (`None` otherwise, or when not known).
+    pub isolating: Option<Arc<[String]>>,
     /// Whether the deciding endpoint ran this direction in audit mode.
     pub audit: bool,
     /// The deciding endpoint's host interface at the time.
@@ -87,7 +91,7 @@ pub struct Flow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordBody {
     /// A flow (`log_status = 'OK'`).
-    Flow(Box<Flow>),
+    Flow(Flow),
     /// Lost events (`log_status = 'SKIPDATA'`).
     Loss(LossSpan),
     /// A pod quarantined or released (`log_status = 'ISOLATION'`).
@@ -410,11 +414,7 @@ impl Columns {
     /// An `int` column.
     fn int32(&mut self, chunk: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<i32>) {
         match self.slot(|rows| Builder::Int32(Int32Builder::with_capacity(rows))) {
-            Some(Builder::Int32(builder)) => {
-                for record in chunk {
-                    builder.append_option(value(record));
-                }
-            }
+            Some(Builder::Int32(builder)) => append_ints(builder, chunk, value),
             _ => self.mismatch = true,
         }
     }
@@ -422,16 +422,13 @@ impl Columns {
     /// A `bigint` column.
     fn int64(&mut self, chunk: &[FlowRecord], value: impl Fn(&FlowRecord) -> Option<i64>) {
         match self.slot(|rows| Builder::Int64(Int64Builder::with_capacity(rows))) {
-            Some(Builder::Int64(builder)) => {
-                for record in chunk {
-                    builder.append_option(value(record));
-                }
-            }
+            Some(Builder::Int64(builder)) => append_ints(builder, chunk, value),
             _ => self.mismatch = true,
         }
     }
 
-    /// A `string` column; rows none of which has a value are appended as nulls at once.
+    /// A `string` column, appended a run of equal values at a time: most columns hold a few
+    /// values in long runs (the node's name, `OK`, a verdict, a pod's namespace), or none.
     fn strings<'a>(
         &mut self,
         chunk: &'a [FlowRecord],
@@ -440,12 +437,18 @@ impl Columns {
         let new = |rows| Builder::Utf8(StringBuilder::with_capacity(rows, rows * 8));
         match self.slot(new) {
             Some(Builder::Utf8(builder)) => {
-                if chunk.iter().all(|r| value(r).is_none()) {
-                    builder.append_nulls(chunk.len());
-                    return;
-                }
-                for record in chunk {
-                    builder.append_option(value(record));
+                let mut rest = chunk;
+                while let Some((first, others)) = rest.split_first() {
+                    let run_value = value(first);
+                    let run = 1 + others
+                        .iter()
+                        .take_while(|r| same_text(value(r), run_value))
+                        .count();
+                    match run_value {
+                        Some(text) => builder.append_value_n(text, run),
+                        None => builder.append_nulls(run),
+                    }
+                    rest = &rest[run..];
                 }
             }
             _ => self.mismatch = true,
@@ -534,11 +537,12 @@ impl Columns {
             Some(Builder::List(list)) => {
                 for record in chunk {
                     match flow(record) {
-                        Some(flow)
-                            if flow.reason == Reason::IsolatedNoMatch
-                                && !flow.isolating.is_empty() =>
-                        {
-                            for name in flow.isolating.iter() {
+                        Some(Flow {
+                            reason: Reason::IsolatedNoMatch,
+                            isolating: Some(names),
+                            ..
+                        }) if !names.is_empty() => {
+                            for name in names.iter() {
                                 list.values().append_value(name);
                             }
                             list.append(true);
@@ -566,6 +570,29 @@ fn slot<'b>(
         builders.push(new(rows));
     }
     builders.get_mut(place)
+}
+
+/// Appends an integer column's values of `chunk`: at once as nulls when none has one (the
+/// ICMP columns of TCP flows, a loss record's columns).
+fn append_ints<T: ArrowPrimitiveType>(
+    builder: &mut PrimitiveBuilder<T>,
+    chunk: &[FlowRecord],
+    value: impl Fn(&FlowRecord) -> Option<T::Native>,
+) {
+    if chunk.iter().all(|r| value(r).is_none()) {
+        builder.append_nulls(chunk.len());
+    } else {
+        builder.extend_from_iter_option(chunk.iter().map(value));
+    }
+}
+
+/// Whether two values of a `string` column are equal: at once when both are the same text
+/// (a `&'static str`, or the same identity's), else by comparing their bytes.
+fn same_text(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => std::ptr::eq(a, b) || a == b,
+        (a, b) => a.is_none() && b.is_none(),
+    }
 }
 
 /// The flow of a flow record.
@@ -689,6 +716,100 @@ fn clamp(value: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::{Array, Int32Array, StringArray};
+    use tollgate_schemas::proto;
+
+    use crate::loss::LossSource;
+
+    fn flow_record(src_port: u16, verdict: Verdict, icmp: Option<(u8, u8)>) -> FlowRecord {
+        FlowRecord {
+            start_s: 60,
+            end_s: 61,
+            body: RecordBody::Flow(Flow {
+                src: "198.18.0.1".parse().unwrap(),
+                dst: "198.18.0.2".parse().unwrap(),
+                src_port,
+                dst_port: 80,
+                protocol: proto::TCP,
+                direction: Direction::Ingress,
+                verdict,
+                reason: Reason::IsolatedNoMatch,
+                icmp,
+                packets: 1,
+                bytes: 60,
+                tcp_flags: 0x02,
+                events: 1,
+                src_holder: None,
+                dst_holder: None,
+                service: None,
+                rule: None,
+                isolating: None,
+                audit: false,
+                interface: None,
+            }),
+        }
+    }
+
+    /// The column `name` of `batch`, as `T`.
+    fn column<'b, T: 'static>(batch: &'b RecordBatch, name: &str) -> &'b T {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<T>())
+            .unwrap_or_else(|| panic!("column {name}"))
+    }
+
+    #[test]
+    fn runs_of_equal_values_and_of_nulls_keep_every_row() {
+        let loss = FlowRecord::loss(crate::loss::LossSpan {
+            source: LossSource::RingbufFull,
+            events: Some(3),
+            from_s: 60,
+            to_s: 61,
+        });
+        let records = [
+            flow_record(1, Verdict::Deny, None),
+            flow_record(2, Verdict::Deny, None),
+            loss,
+            flow_record(3, Verdict::Allow, Some((8, 0))),
+            flow_record(4, Verdict::Deny, None),
+        ];
+        let batch = encode(&records, "node-a", "lab", &schema()).unwrap();
+        let text = |name| -> Vec<Option<String>> {
+            column::<StringArray>(&batch, name)
+                .iter()
+                .map(|v| v.map(str::to_owned))
+                .collect()
+        };
+        let some = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            text("action"),
+            [
+                some("REJECT"),
+                some("REJECT"),
+                None,
+                some("ACCEPT"),
+                some("REJECT")
+            ]
+        );
+        assert_eq!(
+            text("log_status"),
+            [
+                some("OK"),
+                some("OK"),
+                some("SKIPDATA"),
+                some("OK"),
+                some("OK")
+            ]
+        );
+        assert_eq!(text("node"), vec![some("node-a"); 5]);
+        assert_eq!(text("src_pod"), vec![None; 5]);
+        let ints =
+            |name| -> Vec<Option<i32>> { column::<Int32Array>(&batch, name).iter().collect() };
+        assert_eq!(ints("srcport"), [Some(1), Some(2), None, Some(3), Some(4)]);
+        assert_eq!(ints("icmp_type"), [None, None, None, Some(8), None]);
+        let all_tcp = encode(&records[..2], "node-a", "lab", &schema()).unwrap();
+        assert_eq!(column::<Int32Array>(&all_tcp, "icmp_code").null_count(), 2);
+    }
 
     #[test]
     fn address_text_is_what_display_writes() {

@@ -92,7 +92,7 @@ fn flow(start_s: u64, verdict: Verdict, reason: Reason, audit: bool) -> FlowReco
     FlowRecord {
         start_s,
         end_s: start_s + 59,
-        body: RecordBody::Flow(Box::new(Flow {
+        body: RecordBody::Flow(Flow {
             src: ip("198.18.0.10"),
             dst: ip("198.18.0.20"),
             src_port: 40_000,
@@ -125,13 +125,13 @@ fn flow(start_s: u64, verdict: Verdict, reason: Reason, audit: bool) -> FlowReco
                     version: "812".into(),
                 })
             }),
-            isolating: Arc::from([]),
+            isolating: None,
             audit,
             interface: Some(Arc::new(EndpointInterface {
                 name: "eni1a2b3c4d5e6".to_owned(),
                 eni: Eni::Node,
             })),
-        })),
+        }),
     }
 }
 
@@ -140,7 +140,7 @@ fn icmp_from_node(start_s: u64) -> FlowRecord {
     FlowRecord {
         start_s,
         end_s: start_s + 1,
-        body: RecordBody::Flow(Box::new(Flow {
+        body: RecordBody::Flow(Flow {
             src: ip("2001:db8::1"),
             dst: ip("2001:db8::2"),
             src_port: 7,
@@ -158,10 +158,10 @@ fn icmp_from_node(start_s: u64) -> FlowRecord {
             dst_holder: None,
             service: None,
             rule: None,
-            isolating: Arc::from([]),
+            isolating: None,
             audit: false,
             interface: None,
-        })),
+        }),
     }
 }
 

@@ -51,7 +51,7 @@ pub fn flow(
     FlowRecord {
         start_s: at,
         end_s: at + 5,
-        body: RecordBody::Flow(Box::new(Flow {
+        body: RecordBody::Flow(Flow {
             src: address(src),
             dst: address(dst),
             src_port: 40_000,
@@ -85,13 +85,13 @@ pub fn flow(
                     version: "812".into(),
                 })
             }),
-            isolating: Arc::from([]),
+            isolating: None,
             audit: false,
             interface: Some(Arc::new(EndpointInterface {
                 name: "eni0a1b2c3d4e5".into(),
                 eni: Eni::Node,
             })),
-        })),
+        }),
     }
 }
 
