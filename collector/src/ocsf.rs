@@ -756,26 +756,8 @@ mod tests {
 
     fn flow(verdict: Verdict, reason: Reason, tcp_flags: u8) -> Flow {
         Flow {
-            src: "198.18.0.1".parse().unwrap(),
-            dst: "198.18.0.2".parse().unwrap(),
-            src_port: 1,
-            dst_port: 2,
-            protocol: proto::TCP,
-            direction: Direction::Egress,
-            verdict,
-            reason,
-            icmp: None,
-            packets: 1,
-            bytes: 1,
             tcp_flags,
-            events: 1,
-            src_holder: None,
-            dst_holder: None,
-            service: None,
-            rule: None,
-            isolating: None,
-            audit: false,
-            interface: None,
+            ..Flow::unnamed(verdict, reason)
         }
     }
 

@@ -87,6 +87,35 @@ pub struct Flow {
     pub interface: Option<Arc<EndpointInterface>>,
 }
 
+#[cfg(test)]
+impl Flow {
+    /// One TCP packet of 1 byte from 198.18.0.1:1 to 198.18.0.2:2, egress, naming nobody.
+    pub(crate) fn unnamed(verdict: Verdict, reason: Reason) -> Self {
+        Self {
+            src: "198.18.0.1".parse().unwrap(),
+            dst: "198.18.0.2".parse().unwrap(),
+            src_port: 1,
+            dst_port: 2,
+            protocol: tollgate_schemas::proto::TCP,
+            direction: Direction::Egress,
+            verdict,
+            reason,
+            icmp: None,
+            packets: 1,
+            bytes: 1,
+            tcp_flags: 0,
+            events: 1,
+            src_holder: None,
+            dst_holder: None,
+            service: None,
+            rule: None,
+            isolating: None,
+            audit: false,
+            interface: None,
+        }
+    }
+}
+
 /// What a record says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordBody {
@@ -717,7 +746,6 @@ fn clamp(value: u64) -> i64 {
 mod tests {
     use super::*;
     use arrow_array::{Array, Int32Array, StringArray};
-    use tollgate_schemas::proto;
 
     use crate::loss::LossSource;
 
@@ -726,26 +754,9 @@ mod tests {
             start_s: 60,
             end_s: 61,
             body: RecordBody::Flow(Flow {
-                src: "198.18.0.1".parse().unwrap(),
-                dst: "198.18.0.2".parse().unwrap(),
                 src_port,
-                dst_port: 80,
-                protocol: proto::TCP,
-                direction: Direction::Ingress,
-                verdict,
-                reason: Reason::IsolatedNoMatch,
                 icmp,
-                packets: 1,
-                bytes: 60,
-                tcp_flags: 0x02,
-                events: 1,
-                src_holder: None,
-                dst_holder: None,
-                service: None,
-                rule: None,
-                isolating: None,
-                audit: false,
-                interface: None,
+                ..Flow::unnamed(verdict, Reason::IsolatedNoMatch)
             }),
         }
     }
