@@ -8,7 +8,7 @@
 //! [`PolicyMaps::read`] walks every map (the rule-set array slot by slot, keeping the slots
 //! that are not empty).
 
-use aya::maps::{IterableMap, MapData, MapError, lpm_trie::Key};
+use aya::maps::{Array, IterableMap, MapData, MapError, lpm_trie::Key};
 use tollgate_schemas::{
     EndpointKey, EndpointState, NodeAddr, PeerIdentity, PolicyEntry, PolicyKey, PolicyValue,
     map_names,
@@ -60,18 +60,39 @@ impl<'a> AyaMaps<'a> {
 }
 
 impl AyaMaps<'_> {
-    /// Writes slots of the revisions array, as [`crate::revision_slots`] says around an
-    /// endpoint write. A slot cleared before an endpoint write that then fails stays 0: that
-    /// endpoint's flows are decided with its lookup until it is written again.
-    fn write_slots(&mut self, writes: &[(u32, u64)]) -> Result<(), AyaMapError> {
-        for &(id, revision) in writes {
-            self.maps
-                .revisions
-                .set(id, revision, 0)
-                .map_err(named(map_names::REVISIONS))?;
+    /// Writes address `key` as `state` (`None`: deletes it), its slots of the revisions array
+    /// cleared before and set after, as [`crate::revision_slots`] says.
+    fn write_endpoint(
+        &mut self,
+        key: &EndpointKey,
+        state: Option<&EndpointState>,
+    ) -> Result<(), AyaMapError> {
+        let before = self.maps.slots.before(key, state);
+        write_slots(&mut self.maps.revisions, &before)?;
+        let endpoints = &mut self.maps.endpoints;
+        match state {
+            Some(value) => endpoints.insert(key, value, 0),
+            None => endpoints.remove(key),
         }
-        Ok(())
+        .map_err(named(map_names::ENDPOINTS))?;
+        let after = self.maps.slots.after(key, state);
+        write_slots(&mut self.maps.revisions, &after)
     }
+}
+
+/// Writes slots of the revisions array, `(id, value)` in order: around an endpoint write, and
+/// at load ([`crate::probe`]). A slot cleared before an endpoint write that then fails stays 0:
+/// that endpoint's flows are decided with its lookup until it is written again.
+pub(crate) fn write_slots(
+    revisions: &mut Array<MapData, u64>,
+    writes: &[(u32, u64)],
+) -> Result<(), AyaMapError> {
+    for &(id, value) in writes {
+        revisions
+            .set(id, value, 0)
+            .map_err(named(map_names::REVISIONS))?;
+    }
+    Ok(())
 }
 
 fn named(map: &'static str) -> impl Fn(MapError) -> AyaMapError {
@@ -139,25 +160,11 @@ impl PolicyMaps for AyaMaps<'_> {
         key: &EndpointKey,
         value: &EndpointState,
     ) -> Result<(), Self::Error> {
-        let before = self.maps.slots.before(key, Some(value));
-        self.write_slots(&before)?;
-        self.maps
-            .endpoints
-            .insert(key, value, 0)
-            .map_err(named(map_names::ENDPOINTS))?;
-        let after = self.maps.slots.after(key, Some(value));
-        self.write_slots(&after)
+        self.write_endpoint(key, Some(value))
     }
 
     fn delete_endpoint(&mut self, key: &EndpointKey) -> Result<(), Self::Error> {
-        let before = self.maps.slots.before(key, None);
-        self.write_slots(&before)?;
-        self.maps
-            .endpoints
-            .remove(key)
-            .map_err(named(map_names::ENDPOINTS))?;
-        let after = self.maps.slots.after(key, None);
-        self.write_slots(&after)
+        self.write_endpoint(key, None)
     }
 
     fn upsert_peer(&mut self, key: &PeerEntryKey, value: &PeerIdentity) -> Result<(), Self::Error> {

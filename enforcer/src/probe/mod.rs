@@ -42,7 +42,10 @@ use tollgate_schemas::{
 };
 
 use crate::{
-    aya_maps::AyaMaps, causes::Causes, desired::Capacity, events::EventReader,
+    aya_maps::{AyaMaps, write_slots},
+    causes::Causes,
+    desired::Capacity,
+    events::EventReader,
     revision_slots::RevisionSlots,
 };
 
@@ -194,11 +197,10 @@ fn recover_slots(
         .collect::<Result<Vec<_>, _>>()
         .map_err(named(map_names::REVISIONS))?;
     let (slots, writes) = RevisionSlots::recover(revisions.len(), entries, |id| held[id as usize]);
-    for (id, value) in writes {
-        revisions
-            .set(id, value, 0)
-            .map_err(named(map_names::REVISIONS))?;
-    }
+    write_slots(revisions, &writes).map_err(|e| ProbeError::Map {
+        name: e.map,
+        source: e.source,
+    })?;
     Ok(slots)
 }
 
