@@ -283,6 +283,8 @@ impl Closing {
     pub fn write(&mut self, rows: usize, mut write: impl FnMut(Vec<FlowRecord>)) {
         let cutoff = self.cutoff;
         let oldest = &mut self.oldest;
+        // At most the table's records close: each chunk is made as large as it can be at once.
+        let mut left = self.table.len();
         let mut closed = self
             .table
             .extract_if(.., |key, _| {
@@ -294,10 +296,12 @@ impl Closing {
             })
             .map(Open::record);
         loop {
-            let chunk: Vec<FlowRecord> = closed.by_ref().take(rows).collect();
+            let mut chunk = Vec::with_capacity(rows.min(left));
+            chunk.extend(closed.by_ref().take(rows));
             if chunk.is_empty() {
                 break;
             }
+            left -= chunk.len();
             write(by_start(chunk));
         }
     }

@@ -6,8 +6,8 @@
 //! column in [`COLUMNS`] order, a chunk of records at a time: for each chunk, each column is
 //! one pass over its records into the column's own builder, with no intermediate row per
 //! record (the chunk stays in the CPU's cache from the first column to the last). A text
-//! column takes a run of equal values (or nulls) at once; an integer column none of whose rows
-//! has a value takes them as nulls at once.
+//! column takes a run of equal values (or nulls) at once, a labels or policy-list column a run
+//! of nulls; an integer column none of whose rows has a value takes them as nulls at once.
 //! Addresses are written as text straight into their column (the previous row's text is
 //! reused when the address repeats). The schema is checked against the columns at every call:
 //! a column added to the schema but not here fails loudly instead of writing a wrong file.
@@ -466,18 +466,11 @@ impl Columns {
         let new = |rows| Builder::Utf8(StringBuilder::with_capacity(rows, rows * 8));
         match self.slot(new) {
             Some(Builder::Utf8(builder)) => {
-                let mut rest = chunk;
-                while let Some((first, others)) = rest.split_first() {
-                    let run_value = value(first);
-                    let run = 1 + others
-                        .iter()
-                        .take_while(|r| same_text(value(r), run_value))
-                        .count();
+                for (run_value, run) in runs(chunk, value, |a, b| same_text(*a, *b)) {
                     match run_value {
-                        Some(text) => builder.append_value_n(text, run),
-                        None => builder.append_nulls(run),
+                        Some(text) => builder.append_value_n(text, run.len()),
+                        None => builder.append_nulls(run.len()),
                     }
-                    rest = &rest[run..];
                 }
             }
             _ => self.mismatch = true,
@@ -533,20 +526,18 @@ impl Columns {
         };
         match self.slot(new) {
             Some(Builder::Map(labels)) => {
-                for record in chunk {
-                    match end(record).pod() {
-                        Some(pod) => {
-                            for (key, value) in pod.labels.iter() {
-                                labels.keys().append_value(key);
-                                labels.values().append_value(value);
-                            }
-                            // The entry counts always match: keys and values are appended in
-                            // pairs.
-                            let _ = labels.append(true);
+                for (named, run) in runs(chunk, |r| end(r).pod().is_some(), bool::eq) {
+                    // The entry counts always match: keys and values are appended in pairs.
+                    if !named {
+                        let _ = labels.append_nulls(run.len());
+                        continue;
+                    }
+                    for pod in run.iter().filter_map(|r| end(r).pod()) {
+                        for (key, value) in pod.labels.iter() {
+                            labels.keys().append_value(key);
+                            labels.values().append_value(value);
                         }
-                        None => {
-                            let _ = labels.append(false);
-                        }
+                        let _ = labels.append(true);
                     }
                 }
             }
@@ -564,19 +555,16 @@ impl Columns {
         };
         match self.slot(new) {
             Some(Builder::List(list)) => {
-                for record in chunk {
-                    match flow(record) {
-                        Some(Flow {
-                            reason: Reason::IsolatedNoMatch,
-                            isolating: Some(names),
-                            ..
-                        }) if !names.is_empty() => {
-                            for name in names.iter() {
-                                list.values().append_value(name);
-                            }
-                            list.append(true);
+                for (named, run) in runs(chunk, |r| isolating(r).is_some(), bool::eq) {
+                    if !named {
+                        list.append_nulls(run.len());
+                        continue;
+                    }
+                    for names in run.iter().filter_map(isolating) {
+                        for name in names.iter() {
+                            list.values().append_value(name);
                         }
-                        _ => list.append_null(),
+                        list.append(true);
                     }
                 }
             }
@@ -615,6 +603,27 @@ fn append_ints<T: ArrowPrimitiveType>(
     }
 }
 
+/// `chunk` cut into runs of records whose `value`s are the `same`, in order, each with its
+/// first record's value.
+fn runs<'a, T>(
+    chunk: &'a [FlowRecord],
+    value: impl Fn(&'a FlowRecord) -> T,
+    same: impl Fn(&T, &T) -> bool,
+) -> impl Iterator<Item = (T, &'a [FlowRecord])> {
+    let mut rest = chunk;
+    std::iter::from_fn(move || {
+        let (first, others) = rest.split_first()?;
+        let run_value = value(first);
+        let len = 1 + others
+            .iter()
+            .take_while(|r| same(&value(r), &run_value))
+            .count();
+        let (run, next) = rest.split_at(len);
+        rest = next;
+        Some((run_value, run))
+    })
+}
+
 /// Whether two values of a `string` column are equal: at once when both are the same text
 /// (a `&'static str`, or the same identity's), else by comparing their bytes.
 fn same_text(a: Option<&str>, b: Option<&str>) -> bool {
@@ -637,6 +646,19 @@ fn isolation(record: &FlowRecord) -> Option<&Isolation> {
     match &record.body {
         RecordBody::Isolation(isolation) => Some(isolation),
         RecordBody::Flow(_) | RecordBody::Loss(_) => None,
+    }
+}
+
+/// The policies a denial for want of a matching rule names (`None` for any other record, or
+/// when none are known).
+fn isolating(record: &FlowRecord) -> Option<&[String]> {
+    match flow(record)? {
+        Flow {
+            reason: Reason::IsolatedNoMatch,
+            isolating: Some(names),
+            ..
+        } if !names.is_empty() => Some(names),
+        _ => None,
     }
 }
 
@@ -745,7 +767,7 @@ fn clamp(value: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{Array, Int32Array, StringArray};
+    use arrow_array::{Array, Int32Array, ListArray, MapArray, StringArray};
 
     use crate::loss::LossSource;
 
@@ -820,6 +842,73 @@ mod tests {
         assert_eq!(ints("icmp_type"), [None, None, None, Some(8), None]);
         let all_tcp = encode(&records[..2], "node-a", "lab", &schema()).unwrap();
         assert_eq!(column::<Int32Array>(&all_tcp, "icmp_code").null_count(), 2);
+    }
+
+    #[test]
+    fn runs_of_unnamed_ends_and_of_no_policies_keep_every_row() {
+        let pod = Arc::new(PodIdentity {
+            namespace: "shop".to_owned(),
+            name: "web-1".to_owned(),
+            workload: "Deployment/web".to_owned(),
+            labels: Arc::new([("app".to_owned(), "web".to_owned())].into()),
+        });
+        let named = |isolating: Option<&[&str]>| {
+            let mut record = flow_record(1, Verdict::Deny, None);
+            if let RecordBody::Flow(flow) = &mut record.body {
+                flow.src_holder = Some(Holder::Pod(Arc::clone(&pod)));
+                flow.isolating =
+                    isolating.map(|names| names.iter().map(|n| (*n).to_owned()).collect());
+            }
+            record
+        };
+        let records = [
+            flow_record(1, Verdict::Deny, None),
+            named(Some(&["shop/default-deny", "shop/web"])),
+            named(None),
+            flow_record(2, Verdict::Deny, None),
+            flow_record(3, Verdict::Deny, None),
+            named(Some(&["shop/default-deny"])),
+        ];
+        let batch = encode(&records, "node-a", "lab", &schema()).unwrap();
+        let labels: Vec<Option<Vec<(String, String)>>> = column::<MapArray>(&batch, "src_labels")
+            .iter()
+            .map(|entries| {
+                let entries = entries?;
+                let keys = entries.column(0).as_any().downcast_ref::<StringArray>()?;
+                let values = entries.column(1).as_any().downcast_ref::<StringArray>()?;
+                Some(
+                    keys.iter()
+                        .zip(values.iter())
+                        .map(|(k, v)| (k.unwrap().to_owned(), v.unwrap().to_owned()))
+                        .collect(),
+                )
+            })
+            .collect();
+        let web = Some(vec![("app".to_owned(), "web".to_owned())]);
+        assert_eq!(
+            labels,
+            [None, web.clone(), web.clone(), None, None, web.clone()]
+        );
+        let policies: Vec<Option<Vec<String>>> = column::<ListArray>(&batch, "isolating_policies")
+            .iter()
+            .map(|names| {
+                let names = names?;
+                let names = names.as_any().downcast_ref::<StringArray>()?;
+                Some(names.iter().map(|n| n.unwrap().to_owned()).collect())
+            })
+            .collect();
+        let names = |list: &[&str]| Some(list.iter().map(|n| (*n).to_owned()).collect());
+        assert_eq!(
+            policies,
+            [
+                None,
+                names(&["shop/default-deny", "shop/web"]),
+                None,
+                None,
+                None,
+                names(&["shop/default-deny"]),
+            ]
+        );
     }
 
     #[test]
