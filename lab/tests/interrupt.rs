@@ -12,6 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tollgate_lab::{LabError, LabOptions, run, topology::list_netns};
 
 use support::privileged;
+use tollgate_test_support::temp_dir;
 
 /// One run at a time: a signal goes to the whole process, so to every run in it.
 static ONE_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -40,7 +41,13 @@ async fn privileged_sighup_stops_the_run_and_cleans_up() {
 async fn signal_stops_the_run_and_cleans_up(number: libc::c_int, name: &'static str) {
     let _turn = ONE_RUN.lock().await;
     let ours = format!("tg{}-", std::process::id());
-    let lab = tokio::spawn(async { run(&LabOptions::default()).await });
+    // The flow log goes where the test removes it (a run keeps its own on purpose).
+    let scratch = temp_dir("lab-interrupt");
+    let options = LabOptions {
+        out: Some(scratch.path().join("flows")),
+        ..LabOptions::default()
+    };
+    let lab = tokio::spawn(async move { run(&options).await });
 
     // Wait until the run's servers are up (the namespaces, the signal handlers and the agent
     // come before): its run directory holds nginx's pid file.

@@ -14,6 +14,7 @@ use tollgate_lab::{
 use tollgate_schemas::{Direction, Reason, Verdict, proto};
 
 use support::privileged;
+use tollgate_test_support::temp_dir;
 
 fn pod(peer: &Option<String>) -> &str {
     peer.as_deref().unwrap_or("?")
@@ -34,10 +35,12 @@ fn find<'a>(
 
 async fn seed(family: IpFamily, attach: Attach, sgp: bool) -> LabReport {
     let started = Instant::now();
+    // The flow log goes where the test removes it (a run keeps its own on purpose).
+    let scratch = temp_dir("lab-seed");
     let report = run(&LabOptions {
         output: OutputFormat::Table,
         attach,
-        out: None,
+        out: Some(scratch.path().join("flows")),
         quarantine: false,
         ip_family: family,
         sgp,

@@ -22,6 +22,7 @@ empty file of the test's own: the machine's may name a file that does not exist.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -84,7 +85,9 @@ def terraform_env() -> dict[str, str]:
     """The process environment with a CLI configuration of our own (an empty file)."""
     global _environment
     if _environment is None:
-        config = Path(tempfile.mkdtemp(prefix="tollgate-tf-")) / "terraformrc"
+        directory = tempfile.mkdtemp(prefix="tollgate-tf-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        config = Path(directory) / "terraformrc"
         config.write_text("")
         _environment = dict(os.environ)
         _environment.update(
