@@ -218,30 +218,14 @@ impl Pipeline {
     pub fn report_residual_denies(&mut self, source: &mut impl FlowSource, tap: &mut Option<Tap>) {
         self.drain(source, tap);
         match source.residual_denies() {
-            Ok(events) => {
-                let identities = Arc::clone(&self.identities);
-                let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
-                for event in &events {
-                    self.add_tapped(event, &identities, tap);
-                }
-                self.metrics
-                    .events
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-            }
+            Ok(events) => self.add_events(&events, tap),
             Err(error) => tracing::warn!(error = %Causes(&error), "reporting residual denies"),
         }
     }
 
     /// Adds `events` (residual denies, or events from elsewhere than a ring buffer).
     pub fn ingest(&mut self, events: &[FlowEvent]) {
-        let identities = Arc::clone(&self.identities);
-        let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
-        for event in events {
-            self.add(event, &identities);
-        }
-        self.metrics
-            .events
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.add_events(events, &mut None);
     }
 
     /// Adds what conntrack counted for allowed flows since the previous call (see
@@ -256,6 +240,18 @@ impl Pipeline {
                 tracing::warn!(error = %Causes(&error), "reading conntrack for accounting")
             }
         }
+    }
+
+    /// Adds `events`, handing each to `tap` too (when given).
+    fn add_events(&mut self, events: &[FlowEvent], tap: &mut Option<Tap>) {
+        let identities = Arc::clone(&self.identities);
+        let identities = identities.lock().unwrap_or_else(PoisonError::into_inner);
+        for event in events {
+            self.add_tapped(event, &identities, tap);
+        }
+        self.metrics
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
     }
 
     /// Hands `event` to `tap` (when given), then adds it.
