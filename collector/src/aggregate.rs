@@ -283,8 +283,6 @@ impl Closing {
     pub fn write(&mut self, rows: usize, mut write: impl FnMut(Vec<FlowRecord>)) {
         let cutoff = self.cutoff;
         let oldest = &mut self.oldest;
-        // At most the table's records close: each chunk is made as large as it can be at once.
-        let mut left = self.table.len();
         let mut closed = self
             .table
             .extract_if(.., |key, _| {
@@ -296,12 +294,14 @@ impl Closing {
             })
             .map(Open::record);
         loop {
-            let mut chunk = Vec::with_capacity(rows.min(left));
+            // At most the records not walked yet close: the chunk is made as large as it can
+            // be at once.
+            let most = closed.size_hint().1.unwrap_or(rows);
+            let mut chunk = Vec::with_capacity(rows.min(most));
             chunk.extend(closed.by_ref().take(rows));
             if chunk.is_empty() {
                 break;
             }
-            left -= chunk.len();
             write(by_start(chunk));
         }
     }
