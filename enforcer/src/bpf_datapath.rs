@@ -87,6 +87,11 @@ impl BpfDatapath {
         &mut self.probe
     }
 
+    /// The loaded probe, to read what the kernel holds of it.
+    pub fn probe(&self) -> &Probe {
+        &self.probe
+    }
+
     /// Runs the program of `direction` once on `frame` and collects what it wrote.
     pub fn run(&mut self, direction: Direction, frame: &[u8]) -> Result<HookRun, DatapathError> {
         self.run_repeated(direction, frame, 1)

@@ -1593,7 +1593,8 @@ fn privileged_bench_datapath_runs_every_case() {
     if !privileged("privileged_bench_datapath_runs_every_case") {
         return;
     }
-    let results = tollgate_enforcer::bench::datapath(200).expect("bench");
+    let bench = tollgate_enforcer::bench::datapath(200).expect("bench");
+    let results = &bench.cases;
     let cases: Vec<&str> = results.iter().map(|r| r.case.as_str()).collect();
     assert_eq!(cases.len(), 15, "{cases:?}");
     assert!(cases.contains(&"denied flow, UDP (deduplicated)"));
@@ -1603,6 +1604,17 @@ fn privileged_bench_datapath_runs_every_case() {
     assert!(cases.contains(&"new egress flow, to a ClusterIP"));
     assert!(cases.contains(&"new flow, past an Admin-tier Deny and Pass"));
     assert!(results.iter().all(|r| r.median_ns > 0.0), "{results:?}");
+    let programs: Vec<&str> = bench.programs.iter().map(|p| p.program).collect();
+    assert_eq!(programs, ["to_pod", "from_pod"]);
+    // Each program is thousands of instructions, which the verifier explores many times over
+    // along its paths, within its limit.
+    assert!(
+        bench.programs.iter().all(|p| p.instructions > 1_000
+            && p.verified > p.instructions
+            && p.verified < 1_000_000),
+        "{:?}",
+        bench.programs
+    );
 }
 
 /// Every pod isolated for ingress; two servers each allowed from the client by a policy of its

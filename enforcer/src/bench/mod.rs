@@ -21,7 +21,8 @@
 //! Medians are printed: of the per-round means for repeated runs, of the single runs otherwise.
 //! The harness's own cost is measured first, on an empty program run the same two ways (one run
 //! per syscall, many per syscall); each case also prints its own cost, its median less the
-//! floor measured the same way.
+//! floor measured the same way. Then both programs' sizes as the kernel holds them
+//! ([`ProgramSize`]).
 
 pub mod scale;
 
@@ -40,6 +41,7 @@ use tollgate_schemas::{Direction, program_names, proto};
 
 use crate::{
     bpf_datapath::{BpfDatapath, error, failed},
+    causes::Causes,
     compile::{Placement, compile},
     crd::ClusterNetworkPolicy,
     decision::{Datapath, DatapathError},
@@ -81,8 +83,30 @@ impl BenchResult {
     }
 }
 
+/// What `bench datapath` measured: its cases, then the programs they ran.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DatapathBench {
+    pub cases: Vec<BenchResult>,
+    pub programs: Vec<ProgramSize>,
+}
+
+/// One of the probe's programs as the kernel holds it after loading (`bpf_prog_info`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProgramSize {
+    pub program: &'static str,
+    /// Instructions after the verifier, its rewrites and every BPF function of the program
+    /// included (what `bpftool prog show` counts as `xlated` bytes, in 8-byte instructions).
+    pub instructions: u32,
+    /// Instructions the verifier processed, path by path (it refuses a program past
+    /// 1,000,000).
+    pub verified: u32,
+}
+
+/// Bytes of one BPF instruction.
+const INSTRUCTION_BYTES: u32 = 8;
+
 /// Runs every case with `repeat` packets each (at least 100,000 is meaningful).
-pub fn datapath(repeat: u32) -> Result<Vec<BenchResult>, DatapathError> {
+pub fn datapath(repeat: u32) -> Result<DatapathBench, DatapathError> {
     let floor = Floor::measure(repeat)?;
     let mut results = vec![floor.single.clone(), floor.repeated.clone()];
     for (family, rules) in [
@@ -132,7 +156,41 @@ pub fn datapath(repeat: u32) -> Result<Vec<BenchResult>, DatapathError> {
             |src_port| PacketSpec::first(client, dst, proto::TCP, src_port, port).build(),
         )?));
     }
-    Ok(results)
+    let datapath = BpfDatapath::new()?;
+    let programs = [program_names::TO_POD, program_names::FROM_POD]
+        .into_iter()
+        .map(|name| program_size(&datapath, name))
+        .collect::<Result<_, _>>()?;
+    Ok(DatapathBench {
+        cases: results,
+        programs,
+    })
+}
+
+/// The size of the loaded program `name`, from the kernel's `bpf_prog_info`.
+fn program_size(datapath: &BpfDatapath, name: &'static str) -> Result<ProgramSize, DatapathError> {
+    let info = datapath
+        .probe()
+        .program(name)
+        .map_err(error)?
+        .info()
+        .map_err(|e| {
+            failed(format!(
+                "reading the kernel's information on {name}: {}",
+                Causes(&e)
+            ))
+        })?;
+    let missing = |field: &str| failed(format!("the kernel does not report {name}'s {field}"));
+    Ok(ProgramSize {
+        program: name,
+        instructions: info
+            .size_translated()
+            .ok_or_else(|| missing("xlated size"))?
+            / INSTRUCTION_BYTES,
+        verified: info
+            .verified_instruction_count()
+            .ok_or_else(|| missing("verified instruction count"))?,
+    })
 }
 
 /// The harness's own cost: the empty program ([`program_names::FLOOR`]) on the same packet,
@@ -256,16 +314,26 @@ spec:
     datapath.program(&compiled.desired)
 }
 
-/// The table the `bench` command prints.
-pub fn render(results: &[BenchResult]) -> String {
+/// The tables the `bench` command prints: the cases, then the programs' sizes.
+pub fn render(bench: &DatapathBench) -> String {
     let mut out = format!(
         "{:<46} {:>10} {:>10} {:>10}\n",
         "CASE", "MEDIAN ns", "OWN ns", "PACKETS"
     );
-    for r in results {
+    for r in &bench.cases {
         out.push_str(&format!(
             "{:<46} {:>10.1} {:>10.1} {:>10}\n",
             r.case, r.median_ns, r.own_ns, r.packets
+        ));
+    }
+    out.push_str(&format!(
+        "\n{:<46} {:>21} {:>10}\n",
+        "PROGRAM", "INSNS AFTER VERIFIER", "VERIFIED"
+    ));
+    for p in &bench.programs {
+        out.push_str(&format!(
+            "{:<46} {:>21} {:>10}\n",
+            p.program, p.instructions, p.verified
         ));
     }
     out
