@@ -86,13 +86,16 @@ impl BenchResult {
 /// What `bench datapath` measured: its cases, then the programs they ran.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DatapathBench {
+    /// The floors first, then every case in the order it ran.
     pub cases: Vec<BenchResult>,
+    /// `to_pod`, then `from_pod`.
     pub programs: Vec<ProgramSize>,
 }
 
 /// One of the probe's programs as the kernel holds it after loading (`bpf_prog_info`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProgramSize {
+    /// The program's name in the probe's object.
     pub program: &'static str,
     /// Instructions after the verifier, its rewrites and every BPF function of the program
     /// included (what `bpftool prog show` counts as `xlated` bytes, in 8-byte instructions).
