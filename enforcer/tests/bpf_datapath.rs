@@ -1596,7 +1596,8 @@ fn privileged_bench_datapath_runs_every_case() {
     let bench = tollgate_enforcer::bench::datapath(200).expect("bench");
     let results = &bench.cases;
     let cases: Vec<&str> = results.iter().map(|r| r.case.as_str()).collect();
-    assert_eq!(cases.len(), 15, "{cases:?}");
+    assert_eq!(cases.len(), 17, "{cases:?}");
+    assert!(cases.contains(&"reply of an established flow, IPv6"));
     assert!(cases.contains(&"denied flow, UDP (deduplicated)"));
     assert!(cases.contains(&"established flow, IPv6"));
     assert!(cases.contains(&"new flow, IPv6, allowed among 10000 CIDR rules"));

@@ -8,7 +8,9 @@
 //!   port), so each one takes the whole path: endpoint, conntrack miss, peer-trie lookup, policy
 //!   entry, rule set, port match, conntrack insert and the flow event;
 //! - denied: one packet of a denied flow, `repeat` times per syscall: the deduplicated path;
-//! - the same three on IPv6 (the server is a dual-stack pod; its rules are /64s of
+//! - reply: the server's ACK of a tracked flow (the `from_pod` program), `repeat` times per
+//!   syscall: its own direction's conntrack lookup misses, the reversed key finds the flow;
+//! - the same four on IPv6 (the server is a dual-stack pod; its rules are /64s of
 //!   2001:db8::/32), with 1 and 10,000 rules;
 //! - new flow past the Admin tier: the client is a pod, and an Admin-tier ClusterNetworkPolicy
 //!   first denies it another port, then passes its port to the NetworkPolicy tier, whose one
@@ -125,6 +127,7 @@ pub fn datapath(repeat: u32) -> Result<DatapathBench, DatapathError> {
         if rules == 1 {
             results.push(floor.under_repeated(established(&mut datapath, family, repeat)?));
             results.push(floor.under_repeated(denied(&mut datapath, family, repeat)?));
+            results.push(floor.under_repeated(reply(&mut datapath, family, repeat)?));
             if family == Family::V4 {
                 results.push(floor.under_repeated(denied_udp(&mut datapath, repeat)?));
             }
@@ -568,6 +571,7 @@ fn fresh_flows(
 fn repeated(
     datapath: &mut BpfDatapath,
     case: &str,
+    direction: Direction,
     frame: &[u8],
     count: u32,
     passes: bool,
@@ -575,7 +579,7 @@ fn repeated(
     let per_round = count.div_ceil(ROUNDS);
     let mut means = Vec::with_capacity(ROUNDS as usize);
     for _ in 0..ROUNDS {
-        let run = datapath.run_repeated(Direction::Ingress, frame, per_round)?;
+        let run = datapath.run_repeated(direction, frame, per_round)?;
         expect_passed(run.passed, case, passes)?;
         means.push(run.duration_ns as f64);
     }
@@ -594,7 +598,39 @@ fn established(
     let mut ack = PacketSpec::first(client, family.server(), proto::TCP, 40_000, 80);
     ack.tcp_flags = TCP_ACK;
     let case = format!("established flow{}", family.note());
-    repeated(datapath, &case, &ack.build(), count, true)
+    repeated(
+        datapath,
+        &case,
+        Direction::Ingress,
+        &ack.build(),
+        count,
+        true,
+    )
+}
+
+/// The server's ACK of a flow its client opened, repeated through `from_pod`: conntrack holds
+/// the flow under the client's direction, so the ACK's own key misses and the reversed one
+/// finds it.
+fn reply(
+    datapath: &mut BpfDatapath,
+    family: Family,
+    count: u32,
+) -> Result<BenchResult, DatapathError> {
+    let (_, client) = client_net(family, 0);
+    let case = format!("reply of an established flow{}", family.note());
+    let syn = PacketSpec::first(client, family.server(), proto::TCP, 40_002, 80);
+    let opened = datapath.run(Direction::Ingress, &syn.build())?;
+    expect_passed(opened.passed, &case, true)?;
+    let mut ack = syn.reply();
+    ack.tcp_flags = TCP_ACK;
+    repeated(
+        datapath,
+        &case,
+        Direction::Egress,
+        &ack.build(),
+        count,
+        true,
+    )
 }
 
 /// A denied TCP SYN, repeated: it looks up its deny entry only (a SYN opens a connection: it
@@ -606,7 +642,7 @@ fn denied(
 ) -> Result<BenchResult, DatapathError> {
     let frame = packet(family.outside(), 40_001, 80);
     let case = format!("denied flow{} (deduplicated)", family.note());
-    repeated(datapath, &case, &frame, count, false)
+    repeated(datapath, &case, Direction::Ingress, &frame, count, false)
 }
 
 /// A denied UDP datagram, repeated: any packet but a SYN looks conntrack up first, both ways.
@@ -617,6 +653,7 @@ fn denied_udp(datapath: &mut BpfDatapath, count: u32) -> Result<BenchResult, Dat
     repeated(
         datapath,
         "denied flow, UDP (deduplicated)",
+        Direction::Ingress,
         &frame,
         count,
         false,
