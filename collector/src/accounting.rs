@@ -84,7 +84,7 @@ mod tests {
             verdict: Verdict::Allow as u8,
             reason: Reason::AllowedByRule as u8,
             tcp_flags: 0x1b,
-            _pad: 0,
+            direction: Direction::Egress as u8,
             first_len: 74,
             endpoint: 3,
         }

@@ -1331,7 +1331,7 @@ fn the_sources_events_residual_denies_and_tracked_flows_each_reach_the_pipeline_
         rule_id: 0,
         revision: 1,
         last_seen_ns: second,
-        _pad: 0,
+        direction: Direction::Egress as u8,
         endpoint: 0,
     };
     source.tracked.push((key, entry));

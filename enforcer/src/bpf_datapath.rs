@@ -11,7 +11,9 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use aya::programs::{TestRun, TestRunOptions};
-use tollgate_schemas::{Direction, EndpointKey, FlowEvent, Reason, Verdict, addr, program_names};
+use tollgate_schemas::{
+    CtEntry, Direction, EndpointKey, FlowEvent, FlowKey, Reason, Verdict, addr, program_names,
+};
 
 use crate::{
     causes::Causes,
@@ -85,6 +87,11 @@ impl BpfDatapath {
     pub fn probe_mut(&mut self) -> &mut Probe {
         self.syncer = sync::Syncer::new();
         &mut self.probe
+    }
+
+    /// Every flow conntrack tracks now, keyed as its first packet, as the collector reads them.
+    pub fn tracked_flows(&self) -> Result<Vec<(FlowKey, CtEntry)>, DatapathError> {
+        self.events.tracked_flows().map_err(error)
     }
 
     /// The loaded probe, to read what the kernel holds of it.

@@ -80,13 +80,14 @@ impl EventReader {
         flush_denies(&mut self.denies)
     }
 
-    /// Every flow conntrack tracks now, with its packet and byte totals. Entries that vanish
-    /// while the map is walked (expired, evicted) are skipped.
+    /// Every flow conntrack tracks now, keyed as its first packet ([`FlowKey::first_of`]),
+    /// with its packet and byte totals. Entries that vanish while the map is walked (expired,
+    /// evicted) are skipped.
     pub fn tracked_flows(&self) -> Result<Vec<(FlowKey, CtEntry)>, ProbeError> {
         let mut flows = Vec::new();
         for entry in self.conntrack.iter() {
             match entry {
-                Ok(flow) => flows.push(flow),
+                Ok((key, entry)) => flows.push((key.first_of(&entry), entry)),
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(source) => {
                     return Err(ProbeError::Map {

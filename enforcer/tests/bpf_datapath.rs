@@ -244,6 +244,35 @@ fn privileged_allowed_flow_names_its_rule_and_replies_pass_through_conntrack() {
     assert!(lab.run(Direction::Ingress, &first).passed);
     let run = lab.run(Direction::Ingress, &next);
     assert!(run.passed && run.events.is_empty(), "{run:?}");
+
+    // The same tuple leaving the client, on its own flow: conntrack keys each flow the same for
+    // both directions, and reads each back as its first packet went.
+    let run = lab.run(Direction::Egress, &first);
+    assert!(run.passed, "{run:?}");
+    let mut flows: Vec<_> = lab
+        .datapath
+        .tracked_flows()
+        .expect("conntrack")
+        .iter()
+        .map(|(key, _)| {
+            (
+                key.direction,
+                addr::from_bytes(key.src_addr),
+                key.src_port,
+                addr::from_bytes(key.dst_addr),
+                key.dst_port,
+            )
+        })
+        .collect();
+    flows.sort_unstable();
+    let first_packet = |direction: Direction| (direction as u8, ip(CLIENT), 40_000, ip(SERVER), 80);
+    assert_eq!(
+        flows,
+        [
+            first_packet(Direction::Ingress),
+            first_packet(Direction::Egress)
+        ]
+    );
 }
 
 #[test]
@@ -761,7 +790,15 @@ fn privileged_conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_pac
     // The server's own packet of the flow, as quoted by an error sent back to it.
     let quoted = next.reply();
     let error = PacketSpec::icmp_error(ip("203.0.113.1"), 3, quoted);
-    for verdict in [0u8, Verdict::Deny as u8, 9] {
+    let ingress = Direction::Ingress as u8;
+    let allow = Verdict::Allow as u8;
+    for (verdict, direction) in [
+        (0u8, ingress),
+        (Verdict::Deny as u8, ingress),
+        (9, ingress),
+        (allow, 0),
+        (allow, 9),
+    ] {
         let entry = CtEntry {
             created_ns: 0,
             last_seen_ns: u64::MAX,
@@ -772,7 +809,7 @@ fn privileged_conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_pac
             verdict,
             reason: Reason::AllowedByRule as u8,
             tcp_flags: 0x02,
-            _pad: 0,
+            direction,
             first_len: 60,
             endpoint: server.id,
         };
@@ -784,10 +821,13 @@ fn privileged_conntrack_and_fragment_entries_with_unknown_bytes_never_pass_a_pac
         let run = lab.run(Direction::Ingress, &error);
         assert!(
             !run.passed,
-            "verdict byte {verdict}: error passed as related"
+            "verdict byte {verdict}, direction byte {direction}: error passed as related"
         );
         let run = lab.run(Direction::Ingress, &next);
-        assert!(!run.passed, "verdict byte {verdict}: packet passed");
+        assert!(
+            !run.passed,
+            "verdict byte {verdict}, direction byte {direction}: packet passed"
+        );
         assert_eq!(one_event(&run).1, Reason::IsolatedNoMatch);
     }
 

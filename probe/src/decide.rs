@@ -21,8 +21,10 @@
 //! 4. Conntrack: a flow already passed in this direction, or the reply to one passed in the
 //!    other direction, passes, if the endpoint's policy revision is still the one the flow was
 //!    decided under; otherwise the flow is decided again against the current policy, so a
-//!    tightened policy (a quarantine) cuts established flows too. An entry whose verdict byte
-//!    is unknown or does not pass is forgotten and the packet decided by policy (closed). A
+//!    tightened policy (a quarantine) cuts established flows too. Conntrack keys a flow the
+//!    same for both directions, and its entry says which way the first packet went: one lookup
+//!    finds a flow from either end. An entry whose verdict or direction byte is unknown, or
+//!    whose verdict does not pass, is forgotten and the packet decided by policy (closed). A
 //!    TCP SYN without ACK opens a connection and is never passed on conntrack: it is decided
 //!    by policy whatever conntrack holds of its tuple (closed: a retransmitted SYN, a new
 //!    connection on the tuple of a closing one, a simultaneous open's second SYN), and when it
@@ -32,10 +34,9 @@
 //!    revision, drops again without being decided (closed: the revision moves whenever a
 //!    decision of the endpoint may change), except for the packet whose deny report is due: it
 //!    is decided again, so that its event names the rule as of now. A TCP SYN without ACK
-//!    looks up its deny entry only; any other packet after conntrack, whose reversed key may
-//!    pass it as a reply. The revision does not
-//!    follow the node's own addresses (`from-node`), which change only with the node: a report
-//!    interval bounds how long such a change waits.
+//!    looks up its deny entry only; any other packet after conntrack, which may pass it as a
+//!    reply. The revision does not follow the node's own addresses (`from-node`), which change
+//!    only with the node: a report interval bounds how long such a change waits.
 //! 5. Policy: neither isolated in this direction nor selected by a ClusterNetworkPolicy passes
 //!    (open on purpose: no policy selects the pod there). Otherwise the deciding rule is found
 //!    in four steps, each finding none when it finds nothing:
@@ -249,9 +250,9 @@ enum Known {
 /// without ACK, [`opens_connection`]), checked in the order of step 4 of the module doc, with
 /// each entry's revision against its endpoint's current one in [`REVISIONS`]. The slot is 0
 /// while the endpoint is not programmed or gone, so a flow passes here only where the endpoint
-/// checks (step 2) would pass it too; anything else is left to them (`Unsure`). Inlined: an
-/// established packet makes no call of the probe's own (each call and return costs a few ns,
-/// more where the kernel mitigates return misprediction).
+/// checks (step 2) would pass it too; anything else is left to them (`Unsure`). Inlined: a
+/// packet of an established flow, either way, makes no call of the probe's own (each call and
+/// return costs a few ns, more where the kernel mitigates return misprediction).
 #[inline(always)]
 fn known(
     packet: &Packet,
@@ -260,34 +261,57 @@ fn known(
     config: &Config,
     outcome: &mut Outcome,
 ) -> Known {
-    if opening {
-        // A SYN without ACK opens a connection: it is never a reply, and it is decided by
-        // policy whatever conntrack holds of its tuple (a retransmitted SYN, a new connection
-        // on the tuple of a closing one); when it passes, its entry replaces the old one. Its
-        // deny entry only is looked up: a repeated denied SYN drops on it.
-        return if flow::denied_again(packet, key, config) {
-            Known::Denied
+    // A SYN without ACK opens a connection: it is never a reply, and it is decided by policy
+    // whatever conntrack holds of its tuple (a retransmitted SYN, a new connection on the tuple
+    // of a closing one); when it passes, its entry replaces the old one. Its deny entry only is
+    // looked up: a repeated denied SYN drops on it.
+    if !opening {
+        // A packet into the pod has its flow's key already; only one out of it is reversed.
+        let reversed;
+        let tracked = if packet.direction == Direction::Ingress {
+            key
         } else {
-            Known::New
+            reversed = Aligned(key.reversed());
+            &reversed.0
         };
-    }
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: a pointer into the LRU map value, valid for this program run.
-        let entry = unsafe { &mut *entry };
-        if let Some(verdict) = passes_alone(entry, packet, config) {
+        if let Some(entry) = CONNTRACK.get_ptr_mut(tracked) {
+            // SAFETY: a pointer into the LRU map value, valid for this program run.
+            let entry = unsafe { &mut *entry };
+            let passes = match way(entry, packet.direction) {
+                Some(way) => passes_alone(entry, packet, config).map(|verdict| (way, verdict)),
+                None => None,
+            };
+            let Some((way, verdict)) = passes else {
+                return Known::Unsure;
+            };
             flow::touch(entry, packet);
-            *outcome = Outcome::new(verdict, Reason::Established, 0);
+            *outcome = match way {
+                // A reply passes as allowed, whatever its flow's first packet passed as.
+                Reason::Reply => Outcome::new(Verdict::Allow, Reason::Reply, 0),
+                _ => Outcome::new(verdict, Reason::Established, 0),
+            };
             return Known::Passes;
         }
-        return Known::Unsure;
     }
-    match known_reply(packet, key, config) {
-        Known::New if flow::denied_again(packet, key, config) => Known::Denied,
-        Known::Passes => {
-            *outcome = Outcome::new(Verdict::Allow, Reason::Reply, 0);
-            Known::Passes
-        }
-        known => known,
+    if flow::denied_again(packet, key, config) {
+        Known::Denied
+    } else {
+        Known::New
+    }
+}
+
+/// How a packet going in `direction` belongs to the tracked flow of `entry`: `Established`
+/// when the flow's first packet went the same way, `Reply` when it went the other. `None`: the
+/// entry's direction byte is neither, so the entry is not the probe's and vouches for nothing
+/// (closed).
+#[inline(always)]
+fn way(entry: &CtEntry, direction: Direction) -> Option<Reason> {
+    if entry.direction == direction as u8 {
+        Some(Reason::Established)
+    } else if entry.direction == direction.reverse() as u8 {
+        Some(Reason::Reply)
+    } else {
+        None
     }
 }
 
@@ -340,28 +364,9 @@ pub fn current(endpoint: u32, revision: u64) -> bool {
         .is_some_and(|slot| revision != 0 && *slot == revision)
 }
 
-/// The reply half of [`known`]: `Passes` when the packet's key reversed is a tracked flow
-/// decided under its endpoint's current revision, `Unsure` when it is another tracked flow,
-/// `New` when none. A BPF function of its own, like [`tracked_reply`], for the stack.
-#[inline(never)]
-fn known_reply(packet: &Packet, key: &FlowKey, config: &Config) -> Known {
-    let reverse = Aligned(key.reversed());
-    let reverse = &reverse.0;
-    let Some(entry) = CONNTRACK.get_ptr_mut(reverse) else {
-        return Known::New;
-    };
-    // SAFETY: a pointer into the LRU map value, valid for this program run.
-    let entry = unsafe { &mut *entry };
-    if passes_alone(entry, packet, config).is_none() {
-        return Known::Unsure;
-    }
-    flow::touch(entry, packet);
-    Known::Passes
-}
-
 /// The endpoint of a pod-side address, read in place. Copying the key and the 32-byte value
 /// out made the entry point's frame 32 bytes larger, which once took a call chain past the
-/// 512-byte limit (the deepest now is the entry point and [`flow::deny`], 216 + 216 bytes).
+/// 512-byte limit (the deepest now is the entry point and [`flow::deny`], 232 + 216 bytes).
 #[inline(always)]
 fn endpoint(addr: &Addr) -> Option<&'static EndpointState> {
     let ptr = ENDPOINTS.get_ptr(EndpointKey::of(&addr.0))?;
@@ -377,10 +382,10 @@ fn endpoint(addr: &Addr) -> Option<&'static EndpointState> {
 /// if so, its verdict is written to `outcome`. `false` when the flow is new (or was forgotten
 /// because current policy no longer allows it). For what [`known`] could not decide alone: a
 /// flow decided under another revision (decided again here), and the first fragments and ICMP
-/// errors it does not look at; never for a TCP SYN without ACK. The reply's lookup, with its
-/// reversed key, and a decision again are BPF functions of their own, off the entry point's
-/// stack frame.
-#[inline(always)]
+/// errors it does not look at; never for a TCP SYN without ACK. A BPF function of its own: its
+/// key, and a decision again, must not weigh on the entry point's stack frame. It returns a
+/// plain `bool` because the BTF of a Rust `Option` return type is refused by the kernel.
+#[inline(never)]
 fn tracked(
     packet: &Packet,
     endpoint: &EndpointState,
@@ -388,56 +393,44 @@ fn tracked(
     config: &Config,
     outcome: &mut Outcome,
 ) -> bool {
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: a pointer into the LRU map value, valid for this program run.
-        let entry = unsafe { &mut *entry };
-        if let Some(verdict) = passes_for(
+    let tracked = Aligned(key.tracked());
+    let tracked = &tracked.0;
+    let Some(entry) = CONNTRACK.get_ptr_mut(tracked) else {
+        return false;
+    };
+    // SAFETY: a pointer into the LRU map value, valid for this program run.
+    let entry = unsafe { &mut *entry };
+    let passes = match way(entry, packet.direction) {
+        Some(Reason::Established) => passes_for(
             entry,
             endpoint,
             packet,
             packet.direction,
             key.dst_port,
             config,
-        ) {
-            flow::touch(entry, packet);
-            *outcome = Outcome::new(verdict, Reason::Established, 0);
-            return true;
-        }
-        // Another endpoint's, expired, no longer allowed, or unreadable: forget it and decide
-        // the packet as a new flow.
-        let _ = CONNTRACK.remove(key);
-        return false;
-    }
-    tracked_reply(packet, endpoint, key, config, outcome)
-}
-
-/// Whether the packet is the reply of a flow conntrack knows (its key reversed), as
-/// [`tracked`] says. A BPF function of its own: the reversed key must not weigh on the entry
-/// point's stack frame. It returns a plain `bool` because the BTF of a Rust `Option` return
-/// type is refused by the kernel.
-#[inline(never)]
-fn tracked_reply(
-    packet: &Packet,
-    endpoint: &EndpointState,
-    key: &FlowKey,
-    config: &Config,
-    outcome: &mut Outcome,
-) -> bool {
-    let reverse = Aligned(key.reversed());
-    let reverse = &reverse.0;
-    let Some(entry) = CONNTRACK.get_ptr_mut(reverse) else {
-        return false;
+        )
+        .map(|verdict| Outcome::new(verdict, Reason::Established, 0)),
+        // The flow's first packet went the other way: its destination port is this reply's
+        // source port.
+        Some(_) => passes_for(
+            entry,
+            endpoint,
+            packet,
+            packet.direction.reverse(),
+            key.src_port,
+            config,
+        )
+        .map(|_| Outcome::new(Verdict::Allow, Reason::Reply, 0)),
+        None => None,
     };
-    // SAFETY: a pointer into the LRU map value, valid for this program run.
-    let entry = unsafe { &mut *entry };
-    // The original flow went the other way: its destination port is this reply's source port.
-    let original = packet.direction.reverse();
-    if passes_for(entry, endpoint, packet, original, key.src_port, config).is_some() {
+    if let Some(passes) = passes {
         flow::touch(entry, packet);
-        *outcome = Outcome::new(Verdict::Allow, Reason::Reply, 0);
+        *outcome = passes;
         return true;
     }
-    let _ = CONNTRACK.remove(reverse);
+    // Another endpoint's, expired, no longer allowed, or unreadable: forget it and decide the
+    // packet as a new flow.
+    let _ = CONNTRACK.remove(tracked);
     false
 }
 
@@ -448,8 +441,8 @@ fn opens_connection(packet: &Packet) -> bool {
 }
 
 /// Whether an ICMP error quotes a packet of a flow conntrack tracks for this endpoint under its
-/// current policy revision. The quoted packet travelled the other way than the error: it is
-/// either the flow's first direction as quoted, or its reply (then the flow is keyed reversed).
+/// current policy revision. The quoted packet travelled the other way than the error, as the
+/// flow's first packet or as its reply: the flow's key for both directions finds it either way.
 /// A BPF function of its own, for the stack.
 #[inline(never)]
 fn related(packet: &Packet, endpoint: &EndpointState, config: &Config) -> bool {
@@ -464,23 +457,19 @@ fn related(packet: &Packet, endpoint: &EndpointState, config: &Config) -> bool {
         src_port: quoted.src_port,
         dst_port: quoted.dst_port,
     };
-    for key in [as_quoted, as_quoted.reversed()] {
-        let key = Aligned(key);
-        let key = &key.0;
-        if let Some(entry) = CONNTRACK.get_ptr(key) {
-            // SAFETY: a pointer into the LRU map value, copied out at once.
-            let entry = unsafe { *entry };
-            // Fail closed: an entry with an unreadable verdict vouches for nothing.
-            if entry.endpoint == endpoint.id
-                && entry.revision == endpoint.revision
-                && passing_verdict(&entry).is_some()
-                && !expired(&entry, quoted.protocol, packet.now, config)
-            {
-                return true;
-            }
-        }
-    }
-    false
+    let key = Aligned(as_quoted.tracked());
+    let key = &key.0;
+    let Some(entry) = CONNTRACK.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: a pointer into the LRU map value, copied out at once.
+    let entry = unsafe { *entry };
+    // Fail closed: an entry with an unreadable direction or verdict vouches for nothing.
+    way(&entry, packet.direction).is_some()
+        && entry.endpoint == endpoint.id
+        && entry.revision == endpoint.revision
+        && passing_verdict(&entry).is_some()
+        && !expired(&entry, quoted.protocol, packet.now, config)
 }
 
 /// The verdict a tracked flow's packets pass with: its entry's, when that is a known verdict

@@ -62,11 +62,14 @@ pub fn pass(outcome: Outcome) -> i32 {
     PASS
 }
 
-/// Starts tracking a newly passed flow and writes its event; an entry of its key (a
-/// connection opened again on the tuple) is replaced. A BPF function of its own, so its stack
-/// frame is not added to the entry point's.
+/// Starts tracking a newly passed flow (`key`: its first packet's) under its key for both
+/// directions, and writes its event; an entry of that key (a connection opened again on the
+/// tuple, from either end) is replaced. A BPF function of its own, so its stack frame is not
+/// added to the entry point's.
 #[inline(never)]
 pub fn track(packet: &Packet, key: &FlowKey, endpoint: &EndpointState, outcome: &Outcome) {
+    let tracked = Aligned(key.tracked());
+    let tracked = &tracked.0;
     let entry = CtEntry {
         created_ns: packet.now,
         last_seen_ns: packet.now,
@@ -77,11 +80,11 @@ pub fn track(packet: &Packet, key: &FlowKey, endpoint: &EndpointState, outcome: 
         verdict: outcome.verdict as u8,
         reason: outcome.reason as u8,
         tcp_flags: packet.tcp_flags,
-        _pad: 0,
+        direction: packet.direction as u8,
         first_len: u32::try_from(packet.len).unwrap_or(u32::MAX),
         endpoint: endpoint.id,
     };
-    if CONNTRACK.insert(key, entry, 0).is_err() {
+    if CONNTRACK.insert(tracked, entry, 0).is_err() {
         // The flow still passes (it was allowed); its replies are decided on their own.
         count(Counter::MapUpdateFailed);
     }

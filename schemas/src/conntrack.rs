@@ -1,12 +1,13 @@
 //! Per-flow state kept by the probe: passed flows, denied flows being deduplicated, and
 //! fragmented datagrams.
 //!
-//! A flow is keyed per interface (the pod's host-side veth) and per direction of its first
-//! packet, so that a flow between two pods of one node is decided twice (egress of one, ingress
-//! of the other) and a reply is recognised by looking up the reversed tuple in the opposite
-//! direction. The key holds nothing the probe must look up first: a packet of a known flow is
-//! decided with one lookup, its entry's, which names the endpoint and the policy revision the
-//! flow was decided under.
+//! A flow is keyed per interface (the pod's host-side veth), so that a flow between two pods of
+//! one node is decided twice (egress of one, ingress of the other). Conntrack keys it the same
+//! for both of its directions ([`FlowKey::tracked`]), and its entry says which way its first
+//! packet went: a packet of either end finds the flow with one lookup, and one that went the
+//! other way is its reply. A denied flow is keyed per direction of its packets. The key holds
+//! nothing the probe must look up first: a packet of a known flow is decided with one lookup,
+//! its entry's, which names the endpoint and the policy revision the flow was decided under.
 
 use core::mem::{offset_of, size_of};
 
@@ -34,8 +35,30 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The key conntrack keeps this packet's flow under, the same for both of its directions:
+    /// the key as a packet into the pod ([`crate::Direction::Ingress`]) has it, so a key of a
+    /// packet out of the pod is reversed. The entry says which way the flow's first packet
+    /// went ([`CtEntry::direction`]), and one lookup finds a flow from either end.
+    pub const fn tracked(&self) -> Self {
+        if self.direction == crate::Direction::Egress as u8 {
+            self.reversed()
+        } else {
+            *self
+        }
+    }
+
+    /// The key of the first packet of the flow tracked under this key ([`Self::tracked`])
+    /// with the entry `entry`: reversed when that packet went out of the pod.
+    pub const fn first_of(&self, entry: &CtEntry) -> Self {
+        if entry.direction == crate::Direction::Egress as u8 {
+            self.reversed()
+        } else {
+            *self
+        }
+    }
+
     /// The same flow seen from its other end: the opposite direction, addresses and ports
-    /// swapped. A reply's key reversed is the key its flow was tracked under.
+    /// swapped.
     pub const fn reversed(&self) -> Self {
         let direction = match crate::Direction::from_raw(self.direction) {
             Some(direction) => direction.reverse() as u8,
@@ -76,8 +99,9 @@ pub struct CtEntry {
     pub reason: u8,
     /// OR of the TCP flags seen, both directions.
     pub tcp_flags: u8,
-    /// Zero.
-    pub _pad: u8,
+    /// [`crate::Direction`] of the flow's first packet: a packet that went the other way is
+    /// its reply. Any other byte: the entry is not the probe's, and vouches for nothing.
+    pub direction: u8,
     /// Length of the first packet (the one the flow's decision event reported), bytes: the
     /// collector's accounting starts after it.
     pub first_len: u32,
@@ -188,9 +212,9 @@ mod tests {
     use super::*;
     use crate::Direction;
 
-    #[test]
-    fn a_reversed_key_is_the_other_end_of_the_flow() {
-        let key = FlowKey {
+    /// A client's flow out of its pod, as its first packet has it.
+    fn out_of_the_pod() -> FlowKey {
+        FlowKey {
             ifindex: 7,
             direction: Direction::Egress as u8,
             protocol: 6,
@@ -199,11 +223,41 @@ mod tests {
             dst_addr: [2; 16],
             src_port: 40_000,
             dst_port: 80,
-        };
+        }
+    }
+
+    #[test]
+    fn a_reversed_key_is_the_other_end_of_the_flow() {
+        let key = out_of_the_pod();
         let reply = key.reversed();
         assert_eq!(reply.direction, Direction::Ingress as u8);
         assert_eq!((reply.src_addr, reply.dst_addr), ([2; 16], [1; 16]));
         assert_eq!((reply.src_port, reply.dst_port), (80, 40_000));
         assert_eq!(reply.reversed(), key);
+    }
+
+    #[test]
+    fn both_ends_of_a_flow_are_tracked_under_one_key_and_its_entry_gives_the_first_back() {
+        let out = out_of_the_pod();
+        let into = out.reversed();
+        assert_eq!(out.tracked(), into, "keyed as a packet into the pod has it");
+        assert_eq!(into.tracked(), into);
+        let mut entry = CtEntry {
+            created_ns: 0,
+            last_seen_ns: 0,
+            packets: 1,
+            bytes: 60,
+            revision: 1,
+            rule_id: 0,
+            verdict: 1,
+            reason: 0,
+            tcp_flags: 0x02,
+            direction: Direction::Egress as u8,
+            first_len: 60,
+            endpoint: 1,
+        };
+        assert_eq!(out.tracked().first_of(&entry), out);
+        entry.direction = Direction::Ingress as u8;
+        assert_eq!(into.tracked().first_of(&entry), into);
     }
 }

@@ -9,7 +9,7 @@
 //!   entry, rule set, port match, conntrack insert and the flow event;
 //! - denied: one packet of a denied flow, `repeat` times per syscall: the deduplicated path;
 //! - reply: the server's ACK of a tracked flow (the `from_pod` program), `repeat` times per
-//!   syscall: its own direction's conntrack lookup misses, the reversed key finds the flow;
+//!   syscall: conntrack finds the flow its client opened under the key of both directions;
 //! - the same four on IPv6 (the server is a dual-stack pod; its rules are /64s of
 //!   2001:db8::/32), with 1 and 10,000 rules;
 //! - new flow past the Admin tier: the client is a pod, and an Admin-tier ClusterNetworkPolicy
@@ -608,9 +608,8 @@ fn established(
     )
 }
 
-/// The server's ACK of a flow its client opened, repeated through `from_pod`: conntrack holds
-/// the flow under the client's direction, so the ACK's own key misses and the reversed one
-/// finds it.
+/// The server's ACK of a flow its client opened, repeated through `from_pod`: a reply, which
+/// conntrack finds under the flow's key for both directions.
 fn reply(
     datapath: &mut BpfDatapath,
     family: Family,
@@ -645,7 +644,7 @@ fn denied(
     repeated(datapath, &case, Direction::Ingress, &frame, count, false)
 }
 
-/// A denied UDP datagram, repeated: any packet but a SYN looks conntrack up first, both ways.
+/// A denied UDP datagram, repeated: any packet but a SYN looks conntrack up first.
 fn denied_udp(datapath: &mut BpfDatapath, count: u32) -> Result<BenchResult, DatapathError> {
     let family = Family::V4;
     let frame =

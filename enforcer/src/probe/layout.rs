@@ -84,7 +84,7 @@ impl MapSpec {
 
 /// Bump when a map's key or value changes meaning without changing size: maps pinned by an
 /// agent of another format are then never reused (see [`map_layout_id`]).
-pub const MAP_FORMAT: u32 = 2;
+pub const MAP_FORMAT: u32 = 3;
 
 /// The capacities of [`tollgate_schemas::map_sizes`], what `Capacity::default()` holds, as a
 /// constant.

@@ -349,12 +349,14 @@ impl Probe {
         Ok(())
     }
 
-    /// Writes a conntrack entry, as only the programs do in operation: for tests of what they
-    /// make of an entry they did not write (an unknown verdict byte must not pass a packet).
+    /// Writes the conntrack entry of the flow whose first packet has `key`, under the flow's
+    /// key for both directions ([`FlowKey::tracked`]), as only the programs do in operation:
+    /// for tests of what they make of an entry they did not write (an unknown verdict or
+    /// direction byte must not pass a packet).
     pub fn write_conntrack(&mut self, key: &FlowKey, entry: &CtEntry) -> Result<(), ProbeError> {
         self.maps
             .conntrack
-            .insert(key, entry, 0)
+            .insert(key.tracked(), entry, 0)
             .map_err(|source| ProbeError::Map {
                 name: map_names::CONNTRACK,
                 source,
