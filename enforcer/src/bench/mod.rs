@@ -143,6 +143,11 @@ pub fn datapath(repeat: u32) -> Result<DatapathBench, DatapathError> {
         repeat,
         |port| packet(client, port, 80),
     )?));
+    // Every load holds the same programs: their sizes are read from this one.
+    let programs = [program_names::TO_POD, program_names::FROM_POD]
+        .into_iter()
+        .map(|name| program_size(&datapath, name))
+        .collect::<Result<_, _>>()?;
     let server = Family::V4.server();
     let cluster_ip: IpAddr = CLUSTER_IP.parse().expect("valid address");
     let client: IpAddr = CLIENT.parse().expect("valid address");
@@ -162,11 +167,6 @@ pub fn datapath(repeat: u32) -> Result<DatapathBench, DatapathError> {
             |src_port| PacketSpec::first(client, dst, proto::TCP, src_port, port).build(),
         )?));
     }
-    let datapath = BpfDatapath::new()?;
-    let programs = [program_names::TO_POD, program_names::FROM_POD]
-        .into_iter()
-        .map(|name| program_size(&datapath, name))
-        .collect::<Result<_, _>>()?;
     Ok(DatapathBench {
         cases: results,
         programs,
