@@ -266,7 +266,8 @@ fn known(
     // of a closing one); when it passes, its entry replaces the old one. Its deny entry only is
     // looked up: a repeated denied SYN drops on it.
     if !opening {
-        // A packet into the pod has its flow's key already; only one out of it is reversed.
+        // `FlowKey::tracked` without its copy: a packet into the pod has its flow's key
+        // already, and only one out of it is reversed.
         let reversed;
         let tracked = if packet.direction == Direction::Ingress {
             key
