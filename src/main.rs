@@ -416,7 +416,7 @@ enum BenchTarget {
         packets: u32,
     },
     /// iperf3 between two pods wired like the VPC CNI, with the probe on their veths against
-    /// without it: TCP and 64-byte UDP (needs root and iperf3).
+    /// without it and with an empty program: TCP and 64-byte UDP (needs root and iperf3).
     Veth {
         /// CIDR rules in the server's policy; the last allows the client.
         #[arg(long, default_value_t = 1_000)]

@@ -4,9 +4,11 @@
 //! namespace as the VPC CNI wires pods ([`Topology`]). The server's ingress policy has `rules`
 //! CIDR rules; only the last allows the client. iperf3 measures what the server receives from
 //! the client, over TCP (one stream) and over UDP (64-byte datagrams, as fast as the client can
-//! send them), for `seconds` each. Each trial runs unfiltered (no program on the veths), then
-//! filtered (a freshly loaded probe attached to both host veths, its maps synced from the
-//! policy). The report gives the median received bit rate of each, and their ratio.
+//! send them), for `seconds` each. Each trial runs [`Mode::Unfiltered`] (no program on the
+//! veths), then [`Mode::EmptyProgram`] (the probe's empty program on both hooks of both host
+//! veths: what the hooks themselves cost), then [`Mode::Filtered`] (a freshly loaded probe
+//! attached to both host veths, its maps synced from the policy). The report gives the median
+//! received bit rate of each mode, and each filtered one's ratio to unfiltered.
 //!
 //! Data flow: pods and policy (YAML) → [`LabPods`] → [`Topology`] (namespaces, veths, routes)
 //! → per trial and mode: iperf3 server and client in the pods' namespaces → received bit rate.
@@ -53,8 +55,31 @@ pub struct VethOptions {
     pub rules: usize,
     /// Seconds of each iperf3 run.
     pub seconds: u32,
-    /// Trials, each running every case unfiltered and then filtered.
+    /// Trials, each running every case in every [`Mode`].
     pub trials: u32,
+}
+
+/// What is on the host veths' hooks during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No program.
+    Unfiltered,
+    /// The probe's empty program (it passes every packet) on both hooks of both veths.
+    EmptyProgram,
+    /// The probe, its maps synced from the server's policy.
+    Filtered,
+}
+
+impl Mode {
+    const ALL: [Self; 3] = [Self::Unfiltered, Self::EmptyProgram, Self::Filtered];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Unfiltered => "unfiltered",
+            Self::EmptyProgram => "empty program",
+            Self::Filtered => "filtered",
+        }
+    }
 }
 
 /// One traffic case, unfiltered against filtered.
@@ -64,6 +89,8 @@ pub struct VethResult {
     pub case: &'static str,
     /// Median bit rate the server received with no program on the veths.
     pub unfiltered_bps: f64,
+    /// Median bit rate the server received with the empty program on both host veths' hooks.
+    pub empty_program_bps: f64,
     /// Median bit rate the server received with the probe on both host veths.
     pub filtered_bps: f64,
 }
@@ -72,6 +99,11 @@ impl VethResult {
     /// Filtered over unfiltered.
     pub fn ratio(&self) -> f64 {
         self.filtered_bps / self.unfiltered_bps
+    }
+
+    /// The empty program's over unfiltered: what the hooks alone keep.
+    pub fn empty_program_ratio(&self) -> f64 {
+        self.empty_program_bps / self.unfiltered_bps
     }
 }
 
@@ -107,53 +139,56 @@ pub fn veth(options: &VethOptions) -> Result<Vec<VethResult>, LabError> {
             .ok_or_else(|| LabError::Scenario(format!("bench veth: pod {pod} is not wired")))
     };
     let (server, client) = (link("bench/server")?, link("bench/client")?);
-    let mut rates = vec![(Vec::new(), Vec::new()); CASES.len()];
+    // Per case, per mode: each trial's received bit rate.
+    let mut rates = vec![[const { Vec::new() }; Mode::ALL.len()]; CASES.len()];
     for trial in 0..options.trials {
-        for filtered in [false, true] {
-            // Attached for this trial's filtered runs only: dropped, the probe detaches.
-            let _probe = if filtered {
-                Some(attach(&topology, &pods)?)
-            } else {
-                None
+        for (m, mode) in Mode::ALL.into_iter().enumerate() {
+            // Attached for this trial's runs in this mode only: dropped, the probe detaches.
+            let _probe = match mode {
+                Mode::Unfiltered => None,
+                Mode::EmptyProgram => Some(attach_empty(&topology)?),
+                Mode::Filtered => Some(attach(&topology, &pods)?),
             };
-            for ((case, args), (unfiltered_bps, filtered_bps)) in CASES.iter().zip(&mut rates) {
+            for ((case, args), rates) in CASES.iter().zip(&mut rates) {
                 let bps = iperf3(&server.netns, &client.netns, args, options.seconds)?;
-                tracing::info!(trial, filtered, case, bps, "bench veth run");
-                if filtered {
-                    filtered_bps.push(bps);
-                } else {
-                    unfiltered_bps.push(bps);
-                }
+                tracing::info!(trial, mode = mode.name(), case, bps, "bench veth run");
+                rates[m].push(bps);
             }
         }
     }
     Ok(CASES
         .iter()
         .zip(rates)
-        .map(|((case, _), (unfiltered, filtered))| VethResult {
-            case,
-            unfiltered_bps: median(unfiltered),
-            filtered_bps: median(filtered),
-        })
+        .map(
+            |((case, _), [unfiltered, empty_program, filtered])| VethResult {
+                case,
+                unfiltered_bps: median(unfiltered),
+                empty_program_bps: median(empty_program),
+                filtered_bps: median(filtered),
+            },
+        )
         .collect())
 }
 
 /// The table the `bench veth` command prints.
 pub fn render(options: &VethOptions, results: &[VethResult]) -> String {
     let mut out = format!(
-        "{} CIDR rules (the last allows the client), {} s per run, medians of {} trials\n",
+        "{} CIDR rules (the last allows the client), {} s per run, medians of {} trials; \
+         EMPTY and RATIO: the empty program's and the probe's rate over unfiltered\n",
         options.rules, options.seconds, options.trials
     );
     out.push_str(&format!(
-        "{:<26} {:>16} {:>16} {:>8}\n",
-        "CASE", "UNFILTERED Mb/s", "FILTERED Mb/s", "RATIO"
+        "{:<26} {:>16} {:>19} {:>16} {:>8} {:>8}\n",
+        "CASE", "UNFILTERED Mb/s", "EMPTY PROGRAM Mb/s", "FILTERED Mb/s", "EMPTY", "RATIO"
     ));
     for r in results {
         out.push_str(&format!(
-            "{:<26} {:>16.1} {:>16.1} {:>8.3}\n",
+            "{:<26} {:>16.1} {:>19.1} {:>16.1} {:>8.3} {:>8.3}\n",
             r.case,
             r.unfiltered_bps / 1e6,
+            r.empty_program_bps / 1e6,
             r.filtered_bps / 1e6,
+            r.empty_program_ratio(),
             r.ratio()
         ));
     }
@@ -213,9 +248,6 @@ fn bench_pods(rules: usize) -> Result<LabPods, LabError> {
 
 /// A freshly loaded probe with the pods' policy, attached to every host veth.
 fn attach(topology: &Topology, pods: &LabPods) -> Result<Probe, LabError> {
-    let agent = |e: &(dyn std::error::Error + 'static)| {
-        LabError::Agent(format!("bench veth: {}", Causes(e)))
-    };
     let mut probe = Probe::load().map_err(|e| agent(&e))?;
     let interfaces = topology.interfaces();
     let compiled = compile(
@@ -235,6 +267,24 @@ fn attach(topology: &Topology, pods: &LabPods) -> Result<Probe, LabError> {
             .map_err(|e| agent(&e))?;
     }
     Ok(probe)
+}
+
+/// A freshly loaded probe with its empty program attached to both hooks of every host veth.
+fn attach_empty(topology: &Topology) -> Result<Probe, LabError> {
+    let mut probe = Probe::load().map_err(|e| agent(&e))?;
+    probe.load_floor().map_err(|e| agent(&e))?;
+    for link in topology.links() {
+        in_netns(topology.node_netns(), || {
+            probe.attach_floor(&link.host_veth)
+        })?
+        .map_err(|e| agent(&e))?;
+    }
+    Ok(probe)
+}
+
+/// A failure of the probe, its maps or its attach, for `bench veth`.
+fn agent(error: &(dyn std::error::Error + 'static)) -> LabError {
+    LabError::Agent(format!("bench veth: {}", Causes(error)))
 }
 
 /// An iperf3 server in a pod's namespace, killed on drop.

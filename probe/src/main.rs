@@ -46,8 +46,9 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     decide::run(&ctx, Direction::Ingress)
 }
 
-/// Passes every packet and does nothing else: never attached, loaded only by `tollgate bench
-/// datapath` to measure what the harness itself costs per run.
+/// Passes every packet and does nothing else: only benchmarks load it. `tollgate bench datapath`
+/// runs it to measure what the harness itself costs per run, and `tollgate bench veth` attaches
+/// it to both hooks of the pods' veths to measure what the hooks cost traffic.
 #[classifier]
 pub fn floor(_ctx: TcContext) -> i32 {
     PASS

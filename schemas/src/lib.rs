@@ -134,8 +134,9 @@ pub mod program_names {
     pub const FROM_POD: &str = "from_pod";
     /// Attached to the host-side veth's TC egress hook: packets entering the pod (its ingress).
     pub const TO_POD: &str = "to_pod";
-    /// Passes every packet and does nothing else; never attached. `bench datapath` runs it
-    /// under the same harness as the others: what it measures is the harness's own cost.
+    /// Passes every packet and does nothing else; only benchmarks load it. `bench datapath`
+    /// runs it under the same harness as the others: what it measures is the harness's own
+    /// cost. `bench veth` attaches it to both hooks of the pods' veths: what the hooks cost.
     pub const FLOOR: &str = "floor";
     /// Writes `jiffies` and `CLOCK_MONOTONIC` as of the last tick into the packet; never
     /// attached. The loader runs it once to calibrate the probe's clock

@@ -4,6 +4,7 @@
 //! again. [`Probe::attach`] keeps the links in the probe; [`Probe::attach_links`] hands them to
 //! the caller (to pin them, or leave them attached on exit), and [`Probe::replace_link`] moves
 //! a link found again after a restart to this probe's programs in one step.
+//! [`Probe::attach_floor`] puts the empty program on both hooks instead, for `bench veth`.
 
 use aya::programs::{
     ProgramError, TcAttachType,
@@ -74,8 +75,33 @@ impl Probe {
     /// `ifname`, a host-side veth in the calling thread's network namespace: TCX links when the
     /// kernel has them, else a clsact qdisc.
     pub fn attach(&mut self, ifname: &str) -> Result<AttachMode, ProbeError> {
-        let mut attached = Vec::with_capacity(HOOKS.len());
-        for (name, hook) in HOOKS {
+        self.attach_each(ifname, HOOKS)
+    }
+
+    /// Attaches the [`program_names::FLOOR`] program (see [`Probe::load_floor`]) to both TC
+    /// hooks of `ifname` the way [`Probe::attach`] attaches the real ones: the hooks with a
+    /// program that passes every packet and does nothing else, which `tollgate bench veth`
+    /// measures traffic against.
+    pub fn attach_floor(&mut self, ifname: &str) -> Result<AttachMode, ProbeError> {
+        self.attach_each(ifname, HOOKS.map(|(_, hook)| (program_names::FLOOR, hook)))
+    }
+
+    /// Attaches like [`Probe::attach`], but through a clsact qdisc even where TCX exists: the
+    /// fallback [`Probe::attach`] takes on kernels before 6.6, also for setups that must share
+    /// the qdisc with other direct-action filters.
+    pub fn attach_clsact(&mut self, ifname: &str) -> Result<AttachMode, ProbeError> {
+        self.attach_clsact_each(ifname, HOOKS)
+    }
+
+    /// Attaches each program to its hook of `ifname` with TCX links, else through a clsact
+    /// qdisc; the probe keeps the links.
+    fn attach_each(
+        &mut self,
+        ifname: &str,
+        programs: [(&'static str, TcAttachType); 2],
+    ) -> Result<AttachMode, ProbeError> {
+        let mut attached = Vec::with_capacity(programs.len());
+        for (name, hook) in programs {
             let options = TcAttachOptions::TcxOrder(LinkOrder::default());
             match self.attach_one(ifname, name, hook, options) {
                 Ok(link) => attached.push((name, link)),
@@ -87,22 +113,23 @@ impl Probe {
                             .detach(link)
                             .map_err(|source| ProbeError::Program { name, source })?;
                     }
-                    return self.attach_clsact(ifname);
+                    return self.attach_clsact_each(ifname, programs);
                 }
             }
         }
         Ok(AttachMode::Tcx)
     }
 
-    /// Attaches like [`Probe::attach`], but through a clsact qdisc even where TCX exists: the
-    /// fallback [`Probe::attach`] takes on kernels before 6.6, also for setups that must share
-    /// the qdisc with other direct-action filters.
-    pub fn attach_clsact(&mut self, ifname: &str) -> Result<AttachMode, ProbeError> {
+    fn attach_clsact_each(
+        &mut self,
+        ifname: &str,
+        programs: [(&'static str, TcAttachType); 2],
+    ) -> Result<AttachMode, ProbeError> {
         // A qdisc that already exists is fine: it is the one we need.
         if let Err(error) = tc::qdisc_add_clsact(ifname) {
             tracing::debug!(ifname, error = %Causes(&error), "clsact qdisc not added");
         }
-        for (name, hook) in HOOKS {
+        for (name, hook) in programs {
             let options = TcAttachOptions::Netlink(NlOptions::default());
             self.attach_one(ifname, name, hook, options)?;
         }

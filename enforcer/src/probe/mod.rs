@@ -375,8 +375,8 @@ impl Probe {
             })
     }
 
-    /// Loads the [`program_names::FLOOR`] program, which only benchmarks run (it is never
-    /// attached); [`Probe::program`] then finds it.
+    /// Loads the [`program_names::FLOOR`] program, which only benchmarks run ([`Probe::program`]
+    /// then finds it, and [`Probe::attach_floor`] attaches it).
     pub fn load_floor(&mut self) -> Result<(), ProbeError> {
         let name = program_names::FLOOR;
         classifier(&mut self.ebpf, name)?
