@@ -8,7 +8,8 @@
 //! veths), then [`Mode::EmptyProgram`] (the probe's empty program on both hooks of both host
 //! veths: what the hooks themselves cost), then [`Mode::Filtered`] (a freshly loaded probe
 //! attached to both host veths, its maps synced from the policy). The report gives the median
-//! received bit rate of each mode, and each filtered one's ratio to unfiltered.
+//! received bit rate of each mode, and the empty program's and the probe's ratio to
+//! unfiltered.
 //!
 //! Data flow: pods and policy (YAML) → [`LabPods`] → [`Topology`] (namespaces, veths, routes)
 //! → per trial and mode: iperf3 server and client in the pods' namespaces → received bit rate.
@@ -82,7 +83,7 @@ impl Mode {
     }
 }
 
-/// One traffic case, unfiltered against filtered.
+/// One traffic case in every [`Mode`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VethResult {
     /// What was sent.
