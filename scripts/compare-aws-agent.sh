@@ -17,7 +17,7 @@ set -euo pipefail
 
 log() { printf '[compare-aws-agent] %s\n' "$*" >&2; }
 
-checkout=${1:?usage: compare-aws-agent.sh AWS_AGENT_CHECKOUT [PACKETS]}
+checkout=$(realpath "${1:?usage: compare-aws-agent.sh AWS_AGENT_CHECKOUT [PACKETS]}")
 packets=${2:-100000}
 source_file="$checkout/pkg/ebpf/c/tc.v4ingress.bpf.c"
 [ -f "$source_file" ] || { log "no $source_file"; exit 1; }
@@ -30,6 +30,7 @@ for p in clang-22 bpftool libbpf-dev; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "apt-get install ${missing[*]}"
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
