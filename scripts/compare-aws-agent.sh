@@ -23,16 +23,9 @@ source_file="$checkout/pkg/ebpf/c/tc.v4ingress.bpf.c"
 [ -f "$source_file" ] || { log "no $source_file"; exit 1; }
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
-missing=()
-for p in clang-22 bpftool libbpf-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "apt-get install ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# clang builds the agent's program, bpftool writes this kernel's vmlinux.h, libbpf-dev has
+# the headers it includes.
+TOLLGATE_SETUP_EXTRA_PKGS="clang-22 bpftool libbpf-dev" bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 work=$(mktemp -d)

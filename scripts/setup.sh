@@ -14,8 +14,10 @@ need_root
 
 export PATH="$HOME/.cargo/bin:$PATH"
 
-# Debian packages: iproute2 for namespaces/veth, LLVM 22 for bpf-linker.
-apt_pkgs=(iproute2 llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev)
+# Debian packages: iproute2 for namespaces/veth, LLVM 22 for bpf-linker; and those a caller
+# needs besides (TOLLGATE_SETUP_EXTRA_PKGS, space-separated: scripts/compare-aws-agent.sh).
+read -ra extra_pkgs <<<"${TOLLGATE_SETUP_EXTRA_PKGS:-}"
+apt_pkgs=(iproute2 llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev "${extra_pkgs[@]}")
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
