@@ -27,7 +27,7 @@ use tollgate_enforcer::{
     bench::median,
     compile::{Placement, compile},
     manifest::parse_manifests,
-    probe::Probe,
+    probe::{AttachMode, Probe, ProbeError},
     sync::sync,
 };
 
@@ -263,20 +263,25 @@ fn attach(topology: &Topology, pods: &LabPods) -> Result<Probe, LabError> {
         });
     }
     sync(&mut probe.policy_maps(), &compiled.desired).map_err(|e| agent(&e))?;
-    for link in topology.links() {
-        in_netns(topology.node_netns(), || probe.attach(&link.host_veth))?
-            .map_err(|e| agent(&e))?;
-    }
-    Ok(probe)
+    on_every_veth(topology, probe, Probe::attach)
 }
 
 /// A freshly loaded probe with its empty program attached to both hooks of every host veth.
 fn attach_empty(topology: &Topology) -> Result<Probe, LabError> {
     let mut probe = Probe::load().map_err(|e| agent(&e))?;
     probe.load_floor().map_err(|e| agent(&e))?;
+    on_every_veth(topology, probe, Probe::attach_floor)
+}
+
+/// `probe`, once `attach` has put its programs on every host veth, in the node's namespace.
+fn on_every_veth(
+    topology: &Topology,
+    mut probe: Probe,
+    attach: fn(&mut Probe, &str) -> Result<AttachMode, ProbeError>,
+) -> Result<Probe, LabError> {
     for link in topology.links() {
         in_netns(topology.node_netns(), || {
-            probe.attach_floor(&link.host_veth)
+            attach(&mut probe, &link.host_veth)
         })?
         .map_err(|e| agent(&e))?;
     }
